@@ -1,0 +1,223 @@
+"""Turn the overhead benchmark's raw records into benchmarks/results/overhead.md.
+
+Every comparison is made within a round (target minus ``direct`` in the same round and step;
+target over ``passthrough-aiohttp`` in the same round) and then summarised over rounds as
+``median [min–max]``, so slow drift of the machine cancels instead of favouring whoever ran
+in the quiet minute.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Callable, Iterable
+
+Record = dict[str, object]
+BASE = "passthrough-aiohttp"
+ORDER = ("direct", "passthrough-aiohttp", "passthrough-httpx", "switchyard-auto", "switchyard-hit",
+         "switchyard-pinned", "litellm")  # fmt: skip
+
+
+def _version(cmd: list[str]) -> str:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "not installed"
+    text = (proc.stdout + proc.stderr).strip().splitlines()
+    return text[0].strip() if text else "unknown"
+
+
+def machine_facts() -> dict[str, object]:
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+        mem_kib = next(int(ln.split()[1]) for ln in open("/proc/meminfo") if ln.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        mem_kib = 0
+    packages = {}
+    for name in ("aiohttp", "httpx", "uvicorn", "uvloop", "httptools", "starlette", "fastapi", "litellm"):
+        try:
+            packages[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            packages[name] = "not installed"
+    return {
+        "machine": f"{cpu}, {os.cpu_count()} cores, {mem_kib / 1024 / 1024:.0f} GiB, "
+        f"Linux {platform.release()}",
+        "tools": {
+            "wrk": _version(["wrk", "-v"]),
+            "h2load": _version(["h2load", "--version"]),
+            "nginx": _version(["nginx", "-v"]),
+        },
+        "packages": packages,
+    }
+
+
+# ---- selecting and summarising ----
+
+
+def _good(records: Iterable[Record]) -> list[Record]:
+    return [r for r in records if "error" not in r and not r.get("errors")]
+
+
+def _index(records: list[Record]) -> dict[tuple[str, str, str, int], Record]:
+    return {(str(r["phase"]), str(r["step"]), str(r["target"]), int(r["round"])): r for r in _good(records)}  # type: ignore[call-overload]
+
+
+def _stat(values: list[float], fmt: str = "{:.2f}") -> str:
+    if not values:
+        return "–"
+    med = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return med
+    return f"{med} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+class Summary:
+    def __init__(self, results: dict[str, object]):
+        self.records: list[Record] = list(results["records"])  # type: ignore[call-overload]
+        self.idx = _index(self.records)
+        self.rounds = sorted({int(r["round"]) for r in self.records})  # type: ignore[call-overload]
+        self.targets = [t for t in ORDER if any(r["target"] == t for r in self.records)]
+
+    def steps(self, phase: str, kind: str) -> list[str]:
+        seen: list[str] = []
+        for r in self.records:
+            if r["phase"] == phase and r["kind"] == kind and r["step"] not in seen:
+                seen.append(str(r["step"]))
+        return seen
+
+    def per_round(self, phase: str, step: str, target: str, fn: Callable[[Record], float]) -> dict[int, float]:
+        out = {}
+        for rnd in self.rounds:
+            rec = self.idx.get((phase, step, target, rnd))
+            if rec is not None:
+                out[rnd] = fn(rec)
+        return out
+
+    def added(self, phase: str, step: str, target: str, key: str) -> dict[int, float]:
+        mine = self.per_round(phase, step, target, lambda r: float(r[key]))  # type: ignore[arg-type]
+        floor = self.per_round(phase, step, "direct", lambda r: float(r[key]))  # type: ignore[arg-type]
+        return {k: v - floor[k] for k, v in mine.items() if k in floor}
+
+    def best_rps(self, target: str) -> dict[int, tuple[float, int, Record]]:
+        """Per round: the highest req/s at which p99 < 100 ms, its connection count and record."""
+        best: dict[int, tuple[float, int, Record]] = {}
+        for r in _good(self.records):
+            if r["phase"] != "throughput" or r["target"] != target or float(r["p99"]) >= 100:  # type: ignore[arg-type]
+                continue
+            rnd, rps = int(r["round"]), float(r["rps"])  # type: ignore[call-overload, arg-type]
+            if rnd not in best or rps > best[rnd][0]:
+                best[rnd] = (rps, int(r["connections"]), r)  # type: ignore[call-overload]
+        return best
+
+    def ratio(self, mine: dict[int, float], base: dict[int, float]) -> list[float]:
+        return [mine[k] / base[k] for k in mine if k in base and base[k]]
+
+
+# ---- rendering ----
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def _latency_section(s: Summary, kind: str, title: str, keys: tuple[str, ...]) -> list[str]:
+    steps = s.steps("latency", kind)
+    if not steps:
+        return []
+    out = [f"### {title}", ""]
+    header = ["target", *[f"{step}: added {k}" for step in steps for k in keys]]
+    rows = []
+    for t in s.targets:
+        if t == "direct":
+            vals = [_stat(list(s.per_round("latency", st, t, lambda r, k=k: float(r[k])).values()))  # type: ignore[misc]
+                    for st in steps for k in keys]  # fmt: skip
+            rows.append(["direct (absolute, ms)", *vals])
+            continue
+        vals = [_stat(list(s.added("latency", st, t, k).values())) for st in steps for k in keys]
+        if any(v != "–" for v in vals):
+            rows.append([t, *vals])
+    return [*out, *_table(header, rows), ""]
+
+
+def _throughput_section(s: Summary) -> list[str]:
+    if not any(r["phase"] == "throughput" for r in s.records):
+        return []
+    base = {k: v[0] for k, v in s.best_rps(BASE).items()}
+    lite = {k: v[0] for k, v in s.best_rps("litellm").items()}
+    rows = []
+    for t in s.targets:
+        best = s.best_rps(t)
+        if not best:
+            rows.append([t, "none under 100 ms", "", "", "", "", ""])
+            continue
+        rps = {k: v[0] for k, v in best.items()}
+        conns = sorted(v[1] for v in best.values())
+        cpu = [float(v[2]["cpu_s_per_1k"]) for v in best.values() if "cpu_s_per_1k" in v[2]]  # type: ignore[arg-type]
+        p99 = [float(v[2]["p99"]) for v in best.values()]  # type: ignore[arg-type]
+        rows.append([t, _stat(list(rps.values()), "{:.0f}"), ",".join(map(str, conns)), _stat(p99),
+                     _stat(s.ratio(rps, base)), _stat(s.ratio(rps, lite), "{:.1f}"), _stat(cpu, "{:.3f}")])  # fmt: skip
+    header = ["target", "req/s (p99 < 100 ms)", "at connections", "p99 there (ms)",
+              f"× {BASE}", "× litellm", "CPU s / 1k req there"]  # fmt: skip
+    return ["### Throughput, instant upstream", "", *_table(header, rows), ""]
+
+
+def _resources_section(s: Summary, rss: dict[str, dict[str, float]]) -> list[str]:
+    rows = []
+    step = next((st for st in s.steps("latency", "wrk") if st.endswith("c=32")), None)
+    base_cpu = s.per_round("latency", step, BASE, lambda r: float(r.get("cpu_s_per_1k", 0))) if step else {}  # type: ignore[arg-type]
+    for t in s.targets:
+        cpu = s.per_round("latency", step, t, lambda r: float(r.get("cpu_s_per_1k", 0))) if step else {}  # type: ignore[arg-type]
+        server = {"direct": "upstream"}.get(t, "switchyard" if t.startswith("switchyard") else t)
+        peak = max((phase.get(server, 0.0) for phase in rss.values()), default=0.0)
+        rows.append([t, _stat(list(cpu.values()), "{:.3f}"), _stat(s.ratio(cpu, base_cpu)),
+                     f"{peak:.0f}" if peak else "–"])  # fmt: skip
+    header = ["target", f"CPU s / 1k req ({step}, 50 ms)", f"CPU × {BASE}", "peak RSS MiB (VmHWM)"]
+    note = ("CPU is utime+stime of the process under test (its whole process tree) from /proc/PID/stat "
+            "before and after each run; for `direct` it is nginx. Peak RSS is VmHWM at the end of each phase, "
+            "max over phases; the switchyard targets share one process.")  # fmt: skip
+    return ["### CPU and memory of the process under test", "", *_table(header, rows), "", note, ""]
+
+
+def render(results: dict[str, object]) -> str:
+    s = Summary(results)
+    meta: dict[str, object] = results["meta"]  # type: ignore[assignment]
+    rss: dict[str, dict[str, float]] = results.get("rss", {})  # type: ignore[assignment]
+    from benchmarks.overhead_checks import checks_section, method_section
+
+    lines = [
+        "# Gateway overhead",
+        "",
+        f"Made by `{meta['command']}` on {meta['date']}.",
+        f"Machine: {meta['machine']}; Python {meta['python']}.",
+        "",
+        *checks_section(s, results),
+        "## Results",
+        "",
+        "Latency in ms. Every cell is the median over rounds [min–max]; *added* = target minus `direct` "
+        "in the same round and step.",
+        "",
+        *_latency_section(s, "wrk", "Added latency, non-streaming, 50 ms upstream (wrk, closed loop)",
+                          ("p50", "p90", "p99")),
+        *_latency_section(s, "rate", "Added latency at fixed rates, non-streaming, 50 ms upstream (h2load)",
+                          ("p50", "p99")),
+        *_latency_section(s, "ttfb", "Added time to first byte, streaming, 50 ms upstream (own client)",
+                          ("p50", "p90", "p99")),
+        *_latency_section(s, "ttfb", "Added time to the end of the stream (same runs)",
+                          ("total_p50", "total_p99")),
+        *_throughput_section(s),
+        *_resources_section(s, rss),
+        *method_section(s, results),
+    ]  # fmt: skip
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,158 @@
+"""The HTTP surface: OpenAI-compatible chat completions and models, the route explainer, health."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
+
+from gateway import pipeline
+from gateway.api.schemas import RouteRequest, validate_chat
+from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.pipeline import CallContext, Outcome, Services
+from gateway.policy import Overrides
+from gateway.providers.pricing import format_usd
+from gateway.streaming import DONE, replay, sse
+
+log = logging.getLogger("switchyard.api")
+router = APIRouter()
+
+
+def _svc(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > limit:
+            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def _float_header(request: Request, name: str) -> float | None:
+    raw = request.headers.get(name)
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise InvalidRequest(f"header {name} must be a number, got {raw!r}", param=name) from None
+    if value <= 0:
+        raise InvalidRequest(f"header {name} must be positive, got {raw!r}", param=name)
+    return value
+
+
+def call_context(request: Request) -> CallContext:
+    return CallContext(
+        authorization=request.headers.get("authorization"),
+        policy=request.headers.get("x-switchyard-policy"),
+        overrides=Overrides(_float_header(request, "x-switchyard-max-cost-usd"),
+                            _float_header(request, "x-switchyard-latency-slo-ms")),
+        cache=request.headers.get("x-switchyard-cache"),
+    )
+
+
+def _headers(outcome: Outcome, request_id: str, with_cost: bool) -> dict[str, str]:
+    headers = {"x-request-id": request_id, "x-switchyard-model": outcome.deployment,
+               "x-switchyard-plan": outcome.plan, "x-switchyard-cache": outcome.cache,
+               "x-switchyard-trace-id": outcome.trace_id}
+    if with_cost:
+        headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
+    return headers
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    svc = _svc(request)
+    request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:24]}"
+    request.state.request_id = request_id
+    body = validate_chat(await read_json(request, svc.config.max_body_bytes))
+    outcome = await pipeline.handle(svc, body, call_context(request))
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if not body.get("stream"):
+        assert outcome.body is not None
+        return Response(orjson.dumps(outcome.body), media_type="application/json",
+                        headers=_headers(outcome, request_id, with_cost=True))
+    if outcome.stream is None:  # a whole answer (cache hit, best-of-n, cascade) replayed as a stream
+        assert outcome.body is not None
+        chunks = _replayed(outcome.body, include_usage)
+        return StreamingResponse(chunks, media_type="text/event-stream",
+                                 headers=_headers(outcome, request_id, with_cost=True))
+    return StreamingResponse(_relayed(outcome.stream, include_usage), media_type="text/event-stream",
+                             headers=_headers(outcome, request_id, with_cost=False))
+
+
+async def _replayed(body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    for chunk in replay(body, include_usage):
+        yield sse(chunk)
+    yield DONE
+
+
+async def _relayed(stream: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in stream:
+            if not chunk.get("choices") and chunk.get("usage") and not include_usage:
+                continue  # we asked upstream for usage to price the stream; the client did not
+            yield sse(chunk)
+        yield DONE
+    except GatewayError as exc:
+        log.warning("stream ended early: %s", exc.message)
+        yield sse(exc.body())
+    finally:
+        await stream.aclose()  # type: ignore[attr-defined]
+
+
+@router.post("/v1/route")
+async def explain_route(request: Request) -> Response:
+    svc = _svc(request)
+    body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
+    explained = await pipeline.explain(svc, body, call_context(request))
+    return Response(orjson.dumps(explained), media_type="application/json")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    svc = _svc(request)
+    ids = [pipeline.AUTO] + [f"{pipeline.POLICY_PREFIX}{p}" for p in sorted(svc.policies.policies)]
+    ids += list(svc.catalog.deployments)
+    data = [{"id": i, "object": "model", "created": 0, "owned_by": "switchyard"} for i in ids]
+    return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+@router.get("/v1/spend")
+async def spend(request: Request) -> Response:
+    svc = _svc(request)
+    tenant = svc.auth.identify(request.headers.get("authorization"))
+    snap = svc.ledger.snapshot()
+    if not svc.auth.open:  # a tenant sees its own spend only
+        snap = {"tenants": {tenant.name: snap["tenants"].get(tenant.name)}}
+    return Response(orjson.dumps(snap), media_type="application/json")
+
+
+@router.get("/healthz")
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get("/readyz")
+async def readyz(request: Request) -> Response:
+    svc = _svc(request)
+    store_ok = await svc.cache.store.ping()
+    body = {"status": "ready" if store_ok else "unavailable", "store": svc.cache.store.kind,
+            "store_reachable": store_ok, "policies": sorted(svc.policies.policies),
+            "deployments": svc.upstreams.health.snapshot()}
+    return Response(orjson.dumps(body), status_code=200 if store_ok else 503, media_type="application/json")

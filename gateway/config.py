@@ -1,0 +1,160 @@
+"""Gateway settings: the gateway YAML (deployments, tenants, default policy) plus environment overrides.
+
+Every file is validated with pydantic (`extra="forbid"`), and a bad file fails with a message that
+names the file and the field: `gateway.yaml: deployments[1].price.input_per_mtok: Input should be a
+valid number`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.errors import ConfigError
+
+ENV_CONFIG = "SWITCHYARD_CONFIG"
+ENV_REDIS_URL = "SWITCHYARD_REDIS_URL"
+ENV_POLICIES_DIR = "SWITCHYARD_POLICIES_DIR"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Price(_Strict):
+    """USD per million tokens; overrides litellm's cost map (needed for self-hosted models)."""
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class DeploymentConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:-]+$")
+    model: str = Field(min_length=1, description="litellm model string, e.g. openai/gpt-4o-mini")
+    api_base: str | None = None
+    api_key_env: str | None = Field(default=None, description="name of the env var holding the key")
+    backend: Literal["auto", "direct", "litellm"] = "auto"
+    tier: str = "small"
+    price: Price | None = None
+    router_profile: str | None = Field(
+        default=None, description="a model the router learned, whose predicted quality this one borrows")
+    ability: float | None = Field(default=None, description="router ability (logit scale) if no profile")
+    timeout_s: float = Field(default=30.0, gt=0)
+    max_retries: int = Field(default=2, ge=0, le=10)
+    expected_output_tokens: int = Field(default=256, gt=0)
+    expected_ttft_ms: float = Field(default=500.0, ge=0)
+    expected_tokens_per_s: float = Field(default=50.0, gt=0)
+    supports_n: bool = True
+
+
+class TenantConfig(_Strict):
+    name: str = Field(min_length=1)
+    api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    api_key_env: str | None = None
+    policies: list[str] | None = Field(default=None, description="allowed policies; None = all")
+    default_policy: str | None = None
+    budget_usd: float | None = Field(default=None, ge=0)
+    requests_per_minute: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _has_a_key(self) -> TenantConfig:
+        if not (self.api_key_sha256 or self.api_key_env):
+            raise ValueError("a tenant needs api_key_sha256 or api_key_env")
+        return self
+
+
+class GatewayConfig(_Strict):
+    deployments: list[DeploymentConfig] = Field(min_length=1)
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    default_policy: str = "balanced"
+    policies_dir: str | None = None
+    redis_url: str | None = None
+    router_artifact: str | None = Field(default=None, description="directory made by `switchyard train`")
+    max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    cache_namespace: str = "default"
+
+    @field_validator("deployments")
+    @classmethod
+    def _unique_names(cls, deployments: list[DeploymentConfig]) -> list[DeploymentConfig]:
+        names = [d.name for d in deployments]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"deployment names must be unique, repeated: {', '.join(dupes)}")
+        return deployments
+
+
+def describe_validation_error(source: str, exc: ValidationError) -> str:
+    """`file.yaml: deployments[1].price: message` for each error, one per line."""
+    lines = []
+    for err in exc.errors():
+        where = ""
+        for part in err["loc"]:
+            where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+        lines.append(f"{source}: {where or '(top level)'}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path.name}: not valid YAML: {exc}") from exc
+
+
+def parse_config(raw: Any, source: str) -> GatewayConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level")
+    try:
+        return GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(source, exc)) from None
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read the gateway YAML, then let the environment override what ops set per host."""
+    p = Path(path)
+    config = parse_config(read_yaml(p), p.name)
+    return with_env_overrides(config)
+
+
+def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
+    updates: dict[str, Any] = {}
+    if os.environ.get(ENV_REDIS_URL):
+        updates["redis_url"] = os.environ[ENV_REDIS_URL]
+    if os.environ.get(ENV_POLICIES_DIR):
+        updates["policies_dir"] = os.environ[ENV_POLICIES_DIR]
+    return config.model_copy(update=updates) if updates else config
+
+
+def default_policies_dir(config: GatewayConfig) -> Path:
+    """The policy folder: configured, else ./routing_policies, else the one beside the package."""
+    if config.policies_dir:
+        return Path(config.policies_dir)
+    here = Path.cwd() / "routing_policies"
+    if here.is_dir():
+        return here
+    return Path(__file__).resolve().parent.parent / "routing_policies"
+
+
+def embedded_config(simulator_url: str) -> GatewayConfig:
+    """The embedded default: the built-in simulated small and large models, in-memory cache."""
+    raw = {
+        "deployments": [
+            {"name": "small", "model": "openai/sim-small", "api_base": simulator_url, "tier": "small",
+             "price": {"input_per_mtok": 0.18, "output_per_mtok": 0.18},
+             "router_profile": "Meta-Llama-3.1-8B-Instruct",
+             "expected_output_tokens": 60, "expected_ttft_ms": 20, "expected_tokens_per_s": 200},
+            {"name": "large", "model": "openai/sim-large", "api_base": simulator_url, "tier": "large",
+             "price": {"input_per_mtok": 0.88, "output_per_mtok": 0.88},
+             "router_profile": "Meta-Llama-3.1-70B-Instruct",
+             "expected_output_tokens": 80, "expected_ttft_ms": 60, "expected_tokens_per_s": 80},
+        ],
+        "default_policy": "balanced",
+    }
+    return with_env_overrides(parse_config(raw, "embedded default"))

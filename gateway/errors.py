@@ -1,0 +1,86 @@
+"""One error tree for the whole gateway.
+
+Every failure a client can see is a `GatewayError` subclass carrying its HTTP status, its
+OpenAI error `type` and a stable `code`. The API layer turns any of them into the OpenAI
+error envelope in one place (`gateway.api.errors`); nothing else formats errors.
+
+| class                   | status | type                   | when                                            |
+| ----------------------- | ------ | ---------------------- | ----------------------------------------------- |
+| InvalidRequest          | 400    | invalid_request_error  | malformed JSON, schema violations               |
+| AuthenticationFailed    | 401    | authentication_error   | missing or unknown API key                      |
+| PermissionDenied        | 403    | permission_error       | tenant may not use the requested policy         |
+| NotFound                | 404    | invalid_request_error  | unknown model / policy / deployment             |
+| PayloadTooLarge         | 413    | invalid_request_error  | body over `max_body_bytes`                      |
+| ConstraintUnsatisfiable | 422    | invalid_request_error  | no candidate plan meets the policy's constraints |
+| RateLimited             | 429    | rate_limit_error       | tenant over its request rate                    |
+| BudgetExceeded          | 429    | insufficient_quota     | tenant over its spend budget                    |
+| UpstreamError           | 502    | upstream_error         | every provider attempt failed                   |
+| UpstreamTimeout         | 504    | timeout_error          | every provider attempt timed out                |
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    status: int = 500
+    type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param,
+                          "code": self.code}}
+
+
+class InvalidRequest(GatewayError):
+    status, type, code = 400, "invalid_request_error", "invalid_request"
+
+
+class AuthenticationFailed(GatewayError):
+    status, type, code = 401, "authentication_error", "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status, type, code = 403, "permission_error", "policy_not_allowed"
+
+
+class NotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class ConstraintUnsatisfiable(GatewayError):
+    status, type, code = 422, "invalid_request_error", "constraint_unsatisfiable"
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class BudgetExceeded(GatewayError):
+    status, type, code = 429, "insufficient_quota", "budget_exceeded"
+
+
+class UpstreamError(GatewayError):
+    status, type, code = 502, "upstream_error", "upstream_failed"
+
+
+class UpstreamTimeout(GatewayError):
+    status, type, code = 504, "timeout_error", "upstream_timeout"
+
+
+class ConfigError(Exception):
+    """A config or policy file is invalid; the message names the file and the field."""

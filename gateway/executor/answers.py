@@ -1,0 +1,55 @@
+"""Final-answer extraction for voting: pluggable extractors, most specific first.
+
+An extractor turns a completion's text into a normalised answer key (a multiple-choice letter, a
+number, a short span) or None. `extract_answer` tries them in order; when none applies the key
+is None and the selector falls back (see `selectors.vote`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+Extractor = Callable[[str], str | None]
+
+# Upper-case letters only: "the answer is a number" must not read as option A.
+_LETTER = re.compile(r"(?i:answer)\s*(?:(?i:is)\s*)?:?\s*(?:(?i:option)\s*)?\(?([A-J])\)?(?![\w])")
+_BARE_LETTER = re.compile(r"^\s*\(?([A-J])\)?\.?\s*$")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
+_ANSWER_IS = re.compile(r"answer\s*(?:is|:)\s*(.+?)(?:[.\n]|$)", re.IGNORECASE)
+
+
+def choice_letter(text: str) -> str | None:
+    """'The answer is (B).' / 'Answer: b' / a bare 'C' → 'B' / 'B' / 'C'."""
+    found = _LETTER.search(text) or _BARE_LETTER.match(text)
+    return found.group(1) if found else None
+
+
+def number(text: str) -> str | None:
+    """The number stated as the answer, else the last number in the text, normalised ('1,000.0' → '1000')."""
+    stated = _ANSWER_IS.search(text)
+    pool = _NUMBER.findall(stated.group(1)) if stated else []
+    pool = pool or _NUMBER.findall(text)
+    if not pool:
+        return None
+    value = float(pool[-1 if not stated else 0].replace(",", ""))
+    return str(int(value)) if value.is_integer() else f"{value:g}"
+
+
+def short_span(text: str, max_words: int = 6) -> str | None:
+    """A short free-text answer, lower-cased with punctuation and articles removed."""
+    stated = _ANSWER_IS.search(text)
+    span = stated.group(1) if stated else text
+    words = [w for w in re.sub(r"[^\w\s]", " ", span.lower()).split() if w not in {"a", "an", "the"}]
+    return " ".join(words) if 0 < len(words) <= max_words else None
+
+
+DEFAULT_EXTRACTORS: tuple[Extractor, ...] = (choice_letter, number, short_span)
+
+
+def extract_answer(text: str, extractors: Sequence[Extractor] = DEFAULT_EXTRACTORS) -> str | None:
+    for extractor in extractors:
+        key = extractor(text)
+        if key is not None:
+            return key
+    return None

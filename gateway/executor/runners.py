@@ -1,0 +1,150 @@
+"""How each kind of plan runs. `RUNNERS` maps a plan type to its runner; a new plan kind adds one here."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from gateway.errors import GatewayError
+from gateway.executor.result import Result, with_usage
+from gateway.executor.selectors import Selection, judge_messages, parse_judge_choice, vote
+from gateway.executor.upstreams import CallRecord, Upstreams
+from gateway.plans import BestOfN, Cascade, Plan, Single
+from gateway.signal import message_text
+from gateway.telemetry import set_attributes
+
+
+def _result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRecord],
+            evidence: Mapping[str, Any] | None = None) -> Result:
+    r = Result(body, deployment, label, tuple(calls), dict(evidence or {}))
+    return Result(with_usage(body, r.usage), deployment, label, r.calls, r.evidence)
+
+
+async def run_single(up: Upstreams, plan: Single, body: dict[str, Any], span: Span | None) -> Result:
+    done, record = await up.call(plan.deployments + plan.fallbacks, body, span)
+    label = plan.label if record.deployment == plan.deployment else f"{plan.label}>fallback:{record.deployment}"
+    return _result(done.body, record.deployment, label, [record])
+
+
+def _texts(bodies: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """(choice, text) for every choice of every response, in order."""
+    return [(c, message_text((c.get("message") or {}).get("content"))) for b in bodies for c in b.get("choices", [])]
+
+
+async def _sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, body: dict[str, Any],
+                  span: Span | None) -> tuple[list[tuple[dict[str, Any], str]], list[CallRecord], list[dict]]:
+    base = {**body, "temperature": temperature, "stream": False}
+    base.pop("stream_options", None)
+    if len(set(samplers)) == 1 and up.deployments[samplers[0]].supports_n:
+        done, rec = await up.call(samplers[:1], {**base, "n": len(samplers)}, span, role="sample")
+        return _texts([done.body]), [rec], [done.body]
+    single = {**base, "n": 1}
+    outs = await asyncio.gather(*(up.call((d,), single, span, role="sample") for d in samplers))
+    return _texts([o[0].body for o in outs]), [o[1] for o in outs], [o[0].body for o in outs]
+
+
+async def _judge(up: Upstreams, judge: str, prompt: str | None, body: dict[str, Any], texts: list[str],
+                 span: Span | None) -> tuple[Selection, list[CallRecord]]:
+    question = message_text(body["messages"][-1].get("content"))
+    request = {"messages": judge_messages(question, texts, prompt), "temperature": 0, "max_tokens": 8}
+    try:
+        done, rec = await up.call((judge,), request, span, role="judge")
+    except GatewayError as exc:
+        fallback = vote(texts)
+        return Selection(fallback.index, fallback.agreement,
+                         {**fallback.evidence, "degraded_from": "judge", "reason": exc.message}), []
+    reply = message_text(done.body["choices"][0]["message"].get("content"))
+    choice = parse_judge_choice(reply, len(texts))
+    if choice is None:
+        fallback = vote(texts)
+        return Selection(fallback.index, fallback.agreement,
+                         {**fallback.evidence, "degraded_from": "judge",
+                          "reason": f"judge reply had no candidate number: {reply[:80]!r}"}), [rec]
+    return Selection(choice, 1.0, {"selector": "judge", "judge": judge, "choice": choice + 1,
+                                   "reply": reply[:80]}), [rec]
+
+
+def _pick(body: dict[str, Any], choices: list[tuple[dict[str, Any], str]], chosen: int, n: int) -> dict[str, Any]:
+    """The chosen choice first, then the others, as the client's `n` choices."""
+    order = [chosen] + [i for i in range(len(choices)) if i != chosen]
+    picked = [{**choices[i][0], "index": k} for k, i in enumerate(order[:n])]
+    return {**body, "choices": picked}
+
+
+async def run_best_of(up: Upstreams, plan: BestOfN, body: dict[str, Any], span: Span | None) -> Result:
+    choices, calls, bodies = await _sample(up, plan.samplers, plan.temperature, body, span)
+    texts = [t for _, t in choices]
+    if plan.selector == "judge" and plan.judge:
+        selection, judge_calls = await _judge(up, plan.judge, plan.judge_prompt, body, texts, span)
+        calls += judge_calls
+    else:
+        selection = vote(texts)
+    if span is not None:
+        set_attributes(span, switchyard__selector=str(selection.evidence.get("selector")),
+                       switchyard__agreement=selection.agreement,
+                       switchyard__votes=str(selection.evidence.get("votes", {})))
+    chosen_model = calls[min(selection.index, len(calls) - 1)].deployment if len(calls) > 1 else calls[0].deployment
+    answer = _pick(bodies[0], choices, selection.index, int(body.get("n") or 1))
+    evidence = {**selection.evidence, "agreement": round(selection.agreement, 4), "samples": len(texts)}
+    return _result(answer, chosen_model, plan.label, calls, evidence)
+
+
+async def _confidence(up: Upstreams, plan: Cascade, step: str, body: dict[str, Any],
+                      span: Span | None) -> tuple[dict[str, Any], float, list[CallRecord], dict[str, Any]]:
+    if plan.confidence == "agreement" and plan.samples > 1:
+        choices, calls, bodies = await _sample(up, (step,) * plan.samples, 0.7, body, span)
+        sel = vote([t for _, t in choices])
+        return _pick(bodies[0], choices, sel.index, int(body.get("n") or 1)), sel.agreement, calls, sel.evidence
+    ask = {**body, "stream": False, "logprobs": True} if plan.confidence == "logprob" else {**body, "stream": False}
+    ask.pop("stream_options", None)
+    done, rec = await up.call((step,), ask, span, role="sample")
+    if plan.confidence == "logprob":
+        tokens = ((done.body["choices"][0].get("logprobs") or {}).get("content")) or []
+        conf = math.exp(sum(t["logprob"] for t in tokens) / len(tokens)) if tokens else 0.0
+        return done.body, conf, [rec], {"confidence": "logprob", "tokens_scored": len(tokens)}
+    text = message_text(done.body["choices"][0]["message"].get("content"))
+    score, judge_calls = await _judge_score(up, plan, body, text, span)
+    return done.body, score, [rec, *judge_calls], {"confidence": "judge", "score": score}
+
+
+async def _judge_score(up: Upstreams, plan: Cascade, body: dict[str, Any], text: str,
+                       span: Span | None) -> tuple[float, list[CallRecord]]:
+    question = message_text(body["messages"][-1].get("content"))
+    request = {"messages": [
+        {"role": "system", "content": "Rate how likely the answer is correct, from 0 to 10. Reply with the number."},
+        {"role": "user", "content": f"Question:\n{question}\n\nAnswer:\n{text}\n\nScore (0-10):"}],
+        "temperature": 0, "max_tokens": 8}
+    try:
+        done, rec = await up.call((str(plan.judge),), request, span, role="judge")
+    except GatewayError:
+        return 0.0, []  # no judgement means no confidence: escalate
+    reply = message_text(done.body["choices"][0]["message"].get("content"))
+    found = parse_judge_choice(reply, 12)
+    return (min(10, found + 1) / 10 if found is not None else 0.0), [rec]
+
+
+async def run_cascade(up: Upstreams, plan: Cascade, body: dict[str, Any], span: Span | None) -> Result:
+    calls: list[CallRecord] = []
+    trail: list[dict[str, Any]] = []
+    for i, step in enumerate(plan.steps[:-1]):
+        answer, conf, step_calls, evidence = await _confidence(up, plan, step, body, span)
+        calls += step_calls
+        trail.append({"step": step, "confidence": round(conf, 4), "threshold": plan.threshold, **evidence})
+        if conf >= plan.threshold:
+            return _result(answer, step, f"{plan.label}:accepted" if i == 0 else f"{plan.label}:escalated",
+                           calls, {"cascade": trail})
+        trail[-1]["escalated"] = f"confidence {conf:.2f} < threshold {plan.threshold:g}"
+    done, rec = await up.call(plan.steps[-1:], {**body, "stream": False}, span, role="escalation")
+    return _result(done.body, rec.deployment, f"{plan.label}:escalated", [*calls, rec], {"cascade": trail})
+
+
+Runner = Callable[[Upstreams, Any, dict[str, Any], "Span | None"], Awaitable[Result]]
+RUNNERS: dict[type, Runner] = {Single: run_single, BestOfN: run_best_of, Cascade: run_cascade}
+
+
+async def run(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span | None) -> Result:
+    return await RUNNERS[type(plan)](up, plan, body, span)

@@ -1,0 +1,67 @@
+"""Selecting one answer among samples: `vote` (self-consistency) and `judge` (a judge deployment).
+
+vote: the most frequent extracted answer wins; ties go to the answer whose first sample came
+earliest (stable and explainable); samples with no extractable answer are grouped by their
+normalised text, and when nothing at all can be extracted the first sample is returned and the
+evidence says so.
+judge: the judge deployment is shown the question and the numbered candidates and names the best.
+A judge that fails or answers nothing usable degrades to vote, and the evidence says why.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.executor.answers import extract_answer
+
+DEFAULT_JUDGE_PROMPT = (
+    "You are grading candidate answers to the same question. Pick the single best answer: the one "
+    "most likely to be correct and complete. Reply with the candidate number only."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    index: int                 # which sample was chosen
+    agreement: float           # share of samples that agree with the chosen answer
+    evidence: dict[str, Any]
+
+
+def _key(text: str) -> str | None:
+    key = extract_answer(text)
+    if key is not None:
+        return key
+    normalised = " ".join(text.lower().split())
+    return f"text:{normalised}" if normalised else None
+
+
+def vote(texts: Sequence[str]) -> Selection:
+    keys = [_key(t) for t in texts]
+    counted = Counter(k for k in keys if k is not None)
+    if not counted:
+        return Selection(0, 1 / max(1, len(texts)),
+                         {"selector": "vote", "votes": {}, "note": "no answer could be extracted; first sample"})
+    top = max(counted.values())
+    winner = next(k for k in keys if k is not None and counted[k] == top)  # earliest of the tied
+    evidence: dict[str, Any] = {"selector": "vote", "votes": dict(counted), "answers": keys, "winner": winner}
+    if sum(1 for c in counted.values() if c == top) > 1:
+        evidence["tie"] = "broken by the earliest sample"
+    return Selection(keys.index(winner), top / len(texts), evidence)
+
+
+def judge_messages(question: str, texts: Sequence[str], prompt: str | None) -> list[dict[str, str]]:
+    listing = "\n\n".join(f"Candidate {i + 1}:\n{t}" for i, t in enumerate(texts))
+    return [{"role": "system", "content": prompt or DEFAULT_JUDGE_PROMPT},
+            {"role": "user", "content": f"Question:\n{question}\n\n{listing}\n\nBest candidate number:"}]
+
+
+def parse_judge_choice(reply: str, n: int) -> int | None:
+    found = re.search(r"\d+", reply)
+    if not found:
+        return None
+    choice = int(found.group()) - 1
+    return choice if 0 <= choice < n else None

@@ -1,0 +1,60 @@
+"""Cost per request, per tenant and per deployment. An observer: it logs and carries on, never fails a request."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth import spend_key
+from gateway.executor.upstreams import CallRecord
+from gateway.state import Store, StoreUnavailable
+
+log = logging.getLogger("switchyard.ledger")
+
+
+@dataclass(slots=True)
+class Totals:
+    requests: int = 0
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, cost: float, prompt: int, completion: int, requests: int = 1) -> None:
+        self.requests += requests
+        self.cost_usd += cost
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+
+
+class Ledger:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.by_tenant: dict[str, Totals] = defaultdict(Totals)
+        self.by_deployment: dict[str, Totals] = defaultdict(Totals)
+        self.cache_hits = 0
+
+    async def record(self, tenant: str, calls: tuple[CallRecord, ...], cached: bool = False) -> None:
+        if cached:
+            self.cache_hits += 1
+            self.by_tenant[tenant].add(0.0, 0, 0)
+            return
+        cost = sum(c.cost_usd for c in calls)
+        self.by_tenant[tenant].add(cost, sum(c.usage.prompt_tokens for c in calls),
+                                   sum(c.usage.completion_tokens for c in calls))
+        for c in calls:
+            self.by_deployment[c.deployment].add(c.cost_usd, c.usage.prompt_tokens, c.usage.completion_tokens)
+        if cost > 0:
+            try:
+                await self.store.incr_float(spend_key(tenant), cost)
+            except StoreUnavailable as exc:
+                log.warning("spend of %s not recorded (store unavailable): $%.6f: %s", tenant, cost, exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        def rows(d: dict[str, Totals]) -> dict[str, dict[str, Any]]:
+            return {k: {"requests": v.requests, "cost_usd": round(v.cost_usd, 10),
+                        "prompt_tokens": v.prompt_tokens, "completion_tokens": v.completion_tokens}
+                    for k, v in sorted(d.items())}
+        return {"tenants": rows(self.by_tenant), "deployments": rows(self.by_deployment),
+                "cache_hits": self.cache_hits}

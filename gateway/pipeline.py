@@ -1,0 +1,217 @@
+"""One request's whole path through the gateway, top to bottom.
+
+    tenant   = auth.identify(...)                 → 401/403/429 early
+    hit      = cache.lookup(...)                  → served from the store, cost 0
+    signal   = router.assess(...)                 → predicted quality per deployment (no network)
+    decision = policy.decide(signal, ...)         → Single | Cascade | BestOfN, with reasons
+    result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
+    ledger.record(...); cache.save(...)
+
+Streaming requests follow the same path; a single-deployment plan streams straight through, any
+other plan runs to completion first (selection needs every sample) and is then replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from gateway import signal as routing
+from gateway.auth import Authenticator, Tenant
+from gateway.cache import CacheStatus, ExactCache, cache_key, is_cacheable
+from gateway.config import GatewayConfig
+from gateway.errors import GatewayError, NotFound
+from gateway.executor import Result, Upstreams, run
+from gateway.executor.upstreams import CallRecord, OpenStream
+from gateway.ledger import Ledger
+from gateway.plans import Plan, Single
+from gateway.policy import BoundPolicy, Catalog, Decision, Overrides, PolicySet, decide
+from gateway.providers.base import ProviderFailure, Usage
+from gateway.router import Router
+from gateway.streaming import Accumulator
+from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
+
+AUTO = "auto"
+POLICY_PREFIX = "router/"
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything a request needs, built once in `create_app` and passed in."""
+
+    config: GatewayConfig
+    auth: Authenticator
+    cache: ExactCache
+    router: Router
+    policies: PolicySet
+    catalog: Catalog
+    upstreams: Upstreams
+    ledger: Ledger
+    telemetry: Telemetry
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What the HTTP layer read from the request headers."""
+
+    authorization: str | None = None
+    policy: str | None = None
+    overrides: Overrides = Overrides()
+    cache: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    policy: BoundPolicy
+    pinned: str | None = None  # a deployment the client asked for by name
+
+    @property
+    def name(self) -> str:
+        return self.pinned or f"{POLICY_PREFIX}{self.policy.name}"
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What the HTTP layer sends back: a complete body, or a live stream that finishes the bookkeeping."""
+
+    cache: CacheStatus
+    plan: str
+    deployment: str
+    trace_id: str
+    body: dict[str, Any] | None = None
+    cost_usd: float = 0.0
+    stream: AsyncIterator[dict[str, Any]] | None = None
+    decision: Decision | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -> Entry:
+    if model in svc.catalog.deployments:
+        return Entry(_policy(svc, tenant.default_policy or svc.config.default_policy, tenant), pinned=model)
+    if model == AUTO:
+        name = ctx.policy or tenant.default_policy or svc.config.default_policy
+    elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:
+        name = model.removeprefix(POLICY_PREFIX)
+    else:
+        raise NotFound(f"model '{model}' does not exist: use 'auto', 'router/<policy>' or a deployment "
+                       f"({', '.join(svc.catalog.deployments)}); GET /v1/models lists them", param="model")
+    return Entry(_policy(svc, name, tenant))
+
+
+def _policy(svc: Services, name: str, tenant: Tenant) -> BoundPolicy:
+    policy = svc.policies.get(name)
+    if policy is None:
+        raise NotFound(f"policy '{name}' does not exist ({', '.join(sorted(svc.policies.policies))})",
+                       param="model", code="policy_not_found")
+    svc.auth.check_policy(tenant, name)
+    return policy
+
+
+def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext) -> tuple[Plan, Decision | None]:
+    if entry.pinned:
+        return Single(entry.pinned), None
+    sig = routing.assess(svc.router, request["messages"], list(svc.catalog.deployments.values()))
+    max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
+    decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
+    return decision.plan, decision
+
+
+async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
+    """POST /v1/route: the decision for this request, without calling any model."""
+    tenant = svc.auth.identify(ctx.authorization)
+    entry = resolve_entry(svc, request["model"], ctx, tenant)
+    plan, decision = route(svc, entry, request, ctx)
+    if decision is None:
+        return {"policy": None, "plan": plan.label, "reasons": [f"deployment '{entry.pinned}' pinned by the client"]}
+    return decision.explain()
+
+
+async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Outcome:
+    span = svc.telemetry.start("switchyard.request", gen_ai__operation__name="chat",
+                               gen_ai__request__model=request["model"])
+    try:
+        outcome = await _handle(svc, request, ctx, span)
+    except BaseException as exc:
+        set_attributes(span, error__type=type(exc).__name__)
+        span.end()
+        raise
+    if outcome.stream is None:
+        span.end()
+    return outcome
+
+
+async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span) -> Outcome:
+    tenant = svc.auth.identify(ctx.authorization)
+    entry = resolve_entry(svc, request["model"], ctx, tenant)
+    await svc.auth.admit(tenant)
+    set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name)
+    trace_id = trace_id_hex(span)
+
+    cache_on = entry.policy.spec.cache.enabled and is_cacheable(request, ctx.cache)
+    key = cache_key(svc.config.cache_namespace, entry.name, tenant.name, request) if cache_on else None
+    if key is not None and (hit := await svc.cache.lookup(key)) is not None:
+        await svc.ledger.record(tenant.name, (), cached=True)
+        set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
+        return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)
+
+    with svc.telemetry.span("switchyard.route", span) as route_span:
+        plan, decision = route(svc, entry, request, ctx)
+        set_attributes(route_span, switchyard__plan=plan.label,
+                       switchyard__difficulty=decision.signal.difficulty if decision else None)
+    cache_status: CacheStatus = "miss" if key else "bypass"
+    ttl = entry.policy.spec.cache.ttl_s
+
+    if request.get("stream") and isinstance(plan, Single):
+        live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span)
+        label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
+        relay = _relay(svc, live, tenant.name, key, ttl, label, span, request)
+        return Outcome(cache_status, label, live.deployment, trace_id, stream=relay, decision=decision)
+
+    result: Result = await run(svc.upstreams, plan, {**request, "stream": False}, span)
+    await svc.ledger.record(tenant.name, result.calls)
+    set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
+                   gen_ai__usage__input_tokens=result.usage.prompt_tokens,
+                   gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status)
+    if key is not None:
+        await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
+    return Outcome(cache_status, result.plan_label, result.deployment, trace_id, body=result.body,
+                   cost_usd=result.cost_usd, decision=decision, evidence=dict(result.evidence))
+
+
+def upstream_body(request: dict[str, Any]) -> dict[str, Any]:
+    """Streams always ask for usage, so that every streamed request can be priced."""
+    return {**request, "stream": True, "stream_options": {**(request.get("stream_options") or {}),
+                                                          "include_usage": True}}
+
+
+async def _relay(svc: Services, live: OpenStream, tenant: str, key: str | None, ttl: float, label: str,
+                 span: Span, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Pass chunks through; when the stream ends, however it ends, record its cost and cache it."""
+    acc = Accumulator()
+    error: str | None = None
+    try:
+        acc.add(live.first)
+        yield live.first
+        async for chunk in live.rest:
+            acc.add(chunk)
+            yield chunk
+    except ProviderFailure as exc:
+        error = str(exc)
+        raise GatewayError(f"upstream stream failed: {exc}", code="upstream_stream_failed") from exc
+    finally:
+        await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
+        if not live.stats.usage.total_tokens:  # cut short: bill what was sent
+            live.stats.usage = Usage(routing.routing_text(request["messages"])[1], acc.completion_tokens_estimate())
+        record: CallRecord = svc.upstreams.close_stream(live, error)
+        await svc.ledger.record(tenant, (record,))
+        set_attributes(span, switchyard__plan=label, switchyard__cost_usd=record.cost_usd,
+                       gen_ai__usage__input_tokens=record.usage.prompt_tokens,
+                       gen_ai__usage__output_tokens=record.usage.completion_tokens,
+                       switchyard__stream_completed=acc.finished and error is None)
+        span.end()
+        if key is not None and acc.finished and error is None:
+            await svc.cache.save(key, acc.body(record.usage), live.deployment, label, ttl)
+

@@ -1,0 +1,170 @@
+"""Read policy files, validate them, bind their names to the configured deployments, reload on change.
+
+Validation errors name the file and the field:
+`cost-saver.yaml: candidates[1].single 'huge' is not a deployment or tier (small, large)`.
+A file that turns bad while the gateway runs is reported and its last good version stays in force,
+so a typo never drops traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from gateway.config import DeploymentConfig, describe_validation_error, read_yaml
+from gateway.errors import ConfigError
+from gateway.plans import BestOfN, Cascade, Plan, Single
+from gateway.policy.schema import CandidateSpec, PolicySpec
+
+log = logging.getLogger("switchyard.policy")
+
+
+@dataclass(frozen=True, slots=True)
+class BoundPolicy:
+    name: str
+    source: str
+    spec: PolicySpec
+    plans: tuple[Plan, ...]
+    allowed: frozenset[str] | None  # constraints.allowed_deployments with tiers expanded
+
+
+def parse_policy(path: Path) -> PolicySpec:
+    raw = read_yaml(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path.name}: expected a mapping at the top level")
+    try:
+        spec = PolicySpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(path.name, exc)) from None
+    if spec.name is not None and spec.name != path.stem:
+        raise ConfigError(f"{path.name}: name: '{spec.name}' must match the file name '{path.stem}'")
+    return spec
+
+
+class _Names:
+    """Resolves a name in a policy to deployments: a deployment name first, else every one of a tier."""
+
+    def __init__(self, source: str, deployments: Sequence[DeploymentConfig]) -> None:
+        self.source = source
+        self.by_name = {d.name: d for d in deployments}
+        self.tiers: dict[str, list[str]] = {}
+        for d in deployments:
+            self.tiers.setdefault(d.tier, []).append(d.name)
+
+    def resolve(self, name: str, where: str) -> list[str]:
+        if name in self.by_name:
+            return [name]
+        if name in self.tiers:
+            return self.tiers[name]
+        known = ", ".join(sorted(set(self.by_name) | set(self.tiers)))
+        raise ConfigError(f"{self.source}: {where} '{name}' is not a deployment or tier ({known})")
+
+    def one(self, name: str, where: str) -> str:
+        return self.resolve(name, where)[0]
+
+
+def _fallbacks_for(deployment: str, spec: PolicySpec, names: _Names) -> tuple[str, ...]:
+    tier = names.by_name[deployment].tier
+    listed = spec.fallbacks.get(deployment) or spec.fallbacks.get(tier) or []
+    key = deployment if deployment in spec.fallbacks else tier
+    out: list[str] = []
+    for i, name in enumerate(listed):
+        out += [d for d in names.resolve(name, f"fallbacks.{key}[{i}]") if d != deployment and d not in out]
+    return tuple(out)
+
+
+def _bind_candidate(c: CandidateSpec, i: int, spec: PolicySpec, names: _Names) -> list[Plan]:
+    where = f"candidates[{i}]"
+    if c.single is not None:
+        return [Single(d, _fallbacks_for(d, spec, names)) for d in names.resolve(c.single, f"{where}.single")]
+    if c.best_of is not None:
+        b = c.best_of
+        if b.deployments is not None:
+            samplers = tuple(names.one(d, f"{where}.best_of.deployments[{j}]") for j, d in enumerate(b.deployments))
+        else:
+            samplers = (names.one(str(b.deployment), f"{where}.best_of.deployment"),) * b.n
+        judge = names.one(b.judge, f"{where}.best_of.judge") if b.judge else None
+        return [BestOfN(samplers, b.selector, judge, b.judge_prompt, b.temperature)]
+    assert c.cascade is not None
+    k = c.cascade
+    steps = tuple(names.one(s, f"{where}.cascade.steps[{j}]") for j, s in enumerate(k.steps))
+    judge = names.one(k.judge, f"{where}.cascade.judge") if k.judge else None
+    return [Cascade(steps, k.confidence, k.threshold, k.samples, judge)]
+
+
+def bind_policy(name: str, source: str, spec: PolicySpec,
+                deployments: Sequence[DeploymentConfig]) -> BoundPolicy:
+    names = _Names(source, deployments)
+    allowed = None
+    if spec.constraints.allowed_deployments is not None:
+        allowed = frozenset(d for i, a in enumerate(spec.constraints.allowed_deployments)
+                            for d in names.resolve(a, f"constraints.allowed_deployments[{i}]"))
+    plans: list[Plan] = []
+    for i, candidate in enumerate(spec.candidates):
+        plans += [p for p in _bind_candidate(candidate, i, spec, names) if p not in plans]
+    return BoundPolicy(name, source, spec, tuple(plans), allowed)
+
+
+def load_policy_file(path: Path, deployments: Sequence[DeploymentConfig]) -> BoundPolicy:
+    return bind_policy(path.stem, path.name, parse_policy(path), deployments)
+
+
+def policy_files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: policy folder not found")
+    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+
+
+class PolicySet:
+    """The policies in force. Reads are a dict lookup; a reload swaps the whole mapping at once."""
+
+    def __init__(self, folder: Path, deployments: Sequence[DeploymentConfig]) -> None:
+        self.folder = folder
+        self._deployments = list(deployments)
+        self._mtimes: dict[Path, float] = {}
+        self.policies: dict[str, BoundPolicy] = {}
+        errors = []
+        for path in policy_files(folder):
+            try:
+                self._load(path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise ConfigError("\n".join(errors))
+        if not self.policies:
+            raise ConfigError(f"{folder}: no policy files (*.yaml)")
+
+    def _load(self, path: Path) -> None:
+        mtime = path.stat().st_mtime
+        bound = load_policy_file(path, self._deployments)
+        self.policies = {**self.policies, bound.name: bound}
+        self._mtimes[path] = mtime
+
+    def get(self, name: str) -> BoundPolicy | None:
+        return self.policies.get(name)
+
+    def reload_changed(self) -> list[str]:
+        """Reload files whose mtime moved; return what changed. Bad files keep their last good version."""
+        changed = []
+        present = set(policy_files(self.folder)) if self.folder.is_dir() else set()
+        for path in sorted(present):
+            try:
+                if self._mtimes.get(path) == path.stat().st_mtime:
+                    continue
+                self._load(path)
+                changed.append(path.stem)
+                log.info("policy %s reloaded from %s", path.stem, path.name)
+            except (ConfigError, OSError) as exc:
+                self._mtimes[path] = path.stat().st_mtime if path.exists() else 0.0
+                log.error("policy file rejected, keeping the last good version:\n%s", exc)
+        return changed
+
+    async def watch(self, interval_s: float = 1.0) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            await asyncio.to_thread(self.reload_changed)

@@ -1,0 +1,98 @@
+"""The policy file format (YAML in `routing_policies/`), validated with pydantic.
+
+Keys are inert data: no class names, import paths or expressions. `routing_policies/README.md`
+documents every field; keep the two in step.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BestOfSpec(_Strict):
+    deployment: str | None = None
+    deployments: list[str] | None = Field(default=None, min_length=2)
+    n: int = Field(default=3, ge=2, le=16)
+    selector: Literal["vote", "judge"] = "vote"
+    judge: str | None = None
+    judge_prompt: str | None = None
+    temperature: float = Field(default=0.7, ge=0, le=2)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BestOfSpec:
+        if (self.deployment is None) == (self.deployments is None):
+            raise ValueError("give exactly one of deployment (n samples) or deployments (one each)")
+        if self.selector == "judge" and not self.judge:
+            raise ValueError("selector 'judge' needs a judge deployment")
+        return self
+
+
+class CascadeSpec(_Strict):
+    steps: list[str] = Field(min_length=2)
+    confidence: Literal["agreement", "logprob", "judge"] = "agreement"
+    threshold: float = Field(default=0.67, ge=0, le=1)
+    samples: int = Field(default=3, ge=1, le=16)
+    judge: str | None = None
+
+    @model_validator(mode="after")
+    def _judge_named(self) -> CascadeSpec:
+        if self.confidence == "judge" and not self.judge:
+            raise ValueError("confidence 'judge' needs a judge deployment")
+        return self
+
+
+class CandidateSpec(_Strict):
+    """Exactly one of: `single: <deployment or tier>`, `best_of: {...}`, `cascade: {...}`."""
+
+    single: str | None = None
+    best_of: BestOfSpec | None = None
+    cascade: CascadeSpec | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CandidateSpec:
+        given = [k for k in ("single", "best_of", "cascade") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a candidate is exactly one of single, best_of, cascade"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+
+class Objective(_Strict):
+    # utility = value_usd * q - cost, i.e. q - lambda * cost with lambda = 1 / value_usd
+    value_usd: float = Field(default=0.01, gt=0, description="what one good answer is worth, in USD")
+
+
+class Constraints(_Strict):
+    latency_slo_ms: float | None = Field(default=None, gt=0)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    allowed_deployments: list[str] | None = None
+    min_quality: float | None = Field(default=None, ge=0, le=1)
+
+
+class CacheSettings(_Strict):
+    enabled: bool = True
+    ttl_s: int = Field(default=3600, gt=0)
+
+
+class Example(_Strict):
+    """A golden case: under the embedded default deployments, this prompt takes this plan."""
+
+    prompt: str
+    expect: str
+
+
+class PolicySpec(_Strict):
+    name: str | None = None
+    description: str = ""
+    candidates: list[CandidateSpec] = Field(min_length=1)
+    objective: Objective = Objective()
+    constraints: Constraints = Constraints()
+    fallbacks: dict[str, list[str]] = Field(default_factory=dict)
+    cache: CacheSettings = CacheSettings()
+    examples: list[Example] = Field(default_factory=list)

@@ -1,0 +1,89 @@
+"""The provider seam: one small `Backend` protocol and the values that cross it.
+
+Two real implementations: `DirectBackend` (OpenAI-compatible servers over one pooled aiohttp
+session: OpenAI, vLLM, llama.cpp, Ollama, our simulator) and `LiteLLMBackend` (every provider
+litellm translates for). Backends raise `ProviderFailure`; retries, fallbacks and circuit breaking
+live above them in the executor, so every backend behaves the same there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.config import DeploymentConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens,
+                     self.completion_tokens + other.completion_tokens)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": self.total_tokens}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any] | None) -> Usage:
+        if not raw:
+            return cls()
+        return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """One upstream answer: the OpenAI response body as the provider sent it, plus what we measured."""
+
+    body: dict[str, Any]
+    usage: Usage
+    latency_s: float
+
+
+@dataclass(slots=True)
+class StreamStats:
+    """Filled in while a stream is consumed: usage comes in the last chunk."""
+
+    usage: Usage = field(default_factory=Usage)
+    ttft_s: float | None = None
+
+
+class ProviderFailure(Exception):
+    """An upstream call failed. `retryable` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
+                 timeout: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retryable = retryable
+        self.timeout = timeout
+
+
+class Backend(Protocol):
+    name: str
+
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion: ...
+
+    def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
+               stats: StreamStats) -> AsyncIterator[dict[str, Any]]: ...
+
+    async def close(self) -> None: ...
+
+
+def upstream_model_name(deployment: DeploymentConfig) -> str:
+    """`openai/gpt-4o-mini` → `gpt-4o-mini`: what an OpenAI-compatible server expects in `model`."""
+    provider, _, rest = deployment.model.partition("/")
+    return rest if rest and provider in {"openai", "hosted_vllm", "vllm", "ollama_chat", "local"} \
+        else deployment.model
+
+
+def is_retryable_status(status: int) -> bool:
+    return status in (408, 409, 425, 429) or status >= 500

@@ -1,0 +1,119 @@
+"""The direct path to OpenAI-compatible servers on one pooled aiohttp session.
+
+Chosen by measurement (benchmarks/overhead.py): under 32 concurrent requests on this class of
+machine a proxy on raw aiohttp served several times what httpx's default pool did, and litellm's
+per-call machinery costs more again. litellm stays for providers that need its translation.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from gateway.config import DeploymentConfig
+from gateway.providers.base import (
+    Completion,
+    ProviderFailure,
+    StreamStats,
+    Usage,
+    is_retryable_status,
+    upstream_model_name,
+)
+
+
+class DirectBackend:
+    name = "direct"
+
+    def __init__(self, *, max_connections: int = 512) -> None:
+        self._connector_limit = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily so it binds to the running loop (uvicorn's), never at import or config time.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(limit=self._connector_limit, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector, json_serialize=lambda o: orjson.dumps(o).decode())
+        return self._session
+
+    @staticmethod
+    def _request_parts(deployment: DeploymentConfig, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+        if not deployment.api_base:
+            raise ProviderFailure(f"deployment {deployment.name!r} has no api_base", retryable=False)
+        url = deployment.api_base.rstrip("/") + "/chat/completions"
+        headers = {"content-type": "application/json"}
+        key = os.environ.get(deployment.api_key_env) if deployment.api_key_env else None
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        payload = orjson.dumps({**body, "model": upstream_model_name(deployment)})
+        return url, headers, payload
+
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion:
+        url, headers, payload = self._request_parts(deployment, body)
+        started = time.perf_counter()
+        timeout = aiohttp.ClientTimeout(total=deployment.timeout_s)
+        try:
+            async with self._client().post(url, data=payload, headers=headers, timeout=timeout) as resp:
+                raw = await resp.read()
+                if resp.status != 200:
+                    raise _failure(deployment, resp.status, raw)
+        except TimeoutError as exc:
+            raise ProviderFailure(f"{deployment.name}: no answer within {deployment.timeout_s:g} s",
+                                  timeout=True) from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}") from exc
+        try:
+            parsed = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderFailure(f"{deployment.name}: upstream sent invalid JSON") from exc
+        return Completion(parsed, Usage.from_dict(parsed.get("usage")), time.perf_counter() - started)
+
+    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
+                     stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
+        url, headers, payload = self._request_parts(deployment, body)
+        started = time.perf_counter()
+        # A stream may run long; what must be bounded is the wait for each next piece.
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=deployment.timeout_s,
+                                        sock_read=deployment.timeout_s)
+        try:
+            async with self._client().post(url, data=payload, headers=headers, timeout=timeout) as resp:
+                if resp.status != 200:
+                    raise _failure(deployment, resp.status, await resp.read())
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = orjson.loads(data)
+                    if stats.ttft_s is None:
+                        stats.ttft_s = time.perf_counter() - started
+                    if chunk.get("usage"):
+                        stats.usage = Usage.from_dict(chunk["usage"])
+                    yield chunk
+        except TimeoutError as exc:
+            raise ProviderFailure(f"{deployment.name}: stream stalled for {deployment.timeout_s:g} s",
+                                  timeout=True) from exc
+        except aiohttp.ClientError as exc:
+            raise ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}") from exc
+        except orjson.JSONDecodeError as exc:
+            raise ProviderFailure(f"{deployment.name}: upstream sent an invalid stream chunk") from exc
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+def _failure(deployment: DeploymentConfig, status: int, raw: bytes) -> ProviderFailure:
+    message = raw[:300].decode(errors="replace")
+    try:
+        message = orjson.loads(raw)["error"]["message"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        pass
+    return ProviderFailure(f"{deployment.name}: upstream answered {status}: {message}",
+                           status=status, retryable=is_retryable_status(status))

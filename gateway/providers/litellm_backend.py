@@ -1,0 +1,88 @@
+"""Any provider litellm translates for, through its async API.
+
+litellm is imported on first use only: the import costs seconds and, unless told otherwise,
+fetches a cost map from the network. Quick commands and the direct path never pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.config import DeploymentConfig
+from gateway.providers.base import Completion, ProviderFailure, StreamStats, Usage, is_retryable_status
+
+
+def import_litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("LITELLM_LOG", "ERROR")
+    import litellm
+
+    litellm.telemetry = False
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class LiteLLMBackend:
+    name = "litellm"
+
+    def __init__(self) -> None:
+        self._litellm: Any = None
+
+    def _lib(self) -> Any:
+        if self._litellm is None:
+            self._litellm = import_litellm()
+        return self._litellm
+
+    def _kwargs(self, deployment: DeploymentConfig, body: dict[str, Any]) -> dict[str, Any]:
+        kwargs = {k: v for k, v in body.items() if k != "model"}
+        kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
+        if deployment.api_base:
+            kwargs["api_base"] = deployment.api_base
+        if deployment.api_key_env:
+            kwargs["api_key"] = os.environ.get(deployment.api_key_env)
+        return kwargs
+
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion:
+        lib = self._lib()
+        started = time.perf_counter()
+        try:
+            resp = await lib.acompletion(**self._kwargs(deployment, body))
+        except Exception as exc:  # litellm raises many types; classify them in one place
+            raise _classify(lib, deployment, exc) from exc
+        parsed = resp.model_dump(exclude_none=True)
+        return Completion(parsed, Usage.from_dict(parsed.get("usage")), time.perf_counter() - started)
+
+    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
+                     stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
+        lib = self._lib()
+        started = time.perf_counter()
+        try:
+            resp = await lib.acompletion(**self._kwargs(deployment, {**body, "stream": True}))
+            async for chunk in resp:
+                parsed = chunk.model_dump(exclude_none=True)
+                if stats.ttft_s is None:
+                    stats.ttft_s = time.perf_counter() - started
+                if parsed.get("usage"):
+                    stats.usage = Usage.from_dict(parsed["usage"])
+                yield parsed
+        except ProviderFailure:
+            raise
+        except Exception as exc:
+            raise _classify(lib, deployment, exc) from exc
+
+    async def close(self) -> None:
+        return None
+
+
+def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> ProviderFailure:
+    status = getattr(exc, "status_code", None)
+    if isinstance(exc, lib.exceptions.Timeout):
+        return ProviderFailure(f"{deployment.name}: timed out: {exc}", status=status, timeout=True)
+    if isinstance(exc, lib.exceptions.APIConnectionError) and status is None:
+        return ProviderFailure(f"{deployment.name}: connection failed: {exc}")
+    retryable = is_retryable_status(status) if isinstance(status, int) else True
+    return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
+                           retryable=retryable)

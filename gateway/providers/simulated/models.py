@@ -1,0 +1,127 @@
+"""Simulated model definitions: the frozen ``SimModel``, the defaults, YAML loading."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+MAX_OUTPUT_TOKENS = 8192
+
+
+class SimConfigError(ValueError):
+    """A simulator model file is unreadable or invalid; the message names file and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class SimModel:
+    """One simulated upstream model.
+
+    ``ability`` is answer quality on a logit scale (see ``difficulty_of``).
+    ``ttft_ms`` delays the first token (and a non-streaming answer);
+    ``tokens_per_s`` paces generation (0 means no pacing at all).
+    ``error_rate`` is the chance a request fails with ``error_status``;
+    ``fail_first`` makes the first K requests fail deterministically.
+    ``price_hint_in`` / ``price_hint_out`` are USD per million prompt /
+    completion tokens, for configs that price simulated deployments.
+    """
+
+    name: str
+    ability: float
+    ttft_ms: float = 20.0
+    tokens_per_s: float = 200.0
+    output_tokens: int = 60
+    error_rate: float = 0.0
+    error_status: int = 500
+    fail_first: int = 0
+    price_hint_in: float = 0.0
+    price_hint_out: float = 0.0
+
+    def __post_init__(self) -> None:
+        # Programmatic construction gets the same checks as the YAML path.
+        _ModelSpec.model_validate(_fields(self))
+
+
+def _fields(model: SimModel) -> dict[str, Any]:
+    return {name: getattr(model, name) for name in SimModel.__slots__}
+
+
+class _ModelSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^\S+$")
+    ability: float = Field(ge=-20, le=20)
+    ttft_ms: float = Field(default=20.0, ge=0, le=600_000)
+    tokens_per_s: float = Field(default=200.0, ge=0)
+    output_tokens: int = Field(default=60, ge=1, le=MAX_OUTPUT_TOKENS)
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    error_status: int = Field(default=500, ge=400, le=599)
+    fail_first: int = Field(default=0, ge=0)
+    price_hint_in: float = Field(default=0.0, ge=0)
+    price_hint_out: float = Field(default=0.0, ge=0)
+
+
+class _FileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: list[_ModelSpec] = Field(min_length=1)
+
+
+DEFAULT_MODELS: tuple[SimModel, ...] = (
+    SimModel(
+        "sim-small",
+        ability=0.0,
+        ttft_ms=20,
+        tokens_per_s=200,
+        output_tokens=60,
+        price_hint_in=0.15,
+        price_hint_out=0.60,
+    ),
+    SimModel(
+        "sim-medium",
+        ability=1.2,
+        ttft_ms=40,
+        tokens_per_s=120,
+        output_tokens=70,
+        price_hint_in=0.50,
+        price_hint_out=1.50,
+    ),
+    SimModel(
+        "sim-large",
+        ability=2.5,
+        ttft_ms=60,
+        tokens_per_s=80,
+        output_tokens=80,
+        price_hint_in=2.50,
+        price_hint_out=10.00,
+    ),
+)
+
+
+def load_models(path: str | Path) -> list[SimModel]:
+    """Read ``{models: [{name: ..., ability: ..., ...}]}`` from a YAML file."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SimConfigError(f"{path}: cannot read simulator models: {exc}") from exc
+    try:
+        spec = _FileSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise SimConfigError(_describe(path, exc)) from None
+    names = [m.name for m in spec.models]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise SimConfigError(f"{path}: models: duplicate model name(s) {duplicates}")
+    return [SimModel(**m.model_dump()) for m in spec.models]
+
+
+def _describe(path: Path, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error["loc"])
+        lines.append(f"{path}: {where.lstrip('.') or '<root>'}: {error['msg']}")
+    return "\n".join(lines)

@@ -1,0 +1,174 @@
+"""OpenAI wire format for the simulator: request parsing and error bodies.
+
+Hand-rolled rather than pydantic because the simulator is the upstream in the
+throughput benchmark and must stay cheap; it checks only what it uses and
+ignores the rest (tools, response_format, ...), like a lenient provider.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .tokens import count_tokens
+
+FINGERPRINT = "fp_switchyard_sim"
+_MAX_N = 128
+_MAX_STOPS = 4
+_MAX_TOP_LOGPROBS = 20
+
+
+class RequestError(ValueError):
+    """The request body is invalid; answered with 400 naming ``param``."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class ChatCall:
+    """The parts of a chat completion request the simulator acts on."""
+
+    model: str
+    question: str  # the last user message: source of truth and difficulty
+    conversation: str  # every message, so the deterministic draw sees the whole prompt
+    prompt_tokens: int
+    temperature: float
+    max_tokens: int | None
+    n: int
+    stop: tuple[str, ...]
+    stream: bool
+    include_usage: bool
+    seed: int | None
+    logprobs: bool
+    top_logprobs: int
+
+
+def parse_chat_call(body: Any) -> ChatCall:
+    """Validate a decoded ``/v1/chat/completions`` body."""
+    if not isinstance(body, dict):
+        raise RequestError("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise RequestError("'model' must be a non-empty string.", "model")
+    question, conversation, prompt_tokens = _read_messages(body.get("messages"))
+    stream_options = body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise RequestError("'stream_options' must be an object.", "stream_options")
+    return ChatCall(
+        model=model,
+        question=question,
+        conversation=conversation,
+        prompt_tokens=prompt_tokens,
+        temperature=_number(body, "temperature", 1.0, 0.0, 2.0),
+        max_tokens=_max_tokens(body),
+        n=int(_number(body, "n", 1, 1, _MAX_N, integer=True)),
+        stop=_stops(body.get("stop")),
+        stream=bool(body.get("stream") or False),
+        include_usage=bool(stream_options.get("include_usage") or False),
+        seed=_optional_int(body, "seed"),
+        logprobs=bool(body.get("logprobs") or False),
+        top_logprobs=int(_number(body, "top_logprobs", 0, 0, _MAX_TOP_LOGPROBS, integer=True)),
+    )
+
+
+def _read_messages(messages: Any) -> tuple[str, str, int]:
+    if not isinstance(messages, list) or not messages:
+        raise RequestError("'messages' must be a non-empty array.", "messages")
+    texts: list[str] = []
+    question = None
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise RequestError(f"messages[{index}] must be an object.", f"messages[{index}]")
+        text = _content_text(message.get("content"), index)
+        texts.append(text)
+        if message.get("role") == "user":
+            question = text
+    if question is None:
+        question = texts[-1]
+    # Usage is the plain sum over contents: no per-message overhead tokens.
+    prompt_tokens = sum(count_tokens(t) for t in texts)
+    return question, "\x1e".join(texts), prompt_tokens
+
+
+def _content_text(content: Any, index: int) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        # Non-text parts (images, audio) carry no simulated tokens.
+        parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        return "\n".join(p for p in parts if isinstance(p, str))
+    raise RequestError(
+        f"messages[{index}].content must be a string or an array of parts.",
+        f"messages[{index}].content",
+    )
+
+
+def _number(body: dict[str, Any], key: str, default: float, low: float, high: float, *, integer: bool = False) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    valid = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not valid or isinstance(value, bool) or not low <= value <= high:
+        kind = "an integer" if integer else "a number"
+        raise RequestError(f"'{key}' must be {kind} between {low:g} and {high:g}.", key)
+    return float(value)
+
+
+def _optional_int(body: dict[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise RequestError(f"'{key}' must be an integer.", key)
+    return value
+
+
+def _max_tokens(body: dict[str, Any]) -> int | None:
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if value is not None:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise RequestError(f"'{key}' must be a positive integer.", key)
+            return value
+    return None
+
+
+def _stops(stop: Any) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or len(stops) > _MAX_STOPS or not all(isinstance(s, str) for s in stops):
+        raise RequestError("'stop' must be a string or an array of up to 4 strings.", "stop")
+    return tuple(s for s in stops if s)
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """An OpenAI error envelope ``{"error": {message, type, param, code}}``."""
+    body = {"error": {"message": message, "type": _error_type(status), "param": param, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _error_type(status: int) -> str:
+    if status == 429:
+        return "requests"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def new_completion_id() -> str:
+    return "chatcmpl-" + os.urandom(12).hex()

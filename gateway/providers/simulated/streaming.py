@@ -1,0 +1,106 @@
+"""Server-sent events for streamed completions, paced like a real model.
+
+Chunks follow OpenAI exactly: a role chunk, content chunks of a few tokens, a
+chunk per choice with ``finish_reason``, an optional usage chunk with empty
+``choices``, then ``data: [DONE]``. Frames are pre-encoded around a shared
+prefix so a chunk costs one small ``orjson.dumps``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from .answers import Completion, logprobs_payload, usage_of
+from .models import SimModel
+from .protocol import FINGERPRINT, ChatCall, new_completion_id
+from .tokens import split_pieces
+
+TOKENS_PER_CHUNK = 4
+# Pacing sleeps only when ahead by more than this, so chunks go out in batches.
+_MIN_SLEEP_S = 0.002
+_DONE = b"data: [DONE]\n\n"
+
+
+class _Framer:
+    """Encodes ``chat.completion.chunk`` frames that share id, model and created."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        head = {
+            "id": new_completion_id(),
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": FINGERPRINT,
+        }
+        self._prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":['
+        # OpenAI sends "usage": null on every chunk when usage is requested.
+        self._suffix = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
+
+    def choice(self, choice: dict[str, Any]) -> bytes:
+        return self._prefix + orjson.dumps(choice) + self._suffix
+
+    def usage(self, usage: dict[str, int]) -> bytes:
+        return self._prefix + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
+
+
+async def stream_completions(
+    request: web.Request, model: SimModel, call: ChatCall, completions: list[Completion]
+) -> web.StreamResponse:
+    """Send ``completions`` as SSE, after ``ttft_ms`` and at ``tokens_per_s``."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    framer = _Framer(model.name, call.include_usage)
+    try:
+        await _send(response, framer, model, call, completions)
+    except ConnectionResetError:
+        pass  # the client went away; nothing left to tell it
+    return response
+
+
+async def _send(
+    response: web.StreamResponse,
+    framer: _Framer,
+    model: SimModel,
+    call: ChatCall,
+    completions: list[Completion],
+) -> None:
+    pieces = [split_pieces(c.content, TOKENS_PER_CHUNK) for c in completions]
+    pending = [framer.choice(_delta(i, {"role": "assistant", "content": ""})) for i in range(len(pieces))]
+    if model.ttft_ms > 0:
+        await asyncio.sleep(model.ttft_ms / 1000.0)
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    for step in range(max((len(p) for p in pieces), default=0)):
+        if model.tokens_per_s > 0 and step:
+            delay = start + step * TOKENS_PER_CHUNK / model.tokens_per_s - loop.time()
+            if delay > _MIN_SLEEP_S:
+                await response.write(b"".join(pending))
+                pending.clear()
+                await asyncio.sleep(delay)
+        for index, choice_pieces in enumerate(pieces):
+            if step < len(choice_pieces):
+                pending.append(framer.choice(_content(index, choice_pieces[step], step, call, completions)))
+    for index, completion in enumerate(completions):
+        pending.append(framer.choice(_delta(index, {}, completion.finish_reason)))
+    if call.include_usage:
+        pending.append(framer.usage(usage_of(call.prompt_tokens, completions)))
+    pending.append(_DONE)
+    await response.write(b"".join(pending))
+    await response.write_eof()
+
+
+def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
+    return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+
+
+def _content(index: int, piece: str, step: int, call: ChatCall, completions: list[Completion]) -> dict[str, Any]:
+    choice = _delta(index, {"content": piece})
+    if call.logprobs and step == 0:
+        # The answer's logprobs ride on the first content chunk of each choice.
+        choice["logprobs"] = logprobs_payload(completions[index].answer, call.top_logprobs)
+    return choice

@@ -1,0 +1,8 @@
+"""The complexity router: per-prompt difficulty and P(good answer) per model.
+
+Serving needs numpy + stdlib only; training (``gateway.router.train``) also uses scipy.
+"""
+
+from gateway.router.model import DEFAULT_ARTIFACT, Assessment, Router, load_router
+
+__all__ = ["Assessment", "DEFAULT_ARTIFACT", "Router", "load_router"]

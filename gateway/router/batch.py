@@ -1,0 +1,40 @@
+"""Batch scoring for ``switchyard route --batch``: one JSON line out per prompt in.
+
+Input: any file in the shared data schema; only ``id`` and ``prompt`` are required.
+Output rows: ``{"id", "difficulty", "predicted": {model: p_good}}`` for the models listed in
+that row's ``models`` (models the router never saw get P from difficulty alone, i.e. the
+mean trained ability), or for every known profile when the row has no ``models``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gateway.router.data import iter_rows
+from gateway.router.model import Router, load_router
+
+
+def _row_out(router: Router, row: dict) -> dict:
+    a = router.assess(str(row["prompt"]))
+    names = list(row.get("models") or {}) or router.known_profiles()
+    return {
+        "id": row["id"],
+        "difficulty": round(a.difficulty, 8),
+        "predicted": {m: round(router.p_good(a, profile=m), 8) for m in names},
+    }
+
+
+def score_file(
+    in_path: str | Path, out_path: str | Path, router: Router | None = None, progress: bool = True
+) -> int:
+    """Score every prompt of ``in_path`` into ``out_path`` (JSON lines); returns the count."""
+    r = router if router is not None else load_router()
+    count = 0
+    with open(out_path, "w", encoding="utf-8") as out:
+        for row in tqdm(iter_rows(in_path), desc="route", unit="prompt", disable=not progress):
+            out.write(json.dumps(_row_out(r, row)) + "\n")
+            count += 1
+    return count

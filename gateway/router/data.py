@@ -1,0 +1,84 @@
+"""Reading routing data in the shared schema into dense arrays (training/benchmarks only).
+
+Rows need ``id`` and ``prompt``; ``models`` ({name: {score, cost_usd, output_tokens}}),
+``split`` and ``prompt_tokens`` are optional. Missing outcomes become NaN so that every
+consumer must decide explicitly how to treat them.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RoutingData:
+    ids: list[str]
+    prompts: list[str]
+    split: np.ndarray  # str array: "train" | "validation"
+    prompt_tokens: np.ndarray  # float, NaN if absent
+    models: list[str]
+    score: np.ndarray  # (n, m) float, NaN = no result
+    cost: np.ndarray  # (n, m) recorded cost_usd, NaN = no result
+    out_tokens: np.ndarray  # (n, m) recorded output tokens, NaN = no result
+
+    def subset(self, mask: np.ndarray) -> RoutingData:
+        idx = np.nonzero(mask)[0]
+        return RoutingData(
+            ids=[self.ids[i] for i in idx],
+            prompts=[self.prompts[i] for i in idx],
+            split=self.split[idx],
+            prompt_tokens=self.prompt_tokens[idx],
+            models=self.models,
+            score=self.score[idx],
+            cost=self.cost[idx],
+            out_tokens=self.out_tokens[idx],
+        )
+
+    def col(self, model: str) -> int:
+        return self.models.index(model)
+
+
+def iter_rows(path: str | Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def hash_split(row_id: str) -> str:
+    """Deterministic 80/20 split for files without a ``split`` field."""
+    return "validation" if zlib.crc32(row_id.encode()) % 5 == 0 else "train"
+
+
+def _field(rec: dict | None, key: str) -> float:
+    if not rec or rec.get(key) is None:
+        return float("nan")
+    return float(rec[key])
+
+
+def load_data(path: str | Path) -> RoutingData:
+    rows = list(iter_rows(path))
+    models = sorted({m for r in rows for m in (r.get("models") or {})})
+    n, m = len(rows), len(models)
+    arrays = {k: np.full((n, m), np.nan) for k in ("score", "cost_usd", "output_tokens")}
+    for i, r in enumerate(rows):
+        recs = r.get("models") or {}
+        for j, name in enumerate(models):
+            for key, arr in arrays.items():
+                arr[i, j] = _field(recs.get(name), key)
+    return RoutingData(
+        ids=[str(r["id"]) for r in rows],
+        prompts=[str(r["prompt"]) for r in rows],
+        split=np.array([r.get("split") or hash_split(str(r["id"])) for r in rows]),
+        prompt_tokens=np.array([_field(r, "prompt_tokens") for r in rows]),
+        models=models,
+        score=arrays["score"],
+        cost=arrays["cost_usd"],
+        out_tokens=arrays["output_tokens"],
+    )

@@ -1,0 +1,78 @@
+"""Score a dataset with a router and compute pair metrics the way routing_eval.py ranks.
+
+Shared by ``train`` (validation report) and ``benchmarks.routing_quality``. Needs only numpy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from gateway.router.data import RoutingData
+from gateway.router.metrics import PairMetrics, pair_metrics
+from gateway.router.model import Router
+
+DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
+    ("Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"),
+    ("Phi-3-mini-4k-instruct", "gemini-1.5-pro-002"),
+)
+
+
+@dataclass(frozen=True)
+class Scored:
+    difficulty: np.ndarray  # (n,)
+    p_good: np.ndarray  # (n, m) for data.models (unknown models: from difficulty alone)
+
+
+def score_data(router: Router, data: RoutingData, progress: bool = True) -> Scored:
+    n, m = len(data.prompts), len(data.models)
+    diff, p = np.zeros(n), np.zeros((n, m))
+    for i, prompt in enumerate(tqdm(data.prompts, desc="assess", disable=not progress, leave=False)):
+        a = router.assess(prompt)
+        diff[i] = a.difficulty
+        p[i] = [router.p_good(a, profile=name) for name in data.models]
+    return Scored(diff, p)
+
+
+def rank_score(scored: Scored, weak: int, strong: int) -> np.ndarray:
+    """routing_eval's rule: predicted gain strong - weak when it varies, else difficulty."""
+    gain = scored.p_good[:, strong] - scored.p_good[:, weak]
+    return gain if np.unique(np.round(gain, 9)).size > 1 else scored.difficulty
+
+
+def pair_rows(data: RoutingData, weak: int, strong: int) -> np.ndarray:
+    return ~np.isnan(data.score[:, weak]) & ~np.isnan(data.score[:, strong])
+
+
+def eval_pair(data: RoutingData, score: np.ndarray, weak: str, strong: str) -> PairMetrics:
+    """Pair metrics for any per-prompt score (router, baseline or oracle)."""
+    jw, js = data.col(weak), data.col(strong)
+    ok = pair_rows(data, jw, js)
+    return pair_metrics(
+        score[ok], data.score[ok, jw], data.score[ok, js],
+        np.nan_to_num(data.cost[ok, jw]), np.nan_to_num(data.cost[ok, js]),
+    )
+
+
+def pick_pairs(data: RoutingData) -> list[tuple[str, str]]:
+    """The default pairs when present, else the weakest -> strongest model by accuracy."""
+    pairs = [p for p in DEFAULT_PAIRS if p[0] in data.models and p[1] in data.models]
+    if pairs or len(data.models) < 2:
+        return pairs
+    acc = np.nanmean(data.score, axis=0)
+    order = np.argsort(acc)
+    return [(data.models[order[0]], data.models[order[-1]])]
+
+
+def report_pairs(
+    router: Router, data: RoutingData, pairs: Sequence[tuple[str, str]] | None = None, progress: bool = True
+) -> dict[str, dict[str, float]]:
+    scored = score_data(router, data, progress)
+    out = {}
+    for weak, strong in pairs if pairs is not None else pick_pairs(data):
+        score = rank_score(scored, data.col(weak), data.col(strong))
+        out[f"{weak}->{strong}"] = eval_pair(data, score, weak, strong).as_dict()
+    return out

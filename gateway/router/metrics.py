@@ -1,0 +1,102 @@
+"""Routing-quality metrics, matching /work/shared/gates/routing_eval.py (RouteLLM definitions).
+
+Pure numpy. For a weak/strong pair, prompts are sorted by a score (higher = send to the
+strong model first) and the k most difficult go to the strong model:
+
+- PGR(k) = (q(k) - q_weak) / (q_strong - q_weak), the share of the quality gap recovered;
+- APGR = trapezoid mean of PGR over k in [0, 1] (random ~ 0.5);
+- CPT(x) = smallest strong-call share with PGR >= x;
+- cost share at 95% = cost (share of always-strong) where quality first reaches 95% of
+  always-strong.
+
+Ties are broken by input order (a stable sort), exactly like routing_eval's ``sorted``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PairCurve:
+    share: np.ndarray  # strong-call share, 0..1, length n+1
+    quality: np.ndarray  # mean score at that share
+    cost: np.ndarray  # mean cost per prompt at that share
+
+
+@dataclass(frozen=True)
+class PairMetrics:
+    n: int
+    q_weak: float
+    q_strong: float
+    apgr: float
+    cpt50: float
+    cpt80: float
+    cost_share_at_95pct_quality: float
+    best_quality: float
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def pair_curve(
+    score: np.ndarray,
+    q_weak: np.ndarray,
+    q_strong: np.ndarray,
+    c_weak: np.ndarray,
+    c_strong: np.ndarray,
+) -> PairCurve:
+    """Quality and cost as the strong-call share grows, hardest (highest score) first."""
+    order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
+    n = len(order)
+    dq = (q_strong - q_weak)[order]
+    dc = (c_strong - c_weak)[order]
+    quality = (q_weak.sum() + np.concatenate([[0.0], np.cumsum(dq)])) / n
+    cost = (c_weak.sum() + np.concatenate([[0.0], np.cumsum(dc)])) / n
+    return PairCurve(np.arange(n + 1) / n, quality, cost)
+
+
+def pgr(curve: PairCurve) -> np.ndarray:
+    gap = curve.quality[-1] - curve.quality[0]
+    if gap == 0:
+        return np.zeros_like(curve.quality)
+    return (curve.quality - curve.quality[0]) / gap
+
+
+def apgr(curve: PairCurve) -> float:
+    p = pgr(curve)
+    return float(np.sum((p[1:] + p[:-1]) / 2 * np.diff(curve.share)))
+
+
+def cpt(curve: PairCurve, x: float) -> float:
+    hit = np.nonzero(pgr(curve) >= x)[0]
+    return float(curve.share[hit[0]]) if hit.size else 1.0
+
+
+def cost_share_at(curve: PairCurve, frac: float = 0.95) -> float:
+    c_strong = curve.cost[-1] or 1.0
+    hit = np.nonzero(curve.quality >= frac * curve.quality[-1])[0]
+    return float(curve.cost[hit[0]] / c_strong) if hit.size else 1.0
+
+
+def pair_metrics(
+    score: np.ndarray,
+    q_weak: np.ndarray,
+    q_strong: np.ndarray,
+    c_weak: np.ndarray,
+    c_strong: np.ndarray,
+) -> PairMetrics:
+    """All pair metrics at once, rounded like routing_eval.py."""
+    cur = pair_curve(score, q_weak, q_strong, c_weak, c_strong)
+    return PairMetrics(
+        n=len(score),
+        q_weak=round(float(cur.quality[0]), 4),
+        q_strong=round(float(cur.quality[-1]), 4),
+        apgr=round(apgr(cur), 4),
+        cpt50=round(cpt(cur, 0.5), 4),
+        cpt80=round(cpt(cur, 0.8), 4),
+        cost_share_at_95pct_quality=round(cost_share_at(cur, 0.95), 4),
+        best_quality=round(float(cur.quality.max()), 4),
+    )

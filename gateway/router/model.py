@@ -1,0 +1,167 @@
+"""The serving side of the learned router: load an artifact, assess a prompt, score models.
+
+numpy + stdlib only (no sklearn/scipy/torch), because this runs on every request.
+
+Shape of the model (fitted by ``gateway.router.train``):
+
+    x        = idf-weighted hashed n-grams of the normalised prompt (+ standardised
+               structural features)
+    z(x)     = x @ W + bias                      latent item vector: z[0] ~ IRT difficulty,
+                                                 z[1:] ~ IRT "kind of hard" dimensions
+    phi(z)   = [z, z[0]**2]                      lets a head be bell-shaped in difficulty
+    P(good | known model m)  = sigmoid(phi . coef_m + icpt_m)       per-model head
+    P(good | ability a)      = sigmoid(a - delta(x))                 any other model
+    delta(x) = phi . gen_coef + gen_icpt                             difficulty logit
+    difficulty = sigmoid(delta(x) - mean ability)  in [0, 1]
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+import numpy as np
+
+from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
+from gateway.router.text import STRUCT_NAMES, guess_category, normalise, structural_features
+
+DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
+ARTIFACT_VERSION = 1
+# Structural features shown in explain output (a readable subset, not the model input).
+_EXPLAIN = ("log_chars", "digit_frac", "log_math_symbols", "log_code_markers",
+            "log_constraint_words", "log_questions")
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    e = math.exp(x)
+    return e / (1.0 + e)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the router knows about one prompt; cheap to pass around, never mutated."""
+
+    difficulty: float
+    category: str
+    features: Mapping[str, float]
+    # Head inputs phi(z); excluded from eq/hash because arrays are neither.
+    phi: tuple[float, ...] = field(default=(), compare=False, repr=False)
+    delta: float = field(default=0.0, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class _Weights:
+    spec: HashSpec
+    idf: np.ndarray
+    w: np.ndarray  # (dim, t) float32
+    w_struct: np.ndarray  # (s, t)
+    s_mean: np.ndarray
+    s_std: np.ndarray
+    bias: np.ndarray  # (t,)
+    head_coef: np.ndarray  # (m, h)
+    head_icpt: np.ndarray  # (m,)
+    gen_coef: np.ndarray  # (h,)
+    gen_icpt: float
+    theta: np.ndarray  # (m,) generic-scale abilities of known models
+
+
+class Router:
+    """Predicts difficulty and P(good answer) per model for a prompt."""
+
+    def __init__(self, weights: _Weights, meta: Mapping[str, object]) -> None:
+        self._w = weights
+        self._meta = meta
+        self._models: list[str] = list(meta["models"])  # type: ignore[call-overload]
+        self._index = {m: i for i, m in enumerate(self._models)}
+        self._out_tokens: dict[str, float] = dict(meta.get("expected_output_tokens", {}))  # type: ignore[call-overload]
+        self._mean_ability = float(np.mean(weights.theta)) if weights.theta.size else 0.0
+
+    # -- public API -------------------------------------------------------------------
+    def assess(self, text: str) -> Assessment:
+        clean = normalise(text)
+        feats = structural_features(clean)
+        z = self._latent(clean, feats)
+        phi = np.concatenate([z, z[:1] ** 2])
+        delta = float(phi @ self._w.gen_coef + self._w.gen_icpt)
+        named = dict(zip(STRUCT_NAMES, feats))
+        return Assessment(
+            difficulty=_sigmoid(delta - self._mean_ability),
+            category=guess_category(clean, feats),
+            features=MappingProxyType({k: round(named[k], 4) for k in _EXPLAIN}),
+            phi=tuple(float(v) for v in phi),
+            delta=delta,
+        )
+
+    def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float:
+        """P(the model answers well) for this assessed prompt.
+
+        ``profile``: a model the router was trained on (see ``known_profiles``) -> its own
+        head. Otherwise ``ability`` on the router's logit scale: P = sigmoid(ability - delta),
+        where delta is the prompt's difficulty logit. Learned abilities span about -3 (a weak
+        7B base model) to +3 (frontier models) with mean ~0; ``ability_of`` gives reference
+        points. With neither, the mean ability of the trained pool is used.
+        """
+        if profile is not None and profile in self._index:
+            i = self._index[profile]
+            return _sigmoid(float(np.dot(a.phi, self._w.head_coef[i]) + self._w.head_icpt[i]))
+        base = self._mean_ability if ability is None else float(ability)
+        return _sigmoid(base - a.delta)
+
+    def known_profiles(self) -> list[str]:
+        return list(self._models)
+
+    def ability_of(self, profile: str) -> float | None:
+        i = self._index.get(profile)
+        return None if i is None else float(self._w.theta[i])
+
+    def expected_output_tokens(self, profile: str) -> float | None:
+        return self._out_tokens.get(profile)
+
+    @property
+    def mean_ability(self) -> float:
+        return self._mean_ability
+
+    @property
+    def meta(self) -> Mapping[str, object]:
+        return self._meta
+
+    # -- internals ----------------------------------------------------------------------
+    def _latent(self, clean: str, feats: tuple[float, ...]) -> np.ndarray:
+        w = self._w
+        ids, vals, n_word = hash_text(clean, w.spec)
+        v = weight_and_norm(ids, vals, n_word, w.idf, w.spec)
+        s = (np.asarray(feats, dtype=np.float32) - w.s_mean) / w.s_std
+        z: np.ndarray = v @ w.w[ids] + s @ w.w_struct + w.bias
+        return z.astype(np.float64)
+
+
+def load_router(path: str | Path | None = None) -> Router:
+    """Load a trained router from a directory holding ``router.npz`` + ``router.json``."""
+    root = Path(path) if path is not None else DEFAULT_ARTIFACT
+    meta = json.loads((root / "router.json").read_text(encoding="utf-8"))
+    if meta.get("version") != ARTIFACT_VERSION:
+        raise ValueError(f"{root}/router.json: version {meta.get('version')!r}, expected {ARTIFACT_VERSION}")
+    with np.load(root / "router.npz") as z:
+        arr = {k: z[k] for k in z.files}
+    spec = HashSpec(**meta["hash_spec"])
+    weights = _Weights(
+        spec=spec,
+        idf=arr["idf"].astype(np.float32),
+        w=arr["w"].astype(np.float32),
+        w_struct=arr["w_struct"].astype(np.float32),
+        s_mean=arr["s_mean"].astype(np.float32),
+        s_std=arr["s_std"].astype(np.float32),
+        bias=arr["bias"].astype(np.float32),
+        head_coef=arr["head_coef"].astype(np.float64),
+        head_icpt=arr["head_icpt"].astype(np.float64),
+        gen_coef=arr["gen_coef"].astype(np.float64),
+        gen_icpt=float(arr["gen_icpt"]),
+        theta=arr["theta"].astype(np.float64),
+    )
+    return Router(weights, meta)

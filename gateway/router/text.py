@@ -1,0 +1,115 @@
+"""Prompt normalisation, structural features and a coarse category guess.
+
+Everything here is pure stdlib and runs on the request path, so it is written for
+speed (a handful of pre-compiled regexes, one pass each) rather than linguistic care.
+
+Why strip scaffolding: the router is trained on multiple-choice benchmark prompts
+("Question: ... Options: A. ... Answer: Let's think step by step.") but deployed on
+chat, code and anything else. Labels like "Options:" and "A." carry no information
+about how hard the *content* is, and a model that keys on them learns the file
+format instead of difficulty. We keep the option *text* (it is content: numeric
+options hint at a calculation) and drop only the labels.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_SCAFFOLD_LINES = re.compile(
+    r"^\s*(?:question|options|choices|answer\s*:\s*let'?s think step by step\.?)\s*:?\s*$",
+    re.IGNORECASE | re.MULTILINE,
+)
+_LEADING_LABEL = re.compile(r"^\s*(?:question|q)\s*:\s*", re.IGNORECASE | re.MULTILINE)
+_OPTION_LABEL = re.compile(r"^\s*\(?[A-Ja-j][.)]\s+", re.MULTILINE)
+_TRAILING_COT = re.compile(r"answer\s*:\s*let'?s think step by step\.?\s*$", re.IGNORECASE)
+
+_DIGIT = re.compile(r"\d")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
+_MATH_SYM = re.compile(r"[=+\-*/^<>≤≥∑∫√π±×÷%]|\\(?:frac|sqrt|sum|int|cdot|times)")
+_CODE = re.compile(
+    r"```|\bdef\s|\breturn\b|\bclass\s|#include|\bfunction\b|=>|;\s*$|\{\s*$|\bimport\s",
+    re.MULTILINE,
+)
+_CONSTRAINT = re.compile(
+    r"\b(?:must|exactly|at\s+least|at\s+most|without|only|ensure|format|should\s+not|"
+    r"do\s+not|don't|no\s+more\s+than|step[- ]by[- ]step|prove|explain|justify)\b",
+    re.IGNORECASE,
+)
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+_WORD = re.compile(r"[A-Za-z]+")
+_MATH_WORDS = re.compile(
+    r"\b(?:calculate|compute|solve|equation|integral|derivative|probability|sum|"
+    r"product|value of|how many|find the)\b",
+    re.IGNORECASE,
+)
+_REASON_WORDS = re.compile(
+    r"\b(?:why|because|therefore|implies|infer|conclude|argument|assume|if\s+.+\bthen)\b",
+    re.IGNORECASE,
+)
+
+STRUCT_NAMES: tuple[str, ...] = (
+    "log_chars",
+    "log_words",
+    "digit_frac",
+    "log_numbers",
+    "log_math_symbols",
+    "log_code_markers",
+    "log_constraint_words",
+    "log_questions",
+    "log_sentences",
+    "mean_word_len",
+    "upper_frac",
+    "log_lines",
+)
+
+
+def normalise(text: str) -> str:
+    """Return the prompt's content with multiple-choice/CoT scaffolding removed."""
+    text = _TRAILING_COT.sub("", text)
+    text = _SCAFFOLD_LINES.sub("", text)
+    text = _LEADING_LABEL.sub("", text)
+    text = _OPTION_LABEL.sub("", text)
+    return text.strip()
+
+
+def structural_features(clean: str) -> tuple[float, ...]:
+    """Cheap, format-agnostic signals of effort: size, numbers, maths, code, constraints.
+
+    Log-scaled counts so that one very long prompt does not dominate a linear model.
+    Order matches STRUCT_NAMES.
+    """
+    n_chars = len(clean)
+    words = _WORD.findall(clean)
+    n_words = len(words)
+    letters = sum(len(w) for w in words)
+    upper = sum(1 for w in words if w[:1].isupper())
+    return (
+        math.log1p(n_chars),
+        math.log1p(n_words),
+        len(_DIGIT.findall(clean)) / (n_chars + 1.0),
+        math.log1p(len(_NUMBER.findall(clean))),
+        math.log1p(len(_MATH_SYM.findall(clean))),
+        math.log1p(len(_CODE.findall(clean))),
+        math.log1p(len(_CONSTRAINT.findall(clean))),
+        math.log1p(clean.count("?")),
+        math.log1p(len(_SENTENCE_END.findall(clean))),
+        letters / (n_words + 1.0),
+        upper / (n_words + 1.0),
+        math.log1p(clean.count("\n")),
+    )
+
+
+def guess_category(clean: str, feats: tuple[float, ...]) -> str:
+    """Coarse task label for explain output only; metrics never read it."""
+    named = dict(zip(STRUCT_NAMES, feats))
+    if named["log_code_markers"] >= math.log1p(2):
+        return "code"
+    n_math_words = len(_MATH_WORDS.findall(clean))
+    if named["log_math_symbols"] >= math.log1p(3) or (n_math_words and named["digit_frac"] > 0.02):
+        return "math"
+    if _REASON_WORDS.search(clean):
+        return "reasoning"
+    if named["log_questions"] > 0 or named["log_words"] < math.log1p(60):
+        return "knowledge"
+    return "chat"

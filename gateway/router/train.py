@@ -1,0 +1,109 @@
+"""Train the router artifact from data in the shared schema (numpy + scipy; tqdm bars).
+
+Recipe (see model.py for the serving shape):
+1. IRT on the train split's outcomes of all models -> per-item difficulty b and latents u.
+   Pooling every model denoises the target; one model's 0/1 is mostly noise.
+2. Ridge from hashed n-grams + structural features to z = (b, u).
+3. Per-model logistic heads on phi(z) of *out-of-fold* predictions (heads must learn how
+   much to trust a shrunk, noisy z, not the in-sample one), plus a generic head
+   sigmoid(theta_m - delta(x)) that gives difficulty and serves unseen models.
+4. Save, reload through ``load_router`` and print a validation report.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from gateway.router.data import RoutingData, load_data
+from gateway.router.design import fit_idf, hash_prompts, to_csr, with_struct
+from gateway.router.evaluate import report_pairs
+from gateway.router.featurize import HashSpec
+from gateway.router.fit import fit_generic_head, fit_logistic, oof_ridge
+from gateway.router.irt import fit_irt
+from gateway.router.model import ARTIFACT_VERSION, load_router
+from gateway.router.text import STRUCT_NAMES
+
+# Settings chosen on the validation split (benchmarks/results/routing_representations.md).
+SPEC = HashSpec(bits=17, char_weight=1.0, word_weight=1.0)
+IRT_DIMS = 2
+RIDGE_LAMBDA = 3.0
+STRUCT_SCALE = 0.3
+
+
+def _phi(z: np.ndarray) -> np.ndarray:
+    return np.column_stack([z, z[:, :1] ** 2])
+
+
+def _fit_heads(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    coefs, icpts = [], []
+    for j in range(y.shape[1]):
+        ok = ~np.isnan(y[:, j])
+        c, c0 = fit_logistic(phi[ok], y[ok, j]) if ok.any() else (np.zeros(phi.shape[1]), 0.0)
+        coefs.append(c)
+        icpts.append(c0)
+    return np.asarray(coefs), np.asarray(icpts)
+
+
+def _fit_arrays(data: RoutingData, train_rows: np.ndarray, seed: int, progress: bool) -> dict[str, np.ndarray]:
+    hashed = hash_prompts(data.prompts, SPEC, progress)
+    idf = fit_idf(hashed, train_rows, SPEC)
+    s_mean = hashed.struct[train_rows].mean(0)
+    s_std = hashed.struct[train_rows].std(0) + 1e-6
+    x = with_struct(to_csr(hashed, idf, SPEC), (hashed.struct - s_mean) / s_std, STRUCT_SCALE)
+    y = data.score[train_rows]
+    irt = fit_irt(y, k=IRT_DIMS, seed=seed, progress=progress)
+    target = np.column_stack([irt.b, irt.u])
+    oof, ridge = oof_ridge(x[train_rows], target, RIDGE_LAMBDA, seed=seed, progress=progress)
+    phi = _phi(oof)
+    head_coef, head_icpt = _fit_heads(phi, y)
+    gen_coef, gen_icpt, theta = fit_generic_head(phi, y)
+    return {
+        "idf": idf.astype(np.float16),
+        "w": ridge.coef[: SPEC.dim].astype(np.float16),
+        "w_struct": (ridge.coef[SPEC.dim :] * STRUCT_SCALE).astype(np.float32),
+        "s_mean": s_mean.astype(np.float32), "s_std": s_std.astype(np.float32),
+        "bias": ridge.intercept.astype(np.float32),
+        "head_coef": head_coef, "head_icpt": head_icpt,
+        "gen_coef": gen_coef, "gen_icpt": np.asarray(gen_icpt), "theta": theta,
+    }
+
+
+def _meta(data: RoutingData, train_rows: np.ndarray) -> dict[str, object]:
+    out_tok = np.nanmean(np.where(np.isnan(data.out_tokens[train_rows]), np.nan, data.out_tokens[train_rows]), 0)
+    return {
+        "version": ARTIFACT_VERSION,
+        "hash_spec": asdict(SPEC),
+        "struct_names": list(STRUCT_NAMES),
+        "irt_dims": IRT_DIMS,
+        "ridge_lambda": RIDGE_LAMBDA,
+        "models": data.models,
+        "expected_output_tokens": {
+            m: round(float(v), 2) for m, v in zip(data.models, out_tok) if np.isfinite(v)
+        },
+        "n_train": int(train_rows.size),
+    }
+
+
+def train(data_path: str | Path, out_dir: str | Path, *, seed: int = 0, progress: bool = True) -> dict:
+    """Fit on the train split, save ``router.npz``/``router.json`` in out_dir, and return
+    (and print) the validation report."""
+    data = load_data(data_path)
+    train_rows = np.nonzero(data.split == "train")[0]
+    arrays = _fit_arrays(data, train_rows, seed, progress)
+    meta = _meta(data, train_rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out / "router.npz", **arrays)
+    (out / "router.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    val = data.subset(data.split == "validation")
+    report: dict = {"n_validation": len(val.ids), "pairs": {}}
+    if val.ids:  # through the saved artifact, so the report also checks the serving path
+        report["pairs"] = report_pairs(load_router(out), val, progress=progress)
+    meta["validation_report"] = report
+    (out / "router.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    print(json.dumps(report, indent=1))
+    return report

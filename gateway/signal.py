@@ -1,0 +1,55 @@
+"""RouteSignal: what the router says about one request, computed on the event loop without network."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.config import DeploymentConfig
+from gateway.router import Assessment, Router
+
+# The router reads the end of a long prompt: that is where the question usually is, and it keeps the
+# per-request cost bounded whatever the client sends.
+_MAX_ROUTER_CHARS = 12_000
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSignal:
+    difficulty: float
+    category: str
+    quality: Mapping[str, float]  # predicted P(good answer) per deployment
+    prompt_tokens: int            # estimate, for cost prediction
+    features: Mapping[str, float]
+
+
+def message_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content parts: keep the text ones
+        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
+    """The text the router judges (the last user turn, with the system prompt) and a token estimate."""
+    total_chars = 0
+    last_user = ""
+    system = ""
+    for m in messages:
+        text = message_text(m.get("content"))
+        total_chars += len(text)
+        if m.get("role") == "user":
+            last_user = text
+        elif m.get("role") in ("system", "developer") and not system:
+            system = text
+    text = (system + "\n" + last_user).strip() if system else last_user
+    return text[-_MAX_ROUTER_CHARS:], max(1, total_chars // 4)
+
+
+def assess(router: Router, messages: Sequence[Mapping[str, Any]],
+           deployments: Sequence[DeploymentConfig]) -> RouteSignal:
+    text, prompt_tokens = routing_text(messages)
+    a: Assessment = router.assess(text)
+    quality = {d.name: router.p_good(a, profile=d.router_profile, ability=d.ability) for d in deployments}
+    return RouteSignal(a.difficulty, a.category, quality, prompt_tokens, a.features)

@@ -1,0 +1,90 @@
+"""Bad input and failing upstreams get OpenAI-style errors with the right status, never a stack trace."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from tests.support.processes import Simulator
+
+
+def _post(base_url: str, content: bytes | str, **headers: str) -> httpx.Response:
+    return httpx.post(base_url + "/chat/completions", content=content,
+                      headers={"content-type": "application/json", **headers}, timeout=30)
+
+
+def _assert_openai_error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert resp.status_code == status, resp.text
+    error = resp.json()["error"]
+    assert error["message"] and error["type"]
+    assert "Traceback" not in resp.text
+    if code:
+        assert error["code"] == code
+    return error
+
+
+def test_malformed_json_is_400(base_url: str) -> None:
+    _assert_openai_error(_post(base_url, b'{"model": "auto", "messages": ['), 400, "invalid_json")
+
+
+def test_missing_messages_is_400_naming_the_field(base_url: str) -> None:
+    error = _assert_openai_error(_post(base_url, '{"model": "auto"}'), 400, "missing_field")
+    assert error["param"] == "messages"
+
+
+def test_empty_messages_is_400(base_url: str) -> None:
+    _assert_openai_error(_post(base_url, '{"model": "auto", "messages": []}'), 400)
+
+
+def test_unknown_model_is_404(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as info:
+        client.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.code == "model_not_found"
+
+
+def test_body_over_the_limit_is_413(base_url: str) -> None:
+    huge = '{"model": "auto", "messages": [{"role": "user", "content": "' + "x" * (2 * 1024 * 1024 + 10) + '"}]}'
+    _assert_openai_error(_post(base_url, huge), 413, "request_too_large")
+
+
+def test_upstream_that_always_fails_is_502(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 502
+    assert info.value.type == "upstream_error"
+
+
+def test_upstream_that_times_out_is_504(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="slow", messages=[{"role": "user", "content": "hi"}])
+    assert info.value.status_code == 504
+
+
+def test_retries_a_flaky_upstream_until_it_answers(base_url: str, simulator: Simulator) -> None:
+    simulator.reset()
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    completion = client.chat.completions.create(model="flaky", messages=[{"role": "user", "content": "hi"}])
+    assert completion.choices[0].message.content
+    assert simulator.stats()["sim-flaky"]["requests"] == 3  # two failures, then the answer
+
+
+def test_throttled_upstream_is_retried_then_502(base_url: str, simulator: Simulator) -> None:
+    simulator.reset()
+    resp = _post(base_url, '{"model": "throttled", "messages": [{"role": "user", "content": "hi"}]}')
+    _assert_openai_error(resp, 502)
+    assert simulator.stats()["sim-throttled"]["requests"] == 2  # max_retries=1
+
+
+def test_falls_back_when_the_primary_fails(base_url: str) -> None:
+    raw = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0).chat.completions.with_raw_response.create(
+        model="router/failover", messages=[{"role": "user", "content": "hi"}])
+    assert raw.headers["x-switchyard-model"] == "small"
+    assert raw.headers["x-switchyard-plan"] == "single:broken>fallback:small"
+
+
+def test_unknown_route_is_an_openai_style_404(base_url: str) -> None:
+    _assert_openai_error(httpx.get(base_url + "/nothing-here"), 404)

@@ -1,0 +1,45 @@
+"""Selecting among samples: extraction, votes, ties, unextractable answers, judge replies."""
+
+from __future__ import annotations
+
+from gateway.executor.answers import choice_letter, extract_answer, number, short_span
+from gateway.executor.selectors import parse_judge_choice, vote
+
+
+def test_extracts_letters_numbers_and_short_spans() -> None:
+    assert choice_letter("The answer is (B).") == "B"
+    assert choice_letter("Answer: C because ...") == "C"
+    assert choice_letter("I think so") is None  # a pronoun is not option I
+    assert choice_letter("the answer is a number") is None
+    assert number("so the answer is 1,000.0 apples") == "1000"
+    assert number("x = 3, y = 4, total 7") == "7"
+    assert short_span("The answer is Paris.") == "paris"
+    assert extract_answer("The answer is (D). Because...") == "D"
+
+
+def test_vote_picks_the_most_frequent_answer() -> None:
+    chosen = vote(["The answer is B.", "The answer is C.", "Answer: C", "The answer is (C)."])
+    assert chosen.index == 1
+    assert chosen.agreement == 0.75
+    assert chosen.evidence["votes"] == {"B": 1, "C": 3}
+
+
+def test_vote_tie_goes_to_the_earliest_answer_and_says_so() -> None:
+    chosen = vote(["The answer is 5.", "The answer is 7.", "The answer is 7.", "The answer is 5."])
+    assert chosen.index == 0
+    assert chosen.evidence["tie"] == "broken by the earliest sample"
+
+
+def test_unextractable_answers_fall_back_to_their_text_then_the_first_sample() -> None:
+    long = "word " * 20
+    chosen = vote([long, "something else entirely " * 3, long])
+    assert chosen.index == 0 and chosen.agreement == 2 / 3
+    assert vote(["", "  "]).index == 0
+    assert "no answer could be extracted" in vote(["", ""]).evidence["note"]
+
+
+def test_judge_reply_is_parsed_or_rejected() -> None:
+    assert parse_judge_choice("Candidate 2", 3) == 1
+    assert parse_judge_choice("2", 3) == 1
+    assert parse_judge_choice("the best is number 9", 3) is None
+    assert parse_judge_choice("none of them", 3) is None

@@ -1,0 +1,90 @@
+"""The decision is a pure function: signal + policy + live state + request limits → plan with reasons."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import embedded_config
+from gateway.errors import ConstraintUnsatisfiable
+from gateway.policy import Catalog, Overrides, decide, load_policy_file
+from gateway.providers.health import LiveView
+from gateway.providers.pricing import prices_for
+from gateway.signal import RouteSignal
+
+CONFIG = embedded_config("http://127.0.0.1:9/v1")
+CATALOG = Catalog({d.name: d for d in CONFIG.deployments}, prices_for(CONFIG.deployments))
+
+
+def _policy(tmp_path: Path, text: str):  # noqa: ANN202
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return load_policy_file(path, CONFIG.deployments)
+
+
+def _signal(q_small: float, q_large: float, tokens: int = 200) -> RouteSignal:
+    return RouteSignal(0.5, "test", {"small": q_small, "large": q_large}, tokens, {})
+
+
+TWO_TIERS = "candidates:\n  - single: small\n  - single: large\nobjective: {value_usd: 0.002}\n"
+
+
+def test_pays_for_the_large_tier_only_when_the_gain_is_worth_it(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS)
+    assert decide(policy, _signal(0.80, 0.82), CATALOG, LiveView()).plan.label == "single:small"
+    assert decide(policy, _signal(0.20, 0.90), CATALOG, LiveView()).plan.label == "single:large"
+
+
+def test_higher_willingness_to_pay_buys_quality(tmp_path: Path) -> None:
+    cheap = _policy(tmp_path, TWO_TIERS.replace("0.002", "0.00001"))
+    assert decide(cheap, _signal(0.2, 0.9), CATALOG, LiveView()).plan.label == "single:small"
+
+
+def test_max_cost_header_tightens_the_policy(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS)
+    d = decide(policy, _signal(0.2, 0.9), CATALOG, LiveView(), Overrides(max_cost_usd=0.0001))
+    assert d.plan.label == "single:small"
+    rejected = {c.plan.label: c.rejected_by for c in d.candidates}
+    assert rejected["single:large"].startswith("max_cost_usd")
+
+
+def test_latency_header_tightens_the_policy(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS)
+    d = decide(policy, _signal(0.2, 0.9), CATALOG, LiveView(), Overrides(latency_slo_ms=500))
+    assert d.plan.label == "single:small"
+
+
+def test_a_header_cannot_loosen_the_policy(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS + "constraints: {max_cost_usd: 0.0001}\n")
+    d = decide(policy, _signal(0.2, 0.9), CATALOG, LiveView(), Overrides(max_cost_usd=10))
+    assert d.plan.label == "single:small"
+
+
+def test_an_impossible_constraint_is_a_clear_error(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS + "constraints: {latency_slo_ms: 1}\n")
+    with pytest.raises(ConstraintUnsatisfiable, match="single:small: latency_slo_ms") as info:
+        decide(policy, _signal(0.2, 0.9), CATALOG, LiveView())
+    assert info.value.status == 422
+
+
+def test_an_open_circuit_removes_a_candidate(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS)
+    d = decide(policy, _signal(0.2, 0.9), CATALOG, LiveView(open_circuits=frozenset({"large"})))
+    assert d.plan.label == "single:small"
+
+
+def test_allowed_deployments_accepts_tiers(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS + "constraints: {allowed_deployments: [small]}\n")
+    d = decide(policy, _signal(0.2, 0.9), CATALOG, LiveView())
+    assert d.plan.label == "single:small"
+    assert {c.plan.label: c.rejected_by for c in d.candidates}["single:large"] == "allowed_deployments"
+
+
+def test_explain_lists_every_candidate_with_its_numbers(tmp_path: Path) -> None:
+    explained = decide(_policy(tmp_path, TWO_TIERS), _signal(0.2, 0.9), CATALOG, LiveView()).explain()
+    assert explained["plan"] == "single:large"
+    assert [c["plan"] for c in explained["candidates"]] == ["single:small", "single:large"]
+    for c in explained["candidates"]:
+        assert {"predicted_quality", "predicted_cost_usd", "predicted_latency_ms", "utility", "rejected_by"} <= set(c)
+    assert explained["reasons"]

@@ -1,0 +1,91 @@
+"""Policy files: validation that names the file and the field, binding to deployments, hot reload."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from gateway.config import embedded_config
+from gateway.errors import ConfigError
+from gateway.plans import BestOfN, Cascade, Single
+from gateway.policy import PolicySet, load_policy_file
+
+ROOT = Path(__file__).resolve().parents[3]
+DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def test_every_shipped_policy_is_valid() -> None:
+    policies = PolicySet(ROOT / "routing_policies", DEPLOYMENTS)
+    assert {"balanced", "cost-saver", "quality-first", "latency-sla"} <= set(policies.policies)
+
+
+def test_unknown_tier_names_the_file_and_field(tmp_path: Path) -> None:
+    path = _write(tmp_path, "cost-saver.yaml", "candidates:\n  - single: small\n  - single: huge\n")
+    with pytest.raises(ConfigError, match=r"cost-saver.yaml: candidates\[1\].single 'huge' is not a deployment or tier"):
+        load_policy_file(path, DEPLOYMENTS)
+
+
+def test_unknown_key_is_rejected_with_its_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\nobjective:\n  value: 3\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: objective.value: Extra inputs are not permitted"):
+        load_policy_file(path, DEPLOYMENTS)
+
+
+def test_wrong_type_is_rejected_with_its_path(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\nconstraints:\n  latency_slo_ms: fast\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: constraints.latency_slo_ms: Input should be a valid number"):
+        load_policy_file(path, DEPLOYMENTS)
+
+
+def test_a_candidate_must_be_exactly_one_kind(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - {single: small, cascade: {steps: [small, large]}}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: candidates\[0\]: Value error, a candidate is exactly one of"):
+        load_policy_file(path, DEPLOYMENTS)
+
+
+def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
+    path = _write(tmp_path, "broken.yaml", "candidates: [\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML"):
+        load_policy_file(path, DEPLOYMENTS)
+
+
+def test_tiers_expand_and_fallbacks_resolve(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.yaml", """
+candidates:
+  - single: small
+  - best_of: {deployment: small, n: 3}
+  - cascade: {steps: [small, large], threshold: 0.5}
+fallbacks:
+  small: [large]
+""")
+    policy = load_policy_file(path, DEPLOYMENTS)
+    assert policy.plans == (Single("small", ("large",)), BestOfN(("small",) * 3),
+                            Cascade(("small", "large"), threshold=0.5))
+    assert [p.label for p in policy.plans] == ["single:small", "best_of:3:small:vote", "cascade:small>large"]
+
+
+def test_a_file_that_turns_bad_keeps_its_last_good_version(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n")
+    policies = PolicySet(tmp_path, DEPLOYMENTS)
+    path.write_text("candidates:\n  - single: nowhere\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert policies.reload_changed() == []
+    assert policies.get("p") is not None and policies.get("p").plans == (Single("small"),)  # type: ignore[union-attr]
+
+
+def test_a_changed_file_is_reloaded(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n")
+    policies = PolicySet(tmp_path, DEPLOYMENTS)
+    path.write_text("candidates:\n  - single: large\n")
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    assert policies.reload_changed() == ["p"]
+    assert policies.get("p").plans == (Single("large"),)  # type: ignore[union-attr]
