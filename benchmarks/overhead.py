@@ -35,7 +35,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import overhead_litellm, overhead_load, overhead_nginx, overhead_report
-from benchmarks.overhead_procs import Child, Processes, cpu_seconds, free_port, peak_rss_mib, wait_http
+from benchmarks.overhead_procs import (
+    Child, Processes, cpu_seconds, default_nice, free_port, peak_rss_mib, pinned, wait_http,
+)  # fmt: skip
 from benchmarks.overhead_targets import (
     BY_NAME, CHAT_PATH, TARGETS, Context, Server, Target, probe, start_server, switchyard_missing,
 )  # fmt: skip
@@ -60,6 +62,7 @@ class Settings:
     out: Path | None = DEFAULT_OUT
     json_out: Path | None = None
     workdir: Path | None = None
+    nice: int = 0
     command: str = ""
 
 
@@ -86,6 +89,8 @@ class Bench:
     settings: Settings
     procs: Processes
     workdir: Path
+    load_prefix: list[str]  # load generator: nice + taskset onto the load core
+    server_prefix: list[str]  # process under test: nice + taskset onto the server core
     records: list[dict[str, object]] = field(default_factory=list)
     rss: dict[str, dict[str, float]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -113,24 +118,25 @@ class Bench:
         return max(1, per_round * self.settings.rounds)
 
     # ---- phases ----
-    def run(self, upstream: Child, ports: dict[str, int], core: tuple[str, str]) -> None:
+    def run(self, upstream: Child, ports: dict[str, int]) -> None:
         """Both phases; ports maps "latency" and "throughput" to the upstream's two ports."""
         self.total = self.plan_size()
         phases = ["latency"] + (["throughput"] if self.settings.throughput else [])
         for phase in phases:
-            ctx = Context(self.procs, self.workdir, f"http://127.0.0.1:{ports[phase]}", upstream, core[1])
+            upstream_url = f"http://127.0.0.1:{ports[phase]}"
+            ctx = Context(self.procs, self.workdir, upstream_url, upstream, self.server_prefix)
             servers = self.start_servers(ctx, phase)
-            self.warm(servers, core[0])
+            self.warm(servers)
             for round_no in range(self.settings.rounds):
                 order = _rotate(self.targets(), round_no)
                 if phase == "latency":
                     for step in self.latency_steps():
                         for target in order:
                             if step.kind != "ttfb" or target.streams:
-                                self.measure(phase, round_no, step, target, servers[target.server], core[0])
+                                self.measure(phase, round_no, step, target, servers[target.server])
                 else:
                     for target in order:
-                        self.ladder(round_no, target, servers[target.server], core[0])
+                        self.ladder(round_no, target, servers[target.server])
             for server in servers.values():
                 if server.child is not None:
                     self.rss.setdefault(phase, {})[server.name] = peak_rss_mib(server.child.pid)
@@ -142,7 +148,8 @@ class Bench:
         for target in list(self.targets()):
             if target.server in servers:
                 continue
-            _say(f"starting {target.server} for the {phase} phase...")
+            if target.server != "upstream":
+                _say(f"starting {target.server} for the {phase} phase...")
             try:
                 servers[target.server] = start_server(target.server, ctx, phase)
             except Exception as exc:
@@ -152,7 +159,7 @@ class Bench:
                 _say(f"SKIPPING {target.server}: {exc}")
         return servers
 
-    def warm(self, servers: dict[str, Server], load_core: str) -> None:
+    def warm(self, servers: dict[str, Server]) -> None:
         for target in list(self.targets()):
             server = servers[target.server]
             try:
@@ -160,21 +167,21 @@ class Bench:
                 if target.streams and self.settings.stream:
                     probe(target, server.base_url, stream=True)
                 self.probes[target.name] |= probe(target, server.base_url, stream=False)
-                overhead_load.run_wrk(server.base_url + CHAT_PATH, self.script(target), 8, 1, load_core)
+                overhead_load.run_wrk(server.base_url + CHAT_PATH, self.script(target), 8, 1, self.load_prefix)
             except Exception as exc:
                 self.skipped[target.name] = f"warm-up request failed: {exc}"
                 _say(f"SKIPPING {target.name}: {exc}")
 
-    def ladder(self, round_no: int, target: Target, server: Server, load_core: str) -> None:
+    def ladder(self, round_no: int, target: Target, server: Server) -> None:
         for connections in self.settings.ladder:
-            record = self.measure("throughput", round_no, Step("ladder", connections), target, server, load_core)
+            record = self.measure("throughput", round_no, Step("ladder", connections), target, server)
             if "error" in record or float(record["p99"]) >= P99_LIMIT_MS or int(record["errors"]) > 0:  # type: ignore[arg-type]
                 self.done += len(self.settings.ladder) - 1 - self.settings.ladder.index(connections)
                 return
 
     # ---- one measurement ----
     def measure(
-        self, phase: str, round_no: int, step: Step, target: Target, server: Server, load_core: str
+        self, phase: str, round_no: int, step: Step, target: Target, server: Server
     ) -> dict[str, object]:
         url = server.base_url + CHAT_PATH
         pid = server.child.pid if server.child else None
@@ -183,7 +190,7 @@ class Bench:
                                      "kind": step.kind, "target": target.name,
                                      "connections": step.connections, "rate": step.rate}  # fmt: skip
         try:
-            sample = self.load(step, target, url, load_core)
+            sample = self.load(step, target, url)
             record |= sample.to_dict()
             if pid:
                 cpu = cpu_seconds(pid) - cpu_before
@@ -196,8 +203,8 @@ class Bench:
         self.progress(record)
         return record
 
-    def load(self, step: Step, target: Target, url: str, core: str) -> overhead_load.Sample:
-        s = self.settings
+    def load(self, step: Step, target: Target, url: str) -> overhead_load.Sample:
+        s, core = self.settings, self.load_prefix
         if step.kind in ("wrk", "ladder"):
             seconds = s.duration if step.kind == "wrk" else s.ladder_duration
             return overhead_load.run_wrk(url, self.script(target), step.connections, seconds, core)
@@ -237,6 +244,13 @@ def _rotate(items: list[Target], k: int) -> list[Target]:
     return items[k:] + items[:k]
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -257,16 +271,18 @@ def run(settings: Settings) -> dict[str, object]:
     workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="switchyard-overhead-"))
     (workdir / "bodies").mkdir(parents=True, exist_ok=True)
     load_core, server_core = cores()
+    load_prefix, server_prefix = pinned(load_core, settings.nice), pinned(server_core, settings.nice)
     with Processes(workdir / "logs") as procs:
-        bench = Bench(settings, procs, workdir)
+        bench = Bench(settings, procs, workdir, load_prefix, server_prefix)
         meta = environment(settings, bench, (load_core, server_core))
         upstream = overhead_nginx.NginxUpstream(workdir, free_port(), free_port(), settings.delay_ms)
-        nginx = procs.start("upstream", upstream.write(), load_core)
+        nginx = procs.start("upstream", upstream.write(), load_prefix)
         wait_http(nginx, f"http://127.0.0.1:{upstream.instant_port}/healthz", 15)
         _say(f"upstream nginx pid {nginx.pid}: {settings.delay_ms:.0f} ms on :{upstream.delayed_port}, "
              f"instant on :{upstream.instant_port}; logs in {workdir}")  # fmt: skip
         ports = {"latency": upstream.delayed_port, "throughput": upstream.instant_port}
-        bench.run(nginx, ports, (load_core, server_core))
+        bench.run(nginx, ports)
+        meta["loadavg_end"] = _loadavg()
     results = {"meta": meta, "records": bench.records, "rss": bench.rss, "skipped": bench.skipped,
                "probes": bench.probes, "workdir": str(workdir)}  # fmt: skip
     json_out = settings.json_out or workdir / "results.json"
@@ -299,6 +315,8 @@ def environment(settings: Settings, bench: Bench, core: tuple[str, str]) -> dict
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
         "cores": {"load_generator_and_upstream": core[0], "server_under_test": core[1]},
+        "nice": settings.nice,
+        "loadavg_start": _loadavg(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
         "litellm_version": overhead_litellm.installed_version() if "litellm" in settings.targets else None,
     }
@@ -323,6 +341,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--delay-ms", type=float, default=50.0, help="upstream delay in the latency phase")
     p.add_argument("--no-stream", action="store_true", help="skip streaming TTFB measurements")
     p.add_argument("--no-throughput", action="store_true", help="skip the instant-upstream phase")
+    p.add_argument("--nice", type=int, default=default_nice(),
+                   help="niceness of every process started (default -10 as root, else 0)")  # fmt: skip
     a = p.parse_args(argv)
     names = [n.strip() for n in a.targets.split(",") if n.strip()] or [t.name for t in TARGETS]
     unknown = [n for n in names if n not in BY_NAME]
@@ -335,7 +355,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         rounds=a.rounds, duration=a.duration, ladder_duration=a.ladder_duration,
         connections=ints(a.connections), rates=ints(a.rates), ladder=ints(a.ladder), delay_ms=a.delay_ms,
         targets=tuple(names), stream=not a.no_stream, throughput=not a.no_throughput,
-        litellm_spec=a.litellm_spec, out=a.out, json_out=a.json, workdir=a.workdir,
+        litellm_spec=a.litellm_spec, out=a.out, json_out=a.json, workdir=a.workdir, nice=a.nice,
         command="PYTHONPATH=. python -m benchmarks.overhead " + " ".join(shlex.quote(x) for x in (argv or [])),
     )  # fmt: skip
     if a.quick:

@@ -96,8 +96,10 @@ def method_section(s: Summary, results: dict[str, object]) -> list[str]:
         f"{settings['duration']} s, throughput steps {settings['ladder_duration']} s; one warm-up "
         "(probe requests + 1 s of wrk) per target and phase, not recorded.",
         f"- Cores: load generator and upstream on core {cores['load_generator_and_upstream']}, the "
-        f"process under test alone on core {cores['server_under_test']} (taskset). Other services on the "
-        "machine were not stopped.",
+        f"process under test alone on core {cores['server_under_test']} (taskset), all of them at niceness "
+        f"{meta.get('nice', 0)}. The machine is shared: load average {meta.get('loadavg_start')} before the "
+        f"run, {meta.get('loadavg_end')} after; other people's processes were left alone, so expect noise "
+        "in the tails (hence interleaving and per-round comparisons).",
         "- Upstream: one nginx process (no master) with the Lua module: a fixed `chat.completion` JSON, or "
         'a fixed SSE stream when the body has `"stream": true` (first event flushed, then the rest at once). '
         f"Latency phase: `ngx.sleep` of {settings['delay_ms']} ms before answering; throughput phase: "

@@ -73,9 +73,9 @@ def wrk_script(path: Path, body: bytes, headers: dict[str, str] | None = None) -
     return path
 
 
-def wrk_command(url: str, script: Path, connections: int, seconds: float, core: str) -> list[str]:
+def wrk_command(url: str, script: Path, connections: int, seconds: float, prefix: list[str]) -> list[str]:
     return [
-        *(["taskset", "-c", core] if core else []),
+        *prefix,
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
         "-s", str(script), url,
     ]  # fmt: skip
@@ -98,8 +98,9 @@ def parse_wrk(stdout: str) -> Sample:
     )
 
 
-def run_wrk(url: str, script: Path, connections: int, seconds: float, core: str) -> Sample:
-    cmd = wrk_command(url, script, connections, seconds, core)
+def run_wrk(url: str, script: Path, connections: int, seconds: float, prefix: list[str]) -> Sample:
+    """prefix: what to run wrk under, e.g. ``["nice", "-n", "-10", "taskset", "-c", "0"]``."""
+    cmd = wrk_command(url, script, connections, seconds, prefix)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr[-1000:]}")
@@ -112,11 +113,11 @@ def fixed_rate_connections(rate: float, expected_latency_s: float = 0.08) -> int
 
 
 def run_h2load(
-    url: str, body_file: Path, rate: float, seconds: float, core: str, log_file: Path
+    url: str, body_file: Path, rate: float, seconds: float, prefix: list[str], log_file: Path
 ) -> Sample:
     clients = fixed_rate_connections(rate)
     cmd = [
-        *(["taskset", "-c", core] if core else []),
+        *prefix,
         "h2load", "--h1", "-c", str(clients), "-t", "1", "-m", "1",
         "--rps", f"{rate / clients:.4f}", "-D", str(max(1, round(seconds))),
         "-d", str(body_file), "--log-file", str(log_file),
@@ -154,10 +155,10 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> 
     return {p: ordered[min(n - 1, max(0, math.ceil(p / 100 * n) - 1))] for p in points}
 
 
-def run_ttfb(url: str, body_file: Path, connections: int, seconds: float, core: str) -> Sample:
+def run_ttfb(url: str, body_file: Path, connections: int, seconds: float, prefix: list[str]) -> Sample:
     """Streaming: time to first body byte (and to the end) from benchmarks/overhead_ttfb.py."""
     cmd = [
-        *(["taskset", "-c", core] if core else []),
+        *prefix,
         sys.executable, "-m", "benchmarks.overhead_ttfb", "--url", url, "--body-file", str(body_file),
         "--connections", str(connections), "--seconds", str(seconds),
     ]  # fmt: skip

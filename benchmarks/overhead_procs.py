@@ -29,6 +29,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def pinned(core: str, nice: int = 0) -> list[str]:
+    """Command prefix that runs a program on one core (taskset) at a niceness (nice, if not 0)."""
+    return (["nice", "-n", str(nice)] if nice else []) + (["taskset", "-c", core] if core else [])
+
+
+def default_nice() -> int:
+    """-10 when we may raise priority (root): the machine is shared, and unrelated work would
+    otherwise preempt the processes being timed. 0 otherwise."""
+    return -10 if os.geteuid() == 0 else 0
+
+
 @dataclass
 class Child:
     name: str
@@ -54,10 +65,10 @@ class Processes:
     children: list[Child] = field(default_factory=list)
 
     def start(
-        self, name: str, argv: list[str], core: str = "", env: dict[str, str | None] | None = None
+        self, name: str, argv: list[str], prefix: list[str], env: dict[str, str | None] | None = None
     ) -> Child:
-        """Start argv pinned to core; env entries set to None are removed from the environment."""
-        cmd = (["taskset", "-c", core] if core else []) + argv
+        """Start prefix + argv (see pinned()); env entries set to None are removed from the environment."""
+        cmd = prefix + argv
         log = self.logdir / f"{name}.log"
         with log.open("ab") as out:
             out.write(f"$ {' '.join(cmd)}\n".encode())

@@ -3,7 +3,7 @@
 A *server* is a process under test (or the upstream itself, for ``direct``); a *target* is a
 server plus the request it gets, so ``switchyard-auto``, ``switchyard-hit`` and
 ``switchyard-pinned`` share one gateway process. Every server is one process pinned to the
-"server core"; Python ones run one uvicorn worker on uvloop + httptools.
+server core; Python ones run one uvicorn worker on uvloop + httptools.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class Context:
     workdir: Path
     upstream: str  # e.g. http://127.0.0.1:8081 (no /v1)
     upstream_child: Child
-    core: str
+    prefix: list[str]  # nice + taskset for the server under test
 
 
 def _uvicorn(app: str, port: int) -> list[str]:
@@ -90,7 +90,7 @@ def _start_passthrough(kind: str) -> Callable[[Context, str], Server]:
     def start(ctx: Context, label: str) -> Server:
         port = free_port()
         child = ctx.procs.start(
-            label, _uvicorn(f"benchmarks.passthrough_{kind}:app", port), ctx.core,
+            label, _uvicorn(f"benchmarks.passthrough_{kind}:app", port), ctx.prefix,
             env={"PASSTHROUGH_UPSTREAM": ctx.upstream, "PYTHONPATH": str(REPO)},
         )  # fmt: skip
         wait_http(child, f"http://127.0.0.1:{port}/healthz", 30)
@@ -138,7 +138,7 @@ def _start_switchyard(ctx: Context, label: str) -> Server:
     config.write_text(switchyard_config(ctx.upstream))
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    child = ctx.procs.start(label, argv, ctx.core, env={"PYTHONPATH": str(REPO)})
+    child = ctx.procs.start(label, argv, ctx.prefix, env={"PYTHONPATH": str(REPO)})
     wait_http(child, f"http://127.0.0.1:{port}/healthz", 90)
     return Server("switchyard", f"http://127.0.0.1:{port}", child)
 
@@ -146,7 +146,7 @@ def _start_switchyard(ctx: Context, label: str) -> Server:
 def _start_litellm(ctx: Context, label: str) -> Server:
     port = free_port()
     config = overhead_litellm.write_config(ctx.workdir / f"{label}.yaml", f"{ctx.upstream}/v1")
-    child = ctx.procs.start(label, overhead_litellm.command(config, port), ctx.core, env=overhead_litellm.ENV)
+    child = ctx.procs.start(label, overhead_litellm.command(config, port), ctx.prefix, env=overhead_litellm.ENV)
     wait_http(child, f"http://127.0.0.1:{port}/health/liveliness", 180)
     return Server("litellm", f"http://127.0.0.1:{port}", child)
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from opentelemetry.trace import Span
 
 from gateway import signal as routing
@@ -174,7 +175,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     await svc.ledger.record(tenant.name, result.calls)
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
-                   gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status)
+                   gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status,
+                   switchyard__evidence=orjson.dumps(result.evidence).decode() if result.evidence else None)
     if key is not None:
         await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
     return Outcome(cache_status, result.plan_label, result.deployment, trace_id, body=result.body,

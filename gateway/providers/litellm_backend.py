@@ -41,6 +41,8 @@ class LiteLLMBackend:
         kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
         if deployment.api_base:
             kwargs["api_base"] = deployment.api_base
+            # Self-hosted servers often take no key, but litellm's OpenAI client insists on one.
+            kwargs["api_key"] = "no-key"
         if deployment.api_key_env:
             kwargs["api_key"] = os.environ.get(deployment.api_key_env)
         return kwargs

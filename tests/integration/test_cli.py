@@ -1,0 +1,115 @@
+"""The `switchyard` command as a user runs it: help, demo (its printed examples work as printed), route,
+policy check, and configuration errors that name the culprit."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import ROOT, free_port
+
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+CLI = [sys.executable, "-m", "gateway.cli"]
+
+
+def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV)
+
+
+def test_help_explains_every_command() -> None:
+    out = _run("--help").stdout
+    for command in ("serve", "demo", "simulate", "route", "train", "policy", "bench"):
+        assert command in out
+
+
+@pytest.fixture(scope="module")
+def demo() -> tuple[str, subprocess.Popen[str]]:
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "demo", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT, env=ENV)
+    assert proc.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if line.startswith("Press Ctrl-C") or (not line and proc.poll() is not None):
+            break
+    yield "".join(lines), proc
+    proc.terminate()
+    proc.wait(timeout=15)
+
+
+def _printed_command(text: str, starts: str) -> str:
+    """The example command as printed, with its backslash-newline continuations joined."""
+    block = text[text.index(starts):]
+    command = ""
+    for line in block.splitlines():
+        command += line.strip() if not command else " " + line.strip()
+        if not command.endswith("\\"):
+            break
+        command = command[:-1].rstrip()
+    return command
+
+
+def test_demo_prints_curl_and_python_examples_that_work_as_printed(demo: tuple[str, subprocess.Popen[str]]) -> None:
+    text, _ = demo
+    assert "Switchyard is up on" in text, text
+    curl = _printed_command(text, "curl ")
+    result = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
+    assert "HTTP/1.1 200" in result.stdout and "x-switchyard-plan" in result.stdout
+    python = _printed_command(text, "python -c")
+    args = shlex.split(python)
+    result = subprocess.run([sys.executable, *args[1:]], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    plan, cost = result.stdout.split()[:2]
+    assert plan.startswith("single:") and float(cost) > 0
+
+
+def test_route_explains_a_prompt() -> None:
+    result = _run("route", "--json", "hi")
+    explained = json.loads(result.stdout)
+    assert explained["policy"] == "balanced" and explained["plan"].startswith("single:")
+    readable = _run("route", "--policy", "quality-first", "Prove Fermat's little theorem.").stdout
+    assert readable.startswith("policy quality-first → ")
+
+
+def test_route_batch_scores_a_file(tmp_path: Path) -> None:
+    data = tmp_path / "in.jsonl"
+    rows = [{"id": f"q{i}", "prompt": p, "models": {"Meta-Llama-3.1-8B-Instruct": {"score": 1.0},
+                                                     "never-seen-model": {"score": 0.0}}}
+            for i, p in enumerate(["hi", "Prove that sqrt(2) is irrational.", "What is 2 + 2?"])]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    result = _run("route", "--batch", str(data), "--out", str(out), "--quiet")
+    assert result.returncode == 0, result.stderr
+    scored = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [s["id"] for s in scored] == ["q0", "q1", "q2"]
+    for s in scored:
+        assert 0 <= s["difficulty"] <= 1
+        assert set(s["predicted"]) == {"Meta-Llama-3.1-8B-Instruct", "never-seen-model"}
+
+
+def test_policy_check_passes_on_the_shipped_policies_and_names_a_bad_field(tmp_path: Path) -> None:
+    assert _run("policy", "check", "routing_policies").returncode == 0
+    (tmp_path / "oops.yaml").write_text("candidates:\n  - single: huge\n")
+    bad = _run("policy", "check", str(tmp_path))
+    assert bad.returncode == 1
+    assert "oops.yaml: candidates[0].single 'huge' is not a deployment or tier" in bad.stderr
+
+
+def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("deployments:\n  - name: a\n    model: openai/x\n    price: {input_per_mtok: cheap, output_per_mtok: 1}\n")
+    result = _run("serve", "--config", str(config), "--port", str(free_port()))
+    assert result.returncode == 2
+    assert re.search(r"gateway.yaml: deployments\[0\].price.input_per_mtok: Input should be a valid number",
+                     result.stderr), result.stderr

@@ -1,0 +1,49 @@
+"""Traces carry model, tokens and cost; the litellm backend reaches a real OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import uuid
+import openai
+import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from tests.support.processes import ROOT, Simulator, running_gateway
+
+
+def test_a_request_span_has_route_and_upstream_children_with_cost(
+        base_url: str, spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    raw = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0).chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": f"Name a river. {uuid.uuid4().hex}"}])
+    trace_id = int(raw.headers["x-switchyard-trace-id"], 16)
+    mine = [s for s in spans.get_finished_spans() if s.context.trace_id == trace_id]
+    by_name = {s.name: s for s in mine}
+    assert {"switchyard.request", "switchyard.route", "switchyard.upstream"} <= set(by_name)
+    root = by_name["switchyard.request"]
+    assert by_name["switchyard.upstream"].parent.span_id == root.context.span_id
+    assert root.attributes["switchyard.cost_usd"] == pytest.approx(float(raw.headers["x-switchyard-cost-usd"]))
+    upstream = by_name["switchyard.upstream"]
+    assert upstream.attributes["gen_ai.usage.output_tokens"] == raw.parse().usage.completion_tokens
+    assert upstream.attributes["switchyard.deployment"] == raw.headers["x-switchyard-model"]
+
+
+def test_litellm_backend_talks_to_an_openai_compatible_server(simulator: Simulator) -> None:
+    config = parse_config({"deployments": [
+        {"name": "small", "model": "openai/sim-small", "api_base": simulator.url, "backend": "litellm",
+         "tier": "small", "price": {"input_per_mtok": 0.2, "output_per_mtok": 0.4}},
+        {"name": "large", "model": "openai/sim-large", "api_base": simulator.url, "backend": "litellm",
+         "tier": "large", "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}},
+    ]}, "litellm test")
+    with running_gateway(create_app(config, policies_dir=ROOT / "routing_policies")) as gw:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="small", messages=[{"role": "user", "content": "What is 2 + 3?"}], temperature=0)
+        usage = raw.parse().usage
+        assert raw.parse().choices[0].message.content.startswith("The answer is")
+        assert float(raw.headers["x-switchyard-cost-usd"]) == pytest.approx(
+            usage.prompt_tokens * 0.2e-6 + usage.completion_tokens * 0.4e-6)
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+            model="large", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
+        assert text.startswith("The answer is")

@@ -1,0 +1,90 @@
+"""Best-of-n and cascades end to end: the gateway over HTTP, the simulated models behind it."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+PRICE = {"small": (0.2e-6, 0.4e-6), "large": (1.0e-6, 2.0e-6)}
+QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
+
+
+def _client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+
+
+def _evidence(raw) -> dict:  # noqa: ANN001
+    return json.loads(raw.headers["x-switchyard-evidence"])
+
+
+def _assert_costs_add_up(raw) -> None:  # noqa: ANN001
+    evidence = _evidence(raw)
+    usage = raw.parse().usage
+    for call in evidence["calls"]:
+        price_in, price_out = PRICE[call["deployment"]]
+        assert call["cost_usd"] == pytest.approx(call["prompt_tokens"] * price_in + call["completion_tokens"] * price_out)
+    assert float(raw.headers["x-switchyard-cost-usd"]) == pytest.approx(sum(c["cost_usd"] for c in evidence["calls"]))
+    assert usage.prompt_tokens == sum(c["prompt_tokens"] for c in evidence["calls"])
+    assert usage.completion_tokens == sum(c["completion_tokens"] for c in evidence["calls"])
+
+
+def test_best_of_n_votes_for_the_right_answer_and_sums_the_cost(base_url: str) -> None:
+    raw = _client(base_url).chat.completions.with_raw_response.create(
+        model="router/vote5", messages=QUESTION, seed=7)
+    assert raw.headers["x-switchyard-plan"] == "best_of:5:small:vote"
+    evidence = _evidence(raw)
+    assert evidence["selector"] == "vote" and evidence["winner"] == "42"
+    assert evidence["votes"]["42"] == max(evidence["votes"].values())
+    assert raw.parse().choices[0].message.content.startswith("The answer is 42")
+    _assert_costs_add_up(raw)
+
+
+def test_clients_n_still_means_their_choices(base_url: str) -> None:
+    completion = _client(base_url).chat.completions.create(model="router/vote5", messages=QUESTION, seed=7, n=2)
+    assert len(completion.choices) == 2
+    assert completion.choices[0].message.content.startswith("The answer is 42")
+
+
+def test_a_failing_judge_degrades_to_vote_and_says_so(base_url: str) -> None:
+    raw = _client(base_url).chat.completions.with_raw_response.create(
+        model="router/judged", messages=QUESTION, seed=3)
+    evidence = _evidence(raw)
+    assert evidence["degraded_from"] == "judge" and evidence["selector"] == "vote"
+    assert "broken" in evidence["reason"]
+    assert raw.parse().choices[0].message.content
+
+
+def test_a_cascade_escalates_when_the_cheap_samples_disagree(base_url: str) -> None:
+    hard = [{"role": "user", "content": "Prove, step by step, what is 123 * 456 - 789 + 1011 * 12?"}]
+    raw = _client(base_url).chat.completions.with_raw_response.create(
+        model="router/strict-cascade", messages=hard, seed=11)
+    assert raw.headers["x-switchyard-plan"] == "cascade:small>large:escalated"
+    assert raw.headers["x-switchyard-model"] == "large"
+    trail = _evidence(raw)["cascade"]
+    assert trail[0]["escalated"].startswith("confidence")
+    assert raw.parse().choices[0].message.content.startswith(f"The answer is {123 * 456 - 789 + 1011 * 12}")
+    _assert_costs_add_up(raw)
+
+
+def test_a_cascade_accepts_the_cheap_answer_when_confident(base_url: str) -> None:
+    raw = _client(base_url).chat.completions.with_raw_response.create(
+        model="router/lenient-cascade", messages=QUESTION, seed=5)
+    assert raw.headers["x-switchyard-plan"] == "cascade:small>large:accepted"
+    assert raw.headers["x-switchyard-model"] == "small"
+    assert {c["deployment"] for c in _evidence(raw)["calls"]} == {"small"}
+    _assert_costs_add_up(raw)
+
+
+def test_a_selected_answer_is_streamed_after_selection(base_url: str) -> None:
+    client = _client(base_url)
+    whole = client.chat.completions.create(model="router/vote5", messages=QUESTION, seed=7)
+    with client.chat.completions.with_streaming_response.create(
+            model="router/vote5", messages=QUESTION, seed=7, stream=True,
+            stream_options={"include_usage": True}) as resp:
+        assert resp.headers["x-switchyard-plan"] == "best_of:5:small:vote"
+        chunks = list(resp.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == whole.usage.total_tokens
