@@ -1,25 +1,54 @@
 """Predicted quality (q̂), cost (ĉ) and latency (l̂) of a plan for one request.
 
 Single calls take q̂ from the router and ĉ from prices and token estimates. Test-time-compute
-plans (best-of-n, cascades) build on those numbers: their estimates are analytic
-(binomial vote, escalation probability) with an error-correlation factor measured on recorded
-outcomes (benchmarks/test_time_compute.py), because samples of one model are not independent.
+plans (best-of-n, cascades) build on the members' q̂ with a small answer model, calibrated on the
+train split of recorded outcomes by `python -m benchmarks.test_time_compute` (see its report):
+
+- Vote: each member is right with its own p̂; wrong answers fall on one of `distractors` equally
+  likely wrong options. Members are not independent (hard questions mislead everyone the same
+  way), so the answer pattern is a mixture: with weight 1-ρ independent members, with weight ρ
+  one shared draw (member i is right iff U < p̂_i, and the wrong ones agree). Ties go to the
+  earliest member, as in the executor's `vote`. This gives P(vote right), P(agreement ≥ t) and
+  P(agreement ≥ t and right) exactly, from a table precomputed per (n, distractors).
+- Cascade: a step is accepted when its agreement clears the threshold. Prompts that reach the
+  next step are the harder ones: with reach probability e, a model's P(right | reached) mixes
+  independence (p) with the worst case (max(0, p+e-1)/e) by `escalation_correlation`.
+
+Everything is plain Python (no numpy): it runs per request for every candidate plan.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gateway.config import DeploymentConfig
 from gateway.plans import BestOfN, Cascade, Plan, Single
 from gateway.providers.pricing import DeploymentPrice
 from gateway.signal import RouteSignal
 
-# Share of the independent-sample gain that correlated samples keep (see module docstring).
-VOTE_CORRELATION_KEEP = 0.5
 JUDGE_OUTPUT_TOKENS = 16
+MAX_EXACT_MEMBERS = 5  # the vote table has Bell(n+1) rows; more samples are estimated from the first 5
+
+
+@dataclass(frozen=True, slots=True)
+class VoteCalibration:
+    member_correlation: float           # ρ among different deployments (fitted on train)
+    same_deployment_correlation: float  # ρ among samples of one deployment (prior: not in the data)
+    distractors: int                    # effective number of distinct wrong answers (fitted)
+    escalation_correlation: float       # how much harder escalated prompts are (fitted)
+    judge_keep: float                   # share of the pass@n gain a judge keeps (prior: not in the data)
+
+
+# Fitted on mmlu_pro train (4,000 prompts, 6 member sets, 3 cascades); validation fit in
+# benchmarks/results/test_time_compute.md. Same-deployment samples share more than different
+# models do, so their ρ is a prior set above the measured cross-model value.
+CALIBRATION = VoteCalibration(member_correlation=0.45, same_deployment_correlation=0.8,
+                              distractors=3, escalation_correlation=0.35, judge_keep=0.5)
+# Kept for callers of the earlier linear model: share of the independent vote gain that is kept.
+VOTE_CORRELATION_KEEP = 1 - CALIBRATION.member_correlation
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +64,17 @@ class Catalog:
 
     deployments: Mapping[str, DeploymentConfig]
     prices: Mapping[str, DeploymentPrice]
+
+
+@dataclass(frozen=True, slots=True)
+class VoteOdds:
+    quality: float         # P(the vote's answer is right)
+    accept: float          # P(agreement share ≥ threshold)
+    accept_correct: float  # P(agreement ≥ threshold and the answer is right)
+
+
+# (agreement share, winner right) -> probability
+Outcomes = dict[tuple[float, bool], float]
 
 
 def output_tokens(d: DeploymentConfig, max_tokens: int | None) -> int:
@@ -59,6 +99,101 @@ def majority_vote_quality(p: float, n: int) -> float:
     return win
 
 
+def _set_partitions(items: tuple[int, ...]) -> list[list[tuple[int, ...]]]:
+    if not items:
+        return [[]]
+    first, rest = items[0], items[1:]
+    out = []
+    for part in _set_partitions(rest):
+        out.append([(first,), *part])
+        out += [[*part[:i], (first, *block), *part[i + 1:]] for i, block in enumerate(part)]
+    return out
+
+
+def _winner(clusters: list[tuple[int, int, bool]], n: int) -> tuple[float, bool]:
+    """clusters: (size, earliest member, right?). The largest wins; ties go to the earliest member."""
+    top = max(size for size, _, _ in clusters)
+    _, right = min((first, ok) for size, first, ok in clusters if size == top)
+    return top / n, right
+
+
+@lru_cache(maxsize=64)
+def _vote_table(n: int, distractors: int) -> tuple[tuple[int, float, bool, float], ...]:
+    """Rows (mask of right members, agreement share, winner right, P(this wrong-answer split))."""
+    rows: dict[tuple[int, float, bool], float] = {}
+    for mask in range(1 << n):
+        right = [i for i in range(n) if mask >> i & 1]
+        wrong = tuple(i for i in range(n) if not mask >> i & 1)
+        for part in _set_partitions(wrong):
+            b = len(part)
+            weight = math.perm(distractors, b) / distractors ** len(wrong) if b <= distractors else 0.0
+            if weight == 0.0:
+                continue
+            clusters = [(len(blk), blk[0], False) for blk in part] + ([(len(right), right[0], True)] if right else [])
+            key = (mask, *_winner(clusters, n))
+            rows[key] = rows.get(key, 0.0) + weight
+    return tuple((m, share, ok, w) for (m, share, ok), w in rows.items())
+
+
+def independent_outcomes(ps: Sequence[float], distractors: int) -> Outcomes:
+    n = len(ps)
+    mask_p = [1.0] * (1 << n)
+    for mask in range(1 << n):
+        for i, p in enumerate(ps):
+            mask_p[mask] *= p if mask >> i & 1 else 1 - p
+    out: Outcomes = {}
+    for mask, share, ok, w in _vote_table(n, distractors):
+        out[(share, ok)] = out.get((share, ok), 0.0) + mask_p[mask] * w
+    return out
+
+
+def shared_draw_outcomes(ps: Sequence[float]) -> Outcomes:
+    """One U for all members: member i is right iff U < p_i; all wrong members give the same answer."""
+    n = len(ps)
+    cuts = sorted({0.0, 1.0, *(min(1.0, max(0.0, p)) for p in ps)})
+    out: Outcomes = {}
+    for lo, hi in zip(cuts, cuts[1:], strict=False):
+        right = [i for i, p in enumerate(ps) if p >= hi]
+        wrong = [i for i, p in enumerate(ps) if p < hi]
+        clusters = [(len(c), c[0], ok) for c, ok in ((right, True), (wrong, False)) if c]
+        key = _winner(clusters, n)
+        out[key] = out.get(key, 0.0) + hi - lo
+    return out
+
+
+def vote_outcomes(ps: Sequence[float], correlation: float, distractors: int) -> Outcomes:
+    ps = list(ps)[:MAX_EXACT_MEMBERS]
+    out = {k: (1 - correlation) * v for k, v in independent_outcomes(ps, distractors).items()}
+    for k, v in shared_draw_outcomes(ps).items():
+        out[k] = out.get(k, 0.0) + correlation * v
+    return out
+
+
+def odds(outcomes: Outcomes, threshold: float) -> VoteOdds:
+    quality = sum(v for (_, ok), v in outcomes.items() if ok)
+    accept = sum(v for (share, _), v in outcomes.items() if share >= threshold)
+    accept_correct = sum(v for (share, ok), v in outcomes.items() if ok and share >= threshold)
+    return VoteOdds(quality, accept, accept_correct)
+
+
+def _correlation(samplers: Sequence[str], cal: VoteCalibration) -> float:
+    """Pairwise average: pairs of one deployment share more than pairs of different ones."""
+    pairs = [(a == b) for i, a in enumerate(samplers) for b in samplers[i + 1:]]
+    if not pairs:
+        return 0.0
+    same = sum(pairs) / len(pairs)
+    return same * cal.same_deployment_correlation + (1 - same) * cal.member_correlation
+
+
+def escalated_quality(p: float, reach: float, correlation: float) -> float:
+    """P(right | the prompt reached this step), reached with probability `reach` (Fréchet mixture)."""
+    if reach >= 1.0:
+        return p
+    if reach <= 0.0:
+        return 0.0
+    return ((1 - correlation) * p * reach + correlation * max(0.0, p + reach - 1)) / reach
+
+
 def _single(plan: Single, s: RouteSignal, cat: Catalog, live: Mapping[str, float],
             max_tokens: int | None) -> Estimate:
     d = cat.deployments[plan.deployment]
@@ -71,47 +206,78 @@ def _judge_cost(judge: str, s: RouteSignal, cat: Catalog, answers_tokens: int) -
     return cat.prices[judge].estimate(s.prompt_tokens + answers_tokens, JUDGE_OUTPUT_TOKENS)
 
 
-def _best_of(plan: BestOfN, s: RouteSignal, cat: Catalog, live: Mapping[str, float],
-             max_tokens: int | None) -> Estimate:
-    singles = [_single(Single(d), s, cat, live, max_tokens) for d in plan.samplers]
-    p = sum(e.quality for e in singles) / len(singles)
-    d0 = cat.deployments[plan.samplers[0]]
-    out = output_tokens(d0, max_tokens)
-    if len(set(plan.samplers)) == 1 and d0.supports_n:  # one call with n: the prompt is billed once
-        cost = cat.prices[d0.name].estimate(s.prompt_tokens, out * plan.n)
+def _sampling(samplers: Sequence[str], s: RouteSignal, cat: Catalog, live: Mapping[str, float],
+              max_tokens: int | None) -> tuple[list[float], float, float]:
+    """Members' q̂, the cost and the latency of drawing one sample from each sampler."""
+    singles = [_single(Single(d), s, cat, live, max_tokens) for d in samplers]
+    d0 = cat.deployments[samplers[0]]
+    if len(set(samplers)) == 1 and d0.supports_n:  # one call with n: the prompt is billed once
+        cost = cat.prices[d0.name].estimate(s.prompt_tokens, output_tokens(d0, max_tokens) * len(samplers))
     else:
         cost = sum(e.cost_usd for e in singles)
-    latency = max(e.latency_ms for e in singles)
-    ideal = majority_vote_quality(p, plan.n) if plan.selector == "vote" else 1 - (1 - p) ** plan.n
-    if plan.judge:
-        judge = _single(Single(plan.judge), s, cat, live, JUDGE_OUTPUT_TOKENS)
+    return [e.quality for e in singles], cost, max(e.latency_ms for e in singles)
+
+
+def _best_of(plan: BestOfN, s: RouteSignal, cat: Catalog, live: Mapping[str, float],
+             max_tokens: int | None, cal: VoteCalibration = CALIBRATION) -> Estimate:
+    ps, cost, latency = _sampling(plan.samplers, s, cat, live, max_tokens)
+    if plan.selector == "judge" and plan.judge:
+        mean = sum(ps) / len(ps)
+        pass_at_n = 1 - math.prod(1 - p for p in ps)
+        quality = mean + cal.judge_keep * (pass_at_n - mean)
+        out = output_tokens(cat.deployments[plan.samplers[0]], max_tokens)
         cost += _judge_cost(plan.judge, s, cat, out * plan.n)
-        latency += judge.latency_ms
-    quality = p + VOTE_CORRELATION_KEEP * (ideal - p)
+        latency += _single(Single(plan.judge), s, cat, live, JUDGE_OUTPUT_TOKENS).latency_ms
+    else:
+        quality = odds(vote_outcomes(ps, _correlation(plan.samplers, cal), cal.distractors), 1.0).quality
+    return Estimate(min(1.0, max(0.0, quality)), cost, latency)
+
+
+def _step_odds(members: Sequence[str], ps: list[float], confidence: str, threshold: float,
+               cal: VoteCalibration) -> VoteOdds:
+    if confidence == "agreement" and len(members) > 1:
+        return odds(vote_outcomes(ps, _correlation(members, cal), cal.distractors), threshold)
+    # logprob / judge scores: not in the recorded data, so a prior: P(accept) grows as the threshold
+    # falls, and accepted answers lean right (the same mixture as escalation, in the other direction).
+    q = ps[0]
+    accept = min(1.0, q + 0.5 * (1 - threshold))
+    rho = cal.escalation_correlation
+    return VoteOdds(q, accept, (1 - rho) * accept * q + rho * min(accept, q))
+
+
+def estimate_cascade(stages: Sequence[Sequence[str]], threshold: float, signal: RouteSignal,
+                     catalog: Catalog, live_latency_s: Mapping[str, float], max_tokens: int | None = None,
+                     confidence: str = "agreement", judge: str | None = None,
+                     cal: VoteCalibration = CALIBRATION) -> Estimate:
+    """A cascade whose stages are member sets: every stage but the last answers by vote and is
+    accepted when its agreement share ≥ threshold; the last stage always answers.
+
+    Latency is the worst case (all stages), which is what an SLO must allow for.
+    """
+    quality, cost, latency, reach = 0.0, 0.0, 0.0, 1.0
+    for i, members in enumerate(stages):
+        raw, stage_cost, stage_latency = _sampling(members, signal, catalog, live_latency_s, max_tokens)
+        ps = [escalated_quality(p, reach, cal.escalation_correlation) for p in raw]
+        if judge and confidence == "judge" and i < len(stages) - 1:
+            out = output_tokens(catalog.deployments[members[0]], max_tokens)
+            stage_cost += _judge_cost(judge, signal, catalog, out)
+        cost += reach * stage_cost
+        latency += stage_latency
+        if i == len(stages) - 1:
+            quality += reach * odds(vote_outcomes(ps, _correlation(members, cal), cal.distractors), 1.0).quality
+            break
+        step = _step_odds(members, ps, confidence, threshold, cal)
+        quality += reach * step.accept_correct
+        reach *= 1 - step.accept
     return Estimate(min(1.0, max(0.0, quality)), cost, latency)
 
 
 def _cascade(plan: Cascade, s: RouteSignal, cat: Catalog, live: Mapping[str, float],
              max_tokens: int | None) -> Estimate:
-    """Two or more steps; each step is accepted when its confidence clears the threshold.
-
-    P(accept) of a step is modelled as the step's own q̂ (confident answers are mostly right ones),
-    so the expected quality mixes the step's answer with the next step's, and the cost adds the
-    next step's cost with the probability of getting there. Latency is the worst case (all steps),
-    which is what an SLO must allow for.
-    """
-    quality, cost, latency, reach = 0.0, 0.0, 0.0, 1.0
-    for i, name in enumerate(plan.steps):
-        first = i == 0 and plan.confidence == "agreement" and plan.samples > 1
-        step: Plan = BestOfN((name,) * plan.samples) if first else Single(name)
-        e = estimate(step, s, cat, live, max_tokens)
-        last = i == len(plan.steps) - 1
-        accept = 1.0 if last else min(1.0, e.quality + 0.5 * (1 - plan.threshold))
-        quality += reach * accept * e.quality
-        cost += reach * e.cost_usd
-        latency += e.latency_ms
-        reach *= 1 - accept
-    return Estimate(min(1.0, quality), cost, latency)
+    # The executor samples every non-final step `samples` times when confidence is agreement.
+    k = plan.samples if plan.confidence == "agreement" else 1
+    stages = [(step,) * k for step in plan.steps[:-1]] + [(plan.steps[-1],)]
+    return estimate_cascade(stages, plan.threshold, s, cat, live, max_tokens, plan.confidence, plan.judge)
 
 
 def estimate(plan: Plan, signal: RouteSignal, catalog: Catalog, live_latency_s: Mapping[str, float],

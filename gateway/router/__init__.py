@@ -5,4 +5,4 @@ Serving needs numpy + stdlib only; training (``gateway.router.train``) also uses
 
 from gateway.router.model import DEFAULT_ARTIFACT, Assessment, Router, load_router
 
-__all__ = ["Assessment", "DEFAULT_ARTIFACT", "Router", "load_router"]
+__all__ = ["DEFAULT_ARTIFACT", "Assessment", "Router", "load_router"]

@@ -96,7 +96,7 @@ def test_policy_edit_is_picked_up_under_traffic_without_dropping_requests(
 
 
 @pytest.fixture
-def tenant_gateway(simulator: Simulator, policies_dir: Path):  # noqa: ANN201
+def tenant_gateway(simulator: Simulator, policies_dir: Path):
     os.environ["SY_TEST_KEY_B"] = "sk-team-b"
     tenants = [
         {"name": "team-a", "api_key_sha256": hash_key("sk-team-a"), "policies": ["cost-saver"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+
 import openai
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

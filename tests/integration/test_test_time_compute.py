@@ -15,11 +15,11 @@ def _client(base_url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
 
 
-def _evidence(raw) -> dict:  # noqa: ANN001
+def _evidence(raw) -> dict:
     return json.loads(raw.headers["x-switchyard-evidence"])
 
 
-def _assert_costs_add_up(raw) -> None:  # noqa: ANN001
+def _assert_costs_add_up(raw) -> None:
     evidence = _evidence(raw)
     usage = raw.parse().usage
     for call in evidence["calls"]:

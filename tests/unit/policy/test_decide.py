@@ -17,7 +17,7 @@ CONFIG = embedded_config("http://127.0.0.1:9/v1")
 CATALOG = Catalog({d.name: d for d in CONFIG.deployments}, prices_for(CONFIG.deployments))
 
 
-def _policy(tmp_path: Path, text: str):  # noqa: ANN202
+def _policy(tmp_path: Path, text: str):
     path = tmp_path / "p.yaml"
     path.write_text(text)
     return load_policy_file(path, CONFIG.deployments)
