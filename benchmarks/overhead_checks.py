@@ -8,6 +8,8 @@ p99 <= 2x passthrough-aiohttp's added p99 at 8 and 32 connections; and a cache h
 
 from __future__ import annotations
 
+from typing import Any
+
 from benchmarks.overhead_report import BASE, Summary, _median, _table
 
 AUTO = "switchyard-auto"
@@ -17,17 +19,17 @@ def _verdict(ok: bool | None) -> str:
     return {True: "PASS", False: "**FAIL**", None: "not measured"}[ok]
 
 
-def _why_missing(results: dict[str, object], *targets: str) -> str:
-    skipped: dict[str, str] = results.get("skipped", {})  # type: ignore[assignment]
+def _why_missing(results: dict[str, Any], *targets: str) -> str:
+    skipped: dict[str, str] = results.get("skipped", {})
     for t in targets:
         if t in skipped:
             return f"{t}: {skipped[t].splitlines()[0][:160]}"
-    ran = {r["target"] for r in results["records"]}  # type: ignore[attr-defined]
+    ran = {r["target"] for r in results["records"]}
     missing = [t for t in targets if t not in ran]
     return f"{', '.join(missing)} not run" if missing else "no valid runs"
 
 
-def _throughput_checks(s: Summary, results: dict[str, object]) -> list[list[str]]:
+def _throughput_checks(s: Summary, results: dict[str, Any]) -> list[list[str]]:
     mine = {k: v[0] for k, v in s.best_rps(AUTO).items()}
     rows = []
     for other, factor, label in ((BASE, 0.5, "≥ 50% of passthrough-aiohttp"), ("litellm", 20.0, "≥ 20× litellm")):
@@ -38,7 +40,7 @@ def _throughput_checks(s: Summary, results: dict[str, object]) -> list[list[str]
     return rows
 
 
-def _latency_checks(s: Summary, results: dict[str, object]) -> list[list[str]]:
+def _latency_checks(s: Summary, results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for step in s.steps("latency", "wrk"):
         p50 = _median(list(s.added("latency", step, AUTO, "p50").values()))
@@ -56,7 +58,7 @@ def _latency_checks(s: Summary, results: dict[str, object]) -> list[list[str]]:
     return rows
 
 
-def _cache_check(s: Summary, results: dict[str, object]) -> list[str]:
+def _cache_check(s: Summary, results: dict[str, Any]) -> list[str]:
     step = "instant upstream c=1"
     gateway = _median(list(s.added("throughput", step, "switchyard-hit", "p50").values()))
     label = "cache hit ≤ 1 ms p50 of gateway time"
@@ -65,7 +67,7 @@ def _cache_check(s: Summary, results: dict[str, object]) -> list[str]:
     return [label, f"{gateway:.3f} ms", _verdict(gateway <= 1.0)]
 
 
-def checks_section(s: Summary, results: dict[str, object]) -> list[str]:
+def checks_section(s: Summary, results: dict[str, Any]) -> list[str]:
     rows = [*_throughput_checks(s, results), *_latency_checks(s, results), _cache_check(s, results)]
     return [
         "## Targets (switchyard-auto unless stated)",
@@ -79,15 +81,15 @@ def checks_section(s: Summary, results: dict[str, object]) -> list[str]:
     ]
 
 
-def method_section(s: Summary, results: dict[str, object]) -> list[str]:
-    meta: dict[str, object] = results["meta"]  # type: ignore[assignment]
-    settings: dict[str, object] = meta["settings"]  # type: ignore[assignment]
-    cores: dict[str, str] = meta["cores"]  # type: ignore[assignment]
-    tools: dict[str, str] = meta["tools"]  # type: ignore[assignment]
-    packages: dict[str, str] = meta["packages"]  # type: ignore[assignment]
-    skipped: dict[str, str] = results.get("skipped", {})  # type: ignore[assignment]
-    probes: dict[str, dict[str, str]] = results.get("probes", {})  # type: ignore[assignment]
-    failed = [r for r in results["records"] if "error" in r or r.get("errors")]  # type: ignore[attr-defined]
+def method_section(s: Summary, results: dict[str, Any]) -> list[str]:
+    meta: dict[str, Any] = results["meta"]
+    settings: dict[str, Any] = meta["settings"]
+    cores: dict[str, str] = meta["cores"]
+    tools: dict[str, str] = meta["tools"]
+    packages: dict[str, str] = meta["packages"]
+    skipped: dict[str, str] = results.get("skipped", {})
+    probes: dict[str, dict[str, str]] = results.get("probes", {})
+    failed = [r for r in results["records"] if "error" in r or r.get("errors")]
     lines = [
         "## Method",
         "",
@@ -133,6 +135,6 @@ def method_section(s: Summary, results: dict[str, object]) -> list[str]:
             lines.append(f"- {name} answered with " + ", ".join(f"`{k}: {v}`" for k, v in sorted(headers.items())))
     for r in failed[:20]:
         what = r.get("error") or f"{r.get('errors')} errors"
-        lines.append(f"- Discarded run: {r['phase']} r{int(r['round']) + 1} {r['step']} {r['target']}: "  # type: ignore[call-overload]
+        lines.append(f"- Discarded run: {r['phase']} r{int(r['round']) + 1} {r['step']} {r['target']}: "
                      f"{str(what).splitlines()[0][:200]}")  # fmt: skip
     return [*lines, ""]

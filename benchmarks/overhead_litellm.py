@@ -86,8 +86,7 @@ def write_config(path: Path, upstream_v1: str) -> Path:
       timeout: 60"""
         )
     path.write_text(
-        "model_list:\n" + "\n".join(models) + "\nlitellm_settings:\n  drop_params: true\n"
-        "  request_timeout: 60\n"
+        "model_list:\n" + "\n".join(models) + "\nlitellm_settings:\n  drop_params: true\n  request_timeout: 60\n"
     )
     return path
 

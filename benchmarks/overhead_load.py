@@ -65,10 +65,25 @@ end
 """
 
 
+PLACEHOLDER = "@@N@@"
+
+
 def wrk_script(path: Path, body: bytes, headers: dict[str, str] | None = None) -> Path:
-    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_long(body.decode())}"]
+    """A wrk script POSTing body; if body contains PLACEHOLDER, each request replaces it with a
+    counter, so every request is distinct (a real cache miss, not a bypass)."""
+    text = body.decode()
+    lines = ['wrk.method = "POST"', f"wrk.body = {_lua_long(text.replace(PLACEHOLDER, '0'))}"]
     for key, value in (headers or HEADERS).items():
         lines.append(f'wrk.headers["{key}"] = "{value}"')
+    if PLACEHOLDER in text:
+        before, after = text.split(PLACEHOLDER, 1)
+        lines += [
+            f"local before, after, n = {_lua_long(before)}, {_lua_long(after)}, 0",
+            "request = function()",
+            "  n = n + 1",
+            "  return wrk.format(nil, nil, nil, before .. n .. after)",
+            "end",
+        ]
     path.write_text("\n".join(lines) + "\n" + WRK_DONE)
     return path
 
@@ -112,9 +127,7 @@ def fixed_rate_connections(rate: float, expected_latency_s: float = 0.08) -> int
     return max(1, math.ceil(rate * expected_latency_s * 2))
 
 
-def run_h2load(
-    url: str, body_file: Path, rate: float, seconds: float, prefix: list[str], log_file: Path
-) -> Sample:
+def run_h2load(url: str, body_file: Path, rate: float, seconds: float, prefix: list[str], log_file: Path) -> Sample:
     clients = fixed_rate_connections(rate)
     cmd = [
         *prefix,

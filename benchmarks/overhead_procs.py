@@ -64,9 +64,7 @@ class Processes:
     logdir: Path
     children: list[Child] = field(default_factory=list)
 
-    def start(
-        self, name: str, argv: list[str], prefix: list[str], env: dict[str, str | None] | None = None
-    ) -> Child:
+    def start(self, name: str, argv: list[str], prefix: list[str], env: dict[str, str | None] | None = None) -> Child:
         """Start prefix + argv (see pinned()); env entries set to None are removed from the environment."""
         cmd = prefix + argv
         log = self.logdir / f"{name}.log"

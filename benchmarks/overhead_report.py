@@ -14,8 +14,9 @@ import platform
 import statistics
 import subprocess
 from collections.abc import Callable, Iterable
+from typing import Any
 
-Record = dict[str, object]
+Record = dict[str, Any]
 BASE = "passthrough-aiohttp"
 ORDER = ("direct", "passthrough-aiohttp", "passthrough-httpx", "switchyard-auto", "switchyard-hit",
          "switchyard-pinned", "litellm")  # fmt: skip
@@ -30,7 +31,7 @@ def _version(cmd: list[str]) -> str:
     return text[0].strip() if text else "unknown"
 
 
-def machine_facts() -> dict[str, object]:
+def machine_facts() -> dict[str, Any]:
     cpu = "unknown"
     try:
         for line in open("/proc/cpuinfo"):
@@ -47,8 +48,7 @@ def machine_facts() -> dict[str, object]:
         except importlib.metadata.PackageNotFoundError:
             packages[name] = "not installed"
     return {
-        "machine": f"{cpu}, {os.cpu_count()} cores, {mem_kib / 1024 / 1024:.0f} GiB, "
-        f"Linux {platform.release()}",
+        "machine": f"{cpu}, {os.cpu_count()} cores, {mem_kib / 1024 / 1024:.0f} GiB, Linux {platform.release()}",
         "tools": {
             "wrk": _version(["wrk", "-v"]),
             "h2load": _version(["h2load", "--version"]),
@@ -66,7 +66,7 @@ def _good(records: Iterable[Record]) -> list[Record]:
 
 
 def _index(records: list[Record]) -> dict[tuple[str, str, str, int], Record]:
-    return {(str(r["phase"]), str(r["step"]), str(r["target"]), int(r["round"])): r for r in _good(records)}  # type: ignore[call-overload]
+    return {(str(r["phase"]), str(r["step"]), str(r["target"]), int(r["round"])): r for r in _good(records)}
 
 
 def _stat(values: list[float], fmt: str = "{:.2f}") -> str:
@@ -83,10 +83,10 @@ def _median(values: list[float]) -> float | None:
 
 
 class Summary:
-    def __init__(self, results: dict[str, object]):
-        self.records: list[Record] = list(results["records"])  # type: ignore[call-overload]
+    def __init__(self, results: dict[str, Any]):
+        self.records: list[Record] = list(results["records"])
         self.idx = _index(self.records)
-        self.rounds = sorted({int(r["round"]) for r in self.records})  # type: ignore[call-overload]
+        self.rounds = sorted({int(r["round"]) for r in self.records})
         self.targets = [t for t in ORDER if any(r["target"] == t for r in self.records)]
 
     def steps(self, phase: str, kind: str) -> list[str]:
@@ -104,24 +104,28 @@ class Summary:
                 out[rnd] = fn(rec)
         return out
 
+    def absolute(self, phase: str, step: str, target: str, key: str) -> dict[int, float]:
+        out = self.per_round(phase, step, target, lambda r: float(r.get(key, "nan")))
+        return {k: v for k, v in out.items() if v == v}  # drop NaN: key absent in that run
+
     def added(self, phase: str, step: str, target: str, key: str) -> dict[int, float]:
-        mine = self.per_round(phase, step, target, lambda r: float(r[key]))  # type: ignore[arg-type]
-        floor = self.per_round(phase, step, "direct", lambda r: float(r[key]))  # type: ignore[arg-type]
+        mine = self.per_round(phase, step, target, lambda r: float(r[key]))
+        floor = self.per_round(phase, step, "direct", lambda r: float(r[key]))
         return {k: v - floor[k] for k, v in mine.items() if k in floor}
 
     def best_rps(self, target: str) -> dict[int, tuple[float, int, Record]]:
         """Per round: the highest req/s at which p99 < 100 ms, its connection count and record."""
         best: dict[int, tuple[float, int, Record]] = {}
         for r in _good(self.records):
-            if r["phase"] != "throughput" or r["target"] != target or float(r["p99"]) >= 100:  # type: ignore[arg-type]
+            if r["phase"] != "throughput" or r["target"] != target or float(r["p99"]) >= 100:
                 continue
-            rnd, rps = int(r["round"]), float(r["rps"])  # type: ignore[call-overload, arg-type]
+            rnd, rps = int(r["round"]), float(r["rps"])
             if rnd not in best or rps > best[rnd][0]:
-                best[rnd] = (rps, int(r["connections"]), r)  # type: ignore[call-overload]
+                best[rnd] = (rps, int(r["connections"]), r)
         return best
 
     def ratio(self, mine: dict[int, float], base: dict[int, float]) -> list[float]:
-        return [mine[k] / base[k] for k in mine if k in base and base[k]]
+        return [mine[k] / base[k] for k in mine if base.get(k)]
 
 
 # ---- rendering ----
@@ -132,23 +136,55 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
+ABSOLUTE = {"direct": "direct (absolute)", "switchyard-hit": "switchyard-hit (absolute: never reaches the upstream)"}
+
+
 def _latency_section(s: Summary, kind: str, title: str, keys: tuple[str, ...]) -> list[str]:
     steps = s.steps("latency", kind)
     if not steps:
         return []
-    out = [f"### {title}", ""]
     header = ["target", *[f"{step}: added {k}" for step in steps for k in keys]]
     rows = []
     for t in s.targets:
-        if t == "direct":
-            vals = [_stat(list(s.per_round("latency", st, t, lambda r, k=k: float(r[k])).values()))  # type: ignore[misc]
-                    for st in steps for k in keys]  # fmt: skip
-            rows.append(["direct (absolute, ms)", *vals])
-            continue
-        vals = [_stat(list(s.added("latency", st, t, k).values())) for st in steps for k in keys]
+        if t in ABSOLUTE:
+            vals = [_stat(list(s.absolute("latency", st, t, k).values())) for st in steps for k in keys]
+        else:
+            vals = [_stat(list(s.added("latency", st, t, k).values())) for st in steps for k in keys]
         if any(v != "–" for v in vals):
-            rows.append([t, *vals])
-    return [*out, *_table(header, rows), ""]
+            rows.append([ABSOLUTE.get(t, t), *vals])
+    return [f"### {title}", "", *_table(header, rows), ""]
+
+
+def _ratio_cell(s: Summary, mine: dict[int, float], other: str, get: Callable[[str], dict[int, float]]) -> str:
+    base = {k: v for k, v in get(other).items() if v > 0}
+    return _stat(s.ratio({k: v for k, v in mine.items()}, base)) if other in s.targets else "–"
+
+
+def _ratios_section(s: Summary) -> list[str]:
+    step32 = next((st for st in s.steps("latency", "wrk") if st.endswith("c=32")), None)
+    if step32 is None:
+        return []
+    getters: dict[str, Callable[[str], dict[int, float]]] = {
+        "added p50": lambda t: s.added("latency", step32, t, "p50"),
+        "added p99": lambda t: s.added("latency", step32, t, "p99"),
+        "CPU s / 1k req": lambda t: s.absolute("latency", step32, t, "cpu_s_per_1k"),
+    }
+    rows = []
+    for t in s.targets:
+        if t in ABSOLUTE:
+            continue
+        cells = []
+        for get in getters.values():
+            mine = get(t)
+            cells += [_ratio_cell(s, mine, BASE, get), _ratio_cell(s, mine, "litellm", get)]
+        rows.append([t, *cells])
+    header = ["target"] + [f"{name} ({step32}) × {o}" for name in getters for o in ("aiohttp", "litellm")]
+    note = (
+        "Ratios are taken within each round (target over the reference in the same round), then summarised "
+        "as median [min–max]; below 1 means the target adds less or costs less than the reference. Ratios of "
+        "added latency are only as steady as the reference's added latency, which is small for aiohttp."
+    )
+    return ["### Ratios to passthrough-aiohttp and litellm, 50 ms upstream", "", *_table(header, rows), "", note, ""]
 
 
 def _throughput_section(s: Summary) -> list[str]:
@@ -164,8 +200,8 @@ def _throughput_section(s: Summary) -> list[str]:
             continue
         rps = {k: v[0] for k, v in best.items()}
         conns = sorted(v[1] for v in best.values())
-        cpu = [float(v[2]["cpu_s_per_1k"]) for v in best.values() if "cpu_s_per_1k" in v[2]]  # type: ignore[arg-type]
-        p99 = [float(v[2]["p99"]) for v in best.values()]  # type: ignore[arg-type]
+        cpu = [float(v[2]["cpu_s_per_1k"]) for v in best.values() if "cpu_s_per_1k" in v[2]]
+        p99 = [float(v[2]["p99"]) for v in best.values()]
         rows.append([t, _stat(list(rps.values()), "{:.0f}"), ",".join(map(str, conns)), _stat(p99),
                      _stat(s.ratio(rps, base)), _stat(s.ratio(rps, lite), "{:.1f}"), _stat(cpu, "{:.3f}")])  # fmt: skip
     header = ["target", "req/s (p99 < 100 ms)", "at connections", "p99 there (ms)",
@@ -176,9 +212,9 @@ def _throughput_section(s: Summary) -> list[str]:
 def _resources_section(s: Summary, rss: dict[str, dict[str, float]]) -> list[str]:
     rows = []
     step = next((st for st in s.steps("latency", "wrk") if st.endswith("c=32")), None)
-    base_cpu = s.per_round("latency", step, BASE, lambda r: float(r.get("cpu_s_per_1k", 0))) if step else {}  # type: ignore[arg-type]
+    base_cpu = s.per_round("latency", step, BASE, lambda r: float(r.get("cpu_s_per_1k", 0))) if step else {}
     for t in s.targets:
-        cpu = s.per_round("latency", step, t, lambda r: float(r.get("cpu_s_per_1k", 0))) if step else {}  # type: ignore[arg-type]
+        cpu = s.per_round("latency", step, t, lambda r: float(r.get("cpu_s_per_1k", 0))) if step else {}
         server = {"direct": "upstream"}.get(t, "switchyard" if t.startswith("switchyard") else t)
         peak = max((phase.get(server, 0.0) for phase in rss.values()), default=0.0)
         rows.append([t, _stat(list(cpu.values()), "{:.3f}"), _stat(s.ratio(cpu, base_cpu)),
@@ -190,10 +226,10 @@ def _resources_section(s: Summary, rss: dict[str, dict[str, float]]) -> list[str
     return ["### CPU and memory of the process under test", "", *_table(header, rows), "", note, ""]
 
 
-def render(results: dict[str, object]) -> str:
+def render(results: dict[str, Any]) -> str:
     s = Summary(results)
-    meta: dict[str, object] = results["meta"]  # type: ignore[assignment]
-    rss: dict[str, dict[str, float]] = results.get("rss", {})  # type: ignore[assignment]
+    meta: dict[str, Any] = results["meta"]
+    rss: dict[str, dict[str, float]] = results.get("rss", {})
     from benchmarks.overhead_checks import checks_section, method_section
 
     lines = [
@@ -217,6 +253,7 @@ def render(results: dict[str, object]) -> str:
         *_latency_section(s, "ttfb", "Added time to the end of the stream (same runs)",
                           ("total_p50", "total_p99")),
         *_throughput_section(s),
+        *_ratios_section(s),
         *_resources_section(s, rss),
         *method_section(s, results),
     ]  # fmt: skip

@@ -33,12 +33,21 @@ class Target:
     model: str
     temperature: float
     streams: bool = True
+    unique: bool = False  # every request a new prompt (wrk only): a real cache miss
     about: str = ""
 
-    def body(self, stream: bool = False) -> bytes:
+    def runs(self, kind: str) -> bool:
+        """Whether this target takes part in a step of this kind (ttfb, rate, wrk, ladder)."""
+        if kind == "ttfb":
+            return self.streams and not self.unique
+        return kind != "rate" or not self.unique
+
+    def body(self, stream: bool = False, tag: str = "") -> bytes:
+        """The request; with tag (or PLACEHOLDER for wrk's per-request counter) in the prompt."""
+        content = f"{PROMPT} [{tag}]" if tag else PROMPT
         payload: dict[str, object] = {
             "model": self.model,
-            "messages": [{"role": "user", "content": PROMPT}],
+            "messages": [{"role": "user", "content": content}],
             "temperature": self.temperature,
             "max_tokens": 64,
         }
@@ -54,7 +63,9 @@ TARGETS = (
     Target("passthrough-httpx", "passthrough-httpx", "sim-small", 0.7,
            about="starlette + httpx AsyncClient, uvicorn (uvloop, httptools)"),
     Target("switchyard-auto", "switchyard", "auto", 0.7,
-           about='model "auto": router + policy, cache miss (temperature 0.7), telemetry on'),
+           about='model "auto": router + policy, temperature 0.7 (cache bypassed), telemetry on'),
+    Target("switchyard-miss", "switchyard", "auto", 0.0, streams=False, unique=True,
+           about='model "auto", temperature 0, a new prompt every request: cache lookup, miss, store'),
     Target("switchyard-hit", "switchyard", "auto", 0.0, streams=False,
            about='model "auto", temperature 0, fixed body: exact-match cache hit'),
     Target("switchyard-pinned", "switchyard", "small", 0.7, about='pinned deployment "small"'),

@@ -16,6 +16,7 @@ import asyncio
 import json
 import sys
 import time
+from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
 
@@ -101,7 +102,7 @@ async def measure(url: str, body: bytes, connections: int, seconds: float) -> di
     for _ in range(connections):
         done: asyncio.Future[None] = loop.create_future()
         closed.append(done)
-        await loop.create_connection(lambda d=done: _Connection(request, deadline, stats, d), host, port)
+        await loop.create_connection(partial(_Connection, request, deadline, stats, done), host, port)
     await asyncio.wait_for(asyncio.gather(*closed), timeout=seconds + 30)
     elapsed = time.perf_counter() - start
     if not stats.total:

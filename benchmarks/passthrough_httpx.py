@@ -25,9 +25,7 @@ FORWARDED = ("content-type", "authorization", "accept")
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000, keepalive_expiry=60)
     timeout = httpx.Timeout(60.0, connect=5.0)
-    async with httpx.AsyncClient(
-        base_url=os.environ["PASSTHROUGH_UPSTREAM"], limits=limits, timeout=timeout
-    ) as client:
+    async with httpx.AsyncClient(base_url=os.environ["PASSTHROUGH_UPSTREAM"], limits=limits, timeout=timeout) as client:
         app.state.client = client
         yield
 
@@ -35,9 +33,7 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 async def proxy(request: Request) -> Response:
     client: httpx.AsyncClient = request.app.state.client
     headers = {k: v for k, v in request.headers.items() if k in FORWARDED}
-    upstream_request = client.build_request(
-        "POST", request.url.path, content=await request.body(), headers=headers
-    )
+    upstream_request = client.build_request("POST", request.url.path, content=await request.body(), headers=headers)
     upstream = await client.send(upstream_request, stream=True)
     content_type = upstream.headers.get("content-type", "application/json")
     if content_type.startswith("text/event-stream"):

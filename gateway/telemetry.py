@@ -8,6 +8,7 @@ otherwise (no console noise). The provider is owned by the app, never installed 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Iterator
@@ -54,8 +55,14 @@ class Telemetry:
         self.provider.shutdown()
 
 
+@functools.cache
+def _dotted(key: str) -> str:
+    return key.replace("__", ".")
+
+
 def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
+    """Keyword names use `__` for `.` (`gen_ai__usage__input_tokens`); None values are left out."""
+    return {_dotted(k): v for k, v in attributes.items() if v is not None}
 
 
 def trace_id_hex(span: Span) -> str:

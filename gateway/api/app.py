@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.api.errors import install_error_handlers
-from gateway.api.routes import router as api_routes
+from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
 from gateway.cache import ExactCache
 from gateway.config import DeploymentConfig, GatewayConfig, default_policies_dir
@@ -93,5 +93,6 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
-    app.include_router(api_routes)
+    for path, endpoint, methods in ROUTES:
+        app.add_route(path, endpoint, methods=methods)
     return app

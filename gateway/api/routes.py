@@ -1,4 +1,9 @@
-"""The HTTP surface: OpenAI-compatible chat completions and models, the route explainer, health."""
+"""The HTTP surface: OpenAI-compatible chat completions and models, the route explainer, health.
+
+Handlers take the raw `Request` and are mounted as plain Starlette routes: the body is parsed and
+validated here (to give OpenAI-style errors and enforce the size limit), so FastAPI's
+per-request dependency machinery would only add latency on the hot path.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
 from gateway import pipeline
@@ -20,7 +25,6 @@ from gateway.providers.pricing import format_usd
 from gateway.streaming import DONE, replay, sse
 
 log = logging.getLogger("switchyard.api")
-router = APIRouter()
 
 
 def _svc(request: Request) -> Services:
@@ -77,7 +81,6 @@ def _headers(outcome: Outcome, request_id: str, with_cost: bool) -> dict[str, st
     return headers
 
 
-@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     svc = _svc(request)
     request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:24]}"
@@ -118,7 +121,6 @@ async def _relayed(stream: AsyncIterator[dict[str, Any]], include_usage: bool) -
         await stream.aclose()  # type: ignore[attr-defined]
 
 
-@router.post("/v1/route")
 async def explain_route(request: Request) -> Response:
     svc = _svc(request)
     body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
@@ -126,7 +128,6 @@ async def explain_route(request: Request) -> Response:
     return Response(orjson.dumps(explained), media_type="application/json")
 
 
-@router.get("/v1/models")
 async def list_models(request: Request) -> Response:
     svc = _svc(request)
     ids = [pipeline.AUTO] + [f"{pipeline.POLICY_PREFIX}{p}" for p in sorted(svc.policies.policies)]
@@ -135,7 +136,6 @@ async def list_models(request: Request) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
-@router.get("/v1/spend")
 async def spend(request: Request) -> Response:
     svc = _svc(request)
     tenant = svc.auth.identify(request.headers.get("authorization"))
@@ -145,12 +145,10 @@ async def spend(request: Request) -> Response:
     return Response(orjson.dumps(snap), media_type="application/json")
 
 
-@router.get("/healthz")
-async def healthz() -> Response:
+async def healthz(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
 
 
-@router.get("/readyz")
 async def readyz(request: Request) -> Response:
     svc = _svc(request)
     store_ok = await svc.cache.store.ping()
@@ -158,3 +156,13 @@ async def readyz(request: Request) -> Response:
             "store_reachable": store_ok, "policies": sorted(svc.policies.policies),
             "deployments": svc.upstreams.health.snapshot()}
     return Response(orjson.dumps(body), status_code=200 if store_ok else 503, media_type="application/json")
+
+
+ROUTES: tuple[tuple[str, Any, list[str]], ...] = (
+    ("/v1/chat/completions", chat_completions, ["POST"]),
+    ("/v1/route", explain_route, ["POST"]),
+    ("/v1/models", list_models, ["GET"]),
+    ("/v1/spend", spend, ["GET"]),
+    ("/healthz", healthz, ["GET"]),
+    ("/readyz", readyz, ["GET"]),
+)

@@ -42,11 +42,11 @@ class VoteCalibration:
     judge_keep: float                   # share of the pass@n gain a judge keeps (prior: not in the data)
 
 
-# Fitted on mmlu_pro train (4,000 prompts, 6 member sets, 3 cascades); validation fit in
-# benchmarks/results/test_time_compute.md. Same-deployment samples share more than different
-# models do, so their ρ is a prior set above the measured cross-model value.
-CALIBRATION = VoteCalibration(member_correlation=0.45, same_deployment_correlation=0.8,
-                              distractors=3, escalation_correlation=0.35, judge_keep=0.5)
+# Fitted on the mmlu_pro train split by `python -m benchmarks.test_time_compute` (fit quality on
+# validation: benchmarks/results/test_time_compute.md). Samples of one deployment agree more than
+# different models do, so their ρ is a prior set well above the measured cross-model value.
+CALIBRATION = VoteCalibration(member_correlation=0.184, same_deployment_correlation=0.8,
+                              distractors=6, escalation_correlation=0.405, judge_keep=0.5)
 # Kept for callers of the earlier linear model: share of the independent vote gain that is kept.
 VOTE_CORRELATION_KEEP = 1 - CALIBRATION.member_correlation
 
