@@ -52,7 +52,7 @@ def cores() -> tuple[str, str]:
 
 def run(settings: Settings) -> dict[str, Any]:
     """Run the benchmark; return the raw results (also written to settings.json_out/out)."""
-    for problem in (overhead_load.missing(), overhead_nginx.missing()):
+    for problem in (overhead_load.missing(fixed_rate=bool(settings.rates)), overhead_nginx.missing()):
         if problem:
             raise RuntimeError(problem)
     workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="switchyard-overhead-"))

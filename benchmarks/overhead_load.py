@@ -188,9 +188,10 @@ def run_ttfb(url: str, body_file: Path, connections: int, seconds: float, prefix
     )  # fmt: skip
 
 
-def missing() -> str | None:
-    """Why the load generators cannot run here, or None when they can."""
-    for tool, package in (("wrk", "wrk"), ("h2load", "nghttp2-client"), ("taskset", "util-linux")):
+def missing(fixed_rate: bool = True) -> str | None:
+    """Why the load generators cannot run here, or None when they can (h2load only for fixed rates)."""
+    tools = [("wrk", "wrk"), ("taskset", "util-linux")] + ([("h2load", "nghttp2-client")] if fixed_rate else [])
+    for tool, package in tools:
         if shutil.which(tool) is None:
             return f"{tool} is not installed (apt-get install {package})"
     return None

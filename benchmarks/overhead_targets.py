@@ -14,6 +14,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -179,7 +180,7 @@ def start_server(name: str, ctx: Context, phase: str) -> Server:
 def probe(target: Target, url: str, stream: bool) -> dict[str, str]:
     """One real request: fail loudly unless it is a 200 with a chat completion (or SSE) body."""
     request = urllib.request.Request(
-        url + CHAT_PATH, data=target.body(stream), method="POST",
+        url + CHAT_PATH, data=target.body(stream, tag=uuid.uuid4().hex if target.unique else ""), method="POST",
         headers={"Content-Type": "application/json", "Authorization": "Bearer sk-switchyard-bench"},
     )  # fmt: skip
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class StoreUnavailable(Exception):
@@ -85,6 +85,7 @@ class RedisStore:
         import redis.asyncio as redis  # deferred: the embedded default never needs it
 
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self._client: Any
         if "cluster=true" in url or url.startswith("redis+cluster://"):
             url = url.replace("redis+cluster://", "redis://").replace("?cluster=true", "")
             self._client = redis.RedisCluster.from_url(
@@ -96,7 +97,8 @@ class RedisStore:
 
     async def get(self, key: str) -> bytes | None:
         try:
-            return await self._client.get(key)
+            value: bytes | None = await self._client.get(key)
+            return value
         except self._errors as exc:
             raise StoreUnavailable(str(exc)) from exc
 

@@ -20,10 +20,11 @@ from gateway.telemetry import set_attributes
 
 def _result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRecord],
             evidence: Mapping[str, Any] | None = None) -> Result:
-    r = Result(body, deployment, label, tuple(calls), dict(evidence or {}))
+    facts = dict(evidence or {})
     if evidence is not None:  # multi-call plans say what each call cost
-        r.evidence["calls"] = [{"deployment": c.deployment, "role": c.role, "cost_usd": c.cost_usd,
-                                **c.usage.as_dict()} for c in calls]
+        facts["calls"] = [{"deployment": c.deployment, "role": c.role, "cost_usd": c.cost_usd,
+                           **c.usage.as_dict()} for c in calls]
+    r = Result(body, deployment, label, tuple(calls), facts)
     return Result(with_usage(body, r.usage), deployment, label, r.calls, r.evidence)
 
 

@@ -8,6 +8,7 @@ Every attempt is a `switchyard.upstream` span with gen_ai.* attributes and its c
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -118,7 +119,7 @@ class Upstreams:
         failures: list[ProviderFailure] = []
         for name in self.order(names):
             try:
-                done = await self._with_retries(name, lambda n=name: self._attempt(n, body, parent))
+                done = await self._with_retries(name, functools.partial(self._attempt, name, body, parent))
             except ProviderFailure as exc:
                 failures.append(exc)
                 if exc.status in (400, 422):
@@ -147,7 +148,7 @@ class Upstreams:
         failures: list[ProviderFailure] = []
         for name in self.order(names):
             try:
-                return await self._with_retries(name, lambda n=name: self._open_one(n, body, parent))
+                return await self._with_retries(name, functools.partial(self._open_one, name, body, parent))
             except ProviderFailure as exc:
                 failures.append(exc)
                 if exc.status in (400, 422):

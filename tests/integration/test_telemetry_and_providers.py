@@ -10,6 +10,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
+from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, Simulator, running_gateway
 
 
@@ -48,3 +49,36 @@ def test_litellm_backend_talks_to_an_openai_compatible_server(simulator: Simulat
         text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
             model="large", messages=[{"role": "user", "content": "hi"}], stream=True) if c.choices)
         assert text.startswith("The answer is")
+
+
+def test_traces_are_exported_over_otlp_when_an_endpoint_is_set(
+        simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    import http.server
+    import threading
+
+    received: list[tuple[str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append((self.path, self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    collector = http.server.HTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{collector.server_port}")
+    try:
+        with running_gateway(create_app(sim_config(simulator.url), policies_dir=ROOT / "routing_policies")) as gw:
+            client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="x", max_retries=0)
+            client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
+        # shutting the gateway down flushes the batch exporter
+    finally:
+        collector.shutdown()
+    paths = {p for p, _ in received}
+    assert paths == {"/v1/traces"}
+    payload = b"".join(body for _, body in received)
+    assert b"switchyard.request" in payload and b"switchyard.upstream" in payload
+    assert b"gen_ai.usage.output_tokens" in payload
