@@ -161,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         run(settings)
-    except KeyboardInterrupt:
-        say("interrupted: every process started was stopped")
-        return 130
+    except (KeyboardInterrupt, SystemExit) as exc:
+        say("interrupted: every process the benchmark started has been stopped")
+        return exc.code if isinstance(exc, SystemExit) and isinstance(exc.code, int) else 130
     return 0
 
 

@@ -104,14 +104,19 @@ class Processes:
 
     def __enter__(self) -> Processes:
         self.logdir.mkdir(parents=True, exist_ok=True)
-        self._previous = signal.signal(signal.SIGTERM, _raise_exit)
+        # Ctrl-C and SIGTERM become exceptions even if the shell started us with them ignored.
+        self._previous = (
+            signal.signal(signal.SIGTERM, _raise_exit),
+            signal.signal(signal.SIGINT, signal.default_int_handler),
+        )
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop_all()
-        signal.signal(signal.SIGTERM, self._previous)
+        signal.signal(signal.SIGTERM, self._previous[0])
+        signal.signal(signal.SIGINT, self._previous[1])
 
 
 def _environment(changes: dict[str, str | None]) -> dict[str, str]:
