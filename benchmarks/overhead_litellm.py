@@ -4,7 +4,8 @@
 once and installs ``litellm[proxy]`` into it with pip, excluding 1.82.7 and 1.82.8 (those two
 releases shipped a credential stealer and must never be installed). The proxy runs with a
 generated config (``openai/`` models with ``api_base`` on the benchmark's upstream), no
-database, one worker, and ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no network at start).
+database, one worker, a master key (it refuses to start without one; the load generators send it)
+and ``LITELLM_LOCAL_MODEL_COST_MAP=True`` (no network at start).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+from benchmarks.overhead_load import API_KEY
 
 DEFAULT_SPEC = "litellm[proxy]!=1.82.7,!=1.82.8"
 BANNED = ("1.82.7", "1.82.8")
@@ -103,7 +106,7 @@ ENV: dict[str, str | None] = {
     "LITELLM_LOG": "ERROR",
     "LITELLM_TELEMETRY": "False",
     "DATABASE_URL": None,
-    "LITELLM_MASTER_KEY": None,
+    "LITELLM_MASTER_KEY": API_KEY,
     "DISABLE_ADMIN_UI": "True",
     "NO_DOCS": "True",
 }

@@ -20,7 +20,10 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sk-switchyard-bench"}
+# Sent to every target. LiteLLM refuses to start without a master key, so it gets this one (a
+# loopback-only benchmark key, not a secret); servers without auth ignore the header.
+API_KEY = "sk-switchyard-bench-loopback-5f0c2e9a7d4b41c8"
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
 APT_PACKAGES = ("wrk", "nghttp2-client")
 
 

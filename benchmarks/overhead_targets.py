@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import overhead_litellm
+from benchmarks.overhead_load import HEADERS
 from benchmarks.overhead_procs import Child, Processes, free_port, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
@@ -181,7 +182,7 @@ def probe(target: Target, url: str, stream: bool) -> dict[str, str]:
     """One real request: fail loudly unless it is a 200 with a chat completion (or SSE) body."""
     request = urllib.request.Request(
         url + CHAT_PATH, data=target.body(stream, tag=uuid.uuid4().hex if target.unique else ""), method="POST",
-        headers={"Content-Type": "application/json", "Authorization": "Bearer sk-switchyard-bench"},
+        headers=HEADERS,
     )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as response:

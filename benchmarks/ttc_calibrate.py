@@ -4,7 +4,7 @@ Every prediction of the model is linear in its correlation ρ (a mixture of the 
 shared-draw worlds), so for each number of distractors ρ has a closed-form least-squares fit; the
 distractor count is picked by the smallest squared error. Targets per (prompt, member set): the vote
 is right, agreement ≥ 0.6, agreement = 1. Then the escalation correlation is fitted the same way on
-the event "escalated and the large model is right" of the cascades.
+the cascades' realised score (what the policy compares), the vote part held at its fit.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ class Fit:
 
 def _targets(ps: list[float], m: int, row: Row, members: Sequence[str]) -> list[tuple[float, float, float]]:
     """(independent prediction, shared-draw prediction, realised) for each target."""
-    ind, shared = independent_outcomes(ps, m), shared_draw_outcomes(ps)
+    ind, shared = independent_outcomes(ps, m), shared_draw_outcomes(ps, m)
     real = replay_vote(row, members)
     out = [(odds(ind, 1.0).quality, odds(shared, 1.0).quality, real.score)]
     out += [(odds(ind, t).accept, odds(shared, t).accept, float(real.agreement >= t)) for t in THRESHOLDS]
@@ -53,8 +53,9 @@ def _rho(obs: list[tuple[float, float, float]]) -> tuple[float, float]:
     return rho, sum((a + rho * (b - a) - y) ** 2 for a, b, y in obs)
 
 
-def fit_votes(rows: Sequence[Row], signals: Sequence[RouteSignal],
-              sets: Sequence[tuple[str, ...]]) -> tuple[float, int, dict[int, float], int]:
+def fit_votes(
+    rows: Sequence[Row], signals: Sequence[RouteSignal], sets: Sequence[tuple[str, ...]]
+) -> tuple[float, int, dict[int, float], int]:
     sse: dict[int, float] = {}
     rhos: dict[int, float] = {}
     n_obs = 0
@@ -70,24 +71,38 @@ def fit_votes(rows: Sequence[Row], signals: Sequence[RouteSignal],
     return rhos[best], best, sse, n_obs
 
 
-def fit_escalation(rows: Sequence[Row], signals: Sequence[RouteSignal], cal: VoteCalibration,
-                   cascades: Sequence[tuple[tuple[str, ...], str, float]]) -> tuple[float, int]:
+def fit_escalation(
+    rows: Sequence[Row],
+    signals: Sequence[RouteSignal],
+    cal: VoteCalibration,
+    cascades: Sequence[tuple[tuple[str, ...], str, float]],
+) -> tuple[float, int]:
     obs: list[tuple[float, float, float]] = []
     for row, s in zip(rows, signals, strict=True):
         for members, large, t in cascades:
             if not has_models(row, (*members, large)):
                 continue
             ps = [s.quality[x] for x in members]
-            reach = 1 - odds(vote_outcomes(ps, cal.member_correlation, cal.distractors), t).accept
-            q = s.quality[large]
+            step = odds(vote_outcomes(ps, cal.member_correlation, cal.distractors), t)
+            reach, q = 1 - step.accept, s.quality[large]
             real = replay_cascade(row, members, large, t)
-            obs.append((reach * escalated_quality(q, reach, 0.0), reach * escalated_quality(q, reach, 1.0),
-                        float(real.escalated and real.score > 0)))
+            obs.append(
+                (
+                    step.accept_correct + reach * escalated_quality(q, reach, 0.0),
+                    step.accept_correct + reach * escalated_quality(q, reach, 1.0),
+                    real.score,
+                )
+            )
     return _rho(obs)[0], len(obs)
 
 
-def fit(rows: Sequence[Row], signals: Sequence[RouteSignal], sets: Sequence[tuple[str, ...]],
-        cascades: Sequence[tuple[tuple[str, ...], str, float]], prior: VoteCalibration) -> Fit:
+def fit(
+    rows: Sequence[Row],
+    signals: Sequence[RouteSignal],
+    sets: Sequence[tuple[str, ...]],
+    cascades: Sequence[tuple[tuple[str, ...], str, float]],
+    prior: VoteCalibration,
+) -> Fit:
     rho, m, sse, n_votes = fit_votes(rows, signals, sets)
     cal = replace(prior, member_correlation=round(rho, 3), distractors=m)
     rho_step, n_casc = fit_escalation(rows, signals, cal, cascades)

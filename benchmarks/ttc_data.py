@@ -25,8 +25,27 @@ def load_rows(path: Path, split: str | None = None) -> list[Row]:
     return [r for r in rows if split is None or r["split"] == split]
 
 
-def load_prices(data: Path) -> dict[str, dict[str, float]]:
-    return dict(json.loads((data.parent / "mmlu_pro_prices.json").read_text()))
+def load_prices(data: Path, rows: Sequence[Row]) -> dict[str, dict[str, float]]:
+    """The prices file beside the data, else prices solved from the rows' recorded costs (fixtures)."""
+    beside = data.parent / "mmlu_pro_prices.json"
+    if beside.exists():
+        return dict(json.loads(beside.read_text()))
+    return infer_prices(rows)
+
+
+def infer_prices(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
+    """cost = prompt_tokens·input + output_tokens·output, solved by least squares per model."""
+    import numpy as np
+
+    names = sorted({m for r in rows for m in r["models"]})
+    prices = {}
+    for name in names:
+        seen = [r for r in rows if name in r["models"]]
+        a = np.array([[r["prompt_tokens"], r["models"][name]["output_tokens"]] for r in seen], dtype=float)
+        b = np.array([r["models"][name]["cost_usd"] for r in seen], dtype=float)
+        (inp, out), *_ = np.linalg.lstsq(a, b, rcond=None)
+        prices[name] = {"input_per_mtok": max(0.0, float(inp) * 1e6), "output_per_mtok": max(0.0, float(out) * 1e6)}
+    return prices
 
 
 def has_models(row: Row, names: Sequence[str]) -> bool:
@@ -37,7 +56,7 @@ def has_models(row: Row, names: Sequence[str]) -> bool:
 class Replay:
     score: float
     cost_usd: float
-    agreement: float = 1.0   # share of members behind the chosen answer
+    agreement: float = 1.0  # share of members behind the chosen answer
     escalated: bool = False
 
 

@@ -34,8 +34,9 @@ class Matrices:
     escalated: np.ndarray
 
 
-def build_matrices(arms: Sequence[Arm], rows: Sequence[Row], signals: Sequence[RouteSignal],
-                   catalog: Catalog) -> Matrices:
+def build_matrices(
+    arms: Sequence[Arm], rows: Sequence[Row], signals: Sequence[RouteSignal], catalog: Catalog
+) -> Matrices:
     shape = (len(rows), len(arms))
     q, c, y, k, esc = (np.zeros(shape) for _ in range(5))
     for i, (row, s) in enumerate(zip(rows, signals, strict=True)):
@@ -65,8 +66,11 @@ def sweep(m: Matrices, columns: Sequence[int], values: Sequence[float] = VALUES_
         pick = np.where(utility >= best - 1e-15, c, np.inf).argmin(axis=1)
         rows = np.arange(len(pick))
         chosen = cols[pick]
-        points.append(PolicyPoint(v, float(m.score[rows, chosen].mean()), float(m.cost[rows, chosen].mean()),
-                                  float(is_ttc[pick].mean())))
+        points.append(
+            PolicyPoint(
+                v, float(m.score[rows, chosen].mean()), float(m.cost[rows, chosen].mean()), float(is_ttc[pick].mean())
+            )
+        )
     return points
 
 
@@ -123,6 +127,14 @@ def compare(without: Sequence[PolicyPoint], with_ttc: Sequence[PolicyPoint], n: 
     lo_q, hi_q = max(a[0][1], b[0][1]), min(a[-1][1], b[-1][1])
     out = []
     for cost, quality in zip(np.geomspace(lo_c, hi_c, n), np.linspace(lo_q, hi_q, n), strict=True):
-        out.append(Comparison(float(cost), quality_at(a, cost), quality_at(b, cost), float(quality),
-                              cost_at(a, quality), cost_at(b, quality)))
+        out.append(
+            Comparison(
+                float(cost),
+                quality_at(a, cost),
+                quality_at(b, cost),
+                float(quality),
+                cost_at(a, quality),
+                cost_at(b, quality),
+            )
+        )
     return out

@@ -27,11 +27,30 @@ MATHSTRAL = "mathstral-7B"
 PHI3 = "Phi-3-mini-4k-instruct"
 FLASH = "gemini-1.5-flash-002"
 PRO = "gemini-1.5-pro-002"
-SMALL = (LLAMA8, MATHSTRAL, PHI3, "Meta-Llama-3-8B", "gemma-7b", "Qwen1.5-7B-Chat",
-         "Mistral-7B-Instruct-v0.2", "Yi-6B-Chat")
-LARGE_TIERS = {LLAMA70, PRO, "Meta-Llama-3-70B", "Meta-Llama-3.1-70B", "Llama-2-70b-hf", "Qwen1.5-110B",
-               "Qwen1.5-72B-Chat", "jamba-1.5-large", "Yi-34B", "Mixtral-8x7B-Instruct-v0.1",
-               "Mixtral-8x7B-v0.1", "c4ai-command-r-v01"}
+SMALL = (
+    LLAMA8,
+    MATHSTRAL,
+    PHI3,
+    "Meta-Llama-3-8B",
+    "gemma-7b",
+    "Qwen1.5-7B-Chat",
+    "Mistral-7B-Instruct-v0.2",
+    "Yi-6B-Chat",
+)
+LARGE_TIERS = {
+    LLAMA70,
+    PRO,
+    "Meta-Llama-3-70B",
+    "Meta-Llama-3.1-70B",
+    "Llama-2-70b-hf",
+    "Qwen1.5-110B",
+    "Qwen1.5-72B-Chat",
+    "jamba-1.5-large",
+    "Yi-34B",
+    "Mixtral-8x7B-Instruct-v0.1",
+    "Mixtral-8x7B-v0.1",
+    "c4ai-command-r-v01",
+}
 
 # Member sets, best member first (ties go to the earliest member, so order matters).
 VOTE_SETS: dict[str, tuple[str, ...]] = {
@@ -47,7 +66,7 @@ FLASH_SET = (FLASH, LLAMA8, MATHSTRAL)
 @dataclass(frozen=True, slots=True)
 class Arm:
     name: str
-    kind: str                       # "single" | "vote" | "cascade"
+    kind: str  # "single" | "vote" | "cascade"
     members: tuple[str, ...]
     escalate_to: str | None = None
     threshold: float = 1.0
@@ -100,10 +119,17 @@ def ttc_arms(with_gemini: bool) -> list[Arm]:
 
 
 def build_catalog(models: Sequence[str], prices: dict[str, dict[str, float]], router: Router) -> Catalog:
-    deployments = [DeploymentConfig(
-        name=m, model=f"openai/{m}", tier="large" if m in LARGE_TIERS else "small", price=prices[m],
-        router_profile=m, expected_output_tokens=max(1, round(router.expected_output_tokens(m) or 256)))
-        for m in models]
+    deployments = [
+        DeploymentConfig(
+            name=m,
+            model=f"openai/{m}",
+            tier="large" if m in LARGE_TIERS else "small",
+            price=prices[m],
+            router_profile=m,
+            expected_output_tokens=max(1, round(router.expected_output_tokens(m) or 256)),
+        )
+        for m in models
+    ]
     return Catalog({d.name: d for d in deployments}, prices_for(deployments))
 
 

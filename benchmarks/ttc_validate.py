@@ -21,7 +21,7 @@ class ArmFit:
     realised_quality: float
     predicted_cost_usd: float
     realised_cost_usd: float
-    predicted_accept: float | None   # cascades: P(the vote is accepted)
+    predicted_accept: float | None  # cascades: P(the vote is accepted)
     realised_accept: float | None
 
 
@@ -34,8 +34,17 @@ def arm_fits(m: Matrices, signals: Sequence[RouteSignal], cal: VoteCalibration =
         if arm.kind == "cascade":
             pa = float(np.mean([_accept(arm, s, cal) for s in signals]))
             ra = float(1 - m.escalated[:, j].mean())
-        out.append(ArmFit(arm.name, float(m.q_hat[:, j].mean()), float(m.score[:, j].mean()),
-                          float(m.c_hat[:, j].mean()), float(m.cost[:, j].mean()), pa, ra))
+        out.append(
+            ArmFit(
+                arm.name,
+                float(m.q_hat[:, j].mean()),
+                float(m.score[:, j].mean()),
+                float(m.c_hat[:, j].mean()),
+                float(m.cost[:, j].mean()),
+                pa,
+                ra,
+            )
+        )
     return out
 
 
@@ -49,8 +58,8 @@ class Scores:
     """Brier score of per-prompt P(vote right), pooled over the vote arms (lower is better)."""
 
     calibrated: float
-    linear_keep_half: float   # the earlier guess: mean p̂ + 0.5 · independent gain
-    best_member: float        # the best member's own p̂, no vote model at all
+    linear_keep_half: float  # the earlier guess: mean p̂ + 0.5 · independent gain
+    best_member: float  # the best member's own p̂, no vote model at all
     bins: list[tuple[float, float, int]]  # (mean predicted, realised, prompts) by predicted quintile
 
 
@@ -62,7 +71,10 @@ def vote_scores(m: Matrices, signals: Sequence[RouteSignal]) -> Scores:
     best = np.array([max(s.quality[x] for x in m.arms[j].members) for j in cols for s in signals])
     edges = np.quantile(pred, np.linspace(0, 1, 6))
     which = np.clip(np.searchsorted(edges, pred, side="right") - 1, 0, 4)
-    bins = [(float(pred[which == b].mean()), float(real[which == b].mean()), int((which == b).sum()))
-            for b in range(5) if (which == b).any()]
+    bins = [
+        (float(pred[which == b].mean()), float(real[which == b].mean()), int((which == b).sum()))
+        for b in range(5)
+        if (which == b).any()
+    ]
     brier = lambda p: float(np.mean((p - real) ** 2))  # noqa: E731
     return Scores(brier(pred), brier(old), brier(best), bins)

@@ -58,7 +58,7 @@ class Cascade:
 
     steps: tuple[str, ...]
     confidence: Confidence = "agreement"
-    threshold: float = 0.67
+    threshold: float = 0.6
     samples: int = 3  # for agreement: cheap samples drawn at the first step
     judge: str | None = None
 

@@ -36,7 +36,7 @@ class BestOfSpec(_Strict):
 class CascadeSpec(_Strict):
     steps: list[str] = Field(min_length=2)
     confidence: Literal["agreement", "logprob", "judge"] = "agreement"
-    threshold: float = Field(default=0.67, ge=0, le=1)
+    threshold: float = Field(default=0.6, ge=0, le=1)
     samples: int = Field(default=3, ge=1, le=16)
     judge: str | None = None
 

@@ -41,6 +41,8 @@ def oof_ridge(
     oof = np.zeros_like(y, dtype=np.float64)
     for q in tqdm(range(folds), desc="ridge folds", disable=not progress, leave=False):
         held = fold == q
+        if not held.any() or held.all():  # tiny data: a fold can be empty or everything
+            continue
         oof[held] = predict_ridge(fit_ridge(x[~held], y[~held], lam), x[held])
     return oof, fit_ridge(x, y, lam)
 
@@ -66,25 +68,19 @@ def fit_logistic(
     return beta[:-1], float(beta[-1])
 
 
-def fit_generic_head(
-    phi: np.ndarray, y: np.ndarray, steps: int = 300, lr: float = 0.5
-) -> tuple[np.ndarray, float, np.ndarray]:
+def fit_generic_head(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
     """Shared difficulty logit delta(x) = phi.c + c0 with per-model abilities theta_m:
-    P(good | m, x) = sigmoid(theta_m - delta(x)). Plain gradient descent; NaN = missing.
+    P(good | m, x) = sigmoid(theta_m - delta(x)), a 1PL item-response model whose item
+    side is a function of the text. One stacked logistic regression; NaN = missing.
 
-    Returns (c, c0, theta) with theta centred so c0 carries the overall level.
+    Returns (c, c0, theta) with theta centred (mean 0) so c0 carries the overall level.
     """
-    mask = ~np.isnan(y)
-    y0 = np.nan_to_num(y)
-    n, m = y.shape
-    c, c0, theta = np.zeros(phi.shape[1]), 0.0, np.zeros(m)
-    for _ in range(steps):
-        delta = phi @ c + c0
-        p = 1.0 / (1.0 + np.exp(-(theta[None, :] - delta[:, None])))
-        r = mask * (p - y0) / mask.sum()
-        theta -= lr * r.sum(0) * n
-        g_delta = -r.sum(1)
-        c -= lr * (phi.T @ g_delta)
-        c0 -= lr * g_delta.sum()
-    shift = theta.mean()
-    return c, c0 - shift, theta - shift
+    m = y.shape[1]
+    ok = ~np.isnan(y)
+    item, model = np.nonzero(ok)
+    onehot = np.zeros((item.size, m))
+    onehot[np.arange(item.size), model] = 1.0
+    beta, icpt = fit_logistic(np.column_stack([-phi[item], onehot]), y[item, model], l2=1e-6)
+    c, theta = beta[: phi.shape[1]], beta[phi.shape[1] :] + icpt
+    shift = float(theta.mean())
+    return c, -shift, theta - shift

@@ -6,12 +6,12 @@ Shape of the model (fitted by ``gateway.router.train``):
 
     x        = idf-weighted hashed n-grams of the normalised prompt (+ standardised
                structural features)
-    z(x)     = x @ W + bias                      latent item vector: z[0] ~ IRT difficulty,
-                                                 z[1:] ~ IRT "kind of hard" dimensions
-    phi(z)   = [z, z[0]**2]                      lets a head be bell-shaped in difficulty
+    phi(x)   = x @ W + bias                      latent item vector: predicted scores on the
+                                                 top principal components of the training
+                                                 outcome matrix ("how hard, for whom")
     P(good | known model m)  = sigmoid(phi . coef_m + icpt_m)       per-model head
     P(good | ability a)      = sigmoid(a - delta(x))                 any other model
-    delta(x) = phi . gen_coef + gen_icpt                             difficulty logit
+    delta(x) = phi . gen_coef + gen_icpt                             difficulty logit (1PL)
     difficulty = sigmoid(delta(x) - mean ability)  in [0, 1]
 """
 
@@ -86,10 +86,9 @@ class Router:
     def assess(self, text: str) -> Assessment:
         clean = normalise(text)
         feats = structural_features(clean)
-        z = self._latent(clean, feats)
-        phi = np.concatenate([z, z[:1] ** 2])
+        phi = self._latent(clean, feats)
         delta = float(phi @ self._w.gen_coef + self._w.gen_icpt)
-        named = dict(zip(STRUCT_NAMES, feats))
+        named = dict(zip(STRUCT_NAMES, feats, strict=True))
         return Assessment(
             difficulty=_sigmoid(delta - self._mean_ability),
             category=guess_category(clean, feats),
@@ -103,9 +102,9 @@ class Router:
 
         ``profile``: a model the router was trained on (see ``known_profiles``) -> its own
         head. Otherwise ``ability`` on the router's logit scale: P = sigmoid(ability - delta),
-        where delta is the prompt's difficulty logit. Learned abilities span about -3 (a weak
-        7B base model) to +3 (frontier models) with mean ~0; ``ability_of`` gives reference
-        points. With neither, the mean ability of the trained pool is used.
+        where delta is the prompt's difficulty logit. On the shipped artifact learned
+        abilities span about -1.2 (Llama-2-7B) to +1.4 (gemini-1.5-pro) with mean 0;
+        ``ability_of`` gives reference points. With neither, the pool mean (0) is used.
         """
         if profile is not None and profile in self._index:
             i = self._index[profile]

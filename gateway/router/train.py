@@ -1,11 +1,14 @@
 """Train the router artifact from data in the shared schema (numpy + scipy; tqdm bars).
 
 Recipe (see model.py for the serving shape):
-1. IRT on the train split's outcomes of all models -> per-item difficulty b and latents u.
-   Pooling every model denoises the target; one model's 0/1 is mostly noise.
-2. Ridge from hashed n-grams + structural features to z = (b, u).
-3. Per-model logistic heads on phi(z) of *out-of-fold* predictions (heads must learn how
-   much to trust a shrunk, noisy z, not the in-sample one), plus a generic head
+1. Factor the train split's outcome matrix (items x all models) into its top principal
+   components: each item's scores on them are a denoised "how hard, and hard for whom"
+   target (pooling 28 models' 0/1 outcomes; one model's alone is mostly noise). This
+   beat an IRT (b, u) target on validation; see benchmarks/results/routing_representations.md.
+2. Ridge from hashed n-grams + structural features to those scores z (reduced-rank
+   regression, RouteLLM-style matrix factorisation with a text encoder).
+3. Per-model logistic heads on *out-of-fold* z (heads must learn how much to trust a
+   shrunk, noisy z, not the in-sample one), plus a generic 1PL head
    sigmoid(theta_m - delta(x)) that gives difficulty and serves unseen models.
 4. Save, reload through ``load_router`` and print a validation report.
 """
@@ -23,26 +26,30 @@ from gateway.router.design import fit_idf, hash_prompts, to_csr, with_struct
 from gateway.router.evaluate import report_pairs
 from gateway.router.featurize import HashSpec
 from gateway.router.fit import fit_generic_head, fit_logistic, oof_ridge
-from gateway.router.irt import fit_irt
 from gateway.router.model import ARTIFACT_VERSION, load_router
 from gateway.router.text import STRUCT_NAMES
 
 # Settings chosen on the validation split (benchmarks/results/routing_representations.md).
 SPEC = HashSpec(bits=17, char_weight=1.0, word_weight=1.0)
-IRT_DIMS = 2
+LATENT_DIMS = 6
 RIDGE_LAMBDA = 3.0
 STRUCT_SCALE = 0.3
 
 
-def _phi(z: np.ndarray) -> np.ndarray:
-    return np.column_stack([z, z[:, :1] ** 2])
+def outcome_factors(y: np.ndarray, k: int) -> np.ndarray:
+    """Top-k principal-component scores of the (items x models) outcome matrix, with a
+    missing outcome imputed by that model's mean."""
+    col_mean = np.nanmean(y, axis=0)
+    filled = np.where(np.isnan(y), col_mean, y) - col_mean
+    u, s, _ = np.linalg.svd(filled, full_matrices=False)
+    return u[:, :k] * s[:k]
 
 
 def _fit_heads(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     coefs, icpts = [], []
     for j in range(y.shape[1]):
         ok = ~np.isnan(y[:, j])
-        c, c0 = fit_logistic(phi[ok], y[ok, j]) if ok.any() else (np.zeros(phi.shape[1]), 0.0)
+        c, c0 = fit_logistic(phi[ok], y[ok, j], l2=1e-4) if ok.any() else (np.zeros(phi.shape[1]), 0.0)
         coefs.append(c)
         icpts.append(c0)
     return np.asarray(coefs), np.asarray(icpts)
@@ -55,18 +62,19 @@ def _fit_arrays(data: RoutingData, train_rows: np.ndarray, seed: int, progress: 
     s_std = hashed.struct[train_rows].std(0) + 1e-6
     x = with_struct(to_csr(hashed, idf, SPEC), (hashed.struct - s_mean) / s_std, STRUCT_SCALE)
     y = data.score[train_rows]
-    irt = fit_irt(y, k=IRT_DIMS, seed=seed, progress=progress)
-    target = np.column_stack([irt.b, irt.u])
+    target = outcome_factors(y, LATENT_DIMS)
     oof, ridge = oof_ridge(x[train_rows], target, RIDGE_LAMBDA, seed=seed, progress=progress)
-    phi = _phi(oof)
+    # Unit-variance latents keep head penalties comparable; folded into W and bias below.
+    scale = oof.std(0) + 1e-9
+    phi = oof / scale
     head_coef, head_icpt = _fit_heads(phi, y)
     gen_coef, gen_icpt, theta = fit_generic_head(phi, y)
     return {
         "idf": idf.astype(np.float16),
-        "w": ridge.coef[: SPEC.dim].astype(np.float16),
-        "w_struct": (ridge.coef[SPEC.dim :] * STRUCT_SCALE).astype(np.float32),
+        "w": (ridge.coef[: SPEC.dim] / scale).astype(np.float16),
+        "w_struct": (ridge.coef[SPEC.dim :] * STRUCT_SCALE / scale).astype(np.float32),
         "s_mean": s_mean.astype(np.float32), "s_std": s_std.astype(np.float32),
-        "bias": ridge.intercept.astype(np.float32),
+        "bias": (ridge.intercept / scale).astype(np.float32),
         "head_coef": head_coef, "head_icpt": head_icpt,
         "gen_coef": gen_coef, "gen_icpt": np.asarray(gen_icpt), "theta": theta,
     }
@@ -78,11 +86,11 @@ def _meta(data: RoutingData, train_rows: np.ndarray) -> dict[str, object]:
         "version": ARTIFACT_VERSION,
         "hash_spec": asdict(SPEC),
         "struct_names": list(STRUCT_NAMES),
-        "irt_dims": IRT_DIMS,
+        "latent_dims": LATENT_DIMS,
         "ridge_lambda": RIDGE_LAMBDA,
         "models": data.models,
         "expected_output_tokens": {
-            m: round(float(v), 2) for m, v in zip(data.models, out_tok) if np.isfinite(v)
+            m: round(float(v), 2) for m, v in zip(data.models, out_tok, strict=True) if np.isfinite(v)
         },
         "n_train": int(train_rows.size),
     }
@@ -97,7 +105,7 @@ def train(data_path: str | Path, out_dir: str | Path, *, seed: int = 0, progress
     meta = _meta(data, train_rows)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "router.npz", **arrays)
+    np.savez_compressed(out / "router.npz", allow_pickle=False, **arrays)
     (out / "router.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     val = data.subset(data.split == "validation")
     report: dict = {"n_validation": len(val.ids), "pairs": {}}

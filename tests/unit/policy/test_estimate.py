@@ -1,0 +1,137 @@
+"""Specs for the plan estimators: votes, cascades and the calibration constants behind them."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from gateway.config import DeploymentConfig
+from gateway.plans import BestOfN, Cascade, Single
+from gateway.policy.estimate import (
+    CALIBRATION,
+    Catalog,
+    escalated_quality,
+    estimate,
+    estimate_cascade,
+    independent_outcomes,
+    majority_vote_quality,
+    odds,
+    vote_outcomes,
+)
+from gateway.providers.pricing import prices_for
+from gateway.signal import RouteSignal
+
+
+def _deployment(name: str, price: float, tokens: int = 100) -> DeploymentConfig:
+    return DeploymentConfig(name=name, model=f"openai/{name}", expected_output_tokens=tokens, supports_n=False,
+                            price={"input_per_mtok": price, "output_per_mtok": price})
+
+
+DEPLOYMENTS = [_deployment("a", 0.2), _deployment("b", 0.2), _deployment("c", 0.1), _deployment("large", 0.9)]
+CATALOG = Catalog({d.name: d for d in DEPLOYMENTS}, prices_for(DEPLOYMENTS))
+
+
+def _signal(pa: float = 0.45, pb: float = 0.42, pc: float = 0.40, pl: float = 0.65) -> RouteSignal:
+    return RouteSignal(0.5, "test", {"a": pa, "b": pb, "c": pc, "large": pl}, 200, {})
+
+
+def _vote(ps: list[float]) -> float:
+    return odds(vote_outcomes(ps, CALIBRATION.member_correlation, CALIBRATION.distractors), 1.0).quality
+
+
+def test_calibration_constants_are_in_range() -> None:
+    c = CALIBRATION
+    assert 0.0 <= c.member_correlation <= 1.0
+    assert c.member_correlation <= c.same_deployment_correlation <= 1.0  # one model's samples agree more
+    assert 1 <= c.distractors <= 9  # MMLU-Pro has 10 options: at most 9 wrong ones
+    assert 0.0 <= c.escalation_correlation <= 1.0
+    assert 0.0 <= c.judge_keep <= 1.0
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_outcome_probabilities_sum_to_one(n: int) -> None:
+    ps = [0.3, 0.55, 0.7, 0.2, 0.9][:n]
+    assert sum(independent_outcomes(ps, 4).values()) == pytest.approx(1.0)
+    assert sum(vote_outcomes(ps, 0.5, 4).values()) == pytest.approx(1.0)
+
+
+def test_vote_quality_grows_with_member_quality() -> None:
+    qs = [_vote([p] * 3) for p in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    assert qs == sorted(qs)
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.7])
+def test_more_voters_do_not_hurt(p: float) -> None:
+    assert _vote([p] * 5) >= _vote([p] * 3) - 1e-9 >= p - 1e-9
+
+
+def test_independent_plurality_with_many_distractors_matches_the_closed_form() -> None:
+    # p = 0.5, three voters, wrong answers never coincide: right when ≥ 2 right (0.5), or when exactly one
+    # is right and it is the first member (the three-way tie goes to the earliest): 0.375 / 3.
+    got = odds(vote_outcomes([0.5] * 3, 0.0, 10**6), 1.0).quality
+    assert got == pytest.approx(0.5 + 0.375 / 3, abs=1e-5)
+    assert majority_vote_quality(0.5, 3) == pytest.approx(0.5)
+
+
+def test_fully_correlated_identical_voters_gain_nothing() -> None:
+    assert odds(vote_outcomes([0.6] * 3, 1.0, 5), 1.0).quality == pytest.approx(0.6)
+
+
+def test_stricter_agreement_accepts_less_but_more_precisely() -> None:
+    o = vote_outcomes([0.5, 0.45, 0.4], CALIBRATION.member_correlation, CALIBRATION.distractors)
+    loose, strict = odds(o, 0.6), odds(o, 1.0)
+    assert strict.accept < loose.accept
+    assert strict.accept_correct / strict.accept > loose.accept_correct / loose.accept
+
+
+def test_escalated_prompts_are_harder_for_the_next_step() -> None:
+    assert escalated_quality(0.6, 1.0, 0.5) == pytest.approx(0.6)
+    assert 0.0 <= escalated_quality(0.6, 0.7, 0.5) < 0.6
+    assert escalated_quality(0.6, 0.7, 0.0) == pytest.approx(0.6)
+
+
+def test_cascade_cost_lies_between_its_first_step_and_every_step() -> None:
+    s = _signal()
+    first = estimate(BestOfN(("a", "b", "c")), s, CATALOG, {}).cost_usd
+    large = estimate(Single("large"), s, CATALOG, {}).cost_usd
+    e = estimate_cascade([("a", "b", "c"), ("large",)], 0.6, s, CATALOG, {})
+    assert first < e.cost_usd < first + large
+
+
+def test_unanimity_escalates_more_than_a_majority() -> None:
+    s = _signal()
+    loose = estimate_cascade([("a", "b", "c"), ("large",)], 0.6, s, CATALOG, {})
+    strict = estimate_cascade([("a", "b", "c"), ("large",)], 1.0, s, CATALOG, {})
+    assert strict.cost_usd > loose.cost_usd
+    assert strict.quality > loose.quality  # the large step is better than a 2-of-3 vote here
+
+
+def test_vote_of_different_models_beats_the_mean_member() -> None:
+    s = _signal()
+    e = estimate(BestOfN(("a", "b", "c")), s, CATALOG, {})
+    assert (0.45 + 0.42 + 0.40) / 3 < e.quality < 1.0
+    assert e.cost_usd == pytest.approx(sum(estimate(Single(d), s, CATALOG, {}).cost_usd for d in "abc"))
+
+
+def test_samples_of_one_deployment_gain_less_than_different_models() -> None:
+    s = _signal(0.45, 0.45, 0.45)
+    same = estimate(BestOfN(("a", "a", "a")), s, CATALOG, {}).quality
+    mixed = estimate(BestOfN(("a", "b", "c")), s, CATALOG, {}).quality
+    assert 0.45 <= same < mixed
+
+
+def test_cascade_plan_samples_its_first_step() -> None:
+    e = estimate(Cascade(("a", "large"), threshold=0.6, samples=3), _signal(), CATALOG, {})
+    one = estimate(Single("a"), _signal(), CATALOG, {}).cost_usd
+    assert e.cost_usd > 3 * one
+    assert 0.0 < e.quality < 1.0
+
+
+def test_estimates_stay_cheap_enough_for_every_request() -> None:
+    plan, s = BestOfN(("a", "b", "c", "a", "b")), _signal()
+    estimate(plan, s, CATALOG, {})  # warm the table cache
+    start = time.perf_counter()
+    for _ in range(100):
+        estimate(plan, s, CATALOG, {})
+    assert (time.perf_counter() - start) / 100 < 0.002

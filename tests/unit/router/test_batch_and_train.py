@@ -1,0 +1,49 @@
+"""Batch scoring and training work end to end on a 30-row cut of the data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmarks.routing_quality import main as run_benchmark
+from gateway.router import load_router
+from gateway.router.batch import score_file
+from gateway.router.train import train
+
+
+def test_batch_writes_one_scored_line_per_prompt(small_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores.jsonl"
+    assert score_file(small_data, out, progress=False) == 30
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    first_in = json.loads(small_data.read_text().splitlines()[0])
+    assert rows[0]["id"] == first_in["id"]
+    assert set(rows[0]["predicted"]) == set(first_in["models"])
+    assert all(0.0 <= r["difficulty"] <= 1.0 for r in rows)
+
+
+def test_unseen_models_are_scored_from_difficulty_alone(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"id": "x", "prompt": "Write a haiku about routers.",
+                               "models": {"brand-new-7b": {}, "gemini-1.5-pro-002": {}}}) + "\n"
+                   + json.dumps({"id": "y", "prompt": "no models field"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    assert score_file(src, out, progress=False) == 2
+    first, second = (json.loads(line) for line in out.read_text().splitlines())
+    assert first["predicted"]["brand-new-7b"] == pytest.approx(1 - first["difficulty"], abs=1e-6)
+    assert len(second["predicted"]) == 28  # every known profile when the row names none
+
+
+def test_training_writes_a_loadable_artifact(small_data: Path, tmp_path: Path) -> None:
+    report = train(small_data, tmp_path / "art", progress=False)
+    assert report["n_validation"] == 8 and report["pairs"]
+    r = load_router(tmp_path / "art")
+    assert 0.0 <= r.assess("Hello there").difficulty <= 1.0
+    assert len(r.known_profiles()) == 28
+
+
+def test_benchmark_smoke_run_writes_the_report(small_data: Path, tmp_path: Path) -> None:
+    run_benchmark(["--data", str(small_data), "--out", str(tmp_path), "--no-latency"])
+    assert "APGR" in (tmp_path / "routing_quality.md").read_text()
+    assert (tmp_path / "routing_pair_llama8b_70b.png").stat().st_size > 0

@@ -1,0 +1,87 @@
+"""The shipped router loads offline, is deterministic and behaves like a probability model."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from gateway.router import DEFAULT_ARTIFACT, Assessment, Router, load_router
+
+PROMPT = "Calculate the integral of x^2 * sin(x) from 0 to pi, then explain each step."
+
+
+def test_default_artifact_is_small_and_ships_inside_the_package() -> None:
+    size = sum(f.stat().st_size for f in DEFAULT_ARTIFACT.iterdir())
+    assert DEFAULT_ARTIFACT.parts[-4:-2] == ("gateway", "router")
+    assert size < 5_000_000
+
+
+def test_artifact_loads_with_the_network_blocked(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the router must not touch the network")
+
+    monkeypatch.setattr(socket, "socket", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    r = load_router()
+    assert 0.0 <= r.assess(PROMPT).difficulty <= 1.0
+
+
+def test_serving_does_not_import_training_libraries() -> None:
+    code = ("import sys; from gateway.router import load_router; load_router().assess('hi'); "
+            "print(','.join(m for m in ('sklearn', 'scipy', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_assess_is_deterministic(router: Router) -> None:
+    first, second = router.assess(PROMPT), router.assess(PROMPT)
+    assert first == second
+    assert first.phi == second.phi
+    assert load_router().assess(PROMPT) == first
+
+
+def test_assessment_is_frozen_and_explains_itself(router: Router) -> None:
+    a = router.assess(PROMPT)
+    assert isinstance(a, Assessment)
+    with pytest.raises(AttributeError):
+        a.difficulty = 0.5  # type: ignore[misc]
+    assert a.category in {"math", "code", "reasoning", "chat", "knowledge"}
+    assert "log_chars" in a.features
+
+
+def test_scaffolding_does_not_change_the_assessment(router: Router) -> None:
+    bare = "What is the capital of Australia?"
+    wrapped = f"Question:\n{bare}\nAnswer: Let's think step by step."
+    assert router.assess(wrapped).difficulty == pytest.approx(router.assess(bare).difficulty)
+
+
+def test_p_good_rises_with_ability(router: Router) -> None:
+    a = router.assess(PROMPT)
+    ps = [router.p_good(a, ability=x) for x in (-3.0, -1.0, 0.0, 1.0, 3.0)]
+    assert ps == sorted(ps) and ps[0] < ps[-1]
+    assert router.p_good(a) == pytest.approx(1.0 - a.difficulty)
+
+
+def test_known_profiles_have_heads_abilities_and_output_lengths(router: Router) -> None:
+    names = router.known_profiles()
+    assert "Meta-Llama-3.1-8B-Instruct" in names and len(names) == 28
+    small, large = router.ability_of("Llama-2-7b-hf"), router.ability_of("gemini-1.5-pro-002")
+    assert small is not None and large is not None and small < large
+    assert router.ability_of("never-heard-of-it") is None
+    assert (router.expected_output_tokens("Meta-Llama-3.1-8B-Instruct") or 0) > 0
+    a = router.assess(PROMPT)
+    assert 0.0 < router.p_good(a, profile="gemini-1.5-pro-002") < 1.0
+    # An unknown profile falls back to the ability scale, never raises.
+    assert router.p_good(a, profile="unknown-model") == router.p_good(a)
+
+
+def test_harder_looking_prompts_score_harder(router: Router) -> None:
+    easy = router.assess("What is 2 + 2?").difficulty
+    hard = router.assess(
+        "A 2.5 kg block slides down a 30 degree incline with kinetic friction coefficient 0.2. "
+        "Compute its acceleration and the work done by friction over 4.0 m, in SI units."
+    ).difficulty
+    assert hard > easy
