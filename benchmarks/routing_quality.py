@@ -125,7 +125,8 @@ def pool_section(pts: dict[str, np.ndarray], models: list[str], out: Path) -> li
         f"{q_at_cb:.4f} ({q_at_cb - qb:+.4f}); cheapest frontier point ≥ {qb:.4f}: "
         + (f"{reach.min() / cb:.2f}× its cost" if reach.size else "never") + " |",
         f"| 97% of it ({0.97 * qb:.4f}) at ≤ half its cost | {'yes' if met2 else 'no'} | "
-        f"best frontier quality at ≤ half its cost: {q_at_half:.4f} ({q_at_half / qb:.1%} of best); cheapest point ≥ 97%: "
+        f"best frontier quality at ≤ half its cost: {q_at_half:.4f} ({q_at_half / qb:.1%} of best); "
+        "cheapest point ≥ 97%: "
         + (f"{reach97.min() / cb:.2f}× its cost" if reach97.size else "never") + " |",
         "", "![pool](routing_pool_frontier.png)", "",
     ]
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA,
                     help="routing data (shared schema), default %(default)s")
     ap.add_argument("--prices", type=Path, help="prices JSON (default: mmlu_pro_prices.json next to --data)")
-    ap.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="router directory, default: the shipped one")
+    ap.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT,
+                    help="router directory, default: the shipped one")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder, default %(default)s")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency section (smoke tests)")
     a = ap.parse_args(argv)

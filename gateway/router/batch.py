@@ -3,7 +3,10 @@
 Input: any file in the shared data schema; only ``id`` and ``prompt`` are required.
 Output rows: ``{"id", "difficulty", "predicted": {model: p_good}}`` for the models listed in
 that row's ``models`` (models the router never saw get P from difficulty alone, i.e. the
-mean trained ability), or for every known profile when the row has no ``models``.
+mean trained ability) plus every known profile. The known profiles are always included so
+that each row scores the same pairs: routing_eval only ranks by predicted gain when every
+row has both models, and a row missing one outcome (gemini misses a few) must not make it
+fall back to difficulty for the whole file.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from gateway.router.model import Router, load_router
 
 def _row_out(router: Router, row: dict) -> dict:
     a = router.assess(str(row["prompt"]))
-    names = list(row.get("models") or {}) or router.known_profiles()
+    names = dict.fromkeys([*(row.get("models") or {}), *router.known_profiles()])
     return {
         "id": row["id"],
         "difficulty": round(a.difficulty, 8),

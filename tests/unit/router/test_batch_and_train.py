@@ -19,7 +19,7 @@ def test_batch_writes_one_scored_line_per_prompt(small_data: Path, tmp_path: Pat
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     first_in = json.loads(small_data.read_text().splitlines()[0])
     assert rows[0]["id"] == first_in["id"]
-    assert set(rows[0]["predicted"]) == set(first_in["models"])
+    assert set(first_in["models"]) <= set(rows[0]["predicted"])
     assert all(0.0 <= r["difficulty"] <= 1.0 for r in rows)
 
 
@@ -32,7 +32,7 @@ def test_unseen_models_are_scored_from_difficulty_alone(tmp_path: Path) -> None:
     assert score_file(src, out, progress=False) == 2
     first, second = (json.loads(line) for line in out.read_text().splitlines())
     assert first["predicted"]["brand-new-7b"] == pytest.approx(1 - first["difficulty"], abs=1e-6)
-    assert len(second["predicted"]) == 28  # every known profile when the row names none
+    assert len(first["predicted"]) == 29 and len(second["predicted"]) == 28  # known profiles always
 
 
 def test_training_writes_a_loadable_artifact(small_data: Path, tmp_path: Path) -> None:
