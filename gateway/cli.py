@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.errors import ConfigError
 
+# The examples are printed as users will paste them, so their lines stay long.
 EXAMPLES = """\
 Switchyard is up on {base}  (simulated models: small and large, in-memory cache)
 
@@ -90,7 +91,7 @@ async def _demo(args: argparse.Namespace) -> None:
         app = create_app(embedded_config(sim.url))
         server = uvicorn.Server(_uvicorn_config(app, args.host, args.port, args.log_level))
         serving = asyncio.create_task(server.serve())
-        while not server.started and not serving.done():
+        while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
             await asyncio.sleep(0.05)
         if server.started:
             print(EXAMPLES.format(base=f"http://{args.host}:{args.port}"), flush=True)

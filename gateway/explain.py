@@ -45,7 +45,8 @@ def render(e: dict[str, Any]) -> str:
         return f"policy {e['policy']}: no plan: {e.get('error')}"
     s = e["signal"]
     lines = [f"policy {e['policy']} → {e['plan']}",
-             f"  difficulty {s['difficulty']:.3f}  category {s['category']}  ~{s['prompt_tokens_estimate']} prompt tokens",
+             f"  difficulty {s['difficulty']:.3f}  category {s['category']}"
+             f"  ~{s['prompt_tokens_estimate']} prompt tokens",
              f"  {'candidate':<34}{'quality':>8}{'cost $':>12}{'latency ms':>12}{'utility':>12}  note"]
     for c in e["candidates"]:
         note = "chosen" if c["chosen"] else (f"removed: {c['rejected_by']}" if c["rejected_by"] else "")

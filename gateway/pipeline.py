@@ -60,7 +60,7 @@ class CallContext:
 
     authorization: str | None = None
     policy: str | None = None
-    overrides: Overrides = Overrides()
+    overrides: Overrides = field(default_factory=Overrides)
     cache: str | None = None
 
 

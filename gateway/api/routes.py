@@ -77,7 +77,8 @@ def _headers(outcome: Outcome, request_id: str, with_cost: bool) -> dict[str, st
     if with_cost:
         headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
     if outcome.evidence:  # how best-of-n / cascade chose: votes, scores, escalations, per-call costs
-        headers["x-switchyard-evidence"] = orjson.dumps(outcome.evidence).decode().encode("ascii", "backslashreplace").decode()[:4096]
+        text = orjson.dumps(outcome.evidence).decode()
+        headers["x-switchyard-evidence"] = text.encode("ascii", "backslashreplace").decode()[:4096]
     return headers
 
 

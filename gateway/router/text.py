@@ -41,6 +41,9 @@ _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 _WORD = re.compile(r"[A-Za-z]+")
 _MATH_WORDS = frozenset("calculate compute solve equation integral derivative probability sum product".split())
 _REASON_WORDS = frozenset("why because therefore implies infer conclude argument assume".split())
+_CODE_WORDS = frozenset("python javascript typescript java rust golang sql function class method code script "
+                        "compile bug debug regex api json implement refactor".split())
+_PROOF_WORDS = frozenset("prove proof theorem lemma integral derivative".split())
 
 STRUCT_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -103,7 +106,10 @@ def guess_category(clean: str, feats: tuple[float, ...]) -> str:
     if named["log_code_markers"] >= math.log1p(2):
         return "code"
     words = set(_WORD.findall(clean[:4000].lower()))
-    if named["log_math_symbols"] >= math.log1p(3) or (words & _MATH_WORDS and named["digit_frac"] > 0.02):
+    if len(words & _CODE_WORDS) >= 2 or (words & _CODE_WORDS and named["log_code_markers"] > 0):
+        return "code"
+    if (named["log_math_symbols"] >= math.log1p(3) or words & _PROOF_WORDS
+            or (words & _MATH_WORDS and named["digit_frac"] > 0.02)):
         return "math"
     if words & _REASON_WORDS:
         return "reasoning"

@@ -108,7 +108,8 @@ def test_policy_check_passes_on_the_shipped_policies_and_names_a_bad_field(tmp_p
 
 def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text("deployments:\n  - name: a\n    model: openai/x\n    price: {input_per_mtok: cheap, output_per_mtok: 1}\n")
+    config.write_text("deployments:\n  - name: a\n    model: openai/x\n"
+                      "    price: {input_per_mtok: cheap, output_per_mtok: 1}\n")
     result = _run("serve", "--config", str(config), "--port", str(free_port()))
     assert result.returncode == 2
     assert re.search(r"gateway.yaml: deployments\[0\].price.input_per_mtok: Input should be a valid number",

@@ -24,7 +24,8 @@ def _assert_costs_add_up(raw) -> None:
     usage = raw.parse().usage
     for call in evidence["calls"]:
         price_in, price_out = PRICE[call["deployment"]]
-        assert call["cost_usd"] == pytest.approx(call["prompt_tokens"] * price_in + call["completion_tokens"] * price_out)
+        expected = call["prompt_tokens"] * price_in + call["completion_tokens"] * price_out
+        assert call["cost_usd"] == pytest.approx(expected)
     assert float(raw.headers["x-switchyard-cost-usd"]) == pytest.approx(sum(c["cost_usd"] for c in evidence["calls"]))
     assert usage.prompt_tokens == sum(c["prompt_tokens"] for c in evidence["calls"])
     assert usage.completion_tokens == sum(c["completion_tokens"] for c in evidence["calls"])

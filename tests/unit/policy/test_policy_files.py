@@ -30,7 +30,8 @@ def test_every_shipped_policy_is_valid() -> None:
 
 def test_unknown_tier_names_the_file_and_field(tmp_path: Path) -> None:
     path = _write(tmp_path, "cost-saver.yaml", "candidates:\n  - single: small\n  - single: huge\n")
-    with pytest.raises(ConfigError, match=r"cost-saver.yaml: candidates\[1\].single 'huge' is not a deployment or tier"):
+    expected = r"cost-saver.yaml: candidates\[1\].single 'huge' is not a deployment or tier"
+    with pytest.raises(ConfigError, match=expected):
         load_policy_file(path, DEPLOYMENTS)
 
 
