@@ -197,8 +197,12 @@ async def _relay(svc: Services, live: OpenStream, tenant: str, key: str | None, 
     try:
         acc.add(live.first)
         yield live.first
+        price = svc.upstreams.prices[live.deployment]
         async for chunk in live.rest:
             acc.add(chunk)
+            if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
+                chunk = {**chunk, "switchyard": {"cost_usd": price.cost(Usage.from_dict(chunk["usage"])),
+                                                 "deployment": live.deployment, "plan": label}}
             yield chunk
     except ProviderFailure as exc:
         error = str(exc)

@@ -79,8 +79,13 @@ def test_streams_server_sent_events_with_usage_when_asked(base_url: str) -> None
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text.startswith("The answer is")
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens > 0
     assert any(c.choices and c.choices[0].finish_reason for c in chunks)
+    # the cost comes in the usage chunk, since a live stream's headers leave before it is known
+    extra = chunks[-1].model_extra["switchyard"]
+    price_in, price_out = PRICES[extra["deployment"]]
+    assert extra["cost_usd"] == pytest.approx(usage.prompt_tokens * price_in + usage.completion_tokens * price_out)
 
 
 def test_stream_without_include_usage_sends_no_usage_chunk(base_url: str) -> None:
