@@ -81,7 +81,7 @@ class Outcome:
     cache: CacheStatus
     plan: str
     deployment: str
-    trace_id: str
+    trace_id: str | None
     body: dict[str, Any] | None = None
     cost_usd: float = 0.0
     stream: AsyncIterator[dict[str, Any]] | None = None

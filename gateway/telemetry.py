@@ -3,7 +3,9 @@
 Spans are `switchyard.request` (one per request), `switchyard.route` and `switchyard.upstream`
 (one per provider call), with OpenTelemetry `gen_ai.*` attributes and our cost attributes.
 They are exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and not at all
-otherwise (no console noise). The provider is owned by the app, never installed globally.
+otherwise (no console noise). With nowhere to send them, spans are not recorded either: building
+spans nobody will read measurably cost throughput (benchmarks/results/overhead.md).
+The provider is owned by the app, never installed globally.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ log = logging.getLogger("switchyard.telemetry")
 class Telemetry:
     def __init__(self, exporter: SpanExporter | None = None, *, service_name: str = "switchyard") -> None:
         self.provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        self.recording = True
         if exporter is not None:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
@@ -34,9 +37,14 @@ class Telemetry:
 
             self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
             log.info("exporting traces over OTLP to %s", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
-        self.tracer = self.provider.get_tracer("switchyard")
+        else:
+            self.recording = False
+        self.tracer: trace.Tracer = (self.provider.get_tracer("switchyard") if self.recording
+                                     else trace.NoOpTracer())
 
     def start(self, name: str, parent: Span | None = None, **attributes: Any) -> Span:
+        if not self.recording:
+            return trace.INVALID_SPAN
         ctx = trace.set_span_in_context(parent) if parent is not None else None
         return self.tracer.start_span(name, context=ctx, attributes=_clean(attributes))
 
@@ -65,9 +73,10 @@ def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
     return {_dotted(k): v for k, v in attributes.items() if v is not None}
 
 
-def trace_id_hex(span: Span) -> str:
-    return format(span.get_span_context().trace_id, "032x")
+def trace_id_hex(span: Span) -> str | None:
+    return format(span.get_span_context().trace_id, "032x") if span.is_recording() else None
 
 
 def set_attributes(span: Span, **attributes: Any) -> None:
-    span.set_attributes(_clean(attributes))
+    if span.is_recording():
+        span.set_attributes(_clean(attributes))

@@ -72,8 +72,9 @@ def call_context(request: Request) -> CallContext:
 
 def _headers(outcome: Outcome, request_id: str, with_cost: bool) -> dict[str, str]:
     headers = {"x-request-id": request_id, "x-switchyard-model": outcome.deployment,
-               "x-switchyard-plan": outcome.plan, "x-switchyard-cache": outcome.cache,
-               "x-switchyard-trace-id": outcome.trace_id}
+               "x-switchyard-plan": outcome.plan, "x-switchyard-cache": outcome.cache}
+    if outcome.trace_id:
+        headers["x-switchyard-trace-id"] = outcome.trace_id
     if with_cost:
         headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
     if outcome.evidence:  # how best-of-n / cascade chose: votes, scores, escalations, per-call costs
