@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import socket
 import sys
 from pathlib import Path
@@ -69,7 +70,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.api.app import create_app
     from gateway.config import ENV_CONFIG, load_config
 
-    path = args.config or __import__("os").environ.get(ENV_CONFIG)
+    path = args.config or os.environ.get(ENV_CONFIG)
     if not path:
         print("switchyard serve: give --config FILE (or set SWITCHYARD_CONFIG); "
               "for a try-out without one, run: switchyard demo", file=sys.stderr)
@@ -225,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The router's small matrix products run on the event loop; BLAS worker threads would only
+    # spin on the other core. Set before anything imports numpy.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
     _setup_logging(getattr(args, "log_level", "warning"))
     try:

@@ -84,3 +84,26 @@ def fit_generic_head(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float,
     c, theta = beta[: phi.shape[1]], beta[phi.shape[1] :] + icpt
     shift = float(theta.mean())
     return c, -shift, theta - shift
+
+
+def fold_columns(x: sp.csr_matrix, bits: int) -> sp.csr_matrix:
+    """Fold hashed buckets onto 2**bits columns (ids & mask, colliding values summed),
+    exactly as ``Neighbours.embed`` does at serving time."""
+    coo = x.tocoo()
+    out = sp.csr_matrix((coo.data, (coo.row, coo.col & ((1 << bits) - 1))), shape=(x.shape[0], 1 << bits))
+    out.sum_duplicates()
+    return out
+
+
+def top_right_singular(x: sp.csr_matrix, k: int, seed: int = 0, n_iter: int = 4, oversample: int = 16) -> np.ndarray:
+    """(cols, k) top right singular vectors of a sparse matrix by a seeded randomized
+    range finder (Halko et al.) with power iterations; uncentred, i.e. LSA."""
+    k = max(1, min(k, min(x.shape) - 1))
+    rng = np.random.default_rng(seed)
+    q = np.asarray(x @ rng.standard_normal((x.shape[1], min(k + oversample, min(x.shape)))))
+    q, _ = np.linalg.qr(q)
+    for _ in range(n_iter):
+        q, _ = np.linalg.qr(np.asarray(x.T @ q))
+        q, _ = np.linalg.qr(np.asarray(x @ q))
+    _, _, vt = np.linalg.svd(np.asarray((x.T @ q).T), full_matrices=False)
+    return vt[:k].T

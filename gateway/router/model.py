@@ -9,7 +9,9 @@ Shape of the model (fitted by ``gateway.router.train``):
     phi(x)   = x @ W + bias                      latent item vector: predicted scores on the
                                                  top principal components of the training
                                                  outcome matrix ("how hard, for whom")
-    P(good | known model m)  = sigmoid(phi . coef_m + icpt_m)       per-model head
+    knn(x)   = per-model neighbour logits from stored training prompts (neighbours.py;
+               optional: artifacts without them behave as knn = 0)
+    P(good | known model m)  = sigmoid(phi . coef_m + knn_coef_m knn_m(x) + icpt_m)  per-model head
     P(good | ability a)      = sigmoid(a - delta(x))                 any other model
     delta(x) = phi . gen_coef + gen_icpt                             difficulty logit (1PL)
     difficulty = sigmoid(delta(x) - mean ability)  in [0, 1]
@@ -27,6 +29,7 @@ from types import MappingProxyType
 import numpy as np
 
 from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
+from gateway.router.neighbours import Neighbours
 from gateway.router.text import STRUCT_NAMES, guess_category, normalise, structural_features
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
@@ -53,6 +56,8 @@ class Assessment:
     # Head inputs phi(z); excluded from eq/hash because arrays are neither.
     phi: tuple[float, ...] = field(default=(), compare=False, repr=False)
     delta: float = field(default=0.0, compare=False, repr=False)
+    # Per-known-model neighbour logits (empty when the artifact has no neighbours).
+    knn: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class _Weights:
     gen_coef: np.ndarray  # (h,)
     gen_icpt: float
     theta: np.ndarray  # (m,) generic-scale abilities of known models
+    knn_coef: np.ndarray | None = None  # (m,) head weight on the neighbour logit
+    neighbours: Neighbours | None = None
 
 
 class Router:
@@ -86,7 +93,7 @@ class Router:
     def assess(self, text: str) -> Assessment:
         clean = normalise(text)
         feats = structural_features(clean)
-        phi = self._latent(clean, feats)
+        phi, knn = self._latent(clean, feats)
         delta = float(phi @ self._w.gen_coef + self._w.gen_icpt)
         named = dict(zip(STRUCT_NAMES, feats, strict=True))
         return Assessment(
@@ -95,6 +102,7 @@ class Router:
             features=MappingProxyType({k: round(named[k], 4) for k in _EXPLAIN}),
             phi=tuple(float(v) for v in phi),
             delta=delta,
+            knn=tuple(float(v) for v in knn),
         )
 
     def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float:
@@ -108,7 +116,10 @@ class Router:
         """
         if profile is not None and profile in self._index:
             i = self._index[profile]
-            return _sigmoid(float(np.dot(a.phi, self._w.head_coef[i]) + self._w.head_icpt[i]))
+            logit = float(np.dot(a.phi, self._w.head_coef[i]) + self._w.head_icpt[i])
+            if a.knn and self._w.knn_coef is not None:
+                logit += float(self._w.knn_coef[i]) * a.knn[i]
+            return _sigmoid(logit)
         base = self._mean_ability if ability is None else float(ability)
         return _sigmoid(base - a.delta)
 
@@ -131,13 +142,16 @@ class Router:
         return self._meta
 
     # -- internals ----------------------------------------------------------------------
-    def _latent(self, clean: str, feats: tuple[float, ...]) -> np.ndarray:
+    def _latent(self, clean: str, feats: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(phi, knn logits); knn is empty without neighbours in the artifact."""
         w = self._w
         ids, vals, n_word = hash_text(clean, w.spec)
         v = weight_and_norm(ids, vals, n_word, w.idf, w.spec)
         s = (np.asarray(feats, dtype=np.float32) - w.s_mean) / w.s_std
         z: np.ndarray = v @ w.w[ids] + s @ w.w_struct + w.bias
-        return z.astype(np.float64)
+        nb = w.neighbours
+        knn = nb.logits(nb.embed(ids, v)) if nb is not None else np.zeros(0)
+        return z.astype(np.float64), knn
 
 
 def load_router(path: str | Path | None = None) -> Router:
@@ -149,6 +163,13 @@ def load_router(path: str | Path | None = None) -> Router:
     with np.load(root / "router.npz") as z:
         arr = {k: z[k] for k in z.files}
     spec = HashSpec(**meta["hash_spec"])
+    nb_meta = meta.get("neighbours")
+    neighbours = None
+    if nb_meta and "knn_emb" in arr:
+        neighbours = Neighbours.from_arrays(
+            int(nb_meta["bits"]), int(nb_meta["k"]), float(nb_meta["smooth"]), float(nb_meta["power"]),
+            arr["knn_proj"], arr["knn_emb"], arr["knn_outcomes"],
+        )
     weights = _Weights(
         spec=spec,
         idf=arr["idf"].astype(np.float32),
@@ -162,5 +183,7 @@ def load_router(path: str | Path | None = None) -> Router:
         gen_coef=arr["gen_coef"].astype(np.float64),
         gen_icpt=float(arr["gen_icpt"]),
         theta=arr["theta"].astype(np.float64),
+        knn_coef=arr["knn_coef"].astype(np.float64) if neighbours is not None else None,
+        neighbours=neighbours,
     )
     return Router(weights, meta)

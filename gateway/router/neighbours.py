@@ -1,0 +1,103 @@
+"""Nearest-neighbour outcome rates over a compact projection of the training prompts.
+
+numpy + stdlib only (request path). The linear latent (``model.py``) sees a prompt through
+6 principal-component scores; neighbours see *which training prompts it resembles* and
+report how each model actually did on them. Blending the two was measured to add
+(benchmarks/results/routing_representations.md).
+
+    e(x)      = normalise(x_folded @ proj)          x: the same idf-weighted hashed vector the
+                                                    linear part uses, buckets folded to
+                                                    2**bits; proj: top right singular vectors
+                                                    of the folded training matrix (LSA)
+    s_i       = e(x) . e_i                          cosine to each stored training prompt
+    w_i       = max(s_i, 0) ** power                over the k most similar
+    rate_m    = (sum_i w_i y_im / w̄ + a prior_m) / (sum_i w_i seen_im / w̄ + a)
+    knn_m(x)  = logit(rate_m) - logit(prior_m)      an extra input of model m's head
+
+Outcomes are stored as uint8 (score x 254, 255 = no result) so the artifact stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MISSING = 255
+_CLIP = 1e-4
+
+
+def quantise_outcomes(y: np.ndarray) -> np.ndarray:
+    """(n, m) float scores in [0, 1] with NaN = missing -> uint8 codes."""
+    q = np.rint(np.clip(np.nan_to_num(y, nan=0.0), 0.0, 1.0) * 254).astype(np.uint8)
+    q[np.isnan(y)] = MISSING
+    return q
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, _CLIP, 1 - _CLIP)
+    return np.log(p / (1 - p))
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    bits: int
+    k: int
+    smooth: float
+    power: float
+    proj: np.ndarray  # (2**bits, d) float32
+    emb: np.ndarray  # (n, d) float32, unit rows
+    hit: np.ndarray  # (n, m) float32 score (0 where missing)
+    seen: np.ndarray  # (n, m) float32 1 = has a result
+    prior: np.ndarray  # (m,) mean score per model over stored prompts
+
+    @classmethod
+    def from_arrays(cls, bits: int, k: int, smooth: float, power: float,
+                    proj: np.ndarray, emb: np.ndarray, outcomes: np.ndarray) -> Neighbours:
+        seen = (outcomes != MISSING).astype(np.float32)
+        hit = np.where(outcomes == MISSING, 0, outcomes).astype(np.float32) / 254.0
+        prior = (hit.sum(0) + 0.5) / (seen.sum(0) + 1.0)
+        return cls(bits, int(k), float(smooth), float(power), proj.astype(np.float32),
+                   emb.astype(np.float32), hit, seen, prior.astype(np.float64))
+
+    def embed(self, ids: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """Unit-length projection of one sparse hashed vector (ids, idf-weighted values)."""
+        e = np.asarray(vals, dtype=np.float32) @ self.proj[ids & ((1 << self.bits) - 1)]
+        n = float(np.sqrt(np.dot(e, e)))
+        return e / n if n > 0 else e
+
+    def logits(self, e: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """knn_m for query embeddings e (d,) or (q, d); ``exclude[i]`` = a stored row to skip
+        (leave-one-out at training time), -1 for none."""
+        if e.ndim == 1 and exclude is None and 0 < self.k < self.emb.shape[0]:
+            return self._one(e)
+        q = np.atleast_2d(e)
+        sims = q @ self.emb.T
+        if exclude is not None:
+            rows = np.nonzero(exclude >= 0)[0]
+            sims[rows, exclude[rows]] = -np.inf
+        k = min(self.k, self.emb.shape[0] - (1 if exclude is not None else 0))
+        if k <= 0:
+            out = np.zeros((q.shape[0], self.prior.size))
+            return out[0] if e.ndim == 1 else out
+        idx = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        w = np.maximum(np.take_along_axis(sims, idx, 1), 0.0).astype(np.float64) ** self.power
+        w /= w.mean(1, keepdims=True) + 1e-12
+        num = np.einsum("qk,qkm->qm", w, self.hit[idx])
+        den = np.einsum("qk,qkm->qm", w, self.seen[idx])
+        rate = (num + self.smooth * self.prior) / (den + self.smooth)
+        out = _logit(rate) - _logit(self.prior)
+        return out[0] if e.ndim == 1 else out
+
+    def _one(self, e: np.ndarray) -> np.ndarray:
+        """The request path: one query, the same arithmetic as the batch path in a third of
+        the time (a matrix-vector product and plain gathers instead of 2-D indexing and einsum)."""
+        sims = self.emb @ e.astype(np.float32, copy=False)
+        idx = np.argpartition(-sims, self.k - 1)[: self.k]
+        w = np.maximum(sims[idx], 0.0).astype(np.float64) ** self.power
+        w /= w.mean() + 1e-12
+        num = w @ self.hit[idx]
+        den = w @ self.seen[idx]
+        rate = (num + self.smooth * self.prior) / (den + self.smooth)
+        out: np.ndarray = _logit(rate) - _logit(self.prior)
+        return out
