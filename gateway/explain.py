@@ -12,7 +12,7 @@ from gateway.policy.loader import policy_files
 from gateway.providers.health import LiveView
 from gateway.providers.pricing import prices_for
 from gateway.router import Router
-from gateway.signal import assess
+from gateway.signal import Assessor, assess
 
 _OFFLINE_URL = "http://127.0.0.1:9/v1"  # never called: explaining makes no model call
 
@@ -21,7 +21,7 @@ def _config(path: str | None) -> GatewayConfig:
     return load_config(path) if path else embedded_config(_OFFLINE_URL)
 
 
-def decide_prompt(prompt: str, router: Router, policy: BoundPolicy, config: GatewayConfig,
+def decide_prompt(prompt: str, router: Assessor, policy: BoundPolicy, config: GatewayConfig,
                   catalog: Catalog | None = None) -> Any:
     catalog = catalog or Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
     signal = assess(router, [{"role": "user", "content": prompt}], config.deployments)

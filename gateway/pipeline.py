@@ -31,7 +31,7 @@ from gateway.ledger import Ledger
 from gateway.plans import Plan, Single
 from gateway.policy import BoundPolicy, Catalog, Decision, Overrides, PolicySet, decide
 from gateway.providers.base import ProviderFailure, Usage
-from gateway.router import Router
+from gateway.signal import RememberingRouter
 from gateway.streaming import Accumulator
 from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
 
@@ -46,7 +46,7 @@ class Services:
     config: GatewayConfig
     auth: Authenticator
     cache: ExactCache
-    router: Router
+    router: RememberingRouter
     policies: PolicySet
     catalog: Catalog
     upstreams: Upstreams

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.config import DeploymentConfig
 from gateway.router import Assessment, Router
@@ -21,6 +22,25 @@ class RouteSignal:
     quality: Mapping[str, float]  # predicted P(good answer) per deployment
     prompt_tokens: int            # estimate, for cost prediction
     features: Mapping[str, float]
+
+
+class Assessor(Protocol):
+    def assess(self, text: str) -> Assessment: ...
+    def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float: ...
+
+
+class RememberingRouter:
+    """The router with a bounded memory of recent prompts' assessments.
+
+    Assessing is the largest per-request cost of routing (hashing n-grams, the neighbour
+    search); a prompt seen recently (templates, retries, evaluation sets) is routed for the cost
+    of a dict lookup. Assessments are pure functions of the text, so remembering them is exact.
+    """
+
+    def __init__(self, router: Router, size: int = 4096) -> None:
+        self.router = router
+        self.assess = functools.lru_cache(maxsize=size)(router.assess)
+        self.p_good = router.p_good
 
 
 def message_text(content: Any) -> str:
@@ -47,7 +67,7 @@ def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
     return text[-_MAX_ROUTER_CHARS:], max(1, total_chars // 4)
 
 
-def assess(router: Router, messages: Sequence[Mapping[str, Any]],
+def assess(router: Assessor, messages: Sequence[Mapping[str, Any]],
            deployments: Sequence[DeploymentConfig]) -> RouteSignal:
     text, prompt_tokens = routing_text(messages)
     a: Assessment = router.assess(text)

@@ -27,6 +27,7 @@ from gateway.providers.health import HealthBoard
 from gateway.providers.litellm_backend import LiteLLMBackend
 from gateway.providers.pricing import prices_for
 from gateway.router import Router, load_router
+from gateway.signal import RememberingRouter
 from gateway.state import open_store
 from gateway.telemetry import Telemetry
 
@@ -61,7 +62,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         config=config,
         auth=Authenticator(config.tenants, store),
         cache=ExactCache(store),
-        router=router or load_router(config.router_artifact),
+        router=RememberingRouter(router or load_router(config.router_artifact)),
         policies=policies,
         catalog=Catalog(deployments, prices),
         upstreams=Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry),

@@ -1,0 +1,29 @@
+"""What the router tells the policy about a request."""
+
+from __future__ import annotations
+
+from gateway.config import embedded_config
+from gateway.router import load_router
+from gateway.signal import RememberingRouter, assess, routing_text
+
+DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
+
+
+def test_routes_on_the_last_user_turn_with_the_system_prompt() -> None:
+    text, tokens = routing_text([{"role": "system", "content": "Be terse."},
+                                 {"role": "user", "content": "first"},
+                                 {"role": "assistant", "content": "answer"},
+                                 {"role": "user", "content": [{"type": "text", "text": "second"}]}])
+    assert text == "Be terse.\nsecond"
+    assert tokens >= 1
+
+
+def test_a_remembered_assessment_is_the_same_assessment() -> None:
+    plain = load_router()
+    remembering = RememberingRouter(plain, size=8)
+    messages = [{"role": "user", "content": "Prove that sqrt(2) is irrational."}]
+    first = assess(remembering, messages, DEPLOYMENTS)
+    again = assess(remembering, messages, DEPLOYMENTS)
+    assert first == again == assess(plain, messages, DEPLOYMENTS)
+    assert remembering.assess.cache_info().hits == 1
+    assert set(first.quality) == {"small", "large"} and 0 <= first.difficulty <= 1
