@@ -80,8 +80,8 @@ NOTES = [
     "- Cascades whose agreement step asks several different models are estimated with "
     "`gateway.policy.estimate.estimate_cascade`; the `Cascade` plan can only sample one deployment "
     "`samples` times, so a policy cannot express them yet (needs a member list on `Cascade`).",
-    "- The executor accepts when agreement ≥ threshold with agreement = top/n: with 3 samples the default "
-    "threshold 0.67 means unanimity (2/3 = 0.6667 < 0.67); this benchmark uses 0.6 for 2-of-3.",
+    "- The executor accepts when agreement ≥ threshold with agreement = top/n: with 3 samples a threshold "
+    "of 0.6 (the default) accepts two of three and 0.7 or more needs all three.",
 ]
 
 
