@@ -4,9 +4,13 @@
 
 Targets (see benchmarks/overhead_targets.py): ``direct`` (load generator straight to the
 upstream), the two minimal passthrough proxies (aiohttp, httpx), the Switchyard gateway with
-model "auto" (cache miss), a cache hit and a pinned deployment, and the LiteLLM proxy
-(``--with-litellm``; its own venv under ~/.cache/switchyard-bench). Upstream: one nginx with
-Lua (benchmarks/overhead_nginx.py), a 50 ms port and an instant port.
+model "auto" (temperature 0.7: router, policy, cache bypassed), a real cache miss (temperature
+0, a new prompt per request), a cache hit and a pinned deployment, and the LiteLLM proxy
+(``--with-litellm``; its own venv under ~/.cache/switchyard-bench). Switchyard targets are
+skipped, with the reason in the report, when ``python -m gateway.cli serve`` is not usable.
+Upstream: one nginx with Lua (benchmarks/overhead_nginx.py), a 50 ms port and an instant port.
+
+Needs the Debian packages wrk, nginx, libnginx-mod-http-lua and nghttp2-client (h2load).
 
 Two phases, each interleaved round-robin (every round visits every target, starting one
 target later than the round before, so drifting machine noise hits all alike):
@@ -14,9 +18,10 @@ target later than the round before, so drifting machine noise hits all alike):
 1. latency, 50 ms upstream: wrk at 8 and 32 connections (non-streaming); our uvloop client
    at 8 and 32 connections for streaming time-to-first-byte; h2load at fixed rates.
 2. throughput, instant upstream: wrk at a ladder of connection counts, per target and round,
-   stopping once p99 >= 100 ms; the best req/s with p99 < 100 ms counts.
+   climbing until p50 >= 100 ms; the best req/s among steps with p99 < 100 ms counts.
 
-Cores: the load generator and nginx share core 0; the process under test runs alone on core 1.
+Cores: the load generator and nginx share core 0; the process under test runs alone on core 1,
+everything at niceness -10 when run as root (the machine is shared; see --nice).
 Every process started is stopped by PID (process group) on exit, error or Ctrl-C.
 """
 
@@ -37,7 +42,7 @@ from typing import Any
 from benchmarks import overhead_litellm, overhead_load, overhead_nginx, overhead_report
 from benchmarks.overhead_procs import Processes, default_nice, free_port, pinned, wait_http
 from benchmarks.overhead_runner import DEFAULT_OUT, Bench, Settings, loadavg, say
-from benchmarks.overhead_targets import BY_NAME, TARGETS, switchyard_missing
+from benchmarks.overhead_targets import BY_NAME, TARGETS, gateway_fingerprint, switchyard_missing
 
 __all__ = ["Settings", "main", "parse_args", "run"]
 
@@ -70,6 +75,7 @@ def run(settings: Settings) -> dict[str, Any]:
         ports = {"latency": upstream.delayed_port, "throughput": upstream.instant_port}
         bench.run(nginx, ports)
         meta["loadavg_end"] = loadavg()
+        meta["gateway_sources_end"] = gateway_fingerprint()
     results = {"meta": meta, "records": bench.records, "rss": bench.rss, "skipped": bench.skipped,
                "probes": bench.probes, "workdir": str(workdir)}  # fmt: skip
     json_out = settings.json_out or workdir / "results.json"
@@ -104,6 +110,7 @@ def environment(settings: Settings, bench: Bench, core: tuple[str, str]) -> dict
         "cores": {"load_generator_and_upstream": core[0], "server_under_test": core[1]},
         "nice": settings.nice,
         "loadavg_start": loadavg(),
+        "gateway_sources_start": gateway_fingerprint(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
         "litellm_version": overhead_litellm.installed_version() if "litellm" in settings.targets else None,
     }

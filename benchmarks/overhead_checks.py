@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.overhead_report import BASE, Summary, _median, _table
+from benchmarks.overhead_targets import BY_NAME
 
 AUTO = "switchyard-auto"
 
@@ -23,7 +24,7 @@ def _why_missing(results: dict[str, Any], *targets: str) -> str:
     skipped: dict[str, str] = results.get("skipped", {})
     for t in targets:
         if t in skipped:
-            return f"{t}: {skipped[t].splitlines()[0][:160]}"
+            return f"{t} skipped (see Method)"
     ran = {r["target"] for r in results["records"]}
     missing = [t for t in targets if t not in ran]
     return f"{', '.join(missing)} not run" if missing else "no valid runs"
@@ -108,7 +109,8 @@ def method_section(s: Summary, results: dict[str, Any]) -> list[str]:
         "no delay (direct reaches tens of thousands of req/s on a shared core, far above any proxy).",
         "- Non-streaming latency: wrk, 1 thread, closed loop at a fixed connection count, whole-response "
         "latency from wrk's histogram. Throughput: wrk at each connection count of the ladder "
-        f"{settings['ladder']}, stopping a target's ladder once p99 ≥ 100 ms; best req/s with p99 < 100 ms.",
+        f"{settings['ladder']}, climbing until p50 ≥ 100 ms (saturated); the best req/s among steps with "
+        "p99 < 100 ms counts.",
         "- Fixed rates: neither wrk2 nor oha is packaged in Debian 12, so h2load (nghttp2-client) with "
         "`--h1 --rps` per connection, enough connections that each one's send interval is ≥ 2× 80 ms; "
         "per-request latency from its `--log-file`. A response slower than a connection's interval delays "
@@ -128,6 +130,15 @@ def method_section(s: Summary, results: dict[str, Any]) -> list[str]:
         + ".",
         f"- Raw results: `{results.get('workdir')}/results.json` (configs and server logs beside it).",
     ]
+    before, after = meta.get("gateway_sources_start"), meta.get("gateway_sources_end")
+    if before and after and before != after:
+        lines.append(f"- **The gateway's sources changed during this run** ({before} → {after}): the "
+                     "latency and throughput phases may have measured different code; run it again.")  # fmt: skip
+    elif before:
+        lines.append(f"- Gateway sources (sha256 of gateway/**/*.py): {before}, unchanged during the run.")
+    for name in settings.get("targets", []):
+        if name in BY_NAME:
+            lines.append(f"- `{name}`: {BY_NAME[name].about}.")
     for name, reason in skipped.items():
         lines.append(f"- **Skipped {name}**: {reason.splitlines()[0][:300]}")
     for name, headers in probes.items():

@@ -16,10 +16,11 @@ import subprocess
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from benchmarks.overhead_targets import TARGETS
+
 Record = dict[str, Any]
 BASE = "passthrough-aiohttp"
-ORDER = ("direct", "passthrough-aiohttp", "passthrough-httpx", "switchyard-auto", "switchyard-hit",
-         "switchyard-pinned", "litellm")  # fmt: skip
+ORDER = tuple(t.name for t in TARGETS)
 
 
 def _version(cmd: list[str]) -> str:

@@ -8,6 +8,7 @@ server core; Python ones run one uvicorn worker on uvloop + httptools.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -35,14 +36,17 @@ class Target:
     model: str
     temperature: float
     streams: bool = True
-    unique: bool = False  # every request a new prompt (wrk only): a real cache miss
+    # A new prompt on every request where the load generator can vary bodies (wrk, the TTFB
+    # client; h2load cannot): the gateway memoizes router assessments per prompt, and caches.
+    unique: bool = False
+    fixed_body_ok: bool = True  # False: skip steps whose generator repeats one body (h2load)
     about: str = ""
 
     def runs(self, kind: str) -> bool:
         """Whether this target takes part in a step of this kind (ttfb, rate, wrk, ladder)."""
         if kind == "ttfb":
-            return self.streams and not self.unique
-        return kind != "rate" or not self.unique
+            return self.streams
+        return kind != "rate" or self.fixed_body_ok
 
     def body(self, stream: bool = False, tag: str = "") -> bytes:
         """The request; with tag (or PLACEHOLDER for wrk's per-request counter) in the prompt."""
@@ -64,9 +68,11 @@ TARGETS = (
            about="starlette + aiohttp ClientSession, uvicorn (uvloop, httptools)"),
     Target("passthrough-httpx", "passthrough-httpx", "sim-small", 0.7,
            about="starlette + httpx AsyncClient, uvicorn (uvloop, httptools)"),
-    Target("switchyard-auto", "switchyard", "auto", 0.7,
-           about='model "auto": router + policy, temperature 0.7 (cache bypassed), telemetry on'),
-    Target("switchyard-miss", "switchyard", "auto", 0.0, streams=False, unique=True,
+    Target("switchyard-auto", "switchyard", "auto", 0.7, unique=True,
+           about='model "auto": router + policy, temperature 0.7 (cache bypassed), telemetry on; a new '
+                 'prompt per request, except at fixed rates (h2load repeats one body, so there the '
+                 "router's assessment is memoized)"),
+    Target("switchyard-miss", "switchyard", "auto", 0.0, streams=False, unique=True, fixed_body_ok=False,
            about='model "auto", temperature 0, a new prompt every request: cache lookup, miss, store'),
     Target("switchyard-hit", "switchyard", "auto", 0.0, streams=False,
            about='model "auto", temperature 0, fixed body: exact-match cache hit'),
@@ -143,6 +149,15 @@ def switchyard_missing() -> str | None:
         detail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         return f"`python -m gateway.cli serve --help` is not usable yet ({detail[0][:200]})"
     return None
+
+
+def gateway_fingerprint() -> str:
+    """A short hash of the gateway's Python sources, to tell whether they changed during a run."""
+    digest = hashlib.sha256()
+    for path in sorted((REPO / "gateway").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def _start_switchyard(ctx: Context, label: str) -> Server:

@@ -6,16 +6,19 @@ httptools parser, and for every request records the time from writing the reques
 first *body* byte (the first SSE event, not the status line: a proxy could send headers
 before it has anything to say) and to the end of the response. Prints one JSON line.
 This client is Python, so its own cost is in every number, including the direct baseline;
-the report subtracts the baseline, so it cancels in "added" latency.
+the report subtracts the baseline, so it cancels in "added" latency. If the body contains
+``@@N@@``, every request replaces it with a counter (a new prompt each time).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import sys
 import time
+from collections.abc import Callable
 from functools import partial
 from typing import cast
 from urllib.parse import urlsplit
@@ -23,11 +26,11 @@ from urllib.parse import urlsplit
 import httptools
 import uvloop
 
-from benchmarks.overhead_load import HEADERS, percentiles
+from benchmarks.overhead_load import HEADERS, PLACEHOLDER, percentiles
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, request: bytes, deadline: float, stats: _Stats, closed: asyncio.Future[None]):
+    def __init__(self, request: Callable[[], bytes], deadline: float, stats: _Stats, closed: asyncio.Future[None]):
         self.request, self.deadline, self.stats, self.closed = request, deadline, stats, closed
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -42,7 +45,7 @@ class _Connection(asyncio.Protocol):
         self.first_byte = 0.0
         self.started = time.perf_counter()
         assert self.transport is not None
-        self.transport.write(self.request)
+        self.transport.write(self.request())
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -83,17 +86,28 @@ class _Stats:
         self.errors = 0
 
 
-def _request_bytes(url: str, body: bytes) -> tuple[str, int, bytes]:
+def _requests(url: str, body: bytes) -> tuple[str, int, Callable[[], bytes]]:
+    """Host, port and a maker of request bytes; PLACEHOLDER in body becomes a per-request counter."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     head = [f"POST {parts.path or '/'} HTTP/1.1", f"Host: {host}:{port}"]
     head += [f"{k}: {v}" for k, v in HEADERS.items()]
-    head += ["Accept: text/event-stream", f"Content-Length: {len(body)}", "", ""]
-    return host, port, "\r\n".join(head).encode() + body
+    head.append("Accept: text/event-stream")
+    prefix = ("\r\n".join(head) + "\r\n").encode()
+    if PLACEHOLDER.encode() not in body:
+        fixed = prefix + f"Content-Length: {len(body)}\r\n\r\n".encode() + body
+        return host, port, lambda: fixed
+    counter = itertools.count(1)
+
+    def make() -> bytes:
+        payload = body.replace(PLACEHOLDER.encode(), str(next(counter)).encode())
+        return prefix + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload
+
+    return host, port, make
 
 
 async def measure(url: str, body: bytes, connections: int, seconds: float) -> dict[str, object]:
-    host, port, request = _request_bytes(url, body)
+    host, port, request = _requests(url, body)
     loop = asyncio.get_running_loop()
     stats = _Stats()
     start = time.perf_counter()
