@@ -108,6 +108,8 @@ def _server_block(port: int, delay_s: float, handler: Path) -> str:
         client_max_body_size 1m;
         set $bench_delay {delay_s};
         location = /healthz {{ return 200 "ok"; }}
+        # stands in for an OpenTelemetry collector: the gateway exports its spans here
+        location = /v1/traces {{ return 200; }}
         location / {{ content_by_lua_file {handler}; }}
     }}"""
 

@@ -166,7 +166,10 @@ def _start_switchyard(ctx: Context, label: str) -> Server:
     config.write_text(switchyard_config(ctx.upstream))
     argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config),
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    child = ctx.procs.start(label, argv, ctx.prefix, env={"PYTHONPATH": str(REPO)})
+    # Telemetry on for real: spans are recorded and exported over OTLP/HTTP (to the upstream nginx,
+    # which accepts and drops them), so their cost is in every switchyard number.
+    env = {"PYTHONPATH": str(REPO), "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.upstream}
+    child = ctx.procs.start(label, argv, ctx.prefix, env=env)
     wait_http(child, f"http://127.0.0.1:{port}/healthz", 90)
     return Server("switchyard", f"http://127.0.0.1:{port}", child)
 
