@@ -134,6 +134,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--ladder", default="1,4,16,64,256", help="throughput connection ladder")
     p.add_argument("--delay-ms", type=float, default=50.0, help="upstream delay in the latency phase")
     p.add_argument("--no-stream", action="store_true", help="skip streaming TTFB measurements")
+    p.add_argument("--no-span-export", action="store_true",
+                   help="run the gateway without an OTLP endpoint (spans are then not recorded at all)")
     p.add_argument("--no-throughput", action="store_true", help="skip the instant-upstream phase")
     p.add_argument("--render", type=Path, default=None, help="only re-render --out from a raw results JSON")
     p.add_argument("--nice", type=int, default=default_nice(),
@@ -152,7 +154,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         targets=tuple(names), stream=not a.no_stream, throughput=not a.no_throughput,
         litellm_spec=a.litellm_spec, out=a.out, json_out=a.json, workdir=a.workdir, nice=a.nice, render=a.render,
         command="PYTHONPATH=. python -m benchmarks.overhead " + " ".join(shlex.quote(x) for x in (argv or [])),
+        export_spans=not a.no_span_export,
     )  # fmt: skip
+    if not settings.export_spans:
+        os.environ["SWITCHYARD_BENCH_NO_SPAN_EXPORT"] = "1"  # read by overhead_targets when starting the gateway
     if a.quick:
         settings = replace(settings, rounds=1, duration=1.0, ladder_duration=1.0)
     return settings

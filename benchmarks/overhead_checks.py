@@ -122,9 +122,11 @@ def method_section(s: Summary, results: dict[str, Any]) -> list[str]:
         "- Servers: the passthroughs run one uvicorn worker with `--loop uvloop "
         "--http httptools --no-access-log`; the passthroughs are starlette apps (benchmarks/passthrough_*.py). "
         "Switchyard runs as `python -m gateway.cli serve --config … --host 127.0.0.1 --port …` with its "
-        "own defaults and telemetry on: every request's spans are recorded and exported over OTLP/HTTP "
-        "(`OTEL_EXPORTER_OTLP_ENDPOINT` = the upstream nginx, which accepts `/v1/traces` and drops it); "
-        "LiteLLM as `litellm --config … --num_workers 1` (no database, "
+        + ("own defaults and telemetry on: every request's spans are recorded and exported over OTLP/HTTP "
+           "(`OTEL_EXPORTER_OTLP_ENDPOINT` = the upstream nginx, which accepts `/v1/traces` and drops it); "
+           if settings.get("export_spans", True) else
+           "own defaults and **no OTLP endpoint** (`--no-span-export`): spans are neither recorded nor exported; ")
+        + "LiteLLM as `litellm --config … --num_workers 1` (no database, "
         "`LITELLM_LOCAL_MODEL_COST_MAP=True`, `LITELLM_LOG=ERROR`).",
         f"- Tools: {'; '.join(f'{k}: {v}' for k, v in tools.items())}.",
         f"- Python packages: {', '.join(f'{k} {v}' for k, v in packages.items())}"

@@ -41,6 +41,7 @@ class Settings:
     nice: int = 0
     render: Path | None = None
     command: str = ""
+    export_spans: bool = True  # the gateway exports its spans over OTLP (telemetry on)
 
 
 @dataclass(frozen=True)

@@ -168,7 +168,9 @@ def _start_switchyard(ctx: Context, label: str) -> Server:
             "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     # Telemetry on for real: spans are recorded and exported over OTLP/HTTP (to the upstream nginx,
     # which accepts and drops them), so their cost is in every switchyard number.
-    env = {"PYTHONPATH": str(REPO), "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.upstream}
+    env: dict[str, str | None] = {"PYTHONPATH": str(REPO), "OTEL_EXPORTER_OTLP_ENDPOINT": ctx.upstream}
+    if os.environ.get("SWITCHYARD_BENCH_NO_SPAN_EXPORT"):
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = None
     child = ctx.procs.start(label, argv, ctx.prefix, env=env)
     wait_http(child, f"http://127.0.0.1:{port}/healthz", 90)
     return Server("switchyard", f"http://127.0.0.1:{port}", child)
