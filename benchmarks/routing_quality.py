@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder, default %(default)s")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency section (smoke tests)")
     a = ap.parse_args(argv)
+    if not a.data.is_file():
+        ap.error(f"routing data not found at {a.data}: pass --data FILE (a JSONL file in the shared data schema)")
     price_path = a.prices or a.data.with_name("mmlu_pro_prices.json")
     prices = json.loads(price_path.read_text()) if price_path.exists() else {}
     data = load_data(a.data)

@@ -136,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--fit-rows", type=int, default=4000, help="train prompts used for the calibration fit")
     p.add_argument("--quick", action="store_true", help="tiny run (smoke test): few prompts, coarse sweep")
     args = p.parse_args(argv)
+    if not args.data.is_file():
+        p.error(f"routing data not found at {args.data}: pass --data FILE (a JSONL file in the shared data schema)")
     router = load_router()
     train, val = load_rows(args.data, "train"), load_rows(args.data, "validation")
     prices = load_prices(args.data, train + val)
