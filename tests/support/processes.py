@@ -40,6 +40,17 @@ def wait_until(check: Any, timeout_s: float = 15.0, what: str = "service") -> No
     raise TimeoutError(f"{what} did not come up within {timeout_s} s")
 
 
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """SIGTERM, then SIGKILL if it has not gone within 5 s."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
 @dataclass
 class RedisServer:
     port: int
@@ -51,13 +62,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        terminate(self.process)
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
@@ -92,12 +97,7 @@ class Simulator:
     url: str  # http://127.0.0.1:PORT/v1
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
 
     def stats(self) -> dict[str, Any]:
         return dict(httpx.get(self.url.removesuffix("/v1") + "/sim/stats", timeout=5).json())
