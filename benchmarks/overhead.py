@@ -32,6 +32,8 @@ import json
 import os
 import platform
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import replace
@@ -55,8 +57,30 @@ def cores() -> tuple[str, str]:
     return str(available[0]), str(available[1])
 
 
+SYSTEM_TOOLS = {"wrk": "wrk", "h2load": "nghttp2-client", "nginx": "nginx"}
+
+
+def install_system_tools(fixed_rate: bool) -> None:
+    """From a fresh clone the load generators and nginx are usually missing: as root, apt-get them
+    (as the LiteLLM proxy gets its own venv); otherwise the checks below say what to install."""
+    wanted = [pkg for tool, pkg in SYSTEM_TOOLS.items() if shutil.which(tool) is None
+              and (fixed_rate or tool != "h2load")]
+    if overhead_nginx.missing() is not None:
+        wanted.append("libnginx-mod-http-lua")
+    if not wanted or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return
+    say(f"installing {' '.join(wanted)} with apt-get...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env, capture_output=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *wanted],
+                   check=False, env=env, capture_output=True)
+    if "nginx" in wanted:  # Debian starts its own nginx on install; ours runs from a generated config
+        subprocess.run(["nginx", "-s", "quit"], check=False, capture_output=True)
+
+
 def run(settings: Settings) -> dict[str, Any]:
     """Run the benchmark; return the raw results (also written to settings.json_out/out)."""
+    install_system_tools(fixed_rate=bool(settings.rates))
     for problem in (overhead_load.missing(fixed_rate=bool(settings.rates)), overhead_nginx.missing()):
         if problem:
             raise RuntimeError(problem)
