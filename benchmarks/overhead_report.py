@@ -237,15 +237,15 @@ CAUSES = [
     "`python -m benchmarks.overhead_profile [--no-span-export]`: py-spy samples of the gateway serving "
     '`model: "auto"` with a new prompt per request, charged to stages.',
     "",
-    "- **The learned router is the largest cost** (about 0.36–0.44 ms of CPU per request under load, "
-    "40–46% of the gateway's samples): hashing word and character n-grams with numpy on small arrays, "
+    "- **The learned router is the largest cost** (about 0.3 ms of CPU per request under load, "
+    "31–42% of the gateway's samples): hashing word and character n-grams with numpy on small arrays, "
     "and the nearest-neighbour search (a 2,500 × 64 matrix-vector product and a partial sort). "
-    "A pinned deployment skips it and reaches about half the aiohttp passthrough's throughput. "
+    "A pinned deployment skips it and, without span export, reaches about half the aiohttp passthrough's throughput. "
     "What would remove it: a compiled featuriser (the n-gram hashing is a few dozen lines of Rust or "
     "Cython), running the router off the event loop in a worker pool sized to the cores, or routing on "
     "a prompt's features cached upstream; repeated prompts already cost a dict lookup (the gateway "
     "remembers 4,096 recent assessments).",
-    "- **Exporting spans costs about 0.25 ms per request** (recording 3 spans per request plus the OTLP "
+    "- **Exporting spans costs about 0.27 ms per request** (recording 3 spans per request plus the OTLP "
     "exporter thread encoding protobuf and posting batches, on the same GIL). Sampling removes most "
     "of it: `OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1`; without an "
     "OTLP endpoint spans are not recorded at all.",
