@@ -13,7 +13,7 @@ other plan runs to completion first (selection needs every sample) and is then r
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,7 @@ class Outcome:
     stream: AsyncIterator[dict[str, Any]] | None = None
     decision: Decision | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    settle: Callable[[], Awaitable[None]] | None = None  # a live stream's bookkeeping, run once
 
 
 def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -> Entry:
@@ -168,8 +169,9 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     if request.get("stream") and isinstance(plan, Single):
         live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span)
         label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
-        relay = _relay(svc, live, tenant.name, key, ttl, label, span, request)
-        return Outcome(cache_status, label, live.deployment, trace_id, stream=relay, decision=decision)
+        relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, request)
+        return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
+                       settle=relay.settle)
 
     result: Result = await run(svc.upstreams, plan, {**request, "stream": False}, span)
     await svc.ledger.record(tenant.name, result.calls)
@@ -189,35 +191,58 @@ def upstream_body(request: dict[str, Any]) -> dict[str, Any]:
                                                           "include_usage": True}}
 
 
-async def _relay(svc: Services, live: OpenStream, tenant: str, key: str | None, ttl: float, label: str,
-                 span: Span, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-    """Pass chunks through; when the stream ends, however it ends, record its cost and cache it."""
-    acc = Accumulator()
-    error: str | None = None
-    try:
-        acc.add(live.first)
-        yield live.first
-        price = svc.upstreams.prices[live.deployment]
-        async for chunk in live.rest:
-            acc.add(chunk)
-            if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
-                chunk = {**chunk, "switchyard": {"cost_usd": price.cost(Usage.from_dict(chunk["usage"])),
-                                                 "deployment": live.deployment, "plan": label}}
-            yield chunk
-    except ProviderFailure as exc:
-        error = str(exc)
-        raise GatewayError(f"upstream stream failed: {exc}", code="upstream_stream_failed") from exc
-    finally:
+@dataclass(slots=True)
+class _LiveStream:
+    """One relayed stream and what its bookkeeping needs; `settle` runs exactly once, however it ends."""
+
+    svc: Services
+    live: OpenStream
+    tenant: str
+    key: str | None
+    ttl: float
+    label: str
+    span: Span
+    request: dict[str, Any]
+    acc: Accumulator = field(default_factory=Accumulator)
+    settled: bool = False
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """Pass chunks through; when the stream ends, however it ends, record its cost and cache it."""
+        error: str | None = None
+        live = self.live
+        try:
+            self.acc.add(live.first)
+            yield live.first
+            price = self.svc.upstreams.prices[live.deployment]
+            async for chunk in live.rest:
+                self.acc.add(chunk)
+                if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
+                    chunk = {**chunk, "switchyard": {"cost_usd": price.cost(Usage.from_dict(chunk["usage"])),
+                                                     "deployment": live.deployment, "plan": self.label}}
+                yield chunk
+        except ProviderFailure as exc:
+            error = str(exc)
+            raise GatewayError(f"upstream stream failed: {exc}", code="upstream_stream_failed") from exc
+        finally:
+            await self.settle(error)
+
+    async def settle(self, error: str | None = None) -> None:
+        """Bill, trace and cache the stream. Also called after the response, for a client that left
+        before the first chunk was relayed (then `chunks` never ran)."""
+        if self.settled:
+            return
+        self.settled = True
+        live, acc = self.live, self.acc
         await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
         if not live.stats.usage.total_tokens:  # cut short: bill what was sent
-            live.stats.usage = Usage(routing.routing_text(request["messages"])[1], acc.completion_tokens_estimate())
-        record: CallRecord = svc.upstreams.close_stream(live, error)
-        await svc.ledger.record(tenant, (record,))
-        set_attributes(span, switchyard__plan=label, switchyard__cost_usd=record.cost_usd,
+            prompt_tokens = routing.routing_text(self.request["messages"])[1]
+            live.stats.usage = Usage(prompt_tokens, acc.completion_tokens_estimate())
+        record: CallRecord = self.svc.upstreams.close_stream(live, error)
+        await self.svc.ledger.record(self.tenant, (record,))
+        set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
                        gen_ai__usage__input_tokens=record.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=record.usage.completion_tokens,
                        switchyard__stream_completed=acc.finished and error is None)
-        span.end()
-        if key is not None and acc.finished and error is None:
-            await svc.cache.save(key, acc.body(record.usage), live.deployment, label, ttl)
-
+        self.span.end()
+        if self.key is not None and acc.finished and error is None:
+            await self.svc.cache.save(self.key, acc.body(record.usage), live.deployment, self.label, self.ttl)

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from gateway import pipeline
 from gateway.api.schemas import RouteRequest, validate_chat
@@ -99,8 +100,10 @@ async def chat_completions(request: Request) -> Response:
         chunks = _replayed(outcome.body, include_usage)
         return StreamingResponse(chunks, media_type="text/event-stream",
                                  headers=_headers(outcome, request_id, with_cost=True))
+    # The background task settles the stream even if the client left before its first chunk.
+    settle = BackgroundTask(outcome.settle) if outcome.settle else None
     return StreamingResponse(_relayed(outcome.stream, include_usage), media_type="text/event-stream",
-                             headers=_headers(outcome, request_id, with_cost=False))
+                             headers=_headers(outcome, request_id, with_cost=False), background=settle)
 
 
 async def _replayed(body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import openai
 
@@ -10,8 +12,13 @@ from tests.integration.conftest import sim_config
 from tests.support.processes import Simulator, running_gateway, start_redis
 
 
+def _streamy_requests(base_url: str) -> int:
+    return int((httpx.get(base_url + "/spend").json()["deployments"].get("streamy") or {}).get("requests", 0))
+
+
 def test_client_that_disconnects_mid_stream_leaves_the_gateway_serving(base_url: str) -> None:
     body = {"model": "streamy", "stream": True, "messages": [{"role": "user", "content": "Tell me a long story."}]}
+    before = _streamy_requests(base_url)
     for _ in range(3):
         with httpx.stream("POST", base_url + "/chat/completions", json=body, timeout=10) as resp:
             assert resp.status_code == 200
@@ -19,6 +26,11 @@ def test_client_that_disconnects_mid_stream_leaves_the_gateway_serving(base_url:
                 break  # hang up after the first bytes
     client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
     assert client.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}]).choices
+    # every abandoned stream is still billed for what it used
+    deadline = time.monotonic() + 5
+    while _streamy_requests(base_url) < before + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _streamy_requests(base_url) == before + 3
 
 
 def test_keeps_serving_when_redis_dies(simulator: Simulator, policies_dir) -> None:
