@@ -115,7 +115,7 @@ def _policy(svc: Services, name: str, tenant: Tenant) -> BoundPolicy:
 def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext) -> tuple[Plan, Decision | None]:
     if entry.pinned:
         return Single(entry.pinned), None
-    sig = routing.assess(svc.router, request["messages"], list(svc.catalog.deployments.values()))
+    sig = routing.assess(svc.router, request["messages"], svc.config.deployments)
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
     return decision.plan, decision

@@ -50,8 +50,6 @@ class VoteCalibration:
 # different models do, so their ρ is a prior set well above the measured cross-model value.
 CALIBRATION = VoteCalibration(member_correlation=0.53, same_deployment_correlation=0.8,
                               distractors=5, escalation_correlation=0.6, judge_keep=0.5)
-# Kept for callers of the earlier linear model: share of the independent vote gain that is kept.
-VOTE_CORRELATION_KEEP = 1 - CALIBRATION.member_correlation
 
 
 @dataclass(frozen=True, slots=True)

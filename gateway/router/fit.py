@@ -88,7 +88,7 @@ def fit_generic_head(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float,
 
 def fold_columns(x: sp.csr_matrix, bits: int) -> sp.csr_matrix:
     """Fold hashed buckets onto 2**bits columns (ids & mask, colliding values summed),
-    exactly as ``Neighbours.embed`` does at serving time."""
+    exactly as ``Router._latent`` projects a prompt at serving time."""
     coo = x.tocoo()
     out = sp.csr_matrix((coo.data, (coo.row, coo.col & ((1 << bits) - 1))), shape=(x.shape[0], 1 << bits))
     out.sum_duplicates()

@@ -1,7 +1,8 @@
 """Utility choice among candidate models: argmax_m q_m - lam * c_m (pure numpy).
 
-Used by the pool-frontier benchmark and reusable by the policy engine. Sweeping ``lam``
-from 0 (quality at any price) upwards traces the quality-cost frontier.
+The batch (numpy, many prompts at once) form of the rule `gateway.policy.decide` applies per
+request, `value_usd·q − c`, with lam = 1 / value_usd; the pool-frontier benchmark sweeps ``lam``
+from 0 (quality at any price) upwards to trace the quality-cost frontier.
 """
 
 from __future__ import annotations

@@ -66,10 +66,6 @@ class Neighbours:
         return cls(bits, int(k), float(smooth), float(power), proj.astype(np.float32),
                    emb.astype(np.float32), hit, seen, prior.astype(np.float64))
 
-    def embed(self, ids: np.ndarray, vals: np.ndarray) -> np.ndarray:
-        """Unit-length projection of one sparse hashed vector (ids, idf-weighted values)."""
-        return unit(np.asarray(vals, dtype=np.float32) @ self.proj[ids & ((1 << self.bits) - 1)])
-
     @functools.cached_property
     def prior_logit(self) -> np.ndarray:
         return _logit(self.prior)

@@ -25,8 +25,7 @@ class SimModel:
     ``tokens_per_s`` paces generation (0 means no pacing at all).
     ``error_rate`` is the chance a request fails with ``error_status``;
     ``fail_first`` makes the first K requests fail deterministically.
-    ``price_hint_in`` / ``price_hint_out`` are USD per million prompt /
-    completion tokens, for configs that price simulated deployments.
+    Prices are not the simulator's business: the gateway config prices its deployments.
     """
 
     name: str
@@ -37,8 +36,6 @@ class SimModel:
     error_rate: float = 0.0
     error_status: int = 500
     fail_first: int = 0
-    price_hint_in: float = 0.0
-    price_hint_out: float = 0.0
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as the YAML path.
@@ -60,8 +57,6 @@ class _ModelSpec(BaseModel):
     error_rate: float = Field(default=0.0, ge=0, le=1)
     error_status: int = Field(default=500, ge=400, le=599)
     fail_first: int = Field(default=0, ge=0)
-    price_hint_in: float = Field(default=0.0, ge=0)
-    price_hint_out: float = Field(default=0.0, ge=0)
 
 
 class _FileSpec(BaseModel):
@@ -77,8 +72,6 @@ DEFAULT_MODELS: tuple[SimModel, ...] = (
         ttft_ms=20,
         tokens_per_s=200,
         output_tokens=60,
-        price_hint_in=0.15,
-        price_hint_out=0.60,
     ),
     SimModel(
         "sim-medium",
@@ -86,8 +79,6 @@ DEFAULT_MODELS: tuple[SimModel, ...] = (
         ttft_ms=40,
         tokens_per_s=120,
         output_tokens=70,
-        price_hint_in=0.50,
-        price_hint_out=1.50,
     ),
     SimModel(
         "sim-large",
@@ -95,8 +86,6 @@ DEFAULT_MODELS: tuple[SimModel, ...] = (
         ttft_ms=60,
         tokens_per_s=80,
         output_tokens=80,
-        price_hint_in=2.50,
-        price_hint_out=10.00,
     ),
 )
 
