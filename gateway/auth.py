@@ -1,8 +1,11 @@
-"""API keys → tenant, with the tenant's allowed policies, spend budget and request rate.
+"""API keys → tenant, with the tenant's allowed policies and pinnable deployments, spend budget and rate.
 
 Keys are stored hashed (sha256) in the config, or read from an env var at start-up and hashed
 then. With no tenants configured the gateway is open and every caller is the `default` tenant
-(the embedded default). Gates raise; a store outage does not lock tenants out (fail open, logged).
+(the embedded default). Gates raise. What a store outage does to the budget and rate gates is the
+gateway's `on_store_outage` setting (`on_outage`): refuse with 503 (`fail_closed`, the default) or
+let the request through (`fail_open`); both are logged, at most once per `OUTAGE_LOG_EVERY_S`.
+Tenants without limits never touch the store here, so an outage does not concern them.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import os
 import time
 from dataclasses import dataclass
 
-from gateway.config import TenantConfig
-from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, RateLimited
+from gateway.config import OutageSetting, TenantConfig
+from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, RateLimited, StoreOutage
 from gateway.state import Store, StoreUnavailable
 
 log = logging.getLogger("switchyard.auth")
+
+OUTAGE_LOG_EVERY_S = 10.0
+OUTAGE_RETRY_AFTER_S = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,9 +34,64 @@ class Tenant:
     default_policy: str | None = None
     budget_usd: float | None = None
     requests_per_minute: int | None = None
+    deployments: frozenset[str] | None = None  # pinnable by name; None: any deployment
 
     def may_use(self, policy: str) -> bool:
         return self.policies is None or policy in self.policies
+
+    def may_pin(self, deployment: str) -> bool:
+        return self.deployments is None or deployment in self.deployments
+
+    @property
+    def limited(self) -> bool:
+        """Whether the budget and rate gates need the store for this tenant."""
+        return self.budget_usd is not None or self.requests_per_minute is not None
+
+
+def pinnable(config: TenantConfig) -> frozenset[str] | None:
+    """The deployments a tenant may name: as listed; else all for an open tenant and none for one
+    restricted to some policies (pinning must not be a way around the policy allow-list)."""
+    if config.deployments is not None:
+        return frozenset(config.deployments)
+    return None if config.policies is None else frozenset()
+
+
+def tenant_from_config(config: TenantConfig) -> Tenant:
+    return Tenant(config.name, policies=frozenset(config.policies) if config.policies is not None else None,
+                  default_policy=config.default_policy, budget_usd=config.budget_usd,
+                  requests_per_minute=config.requests_per_minute, deployments=pinnable(config))
+
+
+@dataclass(slots=True)
+class LogThrottle:
+    """At most one line per `every_s`; the lines in between are counted, not lost."""
+
+    every_s: float = OUTAGE_LOG_EVERY_S
+    next_at: float = 0.0
+    suppressed: int = 0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self.next_at:
+            self.suppressed += 1
+            return False
+        self.next_at = now + self.every_s
+        return True
+
+
+def on_outage(setting: OutageSetting, tenant: Tenant, what: str, exc: Exception,
+              throttle: LogThrottle | None = None) -> None:
+    """The store could not answer a budget or rate check: refuse (fail_closed) or carry on (fail_open)."""
+    if throttle is None or throttle.due():
+        more = f" ({throttle.suppressed} more since the last line)" if throttle and throttle.suppressed else ""
+        verb = "refused" if setting == "fail_closed" else "let through unchecked"
+        log.warning("store unavailable for the %s of tenant %s: request %s (on_store_outage: %s): %s%s",
+                    what, tenant.name, verb, setting, exc, more)
+        if throttle is not None:
+            throttle.suppressed = 0
+    if setting == "fail_closed":
+        raise StoreOutage(f"the {what} of tenant '{tenant.name}' cannot be checked right now; retry shortly",
+                          headers={"retry-after": str(OUTAGE_RETRY_AFTER_S)})
 
 
 OPEN_TENANT = Tenant("default")
@@ -45,17 +106,22 @@ def spend_key(tenant: str) -> str:
 
 
 class Authenticator:
-    def __init__(self, tenants: list[TenantConfig], store: Store) -> None:
+    def __init__(self, tenants: list[TenantConfig], store: Store,
+                 on_store_outage: OutageSetting = "fail_closed") -> None:
         self.store = store
+        self.on_store_outage: OutageSetting = on_store_outage
+        self._outage_log = LogThrottle()
         self._by_hash: dict[str, Tenant] = {}
         for t in tenants:
             digest = t.api_key_sha256 or hash_key(os.environ.get(t.api_key_env or "", ""))
             if not t.api_key_sha256 and not os.environ.get(t.api_key_env or ""):
                 log.warning("tenant %s: env var %s is empty; the tenant cannot log in", t.name, t.api_key_env)
                 continue
-            self._by_hash[digest] = Tenant(t.name, frozenset(t.policies) if t.policies is not None else None,
-                                           t.default_policy, t.budget_usd, t.requests_per_minute)
+            self._by_hash[digest] = tenant_from_config(t)
         self.open = not tenants
+        # Whether a store outage refuses requests: readiness depends on it, so it is known up front.
+        self.outage_refuses = on_store_outage == "fail_closed" and any(
+            t.limited for t in self._by_hash.values())
 
     def identify(self, authorization: str | None) -> Tenant:
         if self.open:
@@ -75,6 +141,15 @@ class Authenticator:
             allowed = ", ".join(sorted(tenant.policies or ()))
             raise PermissionDenied(f"tenant '{tenant.name}' may not use policy '{policy}' (allowed: {allowed})")
 
+    @staticmethod
+    def check_pin(tenant: Tenant, deployment: str) -> None:
+        """Naming a deployment skips routing; only the tenant's `deployments` list allows it."""
+        if not tenant.may_pin(deployment):
+            allowed = ", ".join(sorted(tenant.deployments or ())) or "none"
+            raise PermissionDenied(f"tenant '{tenant.name}' may not call deployment '{deployment}' by name "
+                                   f"(allowed: {allowed}); use 'auto' or 'router/<policy>'",
+                                   code="deployment_not_allowed", param="model")
+
     async def admit(self, tenant: Tenant) -> None:
         """Budget and rate gates. Skipped entirely for tenants without limits (no store round trip)."""
         try:
@@ -90,4 +165,4 @@ class Authenticator:
                     raise RateLimited(f"tenant '{tenant.name}' is over {tenant.requests_per_minute} "
                                       "requests per minute", headers={"retry-after": str(60 - int(time.time()) % 60)})
         except StoreUnavailable as exc:
-            log.warning("budget/rate check skipped for %s, store unavailable: %s", tenant.name, exc)
+            on_outage(self.on_store_outage, tenant, "budget or rate limit", exc, self._outage_log)

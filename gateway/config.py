@@ -20,6 +20,8 @@ ENV_CONFIG = "SWITCHYARD_CONFIG"
 ENV_REDIS_URL = "SWITCHYARD_REDIS_URL"
 ENV_POLICIES_DIR = "SWITCHYARD_POLICIES_DIR"
 
+OutageSetting = Literal["fail_closed", "fail_open"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -56,6 +58,9 @@ class TenantConfig(_Strict):
     api_key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     api_key_env: str | None = None
     policies: list[str] | None = Field(default=None, description="allowed policies; None = all")
+    deployments: list[str] | None = Field(
+        default=None, description="deployments the tenant may pin by name; None = all when `policies` is "
+                                  "None, none when it is a list")
     default_policy: str | None = None
     budget_usd: float | None = Field(default=None, ge=0)
     requests_per_minute: int | None = Field(default=None, gt=0)
@@ -76,6 +81,8 @@ class GatewayConfig(_Strict):
     router_artifact: str | None = Field(default=None, description="directory made by `switchyard train`")
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     cache_namespace: str = "default"
+    on_store_outage: OutageSetting = Field(
+        default="fail_closed", description="budgets and rate limits when the store is down: refuse or let through")
 
     @field_validator("deployments")
     @classmethod
@@ -111,9 +118,21 @@ def parse_config(raw: Any, source: str) -> GatewayConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level")
     try:
-        return GatewayConfig.model_validate(raw)
+        config = GatewayConfig.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError(describe_validation_error(source, exc)) from None
+    check_tenant_deployments(config, source)
+    return config
+
+
+def check_tenant_deployments(config: GatewayConfig, source: str) -> None:
+    """Every deployment a tenant may pin exists (a typo would otherwise silently forbid it)."""
+    names = [d.name for d in config.deployments]
+    for i, tenant in enumerate(config.tenants):
+        for j, name in enumerate(tenant.deployments or ()):
+            if name not in names:
+                raise ConfigError(f"{source}: tenants[{i}].deployments[{j}]: '{name}' is not a deployment "
+                                  f"({', '.join(names)})")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -8,13 +8,14 @@ error envelope in one place (`gateway.api.errors`); nothing else formats errors.
 | ----------------------- | ------ | ---------------------- | ----------------------------------------------- |
 | InvalidRequest          | 400    | invalid_request_error  | malformed JSON, schema violations               |
 | AuthenticationFailed    | 401    | authentication_error   | missing or unknown API key                      |
-| PermissionDenied        | 403    | permission_error       | tenant may not use the requested policy         |
+| PermissionDenied        | 403    | permission_error       | policy or pinned deployment not allowed         |
 | NotFound                | 404    | invalid_request_error  | unknown model / policy / deployment             |
 | PayloadTooLarge         | 413    | invalid_request_error  | body over `max_body_bytes`                      |
 | ConstraintUnsatisfiable | 422    | invalid_request_error  | no candidate plan meets the policy's constraints |
 | RateLimited             | 429    | rate_limit_error       | tenant over its request rate                    |
 | BudgetExceeded          | 429    | insufficient_quota     | tenant over its spend budget                    |
 | UpstreamError           | 502    | upstream_error         | every provider attempt failed                   |
+| StoreOutage             | 503    | server_error           | store down, budget/rate unknown, `fail_closed`  |
 | UpstreamTimeout         | 504    | timeout_error          | every provider attempt timed out                |
 """
 
@@ -76,6 +77,10 @@ class BudgetExceeded(GatewayError):
 
 class UpstreamError(GatewayError):
     status, type, code = 502, "upstream_error", "upstream_failed"
+
+
+class StoreOutage(GatewayError):
+    status, type, code = 503, "server_error", "store_unavailable"
 
 
 class UpstreamTimeout(GatewayError):

@@ -92,7 +92,11 @@ class Outcome:
 
 def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -> Entry:
     if model in svc.catalog.deployments:
-        return Entry(_policy(svc, tenant.default_policy or svc.config.default_policy, tenant), pinned=model)
+        # Pinning is governed by the tenant's `deployments` alone, never by its policy allow-list; the
+        # default policy only lends the call its settings (cache), so it is not permission-checked.
+        svc.auth.check_pin(tenant, model)
+        return Entry(_policy(svc, tenant.default_policy or svc.config.default_policy, tenant, check=False),
+                     pinned=model)
     if model == AUTO:
         name = ctx.policy or tenant.default_policy or svc.config.default_policy
     elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:
@@ -103,12 +107,21 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
     return Entry(_policy(svc, name, tenant))
 
 
-def _policy(svc: Services, name: str, tenant: Tenant) -> BoundPolicy:
+def entry_points(svc: Services, tenant: Tenant) -> list[str]:
+    """The models this tenant may call (`GET /v1/models`): the rules of `resolve_entry`, listed."""
+    policies = [p for p in sorted(svc.policies.policies) if tenant.may_use(p)]
+    ids = [AUTO] if policies else []  # `auto` reaches any allowed policy through x-switchyard-policy
+    ids += [f"{POLICY_PREFIX}{p}" for p in policies]
+    return ids + [d for d in svc.catalog.deployments if tenant.may_pin(d)]
+
+
+def _policy(svc: Services, name: str, tenant: Tenant, *, check: bool = True) -> BoundPolicy:
     policy = svc.policies.get(name)
     if policy is None:
         raise NotFound(f"policy '{name}' does not exist ({', '.join(sorted(svc.policies.policies))})",
                        param="model", code="policy_not_found")
-    svc.auth.check_policy(tenant, name)
+    if check:
+        svc.auth.check_policy(tenant, name)
     return policy
 
 

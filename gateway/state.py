@@ -2,14 +2,20 @@
 
 The gateway keeps three kinds of keys, all under `sy:`: cached answers (`sy:cache:...`), tenant
 spend (`sy:spend:<tenant>`) and rate windows (`sy:rate:<tenant>:<minute>`). The in-memory store
-is the embedded default and a real second implementation, not a test double.
+is the embedded default and a real second implementation, not a test double. The Redis store
+fails fast while its circuit breaker (`gateway.store_breaker`) holds it for down.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+from gateway.store_breaker import StoreBreaker
+
+T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):
@@ -77,52 +83,70 @@ class MemoryStore:
 
 
 class RedisStore:
-    """redis-py's asyncio client. Every call has a socket timeout; failures become StoreUnavailable."""
+    """redis-py's asyncio client. Every call has a socket timeout and goes through a circuit breaker
+    (`StoreBreaker`); failures become StoreUnavailable. A connection error (a pooled connection left
+    stale by a Redis restart) is retried once on a fresh connection; a timeout is not retried."""
 
     kind = "redis"
 
-    def __init__(self, url: str, *, timeout_s: float = 0.5) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 0.5, breaker: StoreBreaker | None = None) -> None:
         import redis.asyncio as redis  # deferred: the embedded default never needs it
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+        self.breaker = breaker or StoreBreaker()
+        # redis-py's default retries timeouts too, with back-off: a hung Redis would hold every call.
+        retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._client: Any
         if "cluster=true" in url or url.startswith("redis+cluster://"):
             url = url.replace("redis+cluster://", "redis://").replace("?cluster=true", "")
             self._client = redis.RedisCluster.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry)
         else:
             self._client = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                health_check_interval=10, retry_on_timeout=False)
+                health_check_interval=10, retry_on_timeout=False, retry=retry,
+                retry_on_error=[RedisConnectionError])
+
+    async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Run one store call under the breaker: refused at once while it is open."""
+        breaker = self.breaker
+        if not breaker.allow():
+            raise StoreUnavailable(f"store marked down for {breaker.cooldown_s:g} s after a failure")
+        trial = not breaker.closed
+        try:
+            result = await call()
+        except self._errors as exc:
+            breaker.failed()
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        except BaseException:
+            if trial:
+                breaker.abandoned()
+            raise
+        breaker.succeeded()
+        return result
 
     async def get(self, key: str) -> bytes | None:
-        try:
-            value: bytes | None = await self._client.get(key)
-            return value
-        except self._errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        value: bytes | None = await self._guarded(lambda: self._client.get(key))
+        return value
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        try:
-            await self._client.set(key, value, px=int(ttl_s * 1000) if ttl_s else None)
-        except self._errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        await self._guarded(lambda: self._client.set(key, value, px=int(ttl_s * 1000) if ttl_s else None))
 
     async def incr(self, key: str, ttl_s: float) -> int:
-        try:
+        async def counted() -> int:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.incr(key)
                 pipe.expire(key, int(ttl_s), nx=True)
                 count, _ = await pipe.execute()
             return int(count)
-        except self._errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
+
+        return await self._guarded(counted)
 
     async def incr_float(self, key: str, amount: float) -> float:
-        try:
-            return float(await self._client.incrbyfloat(key, amount))
-        except self._errors as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return float(await self._guarded(lambda: self._client.incrbyfloat(key, amount)))
 
     async def get_float(self, key: str) -> float:
         raw = await self.get(key)
@@ -130,8 +154,8 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._client.ping())
-        except self._errors:
+            return bool(await self._guarded(self._client.ping))
+        except StoreUnavailable:
             return False
 
     async def close(self) -> None:

@@ -60,7 +60,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     health = HealthBoard(list(deployments))
     return Services(
         config=config,
-        auth=Authenticator(config.tenants, store),
+        auth=Authenticator(config.tenants, store, config.on_store_outage),
         cache=ExactCache(store),
         router=RememberingRouter(router or load_router(config.router_artifact)),
         policies=policies,

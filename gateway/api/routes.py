@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 
 from gateway import pipeline
 from gateway.api.schemas import RouteRequest, validate_chat
-from gateway.errors import GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
 from gateway.pipeline import CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
@@ -134,9 +134,10 @@ async def explain_route(request: Request) -> Response:
 
 
 async def list_models(request: Request) -> Response:
+    """With tenants configured this needs a key, and lists only what that key may call."""
     svc = _svc(request)
-    ids = [pipeline.AUTO] + [f"{pipeline.POLICY_PREFIX}{p}" for p in sorted(svc.policies.policies)]
-    ids += list(svc.catalog.deployments)
+    tenant = svc.auth.identify(request.headers.get("authorization"))
+    ids = pipeline.entry_points(svc, tenant)
     data = [{"id": i, "object": "model", "created": 0, "owned_by": "switchyard"} for i in ids]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
@@ -155,12 +156,29 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
+    """Ready unless requests would be refused. A store outage is `degraded` (200: the gateway still
+    serves, the cache is skipped) unless `on_store_outage: fail_closed` and some tenant has a budget
+    or rate limit, then it is `unavailable` (503). Anonymous callers of a gateway with tenants see
+    the status alone."""
     svc = _svc(request)
-    store_ok = await svc.cache.store.ping()
-    body = {"status": "ready" if store_ok else "unavailable", "store": svc.cache.store.kind,
-            "store_reachable": store_ok, "policies": sorted(svc.policies.policies),
-            "deployments": svc.upstreams.health.snapshot()}
-    return Response(orjson.dumps(body), status_code=200 if store_ok else 503, media_type="application/json")
+    store = svc.cache.store
+    store_ok = await store.ping()  # bounded by the store's timeout, immediate while its breaker is open
+    refuses = not store_ok and svc.auth.outage_refuses
+    status = "ready" if store_ok else ("unavailable" if refuses else "degraded")
+    body: dict[str, Any] = {"status": status}
+    if svc.auth.open or _has_valid_key(svc, request):
+        body |= {"store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
+                 "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
+                 "deployments": svc.upstreams.health.snapshot()}
+    return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
+
+
+def _has_valid_key(svc: Services, request: Request) -> bool:
+    try:
+        svc.auth.identify(request.headers.get("authorization"))
+    except AuthenticationFailed:
+        return False
+    return True
 
 
 ROUTES: tuple[tuple[str, Any, list[str]], ...] = (

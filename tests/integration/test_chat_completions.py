@@ -134,4 +134,4 @@ def test_health_and_readiness(base_url: str) -> None:
     root = base_url.removesuffix("/v1")
     assert httpx.get(root + "/healthz").json() == {"status": "ok"}
     ready = httpx.get(root + "/readyz").json()
-    assert ready["store"] == "redis" and ready["store_reachable"] is True
+    assert ready["status"] == "ready" and ready["store"] == "up" and ready["store_kind"] == "redis"

@@ -66,11 +66,12 @@ class RedisServer:
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def start_redis() -> RedisServer:
+def start_redis(port: int | None = None) -> RedisServer:
+    """A fresh Redis server; give `port` to restart one where its clients expect it."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed; .ci/run installs it (apt-get install redis-server)")
-    port = free_port()
+    port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="sy-redis-")
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",

@@ -1,0 +1,98 @@
+"""Who may call what: pinning a deployment by name, the model list and readiness detail, per key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from gateway.api.app import create_app
+from gateway.auth import hash_key
+from tests.integration.conftest import sim_config
+from tests.support.processes import Simulator, running_gateway
+
+HI = [{"role": "user", "content": "hi"}]
+TENANTS = [
+    # restricted to a policy, with and without a default policy of its own: pins nothing
+    {"name": "saver", "api_key_sha256": hash_key("sk-saver"), "policies": ["cost-saver"],
+     "default_policy": "cost-saver"},
+    {"name": "saver-nodefault", "api_key_sha256": hash_key("sk-saver-nodefault"), "policies": ["cost-saver"]},
+    # restricted, and allowed to pin `small` (the gateway default policy is not among its policies)
+    {"name": "pinner", "api_key_sha256": hash_key("sk-pinner"), "policies": ["cost-saver"],
+     "deployments": ["small"]},
+    # open: every policy, every deployment
+    {"name": "open", "api_key_sha256": hash_key("sk-open")},
+]
+
+
+@pytest.fixture(scope="module")
+def gateway_url(simulator: Simulator, policies_dir: Path) -> Iterator[str]:
+    app = create_app(sim_config(simulator.url, tenants=TENANTS), policies_dir=policies_dir)
+    with running_gateway(app) as gw:
+        yield gw.base_url
+
+
+def _client(url: str, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+
+
+@pytest.mark.parametrize("key", ["sk-saver", "sk-saver-nodefault", "sk-pinner"])
+def test_tenant_cannot_pin_a_deployment_outside_its_allow_list(gateway_url: str, key: str) -> None:
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        _client(gateway_url, key).chat.completions.create(model="large", messages=HI)
+    assert info.value.code == "deployment_not_allowed"
+    assert "deployment 'large'" in info.value.message
+
+
+def test_pinning_is_refused_before_any_upstream_call(gateway_url: str, simulator: Simulator) -> None:
+    before = simulator.stats().get("sim-large", {}).get("requests", 0)
+    resp = httpx.post(gateway_url + "/v1/chat/completions", headers={"authorization": "Bearer sk-saver"},
+                      json={"model": "large", "messages": HI}, timeout=10)
+    assert resp.status_code == 403
+    assert resp.json()["error"] == {"message": resp.json()["error"]["message"], "type": "permission_error",
+                                    "param": "model", "code": "deployment_not_allowed"}
+    assert simulator.stats().get("sim-large", {}).get("requests", 0) == before
+
+
+def test_tenant_may_pin_the_deployments_it_lists_whatever_its_policies(gateway_url: str) -> None:
+    raw = _client(gateway_url, "sk-pinner").chat.completions.with_raw_response.create(model="small", messages=HI)
+    assert raw.headers["x-switchyard-model"] == "small"
+
+
+def test_open_tenant_may_pin_any_deployment(gateway_url: str) -> None:
+    raw = _client(gateway_url, "sk-open").chat.completions.with_raw_response.create(model="large", messages=HI)
+    assert raw.headers["x-switchyard-model"] == "large"
+
+
+def test_route_explainer_applies_the_same_pinning_rule(gateway_url: str) -> None:
+    resp = httpx.post(gateway_url + "/v1/route", headers={"authorization": "Bearer sk-saver"},
+                      json={"model": "large", "messages": HI}, timeout=10)
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "deployment_not_allowed"
+
+
+def test_models_needs_a_key_when_tenants_are_configured(gateway_url: str) -> None:
+    assert httpx.get(gateway_url + "/v1/models", timeout=10).status_code == 401
+    with pytest.raises(openai.AuthenticationError):
+        _client(gateway_url, "sk-wrong").models.list()
+
+
+def test_models_lists_only_what_the_key_may_use(gateway_url: str) -> None:
+    def ids(key: str) -> set[str]:
+        return {m.id for m in _client(gateway_url, key).models.list()}
+
+    assert ids("sk-saver") == {"auto", "router/cost-saver"}
+    assert ids("sk-pinner") == {"auto", "router/cost-saver", "small"}
+    everything = ids("sk-open")
+    assert {"auto", "router/balanced", "router/cost-saver", "small", "large", "broken"} <= everything
+
+
+def test_readyz_shows_only_the_status_to_anonymous_callers(gateway_url: str) -> None:
+    anonymous = httpx.get(gateway_url + "/readyz", timeout=10)
+    assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
+    wrong = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-wrong"}, timeout=10)
+    assert wrong.json() == {"status": "ready"}
+    detailed = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-saver"}, timeout=10).json()
+    assert detailed["status"] == "ready" and "policies" in detailed and "deployments" in detailed

@@ -1,0 +1,161 @@
+"""Redis trouble, over real HTTP: a hung store, a dead one, a restarted one.
+
+Budgets and rate limits fail closed by default when the store is down (503 `store_unavailable`),
+or open when configured; a hung store costs one timeout, not one per store call; a restart does not
+skip a budget check nor lose a spend; `/readyz` says `degraded` unless requests would be refused.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+
+from gateway.api.app import create_app
+from gateway.auth import hash_key
+from tests.integration.conftest import sim_config
+from tests.support.processes import GatewayServer, RedisServer, Simulator, running_gateway, start_redis
+
+STORE_TIMEOUT_S = 0.5  # RedisStore's socket timeout
+TENANTS = [
+    {"name": "metered", "api_key_sha256": hash_key("sk-metered"), "budget_usd": 10.0,
+     "requests_per_minute": 10_000},
+    {"name": "free", "api_key_sha256": hash_key("sk-free")},
+]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A Redis server of this test's own, to stop, hang or restart."""
+    server = start_redis()
+    yield server
+    if server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)  # a stopped process cannot even be terminated
+    server.stop()
+
+
+@contextmanager
+def _gateway(simulator: Simulator, policies_dir: Path, store: RedisServer, **extra: Any) -> Iterator[GatewayServer]:
+    app = create_app(sim_config(simulator.url, store.url, tenants=TENANTS, **extra), policies_dir=policies_dir,
+                     watch_policies_s=None)
+    with running_gateway(app) as gw:
+        yield gw
+
+
+def _client(gw: GatewayServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0, timeout=10)
+
+
+def _ask(gw: GatewayServer, key: str, **extra: Any) -> httpx.Response:
+    return httpx.post(gw.base_url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                      json={"model": "small", "messages": [{"role": "user", "content": "What is 2 + 2?"}], **extra},
+                      timeout=10)
+
+
+def _ready(gw: GatewayServer, key: str | None = None) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(gw.base_url + "/readyz", headers=headers, timeout=10)
+
+
+def test_a_hung_store_costs_one_timeout_not_one_per_store_call(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    with _gateway(simulator, policies_dir, own_redis, on_store_outage="fail_open") as gw:
+        assert _ask(gw, "sk-metered").status_code == 200  # the connection pool is warm
+        os.kill(own_redis.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            # budget, rate, cache lookup, spend and cache write: five store calls a request
+            statuses = [_ask(gw, "sk-metered", temperature=0).status_code for _ in range(10)]
+            elapsed = time.monotonic() - started
+            ready_started = time.monotonic()
+            ready = _ready(gw, "sk-metered")
+            ready_elapsed = time.monotonic() - ready_started
+        finally:
+            os.kill(own_redis.process.pid, signal.SIGCONT)
+        assert statuses == [200] * 10
+        # One timeout per request alone would be 10 × the store timeout; the breaker makes it a few.
+        assert elapsed < 10 * STORE_TIMEOUT_S, f"10 requests took {elapsed:.2f} s against a hung store"
+        assert ready.status_code == 200 and ready_elapsed < 4 * STORE_TIMEOUT_S
+        assert ready.json()["status"] == "degraded" and ready.json()["store"] == "down"
+        deadline = time.monotonic() + 10  # the breaker lets a trial through after its cooldown
+        while _ready(gw).json()["status"] != "ready" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _ready(gw).json() == {"status": "ready"}
+
+
+def test_budgets_fail_closed_by_default_when_the_store_is_down(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    with _gateway(simulator, policies_dir, own_redis) as gw:
+        assert _ask(gw, "sk-metered").status_code == 200
+        own_redis.stop()
+        refused = _ask(gw, "sk-metered")
+        assert refused.status_code == 503 and "retry-after" in refused.headers
+        error = refused.json()["error"]
+        assert error["type"] == "server_error" and error["code"] == "store_unavailable"
+        assert set(error) == {"message", "type", "param", "code"}
+        with pytest.raises(openai.InternalServerError) as info:
+            _client(gw, "sk-metered").chat.completions.create(
+                model="small", messages=[{"role": "user", "content": "hi"}])
+        assert info.value.status_code == 503 and info.value.code == "store_unavailable"
+        # a tenant without budget or rate limits does not depend on the store
+        assert _ask(gw, "sk-free").status_code == 200
+        # requests with limits are refused, so the replica says so to its load balancer
+        ready = _ready(gw, "sk-metered")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "unavailable" and ready.json()["store"] == "down"
+        anonymous = _ready(gw)
+        assert anonymous.status_code == 503 and anonymous.json() == {"status": "unavailable"}
+
+
+def test_budgets_fail_open_when_configured(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    with _gateway(simulator, policies_dir, own_redis, on_store_outage="fail_open") as gw:
+        own_redis.stop()
+        assert _ask(gw, "sk-metered").status_code == 200
+        ready = _ready(gw, "sk-metered")
+        assert ready.status_code == 200
+        assert ready.json()["status"] == "degraded" and ready.json()["store"] == "down"
+        assert _ready(gw).json() == {"status": "degraded"}
+
+
+def _restart(server: RedisServer) -> RedisServer:
+    port = server.port
+    server.stop()
+    return start_redis(port)
+
+
+def test_the_first_budget_check_after_a_store_restart_is_not_skipped(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    with _gateway(simulator, policies_dir, own_redis) as gw:
+        assert _ask(gw, "sk-metered").status_code == 200  # leaves a pooled connection behind
+        restarted = _restart(own_redis)
+        try:
+            with redis.Redis.from_url(restarted.url) as direct:
+                direct.set("sy:spend:metered", "100")  # well over its budget
+            first = _ask(gw, "sk-metered")
+            assert first.status_code == 429 and first.json()["error"]["code"] == "budget_exceeded"
+        finally:
+            restarted.stop()
+
+
+def test_the_first_spend_after_a_store_restart_is_recorded(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    with _gateway(simulator, policies_dir, own_redis) as gw:
+        assert _ask(gw, "sk-free").status_code == 200  # leaves a pooled connection behind
+        restarted = _restart(own_redis)
+        try:
+            assert _ask(gw, "sk-free").status_code == 200  # its only store call: recording the spend
+            with redis.Redis.from_url(restarted.url) as direct:
+                spent = direct.get("sy:spend:free")
+            assert spent is not None and float(spent) > 0
+        finally:
+            restarted.stop()
