@@ -152,3 +152,14 @@ def test_cached_answers_are_not_shared_across_provider_parameters(base_url: str)
     assert _cached(base_url, messages=messages, top_k=40) == "miss"
     assert _cached(base_url, messages=messages, top_k=5, reasoning_effort="high") == "miss"
     assert _cached(base_url, messages=messages, top_k=5, user="someone-else", stream=False) == "hit"
+
+
+def test_the_body_that_flows_on_carries_the_validated_values_and_unknown_fields_as_sent() -> None:
+    from gateway.api.schemas import validate_chat
+
+    sent = {"model": "small", "messages": [{"role": "user", "content": "hi", "x_tag": 1}], "temperature": 0,
+            "top_k": "5", "guided_json": {"type": "object"}}
+    body = validate_chat(sent)
+    assert body["temperature"] == 0.0 and isinstance(body["temperature"], float)
+    assert body["top_k"] == "5" and body["guided_json"] == {"type": "object"}  # not ours to judge
+    assert body["messages"] == [{"role": "user", "content": "hi", "x_tag": 1}]
