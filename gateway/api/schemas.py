@@ -79,7 +79,7 @@ class ChatRequest(BaseModel):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
     presence_penalty: float | None = Penalty
     frequency_penalty: float | None = Penalty
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, int] | None = None  # token id -> bias; OpenAI takes integers here
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
     tool_choice: str | dict[str, Any] | None = None

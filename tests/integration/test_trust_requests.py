@@ -3,7 +3,10 @@ request headers, and cache entries that answer exactly the question asked."""
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -11,7 +14,9 @@ import openai
 import orjson
 import pytest
 
-from tests.support.processes import Simulator
+from gateway.api.app import create_app
+from tests.integration.conftest import sim_config
+from tests.support.processes import Simulator, running_gateway
 
 HI = [{"role": "user", "content": "hi"}]
 
@@ -163,3 +168,23 @@ def test_the_body_that_flows_on_carries_the_validated_values_and_unknown_fields_
     assert body["temperature"] == 0.0 and isinstance(body["temperature"], float)
     assert body["top_k"] == "5" and body["guided_json"] == {"type": "object"}  # not ours to judge
     assert body["messages"] == [{"role": "user", "content": "hi", "x_tag": 1}]
+
+
+def test_an_edited_policy_does_not_serve_answers_cached_under_its_old_version(simulator: Simulator,
+                                                                               tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("candidates:\n  - single: small\n  - single: large\nobjective:\n  value_usd: 0.002\n")
+    app = create_app(sim_config(simulator.url, default_policy="p"), policies_dir=tmp_path, watch_policies_s=0.05)
+    body = {"model": "router/p", "temperature": 0, "messages": [{"role": "user", "content": "what is 2+2?"}]}
+    with running_gateway(app) as gw:
+        url = gw.base_url + "/v1"
+        assert _post(url, body).headers["x-switchyard-cache"] == "miss"
+        assert _post(url, body).headers["x-switchyard-cache"] == "hit"
+        path.write_text("candidates:\n  - single: small\n  - single: large\nobjective:\n  value_usd: 0.2\n")
+        os.utime(path, (time.time() + 2, time.time() + 2))
+        version = app.state.services.policies.get("p").version
+        deadline = time.monotonic() + 10
+        while app.state.services.policies.get("p").version == version and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _post(url, body).headers["x-switchyard-cache"] == "miss"
+        assert _post(url, body).headers["x-switchyard-cache"] == "hit"
