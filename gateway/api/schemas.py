@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway.errors import InvalidRequest
 
 _OPEN = ConfigDict(extra="allow", strict=True)
-Penalty = Field(default=None, ge=-2, le=2)
 
 
 class ContentPart(BaseModel):
@@ -77,8 +76,8 @@ class ChatRequest(BaseModel):
     seed: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
-    presence_penalty: float | None = Penalty
-    frequency_penalty: float | None = Penalty
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, int] | None = None  # token id -> bias; OpenAI takes integers here
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
