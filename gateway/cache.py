@@ -1,30 +1,46 @@
 """Exact-match answer cache: Redis when configured, process memory otherwise.
 
 Only requests that are safe to reuse are cached: temperature 0, or an explicit opt-in header
-(`x-switchyard-cache: force`). The key is a hash of the normalised request: the entry point
-(policy or deployment), the tenant (answers never cross tenants), the messages and every
-parameter that changes the answer. The cache is an observer of the store's health: if Redis is
-down a lookup is a miss and a write is skipped, and the request is served all the same.
+(`x-switchyard-cache: force`). The key is a hash of the whole validated request minus a short,
+explicit list of fields that cannot change the answer (`stream`, `user`, `metadata`...), plus who
+answers it: the entry point (policy or deployment), the policy's version (an edited policy does
+not serve answers chosen under the old one), the deployments' identities (a changed model string
+does not serve the old model's answers), and the tenant (answers never cross tenants).
+The cache is an observer of the store's health: if Redis is down a lookup is a miss and a write
+is skipped, and the request is served all the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
 
+from gateway.config import DeploymentConfig
 from gateway.state import Store, StoreUnavailable
 
 log = logging.getLogger("switchyard.cache")
 
 CacheStatus = Literal["hit", "miss", "bypass"]
-# Parameters that change the answer; everything else (stream, user, stream_options) does not.
-_ANSWER_PARAMS = ("temperature", "top_p", "max_tokens", "max_completion_tokens", "stop", "n", "seed",
-                  "tools", "tool_choice", "response_format", "frequency_penalty", "presence_penalty",
-                  "logit_bias", "logprobs", "top_logprobs", "parallel_tool_calls")
+
+# Request fields that cannot change the answer, left out of the key. Everything else is in it,
+# including fields the gateway has never heard of (`top_k`, `guided_json`, `reasoning_effort`...):
+# an unknown field is assumed to matter. Each exclusion, and why it is safe:
+_NOT_IN_KEY = frozenset({
+    "model",           # replaced by the resolved entry (policy or deployment) in the key's scope
+    "stream",          # the same answer whole or in chunks: entries hold the whole body, replayed as SSE
+    "stream_options",  # only whether a usage chunk is sent; replay adds it when asked
+    "user",            # an end-user id for the provider's abuse monitoring; the model never sees it
+    "safety_identifier",  # the same, under its newer OpenAI name
+    "metadata",        # tags on stored completions, not shown to the model
+    "store",           # whether the provider keeps a copy, not what it answers
+})
+# Kept on purpose: `service_tier` (the answer's body reports the tier it ran under, and is billed
+# by it), `n`, `seed`, `logprobs` (all change the body), `prompt_cache_key` (provider-specific).
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,16 +58,35 @@ def is_cacheable(request: dict[str, Any], header: str | None) -> bool:
     return request.get("temperature") == 0
 
 
-def cache_key(namespace: str, entry: str, tenant: str, request: dict[str, Any]) -> str:
-    normal = {"entry": entry, "messages": request["messages"],
-              **{k: request[k] for k in _ANSWER_PARAMS if request.get(k) is not None}}
-    digest = hashlib.sha256(orjson.dumps(normal, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return f"sy:cache:{namespace}:{tenant}:{digest}"
+def deployment_identity(deployment: DeploymentConfig) -> str:
+    """What decides a deployment's answers: the model string, where it is served and by which path.
+    A changed model must not serve the old model's answers, even across a restart over Redis."""
+    raw = orjson.dumps([deployment.name, deployment.model, deployment.api_base, deployment.backend])
+    return hashlib.sha256(raw).hexdigest()[:12]
+
+
+def cache_key(namespace: str, scope: str, tenant: str, request: dict[str, Any]) -> str:
+    """`scope` names who answers (entry, policy version, deployment identities); the digest covers
+    the whole validated request minus `_NOT_IN_KEY`."""
+    normal = {k: v for k, v in request.items() if k not in _NOT_IN_KEY}
+    digest = hashlib.sha256(scope.encode() + b"\n" + orjson.dumps(normal, option=orjson.OPT_SORT_KEYS))
+    return f"sy:cache:{namespace}:{tenant}:{digest.hexdigest()}"
 
 
 class ExactCache:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, deployments: Sequence[DeploymentConfig] = (), namespace: str = "default") -> None:
         self.store = store
+        self.namespace = namespace
+        # Precomputed once: per deployment for pinned calls, all of them for a policy (any may answer).
+        self._identity = {d.name: deployment_identity(d) for d in deployments}
+        self._all = hashlib.sha256(orjson.dumps(sorted(self._identity.items()))).hexdigest()[:12]
+
+    def key(self, entry: str, pinned: str | None, policy_version: str, tenant: str,
+            request: dict[str, Any]) -> str:
+        """The key of this request's answer: who answers it (the entry, the policy version in force,
+        the deployments' identities), for which tenant, to which question."""
+        identity = self._identity.get(pinned, "") if pinned else self._all
+        return cache_key(self.namespace, f"{entry}|{policy_version}|{identity}", tenant, request)
 
     async def lookup(self, key: str) -> CachedAnswer | None:
         try:

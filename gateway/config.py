@@ -32,6 +32,10 @@ class Price(_Strict):
 
     input_per_mtok: float = Field(ge=0)
     output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(
+        default=None, ge=0, description="prompt tokens read from the provider's prompt cache; default: input price")
+    cache_write_per_mtok: float | None = Field(
+        default=None, ge=0, description="prompt tokens written to the provider's prompt cache; default: input price")
 
 
 class DeploymentConfig(_Strict):

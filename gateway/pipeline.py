@@ -22,7 +22,7 @@ from opentelemetry.trace import Span
 
 from gateway import signal as routing
 from gateway.auth import Authenticator, Tenant
-from gateway.cache import CacheStatus, ExactCache, cache_key, is_cacheable
+from gateway.cache import CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, NotFound
 from gateway.executor import Result, Upstreams, run
@@ -166,7 +166,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     trace_id = trace_id_hex(span)
 
     cache_on = entry.policy.spec.cache.enabled and is_cacheable(request, ctx.cache)
-    key = cache_key(svc.config.cache_namespace, entry.name, tenant.name, request) if cache_on else None
+    key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
     if key is not None and (hit := await svc.cache.lookup(key)) is not None:
         await svc.ledger.record(tenant.name, (), cached=True)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)

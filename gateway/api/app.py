@@ -61,7 +61,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     return Services(
         config=config,
         auth=Authenticator(config.tenants, store, config.on_store_outage),
-        cache=ExactCache(store),
+        cache=ExactCache(store, config.deployments, config.cache_namespace),
         router=RememberingRouter(router or load_router(config.router_artifact)),
         policies=policies,
         catalog=Catalog(deployments, prices),

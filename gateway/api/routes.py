@@ -8,6 +8,7 @@ per-request dependency machinery would only add latency on the hot path.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -48,31 +49,59 @@ async def read_json(request: Request, limit: int) -> Any:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
 
 
-def _float_header(request: Request, name: str) -> float | None:
+def _positive_finite_header(request: Request, name: str) -> float | None:
+    """A header that must be a positive, finite number (`nan`, `inf`, `0` and `-1` are 400s), or absent."""
     raw = request.headers.get(name)
     if raw is None:
         return None
     try:
         value = float(raw)
     except ValueError:
-        raise InvalidRequest(f"header {name} must be a number, got {raw!r}", param=name) from None
-    if value <= 0:
-        raise InvalidRequest(f"header {name} must be positive, got {raw!r}", param=name)
+        raise InvalidRequest(f"header {name} must be a number, got {raw[:64]!r}", param=name) from None
+    if not (0 < value < math.inf):  # also false for nan
+        raise InvalidRequest(f"header {name} must be a positive finite number, got {raw[:64]!r}", param=name)
     return value
+
+
+CACHE_DIRECTIVES = frozenset({"force", "bypass", "no-store"})
+
+
+def _cache_header(request: Request) -> str | None:
+    """`force`, `bypass` or `no-store`; anything else is a 400 rather than silently ignored."""
+    raw = request.headers.get("x-switchyard-cache")
+    if raw is None:
+        return None
+    value = raw.strip().lower()
+    if value not in CACHE_DIRECTIVES:
+        raise InvalidRequest(f"header x-switchyard-cache must be one of {', '.join(sorted(CACHE_DIRECTIVES))}, "
+                             f"got {raw[:64]!r}", param="x-switchyard-cache")
+    return value
+
+
+_MAX_REQUEST_ID = 128
+
+
+def request_id(request: Request) -> str:
+    """The client's `x-request-id` if it is short printable ASCII, else a generated one: a header we
+    echo back and write to logs must not carry control characters or arbitrary lengths."""
+    given = request.headers.get("x-request-id")
+    if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
+        return given
+    return f"req_{uuid.uuid4().hex[:24]}"
 
 
 def call_context(request: Request) -> CallContext:
     return CallContext(
         authorization=request.headers.get("authorization"),
         policy=request.headers.get("x-switchyard-policy"),
-        overrides=Overrides(_float_header(request, "x-switchyard-max-cost-usd"),
-                            _float_header(request, "x-switchyard-latency-slo-ms")),
-        cache=request.headers.get("x-switchyard-cache"),
+        overrides=Overrides(_positive_finite_header(request, "x-switchyard-max-cost-usd"),
+                            _positive_finite_header(request, "x-switchyard-latency-slo-ms")),
+        cache=_cache_header(request),
     )
 
 
-def _headers(outcome: Outcome, request_id: str, with_cost: bool) -> dict[str, str]:
-    headers = {"x-request-id": request_id, "x-switchyard-model": outcome.deployment,
+def _headers(outcome: Outcome, rid: str, with_cost: bool) -> dict[str, str]:
+    headers = {"x-request-id": rid, "x-switchyard-model": outcome.deployment,
                "x-switchyard-plan": outcome.plan, "x-switchyard-cache": outcome.cache}
     if outcome.trace_id:
         headers["x-switchyard-trace-id"] = outcome.trace_id
@@ -86,24 +115,23 @@ def _headers(outcome: Outcome, request_id: str, with_cost: bool) -> dict[str, st
 
 async def chat_completions(request: Request) -> Response:
     svc = _svc(request)
-    request_id = request.headers.get("x-request-id") or f"req_{uuid.uuid4().hex[:24]}"
-    request.state.request_id = request_id
+    request.state.request_id = rid = request_id(request)
     body = validate_chat(await read_json(request, svc.config.max_body_bytes))
     outcome = await pipeline.handle(svc, body, call_context(request))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if not body.get("stream"):
         assert outcome.body is not None
         return Response(orjson.dumps(outcome.body), media_type="application/json",
-                        headers=_headers(outcome, request_id, with_cost=True))
+                        headers=_headers(outcome, rid, with_cost=True))
     if outcome.stream is None:  # a whole answer (cache hit, best-of-n, cascade) replayed as a stream
         assert outcome.body is not None
         chunks = _replayed(outcome.body, include_usage)
         return StreamingResponse(chunks, media_type="text/event-stream",
-                                 headers=_headers(outcome, request_id, with_cost=True))
+                                 headers=_headers(outcome, rid, with_cost=True))
     # The background task settles the stream even if the client left before its first chunk.
     settle = BackgroundTask(outcome.settle) if outcome.settle else None
     return StreamingResponse(_relayed(outcome.stream, include_usage), media_type="text/event-stream",
-                             headers=_headers(outcome, request_id, with_cost=False), background=settle)
+                             headers=_headers(outcome, rid, with_cost=False), background=settle)
 
 
 async def _replayed(body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:

@@ -1,8 +1,14 @@
-"""OpenAI request bodies at the edge, validated with pydantic.
+"""OpenAI request bodies at the edge, validated strictly with pydantic.
 
-Known fields are typed and checked; fields this gateway does not interpret (newer OpenAI
-parameters, provider extensions such as `tools`, `response_format`) are allowed and passed through
-untouched, so the gateway stays a drop-in for the `openai` SDK as the API grows.
+Known fields are checked against OpenAI's own types in strict mode: a string where a number
+belongs, `"stream": "false"` or `"n": 2.0` is a 400 naming the field, never coerced, because the
+gateway reads some of these values (stream, n, max_tokens, temperature) and forwards all of them:
+a value that passed here must not fail upstream, nor mean something else there. OpenAI itself
+rejects a decimal number for an integer field, so `n: 2.0` is refused, not rounded.
+
+What flows on is the validated body (`model_dump`): correctly typed values, fields the gateway does
+not interpret (newer OpenAI parameters, provider extensions such as `top_k`) kept exactly as sent,
+so the gateway stays a drop-in for the `openai` SDK as the API grows.
 """
 
 from __future__ import annotations
@@ -13,22 +19,48 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gateway.errors import InvalidRequest
 
+_OPEN = ConfigDict(extra="allow", strict=True)
+
+
+class ContentPart(BaseModel):
+    """One part of a multi-part message (`text`, `image_url`, `input_audio`, `file`...)."""
+
+    model_config = _OPEN
+
+    type: str
+
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[dict[str, Any]] | None = None
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    model_config = _OPEN
+
+    type: str
+
+
+class Tool(BaseModel):
+    model_config = _OPEN
+
+    type: str
+    function: dict[str, Any] | None = None
+
+
 class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = _OPEN
 
     model: str = Field(min_length=1)
     messages: list[Message] = Field(min_length=1)
@@ -41,24 +73,55 @@ class ChatRequest(BaseModel):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     user: str | None = None
+    seed: int | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, int] | None = None  # token id -> bias; OpenAI takes integers here
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    functions: list[dict[str, Any]] | None = None
+    function_call: str | dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+    reasoning_effort: str | None = None
+    service_tier: str | None = None
 
 
 class RouteRequest(ChatRequest):
     model: str = "auto"
 
 
+def _where(loc: tuple[int | str, ...]) -> str:
+    """`messages[0].content` from pydantic's location, without the union-member tags it inserts."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif "[" in part or part[:1].isupper() or part in ("str", "int", "float", "bool", "dict", "list"):
+            continue  # e.g. 'list[ContentPart]', 'str': which union member failed, not a field
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
 def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest) -> dict[str, Any]:
-    """Check the body and return it as the plain dict that flows on (unknown fields kept)."""
+    """Check the body and return the validated body as the plain dict that flows on."""
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
         parsed = schema.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        # The deepest error names the culprit best: of a union's failures (`content` is neither a
+        # string nor a list of parts) the one that went furthest is the one the client meant.
+        first = max(exc.errors(), key=lambda e: len(e["loc"]))
+        where = _where(first["loc"])
         extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise InvalidRequest(f"{where}: {first['msg']}{extra}", param=where.split(".")[0] or None,
+        raise InvalidRequest(f"{where}: {first['msg']}{extra}", param=where or None,
                              code="invalid_value" if first["type"] != "missing" else "missing_field") from None
-    if parsed.model != data.get("model"):
-        data = {**data, "model": parsed.model}
-    return data
+    body = parsed.model_dump(exclude_unset=True)
+    body["model"] = parsed.model  # a default (RouteRequest's `auto`) is not "set" but flows on
+    return body

@@ -2,6 +2,8 @@
 
 Validation errors name the file and the field:
 `cost-saver.yaml: candidates[1].single 'huge' is not a deployment or tier (small, large)`.
+Each bound policy carries a `version` (a hash of its validated content), so whatever was decided
+under one version (cached answers) is never taken for a decision of another.
 A file that turns bad while the gateway runs is reported and its last good version stays in force,
 so a typo never drops traffic.
 """
@@ -9,11 +11,13 @@ so a typo never drops traffic.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
 from pydantic import ValidationError
 
 from gateway.config import DeploymentConfig, describe_validation_error, read_yaml
@@ -31,6 +35,14 @@ class BoundPolicy:
     spec: PolicySpec
     plans: tuple[Plan, ...]
     allowed: frozenset[str] | None  # constraints.allowed_deployments with tiers expanded
+    version: str = ""  # content hash of the validated spec: an edited policy is a new version
+
+
+def spec_version(spec: PolicySpec) -> str:
+    """12 hex digits of the sha256 of the spec's canonical JSON: equal for equal policies, whatever
+    the file's formatting or key order, and different after any edit that changes a value."""
+    canonical = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()[:12]
 
 
 def parse_policy(path: Path) -> PolicySpec:
@@ -107,7 +119,7 @@ def bind_policy(name: str, source: str, spec: PolicySpec,
     plans: list[Plan] = []
     for i, candidate in enumerate(spec.candidates):
         plans += [p for p in _bind_candidate(candidate, i, spec, names) if p not in plans]
-    return BoundPolicy(name, source, spec, tuple(plans), allowed)
+    return BoundPolicy(name, source, spec, tuple(plans), allowed, spec_version(spec))
 
 
 def load_policy_file(path: Path, deployments: Sequence[DeploymentConfig]) -> BoundPolicy:

@@ -17,26 +17,45 @@ from gateway.config import DeploymentConfig
 
 @dataclass(frozen=True, slots=True)
 class Usage:
+    """Token counts of one or more calls, in OpenAI's convention: `prompt_tokens` counts every
+    prompt token, including those read from (`cached_tokens`) or written to (`cache_write_tokens`)
+    the provider's prompt cache, which are priced apart."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(self.prompt_tokens + other.prompt_tokens,
-                     self.completion_tokens + other.completion_tokens)
+        return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
+                     self.cached_tokens + other.cached_tokens, self.cache_write_tokens + other.cache_write_tokens)
 
-    def as_dict(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.total_tokens}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                               "total_tokens": self.total_tokens}
+        if self.cached_tokens or self.cache_write_tokens:
+            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        if self.cache_write_tokens:
+            out["cache_creation_input_tokens"] = self.cache_write_tokens  # as litellm reports it
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> Usage:
+        """OpenAI's `prompt_tokens_details.cached_tokens`, or the Anthropic-style top-level
+        `cache_read_input_tokens` / `cache_creation_input_tokens` that litellm passes on."""
         if not raw:
             return cls()
-        return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0))
+        details = raw.get("prompt_tokens_details")
+        details = details if isinstance(details, dict) else {}
+        cached = details.get("cached_tokens") or raw.get("cache_read_input_tokens") or 0
+        written = (raw.get("cache_creation_input_tokens") or details.get("cache_creation_tokens")
+                   or details.get("cache_write_tokens") or 0)
+        return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
+                   int(cached), int(written))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,190 @@
+"""What a client sends is checked before anything is forwarded or reused: strict request types,
+request headers, and cache entries that answer exactly the question asked."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from gateway.api.app import create_app
+from tests.integration.conftest import sim_config
+from tests.support.processes import Simulator, running_gateway
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _post(base_url: str, body: dict[str, Any] | bytes, **headers: str) -> httpx.Response:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return httpx.post(base_url + "/chat/completions", content=content,
+                      headers={"content-type": "application/json", **headers}, timeout=30)
+
+
+def _assert_400_naming(resp: httpx.Response, param: str) -> None:
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["message"]
+    assert error["param"] == param, error
+    assert "Traceback" not in resp.text
+
+
+# --- strict body types --------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("max_tokens", "5"),           # was a 500 TypeError
+    ("stream", "false"),           # was an SSE stream
+    ("n", 2.0),                    # OpenAI rejects a decimal number for an integer
+    ("temperature", "0"),
+    ("top_p", "1"),
+    ("max_completion_tokens", 5.0),
+    ("seed", "42"),
+    ("logprobs", "true"),
+    ("top_logprobs", 2.5),
+    ("presence_penalty", 3),
+    ("frequency_penalty", "0.5"),
+    ("stop", 7),
+    ("response_format", "json_object"),
+    ("tools", {"type": "function"}),
+    ("user", 12),
+    ("stream_options", {"include_usage": "yes"}),
+])
+def test_a_wrongly_typed_field_is_a_400_naming_it_not_coerced(base_url: str, simulator: Simulator,
+                                                                field: str, value: Any) -> None:
+    simulator.reset()
+    resp = _post(base_url, {"model": "small", "messages": HI, field: value})
+    param = "stream_options.include_usage" if field == "stream_options" else field
+    _assert_400_naming(resp, param)
+    assert simulator.stats()["sim-small"]["requests"] == 0  # refused before any upstream call
+
+
+@pytest.mark.parametrize(("message", "param"), [
+    ({"role": "user", "content": 5}, "messages[0].content"),
+    ({"role": "user", "content": [{"text": "no type"}]}, "messages[0].content[0].type"),
+    ({"role": "user", "content": "hi", "name": 3}, "messages[0].name"),
+    ({"role": "robot", "content": "hi"}, "messages[0].role"),
+])
+def test_a_malformed_message_is_a_400_naming_the_message_field(base_url: str, message: dict[str, Any],
+                                                              param: str) -> None:
+    _assert_400_naming(_post(base_url, {"model": "small", "messages": [message]}), param)
+
+
+def test_stream_false_as_a_string_is_refused_not_streamed(base_url: str) -> None:
+    resp = _post(base_url, {"model": "small", "messages": HI, "stream": "false"})
+    assert resp.headers["content-type"].startswith("application/json")
+    _assert_400_naming(resp, "stream")
+
+
+def test_well_typed_requests_still_pass_with_unknown_fields_kept(base_url: str) -> None:
+    body = {"model": "small", "messages": [{"role": "system", "content": "be brief"},
+                                           {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
+            "max_tokens": 16, "n": 1, "temperature": 0.5, "top_p": 1, "seed": 7, "stop": ["\n\n"],
+            "presence_penalty": -1.5, "frequency_penalty": 0, "logprobs": False, "stream": False,
+            "response_format": {"type": "text"}, "user": "u-1", "metadata": {"team": "a"},
+            "top_k": 40, "repetition_penalty": 1.1}
+    resp = _post(base_url, body)
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["choices"][0]["message"]["content"]
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    completion = client.chat.completions.create(model="small", messages=HI, max_tokens=8, temperature=0,
+                                                seed=1, extra_body={"top_k": 5})
+    assert completion.choices[0].message.content
+
+
+def test_the_openai_sdk_gets_a_bad_request_error_for_a_string_number(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="small", messages=HI, extra_body={"max_tokens": "5"})
+    assert info.value.param == "max_tokens"
+
+
+# --- request headers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("header", ["x-switchyard-max-cost-usd", "x-switchyard-latency-slo-ms"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "NaN", "cheap"])
+def test_a_cap_header_that_is_not_a_positive_finite_number_is_a_400(base_url: str, header: str,
+                                                                   value: str) -> None:
+    _assert_400_naming(_post(base_url, {"model": "small", "messages": HI}, **{header: value}), header)
+
+
+def test_an_unknown_cache_directive_is_a_400(base_url: str) -> None:
+    resp = _post(base_url, {"model": "small", "messages": HI}, **{"x-switchyard-cache": "forever"})
+    _assert_400_naming(resp, "x-switchyard-cache")
+    for known in ("force", "bypass", "no-store", "Bypass"):
+        ok = _post(base_url, {"model": "small", "messages": HI}, **{"x-switchyard-cache": known})
+        assert ok.status_code == 200, (known, ok.text)
+
+
+def test_a_sane_request_id_is_echoed(base_url: str) -> None:
+    resp = _post(base_url, {"model": "small", "messages": HI}, **{"x-request-id": "trace-abc_123:4"})
+    assert resp.headers["x-request-id"] == "trace-abc_123:4"
+
+
+@pytest.mark.parametrize("given", ["x" * 129, "abc\x9b[2Jdef", "tab\there", "caf\u00e9"])
+def test_an_oversized_or_unprintable_request_id_is_replaced_not_echoed(base_url: str, given: str) -> None:
+    resp = httpx.post(base_url + "/chat/completions", json={"model": "small", "messages": HI},
+                      headers=[("x-request-id", given.encode("latin-1"))], timeout=30)
+    assert resp.status_code == 200
+    echoed = resp.headers["x-request-id"]
+    assert echoed != given and echoed.startswith("req_") and len(echoed) <= 128
+
+
+def test_an_error_response_carries_the_replacement_request_id_too(base_url: str) -> None:
+    resp = httpx.post(base_url + "/chat/completions", json={"model": "small", "messages": HI, "n": 2.0},
+                      headers=[("x-request-id", b"y" * 500)], timeout=30)
+    assert resp.status_code == 400
+    assert resp.headers["x-request-id"].startswith("req_")
+
+
+# --- the cache answers the question asked -------------------------------------------------------
+
+def _cached(base_url: str, **extra: Any) -> str:
+    resp = _post(base_url, {"model": "small", "temperature": 0, **extra})
+    assert resp.status_code == 200, resp.text
+    return resp.headers["x-switchyard-cache"]
+
+
+def test_cached_answers_are_not_shared_across_provider_parameters(base_url: str) -> None:
+    messages = [{"role": "user", "content": f"cache probe {uuid.uuid4().hex}"}]
+    assert _cached(base_url, messages=messages, top_k=5) == "miss"
+    assert _cached(base_url, messages=messages, top_k=5) == "hit"
+    assert _cached(base_url, messages=messages, top_k=40) == "miss"
+    assert _cached(base_url, messages=messages, top_k=5, reasoning_effort="high") == "miss"
+    assert _cached(base_url, messages=messages, top_k=5, user="someone-else", stream=False) == "hit"
+
+
+def test_the_body_that_flows_on_carries_the_validated_values_and_unknown_fields_as_sent() -> None:
+    from gateway.api.schemas import validate_chat
+
+    sent = {"model": "small", "messages": [{"role": "user", "content": "hi", "x_tag": 1}], "temperature": 0,
+            "top_k": "5", "guided_json": {"type": "object"}}
+    body = validate_chat(sent)
+    assert body["temperature"] == 0.0 and isinstance(body["temperature"], float)
+    assert body["top_k"] == "5" and body["guided_json"] == {"type": "object"}  # not ours to judge
+    assert body["messages"] == [{"role": "user", "content": "hi", "x_tag": 1}]
+
+
+def test_an_edited_policy_does_not_serve_answers_cached_under_its_old_version(simulator: Simulator,
+                                                                               tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("candidates:\n  - single: small\n  - single: large\nobjective:\n  value_usd: 0.002\n")
+    app = create_app(sim_config(simulator.url, default_policy="p"), policies_dir=tmp_path, watch_policies_s=0.05)
+    body = {"model": "router/p", "temperature": 0, "messages": [{"role": "user", "content": "what is 2+2?"}]}
+    with running_gateway(app) as gw:
+        url = gw.base_url + "/v1"
+        assert _post(url, body).headers["x-switchyard-cache"] == "miss"
+        assert _post(url, body).headers["x-switchyard-cache"] == "hit"
+        path.write_text("candidates:\n  - single: small\n  - single: large\nobjective:\n  value_usd: 0.2\n")
+        os.utime(path, (time.time() + 2, time.time() + 2))
+        version = app.state.services.policies.get("p").version
+        deadline = time.monotonic() + 10
+        while app.state.services.policies.get("p").version == version and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _post(url, body).headers["x-switchyard-cache"] == "miss"
+        assert _post(url, body).headers["x-switchyard-cache"] == "hit"
