@@ -44,6 +44,9 @@ class CascadeSpec(_Strict):
     def _judge_named(self) -> CascadeSpec:
         if self.confidence == "judge" and not self.judge:
             raise ValueError("confidence 'judge' needs a judge deployment")
+        if self.confidence == "agreement" and self.samples < 2:
+            raise ValueError(f"samples must be at least 2 for confidence 'agreement' (agreement "
+                             f"compares samples), got samples: {self.samples}")
         return self
 
 
