@@ -25,7 +25,7 @@ from gateway.auth import Authenticator, Tenant
 from gateway.cache import CacheStatus, ExactCache, cache_key, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, NotFound
-from gateway.executor import Result, Upstreams, run
+from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
 from gateway.ledger import Ledger
 from gateway.plans import Plan, Single
@@ -62,6 +62,7 @@ class CallContext:
     policy: str | None = None
     overrides: Overrides = field(default_factory=Overrides)
     cache: str | None = None
+    timeout_s: float | None = None  # x-switchyard-timeout-ms: may only tighten the policy's timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +166,17 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
                        switchyard__difficulty=decision.signal.difficulty if decision else None)
     cache_status: CacheStatus = "miss" if key else "bypass"
     ttl = entry.policy.spec.cache.ttl_s
+    deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)
 
     if request.get("stream") and isinstance(plan, Single):
-        live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span)
+        live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span,
+                                               deadline=deadline)
         label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
         relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, request)
         return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
                        settle=relay.settle)
 
-    result: Result = await run(svc.upstreams, plan, {**request, "stream": False}, span)
+    result: Result = await run(svc.upstreams, plan, {**request, "stream": False}, span, deadline)
     await svc.ledger.record(tenant.name, result.calls)
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
@@ -183,6 +186,13 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
     return Outcome(cache_status, result.plan_label, result.deployment, trace_id, body=result.body,
                    cost_usd=result.cost_usd, decision=decision, evidence=dict(result.evidence))
+
+
+def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
+    """The request's one deadline: the policy's timeout_s, tightened (never loosened) by the client."""
+    if header_timeout_s is not None and header_timeout_s < policy_timeout_s:
+        return Deadline.after(header_timeout_s)
+    return Deadline.after(policy_timeout_s)
 
 
 def upstream_body(request: dict[str, Any]) -> dict[str, Any]:
@@ -221,8 +231,9 @@ class _LiveStream:
                                                      "deployment": live.deployment, "plan": self.label}}
                 yield chunk
         except ProviderFailure as exc:
-            error = str(exc)
-            raise GatewayError(f"upstream stream failed: {exc}", code="upstream_stream_failed") from exc
+            error = str(exc)  # the detail stays in the span and the log; the client learns what failed
+            raise GatewayError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
+                               code="upstream_stream_failed") from exc
         finally:
             await self.settle(error)
 

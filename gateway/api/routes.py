@@ -8,6 +8,7 @@ per-request dependency machinery would only add latency on the hot path.
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -61,6 +62,21 @@ def _float_header(request: Request, name: str) -> float | None:
     return value
 
 
+def _timeout_header(request: Request) -> float | None:
+    """x-switchyard-timeout-ms → seconds; anything but a positive finite number is a 400."""
+    raw = request.headers.get("x-switchyard-timeout-ms")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise InvalidRequest(f"header x-switchyard-timeout-ms must be a positive number of milliseconds, "
+                             f"got {raw[:40]!r}", param="x-switchyard-timeout-ms")
+    return value / 1000.0
+
+
 def call_context(request: Request) -> CallContext:
     return CallContext(
         authorization=request.headers.get("authorization"),
@@ -68,6 +84,7 @@ def call_context(request: Request) -> CallContext:
         overrides=Overrides(_float_header(request, "x-switchyard-max-cost-usd"),
                             _float_header(request, "x-switchyard-latency-slo-ms")),
         cache=request.headers.get("x-switchyard-cache"),
+        timeout_s=_timeout_header(request),
     )
 
 

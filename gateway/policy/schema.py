@@ -98,4 +98,7 @@ class PolicySpec(_Strict):
     constraints: Constraints = Constraints()
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     cache: CacheSettings = CacheSettings()
+    # One deadline per request over every retry, fallback, cascade step and sample; clients may
+    # tighten it with x-switchyard-timeout-ms.
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
     examples: list[Example] = Field(default_factory=list)
