@@ -7,6 +7,9 @@
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(...); cache.save(...)
 
+One `Deadline` (the policy's timeout_s, tightened by x-switchyard-timeout-ms) is passed by value
+to every upstream call the request makes.
+
 Streaming requests follow the same path; a single-deployment plan streams straight through, any
 other plan runs to completion first (selection needs every sample) and is then replayed.
 """
@@ -149,6 +152,7 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Ou
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span) -> Outcome:
     tenant = svc.auth.identify(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
+    deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
     await svc.auth.admit(tenant)
     set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name)
     trace_id = trace_id_hex(span)
@@ -166,7 +170,6 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
                        switchyard__difficulty=decision.signal.difficulty if decision else None)
     cache_status: CacheStatus = "miss" if key else "bypass"
     ttl = entry.policy.spec.cache.ttl_s
-    deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)
 
     if request.get("stream") and isinstance(plan, Single):
         live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span,
