@@ -256,6 +256,7 @@ class Upstreams:
         latency = time.perf_counter() - s.started
         cost = self.prices[s.deployment].cost(s.stats.usage)
         if error:
+            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error)
             self.health[s.deployment].record_failure(time.monotonic())
             s.span.set_status(Status(StatusCode.ERROR, error[:200]))
         else:
