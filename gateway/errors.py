@@ -14,9 +14,11 @@ error envelope in one place (`gateway.api.errors`); nothing else formats errors.
 | ConstraintUnsatisfiable | 422    | invalid_request_error  | no candidate plan meets the policy's constraints |
 | RateLimited             | 429    | rate_limit_error       | tenant over its request rate                    |
 | BudgetExceeded          | 429    | insufficient_quota     | tenant over its spend budget                    |
+| ProviderMisconfigured   | 500    | server_error           | a deployment's key variable is unset            |
 | UpstreamError           | 502    | upstream_error         | every provider attempt failed                   |
 | StoreOutage             | 503    | server_error           | store down, budget/rate unknown, `fail_closed`  |
-| UpstreamTimeout         | 504    | timeout_error          | every provider attempt timed out                |
+| DeploymentUnavailable   | 503    | service_unavailable    | circuit open, nothing called (Retry-After)      |
+| UpstreamTimeout         | 504    | timeout_error          | deadline passed, or every attempt timed out     |
 """
 
 from __future__ import annotations
@@ -81,6 +83,14 @@ class UpstreamError(GatewayError):
 
 class StoreOutage(GatewayError):
     status, type, code = 503, "server_error", "store_unavailable"
+
+
+class ProviderMisconfigured(GatewayError):
+    status, type, code = 500, "server_error", "provider_misconfigured"
+
+
+class DeploymentUnavailable(GatewayError):
+    status, type, code = 503, "service_unavailable", "deployment_unavailable"
 
 
 class UpstreamTimeout(GatewayError):

@@ -7,6 +7,9 @@
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(...); cache.save(...)
 
+One `Deadline` (the policy's timeout_s, tightened by x-switchyard-timeout-ms) is passed by value
+to every upstream call the request makes.
+
 Streaming requests follow the same path; a single-deployment plan streams straight through, any
 other plan runs to completion first (selection needs every sample) and is then replayed.
 """
@@ -25,7 +28,7 @@ from gateway.auth import Authenticator, Tenant
 from gateway.cache import CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, NotFound
-from gateway.executor import Result, Upstreams, run
+from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
 from gateway.ledger import Ledger
 from gateway.plans import Plan, Single
@@ -62,6 +65,7 @@ class CallContext:
     policy: str | None = None
     overrides: Overrides = field(default_factory=Overrides)
     cache: str | None = None
+    timeout_s: float | None = None  # x-switchyard-timeout-ms: may only tighten the policy's timeout_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +165,7 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Ou
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span) -> Outcome:
     tenant = svc.auth.identify(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
+    deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
     await svc.auth.admit(tenant)
     set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name)
     trace_id = trace_id_hex(span)
@@ -180,13 +185,14 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     ttl = entry.policy.spec.cache.ttl_s
 
     if request.get("stream") and isinstance(plan, Single):
-        live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span)
+        live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span,
+                                               deadline=deadline)
         label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
         relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, request)
         return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
                        settle=relay.settle)
 
-    result: Result = await run(svc.upstreams, plan, {**request, "stream": False}, span)
+    result: Result = await run(svc.upstreams, plan, {**request, "stream": False}, span, deadline)
     await svc.ledger.record(tenant.name, result.calls)
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
@@ -196,6 +202,13 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
     return Outcome(cache_status, result.plan_label, result.deployment, trace_id, body=result.body,
                    cost_usd=result.cost_usd, decision=decision, evidence=dict(result.evidence))
+
+
+def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
+    """The request's one deadline: the policy's timeout_s, tightened (never loosened) by the client."""
+    if header_timeout_s is not None and header_timeout_s < policy_timeout_s:
+        return Deadline.after(header_timeout_s)
+    return Deadline.after(policy_timeout_s)
 
 
 def upstream_body(request: dict[str, Any]) -> dict[str, Any]:
@@ -234,8 +247,9 @@ class _LiveStream:
                                                      "deployment": live.deployment, "plan": self.label}}
                 yield chunk
         except ProviderFailure as exc:
-            error = str(exc)
-            raise GatewayError(f"upstream stream failed: {exc}", code="upstream_stream_failed") from exc
+            error = str(exc)  # the detail stays in the span and the log; the client learns what failed
+            raise GatewayError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
+                               code="upstream_stream_failed") from exc
         finally:
             await self.settle(error)
 

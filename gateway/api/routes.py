@@ -90,6 +90,12 @@ def request_id(request: Request) -> str:
     return f"req_{uuid.uuid4().hex[:24]}"
 
 
+def _timeout_header(request: Request) -> float | None:
+    """x-switchyard-timeout-ms → seconds; anything but a positive finite number is a 400."""
+    ms = _positive_finite_header(request, "x-switchyard-timeout-ms")
+    return None if ms is None else ms / 1000.0
+
+
 def call_context(request: Request) -> CallContext:
     return CallContext(
         authorization=request.headers.get("authorization"),
@@ -97,6 +103,7 @@ def call_context(request: Request) -> CallContext:
         overrides=Overrides(_positive_finite_header(request, "x-switchyard-max-cost-usd"),
                             _positive_finite_header(request, "x-switchyard-latency-slo-ms")),
         cache=_cache_header(request),
+        timeout_s=_timeout_header(request),
     )
 
 

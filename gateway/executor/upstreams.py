@@ -1,30 +1,49 @@
-"""Calls to deployments that survive faults: bounded retries (tenacity), fallbacks, circuit breaking.
+"""Calls to deployments that survive faults: bounded retries, fallbacks, circuit breaking, one deadline.
 
-The first attempt runs without any retry machinery (the common case costs nothing extra); only a
-retryable failure (timeout, connection error, 429, 5xx) enters tenacity's bounded, jittered
-back-off. When a deployment is exhausted or its circuit is open, the next fallback is tried.
-Every attempt is a `switchyard.upstream` span with gen_ai.* attributes and its cost.
+Each deployment in turn: an attempt if its circuit admits one (a half-open circuit admits a single
+trial), and on a retryable failure (timeout, connection error, 429, 5xx) up to `max_retries` more
+after a wait: the upstream's Retry-After when it sent one, else a short jittered exponential
+back-off. A wait that does not fit in the request's remaining deadline is not taken: the next
+fallback is tried at once. Every attempt runs for at most min(deployment timeout_s, remaining).
+
+Only failures that say something about the deployment count toward its circuit; a 4xx the
+request caused does not (and 400/422 end the request: another deployment would say the same).
+When no deployment was even tried because every circuit is open, the answer is 503
+`deployment_unavailable` with Retry-After. Clients see which deployment failed and how; the
+full detail goes to the `switchyard.upstream` log. Every attempt is a `switchyard.upstream` span
+with gen_ai.* attributes and its cost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from opentelemetry.trace import Span, Status, StatusCode
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from gateway.config import DeploymentConfig
-from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
-from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage
+from gateway.errors import (
+    DeploymentUnavailable,
+    GatewayError,
+    InvalidRequest,
+    ProviderMisconfigured,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from gateway.executor.deadline import Deadline
+from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import DeploymentPrice
 from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
+log = logging.getLogger("switchyard.upstream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,18 +65,24 @@ class OpenStream:
     started: float = field(default_factory=time.perf_counter)
 
 
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, ProviderFailure) and exc.retryable
+class _CircuitOpen(Exception):
+    """The deployment's circuit admitted no call: skip it without calling."""
 
 
-def _final_error(failures: list[ProviderFailure], names: Sequence[str]) -> GatewayError:
-    last = failures[-1] if failures else None
-    detail = "; ".join(str(f) for f in failures[-3:]) or "all circuits open"
-    if last is not None and last.status in (400, 422):
-        return InvalidRequest(f"upstream rejected the request: {last}", code="upstream_rejected")
-    if last is not None and last.timeout:
-        return UpstreamTimeout(f"no deployment answered in time ({', '.join(names)}): {detail}")
-    return UpstreamError(f"every deployment failed ({', '.join(names)}): {detail}")
+class _DeadlinePassed(Exception):
+    """The request's deadline passed: stop trying anything."""
+
+
+class _MissingCredential(ProviderFailure):
+    """The deployment's key variable is unset: a configuration error, never retried or counted."""
+
+
+def _backoff(retry: int) -> float:
+    return min(2.0, 0.05 * 2 ** (retry - 1)) + random.uniform(0, 0.05)
+
+
+def _is_request_fault(exc: ProviderFailure) -> bool:
+    return exc.status in (400, 422)
 
 
 class Upstreams:
@@ -68,6 +93,11 @@ class Upstreams:
         self.prices = prices
         self.health = health
         self.telemetry = telemetry
+        # Checked once at start-up: not fatal, other deployments may work; calls to these fail at once.
+        self.missing_keys = {n: var for n, d in deployments.items() if (var := missing_credential(d))}
+        for name, var in self.missing_keys.items():
+            log.warning("deployment '%s': its api_key_env variable %s is unset or empty; "
+                        "requests to it will fail until it is set and the gateway restarted", name, var)
 
     def _span(self, name: str, parent: Span | None, body: dict[str, Any]) -> Span:
         d = self.deployments[name]
@@ -76,15 +106,42 @@ class Upstreams:
                                     switchyard__deployment=name,
                                     gen_ai__request__temperature=body.get("temperature"))
 
-    async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None) -> Completion:
+    async def _bounded(self, name: str, step: Awaitable[T], deadline: Deadline) -> T:
+        """`step` within the deadline; the deployment's own timeout_s bounds it inside the backend."""
+        remaining = deadline.remaining()
+        if remaining >= self.deployments[name].timeout_s:
+            return await step  # the common case: nothing to add
+        limit = asyncio.timeout(remaining)
+        try:
+            async with limit:
+                return await step
+        except TimeoutError:
+            if limit.expired():
+                raise _DeadlinePassed from None
+            raise
+
+    def _failed(self, name: str, exc: BaseException, span: Span, trial: bool) -> None:
+        """Book a failed attempt: only failures about the deployment count toward its circuit."""
+        health = self.health[name]
+        if isinstance(exc, ProviderFailure) and exc.counts_against_deployment:
+            health.record_failure(time.monotonic(), trial=trial)
+        else:  # the request's fault, the deadline, a cancelled call: no verdict on the deployment
+            health.record_neutral(trial=trial)
+        if isinstance(exc, ProviderFailure):
+            log.warning("deployment '%s' failed: %s", name, exc)
+            set_attributes(span, error__type="timeout" if exc.timeout else str(exc.status or "connection"))
+        else:
+            set_attributes(span, error__type=type(exc).__name__)
+        span.set_status(Status(StatusCode.ERROR, str(exc)[:200] or type(exc).__name__))
+        span.end()
+
+    async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
+                       trial: bool) -> Completion:
         span = self._span(name, parent, body)
         try:
-            done = await self.backends[name].complete(self.deployments[name], body)
-        except ProviderFailure as exc:
-            self.health[name].record_failure(time.monotonic())
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-            set_attributes(span, error__type="timeout" if exc.timeout else str(exc.status or "connection"))
-            span.end()
+            done = await self._bounded(name, self.backends[name].complete(self.deployments[name], body), deadline)
+        except BaseException as exc:
+            self._failed(name, exc, span, trial)
             raise
         self.health[name].record_success(done.latency_s)
         set_attributes(span, gen_ai__response__model=done.body.get("model"),
@@ -94,71 +151,112 @@ class Upstreams:
         span.end()
         return done
 
-    async def _with_retries(self, name: str, once: Callable[[], Awaitable[T]]) -> T:
-        try:
-            return await once()
-        except ProviderFailure as exc:
-            if not exc.retryable or self.deployments[name].max_retries == 0:
-                raise
-        retrying = AsyncRetrying(stop=stop_after_attempt(self.deployments[name].max_retries),
-                                 wait=wait_exponential(multiplier=0.05, max=2.0) + wait_random(0, 0.05),
-                                 retry=retry_if_exception(_retryable), reraise=True)
-        async for attempt in retrying:
-            with attempt:
-                return await once()
-        raise AssertionError("tenacity ended without a result")  # unreachable: reraise=True
-
-    def order(self, names: Sequence[str]) -> list[str]:
-        """Deployments to try, in order, skipping open circuits (unless every one is open)."""
-        now = time.monotonic()
-        closed = [n for n in names if not self.health[n].is_open(now)]
-        return closed or list(names[:1])
-
-    async def call(self, names: Sequence[str], body: dict[str, Any], parent: Span | None,
-                   role: str = "answer") -> tuple[Completion, CallRecord]:
-        failures: list[ProviderFailure] = []
-        for name in self.order(names):
+    async def _with_retries(self, name: str, once: Callable[[bool], Awaitable[T]], deadline: Deadline) -> T:
+        """One deployment: attempts while its circuit admits them, retries bounded by count and deadline."""
+        if name in self.missing_keys:
+            var = self.missing_keys[name]
+            raise _MissingCredential(f"{name}: environment variable {var} is unset or empty", retryable=False,
+                                     reason=f"its credential variable {var} is not set")
+        health = self.health[name]
+        last: ProviderFailure | None = None
+        for retry in range(self.deployments[name].max_retries + 1):
+            if deadline.expired():
+                raise _DeadlinePassed
+            admitted = health.admit(time.monotonic())
+            if admitted is None:  # open, or half-open with its one trial already out
+                if last is not None:
+                    raise last
+                raise _CircuitOpen(name)
             try:
-                done = await self._with_retries(name, functools.partial(self._attempt, name, body, parent))
+                return await once(admitted == "trial")
             except ProviderFailure as exc:
-                failures.append(exc)
-                if exc.status in (400, 422):
-                    break  # the request itself is bad: another deployment will say the same
-                continue
-            return done, CallRecord(name, done.usage, self.prices[name].cost(done.usage), done.latency_s, role)
-        raise _final_error(failures, names)
+                if not exc.retryable:
+                    raise
+                last = exc
+            wait = last.retry_after_s if last.retry_after_s is not None else _backoff(retry + 1)
+            if retry == self.deployments[name].max_retries or wait >= deadline.remaining():
+                break  # no retry left, or it would not fit: the next fallback, at once
+            await asyncio.sleep(wait)
+        assert last is not None
+        raise last
 
-    async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None) -> OpenStream:
+    async def _first(self, names: Sequence[str], make: Callable[[str, bool], Awaitable[T]],
+                     deadline: Deadline) -> tuple[str, T]:
+        """The first deployment of `names` (in order) that answers, or the error that explains why none did."""
+        failures: list[tuple[str, ProviderFailure]] = []
+        for name in names:
+            try:
+                return name, await self._with_retries(name, functools.partial(make, name), deadline)
+            except ProviderFailure as exc:
+                failures.append((name, exc))
+                if _is_request_fault(exc):
+                    break  # the request itself is bad: another deployment would say the same
+            except _CircuitOpen:
+                continue
+            except _DeadlinePassed:
+                break
+        raise self._final_error(names, failures, deadline)
+
+    def _final_error(self, names: Sequence[str], failures: list[tuple[str, ProviderFailure]],
+                     deadline: Deadline) -> GatewayError:
+        told = "; ".join(f"deployment '{n}' failed: {f.reason}" for n, f in failures[-3:])
+        if failures and _is_request_fault(failures[-1][1]):
+            name, last = failures[-1]
+            return InvalidRequest(f"deployment '{name}' rejected the request: {last.reason}",
+                                  code="upstream_rejected")
+        if deadline.expired():
+            return UpstreamTimeout(f"no answer within the request's deadline of {deadline.budget_s:g} s"
+                                   + (f" ({told})" if told else ""))
+        if not failures:  # nothing was called: every circuit is open
+            now = time.monotonic()
+            wait = min(self.health[n].retry_after_s(now) for n in names)
+            listed = ", ".join(f"'{n}'" for n in names)
+            return DeploymentUnavailable(
+                f"deployment {listed} is unavailable: its circuit is open after repeated failures; "
+                f"retry after {wait} s", headers={"retry-after": str(wait)})
+        if all(isinstance(f, _MissingCredential) for _, f in failures):
+            return ProviderMisconfigured(told)
+        if failures[-1][1].timeout:
+            return UpstreamTimeout(told)
+        return UpstreamError(told)
+
+    async def call(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
+                   deadline: Deadline, role: str = "answer") -> tuple[Completion, CallRecord]:
+        name, done = await self._first(
+            names, lambda n, trial: self._attempt(n, body, parent, deadline, trial), deadline)
+        return done, CallRecord(name, done.usage, self.prices[name].cost(done.usage), done.latency_s, role)
+
+    async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
+                        trial: bool) -> OpenStream:
         span = self._span(name, parent, body)
         stats = StreamStats()
         chunks = self.backends[name].stream(self.deployments[name], body, stats)
         try:
-            first = await anext(chunks)
-        except (ProviderFailure, StopAsyncIteration) as exc:
-            self.health[name].record_failure(time.monotonic())
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-            span.end()
-            if isinstance(exc, StopAsyncIteration):
-                raise ProviderFailure(f"{name}: stream ended before any chunk") from None
+            first = await self._bounded(name, anext(chunks), deadline)
+        except StopAsyncIteration:
+            exc = ProviderFailure(f"{name}: stream ended before any chunk", reason="stream ended before any chunk")
+            self._failed(name, exc, span, trial)
+            raise exc from None
+        except BaseException as exc:
+            self._failed(name, exc, span, trial)
             raise
+        if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
+            self.health[name].trial_passed()
         return OpenStream(name, first, chunks, stats, span)
 
-    async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None) -> OpenStream:
-        """Retries and fallbacks apply until the first chunk; after that the stream is committed."""
-        failures: list[ProviderFailure] = []
-        for name in self.order(names):
-            try:
-                return await self._with_retries(name, functools.partial(self._open_one, name, body, parent))
-            except ProviderFailure as exc:
-                failures.append(exc)
-                if exc.status in (400, 422):
-                    break
-        raise _final_error(failures, names)
+    async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
+                          deadline: Deadline) -> OpenStream:
+        """Retries, fallbacks and the deadline apply until the first chunk; after that the stream is
+        committed (each wait for the next chunk is bounded by the deployment's timeout_s)."""
+        _, live = await self._first(
+            names, lambda n, trial: self._open_one(n, body, parent, deadline, trial), deadline)
+        return live
 
     def close_stream(self, s: OpenStream, error: str | None = None) -> CallRecord:
         latency = time.perf_counter() - s.started
         cost = self.prices[s.deployment].cost(s.stats.usage)
         if error:
+            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error)
             self.health[s.deployment].record_failure(time.monotonic())
             s.span.set_status(Status(StatusCode.ERROR, error[:200]))
         else:
@@ -168,4 +266,3 @@ class Upstreams:
                        switchyard__cost_usd=cost, switchyard__ttft_s=s.stats.ttft_s)
         s.span.end()
         return CallRecord(s.deployment, s.stats.usage, cost, latency)
-

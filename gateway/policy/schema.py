@@ -44,6 +44,9 @@ class CascadeSpec(_Strict):
     def _judge_named(self) -> CascadeSpec:
         if self.confidence == "judge" and not self.judge:
             raise ValueError("confidence 'judge' needs a judge deployment")
+        if self.confidence == "agreement" and self.samples < 2:
+            raise ValueError(f"samples must be at least 2 for confidence 'agreement' (agreement "
+                             f"compares samples), got samples: {self.samples}")
         return self
 
 
@@ -95,4 +98,7 @@ class PolicySpec(_Strict):
     constraints: Constraints = Constraints()
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     cache: CacheSettings = CacheSettings()
+    # One deadline per request over every retry, fallback, cascade step and sample; clients may
+    # tighten it with x-switchyard-timeout-ms.
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
     examples: list[Example] = Field(default_factory=list)

@@ -8,6 +8,11 @@ live above them in the executor, so every backend behaves the same there.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
+import math
+import os
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -76,14 +81,62 @@ class StreamStats:
 
 
 class ProviderFailure(Exception):
-    """An upstream call failed. `retryable` says whether another attempt may succeed."""
+    """An upstream call failed. `retryable` says whether another attempt may succeed.
+
+    `str(failure)` is the full detail, for logs and spans only; `reason` is the short account a
+    client may see ("upstream answered 503", "timed out after 30 s", "connection failed"): no
+    host, port, library internals or credentials. `retry_after_s` is the upstream's Retry-After.
+    """
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
-                 timeout: bool = False) -> None:
+                 timeout: bool = False, reason: str | None = None, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.timeout = timeout
+        self.retry_after_s = retry_after_s
+        self.reason = reason or ("timed out" if timeout else
+                                 f"upstream answered {status}" if status else "connection failed")
+
+    @property
+    def counts_against_deployment(self) -> bool:
+        """Does this failure say something about the deployment (and so count toward its circuit)?
+
+        Timeouts, connection errors, 408, 429 and 5xx do; a 4xx the request caused (400, 404, 413,
+        422, a context-length error) does not: one client must not open a circuit for everyone.
+        """
+        if self.status is None:
+            return self.retryable  # a connection error or timeout; not a configuration error
+        return self.status in (408, 429) or self.status >= 500
+
+
+MAX_RETRY_AFTER_S = 60.0
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """An HTTP Retry-After (delta-seconds or an HTTP date) in seconds, capped at `MAX_RETRY_AFTER_S`."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def missing_credential(deployment: DeploymentConfig) -> str | None:
+    """The env var a deployment names for its key when that variable is unset or empty, else None."""
+    name = deployment.api_key_env
+    return name if name and not os.environ.get(name) else None
 
 
 class Backend(Protocol):

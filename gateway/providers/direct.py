@@ -22,6 +22,7 @@ from gateway.providers.base import (
     StreamStats,
     Usage,
     is_retryable_status,
+    parse_retry_after,
     upstream_model_name,
 )
 
@@ -44,7 +45,8 @@ class DirectBackend:
     @staticmethod
     def _request_parts(deployment: DeploymentConfig, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
         if not deployment.api_base:
-            raise ProviderFailure(f"deployment {deployment.name!r} has no api_base", retryable=False)
+            raise ProviderFailure(f"deployment {deployment.name!r} has no api_base", retryable=False,
+                                  reason="has no api_base configured")
         url = deployment.api_base.rstrip("/") + "/chat/completions"
         headers = {"content-type": "application/json"}
         key = os.environ.get(deployment.api_key_env) if deployment.api_key_env else None
@@ -61,16 +63,17 @@ class DirectBackend:
             async with self._client().post(url, data=payload, headers=headers, timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
-                    raise _failure(deployment, resp.status, raw)
+                    raise _failure(deployment, resp, raw)
         except TimeoutError as exc:
             raise ProviderFailure(f"{deployment.name}: no answer within {deployment.timeout_s:g} s",
-                                  timeout=True) from exc
+                                  timeout=True, reason=f"timed out after {deployment.timeout_s:g} s") from exc
         except aiohttp.ClientError as exc:
             raise ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}") from exc
         try:
             parsed = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
-            raise ProviderFailure(f"{deployment.name}: upstream sent invalid JSON") from exc
+            raise ProviderFailure(f"{deployment.name}: upstream sent invalid JSON",
+                                  reason="upstream sent invalid JSON") from exc
         return Completion(parsed, Usage.from_dict(parsed.get("usage")), time.perf_counter() - started)
 
     async def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
@@ -83,7 +86,7 @@ class DirectBackend:
         try:
             async with self._client().post(url, data=payload, headers=headers, timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise _failure(deployment, resp.status, await resp.read())
+                    raise _failure(deployment, resp, await resp.read())
                 async for line in resp.content:
                     if not line.startswith(b"data:"):
                         continue
@@ -98,22 +101,28 @@ class DirectBackend:
                     yield chunk
         except TimeoutError as exc:
             raise ProviderFailure(f"{deployment.name}: stream stalled for {deployment.timeout_s:g} s",
-                                  timeout=True) from exc
+                                  timeout=True, reason=f"stream stalled for {deployment.timeout_s:g} s") from exc
         except aiohttp.ClientError as exc:
             raise ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}") from exc
         except orjson.JSONDecodeError as exc:
-            raise ProviderFailure(f"{deployment.name}: upstream sent an invalid stream chunk") from exc
+            raise ProviderFailure(f"{deployment.name}: upstream sent an invalid stream chunk",
+                                  reason="upstream sent an invalid stream chunk") from exc
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
 
 
-def _failure(deployment: DeploymentConfig, status: int, raw: bytes) -> ProviderFailure:
-    message = raw[:300].decode(errors="replace")
+def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: bytes) -> ProviderFailure:
+    status = resp.status
+    stated: str | None = None  # the provider's own error message, from its OpenAI error envelope
     try:
-        message = orjson.loads(raw)["error"]["message"]
+        stated = str(orjson.loads(raw)["error"]["message"])[:300]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         pass
-    return ProviderFailure(f"{deployment.name}: upstream answered {status}: {message}",
-                           status=status, retryable=is_retryable_status(status))
+    # The client sees what the provider said about its request (400/422), nothing about the upstream.
+    reason = f"upstream answered {status}" + (f": {stated}" if stated and status in (400, 422) else "")
+    return ProviderFailure(f"{deployment.name}: upstream answered {status}: "
+                           f"{stated or raw[:300].decode(errors='replace')}",
+                           status=status, retryable=is_retryable_status(status), reason=reason,
+                           retry_after_s=parse_retry_after(resp.headers.get("retry-after")))

@@ -1,12 +1,22 @@
 """Live view of each deployment: latency and error statistics, and a circuit breaker.
 
 The policy reads a `LiveView` snapshot (a pure input to `decide`); the executor reports outcomes.
+
+The circuit: `failure_threshold` consecutive failures that say something about the deployment
+(see `ProviderFailure.counts_against_deployment`) open it for `cooldown_s`. After the cooldown it
+half-opens: `admit` lets exactly ONE trial call through while every other caller still skips it.
+A successful trial closes the circuit; a failed one re-opens it for another cooldown; a trial that
+ends without a verdict (the request's own fault, a cancelled call) lets the next caller try.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from typing import Literal
+
+Admission = Literal["closed", "trial"]
 
 
 @dataclass(slots=True)
@@ -15,31 +25,63 @@ class DeploymentHealth:
     cooldown_s: float = 15.0
     consecutive_failures: int = 0
     opened_at: float | None = None
+    trial_in_flight: bool = False
     latency_ewma_s: float | None = None
     ttft_ewma_s: float | None = None
     calls: int = 0
     failures: int = 0
 
     def is_open(self, now: float) -> bool:
-        """Open = skip this deployment. After the cooldown one trial call is let through (half-open)."""
+        """Open = skip this deployment: cooling down, or half-open with its one trial already out."""
         if self.opened_at is None:
             return False
-        return now - self.opened_at < self.cooldown_s
+        return self.trial_in_flight or now - self.opened_at < self.cooldown_s
+
+    def admit(self, now: float) -> Admission | None:
+        """May a call go now? "closed": yes; "trial": yes, as the half-open circuit's one trial; None: no."""
+        if self.opened_at is None:
+            return "closed"
+        if self.trial_in_flight or now - self.opened_at < self.cooldown_s:
+            return None
+        self.trial_in_flight = True
+        return "trial"
+
+    def retry_after_s(self, now: float) -> int:
+        """Whole seconds until a call may be admitted again (at least 1 while the circuit is open)."""
+        if self.opened_at is None:
+            return 0
+        return max(1, math.ceil(self.cooldown_s - (now - self.opened_at)))
 
     def record_success(self, latency_s: float, ttft_s: float | None = None) -> None:
         self.calls += 1
         self.consecutive_failures = 0
         self.opened_at = None
+        self.trial_in_flight = False
         self.latency_ewma_s = _ewma(self.latency_ewma_s, latency_s)
         if ttft_s is not None:
             self.ttft_ewma_s = _ewma(self.ttft_ewma_s, ttft_s)
 
-    def record_failure(self, now: float) -> None:
+    def record_failure(self, now: float, *, trial: bool = False) -> None:
+        """A failure that says something about the deployment. A failed trial re-opens at once."""
         self.calls += 1
         self.failures += 1
         self.consecutive_failures += 1
-        if self.consecutive_failures >= self.failure_threshold:
+        if trial:
+            self.trial_in_flight = False
+        if trial or self.consecutive_failures >= self.failure_threshold:
             self.opened_at = now
+
+    def trial_passed(self) -> None:
+        """A trial that has shown the deployment answers (a stream's first chunk) closes the circuit."""
+        self.consecutive_failures = 0
+        self.opened_at = None
+        self.trial_in_flight = False
+
+    def record_neutral(self, *, trial: bool = False) -> None:
+        """A call that says nothing about the deployment (the request's fault, cancelled, deadline)."""
+        self.calls += 1
+        if trial:
+            self.trial_in_flight = False
 
 
 def _ewma(previous: float | None, value: float, alpha: float = 0.2) -> float:

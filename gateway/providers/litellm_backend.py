@@ -12,7 +12,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from gateway.config import DeploymentConfig
-from gateway.providers.base import Completion, ProviderFailure, StreamStats, Usage, is_retryable_status
+from gateway.providers.base import (
+    Completion,
+    ProviderFailure,
+    StreamStats,
+    Usage,
+    is_retryable_status,
+    parse_retry_after,
+)
 
 
 def import_litellm() -> Any:
@@ -81,10 +88,25 @@ class LiteLLMBackend:
 
 def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> ProviderFailure:
     status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
     if isinstance(exc, lib.exceptions.Timeout):
-        return ProviderFailure(f"{deployment.name}: timed out: {exc}", status=status, timeout=True)
+        return ProviderFailure(f"{deployment.name}: timed out: {exc}", status=status, timeout=True,
+                               reason=f"timed out after {deployment.timeout_s:g} s")
     if isinstance(exc, lib.exceptions.APIConnectionError) and status is None:
         return ProviderFailure(f"{deployment.name}: connection failed: {exc}")
-    retryable = is_retryable_status(status) if isinstance(status, int) else True
+    retryable = is_retryable_status(status) if status is not None else True
     return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
-                           retryable=retryable)
+                           retryable=retryable, retry_after_s=_retry_after(exc))
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """Best effort: litellm's exceptions carry the provider's response (and its headers) only sometimes."""
+    for headers in (getattr(getattr(exc, "response", None), "headers", None),
+                    getattr(exc, "litellm_response_headers", None)):
+        try:
+            value = headers.get("retry-after") if headers is not None else None
+        except (AttributeError, TypeError):
+            continue
+        if value:
+            return parse_retry_after(str(value))
+    return None

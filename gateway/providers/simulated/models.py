@@ -24,7 +24,9 @@ class SimModel:
     ``ttft_ms`` delays the first token (and a non-streaming answer);
     ``tokens_per_s`` paces generation (0 means no pacing at all).
     ``error_rate`` is the chance a request fails with ``error_status``;
-    ``fail_first`` makes the first K requests fail deterministically.
+    ``fail_first`` makes the first K requests fail deterministically;
+    ``retry_after_s`` is the Retry-After header sent with a simulated 429 or 503;
+    ``context_window`` (tokens) rejects longer prompts with 400 ``context_length_exceeded``.
     Prices are not the simulator's business: the gateway config prices its deployments.
     """
 
@@ -36,6 +38,8 @@ class SimModel:
     error_rate: float = 0.0
     error_status: int = 500
     fail_first: int = 0
+    retry_after_s: float | None = None
+    context_window: int | None = None
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as the YAML path.
@@ -57,6 +61,8 @@ class _ModelSpec(BaseModel):
     error_rate: float = Field(default=0.0, ge=0, le=1)
     error_status: int = Field(default=500, ge=400, le=599)
     fail_first: int = Field(default=0, ge=0)
+    retry_after_s: float | None = Field(default=None, ge=0)
+    context_window: int | None = Field(default=None, ge=1)
 
 
 class _FileSpec(BaseModel):

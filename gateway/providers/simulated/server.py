@@ -58,6 +58,11 @@ class Simulator:
             return error_response(404, message, param="model", code="model_not_found")
         counters = self._counters[model.name]
         counters.requests += 1
+        if model.context_window is not None and call.prompt_tokens > model.context_window:
+            counters.errors += 1
+            message = (f"This model's maximum context length is {model.context_window} tokens; "
+                       f"the messages have {call.prompt_tokens}.")
+            return error_response(400, message, param="messages", code="context_length_exceeded")
         if self._fails(model, counters.requests):
             counters.errors += 1
             return _simulated_failure(model)
@@ -111,10 +116,12 @@ def _seeded(call: ChatCall, model: SimModel) -> random.Random:
 
 def _simulated_failure(model: SimModel) -> web.Response:
     status = model.error_status
+    wait = {"retry-after": f"{model.retry_after_s:g}"} if model.retry_after_s is not None else None
     if status == 429:
         message = f"Simulated rate limit reached for model '{model.name}'."
-        return error_response(429, message, code="rate_limit_exceeded", headers={"retry-after": "0"})
-    return error_response(status, f"Simulated upstream failure of model '{model.name}'.")
+        return error_response(429, message, code="rate_limit_exceeded", headers=wait or {"retry-after": "0"})
+    return error_response(status, f"Simulated upstream failure of model '{model.name}'.",
+                          headers=wait if status == 503 else None)
 
 
 async def _sleep_like_generation(model: SimModel, tokens: int) -> None:

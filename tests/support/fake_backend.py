@@ -1,0 +1,89 @@
+"""A fake backend at the provider seam, in the style of httpx's MockTransport.
+
+A handler maps (deployment, body) to what the upstream does: a response dict (an OpenAI
+chat.completion), a `ProviderFailure` to raise, or a `Delay` before either. Every call is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.config import DeploymentConfig
+from gateway.executor import Upstreams
+from gateway.providers.base import Completion, ProviderFailure, StreamStats, Usage
+from gateway.providers.health import HealthBoard
+from gateway.providers.pricing import price_for
+from gateway.telemetry import Telemetry
+
+Reply = dict[str, Any] | ProviderFailure
+
+
+@dataclass(frozen=True)
+class Delay:
+    seconds: float
+    then: Reply | None = None  # None: a plain answer
+
+
+Handler = Callable[[DeploymentConfig, dict[str, Any]], "Reply | Delay"]
+
+
+def answer(*texts: str, model: str = "fake") -> dict[str, Any]:
+    """A chat.completion with one choice per text (default: one 'ok')."""
+    texts = texts or ("ok",)
+    return {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                        for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5 * len(texts)}}
+
+
+@dataclass
+class FakeBackend:
+    handler: Handler
+    name: str = "fake"
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+
+    def called(self, deployment: str) -> int:
+        return sum(1 for name, _ in self.calls if name == deployment)
+
+    async def _reply(self, deployment: DeploymentConfig, body: dict[str, Any]) -> dict[str, Any]:
+        self.calls.append((deployment.name, body))
+        out = self.handler(deployment, body)
+        if isinstance(out, Delay):
+            await asyncio.sleep(out.seconds)
+            out = out.then if out.then is not None else answer(model=deployment.name)
+        if isinstance(out, ProviderFailure):
+            raise out
+        return out
+
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion:
+        out = await self._reply(deployment, body)
+        return Completion(out, Usage.from_dict(out.get("usage")), 0.001)
+
+    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
+                     stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
+        out = await self._reply(deployment, body)
+        stats.usage = Usage.from_dict(out.get("usage"))
+        yield {"object": "chat.completion.chunk", "choices": [
+            {"index": 0, "delta": {"content": out["choices"][0]["message"]["content"]}}]}
+
+    async def close(self) -> None:
+        return None
+
+
+def deployment(name: str, **overrides: Any) -> DeploymentConfig:
+    fields: dict[str, Any] = {"name": name, "model": f"openai/{name}", "api_base": "http://upstream.invalid/v1",
+                              "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, **overrides}
+    return DeploymentConfig(**fields)
+
+
+def fake_upstreams(handler: Handler, *deployments: DeploymentConfig, failure_threshold: int = 5,
+                   cooldown_s: float = 15.0) -> tuple[Upstreams, FakeBackend]:
+    backend = FakeBackend(handler)
+    by_name = {d.name: d for d in deployments}
+    health = HealthBoard(list(by_name), failure_threshold=failure_threshold, cooldown_s=cooldown_s)
+    up = Upstreams(by_name, {n: backend for n in by_name}, {d.name: price_for(d, None) for d in deployments},
+                   health, Telemetry())
+    return up, backend

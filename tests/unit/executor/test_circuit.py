@@ -1,0 +1,145 @@
+"""Circuits: which failures count, the single half-open trial, and an open circuit that is never called."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+
+from gateway.errors import DeploymentUnavailable, GatewayError, InvalidRequest, UpstreamError
+from gateway.executor import Deadline
+from gateway.providers.base import ProviderFailure, is_retryable_status
+from gateway.providers.health import DeploymentHealth
+from tests.support.fake_backend import Delay, answer, deployment, fake_upstreams
+
+BODY = {"messages": [{"role": "user", "content": "hi"}]}
+
+
+def _call(up: Any, *names: str) -> Any:
+    return up.call(names, BODY, None, deadline=Deadline.after(10))
+
+
+def _failing(status: int | None, *, timeout: bool = False) -> ProviderFailure:
+    retryable = True if status is None else is_retryable_status(status)
+    return ProviderFailure(f"upstream said {status}", status=status, timeout=timeout, retryable=retryable)
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+def test_upstream_4xx_caused_by_the_request_does_not_count_toward_the_circuit(status: int) -> None:
+    up, backend = fake_upstreams(lambda d, b: _failing(status), deployment("small"), failure_threshold=2)
+
+    async def scenario() -> None:
+        for _ in range(6):
+            with pytest.raises(GatewayError):
+                await _call(up, "small")
+
+    asyncio.run(scenario())
+    assert backend.called("small") == 6  # never retried
+    assert not up.health["small"].is_open(time.monotonic())
+    assert up.health["small"].consecutive_failures == 0
+
+
+def test_a_request_the_upstream_rejects_does_not_fall_back() -> None:
+    up, backend = fake_upstreams(lambda d, b: _failing(400) if d.name == "small" else answer(),
+                                 deployment("small"), deployment("large"))
+    with pytest.raises(InvalidRequest):
+        asyncio.run(_call(up, "small", "large"))
+    assert backend.called("large") == 0
+
+
+@pytest.mark.parametrize("failure", [_failing(500), _failing(503), _failing(429), _failing(408),
+                                     _failing(None, timeout=True), _failing(None)],
+                         ids=["500", "503", "429", "408", "timeout", "connection"])
+def test_failures_that_say_something_about_the_deployment_open_its_circuit(failure: ProviderFailure) -> None:
+    up, backend = fake_upstreams(lambda d, b: failure, deployment("small", max_retries=0), failure_threshold=3)
+
+    async def scenario() -> None:
+        for _ in range(3):
+            with pytest.raises(GatewayError):
+                await _call(up, "small")
+        with pytest.raises(DeploymentUnavailable):
+            await _call(up, "small")
+
+    asyncio.run(scenario())
+    assert backend.called("small") == 3  # the open circuit was not called
+
+
+def _half_open(up: Any, name: str) -> None:
+    health: DeploymentHealth = up.health[name]
+    health.consecutive_failures = health.failure_threshold
+    health.opened_at = time.monotonic() - health.cooldown_s - 0.01
+
+
+def test_half_open_circuit_admits_exactly_one_trial() -> None:
+    up, backend = fake_upstreams(lambda d, b: Delay(0.05), deployment("small"))
+    _half_open(up, "small")
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(_call(up, "small") for _ in range(5)), return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert backend.called("small") == 1
+    assert sum(1 for o in outcomes if isinstance(o, tuple)) == 1
+    assert sum(1 for o in outcomes if isinstance(o, DeploymentUnavailable)) == 4
+    assert not up.health["small"].is_open(time.monotonic())  # the trial succeeded: closed for everyone
+
+
+def test_half_open_health_admits_one_trial_until_it_reports() -> None:
+    health = DeploymentHealth(failure_threshold=1, cooldown_s=10)
+    health.record_failure(now=100.0)
+    assert health.admit(105.0) is None  # cooling down
+    assert health.admit(111.0) == "trial"
+    assert health.admit(111.5) is None and health.is_open(111.5)  # the trial is out: others still skip
+    health.record_neutral(trial=True)  # no verdict (the request's own fault): the next caller tries
+    assert health.admit(112.0) == "trial"
+    health.record_success(0.1)
+    assert health.admit(112.5) == "closed"
+
+
+def test_failed_trial_reopens_the_circuit_for_another_cooldown() -> None:
+    up, backend = fake_upstreams(lambda d, b: _failing(503), deployment("small", max_retries=2))
+    _half_open(up, "small")
+    with pytest.raises(UpstreamError):
+        asyncio.run(_call(up, "small"))
+    assert backend.called("small") == 1  # the re-opened circuit refuses the retries too
+    health = up.health["small"]
+    assert health.is_open(time.monotonic()) and not health.trial_in_flight
+    assert health.retry_after_s(time.monotonic()) == 15
+
+
+def test_a_cancelled_trial_lets_the_next_caller_try() -> None:
+    up, _backend = fake_upstreams(lambda d, b: Delay(5), deployment("small"))
+    _half_open(up, "small")
+
+    async def scenario() -> None:
+        trial = asyncio.create_task(_call(up, "small"))
+        await asyncio.sleep(0.02)
+        trial.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await trial
+
+    asyncio.run(scenario())
+    assert up.health["small"].admit(time.monotonic()) == "trial"
+
+
+def test_every_circuit_open_fails_fast_with_retry_after() -> None:
+    up, backend = fake_upstreams(lambda d, b: answer(), deployment("small"), deployment("large"))
+    now = time.monotonic()
+    for name in ("small", "large"):
+        up.health[name].consecutive_failures = 5
+        up.health[name].opened_at = now - 5
+    with pytest.raises(DeploymentUnavailable) as err:
+        asyncio.run(_call(up, "small"))
+    assert err.value.status == 503 and err.value.code == "deployment_unavailable"
+    assert err.value.headers["retry-after"] == "10"
+    assert backend.calls == []
+
+
+def test_fallback_skips_an_open_circuit() -> None:
+    up, backend = fake_upstreams(lambda d, b: answer(), deployment("small"), deployment("large"))
+    up.health["small"].consecutive_failures = 5
+    up.health["small"].opened_at = time.monotonic()
+    _, record = asyncio.run(_call(up, "small", "large"))
+    assert record.deployment == "large" and backend.called("small") == 0

@@ -1,0 +1,41 @@
+"""Best-of-n reports the deployment whose sample was chosen."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from gateway.executor import Deadline, run
+from gateway.plans import BestOfN
+from tests.support.fake_backend import answer, deployment, fake_upstreams
+
+BODY = {"messages": [{"role": "user", "content": "What is 6 * 7?"}]}
+
+
+def _upstreams_with_judge(pick: str) -> Any:
+    def handler(d: Any, body: dict[str, Any]) -> dict[str, Any]:
+        if d.name == "judge":
+            return answer(pick, model="judge")
+        if d.name == "other":
+            return answer("The answer is 41.", model="other")
+        return answer(*["The answer is 42.", "The answer is 40.", "The answer is 43."][: body.get("n") or 1],
+                      model=d.name)
+    return fake_upstreams(handler, deployment("small"), deployment("other"), deployment("judge"))
+
+
+def test_best_of_with_a_judge_over_one_deployment_reports_the_sampler_not_the_judge() -> None:
+    up, backend = _upstreams_with_judge("2")
+    plan = BestOfN(samplers=("small",) * 3, selector="judge", judge="judge")
+    result = asyncio.run(run(up, plan, BODY, None, Deadline.after(10)))
+    assert backend.called("small") == 1  # one call with n=3
+    assert result.deployment == "small"
+    assert result.body["choices"][0]["message"]["content"] == "The answer is 40."
+    assert [c.role for c in result.calls] == ["sample", "judge"]
+
+
+def test_best_of_with_a_judge_over_several_deployments_reports_the_chosen_sampler() -> None:
+    up, _ = _upstreams_with_judge("2")
+    plan = BestOfN(samplers=("small", "other"), selector="judge", judge="judge")
+    result = asyncio.run(run(up, plan, BODY, None, Deadline.after(10)))
+    assert result.deployment == "other"
+    assert result.body["model"] == "other"
