@@ -132,16 +132,6 @@ def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
     return config.model_copy(update=updates) if updates else config
 
 
-def default_policies_dir(config: GatewayConfig) -> Path:
-    """The policy folder: configured, else ./routing_policies, else the one beside the package."""
-    if config.policies_dir:
-        return Path(config.policies_dir)
-    here = Path.cwd() / "routing_policies"
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parent.parent / "routing_policies"
-
-
 def embedded_config(simulator_url: str) -> GatewayConfig:
     """The embedded default: the built-in simulated small and large models, in-memory cache."""
     raw = {

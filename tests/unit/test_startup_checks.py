@@ -1,0 +1,108 @@
+"""Start-up checks: which policies load (shipped vs the user's own) and reloads of deleted files."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from gateway.api.app import build_services
+from gateway.config import embedded_config, parse_config
+from gateway.errors import ConfigError
+from gateway.policy import PolicySet
+from gateway.policy.sources import shipped_policies_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "routing_policies"
+DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
+SMALL_ONLY = [d for d in DEPLOYMENTS if d.tier == "small"]
+
+
+def _config(**extra: object):  # type: ignore[no-untyped-def]
+    raw = {"deployments": [{"name": "small", "model": "openai/sim-small", "api_base": "http://127.0.0.1:9/v1",
+                            "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}}], **extra}
+    return parse_config(raw, "gw.yaml")
+
+
+def _user_folder(tmp_path: Path, **files: str) -> Path:
+    folder = tmp_path / "routing_policies"
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+def test_the_shipped_policies_are_found_from_a_source_checkout() -> None:
+    assert shipped_policies_dir() == SHIPPED
+
+
+def test_shipped_policies_naming_a_missing_tier_are_skipped_with_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n")
+    with caplog.at_level(logging.WARNING, logger="switchyard.policy"):
+        services = build_services(_config(default_policy="mine"), policies_dir=folder)
+    assert set(services.policies.policies) == {"mine"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert all(name in warnings[0] for name in ("balanced", "cost-saver", "quality-first", "latency-sla"))
+
+
+def test_a_users_own_policy_naming_a_missing_tier_is_fatal(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: large\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: candidates\[0\].single 'large' is not a deployment or tier"):
+        PolicySet(folder, SMALL_ONLY, shipped=SHIPPED)
+
+
+def test_a_copy_of_a_shipped_policy_counts_as_shipped(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n")
+    shutil.copy(SHIPPED / "balanced.yaml", folder / "balanced.yaml")
+    assert set(PolicySet(folder, SMALL_ONLY, shipped=SHIPPED).skipped) >= {"balanced"}
+
+
+def test_a_default_policy_that_is_shipped_but_does_not_fit_says_why(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"default_policy: 'balanced' is shipped but does not fit this config"):
+        build_services(_config(), policies_dir=_user_folder(tmp_path, mine="candidates:\n  - single: small\n"))
+
+
+def test_a_users_file_overrides_the_shipped_policy_of_the_same_name(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, balanced="candidates:\n  - single: large\n")
+    policies = PolicySet(folder, DEPLOYMENTS, shipped=SHIPPED)
+    assert [p.label for p in policies.policies["balanced"].plans] == ["single:large"]
+    assert "cost-saver" in policies.policies  # the other shipped ones are still there
+
+
+def test_the_shipped_policies_load_without_a_user_folder() -> None:
+    policies = PolicySet(None, DEPLOYMENTS, shipped=SHIPPED)
+    assert {"balanced", "cost-saver", "quality-first", "latency-sla"} <= set(policies.policies)
+
+
+def test_a_deleted_policy_file_is_unloaded_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n", other="candidates:\n  - single: small\n")
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="mine")
+    (folder / "other.yaml").unlink()
+    with caplog.at_level(logging.INFO, logger="switchyard.policy"):
+        assert policies.reload_changed() == ["other"]
+    assert set(policies.policies) == {"mine"}
+    assert any("other unloaded" in r.getMessage() for r in caplog.records)
+
+
+def test_deleting_the_default_policys_file_keeps_its_last_good_version_and_logs_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n", other="candidates:\n  - single: small\n")
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="mine")
+    (folder / "mine.yaml").unlink()
+    with caplog.at_level(logging.INFO, logger="switchyard.policy"):
+        assert policies.reload_changed() == []
+    assert "mine" in policies.policies
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] and "default policy" in caplog.records[0].message
+
+
+def test_deleting_an_override_brings_the_shipped_policy_back(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, balanced="candidates:\n  - single: large\n")
+    policies = PolicySet(folder, DEPLOYMENTS, shipped=SHIPPED, default_policy="balanced")
+    (folder / "balanced.yaml").unlink()
+    assert policies.reload_changed() == ["balanced"]
+    assert policies.policies["balanced"].source == "balanced.yaml"
+    assert [p.label for p in policies.policies["balanced"].plans] == ["single:small", "single:large"]
