@@ -1,19 +1,24 @@
 """The gateway as a user gets it: a wheel installed into a fresh environment, the CLI run against
-configs the shipped policies do not fit."""
+configs the shipped policies do not fit, and what a real server logs."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.support.processes import ROOT
+from gateway.api.app import create_app
+from gateway.config import embedded_config
+from tests.support.processes import ROOT, GatewayServer, Simulator, free_port, terminate, wait_until
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -102,3 +107,83 @@ def test_route_with_a_config_without_a_large_tier_skips_the_shipped_policies_it_
                          capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "policy mine → single:small" in out.stdout
+
+
+class _Exploding:
+    """A router with a bug: every request fails inside the gateway."""
+
+    def assess(self, text: str) -> object:
+        raise RuntimeError("router bug")
+
+    def p_good(self, *args: object, **kwargs: object) -> float:
+        return 0.5
+
+
+class _Tracebacks(logging.Handler):
+    """Every record with a traceback, whichever logger (ours or the server's) writes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            self.records.append(record)
+
+
+def test_a_500_traceback_is_logged_once() -> None:
+    app = create_app(embedded_config("http://127.0.0.1:9/v1"), router=_Exploding(),  # type: ignore[arg-type]
+                     watch_policies_s=None)
+    server = GatewayServer(app)  # configures uvicorn's logging: attach only after it
+    tracebacks = _Tracebacks()
+    loggers = [logging.getLogger(), logging.getLogger("uvicorn.error")]  # "uvicorn" does not propagate to root
+    for lg in loggers:
+        lg.addHandler(tracebacks)
+    try:
+        server.start()
+        resp = httpx.post(server.base_url + "/v1/chat/completions", headers={"x-request-id": "req-boom"},
+                          json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]}, timeout=10)
+        time.sleep(0.2)  # the server logs after the response is out
+    finally:
+        server.stop()
+        for lg in loggers:
+            lg.removeHandler(tracebacks)
+    assert resp.status_code == 500 and resp.json()["error"]["type"] == "server_error"
+    assert resp.headers["x-request-id"] == "req-boom"
+    assert "router bug" not in resp.text
+    assert len(tracebacks.records) == 1
+    assert "POST /v1/chat/completions" in tracebacks.records[0].getMessage()
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_litellm_does_not_log_prompts_at_debug_level(simulator: Simulator, tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "mine.yaml").write_text("candidates:\n  - single: small\n")
+    (tmp_path / "gw.yaml").write_text(
+        f"deployments:\n  - {{name: small, model: openai/sim-small, api_base: '{simulator.url}', backend: litellm,"
+        " price: {input_per_mtok: 0.1, output_per_mtok: 0.1}}\n"
+        f"default_policy: mine\npolicies_dir: {tmp_path / 'policies'}\n")
+    port = free_port()
+    env = {k: v for k, v in ENV.items() if k != "SWITCHYARD_LOG_PROMPTS"}
+    log = (tmp_path / "gateway.log").open("w+")
+    proc = subprocess.Popen([*CLI, "serve", "--config", str(tmp_path / "gw.yaml"), "--port", str(port),
+                             "--log-level", "debug"], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    try:
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), timeout_s=60, what="gateway")
+        resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                          json={"model": "small", "messages": [{"role": "user", "content": "PROMPT-MARKER-7f3"}]})
+        assert resp.status_code == 200
+        answer = resp.json()["choices"][0]["message"]["content"]
+    finally:
+        terminate(proc)
+    log.seek(0)
+    text = log.read()
+    log.close()
+    assert "DEBUG" in text  # the gateway did log at debug level
+    assert "PROMPT-MARKER-7f3" not in text and answer not in text

@@ -1,18 +1,22 @@
-"""Start-up checks: which policies load (shipped vs the user's own) and reloads of deleted files."""
+"""Start-up checks: which policies load (shipped vs the user's own), reloads of deleted files,
+and litellm's loggers kept away from prompts."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from gateway.api.app import build_services
+from gateway.cli import _setup_logging
 from gateway.config import embedded_config, parse_config
 from gateway.errors import ConfigError
 from gateway.policy import PolicySet
 from gateway.policy.sources import shipped_policies_dir
+from gateway.providers.litellm_backend import LITELLM_LOGGERS
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "routing_policies"
@@ -106,3 +110,30 @@ def test_deleting_an_override_brings_the_shipped_policy_back(tmp_path: Path) -> 
     assert policies.reload_changed() == ["balanced"]
     assert policies.policies["balanced"].source == "balanced.yaml"
     assert [p.label for p in policies.policies["balanced"].plans] == ["single:small", "single:large"]
+
+
+@pytest.fixture
+def litellm_loggers() -> Iterator[list[logging.Logger]]:
+    loggers = [logging.getLogger(name) for name in LITELLM_LOGGERS]
+    before = [lg.level for lg in loggers]
+    root_level = logging.getLogger().level
+    for lg in loggers:
+        lg.setLevel(logging.NOTSET)
+    yield loggers
+    for lg, level in zip(loggers, before, strict=True):
+        lg.setLevel(level)
+    logging.getLogger().setLevel(root_level)
+
+
+def test_litellm_loggers_stay_at_warning_at_debug_level(
+        litellm_loggers: list[logging.Logger], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHYARD_LOG_PROMPTS", raising=False)
+    _setup_logging("debug")
+    assert not any(lg.isEnabledFor(logging.INFO) for lg in litellm_loggers)
+
+
+def test_litellm_loggers_follow_the_log_level_when_prompts_may_be_logged(
+        litellm_loggers: list[logging.Logger], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_LOG_PROMPTS", "1")
+    _setup_logging("debug")
+    assert all(lg.level == logging.NOTSET for lg in litellm_loggers)
