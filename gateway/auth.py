@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 from gateway.config import TenantConfig
-from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, RateLimited
+from gateway.errors import AuthenticationFailed, BudgetExceeded, ConfigError, PermissionDenied, RateLimited
 from gateway.state import Store, StoreUnavailable
 
 log = logging.getLogger("switchyard.auth")
@@ -53,6 +53,8 @@ class Authenticator:
             if not t.api_key_sha256 and not os.environ.get(t.api_key_env or ""):
                 log.warning("tenant %s: env var %s is empty; the tenant cannot log in", t.name, t.api_key_env)
                 continue
+            if digest in self._by_hash:  # the config validates sha256 keys; env keys are only known now
+                raise ConfigError(f"tenants '{self._by_hash[digest].name}' and '{t.name}' have the same API key")
             self._by_hash[digest] = Tenant(t.name, frozenset(t.policies) if t.policies is not None else None,
                                            t.default_policy, t.budget_usd, t.requests_per_minute)
         self.open = not tenants

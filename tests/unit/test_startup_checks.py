@@ -1,5 +1,5 @@
 """Start-up checks: which policies load (shipped vs the user's own), reloads of deleted files,
-and litellm's loggers kept away from prompts."""
+tenant keys and names, and litellm's loggers kept away from prompts."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 from gateway.api.app import build_services
+from gateway.auth import Authenticator, hash_key
 from gateway.cli import _setup_logging
 from gateway.config import embedded_config, parse_config
 from gateway.errors import ConfigError
 from gateway.policy import PolicySet
 from gateway.policy.sources import shipped_policies_dir
 from gateway.providers.litellm_backend import LITELLM_LOGGERS
+from gateway.state import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "routing_policies"
@@ -110,6 +112,35 @@ def test_deleting_an_override_brings_the_shipped_policy_back(tmp_path: Path) -> 
     assert policies.reload_changed() == ["balanced"]
     assert policies.policies["balanced"].source == "balanced.yaml"
     assert [p.label for p in policies.policies["balanced"].plans] == ["single:small", "single:large"]
+
+
+def test_two_tenants_with_the_same_key_hash_are_a_config_error() -> None:
+    digest = hash_key("sk-shared")
+    with pytest.raises(ConfigError, match=r"tenants 'team-a' and 'team-b' have the same api_key_sha256"):
+        _config(tenants=[{"name": "team-a", "api_key_sha256": digest}, {"name": "team-b", "api_key_sha256": digest}])
+
+
+def test_two_tenants_with_the_same_env_key_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SY_TEST_KEY_ONE", "sk-shared")
+    monkeypatch.setenv("SY_TEST_KEY_TWO", "sk-shared")
+    config = _config(tenants=[{"name": "team-a", "api_key_env": "SY_TEST_KEY_ONE"},
+                              {"name": "team-b", "api_key_env": "SY_TEST_KEY_TWO"}])
+    with pytest.raises(ConfigError, match=r"tenants 'team-a' and 'team-b' have the same API key"):
+        Authenticator(config.tenants, MemoryStore())
+
+
+def test_an_env_key_equal_to_another_tenants_hash_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SY_TEST_KEY_ONE", "sk-shared")
+    config = _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-shared")},
+                              {"name": "team-b", "api_key_env": "SY_TEST_KEY_ONE"}])
+    with pytest.raises(ConfigError, match=r"tenants 'team-a' and 'team-b' have the same API key"):
+        Authenticator(config.tenants, MemoryStore())
+
+
+def test_tenant_names_must_be_unique() -> None:
+    with pytest.raises(ConfigError, match=r"gw.yaml: tenants: .*tenant names must be unique, repeated: team-a"):
+        _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-1")},
+                         {"name": "team-a", "api_key_sha256": hash_key("sk-2")}])
 
 
 @pytest.fixture
