@@ -13,7 +13,7 @@ import pytest
 from gateway.api.app import build_services
 from gateway.auth import Authenticator, hash_key
 from gateway.cli import _setup_logging
-from gateway.config import embedded_config, parse_config
+from gateway.config import GatewayConfig, embedded_config, parse_config
 from gateway.errors import ConfigError
 from gateway.policy import PolicySet
 from gateway.policy.sources import shipped_policies_dir
@@ -26,7 +26,7 @@ DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
 SMALL_ONLY = [d for d in DEPLOYMENTS if d.tier == "small"]
 
 
-def _config(**extra: object):  # type: ignore[no-untyped-def]
+def _config(**extra: object) -> GatewayConfig:
     raw = {"deployments": [{"name": "small", "model": "openai/sim-small", "api_base": "http://127.0.0.1:9/v1",
                             "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}}], **extra}
     return parse_config(raw, "gw.yaml")
