@@ -148,7 +148,8 @@ class PolicySet:
             log.warning("shipped policies skipped, they name deployments or tiers this config lacks: %s",
                         ", ".join(sorted(self.skipped)))
         if not self.policies:
-            raise ConfigError(f"{folder or shipped}: no usable policy files (*.yaml)")
+            raise ConfigError("\n".join([f"{folder or shipped}: no usable policy files (*.yaml)",
+                                         *self.skipped.values()]))
 
     def _load(self, path: Path) -> None:
         mtime = path.stat().st_mtime
@@ -162,7 +163,8 @@ class PolicySet:
     def reload_changed(self) -> list[str]:
         """Reload files whose mtime moved or that were deleted; return what changed.
 
-        Bad files keep their last good version."""
+        Bad files keep their last good version.
+        """
         changed = []
         present = set(policy_files(self.folder)) if self.folder is not None and self.folder.is_dir() else set()
         for path in sorted(present):

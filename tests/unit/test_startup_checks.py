@@ -168,3 +168,8 @@ def test_litellm_loggers_follow_the_log_level_when_prompts_may_be_logged(
     monkeypatch.setenv("SWITCHYARD_LOG_PROMPTS", "1")
     _setup_logging("debug")
     assert all(lg.level == logging.NOTSET for lg in litellm_loggers)
+
+
+def test_no_usable_policy_at_all_says_why_each_shipped_one_was_skipped() -> None:
+    with pytest.raises(ConfigError, match=r"no usable policy files[\s\S]*balanced.yaml: .*'large' is not a deployment"):
+        PolicySet(None, SMALL_ONLY, shipped=SHIPPED)
