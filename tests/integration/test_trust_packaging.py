@@ -63,6 +63,22 @@ def test_an_installed_wheel_routes_from_a_folder_without_policies(installed: Ins
     assert str(installed.bin.parent) in where.stdout  # the wheel's code ran, not the checkout's
 
 
+def test_an_installed_wheel_runs_the_demo_from_a_folder_without_policies(installed: Installed, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "SWITCHYARD_POLICIES_DIR")}
+    port = free_port()
+    proc = subprocess.Popen([str(installed.bin / "switchyard"), "demo", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    try:
+        wait_until(lambda: _healthy(f"http://127.0.0.1:{port}/healthz") or proc.poll() is not None,
+                   timeout_s=60, what="demo")
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        resp = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30,
+                          json={"model": "auto", "messages": [{"role": "user", "content": "hi"}]})
+    finally:
+        terminate(proc)
+    assert resp.status_code == 200 and resp.headers["x-switchyard-plan"] == "single:small"
+
+
 def test_the_wheel_ships_the_default_policies_byte_for_byte(installed: Installed) -> None:
     prefix = "gateway/policy/defaults/"
     with zipfile.ZipFile(installed.wheel) as whl:
