@@ -13,8 +13,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gateway ./gateway
-RUN pip install --no-compile . && rm -rf /root/.cache
 COPY routing_policies ./routing_policies
+RUN pip install --no-compile . && rm -rf /root/.cache
 
 USER nobody
 EXPOSE 8080

@@ -18,7 +18,14 @@ import time
 from dataclasses import dataclass
 
 from gateway.config import OutageSetting, TenantConfig
-from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, RateLimited, StoreOutage
+from gateway.errors import (
+    AuthenticationFailed,
+    BudgetExceeded,
+    ConfigError,
+    PermissionDenied,
+    RateLimited,
+    StoreOutage,
+)
 from gateway.state import Store, StoreUnavailable
 
 log = logging.getLogger("switchyard.auth")
@@ -117,6 +124,8 @@ class Authenticator:
             if not t.api_key_sha256 and not os.environ.get(t.api_key_env or ""):
                 log.warning("tenant %s: env var %s is empty; the tenant cannot log in", t.name, t.api_key_env)
                 continue
+            if digest in self._by_hash:  # the config validates sha256 keys; env keys are only known now
+                raise ConfigError(f"tenants '{self._by_hash[digest].name}' and '{t.name}' have the same API key")
             self._by_hash[digest] = tenant_from_config(t)
         self.open = not tenants
         # Whether a store outage refuses requests: readiness depends on it, so it is known up front.

@@ -35,7 +35,10 @@ Press Ctrl-C to stop.
 
 
 def _setup_logging(level: str) -> None:
+    from gateway.providers.litellm_backend import quiet_litellm_loggers
+
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_litellm_loggers()
 
 
 def _port_free(host: str, port: int) -> bool:

@@ -97,6 +97,22 @@ class GatewayConfig(_Strict):
             raise ValueError(f"deployment names must be unique, repeated: {', '.join(dupes)}")
         return deployments
 
+    @field_validator("tenants")
+    @classmethod
+    def _distinct_tenants(cls, tenants: list[TenantConfig]) -> list[TenantConfig]:
+        """Names key budgets and spend; a key names one tenant. (Keys from env vars: `Authenticator`.)"""
+        names = [t.name for t in tenants]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"tenant names must be unique, repeated: {', '.join(dupes)}")
+        owner: dict[str, str] = {}
+        for t in tenants:
+            if t.api_key_sha256 in owner:
+                raise ValueError(f"tenants '{owner[t.api_key_sha256]}' and '{t.name}' have the same api_key_sha256")
+            if t.api_key_sha256:
+                owner[t.api_key_sha256] = t.name
+        return tenants
+
 
 def describe_validation_error(source: str, exc: ValidationError) -> str:
     """`file.yaml: deployments[1].price: message` for each error, one per line."""
@@ -153,16 +169,6 @@ def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
     if os.environ.get(ENV_POLICIES_DIR):
         updates["policies_dir"] = os.environ[ENV_POLICIES_DIR]
     return config.model_copy(update=updates) if updates else config
-
-
-def default_policies_dir(config: GatewayConfig) -> Path:
-    """The policy folder: configured, else ./routing_policies, else the one beside the package."""
-    if config.policies_dir:
-        return Path(config.policies_dir)
-    here = Path.cwd() / "routing_policies"
-    if here.is_dir():
-        return here
-    return Path(__file__).resolve().parent.parent / "routing_policies"
 
 
 def embedded_config(simulator_url: str) -> GatewayConfig:

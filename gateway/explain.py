@@ -1,14 +1,18 @@
-"""Routing decisions without a server: `switchyard route "prompt"` and `switchyard policy check`."""
+"""Routing decisions without a server: `switchyard route "prompt"` and `switchyard policy check`.
+
+`route` decides under the policies the gateway would load (shipped ones overlaid by the user's
+folder); `policy check` validates exactly the folder it is given, strictly.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from gateway.config import GatewayConfig, default_policies_dir, embedded_config, load_config
+from gateway.config import GatewayConfig, embedded_config, load_config
 from gateway.errors import ConfigError, ConstraintUnsatisfiable
 from gateway.policy import BoundPolicy, Catalog, decide, load_policy_file
-from gateway.policy.loader import policy_files
+from gateway.policy.sources import policy_files, policy_sources, shipped_policies_dir, user_policies_dir
 from gateway.providers.health import LiveView
 from gateway.providers.pricing import prices_for
 from gateway.router import Router
@@ -31,11 +35,14 @@ def decide_prompt(prompt: str, router: Assessor, policy: BoundPolicy, config: Ga
 def explain_prompt(prompt: str, router: Router, policy_name: str | None, config_path: str | None) -> dict[str, Any]:
     config = _config(config_path)
     name = policy_name or config.default_policy
-    path = next((p for p in policy_files(default_policies_dir(config)) if p.stem == name), None)
-    if path is None:
-        raise ConfigError(f"policy '{name}' not found in {default_policies_dir(config)}")
+    user_dir = user_policies_dir(config)
+    sources = policy_sources(user_dir, shipped_policies_dir())
+    if name not in sources:
+        raise ConfigError(f"policy '{name}' is neither shipped nor in {user_dir or './routing_policies'} "
+                          f"({', '.join(sorted(sources))})")
     try:
-        return dict(decide_prompt(prompt, router, load_policy_file(path, config.deployments), config).explain())
+        policy = load_policy_file(sources[name].path, config.deployments)
+        return dict(decide_prompt(prompt, router, policy, config).explain())
     except ConstraintUnsatisfiable as exc:
         return {"policy": name, "plan": None, "error": exc.message}
 
@@ -71,7 +78,10 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
             continue
         for i, ex in enumerate(policy.spec.examples):
             router = router or load_router(config.router_artifact)
-            got = decide_prompt(ex.prompt, router, policy, config).plan.label
+            try:
+                got = decide_prompt(ex.prompt, router, policy, config).plan.label
+            except ConstraintUnsatisfiable as exc:  # a failed example, not a crash of the check
+                got = f"no plan ({exc.message})"
             if got != ex.expect:
                 problems.append(f"{path.name}: examples[{i}]: expected {ex.expect}, got {got}")
     return problems

@@ -15,12 +15,13 @@ from gateway.api.errors import install_error_handlers
 from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
 from gateway.cache import ExactCache
-from gateway.config import DeploymentConfig, GatewayConfig, default_policies_dir
+from gateway.config import DeploymentConfig, GatewayConfig
 from gateway.errors import ConfigError
 from gateway.executor import Upstreams
 from gateway.ledger import Ledger
 from gateway.pipeline import Services
 from gateway.policy import Catalog, PolicySet
+from gateway.policy.sources import shipped_policies_dir, user_policies_dir
 from gateway.providers.base import Backend
 from gateway.providers.direct import DirectBackend
 from gateway.providers.health import HealthBoard
@@ -50,10 +51,13 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                    router: Router | None = None, policies_dir: Path | None = None) -> Services:
     """Everything that can fail on a bad config fails here, before the server takes traffic."""
     deployments = {d.name: d for d in config.deployments}
-    policies = PolicySet(policies_dir or default_policies_dir(config), config.deployments)
+    policies = PolicySet(policies_dir or user_policies_dir(config), config.deployments,
+                         shipped=shipped_policies_dir(), default_policy=config.default_policy)
     if policies.get(config.default_policy) is None:
-        raise ConfigError(f"default_policy: '{config.default_policy}' is not a policy "
-                          f"({', '.join(sorted(policies.policies))})")
+        why = policies.skipped.get(config.default_policy)
+        raise ConfigError(f"default_policy: '{config.default_policy}' "
+                          + (f"is shipped but does not fit this config: {why}" if why else
+                             f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)

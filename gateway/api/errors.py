@@ -1,13 +1,21 @@
-"""Every error leaves as the OpenAI envelope {"error": {message, type, param, code}}; never a stack trace."""
+"""Every error leaves as the OpenAI envelope {"error": {message, type, param, code}}; never a stack trace.
+
+An unexpected exception is logged once, with its traceback, by `UnexpectedErrors`. It sits inside
+starlette's outermost error middleware on purpose: that one re-raises after its handler so that the
+server logs the error as well, which printed every 500's traceback twice.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import GatewayError
 
@@ -33,8 +41,29 @@ def install_error_handlers(app: FastAPI) -> None:
         err.status, err.type = exc.status_code, "invalid_request_error"
         return error_response(err)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(GatewayError("internal error in the gateway; see its log"),
-                              getattr(request.state, "request_id", None))
+    app.add_middleware(UnexpectedErrors)
+
+
+class UnexpectedErrors:
+    """Any other exception: one log record with the traceback, then the 500 envelope; not re-raised.
+
+    Whether the response had started is not tracked (that would cost a wrapper around every `send`):
+    sending the envelope then fails, and the server closes the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except Exception:
+            state: dict[str, Any] = scope.get("state") or {}
+            request_id = state.get("request_id")
+            log.exception("unexpected error on %s %s (request %s)", scope["method"], scope["path"], request_id)
+            response = error_response(GatewayError("internal error in the gateway; see its log"), request_id)
+            with contextlib.suppress(Exception):  # fails when the status line is out: the server closes
+                await response(scope, receive, send)

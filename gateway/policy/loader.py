@@ -5,7 +5,8 @@ Validation errors name the file and the field:
 Each bound policy carries a `version` (a hash of its validated content), so whatever was decided
 under one version (cached answers) is never taken for a decision of another.
 A file that turns bad while the gateway runs is reported and its last good version stays in force,
-so a typo never drops traffic.
+so a typo never drops traffic. A deleted file unloads its policy (or brings the shipped version of it
+back), except the default policy's, which keeps its last good version with an error in the log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.config import DeploymentConfig, describe_validation_error, read_yam
 from gateway.errors import ConfigError
 from gateway.plans import BestOfN, Cascade, Plan, Single
 from gateway.policy.schema import CandidateSpec, PolicySpec
+from gateway.policy.sources import policy_files, policy_sources
 
 log = logging.getLogger("switchyard.policy")
 
@@ -126,30 +128,40 @@ def load_policy_file(path: Path, deployments: Sequence[DeploymentConfig]) -> Bou
     return bind_policy(path.stem, path.name, parse_policy(path), deployments)
 
 
-def policy_files(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        raise ConfigError(f"{folder}: policy folder not found")
-    return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
-
-
 class PolicySet:
-    """The policies in force. Reads are a dict lookup; a reload swaps the whole mapping at once."""
+    """The policies in force. Reads are a dict lookup; a reload swaps the whole mapping at once.
 
-    def __init__(self, folder: Path, deployments: Sequence[DeploymentConfig]) -> None:
+    `folder` is the user's folder (watched for edits), `shipped` the policies that come with the
+    package, overridden by name (see `gateway.policy.sources`). Shipped policies this config cannot
+    bind are skipped with one warning; a bad file of the user's is fatal at start-up.
+    """
+
+    def __init__(self, folder: Path | None, deployments: Sequence[DeploymentConfig], *,
+                 shipped: Path | None = None, default_policy: str | None = None) -> None:
         self.folder = folder
+        self.shipped = shipped
+        self.default_policy = default_policy  # never unloaded: requests without a policy need it
         self._deployments = list(deployments)
         self._mtimes: dict[Path, float] = {}
         self.policies: dict[str, BoundPolicy] = {}
+        self.skipped: dict[str, str] = {}  # shipped policy → why this config cannot bind it
         errors = []
-        for path in policy_files(folder):
+        for name, source in policy_sources(folder, shipped).items():
             try:
-                self._load(path)
+                self._load(source.path)
             except ConfigError as exc:
-                errors.append(str(exc))
+                if source.shipped:
+                    self.skipped[name] = str(exc)
+                else:
+                    errors.append(str(exc))
         if errors:
             raise ConfigError("\n".join(errors))
+        if self.skipped:
+            log.warning("shipped policies skipped, they name deployments or tiers this config lacks: %s",
+                        ", ".join(sorted(self.skipped)))
         if not self.policies:
-            raise ConfigError(f"{folder}: no policy files (*.yaml)")
+            raise ConfigError("\n".join([f"{folder or shipped}: no usable policy files (*.yaml)",
+                                         *self.skipped.values()]))
 
     def _load(self, path: Path) -> None:
         mtime = path.stat().st_mtime
@@ -161,9 +173,12 @@ class PolicySet:
         return self.policies.get(name)
 
     def reload_changed(self) -> list[str]:
-        """Reload files whose mtime moved; return what changed. Bad files keep their last good version."""
+        """Reload files whose mtime moved or that were deleted; return what changed.
+
+        Bad files keep their last good version.
+        """
         changed = []
-        present = set(policy_files(self.folder)) if self.folder.is_dir() else set()
+        present = set(policy_files(self.folder)) if self.folder is not None and self.folder.is_dir() else set()
         for path in sorted(present):
             try:
                 if self._mtimes.get(path) == path.stat().st_mtime:
@@ -174,7 +189,30 @@ class PolicySet:
             except (ConfigError, OSError) as exc:
                 self._mtimes[path] = path.stat().st_mtime if path.exists() else 0.0
                 log.error("policy file rejected, keeping the last good version:\n%s", exc)
+        for path in sorted(p for p in self._mtimes if p.parent == self.folder and p not in present):
+            del self._mtimes[path]
+            if self._forget(path):
+                changed.append(path.stem)
         return changed
+
+    def _forget(self, path: Path) -> bool:
+        """A deleted file: the shipped version takes over, else the policy goes (never the default)."""
+        name = path.stem
+        shipped = self.shipped / path.name if self.shipped is not None else None
+        if shipped is not None and shipped != path and shipped.is_file():
+            try:
+                self._load(shipped)
+                log.info("policy %s: %s was deleted, the shipped version is in force again", name, path)
+                return True
+            except ConfigError as exc:
+                log.debug("shipped policy %s does not bind: %s", name, exc)
+        if name == self.default_policy:
+            log.error("policy file %s was deleted, but %s is the default policy: keeping its last good version",
+                      path, name)
+            return False
+        self.policies = {k: v for k, v in self.policies.items() if k != name}
+        log.info("policy %s unloaded: %s was deleted", name, path)
+        return True
 
     async def watch(self, interval_s: float = 1.0) -> None:
         while True:

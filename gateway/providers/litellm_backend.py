@@ -2,10 +2,13 @@
 
 litellm is imported on first use only: the import costs seconds and, unless told otherwise,
 fetches a cost map from the network. Quick commands and the direct path never pay for it.
+At debug level litellm logs whole prompts and completions, so its loggers stay at warning unless
+`SWITCHYARD_LOG_PROMPTS=1`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +24,17 @@ from gateway.providers.base import (
     parse_retry_after,
 )
 
+ENV_LOG_PROMPTS = "SWITCHYARD_LOG_PROMPTS"
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm")
+
+
+def quiet_litellm_loggers() -> None:
+    """Prompts and completions are user data: kept out of the log whatever the gateway's level."""
+    if os.environ.get(ENV_LOG_PROMPTS) == "1":
+        return
+    for name in LITELLM_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
 
 def import_litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
@@ -29,6 +43,7 @@ def import_litellm() -> Any:
 
     litellm.telemetry = False
     litellm.suppress_debug_info = True
+    quiet_litellm_loggers()  # again: importing litellm may have set its loggers' levels
     return litellm
 
 

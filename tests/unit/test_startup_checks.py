@@ -1,0 +1,175 @@
+"""Start-up checks: which policies load (shipped vs the user's own), reloads of deleted files,
+tenant keys and names, and litellm's loggers kept away from prompts."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.api.app import build_services
+from gateway.auth import Authenticator, hash_key
+from gateway.cli import _setup_logging
+from gateway.config import GatewayConfig, embedded_config, parse_config
+from gateway.errors import ConfigError
+from gateway.policy import PolicySet
+from gateway.policy.sources import shipped_policies_dir
+from gateway.providers.litellm_backend import LITELLM_LOGGERS
+from gateway.state import MemoryStore
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "routing_policies"
+DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
+SMALL_ONLY = [d for d in DEPLOYMENTS if d.tier == "small"]
+
+
+def _config(**extra: object) -> GatewayConfig:
+    raw = {"deployments": [{"name": "small", "model": "openai/sim-small", "api_base": "http://127.0.0.1:9/v1",
+                            "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}}], **extra}
+    return parse_config(raw, "gw.yaml")
+
+
+def _user_folder(tmp_path: Path, **files: str) -> Path:
+    folder = tmp_path / "routing_policies"
+    folder.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (folder / f"{name}.yaml").write_text(text)
+    return folder
+
+
+def test_the_shipped_policies_are_found_from_a_source_checkout() -> None:
+    assert shipped_policies_dir() == SHIPPED
+
+
+def test_shipped_policies_naming_a_missing_tier_are_skipped_with_one_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n")
+    with caplog.at_level(logging.WARNING, logger="switchyard.policy"):
+        services = build_services(_config(default_policy="mine"), policies_dir=folder)
+    assert set(services.policies.policies) == {"mine"}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert all(name in warnings[0] for name in ("balanced", "cost-saver", "quality-first", "latency-sla"))
+
+
+def test_a_users_own_policy_naming_a_missing_tier_is_fatal(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: large\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: candidates\[0\].single 'large' is not a deployment or tier"):
+        PolicySet(folder, SMALL_ONLY, shipped=SHIPPED)
+
+
+def test_a_copy_of_a_shipped_policy_counts_as_shipped(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n")
+    shutil.copy(SHIPPED / "balanced.yaml", folder / "balanced.yaml")
+    assert set(PolicySet(folder, SMALL_ONLY, shipped=SHIPPED).skipped) >= {"balanced"}
+
+
+def test_a_default_policy_that_is_shipped_but_does_not_fit_says_why(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"default_policy: 'balanced' is shipped but does not fit this config"):
+        build_services(_config(), policies_dir=_user_folder(tmp_path, mine="candidates:\n  - single: small\n"))
+
+
+def test_a_users_file_overrides_the_shipped_policy_of_the_same_name(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, balanced="candidates:\n  - single: large\n")
+    policies = PolicySet(folder, DEPLOYMENTS, shipped=SHIPPED)
+    assert [p.label for p in policies.policies["balanced"].plans] == ["single:large"]
+    assert "cost-saver" in policies.policies  # the other shipped ones are still there
+
+
+def test_the_shipped_policies_load_without_a_user_folder() -> None:
+    policies = PolicySet(None, DEPLOYMENTS, shipped=SHIPPED)
+    assert {"balanced", "cost-saver", "quality-first", "latency-sla"} <= set(policies.policies)
+
+
+def test_a_deleted_policy_file_is_unloaded_with_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n", other="candidates:\n  - single: small\n")
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="mine")
+    (folder / "other.yaml").unlink()
+    with caplog.at_level(logging.INFO, logger="switchyard.policy"):
+        assert policies.reload_changed() == ["other"]
+    assert set(policies.policies) == {"mine"}
+    assert any("other unloaded" in r.getMessage() for r in caplog.records)
+
+
+def test_deleting_the_default_policys_file_keeps_its_last_good_version_and_logs_an_error(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n", other="candidates:\n  - single: small\n")
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="mine")
+    (folder / "mine.yaml").unlink()
+    with caplog.at_level(logging.INFO, logger="switchyard.policy"):
+        assert policies.reload_changed() == []
+    assert "mine" in policies.policies
+    assert [r.levelno for r in caplog.records] == [logging.ERROR] and "default policy" in caplog.records[0].message
+
+
+def test_deleting_an_override_brings_the_shipped_policy_back(tmp_path: Path) -> None:
+    folder = _user_folder(tmp_path, balanced="candidates:\n  - single: large\n")
+    policies = PolicySet(folder, DEPLOYMENTS, shipped=SHIPPED, default_policy="balanced")
+    (folder / "balanced.yaml").unlink()
+    assert policies.reload_changed() == ["balanced"]
+    assert policies.policies["balanced"].source == "balanced.yaml"
+    assert [p.label for p in policies.policies["balanced"].plans] == ["single:small", "single:large"]
+
+
+def test_two_tenants_with_the_same_key_hash_are_a_config_error() -> None:
+    digest = hash_key("sk-shared")
+    with pytest.raises(ConfigError, match=r"tenants 'team-a' and 'team-b' have the same api_key_sha256"):
+        _config(tenants=[{"name": "team-a", "api_key_sha256": digest}, {"name": "team-b", "api_key_sha256": digest}])
+
+
+def test_two_tenants_with_the_same_env_key_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SY_TEST_KEY_ONE", "sk-shared")
+    monkeypatch.setenv("SY_TEST_KEY_TWO", "sk-shared")
+    config = _config(tenants=[{"name": "team-a", "api_key_env": "SY_TEST_KEY_ONE"},
+                              {"name": "team-b", "api_key_env": "SY_TEST_KEY_TWO"}])
+    with pytest.raises(ConfigError, match=r"tenants 'team-a' and 'team-b' have the same API key"):
+        Authenticator(config.tenants, MemoryStore())
+
+
+def test_an_env_key_equal_to_another_tenants_hash_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SY_TEST_KEY_ONE", "sk-shared")
+    config = _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-shared")},
+                              {"name": "team-b", "api_key_env": "SY_TEST_KEY_ONE"}])
+    with pytest.raises(ConfigError, match=r"tenants 'team-a' and 'team-b' have the same API key"):
+        Authenticator(config.tenants, MemoryStore())
+
+
+def test_tenant_names_must_be_unique() -> None:
+    with pytest.raises(ConfigError, match=r"gw.yaml: tenants: .*tenant names must be unique, repeated: team-a"):
+        _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-1")},
+                         {"name": "team-a", "api_key_sha256": hash_key("sk-2")}])
+
+
+@pytest.fixture
+def litellm_loggers() -> Iterator[list[logging.Logger]]:
+    loggers = [logging.getLogger(name) for name in LITELLM_LOGGERS]
+    before = [lg.level for lg in loggers]
+    root_level = logging.getLogger().level
+    for lg in loggers:
+        lg.setLevel(logging.NOTSET)
+    yield loggers
+    for lg, level in zip(loggers, before, strict=True):
+        lg.setLevel(level)
+    logging.getLogger().setLevel(root_level)
+
+
+def test_litellm_loggers_stay_at_warning_at_debug_level(
+        litellm_loggers: list[logging.Logger], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SWITCHYARD_LOG_PROMPTS", raising=False)
+    _setup_logging("debug")
+    assert not any(lg.isEnabledFor(logging.INFO) for lg in litellm_loggers)
+
+
+def test_litellm_loggers_follow_the_log_level_when_prompts_may_be_logged(
+        litellm_loggers: list[logging.Logger], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SWITCHYARD_LOG_PROMPTS", "1")
+    _setup_logging("debug")
+    assert all(lg.level == logging.NOTSET for lg in litellm_loggers)
+
+
+def test_no_usable_policy_at_all_says_why_each_shipped_one_was_skipped() -> None:
+    with pytest.raises(ConfigError, match=r"no usable policy files[\s\S]*balanced.yaml: .*'large' is not a deployment"):
+        PolicySet(None, SMALL_ONLY, shipped=SHIPPED)
