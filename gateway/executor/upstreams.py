@@ -2,7 +2,7 @@
 
 Each deployment in turn: an attempt if its circuit admits one (a half-open circuit admits a single
 trial), and on a retryable failure (timeout, connection error, 429, 5xx) up to `max_retries` more
-after a wait: the upstream's Retry-After when it sent one, else a short jittered exponential
+(tenacity) after a wait: the upstream's Retry-After when it sent one, else a short jittered exponential
 back-off. A wait that does not fit in the request's remaining deadline is not taken: the next
 fallback is tried at once. Every attempt runs for at most min(deployment timeout_s, remaining).
 
@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from opentelemetry.trace import Span, Status, StatusCode
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_any
+from tenacity.stop import stop_base
 
 from gateway.config import DeploymentConfig
 from gateway.errors import (
@@ -77,8 +79,42 @@ class _MissingCredential(ProviderFailure):
     """The deployment's key variable is unset: a configuration error, never retried or counted."""
 
 
-def _backoff(retry: int) -> float:
-    return min(2.0, 0.05 * 2 ** (retry - 1)) + random.uniform(0, 0.05)
+_BACKOFF_BASE_S, _BACKOFF_MAX_S, _JITTER_S = 0.05, 2.0, 0.05
+
+
+def _retry_wait(exc: ProviderFailure, retry: int) -> float:
+    """The wait before retry number `retry` (1-based): the upstream's Retry-After when it sent one,
+    else a jittered exponential back-off."""
+    if exc.retry_after_s is not None:
+        return exc.retry_after_s
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + random.uniform(0, _JITTER_S)
+
+
+def _longest_wait(exc: ProviderFailure, retry: int) -> float:
+    """The most `_retry_wait` can be: a wait is only started when it surely fits in the deadline."""
+    if exc.retry_after_s is not None:
+        return exc.retry_after_s
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + _JITTER_S
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderFailure) and exc.retryable
+
+
+def _outcome_failure(state: RetryCallState) -> ProviderFailure:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    assert isinstance(exc, ProviderFailure)  # tenacity only retries ProviderFailure (`_retryable`)
+    return exc
+
+
+class _WaitWouldNotFit(stop_base):
+    """Stop retrying this deployment when the next wait might outlast the request's deadline."""
+
+    def __init__(self, deadline: Deadline) -> None:
+        self.deadline = deadline
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return _longest_wait(_outcome_failure(state), state.attempt_number + 1) >= self.deadline.remaining()
 
 
 def _is_request_fault(exc: ProviderFailure) -> bool:
@@ -152,33 +188,48 @@ class Upstreams:
         return done
 
     async def _with_retries(self, name: str, once: Callable[[bool], Awaitable[T]], deadline: Deadline) -> T:
-        """One deployment: attempts while its circuit admits them, retries bounded by count and deadline."""
+        """One deployment: attempts while its circuit admits them, retries bounded by count and deadline.
+
+        The first attempt runs without any retry machinery (tenacity costs ~30 µs a call, and the
+        common case needs none); a retryable failure enters tenacity for the remaining attempts.
+        """
         if name in self.missing_keys:
             var = self.missing_keys[name]
             raise _MissingCredential(f"{name}: environment variable {var} is unset or empty", retryable=False,
                                      reason=f"its credential variable {var} is not set")
         health = self.health[name]
-        last: ProviderFailure | None = None
-        for retry in range(self.deployments[name].max_retries + 1):
+        failures: list[ProviderFailure] = []
+
+        async def attempt() -> T:
             if deadline.expired():
                 raise _DeadlinePassed
             admitted = health.admit(time.monotonic())
             if admitted is None:  # open, or half-open with its one trial already out
-                if last is not None:
-                    raise last
                 raise _CircuitOpen(name)
             try:
                 return await once(admitted == "trial")
             except ProviderFailure as exc:
-                if not exc.retryable:
-                    raise
-                last = exc
-            wait = last.retry_after_s if last.retry_after_s is not None else _backoff(retry + 1)
-            if retry == self.deployments[name].max_retries or wait >= deadline.remaining():
-                break  # no retry left, or it would not fit: the next fallback, at once
-            await asyncio.sleep(wait)
-        assert last is not None
-        raise last
+                failures.append(exc)
+                raise
+
+        retries = self.deployments[name].max_retries
+        try:
+            return await attempt()
+        except ProviderFailure as exc:
+            if not exc.retryable or retries == 0 or _longest_wait(exc, 1) >= deadline.remaining():
+                raise  # nothing to retry, or the wait would not fit: the next fallback, at once
+        await asyncio.sleep(_retry_wait(failures[-1], 1))
+        retrying = AsyncRetrying(
+            stop=stop_any(stop_after_attempt(retries), _WaitWouldNotFit(deadline)),
+            wait=lambda state: _retry_wait(_outcome_failure(state), state.attempt_number + 1),
+            retry=retry_if_exception(_retryable), reraise=True)
+        try:
+            async for step in retrying:
+                with step:
+                    return await attempt()
+        except _CircuitOpen:
+            raise failures[-1] from None  # the circuit opened under us: report what made it open
+        raise AssertionError("tenacity ended without a result")  # unreachable: reraise=True
 
     async def _first(self, names: Sequence[str], make: Callable[[str, bool], Awaitable[T]],
                      deadline: Deadline) -> tuple[str, T]:
