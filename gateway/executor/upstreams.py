@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
+from gateway import tokens
 from gateway.config import DeploymentConfig
 from gateway.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage
@@ -44,6 +45,14 @@ class OpenStream:
     stats: StreamStats
     span: Span
     started: float = field(default_factory=time.perf_counter)
+
+
+def counted(done: Completion, body: dict[str, Any]) -> Completion:
+    """An answer without `usage` is billed on counted tokens (prompt and completion), never as free."""
+    if done.usage.total_tokens:
+        return done
+    usage = Usage(tokens.count_messages(body.get("messages") or ()), tokens.count_completion(done.body))
+    return Completion(done.body, usage, done.latency_s)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -79,7 +88,7 @@ class Upstreams:
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None) -> Completion:
         span = self._span(name, parent, body)
         try:
-            done = await self.backends[name].complete(self.deployments[name], body)
+            done = counted(await self.backends[name].complete(self.deployments[name], body), body)
         except ProviderFailure as exc:
             self.health[name].record_failure(time.monotonic())
             span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))

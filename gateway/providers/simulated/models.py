@@ -25,6 +25,7 @@ class SimModel:
     ``tokens_per_s`` paces generation (0 means no pacing at all).
     ``error_rate`` is the chance a request fails with ``error_status``;
     ``fail_first`` makes the first K requests fail deterministically.
+    ``usage: false`` leaves ``usage`` out of answers and streams, as some self-hosted servers do.
     Prices are not the simulator's business: the gateway config prices its deployments.
     """
 
@@ -36,6 +37,7 @@ class SimModel:
     error_rate: float = 0.0
     error_status: int = 500
     fail_first: int = 0
+    usage: bool = True
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as the YAML path.
@@ -57,6 +59,7 @@ class _ModelSpec(BaseModel):
     error_rate: float = Field(default=0.0, ge=0, le=1)
     error_status: int = Field(default=500, ge=400, le=599)
     fail_first: int = Field(default=0, ge=0)
+    usage: bool = True
 
 
 class _FileSpec(BaseModel):
