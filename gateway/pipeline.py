@@ -36,7 +36,6 @@ from gateway.policy import (
     BoundPolicy,
     Catalog,
     Decision,
-    Limits,
     Overrides,
     PolicySet,
     decide,
@@ -153,8 +152,10 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
         plan, prompt_tokens = decision.plan, sig.prompt_tokens
     choices = int(request.get("n") or 1)
-    cap = Limits.of(entry.policy, ctx.overrides).max_cost_usd
-    if cap is None:
+    cap = entry.policy.spec.constraints.max_cost_usd
+    if ctx.overrides.max_cost_usd is not None:
+        cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)
+    if cap is None or worst_case_cost(plan, prompt_tokens, svc.catalog, max_tokens, choices) <= cap:
         return Route(plan, decision, prompt_tokens, max_tokens, choices=choices)
     # A cap is a bound, not a forecast: what the calls may generate is limited so that the worst case fits.
     fitted = fit_to_cap(plan, prompt_tokens, svc.catalog, cap, max_tokens, choices)

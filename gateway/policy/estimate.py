@@ -315,6 +315,14 @@ def worst_case_cost(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens
     single: the dearest deployment of the fallback chain (one of them answers); best-of: every
     sample plus the judge, whose prompt carries every sample; cascade: every step and its samples.
     """
+    if isinstance(plan, Single):  # the common case, on every capped or budgeted request: no closures
+        worst = 0.0
+        for name in (plan.deployment, *plan.fallbacks):
+            price = catalog.prices[name]
+            out = (max_tokens or catalog.deployments[name].max_output_tokens) * choices
+            worst = max(worst, prompt_tokens * price.input_per_token + out * price.output_per_token)
+        return worst
+
     def limit(name: str) -> int:
         return max_tokens or catalog.deployments[name].max_output_tokens
 
@@ -331,8 +339,6 @@ def worst_case_cost(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens
         framing = JUDGE_FRAMING_TOKENS + (count_text(instructions) if instructions else 0)
         return catalog.prices[judge].estimate(prompt_tokens + framing + answers, JUDGE_MAX_TOKENS)
 
-    if isinstance(plan, Single):
-        return max(answer(d, choices) for d in (plan.deployment, *plan.fallbacks))
     if isinstance(plan, BestOfN):
         cost = sampling(plan.samplers)
         if plan.selector == "judge" and plan.judge:
