@@ -194,3 +194,36 @@ def test_a_stream_without_usage_is_billed_from_counted_tokens(open_gateway: str)
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text
     wait_until(lambda: billed() > before, timeout_s=5, what="stream settlement")
+
+
+def test_redis_holds_are_atomic_under_concurrency_and_expire_when_never_settled(redis_server: RedisServer) -> None:
+    from gateway.state import Budget, Rate, RedisStore, holds_key, rate_key
+
+    tenant = f"holds-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        store = RedisStore(redis_server.url)
+        try:
+            def budget(amount: float, ttl_s: float = 30.0) -> Budget:
+                return Budget(spend_key(tenant), holds_key(tenant), uuid.uuid4().hex, amount, 0.01, ttl_s)
+
+            got = await asyncio.gather(*(store.reserve(budget(0.0025), Rate(rate_key(tenant, 0), 100))
+                                         for _ in range(50)))
+            assert [g.verdict for g in got].count("ok") == 4
+            assert [g.verdict for g in got].count("budget") == 46
+            assert max(g.requests for g in got) == 4  # refused requests are not counted in the window
+            # a settled hold turns into spend; an unsettled one (a replica that died) expires
+            first = budget(0.002)
+            client = redis.Redis.from_url(redis_server.url)
+            client.delete(holds_key(tenant))  # start over
+            assert (await store.reserve(budget(0.009, ttl_s=0.2), None)).verdict == "ok"
+            assert (await store.reserve(first, None)).verdict == "budget"
+            await asyncio.sleep(0.25)
+            assert (await store.reserve(first, None)).verdict == "ok"
+            await store.settle(spend_key(tenant), holds_key(tenant), first.hold_id, 0.0007)
+            assert float(client.get(spend_key(tenant)) or 0) == pytest.approx(0.0007)
+            assert client.hget(holds_key(tenant), first.hold_id) is None
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
