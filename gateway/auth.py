@@ -6,6 +6,11 @@ then. With no tenants configured the gateway is open and every caller is the `de
 gateway's `on_store_outage` setting (`on_outage`): refuse with 503 (`fail_closed`, the default) or
 let the request through (`fail_open`); both are logged, at most once per `OUTAGE_LOG_EVERY_S`.
 Tenants without limits never touch the store here, so an outage does not concern them.
+
+`admit` is the one gate for budget and rate: it reserves the request's worst-case cost against the
+tenant's budget (and counts it in its rate window) in one store round trip, before any upstream
+call. The returned `Reservation` is settled exactly once with the real cost (by the ledger), or
+released when the request fails.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import hmac
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.config import OutageSetting, TenantConfig
 from gateway.errors import (
@@ -26,7 +31,7 @@ from gateway.errors import (
     RateLimited,
     StoreOutage,
 )
-from gateway.state import Store, StoreUnavailable
+from gateway.state import Budget, Rate, Store, StoreUnavailable, holds_key, rate_key, spend_key
 
 log = logging.getLogger("switchyard.auth")
 
@@ -108,8 +113,37 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-def spend_key(tenant: str) -> str:
-    return f"sy:spend:{tenant}"
+# A hold outlives its request's deadline by this much before it expires on its own.
+HOLD_MARGIN_S = 30.0
+DEFAULT_HOLD_TTL_S = 300.0
+
+
+@dataclass(slots=True)
+class Reservation:
+    """What `admit` held for one request; `settle` runs once, whatever happens after."""
+
+    store: Store | None
+    tenant: str
+    hold_id: str | None = None  # None: nothing held (no budget, a cache hit, or the store was down)
+    amount: float = 0.0
+    settled: bool = field(default=False)
+
+    async def settle(self, actual_usd: float) -> None:
+        """Record the real cost and drop the hold, atomically; later calls do nothing."""
+        if self.settled or self.store is None:
+            return
+        self.settled = True
+        await self.store.settle(spend_key(self.tenant), holds_key(self.tenant), self.hold_id, actual_usd)
+
+    async def release(self) -> None:
+        """The request failed before costing anything we know of: give the hold back."""
+        if self.settled or self.store is None or self.hold_id is None:
+            self.settled = True
+            return
+        try:
+            await self.settle(0.0)
+        except StoreUnavailable as exc:  # the hold expires on its own
+            log.warning("hold %s of %s not released (store unavailable): %s", self.hold_id, self.tenant, exc)
 
 
 class Authenticator:
@@ -159,19 +193,32 @@ class Authenticator:
                                    f"(allowed: {allowed}); use 'auto' or 'router/<policy>'",
                                    code="deployment_not_allowed", param="model")
 
-    async def admit(self, tenant: Tenant) -> None:
-        """Budget and rate gates. Skipped entirely for tenants without limits (no store round trip)."""
+    async def admit(self, tenant: Tenant, reserve_usd: float = 0.0, ttl_s: float = DEFAULT_HOLD_TTL_S) -> Reservation:
+        """Budget and rate gates in one store round trip. A tenant with a budget gets `reserve_usd`
+        (the request's worst-case cost) held until the reservation is settled or `ttl_s` passes.
+        Tenants without limits skip the store entirely."""
+        if tenant.budget_usd is None and tenant.requests_per_minute is None:
+            return Reservation(self.store, tenant.name)  # settles spend without a hold
+        budget = rate = None
+        if tenant.budget_usd is not None:
+            budget = Budget(spend_key(tenant.name), holds_key(tenant.name), os.urandom(8).hex(),
+                            max(0.0, reserve_usd), tenant.budget_usd, ttl_s)
+        if tenant.requests_per_minute is not None:
+            rate = Rate(rate_key(tenant.name, int(time.time() // 60)), tenant.requests_per_minute)
         try:
-            if tenant.budget_usd is not None:
-                spent = await self.store.get_float(spend_key(tenant.name))
-                if spent >= tenant.budget_usd:
-                    raise BudgetExceeded(f"tenant '{tenant.name}' has spent ${spent:.4f} of its "
-                                         f"${tenant.budget_usd:g} budget")
-            if tenant.requests_per_minute is not None:
-                window = int(time.time() // 60)
-                count = await self.store.incr(f"sy:rate:{tenant.name}:{window}", 120)
-                if count > tenant.requests_per_minute:
-                    raise RateLimited(f"tenant '{tenant.name}' is over {tenant.requests_per_minute} "
-                                      "requests per minute", headers={"retry-after": str(60 - int(time.time()) % 60)})
+            got = await self.store.reserve(budget, rate)
         except StoreUnavailable as exc:
             on_outage(self.on_store_outage, tenant, "budget or rate limit", exc, self._outage_log)
+            return Reservation(self.store, tenant.name)  # fail_open: spend is still settled, unheld
+        if got.verdict == "budget":
+            assert budget is not None
+            left = max(0.0, budget.limit - got.spent - got.reserved)
+            raise BudgetExceeded(f"tenant '{tenant.name}' has spent ${got.spent:.6f} of its ${budget.limit:g} "
+                                 f"budget and holds ${got.reserved:.6f} for requests in flight; this request "
+                                 f"may cost up to ${budget.amount:.6f}, ${left:.6f} is left")
+        if got.verdict == "rate":
+            raise RateLimited(f"tenant '{tenant.name}' is over {tenant.requests_per_minute} requests per minute",
+                              headers={"retry-after": str(60 - int(time.time()) % 60)})
+        held = budget is not None and budget.amount > 0
+        return Reservation(self.store, tenant.name, budget.hold_id if held and budget else None,
+                           budget.amount if held and budget else 0.0)

@@ -1,4 +1,9 @@
-"""Cost per request, per tenant and per deployment. An observer: it logs and carries on, never fails a request."""
+"""Cost per request, per tenant and per deployment. An observer: it logs and carries on, never fails a request.
+
+The totals here are this process's own (`/v1/spend`); the tenant's spend in the store, which
+budgets are checked against, is written by settling the request's `Reservation` (one round trip
+that also drops the request's budget hold).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth import spend_key
+from gateway.auth import Reservation
 from gateway.executor.upstreams import CallRecord
-from gateway.state import Store, StoreUnavailable
+from gateway.state import Store, StoreUnavailable, spend_key
 
 log = logging.getLogger("switchyard.ledger")
 
@@ -35,21 +40,26 @@ class Ledger:
         self.by_deployment: dict[str, Totals] = defaultdict(Totals)
         self.cache_hits = 0
 
-    async def record(self, tenant: str, calls: tuple[CallRecord, ...], cached: bool = False) -> None:
+    async def record(self, tenant: str, calls: tuple[CallRecord, ...], cached: bool = False,
+                     reservation: Reservation | None = None) -> None:
         if cached:
             self.cache_hits += 1
             self.by_tenant[tenant].add(0.0, 0, 0)
+            if reservation is not None:
+                await reservation.release()
             return
         cost = sum(c.cost_usd for c in calls)
         self.by_tenant[tenant].add(cost, sum(c.usage.prompt_tokens for c in calls),
                                    sum(c.usage.completion_tokens for c in calls))
         for c in calls:
             self.by_deployment[c.deployment].add(c.cost_usd, c.usage.prompt_tokens, c.usage.completion_tokens)
-        if cost > 0:
-            try:
+        try:
+            if reservation is not None:
+                await reservation.settle(cost)
+            elif cost > 0:
                 await self.store.incr_float(spend_key(tenant), cost)
-            except StoreUnavailable as exc:
-                log.warning("spend of %s not recorded (store unavailable): $%.6f: %s", tenant, cost, exc)
+        except StoreUnavailable as exc:
+            log.warning("spend of %s not recorded (store unavailable): $%.6f: %s", tenant, cost, exc)
 
     def snapshot(self) -> dict[str, Any]:
         def rows(d: dict[str, Totals]) -> dict[str, dict[str, Any]]:

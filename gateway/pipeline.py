@@ -1,11 +1,13 @@
 """One request's whole path through the gateway, top to bottom.
 
-    tenant   = auth.identify(...)                 → 401/403/429 early
-    hit      = cache.lookup(...)                  → served from the store, cost 0
+    tenant   = auth.identify(...)                 → 401/403 early
+    hit      = cache.lookup(...)                  → served from the store, cost 0 (after auth.admit)
     signal   = router.assess(...)                 → predicted quality per deployment (no network)
     decision = policy.decide(signal, ...)         → Single | Cascade | BestOfN, with reasons
+    route    = cost cap → upstream max_tokens      → 422 if not even the prompt fits
+    held     = auth.admit(tenant, worst case)     → 429 before any upstream call
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
-    ledger.record(...); cache.save(...)
+    ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
 
 One `Deadline` (the policy's timeout_s, tightened by x-switchyard-timeout-ms) is passed by value
 to every upstream call the request makes.
@@ -24,15 +26,27 @@ import orjson
 from opentelemetry.trace import Span
 
 from gateway import signal as routing
-from gateway.auth import Authenticator, Tenant
+from gateway import tokens
+from gateway.auth import HOLD_MARGIN_S, Authenticator, Reservation, Tenant
 from gateway.cache import CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
 from gateway.ledger import Ledger
 from gateway.plans import Plan, Single
-from gateway.policy import BoundPolicy, Catalog, Decision, Overrides, PolicySet, decide
+from gateway.policy import (
+    BoundPolicy,
+    Catalog,
+    Decision,
+    Overrides,
+    PolicySet,
+    decide,
+    fit_to_cap,
+    output_ceiling,
+    worst_case_cost,
+    worst_case_duration_s,
+)
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.signal import RememberingRouter
 from gateway.streaming import Accumulator
@@ -129,23 +143,76 @@ def _policy(svc: Services, name: str, tenant: Tenant, *, check: bool = True) -> 
     return policy
 
 
-def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext) -> tuple[Plan, Decision | None]:
-    if entry.pinned:
-        return Single(entry.pinned), None
-    sig = routing.assess(svc.router, request["messages"], svc.config.deployments)
+@dataclass(frozen=True, slots=True)
+class Route:
+    """The plan for one request and the numbers its cost bounds need."""
+
+    plan: Plan
+    decision: Decision | None
+    prompt_tokens: int        # counted once, reused for the cap, the reservation and billing
+    max_tokens: int | None    # what each upstream call may generate: the client's, tightened by a cost cap
+    capped: bool = False      # True when a cost cap lowered (or set) max_tokens
+    choices: int = 1
+
+    def worst_case_usd(self, catalog: Catalog) -> float:
+        return worst_case_cost(self.plan, self.prompt_tokens, catalog, self.max_tokens, self.choices)
+
+
+def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext) -> Route:
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
-    decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
-    return decision.plan, decision
+    decision: Decision | None = None
+    if entry.pinned:
+        plan: Plan = Single(entry.pinned)
+        prompt_tokens = tokens.count_messages(request["messages"])
+    else:
+        sig = routing.assess(svc.router, request["messages"], svc.config.deployments)
+        decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
+        plan, prompt_tokens = decision.plan, sig.prompt_tokens
+    choices = int(request.get("n") or 1)
+    cap = entry.policy.spec.constraints.max_cost_usd
+    if ctx.overrides.max_cost_usd is not None:
+        cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)
+    if cap is None or worst_case_cost(plan, prompt_tokens, svc.catalog, max_tokens, choices) <= cap:
+        return Route(plan, decision, prompt_tokens, max_tokens, choices=choices)
+    # A cap is a bound, not a forecast: what the calls may generate is limited so that the worst case fits.
+    fitted = fit_to_cap(plan, prompt_tokens, svc.catalog, cap, max_tokens, choices)
+    if fitted is None:
+        least = worst_case_cost(Single(plan.deployment) if isinstance(plan, Single) else plan,
+                                prompt_tokens, svc.catalog, 1, choices)
+        raise ConstraintUnsatisfiable(
+            f"the cost cap of ${cap:g} cannot be met by {plan.label}: its ~{prompt_tokens} prompt tokens "
+            f"and one output token may cost ${least:.6g}", param="max_cost_usd")
+    fitted_plan, bounded = fitted
+    if bounded >= output_ceiling(fitted_plan, svc.catalog, max_tokens):  # the cap does not bind: send as is
+        return Route(fitted_plan, decision, prompt_tokens, max_tokens, choices=choices)
+    return Route(fitted_plan, decision, prompt_tokens, bounded, capped=True, choices=choices)
+
+
+def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
+    """The request as sent upstream: with the cap's max_tokens, under the name the client used."""
+    if not r.capped:
+        return request
+    name = "max_completion_tokens" if "max_completion_tokens" in request else "max_tokens"
+    body: dict[str, Any] = {**request, name: r.max_tokens}
+    if name == "max_completion_tokens" and request.get("max_tokens") is not None:
+        body["max_tokens"] = r.max_tokens
+    return body
 
 
 async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
     """POST /v1/route: the decision for this request, without calling any model."""
     tenant = svc.auth.identify(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
-    plan, decision = route(svc, entry, request, ctx)
-    if decision is None:
-        return {"policy": None, "plan": plan.label, "reasons": [f"deployment '{entry.pinned}' pinned by the client"]}
-    return decision.explain()
+    r = route(svc, entry, request, ctx)
+    explained: dict[str, Any]
+    if r.decision is None:
+        explained = {"policy": None, "plan": r.plan.label,
+                     "reasons": [f"deployment '{entry.pinned}' pinned by the client"]}
+    else:
+        explained = r.decision.explain()
+    if r.capped:
+        explained["max_tokens"] = r.max_tokens
+    return explained
 
 
 async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Outcome:
@@ -162,38 +229,53 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Ou
     return outcome
 
 
+async def _admit(svc: Services, tenant: Tenant, r: Route) -> Reservation:
+    if tenant.budget_usd is None:  # nothing to hold: skip the worst-case arithmetic
+        return await svc.auth.admit(tenant)
+    ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
+    return await svc.auth.admit(tenant, r.worst_case_usd(svc.catalog), ttl)
+
+
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span) -> Outcome:
     tenant = svc.auth.identify(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
-    await svc.auth.admit(tenant)
     set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name)
     trace_id = trace_id_hex(span)
 
     cache_on = entry.policy.spec.cache.enabled and is_cacheable(request, ctx.cache)
     key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
     if key is not None and (hit := await svc.cache.lookup(key)) is not None:
-        await svc.ledger.record(tenant.name, (), cached=True)
+        held = await svc.auth.admit(tenant)  # rate and spent-budget gates; a hit costs nothing to hold
+        await svc.ledger.record(tenant.name, (), cached=True, reservation=held)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
         return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)
 
     with svc.telemetry.span("switchyard.route", span) as route_span:
-        plan, decision = route(svc, entry, request, ctx)
+        r = route(svc, entry, request, ctx)
+        plan, decision = r.plan, r.decision
         set_attributes(route_span, switchyard__plan=plan.label,
                        switchyard__difficulty=decision.signal.difficulty if decision else None)
+    held = await _admit(svc, tenant, r)
+    if r.capped and ctx.overrides.max_cost_usd is not None:
+        key = None  # an answer cut short by this request's own cap must not be served to others
     cache_status: CacheStatus = "miss" if key else "bypass"
     ttl = entry.policy.spec.cache.ttl_s
+    body = bounded_body(request, r)
 
-    if request.get("stream") and isinstance(plan, Single):
-        live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(request), span,
-                                               deadline=deadline)
-        label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
-        relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, request)
-        return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
-                       settle=relay.settle)
-
-    result: Result = await run(svc.upstreams, plan, {**request, "stream": False}, span, deadline)
-    await svc.ledger.record(tenant.name, result.calls)
+    try:
+        if request.get("stream") and isinstance(plan, Single):
+            live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(body), span,
+                                                   deadline=deadline)
+            label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
+            relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r.prompt_tokens)
+            return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
+                           settle=relay.settle)
+        result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
+    except BaseException:
+        await held.release()
+        raise
+    await svc.ledger.record(tenant.name, result.calls, reservation=held)
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
                    gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status,
@@ -228,7 +310,8 @@ class _LiveStream:
     ttl: float
     label: str
     span: Span
-    request: dict[str, Any]
+    held: Reservation
+    prompt_tokens: int
     acc: Accumulator = field(default_factory=Accumulator)
     settled: bool = False
 
@@ -261,11 +344,10 @@ class _LiveStream:
         self.settled = True
         live, acc = self.live, self.acc
         await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
-        if not live.stats.usage.total_tokens:  # cut short: bill what was sent
-            prompt_tokens = routing.routing_text(self.request["messages"])[1]
-            live.stats.usage = Usage(prompt_tokens, acc.completion_tokens_estimate())
+        if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
+            live.stats.usage = Usage(self.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = self.svc.upstreams.close_stream(live, error)
-        await self.svc.ledger.record(self.tenant, (record,))
+        await self.svc.ledger.record(self.tenant, (record,), reservation=self.held)
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
                        gen_ai__usage__input_tokens=record.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=record.usage.completion_tokens,

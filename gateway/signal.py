@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from gateway import tokens
 from gateway.config import DeploymentConfig
 from gateway.router import Assessment, Router
 
@@ -20,7 +21,7 @@ class RouteSignal:
     difficulty: float
     category: str
     quality: Mapping[str, float]  # predicted P(good answer) per deployment
-    prompt_tokens: int            # estimate, for cost prediction
+    prompt_tokens: int            # counted by gateway.tokens: cost prediction, caps, reservations
     features: Mapping[str, float]
 
 
@@ -43,28 +44,23 @@ class RememberingRouter:
         self.p_good = router.p_good
 
 
-def message_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
+message_text = tokens.content_text
 
 
 def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
-    """The text the router judges (the last user turn, with the system prompt) and a token estimate."""
-    total_chars = 0
+    """The text the router judges (the last user turn, with the system prompt) and the prompt's tokens."""
+    texts = []
     last_user = ""
     system = ""
     for m in messages:
         text = message_text(m.get("content"))
-        total_chars += len(text)
+        texts.append(text)
         if m.get("role") == "user":
             last_user = text
         elif m.get("role") in ("system", "developer") and not system:
             system = text
     text = (system + "\n" + last_user).strip() if system else last_user
-    return text[-_MAX_ROUTER_CHARS:], max(1, total_chars // 4)
+    return text[-_MAX_ROUTER_CHARS:], tokens.count_texts(texts)
 
 
 def assess(router: Assessor, messages: Sequence[Mapping[str, Any]],

@@ -1,9 +1,19 @@
 """Shared state behind one small interface: Redis (single node or cluster) or process memory.
 
-The gateway keeps three kinds of keys, all under `sy:`: cached answers (`sy:cache:...`), tenant
-spend (`sy:spend:<tenant>`) and rate windows (`sy:rate:<tenant>:<minute>`). The in-memory store
-is the embedded default and a real second implementation, not a test double. The Redis store
-fails fast while its circuit breaker (`gateway.store_breaker`) holds it for down.
+The gateway keeps four kinds of keys, all under `sy:` and all built here: cached answers
+(`sy:cache:...`), tenant spend (`sy:spend:{<tenant>}`, USD), budget holds of requests in flight
+(`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms") and rate windows
+(`sy:rate:{<tenant>}:<minute>`). A tenant's keys share one hash tag so that a Redis Cluster keeps
+them in one slot, where one script can touch them all.
+
+`reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
+memory) it drops expired holds, checks spend + holds + this request's worst case against the
+limit, counts the request in its rate window and adds the hold. `settle` removes the hold and adds
+what the request really cost, also atomically. Holds expire, so a replica that dies mid-request
+does not keep a tenant's budget locked.
+
+The in-memory store is the embedded default and a real second implementation, not a test double.
+The Redis store fails fast while its circuit breaker (`gateway.store_breaker`) holds it for down.
 """
 
 from __future__ import annotations
@@ -11,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeVar
 
 from gateway.store_breaker import StoreBreaker
 
@@ -22,6 +33,89 @@ class StoreUnavailable(Exception):
     """The backing store did not answer; callers decide whether that is fatal."""
 
 
+def spend_key(tenant: str) -> str:
+    return f"sy:spend:{{{tenant}}}"
+
+
+def holds_key(tenant: str) -> str:
+    return f"sy:hold:{{{tenant}}}"
+
+
+def rate_key(tenant: str, minute: int) -> str:
+    return f"sy:rate:{{{tenant}}}:{minute}"
+
+
+RATE_WINDOW_TTL_S = 120  # a minute window, kept a minute longer for clock skew between replicas
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A reservation request: hold `amount` against `limit` for at most `ttl_s`."""
+
+    spend_key: str
+    holds_key: str
+    hold_id: str
+    amount: float
+    limit: float
+    ttl_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    """Count this request in a fixed window; over `limit` is a refusal."""
+
+    key: str
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    verdict: Literal["ok", "budget", "rate"]
+    spent: float = 0.0     # settled spend when the check ran
+    reserved: float = 0.0  # other requests' live holds when the check ran
+    requests: int = 0      # this request's number in its rate window (0: not counted)
+
+
+# KEYS: spend, holds, rate window (optional). ARGV: hold id, amount, limit, hold ttl ms, rate limit.
+# Returns {verdict, spent, reserved, count}; numbers as strings (Lua would truncate them to integers).
+_RESERVE_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local spent, reserved = 0, 0
+local amount = tonumber(ARGV[2])
+if ARGV[3] ~= '' then
+  spent = tonumber(redis.call('GET', KEYS[1]) or '0')
+  local holds = redis.call('HGETALL', KEYS[2])
+  for i = 1, #holds, 2 do
+    local held, expires = string.match(holds[i + 1], '(%S+) (%S+)')
+    if tonumber(expires) <= now then
+      redis.call('HDEL', KEYS[2], holds[i])
+    else
+      reserved = reserved + tonumber(held)
+    end
+  end
+  local limit = tonumber(ARGV[3])
+  if spent >= limit or spent + reserved + amount > limit then
+    return {'budget', tostring(spent), tostring(reserved), '0'}
+  end
+end
+local count = 0
+if #KEYS > 2 then
+  count = redis.call('INCR', KEYS[3])
+  if count == 1 then redis.call('EXPIRE', KEYS[3], 120) end  -- RATE_WINDOW_TTL_S
+  if count > tonumber(ARGV[5]) then
+    return {'rate', tostring(spent), tostring(reserved), tostring(count)}
+  end
+end
+if ARGV[3] ~= '' and amount > 0 then
+  local ttl = tonumber(ARGV[4])
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ' ' .. string.format('%d', now + ttl))
+  if redis.call('PTTL', KEYS[2]) < ttl then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return {'ok', tostring(spent), tostring(reserved), tostring(count)}
+"""
+
+
 class Store(Protocol):
     kind: str
 
@@ -30,6 +124,8 @@ class Store(Protocol):
     async def incr(self, key: str, ttl_s: float) -> int: ...
     async def incr_float(self, key: str, amount: float) -> float: ...
     async def get_float(self, key: str) -> float: ...
+    async def reserve(self, budget: Budget | None, rate: Rate | None) -> Reserved: ...
+    async def settle(self, spend_key: str, holds_key: str, hold_id: str | None, actual: float) -> None: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -42,6 +138,7 @@ class MemoryStore:
     def __init__(self, max_keys: int = 100_000) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._floats: dict[str, float] = {}
+        self._holds: dict[str, dict[str, tuple[float, float]]] = {}  # holds key -> id -> (amount, expiry)
         self._max_keys = max_keys
 
     def _live(self, key: str) -> bytes | None:
@@ -63,6 +160,9 @@ class MemoryStore:
         self._data[key] = (value, time.monotonic() + ttl_s if ttl_s else None)
 
     async def incr(self, key: str, ttl_s: float) -> int:
+        return self._incr(key, ttl_s)
+
+    def _incr(self, key: str, ttl_s: float) -> int:
         current = int(self._live(key) or b"0") + 1
         expires = self._data[key][1] if key in self._data else time.monotonic() + ttl_s
         self._data[key] = (str(current).encode(), expires)
@@ -74,6 +174,33 @@ class MemoryStore:
 
     async def get_float(self, key: str) -> float:
         return self._floats.get(key, 0.0)
+
+    async def reserve(self, budget: Budget | None, rate: Rate | None) -> Reserved:
+        # No await from here to the end: on one event loop this is atomic, like the Lua script.
+        now = time.monotonic()
+        spent = reserved = 0.0
+        if budget is not None:
+            spent = self._floats.get(budget.spend_key, 0.0)
+            holds = self._holds.setdefault(budget.holds_key, {})
+            for hold_id in [h for h, (_, expires) in holds.items() if expires <= now]:
+                del holds[hold_id]
+            reserved = sum(amount for amount, _ in holds.values())
+            if spent >= budget.limit or spent + reserved + budget.amount > budget.limit:
+                return Reserved("budget", spent, reserved)
+        count = 0
+        if rate is not None:
+            count = self._incr(rate.key, RATE_WINDOW_TTL_S)
+            if count > rate.limit:
+                return Reserved("rate", spent, reserved, count)
+        if budget is not None and budget.amount > 0:
+            self._holds[budget.holds_key][budget.hold_id] = (budget.amount, now + budget.ttl_s)
+        return Reserved("ok", spent, reserved, count)
+
+    async def settle(self, spend_key: str, holds_key: str, hold_id: str | None, actual: float) -> None:
+        if hold_id is not None:
+            self._holds.get(holds_key, {}).pop(hold_id, None)
+        if actual > 0:
+            self._floats[spend_key] = self._floats.get(spend_key, 0.0) + actual
 
     async def ping(self) -> bool:
         return True
@@ -109,6 +236,7 @@ class RedisStore:
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                 health_check_interval=10, retry_on_timeout=False, retry=retry,
                 retry_on_error=[RedisConnectionError])
+        self._reserve = self._client.register_script(_RESERVE_LUA)
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under the breaker: refused at once while it is open."""
@@ -152,6 +280,36 @@ class RedisStore:
         raw = await self.get(key)
         return float(raw) if raw else 0.0
 
+    async def reserve(self, budget: Budget | None, rate: Rate | None) -> Reserved:
+        """One round trip: the budget check and hold, and the rate count, in one script."""
+        if budget is None and rate is None:
+            return Reserved("ok")
+        keys = [budget.spend_key, budget.holds_key] if budget else ["", ""]
+        if budget is None and rate is not None:  # the script's keys must share the rate key's slot
+            keys = [rate.key, rate.key]
+        args = [budget.hold_id, repr(budget.amount), repr(budget.limit), int(budget.ttl_s * 1000)] if budget \
+            else ["", "0", "", 0]
+        if rate is not None:
+            keys.append(rate.key)
+            args.append(rate.limit)
+        verdict, spent, reserved, count = await self._guarded(lambda: self._reserve(keys=keys, args=args))
+        return Reserved(_text(verdict), float(spent), float(reserved), int(count))  # type: ignore[arg-type]
+
+    async def settle(self, spend_key: str, holds_key: str, hold_id: str | None, actual: float) -> None:
+        """Release the hold and add the real cost in one transaction (one round trip)."""
+        if hold_id is None:
+            if actual > 0:
+                await self.incr_float(spend_key, actual)
+            return
+
+        async def settled() -> None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.hdel(holds_key, hold_id)
+                if actual > 0:
+                    pipe.incrbyfloat(spend_key, actual)
+                await pipe.execute()
+        await self._guarded(settled)
+
     async def ping(self) -> bool:
         try:
             return bool(await self._guarded(self._client.ping))
@@ -163,6 +321,10 @@ class RedisStore:
             await self._client.aclose()
         except self._errors:
             pass
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def open_store(redis_url: str | None) -> Store:

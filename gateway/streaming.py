@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.providers.base import Usage
+from gateway.tokens import count_text
 
 DONE = b"data: [DONE]\n\n"
 
@@ -48,7 +49,8 @@ class Accumulator:
         return bool(self.texts) and all(i in self.finish for i in self.texts)
 
     def completion_tokens_estimate(self) -> int:
-        return sum(len("".join(t)) for t in self.texts.values()) // 4
+        """Tokens relayed so far, counted (for streams that end without a usage chunk)."""
+        return sum(count_text("".join(t)) for t in self.texts.values())
 
     def body(self, usage: Usage) -> dict[str, Any]:
         choices = [{"index": i, "message": {"role": self.roles.get(i, "assistant"), "content": "".join(t)},

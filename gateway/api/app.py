@@ -11,6 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
+from gateway import tokens
 from gateway.api.errors import install_error_handlers
 from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
@@ -59,6 +60,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
+    tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))

@@ -29,6 +29,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_any
 from tenacity.stop import stop_base
 
+from gateway import tokens
 from gateway.config import DeploymentConfig
 from gateway.errors import (
     DeploymentUnavailable,
@@ -95,6 +96,14 @@ def _longest_wait(exc: ProviderFailure, retry: int) -> float:
     if exc.retry_after_s is not None:
         return exc.retry_after_s
     return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + _JITTER_S
+
+
+def counted(done: Completion, body: dict[str, Any]) -> Completion:
+    """An answer without `usage` is billed on counted tokens (prompt and completion), never as free."""
+    if done.usage.total_tokens:
+        return done
+    usage = Usage(tokens.count_messages(body.get("messages") or ()), tokens.count_completion(done.body))
+    return Completion(done.body, usage, done.latency_s)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -175,7 +184,8 @@ class Upstreams:
                        trial: bool) -> Completion:
         span = self._span(name, parent, body)
         try:
-            done = await self._bounded(name, self.backends[name].complete(self.deployments[name], body), deadline)
+            done = counted(await self._bounded(name, self.backends[name].complete(self.deployments[name], body),
+                                               deadline), body)
         except BaseException as exc:
             self._failed(name, exc, span, trial)
             raise

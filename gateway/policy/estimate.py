@@ -29,6 +29,7 @@ from gateway.config import DeploymentConfig
 from gateway.plans import BestOfN, Cascade, Plan, Single
 from gateway.providers.pricing import DeploymentPrice
 from gateway.signal import RouteSignal
+from gateway.tokens import count_text
 
 JUDGE_OUTPUT_TOKENS = 16
 # Measured over-prediction of cascades on validation (benchmarks/results/test_time_compute.md).
@@ -297,3 +298,112 @@ def estimate(plan: Plan, signal: RouteSignal, catalog: Catalog, live_latency_s: 
     if isinstance(plan, BestOfN):
         return _best_of(plan, signal, catalog, live_latency_s, max_tokens)
     return _cascade(plan, signal, catalog, live_latency_s, max_tokens)
+
+
+# What the runners send a judge (gateway.executor.runners) and what its instructions and candidate
+# labels add to the prompt, generously: worst cases must not be under-estimated.
+JUDGE_MAX_TOKENS = 8
+JUDGE_FRAMING_TOKENS = 96
+
+
+def worst_case_cost(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,
+                    choices: int = 1) -> float:
+    """The most this plan can cost for this request: every call it may make, each generating up to
+    `max_tokens` (else its deployment's `max_output_tokens`). Budgets reserve it before any call;
+    cost caps bound `max_tokens` by it. `choices` is the client's `n` for calls that answer directly.
+
+    single: the dearest deployment of the fallback chain (one of them answers); best-of: every
+    sample plus the judge, whose prompt carries every sample; cascade: every step and its samples.
+    """
+    if isinstance(plan, Single):  # the common case, on every capped or budgeted request: no closures
+        worst = 0.0
+        for name in (plan.deployment, *plan.fallbacks):
+            price = catalog.prices[name]
+            out = (max_tokens or catalog.deployments[name].max_output_tokens) * choices
+            worst = max(worst, prompt_tokens * price.input_per_token + out * price.output_per_token)
+        return worst
+
+    def limit(name: str) -> int:
+        return max_tokens or catalog.deployments[name].max_output_tokens
+
+    def answer(name: str, n: int) -> float:
+        return catalog.prices[name].estimate(prompt_tokens, limit(name) * n)
+
+    def sampling(samplers: tuple[str, ...]) -> float:
+        d0 = catalog.deployments[samplers[0]]
+        if len(set(samplers)) == 1 and d0.supports_n:  # one call with n: the prompt is billed once
+            return answer(d0.name, len(samplers))
+        return sum(answer(s, 1) for s in samplers)
+
+    def judging(judge: str, answers: int, instructions: str | None = None) -> float:
+        framing = JUDGE_FRAMING_TOKENS + (count_text(instructions) if instructions else 0)
+        return catalog.prices[judge].estimate(prompt_tokens + framing + answers, JUDGE_MAX_TOKENS)
+
+    if isinstance(plan, BestOfN):
+        cost = sampling(plan.samplers)
+        if plan.selector == "judge" and plan.judge:
+            cost += judging(plan.judge, sum(limit(s) for s in plan.samplers), plan.judge_prompt)
+        return cost
+    cost = 0.0
+    for step in plan.steps[:-1]:
+        if plan.confidence == "agreement" and plan.samples > 1:
+            cost += sampling((step,) * plan.samples)
+        else:
+            cost += answer(step, choices)
+            if plan.confidence == "judge" and plan.judge:
+                cost += judging(plan.judge, limit(step) * choices)
+    return cost + answer(plan.steps[-1], choices)
+
+
+def max_tokens_within(plan: Plan, prompt_tokens: int, catalog: Catalog, cap_usd: float,
+                      max_tokens: int | None, choices: int = 1) -> int | None:
+    """The largest `max_tokens` (at most the client's, else the deployments' `max_output_tokens`)
+    whose worst case stays within `cap_usd`; None when not even one output token fits."""
+    hi = output_ceiling(plan, catalog, max_tokens)
+    if worst_case_cost(plan, prompt_tokens, catalog, hi, choices) <= cap_usd:
+        return hi
+    lo = 0  # invariant: lo fits (or is 0), hi does not
+    while hi - lo > 1:  # the worst case grows with max_tokens: bisect, ~12 steps
+        mid = (lo + hi) // 2
+        if worst_case_cost(plan, prompt_tokens, catalog, mid, choices) <= cap_usd:
+            lo = mid
+        else:
+            hi = mid
+    return lo or None
+
+
+def output_ceiling(plan: Plan, catalog: Catalog, max_tokens: int | None) -> int:
+    """What a call of the plan may generate without a cap: the client's max_tokens, else the largest
+    `max_output_tokens` among its deployments."""
+    return max_tokens or max(catalog.deployments[d].max_output_tokens for d in _all_deployments(plan))
+
+
+def fit_to_cap(plan: Plan, prompt_tokens: int, catalog: Catalog, cap_usd: float, max_tokens: int | None,
+               choices: int = 1) -> tuple[Plan, int] | None:
+    """The plan and the `max_tokens` that keep its worst case within `cap_usd`, or None.
+    When the cap does not bind, the returned bound is `output_ceiling(plan, ...)`.
+
+    A single call's fallbacks are kept only where they fit at the chosen deployment's bound: the
+    cap serves the deployment the policy chose, and a dearer fallback must not shrink its answer.
+    """
+    if isinstance(plan, Single) and plan.fallbacks:
+        primary = Single(plan.deployment)
+        bound = max_tokens_within(primary, prompt_tokens, catalog, cap_usd, max_tokens, choices)
+        if bound is None:
+            return None
+        kept = tuple(f for f in plan.fallbacks
+                     if worst_case_cost(Single(f), prompt_tokens, catalog, bound, choices) <= cap_usd)
+        return Single(plan.deployment, kept), bound
+    bound = max_tokens_within(plan, prompt_tokens, catalog, cap_usd, max_tokens, choices)
+    return None if bound is None else (plan, bound)
+
+
+def _all_deployments(plan: Plan) -> tuple[str, ...]:
+    return (*plan.deployments, *plan.fallbacks) if isinstance(plan, Single) else plan.deployments
+
+
+def worst_case_duration_s(plan: Plan, catalog: Catalog) -> float:
+    """An upper bound on how long the plan's calls can take: every attempt of every deployment it
+    may call timing out in turn, with the retry back-off (at most 2 s each) between attempts."""
+    return sum((d.max_retries + 1) * d.timeout_s + 2.0 * d.max_retries
+               for d in (catalog.deployments[name] for name in _all_deployments(plan)))

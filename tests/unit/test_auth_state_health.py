@@ -10,7 +10,7 @@ from gateway.auth import OPEN_TENANT, Authenticator, hash_key
 from gateway.config import TenantConfig
 from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, RateLimited
 from gateway.providers.health import DeploymentHealth, HealthBoard
-from gateway.state import MemoryStore
+from gateway.state import MemoryStore, spend_key
 
 
 def _auth(**tenant: object) -> Authenticator:
@@ -47,7 +47,7 @@ def test_budget_and_rate_limits_are_enforced() -> None:
         await auth.admit(tenant)
         with pytest.raises(RateLimited):
             await auth.admit(tenant)
-        await auth.store.incr_float("sy:spend:t", 0.02)
+        await auth.store.incr_float(spend_key("t"), 0.02)
         with pytest.raises(BudgetExceeded):
             await auth.admit(tenant)
 

@@ -26,7 +26,8 @@ class SimModel:
     ``error_rate`` is the chance a request fails with ``error_status``;
     ``fail_first`` makes the first K requests fail deterministically;
     ``retry_after_s`` is the Retry-After header sent with a simulated 429 or 503;
-    ``context_window`` (tokens) rejects longer prompts with 400 ``context_length_exceeded``.
+    ``context_window`` (tokens) rejects longer prompts with 400 ``context_length_exceeded``;
+    ``usage: false`` leaves ``usage`` out of answers and streams, as some self-hosted servers do.
     Prices are not the simulator's business: the gateway config prices its deployments.
     """
 
@@ -40,6 +41,7 @@ class SimModel:
     fail_first: int = 0
     retry_after_s: float | None = None
     context_window: int | None = None
+    usage: bool = True
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as the YAML path.
@@ -63,6 +65,7 @@ class _ModelSpec(BaseModel):
     fail_first: int = Field(default=0, ge=0)
     retry_after_s: float | None = Field(default=None, ge=0)
     context_window: int | None = Field(default=None, ge=1)
+    usage: bool = True
 
 
 class _FileSpec(BaseModel):

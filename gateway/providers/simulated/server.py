@@ -144,15 +144,17 @@ def _completion_body(model: SimModel, call: ChatCall, completions: list[Completi
                 "finish_reason": completion.finish_reason,
             }
         )
-    return {
+    body: dict[str, Any] = {
         "id": new_completion_id(),
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model.name,
         "system_fingerprint": FINGERPRINT,
         "choices": choices,
-        "usage": usage_of(call.prompt_tokens, completions),
     }
+    if model.usage:
+        body["usage"] = usage_of(call.prompt_tokens, completions)
+    return body
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

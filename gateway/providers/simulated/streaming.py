@@ -87,7 +87,7 @@ async def _send(
                 pending.append(framer.choice(_content(index, choice_pieces[step], step, call, completions)))
     for index, completion in enumerate(completions):
         pending.append(framer.choice(_delta(index, {}, completion.finish_reason)))
-    if call.include_usage:
+    if call.include_usage and model.usage:
         pending.append(framer.usage(usage_of(call.prompt_tokens, completions)))
     pending.append(_DONE)
     await response.write(b"".join(pending))

@@ -1,0 +1,229 @@
+"""Money over real HTTP: budgets hold under concurrency (one gateway, and two gateway processes on one
+Redis), cost caps bound what a call may generate (pinned calls too), and answers without `usage`
+are still billed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import redis
+import yaml
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from gateway.state import spend_key
+from gateway.tokens import count_messages
+from tests.support.processes import (
+    ROOT,
+    RedisServer,
+    Simulator,
+    free_port,
+    running_gateway,
+    start_simulator,
+    terminate,
+    wait_until,
+)
+
+KEY_ENV = "SY_TRUST_BUDGET_KEY"
+API_KEY = "sk-trust-budget"
+BUDGET = 0.01
+MAX_TOKENS = 40
+# $25 / $50 per million tokens: one answer (a few prompt tokens, 30 output tokens) costs about $0.0016.
+PRICE_IN, PRICE_OUT = 25.0, 50.0
+MESSAGES = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    models = tmp_path_factory.mktemp("sim") / "models.yaml"
+    models.write_text(yaml.safe_dump({"models": [
+        # slow enough that 50 concurrent requests are all in flight together
+        {"name": "sim-small", "ability": 0.0, "ttft_ms": 150, "tokens_per_s": 0, "output_tokens": 30},
+        {"name": "sim-large", "ability": 4.0, "ttft_ms": 5, "tokens_per_s": 0, "output_tokens": 40},
+        {"name": "sim-bare", "ability": 2.0, "ttft_ms": 5, "tokens_per_s": 0, "output_tokens": 25, "usage": False},
+    ]}))
+    simulator = start_simulator(models)
+    yield simulator
+    simulator.stop()
+
+
+def _raw_config(sim_url: str, redis_url: str | None, tenant: str | None) -> dict[str, Any]:
+    def dep(name: str, tier: str, price_in: float, price_out: float, **kw: Any) -> dict[str, Any]:
+        return {"name": name, "model": f"openai/sim-{name}", "api_base": sim_url, "tier": tier,
+                "price": {"input_per_mtok": price_in, "output_per_mtok": price_out}, **kw}
+
+    raw: dict[str, Any] = {
+        "deployments": [dep("small", "small", PRICE_IN, PRICE_OUT, max_retries=0),
+                        dep("large", "large", 1.0, 2.0), dep("bare", "lab", 1.0, 2.0)],
+        "redis_url": redis_url, "policies_dir": str(ROOT / "routing_policies")}
+    if tenant:
+        raw["tenants"] = [{"name": tenant, "api_key_env": KEY_ENV, "budget_usd": BUDGET}]
+    return raw
+
+
+def _worst_case() -> float:
+    """One request's reservation: counted prompt tokens at the input price, max_tokens at the output price."""
+    return (count_messages(MESSAGES) * PRICE_IN + MAX_TOKENS * PRICE_OUT) / 1e6
+
+
+async def _burst(base_urls: list[str], n: int = 50) -> list[httpx.Response]:
+    body = {"model": "small", "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0.7}
+    async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {API_KEY}"},
+                                 limits=httpx.Limits(max_connections=n)) as client:
+        return await asyncio.gather(*(client.post(base_urls[i % len(base_urls)] + "/v1/chat/completions",
+                                                  json=body) for i in range(n)))
+
+
+def _assert_budget_held(responses: list[httpx.Response], redis_url: str, tenant: str, sim: Simulator) -> None:
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code != 200]
+    assert ok, "some requests fit the budget"
+    assert refused, "the budget cannot pay for all 50"
+    for r in refused:
+        assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded", r.text
+    spent = float(redis.Redis.from_url(redis_url).get(spend_key(tenant)) or 0)
+    assert spent == pytest.approx(sum(float(r.headers["x-switchyard-cost-usd"]) for r in ok))
+    assert spent <= BUDGET + _worst_case()
+    # refused before any upstream call: the upstream saw exactly the admitted requests
+    assert sim.stats()["sim-small"]["requests"] == len(ok)
+
+
+def test_budget_holds_under_50_concurrent_requests_on_one_gateway(
+        sim: Simulator, redis_server: RedisServer) -> None:
+    sim.reset()
+    tenant = f"budget-{uuid.uuid4().hex[:8]}"
+    os.environ[KEY_ENV] = API_KEY
+    app = create_app(parse_config(_raw_config(sim.url, redis_server.url, tenant), "test"))
+    with running_gateway(app) as gw:
+        responses = asyncio.run(_burst([gw.base_url]))
+    _assert_budget_held(responses, redis_server.url, tenant, sim)
+
+
+def _serve(config: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port", str(port),
+         "--log-level", "warning"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), KEY_ENV: API_KEY},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return process, f"http://127.0.0.1:{port}"
+
+
+def test_budget_holds_across_two_gateway_processes_sharing_redis(
+        sim: Simulator, redis_server: RedisServer, tmp_path: Path) -> None:
+    sim.reset()
+    tenant = f"budget-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "gateway.yaml"
+    config.write_text(yaml.safe_dump(_raw_config(sim.url, redis_server.url, tenant)))
+    replicas = [_serve(config), _serve(config)]
+    try:
+        for process, url in replicas:
+            wait_until(lambda url=url: httpx.get(url + "/healthz", timeout=1).status_code == 200,  # type: ignore[misc]
+                       timeout_s=60, what="gateway replica")
+            assert process.poll() is None
+        responses = asyncio.run(_burst([url for _, url in replicas]))
+    finally:
+        for process, _ in replicas:
+            terminate(process)
+    _assert_budget_held(responses, redis_server.url, tenant, sim)
+
+
+@pytest.fixture(scope="module")
+def open_gateway(sim: Simulator) -> Iterator[str]:
+    app = create_app(parse_config(_raw_config(sim.url, None, None), "test"))
+    with running_gateway(app) as gw:
+        yield gw.base_url
+
+
+def test_a_pinned_request_under_a_cost_cap_gets_a_bounded_max_tokens(open_gateway: str) -> None:
+    client = openai.OpenAI(base_url=open_gateway + "/v1", api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": "Explain why the sky is blue."}]
+    # large: $1 in / $2 out per million; room for the prompt and 10 output tokens (it would write 40)
+    cap = (count_messages(messages) * 1.0 + 10 * 2.0) / 1e6
+    raw = client.chat.completions.with_raw_response.create(
+        model="large", messages=messages, extra_headers={"x-switchyard-max-cost-usd": f"{cap:.12f}"})
+    reply = raw.parse()
+    assert reply.usage is not None and reply.usage.completion_tokens <= 10
+    assert reply.choices[0].finish_reason == "length"
+    assert float(raw.headers["x-switchyard-cost-usd"]) <= cap
+    # a client's own smaller max_tokens stands
+    small = client.chat.completions.create(model="large", messages=messages, max_tokens=3,
+                                           extra_headers={"x-switchyard-max-cost-usd": f"{cap:.12f}"})
+    assert small.usage is not None and small.usage.completion_tokens <= 3
+
+
+def test_a_cost_cap_too_small_for_the_prompt_is_a_422_before_any_call(open_gateway: str, sim: Simulator) -> None:
+    before = sim.stats()["sim-large"]["requests"]
+    resp = httpx.post(open_gateway + "/v1/chat/completions", headers={"x-switchyard-max-cost-usd": "0.0000001"},
+                      json={"model": "large", "messages": [{"role": "user", "content": "Explain the tides."}]})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["error"]["code"] == "constraint_unsatisfiable"
+    assert "cost cap" in resp.json()["error"]["message"]
+    assert sim.stats()["sim-large"]["requests"] == before
+
+
+def test_an_answer_without_usage_is_billed_from_counted_tokens(open_gateway: str) -> None:
+    client = openai.OpenAI(base_url=open_gateway + "/v1", api_key="x", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="bare", messages=[{"role": "user", "content": "Name a prime number."}])
+    reply = raw.parse()
+    assert reply.usage is not None and reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
+    assert float(raw.headers["x-switchyard-cost-usd"]) == pytest.approx(
+        (reply.usage.prompt_tokens * 1.0 + reply.usage.completion_tokens * 2.0) / 1e6)
+
+
+def test_a_stream_without_usage_is_billed_from_counted_tokens(open_gateway: str) -> None:
+    def billed() -> float:
+        row = httpx.get(open_gateway + "/v1/spend").json()["deployments"].get("bare") or {}
+        return float(row.get("cost_usd", 0.0))
+
+    before = billed()
+    client = openai.OpenAI(base_url=open_gateway + "/v1", api_key="x", max_retries=0)
+    stream = client.chat.completions.create(model="bare", messages=[{"role": "user", "content": "Count to five."}],
+                                            stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text
+    wait_until(lambda: billed() > before, timeout_s=5, what="stream settlement")
+
+
+def test_redis_holds_are_atomic_under_concurrency_and_expire_when_never_settled(redis_server: RedisServer) -> None:
+    from gateway.state import Budget, Rate, RedisStore, holds_key, rate_key
+
+    tenant = f"holds-{uuid.uuid4().hex[:8]}"
+
+    async def scenario() -> None:
+        store = RedisStore(redis_server.url)
+        try:
+            def budget(amount: float, ttl_s: float = 30.0) -> Budget:
+                return Budget(spend_key(tenant), holds_key(tenant), uuid.uuid4().hex, amount, 0.01, ttl_s)
+
+            got = await asyncio.gather(*(store.reserve(budget(0.0025), Rate(rate_key(tenant, 0), 100))
+                                         for _ in range(50)))
+            assert [g.verdict for g in got].count("ok") == 4
+            assert [g.verdict for g in got].count("budget") == 46
+            assert max(g.requests for g in got) == 4  # refused requests are not counted in the window
+            # a settled hold turns into spend; an unsettled one (a replica that died) expires
+            first = budget(0.002)
+            client = redis.Redis.from_url(redis_server.url)
+            client.delete(holds_key(tenant))  # start over
+            assert (await store.reserve(budget(0.009, ttl_s=0.2), None)).verdict == "ok"
+            assert (await store.reserve(first, None)).verdict == "budget"
+            await asyncio.sleep(0.25)
+            assert (await store.reserve(first, None)).verdict == "ok"
+            await store.settle(spend_key(tenant), holds_key(tenant), first.hold_id, 0.0007)
+            assert float(client.get(spend_key(tenant)) or 0) == pytest.approx(0.0007)
+            assert client.hget(holds_key(tenant), first.hold_id) is None
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())

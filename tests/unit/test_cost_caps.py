@@ -1,0 +1,96 @@
+"""Cost caps bound what a request may generate, counted with a real tokenizer."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import tiktoken
+
+from gateway.config import parse_config
+from gateway.executor.upstreams import counted
+from gateway.plans import BestOfN, Single
+from gateway.policy import Catalog, fit_to_cap, max_tokens_within, worst_case_cost
+from gateway.providers.base import Completion, Usage
+from gateway.providers.pricing import prices_for
+from gateway.signal import routing_text
+from gateway.streaming import Accumulator
+from gateway.tokens import EXACT_CHARS, count_messages, count_text
+
+CJK = "人工智能是计算机科学的一个分支，它企图了解智能的实质，并生产出一种新的能以人类智能相似的方式做出反应的智能机器。"
+
+
+def _catalog() -> Catalog:
+    def dep(name: str, price: float) -> dict[str, object]:
+        return {"name": name, "model": f"openai/{name}", "api_base": "http://127.0.0.1:9/v1",
+                "price": {"input_per_mtok": price, "output_per_mtok": 2 * price}}
+
+    config = parse_config({"deployments": [dep("small", 1.0), dep("large", 10.0)]}, "test")
+    return Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
+
+
+def test_cjk_prompts_are_not_under_counted() -> None:
+    _, tokens = routing_text([{"role": "user", "content": CJK}])
+    assert tokens >= 0.6 * len(CJK)  # characters ÷ 4 would say a quarter of that
+
+
+def test_the_tokenizer_is_real_and_loads_offline() -> None:
+    assert count_text("Hello world") == 2  # o200k_base; the bytes fallback would say 4
+    assert count_messages([{"role": "user", "content": "Hello world"}]) == 2 + 4 + 3
+
+
+def test_huge_prompts_are_counted_with_bounded_work_and_close_to_exact() -> None:
+    count_text("warm up")  # the encoder loads once
+    text = ("The quick brown fox jumps over the lazy dog. " * 4000) + CJK * 200
+    started = time.perf_counter()
+    estimate = count_text(text)
+    elapsed = time.perf_counter() - started
+    truth = len(tiktoken.get_encoding("o200k_base").encode_ordinary(text))
+    assert truth * 0.9 <= estimate <= truth * 1.6
+    assert len(text) > 40 * EXACT_CHARS and elapsed < 0.005
+
+
+def test_a_cap_bounds_max_tokens_so_the_worst_case_fits() -> None:
+    cat = _catalog()
+    cap = cat.prices["large"].estimate(100, 50)
+    bound = max_tokens_within(Single("large"), 100, cat, cap, None)
+    assert bound == 50
+    assert worst_case_cost(Single("large"), 100, cat, bound) <= cap
+    assert max_tokens_within(Single("large"), 100, cat, cap, 20) == 20  # the client's smaller limit stands
+    # several calls share the cap: each may generate less
+    best_of = BestOfN(("large",) * 5)
+    shared = max_tokens_within(best_of, 100, cat, cap, None)
+    assert shared is not None and shared < bound
+    assert worst_case_cost(best_of, 100, cat, shared) <= cap
+
+
+def test_a_cap_too_small_for_the_prompt_cannot_be_met() -> None:
+    cat = _catalog()
+    assert max_tokens_within(Single("large"), 1000, cat, cat.prices["large"].estimate(999, 0), None) is None
+
+
+def test_a_cap_keeps_only_the_fallbacks_that_fit() -> None:
+    cat = _catalog()
+    cap = cat.prices["small"].estimate(100, 50)
+    fitted = fit_to_cap(Single("small", ("large",)), 100, cat, cap, None)
+    assert fitted == (Single("small"), 50)
+
+
+def test_an_answer_without_usage_is_billed_from_counted_tokens() -> None:
+    answer = "Paris is the capital of France."
+    body = {"choices": [{"message": {"role": "assistant", "content": answer}}]}
+    done = counted(Completion(body, Usage(), 0.1), {"messages": [{"role": "user", "content": "Capital of France?"}]})
+    assert done.usage.prompt_tokens > 0 and done.usage.completion_tokens == count_text(answer)
+    reported = Completion(body, Usage(3, 4), 0.1)
+    assert counted(reported, {"messages": []}) is reported
+
+
+def test_a_stream_without_usage_is_counted_with_the_same_tokenizer() -> None:
+    acc = Accumulator()
+    acc.add({"choices": [{"index": 0, "delta": {"role": "assistant", "content": CJK}}]})
+    assert acc.completion_tokens_estimate() == count_text(CJK) >= 0.6 * len(CJK)
+
+
+@pytest.mark.parametrize("text", ["", "a", "hello " * 2000])
+def test_counts_are_positive_and_monotone_in_length(text: str) -> None:
+    assert count_text(text + "more words") >= count_text(text)
