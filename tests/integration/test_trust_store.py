@@ -22,6 +22,7 @@ import redis
 
 from gateway.api.app import create_app
 from gateway.auth import hash_key
+from gateway.state import spend_key
 from tests.integration.conftest import sim_config
 from tests.support.processes import GatewayServer, RedisServer, Simulator, running_gateway, start_redis
 
@@ -140,7 +141,7 @@ def test_the_first_budget_check_after_a_store_restart_is_not_skipped(
         restarted = _restart(own_redis)
         try:
             with redis.Redis.from_url(restarted.url) as direct:
-                direct.set("sy:spend:metered", "100")  # well over its budget
+                direct.set(spend_key("metered"), "100")  # well over its budget
             first = _ask(gw, "sk-metered")
             assert first.status_code == 429 and first.json()["error"]["code"] == "budget_exceeded"
         finally:
@@ -155,7 +156,7 @@ def test_the_first_spend_after_a_store_restart_is_recorded(
         try:
             assert _ask(gw, "sk-free").status_code == 200  # its only store call: recording the spend
             with redis.Redis.from_url(restarted.url) as direct:
-                spent = direct.get("sy:spend:free")
+                spent = direct.get(spend_key("free"))
             assert spent is not None and float(spent) > 0
         finally:
             restarted.stop()

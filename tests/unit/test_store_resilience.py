@@ -10,7 +10,7 @@ import pytest
 from gateway.auth import Authenticator, LogThrottle, Tenant, hash_key, on_outage
 from gateway.config import OutageSetting, TenantConfig
 from gateway.errors import StoreOutage
-from gateway.state import MemoryStore, RedisStore, StoreUnavailable
+from gateway.state import Budget, MemoryStore, Rate, RedisStore, Reserved, StoreUnavailable
 from gateway.store_breaker import StoreBreaker
 
 
@@ -38,6 +38,10 @@ class _DownStore(MemoryStore):
         return 0.0
 
     async def incr(self, key: str, ttl_s: float) -> int:
+        self.calls += 1
+        raise StoreUnavailable("connection refused")
+
+    async def reserve(self, budget: Budget | None, rate: Rate | None) -> Reserved:
         self.calls += 1
         raise StoreUnavailable("connection refused")
 
