@@ -143,16 +143,23 @@ def _policy(svc: Services, name: str, tenant: Tenant, *, check: bool = True) -> 
     return policy
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Route:
     """The plan for one request and the numbers its cost bounds need."""
 
     plan: Plan
     decision: Decision | None
-    prompt_tokens: int        # counted once, reused for the cap, the reservation and billing
+    messages: list[dict[str, Any]]
     max_tokens: int | None    # what each upstream call may generate: the client's, tightened by a cost cap
     capped: bool = False      # True when a cost cap lowered (or set) max_tokens
     choices: int = 1
+    counted: int | None = None  # prompt tokens, counted once when first needed (routing counts them anyway)
+
+    @property
+    def prompt_tokens(self) -> int:
+        if self.counted is None:
+            self.counted = tokens.count_messages(self.messages)
+        return self.counted
 
     def worst_case_usd(self, catalog: Catalog) -> float:
         return worst_case_cost(self.plan, self.prompt_tokens, catalog, self.max_tokens, self.choices)
@@ -160,21 +167,28 @@ class Route:
 
 def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext) -> Route:
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
+    messages = request["messages"]
     decision: Decision | None = None
     if entry.pinned:
-        plan: Plan = Single(entry.pinned)
-        prompt_tokens = tokens.count_messages(request["messages"])
+        r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1))
+        # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
+        # shows most caps cannot bind, and the exact count is left to whatever needs it.
+        bound = tokens.upper_bound_messages(messages)
     else:
-        sig = routing.assess(svc.router, request["messages"], svc.config.deployments)
+        sig = routing.assess(svc.router, messages, svc.config.deployments)
         decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
-        plan, prompt_tokens = decision.plan, sig.prompt_tokens
-    choices = int(request.get("n") or 1)
+        r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
+                  counted=sig.prompt_tokens)
+        bound = sig.prompt_tokens
     cap = entry.policy.spec.constraints.max_cost_usd
     if ctx.overrides.max_cost_usd is not None:
         cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)
-    if cap is None or worst_case_cost(plan, prompt_tokens, svc.catalog, max_tokens, choices) <= cap:
-        return Route(plan, decision, prompt_tokens, max_tokens, choices=choices)
+    if cap is None or worst_case_cost(r.plan, bound, svc.catalog, max_tokens, r.choices) <= cap:
+        return r
+    if r.prompt_tokens < bound and r.worst_case_usd(svc.catalog) <= cap:
+        return r
     # A cap is a bound, not a forecast: what the calls may generate is limited so that the worst case fits.
+    plan, prompt_tokens, choices = r.plan, r.prompt_tokens, r.choices
     fitted = fit_to_cap(plan, prompt_tokens, svc.catalog, cap, max_tokens, choices)
     if fitted is None:
         least = worst_case_cost(Single(plan.deployment) if isinstance(plan, Single) else plan,
@@ -184,8 +198,8 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
             f"and one output token may cost ${least:.6g}", param="max_cost_usd")
     fitted_plan, bounded = fitted
     if bounded >= output_ceiling(fitted_plan, svc.catalog, max_tokens):  # the cap does not bind: send as is
-        return Route(fitted_plan, decision, prompt_tokens, max_tokens, choices=choices)
-    return Route(fitted_plan, decision, prompt_tokens, bounded, capped=True, choices=choices)
+        return Route(fitted_plan, decision, messages, max_tokens, choices=choices, counted=prompt_tokens)
+    return Route(fitted_plan, decision, messages, bounded, capped=True, choices=choices, counted=prompt_tokens)
 
 
 def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
@@ -268,7 +282,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(body), span,
                                                    deadline=deadline)
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
-            relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r.prompt_tokens)
+            relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r)
             return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
                            settle=relay.settle)
         result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
@@ -311,7 +325,7 @@ class _LiveStream:
     label: str
     span: Span
     held: Reservation
-    prompt_tokens: int
+    route: Route  # its prompt tokens bill a stream cut short
     acc: Accumulator = field(default_factory=Accumulator)
     settled: bool = False
 
@@ -345,7 +359,7 @@ class _LiveStream:
         live, acc = self.live, self.acc
         await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
         if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
-            live.stats.usage = Usage(self.prompt_tokens, acc.completion_tokens_estimate())
+            live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = self.svc.upstreams.close_stream(live, error)
         await self.svc.ledger.record(self.tenant, (record,), reservation=self.held)
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,

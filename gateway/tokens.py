@@ -104,6 +104,13 @@ def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
     return count_texts([content_text(m.get("content")) for m in messages])
 
 
+def upper_bound_messages(messages: Iterable[Mapping[str, Any]]) -> int:
+    """A bound no exact count exceeds, for the price of measuring bytes: a byte-level BPE token
+    covers at least one UTF-8 byte. Enough to show that a cost cap cannot bind."""
+    texts = [content_text(m.get("content")) for m in messages]
+    return sum(len(t.encode("utf-8", "replace")) for t in texts) + PER_MESSAGE_TOKENS * len(texts) + PER_REQUEST_TOKENS
+
+
 def count_completion(body: Mapping[str, Any]) -> int:
     """Completion tokens of a chat.completion body, counted from its text (for answers without usage)."""
     total = 0

@@ -109,7 +109,7 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 
 def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest) -> dict[str, Any]:
-    """Check the body and return the validated body as the plain dict that flows on."""
+    """Check the body strictly and return it as the plain dict that flows on (unknown fields as sent)."""
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
@@ -122,6 +122,8 @@ def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest) -> dict[st
         extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise InvalidRequest(f"{where}: {first['msg']}{extra}", param=where or None,
                              code="invalid_value" if first["type"] != "missing" else "missing_field") from None
-    body = parsed.model_dump(exclude_unset=True)
-    body["model"] = parsed.model  # a default (RouteRequest's `auto`) is not "set" but flows on
-    return body
+    # Strict mode coerces nothing (a JSON integer for a float field is the same number), so the
+    # client's own dict *is* the validated body: forwarding it saves a dump (~7 µs) per request.
+    if parsed.model != data.get("model"):  # a default (RouteRequest's `auto`) flows on
+        data = {**data, "model": parsed.model}
+    return data

@@ -165,7 +165,7 @@ def test_the_body_that_flows_on_carries_the_validated_values_and_unknown_fields_
     sent = {"model": "small", "messages": [{"role": "user", "content": "hi", "x_tag": 1}], "temperature": 0,
             "top_k": "5", "guided_json": {"type": "object"}}
     body = validate_chat(sent)
-    assert body["temperature"] == 0.0 and isinstance(body["temperature"], float)
+    assert body["temperature"] == 0  # a JSON integer is a valid number; strict mode converts nothing
     assert body["top_k"] == "5" and body["guided_json"] == {"type": "object"}  # not ours to judge
     assert body["messages"] == [{"role": "user", "content": "hi", "x_tag": 1}]
 
