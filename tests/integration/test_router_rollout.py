@@ -1,8 +1,10 @@
-"""Router versions across replicas: two gateways on one Redis follow `switchyard router promote` and
-`rollback` within seconds, report the version they serve, and `router evaluate` compares routers."""
+"""Router versions across replicas: two gateways on one Redis (one in this process, one a real
+`switchyard serve`) follow `switchyard router promote` and `rollback` within seconds, report the
+version they serve, and `router evaluate` compares routers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,13 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+import yaml
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.api.app import create_app
 from gateway.router.artifact import Artifact
 from gateway.router.model import DEFAULT_ARTIFACT
 from tests.integration.conftest import FIXTURES, sim_config
-from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
+from tests.support.processes import ROOT, RedisServer, Simulator, free_port, running_gateway, terminate, wait_until
 from tests.support.routers import variant
 
 CLI = [sys.executable, "-m", "gateway.cli"]
@@ -74,13 +77,30 @@ def _all_serve(urls: list[str], version: str, within_s: float) -> float:
     raise AssertionError(f"replicas serve {seen}, not {version}, {within_s} s after the change")
 
 
+@contextlib.contextmanager
+def _serve(config_file: Path, log: Path) -> Iterator[str]:
+    """`switchyard serve` as operators run it, in its own process; its log goes to `log`."""
+    port = free_port()
+    with log.open("w") as sink:
+        process = subprocess.Popen([*CLI, "serve", "--config", str(config_file), "--port", str(port)],
+                                   stdout=sink, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: httpx.get(base + "/healthz", timeout=1).status_code == 200, 30, "switchyard serve")
+        yield base
+    finally:
+        terminate(process)
+
+
 def test_every_replica_serves_a_promoted_router_within_5_s_and_a_rolled_back_one_too(
-        simulator: Simulator, versions_url: str, policies_dir: Path, variant_dir: Path) -> None:
-    config = sim_config(simulator.url, versions_url)
-    a = create_app(config, policies_dir=policies_dir, watch_policies_s=None)
-    b = create_app(config, policies_dir=policies_dir, watch_policies_s=None)
-    with running_gateway(a) as ga, running_gateway(b) as gb:
-        urls = [ga.base_url, gb.base_url]
+        simulator: Simulator, versions_url: str, policies_dir: Path, variant_dir: Path, tmp_path: Path) -> None:
+    config = sim_config(simulator.url, versions_url, policies_dir=str(policies_dir))
+    config_file = tmp_path / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(exclude_none=True)))
+    in_process = create_app(config, watch_policies_s=None)
+    log = tmp_path / "serve.log"
+    with running_gateway(in_process) as ga, _serve(config_file, log) as gb_url:
+        urls = [ga.base_url, gb_url]
         before = [_route(u) for u in urls]
         assert [r["router_version"] for r in before] == [SHIPPED, SHIPPED]
 
@@ -89,6 +109,7 @@ def test_every_replica_serves_a_promoted_router_within_5_s_and_a_rolled_back_one
         new = Artifact.read(variant_dir).version
         assert new in promoted.stdout and new != SHIPPED
         _all_serve(urls, new, within_s=5.0)
+        assert f"router {new} now serving (was {SHIPPED}; promote by ci)" in log.read_text()
         after = _route(ga.base_url)
         assert [c["predicted_quality"] for c in after["candidates"]] != \
             [c["predicted_quality"] for c in before[0]["candidates"]]  # the new router really decides
@@ -101,7 +122,7 @@ def test_every_replica_serves_a_promoted_router_within_5_s_and_a_rolled_back_one
         rolled = _cli("router", "rollback", "--by", "ci", redis_url=versions_url)
         assert rolled.returncode == 0, rolled.stderr
         _all_serve(urls, SHIPPED, within_s=5.0)
-        assert [c["predicted_quality"] for c in _route(gb.base_url)["candidates"]] == \
+        assert [c["predicted_quality"] for c in _route(gb_url)["candidates"]] == \
             [c["predicted_quality"] for c in before[1]["candidates"]]
 
 
