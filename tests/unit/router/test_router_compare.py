@@ -52,3 +52,18 @@ def test_pair_metrics_match_the_gate_on_recorded_data(small_data: Path) -> None:
     theirs = gate.metrics(rows, {r["id"]: len(r["prompt"]) for r in rows}, weak, strong)
     for key in ("apgr", "cpt50", "cpt80", "cost_share_at_95pct_quality", "q_weak", "q_strong"):
         assert ours[key] == theirs[key], key
+
+
+def test_evaluate_measures_at_the_target_a_policy_states(tmp_path: Path) -> None:
+    from gateway.config import embedded_config
+    from gateway.router.admin import policy_targets
+
+    (tmp_path / "thrifty.yaml").write_text("name: thrifty\ntarget: {strong_share: 0.2}\n")
+    (tmp_path / "careful.yaml").write_text("name: careful\ntarget: {quality: 0.9}\n")
+    (tmp_path / "plain.yaml").write_text("name: plain\nobjective: {value_usd: 1.0}\n")
+    config = embedded_config("http://127.0.0.1:9/v1").model_copy(update={"policies_dir": str(tmp_path)})
+    base = Targets(threshold=0.1)
+    assert policy_targets("thrifty", config, base) == (Targets(0.2, 0.95, 0.1), None)
+    assert policy_targets("careful", config, base) == (Targets(0.3, 0.9, 0.1), None)
+    same, note = policy_targets("plain", config, base)
+    assert same == base and note is not None and "no target" in note
