@@ -55,6 +55,7 @@ def pair_report(score: np.ndarray, data: RoutingData, weak: str, strong: str, ta
     args = (score[ok], data.score[ok, jw], data.score[ok, js],
             np.nan_to_num(data.cost[ok, jw]), np.nan_to_num(data.cost[ok, js]))
     out: dict[str, Any] = pair_metrics(*args).as_dict()
+    out["costs_recorded"] = bool(np.any(args[3] > 0) or np.any(args[4] > 0))  # else cost shares read 0
     curve = pair_curve(*args)
     out["at_share"] = share_point(curve, targets.strong_share)
     out["share_for_quality"] = share_for_quality(curve, targets.quality)
@@ -110,6 +111,8 @@ def render(result: dict[str, Any]) -> str:
             better = (key in _LOWER_IS_BETTER and cv < sv) or (key in _HIGHER_IS_BETTER and cv > sv)
             mark = " better" if better else ""
             lines.append(f"  {label:<36}{cv:>10.4f}{sv:>10.4f}{cv - sv:>+9.4f}{mark}")
+        if not c["costs_recorded"]:
+            lines.append("  (the data records no costs for this pair: cost shares read 0)")
     return "\n".join(lines)
 
 
