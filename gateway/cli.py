@@ -151,6 +151,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_router(args: argparse.Namespace) -> int:
+    from gateway.router import admin
+
+    if args.router_command == "promote":
+        return admin.promote(args.directory, args.config, args.by)
+    if args.router_command == "rollback":
+        return admin.rollback(args.version, args.config, args.by)
+    if args.router_command == "history":
+        return admin.history(args.config, args.json)
+    from gateway.router.compare import Targets
+
+    targets = Targets(args.share, args.quality, args.threshold)
+    return admin.evaluate(args.candidate, args.data, split=args.split, weak=args.weak, strong=args.strong,
+                          targets=targets, policy=args.policy, config_path=args.config, against=args.against,
+                          as_json=args.json, progress=not args.quiet)
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.explain import check_policies
 
@@ -214,6 +231,35 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    rt = sub.add_parser("router", help="router versions: evaluate a candidate, promote it to every replica, roll back")
+    rs = rt.add_subparsers(dest="router_command", required=True)
+    config_help = "gateway YAML whose redis_url holds the versions (default: $SWITCHYARD_CONFIG, else $SWITCHYARD_REDIS_URL)"
+    ev = rs.add_parser("evaluate", help="compare a candidate router with the serving one on labelled data")
+    ev.add_argument("candidate", help="router directory made by `switchyard train`")
+    ev.add_argument("--data", required=True, help="JSONL in the routing-data schema")
+    ev.add_argument("--split", default="validation", help="rows to score: validation (default), train or all")
+    ev.add_argument("--weak", help="the weak model of the pair (default: the file's usual pairs)")
+    ev.add_argument("--strong", help="the strong model of the pair")
+    ev.add_argument("--policy", help="take the share/quality target from this policy's `target`")
+    ev.add_argument("--share", type=float, default=0.3, help="share of prompts to the strong model to measure at")
+    ev.add_argument("--quality", type=float, default=0.95, help="quality target, as a share of always-strong")
+    ev.add_argument("--threshold", type=float, help="also measure at this threshold on the router's score")
+    ev.add_argument("--against", help="compare with this router directory instead of the serving one")
+    ev.add_argument("--config", help=config_help)
+    ev.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    pr = rs.add_parser("promote", help="validate a router directory and make every replica serve it")
+    pr.add_argument("directory")
+    rb = rs.add_parser("rollback", help="serve the router before the last change again (or VERSION)")
+    rb.add_argument("version", nargs="?", help="a version (name@hash), a name, a hash prefix, or `configured`")
+    hi = rs.add_parser("history", help="list promotions and rollbacks, and what is served now")
+    hi.add_argument("--json", action="store_true")
+    for cmd in (pr, rb, hi):
+        cmd.add_argument("--config", help=config_help)
+    for cmd in (pr, rb):
+        cmd.add_argument("--by", help="who is making the change (default: user@host)")
+    rt.set_defaults(func=cmd_router)
 
     pc = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
     c = pc.add_parser("check", help="validate policy files and run their golden examples (for CI)")

@@ -48,6 +48,7 @@ from gateway.policy import (
     worst_case_duration_s,
 )
 from gateway.providers.base import ProviderFailure, Usage
+from gateway.router.serving import ServingRouter
 from gateway.signal import RememberingRouter
 from gateway.streaming import Accumulator
 from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
@@ -63,7 +64,7 @@ class Services:
     config: GatewayConfig
     auth: Authenticator
     cache: ExactCache
-    router: RememberingRouter
+    router: ServingRouter  # `.current` is read once per request; `.version` names what is served
     policies: PolicySet
     catalog: Catalog
     upstreams: Upstreams
@@ -153,6 +154,7 @@ class Route:
     max_tokens: int | None    # what each upstream call may generate: the client's, tightened by a cost cap
     capped: bool = False      # True when a cost cap lowered (or set) max_tokens
     choices: int = 1
+    router_version: str = ""  # the router that assessed the prompt (and the one serving, when pinned)
     counted: int | None = None  # prompt tokens, counted once when first needed (routing counts them anyway)
 
     @property
@@ -165,20 +167,24 @@ class Route:
         return worst_case_cost(self.plan, self.prompt_tokens, catalog, self.max_tokens, self.choices)
 
 
-def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext) -> Route:
+def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext,
+          router: RememberingRouter | None = None) -> Route:
+    """`router`: the request's reference to the served router (taken once); else the current one."""
+    router = router or svc.router.current
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     messages = request["messages"]
     decision: Decision | None = None
     if entry.pinned:
-        r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1))
+        r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
+                  router_version=router.version)
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
         bound = tokens.upper_bound_messages(messages)
     else:
-        sig = routing.assess(svc.router, messages, svc.config.deployments)
+        sig = routing.assess(router, messages, svc.config.deployments)
         decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
-                  counted=sig.prompt_tokens)
+                  router_version=router.version, counted=sig.prompt_tokens)
         bound = sig.prompt_tokens
     cap = entry.policy.spec.constraints.max_cost_usd
     if ctx.overrides.max_cost_usd is not None:
@@ -198,8 +204,10 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
             f"and one output token may cost ${least:.6g}", param="max_cost_usd")
     fitted_plan, bounded = fitted
     if bounded >= output_ceiling(fitted_plan, svc.catalog, max_tokens):  # the cap does not bind: send as is
-        return Route(fitted_plan, decision, messages, max_tokens, choices=choices, counted=prompt_tokens)
-    return Route(fitted_plan, decision, messages, bounded, capped=True, choices=choices, counted=prompt_tokens)
+        return Route(fitted_plan, decision, messages, max_tokens, choices=choices, router_version=r.router_version,
+                     counted=prompt_tokens)
+    return Route(fitted_plan, decision, messages, bounded, capped=True, choices=choices,
+                 router_version=r.router_version, counted=prompt_tokens)
 
 
 def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
@@ -226,14 +234,16 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
         explained = r.decision.explain()
     if r.capped:
         explained["max_tokens"] = r.max_tokens
+    explained["router_version"] = r.router_version
     return explained
 
 
 async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Outcome:
+    router = svc.router.current  # this request's router, whatever is promoted meanwhile
     span = svc.telemetry.start("switchyard.request", gen_ai__operation__name="chat",
-                               gen_ai__request__model=request["model"])
+                               gen_ai__request__model=request["model"], switchyard__router__version=router.version)
     try:
-        outcome = await _handle(svc, request, ctx, span)
+        outcome = await _handle(svc, request, ctx, span, router)
     except BaseException as exc:
         set_attributes(span, error__type=type(exc).__name__)
         span.end()
@@ -250,7 +260,8 @@ async def _admit(svc: Services, tenant: Tenant, r: Route) -> Reservation:
     return await svc.auth.admit(tenant, r.worst_case_usd(svc.catalog), ttl)
 
 
-async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span) -> Outcome:
+async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
+                  router: RememberingRouter) -> Outcome:
     tenant = svc.auth.identify(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
@@ -265,8 +276,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
         return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)
 
-    with svc.telemetry.span("switchyard.route", span) as route_span:
-        r = route(svc, entry, request, ctx)
+    with svc.telemetry.span("switchyard.route", span, switchyard__router__version=router.version) as route_span:
+        r = route(svc, entry, request, ctx, router)
         plan, decision = r.plan, r.decision
         set_attributes(route_span, switchyard__plan=plan.label,
                        switchyard__difficulty=decision.signal.difficulty if decision else None)

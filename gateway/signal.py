@@ -36,10 +36,13 @@ class RememberingRouter:
     Assessing is the largest per-request cost of routing (hashing n-grams, the neighbour
     search); a prompt seen recently (templates, retries, evaluation sets) is routed for the cost
     of a dict lookup. Assessments are pure functions of the text, so remembering them is exact.
+    The memory belongs to one router: a new router (`gateway.router.serving`) comes with its own.
+    `version` names the artifact it was loaded from (`gateway.router.artifact`).
     """
 
-    def __init__(self, router: Router, size: int = 4096) -> None:
+    def __init__(self, router: Router, size: int = 4096, version: str = "unversioned") -> None:
         self.router = router
+        self.version = version
         self.assess = functools.lru_cache(maxsize=size)(router.assess)
         self.p_good = router.p_good
 

@@ -1,10 +1,12 @@
 """Shared state behind one small interface: Redis (single node or cluster) or process memory.
 
-The gateway keeps four kinds of keys, all under `sy:` and all built here: cached answers
+The gateway keeps these keys, all under `sy:` and all built here: cached answers
 (`sy:cache:...`), tenant spend (`sy:spend:{<tenant>}`, USD), budget holds of requests in flight
 (`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms") and rate windows
 (`sy:rate:{<tenant>}:<minute>`). A tenant's keys share one hash tag so that a Redis Cluster keeps
-them in one slot, where one script can touch them all.
+them in one slot, where one script can touch them all. The promoted router lives in
+`sy:router:current` (a small JSON pointer every replica polls), `sy:router:history` (a list, one
+JSON entry per promotion or rollback) and `sy:router:artifact:<sha256>` (the artifact's bytes).
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -43,6 +45,18 @@ def holds_key(tenant: str) -> str:
 
 def rate_key(tenant: str, minute: int) -> str:
     return f"sy:rate:{{{tenant}}}:{minute}"
+
+
+def router_current_key() -> str:
+    return "sy:router:current"
+
+
+def router_history_key() -> str:
+    return "sy:router:history"
+
+
+def router_artifact_key(digest: str) -> str:
+    return f"sy:router:artifact:{digest}"
 
 
 RATE_WINDOW_TTL_S = 120  # a minute window, kept a minute longer for clock skew between replicas
@@ -126,6 +140,8 @@ class Store(Protocol):
     async def get_float(self, key: str) -> float: ...
     async def reserve(self, budget: Budget | None, rate: Rate | None) -> Reserved: ...
     async def settle(self, spend_key: str, holds_key: str, hold_id: str | None, actual: float) -> None: ...
+    async def list_append(self, key: str, value: bytes) -> None: ...
+    async def list_read(self, key: str) -> list[bytes]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -139,6 +155,7 @@ class MemoryStore:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._floats: dict[str, float] = {}
         self._holds: dict[str, dict[str, tuple[float, float]]] = {}  # holds key -> id -> (amount, expiry)
+        self._lists: dict[str, list[bytes]] = {}
         self._max_keys = max_keys
 
     def _live(self, key: str) -> bytes | None:
@@ -201,6 +218,12 @@ class MemoryStore:
             self._holds.get(holds_key, {}).pop(hold_id, None)
         if actual > 0:
             self._floats[spend_key] = self._floats.get(spend_key, 0.0) + actual
+
+    async def list_append(self, key: str, value: bytes) -> None:
+        self._lists.setdefault(key, []).append(value)
+
+    async def list_read(self, key: str) -> list[bytes]:
+        return list(self._lists.get(key, ()))
 
     async def ping(self) -> bool:
         return True
@@ -309,6 +332,13 @@ class RedisStore:
                     pipe.incrbyfloat(spend_key, actual)
                 await pipe.execute()
         await self._guarded(settled)
+
+    async def list_append(self, key: str, value: bytes) -> None:
+        await self._guarded(lambda: self._client.rpush(key, value))
+
+    async def list_read(self, key: str) -> list[bytes]:
+        items: list[bytes] = await self._guarded(lambda: self._client.lrange(key, 0, -1))
+        return items
 
     async def ping(self) -> bool:
         try:

@@ -28,9 +28,12 @@ from gateway.providers.direct import DirectBackend
 from gateway.providers.health import HealthBoard
 from gateway.providers.litellm_backend import LiteLLMBackend
 from gateway.providers.pricing import prices_for
-from gateway.router import Router, load_router
+from gateway.router import Router
+from gateway.router.registry import RouterRegistry
+from gateway.router.serving import ServingRouter, configured_dir, load_dir, version_of_object
+from gateway.router.sync import RouterSync
 from gateway.signal import RememberingRouter
-from gateway.state import open_store
+from gateway.state import RedisStore, open_store
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("switchyard")
@@ -68,7 +71,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         config=config,
         auth=Authenticator(config.tenants, store, config.on_store_outage),
         cache=ExactCache(store, config.deployments, config.cache_namespace),
-        router=RememberingRouter(router or load_router(config.router_artifact)),
+        router=serving_router(config, router),
         policies=policies,
         catalog=Catalog(deployments, prices),
         upstreams=Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry),
@@ -77,21 +80,45 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     )
 
 
+def serving_router(config: GatewayConfig, router: Router | None = None) -> ServingRouter:
+    """The configured router (`router_artifact`, else the shipped one), or the one handed in."""
+    if router is not None:
+        return ServingRouter(RememberingRouter(router, version=version_of_object(router)))
+    root = configured_dir(config.router_artifact)
+    return ServingRouter(load_dir(root), configured=root)
+
+
+def router_sync(services: Services, interval_s: float | None) -> RouterSync | None:
+    """Replicas sharing a store follow its promoted router; its own client, with a timeout that fits
+    fetching a few MB, and a breaker of its own, so this never trips the request path's."""
+    url = services.config.redis_url
+    if not url or not interval_s:
+        return None
+    return RouterSync(services.router, RouterRegistry(RedisStore(url, timeout_s=5.0)), interval_s)
+
+
 def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
                router: Router | None = None, policies_dir: Path | None = None,
-               watch_policies_s: float | None = 1.0) -> FastAPI:
+               watch_policies_s: float | None = 1.0, watch_router_s: float | None = 1.0) -> FastAPI:
     services = build_services(config, span_exporter=span_exporter, router=router, policies_dir=policies_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(services.policies.watch(watch_policies_s)) if watch_policies_s else None
-        log.info("switchyard ready: %d deployments, policies %s, store %s", len(config.deployments),
-                 ", ".join(sorted(services.policies.policies)), services.cache.store.kind)
+        sync = router_sync(services, watch_router_s)
+        if sync is not None:
+            await sync.check()  # a promoted router is served from the first request
+        router_task = asyncio.create_task(sync.run()) if sync is not None else None
+        log.info("switchyard ready: %d deployments, policies %s, store %s, router %s", len(config.deployments),
+                 ", ".join(sorted(services.policies.policies)), services.cache.store.kind, services.router.version)
         try:
             yield
         finally:
             if watcher:
                 watcher.cancel()
+            if router_task is not None and sync is not None:
+                router_task.cancel()
+                await sync.registry.store.close()
             for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
                 await backend.close()
             await services.cache.store.close()

@@ -26,7 +26,7 @@ def _run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
 
 def test_help_explains_every_command() -> None:
     out = _run("--help").stdout
-    for command in ("serve", "demo", "simulate", "route", "train", "policy", "bench"):
+    for command in ("serve", "demo", "simulate", "route", "train", "router", "policy", "bench"):
         assert command in out
 
 

@@ -1,0 +1,122 @@
+"""`switchyard router evaluate`: a candidate router against the serving one, on labelled data.
+
+Both routers score the same prompts; each weak→strong pair is ranked and measured exactly as
+`evaluate.py` and `metrics.py` do for training reports and benchmarks (the definitions of the
+routing gate: APGR, CPT(50%), CPT(80%), cost share at 95% quality). Added here, for a policy's
+target:
+
+- at a share `s` to the strong model (`target: {strong_share: s}`): the share of the quality gap
+  recovered (PGR) and the cost, as a share of always-strong;
+- for a quality target `q` (`target: {quality: q}`): the smallest share to strong whose quality
+  reaches `q` × always-strong's;
+- at a threshold `t` on the router's score (its predicted gain of strong over weak): the share of
+  prompts at or above it, and the PGR there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from gateway.router.data import RoutingData
+from gateway.router.evaluate import pair_rows, rank_score, score_data
+from gateway.router.metrics import PairCurve, pair_curve, pair_metrics, pgr
+from gateway.router.model import Router
+
+
+@dataclass(frozen=True)
+class Targets:
+    strong_share: float = 0.3
+    quality: float = 0.95
+    threshold: float | None = None
+
+
+def share_point(curve: PairCurve, share: float) -> dict[str, float]:
+    """PGR, quality and cost share when the `share` hardest prompts go to the strong model."""
+    n = len(curve.share) - 1
+    k = min(n, max(0, round(share * n)))
+    c_strong = curve.cost[-1] or 1.0
+    return {"strong_share": round(float(curve.share[k]), 4), "pgr": round(float(pgr(curve)[k]), 4),
+            "quality": round(float(curve.quality[k]), 4), "cost_share": round(float(curve.cost[k] / c_strong), 4)}
+
+
+def share_for_quality(curve: PairCurve, frac: float) -> float:
+    """The smallest strong-call share whose quality reaches `frac` of always-strong (1.0 if none)."""
+    hit = np.nonzero(curve.quality >= frac * curve.quality[-1])[0]
+    return round(float(curve.share[hit[0]]), 4) if hit.size else 1.0
+
+
+def pair_report(score: np.ndarray, data: RoutingData, weak: str, strong: str, targets: Targets) -> dict[str, Any]:
+    jw, js = data.col(weak), data.col(strong)
+    ok = pair_rows(data, jw, js)
+    args = (score[ok], data.score[ok, jw], data.score[ok, js],
+            np.nan_to_num(data.cost[ok, jw]), np.nan_to_num(data.cost[ok, js]))
+    out: dict[str, Any] = pair_metrics(*args).as_dict()
+    out["costs_recorded"] = bool(np.any(args[3] > 0) or np.any(args[4] > 0))  # else cost shares read 0
+    curve = pair_curve(*args)
+    out["at_share"] = share_point(curve, targets.strong_share)
+    out["share_for_quality"] = share_for_quality(curve, targets.quality)
+    if targets.threshold is not None and len(args[0]):
+        out["at_threshold"] = share_point(curve, float(np.mean(args[0] >= targets.threshold)))
+    return out
+
+
+def compare(routers: dict[str, Router], data: RoutingData, pairs: Sequence[tuple[str, str]], targets: Targets,
+            progress: bool = True) -> dict[str, dict[str, Any]]:
+    """{"weak->strong": {router label: report}} for every router on the same prompts."""
+    reports: dict[str, dict[str, Any]] = {f"{w}->{s}": {} for w, s in pairs}
+    for label, router in routers.items():
+        scored = score_data(router, data, progress)
+        for weak, strong in pairs:
+            score = rank_score(scored, data.col(weak), data.col(strong))
+            reports[f"{weak}->{strong}"][label] = pair_report(score, data, weak, strong, targets)
+    return reports
+
+
+_ROWS = (("APGR", "apgr"), ("CPT(50%)", "cpt50"), ("CPT(80%)", "cpt80"),
+         ("cost share at 95% quality", "cost_share_at_95pct_quality"))
+_HIGHER_IS_BETTER = {"apgr", "at_share.pgr", "at_threshold.pgr"}
+_LOWER_IS_BETTER = {"cpt50", "cpt80", "cost_share_at_95pct_quality", "at_share.cost_share", "share_for_quality"}
+
+
+def _rows(report: dict[str, Any], targets: Targets) -> list[tuple[str, str, float]]:
+    rows = [(label, key, float(report[key])) for label, key in _ROWS]
+    rows.append((f"PGR at {targets.strong_share:.0%} to strong", "at_share.pgr", report["at_share"]["pgr"]))
+    rows.append((f"cost share at {targets.strong_share:.0%} to strong", "at_share.cost_share",
+                 report["at_share"]["cost_share"]))
+    rows.append((f"share to strong for {targets.quality:.0%} quality", "share_for_quality",
+                 float(report["share_for_quality"])))
+    if "at_threshold" in report:
+        rows.append((f"share to strong at score >= {targets.threshold:g}", "at_threshold.strong_share",
+                     report["at_threshold"]["strong_share"]))
+        rows.append((f"PGR at score >= {targets.threshold:g}", "at_threshold.pgr", report["at_threshold"]["pgr"]))
+    return rows
+
+
+def render(result: dict[str, Any]) -> str:
+    """The comparison as a table per pair: candidate, serving, and the difference."""
+    cand, serv = result["candidate"]["version"], result["serving"]["version"]
+    targets = Targets(**result["targets"])
+    lines = [f"data: {result['data']} ({result['split']}, {result['n']} prompts)",
+             f"candidate: {cand}   serving: {serv} ({result['serving']['source']})"]
+    for pair, by_router in result["pairs"].items():
+        c, s = by_router["candidate"], by_router["serving"]
+        lines += ["", f"{pair}  ({c['n']} prompts with both outcomes; weak {c['q_weak']:.4f}, "
+                      f"strong {c['q_strong']:.4f})",
+                  f"  {'':<36}{'candidate':>10}{'serving':>10}{'change':>9}"]
+        for (label, key, cv), (_, _, sv) in zip(_rows(c, targets), _rows(s, targets), strict=True):
+            better = (key in _LOWER_IS_BETTER and cv < sv) or (key in _HIGHER_IS_BETTER and cv > sv)
+            mark = " better" if better else ""
+            lines.append(f"  {label:<36}{cv:>10.4f}{sv:>10.4f}{cv - sv:>+9.4f}{mark}")
+        if not c["costs_recorded"]:
+            lines.append("  (the data records no costs for this pair: cost shares read 0)")
+    return "\n".join(lines)
+
+
+def result_json(data_path: str, split: str, n: int, candidate: dict[str, str], serving: dict[str, str],
+                targets: Targets, pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    return {"data": data_path, "split": split, "n": n, "candidate": candidate, "serving": serving,
+            "targets": asdict(targets), "pairs": pairs}

@@ -1,0 +1,69 @@
+"""`switchyard router evaluate`'s numbers follow the routing gate's curve."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gateway.router.compare import Targets, pair_report, share_for_quality, share_point
+from gateway.router.data import load_data
+from gateway.router.evaluate import eval_pair
+from gateway.router.metrics import pair_curve, pgr
+
+GATE = Path(__file__).resolve().parents[4] / "shared" / "gates" / "routing_eval.py"
+
+
+def test_target_points_read_the_same_curve_as_the_gate_metrics(small_data: Path) -> None:
+    rng = np.random.default_rng(0)
+    qw = (rng.random(200) < 0.4).astype(float)
+    qs = np.maximum(qw, (rng.random(200) < 0.7).astype(float))
+    score = qs - qw + rng.normal(0, 0.5, 200)
+    curve = pair_curve(score, qw, qs, np.ones(200), np.full(200, 4.0))
+    at = share_point(curve, 0.3)
+    assert at["strong_share"] == 0.3 and at["pgr"] == pytest.approx(pgr(curve)[60], abs=1e-4)
+    assert at["cost_share"] == pytest.approx((140 + 60 * 4) / 800, abs=1e-4)
+    needed = share_for_quality(curve, 0.95)
+    k = round(needed * 200)
+    assert curve.quality[k] >= 0.95 * curve.quality[-1] > curve.quality[k - 1]
+
+    data = load_data(small_data)
+    weak, strong = "Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"
+    by_length = np.array([len(p) for p in data.prompts], dtype=float)
+    report = pair_report(by_length, data, weak, strong, Targets(threshold=float(np.median(by_length))))
+    assert {k: report[k] for k in eval_pair(data, by_length, weak, strong).as_dict()} == \
+        eval_pair(data, by_length, weak, strong).as_dict()
+    assert report["at_threshold"]["strong_share"] == pytest.approx(0.5, abs=0.05)
+
+
+@pytest.mark.skipif(not GATE.exists(), reason="the shared gate script is not present")
+def test_pair_metrics_match_the_gate_on_recorded_data(small_data: Path) -> None:
+    spec = importlib.util.spec_from_file_location("routing_eval", GATE)
+    assert spec and spec.loader
+    gate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gate)
+    data = load_data(small_data)
+    weak, strong = "Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"
+    rows = [r for r in gate.load(small_data) if weak in r["models"] and strong in r["models"]]
+    by_length = np.array([len(p) for p in data.prompts], dtype=float)
+    ours = pair_report(by_length, data, weak, strong, Targets())
+    theirs = gate.metrics(rows, {r["id"]: len(r["prompt"]) for r in rows}, weak, strong)
+    for key in ("apgr", "cpt50", "cpt80", "cost_share_at_95pct_quality", "q_weak", "q_strong"):
+        assert ours[key] == theirs[key], key
+
+
+def test_evaluate_measures_at_the_target_a_policy_states(tmp_path: Path) -> None:
+    from gateway.config import embedded_config
+    from gateway.router.admin import policy_targets
+
+    (tmp_path / "thrifty.yaml").write_text("name: thrifty\ntarget: {strong_share: 0.2}\n")
+    (tmp_path / "careful.yaml").write_text("name: careful\ntarget: {quality: 0.9}\n")
+    (tmp_path / "plain.yaml").write_text("name: plain\nobjective: {value_usd: 1.0}\n")
+    config = embedded_config("http://127.0.0.1:9/v1").model_copy(update={"policies_dir": str(tmp_path)})
+    base = Targets(threshold=0.1)
+    assert policy_targets("thrifty", config, base) == (Targets(0.2, 0.95, 0.1), None)
+    assert policy_targets("careful", config, base) == (Targets(0.3, 0.9, 0.1), None)
+    same, note = policy_targets("plain", config, base)
+    assert same == base and note is not None and "no target" in note

@@ -1,0 +1,128 @@
+"""Router versions: what names an artifact, how a replica swaps routers, and what rollback undoes."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from gateway.router.artifact import Artifact, ArtifactError
+from gateway.router.model import DEFAULT_ARTIFACT
+from gateway.router.registry import CONFIGURED, RegistryError, RouterRegistry, serving_stack
+from gateway.router.serving import ServingRouter, load_artifact, load_dir
+from gateway.router.sync import RouterSync
+from gateway.signal import assess
+from gateway.state import MemoryStore, StoreUnavailable, router_artifact_key
+from tests.support.routers import copy_default, variant
+from tests.unit.test_signal import DEPLOYMENTS
+
+PROMPT = [{"role": "user", "content": "Prove that sqrt(2) is irrational, then generalise to sqrt(p)."}]
+
+
+@pytest.fixture(scope="module")
+def variant_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return variant(tmp_path_factory.mktemp("routers") / "fewer-neighbours")
+
+
+def test_a_router_version_is_its_name_and_content_hash(tmp_path: Path, variant_dir: Path) -> None:
+    shipped = Artifact.read(DEFAULT_ARTIFACT)
+    copy = Artifact.read(copy_default(tmp_path / "elsewhere"))
+    assert shipped.version == f"default@{shipped.digest[:12]}"
+    assert copy.digest == shipped.digest and copy.version == f"elsewhere@{shipped.digest[:12]}"
+    assert Artifact.read(variant_dir).digest != shipped.digest
+    assert load_dir(None).version == shipped.version
+    with pytest.raises(ArtifactError, match="not a router artifact"):
+        Artifact.read(tmp_path)
+
+
+def test_a_stored_artifact_comes_back_only_with_its_own_hash(variant_dir: Path) -> None:
+    artifact = Artifact.read(variant_dir)
+    assert artifact.pack() == artifact.pack()  # same files, same bytes: stored once
+    back = Artifact.unpack(artifact.pack(), artifact.name, artifact.digest)
+    assert back == artifact
+    with pytest.raises(ArtifactError, match="does not match its hash"):
+        Artifact.unpack(artifact.pack(), artifact.name, "0" * 64)
+    with pytest.raises(ArtifactError, match="unreadable"):
+        Artifact.unpack(b"not a zip", artifact.name, artifact.digest)
+
+
+def test_a_request_keeps_the_router_it_started_with_when_another_is_swapped_in(variant_dir: Path) -> None:
+    serving = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    taken = serving.current  # what a request in flight holds
+    before = assess(taken, PROMPT, DEPLOYMENTS)
+    new = load_artifact(Artifact.read(variant_dir))
+    old = serving.swap(new)
+    assert old is taken and serving.current is new
+    assert serving.version == new.version == Artifact.read(variant_dir).version != taken.version
+    # the request in flight finishes on its router, with its memory; the new router has its own
+    assert assess(taken, PROMPT, DEPLOYMENTS) == before and taken.assess.cache_info().hits == 1
+    after = assess(serving.current, PROMPT, DEPLOYMENTS)
+    assert new.assess.cache_info().hits == 0
+    assert after.quality != before.quality  # the variant predicts differently, deterministically
+
+
+async def test_rollback_undoes_the_last_change_down_to_the_configured_router(variant_dir: Path) -> None:
+    registry = RouterRegistry(MemoryStore())
+    a = Artifact.read(variant_dir)
+    b = Artifact.read(copy_default(variant_dir.parent / "copy"))
+    with pytest.raises(RegistryError, match="nothing to roll back"):
+        await registry.rollback("ops")
+    assert (await registry.promote(a, "ops")) is not None
+    assert await registry.promote(a, "ops") is None  # already served: no new history entry
+    await registry.promote(b, "ops")
+    assert (await registry.current()).version == b.version  # type: ignore[union-attr]
+    assert (await registry.rollback("ops")).version == a.version
+    assert (await registry.rollback("ops")).version == CONFIGURED
+    back = await registry.rollback("ops", to=b.digest[:8])  # a named version: pushes, like a promotion
+    assert back.version == b.version and back.explicit
+    assert (await registry.rollback("ops")).version == CONFIGURED  # undoes that
+    with pytest.raises(RegistryError, match="no promoted router matches 'nope'"):
+        await registry.rollback("ops", to="nope")
+    stack = serving_stack(await registry.history())
+    assert stack == [None]
+    assert [e.action for e in await registry.history()] == ["promote", "promote", "rollback", "rollback",
+                                                            "rollback", "rollback"]
+
+
+async def test_a_replica_follows_promotions_and_rollbacks(variant_dir: Path) -> None:
+    store = MemoryStore()
+    registry = RouterRegistry(store)
+    serving = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    configured = serving.version
+    sync = RouterSync(serving, registry, interval_s=0.01)
+    assert not await sync.check()  # nothing promoted: stays on its configured router
+    entry = await registry.promote(Artifact.read(variant_dir), "ops")
+    assert entry is not None
+    assert await sync.check() and serving.version == entry.version
+    assert not await sync.check()  # the pointer did not change: nothing loaded
+    await registry.rollback("ops")
+    assert await sync.check() and serving.version == configured
+
+
+async def test_a_replica_keeps_its_router_when_a_promoted_one_cannot_be_loaded(
+        variant_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = MemoryStore()
+    registry = RouterRegistry(store)
+    serving = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    before = serving.version
+    entry = await registry.promote(Artifact.read(variant_dir), "ops")
+    assert entry is not None and entry.digest is not None
+    await store.set(router_artifact_key(entry.digest), b"damaged")
+    sync = RouterSync(serving, registry)
+    with caplog.at_level(logging.ERROR, logger="switchyard.router"):
+        assert not await sync.check()
+    assert serving.version == before
+    assert "cannot be served" in caplog.text and entry.version in caplog.text
+
+
+class _DownStore(MemoryStore):
+    async def get(self, key: str) -> bytes | None:
+        raise StoreUnavailable("connection refused")
+
+
+async def test_a_replica_keeps_its_router_while_the_store_is_down() -> None:
+    serving = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    before = serving.version
+    assert not await RouterSync(serving, RouterRegistry(_DownStore())).check()
+    assert serving.version == before
