@@ -19,6 +19,7 @@ from gateway.cache import ExactCache
 from gateway.config import DeploymentConfig, GatewayConfig
 from gateway.errors import ConfigError
 from gateway.executor import Upstreams
+from gateway.feedback import RequestLog
 from gateway.ledger import Ledger
 from gateway.pipeline import Services
 from gateway.policy import Catalog, PolicySet
@@ -29,6 +30,7 @@ from gateway.providers.health import HealthBoard
 from gateway.providers.litellm_backend import LiteLLMBackend
 from gateway.providers.pricing import prices_for
 from gateway.router import Router, load_router
+from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
 from gateway.state import open_store
 from gateway.telemetry import Telemetry
@@ -60,20 +62,31 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
+    auth = Authenticator(config.tenants, store, config.on_store_outage)
     tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))
+    catalog = Catalog(deployments, prices)
+    upstreams = Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry)
+    ledger = Ledger(store)
+    settings = config.request_log
+    requests = RequestLog(store, settings) if settings.enabled else None
+    shadow = ShadowEvaluator(upstreams, catalog, auth, ledger, requests, telemetry,
+                             concurrency=settings.shadow_concurrency,
+                             queue_size=settings.shadow_queue_size) if requests is not None else None
     return Services(
         config=config,
-        auth=Authenticator(config.tenants, store, config.on_store_outage),
+        auth=auth,
         cache=ExactCache(store, config.deployments, config.cache_namespace),
         router=RememberingRouter(router or load_router(config.router_artifact)),
         policies=policies,
-        catalog=Catalog(deployments, prices),
-        upstreams=Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry),
-        ledger=Ledger(store),
+        catalog=catalog,
+        upstreams=upstreams,
+        ledger=ledger,
         telemetry=telemetry,
+        requests=requests,
+        shadow=shadow,
     )
 
 
@@ -85,6 +98,9 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         watcher = asyncio.create_task(services.policies.watch(watch_policies_s)) if watch_policies_s else None
+        for background in (services.requests, services.shadow):
+            if background is not None:
+                background.start()
         log.info("switchyard ready: %d deployments, policies %s, store %s", len(config.deployments),
                  ", ".join(sorted(services.policies.policies)), services.cache.store.kind)
         try:
@@ -92,6 +108,10 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         finally:
             if watcher:
                 watcher.cancel()
+            if services.shadow is not None:
+                await services.shadow.close()
+            if services.requests is not None:
+                await services.requests.close()  # what is queued is written before the store closes
             for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
                 await backend.close()
             await services.cache.store.close()
