@@ -411,6 +411,7 @@ class RedisStore:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, record in items:
                     pipe.xadd(stream, {"k": key, "r": record}, maxlen=maxlen, approximate=True)
+                    pipe.delete(key)  # a reused request id starts afresh: earlier labels were not about this one
                     pipe.hset(key, "record", record)
                     pipe.expire(key, int(ttl_s))
                 await pipe.execute()

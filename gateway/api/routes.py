@@ -225,6 +225,10 @@ async def readyz(request: Request) -> Response:
         body |= {"store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
                  "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
                  "deployments": svc.upstreams.health.snapshot()}
+        if svc.requests is not None:
+            body["request_log"] = svc.requests.stats()
+        if svc.shadow is not None:
+            body["shadow"] = dict(svc.shadow.counts)
     return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
 
 

@@ -127,10 +127,13 @@ def test_feedback_round_trip_stores_the_label_with_the_request(gw: Gateway) -> N
     body = resp.json()
     assert body["request_id"] == rid and body["source"] == "user" and body["score"] == 1.0
     assert body["thumbs"] == "up" and body["replaced"] is False
-    if gw.redis_url:  # stored in the request's hash, beside its record
-        fields = redis.Redis.from_url(gw.redis_url).hgetall(request_key("alice", rid))
+    if gw.redis_url:  # stored in the request's hash, beside its record, which expires
+        client = redis.Redis.from_url(gw.redis_url)
+        fields = client.hgetall(request_key("alice", rid))
         assert orjson.loads(fields[b"fb:user"])["score"] == 1.0
         assert orjson.loads(fields[b"record"])["request_id"] == rid
+        assert 0 < client.ttl(request_key("alice", rid)) <= 7 * 24 * 3600
+        assert any(orjson.loads(f[b"r"])["request_id"] == rid for _, f in client.xrevrange("sy:requests", count=50))
 
 
 def test_request_record_carries_the_routing_facts_and_the_prompt_only_when_allowed(gw: Gateway) -> None:
@@ -163,6 +166,16 @@ def test_client_request_id_is_the_feedback_key(gw: Gateway) -> None:
     got, _ = gw.ask("sk-alice", extra_headers={"x-request-id": rid})
     assert got == rid
     assert gw.feedback("sk-alice", {"request_id": rid, "score": 1}).status_code == 200
+
+
+def test_a_reused_request_id_labels_its_latest_request_only(gw: Gateway) -> None:
+    rid = f"reused-{gw.kind}-{time.time_ns()}"
+    gw.ask("sk-alice", extra_headers={"x-request-id": rid})
+    assert gw.feedback("sk-alice", {"request_id": rid, "thumbs": "down"}).json()["replaced"] is False
+    gw.ask("sk-alice", extra_headers={"x-request-id": rid})
+    _wait_for(lambda: len([x for x in gw.sink_lines() if x.get("kind") == "request" and x["request_id"] == rid]) == 2)
+    # the new record does not inherit the earlier request's label
+    assert gw.feedback("sk-alice", {"request_id": rid, "thumbs": "up"}).json()["replaced"] is False
 
 
 def test_feedback_on_another_tenants_request_is_404_like_an_unknown_one(gw: Gateway) -> None:
