@@ -10,12 +10,12 @@ deployment is also listed, with score 1.0 (its answer is the reference).
 Requests are read from the store (Redis: the `sy:requests` stream and each request's key) or from
 the request log's JSONL sink (what an in-memory gateway leaves behind). Records without prompt
 text (tenants without `log_prompts: true` keep only a hash) and records without feedback are
-skipped and counted. `split` is fixed by a hash of the id (about 80% train, 20% validation).
+skipped and counted. `split` is fixed by a hash of the id, by the rule `switchyard train` applies to
+files without one (about 80% train, 20% validation).
 """
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +26,7 @@ import orjson
 
 from gateway.config import DeploymentConfig
 from gateway.feedback import SOURCES
+from gateway.router.data import hash_split
 from gateway.state import REQUESTS_STREAM, Store, request_key, since_id
 
 Feedbacks = dict[str, dict[str, Any]]  # source → the stored feedback
@@ -49,10 +50,6 @@ class Counts:
     without_feedback: int = 0
 
 
-def split_of(row_id: str) -> str:
-    return "validation" if hashlib.sha256(row_id.encode()).digest()[0] < 52 else "train"
-
-
 def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, str]) -> dict[str, Any]:
     """One routing-data line from a record with its prompt and at least one feedback."""
     source = next(s for s in SOURCES if s in feedback)
@@ -65,7 +62,7 @@ def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, s
     if isinstance(against, str) and against != deployment:
         models.setdefault(names.get(against, against), {"score": 1.0})
     row_id = f"traffic/{record['tenant']}/{record['request_id']}"
-    return {"id": row_id, "split": split_of(row_id), "category": f"traffic/{record.get('category') or 'unknown'}",
+    return {"id": row_id, "split": hash_split(row_id), "category": f"traffic/{record.get('category') or 'unknown'}",
             "prompt": record["prompt"], "prompt_tokens": int(record.get("prompt_tokens") or 0), "models": models}
 
 

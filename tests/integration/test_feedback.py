@@ -25,6 +25,7 @@ from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import GatewayConfig, parse_config
 from gateway.pipeline import Services
+from gateway.router.data import load_data
 from gateway.state import request_key
 from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
@@ -272,6 +273,8 @@ def test_logs_export_writes_routing_data_rows(gw: Gateway, tmp_path: Path) -> No
     rid_a, _ = gw.ask("sk-alice")
     rid_b, _ = gw.ask("sk-bob")
     rid_none, _ = gw.ask("sk-alice")  # no feedback: not exported
+    rid_shadowed, _ = gw.ask("sk-alice", model="router/shadowed")
+    _wait_for(lambda: _judge_label(gw, rid_shadowed))
     assert gw.feedback("sk-alice", {"request_id": rid_a, "score": 0.75, "source": "eval"}).status_code == 200
     assert gw.feedback("sk-bob", {"request_id": rid_b, "thumbs": "up"}).status_code == 200
     out = tmp_path / "traffic.jsonl"
@@ -290,9 +293,11 @@ def test_logs_export_writes_routing_data_rows(gw: Gateway, tmp_path: Path) -> No
     assert mine["prompt"] == "What is 17 + 25?"
     assert f"traffic/bob/{rid_b}" not in by_id  # bob's records keep a hash, not the prompt
     assert f"traffic/alice/{rid_none}" not in by_id
-    shadowed = [r for r in rows if len(r["models"]) == 2]
-    for row in shadowed:  # a judge label also names the reference deployment
-        assert row["models"]["Meta-Llama-3.1-70B-Instruct"]["score"] == 1.0
+    data = load_data(out)  # what `switchyard train --data` reads
+    assert len(data.ids) == len(rows) and "Meta-Llama-3.1-8B-Instruct" in data.models
+    shadowed = by_id[f"traffic/alice/{rid_shadowed}"]  # a judge label also names the reference deployment
+    assert shadowed["models"]["Meta-Llama-3.1-70B-Instruct"] == {"score": 1.0}
+    assert set(shadowed["models"]) == {"Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"}
 
 
 def test_logs_export_help_explains_itself() -> None:
