@@ -9,8 +9,8 @@ records cannot be exported as training data).
 Records are written off the response path. `RequestLog.add` puts one small value on a bounded
 queue (a few microseconds); a background writer drains it in batches, builds the records and
 writes each batch to the store in one round trip (a capped stream plus a key per request, with a
-TTL: `gateway.state`) and to an optional JSONL sink. A full queue drops records, counted and
-warned about, so that logging never slows or fails a request.
+TTL: `gateway.state`) and to an optional `Sink` (a JSONL file: `request_log.path`). A full queue
+drops records, counted and warned about, so that logging never slows or fails a request.
 
 Feedback (`POST /v1/feedback`, shadow judges) is stored with the record it is about, one entry
 per source (user, judge, eval): a second write from the same source replaces the first (a user
@@ -29,7 +29,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 
@@ -116,8 +116,15 @@ class Feedback:
         return out
 
 
+class Sink(Protocol):
+    """Where records and feedback also go, as JSON lines. Called from a worker thread, never on the
+    event loop, so it may block (a file, a socket to a log shipper)."""
+
+    def write(self, lines: Sequence[bytes]) -> None: ...
+
+
 class JsonlSink:
-    """Appends lines to a file; called from a worker thread, never on the event loop."""
+    """Appends lines to a file (`request_log.path`)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -131,10 +138,10 @@ class JsonlSink:
 class RequestLog:
     """The bounded queue, its writer task, and feedback lookups. `add` is the only hot-path call."""
 
-    def __init__(self, store: Store, settings: RequestLogSettings) -> None:
+    def __init__(self, store: Store, settings: RequestLogSettings, sink: Sink | None = None) -> None:
         self.store = store
         self.settings = settings
-        self.sink = JsonlSink(settings.path) if settings.path else None
+        self.sink: Sink | None = sink or (JsonlSink(settings.path) if settings.path else None)
         self._queue: asyncio.Queue[Completed | dict[str, Any]] = asyncio.Queue(settings.queue_size)
         self._pending: dict[str, int] = {}  # request keys queued but not yet written
         self._throttle = LogThrottle()
@@ -215,7 +222,10 @@ class RequestLog:
                 self.failed += len(records)
                 self._warn("request log: %d records not stored (store unavailable): %s", len(records), exc)
         if self.sink is not None and lines:
-            await asyncio.to_thread(self.sink.write, lines)
+            try:
+                await asyncio.to_thread(self.sink.write, lines)
+            except OSError as exc:
+                self._warn("request log: %d lines not written to the sink: %s", len(lines), exc)
 
     # -- feedback ---------------------------------------------------------------------------------
 

@@ -170,6 +170,9 @@ async def explain_route(request: Request) -> Response:
     return Response(orjson.dumps(explained), media_type="application/json")
 
 
+_FEEDBACK_BODY_LIMIT = 4096
+
+
 async def feedback(request: Request) -> Response:
     """Label a request this key made (its x-request-id): stored with the request's record, one label
     per source, a later one from the same source replacing the earlier."""
@@ -182,9 +185,6 @@ async def feedback(request: Request) -> Response:
     stored, replaced = await svc.requests.put_feedback(tenant.name, fb)
     return Response(orjson.dumps({"object": "feedback", **stored, "replaced": replaced}),
                     media_type="application/json")
-
-
-_FEEDBACK_BODY_LIMIT = 4096
 
 
 async def list_models(request: Request) -> Response:
