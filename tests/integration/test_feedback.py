@@ -5,6 +5,7 @@ Every test runs against a gateway on Redis and one on the in-memory store.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from gateway.auth import hash_key
 from gateway.config import GatewayConfig, parse_config
 from gateway.pipeline import Services
 from gateway.router.data import load_data
-from gateway.state import request_key
+from gateway.state import RedisStore, request_key
 from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
 
@@ -305,3 +306,21 @@ def test_logs_export_help_explains_itself() -> None:
                           text=True, timeout=60, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0
     assert "log_prompts" in done.stdout and "--since" in done.stdout and "routing data" in done.stdout
+
+
+def test_redis_request_log_is_a_capped_stream_with_expiring_keys(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        store = RedisStore(redis_server.url)
+        stream = f"sy:test-requests:{time.time_ns()}"
+        items = [(request_key("capped", f"r{i}-{stream}"), orjson.dumps({"i": i})) for i in range(1000)]
+        for start in range(0, 1000, 250):
+            await store.append_records(stream, items[start:start + 250], maxlen=100, ttl_s=60)
+        kept = await store.records_after(stream, "0-0", 5000)
+        assert 100 <= len(kept) < 400  # approximate MAXLEN trims whole nodes: about the cap, never unbounded
+        assert orjson.loads(kept[-1][1]) == {"i": 999}
+        assert await store.put_feedback(items[0][0], "fb:user", b"1") is False  # its key outlives the stream entry
+        assert await store.put_feedback(request_key("capped", "never-logged"), "fb:user", b"1") is None
+        await store.close()
+        assert 0 < redis.Redis.from_url(redis_server.url).ttl(items[0][0]) <= 60
+
+    asyncio.run(scenario())
