@@ -47,6 +47,7 @@ class Tenant:
     budget_usd: float | None = None
     requests_per_minute: int | None = None
     deployments: frozenset[str] | None = None  # pinnable by name; None: any deployment
+    log_prompts: bool = False  # request records keep the prompt text, else only its sha256
 
     def may_use(self, policy: str) -> bool:
         return self.policies is None or policy in self.policies
@@ -71,7 +72,8 @@ def pinnable(config: TenantConfig) -> frozenset[str] | None:
 def tenant_from_config(config: TenantConfig) -> Tenant:
     return Tenant(config.name, policies=frozenset(config.policies) if config.policies is not None else None,
                   default_policy=config.default_policy, budget_usd=config.budget_usd,
-                  requests_per_minute=config.requests_per_minute, deployments=pinnable(config))
+                  requests_per_minute=config.requests_per_minute, deployments=pinnable(config),
+                  log_prompts=config.log_prompts)
 
 
 @dataclass(slots=True)
@@ -222,3 +224,19 @@ class Authenticator:
         held = budget is not None and budget.amount > 0
         return Reservation(self.store, tenant.name, budget.hold_id if held and budget else None,
                            budget.amount if held and budget else 0.0)
+
+    async def hold(self, tenant: Tenant, reserve_usd: float, ttl_s: float) -> Reservation | None:
+        """A budget hold for work the tenant did not ask for in this request (shadow evaluation):
+        not counted in its rate window, and None (do not spend) when the budget is short or the
+        store cannot say."""
+        if tenant.budget_usd is None:
+            return Reservation(self.store, tenant.name)
+        budget = Budget(spend_key(tenant.name), holds_key(tenant.name), os.urandom(8).hex(),
+                        max(0.0, reserve_usd), tenant.budget_usd, ttl_s)
+        try:
+            got = await self.store.reserve(budget, None)
+        except StoreUnavailable:
+            return None
+        if got.verdict != "ok":
+            return None
+        return Reservation(self.store, tenant.name, budget.hold_id if budget.amount > 0 else None, budget.amount)

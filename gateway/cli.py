@@ -168,6 +168,67 @@ def cmd_router(args: argparse.Namespace) -> int:
                           as_json=args.json, progress=not args.quiet)
 
 
+LOGS_EXPORT_HELP = """\
+Write the logged requests that have feedback (POST /v1/feedback, shadow labels) as routing data
+(the schema `switchyard train --data` reads): one line per request, the answering deployment's
+router_profile (else its name) scored by the request's feedback.
+
+Reads the gateway's store (redis_url in --config) or, for a gateway on the in-memory store, the
+JSONL file its request_log.path names (or --from-jsonl FILE). Only tenants with `log_prompts: true`
+keep prompt text: requests of other tenants are skipped and counted.
+"""
+
+
+def cmd_logs_export(args: argparse.Namespace) -> int:
+    import time
+
+    from gateway.config import ENV_CONFIG, load_config
+    from gateway.logs_export import model_names, parse_duration
+
+    path = args.config or os.environ.get(ENV_CONFIG)
+    config = load_config(path) if path else None
+    try:
+        since_s = time.time() - parse_duration(args.since) if args.since else 0.0
+    except ValueError as exc:
+        print(f"switchyard logs export: --since: {exc}", file=sys.stderr)
+        return 2
+    names = model_names(config.deployments) if config else {}
+    jsonl = args.from_jsonl or (config.request_log.path if config and not config.redis_url else None)
+    if jsonl is None and (config is None or not config.redis_url):
+        print("switchyard logs export: nothing to read: give --config with a redis_url or a request_log.path, "
+              "or --from-jsonl FILE", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    if jsonl is not None:
+        from gateway.logs_export import from_jsonl, write_rows
+
+        counts = write_rows(from_jsonl(Path(jsonl), since_s), names, out)
+    else:
+        assert config is not None and config.redis_url
+        from gateway.state import StoreUnavailable
+
+        try:
+            counts = asyncio.run(_export_from_redis(config.redis_url, since_s, names, out))
+        except StoreUnavailable as exc:
+            print(f"switchyard logs export: the store did not answer: {exc}", file=sys.stderr)
+            return 1
+    print(f"exported {counts.exported} requests with feedback to {out}; skipped {counts.without_prompt} without "
+          f"prompt text (their tenant has no log_prompts: true) and {counts.without_feedback} without feedback")
+    return 0
+
+
+async def _export_from_redis(url: str, since_s: float, names: dict[str, str], out: Path) -> Any:
+    from gateway.logs_export import from_store, write_rows
+    from gateway.state import RedisStore
+
+    store = RedisStore(url, timeout_s=5.0)
+    try:
+        pairs = [pair async for pair in from_store(store, int(since_s * 1000))]
+    finally:
+        await store.close()
+    return write_rows(iter(pairs), names, out)
+
+
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.explain import check_policies
 
@@ -266,6 +327,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("folder", nargs="?", default="routing_policies")
     c.add_argument("--config", help="gateway YAML to bind against (default: the embedded default)")
     c.set_defaults(func=cmd_policy_check)
+
+    lg = sub.add_parser("logs", help="request logs").add_subparsers(dest="logs_command", required=True)
+    e = lg.add_parser("export", help="logged requests with feedback → routing data (JSONL) for `train`",
+                      description=LOGS_EXPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--out", required=True, metavar="FILE.jsonl", help="where to write the routing data")
+    e.add_argument("--config", help="gateway YAML: its store and deployments (default: $SWITCHYARD_CONFIG)")
+    e.add_argument("--since", metavar="DURATION", help="only requests of the last DURATION (30m, 24h, 7d); "
+                   "default: all that the log keeps")
+    e.add_argument("--from-jsonl", metavar="FILE", help="read the request log's JSONL sink instead of the store")
+    e.set_defaults(func=cmd_logs_export)
 
     b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. routing_quality, overhead)")
     b.add_argument("name")

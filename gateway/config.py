@@ -71,12 +71,27 @@ class TenantConfig(_Strict):
     default_policy: str | None = None
     budget_usd: float | None = Field(default=None, ge=0)
     requests_per_minute: int | None = Field(default=None, gt=0)
+    log_prompts: bool = Field(
+        default=False, description="keep prompt text in request records (else a sha256 of it): needed to "
+                                   "export this tenant's traffic as training data")
 
     @model_validator(mode="after")
     def _has_a_key(self) -> TenantConfig:
         if not (self.api_key_sha256 or self.api_key_env):
             raise ValueError("a tenant needs api_key_sha256 or api_key_env")
         return self
+
+
+class RequestLogSettings(_Strict):
+    """Where completed requests are recorded (for feedback, shadow labels and `switchyard logs export`)."""
+
+    enabled: bool = True
+    max_records: int = Field(default=100_000, gt=0, description="the stream's cap (approximate on Redis)")
+    ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="how long a request accepts feedback")
+    queue_size: int = Field(default=10_000, gt=0, description="records waiting to be written; beyond: dropped")
+    path: str | None = Field(default=None, description="also append records and feedback to this JSONL file")
+    shadow_concurrency: int = Field(default=4, gt=0, le=64, description="shadow answers in flight at once")
+    shadow_queue_size: int = Field(default=64, gt=0, description="shadow jobs waiting; beyond: dropped")
 
 
 class GatewayConfig(_Strict):
@@ -90,6 +105,7 @@ class GatewayConfig(_Strict):
     cache_namespace: str = "default"
     on_store_outage: OutageSetting = Field(
         default="fail_closed", description="budgets and rate limits when the store is down: refuse or let through")
+    request_log: RequestLogSettings = RequestLogSettings()
 
     @field_validator("deployments")
     @classmethod

@@ -2,7 +2,8 @@
 
 The totals here are this process's own (`/v1/spend`); the tenant's spend in the store, which
 budgets are checked against, is written by settling the request's `Reservation` (one round trip
-that also drops the request's budget hold).
+that also drops the request's budget hold). Shadow evaluation (`gateway.shadow`) is billed to the
+tenant like any call and also counted apart, under `shadow`, so that its price stays visible.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Ledger:
         self.store = store
         self.by_tenant: dict[str, Totals] = defaultdict(Totals)
         self.by_deployment: dict[str, Totals] = defaultdict(Totals)
+        self.shadow_by_tenant: dict[str, Totals] = defaultdict(Totals)
         self.cache_hits = 0
 
     async def record(self, tenant: str, calls: tuple[CallRecord, ...], cached: bool = False,
@@ -61,10 +63,24 @@ class Ledger:
         except StoreUnavailable as exc:
             log.warning("spend of %s not recorded (store unavailable): $%.6f: %s", tenant, cost, exc)
 
+    async def record_shadow(self, tenant: str, calls: tuple[CallRecord, ...], reservation: Reservation) -> None:
+        """A shadow evaluation's calls: the tenant's spend (no request counted) and the shadow totals."""
+        cost = sum(c.cost_usd for c in calls)
+        prompt = sum(c.usage.prompt_tokens for c in calls)
+        completion = sum(c.usage.completion_tokens for c in calls)
+        self.by_tenant[tenant].add(cost, prompt, completion, requests=0)
+        self.shadow_by_tenant[tenant].add(cost, prompt, completion)
+        for c in calls:
+            self.by_deployment[c.deployment].add(c.cost_usd, c.usage.prompt_tokens, c.usage.completion_tokens)
+        try:
+            await reservation.settle(cost)
+        except StoreUnavailable as exc:
+            log.warning("shadow spend of %s not recorded (store unavailable): $%.6f: %s", tenant, cost, exc)
+
     def snapshot(self) -> dict[str, Any]:
         def rows(d: dict[str, Totals]) -> dict[str, dict[str, Any]]:
             return {k: {"requests": v.requests, "cost_usd": round(v.cost_usd, 10),
                         "prompt_tokens": v.prompt_tokens, "completion_tokens": v.completion_tokens}
                     for k, v in sorted(d.items())}
         return {"tenants": rows(self.by_tenant), "deployments": rows(self.by_deployment),
-                "cache_hits": self.cache_hits}
+                "cache_hits": self.cache_hits, "shadow": rows(self.shadow_by_tenant)}

@@ -8,6 +8,7 @@
     held     = auth.admit(tenant, worst case)     → 429 before any upstream call
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
+    learn(...)                                    → request record queued; maybe a shadow job (both off-path)
 
 One `Deadline` (the policy's timeout_s, tightened by x-switchyard-timeout-ms) is passed by value
 to every upstream call the request makes.
@@ -18,6 +19,7 @@ other plan runs to completion first (selection needs every sample) and is then r
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,6 +35,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
+from gateway.feedback import Completed, RequestLog
 from gateway.ledger import Ledger
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -49,6 +52,7 @@ from gateway.policy import (
 )
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.router.serving import ServingRouter
+from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
 from gateway.streaming import Accumulator
 from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
@@ -70,6 +74,8 @@ class Services:
     upstreams: Upstreams
     ledger: Ledger
     telemetry: Telemetry
+    requests: RequestLog | None = None      # request records and feedback (None: not recorded)
+    shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,7 @@ class CallContext:
     overrides: Overrides = field(default_factory=Overrides)
     cache: str | None = None
     timeout_s: float | None = None  # x-switchyard-timeout-ms: may only tighten the policy's timeout_s
+    request_id: str = ""            # the response's x-request-id: the key of the request's record
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,7 +300,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(body), span,
                                                    deadline=deadline)
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
-            relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r)
+            relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r,
+                                Learning(ctx.request_id, tenant, entry, decision, request, r))
             return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
                            settle=relay.settle)
         result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
@@ -307,8 +315,40 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
                    switchyard__evidence=orjson.dumps(result.evidence).decode() if result.evidence else None)
     if key is not None:
         await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
+    learn(svc, Learning(ctx.request_id, tenant, entry, decision, request, r),
+          result.plan_label, result.deployment, result.calls, result.body)
     return Outcome(cache_status, result.plan_label, result.deployment, trace_id, body=result.body,
                    cost_usd=result.cost_usd, decision=decision, evidence=dict(result.evidence))
+
+
+@dataclass(slots=True)
+class Learning:
+    """What a completed request's record (and its shadow evaluation) needs to know about it.
+    Not frozen, though never changed: built on every request, where a frozen one costs ~1 µs more."""
+
+    request_id: str
+    tenant: Tenant
+    entry: Entry
+    decision: Decision | None
+    request: dict[str, Any]
+    route: Route
+
+
+def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[CallRecord, ...],
+          body: dict[str, Any]) -> None:
+    """Queue the request's record, and maybe a shadow job: no await, nothing on the response path."""
+    # Routed requests counted their prompt; a pinned one takes the upstream's own count rather than
+    # paying for a tokenizer pass here.
+    prompt_tokens = it.route.counted if it.route.counted is not None else sum(c.usage.prompt_tokens for c in calls)
+    if svc.requests is not None and it.request_id:
+        svc.requests.add(Completed(
+            it.request_id, time.time(), it.tenant, it.entry.name,
+            None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
+            it.decision.signal if it.decision else None, calls, prompt_tokens, it.route.router_version))
+    shadow = it.entry.policy.shadow
+    if shadow is not None and svc.shadow is not None and not it.entry.pinned:
+        svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,
+                         it.entry.policy.spec.timeout_s)
 
 
 def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
@@ -337,6 +377,7 @@ class _LiveStream:
     span: Span
     held: Reservation
     route: Route  # its prompt tokens bill a stream cut short
+    learning: Learning
     acc: Accumulator = field(default_factory=Accumulator)
     settled: bool = False
 
@@ -378,5 +419,8 @@ class _LiveStream:
                        gen_ai__usage__output_tokens=record.usage.completion_tokens,
                        switchyard__stream_completed=acc.finished and error is None)
         self.span.end()
-        if self.key is not None and acc.finished and error is None:
-            await self.svc.cache.save(self.key, acc.body(record.usage), live.deployment, self.label, self.ttl)
+        if acc.finished and error is None:
+            body = acc.body(record.usage)
+            if self.key is not None:
+                await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
+            learn(self.svc, self.learning, self.label, live.deployment, (record,), body)

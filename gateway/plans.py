@@ -73,3 +73,14 @@ class Cascade:
 
 
 Plan = Single | BestOfN | Cascade
+
+
+@dataclass(frozen=True, slots=True)
+class Shadow:
+    """A policy's shadow evaluation: for a `rate` sample of requests answered by a cheaper deployment,
+    `against` answers too, in the background, and the cheap answer is labelled against it (by
+    exact agreement of short answers, else by `judge` when there is one)."""
+
+    rate: float
+    against: str
+    judge: str | None = None

@@ -52,18 +52,25 @@ message_text = tokens.content_text
 
 def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
     """The text the router judges (the last user turn, with the system prompt) and the prompt's tokens."""
-    texts = []
+    texts = [message_text(m.get("content")) for m in messages]
+    return _judged(messages, texts), tokens.count_texts(texts)
+
+
+def routing_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text the router judges, without counting tokens (request records keep it)."""
+    return _judged(messages, [message_text(m.get("content")) for m in messages])
+
+
+def _judged(messages: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> str:
     last_user = ""
     system = ""
-    for m in messages:
-        text = message_text(m.get("content"))
-        texts.append(text)
+    for m, text in zip(messages, texts, strict=True):
         if m.get("role") == "user":
             last_user = text
         elif m.get("role") in ("system", "developer") and not system:
             system = text
     text = (system + "\n" + last_user).strip() if system else last_user
-    return text[-_MAX_ROUTER_CHARS:], tokens.count_texts(texts)
+    return text[-_MAX_ROUTER_CHARS:]
 
 
 def assess(router: Assessor, messages: Sequence[Mapping[str, Any]],

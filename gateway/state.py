@@ -2,11 +2,14 @@
 
 The gateway keeps these keys, all under `sy:` and all built here: cached answers
 (`sy:cache:...`), tenant spend (`sy:spend:{<tenant>}`, USD), budget holds of requests in flight
-(`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms") and rate windows
-(`sy:rate:{<tenant>}:<minute>`). A tenant's keys share one hash tag so that a Redis Cluster keeps
-them in one slot, where one script can touch them all. The promoted router lives in
-`sy:router:current` (a small JSON pointer every replica polls), `sy:router:history` (a list, one
-JSON entry per promotion or rollback) and `sy:router:artifact:<sha256>` (the artifact's bytes).
+(`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms"), rate windows
+(`sy:rate:{<tenant>}:<minute>`), the request log (`sy:requests`, a stream capped at about
+`max_records` entries) and each logged request's record and feedback (`sy:req:{<tenant>}:<request
+id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → that source's feedback). A
+tenant's keys share one hash tag so that a Redis Cluster keeps them in one slot, where one script
+can touch them all. The promoted router lives in `sy:router:current` (a small JSON pointer every
+replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
+`sy:router:artifact:<sha256>` (the artifact's bytes).
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -22,7 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -57,6 +61,11 @@ def router_history_key() -> str:
 
 def router_artifact_key(digest: str) -> str:
     return f"sy:router:artifact:{digest}"
+REQUESTS_STREAM = "sy:requests"
+
+
+def request_key(tenant: str, request_id: str) -> str:
+    return f"sy:req:{{{tenant}}}:{request_id}"
 
 
 RATE_WINDOW_TTL_S = 120  # a minute window, kept a minute longer for clock skew between replicas
@@ -142,8 +151,36 @@ class Store(Protocol):
     async def settle(self, spend_key: str, holds_key: str, hold_id: str | None, actual: float) -> None: ...
     async def list_append(self, key: str, value: bytes) -> None: ...
     async def list_read(self, key: str) -> list[bytes]: ...
+    # The request log: records (index key, JSON) appended to a capped stream and indexed by key.
+    async def append_records(self, stream: str, items: Sequence[tuple[str, bytes]], maxlen: int,
+                             ttl_s: float) -> None: ...
+    async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]: ...
+    async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None: ...
+    async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
+
+
+# A stream id is "<ms>-<seq>"; `records_after` takes one exclusively, so "<ms - 1>-<max>" starts at <ms>.
+MAX_SEQ = 2**64 - 1
+
+
+def since_id(ms: int) -> str:
+    """The exclusive start id that reads a stream from `ms` (unix milliseconds) onwards."""
+    return f"{ms - 1}-{MAX_SEQ}" if ms > 0 else "0-0"
+
+
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+# KEYS: the request's key. ARGV: field, value. Feedback only for a request that is logged:
+# returns -1 when there is no such record, 1 when this field was replaced, 0 when it is new.
+_FEEDBACK_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+return 1 - redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+"""
 
 
 class MemoryStore:
@@ -157,6 +194,9 @@ class MemoryStore:
         self._holds: dict[str, dict[str, tuple[float, float]]] = {}  # holds key -> id -> (amount, expiry)
         self._lists: dict[str, list[bytes]] = {}
         self._max_keys = max_keys
+        self._streams: dict[str, deque[tuple[str, bytes]]] = {}
+        self._requests: OrderedDict[str, tuple[dict[str, bytes], float]] = OrderedDict()  # key → fields, expiry
+        self._last_id = (0, 0)
 
     def _live(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -224,6 +264,55 @@ class MemoryStore:
 
     async def list_read(self, key: str) -> list[bytes]:
         return list(self._lists.get(key, ()))
+    def _next_id(self) -> str:
+        ms, seq = int(time.time() * 1000), 0
+        if ms <= self._last_id[0]:
+            ms, seq = self._last_id[0], self._last_id[1] + 1
+        self._last_id = (ms, seq)
+        return f"{ms}-{seq}"
+
+    async def append_records(self, stream: str, items: Sequence[tuple[str, bytes]], maxlen: int,
+                             ttl_s: float) -> None:
+        log = self._streams.get(stream)
+        if log is None or log.maxlen != maxlen:
+            log = self._streams[stream] = deque(log or (), maxlen=maxlen)
+        expires = time.monotonic() + ttl_s
+        for key, record in items:
+            log.append((self._next_id(), record))
+            self._requests[key] = ({"record": record}, expires)
+            self._requests.move_to_end(key)
+            if len(self._requests) > maxlen:
+                self._requests.popitem(last=False)
+
+    def _request(self, key: str) -> dict[str, bytes] | None:
+        item = self._requests.get(key)
+        if item is None:
+            return None
+        if item[1] <= time.monotonic():
+            del self._requests[key]
+            return None
+        return item[0]
+
+    async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]:
+        return [None if (f := self._request(k)) is None else dict(f) for k in keys]
+
+    async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None:
+        fields = self._request(key)
+        if fields is None:
+            return None
+        replaced = field in fields
+        fields[field] = value
+        return replaced
+
+    async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]:
+        start = _stream_id(after)
+        out = []
+        for entry_id, record in self._streams.get(stream, ()):
+            if _stream_id(entry_id) > start:
+                out.append((entry_id, record))
+                if len(out) >= count:
+                    break
+        return out
 
     async def ping(self) -> bool:
         return True
@@ -260,6 +349,7 @@ class RedisStore:
                 health_check_interval=10, retry_on_timeout=False, retry=retry,
                 retry_on_error=[RedisConnectionError])
         self._reserve = self._client.register_script(_RESERVE_LUA)
+        self._feedback = self._client.register_script(_FEEDBACK_LUA)
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under the breaker: refused at once while it is open."""
@@ -339,6 +429,36 @@ class RedisStore:
     async def list_read(self, key: str) -> list[bytes]:
         items: list[bytes] = await self._guarded(lambda: self._client.lrange(key, 0, -1))
         return items
+    async def append_records(self, stream: str, items: Sequence[tuple[str, bytes]], maxlen: int,
+                             ttl_s: float) -> None:
+        """One round trip for a batch: XADD to the capped stream (approximate MAXLEN: trimming whole
+        nodes is what keeps it cheap), and each record's key with its TTL."""
+        async def appended() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, record in items:
+                    pipe.xadd(stream, {"k": key, "r": record}, maxlen=maxlen, approximate=True)
+                    pipe.delete(key)  # a reused request id starts afresh: earlier labels were not about this one
+                    pipe.hset(key, "record", record)
+                    pipe.expire(key, int(ttl_s))
+                await pipe.execute()
+        await self._guarded(appended)
+
+    async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]:
+        async def read() -> list[dict[str, bytes] | None]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                rows = await pipe.execute()
+            return [{_text(k): v for k, v in row.items()} or None for row in rows]
+        return await self._guarded(read)
+
+    async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None:
+        got = int(await self._guarded(lambda: self._feedback(keys=[key], args=[field, value])))
+        return None if got < 0 else got == 1
+
+    async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]:
+        rows = await self._guarded(lambda: self._client.xrange(stream, min=f"({after}", max="+", count=count))
+        return [(_text(entry_id), fields[b"r"]) for entry_id, fields in rows]
 
     async def ping(self) -> bool:
         try:

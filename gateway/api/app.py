@@ -19,6 +19,7 @@ from gateway.cache import ExactCache
 from gateway.config import DeploymentConfig, GatewayConfig
 from gateway.errors import ConfigError
 from gateway.executor import Upstreams
+from gateway.feedback import RequestLog
 from gateway.ledger import Ledger
 from gateway.pipeline import Services
 from gateway.policy import Catalog, PolicySet
@@ -32,6 +33,7 @@ from gateway.router import Router
 from gateway.router.registry import RouterRegistry
 from gateway.router.serving import ServingRouter, configured_dir, load_dir, version_of_object
 from gateway.router.sync import RouterSync
+from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
 from gateway.state import RedisStore, open_store
 from gateway.telemetry import Telemetry
@@ -63,20 +65,31 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
+    auth = Authenticator(config.tenants, store, config.on_store_outage)
     tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))
+    catalog = Catalog(deployments, prices)
+    upstreams = Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry)
+    ledger = Ledger(store)
+    settings = config.request_log
+    requests = RequestLog(store, settings) if settings.enabled else None
+    shadow = ShadowEvaluator(upstreams, catalog, auth, ledger, requests, telemetry,
+                             concurrency=settings.shadow_concurrency,
+                             queue_size=settings.shadow_queue_size) if requests is not None else None
     return Services(
         config=config,
-        auth=Authenticator(config.tenants, store, config.on_store_outage),
+        auth=auth,
         cache=ExactCache(store, config.deployments, config.cache_namespace),
         router=serving_router(config, router),
         policies=policies,
-        catalog=Catalog(deployments, prices),
-        upstreams=Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry),
-        ledger=Ledger(store),
+        catalog=catalog,
+        upstreams=upstreams,
+        ledger=ledger,
         telemetry=telemetry,
+        requests=requests,
+        shadow=shadow,
     )
 
 
@@ -109,6 +122,9 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         if sync is not None:
             await sync.check()  # a promoted router is served from the first request
         router_task = asyncio.create_task(sync.run()) if sync is not None else None
+        for background in (services.requests, services.shadow):
+            if background is not None:
+                background.start()
         log.info("switchyard ready: %d deployments, policies %s, store %s, router %s", len(config.deployments),
                  ", ".join(sorted(services.policies.policies)), services.cache.store.kind, services.router.version)
         try:
@@ -119,6 +135,10 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             if router_task is not None and sync is not None:
                 router_task.cancel()
                 await sync.registry.store.close()
+            if services.shadow is not None:
+                await services.shadow.close()
+            if services.requests is not None:
+                await services.requests.close()  # what is queued is written before the store closes
             for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
                 await backend.close()
             await services.cache.store.close()

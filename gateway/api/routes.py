@@ -1,4 +1,4 @@
-"""The HTTP surface: OpenAI-compatible chat completions and models, the route explainer, health.
+"""The HTTP surface: OpenAI-compatible chat completions and models, the route explainer, feedback, health.
 
 Handlers take the raw `Request` and are mounted as plain Starlette routes: the body is parsed and
 validated here (to give OpenAI-style errors and enforce the size limit), so FastAPI's
@@ -19,8 +19,9 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from gateway import pipeline
-from gateway.api.schemas import RouteRequest, validate_chat
+from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.feedback import Feedback, not_found
 from gateway.pipeline import CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
@@ -96,7 +97,7 @@ def _timeout_header(request: Request) -> float | None:
     return None if ms is None else ms / 1000.0
 
 
-def call_context(request: Request) -> CallContext:
+def call_context(request: Request, rid: str = "") -> CallContext:
     return CallContext(
         authorization=request.headers.get("authorization"),
         policy=request.headers.get("x-switchyard-policy"),
@@ -104,6 +105,7 @@ def call_context(request: Request) -> CallContext:
                             _positive_finite_header(request, "x-switchyard-latency-slo-ms")),
         cache=_cache_header(request),
         timeout_s=_timeout_header(request),
+        request_id=rid,
     )
 
 
@@ -124,7 +126,7 @@ async def chat_completions(request: Request) -> Response:
     svc = _svc(request)
     request.state.request_id = rid = request_id(request)
     body = validate_chat(await read_json(request, svc.config.max_body_bytes))
-    outcome = await pipeline.handle(svc, body, call_context(request))
+    outcome = await pipeline.handle(svc, body, call_context(request, rid))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if not body.get("stream"):
         assert outcome.body is not None
@@ -168,6 +170,23 @@ async def explain_route(request: Request) -> Response:
     return Response(orjson.dumps(explained), media_type="application/json")
 
 
+_FEEDBACK_BODY_LIMIT = 4096
+
+
+async def feedback(request: Request) -> Response:
+    """Label a request this key made (its x-request-id): stored with the request's record, one label
+    per source, a later one from the same source replacing the earlier."""
+    svc = _svc(request)
+    tenant = svc.auth.identify(request.headers.get("authorization"))
+    given = validate_feedback(await read_json(request, _FEEDBACK_BODY_LIMIT))
+    if svc.requests is None:
+        raise not_found()
+    fb = Feedback(given.request_id, given.source, given.value, given.thumbs)
+    stored, replaced = await svc.requests.put_feedback(tenant.name, fb)
+    return Response(orjson.dumps({"object": "feedback", **stored, "replaced": replaced}),
+                    media_type="application/json")
+
+
 async def list_models(request: Request) -> Response:
     """With tenants configured this needs a key, and lists only what that key may call."""
     svc = _svc(request)
@@ -182,7 +201,8 @@ async def spend(request: Request) -> Response:
     tenant = svc.auth.identify(request.headers.get("authorization"))
     snap = svc.ledger.snapshot()
     if not svc.auth.open:  # a tenant sees its own spend only
-        snap = {"tenants": {tenant.name: snap["tenants"].get(tenant.name)}}
+        snap = {"tenants": {tenant.name: snap["tenants"].get(tenant.name)},
+                "shadow": {tenant.name: snap["shadow"].get(tenant.name)}}
     return Response(orjson.dumps(snap), media_type="application/json")
 
 
@@ -205,6 +225,10 @@ async def readyz(request: Request) -> Response:
         body |= {"store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
                  "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
                  "deployments": svc.upstreams.health.snapshot()}
+        if svc.requests is not None:
+            body["request_log"] = svc.requests.stats()
+        if svc.shadow is not None:
+            body["shadow"] = dict(svc.shadow.counts)
     return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
 
 
@@ -219,6 +243,7 @@ def _has_valid_key(svc: Services, request: Request) -> bool:
 ROUTES: tuple[tuple[str, Any, list[str]], ...] = (
     ("/v1/chat/completions", chat_completions, ["POST"]),
     ("/v1/route", explain_route, ["POST"]),
+    ("/v1/feedback", feedback, ["POST"]),
     ("/v1/models", list_models, ["GET"]),
     ("/v1/spend", spend, ["GET"]),
     ("/healthz", healthz, ["GET"]),

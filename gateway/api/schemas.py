@@ -13,9 +13,9 @@ so the gateway stays a drop-in for the `openai` SDK as the API grows.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.errors import InvalidRequest
 
@@ -95,6 +95,27 @@ class RouteRequest(ChatRequest):
     model: str = "auto"
 
 
+class FeedbackRequest(BaseModel):
+    """`POST /v1/feedback`: exactly one of `score` (0..1) or `thumbs` (up = 1, down = 0)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    request_id: str = Field(min_length=1, max_length=128)
+    score: float | None = Field(default=None, ge=0, le=1)
+    thumbs: Literal["up", "down"] | None = None
+    source: Literal["user", "judge", "eval"] = "user"
+
+    @model_validator(mode="after")
+    def _one_label(self) -> FeedbackRequest:
+        if (self.score is None) == (self.thumbs is None):
+            raise ValueError("give exactly one of score (0 to 1) or thumbs (up or down)")
+        return self
+
+    @property
+    def value(self) -> float:
+        return self.score if self.score is not None else (1.0 if self.thumbs == "up" else 0.0)
+
+
 def _where(loc: tuple[int | str, ...]) -> str:
     """`messages[0].content` from pydantic's location, without the union-member tags it inserts."""
     out = ""
@@ -108,20 +129,31 @@ def _where(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest) -> dict[str, Any]:
-    """Check the body strictly and return it as the plain dict that flows on (unknown fields as sent)."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def _parsed(data: Any, schema: type[M]) -> M:
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     try:
-        parsed = schema.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as exc:
         # The deepest error names the culprit best: of a union's failures (`content` is neither a
         # string nor a list of parts) the one that went furthest is the one the client meant.
         first = max(exc.errors(), key=lambda e: len(e["loc"]))
         where = _where(first["loc"])
         extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise InvalidRequest(f"{where}: {first['msg']}{extra}", param=where or None,
+        raise InvalidRequest(f"{where or 'body'}: {first['msg']}{extra}", param=where or None,
                              code="invalid_value" if first["type"] != "missing" else "missing_field") from None
+
+
+def validate_feedback(data: Any) -> FeedbackRequest:
+    return _parsed(data, FeedbackRequest)
+
+
+def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest) -> dict[str, Any]:
+    """Check the body strictly and return it as the plain dict that flows on (unknown fields as sent)."""
+    parsed = _parsed(data, schema)
     # Strict mode coerces nothing (a JSON integer for a float field is the same number), so the
     # client's own dict *is* the validated body: forwarding it saves a dump (~7 µs) per request.
     if parsed.model != data.get("model"):  # a default (RouteRequest's `auto`) flows on

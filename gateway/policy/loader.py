@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from gateway.config import DeploymentConfig, describe_validation_error, read_yaml
 from gateway.errors import ConfigError
-from gateway.plans import BestOfN, Cascade, Plan, Single
+from gateway.plans import BestOfN, Cascade, Plan, Shadow, Single
 from gateway.policy.schema import CandidateSpec, PolicySpec
 from gateway.policy.sources import policy_files, policy_sources
 
@@ -38,6 +38,7 @@ class BoundPolicy:
     plans: tuple[Plan, ...]
     allowed: frozenset[str] | None  # constraints.allowed_deployments with tiers expanded
     version: str = ""  # content hash of the validated spec: an edited policy is a new version
+    shadow: Shadow | None = None  # `shadow:` with its names bound to deployments
 
 
 def spec_version(spec: PolicySpec) -> str:
@@ -121,7 +122,12 @@ def bind_policy(name: str, source: str, spec: PolicySpec,
     plans: list[Plan] = []
     for i, candidate in enumerate(spec.candidates):
         plans += [p for p in _bind_candidate(candidate, i, spec, names) if p not in plans]
-    return BoundPolicy(name, source, spec, tuple(plans), allowed, spec_version(spec))
+    shadow = None
+    if spec.shadow is not None:
+        s = spec.shadow
+        shadow = Shadow(s.rate, names.one(s.against, "shadow.against"),
+                        names.one(s.judge, "shadow.judge") if s.judge else None)
+    return BoundPolicy(name, source, spec, tuple(plans), allowed, spec_version(spec), shadow)
 
 
 def load_policy_file(path: Path, deployments: Sequence[DeploymentConfig]) -> BoundPolicy:

@@ -83,6 +83,14 @@ class CacheSettings(_Strict):
     ttl_s: int = Field(default=3600, gt=0)
 
 
+class ShadowSpec(_Strict):
+    """Background evaluation of cheap answers against a stronger deployment (or tier)."""
+
+    rate: float = Field(gt=0, le=1, description="share of eligible requests shadowed")
+    against: str = Field(min_length=1, description="the deployment or tier that also answers")
+    judge: str | None = Field(default=None, description="grades answers that are not short enough to compare")
+
+
 class Example(_Strict):
     """A golden case: under the embedded default deployments, this prompt takes this plan."""
 
@@ -102,3 +110,4 @@ class PolicySpec(_Strict):
     # tighten it with x-switchyard-timeout-ms.
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
     examples: list[Example] = Field(default_factory=list)
+    shadow: ShadowSpec | None = None

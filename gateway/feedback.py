@@ -1,0 +1,262 @@
+"""Request records and feedback: what the gateway keeps of its own traffic, to learn from it.
+
+Every completed chat request (whole or streamed; cache hits are not recorded, they repeat an answer
+that was) leaves a compact record: request id, time, tenant, policy, entry, plan, deployment,
+router version, the router's predicted quality per deployment, cost and tokens, and the prompt
+the router judged: its text when the tenant has `log_prompts: true`, else only its sha256 (such
+records cannot be exported as training data).
+
+Records are written off the response path. `RequestLog.add` puts one small value on a bounded
+queue (a few microseconds); a background writer drains it in batches, builds the records and
+writes each batch to the store in one round trip (a capped stream plus a key per request, with a
+TTL: `gateway.state`) and to an optional `Sink` (a JSONL file: `request_log.path`). A full queue
+drops records, counted and warned about, so that logging never slows or fails a request.
+
+Feedback (`POST /v1/feedback`, shadow judges) is stored with the record it is about, one entry
+per source (user, judge, eval): a second write from the same source replaces the first (a user
+may change their mind; an evaluation may be re-run). The request id is the response's
+`x-request-id`; records are found by (tenant, request id), so one tenant can neither see nor
+label another's requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import orjson
+
+from gateway.auth import LogThrottle, Tenant
+from gateway.config import RequestLogSettings
+from gateway.errors import NotFound, StoreOutage
+from gateway.executor.upstreams import CallRecord
+from gateway.signal import RouteSignal, routing_prompt
+from gateway.state import REQUESTS_STREAM, Store, StoreUnavailable, request_key
+
+log = logging.getLogger("switchyard.feedback")
+
+Source = Literal["user", "judge", "eval"]
+SOURCES: tuple[Source, ...] = ("eval", "user", "judge")  # most trusted first: the one an export keeps
+_BATCH = 256
+_PENDING_WAIT_S = 2.0
+
+
+def feedback_field(source: str) -> str:
+    return f"fb:{source}"
+
+
+@dataclass(slots=True)
+class Completed:
+    """What the request path hands over: references only. The record is built by the writer.
+
+    Not frozen, though never changed: it is built on every request, and a frozen dataclass takes
+    about three times as long to build."""
+
+    request_id: str
+    at: float
+    tenant: Tenant
+    entry: str
+    policy: str | None
+    plan: str
+    deployment: str
+    messages: Sequence[Mapping[str, Any]]
+    signal: RouteSignal | None
+    calls: tuple[CallRecord, ...]
+    prompt_tokens: int
+    router_version: str
+
+
+def build_record(c: Completed) -> dict[str, Any]:
+    text = routing_prompt(c.messages)
+    record: dict[str, Any] = {
+        "request_id": c.request_id, "time": round(c.at, 3), "tenant": c.tenant.name, "policy": c.policy,
+        "entry": c.entry, "plan": c.plan, "deployment": c.deployment, "router_version": c.router_version,
+        "cost_usd": sum(x.cost_usd for x in c.calls), "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": sum(x.usage.completion_tokens for x in c.calls),
+    }
+    if c.signal is not None:
+        record |= {"category": c.signal.category, "difficulty": round(c.signal.difficulty, 4),
+                   "predicted": {k: round(v, 4) for k, v in c.signal.quality.items()}}
+    if c.tenant.log_prompts:
+        record["prompt"] = text
+    else:
+        record["prompt_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """One label of one request, as stored (JSON) with its record."""
+
+    request_id: str
+    source: Source
+    score: float
+    thumbs: str | None = None
+    detail: Mapping[str, Any] | None = None  # a shadow judge's method, reference deployment, reply
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"request_id": self.request_id, "source": self.source, "score": self.score,
+                               "time": round(time.time(), 3)}
+        if self.thumbs is not None:
+            out["thumbs"] = self.thumbs
+        if self.detail:
+            out |= dict(self.detail)
+        return out
+
+
+class Sink(Protocol):
+    """Where records and feedback also go, as JSON lines. Called from a worker thread, never on the
+    event loop, so it may block (a file, a socket to a log shipper)."""
+
+    def write(self, lines: Sequence[bytes]) -> None: ...
+
+
+class JsonlSink:
+    """Appends lines to a file (`request_log.path`)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, lines: Sequence[bytes]) -> None:
+        with self.path.open("ab") as f:
+            f.write(b"".join(line + b"\n" for line in lines))
+
+
+class RequestLog:
+    """The bounded queue, its writer task, and feedback lookups. `add` is the only hot-path call."""
+
+    def __init__(self, store: Store, settings: RequestLogSettings, sink: Sink | None = None) -> None:
+        self.store = store
+        self.settings = settings
+        self.sink: Sink | None = sink or (JsonlSink(settings.path) if settings.path else None)
+        self._queue: asyncio.Queue[Completed | dict[str, Any]] = asyncio.Queue(settings.queue_size)
+        self._pending: dict[str, int] = {}  # request keys queued but not yet written
+        self._throttle = LogThrottle()
+        self.written = self.dropped = self.failed = 0
+        self._writer: asyncio.Task[None] | None = None
+        self._batch_written = asyncio.Event()  # set (and replaced) after every batch
+
+    def add(self, done: Completed) -> None:
+        """Queue a completed request's record; never waits, drops (counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(done)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self._warn("request log queue full (%d): record dropped, %d so far", self.settings.queue_size,
+                       self.dropped)
+            return
+        key = request_key(done.tenant.name, done.request_id)
+        self._pending[key] = self._pending.get(key, 0) + 1
+
+    def _warn(self, message: str, *args: Any) -> None:
+        if self._throttle.due():
+            log.warning(message, *args)
+
+    # -- the writer -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._writer = asyncio.create_task(self._run(), name="switchyard.request_log")
+
+    async def close(self, timeout_s: float = 2.0) -> None:
+        """Write what is queued (for at most `timeout_s`), then stop the writer."""
+        if self._writer is not None and not self._writer.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), timeout_s)
+        if self._writer is not None:
+            self._writer.cancel()
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < _BATCH and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._write(batch)
+            except Exception:  # the writer must outlive any one bad batch
+                log.exception("request log: a batch of %d could not be written", len(batch))
+            finally:
+                for item in batch:
+                    if isinstance(item, Completed):
+                        self._done(request_key(item.tenant.name, item.request_id))
+                    self._queue.task_done()
+                self._batch_written.set()
+                self._batch_written = asyncio.Event()
+
+    def _done(self, key: str) -> None:
+        left = self._pending.get(key, 0) - 1
+        if left > 0:
+            self._pending[key] = left
+        else:
+            self._pending.pop(key, None)
+
+    async def _write(self, batch: list[Completed | dict[str, Any]]) -> None:
+        records: list[tuple[str, bytes]] = []
+        lines: list[bytes] = []
+        for item in batch:
+            if isinstance(item, Completed):
+                raw = orjson.dumps(build_record(item))
+                records.append((request_key(item.tenant.name, item.request_id), raw))
+                lines.append(b'{"kind":"request",' + raw[1:])
+            else:
+                lines.append(orjson.dumps(item))
+        if records:
+            try:
+                await self.store.append_records(REQUESTS_STREAM, records, self.settings.max_records,
+                                                self.settings.ttl_s)
+                self.written += len(records)
+            except StoreUnavailable as exc:
+                self.failed += len(records)
+                self._warn("request log: %d records not stored (store unavailable): %s", len(records), exc)
+        if self.sink is not None and lines:
+            try:
+                await asyncio.to_thread(self.sink.write, lines)
+            except OSError as exc:
+                self._warn("request log: %d lines not written to the sink: %s", len(lines), exc)
+
+    # -- feedback ---------------------------------------------------------------------------------
+
+    async def wait_written(self, key: str, timeout_s: float = _PENDING_WAIT_S) -> None:
+        """A record still in this replica's queue is waited for (it lands within milliseconds)."""
+        deadline = time.monotonic() + timeout_s
+        while key in self._pending and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._batch_written.wait(), left)
+
+    async def put_feedback(self, tenant: str, fb: Feedback) -> tuple[dict[str, Any], bool]:
+        """Store `fb` with its request's record: (what is stored, whether it replaced an earlier one).
+        NotFound when this tenant has no such request (another tenant's is simply not found)."""
+        key = request_key(tenant, fb.request_id)
+        await self.wait_written(key)
+        stored = fb.as_dict()
+        try:
+            replaced = await self.store.put_feedback(key, feedback_field(fb.source), orjson.dumps(stored))
+        except StoreUnavailable as exc:
+            raise StoreOutage(f"feedback cannot be stored right now; retry shortly ({exc})",
+                              headers={"retry-after": "2"}) from None
+        if replaced is None:
+            raise not_found()
+        if self.sink is not None:
+            try:
+                self._queue.put_nowait({"kind": "feedback", "tenant": tenant, **stored})
+            except asyncio.QueueFull:
+                self.dropped += 1
+        return stored, replaced
+
+    def stats(self) -> dict[str, int]:
+        return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
+                "queued": self._queue.qsize()}
+
+
+def not_found() -> NotFound:
+    """The same answer for an unknown id and for another tenant's: never reveal that it exists."""
+    return NotFound("no such request for this API key (or it is older than the request log keeps)",
+                    param="request_id", code="request_not_found")

@@ -1,0 +1,221 @@
+"""Shadow evaluation: a stronger deployment answers a sample of requests in the background, and the
+cheap answer the client got is labelled against it.
+
+A policy's `shadow: {rate, against, judge}` (`gateway.plans.Shadow`). After a request answered by
+a deployment cheaper than `against`, `offer` draws the sample and queues a job (never waits: a
+full queue drops it, counted). A fixed number of workers (`shadow_concurrency`) run the jobs:
+`against` answers the same messages, then the label is the exact agreement of the two extracted
+answers when both are short (a letter, a number, a few words; `gateway.executor.answers`), else the
+`judge` deployment's 0–10 grade of the cheap answer with the strong one as reference, ÷ 10. With
+neither, the job ends unlabelled. The label is stored as feedback with source `judge` on the
+request's record.
+
+Shadow calls are billed to the tenant (a budget hold first, without touching its rate window: a
+tenant whose budget is short is not shadowed) and counted apart in the ledger (`/v1/spend`,
+`shadow`), with role `shadow` / `judge` on their call records. Nothing here can affect the
+client's response: it has been sent (or is being streamed) before a job starts, and every failure
+of a shadow or judge call is caught, counted and logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth import Authenticator, LogThrottle, Reservation, Tenant
+from gateway.errors import GatewayError
+from gateway.executor import Deadline, Upstreams
+from gateway.executor.answers import choice_letter, extract_answer
+from gateway.executor.upstreams import CallRecord
+from gateway.feedback import Feedback, RequestLog
+from gateway.ledger import Ledger
+from gateway.plans import Shadow, Single
+from gateway.policy import Catalog, worst_case_cost
+from gateway.signal import message_text
+from gateway.state import request_key
+from gateway.telemetry import Telemetry, set_attributes
+
+log = logging.getLogger("switchyard.shadow")
+
+SHORT_ANSWER_WORDS = 40  # longer answers are compared by the judge, not by their extracted answer
+JUDGE_MAX_TOKENS = 8
+JUDGE_PROMPT = (
+    "You compare a candidate answer with a reference answer to the same question, written by a stronger "
+    "model. Grade the candidate from 0 to 10: 10 if it is as correct and useful as the reference, 0 if it "
+    "is wrong or useless. Reply with the number only."
+)
+_GRADE = re.compile(r"\d+(?:\.\d+)?")
+_DROPPED_KEYS = ("model", "stream", "stream_options", "n")
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    shadow: Shadow
+    tenant: Tenant
+    request_id: str
+    request: Mapping[str, Any]
+    answer: str          # the text the client got
+    answered_by: str
+    prompt_tokens: int
+    timeout_s: float
+
+
+def judge_messages(question: str, reference: str, candidate: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": JUDGE_PROMPT},
+            {"role": "user", "content": f"Question:\n{question}\n\nReference answer:\n{reference}\n\n"
+                                        f"Candidate answer:\n{candidate}\n\nGrade (0-10):"}]
+
+
+def parse_grade(reply: str) -> float | None:
+    found = _GRADE.search(reply)
+    if found is None:
+        return None
+    return min(10.0, float(found.group())) / 10.0
+
+
+def agreement(cheap: str, strong: str) -> float | None:
+    """1.0 / 0.0 when both answers are short enough to compare by their extracted answer, else None."""
+    letters = choice_letter(cheap), choice_letter(strong)
+    if letters[0] is not None and letters[1] is not None:
+        return float(letters[0] == letters[1])
+    if len(cheap.split()) > SHORT_ANSWER_WORDS or len(strong.split()) > SHORT_ANSWER_WORDS:
+        return None
+    a, b = extract_answer(cheap), extract_answer(strong)
+    if a is None or b is None:
+        return None
+    return float(a == b)
+
+
+def answer_text(body: Mapping[str, Any]) -> str:
+    choices = body.get("choices") or [{}]
+    return message_text((choices[0].get("message") or {}).get("content"))
+
+
+class ShadowEvaluator:
+    def __init__(self, upstreams: Upstreams, catalog: Catalog, auth: Authenticator, ledger: Ledger,
+                 requests: RequestLog, telemetry: Telemetry, *, concurrency: int = 4, queue_size: int = 64) -> None:
+        self.upstreams = upstreams
+        self.catalog = catalog
+        self.auth = auth
+        self.ledger = ledger
+        self.requests = requests
+        self.telemetry = telemetry
+        self.concurrency = concurrency
+        self._queue: asyncio.Queue[Job] = asyncio.Queue(queue_size)
+        self._workers: list[asyncio.Task[None]] = []
+        self._throttle = LogThrottle()
+        self.counts = {"queued": 0, "dropped": 0, "labelled": 0, "unlabelled": 0, "failed": 0, "skipped_budget": 0}
+
+    def cheaper(self, deployment: str, than: str) -> bool:
+        a, b = self.catalog.prices[deployment], self.catalog.prices[than]
+        return a.input_per_token + a.output_per_token < b.input_per_token + b.output_per_token
+
+    def offer(self, shadow: Shadow, tenant: Tenant, request_id: str, request: Mapping[str, Any],
+              answer: Mapping[str, Any], answered_by: str, prompt_tokens: int, timeout_s: float) -> None:
+        """Called after a request completes: maybe queue a shadow job. Never waits."""
+        if random.random() >= shadow.rate or answered_by == shadow.against or \
+                not self.cheaper(answered_by, shadow.against):
+            return
+        try:
+            self._queue.put_nowait(Job(shadow, tenant, request_id, request, answer_text(answer), answered_by,
+                                       prompt_tokens, timeout_s))
+        except asyncio.QueueFull:
+            self.counts["dropped"] += 1
+            if self._throttle.due():
+                log.warning("shadow queue full: job dropped (%d so far)", self.counts["dropped"])
+            return
+        self.counts["queued"] += 1
+
+    def start(self) -> None:
+        self._workers = [asyncio.create_task(self._work(), name=f"switchyard.shadow.{i}")
+                         for i in range(self.concurrency)]
+
+    async def close(self) -> None:
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await self.evaluate(job)
+            except Exception:  # a worker must outlive any one job
+                self.counts["failed"] += 1
+                log.exception("shadow evaluation of request %s failed", job.request_id)
+
+    def _worst_case(self, job: Job) -> float:
+        max_tokens = job.request.get("max_completion_tokens") or job.request.get("max_tokens")
+        usd = worst_case_cost(Single(job.shadow.against), job.prompt_tokens, self.catalog, max_tokens)
+        if job.shadow.judge:
+            ceiling = max_tokens or self.catalog.deployments[job.shadow.against].max_output_tokens
+            usd += worst_case_cost(Single(job.shadow.judge), job.prompt_tokens + 2 * ceiling + 100, self.catalog,
+                                   JUDGE_MAX_TOKENS)
+        return usd
+
+    async def evaluate(self, job: Job) -> Feedback | None:
+        """Run one job: the strong answer, the label, the bill. Returns the stored label, if any."""
+        held = await self.auth.hold(job.tenant, self._worst_case(job), job.timeout_s * 2 + 30)
+        if held is None:
+            self.counts["skipped_budget"] += 1
+            return None
+        calls: list[CallRecord] = []
+        span = self.telemetry.start("switchyard.shadow", None, switchyard__tenant=job.tenant.name,
+                                    switchyard__request_id=job.request_id, switchyard__against=job.shadow.against)
+        try:
+            label = await self._label(job, calls, span)
+        except GatewayError as exc:
+            self.counts["failed"] += 1
+            set_attributes(span, error__type=type(exc).__name__)
+            log.warning("shadow evaluation of request %s: %s", job.request_id, exc.message)
+            label = None
+        finally:
+            span.end()
+            await self._bill(job, held, calls)
+        if label is None:
+            return None
+        await self.requests.wait_written(request_key(job.tenant.name, job.request_id))
+        try:
+            await self.requests.put_feedback(job.tenant.name, label)
+        except GatewayError as exc:  # the record expired, was dropped, or the store is down
+            self.counts["unlabelled"] += 1
+            log.warning("shadow label of request %s not stored: %s", job.request_id, exc.message)
+            return None
+        self.counts["labelled"] += 1
+        return label
+
+    async def _bill(self, job: Job, held: Reservation, calls: list[CallRecord]) -> None:
+        await self.ledger.record_shadow(job.tenant.name, tuple(calls), held)
+
+    async def _label(self, job: Job, calls: list[CallRecord], span: Any) -> Feedback | None:
+        body = {k: v for k, v in job.request.items() if k not in _DROPPED_KEYS}
+        deadline = Deadline.after(job.timeout_s)
+        strong, rec = await self.upstreams.call((job.shadow.against,), {**body, "stream": False}, span,
+                                                deadline=deadline, role="shadow")
+        calls.append(rec)
+        reference = answer_text(strong.body)
+        detail: dict[str, Any] = {"against": job.shadow.against, "answered_by": job.answered_by}
+        agreed = agreement(job.answer, reference)
+        if agreed is not None:
+            return Feedback(job.request_id, "judge", agreed, detail=detail | {"method": "agreement"})
+        if job.shadow.judge is None:
+            self.counts["unlabelled"] += 1
+            return None
+        question = message_text(job.request["messages"][-1].get("content"))
+        ask = {"messages": judge_messages(question, reference, job.answer), "temperature": 0,
+               "max_tokens": JUDGE_MAX_TOKENS}
+        graded, judge_rec = await self.upstreams.call((job.shadow.judge,), ask, span, deadline=deadline, role="judge")
+        calls.append(judge_rec)
+        reply = answer_text(graded.body)
+        grade = parse_grade(reply)
+        if grade is None:
+            self.counts["unlabelled"] += 1
+            log.info("shadow judge of request %s gave no grade: %r", job.request_id, reply[:80])
+            return None
+        return Feedback(job.request_id, "judge", grade,
+                        detail=detail | {"method": "judge", "judge": job.shadow.judge})

@@ -1,0 +1,177 @@
+"""Request records, feedback storage, shadow labels and the export's rows: pure logic, no network."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.auth import Authenticator, Tenant
+from gateway.config import DeploymentConfig, RequestLogSettings
+from gateway.errors import ConfigError, NotFound, UpstreamError
+from gateway.executor.upstreams import CallRecord
+from gateway.feedback import Completed, Feedback, RequestLog, build_record
+from gateway.ledger import Ledger
+from gateway.logs_export import model_names, parse_duration, to_row
+from gateway.plans import Shadow
+from gateway.policy import Catalog
+from gateway.policy.loader import bind_policy
+from gateway.policy.schema import PolicySpec
+from gateway.providers.base import Completion, Usage
+from gateway.providers.pricing import DeploymentPrice
+from gateway.shadow import Job, ShadowEvaluator, agreement, parse_grade
+from gateway.state import REQUESTS_STREAM, MemoryStore, request_key
+from gateway.telemetry import Telemetry
+
+DEPLOYMENTS = [
+    DeploymentConfig(name="small", model="openai/s", tier="small", router_profile="Meta-Llama-3.1-8B-Instruct"),
+    DeploymentConfig(name="large", model="openai/l", tier="large"),
+]
+SUM = [{"role": "user", "content": "What is 17 + 25?"}]
+
+
+def _spec(**shadow: Any) -> PolicySpec:
+    return PolicySpec.model_validate({"candidates": [{"single": "small"}], "shadow": shadow})
+
+
+def test_shadow_policy_field_binds_names_like_other_policy_names() -> None:
+    bound = bind_policy("p", "p.yaml", _spec(rate=0.05, against="large", judge="large"), DEPLOYMENTS)
+    assert bound.shadow == Shadow(0.05, "large", "large")
+    with pytest.raises(ConfigError, match=r"p.yaml: shadow.against 'huge' is not a deployment or tier"):
+        bind_policy("p", "p.yaml", _spec(rate=0.05, against="huge"), DEPLOYMENTS)
+
+
+@pytest.mark.parametrize("rate", [0, -0.1, 1.5])
+def test_shadow_rate_must_be_a_share(rate: float) -> None:
+    with pytest.raises(ValueError, match="rate"):
+        _spec(rate=rate, against="large")
+
+
+def test_short_answers_are_labelled_by_agreement_long_ones_are_not() -> None:
+    assert agreement("The answer is 42.", "The answer is 42. Because 17 + 25 = 42.") == 1.0
+    assert agreement("The answer is (B).", "Answer: C") == 0.0
+    assert agreement("The answer is amber.", "The answer is basalt.") == 0.0
+    assert agreement(" ".join(["word"] * 60), "The answer is 42.") is None
+
+
+def test_judge_grade_is_read_as_a_share_of_ten() -> None:
+    assert parse_grade("8") == 0.8
+    assert parse_grade("Grade: 10/10") == 1.0
+    assert parse_grade("42") == 1.0
+    assert parse_grade("no idea") is None
+
+
+def _completed(tenant: Tenant, rid: str = "r1") -> Completed:
+    return Completed(rid, 1.0, tenant, "router/p", "p", "single:small", "small", SUM, None,
+                     (CallRecord("small", Usage(10, 5), 0.001, 0.1),), 10, "default")
+
+
+def test_record_keeps_only_a_hash_of_the_prompt_unless_the_tenant_logs_prompts() -> None:
+    hashed = build_record(_completed(Tenant("t")))
+    kept = build_record(_completed(Tenant("t", log_prompts=True)))
+    assert "prompt" not in hashed and len(hashed["prompt_sha256"]) == 64
+    assert kept["prompt"] == "What is 17 + 25?" and "prompt_sha256" not in kept
+    assert kept["cost_usd"] == 0.001 and kept["completion_tokens"] == 5
+
+
+def test_request_log_drops_records_when_its_queue_is_full_never_waits() -> None:
+    requests = RequestLog(MemoryStore(), RequestLogSettings(queue_size=2))
+    for i in range(3):
+        requests.add(_completed(Tenant("t"), f"r{i}"))
+    assert requests.dropped == 1 and requests.stats()["queued"] == 2
+
+
+def test_memory_store_feedback_needs_a_record_and_replaces_per_source() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        key = request_key("t", "r1")
+        assert await store.put_feedback(key, "fb:user", b"1") is None
+        await store.append_records(REQUESTS_STREAM, [(key, b'{"request_id":"r1"}')], maxlen=10, ttl_s=60)
+        assert await store.put_feedback(key, "fb:user", b"1") is False
+        assert await store.put_feedback(key, "fb:user", b"2") is True
+        assert await store.put_feedback(request_key("other", "r1"), "fb:user", b"1") is None
+        [entry] = await store.request_entries([key])
+        assert entry == {"record": b'{"request_id":"r1"}', "fb:user": b"2"}
+
+    asyncio.run(scenario())
+
+
+def test_memory_request_log_is_capped() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        items = [(request_key("t", f"r{i}"), b"{}") for i in range(5)]
+        await store.append_records(REQUESTS_STREAM, items, maxlen=3, ttl_s=60)
+        assert len(await store.records_after(REQUESTS_STREAM, "0-0", 100)) == 3
+        assert await store.request_entries([items[0][0]]) == [None]
+
+    asyncio.run(scenario())
+
+
+def test_export_row_takes_the_most_trusted_label_and_names_models_as_the_router_knows_them() -> None:
+    record = {"tenant": "t", "request_id": "r1", "deployment": "small", "prompt": "hi", "prompt_tokens": 3,
+              "category": "chat", "cost_usd": 0.001}
+    feedback = {"user": {"score": 0.0}, "eval": {"score": 1.0}, "judge": {"score": 0.5, "against": "large"}}
+    row = to_row(record, feedback, model_names(DEPLOYMENTS))
+    assert row["models"] == {"Meta-Llama-3.1-8B-Instruct": {"score": 1.0, "cost_usd": 0.001},
+                             "large": {"score": 1.0}}
+    assert row["id"] == "traffic/t/r1" and row["category"] == "traffic/chat" and row["split"] in ("train", "validation")
+
+
+def test_durations() -> None:
+    assert parse_duration("24h") == 86400 and parse_duration("30m") == 1800 and parse_duration("90") == 90
+    with pytest.raises(ValueError):
+        parse_duration("yesterday")
+
+
+class _Upstreams:
+    """Answers as `against`; fails as the judge."""
+
+    async def call(self, names: tuple[str, ...], body: dict[str, Any], parent: Any, *, deadline: Any,
+                   role: str = "answer") -> tuple[Completion, CallRecord]:
+        if role == "judge":
+            raise UpstreamError("deployment 'large' failed: 500")
+        text = " ".join(["reference"] * 80)
+        done = Completion({"choices": [{"message": {"content": text}}]}, Usage(10, 80), 0.1)
+        return done, CallRecord(names[0], done.usage, 0.002, 0.1, role)
+
+
+def test_a_failing_judge_leaves_the_request_unlabelled_and_bills_what_ran() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        prices = {d.name: DeploymentPrice(1e-7, 2e-7, "config") for d in DEPLOYMENTS}
+        catalog = Catalog({d.name: d for d in DEPLOYMENTS}, prices)
+        ledger = Ledger(store)
+        requests = RequestLog(store, RequestLogSettings())
+        shadow = ShadowEvaluator(_Upstreams(), catalog, Authenticator([], store), ledger,  # type: ignore[arg-type]
+                                 requests, Telemetry())
+        job = Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM},
+                  " ".join(["cheap"] * 80), "small", 10, 5.0)
+        assert await shadow.evaluate(job) is None
+        assert shadow.counts["failed"] == 1
+        assert ledger.shadow_by_tenant["t"].cost_usd == pytest.approx(0.002)
+        with pytest.raises(NotFound):
+            await requests.put_feedback("t", Feedback("r1", "judge", 1.0))
+
+    asyncio.run(scenario())
+
+
+class _DownStore(MemoryStore):
+    async def append_records(self, stream: str, items: Any, maxlen: int, ttl_s: float) -> None:
+        from gateway.state import StoreUnavailable
+
+        raise StoreUnavailable("connection refused")
+
+
+def test_request_log_writer_counts_records_the_store_refused_and_carries_on() -> None:
+    async def scenario() -> None:
+        requests = RequestLog(_DownStore(), RequestLogSettings())
+        requests.start()
+        requests.add(_completed(Tenant("t"), "r1"))
+        requests.add(_completed(Tenant("t"), "r2"))
+        await requests.wait_written(request_key("t", "r2"))
+        assert requests.failed == 2 and requests.written == 0
+        assert requests._writer is not None and not requests._writer.done()
+        await requests.close()
+
+    asyncio.run(scenario())
