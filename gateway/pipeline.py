@@ -4,6 +4,8 @@
     hit      = cache.lookup(...)                  → served from the store, cost 0 (after auth.admit)
     signal   = router.assess(...)                 → predicted quality per deployment (no network)
     decision = policy.decide(signal, ...)         → Single | Cascade | BestOfN, with reasons
+                                                    (a target policy's threshold from its calibrator,
+                                                    which observes the decision in turn)
     route    = cost cap → upstream max_tokens      → 422 if not even the prompt fits
     held     = auth.admit(tenant, worst case)     → 429 before any upstream call
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
@@ -47,6 +49,7 @@ from gateway.policy import (
     worst_case_cost,
     worst_case_duration_s,
 )
+from gateway.policy.sharing import Calibrator
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.signal import RememberingRouter
 from gateway.streaming import Accumulator
@@ -69,6 +72,7 @@ class Services:
     upstreams: Upstreams
     ledger: Ledger
     telemetry: Telemetry
+    calibrator: Calibrator
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +170,11 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         prompt_tokens = tokens.count_messages(request["messages"])
     else:
         sig = routing.assess(svc.router, request["messages"], svc.config.deployments)
-        decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
+        policy = entry.policy
+        cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
+        decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
+        if decision.routing is not None:
+            svc.calibrator.observe(policy, decision.routing)  # explained requests count as traffic too
         plan, prompt_tokens = decision.plan, sig.prompt_tokens
     choices = int(request.get("n") or 1)
     cap = entry.policy.spec.constraints.max_cost_usd

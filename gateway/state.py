@@ -1,10 +1,12 @@
 """Shared state behind one small interface: Redis (single node or cluster) or process memory.
 
-The gateway keeps four kinds of keys, all under `sy:` and all built here: cached answers
+The gateway keeps five kinds of keys, all under `sy:` and all built here: cached answers
 (`sy:cache:...`), tenant spend (`sy:spend:{<tenant>}`, USD), budget holds of requests in flight
-(`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms") and rate windows
-(`sy:rate:{<tenant>}:<minute>`). A tenant's keys share one hash tag so that a Redis Cluster keeps
-them in one slot, where one script can touch them all.
+(`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms"), rate windows
+(`sy:rate:{<tenant>}:<minute>`) and target policies' score sketches
+(`sy:calib:{<policy>:<version>}:<time bucket>`, a hash of sums that every replica adds its
+observations to: see `gateway.policy.sharing`). A tenant's keys share one hash tag so that a Redis
+Cluster keeps them in one slot, where one script can touch them all; so do a policy's sketches.
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -43,6 +45,10 @@ def holds_key(tenant: str) -> str:
 
 def rate_key(tenant: str, minute: int) -> str:
     return f"sy:rate:{{{tenant}}}:{minute}"
+
+
+def calibration_key(policy: str, version: str, bucket: int) -> str:
+    return f"sy:calib:{{{policy}:{version}}}:{bucket}"
 
 
 RATE_WINDOW_TTL_S = 120  # a minute window, kept a minute longer for clock skew between replicas
@@ -126,6 +132,8 @@ class Store(Protocol):
     async def get_float(self, key: str) -> float: ...
     async def reserve(self, budget: Budget | None, rate: Rate | None) -> Reserved: ...
     async def settle(self, spend_key: str, holds_key: str, hold_id: str | None, actual: float) -> None: ...
+    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None: ...
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -139,6 +147,7 @@ class MemoryStore:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._floats: dict[str, float] = {}
         self._holds: dict[str, dict[str, tuple[float, float]]] = {}  # holds key -> id -> (amount, expiry)
+        self._hashes: dict[str, tuple[dict[str, float], float]] = {}  # key -> (fields, expiry)
         self._max_keys = max_keys
 
     def _live(self, key: str) -> bytes | None:
@@ -201,6 +210,23 @@ class MemoryStore:
             self._holds.get(holds_key, {}).pop(hold_id, None)
         if actual > 0:
             self._floats[spend_key] = self._floats.get(spend_key, 0.0) + actual
+
+    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None:
+        now = time.monotonic()
+        for k in [k for k, (_, expires) in self._hashes.items() if expires <= now]:
+            del self._hashes[k]
+        fields, expires = self._hashes.get(key, ({}, now + ttl_s))
+        for name, value in deltas.items():
+            fields[name] = fields.get(name, 0.0) + value
+        self._hashes[key] = (fields, expires)
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
+        now = time.monotonic()
+        out = []
+        for key in keys:
+            fields, expires = self._hashes.get(key, ({}, now))
+            out.append(dict(fields) if expires > now else {})
+        return out
 
     async def ping(self) -> bool:
         return True
@@ -309,6 +335,26 @@ class RedisStore:
                     pipe.incrbyfloat(spend_key, actual)
                 await pipe.execute()
         await self._guarded(settled)
+
+    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None:
+        """HINCRBYFLOAT each field (so replicas' additions merge) and set the TTL, in one round trip."""
+        async def added() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name, value in deltas.items():
+                    pipe.hincrbyfloat(key, name, value)
+                pipe.expire(key, max(1, int(ttl_s)), nx=True)
+                await pipe.execute()
+        if deltas:
+            await self._guarded(added)
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
+        async def read() -> list[dict[str, float]]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                rows = await pipe.execute()
+            return [{_text(k): float(v) for k, v in row.items()} for row in rows]
+        return await self._guarded(read) if keys else []
 
     async def ping(self) -> bool:
         try:

@@ -22,6 +22,8 @@ from gateway.executor import Upstreams
 from gateway.ledger import Ledger
 from gateway.pipeline import Services
 from gateway.policy import Catalog, PolicySet
+from gateway.policy.seed import SeedSample
+from gateway.policy.sharing import SYNC_INTERVAL_S, Calibrator
 from gateway.policy.sources import shipped_policies_dir, user_policies_dir
 from gateway.providers.base import Backend
 from gateway.providers.direct import DirectBackend
@@ -64,32 +66,40 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))
+    serving = router or load_router(config.router_artifact)
+    catalog = Catalog(deployments, prices)
+    seeds = SeedSample(serving, config.deployments, catalog)  # assessed by the raw router: no cache pollution
     return Services(
         config=config,
         auth=Authenticator(config.tenants, store, config.on_store_outage),
         cache=ExactCache(store, config.deployments, config.cache_namespace),
-        router=RememberingRouter(router or load_router(config.router_artifact)),
+        router=RememberingRouter(serving),
         policies=policies,
-        catalog=Catalog(deployments, prices),
+        catalog=catalog,
         upstreams=Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry),
         ledger=Ledger(store),
         telemetry=telemetry,
+        calibrator=Calibrator(store, seeds, lambda: policies.policies.values()),
     )
 
 
 def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
                router: Router | None = None, policies_dir: Path | None = None,
-               watch_policies_s: float | None = 1.0) -> FastAPI:
+               watch_policies_s: float | None = 1.0, calibrate_s: float = SYNC_INTERVAL_S) -> FastAPI:
     services = build_services(config, span_exporter=span_exporter, router=router, policies_dir=policies_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # Target policies start from the shipped traffic sample, scored before the first request.
+        await asyncio.to_thread(services.calibrator.prepare)
+        calibrating = asyncio.create_task(services.calibrator.run(calibrate_s))
         watcher = asyncio.create_task(services.policies.watch(watch_policies_s)) if watch_policies_s else None
         log.info("switchyard ready: %d deployments, policies %s, store %s", len(config.deployments),
                  ", ".join(sorted(services.policies.policies)), services.cache.store.kind)
         try:
             yield
         finally:
+            calibrating.cancel()
             if watcher:
                 watcher.cancel()
             for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
