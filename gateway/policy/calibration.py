@@ -38,7 +38,7 @@ import numpy as np
 from gateway.policy.schema import Target
 
 LO, HI = -1.0, 1.0
-BINS = 1000
+BINS = 500
 WIDTH = (HI - LO) / BINS
 # Rows of a sketch: request weight, then sums of q̂ and ĉ of the cheap and the strong choice.
 N, Q_CHEAP, Q_STRONG, C_CHEAP, C_STRONG = range(5)
@@ -100,7 +100,11 @@ class Quantiles:
 
     @classmethod
     def of(cls, sketch: Sketch) -> Quantiles:
-        below = np.concatenate(([0.0], np.cumsum(sketch.sums[N])))
+        return cls.of_weights(sketch.sums[N])
+
+    @classmethod
+    def of_weights(cls, weights: np.ndarray) -> Quantiles:
+        below = np.concatenate(([0.0], np.cumsum(weights)))
         return cls(below.tolist(), float(below[-1]))
 
     def threshold(self, share: float) -> float:

@@ -66,10 +66,7 @@ class Routing:
     strong: Candidate
     score: float
     cutoff: Cutoff | None  # None: no calibration available, the cheap choice
-
-    @property
-    def chose_strong(self) -> bool:
-        return self.cutoff is not None and self.score >= self.cutoff.threshold
+    chose_strong: bool     # score ≥ the cutoff's threshold
 
     def explain(self) -> dict[str, Any]:
         out: dict[str, Any] = {"score": round(self.score, 6), "cheap": self.cheap.plan.label,
@@ -159,8 +156,18 @@ def split(feasible: list[Candidate]) -> tuple[Candidate, Candidate] | None:
     of the others (the cheaper among equals). None when only one plan is feasible."""
     if len(feasible) < 2:
         return None
-    cheap = min(feasible, key=lambda c: c.estimate.cost_usd)
-    strong = max((c for c in feasible if c is not cheap), key=lambda c: (c.estimate.quality, -c.estimate.cost_usd))
+    cheap = feasible[0]
+    for c in feasible:  # plain loops: this runs on every request of a target policy
+        if c.estimate.cost_usd < cheap.estimate.cost_usd:
+            cheap = c
+    strong: Candidate | None = None
+    for c in feasible:
+        if c is cheap:
+            continue
+        if strong is None or c.estimate.quality > strong.estimate.quality or (
+                c.estimate.quality == strong.estimate.quality and c.estimate.cost_usd < strong.estimate.cost_usd):
+            strong = c
+    assert strong is not None
     return cheap, strong
 
 
@@ -168,20 +175,22 @@ def _on_target(policy: BoundPolicy, signal: RouteSignal, evaluated: list[Candida
                cutoff: Cutoff | None) -> Decision:
     target = policy.spec.target
     assert target is not None
-    removed = tuple(f"{c.plan.label} removed by {c.rejected_by}" for c in evaluated if c.rejected_by)
+    removed = () if len(feasible) == len(evaluated) else \
+        tuple(f"{c.plan.label} removed by {c.rejected_by}" for c in evaluated if c.rejected_by)
     pair = split(feasible)
     if pair is None:
         only = feasible[0]
         return Decision(policy.name, only.plan, tuple(evaluated), signal,
                         (f"{only.plan.label} is the only feasible plan", *removed))
     cheap, strong = pair
-    routing = Routing(cheap, strong, strong.estimate.quality - cheap.estimate.quality, cutoff)
-    chosen = strong if routing.chose_strong else cheap
+    score = strong.estimate.quality - cheap.estimate.quality
+    chose_strong = cutoff is not None and score >= cutoff.threshold
+    routing = Routing(cheap, strong, score, cutoff, chose_strong)
     if cutoff is None:
         why = f"target {target.kind} {target.value:g}: no calibration yet, the cheapest feasible plan"
     else:
-        side = ">=" if routing.chose_strong else "<"
-        why = (f"target {target.kind} {target.value:g}: score {routing.score:.4f} (q gain of {strong.plan.label} "
-               f"over {cheap.plan.label}) {side} threshold {cutoff.threshold:.4f}, the "
+        why = (f"target {target.kind} {target.value:g}: score {score:.4f} (q gain of {strong.plan.label} over "
+               f"{cheap.plan.label}) {'>=' if chose_strong else '<'} threshold {cutoff.threshold:.4f}, the "
                f"{1 - cutoff.share:.0%} quantile of recent traffic")
-    return Decision(policy.name, chosen.plan, tuple(evaluated), signal, (why, *removed), routing)
+    return Decision(policy.name, (strong if chose_strong else cheap).plan, tuple(evaluated), signal,
+                    (why, *removed), routing)

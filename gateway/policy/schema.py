@@ -95,7 +95,8 @@ class Target(_Strict):
 
     @property
     def kind(self) -> str:
-        return next(k for k in TARGET_KINDS if getattr(self, k) is not None)
+        return "strong_share" if self.strong_share is not None else (
+            "quality" if self.quality is not None else "usd_per_1k_requests")
 
     @property
     def value(self) -> float:

@@ -10,6 +10,7 @@ target policy's prior is then its decisions on them, which costs a few milliseco
 from __future__ import annotations
 
 import gzip
+import logging
 import random
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,8 @@ from gateway.policy.estimate import Catalog
 from gateway.policy.loader import BoundPolicy
 from gateway.providers.health import LiveView
 from gateway.signal import Assessor, RouteSignal, assess
+
+log = logging.getLogger("switchyard.calibration")
 
 SAMPLE = Path(__file__).resolve().parent / "traffic_sample.jsonl.gz"
 SHARED_FILES = ("arena_chat", "cruxeval_code", "llmrouter_mixed", "mmlu_pro", "theoremqa_stem")
@@ -66,9 +69,15 @@ class SeedSample:
     def signals(self) -> list[RouteSignal]:
         with self._lock:
             if self._signals is None:
-                prompts = self._prompts if self._prompts is not None else load_sample()
-                self._signals = [assess(self._router, [{"role": "user", "content": p}], self._deployments)
-                                 for p in prompts]
+                try:
+                    prompts = self._prompts if self._prompts is not None else load_sample()
+                    self._signals = [assess(self._router, [{"role": "user", "content": p}], self._deployments)
+                                     for p in prompts]
+                except Exception as exc:  # a prior is a convenience: without one, live traffic calibrates alone
+                    log.warning("the start-up traffic sample could not be scored (%s: %s); target policies "
+                                "start without a prior (the cheapest plan until traffic arrives)",
+                                type(exc).__name__, exc)
+                    self._signals = []
             return self._signals
 
     def sketch_for(self, policy: BoundPolicy) -> Sketch:
