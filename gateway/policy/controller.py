@@ -12,9 +12,9 @@ A quantile of the recent past is the right threshold only while traffic does not
 sorted by topic, or a morning unlike the night, makes the realised share lag the target. So the
 share in force is corrected by the realised shortfall: `debt`, the requests sent strong short of the
 target so far (decaying over `DEBT_MEMORY` requests), is paid back over about `PAYBACK` requests.
-Measured by replaying shared routing files in their (topic-sorted) order at s = 0.1, 0.3, 0.7: the
-realised share after the first 200 requests missed s by up to 37 points with the quantile alone and
-by at most 1.7 with the correction.
+Measured by replaying 500–900 prompts of four shared routing files in their (topic-sorted) order at
+s = 0.1, 0.3, 0.7: the realised share after the first 200 requests missed s by up to 37 points with
+the quantile alone and by at most 2 with the correction.
 """
 
 from __future__ import annotations

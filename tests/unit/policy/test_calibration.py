@@ -268,3 +268,32 @@ def test_an_edited_policy_gets_its_own_calibration(tmp_path: Path) -> None:
     assert calibrator.cutoff(edited).share == pytest.approx(0.6, abs=0.01)
     calibrator.prepare()
     assert list(calibrator.controllers) == [("p", edited.version)]
+
+
+# -- the shipped policies ----------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def serving_router():  # type: ignore[no-untyped-def]
+    from gateway.router import load_router
+
+    return load_router()
+
+
+def test_greetings_and_one_line_questions_go_to_small_under_balanced(serving_router) -> None:  # type: ignore[no-untyped-def]
+    from gateway.explain import decide_prompt
+
+    balanced = load_policy_file(ROOT / "routing_policies" / "balanced.yaml", CONFIG.deployments)
+    assert balanced.spec.target is not None and balanced.spec.target.strong_share == 0.4
+    seeds = SeedSample(serving_router, CONFIG.deployments, CATALOG)
+    for prompt in ("hi", "Say hi.", "What is the capital of France?"):
+        d = decide_prompt(prompt, serving_router, balanced, CONFIG, CATALOG, seeds)
+        assert d.plan.label == "single:small", (prompt, d.explain()["calibration"])
+
+
+def test_every_shipped_golden_example_holds() -> None:
+    from gateway.explain import check_policies
+
+    assert check_policies(ROOT / "routing_policies", None) == []
