@@ -205,6 +205,42 @@ def test_the_realised_share_converges_on_drifting_traffic(tmp_path: Path, share:
     assert realised == pytest.approx(share, abs=0.03)
 
 
+def _chosen(d) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
+    """Predicted quality and cost of the chosen plan, and the strong choice's quality."""
+    r = d.routing
+    chosen = r.strong if r.chose_strong else r.cheap
+    return chosen.estimate.quality, chosen.estimate.cost_usd, r.strong.estimate.quality
+
+
+@pytest.mark.parametrize("quality", [0.9, 0.95])
+def test_a_quality_target_is_met_on_live_traffic(tmp_path: Path, quality: float) -> None:
+    policy = _policy(tmp_path, TWO_TIERS + f"target: {{quality: {quality}}}\n")
+    from gateway.policy.seed import sketch_of
+
+    controller = Controller(policy.spec.target, sketch_of(_signals(300, seed=1), policy, CATALOG))
+    got = []
+    for s in _signals(1000, seed=7, shift=0.05):
+        d = decide(policy, s, CATALOG, LiveView(), cutoff=controller.cutoff())
+        controller.observe(d.routing)
+        got.append(_chosen(d))
+    late = got[200:]
+    assert sum(q for q, _, _ in late) / sum(strong for _, _, strong in late) == pytest.approx(quality, abs=0.01)
+
+
+def test_a_spend_target_is_met_on_live_traffic(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, TWO_TIERS + "target: {usd_per_1k_requests: 0.12}\n")
+    from gateway.policy.seed import sketch_of
+
+    controller = Controller(policy.spec.target, sketch_of(_signals(300, seed=1), policy, CATALOG))
+    got = []
+    for s in _signals(1000, seed=8):
+        d = decide(policy, s, CATALOG, LiveView(), cutoff=controller.cutoff())
+        controller.observe(d.routing)
+        got.append(_chosen(d))
+    late = got[200:]
+    assert 1000 * sum(c for _, c, _ in late) / len(late) == pytest.approx(0.12, rel=0.05)
+
+
 def test_live_traffic_outweighs_the_start_up_sample_within_200_requests(tmp_path: Path) -> None:
     policy = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.5}\n")
     from gateway.policy.seed import sketch_of
