@@ -126,6 +126,12 @@ def test_replicas_share_one_score_distribution_through_redis(simulator: Simulato
                 break
             time.sleep(0.2)
         assert min(seen) >= len(prompts), seen  # each replica counts the other's traffic, merged
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    keys = client.keys("sy:calib:{shared-share:*")
+    assert keys and all(0 < client.ttl(k) <= 31 * 60 for k in keys)  # per-minute sums that expire
+    client.close()
 
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
