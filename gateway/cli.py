@@ -240,6 +240,18 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_policy_calibrate(args: argparse.Namespace) -> int:
+    from gateway.explain import calibrate, render_calibration
+
+    try:
+        result = calibrate(args.name, Path(args.traffic), args.config, progress=not args.quiet)
+    except ConfigError as exc:
+        print(f"switchyard policy calibrate: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else render_calibration(result))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import runpy
 
@@ -327,6 +339,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("folder", nargs="?", default="routing_policies")
     c.add_argument("--config", help="gateway YAML to bind against (default: the embedded default)")
     c.set_defaults(func=cmd_policy_check)
+    k = pc.add_parser(
+        "calibrate", help="what a target policy would do on a file of traffic, before deploying it",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Score every prompt of a traffic file with the router, then print the threshold the policy's\n"
+                    "target would set on that traffic, and the expected share of requests sent to the strong\n"
+                    "choice, the predicted quality and the cost per 1,000 requests (next to always-cheap and\n"
+                    "always-strong). The gateway itself recalibrates continuously on its live traffic.")
+    k.add_argument("name", help="policy name (the user's routing_policies/NAME.yaml, else the shipped one)")
+    k.add_argument("--traffic", required=True, metavar="FILE.jsonl",
+                   help="one request a line: the routing-data schema ('prompt') or OpenAI 'messages'; at least 50")
+    k.add_argument("--config", help="gateway YAML whose deployments and prices to use (default: the embedded default)")
+    k.add_argument("--json", action="store_true", help="print the result as JSON")
+    k.add_argument("--quiet", action="store_true", help="no progress bar")
+    k.set_defaults(func=cmd_policy_calibrate)
 
     lg = sub.add_parser("logs", help="request logs").add_subparsers(dest="logs_command", required=True)
     e = lg.add_parser("export", help="logged requests with feedback → routing data (JSONL) for `train`",

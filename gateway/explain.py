@@ -1,17 +1,25 @@
-"""Routing decisions without a server: `switchyard route "prompt"` and `switchyard policy check`.
+"""Routing decisions without a server: `switchyard route "prompt"`, `policy check` and `policy calibrate`.
 
 `route` decides under the policies the gateway would load (shipped ones overlaid by the user's
-folder); `policy check` validates exactly the folder it is given, strictly.
+folder), as a freshly started gateway would (a target policy's threshold from the start-up sample);
+`policy check` validates exactly the folder it is given, strictly; `policy calibrate` shows what a
+target policy would do on a file of traffic.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from gateway.config import GatewayConfig, embedded_config, load_config
 from gateway.errors import ConfigError, ConstraintUnsatisfiable
 from gateway.policy import BoundPolicy, Catalog, decide, load_policy_file
+from gateway.policy.calibration import Quantiles, expected, share_for
+from gateway.policy.controller import Controller
+from gateway.policy.seed import SeedSample, messages_of, sketch_of
 from gateway.policy.sources import policy_files, policy_sources, shipped_policies_dir, user_policies_dir
 from gateway.providers.health import LiveView
 from gateway.providers.pricing import prices_for
@@ -26,25 +34,35 @@ def _config(path: str | None) -> GatewayConfig:
 
 
 def decide_prompt(prompt: str, router: Assessor, policy: BoundPolicy, config: GatewayConfig,
-                  catalog: Catalog | None = None) -> Any:
+                  catalog: Catalog | None = None, seeds: SeedSample | None = None) -> Any:
+    """The decision a freshly started gateway makes: a target policy's threshold from the start-up sample."""
     catalog = catalog or Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
     signal = assess(router, [{"role": "user", "content": prompt}], config.deployments)
-    return decide(policy, signal, catalog, LiveView())
+    cutoff = None
+    if policy.spec.target is not None:
+        seeds = seeds or SeedSample(router, config.deployments, catalog)
+        cutoff = Controller(policy.spec.target, seeds.sketch_for(policy)).cutoff()
+    return decide(policy, signal, catalog, LiveView(), cutoff=cutoff)
 
 
 def explain_prompt(prompt: str, router: Router, policy_name: str | None, config_path: str | None) -> dict[str, Any]:
     config = _config(config_path)
     name = policy_name or config.default_policy
+    policy = _load_named(name, config)
+    try:
+        return dict(decide_prompt(prompt, router, policy, config).explain())
+    except ConstraintUnsatisfiable as exc:
+        return {"policy": name, "plan": None, "error": exc.message}
+
+
+def _load_named(name: str, config: GatewayConfig) -> BoundPolicy:
+    """The policy the gateway would load under this name: the user's file, else the shipped one."""
     user_dir = user_policies_dir(config)
     sources = policy_sources(user_dir, shipped_policies_dir())
     if name not in sources:
         raise ConfigError(f"policy '{name}' is neither shipped nor in {user_dir or './routing_policies'} "
                           f"({', '.join(sorted(sources))})")
-    try:
-        policy = load_policy_file(sources[name].path, config.deployments)
-        return dict(decide_prompt(prompt, router, policy, config).explain())
-    except ConstraintUnsatisfiable as exc:
-        return {"policy": name, "plan": None, "error": exc.message}
+    return load_policy_file(sources[name].path, config.deployments)
 
 
 def render(e: dict[str, Any]) -> str:
@@ -60,6 +78,9 @@ def render(e: dict[str, Any]) -> str:
         lines.append(f"  {c['plan']:<34}{c['predicted_quality']:>8.3f}{c['predicted_cost_usd']:>12.6f}"
                      f"{c['predicted_latency_ms']:>12.0f}{c['utility']:>12.6f}  {note}")
     lines += [f"  why: {r}" for r in e["reasons"]]
+    if (c := e.get("calibration")) and "threshold" in c:
+        lines.append(f"  calibration: score {c['score']} at quantile {c['quantile']} of recent traffic; threshold "
+                     f"{c['threshold']} sends {c['strong_share_in_force']:.0%} to {c['strong']} (target {c['target']})")
     return "\n".join(lines)
 
 
@@ -70,6 +91,8 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
     config = _config(config_path)
     problems: list[str] = []
     router = None
+    seeds = None
+    catalog = Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
     for path in policy_files(folder):
         try:
             policy = load_policy_file(path, config.deployments)
@@ -78,10 +101,78 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
             continue
         for i, ex in enumerate(policy.spec.examples):
             router = router or load_router(config.router_artifact)
+            seeds = seeds or SeedSample(router, config.deployments, catalog)
             try:
-                got = decide_prompt(ex.prompt, router, policy, config).plan.label
+                got = decide_prompt(ex.prompt, router, policy, config, catalog, seeds).plan.label
             except ConstraintUnsatisfiable as exc:  # a failed example, not a crash of the check
                 got = f"no plan ({exc.message})"
             if got != ex.expect:
                 problems.append(f"{path.name}: examples[{i}]: expected {ex.expect}, got {got}")
     return problems
+
+
+MIN_CALIBRATION_PROMPTS = 50
+
+
+def read_traffic(path: Path) -> list[list[dict[str, Any]]]:
+    """Requests of a traffic file: JSONL lines with `messages` (OpenAI) or `prompt` (the routing-data schema)."""
+    out = []
+    with path.open("rb") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise ConfigError(f"{path}: line {n} is not JSON: {exc}") from None
+            messages = messages_of(row) if isinstance(row, dict) else None
+            if messages is None:
+                raise ConfigError(f"{path}: line {n} has neither a 'prompt' nor a 'messages' field")
+            out.append(messages)
+    return out
+
+
+def calibrate(name: str, traffic: Path, config_path: str | None, *, progress: bool = True) -> dict[str, Any]:
+    """What policy `name`'s target would do on this traffic: the threshold, the share sent to the strong
+    choice, the predicted quality and the cost per 1,000 requests (with always-cheap and always-strong)."""
+    from tqdm import tqdm
+
+    from gateway.router import load_router
+
+    config = _config(config_path)
+    policy = _load_named(name, config)
+    if policy.spec.target is None:
+        raise ConfigError(f"policy '{name}' has no target (it uses objective.value_usd): nothing to calibrate")
+    requests = read_traffic(traffic)
+    if len(requests) < MIN_CALIBRATION_PROMPTS:
+        raise ConfigError(f"{traffic}: {len(requests)} prompts; calibrating needs at least "
+                          f"{MIN_CALIBRATION_PROMPTS}, a threshold drawn from fewer is noise")
+    router = load_router(config.router_artifact)
+    catalog = Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
+    signals = (assess(router, m, config.deployments)
+               for m in tqdm(requests, desc="scoring", unit="prompt", disable=not progress or len(requests) < 500))
+    sketch = sketch_of(signals, policy, catalog)
+    target = policy.spec.target
+    threshold = Quantiles.of(sketch).threshold(share_for(target, sketch))
+    e, cheap, strong = expected(sketch, threshold), expected(sketch, math.inf), expected(sketch, -math.inf)
+    return {"policy": name, "target": target.describe(), "prompts": len(requests),
+            "decided": round(sketch.weight), "threshold": threshold, "strong_share": e.strong_share,
+            "quality": e.quality, "quality_share_of_always_strong": e.quality_share,
+            "usd_per_1k_requests": e.usd_per_1k_requests,
+            "always_cheap": {"quality": cheap.quality, "usd_per_1k_requests": cheap.usd_per_1k_requests},
+            "always_strong": {"quality": strong.quality, "usd_per_1k_requests": strong.usd_per_1k_requests}}
+
+
+def render_calibration(c: dict[str, Any]) -> str:
+    (kind, value), = c["target"].items()
+    return "\n".join([
+        f"policy {c['policy']}, target {kind}: {value:g}, on {c['prompts']} prompts",
+        f"  threshold                {c['threshold']:.4f}  (score: predicted quality gain of the strong choice)",
+        f"  expected share to strong {c['strong_share']:.1%}",
+        f"  predicted quality        {c['quality']:.3f}  ({c['quality_share_of_always_strong']:.1%} of always strong;"
+        f" always cheap {c['always_cheap']['quality']:.3f})",
+        f"  cost per 1k requests     ${c['usd_per_1k_requests']:.4f}  (always cheap "
+        f"${c['always_cheap']['usd_per_1k_requests']:.4f}, "
+        f"always strong ${c['always_strong']['usd_per_1k_requests']:.4f})",
+        "  (the gateway recalibrates on its live traffic; these figures are what this traffic would give)",
+    ])

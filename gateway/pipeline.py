@@ -4,6 +4,8 @@
     hit      = cache.lookup(...)                  → served from the store, cost 0 (after auth.admit)
     signal   = router.assess(...)                 → predicted quality per deployment (no network)
     decision = policy.decide(signal, ...)         → Single | Cascade | BestOfN, with reasons
+                                                    (a target policy's threshold from its calibrator,
+                                                    which observes the decision in turn)
     route    = cost cap → upstream max_tokens      → 422 if not even the prompt fits
     held     = auth.admit(tenant, worst case)     → 429 before any upstream call
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
@@ -50,6 +52,7 @@ from gateway.policy import (
     worst_case_cost,
     worst_case_duration_s,
 )
+from gateway.policy.sharing import Calibrator
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
@@ -74,6 +77,7 @@ class Services:
     upstreams: Upstreams
     ledger: Ledger
     telemetry: Telemetry
+    calibrator: Calibrator
     requests: RequestLog | None = None      # request records and feedback (None: not recorded)
     shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
 
@@ -189,7 +193,11 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         bound = tokens.upper_bound_messages(messages)
     else:
         sig = routing.assess(router, messages, svc.config.deployments)
-        decision = decide(entry.policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens)
+        policy = entry.policy
+        cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
+        decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
+        if decision.routing is not None:
+            svc.calibrator.observe(policy, decision.routing)  # explained requests count as traffic too
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
                   router_version=router.version, counted=sig.prompt_tokens)
         bound = sig.prompt_tokens

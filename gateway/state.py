@@ -9,7 +9,9 @@ id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → that 
 tenant's keys share one hash tag so that a Redis Cluster keeps them in one slot, where one script
 can touch them all. The promoted router lives in `sy:router:current` (a small JSON pointer every
 replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
-`sy:router:artifact:<sha256>` (the artifact's bytes).
+`sy:router:artifact:<sha256>` (the artifact's bytes). Target policies' score sketches live in
+`sy:calib:{<policy>:<version>}:<time bucket>` (a hash of sums that every replica adds its
+observations to: see `gateway.policy.sharing`); a policy's sketches share one hash tag too.
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -61,6 +63,12 @@ def router_history_key() -> str:
 
 def router_artifact_key(digest: str) -> str:
     return f"sy:router:artifact:{digest}"
+
+
+def calibration_key(policy: str, version: str, bucket: int) -> str:
+    return f"sy:calib:{{{policy}:{version}}}:{bucket}"
+
+
 REQUESTS_STREAM = "sy:requests"
 
 
@@ -157,6 +165,9 @@ class Store(Protocol):
     async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]: ...
     async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None: ...
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]: ...
+    # Score sketches: per-field sums that replicas add to (merged, not overwritten), with a TTL.
+    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None: ...
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -193,6 +204,7 @@ class MemoryStore:
         self._floats: dict[str, float] = {}
         self._holds: dict[str, dict[str, tuple[float, float]]] = {}  # holds key -> id -> (amount, expiry)
         self._lists: dict[str, list[bytes]] = {}
+        self._hashes: dict[str, tuple[dict[str, float], float]] = {}  # key -> (fields, expiry)
         self._max_keys = max_keys
         self._streams: dict[str, deque[tuple[str, bytes]]] = {}
         self._requests: OrderedDict[str, tuple[dict[str, bytes], float]] = OrderedDict()  # key → fields, expiry
@@ -264,6 +276,7 @@ class MemoryStore:
 
     async def list_read(self, key: str) -> list[bytes]:
         return list(self._lists.get(key, ()))
+
     def _next_id(self) -> str:
         ms, seq = int(time.time() * 1000), 0
         if ms <= self._last_id[0]:
@@ -312,6 +325,23 @@ class MemoryStore:
                 out.append((entry_id, record))
                 if len(out) >= count:
                     break
+        return out
+
+    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None:
+        now = time.monotonic()
+        for k in [k for k, (_, expires) in self._hashes.items() if expires <= now]:
+            del self._hashes[k]
+        fields, expires = self._hashes.get(key, ({}, now + ttl_s))
+        for name, value in deltas.items():
+            fields[name] = fields.get(name, 0.0) + value
+        self._hashes[key] = (fields, expires)
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
+        now = time.monotonic()
+        out = []
+        for key in keys:
+            fields, expires = self._hashes.get(key, ({}, now))
+            out.append(dict(fields) if expires > now else {})
         return out
 
     async def ping(self) -> bool:
@@ -429,6 +459,7 @@ class RedisStore:
     async def list_read(self, key: str) -> list[bytes]:
         items: list[bytes] = await self._guarded(lambda: self._client.lrange(key, 0, -1))
         return items
+
     async def append_records(self, stream: str, items: Sequence[tuple[str, bytes]], maxlen: int,
                              ttl_s: float) -> None:
         """One round trip for a batch: XADD to the capped stream (approximate MAXLEN: trimming whole
@@ -459,6 +490,26 @@ class RedisStore:
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]:
         rows = await self._guarded(lambda: self._client.xrange(stream, min=f"({after}", max="+", count=count))
         return [(_text(entry_id), fields[b"r"]) for entry_id, fields in rows]
+
+    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None:
+        """HINCRBYFLOAT each field (so replicas' additions merge) and set the TTL, in one round trip."""
+        async def added() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for name, value in deltas.items():
+                    pipe.hincrbyfloat(key, name, value)
+                pipe.expire(key, max(1, int(ttl_s)), nx=True)
+                await pipe.execute()
+        if deltas:
+            await self._guarded(added)
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
+        async def read() -> list[dict[str, float]]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                rows = await pipe.execute()
+            return [{_text(k): float(v) for k, v in row.items()} for row in rows]
+        return await self._guarded(read) if keys else []
 
     async def ping(self) -> bool:
         try:

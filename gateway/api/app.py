@@ -23,6 +23,8 @@ from gateway.feedback import RequestLog
 from gateway.ledger import Ledger
 from gateway.pipeline import Services
 from gateway.policy import Catalog, PolicySet
+from gateway.policy.seed import SeedSample
+from gateway.policy.sharing import SYNC_INTERVAL_S, Calibrator
 from gateway.policy.sources import shipped_policies_dir, user_policies_dir
 from gateway.providers.base import Backend
 from gateway.providers.direct import DirectBackend
@@ -78,11 +80,13 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     shadow = ShadowEvaluator(upstreams, catalog, auth, ledger, requests, telemetry,
                              concurrency=settings.shadow_concurrency,
                              queue_size=settings.shadow_queue_size) if requests is not None else None
+    serving = serving_router(config, router)
+    seeds = SeedSample(serving.uncached(), config.deployments, catalog)  # no assessment-memory pollution
     return Services(
         config=config,
         auth=auth,
         cache=ExactCache(store, config.deployments, config.cache_namespace),
-        router=serving_router(config, router),
+        router=serving,
         policies=policies,
         catalog=catalog,
         upstreams=upstreams,
@@ -90,6 +94,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         telemetry=telemetry,
         requests=requests,
         shadow=shadow,
+        calibrator=Calibrator(store, seeds, lambda: policies.policies.values()),
     )
 
 
@@ -112,15 +117,19 @@ def router_sync(services: Services, interval_s: float | None) -> RouterSync | No
 
 def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
                router: Router | None = None, policies_dir: Path | None = None,
-               watch_policies_s: float | None = 1.0, watch_router_s: float | None = 1.0) -> FastAPI:
+               watch_policies_s: float | None = 1.0, watch_router_s: float | None = 1.0,
+               calibrate_s: float = SYNC_INTERVAL_S) -> FastAPI:
     services = build_services(config, span_exporter=span_exporter, router=router, policies_dir=policies_dir)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        watcher = asyncio.create_task(services.policies.watch(watch_policies_s)) if watch_policies_s else None
         sync = router_sync(services, watch_router_s)
         if sync is not None:
             await sync.check()  # a promoted router is served from the first request
+        # Target policies start from the shipped traffic sample, scored (by that router) before the first request.
+        await asyncio.to_thread(services.calibrator.prepare)
+        calibrating = asyncio.create_task(services.calibrator.run(calibrate_s))
+        watcher = asyncio.create_task(services.policies.watch(watch_policies_s)) if watch_policies_s else None
         router_task = asyncio.create_task(sync.run()) if sync is not None else None
         for background in (services.requests, services.shadow):
             if background is not None:
@@ -130,6 +139,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         try:
             yield
         finally:
+            calibrating.cancel()
             if watcher:
                 watcher.cancel()
             if router_task is not None and sync is not None:

@@ -1,6 +1,7 @@
 """Routing policies: declarative files in, a `Decision` (plan + reasons) out."""
 
-from gateway.policy.decide import Candidate, Decision, Limits, Overrides, decide
+from gateway.policy.calibration import Cutoff
+from gateway.policy.decide import Candidate, Decision, Limits, Overrides, Routing, decide
 from gateway.policy.estimate import (
     Catalog,
     Estimate,
@@ -14,6 +15,7 @@ from gateway.policy.estimate import (
 from gateway.policy.loader import BoundPolicy, PolicySet, bind_policy, load_policy_file, parse_policy
 from gateway.policy.schema import PolicySpec
 
-__all__ = ["BoundPolicy", "Candidate", "Catalog", "Decision", "Estimate", "Limits", "Overrides", "PolicySet",
-           "PolicySpec", "bind_policy", "decide", "estimate", "fit_to_cap", "load_policy_file", "max_tokens_within",
-           "output_ceiling", "parse_policy", "worst_case_cost", "worst_case_duration_s"]
+__all__ = ["BoundPolicy", "Candidate", "Catalog", "Cutoff", "Decision", "Estimate", "Limits", "Overrides",
+           "PolicySet", "PolicySpec", "Routing", "bind_policy", "decide", "estimate", "fit_to_cap",
+           "load_policy_file", "max_tokens_within", "output_ceiling", "parse_policy", "worst_case_cost",
+           "worst_case_duration_s"]

@@ -1,8 +1,11 @@
 """The routing decision: a pure function of the signal, the policy, live state and per-request limits.
 
 Among the policy's candidate plans that meet every constraint, pick the one with the best utility
-`value_usd · q̂ − ĉ` (the design's `q̂ − λ·ĉ` with λ = 1/value_usd). Every candidate's numbers and
-the constraint that removed it travel with the decision, so it can explain itself.
+`value_usd · q̂ − ĉ` (the design's `q̂ − λ·ĉ` with λ = 1/value_usd). A policy with a `target`
+instead takes the cheapest feasible plan unless the request's score (the quality the best costlier
+plan adds) reaches the threshold in force, a `Cutoff` calibrated on recent traffic and passed in
+(`gateway.policy.calibration`). Every candidate's numbers and the constraint that removed it travel
+with the decision, so it can explain itself.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 
 from gateway.errors import ConstraintUnsatisfiable
 from gateway.plans import Plan
+from gateway.policy.calibration import Cutoff
 from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.policy.loader import BoundPolicy
 from gateway.providers.health import LiveView
@@ -55,16 +59,43 @@ class Candidate:
 
 
 @dataclass(frozen=True, slots=True)
+class Routing:
+    """A decision under a target: the two choices, the request's score and the threshold it met or not."""
+
+    cheap: Candidate
+    strong: Candidate
+    score: float
+    cutoff: Cutoff | None  # None: no calibration available, the cheap choice
+    chose_strong: bool     # score ≥ the cutoff's threshold
+
+    def explain(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"score": round(self.score, 6), "cheap": self.cheap.plan.label,
+                               "strong": self.strong.plan.label, "chose_strong": self.chose_strong}
+        c = self.cutoff
+        if c is not None:
+            out |= {"target": c.target.describe(), "threshold": _finite(c.threshold),
+                    "strong_share_in_force": round(c.share, 4),
+                    "quantile": round(c.quantiles.quantile(self.score), 4),
+                    "recent_requests": round(c.observations, 1)}
+        return out
+
+
+def _finite(x: float) -> float | str:
+    return round(x, 6) if abs(x) != float("inf") else ("inf" if x > 0 else "-inf")
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     policy: str
     plan: Plan
     candidates: tuple[Candidate, ...]
     signal: RouteSignal
     reasons: tuple[str, ...] = field(default=())
+    routing: Routing | None = None  # set under a target when there was a choice to make
 
     def explain(self) -> dict[str, Any]:
         s = self.signal
-        return {
+        out = {
             "policy": self.policy,
             "plan": self.plan.label,
             "reasons": list(self.reasons),
@@ -78,6 +109,9 @@ class Decision:
                  "utility": c.utility, "chosen": c.plan == self.plan, "rejected_by": c.rejected_by}
                 for c in self.candidates],
         }
+        if self.routing is not None:
+            out["calibration"] = self.routing.explain()
+        return out
 
 
 def _rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str | None:
@@ -95,7 +129,9 @@ def _rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str |
 
 
 def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: LiveView,
-           overrides: Overrides = Overrides(), max_tokens: int | None = None) -> Decision:
+           overrides: Overrides = Overrides(), max_tokens: int | None = None,
+           cutoff: Cutoff | None = None) -> Decision:
+    """`cutoff` is the threshold in force for a policy with a target (ignored without one)."""
     limits = Limits.of(policy, overrides)
     value = policy.spec.objective.value_usd
     evaluated = []
@@ -106,8 +142,55 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
     if not feasible:
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)
         raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}")
+    if policy.spec.target is not None:
+        return _on_target(policy, signal, evaluated, feasible, cutoff)
     best = max(feasible, key=lambda c: (c.utility, -c.estimate.cost_usd))
     reasons = [f"highest utility value_usd*q - cost = {best.utility:.6g} among {len(feasible)} "
                f"feasible of {len(evaluated)} candidates (value_usd={value:g})"]
     reasons += [f"{c.plan.label} removed by {c.rejected_by}" for c in evaluated if c.rejected_by]
     return Decision(policy.name, best.plan, tuple(evaluated), signal, tuple(reasons))
+
+
+def split(feasible: list[Candidate]) -> tuple[Candidate, Candidate] | None:
+    """The cheapest feasible plan (first listed among equals) and the strong choice: the best predicted
+    of the others (the cheaper among equals). None when only one plan is feasible."""
+    if len(feasible) < 2:
+        return None
+    cheap = feasible[0]
+    for c in feasible:  # plain loops: this runs on every request of a target policy
+        if c.estimate.cost_usd < cheap.estimate.cost_usd:
+            cheap = c
+    strong: Candidate | None = None
+    for c in feasible:
+        if c is cheap:
+            continue
+        if strong is None or c.estimate.quality > strong.estimate.quality or (
+                c.estimate.quality == strong.estimate.quality and c.estimate.cost_usd < strong.estimate.cost_usd):
+            strong = c
+    assert strong is not None
+    return cheap, strong
+
+
+def _on_target(policy: BoundPolicy, signal: RouteSignal, evaluated: list[Candidate], feasible: list[Candidate],
+               cutoff: Cutoff | None) -> Decision:
+    target = policy.spec.target
+    assert target is not None
+    removed = () if len(feasible) == len(evaluated) else \
+        tuple(f"{c.plan.label} removed by {c.rejected_by}" for c in evaluated if c.rejected_by)
+    pair = split(feasible)
+    if pair is None:
+        only = feasible[0]
+        return Decision(policy.name, only.plan, tuple(evaluated), signal,
+                        (f"{only.plan.label} is the only feasible plan", *removed))
+    cheap, strong = pair
+    score = strong.estimate.quality - cheap.estimate.quality
+    chose_strong = cutoff is not None and score >= cutoff.threshold
+    routing = Routing(cheap, strong, score, cutoff, chose_strong)
+    if cutoff is None:
+        why = f"target {target.kind} {target.value:g}: no calibration yet, the cheapest feasible plan"
+    else:
+        why = (f"target {target.kind} {target.value:g}: score {score:.4f} (q gain of {strong.plan.label} over "
+               f"{cheap.plan.label}) {'>=' if chose_strong else '<'} threshold {cutoff.threshold:.4f}, the "
+               f"{1 - cutoff.share:.0%} quantile of recent traffic")
+    return Decision(policy.name, (strong if chose_strong else cheap).plan, tuple(evaluated), signal,
+                    (why, *removed), routing)

@@ -71,6 +71,41 @@ class Objective(_Strict):
     value_usd: float = Field(default=0.01, gt=0, description="what one good answer is worth, in USD")
 
 
+TARGET_KINDS = ("strong_share", "quality", "usd_per_1k_requests")
+
+
+class Target(_Strict):
+    """What the operator wants, met by calibrating a threshold on live traffic (gateway.policy.calibration).
+
+    Exactly one of: the share of requests sent to a plan other than the cheapest feasible one, the
+    predicted quality as a share of always sending them to the strong choice, or a spend rate.
+    """
+
+    strong_share: float | None = Field(default=None, ge=0, le=1)
+    quality: float | None = Field(default=None, gt=0, le=1)
+    usd_per_1k_requests: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Target:
+        given = [k for k in TARGET_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of {', '.join(TARGET_KINDS)}"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "strong_share" if self.strong_share is not None else (
+            "quality" if self.quality is not None else "usd_per_1k_requests")
+
+    @property
+    def value(self) -> float:
+        return float(getattr(self, self.kind))
+
+    def describe(self) -> dict[str, float]:
+        return {self.kind: self.value}
+
+
 class Constraints(_Strict):
     latency_slo_ms: float | None = Field(default=None, gt=0)
     max_cost_usd: float | None = Field(default=None, gt=0)
@@ -102,6 +137,8 @@ class PolicySpec(_Strict):
     name: str | None = None
     description: str = ""
     candidates: list[CandidateSpec] = Field(min_length=1)
+    # A policy states a target the gateway calibrates to, or a willingness to pay (objective), not both.
+    target: Target | None = None
     objective: Objective = Objective()
     constraints: Constraints = Constraints()
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
@@ -111,3 +148,9 @@ class PolicySpec(_Strict):
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
     examples: list[Example] = Field(default_factory=list)
     shadow: ShadowSpec | None = None
+
+    @model_validator(mode="after")
+    def _target_or_value(self) -> PolicySpec:
+        if self.target is not None and "objective" in self.model_fields_set:
+            raise ValueError("give either target (calibrated on live traffic) or objective.value_usd, not both")
+        return self

@@ -101,6 +101,11 @@ class ServingRouter:
             return self.configured
         return load_dir(self.configured)
 
+    def uncached(self) -> _Uncached:
+        """The served router without its assessment memory, for bulk scoring (the calibration
+        sample) that must not crowd live prompts out of that memory."""
+        return _Uncached(self)
+
     # One-call conveniences (an `Assessor`), for code that makes a single synchronous call. A
     # decision that needs `assess` then `p_good` reads `current` once and uses that.
     def assess(self, text: str) -> Assessment:
@@ -108,3 +113,18 @@ class ServingRouter:
 
     def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float:
         return self.current.p_good(a, profile, ability)
+
+
+class _Uncached:
+    """An `Assessor` over the raw router being served, looked up at each call."""
+
+    __slots__ = ("serving",)
+
+    def __init__(self, serving: ServingRouter) -> None:
+        self.serving = serving
+
+    def assess(self, text: str) -> Assessment:
+        return self.serving.router.assess(text)
+
+    def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float:
+        return self.serving.router.p_good(a, profile, ability)
