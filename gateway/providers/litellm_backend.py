@@ -47,19 +47,44 @@ def import_litellm() -> Any:
     return litellm
 
 
+# litellm takes its own controls (where to send the call, with which key and headers, a mock answer,
+# callbacks and their credentials) as keyword arguments beside the model's parameters. A client's
+# body must never supply them: `"api_base": "http://attacker/v1"` would send the deployment's key
+# there. These are always ours; the rest of litellm's list is read from the installed version.
+_OURS = frozenset({"model", "api_base", "base_url", "api_key", "api_version", "headers", "extra_headers",
+                   "custom_llm_provider", "timeout", "num_retries", "max_retries", "organization", "client",
+                   "mock_response", "metadata", "litellm_params", "deployment_id", "azure_ad_token"})
+
+
+def reserved_params(lib: Any) -> frozenset[str]:
+    """Keyword arguments litellm reads as its own controls, which a client body may not set."""
+    try:
+        from litellm.types.utils import all_litellm_params
+    except ImportError:  # an older layout: our own list still holds the dangerous ones
+        return _OURS
+    return _OURS | frozenset(all_litellm_params)
+
+
 class LiteLLMBackend:
     name = "litellm"
 
     def __init__(self) -> None:
         self._litellm: Any = None
+        self._reserved_params: frozenset[str] | None = None
 
     def _lib(self) -> Any:
         if self._litellm is None:
             self._litellm = import_litellm()
         return self._litellm
 
+    def _reserved(self) -> frozenset[str]:
+        if self._reserved_params is None:
+            self._reserved_params = reserved_params(self._lib())
+        return self._reserved_params
+
     def _kwargs(self, deployment: DeploymentConfig, body: dict[str, Any]) -> dict[str, Any]:
-        kwargs = {k: v for k, v in body.items() if k != "model"}
+        reserved = self._reserved()
+        kwargs = {k: v for k, v in body.items() if k not in reserved}
         kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
         if deployment.api_base:
             kwargs["api_base"] = deployment.api_base
