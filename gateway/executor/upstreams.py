@@ -334,6 +334,8 @@ def error_type(exc: BaseException) -> str:
     status, `connection`, or the exception's class for anything else (a cancelled call)."""
     if isinstance(exc, ProviderFailure):
         return "timeout" if exc.timeout else str(exc.status or "connection")
+    if isinstance(exc, _DeadlinePassed):  # the request's deadline cut the call short
+        return "timeout"
     return type(exc).__qualname__
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from gateway.errors import UpstreamTimeout
 from gateway.executor import Deadline, Upstreams
 from gateway.providers.base import ProviderFailure
 from gateway.telemetry import Telemetry
-from tests.support.fake_backend import answer, deployment, fake_upstreams
+from tests.support.fake_backend import Delay, answer, deployment, fake_upstreams
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
 CALLER = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -80,3 +82,13 @@ def test_the_headers_sent_upstream_are_what_the_w3c_propagator_writes() -> None:
         expected: dict[str, str] = {}
         TraceContextTextMapPropagator().inject(expected, trace.set_span_in_context(span))
         assert telemetry.inject(span) == expected
+
+
+def test_an_attempt_cut_short_by_the_requests_deadline_is_a_timeout_error_span() -> None:
+    up, _ = fake_upstreams(lambda d, b: Delay(2), deployment("small", timeout_s=30, max_retries=0))
+    spans = _traced(up)
+    with pytest.raises(UpstreamTimeout):
+        asyncio.run(up.call(("small",), BODY, None, deadline=Deadline.after(0.05)))
+    (call,) = spans.get_finished_spans()
+    assert call.attributes is not None and call.attributes["error.type"] == "timeout"
+    assert call.status.status_code == StatusCode.ERROR
