@@ -26,8 +26,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from opentelemetry.trace import Span
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind
 
 from gateway import signal as routing
 from gateway import tokens
@@ -58,7 +58,7 @@ from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
 from gateway.streaming import Accumulator
-from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
+from gateway.telemetry import Telemetry, as_json, set_attributes, trace_id_hex
 
 AUTO = "auto"
 POLICY_PREFIX = "router/"
@@ -92,6 +92,7 @@ class CallContext:
     cache: str | None = None
     timeout_s: float | None = None  # x-switchyard-timeout-ms: may only tighten the policy's timeout_s
     request_id: str = ""            # the response's x-request-id: the key of the request's record
+    trace_parent: Context | None = None  # the caller's W3C trace context (read only while tracing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,8 +256,9 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
 
 async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Outcome:
     router = svc.router.current  # this request's router, whatever is promoted meanwhile
-    span = svc.telemetry.start("switchyard.request", gen_ai__operation__name="chat",
-                               gen_ai__request__model=request["model"], switchyard__router__version=router.version)
+    span = svc.telemetry.start("switchyard.request", ctx.trace_parent, kind=SpanKind.SERVER,
+                               gen_ai__operation__name="chat", gen_ai__request__model=request["model"],
+                               switchyard__router__version=router.version)
     try:
         outcome = await _handle(svc, request, ctx, span, router)
     except BaseException as exc:
@@ -320,7 +322,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
                    gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status,
-                   switchyard__evidence=orjson.dumps(result.evidence).decode() if result.evidence else None)
+                   switchyard__evidence=as_json(result.evidence) if result.evidence else None)
     if key is not None:
         await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
     learn(svc, Learning(ctx.request_id, tenant, entry, decision, request, r),
@@ -391,7 +393,7 @@ class _LiveStream:
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """Pass chunks through; when the stream ends, however it ends, record its cost and cache it."""
-        error: str | None = None
+        error: ProviderFailure | None = None
         live = self.live
         try:
             self.acc.add(live.first)
@@ -404,13 +406,13 @@ class _LiveStream:
                                                      "deployment": live.deployment, "plan": self.label}}
                 yield chunk
         except ProviderFailure as exc:
-            error = str(exc)  # the detail stays in the span and the log; the client learns what failed
+            error = exc  # the detail stays in the span and the log; the client learns what failed
             raise GatewayError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
                                code="upstream_stream_failed") from exc
         finally:
             await self.settle(error)
 
-    async def settle(self, error: str | None = None) -> None:
+    async def settle(self, error: ProviderFailure | None = None) -> None:
         """Bill, trace and cache the stream. Also called after the response, for a client that left
         before the first chunk was relayed (then `chunks` never ran)."""
         if self.settled:

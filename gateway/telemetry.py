@@ -1,10 +1,15 @@
 """OpenTelemetry set-up and the span helpers the pipeline and executor use.
 
-Spans are `switchyard.request` (one per request), `switchyard.route` and `switchyard.upstream`
-(one per provider call), with OpenTelemetry `gen_ai.*` attributes and our cost attributes.
+Spans are `switchyard.request` (one per request, SERVER), `switchyard.route` and one CLIENT span
+per provider call named as the GenAI semantic conventions say (`chat {model}`, `gen_ai.*`
+attributes), plus our cost attributes. Structured attribute values are JSON.
 They are exported over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and not at all
 otherwise (no console noise). With nowhere to send them, spans are not recorded either: building
 spans nobody will read measurably cost throughput (benchmarks/results/overhead.md).
+
+Traces connect: a caller's W3C `traceparent`/`tracestate` makes `switchyard.request` its child,
+and every upstream call carries its own span's context in those headers. Both happen only while
+spans are recorded; otherwise the headers are neither read nor sent.
 The provider is owned by the app, never installed globally.
 """
 
@@ -13,17 +18,22 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
+import orjson
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
 
 log = logging.getLogger("switchyard.telemetry")
+_W3C = TraceContextTextMapPropagator()  # W3C traceparent/tracestate, whatever the global propagator is
 
 
 class Telemetry:
@@ -42,11 +52,39 @@ class Telemetry:
         self.tracer: trace.Tracer = (self.provider.get_tracer("switchyard") if self.recording
                                      else trace.NoOpTracer())
 
-    def start(self, name: str, parent: Span | None = None, **attributes: Any) -> Span:
+    def start(self, name: str, parent: Span | Context | None = None, *, kind: SpanKind = SpanKind.INTERNAL,
+              **attributes: Any) -> Span:
+        """`parent`: a span of ours, or a caller's context from `extract`."""
         if not self.recording:
             return trace.INVALID_SPAN
-        ctx = trace.set_span_in_context(parent) if parent is not None else None
-        return self.tracer.start_span(name, context=ctx, attributes=_clean(attributes))
+        return self.tracer.start_span(name, context=_context(parent), kind=kind, attributes=_clean(attributes))
+
+    def start_client(self, name: str, parent: Span | None, attributes: Mapping[str, AttributeValue],
+                     **more: Any) -> Span:
+        """A CLIENT span (an upstream call) from dotted attributes computed once, plus `more`."""
+        if not self.recording:
+            return trace.INVALID_SPAN
+        attrs = {**attributes, **_clean(more)} if more else attributes
+        return self.tracer.start_span(name, context=_context(parent), kind=SpanKind.CLIENT, attributes=attrs)
+
+    def extract(self, headers: Mapping[str, str]) -> Context | None:
+        """The caller's trace context from its W3C headers; None without one or while not recording."""
+        if not self.recording or "traceparent" not in headers:
+            return None
+        return _W3C.extract(headers)
+
+    def inject(self, span: Span) -> dict[str, str] | None:
+        """The W3C headers that make an upstream call `span`'s child; None while not recording.
+        Written directly (what the propagator writes, at a fifth of its cost)."""
+        if not self.recording:
+            return None
+        sc = span.get_span_context()
+        if not sc.is_valid:
+            return None
+        headers = {"traceparent": f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"}
+        if sc.trace_state:
+            headers["tracestate"] = sc.trace_state.to_header()
+        return headers
 
     @contextmanager
     def span(self, name: str, parent: Span | None = None, **attributes: Any) -> Iterator[Span]:
@@ -61,6 +99,12 @@ class Telemetry:
 
     def shutdown(self) -> None:
         self.provider.shutdown()
+
+
+def _context(parent: Span | Context | None) -> Context | None:
+    if parent is None or isinstance(parent, Context):
+        return parent
+    return trace.set_span_in_context(parent)
 
 
 @functools.cache
@@ -80,3 +124,9 @@ def trace_id_hex(span: Span) -> str | None:
 def set_attributes(span: Span, **attributes: Any) -> None:
     if span.is_recording():
         span.set_attributes(_clean(attributes))
+
+
+def as_json(value: Any) -> str:
+    """A structured attribute value (votes, evidence) as JSON text: span attributes hold no maps, and
+    a Python repr is not something a trace backend can parse."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
+from opentelemetry.context import Context
 from starlette.background import BackgroundTask
 
 from gateway import pipeline
@@ -97,7 +98,7 @@ def _timeout_header(request: Request) -> float | None:
     return None if ms is None else ms / 1000.0
 
 
-def call_context(request: Request, rid: str = "") -> CallContext:
+def call_context(request: Request, rid: str = "", trace_parent: Context | None = None) -> CallContext:
     return CallContext(
         authorization=request.headers.get("authorization"),
         policy=request.headers.get("x-switchyard-policy"),
@@ -106,6 +107,7 @@ def call_context(request: Request, rid: str = "") -> CallContext:
         cache=_cache_header(request),
         timeout_s=_timeout_header(request),
         request_id=rid,
+        trace_parent=trace_parent,
     )
 
 
@@ -126,7 +128,7 @@ async def chat_completions(request: Request) -> Response:
     svc = _svc(request)
     request.state.request_id = rid = request_id(request)
     body = validate_chat(await read_json(request, svc.config.max_body_bytes))
-    outcome = await pipeline.handle(svc, body, call_context(request, rid))
+    outcome = await pipeline.handle(svc, body, call_context(request, rid, svc.telemetry.extract(request.headers)))
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if not body.get("stream"):
         assert outcome.body is not None

@@ -17,7 +17,7 @@ from gateway.executor.selectors import Selection, judge_messages, parse_judge_ch
 from gateway.executor.upstreams import CallRecord, Upstreams
 from gateway.plans import BestOfN, Cascade, Plan, Single
 from gateway.signal import message_text
-from gateway.telemetry import set_attributes
+from gateway.telemetry import as_json, set_attributes
 
 
 def _result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRecord],
@@ -110,9 +110,9 @@ async def run_best_of(up: Upstreams, plan: BestOfN, body: dict[str, Any], span: 
     else:
         selection = vote(texts)
     if span is not None:
-        set_attributes(span, switchyard__selector=str(selection.evidence.get("selector")),
+        set_attributes(span, switchyard__selector=selection.evidence.get("selector"),
                        switchyard__agreement=selection.agreement,
-                       switchyard__votes=str(selection.evidence.get("votes", {})))
+                       switchyard__votes=as_json(selection.evidence.get("votes", {})))
     # The answering deployment is the one whose sample was chosen (never the judge).
     chosen = selection.index
     answer = _pick(samples.bodies[chosen], samples.choices, chosen, int(body.get("n") or 1))

@@ -10,8 +10,10 @@ Only failures that say something about the deployment count toward its circuit; 
 request caused does not (and 400/422 end the request: another deployment would say the same).
 When no deployment was even tried because every circuit is open, the answer is 503
 `deployment_unavailable` with Retry-After. Clients see which deployment failed and how; the
-full detail goes to the `switchyard.upstream` log. Every attempt is a `switchyard.upstream` span
-with gen_ai.* attributes and its cost.
+full detail goes to the `switchyard.upstream` log. Every attempt is a CLIENT span named and
+attributed as the GenAI semantic conventions say (`chat {model}`, `gen_ai.*`, `server.*`,
+`error.type` and status ERROR when it fails), with its deployment and cost; the call carries that
+span's W3C trace context, so the upstream's own spans join the trace.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from gateway.errors import (
 )
 from gateway.executor.deadline import Deadline
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
+from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import DeploymentPrice
 from gateway.telemetry import Telemetry, set_attributes
@@ -138,6 +141,9 @@ class Upstreams:
         self.prices = prices
         self.health = health
         self.telemetry = telemetry
+        names = {n: upstream_names(d) for n, d in deployments.items()}
+        self._span_names = {n: v.span_name for n, v in names.items()}
+        self._span_attributes = {n: v.attributes(n) for n, v in names.items()}
         # Checked once at start-up: not fatal, other deployments may work; calls to these fail at once.
         self.missing_keys = {n: var for n, d in deployments.items() if (var := missing_credential(d))}
         for name, var in self.missing_keys.items():
@@ -145,11 +151,8 @@ class Upstreams:
                         "requests to it will fail until it is set and the gateway restarted", name, var)
 
     def _span(self, name: str, parent: Span | None, body: dict[str, Any]) -> Span:
-        d = self.deployments[name]
-        return self.telemetry.start("switchyard.upstream", parent, gen_ai__system=self.backends[name].name,
-                                    gen_ai__operation__name="chat", gen_ai__request__model=d.model,
-                                    switchyard__deployment=name,
-                                    gen_ai__request__temperature=body.get("temperature"))
+        return self.telemetry.start_client(self._span_names[name], parent, self._span_attributes[name],
+                                           gen_ai__request__temperature=body.get("temperature"))
 
     async def _bounded(self, name: str, step: Awaitable[T], deadline: Deadline) -> T:
         """`step` within the deadline; the deployment's own timeout_s bounds it inside the backend."""
@@ -174,18 +177,14 @@ class Upstreams:
             health.record_neutral(trial=trial)
         if isinstance(exc, ProviderFailure):
             log.warning("deployment '%s' failed: %s", name, exc)
-            set_attributes(span, error__type="timeout" if exc.timeout else str(exc.status or "connection"))
-        else:
-            set_attributes(span, error__type=type(exc).__name__)
-        span.set_status(Status(StatusCode.ERROR, str(exc)[:200] or type(exc).__name__))
-        span.end()
+        _end_failed(span, exc)
 
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                        trial: bool) -> Completion:
         span = self._span(name, parent, body)
         try:
-            done = counted(await self._bounded(name, self.backends[name].complete(self.deployments[name], body),
-                                               deadline), body)
+            call = self.backends[name].complete(self.deployments[name], body, self.telemetry.inject(span))
+            done = counted(await self._bounded(name, call, deadline), body)
         except BaseException as exc:
             self._failed(name, exc, span, trial)
             raise
@@ -291,7 +290,7 @@ class Upstreams:
                         trial: bool) -> OpenStream:
         span = self._span(name, parent, body)
         stats = StreamStats()
-        chunks = self.backends[name].stream(self.deployments[name], body, stats)
+        chunks = self.backends[name].stream(self.deployments[name], body, stats, self.telemetry.inject(span))
         try:
             first = await self._bounded(name, anext(chunks), deadline)
         except StopAsyncIteration:
@@ -301,6 +300,7 @@ class Upstreams:
         except BaseException as exc:
             self._failed(name, exc, span, trial)
             raise
+        set_attributes(span, gen_ai__response__model=first.get("model"))
         if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
             self.health[name].trial_passed()
         return OpenStream(name, first, chunks, stats, span)
@@ -313,17 +313,33 @@ class Upstreams:
             names, lambda n, trial: self._open_one(n, body, parent, deadline, trial), deadline)
         return live
 
-    def close_stream(self, s: OpenStream, error: str | None = None) -> CallRecord:
+    def close_stream(self, s: OpenStream, error: ProviderFailure | None = None) -> CallRecord:
         latency = time.perf_counter() - s.started
         cost = self.prices[s.deployment].cost(s.stats.usage)
-        if error:
-            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error)
-            self.health[s.deployment].record_failure(time.monotonic())
-            s.span.set_status(Status(StatusCode.ERROR, error[:200]))
-        else:
-            self.health[s.deployment].record_success(latency, s.stats.ttft_s)
         set_attributes(s.span, gen_ai__usage__input_tokens=s.stats.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=s.stats.usage.completion_tokens,
                        switchyard__cost_usd=cost, switchyard__ttft_s=s.stats.ttft_s)
-        s.span.end()
+        if error is not None:
+            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error)
+            self.health[s.deployment].record_failure(time.monotonic())
+            _end_failed(s.span, error)
+        else:
+            self.health[s.deployment].record_success(latency, s.stats.ttft_s)
+            s.span.end()
         return CallRecord(s.deployment, s.stats.usage, cost, latency)
+
+
+def error_type(exc: BaseException) -> str:
+    """`error.type` as the conventions want it, low in cardinality: `timeout`, the upstream's HTTP
+    status, `connection`, or the exception's class for anything else (a cancelled call)."""
+    if isinstance(exc, ProviderFailure):
+        return "timeout" if exc.timeout else str(exc.status or "connection")
+    if isinstance(exc, _DeadlinePassed):  # the request's deadline cut the call short
+        return "timeout"
+    return type(exc).__qualname__
+
+
+def _end_failed(span: Span, exc: BaseException) -> None:
+    set_attributes(span, error__type=error_type(exc))
+    span.set_status(Status(StatusCode.ERROR, str(exc)[:200] or type(exc).__name__))
+    span.end()

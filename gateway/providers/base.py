@@ -13,7 +13,7 @@ import email.utils
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -140,12 +140,15 @@ def missing_credential(deployment: DeploymentConfig) -> str | None:
 
 
 class Backend(Protocol):
+    """`headers`: more request headers for the upstream (the call's W3C trace context), or None."""
+
     name: str
 
-    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion: ...
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any],
+                       headers: Mapping[str, str] | None = None) -> Completion: ...
 
-    def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
-               stats: StreamStats) -> AsyncIterator[dict[str, Any]]: ...
+    def stream(self, deployment: DeploymentConfig, body: dict[str, Any], stats: StreamStats,
+               headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]: ...
 
     async def close(self) -> None: ...
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -43,7 +43,8 @@ class DirectBackend:
         return self._session
 
     @staticmethod
-    def _request_parts(deployment: DeploymentConfig, body: dict[str, Any]) -> tuple[str, dict[str, str], bytes]:
+    def _request_parts(deployment: DeploymentConfig, body: dict[str, Any],
+                       extra: Mapping[str, str] | None) -> tuple[str, dict[str, str], bytes]:
         if not deployment.api_base:
             raise ProviderFailure(f"deployment {deployment.name!r} has no api_base", retryable=False,
                                   reason="has no api_base configured")
@@ -52,15 +53,18 @@ class DirectBackend:
         key = os.environ.get(deployment.api_key_env) if deployment.api_key_env else None
         if key:
             headers["authorization"] = f"Bearer {key}"
+        if extra:
+            headers.update(extra)
         payload = orjson.dumps({**body, "model": upstream_model_name(deployment)})
         return url, headers, payload
 
-    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion:
-        url, headers, payload = self._request_parts(deployment, body)
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any],
+                       headers: Mapping[str, str] | None = None) -> Completion:
+        url, sent, payload = self._request_parts(deployment, body, headers)
         started = time.perf_counter()
         timeout = aiohttp.ClientTimeout(total=deployment.timeout_s)
         try:
-            async with self._client().post(url, data=payload, headers=headers, timeout=timeout) as resp:
+            async with self._client().post(url, data=payload, headers=sent, timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
                     raise _failure(deployment, resp, raw)
@@ -76,15 +80,15 @@ class DirectBackend:
                                   reason="upstream sent invalid JSON") from exc
         return Completion(parsed, Usage.from_dict(parsed.get("usage")), time.perf_counter() - started)
 
-    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
-                     stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
-        url, headers, payload = self._request_parts(deployment, body)
+    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any], stats: StreamStats,
+                     headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        url, sent, payload = self._request_parts(deployment, body, headers)
         started = time.perf_counter()
         # A stream may run long; what must be bounded is the wait for each next piece.
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=deployment.timeout_s,
                                         sock_read=deployment.timeout_s)
         try:
-            async with self._client().post(url, data=payload, headers=headers, timeout=timeout) as resp:
+            async with self._client().post(url, data=payload, headers=sent, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise _failure(deployment, resp, await resp.read())
                 async for line in resp.content:

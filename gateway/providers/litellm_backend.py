@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from gateway.config import DeploymentConfig
@@ -82,10 +82,13 @@ class LiteLLMBackend:
             self._reserved_params = reserved_params(self._lib())
         return self._reserved_params
 
-    def _kwargs(self, deployment: DeploymentConfig, body: dict[str, Any]) -> dict[str, Any]:
+    def _kwargs(self, deployment: DeploymentConfig, body: dict[str, Any],
+                headers: Mapping[str, str] | None) -> dict[str, Any]:
         reserved = self._reserved()
         kwargs = {k: v for k, v in body.items() if k not in reserved}
         kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
+        if headers:  # litellm hands these to the provider's HTTP request
+            kwargs["extra_headers"] = dict(headers)
         if deployment.api_base:
             kwargs["api_base"] = deployment.api_base
             # Self-hosted servers often take no key, but litellm's OpenAI client insists on one.
@@ -94,22 +97,23 @@ class LiteLLMBackend:
             kwargs["api_key"] = os.environ.get(deployment.api_key_env)
         return kwargs
 
-    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion:
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any],
+                       headers: Mapping[str, str] | None = None) -> Completion:
         lib = self._lib()
         started = time.perf_counter()
         try:
-            resp = await lib.acompletion(**self._kwargs(deployment, body))
+            resp = await lib.acompletion(**self._kwargs(deployment, body, headers))
         except Exception as exc:  # litellm raises many types; classify them in one place
             raise _classify(lib, deployment, exc) from exc
         parsed = resp.model_dump(exclude_none=True)
         return Completion(parsed, Usage.from_dict(parsed.get("usage")), time.perf_counter() - started)
 
-    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
-                     stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any], stats: StreamStats,
+                     headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
         lib = self._lib()
         started = time.perf_counter()
         try:
-            resp = await lib.acompletion(**self._kwargs(deployment, {**body, "stream": True}))
+            resp = await lib.acompletion(**self._kwargs(deployment, {**body, "stream": True}, headers))
             async for chunk in resp:
                 parsed = chunk.model_dump(exclude_none=True)
                 if stats.ttft_s is None:

@@ -7,7 +7,7 @@ chat.completion), a `ProviderFailure` to raise, or a `Delay` before either. Ever
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ class FakeBackend:
     handler: Handler
     name: str = "fake"
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    headers: list[Mapping[str, str] | None] = field(default_factory=list)  # what each call sent besides the body
 
     def called(self, deployment: str) -> int:
         return sum(1 for name, _ in self.calls if name == deployment)
@@ -58,12 +59,15 @@ class FakeBackend:
             raise out
         return out
 
-    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any]) -> Completion:
+    async def complete(self, deployment: DeploymentConfig, body: dict[str, Any],
+                       headers: Mapping[str, str] | None = None) -> Completion:
+        self.headers.append(headers)
         out = await self._reply(deployment, body)
         return Completion(out, Usage.from_dict(out.get("usage")), 0.001)
 
-    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any],
-                     stats: StreamStats) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, deployment: DeploymentConfig, body: dict[str, Any], stats: StreamStats,
+                     headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
+        self.headers.append(headers)
         out = await self._reply(deployment, body)
         stats.usage = Usage.from_dict(out.get("usage"))
         yield {"object": "chat.completion.chunk", "choices": [

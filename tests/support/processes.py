@@ -106,6 +106,10 @@ class Simulator:
     def reset(self) -> None:
         httpx.post(self.url.removesuffix("/v1") + "/sim/reset", timeout=5).raise_for_status()
 
+    def received(self) -> list[dict[str, str]]:
+        """The headers of the simulator's recent chat-completions requests, oldest first."""
+        return list(httpx.get(self.url.removesuffix("/v1") + "/sim/received", timeout=5).json())
+
 
 def start_simulator(models_file: Path) -> Simulator:
     process = subprocess.Popen(

@@ -2,8 +2,10 @@
 
 The gateway talks to it over real HTTP exactly as to vLLM or OpenAI. Routes:
 ``POST /v1/chat/completions`` (streaming or not), ``GET /v1/models``,
-``GET /healthz``, ``GET /sim/stats`` (``{model: {"requests": n, "errors": n}}``)
-and ``POST /sim/reset``. Any ``Authorization`` header is accepted.
+``GET /healthz``, ``GET /sim/stats`` (``{model: {"requests": n, "errors": n}}``),
+``GET /sim/received`` (the headers of the last 256 chat-completions requests, oldest first,
+names lower-cased, without ``Authorization`` or ``Cookie``: e.g. the ``traceparent`` a caller
+propagated) and ``POST /sim/reset`` (clears both). Any ``Authorization`` header is accepted.
 
 Answer semantics (deterministic; tests rely on them)
 ----------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ from .protocol import (
 )
 from .streaming import stream_completions
 
+RECEIVED_KEPT = 256  # the headers of this many recent chat-completions requests, for tests to inspect
+_UNRECORDED = frozenset({"authorization", "cookie"})
+
 
 @dataclass(slots=True)
 class _Counters:
@@ -44,8 +48,10 @@ class Simulator:
         self._counters = {name: _Counters() for name in self._models}
         self._rng = random.Random(seed)
         self._created = int(time.time())
+        self._received: deque[dict[str, str]] = deque(maxlen=RECEIVED_KEPT)
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        self._received.append({k.lower(): v for k, v in request.headers.items() if k.lower() not in _UNRECORDED})
         try:
             call = parse_chat_call(orjson.loads(await request.read()))
         except orjson.JSONDecodeError:
@@ -103,9 +109,13 @@ class Simulator:
     async def stats(self, request: web.Request) -> web.Response:
         return _json({n: {"requests": c.requests, "errors": c.errors} for n, c in self._counters.items()})
 
+    async def received(self, request: web.Request) -> web.Response:
+        return _json(list(self._received))
+
     async def reset(self, request: web.Request) -> web.Response:
         for counters in self._counters.values():
             counters.requests = counters.errors = 0
+        self._received.clear()
         return await self.stats(request)
 
 
@@ -171,6 +181,7 @@ def build_app(models: Sequence[SimModel], *, seed: int = 0) -> web.Application:
             web.get("/v1/models", simulator.models),
             web.get("/healthz", simulator.healthz),
             web.get("/sim/stats", simulator.stats),
+            web.get("/sim/received", simulator.received),
             web.post("/sim/reset", simulator.reset),
         ]
     )
