@@ -238,7 +238,7 @@ def test_litellm_calls_carry_a_child_traceparent_upstream(
         for model, stream in (("small", False), ("large", True)):
             trace_id, caller_span, traceparent = _caller()
             resp = _chat(gw, model, {"traceparent": traceparent}, stream=stream)
-            assert resp.status_code == 200
+            assert resp.status_code == 200, resp.text
             spans = {s.name: s for s in receiver.trace(trace_id, "switchyard.request", f"chat sim-{model}")}
             upstream = spans[f"chat sim-{model}"]
             assert spans["switchyard.request"].parent_span_id == caller_span
