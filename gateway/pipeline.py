@@ -36,7 +36,7 @@ from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
 from gateway.feedback import Completed, RequestLog
-from gateway.ledger import Ledger
+from gateway.ledger import CACHE, Ledger, Spent
 from gateway.plans import Plan, Single
 from gateway.policy import (
     BoundPolicy,
@@ -98,6 +98,11 @@ class Entry:
     @property
     def name(self) -> str:
         return self.pinned or f"{POLICY_PREFIX}{self.policy.name}"
+
+    @property
+    def policy_name(self) -> str | None:
+        """The policy that chose the plan; None for a pinned deployment (it only lends its settings)."""
+        return None if self.pinned else self.policy.name
 
 
 @dataclass(slots=True)
@@ -279,7 +284,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
     if key is not None and (hit := await svc.cache.lookup(key)) is not None:
         held = await svc.auth.admit(tenant)  # rate and spent-budget gates; a hit costs nothing to hold
-        await svc.ledger.record(tenant.name, (), cached=True, reservation=held)
+        await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, CACHE, hit.deployment, ()),
+                                reservation=held)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
         return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)
 
@@ -308,7 +314,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     except BaseException:
         await held.release()
         raise
-    await svc.ledger.record(tenant.name, result.calls, reservation=held)
+    await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, result.plan_label, result.deployment,
+                                  result.calls, decision), reservation=held)
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
                    gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status,
@@ -344,11 +351,12 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
         svc.requests.add(Completed(
             it.request_id, time.time(), it.tenant, it.entry.name,
             None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
-            it.decision.signal if it.decision else None, calls, prompt_tokens, it.route.router_version))
+            it.decision.signal if it.decision else None, calls, prompt_tokens, it.route.router_version,
+            it.decision))
     shadow = it.entry.policy.shadow
     if shadow is not None and svc.shadow is not None and not it.entry.pinned:
         svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,
-                         it.entry.policy.spec.timeout_s)
+                         it.entry.policy.spec.timeout_s, it.entry.policy.name)
 
 
 def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
@@ -413,7 +421,9 @@ class _LiveStream:
         if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = self.svc.upstreams.close_stream(live, error)
-        await self.svc.ledger.record(self.tenant, (record,), reservation=self.held)
+        it = self.learning
+        await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
+                                           live.deployment, (record,), it.decision), reservation=self.held)
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
                        gen_ai__usage__input_tokens=record.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=record.usage.completion_tokens,

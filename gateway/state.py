@@ -9,7 +9,9 @@ id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → that 
 tenant's keys share one hash tag so that a Redis Cluster keeps them in one slot, where one script
 can touch them all. The promoted router lives in `sy:router:current` (a small JSON pointer every
 replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
-`sy:router:artifact:<sha256>` (the artifact's bytes).
+`sy:router:artifact:<sha256>` (the artifact's bytes). The spend ledger keeps one hash per tenant and
+hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|metric` → a float
+sum, kept `LEDGER_TTL_S`) and the set of tenants that ever spent (`sy:ledger:tenants`).
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
@@ -61,7 +63,16 @@ def router_history_key() -> str:
 
 def router_artifact_key(digest: str) -> str:
     return f"sy:router:artifact:{digest}"
+
+
 REQUESTS_STREAM = "sy:requests"
+LEDGER_TENANTS = "sy:ledger:tenants"
+LEDGER_TTL_S = 400 * 24 * 3600  # a year of hourly spend, and a month to compare it with
+
+
+def ledger_key(tenant: str, hour: int) -> str:
+    """One tenant's spend in one hour (`hour`: unix seconds // 3600)."""
+    return f"sy:ledger:{{{tenant}}}:{hour}"
 
 
 def request_key(tenant: str, request_id: str) -> str:
@@ -157,6 +168,11 @@ class Store(Protocol):
     async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]: ...
     async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None: ...
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]: ...
+    # The spend ledger: float sums added to hashes (each given a TTL), plus members added to a set.
+    async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                            index: tuple[str, Sequence[str]] | None = None) -> None: ...
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]: ...
+    async def set_members(self, key: str) -> list[str]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -197,6 +213,8 @@ class MemoryStore:
         self._streams: dict[str, deque[tuple[str, bytes]]] = {}
         self._requests: OrderedDict[str, tuple[dict[str, bytes], float]] = OrderedDict()  # key → fields, expiry
         self._last_id = (0, 0)
+        self._hashes: dict[str, dict[str, float]] = {}  # the spend ledger: kept while the process lives
+        self._sets: dict[str, set[str]] = {}
 
     def _live(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -313,6 +331,21 @@ class MemoryStore:
                 if len(out) >= count:
                     break
         return out
+
+    async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                            index: tuple[str, Sequence[str]] | None = None) -> None:
+        for key, fields in sums.items():
+            row = self._hashes.setdefault(key, {})
+            for name, amount in fields.items():
+                row[name] = row.get(name, 0.0) + amount
+        if index is not None:
+            self._sets.setdefault(index[0], set()).update(index[1])
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
+        return [dict(self._hashes.get(k, {})) for k in keys]
+
+    async def set_members(self, key: str) -> list[str]:
+        return sorted(self._sets.get(key, ()))
 
     async def ping(self) -> bool:
         return True
@@ -459,6 +492,33 @@ class RedisStore:
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]:
         rows = await self._guarded(lambda: self._client.xrange(stream, min=f"({after}", max="+", count=count))
         return [(_text(entry_id), fields[b"r"]) for entry_id, fields in rows]
+
+    async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                            index: tuple[str, Sequence[str]] | None = None) -> None:
+        """One round trip: HINCRBYFLOAT per field, a TTL per hash, SADD of the index."""
+        async def added() -> None:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, fields in sums.items():
+                    for name, amount in fields.items():
+                        pipe.hincrbyfloat(key, name, amount)
+                    pipe.expire(key, int(ttl_s))
+                if index is not None and index[1]:
+                    pipe.sadd(index[0], *index[1])
+                await pipe.execute()
+        await self._guarded(added)
+
+    async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
+        async def read() -> list[dict[str, float]]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hgetall(key)
+                rows = await pipe.execute()
+            return [{_text(k): float(v) for k, v in row.items()} for row in rows]
+        return await self._guarded(read) if keys else []
+
+    async def set_members(self, key: str) -> list[str]:
+        members = await self._guarded(lambda: self._client.smembers(key))
+        return sorted(_text(m) for m in members)
 
     async def ping(self) -> bool:
         try:

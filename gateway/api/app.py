@@ -65,7 +65,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
-    auth = Authenticator(config.tenants, store, config.on_store_outage)
+    auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256)
     tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
@@ -122,7 +122,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         if sync is not None:
             await sync.check()  # a promoted router is served from the first request
         router_task = asyncio.create_task(sync.run()) if sync is not None else None
-        for background in (services.requests, services.shadow):
+        for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
                 background.start()
         log.info("switchyard ready: %d deployments, policies %s, store %s, router %s", len(config.deployments),
@@ -139,6 +139,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
                 await services.shadow.close()
             if services.requests is not None:
                 await services.requests.close()  # what is queued is written before the store closes
+            await services.ledger.close()  # after the shadow workers, whose bills it writes
             for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
                 await backend.close()
             await services.cache.store.close()
