@@ -311,6 +311,13 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
                            settle=relay.settle)
         result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
+    except GatewayError as exc:
+        if exc.billed:  # calls answered before the plan failed: they cost money, the request answered nothing
+            await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, plan.label, "", exc.billed,
+                                          decision, requests=0), reservation=held)
+        else:
+            await held.release()
+        raise
     except BaseException:
         await held.release()
         raise

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import pytest
 
 from gateway.auth import Reservation, Tenant
+from gateway.errors import GatewayError
+from gateway.executor import Deadline, run
 from gateway.executor.upstreams import CallRecord
 from gateway.feedback import Completed, build_record
 from gateway.ledger import (
@@ -22,11 +25,12 @@ from gateway.ledger import (
     spend_table,
     window,
 )
-from gateway.plans import Cascade, Single
+from gateway.plans import BestOfN, Cascade, Single
 from gateway.policy import Candidate, Decision, Estimate
-from gateway.providers.base import Usage
+from gateway.providers.base import ProviderFailure, Usage
 from gateway.signal import RouteSignal
 from gateway.state import MemoryStore, StoreUnavailable, spend_key
+from tests.support.fake_backend import answer, deployment, fake_upstreams
 
 AT = 1_800_000_000.0  # a fixed hour: 2027-01-15T08:00Z
 SIGNAL = RouteSignal(0.5, "general", {"small": 0.6, "large": 0.9}, 12, {})
@@ -41,8 +45,8 @@ def _call(deployment: str, cost: float, prompt: int = 10, completion: int = 20, 
     return CallRecord(deployment, Usage(prompt, completion), cost, 0.1, role)
 
 
-def _table(store: MemoryStore, group_by: Sequence[str]) -> list[dict[str, object]]:
-    async def read() -> list[dict[str, object]]:
+def _table(store: MemoryStore, group_by: Sequence[str]) -> list[dict[str, Any]]:
+    async def read() -> list[dict[str, Any]]:
         return spend_table(await read_spend(store, window(AT - HOUR_S, AT + 2 * HOUR_S)), group_by)
     return asyncio.run(read())
 
@@ -196,3 +200,31 @@ def test_times_are_unix_seconds_or_iso_and_windows_default_to_a_day() -> None:
     assert (w.start, w.end) == (AT - 24 * HOUR_S, AT) and len(w.hours) == 24
     with pytest.raises(ValueError):
         window(AT, AT)
+
+
+BODY = {"messages": [{"role": "user", "content": "What is 6 * 7?"}]}
+
+
+def _failing_on(name: str) -> Any:
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        if d.name == name:
+            return ProviderFailure("500", status=500, retryable=False)
+        return answer("The answer is 42.", model=d.name)
+    return handler
+
+
+def test_a_cascade_whose_escalation_fails_still_bills_its_first_step() -> None:
+    up, _ = fake_upstreams(_failing_on("large"), deployment("small"), deployment("large", max_retries=0))
+    plan = Cascade(("small", "large"), confidence="agreement", threshold=1.1, samples=2)  # always escalates
+    with pytest.raises(GatewayError) as failed:
+        asyncio.run(run(up, plan, BODY, None, Deadline.after(10)))
+    assert [c.deployment for c in failed.value.billed] == ["small"]
+    assert failed.value.billed[0].cost_usd > 0
+
+
+def test_best_of_bills_the_samples_that_answered_when_another_fails() -> None:
+    up, _ = fake_upstreams(_failing_on("broken"), deployment("small"), deployment("other"),
+                           deployment("broken", max_retries=0))
+    with pytest.raises(GatewayError) as failed:
+        asyncio.run(run(up, BestOfN(("small", "broken", "other")), BODY, None, Deadline.after(10)))
+    assert sorted(c.deployment for c in failed.value.billed) == ["other", "small"]
