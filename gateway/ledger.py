@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import math
 import time
@@ -88,8 +89,10 @@ def plan_kind(label: str) -> str:
     return label.partition(":")[0]
 
 
-def _field(deployment: str, policy: str | None, kind: str, metric: str) -> str:
-    return f"{deployment}{_SEP}{policy or ''}{_SEP}{kind}{_SEP}{metric}"
+@functools.lru_cache(maxsize=4096)
+def _fields(deployment: str, policy: str | None, kind: str) -> dict[str, str]:
+    """Each metric's hash field for one (deployment, policy, plan kind): built once, not per request."""
+    return {m: f"{deployment}{_SEP}{policy or ''}{_SEP}{kind}{_SEP}{m}" for m in METRICS}
 
 
 def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
@@ -97,21 +100,22 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
     row = sums.setdefault(ledger_key(s.tenant, int(s.at // HOUR_S)), defaultdict(float))
     kind = plan_kind(s.plan)
     for c in s.calls:
-        row[_field(c.deployment, s.policy, kind, "cost_usd")] += c.cost_usd
-        row[_field(c.deployment, s.policy, kind, "prompt_tokens")] += c.usage.prompt_tokens
-        row[_field(c.deployment, s.policy, kind, "completion_tokens")] += c.usage.completion_tokens
+        f = _fields(c.deployment, s.policy, kind)
+        row[f["cost_usd"]] += c.cost_usd
+        row[f["prompt_tokens"]] += c.usage.prompt_tokens
+        row[f["completion_tokens"]] += c.usage.completion_tokens
     if not s.requests:
         return
-    answered = s.deployment or (s.calls[-1].deployment if s.calls else "")
-    row[_field(answered, s.policy, kind, "requests")] += s.requests
+    f = _fields(s.deployment or (s.calls[-1].deployment if s.calls else ""), s.policy, kind)
+    row[f["requests"]] += s.requests
     if kind in (CACHE, SHADOW):
         return
     counterfactual, chosen, dearest = savings(s.decision, s.cost_usd)
-    row[_field(answered, s.policy, kind, "counterfactual_usd")] += counterfactual
+    row[f["counterfactual_usd"]] += counterfactual
     if chosen is not None and dearest is not None:
-        row[_field(answered, s.policy, kind, "predicted")] += 1
-        row[_field(answered, s.policy, kind, "quality_chosen")] += chosen
-        row[_field(answered, s.policy, kind, "quality_counterfactual")] += dearest
+        row[f["predicted"]] += 1
+        row[f["quality_chosen"]] += chosen
+        row[f["quality_counterfactual"]] += dearest
 
 
 class Ledger:

@@ -8,6 +8,7 @@ import csv
 import hashlib
 import io
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,8 +55,16 @@ def config_file(simulator: Simulator, redis_db: RedisServer, tmp_path_factory: p
     raw = sim_config(simulator.url, redis_db.url).model_dump(mode="json", exclude_none=True)
     raw["tenants"] = [{"name": name, "api_key_sha256": _sha(key)} for name, key in KEYS.items()]
     raw["admin_api_key_sha256"] = _sha(ADMIN_KEY)
-    raw["policies_dir"] = str(ROOT / "routing_policies")
-    path = tmp_path_factory.mktemp("spend") / "gateway.yaml"
+    folder = tmp_path_factory.mktemp("spend")
+    policies = folder / "policies"
+    shutil.copytree(ROOT / "routing_policies", policies)
+    (policies / "doomed.yaml").write_text(yaml.safe_dump({  # its escalation always fails
+        "description": "small, then a deployment that always fails",
+        "candidates": [{"cascade": {"steps": ["small", "broken"], "confidence": "judge", "judge": "broken",
+                                    "threshold": 0.5}}],
+        "cache": {"enabled": False}}))
+    raw["policies_dir"] = str(policies)
+    path = folder / "gateway.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
 
@@ -181,6 +190,19 @@ def test_spend_is_grouped_by_hour_between_iso_times(gateway_url: str) -> None:
     assert body["total"]["cost_usd"] == pytest.approx(sum(r["cost_usd"] for r in body["data"]))
     # the default: the last 24 hours, by tenant
     assert _spend(gateway_url, KEYS["alice"]).json()["group_by"] == ["tenant"]
+
+
+def test_a_failed_request_still_bills_the_calls_that_answered(gateway_url: str) -> None:
+    def doomed() -> list[dict[str, Any]]:
+        rows = _spend(gateway_url, KEYS["bob"], group_by="policy,deployment").json()["data"]
+        return [r for r in rows if r["policy"] == "doomed"]
+
+    assert doomed() == []
+    with pytest.raises(openai.APIStatusError) as failed:
+        _ask(gateway_url, "bob", "router/doomed", "What is 2 + 2?")
+    assert failed.value.status_code == 502
+    [row] = doomed()  # the first step answered and cost money; the request answered nothing
+    assert row["deployment"] == "small" and row["cost_usd"] > 0 and row["requests"] == 0
 
 
 @pytest.mark.parametrize(("params", "param"), [

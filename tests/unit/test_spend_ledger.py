@@ -228,3 +228,21 @@ def test_best_of_bills_the_samples_that_answered_when_another_fails() -> None:
     with pytest.raises(GatewayError) as failed:
         asyncio.run(run(up, BestOfN(("small", "broken", "other")), BODY, None, Deadline.after(10)))
     assert sorted(c.deployment for c in failed.value.billed) == ["other", "small"]
+
+
+def test_the_admin_key_is_one_sha256_from_the_config_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from gateway.auth import Authenticator
+    from gateway.config import ENV_ADMIN_KEY_SHA256, embedded_config
+    from gateway.errors import ConfigError
+
+    digest = hashlib.sha256(b"sk-admin").hexdigest()
+    monkeypatch.setenv(ENV_ADMIN_KEY_SHA256, digest.upper())
+    config = embedded_config("http://127.0.0.1:9/v1")
+    assert config.admin_api_key_sha256 == digest
+    auth = Authenticator([], MemoryStore(), admin_sha256=config.admin_api_key_sha256)
+    assert auth.is_admin("Bearer sk-admin") and not auth.is_admin("Bearer sk-other") and not auth.is_admin(None)
+    monkeypatch.setenv(ENV_ADMIN_KEY_SHA256, "not-a-digest")
+    with pytest.raises(ConfigError, match=ENV_ADMIN_KEY_SHA256):
+        embedded_config("http://127.0.0.1:9/v1")
