@@ -8,8 +8,9 @@ Two things happen when a request (or a shadow evaluation) is billed:
   `Reservation` (one round trip that also drops the request's budget hold), as before;
 - a `Spent` value goes on a small bounded queue (no await). A writer task drains it in batches,
   sums the batch per (tenant, hour) hash and field, and adds the sums to the store in one round
-  trip (`Store.add_to_hashes`: HINCRBYFLOAT on Redis). A full queue or a failed write loses spend
-  from this view (never from the budget counter): counted in `stats()` and logged with the amount.
+  trip (`Store.add_to_hashes`: HINCRBYFLOAT on Redis), at most every `LINGER_S`. A full queue or a
+  failed write loses spend from this view (never from the budget counter): counted in `stats()`
+  and logged with the amount.
 
 Every call counts under its own deployment (samples, judges, escalations, shadow calls, streams cut
 short); the request itself (`requests`, the counterfactual and the predicted qualities) counts under
@@ -50,7 +51,10 @@ GROUPS = ("tenant", "deployment", "policy", "plan_kind", "hour")
 METRICS = ("requests", "cost_usd", "prompt_tokens", "completion_tokens", "counterfactual_usd",
            "predicted", "quality_chosen", "quality_counterfactual")
 CACHE, SHADOW = "cache", "shadow"
-_BATCH = 512
+_BATCH = 10_000
+# The writer waits this long after a bill before writing, so that one round trip carries every bill
+# of the moment: a Redis pipeline costs ~0.25 ms of CPU whether it carries one bill or a thousand.
+LINGER_S = 0.25
 _SEP = "|"
 
 
@@ -121,8 +125,9 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
 class Ledger:
     """Settles budgets, and queues every bill for the durable ledger's writer."""
 
-    def __init__(self, store: Store, queue_size: int = 10_000) -> None:
+    def __init__(self, store: Store, queue_size: int = 10_000, linger_s: float = LINGER_S) -> None:
         self.store = store
+        self.linger_s = linger_s
         self._queue: asyncio.Queue[Spent] = asyncio.Queue(queue_size)
         self._writer: asyncio.Task[None] | None = None
         self._throttle = LogThrottle()
@@ -185,6 +190,7 @@ class Ledger:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            await asyncio.sleep(self.linger_s)
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
