@@ -150,8 +150,9 @@ class Reservation:
 
 class Authenticator:
     def __init__(self, tenants: list[TenantConfig], store: Store,
-                 on_store_outage: OutageSetting = "fail_closed") -> None:
+                 on_store_outage: OutageSetting = "fail_closed", admin_sha256: str | None = None) -> None:
         self.store = store
+        self._admin = admin_sha256
         self.on_store_outage: OutageSetting = on_store_outage
         self._outage_log = LogThrottle()
         self._by_hash: dict[str, Tenant] = {}
@@ -179,6 +180,13 @@ class Authenticator:
             if hmac.compare_digest(known, digest):
                 return tenant
         raise AuthenticationFailed("invalid API key")
+
+    def is_admin(self, authorization: str | None) -> bool:
+        """Whether the caller holds the admin key (`admin_api_key_sha256`), which sees every tenant."""
+        scheme, _, key = (authorization or "").partition(" ")
+        if self._admin is None or scheme.lower() != "bearer" or not key.strip():
+            return False
+        return hmac.compare_digest(self._admin, hash_key(key.strip()))
 
     @staticmethod
     def check_policy(tenant: Tenant, policy: str) -> None:

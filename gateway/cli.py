@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,7 +181,6 @@ keep prompt text: requests of other tenants are skipped and counted.
 
 
 def cmd_logs_export(args: argparse.Namespace) -> int:
-    import time
 
     from gateway.config import ENV_CONFIG, load_config
     from gateway.logs_export import model_names, parse_duration
@@ -227,6 +227,48 @@ async def _export_from_redis(url: str, since_s: float, names: dict[str, str], ou
     finally:
         await store.close()
     return write_rows(iter(pairs), names, out)
+
+
+SPEND_HELP = """\
+Print the durable spend ledger: requests, cost, tokens, and the savings against always taking
+each policy's dearest candidate (counterfactual_usd, savings_usd), with the router's predicted
+quality of what was chosen (q_chosen) and of that candidate (q_counterfactual). The same rows as
+GET /v1/spend with the admin key, read straight from the Redis in the gateway config (--config
+or $SWITCHYARD_CONFIG). A gateway on the in-memory store keeps its ledger in its own process:
+ask its /v1/spend instead.
+
+  switchyard spend --config gw.yaml --group-by deployment,policy --since 7d
+  switchyard spend --config gw.yaml --group-by tenant,hour --csv > spend.csv
+"""
+
+
+def cmd_spend(args: argparse.Namespace) -> int:
+    from gateway import ledger
+    from gateway.config import ENV_CONFIG, load_config
+    from gateway.logs_export import parse_duration
+    from gateway.spend_report import as_csv, as_text, spend_rows
+    from gateway.state import StoreUnavailable
+
+    path = args.config or os.environ.get(ENV_CONFIG)
+    config = load_config(path) if path else None
+    if config is None or not config.redis_url:
+        print("switchyard spend: the ledger lives in Redis: give --config with a redis_url (a gateway on the "
+              "in-memory store keeps it in its own process: ask its GET /v1/spend)", file=sys.stderr)
+        return 2
+    try:
+        group_by = ledger.parse_group_by(args.group_by)
+        window = ledger.window(None, None) if args.since is None else \
+            ledger.window(time.time() - parse_duration(args.since), None)
+    except ValueError as exc:
+        print(f"switchyard spend: {exc}", file=sys.stderr)
+        return 2
+    try:
+        rows = asyncio.run(spend_rows(config.redis_url, window, group_by))
+    except StoreUnavailable as exc:
+        print(f"switchyard spend: the store did not answer: {exc}", file=sys.stderr)
+        return 1
+    sys.stdout.write(as_csv(rows, group_by) if args.csv else as_text(rows, group_by))
+    return 0
 
 
 def cmd_policy_check(args: argparse.Namespace) -> int:
@@ -363,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "default: all that the log keeps")
     e.add_argument("--from-jsonl", metavar="FILE", help="read the request log's JSONL sink instead of the store")
     e.set_defaults(func=cmd_logs_export)
+
+    sp = sub.add_parser("spend", help="spend and savings from the durable ledger, as a table or CSV",
+                        description=SPEND_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("--group-by", metavar="FIELDS", help="comma-separated: tenant, deployment, policy, "
+                    "plan_kind, hour (default: tenant)")
+    sp.add_argument("--since", metavar="DURATION", help="the last DURATION (30m, 24h, 7d; default 24h), in whole "
+                    "hours")
+    sp.add_argument("--csv", action="store_true", help="CSV instead of an aligned table")
+    sp.add_argument("--config", help="gateway YAML with the redis_url (default: $SWITCHYARD_CONFIG)")
+    sp.set_defaults(func=cmd_spend)
 
     b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. routing_quality, overhead)")
     b.add_argument("name")

@@ -19,6 +19,7 @@ from gateway.errors import ConfigError
 ENV_CONFIG = "SWITCHYARD_CONFIG"
 ENV_REDIS_URL = "SWITCHYARD_REDIS_URL"
 ENV_POLICIES_DIR = "SWITCHYARD_POLICIES_DIR"
+ENV_ADMIN_KEY_SHA256 = "SWITCHYARD_ADMIN_KEY_SHA256"
 
 OutageSetting = Literal["fail_closed", "fail_open"]
 
@@ -106,6 +107,9 @@ class GatewayConfig(_Strict):
     on_store_outage: OutageSetting = Field(
         default="fail_closed", description="budgets and rate limits when the store is down: refuse or let through")
     request_log: RequestLogSettings = RequestLogSettings()
+    admin_api_key_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of the one admin key: it sees every tenant's spend (env SWITCHYARD_ADMIN_KEY_SHA256)")
 
     @field_validator("deployments")
     @classmethod
@@ -187,6 +191,11 @@ def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
         updates["redis_url"] = os.environ[ENV_REDIS_URL]
     if os.environ.get(ENV_POLICIES_DIR):
         updates["policies_dir"] = os.environ[ENV_POLICIES_DIR]
+    if os.environ.get(ENV_ADMIN_KEY_SHA256):
+        digest = os.environ[ENV_ADMIN_KEY_SHA256].strip().lower()
+        if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+            raise ConfigError(f"{ENV_ADMIN_KEY_SHA256}: expected the 64 hex digits of a sha256")
+        updates["admin_api_key_sha256"] = digest
     return config.model_copy(update=updates) if updates else config
 
 

@@ -23,13 +23,19 @@ error envelope in one place (`gateway.api.errors`); nothing else formats errors.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.executor.upstreams import CallRecord
 
 
 class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str = "internal_error"
+    # Calls of the failed request that did answer, and cost money, before this error (a cascade's
+    # first step, best-of-n's other samples): the ledger bills them.
+    billed: tuple[CallRecord, ...] = ()
 
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:

@@ -2,7 +2,9 @@
 
 Every completed chat request (whole or streamed; cache hits are not recorded, they repeat an answer
 that was) leaves a compact record: request id, time, tenant, policy, entry, plan, deployment,
-router version, the router's predicted quality per deployment, cost and tokens, and the prompt
+router version, the router's predicted quality per deployment, cost and tokens, the savings
+(the predicted cost of the policy's dearest candidate, and the predicted quality of the chosen plan
+and of that candidate: `gateway.ledger.savings`), and the prompt
 the router judged: its text when the tenant has `log_prompts: true`, else only its sha256 (such
 records cannot be exported as training data).
 
@@ -37,6 +39,8 @@ from gateway.auth import LogThrottle, Tenant
 from gateway.config import RequestLogSettings
 from gateway.errors import NotFound, StoreOutage
 from gateway.executor.upstreams import CallRecord
+from gateway.ledger import savings
+from gateway.policy import Decision
 from gateway.signal import RouteSignal, routing_prompt
 from gateway.state import REQUESTS_STREAM, Store, StoreUnavailable, request_key
 
@@ -71,6 +75,7 @@ class Completed:
     calls: tuple[CallRecord, ...]
     prompt_tokens: int
     router_version: str
+    decision: Decision | None = None  # its candidates give the savings against the dearest one
 
 
 def build_record(c: Completed) -> dict[str, Any]:
@@ -81,6 +86,10 @@ def build_record(c: Completed) -> dict[str, Any]:
         "cost_usd": sum(x.cost_usd for x in c.calls), "prompt_tokens": c.prompt_tokens,
         "completion_tokens": sum(x.usage.completion_tokens for x in c.calls),
     }
+    counterfactual, chosen, dearest = savings(c.decision, record["cost_usd"])
+    record["counterfactual_usd"] = counterfactual
+    if chosen is not None and dearest is not None:
+        record |= {"predicted_quality_chosen": round(chosen, 4), "predicted_quality_counterfactual": round(dearest, 4)}
     if c.signal is not None:
         record |= {"category": c.signal.category, "difficulty": round(c.signal.difficulty, 4),
                    "predicted": {k: round(v, 4) for k, v in c.signal.quality.items()}}

@@ -38,7 +38,7 @@ from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
 from gateway.feedback import Completed, RequestLog
-from gateway.ledger import Ledger
+from gateway.ledger import CACHE, Ledger, Spent
 from gateway.plans import Plan, Single
 from gateway.policy import (
     BoundPolicy,
@@ -103,6 +103,11 @@ class Entry:
     @property
     def name(self) -> str:
         return self.pinned or f"{POLICY_PREFIX}{self.policy.name}"
+
+    @property
+    def policy_name(self) -> str | None:
+        """The policy that chose the plan; None for a pinned deployment (it only lends its settings)."""
+        return None if self.pinned else self.policy.name
 
 
 @dataclass(slots=True)
@@ -289,7 +294,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
     if key is not None and (hit := await svc.cache.lookup(key)) is not None:
         held = await svc.auth.admit(tenant)  # rate and spent-budget gates; a hit costs nothing to hold
-        await svc.ledger.record(tenant.name, (), cached=True, reservation=held)
+        await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, CACHE, hit.deployment, ()),
+                                reservation=held)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
         return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)
 
@@ -315,10 +321,18 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
                            settle=relay.settle)
         result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
+    except GatewayError as exc:
+        if exc.billed:  # calls answered before the plan failed: they cost money, the request answered nothing
+            await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, plan.label, "", exc.billed,
+                                          decision, requests=0), reservation=held)
+        else:
+            await held.release()
+        raise
     except BaseException:
         await held.release()
         raise
-    await svc.ledger.record(tenant.name, result.calls, reservation=held)
+    await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, result.plan_label, result.deployment,
+                                  result.calls, decision), reservation=held)
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
                    gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status,
@@ -354,11 +368,12 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
         svc.requests.add(Completed(
             it.request_id, time.time(), it.tenant, it.entry.name,
             None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
-            it.decision.signal if it.decision else None, calls, prompt_tokens, it.route.router_version))
+            it.decision.signal if it.decision else None, calls, prompt_tokens, it.route.router_version,
+            it.decision))
     shadow = it.entry.policy.shadow
     if shadow is not None and svc.shadow is not None and not it.entry.pinned:
         svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,
-                         it.entry.policy.spec.timeout_s)
+                         it.entry.policy.spec.timeout_s, it.entry.policy.name)
 
 
 def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
@@ -423,7 +438,9 @@ class _LiveStream:
         if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = self.svc.upstreams.close_stream(live, error)
-        await self.svc.ledger.record(self.tenant, (record,), reservation=self.held)
+        it = self.learning
+        await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
+                                           live.deployment, (record,), it.decision), reservation=self.held)
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
                        gen_ai__usage__input_tokens=record.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=record.usage.completion_tokens,

@@ -12,9 +12,9 @@ request's record.
 
 Shadow calls are billed to the tenant (a budget hold first, without touching its rate window: a
 tenant whose budget is short is not shadowed) and counted apart in the ledger (`/v1/spend`,
-`shadow`), with role `shadow` / `judge` on their call records. Nothing here can affect the
-client's response: it has been sent (or is being streamed) before a job starts, and every failure
-of a shadow or judge call is caught, counted and logged.
+plan kind `shadow`, under the policy's name), with role `shadow` / `judge` on their call records.
+Nothing here can affect the client's response: it has been sent (or is being streamed) before a
+job starts, and every failure of a shadow or judge call is caught, counted and logged.
 """
 
 from __future__ import annotations
@@ -63,6 +63,7 @@ class Job:
     answered_by: str
     prompt_tokens: int
     timeout_s: float
+    policy: str | None = None  # whose shadow: its spend is billed under it
 
 
 def judge_messages(question: str, reference: str, candidate: str) -> list[dict[str, str]]:
@@ -116,14 +117,15 @@ class ShadowEvaluator:
         return a.input_per_token + a.output_per_token < b.input_per_token + b.output_per_token
 
     def offer(self, shadow: Shadow, tenant: Tenant, request_id: str, request: Mapping[str, Any],
-              answer: Mapping[str, Any], answered_by: str, prompt_tokens: int, timeout_s: float) -> None:
+              answer: Mapping[str, Any], answered_by: str, prompt_tokens: int, timeout_s: float,
+              policy: str | None = None) -> None:
         """Called after a request completes: maybe queue a shadow job. Never waits."""
         if random.random() >= shadow.rate or answered_by == shadow.against or \
                 not self.cheaper(answered_by, shadow.against):
             return
         try:
             self._queue.put_nowait(Job(shadow, tenant, request_id, request, answer_text(answer), answered_by,
-                                       prompt_tokens, timeout_s))
+                                       prompt_tokens, timeout_s, policy))
         except asyncio.QueueFull:
             self.counts["dropped"] += 1
             if self._throttle.due():
@@ -190,7 +192,7 @@ class ShadowEvaluator:
         return label
 
     async def _bill(self, job: Job, held: Reservation, calls: list[CallRecord]) -> None:
-        await self.ledger.record_shadow(job.tenant.name, tuple(calls), held)
+        await self.ledger.record_shadow(job.tenant.name, tuple(calls), held, job.policy)
 
     async def _label(self, job: Job, calls: list[CallRecord], span: Any) -> Feedback | None:
         body = {k: v for k, v in job.request.items() if k not in _DROPPED_KEYS}

@@ -12,6 +12,9 @@ replica polls), `sy:router:history` (a list, one JSON entry per promotion or rol
 `sy:router:artifact:<sha256>` (the artifact's bytes). Target policies' score sketches live in
 `sy:calib:{<policy>:<version>}:<time bucket>` (a hash of sums that every replica adds its
 observations to: see `gateway.policy.sharing`); a policy's sketches share one hash tag too.
+The spend ledger keeps one hash per tenant and
+hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|metric` → a float
+sum, kept `LEDGER_TTL_S`) and the set of tenants that ever spent (`sy:ledger:tenants`).
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -70,6 +73,13 @@ def calibration_key(policy: str, version: str, bucket: int) -> str:
 
 
 REQUESTS_STREAM = "sy:requests"
+LEDGER_TENANTS = "sy:ledger:tenants"
+LEDGER_TTL_S = 400 * 24 * 3600  # a year of hourly spend, and a month to compare it with
+
+
+def ledger_key(tenant: str, hour: int) -> str:
+    """One tenant's spend in one hour (`hour`: unix seconds // 3600)."""
+    return f"sy:ledger:{{{tenant}}}:{hour}"
 
 
 def request_key(tenant: str, request_id: str) -> str:
@@ -165,9 +175,12 @@ class Store(Protocol):
     async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]: ...
     async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None: ...
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]: ...
-    # Score sketches: per-field sums that replicas add to (merged, not overwritten), with a TTL.
-    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None: ...
+    # Float sums added to hashes (score sketches, the spend ledger), merged rather than overwritten
+    # across replicas, each hash given a TTL; plus members added to an index set.
+    async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                            index: tuple[str, Sequence[str]] | None = None) -> None: ...
     async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]: ...
+    async def set_members(self, key: str) -> list[str]: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -209,6 +222,7 @@ class MemoryStore:
         self._streams: dict[str, deque[tuple[str, bytes]]] = {}
         self._requests: OrderedDict[str, tuple[dict[str, bytes], float]] = OrderedDict()  # key → fields, expiry
         self._last_id = (0, 0)
+        self._sets: dict[str, set[str]] = {}
 
     def _live(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -327,14 +341,18 @@ class MemoryStore:
                     break
         return out
 
-    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None:
+    async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                            index: tuple[str, Sequence[str]] | None = None) -> None:
         now = time.monotonic()
         for k in [k for k, (_, expires) in self._hashes.items() if expires <= now]:
             del self._hashes[k]
-        fields, expires = self._hashes.get(key, ({}, now + ttl_s))
-        for name, value in deltas.items():
-            fields[name] = fields.get(name, 0.0) + value
-        self._hashes[key] = (fields, expires)
+        for key, fields in sums.items():
+            row, _ = self._hashes.get(key, ({}, 0.0))
+            for name, amount in fields.items():
+                row[name] = row.get(name, 0.0) + amount
+            self._hashes[key] = (row, now + ttl_s)
+        if index is not None:
+            self._sets.setdefault(index[0], set()).update(index[1])
 
     async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
         now = time.monotonic()
@@ -343,6 +361,9 @@ class MemoryStore:
             fields, expires = self._hashes.get(key, ({}, now))
             out.append(dict(fields) if expires > now else {})
         return out
+
+    async def set_members(self, key: str) -> list[str]:
+        return sorted(self._sets.get(key, ()))
 
     async def ping(self) -> bool:
         return True
@@ -491,16 +512,19 @@ class RedisStore:
         rows = await self._guarded(lambda: self._client.xrange(stream, min=f"({after}", max="+", count=count))
         return [(_text(entry_id), fields[b"r"]) for entry_id, fields in rows]
 
-    async def add_to_hash(self, key: str, deltas: Mapping[str, float], ttl_s: float) -> None:
-        """HINCRBYFLOAT each field (so replicas' additions merge) and set the TTL, in one round trip."""
+    async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                            index: tuple[str, Sequence[str]] | None = None) -> None:
+        """One round trip: HINCRBYFLOAT per field, a TTL per hash, SADD of the index."""
         async def added() -> None:
             async with self._client.pipeline(transaction=False) as pipe:
-                for name, value in deltas.items():
-                    pipe.hincrbyfloat(key, name, value)
-                pipe.expire(key, max(1, int(ttl_s)), nx=True)
+                for key, fields in sums.items():
+                    for name, amount in fields.items():
+                        pipe.hincrbyfloat(key, name, amount)
+                    pipe.expire(key, int(ttl_s))
+                if index is not None and index[1]:
+                    pipe.sadd(index[0], *index[1])
                 await pipe.execute()
-        if deltas:
-            await self._guarded(added)
+        await self._guarded(added)
 
     async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
         async def read() -> list[dict[str, float]]:
@@ -510,6 +534,10 @@ class RedisStore:
                 rows = await pipe.execute()
             return [{_text(k): float(v) for k, v in row.items()} for row in rows]
         return await self._guarded(read) if keys else []
+
+    async def set_members(self, key: str) -> list[str]:
+        members = await self._guarded(lambda: self._client.smembers(key))
+        return sorted(_text(m) for m in members)
 
     async def ping(self) -> bool:
         try:

@@ -67,7 +67,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
-    auth = Authenticator(config.tenants, store, config.on_store_outage)
+    auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256)
     tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
@@ -131,7 +131,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         calibrating = asyncio.create_task(services.calibrator.run(calibrate_s))
         watcher = asyncio.create_task(services.policies.watch(watch_policies_s)) if watch_policies_s else None
         router_task = asyncio.create_task(sync.run()) if sync is not None else None
-        for background in (services.requests, services.shadow):
+        for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
                 background.start()
         log.info("switchyard ready: %d deployments, policies %s, store %s, router %s", len(config.deployments),
@@ -149,6 +149,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
                 await services.shadow.close()
             if services.requests is not None:
                 await services.requests.close()  # what is queued is written before the store closes
+            await services.ledger.close()  # after the shadow workers, whose bills it writes
             for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
                 await backend.close()
             await services.cache.store.close()

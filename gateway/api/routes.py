@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request
@@ -19,16 +19,18 @@ from fastapi.responses import Response, StreamingResponse
 from opentelemetry.context import Context
 from starlette.background import BackgroundTask
 
-from gateway import pipeline
+from gateway import ledger, pipeline
 from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
-from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge
+from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, StoreOutage
 from gateway.feedback import Feedback, not_found
 from gateway.pipeline import CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
+from gateway.state import StoreUnavailable
 from gateway.streaming import DONE, replay, sse
 
 log = logging.getLogger("switchyard.api")
+T = TypeVar("T")
 
 
 def _svc(request: Request) -> Services:
@@ -198,14 +200,42 @@ async def list_models(request: Request) -> Response:
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
 
 
+_SPEND_PARAMS = frozenset({"group_by", "from", "to"})
+
+
 async def spend(request: Request) -> Response:
+    """The durable ledger, grouped as asked: a tenant's key sees its own spend, the admin key (and
+    anyone on a gateway without tenants) everyone's."""
     svc = _svc(request)
-    tenant = svc.auth.identify(request.headers.get("authorization"))
-    snap = svc.ledger.snapshot()
-    if not svc.auth.open:  # a tenant sees its own spend only
-        snap = {"tenants": {tenant.name: snap["tenants"].get(tenant.name)},
-                "shadow": {tenant.name: snap["shadow"].get(tenant.name)}}
-    return Response(orjson.dumps(snap), media_type="application/json")
+    authorization = request.headers.get("authorization")
+    tenants = None if svc.auth.open or svc.auth.is_admin(authorization) else [svc.auth.identify(authorization).name]
+    query = request.query_params
+    for name in query:
+        if name not in _SPEND_PARAMS:
+            raise InvalidRequest(f"unknown parameter '{name[:64]}' (use {', '.join(sorted(_SPEND_PARAMS))})",
+                                 param=name[:64])
+    group_by = _spend_param("group_by", lambda: ledger.parse_group_by(query.get("group_by")))
+    start = _spend_param("from", lambda: ledger.parse_time(query["from"]) if "from" in query else None)
+    end = _spend_param("to", lambda: ledger.parse_time(query["to"]) if "to" in query else None)
+    window = _spend_param("from", lambda: ledger.window(start, end))
+    await svc.ledger.flushed()  # this replica's own bills are in before it answers
+    try:
+        hashes = await ledger.read_spend(svc.ledger.store, window, tenants)
+    except StoreUnavailable as exc:
+        raise StoreOutage(f"spend cannot be read right now; retry shortly ({exc})",
+                          headers={"retry-after": "2"}) from None
+    total = ledger.spend_table(hashes, ())
+    body = {"object": "spend", "from": ledger.iso(window.start), "to": ledger.iso(window.end),
+            "group_by": list(group_by), "data": ledger.spend_table(hashes, group_by),
+            "total": total[0] if total else ledger.empty_row()}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _spend_param(name: str, parse: Callable[[], T]) -> T:
+    try:
+        return parse()
+    except ValueError as exc:
+        raise InvalidRequest(f"{name}: {exc}", param=name) from None
 
 
 async def healthz(request: Request) -> Response:
@@ -231,6 +261,7 @@ async def readyz(request: Request) -> Response:
             body["request_log"] = svc.requests.stats()
         if svc.shadow is not None:
             body["shadow"] = dict(svc.shadow.counts)
+        body["ledger"] = svc.ledger.stats()
     return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
 
 

@@ -60,8 +60,13 @@ async def _sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, 
         outs = [(done, rec)]
     else:
         single = {**base, "n": 1}
-        outs = await asyncio.gather(*(up.call((d,), single, span, deadline=deadline, role="sample")
-                                      for d in samplers))
+        # Every sample runs to its end, even when one fails: the ones that answered are billed.
+        got = await asyncio.gather(*(up.call((d,), single, span, deadline=deadline, role="sample")
+                                     for d in samplers), return_exceptions=True)
+        outs = [g for g in got if not isinstance(g, BaseException)]
+        failed = next((g for g in got if isinstance(g, BaseException)), None)
+        if failed is not None:
+            raise billing(failed, [rec for _, rec in outs])
     samples = _Samples([], [], [], [rec for _, rec in outs])
     for done, rec in outs:
         texts = _texts([done.body])
@@ -156,9 +161,25 @@ async def _judge_score(up: Upstreams, plan: Cascade, body: dict[str, Any], text:
     return (min(10, found + 1) / 10 if found is not None else 0.0), [rec]
 
 
+def billing(exc: BaseException, calls: list[CallRecord]) -> BaseException:
+    """`exc`, carrying the calls that answered before it (a GatewayError's `billed`) for the ledger."""
+    if isinstance(exc, GatewayError) and calls:
+        exc.billed = (*calls, *exc.billed)
+    return exc
+
+
 async def run_cascade(up: Upstreams, plan: Cascade, body: dict[str, Any], span: Span | None,
                       deadline: Deadline) -> Result:
     calls: list[CallRecord] = []
+    try:
+        return await _cascade(up, plan, body, span, deadline, calls)
+    except GatewayError as exc:
+        billing(exc, calls)
+        raise
+
+
+async def _cascade(up: Upstreams, plan: Cascade, body: dict[str, Any], span: Span | None,
+                   deadline: Deadline, calls: list[CallRecord]) -> Result:
     trail: list[dict[str, Any]] = []
     for i, step in enumerate(plan.steps[:-1]):
         answer, conf, step_calls, evidence = await _confidence(up, plan, step, body, span, deadline)

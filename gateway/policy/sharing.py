@@ -82,7 +82,7 @@ class Calibrator:
         for (name, version), controller in list(self.controllers.items()):
             taken = controller.take_pending()
             try:
-                await self.store.add_to_hash(calibration_key(name, version, bucket), taken.fields(), ttl)
+                await self.store.add_to_hashes({calibration_key(name, version, bucket): taken.fields()}, ttl)
             except StoreUnavailable as exc:
                 controller.push_failed(taken)
                 log.debug("calibration of %s not pushed: %s", name, exc)

@@ -13,7 +13,8 @@ from tests.support.processes import Simulator, running_gateway, start_redis
 
 
 def _streamy_requests(base_url: str) -> int:
-    return int((httpx.get(base_url + "/spend").json()["deployments"].get("streamy") or {}).get("requests", 0))
+    rows = httpx.get(base_url + "/spend", params={"group_by": "deployment"}).json()["data"]
+    return sum(r["requests"] for r in rows if r["deployment"] == "streamy")
 
 
 def test_client_that_disconnects_mid_stream_leaves_the_gateway_serving(base_url: str) -> None:

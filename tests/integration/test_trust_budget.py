@@ -184,8 +184,8 @@ def test_an_answer_without_usage_is_billed_from_counted_tokens(open_gateway: str
 
 def test_a_stream_without_usage_is_billed_from_counted_tokens(open_gateway: str) -> None:
     def billed() -> float:
-        row = httpx.get(open_gateway + "/v1/spend").json()["deployments"].get("bare") or {}
-        return float(row.get("cost_usd", 0.0))
+        rows = httpx.get(open_gateway + "/v1/spend", params={"group_by": "deployment"}).json()["data"]
+        return sum(r["cost_usd"] for r in rows if r["deployment"] == "bare")
 
     before = billed()
     client = openai.OpenAI(base_url=open_gateway + "/v1", api_key="x", max_retries=0)

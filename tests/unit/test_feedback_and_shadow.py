@@ -12,7 +12,7 @@ from gateway.config import DeploymentConfig, RequestLogSettings
 from gateway.errors import ConfigError, NotFound, UpstreamError
 from gateway.executor.upstreams import CallRecord
 from gateway.feedback import Completed, Feedback, RequestLog, build_record
-from gateway.ledger import Ledger
+from gateway.ledger import Ledger, read_spend, spend_table, window
 from gateway.logs_export import model_names, parse_duration, to_row
 from gateway.plans import Shadow
 from gateway.policy import Catalog
@@ -142,6 +142,7 @@ def test_a_failing_judge_leaves_the_request_unlabelled_and_bills_what_ran() -> N
         prices = {d.name: DeploymentPrice(1e-7, 2e-7, "config") for d in DEPLOYMENTS}
         catalog = Catalog({d.name: d for d in DEPLOYMENTS}, prices)
         ledger = Ledger(store)
+        ledger.start()
         requests = RequestLog(store, RequestLogSettings())
         shadow = ShadowEvaluator(_Upstreams(), catalog, Authenticator([], store), ledger,  # type: ignore[arg-type]
                                  requests, Telemetry())
@@ -149,7 +150,10 @@ def test_a_failing_judge_leaves_the_request_unlabelled_and_bills_what_ran() -> N
                   " ".join(["cheap"] * 80), "small", 10, 5.0)
         assert await shadow.evaluate(job) is None
         assert shadow.counts["failed"] == 1
-        assert ledger.shadow_by_tenant["t"].cost_usd == pytest.approx(0.002)
+        await ledger.close()
+        rows = spend_table(await read_spend(store, window(None, None)), ("plan_kind",))
+        assert [(r["plan_kind"], r["requests"]) for r in rows] == [("shadow", 0)]  # billed, counted apart
+        assert rows[0]["cost_usd"] == pytest.approx(0.002)
         with pytest.raises(NotFound):
             await requests.put_feedback("t", Feedback("r1", "judge", 1.0))
 

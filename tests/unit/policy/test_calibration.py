@@ -278,7 +278,7 @@ async def test_replicas_merge_their_observations_through_the_store(tmp_path: Pat
 
 async def test_observations_are_kept_through_a_store_outage(tmp_path: Path) -> None:
     class _Down(MemoryStore):
-        async def add_to_hash(self, key, deltas, ttl_s):  # type: ignore[no-untyped-def]
+        async def add_to_hashes(self, sums, ttl_s, index=None):  # type: ignore[no-untyped-def]
             raise StoreUnavailable("down")
 
     policy = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
