@@ -106,6 +106,9 @@ class GatewayConfig(_Strict):
     on_store_outage: OutageSetting = Field(
         default="fail_closed", description="budgets and rate limits when the store is down: refuse or let through")
     request_log: RequestLogSettings = RequestLogSettings()
+    metrics_token_env: str | None = Field(
+        default=None, description="env var holding the bearer token that may read /metrics from other hosts "
+                                  "when tenants are configured (loopback callers need none)")
 
     @field_validator("deployments")
     @classmethod

@@ -10,8 +10,9 @@ Only failures that say something about the deployment count toward its circuit; 
 request caused does not (and 400/422 end the request: another deployment would say the same).
 When no deployment was even tried because every circuit is open, the answer is 503
 `deployment_unavailable` with Retry-After. Clients see which deployment failed and how; the
-full detail goes to the `switchyard.upstream` log. Every attempt is a `switchyard.upstream` span
-with gen_ai.* attributes and its cost.
+full detail goes to the `switchyard.upstream` log (`event`: upstream_failure, upstream_retry).
+Every attempt is a `switchyard.upstream` span with gen_ai.* attributes and its cost, and a
+`gen_ai.client.operation.duration` / `gen_ai.client.token.usage` measurement.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
+from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import DeploymentPrice
@@ -132,12 +134,17 @@ def _is_request_fault(exc: ProviderFailure) -> bool:
 
 class Upstreams:
     def __init__(self, deployments: Mapping[str, DeploymentConfig], backends: Mapping[str, Backend],
-                 prices: Mapping[str, DeploymentPrice], health: HealthBoard, telemetry: Telemetry) -> None:
+                 prices: Mapping[str, DeploymentPrice], health: HealthBoard, telemetry: Telemetry,
+                 metrics: Metrics | None = None) -> None:
         self.deployments = deployments
         self.backends = backends
         self.prices = prices
         self.health = health
         self.telemetry = telemetry
+        self.metrics = metrics
+        # the GenAI metric attributes of each deployment, fixed: provider and model as configured
+        self._gen_ai = {n: ("chat", *_provider_and_model(d.model, backends[n].name), n)
+                        for n, d in deployments.items()}
         # Checked once at start-up: not fatal, other deployments may work; calls to these fail at once.
         self.missing_keys = {n: var for n, d in deployments.items() if (var := missing_credential(d))}
         for name, var in self.missing_keys.items():
@@ -165,37 +172,51 @@ class Upstreams:
                 raise _DeadlinePassed from None
             raise
 
-    def _failed(self, name: str, exc: BaseException, span: Span, trial: bool) -> None:
+    def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float) -> None:
         """Book a failed attempt: only failures about the deployment count toward its circuit."""
         health = self.health[name]
         if isinstance(exc, ProviderFailure) and exc.counts_against_deployment:
             health.record_failure(time.monotonic(), trial=trial)
         else:  # the request's fault, the deadline, a cancelled call: no verdict on the deployment
             health.record_neutral(trial=trial)
+        error_type = _error_type(exc)
         if isinstance(exc, ProviderFailure):
-            log.warning("deployment '%s' failed: %s", name, exc)
-            set_attributes(span, error__type="timeout" if exc.timeout else str(exc.status or "connection"))
-        else:
-            set_attributes(span, error__type=type(exc).__name__)
+            log.warning("deployment '%s' failed: %s", name, exc, extra={
+                "event": "upstream_failure", "deployment": name, "error_type": error_type,
+                "status": exc.status, "retryable": exc.retryable, "reason": exc.reason})
+        set_attributes(span, error__type=error_type)
+        if self.metrics is not None:
+            self.metrics.upstream_failures.add((name, error_type))
+            self.metrics.operation.record((*self._gen_ai[name], error_type), time.perf_counter() - started)
         span.set_status(Status(StatusCode.ERROR, str(exc)[:200] or type(exc).__name__))
         span.end()
 
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                        trial: bool) -> Completion:
         span = self._span(name, parent, body)
+        started = time.perf_counter()
         try:
             done = counted(await self._bounded(name, self.backends[name].complete(self.deployments[name], body),
                                                deadline), body)
         except BaseException as exc:
-            self._failed(name, exc, span, trial)
+            self._failed(name, exc, span, trial, started)
             raise
         self.health[name].record_success(done.latency_s)
+        if self.metrics is not None:
+            self._measure(name, time.perf_counter() - started, done.usage)
         set_attributes(span, gen_ai__response__model=done.body.get("model"),
                        gen_ai__usage__input_tokens=done.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=done.usage.completion_tokens,
                        switchyard__cost_usd=self.prices[name].cost(done.usage))
         span.end()
         return done
+
+    def _measure(self, name: str, seconds: float, usage: Usage, error_type: str = "") -> None:
+        assert self.metrics is not None
+        gen_ai = self._gen_ai[name]
+        self.metrics.operation.record((*gen_ai, error_type), seconds)
+        self.metrics.usage.record((*gen_ai, "input"), usage.prompt_tokens)
+        self.metrics.usage.record((*gen_ai, "output"), usage.completion_tokens)
 
     async def _with_retries(self, name: str, once: Callable[[bool], Awaitable[T]], deadline: Deadline) -> T:
         """One deployment: attempts while its circuit admits them, retries bounded by count and deadline.
@@ -228,11 +249,15 @@ class Upstreams:
         except ProviderFailure as exc:
             if not exc.retryable or retries == 0 or _longest_wait(exc, 1) >= deadline.remaining():
                 raise  # nothing to retry, or the wait would not fit: the next fallback, at once
-        await asyncio.sleep(_retry_wait(failures[-1], 1))
+        wait = _retry_wait(failures[-1], 1)
+        _log_retry(name, 1, wait, failures[-1])
+        await asyncio.sleep(wait)
         retrying = AsyncRetrying(
             stop=stop_any(stop_after_attempt(retries), _WaitWouldNotFit(deadline)),
             wait=lambda state: _retry_wait(_outcome_failure(state), state.attempt_number + 1),
-            retry=retry_if_exception(_retryable), reraise=True)
+            retry=retry_if_exception(_retryable), reraise=True,
+            before_sleep=lambda state: _log_retry(name, state.attempt_number + 1, state.upcoming_sleep,
+                                                  _outcome_failure(state)))
         try:
             async for step in retrying:
                 with step:
@@ -290,16 +315,17 @@ class Upstreams:
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
         span = self._span(name, parent, body)
+        started = time.perf_counter()
         stats = StreamStats()
         chunks = self.backends[name].stream(self.deployments[name], body, stats)
         try:
             first = await self._bounded(name, anext(chunks), deadline)
         except StopAsyncIteration:
             exc = ProviderFailure(f"{name}: stream ended before any chunk", reason="stream ended before any chunk")
-            self._failed(name, exc, span, trial)
+            self._failed(name, exc, span, trial, started)
             raise exc from None
         except BaseException as exc:
-            self._failed(name, exc, span, trial)
+            self._failed(name, exc, span, trial, started)
             raise
         if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
             self.health[name].trial_passed()
@@ -317,13 +343,39 @@ class Upstreams:
         latency = time.perf_counter() - s.started
         cost = self.prices[s.deployment].cost(s.stats.usage)
         if error:
-            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error)
+            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error, extra={
+                "event": "upstream_failure", "deployment": s.deployment, "error_type": "stream", "reason": error})
             self.health[s.deployment].record_failure(time.monotonic())
             s.span.set_status(Status(StatusCode.ERROR, error[:200]))
         else:
             self.health[s.deployment].record_success(latency, s.stats.ttft_s)
+        if self.metrics is not None:
+            gen_ai = self._gen_ai[s.deployment]
+            if error:
+                self.metrics.upstream_failures.add((s.deployment, "stream"))
+            if s.stats.ttft_s is not None:
+                self.metrics.first_chunk.record(gen_ai, s.stats.ttft_s)
+            self._measure(s.deployment, latency + (s.stats.ttft_s or 0.0), s.stats.usage, "stream" if error else "")
         set_attributes(s.span, gen_ai__usage__input_tokens=s.stats.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=s.stats.usage.completion_tokens,
                        switchyard__cost_usd=cost, switchyard__ttft_s=s.stats.ttft_s)
         s.span.end()
         return CallRecord(s.deployment, s.stats.usage, cost, latency)
+
+
+def _provider_and_model(model: str, backend: str) -> tuple[str, str]:
+    """`openai/gpt-4o-mini` → ("openai", "gpt-4o-mini"); a bare model name is the backend's."""
+    provider, _, name = model.partition("/")
+    return (provider, name) if name else (backend, model)
+
+
+def _error_type(exc: BaseException) -> str:
+    if isinstance(exc, ProviderFailure):
+        return "timeout" if exc.timeout else str(exc.status or "connection")
+    return type(exc).__name__
+
+
+def _log_retry(name: str, retry: int, wait_s: float, after: ProviderFailure) -> None:
+    log.info("retrying deployment '%s' (retry %d) in %.3f s after: %s", name, retry, wait_s, after.reason,
+             extra={"event": "upstream_retry", "deployment": name, "retry": retry, "wait_s": round(wait_s, 3),
+                    "error_type": _error_type(after)})
