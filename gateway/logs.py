@@ -32,16 +32,21 @@ def fields_of(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
-def _utc(created: float) -> str:
-    seconds = time.gmtime(created)
-    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', seconds)}.{int(created % 1 * 1000):03d}Z"
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record; values orjson cannot encode are written as their str()."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        self._second, self._stamp = -1, ""  # the formatted second, reused by every line within it
+
+    def _utc(self, created: float) -> str:
+        second = int(created)
+        if second != self._second:
+            self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int(created % 1 * 1000):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"time": _utc(record.created), "level": record.levelname, "logger": record.name,
+        out: dict[str, Any] = {"time": self._utc(record.created), "level": record.levelname, "logger": record.name,
                                "message": record.getMessage()}
         out.update(fields_of(record))
         if record.exc_info:

@@ -9,6 +9,7 @@
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
     learn(...)                                    → request record queued; maybe a shadow job (both off-path)
+    observer.finish(trail, status)                → the request's metrics and log line, once, errors too
 
 One `Deadline` (the policy's timeout_s, tightened by x-switchyard-timeout-ms) is passed by value
 to every upstream call the request makes.
@@ -292,8 +293,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
     if key is not None and (hit := await svc.cache.lookup(key)) is not None:
         svc.observer.looked_up(trail.policy, hit=True)
-        trail.cache, trail.plan_label, trail.deployment = "hit", hit.plan, hit.deployment
         held = await svc.auth.admit(tenant)  # rate and spent-budget gates; a hit costs nothing to hold
+        trail.cache, trail.plan_label, trail.deployment = "hit", hit.plan, hit.deployment
         await svc.ledger.record(tenant.name, (), cached=True, reservation=held)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
         return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)

@@ -372,7 +372,7 @@ def _provider_and_model(model: str, backend: str) -> tuple[str, str]:
 def _error_type(exc: BaseException) -> str:
     if isinstance(exc, ProviderFailure):
         return "timeout" if exc.timeout else str(exc.status or "connection")
-    return type(exc).__name__
+    return "deadline" if isinstance(exc, _DeadlinePassed) else type(exc).__name__
 
 
 def _log_retry(name: str, retry: int, wait_s: float, after: ProviderFailure) -> None:
