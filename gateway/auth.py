@@ -108,6 +108,16 @@ def on_outage(setting: OutageSetting, tenant: Tenant, what: str, exc: Exception,
                           headers={"retry-after": str(OUTAGE_RETRY_AFTER_S)})
 
 
+def _log_refusal(tenant: Tenant, verdict: str, spent: float, reserved: float, asked: float) -> None:
+    if verdict == "budget":
+        log.warning("tenant %s refused: over its budget", tenant.name, extra={
+            "event": "budget_refused", "tenant": tenant.name, "budget_usd": tenant.budget_usd,
+            "spent_usd": round(spent, 12), "reserved_usd": round(reserved, 12), "request_worst_case_usd": asked})
+    else:
+        log.warning("tenant %s refused: over its request rate", tenant.name, extra={
+            "event": "rate_refused", "tenant": tenant.name, "requests_per_minute": tenant.requests_per_minute})
+
+
 OPEN_TENANT = Tenant("default")
 
 
@@ -220,6 +230,8 @@ class Authenticator:
         except StoreUnavailable as exc:
             on_outage(self.on_store_outage, tenant, "budget or rate limit", exc, self._outage_log)
             return Reservation(self.store, tenant.name)  # fail_open: spend is still settled, unheld
+        if got.verdict != "ok":
+            _log_refusal(tenant, got.verdict, got.spent, got.reserved, budget.amount if budget else 0.0)
         if got.verdict == "budget":
             assert budget is not None
             left = max(0.0, budget.limit - got.spent - got.reserved)

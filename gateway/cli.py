@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import socket
 import sys
@@ -35,10 +34,12 @@ Press Ctrl-C to stop.
 """
 
 
-def _setup_logging(level: str) -> None:
+def _setup_logging(level: str, fmt: str | None = None) -> None:
+    """`fmt`: json or text; None: text at a terminal, JSON otherwise (`gateway.logs`)."""
+    from gateway.logs import configure
     from gateway.providers.litellm_backend import quiet_litellm_loggers
 
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(level, "json" if fmt == "json" else "text" if fmt == "text" else None)
     quiet_litellm_loggers()
 
 
@@ -55,7 +56,8 @@ def _port_free(host: str, port: int) -> bool:
 def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+    # log_config=None: uvicorn's own lines go through the root handler, in the chosen format
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
                           http="httptools", loop="none", lifespan="on", timeout_graceful_shutdown=10)
 
 
@@ -313,6 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--log-level", default="info")
+    s.add_argument("--log-format", choices=("json", "text"),
+                   help="json: one JSON object per line (a line per request at info); text: for people "
+                        "(default: text at a terminal, json otherwise)")
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="run the gateway on built-in simulated models (no keys, no Redis)")
@@ -429,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     args = build_parser().parse_args(argv)
-    _setup_logging(getattr(args, "log_level", "warning"))
+    # Only `serve` may default to JSON lines; the other commands talk to a person.
+    _setup_logging(getattr(args, "log_level", "warning"), args.log_format if args.command == "serve" else "text")
     try:
         return int(args.func(args))
     except ConfigError as exc:

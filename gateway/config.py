@@ -110,6 +110,9 @@ class GatewayConfig(_Strict):
     admin_api_key_sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$",
         description="sha256 of the one admin key: it sees every tenant's spend (env SWITCHYARD_ADMIN_KEY_SHA256)")
+    metrics_token_env: str | None = Field(
+        default=None, description="env var holding the bearer token that may read /metrics from other hosts "
+                                  "when tenants are configured (loopback callers need none)")
 
     @field_validator("deployments")
     @classmethod

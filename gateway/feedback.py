@@ -150,6 +150,7 @@ class RequestLog:
         self._pending: dict[str, int] = {}  # request keys queued but not yet written
         self._throttle = LogThrottle()
         self.written = self.dropped = self.failed = 0
+        self.feedback_counts: dict[str, int] = {}  # labels stored, by source (for metrics)
         self._writer: asyncio.Task[None] | None = None
         self._batch_written = asyncio.Event()  # set (and replaced) after every batch
 
@@ -253,6 +254,7 @@ class RequestLog:
                               headers={"retry-after": "2"}) from None
         if replaced is None:
             raise not_found()
+        self.feedback_counts[fb.source] = self.feedback_counts.get(fb.source, 0) + 1
         if self.sink is not None:
             try:
                 self._queue.put_nowait({"kind": "feedback", "tenant": tenant, **stored})

@@ -11,6 +11,7 @@
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
     learn(...)                                    → request record queued; maybe a shadow job (both off-path)
+    observer.finish(trail, status)                → the request's metrics and log line, once, errors too
 
 One `Deadline` (the policy's timeout_s, tightened by x-switchyard-timeout-ms) is passed by value
 to every upstream call the request makes.
@@ -39,6 +40,7 @@ from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
+from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
     BoundPolicy,
@@ -78,6 +80,7 @@ class Services:
     ledger: Ledger
     telemetry: Telemetry
     calibrator: Calibrator
+    observer: Observer                      # metrics and the per-request log line
     requests: RequestLog | None = None      # request records and feedback (None: not recorded)
     shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
 
@@ -259,19 +262,28 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     return explained
 
 
-async def handle(svc: Services, request: dict[str, Any], ctx: CallContext) -> Outcome:
+async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail: Trail | None = None) -> Outcome:
+    """`trail`: the request's account, started when it arrived; `svc.observer.finish`es it, however it ends."""
     router = svc.router.current  # this request's router, whatever is promoted meanwhile
     span = svc.telemetry.start("switchyard.request", ctx.trace_parent, kind=SpanKind.SERVER,
                                gen_ai__operation__name="chat", gen_ai__request__model=request["model"],
                                switchyard__router__version=router.version)
+    if trail is None:
+        trail = Trail(ctx.request_id, time.perf_counter())
+    trail.trace_id, trail.router_version, trail.messages = trace_id_hex(span), router.version, request["messages"]
     try:
-        outcome = await _handle(svc, request, ctx, span, router)
+        outcome = await _handle(svc, request, ctx, span, router, trail)
     except BaseException as exc:
         set_attributes(span, error__type=type(exc).__name__)
         span.end()
+        if isinstance(exc, GatewayError):
+            svc.observer.finish(trail, exc.status, exc.code)
+        elif isinstance(exc, Exception):
+            svc.observer.finish(trail, 500, "internal_error")
         raise
     if outcome.stream is None:
         span.end()
+        svc.observer.finish(trail, 200)
     return outcome
 
 
@@ -283,9 +295,11 @@ async def _admit(svc: Services, tenant: Tenant, r: Route) -> Reservation:
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
-                  router: RememberingRouter) -> Outcome:
-    tenant = svc.auth.identify(ctx.authorization)
+                  router: RememberingRouter, trail: Trail) -> Outcome:
+    tenant = trail.tenant = svc.auth.identify(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
+    trail.policy = PINNED if entry.pinned else entry.policy.name
+    trail.policy_version = entry.policy.version
     deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
     set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name)
     trace_id = trace_id_hex(span)
@@ -293,34 +307,47 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     cache_on = entry.policy.spec.cache.enabled and is_cacheable(request, ctx.cache)
     key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
     if key is not None and (hit := await svc.cache.lookup(key)) is not None:
+        svc.observer.looked_up(trail.policy, hit=True)
         held = await svc.auth.admit(tenant)  # rate and spent-budget gates; a hit costs nothing to hold
+        trail.cache, trail.plan_label, trail.deployment = "hit", hit.plan, hit.deployment
         await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, CACHE, hit.deployment, ()),
                                 reservation=held)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
         return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)
+    if key is not None:
+        svc.observer.looked_up(trail.policy, hit=False)
 
     with svc.telemetry.span("switchyard.route", span, switchyard__router__version=router.version) as route_span:
         r = route(svc, entry, request, ctx, router)
-        plan, decision = r.plan, r.decision
+        plan = trail.plan = r.plan
+        decision = r.decision
+        if decision is not None:
+            svc.observer.decided(trail.policy, plan)
         set_attributes(route_span, switchyard__plan=plan.label,
                        switchyard__difficulty=decision.signal.difficulty if decision else None)
     held = await _admit(svc, tenant, r)
     if r.capped and ctx.overrides.max_cost_usd is not None:
         key = None  # an answer cut short by this request's own cap must not be served to others
     cache_status: CacheStatus = "miss" if key else "bypass"
+    trail.cache = cache_status
     ttl = entry.policy.spec.cache.ttl_s
     body = bounded_body(request, r)
 
     try:
         if request.get("stream") and isinstance(plan, Single):
+            waited = time.perf_counter()
             live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(body), span,
                                                    deadline=deadline)
+            trail.upstream_s += time.perf_counter() - waited
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
+            trail.stream, trail.plan_label, trail.deployment = True, label, live.deployment
             relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r,
-                                Learning(ctx.request_id, tenant, entry, decision, request, r))
+                                Learning(ctx.request_id, tenant, entry, decision, request, r), trail)
             return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
                            settle=relay.settle)
+        waited = time.perf_counter()
         result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
+        trail.upstream_s += time.perf_counter() - waited
     except GatewayError as exc:
         if exc.billed:  # calls answered before the plan failed: they cost money, the request answered nothing
             await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, plan.label, "", exc.billed,
@@ -331,6 +358,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     except BaseException:
         await held.release()
         raise
+    trail.plan_label, trail.deployment = result.plan_label, result.deployment
+    svc.observer.billed(trail, result.calls)
     await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, result.plan_label, result.deployment,
                                   result.calls, decision), reservation=held)
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
@@ -403,6 +432,7 @@ class _LiveStream:
     held: Reservation
     route: Route  # its prompt tokens bill a stream cut short
     learning: Learning
+    trail: Trail
     acc: Accumulator = field(default_factory=Accumulator)
     settled: bool = False
 
@@ -438,6 +468,10 @@ class _LiveStream:
         if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = self.svc.upstreams.close_stream(live, error)
+        self.trail.upstream_s += record.latency_s
+        self.svc.observer.billed(self.trail, (record,))
+        cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
+        self.svc.observer.finish(self.trail, 200, cut)
         it = self.learning
         await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
                                            live.deployment, (record,), it.decision), reservation=self.held)

@@ -21,6 +21,8 @@ from gateway.errors import ConfigError
 from gateway.executor import Upstreams
 from gateway.feedback import RequestLog
 from gateway.ledger import Ledger
+from gateway.metrics import CIRCUIT_STATES, Metrics
+from gateway.observer import Observer
 from gateway.pipeline import Services
 from gateway.policy import Catalog, PolicySet
 from gateway.policy.seed import SeedSample
@@ -56,7 +58,8 @@ def build_backends(deployments: list[DeploymentConfig]) -> dict[str, Backend]:
 
 
 def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
-                   router: Router | None = None, policies_dir: Path | None = None) -> Services:
+                   router: Router | None = None, policies_dir: Path | None = None,
+                   metrics: Metrics | None = None) -> Services:
     """Everything that can fail on a bad config fails here, before the server takes traffic."""
     deployments = {d.name: d for d in config.deployments}
     policies = PolicySet(policies_dir or user_policies_dir(config), config.deployments,
@@ -73,7 +76,8 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))
     catalog = Catalog(deployments, prices)
-    upstreams = Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry)
+    metrics = metrics or Metrics()
+    upstreams = Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry, metrics)
     ledger = Ledger(store)
     settings = config.request_log
     requests = RequestLog(store, settings) if settings.enabled else None
@@ -82,6 +86,8 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                              queue_size=settings.shadow_queue_size) if requests is not None else None
     serving = serving_router(config, router)
     seeds = SeedSample(serving.uncached(), config.deployments, catalog)  # no assessment-memory pollution
+    calibrator = Calibrator(store, seeds, lambda: policies.policies.values())
+    observe_state(metrics, health, policies, calibrator, requests, shadow)
     return Services(
         config=config,
         auth=auth,
@@ -92,10 +98,31 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         upstreams=upstreams,
         ledger=ledger,
         telemetry=telemetry,
+        observer=Observer(metrics, {d.name: d.tier for d in config.deployments}),
         requests=requests,
         shadow=shadow,
-        calibrator=Calibrator(store, seeds, lambda: policies.policies.values()),
+        calibrator=calibrator,
     )
+
+
+def observe_state(metrics: Metrics, health: HealthBoard, policies: PolicySet, calibrator: Calibrator,
+                  requests: RequestLog | None, shadow: ShadowEvaluator | None) -> None:
+    """Gauges and counts that their owners keep, read when metrics are collected."""
+    metrics.observe_gauge("switchyard.circuit.state", "1", "circuit per deployment: 0 closed, 1 half-open, 2 open",
+                          "deployment", lambda: {n: CIRCUIT_STATES[s] for n, s in health.states().items()})
+    # Target policies' calibrated thresholds (policies deciding by value_usd have none).
+    metrics.observe_gauge("switchyard.policy.threshold", "1", "the calibrated routing threshold of each target policy",
+                          "policy", lambda: calibrator.thresholds(policies.policies.values()))
+    if requests is not None:
+        metrics.observe_counter("switchyard.request_log.records", "{record}",
+                                "request records: written, dropped (queue full), failed (store down)",
+                                "outcome", lambda: {k: v for k, v in requests.stats().items() if k != "queued"})
+        metrics.observe_counter("switchyard.feedback", "{label}", "feedback labels stored, by source",
+                                "source", lambda: dict(requests.feedback_counts))
+    if shadow is not None:
+        metrics.observe_counter("switchyard.shadow.jobs", "{job}",
+                                "shadow evaluations: queued, dropped, labelled, unlabelled, failed, skipped_budget",
+                                "outcome", lambda: dict(shadow.counts))
 
 
 def serving_router(config: GatewayConfig, router: Router | None = None) -> ServingRouter:
@@ -118,8 +145,11 @@ def router_sync(services: Services, interval_s: float | None) -> RouterSync | No
 def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
                router: Router | None = None, policies_dir: Path | None = None,
                watch_policies_s: float | None = 1.0, watch_router_s: float | None = 1.0,
-               calibrate_s: float = SYNC_INTERVAL_S) -> FastAPI:
-    services = build_services(config, span_exporter=span_exporter, router=router, policies_dir=policies_dir)
+               calibrate_s: float = SYNC_INTERVAL_S, metrics: Metrics | None = None) -> FastAPI:
+    """`metrics`: instruments with readers of the caller's (tests); by default the app builds its own,
+    served at /metrics (and pushed over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set)."""
+    services = build_services(config, span_exporter=span_exporter, router=router, policies_dir=policies_dir,
+                              metrics=metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -154,6 +184,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
                 await backend.close()
             await services.cache.store.close()
             services.telemetry.shutdown()
+            services.observer.metrics.shutdown()
 
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.services = services

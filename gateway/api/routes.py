@@ -1,4 +1,5 @@
-"""The HTTP surface: OpenAI-compatible chat completions and models, the route explainer, feedback, health.
+"""The HTTP surface: OpenAI-compatible chat completions and models, the route explainer, feedback, health,
+metrics.
 
 Handlers take the raw `Request` and are mounted as plain Starlette routes: the body is parsed and
 validated here (to give OpenAI-style errors and enforce the size limit), so FastAPI's
@@ -7,8 +8,11 @@ per-request dependency machinery would only add latency on the hot path.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import math
+import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -23,6 +27,8 @@ from gateway import ledger, pipeline
 from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, StoreOutage
 from gateway.feedback import Feedback, not_found
+from gateway.metrics import PROMETHEUS_CONTENT_TYPE
+from gateway.observer import Trail
 from gateway.pipeline import CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
@@ -129,8 +135,14 @@ def _headers(outcome: Outcome, rid: str, with_cost: bool) -> dict[str, str]:
 async def chat_completions(request: Request) -> Response:
     svc = _svc(request)
     request.state.request_id = rid = request_id(request)
-    body = validate_chat(await read_json(request, svc.config.max_body_bytes))
-    outcome = await pipeline.handle(svc, body, call_context(request, rid, svc.telemetry.extract(request.headers)))
+    trail = Trail(rid, time.perf_counter())
+    try:
+        body = validate_chat(await read_json(request, svc.config.max_body_bytes))
+        ctx = call_context(request, rid, svc.telemetry.extract(request.headers))
+    except GatewayError as exc:  # refused before the pipeline: still one request line
+        svc.observer.finish(trail, exc.status, exc.code)
+        raise
+    outcome = await pipeline.handle(svc, body, ctx, trail)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if not body.get("stream"):
         assert outcome.body is not None
@@ -273,6 +285,28 @@ def _has_valid_key(svc: Services, request: Request) -> bool:
     return True
 
 
+_LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+async def metrics(request: Request) -> Response:
+    """Prometheus text format. Open on a gateway without tenants; with tenants, only to loopback
+    callers or with `Authorization: Bearer <token>` (the token in the `metrics_token_env` variable)."""
+    svc = _svc(request)
+    if not svc.auth.open and not _may_scrape(svc, request):
+        raise AuthenticationFailed("metrics need the metrics token ('Authorization: Bearer <token>', "
+                                   "see metrics_token_env) or a loopback caller", code="metrics_token_required")
+    return Response(svc.observer.metrics.prometheus_text(), media_type=PROMETHEUS_CONTENT_TYPE)
+
+
+def _may_scrape(svc: Services, request: Request) -> bool:
+    if request.client is not None and request.client.host in _LOOPBACK:
+        return True
+    var = svc.config.metrics_token_env
+    token = os.environ.get(var, "") if var else ""
+    scheme, _, given = (request.headers.get("authorization") or "").partition(" ")
+    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+
 ROUTES: tuple[tuple[str, Any, list[str]], ...] = (
     ("/v1/chat/completions", chat_completions, ["POST"]),
     ("/v1/route", explain_route, ["POST"]),
@@ -281,4 +315,5 @@ ROUTES: tuple[tuple[str, Any, list[str]], ...] = (
     ("/v1/spend", spend, ["GET"]),
     ("/healthz", healthz, ["GET"]),
     ("/readyz", readyz, ["GET"]),
+    ("/metrics", metrics, ["GET"]),
 )

@@ -13,7 +13,9 @@ When no deployment was even tried because every circuit is open, the answer is 5
 full detail goes to the `switchyard.upstream` log. Every attempt is a CLIENT span named and
 attributed as the GenAI semantic conventions say (`chat {model}`, `gen_ai.*`, `server.*`,
 `error.type` and status ERROR when it fails), with its deployment and cost; the call carries that
-span's W3C trace context, so the upstream's own spans join the trace.
+span's W3C trace context, so the upstream's own spans join the trace. Each attempt is also a
+`gen_ai.client.operation.duration` / `gen_ai.client.token.usage` measurement, and failures and
+retries are log lines with an `event` (upstream_failure, upstream_retry).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
+from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard
@@ -135,7 +138,8 @@ def _is_request_fault(exc: ProviderFailure) -> bool:
 
 class Upstreams:
     def __init__(self, deployments: Mapping[str, DeploymentConfig], backends: Mapping[str, Backend],
-                 prices: Mapping[str, DeploymentPrice], health: HealthBoard, telemetry: Telemetry) -> None:
+                 prices: Mapping[str, DeploymentPrice], health: HealthBoard, telemetry: Telemetry,
+                 metrics: Metrics | None = None) -> None:
         self.deployments = deployments
         self.backends = backends
         self.prices = prices
@@ -144,6 +148,9 @@ class Upstreams:
         names = {n: upstream_names(d) for n, d in deployments.items()}
         self._span_names = {n: v.span_name for n, v in names.items()}
         self._span_attributes = {n: v.attributes(n) for n, v in names.items()}
+        self.metrics = metrics
+        # the GenAI metric attributes of each deployment, fixed: operation, provider, model, deployment
+        self._gen_ai = {n: ("chat", v.provider, v.model, n) for n, v in names.items()}
         # Checked once at start-up: not fatal, other deployments may work; calls to these fail at once.
         self.missing_keys = {n: var for n, d in deployments.items() if (var := missing_credential(d))}
         for name, var in self.missing_keys.items():
@@ -168,33 +175,49 @@ class Upstreams:
                 raise _DeadlinePassed from None
             raise
 
-    def _failed(self, name: str, exc: BaseException, span: Span, trial: bool) -> None:
+    def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float) -> None:
         """Book a failed attempt: only failures about the deployment count toward its circuit."""
         health = self.health[name]
         if isinstance(exc, ProviderFailure) and exc.counts_against_deployment:
             health.record_failure(time.monotonic(), trial=trial)
         else:  # the request's fault, the deadline, a cancelled call: no verdict on the deployment
             health.record_neutral(trial=trial)
+        kind = error_type(exc)
         if isinstance(exc, ProviderFailure):
-            log.warning("deployment '%s' failed: %s", name, exc)
+            log.warning("deployment '%s' failed: %s", name, exc, extra={
+                "event": "upstream_failure", "deployment": name, "error_type": kind,
+                "status": exc.status, "retryable": exc.retryable, "reason": exc.reason})
+        if self.metrics is not None:
+            self.metrics.upstream_failures.add((name, kind))
+            self.metrics.operation.record((*self._gen_ai[name], kind), time.perf_counter() - started)
         _end_failed(span, exc)
 
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                        trial: bool) -> Completion:
         span = self._span(name, parent, body)
+        started = time.perf_counter()
         try:
             call = self.backends[name].complete(self.deployments[name], body, self.telemetry.inject(span))
             done = counted(await self._bounded(name, call, deadline), body)
         except BaseException as exc:
-            self._failed(name, exc, span, trial)
+            self._failed(name, exc, span, trial, started)
             raise
         self.health[name].record_success(done.latency_s)
+        if self.metrics is not None:
+            self._measure(name, time.perf_counter() - started, done.usage)
         set_attributes(span, gen_ai__response__model=done.body.get("model"),
                        gen_ai__usage__input_tokens=done.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=done.usage.completion_tokens,
                        switchyard__cost_usd=self.prices[name].cost(done.usage))
         span.end()
         return done
+
+    def _measure(self, name: str, seconds: float, usage: Usage, error_type: str = "") -> None:
+        assert self.metrics is not None
+        gen_ai = self._gen_ai[name]
+        self.metrics.operation.record((*gen_ai, error_type), seconds)
+        self.metrics.usage.record((*gen_ai, "input"), usage.prompt_tokens)
+        self.metrics.usage.record((*gen_ai, "output"), usage.completion_tokens)
 
     async def _with_retries(self, name: str, once: Callable[[bool], Awaitable[T]], deadline: Deadline) -> T:
         """One deployment: attempts while its circuit admits them, retries bounded by count and deadline.
@@ -227,11 +250,15 @@ class Upstreams:
         except ProviderFailure as exc:
             if not exc.retryable or retries == 0 or _longest_wait(exc, 1) >= deadline.remaining():
                 raise  # nothing to retry, or the wait would not fit: the next fallback, at once
-        await asyncio.sleep(_retry_wait(failures[-1], 1))
+        wait = _retry_wait(failures[-1], 1)
+        _log_retry(name, 1, wait, failures[-1])
+        await asyncio.sleep(wait)
         retrying = AsyncRetrying(
             stop=stop_any(stop_after_attempt(retries), _WaitWouldNotFit(deadline)),
             wait=lambda state: _retry_wait(_outcome_failure(state), state.attempt_number + 1),
-            retry=retry_if_exception(_retryable), reraise=True)
+            retry=retry_if_exception(_retryable), reraise=True,
+            before_sleep=lambda state: _log_retry(name, state.attempt_number + 1, state.upcoming_sleep,
+                                                  _outcome_failure(state)))
         try:
             async for step in retrying:
                 with step:
@@ -289,16 +316,17 @@ class Upstreams:
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
         span = self._span(name, parent, body)
+        started = time.perf_counter()
         stats = StreamStats()
         chunks = self.backends[name].stream(self.deployments[name], body, stats, self.telemetry.inject(span))
         try:
             first = await self._bounded(name, anext(chunks), deadline)
         except StopAsyncIteration:
             exc = ProviderFailure(f"{name}: stream ended before any chunk", reason="stream ended before any chunk")
-            self._failed(name, exc, span, trial)
+            self._failed(name, exc, span, trial, started)
             raise exc from None
         except BaseException as exc:
-            self._failed(name, exc, span, trial)
+            self._failed(name, exc, span, trial, started)
             raise
         set_attributes(span, gen_ai__response__model=first.get("model"))
         if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
@@ -316,11 +344,21 @@ class Upstreams:
     def close_stream(self, s: OpenStream, error: ProviderFailure | None = None) -> CallRecord:
         latency = time.perf_counter() - s.started
         cost = self.prices[s.deployment].cost(s.stats.usage)
+        if self.metrics is not None:
+            gen_ai = self._gen_ai[s.deployment]
+            if error is not None:
+                self.metrics.upstream_failures.add((s.deployment, "stream"))
+            if s.stats.ttft_s is not None:
+                self.metrics.first_chunk.record(gen_ai, s.stats.ttft_s)
+            self._measure(s.deployment, latency + (s.stats.ttft_s or 0.0), s.stats.usage,
+                          "stream" if error is not None else "")
         set_attributes(s.span, gen_ai__usage__input_tokens=s.stats.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=s.stats.usage.completion_tokens,
                        switchyard__cost_usd=cost, switchyard__ttft_s=s.stats.ttft_s)
         if error is not None:
-            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error)
+            log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error, extra={
+                "event": "upstream_failure", "deployment": s.deployment, "error_type": "stream",
+                "reason": error.reason})
             self.health[s.deployment].record_failure(time.monotonic())
             _end_failed(s.span, error)
         else:
@@ -343,3 +381,9 @@ def _end_failed(span: Span, exc: BaseException) -> None:
     set_attributes(span, error__type=error_type(exc))
     span.set_status(Status(StatusCode.ERROR, str(exc)[:200] or type(exc).__name__))
     span.end()
+
+
+def _log_retry(name: str, retry: int, wait_s: float, after: ProviderFailure) -> None:
+    log.info("retrying deployment '%s' (retry %d) in %.3f s after: %s", name, retry, wait_s, after.reason,
+             extra={"event": "upstream_retry", "deployment": name, "retry": retry, "wait_s": round(wait_s, 3),
+                    "error_type": error_type(after)})

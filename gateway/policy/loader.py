@@ -191,10 +191,13 @@ class PolicySet:
                     continue
                 self._load(path)
                 changed.append(path.stem)
-                log.info("policy %s reloaded from %s", path.stem, path.name)
+                log.info("policy %s reloaded from %s", path.stem, path.name, extra={
+                    "event": "policy_reload", "policy": path.stem, "file": path.name,
+                    "version": self.policies[path.stem].version})
             except (ConfigError, OSError) as exc:
                 self._mtimes[path] = path.stat().st_mtime if path.exists() else 0.0
-                log.error("policy file rejected, keeping the last good version:\n%s", exc)
+                log.error("policy file rejected, keeping the last good version:\n%s", exc, extra={
+                    "event": "policy_rejected", "policy": path.stem, "file": path.name, "error": str(exc)})
         for path in sorted(p for p in self._mtimes if p.parent == self.folder and p not in present):
             del self._mtimes[path]
             if self._forget(path):
@@ -208,7 +211,9 @@ class PolicySet:
         if shipped is not None and shipped != path and shipped.is_file():
             try:
                 self._load(shipped)
-                log.info("policy %s: %s was deleted, the shipped version is in force again", name, path)
+                log.info("policy %s: %s was deleted, the shipped version is in force again", name, path,
+                         extra={"event": "policy_reload", "policy": name, "file": str(shipped),
+                                "version": self.policies[name].version})
                 return True
             except ConfigError as exc:
                 log.debug("shipped policy %s does not bind: %s", name, exc)
@@ -217,7 +222,8 @@ class PolicySet:
                       path, name)
             return False
         self.policies = {k: v for k, v in self.policies.items() if k != name}
-        log.info("policy %s unloaded: %s was deleted", name, path)
+        log.info("policy %s unloaded: %s was deleted", name, path,
+                 extra={"event": "policy_unloaded", "policy": name, "file": path.name})
         return True
 
     async def watch(self, interval_s: float = 1.0) -> None:

@@ -52,6 +52,15 @@ class Calibrator:
             controller = self._start(policy)
         return controller.cutoff()
 
+    def thresholds(self, policies: Iterable[BoundPolicy]) -> dict[str, float]:
+        """The threshold in force per calibrated policy, for metrics (never seeds one on demand)."""
+        out = {}
+        for policy in policies:
+            controller = self.controllers.get((policy.name, policy.version))
+            if controller is not None:
+                out[policy.name] = controller.cutoff().threshold
+        return out
+
     def observe(self, policy: BoundPolicy, routing: Routing) -> None:
         controller = self.controllers.get((policy.name, policy.version))
         if controller is not None:

@@ -7,16 +7,20 @@ The circuit: `failure_threshold` consecutive failures that say something about t
 half-opens: `admit` lets exactly ONE trial call through while every other caller still skips it.
 A successful trial closes the circuit; a failed one re-opens it for another cooldown; a trial that
 ends without a verdict (the request's own fault, a cancelled call) lets the next caller try.
+Each transition (open, half-open, closed) is a `switchyard.circuit` log line with `event: circuit`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 Admission = Literal["closed", "trial"]
+CircuitState = Literal["closed", "half_open", "open"]
+log = logging.getLogger("switchyard.circuit")
 
 
 @dataclass(slots=True)
@@ -30,6 +34,18 @@ class DeploymentHealth:
     ttft_ewma_s: float | None = None
     calls: int = 0
     failures: int = 0
+    name: str = ""  # the deployment, for the log line of each transition
+
+    def state(self, now: float) -> CircuitState:
+        """closed; open (cooling down); half_open (cooled down: a trial may go, or is out)."""
+        if self.opened_at is None:
+            return "closed"
+        return "open" if now - self.opened_at < self.cooldown_s else "half_open"
+
+    def _moved(self, state: CircuitState, was: CircuitState) -> None:
+        log.warning("circuit of deployment '%s' is %s (was %s)", self.name, state.replace("_", "-"), was,
+                    extra={"event": "circuit", "deployment": self.name, "state": state, "was": was,
+                           "consecutive_failures": self.consecutive_failures})
 
     def is_open(self, now: float) -> bool:
         """Open = skip this deployment: cooling down, or half-open with its one trial already out."""
@@ -44,6 +60,7 @@ class DeploymentHealth:
         if self.trial_in_flight or now - self.opened_at < self.cooldown_s:
             return None
         self.trial_in_flight = True
+        self._moved("half_open", "open")
         return "trial"
 
     def retry_after_s(self, now: float) -> int:
@@ -55,6 +72,8 @@ class DeploymentHealth:
     def record_success(self, latency_s: float, ttft_s: float | None = None) -> None:
         self.calls += 1
         self.consecutive_failures = 0
+        if self.opened_at is not None:  # the trial, or a call that was out when the circuit opened
+            self._moved("closed", "half_open" if self.trial_in_flight else "open")
         self.opened_at = None
         self.trial_in_flight = False
         self.latency_ewma_s = _ewma(self.latency_ewma_s, latency_s)
@@ -69,11 +88,15 @@ class DeploymentHealth:
         if trial:
             self.trial_in_flight = False
         if trial or self.consecutive_failures >= self.failure_threshold:
+            if trial or self.opened_at is None:
+                self._moved("open", "half_open" if trial else "closed")
             self.opened_at = now
 
     def trial_passed(self) -> None:
         """A trial that has shown the deployment answers (a stream's first chunk) closes the circuit."""
         self.consecutive_failures = 0
+        if self.opened_at is not None:
+            self._moved("closed", "half_open")
         self.opened_at = None
         self.trial_in_flight = False
 
@@ -98,7 +121,7 @@ class LiveView:
 
 class HealthBoard:
     def __init__(self, names: list[str], *, failure_threshold: int = 5, cooldown_s: float = 15.0) -> None:
-        self._health = {n: DeploymentHealth(failure_threshold, cooldown_s) for n in names}
+        self._health = {n: DeploymentHealth(failure_threshold, cooldown_s, name=n) for n in names}
 
     def __getitem__(self, name: str) -> DeploymentHealth:
         return self._health[name]
@@ -109,6 +132,10 @@ class HealthBoard:
             open_circuits=frozenset(n for n, h in self._health.items() if h.is_open(now)),
             latency_s={n: h.latency_ewma_s for n, h in self._health.items() if h.latency_ewma_s is not None},
         )
+
+    def states(self) -> dict[str, CircuitState]:
+        now = time.monotonic()
+        return {n: h.state(now) for n, h in self._health.items()}
 
     def snapshot(self) -> dict[str, dict[str, float | int | bool | None]]:
         now = time.monotonic()

@@ -53,7 +53,9 @@ class RouterSync:
             return False  # not marked seen: the next poll tries again
         except (ArtifactError, OSError, ValueError, KeyError) as exc:
             log.error("router %s cannot be served (%s); still serving %s",
-                      entry.version if entry else "configured", exc, self.serving.version)
+                      entry.version if entry else "configured", exc, self.serving.version,
+                      extra={"event": "router_rejected", "version": entry.version if entry else "configured",
+                             "serving": self.serving.version, "error": str(exc)})
             changed = False
         self._seen = raw
         return changed
@@ -71,7 +73,9 @@ class RouterSync:
             new = await asyncio.to_thread(load_artifact, artifact)
         old = serving.swap(new)
         how = f"{entry.action} by {entry.by}" if entry else "no version promoted"
-        log.info("router %s now serving (was %s; %s)", new.version, old.version, how)
+        log.info("router %s now serving (was %s; %s)", new.version, old.version, how, extra={
+            "event": "router_reload", "version": new.version, "was": old.version,
+            "action": entry.action if entry else "configured", "by": entry.by if entry else None})
         return True
 
     async def run(self) -> None:

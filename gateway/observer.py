@@ -1,0 +1,117 @@
+"""What each chat request leaves behind for operators: its metrics and its one log line.
+
+The pipeline fills a `Trail` as the request goes (tenant, policy, plan, deployment, cache, tokens,
+cost, time spent waiting on upstreams) and hands it to `Observer.finish` exactly once: when the
+answer is ready, when the request fails (with the error's status and code), or, for a relayed
+stream, when the stream settles. `finish` counts it and writes the `switchyard.request` line:
+
+    {"time": "...", "level": "INFO", "logger": "switchyard.request", "message": "POST /v1/chat/completions 200",
+     "event": "request", "request_id": "req_...", "trace_id": null, "tenant": "default", "policy": "balanced",
+     "plan": "single:small", "deployment": "small", "status": 200, "cache": "miss", "stream": false,
+     "input_tokens": 14, "output_tokens": 30, "cost_usd": 6.2e-06, "overhead_ms": 0.61,
+     "upstream_ms": 4.1, "duration_ms": 4.71, ...}
+
+`overhead_ms` is what the gateway added: the total minus the time spent waiting on upstream calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.auth import Tenant
+from gateway.executor.upstreams import CallRecord
+from gateway.metrics import Metrics, plan_kind
+from gateway.plans import Plan
+from gateway.signal import routing_prompt
+
+log = logging.getLogger("switchyard.request")
+UNKNOWN = "none"   # a label not known when the request ended (401 before a tenant, 404 before a policy)
+PINNED = "pinned"  # the policy label of a call that named a deployment (it was not routed)
+
+
+@dataclass(slots=True)
+class Trail:
+    """One request's account, filled in by the pipeline. Not frozen: it is built up step by step."""
+
+    request_id: str
+    started: float  # time.perf_counter() when the request arrived
+    trace_id: str | None = None
+    tenant: Tenant | None = None
+    policy: str = UNKNOWN
+    policy_version: str = ""
+    router_version: str = ""
+    plan: Plan | None = None
+    plan_label: str = ""
+    deployment: str = UNKNOWN
+    cache: str = "bypass"
+    stream: bool = False
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    upstream_s: float = 0.0
+    messages: Sequence[Mapping[str, Any]] = ()
+    finished: bool = False
+
+
+class Observer:
+    def __init__(self, metrics: Metrics, tiers: Mapping[str, str]) -> None:
+        self.metrics = metrics
+        self.tiers = dict(tiers)  # deployment → tier, for the routing-mix counter
+
+    def decided(self, policy: str, plan: Plan) -> None:
+        self.metrics.decisions.add((policy, self.tiers.get(plan.deployments[0], UNKNOWN)))
+
+    def looked_up(self, policy: str, hit: bool) -> None:
+        self.metrics.cache.add((policy, "hit" if hit else "miss"))
+
+    def billed(self, trail: Trail, calls: Sequence[CallRecord]) -> None:
+        """Calls that answered this request: their cost and tokens, by deployment."""
+        m = self.metrics
+        tenant = trail.tenant.name if trail.tenant is not None else UNKNOWN
+        for c in calls:
+            prompt, completion = c.usage.prompt_tokens, c.usage.completion_tokens
+            trail.cost_usd += c.cost_usd
+            trail.input_tokens += prompt
+            trail.output_tokens += completion
+            m.cost.add((tenant, c.deployment, trail.policy), c.cost_usd)
+            m.tokens.add((tenant, c.deployment, trail.policy, "input"), prompt)
+            m.tokens.add((tenant, c.deployment, trail.policy, "output"), completion)
+
+    def finish(self, trail: Trail, status: int, error_code: str | None = None) -> None:
+        if trail.finished:
+            return
+        trail.finished = True
+        total = time.perf_counter() - trail.started
+        overhead = max(0.0, total - trail.upstream_s)
+        m = self.metrics
+        tenant = trail.tenant.name if trail.tenant is not None else UNKNOWN
+        code = str(status)
+        m.requests.add((tenant, trail.policy, plan_kind(trail.plan) if trail.cache != "hit" else "cache",
+                        trail.deployment, code))
+        m.overhead.record((trail.policy,), overhead)
+        m.duration.record((trail.policy, code), total)
+        if log.isEnabledFor(logging.INFO):
+            log.info("POST /v1/chat/completions %d", status, extra=self._line(trail, tenant, status, error_code,
+                                                                              total, overhead))
+
+    @staticmethod
+    def _line(trail: Trail, tenant: str, status: int, error_code: str | None, total: float,
+              overhead: float) -> dict[str, Any]:
+        line: dict[str, Any] = {
+            "event": "request", "request_id": trail.request_id, "trace_id": trail.trace_id, "tenant": tenant,
+            "policy": trail.policy, "policy_version": trail.policy_version, "plan": trail.plan_label,
+            "deployment": trail.deployment, "status": status, "cache": trail.cache, "stream": trail.stream,
+            "input_tokens": trail.input_tokens, "output_tokens": trail.output_tokens,
+            "cost_usd": round(trail.cost_usd, 12), "overhead_ms": round(overhead * 1000, 3),
+            "upstream_ms": round(trail.upstream_s * 1000, 3), "duration_ms": round(total * 1000, 3),
+            "router_version": trail.router_version,
+        }
+        if error_code is not None:
+            line["error_code"] = error_code
+        if trail.tenant is not None and trail.tenant.log_prompts and trail.messages:
+            line["prompt"] = routing_prompt(trail.messages)
+        return line

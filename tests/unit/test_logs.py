@@ -1,0 +1,129 @@
+"""Log formats, the per-request line (what it holds and what it never holds), circuit transition lines."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.auth import Tenant
+from gateway.executor.upstreams import CallRecord
+from gateway.logs import JsonFormatter, TextFormatter, configure, default_format
+from gateway.metrics import Metrics
+from gateway.observer import Observer, Trail
+from gateway.plans import Single
+from gateway.providers.base import Usage
+from gateway.providers.health import DeploymentHealth
+
+PROMPT = "Summarise the quarterly report of the secret project."
+
+
+def _record(msg: str = "hello %s", *args: object, **extra: object) -> logging.LogRecord:
+    logger = logging.getLogger("switchyard.test")
+    return logger.makeRecord(logger.name, logging.INFO, __file__, 1, msg, args or ("world",), None, extra=extra)
+
+
+def test_the_json_formatter_writes_one_object_with_the_extra_fields() -> None:
+    line = JsonFormatter().format(_record(event="thing", deployment="small", n=3, when=object()))
+    parsed = json.loads(line)
+    assert "\n" not in line
+    assert parsed["message"] == "hello world" and parsed["level"] == "INFO" and parsed["logger"] == "switchyard.test"
+    assert parsed["event"] == "thing" and parsed["deployment"] == "small" and parsed["n"] == 3
+    assert parsed["time"].endswith("Z") and "when" in parsed  # an object orjson cannot encode is str()-ed
+    assert not {"args", "msg", "levelno", "pathname", "exc_info"} & set(parsed)
+
+
+def test_the_json_formatter_keeps_the_traceback_on_one_line() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+
+        record = logging.getLogger("x").makeRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    line = JsonFormatter().format(record)
+    assert "\n" not in line and "ValueError: boom" in json.loads(line)["exception"]
+
+
+def test_the_text_formatter_appends_fields_as_key_value() -> None:
+    line = TextFormatter().format(_record(event="circuit", deployment="small", reason="two words", gone=None))
+    assert line.endswith("hello world event=circuit deployment=small reason=\"two words\"")
+
+
+def test_the_default_format_is_text_at_a_terminal_and_json_otherwise() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert default_format(Tty()) == "text"
+    assert default_format(io.StringIO()) == "json"
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure("info", "json", stream=stream)
+    yield stream
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(x) for x in stream.getvalue().splitlines()]
+
+
+def _finish(tenant: Tenant, status: int = 200, code: str | None = None) -> None:
+    observer = Observer(Metrics(otlp=False), {"small": "small"})
+    trail = Trail("req_1", time.perf_counter(), tenant=tenant, policy="balanced", plan=Single("small"),
+                  plan_label="single:small", deployment="small", cache="miss",
+                  messages=[{"role": "user", "content": PROMPT}])
+    observer.billed(trail, (CallRecord("small", Usage(12, 30), 0.000042, 0.01),))
+    trail.upstream_s = 0.01
+    observer.finish(trail, status, code)
+    observer.finish(trail, status, code)  # a second call (a stream settled twice) writes nothing
+
+
+def test_the_request_line_holds_the_account_and_no_prompt_by_default(captured: io.StringIO) -> None:
+    _finish(Tenant("acme"))
+    (line,) = _lines(captured)
+    assert line["logger"] == "switchyard.request" and line["event"] == "request"
+    assert (line["tenant"], line["policy"], line["plan"], line["deployment"]) == ("acme", "balanced", "single:small",
+                                                                                   "small")
+    assert (line["input_tokens"], line["output_tokens"], line["cost_usd"]) == (12, 30, 0.000042)
+    assert line["upstream_ms"] == 10.0 and line["overhead_ms"] <= line["duration_ms"]
+    assert "prompt" not in line and PROMPT not in captured.getvalue()
+
+
+def test_the_request_line_holds_the_prompt_for_a_tenant_with_log_prompts(captured: io.StringIO) -> None:
+    _finish(Tenant("acme", log_prompts=True))
+    assert _lines(captured)[0]["prompt"] == PROMPT
+
+
+def test_a_failed_request_line_has_its_status_and_error_code(captured: io.StringIO) -> None:
+    _finish(Tenant("acme"), 429, "budget_exceeded")
+    line = _lines(captured)[0]
+    assert (line["status"], line["error_code"]) == (429, "budget_exceeded")
+
+
+def test_each_circuit_transition_is_one_structured_line(caplog: pytest.LogCaptureFixture) -> None:
+    health = DeploymentHealth(failure_threshold=2, cooldown_s=10, name="small")
+    with caplog.at_level(logging.INFO, logger="switchyard.circuit"):
+        health.record_failure(0.0)
+        health.record_failure(1.0)                      # closed → open
+        health.record_failure(1.5)                      # still open: no new line
+        assert health.admit(20.0) == "trial"             # open → half-open
+        health.record_failure(20.1, trial=True)         # half-open → open
+        assert health.admit(40.0) == "trial"
+        health.record_success(0.1)                      # half-open → closed
+    moves = [(r.state, r.was) for r in caplog.records]  # type: ignore[attr-defined]
+    assert moves == [("open", "closed"), ("half_open", "open"), ("open", "half_open"), ("half_open", "open"),
+                     ("closed", "half_open")]
+    assert all(r.deployment == "small" and r.event == "circuit" for r in caplog.records)  # type: ignore[attr-defined]

@@ -1,0 +1,40 @@
+"""The metrics' own pieces: histogram buckets, and gauges read from their owners when collected."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from gateway.api.app import observe_state
+from gateway.metrics import Histogram, Metrics
+from gateway.providers.health import HealthBoard
+
+
+def test_histogram_buckets_hold_values_up_to_and_including_their_bound() -> None:
+    h = Histogram("h", "s", "", (0.1, 1.0), "policy")
+    for v in (0.05, 0.1, 0.5, 1.0, 3.0):
+        h.record(("p",), v)
+    metric = h.metric(time.time_ns())
+    assert metric is not None
+    (point,) = metric.data.data_points  # type: ignore[union-attr]
+    assert list(point.bucket_counts) == [2, 2, 1]  # type: ignore[union-attr]
+    assert (point.count, point.min, point.max) == (5, 0.05, 3.0)  # type: ignore[union-attr]
+    assert point.sum == pytest.approx(4.65)  # type: ignore[union-attr]
+    assert dict(point.attributes or {}) == {"policy": "p"}
+
+
+def test_a_calibrated_policy_reports_its_threshold_as_a_gauge() -> None:
+    metrics = Metrics(otlp=False)
+    policies: Any = SimpleNamespace(policies={"calibrated": object(), "plain": object()})
+    calibrator: Any = SimpleNamespace(thresholds=lambda _: {"calibrated": 0.42})  # policies by value_usd have none
+    board = HealthBoard(["small"], failure_threshold=1)
+    board["small"].record_failure(time.monotonic())
+    observe_state(metrics, board, policies, calibrator, None, None)
+    text = metrics.prometheus_text().decode()
+    assert 'switchyard_policy_threshold{policy="calibrated"} 0.42' in text
+    assert 'policy="plain"' not in text
+    assert 'switchyard_circuit_state{deployment="small"} 2.0' in text
+    metrics.shutdown()
