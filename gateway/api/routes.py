@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
@@ -127,6 +128,22 @@ def _headers(outcome: Outcome, rid: str, with_cost: bool) -> dict[str, str]:
 
 
 async def chat_completions(request: Request) -> Response:
+    """Timed and counted for the dashboard (a stream until its headers go out); the rest is `_chat`."""
+    started = time.perf_counter()
+    stats = _svc(request).stats
+    try:
+        response = await _chat(request)
+    except GatewayError as exc:
+        stats.observe(time.perf_counter() - started, exc.status)
+        raise
+    except Exception:
+        stats.observe(time.perf_counter() - started, 500)
+        raise
+    stats.observe(time.perf_counter() - started, response.status_code)
+    return response
+
+
+async def _chat(request: Request) -> Response:
     svc = _svc(request)
     request.state.request_id = rid = request_id(request)
     body = validate_chat(await read_json(request, svc.config.max_body_bytes))
