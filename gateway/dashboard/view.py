@@ -7,6 +7,7 @@ that answers), and the JSON says which replica that is.
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import time
@@ -33,7 +34,9 @@ _HEADERS = {"content-security-policy": CSP, "x-content-type-options": "nosniff",
 _ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
 
 
+@functools.cache
 def _read(name: str) -> bytes:
+    """A shipped file, read once (only names from this module reach here)."""
     return (STATIC / name).read_bytes()
 
 
@@ -46,8 +49,12 @@ async def page(request: Request) -> Response:
     """The page: a shell that says whether a key is needed; the data comes from `/dashboard/data`."""
     svc = _svc(request)
     needs_key = not svc.auth.may_view(None)
-    html = _read("index.html").replace(b"{{auth}}", b"key" if needs_key else b"open")
-    return Response(html, media_type="text/html; charset=utf-8", headers=_HEADERS)
+    return Response(_page(needs_key), media_type="text/html; charset=utf-8", headers=_HEADERS)
+
+
+@functools.cache
+def _page(needs_key: bool) -> bytes:
+    return _read("index.html").replace(b"{{auth}}", b"key" if needs_key else b"open")
 
 
 async def asset(request: Request) -> Response:

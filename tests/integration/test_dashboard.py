@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -138,7 +137,7 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     options.binary_location = paths[0]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--window-size=1280,1100", f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path)}"):
+                "--window-size=1280,1100", f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(arg)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=webdriver.ChromeService(paths[1]), options=options)
