@@ -181,3 +181,16 @@ def test_the_dashboard_renders_spend_in_a_real_browser_without_console_errors(da
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1280, height + 200)  # the whole page (the window's frame is counted in its size)
     browser.save_screenshot(str(SCREENSHOT))
+
+
+def test_a_tenant_key_in_the_browser_shows_no_data_and_asks_again(dash: GatewayServer, browser: Any) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(dash.base_url + "/dashboard")
+    _wait(lambda: browser.find_element(By.ID, "login").is_displayed())
+    browser.find_element(By.ID, "key").send_keys(TENANT_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    _wait(lambda: "neither" in browser.find_element(By.ID, "login-error").text)
+    assert not browser.find_element(By.ID, "board").is_displayed()
+    assert browser.find_element(By.ID, "spend").get_attribute("textContent") == "–"
+    assert browser.execute_script("return sessionStorage.length") == 0  # the refused key is not kept
