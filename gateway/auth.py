@@ -121,6 +121,14 @@ def _log_refusal(tenant: Tenant, verdict: str, spent: float, reserved: float, as
 OPEN_TENANT = Tenant("default")
 
 
+def _holds(digest: str | None, authorization: str | None) -> bool:
+    """Whether `Authorization: Bearer <key>` carries the key whose sha256 is `digest`."""
+    scheme, _, key = (authorization or "").partition(" ")
+    if digest is None or scheme.lower() != "bearer" or not key.strip():
+        return False
+    return hmac.compare_digest(digest, hash_key(key.strip()))
+
+
 def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
@@ -160,9 +168,11 @@ class Reservation:
 
 class Authenticator:
     def __init__(self, tenants: list[TenantConfig], store: Store,
-                 on_store_outage: OutageSetting = "fail_closed", admin_sha256: str | None = None) -> None:
+                 on_store_outage: OutageSetting = "fail_closed", admin_sha256: str | None = None,
+                 viewer_sha256: str | None = None) -> None:
         self.store = store
         self._admin = admin_sha256
+        self._viewer = viewer_sha256
         self.on_store_outage: OutageSetting = on_store_outage
         self._outage_log = LogThrottle()
         self._by_hash: dict[str, Tenant] = {}
@@ -193,10 +203,14 @@ class Authenticator:
 
     def is_admin(self, authorization: str | None) -> bool:
         """Whether the caller holds the admin key (`admin_api_key_sha256`), which sees every tenant."""
-        scheme, _, key = (authorization or "").partition(" ")
-        if self._admin is None or scheme.lower() != "bearer" or not key.strip():
-            return False
-        return hmac.compare_digest(self._admin, hash_key(key.strip()))
+        return _holds(self._admin, authorization)
+
+    def may_view(self, authorization: str | None) -> bool:
+        """Whether the caller may read the dashboard: the admin key or the viewer key; on an open
+        gateway (whose spend anyone may read) anyone, unless one of those keys is configured."""
+        if self._admin is None and self._viewer is None:
+            return self.open
+        return _holds(self._admin, authorization) or _holds(self._viewer, authorization)
 
     @staticmethod
     def check_policy(tenant: Tenant, policy: str) -> None:

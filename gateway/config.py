@@ -20,6 +20,7 @@ ENV_CONFIG = "SWITCHYARD_CONFIG"
 ENV_REDIS_URL = "SWITCHYARD_REDIS_URL"
 ENV_POLICIES_DIR = "SWITCHYARD_POLICIES_DIR"
 ENV_ADMIN_KEY_SHA256 = "SWITCHYARD_ADMIN_KEY_SHA256"
+ENV_VIEWER_KEY_SHA256 = "SWITCHYARD_VIEWER_KEY_SHA256"
 
 OutageSetting = Literal["fail_closed", "fail_open"]
 
@@ -113,6 +114,9 @@ class GatewayConfig(_Strict):
     metrics_token_env: str | None = Field(
         default=None, description="env var holding the bearer token that may read /metrics from other hosts "
                                   "when tenants are configured (loopback callers need none)")
+    viewer_api_key_sha256: str | None = Field(
+        default=None, pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of a key that may read the dashboard and nothing else (env SWITCHYARD_VIEWER_KEY_SHA256)")
 
     @field_validator("deployments")
     @classmethod
@@ -194,11 +198,12 @@ def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
         updates["redis_url"] = os.environ[ENV_REDIS_URL]
     if os.environ.get(ENV_POLICIES_DIR):
         updates["policies_dir"] = os.environ[ENV_POLICIES_DIR]
-    if os.environ.get(ENV_ADMIN_KEY_SHA256):
-        digest = os.environ[ENV_ADMIN_KEY_SHA256].strip().lower()
-        if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-            raise ConfigError(f"{ENV_ADMIN_KEY_SHA256}: expected the 64 hex digits of a sha256")
-        updates["admin_api_key_sha256"] = digest
+    for env, name in ((ENV_ADMIN_KEY_SHA256, "admin_api_key_sha256"), (ENV_VIEWER_KEY_SHA256, "viewer_api_key_sha256")):
+        if os.environ.get(env):
+            digest = os.environ[env].strip().lower()
+            if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
+                raise ConfigError(f"{env}: expected the 64 hex digits of a sha256")
+            updates[name] = digest
     return config.model_copy(update=updates) if updates else config
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import Tenant
+from gateway.dashboard.stats import RequestStats
 from gateway.executor.upstreams import CallRecord
 from gateway.metrics import Metrics, plan_kind
 from gateway.plans import Plan
@@ -58,9 +59,10 @@ class Trail:
 
 
 class Observer:
-    def __init__(self, metrics: Metrics, tiers: Mapping[str, str]) -> None:
+    def __init__(self, metrics: Metrics, tiers: Mapping[str, str], stats: RequestStats | None = None) -> None:
         self.metrics = metrics
         self.tiers = dict(tiers)  # deployment → tier, for the routing-mix counter
+        self.stats = stats if stats is not None else RequestStats()  # this replica's recent requests (dashboard)
 
     def decided(self, policy: str, plan: Plan) -> None:
         self.metrics.decisions.add((policy, self.tiers.get(plan.deployments[0], UNKNOWN)))
@@ -94,6 +96,7 @@ class Observer:
                         trail.deployment, code))
         m.overhead.record((trail.policy,), overhead)
         m.duration.record((trail.policy, code), total)
+        self.stats.observe(total, status)
         if log.isEnabledFor(logging.INFO):
             log.info("POST /v1/chat/completions %d", status, extra=self._line(trail, tenant, status, error_code,
                                                                               total, overhead))

@@ -35,6 +35,7 @@ from gateway import tokens
 from gateway.auth import HOLD_MARGIN_S, Authenticator, Reservation, Tenant
 from gateway.cache import CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
+from gateway.dashboard.stats import RequestStats
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.upstreams import CallRecord, OpenStream
@@ -83,6 +84,7 @@ class Services:
     observer: Observer                      # metrics and the per-request log line
     requests: RequestLog | None = None      # request records and feedback (None: not recorded)
     shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
+    stats: RequestStats = field(default_factory=RequestStats)  # this replica's recent latencies and statuses
 
 
 @dataclass(frozen=True, slots=True)

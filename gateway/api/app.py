@@ -17,6 +17,8 @@ from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
 from gateway.cache import ExactCache
 from gateway.config import DeploymentConfig, GatewayConfig
+from gateway.dashboard.stats import RequestStats
+from gateway.dashboard.view import DASHBOARD_ROUTES
 from gateway.errors import ConfigError
 from gateway.executor import Upstreams
 from gateway.feedback import RequestLog
@@ -70,7 +72,8 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
-    auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256)
+    auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256,
+                         config.viewer_api_key_sha256)
     tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
@@ -87,6 +90,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     serving = serving_router(config, router)
     seeds = SeedSample(serving.uncached(), config.deployments, catalog)  # no assessment-memory pollution
     calibrator = Calibrator(store, seeds, lambda: policies.policies.values())
+    stats = RequestStats()  # this replica's recent requests: the observer feeds it, the dashboard reads it
     observe_state(metrics, health, policies, calibrator, requests, shadow)
     return Services(
         config=config,
@@ -98,7 +102,8 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         upstreams=upstreams,
         ledger=ledger,
         telemetry=telemetry,
-        observer=Observer(metrics, {d.name: d.tier for d in config.deployments}),
+        observer=Observer(metrics, {d.name: d.tier for d in config.deployments}, stats),
+        stats=stats,
         requests=requests,
         shadow=shadow,
         calibrator=calibrator,
@@ -189,6 +194,6 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
-    for path, endpoint, methods in ROUTES:
+    for path, endpoint, methods in (*ROUTES, *DASHBOARD_ROUTES):
         app.add_route(path, endpoint, methods=methods)
     return app

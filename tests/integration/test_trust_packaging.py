@@ -94,6 +94,13 @@ def test_the_wheel_holds_every_module_of_the_package(installed: Installed) -> No
     assert modules - names == set()
 
 
+def test_the_wheel_ships_the_dashboard_page_and_its_assets(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as whl:
+        names = set(whl.namelist())
+    assets = {p.relative_to(ROOT).as_posix() for p in (ROOT / "gateway" / "dashboard" / "static").iterdir()}
+    assert assets and assets - names == set()
+
+
 def _write_config(tmp_path: Path, price: float, tiers: tuple[str, ...] = ("small", "large")) -> Path:
     lines = ["deployments:"]
     for tier in tiers:
