@@ -50,8 +50,9 @@ def replica_id() -> str:
 
 
 def spec_json(spec: PolicySpec) -> dict[str, Any]:
-    """The spec as stored: validated values, unset options left out (what a rollback writes back)."""
-    data: dict[str, Any] = spec.model_dump(mode="json", exclude_none=True)
+    """The spec as stored and written back by a rollback: what the file set, validated (defaults left
+    out, so it reads back as the same spec: some options may not be given together)."""
+    data: dict[str, Any] = spec.model_dump(mode="json", exclude_unset=True)
     return data
 
 
