@@ -14,7 +14,6 @@ the shared store in force.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import time
@@ -246,8 +245,3 @@ class PolicySet:
         self.policies = {k: v for k, v in self.policies.items() if k != name}
         log.info("policy %s unloaded: %s was deleted", name, path)
         return True
-
-    async def watch(self, interval_s: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            await asyncio.to_thread(self.reload_changed)
