@@ -284,6 +284,18 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def cmd_policy_history(args: argparse.Namespace) -> int:
+    from gateway.policy import admin
+
+    return admin.history(args.name, args.config, args.json)
+
+
+def cmd_policy_rollback(args: argparse.Namespace) -> int:
+    from gateway.policy import admin
+
+    return admin.rollback(args.name, args.version, args.config, args.by)
+
+
 def cmd_policy_calibrate(args: argparse.Namespace) -> int:
     from gateway.explain import calibrate, render_calibration
 
@@ -400,6 +412,25 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--json", action="store_true", help="print the result as JSON")
     k.add_argument("--quiet", action="store_true", help="no progress bar")
     k.set_defaults(func=cmd_policy_calibrate)
+    ph = pc.add_parser("history", help="every version of a policy that came into force, with a diff of each change",
+                       description="Versions oldest first: when, how (start-up, file reload, cli rollback), by whom,\n"
+                                   "from which file, and a unified diff of the spec (as YAML) against the version\n"
+                                   "before it. Read from the shared store (redis_url of --config).",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    ph.add_argument("name", help="policy name")
+    ph.add_argument("--config", help="gateway YAML with the redis_url (default: $SWITCHYARD_CONFIG)")
+    ph.add_argument("--json", action="store_true", help="the entries as JSON, with their specs")
+    ph.set_defaults(func=cmd_policy_history)
+    pr2 = pc.add_parser("rollback", help="put an earlier version of a policy back in force on every replica",
+                        description="Writes the version's spec back as NAME.yaml in the config's policy folder\n"
+                                    "and records the rollback in the shared store; replicas that share the folder\n"
+                                    "reload the file, the others follow the store, within about 2 s.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr2.add_argument("name", help="policy name")
+    pr2.add_argument("version", help="a version from `policy history` (12 hex digits, or a prefix of 4+)")
+    pr2.add_argument("--config", help="gateway YAML with the redis_url and policies_dir (default: $SWITCHYARD_CONFIG)")
+    pr2.add_argument("--by", help="who is making the change (default: user@host)")
+    pr2.set_defaults(func=cmd_policy_rollback)
 
     lg = sub.add_parser("logs", help="request logs").add_subparsers(dest="logs_command", required=True)
     e = lg.add_parser("export", help="logged requests with feedback → routing data (JSONL) for `train`",

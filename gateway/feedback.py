@@ -76,6 +76,7 @@ class Completed:
     prompt_tokens: int
     router_version: str
     decision: Decision | None = None  # its candidates give the savings against the dearest one
+    policy_version: str | None = None  # the version of `policy` that decided (None when pinned)
 
 
 def build_record(c: Completed) -> dict[str, Any]:
@@ -83,6 +84,7 @@ def build_record(c: Completed) -> dict[str, Any]:
     record: dict[str, Any] = {
         "request_id": c.request_id, "time": round(c.at, 3), "tenant": c.tenant.name, "policy": c.policy,
         "entry": c.entry, "plan": c.plan, "deployment": c.deployment, "router_version": c.router_version,
+        "policy_version": c.policy_version,
         "cost_usd": sum(x.cost_usd for x in c.calls), "prompt_tokens": c.prompt_tokens,
         "completion_tokens": sum(x.usage.completion_tokens for x in c.calls),
     }

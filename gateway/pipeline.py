@@ -261,6 +261,7 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     if r.capped:
         explained["max_tokens"] = r.max_tokens
     explained["router_version"] = r.router_version
+    explained["policy_version"] = None if entry.pinned else entry.policy.version
     return explained
 
 
@@ -303,7 +304,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     trail.policy = PINNED if entry.pinned else entry.policy.name
     trail.policy_version = entry.policy.version
     deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
-    set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name)
+    set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name,
+                   switchyard__policy__version=None if entry.pinned else entry.policy.version)
     trace_id = trace_id_hex(span)
 
     cache_on = entry.policy.spec.cache.enabled and is_cacheable(request, ctx.cache)
@@ -400,7 +402,7 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
             it.request_id, time.time(), it.tenant, it.entry.name,
             None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
             it.decision.signal if it.decision else None, calls, prompt_tokens, it.route.router_version,
-            it.decision))
+            it.decision, None if it.entry.pinned else it.entry.policy.version))
     shadow = it.entry.policy.shadow
     if shadow is not None and svc.shadow is not None and not it.entry.pinned:
         svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,

@@ -15,6 +15,11 @@ observations to: see `gateway.policy.sharing`); a policy's sketches share one ha
 The spend ledger keeps one hash per tenant and
 hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|metric` → a float
 sum, kept `LEDGER_TTL_S`) and the set of tenants that ever spent (`sy:ledger:tenants`).
+Policy versions: `sy:policy:audit:{<policy>}` (a list, one JSON entry per version that came into
+force, with its spec) and `sy:policy:current:{<policy>}` (the latest entry: the version every
+replica follows; see `gateway.policy.versions`). `record_version` appends and points in one atomic
+step, and skips the append when the last entry already has that version, so N replicas loading
+the same file write one entry.
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -34,6 +39,8 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
+
+import orjson
 
 from gateway.store_breaker import StoreBreaker
 
@@ -66,6 +73,14 @@ def router_history_key() -> str:
 
 def router_artifact_key(digest: str) -> str:
     return f"sy:router:artifact:{digest}"
+
+
+def policy_audit_key(policy: str) -> str:
+    return f"sy:policy:audit:{{{policy}}}"
+
+
+def policy_current_key(policy: str) -> str:
+    return f"sy:policy:current:{{{policy}}}"
 
 
 def calibration_key(policy: str, version: str, bucket: int) -> str:
@@ -169,6 +184,8 @@ class Store(Protocol):
     async def settle(self, spend_key: str, holds_key: str, hold_id: str | None, actual: float) -> None: ...
     async def list_append(self, key: str, value: bytes) -> None: ...
     async def list_read(self, key: str) -> list[bytes]: ...
+    async def record_version(self, log_key: str, current_key: str, entry: bytes, version: str,
+                             replace_current: bool) -> bool: ...
     # The request log: records (index key, JSON) appended to a capped stream and indexed by key.
     async def append_records(self, stream: str, items: Sequence[tuple[str, bytes]], maxlen: int,
                              ttl_s: float) -> None: ...
@@ -205,6 +222,28 @@ _FEEDBACK_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return 1 - redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 """
+
+# KEYS: a policy's audit list, its current pointer. ARGV: entry JSON, its version, "1" to point at it
+# (a change: unless the pointer has this version already) or "0" to point at it only when no pointer
+# exists (a start-up load). Returns 1 when the entry was appended (the last one had another version).
+_RECORD_VERSION_LUA = """
+local last = redis.call('LINDEX', KEYS[1], -1)
+local appended = 0
+if not last or cjson.decode(last)['version'] ~= ARGV[2] then
+  redis.call('RPUSH', KEYS[1], ARGV[1])
+  appended = 1
+end
+local current = redis.call('GET', KEYS[2])
+if not current or (ARGV[3] == '1' and cjson.decode(current)['version'] ~= ARGV[2]) then
+  redis.call('SET', KEYS[2], ARGV[1])
+end
+return appended
+"""
+
+
+def _json_version(raw: bytes) -> str | None:
+    value = orjson.loads(raw).get("version")
+    return str(value) if value is not None else None
 
 
 class MemoryStore:
@@ -290,6 +329,17 @@ class MemoryStore:
 
     async def list_read(self, key: str) -> list[bytes]:
         return list(self._lists.get(key, ()))
+
+    async def record_version(self, log_key: str, current_key: str, entry: bytes, version: str,
+                             replace_current: bool) -> bool:
+        log = self._lists.setdefault(log_key, [])
+        appended = not log or _json_version(log[-1]) != version
+        if appended:
+            log.append(entry)
+        current = self._live(current_key)
+        if current is None or (replace_current and _json_version(current) != version):
+            self._data[current_key] = (entry, None)
+        return appended
 
     def _next_id(self) -> str:
         ms, seq = int(time.time() * 1000), 0
@@ -401,6 +451,7 @@ class RedisStore:
                 retry_on_error=[RedisConnectionError])
         self._reserve = self._client.register_script(_RESERVE_LUA)
         self._feedback = self._client.register_script(_FEEDBACK_LUA)
+        self._record_version = self._client.register_script(_RECORD_VERSION_LUA)
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under the breaker: refused at once while it is open."""
@@ -480,6 +531,12 @@ class RedisStore:
     async def list_read(self, key: str) -> list[bytes]:
         items: list[bytes] = await self._guarded(lambda: self._client.lrange(key, 0, -1))
         return items
+
+    async def record_version(self, log_key: str, current_key: str, entry: bytes, version: str,
+                             replace_current: bool) -> bool:
+        appended = await self._guarded(lambda: self._record_version(
+            keys=[log_key, current_key], args=[entry, version, "1" if replace_current else "0"]))
+        return bool(appended)
 
     async def append_records(self, stream: str, items: Sequence[tuple[str, bytes]], maxlen: int,
                              ttl_s: float) -> None:

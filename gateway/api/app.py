@@ -30,6 +30,7 @@ from gateway.policy import Catalog, PolicySet
 from gateway.policy.seed import SeedSample
 from gateway.policy.sharing import SYNC_INTERVAL_S, Calibrator
 from gateway.policy.sources import shipped_policies_dir, user_policies_dir
+from gateway.policy.versions import PolicyFollower, PolicyVersions
 from gateway.providers.base import Backend
 from gateway.providers.direct import DirectBackend
 from gateway.providers.health import HealthBoard
@@ -147,6 +148,16 @@ def router_sync(services: Services, interval_s: float | None) -> RouterSync | No
     return RouterSync(services.router, RouterRegistry(RedisStore(url, timeout_s=5.0)), interval_s)
 
 
+def policy_follower(services: Services, interval_s: float | None) -> PolicyFollower | None:
+    """The policy watch task: with a shared store its own client (a reload never trips the request
+    path's breaker), with the in-memory store an audit of this process only."""
+    if not interval_s:
+        return None
+    url = services.config.redis_url
+    store = RedisStore(url, timeout_s=2.0) if url else services.cache.store
+    return PolicyFollower(services.policies, PolicyVersions(store), shared=bool(url), interval_s=interval_s)
+
+
 def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
                router: Router | None = None, policies_dir: Path | None = None,
                watch_policies_s: float | None = 1.0, watch_router_s: float | None = 1.0,
@@ -164,7 +175,10 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         # Target policies start from the shipped traffic sample, scored (by that router) before the first request.
         await asyncio.to_thread(services.calibrator.prepare)
         calibrating = asyncio.create_task(services.calibrator.run(calibrate_s))
-        watcher = asyncio.create_task(services.policies.watch(watch_policies_s)) if watch_policies_s else None
+        follower = policy_follower(services, watch_policies_s)
+        if follower is not None:
+            await follower.publish()  # the start-up versions, audited before the first request
+        watcher = asyncio.create_task(follower.run()) if follower is not None else None
         router_task = asyncio.create_task(sync.run()) if sync is not None else None
         for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
@@ -175,8 +189,10 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             yield
         finally:
             calibrating.cancel()
-            if watcher:
+            if watcher is not None and follower is not None:
                 watcher.cancel()
+                if follower.shared:
+                    await follower.versions.store.close()
             if router_task is not None and sync is not None:
                 router_task.cancel()
                 await sync.registry.store.close()

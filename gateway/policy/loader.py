@@ -7,13 +7,16 @@ under one version (cached answers) is never taken for a decision of another.
 A file that turns bad while the gateway runs is reported and its last good version stays in force,
 so a typo never drops traffic. A deleted file unloads its policy (or brings the shipped version of it
 back), except the default policy's, which keeps its last good version with an error in the log.
+Every version that comes into force is queued in `loaded` (with where it came from) for
+`gateway.policy.versions` to audit and publish off the request path; `adopt` puts a spec read from
+the shared store in force.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,16 @@ class BoundPolicy:
     allowed: frozenset[str] | None  # constraints.allowed_deployments with tiers expanded
     version: str = ""  # content hash of the validated spec: an edited policy is a new version
     shadow: Shadow | None = None  # `shadow:` with its names bound to deployments
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """A version that came into force from a file: what the audit records."""
+
+    policy: BoundPolicy
+    path: Path
+    source: str  # "start-up" | "file reload" | "file deleted, shipped version back"
+    at: float
 
 
 def spec_version(spec: PolicySpec) -> str:
@@ -150,11 +163,13 @@ class PolicySet:
         self._deployments = list(deployments)
         self._mtimes: dict[Path, float] = {}
         self.policies: dict[str, BoundPolicy] = {}
+        self.since: dict[str, float] = {}  # policy → when its version in force came into force (unix time)
+        self.loaded: list[Loaded] = []  # drained by the version follower, on the event loop
         self.skipped: dict[str, str] = {}  # shipped policy → why this config cannot bind it
         errors = []
         for name, source in policy_sources(folder, shipped).items():
             try:
-                self._load(source.path)
+                self._load(source.path, "start-up")
             except ConfigError as exc:
                 if source.shipped:
                     self.skipped[name] = str(exc)
@@ -169,11 +184,22 @@ class PolicySet:
             raise ConfigError("\n".join([f"{folder or shipped}: no usable policy files (*.yaml)",
                                          *self.skipped.values()]))
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: Path, source: str = "file reload") -> None:
         mtime = path.stat().st_mtime
         bound = load_policy_file(path, self._deployments)
         self.policies = {**self.policies, bound.name: bound}
         self._mtimes[path] = mtime
+        now = time.time()
+        self.since[bound.name] = now
+        self.loaded.append(Loaded(bound, path, source, now))
+
+    def adopt(self, name: str, spec: PolicySpec, at: float) -> BoundPolicy:
+        """Put a spec in force that another replica (or the CLI) published; ConfigError when this
+        replica's deployments cannot bind it."""
+        bound = bind_policy(name, f"{name} (shared store)", spec, self._deployments)
+        self.policies = {**self.policies, name: bound}
+        self.since[name] = at
+        return bound
 
     def get(self, name: str) -> BoundPolicy | None:
         return self.policies.get(name)
@@ -210,7 +236,7 @@ class PolicySet:
         shipped = self.shipped / path.name if self.shipped is not None else None
         if shipped is not None and shipped != path and shipped.is_file():
             try:
-                self._load(shipped)
+                self._load(shipped, "file deleted, shipped version back")
                 log.info("policy %s: %s was deleted, the shipped version is in force again", name, path,
                          extra={"event": "policy_reload", "policy": name, "file": str(shipped),
                                 "version": self.policies[name].version})
@@ -225,8 +251,3 @@ class PolicySet:
         log.info("policy %s unloaded: %s was deleted", name, path,
                  extra={"event": "policy_unloaded", "policy": name, "file": path.name})
         return True
-
-    async def watch(self, interval_s: float = 1.0) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            await asyncio.to_thread(self.reload_changed)

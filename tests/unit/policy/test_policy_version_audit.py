@@ -1,0 +1,125 @@
+"""Policy versions without I/O beyond a temp folder: one audit entry per change, stored specs that read
+back as the same version, the latest change winning, and the version in every request record."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from gateway.auth import Tenant
+from gateway.config import embedded_config
+from gateway.executor.upstreams import CallRecord
+from gateway.feedback import Completed, build_record
+from gateway.policy.loader import PolicySet, load_policy_file, spec_version
+from gateway.policy.schema import PolicySpec
+from gateway.policy.sources import shipped_policies_dir
+from gateway.policy.versions import PolicyFollower, PolicyVersions, VersionEntry, spec_json
+from gateway.providers.base import Usage
+from gateway.state import MemoryStore, policy_current_key
+
+DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
+SMALL = "candidates:\n  - single: small\n"
+LARGE = "candidates:\n  - single: large\n"
+
+
+def _entry(version: str, source: str = "file reload", at: float = 1.0) -> VersionEntry:
+    return VersionEntry("p", version, at, source, "host/1", "p.yaml", {"candidates": [{"single": "small"}]})
+
+
+def test_replicas_loading_the_same_version_write_one_audit_entry() -> None:
+    async def scenario() -> tuple[list[str], bytes | None]:
+        store = MemoryStore()
+        v = PolicyVersions(store)
+        assert await v.record(_entry("aaa", "start-up"), change=False)
+        assert not await v.record(_entry("aaa", "start-up"), change=False)  # a second replica
+        assert await v.record(_entry("bbb"))
+        assert not await v.record(_entry("bbb"))
+        return [e.version for e in await v.history("p")], await store.get(policy_current_key("p"))
+
+    versions, current = asyncio.run(scenario())
+    assert versions == ["aaa", "bbb"]
+    assert current is not None and VersionEntry.load(current).version == "bbb"
+
+
+def test_a_start_up_load_never_moves_the_pointer_a_change_made() -> None:
+    async def scenario() -> str:
+        v = PolicyVersions(MemoryStore())
+        await v.record(_entry("new"))
+        await v.record(_entry("stale", "start-up", at=5.0), change=False)  # a replica restarted with an old file
+        raw = await v.current_raw("p")
+        assert raw is not None
+        return VersionEntry.load(raw).version
+
+    assert asyncio.run(scenario()) == "new"
+
+
+def test_every_shipped_policy_reads_back_as_the_same_version_from_its_stored_spec() -> None:
+    for path in sorted(shipped_policies_dir().glob("*.yaml")):
+        try:
+            bound = load_policy_file(path, DEPLOYMENTS)
+        except Exception:  # shipped policies this config cannot bind are not served here
+            continue
+        assert spec_version(PolicySpec.model_validate(spec_json(bound.spec))) == bound.version, path.name
+
+
+def _folder(tmp_path: Path, text: str) -> Path:
+    folder = tmp_path / "policies"
+    folder.mkdir(exist_ok=True)
+    path = folder / "p.yaml"
+    path.write_text(text)
+    later = time.time() + 2
+    os.utime(path, (later, later))
+    return folder
+
+
+def test_a_newer_change_in_the_store_wins_over_the_local_version_and_an_older_one_does_not(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, SMALL)
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="p")
+    small = policies.policies["p"].version
+    store = MemoryStore()
+    follower = PolicyFollower(policies, PolicyVersions(store), shared=True)
+    large_spec = PolicySpec.model_validate({"candidates": [{"single": "large"}]})
+
+    async def scenario() -> None:
+        await follower.publish()
+        older = VersionEntry("p", spec_version(large_spec), policies.since["p"] - 10, "file reload", "other/2",
+                             None, spec_json(large_spec))
+        await store.set(policy_current_key("p"), older.dump())
+        await follower.follow()
+        assert policies.policies["p"].version == small  # a change older than ours does not win
+        newer = replace(older, at=time.time() + 1)
+        await store.set(policy_current_key("p"), newer.dump())
+        await follower.follow()
+
+    asyncio.run(scenario())
+    assert policies.policies["p"].version == spec_version(large_spec)
+    assert policies.policies["p"].plans[0].label == "single:large"
+
+
+def test_a_file_edit_is_audited_once_with_its_spec_and_source(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, SMALL)
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="p")
+    store = MemoryStore()
+    follower = PolicyFollower(policies, PolicyVersions(store), shared=False)
+
+    async def scenario() -> list[VersionEntry]:
+        await follower.publish()
+        _folder(tmp_path, LARGE)
+        await follower.step()
+        await follower.step()  # nothing changed since: nothing more recorded
+        return await follower.versions.history("p")
+
+    entries = asyncio.run(scenario())
+    assert [e.source for e in entries] == ["start-up", "file reload"]
+    assert entries[-1].spec == {"candidates": [{"single": "large"}]}
+    assert entries[-1].path == str(folder / "p.yaml")
+
+
+def test_the_request_record_names_the_policy_version_that_decided() -> None:
+    completed = Completed("r1", 1.0, Tenant("t"), "router/p", "p", "single:small", "small",
+                          [{"role": "user", "content": "hi"}], None, (CallRecord("small", Usage(10, 5), 0.001, 0.1),),
+                          10, "default", None, "0123456789ab")
+    assert build_record(completed)["policy_version"] == "0123456789ab"
