@@ -69,8 +69,11 @@ TRIED = [
     "| heads on in-sample latents (not out-of-fold) | 0.581 | 0.516 | 0.570 | 0.730 | 0.600 | "
     "calibration lost: MMLU-Pro pool frontier at half gemini-pro's cost 91.8% of its quality (97.2% "
     "out-of-fold) |",
-    "| **heads on latents 0.3 in-sample / 0.7 out-of-fold (shipped)** | see above | | | | | "
-    "MMLU-Pro log-loss 0.589 (out-of-fold 0.583, in-sample 0.615) |",
+    "| heads on latents 0.3 in-sample / 0.7 out-of-fold | 0.584 | 0.502 | 0.572 | 0.780 | 0.584 | "
+    "MMLU-Pro log-loss 0.589 (out-of-fold 0.583, in-sample 0.615); pool frontier 94.4%; but \"hi\" "
+    "got P 0.51 (Llama-8B) vs 0.75 (70B): MMLU-Pro heads extrapolated it as an average question |",
+    "| **+ standardised log length as one more latent column (shipped)** | 0.594 | 0.504 | 0.573 | 0.766 "
+    "| 0.621 | every head sees length directly: \"hi\" now 0.69 vs 0.73 |",
     "| a CPU sentence-embedding model | not tried | | | | | the representations report could not even "
     "encode MMLU-Pro's train split on this machine in 25 min; assess() would leave its budget |",
 ]

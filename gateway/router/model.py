@@ -128,7 +128,8 @@ class Router:
         ``profile``: a model the router was trained on (see ``known_profiles``) -> its own
         head. Otherwise ``ability`` on the router's logit scale: P = sigmoid(ability - delta),
         where delta is the prompt's difficulty logit. On the shipped artifact learned
-        abilities span about -1.2 (Llama-2-7B) to +1.4 (gemini-1.5-pro) with mean 0;
+        abilities span about -1.6 (llama-13b) to +2.5 (gpt-4-1106-preview) with mean 0
+        (Llama-2-7B -1.2, Llama-3.1-8B-Instruct +0.2, 70B +1.1, gemini-1.5-pro +1.5);
         ``ability_of`` gives reference points. With neither, the pool mean (0) is used.
         """
         if profile is not None and profile in self._index:

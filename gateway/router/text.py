@@ -93,10 +93,14 @@ def structural_features(clean: str) -> tuple[float, ...]:
     letters = sum(map(len, words))
     upper = sum(1 for w in words if w[0].isupper())
     lower = clean.lower()
-    lowered = _WORD.findall(lower)
-    constraints = sum(1 for w in lowered if w in _CONSTRAINT_WORDS)
+    constraints = creative = 0
+    for w in words:  # one pass, one lower() per word (the two word sets are disjoint)
+        lw = w.lower()
+        if lw in _CONSTRAINT_WORDS:
+            constraints += 1
+        elif lw in _CREATIVE_WORDS:
+            creative += 1
     constraints += sum(lower.count(p) for p in _CONSTRAINT_PHRASES)
-    creative = sum(1 for w in lowered if w in _CREATIVE_WORDS)
     return (
         math.log1p(n_chars),
         math.log1p(n_words),
@@ -114,7 +118,7 @@ def structural_features(clean: str) -> tuple[float, ...]:
         math.log1p(clean.count("$") + clean.count("\\")),
         math.log1p(len(_LIST_LINE.findall(clean))),
         math.log1p(creative),
-        1.0 if lowered and lowered[0] in _FACTOID_OPENERS else 0.0,
+        1.0 if words and words[0].lower() in _FACTOID_OPENERS else 0.0,
     )
 
 

@@ -232,16 +232,23 @@ def fit_arrays(prep: Prepared, train_rows: np.ndarray, seed: int = 0, progress: 
     fitted = (1 - HEAD_INSAMPLE_MIX) * oof + HEAD_INSAMPLE_MIX * predict_ridge(ridge, x[train_rows])
     # Unit-variance latents keep head penalties comparable; folded into W and bias below.
     scale = oof.std(0) + 1e-9
-    phi = fitted / scale
+    # The prompt's standardised log length rides along as one more latent column (zeros in W, a
+    # unit weight on log_chars in w_struct): every head and the difficulty see length directly,
+    # so a prompt far shorter than anything a model's file holds ("hi") extrapolates as easy for
+    # it instead of as that file's average question.
+    length = (hashed.struct[train_rows, :1] - s_mean[:1]) / s_std[:1]
+    phi = np.column_stack([fitted / scale, length])
+    unit_length = np.zeros((len(STRUCT_NAMES), 1))
+    unit_length[STRUCT_NAMES.index("log_chars"), 0] = 1.0
     knn_arrays, knn_loo = _fit_neighbours(xh[train_rows], y, dom_idx, len(names), seed, progress)
     heads = fit_heads(phi, y, knn_loo, dom_idx)
     gen_coef, gen_icpt, theta = fit_generic_head(phi, y, row_weight=weight)
     return {
         "idf": idf.astype(np.float16),
-        "w": (ridge.coef[: SPEC.dim] / scale).astype(np.float16),
-        "w_struct": (ridge.coef[SPEC.dim :] * STRUCT_SCALE / scale).astype(np.float32),
+        "w": np.hstack([ridge.coef[: SPEC.dim] / scale, np.zeros((SPEC.dim, 1))]).astype(np.float16),
+        "w_struct": np.hstack([ridge.coef[SPEC.dim :] * STRUCT_SCALE / scale, unit_length]).astype(np.float32),
         "s_mean": s_mean.astype(np.float32), "s_std": s_std.astype(np.float32),
-        "bias": (ridge.intercept / scale).astype(np.float32),
+        "bias": np.append(ridge.intercept / scale, 0.0).astype(np.float32),
         **heads, **knn_arrays,
         "gen_coef": gen_coef, "gen_icpt": np.asarray(gen_icpt), "theta": theta,
     }
@@ -260,7 +267,7 @@ def make_meta(data: RoutingData, train_rows: np.ndarray) -> dict[str, object]:
         "version": ARTIFACT_VERSION,
         "hash_spec": asdict(SPEC),
         "struct_names": list(STRUCT_NAMES),
-        "latent_dims": LATENT_DIMS,
+        "latent_dims": LATENT_DIMS + 1,
         "ridge_lambda": RIDGE_LAMBDA,
         "neighbours": {"bits": KNN_BITS, "k": KNN_K, "smooth": KNN_SMOOTH, "power": KNN_POWER},
         "models": data.models,
