@@ -149,7 +149,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from gateway.router.train import train
 
-    train(args.data, args.out, seed=args.seed, progress=not args.quiet)
+    train(args.data, args.out, base=args.base, seed=args.seed, progress=not args.quiet)
     print(f"router written to {args.out}; point the gateway at it with `router_artifact: {args.out}`")
     return 0
 
@@ -358,7 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_route)
 
     t = sub.add_parser("train", help="train the router on your own routing data (same schema as the shipped data)")
-    t.add_argument("--data", required=True, help="JSONL: id, prompt, models{name: {score, cost_usd}}, split")
+    t.add_argument("--data", required=True, nargs="+", metavar="FILE",
+                   help="JSONL: id, prompt, models{name: {score, cost_usd}}, split (several files: one router "
+                        "over the union of their models)")
+    t.add_argument("--base", help="adapt this router (`default` = the shipped one, or a directory) to the new "
+                                  "labels instead of training from scratch; it keeps what it knew")
     t.add_argument("--out", required=True, help="directory for the trained router")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")

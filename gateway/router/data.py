@@ -3,13 +3,17 @@
 Rows need ``id`` and ``prompt``; ``models`` ({name: {score, cost_usd, output_tokens}}),
 ``split`` and ``prompt_tokens`` are optional. Missing outcomes become NaN so that every
 consumer must decide explicitly how to treat them.
+
+Several files load into one table (``load_many``): the model columns are the union of the
+files' pools, a model a file does not have is NaN on its rows, and ``domain`` records which
+file each row came from (its stem), because outcomes are only comparable within a file.
 """
 
 from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +30,7 @@ class RoutingData:
     score: np.ndarray  # (n, m) float, NaN = no result
     cost: np.ndarray  # (n, m) recorded cost_usd, NaN = no result
     out_tokens: np.ndarray  # (n, m) recorded output tokens, NaN = no result
+    domain: np.ndarray  # str array: the source file's stem, per row
 
     def subset(self, mask: np.ndarray) -> RoutingData:
         idx = np.nonzero(mask)[0]
@@ -38,6 +43,7 @@ class RoutingData:
             score=self.score[idx],
             cost=self.cost[idx],
             out_tokens=self.out_tokens[idx],
+            domain=self.domain[idx],
         )
 
     def col(self, model: str) -> int:
@@ -81,4 +87,31 @@ def load_data(path: str | Path) -> RoutingData:
         score=arrays["score"],
         cost=arrays["cost_usd"],
         out_tokens=arrays["output_tokens"],
+        domain=np.array([Path(path).stem] * n),
+    )
+
+
+def load_many(paths: Sequence[str | Path]) -> RoutingData:
+    """Several files as one table over the union of their model pools (NaN where a file
+    has no result for a model)."""
+    parts = [load_data(p) for p in paths]
+    if len(parts) == 1:
+        return parts[0]
+    models = sorted({m for d in parts for m in d.models})
+
+    def widen(d: RoutingData, a: np.ndarray) -> np.ndarray:
+        out = np.full((a.shape[0], len(models)), np.nan)
+        out[:, [models.index(m) for m in d.models]] = a
+        return out
+
+    return RoutingData(
+        ids=[i for d in parts for i in d.ids],
+        prompts=[p for d in parts for p in d.prompts],
+        split=np.concatenate([d.split for d in parts]),
+        prompt_tokens=np.concatenate([d.prompt_tokens for d in parts]),
+        models=models,
+        score=np.vstack([widen(d, d.score) for d in parts]),
+        cost=np.vstack([widen(d, d.cost) for d in parts]),
+        out_tokens=np.vstack([widen(d, d.out_tokens) for d in parts]),
+        domain=np.concatenate([d.domain for d in parts]),
     )

@@ -15,9 +15,14 @@ from gateway.router.data import RoutingData
 from gateway.router.metrics import PairMetrics, pair_metrics
 from gateway.router.model import Router
 
+# The pair each shared data file is judged on (and a second MMLU-Pro pair).
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"),
     ("Phi-3-mini-4k-instruct", "gemini-1.5-pro-002"),
+    ("Mistral-7B-Instruct-v0.1", "gpt-4-1106-preview"),
+    ("codellama-7b", "gpt-4-0613"),
+    ("mistral-7b-instruct-v0.3", "llama-3.3-nemotron-super-49b-v1"),
+    ("gpt-3.5-turbo", "gpt-4-0314"),
 )
 
 
@@ -58,8 +63,9 @@ def eval_pair(data: RoutingData, score: np.ndarray, weak: str, strong: str) -> P
 
 
 def pick_pairs(data: RoutingData) -> list[tuple[str, str]]:
-    """The default pairs when present, else the weakest -> strongest model by accuracy."""
-    pairs = [p for p in DEFAULT_PAIRS if p[0] in data.models and p[1] in data.models]
+    """The default pairs that have rows here, else the weakest -> strongest model by accuracy."""
+    pairs = [p for p in DEFAULT_PAIRS if p[0] in data.models and p[1] in data.models
+             and pair_rows(data, data.col(p[0]), data.col(p[1])).any()]
     if pairs or len(data.models) < 2:
         return pairs
     acc = np.nanmean(data.score, axis=0)

@@ -12,6 +12,9 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import lsqr
 from tqdm import tqdm
 
+# Below this many rows ridge is solved in its dual form (an n x n system) instead of by LSQR.
+DUAL_MAX_ROWS = 4000
+
 
 @dataclass(frozen=True)
 class RidgeFit:
@@ -19,13 +22,22 @@ class RidgeFit:
     intercept: np.ndarray  # (t,)
 
 
-def fit_ridge(x: sp.csr_matrix, y: np.ndarray, lam: float, iters: int = 400) -> RidgeFit:
+def fit_ridge(
+    x: sp.csr_matrix, y: np.ndarray, lam: float, iters: int = 400, weight: np.ndarray | None = None
+) -> RidgeFit:
     """Ridge per target column via LSQR (damped least squares); centred targets, no
-    penalty on the intercept."""
-    mu = y.mean(0)
+    penalty on the intercept. ``weight``: per-row weights (mean 1 keeps lam comparable)."""
+    w = np.ones(x.shape[0]) if weight is None else weight
+    mu = (w[:, None] * y).sum(0) / w.sum()
+    sw = np.sqrt(w)
+    xw = sp.diags(sw) @ x if weight is not None else x
+    if x.shape[0] <= DUAL_MAX_ROWS:  # few rows, many columns: the exact dual solve is far faster
+        gram = np.asarray((xw @ xw.T).todense()) + lam * np.eye(x.shape[0])
+        alpha = np.linalg.solve(gram, sw[:, None] * (y - mu))
+        return RidgeFit(np.asarray(xw.T @ alpha), mu)
     coef = np.zeros((x.shape[1], y.shape[1]))
     for j in range(y.shape[1]):
-        coef[:, j] = lsqr(x, y[:, j] - mu[j], damp=np.sqrt(lam), atol=1e-5, btol=1e-5, iter_lim=iters)[0]
+        coef[:, j] = lsqr(xw, sw * (y[:, j] - mu[j]), damp=np.sqrt(lam), atol=1e-5, btol=1e-5, iter_lim=iters)[0]
     return RidgeFit(coef, mu)
 
 
@@ -34,31 +46,38 @@ def predict_ridge(fit: RidgeFit, x: sp.csr_matrix) -> np.ndarray:
 
 
 def oof_ridge(
-    x: sp.csr_matrix, y: np.ndarray, lam: float, folds: int = 5, seed: int = 0, progress: bool = True
+    x: sp.csr_matrix, y: np.ndarray, lam: float, folds: int = 5, seed: int = 0, progress: bool = True,
+    weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, RidgeFit]:
     """Out-of-fold predictions (so heads are fitted on honest, shrunk latents) + a full fit."""
     fold = np.random.default_rng(seed).integers(0, folds, x.shape[0])
+    w = np.ones(x.shape[0]) if weight is None else weight
     oof = np.zeros_like(y, dtype=np.float64)
     for q in tqdm(range(folds), desc="ridge folds", disable=not progress, leave=False):
         held = fold == q
         if not held.any() or held.all():  # tiny data: a fold can be empty or everything
             continue
-        oof[held] = predict_ridge(fit_ridge(x[~held], y[~held], lam), x[held])
-    return oof, fit_ridge(x, y, lam)
+        oof[held] = predict_ridge(fit_ridge(x[~held], y[~held], lam, weight=w[~held]), x[held])
+    return oof, fit_ridge(x, y, lam, weight=weight)
 
 
 def fit_logistic(
-    f: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, l2: float = 1e-2, iters: int = 30
+    f: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, l2: float = 1e-2, iters: int = 30,
+    offset: np.ndarray | None = None,
 ) -> tuple[np.ndarray, float]:
-    """L2-penalised logistic regression by Newton's method (few features, many rows)."""
+    """L2-penalised logistic regression by Newton's method (few features, many rows).
+
+    ``offset``: a fixed per-row logit added to the linear part (fits a correction on top of
+    an existing model); y may be soft (a share in [0, 1])."""
     n, d = f.shape
     a = np.column_stack([f, np.ones(n)])
     w = np.ones(n) if weight is None else weight
+    off = np.zeros(n) if offset is None else offset
     beta = np.zeros(d + 1)
-    pen = np.full(d + 1, l2 * n)
+    pen = np.full(d + 1, l2 * float(w.sum()))
     pen[-1] = 0.0
     for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-(a @ beta)))
+        p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta + off, -30, 30)))
         grad = a.T @ (w * (p - y)) + pen * beta
         hess = (a * (w * p * (1 - p))[:, None]).T @ a + np.diag(pen) + 1e-9 * np.eye(d + 1)
         step = np.linalg.solve(hess, grad)
@@ -68,20 +87,46 @@ def fit_logistic(
     return beta[:-1], float(beta[-1])
 
 
-def fit_generic_head(phi: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+def fit_generic_head(
+    phi: np.ndarray, y: np.ndarray, row_weight: np.ndarray | None = None,
+    offset: np.ndarray | None = None, l2: float = 1e-6, iters: int = 30,
+) -> tuple[np.ndarray, float, np.ndarray]:
     """Shared difficulty logit delta(x) = phi.c + c0 with per-model abilities theta_m:
     P(good | m, x) = sigmoid(theta_m - delta(x)), a 1PL item-response model whose item
-    side is a function of the text. One stacked logistic regression; NaN = missing.
+    side is a function of the text. NaN = missing; ``row_weight`` weighs prompts (e.g. to
+    balance domains); ``offset`` is a fixed per-prompt difficulty added to delta.
 
+    Newton's method on the block structure (c dense, theta one per model) instead of a
+    stacked one-hot design: a pool of ~100 models over ~13k prompts stays a small solve.
     Returns (c, c0, theta) with theta centred (mean 0) so c0 carries the overall level.
     """
+    k = phi.shape[1]
     m = y.shape[1]
-    ok = ~np.isnan(y)
-    item, model = np.nonzero(ok)
-    onehot = np.zeros((item.size, m))
-    onehot[np.arange(item.size), model] = 1.0
-    beta, icpt = fit_logistic(np.column_stack([-phi[item], onehot]), y[item, model], l2=1e-6)
-    c, theta = beta[: phi.shape[1]], beta[phi.shape[1] :] + icpt
+    item, model = np.nonzero(~np.isnan(y))
+    target = y[item, model]
+    w = np.ones(item.size) if row_weight is None else row_weight[item]
+    off = np.zeros(item.size) if offset is None else offset[item]
+    f = phi[item]
+    pen = l2 * float(w.sum())
+    c, theta = np.zeros(k), np.zeros(m)
+    for _ in range(iters):
+        p = 1.0 / (1.0 + np.exp(-np.clip(theta[model] - f @ c - off, -30, 30)))
+        g = w * (p - target)
+        h = w * p * (1 - p)
+        grad = np.concatenate([-(f.T @ g) + pen * c, np.bincount(model, g, m) + pen * theta])
+        hess = np.zeros((k + m, k + m))
+        hess[:k, :k] = (f * h[:, None]).T @ f + pen * np.eye(k)
+        cross = np.zeros((k, m))
+        for j in range(k):
+            cross[j] = -np.bincount(model, h * f[:, j], m)
+        hess[:k, k:] = cross
+        hess[k:, :k] = cross.T
+        hess[k:, k:] = np.diag(np.bincount(model, h, m) + pen + 1e-9)
+        step = np.linalg.solve(hess, grad)
+        c -= step[:k]
+        theta -= step[k:]
+        if np.max(np.abs(step)) < 1e-7:
+            break
     shift = float(theta.mean())
     return c, -shift, theta - shift
 

@@ -11,7 +11,9 @@ Shape of the model (fitted by ``gateway.router.train``):
                                                  outcome matrix ("how hard, for whom")
     knn(x)   = per-model neighbour logits from stored training prompts (neighbours.py;
                optional: artifacts without them behave as knn = 0)
-    P(good | known model m)  = sigmoid(phi . coef_m + knn_coef_m knn_m(x) + icpt_m)  per-model head
+    P(good | known model m)  = sigmoid(phi . coef_h + knn_coef_h knn_m(x) + icpt_h)  head h of model m
+               a model trained on several files has one head per file, mixed by how much the
+               prompt's neighbours come from each file:  sum_d share_d(x) P_d / sum_d share_d(x)
     P(good | ability a)      = sigmoid(a - delta(x))                 any other model
     delta(x) = phi . gen_coef + gen_icpt                             difficulty logit (1PL)
     difficulty = sigmoid(delta(x) - mean ability)  in [0, 1]
@@ -58,6 +60,8 @@ class Assessment:
     delta: float = field(default=0.0, compare=False, repr=False)
     # Per-known-model neighbour logits (empty when the artifact has no neighbours).
     knn: tuple[float, ...] = field(default=(), compare=False, repr=False)
+    # Share of the prompt's neighbours from each training file (empty without neighbours).
+    domain_share: tuple[float, ...] = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -69,12 +73,14 @@ class _Weights:
     s_mean: np.ndarray
     s_std: np.ndarray
     bias: np.ndarray  # (t,)
-    head_coef: np.ndarray  # (m, h)
-    head_icpt: np.ndarray  # (m,)
+    head_coef: np.ndarray  # (heads, t)
+    head_icpt: np.ndarray  # (heads,)
+    head_model: np.ndarray  # (heads,) int: which model each head scores
+    head_domain: np.ndarray  # (heads,) int: the training file it was fitted on
     gen_coef: np.ndarray  # (h,)
     gen_icpt: float
     theta: np.ndarray  # (m,) generic-scale abilities of known models
-    knn_coef: np.ndarray | None = None  # (m,) head weight on the neighbour logit
+    knn_coef: np.ndarray | None = None  # (heads,) head weight on its model's neighbour logit
     neighbours: Neighbours | None = None
 
 
@@ -86,6 +92,10 @@ class Router:
         self._meta = meta
         self._models: list[str] = list(meta["models"])  # type: ignore[call-overload]
         self._index = {m: i for i, m in enumerate(self._models)}
+        heads: dict[int, list[tuple[int, int]]] = {}
+        for h, (m, d) in enumerate(zip(weights.head_model.tolist(), weights.head_domain.tolist(), strict=True)):
+            heads.setdefault(int(m), []).append((h, int(d)))
+        self._heads = {i: tuple(v) for i, v in heads.items()}
         self._out_tokens: dict[str, float] = dict(meta.get("expected_output_tokens", {}))  # type: ignore[call-overload]
         self._mean_ability = float(np.mean(weights.theta)) if weights.theta.size else 0.0
         # The linear latent and the neighbour projection read the same hashed vector: one gather of
@@ -99,7 +109,7 @@ class Router:
     def assess(self, text: str) -> Assessment:
         clean = normalise(text)
         feats = structural_features(clean)
-        phi, knn = self._latent(clean, feats)
+        phi, knn, share = self._latent(clean, feats)
         delta = float(phi @ self._w.gen_coef + self._w.gen_icpt)
         named = dict(zip(STRUCT_NAMES, feats, strict=True))
         return Assessment(
@@ -109,6 +119,7 @@ class Router:
             phi=tuple(float(v) for v in phi),
             delta=delta,
             knn=tuple(float(v) for v in knn),
+            domain_share=tuple(float(v) for v in share),
         )
 
     def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float:
@@ -117,17 +128,29 @@ class Router:
         ``profile``: a model the router was trained on (see ``known_profiles``) -> its own
         head. Otherwise ``ability`` on the router's logit scale: P = sigmoid(ability - delta),
         where delta is the prompt's difficulty logit. On the shipped artifact learned
-        abilities span about -1.2 (Llama-2-7B) to +1.4 (gemini-1.5-pro) with mean 0;
+        abilities span about -1.6 (llama-13b) to +2.5 (gpt-4-1106-preview) with mean 0
+        (Llama-2-7B -1.2, Llama-3.1-8B-Instruct +0.2, 70B +1.1, gemini-1.5-pro +1.5);
         ``ability_of`` gives reference points. With neither, the pool mean (0) is used.
         """
         if profile is not None and profile in self._index:
             i = self._index[profile]
-            logit = float(np.dot(a.phi, self._w.head_coef[i]) + self._w.head_icpt[i])
-            if a.knn and self._w.knn_coef is not None:
-                logit += float(self._w.knn_coef[i]) * a.knn[i]
-            return _sigmoid(logit)
+            heads = self._heads.get(i, ())
+            if len(heads) == 1:
+                return self._head(a, heads[0][0], i)
+            if heads:
+                share = a.domain_share
+                known = len(share) > max(d for _, d in heads)
+                mix = [share[d] if known else 1.0 for _, d in heads]
+                total = sum(mix)
+                return sum(m * self._head(a, h, i) for m, (h, _) in zip(mix, heads, strict=True)) / total
         base = self._mean_ability if ability is None else float(ability)
         return _sigmoid(base - a.delta)
+
+    def _head(self, a: Assessment, h: int, model: int) -> float:
+        logit = float(np.dot(a.phi, self._w.head_coef[h]) + self._w.head_icpt[h])
+        if a.knn and self._w.knn_coef is not None:
+            logit += float(self._w.knn_coef[h]) * a.knn[model]
+        return _sigmoid(logit)
 
     def known_profiles(self) -> list[str]:
         return list(self._models)
@@ -148,8 +171,8 @@ class Router:
         return self._meta
 
     # -- internals ----------------------------------------------------------------------
-    def _latent(self, clean: str, feats: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(phi, knn logits); knn is empty without neighbours in the artifact."""
+    def _latent(self, clean: str, feats: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(phi, knn logits, domain shares); the last two are empty without neighbours."""
         w = self._w
         ids, vals, n_word = hash_text(clean, w.spec)
         v = weight_and_norm(ids, vals, n_word, w.idf, w.spec)
@@ -158,8 +181,10 @@ class Router:
         t = w.w.shape[1]
         z: np.ndarray = both[:t] + s @ w.w_struct + w.bias
         nb = w.neighbours
-        knn = nb.logits(unit(both[t:])) if nb is not None else np.zeros(0)
-        return z.astype(np.float64), knn
+        if nb is None:
+            return z.astype(np.float64), np.zeros(0), np.zeros(0)
+        knn, share = nb.one(unit(both[t:])) if 0 < nb.k < nb.emb.shape[0] else (nb.logits(unit(both[t:])), np.ones(1))
+        return z.astype(np.float64), knn, share
 
 
 def load_router(path: str | Path | None = None) -> Router:
@@ -177,7 +202,9 @@ def load_router(path: str | Path | None = None) -> Router:
         neighbours = Neighbours.from_arrays(
             int(nb_meta["bits"]), int(nb_meta["k"]), float(nb_meta["smooth"]), float(nb_meta["power"]),
             arr["knn_proj"], arr["knn_emb"], arr["knn_outcomes"],
+            arr.get("knn_domain"), len(meta.get("domains", [])) or 1,
         )
+    n_heads = arr["head_icpt"].shape[0]
     weights = _Weights(
         spec=spec,
         idf=arr["idf"].astype(np.float32),
@@ -188,6 +215,8 @@ def load_router(path: str | Path | None = None) -> Router:
         bias=arr["bias"].astype(np.float32),
         head_coef=arr["head_coef"].astype(np.float64),
         head_icpt=arr["head_icpt"].astype(np.float64),
+        head_model=arr["head_model"].astype(np.int64) if "head_model" in arr else np.arange(n_heads),
+        head_domain=arr["head_domain"].astype(np.int64) if "head_domain" in arr else np.zeros(n_heads, np.int64),
         gen_coef=arr["gen_coef"].astype(np.float64),
         gen_icpt=float(arr["gen_icpt"]),
         theta=arr["theta"].astype(np.float64),

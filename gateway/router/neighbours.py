@@ -13,6 +13,10 @@ report how each model actually did on them. Blending the two was measured to add
     w_i       = max(s_i, 0) ** power                over the k most similar
     rate_m    = (sum_i w_i y_im / w̄ + a prior_m) / (sum_i w_i seen_im / w̄ + a)
     knn_m(x)  = logit(rate_m) - logit(prior_m)      an extra input of model m's head
+    share_d(x) = (sum_i w_i [domain_i = d] / w̄ + 1/D) / (k + 1)
+                                                    which training file(s) the prompt resembles:
+                                                    weighs the heads of a model that was
+                                                    trained on several files (model.py)
 
 Outcomes are stored as uint8 (score x 254, 255 = no result) so the artifact stays small.
 """
@@ -56,15 +60,19 @@ class Neighbours:
     hit: np.ndarray  # (n, m) float32 score (0 where missing)
     seen: np.ndarray  # (n, m) float32 1 = has a result
     prior: np.ndarray  # (m,) mean score per model over stored prompts
+    domain: np.ndarray | None = None  # (n,) int: the training file each stored prompt came from
+    n_domains: int = 1
 
     @classmethod
     def from_arrays(cls, bits: int, k: int, smooth: float, power: float,
-                    proj: np.ndarray, emb: np.ndarray, outcomes: np.ndarray) -> Neighbours:
+                    proj: np.ndarray, emb: np.ndarray, outcomes: np.ndarray,
+                    domain: np.ndarray | None = None, n_domains: int = 1) -> Neighbours:
         seen = (outcomes != MISSING).astype(np.float32)
         hit = np.where(outcomes == MISSING, 0, outcomes).astype(np.float32) / 254.0
         prior = (hit.sum(0) + 0.5) / (seen.sum(0) + 1.0)
+        dom = None if domain is None else np.asarray(domain, dtype=np.int64)
         return cls(bits, int(k), float(smooth), float(power), proj.astype(np.float32),
-                   emb.astype(np.float32), hit, seen, prior.astype(np.float64))
+                   emb.astype(np.float32), hit, seen, prior.astype(np.float64), dom, max(int(n_domains), 1))
 
     @functools.cached_property
     def prior_logit(self) -> np.ndarray:
@@ -94,8 +102,12 @@ class Neighbours:
         return out[0] if e.ndim == 1 else out
 
     def _one(self, e: np.ndarray) -> np.ndarray:
-        """The request path: one query, the same arithmetic as the batch path in a third of
-        the time (a matrix-vector product and plain gathers instead of 2-D indexing and einsum)."""
+        return self.one(e)[0]
+
+    def one(self, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The request path: (knn logits, domain shares) for one query, the same arithmetic as
+        the batch path in a third of the time (a matrix-vector product and plain gathers
+        instead of 2-D indexing and einsum)."""
         sims = self.emb @ e.astype(np.float32, copy=False)
         idx = np.argpartition(-sims, self.k - 1)[: self.k]
         w = np.maximum(sims[idx], 0.0).astype(np.float64)
@@ -109,4 +121,7 @@ class Neighbours:
         den = w @ self.seen[idx]
         rate = (num + self.smooth * self.prior) / (den + self.smooth)
         out: np.ndarray = _logit(rate) - self.prior_logit
-        return out
+        if self.domain is None:
+            return out, np.ones(1)
+        share = (np.bincount(self.domain[idx], w, self.n_domains) + 1.0 / self.n_domains) / (self.k + 1.0)
+        return out, share

@@ -44,6 +44,12 @@ _REASON_WORDS = frozenset("why because therefore implies infer conclude argument
 _CODE_WORDS = frozenset("python javascript typescript java rust golang sql function class method code script "
                         "compile bug debug regex api json implement refactor".split())
 _PROOF_WORDS = frozenset("prove proof theorem lemma integral derivative".split())
+# Open-ended generation ("write a story", "draft an email"): long answers judged on quality,
+# unlike a factoid question of the same length.
+_CREATIVE_WORDS = frozenset("write story poem essay draft compose create generate rewrite summarize summarise "
+                            "describe imagine".split())
+_FACTOID_OPENERS = frozenset("what who when where which how why is are does do can name".split())
+_LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s", re.MULTILINE)
 
 STRUCT_NAMES: tuple[str, ...] = (
     "log_chars",
@@ -58,6 +64,11 @@ STRUCT_NAMES: tuple[str, ...] = (
     "mean_word_len",
     "upper_frac",
     "log_lines",
+    "log_code_blocks",
+    "log_latex",
+    "log_list_lines",
+    "log_creative_words",
+    "opens_with_question_word",
 )
 
 
@@ -82,7 +93,13 @@ def structural_features(clean: str) -> tuple[float, ...]:
     letters = sum(map(len, words))
     upper = sum(1 for w in words if w[0].isupper())
     lower = clean.lower()
-    constraints = sum(1 for w in words if w.lower() in _CONSTRAINT_WORDS)
+    constraints = creative = 0
+    for w in words:  # one pass, one lower() per word (the two word sets are disjoint)
+        lw = w.lower()
+        if lw in _CONSTRAINT_WORDS:
+            constraints += 1
+        elif lw in _CREATIVE_WORDS:
+            creative += 1
     constraints += sum(lower.count(p) for p in _CONSTRAINT_PHRASES)
     return (
         math.log1p(n_chars),
@@ -97,6 +114,11 @@ def structural_features(clean: str) -> tuple[float, ...]:
         letters / (n_words + 1.0),
         upper / (n_words + 1.0),
         math.log1p(clean.count("\n")),
+        math.log1p(clean.count("```")),
+        math.log1p(clean.count("$") + clean.count("\\")),
+        math.log1p(len(_LIST_LINE.findall(clean))),
+        math.log1p(creative),
+        1.0 if words and words[0].lower() in _FACTOID_OPENERS else 0.0,
     )
 
 

@@ -67,7 +67,9 @@ def test_p_good_rises_with_ability(router: Router) -> None:
 
 def test_known_profiles_have_heads_abilities_and_output_lengths(router: Router) -> None:
     names = router.known_profiles()
-    assert "Meta-Llama-3.1-8B-Instruct" in names and len(names) == 28
+    # The shipped router knows every shared file's pool (the union, ~100 models).
+    assert {"Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct", "gpt-4-1106-preview",
+            "codellama-7b", "llama-3.3-nemotron-super-49b-v1", "gpt-4-0314"} <= set(names)
     small, large = router.ability_of("Llama-2-7b-hf"), router.ability_of("gemini-1.5-pro-002")
     assert small is not None and large is not None and small < large
     assert router.ability_of("never-heard-of-it") is None

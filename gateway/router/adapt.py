@@ -1,0 +1,183 @@
+"""Adapt a trained router to new labelled data without forgetting what it knew (offline).
+
+``switchyard train --data FILE --base DIR`` lands here. Retraining on a few hundred new
+labels alone throws away what the base learned from tens of thousands; refitting on the
+union needs the base's training data, which an artifact does not carry. Instead the base
+is kept whole and the new file is added as one more domain beside it:
+
+1. The base's latent phi_base(x) is computed for the new prompts, unchanged.
+2. A new, small latent phi_new(x) (``NEW_DIMS`` columns) is fitted on the new labels the
+   way the base was (ridge from the same hashed features onto the new outcome matrix's
+   targets, out-of-fold for the heads); the artifact's W simply grows by those columns.
+3. The new train prompts join the neighbour memory (at most ``KNN_PER_DOMAIN``), tagged
+   with the new domain, so that neighbours report the new models' outcomes and how much
+   a prompt resembles the new file.
+4. Every model with labels in the new file gets a head for the new domain on
+   [phi_base, phi_new, knn]; a model the base also knew keeps its old heads, mixed with the
+   new one by the prompt's neighbour shares (``model.py``). Old heads get zeros on phi_new.
+5. Difficulty (and unseen models' P): the base's 1PL plus a correction on phi_new, and
+   abilities for the new data's new models, fitted with the base difficulty as offset.
+
+So on the base's own traffic a base model's prediction moves only as far as the new
+prompts show up among its neighbours.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from gateway.router.data import RoutingData
+from gateway.router.featurize import HashSpec
+from gateway.router.fit import fit_generic_head, fold_columns, oof_ridge, predict_ridge
+from gateway.router.model import DEFAULT_ARTIFACT
+from gateway.router.neighbours import MISSING, Neighbours, quantise_outcomes
+from gateway.router.text import STRUCT_NAMES
+from gateway.router.train import (
+    HEAD_INSAMPLE_MIX,
+    RIDGE_LAMBDA,
+    SPEC,
+    STRUCT_SCALE,
+    Prepared,
+    column_means,
+    design,
+    domain_weights,
+    fit_heads,
+    memory_rows,
+    outcome_targets,
+    prepare,
+)
+
+NEW_DIMS = 4
+
+
+def _load(base: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    root = DEFAULT_ARTIFACT if str(base) == "default" else Path(base)
+    meta = json.loads((root / "router.json").read_text(encoding="utf-8"))
+    with np.load(root / "router.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    return arrays, meta
+
+
+def _base_latent(arr: dict[str, np.ndarray], xh: sp.csr_matrix, struct: np.ndarray) -> np.ndarray:
+    s = (struct - arr["s_mean"].astype(np.float64)) / arr["s_std"].astype(np.float64)
+    return np.asarray(xh @ arr["w"].astype(np.float64)) + s @ arr["w_struct"].astype(np.float64) + arr["bias"]
+
+
+def _memory(arr: dict[str, np.ndarray], meta: dict, n_models: int, emb: np.ndarray, y: np.ndarray,
+            dom: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Base memory plus (some of) the new prompts; returns the arrays and each new row's
+    slot in the memory (-1 if not stored) for leave-one-out."""
+    keep = memory_rows(dom, seed)
+    old = arr["knn_outcomes"]
+    wide = np.full((old.shape[0], n_models), MISSING, dtype=np.uint8)
+    wide[:, : old.shape[1]] = old
+    n_old_dom = len(meta.get("domains", [])) or 1
+    old_dom = arr.get("knn_domain", np.zeros(old.shape[0], np.uint8))
+    out = {
+        "knn_emb": np.vstack([arr["knn_emb"], emb[keep].astype(np.float16)]),
+        "knn_outcomes": np.vstack([wide, quantise_outcomes(y[keep])]),
+        "knn_domain": np.concatenate([old_dom, dom[keep]]).astype(np.uint8),
+    }
+    slot = np.full(emb.shape[0], -1)
+    slot[keep] = old.shape[0] + np.arange(keep.size)
+    assert int(out["knn_domain"].max()) < 256 and n_old_dom <= int(dom.min())
+    return out, slot
+
+
+def adapt(
+    base: str | Path, prep: Prepared, train_rows: np.ndarray, *, seed: int = 0, progress: bool = True
+) -> tuple[dict[str, np.ndarray], dict]:
+    """(arrays, meta) of the base router adapted to ``prep``'s labelled ``train_rows``."""
+    arr, meta = _load(base)
+    spec = HashSpec(**meta["hash_spec"])
+    if spec != SPEC or list(meta.get("struct_names", [])) != list(STRUCT_NAMES) or "knn_emb" not in arr:
+        raise ValueError("the base router was made by an older version of `switchyard train`: retrain it")
+    data = prep.data
+    xh, x = design(prep, arr["idf"].astype(np.float32), arr["s_mean"].astype(np.float64),
+                   arr["s_std"].astype(np.float64))
+    xh, x = xh[train_rows], x[train_rows]
+    dom = data.domain[train_rows]
+    weight = domain_weights(dom)
+    old_domains: list[str] = list(meta.get("domains", [])) or ["base"]
+    new_names = sorted({str(d) for d in dom})
+    dom_idx = np.array([len(old_domains) + new_names.index(str(d)) for d in dom])
+
+    phi_base = _base_latent(arr, xh, prep.hashed.struct[train_rows])
+    targets = outcome_targets(data.score[train_rows], dom, NEW_DIMS)
+    # Out-of-fold, as in training; phi_base is already out-of-sample on these prompts.
+    oof, ridge = oof_ridge(x, targets, RIDGE_LAMBDA, seed=seed, progress=progress, weight=weight)
+    scale = oof.std(0) + 1e-9
+    phi_new = ((1 - HEAD_INSAMPLE_MIX) * oof + HEAD_INSAMPLE_MIX * predict_ridge(ridge, x)) / scale
+
+    old_models: list[str] = list(meta["models"])
+    models = old_models + [m for m in data.models if m not in old_models]
+    y = np.full((len(train_rows), len(models)), np.nan)
+    for name in data.models:
+        y[:, models.index(name)] = data.score[train_rows, data.col(name)]
+
+    nb_meta = meta["neighbours"]
+    proj = arr["knn_proj"].astype(np.float64)
+    emb = np.asarray(fold_columns(xh, int(nb_meta["bits"])) @ proj)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True) + 1e-12
+    memory, slot = _memory(arr, meta, len(models), emb, y, dom_idx, seed)
+    nb = Neighbours.from_arrays(int(nb_meta["bits"]), int(nb_meta["k"]), float(nb_meta["smooth"]),
+                                float(nb_meta["power"]), arr["knn_proj"], memory["knn_emb"],
+                                memory["knn_outcomes"], memory["knn_domain"], len(old_domains) + len(new_names))
+    knn = np.asarray(nb.logits(emb.astype(np.float32), exclude=slot))
+
+    t_base = phi_base.shape[1]
+    new = fit_heads(np.column_stack([phi_base, phi_new]), y, knn, dom_idx)
+    old_coef = np.column_stack([arr["head_coef"], np.zeros((arr["head_coef"].shape[0], NEW_DIMS))])
+    n_old = arr["head_icpt"].shape[0]
+    head_model = arr.get("head_model", np.arange(n_old))
+    head_domain = arr.get("head_domain", np.zeros(n_old))
+
+    delta_base = phi_base @ arr["gen_coef"] + float(arr["gen_icpt"])
+    y_own = np.column_stack([data.score[train_rows, data.col(m)] for m in data.models])
+    gen_new, gen_icpt_new, theta_new = fit_generic_head(phi_new, y_own, row_weight=weight, offset=delta_base)
+    theta = np.concatenate([arr["theta"], [theta_new[data.models.index(m)] for m in models[len(old_models):]]])
+
+    out = dict(arr)
+    out.update(memory)
+    out.update({
+        "w": np.hstack([arr["w"].astype(np.float32), ridge.coef[: SPEC.dim] / scale]).astype(np.float16),
+        "w_struct": np.hstack([arr["w_struct"], ridge.coef[SPEC.dim :] * STRUCT_SCALE / scale]).astype(np.float32),
+        "bias": np.concatenate([arr["bias"], ridge.intercept / scale]).astype(np.float32),
+        "head_coef": np.vstack([old_coef, new["head_coef"].reshape(-1, t_base + NEW_DIMS)]),
+        "head_icpt": np.concatenate([arr["head_icpt"], new["head_icpt"]]),
+        "knn_coef": np.concatenate([arr["knn_coef"], new["knn_coef"]]),
+        "head_model": np.concatenate([head_model, new["head_model"]]).astype(np.int16),
+        "head_domain": np.concatenate([head_domain, new["head_domain"]]).astype(np.int16),
+        "gen_coef": np.concatenate([arr["gen_coef"], gen_new]),
+        "gen_icpt": np.asarray(float(arr["gen_icpt"]) + gen_icpt_new),
+        "theta": theta,
+    })
+    meta_out = _adapted_meta(meta, data, train_rows, models)
+    meta_out["domains"] = old_domains + new_names
+    return out, meta_out
+
+
+def _adapted_meta(meta: dict, data: RoutingData, train_rows: np.ndarray, models: list[str]) -> dict:
+    out = dict(meta)
+    tokens = column_means(data.out_tokens[train_rows])
+    expected = dict(meta.get("expected_output_tokens", {}))
+    for name, v in zip(data.models, tokens, strict=True):
+        if np.isfinite(v) and name not in expected:
+            expected[name] = round(float(v), 2)
+    out.update({
+        "models": models,
+        "latent_dims": int(meta.get("latent_dims", 0)) + NEW_DIMS,
+        "expected_output_tokens": expected,
+        "n_train": int(meta.get("n_train", 0)) + int(train_rows.size),
+        "adapted": [*meta.get("adapted", []),
+                    {"n_train": int(train_rows.size), "new_models": len(models) - len(meta["models"])}],
+    })
+    out.pop("validation_report", None)
+    return out
+
+
+__all__ = ["adapt", "prepare"]
