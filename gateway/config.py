@@ -8,6 +8,8 @@ valid number`.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -121,9 +123,7 @@ class GatewayConfig(_Strict):
     @field_validator("deployments")
     @classmethod
     def _unique_names(cls, deployments: list[DeploymentConfig]) -> list[DeploymentConfig]:
-        names = [d.name for d in deployments]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := _repeated(d.name for d in deployments):
             raise ValueError(f"deployment names must be unique, repeated: {', '.join(dupes)}")
         return deployments
 
@@ -131,9 +131,7 @@ class GatewayConfig(_Strict):
     @classmethod
     def _distinct_tenants(cls, tenants: list[TenantConfig]) -> list[TenantConfig]:
         """Names key budgets and spend; a key names one tenant. (Keys from env vars: `Authenticator`.)"""
-        names = [t.name for t in tenants]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if dupes := _repeated(t.name for t in tenants):
             raise ValueError(f"tenant names must be unique, repeated: {', '.join(dupes)}")
         owner: dict[str, str] = {}
         for t in tenants:
@@ -142,6 +140,11 @@ class GatewayConfig(_Strict):
             if t.api_key_sha256:
                 owner[t.api_key_sha256] = t.name
         return tenants
+
+
+def _repeated(names: Iterable[str]) -> list[str]:
+    """The names given more than once, sorted."""
+    return sorted(n for n, count in Counter(names).items() if count > 1)
 
 
 def describe_validation_error(source: str, exc: ValidationError) -> str:
