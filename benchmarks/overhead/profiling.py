@@ -1,6 +1,6 @@
 """Where the gateway's CPU goes under load, by stage: py-spy samples of `switchyard serve`.
 
-    python -m benchmarks.overhead_profile [--seconds 15] [--connections 16] [--no-span-export]
+    python -m benchmarks.overhead.profiling [--seconds 15] [--connections 16] [--no-span-export]
 
 Same set-up as benchmarks/overhead.py: the nginx upstream (no delay) and wrk on core 0, the
 gateway alone on core 1, `model: "auto"` with a new prompt on every request (so neither the
@@ -23,10 +23,10 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.overhead_load import PLACEHOLDER, parse_wrk, wrk_command, wrk_script
-from benchmarks.overhead_nginx import NginxUpstream
-from benchmarks.overhead_procs import Processes, cpu_seconds, free_port, pinned, wait_http
-from benchmarks.overhead_targets import BY_NAME, REPO, switchyard_config
+from benchmarks.overhead.loadgen import PLACEHOLDER, parse_wrk, wrk_command, wrk_script
+from benchmarks.overhead.nginx import NginxUpstream
+from benchmarks.overhead.procs import Processes, cpu_seconds, free_port, pinned, wait_http
+from benchmarks.overhead.targets import BY_NAME, REPO, switchyard_config
 
 OUT = REPO / "benchmarks" / "results" / "overhead_profile.md"
 # (stage, path fragments). A sample goes to the first stage met walking from the leaf frame up.
@@ -150,7 +150,7 @@ def render(counts: Counter[str], facts: dict[str, float], command: str, export_s
     lines += [
         "",
         "Each sample is charged to the innermost frame that belongs to a stage (see STAGES in "
-        "benchmarks/overhead_profile.py); shares are of all samples of all the gateway's threads.",
+        "benchmarks/overhead/profiling.py); shares are of all samples of all the gateway's threads.",
         "",
     ]
     return "\n".join(lines)
@@ -158,7 +158,7 @@ def render(counts: Counter[str], facts: dict[str, float], command: str, export_s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.overhead_profile",
+        prog="python -m benchmarks.overhead.profiling",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         counts, facts = profile(a.seconds, a.connections, not a.no_span_export, Path(tmp))
         if a.keep_raw:
             shutil.copy(Path(tmp) / "profile.raw", a.keep_raw)
-    command = "python -m benchmarks.overhead_profile " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m benchmarks.overhead.profiling " + " ".join(argv if argv is not None else sys.argv[1:])
     a.out.write_text(render(counts, facts, command.strip(), not a.no_span_export))
     print(f"wrote {a.out}")
     return 0

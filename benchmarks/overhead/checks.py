@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from benchmarks.overhead_report import BASE, Summary, _median, _table
-from benchmarks.overhead_targets import BY_NAME
+from benchmarks.overhead.stats import BASE, Summary, median, table
+from benchmarks.overhead.targets import BY_NAME
 
 AUTO = "switchyard-auto"
 
@@ -35,7 +35,7 @@ def _throughput_checks(s: Summary, results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for other, factor, label in ((BASE, 0.5, "≥ 50% of passthrough-aiohttp"), ("litellm", 20.0, "≥ 20× litellm")):
         base = {k: v[0] for k, v in s.best_rps(other).items()}
-        ratio = _median(s.ratio(mine, base))
+        ratio = median(s.ratio(mine, base))
         shown = f"{ratio:.2f}×" if ratio is not None else _why_missing(results, AUTO, other)
         rows.append([f"throughput {label}", shown, _verdict(None if ratio is None else ratio >= factor)])
     return rows
@@ -44,11 +44,11 @@ def _throughput_checks(s: Summary, results: dict[str, Any]) -> list[list[str]]:
 def _latency_checks(s: Summary, results: dict[str, Any]) -> list[list[str]]:
     rows = []
     for step in s.steps("latency", "wrk"):
-        p50 = _median(list(s.added("latency", step, AUTO, "p50").values()))
+        p50 = median(list(s.added("latency", step, AUTO, "p50").values()))
         shown = f"{p50:.2f} ms" if p50 is not None else _why_missing(results, AUTO, "direct")
         rows.append([f"added p50 ≤ 3 ms ({step})", shown, _verdict(None if p50 is None else p50 <= 3.0)])
-        mine = _median(list(s.added("latency", step, AUTO, "p99").values()))
-        base = _median(list(s.added("latency", step, BASE, "p99").values()))
+        mine = median(list(s.added("latency", step, AUTO, "p99").values()))
+        base = median(list(s.added("latency", step, BASE, "p99").values()))
         if mine is None or base is None:
             rows.append([f"added p99 ≤ 2× aiohttp's ({step})", _why_missing(results, AUTO, BASE), _verdict(None)])
             continue
@@ -61,7 +61,7 @@ def _latency_checks(s: Summary, results: dict[str, Any]) -> list[list[str]]:
 
 def _cache_check(s: Summary, results: dict[str, Any]) -> list[str]:
     step = "instant upstream c=1"
-    gateway = _median(list(s.added("throughput", step, "switchyard-hit", "p50").values()))
+    gateway = median(list(s.added("throughput", step, "switchyard-hit", "p50").values()))
     label = "cache hit ≤ 1 ms p50 of gateway time"
     if gateway is None:
         return [label, _why_missing(results, "switchyard-hit", "direct"), _verdict(None)]
@@ -73,7 +73,7 @@ def checks_section(s: Summary, results: dict[str, Any]) -> list[str]:
     return [
         "## Targets (switchyard-auto unless stated)",
         "",
-        *_table(["target", "measured (median over rounds)", "verdict"], rows),
+        *table(["target", "measured (median over rounds)", "verdict"], rows),
         "",
         "Cache-hit gateway time = p50 of `switchyard-hit` minus p50 of `direct`, both at 1 connection "
         "against the instant upstream (a hit never reaches the upstream; subtracting `direct` removes "
@@ -115,12 +115,13 @@ def method_section(s: Summary, results: dict[str, Any]) -> list[str]:
         "`--h1 --rps` per connection, enough connections that each one's send interval is ≥ 2× 80 ms; "
         "per-request latency from its `--log-file`. A response slower than a connection's interval delays "
         "that connection's next send (coordinated omission), so tail numbers past ~160 ms understate.",
-        "- Streaming TTFB: wrk only times whole responses, so benchmarks/overhead_ttfb.py (uvloop + "
+        "- Streaming TTFB: wrk only times whole responses, so benchmarks/overhead/ttfb.py (uvloop + "
         "httptools, closed loop) records request write → first body byte (the first SSE event, not the "
         "status line) and → end of stream. It is Python: its own cost is in `direct` too and cancels in "
         "*added*.",
         "- Servers: the passthroughs run one uvicorn worker with `--loop uvloop "
-        "--http httptools --no-access-log`; the passthroughs are starlette apps (benchmarks/passthrough_*.py). "
+        "--http httptools --no-access-log`; the passthroughs are starlette apps "
+        "(benchmarks/overhead/passthrough_*.py). "
         "Switchyard runs as `python -m gateway.cli serve --config … --host 127.0.0.1 --port …` with its "
         + ("own defaults and telemetry on: every request's spans are recorded and exported over OTLP/HTTP "
            "(`OTEL_EXPORTER_OTLP_ENDPOINT` = the upstream nginx, which accepts `/v1/traces` and drops it); "
