@@ -10,18 +10,26 @@ with an `event` field. In text format the same fields follow the message as `key
 
 A request line never holds an API key, and holds the prompt only for a tenant with
 `log_prompts: true`.
+
+`switchyard serve` writes its lines in batches (`BatchingHandler`, `configure(flush_s=...)`): one
+write per `LOG_FLUSH_S` instead of one write system call per request, which cost more than the
+line itself. Warnings and errors are written at once, together with what is waiting before them;
+the rest is written within `LOG_FLUSH_S`, and at exit.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
 from typing import IO, Any, Literal
 
 import orjson
 
 LogFormat = Literal["json", "text"]
+LOG_FLUSH_S = 0.2  # how long an INFO line may wait to be written with others
+_FLUSH_BYTES = 1 << 16  # ...or until this much is waiting
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Every attribute a bare LogRecord has: anything else on a record came from `extra=`.
@@ -76,18 +84,68 @@ def _text(value: Any) -> str:
     return orjson.dumps(value, default=str).decode() if isinstance(value, dict | list) else str(value)
 
 
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that joins lines and writes them at most every `flush_s` (a daemon thread
+    wakes to write what waits), at once for WARNING and above or past 64 KiB, and on flush/close."""
+
+    def __init__(self, stream: IO[str] | None = None, flush_s: float = LOG_FLUSH_S) -> None:
+        super().__init__(stream)
+        self.flush_s = flush_s
+        self._pending: list[str] = []
+        self._size = 0
+        self._closed = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_every, name="switchyard.log-flush", daemon=True)
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        self._size += len(line)
+        if record.levelno >= logging.WARNING or self._size >= _FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # set by createLock() in Handler.__init__
+            if self._pending:
+                text, self._pending, self._size = "".join(self._pending), [], 0
+                try:
+                    self.stream.write(text)
+                except Exception:
+                    return  # like StreamHandler: a log that cannot be written must not fail the request
+            super().flush()
+
+    def _flush_every(self) -> None:
+        while not self._closed.wait(self.flush_s):
+            if self._pending:
+                self.flush()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.flush()
+        super().close()
+
+
 def default_format(stream: IO[str] | None = None) -> LogFormat:
     """Text for a person at a terminal, JSON for anything else (a log shipper, a file, a container)."""
     stream = stream or sys.stderr
     return "text" if hasattr(stream, "isatty") and stream.isatty() else "json"
 
 
-def configure(level: str, fmt: LogFormat | None = None, stream: IO[str] | None = None) -> None:
-    """The root logger's one handler, in `fmt` (default: `default_format`), at `level`."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+def configure(level: str, fmt: LogFormat | None = None, stream: IO[str] | None = None,
+              flush_s: float | None = None) -> None:
+    """The root logger's one handler, in `fmt` (default: `default_format`), at `level`; with `flush_s`,
+    lines are written in batches (`BatchingHandler`), else each as it comes."""
+    target = stream or sys.stderr
+    handler = BatchingHandler(target, flush_s) if flush_s else logging.StreamHandler(target)
     handler.setFormatter(JsonFormatter() if (fmt or default_format(stream)) == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, BatchingHandler):
+            old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
