@@ -1,13 +1,16 @@
 """Where the gateway's CPU goes under load, by stage: py-spy samples of `switchyard serve`.
 
     python -m benchmarks.overhead.profiling [--seconds 15] [--connections 16] [--no-span-export]
+        [--flamegraph auto.svg] [--repo CHECKOUT]
 
 Same set-up as benchmarks/overhead.py: the nginx upstream (no delay) and wrk on core 0, the
 gateway alone on core 1, `model: "auto"` with a new prompt on every request (so neither the
 answer cache nor the router's memory helps), spans exported over OTLP to the nginx. py-spy
 samples every thread of the gateway; each sample is charged to the innermost frame that belongs
 to a known stage, and the stage's share of samples times the measured CPU seconds per request
-gives its cost per request. Writes benchmarks/results/overhead_profile.md. Needs py-spy
+gives its cost per request. Writes benchmarks/results/overhead_profile.md (and, with --flamegraph,
+an SVG flame graph of the samples); --repo profiles another checkout's gateway (before/after a
+change) with this harness. Needs py-spy
 (`pip install py-spy`), nginx with the Lua module, and wrk.
 """
 
@@ -23,6 +26,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.overhead.flame import svg
 from benchmarks.overhead.loadgen import PLACEHOLDER, parse_wrk, wrk_command, wrk_script
 from benchmarks.overhead.nginx import NginxUpstream
 from benchmarks.overhead.procs import Processes, cpu_seconds, free_port, pinned, wait_http
@@ -71,7 +75,7 @@ def read_raw(path: Path) -> Counter[str]:
 
 
 def profile(
-    seconds: float, connections: int, export_spans: bool, workdir: Path
+    seconds: float, connections: int, export_spans: bool, workdir: Path, repo: Path = REPO
 ) -> tuple[Counter[str], dict[str, float]]:
     with Processes(workdir) as procs:
         upstream = NginxUpstream(workdir, free_port(), free_port(), 0.0)
@@ -81,7 +85,7 @@ def profile(
         config.write_text(switchyard_config(base))
         port = free_port()
         env: dict[str, str | None] = {
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(repo),
             "OTEL_EXPORTER_OTLP_ENDPOINT": base if export_spans else None,
         }
         gw = procs.start(
@@ -167,15 +171,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-span-export", action="store_true", help="run the gateway without an OTLP endpoint")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--keep-raw", type=Path, help="also keep py-spy's raw samples here")
+    p.add_argument("--flamegraph", type=Path, help="also write a flame graph (SVG) of the samples here")
+    p.add_argument("--repo", type=Path, default=REPO, help="the checkout whose gateway is profiled")
     a = p.parse_args(argv)
     missing = [tool for tool in ("py-spy", "wrk") if shutil.which(tool) is None]
     if missing:
         print(f"needs {', '.join(missing)} (pip install py-spy; apt-get install wrk)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="switchyard-profile-") as tmp:
-        counts, facts = profile(a.seconds, a.connections, not a.no_span_export, Path(tmp))
+        counts, facts = profile(a.seconds, a.connections, not a.no_span_export, Path(tmp), a.repo.resolve())
+        raw = Path(tmp) / "profile.raw"
         if a.keep_raw:
-            shutil.copy(Path(tmp) / "profile.raw", a.keep_raw)
+            shutil.copy(raw, a.keep_raw)
+        if a.flamegraph:
+            title = f"switchyard serve, model auto, {facts['cpu_ms_per_request']:.3f} ms CPU per request"
+            a.flamegraph.write_text(svg(raw.read_text().splitlines(), title))
     command = "python -m benchmarks.overhead.profiling " + " ".join(argv if argv is not None else sys.argv[1:])
     a.out.write_text(render(counts, facts, command.strip(), not a.no_span_export))
     print(f"wrote {a.out}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.overhead.flame import svg
 from benchmarks.overhead.report import render
 from benchmarks.overhead.stats import Summary
 
@@ -40,3 +41,10 @@ def test_report_states_each_target_with_its_verdict() -> None:
     assert "## Targets" in report
     assert "0.55×" in report  # 1100/2000 and 825/1500, the same ratio in both rounds
     assert "2.00 ms" in report and "PASS" in report
+
+
+def test_a_flame_graph_box_is_as_wide_as_its_share_of_the_samples() -> None:
+    picture = svg(["main;route;assess 3", "main;route 1", "main;log 4"], "test")
+    assert picture.startswith("<svg") and "(8 samples)" in picture
+    assert 'width="600.0"' in picture  # main;log: half of the samples, half of 1200 px
+    assert "assess (37.5%)" in picture and "route (50.0%)" in picture
