@@ -23,6 +23,7 @@ import logging
 import sys
 import threading
 import time
+from itertools import islice
 from typing import IO, Any, Literal
 
 import orjson
@@ -36,8 +37,13 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
+# A record's standard attributes come first in its __dict__ (set by LogRecord.__init__), then the
+# `extra=` ones: so the search for the extras can start past the standard ones.
+_FIRST_EXTRA = len(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+
+
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    return {k: v for k, v in islice(record.__dict__.items(), _FIRST_EXTRA, None) if k not in _STANDARD}
 
 
 class JsonFormatter(logging.Formatter):
@@ -48,10 +54,10 @@ class JsonFormatter(logging.Formatter):
         self._second, self._stamp = -1, ""  # the formatted second, reused by every line within it
 
     def _utc(self, created: float) -> str:
-        second = int(created)
+        second, ms = divmod(int(created * 1000), 1000)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int(created % 1 * 1000):03d}Z"
+        return f"{self._stamp}.{ms:03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"time": self._utc(record.created), "level": record.levelname, "logger": record.name,

@@ -47,7 +47,9 @@ class Telemetry:
         elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), **batch_settings()))
+            queue, batch = batch_settings()
+            self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(), max_queue_size=queue,
+                                                                max_export_batch_size=batch))
             log.info("exporting traces over OTLP to %s", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
         else:
             self.recording = False
@@ -106,13 +108,15 @@ class Telemetry:
 # Larger export batches than the SDK's (512 spans, every 5 s): a post costs about as much CPU
 # whatever it carries, and at a thousand requests a second (three spans each) the SDK's default
 # posts six times a second on the request path's core. Each OTEL_BSP_* variable still wins.
-BATCH_DEFAULTS = {"OTEL_BSP_MAX_QUEUE_SIZE": ("max_queue_size", 8192),
-                  "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": ("max_export_batch_size", 2048)}
+SPAN_QUEUE, SPAN_BATCH = 8192, 2048
 
 
-def batch_settings() -> dict[str, int]:
-    """The BatchSpanProcessor arguments for the variables not set in the environment."""
-    return {arg: value for env, (arg, value) in BATCH_DEFAULTS.items() if not os.environ.get(env)}
+def batch_settings() -> tuple[int | None, int | None]:
+    """(max_queue_size, max_export_batch_size): ours, unless OTEL_BSP_MAX_QUEUE_SIZE or
+    OTEL_BSP_MAX_EXPORT_BATCH_SIZE is set (None lets the SDK read the variable)."""
+    env = os.environ.get
+    return (None if env("OTEL_BSP_MAX_QUEUE_SIZE") else SPAN_QUEUE,
+            None if env("OTEL_BSP_MAX_EXPORT_BATCH_SIZE") else SPAN_BATCH)
 
 
 def _context(parent: Span | Context | None) -> Context | None:
