@@ -40,7 +40,8 @@ def test_report_states_each_target_with_its_verdict() -> None:
     report = render(_results())
     assert "## Targets" in report
     assert "0.55×" in report  # 1100/2000 and 825/1500, the same ratio in both rounds
-    assert "2.00 ms" in report and "PASS" in report
+    assert "2.00 ms" in report and "PASS" in report  # added p50 at 8 connections, against 2 ms
+    assert "CPU ≤ 0.6 ms per request" in report and "streaming TTFB added p50 ≤ 2 ms" in report
 
 
 def test_a_flame_graph_box_is_as_wide_as_its_share_of_the_samples() -> None:
