@@ -228,8 +228,9 @@ class RequestLog:
             if isinstance(item, Completed):
                 raw = orjson.dumps(build_record(item))
                 records.append((request_key(item.tenant.name, item.request_id), raw))
-                lines.append(b'{"kind":"request",' + raw[1:])
-            else:
+                if self.sink is not None:
+                    lines.append(b'{"kind":"request",' + raw[1:])
+            elif self.sink is not None:
                 lines.append(orjson.dumps(item))
         if records:
             try:
