@@ -46,11 +46,13 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("gateway/telemetry.py", "trace/__init__.py", "trace/span.py", "trace/sampling.py", "attributes/__init__.py"),
     ),
     ("policy: decide + estimate", ("gateway/policy/",)),
+    ("request log line + metrics", ("gateway/logs.py", "gateway/observer.py", "gateway/metrics.py", "logging/")),
+    ("spend ledger + request records", ("gateway/ledger.py", "gateway/feedback.py")),
     ("upstream call: aiohttp client", ("aiohttp/",)),
     ("request parsing + validation", ("gateway/api/schemas.py", "pydantic")),
     (
-        "gateway: pipeline, executor, cache, auth, ledger, handlers",
-        ("gateway/pipeline.py", "gateway/executor/", "gateway/cache.py", "gateway/auth.py", "gateway/ledger.py",
+        "gateway: pipeline, executor, cache, auth, handlers",
+        ("gateway/pipeline.py", "gateway/executor/", "gateway/cache.py", "gateway/auth.py",
          "gateway/api/", "gateway/providers/", "gateway/streaming.py", "gateway/state.py"),
     ),
     ("HTTP server: uvicorn + starlette/fastapi", ("uvicorn/", "starlette/", "fastapi/", "httptools")),
@@ -65,9 +67,20 @@ def classify(stack: list[str]) -> str:
     return "event loop, asyncio and the rest"
 
 
+# Leaf frames of a thread that waits (the event loop polling, the span exporter and log flusher
+# sleeping): py-spy does not always tell them from running ones on a busy machine.
+IDLE = ("Runner.run (asyncio/runners.py", "Condition.wait (threading.py", "Event.wait (threading.py")
+
+
+def busy_lines(path: Path) -> list[str]:
+    """py-spy's raw lines, less those whose leaf frame is a wait."""
+    return [line for line in path.read_text().splitlines()
+            if not line.rpartition(" ")[0].rpartition(";")[2].startswith(IDLE)]  # fmt: skip
+
+
 def read_raw(path: Path) -> Counter[str]:
     counts: Counter[str] = Counter()
-    for line in path.read_text().splitlines():
+    for line in busy_lines(path):
         stack, _, n = line.rpartition(" ")
         if stack and n.isdigit():
             counts[classify(stack.split(";"))] += int(n)
@@ -154,7 +167,8 @@ def render(counts: Counter[str], facts: dict[str, float], command: str, export_s
     lines += [
         "",
         "Each sample is charged to the innermost frame that belongs to a stage (see STAGES in "
-        "benchmarks/overhead/profiling.py); shares are of all samples of all the gateway's threads.",
+        "benchmarks/overhead/profiling.py); shares are of all samples of all the gateway's threads, "
+        "less those of a thread waiting (IDLE).",
         "",
     ]
     return "\n".join(lines)
@@ -185,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copy(raw, a.keep_raw)
         if a.flamegraph:
             title = f"switchyard serve, model auto, {facts['cpu_ms_per_request']:.3f} ms CPU per request"
-            a.flamegraph.write_text(svg(raw.read_text().splitlines(), title))
+            a.flamegraph.write_text(svg(busy_lines(raw), title))
     command = "python -m benchmarks.overhead.profiling " + " ".join(argv if argv is not None else sys.argv[1:])
     a.out.write_text(render(counts, facts, command.strip(), not a.no_span_export))
     print(f"wrote {a.out}")
