@@ -106,6 +106,24 @@ async def _drive(app: Any, warmup: int, requests: int, concurrency: int,
     return cpu, wall
 
 
+def time_decide(app: Any, calls: int) -> float:
+    """Seconds of CPU per `decide()` of the default policy for one routed prompt (router excluded),
+    with the live view and the calibrated threshold read as the pipeline reads them."""
+    from gateway import signal as routing
+    from gateway.policy import Overrides, decide
+
+    svc = app.state.services
+    svc.calibrator.prepare()
+    policy = svc.policies.get(svc.config.default_policy)
+    messages = [{"role": "user", "content": f"{PROMPT} [decide]"}]
+    sig = routing.assess(svc.router.current, messages, svc.config.deployments)
+    started = time.process_time()
+    for _ in range(calls):
+        cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
+        decide(policy, sig, svc.catalog, svc.upstreams.health.view(), Overrides(), 64, cutoff)
+    return (time.process_time() - started) / calls
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead.inprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -114,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     p.add_argument("--cprofile", type=Path, default=None, help="write cProfile stats of the measured requests")
+    p.add_argument("--decide", type=int, default=0, help="only time this many policy decide() calls")
     a = p.parse_args(argv)
     from gateway import cli
     from gateway.api.app import create_app
@@ -128,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     quiet = {"watch_policies_s": None, "watch_router_s": None, "calibrate_s": 3600.0}
     accepted = inspect.signature(create_app).parameters
     app = create_app(load_config(str(config)), **{k: v for k, v in quiet.items() if k in accepted})
+    if a.decide:
+        print(f"decide(): {time_decide(app, a.decide) * 1e6:.1f} µs CPU per call ({a.decide} calls)")
+        return 0
     import uvloop
 
     cpu, wall = uvloop.run(_drive(app, a.warmup, a.requests, a.concurrency, a.cprofile))
