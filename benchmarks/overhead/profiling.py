@@ -59,7 +59,14 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
 )  # fmt: skip
 
 
+# The span exporter's thread, wherever its samples end (encoding reads the spans' own attributes,
+# events and links, which would otherwise count as recording them).
+EXPORT_THREAD = ("BatchProcessor.worker", "BatchSpanProcessor.worker")
+
+
 def classify(stack: list[str]) -> str:
+    if any(frame.startswith(EXPORT_THREAD) for frame in stack):
+        return STAGES[1][0]
     for frame in reversed(stack):
         for stage, fragments in STAGES:
             if any(f in frame for f in fragments):
