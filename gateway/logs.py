@@ -11,10 +11,11 @@ with an `event` field. In text format the same fields follow the message as `key
 A request line never holds an API key, and holds the prompt only for a tenant with
 `log_prompts: true`.
 
-`switchyard serve` writes its lines in batches (`BatchingHandler`, `configure(flush_s=...)`): one
-write per `LOG_FLUSH_S` instead of one write system call per request, which cost more than the
-line itself. Warnings and errors are written at once, together with what is waiting before them;
-the rest is written within `LOG_FLUSH_S`, and at exit.
+`switchyard serve` writes its per-request lines in batches (`BatchingHandler`,
+`configure(flush_s=...)`): one write per `LOG_FLUSH_S` instead of one write system call per
+request, which cost more than the line itself. Every other line (reloads, circuits, refusals,
+warnings) is written at once, together with the request lines waiting before it; the waiting ones
+are written within `LOG_FLUSH_S`, and at exit.
 """
 
 from __future__ import annotations
@@ -90,13 +91,19 @@ def _text(value: Any) -> str:
     return orjson.dumps(value, default=str).decode() if isinstance(value, dict | list) else str(value)
 
 
-class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """A stream handler that joins lines and writes them at most every `flush_s` (a daemon thread
-    wakes to write what waits), at once for WARNING and above or past 64 KiB, and on flush/close."""
+BATCHED = frozenset({"switchyard.request"})  # the loggers with a line per request
 
-    def __init__(self, stream: IO[str] | None = None, flush_s: float = LOG_FLUSH_S) -> None:
+
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that joins the lines of the `batched` loggers (below WARNING) and writes them
+    at most every `flush_s` (a daemon thread wakes to write what waits), or past 64 KiB; any other
+    line is written at once, after those waiting, and so is everything on flush/close."""
+
+    def __init__(self, stream: IO[str] | None = None, flush_s: float = LOG_FLUSH_S,
+                 batched: frozenset[str] = BATCHED) -> None:
         super().__init__(stream)
         self.flush_s = flush_s
+        self.batched = batched
         self._pending: list[str] = []
         self._size = 0
         self._closed = threading.Event()
@@ -111,7 +118,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         self._pending.append(line)
         self._size += len(line)
-        if record.levelno >= logging.WARNING or self._size >= _FLUSH_BYTES:
+        if record.levelno >= logging.WARNING or record.name not in self.batched or self._size >= _FLUSH_BYTES:
             self.flush()
 
     def flush(self) -> None:

@@ -131,7 +131,7 @@ def test_each_circuit_transition_is_one_structured_line(caplog: pytest.LogCaptur
 
 def _batching(stream: io.StringIO, flush_s: float) -> Iterator[logging.Logger]:
     logger = logging.getLogger("switchyard.test.batching")
-    handler = BatchingHandler(stream, flush_s)
+    handler = BatchingHandler(stream, flush_s, batched=frozenset({logger.name}))
     handler.setFormatter(JsonFormatter())
     logger.addHandler(handler)
     logger.propagate = False
@@ -168,3 +168,11 @@ def test_closing_the_batching_handler_writes_what_waits() -> None:
     for logger in _batching(stream, flush_s=60):
         logger.info("last words")
     assert json.loads(stream.getvalue())["message"] == "last words"
+
+
+def test_a_line_of_a_logger_without_a_line_per_request_is_written_at_once() -> None:
+    stream = io.StringIO()
+    for logger in _batching(stream, flush_s=60):
+        logger.info("per request")
+        logging.getLogger("switchyard.test.batching.reload").info("reloaded")  # propagates to the handler
+        assert [json.loads(x)["message"] for x in stream.getvalue().splitlines()] == ["per request", "reloaded"]
