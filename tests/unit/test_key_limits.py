@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -94,14 +95,14 @@ def test_a_key_budget_and_its_tenant_budget_both_hold() -> None:
         auth = _auth({"name": "acme", "budget": {"usd": 1.0, "period": "day"}})
         tenant = await auth.authenticate(f"Bearer {await _key(auth, budget={'usd': 0.3, 'period': 'total'})}")
         held = await auth.admit(tenant, 0.25)
-        with pytest.raises(BudgetExceeded, match="key '.*' of tenant 'acme'.*\\$0.3 budget"):
+        with pytest.raises(BudgetExceeded, match=r"key '.*' of tenant 'acme'.*\$0.3 budget"):
             await auth.admit(tenant, 0.1)
         await held.settle(0.2)
-        day = period_spend_key("acme", None, period_id("day", __import__("time").time()))
+        day = period_spend_key("acme", None, period_id("day", time.time()))
         assert await auth.store.get_float(day) == pytest.approx(0.2)
         other = await auth.authenticate(f"Bearer {await _key(auth)}")  # same tenant, no key budget
         await auth.admit(other, 0.7)
-        with pytest.raises(BudgetExceeded, match="tenant 'acme'.* daily budget"):
+        with pytest.raises(BudgetExceeded, match=r"tenant 'acme'.* daily budget"):
             await auth.admit(other, 0.2)
 
     asyncio.run(scenario())
