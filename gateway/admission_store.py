@@ -90,6 +90,27 @@ local nb, nw = tonumber(ARGV[1]), tonumber(ARGV[2])
 local step, steps = tonumber(ARGV[5]), tonumber(ARGV[6])
 local cur = math.floor(now / step)
 local fired = {}
+-- A window's usage: its running total 't', less the buckets that slid out since 'o' (the oldest
+-- step that may still hold counts), which are dropped now: O(1) a request, amortised.
+local function window_total(key)
+  local got = redis.call('HMGET', key, 't', 'o')
+  local total, oldest = tonumber(got[1] or '0'), tonumber(got[2] or cur)
+  local live = cur - steps + 1
+  if oldest < live then
+    if live - oldest >= steps then
+      redis.call('DEL', key)
+      total = 0
+    else
+      for s = oldest, live - 1 do
+        local field = string.format('%d', s)
+        local c = redis.call('HGET', key, field)
+        if c then total = total - tonumber(c); redis.call('HDEL', key, field) end
+      end
+      redis.call('HSET', key, 't', total, 'o', string.format('%d', live))
+    end
+  end
+  return total
+end
 local function alert(i, committed, limit, over)
   local a = 6 + (i - 1) * 4
   if ARGV[a + 4] == '' then return end
@@ -120,19 +141,20 @@ for i = 1, nb do
   spent[i], reserved[i] = s, r
 end
 local wb, ab = 3 * nb, 6 + 4 * nb
+local totals = {}
 for i = 1, nw do
   local key = KEYS[wb + i]
   local limit, cost = tonumber(ARGV[ab + 2 * i - 1]), tonumber(ARGV[ab + 2 * i])
-  local rows = redis.call('HGETALL', key)
-  local used, live = 0, {}
-  for j = 1, #rows, 2 do
-    local b = tonumber(rows[j])
-    if b <= cur - steps then redis.call('HDEL', key, rows[j])
-    else local c = tonumber(rows[j + 1]); used = used + c; live[#live + 1] = {b, c} end
-  end
+  local used = window_total(key)
+  totals[i] = used
   if used + cost > limit then
     local retry = -1
     if cost <= limit then
+      local rows, live = redis.call('HGETALL', key), {}
+      for j = 1, #rows, 2 do
+        local b = tonumber(rows[j])
+        if b then live[#live + 1] = {b, tonumber(rows[j + 1])} end
+      end
       table.sort(live, function(x, y) return x[1] < y[1] end)
       local freed = 0
       for _, bc in ipairs(live) do
@@ -147,6 +169,8 @@ for i = 1, nw do
   local cost = tonumber(ARGV[ab + 2 * i])
   if cost > 0 then
     redis.call('HINCRBY', KEYS[wb + i], string.format('%d', cur), cost)
+    redis.call('HINCRBY', KEYS[wb + i], 't', cost)
+    redis.call('HSETNX', KEYS[wb + i], 'o', string.format('%d', cur))
     redis.call('PEXPIRE', KEYS[wb + i], (steps + 1) * step)
   end
 end
@@ -181,6 +205,7 @@ for i = 1, nw do
   local delta = tonumber(ARGV[a + 2])
   if delta ~= 0 and redis.call('HEXISTS', KEYS[2 * ns + i], ARGV[a + 1]) == 1 then
     redis.call('HINCRBY', KEYS[2 * ns + i], ARGV[a + 1], delta)
+    redis.call('HINCRBY', KEYS[2 * ns + i], 't', delta)
   end
 end
 return 1
@@ -338,7 +363,7 @@ class RedisAdmission:
 
     async def window_usage(self, key: str) -> float:
         rows = await self._guarded(lambda: self._client.hgetall(key))
-        buckets = {int(k): float(v) for k, v in rows.items()}
+        buckets = {int(k): float(v) for k, v in rows.items() if k.isdigit()}  # not 't' and 'o'
         return float(window_check(buckets, int(time.time() * 1000), 0, 0).used)
 
     async def set_add(self, key: str, member: str) -> None:
