@@ -1,6 +1,6 @@
 """One request's whole path through the gateway, top to bottom.
 
-    tenant   = auth.identify(...)                 → 401/403 early
+    tenant   = auth.authenticate(...)             → 401/403 early
     hit      = cache.lookup(...)                  → served from the store, cost 0 (after auth.admit)
     signal   = router.assess(...)                 → predicted quality per deployment (no network)
     decision = policy.decide(signal, ...)         → Single | Cascade | BestOfN, with reasons
