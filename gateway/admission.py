@@ -111,7 +111,8 @@ def plan_admission(scopes: Sequence[Scope], hold_id: str, amount: float, tokens:
             key = window_key(scope.tenant, scope.key_id, "tpm")
             windows.append(Window(key, limits.tokens_per_minute, tokens))
             names.append((scope, "tokens_per_minute"))
-            token_windows.append((key, tokens))
+            if tokens > 0:  # a cache hit reserves none: nothing to settle
+                token_windows.append((key, tokens))
     return Plan(Admission(hold_id, ttl_s, tuple(budgets), tuple(windows)), tuple(budget_scopes), tuple(names),
                 tuple(spends.values()), tuple(token_windows))
 
@@ -138,7 +139,7 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
     unit = "requests" if name == "requests_per_minute" else "tokens"
     log.warning("%s refused: over its %s", scope.label, name, extra={
         "event": "rate_refused", "tenant": scope.tenant, "key_id": scope.key_id, "limit": name,
-        "limit_value": window.limit, "used": got.used})
+        name: window.limit, "used": got.used})
     if got.retry_after_ms < 0:
         return RateLimited(f"{scope.label}: this request needs {window.cost} {unit}, more than its {name} limit "
                            f"of {window.limit:g} allows at all",
