@@ -106,7 +106,7 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.batched = batched
         self._pending: list[str] = []
         self._size = 0
-        self._closed = threading.Event()
+        self._stop = threading.Event()  # not `_closed`: logging.Handler.close sets that one
         self._flusher = threading.Thread(target=self._flush_every, name="switchyard.log-flush", daemon=True)
         self._flusher.start()
 
@@ -132,13 +132,17 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             super().flush()
 
     def _flush_every(self) -> None:
-        while not self._closed.wait(self.flush_s):
+        while not self._stop.wait(self.flush_s):
             if self._pending:
                 self.flush()
 
     def close(self) -> None:
-        self._closed.set()
-        self.flush()
+        if not self._stop.is_set():  # closed once (configure replacing it, then logging's own shutdown)
+            self._stop.set()
+            try:
+                self.flush()
+            except (OSError, ValueError):  # the stream is gone already: nothing left to write to
+                pass
         super().close()
 
 

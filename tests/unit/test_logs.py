@@ -176,3 +176,9 @@ def test_a_line_of_a_logger_without_a_line_per_request_is_written_at_once() -> N
         logger.info("per request")
         logging.getLogger("switchyard.test.batching.reload").info("reloaded")  # propagates to the handler
         assert [json.loads(x)["message"] for x in stream.getvalue().splitlines()] == ["per request", "reloaded"]
+
+
+def test_a_batching_handler_may_be_closed_twice() -> None:
+    handler = BatchingHandler(io.StringIO(), 60)
+    handler.close()  # when configure() replaces it
+    handler.close()  # and again in logging's shutdown at exit
