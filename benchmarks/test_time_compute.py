@@ -31,7 +31,8 @@ from benchmarks.ttc_plans import (
 )
 from benchmarks.ttc_report import ScenarioResult, arms_table, comparison_table, fit_tables, plot, sweep_table, verdict
 from benchmarks.ttc_validate import arm_fits, vote_scores
-from gateway.policy.estimate import CALIBRATION, Catalog
+from gateway.plans.odds import CALIBRATION
+from gateway.policy.estimate import Catalog
 from gateway.router import load_router
 from gateway.signal import RouteSignal
 

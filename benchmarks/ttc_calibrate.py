@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from benchmarks.ttc_data import Row, has_models, replay_cascade, replay_vote
-from gateway.policy.estimate import (
+from gateway.plans.odds import (
     VoteCalibration,
     escalated_quality,
     independent_outcomes,

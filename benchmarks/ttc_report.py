@@ -10,7 +10,7 @@ from pathlib import Path
 from benchmarks.ttc_calibrate import Fit
 from benchmarks.ttc_frontier import Comparison, Matrices, PolicyPoint, hull, quality_at
 from benchmarks.ttc_validate import ArmFit, Scores
-from gateway.policy.estimate import CALIBRATION
+from gateway.plans.odds import CALIBRATION
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,16 +31,17 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 
 from gateway import signal as routing
-from gateway import tokens
 from gateway.auth import HOLD_MARGIN_S, Authenticator, Reservation, Tenant
 from gateway.cache import CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
-from gateway.executor.upstreams import CallRecord, OpenStream
+from gateway.executor.result import CallRecord
+from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
+from gateway.messages import count_messages, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -182,7 +183,7 @@ class Route:
     @property
     def prompt_tokens(self) -> int:
         if self.counted is None:
-            self.counted = tokens.count_messages(self.messages)
+            self.counted = count_messages(self.messages)
         return self.counted
 
     def worst_case_usd(self, catalog: Catalog) -> float:
@@ -201,7 +202,7 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
                   router_version=router.version)
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
-        bound = tokens.upper_bound_messages(messages)
+        bound = upper_bound_messages(messages)
     else:
         sig = routing.assess(router, messages, svc.config.deployments)
         policy = entry.policy

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from gateway import tokens
+from gateway import messages
 from gateway.api.errors import install_error_handlers
 from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
@@ -75,7 +75,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     store = open_store(config.redis_url)
     auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256,
                          config.viewer_api_key_sha256)
-    tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
+    messages.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))

@@ -33,7 +33,6 @@ from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_any
 from tenacity.stop import stop_base
 
-from gateway import tokens
 from gateway.config import DeploymentConfig
 from gateway.errors import (
     DeploymentUnavailable,
@@ -44,6 +43,8 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
+from gateway.executor.result import CallRecord
+from gateway.messages import count_completion, count_messages
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
@@ -53,15 +54,6 @@ from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
 log = logging.getLogger("switchyard.upstream")
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    deployment: str
-    usage: Usage
-    cost_usd: float
-    latency_s: float
-    role: str = "answer"  # answer | sample | judge | escalation
 
 
 @dataclass(slots=True)
@@ -108,7 +100,7 @@ def counted(done: Completion, body: dict[str, Any]) -> Completion:
     """An answer without `usage` is billed on counted tokens (prompt and completion), never as free."""
     if done.usage.total_tokens:
         return done
-    usage = Usage(tokens.count_messages(body.get("messages") or ()), tokens.count_completion(done.body))
+    usage = Usage(count_messages(body.get("messages") or ()), count_completion(done.body))
     return Completion(done.body, usage, done.latency_s)
 
 

@@ -21,8 +21,8 @@ import yaml
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
+from gateway.messages import count_messages
 from gateway.state import spend_key
-from gateway.tokens import count_messages
 from tests.support.processes import (
     ROOT,
     RedisServer,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from gateway.config import embedded_config
+from gateway.messages import routing_text
 from gateway.router import load_router
-from gateway.signal import RememberingRouter, assess, routing_text
+from gateway.signal import RememberingRouter, assess
 
 DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
 

@@ -8,17 +8,16 @@ import pytest
 
 from gateway.config import DeploymentConfig
 from gateway.plans import BestOfN, Cascade, Single
-from gateway.policy.estimate import (
+from gateway.plans.cascade import estimate_cascade
+from gateway.plans.odds import (
     CALIBRATION,
-    Catalog,
     escalated_quality,
-    estimate,
-    estimate_cascade,
     independent_outcomes,
     majority_vote_quality,
     odds,
     vote_outcomes,
 )
+from gateway.policy.estimate import Catalog, estimate
 from gateway.providers.pricing import prices_for
 from gateway.signal import RouteSignal
 
