@@ -86,14 +86,14 @@ def _retry_wait(exc: ProviderFailure, retry: int) -> float:
     else a jittered exponential back-off."""
     if exc.retry_after_s is not None:
         return exc.retry_after_s
-    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + random.uniform(0, _JITTER_S)
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (retry - 1)) + random.uniform(0, _JITTER_S)
 
 
 def _longest_wait(exc: ProviderFailure, retry: int) -> float:
     """The most `_retry_wait` can be: a wait is only started when it surely fits in the deadline."""
     if exc.retry_after_s is not None:
         return exc.retry_after_s
-    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + _JITTER_S
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (retry - 1)) + _JITTER_S
 
 
 def counted(done: Completion, body: dict[str, Any]) -> Completion:
