@@ -20,6 +20,7 @@ from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import price_for
 from gateway.telemetry import Telemetry
 
+
 @dataclass(frozen=True)
 class Stream:
     """A streamed answer: these chunks in order, then `fail` raised (a failure mid-stream) if given."""
