@@ -58,6 +58,7 @@ def test_a_cascade_accepts_its_first_step_when_the_samples_agree() -> None:
 def test_a_cascade_escalates_when_agreement_is_under_the_threshold() -> None:
     result, backend = _run(Cascade(("small", "large"), threshold=0.9), _letters("A", "A", "B"))
     assert (result.deployment, result.plan_label) == ("large", "cascade:small>large:escalated")
+    assert (backend.called("small"), backend.called("large")) == (1, 1)
     assert result.body["choices"][0]["message"]["content"] == "The answer is D."
     step = result.evidence["cascade"][0]
     assert step["confidence"] == round(2 / 3, 4) and "escalated" in step
