@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from benchmarks.ttc_data import Replay, Row, replay_cascade, replay_single, replay_vote
+from benchmarks.test_time_compute.data import Replay, Row, replay_cascade, replay_single, replay_vote
 from gateway.config import DeploymentConfig
 from gateway.plans import BestOfN, Single
 from gateway.plans.cascade import estimate_cascade
