@@ -135,9 +135,9 @@ def render(results: list[ScenarioResult], fitted: Fit, args: argparse.Namespace,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.test_time_compute", 
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.test_time_compute", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Does test-time compute (votes across small models, agreement cascades) pay on recorded outcomes?")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="mmlu_pro.jsonl (prices file beside it)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for test_time_compute.md/.png")
     p.add_argument("--fit-rows", type=int, default=4000, help="train prompts used for the calibration fit")
