@@ -59,12 +59,11 @@ def estimate(plan: Single, s: RouteSignal, cat: Catalog, live: Live, max_tokens:
 
 def worst_case(plan: Single, prompt_tokens: int, catalog: Catalog, max_tokens: int | None, choices: int) -> float:
     """The dearest deployment of the fallback chain: one of them answers. On every capped or
-    budgeted request, so plain arithmetic, no Call values."""
+    budgeted request, so no Call values; priced as every call is (a long prompt at its tier's rates)."""
     worst = 0.0
     for name in plan.reachable:
-        price = catalog.prices[name]
         out = (max_tokens or catalog.deployments[name].max_output_tokens) * choices
-        worst = max(worst, prompt_tokens * price.input_per_token + out * price.output_per_token)
+        worst = max(worst, catalog.prices[name].estimate(prompt_tokens, out))
     return worst
 
 
