@@ -17,7 +17,7 @@ from gateway.executor.selectors import Selection, judge_messages, parse_judge_ch
 from gateway.executor.upstreams import Upstreams
 from gateway.messages import message_text
 
-JUDGE_MAX_TOKENS = 8  # what a judge may reply: a number (gateway.plans.base prices the same)
+JUDGE_MAX_TOKENS = 8  # what a judge may reply: a number (the worst case, gateway.plans.base, prices it)
 
 
 def result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRecord],

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from gateway.config import DeploymentConfig
+from gateway.executor.sampling import JUDGE_MAX_TOKENS
 from gateway.messages import count_text
 from gateway.providers.pricing import DeploymentPrice
 
@@ -26,9 +27,9 @@ if TYPE_CHECKING:
 
 Role = Literal["answer", "sample", "judge", "escalation"]
 
-# A judge's reply: what the runners ask for, what the estimator expects, and (generously) what its
-# instructions and candidate labels add to its prompt: worst cases must not be under-estimated.
-JUDGE_MAX_TOKENS = 8
+# A judge's reply: what the runners ask for (JUDGE_MAX_TOKENS), what the estimator expects, and
+# (generously) what its instructions and candidate labels add to its prompt: worst cases must not be
+# under-estimated.
 JUDGE_OUTPUT_TOKENS = 16
 JUDGE_FRAMING_TOKENS = 96
 
