@@ -9,7 +9,7 @@ them. tests/unit/plans/test_agreement.py holds the three to the same calls.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from gateway.config import DeploymentConfig
@@ -47,6 +47,16 @@ class Catalog:
 
     deployments: Mapping[str, DeploymentConfig]
     prices: Mapping[str, DeploymentPrice]
+    # Each plan's calls for one answer, worked out once: estimates run per request for every candidate,
+    # and a policy's plans are few and fixed.
+    planned: dict[Any, tuple[Call, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def calls(self, plan: Any, of: Callable[[Any, Catalog, int], tuple[Call, ...]]) -> tuple[Call, ...]:
+        """`of(plan, self, 1)`, remembered."""
+        found = self.planned.get(plan)
+        if found is None:
+            found = self.planned[plan] = of(plan, self, 1)
+        return found
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,7 +121,7 @@ def estimate(plan: BestOfN, s: RouteSignal, cat: Catalog, live: Live, max_tokens
     members = [estimate_single(Single(d), s, cat, live, max_tokens) for d in plan.samplers]
     ps = [e.quality for e in members]
     latency = max(e.latency_ms for e in members)
-    cost = expected_cost(calls(plan, cat, 1), s.prompt_tokens, cat, max_tokens)
+    cost = expected_cost(cat.calls(plan, calls), s.prompt_tokens, cat, max_tokens)
     if plan.judge is not None and plan.judged:
         mean = sum(ps) / len(ps)
         pass_at_n = 1 - math.prod(1 - p for p in ps)
