@@ -133,7 +133,8 @@ def estimate(plan: BestOfN, s: RouteSignal, cat: Catalog, live: Live, max_tokens
 
 
 def worst_case(plan: BestOfN, prompt_tokens: int, catalog: Catalog, max_tokens: int | None, choices: int) -> float:
-    return worst_cost(calls(plan, catalog, choices), prompt_tokens, catalog, max_tokens)
+    planned = catalog.calls(plan, calls) if choices == 1 else calls(plan, catalog, choices)
+    return worst_cost(planned, prompt_tokens, catalog, max_tokens)
 
 
 async def run(up: Upstreams, plan: BestOfN, body: dict[str, Any], span: Span | None, deadline: Deadline) -> Result:
