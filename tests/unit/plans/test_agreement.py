@@ -87,9 +87,10 @@ def _handler(unsure: bool, length: str) -> Callable[[DeploymentConfig, dict[str,
     return reply
 
 
-def _run(plan: Plan, unsure: bool, length: str) -> tuple[Result, list[tuple[str, int]]]:
+def _run(plan: Plan, unsure: bool, length: str, choices: int = 1) -> tuple[Result, list[tuple[str, int]]]:
     up, backend = fake_upstreams(_handler(unsure, length), *DEPLOYMENTS)
-    result = asyncio.run(run(up, plan, dict(BODY), None, Deadline.after(30)))
+    body = {**BODY, "n": choices} if choices > 1 else dict(BODY)
+    result = asyncio.run(run(up, plan, body, None, Deadline.after(30)))
     return result, [(name, body.get("n") or 1) for name, body in backend.calls]
 
 
@@ -97,18 +98,21 @@ def test_every_registered_kind_has_examples() -> None:
     assert set(EXAMPLES) == set(KINDS)
 
 
+@pytest.mark.parametrize("choices", [1, 2])
 @pytest.mark.parametrize("plan", CASES)
-def test_the_runner_makes_exactly_the_calls_the_kind_declares(plan: Plan) -> None:
-    result, made = _run(plan, unsure=True, length="max")
-    declared = KINDS[type(plan)].calls(plan, CATALOG, 1)
+def test_the_runner_makes_exactly_the_calls_the_kind_declares(plan: Plan, choices: int) -> None:
+    """`choices`: the client's `n`, which calls that answer directly ask for."""
+    result, made = _run(plan, unsure=True, length="max", choices=choices)
+    declared = KINDS[type(plan)].calls(plan, CATALOG, choices)
     assert Counter(made) == Counter((c.deployment, c.outputs) for c in declared)
     assert Counter((c.deployment, c.role) for c in result.calls) == Counter((c.deployment, c.role) for c in declared)
 
 
+@pytest.mark.parametrize("choices", [1, 2])
 @pytest.mark.parametrize("plan", CASES)
-def test_a_run_never_costs_more_than_its_worst_case(plan: Plan) -> None:
-    result, _ = _run(plan, unsure=True, length="max")
-    bound = worst_case_cost(plan, count_messages(BODY["messages"]), CATALOG, None)
+def test_a_run_never_costs_more_than_its_worst_case(plan: Plan, choices: int) -> None:
+    result, _ = _run(plan, unsure=True, length="max", choices=choices)
+    bound = worst_case_cost(plan, count_messages(BODY["messages"]), CATALOG, None, choices)
     assert 0 < result.cost_usd <= bound
 
 
