@@ -55,10 +55,10 @@ from gateway.policy import (
     output_ceiling,
     worst_case_cost,
     worst_case_duration_s,
+    worst_case_tokens,
 )
 from gateway.policy.sharing import Calibrator
 from gateway.providers.base import ProviderFailure, Usage
-from gateway.quotas import worst_case_tokens
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter

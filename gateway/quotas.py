@@ -24,25 +24,10 @@ from gateway.admission_store import Admission, Settlement, Window
 from gateway.config import DeploymentConfig
 from gateway.errors import RateLimited
 from gateway.messages import count_messages
-from gateway.plans import Plan, Single
 from gateway.state import Store, StoreUnavailable, deployment_window_key
 from gateway.windows import retry_after_s
 
 log = logging.getLogger("switchyard.upstream")
-
-
-def worst_case_tokens(plan: Plan, prompt_tokens: int, catalog: Any, max_tokens: int | None,
-                      choices: int = 1) -> int:
-    """The most tokens (prompt + output) the plan's calls may use: what a tokens-per-minute limit
-    reserves. A single: its dearest candidate; best-of and cascades: every call they may make."""
-    def limit(name: str) -> int:
-        return int(max_tokens or catalog.deployments[name].max_output_tokens)
-
-    if isinstance(plan, Single):
-        return max(prompt_tokens + limit(n) * choices for n in (plan.deployment, *plan.fallbacks))
-    names = plan.deployments
-    calls = len(getattr(plan, "samplers", ())) + int(getattr(plan, "samples", 0) or 0) + len(names)
-    return calls * (prompt_tokens + max(limit(n) for n in names))
 
 
 @dataclass(frozen=True, slots=True)

@@ -125,6 +125,20 @@ def worst_cost(calls: Sequence[Call], prompt_tokens: int, catalog: Catalog, max_
     return cost
 
 
+def worst_tokens(calls: Sequence[Call], prompt_tokens: int, catalog: Catalog, max_tokens: int | None) -> int:
+    """The tokens (prompt and output) the calls may use at most, counted as `worst_cost` prices them:
+    what a deployment's tokens-per-minute window holds for the request."""
+    total = 0
+    for c in calls:
+        if c.role == "judge":
+            framing = JUDGE_FRAMING_TOKENS + (count_text(c.instructions) if c.instructions else 0)
+            read = sum(max_tokens or catalog.deployments[r].max_output_tokens for r in c.reads)
+            total += prompt_tokens + framing + read + JUDGE_MAX_TOKENS
+        else:
+            total += prompt_tokens + (max_tokens or catalog.deployments[c.deployment].max_output_tokens) * c.outputs
+    return total
+
+
 class Binder(Protocol):
     """Resolves the names a policy file uses to configured deployments, naming the culprit on failure."""
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from gateway import plans
 from gateway.plans import Plan, Single
-from gateway.plans.base import Catalog, Estimate, Live
+from gateway.plans.base import Catalog, Estimate, Live, worst_tokens
 from gateway.signal import RouteSignal
 
 __all__ = ["Catalog", "Estimate", "estimate", "fit_to_cap", "max_tokens_within", "output_ceiling",
-           "worst_case_cost", "worst_case_duration_s"]
+           "worst_case_cost", "worst_case_duration_s", "worst_case_tokens"]
 
 
 def estimate(plan: Plan, signal: RouteSignal, catalog: Catalog, live_latency_s: Live,
@@ -33,6 +33,19 @@ def worst_case_cost(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens
     sample plus the judge, whose prompt carries every sample; cascade: every step and its samples.
     """
     return plans.KINDS[type(plan)].worst_case(plan, prompt_tokens, catalog, max_tokens, choices)
+
+
+def worst_case_tokens(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,
+                      choices: int = 1) -> int:
+    """The most tokens (prompt + output) the plan's calls may use: what a tokens-per-minute limit
+    reserves. A single: its largest candidate of the fallback chain; best-of and cascades: every
+    call they may make (`Kind.calls`), as `worst_case_cost` prices them."""
+    if isinstance(plan, Single):
+        return max(prompt_tokens + (max_tokens or catalog.deployments[n].max_output_tokens) * choices
+                   for n in plan.reachable)
+    of = plans.KINDS[type(plan)].calls
+    planned = catalog.calls(plan, of) if choices == 1 else of(plan, catalog, choices)
+    return worst_tokens(planned, prompt_tokens, catalog, max_tokens)
 
 
 def max_tokens_within(plan: Plan, prompt_tokens: int, catalog: Catalog, cap_usd: float,

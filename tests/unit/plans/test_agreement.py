@@ -5,7 +5,8 @@ Each registered kind lists example plans below (a new kind without examples fail
 where it makes every call it can (samples disagree, confidence is low, so cascades escalate to
 their last step), and the deployments called, how often and with what `n` must be the kind's
 `calls()` exactly. The same runs bound the prices: with the upstream generating `max_tokens`, the
-run never costs more than `worst_case_cost` (what budgets reserve); with it generating the expected
+run never costs more than `worst_case_cost` (what budgets reserve) nor uses more tokens than
+`worst_case_tokens` (what tokens-per-minute windows hold); with it generating the expected
 lengths, single calls and best-of cost what `estimate` predicted, and a cascade's estimate lies
 between the run that accepts its first step and the run that escalates every step.
 """
@@ -25,7 +26,7 @@ from gateway.executor import Deadline, Result, run
 from gateway.messages import count_messages
 from gateway.plans import KINDS, BestOfN, Cascade, Catalog, Plan, Single
 from gateway.plans.base import JUDGE_OUTPUT_TOKENS, output_tokens
-from gateway.policy.estimate import estimate, worst_case_cost
+from gateway.policy.estimate import estimate, worst_case_cost, worst_case_tokens
 from gateway.providers.pricing import price_for
 from gateway.signal import RouteSignal
 from tests.support.fake_backend import answer, deployment, fake_upstreams
@@ -112,8 +113,9 @@ def test_the_runner_makes_exactly_the_calls_the_kind_declares(plan: Plan, choice
 @pytest.mark.parametrize("plan", CASES)
 def test_a_run_never_costs_more_than_its_worst_case(plan: Plan, choices: int) -> None:
     result, _ = _run(plan, unsure=True, length="max", choices=choices)
-    bound = worst_case_cost(plan, count_messages(BODY["messages"]), CATALOG, None, choices)
-    assert 0 < result.cost_usd <= bound
+    prompt = count_messages(BODY["messages"])
+    assert 0 < result.cost_usd <= worst_case_cost(plan, prompt, CATALOG, None, choices)
+    assert 0 < result.usage.total_tokens <= worst_case_tokens(plan, prompt, CATALOG, None, choices)
 
 
 @pytest.mark.parametrize("plan", [c for c in CASES if not isinstance(c.values[0], Cascade)])
