@@ -184,6 +184,9 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             await follower.publish()  # the start-up versions, audited before the first request
         watcher = asyncio.create_task(follower.run()) if follower is not None else None
         router_task = asyncio.create_task(sync.run()) if sync is not None else None
+        for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
+            if isinstance(backend, LiteLLMBackend):
+                await backend.prepare()  # not on the first request, holding the event loop for seconds
         for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
                 background.start()

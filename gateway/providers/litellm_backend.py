@@ -1,13 +1,16 @@
 """Any provider litellm translates for, through its async API.
 
-litellm is imported on first use only: the import costs seconds and, unless told otherwise,
-fetches a cost map from the network. Quick commands and the direct path never pay for it.
+litellm is imported only where a deployment uses it: the import costs seconds and, unless told
+otherwise, fetches a cost map from the network. Quick commands and the direct path never pay for it;
+a gateway that serves through litellm imports it while starting (`prepare`), not on its first request,
+which would hold the event loop (every request in flight) for those seconds.
 At debug level litellm logs whole prompts and completions, so its loggers stay at warning unless
 `SWITCHYARD_LOG_PROMPTS=1`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -76,6 +79,10 @@ class LiteLLMBackend:
         if self._litellm is None:
             self._litellm = import_litellm()
         return self._litellm
+
+    async def prepare(self) -> None:
+        """Import litellm and read its parameter list, off the event loop, before traffic."""
+        await asyncio.to_thread(self._reserved)
 
     def _reserved(self) -> frozenset[str]:
         if self._reserved_params is None:

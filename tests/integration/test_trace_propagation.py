@@ -17,6 +17,10 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -50,10 +54,13 @@ def _value(v: AnyValue) -> Any:
 
 
 class OtlpReceiver:
-    """An OTLP/HTTP trace receiver: POST /v1/traces with a protobuf ExportTraceServiceRequest."""
+    """An OTLP/HTTP receiver as a collector is: POST /v1/traces with a protobuf ExportTraceServiceRequest,
+    and /v1/metrics with an ExportMetricsServiceRequest (the gateway pushes its metrics to the same
+    endpoint, at least once as it shuts down); each body is decoded as what its path says it is."""
 
     def __init__(self) -> None:
         self.spans: list[Received] = []
+        self.metric_exports = 0
         self.paths: set[str] = set()
         lock = threading.Lock()
         receiver = self
@@ -61,6 +68,16 @@ class OtlpReceiver:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["content-length"]))
+                if self.path == "/v1/metrics":
+                    ExportMetricsServiceRequest.FromString(body)  # well-formed, or the handler raises
+                    with lock:
+                        receiver.paths.add(self.path)
+                        receiver.metric_exports += 1
+                    self._reply(ExportMetricsServiceResponse().SerializeToString())
+                    return
+                if self.path != "/v1/traces":
+                    self.send_error(404)
+                    return
                 decoded = ExportTraceServiceRequest.FromString(body)
                 with lock:
                     receiver.paths.add(self.path)
@@ -68,7 +85,9 @@ class OtlpReceiver:
                         Received(s.name, s.trace_id.hex(), s.span_id.hex(), s.parent_span_id.hex(), s.kind,
                                  s.status.code, {a.key: _value(a.value) for a in s.attributes})
                         for rs in decoded.resource_spans for ss in rs.scope_spans for s in ss.spans]
-                reply = ExportTraceServiceResponse().SerializeToString()
+                self._reply(ExportTraceServiceResponse().SerializeToString())
+
+            def _reply(self, reply: bytes) -> None:
                 self.send_response(200)
                 self.send_header("content-type", "application/x-protobuf")
                 self.send_header("content-length", str(len(reply)))
@@ -248,3 +267,5 @@ def test_litellm_calls_carry_a_child_traceparent_upstream(
             assert upstream.attributes["gen_ai.provider.name"] == "openai"
             assert upstream.attributes["gen_ai.response.model"] == f"sim-{model}"
             assert _received_traceparents(simulator, trace_id) == [f"00-{trace_id}-{upstream.span_id}-01"]
+    # shutting down pushes the metrics once more, to the same collector, as metrics
+    assert receiver.metric_exports >= 1 and receiver.paths == {"/v1/traces", "/v1/metrics"}

@@ -148,7 +148,8 @@ class GatewayServer:
 
     def start(self) -> GatewayServer:
         self.thread.start()
-        wait_until(lambda: self.server.started, what="gateway")
+        # start-up may import litellm (seconds, more on a loaded machine) before it serves
+        wait_until(lambda: self.server.started, timeout_s=60.0, what="gateway")
         return self
 
     def stop(self) -> None:
