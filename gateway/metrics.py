@@ -232,9 +232,12 @@ class Metrics:
 
     def observe_gauge(self, name: str, unit: str, description: str, label: str,
                       read: Callable[[], Mapping[str, float]]) -> None:
-        """A gauge read at collection time from whatever owns the value (one label)."""
+        """A gauge read at collection time from whatever owns the value (one label). Non-finite
+        values are left out: a calibrated threshold of +inf (nothing goes to the strong model) or
+        -inf (everything does) has no number a gauge can carry, the SDK warns of each at every
+        collection, and the policy's state is already told by its routing shares."""
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(v, {label: k}) for k, v in read().items()]
+            return [Observation(v, {label: k}) for k, v in read().items() if math.isfinite(v)]
         self._meter.create_observable_gauge(name, [callback], unit=unit, description=description)
 
     def observe_counter(self, name: str, unit: str, description: str, label: str,

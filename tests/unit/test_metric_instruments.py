@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from types import SimpleNamespace
 from typing import Any
@@ -38,3 +40,18 @@ def test_a_calibrated_policy_reports_its_threshold_as_a_gauge() -> None:
     assert 'policy="plain"' not in text
     assert 'switchyard_circuit_state{deployment="small"} 2.0' in text
     metrics.shutdown()
+
+
+def test_a_non_finite_threshold_is_left_out_of_the_gauge_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics(otlp=False)
+    policies: Any = SimpleNamespace(policies={"none-up": object(), "all-up": object(), "calibrated": object()})
+    # +inf sends nothing to the strong model, -inf everything: neither is a number a gauge can carry
+    thresholds = {"none-up": math.inf, "all-up": -math.inf, "calibrated": 0.42}
+    calibrator: Any = SimpleNamespace(thresholds=lambda _: thresholds)
+    observe_state(metrics, HealthBoard(["small"], failure_threshold=1), policies, calibrator, None, None)
+    with caplog.at_level(logging.WARNING):
+        text = metrics.prometheus_text().decode()
+        metrics.shutdown()
+    assert 'switchyard_policy_threshold{policy="calibrated"} 0.42' in text
+    assert 'policy="none-up"' not in text and 'policy="all-up"' not in text
+    assert not [r for r in caplog.records if "non-finite" in r.getMessage()]
