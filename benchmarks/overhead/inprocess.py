@@ -124,6 +124,27 @@ def time_decide(app: Any, calls: int) -> float:
     return (time.process_time() - started) / calls
 
 
+FEATURES = ("spans", "observer", "ledger", "records")
+
+
+def switch_off(app: Any, features: set[str]) -> None:
+    """Take ops features out of the request path, to count what each costs (`--without`).
+    spans: nothing recorded nor propagated (as with no OTLP endpoint; set before the app is built);
+    observer: no metrics and no request log line; ledger: bills are not queued for the durable
+    ledger (budgets still settle); records: no request records."""
+    svc = app.state.services
+    if "observer" in features:
+        def finish(trail: Any, *_: Any) -> None:
+            trail.finished = True
+        for name in ("decided", "looked_up", "billed"):
+            setattr(svc.observer, name, lambda *_: None)
+        svc.observer.finish = finish
+    if "ledger" in features:
+        svc.ledger.add = lambda _spent: None
+    if "records" in features:
+        svc.requests = None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.overhead.inprocess", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
@@ -133,7 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     p.add_argument("--cprofile", type=Path, default=None, help="write cProfile stats of the measured requests")
     p.add_argument("--decide", type=int, default=0, help="only time this many policy decide() calls")
+    p.add_argument("--without", default="", help=f"comma-separated ops features to switch off: {', '.join(FEATURES)}")
     a = p.parse_args(argv)
+    without = {f for f in a.without.split(",") if f}
+    if unknown := without - set(FEATURES):
+        p.error(f"--without: unknown {sorted(unknown)}; known: {', '.join(FEATURES)}")
+    if "spans" in without:
+        os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
     from gateway import cli
     from gateway.api.app import create_app
     from gateway.config import load_config
@@ -147,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = {"watch_policies_s": None, "watch_router_s": None, "calibrate_s": 3600.0}
     accepted = inspect.signature(create_app).parameters
     app = create_app(load_config(str(config)), **{k: v for k, v in quiet.items() if k in accepted})
+    switch_off(app, without)
     if a.decide:
         print(f"decide(): {time_decide(app, a.decide) * 1e6:.1f} µs CPU per call ({a.decide} calls)")
         return 0
