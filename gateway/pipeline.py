@@ -63,7 +63,7 @@ from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
 from gateway.streaming import Accumulator
-from gateway.telemetry import Telemetry, as_json, set_attributes, trace_id_hex
+from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
 
 AUTO = "auto"
 POLICY_PREFIX = "router/"
@@ -327,7 +327,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
     set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name,
                    switchyard__policy__version=None if entry.pinned else entry.policy.version)
-    trace_id = trace_id_hex(span)
+    trace_id = trail.trace_id
 
     cache_on = entry.policy.spec.cache.enabled and is_cacheable(request, ctx.cache)
     key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
@@ -389,7 +389,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     set_attributes(span, switchyard__plan=result.plan_label, switchyard__cost_usd=result.cost_usd,
                    gen_ai__usage__input_tokens=result.usage.prompt_tokens,
                    gen_ai__usage__output_tokens=result.usage.completion_tokens, switchyard__cache=cache_status,
-                   switchyard__evidence=as_json(result.evidence) if result.evidence else None)
+                   switchyard__evidence=result.evidence or None)  # JSON only if the span is recorded
     if key is not None:
         await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
     learn(svc, Learning(ctx.request_id, tenant, entry, decision, request, r),

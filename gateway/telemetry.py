@@ -20,8 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -90,16 +89,9 @@ class Telemetry:
             headers["tracestate"] = sc.trace_state.to_header()
         return headers
 
-    @contextmanager
-    def span(self, name: str, parent: Span | None = None, **attributes: Any) -> Iterator[Span]:
-        s = self.start(name, parent, **attributes)
-        try:
-            yield s
-        except BaseException as exc:
-            s.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-            raise
-        finally:
-            s.end()
+    def span(self, name: str, parent: Span | None = None, **attributes: Any) -> _Scoped:
+        """A span around a block: ended when it closes, an error status if it raises."""
+        return _Scoped(self.start(name, parent, **attributes))
 
     def shutdown(self) -> None:
         self.provider.shutdown()
@@ -131,8 +123,27 @@ def _dotted(key: str) -> str:
 
 
 def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
-    """Keyword names use `__` for `.` (`gen_ai__usage__input_tokens`); None values are left out."""
-    return {_dotted(k): v for k, v in attributes.items() if v is not None}
+    """Keyword names use `__` for `.` (`gen_ai__usage__input_tokens`); None values are left out;
+    maps (votes, evidence) become JSON here, so only spans that are recorded pay for the encoding."""
+    return {_dotted(k): as_json(v) if isinstance(v, Mapping) else v
+            for k, v in attributes.items() if v is not None}
+
+
+class _Scoped:
+    """`Telemetry.span`'s context manager: a class, not a generator, as it opens on every request."""
+
+    __slots__ = ("span",)
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+
+    def __enter__(self) -> Span:
+        return self.span
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        if exc is not None:
+            self.span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+        self.span.end()
 
 
 def trace_id_hex(span: Span) -> str | None:
@@ -146,5 +157,6 @@ def set_attributes(span: Span, **attributes: Any) -> None:
 
 def as_json(value: Any) -> str:
     """A structured attribute value (votes, evidence) as JSON text: span attributes hold no maps, and
-    a Python repr is not something a trace backend can parse."""
+    a Python repr is not something a trace backend can parse. `set_attributes` and `start` encode
+    maps themselves, and only for spans that are recorded."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
