@@ -130,6 +130,14 @@ def stage_calls(members: Sequence[str], stage: int, last: bool, confidence: str,
     return (answer,)
 
 
+def _stage_calls_of(members: Sequence[str], stage: int, last: bool, confidence: str, judge: str | None,
+                    catalog: Catalog) -> tuple[Call, ...]:
+    """`stage_calls` for one answer, worked out once per catalog: estimates price every stage of every
+    cascade candidate on every request, and a stage's calls depend on nothing the request brings."""
+    key = ("cascade stage", tuple(members), stage, last, confidence, judge)
+    return catalog.calls(key, lambda _key, cat, _n: stage_calls(members, stage, last, confidence, judge, cat, 1))
+
+
 def calls(plan: Cascade, catalog: Catalog, choices: int) -> tuple[Call, ...]:
     """Every step's calls, as when every step escalates."""
     stages = plan.stages
@@ -164,7 +172,7 @@ def estimate_cascade(stages: Sequence[Sequence[str]], threshold: float, signal: 
         last = i == len(stages) - 1
         singles = [estimate_single(Single(d), signal, catalog, live_latency_s, max_tokens) for d in members]
         ps = [escalated_quality(e.quality, reach, cal.escalation_correlation) for e in singles]
-        stage = stage_calls(members, i, last, confidence, judge, catalog, 1)
+        stage = _stage_calls_of(members, i, last, confidence, judge, catalog)
         cost += reach * expected_cost(stage, signal.prompt_tokens, catalog, max_tokens)
         latency += max(e.latency_ms for e in singles)
         if last:

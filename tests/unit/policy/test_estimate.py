@@ -134,3 +134,19 @@ def test_estimates_build_the_vote_table_once_not_per_request() -> None:
     again = [estimate(plan, s, CATALOG, {}) for _ in range(100)]
     assert _vote_table.cache_info().misses == built
     assert all(e == first for e in again)
+
+
+def test_a_cascades_stage_calls_are_worked_out_once_per_catalog_and_estimate_alike(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.plans import cascade
+
+    catalog = Catalog({d.name: d for d in DEPLOYMENTS}, prices_for(DEPLOYMENTS))
+    built: list[int] = []
+    real = cascade.stage_calls
+    monkeypatch.setattr(cascade, "stage_calls", lambda *a: built.append(a[1]) or real(*a))
+    plan = Cascade(("c", "large"))
+    first = estimate(plan, _signal(), catalog, {})
+    again = [estimate(plan, _signal(pl=0.5 + i / 100), catalog, {}) for i in range(3)]
+    assert built == [0, 1]  # each stage once, not once per request
+    fresh = Catalog({d.name: d for d in DEPLOYMENTS}, prices_for(DEPLOYMENTS))
+    assert estimate(plan, _signal(pl=0.52), fresh, {}) == again[2] and first == estimate(plan, _signal(), fresh, {})
