@@ -166,3 +166,6 @@ def configure(level: str, fmt: LogFormat | None = None, stream: IO[str] | None =
             old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Every LogRecord otherwise looks up its thread, process and multiprocessing names: neither
+    # format writes them, and the request line makes a record per request.
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False

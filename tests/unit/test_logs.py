@@ -66,9 +66,11 @@ def test_the_default_format_is_text_at_a_terminal_and_json_otherwise() -> None:
 def captured() -> Iterator[io.StringIO]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    looked_up = logging.logThreads, logging.logProcesses, logging.logMultiprocessing
     stream = io.StringIO()
     configure("info", "json", stream=stream)
     yield stream
+    logging.logThreads, logging.logProcesses, logging.logMultiprocessing = looked_up
     for h in list(root.handlers):
         root.removeHandler(h)
     for h in handlers:
@@ -182,3 +184,12 @@ def test_a_batching_handler_may_be_closed_twice() -> None:
     handler = BatchingHandler(io.StringIO(), 60)
     handler.close()  # when configure() replaces it
     handler.close()  # and again in logging's shutdown at exit
+
+
+def test_configured_records_skip_the_thread_and_process_names_no_format_writes(captured: io.StringIO) -> None:
+    record = logging.getLogger("switchyard.request").makeRecord("switchyard.request", logging.INFO, "", 0, "x",
+                                                                 None, None)
+    assert (record.thread, record.threadName, record.process, record.processName) == (None, None, None, None)
+    _finish(Tenant("acme"))
+    (line,) = _lines(captured)
+    assert line["tenant"] == "acme" and not {"thread", "threadName", "process", "processName"} & set(line)
