@@ -9,8 +9,8 @@ id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → that 
 tenant's keys share one hash tag so that a Redis Cluster keeps them in one slot, where one script
 can touch them all. Keys read and written alone carry no tag, so that they spread over the
 masters: cached answers, the request stream, the ledger's tenant index and the router's keys
-(`tests/unit/test_cluster_keys.py` checks both). The promoted router lives in `sy:router:current` (a small JSON pointer every
-replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
+(`tests/unit/test_cluster_keys.py` checks both). The promoted router lives in `sy:router:current`
+(a small JSON pointer every replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
 `sy:router:artifact:<sha256>` (the artifact's bytes). Target policies' score sketches live in
 `sy:calib:{<policy>:<version>}:<time bucket>` (a hash of sums that every replica adds its
 observations to: see `gateway.policy.sharing`); a policy's sketches share one hash tag too.

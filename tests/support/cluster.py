@@ -63,7 +63,7 @@ def start_redis_cluster(masters: int = 3) -> RedisCluster:
     """Start `masters` redis-server processes in cluster mode and join them with `redis-cli --cluster create`."""
     server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
     if server is None or cli is None:
-        raise RuntimeError("redis-server and redis-cli are needed; .ci/run installs them (apt-get install redis-server)")
+        raise RuntimeError("redis-server and redis-cli are needed: apt-get install redis-server")
     cluster = RedisCluster([cluster_port() for _ in range(masters)], workdir=tempfile.mkdtemp(prefix="sy-cluster-"))
     try:
         for port in cluster.ports:
