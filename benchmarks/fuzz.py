@@ -78,35 +78,40 @@ def _problems(case: Any, response: Any) -> list[str]:
 def fuzz(base_url: str, examples: int, key: str | None = TENANT_KEY, deterministic: bool = True) -> FuzzResult:
     """Run `examples` cases per operation and generation mode against the gateway at `base_url`."""
     import schemathesis
+
+    document = httpx.get(base_url + "/openapi.json", timeout=10).json()
+    result = FuzzResult()
+    for loaded in schemathesis.openapi.from_dict(document).get_all_operations():
+        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
+            _fuzz_operation(loaded.ok(), mode, base_url, examples, key, deterministic, result)
+    return result
+
+
+def _fuzz_operation(operation: Any, mode: Any, base_url: str, examples: int, key: str | None,
+                    deterministic: bool, result: FuzzResult) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
-    document = httpx.get(base_url + "/openapi.json", timeout=10).json()
-    schema = schemathesis.openapi.from_dict(document)
-    result = FuzzResult()
-    for loaded in schema.get_all_operations():
-        operation = loaded.ok()
-        name = f"{operation.method.upper()} {operation.path}"
-        for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            @settings(max_examples=examples, deadline=None, database=None, derandomize=deterministic,
-                      suppress_health_check=list(HealthCheck))
-            @given(case=operation.as_strategy(generation_mode=mode))
-            def run(case: Any) -> None:
-                headers = dict(case.headers or {})
-                if key and "authorization" not in {h.lower() for h in headers} and result.cases % 5:
-                    headers["authorization"] = f"Bearer {key}"  # one case in five goes without the key
-                response = case.call(base_url=base_url, headers=headers)
-                result.cases += 1
-                result.by_operation[name] += 1
-                result.statuses[response.status_code] += 1
-                for what in _problems(case, response):
-                    result.findings.append(Finding(name, response.status_code, what, case.as_curl_command()[:600]))
+    name = f"{operation.method.upper()} {operation.path}"
 
-            try:
-                run()
-            except Unsatisfiable:  # nothing to break: an operation that takes no input has no negative cases
-                continue
-    return result
+    @settings(max_examples=examples, deadline=None, database=None, derandomize=deterministic,
+              suppress_health_check=list(HealthCheck))
+    @given(case=operation.as_strategy(generation_mode=mode))
+    def run(case: Any) -> None:
+        headers = dict(case.headers or {})
+        if key and "authorization" not in {h.lower() for h in headers} and result.cases % 5:
+            headers["authorization"] = f"Bearer {key}"  # one case in five goes without the key
+        response = case.call(base_url=base_url, headers=headers)
+        result.cases += 1
+        result.by_operation[name] += 1
+        result.statuses[response.status_code] += 1
+        for what in _problems(case, response):
+            result.findings.append(Finding(name, response.status_code, what, case.as_curl_command()[:600]))
+
+    try:
+        run()
+    except Unsatisfiable:  # nothing to break: an operation that takes no input has no negative cases
+        pass
 
 
 # -- the stack the benchmark runs against ---------------------------------------------------------
