@@ -6,8 +6,11 @@
 Starts the simulated models and `switchyard serve` (a tenant key, the in-memory store) as real
 processes, loads the gateway's own /openapi.json with schemathesis and sends, for each operation,
 cases that follow the schema (positive) and cases that break it (negative), with and without the
-key. A finding is a 5xx, a traceback in a response body, or a 2xx whose body does not match the
-documented response model. The same `fuzz` runs in the test suite with a few cases per operation.
+key, half of the bodies naming a model the key may call. A finding is a 5xx, a traceback in a
+response body, or a 2xx whose body does not match the documented response model. One 5xx is the
+documented answer rather than a fault: 504 `upstream_timeout` for a case that set its own deadline
+(`x-switchyard-timeout-ms`, often a fraction of a millisecond); those are counted apart. The same
+`fuzz` runs in the test suite with a few cases per operation.
 """
 
 from __future__ import annotations
@@ -50,11 +53,22 @@ class FuzzResult:
     by_operation: Counter[str] = field(default_factory=Counter)
     statuses: Counter[int] = field(default_factory=Counter)
     findings: list[Finding] = field(default_factory=list)
+    own_deadline: int = 0  # 504s for a deadline the case set itself: the documented answer
 
 
 def _said(exc: BaseException) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return f"{type(exc).__name__}: {first[:300]}"
+
+
+def _own_deadline(case: Any, response: Any) -> bool:
+    """A 504 `upstream_timeout` to a request that set `x-switchyard-timeout-ms`: what it asked for."""
+    if response.status_code != 504 or not any(h.lower() == "x-switchyard-timeout-ms" for h in case.headers or {}):
+        return False
+    try:
+        return bool(response.json()["error"]["code"] == "upstream_timeout")
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def _problems(case: Any, response: Any) -> list[str]:
@@ -86,15 +100,18 @@ def fuzz(base_url: str, examples: int, key: str | None = TENANT_KEY, determinist
     import schemathesis
 
     document = document or httpx.get(base_url + "/openapi.json", timeout=10).json()
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    listed = httpx.get(base_url + "/v1/models", headers=headers, timeout=10)
+    models = [m["id"] for m in listed.json()["data"]] if listed.status_code == 200 else []
     result = FuzzResult()
     for loaded in schemathesis.openapi.from_dict(document).get_all_operations():
         for mode in (schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE):
-            _fuzz_operation(loaded.ok(), mode, base_url, examples, key, deterministic, result)
+            _fuzz_operation(loaded.ok(), mode, base_url, examples, key, deterministic, models, result)
     return result
 
 
 def _fuzz_operation(operation: Any, mode: Any, base_url: str, examples: int, key: str | None,
-                    deterministic: bool, result: FuzzResult) -> None:
+                    deterministic: bool, models: list[str], result: FuzzResult) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
 
@@ -107,10 +124,16 @@ def _fuzz_operation(operation: Any, mode: Any, base_url: str, examples: int, key
         headers = dict(case.headers or {})
         if key and "authorization" not in {h.lower() for h in headers} and result.cases % 5:
             headers["authorization"] = f"Bearer {key}"  # one case in five goes without the key
+        if models and isinstance(case.body, dict) and "model" in case.body and result.cases % 2:
+            # half the bodies name a model that exists, so that they get past the lookup to the routing
+            case.body = {**case.body, "model": models[result.cases % len(models)]}
         response = case.call(base_url=base_url, headers=headers)
         result.cases += 1
         result.by_operation[name] += 1
         result.statuses[response.status_code] += 1
+        if _own_deadline(case, response):
+            result.own_deadline += 1
+            return
         for what in _problems(case, response):
             result.findings.append(Finding(name, response.status_code, what, case.as_curl_command()[:600]))
 
@@ -193,6 +216,8 @@ def report(result: FuzzResult, examples: int, seconds: float) -> str:
         "",
         f"- generated cases sent: **{result.cases}** in {seconds:.0f} s",
         f"- findings (5xx, stack trace in a body, 2xx not matching its response model): **{len(result.findings)}**",
+        f"- 504 `upstream_timeout` to cases that set their own deadline (`x-switchyard-timeout-ms`), as documented: "
+        f"{result.own_deadline}",
         "",
         "| operation | cases |",
         "| --- | ---: |",
