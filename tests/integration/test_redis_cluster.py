@@ -1,14 +1,18 @@
 """Two gateway replicas on a real three-master Redis Cluster, over real HTTP.
 
 What the replicas share lives in the cluster: cached answers, budgets (the reservation script),
-rate windows, request records and feedback, the spend ledger and policy versions. Every multi-key
+rate windows, request records and feedback, the spend ledger, policy versions and the promoted
+router. Every multi-key
 operation touches one tenant's (or one policy's) keys, which share a hash tag and so one slot: a
 cross-slot operation would fail here with CROSSSLOT, where a single Redis accepts it.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,13 +25,17 @@ import yaml
 from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import parse_config
+from gateway.router.artifact import Artifact
+from gateway.router.model import DEFAULT_ARTIFACT
 from tests.integration.conftest import sim_config
 from tests.support.cluster import RedisCluster, keys_by_node, start_redis_cluster
-from tests.support.processes import ROOT, GatewayServer, Simulator
+from tests.support.processes import ROOT, GatewayServer, Simulator, wait_until
+from tests.support.routers import variant
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None or shutil.which("redis-server") is None,
                                 reason="redis-server and redis-cli are needed (apt-get install redis-server)")
 
+SHIPPED = Artifact.read(DEFAULT_ARTIFACT).version
 TENANTS = [
     {"name": "alice", "api_key_sha256": hash_key("sk-alice"), "budget_usd": 0.1},
     {"name": "bob", "api_key_sha256": hash_key("sk-bob"), "requests_per_minute": 3},
@@ -143,3 +151,22 @@ def test_the_gateway_keys_are_spread_over_the_masters(replicas: Replicas) -> Non
         if any("{alice}" in k for k in keys):
             assert {"sy:spend:{alice}"} <= set(keys)
 
+
+
+def _routers(replicas: Replicas) -> set[str]:
+    return {httpx.post(url + "/v1/route", json={"messages": [{"role": "user", "content": "hi"}]}, timeout=10,
+                       headers={"authorization": "Bearer sk-carol"}).json()["router_version"] for url in replicas.urls}
+
+
+def test_a_router_promoted_through_the_cluster_is_served_by_every_replica(
+        replicas: Replicas, tmp_path_factory: pytest.TempPathFactory) -> None:
+    folder = variant(tmp_path_factory.mktemp("routers") / "fewer-neighbours")
+    new = Artifact.read(folder)
+    assert _routers(replicas) == {SHIPPED}
+    env = {k: v for k, v in os.environ.items() if k not in ("SWITCHYARD_REDIS_URL", "SWITCHYARD_CONFIG")}
+    promoted = subprocess.run([sys.executable, "-m", "gateway.cli", "router", "promote", str(folder), "--by", "ci"],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT,
+                              env={**env, "PYTHONPATH": str(ROOT), "SWITCHYARD_REDIS_URL": replicas.cluster.url})
+    assert promoted.returncode == 0, promoted.stderr
+    wait_until(lambda: _routers(replicas) == {new.version}, 15, "the promoted router on both replicas")
+    assert new.version in replicas.cluster.cli("get", "sy:router:current")
