@@ -233,6 +233,11 @@ _REASONS = {200: "OK", 400: "Bad request", 401: "No or unknown key", 403: "Not a
             429: "Over the tenant's rate or budget", 500: "Gateway error", 502: "Every provider attempt failed",
             503: "Store or deployment unavailable", 504: "Deadline passed"}
 _REF = "#/components/schemas/{model}"
+# One server-sent event of a streamed answer (each is validated alone, as OpenAPI 3.2 has it).
+_SSE_EVENT = {"type": "object", "required": ["data"], "description": "one server-sent event",
+              "properties": {"data": {"type": "string", "description": "a `chat.completion.chunk` as JSON, "
+                                      "an error envelope if the stream fails midway, then `[DONE]`"},
+                             "event": {"type": "string"}, "id": {"type": "string"}}}
 
 
 def _models(operations: Iterable[Operation]) -> dict[str, Any]:
@@ -254,7 +259,7 @@ def _content(op: Operation) -> dict[str, Any]:
         return {op.media: {"schema": {"type": "string"}}}
     out: dict[str, Any] = {"application/json": {"schema": {"$ref": _REF.format(model=op.response.__name__)}}}
     if op.also:
-        out[op.also] = {"schema": {"type": "string", "description": "server-sent events, ending `data: [DONE]`"}}
+        out[op.also] = {"schema": _SSE_EVENT}
     return out
 
 

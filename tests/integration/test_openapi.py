@@ -17,11 +17,10 @@ import pytest
 from fastapi.routing import APIRoute
 from starlette.routing import Route
 
-from benchmarks.fuzz import TENANT_KEY, fuzz
+from benchmarks.fuzz import TENANT_KEY, fuzz, gateway_config
 from gateway.api.app import create_app
 from gateway.api.schemas import ChatRequest, FeedbackRequest
-from gateway.auth import hash_key
-from tests.integration.conftest import sim_config
+from gateway.config import parse_config
 from tests.support.processes import GatewayServer, Simulator
 
 pytest.importorskip("schemathesis", reason="pip install schemathesis (in the test extra)")
@@ -31,8 +30,8 @@ _FRAMEWORK = {"/openapi.json", "/docs", "/docs/oauth2-redirect"}
 
 @pytest.fixture(scope="module")
 def served(simulator: Simulator) -> Iterator[GatewayServer]:
-    config = sim_config(simulator.url, tenants=[{"name": "fuzz", "api_key_sha256": hash_key(TENANT_KEY)}])
-    server = GatewayServer(create_app(config)).start()
+    # the benchmark's gateway: working deployments only (a deliberately broken one answers 502 by design)
+    server = GatewayServer(create_app(parse_config(gateway_config(simulator.url), "fuzz config"))).start()
     yield server
     server.stop()
 
@@ -88,3 +87,18 @@ def test_the_fuzz_run_reports_a_response_that_breaks_its_model(served: GatewaySe
     wrong["paths"] = {"/healthz": wrong["paths"]["/healthz"]}
     result = fuzz(served.base_url, examples=1, document=wrong)
     assert [f.operation for f in result.findings] == ["GET /healthz"]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_chat_answer_matches_its_documented_response(served: GatewayServer, stream: bool) -> None:
+    import schemathesis
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    operation = schemathesis.openapi.from_dict(_document(served))["/v1/chat/completions"]["POST"]
+    case = operation.Case(body={"model": "small", "stream": stream,
+                                "messages": [{"role": "user", "content": "What is 17 + 25?"}]},
+                          media_type="application/json")
+    response = case.call(base_url=served.base_url, headers={"authorization": f"Bearer {TENANT_KEY}"})
+    assert response.status_code == 200
+    assert response.headers["content-type"][0].startswith("text/event-stream" if stream else "application/json")
+    case.validate_response(response, checks=[response_schema_conformance])  # raises on a mismatch
