@@ -3,8 +3,9 @@
     python -m benchmarks.fuzz                    # 300 cases per operation and mode → benchmarks/results/fuzz.md
     python -m benchmarks.fuzz --examples 50
 
-Starts the simulated models and `switchyard serve` (a tenant key, the in-memory store) as real
-processes, loads the gateway's own /openapi.json with schemathesis and sends, for each operation,
+Starts the simulated models and `switchyard serve` (a tenant key, an admin key for the /admin/
+operations, the in-memory store) as real processes, loads the gateway's own /openapi.json with
+schemathesis and sends, for each operation,
 cases that follow the schema (positive) and cases that break it (negative), with and without the
 key, half of the bodies naming a model the key may call. A finding is a 5xx, a traceback in a
 response body, or a 2xx whose body does not match the documented response model. One 5xx is the
@@ -36,6 +37,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fuzz.md"
 TENANT_KEY = "sk-fuzz-tenant"
+ADMIN_KEY = "sk-fuzz-admin"  # sent instead of the tenant's to /admin/ operations
 _TRACE_MARKERS = ("Traceback (most recent call last)", 'File "/')
 
 
@@ -116,6 +118,8 @@ def _fuzz_operation(operation: Any, mode: Any, base_url: str, examples: int, key
     from hypothesis.errors import Unsatisfiable
 
     name = f"{operation.method.upper()} {operation.path}"
+    if key and operation.path.startswith("/admin/"):
+        key = ADMIN_KEY
 
     @settings(max_examples=examples, deadline=None, database=None, derandomize=deterministic,
               suppress_health_check=list(HealthCheck))
@@ -175,6 +179,7 @@ def gateway_config(sim_url: str) -> dict[str, Any]:
              **dep, "router_profile": "Meta-Llama-3.1-70B-Instruct"},
         ],
         "tenants": [{"name": "fuzz", "api_key_sha256": hash_key(TENANT_KEY)}],
+        "admin_api_key_sha256": hash_key(ADMIN_KEY),
     }
 
 
@@ -211,8 +216,9 @@ def report(result: FuzzResult, examples: int, seconds: float) -> str:
         "# Schema-driven fuzzing of the gateway",
         "",
         f"`python -m benchmarks.fuzz --examples {examples}`: schemathesis {_version()} against `switchyard serve`",
-        "(simulated models, one tenant, in-memory store), every operation of its /openapi.json, positive and",
-        "negative cases, one in five without the key, half of the bodies naming a model the key may call.",
+        "(simulated models, one tenant, an admin key, in-memory store), every operation of its /openapi.json,",
+        "positive and negative cases, one in five without the key, half of the bodies naming a model the key",
+        "may call.",
         "",
         f"- generated cases sent: **{result.cases}** in {seconds:.0f} s",
         f"- findings (5xx, stack trace in a body, 2xx not matching its response model): **{len(result.findings)}**",

@@ -145,7 +145,7 @@ class Ledger:
         cost = spent.cost_usd
         try:
             if reservation is not None:
-                await reservation.settle(cost)
+                await reservation.settle(cost, spent.calls)
             elif cost > 0:
                 await self.store.incr_float(spend_key(spent.tenant), cost)
         except StoreUnavailable as exc:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import models_json_schema
 
 from gateway.api.schemas import ChatRequest, FeedbackRequest, RouteRequest
+from gateway.keys import KeyCreate, KeyLimits, Status
 
 _OPEN = ConfigDict(extra="allow")  # responses carry more than these fields: what providers add passes through
 
@@ -160,6 +161,56 @@ class DashboardData(BaseModel):
     model_config = _OPEN
 
 
+class KeyInfo(KeyCreate):
+    """A key's record as the admin API shows it: never the key, only its prefix."""
+
+    model_config = _OPEN
+
+    object: Literal["key"]
+    id: str
+    prefix: str
+    sha256_prefix: str
+    status: Status
+    created_at: float
+    updated_at: float
+    revoked_at: float | None = None
+
+
+class NewKey(KeyInfo):
+    key: str = Field(description="the key itself, shown this once")
+
+
+class KeyList(BaseModel):
+    object: Literal["list"]
+    data: list[KeyInfo]
+
+
+class BudgetRow(BaseModel):
+    scope: Literal["tenant", "key"]
+    period: str
+    limit_usd: float
+    spent_usd: float
+    reserved_usd: float
+    remaining_usd: float
+    resets_at: str | None
+
+
+class RateRow(BaseModel):
+    scope: Literal["tenant", "key"]
+    limit: Literal["requests_per_minute", "tokens_per_minute"]
+    value: float
+    used: float
+    remaining: float
+
+
+class BudgetReport(BaseModel):
+    object: Literal["budget"]
+    tenant: str
+    key_id: str | None
+    budgets: list[BudgetRow]
+    rate_limits: list[RateRow]
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
     name: str
@@ -203,6 +254,8 @@ CHAT_HEADERS = (
 _ANSWER_HEADERS = ("x-request-id", "x-switchyard-model", "x-switchyard-plan", "x-switchyard-cache",
                    "x-switchyard-cost-usd", "x-switchyard-trace-id", "x-switchyard-evidence")
 _CHAT_ERRORS = (400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504)
+_ADMIN_ERRORS = (400, 401, 403, 413, 503)
+_KEY_ID = Param("key_id", "path", "the key's id")
 
 OPERATIONS: tuple[Operation, ...] = (
     Operation("/v1/chat/completions", "post", "Chat completion, routed", "openai", ChatCompletion, ChatRequest,
@@ -217,6 +270,20 @@ OPERATIONS: tuple[Operation, ...] = (
         Param("group_by", "query", "comma-separated: tenant, deployment, policy, plan_kind, hour"),
         Param("from", "query", "ISO 8601 time or unix seconds; default: a day before `to`"),
         Param("to", "query", "ISO 8601 time or unix seconds; default: now")), errors=(400, 401, 503)),
+    Operation("/v1/budget", "get", "The caller's own budgets and rate windows, as of now", "operations",
+              BudgetReport, errors=(401, 503)),
+    Operation("/admin/keys", "post", "Create a key (admin key): returned once", "keys", NewKey, KeyCreate,
+              errors=_ADMIN_ERRORS),
+    Operation("/admin/keys", "get", "Every key's record (admin key)", "keys", KeyList,
+              params=(Param("tenant", "query", "only this tenant's keys"),), errors=_ADMIN_ERRORS),
+    Operation("/admin/keys/{key_id}", "get", "One key's record (admin key)", "keys", KeyInfo, params=(_KEY_ID,),
+              errors=(*_ADMIN_ERRORS, 404)),
+    Operation("/admin/keys/{key_id}", "patch", "Change a key's limits, policies, expiry, metadata (admin key)",
+              "keys", KeyInfo, KeyLimits, (_KEY_ID,), (*_ADMIN_ERRORS, 404)),
+    Operation("/admin/keys/{key_id}", "delete", "Revoke a key; its record stays (admin key)", "keys", KeyInfo,
+              params=(_KEY_ID,), errors=(*_ADMIN_ERRORS, 404)),
+    Operation("/admin/keys/{key_id}/rotate", "post", "A new secret for a key, returned once (admin key)", "keys",
+              NewKey, params=(_KEY_ID,), errors=(*_ADMIN_ERRORS, 404)),
     Operation("/healthz", "get", "Liveness: the process answers", "operations", Health),
     Operation("/readyz", "get", "Readiness: 503 when requests would be refused", "operations", Readiness,
               errors=(503,)),
