@@ -1,8 +1,8 @@
 """Two gateway replicas on a real three-master Redis Cluster, over real HTTP.
 
 What the replicas share lives in the cluster: cached answers, budgets (the reservation script),
-rate windows, request records and feedback, the spend ledger, policy versions and the promoted
-router. Every multi-key
+rate windows (a tenant's, a key's, a deployment's), keys made with the admin API, request records
+and feedback, the spend ledger, policy versions and the promoted router. Every multi-key
 operation touches one tenant's (or one policy's) keys, which share a hash tag and so one slot: a
 cross-slot operation would fail here with CROSSSLOT, where a single Redis accepts it.
 """
@@ -36,6 +36,7 @@ pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None or shutil.whic
                                 reason="redis-server and redis-cli are needed (apt-get install redis-server)")
 
 SHIPPED = Artifact.read(DEFAULT_ARTIFACT).version
+ADMIN = "sk-cluster-admin"
 TENANTS = [
     {"name": "alice", "api_key_sha256": hash_key("sk-alice"), "budget_usd": 0.1},
     {"name": "bob", "api_key_sha256": hash_key("sk-bob"), "requests_per_minute": 3},
@@ -60,10 +61,15 @@ def replicas(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> 
     folder = tmp_path_factory.mktemp("cluster")
     policies = folder / "policies"
     shutil.copytree(ROOT / "routing_policies", policies, ignore=shutil.ignore_patterns("*.md"))
-    raw = sim_config(simulator.url, cluster.url, tenants=TENANTS).model_dump(exclude_defaults=True)
+    raw = sim_config(simulator.url, cluster.url, tenants=TENANTS,
+                     admin_api_key_sha256=hash_key(ADMIN)).model_dump(exclude_defaults=True)
     # A deployment priced so that one request's cost is a visible share of alice's budget.
     raw["deployments"].append({"name": "pricey", "model": "openai/sim-small", "api_base": simulator.url,
                                "tier": "lab", "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}})
+    # A deployment with its own request rate, shared by every replica and tenant.
+    raw["deployments"].append({"name": "metered", "model": "openai/sim-small", "api_base": simulator.url,
+                               "tier": "lab", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
+                               "requests_per_minute": 2})
     config = parse_config(raw, "cluster test config")
     servers = [GatewayServer(create_app(config, policies_dir=policies)).start() for _ in range(2)]
     try:
@@ -151,6 +157,32 @@ def test_the_gateway_keys_are_spread_over_the_masters(replicas: Replicas) -> Non
         if any("{alice}" in k for k in keys):
             assert {"sy:spend:{alice}"} <= set(keys)
 
+
+
+def _admin(replicas: Replicas, replica: int, method: str, path: str, **kw: Any) -> httpx.Response:
+    return httpx.request(method, replicas.urls[replica] + path, headers={"authorization": f"Bearer {ADMIN}"},
+                         timeout=10, **kw)
+
+
+def test_a_key_made_on_one_replica_is_limited_and_revoked_on_every_replica(replicas: Replicas) -> None:
+    created = _admin(replicas, 0, "POST", "/admin/keys", json={"tenant": "carol", "requests_per_minute": 2})
+    assert created.status_code == 201, created.text
+    key, key_id = created.json()["key"], created.json()["id"]
+    codes = [replicas.chat(i % 2, key, model="small", messages=[{"role": "user", "content": f"Key call {i}."}])
+             .status_code for i in range(3)]
+    assert codes == [200, 200, 429]
+    budget = httpx.get(replicas.urls[1] + "/v1/budget", headers={"authorization": f"Bearer {key}"}, timeout=10)
+    assert budget.status_code == 200, budget.text
+    assert {r["limit"]: r["used"] for r in budget.json()["rate_limits"]}["requests_per_minute"] >= 2
+    assert _admin(replicas, 1, "DELETE", f"/admin/keys/{key_id}").json()["status"] == "revoked"
+    wait_until(lambda: replicas.chat(0, key, model="small").status_code == 401, 5, "the revocation on replica 0")
+    assert key_id in replicas.cluster.cli("smembers", "sy:vkeys").split()
+
+
+def test_a_deployments_own_rate_limit_counts_requests_on_every_replica(replicas: Replicas) -> None:
+    codes = [replicas.chat(i % 2, "sk-carol", model="metered", messages=[
+        {"role": "user", "content": f"Metered {i}."}]).status_code for i in range(3)]
+    assert codes == [200, 200, 429], codes
 
 
 def _routers(replicas: Replicas) -> set[str]:

@@ -13,15 +13,20 @@ from redis.crc import key_slot
 
 from gateway.cache import cache_key
 from gateway.state import (
+    alerts_key,
     calibration_key,
     cluster_seed_url,
+    deployment_window_key,
     holds_key,
     ledger_key,
+    period_spend_key,
     policy_audit_key,
     policy_current_key,
     rate_key,
     request_key,
+    scoped_holds_key,
     spend_key,
+    window_key,
 )
 
 
@@ -35,6 +40,21 @@ def test_a_tenants_budget_rate_ledger_and_request_keys_share_one_slot(tenant: st
     together = [spend_key(tenant), holds_key(tenant), rate_key(tenant, 29_000_000), rate_key(tenant, 29_000_001),
                 request_key(tenant, "req_1"), ledger_key(tenant, 480_000)]
     assert len({slot(k) for k in together}) == 1
+
+
+@pytest.mark.parametrize("tenant", ["alice", "team:a"])
+def test_one_admission_touches_one_slot_for_a_tenant_and_its_keys(tenant: str) -> None:
+    # admit / settle_admission (Lua): the tenant's and its key's budgets, holds, alerts and windows
+    together = [spend_key(tenant)]
+    for key_id in (None, "0123456789ab"):
+        together += [period_spend_key(tenant, key_id, "day:20000"), scoped_holds_key(tenant, key_id),
+                     alerts_key(tenant, key_id, "day:20000"), window_key(tenant, key_id, "rpm"),
+                     window_key(tenant, key_id, "tpm")]
+    assert len({slot(k) for k in together}) == 1
+
+
+def test_a_deployments_request_and_token_windows_share_one_slot() -> None:
+    assert slot(deployment_window_key("small", "rpm")) == slot(deployment_window_key("small", "tpm"))
 
 
 def test_a_policys_audit_list_and_current_pointer_share_one_slot() -> None:
