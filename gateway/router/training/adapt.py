@@ -30,13 +30,13 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from gateway.router.data import RoutingData
 from gateway.router.featurize import HashSpec
-from gateway.router.fit import fit_generic_head, fold_columns, oof_ridge, predict_ridge
 from gateway.router.model import DEFAULT_ARTIFACT
 from gateway.router.neighbours import MISSING, Neighbours, quantise_outcomes
 from gateway.router.text import STRUCT_NAMES
-from gateway.router.train import (
+from gateway.router.training.data import RoutingData
+from gateway.router.training.fit import fit_generic_head, fold_columns, oof_ridge, predict_ridge
+from gateway.router.training.train import (
     HEAD_INSAMPLE_MIX,
     RIDGE_LAMBDA,
     SPEC,
