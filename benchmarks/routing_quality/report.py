@@ -150,7 +150,10 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
           "![apgr](routing_apgr.png)", "",
           "## Adapting a router to a new domain (`switchyard train --data FILE --base DIR`)", "",
           "Base: the LODO router for the file (it never saw the file). Adapted with the file's train split "
-          "(`gateway/router/training/adapt.py`: a small per-domain latent and heads stacked on the frozen base), scored "
+          "(`gateway/router/training/adapt.py`: a fresh latent with a column per new model, up to 16, beside the "
+          "frozen base; each new model's head is the stack of both, length alone, or a logit blend of a head on "
+          "the base's inputs and one on the fresh latent + length, whichever ranks the file's model pairs best "
+          "in 5-fold cross-validation on the train split: `blend.py`), scored "
           "on its validation split; against the shipped in-domain router, prompt length, a TF-IDF ridge on "
           "the file's own labels (onto the pair's gain) and retraining from scratch on the file alone. "
           "Forgetting: mean APGR of the other four files' pairs through the base and the adapted router.", "",
@@ -159,6 +162,9 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
                         ("shipped (in-domain)", "in-domain router"), ("length", "prompt length"),
                         ("TF-IDF → gain, file's labels", "tfidf gain, file's labels"),
                         ("others before", "others before adapting"), ("others after", "others after adapting")]),
+          "New-domain heads chosen by cross-validation: " + "; ".join(
+              f"{f} {r.get('adapted heads', '?')}" for f, r in res.items())
+          + " (blend w: (1 - w) base-input head + w fresh-latent head).", "",
           ]
     md += ["## What was tried", "", *TRIED, "",
            "Also part of the shipped model, not measured one by one: five more structural features "

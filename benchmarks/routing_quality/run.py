@@ -138,6 +138,7 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None) -> dict[str, dict
         own_rows = np.nonzero(own_prep.data.split == "train")[0]
         adapted, _ = fits.get(f"adapted_{f}", _adapt_to(lodo_path, own_prep, own_rows))
         r["adapted router"] = pair_apgr(val, router_score(adapted, val, f), f)
+        r["adapted heads"] = adapted.meta["adapted"][-1]["new_domains"][0]["heads"]  # type: ignore[index]
         scratch, _ = fits.get(f"scratch_{f}", _fit_to(own_prep, own_rows))
         r["retrained on the file alone"] = pair_apgr(val, router_score(scratch, val, f), f)
         r["tfidf gain, file's labels"] = pair_apgr(val, tfidf_gain(data, own, val, f), f)

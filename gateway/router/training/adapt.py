@@ -14,7 +14,8 @@ is kept whole and the new file is added as one more domain beside it:
    a prompt resembles the new file.
 4. Every model with labels in the new file gets a head for the new domain: the stack of
    [phi_base, phi_new, knn], length alone, or a blend of a head on the base's inputs and one
-   on the fresh ones, whichever cross-validates best on the new train split (``blend.py``); a model the base also knew keeps its old heads, mixed with the
+   on the fresh ones, whichever cross-validates best on the new train split (``blend.py``);
+   a model the base also knew keeps its old heads, mixed with the
    new one by the prompt's neighbour shares (``model.py``). Old heads get zeros on phi_new.
 5. Difficulty (and unseen models' P): the base's 1PL plus a correction on phi_new, and
    abilities for the new data's new models, fitted with the base difficulty as offset.
@@ -55,8 +56,8 @@ from gateway.router.training.train import (
 
 # The fresh latent gets a column per new model (its PCs), up to this many: a new pair's gain
 # strong - weak is a contrast between two models' outcomes, and a latent of fewer columns than
-# models can miss it. Measured on TheoremQA adapted from a base fitted on three other files (arena, CRUXEval, LLMRouter) (16 models;
-# its pair's validation APGR through the fresh heads): 4 columns 0.509, 8 0.598, 16 0.667.
+# models can miss it. Measured on TheoremQA (16 models) adapted from a base fitted on arena, CRUXEval
+# and the mix, its pair's validation APGR through the fresh heads: 4 columns 0.509, 8 0.598, 16 0.667.
 # Each column costs one more float16 column of W (256 kB) and of assess()'s gather.
 MAX_NEW_DIMS = 16
 
@@ -138,7 +139,7 @@ def adapt(
     knn = np.asarray(nb.logits(emb.astype(np.float32), exclude=slot))
 
     t_base = phi_base.shape[1]
-    new = _new_heads(phi_base, oof / scale, phi_new, knn, y, dom_idx, seed, progress)
+    new, chosen = _new_heads(phi_base, oof / scale, phi_new, knn, y, dom_idx, seed, progress)
     old_coef = np.column_stack([arr["head_coef"], np.zeros((arr["head_coef"].shape[0], targets.shape[1]))])
     n_old = arr["head_icpt"].shape[0]
     head_model = arr.get("head_model", np.arange(n_old))
@@ -166,12 +167,15 @@ def adapt(
     })
     meta_out = _adapted_meta(meta, data, train_rows, models, targets.shape[1])
     meta_out["domains"] = old_domains + new_names
+    meta_out["adapted"][-1]["new_domains"] = chosen
     return out, meta_out
 
 
 def _new_heads(phi_base: np.ndarray, phi_oof: np.ndarray, phi_new: np.ndarray, knn: np.ndarray, y: np.ndarray,
-               dom_idx: np.ndarray, seed: int, progress: bool) -> dict[str, np.ndarray]:
-    """Heads for each new domain's models, their inputs chosen by cross-validation (``blend.py``)."""
+               dom_idx: np.ndarray, seed: int, progress: bool) -> tuple[dict[str, np.ndarray], list[dict]]:
+    """Heads for each new domain's models, their inputs chosen by cross-validation (``blend.py``),
+    and what was chosen (recorded in the artifact's meta)."""
+    chosen: list[dict] = []
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("head_coef", "head_icpt", "knn_coef", "head_model",
                                                            "head_domain")}
     for d in np.unique(dom_idx):
@@ -179,12 +183,13 @@ def _new_heads(phi_base: np.ndarray, phi_oof: np.ndarray, phi_new: np.ndarray, k
         cv = Inputs(phi_base[rows], phi_oof[rows], knn[rows], y[rows])
         heads = select_heads(cv, Inputs(phi_base[rows], phi_new[rows], knn[rows], y[rows]), seed,
                              log=(lambda s: print(s, file=sys.stderr)) if progress else None)
+        chosen.append({"heads": heads.choice, "cv_pair_apgr": heads.cv_score})
         parts["head_coef"].append(heads.coef)
         parts["head_icpt"].append(heads.icpt)
         parts["knn_coef"].append(heads.knn_coef)
         parts["head_model"].append(heads.models)
         parts["head_domain"].append(np.full(heads.models.size, d, dtype=np.int16))
-    return {k: np.concatenate(v) for k, v in parts.items()}
+    return {k: np.concatenate(v) for k, v in parts.items()}, chosen
 
 
 def _adapted_meta(meta: dict, data: RoutingData, train_rows: np.ndarray, models: list[str], new_dims: int) -> dict:
