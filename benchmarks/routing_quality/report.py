@@ -9,35 +9,11 @@ import numpy as np
 
 from benchmarks.routing_quality.files import FILES
 from benchmarks.routing_quality.latency import latency_section
+from benchmarks.routing_quality.tried import TRIED, TRIED_ADAPTING
 from gateway.router.model import Router, load_router
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.evaluate import Scored, score_data
 from gateway.router.training.frontier import choose_by_utility, lambda_grid, predicted_cost
-
-# What was tried while choosing the settings (validation APGR of each file's pair, measured with
-# this benchmark's code during development; not recomputed by a run).
-TRIED = [
-    "| what | mmlu_pro | arena_chat | cruxeval_code | llmrouter_mixed | theoremqa_stem | note |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    "| previous router (MMLU-Pro only; the four other pairs unseen, ranked by difficulty) "
-    "| 0.565 | 0.480 | 0.520 | 0.694 | 0.592 | |",
-    "| five files, per-file centred targets, one head per model across files "
-    "| 0.584 | 0.475 | 0.556 | 0.802 | 0.449 | a model in two files (gpt-4-0314: chat grades and "
-    "TheoremQA accuracy) got one head for both |",
-    "| + a raw-level target column | 0.583 | 0.476 | 0.554 | 0.799 | 0.404 | no gain |",
-    "| heads per (model, file), mixed by the neighbours' file shares; 1,000 memory prompts per file "
-    "| 0.573 | 0.484 | 0.555 | 0.821 | 0.402 | the TheoremQA heads themselves rank badly |",
-    "| heads on in-sample latents (not out-of-fold) | 0.581 | 0.516 | 0.570 | 0.730 | 0.600 | "
-    "calibration lost: MMLU-Pro pool frontier at half gemini-pro's cost 91.8% of its quality (97.2% "
-    "out-of-fold) |",
-    "| heads on latents 0.3 in-sample / 0.7 out-of-fold | 0.584 | 0.502 | 0.572 | 0.780 | 0.584 | "
-    "MMLU-Pro log-loss 0.589 (out-of-fold 0.583, in-sample 0.615); pool frontier 94.4%; but \"hi\" "
-    "got P 0.51 (Llama-8B) vs 0.75 (70B): MMLU-Pro heads extrapolated it as an average question |",
-    "| **+ standardised log length as one more latent column (shipped)** | 0.594 | 0.504 | 0.573 | 0.766 "
-    "| 0.621 | every head sees length directly: \"hi\" now 0.69 vs 0.73 |",
-    "| a CPU sentence-embedding model | not tried | | | | | the representations report could not even "
-    "encode MMLU-Pro's train split on this machine in 25 min; assess() would leave its budget |",
-]
 
 
 def pool_points(data: RoutingData, scored: Scored, router: Router, prices: dict) -> dict[str, np.ndarray]:
@@ -166,7 +142,9 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
               f"{f} {r.get('adapted heads', '?')}" for f, r in res.items())
           + " (blend w: (1 - w) base-input head + w fresh-latent head).", "",
           ]
-    md += ["## What was tried", "", *TRIED, "",
+    md += ["## What was tried", "", "Choosing the shipped model (in-domain APGR):", "", *TRIED, "",
+           "Adapting, leave-one-domain-out and an embedding model (validation APGR of each file's pair):", "",
+           *TRIED_ADAPTING, "",
            "Also part of the shipped model, not measured one by one: five more structural features "
            "(code blocks, LaTeX, list lines, open-ended writing words, a question-word opener) beside "
            "length, numbers, maths and code markers; rows weighted so each file counts as √n; the "
