@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -60,7 +61,9 @@ def latency_section(router: Router, data: RoutingData, artifact: Path) -> list[s
     short = short_latency(router)
     size = sum(f.stat().st_size for f in artifact.iterdir()) / 1e6
     return [
-        f"Artifact `{artifact.name}`: {size:.2f} MB on disk.", "",
+        f"Artifact `{artifact.name}`: {size:.2f} MB on disk. Load average during the measurement: "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other work on the machine slows memory-bound "
+        "long prompts far more than short ones).", "",
         "| measurement | p50 | p99 | spread |", "| --- | ---: | ---: | --- |",
         f"| import + load_router, fresh interpreter (5 runs) | {np.median(cold) * 1e3:.0f} ms | | "
         f"{min(cold) * 1e3:.0f}–{max(cold) * 1e3:.0f} ms |",
