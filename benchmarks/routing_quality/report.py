@@ -134,6 +134,8 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
           "the file's own labels (onto the pair's gain) and retraining from scratch on the file alone. "
           "Forgetting: mean APGR of the other four files' pairs through the base and the adapted router.", "",
           *_table(res, [("base (LODO)", "lodo router"), ("**adapted**", "adapted router"),
+                        *([("adapted before", "adapted router (before)")]
+                          if all("adapted router (before)" in r for r in res.values()) else []),
                         ("retrained on file alone", "retrained on the file alone"),
                         ("shipped (in-domain)", "in-domain router"), ("length", "prompt length"),
                         ("TF-IDF → gain, file's labels", "tfidf gain, file's labels"),
