@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import LogThrottle, Reservation
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.policy import Decision
 from gateway.state import LEDGER_TENANTS, LEDGER_TTL_S, Store, StoreUnavailable, ledger_key, spend_key
 
@@ -145,7 +145,7 @@ class Ledger:
         cost = spent.cost_usd
         try:
             if reservation is not None:
-                await reservation.settle(cost)
+                await reservation.settle(cost, spent.calls)
             elif cost > 0:
                 await self.store.incr_float(spend_key(spent.tenant), cost)
         except StoreUnavailable as exc:

@@ -29,7 +29,7 @@ from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, P
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.observer import Trail
-from gateway.pipeline import CallContext, Outcome, Services
+from gateway.pipeline import Answer, CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
 from gateway.state import StoreUnavailable
@@ -130,13 +130,15 @@ def call_context(request: Request, rid: str = "", trace_parent: Context | None =
     )
 
 
-def _headers(outcome: Outcome, rid: str, with_cost: bool) -> dict[str, str]:
+def _headers(outcome: Outcome, rid: str) -> dict[str, str]:
+    """A live stream's cost is not known yet when its headers go: its usage chunk carries it."""
     headers = {"x-request-id": rid, "x-switchyard-model": outcome.deployment,
                "x-switchyard-plan": outcome.plan, "x-switchyard-cache": outcome.cache}
     if outcome.trace_id:
         headers["x-switchyard-trace-id"] = outcome.trace_id
-    if with_cost:
-        headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
+    if not isinstance(outcome, Answer):
+        return headers
+    headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
     if outcome.evidence:  # how best-of-n / cascade chose: votes, scores, escalations, per-call costs
         text = orjson.dumps(outcome.evidence).decode()
         headers["x-switchyard-evidence"] = text.encode("ascii", "backslashreplace").decode()[:4096]
@@ -155,19 +157,15 @@ async def chat_completions(request: Request) -> Response:
         raise
     outcome = await pipeline.handle(svc, body, ctx, trail)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    if not body.get("stream"):
-        assert outcome.body is not None
-        return Response(orjson.dumps(outcome.body), media_type="application/json",
-                        headers=_headers(outcome, rid, with_cost=True))
-    if outcome.stream is None:  # a whole answer (cache hit, best-of-n, cascade) replayed as a stream
-        assert outcome.body is not None
-        chunks = _replayed(outcome.body, include_usage)
-        return StreamingResponse(chunks, media_type="text/event-stream",
-                                 headers=_headers(outcome, rid, with_cost=True))
+    if isinstance(outcome, Answer):
+        if not body.get("stream"):
+            return Response(orjson.dumps(outcome.body), media_type="application/json", headers=_headers(outcome, rid))
+        # a whole answer (cache hit, best-of-n, cascade) replayed as a stream
+        return StreamingResponse(_replayed(outcome.body, include_usage), media_type="text/event-stream",
+                                 headers=_headers(outcome, rid))
     # The background task settles the stream even if the client left before its first chunk.
-    settle = BackgroundTask(outcome.settle) if outcome.settle else None
     return StreamingResponse(_relayed(outcome.stream, include_usage), media_type="text/event-stream",
-                             headers=_headers(outcome, rid, with_cost=False), background=settle)
+                             headers=_headers(outcome, rid), background=BackgroundTask(outcome.settle))
 
 
 async def _replayed(body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
@@ -204,7 +202,7 @@ async def feedback(request: Request) -> Response:
     """Label a request this key made (its x-request-id): stored with the request's record, one label
     per source, a later one from the same source replacing the earlier."""
     svc = _svc(request)
-    tenant = svc.auth.identify(request.headers.get("authorization"))
+    tenant = await svc.auth.authenticate(request.headers.get("authorization"))
     given = validate_feedback(await read_json(request, _FEEDBACK_BODY_LIMIT))
     if svc.requests is None:
         raise not_found()
@@ -217,7 +215,7 @@ async def feedback(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     """With tenants configured this needs a key, and lists only what that key may call."""
     svc = _svc(request)
-    tenant = svc.auth.identify(request.headers.get("authorization"))
+    tenant = await svc.auth.authenticate(request.headers.get("authorization"))
     ids = pipeline.entry_points(svc, tenant)
     data = [{"id": i, "object": "model", "created": 0, "owned_by": "switchyard"} for i in ids]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
@@ -231,7 +229,8 @@ async def spend(request: Request) -> Response:
     anyone on a gateway without tenants) everyone's."""
     svc = _svc(request)
     authorization = request.headers.get("authorization")
-    tenants = None if svc.auth.open or svc.auth.is_admin(authorization) else [svc.auth.identify(authorization).name]
+    tenants = None if svc.auth.open or svc.auth.is_admin(authorization) else \
+        [(await svc.auth.authenticate(authorization)).name]
     query = request.query_params
     for name in query:
         if name not in _SPEND_PARAMS:
@@ -276,7 +275,7 @@ async def readyz(request: Request) -> Response:
     refuses = not store_ok and svc.auth.outage_refuses
     status = "ready" if store_ok else ("unavailable" if refuses else "degraded")
     body: dict[str, Any] = {"status": status}
-    if svc.auth.open or _has_valid_key(svc, request):
+    if svc.auth.open or await _has_valid_key(svc, request):
         body |= {"store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
                  "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
                  "deployments": svc.upstreams.health.snapshot()}
@@ -288,10 +287,10 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
 
 
-def _has_valid_key(svc: Services, request: Request) -> bool:
+async def _has_valid_key(svc: Services, request: Request) -> bool:
     try:
-        svc.auth.identify(request.headers.get("authorization"))
-    except AuthenticationFailed:
+        await svc.auth.authenticate(request.headers.get("authorization"))
+    except (AuthenticationFailed, StoreOutage):
         return False
     return True
 

@@ -9,8 +9,10 @@ fallback is tried at once. Every attempt runs for at most min(deployment timeout
 Only failures that say something about the deployment count toward its circuit; a 4xx the
 request caused does not (and 400/422 end the request: another deployment would say the same).
 When no deployment was even tried because every circuit is open, the answer is 503
-`deployment_unavailable` with Retry-After. Clients see which deployment failed and how; the
-full detail goes to the `switchyard.upstream` log. Every attempt is a CLIENT span named and
+`deployment_unavailable` with Retry-After. A deployment at its own rate limit (`gateway.quotas`) is
+skipped the same way; when that is why none was tried, the answer is 429 naming the limit.
+Clients see which deployment failed and how; the full detail goes to the `switchyard.upstream`
+log. Every attempt is a CLIENT span named and
 attributed as the GenAI semantic conventions say (`chat {model}`, `gen_ai.*`, `server.*`,
 `error.type` and status ERROR when it fails), with its deployment and cost; the call carries that
 span's W3C trace context, so the upstream's own spans join the trace. Each attempt is also a
@@ -33,7 +35,6 @@ from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_any
 from tenacity.stop import stop_base
 
-from gateway import tokens
 from gateway.config import DeploymentConfig
 from gateway.errors import (
     DeploymentUnavailable,
@@ -44,24 +45,18 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
+from gateway.executor.result import CallRecord
+from gateway.messages import count_completion, count_messages
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import DeploymentPrice
+from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
 from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
 log = logging.getLogger("switchyard.upstream")
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    deployment: str
-    usage: Usage
-    cost_usd: float
-    latency_s: float
-    role: str = "answer"  # answer | sample | judge | escalation
 
 
 @dataclass(slots=True)
@@ -94,21 +89,21 @@ def _retry_wait(exc: ProviderFailure, retry: int) -> float:
     else a jittered exponential back-off."""
     if exc.retry_after_s is not None:
         return exc.retry_after_s
-    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + random.uniform(0, _JITTER_S)
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (retry - 1)) + random.uniform(0, _JITTER_S)
 
 
 def _longest_wait(exc: ProviderFailure, retry: int) -> float:
     """The most `_retry_wait` can be: a wait is only started when it surely fits in the deadline."""
     if exc.retry_after_s is not None:
         return exc.retry_after_s
-    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + _JITTER_S
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (retry - 1)) + _JITTER_S
 
 
 def counted(done: Completion, body: dict[str, Any]) -> Completion:
     """An answer without `usage` is billed on counted tokens (prompt and completion), never as free."""
     if done.usage.total_tokens:
         return done
-    usage = Usage(tokens.count_messages(body.get("messages") or ()), tokens.count_completion(done.body))
+    usage = Usage(count_messages(body.get("messages") or ()), count_completion(done.body))
     return Completion(done.body, usage, done.latency_s)
 
 
@@ -139,8 +134,9 @@ def _is_request_fault(exc: ProviderFailure) -> bool:
 class Upstreams:
     def __init__(self, deployments: Mapping[str, DeploymentConfig], backends: Mapping[str, Backend],
                  prices: Mapping[str, DeploymentPrice], health: HealthBoard, telemetry: Telemetry,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, quotas: DeploymentQuotas | None = None) -> None:
         self.deployments = deployments
+        self.quotas = quotas if quotas is not None and quotas.limited else None
         self.backends = backends
         self.prices = prices
         self.health = health
@@ -192,8 +188,20 @@ class Upstreams:
             self.metrics.operation.record((*self._gen_ai[name], kind), time.perf_counter() - started)
         _end_failed(span, exc)
 
+    async def _take(self, name: str, body: dict[str, Any], trial: bool) -> Taken | None:
+        """Count the attempt in the deployment's rate windows; at a limit, skip it (as if its circuit
+        were open), giving back a half-open circuit's trial."""
+        if self.quotas is None:
+            return None
+        try:
+            return await self.quotas.take(name, body)
+        except DeploymentOverQuota:
+            self.health[name].record_neutral(trial=trial)
+            raise
+
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                        trial: bool) -> Completion:
+        taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()
         try:
@@ -203,6 +211,8 @@ class Upstreams:
             self._failed(name, exc, span, trial, started)
             raise
         self.health[name].record_success(done.latency_s)
+        if taken is not None and self.quotas is not None:
+            await self.quotas.settle(taken, done.usage.prompt_tokens + done.usage.completion_tokens)
         if self.metrics is not None:
             self._measure(name, time.perf_counter() - started, done.usage)
         set_attributes(span, gen_ai__response__model=done.body.get("model"),
@@ -271,6 +281,7 @@ class Upstreams:
                      deadline: Deadline) -> tuple[str, T]:
         """The first deployment of `names` (in order) that answers, or the error that explains why none did."""
         failures: list[tuple[str, ProviderFailure]] = []
+        skipped: list[DeploymentOverQuota] = []
         for name in names:
             try:
                 return name, await self._with_retries(name, functools.partial(make, name), deadline)
@@ -280,8 +291,12 @@ class Upstreams:
                     break  # the request itself is bad: another deployment would say the same
             except _CircuitOpen:
                 continue
+            except DeploymentOverQuota as exc:
+                skipped.append(exc)
             except _DeadlinePassed:
                 break
+        if skipped and not failures and not deadline.expired():
+            raise over_quota_error(skipped)
         raise self._final_error(names, failures, deadline)
 
     def _final_error(self, names: Sequence[str], failures: list[tuple[str, ProviderFailure]],
@@ -315,6 +330,7 @@ class Upstreams:
 
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
+        await self._take(name, body, trial)  # a stream keeps its reserved tokens in the deployment's window
         span = self._span(name, parent, body)
         started = time.perf_counter()
         stats = StreamStats()
