@@ -155,7 +155,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gateway.router.train import train
+    from gateway.router.training.train import train
 
     train(args.data, args.out, base=args.base, seed=args.seed, progress=not args.quiet)
     print(f"router written to {args.out}; point the gateway at it with `router_artifact: {args.out}`")
@@ -171,7 +171,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         return admin.rollback(args.version, args.config, args.by)
     if args.router_command == "history":
         return admin.history(args.config, args.json)
-    from gateway.router.compare import Targets
+    from gateway.router.training.compare import Targets
 
     targets = Targets(args.share, args.quality, args.threshold)
     return admin.evaluate(args.candidate, args.data, split=args.split, weak=args.weak, strong=args.strong,
