@@ -31,7 +31,7 @@ from typing import cast
 
 import numpy as np
 
-from gateway.router.arrays import F32, F64, Floats, I64, Loaded
+from gateway.router.arrays import F32, F64, I64, Floats, Loaded
 from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
 from gateway.router.neighbours import Neighbours, unit
 from gateway.router.text import STRUCT_NAMES, guess_category, normalise, structural_features

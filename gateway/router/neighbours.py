@@ -29,7 +29,7 @@ from typing import cast
 
 import numpy as np
 
-from gateway.router.arrays import F32, F64, Floats, I64, Ints, U8
+from gateway.router.arrays import F32, F64, I64, U8, Floats, Ints
 
 MISSING = 255
 _CLIP = 1e-4
