@@ -22,3 +22,4 @@ Bools = NDArray[np.bool_]
 Strs = NDArray[np.str_]
 # Arrays as np.load gives them: dtype known only from the file.
 Loaded = NDArray[Any]
+NpzArrays = dict[str, Loaded]  # the arrays of router.npz, by name

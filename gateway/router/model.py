@@ -27,12 +27,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import cast
 
 import numpy as np
 
 from gateway.router.arrays import F32, F64, I64, Floats, Loaded
 from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
+from gateway.router.meta import ArtifactMeta
 from gateway.router.neighbours import Neighbours, unit
 from gateway.router.text import STRUCT_NAMES, guess_category, normalise, structural_features
 
@@ -89,16 +89,16 @@ class _Weights:
 class Router:
     """Predicts difficulty and P(good answer) per model for a prompt."""
 
-    def __init__(self, weights: _Weights, meta: Mapping[str, object]) -> None:
+    def __init__(self, weights: _Weights, meta: ArtifactMeta) -> None:
         self._w = weights
         self._meta = meta
-        self._models: list[str] = list(cast("list[str]", meta["models"]))
+        self._models: list[str] = list(meta["models"])
         self._index = {m: i for i, m in enumerate(self._models)}
         heads: dict[int, list[tuple[int, int]]] = {}
         for h, (m, d) in enumerate(zip(weights.head_model.tolist(), weights.head_domain.tolist(), strict=True)):
             heads.setdefault(int(m), []).append((h, int(d)))
         self._heads = {i: tuple(v) for i, v in heads.items()}
-        self._out_tokens: dict[str, float] = dict(cast("dict[str, float]", meta.get("expected_output_tokens", {})))
+        self._out_tokens: dict[str, float] = dict(meta.get("expected_output_tokens", {}))
         self._mean_ability = float(np.mean(weights.theta)) if weights.theta.size else 0.0
         # The linear latent and the neighbour projection read the same hashed vector: one gather of
         # both weight blocks per request instead of two (the gather is a large share of assess()).
@@ -169,7 +169,7 @@ class Router:
         return self._mean_ability
 
     @property
-    def meta(self) -> Mapping[str, object]:
+    def meta(self) -> ArtifactMeta:
         return self._meta
 
     # -- internals ----------------------------------------------------------------------
@@ -192,7 +192,7 @@ class Router:
 def load_router(path: str | Path | None = None) -> Router:
     """Load a trained router from a directory holding ``router.npz`` + ``router.json``."""
     root = Path(path) if path is not None else DEFAULT_ARTIFACT
-    meta = json.loads((root / "router.json").read_text(encoding="utf-8"))
+    meta: ArtifactMeta = json.loads((root / "router.json").read_text(encoding="utf-8"))
     if meta.get("version") != ARTIFACT_VERSION:
         raise ValueError(f"{root}/router.json: version {meta.get('version')!r}, expected {ARTIFACT_VERSION}")
     with np.load(root / "router.npz") as z:

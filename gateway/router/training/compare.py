@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from gateway.router.arrays import Floats
 from gateway.router.model import Router
 from gateway.router.training.data import RoutingData
 from gateway.router.training.evaluate import pair_rows, rank_score, score_data
@@ -49,7 +50,7 @@ def share_for_quality(curve: PairCurve, frac: float) -> float:
     return round(float(curve.share[hit[0]]), 4) if hit.size else 1.0
 
 
-def pair_report(score: np.ndarray, data: RoutingData, weak: str, strong: str, targets: Targets) -> dict[str, Any]:
+def pair_report(score: Floats, data: RoutingData, weak: str, strong: str, targets: Targets) -> dict[str, Any]:
     jw, js = data.col(weak), data.col(strong)
     ok = pair_rows(data, jw, js)
     args = (score[ok], data.score[ok, jw], data.score[ok, js],
