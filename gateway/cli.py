@@ -82,6 +82,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print("switchyard serve: give --config FILE (or set SWITCHYARD_CONFIG); "
               "for a try-out without one, run: switchyard demo", file=sys.stderr)
         return 2
+    if args.workers < 1:
+        print(f"switchyard serve: --workers must be 1 or more, got {args.workers}", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        from gateway.workers import serve
+
+        return serve(path, args.host, args.port, args.workers, args.log_level, args.log_format)
     app = create_app(load_config(path))
     _run(uvicorn.Server(_uvicorn_config(app, args.host, args.port, args.log_level)).serve())
     return 0
@@ -328,6 +335,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--log-level", default="info")
+    s.add_argument("--workers", type=int, default=1,
+                   help="worker processes on this host, sharing the port, each with its own app (default 1); "
+                        "they share budgets, rate limits and the cache only through redis_url")
     s.add_argument("--log-format", choices=("json", "text"),
                    help="json: one JSON object per line (a line per request at info); text: for people "
                         "(default: text at a terminal, json otherwise)")

@@ -7,8 +7,10 @@ The gateway keeps these keys, all under `sy:` and all built here: cached answers
 `max_records` entries) and each logged request's record and feedback (`sy:req:{<tenant>}:<request
 id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → that source's feedback). A
 tenant's keys share one hash tag so that a Redis Cluster keeps them in one slot, where one script
-can touch them all. The promoted router lives in `sy:router:current` (a small JSON pointer every
-replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
+can touch them all. Keys read and written alone carry no tag, so that they spread over the
+masters: cached answers, the request stream, the ledger's tenant index and the router's keys
+(`tests/unit/test_cluster_keys.py` checks both). The promoted router lives in `sy:router:current`
+(a small JSON pointer every replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
 `sy:router:artifact:<sha256>` (the artifact's bytes). Target policies' score sketches live in
 `sy:calib:{<policy>:<version>}:<time bucket>` (a hash of sums that every replica adds its
 observations to: see `gateway.policy.sharing`); a policy's sketches share one hash tag too.
@@ -488,8 +490,8 @@ class RedisStore(RedisAdmission):
         # redis-py's default retries timeouts too, with back-off: a hung Redis would hold every call.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._client: Any
-        if "cluster=true" in url or url.startswith("redis+cluster://"):
-            url = url.replace("redis+cluster://", "redis://").replace("?cluster=true", "")
+        if (seed := cluster_seed_url(url)) is not None:
+            url = seed
             self._client = redis.RedisCluster.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry)
         else:
@@ -660,6 +662,19 @@ class RedisStore(RedisAdmission):
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def cluster_seed_url(url: str) -> str | None:
+    """A Redis Cluster URL (`redis+cluster://`, `rediss+cluster://` or `?cluster=true`) as the plain
+    URL of its seed node, from which the client discovers the others; None for a single server."""
+    scheme, sep, rest = url.partition("://")
+    if scheme in ("redis+cluster", "rediss+cluster"):
+        url = f"{scheme.removesuffix('+cluster')}{sep}{rest}"
+    elif "cluster=true" not in url:
+        return None
+    base, _, query = url.partition("?")
+    kept = "&".join(p for p in query.split("&") if p and p != "cluster=true")
+    return f"{base}?{kept}" if kept else base
 
 
 def open_store(redis_url: str | None) -> Store:

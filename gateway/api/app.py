@@ -14,6 +14,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from gateway import messages
 from gateway.api.errors import install_error_handlers
 from gateway.api.keys import KEY_ROUTES
+from gateway.api.openapi import install_openapi
 from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
 from gateway.cache import ExactCache
@@ -216,4 +217,5 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
     install_error_handlers(app)
     for path, endpoint, methods in (*ROUTES, *KEY_ROUTES, *DASHBOARD_ROUTES):
         app.add_route(path, endpoint, methods=methods)
+    install_openapi(app)
     return app

@@ -276,7 +276,8 @@ async def readyz(request: Request) -> Response:
     status = "ready" if store_ok else ("unavailable" if refuses else "degraded")
     body: dict[str, Any] = {"status": status}
     if svc.auth.open or await _has_valid_key(svc, request):
-        body |= {"store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
+        body |= {"process": os.getpid(),  # which worker or replica answered
+                 "store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
                  "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
                  "deployments": svc.upstreams.health.snapshot()}
         if svc.requests is not None:
