@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from gateway.providers.simulated import SimModel, count_tokens, difficulty_of, p_correct, start, truth_of
+from gateway.simulator import SimModel, count_tokens, difficulty_of, p_correct, start, truth_of
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_FILE = REPO / "tests" / "fixtures" / "sim_models.yaml"
@@ -34,7 +34,7 @@ def _launch(*args: str, stderr_path: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with stderr_path.open("w") as stderr:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.providers.simulated", "--port", "0", *args],
+            [sys.executable, "-m", "gateway.simulator", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -285,7 +285,7 @@ def test_invalid_model_file_exits_with_the_culprit(tmp_path: Path) -> None:
     bad.write_text("models:\n  - {name: a, ability: 1, speed: 3}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.providers.simulated", "--port", "0", "--models", str(bad)],
+        [sys.executable, "-m", "gateway.simulator", "--port", "0", "--models", str(bad)],
         capture_output=True,
         text=True,
         env=env,
