@@ -50,6 +50,17 @@ entry for the answer token X: ``logprob = log(p)`` when correct,
 most likely candidates (truth first whenever ``p`` beats each distractor).
 Streams attach it to each choice's first content chunk.
 
+Tools and structured output
+---------------------------
+With ``tools`` the model calls one (``tool_choice`` a named function: that one; ``auto`` or
+absent: the tool whose name and description share most words with the question, but prose when
+the last message is a tool result; ``required``: always; ``none``: never): ``message.tool_calls``
+holds one call whose ``arguments`` are valid against the function's ``parameters`` and carry the
+drawn answer X in the first string or number field; ``finish_reason`` is ``tool_calls``; streams
+send the call's head and then its arguments in pieces, as OpenAI does. ``response_format``
+``json_object`` answers ``{"answer": X}``, ``json_schema`` a JSON instance of the schema (rules in
+``structured.py``). Each of the ``n`` choices is shaped from its own draw.
+
 Timing and failures
 -------------------
 Non-streaming answers wait ``ttft_ms + completion_tokens / tokens_per_s``;

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answers import Completion, compose, draw_answer, logprobs_payload, p_correct, usage_of
+from .answers import Completion, compose_shaped, draw_answer, logprobs_payload, p_correct, usage_of
 from .models import SimModel
 from .prompts import difficulty_of, stable_hash, stable_uniform, truth_of
 from .protocol import (
@@ -94,7 +94,7 @@ class Simulator:
         else:
             rng = self._rng if call.seed is None else _seeded(call, model)
             draws = [draw_answer(truth, p, rng.random(), rng.random()) for _ in range(call.n)]
-        return [compose(a, model.output_tokens, call.max_tokens, call.stop) for a in draws]
+        return [compose_shaped(a, call.shape, model.output_tokens, call.max_tokens, call.stop) for a in draws]
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
@@ -149,7 +149,7 @@ def _completion_body(model: SimModel, call: ChatCall, completions: list[Completi
         choices.append(
             {
                 "index": index,
-                "message": {"role": "assistant", "content": completion.content, "refusal": None},
+                "message": _message(completion),
                 "logprobs": logprobs,
                 "finish_reason": completion.finish_reason,
             }
@@ -165,6 +165,12 @@ def _completion_body(model: SimModel, call: ChatCall, completions: list[Completi
     if model.usage:
         body["usage"] = usage_of(call.prompt_tokens, completions)
     return body
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    if completion.tool_calls:
+        return {"role": "assistant", "content": None, "refusal": None, "tool_calls": list(completion.tool_calls)}
+    return {"role": "assistant", "content": completion.content, "refusal": None}
 
 
 def _json(body: Any, status: int = 200) -> web.Response:

@@ -69,7 +69,7 @@ async def _send(
     call: ChatCall,
     completions: list[Completion],
 ) -> None:
-    pieces = [split_pieces(c.content, TOKENS_PER_CHUNK) for c in completions]
+    pieces = [_deltas(c) for c in completions]
     pending = [framer.choice(_delta(i, {"role": "assistant", "content": ""})) for i in range(len(pieces))]
     if model.ttft_ms > 0:
         await asyncio.sleep(model.ttft_ms / 1000.0)
@@ -98,8 +98,23 @@ def _delta(index: int, delta: dict[str, Any], finish_reason: str | None = None) 
     return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
 
 
-def _content(index: int, piece: str, step: int, call: ChatCall, completions: list[Completion]) -> dict[str, Any]:
-    choice = _delta(index, {"content": piece})
+def _deltas(completion: Completion) -> list[dict[str, Any]]:
+    """The deltas of one choice: content pieces, or a tool call's head then its arguments in pieces."""
+    if not completion.tool_calls:
+        return [{"content": piece} for piece in split_pieces(completion.content, TOKENS_PER_CHUNK)]
+    out: list[dict[str, Any]] = []
+    for k, call in enumerate(completion.tool_calls):
+        function = call["function"]
+        out.append({"tool_calls": [{"index": k, "id": call["id"], "type": "function",
+                                    "function": {"name": function["name"], "arguments": ""}}]})
+        out.extend({"tool_calls": [{"index": k, "function": {"arguments": piece}}]}
+                   for piece in split_pieces(function["arguments"], TOKENS_PER_CHUNK))
+    return out
+
+
+def _content(index: int, piece: dict[str, Any], step: int, call: ChatCall,
+             completions: list[Completion]) -> dict[str, Any]:
+    choice = _delta(index, piece)
     if call.logprobs and step == 0:
         # The answer's logprobs ride on the first content chunk of each choice.
         choice["logprobs"] = logprobs_payload(completions[index].answer, call.top_logprobs)
