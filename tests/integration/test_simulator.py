@@ -84,6 +84,10 @@ def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
         return error.code, json.loads(error.read())
 
 
+def _counts(requests: int, errors: int, served: int = 0) -> dict:
+    return {"requests": requests, "errors": errors, "served": served, "abandoned": 0, "faults": {}}
+
+
 def _stats(base_url: str) -> dict:
     return _http("GET", base_url.removesuffix("/v1") + "/sim/stats")[1]
 
@@ -233,7 +237,7 @@ def test_fails_first_then_succeeds(client: openai.OpenAI, base_url: str) -> None
             client.chat.completions.create(model="sim-flaky", messages=ARITHMETIC)
     reply = client.chat.completions.create(model="sim-flaky", messages=ARITHMETIC)
     assert reply.choices[0].message.content
-    assert _stats(base_url)["sim-flaky"] == {"requests": 3, "errors": 2}
+    assert _stats(base_url)["sim-flaky"] == _counts(3, 2, served=1)
 
 
 def test_error_rate_one_returns_the_status_with_an_openai_error_body(client: openai.OpenAI) -> None:
@@ -268,10 +272,12 @@ def test_stats_count_requests_and_errors_per_model(client: openai.OpenAI, base_u
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="sim-broken", messages=ARITHMETIC)
     stats = _stats(base_url)
-    assert stats["sim-oracle"] == {"requests": 2, "errors": 0}
-    assert stats["sim-broken"] == {"requests": 1, "errors": 1}
+    oracle = stats["sim-oracle"]
+    # The stream was closed at once: its first chunk went out, or found the client gone.
+    assert (oracle["requests"], oracle["errors"], oracle["served"] + oracle["abandoned"]) == (2, 0, 2)
+    assert stats["sim-broken"] == _counts(1, 1)
     assert _http("POST", base_url.removesuffix("/v1") + "/sim/reset")[0] == 200
-    assert _stats(base_url)["sim-oracle"] == {"requests": 0, "errors": 0}
+    assert _stats(base_url)["sim-oracle"] == _counts(0, 0)
 
 
 def test_models_and_health_endpoints(client: openai.OpenAI, base_url: str) -> None:
