@@ -246,3 +246,43 @@ def test_the_admin_key_is_one_sha256_from_the_config_or_the_environment(monkeypa
     monkeypatch.setenv(ENV_ADMIN_KEY_SHA256, "not-a-digest")
     with pytest.raises(ConfigError, match=ENV_ADMIN_KEY_SHA256):
         embedded_config("http://127.0.0.1:9/v1")
+
+
+def test_every_upstream_call_is_counted_once_under_its_deployment() -> None:
+    store = _written([Spent(AT, "t", "p", "cascade:small>large:escalated", "large",
+                            (_call("small", 0.001), _call("small", 0.001), _call("large", 0.004)))])
+    calls = {r["deployment"]: r["calls"] for r in _table(store, ("deployment",))}
+    assert calls == {"small": 2, "large": 1}
+
+
+def test_spend_written_while_the_store_is_down_is_held_and_written_when_it_is_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.ledger.RETRY_S", 0.05)
+
+    class Flaky(MemoryStore):
+        down = True
+
+        async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                                index: tuple[str, Sequence[str]] | None = None) -> None:
+            if self.down:
+                raise StoreUnavailable("connection refused")
+            await super().add_to_hashes(sums, ttl_s, index)
+
+    async def scenario() -> tuple[Flaky, Ledger]:
+        store = Flaky()
+        ledger = Ledger(store, linger_s=0.01)
+        ledger.start()
+        for _ in range(3):
+            await ledger.record(Spent(AT, "t", None, "single:small", "small", (_call("small", 0.25),)))
+        await asyncio.sleep(0.1)
+        assert ledger.stats()["held"] == 3 and ledger.stats()["written"] == 0
+        store.down = False  # back: the next retry writes what was held, with no new bill needed
+        await asyncio.sleep(0.2)
+        await ledger.close()
+        return store, ledger
+
+    store, ledger = asyncio.run(scenario())
+    assert ledger.stats() | {"queued": 0} == {"written": 3, "dropped": 0, "failed": 0, "lost_usd": 0.0,
+                                              "queued": 0, "held": 0}
+    (row,) = _table(store, ("tenant",))
+    assert (row["requests"], row["calls"], row["cost_usd"]) == (3, 3, pytest.approx(0.75))
