@@ -102,7 +102,11 @@ class Simulator:
         if call.stream:
             return await stream_completions(request, model, call, completions, fault, counters)
         slow = fault.delay_s if fault is not None and fault.kind == "slow" else 0.0
-        await _sleep_like_generation(model, max(c.completion_tokens for c in completions), slow)
+        try:
+            await _sleep_like_generation(model, max(c.completion_tokens for c in completions), slow)
+        except asyncio.CancelledError:
+            counters.abandoned += 1  # the server cancelled the handler: its client is gone
+            raise
         if request.transport is None or request.transport.is_closing():
             counters.abandoned += 1  # the client gave up waiting: nothing was delivered
             return web.Response()

@@ -75,15 +75,18 @@ async def stream_completions(
 async def _first_chunk(request: web.Request, response: web.StreamResponse, pending: list[bytes], delay_s: float,
                        counters: Served | None) -> None:
     """The role chunks after the first-token delay: from here on the call is served (and billable)."""
-    if delay_s > 0:
-        await asyncio.sleep(delay_s)
-    await response.write(b"".join(pending))
+    try:
+        if delay_s > 0:
+            await asyncio.sleep(delay_s)
+        await response.write(b"".join(pending))
+        if request.transport is None or request.transport.is_closing():
+            raise ConnectionResetError
+    except (ConnectionResetError, asyncio.CancelledError):
+        if counters is not None:
+            counters.abandoned += 1  # the client left before the first token: nothing was delivered
+        raise
     pending.clear()
     if counters is not None:
-        transport = request.transport
-        if transport is None or transport.is_closing():
-            counters.abandoned += 1
-            raise ConnectionResetError
         counters.served += 1
 
 
