@@ -10,11 +10,11 @@ with the decision, so it can explain itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.errors import ConstraintUnsatisfiable
-from gateway.plans import Plan
+from gateway.plans import Plan, Single
 from gateway.policy.calibration import Cutoff
 from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.policy.loader import BoundPolicy
@@ -128,6 +128,17 @@ def _rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str |
     return None
 
 
+def _through_fallback(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
+    """A single plan removed only because its deployment's circuit is open, taken back when one of its
+    fallbacks is healthy (the executor skips the open circuit); judged again on every other limit."""
+    plan = c.plan
+    if c.rejected_by != "circuit_open" or not isinstance(plan, Single) \
+            or all(f in live.open_circuits for f in plan.fallbacks):
+        return c
+    through = LiveView(live.open_circuits - {plan.deployment}, live.latency_s)
+    return replace(c, rejected_by=_rejection(plan, c.estimate, limits, through))
+
+
 def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: LiveView,
            overrides: Overrides = Overrides(), max_tokens: int | None = None,
            cutoff: Cutoff | None = None) -> Decision:
@@ -139,6 +150,9 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
         e = estimate(plan, signal, catalog, live.latency_s, max_tokens)
         evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, _rejection(plan, e, limits, live)))
     feasible = [c for c in evaluated if c.rejected_by is None]
+    if not feasible:  # every circuit is open? a single plan still answers through a healthy fallback
+        evaluated = [_through_fallback(c, limits, live) for c in evaluated]
+        feasible = [c for c in evaluated if c.rejected_by is None]
     if not feasible:
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)
         raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}")
