@@ -65,7 +65,9 @@ async def _sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, 
                                      for d in samplers), return_exceptions=True)
         outs = [g for g in got if not isinstance(g, BaseException)]
         failed = next((g for g in got if isinstance(g, BaseException)), None)
-        if failed is not None:
+        # A sample that failed after its retries leaves the others to choose from; only a bad request
+        # (another sample would be refused too) or no answer at all fails the plan.
+        if failed is not None and (not outs or not _upstream_fault(failed)):
             raise billing(failed, [rec for _, rec in outs])
     samples = _Samples([], [], [], [rec for _, rec in outs])
     for done, rec in outs:
@@ -161,6 +163,11 @@ async def _judge_score(up: Upstreams, plan: Cascade, body: dict[str, Any], text:
     return (min(10, found + 1) / 10 if found is not None else 0.0), [rec]
 
 
+def _upstream_fault(exc: BaseException) -> bool:
+    """A failure of the upstreams (5xx: failed, timed out, unavailable), not of the request (4xx)."""
+    return isinstance(exc, GatewayError) and exc.status >= 500
+
+
 def billing(exc: BaseException, calls: list[CallRecord]) -> BaseException:
     """`exc`, carrying the calls that answered before it (a GatewayError's `billed`) for the ledger."""
     if isinstance(exc, GatewayError) and calls:
@@ -182,7 +189,14 @@ async def _cascade(up: Upstreams, plan: Cascade, body: dict[str, Any], span: Spa
                    deadline: Deadline, calls: list[CallRecord]) -> Result:
     trail: list[dict[str, Any]] = []
     for i, step in enumerate(plan.steps[:-1]):
-        answer, conf, step_calls, evidence = await _confidence(up, plan, step, body, span, deadline)
+        try:
+            answer, conf, step_calls, evidence = await _confidence(up, plan, step, body, span, deadline)
+        except GatewayError as exc:
+            if not _upstream_fault(exc):
+                raise
+            calls += exc.billed  # a step that failed upstream escalates, as a step without confidence would
+            trail.append({"step": step, "failed": exc.message, "escalated": "step failed"})
+            continue
         calls += step_calls
         trail.append({"step": step, "confidence": round(conf, 4), "threshold": plan.threshold, **evidence})
         if conf >= plan.threshold:

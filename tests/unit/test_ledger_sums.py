@@ -222,12 +222,28 @@ def test_a_cascade_whose_escalation_fails_still_bills_its_first_step() -> None:
     assert failed.value.billed[0].cost_usd > 0
 
 
-def test_best_of_bills_the_samples_that_answered_when_another_fails() -> None:
+def test_best_of_answers_from_and_bills_the_samples_that_answered_when_another_fails() -> None:
     up, _ = fake_upstreams(_failing_on("broken"), deployment("small"), deployment("other"),
                            deployment("broken", max_retries=0))
+    result = asyncio.run(run(up, BestOfN(("small", "broken", "other")), BODY, None, Deadline.after(10)))
+    assert sorted(c.deployment for c in result.calls) == ["other", "small"]
+    assert result.evidence["samples"] == 2
+
+
+def test_best_of_fails_when_no_sample_answers() -> None:
+    up, _ = fake_upstreams(_failing_on("broken"), deployment("broken", max_retries=0))
     with pytest.raises(GatewayError) as failed:
-        asyncio.run(run(up, BestOfN(("small", "broken", "other")), BODY, None, Deadline.after(10)))
-    assert sorted(c.deployment for c in failed.value.billed) == ["other", "small"]
+        asyncio.run(run(up, BestOfN(("broken", "broken")), BODY, None, Deadline.after(10)))
+    assert failed.value.status == 502 and failed.value.billed == ()
+
+
+def test_a_cascade_whose_first_step_fails_escalates_to_the_next() -> None:
+    up, _ = fake_upstreams(_failing_on("small"), deployment("small", max_retries=0), deployment("large"))
+    plan = Cascade(("small", "large"), confidence="logprob", threshold=0.5)
+    result = asyncio.run(run(up, plan, BODY, None, Deadline.after(10)))
+    assert result.deployment == "large" and result.plan_label == "cascade:small>large:escalated"
+    assert result.evidence["cascade"][0]["escalated"] == "step failed"
+    assert [c.deployment for c in result.calls] == ["large"]
 
 
 def test_the_admin_key_is_one_sha256_from_the_config_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
