@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.errors import ConstraintUnsatisfiable
-from gateway.plans import Plan, Single
+from gateway.plans import Cascade, Plan, Single
 from gateway.policy.calibration import Cutoff
 from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.policy.loader import BoundPolicy
@@ -128,15 +128,23 @@ def _rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str |
     return None
 
 
-def _through_fallback(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
-    """A single plan removed only because its deployment's circuit is open, taken back when one of its
-    fallbacks is healthy (the executor skips the open circuit); judged again on every other limit."""
-    plan = c.plan
-    if c.rejected_by != "circuit_open" or not isinstance(plan, Single) \
-            or all(f in live.open_circuits for f in plan.fallbacks):
+def _still_answers(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
+    """A plan removed only because a circuit is open, taken back when it can answer without that
+    deployment (the executor skips an open circuit): a single plan through a healthy fallback, a
+    cascade whose last step is healthy (a failed step escalates), best-of with a healthy sampler (it
+    answers from the samples that came back). Judged again on every other limit."""
+    plan, open_now = c.plan, live.open_circuits
+    if c.rejected_by != "circuit_open":
         return c
-    through = LiveView(live.open_circuits - {plan.deployment}, live.latency_s)
-    return replace(c, rejected_by=_rejection(plan, c.estimate, limits, through))
+    if isinstance(plan, Single):
+        healthy = any(f not in open_now for f in plan.fallbacks)
+    elif isinstance(plan, Cascade):
+        healthy = plan.steps[-1] not in open_now
+    else:
+        healthy = any(d not in open_now for d in plan.samplers)
+    if not healthy:
+        return c
+    return replace(c, rejected_by=_rejection(plan, c.estimate, limits, LiveView(frozenset(), live.latency_s)))
 
 
 def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: LiveView,
@@ -150,8 +158,8 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
         e = estimate(plan, signal, catalog, live.latency_s, max_tokens)
         evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, _rejection(plan, e, limits, live)))
     feasible = [c for c in evaluated if c.rejected_by is None]
-    if not feasible:  # every circuit is open? a single plan still answers through a healthy fallback
-        evaluated = [_through_fallback(c, limits, live) for c in evaluated]
+    if not feasible:  # open circuits removed every plan? one that can work around them still answers
+        evaluated = [_still_answers(c, limits, live) for c in evaluated]
         feasible = [c for c in evaluated if c.rejected_by is None]
     if not feasible:
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)

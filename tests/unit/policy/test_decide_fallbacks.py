@@ -41,3 +41,16 @@ def test_a_healthy_plan_is_still_preferred_over_an_open_one_with_a_fallback(tmp_
                                "fallbacks: {large: [small]}\nobjective: {value_usd: 10}\n")
     d = decide(policy, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"large"})))
     assert d.plan.label == "single:small"
+
+
+def test_a_cascade_or_best_of_with_a_healthy_deployment_left_still_runs(tmp_path: Path) -> None:
+    cascade = _policy(tmp_path, "candidates:\n  - cascade: {steps: [small, large], confidence: logprob}\n")
+    assert decide(cascade, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small"}))).plan.label \
+        == "cascade:small>large"
+    with pytest.raises(ConstraintUnsatisfiable):
+        decide(cascade, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"large"})))
+    best_of = _policy(tmp_path, "candidates:\n  - best_of: {deployments: [small, large]}\n")
+    assert decide(best_of, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small"}))).plan.label.startswith(
+        "best_of:2")
+    with pytest.raises(ConstraintUnsatisfiable):
+        decide(best_of, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small", "large"})))
