@@ -142,6 +142,7 @@ class Ledger:
         self._held: dict[str, dict[str, float]] = {}
         self._held_tenants: set[str] = set()
         self._held_bills, self._held_usd = 0, 0.0
+        self._unsettled: dict[str, float] = {}  # tenant → spend its budget counter has yet to get
 
     async def record(self, spent: Spent, reservation: Reservation | None = None) -> None:
         """Queue the bill, then settle the tenant's budget with its real cost (a cache hit releases
@@ -158,7 +159,12 @@ class Ledger:
             elif cost > 0:
                 await self.store.incr_float(spend_key(spent.tenant), cost)
         except StoreUnavailable as exc:
-            log.warning("spend of %s not recorded (store unavailable): $%.6f: %s", spent.tenant, cost, exc)
+            # Held for the writer to add to the tenant's spend once the store is back: a budget must
+            # not forget what was spent during an outage.
+            self._unsettled[spent.tenant] = self._unsettled.get(spent.tenant, 0.0) + cost
+            if self._throttle.due():
+                log.warning("spend of %s held until the store is back (store unavailable): $%.6f: %s",
+                            spent.tenant, cost, exc)
 
     async def record_shadow(self, tenant: str, calls: tuple[CallRecord, ...], reservation: Reservation,
                             policy: str | None = None) -> None:
@@ -195,13 +201,15 @@ class Ledger:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
-        if self._held:
+        if self._held or self._unsettled:
             await self.write([])  # a last try; what the store still cannot take is lost
             self._give_up_held()
+            for tenant, usd in self._unsettled.items():
+                log.warning("spend of %s not added to its budget counter (store unavailable): $%.6f", tenant, usd)
 
     async def _run(self) -> None:
         while True:
-            if self._held:
+            if self._held or self._unsettled:
                 try:
                     first = await asyncio.wait_for(self._queue.get(), RETRY_S)
                 except TimeoutError:
@@ -226,6 +234,8 @@ class Ledger:
 
     async def write(self, batch: Sequence[Spent]) -> None:
         """Add `batch` (and any sums held from an outage) to the store; if it is down, hold them all."""
+        if self._unsettled:
+            await self._settle_unsettled()
         sums, self._held = self._held, {}
         for s in batch:
             add_spent(sums, s)
@@ -246,6 +256,14 @@ class Ledger:
         self._held_tenants, self._held_bills, self._held_usd = set(), 0, 0.0
         self.written += bills
 
+    async def _settle_unsettled(self) -> None:
+        for tenant, usd in list(self._unsettled.items()):
+            try:
+                await self.store.incr_float(spend_key(tenant), usd)
+            except StoreUnavailable:
+                return  # still down: retried with the held sums
+            del self._unsettled[tenant]
+
     def _give_up_held(self) -> None:
         bills, usd = self._held_bills, self._held_usd
         self._held, self._held_tenants, self._held_bills, self._held_usd = {}, set(), 0, 0.0
@@ -257,7 +275,8 @@ class Ledger:
 
     def stats(self) -> dict[str, Any]:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
-                "lost_usd": round(self.lost_usd, 10), "queued": self._queue.qsize(), "held": self._held_bills}
+                "lost_usd": round(self.lost_usd, 10), "queued": self._queue.qsize(), "held": self._held_bills,
+                "unsettled_usd": round(sum(self._unsettled.values()), 10)}
 
 
 # -- reading it back ------------------------------------------------------------------------------

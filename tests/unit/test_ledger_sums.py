@@ -299,6 +299,32 @@ def test_spend_written_while_the_store_is_down_is_held_and_written_when_it_is_ba
 
     store, ledger = asyncio.run(scenario())
     assert ledger.stats() | {"queued": 0} == {"written": 3, "dropped": 0, "failed": 0, "lost_usd": 0.0,
-                                              "queued": 0, "held": 0}
+                                              "queued": 0, "held": 0, "unsettled_usd": 0.0}
     (row,) = _table(store, ("tenant",))
     assert (row["requests"], row["calls"], row["cost_usd"]) == (3, 3, pytest.approx(0.75))
+
+
+def test_budget_spend_the_store_could_not_take_is_added_when_it_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.ledger.RETRY_S", 0.05)
+
+    class Flaky(MemoryStore):
+        down = True
+
+        async def incr_float(self, key: str, amount: float) -> float:
+            if self.down:
+                raise StoreUnavailable("connection refused")
+            return await super().incr_float(key, amount)
+
+    async def scenario() -> float:
+        store = Flaky()
+        ledger = Ledger(store, linger_s=0.01)
+        ledger.start()
+        for _ in range(2):
+            await ledger.record(Spent(AT, "t", None, "single:small", "small", (_call("small", 0.25),)))
+        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.5)
+        store.down = False
+        await asyncio.sleep(0.2)
+        await ledger.close()
+        return await store.incr_float(spend_key("t"), 0.0)
+
+    assert asyncio.run(scenario()) == pytest.approx(0.5)
