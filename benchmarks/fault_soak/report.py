@@ -68,8 +68,8 @@ def render(r: SoakReport, command: str) -> str:
             f"| hedged | {len(r.hedged.run.outcomes)} | {_ms(h50)} | {_ms(h99)} | "
             f"{r.hedged.billing.billed} |",
             "", "## Gateway memory", "",
-            f"Resident set after a {s.warmup_requests}-request warm-up: {r.rss_before_mb:.1f} MB; after the faulted run: "
-            f"{r.rss_after_mb:.1f} MB ({(r.rss_after_mb / r.rss_before_mb - 1):+.1%}).", "",
+            f"Resident set after a {s.warmup_requests}-request warm-up: {r.rss_before_mb:.1f} MB; "
+            f"after the faulted run: {r.rss_after_mb:.1f} MB ({(r.rss_after_mb / r.rss_before_mb - 1):+.1%}).", "",
             "## Gateway log lines per fault class (faulted run)", "",
             "| level, logger, event, error type | lines |", "| --- | ---: |"]
     out += [f"| {k} | {n} |" for k, n in sorted(r.faulted.log_lines.items(), key=lambda kv: -kv[1])]
