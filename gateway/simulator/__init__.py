@@ -2,10 +2,13 @@
 
 The gateway talks to it over real HTTP exactly as to vLLM or OpenAI. Routes:
 ``POST /v1/chat/completions`` (streaming or not), ``GET /v1/models``,
-``GET /healthz``, ``GET /sim/stats`` (``{model: {"requests": n, "errors": n}}``),
-``GET /sim/received`` (the headers of the last 256 chat-completions requests, oldest first,
-names lower-cased, without ``Authorization`` or ``Cookie``: e.g. the ``traceparent`` a caller
-propagated) and ``POST /sim/reset`` (clears both). Any ``Authorization`` header is accepted.
+``GET /healthz``, ``GET /_sim/stats`` (per model: ``requests``, ``errors``, ``served`` (answers that
+reached the client; a stream once its first chunk is out), ``abandoned`` (answers whose client had
+left) and ``faults`` by kind), ``GET``/``POST /_sim/faults`` (fault injection, see ``faults.py``),
+``POST /_sim/reset`` (clears the counters and the received headers), and ``GET /sim/received``
+(the headers of the last 256 chat-completions requests, oldest first, names lower-cased, without
+``Authorization`` or ``Cookie``: e.g. the ``traceparent`` a caller propagated). ``/sim/stats`` and
+``/sim/reset`` are the same as their ``/_sim/`` names. Any ``Authorization`` header is accepted.
 
 Answer semantics (deterministic; tests rely on them)
 ----------------------------------------------------
@@ -67,7 +70,7 @@ Non-streaming answers wait ``ttft_ms + completion_tokens / tokens_per_s``;
 streams wait ``ttft_ms`` and then pace 4-token chunks at ``tokens_per_s``,
 sleeping in batches. ``ttft_ms = 0`` and ``tokens_per_s = 0`` mean no sleep at
 all. The first ``fail_first`` requests to a model (since start or the last
-``POST /sim/reset``), and then a share
+``POST /_sim/reset``), and then a share
 ``error_rate`` of them, fail at once with ``error_status`` and an OpenAI error
 body (429 adds ``retry-after: 0``). Unknown models get 404, bad bodies 400.
 """
