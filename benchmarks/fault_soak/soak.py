@@ -118,6 +118,8 @@ def _log_counts(log_file: Path, start: int, end: int) -> Counter[str]:
                 continue
             what = line.get("event") or line.get("message", "")[:50]
             kind = line.get("error_type") or ""
+            if line.get("event") == "upstream_failure" and kind in ("connection", "stream"):
+                kind += f" ({str(line.get('reason'))[:40]})"  # refused, unreadable, cut short: the reason tells
             counts[f"{line.get('level')} {line.get('logger')} {what} {kind}".strip()] += 1
     return counts
 
