@@ -38,7 +38,7 @@ from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
-from gateway.executor.hedge import hedge_after_s, open_stream, run_hedged
+from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
 from gateway.executor.upstreams import CallRecord, OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
@@ -442,7 +442,7 @@ class _LiveStream:
     route: Route  # its prompt tokens bill a stream cut short
     learning: Learning
     trail: Trail
-    hedged: tuple[CallRecord, ...] = ()  # the cancelled legs of a hedged stream, billed with it
+    hedged: Losers = NO_LOSERS  # the legs a hedged stream's winner beat, billed with it
     acc: Accumulator = field(default_factory=Accumulator)
     settled: bool = False
 
@@ -479,12 +479,13 @@ class _LiveStream:
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = self.svc.upstreams.close_stream(live, error)
         self.trail.upstream_s += record.latency_s
-        self.svc.observer.billed(self.trail, (record, *self.hedged))
+        calls = (record, *await self.hedged.records())
+        self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
         self.svc.observer.finish(self.trail, 200, cut)
         it = self.learning
         await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
-                                           live.deployment, (record, *self.hedged), it.decision),
+                                           live.deployment, calls, it.decision),
                                      reservation=self.held)
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
                        gen_ai__usage__input_tokens=record.usage.prompt_tokens,

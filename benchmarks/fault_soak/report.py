@@ -62,7 +62,8 @@ def render(r: SoakReport, command: str) -> str:
     out += ["", "## Hedging under a slow tail", "",
             f"Only fault: {SLOW_TAIL[0]['kind']} on {SLOW_TAIL[0]['rate']:.0%} of `primary`'s calls "
             f"(+{SLOW_TAIL[0]['delay_ms']} ms before the first token); `soak-hedged` is `soak-single` with "
-            "`hedge_after_ms: 150`.", "",
+            f"`hedge_after_ms: 150`; both arms at concurrency {s.hedge_concurrency}, where the gateway is not "
+            "saturated, so the tail is the fault's and not queueing's.", "",
             "| arm | requests | p50 ms | p99 ms | calls billed |", "| --- | ---: | ---: | ---: | --- |",
             f"| unhedged | {len(r.unhedged.run.outcomes)} | {_ms(u50)} | {_ms(u99)} | {r.unhedged.billing.billed} |",
             f"| hedged | {len(r.hedged.run.outcomes)} | {_ms(h50)} | {_ms(h99)} | "

@@ -46,6 +46,8 @@ class SoakSettings:
     outage_s: float = 10.0
     seed: int = 7
     warmup_requests: int = 200
+    # Hedging is about a slow tail, not queueing: its arms run where the gateway is not saturated.
+    hedge_concurrency: int = 8
 
 
 @dataclass(slots=True)
@@ -145,13 +147,14 @@ class _Soak:
         for service in (self.gateway, self.sim, self.redis):
             service.stop()
 
-    async def phase(self, name: str, asks: list[Ask], outage_at: int | None = None) -> Phase:
+    async def phase(self, name: str, asks: list[Ask], outage_at: int | None = None,
+                    concurrency: int | None = None) -> Phase:
         self.sim.reset()
         since = time.time()
         before = await _ledger_calls(self.redis.url, since)  # the previous phase has settled
         log_start = self.gateway.log_file.stat().st_size
         progress = self._outage(outage_at) if outage_at is not None else None
-        run = await drive(self.gateway.url, asks, self.settings.concurrency, progress)
+        run = await drive(self.gateway.url, asks, concurrency or self.settings.concurrency, progress)
         if self._restart is not None:
             await self._restart
             self._restart = None
@@ -201,8 +204,10 @@ async def _phases(soak: _Soak, s: SoakSettings, started: float) -> SoakReport:
     # Hedging first: the faulted run leaves the primary's circuit open for a while after it.
     soak.sim.set_faults(FAULTED_MODEL, SLOW_TAIL)
     arm = s.hedge_requests or max(1, s.requests // 5)
-    unhedged = await soak.phase("slow tail, unhedged", mix(arm, s.seed + 2, {"soak-single": 1.0}))
-    hedged = await soak.phase("slow tail, hedged", mix(arm, s.seed + 2, {"soak-hedged": 1.0}))
+    unhedged = await soak.phase("slow tail, unhedged", mix(arm, s.seed + 2, {"soak-single": 1.0}),
+                                concurrency=s.hedge_concurrency)
+    hedged = await soak.phase("slow tail, hedged", mix(arm, s.seed + 2, {"soak-hedged": 1.0}),
+                              concurrency=s.hedge_concurrency)
     soak.sim.set_faults(FAULTED_MODEL, FAULTS)
     faulted = await soak.phase("faulted", mix(s.requests, s.seed + 1), outage_at=s.requests // 2)
     rss_after = soak.gateway.rss_mb()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.trace import Span
@@ -29,6 +30,22 @@ from gateway.providers.base import ProviderFailure, Usage
 from gateway.streaming import Accumulator
 
 HEDGE = "hedge"  # the role of a cancelled leg's call in the ledger
+# A losing leg may be producing its first token as the winner's arrives: it is given this long to show
+# it (then it is billed for it) before it is cancelled, off the answer's path.
+LOSER_GRACE_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Losers:
+    """The legs that lost the race, settling in the background: `records()` are their billed calls."""
+
+    task: asyncio.Task[tuple[CallRecord, ...]] | None = None
+
+    async def records(self) -> tuple[CallRecord, ...]:
+        return await self.task if self.task is not None else ()
+
+
+NO_LOSERS = Losers()
 
 
 def hedge_after_s(hedge_after_ms: float | None, plan: Plan) -> float | None:
@@ -39,20 +56,20 @@ def hedge_after_s(hedge_after_ms: float | None, plan: Plan) -> float | None:
 
 
 async def open_stream(up: Upstreams, names: tuple[str, ...], body: dict[str, Any], span: Span | None,
-                      deadline: Deadline, after_s: float | None) -> tuple[OpenStream, tuple[CallRecord, ...]]:
-    """`Upstreams.open_stream`, hedged when `after_s` is set: the stream, and the billed cancelled legs."""
+                      deadline: Deadline, after_s: float | None) -> tuple[OpenStream, Losers]:
+    """`Upstreams.open_stream`, hedged when `after_s` is set: the stream, and the legs that lost."""
     if after_s is None:
-        return await up.open_stream(names, body, span, deadline=deadline), ()
+        return await up.open_stream(names, body, span, deadline=deadline), NO_LOSERS
     return await open_hedged(up, names, body, span, deadline, after_s)
 
 
 async def open_hedged(up: Upstreams, names: tuple[str, ...], body: dict[str, Any], span: Span | None,
-                      deadline: Deadline, after_s: float) -> tuple[OpenStream, tuple[CallRecord, ...]]:
-    """The first leg of `names[0]` / `names[1:]` to produce a chunk, and the billed calls of the other."""
+                      deadline: Deadline, after_s: float) -> tuple[OpenStream, Losers]:
+    """The first leg of `names[0]` / `names[1:]` to produce a chunk, and the other leg."""
     first = asyncio.create_task(up.open_stream(names[:1], body, span, deadline=deadline))
     done, _ = await asyncio.wait({first}, timeout=after_s)
     if done and first.exception() is None:
-        return first.result(), ()
+        return first.result(), NO_LOSERS
     second = asyncio.create_task(up.open_stream(names[1:], body, span, deadline=deadline))
     legs = {second} if done else {first, second}
     error: BaseException | None = first.exception() if done else None
@@ -62,9 +79,9 @@ async def open_hedged(up: Upstreams, names: tuple[str, ...], body: dict[str, Any
             opened = [t.result() for t in finished if t.exception() is None]
             error = next((t.exception() for t in finished if t.exception() is not None), error)
             if opened:
-                losers = [*opened[1:], *await _cancel(legs)]
+                losers = Losers(asyncio.create_task(_settle_losers(up, opened[1:], legs, body)))
                 legs = set()
-                return opened[0], tuple(await asyncio.gather(*(_bill_cut(up, s, body) for s in losers)))
+                return opened[0], losers
     finally:
         for leg in legs:  # this task was itself cancelled: leave no leg running
             leg.cancel()
@@ -72,15 +89,18 @@ async def open_hedged(up: Upstreams, names: tuple[str, ...], body: dict[str, Any
     raise error
 
 
-async def _cancel(legs: set[asyncio.Task[OpenStream]]) -> list[OpenStream]:
-    """Cancel the slower legs; one that opened in the meantime is returned, to be billed."""
-    for leg in legs:
-        leg.cancel()
-    opened = []
-    for leg in legs:
-        with contextlib.suppress(BaseException):
-            opened.append(await leg)
-    return opened
+async def _settle_losers(up: Upstreams, opened: list[OpenStream], legs: set[asyncio.Task[OpenStream]],
+                         body: dict[str, Any]) -> tuple[CallRecord, ...]:
+    """Give the slower legs `LOSER_GRACE_S` to open, cancel the rest, bill every leg that opened."""
+    if legs:
+        done, pending = await asyncio.wait(legs, timeout=LOSER_GRACE_S)
+        for leg in pending:
+            leg.cancel()
+        for leg in pending:
+            with contextlib.suppress(BaseException):
+                await leg
+        opened = [*opened, *(t.result() for t in done if t.exception() is None)]
+    return tuple(await asyncio.gather(*(_bill_cut(up, s, body) for s in opened)))
 
 
 async def _bill_cut(up: Upstreams, live: OpenStream, body: dict[str, Any]) -> CallRecord:
@@ -116,7 +136,7 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
     if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
         live.stats.usage = Usage(tokens.count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
     record = up.close_stream(live, error)
-    calls = (record, *losers)
+    calls = (record, *await losers.records())
     if error is not None:
         failed: GatewayError = UpstreamError(f"deployment '{live.deployment}' failed mid-answer: {error.reason}")
         failed.billed = calls
@@ -126,4 +146,4 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
     answer.pop("usage", None)
     usage = sum((c.usage for c in calls), Usage())
     return Result(with_usage(answer, usage), live.deployment, label, calls,
-                  {"hedged": [c.deployment for c in losers]} if losers else {})
+                  {"hedged": [c.deployment for c in calls[1:]]} if calls[1:] else {})
