@@ -7,10 +7,16 @@ gateway's `on_store_outage` setting (`on_outage`): refuse with 503 (`fail_closed
 let the request through (`fail_open`); both are logged, at most once per `OUTAGE_LOG_EVERY_S`.
 Tenants without limits never touch the store here, so an outage does not concern them.
 
+Admin-created keys (`gateway.keys`) are found by `authenticate`, which also accepts config keys;
+such a key narrows its tenant and adds limits of its own.
+
 `admit` is the one gate for budget and rate: it reserves the request's worst-case cost against the
-tenant's budget (and counts it in its rate window) in one store round trip, before any upstream
-call. The returned `Reservation` is settled exactly once with the real cost (by the ledger), or
-released when the request fails.
+tenant's budget and its key's (both must hold, each in its current period), and counts the
+request (and its worst-case tokens) in every sliding window that applies, in one store round
+trip, before any upstream call (`gateway.admission`). The returned `Reservation` is settled exactly
+once with the real cost and tokens (by the ledger), or released when the request fails. Budget
+thresholds (`budget_alerts`) reached for the first time in a period log a warning and count in
+`switchyard.budget.alerts`.
 """
 
 from __future__ import annotations
@@ -20,18 +26,22 @@ import hmac
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
 
+from gateway.admission import Limits, Reservation, Scope, plan_admission, refusal
 from gateway.config import OutageSetting, TenantConfig
 from gateway.errors import (
     AuthenticationFailed,
-    BudgetExceeded,
     ConfigError,
     PermissionDenied,
-    RateLimited,
     StoreOutage,
 )
-from gateway.state import Budget, Rate, Store, StoreUnavailable, holds_key, rate_key, spend_key
+from gateway.keys import KeyRecord, KeyRegistry, key_id_of, matches
+from gateway.state import Store, StoreUnavailable
+
+__all__ = ["OPEN_TENANT", "Authenticator", "LogThrottle", "Reservation", "Tenant", "hash_key", "on_outage"]
 
 log = logging.getLogger("switchyard.auth")
 
@@ -48,6 +58,10 @@ class Tenant:
     requests_per_minute: int | None = None
     deployments: frozenset[str] | None = None  # pinnable by name; None: any deployment
     log_prompts: bool = False  # request records keep the prompt text, else only its sha256
+    budget_period: str = "total"
+    tokens_per_minute: int | None = None
+    key_id: str | None = None  # the admin-created key the caller used, if any
+    key_limits: Limits | None = None
 
     def may_use(self, policy: str) -> bool:
         return self.policies is None or policy in self.policies
@@ -56,9 +70,31 @@ class Tenant:
         return self.deployments is None or deployment in self.deployments
 
     @property
+    def limits(self) -> Limits:
+        return Limits(self.budget_usd, self.budget_period, self.requests_per_minute,  # type: ignore[arg-type]
+                      self.tokens_per_minute)
+
+    @property
     def limited(self) -> bool:
         """Whether the budget and rate gates need the store for this tenant."""
-        return self.budget_usd is not None or self.requests_per_minute is not None
+        return (self.budget_usd is not None or self.requests_per_minute is not None
+                or self.tokens_per_minute is not None or (self.key_limits is not None and self.key_limits.any))
+
+    @property
+    def holds_budget(self) -> bool:
+        """Whether a request must reserve its worst-case cost (a budget applies)."""
+        return self.budget_usd is not None or (self.key_limits is not None and self.key_limits.budget_usd is not None)
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self.tokens_per_minute is not None or (
+            self.key_limits is not None and self.key_limits.tokens_per_minute is not None)
+
+    def scopes(self) -> list[Scope]:
+        scopes = [Scope(self.name, None, self.limits)]
+        if self.key_id is not None and self.key_limits is not None:
+            scopes.append(Scope(self.name, self.key_id, self.key_limits))
+        return scopes
 
 
 def pinnable(config: TenantConfig) -> frozenset[str] | None:
@@ -70,10 +106,31 @@ def pinnable(config: TenantConfig) -> frozenset[str] | None:
 
 
 def tenant_from_config(config: TenantConfig) -> Tenant:
+    budget = config.spend_budget
     return Tenant(config.name, policies=frozenset(config.policies) if config.policies is not None else None,
-                  default_policy=config.default_policy, budget_usd=config.budget_usd,
+                  default_policy=config.default_policy, budget_usd=budget.usd if budget else None,
+                  budget_period=budget.period if budget else "total",
                   requests_per_minute=config.requests_per_minute, deployments=pinnable(config),
-                  log_prompts=config.log_prompts)
+                  log_prompts=config.log_prompts, tokens_per_minute=config.tokens_per_minute)
+
+
+def _narrowed(mine: frozenset[str] | None, theirs: list[str] | None) -> frozenset[str] | None:
+    if theirs is None:
+        return mine
+    return frozenset(theirs) if mine is None else mine & frozenset(theirs)
+
+
+def tenant_for_key(record: KeyRecord, base: Tenant | None) -> Tenant:
+    """The caller of a virtual key: its tenant (from the config, if there) narrowed by the key."""
+    base = base or Tenant(record.tenant, deployments=None if record.policies is None else frozenset())
+    budget = record.spend_budget
+    limits = Limits(budget.usd if budget else None, budget.period if budget else "total",
+                    record.requests_per_minute, record.tokens_per_minute)
+    pinned = _narrowed(base.deployments, record.deployments)
+    if record.deployments is None and record.policies is not None:
+        pinned = frozenset()  # as for tenants: a key held to some policies pins nothing it is not given
+    return replace(base, policies=_narrowed(base.policies, record.policies), deployments=pinned,
+                   key_id=record.id, key_limits=limits)
 
 
 @dataclass(slots=True)
@@ -108,16 +165,6 @@ def on_outage(setting: OutageSetting, tenant: Tenant, what: str, exc: Exception,
                           headers={"retry-after": str(OUTAGE_RETRY_AFTER_S)})
 
 
-def _log_refusal(tenant: Tenant, verdict: str, spent: float, reserved: float, asked: float) -> None:
-    if verdict == "budget":
-        log.warning("tenant %s refused: over its budget", tenant.name, extra={
-            "event": "budget_refused", "tenant": tenant.name, "budget_usd": tenant.budget_usd,
-            "spent_usd": round(spent, 12), "reserved_usd": round(reserved, 12), "request_worst_case_usd": asked})
-    else:
-        log.warning("tenant %s refused: over its request rate", tenant.name, extra={
-            "event": "rate_refused", "tenant": tenant.name, "requests_per_minute": tenant.requests_per_minute})
-
-
 OPEN_TENANT = Tenant("default")
 
 
@@ -138,44 +185,22 @@ HOLD_MARGIN_S = 30.0
 DEFAULT_HOLD_TTL_S = 300.0
 
 
-@dataclass(slots=True)
-class Reservation:
-    """What `admit` held for one request; `settle` runs once, whatever happens after."""
-
-    store: Store | None
-    tenant: str
-    hold_id: str | None = None  # None: nothing held (no budget, a cache hit, or the store was down)
-    amount: float = 0.0
-    settled: bool = field(default=False)
-
-    async def settle(self, actual_usd: float) -> None:
-        """Record the real cost and drop the hold, atomically; later calls do nothing."""
-        if self.settled or self.store is None:
-            return
-        self.settled = True
-        await self.store.settle(spend_key(self.tenant), holds_key(self.tenant), self.hold_id, actual_usd)
-
-    async def release(self) -> None:
-        """The request failed before costing anything we know of: give the hold back."""
-        if self.settled or self.store is None or self.hold_id is None:
-            self.settled = True
-            return
-        try:
-            await self.settle(0.0)
-        except StoreUnavailable as exc:  # the hold expires on its own
-            log.warning("hold %s of %s not released (store unavailable): %s", self.hold_id, self.tenant, exc)
-
-
 class Authenticator:
     def __init__(self, tenants: list[TenantConfig], store: Store,
                  on_store_outage: OutageSetting = "fail_closed", admin_sha256: str | None = None,
-                 viewer_sha256: str | None = None) -> None:
+                 viewer_sha256: str | None = None, *, keys: KeyRegistry | None = None,
+                 budget_alerts: Sequence[float] = (), alerts: Any = None) -> None:
         self.store = store
+        self.keys = keys if keys is not None else KeyRegistry(store)
+        self.budget_alerts = tuple(budget_alerts)
+        self._alerts = alerts  # a `Tally` (tenant, scope, period, threshold), or None
+        self._key_tenants: dict[str, tuple[KeyRecord, Tenant]] = {}
         self._admin = admin_sha256
         self._viewer = viewer_sha256
         self.on_store_outage: OutageSetting = on_store_outage
         self._outage_log = LogThrottle()
         self._by_hash: dict[str, Tenant] = {}
+        self._by_name = {t.name: tenant_from_config(t) for t in tenants}
         for t in tenants:
             digest = t.api_key_sha256 or hash_key(os.environ.get(t.api_key_env or "", ""))
             if not t.api_key_sha256 and not os.environ.get(t.api_key_env or ""):
@@ -200,6 +225,33 @@ class Authenticator:
             if hmac.compare_digest(known, digest):
                 return tenant
         raise AuthenticationFailed("invalid API key")
+
+    async def authenticate(self, authorization: str | None) -> Tenant:
+        """`identify`, plus admin-created keys (`sk-sy-...`), which are looked up in the store."""
+        scheme, _, key = (authorization or "").partition(" ")
+        key_id = key_id_of(key.strip()) if scheme.lower() == "bearer" else None
+        if key_id is None:
+            return self.identify(authorization)
+        try:
+            record = await self.keys.lookup(key_id)
+        except StoreUnavailable as exc:
+            raise StoreOutage(f"API keys cannot be checked right now; retry shortly ({exc})",
+                              headers={"retry-after": str(OUTAGE_RETRY_AFTER_S)}) from None
+        if record is None or not matches(record, key.strip()):
+            raise AuthenticationFailed("invalid API key")
+        status = record.status(time.time())
+        if status != "active":
+            raise AuthenticationFailed(f"API key {record.prefix}... is {status}", code=f"key_{status}")
+        known = self._key_tenants.get(key_id)
+        if known is not None and known[0] is record:
+            return known[1]
+        tenant = tenant_for_key(record, self._by_name.get(record.tenant))
+        self._key_tenants[key_id] = (record, tenant)
+        return tenant
+
+    @property
+    def has_admin_key(self) -> bool:
+        return self._admin is not None
 
     def is_admin(self, authorization: str | None) -> bool:
         """Whether the caller holds the admin key (`admin_api_key_sha256`), which sees every tenant."""
@@ -227,50 +279,54 @@ class Authenticator:
                                    f"(allowed: {allowed}); use 'auto' or 'router/<policy>'",
                                    code="deployment_not_allowed", param="model")
 
-    async def admit(self, tenant: Tenant, reserve_usd: float = 0.0, ttl_s: float = DEFAULT_HOLD_TTL_S) -> Reservation:
-        """Budget and rate gates in one store round trip. A tenant with a budget gets `reserve_usd`
-        (the request's worst-case cost) held until the reservation is settled or `ttl_s` passes.
-        Tenants without limits skip the store entirely."""
-        if tenant.budget_usd is None and tenant.requests_per_minute is None:
+    async def admit(self, tenant: Tenant, reserve_usd: float = 0.0, ttl_s: float = DEFAULT_HOLD_TTL_S,
+                    tokens: int = 0) -> Reservation:
+        """Budget and rate gates in one store round trip. Each budget (the tenant's, the key's) gets
+        `reserve_usd` (the request's worst-case cost) held until the reservation is settled or
+        `ttl_s` passes; each tokens-per-minute window counts `tokens` (prompt + max output) until
+        settled with the real count. Callers without limits skip the store entirely."""
+        if not tenant.limited:
             return Reservation(self.store, tenant.name)  # settles spend without a hold
-        budget = rate = None
-        if tenant.budget_usd is not None:
-            budget = Budget(spend_key(tenant.name), holds_key(tenant.name), os.urandom(8).hex(),
-                            max(0.0, reserve_usd), tenant.budget_usd, ttl_s)
-        if tenant.requests_per_minute is not None:
-            rate = Rate(rate_key(tenant.name, int(time.time() // 60)), tenant.requests_per_minute)
+        plan = plan_admission(tenant.scopes(), os.urandom(8).hex(), reserve_usd, tokens, ttl_s, self.budget_alerts)
         try:
-            got = await self.store.reserve(budget, rate)
+            got = await self.store.admit(plan.admission)
         except StoreUnavailable as exc:
             on_outage(self.on_store_outage, tenant, "budget or rate limit", exc, self._outage_log)
             return Reservation(self.store, tenant.name)  # fail_open: spend is still settled, unheld
+        self._report_alerts(plan.budget_scopes, got.alerts)
         if got.verdict != "ok":
-            _log_refusal(tenant, got.verdict, got.spent, got.reserved, budget.amount if budget else 0.0)
-        if got.verdict == "budget":
-            assert budget is not None
-            left = max(0.0, budget.limit - got.spent - got.reserved)
-            raise BudgetExceeded(f"tenant '{tenant.name}' has spent ${got.spent:.6f} of its ${budget.limit:g} "
-                                 f"budget and holds ${got.reserved:.6f} for requests in flight; this request "
-                                 f"may cost up to ${budget.amount:.6f}, ${left:.6f} is left")
-        if got.verdict == "rate":
-            raise RateLimited(f"tenant '{tenant.name}' is over {tenant.requests_per_minute} requests per minute",
-                              headers={"retry-after": str(60 - int(time.time()) % 60)})
-        held = budget is not None and budget.amount > 0
-        return Reservation(self.store, tenant.name, budget.hold_id if held and budget else None,
-                           budget.amount if held and budget else 0.0)
+            raise refusal(plan, got)
+        held = any(b.amount > 0 for b in plan.admission.budgets)
+        return Reservation(self.store, tenant.name, plan.admission.hold_id if held else None,
+                           max(0.0, reserve_usd) if held else 0.0, spends=plan.spends,
+                           tokens=tuple((key, got.step, n) for key, n in plan.token_windows))
+
+    def _report_alerts(self, scopes: Sequence[Scope], alerts: Sequence[tuple[int, float]]) -> None:
+        for index, threshold in alerts:
+            scope = scopes[index]
+            limits = scope.limits
+            log.warning("%s reached %g%% of its $%g %s budget", scope.label, threshold * 100, limits.budget_usd,
+                        limits.period, extra={"event": "budget_alert", "tenant": scope.tenant,
+                                              "key_id": scope.key_id, "threshold": threshold,
+                                              "budget_usd": limits.budget_usd, "period": limits.period})
+            if self._alerts is not None:
+                self._alerts.add((scope.tenant, "tenant" if scope.key_id is None else "key", limits.period,
+                                  f"{threshold:g}"))
 
     async def hold(self, tenant: Tenant, reserve_usd: float, ttl_s: float) -> Reservation | None:
         """A budget hold for work the tenant did not ask for in this request (shadow evaluation):
-        not counted in its rate window, and None (do not spend) when the budget is short or the
+        not counted in its rate windows, and None (do not spend) when a budget is short or the
         store cannot say."""
-        if tenant.budget_usd is None:
+        if not tenant.holds_budget:
             return Reservation(self.store, tenant.name)
-        budget = Budget(spend_key(tenant.name), holds_key(tenant.name), os.urandom(8).hex(),
-                        max(0.0, reserve_usd), tenant.budget_usd, ttl_s)
+        scopes = [Scope(s.tenant, s.key_id, Limits(s.limits.budget_usd, s.limits.period)) for s in tenant.scopes()]
+        plan = plan_admission(scopes, os.urandom(8).hex(), reserve_usd, 0, ttl_s, ())
         try:
-            got = await self.store.reserve(budget, None)
+            got = await self.store.admit(plan.admission)
         except StoreUnavailable:
             return None
         if got.verdict != "ok":
             return None
-        return Reservation(self.store, tenant.name, budget.hold_id if budget.amount > 0 else None, budget.amount)
+        held = any(b.amount > 0 for b in plan.admission.budgets)
+        return Reservation(self.store, tenant.name, plan.admission.hold_id if held else None,
+                           max(0.0, reserve_usd) if held else 0.0, spends=plan.spends)

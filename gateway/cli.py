@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway import keys_cli
 from gateway.errors import ConfigError
 
 # The examples are printed as users will paste them, so their lines stay long.
@@ -455,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--csv", action="store_true", help="CSV instead of an aligned table")
     sp.add_argument("--config", help="gateway YAML with the redis_url (default: $SWITCHYARD_CONFIG)")
     sp.set_defaults(func=cmd_spend)
+
+    keys_cli.add_parser(sub)
 
     b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. routing_quality, overhead)")
     b.add_argument("name")

@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -42,6 +42,18 @@ class Price(_Strict):
         default=None, ge=0, description="prompt tokens written to the provider's prompt cache; default: input price")
 
 
+class BudgetConfig(_Strict):
+    """A spend limit in USD per calendar period (UTC); `total` never resets."""
+
+    usd: float = Field(ge=0)
+    period: Literal["day", "week", "month", "total"] = "total"
+
+
+def as_budget(value: float | BudgetConfig | None) -> BudgetConfig | None:
+    """A plain number is a `total` budget."""
+    return BudgetConfig(usd=value) if isinstance(value, int | float) else value
+
+
 class DeploymentConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9._:-]+$")
     model: str = Field(min_length=1, description="litellm model string, e.g. openai/gpt-4o-mini")
@@ -62,6 +74,11 @@ class DeploymentConfig(_Strict):
     expected_ttft_ms: float = Field(default=500.0, ge=0)
     expected_tokens_per_s: float = Field(default=50.0, gt=0)
     supports_n: bool = True
+    requests_per_minute: int | None = Field(
+        default=None, gt=0, description="the provider's request quota for this deployment, across replicas: "
+                                        "at it, the deployment is skipped like an open circuit")
+    tokens_per_minute: int | None = Field(
+        default=None, gt=0, description="the provider's token quota (prompt + max output, settled on completion)")
 
 
 class TenantConfig(_Strict):
@@ -73,8 +90,12 @@ class TenantConfig(_Strict):
         default=None, description="deployments the tenant may pin by name; None = all when `policies` is "
                                   "None, none when it is a list")
     default_policy: str | None = None
-    budget_usd: float | None = Field(default=None, ge=0)
+    budget_usd: float | None = Field(default=None, ge=0, description="a total budget (same as budget: N)")
+    budget: float | BudgetConfig | None = Field(
+        default=None, description="{usd, period: day|week|month|total}, or a plain number (total)")
     requests_per_minute: int | None = Field(default=None, gt=0)
+    tokens_per_minute: int | None = Field(
+        default=None, gt=0, description="prompt + max output tokens reserved per request, settled on completion")
     log_prompts: bool = Field(
         default=False, description="keep prompt text in request records (else a sha256 of it): needed to "
                                    "export this tenant's traffic as training data")
@@ -83,7 +104,13 @@ class TenantConfig(_Strict):
     def _has_a_key(self) -> TenantConfig:
         if not (self.api_key_sha256 or self.api_key_env):
             raise ValueError("a tenant needs api_key_sha256 or api_key_env")
+        if self.budget is not None and self.budget_usd is not None:
+            raise ValueError("give budget or budget_usd, not both")
         return self
+
+    @property
+    def spend_budget(self) -> BudgetConfig | None:
+        return as_budget(self.budget) or as_budget(self.budget_usd)
 
 
 class RequestLogSettings(_Strict):
@@ -116,6 +143,9 @@ class GatewayConfig(_Strict):
     metrics_token_env: str | None = Field(
         default=None, description="env var holding the bearer token that may read /metrics from other hosts "
                                   "when tenants are configured (loopback callers need none)")
+    budget_alerts: list[Annotated[float, Field(gt=0, le=10)]] = Field(
+        default=[0.8, 1.0], description="fractions of a budget that log a warning and count in "
+                                        "switchyard.budget.alerts, once per period")
     viewer_api_key_sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$",
         description="sha256 of a key that may read the dashboard and nothing else (env SWITCHYARD_VIEWER_KEY_SHA256)")

@@ -9,11 +9,11 @@ error envelope in one place (`gateway.api.errors`); nothing else formats errors.
 | InvalidRequest          | 400    | invalid_request_error  | malformed JSON, schema violations               |
 | AuthenticationFailed    | 401    | authentication_error   | missing or unknown API key                      |
 | PermissionDenied        | 403    | permission_error       | policy or pinned deployment not allowed         |
-| NotFound                | 404    | invalid_request_error  | unknown model / policy / deployment             |
+| NotFound                | 404    | invalid_request_error  | unknown model / policy / deployment / key id    |
 | PayloadTooLarge         | 413    | invalid_request_error  | body over `max_body_bytes`                      |
 | ConstraintUnsatisfiable | 422    | invalid_request_error  | no candidate plan meets the policy's constraints |
-| RateLimited             | 429    | rate_limit_error       | tenant over its request rate                    |
-| BudgetExceeded          | 429    | insufficient_quota     | tenant over its spend budget                    |
+| RateLimited             | 429    | rate_limit_error       | tenant, key or deployment over a rate limit     |
+| BudgetExceeded          | 429    | insufficient_quota     | tenant or key over its spend budget             |
 | ProviderMisconfigured   | 500    | server_error           | a deployment's key variable is unset            |
 | UpstreamError           | 502    | upstream_error         | every provider attempt failed                   |
 | StoreOutage             | 503    | server_error           | store down, budget/rate unknown, `fail_closed`  |

@@ -59,6 +59,7 @@ _BATCH = 10_000
 LINGER_S = 0.25
 RETRY_S = 1.0  # while the store is down, held sums are retried this often
 _MAX_HELD_KEYS = 100_000  # tenant-hours held through an outage; past this they are given up as lost
+_MAX_UNSETTLED = 100_000  # budget settlements held through an outage; more are logged as lost
 _SEP = "|"
 
 
@@ -142,7 +143,8 @@ class Ledger:
         self._held: dict[str, dict[str, float]] = {}
         self._held_tenants: set[str] = set()
         self._held_bills, self._held_usd = 0, 0.0
-        self._unsettled: dict[str, float] = {}  # tenant → spend its budget counter has yet to get
+        # Budget settlements the store could not take (it was down), retried with the held sums.
+        self._unsettled: list[tuple[Reservation | None, str, float, tuple[CallRecord, ...]]] = []
 
     async def record(self, spent: Spent, reservation: Reservation | None = None) -> None:
         """Queue the bill, then settle the tenant's budget with its real cost (a cache hit releases
@@ -155,13 +157,17 @@ class Ledger:
         cost = spent.cost_usd
         try:
             if reservation is not None:
-                await reservation.settle(cost)
+                await reservation.settle(cost, spent.calls)
             elif cost > 0:
                 await self.store.incr_float(spend_key(spent.tenant), cost)
         except StoreUnavailable as exc:
             # Held for the writer to add to the tenant's spend once the store is back: a budget must
             # not forget what was spent during an outage.
-            self._unsettled[spent.tenant] = self._unsettled.get(spent.tenant, 0.0) + cost
+            if len(self._unsettled) < _MAX_UNSETTLED:
+                self._unsettled.append((reservation, spent.tenant, cost, spent.calls))
+            else:
+                self._lost(cost, "budget spend of %s not recorded (store unavailable, backlog full): $%.6f",
+                           spent.tenant)
             if self._throttle.due():
                 log.warning("spend of %s held until the store is back (store unavailable): $%.6f: %s",
                             spent.tenant, cost, exc)
@@ -204,7 +210,7 @@ class Ledger:
         if self._held or self._unsettled:
             await self.write([])  # a last try; what the store still cannot take is lost
             self._give_up_held()
-            for tenant, usd in self._unsettled.items():
+            for _, tenant, usd, _ in self._unsettled:
                 log.warning("spend of %s not added to its budget counter (store unavailable): $%.6f", tenant, usd)
 
     async def _run(self) -> None:
@@ -257,12 +263,17 @@ class Ledger:
         self.written += bills
 
     async def _settle_unsettled(self) -> None:
-        for tenant, usd in list(self._unsettled.items()):
+        while self._unsettled:
+            reservation, tenant, usd, calls = self._unsettled[0]
             try:
-                await self.store.incr_float(spend_key(tenant), usd)
+                if reservation is not None:
+                    reservation.settled = False  # its one settlement never reached the store
+                    await reservation.settle(usd, calls)
+                else:
+                    await self.store.incr_float(spend_key(tenant), usd)
             except StoreUnavailable:
                 return  # still down: retried with the held sums
-            del self._unsettled[tenant]
+            self._unsettled.pop(0)
 
     def _give_up_held(self) -> None:
         bills, usd = self._held_bills, self._held_usd
@@ -276,7 +287,7 @@ class Ledger:
     def stats(self) -> dict[str, Any]:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
                 "lost_usd": round(self.lost_usd, 10), "queued": self._queue.qsize(), "held": self._held_bills,
-                "unsettled_usd": round(sum(self._unsettled.values()), 10)}
+                "unsettled_usd": round(sum(u[2] for u in self._unsettled), 10)}
 
 
 # -- reading it back ------------------------------------------------------------------------------

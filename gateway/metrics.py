@@ -208,6 +208,9 @@ class Metrics:
                           "tenant", "deployment", "policy")
         self.tokens = tally("switchyard.tokens", "{token}", "tokens billed, by type (input, output)",
                             "tenant", "deployment", "policy", "type")
+        self.budget_alerts = tally("switchyard.budget.alerts", "{alert}",
+                                   "budget thresholds reached, once per budget and period",
+                                   "tenant", "scope", "period", "threshold")
         self.decisions = tally("switchyard.router.decisions", "{decision}",
                                "routing decisions, by policy and the tier of the chosen plan", "policy", "tier")
         self.upstream_failures = tally("switchyard.upstream.failures", "{failure}",

@@ -1,6 +1,6 @@
 """One request's whole path through the gateway, top to bottom.
 
-    tenant   = auth.identify(...)                 → 401/403 early
+    tenant   = auth.authenticate(...)             → 401/403 early
     hit      = cache.lookup(...)                  → served from the store, cost 0 (after auth.admit)
     signal   = router.assess(...)                 → predicted quality per deployment (no network)
     decision = policy.decide(signal, ...)         → Single | Cascade | BestOfN, with reasons
@@ -58,6 +58,7 @@ from gateway.policy import (
 )
 from gateway.policy.sharing import Calibrator
 from gateway.providers.base import ProviderFailure, Usage
+from gateway.quotas import worst_case_tokens
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
@@ -250,7 +251,7 @@ def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
 
 async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
     """POST /v1/route: the decision for this request, without calling any model."""
-    tenant = svc.auth.identify(ctx.authorization)
+    tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     r = route(svc, entry, request, ctx)
     explained: dict[str, Any]
@@ -292,15 +293,18 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
 
 
 async def _admit(svc: Services, tenant: Tenant, r: Route) -> Reservation:
-    if tenant.budget_usd is None:  # nothing to hold: skip the worst-case arithmetic
+    if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
         return await svc.auth.admit(tenant)
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
-    return await svc.auth.admit(tenant, r.worst_case_usd(svc.catalog), ttl)
+    reserve = r.worst_case_usd(svc.catalog) if tenant.holds_budget else 0.0
+    counted = worst_case_tokens(r.plan, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices) \
+        if tenant.counts_tokens else 0
+    return await svc.auth.admit(tenant, reserve, ttl, counted)
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
                   router: RememberingRouter, trail: Trail) -> Outcome:
-    tenant = trail.tenant = svc.auth.identify(ctx.authorization)
+    tenant = trail.tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     trail.policy = PINNED if entry.pinned else entry.policy.name
     trail.policy_version = entry.policy.version

@@ -42,6 +42,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
+from gateway.admission_store import Admission, Admitted, MemoryAdmission, RedisAdmission, Settlement
 from gateway.store_breaker import StoreBreaker
 
 T = TypeVar("T")
@@ -61,6 +62,42 @@ def holds_key(tenant: str) -> str:
 
 def rate_key(tenant: str, minute: int) -> str:
     return f"sy:rate:{{{tenant}}}:{minute}"
+
+
+def scoped(tenant: str, key_id: str | None) -> str:
+    """The hash tag and scope of a tenant's (or one of its keys') budget and window keys."""
+    return f"{{{tenant}}}" if key_id is None else f"{{{tenant}}}:key:{key_id}"
+
+
+def period_spend_key(tenant: str, key_id: str | None, period_id: str) -> str:
+    """A budget's spend in one period; a tenant's `total` is the plain `spend_key`."""
+    return f"sy:spend:{scoped(tenant, key_id)}" + ("" if period_id == "total" else f":{period_id}")
+
+
+def scoped_holds_key(tenant: str, key_id: str | None) -> str:
+    return f"sy:hold:{scoped(tenant, key_id)}"
+
+
+def alerts_key(tenant: str, key_id: str | None, period_id: str) -> str:
+    """Which budget thresholds already fired in a period: hash threshold → when."""
+    return f"sy:alert:{scoped(tenant, key_id)}:{period_id}"
+
+
+def window_key(tenant: str, key_id: str | None, limit: str) -> str:
+    """A sliding window (`gateway.windows`) of a tenant or key: hash step → count."""
+    return f"sy:window:{scoped(tenant, key_id)}:{limit}"
+
+
+def deployment_window_key(deployment: str, limit: str) -> str:
+    return f"sy:window:{{deploy:{deployment}}}:{limit}"
+
+
+def virtual_key_key(key_id: str) -> str:
+    """An admin-created key's record (JSON, with the key's sha256, never the key)."""
+    return f"sy:vkey:{{{key_id}}}"
+
+
+VIRTUAL_KEYS_INDEX = "sy:vkeys"
 
 
 def router_current_key() -> str:
@@ -198,6 +235,12 @@ class Store(Protocol):
                             index: tuple[str, Sequence[str]] | None = None) -> None: ...
     async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]: ...
     async def set_members(self, key: str) -> list[str]: ...
+    async def set_add(self, key: str, member: str) -> None: ...
+    # Admission (`gateway.admission_store`): budgets and sliding windows, checked and taken atomically.
+    async def admit(self, a: Admission) -> Admitted: ...
+    async def settle_admission(self, s: Settlement) -> None: ...
+    async def budget_state(self, spend_key: str, holds_key: str) -> tuple[float, float]: ...
+    async def window_usage(self, key: str) -> float: ...
     async def ping(self) -> bool: ...
     async def close(self) -> None: ...
 
@@ -246,7 +289,7 @@ def _json_version(raw: bytes) -> str | None:
     return str(value) if value is not None else None
 
 
-class MemoryStore:
+class MemoryStore(MemoryAdmission):
     """A dict with expiry. Bounded so a long-running demo cannot grow without end."""
 
     kind = "memory"
@@ -262,6 +305,7 @@ class MemoryStore:
         self._requests: OrderedDict[str, tuple[dict[str, bytes], float]] = OrderedDict()  # key → fields, expiry
         self._last_id = (0, 0)
         self._sets: dict[str, set[str]] = {}
+        self._init_admission()
 
     def _live(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -422,7 +466,7 @@ class MemoryStore:
         self._data.clear()
 
 
-class RedisStore:
+class RedisStore(RedisAdmission):
     """redis-py's asyncio client. Every call has a socket timeout and goes through a circuit breaker
     (`StoreBreaker`); failures become StoreUnavailable. A connection error (a pooled connection left
     stale by a Redis restart) is retried once on a fresh connection; a timeout is not retried."""
@@ -452,6 +496,7 @@ class RedisStore:
         self._reserve = self._client.register_script(_RESERVE_LUA)
         self._feedback = self._client.register_script(_FEEDBACK_LUA)
         self._record_version = self._client.register_script(_RECORD_VERSION_LUA)
+        self._init_admission()
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under the breaker: refused at once while it is open."""

@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway import tokens
 from gateway.api.errors import install_error_handlers
+from gateway.api.keys import KEY_ROUTES
 from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
 from gateway.cache import ExactCache
@@ -36,6 +37,7 @@ from gateway.providers.direct import DirectBackend
 from gateway.providers.health import HealthBoard
 from gateway.providers.litellm_backend import LiteLLMBackend
 from gateway.providers.pricing import prices_for
+from gateway.quotas import DeploymentQuotas
 from gateway.router import Router
 from gateway.router.registry import RouterRegistry
 from gateway.router.serving import ServingRouter, configured_dir, load_dir, version_of_object
@@ -73,15 +75,17 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
     store = open_store(config.redis_url)
+    metrics = metrics or Metrics()
     auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256,
-                         config.viewer_api_key_sha256)
+                         config.viewer_api_key_sha256, budget_alerts=config.budget_alerts,
+                         alerts=metrics.budget_alerts)
     tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))
     catalog = Catalog(deployments, prices)
-    metrics = metrics or Metrics()
-    upstreams = Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry, metrics)
+    upstreams = Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry, metrics,
+                          DeploymentQuotas(store, deployments))
     ledger = Ledger(store)
     settings = config.request_log
     requests = RequestLog(store, settings) if settings.enabled else None
@@ -210,6 +214,6 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.services = services
     install_error_handlers(app)
-    for path, endpoint, methods in (*ROUTES, *DASHBOARD_ROUTES):
+    for path, endpoint, methods in (*ROUTES, *KEY_ROUTES, *DASHBOARD_ROUTES):
         app.add_route(path, endpoint, methods=methods)
     return app

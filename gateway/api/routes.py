@@ -204,7 +204,7 @@ async def feedback(request: Request) -> Response:
     """Label a request this key made (its x-request-id): stored with the request's record, one label
     per source, a later one from the same source replacing the earlier."""
     svc = _svc(request)
-    tenant = svc.auth.identify(request.headers.get("authorization"))
+    tenant = await svc.auth.authenticate(request.headers.get("authorization"))
     given = validate_feedback(await read_json(request, _FEEDBACK_BODY_LIMIT))
     if svc.requests is None:
         raise not_found()
@@ -217,7 +217,7 @@ async def feedback(request: Request) -> Response:
 async def list_models(request: Request) -> Response:
     """With tenants configured this needs a key, and lists only what that key may call."""
     svc = _svc(request)
-    tenant = svc.auth.identify(request.headers.get("authorization"))
+    tenant = await svc.auth.authenticate(request.headers.get("authorization"))
     ids = pipeline.entry_points(svc, tenant)
     data = [{"id": i, "object": "model", "created": 0, "owned_by": "switchyard"} for i in ids]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
@@ -231,7 +231,8 @@ async def spend(request: Request) -> Response:
     anyone on a gateway without tenants) everyone's."""
     svc = _svc(request)
     authorization = request.headers.get("authorization")
-    tenants = None if svc.auth.open or svc.auth.is_admin(authorization) else [svc.auth.identify(authorization).name]
+    tenants = None if svc.auth.open or svc.auth.is_admin(authorization) else \
+        [(await svc.auth.authenticate(authorization)).name]
     query = request.query_params
     for name in query:
         if name not in _SPEND_PARAMS:
@@ -276,7 +277,7 @@ async def readyz(request: Request) -> Response:
     refuses = not store_ok and svc.auth.outage_refuses
     status = "ready" if store_ok else ("unavailable" if refuses else "degraded")
     body: dict[str, Any] = {"status": status}
-    if svc.auth.open or _has_valid_key(svc, request):
+    if svc.auth.open or await _has_valid_key(svc, request):
         body |= {"store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
                  "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
                  "deployments": svc.upstreams.health.snapshot()}
@@ -288,10 +289,10 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
 
 
-def _has_valid_key(svc: Services, request: Request) -> bool:
+async def _has_valid_key(svc: Services, request: Request) -> bool:
     try:
-        svc.auth.identify(request.headers.get("authorization"))
-    except AuthenticationFailed:
+        await svc.auth.authenticate(request.headers.get("authorization"))
+    except (AuthenticationFailed, StoreOutage):
         return False
     return True
 

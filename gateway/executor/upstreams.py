@@ -9,8 +9,10 @@ fallback is tried at once. Every attempt runs for at most min(deployment timeout
 Only failures that say something about the deployment count toward its circuit; a 4xx the
 request caused does not (and 400/422 end the request: another deployment would say the same).
 When no deployment was even tried because every circuit is open, the answer is 503
-`deployment_unavailable` with Retry-After. Clients see which deployment failed and how; the
-full detail goes to the `switchyard.upstream` log. Every attempt is a CLIENT span named and
+`deployment_unavailable` with Retry-After. A deployment at its own rate limit (`gateway.quotas`) is
+skipped the same way; when that is why none was tried, the answer is 429 naming the limit.
+Clients see which deployment failed and how; the full detail goes to the `switchyard.upstream`
+log. Every attempt is a CLIENT span named and
 attributed as the GenAI semantic conventions say (`chat {model}`, `gen_ai.*`, `server.*`,
 `error.type` and status ERROR when it fails), with its deployment and cost; the call carries that
 span's W3C trace context, so the upstream's own spans join the trace. Each attempt is also a
@@ -49,6 +51,7 @@ from gateway.providers.base import Backend, Completion, ProviderFailure, StreamS
 from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import DeploymentPrice
+from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
 from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
@@ -139,8 +142,9 @@ def _is_request_fault(exc: ProviderFailure) -> bool:
 class Upstreams:
     def __init__(self, deployments: Mapping[str, DeploymentConfig], backends: Mapping[str, Backend],
                  prices: Mapping[str, DeploymentPrice], health: HealthBoard, telemetry: Telemetry,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, quotas: DeploymentQuotas | None = None) -> None:
         self.deployments = deployments
+        self.quotas = quotas if quotas is not None and quotas.limited else None
         self.backends = backends
         self.prices = prices
         self.health = health
@@ -192,8 +196,20 @@ class Upstreams:
             self.metrics.operation.record((*self._gen_ai[name], kind), time.perf_counter() - started)
         _end_failed(span, exc)
 
+    async def _take(self, name: str, body: dict[str, Any], trial: bool) -> Taken | None:
+        """Count the attempt in the deployment's rate windows; at a limit, skip it (as if its circuit
+        were open), giving back a half-open circuit's trial."""
+        if self.quotas is None:
+            return None
+        try:
+            return await self.quotas.take(name, body)
+        except DeploymentOverQuota:
+            self.health[name].record_neutral(trial=trial)
+            raise
+
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                        trial: bool) -> Completion:
+        taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()
         try:
@@ -203,6 +219,8 @@ class Upstreams:
             self._failed(name, exc, span, trial, started)
             raise
         self.health[name].record_success(done.latency_s)
+        if taken is not None and self.quotas is not None:
+            await self.quotas.settle(taken, done.usage.prompt_tokens + done.usage.completion_tokens)
         if self.metrics is not None:
             self._measure(name, time.perf_counter() - started, done.usage)
         set_attributes(span, gen_ai__response__model=done.body.get("model"),
@@ -271,6 +289,7 @@ class Upstreams:
                      deadline: Deadline) -> tuple[str, T]:
         """The first deployment of `names` (in order) that answers, or the error that explains why none did."""
         failures: list[tuple[str, ProviderFailure]] = []
+        skipped: list[DeploymentOverQuota] = []
         for name in names:
             try:
                 return name, await self._with_retries(name, functools.partial(make, name), deadline)
@@ -280,8 +299,12 @@ class Upstreams:
                     break  # the request itself is bad: another deployment would say the same
             except _CircuitOpen:
                 continue
+            except DeploymentOverQuota as exc:
+                skipped.append(exc)
             except _DeadlinePassed:
                 break
+        if skipped and not failures and not deadline.expired():
+            raise over_quota_error(skipped)
         raise self._final_error(names, failures, deadline)
 
     def _final_error(self, names: Sequence[str], failures: list[tuple[str, ProviderFailure]],
@@ -315,6 +338,7 @@ class Upstreams:
 
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
+        await self._take(name, body, trial)  # a stream keeps its reserved tokens in the deployment's window
         span = self._span(name, parent, body)
         started = time.perf_counter()
         stats = StreamStats()

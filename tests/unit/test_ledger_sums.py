@@ -328,3 +328,29 @@ def test_budget_spend_the_store_could_not_take_is_added_when_it_is_back(monkeypa
         return await store.incr_float(spend_key("t"), 0.0)
 
     assert asyncio.run(scenario()) == pytest.approx(0.5)
+
+
+def test_a_reservation_the_store_could_not_settle_is_settled_when_it_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.ledger.RETRY_S", 0.05)
+
+    class Flaky(MemoryStore):
+        down = True
+
+        async def settle_admission(self, s: Any) -> None:
+            if self.down:
+                raise StoreUnavailable("connection refused")
+            await super().settle_admission(s)
+
+    async def scenario() -> float:
+        store = Flaky()
+        ledger = Ledger(store, linger_s=0.01)
+        ledger.start()
+        await ledger.record(Spent(AT, "t", None, "single:small", "small", (_call("small", 0.25),)),
+                            reservation=Reservation(store, "t"))
+        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.25)
+        store.down = False
+        await asyncio.sleep(0.2)
+        await ledger.close()
+        return await store.incr_float(spend_key("t"), 0.0)
+
+    assert asyncio.run(scenario()) == pytest.approx(0.25)

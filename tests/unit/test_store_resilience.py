@@ -7,6 +7,7 @@ import logging
 
 import pytest
 
+from gateway.admission_store import Admission, Admitted, Settlement
 from gateway.auth import Authenticator, LogThrottle, Tenant, hash_key, on_outage
 from gateway.config import OutageSetting, TenantConfig
 from gateway.errors import StoreOutage
@@ -42,6 +43,14 @@ class _DownStore(MemoryStore):
         raise StoreUnavailable("connection refused")
 
     async def reserve(self, budget: Budget | None, rate: Rate | None) -> Reserved:
+        self.calls += 1
+        raise StoreUnavailable("connection refused")
+
+    async def admit(self, a: Admission) -> Admitted:
+        self.calls += 1
+        raise StoreUnavailable("connection refused")
+
+    async def settle_admission(self, s: Settlement) -> None:
         self.calls += 1
         raise StoreUnavailable("connection refused")
 

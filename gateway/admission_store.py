@@ -1,0 +1,370 @@
+"""The store's side of admission: budgets with periods, sliding-window rate limits, key records.
+
+One `admit` call is one atomic step (a Lua script on Redis, code without `await` in memory) that
+checks every budget that applies to a request (its tenant's and its key's: spend + live holds +
+this request's worst case against the limit, expired holds dropped) and every sliding window
+(requests and tokens per minute, of the tenant, the key, or a deployment), and only when all of
+them allow it adds the holds and counts the request in each window. A refusal changes nothing but
+expired entries. `settle_admission` then drops the hold, adds the real cost to each spend counter
+and corrects each token window by (actual − reserved) tokens, also atomically.
+
+A budget threshold (0.8: 80%) fires the first time in its period that the budget's committed
+amount (settled spend + holds + this request) reaches it; a request refused by the budget fires
+every threshold up to 100%. "First time" is an HSETNX on the period's alert hash, so N replicas
+fire it once between them.
+
+Keys of one admission all carry the same hash tag (the tenant, or `deploy:<name>`), so a Redis
+Cluster keeps them in one slot. The arithmetic of windows is `gateway.windows`'s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from gateway.windows import STEP_MS, WINDOW_STEPS, step_of, window_check
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetHold:
+    """Hold `amount` against `limit` in one budget's current period."""
+
+    spend_key: str
+    holds_key: str
+    alerts_key: str
+    amount: float
+    limit: float
+    keep_ms: int = 0  # how long the period's spend and alert keys are kept (0: for ever)
+    thresholds: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Count `cost` (1 request, or N tokens) in a sliding window over `limit`."""
+
+    key: str
+    limit: float
+    cost: int
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    hold_id: str
+    ttl_s: float
+    budgets: tuple[BudgetHold, ...] = ()
+    windows: tuple[Window, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    verdict: Literal["ok", "budget", "rate"]
+    index: int = 0             # the budget or window that refused (0-based)
+    spent: float = 0.0         # refused by a budget: its settled spend and others' holds
+    reserved: float = 0.0
+    used: float = 0.0          # refused by a window: its usage
+    retry_after_ms: int = 0    # refused by a window: until the request would fit (-1: never)
+    step: int = 0              # admitted: the window step the request was counted in
+    alerts: tuple[tuple[int, float], ...] = ()  # (budget index, threshold) reached first in its period
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    hold_id: str | None
+    actual_usd: float
+    spends: tuple[tuple[str, str, int], ...]       # (spend key, holds key, keep ms)
+    tokens: tuple[tuple[str, int, int], ...] = ()  # (window key, step, actual − reserved tokens)
+
+
+# KEYS: per budget: spend, holds, alerts; then per window its key.
+# ARGV: nb, nw, hold id, hold ttl ms, step ms, steps; per budget: amount, limit, keep ms, thresholds
+# ("0.8,1"); per window: limit, cost. Returns {verdict, index, a, b, step, alerts ("i:t,i:t")};
+# numbers as strings (Lua would truncate them to integers).
+ADMIT_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local nb, nw = tonumber(ARGV[1]), tonumber(ARGV[2])
+local step, steps = tonumber(ARGV[5]), tonumber(ARGV[6])
+local cur = math.floor(now / step)
+local fired = {}
+-- A window's usage: its running total 't', less the buckets that slid out since 'o' (the oldest
+-- step that may still hold counts), which are dropped now: O(1) a request, amortised.
+local function window_total(key)
+  local got = redis.call('HMGET', key, 't', 'o')
+  local total, oldest = tonumber(got[1] or '0'), tonumber(got[2] or cur)
+  local live = cur - steps + 1
+  if oldest < live then
+    if live - oldest >= steps then
+      redis.call('DEL', key)
+      total = 0
+    else
+      for s = oldest, live - 1 do
+        local field = string.format('%d', s)
+        local c = redis.call('HGET', key, field)
+        if c then total = total - tonumber(c); redis.call('HDEL', key, field) end
+      end
+      redis.call('HSET', key, 't', total, 'o', string.format('%d', live))
+    end
+  end
+  return total
+end
+local function alert(i, committed, limit, over)
+  local a = 6 + (i - 1) * 4
+  if ARGV[a + 4] == '' then return end
+  for frac in string.gmatch(ARGV[a + 4], '[^,]+') do
+    local f = tonumber(frac)
+    if (committed >= f * limit or (over and f <= 1)) and redis.call('HSETNX', KEYS[3 * i], frac, now) == 1 then
+      local keep = tonumber(ARGV[a + 3])
+      if keep > 0 then redis.call('PEXPIRE', KEYS[3 * i], keep) end
+      fired[#fired + 1] = tostring(i - 1) .. ':' .. frac
+    end
+  end
+end
+local spent, reserved = {}, {}
+for i = 1, nb do
+  local a = 6 + (i - 1) * 4
+  local amount, limit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local s = tonumber(redis.call('GET', KEYS[3 * i - 2]) or '0')
+  local r = 0
+  local holds = redis.call('HGETALL', KEYS[3 * i - 1])
+  for j = 1, #holds, 2 do
+    local held, expires = string.match(holds[j + 1], '(%S+) (%S+)')
+    if tonumber(expires) <= now then redis.call('HDEL', KEYS[3 * i - 1], holds[j]) else r = r + tonumber(held) end
+  end
+  if s >= limit or s + r + amount > limit then
+    alert(i, s + r + amount, limit, true)
+    return {'budget', tostring(i - 1), tostring(s), tostring(r), '0', table.concat(fired, ',')}
+  end
+  spent[i], reserved[i] = s, r
+end
+local wb, ab = 3 * nb, 6 + 4 * nb
+local totals = {}
+for i = 1, nw do
+  local key = KEYS[wb + i]
+  local limit, cost = tonumber(ARGV[ab + 2 * i - 1]), tonumber(ARGV[ab + 2 * i])
+  local used = window_total(key)
+  totals[i] = used
+  if used + cost > limit then
+    local retry = -1
+    if cost <= limit then
+      local rows, live = redis.call('HGETALL', key), {}
+      for j = 1, #rows, 2 do
+        local b = tonumber(rows[j])
+        if b then live[#live + 1] = {b, tonumber(rows[j + 1])} end
+      end
+      table.sort(live, function(x, y) return x[1] < y[1] end)
+      local freed = 0
+      for _, bc in ipairs(live) do
+        freed = freed + bc[2]
+        if used - freed + cost <= limit then retry = (bc[1] + steps) * step - now; break end
+      end
+    end
+    return {'rate', tostring(i - 1), tostring(used), string.format('%d', retry), '0', ''}
+  end
+end
+for i = 1, nw do
+  local cost = tonumber(ARGV[ab + 2 * i])
+  if cost > 0 then
+    redis.call('HINCRBY', KEYS[wb + i], string.format('%d', cur), cost)
+    redis.call('HINCRBY', KEYS[wb + i], 't', cost)
+    redis.call('HSETNX', KEYS[wb + i], 'o', string.format('%d', cur))
+    redis.call('PEXPIRE', KEYS[wb + i], (steps + 1) * step)
+  end
+end
+local ttl = tonumber(ARGV[4])
+for i = 1, nb do
+  local a = 6 + (i - 1) * 4
+  local amount, limit = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  if amount > 0 then
+    redis.call('HSET', KEYS[3 * i - 1], ARGV[3], ARGV[a + 1] .. ' ' .. string.format('%d', now + ttl))
+    if redis.call('PTTL', KEYS[3 * i - 1]) < ttl then redis.call('PEXPIRE', KEYS[3 * i - 1], ttl) end
+  end
+  alert(i, spent[i] + reserved[i] + amount, limit, false)
+end
+return {'ok', '0', '', '', string.format('%d', cur), table.concat(fired, ',')}
+"""
+
+# KEYS: per spend: spend, holds; then per token window its key. ARGV: ns, nw, hold id ('' for none),
+# actual usd; per spend: keep ms; per window: step, delta.
+SETTLE_LUA = """
+local ns, nw = tonumber(ARGV[1]), tonumber(ARGV[2])
+local actual = tonumber(ARGV[4])
+for i = 1, ns do
+  if ARGV[3] ~= '' then redis.call('HDEL', KEYS[2 * i], ARGV[3]) end
+  if actual > 0 then
+    redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[4])
+    local keep = tonumber(ARGV[4 + i])
+    if keep > 0 and redis.call('PTTL', KEYS[2 * i - 1]) < 0 then redis.call('PEXPIRE', KEYS[2 * i - 1], keep) end
+  end
+end
+for i = 1, nw do
+  local a = 4 + ns + 2 * (i - 1)
+  local delta = tonumber(ARGV[a + 2])
+  if delta ~= 0 and redis.call('HEXISTS', KEYS[2 * ns + i], ARGV[a + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[2 * ns + i], ARGV[a + 1], delta)
+    redis.call('HINCRBY', KEYS[2 * ns + i], 't', delta)
+  end
+end
+return 1
+"""
+
+
+def admit_call(a: Admission) -> tuple[list[str], list[Any]]:
+    """The script's KEYS and ARGV for one admission."""
+    keys: list[str] = []
+    args: list[Any] = [len(a.budgets), len(a.windows), a.hold_id, int(a.ttl_s * 1000), STEP_MS, WINDOW_STEPS]
+    for b in a.budgets:
+        keys += [b.spend_key, b.holds_key, b.alerts_key]
+        args += [repr(b.amount), repr(b.limit), b.keep_ms, ",".join(f"{t:g}" for t in b.thresholds)]
+    for w in a.windows:
+        keys.append(w.key)
+        args += [repr(float(w.limit)), w.cost]
+    return keys, args
+
+
+def parse_admitted(row: list[Any]) -> Admitted:
+    verdict, index, a, b, step, fired = (v.decode() if isinstance(v, bytes) else str(v) for v in row)
+    alerts = tuple((int(i), float(t)) for i, _, t in (f.partition(":") for f in fired.split(",") if f))
+    if verdict == "budget":
+        return Admitted("budget", int(index), spent=float(a), reserved=float(b), alerts=alerts)
+    if verdict == "rate":
+        return Admitted("rate", int(index), used=float(a), retry_after_ms=int(b))
+    return Admitted("ok", step=int(step), alerts=alerts)
+
+
+def settle_call(s: Settlement) -> tuple[list[str], list[Any]]:
+    keys: list[str] = []
+    args: list[Any] = [len(s.spends), len(s.tokens), s.hold_id or "", repr(max(0.0, s.actual_usd))]
+    for spend, holds, keep in s.spends:
+        keys += [spend, holds]
+        args.append(keep)
+    for key, step, delta in s.tokens:
+        keys.append(key)
+        args += [step, delta]
+    return keys, args
+
+
+class MemoryAdmission:
+    """`MemoryStore`'s admission: the script's logic in Python, with no `await` (atomic on one loop)."""
+
+    _floats: dict[str, float]
+    _holds: dict[str, dict[str, tuple[float, float]]]
+    _windows: dict[str, dict[int, float]]
+    _alerts: dict[str, set[float]]
+    _sets: dict[str, set[str]]
+
+    def _init_admission(self) -> None:
+        self._windows, self._alerts = {}, {}
+
+    def _live_holds(self, key: str, now: float) -> float:
+        holds = self._holds.setdefault(key, {})
+        for hold_id in [h for h, (_, expires) in holds.items() if expires <= now]:
+            del holds[hold_id]
+        return sum(amount for amount, _ in holds.values())
+
+    def _alert(self, i: int, b: BudgetHold, committed: float, over: bool, fired: list[tuple[int, float]]) -> None:
+        seen = self._alerts.setdefault(b.alerts_key, set())
+        for t in b.thresholds:
+            if (committed >= t * b.limit or (over and t <= 1)) and t not in seen:
+                seen.add(t)
+                fired.append((i, t))
+
+    async def admit(self, a: Admission) -> Admitted:
+        now = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        fired: list[tuple[int, float]] = []
+        committed: list[float] = []
+        for i, b in enumerate(a.budgets):
+            spent, reserved = self._floats.get(b.spend_key, 0.0), self._live_holds(b.holds_key, now)
+            if spent >= b.limit or spent + reserved + b.amount > b.limit:
+                self._alert(i, b, spent + reserved + b.amount, True, fired)
+                return Admitted("budget", i, spent, reserved, alerts=tuple(fired))
+            committed.append(spent + reserved + b.amount)
+        for i, w in enumerate(a.windows):
+            buckets = self._windows.setdefault(w.key, {})
+            verdict = window_check(buckets, now_ms, w.limit, w.cost)
+            if not verdict.allowed:
+                return Admitted("rate", i, used=verdict.used, retry_after_ms=verdict.retry_after_ms)
+        step = step_of(now_ms)
+        for w in a.windows:
+            buckets = self._windows[w.key]
+            for old in [s for s in buckets if s <= step - WINDOW_STEPS]:
+                del buckets[old]
+            if w.cost > 0:
+                buckets[step] = buckets.get(step, 0) + w.cost
+        for i, b in enumerate(a.budgets):
+            if b.amount > 0:
+                self._holds[b.holds_key][a.hold_id] = (b.amount, now + a.ttl_s)
+            self._alert(i, b, committed[i], False, fired)
+        return Admitted("ok", step=step, alerts=tuple(fired))
+
+    async def settle_admission(self, s: Settlement) -> None:
+        for spend, holds, _ in s.spends:
+            if s.hold_id is not None:
+                self._holds.get(holds, {}).pop(s.hold_id, None)
+            if s.actual_usd > 0:
+                self._floats[spend] = self._floats.get(spend, 0.0) + s.actual_usd
+        for key, step, delta in s.tokens:
+            buckets = self._windows.get(key, {})
+            if step in buckets:
+                buckets[step] += delta
+
+    async def budget_state(self, spend_key: str, holds_key: str) -> tuple[float, float]:
+        return self._floats.get(spend_key, 0.0), self._live_holds(holds_key, time.monotonic())
+
+    async def window_usage(self, key: str) -> float:
+        buckets = self._windows.get(key, {})
+        return float(window_check(buckets, int(time.time() * 1000), 0, 0).used)
+
+    async def set_add(self, key: str, member: str) -> None:
+        self._sets.setdefault(key, set()).add(member)
+
+
+class RedisAdmission:
+    """`RedisStore`'s admission: one script call each."""
+
+    _client: Any
+    _guarded: Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+    def _init_admission(self) -> None:
+        self._admit = self._client.register_script(ADMIT_LUA)
+        self._settle_all = self._client.register_script(SETTLE_LUA)
+
+    async def admit(self, a: Admission) -> Admitted:
+        if not a.budgets and not a.windows:
+            return Admitted("ok")
+        keys, args = admit_call(a)
+        return parse_admitted(await self._guarded(lambda: self._admit(keys=keys, args=args)))
+
+    async def settle_admission(self, s: Settlement) -> None:
+        if not s.spends and not s.tokens:
+            return
+        keys, args = settle_call(s)
+        await self._guarded(lambda: self._settle_all(keys=keys, args=args))
+
+    async def budget_state(self, spend_key: str, holds_key: str) -> tuple[float, float]:
+        async def read() -> tuple[float, float]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(spend_key)
+                pipe.hgetall(holds_key)
+                spent, holds = await pipe.execute()
+            now_ms = time.time() * 1000
+            reserved = 0.0
+            for value in holds.values():
+                amount, _, expires = value.decode().partition(" ")
+                if float(expires) > now_ms:
+                    reserved += float(amount)
+            return float(spent or 0), reserved
+        result: tuple[float, float] = await self._guarded(read)
+        return result
+
+    async def window_usage(self, key: str) -> float:
+        rows = await self._guarded(lambda: self._client.hgetall(key))
+        buckets = {int(k): float(v) for k, v in rows.items() if k.isdigit()}  # not 't' and 'o'
+        return float(window_check(buckets, int(time.time() * 1000), 0, 0).used)
+
+    async def set_add(self, key: str, member: str) -> None:
+        await self._guarded(lambda: self._client.sadd(key, member))

@@ -1,0 +1,97 @@
+"""`switchyard keys create | list | revoke | rotate`: the keys admin API from a terminal.
+
+Talks to a running gateway (`--url`, default $SWITCHYARD_URL or http://127.0.0.1:8080) with the
+admin key (`--admin-key`, default $SWITCHYARD_ADMIN_KEY). Prints JSON; `create` and `rotate` print
+the new key, which is shown this once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+ENV_URL = "SWITCHYARD_URL"
+ENV_ADMIN_KEY = "SWITCHYARD_ADMIN_KEY"
+_TIMEOUT_S = 10.0
+
+
+def _budget(raw: str | None, period: str) -> dict[str, Any] | None:
+    return None if raw is None else {"usd": float(raw), "period": period}
+
+
+def create_body(args: argparse.Namespace) -> dict[str, Any]:
+    body: dict[str, Any] = {"tenant": args.tenant}
+    for name in ("name", "requests_per_minute", "tokens_per_minute", "expires_at"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    for name in ("policies", "deployments"):
+        if getattr(args, name) is not None:
+            body[name] = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
+    if args.budget is not None:
+        body["budget"] = _budget(args.budget, args.period)
+    if args.metadata:
+        body["metadata"] = dict(pair.split("=", 1) for pair in args.metadata)
+    return body
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+    key = args.admin_key or os.environ.get(ENV_ADMIN_KEY)
+    if not key:
+        print(f"switchyard keys: give the admin key with --admin-key or ${ENV_ADMIN_KEY}", file=sys.stderr)
+        return 2
+    url = (args.url or os.environ.get(ENV_URL) or "http://127.0.0.1:8080").rstrip("/")
+    import httpx  # deferred: the CLI's other commands do not need it
+
+    try:
+        resp = httpx.request(method, url + path, json=body, timeout=_TIMEOUT_S,
+                             headers={"authorization": f"Bearer {key}"})
+    except httpx.HTTPError as exc:
+        print(f"switchyard keys: cannot reach {url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        shown = json.dumps(resp.json(), indent=2)
+    except ValueError:
+        shown = resp.text
+    print(shown, file=sys.stdout if resp.is_success else sys.stderr)
+    return 0 if resp.is_success else 1
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    command = args.keys_command
+    if command == "create":
+        return _call(args, "POST", "/admin/keys", create_body(args))
+    if command == "list":
+        return _call(args, "GET", "/admin/keys" + (f"?tenant={args.tenant}" if args.tenant else ""))
+    if command == "revoke":
+        return _call(args, "DELETE", f"/admin/keys/{args.id}")
+    return _call(args, "POST", f"/admin/keys/{args.id}/rotate")
+
+
+def add_parser(sub: Any) -> None:
+    k = sub.add_parser("keys", help="API keys on a running gateway: create, list, revoke, rotate")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--url", help=f"the gateway (default ${ENV_URL} or http://127.0.0.1:8080)")
+        p.add_argument("--admin-key", help=f"the admin key (default ${ENV_ADMIN_KEY})")
+        p.set_defaults(func=cmd_keys)
+        return p
+
+    c = common(ks.add_parser("create", help="create a key (printed once)"))
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--name")
+    c.add_argument("--policies", help="comma-separated policies the key may use (default: its tenant's)")
+    c.add_argument("--deployments", help="comma-separated deployments it may pin by name")
+    c.add_argument("--budget", metavar="USD", help="spend limit in USD per --period")
+    c.add_argument("--period", choices=("day", "week", "month", "total"), default="total")
+    c.add_argument("--requests-per-minute", type=int)
+    c.add_argument("--tokens-per-minute", type=int)
+    c.add_argument("--expires-at", metavar="ISO8601")
+    c.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    lst = common(ks.add_parser("list", help="every key (never the key itself: its prefix and hash prefix)"))
+    lst.add_argument("--tenant", help="only this tenant's keys")
+    common(ks.add_parser("revoke", help="revoke a key: refused by every replica within a second")).add_argument("id")
+    common(ks.add_parser("rotate", help="a new secret for a key (printed once); the old one stops")).add_argument("id")

@@ -1,0 +1,219 @@
+"""The keys admin API, budgets and rate limits over real HTTP, real Redis and the `openai` client:
+keys created, changed, rotated and revoked at run time; `GET /v1/budget`; 429s that name the limit;
+a deployment at its quota skipped for the next candidate; `switchyard keys` driving the same API."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway.api.app import create_app
+from gateway.auth import hash_key
+from tests.integration.conftest import sim_config
+from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
+
+ADMIN = "sk-admin-test"
+TENANT_KEY = "sk-acme-config"
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.fixture(scope="module")
+def gw(simulator: Simulator, redis_server: RedisServer, policies_dir: Path) -> Iterator[str]:
+    tenants = [{"name": "acme", "api_key_sha256": hash_key(TENANT_KEY), "budget": {"usd": 5.0, "period": "day"}}]
+    app = create_app(sim_config(simulator.url, redis_server.url, tenants=tenants,
+                                admin_api_key_sha256=hash_key(ADMIN)), policies_dir=policies_dir)
+    with running_gateway(app) as server:
+        yield server.base_url
+
+
+def _admin(url: str, method: str, path: str, key: str | None = ADMIN, **kw: Any) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    return httpx.request(method, url + path, headers=headers, timeout=10, **kw)
+
+
+def _create(url: str, **spec: Any) -> dict[str, Any]:
+    resp = _admin(url, "POST", "/admin/keys", json={"tenant": "acme", **spec})
+    assert resp.status_code == 201, resp.text
+    return dict(resp.json())
+
+
+def _chat(url: str, key: str, content: str = "hi", **kw: Any) -> Any:
+    client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+    return client.chat.completions.create(model="small", messages=[{"role": "user", "content": content}],
+                                          extra_headers={"x-switchyard-cache": "bypass"}, **kw)
+
+
+@pytest.mark.parametrize(("key", "status", "error_type"), [
+    (None, 401, "authentication_error"), ("sk-wrong", 401, "authentication_error"),
+    (TENANT_KEY, 403, "permission_error")])
+def test_the_admin_api_needs_the_admin_key(gw: str, key: str | None, status: int, error_type: str) -> None:
+    for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"), ("DELETE", "/admin/keys/0123456789ab")):
+        resp = _admin(gw, method, path, key=key, json={"tenant": "acme"})
+        assert resp.status_code == status, (method, path, resp.text)
+        assert resp.json()["error"]["type"] == error_type
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"tenant": "acme", "colour": "red"}, "colour"),
+    ({"tenant": "{acme}"}, "tenant"),
+    ({"tenant": "acme", "policies": ["no-such-policy"]}, "policies[0]"),
+    ({"tenant": "acme", "deployments": ["nowhere"]}, "deployments[0]"),
+    ({"tenant": "acme", "budget": {"usd": 1, "period": "fortnight"}}, "budget"),
+    ({"tenant": "acme", "requests_per_minute": 0}, "requests_per_minute"),
+    (["not", "an", "object"], None)])
+def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | None) -> None:
+    resp = _admin(gw, "POST", "/admin/keys", json=body)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["type"] == "invalid_request_error"
+    if param is not None:
+        assert (resp.json()["error"]["param"] or "").startswith(param)
+
+
+def test_unknown_key_ids_are_404s(gw: str) -> None:
+    for method, path in (("GET", "/admin/keys/0123456789ab"), ("PATCH", "/admin/keys/0123456789ab"),
+                         ("DELETE", "/admin/keys/nope"), ("POST", "/admin/keys/0123456789ab/rotate")):
+        resp = _admin(gw, method, path, json={})
+        assert resp.status_code == 404, (method, resp.text)
+        assert resp.json()["error"]["code"] == "key_not_found"
+
+
+def test_a_key_is_created_listed_used_rotated_and_revoked(gw: str) -> None:
+    created = _create(gw, name="ci", metadata={"team": "search"})
+    key = created["key"]
+    assert key.startswith("sk-sy-") and created["status"] == "active"
+    assert _chat(gw, key).choices[0].message.content
+    listed = _admin(gw, "GET", "/admin/keys").json()["data"]
+    mine = next(k for k in listed if k["id"] == created["id"])
+    assert "key" not in mine and "sha256" not in mine and key not in str(listed)
+    assert key.startswith(mine["prefix"]) and hash_key(key).startswith(mine["sha256_prefix"])
+    assert mine["metadata"] == {"team": "search"}
+
+    rotated = _admin(gw, "POST", f"/admin/keys/{created['id']}/rotate").json()
+    time.sleep(0.6)  # past every replica's cache
+    with pytest.raises(openai.AuthenticationError):
+        _chat(gw, key)
+    assert _chat(gw, rotated["key"]).choices
+
+    revoked = _admin(gw, "DELETE", f"/admin/keys/{created['id']}").json()
+    assert revoked["status"] == "revoked"
+    time.sleep(0.6)
+    with pytest.raises(openai.AuthenticationError) as info:
+        _chat(gw, rotated["key"])
+    assert info.value.code == "key_revoked"
+
+
+def test_a_patch_takes_effect_without_a_restart(gw: str) -> None:
+    created = _create(gw)
+    _chat(gw, created["key"])
+    patched = _admin(gw, "PATCH", f"/admin/keys/{created['id']}", json={"requests_per_minute": 1})
+    assert patched.status_code == 200 and patched.json()["requests_per_minute"] == 1
+    time.sleep(0.6)
+    _chat(gw, created["key"])
+    with pytest.raises(openai.RateLimitError) as info:
+        _chat(gw, created["key"])
+    assert info.value.code == "rate_limit_exceeded" and "requests_per_minute" in info.value.message
+    assert 1 <= int(info.value.response.headers["retry-after"]) <= 60
+
+
+def test_tokens_per_minute_refuses_with_the_limit_named_and_retry_after(gw: str) -> None:
+    key = _create(gw, tokens_per_minute=100)["key"]
+    _chat(gw, key, max_tokens=40)  # reserves prompt + 40, settles to the real count
+    refused = httpx.post(gw + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"}, timeout=10,
+                         json={"model": "small", "messages": HI, "max_tokens": 90})
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "tokens_per_minute" in refused.json()["error"]["message"]
+    assert refused.headers["x-switchyard-limit"] == "tokens_per_minute"
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+
+
+def test_budget_shows_limit_spent_reserved_remaining_and_reset(gw: str) -> None:
+    key = _create(gw, budget={"usd": 0.5, "period": "month"}, requests_per_minute=50)["key"]
+    raw = openai.OpenAI(base_url=gw + "/v1", api_key=key, max_retries=0).chat.completions.with_raw_response.create(
+        model="small", messages=HI, extra_headers={"x-switchyard-cache": "bypass"})
+    cost = float(raw.headers["x-switchyard-cost-usd"])
+    body = httpx.get(gw + "/v1/budget", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
+    assert body["tenant"] == "acme" and body["key_id"] == key[6:18]
+    tenant_row, key_row = body["budgets"]
+    assert tenant_row["scope"] == "tenant" and tenant_row["period"] == "day" and tenant_row["limit_usd"] == 5.0
+    assert tenant_row["resets_at"].endswith("T00:00:00Z")
+    assert key_row == {"scope": "key", "period": "month", "limit_usd": 0.5, "spent_usd": pytest.approx(cost),
+                       "reserved_usd": 0.0, "remaining_usd": pytest.approx(0.5 - cost),
+                       "resets_at": key_row["resets_at"]}
+    assert key_row["resets_at"].endswith("-01T00:00:00Z")
+    assert body["rate_limits"] == [{"scope": "key", "limit": "requests_per_minute", "value": 50, "used": 1.0,
+                                    "remaining": 49.0}]
+
+
+def test_switchyard_keys_drives_the_same_api(gw: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "SWITCHYARD_ADMIN_KEY": ADMIN}
+    cli = [sys.executable, "-m", "gateway.cli", "keys"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*cli, *args, "--url", gw], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=60)
+
+    made = run("create", "--tenant", "acme", "--budget", "2", "--period", "week", "--metadata", "owner=ops")
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert created["budget"] == {"usd": 2.0, "period": "week"} and created["metadata"] == {"owner": "ops"}
+    listed = run("list", "--tenant", "acme")
+    assert created["id"] in listed.stdout and created["key"] not in listed.stdout
+    assert run("rotate", created["id"]).returncode == 0
+    assert json.loads(run("revoke", created["id"]).stdout)["status"] == "revoked"
+    bad = subprocess.run([*cli, "list", "--url", gw, "--admin-key", "sk-wrong"], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "authentication_error" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def quota_gw(simulator: Simulator, redis_server: RedisServer, policies_dir: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = tmp_path_factory.mktemp("quota-policies")
+    for f in policies_dir.glob("*.yaml"):
+        shutil.copy(f, folder / f.name)
+    config = sim_config(simulator.url, redis_server.url)
+    tag = uuid.uuid4().hex[:6]  # a fresh deployment name: its windows start empty in the shared Redis
+    small = config.deployments[0].model_copy(update={"name": f"small-{tag}", "requests_per_minute": 2})
+    deployments = [small, *config.deployments[1:]]
+    (folder / "small-first.yaml").write_text(
+        f"description: small, then large\ncandidates:\n  - single: {small.name}\nfallbacks:\n"
+        f"  {small.name}: [large]\n")
+    app = create_app(config.model_copy(update={"deployments": deployments}), policies_dir=folder)
+    with running_gateway(app) as server:
+        yield server.base_url + "|" + small.name
+
+
+def test_a_deployment_at_its_quota_is_skipped_for_the_next_candidate_then_429(quota_gw: str) -> None:
+    url, small = quota_gw.split("|")
+    client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+    served = []
+    for i in range(3):
+        raw = client.chat.completions.with_raw_response.create(
+            model="router/small-first", messages=[{"role": "user", "content": f"question {i}"}],
+            extra_headers={"x-switchyard-cache": "bypass"})
+        served.append(raw.headers["x-switchyard-model"])
+    assert served == [small, small, "large"]  # the third would overrun small's quota: its fallback answers
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model=small, messages=HI, extra_headers={"x-switchyard-cache": "bypass"})
+    assert info.value.code == "rate_limit_exceeded"
+    assert f"'{small}' is at its requests_per_minute limit" in info.value.message
+    assert 1 <= int(info.value.response.headers["retry-after"]) <= 60
+
+
+def test_the_admin_api_is_off_without_an_admin_key(quota_gw: str) -> None:
+    url = quota_gw.split("|")[0]
+    resp = _admin(url, "GET", "/admin/keys", key="anything")
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "admin_api_disabled"
