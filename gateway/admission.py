@@ -29,7 +29,7 @@ from gateway.state import (
 from gateway.windows import Period, period_id, retry_after_s, seconds_to_reset
 
 if TYPE_CHECKING:
-    from gateway.executor.upstreams import CallRecord
+    from gateway.executor.result import CallRecord
 
 log = logging.getLogger("switchyard.auth")
 

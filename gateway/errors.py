@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gateway.executor.upstreams import CallRecord
+    from gateway.executor.result import CallRecord
 
 
 class GatewayError(Exception):

@@ -38,10 +38,11 @@ import orjson
 from gateway.auth import LogThrottle, Tenant
 from gateway.config import RequestLogSettings
 from gateway.errors import NotFound, StoreOutage
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.ledger import savings
+from gateway.messages import routing_prompt
 from gateway.policy import Decision
-from gateway.signal import RouteSignal, routing_prompt
+from gateway.signal import RouteSignal
 from gateway.state import REQUESTS_STREAM, Store, StoreUnavailable, request_key
 
 log = logging.getLogger("switchyard.feedback")

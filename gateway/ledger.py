@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import LogThrottle, Reservation
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.policy import Decision
 from gateway.state import LEDGER_TENANTS, LEDGER_TTL_S, Store, StoreUnavailable, ledger_key, spend_key
 

@@ -25,7 +25,7 @@ import os
 import time
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
@@ -45,7 +45,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry, generate_latest
 
-from gateway.plans import BestOfN, Cascade, Plan
+if TYPE_CHECKING:
+    from gateway.plans import Plan
 
 # Seconds: the gateway's own share is sub-millisecond, an upstream call up to a minute.
 OVERHEAD_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -58,7 +59,7 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 def plan_kind(plan: Plan | None) -> str:
     if plan is None:
         return "none"
-    return "cascade" if isinstance(plan, Cascade) else "best_of" if isinstance(plan, BestOfN) else "single"
+    return plan.kind
 
 
 class Tally:

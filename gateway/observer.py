@@ -24,10 +24,10 @@ from typing import Any
 
 from gateway.auth import Tenant
 from gateway.dashboard.stats import RequestStats
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
+from gateway.messages import routing_prompt
 from gateway.metrics import Metrics, plan_kind
 from gateway.plans import Plan
-from gateway.signal import routing_prompt
 
 log = logging.getLogger("switchyard.request")
 UNKNOWN = "none"   # a label not known when the request ended (401 before a tenant, 404 before a policy)

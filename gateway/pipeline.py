@@ -31,7 +31,6 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 
 from gateway import signal as routing
-from gateway import tokens
 from gateway.auth import HOLD_MARGIN_S, Authenticator, Reservation, Tenant
 from gateway.cache import CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
@@ -39,9 +38,11 @@ from gateway.dashboard.stats import RequestStats
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
-from gateway.executor.upstreams import CallRecord, OpenStream
+from gateway.executor.result import CallRecord
+from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
+from gateway.messages import count_messages, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -55,10 +56,10 @@ from gateway.policy import (
     output_ceiling,
     worst_case_cost,
     worst_case_duration_s,
+    worst_case_tokens,
 )
 from gateway.policy.sharing import Calibrator
 from gateway.providers.base import ProviderFailure, Usage
-from gateway.quotas import worst_case_tokens
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
@@ -118,19 +119,35 @@ class Entry:
 
 
 @dataclass(slots=True)
-class Outcome:
-    """What the HTTP layer sends back: a complete body, or a live stream that finishes the bookkeeping."""
+class Answer:
+    """A whole answer for the HTTP layer: a cache hit, or a plan that ran to its end (sent as JSON, or
+    replayed as a stream)."""
 
     cache: CacheStatus
     plan: str
     deployment: str
     trace_id: str | None
-    body: dict[str, Any] | None = None
+    body: dict[str, Any]
     cost_usd: float = 0.0
-    stream: AsyncIterator[dict[str, Any]] | None = None
     decision: Decision | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
-    settle: Callable[[], Awaitable[None]] | None = None  # a live stream's bookkeeping, run once
+
+
+@dataclass(slots=True)
+class LiveAnswer:
+    """A stream relayed as it arrives: its cost is known only at its end, so `settle` (run once,
+    however the stream ends) does the bookkeeping."""
+
+    cache: CacheStatus
+    plan: str
+    deployment: str
+    trace_id: str | None
+    stream: AsyncIterator[dict[str, Any]]
+    settle: Callable[[], Awaitable[None]]
+    decision: Decision | None = None
+
+
+Outcome = Answer | LiveAnswer
 
 
 def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -> Entry:
@@ -184,7 +201,7 @@ class Route:
     @property
     def prompt_tokens(self) -> int:
         if self.counted is None:
-            self.counted = tokens.count_messages(self.messages)
+            self.counted = count_messages(self.messages)
         return self.counted
 
     def worst_case_usd(self, catalog: Catalog) -> float:
@@ -203,7 +220,7 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
                   router_version=router.version)
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
-        bound = tokens.upper_bound_messages(messages)
+        bound = upper_bound_messages(messages)
     else:
         sig = routing.assess(router, messages, svc.config.deployments)
         policy = entry.policy
@@ -286,7 +303,7 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
         elif isinstance(exc, Exception):
             svc.observer.finish(trail, 500, "internal_error")
         raise
-    if outcome.stream is None:
+    if isinstance(outcome, Answer):
         span.end()
         svc.observer.finish(trail, 200)
     return outcome
@@ -322,7 +339,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, CACHE, hit.deployment, ()),
                                 reservation=held)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
-        return Outcome("hit", hit.plan, hit.deployment, trace_id, body=hit.body)
+        return Answer("hit", hit.plan, hit.deployment, trace_id, hit.body)
     if key is not None:
         svc.observer.looked_up(trail.policy, hit=False)
 
@@ -354,8 +371,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             trail.stream, trail.plan_label, trail.deployment = True, label, live.deployment
             relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r,
                                 Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
-            return Outcome(cache_status, label, live.deployment, trace_id, stream=relay.chunks(), decision=decision,
-                           settle=relay.settle)
+            return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
         waited = time.perf_counter()
         whole = {**body, "stream": False}
         result: Result = await (run(svc.upstreams, plan, whole, span, deadline) if hedge_s is None
@@ -383,8 +399,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         await svc.cache.save(key, result.body, result.deployment, result.plan_label, ttl)
     learn(svc, Learning(ctx.request_id, tenant, entry, decision, request, r),
           result.plan_label, result.deployment, result.calls, result.body)
-    return Outcome(cache_status, result.plan_label, result.deployment, trace_id, body=result.body,
-                   cost_usd=result.cost_usd, decision=decision, evidence=dict(result.evidence))
+    return Answer(cache_status, result.plan_label, result.deployment, trace_id, result.body, result.cost_usd,
+                  decision, dict(result.evidence))
 
 
 @dataclass(slots=True)

@@ -20,29 +20,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway import tokens
 from gateway.admission_store import Admission, Settlement, Window
 from gateway.config import DeploymentConfig
 from gateway.errors import RateLimited
-from gateway.plans import Plan, Single
+from gateway.messages import count_messages
 from gateway.state import Store, StoreUnavailable, deployment_window_key
 from gateway.windows import retry_after_s
 
 log = logging.getLogger("switchyard.upstream")
-
-
-def worst_case_tokens(plan: Plan, prompt_tokens: int, catalog: Any, max_tokens: int | None,
-                      choices: int = 1) -> int:
-    """The most tokens (prompt + output) the plan's calls may use: what a tokens-per-minute limit
-    reserves. A single: its dearest candidate; best-of and cascades: every call they may make."""
-    def limit(name: str) -> int:
-        return int(max_tokens or catalog.deployments[name].max_output_tokens)
-
-    if isinstance(plan, Single):
-        return max(prompt_tokens + limit(n) * choices for n in (plan.deployment, *plan.fallbacks))
-    names = plan.deployments
-    calls = len(getattr(plan, "samplers", ())) + int(getattr(plan, "samples", 0) or 0) + len(names)
-    return calls * (prompt_tokens + max(limit(n) for n in names))
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +58,7 @@ class DeploymentQuotas:
             names.append("requests_per_minute")
         if d.tokens_per_minute is not None:
             out = body.get("max_completion_tokens") or body.get("max_tokens") or d.max_output_tokens
-            counted = tokens.count_messages(body.get("messages") or ()) + int(out) * int(body.get("n") or 1)
+            counted = count_messages(body.get("messages") or ()) + int(out) * int(body.get("n") or 1)
             windows.append(Window(deployment_window_key(d.name, "tpm"), d.tokens_per_minute, counted))
             names.append("tokens_per_minute")
         return windows, names, counted

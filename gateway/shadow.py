@@ -31,12 +31,12 @@ from gateway.auth import Authenticator, LogThrottle, Reservation, Tenant
 from gateway.errors import GatewayError
 from gateway.executor import Deadline, Upstreams
 from gateway.executor.answers import choice_letter, extract_answer
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.feedback import Feedback, RequestLog
 from gateway.ledger import Ledger
+from gateway.messages import message_text
 from gateway.plans import Shadow, Single
 from gateway.policy import Catalog, worst_case_cost
-from gateway.signal import message_text
 from gateway.state import request_key
 from gateway.telemetry import Telemetry, set_attributes
 

@@ -7,13 +7,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway import tokens
 from gateway.config import DeploymentConfig
+from gateway.messages import routing_text
 from gateway.router import Assessment, Router
-
-# The router reads the end of a long prompt: that is where the question usually is, and it keeps the
-# per-request cost bounded whatever the client sends.
-_MAX_ROUTER_CHARS = 12_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +17,7 @@ class RouteSignal:
     difficulty: float
     category: str
     quality: Mapping[str, float]  # predicted P(good answer) per deployment
-    prompt_tokens: int            # counted by gateway.tokens: cost prediction, caps, reservations
+    prompt_tokens: int            # counted by gateway.messages: cost prediction, caps, reservations
     features: Mapping[str, float]
 
 
@@ -45,32 +41,6 @@ class RememberingRouter:
         self.version = version
         self.assess = functools.lru_cache(maxsize=size)(router.assess)
         self.p_good = router.p_good
-
-
-message_text = tokens.content_text
-
-
-def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
-    """The text the router judges (the last user turn, with the system prompt) and the prompt's tokens."""
-    texts = [message_text(m.get("content")) for m in messages]
-    return _judged(messages, texts), tokens.count_texts(texts)
-
-
-def routing_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The text the router judges, without counting tokens (request records keep it)."""
-    return _judged(messages, [message_text(m.get("content")) for m in messages])
-
-
-def _judged(messages: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> str:
-    last_user = ""
-    system = ""
-    for m, text in zip(messages, texts, strict=True):
-        if m.get("role") == "user":
-            last_user = text
-        elif m.get("role") in ("system", "developer") and not system:
-            system = text
-    text = (system + "\n" + last_user).strip() if system else last_user
-    return text[-_MAX_ROUTER_CHARS:]
 
 
 def assess(router: Assessor, messages: Sequence[Mapping[str, Any]],

@@ -318,9 +318,13 @@ class MemoryStore(MemoryAdmission):
         return value
 
     async def get(self, key: str) -> bytes | None:
+        # A float counter (spend) reads back as Redis returns it after INCRBYFLOAT: its text.
+        if key in self._floats:
+            return repr(self._floats[key]).encode()
         return self._live(key)
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        self._floats.pop(key, None)
         if len(self._data) >= self._max_keys and key not in self._data:
             self._data.pop(next(iter(self._data)))  # oldest insertion first
         self._data[key] = (value, time.monotonic() + ttl_s if ttl_s else None)

@@ -12,8 +12,8 @@ from typing import Any
 
 import orjson
 
+from gateway.messages import count_text
 from gateway.providers.base import Usage
-from gateway.tokens import count_text
 
 DONE = b"data: [DONE]\n\n"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
-from gateway import tokens
+from gateway import messages
 from gateway.api.errors import install_error_handlers
 from gateway.api.keys import KEY_ROUTES
 from gateway.api.routes import ROUTES
@@ -79,7 +79,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256,
                          config.viewer_api_key_sha256, budget_alerts=config.budget_alerts,
                          alerts=metrics.budget_alerts)
-    tokens.load()  # the tokenizer's vocabulary, read once now rather than on the first request
+    messages.load()  # the tokenizer's vocabulary, read once now rather than on the first request
     telemetry = Telemetry(span_exporter)
     prices = prices_for(config.deployments)
     health = HealthBoard(list(deployments))

@@ -94,7 +94,7 @@ async def _stored(call: Any) -> Any:
 
 async def _record(svc: Services, request: Request) -> KeyRecord:
     key_id = request.path_params["key_id"]
-    record = await _stored(svc.auth.keys.get(key_id))
+    record: KeyRecord | None = await _stored(svc.auth.keys.get(key_id))
     if record is None:
         raise NotFound(f"no key with id '{key_id[:64]}'", code="key_not_found", param="id")
     return record

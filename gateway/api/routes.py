@@ -29,7 +29,7 @@ from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, P
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.observer import Trail
-from gateway.pipeline import CallContext, Outcome, Services
+from gateway.pipeline import Answer, CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
 from gateway.state import StoreUnavailable
@@ -130,13 +130,15 @@ def call_context(request: Request, rid: str = "", trace_parent: Context | None =
     )
 
 
-def _headers(outcome: Outcome, rid: str, with_cost: bool) -> dict[str, str]:
+def _headers(outcome: Outcome, rid: str) -> dict[str, str]:
+    """A live stream's cost is not known yet when its headers go: its usage chunk carries it."""
     headers = {"x-request-id": rid, "x-switchyard-model": outcome.deployment,
                "x-switchyard-plan": outcome.plan, "x-switchyard-cache": outcome.cache}
     if outcome.trace_id:
         headers["x-switchyard-trace-id"] = outcome.trace_id
-    if with_cost:
-        headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
+    if not isinstance(outcome, Answer):
+        return headers
+    headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
     if outcome.evidence:  # how best-of-n / cascade chose: votes, scores, escalations, per-call costs
         text = orjson.dumps(outcome.evidence).decode()
         headers["x-switchyard-evidence"] = text.encode("ascii", "backslashreplace").decode()[:4096]
@@ -155,19 +157,15 @@ async def chat_completions(request: Request) -> Response:
         raise
     outcome = await pipeline.handle(svc, body, ctx, trail)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    if not body.get("stream"):
-        assert outcome.body is not None
-        return Response(orjson.dumps(outcome.body), media_type="application/json",
-                        headers=_headers(outcome, rid, with_cost=True))
-    if outcome.stream is None:  # a whole answer (cache hit, best-of-n, cascade) replayed as a stream
-        assert outcome.body is not None
-        chunks = _replayed(outcome.body, include_usage)
-        return StreamingResponse(chunks, media_type="text/event-stream",
-                                 headers=_headers(outcome, rid, with_cost=True))
+    if isinstance(outcome, Answer):
+        if not body.get("stream"):
+            return Response(orjson.dumps(outcome.body), media_type="application/json", headers=_headers(outcome, rid))
+        # a whole answer (cache hit, best-of-n, cascade) replayed as a stream
+        return StreamingResponse(_replayed(outcome.body, include_usage), media_type="text/event-stream",
+                                 headers=_headers(outcome, rid))
     # The background task settles the stream even if the client left before its first chunk.
-    settle = BackgroundTask(outcome.settle) if outcome.settle else None
     return StreamingResponse(_relayed(outcome.stream, include_usage), media_type="text/event-stream",
-                             headers=_headers(outcome, rid, with_cost=False), background=settle)
+                             headers=_headers(outcome, rid), background=BackgroundTask(outcome.settle))
 
 
 async def _replayed(body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:

@@ -1,8 +1,8 @@
 """Runs plans against deployments: single calls, best-of-n with selection, cascades."""
 
 from gateway.executor.deadline import Deadline
-from gateway.executor.result import Result
-from gateway.executor.runners import RUNNERS, run
-from gateway.executor.upstreams import CallRecord, Upstreams
+from gateway.executor.result import CallRecord, Result
+from gateway.executor.runners import run
+from gateway.executor.upstreams import Upstreams
 
-__all__ = ["RUNNERS", "CallRecord", "Deadline", "Result", "Upstreams", "run"]
+__all__ = ["CallRecord", "Deadline", "Result", "Upstreams", "run"]

@@ -20,11 +20,11 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from gateway import tokens
 from gateway.errors import GatewayError, UpstreamError
 from gateway.executor.deadline import Deadline
-from gateway.executor.result import Result, with_usage
-from gateway.executor.upstreams import CallRecord, OpenStream, Upstreams
+from gateway.executor.result import CallRecord, Result, with_usage
+from gateway.executor.upstreams import OpenStream, Upstreams
+from gateway.messages import count_messages
 from gateway.plans import Plan, Single
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.streaming import Accumulator
@@ -109,7 +109,7 @@ async def _bill_cut(up: Upstreams, live: OpenStream, body: dict[str, Any]) -> Ca
     acc.add(live.first)
     await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
     if not live.stats.usage.total_tokens:
-        live.stats.usage = Usage(tokens.count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
+        live.stats.usage = Usage(count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
     record = up.close_stream(live)
     return CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, HEDGE)
 
@@ -134,7 +134,7 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
     except ProviderFailure as exc:
         error = exc
     if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
-        live.stats.usage = Usage(tokens.count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
+        live.stats.usage = Usage(count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
     record = up.close_stream(live, error)
     calls = (record, *await losers.records())
     if error is not None:

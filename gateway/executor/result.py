@@ -6,8 +6,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.executor.upstreams import CallRecord
 from gateway.providers.base import Usage
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One upstream call that answered: what it used and cost (the ledger bills these)."""
+
+    deployment: str
+    usage: Usage
+    cost_usd: float
+    latency_s: float
+    role: str = "answer"  # answer | sample | judge | escalation
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,7 +35,6 @@ from opentelemetry.trace import Span, Status, StatusCode
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_any
 from tenacity.stop import stop_base
 
-from gateway import tokens
 from gateway.config import DeploymentConfig
 from gateway.errors import (
     DeploymentUnavailable,
@@ -46,6 +45,8 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
+from gateway.executor.result import CallRecord
+from gateway.messages import count_completion, count_messages
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
@@ -56,15 +57,6 @@ from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
 log = logging.getLogger("switchyard.upstream")
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    deployment: str
-    usage: Usage
-    cost_usd: float
-    latency_s: float
-    role: str = "answer"  # answer | sample | judge | escalation
 
 
 @dataclass(slots=True)
@@ -97,21 +89,21 @@ def _retry_wait(exc: ProviderFailure, retry: int) -> float:
     else a jittered exponential back-off."""
     if exc.retry_after_s is not None:
         return exc.retry_after_s
-    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + random.uniform(0, _JITTER_S)
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (retry - 1)) + random.uniform(0, _JITTER_S)
 
 
 def _longest_wait(exc: ProviderFailure, retry: int) -> float:
     """The most `_retry_wait` can be: a wait is only started when it surely fits in the deadline."""
     if exc.retry_after_s is not None:
         return exc.retry_after_s
-    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2 ** (retry - 1)) + _JITTER_S
+    return min(_BACKOFF_MAX_S, _BACKOFF_BASE_S * 2.0 ** (retry - 1)) + _JITTER_S
 
 
 def counted(done: Completion, body: dict[str, Any]) -> Completion:
     """An answer without `usage` is billed on counted tokens (prompt and completion), never as free."""
     if done.usage.total_tokens:
         return done
-    usage = Usage(tokens.count_messages(body.get("messages") or ()), tokens.count_completion(done.body))
+    usage = Usage(count_messages(body.get("messages") or ()), count_completion(done.body))
     return Completion(done.body, usage, done.latency_s)
 
 

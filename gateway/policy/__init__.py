@@ -11,6 +11,7 @@ from gateway.policy.estimate import (
     output_ceiling,
     worst_case_cost,
     worst_case_duration_s,
+    worst_case_tokens,
 )
 from gateway.policy.loader import BoundPolicy, PolicySet, bind_policy, load_policy_file, parse_policy
 from gateway.policy.schema import PolicySpec
@@ -18,4 +19,4 @@ from gateway.policy.schema import PolicySpec
 __all__ = ["BoundPolicy", "Candidate", "Catalog", "Cutoff", "Decision", "Estimate", "Limits", "Overrides",
            "PolicySet", "PolicySpec", "Routing", "bind_policy", "decide", "estimate", "fit_to_cap",
            "load_policy_file", "max_tokens_within", "output_ceiling", "parse_policy", "worst_case_cost",
-           "worst_case_duration_s"]
+           "worst_case_duration_s", "worst_case_tokens"]

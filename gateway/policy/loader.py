@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from gateway.config import DeploymentConfig, describe_validation_error, read_yaml
 from gateway.errors import ConfigError
-from gateway.plans import BestOfN, Cascade, Plan, Shadow, Single
+from gateway.plans import Plan, Shadow
 from gateway.policy.schema import CandidateSpec, PolicySpec
 from gateway.policy.sources import policy_files, policy_sources
 
@@ -77,8 +77,9 @@ def parse_policy(path: Path) -> PolicySpec:
 class _Names:
     """Resolves a name in a policy to deployments: a deployment name first, else every one of a tier."""
 
-    def __init__(self, source: str, deployments: Sequence[DeploymentConfig]) -> None:
+    def __init__(self, source: str, spec: PolicySpec, deployments: Sequence[DeploymentConfig]) -> None:
         self.source = source
+        self.spec = spec
         self.by_name = {d.name: d for d in deployments}
         self.tiers: dict[str, list[str]] = {}
         for d in deployments:
@@ -95,46 +96,33 @@ class _Names:
     def one(self, name: str, where: str) -> str:
         return self.resolve(name, where)[0]
 
+    def fallbacks(self, deployment: str) -> tuple[str, ...]:
+        """The policy's `fallbacks:` for this deployment (else for its tier), bound, without itself."""
+        fallbacks = self.spec.fallbacks
+        tier = self.by_name[deployment].tier
+        listed = fallbacks.get(deployment) or fallbacks.get(tier) or []
+        key = deployment if deployment in fallbacks else tier
+        out: list[str] = []
+        for i, name in enumerate(listed):
+            out += [d for d in self.resolve(name, f"fallbacks.{key}[{i}]") if d != deployment and d not in out]
+        return tuple(out)
 
-def _fallbacks_for(deployment: str, spec: PolicySpec, names: _Names) -> tuple[str, ...]:
-    tier = names.by_name[deployment].tier
-    listed = spec.fallbacks.get(deployment) or spec.fallbacks.get(tier) or []
-    key = deployment if deployment in spec.fallbacks else tier
-    out: list[str] = []
-    for i, name in enumerate(listed):
-        out += [d for d in names.resolve(name, f"fallbacks.{key}[{i}]") if d != deployment and d not in out]
-    return tuple(out)
 
-
-def _bind_candidate(c: CandidateSpec, i: int, spec: PolicySpec, names: _Names) -> list[Plan]:
-    where = f"candidates[{i}]"
-    if c.single is not None:
-        return [Single(d, _fallbacks_for(d, spec, names)) for d in names.resolve(c.single, f"{where}.single")]
-    if c.best_of is not None:
-        b = c.best_of
-        if b.deployments is not None:
-            samplers = tuple(names.one(d, f"{where}.best_of.deployments[{j}]") for j, d in enumerate(b.deployments))
-        else:
-            samplers = (names.one(str(b.deployment), f"{where}.best_of.deployment"),) * b.n
-        judge = names.one(b.judge, f"{where}.best_of.judge") if b.judge else None
-        return [BestOfN(samplers, b.selector, judge, b.judge_prompt, b.temperature)]
-    assert c.cascade is not None
-    k = c.cascade
-    steps = tuple(names.one(s, f"{where}.cascade.steps[{j}]") for j, s in enumerate(k.steps))
-    judge = names.one(k.judge, f"{where}.cascade.judge") if k.judge else None
-    return [Cascade(steps, k.confidence, k.threshold, k.samples, judge)]
+def _bind_candidate(c: CandidateSpec, i: int, names: _Names) -> list[Plan]:
+    kind, spec = c.kind()
+    return kind.bind(spec, f"candidates[{i}]", names)
 
 
 def bind_policy(name: str, source: str, spec: PolicySpec,
                 deployments: Sequence[DeploymentConfig]) -> BoundPolicy:
-    names = _Names(source, deployments)
+    names = _Names(source, spec, deployments)
     allowed = None
     if spec.constraints.allowed_deployments is not None:
         allowed = frozenset(d for i, a in enumerate(spec.constraints.allowed_deployments)
                             for d in names.resolve(a, f"constraints.allowed_deployments[{i}]"))
     plans: list[Plan] = []
     for i, candidate in enumerate(spec.candidates):
-        plans += [p for p in _bind_candidate(candidate, i, spec, names) if p not in plans]
+        plans += [p for p in _bind_candidate(candidate, i, names) if p not in plans]
     shadow = None
     if spec.shadow is not None:
         s = spec.shadow

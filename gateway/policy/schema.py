@@ -1,69 +1,47 @@
 """The policy file format (YAML in `routing_policies/`), validated with pydantic.
 
-Keys are inert data: no class names, import paths or expressions. `routing_policies/README.md`
+Keys are inert data: no class names, import paths or expressions. A candidate's schema is its plan
+kind's (`gateway.plans.<kind>`: `BestOfSpec`, `CascadeSpec`). `routing_policies/README.md`
 documents every field; keep the two in step.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Any, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+
+from gateway.plans import KEYS, Kind
+from gateway.plans.best_of import BestOfSpec
+from gateway.plans.cascade import CascadeSpec
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BestOfSpec(_Strict):
-    deployment: str | None = None
-    deployments: list[str] | None = Field(default=None, min_length=2)
-    n: int = Field(default=3, ge=2, le=16)
-    selector: Literal["vote", "judge"] = "vote"
-    judge: str | None = None
-    judge_prompt: str | None = None
-    temperature: float = Field(default=0.7, ge=0, le=2)
+class _Candidate(_Strict):
+    """Exactly one plan kind's key, e.g. `single: <deployment or tier>`, `best_of: {...}`, `cascade: {...}`:
+    its fields are the keys of `gateway.plans.KEYS`, each typed by that kind's spec."""
 
     @model_validator(mode="after")
-    def _one_source(self) -> BestOfSpec:
-        if (self.deployment is None) == (self.deployments is None):
-            raise ValueError("give exactly one of deployment (n samples) or deployments (one each)")
-        if self.selector == "judge" and not self.judge:
-            raise ValueError("selector 'judge' needs a judge deployment")
-        return self
-
-
-class CascadeSpec(_Strict):
-    steps: list[str] = Field(min_length=2)
-    confidence: Literal["agreement", "logprob", "judge"] = "agreement"
-    threshold: float = Field(default=0.6, ge=0, le=1)
-    samples: int = Field(default=3, ge=1, le=16)
-    judge: str | None = None
-
-    @model_validator(mode="after")
-    def _judge_named(self) -> CascadeSpec:
-        if self.confidence == "judge" and not self.judge:
-            raise ValueError("confidence 'judge' needs a judge deployment")
-        if self.confidence == "agreement" and self.samples < 2:
-            raise ValueError(f"samples must be at least 2 for confidence 'agreement' (agreement "
-                             f"compares samples), got samples: {self.samples}")
-        return self
-
-
-class CandidateSpec(_Strict):
-    """Exactly one of: `single: <deployment or tier>`, `best_of: {...}`, `cascade: {...}`."""
-
-    single: str | None = None
-    best_of: BestOfSpec | None = None
-    cascade: CascadeSpec | None = None
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> CandidateSpec:
-        given = [k for k in ("single", "best_of", "cascade") if getattr(self, k) is not None]
+    def _exactly_one(self) -> _Candidate:
+        given = [k for k in KEYS if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("a candidate is exactly one of single, best_of, cascade"
+            raise ValueError(f"a candidate is exactly one of {', '.join(KEYS)}"
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
+
+    def kind(self) -> tuple[Kind[Any], Any]:
+        """The candidate's plan kind and its validated spec."""
+        return next((k, spec) for key, k in KEYS.items() if (spec := getattr(self, key)) is not None)
+
+
+if TYPE_CHECKING:
+    CandidateSpec: TypeAlias = _Candidate
+else:  # one optional field per registered plan kind
+    CandidateSpec = create_model("CandidateSpec", __base__=_Candidate,
+                                 **{key: (k.spec | None, None) for key, k in KEYS.items()})
 
 
 class Objective(_Strict):
@@ -159,3 +137,6 @@ class PolicySpec(_Strict):
             raise ValueError(f"hedge_after_ms ({self.hedge_after_ms:g}) must be under timeout_s "
                              f"({self.timeout_s:g} s): a hedge after the deadline never starts")
         return self
+
+
+__all__ = ["BestOfSpec", "CandidateSpec", "CascadeSpec", "PolicySpec", "Target"]

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.messages import count_messages
 from tests.support.processes import ROOT, free_port
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -77,7 +78,9 @@ def test_demo_prints_curl_and_python_examples_that_work_as_printed(demo: tuple[s
 def test_route_explains_a_prompt() -> None:
     result = _run("route", "--json", "hi")
     explained = json.loads(result.stdout)
-    assert explained["policy"] == "balanced" and explained["plan"].startswith("single:")
+    assert (explained["policy"], explained["plan"]) == ("balanced", "single:small")
+    assert [c["plan"] for c in explained["candidates"] if c["chosen"]] == ["single:small"]
+    assert explained["signal"]["prompt_tokens_estimate"] == count_messages([{"role": "user", "content": "hi"}])
     readable = _run("route", "--policy", "quality-first", "Prove Fermat's little theorem.").stdout
     assert readable.startswith("policy quality-first → ")
 

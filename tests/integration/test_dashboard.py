@@ -127,12 +127,12 @@ def _browser_paths() -> tuple[str, str] | None:
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     paths = _browser_paths()
     if paths is None:
         pytest.skip("no chromium and chromedriver on this machine (apt-get install chromium chromium-driver)")
     webdriver = pytest.importorskip("selenium.webdriver")
-    os.environ["SE_OFFLINE"] = "true"  # selenium-manager must never fetch a browser or driver
+    monkeypatch.setenv("SE_OFFLINE", "true")  # selenium-manager must never fetch a browser or driver
     options = webdriver.ChromeOptions()
     options.binary_location = paths[0]
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",

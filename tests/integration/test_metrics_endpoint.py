@@ -4,7 +4,6 @@ tokens, cache, routing mix, latency histograms, circuit states, feedback; who ma
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
@@ -146,15 +145,16 @@ def test_feedback_labels_are_counted_by_source(gw: GatewayServer) -> None:
 TENANTS = [{"name": "acme", "api_key_env": "SY_METRICS_TENANT_KEY"}]
 
 
-def _tenant_app(simulator: Simulator, **extra: Any) -> Any:
-    os.environ["SY_METRICS_TENANT_KEY"] = "sk-metrics-tenant"
+def _tenant_app(simulator: Simulator, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> Any:
+    monkeypatch.setenv("SY_METRICS_TENANT_KEY", "sk-metrics-tenant")
     raw = sim_config(simulator.url).model_dump(mode="json") | {"tenants": TENANTS, **extra}
     return create_app(parse_config(raw, "test"), watch_policies_s=None, watch_router_s=None)
 
 
-async def test_metrics_with_tenants_need_a_loopback_caller_or_the_metrics_token(simulator: Simulator) -> None:
-    os.environ["SY_METRICS_TOKEN"] = "scrape-secret"
-    app = _tenant_app(simulator, metrics_token_env="SY_METRICS_TOKEN")
+async def test_metrics_with_tenants_need_a_loopback_caller_or_the_metrics_token(
+        simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SY_METRICS_TOKEN", "scrape-secret")
+    app = _tenant_app(simulator, monkeypatch, metrics_token_env="SY_METRICS_TOKEN")
     remote = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx.AsyncClient(transport=remote, base_url="http://gw") as c:
         assert (await c.get("/metrics")).status_code == 401
@@ -167,8 +167,9 @@ async def test_metrics_with_tenants_need_a_loopback_caller_or_the_metrics_token(
         assert (await c.get("/metrics")).status_code == 200
 
 
-async def test_metrics_with_tenants_and_no_token_configured_are_loopback_only(simulator: Simulator) -> None:
-    app = _tenant_app(simulator)
+async def test_metrics_with_tenants_and_no_token_configured_are_loopback_only(
+        simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    app = _tenant_app(simulator, monkeypatch)
     remote = httpx.ASGITransport(app=app, client=("203.0.113.7", 40000))
     async with httpx.AsyncClient(transport=remote, base_url="http://gw") as c:
         assert (await c.get("/metrics", headers={"authorization": "Bearer "})).status_code == 401

@@ -23,9 +23,9 @@ import redis
 import yaml
 
 from gateway.auth import hash_key
+from gateway.messages import count_messages
 from gateway.router.artifact import Artifact
 from gateway.state import period_spend_key
-from gateway.tokens import count_messages
 from gateway.windows import period_id
 from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, free_port, terminate, wait_until

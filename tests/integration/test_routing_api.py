@@ -42,9 +42,13 @@ def test_headers_tighten_the_policy_per_request(base_url: str) -> None:
         model="auto", messages=messages, extra_headers={"x-switchyard-max-cost-usd": "0.00005"})
     assert free.headers["x-switchyard-plan"] == "single:large"
     assert capped.headers["x-switchyard-plan"] == "single:small"
+    explained = httpx.post(base_url + "/route", headers={"x-switchyard-policy": "cost-saver"},
+                           json={"model": "auto", "messages": messages}).json()
     chosen = client.chat.completions.with_raw_response.create(
         model="auto", messages=messages, extra_headers={"x-switchyard-policy": "cost-saver"})
-    assert chosen.headers["x-switchyard-plan"].startswith("single:")
+    assert explained["policy"] == "cost-saver"
+    assert [c["plan"] for c in explained["candidates"]] == ["single:small", "single:large"]
+    assert chosen.headers["x-switchyard-plan"] == explained["plan"]
 
 
 def test_a_constraint_no_plan_can_meet_is_a_422(base_url: str) -> None:
@@ -96,8 +100,8 @@ def test_policy_edit_is_picked_up_under_traffic_without_dropping_requests(
 
 
 @pytest.fixture
-def tenant_gateway(simulator: Simulator, policies_dir: Path):
-    os.environ["SY_TEST_KEY_B"] = "sk-team-b"
+def tenant_gateway(simulator: Simulator, policies_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("SY_TEST_KEY_B", "sk-team-b")
     tenants = [
         {"name": "team-a", "api_key_sha256": hash_key("sk-team-a"), "policies": ["cost-saver"],
          "default_policy": "cost-saver"},

@@ -211,8 +211,11 @@ def test_structured_span_attributes_are_json(traced: GatewayServer, receiver: Ot
     assert resp.status_code == 200
     request = next(s for s in receiver.trace(trace_id, "switchyard.request") if s.name == "switchyard.request")
     votes = orjson.loads(request.attributes["switchyard.votes"])
-    assert sum(votes.values()) >= 1
-    assert orjson.loads(request.attributes["switchyard.evidence"])["selector"] == "vote"
+    evidence = orjson.loads(request.attributes["switchyard.evidence"])
+    assert evidence["selector"] == "vote" and evidence["samples"] == 5
+    # the votes are the samples' extracted answers counted, and the winner's share is the agreement
+    assert votes == dict(Counter(a for a in evidence["answers"] if a is not None))
+    assert max(votes.values()) / 5 == pytest.approx(evidence["agreement"])
 
 
 def test_a_request_without_traceparent_starts_its_own_trace(

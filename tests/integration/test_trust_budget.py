@@ -21,8 +21,8 @@ import yaml
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
+from gateway.messages import count_messages
 from gateway.state import spend_key
-from gateway.tokens import count_messages
 from tests.support.processes import (
     ROOT,
     RedisServer,
@@ -99,10 +99,10 @@ def _assert_budget_held(responses: list[httpx.Response], redis_url: str, tenant:
 
 
 def test_budget_holds_under_50_concurrent_requests_on_one_gateway(
-        sim: Simulator, redis_server: RedisServer) -> None:
+        sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
     sim.reset()
     tenant = f"budget-{uuid.uuid4().hex[:8]}"
-    os.environ[KEY_ENV] = API_KEY
+    monkeypatch.setenv(KEY_ENV, API_KEY)
     app = create_app(parse_config(_raw_config(sim.url, redis_server.url, tenant), "test"))
     with running_gateway(app) as gw:
         responses = asyncio.run(_burst([gw.base_url]))

@@ -4,7 +4,6 @@ name the deployment and not the upstream's address."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -49,14 +48,15 @@ def _config(sim_url: str) -> Any:
 
 @pytest.fixture(scope="module")
 def gateway(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayServer]:
-    os.environ.pop(UNSET_KEY, None)
     folder = tmp_path_factory.mktemp("trust-policies")
     for f in (ROOT / "routing_policies").glob("*.yaml"):
         (folder / f.name).write_text(f.read_text())
     for name, text in EXTRA_POLICIES.items():
         (folder / name).write_text(text)
-    with running_gateway(create_app(_config(simulator.url), policies_dir=folder)) as server:
-        yield server
+    with pytest.MonkeyPatch.context() as env:  # module-scoped: the variable is unset for this module only
+        env.delenv(UNSET_KEY, raising=False)
+        with running_gateway(create_app(_config(simulator.url), policies_dir=folder)) as server:
+            yield server
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """A fake backend at the provider seam, in the style of httpx's MockTransport.
 
 A handler maps (deployment, body) to what the upstream does: a response dict (an OpenAI
-chat.completion), a `ProviderFailure` to raise, or a `Delay` before either. Every call is recorded.
+chat.completion), a `Stream` of chunks (that may fail part-way), a `ProviderFailure` to raise
+(returned or raised), or a `Delay` before any of them. Every call is recorded. A streamed call of a
+handler that answers with a whole response gets that response as one content chunk and its usage.
 """
 
 from __future__ import annotations
@@ -18,13 +20,31 @@ from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import price_for
 from gateway.telemetry import Telemetry
 
-Reply = dict[str, Any] | ProviderFailure
+
+@dataclass(frozen=True)
+class Stream:
+    """A streamed answer: these chunks in order, then `fail` raised (a failure mid-stream) if given."""
+
+    chunks: list[dict[str, Any]]
+    fail: ProviderFailure | None = None
+
+
+Reply = dict[str, Any] | ProviderFailure | Stream
 
 
 @dataclass(frozen=True)
 class Delay:
     seconds: float
     then: Reply | None = None  # None: a plain answer
+
+
+def chunk(text: str = "", *, finish: str | None = None, usage: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A chat.completion.chunk with `text` as its delta (and a finish reason, or a usage-only chunk)."""
+    if usage is not None:
+        return {"object": "chat.completion.chunk", "choices": [],
+                "usage": {"prompt_tokens": usage[0], "completion_tokens": usage[1]}}
+    return {"object": "chat.completion.chunk", "model": "fake",
+            "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": finish}]}
 
 
 Handler = Callable[[DeploymentConfig, dict[str, Any]], "Reply | Delay"]
@@ -49,7 +69,7 @@ class FakeBackend:
     def called(self, deployment: str) -> int:
         return sum(1 for name, _ in self.calls if name == deployment)
 
-    async def _reply(self, deployment: DeploymentConfig, body: dict[str, Any]) -> dict[str, Any]:
+    async def _reply(self, deployment: DeploymentConfig, body: dict[str, Any]) -> dict[str, Any] | Stream:
         self.calls.append((deployment.name, body))
         out = self.handler(deployment, body)
         if isinstance(out, Delay):
@@ -63,15 +83,23 @@ class FakeBackend:
                        headers: Mapping[str, str] | None = None) -> Completion:
         self.headers.append(headers)
         out = await self._reply(deployment, body)
+        assert not isinstance(out, Stream), "a Stream answers streamed calls only"
         return Completion(out, Usage.from_dict(out.get("usage")), 0.001)
 
     async def stream(self, deployment: DeploymentConfig, body: dict[str, Any], stats: StreamStats,
                      headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
         self.headers.append(headers)
         out = await self._reply(deployment, body)
-        stats.usage = Usage.from_dict(out.get("usage"))
-        yield {"object": "chat.completion.chunk", "choices": [
-            {"index": 0, "delta": {"content": out["choices"][0]["message"]["content"]}}]}
+        if not isinstance(out, Stream):
+            text = out["choices"][0]["message"]["content"]
+            out = Stream([chunk(text, finish="stop"), chunk(usage=(out["usage"]["prompt_tokens"],
+                                                                   out["usage"]["completion_tokens"]))])
+        for c in out.chunks:
+            if c.get("usage"):
+                stats.usage = Usage.from_dict(c["usage"])
+            yield c
+        if out.fail is not None:
+            raise out.fail
 
     async def close(self) -> None:
         return None

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 import tiktoken
 
-from gateway import tokens
+from gateway import messages
 from gateway.config import parse_config
 from gateway.executor.upstreams import counted
+from gateway.messages import EXACT_CHARS, count_messages, count_text, routing_text
 from gateway.plans import BestOfN, Single
 from gateway.policy import Catalog, fit_to_cap, max_tokens_within, worst_case_cost
 from gateway.providers.base import Completion, Usage
 from gateway.providers.pricing import prices_for
-from gateway.signal import routing_text
 from gateway.streaming import Accumulator
-from gateway.tokens import EXACT_CHARS, count_messages, count_text
 
 CJK = "人工智能是计算机科学的一个分支，它企图了解智能的实质，并生产出一种新的能以人类智能相似的方式做出反应的智能机器。"
 
@@ -42,8 +41,8 @@ def test_huge_prompts_are_counted_with_bounded_work_and_close_to_exact(monkeypat
     count_text("warm up")  # the encoder loads once
     text = ("The quick brown fox jumps over the lazy dog. " * 4000) + CJK * 200
     encoded: list[int] = []  # how many characters reach the tokenizer: the work, counted rather than timed
-    real = tokens._encoder()
-    monkeypatch.setattr(tokens, "_encoder", lambda: lambda chunk: encoded.append(len(chunk)) or real(chunk))
+    real = messages._encoder()
+    monkeypatch.setattr(messages, "_encoder", lambda: lambda chunk: encoded.append(len(chunk)) or real(chunk))
     estimate = count_text(text)
     truth = len(tiktoken.get_encoding("o200k_base").encode_ordinary(text))
     assert truth * 0.9 <= estimate <= truth * 1.6

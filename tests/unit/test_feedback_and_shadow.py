@@ -10,7 +10,7 @@ import pytest
 from gateway.auth import Authenticator, Tenant
 from gateway.config import DeploymentConfig, RequestLogSettings
 from gateway.errors import ConfigError, NotFound, UpstreamError
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, Feedback, RequestLog, build_record
 from gateway.ledger import Ledger, read_spend, spend_table, window
 from gateway.logs_export import model_names, parse_duration, to_row

@@ -13,7 +13,7 @@ import pytest
 from gateway.auth import Authenticator, hash_key
 from gateway.config import TenantConfig
 from gateway.errors import AuthenticationFailed, BudgetExceeded, RateLimited
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.keys import KeyCreate, KeyLimits, KeyRegistry, key_id_of
 from gateway.metrics import Tally
 from gateway.providers.base import Usage

@@ -13,7 +13,7 @@ import pytest
 from gateway.auth import Reservation, Tenant
 from gateway.errors import GatewayError
 from gateway.executor import Deadline, run
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, build_record
 from gateway.ledger import (
     HOUR_S,

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.auth import Tenant
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.logs import JsonFormatter, TextFormatter, configure, default_format
 from gateway.metrics import Metrics
 from gateway.observer import Observer, Trail

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from gateway.config import embedded_config
+from gateway.messages import count_messages, count_text, routing_text
 from gateway.router import load_router
-from gateway.signal import RememberingRouter, assess, routing_text
+from gateway.signal import RememberingRouter, assess
 
 DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
 
 
 def test_routes_on_the_last_user_turn_with_the_system_prompt() -> None:
-    text, tokens = routing_text([{"role": "system", "content": "Be terse."},
-                                 {"role": "user", "content": "first"},
-                                 {"role": "assistant", "content": "answer"},
-                                 {"role": "user", "content": [{"type": "text", "text": "second"}]}])
+    messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "answer"},
+                {"role": "user", "content": [{"type": "text", "text": "second"}]}]
+    text, tokens = routing_text(messages)
     assert text == "Be terse.\nsecond"
-    assert tokens >= 1
+    # the whole prompt, counted as billing counts it: every message's text plus the chat framing
+    assert tokens == count_messages(messages) == count_text("Be terse.\nfirst\nanswer\nsecond") + 4 * 4 + 3
 
 
 def test_a_remembered_assessment_is_the_same_assessment() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.test_time_compute import main
-from benchmarks.ttc_data import load_rows, replay_cascade, replay_vote
+from benchmarks.test_time_compute.data import load_rows, replay_cascade, replay_vote
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "ttc_small.jsonl"
 MEMBERS = ("Meta-Llama-3.1-8B-Instruct", "mathstral-7B", "Phi-3-mini-4k-instruct")

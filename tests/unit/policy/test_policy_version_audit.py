@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gateway.auth import Tenant
 from gateway.config import embedded_config
-from gateway.executor.upstreams import CallRecord
+from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, build_record
 from gateway.policy.loader import PolicySet, load_policy_file, spec_version
 from gateway.policy.schema import PolicySpec

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 Row = dict[str, Any]
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmlu_pro.jsonl"
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlu_pro.jsonl"
 
 
 def load_rows(path: Path, split: str | None = None) -> list[Row]:

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from benchmarks.ttc_data import Replay, Row, replay_cascade, replay_single, replay_vote
+from benchmarks.test_time_compute.data import Replay, Row, replay_cascade, replay_single, replay_vote
 from gateway.config import DeploymentConfig
 from gateway.plans import BestOfN, Single
-from gateway.policy.estimate import Catalog, Estimate, estimate, estimate_cascade
+from gateway.plans.cascade import estimate_cascade
+from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.providers.pricing import prices_for
 from gateway.router import Router
 from gateway.signal import RouteSignal

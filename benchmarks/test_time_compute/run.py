@@ -1,8 +1,6 @@
-"""Does test-time compute (votes across small models, agreement cascades) pay on recorded outcomes?
+"""The benchmark's run: fit, replay, compare, write the report (see the package's docstring).
 
-    python -m benchmarks.test_time_compute [--data PATH] [--out DIR] [--fit-rows N] [--quick]
-
-Fits the vote/cascade answer model of `gateway.policy.estimate` on the train split, then on the
+Fits the vote/cascade answer model of `gateway.plans.odds` on the train split, then on the
 validation split replays every single model, several votes and cascades, and the policy (max
 value_usd·q̂ − ĉ per prompt, with the real estimator) with and without the test-time-compute plans.
 Writes benchmarks/results/test_time_compute.md and test_time_compute.png.
@@ -14,10 +12,10 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.ttc_calibrate import Fit, fit
-from benchmarks.ttc_data import DEFAULT_DATA, Row, has_models, load_prices, load_rows
-from benchmarks.ttc_frontier import VALUES_USD, build_matrices, compare, sweep
-from benchmarks.ttc_plans import (
+from benchmarks.test_time_compute.calibrate import Fit, fit
+from benchmarks.test_time_compute.data import DEFAULT_DATA, Row, has_models, load_prices, load_rows
+from benchmarks.test_time_compute.frontier import VALUES_USD, build_matrices, compare, sweep
+from benchmarks.test_time_compute.plans import (
     FLASH_SET,
     LLAMA70,
     PRO,
@@ -29,13 +27,22 @@ from benchmarks.ttc_plans import (
     singles,
     ttc_arms,
 )
-from benchmarks.ttc_report import ScenarioResult, arms_table, comparison_table, fit_tables, plot, sweep_table, verdict
-from benchmarks.ttc_validate import arm_fits, vote_scores
-from gateway.policy.estimate import CALIBRATION, Catalog
+from benchmarks.test_time_compute.report import (
+    ScenarioResult,
+    arms_table,
+    comparison_table,
+    fit_tables,
+    plot,
+    sweep_table,
+    verdict,
+)
+from benchmarks.test_time_compute.validate import arm_fits, vote_scores
+from gateway.plans.odds import CALIBRATION
+from gateway.policy.estimate import Catalog
 from gateway.router import load_router
 from gateway.signal import RouteSignal
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = Path(__file__).resolve().parents[1] / "results"
 FIT_CASCADES = [
     (VOTE_SETS["v3-math"], LLAMA70, 0.6),
     (VOTE_SETS["v3-math"], LLAMA70, 1.0),
@@ -78,7 +85,7 @@ NOTES = [
     "(`best_of: {deployment: x, n: 3}`, `cascade` agreement steps) are not measurable here: their correlation "
     "is a prior (0.8), as is `judge_keep`.",
     "- Cascades whose agreement step asks several different models are estimated with "
-    "`gateway.policy.estimate.estimate_cascade`; the `Cascade` plan can only sample one deployment "
+    "`gateway.plans.cascade.estimate_cascade`; the `Cascade` plan can only sample one deployment "
     "`samples` times, so a policy cannot express them yet (needs a member list on `Cascade`).",
     "- The executor accepts when agreement ≥ threshold with agreement = top/n: with 3 samples a threshold "
     "of 0.6 (the default) accepts two of three and 0.7 or more needs all three.",
@@ -129,8 +136,8 @@ def render(results: list[ScenarioResult], fitted: Fit, args: argparse.Namespace,
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+        prog="python -m benchmarks.test_time_compute", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Does test-time compute (votes across small models, agreement cascades) pay on recorded outcomes?")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="mmlu_pro.jsonl (prices file beside it)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for test_time_compute.md/.png")
     p.add_argument("--fit-rows", type=int, default=4000, help="train prompts used for the calibration fit")
@@ -164,7 +171,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{s.name}: {verdict(s)}")
     print(f"fitted {fitted.calibration}\nwrote {args.out / 'test_time_compute.md'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.ttc_calibrate import linear_keep_quality
-from benchmarks.ttc_frontier import Matrices
-from benchmarks.ttc_plans import Arm
-from gateway.policy.estimate import CALIBRATION, VoteCalibration, odds, vote_outcomes
+from benchmarks.test_time_compute.calibrate import linear_keep_quality
+from benchmarks.test_time_compute.frontier import Matrices
+from benchmarks.test_time_compute.plans import Arm
+from gateway.plans.odds import CALIBRATION, VoteCalibration, odds, vote_outcomes
 from gateway.signal import RouteSignal
 
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.ttc_calibrate import Fit
-from benchmarks.ttc_frontier import Comparison, Matrices, PolicyPoint, hull, quality_at
-from benchmarks.ttc_validate import ArmFit, Scores
-from gateway.policy.estimate import CALIBRATION
+from benchmarks.test_time_compute.calibrate import Fit
+from benchmarks.test_time_compute.frontier import Comparison, Matrices, PolicyPoint, hull, quality_at
+from benchmarks.test_time_compute.validate import ArmFit, Scores
+from gateway.plans.odds import CALIBRATION
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +84,7 @@ def sweep_table(s: ScenarioResult, every: int = 6) -> list[str]:
 def fit_tables(fit: Fit, s: ScenarioResult) -> list[str]:
     c, f = CALIBRATION, fit.calibration
     lines = [
-        "| constant | in gateway/policy/estimate.py | fitted on train now |",
+        "| constant | in gateway/plans/odds.py | fitted on train now |",
         "|---|---:|---:|",
         f"| member_correlation ρ | {c.member_correlation} | {f.member_correlation} |",
         f"| distractors | {c.distractors} | {f.distractors} |",

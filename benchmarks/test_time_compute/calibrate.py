@@ -1,4 +1,4 @@
-"""Fit the vote/cascade answer model of `gateway.policy.estimate` on recorded train outcomes.
+"""Fit the vote/cascade answer model of `gateway.plans.odds` on recorded train outcomes.
 
 Every prediction of the model is linear in its correlation ρ (a mixture of the independent and the
 shared-draw worlds), so for each number of distractors ρ has a closed-form least-squares fit; the
@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from benchmarks.ttc_data import Row, has_models, replay_cascade, replay_vote
-from gateway.policy.estimate import (
+from benchmarks.test_time_compute.data import Row, has_models, replay_cascade, replay_vote
+from gateway.plans.odds import (
     VoteCalibration,
     escalated_quality,
     independent_outcomes,

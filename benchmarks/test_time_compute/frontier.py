@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from benchmarks.ttc_data import Row
-from benchmarks.ttc_plans import Arm
+from benchmarks.test_time_compute.data import Row
+from benchmarks.test_time_compute.plans import Arm
 from gateway.policy.estimate import Catalog
 from gateway.signal import RouteSignal
 

@@ -1,4 +1,6 @@
-"""Token counts: one tokenizer for routing estimates, cost caps, budget reservations and billing.
+"""Reading OpenAI messages: their text, the text the router judges, and token counts.
+
+One tokenizer serves routing estimates, cost caps, budget reservations and billing.
 
 tiktoken's `o200k_base` (the GPT-4o family's encoding) counts text. Its vocabulary file ships
 inside the litellm package, so it is loaded from there (`TIKTOKEN_CACHE_DIR`, set before the first
@@ -23,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger("switchyard.tokens")
+log = logging.getLogger("switchyard.messages")
 
 ENCODING = "o200k_base"
 # tiktoken names its cache files by the sha1 of the vocabulary URL; these are the ones litellm ships.
@@ -88,6 +90,7 @@ def count_text(text: str) -> int:
 
 
 def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: keep the text ones
@@ -121,3 +124,34 @@ def count_completion(body: Mapping[str, Any]) -> int:
             function = call.get("function") or {}
             total += count_text(str(function.get("name", "")) + str(function.get("arguments", "")))
     return total
+
+
+message_text = content_text
+
+# The router reads the end of a long prompt: that is where the question usually is, and it keeps the
+# per-request cost bounded whatever the client sends.
+MAX_ROUTER_CHARS = 12_000
+
+
+def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
+    """The text the router judges (the last user turn, with the system prompt) and the prompt's tokens.
+    Routed requests carry this count forward (`RouteSignal.prompt_tokens`): it is counted once."""
+    texts = [content_text(m.get("content")) for m in messages]
+    return _judged(messages, texts), count_texts(texts)
+
+
+def routing_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text the router judges, without counting tokens (request records keep it)."""
+    return _judged(messages, [content_text(m.get("content")) for m in messages])
+
+
+def _judged(messages: Sequence[Mapping[str, Any]], texts: Sequence[str]) -> str:
+    last_user = ""
+    system = ""
+    for m, text in zip(messages, texts, strict=True):
+        if m.get("role") == "user":
+            last_user = text
+        elif m.get("role") in ("system", "developer") and not system:
+            system = text
+    text = (system + "\n" + last_user).strip() if system else last_user
+    return text[-MAX_ROUTER_CHARS:]

@@ -1,0 +1,131 @@
+"""What several plan kinds' runners share: drawing samples, asking a judge, picking the answer,
+assembling the `Result`, and billing the calls that answered before a plan failed."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from gateway.errors import GatewayError
+from gateway.executor.deadline import Deadline
+from gateway.executor.result import CallRecord, Result, with_usage
+from gateway.executor.selectors import Selection, judge_messages, parse_judge_choice, vote
+from gateway.executor.upstreams import Upstreams
+from gateway.messages import message_text
+
+JUDGE_MAX_TOKENS = 8  # what a judge may reply: a number (the worst case, gateway.plans.base, prices it)
+
+
+def result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRecord],
+           evidence: Mapping[str, Any] | None = None) -> Result:
+    facts = dict(evidence or {})
+    if evidence is not None:  # multi-call plans say what each call cost
+        facts["calls"] = [{"deployment": c.deployment, "role": c.role, "cost_usd": c.cost_usd,
+                           **c.usage.as_dict()} for c in calls]
+    r = Result(body, deployment, label, tuple(calls), facts)
+    return Result(with_usage(body, r.usage), deployment, label, r.calls, r.evidence)
+
+
+def texts(bodies: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """(choice, text) for every choice of every response, in order."""
+    return [(c, message_text((c.get("message") or {}).get("content"))) for b in bodies for c in b.get("choices", [])]
+
+
+@dataclass(frozen=True, slots=True)
+class Samples:
+    choices: list[tuple[dict[str, Any], str]]  # (choice, text) for every sample, in order
+    owners: list[str]                          # the deployment that produced each sample
+    bodies: list[dict[str, Any]]               # the response body each sample came in
+    calls: list[CallRecord]
+
+
+async def sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, body: dict[str, Any],
+                 span: Span | None, deadline: Deadline) -> Samples:
+    """One sample from each of `samplers`, in the calls `gateway.plans.base.sampling_calls` prices."""
+    base = {**body, "temperature": temperature, "stream": False}
+    base.pop("stream_options", None)
+    if len(set(samplers)) == 1 and up.deployments[samplers[0]].supports_n:
+        done, rec = await up.call(samplers[:1], {**base, "n": len(samplers)}, span, deadline=deadline,
+                                  role="sample")
+        outs = [(done, rec)]
+    else:
+        single = {**base, "n": 1}
+        # Every sample runs to its end, even when one fails: the ones that answered are billed.
+        got = await asyncio.gather(*(up.call((d,), single, span, deadline=deadline, role="sample")
+                                     for d in samplers), return_exceptions=True)
+        outs = [g for g in got if not isinstance(g, BaseException)]
+        failed = next((g for g in got if isinstance(g, BaseException)), None)
+        # A sample that failed after its retries leaves the others to choose from; only a bad request
+        # (another sample would be refused too) or no answer at all fails the plan.
+        if failed is not None and (not outs or not upstream_fault(failed)):
+            raise billing(failed, [rec for _, rec in outs])
+    samples = Samples([], [], [], [rec for _, rec in outs])
+    for done, rec in outs:
+        found = texts([done.body])
+        samples.choices.extend(found)
+        samples.owners.extend([rec.deployment] * len(found))
+        samples.bodies.extend([done.body] * len(found))
+    return samples
+
+
+async def judge_select(up: Upstreams, judge: str, prompt: str | None, body: dict[str, Any], answers: list[str],
+                       span: Span | None, deadline: Deadline) -> tuple[Selection, list[CallRecord]]:
+    """The judge's pick among `answers`; a vote when the judge fails or names no candidate."""
+    question = message_text(body["messages"][-1].get("content"))
+    request = {"messages": judge_messages(question, answers, prompt), "temperature": 0,
+               "max_tokens": JUDGE_MAX_TOKENS}
+    try:
+        done, rec = await up.call((judge,), request, span, deadline=deadline, role="judge")
+    except GatewayError as exc:
+        fallback = vote(answers)
+        return Selection(fallback.index, fallback.agreement,
+                         {**fallback.evidence, "degraded_from": "judge", "reason": exc.message}), []
+    reply = message_text(done.body["choices"][0]["message"].get("content"))
+    choice = parse_judge_choice(reply, len(answers))
+    if choice is None:
+        fallback = vote(answers)
+        return Selection(fallback.index, fallback.agreement,
+                         {**fallback.evidence, "degraded_from": "judge",
+                          "reason": f"judge reply had no candidate number: {reply[:80]!r}"}), [rec]
+    return Selection(choice, 1.0, {"selector": "judge", "judge": judge, "choice": choice + 1,
+                                   "reply": reply[:80]}), [rec]
+
+
+async def judge_score(up: Upstreams, judge: str, body: dict[str, Any], answer: str,
+                      span: Span | None, deadline: Deadline) -> tuple[float, list[CallRecord]]:
+    """The judge's confidence (0..1) that `answer` is right; 0 when it cannot tell."""
+    question = message_text(body["messages"][-1].get("content"))
+    request = {"messages": [
+        {"role": "system", "content": "Rate how likely the answer is correct, from 0 to 10. Reply with the number."},
+        {"role": "user", "content": f"Question:\n{question}\n\nAnswer:\n{answer}\n\nScore (0-10):"}],
+        "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS}
+    try:
+        done, rec = await up.call((judge,), request, span, deadline=deadline, role="judge")
+    except GatewayError:
+        return 0.0, []  # no judgement means no confidence: escalate
+    reply = message_text(done.body["choices"][0]["message"].get("content"))
+    found = parse_judge_choice(reply, 12)
+    return (min(10, found + 1) / 10 if found is not None else 0.0), [rec]
+
+
+def pick(body: dict[str, Any], choices: list[tuple[dict[str, Any], str]], chosen: int, n: int) -> dict[str, Any]:
+    """The chosen choice first, then the others, as the client's `n` choices."""
+    order = [chosen] + [i for i in range(len(choices)) if i != chosen]
+    picked = [{**choices[i][0], "index": k} for k, i in enumerate(order[:n])]
+    return {**body, "choices": picked}
+
+
+def upstream_fault(exc: BaseException) -> bool:
+    """A failure of the upstreams (5xx: failed, timed out, unavailable), not of the request (4xx)."""
+    return isinstance(exc, GatewayError) and exc.status >= 500
+
+
+def billing(exc: BaseException, calls: list[CallRecord]) -> BaseException:
+    """`exc`, carrying the calls that answered before it (a GatewayError's `billed`) for the ledger."""
+    if isinstance(exc, GatewayError) and calls:
+        exc.billed = (*calls, *exc.billed)
+    return exc

@@ -1,0 +1,127 @@
+"""One contract, two stores: every case runs against MemoryStore and against RedisStore on a real Redis.
+
+The memory store stands in for Redis in the embedded default and the unit tests, so whatever a
+caller can observe through `Store` must be the same on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import orjson
+import pytest
+
+from gateway.state import Budget, MemoryStore, Rate, RedisStore, Store
+from tests.support.processes import RedisServer
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest, redis_server: RedisServer) -> AsyncIterator[Store]:
+    made: Store = MemoryStore() if request.param == "memory" else RedisStore(redis_server.url, timeout_s=5)
+    yield made
+    await made.close()
+
+
+@pytest.fixture
+def key() -> Callable[[str], str]:
+    """Fresh keys per test: the Redis server is shared by the whole session."""
+    prefix = uuid.uuid4().hex[:10]
+    return lambda name: f"sy:test:{{{prefix}}}:{name}"
+
+
+async def test_values_round_trip_and_expire(store: Store, key: Callable[[str], str]) -> None:
+    assert await store.get(key("absent")) is None
+    await store.set(key("v"), b"one")
+    await store.set(key("short"), b"two", ttl_s=0.05)
+    assert (await store.get(key("v")), await store.get(key("short"))) == (b"one", b"two")
+    await asyncio.sleep(0.15)
+    assert (await store.get(key("v")), await store.get(key("short"))) == (b"one", None)
+
+
+async def test_counters_count_from_one(store: Store, key: Callable[[str], str]) -> None:
+    assert [await store.incr(key("n"), 60) for _ in range(3)] == [1, 2, 3]
+    assert await store.get(key("n")) == b"3"
+
+
+async def test_a_float_counter_reads_back_the_same_through_get_float_and_get(store: Store,
+                                                                             key: Callable[[str], str]) -> None:
+    assert await store.get_float(key("spend")) == 0.0
+    assert await store.incr_float(key("spend"), 0.25) == 0.25
+    assert await store.incr_float(key("spend"), 0.5) == 0.75
+    assert await store.get_float(key("spend")) == 0.75
+    raw = await store.get(key("spend"))
+    assert raw is not None and float(raw) == 0.75
+
+
+async def test_a_budget_holds_then_refuses_then_settles(store: Store, key: Callable[[str], str]) -> None:
+    def budget(hold: str, amount: float) -> Budget:
+        return Budget(key("spend"), key("holds"), hold, amount, limit=1.0, ttl_s=60)
+
+    first = await store.reserve(budget("a", 0.6), None)
+    refused = await store.reserve(budget("b", 0.6), None)
+    assert (first.verdict, refused.verdict, refused.reserved) == ("ok", "budget", pytest.approx(0.6))
+    await store.settle(key("spend"), key("holds"), "a", 0.5)
+    assert await store.get_float(key("spend")) == pytest.approx(0.5)
+    after = await store.reserve(budget("c", 0.4), None)
+    assert (after.verdict, after.spent, after.reserved) == ("ok", pytest.approx(0.5), 0.0)
+    raw = await store.get(key("spend"))
+    assert raw is not None and float(raw) == pytest.approx(0.5)
+
+
+async def test_an_expired_hold_is_released(store: Store, key: Callable[[str], str]) -> None:
+    short = Budget(key("spend"), key("holds"), "a", 0.9, limit=1.0, ttl_s=0.05)
+    assert (await store.reserve(short, None)).verdict == "ok"
+    await asyncio.sleep(0.15)
+    again = await store.reserve(Budget(key("spend"), key("holds"), "b", 0.9, limit=1.0, ttl_s=60), None)
+    assert (again.verdict, again.reserved) == ("ok", 0.0)
+
+
+async def test_a_rate_window_refuses_past_its_limit(store: Store, key: Callable[[str], str]) -> None:
+    verdicts = [(await store.reserve(None, Rate(key("rate"), 2))) for _ in range(3)]
+    assert [(v.verdict, v.requests) for v in verdicts] == [("ok", 1), ("ok", 2), ("rate", 3)]
+
+
+async def test_lists_keep_their_order(store: Store, key: Callable[[str], str]) -> None:
+    for item in (b"a", b"b", b"c"):
+        await store.list_append(key("list"), item)
+    assert await store.list_read(key("list")) == [b"a", b"b", b"c"]
+    assert await store.list_read(key("none")) == []
+
+
+async def test_a_version_is_logged_once_and_current_only_replaced_when_asked(store: Store,
+                                                                            key: Callable[[str], str]) -> None:
+    def entry(version: str) -> bytes:
+        return orjson.dumps({"version": version})
+
+    log, current = key("log"), key("current")
+    assert await store.record_version(log, current, entry("v1"), "v1", replace_current=False)
+    assert not await store.record_version(log, current, entry("v1"), "v1", replace_current=False)
+    assert await store.record_version(log, current, entry("v2"), "v2", replace_current=False)
+    assert await store.get(current) == entry("v1")
+    await store.record_version(log, current, entry("v2"), "v2", replace_current=True)
+    assert await store.get(current) == entry("v2")
+    assert await store.list_read(log) == [entry("v1"), entry("v2")]
+
+
+async def test_request_records_take_feedback_and_are_read_in_order(store: Store, key: Callable[[str], str]) -> None:
+    stream = key("stream")
+    await store.append_records(stream, [(key("r1"), b"one"), (key("r2"), b"two")], maxlen=100, ttl_s=60)
+    assert await store.put_feedback(key("nobody"), "score", b"1") is None
+    assert await store.put_feedback(key("r1"), "score", b"1") is False
+    assert await store.put_feedback(key("r1"), "score", b"0") is True
+    first, second, missing = await store.request_entries([key("r1"), key("r2"), key("nobody")])
+    assert first == {"record": b"one", "score": b"0"} and second == {"record": b"two"} and missing is None
+    everything = await store.records_after(stream, "0-0", 10)
+    assert [record for _, record in everything] == [b"one", b"two"]
+    assert [record for _, record in await store.records_after(stream, everything[0][0], 10)] == [b"two"]
+
+
+async def test_hash_sums_accumulate_and_index_their_members(store: Store, key: Callable[[str], str]) -> None:
+    await store.add_to_hashes({key("h1"): {"cost": 0.25, "requests": 1}}, 60, (key("index"), ["b", "a"]))
+    await store.add_to_hashes({key("h1"): {"cost": 0.5}, key("h2"): {"requests": 2}}, 60, (key("index"), ["c"]))
+    assert await store.read_hashes([key("h1"), key("h2"), key("none")]) == [
+        {"cost": 0.75, "requests": 1.0}, {"requests": 2.0}, {}]
+    assert await store.set_members(key("index")) == ["a", "b", "c"]
+    assert await store.ping()

@@ -1,0 +1,119 @@
+"""Retries, fallbacks and streams through `Upstreams`, against the fake backend (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.config import DeploymentConfig
+from gateway.errors import InvalidRequest, UpstreamError
+from gateway.executor import Deadline
+from gateway.providers.base import ProviderFailure
+from tests.support.fake_backend import Stream, answer, chunk, deployment, fake_upstreams
+
+BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "Say hello."}]}
+
+
+def _fails_then_answers(failures: int, failure: ProviderFailure) -> Callable[[DeploymentConfig, dict[str, Any]], Any]:
+    count = itertools.count()
+
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        return failure if next(count) < failures else answer("hello", model=d.name)
+    return handler
+
+
+def _call(up: Any, names: tuple[str, ...]) -> Any:
+    return asyncio.run(up.call(names, BODY, None, deadline=Deadline.after(10)))
+
+
+def test_a_retryable_failure_is_retried_on_the_same_deployment_until_it_answers() -> None:
+    up, backend = fake_upstreams(_fails_then_answers(2, ProviderFailure("503", status=503, retry_after_s=0)),
+                                 deployment("small", max_retries=2))
+    done, record = _call(up, ("small",))
+    assert backend.called("small") == 3
+    assert record.deployment == "small" and done.body["choices"][0]["message"]["content"] == "hello"
+
+
+def test_retries_are_bounded_by_max_retries_then_the_fallback_answers() -> None:
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        return ProviderFailure("503", status=503, retry_after_s=0) if d.name == "small" else answer(model=d.name)
+    up, backend = fake_upstreams(handler, deployment("small", max_retries=1), deployment("large"))
+    _, record = _call(up, ("small", "large"))
+    assert (backend.called("small"), backend.called("large")) == (2, 1)
+    assert record.deployment == "large"
+
+
+def test_a_failure_that_is_not_retryable_goes_to_the_fallback_without_a_retry() -> None:
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        if d.name == "small":
+            raise ProviderFailure("401", status=401, retryable=False)
+        return answer(model=d.name)
+    up, backend = fake_upstreams(handler, deployment("small", max_retries=3), deployment("large"))
+    _, record = _call(up, ("small", "large"))
+    assert (backend.called("small"), record.deployment) == (1, "large")
+
+
+def test_when_every_deployment_fails_the_client_is_told_which_and_how() -> None:
+    up, _ = fake_upstreams(lambda d, b: ProviderFailure("boom", status=502, retryable=False),
+                           deployment("small"), deployment("large"))
+    with pytest.raises(UpstreamError) as failed:
+        _call(up, ("small", "large"))
+    assert "deployment 'small' failed: upstream answered 502" in failed.value.message
+    assert "deployment 'large' failed: upstream answered 502" in failed.value.message
+
+
+def test_a_rejected_request_is_a_400_naming_the_deployment() -> None:
+    up, _ = fake_upstreams(lambda d, b: ProviderFailure("bad", status=400, retryable=False), deployment("small"))
+    with pytest.raises(InvalidRequest) as rejected:
+        _call(up, ("small",))
+    assert rejected.value.status == 400 and "deployment 'small' rejected the request" in rejected.value.message
+
+
+def test_an_answer_without_usage_is_billed_on_counted_tokens() -> None:
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        out = answer("hello there, how are you today?", model=d.name)
+        del out["usage"]
+        return out
+    up, _ = fake_upstreams(handler, deployment("small"))
+    _, record = _call(up, ("small",))
+    assert record.usage.prompt_tokens > 0 and record.usage.completion_tokens > 0
+    assert record.cost_usd == pytest.approx(record.usage.prompt_tokens * 1e-6 + record.usage.completion_tokens * 2e-6)
+
+
+def test_a_stream_that_fails_before_its_first_chunk_falls_back() -> None:
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        if d.name == "small":
+            return ProviderFailure("503", status=503, retryable=False)
+        return Stream([chunk("hi", finish="stop"), chunk(usage=(7, 1))])
+    up, backend = fake_upstreams(handler, deployment("small"), deployment("large"))
+
+    async def relay() -> tuple[str, list[dict[str, Any]], Any]:
+        live = await up.open_stream(("small", "large"), BODY, None, deadline=Deadline.after(10))
+        rest = [c async for c in live.rest]
+        return live.deployment, [live.first, *rest], up.close_stream(live)
+    name, chunks, record = asyncio.run(relay())
+    assert (backend.called("small"), backend.called("large")) == (1, 1)
+    assert name == "large" and chunks[0]["choices"][0]["delta"]["content"] == "hi"
+    assert (record.usage.prompt_tokens, record.usage.completion_tokens) == (7, 1)
+    assert record.cost_usd == pytest.approx(7e-6 + 2e-6)
+
+
+def test_a_stream_failing_midway_is_not_retried_and_counts_against_its_deployment() -> None:
+    up, backend = fake_upstreams(
+        lambda d, b: Stream([chunk("par")], fail=ProviderFailure("reset", retryable=True)),
+        deployment("small"), failure_threshold=1)
+
+    async def relay() -> None:
+        live = await up.open_stream(("small",), BODY, None, deadline=Deadline.after(10))
+        try:
+            async for _ in live.rest:
+                pass
+        except ProviderFailure as exc:
+            up.close_stream(live, exc)
+    asyncio.run(relay())
+    assert backend.called("small") == 1
+    assert "small" in up.health.view().open_circuits

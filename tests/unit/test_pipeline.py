@@ -1,0 +1,177 @@
+"""The request path (`gateway.pipeline`) end to end in one process: the real services of
+`build_services` over the in-memory store, with the fake backend at the provider seam (no sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.api.app import build_services
+from gateway.auth import hash_key
+from gateway.config import DeploymentConfig, parse_config
+from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, UpstreamError
+from gateway.ledger import CACHE
+from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle
+from gateway.providers.base import ProviderFailure
+from gateway.state import spend_key
+from tests.support.fake_backend import FakeBackend, Stream, answer, chunk
+
+KEY, LIMITED, BROKE = "sk-team", "sk-limited", "sk-broke"
+PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+ASK: dict[str, Any] = {"model": "router/cheap", "temperature": 0,
+                       "messages": [{"role": "user", "content": "Name a prime number."}]}
+
+
+def _services(tmp_path: Path, handler: Any) -> tuple[Services, FakeBackend]:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "cheap.yaml").write_text("candidates:\n  - single: small\nfallbacks:\n  small: [large]\n")
+    raw = {
+        "deployments": [{"name": n, "model": f"openai/{n}", "api_base": "http://upstream.invalid/v1", "tier": n,
+                         "price": PRICE, "max_retries": 0} for n in ("small", "large")],
+        "default_policy": "cheap",
+        "tenants": [{"name": "team", "api_key_sha256": hash_key(KEY)},
+                    {"name": "limited", "api_key_sha256": hash_key(LIMITED), "policies": ["other"],
+                     "deployments": []},
+                    {"name": "broke", "api_key_sha256": hash_key(BROKE), "budget_usd": 0.0}],
+        "request_log": {"enabled": False},
+    }
+    svc = build_services(parse_config(raw, "gw.yaml"), policies_dir=folder)
+    backend = FakeBackend(handler)
+    svc.upstreams.backends = {name: backend for name in svc.upstreams.backends}
+    return svc, backend
+
+
+def _ok(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+    return answer("7", model=d.name)
+
+
+def _ask(svc: Services, request: dict[str, Any] = ASK, key: str | None = KEY) -> Answer | LiveAnswer:
+    return asyncio.run(handle(svc, dict(request), CallContext(authorization=f"Bearer {key}" if key else None)))
+
+
+async def _spent(svc: Services, tenant: str) -> float:
+    return await svc.auth.store.get_float(spend_key(tenant))
+
+
+def test_an_answer_is_routed_billed_and_labelled(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, _ok)
+    out = _ask(svc)
+    assert isinstance(out, Answer)
+    assert (out.plan, out.deployment, out.cache) == ("single:small", "small", "miss")
+    assert out.decision is not None and out.decision.policy == "cheap"
+    expected = 10 * 1e-6 + 5 * 2e-6  # the fake's usage at the configured prices
+    assert out.cost_usd == pytest.approx(expected)
+    assert asyncio.run(_spent(svc, "team")) == pytest.approx(expected)
+    assert backend.called("small") == 1
+
+
+def test_a_repeated_deterministic_request_is_served_from_the_cache_for_nothing(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, _ok)
+    first, again = _ask(svc), _ask(svc)
+    assert isinstance(first, Answer) and isinstance(again, Answer)
+    assert (again.cache, again.cost_usd, again.body["choices"]) == ("hit", 0.0, first.body["choices"])
+    assert backend.called("small") == 1
+    assert asyncio.run(_spent(svc, "team")) == pytest.approx(first.cost_usd)
+    kinds = [spent.plan for spent in _queued(svc)]
+    assert kinds == ["single:small", CACHE]
+
+
+def _queued(svc: Services) -> list[Any]:
+    queue = svc.ledger._queue
+    return [queue.get_nowait() for _ in range(queue.qsize())]
+
+
+def test_a_sampled_request_is_not_cached(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, _ok)
+    sampled = {**ASK, "temperature": 0.7}
+    assert [_ask(svc, sampled).cache, _ask(svc, sampled).cache] == ["bypass", "bypass"]
+    assert backend.called("small") == 2
+
+
+def test_no_key_or_a_wrong_key_is_refused_before_any_call(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, _ok)
+    with pytest.raises(AuthenticationFailed):
+        _ask(svc, key=None)
+    with pytest.raises(AuthenticationFailed):
+        _ask(svc, key="sk-nobody")
+    assert backend.calls == []
+
+
+def test_a_tenant_may_use_only_its_policies_and_deployments(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, _ok)
+    with pytest.raises(PermissionDenied):
+        _ask(svc, key=LIMITED)
+    with pytest.raises(PermissionDenied):
+        _ask(svc, {**ASK, "model": "large"}, key=LIMITED)
+    assert backend.calls == []
+
+
+def test_a_tenant_over_its_budget_is_refused_before_any_call(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, _ok)
+    with pytest.raises(BudgetExceeded):
+        _ask(svc, key=BROKE)
+    assert backend.calls == []
+
+
+def test_a_pinned_deployment_is_called_as_asked_without_a_decision(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, _ok)
+    out = _ask(svc, {**ASK, "model": "large"})
+    assert (out.plan, out.deployment, out.decision) == ("single:large", "large", None)
+    assert (backend.called("small"), backend.called("large")) == (0, 1)
+
+
+def test_a_failing_deployment_falls_back_and_the_label_says_so(tmp_path: Path) -> None:
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        return ProviderFailure("down", status=503, retryable=False) if d.name == "small" else answer(model=d.name)
+    svc, _ = _services(tmp_path, handler)
+    out = _ask(svc)
+    assert (out.plan, out.deployment) == ("single:small>fallback:large", "large")
+
+
+def test_a_request_nothing_answers_costs_nothing_and_is_not_cached(tmp_path: Path) -> None:
+    svc, backend = _services(tmp_path, lambda d, b: ProviderFailure("down", status=503, retryable=False))
+    for _ in range(2):
+        with pytest.raises(UpstreamError):
+            _ask(svc)
+    assert backend.called("small") == 2  # nothing was cached
+    assert asyncio.run(_spent(svc, "team")) == 0.0
+
+
+def test_a_live_stream_is_billed_once_when_it_ends_and_then_cached(tmp_path: Path) -> None:
+    svc, _ = _services(tmp_path, lambda d, b: Stream([chunk("7", finish="stop"), chunk(usage=(12, 3))]))
+
+    async def consume() -> tuple[LiveAnswer, list[dict[str, Any]]]:
+        out = await handle(svc, {**ASK, "stream": True}, CallContext(authorization=f"Bearer {KEY}"))
+        assert isinstance(out, LiveAnswer)
+        chunks = [c async for c in out.stream]
+        await out.settle()  # the HTTP layer's background task runs it again: it settles once
+        return out, chunks
+    out, chunks = asyncio.run(consume())
+    assert (out.plan, out.deployment) == ("single:small", "small")
+    assert chunks[-1]["switchyard"]["cost_usd"] == pytest.approx(12e-6 + 3 * 2e-6)
+    assert asyncio.run(_spent(svc, "team")) == pytest.approx(12e-6 + 3 * 2e-6)
+    assert [s.plan for s in _queued(svc)] == ["single:small"]
+    cached = _ask(svc)
+    assert isinstance(cached, Answer) and cached.cache == "hit"
+    assert cached.body["choices"][0]["message"]["content"] == "7"
+
+
+def test_a_stream_cut_short_is_billed_on_counted_tokens_and_not_cached(tmp_path: Path) -> None:
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        return Stream([chunk("seven is a prime")], fail=ProviderFailure("reset")) if body.get("stream") else answer()
+    svc, backend = _services(tmp_path, handler)
+
+    async def consume() -> None:
+        out = await handle(svc, {**ASK, "stream": True}, CallContext(authorization=f"Bearer {KEY}"))
+        assert isinstance(out, LiveAnswer)
+        with pytest.raises(Exception, match="failed mid-stream"):
+            async for _ in out.stream:
+                pass
+    asyncio.run(consume())
+    assert asyncio.run(_spent(svc, "team")) > 0
+    assert _ask(svc).cache == "miss"
+    assert backend.called("small") == 2
