@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.fault_soak import SoakSettings, run_soak
 from benchmarks.fault_soak.load import percentile
+from benchmarks.fault_soak.soak import SLOW_TAIL
 
 pytestmark = pytest.mark.soak
 
@@ -39,4 +40,6 @@ def test_a_short_soak_fails_nothing_a_fallback_could_save_and_bills_every_call_o
     assert not report.baseline.run.failures()
     assert report.rss_after_mb <= report.rss_before_mb * 1.10
     assert report.hedged.billing.billed.get("backup", 0) > 0  # hedges went out and won
-    assert percentile(report.hedged.run.latencies(), 0.99) < percentile(report.unhedged.run.latencies(), 0.99)
+    # Slow faults hit the hedged arm too, yet its tail stays under their delay: the hedge answered instead.
+    assert report.hedged.billing.faults.get("slow", 0) > 0
+    assert percentile(report.hedged.run.latencies(), 0.99) < SLOW_TAIL[0]["delay_ms"] / 1000
