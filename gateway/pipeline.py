@@ -37,6 +37,7 @@ from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
+from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
 from gateway.executor.result import CallRecord
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
@@ -358,19 +359,23 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     ttl = entry.policy.spec.cache.ttl_s
     body = bounded_body(request, r)
 
+    hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
     try:
         if request.get("stream") and isinstance(plan, Single):
             waited = time.perf_counter()
-            live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(body), span,
-                                                   deadline=deadline)
+            live, losers = await open_stream(svc.upstreams, plan.deployments + plan.fallbacks, upstream_body(body),
+                                             span, deadline, hedge_s)
             trail.upstream_s += time.perf_counter() - waited
-            label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
+            how = "fallback" if hedge_s is None else "hedge"
+            label = plan.label if live.deployment == plan.deployment else f"{plan.label}>{how}:{live.deployment}"
             trail.stream, trail.plan_label, trail.deployment = True, label, live.deployment
             relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r,
-                                Learning(ctx.request_id, tenant, entry, decision, request, r), trail)
+                                Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
         waited = time.perf_counter()
-        result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
+        whole = {**body, "stream": False}
+        result: Result = await (run(svc.upstreams, plan, whole, span, deadline) if hedge_s is None
+                                else run_hedged(svc.upstreams, plan, whole, span, deadline, hedge_s))
         trail.upstream_s += time.perf_counter() - waited
     except GatewayError as exc:
         if exc.billed:  # calls answered before the plan failed: they cost money, the request answered nothing
@@ -457,6 +462,7 @@ class _LiveStream:
     route: Route  # its prompt tokens bill a stream cut short
     learning: Learning
     trail: Trail
+    hedged: Losers = NO_LOSERS  # the legs a hedged stream's winner beat, billed with it
     acc: Accumulator = field(default_factory=Accumulator)
     settled: bool = False
 
@@ -493,12 +499,14 @@ class _LiveStream:
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = self.svc.upstreams.close_stream(live, error)
         self.trail.upstream_s += record.latency_s
-        self.svc.observer.billed(self.trail, (record,))
+        calls = (record, *await self.hedged.records())
+        self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
         self.svc.observer.finish(self.trail, 200, cut)
         it = self.learning
         await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
-                                           live.deployment, (record,), it.decision), reservation=self.held)
+                                           live.deployment, calls, it.decision),
+                                     reservation=self.held)
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
                        gen_ai__usage__input_tokens=record.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=record.usage.completion_tokens,
