@@ -4,7 +4,7 @@ Keys are stored hashed (sha256) in the config, or read from an env var at start-
 then. With no tenants configured the gateway is open and every caller is the `default` tenant
 (the embedded default). Gates raise. What a store outage does to the budget and rate gates is the
 gateway's `on_store_outage` setting (`on_outage`): refuse with 503 (`fail_closed`, the default) or
-let the request through (`fail_open`); both are logged, at most once per `OUTAGE_LOG_EVERY_S`.
+let the request through (`fail_open`); both are logged, at most once per `gateway.log_throttle.OUTAGE_LOG_EVERY_S`.
 Tenants without limits never touch the store here, so an outage does not concern them.
 
 Admin-created keys (`gateway.keys`) are found by `authenticate`, which also accepts config keys;
@@ -39,13 +39,13 @@ from gateway.errors import (
     StoreOutage,
 )
 from gateway.keys import KeyRecord, KeyRegistry, key_id_of, matches
+from gateway.log_throttle import LogThrottle
 from gateway.state import Store, StoreUnavailable
 
 __all__ = ["OPEN_TENANT", "Authenticator", "LogThrottle", "Reservation", "Tenant", "hash_key", "on_outage"]
 
 log = logging.getLogger("switchyard.auth")
 
-OUTAGE_LOG_EVERY_S = 10.0
 OUTAGE_RETRY_AFTER_S = 2
 
 
@@ -131,23 +131,6 @@ def tenant_for_key(record: KeyRecord, base: Tenant | None) -> Tenant:
         pinned = frozenset()  # as for tenants: a key held to some policies pins nothing it is not given
     return replace(base, policies=_narrowed(base.policies, record.policies), deployments=pinned,
                    key_id=record.id, key_limits=limits)
-
-
-@dataclass(slots=True)
-class LogThrottle:
-    """At most one line per `every_s`; the lines in between are counted, not lost."""
-
-    every_s: float = OUTAGE_LOG_EVERY_S
-    next_at: float = 0.0
-    suppressed: int = 0
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_at:
-            self.suppressed += 1
-            return False
-        self.next_at = now + self.every_s
-        return True
 
 
 def on_outage(setting: OutageSetting, tenant: Tenant, what: str, exc: Exception,
