@@ -41,7 +41,7 @@ from gateway.executor.result import CallRecord
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
-from gateway.messages import count_messages, upper_bound_messages
+from gateway.messages import count_messages, remember_prompt, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -351,6 +351,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         set_attributes(route_span, switchyard__plan=plan.label,
                        switchyard__difficulty=decision.signal.difficulty if decision else None)
     held = await _admit(svc, tenant, r)
+    remember_prompt(r.messages, r.counted)  # calls without usage are billed on this count
     if r.capped and ctx.overrides.max_cost_usd is not None:
         key = None  # an answer cut short by this request's own cap must not be served to others
     cache_status: CacheStatus = "miss" if key else "bypass"
@@ -491,7 +492,7 @@ class _LiveStream:
         await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
         if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
-        record: CallRecord = self.svc.upstreams.close_stream(live, error)
+        record: CallRecord = await self.svc.upstreams.end_stream(live, error)
         self.trail.upstream_s += record.latency_s
         self.svc.observer.billed(self.trail, (record,))
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
