@@ -134,9 +134,10 @@ def test_worst_case_cost_counts_every_call_a_plan_may_make() -> None:
     assert worst_case_cost(Single("small", ("large",)), 10, cat, 50) == pytest.approx(large.estimate(10, 50))
     assert worst_case_cost(Single("small"), 10, cat, None) == pytest.approx(small.estimate(10, 100))
     assert worst_case_cost(Single("small"), 10, cat, None, choices=3) == pytest.approx(small.estimate(10, 300))
-    # best-of on one deployment with n: one prompt, n outputs; the judge reads every sample
+    # best-of on one deployment with n: one prompt, n outputs; the judge reads every sample, each
+    # under a label of its own
     judged = BestOfN(("small",) * 3, selector="judge", judge="large")
-    expected = small.estimate(10, 150) + large.estimate(10 + 96 + 150, 8)
+    expected = small.estimate(10, 150) + large.estimate(10 + 96 + 3 * 8 + 150, 8)
     assert worst_case_cost(judged, 10, cat, 50) == pytest.approx(expected)
     # without n support: one call per sample
     assert worst_case_cost(BestOfN(("large",) * 2), 10, cat, 50) == pytest.approx(2 * large.estimate(10, 50))
