@@ -37,10 +37,10 @@ Press Ctrl-C to stop.
 
 def _setup_logging(level: str, fmt: str | None = None) -> None:
     """`fmt`: json or text; None: text at a terminal, JSON otherwise (`gateway.logs`)."""
-    from gateway.logs import configure
+    from gateway.logs import LOG_FLUSH_S, configure
     from gateway.providers.litellm_backend import quiet_litellm_loggers
 
-    configure(level, "json" if fmt == "json" else "text" if fmt == "text" else None)
+    configure(level, "json" if fmt == "json" else "text" if fmt == "text" else None, flush_s=LOG_FLUSH_S)
     quiet_litellm_loggers()
 
 
@@ -148,7 +148,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gateway.router.train import train
+    from gateway.router.training.train import train
 
     train(args.data, args.out, base=args.base, seed=args.seed, progress=not args.quiet)
     print(f"router written to {args.out}; point the gateway at it with `router_artifact: {args.out}`")
@@ -164,7 +164,7 @@ def cmd_router(args: argparse.Namespace) -> int:
         return admin.rollback(args.version, args.config, args.by)
     if args.router_command == "history":
         return admin.history(args.config, args.json)
-    from gateway.router.compare import Targets
+    from gateway.router.training.compare import Targets
 
     targets = Targets(args.share, args.quality, args.threshold)
     return admin.evaluate(args.candidate, args.data, split=args.split, weak=args.weak, strong=args.strong,

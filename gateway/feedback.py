@@ -9,7 +9,8 @@ the router judged: its text when the tenant has `log_prompts: true`, else only i
 records cannot be exported as training data).
 
 Records are written off the response path. `RequestLog.add` puts one small value on a bounded
-queue (a few microseconds); a background writer drains it in batches, builds the records and
+queue (a few microseconds); a background writer drains it in batches (waiting `LINGER_S` after the
+first, so that one round trip carries the records of the moment), builds the records and
 writes each batch to the store in one round trip (a capped stream plus a key per request, with a
 TTL: `gateway.state`) and to an optional `Sink` (a JSONL file: `request_log.path`). A full queue
 drops records, counted and warned about, so that logging never slows or fails a request.
@@ -51,6 +52,9 @@ Source = Literal["user", "judge", "eval"]
 SOURCES: tuple[Source, ...] = ("eval", "user", "judge")  # most trusted first: the one an export keeps
 _BATCH = 256
 _PENDING_WAIT_S = 2.0
+# A store round trip costs about as much CPU for one record as for a batch of them; feedback on a
+# record still queued waits for it (`wait_written`), so the wait is never seen as a missing record.
+LINGER_S = 0.1
 
 
 def feedback_field(source: str) -> str:
@@ -82,14 +86,17 @@ class Completed:
 
 def build_record(c: Completed) -> dict[str, Any]:
     text = routing_prompt(c.messages)
+    cost, completion = 0.0, 0
+    for x in c.calls:  # a loop, not two generator sums: one record per request
+        cost += x.cost_usd
+        completion += x.usage.completion_tokens
     record: dict[str, Any] = {
         "request_id": c.request_id, "time": round(c.at, 3), "tenant": c.tenant.name, "policy": c.policy,
         "entry": c.entry, "plan": c.plan, "deployment": c.deployment, "router_version": c.router_version,
-        "policy_version": c.policy_version,
-        "cost_usd": sum(x.cost_usd for x in c.calls), "prompt_tokens": c.prompt_tokens,
-        "completion_tokens": sum(x.usage.completion_tokens for x in c.calls),
+        "policy_version": c.policy_version, "cost_usd": cost, "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": completion,
     }
-    counterfactual, chosen, dearest = savings(c.decision, record["cost_usd"])
+    counterfactual, chosen, dearest = savings(c.decision, cost)
     record["counterfactual_usd"] = counterfactual
     if chosen is not None and dearest is not None:
         record |= {"predicted_quality_chosen": round(chosen, 4), "predicted_quality_counterfactual": round(dearest, 4)}
@@ -145,8 +152,10 @@ class JsonlSink:
 class RequestLog:
     """The bounded queue, its writer task, and feedback lookups. `add` is the only hot-path call."""
 
-    def __init__(self, store: Store, settings: RequestLogSettings, sink: Sink | None = None) -> None:
+    def __init__(self, store: Store, settings: RequestLogSettings, sink: Sink | None = None,
+                 linger_s: float = LINGER_S) -> None:
         self.store = store
+        self.linger_s = linger_s
         self.settings = settings
         self.sink: Sink | None = sink or (JsonlSink(settings.path) if settings.path else None)
         self._queue: asyncio.Queue[Completed | dict[str, Any]] = asyncio.Queue(settings.queue_size)
@@ -190,6 +199,8 @@ class RequestLog:
     async def _run(self) -> None:
         while True:
             batch = [await self._queue.get()]
+            if self.linger_s > 0:
+                await asyncio.sleep(self.linger_s)
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
@@ -218,8 +229,9 @@ class RequestLog:
             if isinstance(item, Completed):
                 raw = orjson.dumps(build_record(item))
                 records.append((request_key(item.tenant.name, item.request_id), raw))
-                lines.append(b'{"kind":"request",' + raw[1:])
-            else:
+                if self.sink is not None:
+                    lines.append(b'{"kind":"request",' + raw[1:])
+            elif self.sink is not None:
                 lines.append(orjson.dumps(item))
         if records:
             try:

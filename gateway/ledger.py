@@ -85,8 +85,13 @@ def savings(decision: Decision | None, actual_usd: float) -> tuple[float, float 
     model"); without a decision (a pinned deployment) it is what the request cost."""
     if decision is None or not decision.candidates:
         return actual_usd, None, None
-    dearest = max(decision.candidates, key=lambda c: c.estimate.cost_usd)
-    chosen = next((c for c in decision.candidates if c.plan == decision.plan), None)
+    # plain loops, no key functions: this runs twice per request (the ledger and the request record)
+    dearest, chosen, plan = decision.candidates[0], None, decision.plan
+    for c in decision.candidates:
+        if c.estimate.cost_usd > dearest.estimate.cost_usd:
+            dearest = c
+        if chosen is None and c.plan == plan:
+            chosen = c
     return (dearest.estimate.cost_usd, chosen.estimate.quality if chosen else None, dearest.estimate.quality)
 
 

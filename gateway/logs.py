@@ -10,26 +10,41 @@ with an `event` field. In text format the same fields follow the message as `key
 
 A request line never holds an API key, and holds the prompt only for a tenant with
 `log_prompts: true`.
+
+`switchyard serve` writes its per-request lines in batches (`BatchingHandler`,
+`configure(flush_s=...)`): one write per `LOG_FLUSH_S` instead of one write system call per
+request, which cost more than the line itself. Every other line (reloads, circuits, refusals,
+warnings) is written at once, together with the request lines waiting before it; the waiting ones
+are written within `LOG_FLUSH_S`, and at exit.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+from itertools import islice
 from typing import IO, Any, Literal
 
 import orjson
 
 LogFormat = Literal["json", "text"]
+LOG_FLUSH_S = 0.2  # how long an INFO line may wait to be written with others
+_FLUSH_BYTES = 1 << 16  # ...or until this much is waiting
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Every attribute a bare LogRecord has: anything else on a record came from `extra=`.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
+# A record's standard attributes come first in its __dict__ (set by LogRecord.__init__), then the
+# `extra=` ones: so the search for the extras can start past the standard ones.
+_FIRST_EXTRA = len(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+
+
 def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
+    return {k: v for k, v in islice(record.__dict__.items(), _FIRST_EXTRA, None) if k not in _STANDARD}
 
 
 class JsonFormatter(logging.Formatter):
@@ -40,10 +55,10 @@ class JsonFormatter(logging.Formatter):
         self._second, self._stamp = -1, ""  # the formatted second, reused by every line within it
 
     def _utc(self, created: float) -> str:
-        second = int(created)
+        second, ms = divmod(int(created * 1000), 1000)
         if second != self._second:
             self._second, self._stamp = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int(created % 1 * 1000):03d}Z"
+        return f"{self._stamp}.{ms:03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {"time": self._utc(record.created), "level": record.levelname, "logger": record.name,
@@ -76,18 +91,78 @@ def _text(value: Any) -> str:
     return orjson.dumps(value, default=str).decode() if isinstance(value, dict | list) else str(value)
 
 
+BATCHED = frozenset({"switchyard.request"})  # the loggers with a line per request
+
+
+class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that joins the lines of the `batched` loggers (below WARNING) and writes them
+    at most every `flush_s` (a daemon thread wakes to write what waits), or past 64 KiB; any other
+    line is written at once, after those waiting, and so is everything on flush/close."""
+
+    def __init__(self, stream: IO[str] | None = None, flush_s: float = LOG_FLUSH_S,
+                 batched: frozenset[str] = BATCHED) -> None:
+        super().__init__(stream)
+        self.flush_s = flush_s
+        self.batched = batched
+        self._pending: list[str] = []
+        self._size = 0
+        self._stop = threading.Event()  # not `_closed`: logging.Handler.close sets that one
+        self._flusher = threading.Thread(target=self._flush_every, name="switchyard.log-flush", daemon=True)
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:  # called with self.lock held (Handler.handle)
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        self._pending.append(line)
+        self._size += len(line)
+        if record.levelno >= logging.WARNING or record.name not in self.batched or self._size >= _FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]  # set by createLock() in Handler.__init__
+            if self._pending:
+                text, self._pending, self._size = "".join(self._pending), [], 0
+                try:
+                    self.stream.write(text)
+                except Exception:
+                    return  # like StreamHandler: a log that cannot be written must not fail the request
+            super().flush()
+
+    def _flush_every(self) -> None:
+        while not self._stop.wait(self.flush_s):
+            if self._pending:
+                self.flush()
+
+    def close(self) -> None:
+        if not self._stop.is_set():  # closed once (configure replacing it, then logging's own shutdown)
+            self._stop.set()
+            try:
+                self.flush()
+            except (OSError, ValueError):  # the stream is gone already: nothing left to write to
+                pass
+        super().close()
+
+
 def default_format(stream: IO[str] | None = None) -> LogFormat:
     """Text for a person at a terminal, JSON for anything else (a log shipper, a file, a container)."""
     stream = stream or sys.stderr
     return "text" if hasattr(stream, "isatty") and stream.isatty() else "json"
 
 
-def configure(level: str, fmt: LogFormat | None = None, stream: IO[str] | None = None) -> None:
-    """The root logger's one handler, in `fmt` (default: `default_format`), at `level`."""
-    handler = logging.StreamHandler(stream or sys.stderr)
+def configure(level: str, fmt: LogFormat | None = None, stream: IO[str] | None = None,
+              flush_s: float | None = None) -> None:
+    """The root logger's one handler, in `fmt` (default: `default_format`), at `level`; with `flush_s`,
+    lines are written in batches (`BatchingHandler`), else each as it comes."""
+    target = stream or sys.stderr
+    handler = BatchingHandler(target, flush_s) if flush_s else logging.StreamHandler(target)
     handler.setFormatter(JsonFormatter() if (fmt or default_format(stream)) == "json" else TextFormatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
+        if isinstance(old, BatchingHandler):
+            old.close()
     root.addHandler(handler)
     root.setLevel(level.upper())

@@ -26,7 +26,7 @@ import orjson
 
 from gateway.config import DeploymentConfig
 from gateway.feedback import SOURCES
-from gateway.router.data import hash_split
+from gateway.router.training.data import hash_split
 from gateway.state import REQUESTS_STREAM, Store, request_key, since_id
 
 Feedbacks = dict[str, dict[str, Any]]  # source → the stored feedback

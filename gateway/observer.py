@@ -98,8 +98,10 @@ class Observer:
         m.duration.record((trail.policy, code), total)
         self.stats.observe(total, status)
         if log.isEnabledFor(logging.INFO):
-            log.info("POST /v1/chat/completions %d", status, extra=self._line(trail, tenant, status, error_code,
-                                                                              total, overhead))
+            # makeRecord + handle is what log.info does, less its search of the stack for the caller's
+            # file and line, which no format we write shows
+            log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "POST /v1/chat/completions %d", (status,),
+                                      None, extra=self._line(trail, tenant, status, error_code, total, overhead)))
 
     @staticmethod
     def _line(trail: Trail, tenant: str, status: int, error_code: str | None, total: float,

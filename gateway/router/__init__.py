@@ -1,6 +1,6 @@
 """The complexity router: per-prompt difficulty and P(good answer) per model.
 
-Serving needs numpy + stdlib only; training (``gateway.router.train``) also uses scipy.
+Serving needs numpy + stdlib only; training (``gateway.router.training.train``) also uses scipy.
 """
 
 from gateway.router.model import DEFAULT_ARTIFACT, Assessment, Router, load_router

@@ -23,12 +23,12 @@ from typing import Any
 from gateway.config import ENV_CONFIG, ENV_REDIS_URL, GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.router.artifact import Artifact, ArtifactError
-from gateway.router.compare import Targets, compare, render, result_json
-from gateway.router.data import RoutingData, load_data
-from gateway.router.evaluate import pick_pairs
 from gateway.router.model import Router, load_router
 from gateway.router.registry import Entry, RegistryError, RouterRegistry, serving_stack
 from gateway.router.serving import configured_dir, load_artifact, smoke_check
+from gateway.router.training.compare import Targets, compare, render, result_json
+from gateway.router.training.data import RoutingData, load_data
+from gateway.router.training.evaluate import pick_pairs
 from gateway.state import RedisStore, StoreUnavailable
 
 _STORE_TIMEOUT_S = 10.0  # an artifact is a few MB: more than the request path's 0.5 s

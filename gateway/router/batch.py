@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gateway.router.data import iter_rows
 from gateway.router.model import Router, load_router
+from gateway.router.training.data import iter_rows
 
 
 def _row_out(router: Router, row: dict) -> dict:

@@ -2,7 +2,7 @@
 
 numpy + stdlib only (no sklearn/scipy/torch), because this runs on every request.
 
-Shape of the model (fitted by ``gateway.router.train``):
+Shape of the model (fitted by ``gateway.router.training.train``):
 
     x        = idf-weighted hashed n-grams of the normalised prompt (+ standardised
                structural features)

@@ -26,7 +26,7 @@ from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import GatewayConfig, parse_config
 from gateway.pipeline import Services
-from gateway.router.data import load_data
+from gateway.router.training.data import load_data
 from gateway.state import RedisStore, request_key
 from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway

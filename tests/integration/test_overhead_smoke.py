@@ -1,4 +1,4 @@
-"""Smoke test for benchmarks/overhead.py: its smallest path runs end to end and writes a report.
+"""Smoke test for benchmarks/overhead/: its smallest path runs end to end and writes a report.
 
 Needs the Debian packages wrk, nginx and libnginx-mod-http-lua (the upstream); skipped, with the
 reason, where they are missing. Runs direct vs the aiohttp passthrough for about ten seconds.
@@ -10,20 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import overhead, overhead_load, overhead_nginx
+from benchmarks.overhead import cli, loadgen, nginx
 
-MISSING = overhead_load.missing(fixed_rate=False) or overhead_nginx.missing()
+MISSING = loadgen.missing(fixed_rate=False) or nginx.missing()
 pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"overhead benchmark cannot run: {MISSING}")
 
 
 def test_passthrough_overhead_is_measured_against_direct(tmp_path: Path) -> None:
     out = tmp_path / "overhead.md"
-    settings = overhead.parse_args([
+    settings = cli.parse_args([
         "--quick", "--targets", "direct,passthrough-aiohttp", "--connections", "8", "--rates", "",
         "--no-throughput", "--nice", "0", "--out", str(out), "--workdir", str(tmp_path / "work"),
     ])  # fmt: skip
 
-    results = overhead.run(settings)
+    results = cli.run(settings)
 
     records = [r for r in results["records"] if "error" not in r]
     assert {(r["target"], r["kind"]) for r in records} == {

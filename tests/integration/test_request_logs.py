@@ -199,8 +199,10 @@ def test_a_rate_refusal_is_logged(served: Served) -> None:
     wait_until(lambda: served.events("rate_refused"), timeout_s=5, what="a rate refusal line")
     refusal = served.events("rate_refused")[0]
     assert refusal["tenant"] == "limited" and refusal["requests_per_minute"] == 2
-    refused = [x for x in served.events("request") if x["tenant"] == "limited" and x["status"] == 429]
-    assert refused and refused[0]["error_code"] == "rate_limit_exceeded"
+    def refused() -> list[dict[str, Any]]:  # request lines are written in batches, within LOG_FLUSH_S
+        return [x for x in served.events("request") if x["tenant"] == "limited" and x["status"] == 429]
+    wait_until(lambda: refused(), timeout_s=5, what="the refused request's line")
+    assert refused()[0]["error_code"] == "rate_limit_exceeded"
 
 
 def test_a_policy_reload_is_logged_with_its_version(served: Served) -> None:

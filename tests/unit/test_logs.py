@@ -12,7 +12,7 @@ import pytest
 
 from gateway.auth import Tenant
 from gateway.executor.result import CallRecord
-from gateway.logs import JsonFormatter, TextFormatter, configure, default_format
+from gateway.logs import BatchingHandler, JsonFormatter, TextFormatter, configure, default_format
 from gateway.metrics import Metrics
 from gateway.observer import Observer, Trail
 from gateway.plans import Single
@@ -127,3 +127,58 @@ def test_each_circuit_transition_is_one_structured_line(caplog: pytest.LogCaptur
     assert moves == [("open", "closed"), ("half_open", "open"), ("open", "half_open"), ("half_open", "open"),
                      ("closed", "half_open")]
     assert all(r.deployment == "small" and r.event == "circuit" for r in caplog.records)  # type: ignore[attr-defined]
+
+
+def _batching(stream: io.StringIO, flush_s: float) -> Iterator[logging.Logger]:
+    logger = logging.getLogger("switchyard.test.batching")
+    handler = BatchingHandler(stream, flush_s, batched=frozenset({logger.name}))
+    handler.setFormatter(JsonFormatter())
+    logger.addHandler(handler)
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    try:
+        yield logger
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def test_batched_lines_are_written_together_within_the_flush_interval() -> None:
+    stream = io.StringIO()
+    for logger in _batching(stream, flush_s=0.05):
+        logger.info("one")
+        logger.info("two")
+        assert stream.getvalue() == ""  # waiting to be written with others, not one write each
+        deadline = time.monotonic() + 5
+        while not stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert [json.loads(x)["message"] for x in stream.getvalue().splitlines()] == ["one", "two"]
+
+
+def test_a_warning_is_written_at_once_after_the_lines_waiting_before_it() -> None:
+    stream = io.StringIO()
+    for logger in _batching(stream, flush_s=60):
+        logger.info("before")
+        logger.warning("trouble")
+        assert [json.loads(x)["message"] for x in stream.getvalue().splitlines()] == ["before", "trouble"]
+
+
+def test_closing_the_batching_handler_writes_what_waits() -> None:
+    stream = io.StringIO()
+    for logger in _batching(stream, flush_s=60):
+        logger.info("last words")
+    assert json.loads(stream.getvalue())["message"] == "last words"
+
+
+def test_a_line_of_a_logger_without_a_line_per_request_is_written_at_once() -> None:
+    stream = io.StringIO()
+    for logger in _batching(stream, flush_s=60):
+        logger.info("per request")
+        logging.getLogger("switchyard.test.batching.reload").info("reloaded")  # propagates to the handler
+        assert [json.loads(x)["message"] for x in stream.getvalue().splitlines()] == ["per request", "reloaded"]
+
+
+def test_a_batching_handler_may_be_closed_twice() -> None:
+    handler = BatchingHandler(io.StringIO(), 60)
+    handler.close()  # when configure() replaces it
+    handler.close()  # and again in logging's shutdown at exit

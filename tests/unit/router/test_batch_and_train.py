@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.routing_quality import main as run_benchmark
+from benchmarks.routing_quality.run import main as run_benchmark
 from gateway.router import load_router
 from gateway.router.batch import score_file
-from gateway.router.train import train
+from gateway.router.training.train import train
 
 
 def test_batch_writes_one_scored_line_per_prompt(small_data: Path, tmp_path: Path) -> None:

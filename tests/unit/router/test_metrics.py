@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.router.frontier import choose_by_utility
-from gateway.router.metrics import pair_metrics
+from gateway.router.training.frontier import choose_by_utility
+from gateway.router.training.metrics import pair_metrics
 
 GATE = Path("/work/shared/gates/routing_eval.py")
 

@@ -11,9 +11,9 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.router import load_router
-from gateway.router.data import load_many
 from gateway.router.text import STRUCT_NAMES
-from gateway.router.train import outcome_targets, train
+from gateway.router.training.data import load_many
+from gateway.router.training.train import outcome_targets, train
 
 SMALL = Path(__file__).resolve().parents[2] / "fixtures" / "routing_small"
 MMLU = SMALL / "mmlu_pro.jsonl"

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gateway.router.compare import Targets, pair_report, share_for_quality, share_point
-from gateway.router.data import load_data
-from gateway.router.evaluate import eval_pair
-from gateway.router.metrics import pair_curve, pgr
+from gateway.router.training.compare import Targets, pair_report, share_for_quality, share_point
+from gateway.router.training.data import load_data
+from gateway.router.training.evaluate import eval_pair
+from gateway.router.training.metrics import pair_curve, pgr
 
 GATE = Path(__file__).resolve().parents[4] / "shared" / "gates" / "routing_eval.py"
 

@@ -172,13 +172,13 @@ def percentiles(values: list[float], points: tuple[int, ...] = (50, 90, 99)) -> 
 
 
 def run_ttfb(url: str, body_file: Path, connections: int, seconds: float, prefix: list[str]) -> Sample:
-    """Streaming: time to first body byte (and to the end) from benchmarks/overhead_ttfb.py."""
+    """Streaming: time to first body byte (and to the end) from benchmarks/overhead/ttfb.py."""
     cmd = [
         *prefix,
-        sys.executable, "-m", "benchmarks.overhead_ttfb", "--url", url, "--body-file", str(body_file),
+        sys.executable, "-m", "benchmarks.overhead.ttfb", "--url", url, "--body-file", str(body_file),
         "--connections", str(connections), "--seconds", str(seconds),
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=False, env=env)
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("TTFBJSON ")), None)
     if proc.returncode != 0 or line is None:

@@ -2,13 +2,13 @@
 
     PYTHONPATH=. python -m benchmarks.overhead [--with-litellm] [--quick] [--rounds N] ...
 
-Targets (see benchmarks/overhead_targets.py): ``direct`` (load generator straight to the
+Targets (see benchmarks/overhead/targets.py): ``direct`` (load generator straight to the
 upstream), the two minimal passthrough proxies (aiohttp, httpx), the Switchyard gateway with
 model "auto" (temperature 0.7: router, policy, cache bypassed), a real cache miss (temperature
 0, a new prompt per request), a cache hit and a pinned deployment, and the LiteLLM proxy
 (``--with-litellm``; its own venv under ~/.cache/switchyard-bench). Switchyard targets are
 skipped, with the reason in the report, when ``python -m gateway.cli serve`` is not usable.
-Upstream: one nginx with Lua (benchmarks/overhead_nginx.py), a 50 ms port and an instant port.
+Upstream: one nginx with Lua (benchmarks/overhead/nginx.py), a 50 ms port and an instant port.
 
 Needs the Debian packages wrk, nginx, libnginx-mod-http-lua and nghttp2-client (h2load).
 
@@ -41,10 +41,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import overhead_litellm, overhead_load, overhead_nginx, overhead_report
-from benchmarks.overhead_procs import Processes, default_nice, free_port, pinned, wait_http
-from benchmarks.overhead_runner import DEFAULT_OUT, Bench, Settings, loadavg, say
-from benchmarks.overhead_targets import BY_NAME, TARGETS, gateway_fingerprint, switchyard_missing
+from benchmarks.overhead import litellm_proxy, loadgen, nginx, report
+from benchmarks.overhead.procs import Processes, default_nice, free_port, pinned, wait_http
+from benchmarks.overhead.runner import DEFAULT_OUT, Bench, Settings, loadavg, say
+from benchmarks.overhead.targets import BY_NAME, TARGETS, gateway_fingerprint, switchyard_missing
 
 __all__ = ["Settings", "main", "parse_args", "run"]
 
@@ -65,7 +65,7 @@ def install_system_tools(fixed_rate: bool) -> None:
     (as the LiteLLM proxy gets its own venv); otherwise the checks below say what to install."""
     wanted = [pkg for tool, pkg in SYSTEM_TOOLS.items() if shutil.which(tool) is None
               and (fixed_rate or tool != "h2load")]
-    if overhead_nginx.missing() is not None:
+    if nginx.missing() is not None:
         wanted.append("libnginx-mod-http-lua")
     if not wanted or os.geteuid() != 0 or shutil.which("apt-get") is None:
         return
@@ -81,7 +81,7 @@ def install_system_tools(fixed_rate: bool) -> None:
 def run(settings: Settings) -> dict[str, Any]:
     """Run the benchmark; return the raw results (also written to settings.json_out/out)."""
     install_system_tools(fixed_rate=bool(settings.rates))
-    for problem in (overhead_load.missing(fixed_rate=bool(settings.rates)), overhead_nginx.missing()):
+    for problem in (loadgen.missing(fixed_rate=bool(settings.rates)), nginx.missing()):
         if problem:
             raise RuntimeError(problem)
     workdir = settings.workdir or Path(tempfile.mkdtemp(prefix="switchyard-overhead-"))
@@ -91,13 +91,13 @@ def run(settings: Settings) -> dict[str, Any]:
     with Processes(workdir / "logs") as procs:
         bench = Bench(settings, procs, workdir, load_prefix, server_prefix)
         meta = environment(settings, bench, (load_core, server_core))
-        upstream = overhead_nginx.NginxUpstream(workdir, free_port(), free_port(), settings.delay_ms)
-        nginx = procs.start("upstream", upstream.write(), load_prefix)
-        wait_http(nginx, f"http://127.0.0.1:{upstream.instant_port}/healthz", 15)
-        say(f"upstream nginx pid {nginx.pid}: {settings.delay_ms:.0f} ms on :{upstream.delayed_port}, "
+        upstream = nginx.NginxUpstream(workdir, free_port(), free_port(), settings.delay_ms)
+        upstream_proc = procs.start("upstream", upstream.write(), load_prefix)
+        wait_http(upstream_proc, f"http://127.0.0.1:{upstream.instant_port}/healthz", 15)
+        say(f"upstream nginx pid {upstream_proc.pid}: {settings.delay_ms:.0f} ms on :{upstream.delayed_port}, "
              f"instant on :{upstream.instant_port}; logs in {workdir}")  # fmt: skip
         ports = {"latency": upstream.delayed_port, "throughput": upstream.instant_port}
-        bench.run(nginx, ports)
+        bench.run(upstream_proc, ports)
         meta["loadavg_end"] = loadavg()
         meta["gateway_sources_end"] = gateway_fingerprint()
     results = {"meta": meta, "records": bench.records, "rss": bench.rss, "skipped": bench.skipped,
@@ -106,7 +106,7 @@ def run(settings: Settings) -> dict[str, Any]:
     json_out.write_text(json.dumps(results, indent=1, default=str))
     if settings.out:
         settings.out.parent.mkdir(parents=True, exist_ok=True)
-        settings.out.write_text(overhead_report.render(results))
+        settings.out.write_text(report.render(results))
         say(f"report: {settings.out}")
     say(f"raw results: {json_out}")
     return results
@@ -116,8 +116,8 @@ def environment(settings: Settings, bench: Bench, core: tuple[str, str]) -> dict
     """What ran where; also decides which targets are skipped and why."""
     if "litellm" in settings.targets:
         try:
-            version = overhead_litellm.ensure_venv(settings.litellm_spec, bench.workdir / "pip-litellm.log")
-            say(f"litellm {version} in {overhead_litellm.venv_dir()}")
+            version = litellm_proxy.ensure_venv(settings.litellm_spec, bench.workdir / "pip-litellm.log")
+            say(f"litellm {version} in {litellm_proxy.venv_dir()}")
         except Exception as exc:
             bench.skipped["litellm"] = f"could not install litellm: {exc}"
     if any(BY_NAME[n].server == "switchyard" for n in settings.targets):
@@ -127,7 +127,7 @@ def environment(settings: Settings, bench: Bench, core: tuple[str, str]) -> dict
                 if BY_NAME[name].server == "switchyard":
                     bench.skipped[name] = f"gateway not available: {reason}"
             say(f"SKIPPING switchyard targets: {reason}")
-    return overhead_report.machine_facts() | {
+    return report.machine_facts() | {
         "command": settings.command,
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "python": platform.python_version(),
@@ -136,7 +136,7 @@ def environment(settings: Settings, bench: Bench, core: tuple[str, str]) -> dict
         "loadavg_start": loadavg(),
         "gateway_sources_start": gateway_fingerprint(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in settings.__dict__.items()},
-        "litellm_version": overhead_litellm.installed_version() if "litellm" in settings.targets else None,
+        "litellm_version": litellm_proxy.installed_version() if "litellm" in settings.targets else None,
     }
 
 
@@ -150,7 +150,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     p.add_argument("--json", type=Path, default=None, help="raw results JSON (default: in the work dir)")
     p.add_argument("--workdir", type=Path, default=None, help="configs and logs (default: a new temp dir)")
     p.add_argument("--with-litellm", action="store_true", help="also benchmark the LiteLLM proxy (own venv)")
-    p.add_argument("--litellm-spec", default=overhead_litellm.DEFAULT_SPEC, help="pip spec for the venv")
+    p.add_argument("--litellm-spec", default=litellm_proxy.DEFAULT_SPEC, help="pip spec for the venv")
     p.add_argument("--quick", action="store_true", help="1 round, 1 s steps, no litellm (smoke run)")
     p.add_argument("--targets", default="", help=f"comma list from: {', '.join(BY_NAME)}")
     p.add_argument("--connections", default="8,32", help="closed-loop connection counts (default 8,32)")
@@ -181,7 +181,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         export_spans=not a.no_span_export,
     )  # fmt: skip
     if not settings.export_spans:
-        os.environ["SWITCHYARD_BENCH_NO_SPAN_EXPORT"] = "1"  # read by overhead_targets when starting the gateway
+        os.environ["SWITCHYARD_BENCH_NO_SPAN_EXPORT"] = "1"  # read by targets.py when starting the gateway
     if a.quick:
         settings = replace(settings, rounds=1, duration=1.0, ladder_duration=1.0)
     return settings
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     if settings.render:
         out = settings.out or DEFAULT_OUT
-        out.write_text(overhead_report.render(json.loads(settings.render.read_text())))
+        out.write_text(report.render(json.loads(settings.render.read_text())))
         say(f"report: {out}")
         return 0
     try:

@@ -1,13 +1,16 @@
 """Where the gateway's CPU goes under load, by stage: py-spy samples of `switchyard serve`.
 
-    python -m benchmarks.overhead_profile [--seconds 15] [--connections 16] [--no-span-export]
+    python -m benchmarks.overhead.profiling [--seconds 15] [--connections 16] [--no-span-export]
+        [--flamegraph auto.svg] [--repo CHECKOUT]
 
 Same set-up as benchmarks/overhead.py: the nginx upstream (no delay) and wrk on core 0, the
 gateway alone on core 1, `model: "auto"` with a new prompt on every request (so neither the
 answer cache nor the router's memory helps), spans exported over OTLP to the nginx. py-spy
 samples every thread of the gateway; each sample is charged to the innermost frame that belongs
 to a known stage, and the stage's share of samples times the measured CPU seconds per request
-gives its cost per request. Writes benchmarks/results/overhead_profile.md. Needs py-spy
+gives its cost per request. Writes benchmarks/results/overhead_profile.md (and, with --flamegraph,
+an SVG flame graph of the samples); --repo profiles another checkout's gateway (before/after a
+change) with this harness. Needs py-spy
 (`pip install py-spy`), nginx with the Lua module, and wrk.
 """
 
@@ -23,10 +26,11 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.overhead_load import PLACEHOLDER, parse_wrk, wrk_command, wrk_script
-from benchmarks.overhead_nginx import NginxUpstream
-from benchmarks.overhead_procs import Processes, cpu_seconds, free_port, pinned, wait_http
-from benchmarks.overhead_targets import BY_NAME, REPO, switchyard_config
+from benchmarks.overhead.flame import svg
+from benchmarks.overhead.loadgen import PLACEHOLDER, parse_wrk, wrk_command, wrk_script
+from benchmarks.overhead.nginx import NginxUpstream
+from benchmarks.overhead.procs import Processes, cpu_seconds, free_port, pinned, wait_http
+from benchmarks.overhead.targets import BY_NAME, REPO, switchyard_config
 
 OUT = REPO / "benchmarks" / "results" / "overhead_profile.md"
 # (stage, path fragments). A sample goes to the first stage met walking from the leaf frame up.
@@ -42,18 +46,27 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("gateway/telemetry.py", "trace/__init__.py", "trace/span.py", "trace/sampling.py", "attributes/__init__.py"),
     ),
     ("policy: decide + estimate", ("gateway/policy/",)),
+    ("request log line + metrics", ("gateway/logs.py", "gateway/observer.py", "gateway/metrics.py", "logging/")),
+    ("spend ledger + request records", ("gateway/ledger.py", "gateway/feedback.py")),
     ("upstream call: aiohttp client", ("aiohttp/",)),
     ("request parsing + validation", ("gateway/api/schemas.py", "pydantic")),
     (
-        "gateway: pipeline, executor, cache, auth, ledger, handlers",
-        ("gateway/pipeline.py", "gateway/executor/", "gateway/cache.py", "gateway/auth.py", "gateway/ledger.py",
+        "gateway: pipeline, executor, cache, auth, handlers",
+        ("gateway/pipeline.py", "gateway/executor/", "gateway/cache.py", "gateway/auth.py",
          "gateway/api/", "gateway/providers/", "gateway/streaming.py", "gateway/state.py"),
     ),
     ("HTTP server: uvicorn + starlette/fastapi", ("uvicorn/", "starlette/", "fastapi/", "httptools")),
 )  # fmt: skip
 
 
+# The span exporter's thread, wherever its samples end (encoding reads the spans' own attributes,
+# events and links, which would otherwise count as recording them).
+EXPORT_THREAD = ("BatchProcessor.worker", "BatchSpanProcessor.worker")
+
+
 def classify(stack: list[str]) -> str:
+    if any(frame.startswith(EXPORT_THREAD) for frame in stack):
+        return STAGES[1][0]
     for frame in reversed(stack):
         for stage, fragments in STAGES:
             if any(f in frame for f in fragments):
@@ -61,9 +74,20 @@ def classify(stack: list[str]) -> str:
     return "event loop, asyncio and the rest"
 
 
+# Leaf frames of a thread that waits (the event loop polling, the span exporter and log flusher
+# sleeping): py-spy does not always tell them from running ones on a busy machine.
+IDLE = ("Runner.run (asyncio/runners.py", "Condition.wait (threading.py", "Event.wait (threading.py")
+
+
+def busy_lines(path: Path) -> list[str]:
+    """py-spy's raw lines, less those whose leaf frame is a wait."""
+    return [line for line in path.read_text().splitlines()
+            if not line.rpartition(" ")[0].rpartition(";")[2].startswith(IDLE)]  # fmt: skip
+
+
 def read_raw(path: Path) -> Counter[str]:
     counts: Counter[str] = Counter()
-    for line in path.read_text().splitlines():
+    for line in busy_lines(path):
         stack, _, n = line.rpartition(" ")
         if stack and n.isdigit():
             counts[classify(stack.split(";"))] += int(n)
@@ -71,7 +95,7 @@ def read_raw(path: Path) -> Counter[str]:
 
 
 def profile(
-    seconds: float, connections: int, export_spans: bool, workdir: Path
+    seconds: float, connections: int, export_spans: bool, workdir: Path, repo: Path = REPO
 ) -> tuple[Counter[str], dict[str, float]]:
     with Processes(workdir) as procs:
         upstream = NginxUpstream(workdir, free_port(), free_port(), 0.0)
@@ -81,7 +105,7 @@ def profile(
         config.write_text(switchyard_config(base))
         port = free_port()
         env: dict[str, str | None] = {
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": str(repo),
             "OTEL_EXPORTER_OTLP_ENDPOINT": base if export_spans else None,
         }
         gw = procs.start(
@@ -150,7 +174,8 @@ def render(counts: Counter[str], facts: dict[str, float], command: str, export_s
     lines += [
         "",
         "Each sample is charged to the innermost frame that belongs to a stage (see STAGES in "
-        "benchmarks/overhead_profile.py); shares are of all samples of all the gateway's threads.",
+        "benchmarks/overhead/profiling.py); shares are of all samples of all the gateway's threads, "
+        "less those of a thread waiting (IDLE).",
         "",
     ]
     return "\n".join(lines)
@@ -158,7 +183,7 @@ def render(counts: Counter[str], facts: dict[str, float], command: str, export_s
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m benchmarks.overhead_profile",
+        prog="python -m benchmarks.overhead.profiling",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -167,16 +192,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-span-export", action="store_true", help="run the gateway without an OTLP endpoint")
     p.add_argument("--out", type=Path, default=OUT)
     p.add_argument("--keep-raw", type=Path, help="also keep py-spy's raw samples here")
+    p.add_argument("--flamegraph", type=Path, help="also write a flame graph (SVG) of the samples here")
+    p.add_argument("--repo", type=Path, default=REPO, help="the checkout whose gateway is profiled")
     a = p.parse_args(argv)
     missing = [tool for tool in ("py-spy", "wrk") if shutil.which(tool) is None]
     if missing:
         print(f"needs {', '.join(missing)} (pip install py-spy; apt-get install wrk)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="switchyard-profile-") as tmp:
-        counts, facts = profile(a.seconds, a.connections, not a.no_span_export, Path(tmp))
+        counts, facts = profile(a.seconds, a.connections, not a.no_span_export, Path(tmp), a.repo.resolve())
+        raw = Path(tmp) / "profile.raw"
         if a.keep_raw:
-            shutil.copy(Path(tmp) / "profile.raw", a.keep_raw)
-    command = "python -m benchmarks.overhead_profile " + " ".join(argv if argv is not None else sys.argv[1:])
+            shutil.copy(raw, a.keep_raw)
+        if a.flamegraph:
+            title = f"switchyard serve, model auto, {facts['cpu_ms_per_request']:.3f} ms CPU per request"
+            a.flamegraph.write_text(svg(busy_lines(raw), title))
+    command = "python -m benchmarks.overhead.profiling " + " ".join(argv if argv is not None else sys.argv[1:])
     a.out.write_text(render(counts, facts, command.strip(), not a.no_span_export))
     print(f"wrote {a.out}")
     return 0

@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway.router.data import RoutingData
-from gateway.router.evaluate import pair_rows, rank_score, score_data
-from gateway.router.metrics import PairCurve, pair_curve, pair_metrics, pgr
 from gateway.router.model import Router
+from gateway.router.training.data import RoutingData
+from gateway.router.training.evaluate import pair_rows, rank_score, score_data
+from gateway.router.training.metrics import PairCurve, pair_curve, pair_metrics, pgr
 
 
 @dataclass(frozen=True)

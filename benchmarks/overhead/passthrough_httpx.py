@@ -1,6 +1,6 @@
 """The httpx floor: starlette + one httpx.AsyncClient (its default h11 transport).
 
-Same contract as benchmarks/passthrough_aiohttp.py: POST /v1/... forwarded byte for byte to
+Same contract as benchmarks/overhead/passthrough_aiohttp.py: POST /v1/... forwarded byte for byte to
 ``$PASSTHROUGH_UPSTREAM``, SSE streamed chunk by chunk, ``GET /healthz`` answered locally. The
 pool is sized so it never queues or drops keep-alive connections under the benchmark's load
 (httpx's default keeps only 20 idle connections, which would measure reconnects instead).

@@ -33,11 +33,14 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
-from gateway.router.data import RoutingData, load_many
-from gateway.router.design import Hashed, fit_idf, hash_prompts, to_csr, with_struct
-from gateway.router.evaluate import report_pairs
 from gateway.router.featurize import HashSpec
-from gateway.router.fit import (
+from gateway.router.model import ARTIFACT_VERSION, load_router
+from gateway.router.neighbours import Neighbours, quantise_outcomes
+from gateway.router.text import STRUCT_NAMES
+from gateway.router.training.data import RoutingData, load_many
+from gateway.router.training.design import Hashed, fit_idf, hash_prompts, to_csr, with_struct
+from gateway.router.training.evaluate import report_pairs
+from gateway.router.training.fit import (
     fit_generic_head,
     fit_logistic,
     fold_columns,
@@ -45,9 +48,6 @@ from gateway.router.fit import (
     predict_ridge,
     top_right_singular,
 )
-from gateway.router.model import ARTIFACT_VERSION, load_router
-from gateway.router.neighbours import Neighbours, quantise_outcomes
-from gateway.router.text import STRUCT_NAMES
 
 # Settings chosen on the validation split (benchmarks/results/routing_representations.md).
 SPEC = HashSpec(bits=17, char_weight=1.0, word_weight=1.0)
@@ -298,7 +298,7 @@ def train(
     data = load_many(paths)
     train_rows = np.nonzero(data.split == "train")[0]
     if base is not None:
-        from gateway.router.adapt import adapt
+        from gateway.router.training.adapt import adapt
 
         arrays, meta = adapt(base, prepare(data, progress), train_rows, seed=seed, progress=progress)
     else:

@@ -3,7 +3,7 @@
 POST /v1/... is forwarded byte for byte to ``$PASSTHROUGH_UPSTREAM`` (e.g.
 ``http://127.0.0.1:8081``); an SSE answer is streamed chunk by chunk, anything else is read
 whole and returned. No parsing, no validation, no logging. Run it like the gateway:
-``uvicorn benchmarks.passthrough_aiohttp:app --loop uvloop --http httptools --no-access-log``
+``uvicorn benchmarks.overhead.passthrough_aiohttp:app --loop uvloop --http httptools --no-access-log``
 (one worker). ``GET /healthz`` answers locally.
 """
 

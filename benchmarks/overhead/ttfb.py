@@ -1,6 +1,6 @@
 """Time to first byte of a streamed answer, which wrk cannot see (it times whole responses).
 
-``python -m benchmarks.overhead_ttfb --url URL --body-file F --connections N --seconds S``
+``python -m benchmarks.overhead.ttfb --url URL --body-file F --connections N --seconds S``
 keeps N keep-alive HTTP/1.1 connections busy (closed loop, like wrk) on uvloop with the
 httptools parser, and for every request records the time from writing the request to the
 first *body* byte (the first SSE event, not the status line: a proxy could send headers
@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import httptools
 import uvloop
 
-from benchmarks.overhead_load import HEADERS, PLACEHOLDER, percentiles
+from benchmarks.overhead.loadgen import HEADERS, PLACEHOLDER, percentiles
 
 
 class _Connection(asyncio.Protocol):

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from gateway.router.data import RoutingData
-from gateway.router.metrics import PairMetrics, pair_metrics
 from gateway.router.model import Router
+from gateway.router.training.data import RoutingData
+from gateway.router.training.metrics import PairMetrics, pair_metrics
 
 # The pair each shared data file is judged on (and a second MMLU-Pro pair).
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (

@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.overhead_load import API_KEY
+from benchmarks.overhead.loadgen import API_KEY
 
 DEFAULT_SPEC = "litellm[proxy]!=1.82.7,!=1.82.8"
 BANNED = ("1.82.7", "1.82.8")

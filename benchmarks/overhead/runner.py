@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import overhead_litellm, overhead_load
-from benchmarks.overhead_procs import Child, Processes, cpu_seconds, peak_rss_mib
-from benchmarks.overhead_targets import BY_NAME, CHAT_PATH, TARGETS, Context, Server, Target, probe, start_server
+from benchmarks.overhead import litellm_proxy, loadgen
+from benchmarks.overhead.procs import Child, Processes, cpu_seconds, peak_rss_mib
+from benchmarks.overhead.targets import BY_NAME, CHAT_PATH, TARGETS, Context, Server, Target, probe, start_server
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "overhead.md"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "results" / "overhead.md"
 P99_LIMIT_MS = 100.0
 
 
@@ -34,7 +34,7 @@ class Settings:
     targets: tuple[str, ...] = tuple(t.name for t in TARGETS if t.name != "litellm")
     stream: bool = True
     throughput: bool = True
-    litellm_spec: str = overhead_litellm.DEFAULT_SPEC
+    litellm_spec: str = litellm_proxy.DEFAULT_SPEC
     out: Path | None = DEFAULT_OUT
     json_out: Path | None = None
     workdir: Path | None = None
@@ -145,7 +145,7 @@ class Bench:
                 if target.runs("ttfb") and self.settings.stream:
                     probe(target, server.base_url, stream=True)
                 self.probes[target.name] |= probe(target, server.base_url, stream=False)
-                overhead_load.run_wrk(server.base_url + CHAT_PATH, self.script(target), 8, 1, self.load_prefix)
+                loadgen.run_wrk(server.base_url + CHAT_PATH, self.script(target), 8, 1, self.load_prefix)
             except Exception as exc:
                 self.skipped[target.name] = f"warm-up request failed: {exc}"
                 say(f"SKIPPING {target.name}: {exc}")
@@ -184,30 +184,30 @@ class Bench:
         self.progress(record)
         return record
 
-    def load(self, step: Step, target: Target, url: str) -> overhead_load.Sample:
+    def load(self, step: Step, target: Target, url: str) -> loadgen.Sample:
         s, core = self.settings, self.load_prefix
         if step.kind in ("wrk", "ladder"):
             seconds = s.duration if step.kind == "wrk" else s.ladder_duration
-            return overhead_load.run_wrk(url, self.script(target), step.connections, seconds, core)
+            return loadgen.run_wrk(url, self.script(target), step.connections, seconds, core)
         if step.kind == "ttfb":
-            return overhead_load.run_ttfb(url, self.body_file(target, True), step.connections, s.duration, core)
+            return loadgen.run_ttfb(url, self.body_file(target, True), step.connections, s.duration, core)
         log = self.workdir / f"h2load-{target.name}.log"
-        return overhead_load.run_h2load(url, self.body_file(target, False), step.rate, s.duration, core, log)
+        return loadgen.run_h2load(url, self.body_file(target, False), step.rate, s.duration, core, log)
 
     def script(self, target: Target) -> Path:
         path = self.workdir / "bodies" / f"{target.name}.lua"
         if target.unique:  # a fresh salt every run, so no prompt repeats across runs
-            tag = f"{uuid.uuid4().hex[:12]}-{overhead_load.PLACEHOLDER}"
-            return overhead_load.wrk_script(path, target.body(stream=False, tag=tag))
+            tag = f"{uuid.uuid4().hex[:12]}-{loadgen.PLACEHOLDER}"
+            return loadgen.wrk_script(path, target.body(stream=False, tag=tag))
         if not path.exists():
-            overhead_load.wrk_script(path, target.body(stream=False))
+            loadgen.wrk_script(path, target.body(stream=False))
         return path
 
     def body_file(self, target: Target, stream: bool) -> Path:
         """A body for h2load (always fixed) or the TTFB client (which fills in PLACEHOLDER per request)."""
         path = self.workdir / "bodies" / f"{target.name}{'-stream' if stream else ''}.json"
         if stream and target.unique:
-            tag = f"{uuid.uuid4().hex[:12]}-{overhead_load.PLACEHOLDER}"
+            tag = f"{uuid.uuid4().hex[:12]}-{loadgen.PLACEHOLDER}"
             path.write_bytes(target.body(stream, tag=tag))
         elif not path.exists():
             path.write_bytes(target.body(stream))

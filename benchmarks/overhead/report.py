@@ -11,16 +11,12 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-import statistics
 import subprocess
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
-from benchmarks.overhead_targets import TARGETS
-
-Record = dict[str, Any]
-BASE = "passthrough-aiohttp"
-ORDER = tuple(t.name for t in TARGETS)
+from benchmarks.overhead.checks import checks_section, method_section
+from benchmarks.overhead.stats import BASE, Summary, stat, table
 
 
 def _version(cmd: list[str]) -> str:
@@ -59,82 +55,7 @@ def machine_facts() -> dict[str, Any]:
     }
 
 
-# ---- selecting and summarising ----
-
-
-def _good(records: Iterable[Record]) -> list[Record]:
-    return [r for r in records if "error" not in r and not r.get("errors")]
-
-
-def _index(records: list[Record]) -> dict[tuple[str, str, str, int], Record]:
-    return {(str(r["phase"]), str(r["step"]), str(r["target"]), int(r["round"])): r for r in _good(records)}
-
-
-def _stat(values: list[float], fmt: str = "{:.2f}") -> str:
-    if not values:
-        return "–"
-    med = fmt.format(statistics.median(values))
-    if len(values) == 1:
-        return med
-    return f"{med} [{fmt.format(min(values))}–{fmt.format(max(values))}]"
-
-
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
-class Summary:
-    def __init__(self, results: dict[str, Any]):
-        self.records: list[Record] = list(results["records"])
-        self.idx = _index(self.records)
-        self.rounds = sorted({int(r["round"]) for r in self.records})
-        self.targets = [t for t in ORDER if any(r["target"] == t for r in self.records)]
-
-    def steps(self, phase: str, kind: str) -> list[str]:
-        seen: list[str] = []
-        for r in self.records:
-            if r["phase"] == phase and r["kind"] == kind and r["step"] not in seen:
-                seen.append(str(r["step"]))
-        return seen
-
-    def per_round(self, phase: str, step: str, target: str, fn: Callable[[Record], float]) -> dict[int, float]:
-        out = {}
-        for rnd in self.rounds:
-            rec = self.idx.get((phase, step, target, rnd))
-            if rec is not None:
-                out[rnd] = fn(rec)
-        return out
-
-    def absolute(self, phase: str, step: str, target: str, key: str) -> dict[int, float]:
-        out = self.per_round(phase, step, target, lambda r: float(r.get(key, "nan")))
-        return {k: v for k, v in out.items() if v == v}  # drop NaN: key absent in that run
-
-    def added(self, phase: str, step: str, target: str, key: str) -> dict[int, float]:
-        mine = self.per_round(phase, step, target, lambda r: float(r[key]))
-        floor = self.per_round(phase, step, "direct", lambda r: float(r[key]))
-        return {k: v - floor[k] for k, v in mine.items() if k in floor}
-
-    def best_rps(self, target: str) -> dict[int, tuple[float, int, Record]]:
-        """Per round: the highest req/s at which p99 < 100 ms, its connection count and record."""
-        best: dict[int, tuple[float, int, Record]] = {}
-        for r in _good(self.records):
-            if r["phase"] != "throughput" or r["target"] != target or float(r["p99"]) >= 100:
-                continue
-            rnd, rps = int(r["round"]), float(r["rps"])
-            if rnd not in best or rps > best[rnd][0]:
-                best[rnd] = (rps, int(r["connections"]), r)
-        return best
-
-    def ratio(self, mine: dict[int, float], base: dict[int, float]) -> list[float]:
-        return [mine[k] / base[k] for k in mine if base.get(k)]
-
-
 # ---- rendering ----
-
-
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
 ABSOLUTE = {"direct": "direct (absolute)", "switchyard-hit": "switchyard-hit (absolute: never reaches the upstream)"}
@@ -148,17 +69,17 @@ def _latency_section(s: Summary, kind: str, title: str, keys: tuple[str, ...]) -
     rows = []
     for t in s.targets:
         if t in ABSOLUTE:
-            vals = [_stat(list(s.absolute("latency", st, t, k).values())) for st in steps for k in keys]
+            vals = [stat(list(s.absolute("latency", st, t, k).values())) for st in steps for k in keys]
         else:
-            vals = [_stat(list(s.added("latency", st, t, k).values())) for st in steps for k in keys]
+            vals = [stat(list(s.added("latency", st, t, k).values())) for st in steps for k in keys]
         if any(v != "–" for v in vals):
             rows.append([ABSOLUTE.get(t, t), *vals])
-    return [f"### {title}", "", *_table(header, rows), ""]
+    return [f"### {title}", "", *table(header, rows), ""]
 
 
 def _ratio_cell(s: Summary, mine: dict[int, float], other: str, get: Callable[[str], dict[int, float]]) -> str:
     base = {k: v for k, v in get(other).items() if v > 0}
-    return _stat(s.ratio({k: v for k, v in mine.items()}, base)) if other in s.targets else "–"
+    return stat(s.ratio({k: v for k, v in mine.items()}, base)) if other in s.targets else "–"
 
 
 def _ratios_section(s: Summary) -> list[str]:
@@ -185,7 +106,7 @@ def _ratios_section(s: Summary) -> list[str]:
         "as median [min–max]; below 1 means the target adds less or costs less than the reference. Ratios of "
         "added latency are only as steady as the reference's added latency, which is small for aiohttp."
     )
-    return ["### Ratios to passthrough-aiohttp and litellm, 50 ms upstream", "", *_table(header, rows), "", note, ""]
+    return ["### Ratios to passthrough-aiohttp and litellm, 50 ms upstream", "", *table(header, rows), "", note, ""]
 
 
 def _throughput_section(s: Summary) -> list[str]:
@@ -203,11 +124,11 @@ def _throughput_section(s: Summary) -> list[str]:
         conns = sorted(v[1] for v in best.values())
         cpu = [float(v[2]["cpu_s_per_1k"]) for v in best.values() if "cpu_s_per_1k" in v[2]]
         p99 = [float(v[2]["p99"]) for v in best.values()]
-        rows.append([t, _stat(list(rps.values()), "{:.0f}"), ",".join(map(str, conns)), _stat(p99),
-                     _stat(s.ratio(rps, base)), _stat(s.ratio(rps, lite), "{:.1f}"), _stat(cpu, "{:.3f}")])  # fmt: skip
+        rows.append([t, stat(list(rps.values()), "{:.0f}"), ",".join(map(str, conns)), stat(p99),
+                     stat(s.ratio(rps, base)), stat(s.ratio(rps, lite), "{:.1f}"), stat(cpu, "{:.3f}")])  # fmt: skip
     header = ["target", "req/s (p99 < 100 ms)", "at connections", "p99 there (ms)",
               f"× {BASE}", "× litellm", "CPU s / 1k req there"]  # fmt: skip
-    return ["### Throughput, instant upstream", "", *_table(header, rows), ""]
+    return ["### Throughput, instant upstream", "", *table(header, rows), ""]
 
 
 def _resources_section(s: Summary, rss: dict[str, dict[str, float]]) -> list[str]:
@@ -218,23 +139,23 @@ def _resources_section(s: Summary, rss: dict[str, dict[str, float]]) -> list[str
         cpu = s.per_round("latency", step, t, lambda r: float(r.get("cpu_s_per_1k", 0))) if step else {}
         server = {"direct": "upstream"}.get(t, "switchyard" if t.startswith("switchyard") else t)
         peak = max((phase.get(server, 0.0) for phase in rss.values()), default=0.0)
-        rows.append([t, _stat(list(cpu.values()), "{:.3f}"), _stat(s.ratio(cpu, base_cpu)),
+        rows.append([t, stat(list(cpu.values()), "{:.3f}"), stat(s.ratio(cpu, base_cpu)),
                      f"{peak:.0f}" if peak else "–"])  # fmt: skip
     header = ["target", f"CPU s / 1k req ({step}, 50 ms)", f"CPU × {BASE}", "peak RSS MiB (VmHWM)"]
     note = ("CPU is utime+stime of the process under test (its whole process tree) from /proc/PID/stat "
             "before and after each run; for `direct` it is nginx. Peak RSS is VmHWM at the end of each phase, "
             "max over phases; the switchyard targets share one process.")  # fmt: skip
-    return ["### CPU and memory of the process under test", "", *_table(header, rows), "", note, ""]
+    return ["### CPU and memory of the process under test", "", *table(header, rows), "", note, ""]
 
 
 # Why the missed targets are missed, from py-spy profiles of the gateway under the same load
-# (`python -m benchmarks.overhead_profile`, results in overhead_profile*.md beside this report).
+# (`python -m benchmarks.overhead.profiling`, results in overhead_profile*.md beside this report).
 CAUSES = [
     "## Where the time goes, and what would remove it",
     "",
     "Profiles: [overhead_profile.md](overhead_profile.md) (spans exported) and "
     "[overhead_profile_no_span_export.md](overhead_profile_no_span_export.md), made by "
-    "`python -m benchmarks.overhead_profile [--no-span-export]`: py-spy samples of the gateway serving "
+    "`python -m benchmarks.overhead.profiling [--no-span-export]`: py-spy samples of the gateway serving "
     '`model: "auto"` with a new prompt per request, charged to stages.',
     "",
     "- **The learned router is the largest cost** (about 0.3 ms of CPU per request under load, "
@@ -259,7 +180,6 @@ def render(results: dict[str, Any]) -> str:
     s = Summary(results)
     meta: dict[str, Any] = results["meta"]
     rss: dict[str, dict[str, float]] = results.get("rss", {})
-    from benchmarks.overhead_checks import checks_section, method_section
 
     lines = [
         "# Gateway overhead",

@@ -1,0 +1,3 @@
+from benchmarks.routing_quality.run import main
+
+main()

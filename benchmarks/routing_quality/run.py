@@ -1,0 +1,178 @@
+"""How well does the router route, on each shared file, in-domain and on traffic it never saw?
+
+    python -m benchmarks.routing_quality [--data-dir DIR] [--work DIR] [--reuse] [--out DIR]
+
+Fits routers from the shared data (train splits only; settings were chosen on validation)
+and writes ``routing_quality.md`` plus ``routing_*.png`` to the results folder:
+- per file, for its named weak -> strong pair, validation APGR in-domain (one router fitted
+  on all five train splits: the shipped artifact) and leave-one-domain-out (fitted without
+  that file), beside random, prompt length, a TF-IDF ridge fitted on the same labels and
+  the oracle;
+- adaptation: the leave-one-out router adapted with the file's train split
+  (``switchyard train --base``), against the shipped router, prompt length, a TF-IDF ridge
+  on the file's labels and retraining from scratch on the file alone, and what adapting
+  did to the other files (forgetting);
+- the quality-cost frontier over MMLU-Pro's 28-model pool, with the shipped router;
+- artifact load time and assess() latency on short and ~2,000-token prompts.
+
+Fitting everything (one in-domain, five leave-one-out, five adapted and five single-file routers)
+takes about an hour on a busy two-core machine (the in-domain fit alone ~9 min, adapting to
+MMLU-Pro ~16 min); ``--work`` keeps the fitted artifacts and ``--reuse`` skips fits whose
+artifact is already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.routing_quality.baselines import fit_tfidf_ridge
+from benchmarks.routing_quality.files import DEFAULT_DATA, FILES, PREVIOUS, RESULTS
+from benchmarks.routing_quality.report import apgr_plot, report
+from gateway.router.model import DEFAULT_ARTIFACT, Router, load_router
+from gateway.router.training.data import RoutingData, load_many
+from gateway.router.training.evaluate import Scored, eval_pair, rank_score, score_data
+
+
+class Fits:
+    """Fitted routers by tag, kept in a work folder (reused across runs with --reuse)."""
+
+    def __init__(self, work: Path, reuse: bool) -> None:
+        self.work, self.reuse = work, reuse
+
+    def get(self, tag: str, fit: Callable[[Path], None]) -> tuple[Router, Path]:
+        path = self.work / tag
+        if not (self.reuse and (path / "router.npz").exists()):
+            t = time.perf_counter()
+            fit(path)
+            print(f"fitted {tag} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
+        return load_router(path), path
+
+
+def pair_apgr(val: RoutingData, score: np.ndarray, name: str) -> float:
+    weak, strong = FILES[name]
+    return eval_pair(val, score, weak, strong).apgr
+
+
+def router_score(router: Router, val: RoutingData, name: str) -> np.ndarray:
+    """What the gate ranks by: predicted gain strong - weak when it varies, else difficulty."""
+    weak, strong = FILES[name]
+    scored: Scored = score_data(router, val, progress=False)
+    return rank_score(scored, val.col(weak), val.col(strong))
+
+
+def fixed_baselines(val: RoutingData, name: str) -> dict[str, float]:
+    weak, strong = FILES[name]
+    jw, js = val.col(weak), val.col(strong)
+    rng = np.random.default_rng(0)
+    oracle = np.nan_to_num(val.score[:, js] - val.score[:, jw]) + rng.random(len(val.ids)) * 1e-6
+    return {"random": pair_apgr(val, rng.random(len(val.ids)), name),
+            "prompt length": pair_apgr(val, np.array([len(p) for p in val.prompts], dtype=float), name),
+            "oracle": pair_apgr(val, oracle, name)}
+
+
+def tfidf_difficulty(data: RoutingData, rows: np.ndarray, val: RoutingData) -> np.ndarray:
+    """TF-IDF ridge onto the router's shared target (difficulty within its file)."""
+    from gateway.router.training.train import outcome_targets
+
+    target = outcome_targets(data.score[rows], data.domain[rows], 1)[:, 0]
+    return fit_tfidf_ridge([data.prompts[i] for i in rows], target).predict(val.prompts)
+
+
+def tfidf_gain(data: RoutingData, rows: np.ndarray, val: RoutingData, name: str) -> np.ndarray:
+    """TF-IDF ridge onto the pair's own gain (strong - weak) on the rows that have both."""
+    weak, strong = FILES[name]
+    gain = data.score[rows, data.col(strong)] - data.score[rows, data.col(weak)]
+    ok = ~np.isnan(gain)
+    return fit_tfidf_ridge([data.prompts[i] for i in rows[ok]], gain[ok]).predict(val.prompts)
+
+
+def _fit_to(prep: object, rows: np.ndarray) -> Callable[[Path], None]:
+    from gateway.router.training.train import fit_arrays, make_meta, save_artifact
+
+    def run(path: Path) -> None:
+        save_artifact(fit_arrays(prep, rows, progress=False), make_meta(prep.data, rows), path)  # type: ignore[attr-defined]
+    return run
+
+
+def _adapt_to(base: Path, prep: object, rows: np.ndarray) -> Callable[[Path], None]:
+    from gateway.router.training.adapt import adapt
+    from gateway.router.training.train import save_artifact
+
+    def run(path: Path) -> None:
+        save_artifact(*adapt(base, prep, rows, progress=False), path)  # type: ignore[arg-type]
+    return run
+
+
+def evaluate(data_dir: Path, fits: Fits, shipped: Path | None) -> dict[str, dict[str, float]]:
+    """Every APGR of the report, by file then column."""
+    from gateway.router.training.train import prepare
+
+    data = load_many([data_dir / f"{f}.jsonl" for f in FILES])
+    prep = prepare(data, progress=False)
+    train = data.split == "train"
+    vals = {f: data.subset((data.domain == f) & (data.split == "validation")) for f in FILES}
+    all_rows = np.nonzero(train)[0]
+    indomain, indomain_path = fits.get("in_domain", _fit_to(prep, all_rows))
+    if shipped is not None:
+        shutil.copytree(indomain_path, shipped, dirs_exist_ok=True)
+    res: dict[str, dict[str, float]] = {}
+    for f, val in vals.items():
+        r = res.setdefault(f, fixed_baselines(val, f))
+        r["previous router"] = PREVIOUS[f]
+        r["in-domain router"] = pair_apgr(val, router_score(indomain, val, f), f)
+        r["in-domain tfidf difficulty"] = pair_apgr(val, tfidf_difficulty(data, all_rows, val), f)
+        r["in-domain tfidf gain"] = pair_apgr(val, tfidf_gain(data, all_rows, val, f), f)
+        others = np.nonzero(train & (data.domain != f))[0]
+        own = np.nonzero(train & (data.domain == f))[0]
+        lodo, lodo_path = fits.get(f"lodo_{f}", _fit_to(prep, others))
+        r["lodo router"] = pair_apgr(val, router_score(lodo, val, f), f)
+        r["lodo tfidf difficulty"] = pair_apgr(val, tfidf_difficulty(data, others, val), f)
+        own_prep = prepare(data.subset(data.domain == f), progress=False)
+        own_rows = np.nonzero(own_prep.data.split == "train")[0]
+        adapted, _ = fits.get(f"adapted_{f}", _adapt_to(lodo_path, own_prep, own_rows))
+        r["adapted router"] = pair_apgr(val, router_score(adapted, val, f), f)
+        r["adapted heads"] = adapted.meta["adapted"][-1]["new_domains"][0]["heads"]  # type: ignore[index]
+        scratch, _ = fits.get(f"scratch_{f}", _fit_to(own_prep, own_rows))
+        r["retrained on the file alone"] = pair_apgr(val, router_score(scratch, val, f), f)
+        r["tfidf gain, file's labels"] = pair_apgr(val, tfidf_gain(data, own, val, f), f)
+        before = [pair_apgr(vals[g], router_score(lodo, vals[g], g), g) for g in FILES if g != f]
+        after = [pair_apgr(vals[g], router_score(adapted, vals[g], g), g) for g in FILES if g != f]
+        r["others before adapting"] = float(np.mean(before))
+        r["others after adapting"] = float(np.mean(after))
+        print(f, json.dumps(r), file=sys.stderr, flush=True)
+    return res
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
+                    help="folder with the five shared files, default %(default)s")
+    ap.add_argument("--work", type=Path, help="keep fitted artifacts here (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work")
+    ap.add_argument("--ship", action="store_true",
+                    help=f"copy the in-domain router to the shipped artifact ({DEFAULT_ARTIFACT})")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results folder, default %(default)s")
+    ap.add_argument("--no-latency", action="store_true", help="skip the latency section (smoke tests)")
+    a = ap.parse_args(argv)
+    missing = [f for f in FILES if not (a.data_dir / f"{f}.jsonl").is_file()]
+    if missing:
+        ap.error(f"routing data not found in {a.data_dir}: {', '.join(missing)} (pass --data-dir)")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = a.work or Path(tmp)
+        fits = Fits(work, a.reuse)
+        res = evaluate(a.data_dir, fits, DEFAULT_ARTIFACT if a.ship else None)
+        a.out.mkdir(parents=True, exist_ok=True)
+        apgr_plot(res, a.out)
+        md = report(res, a.data_dir, work / "in_domain", a.out, not a.no_latency)
+        (a.out / "routing_quality.md").write_text("\n".join(md), encoding="utf-8")
+        (a.out / "routing_quality.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    print("\n".join(md))

@@ -1,0 +1,178 @@
+"""New-domain heads of an adapted router: a blend of the base's view and the new labels' view,
+its weight chosen by cross-validation on the new train split.
+
+Adapting gives each model with labels in the new file a logistic head. Which inputs that head
+should trust depends on the file: a small file (a few hundred prompts) overfits a head on every
+input, a large one gains from its own fresh latent. Three heads are fitted per model:
+
+- base:   [phi_base, knn_m]            the frozen base latent (which carries the standardised
+                                       prompt length as a column) and the neighbours' outcomes
+- fresh:  [phi_new, length, knn_m]     a ridge fitted on the new labels alone, plus length
+- stack:  every input at once
+- length: [length]                     a floor: the prompt-length baseline as a head
+
+and the candidates are the stack, length alone, and logit blends (1 - w) base + w fresh over
+``BLEND_WEIGHTS`` (a blend of two linear logits is itself a linear head, so every candidate is
+stored as one ordinary head). Each candidate's out-of-fold predictions on the new train split
+are scored on what routing is judged on: for every pair of the file's models whose mean scores
+differ by at least ``MIN_PAIR_GAP``, the APGR of ranking prompts by the predicted gain strong -
+weak, averaged with the gap as weight. The best candidate is refitted on all rows. So the
+adapted heads can do no worse on the new file than the best of their parts by more than the
+cross-validation noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from gateway.router.training.fit import fit_logistic
+from gateway.router.training.metrics import apgr, pair_curve
+
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+CV_FOLDS = 5
+MIN_PAIR_GAP = 0.05
+HEAD_L2 = 1e-2
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Head inputs on the new file's train rows: (n, t_base) base latent whose last column is
+    the standardised length, (n, k) fresh latent, (n, m) neighbour logits, (n, m) outcomes."""
+
+    phi_base: np.ndarray
+    phi_new: np.ndarray
+    knn: np.ndarray
+    y: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return self.phi_base.shape[1] + self.phi_new.shape[1]
+
+
+@dataclass(frozen=True)
+class Heads:
+    """One head per model with labels: coef over [phi_base, phi_new], knn weight, intercept."""
+
+    models: np.ndarray
+    coef: np.ndarray
+    knn_coef: np.ndarray
+    icpt: np.ndarray
+    choice: str
+    cv_score: dict[str, float]
+
+
+def _blocks(inp: Inputs) -> dict[str, tuple[np.ndarray, bool]]:
+    """Column masks over [phi_base, phi_new] for each part, and whether it reads knn."""
+    tb, w = inp.phi_base.shape[1], inp.width
+    base = np.zeros(w, bool)
+    base[:tb] = True
+    fresh = np.zeros(w, bool)
+    fresh[tb:] = True
+    fresh[tb - 1] = True  # the base latent's length column
+    length = np.zeros(w, bool)
+    length[tb - 1] = True
+    return {"base": (base, True), "fresh": (fresh, True), "stack": (np.ones(w, bool), True),
+            "length": (length, False)}
+
+
+def _fit_part(phi: np.ndarray, knn: np.ndarray, y: np.ndarray, mask: np.ndarray,
+              uses_knn: bool) -> tuple[np.ndarray, float, float]:
+    """(coef over all columns with zeros outside ``mask``, knn coef, intercept)."""
+    f = phi[:, mask] if not uses_knn else np.column_stack([phi[:, mask], knn])
+    c, c0 = fit_logistic(f, y, l2=HEAD_L2)
+    coef = np.zeros(phi.shape[1])
+    coef[mask] = c[: int(mask.sum())]
+    return coef, (float(c[-1]) if uses_knn else 0.0), c0
+
+
+Part = tuple[np.ndarray, float, float]
+
+
+def _candidates(parts: dict[str, Part]) -> dict[str, Part]:
+    out = {"stack": parts["stack"], "length": parts["length"]}
+    (cb, kb, ib), (cf, kf, i_f) = parts["base"], parts["fresh"]
+    for w in BLEND_WEIGHTS:
+        out[f"blend {w:g}"] = ((1 - w) * cb + w * cf, (1 - w) * kb + w * kf, (1 - w) * ib + w * i_f)
+    return out
+
+
+def _fit_model(phi: np.ndarray, knn: np.ndarray, y: np.ndarray, blocks: dict) -> dict[str, Part]:
+    return _candidates({name: _fit_part(phi, knn, y, mask, k) for name, (mask, k) in blocks.items()})
+
+
+def _logit(phi: np.ndarray, knn: np.ndarray, part: Part) -> np.ndarray:
+    coef, kc, c0 = part
+    return phi @ coef + kc * knn + c0
+
+
+def judged_pairs(y: np.ndarray) -> list[tuple[int, int, float]]:
+    """(weak, strong, gap) for every pair of columns with shared rows whose means differ enough."""
+    seen = ~np.isnan(y)
+    out = []
+    for a in range(y.shape[1]):
+        for b in range(a + 1, y.shape[1]):
+            both = seen[:, a] & seen[:, b]
+            if both.sum() < 20:
+                continue
+            ma, mb = float(y[both, a].mean()), float(y[both, b].mean())
+            if abs(mb - ma) >= MIN_PAIR_GAP:
+                out.append((a, b, mb - ma) if mb > ma else (b, a, ma - mb))
+    return out
+
+
+def pair_score(p: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int, float]]) -> float:
+    """Gap-weighted mean APGR of ranking by p[:, strong] - p[:, weak] over ``pairs``."""
+    if not pairs:
+        return 0.0
+    total = weight = 0.0
+    for weak, strong, gap in pairs:
+        ok = ~np.isnan(y[:, weak]) & ~np.isnan(y[:, strong])
+        zero = np.zeros(int(ok.sum()))
+        cur = pair_curve(p[ok, strong] - p[ok, weak], y[ok, weak], y[ok, strong], zero, zero)
+        total += gap * apgr(cur)
+        weight += gap
+    return total / weight
+
+
+def _oof_probs(inp: Inputs, cols: list[int], seed: int) -> dict[str, np.ndarray]:
+    phi = np.column_stack([inp.phi_base, inp.phi_new])
+    blocks = _blocks(inp)
+    fold = np.random.default_rng(seed).integers(0, CV_FOLDS, phi.shape[0])
+    probs: dict[str, np.ndarray] = {}
+    for j in cols:
+        ok = ~np.isnan(inp.y[:, j])
+        for q in range(CV_FOLDS):
+            tr, te = ok & (fold != q), ok & (fold == q)
+            if not te.any() or tr.sum() < 2:
+                continue
+            for name, part in _fit_model(phi[tr], inp.knn[tr, j], inp.y[tr, j], blocks).items():
+                out = probs.setdefault(name, np.full(inp.y.shape, np.nan))
+                out[te, j] = 1.0 / (1.0 + np.exp(-_logit(phi[te], inp.knn[te, j], part)))
+    return probs
+
+
+def select_heads(cv: Inputs, final: Inputs, seed: int = 0,
+                 log: Callable[[str], None] | None = None) -> Heads:
+    """Choose the candidate by cross-validation on ``cv`` (out-of-fold latents) and fit it on
+    ``final`` (the latents the artifact's heads are trained on). Same rows, same outcomes."""
+    cols = [j for j in range(cv.y.shape[1]) if (~np.isnan(cv.y[:, j])).sum() >= 2]
+    pairs = judged_pairs(cv.y)
+    probs = _oof_probs(cv, cols, seed)
+    scores = {name: round(pair_score(np.nan_to_num(p, nan=0.5), cv.y, pairs), 4) for name, p in probs.items()}
+    choice = max(scores, key=lambda k: scores[k]) if scores else "stack"
+    if log is not None:
+        log(f"new-domain heads: {choice} (cross-validated pair APGR {scores})")
+    phi = np.column_stack([final.phi_base, final.phi_new])
+    blocks = _blocks(final)
+    coefs, kcs, icpts = [], [], []
+    for j in cols:
+        ok = ~np.isnan(final.y[:, j])
+        coef, kc, c0 = _fit_model(phi[ok], final.knn[ok, j], final.y[ok, j], blocks)[choice]
+        coefs.append(coef)
+        kcs.append(kc)
+        icpts.append(c0)
+    return Heads(np.asarray(cols, dtype=np.int16), np.asarray(coefs).reshape(len(cols), phi.shape[1]),
+                 np.asarray(kcs), np.asarray(icpts), choice, scores)
