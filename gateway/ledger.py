@@ -40,8 +40,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth import LogThrottle, Reservation
+from gateway.admission import Reservation
 from gateway.executor.result import CallRecord
+from gateway.log_throttle import LogThrottle
 from gateway.policy import Decision
 from gateway.state import LEDGER_TENANTS, LEDGER_TTL_S, Store, StoreUnavailable, ledger_key, spend_key
 
