@@ -185,6 +185,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             await follower.publish()  # the start-up versions, audited before the first request
         watcher = asyncio.create_task(follower.run()) if follower is not None else None
         router_task = asyncio.create_task(sync.run()) if sync is not None else None
+        await services.auth.keys.probe()  # readiness knows whether admin-made keys need the store
         for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
                 background.start()
