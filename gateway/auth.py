@@ -4,13 +4,14 @@ Keys are stored hashed (sha256) in the config, or read from an env var at start-
 then. With no tenants configured the gateway is open and every caller is the `default` tenant
 (the embedded default). Gates raise. What a store outage does to the budget and rate gates is the
 gateway's `on_store_outage` setting (`on_outage`): refuse with 503 (`fail_closed`, the default) or
-let the request through (`fail_open`); both are logged, at most once per `OUTAGE_LOG_EVERY_S`.
+let the request through (`fail_open`); both are logged, at most once per `gateway.log_throttle.OUTAGE_LOG_EVERY_S`.
 Tenants without limits never touch the store here, so an outage does not concern them.
 
 Admin-created keys (`gateway.keys`) are found by `authenticate`, which also accepts config keys;
 such a key narrows its tenant and adds limits of its own.
 
-`admit` is the one gate for budget and rate: it reserves the request's worst-case cost against the
+`admit` is the one gate a request passes: it checks that the tenant may use the policy (or call the
+deployment it names), then reserves the request's worst-case cost against the
 tenant's budget and its key's (both must hold, each in its current period), and counts the
 request (and its worst-case tokens) in every sliding window that applies, in one store round
 trip, before any upstream call (`gateway.admission`). The returned `Reservation` is settled exactly
@@ -26,7 +27,7 @@ import hmac
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -39,13 +40,14 @@ from gateway.errors import (
     StoreOutage,
 )
 from gateway.keys import KeyRecord, KeyRegistry, key_id_of, matches
+from gateway.log_throttle import LogThrottle
 from gateway.state import Store, StoreUnavailable
 
-__all__ = ["OPEN_TENANT", "Authenticator", "LogThrottle", "Reservation", "Tenant", "hash_key", "on_outage"]
+__all__ = ["NOTHING", "OPEN_TENANT", "Authenticator", "LogThrottle", "Need", "Reservation", "Tenant", "hash_key",
+           "on_outage"]
 
 log = logging.getLogger("switchyard.auth")
 
-OUTAGE_LOG_EVERY_S = 10.0
 OUTAGE_RETRY_AFTER_S = 2
 
 
@@ -133,23 +135,6 @@ def tenant_for_key(record: KeyRecord, base: Tenant | None) -> Tenant:
                    key_id=record.id, key_limits=limits)
 
 
-@dataclass(slots=True)
-class LogThrottle:
-    """At most one line per `every_s`; the lines in between are counted, not lost."""
-
-    every_s: float = OUTAGE_LOG_EVERY_S
-    next_at: float = 0.0
-    suppressed: int = 0
-
-    def due(self) -> bool:
-        now = time.monotonic()
-        if now < self.next_at:
-            self.suppressed += 1
-            return False
-        self.next_at = now + self.every_s
-        return True
-
-
 def on_outage(setting: OutageSetting, tenant: Tenant, what: str, exc: Exception,
               throttle: LogThrottle | None = None) -> None:
     """The store could not answer a budget or rate check: refuse (fail_closed) or carry on (fail_open)."""
@@ -183,6 +168,18 @@ def hash_key(api_key: str) -> str:
 # A hold outlives its request's deadline by this much before it expires on its own.
 HOLD_MARGIN_S = 30.0
 DEFAULT_HOLD_TTL_S = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class Need:
+    """The most one request may use, held against its budgets and windows until it settles."""
+
+    usd: float = 0.0           # its worst-case cost
+    tokens: int = 0            # its worst-case tokens (prompt + max output, every call)
+    ttl_s: float = DEFAULT_HOLD_TTL_S  # how long the hold lasts if never settled
+
+
+NOTHING = Need()  # a cache hit, or a caller without budget or token limits: only counted as a request
 
 
 class Authenticator:
@@ -279,15 +276,37 @@ class Authenticator:
                                    f"(allowed: {allowed}); use 'auto' or 'router/<policy>'",
                                    code="deployment_not_allowed", param="model")
 
-    async def admit(self, tenant: Tenant, reserve_usd: float = 0.0, ttl_s: float = DEFAULT_HOLD_TTL_S,
-                    tokens: int = 0) -> Reservation:
-        """Budget and rate gates in one store round trip. Each budget (the tenant's, the key's) gets
-        `reserve_usd` (the request's worst-case cost) held until the reservation is settled or
-        `ttl_s` passes; each tokens-per-minute window counts `tokens` (prompt + max output) until
-        settled with the real count. Callers without limits skip the store entirely."""
+    def permit(self, tenant: Tenant, policy: str | None, pinned: str | None = None) -> None:
+        """May the tenant use `policy`, or call `pinned` by name? Pinning is governed by the tenant's
+        `deployments` alone, never by its policy allow-list (a pinned call only borrows the default
+        policy's settings, so that policy is not checked)."""
+        if pinned is not None:
+            self.check_pin(tenant, pinned)
+        elif policy is not None:
+            self.check_policy(tenant, policy)
+
+    async def admit(self, tenant: Tenant, policy: str | None = None,
+                    need: Need | Callable[[], Awaitable[Need]] = NOTHING, *, pinned: str | None = None
+                    ) -> Reservation:
+        """The gate every request passes before any upstream call: permission (`permit`), then the
+        budget and rate gates for `need`, in one store round trip. `need` may be worked out only
+        once the tenant is known to be allowed (the pipeline looks up the cache and routes there:
+        a refused caller costs neither, nor counts in a policy's calibration). Raises the
+        request's 403, 429 or 503; else returns the `Reservation` to settle exactly once."""
+        self.permit(tenant, policy, pinned)
+        wanted = need if isinstance(need, Need) else await need()
+        return await self._reserve(tenant, wanted)
+
+    async def _reserve(self, tenant: Tenant, need: Need) -> Reservation:
+        """Each budget (the tenant's, the key's) gets `need.usd` (the request's worst-case cost) held
+        until the reservation is settled or `need.ttl_s` passes; each tokens-per-minute window counts
+        `need.tokens` (prompt + max output) until settled with the real count. Callers without
+        limits skip the store entirely."""
         if not tenant.limited:
             return Reservation(self.store, tenant.name)  # settles spend without a hold
-        plan = plan_admission(tenant.scopes(), os.urandom(8).hex(), reserve_usd, tokens, ttl_s, self.budget_alerts)
+        reserve_usd = need.usd
+        plan = plan_admission(tenant.scopes(), os.urandom(8).hex(), reserve_usd, need.tokens, need.ttl_s,
+                              self.budget_alerts)
         try:
             got = await self.store.admit(plan.admission)
         except StoreUnavailable as exc:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 import orjson
 
 from gateway.config import DeploymentConfig
-from gateway.state import Store, StoreUnavailable
+from gateway.state import Store, StoreUnavailable, answer_key
 
 log = logging.getLogger("switchyard.cache")
 
@@ -70,7 +70,7 @@ def cache_key(namespace: str, scope: str, tenant: str, request: dict[str, Any]) 
     the whole validated request minus `_NOT_IN_KEY`."""
     normal = {k: v for k, v in request.items() if k not in _NOT_IN_KEY}
     digest = hashlib.sha256(scope.encode() + b"\n" + orjson.dumps(normal, option=orjson.OPT_SORT_KEYS))
-    return f"sy:cache:{namespace}:{tenant}:{digest.hexdigest()}"
+    return answer_key(namespace, tenant, digest.hexdigest())
 
 
 class ExactCache:

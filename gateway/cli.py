@@ -99,7 +99,7 @@ async def _demo(args: argparse.Namespace) -> None:
 
     from gateway.api.app import create_app
     from gateway.config import embedded_config
-    from gateway.providers.simulated import DEFAULT_MODELS, start
+    from gateway.simulator import DEFAULT_MODELS, start
 
     sim = await start(DEFAULT_MODELS, "127.0.0.1", args.sim_port)
     try:
@@ -124,7 +124,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from gateway.providers.simulated import DEFAULT_MODELS, load_models, run
+    from gateway.simulator import DEFAULT_MODELS, load_models, run
 
     models = load_models(args.models) if args.models else DEFAULT_MODELS
     run(models, args.host, args.port, seed=args.seed)

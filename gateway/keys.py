@@ -26,7 +26,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.config import BudgetConfig, as_budget
-from gateway.state import VIRTUAL_KEYS_INDEX, Store, virtual_key_key
+from gateway.state import VIRTUAL_KEYS_INDEX, Store, StoreUnavailable, virtual_key_key
 
 KEY_PREFIX = "sk-sy-"
 ID_HEX = 12
@@ -127,6 +127,18 @@ class KeyRegistry:
         self.store = store
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[KeyRecord | None, float]] = {}
+        # Whether any key exists (None: the store was never asked). Keys are looked up in the store on
+        # every use, so while it is down their callers are refused: readiness has to know.
+        self.in_use: bool | None = None
+
+    async def probe(self) -> bool | None:
+        """`in_use`, asked of the store unless a key was already seen (keys are revoked, never deleted)."""
+        if not self.in_use:
+            try:
+                self.in_use = bool(await self.store.set_members(VIRTUAL_KEYS_INDEX))
+            except StoreUnavailable:
+                pass  # what was known stays known
+        return self.in_use
 
     async def _write(self, record: KeyRecord) -> None:
         await self.store.set(virtual_key_key(record.id), orjson.dumps(record.model_dump(mode="json")))
@@ -151,6 +163,8 @@ class KeyRegistry:
         if cached is not None and now - cached[1] < self.cache_ttl_s:
             return cached[0]
         record = await self.get(key_id)
+        if record is not None:
+            self.in_use = True
         if len(self._cache) >= _CACHE_MAX:
             self._cache.clear()
         self._cache[key_id] = (record, now)
@@ -164,6 +178,7 @@ class KeyRegistry:
                            created_at=now, updated_at=now)
         await self._write(record)
         await self.store.set_add(VIRTUAL_KEYS_INDEX, key_id)
+        self.in_use = True
         return record, key
 
     async def list(self) -> list[KeyRecord]:

@@ -10,7 +10,9 @@ Two things happen when a request (or a shadow evaluation) is billed:
   sums the batch per (tenant, hour) hash and field, and adds the sums to the store in one round
   trip (`Store.add_to_hashes`: HINCRBYFLOAT on Redis), at most every `LINGER_S`. A full queue or a
   failed write loses spend from this view (never from the budget counter): counted in `stats()`
-  and logged with the amount.
+  and logged with the amount. A store that is down does not fail the write: the writer holds the
+  unwritten sums (a few numbers per tenant and hour, however many bills) and retries every
+  `RETRY_S` until the store is back; only what is still held when the ledger closes is lost.
 
 Every call counts under its own deployment (samples, judges, escalations, shadow calls, streams cut
 short); the request itself (`requests`, the counterfactual and the predicted qualities) counts under
@@ -38,8 +40,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.auth import LogThrottle, Reservation
+from gateway.admission import Reservation
 from gateway.executor.result import CallRecord
+from gateway.log_throttle import LogThrottle
 from gateway.policy import Decision
 from gateway.state import LEDGER_TENANTS, LEDGER_TTL_S, Store, StoreUnavailable, ledger_key, spend_key
 
@@ -48,13 +51,16 @@ log = logging.getLogger("switchyard.ledger")
 HOUR_S = 3600
 GROUPS = ("tenant", "deployment", "policy", "plan_kind", "hour")
 # Summed per field; the predicted qualities are sums over the `predicted` requests that had one.
-METRICS = ("requests", "cost_usd", "prompt_tokens", "completion_tokens", "counterfactual_usd",
+METRICS = ("requests", "calls", "cost_usd", "prompt_tokens", "completion_tokens", "counterfactual_usd",
            "predicted", "quality_chosen", "quality_counterfactual")
 CACHE, SHADOW = "cache", "shadow"
 _BATCH = 10_000
 # The writer waits this long after a bill before writing, so that one round trip carries every bill
 # of the moment: a Redis pipeline costs ~0.25 ms of CPU whether it carries one bill or a thousand.
 LINGER_S = 0.25
+RETRY_S = 1.0  # while the store is down, held sums are retried this often
+_MAX_HELD_KEYS = 100_000  # tenant-hours held through an outage; past this they are given up as lost
+_MAX_UNSETTLED = 100_000  # budget settlements held through an outage; more are logged as lost
 _SEP = "|"
 
 
@@ -110,6 +116,7 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
     kind = plan_kind(s.plan)
     for c in s.calls:
         f = _fields(c.deployment, s.policy, kind)
+        row[f["calls"]] += 1
         row[f["cost_usd"]] += c.cost_usd
         row[f["prompt_tokens"]] += c.usage.prompt_tokens
         row[f["completion_tokens"]] += c.usage.completion_tokens
@@ -138,6 +145,12 @@ class Ledger:
         self._throttle = LogThrottle()
         self.written = self.dropped = self.failed = 0
         self.lost_usd = 0.0  # spend that never reached the durable ledger (dropped or failed)
+        # Sums the store could not take yet (it is down), with their bills, retried until it is back.
+        self._held: dict[str, dict[str, float]] = {}
+        self._held_tenants: set[str] = set()
+        self._held_bills, self._held_usd = 0, 0.0
+        # Budget settlements the store could not take (it was down), retried with the held sums.
+        self._unsettled: list[tuple[Reservation | None, str, float, tuple[CallRecord, ...]]] = []
 
     async def record(self, spent: Spent, reservation: Reservation | None = None) -> None:
         """Queue the bill, then settle the tenant's budget with its real cost (a cache hit releases
@@ -154,7 +167,16 @@ class Ledger:
             elif cost > 0:
                 await self.store.incr_float(spend_key(spent.tenant), cost)
         except StoreUnavailable as exc:
-            log.warning("spend of %s not recorded (store unavailable): $%.6f: %s", spent.tenant, cost, exc)
+            # Held for the writer to add to the tenant's spend once the store is back: a budget must
+            # not forget what was spent during an outage.
+            if len(self._unsettled) < _MAX_UNSETTLED:
+                self._unsettled.append((reservation, spent.tenant, cost, spent.calls))
+            else:
+                self._lost(cost, "budget spend of %s not recorded (store unavailable, backlog full): $%.6f",
+                           spent.tenant)
+            if self._throttle.due():
+                log.warning("spend of %s held until the store is back (store unavailable): $%.6f: %s",
+                            spent.tenant, cost, exc)
 
     async def record_shadow(self, tenant: str, calls: tuple[CallRecord, ...], reservation: Reservation,
                             policy: str | None = None) -> None:
@@ -191,10 +213,23 @@ class Ledger:
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
+        if self._held or self._unsettled:
+            await self.write([])  # a last try; what the store still cannot take is lost
+            self._give_up_held()
+            for _, tenant, usd, _ in self._unsettled:
+                log.warning("spend of %s not added to its budget counter (store unavailable): $%.6f", tenant, usd)
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            if self._held or self._unsettled:
+                try:
+                    first = await asyncio.wait_for(self._queue.get(), RETRY_S)
+                except TimeoutError:
+                    await self.write([])  # no new bills: retry the held sums alone
+                    continue
+            else:
+                first = await self._queue.get()
+            batch = [first]
             await asyncio.sleep(self.linger_s)
             while len(batch) < _BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
@@ -210,22 +245,55 @@ class Ledger:
                     self._queue.task_done()
 
     async def write(self, batch: Sequence[Spent]) -> None:
-        sums: dict[str, dict[str, float]] = {}
+        """Add `batch` (and any sums held from an outage) to the store; if it is down, hold them all."""
+        if self._unsettled:
+            await self._settle_unsettled()
+        sums, self._held = self._held, {}
         for s in batch:
             add_spent(sums, s)
-        tenants = sorted({s.tenant for s in batch})
-        try:
-            await self.store.add_to_hashes(sums, LEDGER_TTL_S, (LEDGER_TENANTS, tenants))
-        except StoreUnavailable as exc:
-            self.failed += len(batch)
-            self._lost(sum(s.cost_usd for s in batch), "ledger: %d bills not stored (store unavailable: %s): $%.6f",
-                       len(batch), exc)
+        tenants = self._held_tenants | {s.tenant for s in batch}
+        bills, usd = self._held_bills + len(batch), self._held_usd + sum(s.cost_usd for s in batch)
+        if not sums:
             return
-        self.written += len(batch)
+        try:
+            await self.store.add_to_hashes(sums, LEDGER_TTL_S, (LEDGER_TENANTS, sorted(tenants)))
+        except StoreUnavailable as exc:
+            self._held, self._held_tenants, self._held_bills, self._held_usd = sums, tenants, bills, usd
+            if self._throttle.due():
+                log.warning("ledger: store unavailable (%s); %d bills ($%.6f) held, retried every %g s",
+                            exc, bills, usd, RETRY_S)
+            if len(sums) > _MAX_HELD_KEYS:
+                self._give_up_held()
+            return
+        self._held_tenants, self._held_bills, self._held_usd = set(), 0, 0.0
+        self.written += bills
+
+    async def _settle_unsettled(self) -> None:
+        while self._unsettled:
+            reservation, tenant, usd, calls = self._unsettled[0]
+            try:
+                if reservation is not None:
+                    reservation.settled = False  # its one settlement never reached the store
+                    await reservation.settle(usd, calls)
+                else:
+                    await self.store.incr_float(spend_key(tenant), usd)
+            except StoreUnavailable:
+                return  # still down: retried with the held sums
+            self._unsettled.pop(0)
+
+    def _give_up_held(self) -> None:
+        bills, usd = self._held_bills, self._held_usd
+        self._held, self._held_tenants, self._held_bills, self._held_usd = {}, set(), 0, 0.0
+        if bills:  # rare and final: logged every time, not throttled
+            self.failed += bills
+            self.lost_usd += usd
+            log.warning("ledger: %d bills not stored (store unavailable): $%.6f (lost so far: $%.6f)",
+                        bills, usd, self.lost_usd)
 
     def stats(self) -> dict[str, Any]:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
-                "lost_usd": round(self.lost_usd, 10), "queued": self._queue.qsize()}
+                "lost_usd": round(self.lost_usd, 10), "queued": self._queue.qsize(), "held": self._held_bills,
+                "unsettled_usd": round(sum(u[2] for u in self._unsettled), 10)}
 
 
 # -- reading it back ------------------------------------------------------------------------------
@@ -285,7 +353,7 @@ def spend_table(hashes: Iterable[tuple[str, int, Mapping[str, float]]], group_by
 
 def _row(keys: dict[str, Any], m: Mapping[str, float]) -> dict[str, Any]:
     n = m["predicted"]
-    return {**keys, "requests": round(m["requests"]), "cost_usd": round(m["cost_usd"], 10),
+    return {**keys, "requests": round(m["requests"]), "calls": round(m["calls"]), "cost_usd": round(m["cost_usd"], 10),
             "prompt_tokens": round(m["prompt_tokens"]), "completion_tokens": round(m["completion_tokens"]),
             "counterfactual_usd": round(m["counterfactual_usd"], 10),
             "savings_usd": round(m["counterfactual_usd"] - m["cost_usd"], 10),

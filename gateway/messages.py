@@ -21,6 +21,7 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,27 @@ def count_texts(texts: Sequence[str]) -> int:
 
 def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
     return count_texts([content_text(m.get("content")) for m in messages])
+
+
+# The prompt this request already counted (routing does), so that the calls it makes need not count
+# it again. A context variable, because the count must reach every upstream call of the request
+# (plans copy the body but keep its messages list) without every plan kind passing it along; the
+# identity check keeps a judge's own prompt, or another request's, from being taken for it.
+_COUNTED: ContextVar[tuple[object, int] | None] = ContextVar("switchyard_prompt_counted", default=None)
+
+
+def remember_prompt(messages: object, tokens: int | None) -> None:
+    """This request's prompt is `messages`, `tokens` long (None: not counted yet)."""
+    if tokens is not None:
+        _COUNTED.set((messages, tokens))
+
+
+def prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """`count_messages`, or the count the request already made of these very messages."""
+    known = _COUNTED.get()
+    if known is not None and known[0] is messages:
+        return known[1]
+    return count_messages(messages)
 
 
 def upper_bound_messages(messages: Iterable[Mapping[str, Any]]) -> int:

@@ -1,13 +1,14 @@
 """One request's whole path through the gateway, top to bottom.
 
-    tenant   = auth.authenticate(...)             → 401/403 early
-    hit      = cache.lookup(...)                  → served from the store, cost 0 (after auth.admit)
-    signal   = router.assess(...)                 → predicted quality per deployment (no network)
-    decision = policy.decide(signal, ...)         → Single | Cascade | BestOfN, with reasons
-                                                    (a target policy's threshold from its calibrator,
-                                                    which observes the decision in turn)
-    route    = cost cap → upstream max_tokens      → 422 if not even the prompt fits
-    held     = auth.admit(tenant, worst case)     → 429 before any upstream call
+    tenant   = auth.authenticate(...)             → 401 early
+    held     = auth.admit(tenant, policy, need)   → the one gate: 403, then (once allowed) `need`:
+      hit      = cache.lookup(...)                    served from the store, cost 0, nothing held
+      signal   = router.assess(...)                   predicted quality per deployment (no network)
+      decision = policy.decide(signal, ...)           Single | Cascade | BestOfN, with reasons
+                                                      (a target policy's threshold from its calibrator,
+                                                      which observes the decision in turn)
+      route    = cost cap → upstream max_tokens       422 if not even the prompt fits
+                                                  → then 429 for its worst case, before any upstream call
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
     learn(...)                                    → request record queued; maybe a shadow job (both off-path)
@@ -31,17 +32,18 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 
 from gateway import signal as routing
-from gateway.auth import HOLD_MARGIN_S, Authenticator, Reservation, Tenant
-from gateway.cache import CacheStatus, ExactCache, is_cacheable
+from gateway.auth import HOLD_MARGIN_S, NOTHING, Authenticator, Need, Reservation, Tenant
+from gateway.cache import CachedAnswer, CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
+from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
 from gateway.executor.result import CallRecord
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
-from gateway.messages import count_messages, upper_bound_messages
+from gateway.messages import count_messages, remember_prompt, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -150,12 +152,11 @@ Outcome = Answer | LiveAnswer
 
 
 def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -> Entry:
+    """What `model` names: a deployment (pinned) or a policy. Whether the tenant may use it is the
+    gate's to say (`auth.admit`, `auth.permit`)."""
     if model in svc.catalog.deployments:
-        # Pinning is governed by the tenant's `deployments` alone, never by its policy allow-list; the
-        # default policy only lends the call its settings (cache), so it is not permission-checked.
-        svc.auth.check_pin(tenant, model)
-        return Entry(_policy(svc, tenant.default_policy or svc.config.default_policy, tenant, check=False),
-                     pinned=model)
+        # a pinned call borrows the default policy's settings (cache, timeout)
+        return Entry(_policy(svc, tenant.default_policy or svc.config.default_policy), pinned=model)
     if model == AUTO:
         name = ctx.policy or tenant.default_policy or svc.config.default_policy
     elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:
@@ -163,7 +164,7 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
     else:
         raise NotFound(f"model '{model}' does not exist: use 'auto', 'router/<policy>' or a deployment "
                        f"({', '.join(svc.catalog.deployments)}); GET /v1/models lists them", param="model")
-    return Entry(_policy(svc, name, tenant))
+    return Entry(_policy(svc, name))
 
 
 def entry_points(svc: Services, tenant: Tenant) -> list[str]:
@@ -174,13 +175,11 @@ def entry_points(svc: Services, tenant: Tenant) -> list[str]:
     return ids + [d for d in svc.catalog.deployments if tenant.may_pin(d)]
 
 
-def _policy(svc: Services, name: str, tenant: Tenant, *, check: bool = True) -> BoundPolicy:
+def _policy(svc: Services, name: str) -> BoundPolicy:
     policy = svc.policies.get(name)
     if policy is None:
         raise NotFound(f"policy '{name}' does not exist ({', '.join(sorted(svc.policies.policies))})",
                        param="model", code="policy_not_found")
-    if check:
-        svc.auth.check_policy(tenant, name)
     return policy
 
 
@@ -269,6 +268,7 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     """POST /v1/route: the decision for this request, without calling any model."""
     tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
+    svc.auth.permit(tenant, entry.policy_name, entry.pinned)  # explained, never run: nothing to hold
     r = route(svc, entry, request, ctx)
     explained: dict[str, Any]
     if r.decision is None:
@@ -308,14 +308,51 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     return outcome
 
 
-async def _admit(svc: Services, tenant: Tenant, r: Route) -> Reservation:
+def _need(svc: Services, tenant: Tenant, r: Route) -> Need:
+    """What the route may use at most: its worst-case cost and tokens, held for its longest duration."""
     if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
-        return await svc.auth.admit(tenant)
+        return NOTHING
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
     reserve = r.worst_case_usd(svc.catalog) if tenant.holds_budget else 0.0
     counted = worst_case_tokens(r.plan, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices) \
         if tenant.counts_tokens else 0
-    return await svc.auth.admit(tenant, reserve, ttl, counted)
+    return Need(reserve, counted, ttl)
+
+
+@dataclass(slots=True)
+class _Ahead:
+    """What a request needs, worked out inside the gate once the tenant may use its entry: a cached
+    answer (nothing to hold, the request is still counted), or its route and that route's worst case."""
+
+    svc: Services
+    request: dict[str, Any]
+    ctx: CallContext
+    span: Span
+    router: RememberingRouter
+    trail: Trail
+    tenant: Tenant
+    entry: Entry
+    key: str | None = None
+    hit: CachedAnswer | None = None
+    route: Route | None = None
+
+    async def need(self) -> Need:
+        svc, entry, trail, tenant = self.svc, self.entry, self.trail, self.tenant
+        if entry.policy.spec.cache.enabled and is_cacheable(self.request, self.ctx.cache):
+            self.key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, self.request)
+            self.hit = await svc.cache.lookup(self.key)
+            svc.observer.looked_up(trail.policy, hit=self.hit is not None)
+            if self.hit is not None:
+                return NOTHING
+        with svc.telemetry.span("switchyard.route", self.span,
+                                switchyard__router__version=self.router.version) as route_span:
+            r = self.route = route(svc, entry, self.request, self.ctx, self.router)
+            trail.plan = r.plan
+            if r.decision is not None:
+                svc.observer.decided(trail.policy, r.plan)
+            set_attributes(route_span, switchyard__plan=r.plan.label,
+                           switchyard__difficulty=r.decision.signal.difficulty if r.decision else None)
+        return _need(svc, tenant, r)
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
@@ -329,28 +366,19 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
                    switchyard__policy__version=None if entry.pinned else entry.policy.version)
     trace_id = trail.trace_id
 
-    cache_on = entry.policy.spec.cache.enabled and is_cacheable(request, ctx.cache)
-    key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, request) if cache_on else None
-    if key is not None and (hit := await svc.cache.lookup(key)) is not None:
-        svc.observer.looked_up(trail.policy, hit=True)
-        held = await svc.auth.admit(tenant)  # rate and spent-budget gates; a hit costs nothing to hold
+    ahead = _Ahead(svc, request, ctx, span, router, trail, tenant, entry)
+    held = await svc.auth.admit(tenant, entry.policy_name, ahead.need, pinned=entry.pinned)
+    key, hit = ahead.key, ahead.hit
+    if hit is not None:
         trail.cache, trail.plan_label, trail.deployment = "hit", hit.plan, hit.deployment
         await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, CACHE, hit.deployment, ()),
                                 reservation=held)
         set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
         return Answer("hit", hit.plan, hit.deployment, trace_id, hit.body)
-    if key is not None:
-        svc.observer.looked_up(trail.policy, hit=False)
-
-    with svc.telemetry.span("switchyard.route", span, switchyard__router__version=router.version) as route_span:
-        r = route(svc, entry, request, ctx, router)
-        plan = trail.plan = r.plan
-        decision = r.decision
-        if decision is not None:
-            svc.observer.decided(trail.policy, plan)
-        set_attributes(route_span, switchyard__plan=plan.label,
-                       switchyard__difficulty=decision.signal.difficulty if decision else None)
-    held = await _admit(svc, tenant, r)
+    r = ahead.route
+    assert r is not None  # no cached answer: the gate routed the request
+    plan, decision = r.plan, r.decision
+    remember_prompt(r.messages, r.counted)  # calls without usage are billed on this count
     if r.capped and ctx.overrides.max_cost_usd is not None:
         key = None  # an answer cut short by this request's own cap must not be served to others
     cache_status: CacheStatus = "miss" if key else "bypass"
@@ -358,19 +386,23 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     ttl = entry.policy.spec.cache.ttl_s
     body = bounded_body(request, r)
 
+    hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
     try:
         if request.get("stream") and isinstance(plan, Single):
             waited = time.perf_counter()
-            live = await svc.upstreams.open_stream(plan.deployments + plan.fallbacks, upstream_body(body), span,
-                                                   deadline=deadline)
+            live, losers = await open_stream(svc.upstreams, plan.deployments + plan.fallbacks, upstream_body(body),
+                                             span, deadline, hedge_s)
             trail.upstream_s += time.perf_counter() - waited
-            label = plan.label if live.deployment == plan.deployment else f"{plan.label}>fallback:{live.deployment}"
+            how = "fallback" if hedge_s is None else "hedge"
+            label = plan.label if live.deployment == plan.deployment else f"{plan.label}>{how}:{live.deployment}"
             trail.stream, trail.plan_label, trail.deployment = True, label, live.deployment
             relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r,
-                                Learning(ctx.request_id, tenant, entry, decision, request, r), trail)
+                                Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
         waited = time.perf_counter()
-        result: Result = await run(svc.upstreams, plan, {**body, "stream": False}, span, deadline)
+        whole = {**body, "stream": False}
+        result: Result = await (run(svc.upstreams, plan, whole, span, deadline) if hedge_s is None
+                                else run_hedged(svc.upstreams, plan, whole, span, deadline, hedge_s))
         trail.upstream_s += time.perf_counter() - waited
     except GatewayError as exc:
         if exc.billed:  # calls answered before the plan failed: they cost money, the request answered nothing
@@ -457,6 +489,7 @@ class _LiveStream:
     route: Route  # its prompt tokens bill a stream cut short
     learning: Learning
     trail: Trail
+    hedged: Losers = NO_LOSERS  # the legs a hedged stream's winner beat, billed with it
     acc: Accumulator = field(default_factory=Accumulator)
     settled: bool = False
 
@@ -491,14 +524,16 @@ class _LiveStream:
         await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
         if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
-        record: CallRecord = self.svc.upstreams.close_stream(live, error)
+        record: CallRecord = await self.svc.upstreams.end_stream(live, error)
         self.trail.upstream_s += record.latency_s
-        self.svc.observer.billed(self.trail, (record,))
+        calls = (record, *await self.hedged.records())
+        self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
         self.svc.observer.finish(self.trail, 200, cut)
         it = self.learning
         await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
-                                           live.deployment, (record,), it.decision), reservation=self.held)
+                                           live.deployment, calls, it.decision),
+                                     reservation=self.held)
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
                        gen_ai__usage__input_tokens=record.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=record.usage.completion_tokens,

@@ -23,7 +23,7 @@ from typing import Any
 from gateway.admission_store import Admission, Settlement, Window
 from gateway.config import DeploymentConfig
 from gateway.errors import RateLimited
-from gateway.messages import count_messages
+from gateway.messages import prompt_tokens
 from gateway.state import Store, StoreUnavailable, deployment_window_key
 from gateway.windows import retry_after_s
 
@@ -58,7 +58,7 @@ class DeploymentQuotas:
             names.append("requests_per_minute")
         if d.tokens_per_minute is not None:
             out = body.get("max_completion_tokens") or body.get("max_tokens") or d.max_output_tokens
-            counted = count_messages(body.get("messages") or ()) + int(out) * int(body.get("n") or 1)
+            counted = prompt_tokens(body.get("messages") or ()) + int(out) * int(body.get("n") or 1)
             windows.append(Window(deployment_window_key(d.name, "tpm"), d.tokens_per_minute, counted))
             names.append("tokens_per_minute")
         return windows, names, counted

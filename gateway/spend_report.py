@@ -15,7 +15,7 @@ from typing import Any
 from gateway.ledger import Window, read_spend, spend_table
 from gateway.state import RedisStore
 
-METRIC_COLUMNS = ("requests", "cost_usd", "prompt_tokens", "completion_tokens", "counterfactual_usd",
+METRIC_COLUMNS = ("requests", "calls", "cost_usd", "prompt_tokens", "completion_tokens", "counterfactual_usd",
                   "savings_usd", "predicted_quality_chosen", "predicted_quality_counterfactual")
 _SHORT = {"predicted_quality_chosen": "q_chosen", "predicted_quality_counterfactual": "q_counterfactual"}
 

@@ -140,6 +140,12 @@ def request_key(tenant: str, request_id: str) -> str:
     return f"sy:req:{{{tenant}}}:{request_id}"
 
 
+def answer_key(namespace: str, tenant: str, digest: str) -> str:
+    """A cached answer. Untagged on purpose: each is read and written alone, and one tenant's
+    answers would otherwise all land on one Redis Cluster node."""
+    return f"sy:cache:{namespace}:{tenant}:{digest}"
+
+
 RATE_WINDOW_TTL_S = 120  # a minute window, kept a minute longer for clock skew between replicas
 
 

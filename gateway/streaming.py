@@ -28,6 +28,8 @@ class Accumulator:
         self.texts: dict[int, list[str]] = {}
         self.roles: dict[int, str] = {}
         self.finish: dict[int, str | None] = {}
+        self.calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> tool call index -> call so far
+        self.logprobs: dict[int, list[Any]] = {}
 
     def add(self, chunk: dict[str, Any]) -> None:
         if not self.meta:
@@ -41,8 +43,24 @@ class Accumulator:
                 self.texts.setdefault(i, []).append(delta["content"])
             else:
                 self.texts.setdefault(i, [])
+            if delta.get("tool_calls"):
+                self._add_calls(i, delta["tool_calls"])
+            if (choice.get("logprobs") or {}).get("content"):
+                self.logprobs.setdefault(i, []).extend(choice["logprobs"]["content"])
             if choice.get("finish_reason"):
                 self.finish[i] = choice["finish_reason"]
+
+    def _add_calls(self, i: int, deltas: list[dict[str, Any]]) -> None:
+        """Tool calls arrive as a head (id, type, name) and then their arguments in pieces."""
+        calls = self.calls.setdefault(i, {})
+        for d in deltas:
+            call = calls.setdefault(int(d.get("index", 0)), {"id": None, "type": "function",
+                                                             "function": {"name": "", "arguments": ""}})
+            call["id"] = d.get("id") or call["id"]
+            call["type"] = d.get("type") or call["type"]
+            function = d.get("function") or {}
+            call["function"]["name"] += function.get("name") or ""
+            call["function"]["arguments"] += function.get("arguments") or ""
 
     @property
     def finished(self) -> bool:
@@ -50,12 +68,23 @@ class Accumulator:
 
     def completion_tokens_estimate(self) -> int:
         """Tokens relayed so far, counted (for streams that end without a usage chunk)."""
-        return sum(count_text("".join(t)) for t in self.texts.values())
+        text = sum(count_text("".join(t)) for t in self.texts.values())
+        return text + sum(count_text(c["function"]["name"] + c["function"]["arguments"])
+                          for calls in self.calls.values() for c in calls.values())
 
     def body(self, usage: Usage) -> dict[str, Any]:
-        choices = [{"index": i, "message": {"role": self.roles.get(i, "assistant"), "content": "".join(t)},
-                    "finish_reason": self.finish.get(i)} for i, t in sorted(self.texts.items())]
-        return {**self.meta, "object": "chat.completion", "choices": choices, "usage": usage.as_dict()}
+        return {**self.meta, "object": "chat.completion", "choices": [self._choice(i) for i in sorted(self.texts)],
+                "usage": usage.as_dict()}
+
+    def _choice(self, i: int) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": self.roles.get(i, "assistant"), "content": "".join(self.texts[i])}
+        if i in self.calls:
+            message["tool_calls"] = [self.calls[i][k] for k in sorted(self.calls[i])]
+            message["content"] = message["content"] or None
+        choice = {"index": i, "message": message, "finish_reason": self.finish.get(i)}
+        if i in self.logprobs:
+            choice["logprobs"] = {"content": self.logprobs[i]}
+        return choice
 
 
 def replay(body: dict[str, Any], include_usage: bool, piece_chars: int = 24) -> Iterator[dict[str, Any]]:
@@ -68,9 +97,11 @@ def replay(body: dict[str, Any], include_usage: bool, piece_chars: int = 24) -> 
         yield {**base, "choices": [{"index": i, "delta": {"role": message.get("role", "assistant"), "content": ""},
                                     "finish_reason": None}]}
         text = message.get("content") or ""
+        logprobs = choice.get("logprobs")
         for start in range(0, len(text), piece_chars):
+            # The choice's logprobs ride on its first content chunk.
             yield {**base, "choices": [{"index": i, "delta": {"content": text[start:start + piece_chars]},
-                                        "finish_reason": None}]}
+                                        "logprobs": logprobs if start == 0 else None, "finish_reason": None}]}
         if message.get("tool_calls"):
             calls = [{**call, "index": k} for k, call in enumerate(message["tool_calls"])]
             yield {**base, "choices": [{"index": i, "delta": {"tool_calls": calls}, "finish_reason": None}]}

@@ -188,6 +188,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         for backend in {id(b): b for b in services.upstreams.backends.values()}.values():
             if isinstance(backend, LiteLLMBackend):
                 await backend.prepare()  # not on the first request, holding the event loop for seconds
+        await services.auth.keys.probe()  # readiness knows whether admin-made keys need the store
         for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
                 background.start()

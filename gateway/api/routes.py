@@ -267,18 +267,21 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     """Ready unless requests would be refused. A store outage is `degraded` (200: the gateway still
     serves, the cache is skipped) unless `on_store_outage: fail_closed` and some tenant has a budget
-    or rate limit, then it is `unavailable` (503). Anonymous callers of a gateway with tenants see
-    the status alone."""
+    or rate limit, or admin-made keys exist (they are looked up in the store, and never let through
+    unchecked), then it is `unavailable` (503). Anonymous callers of a gateway with tenants see the
+    status alone."""
     svc = _svc(request)
     store = svc.cache.store
     store_ok = await store.ping()  # bounded by the store's timeout, immediate while its breaker is open
-    refuses = not store_ok and svc.auth.outage_refuses
+    keys = await svc.auth.keys.probe() if store_ok else svc.auth.keys.in_use
+    refuses = not store_ok and (svc.auth.outage_refuses or bool(keys))
     status = "ready" if store_ok else ("unavailable" if refuses else "degraded")
     body: dict[str, Any] = {"status": status}
     if svc.auth.open or await _has_valid_key(svc, request):
         body |= {"process": os.getpid(),  # which worker or replica answered
                  "store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
                  "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
+                 "virtual_keys": "unknown" if keys is None else ("in use" if keys else "none"),
                  "deployments": svc.upstreams.health.snapshot()}
         if svc.requests is not None:
             body["request_log"] = svc.requests.stats()

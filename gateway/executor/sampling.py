@@ -59,7 +59,9 @@ async def sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, b
                                      for d in samplers), return_exceptions=True)
         outs = [g for g in got if not isinstance(g, BaseException)]
         failed = next((g for g in got if isinstance(g, BaseException)), None)
-        if failed is not None:
+        # A sample that failed after its retries leaves the others to choose from; only a bad request
+        # (another sample would be refused too) or no answer at all fails the plan.
+        if failed is not None and (not outs or not upstream_fault(failed)):
             raise billing(failed, [rec for _, rec in outs])
     samples = Samples([], [], [], [rec for _, rec in outs])
     for done, rec in outs:
@@ -115,6 +117,11 @@ def pick(body: dict[str, Any], choices: list[tuple[dict[str, Any], str]], chosen
     order = [chosen] + [i for i in range(len(choices)) if i != chosen]
     picked = [{**choices[i][0], "index": k} for k, i in enumerate(order[:n])]
     return {**body, "choices": picked}
+
+
+def upstream_fault(exc: BaseException) -> bool:
+    """A failure of the upstreams (5xx: failed, timed out, unavailable), not of the request (4xx)."""
+    return isinstance(exc, GatewayError) and exc.status >= 500
 
 
 def billing(exc: BaseException, calls: list[CallRecord]) -> BaseException:

@@ -46,7 +46,7 @@ from gateway.errors import (
 )
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord
-from gateway.messages import count_completion, count_messages
+from gateway.messages import count_completion, prompt_tokens
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
@@ -67,6 +67,7 @@ class OpenStream:
     stats: StreamStats
     span: Span
     started: float = field(default_factory=time.perf_counter)
+    taken: Taken | None = None  # its place in the deployment's token window, settled when it ends
 
 
 class _CircuitOpen(Exception):
@@ -100,10 +101,11 @@ def _longest_wait(exc: ProviderFailure, retry: int) -> float:
 
 
 def counted(done: Completion, body: dict[str, Any]) -> Completion:
-    """An answer without `usage` is billed on counted tokens (prompt and completion), never as free."""
+    """An answer without `usage` is billed on counted tokens (prompt and completion), never as free.
+    The prompt is the one the request counted when it was routed, unless the call sent another."""
     if done.usage.total_tokens:
         return done
-    usage = Usage(count_messages(body.get("messages") or ()), count_completion(done.body))
+    usage = Usage(prompt_tokens(body.get("messages") or ()), count_completion(done.body))
     return Completion(done.body, usage, done.latency_s)
 
 
@@ -330,7 +332,7 @@ class Upstreams:
 
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
-        await self._take(name, body, trial)  # a stream keeps its reserved tokens in the deployment's window
+        taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()
         stats = StreamStats()
@@ -347,7 +349,7 @@ class Upstreams:
         set_attributes(span, gen_ai__response__model=first.get("model"))
         if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
             self.health[name].trial_passed()
-        return OpenStream(name, first, chunks, stats, span)
+        return OpenStream(name, first, chunks, stats, span, taken=taken)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
                           deadline: Deadline) -> OpenStream:
@@ -356,6 +358,14 @@ class Upstreams:
         _, live = await self._first(
             names, lambda n, trial: self._open_one(n, body, parent, deadline, trial), deadline)
         return live
+
+    async def end_stream(self, s: OpenStream, error: ProviderFailure | None = None) -> CallRecord:
+        """`close_stream`, and the tokens the stream reserved in its deployment's window settled to
+        what it used: its usage, or what was counted of a stream cut short (set before this)."""
+        record = self.close_stream(s, error)
+        if s.taken is not None and self.quotas is not None:
+            await self.quotas.settle(s.taken, record.usage.prompt_tokens + record.usage.completion_tokens)
+        return record
 
     def close_stream(self, s: OpenStream, error: ProviderFailure | None = None) -> CallRecord:
         latency = time.perf_counter() - s.started

@@ -29,9 +29,17 @@ Role = Literal["answer", "sample", "judge", "escalation"]
 
 # A judge's reply: what the runners ask for (JUDGE_MAX_TOKENS), what the estimator expects, and
 # (generously) what its instructions and candidate labels add to its prompt: worst cases must not be
-# under-estimated.
+# under-estimated. The labels grow with the answers read ("\n\nCandidate 16:\n" is 6 tokens in
+# o200k_base; at 16 candidates a fixed allowance fell 27 tokens short).
 JUDGE_OUTPUT_TOKENS = 16
 JUDGE_FRAMING_TOKENS = 96
+JUDGE_LABEL_TOKENS = 8  # per answer a judge reads
+
+
+def judge_framing(c: Call) -> int:
+    """What a judge's prompt adds to the request's and the answers it reads, at most."""
+    return JUDGE_FRAMING_TOKENS + JUDGE_LABEL_TOKENS * len(c.reads) + (count_text(c.instructions) if c.instructions
+                                                                         else 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,8 +126,8 @@ def worst_cost(calls: Sequence[Call], prompt_tokens: int, catalog: Catalog, max_
     for c in calls:
         price = catalog.prices[c.deployment]
         if c.role == "judge":
-            framing = JUDGE_FRAMING_TOKENS + (count_text(c.instructions) if c.instructions else 0)
-            cost += price.estimate(prompt_tokens + framing + sum(limit(r) for r in c.reads), JUDGE_MAX_TOKENS)
+            cost += price.estimate(prompt_tokens + judge_framing(c) + sum(limit(r) for r in c.reads),
+                                   JUDGE_MAX_TOKENS)
         else:
             cost += price.estimate(prompt_tokens, limit(c.deployment) * c.outputs)
     return cost
@@ -131,9 +139,8 @@ def worst_tokens(calls: Sequence[Call], prompt_tokens: int, catalog: Catalog, ma
     total = 0
     for c in calls:
         if c.role == "judge":
-            framing = JUDGE_FRAMING_TOKENS + (count_text(c.instructions) if c.instructions else 0)
             read = sum(max_tokens or catalog.deployments[r].max_output_tokens for r in c.reads)
-            total += prompt_tokens + framing + read + JUDGE_MAX_TOKENS
+            total += prompt_tokens + judge_framing(c) + read + JUDGE_MAX_TOKENS
         else:
             total += prompt_tokens + (max_tokens or catalog.deployments[c.deployment].max_output_tokens) * c.outputs
     return total

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.errors import GatewayError
 from gateway.executor.result import CallRecord
-from gateway.executor.sampling import billing, judge_score, pick, result, sample
+from gateway.executor.sampling import billing, judge_score, pick, result, sample, upstream_fault
 from gateway.executor.selectors import vote
 from gateway.messages import message_text
 from gateway.plans.base import (
@@ -234,7 +234,14 @@ async def _run(up: Upstreams, plan: Cascade, body: dict[str, Any], span: Span | 
     stages = plan.stages
     for i, members in enumerate(stages[:-1]):
         step = members[0]
-        answer, conf, step_calls, evidence = await _confidence(up, plan, members, body, span, deadline)
+        try:
+            answer, conf, step_calls, evidence = await _confidence(up, plan, members, body, span, deadline)
+        except GatewayError as exc:
+            if not upstream_fault(exc):
+                raise
+            made += exc.billed  # a step that failed upstream escalates, as a step without confidence would
+            trail.append({"step": step, "failed": exc.message, "escalated": "step failed"})
+            continue
         made += step_calls
         trail.append({"step": step, "confidence": round(conf, 4), "threshold": plan.threshold, **evidence})
         if conf >= plan.threshold:

@@ -10,11 +10,11 @@ with the decision, so it can explain itself.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.errors import ConstraintUnsatisfiable
-from gateway.plans import Plan
+from gateway.plans import Cascade, Plan, Single
 from gateway.policy.calibration import Cutoff
 from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.policy.loader import BoundPolicy
@@ -128,6 +128,25 @@ def _rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str |
     return None
 
 
+def _still_answers(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
+    """A plan removed only because a circuit is open, taken back when it can answer without that
+    deployment (the executor skips an open circuit): a single plan through a healthy fallback, a
+    cascade whose last step is healthy (a failed step escalates), best-of with a healthy sampler (it
+    answers from the samples that came back). Judged again on every other limit."""
+    plan, open_now = c.plan, live.open_circuits
+    if c.rejected_by != "circuit_open":
+        return c
+    if isinstance(plan, Single):
+        healthy = any(f not in open_now for f in plan.fallbacks)
+    elif isinstance(plan, Cascade):
+        healthy = plan.steps[-1] not in open_now
+    else:
+        healthy = any(d not in open_now for d in plan.samplers)
+    if not healthy:
+        return c
+    return replace(c, rejected_by=_rejection(plan, c.estimate, limits, LiveView(frozenset(), live.latency_s)))
+
+
 def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: LiveView,
            overrides: Overrides = Overrides(), max_tokens: int | None = None,
            cutoff: Cutoff | None = None) -> Decision:
@@ -139,6 +158,9 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
         e = estimate(plan, signal, catalog, live.latency_s, max_tokens)
         evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, _rejection(plan, e, limits, live)))
     feasible = [c for c in evaluated if c.rejected_by is None]
+    if not feasible:  # open circuits removed every plan? one that can work around them still answers
+        evaluated = [_still_answers(c, limits, live) for c in evaluated]
+        feasible = [c for c in evaluated if c.rejected_by is None]
     if not feasible:
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)
         raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}")

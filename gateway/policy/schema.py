@@ -124,6 +124,8 @@ class PolicySpec(_Strict):
     # One deadline per request over every retry, fallback, cascade step and sample; clients may
     # tighten it with x-switchyard-timeout-ms.
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # Single-deployment plans with a fallback also ask the fallback when no first token came by then.
+    hedge_after_ms: float | None = Field(default=None, gt=0, le=600_000)
     examples: list[Example] = Field(default_factory=list)
     shadow: ShadowSpec | None = None
 
@@ -131,6 +133,9 @@ class PolicySpec(_Strict):
     def _target_or_value(self) -> PolicySpec:
         if self.target is not None and "objective" in self.model_fields_set:
             raise ValueError("give either target (calibrated on live traffic) or objective.value_usd, not both")
+        if self.hedge_after_ms is not None and self.hedge_after_ms >= self.timeout_s * 1000:
+            raise ValueError(f"hedge_after_ms ({self.hedge_after_ms:g}) must be under timeout_s "
+                             f"({self.timeout_s:g} s): a hedge after the deadline never starts")
         return self
 
 

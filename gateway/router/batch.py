@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypedDict
 
 from tqdm import tqdm
 
 from gateway.router.model import Router, load_router
-from gateway.router.training.data import iter_rows
+from gateway.router.training.data import DataRow, iter_rows
 
 
-def _row_out(router: Router, row: dict) -> dict:
+class ScoredRow(TypedDict):
+    id: str | int
+    difficulty: float
+    predicted: dict[str, float]
+
+
+def _row_out(router: Router, row: DataRow) -> ScoredRow:
     a = router.assess(str(row["prompt"]))
     names = dict.fromkeys([*(row.get("models") or {}), *router.known_profiles()])
     return {

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gateway.router.arrays import F32, I64, U64
+
 _TOKEN = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
 _DIGITS = re.compile(r"\d")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
@@ -41,7 +43,7 @@ class HashSpec:
         return 1 << self.bits
 
 
-def _word_hashes(lower: str) -> np.ndarray:
+def _word_hashes(lower: str) -> U64:
     toks = [("#" + str(len(t))) if t[0].isdigit() else t for t in _TOKEN.findall(lower)]
     if not toks:
         return np.zeros(0, dtype=np.uint64)
@@ -50,7 +52,7 @@ def _word_hashes(lower: str) -> np.ndarray:
     return np.concatenate([uni, bi])
 
 
-def _char_hashes(lower: str) -> np.ndarray:
+def _char_hashes(lower: str) -> U64:
     folded = _DIGITS.sub("0", " ".join(lower.split()))
     codes = np.frombuffer(folded.encode("utf-8", "ignore"), dtype=np.uint8).astype(np.uint64)
     parts = []
@@ -64,7 +66,7 @@ def _char_hashes(lower: str) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint64)
 
 
-def _bucketise(h: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _bucketise(h: U64, bits: int) -> tuple[I64, F32]:
     """Mix, fold to buckets and count; returns (bucket ids, sublinear tf)."""
     if h.size == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
@@ -73,7 +75,7 @@ def _bucketise(h: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     return ids, (1.0 + np.log(counts)).astype(np.float32)
 
 
-def hash_text(clean: str, spec: HashSpec) -> tuple[np.ndarray, np.ndarray, int]:
+def hash_text(clean: str, spec: HashSpec) -> tuple[I64, F32, int]:
     """Sparse (ids, values) for a normalised prompt, before idf weighting.
 
     Returns (ids, values, n_word): the word block comes first and is ``n_word`` long, so
@@ -86,8 +88,8 @@ def hash_text(clean: str, spec: HashSpec) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def weight_and_norm(
-    ids: np.ndarray, vals: np.ndarray, n_word: int, idf: np.ndarray, spec: HashSpec
-) -> np.ndarray:
+    ids: I64, vals: F32, n_word: int, idf: F32, spec: HashSpec
+) -> F32:
     """Apply idf and l2-normalise each block, scaled by its block weight."""
     v = vals * idf[ids]
     out = np.empty_like(v)

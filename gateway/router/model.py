@@ -30,7 +30,9 @@ from types import MappingProxyType
 
 import numpy as np
 
+from gateway.router.arrays import F32, F64, I64, Floats, Loaded
 from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
+from gateway.router.meta import ArtifactMeta
 from gateway.router.neighbours import Neighbours, unit
 from gateway.router.text import STRUCT_NAMES, guess_category, normalise, structural_features
 
@@ -67,36 +69,36 @@ class Assessment:
 @dataclass(frozen=True)
 class _Weights:
     spec: HashSpec
-    idf: np.ndarray
-    w: np.ndarray  # (dim, t) float32
-    w_struct: np.ndarray  # (s, t)
-    s_mean: np.ndarray
-    s_std: np.ndarray
-    bias: np.ndarray  # (t,)
-    head_coef: np.ndarray  # (heads, t)
-    head_icpt: np.ndarray  # (heads,)
-    head_model: np.ndarray  # (heads,) int: which model each head scores
-    head_domain: np.ndarray  # (heads,) int: the training file it was fitted on
-    gen_coef: np.ndarray  # (h,)
+    idf: F32
+    w: F32  # (dim, t)
+    w_struct: F32  # (s, t)
+    s_mean: F32
+    s_std: F32
+    bias: F32  # (t,)
+    head_coef: F64  # (heads, t)
+    head_icpt: F64  # (heads,)
+    head_model: I64  # (heads,) which model each head scores
+    head_domain: I64  # (heads,) the training file it was fitted on
+    gen_coef: F64  # (h,)
     gen_icpt: float
-    theta: np.ndarray  # (m,) generic-scale abilities of known models
-    knn_coef: np.ndarray | None = None  # (heads,) head weight on its model's neighbour logit
+    theta: F64  # (m,) generic-scale abilities of known models
+    knn_coef: F64 | None = None  # (heads,) head weight on its model's neighbour logit
     neighbours: Neighbours | None = None
 
 
 class Router:
     """Predicts difficulty and P(good answer) per model for a prompt."""
 
-    def __init__(self, weights: _Weights, meta: Mapping[str, object]) -> None:
+    def __init__(self, weights: _Weights, meta: ArtifactMeta) -> None:
         self._w = weights
         self._meta = meta
-        self._models: list[str] = list(meta["models"])  # type: ignore[call-overload]
+        self._models: list[str] = list(meta["models"])
         self._index = {m: i for i, m in enumerate(self._models)}
         heads: dict[int, list[tuple[int, int]]] = {}
         for h, (m, d) in enumerate(zip(weights.head_model.tolist(), weights.head_domain.tolist(), strict=True)):
             heads.setdefault(int(m), []).append((h, int(d)))
         self._heads = {i: tuple(v) for i, v in heads.items()}
-        self._out_tokens: dict[str, float] = dict(meta.get("expected_output_tokens", {}))  # type: ignore[call-overload]
+        self._out_tokens: dict[str, float] = dict(meta.get("expected_output_tokens", {}))
         self._mean_ability = float(np.mean(weights.theta)) if weights.theta.size else 0.0
         # The linear latent and the neighbour projection read the same hashed vector: one gather of
         # both weight blocks per request instead of two (the gather is a large share of assess()).
@@ -167,11 +169,11 @@ class Router:
         return self._mean_ability
 
     @property
-    def meta(self) -> Mapping[str, object]:
+    def meta(self) -> ArtifactMeta:
         return self._meta
 
     # -- internals ----------------------------------------------------------------------
-    def _latent(self, clean: str, feats: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _latent(self, clean: str, feats: tuple[float, ...]) -> tuple[F64, F64, F64]:
         """(phi, knn logits, domain shares); the last two are empty without neighbours."""
         w = self._w
         ids, vals, n_word = hash_text(clean, w.spec)
@@ -179,7 +181,7 @@ class Router:
         s = (np.asarray(feats, dtype=np.float32) - w.s_mean) / w.s_std
         both = v @ self._gather[ids]
         t = w.w.shape[1]
-        z: np.ndarray = both[:t] + s @ w.w_struct + w.bias
+        z: Floats = both[:t] + s @ w.w_struct + w.bias  # float32 at run time: the stubs widen float32 maths
         nb = w.neighbours
         if nb is None:
             return z.astype(np.float64), np.zeros(0), np.zeros(0)
@@ -190,11 +192,11 @@ class Router:
 def load_router(path: str | Path | None = None) -> Router:
     """Load a trained router from a directory holding ``router.npz`` + ``router.json``."""
     root = Path(path) if path is not None else DEFAULT_ARTIFACT
-    meta = json.loads((root / "router.json").read_text(encoding="utf-8"))
+    meta: ArtifactMeta = json.loads((root / "router.json").read_text(encoding="utf-8"))
     if meta.get("version") != ARTIFACT_VERSION:
         raise ValueError(f"{root}/router.json: version {meta.get('version')!r}, expected {ARTIFACT_VERSION}")
     with np.load(root / "router.npz") as z:
-        arr = {k: z[k] for k in z.files}
+        arr: dict[str, Loaded] = {k: z[k] for k in z.files}
     spec = HashSpec(**meta["hash_spec"])
     nb_meta = meta.get("neighbours")
     neighbours = None

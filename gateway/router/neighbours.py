@@ -25,26 +25,29 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
+
+from gateway.router.arrays import F32, F64, I64, U8, Floats, Ints
 
 MISSING = 255
 _CLIP = 1e-4
 
 
-def quantise_outcomes(y: np.ndarray) -> np.ndarray:
+def quantise_outcomes(y: F64) -> U8:
     """(n, m) float scores in [0, 1] with NaN = missing -> uint8 codes."""
     q = np.rint(np.clip(np.nan_to_num(y, nan=0.0), 0.0, 1.0) * 254).astype(np.uint8)
     q[np.isnan(y)] = MISSING
     return q
 
 
-def unit(e: np.ndarray) -> np.ndarray:
+def unit(e: F32) -> F32:
     n = float(np.sqrt(np.dot(e, e)))
     return e / n if n > 0 else e
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
+def _logit(p: F64) -> F64:
     p = np.clip(p, _CLIP, 1 - _CLIP)
     return np.log(p / (1 - p))
 
@@ -55,18 +58,18 @@ class Neighbours:
     k: int
     smooth: float
     power: float
-    proj: np.ndarray  # (2**bits, d) float32
-    emb: np.ndarray  # (n, d) float32, unit rows
-    hit: np.ndarray  # (n, m) float32 score (0 where missing)
-    seen: np.ndarray  # (n, m) float32 1 = has a result
-    prior: np.ndarray  # (m,) mean score per model over stored prompts
-    domain: np.ndarray | None = None  # (n,) int: the training file each stored prompt came from
+    proj: F32  # (2**bits, d) float32
+    emb: F32  # (n, d) float32, unit rows
+    hit: F32  # (n, m) float32 score (0 where missing)
+    seen: F32  # (n, m) float32 1 = has a result
+    prior: F64  # (m,) mean score per model over stored prompts
+    domain: I64 | None = None  # (n,) int: the training file each stored prompt came from
     n_domains: int = 1
 
     @classmethod
     def from_arrays(cls, bits: int, k: int, smooth: float, power: float,
-                    proj: np.ndarray, emb: np.ndarray, outcomes: np.ndarray,
-                    domain: np.ndarray | None = None, n_domains: int = 1) -> Neighbours:
+                    proj: Floats, emb: Floats, outcomes: U8,
+                    domain: Ints | None = None, n_domains: int = 1) -> Neighbours:
         seen = (outcomes != MISSING).astype(np.float32)
         hit = np.where(outcomes == MISSING, 0, outcomes).astype(np.float32) / 254.0
         prior = (hit.sum(0) + 0.5) / (seen.sum(0) + 1.0)
@@ -75,10 +78,10 @@ class Neighbours:
                    emb.astype(np.float32), hit, seen, prior.astype(np.float64), dom, max(int(n_domains), 1))
 
     @functools.cached_property
-    def prior_logit(self) -> np.ndarray:
+    def prior_logit(self) -> F64:
         return _logit(self.prior)
 
-    def logits(self, e: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+    def logits(self, e: F32, exclude: Ints | None = None) -> F64:
         """knn_m for query embeddings e (d,) or (q, d); ``exclude[i]`` = a stored row to skip
         (leave-one-out at training time), -1 for none."""
         if e.ndim == 1 and exclude is None and 0 < self.k < self.emb.shape[0]:
@@ -101,10 +104,10 @@ class Neighbours:
         out = _logit(rate) - _logit(self.prior)
         return out[0] if e.ndim == 1 else out
 
-    def _one(self, e: np.ndarray) -> np.ndarray:
+    def _one(self, e: F32) -> F64:
         return self.one(e)[0]
 
-    def one(self, e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def one(self, e: F32) -> tuple[F64, F64]:
         """The request path: (knn logits, domain shares) for one query, the same arithmetic as
         the batch path in a third of the time (a matrix-vector product and plain gathers
         instead of 2-D indexing and einsum)."""
@@ -120,8 +123,8 @@ class Neighbours:
         num = w @ self.hit[idx]
         den = w @ self.seen[idx]
         rate = (num + self.smooth * self.prior) / (den + self.smooth)
-        out: np.ndarray = _logit(rate) - self.prior_logit
+        out: F64 = _logit(rate) - self.prior_logit
         if self.domain is None:
             return out, np.ones(1)
         share = (np.bincount(self.domain[idx], w, self.n_domains) + 1.0 / self.n_domains) / (self.k + 1.0)
-        return out, share
+        return out, cast(F64, share)  # bincount's stubs widen float64 weights to floating

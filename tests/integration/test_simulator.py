@@ -22,7 +22,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from gateway.providers.simulated import SimModel, count_tokens, difficulty_of, p_correct, start, truth_of
+from gateway.simulator import SimModel, count_tokens, difficulty_of, p_correct, start, truth_of
 
 REPO = Path(__file__).resolve().parents[2]
 MODELS_FILE = REPO / "tests" / "fixtures" / "sim_models.yaml"
@@ -34,7 +34,7 @@ def _launch(*args: str, stderr_path: Path) -> tuple[subprocess.Popen[str], str]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     with stderr_path.open("w") as stderr:  # the child keeps its own descriptor
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.providers.simulated", "--port", "0", *args],
+            [sys.executable, "-m", "gateway.simulator", "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,
@@ -82,6 +82,10 @@ def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read())
+
+
+def _counts(requests: int, errors: int, served: int = 0) -> dict:
+    return {"requests": requests, "errors": errors, "served": served, "abandoned": 0, "faults": {}}
 
 
 def _stats(base_url: str) -> dict:
@@ -233,7 +237,7 @@ def test_fails_first_then_succeeds(client: openai.OpenAI, base_url: str) -> None
             client.chat.completions.create(model="sim-flaky", messages=ARITHMETIC)
     reply = client.chat.completions.create(model="sim-flaky", messages=ARITHMETIC)
     assert reply.choices[0].message.content
-    assert _stats(base_url)["sim-flaky"] == {"requests": 3, "errors": 2}
+    assert _stats(base_url)["sim-flaky"] == _counts(3, 2, served=1)
 
 
 def test_error_rate_one_returns_the_status_with_an_openai_error_body(client: openai.OpenAI) -> None:
@@ -268,10 +272,12 @@ def test_stats_count_requests_and_errors_per_model(client: openai.OpenAI, base_u
     with pytest.raises(openai.InternalServerError):
         client.chat.completions.create(model="sim-broken", messages=ARITHMETIC)
     stats = _stats(base_url)
-    assert stats["sim-oracle"] == {"requests": 2, "errors": 0}
-    assert stats["sim-broken"] == {"requests": 1, "errors": 1}
+    oracle = stats["sim-oracle"]
+    # The stream was closed at once: its first chunk went out, or found the client gone.
+    assert (oracle["requests"], oracle["errors"], oracle["served"] + oracle["abandoned"]) == (2, 0, 2)
+    assert stats["sim-broken"] == _counts(1, 1)
     assert _http("POST", base_url.removesuffix("/v1") + "/sim/reset")[0] == 200
-    assert _stats(base_url)["sim-oracle"] == {"requests": 0, "errors": 0}
+    assert _stats(base_url)["sim-oracle"] == _counts(0, 0)
 
 
 def test_models_and_health_endpoints(client: openai.OpenAI, base_url: str) -> None:
@@ -285,7 +291,7 @@ def test_invalid_model_file_exits_with_the_culprit(tmp_path: Path) -> None:
     bad.write_text("models:\n  - {name: a, ability: 1, speed: 3}\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run(
-        [sys.executable, "-m", "gateway.providers.simulated", "--port", "0", "--models", str(bad)],
+        [sys.executable, "-m", "gateway.simulator", "--port", "0", "--models", str(bad)],
         capture_output=True,
         text=True,
         env=env,

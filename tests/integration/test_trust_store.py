@@ -22,6 +22,7 @@ import redis
 
 from gateway.api.app import create_app
 from gateway.auth import hash_key
+from gateway.keys import CACHE_TTL_S
 from gateway.state import spend_key
 from tests.integration.conftest import sim_config
 from tests.support.processes import GatewayServer, RedisServer, Simulator, running_gateway, start_redis
@@ -142,7 +143,16 @@ def test_the_first_budget_check_after_a_store_restart_is_not_skipped(
         try:
             with redis.Redis.from_url(restarted.url) as direct:
                 direct.set(spend_key("metered"), "100")  # well over its budget
+            # A background writer may have met the dead server during the restart and opened the store's
+            # breaker for its cool-down: those answers are 503s (refused, fail_closed). What must never
+            # happen is an answer served without the budget check: the first answer that is not a 503
+            # is the budget's 429.
+            deadline = time.monotonic() + 10
             first = _ask(gw, "sk-metered")
+            while first.status_code == 503 and time.monotonic() < deadline:
+                assert first.json()["error"]["code"] == "store_unavailable"
+                time.sleep(0.2)
+                first = _ask(gw, "sk-metered")
             assert first.status_code == 429 and first.json()["error"]["code"] == "budget_exceeded"
         finally:
             restarted.stop()
@@ -160,3 +170,25 @@ def test_the_first_spend_after_a_store_restart_is_recorded(
             assert spent is not None and float(spent) > 0
         finally:
             restarted.stop()
+
+
+def test_readiness_counts_admin_made_keys_which_cannot_be_checked_while_the_store_is_down(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    admin = "sk-admin-test"
+    with _gateway(simulator, policies_dir, own_redis, on_store_outage="fail_open",
+                  admin_api_key_sha256=hash_key(admin)) as gw:
+        assert _ready(gw, "sk-free").json()["virtual_keys"] == "none"
+        created = httpx.post(gw.base_url + "/admin/keys", headers={"authorization": f"Bearer {admin}"},
+                             json={"tenant": "free"}, timeout=10)
+        assert created.status_code in (200, 201)
+        key = created.json()["key"]
+        assert _ask(gw, key).status_code == 200
+        own_redis.stop()
+        time.sleep(CACHE_TTL_S + 0.1)  # until the replica's copy of the key's record has expired
+        refused = _ask(gw, key)
+        assert refused.status_code == 503 and refused.json()["error"]["code"] == "store_unavailable"
+        assert _ask(gw, "sk-free").status_code == 200  # fail_open: config keys still serve
+        ready = _ready(gw, "sk-free")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "unavailable" and ready.json()["virtual_keys"] == "in use"
+        assert _ready(gw).json() == {"status": "unavailable"}

@@ -31,7 +31,7 @@ def test_requests_slide_out_of_the_window_when_the_refusal_said(redis_server: Re
     key = f"sy:window:{{t-{uuid.uuid4().hex[:6]}}}:rpm"
 
     async def scenario() -> None:
-        store = RedisStore(redis_server.url)
+        store = RedisStore(redis_server.url, timeout_s=5)  # atomicity tested, not latency
         try:
             rpm = Window(key, 3, 1)
             verdicts = [(await store.admit(_admission(rpm))).verdict for _ in range(5)]
@@ -52,7 +52,7 @@ def test_a_window_counts_partly_expired_buckets_exactly(redis_server: RedisServe
     key = f"sy:window:{{t-{uuid.uuid4().hex[:6]}}}:tpm"
 
     async def scenario() -> None:
-        store = RedisStore(redis_server.url)
+        store = RedisStore(redis_server.url, timeout_s=5)  # atomicity tested, not latency
         try:
             first = await store.admit(_admission(Window(key, 1000, 100)))
             await asyncio.sleep(STEP_MS * 2 / 1000)
@@ -79,7 +79,7 @@ def test_a_refusal_by_one_window_counts_in_none(redis_server: RedisServer, short
     rpm, tpm = f"sy:window:{{{tag}}}:rpm", f"sy:window:{{{tag}}}:tpm"
 
     async def scenario() -> None:
-        store = RedisStore(redis_server.url)
+        store = RedisStore(redis_server.url, timeout_s=5)  # atomicity tested, not latency
         try:
             got = await store.admit(_admission(Window(rpm, 10, 1), Window(tpm, 100, 150)))
             assert got.verdict == "rate" and got.index == 1 and got.retry_after_ms == -1

@@ -113,7 +113,7 @@ class Simulator:
 
 def start_simulator(models_file: Path) -> Simulator:
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway.providers.simulated", "--port", "0", "--models", str(models_file)],
+        [sys.executable, "-m", "gateway.simulator", "--port", "0", "--models", str(models_file)],
         # stderr goes nowhere: nobody reads the pipe after the ready line, and a full pipe would stall it
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)})

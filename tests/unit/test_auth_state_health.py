@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.auth import OPEN_TENANT, Authenticator, hash_key
+from gateway.auth import OPEN_TENANT, Authenticator, Need, Tenant, hash_key
 from gateway.config import TenantConfig
 from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, RateLimited
 from gateway.providers.health import DeploymentHealth, HealthBoard
@@ -37,6 +37,30 @@ def test_a_tenant_is_pinned_to_its_policies() -> None:
     auth.check_policy(tenant, "cost-saver")
     with pytest.raises(PermissionDenied, match="may not use policy 'balanced'"):
         auth.check_policy(tenant, "balanced")
+
+
+def test_the_gate_refuses_a_policy_before_working_out_what_the_request_needs() -> None:
+    async def scenario() -> list[str]:
+        auth = _auth(policies=["cost-saver"], deployments=["small"], requests_per_minute=2)
+        tenant = auth.identify("Bearer sk-1")
+        asked: list[str] = []
+
+        async def need() -> Need:  # the pipeline's cache lookup and routing
+            asked.append("routed")
+            return Need(tokens=10)
+        with pytest.raises(PermissionDenied, match="may not use policy 'balanced'"):
+            await auth.admit(tenant, "balanced", need)
+        with pytest.raises(PermissionDenied, match="may not call deployment 'large'"):
+            await auth.admit(tenant, None, need, pinned="large")
+        assert asked == []
+        with pytest.raises(RateLimited):  # refused requests were not counted: two pass, the third is over
+            for _ in range(3):
+                await auth.admit(tenant, "cost-saver", need)
+        # a pinned call borrows the default policy's settings, not its permission
+        await auth.admit(Tenant("t", policies=frozenset(), deployments=frozenset({"small"})), "balanced",
+                         need, pinned="small")
+        return asked
+    assert asyncio.run(scenario()) == ["routed"] * 4
 
 
 def test_budget_and_rate_limits_are_enforced() -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.auth import Authenticator, hash_key
+from gateway.auth import Authenticator, Need, hash_key
 from gateway.config import TenantConfig, parse_config
 from gateway.errors import BudgetExceeded, RateLimited
 from gateway.plans import BestOfN, Cascade, Single
@@ -38,7 +38,7 @@ def test_concurrent_requests_cannot_reserve_more_than_the_budget() -> None:
 
         async def one() -> bool:
             try:
-                await auth.admit(tenant, 0.0025)
+                await auth.admit(tenant, None, Need(0.0025))
             except BudgetExceeded:
                 return False
             return True
@@ -52,11 +52,11 @@ def test_a_request_whose_own_worst_case_exceeds_what_is_left_is_refused() -> Non
     async def scenario() -> None:
         auth = _auth(budget_usd=0.01)
         tenant = auth.identify("Bearer sk-1")
-        held = await auth.admit(tenant, 0.008)
+        held = await auth.admit(tenant, None, Need(0.008))
         with pytest.raises(BudgetExceeded, match="may cost up to"):
-            await auth.admit(tenant, 0.003)
+            await auth.admit(tenant, None, Need(0.003))
         await held.settle(0.001)  # the real cost frees the rest of the hold
-        await auth.admit(tenant, 0.003)
+        await auth.admit(tenant, None, Need(0.003))
 
     asyncio.run(scenario())
 
@@ -65,7 +65,7 @@ def test_settling_replaces_the_hold_with_the_real_cost_exactly_once() -> None:
     async def scenario() -> None:
         auth = _auth(budget_usd=1.0)
         tenant = auth.identify("Bearer sk-1")
-        held = await auth.admit(tenant, 0.5)
+        held = await auth.admit(tenant, None, Need(0.5))
         await held.settle(0.2)
         await held.settle(0.2)
         await held.release()
@@ -80,11 +80,11 @@ def test_a_failed_request_releases_its_hold_without_spending() -> None:
     async def scenario() -> None:
         auth = _auth(budget_usd=0.01)
         tenant = auth.identify("Bearer sk-1")
-        held = await auth.admit(tenant, 0.01)
+        held = await auth.admit(tenant, None, Need(0.01))
         with pytest.raises(BudgetExceeded):
-            await auth.admit(tenant, 0.001)
+            await auth.admit(tenant, None, Need(0.001))
         await held.release()
-        await auth.admit(tenant, 0.01)
+        await auth.admit(tenant, None, Need(0.01))
         assert await auth.store.get_float(spend_key("t")) == 0.0
 
     asyncio.run(scenario())
@@ -94,11 +94,11 @@ def test_a_crashed_requests_hold_expires() -> None:
     async def scenario() -> None:
         auth = _auth(budget_usd=0.01)
         tenant = auth.identify("Bearer sk-1")
-        await auth.admit(tenant, 0.01, ttl_s=0.05)  # never settled, as if its replica died
+        await auth.admit(tenant, None, Need(0.01, ttl_s=0.05))  # never settled, as if its replica died
         with pytest.raises(BudgetExceeded):
-            await auth.admit(tenant, 0.001)
+            await auth.admit(tenant, None, Need(0.001))
         await asyncio.sleep(0.06)
-        await auth.admit(tenant, 0.001)
+        await auth.admit(tenant, None, Need(0.001))
 
     asyncio.run(scenario())
 
@@ -107,9 +107,9 @@ def test_the_rate_window_is_counted_with_the_reservation_and_refusal_holds_nothi
     async def scenario() -> None:
         auth = _auth(budget_usd=1.0, requests_per_minute=1)
         tenant = auth.identify("Bearer sk-1")
-        await auth.admit(tenant, 0.1)
+        await auth.admit(tenant, None, Need(0.1))
         with pytest.raises(RateLimited):
-            await auth.admit(tenant, 0.1)
+            await auth.admit(tenant, None, Need(0.1))
         store = auth.store
         assert isinstance(store, MemoryStore) and len(store._holds[holds_key("t")]) == 1
 
@@ -120,9 +120,9 @@ def test_a_spent_budget_refuses_even_a_request_that_costs_nothing() -> None:
     async def scenario() -> None:
         auth = _auth(budget_usd=0.01)
         tenant = auth.identify("Bearer sk-1")
-        await (await auth.admit(tenant, 0.01)).settle(0.01)
+        await (await auth.admit(tenant, None, Need(0.01))).settle(0.01)
         with pytest.raises(BudgetExceeded):
-            await auth.admit(tenant, 0.0)
+            await auth.admit(tenant, None, Need(0.0))
 
     asyncio.run(scenario())
 
@@ -134,9 +134,10 @@ def test_worst_case_cost_counts_every_call_a_plan_may_make() -> None:
     assert worst_case_cost(Single("small", ("large",)), 10, cat, 50) == pytest.approx(large.estimate(10, 50))
     assert worst_case_cost(Single("small"), 10, cat, None) == pytest.approx(small.estimate(10, 100))
     assert worst_case_cost(Single("small"), 10, cat, None, choices=3) == pytest.approx(small.estimate(10, 300))
-    # best-of on one deployment with n: one prompt, n outputs; the judge reads every sample
+    # best-of on one deployment with n: one prompt, n outputs; the judge reads every sample, each
+    # under a label of its own
     judged = BestOfN(("small",) * 3, selector="judge", judge="large")
-    expected = small.estimate(10, 150) + large.estimate(10 + 96 + 150, 8)
+    expected = small.estimate(10, 150) + large.estimate(10 + 96 + 3 * 8 + 150, 8)
     assert worst_case_cost(judged, 10, cat, 50) == pytest.approx(expected)
     # without n support: one call per sample
     assert worst_case_cost(BestOfN(("large",) * 2), 10, cat, 50) == pytest.approx(2 * large.estimate(10, 50))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextvars
+
 import pytest
 import tiktoken
 
@@ -82,6 +84,26 @@ def test_an_answer_without_usage_is_billed_from_counted_tokens() -> None:
     assert done.usage.prompt_tokens > 0 and done.usage.completion_tokens == count_text(answer)
     reported = Completion(body, Usage(3, 4), 0.1)
     assert counted(reported, {"messages": []}) is reported
+
+
+def test_an_answer_without_usage_bills_the_prompt_the_request_already_counted(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    body = {"choices": [{"message": {"role": "assistant", "content": "Paris."}}]}
+    prompt = [{"role": "user", "content": "Capital of France?"}]
+    routed = count_messages(prompt)  # what routing counted (`Route.counted`)
+    recounted: list[object] = []
+    real = messages.count_messages
+    monkeypatch.setattr(messages, "count_messages", lambda m: recounted.append(m) or real(m))
+
+    def billed(sent: dict[str, object]) -> Usage:
+        messages.remember_prompt(prompt, routed)
+        return counted(Completion(body, Usage(), 0.1), sent).usage
+    # the plan's body is a copy of the request's, with the same messages list
+    assert contextvars.copy_context().run(billed, {"messages": prompt, "n": 1}).prompt_tokens == routed
+    assert recounted == []
+    judge = [{"role": "user", "content": "Capital of France? Score the answer."}]  # another prompt: counted
+    assert contextvars.copy_context().run(billed, {"messages": judge}).prompt_tokens == real(judge)
+    assert recounted == [judge]
 
 
 def test_a_stream_without_usage_is_counted_with_the_same_tokenizer() -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gateway.auth import Authenticator, hash_key
+from gateway.auth import Authenticator, Need, hash_key
 from gateway.config import TenantConfig
 from gateway.errors import AuthenticationFailed, BudgetExceeded, RateLimited
 from gateway.executor.result import CallRecord
@@ -94,16 +94,16 @@ def test_a_key_budget_and_its_tenant_budget_both_hold() -> None:
     async def scenario() -> None:
         auth = _auth({"name": "acme", "budget": {"usd": 1.0, "period": "day"}})
         tenant = await auth.authenticate(f"Bearer {await _key(auth, budget={'usd': 0.3, 'period': 'total'})}")
-        held = await auth.admit(tenant, 0.25)
+        held = await auth.admit(tenant, None, Need(0.25))
         with pytest.raises(BudgetExceeded, match=r"key '.*' of tenant 'acme'.*\$0.3 budget"):
-            await auth.admit(tenant, 0.1)
+            await auth.admit(tenant, None, Need(0.1))
         await held.settle(0.2)
         day = period_spend_key("acme", None, period_id("day", time.time()))
         assert await auth.store.get_float(day) == pytest.approx(0.2)
         other = await auth.authenticate(f"Bearer {await _key(auth)}")  # same tenant, no key budget
-        await auth.admit(other, 0.7)
+        await auth.admit(other, None, Need(0.7))
         with pytest.raises(BudgetExceeded, match=r"tenant 'acme'.* daily budget"):
-            await auth.admit(other, 0.2)
+            await auth.admit(other, None, Need(0.2))
 
     asyncio.run(scenario())
 
@@ -127,14 +127,14 @@ def test_tokens_per_minute_reserves_the_worst_case_and_settles_the_real_count() 
     async def scenario() -> None:
         auth = _auth({"name": "acme", "tokens_per_minute": 1000})
         tenant = auth.identify("Bearer sk-acme")
-        first = await auth.admit(tenant, tokens=600)
+        first = await auth.admit(tenant, None, Need(tokens=600))
         with pytest.raises(RateLimited, match="tokens_per_minute"):
-            await auth.admit(tenant, tokens=600)
+            await auth.admit(tenant, None, Need(tokens=600))
         call = CallRecord("small", Usage(50, 50), 0.0, 0.1)
         await first.settle(0.0, (call,))  # used 100 of the 600 reserved: 500 go back
-        await auth.admit(tenant, tokens=600)
+        await auth.admit(tenant, None, Need(tokens=600))
         with pytest.raises(RateLimited, match="more than its tokens_per_minute limit"):
-            await auth.admit(tenant, tokens=1001)
+            await auth.admit(tenant, None, Need(tokens=1001))
 
     asyncio.run(scenario())
 
@@ -145,7 +145,7 @@ def test_a_refused_request_is_not_counted_in_any_window() -> None:
         tenant = auth.identify("Bearer sk-acme")
         for _ in range(5):
             with pytest.raises(BudgetExceeded):
-                await auth.admit(tenant, 0.2)
+                await auth.admit(tenant, None, Need(0.2))
         assert await auth.store.window_usage("sy:window:{acme}:rpm") == 0
 
     asyncio.run(scenario())
@@ -158,12 +158,12 @@ def test_budget_thresholds_fire_once_per_period(caplog: pytest.LogCaptureFixture
         auth = _auth({"name": "acme", "budget": {"usd": 1.0, "period": "month"}}, alerts=alerts)
         tenant = auth.identify("Bearer sk-acme")
         for _ in range(3):
-            held = await auth.admit(tenant, 0.2)
+            held = await auth.admit(tenant, None, Need(0.2))
             await held.settle(0.2)
         with pytest.raises(BudgetExceeded):
-            await auth.admit(tenant, 0.5)
+            await auth.admit(tenant, None, Need(0.5))
         with pytest.raises(BudgetExceeded):
-            await auth.admit(tenant, 0.5)
+            await auth.admit(tenant, None, Need(0.5))
 
     with caplog.at_level(logging.WARNING, "switchyard.auth"):
         asyncio.run(scenario())

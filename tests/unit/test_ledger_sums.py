@@ -222,12 +222,28 @@ def test_a_cascade_whose_escalation_fails_still_bills_its_first_step() -> None:
     assert failed.value.billed[0].cost_usd > 0
 
 
-def test_best_of_bills_the_samples_that_answered_when_another_fails() -> None:
+def test_best_of_answers_from_and_bills_the_samples_that_answered_when_another_fails() -> None:
     up, _ = fake_upstreams(_failing_on("broken"), deployment("small"), deployment("other"),
                            deployment("broken", max_retries=0))
+    result = asyncio.run(run(up, BestOfN(("small", "broken", "other")), BODY, None, Deadline.after(10)))
+    assert sorted(c.deployment for c in result.calls) == ["other", "small"]
+    assert result.evidence["samples"] == 2
+
+
+def test_best_of_fails_when_no_sample_answers() -> None:
+    up, _ = fake_upstreams(_failing_on("broken"), deployment("broken", max_retries=0))
     with pytest.raises(GatewayError) as failed:
-        asyncio.run(run(up, BestOfN(("small", "broken", "other")), BODY, None, Deadline.after(10)))
-    assert sorted(c.deployment for c in failed.value.billed) == ["other", "small"]
+        asyncio.run(run(up, BestOfN(("broken", "broken")), BODY, None, Deadline.after(10)))
+    assert failed.value.status == 502 and failed.value.billed == ()
+
+
+def test_a_cascade_whose_first_step_fails_escalates_to_the_next() -> None:
+    up, _ = fake_upstreams(_failing_on("small"), deployment("small", max_retries=0), deployment("large"))
+    plan = Cascade(("small", "large"), confidence="logprob", threshold=0.5)
+    result = asyncio.run(run(up, plan, BODY, None, Deadline.after(10)))
+    assert result.deployment == "large" and result.plan_label == "cascade:small>large:escalated"
+    assert result.evidence["cascade"][0]["escalated"] == "step failed"
+    assert [c.deployment for c in result.calls] == ["large"]
 
 
 def test_the_admin_key_is_one_sha256_from_the_config_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,3 +262,95 @@ def test_the_admin_key_is_one_sha256_from_the_config_or_the_environment(monkeypa
     monkeypatch.setenv(ENV_ADMIN_KEY_SHA256, "not-a-digest")
     with pytest.raises(ConfigError, match=ENV_ADMIN_KEY_SHA256):
         embedded_config("http://127.0.0.1:9/v1")
+
+
+def test_every_upstream_call_is_counted_once_under_its_deployment() -> None:
+    store = _written([Spent(AT, "t", "p", "cascade:small>large:escalated", "large",
+                            (_call("small", 0.001), _call("small", 0.001), _call("large", 0.004)))])
+    calls = {r["deployment"]: r["calls"] for r in _table(store, ("deployment",))}
+    assert calls == {"small": 2, "large": 1}
+
+
+def test_spend_written_while_the_store_is_down_is_held_and_written_when_it_is_back(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.ledger.RETRY_S", 0.05)
+
+    class Flaky(MemoryStore):
+        down = True
+
+        async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
+                                index: tuple[str, Sequence[str]] | None = None) -> None:
+            if self.down:
+                raise StoreUnavailable("connection refused")
+            await super().add_to_hashes(sums, ttl_s, index)
+
+    async def scenario() -> tuple[Flaky, Ledger]:
+        store = Flaky()
+        ledger = Ledger(store, linger_s=0.01)
+        ledger.start()
+        for _ in range(3):
+            await ledger.record(Spent(AT, "t", None, "single:small", "small", (_call("small", 0.25),)))
+        await asyncio.sleep(0.1)
+        assert ledger.stats()["held"] == 3 and ledger.stats()["written"] == 0
+        store.down = False  # back: the next retry writes what was held, with no new bill needed
+        await asyncio.sleep(0.2)
+        await ledger.close()
+        return store, ledger
+
+    store, ledger = asyncio.run(scenario())
+    assert ledger.stats() | {"queued": 0} == {"written": 3, "dropped": 0, "failed": 0, "lost_usd": 0.0,
+                                              "queued": 0, "held": 0, "unsettled_usd": 0.0}
+    (row,) = _table(store, ("tenant",))
+    assert (row["requests"], row["calls"], row["cost_usd"]) == (3, 3, pytest.approx(0.75))
+
+
+def test_budget_spend_the_store_could_not_take_is_added_when_it_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.ledger.RETRY_S", 0.05)
+
+    class Flaky(MemoryStore):
+        down = True
+
+        async def incr_float(self, key: str, amount: float) -> float:
+            if self.down:
+                raise StoreUnavailable("connection refused")
+            return await super().incr_float(key, amount)
+
+    async def scenario() -> float:
+        store = Flaky()
+        ledger = Ledger(store, linger_s=0.01)
+        ledger.start()
+        for _ in range(2):
+            await ledger.record(Spent(AT, "t", None, "single:small", "small", (_call("small", 0.25),)))
+        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.5)
+        store.down = False
+        await asyncio.sleep(0.2)
+        await ledger.close()
+        return await store.incr_float(spend_key("t"), 0.0)
+
+    assert asyncio.run(scenario()) == pytest.approx(0.5)
+
+
+def test_a_reservation_the_store_could_not_settle_is_settled_when_it_is_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.ledger.RETRY_S", 0.05)
+
+    class Flaky(MemoryStore):
+        down = True
+
+        async def settle_admission(self, s: Any) -> None:
+            if self.down:
+                raise StoreUnavailable("connection refused")
+            await super().settle_admission(s)
+
+    async def scenario() -> float:
+        store = Flaky()
+        ledger = Ledger(store, linger_s=0.01)
+        ledger.start()
+        await ledger.record(Spent(AT, "t", None, "single:small", "small", (_call("small", 0.25),)),
+                            reservation=Reservation(store, "t"))
+        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.25)
+        store.down = False
+        await asyncio.sleep(0.2)
+        await ledger.close()
+        return await store.incr_float(spend_key("t"), 0.0)
+
+    assert asyncio.run(scenario()) == pytest.approx(0.25)

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
+from gateway.router.arrays import F64, Ints, Loaded, NpzArrays
 from gateway.router.featurize import HashSpec
+from gateway.router.meta import ArtifactMeta, DomainHeads
 from gateway.router.model import DEFAULT_ARTIFACT
 from gateway.router.neighbours import MISSING, Neighbours, quantise_outcomes
 from gateway.router.text import STRUCT_NAMES
@@ -62,21 +64,21 @@ from gateway.router.training.train import (
 MAX_NEW_DIMS = 16
 
 
-def _load(base: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+def _load(base: str | Path) -> tuple[NpzArrays, ArtifactMeta]:
     root = DEFAULT_ARTIFACT if str(base) == "default" else Path(base)
-    meta = json.loads((root / "router.json").read_text(encoding="utf-8"))
+    meta: ArtifactMeta = json.loads((root / "router.json").read_text(encoding="utf-8"))
     with np.load(root / "router.npz") as z:
-        arrays = {k: z[k] for k in z.files}
+        arrays: NpzArrays = {k: z[k] for k in z.files}
     return arrays, meta
 
 
-def _base_latent(arr: dict[str, np.ndarray], xh: sp.csr_matrix, struct: np.ndarray) -> np.ndarray:
+def _base_latent(arr: NpzArrays, xh: sp.csr_matrix, struct: F64) -> F64:
     s = (struct - arr["s_mean"].astype(np.float64)) / arr["s_std"].astype(np.float64)
     return np.asarray(xh @ arr["w"].astype(np.float64)) + s @ arr["w_struct"].astype(np.float64) + arr["bias"]
 
 
-def _memory(arr: dict[str, np.ndarray], meta: dict, n_models: int, emb: np.ndarray, y: np.ndarray,
-            dom: np.ndarray, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _memory(arr: NpzArrays, meta: ArtifactMeta, n_models: int, emb: F64, y: F64,
+            dom: Ints, seed: int) -> tuple[NpzArrays, Ints]:
     """Base memory plus (some of) the new prompts; returns the arrays and each new row's
     slot in the memory (-1 if not stored) for leave-one-out."""
     keep = memory_rows(dom, seed)
@@ -97,8 +99,8 @@ def _memory(arr: dict[str, np.ndarray], meta: dict, n_models: int, emb: np.ndarr
 
 
 def adapt(
-    base: str | Path, prep: Prepared, train_rows: np.ndarray, *, seed: int = 0, progress: bool = True
-) -> tuple[dict[str, np.ndarray], dict]:
+    base: str | Path, prep: Prepared, train_rows: Ints, *, seed: int = 0, progress: bool = True
+) -> tuple[NpzArrays, ArtifactMeta]:
     """(arrays, meta) of the base router adapted to ``prep``'s labelled ``train_rows``."""
     arr, meta = _load(base)
     spec = HashSpec(**meta["hash_spec"])
@@ -171,12 +173,12 @@ def adapt(
     return out, meta_out
 
 
-def _new_heads(phi_base: np.ndarray, phi_oof: np.ndarray, phi_new: np.ndarray, knn: np.ndarray, y: np.ndarray,
-               dom_idx: np.ndarray, seed: int, progress: bool) -> tuple[dict[str, np.ndarray], list[dict]]:
+def _new_heads(phi_base: F64, phi_oof: F64, phi_new: F64, knn: F64, y: F64,
+               dom_idx: Ints, seed: int, progress: bool) -> tuple[NpzArrays, list[DomainHeads]]:
     """Heads for each new domain's models, their inputs chosen by cross-validation (``blend.py``),
     and what was chosen (recorded in the artifact's meta)."""
-    chosen: list[dict] = []
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("head_coef", "head_icpt", "knn_coef", "head_model",
+    chosen: list[DomainHeads] = []
+    parts: dict[str, list[Loaded]] = {k: [] for k in ("head_coef", "head_icpt", "knn_coef", "head_model",
                                                            "head_domain")}
     for d in np.unique(dom_idx):
         rows = dom_idx == d
@@ -192,8 +194,9 @@ def _new_heads(phi_base: np.ndarray, phi_oof: np.ndarray, phi_new: np.ndarray, k
     return {k: np.concatenate(v) for k, v in parts.items()}, chosen
 
 
-def _adapted_meta(meta: dict, data: RoutingData, train_rows: np.ndarray, models: list[str], new_dims: int) -> dict:
-    out = dict(meta)
+def _adapted_meta(meta: ArtifactMeta, data: RoutingData, train_rows: Ints, models: list[str],
+                  new_dims: int) -> ArtifactMeta:
+    out = meta.copy()
     tokens = column_means(data.out_tokens[train_rows])
     expected = dict(meta.get("expected_output_tokens", {}))
     for name, v in zip(data.models, tokens, strict=True):

@@ -27,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import NDArray
 
+from gateway.router.arrays import F64, Bools
 from gateway.router.training.fit import fit_logistic
 from gateway.router.training.metrics import apgr, pair_curve
 
@@ -36,35 +38,40 @@ CV_FOLDS = 5
 MIN_PAIR_GAP = 0.05
 HEAD_L2 = 1e-2
 
+# A head as (coef over [phi_base, phi_new], knn coef, intercept).
+Part = tuple[F64, float, float]
+# Per part: a column mask over [phi_base, phi_new] and whether it reads knn.
+Blocks = dict[str, tuple[Bools, bool]]
+
 
 @dataclass(frozen=True)
 class Inputs:
     """Head inputs on the new file's train rows: (n, t_base) base latent whose last column is
     the standardised length, (n, k) fresh latent, (n, m) neighbour logits, (n, m) outcomes."""
 
-    phi_base: np.ndarray
-    phi_new: np.ndarray
-    knn: np.ndarray
-    y: np.ndarray
+    phi_base: F64
+    phi_new: F64
+    knn: F64
+    y: F64
 
     @property
     def width(self) -> int:
-        return self.phi_base.shape[1] + self.phi_new.shape[1]
+        return int(self.phi_base.shape[1] + self.phi_new.shape[1])
 
 
 @dataclass(frozen=True)
 class Heads:
     """One head per model with labels: coef over [phi_base, phi_new], knn weight, intercept."""
 
-    models: np.ndarray
-    coef: np.ndarray
-    knn_coef: np.ndarray
-    icpt: np.ndarray
+    models: NDArray[np.int16]  # column of each head's model in Inputs.y
+    coef: F64
+    knn_coef: F64
+    icpt: F64
     choice: str
     cv_score: dict[str, float]
 
 
-def _blocks(inp: Inputs) -> dict[str, tuple[np.ndarray, bool]]:
+def _blocks(inp: Inputs) -> Blocks:
     """Column masks over [phi_base, phi_new] for each part, and whether it reads knn."""
     tb, w = inp.phi_base.shape[1], inp.width
     base = np.zeros(w, bool)
@@ -78,17 +85,13 @@ def _blocks(inp: Inputs) -> dict[str, tuple[np.ndarray, bool]]:
             "length": (length, False)}
 
 
-def _fit_part(phi: np.ndarray, knn: np.ndarray, y: np.ndarray, mask: np.ndarray,
-              uses_knn: bool) -> tuple[np.ndarray, float, float]:
+def _fit_part(phi: F64, knn: F64, y: F64, mask: Bools, uses_knn: bool) -> Part:
     """(coef over all columns with zeros outside ``mask``, knn coef, intercept)."""
     f = phi[:, mask] if not uses_knn else np.column_stack([phi[:, mask], knn])
     c, c0 = fit_logistic(f, y, l2=HEAD_L2)
     coef = np.zeros(phi.shape[1])
     coef[mask] = c[: int(mask.sum())]
     return coef, (float(c[-1]) if uses_knn else 0.0), c0
-
-
-Part = tuple[np.ndarray, float, float]
 
 
 def _candidates(parts: dict[str, Part]) -> dict[str, Part]:
@@ -99,16 +102,16 @@ def _candidates(parts: dict[str, Part]) -> dict[str, Part]:
     return out
 
 
-def _fit_model(phi: np.ndarray, knn: np.ndarray, y: np.ndarray, blocks: dict) -> dict[str, Part]:
+def _fit_model(phi: F64, knn: F64, y: F64, blocks: Blocks) -> dict[str, Part]:
     return _candidates({name: _fit_part(phi, knn, y, mask, k) for name, (mask, k) in blocks.items()})
 
 
-def _logit(phi: np.ndarray, knn: np.ndarray, part: Part) -> np.ndarray:
+def _logit(phi: F64, knn: F64, part: Part) -> F64:
     coef, kc, c0 = part
     return phi @ coef + kc * knn + c0
 
 
-def judged_pairs(y: np.ndarray) -> list[tuple[int, int, float]]:
+def judged_pairs(y: F64) -> list[tuple[int, int, float]]:
     """(weak, strong, gap) for every pair of columns with shared rows whose means differ enough."""
     seen = ~np.isnan(y)
     out = []
@@ -123,7 +126,7 @@ def judged_pairs(y: np.ndarray) -> list[tuple[int, int, float]]:
     return out
 
 
-def pair_score(p: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int, float]]) -> float:
+def pair_score(p: F64, y: F64, pairs: list[tuple[int, int, float]]) -> float:
     """Gap-weighted mean APGR of ranking by p[:, strong] - p[:, weak] over ``pairs``."""
     if not pairs:
         return 0.0
@@ -137,11 +140,11 @@ def pair_score(p: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int, float]]
     return total / weight
 
 
-def _oof_probs(inp: Inputs, cols: list[int], seed: int) -> dict[str, np.ndarray]:
+def _oof_probs(inp: Inputs, cols: list[int], seed: int) -> dict[str, F64]:
     phi = np.column_stack([inp.phi_base, inp.phi_new])
     blocks = _blocks(inp)
     fold = np.random.default_rng(seed).integers(0, CV_FOLDS, phi.shape[0])
-    probs: dict[str, np.ndarray] = {}
+    probs: dict[str, F64] = {}
     for j in cols:
         ok = ~np.isnan(inp.y[:, j])
         for q in range(CV_FOLDS):

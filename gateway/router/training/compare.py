@@ -17,10 +17,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Literal, NotRequired, TypedDict, cast
 
 import numpy as np
 
+from gateway.router.arrays import Floats
 from gateway.router.model import Router
 from gateway.router.training.data import RoutingData
 from gateway.router.training.evaluate import pair_rows, rank_score, score_data
@@ -34,7 +35,53 @@ class Targets:
     threshold: float | None = None
 
 
-def share_point(curve: PairCurve, share: float) -> dict[str, float]:
+class SharePoint(TypedDict):
+    strong_share: float
+    pgr: float
+    quality: float
+    cost_share: float
+
+
+class PairReport(TypedDict):
+    """``PairMetrics.as_dict()`` plus the points a policy's target names."""
+
+    n: int
+    q_weak: float
+    q_strong: float
+    apgr: float
+    cpt50: float
+    cpt80: float
+    cost_share_at_95pct_quality: float
+    best_quality: float
+    costs_recorded: bool
+    at_share: SharePoint
+    share_for_quality: float
+    at_threshold: NotRequired[SharePoint]
+
+
+# {"weak->strong": {router label: report}}
+Reports = dict[str, dict[str, PairReport]]
+
+
+class TargetsDict(TypedDict):
+    """``asdict(Targets)``."""
+
+    strong_share: float
+    quality: float
+    threshold: float | None
+
+
+class Comparison(TypedDict):
+    data: str
+    split: str
+    n: int
+    candidate: dict[str, str]  # version, source
+    serving: dict[str, str]
+    targets: TargetsDict
+    pairs: Reports
+
+
+def share_point(curve: PairCurve, share: float) -> SharePoint:
     """PGR, quality and cost share when the `share` hardest prompts go to the strong model."""
     n = len(curve.share) - 1
     k = min(n, max(0, round(share * n)))
@@ -49,25 +96,28 @@ def share_for_quality(curve: PairCurve, frac: float) -> float:
     return round(float(curve.share[hit[0]]), 4) if hit.size else 1.0
 
 
-def pair_report(score: np.ndarray, data: RoutingData, weak: str, strong: str, targets: Targets) -> dict[str, Any]:
+def pair_report(score: Floats, data: RoutingData, weak: str, strong: str, targets: Targets) -> PairReport:
     jw, js = data.col(weak), data.col(strong)
     ok = pair_rows(data, jw, js)
     args = (score[ok], data.score[ok, jw], data.score[ok, js],
             np.nan_to_num(data.cost[ok, jw]), np.nan_to_num(data.cost[ok, js]))
-    out: dict[str, Any] = pair_metrics(*args).as_dict()
-    out["costs_recorded"] = bool(np.any(args[3] > 0) or np.any(args[4] > 0))  # else cost shares read 0
     curve = pair_curve(*args)
-    out["at_share"] = share_point(curve, targets.strong_share)
-    out["share_for_quality"] = share_for_quality(curve, targets.quality)
+    # as_dict() holds PairReport's metric keys (PairMetrics' fields); the rest are added here.
+    out = cast(PairReport, {
+        **pair_metrics(*args).as_dict(),
+        "costs_recorded": bool(np.any(args[3] > 0) or np.any(args[4] > 0)),  # else cost shares read 0
+        "at_share": share_point(curve, targets.strong_share),
+        "share_for_quality": share_for_quality(curve, targets.quality),
+    })
     if targets.threshold is not None and len(args[0]):
         out["at_threshold"] = share_point(curve, float(np.mean(args[0] >= targets.threshold)))
     return out
 
 
 def compare(routers: dict[str, Router], data: RoutingData, pairs: Sequence[tuple[str, str]], targets: Targets,
-            progress: bool = True) -> dict[str, dict[str, Any]]:
+            progress: bool = True) -> Reports:
     """{"weak->strong": {router label: report}} for every router on the same prompts."""
-    reports: dict[str, dict[str, Any]] = {f"{w}->{s}": {} for w, s in pairs}
+    reports: Reports = {f"{w}->{s}": {} for w, s in pairs}
     for label, router in routers.items():
         scored = score_data(router, data, progress)
         for weak, strong in pairs:
@@ -76,14 +126,15 @@ def compare(routers: dict[str, Router], data: RoutingData, pairs: Sequence[tuple
     return reports
 
 
-_ROWS = (("APGR", "apgr"), ("CPT(50%)", "cpt50"), ("CPT(80%)", "cpt80"),
-         ("cost share at 95% quality", "cost_share_at_95pct_quality"))
+_Metric = Literal["apgr", "cpt50", "cpt80", "cost_share_at_95pct_quality"]
+_ROWS: tuple[tuple[str, _Metric], ...] = (("APGR", "apgr"), ("CPT(50%)", "cpt50"), ("CPT(80%)", "cpt80"),
+                                          ("cost share at 95% quality", "cost_share_at_95pct_quality"))
 _HIGHER_IS_BETTER = {"apgr", "at_share.pgr", "at_threshold.pgr"}
 _LOWER_IS_BETTER = {"cpt50", "cpt80", "cost_share_at_95pct_quality", "at_share.cost_share", "share_for_quality"}
 
 
-def _rows(report: dict[str, Any], targets: Targets) -> list[tuple[str, str, float]]:
-    rows = [(label, key, float(report[key])) for label, key in _ROWS]
+def _rows(report: PairReport, targets: Targets) -> list[tuple[str, str, float]]:
+    rows: list[tuple[str, str, float]] = [(label, key, float(report[key])) for label, key in _ROWS]
     rows.append((f"PGR at {targets.strong_share:.0%} to strong", "at_share.pgr", report["at_share"]["pgr"]))
     rows.append((f"cost share at {targets.strong_share:.0%} to strong", "at_share.cost_share",
                  report["at_share"]["cost_share"]))
@@ -96,7 +147,7 @@ def _rows(report: dict[str, Any], targets: Targets) -> list[tuple[str, str, floa
     return rows
 
 
-def render(result: dict[str, Any]) -> str:
+def render(result: Comparison) -> str:
     """The comparison as a table per pair: candidate, serving, and the difference."""
     cand, serv = result["candidate"]["version"], result["serving"]["version"]
     targets = Targets(**result["targets"])
@@ -117,6 +168,6 @@ def render(result: dict[str, Any]) -> str:
 
 
 def result_json(data_path: str, split: str, n: int, candidate: dict[str, str], serving: dict[str, str],
-                targets: Targets, pairs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+                targets: Targets, pairs: Reports) -> Comparison:
     return {"data": data_path, "split": split, "n": n, "candidate": candidate, "serving": serving,
-            "targets": asdict(targets), "pairs": pairs}
+            "targets": cast(TargetsDict, asdict(targets)), "pairs": pairs}

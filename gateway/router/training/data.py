@@ -13,26 +13,47 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NotRequired, TypedDict, cast
 
 import numpy as np
+
+from gateway.router.arrays import F64, Bools, Ints, Strs
+
+
+class ModelResult(TypedDict, total=False):
+    """One model's recorded outcome on a prompt; any field may be absent or null."""
+
+    score: float | None
+    cost_usd: float | None
+    output_tokens: float | None
+
+
+class DataRow(TypedDict):
+    """One line of a file in the shared data schema."""
+
+    id: str | int
+    prompt: str
+    split: NotRequired[str | None]
+    prompt_tokens: NotRequired[float | None]
+    models: NotRequired[dict[str, ModelResult] | None]
 
 
 @dataclass(frozen=True)
 class RoutingData:
     ids: list[str]
     prompts: list[str]
-    split: np.ndarray  # str array: "train" | "validation"
-    prompt_tokens: np.ndarray  # float, NaN if absent
+    split: Strs  # "train" | "validation"
+    prompt_tokens: F64  # NaN if absent
     models: list[str]
-    score: np.ndarray  # (n, m) float, NaN = no result
-    cost: np.ndarray  # (n, m) recorded cost_usd, NaN = no result
-    out_tokens: np.ndarray  # (n, m) recorded output tokens, NaN = no result
-    domain: np.ndarray  # str array: the source file's stem, per row
+    score: F64  # (n, m), NaN = no result
+    cost: F64  # (n, m) recorded cost_usd, NaN = no result
+    out_tokens: F64  # (n, m) recorded output tokens, NaN = no result
+    domain: Strs  # the source file's stem, per row
 
-    def subset(self, mask: np.ndarray) -> RoutingData:
+    def subset(self, mask: Bools | Ints) -> RoutingData:
         idx = np.nonzero(mask)[0]
         return RoutingData(
             ids=[self.ids[i] for i in idx],
@@ -50,7 +71,7 @@ class RoutingData:
         return self.models.index(model)
 
 
-def iter_rows(path: str | Path) -> Iterator[dict]:
+def iter_rows(path: str | Path) -> Iterator[DataRow]:
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
@@ -62,10 +83,10 @@ def hash_split(row_id: str) -> str:
     return "validation" if zlib.crc32(row_id.encode()) % 5 == 0 else "train"
 
 
-def _field(rec: dict | None, key: str) -> float:
+def _field(rec: Mapping[str, object] | None, key: str) -> float:
     if not rec or rec.get(key) is None:
         return float("nan")
-    return float(rec[key])
+    return float(cast(float, rec[key]))
 
 
 def load_data(path: str | Path) -> RoutingData:
@@ -99,7 +120,7 @@ def load_many(paths: Sequence[str | Path]) -> RoutingData:
         return parts[0]
     models = sorted({m for d in parts for m in d.models})
 
-    def widen(d: RoutingData, a: np.ndarray) -> np.ndarray:
+    def widen(d: RoutingData, a: F64) -> F64:
         out = np.full((a.shape[0], len(models)), np.nan)
         out[:, [models.index(m) for m in d.models]] = a
         return out

@@ -13,14 +13,15 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from gateway.router.arrays import F32, F64, I64, Ints
 from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
 from gateway.router.text import normalise, structural_features
 
 
 @dataclass(frozen=True)
 class Hashed:
-    raw: list[tuple[np.ndarray, np.ndarray, int]]
-    struct: np.ndarray  # (n, s)
+    raw: list[tuple[I64, F32, int]]  # hash_text per prompt: (bucket ids, values, word-block length)
+    struct: F64  # (n, s)
 
 
 def hash_prompts(prompts: Sequence[str], spec: HashSpec, progress: bool = True) -> Hashed:
@@ -32,7 +33,7 @@ def hash_prompts(prompts: Sequence[str], spec: HashSpec, progress: bool = True) 
     return Hashed(raw, np.asarray(struct, dtype=np.float64))
 
 
-def fit_idf(h: Hashed, rows: np.ndarray, spec: HashSpec) -> np.ndarray:
+def fit_idf(h: Hashed, rows: Ints, spec: HashSpec) -> F32:
     """Smoothed idf over the given (training) rows."""
     df = np.zeros(spec.dim)
     for i in rows:
@@ -40,7 +41,7 @@ def fit_idf(h: Hashed, rows: np.ndarray, spec: HashSpec) -> np.ndarray:
     return (np.log((1 + len(rows)) / (1 + df)) + 1).astype(np.float32)
 
 
-def to_csr(h: Hashed, idf: np.ndarray, spec: HashSpec) -> sp.csr_matrix:
+def to_csr(h: Hashed, idf: F32, spec: HashSpec) -> sp.csr_matrix:
     indptr, cols, vals = [0], [], []
     for ids, v, n_word in h.raw:
         cols.append(ids)
@@ -53,6 +54,6 @@ def to_csr(h: Hashed, idf: np.ndarray, spec: HashSpec) -> sp.csr_matrix:
     return x
 
 
-def with_struct(x: sp.csr_matrix, s_std: np.ndarray, scale: float) -> sp.csr_matrix:
+def with_struct(x: sp.csr_matrix, s_std: F64, scale: float) -> sp.csr_matrix:
     """Append standardised structural columns, scaled to sit beside unit-norm n-gram blocks."""
     return sp.hstack([x, sp.csr_matrix(s_std * scale)], format="csr")

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
+from gateway.router.arrays import F64, Bools, Floats
 from gateway.router.model import Router
 from gateway.router.training.data import RoutingData
 from gateway.router.training.metrics import PairMetrics, pair_metrics
@@ -28,8 +29,8 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class Scored:
-    difficulty: np.ndarray  # (n,)
-    p_good: np.ndarray  # (n, m) for data.models (unknown models: from difficulty alone)
+    difficulty: F64  # (n,)
+    p_good: F64  # (n, m) for data.models (unknown models: from difficulty alone)
 
 
 def score_data(router: Router, data: RoutingData, progress: bool = True) -> Scored:
@@ -42,17 +43,17 @@ def score_data(router: Router, data: RoutingData, progress: bool = True) -> Scor
     return Scored(diff, p)
 
 
-def rank_score(scored: Scored, weak: int, strong: int) -> np.ndarray:
+def rank_score(scored: Scored, weak: int, strong: int) -> F64:
     """routing_eval's rule: predicted gain strong - weak when it varies, else difficulty."""
     gain = scored.p_good[:, strong] - scored.p_good[:, weak]
     return gain if np.unique(np.round(gain, 9)).size > 1 else scored.difficulty
 
 
-def pair_rows(data: RoutingData, weak: int, strong: int) -> np.ndarray:
+def pair_rows(data: RoutingData, weak: int, strong: int) -> Bools:
     return ~np.isnan(data.score[:, weak]) & ~np.isnan(data.score[:, strong])
 
 
-def eval_pair(data: RoutingData, score: np.ndarray, weak: str, strong: str) -> PairMetrics:
+def eval_pair(data: RoutingData, score: Floats, weak: str, strong: str) -> PairMetrics:
     """Pair metrics for any per-prompt score (router, baseline or oracle)."""
     jw, js = data.col(weak), data.col(strong)
     ok = pair_rows(data, jw, js)

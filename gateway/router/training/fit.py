@@ -6,11 +6,14 @@ Kept apart from ``model.py`` so the serving path never imports scipy.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import lsqr
 from tqdm import tqdm
+
+from gateway.router.arrays import F64
 
 # Below this many rows ridge is solved in its dual form (an n x n system) instead of by LSQR.
 DUAL_MAX_ROWS = 4000
@@ -18,12 +21,12 @@ DUAL_MAX_ROWS = 4000
 
 @dataclass(frozen=True)
 class RidgeFit:
-    coef: np.ndarray  # (d, t)
-    intercept: np.ndarray  # (t,)
+    coef: F64  # (d, t)
+    intercept: F64  # (t,)
 
 
 def fit_ridge(
-    x: sp.csr_matrix, y: np.ndarray, lam: float, iters: int = 400, weight: np.ndarray | None = None
+    x: sp.csr_matrix, y: F64, lam: float, iters: int = 400, weight: F64 | None = None
 ) -> RidgeFit:
     """Ridge per target column via LSQR (damped least squares); centred targets, no
     penalty on the intercept. ``weight``: per-row weights (mean 1 keeps lam comparable)."""
@@ -41,14 +44,14 @@ def fit_ridge(
     return RidgeFit(coef, mu)
 
 
-def predict_ridge(fit: RidgeFit, x: sp.csr_matrix) -> np.ndarray:
-    return np.asarray(x @ fit.coef) + fit.intercept
+def predict_ridge(fit: RidgeFit, x: sp.csr_matrix) -> F64:
+    return cast(F64, np.asarray(x @ fit.coef) + fit.intercept)  # scipy is untyped
 
 
 def oof_ridge(
-    x: sp.csr_matrix, y: np.ndarray, lam: float, folds: int = 5, seed: int = 0, progress: bool = True,
-    weight: np.ndarray | None = None,
-) -> tuple[np.ndarray, RidgeFit]:
+    x: sp.csr_matrix, y: F64, lam: float, folds: int = 5, seed: int = 0, progress: bool = True,
+    weight: F64 | None = None,
+) -> tuple[F64, RidgeFit]:
     """Out-of-fold predictions (so heads are fitted on honest, shrunk latents) + a full fit."""
     fold = np.random.default_rng(seed).integers(0, folds, x.shape[0])
     w = np.ones(x.shape[0]) if weight is None else weight
@@ -62,9 +65,9 @@ def oof_ridge(
 
 
 def fit_logistic(
-    f: np.ndarray, y: np.ndarray, weight: np.ndarray | None = None, l2: float = 1e-2, iters: int = 30,
-    offset: np.ndarray | None = None,
-) -> tuple[np.ndarray, float]:
+    f: F64, y: F64, weight: F64 | None = None, l2: float = 1e-2, iters: int = 30,
+    offset: F64 | None = None,
+) -> tuple[F64, float]:
     """L2-penalised logistic regression by Newton's method (few features, many rows).
 
     ``offset``: a fixed per-row logit added to the linear part (fits a correction on top of
@@ -88,9 +91,9 @@ def fit_logistic(
 
 
 def fit_generic_head(
-    phi: np.ndarray, y: np.ndarray, row_weight: np.ndarray | None = None,
-    offset: np.ndarray | None = None, l2: float = 1e-6, iters: int = 30,
-) -> tuple[np.ndarray, float, np.ndarray]:
+    phi: F64, y: F64, row_weight: F64 | None = None,
+    offset: F64 | None = None, l2: float = 1e-6, iters: int = 30,
+) -> tuple[F64, float, F64]:
     """Shared difficulty logit delta(x) = phi.c + c0 with per-model abilities theta_m:
     P(good | m, x) = sigmoid(theta_m - delta(x)), a 1PL item-response model whose item
     side is a function of the text. NaN = missing; ``row_weight`` weighs prompts (e.g. to
@@ -140,7 +143,7 @@ def fold_columns(x: sp.csr_matrix, bits: int) -> sp.csr_matrix:
     return out
 
 
-def top_right_singular(x: sp.csr_matrix, k: int, seed: int = 0, n_iter: int = 4, oversample: int = 16) -> np.ndarray:
+def top_right_singular(x: sp.csr_matrix, k: int, seed: int = 0, n_iter: int = 4, oversample: int = 16) -> F64:
     """(cols, k) top right singular vectors of a sparse matrix by a seeded randomized
     range finder (Halko et al.) with power iterations; uncentred, i.e. LSA."""
     k = max(1, min(k, min(x.shape) - 1))

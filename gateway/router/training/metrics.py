@@ -18,12 +18,14 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from gateway.router.arrays import F64, Floats
+
 
 @dataclass(frozen=True)
 class PairCurve:
-    share: np.ndarray  # strong-call share, 0..1, length n+1
-    quality: np.ndarray  # mean score at that share
-    cost: np.ndarray  # mean cost per prompt at that share
+    share: F64  # strong-call share, 0..1, length n+1
+    quality: F64  # mean score at that share
+    cost: F64  # mean cost per prompt at that share
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,11 @@ class PairMetrics:
 
 
 def pair_curve(
-    score: np.ndarray,
-    q_weak: np.ndarray,
-    q_strong: np.ndarray,
-    c_weak: np.ndarray,
-    c_strong: np.ndarray,
+    score: Floats,
+    q_weak: F64,
+    q_strong: F64,
+    c_weak: F64,
+    c_strong: F64,
 ) -> PairCurve:
     """Quality and cost as the strong-call share grows, hardest (highest score) first."""
     order = np.argsort(-np.asarray(score, dtype=np.float64), kind="stable")
@@ -58,11 +60,12 @@ def pair_curve(
     return PairCurve(np.arange(n + 1) / n, quality, cost)
 
 
-def pgr(curve: PairCurve) -> np.ndarray:
-    gap = curve.quality[-1] - curve.quality[0]
+def pgr(curve: PairCurve) -> F64:
+    first = float(curve.quality[0])
+    gap = float(curve.quality[-1]) - first
     if gap == 0:
         return np.zeros_like(curve.quality)
-    return (curve.quality - curve.quality[0]) / gap
+    return (curve.quality - first) / gap
 
 
 def apgr(curve: PairCurve) -> float:
@@ -82,11 +85,11 @@ def cost_share_at(curve: PairCurve, frac: float = 0.95) -> float:
 
 
 def pair_metrics(
-    score: np.ndarray,
-    q_weak: np.ndarray,
-    q_strong: np.ndarray,
-    c_weak: np.ndarray,
-    c_strong: np.ndarray,
+    score: Floats,
+    q_weak: F64,
+    q_strong: F64,
+    c_weak: F64,
+    c_strong: F64,
 ) -> PairMetrics:
     """All pair metrics at once, rounded like routing_eval.py."""
     cur = pair_curve(score, q_weak, q_strong, c_weak, c_strong)

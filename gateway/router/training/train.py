@@ -28,12 +28,15 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from gateway.router.arrays import F32, F64, I64, Ints, NpzArrays, Strs
 from gateway.router.featurize import HashSpec
+from gateway.router.meta import ArtifactMeta, HashSpecMeta, ValidationReport
 from gateway.router.model import ARTIFACT_VERSION, load_router
 from gateway.router.neighbours import Neighbours, quantise_outcomes
 from gateway.router.text import STRUCT_NAMES
@@ -84,16 +87,16 @@ HEAD_L2 = 1e-2
 HEAD_INSAMPLE_MIX = 0.3
 
 
-def domain_weights(domain: np.ndarray, alpha: float = DOMAIN_BALANCE) -> np.ndarray:
+def domain_weights(domain: Strs, alpha: float = DOMAIN_BALANCE) -> F64:
     """Per-row weights (mean 1) so that a small file is not drowned by a large one:
     each domain's total weight goes as n_d ** (1 - alpha) (alpha = 0: rows count equally,
     1: every domain counts the same)."""
     _, inverse, counts = np.unique(domain, return_inverse=True, return_counts=True)
     w = (counts.mean() / counts[inverse]) ** alpha
-    return w / w.mean()
+    return cast(F64, w / w.mean())
 
 
-def outcome_targets(y: np.ndarray, domain: np.ndarray, k: int) -> np.ndarray:
+def outcome_targets(y: F64, domain: Strs, k: int) -> F64:
     """(n, k) latent targets from an outcome matrix whose pool differs by domain.
 
     Outcomes are only comparable within a file (different models, graders, score scales), so
@@ -129,8 +132,8 @@ def outcome_targets(y: np.ndarray, domain: np.ndarray, k: int) -> np.ndarray:
 
 
 def fit_heads(
-    phi: np.ndarray, y: np.ndarray, knn: np.ndarray, dom: np.ndarray
-) -> dict[str, np.ndarray]:
+    phi: F64, y: F64, knn: F64, dom: Ints
+) -> NpzArrays:
     """Per-model logistic heads on [phi, knn_m], one per (model, training file) with at least
     ``MIN_HEAD_ROWS`` outcomes: a model's scores in two files are on different scales and
     depend on the prompt differently (a chat grade, a maths accuracy), and one head fitted
@@ -160,7 +163,7 @@ def fit_heads(
             "head_model": np.asarray(models, dtype=np.int16), "head_domain": np.asarray(domains, dtype=np.int16)}
 
 
-def memory_rows(dom: np.ndarray, seed: int) -> np.ndarray:
+def memory_rows(dom: Ints | Strs, seed: int) -> I64:
     """The training prompts the neighbour memory keeps: at most KNN_PER_DOMAIN per file."""
     rng = np.random.default_rng(seed)
     keep = []
@@ -171,8 +174,8 @@ def memory_rows(dom: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _fit_neighbours(
-    xh: sp.csr_matrix, y: np.ndarray, dom: np.ndarray, n_domains: int, seed: int, progress: bool
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    xh: sp.csr_matrix, y: F64, dom: Ints, n_domains: int, seed: int, progress: bool
+) -> tuple[NpzArrays, F64]:
     """Neighbour arrays for the artifact + leave-one-out knn logits for every train row."""
     n = xh.shape[0]
     keep = memory_rows(dom, seed)
@@ -186,10 +189,10 @@ def _fit_neighbours(
                                 dom[keep], n_domains)
     slot = np.full(n, -1)
     slot[keep] = np.arange(keep.size)
-    loo = np.zeros(y.shape)
+    loo: F64 = np.zeros(y.shape)
     for s in tqdm(range(0, n, 1000), desc="neighbours", disable=not progress, leave=False):
         loo[s : s + 1000] = nb.logits(emb[s : s + 1000].astype(np.float32), exclude=slot[s : s + 1000])
-    arrays = {"knn_proj": proj, "knn_emb": emb16[keep], "knn_outcomes": outcomes,
+    arrays: NpzArrays = {"knn_proj": proj, "knn_emb": emb16[keep], "knn_outcomes": outcomes,
               "knn_domain": dom[keep].astype(np.uint8)}
     return arrays, loo
 
@@ -208,14 +211,14 @@ def prepare(data: RoutingData, progress: bool = True) -> Prepared:
 
 
 def design(
-    prep: Prepared, idf: np.ndarray, s_mean: np.ndarray, s_std: np.ndarray
+    prep: Prepared, idf: F32, s_mean: F64, s_std: F64
 ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """(hashed n-grams only, n-grams + scaled structural columns) for every row."""
     xh = to_csr(prep.hashed, idf, SPEC)
     return xh, with_struct(xh, (prep.hashed.struct - s_mean) / s_std, STRUCT_SCALE)
 
 
-def fit_arrays(prep: Prepared, train_rows: np.ndarray, seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
+def fit_arrays(prep: Prepared, train_rows: Ints, seed: int = 0, progress: bool = True) -> NpzArrays:
     """Every array of the artifact, fitted on ``train_rows`` of ``prep`` (all domains in it)."""
     hashed = prep.hashed
     idf = fit_idf(hashed, train_rows, SPEC)
@@ -254,18 +257,18 @@ def fit_arrays(prep: Prepared, train_rows: np.ndarray, seed: int = 0, progress: 
     }
 
 
-def column_means(a: np.ndarray) -> np.ndarray:
+def column_means(a: F64) -> F64:
     """nanmean per column, NaN for a column with no values (without numpy's warning)."""
     seen = ~np.isnan(a)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(seen, a, 0.0).sum(0) / seen.sum(0)
+        return cast(F64, np.where(seen, a, 0.0).sum(0) / seen.sum(0))
 
 
-def make_meta(data: RoutingData, train_rows: np.ndarray) -> dict[str, object]:
+def make_meta(data: RoutingData, train_rows: Ints) -> ArtifactMeta:
     out_tok = column_means(data.out_tokens[train_rows])
     return {
         "version": ARTIFACT_VERSION,
-        "hash_spec": asdict(SPEC),
+        "hash_spec": cast(HashSpecMeta, asdict(SPEC)),
         "struct_names": list(STRUCT_NAMES),
         "latent_dims": LATENT_DIMS + 1,
         "ridge_lambda": RIDGE_LAMBDA,
@@ -279,7 +282,7 @@ def make_meta(data: RoutingData, train_rows: np.ndarray) -> dict[str, object]:
     }
 
 
-def save_artifact(arrays: dict[str, np.ndarray], meta: dict[str, object], out_dir: str | Path) -> Path:
+def save_artifact(arrays: NpzArrays, meta: ArtifactMeta, out_dir: str | Path) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(out / "router.npz", allow_pickle=False, **arrays)
@@ -290,7 +293,7 @@ def save_artifact(arrays: dict[str, np.ndarray], meta: dict[str, object], out_di
 def train(
     data_path: str | Path | Sequence[str | Path], out_dir: str | Path, *, base: str | Path | None = None,
     seed: int = 0, progress: bool = True,
-) -> dict:
+) -> ValidationReport:
     """Fit on the train split of one or more files (or, with ``base``, adapt that router to
     them: ``adapt.py``), save ``router.npz``/``router.json`` in out_dir, and return (and
     print) the validation report."""
@@ -305,7 +308,7 @@ def train(
         arrays, meta = fit_arrays(prepare(data, progress), train_rows, seed, progress), make_meta(data, train_rows)
     out = save_artifact(arrays, meta, out_dir)
     val = data.subset(data.split == "validation")
-    report: dict = {"n_validation": len(val.ids), "pairs": {}}
+    report: ValidationReport = {"n_validation": len(val.ids), "pairs": {}}
     if val.ids:  # through the saved artifact, so the report also checks the serving path
         report["pairs"] = report_pairs(load_router(out), val, progress=progress)
     meta["validation_report"] = report

@@ -7,13 +7,14 @@ import random
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from .answers import Completion, compose, draw_answer, logprobs_payload, p_correct, usage_of
+from .answers import Completion, compose_shaped, draw_answer, logprobs_payload, p_correct, usage_of
+from .faults import Fault, FaultTable, FaultUpdate
 from .models import SimModel
 from .prompts import difficulty_of, stable_hash, stable_uniform, truth_of
 from .protocol import (
@@ -27,15 +28,27 @@ from .protocol import (
 from .streaming import stream_completions
 
 RECEIVED_KEPT = 256  # the headers of this many recent chat-completions requests, for tests to inspect
+_MALFORMED = b'{"id": "chatcmpl-broken", "choices": [{"message": '  # a body cut off mid-way
 _UNRECORDED = frozenset({"authorization", "cookie"})
 
 
 @dataclass(slots=True)
 class _Counters:
-    """Mutable on purpose: one per model, bumped on every call."""
+    """Mutable on purpose: one per model, bumped on every call.
+
+    ``served``: answers that reached the client in a readable form (whole, or a stream's first
+    chunk), the calls a provider would bill; ``abandoned``: answers whose client had left before
+    they were sent; ``faults``: how many requests each injected fault kind hit."""
 
     requests: int = 0
     errors: int = 0
+    served: int = 0
+    abandoned: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "errors": self.errors, "served": self.served,
+                "abandoned": self.abandoned, "faults": dict(self.faults)}
 
 
 class Simulator:
@@ -49,6 +62,7 @@ class Simulator:
         self._rng = random.Random(seed)
         self._created = int(time.time())
         self._received: deque[dict[str, str]] = deque(maxlen=RECEIVED_KEPT)
+        self._faults = FaultTable({m.name: m.faults for m in models})
 
     async def chat_completions(self, request: web.Request) -> web.StreamResponse:
         self._received.append({k.lower(): v for k, v in request.headers.items() if k.lower() not in _UNRECORDED})
@@ -72,11 +86,37 @@ class Simulator:
         if self._fails(model, counters.requests):
             counters.errors += 1
             return _simulated_failure(model)
+        return await self._answer(request, model, call, counters)
+
+    async def _answer(self, request: web.Request, model: SimModel, call: ChatCall,
+                      counters: _Counters) -> web.StreamResponse:
+        """The answer once the request is accepted: faulted, streamed or whole."""
+        fault = self._faults.draw(model.name, self._rng)
+        if fault is not None:
+            counters.faults[fault.kind] = counters.faults.get(fault.kind, 0) + 1
+            failed = await _fail_early(request, model, fault)
+            if failed is not None:
+                counters.errors += 1
+                return failed
         completions = self._complete(model, call)
         if call.stream:
-            return await stream_completions(request, model, call, completions)
-        await _sleep_like_generation(model, max(c.completion_tokens for c in completions))
-        return _json(_completion_body(model, call, completions))
+            return await stream_completions(request, model, call, completions, fault, counters)
+        slow = fault.delay_s if fault is not None and fault.kind == "slow" else 0.0
+        try:
+            await _sleep_like_generation(model, max(c.completion_tokens for c in completions), slow)
+        except asyncio.CancelledError:
+            counters.abandoned += 1  # the server cancelled the handler: its client is gone
+            raise
+        if request.transport is None or request.transport.is_closing():
+            counters.abandoned += 1  # the client gave up waiting: nothing was delivered
+            return web.Response()
+        if fault is not None and fault.kind == "malformed":
+            return web.Response(body=_MALFORMED, content_type="application/json")
+        counters.served += 1
+        body = _completion_body(model, call, completions)
+        if fault is not None and fault.kind == "no_usage":
+            body.pop("usage", None)
+        return _json(body)
 
     def _fails(self, model: SimModel, nth_request: int) -> bool:
         if nth_request <= model.fail_first:
@@ -94,7 +134,7 @@ class Simulator:
         else:
             rng = self._rng if call.seed is None else _seeded(call, model)
             draws = [draw_answer(truth, p, rng.random(), rng.random()) for _ in range(call.n)]
-        return [compose(a, model.output_tokens, call.max_tokens, call.stop) for a in draws]
+        return [compose_shaped(a, call.shape, model.output_tokens, call.max_tokens, call.stop) for a in draws]
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
@@ -107,14 +147,25 @@ class Simulator:
         return _json({"status": "ok"})
 
     async def stats(self, request: web.Request) -> web.Response:
-        return _json({n: {"requests": c.requests, "errors": c.errors} for n, c in self._counters.items()})
+        return _json({n: c.as_dict() for n, c in self._counters.items()})
+
+    async def faults(self, request: web.Request) -> web.Response:
+        if request.method == "POST":
+            try:
+                update = FaultUpdate.model_validate_json(await request.read())
+                if update.model not in self._models:
+                    return error_response(404, f"The model '{update.model}' does not exist.", param="model")
+                self._faults.set(update.model, update.faults)
+            except ValueError as exc:  # pydantic's ValidationError is one
+                return error_response(400, f"Invalid faults: {exc}", param="faults")
+        return _json(self._faults.listing())
 
     async def received(self, request: web.Request) -> web.Response:
         return _json(list(self._received))
 
     async def reset(self, request: web.Request) -> web.Response:
-        for counters in self._counters.values():
-            counters.requests = counters.errors = 0
+        for name in self._counters:
+            self._counters[name] = _Counters()
         self._received.clear()
         return await self.stats(request)
 
@@ -134,8 +185,24 @@ def _simulated_failure(model: SimModel) -> web.Response:
                           headers=wait if status == 503 else None)
 
 
-async def _sleep_like_generation(model: SimModel, tokens: int) -> None:
-    delay = model.ttft_ms / 1000.0
+async def _fail_early(request: web.Request, model: SimModel, fault: Fault) -> web.Response | None:
+    """The answer to a fault that strikes before any token, or None when the answer goes ahead."""
+    if fault.kind == "http_500":
+        return error_response(500, f"Simulated upstream failure of model '{model.name}'.")
+    if fault.kind == "http_429":
+        return error_response(429, f"Simulated rate limit reached for model '{model.name}'.",
+                              code="rate_limit_exceeded", headers={"retry-after": f"{fault.retry_after_s:g}"})
+    if fault.kind in ("refuse", "hang"):
+        if fault.kind == "hang":
+            await asyncio.sleep(fault.delay_s)
+        if request.transport is not None:
+            request.transport.close()  # no status line at all: the client sees the connection drop
+        return web.Response()
+    return None
+
+
+async def _sleep_like_generation(model: SimModel, tokens: int, extra_s: float = 0.0) -> None:
+    delay = model.ttft_ms / 1000.0 + extra_s
     if model.tokens_per_s > 0:
         delay += tokens / model.tokens_per_s
     if delay > 0:
@@ -149,7 +216,7 @@ def _completion_body(model: SimModel, call: ChatCall, completions: list[Completi
         choices.append(
             {
                 "index": index,
-                "message": {"role": "assistant", "content": completion.content, "refusal": None},
+                "message": _message(completion),
                 "logprobs": logprobs,
                 "finish_reason": completion.finish_reason,
             }
@@ -165,6 +232,12 @@ def _completion_body(model: SimModel, call: ChatCall, completions: list[Completi
     if model.usage:
         body["usage"] = usage_of(call.prompt_tokens, completions)
     return body
+
+
+def _message(completion: Completion) -> dict[str, Any]:
+    if completion.tool_calls:
+        return {"role": "assistant", "content": None, "refusal": None, "tool_calls": list(completion.tool_calls)}
+    return {"role": "assistant", "content": completion.content, "refusal": None}
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -183,6 +256,11 @@ def build_app(models: Sequence[SimModel], *, seed: int = 0) -> web.Application:
             web.get("/sim/stats", simulator.stats),
             web.get("/sim/received", simulator.received),
             web.post("/sim/reset", simulator.reset),
+            # The same controls under the prefix a real model API never uses.
+            web.get("/_sim/stats", simulator.stats),
+            web.post("/_sim/reset", simulator.reset),
+            web.get("/_sim/faults", simulator.faults),
+            web.post("/_sim/faults", simulator.faults),
         ]
     )
     return app

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.providers.simulated import (
+from gateway.simulator import (
     DEFAULT_MODELS,
     SPAN_WORDS,
     SimConfigError,
@@ -18,8 +18,8 @@ from gateway.providers.simulated import (
     p_correct,
     truth_of,
 )
-from gateway.providers.simulated.answers import compose, draw_answer, logprobs_payload
-from gateway.providers.simulated.tokens import split_pieces, truncate_tokens
+from gateway.simulator.answers import compose, draw_answer, logprobs_payload
+from gateway.simulator.tokens import split_pieces, truncate_tokens
 
 ARITHMETIC = "What is 17 + 25?"
 CHOICES = "Which colour is the sky?\nA. red\nB) blue\n(C) green\nD. plaid"

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .faults import Fault, check_rates
 
 MAX_OUTPUT_TOKENS = 8192
 
@@ -27,7 +29,8 @@ class SimModel:
     ``fail_first`` makes the first K requests fail deterministically;
     ``retry_after_s`` is the Retry-After header sent with a simulated 429 or 503;
     ``context_window`` (tokens) rejects longer prompts with 400 ``context_length_exceeded``;
-    ``usage: false`` leaves ``usage`` out of answers and streams, as some self-hosted servers do.
+    ``usage: false`` leaves ``usage`` out of answers and streams, as some self-hosted servers do;
+    ``faults`` are injected faults (see ``faults.py``), changeable at run time.
     Prices are not the simulator's business: the gateway config prices its deployments.
     """
 
@@ -42,6 +45,7 @@ class SimModel:
     retry_after_s: float | None = None
     context_window: int | None = None
     usage: bool = True
+    faults: tuple[Fault, ...] = ()
 
     def __post_init__(self) -> None:
         # Programmatic construction gets the same checks as the YAML path.
@@ -66,6 +70,13 @@ class _ModelSpec(BaseModel):
     retry_after_s: float | None = Field(default=None, ge=0)
     context_window: int | None = Field(default=None, ge=1)
     usage: bool = True
+    faults: tuple[Fault, ...] = ()
+
+    @field_validator("faults")
+    @classmethod
+    def _rates_fit(cls, faults: tuple[Fault, ...]) -> tuple[Fault, ...]:
+        check_rates(faults)
+        return faults
 
 
 class _FileSpec(BaseModel):
@@ -114,7 +125,7 @@ def load_models(path: str | Path) -> list[SimModel]:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SimConfigError(f"{path}: models: duplicate model name(s) {duplicates}")
-    return [SimModel(**m.model_dump()) for m in spec.models]
+    return [SimModel(**{name: getattr(m, name) for name in SimModel.__slots__}) for m in spec.models]
 
 
 def _describe(path: Path, exc: ValidationError) -> str:

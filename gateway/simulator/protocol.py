@@ -1,8 +1,9 @@
 """OpenAI wire format for the simulator: request parsing and error bodies.
 
 Hand-rolled rather than pydantic because the simulator is the upstream in the
-throughput benchmark and must stay cheap; it checks only what it uses and
-ignores the rest (tools, response_format, ...), like a lenient provider.
+throughput benchmark and must stay cheap; it checks only what it uses
+(including ``tools``, ``tool_choice`` and ``response_format``) and ignores the
+rest, like a lenient provider.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from .structured import Shape, Tool, choose_tool
 from .tokens import count_tokens
 
 FINGERPRINT = "fp_switchyard_sim"
 _MAX_N = 128
 _MAX_STOPS = 4
 _MAX_TOP_LOGPROBS = 20
+_PROSE = Shape()
 
 
 class RequestError(ValueError):
@@ -48,6 +51,7 @@ class ChatCall:
     seed: int | None
     logprobs: bool
     top_logprobs: int
+    shape: Shape = _PROSE  # prose, a tool call or JSON
 
 
 def parse_chat_call(body: Any) -> ChatCall:
@@ -58,6 +62,9 @@ def parse_chat_call(body: Any) -> ChatCall:
     if not isinstance(model, str) or not model:
         raise RequestError("'model' must be a non-empty string.", "model")
     question, conversation, prompt_tokens = _read_messages(body.get("messages"))
+    messages = body["messages"]
+    after_tool = isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
+    tool = choose_tool(_tools(body.get("tools")), _tool_choice(body), question, after_tool)
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise RequestError("'stream_options' must be an object.", "stream_options")
@@ -75,7 +82,65 @@ def parse_chat_call(body: Any) -> ChatCall:
         seed=_optional_int(body, "seed"),
         logprobs=bool(body.get("logprobs") or False),
         top_logprobs=int(_number(body, "top_logprobs", 0, 0, _MAX_TOP_LOGPROBS, integer=True)),
+        shape=_shape(tool, body.get("response_format")),
     )
+
+
+def _tools(tools: Any) -> tuple[Tool, ...]:
+    if tools is None:
+        return ()
+    if not isinstance(tools, list):
+        raise RequestError("'tools' must be an array.", "tools")
+    out = []
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        function = function if isinstance(function, dict) else {}
+        name = function.get("name")
+        if not isinstance(name, str) or not name:
+            raise RequestError(f"tools[{index}].function.name must be a non-empty string.",
+                               f"tools[{index}].function.name")
+        parameters = function.get("parameters") or {"type": "object", "properties": {}}
+        if not isinstance(parameters, dict):
+            raise RequestError(f"tools[{index}].function.parameters must be an object.",
+                               f"tools[{index}].function.parameters")
+        out.append(Tool(name, str(function.get("description") or ""), parameters))
+    return tuple(out)
+
+
+def _tool_choice(body: dict[str, Any]) -> str | None:
+    choice = body.get("tool_choice")
+    if choice is None or choice in ("none", "auto", "required"):
+        if choice == "required" and not body.get("tools"):
+            raise RequestError("'tool_choice' is 'required' but no tools were given.", "tool_choice")
+        return choice
+    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    if not isinstance(name, str):
+        raise RequestError("'tool_choice' must be 'none', 'auto', 'required' or a named function.", "tool_choice")
+    tools = body.get("tools") or []
+    if not any(isinstance(t, dict) and (t.get("function") or {}).get("name") == name for t in tools):
+        raise RequestError(f"'tool_choice' names function '{name}', which is not in 'tools'.", "tool_choice")
+    return name
+
+
+def _shape(tool: Tool | None, response_format: Any) -> Shape:
+    if tool is not None:
+        return Shape(tool=tool)
+    if response_format is None:
+        return _PROSE
+    kind = response_format.get("type") if isinstance(response_format, dict) else None
+    if kind == "json_object":
+        return Shape(json_object=True)
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError("'response_format.json_schema.schema' must be an object.",
+                               "response_format.json_schema")
+        return Shape(json_schema=schema)
+    if kind == "text":
+        return _PROSE
+    raise RequestError("'response_format.type' must be 'text', 'json_object' or 'json_schema'.",
+                       "response_format.type")
 
 
 def _read_messages(messages: Any) -> tuple[str, str, int]:

@@ -12,6 +12,7 @@ from typing import Any
 
 from .models import MAX_OUTPUT_TOKENS
 from .prompts import Truth
+from .structured import Shape, json_content, tool_call
 from .tokens import count_tokens, truncate_tokens
 
 _FILLER_WORDS = (
@@ -59,6 +60,7 @@ class Completion:
     finish_reason: str
     completion_tokens: int
     answer: Answer
+    tool_calls: tuple[dict[str, Any], ...] = ()  # then ``content`` is empty and finish_reason "tool_calls"
 
 
 def p_correct(ability: float, difficulty: float) -> float:
@@ -97,6 +99,27 @@ def compose(answer: Answer, output_tokens: int, max_tokens: int | None, stop: tu
     if cut >= 0:
         text = text[:cut]
         tokens = count_tokens(text)
+    if max_tokens is not None and tokens > max_tokens:
+        text, _ = truncate_tokens(text, max_tokens)
+        tokens, finish = max_tokens, "length"
+    return Completion(text, finish, tokens, answer)
+
+
+def compose_shaped(answer: Answer, shape: Shape, output_tokens: int, max_tokens: int | None,
+                   stop: tuple[str, ...]) -> Completion:
+    """The answer in the form asked for: a tool call, JSON, or prose (``compose``).
+
+    A tool call's tokens are those of its name and arguments; JSON is cut by ``max_tokens`` like
+    prose (finish_reason ``length``, as real models do) but never by stop sequences.
+    """
+    if shape.tool is not None:
+        call = tool_call(shape.tool, answer.token)
+        tokens = count_tokens(call["function"]["name"] + call["function"]["arguments"])
+        return Completion("", "tool_calls", tokens, answer, (call,))
+    if shape.json_schema is None and not shape.json_object:
+        return compose(answer, output_tokens, max_tokens, stop)
+    text = json_content(shape, answer.token)
+    tokens, finish = count_tokens(text), "stop"
     if max_tokens is not None and tokens > max_tokens:
         text, _ = truncate_tokens(text, max_tokens)
         tokens, finish = max_tokens, "length"

@@ -1,0 +1,149 @@
+"""Hedged requests for latency SLAs: a second try at the next deployment when the first is slow.
+
+A policy's `hedge_after_ms` applies to single-deployment plans that have a fallback: the call
+goes to the deployment; if it has produced no first token after `hedge_after_ms` (or has already
+failed), the same request goes to the fallbacks too. The first leg to produce a token wins and
+is relayed; the other is cancelled. Legs run as upstream streams even for a whole answer, so a
+leg cut short is billed for exactly what it produced: its prompt and the tokens it sent before
+it was cancelled (a leg cancelled before its first chunk produced nothing and is not billed).
+
+Why the first token: that is what an SLA on time-to-first-token needs, and it is the earliest
+point at which a leg is known to be answering rather than queued, hung or failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry.trace import Span
+
+from gateway.errors import GatewayError, UpstreamError
+from gateway.executor.deadline import Deadline
+from gateway.executor.result import CallRecord, Result, with_usage
+from gateway.executor.upstreams import OpenStream, Upstreams
+from gateway.messages import count_messages
+from gateway.plans import Plan, Single
+from gateway.providers.base import ProviderFailure, Usage
+from gateway.streaming import Accumulator
+
+HEDGE = "hedge"  # the role of a cancelled leg's call in the ledger
+# A losing leg may be producing its first token as the winner's arrives: it is given this long to show
+# it (then it is billed for it) before it is cancelled, off the answer's path.
+LOSER_GRACE_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Losers:
+    """The legs that lost the race, settling in the background: `records()` are their billed calls."""
+
+    task: asyncio.Task[tuple[CallRecord, ...]] | None = None
+
+    async def records(self) -> tuple[CallRecord, ...]:
+        return await self.task if self.task is not None else ()
+
+
+NO_LOSERS = Losers()
+
+
+def hedge_after_s(hedge_after_ms: float | None, plan: Plan) -> float | None:
+    """The hedge delay for `plan`, or None when it does not hedge (no setting, not single, no fallback)."""
+    if hedge_after_ms is None or not isinstance(plan, Single) or not plan.fallbacks:
+        return None
+    return hedge_after_ms / 1000.0
+
+
+async def open_stream(up: Upstreams, names: tuple[str, ...], body: dict[str, Any], span: Span | None,
+                      deadline: Deadline, after_s: float | None) -> tuple[OpenStream, Losers]:
+    """`Upstreams.open_stream`, hedged when `after_s` is set: the stream, and the legs that lost."""
+    if after_s is None:
+        return await up.open_stream(names, body, span, deadline=deadline), NO_LOSERS
+    return await open_hedged(up, names, body, span, deadline, after_s)
+
+
+async def open_hedged(up: Upstreams, names: tuple[str, ...], body: dict[str, Any], span: Span | None,
+                      deadline: Deadline, after_s: float) -> tuple[OpenStream, Losers]:
+    """The first leg of `names[0]` / `names[1:]` to produce a chunk, and the other leg."""
+    first = asyncio.create_task(up.open_stream(names[:1], body, span, deadline=deadline))
+    done, _ = await asyncio.wait({first}, timeout=after_s)
+    if done and first.exception() is None:
+        return first.result(), NO_LOSERS
+    second = asyncio.create_task(up.open_stream(names[1:], body, span, deadline=deadline))
+    legs = {second} if done else {first, second}
+    error: BaseException | None = first.exception() if done else None
+    try:
+        while legs:
+            finished, legs = await asyncio.wait(legs, return_when=asyncio.FIRST_COMPLETED)
+            opened = [t.result() for t in finished if t.exception() is None]
+            error = next((t.exception() for t in finished if t.exception() is not None), error)
+            if opened:
+                losers = Losers(asyncio.create_task(_settle_losers(up, opened[1:], legs, body)))
+                legs = set()
+                return opened[0], losers
+    finally:
+        for leg in legs:  # this task was itself cancelled: leave no leg running
+            leg.cancel()
+    assert error is not None  # every leg finished and none opened
+    raise error
+
+
+async def _settle_losers(up: Upstreams, opened: list[OpenStream], legs: set[asyncio.Task[OpenStream]],
+                         body: dict[str, Any]) -> tuple[CallRecord, ...]:
+    """Give the slower legs `LOSER_GRACE_S` to open, cancel the rest, bill every leg that opened."""
+    if legs:
+        done, pending = await asyncio.wait(legs, timeout=LOSER_GRACE_S)
+        for leg in pending:
+            leg.cancel()
+        for leg in pending:
+            with contextlib.suppress(BaseException):
+                await leg
+        opened = [*opened, *(t.result() for t in done if t.exception() is None)]
+    return tuple(await asyncio.gather(*(_bill_cut(up, s, body) for s in opened)))
+
+
+async def _bill_cut(up: Upstreams, live: OpenStream, body: dict[str, Any]) -> CallRecord:
+    """Close a leg that lost the race; it is billed for its prompt and what it had produced."""
+    acc = Accumulator()
+    acc.add(live.first)
+    await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
+    if not live.stats.usage.total_tokens:
+        live.stats.usage = Usage(count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
+    record = up.close_stream(live)
+    return CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, HEDGE)
+
+
+def stream_body(body: dict[str, Any]) -> dict[str, Any]:
+    """Legs stream and ask for usage, whatever the client asked: a cut leg must be priceable."""
+    return {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+
+
+async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span | None,
+                     deadline: Deadline, after_s: float) -> Result:
+    """A whole answer from a hedged single plan: the winning leg read to its end."""
+    assert isinstance(plan, Single)  # `hedge_after_s` is None for every other kind
+    legs = stream_body(body)
+    live, losers = await open_hedged(up, plan.deployments + plan.fallbacks, legs, span, deadline, after_s)
+    acc = Accumulator()
+    error: ProviderFailure | None = None
+    try:
+        acc.add(live.first)
+        async for chunk in live.rest:
+            acc.add(chunk)
+    except ProviderFailure as exc:
+        error = exc
+    if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
+        live.stats.usage = Usage(count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
+    record = up.close_stream(live, error)
+    calls = (record, *await losers.records())
+    if error is not None:
+        failed: GatewayError = UpstreamError(f"deployment '{live.deployment}' failed mid-answer: {error.reason}")
+        failed.billed = calls
+        raise failed
+    label = plan.label if live.deployment == plan.deployment else f"{plan.label}>hedge:{live.deployment}"
+    answer = acc.body(record.usage)
+    answer.pop("usage", None)
+    usage = sum((c.usage for c in calls), Usage())
+    return Result(with_usage(answer, usage), live.deployment, label, calls,
+                  {"hedged": [c.deployment for c in calls[1:]]} if calls[1:] else {})

@@ -1,0 +1,113 @@
+"""Hedged requests: with `hedge_after_ms`, a single call whose deployment is slow to start is also
+sent to its fallback; the first to produce a token answers, the other is cancelled and billed for
+what it produced. Real HTTP end to end: the openai SDK, the gateway, the simulated models."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from gateway.policy.loader import parse_policy
+from tests.support.processes import ROOT, GatewayServer, Simulator, start_simulator, wait_until
+
+LAG_S = 1.0  # the slow deployment's extra delay before its first token
+MODELS = {"models": [
+    {"name": "sim-small", "ability": 0.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20},
+    {"name": "sim-large", "ability": 4.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20},
+    {"name": "sim-lag", "ability": 3.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20,
+     "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": LAG_S * 1000}]},
+    {"name": "sim-quick", "ability": 3.0, "ttft_ms": 20, "tokens_per_s": 0, "output_tokens": 20}]}
+PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    path = tmp_path_factory.mktemp("hedge") / "models.yaml"
+    path.write_text(yaml.safe_dump(MODELS))
+    sim = start_simulator(path)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    policies = tmp_path_factory.mktemp("hedge-policies")
+    for f in (ROOT / "routing_policies").glob("*.yaml"):
+        shutil.copy(f, policies / f.name)
+    for name, hedge in (("hedged", {"hedge_after_ms": 150}), ("unhedged", {})):
+        (policies / f"{name}.yaml").write_text(yaml.safe_dump({
+            "description": "the laggy deployment, the quick one behind it", "candidates": [{"single": "lag"}],
+            "fallbacks": {"lag": ["quick"]}, "cache": {"enabled": False}, **hedge}))
+    deployments = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": PRICE}
+                   for n, m, t in (("small", "sim-small", "small"), ("large", "sim-large", "large"),
+                                   ("lag", "sim-lag", "lab"), ("quick", "sim-quick", "lab"))]
+    app = create_app(parse_config({"deployments": deployments}, "hedge test"), policies_dir=policies)
+    server = GatewayServer(app).start()
+    yield server.base_url + "/v1"
+    server.stop()
+
+
+def _ask(base_url: str, policy: str, **extra: Any) -> tuple[float, Any]:
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    started = time.perf_counter()
+    raw = client.chat.completions.with_raw_response.create(
+        model=f"router/{policy}", messages=[{"role": "user", "content": "What is 2 + 2?"}], **extra)
+    if extra.get("stream"):
+        chunks = list(raw.parse())
+        return time.perf_counter() - started, (raw.headers, chunks)
+    return time.perf_counter() - started, (raw.headers, raw.parse())
+
+
+def test_without_hedging_the_slow_deployment_answers_late(base_url: str) -> None:
+    took, (headers, _) = _ask(base_url, "unhedged")
+    assert headers["x-switchyard-model"] == "lag"
+    assert took >= LAG_S
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_hedge_answers_from_the_fallback_when_the_first_has_no_token_in_time(
+        base_url: str, sim: Simulator, stream: bool) -> None:
+    took, (headers, answer) = _ask(base_url, "hedged", stream=stream)
+    assert took < LAG_S * 0.7
+    assert headers["x-switchyard-model"] == "quick"
+    assert headers["x-switchyard-plan"] == "single:lag>hedge:quick"
+    text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream \
+        else answer.choices[0].message.content
+    assert text.startswith("The answer is")
+
+
+def test_the_cancelled_leg_produced_nothing_and_costs_nothing(base_url: str, sim: Simulator) -> None:
+    sim.reset()
+    _, (headers, answer) = _ask(base_url, "hedged")
+    expected = answer.usage.prompt_tokens * 1e-6 + answer.usage.completion_tokens * 2e-6
+    assert float(headers["x-switchyard-cost-usd"]) == pytest.approx(expected)
+    # The slow leg finds its client gone when its first token is due: it served nothing.
+    wait_until(lambda: sim.stats()["sim-lag"]["abandoned"] == 1, timeout_s=LAG_S * 3, what="the cut leg")
+    assert sim.stats()["sim-lag"]["served"] == 0 and sim.stats()["sim-quick"]["served"] == 1
+
+
+def test_hedge_after_ms_is_validated(tmp_path: Path) -> None:
+    base = {"candidates": [{"single": "small"}], "fallbacks": {"small": ["large"]}}
+    for bad, message in (({"hedge_after_ms": 0}, "greater than 0"),
+                         ({"hedge_after_ms": 5000, "timeout_s": 2}, "under timeout_s")):
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump({**base, **bad}))
+        with pytest.raises(Exception, match=message):
+            parse_policy(path)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump({**base, "hedge_after_ms": 250}))
+    assert parse_policy(good).hedge_after_ms == 250
+
+
+def test_the_gateway_is_reachable(base_url: str) -> None:
+    assert httpx.get(base_url.removesuffix("/v1") + "/healthz", timeout=5).status_code == 200
