@@ -30,7 +30,7 @@ from gateway.plans.base import (
 from gateway.plans.odds import CALIBRATION, VoteCalibration, odds, sample_correlation, vote_outcomes
 from gateway.plans.single import Single
 from gateway.plans.single import estimate as estimate_single
-from gateway.telemetry import as_json, set_attributes
+from gateway.telemetry import set_attributes
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -149,7 +149,7 @@ async def run(up: Upstreams, plan: BestOfN, body: dict[str, Any], span: Span | N
     if span is not None:
         set_attributes(span, switchyard__selector=selection.evidence.get("selector"),
                        switchyard__agreement=selection.agreement,
-                       switchyard__votes=as_json(selection.evidence.get("votes", {})))
+                       switchyard__votes=selection.evidence.get("votes", {}))
     # The answering deployment is the one whose sample was chosen (never the judge).
     chosen = selection.index
     answer = pick(samples.bodies[chosen], samples.choices, chosen, int(body.get("n") or 1))
