@@ -68,6 +68,7 @@ class OpenStream:
     span: Span
     started: float = field(default_factory=time.perf_counter)
     taken: Taken | None = None  # its place in the deployment's token window, settled when it ends
+    earlier: tuple[CallRecord, ...] = ()  # a resumed stream's cut call, billed with it (`executor.resume`)
 
 
 class _CircuitOpen(Exception):

@@ -13,7 +13,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answers import Completion, compose_shaped, draw_answer, logprobs_payload, p_correct, usage_of
+from .answers import (
+    Answer,
+    Completion,
+    compose_shaped,
+    continue_after,
+    draw_answer,
+    logprobs_payload,
+    p_correct,
+    usage_of,
+)
 from .faults import Fault, FaultTable, FaultUpdate
 from .models import SimModel
 from .prompts import difficulty_of, stable_hash, stable_uniform, truth_of
@@ -26,6 +35,7 @@ from .protocol import (
     parse_chat_call,
 )
 from .streaming import stream_completions
+from .tokens import count_tokens
 
 RECEIVED_KEPT = 256  # the headers of this many recent chat-completions requests, for tests to inspect
 _MALFORMED = b'{"id": "chatcmpl-broken", "choices": [{"message": '  # a body cut off mid-way
@@ -134,7 +144,21 @@ class Simulator:
         else:
             rng = self._rng if call.seed is None else _seeded(call, model)
             draws = [draw_answer(truth, p, rng.random(), rng.random()) for _ in range(call.n)]
-        return [compose_shaped(a, call.shape, model.output_tokens, call.max_tokens, call.stop) for a in draws]
+        if call.prefill is None:
+            return [compose_shaped(a, call.shape, model.output_tokens, call.max_tokens, call.stop) for a in draws]
+        return [self._continue(model, call, a) for a in draws]
+
+    def _continue(self, model: SimModel, call: ChatCall, drawn: Answer) -> Completion:
+        """Only the rest of an answer whose start is the trailing assistant message."""
+        prefill = call.prefill or ""
+        limit = None if call.max_tokens is None else call.max_tokens + count_tokens(prefill)
+
+        def full(answer: Answer) -> Completion:
+            return compose_shaped(answer, call.shape, model.output_tokens, limit, call.stop)
+
+        others = [full(Answer(token, False, p, drawn.candidates)) for token, p in drawn.candidates
+                  if token != drawn.token]
+        return continue_after(prefill, full(drawn), others)
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
