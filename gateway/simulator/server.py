@@ -48,7 +48,10 @@ class _Counters:
 
     ``served``: answers that reached the client in a readable form (whole, or a stream's first
     chunk), the calls a provider would bill; ``abandoned``: answers whose client had left before
-    they were sent; ``faults``: how many requests each injected fault kind hit."""
+    they were sent; ``errors``: requests answered with a failure (an error status, a dropped
+    connection, an unreadable body); ``faults``: how many requests each injected fault kind hit.
+    A request counts in exactly one of served, abandoned and errors once it has its verdict, so
+    ``requests`` minus the three is how many are still in flight."""
 
     requests: int = 0
     errors: int = 0
@@ -121,6 +124,7 @@ class Simulator:
             counters.abandoned += 1  # the client gave up waiting: nothing was delivered
             return web.Response()
         if fault is not None and fault.kind == "malformed":
+            counters.errors += 1  # an answer no client can read: a failure, not served
             return web.Response(body=_MALFORMED, content_type="application/json")
         counters.served += 1
         body = _completion_body(model, call, completions)
