@@ -70,8 +70,28 @@ def resuming(up: Upstreams, live: OpenStream, names: Sequence[str], body: dict[s
     On resumption `live` becomes the continuation's stream (deployment, stats, span), and the cut
     call's record goes to `live.earlier`: whoever ends `live` bills both."""
     if len(names) > 1 and resumable(body):
-        live.rest = _relay(up, live, live.rest, names, body, span, deadline)
+        live.rest = _Relay(_relay(up, live, live.rest, names, body, span, deadline), live.rest)
     return live
+
+
+class _Relay:
+    """The relaying generator, whose `aclose` also closes the upstream stream it reads when it was
+    never started (closing an unstarted generator skips its `finally`)."""
+
+    __slots__ = ("chunks", "upstream")
+
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]], upstream: AsyncIterator[dict[str, Any]]) -> None:
+        self.chunks, self.upstream = chunks, upstream
+
+    def __aiter__(self) -> _Relay:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await anext(self.chunks)
+
+    async def aclose(self) -> None:
+        await self.chunks.aclose()  # type: ignore[attr-defined]
+        await self.upstream.aclose()  # type: ignore[attr-defined]
 
 
 async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, Any]], names: Sequence[str],

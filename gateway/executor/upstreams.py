@@ -370,7 +370,7 @@ class Upstreams:
         set_attributes(span, gen_ai__response__model=first.get("model"))
         if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
             self.health[name].trial_passed()
-        return OpenStream(name, first, paced(name, chunks, self.deployments[name].timeout_s), stats, span,
+        return OpenStream(name, first, Paced(name, chunks, self.deployments[name].timeout_s), stats, span,
                           taken=taken)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
@@ -423,21 +423,28 @@ def _content(chunk: dict[str, Any]) -> str:
     return "".join(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices") or ())
 
 
-async def paced(name: str, chunks: AsyncIterator[dict[str, Any]], timeout_s: float) -> AsyncIterator[dict[str, Any]]:
-    """The rest of a stream, each wait for its next chunk bounded by the deployment's timeout_s."""
-    try:
-        while True:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    chunk = await anext(chunks)
-            except StopAsyncIteration:
-                return
-            except TimeoutError:
-                raise ProviderFailure(f"{name}: stream stalled for {timeout_s:g} s", timeout=True,
-                                      reason=f"stream stalled for {timeout_s:g} s") from None
-            yield chunk
-    finally:
-        await chunks.aclose()  # type: ignore[attr-defined]
+class Paced:
+    """The rest of a stream, each wait for its next chunk bounded by the deployment's timeout_s.
+    `aclose` closes the upstream stream, whether or not this was ever read."""
+
+    __slots__ = ("chunks", "name", "timeout_s")
+
+    def __init__(self, name: str, chunks: AsyncIterator[dict[str, Any]], timeout_s: float) -> None:
+        self.name, self.chunks, self.timeout_s = name, chunks, timeout_s
+
+    def __aiter__(self) -> Paced:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await anext(self.chunks)
+        except TimeoutError:
+            raise ProviderFailure(f"{self.name}: stream stalled for {self.timeout_s:g} s", timeout=True,
+                                  reason=f"stream stalled for {self.timeout_s:g} s") from None
+
+    async def aclose(self) -> None:
+        await self.chunks.aclose()  # type: ignore[attr-defined]
 
 
 def error_type(exc: BaseException) -> str:
