@@ -25,7 +25,9 @@ from tests.support.processes import ROOT, GatewayServer, Simulator, start_simula
 SURE = {"ability": 12.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 40}
 MODELS = {"models": [
     {"name": "sim-small", **SURE}, {"name": "sim-large", **SURE},
-    {"name": "sim-cut", **SURE, "faults": [{"kind": "drop_stream", "rate": 1.0}]},
+    # Paced, so that its first half is on the wire well before it breaks off (else the gateway may see
+    # the break before any content, and a stream with nothing relayed simply starts afresh elsewhere).
+    {"name": "sim-cut", **SURE, "tokens_per_s": 400, "faults": [{"kind": "drop_stream", "rate": 1.0}]},
     {"name": "sim-next", **SURE}, {"name": "sim-plain", **SURE}]}
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two numbers",
