@@ -168,14 +168,21 @@ class Upstreams:
                        priced: Callable[[T], Awaitable[CallRecord | None]]) -> T:
         """`step` within min(the deployment's timeout_s, the deadline); given up on (timed out, or this
         request cancelled), it is not cut but drained: an answer on its way is still billed."""
+        loop = asyncio.get_running_loop()
         call = asyncio.ensure_future(step)
         timeout_s = self.deployments[name].timeout_s
         limit = min(timeout_s, deadline.remaining())
+        # `asyncio.wait` does this at about twice the cost: wake when the call ends or at the limit.
+        waiter = loop.create_future()
+        call.add_done_callback(functools.partial(_wake, waiter))
+        timer = loop.call_later(max(limit, 0.0), _wake, waiter)
         try:
-            await asyncio.wait((call,), timeout=max(limit, 0.0))
+            await waiter
         except BaseException:
             drain(call, priced)
             raise
+        finally:
+            timer.cancel()
         if call.done():
             return call.result()
         drain(call, priced)
@@ -413,6 +420,11 @@ class Upstreams:
             self.health[s.deployment].record_success(latency, s.stats.ttft_s)
             s.span.end()
         return CallRecord(s.deployment, s.stats.usage, cost, latency)
+
+
+def _wake(waiter: asyncio.Future[None], *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 async def _next(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
