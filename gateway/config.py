@@ -74,6 +74,10 @@ class DeploymentConfig(_Strict):
     expected_ttft_ms: float = Field(default=500.0, ge=0)
     expected_tokens_per_s: float = Field(default=50.0, gt=0)
     supports_n: bool = True
+    supports_prefill: bool = Field(
+        default=False, description="accepts a trailing assistant message as the start of its answer and "
+        "continues it: a stream that breaks after its first tokens may resume here (the simulated models do; "
+        "set it for OpenAI-compatible servers that document assistant prefill)")
     requests_per_minute: int | None = Field(
         default=None, gt=0, description="the provider's request quota for this deployment, across replicas: "
                                         "at it, the deployment is skipped like an open circuit")
@@ -247,11 +251,13 @@ def embedded_config(simulator_url: str) -> GatewayConfig:
             {"name": "small", "model": "openai/sim-small", "api_base": simulator_url, "tier": "small",
              "price": {"input_per_mtok": 0.18, "output_per_mtok": 0.18},
              "router_profile": "Meta-Llama-3.1-8B-Instruct",
-             "expected_output_tokens": 60, "expected_ttft_ms": 20, "expected_tokens_per_s": 200},
+             "expected_output_tokens": 60, "expected_ttft_ms": 20, "expected_tokens_per_s": 200,
+             "supports_prefill": True},
             {"name": "large", "model": "openai/sim-large", "api_base": simulator_url, "tier": "large",
              "price": {"input_per_mtok": 0.88, "output_per_mtok": 0.88},
              "router_profile": "Meta-Llama-3.1-70B-Instruct",
-             "expected_output_tokens": 80, "expected_ttft_ms": 60, "expected_tokens_per_s": 80},
+             "expected_output_tokens": 80, "expected_ttft_ms": 60, "expected_tokens_per_s": 80,
+             "supports_prefill": True},
         ],
         "default_policy": "balanced",
     }

@@ -38,8 +38,10 @@ from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
+from gateway.executor.drain import late_bills
 from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
 from gateway.executor.result import CallRecord
+from gateway.executor.resume import resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
@@ -387,11 +389,13 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     body = bounded_body(request, r)
 
     hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
+    late_bills.set(_LateBill(svc.ledger, tenant.name, entry.policy_name, plan.label))  # calls that answer late
     try:
         if request.get("stream") and isinstance(plan, Single):
             waited = time.perf_counter()
-            live, losers = await open_stream(svc.upstreams, plan.deployments + plan.fallbacks, upstream_body(body),
-                                             span, deadline, hedge_s)
+            names, streamed = plan.deployments + plan.fallbacks, upstream_body(body)
+            live, losers = await open_stream(svc.upstreams, names, streamed, span, deadline, hedge_s)
+            live = resuming(svc.upstreams, live, names, streamed, span, deadline)  # if it breaks mid-way
             trail.upstream_s += time.perf_counter() - waited
             how = "fallback" if hedge_s is None else "hedge"
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>{how}:{live.deployment}"
@@ -461,6 +465,21 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
                          it.entry.policy.spec.timeout_s, it.entry.policy.name)
 
 
+@dataclass(slots=True)
+class _LateBill:
+    """Bills a call that answered after the request gave up on it (`executor.drain`). Built on every
+    request, so not frozen (a frozen one costs more)."""
+
+    ledger: Ledger
+    tenant: str
+    policy: str | None
+    plan: str
+
+    async def __call__(self, call: CallRecord) -> None:
+        await self.ledger.record(Spent(time.time(), self.tenant, self.policy, self.plan, call.deployment, (call,),
+                                       requests=0))
+
+
 def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
     """The request's one deadline: the policy's timeout_s, tightened (never loosened) by the client."""
     if header_timeout_s is not None and header_timeout_s < policy_timeout_s:
@@ -500,11 +519,12 @@ class _LiveStream:
         try:
             self.acc.add(live.first)
             yield live.first
-            price = self.svc.upstreams.prices[live.deployment]
+            prices = self.svc.upstreams.prices
             async for chunk in live.rest:
                 self.acc.add(chunk)
                 if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
-                    chunk = {**chunk, "switchyard": {"cost_usd": price.cost(Usage.from_dict(chunk["usage"])),
+                    cost = prices[live.deployment].cost(live.stats.usage) + sum(c.cost_usd for c in live.earlier)
+                    chunk = {**chunk, "switchyard": {"cost_usd": cost,
                                                      "deployment": live.deployment, "plan": self.label}}
                 yield chunk
         except ProviderFailure as exc:
@@ -526,7 +546,7 @@ class _LiveStream:
             live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
         record: CallRecord = await self.svc.upstreams.end_stream(live, error)
         self.trail.upstream_s += record.latency_s
-        calls = (record, *await self.hedged.records())
+        calls = (*live.earlier, record, *await self.hedged.records())
         self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
         self.svc.observer.finish(self.trail, 200, cut)
@@ -543,4 +563,4 @@ class _LiveStream:
             body = acc.body(record.usage)
             if self.key is not None:
                 await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
-            learn(self.svc, self.learning, self.label, live.deployment, (record,), body)
+            learn(self.svc, self.learning, self.label, live.deployment, (*live.earlier, record), body)

@@ -21,12 +21,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hedge-requests", type=int, help="requests per hedging arm (default: --requests / 5)")
     p.add_argument("--concurrency", type=int, default=64)
     p.add_argument("--hedge-concurrency", type=int, default=8, help="concurrency of the hedging arms (default: 8)")
+    p.add_argument("--latency-requests", type=int, help="requests per latency arm (default: --requests / 10)")
+    p.add_argument("--latency-concurrency", type=int, default=8,
+                   help="concurrency of the latency arms (default: %(default)s)")
     p.add_argument("--outage-s", type=float, default=10.0, help="how long Redis stays dead (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS, help="report file (default: %(default)s)")
     args = p.parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     settings = SoakSettings(args.requests, args.baseline_requests, args.hedge_requests, args.concurrency,
-                            args.outage_s, hedge_concurrency=args.hedge_concurrency)
+                            args.outage_s, hedge_concurrency=args.hedge_concurrency,
+                            latency_requests=args.latency_requests, latency_concurrency=args.latency_concurrency)
     report = asyncio.run(run_soak(settings))
     command = "python -m benchmarks.fault_soak " + " ".join(argv if argv is not None else sys.argv[1:])
     text = render(report, command.strip())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .load import percentile
+from .load import Run, percentile
 from .soak import FAULTS, SLOW_TAIL, Phase, SoakReport
 
 
@@ -13,6 +13,10 @@ def _ms(seconds: float) -> str:
 def _latency_row(phase: Phase, policy: str | None = None) -> tuple[float, float]:
     values = phase.run.latencies(policy)
     return percentile(values, 0.5), percentile(values, 0.99)
+
+
+def _rate(run: Run) -> str:
+    return f"{len(run.outcomes) / run.wall_s:.0f}" if run.wall_s else "?"
 
 
 def render(r: SoakReport, command: str) -> str:
@@ -34,7 +38,7 @@ def render(r: SoakReport, command: str) -> str:
         "| phase | requests | requests/s | failed | by policy, streamed?, what the client saw |",
         "| --- | ---: | ---: | ---: | --- |",
     ]
-    for phase in (r.baseline, r.faulted, r.unhedged, r.hedged):
+    for phase in (r.baseline, r.faulted, r.calm, r.troubled, r.unhedged, r.hedged):
         fails = phase.run.failures()
         detail = "; ".join(f"{p} {'stream' if st else 'whole'}: {d} x{n}" for (p, st, d), n in fails.most_common())
         rate = len(phase.run.outcomes) / phase.run.wall_s if phase.run.wall_s else float("nan")
@@ -45,16 +49,23 @@ def render(r: SoakReport, command: str) -> str:
             "spend ledger billed, per deployment, read back from Redis after the run.", "",
             "| phase | served (simulator) | billed (ledger) | equal | faults injected | abandoned by the gateway |",
             "| --- | --- | --- | --- | --- | --- |"]
-    for phase in (r.baseline, r.faulted, r.unhedged, r.hedged):
+    for phase in (r.baseline, r.faulted, r.calm, r.troubled, r.unhedged, r.hedged):
         b = phase.billing
         out.append(f"| {phase.name} | {b.served} | {b.billed} | {'yes' if b.exact else '**no**'} | "
                    f"{b.faults or '-'} | {b.abandoned or '-'} |")
-    out += ["", "## Latency (successful requests, to the last byte)", "",
-            "| policy | baseline p50 / p99 ms | faulted p50 / p99 ms | added p50 / p99 ms |",
+    calm, troubled = r.calm.run, r.troubled.run
+    out += ["", "## Added latency under faults", "",
+            f"Measured where it means something: the same {len(calm.outcomes)} requests (the same mix) sent "
+            f"at concurrency {s.latency_concurrency}, fault-free and then with the faults above (no Redis "
+            f"outage), back to back; latency of successful requests to the last byte. At this concurrency "
+            f"the gateway keeps up ({_rate(calm)} and {_rate(troubled)} requests/s); at concurrency "
+            f"{s.concurrency} it is saturated on this machine ({_rate(r.baseline.run)} requests/s) and "
+            "latency there is queueing, so those runs count losses and bills only.", "",
+            "| policy | fault-free p50 / p99 ms | faulted p50 / p99 ms | added p50 / p99 ms |",
             "| --- | --- | --- | --- |"]
     for policy in (None, "soak-single", "soak-best-of", "soak-cascade"):
-        b50, b99 = _latency_row(r.baseline, policy)
-        f50, f99 = _latency_row(r.faulted, policy)
+        b50, b99 = _latency_row(r.calm, policy)
+        f50, f99 = _latency_row(r.troubled, policy)
         out.append(f"| {policy or 'all'} | {_ms(b50)} / {_ms(b99)} | {_ms(f50)} / {_ms(f99)} | "
                    f"{_ms(f50 - b50)} / {_ms(f99 - b99)} |")
     u50, u99 = _latency_row(r.unhedged)

@@ -202,4 +202,6 @@ def write_config(folder: Path, sim_url: str, redis_url: str) -> Path:
 
 
 def _deployment(name: str, model: str, sim_url: str, tier: str, **extra: Any) -> dict[str, Any]:
-    return {"name": name, "model": f"openai/{model}", "api_base": sim_url, "tier": tier, "price": PRICE, **extra}
+    # The simulated models continue a trailing assistant message: a broken stream may resume on them.
+    return {"name": name, "model": f"openai/{model}", "api_base": sim_url, "tier": tier, "price": PRICE,
+            "supports_prefill": True, **extra}

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.executor.drain import DRAIN_S
 from gateway.ledger import Window
 from gateway.spend_report import spend_rows
 
@@ -48,6 +49,10 @@ class SoakSettings:
     warmup_requests: int = 200
     # Hedging is about a slow tail, not queueing: its arms run where the gateway is not saturated.
     hedge_concurrency: int = 8
+    # Added latency too: a fault-free and a faulted arm of the same asks, back to back, at a
+    # concurrency the gateway keeps up with (at `concurrency` on this machine it is queueing).
+    latency_requests: int | None = None  # per arm; default: a tenth of `requests`
+    latency_concurrency: int = 8
 
 
 @dataclass(slots=True)
@@ -77,6 +82,8 @@ class SoakReport:
     faulted: Phase
     unhedged: Phase
     hedged: Phase
+    calm: Phase      # the latency arms: fault-free,
+    troubled: Phase  # and faulted, same asks, same concurrency
     rss_before_mb: float
     rss_after_mb: float
     outage: dict[str, float]
@@ -86,6 +93,20 @@ class SoakReport:
 async def _ledger_calls(redis_url: str, since: float) -> dict[str, int]:
     rows = await spend_rows(redis_url, Window(since - 3600, time.time() + 3600), ("deployment",))
     return {r["deployment"]: int(r["calls"]) for r in rows if r["deployment"]}
+
+
+def _in_flight(stats: dict[str, Any]) -> int:
+    """Calls the simulator has taken and not yet answered, failed or found abandoned."""
+    return sum(s["requests"] - s["served"] - s["abandoned"] - s["errors"] for s in stats.values())
+
+
+async def _quiet(sim: Simulator, timeout_s: float = DRAIN_S + 10) -> None:
+    """Wait until no upstream call is in flight: the gateway reads on calls it gave up on (and
+    bills those that answer), so the phase's calls are all known only then."""
+    for _ in range(int(timeout_s / 0.2)):
+        if not _in_flight(sim.stats()):
+            return
+        await asyncio.sleep(0.2)
 
 
 async def _settled_calls(redis_url: str, since: float, timeout_s: float = 30.0) -> dict[str, int]:
@@ -106,7 +127,7 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def _log_counts(log_file: Path, start: int, end: int) -> Counter[str]:
-    """Warning-and-above lines, and retries, of one phase, by what they are about."""
+    """Warning-and-above lines, retries and late answers, of one phase, by what they are about."""
     counts: Counter[str] = Counter()
     with log_file.open("rb") as f:
         f.seek(start)
@@ -116,7 +137,7 @@ def _log_counts(log_file: Path, start: int, end: int) -> Counter[str]:
             except ValueError:
                 counts["(not json)"] += 1
                 continue
-            if line.get("level") == "INFO" and line.get("event") != "upstream_retry":
+            if line.get("level") == "INFO" and line.get("event") not in ("upstream_retry", "late_answer"):
                 continue
             what = line.get("event") or line.get("message", "")[:50]
             kind = line.get("error_type") or ""
@@ -158,6 +179,7 @@ class _Soak:
         if self._restart is not None:
             await self._restart
             self._restart = None
+        await _quiet(self.sim)
         after = await _settled_calls(self.redis.url, since)
         stats = self.sim.stats()
         served = {DEPLOYMENT_OF[m]: s["served"] for m, s in stats.items() if s["served"]}
@@ -208,9 +230,13 @@ async def _phases(soak: _Soak, s: SoakSettings, started: float) -> SoakReport:
                                 concurrency=s.hedge_concurrency)
     hedged = await soak.phase("slow tail, hedged", mix(arm, s.seed + 2, {"soak-hedged": 1.0}),
                               concurrency=s.hedge_concurrency)
+    soak.sim.set_faults(FAULTED_MODEL, [])
+    asks = mix(s.latency_requests or max(1, s.requests // 10), s.seed + 3)
+    calm = await soak.phase("latency, fault-free", asks, concurrency=s.latency_concurrency)
     soak.sim.set_faults(FAULTED_MODEL, FAULTS)
+    troubled = await soak.phase("latency, faulted", asks, concurrency=s.latency_concurrency)
     faulted = await soak.phase("faulted", mix(s.requests, s.seed + 1), outage_at=s.requests // 2)
     rss_after = soak.gateway.rss_mb()
     soak.sim.set_faults(FAULTED_MODEL, [])
-    return SoakReport(s, baseline, faulted, unhedged, hedged, rss_before, rss_after, dict(soak.outage),
-                      time.perf_counter() - started)
+    return SoakReport(s, baseline, faulted, unhedged, hedged, calm, troubled, rss_before, rss_after,
+                      dict(soak.outage), time.perf_counter() - started)

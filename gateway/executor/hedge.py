@@ -5,7 +5,8 @@ goes to the deployment; if it has produced no first token after `hedge_after_ms`
 failed), the same request goes to the fallbacks too. The first leg to produce a token wins and
 is relayed; the other is cancelled. Legs run as upstream streams even for a whole answer, so a
 leg cut short is billed for exactly what it produced: its prompt and the tokens it sent before
-it was cancelled (a leg cancelled before its first chunk produced nothing and is not billed).
+it was cancelled. A leg cancelled before its first chunk is still read until that chunk comes
+(`executor.drain`): if it comes, the upstream served it, and it is billed then, as a late call.
 
 Why the first token: that is what an SLA on time-to-first-token needs, and it is the earliest
 point at which a leg is known to be answering rather than queued, hung or failing.

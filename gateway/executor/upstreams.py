@@ -45,8 +45,9 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
+from gateway.executor.drain import DRAIN_S, drain
 from gateway.executor.result import CallRecord
-from gateway.messages import count_completion, prompt_tokens
+from gateway.messages import count_completion, count_text, prompt_tokens
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
@@ -68,6 +69,7 @@ class OpenStream:
     span: Span
     started: float = field(default_factory=time.perf_counter)
     taken: Taken | None = None  # its place in the deployment's token window, settled when it ends
+    earlier: tuple[CallRecord, ...] = ()  # a resumed stream's cut call, billed with it (`executor.resume`)
 
 
 class _CircuitOpen(Exception):
@@ -143,6 +145,9 @@ class Upstreams:
         self.prices = prices
         self.health = health
         self.telemetry = telemetry
+        # What the backends are given: their own timeouts past the gateway's, which the gateway keeps
+        # itself, so that a call it gives up on can still be read (`executor.drain`).
+        self._patient = {n: d.model_copy(update={"timeout_s": d.timeout_s + DRAIN_S}) for n, d in deployments.items()}
         names = {n: upstream_names(d) for n, d in deployments.items()}
         self._span_names = {n: v.span_name for n, v in names.items()}
         self._span_attributes = {n: v.attributes(n) for n, v in names.items()}
@@ -159,19 +164,32 @@ class Upstreams:
         return self.telemetry.start_client(self._span_names[name], parent, self._span_attributes[name],
                                            gen_ai__request__temperature=body.get("temperature"))
 
-    async def _bounded(self, name: str, step: Awaitable[T], deadline: Deadline) -> T:
-        """`step` within the deadline; the deployment's own timeout_s bounds it inside the backend."""
-        remaining = deadline.remaining()
-        if remaining >= self.deployments[name].timeout_s:
-            return await step  # the common case: nothing to add
-        limit = asyncio.timeout(remaining)
+    async def _awaited(self, name: str, step: Awaitable[T], deadline: Deadline,
+                       priced: Callable[[T], Awaitable[CallRecord | None]]) -> T:
+        """`step` within min(the deployment's timeout_s, the deadline); given up on (timed out, or this
+        request cancelled), it is not cut but drained: an answer on its way is still billed."""
+        loop = asyncio.get_running_loop()
+        call = asyncio.ensure_future(step)
+        timeout_s = self.deployments[name].timeout_s
+        limit = min(timeout_s, deadline.remaining())
+        # `asyncio.wait` does this at about twice the cost: wake when the call ends or at the limit.
+        waiter = loop.create_future()
+        call.add_done_callback(functools.partial(_wake, waiter))
+        timer = loop.call_later(max(limit, 0.0), _wake, waiter)
         try:
-            async with limit:
-                return await step
-        except TimeoutError:
-            if limit.expired():
-                raise _DeadlinePassed from None
+            await waiter
+        except BaseException:
+            drain(call, priced)
             raise
+        finally:
+            timer.cancel()
+        if call.done():
+            return call.result()
+        drain(call, priced)
+        if limit < timeout_s:
+            raise _DeadlinePassed
+        raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
+                              reason=f"timed out after {timeout_s:g} s")
 
     def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float) -> None:
         """Book a failed attempt: only failures about the deployment count toward its circuit."""
@@ -206,9 +224,13 @@ class Upstreams:
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()
+        async def priced(late: Completion) -> CallRecord:
+            late = counted(late, body)
+            return CallRecord(name, late.usage, self.prices[name].cost(late.usage), late.latency_s)
+
         try:
-            call = self.backends[name].complete(self.deployments[name], body, self.telemetry.inject(span))
-            done = counted(await self._bounded(name, call, deadline), body)
+            call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
+            done = counted(await self._awaited(name, call, deadline, priced), body)
         except BaseException as exc:
             self._failed(name, exc, span, trial, started)
             raise
@@ -336,9 +358,15 @@ class Upstreams:
         span = self._span(name, parent, body)
         started = time.perf_counter()
         stats = StreamStats()
-        chunks = self.backends[name].stream(self.deployments[name], body, stats, self.telemetry.inject(span))
+        chunks = self.backends[name].stream(self._patient[name], body, stats, self.telemetry.inject(span))
+
+        async def priced(late: dict[str, Any]) -> CallRecord:  # a first chunk after all: billed, then cut
+            await chunks.aclose()  # type: ignore[attr-defined]
+            usage = Usage(prompt_tokens(body.get("messages") or ()), count_text(_content(late)))
+            return CallRecord(name, usage, self.prices[name].cost(usage), time.perf_counter() - started)
+
         try:
-            first = await self._bounded(name, anext(chunks), deadline)
+            first = await self._awaited(name, _next(chunks), deadline, priced)
         except StopAsyncIteration:
             exc = ProviderFailure(f"{name}: stream ended before any chunk", reason="stream ended before any chunk")
             self._failed(name, exc, span, trial, started)
@@ -349,7 +377,8 @@ class Upstreams:
         set_attributes(span, gen_ai__response__model=first.get("model"))
         if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
             self.health[name].trial_passed()
-        return OpenStream(name, first, chunks, stats, span, taken=taken)
+        return OpenStream(name, first, Paced(name, chunks, self.deployments[name].timeout_s), stats, span,
+                          taken=taken)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
                           deadline: Deadline) -> OpenStream:
@@ -391,6 +420,43 @@ class Upstreams:
             self.health[s.deployment].record_success(latency, s.stats.ttft_s)
             s.span.end()
         return CallRecord(s.deployment, s.stats.usage, cost, latency)
+
+
+def _wake(waiter: asyncio.Future[None], *_: object) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _next(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
+    return await anext(chunks)
+
+
+def _content(chunk: dict[str, Any]) -> str:
+    return "".join(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices") or ())
+
+
+class Paced:
+    """The rest of a stream, each wait for its next chunk bounded by the deployment's timeout_s.
+    `aclose` closes the upstream stream, whether or not this was ever read."""
+
+    __slots__ = ("chunks", "name", "timeout_s")
+
+    def __init__(self, name: str, chunks: AsyncIterator[dict[str, Any]], timeout_s: float) -> None:
+        self.name, self.chunks, self.timeout_s = name, chunks, timeout_s
+
+    def __aiter__(self) -> Paced:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await anext(self.chunks)
+        except TimeoutError:
+            raise ProviderFailure(f"{self.name}: stream stalled for {self.timeout_s:g} s", timeout=True,
+                                  reason=f"stream stalled for {self.timeout_s:g} s") from None
+
+    async def aclose(self) -> None:
+        await self.chunks.aclose()  # type: ignore[attr-defined]
 
 
 def error_type(exc: BaseException) -> str:

@@ -53,6 +53,13 @@ entry for the answer token X: ``logprob = log(p)`` when correct,
 most likely candidates (truth first whenever ``p`` beats each distractor).
 Streams attach it to each choice's first content chunk.
 
+A conversation that ends with an **assistant message** (after at least one other message) is a
+prefill: the model continues that text instead of answering afresh. It answers only the rest of
+the answer that begins with it (its own at temperature 0, or the one for whichever candidate
+answer the text already states), with the same filler after it, so ``prefill + reply`` reads as
+one answer; ``max_tokens`` counts from the prefill's end, and ``prompt_tokens`` includes it. The
+draw ignores the prefill (it sees the prompt as when the answer began).
+
 Tools and structured output
 ---------------------------
 With ``tools`` the model calls one (``tool_choice`` a named function: that one; ``auto`` or

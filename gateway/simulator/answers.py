@@ -126,6 +126,24 @@ def compose_shaped(answer: Answer, shape: Shape, output_tokens: int, max_tokens:
     return Completion(text, finish, tokens, answer)
 
 
+def continue_after(prefill: str, own: Completion, consistent: list[Completion]) -> Completion:
+    """What a model given the start of an answer (`prefill`) writes next: only the rest.
+
+    The rest of the first of its own completion and then `consistent` (the same prose for the other
+    candidate answers) that begins with `prefill`, so a partial "The answer is 42. This" goes on
+    as an answer of 42; when none does, filler up to the length `own` would have had.
+    """
+    if own.tool_calls:
+        return own  # a tool call is not prose to continue
+    for full in (own, *consistent):
+        if full.content.startswith(prefill):
+            rest = full.content[len(prefill):]
+            return Completion(rest, full.finish_reason, count_tokens(rest), full.answer)
+    left = own.completion_tokens - count_tokens(prefill)
+    rest = " " + _FILLER[: _FILLER_ENDS[min(left, len(_FILLER_ENDS)) - 1]] if left > 0 else ""
+    return Completion(rest, own.finish_reason, count_tokens(rest), own.answer)
+
+
 def usage_of(prompt_tokens: int, completions: list[Completion]) -> dict[str, int]:
     """OpenAI ``usage``: completion tokens summed over all choices."""
     completion_tokens = sum(c.completion_tokens for c in completions)

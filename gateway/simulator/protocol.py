@@ -52,6 +52,7 @@ class ChatCall:
     logprobs: bool
     top_logprobs: int
     shape: Shape = _PROSE  # prose, a tool call or JSON
+    prefill: str | None = None  # a trailing assistant message: the answer so far, to be continued
 
 
 def parse_chat_call(body: Any) -> ChatCall:
@@ -63,6 +64,9 @@ def parse_chat_call(body: Any) -> ChatCall:
         raise RequestError("'model' must be a non-empty string.", "model")
     question, conversation, prompt_tokens = _read_messages(body.get("messages"))
     messages = body["messages"]
+    prefill = _prefill(messages)
+    if prefill is not None:  # the draw sees the prompt without the partial answer, as when it began
+        conversation = conversation.rpartition("\x1e")[0] or conversation
     after_tool = isinstance(messages[-1], dict) and messages[-1].get("role") == "tool"
     tool = choose_tool(_tools(body.get("tools")), _tool_choice(body), question, after_tool)
     stream_options = body.get("stream_options") or {}
@@ -83,7 +87,18 @@ def parse_chat_call(body: Any) -> ChatCall:
         logprobs=bool(body.get("logprobs") or False),
         top_logprobs=int(_number(body, "top_logprobs", 0, 0, _MAX_TOP_LOGPROBS, integer=True)),
         shape=_shape(tool, body.get("response_format")),
+        prefill=prefill,
     )
+
+
+def _prefill(messages: list[Any]) -> str | None:
+    """The text of a trailing assistant message (no tool calls, after another message): a partial
+    answer the model is to continue, as providers that accept assistant prefill do."""
+    last = messages[-1]
+    if len(messages) < 2 or not isinstance(last, dict) or last.get("role") != "assistant" or last.get("tool_calls"):
+        return None
+    content = last.get("content")
+    return content if isinstance(content, str) and content else None
 
 
 def _tools(tools: Any) -> tuple[Tool, ...]:

@@ -13,7 +13,16 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .answers import Completion, compose_shaped, draw_answer, logprobs_payload, p_correct, usage_of
+from .answers import (
+    Answer,
+    Completion,
+    compose_shaped,
+    continue_after,
+    draw_answer,
+    logprobs_payload,
+    p_correct,
+    usage_of,
+)
 from .faults import Fault, FaultTable, FaultUpdate
 from .models import SimModel
 from .prompts import difficulty_of, stable_hash, stable_uniform, truth_of
@@ -26,6 +35,7 @@ from .protocol import (
     parse_chat_call,
 )
 from .streaming import stream_completions
+from .tokens import count_tokens
 
 RECEIVED_KEPT = 256  # the headers of this many recent chat-completions requests, for tests to inspect
 _MALFORMED = b'{"id": "chatcmpl-broken", "choices": [{"message": '  # a body cut off mid-way
@@ -38,7 +48,10 @@ class _Counters:
 
     ``served``: answers that reached the client in a readable form (whole, or a stream's first
     chunk), the calls a provider would bill; ``abandoned``: answers whose client had left before
-    they were sent; ``faults``: how many requests each injected fault kind hit."""
+    they were sent; ``errors``: requests answered with a failure (an error status, a dropped
+    connection, an unreadable body); ``faults``: how many requests each injected fault kind hit.
+    A request counts in exactly one of served, abandoned and errors once it has its verdict, so
+    ``requests`` minus the three is how many are still in flight."""
 
     requests: int = 0
     errors: int = 0
@@ -111,6 +124,7 @@ class Simulator:
             counters.abandoned += 1  # the client gave up waiting: nothing was delivered
             return web.Response()
         if fault is not None and fault.kind == "malformed":
+            counters.errors += 1  # an answer no client can read: a failure, not served
             return web.Response(body=_MALFORMED, content_type="application/json")
         counters.served += 1
         body = _completion_body(model, call, completions)
@@ -134,7 +148,21 @@ class Simulator:
         else:
             rng = self._rng if call.seed is None else _seeded(call, model)
             draws = [draw_answer(truth, p, rng.random(), rng.random()) for _ in range(call.n)]
-        return [compose_shaped(a, call.shape, model.output_tokens, call.max_tokens, call.stop) for a in draws]
+        if call.prefill is None:
+            return [compose_shaped(a, call.shape, model.output_tokens, call.max_tokens, call.stop) for a in draws]
+        return [self._continue(model, call, a) for a in draws]
+
+    def _continue(self, model: SimModel, call: ChatCall, drawn: Answer) -> Completion:
+        """Only the rest of an answer whose start is the trailing assistant message."""
+        prefill = call.prefill or ""
+        limit = None if call.max_tokens is None else call.max_tokens + count_tokens(prefill)
+
+        def full(answer: Answer) -> Completion:
+            return compose_shaped(answer, call.shape, model.output_tokens, limit, call.stop)
+
+        others = [full(Answer(token, False, p, drawn.candidates)) for token, p in drawn.candidates
+                  if token != drawn.token]
+        return continue_after(prefill, full(drawn), others)
 
     async def models(self, request: web.Request) -> web.Response:
         data = [

@@ -86,14 +86,27 @@ def test_a_hedge_answers_from_the_fallback_when_the_first_has_no_token_in_time(
     assert text.startswith("The answer is")
 
 
-def test_the_cancelled_leg_produced_nothing_and_costs_nothing(base_url: str, sim: Simulator) -> None:
+def _calls(base_url: str) -> dict[str, int]:
+    rows = httpx.get(base_url + "/spend", params={"group_by": "deployment"}, timeout=10).json()["data"]
+    return {r["deployment"]: int(r["calls"]) for r in rows if r["calls"]}
+
+
+def test_the_losing_leg_is_billed_for_what_it_served_after_the_answer(base_url: str, sim: Simulator) -> None:
+    time.sleep(LAG_S + 0.5)  # the losing legs of the tests before answer late, and are billed then
+    before = _calls(base_url)
     sim.reset()
     _, (headers, answer) = _ask(base_url, "hedged")
     expected = answer.usage.prompt_tokens * 1e-6 + answer.usage.completion_tokens * 2e-6
-    assert float(headers["x-switchyard-cost-usd"]) == pytest.approx(expected)
-    # The slow leg finds its client gone when its first token is due: it served nothing.
-    wait_until(lambda: sim.stats()["sim-lag"]["abandoned"] == 1, timeout_s=LAG_S * 3, what="the cut leg")
-    assert sim.stats()["sim-lag"]["served"] == 0 and sim.stats()["sim-quick"]["served"] == 1
+    assert float(headers["x-switchyard-cost-usd"]) == pytest.approx(expected)  # the answer's cost: the winner's
+    # The slow leg is no longer waited for, but still read: its first chunk, when it comes, is what
+    # the upstream served (and a provider bills), so the ledger bills it too, after the answer.
+    wait_until(lambda: sim.stats()["sim-lag"]["served"] == 1, timeout_s=LAG_S * 3, what="the losing leg")
+    assert sim.stats()["sim-lag"]["abandoned"] == 0 and sim.stats()["sim-quick"]["served"] == 1
+
+    def billed() -> dict[str, int]:
+        after = _calls(base_url)
+        return {d: n - before.get(d, 0) for d, n in after.items() if n != before.get(d, 0)}
+    wait_until(lambda: billed() == {"lag": 1, "quick": 1}, timeout_s=5, what="both legs billed")
 
 
 def test_hedge_after_ms_is_validated(tmp_path: Path) -> None:

@@ -119,6 +119,19 @@ def test_a_strong_model_answers_arithmetic_at_temperature_zero(client: openai.Op
     assert (reply.choices[0].message.content or "").startswith("The answer is 42.")
 
 
+@pytest.mark.parametrize("cut", [5, 16, 37])
+def test_a_trailing_assistant_message_is_continued_not_repeated(client: openai.OpenAI, cut: int) -> None:
+    whole = client.chat.completions.create(model="sim-oracle", messages=ARITHMETIC, temperature=0)
+    text = whole.choices[0].message.content or ""
+    partial = text[:cut]
+    rest = client.chat.completions.create(model="sim-oracle", temperature=0, messages=[
+        *ARITHMETIC, {"role": "assistant", "content": partial}])  # type: ignore[list-item]
+    continued = rest.choices[0].message.content or ""
+    assert partial + continued == text  # only the rest: the start is not said again
+    assert rest.usage is not None and rest.usage.completion_tokens == count_tokens(continued)
+    assert rest.usage.prompt_tokens == count_tokens(ARITHMETIC[0]["content"]) + count_tokens(partial)
+
+
 def test_temperature_zero_is_deterministic(client: openai.OpenAI) -> None:
     prompts = [f"Question {i}\nA. yes\nB. no\nC. maybe" for i in range(8)]
     for prompt in prompts:

@@ -1,0 +1,99 @@
+"""Answers that arrive as the gateway gives up on them are billed: over real HTTP, a deployment whose
+answers come right around its timeout, a healthy fallback, and the simulator's own count of what it
+served against the spend ledger's calls.
+
+Before, the gateway closed the connection at its timeout: an answer sent just before was counted
+served by the upstream (a provider bills it) and never reached the ledger. The window is a few
+milliseconds on a quiet machine and grows with the gateway's event-loop lag under load.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from tests.support.processes import ROOT, GatewayServer, Simulator, start_simulator, wait_until
+
+TIMEOUT_S = 0.3
+# Answers due from just before to just after the timeout: every one of them is sent while the
+# gateway is (or was, a moment ago) waiting for it.
+DELAYS_MS = (270, 285, 295, 300, 305, 315, 330)
+QUICK = {"ability": 2.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 10}
+MODELS = {"models": [
+    {"name": "sim-small", **QUICK}, {"name": "sim-large", **QUICK}, {"name": "sim-next", **QUICK},
+    {"name": "sim-edge", **QUICK, "faults": [{"kind": "slow", "rate": 1 / len(DELAYS_MS), "delay_ms": d}
+                                             for d in DELAYS_MS]}]}
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    path = tmp_path_factory.mktemp("late") / "models.yaml"
+    path.write_text(yaml.safe_dump(MODELS))
+    sim = start_simulator(path)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    policies = tmp_path_factory.mktemp("late-policies")
+    for f in (ROOT / "routing_policies").glob("*.yaml"):
+        shutil.copy(f, policies / f.name)
+    (policies / "edge.yaml").write_text(yaml.safe_dump({
+        "description": "answers around the timeout, a healthy fallback", "candidates": [{"single": "edge"}],
+        "fallbacks": {"edge": ["next"]}, "cache": {"enabled": False}}))
+    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+    deployments = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": price,
+                    "max_retries": 0, "timeout_s": TIMEOUT_S if n == "edge" else 5}
+                   for n, m, t in (("small", "sim-small", "small"), ("large", "sim-large", "large"),
+                                   ("edge", "sim-edge", "lab"), ("next", "sim-next", "lab"))]
+    app = create_app(parse_config({"deployments": deployments}, "late test"), policies_dir=policies)
+    server = GatewayServer(app).start()
+    yield server.base_url + "/v1"
+    server.stop()
+
+
+def _calls(base_url: str) -> dict[str, int]:
+    rows = httpx.get(base_url + "/spend", params={"group_by": "deployment"}, timeout=10).json()["data"]
+    return {r["deployment"]: int(r["calls"]) for r in rows if r["calls"]}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_every_answer_the_upstream_served_is_billed_even_when_the_gateway_had_given_up(
+        base_url: str, sim: Simulator, stream: bool) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    before = _calls(base_url)
+    sim.reset()
+
+    def ask(i: int) -> str:
+        reply = client.chat.completions.create(model="router/edge", stream=stream,  # type: ignore[call-overload]
+                                               messages=[{"role": "user", "content": f"What is {i} + 1?"}])
+        return "".join(c.choices[0].delta.content or "" for c in reply if c.choices) if stream \
+            else reply.choices[0].message.content
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(ask, range(28)))
+    assert all(a.startswith("The answer is") for a in answers)  # the fallback answered whatever was late
+
+    def settled() -> bool:  # every call the upstream took has ended (answered, or found its client gone)
+        stats = sim.stats()
+        return all(s["requests"] == s["served"] + s["abandoned"] + s["errors"] for s in stats.values())
+    wait_until(settled, timeout_s=10, what="the late answers")
+    served = {d: sim.stats()[f"sim-{d}"]["served"] for d in ("edge", "next")}
+
+    def billed() -> dict[str, int]:
+        after = _calls(base_url)
+        return {d: after.get(d, 0) - before.get(d, 0) for d in ("edge", "next")}
+    try:
+        wait_until(lambda: billed() == served, timeout_s=5, what="the ledger")
+    finally:
+        assert billed() == served
+    assert sim.stats()["sim-edge"]["abandoned"] == 0  # the gateway read every answer it had asked for

@@ -1,0 +1,124 @@
+"""Mid-stream resumption over real HTTP: the openai SDK, the gateway, the simulated models.
+
+A deployment whose every stream breaks half-way, a healthy fallback that honours a trailing
+assistant message: the client's one stream completes with the fallback's continuation, and both
+calls are billed. Requests whose stream cannot be spliced (tools) fail as before.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from gateway.simulator import count_tokens
+from tests.support.processes import ROOT, GatewayServer, Simulator, start_simulator, wait_until
+
+# Able enough to answer right every time: every model's whole answer to QUESTION is the same text.
+SURE = {"ability": 12.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 40}
+MODELS = {"models": [
+    {"name": "sim-small", **SURE}, {"name": "sim-large", **SURE},
+    # Paced, so that its first half is on the wire well before it breaks off (else the gateway may see
+    # the break before any content, and a stream with nothing relayed simply starts afresh elsewhere).
+    {"name": "sim-cut", **SURE, "tokens_per_s": 400, "faults": [{"kind": "drop_stream", "rate": 1.0}]},
+    {"name": "sim-next", **SURE}, {"name": "sim-plain", **SURE}]}
+QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
+TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two numbers",
+                                           "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    path = tmp_path_factory.mktemp("resume") / "models.yaml"
+    path.write_text(yaml.safe_dump(MODELS))
+    sim = start_simulator(path)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    policies = tmp_path_factory.mktemp("resume-policies")
+    for f in (ROOT / "routing_policies").glob("*.yaml"):
+        shutil.copy(f, policies / f.name)
+    for name, fallback in (("resumed", "next"), ("no-prefill", "plain")):
+        (policies / f"{name}.yaml").write_text(yaml.safe_dump({
+            "description": "a deployment whose streams break, a healthy one behind it",
+            "candidates": [{"single": "cut"}], "fallbacks": {"cut": [fallback]}, "cache": {"enabled": False}}))
+    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+    deployments = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": price,
+                    "max_retries": 0, "supports_prefill": n != "plain"}
+                   for n, m, t in (("small", "sim-small", "small"), ("large", "sim-large", "large"),
+                                   ("cut", "sim-cut", "lab"), ("next", "sim-next", "lab"),
+                                   ("plain", "sim-plain", "lab"))]
+    app = create_app(parse_config({"deployments": deployments}, "resume test"), policies_dir=policies)
+    server = GatewayServer(app).start()
+    yield server.base_url + "/v1"
+    server.stop()
+
+
+def _client(base_url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+
+
+def _stream(base_url: str, policy: str, **extra: Any) -> list[Any]:
+    return list(_client(base_url).chat.completions.create(model=f"router/{policy}", messages=QUESTION,  # type: ignore[call-overload]
+                                                          stream=True, **extra))
+
+
+def _calls(base_url: str) -> dict[str, int]:
+    rows = httpx.get(base_url + "/spend", params={"group_by": "deployment"}, timeout=10).json()["data"]
+    return {r["deployment"]: int(r["calls"]) for r in rows if r["calls"]}
+
+
+def _billed_since(base_url: str, before: dict[str, int]) -> dict[str, int]:
+    after = _calls(base_url)
+    return {d: n - before.get(d, 0) for d, n in after.items() if n != before.get(d, 0)}
+
+
+def test_a_stream_cut_mid_way_completes_on_the_fallback_without_repeating_itself(
+        base_url: str, sim: Simulator) -> None:
+    whole = _client(base_url).chat.completions.create(model="next", messages=QUESTION)  # type: ignore[arg-type]
+    expected = whole.choices[0].message.content or ""
+    wait_until(lambda: _calls(base_url).get("next") == 1, timeout_s=10, what="the whole answer billed")
+    before = _calls(base_url)
+    sim.reset()
+
+    chunks = _stream(base_url, "resumed", stream_options={"include_usage": True})
+
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected  # the partial, then only the rest: no second "The answer is"
+    assert text.count("The answer is") == 1
+    assert len({c.id for c in chunks}) == 1
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    stats = sim.stats()
+    assert stats["sim-cut"]["served"] == 1 and stats["sim-next"]["served"] == 1
+    # One usage for the client, summed over both calls: two prompts (the second with the partial
+    # answer in it) and every token either call produced.
+    usage = chunks[-1].usage
+    prompt = count_tokens(QUESTION[0]["content"])
+    assert usage is not None and usage.prompt_tokens > 2 * prompt
+    assert usage.completion_tokens >= count_tokens(expected)
+    # Both calls are in the ledger, each under its own deployment.
+    wait_until(lambda: _billed_since(base_url, before) == {"cut": 1, "next": 1}, timeout_s=10, what="both calls billed")
+
+
+def test_a_stream_with_tools_fails_as_before(base_url: str, sim: Simulator) -> None:
+    sim.reset()
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        _stream(base_url, "resumed", tools=TOOLS, tool_choice="required")
+    assert sim.stats()["sim-next"]["requests"] == 0
+
+
+def test_no_resumption_onto_a_deployment_without_prefill(base_url: str, sim: Simulator) -> None:
+    sim.reset()
+    with pytest.raises(openai.APIError, match="failed mid-stream"):
+        _stream(base_url, "no-prefill")
+    assert sim.stats()["sim-plain"]["requests"] == 0

@@ -1,0 +1,151 @@
+"""Calls given up on are still read and billed; broken streams resume on the next candidate.
+At the provider seam, with the fake backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from gateway.executor import CallRecord, Deadline
+from gateway.executor.drain import LATE, late_bills
+from gateway.executor.resume import resuming
+from gateway.providers.base import ProviderFailure
+from tests.support.fake_backend import Delay, Stream, answer, chunk, deployment, fake_upstreams
+
+BODY = {"messages": [{"role": "user", "content": "What is 6 * 7?"}]}
+CUT = ProviderFailure("a: connection dropped", reason="connection failed")
+
+
+async def _collecting(work: Any) -> tuple[Any, list[CallRecord]]:
+    """Run `work()` as a request whose late calls are billed into the returned list."""
+    billed: list[CallRecord] = []
+
+    async def bill(call: CallRecord) -> None:
+        billed.append(call)
+    late_bills.set(bill)
+    return await work(), billed
+
+
+def test_a_call_that_answers_after_its_timeout_is_billed_late_while_the_fallback_answers() -> None:
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Delay(0.2) if d.name == "a" else answer("The answer is 42.", model=d.name)
+    up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0), deployment("b"))
+
+    async def work() -> Any:
+        done, record = await up.call(("a", "b"), BODY, None, deadline=Deadline.after(5))
+        assert record.deployment == "b"
+        await asyncio.sleep(0.3)  # a's answer arrives after the gateway gave up on it
+        return done
+
+    _, billed = asyncio.run(_collecting(work))
+    assert [(c.deployment, c.role) for c in billed] == [("a", LATE)]
+    assert billed[0].usage.prompt_tokens == 10 and billed[0].cost_usd > 0
+
+
+def test_a_call_that_fails_after_its_timeout_costs_nothing() -> None:
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Delay(0.1, CUT) if d.name == "a" else answer(model=d.name)
+    up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0), deployment("b"))
+
+    async def work() -> None:
+        await up.call(("a", "b"), BODY, None, deadline=Deadline.after(5))
+        await asyncio.sleep(0.2)
+
+    _, billed = asyncio.run(_collecting(work))
+    assert billed == []
+
+
+def test_a_stream_whose_first_chunk_comes_late_is_billed_for_it_and_closed() -> None:
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Delay(0.2, Stream([chunk("The answer"), chunk(" is 42.")])) if d.name == "a" else answer(model="b")
+    up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0), deployment("b"))
+
+    async def work() -> str:
+        live = await up.open_stream(("a", "b"), BODY, None, deadline=Deadline.after(5))
+        await live.rest.aclose()  # type: ignore[attr-defined]
+        up.close_stream(live)
+        await asyncio.sleep(0.3)
+        return live.deployment
+
+    answered, billed = asyncio.run(_collecting(work))
+    assert answered == "b"
+    assert [(c.deployment, c.role) for c in billed] == [("a", LATE)]
+    assert billed[0].usage.completion_tokens == 2  # "The answer": what it had sent
+
+
+def _broken_then_whole(tools: bool = False) -> tuple[Any, Any]:
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        if d.name == "a":
+            return Stream([{**chunk("The answer"), "id": "chatcmpl-a"}, {**chunk(" is"), "id": "chatcmpl-a"}],
+                          fail=CUT)
+        return Stream([{**chunk(" 42."), "id": "chatcmpl-b"}, {**chunk(finish="stop"), "id": "chatcmpl-b"},
+                       chunk(usage=(20, 2))])
+    return fake_upstreams(handler, deployment("a"), deployment("b", supports_prefill=True))
+
+
+async def _relayed(up: Any, body: dict[str, Any]) -> tuple[Any, list[dict[str, Any]]]:
+    live = await up.open_stream(("a", "b"), body, None, deadline=Deadline.after(5))
+    live = resuming(up, live, ("a", "b"), body, None, Deadline.after(5))
+    chunks = [live.first]
+    async for c in live.rest:
+        chunks.append(c)
+    return live, chunks
+
+
+def test_a_broken_stream_continues_on_the_next_candidate_from_where_it_broke() -> None:
+    up, backend = _broken_then_whole()
+    live, chunks = asyncio.run(_relayed(up, BODY))
+    text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"])
+    assert text == "The answer is 42."
+    assert {c.get("id") for c in chunks} == {"chatcmpl-a"}  # one stream for the client
+    continued = backend.calls[-1]
+    assert continued[0] == "b"
+    assert continued[1]["messages"] == [*BODY["messages"], {"role": "assistant", "content": "The answer is"}]
+    # The cut call is billed for what it streamed, the continuation for its own usage; the client's
+    # usage is the sum.
+    assert live.deployment == "b" and [c.deployment for c in live.earlier] == ["a"]
+    assert live.earlier[0].usage.completion_tokens > 0
+    assert chunks[-1]["usage"]["prompt_tokens"] == 20 + live.earlier[0].usage.prompt_tokens
+
+
+@pytest.mark.parametrize("extra", [{"tools": [{"type": "function", "function": {"name": "f"}}]},
+                                   {"response_format": {"type": "json_object"}}, {"n": 2}, {"logprobs": True}])
+def test_a_stream_that_cannot_be_spliced_fails_as_before(extra: dict[str, Any]) -> None:
+    up, backend = _broken_then_whole()
+    with pytest.raises(ProviderFailure):
+        asyncio.run(_relayed(up, {**BODY, **extra}))
+    assert backend.called("b") == 0
+
+
+def test_no_resumption_onto_a_deployment_that_does_not_take_prefill() -> None:
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Stream([chunk("The answer")], fail=CUT) if d.name == "a" else answer(model="b")
+    up, backend = fake_upstreams(handler, deployment("a"), deployment("b"))
+    with pytest.raises(ProviderFailure):
+        asyncio.run(_relayed(up, BODY))
+    assert backend.called("b") == 0
+
+
+def test_closing_a_relay_never_read_closes_the_upstream_stream() -> None:
+    closed: list[bool] = []
+
+    async def upstream() -> Any:
+        try:
+            yield chunk("a")
+            yield chunk("b")
+        finally:
+            closed.append(True)
+
+    async def work() -> None:
+        up, _ = _broken_then_whole()
+        chunks = upstream()
+        first = await anext(chunks)
+        live = await up.open_stream(("b",), BODY, None, deadline=Deadline.after(5))
+        live.first, live.rest, live.deployment = first, chunks, "a"
+        live = resuming(up, live, ("a", "b"), BODY, None, Deadline.after(5))
+        await live.rest.aclose()  # type: ignore[attr-defined]
+
+    asyncio.run(work())
+    assert closed == [True]
