@@ -31,12 +31,16 @@ def serving() -> None:
     """An app has started: freeze what is alive, collect the young generation less often."""
     global _serving, _before
     with _lock:
-        if _serving == 0:
+        if _serving == 0:  # the first app: what a later one adds at start-up is collected as usual
             _before = gc.get_threshold()
             if _before[0]:  # 0: automatic collection is off, and stays so
                 gc.set_threshold(max(YOUNG_THRESHOLD, _before[0]), *_before[1:])
+            gc.freeze()
         _serving += 1
-        gc.freeze()
+
+
+def serving_apps() -> int:
+    return _serving
 
 
 def stopped() -> None:
