@@ -38,6 +38,7 @@ import orjson
 
 from gateway.auth import LogThrottle, Tenant
 from gateway.config import RequestLogSettings
+from gateway.decimals import MICRO, MS, rounded
 from gateway.errors import NotFound, StoreOutage
 from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
@@ -92,7 +93,7 @@ def build_record(c: Completed) -> dict[str, Any]:
         cost += x.cost_usd
         completion += x.usage.completion_tokens
     record: dict[str, Any] = {
-        "request_id": c.request_id, "time": round(c.at, 3), "tenant": c.tenant.name, "policy": c.policy,
+        "request_id": c.request_id, "time": rounded(c.at, MS), "tenant": c.tenant.name, "policy": c.policy,
         "entry": c.entry, "plan": c.plan, "deployment": c.deployment, "router_version": c.router_version,
         "policy_version": c.policy_version, "cost_usd": cost, "prompt_tokens": c.prompt_tokens,
         "completion_tokens": completion,
@@ -100,10 +101,11 @@ def build_record(c: Completed) -> dict[str, Any]:
     counterfactual, chosen, dearest = savings(c.decision, cost)
     record["counterfactual_usd"] = counterfactual
     if chosen is not None and dearest is not None:
-        record |= {"predicted_quality_chosen": round(chosen, 4), "predicted_quality_counterfactual": round(dearest, 4)}
+        record |= {"predicted_quality_chosen": rounded(chosen, MICRO),
+                   "predicted_quality_counterfactual": rounded(dearest, MICRO)}
     if c.signal is not None:
-        record |= {"category": c.signal.category, "difficulty": round(c.signal.difficulty, 4),
-                   "predicted": {k: round(v, 4) for k, v in c.signal.quality.items()}}
+        record |= {"category": c.signal.category, "difficulty": rounded(c.signal.difficulty, MICRO),
+                   "predicted": {k: rounded(v, MICRO) for k, v in c.signal.quality.items()}}
     if c.tenant.log_prompts:
         record["prompt"] = text
     else:

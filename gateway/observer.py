@@ -24,6 +24,7 @@ from typing import Any
 
 from gateway.auth import Tenant
 from gateway.dashboard.stats import RequestStats
+from gateway.decimals import MS, PICO, rounded
 from gateway.executor.result import CallRecord
 from gateway.logs import direct_handler
 from gateway.messages import routing_prompt
@@ -159,8 +160,8 @@ class Observer:
             "policy": trail.policy, "policy_version": trail.policy_version, "plan": trail.plan_label,
             "deployment": trail.deployment, "status": status, "cache": trail.cache, "stream": trail.stream,
             "input_tokens": trail.input_tokens, "output_tokens": trail.output_tokens,
-            "cost_usd": round(trail.cost_usd, 12), "overhead_ms": round(overhead * 1000, 3),
-            "upstream_ms": round(trail.upstream_s * 1000, 3), "duration_ms": round(total * 1000, 3),
+            "cost_usd": rounded(trail.cost_usd, PICO), "overhead_ms": rounded(overhead * 1000, MS),
+            "upstream_ms": rounded(trail.upstream_s * 1000, MS), "duration_ms": rounded(total * 1000, MS),
             "router_version": trail.router_version,
         }
         if error_code is not None:
