@@ -38,8 +38,10 @@ import orjson
 
 from gateway.auth import LogThrottle, Tenant
 from gateway.config import RequestLogSettings
+from gateway.decimals import MICRO, MS, rounded
 from gateway.errors import NotFound, StoreOutage
 from gateway.executor.result import CallRecord
+from gateway.handoff import Handoff
 from gateway.ledger import savings
 from gateway.messages import routing_prompt
 from gateway.policy import Decision
@@ -91,7 +93,7 @@ def build_record(c: Completed) -> dict[str, Any]:
         cost += x.cost_usd
         completion += x.usage.completion_tokens
     record: dict[str, Any] = {
-        "request_id": c.request_id, "time": round(c.at, 3), "tenant": c.tenant.name, "policy": c.policy,
+        "request_id": c.request_id, "time": rounded(c.at, MS), "tenant": c.tenant.name, "policy": c.policy,
         "entry": c.entry, "plan": c.plan, "deployment": c.deployment, "router_version": c.router_version,
         "policy_version": c.policy_version, "cost_usd": cost, "prompt_tokens": c.prompt_tokens,
         "completion_tokens": completion,
@@ -99,10 +101,11 @@ def build_record(c: Completed) -> dict[str, Any]:
     counterfactual, chosen, dearest = savings(c.decision, cost)
     record["counterfactual_usd"] = counterfactual
     if chosen is not None and dearest is not None:
-        record |= {"predicted_quality_chosen": round(chosen, 4), "predicted_quality_counterfactual": round(dearest, 4)}
+        record |= {"predicted_quality_chosen": rounded(chosen, MICRO),
+                   "predicted_quality_counterfactual": rounded(dearest, MICRO)}
     if c.signal is not None:
-        record |= {"category": c.signal.category, "difficulty": round(c.signal.difficulty, 4),
-                   "predicted": {k: round(v, 4) for k, v in c.signal.quality.items()}}
+        record |= {"category": c.signal.category, "difficulty": rounded(c.signal.difficulty, MICRO),
+                   "predicted": {k: rounded(v, MICRO) for k, v in c.signal.quality.items()}}
     if c.tenant.log_prompts:
         record["prompt"] = text
     else:
@@ -158,8 +161,7 @@ class RequestLog:
         self.linger_s = linger_s
         self.settings = settings
         self.sink: Sink | None = sink or (JsonlSink(settings.path) if settings.path else None)
-        self._queue: asyncio.Queue[Completed | dict[str, Any]] = asyncio.Queue(settings.queue_size)
-        self._pending: dict[str, int] = {}  # request keys queued but not yet written
+        self._queue: Handoff[Completed | dict[str, Any]] = Handoff(settings.queue_size)
         self._throttle = LogThrottle()
         self.written = self.dropped = self.failed = 0
         self.feedback_counts: dict[str, int] = {}  # labels stored, by source (for metrics)
@@ -168,15 +170,10 @@ class RequestLog:
 
     def add(self, done: Completed) -> None:
         """Queue a completed request's record; never waits, drops (counted) when the queue is full."""
-        try:
-            self._queue.put_nowait(done)
-        except asyncio.QueueFull:
+        if not self._queue.put(done):
             self.dropped += 1
             self._warn("request log queue full (%d): record dropped, %d so far", self.settings.queue_size,
                        self.dropped)
-            return
-        key = request_key(done.tenant.name, done.request_id)
-        self._pending[key] = self._pending.get(key, 0) + 1
 
     def _warn(self, message: str, *args: Any) -> None:
         if self._throttle.due():
@@ -190,37 +187,30 @@ class RequestLog:
     async def close(self, timeout_s: float = 2.0) -> None:
         """Write what is queued (for at most `timeout_s`), then stop the writer."""
         if self._writer is not None and not self._writer.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout_s)
+            await self._queue.drained(timeout_s)
         if self._writer is not None:
             self._writer.cancel()
             await asyncio.gather(self._writer, return_exceptions=True)
 
     async def _run(self) -> None:
         while True:
-            batch = [await self._queue.get()]
+            await self._queue.wait()
             if self.linger_s > 0:
                 await asyncio.sleep(self.linger_s)
-            while len(batch) < _BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = self._queue.take(_BATCH)
             try:
                 await self._write(batch)
             except Exception:  # the writer must outlive any one bad batch
                 log.exception("request log: a batch of %d could not be written", len(batch))
             finally:
-                for item in batch:
-                    if isinstance(item, Completed):
-                        self._done(request_key(item.tenant.name, item.request_id))
-                    self._queue.task_done()
+                self._queue.done()
                 self._batch_written.set()
                 self._batch_written = asyncio.Event()
 
-    def _done(self, key: str) -> None:
-        left = self._pending.get(key, 0) - 1
-        if left > 0:
-            self._pending[key] = left
-        else:
-            self._pending.pop(key, None)
+    def _pending(self, key: str) -> bool:
+        """Whether the record of `key` is queued or being written (feedback is rare: a scan will do)."""
+        return any(isinstance(item, Completed) and request_key(item.tenant.name, item.request_id) == key
+                   for batch in (self._queue.taken, self._queue.items) for item in batch)
 
     async def _write(self, batch: list[Completed | dict[str, Any]]) -> None:
         records: list[tuple[str, bytes]] = []
@@ -252,7 +242,7 @@ class RequestLog:
     async def wait_written(self, key: str, timeout_s: float = _PENDING_WAIT_S) -> None:
         """A record still in this replica's queue is waited for (it lands within milliseconds)."""
         deadline = time.monotonic() + timeout_s
-        while key in self._pending and (left := deadline - time.monotonic()) > 0:
+        while self._pending(key) and (left := deadline - time.monotonic()) > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._batch_written.wait(), left)
 
@@ -271,15 +261,13 @@ class RequestLog:
             raise not_found()
         self.feedback_counts[fb.source] = self.feedback_counts.get(fb.source, 0) + 1
         if self.sink is not None:
-            try:
-                self._queue.put_nowait({"kind": "feedback", "tenant": tenant, **stored})
-            except asyncio.QueueFull:
+            if not self._queue.put({"kind": "feedback", "tenant": tenant, **stored}):
                 self.dropped += 1
         return stored, replaced
 
     def stats(self) -> dict[str, int]:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
-                "queued": self._queue.qsize()}
+                "queued": len(self._queue)}
 
 
 def not_found() -> NotFound:

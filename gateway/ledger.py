@@ -29,7 +29,6 @@ keeps them for the life of the process only.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
@@ -42,6 +41,7 @@ from typing import Any
 
 from gateway.admission import Reservation
 from gateway.executor.result import CallRecord
+from gateway.handoff import Handoff
 from gateway.log_throttle import LogThrottle
 from gateway.policy import Decision
 from gateway.state import LEDGER_TENANTS, LEDGER_TTL_S, Store, StoreUnavailable, ledger_key, spend_key
@@ -140,7 +140,7 @@ class Ledger:
     def __init__(self, store: Store, queue_size: int = 10_000, linger_s: float = LINGER_S) -> None:
         self.store = store
         self.linger_s = linger_s
-        self._queue: asyncio.Queue[Spent] = asyncio.Queue(queue_size)
+        self._bills: Handoff[Spent] = Handoff(queue_size)
         self._writer: asyncio.Task[None] | None = None
         self._throttle = LogThrottle()
         self.written = self.dropped = self.failed = 0
@@ -185,11 +185,9 @@ class Ledger:
 
     def add(self, spent: Spent) -> None:
         """Queue one bill; never waits. A full queue drops it, counted and logged with its amount."""
-        try:
-            self._queue.put_nowait(spent)
-        except asyncio.QueueFull:
+        if not self._bills.put(spent):
             self.dropped += 1
-            self._lost(spent.cost_usd, "ledger queue full (%d): a bill of $%.6f dropped", self._queue.maxsize)
+            self._lost(spent.cost_usd, "ledger queue full (%d): a bill of $%.6f dropped", self._bills.limit)
 
     def _lost(self, usd: float, message: str, *args: Any) -> None:
         self.lost_usd += usd
@@ -205,8 +203,7 @@ class Ledger:
     async def flushed(self, timeout_s: float = 2.0) -> None:
         """Wait (at most `timeout_s`) until what this process queued is written."""
         if self._writer is not None and not self._writer.done():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), timeout_s)
+            await self._bills.drained(timeout_s)
 
     async def close(self, timeout_s: float = 2.0) -> None:
         await self.flushed(timeout_s)
@@ -222,17 +219,13 @@ class Ledger:
     async def _run(self) -> None:
         while True:
             if self._held or self._unsettled:
-                try:
-                    first = await asyncio.wait_for(self._queue.get(), RETRY_S)
-                except TimeoutError:
+                if not await self._bills.wait(RETRY_S):
                     await self.write([])  # no new bills: retry the held sums alone
                     continue
             else:
-                first = await self._queue.get()
-            batch = [first]
+                await self._bills.wait()
             await asyncio.sleep(self.linger_s)
-            while len(batch) < _BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+            batch = self._bills.take(_BATCH)
             try:
                 await self.write(batch)
             except Exception:  # the writer must outlive any one bad batch
@@ -241,8 +234,7 @@ class Ledger:
                            len(batch))
                 log.exception("ledger: batch failed")
             finally:
-                for _ in batch:
-                    self._queue.task_done()
+                self._bills.done()
 
     async def write(self, batch: Sequence[Spent]) -> None:
         """Add `batch` (and any sums held from an outage) to the store; if it is down, hold them all."""
@@ -292,7 +284,7 @@ class Ledger:
 
     def stats(self) -> dict[str, Any]:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
-                "lost_usd": round(self.lost_usd, 10), "queued": self._queue.qsize(), "held": self._held_bills,
+                "lost_usd": round(self.lost_usd, 10), "queued": len(self._bills), "held": self._held_bills,
                 "unsettled_usd": round(sum(u[2] for u in self._unsettled), 10)}
 
 

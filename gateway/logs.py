@@ -15,7 +15,9 @@ A request line never holds an API key, and holds the prompt only for a tenant wi
 `configure(flush_s=...)`): one write per `LOG_FLUSH_S` instead of one write system call per
 request, which cost more than the line itself. Every other line (reloads, circuits, refusals,
 warnings) is written at once, together with the request lines waiting before it; the waiting ones
-are written within `LOG_FLUSH_S`, and at exit.
+are written within `LOG_FLUSH_S`, and at exit. When that handler is the only one the request line
+would reach (`direct_handler`), the line is handed to it as fields and encoded once, without the
+LogRecord that logging would build and the formatter take apart again.
 """
 
 from __future__ import annotations
@@ -61,11 +63,17 @@ class JsonFormatter(logging.Formatter):
         return f"{self._stamp}.{ms:03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {"time": self._utc(record.created), "level": record.levelname, "logger": record.name,
-                               "message": record.getMessage()}
-        out.update(fields_of(record))
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
+        exception = self.formatException(record.exc_info) if record.exc_info else None
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields_of(record),
+                         exception)
+
+    def line(self, created: float, level: str, logger: str, message: str, fields: dict[str, Any],
+             exception: str | None = None) -> str:
+        """The line of a record with these attributes and `extra=` fields (`format`, `BatchingHandler.write`)."""
+        out: dict[str, Any] = {"time": self._utc(created), "level": level, "logger": logger, "message": message}
+        out.update(fields)
+        if exception is not None:
+            out["exception"] = exception
         return orjson.dumps(out, default=str).decode()
 
 
@@ -121,6 +129,18 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if record.levelno >= logging.WARNING or record.name not in self.batched or self._size >= _FLUSH_BYTES:
             self.flush()
 
+    def write(self, logger: str, message: str, fields: dict[str, Any]) -> None:
+        """An INFO line of `logger` with `fields`, as `emit` writes the record `logger.info(message,
+        extra=fields)` would make, without making it (a LogRecord costs more than the line). Only for
+        the handler `direct_handler` returns."""
+        assert isinstance(self.formatter, JsonFormatter)
+        line = self.formatter.line(time.time(), "INFO", logger, message, fields) + self.terminator
+        with self.lock:  # type: ignore[union-attr]  # set by createLock() in Handler.__init__
+            self._pending.append(line)
+            self._size += len(line)
+            if logger not in self.batched or self._size >= _FLUSH_BYTES:
+                self.flush()
+
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]  # set by createLock() in Handler.__init__
             if self._pending:
@@ -144,6 +164,28 @@ class BatchingHandler(logging.StreamHandler):  # type: ignore[type-arg]
             except (OSError, ValueError):  # the stream is gone already: nothing left to write to
                 pass
         super().close()
+
+
+def direct_handler(logger: logging.Logger) -> BatchingHandler | None:
+    """The handler that `logger`'s INFO records reach, when it is the only one, takes lines without a
+    LogRecord (a `BatchingHandler` writing JSON) and would pass every record (no filters, here or on
+    `logger`); else None, and the line goes through `logging` as usual (a test's capture handler,
+    text format, a filter). Checked per line: a handler added later is seen at once."""
+    if logger.filters or not logger.isEnabledFor(logging.INFO):
+        return None
+    found: BatchingHandler | None = None
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if found is not None or type(handler) is not BatchingHandler:
+                return None
+            found = handler
+        if not current.propagate:
+            break
+        current = current.parent
+    if found is None or found.filters or found.level > logging.INFO or type(found.formatter) is not JsonFormatter:
+        return None
+    return found
 
 
 def default_format(stream: IO[str] | None = None) -> LogFormat:

@@ -62,32 +62,63 @@ def plan_kind(plan: Plan | None) -> str:
     return plan.kind
 
 
+class Cell:
+    """One label set's running count: bound once (`Tally.cell`), then added to with no look-up."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+
 class Tally:
     """A counter kept as a dict on the hot path; an observable counter reports it when collected."""
 
-    __slots__ = ("labels", "values")
+    __slots__ = ("cells", "labels")
 
     def __init__(self, *labels: str) -> None:
         self.labels = labels
-        self.values: dict[tuple[str, ...], float] = {}
+        self.cells: dict[tuple[str, ...], Cell] = {}
+
+    def cell(self, key: tuple[str, ...]) -> Cell:
+        cell = self.cells.get(key)
+        if cell is None:
+            cell = self.cells[key] = Cell()
+        return cell
 
     def add(self, key: tuple[str, ...], amount: float = 1) -> None:
-        values = self.values
-        values[key] = values.get(key, 0) + amount
+        self.cell(key).value += amount
+
+    @property
+    def values(self) -> dict[tuple[str, ...], float]:
+        """Every label set's count (tests, collection)."""
+        return {k: c.value for k, c in list(self.cells.items())}
 
     def observe(self, _options: CallbackOptions) -> Iterable[Observation]:
-        return [Observation(v, dict(zip(self.labels, k, strict=True))) for k, v in list(self.values.items())]
+        return [Observation(v, dict(zip(self.labels, k, strict=True))) for k, v in self.values.items()]
 
 
-class _Series:
-    __slots__ = ("count", "counts", "high", "low", "total")
+class Series:
+    """One label set's buckets: bound once (`Histogram.bound`), then recorded into with no look-up."""
 
-    def __init__(self, buckets: int) -> None:
-        self.counts = [0] * buckets
+    __slots__ = ("bounds", "count", "counts", "high", "low", "total")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.count = 0
         self.total = 0.0
         self.low = math.inf
         self.high = -math.inf
+
+    def record(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # bucket i holds (bounds[i-1], bounds[i]]
+        self.count += 1
+        self.total += value
+        if value < self.low:
+            self.low = value
+        if value > self.high:
+            self.high = value
 
 
 class Histogram:
@@ -99,20 +130,17 @@ class Histogram:
         self.name, self.unit, self.description = name, unit, description
         self.bounds = bounds
         self.labels = labels
-        self.series: dict[tuple[str, ...], _Series] = {}
+        self.series: dict[tuple[str, ...], Series] = {}
         self.started_ns = time.time_ns()
 
-    def record(self, key: tuple[str, ...], value: float) -> None:
+    def bound(self, key: tuple[str, ...]) -> Series:
         s = self.series.get(key)
         if s is None:
-            s = self.series[key] = _Series(len(self.bounds) + 1)
-        s.counts[bisect_left(self.bounds, value)] += 1  # bucket i holds (bounds[i-1], bounds[i]]
-        s.count += 1
-        s.total += value
-        if value < s.low:
-            s.low = value
-        if value > s.high:
-            s.high = value
+            s = self.series[key] = Series(self.bounds)
+        return s
+
+    def record(self, key: tuple[str, ...], value: float) -> None:
+        self.bound(key).record(value)
 
     def metric(self, now_ns: int) -> Metric | None:
         points = [HistogramDataPoint(

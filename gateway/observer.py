@@ -24,9 +24,11 @@ from typing import Any
 
 from gateway.auth import Tenant
 from gateway.dashboard.stats import RequestStats
+from gateway.decimals import MS, PICO, rounded
 from gateway.executor.result import CallRecord
+from gateway.logs import direct_handler
 from gateway.messages import routing_prompt
-from gateway.metrics import Metrics, plan_kind
+from gateway.metrics import Cell, Metrics, Series, plan_kind
 from gateway.plans import Plan
 
 log = logging.getLogger("switchyard.request")
@@ -58,30 +60,66 @@ class Trail:
     finished: bool = False
 
 
+@dataclass(slots=True)
+class _Outcome:
+    """The instruments of one kind of ending (tenant, policy, plan kind, deployment, status), bound."""
+
+    requests: Cell
+    overhead: Series
+    duration: Series
+
+
+@dataclass(slots=True)
+class _Bill:
+    """The instruments of one (tenant, deployment, policy)'s calls, bound."""
+
+    cost: Cell
+    input_tokens: Cell
+    output_tokens: Cell
+
+
 class Observer:
+    """Every measurement goes to an instrument bound to its label set the first time that set is seen
+    (`Cell`, `Series`): a request's metrics are a few additions, not a label tuple and a look-up
+    per instrument. Label sets are as bounded as the labels (configured names, statuses)."""
+
     def __init__(self, metrics: Metrics, tiers: Mapping[str, str], stats: RequestStats | None = None) -> None:
         self.metrics = metrics
         self.tiers = dict(tiers)  # deployment → tier, for the routing-mix counter
         self.stats = stats if stats is not None else RequestStats()  # this replica's recent requests (dashboard)
+        self._decisions: dict[tuple[str, str], Cell] = {}
+        self._bills: dict[tuple[str, str, str], _Bill] = {}
+        self._outcomes: dict[tuple[str, str, str, str, int], _Outcome] = {}
 
     def decided(self, policy: str, plan: Plan) -> None:
-        self.metrics.decisions.add((policy, self.tiers.get(plan.deployments[0], UNKNOWN)))
+        key = (policy, plan.deployments[0])
+        cell = self._decisions.get(key)
+        if cell is None:
+            cell = self._decisions[key] = self.metrics.decisions.cell((policy, self.tiers.get(key[1], UNKNOWN)))
+        cell.value += 1
 
     def looked_up(self, policy: str, hit: bool) -> None:
         self.metrics.cache.add((policy, "hit" if hit else "miss"))
 
     def billed(self, trail: Trail, calls: Sequence[CallRecord]) -> None:
         """Calls that answered this request: their cost and tokens, by deployment."""
-        m = self.metrics
         tenant = trail.tenant.name if trail.tenant is not None else UNKNOWN
         for c in calls:
             prompt, completion = c.usage.prompt_tokens, c.usage.completion_tokens
             trail.cost_usd += c.cost_usd
             trail.input_tokens += prompt
             trail.output_tokens += completion
-            m.cost.add((tenant, c.deployment, trail.policy), c.cost_usd)
-            m.tokens.add((tenant, c.deployment, trail.policy, "input"), prompt)
-            m.tokens.add((tenant, c.deployment, trail.policy, "output"), completion)
+            key = (tenant, c.deployment, trail.policy)
+            bill = self._bills.get(key)
+            if bill is None:
+                bill = self._bills[key] = self._bill(key)
+            bill.cost.value += c.cost_usd
+            bill.input_tokens.value += prompt
+            bill.output_tokens.value += completion
+
+    def _bill(self, key: tuple[str, str, str]) -> _Bill:
+        m = self.metrics
+        return _Bill(m.cost.cell(key), m.tokens.cell((*key, "input")), m.tokens.cell((*key, "output")))
 
     def finish(self, trail: Trail, status: int, error_code: str | None = None) -> None:
         if trail.finished:
@@ -89,19 +127,30 @@ class Observer:
         trail.finished = True
         total = time.perf_counter() - trail.started
         overhead = max(0.0, total - trail.upstream_s)
-        m = self.metrics
         tenant = trail.tenant.name if trail.tenant is not None else UNKNOWN
-        code = str(status)
-        m.requests.add((tenant, trail.policy, plan_kind(trail.plan) if trail.cache != "hit" else "cache",
-                        trail.deployment, code))
-        m.overhead.record((trail.policy,), overhead)
-        m.duration.record((trail.policy, code), total)
+        key = (tenant, trail.policy, plan_kind(trail.plan) if trail.cache != "hit" else "cache", trail.deployment,
+               status)
+        outcome = self._outcomes.get(key)
+        if outcome is None:
+            outcome = self._outcomes[key] = self._outcome(key)
+        outcome.requests.value += 1
+        outcome.overhead.record(overhead)
+        outcome.duration.record(total)
         self.stats.observe(total, status)
-        if log.isEnabledFor(logging.INFO):
+        if (handler := direct_handler(log)) is not None:
+            # the line straight to the one handler that writes it: no LogRecord to build and take apart
+            handler.write(log.name, f"POST /v1/chat/completions {status}",
+                          self._line(trail, tenant, status, error_code, total, overhead))
+        elif log.isEnabledFor(logging.INFO):
             # makeRecord + handle is what log.info does, less its search of the stack for the caller's
             # file and line, which no format we write shows
             log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, "POST /v1/chat/completions %d", (status,),
                                       None, extra=self._line(trail, tenant, status, error_code, total, overhead)))
+
+    def _outcome(self, key: tuple[str, str, str, str, int]) -> _Outcome:
+        m, (tenant, policy, kind, deployment, status) = self.metrics, key
+        return _Outcome(m.requests.cell((tenant, policy, kind, deployment, str(status))), m.overhead.bound((policy,)),
+                        m.duration.bound((policy, str(status))))
 
     @staticmethod
     def _line(trail: Trail, tenant: str, status: int, error_code: str | None, total: float,
@@ -111,8 +160,8 @@ class Observer:
             "policy": trail.policy, "policy_version": trail.policy_version, "plan": trail.plan_label,
             "deployment": trail.deployment, "status": status, "cache": trail.cache, "stream": trail.stream,
             "input_tokens": trail.input_tokens, "output_tokens": trail.output_tokens,
-            "cost_usd": round(trail.cost_usd, 12), "overhead_ms": round(overhead * 1000, 3),
-            "upstream_ms": round(trail.upstream_s * 1000, 3), "duration_ms": round(total * 1000, 3),
+            "cost_usd": rounded(trail.cost_usd, PICO), "overhead_ms": rounded(overhead * 1000, MS),
+            "upstream_ms": rounded(trail.upstream_s * 1000, MS), "duration_ms": rounded(total * 1000, MS),
             "router_version": trail.router_version,
         }
         if error_code is not None:

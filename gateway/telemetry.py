@@ -125,8 +125,14 @@ def _dotted(key: str) -> str:
 def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
     """Keyword names use `__` for `.` (`gen_ai__usage__input_tokens`); None values are left out;
     maps (votes, evidence) become JSON here, so only spans that are recorded pay for the encoding."""
-    return {_dotted(k): as_json(v) if isinstance(v, Mapping) else v
-            for k, v in attributes.items() if v is not None}
+    return {_dotted(k): v if type(v) in _PLAIN else _structured(v) for k, v in attributes.items() if v is not None}
+
+
+_PLAIN = frozenset({str, int, float, bool})  # most values: no isinstance check against an ABC (~1 µs each)
+
+
+def _structured(value: Any) -> Any:
+    return as_json(value) if isinstance(value, Mapping) else value
 
 
 class _Scoped:

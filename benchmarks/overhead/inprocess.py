@@ -23,6 +23,7 @@ import asyncio
 import cProfile
 import inspect
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -125,6 +126,23 @@ def time_decide(app: Any, calls: int) -> float:
 
 
 FEATURES = ("spans", "observer", "ledger", "records")
+# Callgrind runs the gateway about 50-80 times slower than full speed, but the batch writers wait
+# wall-clock times (the ledger's and the request log's linger, the request-line flusher's interval,
+# the span exporter's schedule): left as they are, a batch would carry one or two items where at
+# full speed it carries dozens, and the count would charge each request a batch's fixed cost.
+CALLGRIND_STRETCH = 50.0
+
+
+def stretch_batching(app: Any, factor: float) -> None:
+    """Make the app's batch writers wait `factor` times longer (what exists in the checkout measured);
+    the span exporter's schedule is stretched through OTEL_BSP_SCHEDULE_DELAY before the app is built."""
+    svc = app.state.services
+    for writer in (getattr(svc, "ledger", None), getattr(svc, "requests", None)):
+        if writer is not None and isinstance(getattr(writer, "linger_s", None), float):
+            writer.linger_s *= factor
+    for handler in logging.getLogger().handlers:
+        if isinstance(getattr(handler, "flush_s", None), float):
+            handler.flush_s *= factor  # type: ignore[attr-defined]
 
 
 def switch_off(app: Any, features: set[str]) -> None:
@@ -154,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1, help="requests in flight at once")
     p.add_argument("--cprofile", type=Path, default=None, help="write cProfile stats of the measured requests")
     p.add_argument("--decide", type=int, default=0, help="only time this many policy decide() calls")
+    p.add_argument("--stretch", type=float, default=None,
+                   help="stretch the batch writers' waits by this factor (default: "
+                        f"{CALLGRIND_STRETCH:g} under callgrind (SWITCHYARD_CALLGRIND set), else 1)")
     p.add_argument("--without", default="", help=f"comma-separated ops features to switch off: {', '.join(FEATURES)}")
     a = p.parse_args(argv)
     without = {f for f in a.without.split(",") if f}
@@ -161,6 +182,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--without: unknown {sorted(unknown)}; known: {', '.join(FEATURES)}")
     if "spans" in without:
         os.environ.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    stretch = a.stretch if a.stretch is not None else (CALLGRIND_STRETCH if os.environ.get("SWITCHYARD_CALLGRIND")
+                                                       else 1.0)
+    if stretch != 1.0:
+        delay_ms = float(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", 5000))
+        os.environ["OTEL_BSP_SCHEDULE_DELAY"] = str(int(delay_ms * stretch))
     from gateway import cli
     from gateway.api.app import create_app
     from gateway.config import load_config
@@ -175,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     accepted = inspect.signature(create_app).parameters
     app = create_app(load_config(str(config)), **{k: v for k, v in quiet.items() if k in accepted})
     switch_off(app, without)
+    stretch_batching(app, stretch)
     if a.decide:
         print(f"decide(): {time_decide(app, a.decide) * 1e6:.1f} µs CPU per call ({a.decide} calls)")
         return 0

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway import messages
+from gateway.api import gc_tuning
 from gateway.api.errors import install_error_handlers
 from gateway.api.keys import KEY_ROUTES
 from gateway.api.openapi import install_openapi
@@ -192,11 +193,13 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
                 background.start()
+        gc_tuning.serving()
         log.info("switchyard ready: %d deployments, policies %s, store %s, router %s", len(config.deployments),
                  ", ".join(sorted(services.policies.policies)), services.cache.store.kind, services.router.version)
         try:
             yield
         finally:
+            gc_tuning.stopped()
             calibrating.cancel()
             if watcher is not None and follower is not None:
                 watcher.cancel()
@@ -216,7 +219,10 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             services.telemetry.shutdown()
             services.observer.metrics.shutdown()
 
-    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # FastAPI's own telemetry off: the gateway's spans and metrics are its own (`Telemetry`, `Metrics`),
+    # and FastAPI would otherwise look up the global OpenTelemetry providers on every request.
+    app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.services = services
     install_error_handlers(app)
     for path, endpoint, methods in (*ROUTES, *KEY_ROUTES, *DASHBOARD_ROUTES):

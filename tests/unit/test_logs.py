@@ -193,3 +193,58 @@ def test_configured_records_skip_the_thread_and_process_names_no_format_writes(c
     _finish(Tenant("acme"))
     (line,) = _lines(captured)
     assert line["tenant"] == "acme" and not {"thread", "threadName", "process", "processName"} & set(line)
+
+
+@pytest.fixture
+def batched() -> Iterator[io.StringIO]:
+    """The handler `switchyard serve` installs: JSON lines written in batches."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    stream = io.StringIO()
+    configure("info", "json", stream=stream, flush_s=60)
+    yield stream
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)
+
+
+def test_the_request_line_goes_straight_to_the_batching_handler_as_logging_would_write_it(
+        batched: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = logging.getLogger()
+    (handler,) = [h for h in root.handlers if isinstance(h, BatchingHandler)]
+    assert len(root.handlers) > 1  # pytest's own capture handler: the line goes through logging
+    _finish(Tenant("acme"), 429, "budget_exceeded")
+    handler.flush()
+    via_logging = _lines(batched)[0]
+
+    monkeypatch.setattr(root, "handlers", [handler])  # as in `switchyard serve`: the one handler
+
+    def no_record(*_: object, **__: object) -> logging.LogRecord:
+        raise AssertionError("the request line built a LogRecord")
+
+    monkeypatch.setattr(logging.Logger, "makeRecord", no_record)
+    batched.truncate(0)
+    batched.seek(0)
+    _finish(Tenant("acme"), 429, "budget_exceeded")
+    assert batched.getvalue() == ""  # batched like any request line
+    handler.flush()
+    direct = _lines(batched)[0]
+    timing = {"time", "overhead_ms", "duration_ms"}
+    assert list(direct) == list(via_logging)  # same fields, same order
+    assert {k: v for k, v in direct.items() if k not in timing} == {k: v for k, v in via_logging.items()
+                                                                      if k not in timing}
+    assert direct["message"] == "POST /v1/chat/completions 429" and direct["level"] == "INFO"
+
+
+def test_a_handler_added_beside_the_batching_one_still_gets_the_request_line(
+        batched: io.StringIO, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="switchyard.request"):
+        _finish(Tenant("acme"))
+    (record,) = [r for r in caplog.records if r.name == "switchyard.request"]
+    assert record.tenant == "acme" and record.status == 200  # type: ignore[attr-defined]
+    for h in logging.getLogger().handlers:
+        h.flush()
+    assert [line["tenant"] for line in _lines(batched)] == ["acme"]
