@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks.routing_quality.files import FILES
 from benchmarks.routing_quality.latency import latency_section
-from benchmarks.routing_quality.tried import TRIED, TRIED_ADAPTING
+from benchmarks.routing_quality.tried import TRIED, TRIED_ADAPTING, TRIED_LODO
 from gateway.router.model import Router, load_router
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.evaluate import Scored, score_data
@@ -127,9 +127,12 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
           "## Adapting a router to a new domain (`switchyard train --data FILE --base DIR`)", "",
           "Base: the LODO router for the file (it never saw the file). Adapted with the file's train split "
           "(`gateway/router/training/adapt.py`: a fresh latent with a column per new model, up to 16, beside the "
-          "frozen base; each new model's head is the stack of both, length alone, or a logit blend of a head on "
-          "the base's inputs and one on the fresh latent + length, whichever ranks the file's model pairs best "
-          "in 5-fold cross-validation on the train split: `blend.py`), scored "
+          "frozen base; each new model's head is one of: the prior (the base's difficulty logit with a slope "
+          "and an offset per model), the prior plus a correction on every input under a fixed L2 prior of "
+          "total strength τ, length alone, a logit blend of a head on the base's inputs and one on the fresh "
+          "latent + length, or the stack of all, chosen by how well it ranks the file's model pairs in 5-fold "
+          "cross-validation on the train split with the one-standard-error rule towards the prior: "
+          "`blend.py`), scored "
           "on its validation split; against the shipped in-domain router, prompt length, a TF-IDF ridge on "
           "the file's own labels (onto the pair's gain) and retraining from scratch on the file alone. "
           "Forgetting: mean APGR of the other four files' pairs through the base and the adapted router.", "",
@@ -142,11 +145,16 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
                         ("others before", "others before adapting"), ("others after", "others after adapting")]),
           "New-domain heads chosen by cross-validation: " + "; ".join(
               f"{f} {r.get('adapted heads', '?')}" for f, r in res.items())
-          + " (blend w: (1 - w) base-input head + w fresh-latent head).", "",
+          + " (blend w: (1 - w) base-input head + w fresh-latent head; prior tau τ: prior + correction "
+          "under an L2 prior of total strength τ).", "",
           ]
     md += ["## What was tried", "", "Choosing the shipped model (in-domain APGR):", "", *TRIED, "",
            "Adapting, leave-one-domain-out and an embedding model (validation APGR of each file's pair):", "",
            *TRIED_ADAPTING, "",
+           "Targets for a pair the router has never seen (leave-one-domain-out difficulty, feature-level; "
+           "chosen by cross-validation over the held-out files' train splits, validation APGR of the named "
+           "pairs for the record):", "",
+           *TRIED_LODO, "",
            "Also part of the shipped model, not measured one by one: five more structural features "
            "(code blocks, LaTeX, list lines, open-ended writing words, a question-word opener) beside "
            "length, numbers, maths and code markers; rows weighted so each file counts as √n; the "

@@ -55,3 +55,34 @@ TRIED_ADAPTING = [
     "only works by reading the wheel's files directly: `WordLlama.load()` looks for the tokenizer "
     "in the wrong folder and tries to download it |",
 ]
+
+# Difficulty targets for pairs the router has never seen (leave-one-domain-out), feature-level:
+# `python -m benchmarks.routing_quality.lodo_targets` fits a ridge from the router's design matrix (hashed n-grams +
+# structural features, idf on the training rows) on the other four files' train splits onto each
+# target, and the router's 1PL head on those latents (in-sample, no neighbours: "1PL difficulty"
+# here is not the full router's LODO figure). Selection: mean over the five held-out files of the
+# gap-weighted APGR over every model pair of the held-out file's *train* split whose means differ by
+# >= 0.05 ("CV"); the validation columns are the named pairs, for the record only.
+TRIED_LODO = [
+    "| target ranked by (LODO) | CV (held-out train splits, all pairs) | mmlu_pro | arena_chat | cruxeval_code "
+    "| llmrouter_mixed | theoremqa_stem | note |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    "| prompt length | 0.509 | 0.511 | 0.473 | 0.493 | 0.623 | 0.557 | |",
+    "| shared difficulty (today's column 0: minus the mean centred score, standardised per file) | 0.517 "
+    "| 0.489 | 0.464 | 0.534 | 0.717 | 0.505 | ridge alone |",
+    "| 1PL difficulty δ on the latent (what the router ranks an unseen pair by) | 0.515 | 0.483 | 0.463 "
+    "| 0.531 | 0.732 | 0.494 | |",
+    "| spread: mean score of the file's stronger half of models − weaker half, standardised per file | 0.528 "
+    "| 0.524 | 0.503 | 0.446 | 0.563 | 0.512 | its own ridge column; read linearly off the latent: 0.527 CV, "
+    "0.528 / 0.527 / 0.471 / 0.534 / 0.507 |",
+    "| spread, top vs bottom quarter | 0.522 | 0.530 | 0.511 | 0.469 | 0.455 | 0.551 | |",
+    "| rank contrast: Σ_m (mean_m − pool mean) · centred score_m (all ordered pairs' gains) | 0.528 | 0.523 "
+    "| 0.506 | 0.455 | 0.517 | 0.570 | |",
+    "| 1PL expected gain σ(a_hi − δ) − σ(a_lo − δ), a = quartiles of the abilities / ±1 | 0.506 / 0.511 "
+    "| 0.510 / 0.512 | 0.494 / 0.494 | 0.525 / 0.525 | 0.468 / 0.498 | 0.478 / 0.484 | a bump around the "
+    "pool's middle: worse than δ on four files |",
+    "| (1 − w) z(δ) + w z(spread read off the latent), w = 0.25 / 0.5 / 0.75 | 0.523 / 0.534 / 0.533 "
+    "| 0.491 / 0.507 / 0.522 | 0.471 / 0.490 / 0.517 | 0.525 / 0.504 / 0.480 | 0.733 / 0.689 / 0.605 "
+    "| 0.503 / 0.503 / 0.487 | not shipped: the CV choice (w 0.5) is still below length on MMLU-Pro and "
+    "costs CRUXEval and the mix 3–4 points |",
+]
