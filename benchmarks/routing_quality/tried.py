@@ -40,6 +40,19 @@ TRIED_ADAPTING = [
     "| same, fresh latent 8 columns: stack / blend 1 | | | | | 0.577 / 0.598 | |",
     "| same, fresh latent 16 columns (one per model): stack / blend 1 | | | | | 0.660 / 0.667 | cross-validation "
     "on the train split picked blend 1 (pair APGR 0.544 vs stack 0.544, base-input head 0.515, length 0.497) |",
+    "| new heads may keep the base as a prior: its difficulty logit with a slope and offset per model, or that "
+    "plus a correction under a fixed L2 prior τ = 300 / 100 / 30 / 10, chosen with the one-standard-error "
+    "rule towards the prior (shipped in `blend.py`; all five files in the adapted column above) "
+    "| | 0.478 | | | 0.653 | "
+    "Arena and TheoremQA pick τ 300. Arena, forcing each candidate: prior 0.475, τ 300 0.478, τ 10 0.479, "
+    "length 0.503, blend 0 0.496, blend 0.25 0.496, stack 0.491, the base 0.537 (62 validation prompts; "
+    "paired bootstrap of adapted − base: −0.059, sd 0.027); on the train split (out-of-fold) the named "
+    "pair ranks the other way round: the base's difficulty 0.509, prior 0.503, τ 300 0.538, blend 0.25 0.542, "
+    "stack 0.548, and the base's difficulty over all of Arena's pairs scores 0.488 against 0.52–0.57 for "
+    "every adapted candidate |",
+    "| same, τ grid widened to 3000 / 1000 / … / 10 | | 0.478 | | | 0.611 | TheoremQA: the one-SE rule picks "
+    "τ 1000 (CV 0.582 vs the best, τ 300, 0.590). Not kept: it was widened on a misreading of the CV table "
+    "(its peak, τ 300, is inside the grid) |",
     "| LODO difficulty + b × length (standardised), b = 0.25 / 0.5 / 1 / 2 | 0.490 / 0.492 / 0.496 / 0.503 "
     "| | | | | MMLU-Pro LODO router (0.488) vs length 0.511: its learned difficulty ranks this pair below "
     "random, and no weight on length lifts it past length alone |",
