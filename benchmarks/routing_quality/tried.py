@@ -44,7 +44,7 @@ TRIED_ADAPTING = [
     "plus a correction under a fixed L2 prior τ = 300 / 100 / 30 / 10, chosen with the one-standard-error "
     "rule towards the prior (shipped in `blend.py`; all five files in the adapted column above) "
     "| | 0.478 | | | 0.652 | "
-    "Arena and TheoremQA pick τ 300. Arena, forcing each candidate: prior 0.475, τ 300 0.478, τ 10 0.479, "
+    "Every file picks τ 300. Arena, forcing each candidate: prior 0.475, τ 300 0.478, τ 10 0.479, "
     "length 0.503, blend 0 0.496, blend 0.25 0.496, stack 0.491, the base 0.537 (62 validation prompts; "
     "paired bootstrap of adapted − base: −0.059, sd 0.027); on the train split (out-of-fold) the named "
     "pair ranks the other way round: the base's difficulty 0.509, prior 0.503, τ 300 0.538, blend 0.25 0.542, "
