@@ -87,8 +87,8 @@ TRIED_LODO = [
     "| 0.531 | 0.732 | 0.494 | |",
     "| spread: mean score of the file's stronger half of models − weaker half, standardised per file | 0.528 "
     "| 0.524 | 0.503 | 0.446 | 0.563 | 0.512 | its own ridge column; read linearly off the latent: 0.527 CV, "
-    "0.528 / 0.527 / 0.471 / 0.534 / 0.507 |",
-    "| spread, top vs bottom quarter | 0.522 | 0.530 | 0.511 | 0.469 | 0.455 | 0.551 | |",
+    "0.528 / 0.527 / 0.471 / 0.534 / 0.508 |",
+    "| spread, top vs bottom quarter | 0.522 | 0.530 | 0.511 | 0.469 | 0.454 | 0.551 | |",
     "| rank contrast: Σ_m (mean_m − pool mean) · centred score_m (all ordered pairs' gains) | 0.528 | 0.523 "
     "| 0.506 | 0.455 | 0.517 | 0.570 | |",
     "| 1PL expected gain σ(a_hi − δ) − σ(a_lo − δ), a = quartiles of the abilities / ±1 | 0.506 / 0.511 "
