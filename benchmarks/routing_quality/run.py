@@ -41,6 +41,9 @@ from gateway.router.model import DEFAULT_ARTIFACT, Router, load_router
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.evaluate import Scored, eval_pair, rank_score, score_data
 
+# Columns a run may carry over from the previous results instead of refitting (their fits are slow).
+CARRIABLE = ("retrained on the file alone",)
+
 
 class Fits:
     """Fitted routers by tag, kept in a work folder (reused across runs with --reuse)."""
@@ -112,8 +115,10 @@ def _adapt_to(base: Path, prep: object, rows: np.ndarray) -> Callable[[Path], No
     return run
 
 
-def evaluate(data_dir: Path, fits: Fits, shipped: Path | None) -> dict[str, dict[str, float]]:
-    """Every APGR of the report, by file then column."""
+def evaluate(data_dir: Path, fits: Fits, shipped: Path | None,
+             carried: dict[str, dict[str, float]] | None = None) -> dict[str, dict[str, float]]:
+    """Every APGR of the report, by file then column; ``carried``: columns taken from a previous
+    run's results instead of being fitted again (by file, then column)."""
     from gateway.router.training.train import prepare
 
     data = load_many([data_dir / f"{f}.jsonl" for f in FILES])
@@ -141,8 +146,11 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None) -> dict[str, dict
         adapted, _ = fits.get(f"adapted_{f}", _adapt_to(lodo_path, own_prep, own_rows))
         r["adapted router"] = pair_apgr(val, router_score(adapted, val, f), f)
         r["adapted heads"] = adapted.meta["adapted"][-1]["new_domains"][0]["heads"]  # type: ignore[index]
-        scratch, _ = fits.get(f"scratch_{f}", _fit_to(own_prep, own_rows))
-        r["retrained on the file alone"] = pair_apgr(val, router_score(scratch, val, f), f)
+        if carried and "retrained on the file alone" in carried.get(f, {}):
+            r["retrained on the file alone"] = carried[f]["retrained on the file alone"]
+        else:
+            scratch, _ = fits.get(f"scratch_{f}", _fit_to(own_prep, own_rows))
+            r["retrained on the file alone"] = pair_apgr(val, router_score(scratch, val, f), f)
         r["tfidf gain, file's labels"] = pair_apgr(val, tfidf_gain(data, own, val, f), f)
         before = [pair_apgr(vals[g], router_score(lodo, vals[g], g), g) for g in FILES if g != f]
         after = [pair_apgr(vals[g], router_score(adapted, vals[g], g), g) for g in FILES if g != f]
@@ -162,6 +170,11 @@ def main(argv: list[str] | None = None) -> None:
                     help=f"copy the in-domain router to the shipped artifact ({DEFAULT_ARTIFACT})")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder, default %(default)s")
     ap.add_argument("--no-latency", action="store_true", help="skip the latency section (smoke tests)")
+    ap.add_argument("--carry", action="append", default=[], choices=CARRIABLE,
+                    help="take this column from the previous results' routing_quality.json instead of "
+                         "fitting it again (the report says so); repeatable")
+    ap.add_argument("--before", action="store_true",
+                    help="show the previous results' adapted figures as an 'adapted before' column")
     a = ap.parse_args(argv)
     missing = [f for f in FILES if not (a.data_dir / f"{f}.jsonl").is_file()]
     if missing:
@@ -169,10 +182,17 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = a.work or Path(tmp)
         fits = Fits(work, a.reuse)
-        res = evaluate(a.data_dir, fits, DEFAULT_ARTIFACT if a.ship else None)
+        carried = None
+        if a.carry or a.before:
+            previous = json.loads((a.out / "routing_quality.json").read_text(encoding="utf-8"))
+            carried = {f: {c: previous[f][c] for c in a.carry} for f in FILES}
+        res = evaluate(a.data_dir, fits, DEFAULT_ARTIFACT if a.ship else None, carried)
+        if a.before:  # the previous results' adapted figures, beside this run's
+            for f in FILES:
+                res[f]["adapted router (before)"] = previous[f]["adapted router"]
         a.out.mkdir(parents=True, exist_ok=True)
         apgr_plot(res, a.out)
-        md = report(res, a.data_dir, work / "in_domain", a.out, not a.no_latency)
+        md = report(res, a.data_dir, work / "in_domain", a.out, not a.no_latency, carried=a.carry)
         (a.out / "routing_quality.md").write_text("\n".join(md), encoding="utf-8")
         (a.out / "routing_quality.json").write_text(json.dumps(res, indent=1), encoding="utf-8")
     print("\n".join(md))

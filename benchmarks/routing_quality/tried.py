@@ -40,6 +40,19 @@ TRIED_ADAPTING = [
     "| same, fresh latent 8 columns: stack / blend 1 | | | | | 0.577 / 0.598 | |",
     "| same, fresh latent 16 columns (one per model): stack / blend 1 | | | | | 0.660 / 0.667 | cross-validation "
     "on the train split picked blend 1 (pair APGR 0.544 vs stack 0.544, base-input head 0.515, length 0.497) |",
+    "| new heads may keep the base as a prior: its difficulty logit with a slope and offset per model, or that "
+    "plus a correction under a fixed L2 prior τ = 300 / 100 / 30 / 10, chosen with the one-standard-error "
+    "rule towards the prior (shipped in `blend.py`; all five files in the adapted column above) "
+    "| | 0.478 | | | 0.652 | "
+    "Every file picks τ 300. Arena, forcing each candidate: prior 0.475, τ 300 0.478, τ 10 0.479, "
+    "length 0.503, blend 0 0.496, blend 0.25 0.496, stack 0.491, the base 0.537 (62 validation prompts; "
+    "paired bootstrap of adapted − base: −0.059, sd 0.027); on the train split (out-of-fold) the named "
+    "pair ranks the other way round: the base's difficulty 0.509, prior 0.503, τ 300 0.538, blend 0.25 0.542, "
+    "stack 0.548, and the base's difficulty over all of Arena's pairs scores 0.488 against 0.52–0.57 for "
+    "every adapted candidate |",
+    "| same, τ grid widened to 3000 / 1000 / … / 10 | | 0.478 | | | 0.611 | TheoremQA: the one-SE rule picks "
+    "τ 1000 (CV 0.582 vs the best, τ 300, 0.590). Not kept: it was widened on a misreading of the CV table "
+    "(its peak, τ 300, is inside the grid) |",
     "| LODO difficulty + b × length (standardised), b = 0.25 / 0.5 / 1 / 2 | 0.490 / 0.492 / 0.496 / 0.503 "
     "| | | | | MMLU-Pro LODO router (0.488) vs length 0.511: its learned difficulty ranks this pair below "
     "random, and no weight on length lifts it past length alone |",
@@ -54,4 +67,35 @@ TRIED_ADAPTING = [
     "~+50%, past the 10 ms p99 budget), +3.7 s load, 16 MB and the `tokenizers` dependency. Offline it "
     "only works by reading the wheel's files directly: `WordLlama.load()` looks for the tokenizer "
     "in the wrong folder and tries to download it |",
+]
+
+# Difficulty targets for pairs the router has never seen (leave-one-domain-out), feature-level:
+# `python -m benchmarks.routing_quality.lodo_targets` fits a ridge from the router's design matrix (hashed n-grams +
+# structural features, idf on the training rows) on the other four files' train splits onto each
+# target, and the router's 1PL head on those latents (in-sample, no neighbours: "1PL difficulty"
+# here is not the full router's LODO figure). Selection: mean over the five held-out files of the
+# gap-weighted APGR over every model pair of the held-out file's *train* split whose means differ by
+# >= 0.05 ("CV"); the validation columns are the named pairs, for the record only.
+TRIED_LODO = [
+    "| target ranked by (LODO) | CV (held-out train splits, all pairs) | mmlu_pro | arena_chat | cruxeval_code "
+    "| llmrouter_mixed | theoremqa_stem | note |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    "| prompt length | 0.509 | 0.511 | 0.473 | 0.493 | 0.623 | 0.557 | |",
+    "| shared difficulty (today's column 0: minus the mean centred score, standardised per file) | 0.517 "
+    "| 0.489 | 0.464 | 0.534 | 0.717 | 0.505 | ridge alone |",
+    "| 1PL difficulty δ on the latent (what the router ranks an unseen pair by) | 0.515 | 0.483 | 0.463 "
+    "| 0.531 | 0.732 | 0.494 | |",
+    "| spread: mean score of the file's stronger half of models − weaker half, standardised per file | 0.528 "
+    "| 0.524 | 0.503 | 0.446 | 0.563 | 0.512 | its own ridge column; read linearly off the latent: 0.527 CV, "
+    "0.528 / 0.527 / 0.471 / 0.534 / 0.508 |",
+    "| spread, top vs bottom quarter | 0.522 | 0.530 | 0.511 | 0.469 | 0.454 | 0.551 | |",
+    "| rank contrast: Σ_m (mean_m − pool mean) · centred score_m (all ordered pairs' gains) | 0.528 | 0.523 "
+    "| 0.506 | 0.455 | 0.517 | 0.570 | |",
+    "| 1PL expected gain σ(a_hi − δ) − σ(a_lo − δ), a = quartiles of the abilities / ±1 | 0.506 / 0.511 "
+    "| 0.510 / 0.512 | 0.494 / 0.494 | 0.525 / 0.525 | 0.468 / 0.498 | 0.478 / 0.484 | a bump around the "
+    "pool's middle: worse than δ on four files |",
+    "| (1 − w) z(δ) + w z(spread read off the latent), w = 0.25 / 0.5 / 0.75 | 0.523 / 0.534 / 0.533 "
+    "| 0.491 / 0.507 / 0.522 | 0.471 / 0.490 / 0.517 | 0.525 / 0.504 / 0.480 | 0.733 / 0.689 / 0.605 "
+    "| 0.503 / 0.503 / 0.487 | not shipped: the CV choice (w 0.5) is still below length on MMLU-Pro and "
+    "costs CRUXEval and the mix 3–4 points |",
 ]

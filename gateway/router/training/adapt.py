@@ -12,9 +12,11 @@ is kept whole and the new file is added as one more domain beside it:
 3. The new train prompts join the neighbour memory (at most ``KNN_PER_DOMAIN``), tagged
    with the new domain, so that neighbours report the new models' outcomes and how much
    a prompt resembles the new file.
-4. Every model with labels in the new file gets a head for the new domain: the stack of
-   [phi_base, phi_new, knn], length alone, or a blend of a head on the base's inputs and one
-   on the fresh ones, whichever cross-validates best on the new train split (``blend.py``);
+4. Every model with labels in the new file gets a head for the new domain: the base's
+   difficulty with a per-model slope and offset (the prior), that prior plus a correction under
+   a fixed L2 prior, length alone, a blend of a head on the base's inputs and one on the fresh
+   ones, or the stack of all, chosen by cross-validation on the new train split with the
+   one-standard-error rule towards the prior (``blend.py``);
    a model the base also knew keeps its old heads, mixed with the
    new one by the prompt's neighbour shares (``model.py``). Old heads get zeros on phi_new.
 5. Difficulty (and unseen models' P): the base's 1PL plus a correction on phi_new, and
@@ -141,7 +143,8 @@ def adapt(
     knn = np.asarray(nb.logits(emb.astype(np.float32), exclude=slot))
 
     t_base = phi_base.shape[1]
-    new, chosen = _new_heads(phi_base, oof / scale, phi_new, knn, y, dom_idx, seed, progress)
+    gen = (arr["gen_coef"].astype(np.float64), float(arr["gen_icpt"]))
+    new, chosen = _new_heads(phi_base, oof / scale, phi_new, knn, y, dom_idx, gen, seed, progress)
     old_coef = np.column_stack([arr["head_coef"], np.zeros((arr["head_coef"].shape[0], targets.shape[1]))])
     n_old = arr["head_icpt"].shape[0]
     head_model = arr.get("head_model", np.arange(n_old))
@@ -173,8 +176,8 @@ def adapt(
     return out, meta_out
 
 
-def _new_heads(phi_base: F64, phi_oof: F64, phi_new: F64, knn: F64, y: F64,
-               dom_idx: Ints, seed: int, progress: bool) -> tuple[NpzArrays, list[DomainHeads]]:
+def _new_heads(phi_base: F64, phi_oof: F64, phi_new: F64, knn: F64, y: F64, dom_idx: Ints,
+               gen: tuple[F64, float], seed: int, progress: bool) -> tuple[NpzArrays, list[DomainHeads]]:
     """Heads for each new domain's models, their inputs chosen by cross-validation (``blend.py``),
     and what was chosen (recorded in the artifact's meta)."""
     chosen: list[DomainHeads] = []
@@ -182,8 +185,8 @@ def _new_heads(phi_base: F64, phi_oof: F64, phi_new: F64, knn: F64, y: F64,
                                                            "head_domain")}
     for d in np.unique(dom_idx):
         rows = dom_idx == d
-        cv = Inputs(phi_base[rows], phi_oof[rows], knn[rows], y[rows])
-        heads = select_heads(cv, Inputs(phi_base[rows], phi_new[rows], knn[rows], y[rows]), seed,
+        cv = Inputs(phi_base[rows], phi_oof[rows], knn[rows], y[rows], *gen)
+        heads = select_heads(cv, Inputs(phi_base[rows], phi_new[rows], knn[rows], y[rows], *gen), seed,
                              log=(lambda s: print(s, file=sys.stderr)) if progress else None)
         chosen.append({"heads": heads.choice, "cv_pair_apgr": heads.cv_score})
         parts["head_coef"].append(heads.coef)

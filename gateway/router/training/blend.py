@@ -1,24 +1,33 @@
-"""New-domain heads of an adapted router: a blend of the base's view and the new labels' view,
-its weight chosen by cross-validation on the new train split.
+"""New-domain heads of an adapted router: the base's prior, corrected as far as the new labels
+can be trusted, or a blend of the base's view and the new labels' view, chosen by cross-validation
+on the new train split.
 
 Adapting gives each model with labels in the new file a logistic head. Which inputs that head
 should trust depends on the file: a small file (a few hundred prompts) overfits a head on every
-input, a large one gains from its own fresh latent. Three heads are fitted per model:
+input, a large one gains from its own fresh latent. The candidates, from the most constrained:
 
-- base:   [phi_base, knn_m]            the frozen base latent (which carries the standardised
-                                       prompt length as a column) and the neighbours' outcomes
-- fresh:  [phi_new, length, knn_m]     a ridge fitted on the new labels alone, plus length
-- stack:  every input at once
-- length: [length]                     a floor: the prompt-length baseline as a head
+- prior:          [delta_base]            the base's difficulty logit with a slope and an offset
+                                          per model ("the base alone, calibrated to this file")
+- prior tau T:    [delta_base] unpenalised + every input with a fixed L2 prior T: a correction of
+                                          the prior that grows only as far as the labels carry it
+                                          (the penalty does not scale with the rows, so a small
+                                          file stays near the prior and a large one moves off it)
+- length:         [length]                the prompt-length baseline as a head
+- blend w:        (1 - w) base + w fresh, logit blends of a head on [phi_base, knn_m] (the base
+                                          latent carries the standardised length as its last
+                                          column) and one on [phi_new, length, knn_m]
+- stack:          every input at once
 
-and the candidates are the stack, length alone, and logit blends (1 - w) base + w fresh over
-``BLEND_WEIGHTS`` (a blend of two linear logits is itself a linear head, so every candidate is
-stored as one ordinary head). Each candidate's out-of-fold predictions on the new train split
-are scored on what routing is judged on: for every pair of the file's models whose mean scores
-differ by at least ``MIN_PAIR_GAP``, the APGR of ranking prompts by the predicted gain strong -
-weak, averaged with the gap as weight. The best candidate is refitted on all rows. So the
-adapted heads can do no worse on the new file than the best of their parts by more than the
-cross-validation noise.
+(a blend of linear logits, and delta_base = phi_base . gen + gen0, are themselves linear in
+the inputs, so every candidate is stored as one ordinary head). Each candidate's out-of-fold
+predictions on the new train split are scored on what routing is judged on: for every pair of
+the file's models whose mean scores differ by at least ``MIN_PAIR_GAP``, the APGR of ranking
+prompts by the predicted gain strong - weak, averaged with the gap as weight (the mean over
+folds). The choice follows the one-standard-error rule towards the prior: the most constrained
+prior candidate whose score is within one standard error (over folds) of the best, else the
+best. On a few hundred labels the folds disagree by several points and the prior stays unless
+something beats it clearly; on thousands the best-scoring candidate wins. It is refitted on all
+rows.
 """
 
 from __future__ import annotations
@@ -34,6 +43,8 @@ from gateway.router.training.fit import fit_logistic
 from gateway.router.training.metrics import apgr, pair_curve
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Fixed L2 priors (total, not per row) on the correction of the prior: a grid over two decades.
+PRIOR_TAUS = (300.0, 100.0, 30.0, 10.0)
 CV_FOLDS = 5
 MIN_PAIR_GAP = 0.05
 HEAD_L2 = 1e-2
@@ -47,16 +58,27 @@ Blocks = dict[str, tuple[Bools, bool]]
 @dataclass(frozen=True)
 class Inputs:
     """Head inputs on the new file's train rows: (n, t_base) base latent whose last column is
-    the standardised length, (n, k) fresh latent, (n, m) neighbour logits, (n, m) outcomes."""
+    the standardised length, (n, k) fresh latent, (n, m) neighbour logits, (n, m) outcomes.
+    ``gen_coef``/``gen_icpt``: the base's difficulty logit delta = phi_base . gen_coef + gen_icpt
+    (without them there is no prior candidate)."""
 
     phi_base: F64
     phi_new: F64
     knn: F64
     y: F64
+    gen_coef: F64 | None = None
+    gen_icpt: float = 0.0
 
     @property
     def width(self) -> int:
         return int(self.phi_base.shape[1] + self.phi_new.shape[1])
+
+    @property
+    def gen(self) -> F64 | None:
+        """delta's coefficients over [phi_base, phi_new] (zeros on the fresh columns)."""
+        if self.gen_coef is None:
+            return None
+        return np.concatenate([self.gen_coef, np.zeros(self.phi_new.shape[1])])
 
 
 @dataclass(frozen=True)
@@ -94,16 +116,40 @@ def _fit_part(phi: F64, knn: F64, y: F64, mask: Bools, uses_knn: bool) -> Part:
     return coef, (float(c[-1]) if uses_knn else 0.0), c0
 
 
-def _candidates(parts: dict[str, Part]) -> dict[str, Part]:
-    out = {"stack": parts["stack"], "length": parts["length"]}
+def _fit_prior(phi: F64, knn: F64, y: F64, gen: F64, gen_icpt: float, tau: float | None) -> Part:
+    """A head around the base's difficulty: slope s and offset a on delta (unpenalised) and,
+    with ``tau``, a correction on every input under a fixed L2 prior of total strength tau."""
+    delta = phi @ gen + gen_icpt
+    if tau is None:
+        c, c0 = fit_logistic(delta[:, None], y, l2=0.0)
+        return c[0] * gen, 0.0, c0 + float(c[0]) * gen_icpt
+    f = np.column_stack([delta, phi, knn])
+    penalty = np.ones(f.shape[1])
+    penalty[0] = 0.0
+    c, c0 = fit_logistic(f, y, total_l2=tau, penalty=penalty)
+    return c[0] * gen + c[1:-1], float(c[-1]), c0 + float(c[0]) * gen_icpt
+
+
+def _candidates(parts: dict[str, Part], priors: dict[str, Part]) -> dict[str, Part]:
+    """Every candidate, the most constrained first (the order the one-standard-error rule prefers)."""
+    out = dict(priors)
+    out["length"] = parts["length"]
     (cb, kb, ib), (cf, kf, i_f) = parts["base"], parts["fresh"]
     for w in BLEND_WEIGHTS:
         out[f"blend {w:g}"] = ((1 - w) * cb + w * cf, (1 - w) * kb + w * kf, (1 - w) * ib + w * i_f)
+    out["stack"] = parts["stack"]
     return out
 
 
-def _fit_model(phi: F64, knn: F64, y: F64, blocks: Blocks) -> dict[str, Part]:
-    return _candidates({name: _fit_part(phi, knn, y, mask, k) for name, (mask, k) in blocks.items()})
+def _fit_model(phi: F64, knn: F64, y: F64, blocks: Blocks, inp: Inputs) -> dict[str, Part]:
+    parts = {name: _fit_part(phi, knn, y, mask, k) for name, (mask, k) in blocks.items()}
+    gen = inp.gen
+    priors: dict[str, Part] = {}
+    if gen is not None:
+        priors["prior"] = _fit_prior(phi, knn, y, gen, inp.gen_icpt, None)
+        for tau in PRIOR_TAUS:
+            priors[f"prior tau {tau:g}"] = _fit_prior(phi, knn, y, gen, inp.gen_icpt, tau)
+    return _candidates(parts, priors)
 
 
 def _logit(phi: F64, knn: F64, part: Part) -> F64:
@@ -133,17 +179,23 @@ def pair_score(p: F64, y: F64, pairs: list[tuple[int, int, float]]) -> float:
     total = weight = 0.0
     for weak, strong, gap in pairs:
         ok = ~np.isnan(y[:, weak]) & ~np.isnan(y[:, strong])
+        if not ok.any():
+            continue
         zero = np.zeros(int(ok.sum()))
         cur = pair_curve(p[ok, strong] - p[ok, weak], y[ok, weak], y[ok, strong], zero, zero)
         total += gap * apgr(cur)
         weight += gap
-    return total / weight
+    return total / weight if weight else 0.0
+
+
+def _folds(n: int, seed: int) -> NDArray[np.int64]:
+    return np.random.default_rng(seed).integers(0, CV_FOLDS, n)
 
 
 def _oof_probs(inp: Inputs, cols: list[int], seed: int) -> dict[str, F64]:
     phi = np.column_stack([inp.phi_base, inp.phi_new])
     blocks = _blocks(inp)
-    fold = np.random.default_rng(seed).integers(0, CV_FOLDS, phi.shape[0])
+    fold = _folds(phi.shape[0], seed)
     probs: dict[str, F64] = {}
     for j in cols:
         ok = ~np.isnan(inp.y[:, j])
@@ -151,10 +203,22 @@ def _oof_probs(inp: Inputs, cols: list[int], seed: int) -> dict[str, F64]:
             tr, te = ok & (fold != q), ok & (fold == q)
             if not te.any() or tr.sum() < 2:
                 continue
-            for name, part in _fit_model(phi[tr], inp.knn[tr, j], inp.y[tr, j], blocks).items():
+            for name, part in _fit_model(phi[tr], inp.knn[tr, j], inp.y[tr, j], blocks, inp).items():
                 out = probs.setdefault(name, np.full(inp.y.shape, np.nan))
                 out[te, j] = 1.0 / (1.0 + np.exp(-_logit(phi[te], inp.knn[te, j], part)))
     return probs
+
+
+def one_se_choice(per_fold: dict[str, list[float]]) -> str:
+    """The most constrained prior candidate (``prior``, then ever weaker priors) whose mean score
+    is within one standard error of the best mean, else the best; the standard error is the best
+    candidate's spread over folds / sqrt(folds). The other candidates have no such order (a
+    blend weight is not a strength of prior), so among them the best mean wins."""
+    means = {k: float(np.mean(v)) for k, v in per_fold.items()}
+    best = max(means, key=lambda k: means[k])
+    folds = per_fold[best]
+    se = float(np.std(folds, ddof=1) / np.sqrt(len(folds))) if len(folds) > 1 else 0.0
+    return next((k for k in per_fold if k.startswith("prior") and means[k] >= means[best] - se), best)
 
 
 def select_heads(cv: Inputs, final: Inputs, seed: int = 0,
@@ -164,8 +228,11 @@ def select_heads(cv: Inputs, final: Inputs, seed: int = 0,
     cols = [j for j in range(cv.y.shape[1]) if (~np.isnan(cv.y[:, j])).sum() >= 2]
     pairs = judged_pairs(cv.y)
     probs = _oof_probs(cv, cols, seed)
-    scores = {name: round(pair_score(np.nan_to_num(p, nan=0.5), cv.y, pairs), 4) for name, p in probs.items()}
-    choice = max(scores, key=lambda k: scores[k]) if scores else "stack"
+    fold = _folds(cv.y.shape[0], seed)
+    per_fold = {name: [pair_score(np.nan_to_num(p[fold == q], nan=0.5), cv.y[fold == q], pairs)
+                       for q in range(CV_FOLDS) if (fold == q).any()] for name, p in probs.items()}
+    scores = {name: round(float(np.mean(v)), 4) for name, v in per_fold.items()}
+    choice = one_se_choice(per_fold) if per_fold else "stack"
     if log is not None:
         log(f"new-domain heads: {choice} (cross-validated pair APGR {scores})")
     phi = np.column_stack([final.phi_base, final.phi_new])
@@ -173,7 +240,7 @@ def select_heads(cv: Inputs, final: Inputs, seed: int = 0,
     coefs, kcs, icpts = [], [], []
     for j in cols:
         ok = ~np.isnan(final.y[:, j])
-        coef, kc, c0 = _fit_model(phi[ok], final.knn[ok, j], final.y[ok, j], blocks)[choice]
+        coef, kc, c0 = _fit_model(phi[ok], final.knn[ok, j], final.y[ok, j], blocks, final)[choice]
         coefs.append(coef)
         kcs.append(kc)
         icpts.append(c0)

@@ -66,18 +66,23 @@ def oof_ridge(
 
 def fit_logistic(
     f: F64, y: F64, weight: F64 | None = None, l2: float = 1e-2, iters: int = 30,
-    offset: F64 | None = None,
+    offset: F64 | None = None, penalty: F64 | None = None, total_l2: float | None = None,
 ) -> tuple[F64, float]:
     """L2-penalised logistic regression by Newton's method (few features, many rows).
 
     ``offset``: a fixed per-row logit added to the linear part (fits a correction on top of
-    an existing model); y may be soft (a share in [0, 1])."""
+    an existing model); y may be soft (a share in [0, 1]). The penalty on each coefficient is
+    ``l2`` x the total row weight (a per-row penalty: the same pull whatever the data size), or
+    ``total_l2`` when given (a fixed prior: its pull fades as rows accumulate); ``penalty``
+    multiplies it per feature (0 = unpenalised)."""
     n, d = f.shape
     a = np.column_stack([f, np.ones(n)])
     w = np.ones(n) if weight is None else weight
     off = np.zeros(n) if offset is None else offset
     beta = np.zeros(d + 1)
-    pen = np.full(d + 1, l2 * float(w.sum()))
+    pen = np.full(d + 1, l2 * float(w.sum()) if total_l2 is None else total_l2)
+    if penalty is not None:
+        pen[:-1] *= penalty
     pen[-1] = 0.0
     for _ in range(iters):
         p = 1.0 / (1.0 + np.exp(-np.clip(a @ beta + off, -30, 30)))

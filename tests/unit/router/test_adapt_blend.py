@@ -45,3 +45,40 @@ def test_pairs_are_judged_weak_to_strong_and_only_when_their_levels_differ() -> 
     y[:, 2] = y[:, 0]  # two models at the same level are never a pair
     assert (0, 2) not in [(w, s) for w, s, _ in judged_pairs(y)] and (2, 0) not in [
         (w, s) for w, s, _ in judged_pairs(y)]
+
+
+def _graded(rng: np.random.Generator, n: int, fresh_weight: float) -> Inputs:
+    """Four models of rising ability answering by a 1PL on the base's difficulty delta =
+    phi_base[:, 0], plus ``fresh_weight`` x a fresh column for the strongest one."""
+    phi_base, phi_new = rng.normal(size=(n, 4)), rng.normal(size=(n, 6))
+    delta = phi_base[:, 0]
+    y = np.column_stack([
+        (rng.random(n) < 1 / (1 + np.exp(-(a - 1.5 * delta + (fresh_weight * phi_new[:, 0] if a > 1 else 0)))))
+        for a in (-1.5, -0.5, 0.5, 1.5)]).astype(float)
+    gen = np.zeros(4)
+    gen[0] = 1.0
+    return Inputs(phi_base, phi_new, rng.normal(size=(n, 4)) * 0.1, y, gen, 0.0)
+
+
+def test_few_labels_keep_the_prior_and_many_labels_correct_it() -> None:
+    rng = np.random.default_rng(3)
+    small = _graded(rng, 200, 0.0)  # the base's difficulty is all there is; fresh columns are noise
+    heads = select_heads(small, small)
+    assert heads.choice.startswith("prior")
+    # The prior head reproduces the base's difficulty: it ranks by delta with a slope per model.
+    base_cols = heads.coef[:, :4]
+    assert np.all(np.abs(base_cols[:, 1:]) < 0.5 * np.abs(base_cols[:, :1]))
+    large = _graded(rng, 4000, 3.0)  # the strongest model depends on something only the new labels show
+    heads = select_heads(large, large)
+    assert heads.choice != "prior"
+    test = _graded(rng, 4000, 3.0)
+    assert _holdout_apgr(heads, test) > heads.cv_score["prior"]
+
+
+def test_the_prior_is_preferred_only_within_one_standard_error() -> None:
+    from gateway.router.training.blend import one_se_choice
+
+    noisy = {"prior": [0.55, 0.60, 0.55, 0.50, 0.56], "stack": [0.58, 0.62, 0.50, 0.55, 0.60]}
+    assert one_se_choice(noisy) == "prior"
+    clear = {"prior": [0.50, 0.51, 0.50, 0.49, 0.50], "stack": [0.60, 0.61, 0.60, 0.59, 0.60]}
+    assert one_se_choice(clear) == "stack"
