@@ -4,7 +4,6 @@ what it produced. Real HTTP end to end: the openai SDK, the gateway, the simulat
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,46 +14,35 @@ import openai
 import pytest
 import yaml
 
-from gateway.api.app import create_app
-from gateway.config import parse_config
 from gateway.policy.loader import parse_policy
-from tests.support.processes import ROOT, GatewayServer, Simulator, start_simulator, wait_until
+from tests.support.lab import lab_gateway, simulator_of
+from tests.support.processes import Simulator, wait_until
 
 LAG_S = 1.0  # the slow deployment's extra delay before its first token
-MODELS = {"models": [
+MODELS = [
     {"name": "sim-small", "ability": 0.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20},
     {"name": "sim-large", "ability": 4.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20},
     {"name": "sim-lag", "ability": 3.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20,
      "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": LAG_S * 1000}]},
-    {"name": "sim-quick", "ability": 3.0, "ttft_ms": 20, "tokens_per_s": 0, "output_tokens": 20}]}
-PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+    {"name": "sim-quick", "ability": 3.0, "ttft_ms": 20, "tokens_per_s": 0, "output_tokens": 20}]
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    path = tmp_path_factory.mktemp("hedge") / "models.yaml"
-    path.write_text(yaml.safe_dump(MODELS))
-    sim = start_simulator(path)
-    yield sim
-    sim.stop()
+    with simulator_of(MODELS, tmp_path_factory.mktemp("hedge")) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module")
 def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    policies = tmp_path_factory.mktemp("hedge-policies")
-    for f in (ROOT / "routing_policies").glob("*.yaml"):
-        shutil.copy(f, policies / f.name)
-    for name, hedge in (("hedged", {"hedge_after_ms": 150}), ("unhedged", {})):
-        (policies / f"{name}.yaml").write_text(yaml.safe_dump({
-            "description": "the laggy deployment, the quick one behind it", "candidates": [{"single": "lag"}],
-            "fallbacks": {"lag": ["quick"]}, "cache": {"enabled": False}, **hedge}))
-    deployments = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": PRICE}
-                   for n, m, t in (("small", "sim-small", "small"), ("large", "sim-large", "large"),
-                                   ("lag", "sim-lag", "lab"), ("quick", "sim-quick", "lab"))]
-    app = create_app(parse_config({"deployments": deployments}, "hedge test"), policies_dir=policies)
-    server = GatewayServer(app).start()
-    yield server.base_url + "/v1"
-    server.stop()
+    policies = {name: {"description": "the laggy deployment, the quick one behind it",
+                       "candidates": [{"single": "lag"}], "fallbacks": {"lag": ["quick"]},
+                       "cache": {"enabled": False}, **hedge}
+                for name, hedge in (("hedged", {"hedge_after_ms": 150}), ("unhedged", {}))}
+    deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large"), "lag": ("sim-lag", "lab"),
+                   "quick": ("sim-quick", "lab")}
+    with lab_gateway(sim, tmp_path_factory.mktemp("hedge-gw"), policies, deployments) as url:
+        yield url
 
 
 def _ask(base_url: str, policy: str, **extra: Any) -> tuple[float, Any]:

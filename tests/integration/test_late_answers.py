@@ -9,56 +9,43 @@ milliseconds on a quiet machine and grows with the gateway's event-loop lag unde
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from gateway.api.app import create_app
-from gateway.config import parse_config
-from tests.support.processes import ROOT, GatewayServer, Simulator, start_simulator, wait_until
+from tests.support.lab import lab_gateway, simulator_of
+from tests.support.processes import Simulator, wait_until
 
 TIMEOUT_S = 0.3
 # Answers due from just before to just after the timeout: every one of them is sent while the
 # gateway is (or was, a moment ago) waiting for it.
 DELAYS_MS = (270, 285, 295, 300, 305, 315, 330)
 QUICK = {"ability": 2.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 10}
-MODELS = {"models": [
+MODELS = [
     {"name": "sim-small", **QUICK}, {"name": "sim-large", **QUICK}, {"name": "sim-next", **QUICK},
     {"name": "sim-edge", **QUICK, "faults": [{"kind": "slow", "rate": 1 / len(DELAYS_MS), "delay_ms": d}
-                                             for d in DELAYS_MS]}]}
+                                             for d in DELAYS_MS]}]
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    path = tmp_path_factory.mktemp("late") / "models.yaml"
-    path.write_text(yaml.safe_dump(MODELS))
-    sim = start_simulator(path)
-    yield sim
-    sim.stop()
+    with simulator_of(MODELS, tmp_path_factory.mktemp("late")) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module")
 def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    policies = tmp_path_factory.mktemp("late-policies")
-    for f in (ROOT / "routing_policies").glob("*.yaml"):
-        shutil.copy(f, policies / f.name)
-    (policies / "edge.yaml").write_text(yaml.safe_dump({
-        "description": "answers around the timeout, a healthy fallback", "candidates": [{"single": "edge"}],
-        "fallbacks": {"edge": ["next"]}, "cache": {"enabled": False}}))
-    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
-    deployments = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": price,
-                    "max_retries": 0, "timeout_s": TIMEOUT_S if n == "edge" else 5}
-                   for n, m, t in (("small", "sim-small", "small"), ("large", "sim-large", "large"),
-                                   ("edge", "sim-edge", "lab"), ("next", "sim-next", "lab"))]
-    app = create_app(parse_config({"deployments": deployments}, "late test"), policies_dir=policies)
-    server = GatewayServer(app).start()
-    yield server.base_url + "/v1"
-    server.stop()
+    policies = {"edge": {"description": "answers around the timeout, a healthy fallback",
+                         "candidates": [{"single": "edge"}], "fallbacks": {"edge": ["next"]},
+                         "cache": {"enabled": False}}}
+    deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large"), "edge": ("sim-edge", "lab"),
+                   "next": ("sim-next", "lab")}
+    with lab_gateway(sim, tmp_path_factory.mktemp("late-gw"), policies, deployments, max_retries=0,
+                     timeout_s=lambda name: TIMEOUT_S if name == "edge" else 5) as url:
+        yield url
 
 
 def _calls(base_url: str) -> dict[str, int]:

@@ -7,28 +7,25 @@ calls are billed. Requests whose stream cannot be spliced (tools) fail as before
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
-import yaml
 
-from gateway.api.app import create_app
-from gateway.config import parse_config
 from gateway.simulator import count_tokens
-from tests.support.processes import ROOT, GatewayServer, Simulator, start_simulator, wait_until
+from tests.support.lab import lab_gateway, simulator_of
+from tests.support.processes import Simulator, wait_until
 
 # Able enough to answer right every time: every model's whole answer to QUESTION is the same text.
 SURE = {"ability": 12.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 40}
-MODELS = {"models": [
+MODELS = [
     {"name": "sim-small", **SURE}, {"name": "sim-large", **SURE},
     # Paced, so that its first half is on the wire well before it breaks off (else the gateway may see
     # the break before any content, and a stream with nothing relayed simply starts afresh elsewhere).
     {"name": "sim-cut", **SURE, "tokens_per_s": 400, "faults": [{"kind": "drop_stream", "rate": 1.0}]},
-    {"name": "sim-next", **SURE}, {"name": "sim-plain", **SURE}]}
+    {"name": "sim-next", **SURE}, {"name": "sim-plain", **SURE}]
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two numbers",
                                            "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}]
@@ -36,32 +33,21 @@ TOOLS = [{"type": "function", "function": {"name": "add", "description": "add tw
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    path = tmp_path_factory.mktemp("resume") / "models.yaml"
-    path.write_text(yaml.safe_dump(MODELS))
-    sim = start_simulator(path)
-    yield sim
-    sim.stop()
+    with simulator_of(MODELS, tmp_path_factory.mktemp("resume")) as sim:
+        yield sim
 
 
 @pytest.fixture(scope="module")
 def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    policies = tmp_path_factory.mktemp("resume-policies")
-    for f in (ROOT / "routing_policies").glob("*.yaml"):
-        shutil.copy(f, policies / f.name)
-    for name, fallback in (("resumed", "next"), ("no-prefill", "plain")):
-        (policies / f"{name}.yaml").write_text(yaml.safe_dump({
-            "description": "a deployment whose streams break, a healthy one behind it",
-            "candidates": [{"single": "cut"}], "fallbacks": {"cut": [fallback]}, "cache": {"enabled": False}}))
-    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
-    deployments = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": price,
-                    "max_retries": 0, "supports_prefill": n != "plain"}
-                   for n, m, t in (("small", "sim-small", "small"), ("large", "sim-large", "large"),
-                                   ("cut", "sim-cut", "lab"), ("next", "sim-next", "lab"),
-                                   ("plain", "sim-plain", "lab"))]
-    app = create_app(parse_config({"deployments": deployments}, "resume test"), policies_dir=policies)
-    server = GatewayServer(app).start()
-    yield server.base_url + "/v1"
-    server.stop()
+    policies = {name: {"description": "a deployment whose streams break, a healthy one behind it",
+                       "candidates": [{"single": "cut"}], "fallbacks": {"cut": [fallback]},
+                       "cache": {"enabled": False}}
+                for name, fallback in (("resumed", "next"), ("no-prefill", "plain"))}
+    deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large"), "cut": ("sim-cut", "lab"),
+                   "next": ("sim-next", "lab"), "plain": ("sim-plain", "lab")}
+    with lab_gateway(sim, tmp_path_factory.mktemp("resume-gw"), policies, deployments, max_retries=0,
+                     supports_prefill=lambda name: name != "plain") as url:
+        yield url
 
 
 def _client(base_url: str) -> openai.OpenAI:
