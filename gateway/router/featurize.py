@@ -112,9 +112,7 @@ def weight_and_norm(
 ) -> F32:
     """Apply idf and l2-normalise each block, scaled by its block weight."""
     v = vals * idf[ids]
-    out = np.empty_like(v)
-    for sl, w in ((slice(0, n_word), spec.word_weight), (slice(n_word, None), spec.char_weight)):
-        blk = v[sl]
-        norm = float(np.sqrt(np.dot(blk, blk))) or 1.0
-        out[sl] = blk * (w / norm)
-    return out
+    for blk, w in ((v[:n_word], spec.word_weight), (v[n_word:], spec.char_weight)):
+        norm = float(np.sqrt(blk @ blk)) or 1.0
+        blk *= np.float32(w / norm)  # a view: scales v in place
+    return v

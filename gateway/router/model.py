@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,11 @@ class Router:
         for h, (m, d) in enumerate(zip(weights.head_model.tolist(), weights.head_domain.tolist(), strict=True)):
             heads.setdefault(int(m), []).append((h, int(d)))
         self._heads = {i: tuple(v) for i, v in heads.items()}
+        knn_coef = None if weights.knn_coef is None else weights.knn_coef.tolist()
+        self._head_floats: list[tuple[tuple[float, ...], float, float | None]] = [
+            (tuple(c), i, None if knn_coef is None else knn_coef[h])
+            for h, (c, i) in enumerate(zip(weights.head_coef.tolist(), weights.head_icpt.tolist(), strict=True))
+        ]
         self._out_tokens: dict[str, float] = dict(meta.get("expected_output_tokens", {}))
         self._mean_ability = float(np.mean(weights.theta)) if weights.theta.size else 0.0
         # The linear latent and the neighbour projection read the same hashed vector: one gather of
@@ -149,9 +155,12 @@ class Router:
         return _sigmoid(base - a.delta)
 
     def _head(self, a: Assessment, h: int, model: int) -> float:
-        logit = float(np.dot(a.phi, self._w.head_coef[h]) + self._w.head_icpt[h])
-        if a.knn and self._w.knn_coef is not None:
-            logit += float(self._w.knn_coef[h]) * a.knn[model]
+        # Plain floats: the policy asks once per candidate plan, and np.dot on a tuple of ten
+        # spends most of its time turning the tuple into an array.
+        coef, icpt, knn_coef = self._head_floats[h]
+        logit = icpt + sum(map(operator.mul, a.phi, coef))
+        if a.knn and knn_coef is not None:
+            logit += knn_coef * a.knn[model]
         return _sigmoid(logit)
 
     def known_profiles(self) -> list[str]:
