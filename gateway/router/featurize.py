@@ -111,7 +111,7 @@ def weight_and_norm(
     ids: I64, vals: F32, n_word: int, idf: F32, spec: HashSpec
 ) -> F32:
     """Apply idf and l2-normalise each block, scaled by its block weight."""
-    v = vals * idf[ids]
+    v = vals * np.take(idf, ids)
     for blk, w in ((v[:n_word], spec.word_weight), (v[n_word:], spec.char_weight)):
         norm = float(np.sqrt(blk @ blk)) or 1.0
         blk *= np.float32(w / norm)  # a view: scales v in place

@@ -188,7 +188,7 @@ class Router:
         ids, vals, n_word = hash_text(clean, w.spec)
         v = weight_and_norm(ids, vals, n_word, w.idf, w.spec)
         s = (np.asarray(feats, dtype=np.float32) - w.s_mean) / w.s_std
-        both = v @ self._gather[ids]
+        both = v @ np.take(self._gather, ids, axis=0)  # take: half the time of [ids] for rows
         t = w.w.shape[1]
         z: Floats = both[:t] + s @ w.w_struct + w.bias  # float32 at run time: the stubs widen float32 maths
         nb = w.neighbours

@@ -131,7 +131,7 @@ class Neighbours:
         else:
             w **= self.power
         w /= w.sum() / k + 1e-12
-        both = w @ self._hit_seen[idx]
+        both = w @ np.take(self._hit_seen, idx, axis=0)
         m = self.prior.size
         rate = (both[:m] + self._smoothed_prior) / (both[m:] + self.smooth)
         np.maximum(rate, _CLIP, out=rate)
