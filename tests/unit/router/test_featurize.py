@@ -4,6 +4,7 @@ spells the scheme out one n-gram at a time, in plain Python integers."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import re
@@ -28,7 +29,7 @@ def reference(clean: str, spec: HashSpec) -> tuple[list[int], list[float], int]:
     lower = clean[:MAX_CHARS].lower()
     toks = ["#" + str(len(t)) if t[0].isdigit() else t for t in re.findall(r"[a-z]+|\d+|[^\sa-z\d]", lower)]
     uni = [zlib.crc32(t.encode()) for t in toks]
-    words = uni + [(a * 1000003 + b + 0xB16) & _M64 for a, b in zip(uni, uni[1:])]
+    words = uni + [(a * 1000003 + b + 0xB16) & _M64 for a, b in itertools.pairwise(uni)]
     codes = re.sub(r"\d", "0", " ".join(lower.split())).encode("utf-8", "ignore")
     chars = []
     for n, seed in _SEEDS.items():
