@@ -13,6 +13,11 @@ Two things happen when a request (or a shadow evaluation) is billed:
   and logged with the amount. A store that is down does not fail the write: the writer holds the
   unwritten sums (a few numbers per tenant and hour, however many bills) and retries every
   `RETRY_S` until the store is back; only what is still held when the ledger closes is lost.
+  A write can reach the store and its reply still be lost (a timeout, a connection cut, a failover):
+  each write therefore carries this writer's id and a sequence number, and the store adds a
+  tenant's sums at most once per (writer, sequence) (`Store.add_to_hashes_once`), so a retry never
+  counts the same bills twice. Writes are retried in order, one at a time; bills that arrive while
+  one is held join the next write, which has not been sent yet.
 
 Every call counts under its own deployment (samples, judges, escalations, shadow calls, streams cut
 short); the request itself (`requests`, the counterfactual and the predicted qualities) counts under
@@ -34,6 +39,7 @@ import functools
 import logging
 import math
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,7 +50,16 @@ from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
 from gateway.log_throttle import LogThrottle
 from gateway.policy import Decision
-from gateway.state import LEDGER_TENANTS, LEDGER_TTL_S, Store, StoreUnavailable, ledger_key, spend_key
+from gateway.state import (
+    LEDGER_TENANTS,
+    LEDGER_TTL_S,
+    Store,
+    StoreUnavailable,
+    SumsOnce,
+    ledger_key,
+    ledger_writes_key,
+    spend_key,
+)
 
 log = logging.getLogger("switchyard.ledger")
 
@@ -62,6 +77,9 @@ RETRY_S = 1.0  # while the store is down, held sums are retried this often
 _MAX_HELD_KEYS = 100_000  # tenant-hours held through an outage; past this they are given up as lost
 _MAX_UNSETTLED = 100_000  # budget settlements held through an outage; more are logged as lost
 _SEP = "|"
+# How long a tenant remembers a writer's last write: a writer that has not written for this tenant
+# for a month starts afresh (its id is new per process anyway).
+_WRITES_TTL_S = 31 * 24 * 3600
 
 
 @dataclass(slots=True)
@@ -134,6 +152,27 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
         row[f["quality_counterfactual"]] += dearest
 
 
+@dataclass(slots=True)
+class _Write:
+    """One numbered write of the ledger's writer: per tenant, hash key → field → amount."""
+
+    seq: int
+    sums: dict[str, dict[str, dict[str, float]]]
+    bills: int = 0
+    usd: float = 0.0
+    sent: bool = False  # tried at least once: it may have reached the store, so it never changes
+
+    def add(self, batch: Sequence[Spent]) -> None:
+        for s in batch:
+            add_spent(self.sums.setdefault(s.tenant, {}), s)
+        self.bills += len(batch)
+        self.usd += sum(s.cost_usd for s in batch)
+
+    @property
+    def keys(self) -> int:
+        return sum(len(hashes) for hashes in self.sums.values())
+
+
 class Ledger:
     """Settles budgets, and queues every bill for the durable ledger's writer."""
 
@@ -145,10 +184,10 @@ class Ledger:
         self._throttle = LogThrottle()
         self.written = self.dropped = self.failed = 0
         self.lost_usd = 0.0  # spend that never reached the durable ledger (dropped or failed)
-        # Sums the store could not take yet (it is down), with their bills, retried until it is back.
-        self._held: dict[str, dict[str, float]] = {}
-        self._held_tenants: set[str] = set()
-        self._held_bills, self._held_usd = 0, 0.0
+        # Writes the store has not acknowledged yet (it is down), retried in order until it is back.
+        self.writer_id = uuid.uuid4().hex
+        self._seq = 0
+        self._held: list[_Write] = []
         # Budget settlements the store could not take (it was down), retried with the held sums.
         self._unsettled: list[tuple[Reservation | None, str, float, tuple[CallRecord, ...]]] = []
 
@@ -237,28 +276,44 @@ class Ledger:
                 self._bills.done()
 
     async def write(self, batch: Sequence[Spent]) -> None:
-        """Add `batch` (and any sums held from an outage) to the store; if it is down, hold them all."""
+        """Add `batch` (after any writes held from an outage) to the store; if it is down, hold it."""
         if self._unsettled:
             await self._settle_unsettled()
-        sums, self._held = self._held, {}
-        for s in batch:
-            add_spent(sums, s)
-        tenants = self._held_tenants | {s.tenant for s in batch}
-        bills, usd = self._held_bills + len(batch), self._held_usd + sum(s.cost_usd for s in batch)
-        if not sums:
-            return
-        try:
-            await self.store.add_to_hashes(sums, LEDGER_TTL_S, (LEDGER_TENANTS, sorted(tenants)))
-        except StoreUnavailable as exc:
-            self._held, self._held_tenants, self._held_bills, self._held_usd = sums, tenants, bills, usd
-            if self._throttle.due():
-                log.warning("ledger: store unavailable (%s); %d bills ($%.6f) held, retried every %g s",
-                            exc, bills, usd, RETRY_S)
-            if len(sums) > _MAX_HELD_KEYS:
-                self._give_up_held()
-            return
-        self._held_tenants, self._held_bills, self._held_usd = set(), 0, 0.0
-        self.written += bills
+        if batch:
+            if not self._held or self._held[-1].sent:
+                self._seq += 1
+                self._held.append(_Write(self._seq, {}))
+            self._held[-1].add(batch)
+        while self._held:
+            w = self._held[0]
+            w.sent = True
+            try:
+                await self.store.add_to_hashes_once(
+                    [SumsOnce(ledger_writes_key(t), self.writer_id, w.seq, hashes) for t, hashes in w.sums.items()],
+                    LEDGER_TTL_S, _WRITES_TTL_S, (LEDGER_TENANTS, sorted(w.sums)))
+            except StoreUnavailable as exc:
+                if self._throttle.due():
+                    log.warning("ledger: store unavailable (%s); %d bills ($%.6f) held, retried every %g s",
+                                exc, self._held_bills, self._held_usd, RETRY_S)
+                if sum(h.keys for h in self._held) > _MAX_HELD_KEYS:
+                    self._give_up_held()
+                return
+            except Exception:  # the store refused it (not an outage): retrying would refuse it again
+                self._held.pop(0)
+                self.failed += w.bills
+                self._lost(w.usd, "ledger: a write of %d bills could not be stored: $%.6f", w.bills)
+                log.exception("ledger: write %d refused", w.seq)
+                continue
+            self._held.pop(0)
+            self.written += w.bills
+
+    @property
+    def _held_bills(self) -> int:
+        return sum(w.bills for w in self._held)
+
+    @property
+    def _held_usd(self) -> float:
+        return sum(w.usd for w in self._held)
 
     async def _settle_unsettled(self) -> None:
         while self._unsettled:
@@ -275,7 +330,7 @@ class Ledger:
 
     def _give_up_held(self) -> None:
         bills, usd = self._held_bills, self._held_usd
-        self._held, self._held_tenants, self._held_bills, self._held_usd = {}, set(), 0, 0.0
+        self._held = []
         if bills:  # rare and final: logged every time, not throttled
             self.failed += bills
             self.lost_usd += usd

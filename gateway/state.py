@@ -16,7 +16,9 @@ masters: cached answers, the request stream, the ledger's tenant index and the r
 observations to: see `gateway.policy.sharing`); a policy's sketches share one hash tag too.
 The spend ledger keeps one hash per tenant and
 hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|metric` → a float
-sum, kept `LEDGER_TTL_S`) and the set of tenants that ever spent (`sy:ledger:tenants`).
+sum, kept `LEDGER_TTL_S`), the set of tenants that ever spent (`sy:ledger:tenants`) and, per tenant,
+the last write each ledger writer added (`sy:ledger:{<tenant>}:writes`, writer id → sequence
+number), so that a write retried after its reply was lost is not added twice.
 Policy versions: `sy:policy:audit:{<policy>}` (a list, one JSON entry per version that came into
 force, with its spec) and `sy:policy:current:{<policy>}` (the latest entry: the version every
 replica follows; see `gateway.policy.versions`). `record_version` appends and points in one atomic
@@ -136,6 +138,11 @@ def ledger_key(tenant: str, hour: int) -> str:
     return f"sy:ledger:{{{tenant}}}:{hour}"
 
 
+def ledger_writes_key(tenant: str) -> str:
+    """Writer id → the last write sequence added to this tenant's ledger hashes (same slot as them)."""
+    return f"sy:ledger:{{{tenant}}}:writes"
+
+
 def request_key(tenant: str, request_id: str) -> str:
     return f"sy:req:{{{tenant}}}:{request_id}"
 
@@ -217,6 +224,18 @@ return {'ok', tostring(spent), tostring(reserved), tostring(count)}
 """
 
 
+@dataclass(frozen=True, slots=True)
+class SumsOnce:
+    """Float sums for hashes in one cluster slot, added unless this writer's write `seq` (or a later
+    one) was already added there: `marker` is a hash of writer → last sequence added, in the same
+    slot as the sums' keys. A writer numbers its writes in order and retries one until it is added."""
+
+    marker: str
+    writer: str
+    seq: int
+    sums: Mapping[str, Mapping[str, float]]
+
+
 class Store(Protocol):
     kind: str
 
@@ -241,6 +260,8 @@ class Store(Protocol):
     # across replicas, each hash given a TTL; plus members added to an index set.
     async def add_to_hashes(self, sums: Mapping[str, Mapping[str, float]], ttl_s: float,
                             index: tuple[str, Sequence[str]] | None = None) -> None: ...
+    async def add_to_hashes_once(self, groups: Sequence[SumsOnce], ttl_s: float, marker_ttl_s: float,
+                                 index: tuple[str, Sequence[str]] | None = None) -> None: ...
     async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]: ...
     async def set_members(self, key: str) -> list[str]: ...
     async def set_add(self, key: str, member: str) -> None: ...
@@ -272,6 +293,27 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
 _FEEDBACK_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return 1 - redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+# KEYS: the writers' marker hash, then the hashes to add to. ARGV: writer, seq, hash TTL, marker TTL,
+# then per hash its field count and (field, amount) pairs. Adds nothing when this writer's last
+# added write is `seq` or later (a retry of a write whose reply was lost); returns 1 when it added.
+_ADD_ONCE_LUA = """
+local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
+if last >= tonumber(ARGV[2]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+local a = 5
+for k = 2, #KEYS do
+  local n = tonumber(ARGV[a])
+  a = a + 1
+  for _ = 1, n do
+    redis.call('HINCRBYFLOAT', KEYS[k], ARGV[a], ARGV[a + 1])
+    a = a + 2
+  end
+  redis.call('EXPIRE', KEYS[k], ARGV[3])
+end
+return 1
 """
 
 # KEYS: a policy's audit list, its current pointer. ARGV: entry JSON, its version, "1" to point at it
@@ -460,6 +502,18 @@ class MemoryStore(MemoryAdmission):
         if index is not None:
             self._sets.setdefault(index[0], set()).update(index[1])
 
+    async def add_to_hashes_once(self, groups: Sequence[SumsOnce], ttl_s: float, marker_ttl_s: float,
+                                 index: tuple[str, Sequence[str]] | None = None) -> None:
+        for g in groups:
+            marker, _ = self._hashes.get(g.marker, ({}, 0.0))
+            if marker.get(g.writer, -1.0) >= g.seq:
+                continue
+            await self.add_to_hashes(g.sums, ttl_s)
+            marker[g.writer] = float(g.seq)
+            self._hashes[g.marker] = (marker, time.monotonic() + marker_ttl_s)
+        if index is not None:
+            self._sets.setdefault(index[0], set()).update(index[1])
+
     async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:
         now = time.monotonic()
         out = []
@@ -508,6 +562,7 @@ class RedisStore(RedisAdmission):
         self._reserve = self._client.register_script(_RESERVE_LUA)
         self._feedback = self._client.register_script(_FEEDBACK_LUA)
         self._record_version = self._client.register_script(_RECORD_VERSION_LUA)
+        self._add_once = self._client.register_script(_ADD_ONCE_LUA)
         self._init_admission()
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -638,6 +693,24 @@ class RedisStore(RedisAdmission):
                 if index is not None and index[1]:
                     pipe.sadd(index[0], *index[1])
                 await pipe.execute()
+        await self._guarded(added)
+
+    async def add_to_hashes_once(self, groups: Sequence[SumsOnce], ttl_s: float, marker_ttl_s: float,
+                                 index: tuple[str, Sequence[str]] | None = None) -> None:
+        """One script per group (each in one slot, atomic: a retry adds a group at most once), run
+        concurrently; then the index."""
+        async def added() -> None:
+            calls = []
+            for g in groups:
+                args: list[str | int | float] = [g.writer, g.seq, int(ttl_s), int(marker_ttl_s)]
+                for fields in g.sums.values():
+                    args.append(len(fields))
+                    for name, amount in fields.items():
+                        args += [name, repr(amount)]
+                calls.append(self._add_once(keys=[g.marker, *g.sums], args=args))
+            await asyncio.gather(*calls)
+            if index is not None and index[1]:
+                await self._client.sadd(index[0], *index[1])
         await self._guarded(added)
 
     async def read_hashes(self, keys: Sequence[str]) -> list[dict[str, float]]:

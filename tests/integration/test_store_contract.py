@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 import pytest
 
-from gateway.state import Budget, MemoryStore, Rate, RedisStore, Store
+from gateway.state import Budget, MemoryStore, Rate, RedisStore, Store, SumsOnce
 from tests.support.processes import RedisServer
 
 
@@ -125,3 +125,16 @@ async def test_hash_sums_accumulate_and_index_their_members(store: Store, key: C
         {"cost": 0.75, "requests": 1.0}, {"requests": 2.0}, {}]
     assert await store.set_members(key("index")) == ["a", "b", "c"]
     assert await store.ping()
+
+
+async def test_sums_once_are_added_once_per_writer_and_write(store: Store, key: Callable[[str], str]) -> None:
+    def once(writer: str, seq: int, cost: float) -> SumsOnce:
+        return SumsOnce(key("writes"), writer, seq, {key("h"): {"cost": cost}})
+
+    await store.add_to_hashes_once([once("a", 1, 0.25)], 60, 60, (key("index"), ["t"]))
+    await store.add_to_hashes_once([once("a", 1, 0.25)], 60, 60)  # a retry of write 1: nothing added
+    await store.add_to_hashes_once([once("b", 1, 0.5)], 60, 60)  # another writer's write 1
+    await store.add_to_hashes_once([once("a", 2, 1.0)], 60, 60)
+    await store.add_to_hashes_once([once("a", 1, 0.25)], 60, 60)  # a stale retry after a later write
+    assert await store.read_hashes([key("h")]) == [{"cost": 1.75}]
+    assert await store.set_members(key("index")) == ["t"]

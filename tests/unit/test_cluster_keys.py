@@ -19,6 +19,7 @@ from gateway.state import (
     deployment_window_key,
     holds_key,
     ledger_key,
+    ledger_writes_key,
     period_spend_key,
     policy_audit_key,
     policy_current_key,
@@ -38,7 +39,8 @@ def slot(key: str) -> int:
 def test_a_tenants_budget_rate_ledger_and_request_keys_share_one_slot(tenant: str) -> None:
     # reserve (Lua): spend, holds, rate window; settle (MULTI): holds, spend
     together = [spend_key(tenant), holds_key(tenant), rate_key(tenant, 29_000_000), rate_key(tenant, 29_000_001),
-                request_key(tenant, "req_1"), ledger_key(tenant, 480_000)]
+                request_key(tenant, "req_1"), ledger_key(tenant, 480_000),
+                ledger_writes_key(tenant)]  # the ledger's add-once script: writes marker + hour hashes
     assert len({slot(k) for k in together}) == 1
 
 
