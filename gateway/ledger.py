@@ -217,7 +217,7 @@ class Ledger:
                 log.warning("spend of %s held until the store is back (store unavailable): $%.6f: %s",
                             spent.tenant, cost, exc)
 
-    async def record_shadow(self, tenant: str, calls: tuple[CallRecord, ...], reservation: Reservation,
+    async def record_shadow(self, tenant: str, calls: tuple[CallRecord, ...], reservation: Reservation | None,
                             policy: str | None = None) -> None:
         """A shadow evaluation's calls: the tenant's spend, under plan kind `shadow`, no request."""
         await self.record(Spent(time.time(), tenant, policy, SHADOW, "", calls, requests=0), reservation)

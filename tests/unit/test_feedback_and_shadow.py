@@ -10,6 +10,7 @@ import pytest
 from gateway.auth import Authenticator, Tenant
 from gateway.config import DeploymentConfig, RequestLogSettings
 from gateway.errors import ConfigError, NotFound, UpstreamError
+from gateway.executor.drain import drain, draining
 from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, Feedback, RequestLog, build_record
 from gateway.ledger import Ledger, read_spend, spend_table, window
@@ -177,5 +178,43 @@ def test_request_log_writer_counts_records_the_store_refused_and_carries_on() ->
         assert requests.failed == 2 and requests.written == 0
         assert requests._writer is not None and not requests._writer.done()
         await requests.close()
+
+    asyncio.run(scenario())
+
+
+class _LateUpstreams(_Upstreams):
+    """The strong call times out, and its answer arrives a moment after the gateway gave up on it."""
+
+    async def call(self, names: tuple[str, ...], body: dict[str, Any], parent: Any, *, deadline: Any,
+                   role: str = "answer") -> tuple[Completion, CallRecord]:
+        answer: asyncio.Future[CallRecord] = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, answer.set_result,
+                                              CallRecord(names[0], Usage(10, 80), 0.003, 0.3, role))
+
+        async def priced(rec: CallRecord) -> CallRecord:
+            return rec
+
+        drain(answer, priced)
+        raise UpstreamError(f"deployment '{names[0]}' timed out")
+
+
+def test_a_shadow_call_that_answers_after_its_timeout_is_billed_as_the_tenants_shadow_spend() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        prices = {d.name: DeploymentPrice(1e-7, 2e-7, "config") for d in DEPLOYMENTS}
+        catalog = Catalog({d.name: d for d in DEPLOYMENTS}, prices)
+        ledger = Ledger(store)
+        ledger.start()
+        shadow = ShadowEvaluator(_LateUpstreams(), catalog, Authenticator([], store), ledger,  # type: ignore[arg-type]
+                                 RequestLog(store, RequestLogSettings()), Telemetry())
+        job = Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM},
+                  " ".join(["cheap"] * 80), "small", 10, 5.0)
+        assert await shadow.evaluate(job) is None
+        await asyncio.sleep(0.2)  # the late answer lands after 10 ms
+        assert draining() == 0
+        await ledger.close()
+        rows = spend_table(await read_spend(store, window(None, None)), ("tenant", "plan_kind"))
+        assert [(r["tenant"], r["plan_kind"], r["calls"], r["requests"]) for r in rows] == [("t", "shadow", 1, 0)]
+        assert rows[0]["cost_usd"] == pytest.approx(0.003)
 
     asyncio.run(scenario())
