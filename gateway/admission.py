@@ -32,6 +32,9 @@ if TYPE_CHECKING:
     from gateway.executor.result import CallRecord
 
 log = logging.getLogger("switchyard.auth")
+# A retried settlement trusts a missing hold as "already settled" only this long before the hold
+# would lapse on its own (after that, missing may just mean expired, and the spend is added).
+_LAPSE_MARGIN_S = 5.0
 
 # A period's spend and alert marks are kept this long after the period's end (then expire).
 KEEP_AFTER_PERIOD_S = 7 * 24 * 3600
@@ -161,18 +164,24 @@ class Reservation:
     settled: bool = field(default=False)
     spends: tuple[tuple[str, str, int], ...] = ()  # where the real cost goes; () = the tenant's total
     tokens: tuple[tuple[str, int, int], ...] = ()  # token windows: (key, step, tokens reserved)
+    expires_at: float = 0.0  # time.monotonic() when the hold lapses on its own
 
-    async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = ()) -> None:
-        """Record the real cost (and tokens), drop the hold, atomically; later calls do nothing."""
+    async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = (), *, retry: bool = False) -> None:
+        """Record the real cost (and tokens), drop the hold, atomically; later calls do nothing.
+
+        `retry`: the first try failed with the store unavailable, which may have been a lost reply
+        of a settlement that went through. While the hold cannot have lapsed, it is the witness:
+        gone means settled, so nothing is added twice."""
         if self.settled or self.store is None:
             return
         self.settled = True
+        only_if_held = retry and self.hold_id is not None and time.monotonic() < self.expires_at - _LAPSE_MARGIN_S
         spends = self.spends or ((spend_key(self.tenant), holds_key(self.tenant), 0),)
         tokens: tuple[tuple[str, int, int], ...] = ()
         if self.tokens:
             used = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
             tokens = tuple((key, step, used - reserved) for key, step, reserved in self.tokens)
-        await self.store.settle_admission(Settlement(self.hold_id, actual_usd, spends, tokens))
+        await self.store.settle_admission(Settlement(self.hold_id, actual_usd, spends, tokens, only_if_held))
 
     async def release(self) -> None:
         """The request failed before costing anything we know of: give the hold (and tokens) back."""

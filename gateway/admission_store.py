@@ -77,6 +77,9 @@ class Settlement:
     actual_usd: float
     spends: tuple[tuple[str, str, int], ...]       # (spend key, holds key, keep ms)
     tokens: tuple[tuple[str, int, int], ...] = ()  # (window key, step, actual − reserved tokens)
+    # A retry of a settlement whose reply was lost: settle only if the hold is still there (the
+    # first try removed it if it went through). Only meaningful while the hold cannot have expired.
+    only_if_held: bool = False
 
 
 # KEYS: per budget: spend, holds, alerts; then per window its key.
@@ -188,20 +191,24 @@ return {'ok', '0', '', '', string.format('%d', cur), table.concat(fired, ',')}
 """
 
 # KEYS: per spend: spend, holds; then per token window its key. ARGV: ns, nw, hold id ('' for none),
-# actual usd; per spend: keep ms; per window: step, delta.
+# actual usd, only-if-held ('1': a retry, which adds nothing unless it finds the hold, since the
+# first try may have settled it and lost its reply); per spend: keep ms; per window: step, delta.
 SETTLE_LUA = """
 local ns, nw = tonumber(ARGV[1]), tonumber(ARGV[2])
 local actual = tonumber(ARGV[4])
+local only_if_held = ARGV[5] == '1'
 for i = 1, ns do
-  if ARGV[3] ~= '' then redis.call('HDEL', KEYS[2 * i], ARGV[3]) end
+  local removed = 0
+  if ARGV[3] ~= '' then removed = redis.call('HDEL', KEYS[2 * i], ARGV[3]) end
+  if only_if_held and removed == 0 then return 0 end
   if actual > 0 then
     redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[4])
-    local keep = tonumber(ARGV[4 + i])
+    local keep = tonumber(ARGV[5 + i])
     if keep > 0 and redis.call('PTTL', KEYS[2 * i - 1]) < 0 then redis.call('PEXPIRE', KEYS[2 * i - 1], keep) end
   end
 end
 for i = 1, nw do
-  local a = 4 + ns + 2 * (i - 1)
+  local a = 5 + ns + 2 * (i - 1)
   local delta = tonumber(ARGV[a + 2])
   if delta ~= 0 and redis.call('HEXISTS', KEYS[2 * ns + i], ARGV[a + 1]) == 1 then
     redis.call('HINCRBY', KEYS[2 * ns + i], ARGV[a + 1], delta)
@@ -237,7 +244,8 @@ def parse_admitted(row: list[Any]) -> Admitted:
 
 def settle_call(s: Settlement) -> tuple[list[str], list[Any]]:
     keys: list[str] = []
-    args: list[Any] = [len(s.spends), len(s.tokens), s.hold_id or "", repr(max(0.0, s.actual_usd))]
+    args: list[Any] = [len(s.spends), len(s.tokens), s.hold_id or "", repr(max(0.0, s.actual_usd)),
+                       "1" if s.only_if_held and s.hold_id else "0"]
     for spend, holds, keep in s.spends:
         keys += [spend, holds]
         args.append(keep)
@@ -303,8 +311,11 @@ class MemoryAdmission:
 
     async def settle_admission(self, s: Settlement) -> None:
         for spend, holds, _ in s.spends:
+            removed = None
             if s.hold_id is not None:
-                self._holds.get(holds, {}).pop(s.hold_id, None)
+                removed = self._holds.get(holds, {}).pop(s.hold_id, None)
+            if s.only_if_held and s.hold_id is not None and removed is None:
+                return
             if s.actual_usd > 0:
                 self._floats[spend] = self._floats.get(spend, 0.0) + s.actual_usd
         for key, step, delta in s.tokens:

@@ -320,8 +320,8 @@ class Ledger:
             reservation, tenant, usd, calls = self._unsettled[0]
             try:
                 if reservation is not None:
-                    reservation.settled = False  # its one settlement never reached the store
-                    await reservation.settle(usd, calls)
+                    reservation.settled = False  # its settlement failed (or only its reply was lost)
+                    await reservation.settle(usd, calls, retry=True)
                 else:
                     await self.store.incr_float(spend_key(tenant), usd)
             except StoreUnavailable:
