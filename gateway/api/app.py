@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway import messages
-from gateway.api import blas_threads, gc_tuning
+from gateway.api import gc_tuning
 from gateway.api.errors import install_error_handlers
 from gateway.api.keys import KEY_ROUTES
 from gateway.api.openapi import install_openapi
@@ -194,14 +194,12 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             if background is not None:
                 background.start()
         gc_tuning.serving()
-        blas_threads.serving()
         log.info("switchyard ready: %d deployments, policies %s, store %s, router %s", len(config.deployments),
                  ", ".join(sorted(services.policies.policies)), services.cache.store.kind, services.router.version)
         try:
             yield
         finally:
             gc_tuning.stopped()
-            blas_threads.stopped()
             calibrating.cancel()
             if watcher is not None and follower is not None:
                 watcher.cancel()
