@@ -18,6 +18,7 @@ from gateway.plans import Cascade, Plan, Single
 from gateway.policy.calibration import Cutoff
 from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.policy.loader import BoundPolicy
+from gateway.policy.prepared import prepared
 from gateway.providers.health import LiveView
 from gateway.signal import RouteSignal
 
@@ -117,7 +118,12 @@ class Decision:
 def _rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str | None:
     if limits.allowed is not None and any(d not in limits.allowed for d in plan.deployments):
         return "allowed_deployments"
-    if any(d in live.open_circuits for d in plan.deployments):
+    return _live_rejection(plan, e, limits, live)
+
+
+def _live_rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str | None:
+    """`_rejection` after the allowed deployments (fixed per policy: `Prepared.allowed`)."""
+    if live.open_circuits and any(d in live.open_circuits for d in plan.deployments):
         return "circuit_open"
     if limits.max_cost_usd is not None and e.cost_usd > limits.max_cost_usd:
         return f"max_cost_usd ({e.cost_usd:.6g} > {limits.max_cost_usd:g})"
@@ -151,12 +157,21 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
            overrides: Overrides = Overrides(), max_tokens: int | None = None,
            cutoff: Cutoff | None = None) -> Decision:
     """`cutoff` is the threshold in force for a policy with a target (ignored without one)."""
-    limits = Limits.of(policy, overrides)
+    table = prepared(policy, catalog)  # what does not depend on this request, worked out once
+    no_headers = overrides.max_cost_usd is None and overrides.latency_slo_ms is None
+    limits = table.limits if no_headers else Limits.of(policy, overrides)
     value = policy.spec.objective.value_usd
+    quality, prompt_tokens, observed = signal.quality, signal.prompt_tokens, live.latency_s
     evaluated = []
-    for plan in policy.plans:
-        e = estimate(plan, signal, catalog, live.latency_s, max_tokens)
-        evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, _rejection(plan, e, limits, live)))
+    for plan, fixed, disallowed in zip(policy.plans, table.fixed(max_tokens), table.allowed, strict=True):
+        if fixed is None:
+            e = estimate(plan, signal, catalog, observed, max_tokens)
+        else:  # gateway.plans.single.estimate, its request-independent terms taken from the table
+            seen_s = observed.get(fixed.name)
+            e = Estimate(quality[fixed.name], prompt_tokens * fixed.input_rate + fixed.output_cost,
+                         fixed.expected_latency_ms if seen_s is None else seen_s * 1000)
+        rejected = disallowed or _live_rejection(plan, e, limits, live)
+        evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, rejected))
     feasible = [c for c in evaluated if c.rejected_by is None]
     if not feasible:  # open circuits removed every plan? one that can work around them still answers
         evaluated = [_still_answers(c, limits, live) for c in evaluated]
