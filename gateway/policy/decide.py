@@ -160,7 +160,7 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
     table = prepared(policy, catalog)  # what does not depend on this request, worked out once
     no_headers = overrides.max_cost_usd is None and overrides.latency_slo_ms is None
     limits = table.limits if no_headers else Limits.of(policy, overrides)
-    value = policy.spec.objective.value_usd
+    value = table.value
     quality, prompt_tokens, observed = signal.quality, signal.prompt_tokens, live.latency_s
     evaluated = []
     for plan, fixed, disallowed in zip(policy.plans, table.fixed(max_tokens), table.allowed, strict=True):
@@ -180,7 +180,7 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)
         raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}")
     if policy.spec.target is not None:
-        return _on_target(policy, signal, evaluated, feasible, cutoff)
+        return _on_target(policy, signal, evaluated, feasible, cutoff, table.target_words)
     best = max(feasible, key=lambda c: (c.utility, -c.estimate.cost_usd))
     reasons = [f"highest utility value_usd*q - cost = {best.utility:.6g} among {len(feasible)} "
                f"feasible of {len(evaluated)} candidates (value_usd={value:g})"]
@@ -209,9 +209,7 @@ def split(feasible: list[Candidate]) -> tuple[Candidate, Candidate] | None:
 
 
 def _on_target(policy: BoundPolicy, signal: RouteSignal, evaluated: list[Candidate], feasible: list[Candidate],
-               cutoff: Cutoff | None) -> Decision:
-    target = policy.spec.target
-    assert target is not None
+               cutoff: Cutoff | None, target_words: str) -> Decision:
     removed = () if len(feasible) == len(evaluated) else \
         tuple(f"{c.plan.label} removed by {c.rejected_by}" for c in evaluated if c.rejected_by)
     pair = split(feasible)
@@ -224,9 +222,9 @@ def _on_target(policy: BoundPolicy, signal: RouteSignal, evaluated: list[Candida
     chose_strong = cutoff is not None and score >= cutoff.threshold
     routing = Routing(cheap, strong, score, cutoff, chose_strong)
     if cutoff is None:
-        why = f"target {target.kind} {target.value:g}: no calibration yet, the cheapest feasible plan"
+        why = f"{target_words}: no calibration yet, the cheapest feasible plan"
     else:
-        why = (f"target {target.kind} {target.value:g}: score {score:.4f} (q gain of {strong.plan.label} over "
+        why = (f"{target_words}: score {score:.4f} (q gain of {strong.plan.label} over "
                f"{cheap.plan.label}) {'>=' if chose_strong else '<'} threshold {cutoff.threshold:.4f}, the "
                f"{1 - cutoff.share:.0%} quantile of recent traffic")
     return Decision(policy.name, (strong if chose_strong else cheap).plan, tuple(evaluated), signal,

@@ -46,11 +46,12 @@ class FixedSingle:
 
 
 class Prepared:
-    """One policy against one catalog: `limits` are the policy's own (no header tightening them);
+    """One policy against one catalog: `limits` are the policy's own (no header tightening them),
+    `value` its value_usd, `target_words` how the reason of a decision under its target begins;
     `allowed[i]` is "allowed_deployments" when the policy's allowed list removes plan i (else None);
     `fixed(max_tokens)[i]` is plan i's `FixedSingle`, or None to estimate it by its kind."""
 
-    __slots__ = ("_fixed", "allowed", "catalog", "limits", "policy")
+    __slots__ = ("_fixed", "allowed", "catalog", "limits", "policy", "target_words", "value")
 
     def __init__(self, policy: BoundPolicy, catalog: Catalog) -> None:
         from gateway.policy.decide import Limits, Overrides  # decide imports this module
@@ -58,6 +59,10 @@ class Prepared:
         self.policy = policy
         self.catalog = catalog
         self.limits: Limits = Limits.of(policy, Overrides())
+        self.value = policy.spec.objective.value_usd
+        target = policy.spec.target
+        # how a target decision's reason begins ("target strong_share 0.4"), formatted once
+        self.target_words = "" if target is None else f"target {target.kind} {target.value:g}"
         allowed = policy.allowed
         self.allowed: tuple[str | None, ...] = tuple(
             "allowed_deployments" if allowed is not None and any(d not in allowed for d in p.deployments) else None
