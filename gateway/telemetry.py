@@ -198,6 +198,7 @@ def _set_clean(span: Span, attributes: Mapping[str, Any]) -> None:
     Anything else (a sequence value, a span or SDK not as known here, an ended span) takes the SDK's path."""
     bounded = getattr(span, "_attributes", None)
     if (type(span) is not _SdkSpan or type(bounded) is not BoundedAttributes or bounded.max_value_len is not None
+            or bounded.maxlen == 0  # a limit of no attributes: only counted as dropped, as the SDK does
             or not _PLAIN.issuperset(map(type, attributes.values()))):
         span.set_attributes(attributes)
         return

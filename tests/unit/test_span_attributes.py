@@ -109,3 +109,16 @@ def test_a_plug_in_sampler_sees_the_starting_attributes(monkeypatch: pytest.Monk
     telemetry.start("switchyard.request", None, switchyard__tenant="t").end()
     telemetry.start("switchyard.request", None, switchyard__entry="e").end()
     assert [dict(s.attributes) for s in exported.get_finished_spans()] == [{"switchyard.tenant": "t"}]
+
+
+def test_attribute_count_limits_drop_as_the_sdk_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    for limit, kept in (("0", {}), ("2", {"switchyard.entry": "e", "switchyard.cache": "miss"})):
+        monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", limit)
+        exported = InMemorySpanExporter()
+        telemetry = Telemetry(exported)
+        span = telemetry.start("switchyard.request", None, switchyard__tenant="t")
+        set_attributes(span, switchyard__entry="e", switchyard__cache="miss")
+        span.end()
+        finished = exported.get_finished_spans()[0]
+        assert dict(finished.attributes) == kept
+        assert finished.dropped_attributes == 3 - len(kept)
