@@ -25,7 +25,7 @@ def _record(telemetry: Telemetry) -> None:
     client = telemetry.start_client("chat sim-small", request, CLIENT, gen_ai__request__temperature=0.7)
     set_attributes(client, switchyard__votes={"a": 2}, gen_ai__response__finish_reasons=("stop",))
     client.end()
-    set_attributes(request, switchyard__tenant="t2")  # a key set again keeps its first place, as in the SDK
+    set_attributes(request, switchyard__tenant="t2")  # a key set again moves to the end, as in the SDK
     request.end()
 
 
