@@ -83,6 +83,13 @@ def _attributes(out: Any, attributes: Mapping[str, Any] | None) -> None:
             _value(kv.value, value)
 
 
+def _may_hold(span: ReadableSpan, name: str) -> bool:
+    """False when the span's own list `name` (`_events`, `_links`) is there and empty. Our spans carry
+    neither, and the public `events`/`links` copy the SDK's list under its lock into a tuple each time."""
+    held = getattr(span, name, None)
+    return held is None or len(held) > 0
+
+
 def _resource(request: ExportTraceServiceRequest, resource: Any) -> ResourceSpans:
     rs: ResourceSpans = request.resource_spans.add()
     _attributes(rs.resource.attributes, resource.attributes)
@@ -142,10 +149,10 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         out.start_time_unix_nano = span.start_time or 0
         out.end_time_unix_nano = span.end_time or 0
         _attributes(out.attributes, span.attributes)
-        if span.events:
-            out.events.extend(_encode_events(span.events) or ())
-        if span.links:
-            out.links.extend(_encode_links(span.links) or ())
+        if _may_hold(span, "_events") and (events := span.events):
+            out.events.extend(_encode_events(events) or ())
+        if _may_hold(span, "_links") and (links := span.links):
+            out.links.extend(_encode_links(links) or ())
         out.status.code = span.status.status_code.value
         if span.status.description:
             out.status.message = span.status.description
