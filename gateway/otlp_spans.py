@@ -60,10 +60,34 @@ def _value(out: AnyValue, value: Any) -> None:
 
 
 def _attributes(out: Any, attributes: Mapping[str, Any] | None) -> None:
-    for key, value in (attributes or {}).items():
-        kv = out.add()
+    if not attributes:
+        return
+    # A span's attributes are a read-only view of the SDK's BoundedAttributes, whose items() is a
+    # Python-level __iter__ and __getitem__ per key; its copy() is a plain dict, iterated in C.
+    copy = getattr(attributes, "copy", None)
+    pairs = copy() if copy is not None else attributes
+    add = out.add
+    for key, value in pairs.items():
+        kv = add()
         kv.key = key
-        _value(kv.value, value)
+        # Nearly every value is exactly a str, int or float: tested by type here, without a call, and
+        # without the isinstance chain of `_value` (whose Sequence and Mapping checks are ABC checks).
+        kind = type(value)
+        if kind is str:
+            kv.value.string_value = value
+        elif kind is int:
+            kv.value.int_value = value
+        elif kind is float:
+            kv.value.double_value = value
+        else:
+            _value(kv.value, value)
+
+
+def _may_hold(span: ReadableSpan, name: str) -> bool:
+    """False when the span's own list `name` (`_events`, `_links`) is there and empty. Our spans carry
+    neither, and the public `events`/`links` copy the SDK's list under its lock into a tuple each time."""
+    held = getattr(span, name, None)
+    return held is None or len(held) > 0
 
 
 def _resource(request: ExportTraceServiceRequest, resource: Any) -> ResourceSpans:
@@ -91,14 +115,22 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
     """An ExportTraceServiceRequest of `spans`, grouped by resource and scope, serialised."""
     request = ExportTraceServiceRequest()
     resources: dict[Any, tuple[ResourceSpans, dict[Any, ScopeSpans]]] = {}
+    # Spans are grouped by equal resource and scope, as the SDK's encoder groups them; but a Resource
+    # hashes by encoding its attributes as JSON, so each resource and scope object is looked up by
+    # identity first (the spans of a batch share a handful of objects, alive for the whole batch).
+    groups: dict[tuple[int, int], ScopeSpans] = {}
     for span in spans:
-        known = resources.get(span.resource)
-        if known is None:
-            known = resources[span.resource] = (_resource(request, span.resource), {})
-        rs, scopes = known
-        group = scopes.get(span.instrumentation_scope)
+        resource, scope = span.resource, span.instrumentation_scope
+        group = groups.get((id(resource), id(scope)))
         if group is None:
-            group = scopes[span.instrumentation_scope] = _scope(rs, span.instrumentation_scope)
+            known = resources.get(resource)
+            if known is None:
+                known = resources[resource] = (_resource(request, resource), {})
+            rs, scopes = known
+            group = scopes.get(scope)
+            if group is None:
+                group = scopes[scope] = _scope(rs, scope)
+            groups[(id(resource), id(scope))] = group
         out = group.spans.add()
         ctx = span.get_span_context()
         assert ctx is not None
@@ -117,10 +149,10 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         out.start_time_unix_nano = span.start_time or 0
         out.end_time_unix_nano = span.end_time or 0
         _attributes(out.attributes, span.attributes)
-        if span.events:
-            out.events.extend(_encode_events(span.events) or ())
-        if span.links:
-            out.links.extend(_encode_links(span.links) or ())
+        if _may_hold(span, "_events") and (events := span.events):
+            out.events.extend(_encode_events(events) or ())
+        if _may_hold(span, "_links") and (links := span.links):
+            out.links.extend(_encode_links(links) or ())
         out.status.code = span.status.status_code.value
         if span.status.description:
             out.status.message = span.status.description

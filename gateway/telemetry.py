@@ -25,9 +25,11 @@ from typing import Any
 
 import orjson
 from opentelemetry import trace
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import TracerProvider, sampling
+from opentelemetry.sdk.trace import _Span as _SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -54,13 +56,24 @@ class Telemetry:
             self.recording = False
         self.tracer: trace.Tracer = (self.provider.get_tracer("switchyard") if self.recording
                                      else trace.NoOpTracer())
+        # A span's starting attributes are the sampler's to see; ours never look at them, so then
+        # they are added once the span exists, without the SDK checking each again (`_set_clean`).
+        self._attributes_after_start = ignores_attributes(self.provider.sampler)
+
+    def _begin(self, name: str, context: Context | None, kind: SpanKind, attributes: Mapping[str, Any]) -> Span:
+        if not self._attributes_after_start:
+            return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
+        span = self.tracer.start_span(name, context=context, kind=kind)
+        if attributes and span.is_recording():
+            _set_clean(span, attributes)
+        return span
 
     def start(self, name: str, parent: Span | Context | None = None, *, kind: SpanKind = SpanKind.INTERNAL,
               **attributes: Any) -> Span:
         """`parent`: a span of ours, or a caller's context from `extract`."""
         if not self.recording:
             return trace.INVALID_SPAN
-        return self.tracer.start_span(name, context=_context(parent), kind=kind, attributes=_clean(attributes))
+        return self._begin(name, _context(parent), kind, _clean(attributes))
 
     def start_client(self, name: str, parent: Span | None, attributes: Mapping[str, AttributeValue],
                      **more: Any) -> Span:
@@ -68,7 +81,7 @@ class Telemetry:
         if not self.recording:
             return trace.INVALID_SPAN
         attrs = {**attributes, **_clean(more)} if more else attributes
-        return self.tracer.start_span(name, context=_context(parent), kind=SpanKind.CLIENT, attributes=attrs)
+        return self._begin(name, _context(parent), SpanKind.CLIENT, attrs)
 
     def extract(self, headers: Mapping[str, str]) -> Context | None:
         """The caller's trace context from its W3C headers; None without one or while not recording."""
@@ -152,13 +165,51 @@ class _Scoped:
         self.span.end()
 
 
+# The SDK's samplers: none of them reads a span's attributes (they pass them through unchanged).
+_ATTRIBUTE_BLIND = (sampling.StaticSampler, sampling.TraceIdRatioBased)
+_DELEGATES = ("_root", "_remote_parent_sampled", "_remote_parent_not_sampled", "_local_parent_sampled",
+              "_local_parent_not_sampled")
+
+
+def ignores_attributes(sampler: object) -> bool:
+    """Whether `sampler` decides without a span's attributes: the SDK's own samplers (those that
+    OTEL_TRACES_SAMPLER names without a plug-in), a parent-based one only with such delegates."""
+    if type(sampler).__module__ != sampling.__name__:
+        return False
+    if isinstance(sampler, sampling.ParentBased):
+        return all(ignores_attributes(getattr(sampler, d, None)) for d in _DELEGATES)
+    return isinstance(sampler, _ATTRIBUTE_BLIND)
+
+
 def trace_id_hex(span: Span) -> str | None:
     return format(span.get_span_context().trace_id, "032x") if span.is_recording() else None
 
 
 def set_attributes(span: Span, **attributes: Any) -> None:
     if span.is_recording():
-        span.set_attributes(_clean(attributes))
+        _set_clean(span, _clean(attributes))
+
+
+def _set_clean(span: Span, attributes: Mapping[str, Any]) -> None:
+    """`span.set_attributes(attributes)` for attributes `_clean` made. The SDK's span checks every key
+    and value again (a third of what recording a request's spans costs): when they are all plain (non-
+    empty str keys; str, int, float, bool values) and no length limit applies, they go straight into
+    its BoundedAttributes, under the locks and through the method its own `set_attributes` ends in.
+    Anything else (a sequence value, a span or SDK not as known here, an ended span) takes the SDK's path."""
+    bounded = getattr(span, "_attributes", None)
+    if (type(span) is not _SdkSpan or type(bounded) is not BoundedAttributes or bounded.max_value_len is not None
+            or bounded.maxlen == 0  # a limit of no attributes: only counted as dropped, as the SDK does
+            or not _PLAIN.issuperset(map(type, attributes.values()))):
+        span.set_attributes(attributes)
+        return
+    with span._lock:
+        added = span._end_time is None and not bounded._immutable
+        if added:
+            with bounded._lock:
+                for key, value in attributes.items():
+                    bounded._setitem_locked(key, value)
+    if not added:
+        span.set_attributes(attributes)  # the SDK's warning about an ended span
 
 
 def as_json(value: Any) -> str:

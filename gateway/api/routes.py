@@ -154,7 +154,7 @@ async def chat_completions(request: Request) -> Response:
     trail = Trail(rid, time.perf_counter())
     try:
         body = validate_chat(await read_json(request, svc.config.max_body_bytes))
-        ctx = call_context(request, rid, svc.telemetry.extract(request.headers))
+        ctx = call_context(request, rid, svc.telemetry.extract(headers_of(request)))  # the dict already decoded
     except GatewayError as exc:  # refused before the pipeline: still one request line
         svc.observer.finish(trail, exc.status, exc.code)
         raise

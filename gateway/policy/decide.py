@@ -18,6 +18,7 @@ from gateway.plans import Cascade, Plan, Single
 from gateway.policy.calibration import Cutoff
 from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.policy.loader import BoundPolicy
+from gateway.policy.prepared import prepared
 from gateway.providers.health import LiveView
 from gateway.signal import RouteSignal
 
@@ -58,9 +59,11 @@ class Candidate:
     rejected_by: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routing:
-    """A decision under a target: the two choices, the request's score and the threshold it met or not."""
+    """A decision under a target: the two choices, the request's score and the threshold it met or not.
+    Not frozen, though never changed: one is built per routed request, and a frozen one costs ~1 µs
+    more (it holds a Cutoff, so it never hashed anyway)."""
 
     cheap: Candidate
     strong: Candidate
@@ -84,8 +87,11 @@ def _finite(x: float) -> float | str:
     return round(x, 6) if abs(x) != float("inf") else ("inf" if x > 0 else "-inf")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Decision:
+    """Not frozen, though never changed: built per routed request (see Routing); its signal's maps
+    never let it hash."""
+
     policy: str
     plan: Plan
     candidates: tuple[Candidate, ...]
@@ -117,7 +123,12 @@ class Decision:
 def _rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str | None:
     if limits.allowed is not None and any(d not in limits.allowed for d in plan.deployments):
         return "allowed_deployments"
-    if any(d in live.open_circuits for d in plan.deployments):
+    return _live_rejection(plan, e, limits, live)
+
+
+def _live_rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> str | None:
+    """`_rejection` after the allowed deployments (fixed per policy: `Prepared.allowed`)."""
+    if live.open_circuits and any(d in live.open_circuits for d in plan.deployments):
         return "circuit_open"
     if limits.max_cost_usd is not None and e.cost_usd > limits.max_cost_usd:
         return f"max_cost_usd ({e.cost_usd:.6g} > {limits.max_cost_usd:g})"
@@ -151,12 +162,21 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
            overrides: Overrides = Overrides(), max_tokens: int | None = None,
            cutoff: Cutoff | None = None) -> Decision:
     """`cutoff` is the threshold in force for a policy with a target (ignored without one)."""
-    limits = Limits.of(policy, overrides)
-    value = policy.spec.objective.value_usd
+    table = prepared(policy, catalog)  # what does not depend on this request, worked out once
+    no_headers = overrides.max_cost_usd is None and overrides.latency_slo_ms is None
+    limits = table.limits if no_headers else Limits.of(policy, overrides)
+    value = table.value
+    quality, prompt_tokens, observed = signal.quality, signal.prompt_tokens, live.latency_s
     evaluated = []
-    for plan in policy.plans:
-        e = estimate(plan, signal, catalog, live.latency_s, max_tokens)
-        evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, _rejection(plan, e, limits, live)))
+    for plan, fixed, disallowed in zip(policy.plans, table.fixed(max_tokens), table.allowed, strict=True):
+        if fixed is None:
+            e = estimate(plan, signal, catalog, observed, max_tokens)
+        else:  # gateway.plans.single.estimate, its request-independent terms taken from the table
+            seen_s = observed.get(fixed.name)
+            e = Estimate(quality[fixed.name], prompt_tokens * fixed.input_rate + fixed.output_cost,
+                         fixed.expected_latency_ms if seen_s is None else seen_s * 1000)
+        rejected = disallowed or _live_rejection(plan, e, limits, live)
+        evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, rejected))
     feasible = [c for c in evaluated if c.rejected_by is None]
     if not feasible:  # open circuits removed every plan? one that can work around them still answers
         evaluated = [_still_answers(c, limits, live) for c in evaluated]
@@ -165,7 +185,7 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)
         raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}")
     if policy.spec.target is not None:
-        return _on_target(policy, signal, evaluated, feasible, cutoff)
+        return _on_target(policy, signal, evaluated, feasible, cutoff, table.target_words)
     best = max(feasible, key=lambda c: (c.utility, -c.estimate.cost_usd))
     reasons = [f"highest utility value_usd*q - cost = {best.utility:.6g} among {len(feasible)} "
                f"feasible of {len(evaluated)} candidates (value_usd={value:g})"]
@@ -194,9 +214,7 @@ def split(feasible: list[Candidate]) -> tuple[Candidate, Candidate] | None:
 
 
 def _on_target(policy: BoundPolicy, signal: RouteSignal, evaluated: list[Candidate], feasible: list[Candidate],
-               cutoff: Cutoff | None) -> Decision:
-    target = policy.spec.target
-    assert target is not None
+               cutoff: Cutoff | None, target_words: str) -> Decision:
     removed = () if len(feasible) == len(evaluated) else \
         tuple(f"{c.plan.label} removed by {c.rejected_by}" for c in evaluated if c.rejected_by)
     pair = split(feasible)
@@ -209,9 +227,9 @@ def _on_target(policy: BoundPolicy, signal: RouteSignal, evaluated: list[Candida
     chose_strong = cutoff is not None and score >= cutoff.threshold
     routing = Routing(cheap, strong, score, cutoff, chose_strong)
     if cutoff is None:
-        why = f"target {target.kind} {target.value:g}: no calibration yet, the cheapest feasible plan"
+        why = f"{target_words}: no calibration yet, the cheapest feasible plan"
     else:
-        why = (f"target {target.kind} {target.value:g}: score {score:.4f} (q gain of {strong.plan.label} over "
+        why = (f"{target_words}: score {score:.4f} (q gain of {strong.plan.label} over "
                f"{cheap.plan.label}) {'>=' if chose_strong else '<'} threshold {cutoff.threshold:.4f}, the "
                f"{1 - cutoff.share:.0%} quantile of recent traffic")
     return Decision(policy.name, (strong if chose_strong else cheap).plan, tuple(evaluated), signal,

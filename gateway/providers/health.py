@@ -111,6 +111,9 @@ def _ewma(previous: float | None, value: float, alpha: float = 0.2) -> float:
     return value if previous is None else (1 - alpha) * previous + alpha * value
 
 
+_NONE_OPEN: frozenset[str] = frozenset()
+
+
 @dataclass(frozen=True, slots=True)
 class LiveView:
     """What the policy may know about live state: open circuits and observed latencies."""
@@ -127,11 +130,12 @@ class HealthBoard:
         return self._health[name]
 
     def view(self) -> LiveView:
+        # Once per routed request: a circuit that never opened is skipped without a call, and with
+        # none open (the usual case) the view shares one empty set.
         now = time.monotonic()
-        return LiveView(
-            open_circuits=frozenset(n for n, h in self._health.items() if h.is_open(now)),
-            latency_s={n: h.latency_ewma_s for n, h in self._health.items() if h.latency_ewma_s is not None},
-        )
+        opened = [n for n, h in self._health.items() if h.opened_at is not None and h.is_open(now)]
+        return LiveView(frozenset(opened) if opened else _NONE_OPEN,
+                        {n: h.latency_ewma_s for n, h in self._health.items() if h.latency_ewma_s is not None})
 
     def states(self) -> dict[str, CircuitState]:
         now = time.monotonic()

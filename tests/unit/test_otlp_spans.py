@@ -55,3 +55,21 @@ def test_a_batch_decodes_to_what_the_sdk_encoder_gives() -> None:
 
 def test_an_empty_batch_is_an_empty_request() -> None:
     assert ExportTraceServiceRequest.FromString(encode_spans(())) == ExportTraceServiceRequest()
+
+
+def test_spans_of_equal_resources_held_apart_are_grouped_as_the_sdk_groups_them() -> None:
+    # Grouping looks resources up by identity first: equal ones from two providers must still merge.
+    memory = InMemorySpanExporter()
+    for _ in range(2):
+        provider = TracerProvider(resource=Resource.create({"service.name": "switchyard"}))
+        provider.add_span_processor(SimpleSpanProcessor(memory))
+        for name in ("switchyard.request", "switchyard.route"):
+            provider.get_tracer("switchyard").start_span(name, attributes={"n": 1, "x": 0.5, "s": "t"}).end()
+    other = TracerProvider(resource=Resource.create({"service.name": "elsewhere"}))
+    other.add_span_processor(SimpleSpanProcessor(memory))
+    other.get_tracer("switchyard").start_span("switchyard.request").end()
+    spans = memory.get_finished_spans()
+    ours = ExportTraceServiceRequest.FromString(encode_spans(spans))
+    theirs = ExportTraceServiceRequest.FromString(sdk_encode_spans(spans).SerializePartialToString())
+    assert ours == theirs
+    assert [sum(len(ss.spans) for ss in rs.scope_spans) for rs in ours.resource_spans] == [4, 1]
