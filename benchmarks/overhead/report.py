@@ -158,20 +158,24 @@ CAUSES = [
     "`python -m benchmarks.overhead.profiling [--no-span-export]`: py-spy samples of the gateway serving "
     '`model: "auto"` with a new prompt per request, charged to stages.',
     "",
-    "- **The learned router is the largest cost** (about 0.3 ms of CPU per request under load, "
-    "31–42% of the gateway's samples): hashing word and character n-grams with numpy on small arrays, "
-    "and the nearest-neighbour search (a 2,500 × 64 matrix-vector product and a partial sort). "
-    "A pinned deployment skips it and, without span export, reaches about half the aiohttp passthrough's throughput. "
-    "What would remove it: a compiled featuriser (the n-gram hashing is a few dozen lines of Rust or "
-    "Cython), running the router off the event loop in a worker pool sized to the cores, or routing on "
-    "a prompt's features cached upstream; repeated prompts already cost a dict lookup (the gateway "
-    "remembers 4,096 recent assessments).",
-    "- **Exporting spans costs about 0.27 ms per request** (recording 3 spans per request plus the OTLP "
-    "exporter thread encoding protobuf and posting batches, on the same GIL). Sampling removes most "
-    "of it: `OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1`; without an "
-    "OTLP endpoint spans are not recorded at all.",
-    "- The rest (HTTP server, aiohttp client, pipeline) is within about 1.7× of the passthrough's CPU "
-    "per request for a pinned deployment.",
+    "Instructions per `auto` request, counted with callgrind (`benchmarks.overhead.inprocess`, 640 requests at "
+    "32 concurrent; overhead_profile.md has the command), which counts the same on a loaded machine as on a "
+    "quiet one: 2.64 M with spans off and 3.55 M with spans exported on 2026-11-26 (947d085), against 3.18 M "
+    "and 4.47 M the same day before the router's and the policy's work (315117b).",
+    "",
+    "- **The learned router** is still the largest single stage: `assess()` takes about 1.0 M instructions on "
+    "a short prompt (1.5 M before), 0.39 ms p50 on this 2-core machine when quiet "
+    "(`python -m benchmarks.routing_quality.latency`). What is left is numpy's per-call overhead on small "
+    "arrays (hashing word and character n-grams, two sparse gathers) and the nearest-neighbour search (a "
+    "3,854 × 64 matrix-vector product and a partial sort). What would remove it: a compiled featuriser, or "
+    "routing on a prompt's features cached upstream; repeated prompts already cost a dict lookup (the "
+    "gateway remembers 4,096 recent assessments).",
+    "- **Exporting spans** costs about 0.9 M instructions per request (recording the 3 spans, then the OTLP "
+    "exporter thread encoding and posting batches on the same GIL). Sampling removes most of it: "
+    "`OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1`; without an OTLP endpoint "
+    "spans are not recorded at all.",
+    "- The rest (HTTP server, aiohttp client, pipeline, policy) is what a pinned deployment pays: see its CPU "
+    "per request against the passthrough's in the table above.",
     "",
 ]
 
