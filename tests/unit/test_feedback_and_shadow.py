@@ -137,16 +137,22 @@ class _Upstreams:
         return done, CallRecord(names[0], done.usage, 0.002, 0.1, role)
 
 
+def _evaluator(upstreams: _Upstreams, store: MemoryStore) -> tuple[ShadowEvaluator, Ledger, RequestLog]:
+    """A shadow evaluator on the test deployments, its ledger started."""
+    prices = {d.name: DeploymentPrice(1e-7, 2e-7, "config") for d in DEPLOYMENTS}
+    catalog = Catalog({d.name: d for d in DEPLOYMENTS}, prices)
+    ledger = Ledger(store)
+    ledger.start()
+    requests = RequestLog(store, RequestLogSettings())
+    shadow = ShadowEvaluator(upstreams, catalog, Authenticator([], store), ledger,  # type: ignore[arg-type]
+                             requests, Telemetry())
+    return shadow, ledger, requests
+
+
 def test_a_failing_judge_leaves_the_request_unlabelled_and_bills_what_ran() -> None:
     async def scenario() -> None:
         store = MemoryStore()
-        prices = {d.name: DeploymentPrice(1e-7, 2e-7, "config") for d in DEPLOYMENTS}
-        catalog = Catalog({d.name: d for d in DEPLOYMENTS}, prices)
-        ledger = Ledger(store)
-        ledger.start()
-        requests = RequestLog(store, RequestLogSettings())
-        shadow = ShadowEvaluator(_Upstreams(), catalog, Authenticator([], store), ledger,  # type: ignore[arg-type]
-                                 requests, Telemetry())
+        shadow, ledger, requests = _evaluator(_Upstreams(), store)
         job = Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM},
                   " ".join(["cheap"] * 80), "small", 10, 5.0)
         assert await shadow.evaluate(job) is None
@@ -201,12 +207,7 @@ class _LateUpstreams(_Upstreams):
 def test_a_shadow_call_that_answers_after_its_timeout_is_billed_as_the_tenants_shadow_spend() -> None:
     async def scenario() -> None:
         store = MemoryStore()
-        prices = {d.name: DeploymentPrice(1e-7, 2e-7, "config") for d in DEPLOYMENTS}
-        catalog = Catalog({d.name: d for d in DEPLOYMENTS}, prices)
-        ledger = Ledger(store)
-        ledger.start()
-        shadow = ShadowEvaluator(_LateUpstreams(), catalog, Authenticator([], store), ledger,  # type: ignore[arg-type]
-                                 RequestLog(store, RequestLogSettings()), Telemetry())
+        shadow, ledger, _ = _evaluator(_LateUpstreams(), store)
         job = Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM},
                   " ".join(["cheap"] * 80), "small", 10, 5.0)
         assert await shadow.evaluate(job) is None
