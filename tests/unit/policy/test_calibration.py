@@ -9,32 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import embedded_config
 from gateway.errors import ConfigError
-from gateway.policy import Catalog, decide, load_policy_file
+from gateway.policy import decide, load_policy_file
 from gateway.policy.calibration import Quantiles, Sketch, expected, share_for
 from gateway.policy.controller import SEED_WEIGHT, Controller
 from gateway.policy.schema import Target
 from gateway.policy.seed import SeedSample
 from gateway.policy.sharing import Calibrator
 from gateway.providers.health import LiveView
-from gateway.providers.pricing import prices_for
 from gateway.signal import RouteSignal
 from gateway.state import MemoryStore, StoreUnavailable
+from tests.support.policy_lab import CATALOG, CONFIG, policy_from, signal
 
-CONFIG = embedded_config("http://127.0.0.1:9/v1")
-CATALOG = Catalog({d.name: d for d in CONFIG.deployments}, prices_for(CONFIG.deployments))
 TWO_TIERS = "candidates:\n  - single: small\n  - single: large\n"
-
-
-def _policy(tmp_path: Path, text: str, name: str = "p"):
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(text)
-    return load_policy_file(path, CONFIG.deployments)
-
-
-def _signal(q_small: float, q_large: float, tokens: int = 200) -> RouteSignal:
-    return RouteSignal(0.5, "test", {"small": q_small, "large": q_large}, tokens, {})
 
 
 def _signals(n: int, seed: int = 0, shift: float = 0.0) -> list[RouteSignal]:
@@ -42,7 +29,7 @@ def _signals(n: int, seed: int = 0, shift: float = 0.0) -> list[RouteSignal]:
     out = []
     for _ in range(n):
         q = rng.uniform(0.3, 0.7)
-        out.append(_signal(q, min(1.0, q + max(0.0, rng.gauss(0.12 + shift, 0.06)))))
+        out.append(signal(q, min(1.0, q + max(0.0, rng.gauss(0.12 + shift, 0.06)))))
     return out
 
 
@@ -142,10 +129,10 @@ def _cutoff(policy, threshold_share: float, signals: list[RouteSignal]):
 
 
 def test_under_a_target_a_prompt_below_the_threshold_takes_the_cheapest_plan(tmp_path: Path) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
     cutoff = _cutoff(policy, 0.3, _signals(500))
-    low = decide(policy, _signal(0.5, 0.52), CATALOG, LiveView(), cutoff=cutoff)
-    high = decide(policy, _signal(0.3, 0.9), CATALOG, LiveView(), cutoff=cutoff)
+    low = decide(policy, signal(0.5, 0.52), CATALOG, LiveView(), cutoff=cutoff)
+    high = decide(policy, signal(0.3, 0.9), CATALOG, LiveView(), cutoff=cutoff)
     assert low.plan.label == "single:small" and high.plan.label == "single:large"
     assert low.routing is not None and low.routing.score == pytest.approx(0.02)
     explained = high.explain()["calibration"]
@@ -154,28 +141,28 @@ def test_under_a_target_a_prompt_below_the_threshold_takes_the_cheapest_plan(tmp
 
 
 def test_the_strong_choice_is_the_best_predicted_costlier_plan(tmp_path: Path) -> None:
-    policy = _policy(tmp_path, """
+    policy = policy_from(tmp_path, """
 candidates:
   - single: small
   - single: large
   - best_of: {deployment: small, n: 5}
 target: {strong_share: 0.5}
 """)
-    d = decide(policy, _signal(0.4, 0.9), CATALOG, LiveView(), cutoff=_cutoff(policy, 0.5, _signals(300)))
+    d = decide(policy, signal(0.4, 0.9), CATALOG, LiveView(), cutoff=_cutoff(policy, 0.5, _signals(300)))
     assert d.routing is not None
     assert d.routing.cheap.plan.label == "single:small" and d.routing.strong.plan.label == "single:large"
     assert d.plan.label == "single:large"
     # with the large tier removed by a constraint, the strong choice is the best remaining costlier plan
-    d = decide(policy, _signal(0.4, 0.9), CATALOG, LiveView(open_circuits=frozenset({"large"})),
+    d = decide(policy, signal(0.4, 0.9), CATALOG, LiveView(open_circuits=frozenset({"large"})),
                cutoff=_cutoff(policy, 0.5, _signals(300)))
     assert d.routing is not None and d.routing.strong.plan.label.startswith("best_of:5:small")
 
 
 def test_policies_without_a_target_decide_by_value_as_before(tmp_path: Path) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + "objective: {value_usd: 0.002}\n")
-    target = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 1.0}\n", name="t")
+    policy = policy_from(tmp_path, TWO_TIERS + "objective: {value_usd: 0.002}\n")
+    target = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 1.0}\n", name="t")
     cutoff = _cutoff(target, 1.0, _signals(100))
-    d = decide(policy, _signal(0.80, 0.82), CATALOG, LiveView(), cutoff=cutoff)
+    d = decide(policy, signal(0.80, 0.82), CATALOG, LiveView(), cutoff=cutoff)
     assert d.plan.label == "single:small" and d.routing is None and "calibration" not in d.explain()
     assert "highest utility" in d.reasons[0]
 
@@ -194,7 +181,7 @@ def _replay(controller: Controller, policy, signals: list[RouteSignal]) -> list[
 
 @pytest.mark.parametrize("share", [0.1, 0.3, 0.7])
 def test_the_realised_share_converges_on_drifting_traffic(tmp_path: Path, share: float) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + f"target: {{strong_share: {share}}}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + f"target: {{strong_share: {share}}}\n")
     from gateway.policy.seed import sketch_of
 
     controller = Controller(policy.spec.target, sketch_of(_signals(300, seed=1), policy, CATALOG))
@@ -214,7 +201,7 @@ def _chosen(d) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("quality", [0.9, 0.95])
 def test_a_quality_target_is_met_on_live_traffic(tmp_path: Path, quality: float) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + f"target: {{quality: {quality}}}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + f"target: {{quality: {quality}}}\n")
     from gateway.policy.seed import sketch_of
 
     controller = Controller(policy.spec.target, sketch_of(_signals(300, seed=1), policy, CATALOG))
@@ -228,7 +215,7 @@ def test_a_quality_target_is_met_on_live_traffic(tmp_path: Path, quality: float)
 
 
 def test_a_spend_target_is_met_on_live_traffic(tmp_path: Path) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + "target: {usd_per_1k_requests: 0.12}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {usd_per_1k_requests: 0.12}\n")
     from gateway.policy.seed import sketch_of
 
     controller = Controller(policy.spec.target, sketch_of(_signals(300, seed=1), policy, CATALOG))
@@ -242,7 +229,7 @@ def test_a_spend_target_is_met_on_live_traffic(tmp_path: Path) -> None:
 
 
 def test_live_traffic_outweighs_the_start_up_sample_within_200_requests(tmp_path: Path) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.5}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.5}\n")
     from gateway.policy.seed import sketch_of
 
     controller = Controller(policy.spec.target, sketch_of(_signals(600, seed=2, shift=0.2), policy, CATALOG))
@@ -255,7 +242,7 @@ def test_live_traffic_outweighs_the_start_up_sample_within_200_requests(tmp_path
 # -- replicas ----------------------------------------------------------------------------------------
 
 async def test_replicas_merge_their_observations_through_the_store(tmp_path: Path) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
     store = MemoryStore()
     seeds = _Seeds(_signals(100))
     a = Calibrator(store, seeds, lambda: [policy])
@@ -281,7 +268,7 @@ async def test_observations_are_kept_through_a_store_outage(tmp_path: Path) -> N
         async def add_to_hashes(self, sums, ttl_s, index=None):  # type: ignore[no-untyped-def]
             raise StoreUnavailable("down")
 
-    policy = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
     calibrator = Calibrator(_Down(), _Seeds(_signals(100)), lambda: [policy])
     calibrator.prepare()
     for s in _signals(50):
@@ -295,11 +282,11 @@ async def test_observations_are_kept_through_a_store_outage(tmp_path: Path) -> N
 
 
 def test_an_edited_policy_gets_its_own_calibration(tmp_path: Path) -> None:
-    policy = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
     current = [policy]
     calibrator = Calibrator(MemoryStore(), _Seeds(_signals(100)), lambda: current)
     calibrator.prepare()
-    edited = _policy(tmp_path, TWO_TIERS + "target: {strong_share: 0.6}\n")
+    edited = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.6}\n")
     current[:] = [edited]
     assert calibrator.cutoff(edited).share == pytest.approx(0.6, abs=0.01)
     calibrator.prepare()
