@@ -6,7 +6,6 @@ Every test runs against a gateway on Redis and one on the in-memory store.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ from gateway.pipeline import Services
 from gateway.router.training.data import load_data
 from gateway.state import RedisStore, request_key
 from tests.integration.conftest import sim_config
+from tests.support.lab import policies_folder
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
 
 TENANTS = [
@@ -91,12 +91,7 @@ def _config(simulator: Simulator, redis_url: str | None, sink: Path) -> GatewayC
 def gw(request: pytest.FixtureRequest, simulator: Simulator, redis_server: RedisServer,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     folder = tmp_path_factory.mktemp(f"feedback-{request.param}")
-    policies = folder / "policies"
-    policies.mkdir()
-    for f in (ROOT / "routing_policies").glob("*.yaml"):
-        shutil.copy(f, policies / f.name)
-    for name, spec in POLICIES.items():
-        (policies / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    policies = policies_folder(folder, POLICIES)
     redis_url = redis_server.url if request.param == "redis" else None
     config = _config(simulator, redis_url, folder / "requests.jsonl")
     config_file = folder / "gateway.yaml"

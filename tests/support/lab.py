@@ -30,18 +30,24 @@ def simulator_of(models: list[dict[str, Any]], folder: Path) -> Iterator[Simulat
         sim.stop()
 
 
+def policies_folder(folder: Path, policies: dict[str, dict[str, Any]]) -> Path:
+    """`folder/policies` with the shipped policies plus `policies` (name → spec)."""
+    out = folder / "policies"
+    out.mkdir()
+    for f in (ROOT / "routing_policies").glob("*.yaml"):
+        shutil.copy(f, out / f.name)
+    for name, spec in policies.items():
+        (out / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    return out
+
+
 @contextmanager
 def lab_gateway(sim: Simulator, folder: Path, policies: dict[str, dict[str, Any]],
                 deployments: dict[str, tuple[str, str]], **per_deployment: Any) -> Iterator[str]:
     """A gateway with the shipped policies plus `policies` (name → spec), and `deployments` (name →
     (simulated model, tier)) on `sim`, each with `per_deployment` settings (a callable is given the
     deployment's name). Yields the OpenAI base URL (…/v1)."""
-    policies_dir = folder / "policies"
-    policies_dir.mkdir()
-    for f in (ROOT / "routing_policies").glob("*.yaml"):
-        shutil.copy(f, policies_dir / f.name)
-    for name, spec in policies.items():
-        (policies_dir / f"{name}.yaml").write_text(yaml.safe_dump(spec))
+    policies_dir = policies_folder(folder, policies)
     rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": PRICE,
              **{k: v(n) if callable(v) else v for k, v in per_deployment.items()}}
             for n, (m, t) in deployments.items()]

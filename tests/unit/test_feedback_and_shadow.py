@@ -137,6 +137,12 @@ class _Upstreams:
         return done, CallRecord(names[0], done.usage, 0.002, 0.1, role)
 
 
+def _job() -> Job:
+    """Request r1 of tenant t, answered by `small`, shadowed by `large` and judged by it."""
+    return Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM}, " ".join(["cheap"] * 80),
+               "small", 10, 5.0)
+
+
 def _evaluator(upstreams: _Upstreams, store: MemoryStore) -> tuple[ShadowEvaluator, Ledger, RequestLog]:
     """A shadow evaluator on the test deployments, its ledger started."""
     prices = {d.name: DeploymentPrice(1e-7, 2e-7, "config") for d in DEPLOYMENTS}
@@ -153,8 +159,7 @@ def test_a_failing_judge_leaves_the_request_unlabelled_and_bills_what_ran() -> N
     async def scenario() -> None:
         store = MemoryStore()
         shadow, ledger, requests = _evaluator(_Upstreams(), store)
-        job = Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM},
-                  " ".join(["cheap"] * 80), "small", 10, 5.0)
+        job = _job()
         assert await shadow.evaluate(job) is None
         assert shadow.counts["failed"] == 1
         await ledger.close()
@@ -208,8 +213,7 @@ def test_a_shadow_call_that_answers_after_its_timeout_is_billed_as_the_tenants_s
     async def scenario() -> None:
         store = MemoryStore()
         shadow, ledger, _ = _evaluator(_LateUpstreams(), store)
-        job = Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM},
-                  " ".join(["cheap"] * 80), "small", 10, 5.0)
+        job = _job()
         assert await shadow.evaluate(job) is None
         await asyncio.sleep(0.2)  # the late answer lands after 10 ms
         assert draining() == 0
