@@ -1,6 +1,6 @@
 """Which difficulty target transfers to a pair the router has never seen? (feature-level study)
 
-    python -m benchmarks.routing_quality.lodo_targets [--data-dir DIR]
+    python -m benchmarks.routing_quality.lodo_targets [--data-dir DIR] [--regularisation]
 
 For each shared file held out, a ridge from the router's design matrix (hashed n-grams + structural
 features, idf on the training rows) is fitted on the other four files' train splits onto several
@@ -9,6 +9,10 @@ held-out file's prompts. Printed per target: "cv", the mean over held-out files 
 APGR over every model pair of the held-out file's *train* split whose means differ by >= 0.05 (what
 a choice may be made on), and the validation APGR of each file's named pair (for the record).
 The figures are in ``tried.py`` (``TRIED_LODO``). Takes ~10 min on a busy two-core machine.
+
+``--regularisation`` instead asks whether a difficulty that leans more on the prompt's structure than on
+its words transfers better: the shared difficulty (column 0) fitted by the same ridge with a stronger
+penalty and larger structural columns, and by a ridge on the structural features alone (~3 min).
 """
 
 from __future__ import annotations
@@ -19,16 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.routing_quality.files import DEFAULT_DATA, FILES
-from gateway.router.arrays import F64, Strs
+from gateway.router.arrays import F64, Ints, Strs
 from gateway.router.training.blend import judged_pairs
-from gateway.router.training.data import load_many
-from gateway.router.training.design import fit_idf
+from gateway.router.training.data import RoutingData, load_many
+from gateway.router.training.design import fit_idf, to_csr, with_struct
 from gateway.router.training.fit import fit_generic_head, fit_ridge, predict_ridge
 from gateway.router.training.metrics import apgr, pair_curve
 from gateway.router.training.train import (
     LATENT_DIMS,
     RIDGE_LAMBDA,
     SPEC,
+    STRUCT_SCALE,
+    Prepared,
     design,
     domain_weights,
     outcome_targets,
@@ -81,9 +87,14 @@ def rank_contrast(y: F64, dom: Strs) -> F64:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--regularisation", action="store_true",
+                    help="compare penalties and structure-only ridges for the shared difficulty instead")
     a = ap.parse_args(argv)
     data = load_many([a.data_dir / f"{f}.jsonl" for f in FILES])
     prep = prepare(data, progress=False)
+    if a.regularisation:
+        _print(regularisation_study(data, prep))
+        return
     y, dom, train = data.score, data.domain, data.split == "train"
     table: dict[str, dict[str, tuple[float, float]]] = {}
     for f in FILES:
@@ -128,9 +139,61 @@ def main(argv: list[str] | None = None) -> None:
             zero = np.zeros(int(ok.sum()))
             named = apgr(pair_curve(score[val][ok], yv[ok, jw], yv[ok, js], zero, zero))
             table.setdefault(name, {})[f] = (cv, named)
+    _print(table)
+
+
+Table = dict[str, dict[str, tuple[float, float]]]
+
+
+def _print(table: Table) -> None:
     for name, by_file in table.items():
         cv = float(np.mean([v[0] for v in by_file.values()]))
         print(f"{name:40s} cv {cv:.3f} | validation " + " ".join(f"{by_file[f][1]:.3f}" for f in FILES))
+
+
+def _score(data: RoutingData, f: str, held: Ints, score: F64) -> tuple[float, float]:
+    """(cv over every pair of the held-out file's train split, validation APGR of its named pair)."""
+    y = data.score[held]
+    cv_rows = data.split[held] == "train"
+    cv = _pairs_apgr(score[cv_rows], y[cv_rows])
+    weak, strong = FILES[f]
+    jw, js = data.col(weak), data.col(strong)
+    val = data.split[held] == "validation"
+    ok = ~np.isnan(y[val][:, jw]) & ~np.isnan(y[val][:, js])
+    zero = np.zeros(int(ok.sum()))
+    return cv, apgr(pair_curve(score[val][ok], y[val][ok, jw], y[val][ok, js], zero, zero))
+
+
+# (ridge penalty, scale of the structural columns beside the unit-norm n-gram blocks); the router's own
+# setting first.
+PENALTIES = ((RIDGE_LAMBDA, STRUCT_SCALE), (10.0, 1.0), (30.0, 1.0), (100.0, 3.0))
+
+
+def regularisation_study(data: RoutingData, prep: Prepared) -> Table:
+    """LODO shared difficulty under stronger penalties, and from the structural features alone."""
+    y, dom, train = data.score, data.domain, data.split == "train"
+    table: Table = {}
+    for f in FILES:
+        tr = np.nonzero(train & (dom != f))[0]
+        held = np.nonzero(dom == f)[0]
+        idf = fit_idf(prep.hashed, tr, SPEC)
+        s_mean, s_std = prep.hashed.struct[tr].mean(0), prep.hashed.struct[tr].std(0) + 1e-6
+        xh = to_csr(prep.hashed, idf, SPEC)
+        s = (prep.hashed.struct - s_mean) / s_std
+        wgt = domain_weights(dom[tr])
+        target = outcome_targets(y[tr], dom[tr], LATENT_DIMS)[:, :1]
+        cand = {"prompt length": s[held, 0]}
+        a_tr = np.hstack([s[tr], np.ones((len(tr), 1))]) * np.sqrt(wgt)[:, None]
+        for lam in (1.0, 100.0):  # a weighted ridge on the 17 standardised structural columns
+            beta = np.linalg.solve(a_tr.T @ a_tr + lam * np.eye(a_tr.shape[1]), a_tr.T @ (target[:, 0] * np.sqrt(wgt)))
+            cand[f"structure only, penalty {lam:g}"] = np.hstack([s[held], np.ones((len(held), 1))]) @ beta
+        for lam, scale in PENALTIES:
+            x = with_struct(xh, s, scale)
+            cand[f"n-grams + structure, penalty {lam:g}, structure x{scale:g}"] = predict_ridge(
+                fit_ridge(x[tr], target, lam, weight=wgt), x[held])[:, 0]
+        for name, score in cand.items():
+            table.setdefault(name, {})[f] = _score(data, f, held, score)
+    return table
 
 
 def _pairs_apgr(score: F64, y: F64) -> float:

@@ -98,4 +98,12 @@ TRIED_LODO = [
     "| 0.491 / 0.507 / 0.522 | 0.471 / 0.490 / 0.517 | 0.525 / 0.504 / 0.480 | 0.733 / 0.689 / 0.605 "
     "| 0.503 / 0.503 / 0.487 | not shipped: the CV choice (w 0.5) is still below length on MMLU-Pro and "
     "costs CRUXEval and the mix 3–4 points |",
+    "| shared difficulty from the structural features alone, ridge penalty 1 / 100 (`--regularisation`) "
+    "| 0.527 / 0.527 | 0.508 / 0.510 | 0.461 / 0.463 | 0.530 / 0.530 | 0.760 / 0.763 | 0.428 / 0.417 | the best "
+    "CV here, but TheoremQA falls 8–9 points and MMLU-Pro stays below length |",
+    "| shared difficulty, n-grams + structure, ridge penalty 3 with structure ×0.3 (the router's) / 10 ×1 / "
+    "30 ×1 / 100 ×3 (`--regularisation`) | 0.517 / 0.521 / 0.525 / 0.526 | 0.489 / 0.499 / 0.505 / 0.508 "
+    "| 0.464 / 0.459 / 0.459 / 0.457 | 0.534 / 0.535 / 0.533 / 0.531 | 0.717 / 0.735 / 0.746 / 0.755 "
+    "| 0.505 / 0.516 / 0.488 / 0.451 | stronger penalties slide towards structure alone: +0.01 CV, no penalty "
+    "lifts MMLU-Pro past length, and the penalty also shapes the in-domain latent; not shipped |",
 ]
