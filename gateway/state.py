@@ -339,8 +339,17 @@ def _json_version(raw: bytes) -> str | None:
     return str(value) if value is not None else None
 
 
+def _owned(value: bytes) -> bytes:
+    """An exact-size copy of a value the memory store keeps. orjson (3.12 and later) hands back bytes
+    whose allocation is rounded up to several KB and never shrunk: kept as they are, the store's
+    100,000 cache entries and request records would hold ~8 KB each whatever their length (a
+    200-byte record: 393 MB per 100,000 instead of 23 MB)."""
+    return bytes(memoryview(value))
+
+
 class MemoryStore(MemoryAdmission):
-    """A dict with expiry. Bounded so a long-running demo cannot grow without end."""
+    """A dict with expiry. Bounded so a long-running demo cannot grow without end; what it keeps
+    is copied to its exact size (`_owned`)."""
 
     kind = "memory"
 
@@ -377,7 +386,7 @@ class MemoryStore(MemoryAdmission):
         self._floats.pop(key, None)
         if len(self._data) >= self._max_keys and key not in self._data:
             self._data.pop(next(iter(self._data)))  # oldest insertion first
-        self._data[key] = (value, time.monotonic() + ttl_s if ttl_s else None)
+        self._data[key] = (_owned(value), time.monotonic() + ttl_s if ttl_s else None)
 
     async def incr(self, key: str, ttl_s: float) -> int:
         return self._incr(key, ttl_s)
@@ -423,7 +432,7 @@ class MemoryStore(MemoryAdmission):
             self._floats[spend_key] = self._floats.get(spend_key, 0.0) + actual
 
     async def list_append(self, key: str, value: bytes) -> None:
-        self._lists.setdefault(key, []).append(value)
+        self._lists.setdefault(key, []).append(_owned(value))
 
     async def list_read(self, key: str) -> list[bytes]:
         return list(self._lists.get(key, ()))
@@ -431,6 +440,7 @@ class MemoryStore(MemoryAdmission):
     async def record_version(self, log_key: str, current_key: str, entry: bytes, version: str,
                              replace_current: bool) -> bool:
         log = self._lists.setdefault(log_key, [])
+        entry = _owned(entry)
         appended = not log or _json_version(log[-1]) != version
         if appended:
             log.append(entry)
@@ -452,7 +462,8 @@ class MemoryStore(MemoryAdmission):
         if log is None or log.maxlen != maxlen:
             log = self._streams[stream] = deque(log or (), maxlen=maxlen)
         expires = time.monotonic() + ttl_s
-        for key, record in items:
+        for key, raw in items:
+            record = _owned(raw)
             log.append((self._next_id(), record))
             self._requests[key] = ({"record": record}, expires)
             self._requests.move_to_end(key)
@@ -476,7 +487,7 @@ class MemoryStore(MemoryAdmission):
         if fields is None:
             return None
         replaced = field in fields
-        fields[field] = value
+        fields[field] = _owned(value)
         return replaced
 
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]:
