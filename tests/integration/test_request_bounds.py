@@ -1,0 +1,77 @@
+"""What a tenant's request body can make the gateway spend: never more than the worst case its
+budget reserved, whatever the body leaves out or adds."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import openai
+import pytest
+import redis
+import yaml
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from gateway.messages import count_messages
+from gateway.state import holds_key, spend_key
+from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway, start_simulator
+
+KEY_ENV = "SY_REQUEST_BOUNDS_KEY"
+API_KEY = "sk-request-bounds"
+PRICE_IN, PRICE_OUT = 100.0, 1000.0  # per million tokens
+LIMIT = 20                           # the deployment's max_output_tokens; the model would write 400
+BUDGET = 0.05                        # room for two worst cases (~$0.021 each), not for one 400-token answer
+MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
+
+
+@pytest.fixture(scope="module")
+def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
+    models = tmp_path_factory.mktemp("sim") / "models.yaml"
+    models.write_text(yaml.safe_dump({"models": [
+        {"name": "sim-chatty", "ability": 2.0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": 400},
+    ]}))
+    simulator = start_simulator(models)
+    yield simulator
+    simulator.stop()
+
+
+def _config(sim_url: str, redis_url: str, tenant: str) -> dict[str, Any]:
+    return {
+        "deployments": [
+            {"name": "chatty", "model": "openai/sim-chatty", "api_base": sim_url, "tier": "small",
+             "max_output_tokens": LIMIT, "price": {"input_per_mtok": PRICE_IN, "output_per_mtok": PRICE_OUT}},
+            {"name": "large", "model": "openai/sim-chatty", "api_base": sim_url, "tier": "large"},
+        ],
+        "redis_url": redis_url, "policies_dir": str(ROOT / "routing_policies"),
+        "tenants": [{"name": tenant, "api_key_env": KEY_ENV, "budget_usd": BUDGET}],
+    }
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_without_max_tokens_generates_no_more_than_its_reservation_allowed(
+        sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, stream: bool) -> None:
+    """The reservation of a request without max_tokens assumes the deployment's max_output_tokens:
+    the call must be held to it (it was sent without any limit, wrote 400 tokens and cost 19× its
+    reservation, 8× the tenant's whole budget)."""
+    tenant = f"bounds-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    worst = (count_messages(MESSAGES) * PRICE_IN + LIMIT * PRICE_OUT) / 1e6
+    app = create_app(parse_config(_config(sim.url, redis_server.url, tenant), "test"))
+    with running_gateway(app) as gw:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=API_KEY, max_retries=0)
+        if stream:
+            chunks = list(client.chat.completions.create(model="chatty", messages=MESSAGES, stream=True,  # type: ignore[arg-type]
+                                                         stream_options={"include_usage": True}))
+            usage = next(c.usage for c in chunks if c.usage is not None)
+            finish = next(c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason)
+        else:
+            reply = client.chat.completions.create(model="chatty", messages=MESSAGES)  # type: ignore[arg-type]
+            assert reply.usage is not None
+            usage, finish = reply.usage, reply.choices[0].finish_reason
+    assert usage.completion_tokens <= LIMIT
+    assert finish == "length"
+    store = redis.Redis.from_url(redis_server.url)
+    assert not store.hgetall(holds_key(tenant))  # settled (a stream settles before its last chunk goes)
+    assert float(store.get(spend_key(tenant)) or 0) <= worst
