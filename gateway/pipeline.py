@@ -45,7 +45,7 @@ from gateway.executor.resume import resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
-from gateway.messages import count_messages, remember_prompt, upper_bound_messages
+from gateway.messages import count_messages, definition_tokens, remember_prompt, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -197,11 +197,12 @@ class Route:
     choices: int = 1
     router_version: str = ""  # the router that assessed the prompt (and the one serving, when pinned)
     counted: int | None = None  # prompt tokens, counted once when first needed (routing counts them anyway)
+    definitions: int = 0        # of them, the tokens of tools, schemas and earlier tool calls (`definition_tokens`)
 
     @property
     def prompt_tokens(self) -> int:
         if self.counted is None:
-            self.counted = count_messages(self.messages)
+            self.counted = count_messages(self.messages) + self.definitions
         return self.counted
 
     def worst_case_usd(self, catalog: Catalog) -> float:
@@ -215,12 +216,13 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     messages = request["messages"]
     decision: Decision | None = None
+    definitions = definition_tokens(request)
     if entry.pinned:
         r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version)
+                  router_version=router.version, definitions=definitions)
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
-        bound = upper_bound_messages(messages)
+        bound = upper_bound_messages(messages) + definitions
     else:
         sig = routing.assess(router, messages, svc.config.deployments)
         policy = entry.policy
@@ -229,8 +231,8 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         if decision.routing is not None:
             svc.calibrator.observe(policy, decision.routing)  # explained requests count as traffic too
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version, counted=sig.prompt_tokens)
-        bound = sig.prompt_tokens
+                  router_version=router.version, counted=sig.prompt_tokens + definitions)
+        bound = r.prompt_tokens
     cap = entry.policy.spec.constraints.max_cost_usd
     if ctx.overrides.max_cost_usd is not None:
         cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)

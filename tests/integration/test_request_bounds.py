@@ -20,9 +20,9 @@ from tests.support.processes import ROOT, RedisServer, Simulator, running_gatewa
 
 KEY_ENV = "SY_REQUEST_BOUNDS_KEY"
 API_KEY = "sk-request-bounds"
-PRICE_IN, PRICE_OUT = 100.0, 1000.0  # per million tokens
+PRICE_IN, PRICE_OUT = 10.0, 100.0    # per million tokens
 LIMIT = 20                           # the deployment's max_output_tokens; the model would write 400
-BUDGET = 0.05                        # room for two worst cases (~$0.021 each), not for one 400-token answer
+BUDGET = 0.005                       # room for two worst cases (~$0.002 each), not for one 400-token answer
 MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 
 
@@ -75,3 +75,39 @@ def test_a_request_without_max_tokens_generates_no_more_than_its_reservation_all
     store = redis.Redis.from_url(redis_server.url)
     assert not store.hgetall(holds_key(tenant))  # settled (a stream settles before its last chunk goes)
     assert float(store.get(spend_key(tenant)) or 0) <= worst
+
+
+BIG = " ".join(f"field{i} holds the customer's record number {i}" for i in range(300))  # ~3,500 tokens: $0.035
+TOOL = {"type": "function", "function": {"name": "lookup", "description": BIG,
+                                         "parameters": {"type": "object", "properties": {}}}}
+EARLIER_CALL = [{"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": BIG}}]
+
+
+@pytest.mark.parametrize("extra", [
+    {"tools": [TOOL]},
+    {"functions": [TOOL["function"]]},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": {
+        "type": "object", "description": BIG}}}},
+    {"messages": [{"role": "user", "content": "Look me up."},
+                  {"role": "assistant", "content": None, "tool_calls": EARLIER_CALL},
+                  {"role": "tool", "tool_call_id": "call_1", "content": "found"},
+                  {"role": "user", "content": "Thanks, and now?"}]},
+], ids=["tools", "functions", "response_format", "earlier_tool_calls"])
+def test_text_outside_the_messages_content_counts_toward_the_reservation(
+        sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any]) -> None:
+    """Providers bill tool definitions, schemas and earlier tool calls as prompt tokens. They were not
+    counted: a request carrying a prompt worth 7x the tenant's budget there was reserved ~$0.0002 and sent."""
+    tenant = f"bounds-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    app = create_app(parse_config(_config(sim.url, redis_server.url, tenant), "test"))
+    before = sim.stats()["sim-chatty"]["requests"]
+    with running_gateway(app) as gw:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=API_KEY, max_retries=0)
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(**{"model": "chatty", "messages": MESSAGES, "max_tokens": 1, **extra})
+        # the same request without that text fits
+        plain = client.chat.completions.create(model="chatty", messages=MESSAGES, max_tokens=1)  # type: ignore[arg-type]
+    assert refused.value.status_code == 429
+    assert refused.value.body["code"] == "budget_exceeded"  # type: ignore[index]
+    assert plain.choices
+    assert sim.stats()["sim-chatty"]["requests"] == before + 1  # the refused one never reached it
