@@ -406,7 +406,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
                                 Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
         waited = time.perf_counter()
-        whole = {**body, "stream": False}
+        whole = whole_body(body)
         result: Result = await (run(svc.upstreams, plan, whole, span, deadline) if hedge_s is None
                                 else run_hedged(svc.upstreams, plan, whole, span, deadline, hedge_s))
         trail.upstream_s += time.perf_counter() - waited
@@ -487,6 +487,14 @@ def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) ->
     if header_timeout_s is not None and header_timeout_s < policy_timeout_s:
         return Deadline.after(header_timeout_s)
     return Deadline.after(policy_timeout_s)
+
+
+def whole_body(request: dict[str, Any]) -> dict[str, Any]:
+    """A whole answer's request, for a plan that answers whole even when the client streams: without
+    `stream_options`, which OpenAI and vLLM refuse when `stream` is false."""
+    body = {**request, "stream": False}
+    body.pop("stream_options", None)
+    return body
 
 
 def upstream_body(request: dict[str, Any]) -> dict[str, Any]:

@@ -111,3 +111,19 @@ def test_text_outside_the_messages_content_counts_toward_the_reservation(
     assert refused.value.body["code"] == "budget_exceeded"  # type: ignore[index]
     assert plain.choices
     assert sim.stats()["sim-chatty"]["requests"] == before + 1  # the refused one never reached it
+
+
+@pytest.mark.parametrize("policy", ["strict-cascade", "vote5"])
+def test_a_streamed_request_answered_whole_sends_no_stream_options_upstream(base_url: str, policy: str) -> None:
+    """A streamed request whose plan answers whole (then replayed) asks for whole answers upstream;
+    `stream_options` with `stream: false` is refused by OpenAI and vLLM, and a cascade's escalation
+    sent it (the stream failed with a 400 from the upstream)."""
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    hard = [{"role": "user", "content": "Prove, step by step, what is 123 * 456 - 789 + 1011 * 12?"}]
+    with client.chat.completions.with_streaming_response.create(
+            model=f"router/{policy}", messages=hard, seed=11, stream=True,  # type: ignore[arg-type]
+            stream_options={"include_usage": True}) as resp:
+        assert resp.status_code == 200
+        chunks = list(resp.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("The answer is")
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
