@@ -532,6 +532,7 @@ class _LiveStream:
             prices = self.svc.upstreams.prices
             async for chunk in live.rest:
                 self.acc.add(chunk)
+                await self.held.keep()  # a stream may outlast its hold's time to live
                 if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
                     cost = prices[live.deployment].cost(live.stats.usage) + sum(c.cost_usd for c in live.earlier)
                     chunk = {**chunk, "switchyard": {"cost_usd": cost,

@@ -3,6 +3,7 @@ budget reserved, whatever the body leaves out or adds."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +32,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
     models = tmp_path_factory.mktemp("sim") / "models.yaml"
     models.write_text(yaml.safe_dump({"models": [
         {"name": "sim-chatty", "ability": 2.0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": 400},
+        {"name": "sim-drip", "ability": 2.0, "ttft_ms": 10, "tokens_per_s": 10, "output_tokens": 60},
     ]}))
     simulator = start_simulator(models)
     yield simulator
@@ -43,6 +45,9 @@ def _config(sim_url: str, redis_url: str, tenant: str) -> dict[str, Any]:
             {"name": "chatty", "model": "openai/sim-chatty", "api_base": sim_url, "tier": "small",
              "max_output_tokens": LIMIT, "price": {"input_per_mtok": PRICE_IN, "output_per_mtok": PRICE_OUT}},
             {"name": "large", "model": "openai/sim-chatty", "api_base": sim_url, "tier": "large"},
+            # a chunk every 0.4 s: its stream runs far longer than its hold's 1 s + HOLD_MARGIN_S
+            {"name": "drip", "model": "openai/sim-drip", "api_base": sim_url, "tier": "lab", "timeout_s": 1.0,
+             "max_retries": 0, "price": {"input_per_mtok": PRICE_IN, "output_per_mtok": PRICE_OUT * 10}},
         ],
         "redis_url": redis_url, "policies_dir": str(ROOT / "routing_policies"),
         "tenants": [{"name": tenant, "api_key_env": KEY_ENV, "budget_usd": BUDGET}],
@@ -127,3 +132,44 @@ def test_a_streamed_request_answered_whole_sends_no_stream_options_upstream(base
         chunks = list(resp.parse())
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("The answer is")
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+def test_a_long_stream_keeps_its_budget_hold_until_it_ends(
+        sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hold lasts the plan's longest duration (its calls' timeouts) plus a margin, but a stream is
+    only held to the pause between its chunks: one that ran longer lost its hold, and the budget it
+    would still spend was lent again (a second stream was admitted, and the tenant overspent)."""
+    import gateway.admission
+    import gateway.pipeline
+
+    monkeypatch.setattr(gateway.pipeline, "HOLD_MARGIN_S", 1.0)  # holds of 2 s: the stream runs 4 s
+    monkeypatch.setattr(gateway.admission, "RENEW_EVERY_S", 0.2)
+    tenant = f"bounds-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    # one stream's worst case (40 tokens at $1,000 per million) fits the budget, two do not
+    raw = _config(sim.url, redis_server.url, tenant)
+    raw["tenants"][0]["budget_usd"] = 0.07
+    body: dict[str, Any] = {"model": "drip", "messages": MESSAGES, "max_tokens": 40}
+    app = create_app(parse_config(raw, "test"))
+
+    async def scenario(base_url: str) -> tuple[int, Exception | None]:
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=API_KEY, max_retries=0)
+        first = await client.chat.completions.create(**body, stream=True)
+        chunks = 0
+        second: Exception | None = None
+        async for _ in first:
+            chunks += 1
+            if chunks == 8:  # ~3 s in: the hold's first 2 s are long past
+                try:
+                    await client.chat.completions.create(**body)
+                except openai.APIStatusError as exc:  # admitted, it would time out: a 504
+                    second = exc
+        return chunks, second
+
+    with running_gateway(app) as gw:
+        chunks, second = asyncio.run(scenario(gw.base_url + "/v1"))
+    assert chunks > 8
+    assert isinstance(second, openai.RateLimitError), "the second stream was admitted on the first one's budget"
+    assert second.body["code"] == "budget_exceeded"  # type: ignore[index]
+    store = redis.Redis.from_url(redis_server.url)
+    assert float(store.get(spend_key(tenant)) or 0) <= 0.07
