@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry.context import Context
@@ -225,13 +225,15 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         bound = upper_bound_messages(messages) + definitions
     else:
         sig = routing.assess(router, messages, svc.config.deployments)
+        if definitions:  # the plans are priced on the whole prompt
+            sig = replace(sig, prompt_tokens=sig.prompt_tokens + definitions)
         policy = entry.policy
         cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
         decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
         if decision.routing is not None:
             svc.calibrator.observe(policy, decision.routing)  # explained requests count as traffic too
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version, counted=sig.prompt_tokens + definitions)
+                  router_version=router.version, counted=sig.prompt_tokens)
         bound = r.prompt_tokens
     cap = entry.policy.spec.constraints.max_cost_usd
     if ctx.overrides.max_cost_usd is not None:
