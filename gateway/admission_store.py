@@ -221,15 +221,15 @@ return 1
 
 
 # KEYS: the holds hashes of one reservation. ARGV: hold id, ttl ms. A hold still there (not settled,
-# not lapsed) gets a new expiry, now + ttl; a settled one is not brought back.
+# not lapsed) gets a new expiry, now + ttl; a settled or lapsed one is not brought back.
 RENEW_LUA = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
 for i = 1, #KEYS do
-  local held = redis.call('HGET', KEYS[i], ARGV[1])
-  if held then
-    redis.call('HSET', KEYS[i], ARGV[1], string.match(held, '%S+') .. ' ' .. string.format('%d', now + ttl))
+  local held, expires = string.match(redis.call('HGET', KEYS[i], ARGV[1]) or '', '(%S+) (%S+)')
+  if held and tonumber(expires) > now then
+    redis.call('HSET', KEYS[i], ARGV[1], held .. ' ' .. string.format('%d', now + ttl))
     if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
   end
 end

@@ -153,4 +153,7 @@ async def test_a_renewed_hold_outlives_its_first_ttl_and_a_settled_one_is_not_br
     assert (await store.admit(admission("b", 60))).verdict == "budget"
     await store.settle_admission(Settlement("a", 0.1, ((key("spend"), key("holds"), 0),)))
     await store.renew_hold([key("holds")], "a", 60)
-    assert (await store.admit(admission("c", 60))).verdict == "ok"
+    assert (await store.admit(admission("c", 0.1))).verdict == "ok"
+    await asyncio.sleep(0.2)  # "c" lapsed: renewing it does not bring it back
+    await store.renew_hold([key("holds")], "c", 60)
+    assert (await store.admit(admission("d", 60))).verdict == "ok"
