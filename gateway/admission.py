@@ -35,6 +35,11 @@ log = logging.getLogger("switchyard.auth")
 # A retried settlement trusts a missing hold as "already settled" only this long before the hold
 # would lapse on its own (after that, missing may just mean expired, and the spend is added).
 _LAPSE_MARGIN_S = 5.0
+# A stream outlives any bound on its duration known in advance (it is only held to a pause between
+# chunks): while it runs, its hold is renewed at most this often, so that it does not lapse and
+# free budget the stream will still spend. Each chunk comes within its deployment's timeout_s, and
+# a hold lasts that plus `HOLD_MARGIN_S` at least, so a renewal comes before the hold lapses.
+RENEW_EVERY_S = 5.0
 
 # A period's spend and alert marks are kept this long after the period's end (then expire).
 KEEP_AFTER_PERIOD_S = 7 * 24 * 3600
@@ -165,6 +170,7 @@ class Reservation:
     spends: tuple[tuple[str, str, int], ...] = ()  # where the real cost goes; () = the tenant's total
     tokens: tuple[tuple[str, int, int], ...] = ()  # token windows: (key, step, tokens reserved)
     expires_at: float = 0.0  # time.monotonic() when the hold lapses on its own
+    ttl_s: float = 0.0       # how long the hold lasts from its admission or its last renewal
 
     async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = (), *, retry: bool = False) -> None:
         """Record the real cost (and tokens), drop the hold, atomically; later calls do nothing.
@@ -182,6 +188,21 @@ class Reservation:
             used = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
             tokens = tuple((key, step, used - reserved) for key, step, reserved in self.tokens)
         await self.store.settle_admission(Settlement(self.hold_id, actual_usd, spends, tokens, only_if_held))
+
+    async def keep(self) -> None:
+        """Renew the hold of work still under way (a stream), when `RENEW_EVERY_S` has passed since
+        it was taken or last renewed."""
+        if self.hold_id is None or self.settled or self.store is None:
+            return
+        now = time.monotonic()
+        if now < self.expires_at - self.ttl_s + RENEW_EVERY_S:
+            return
+        holds = tuple(dict.fromkeys(h for _, h, _ in self.spends)) or (holds_key(self.tenant),)
+        try:
+            await self.store.renew_hold(holds, self.hold_id, self.ttl_s)
+        except StoreUnavailable as exc:  # it may lapse: the spend is still settled when the stream ends
+            log.warning("hold %s of %s not renewed (store unavailable): %s", self.hold_id, self.tenant, exc)
+        self.expires_at = now + self.ttl_s
 
     async def release(self) -> None:
         """The request failed before costing anything we know of: give the hold (and tokens) back."""

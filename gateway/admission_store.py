@@ -6,7 +6,8 @@ this request's worst case against the limit, expired holds dropped) and every sl
 (requests and tokens per minute, of the tenant, the key, or a deployment), and only when all of
 them allow it adds the holds and counts the request in each window. A refusal changes nothing but
 expired entries. `settle_admission` then drops the hold, adds the real cost to each spend counter
-and corrects each token window by (actual − reserved) tokens, also atomically.
+and corrects each token window by (actual − reserved) tokens, also atomically; `renew_hold` gives a
+hold still there (a stream's, which may outlast its time to live) a new expiry.
 
 A budget threshold (0.8: 80%) fires the first time in its period that the budget's committed
 amount (settled spend + holds + this request) reaches it; a request refused by the budget fires
@@ -20,7 +21,7 @@ Cluster keeps them in one slot. The arithmetic of windows is `gateway.windows`'s
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -219,6 +220,23 @@ return 1
 """
 
 
+# KEYS: the holds hashes of one reservation. ARGV: hold id, ttl ms. A hold still there (not settled,
+# not lapsed) gets a new expiry, now + ttl; a settled or lapsed one is not brought back.
+RENEW_LUA = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+for i = 1, #KEYS do
+  local held, expires = string.match(redis.call('HGET', KEYS[i], ARGV[1]) or '', '(%S+) (%S+)')
+  if held and tonumber(expires) > now then
+    redis.call('HSET', KEYS[i], ARGV[1], held .. ' ' .. string.format('%d', now + ttl))
+    if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIRE', KEYS[i], ttl) end
+  end
+end
+return 1
+"""
+
+
 def admit_call(a: Admission) -> tuple[list[str], list[Any]]:
     """The script's KEYS and ARGV for one admission."""
     keys: list[str] = []
@@ -323,6 +341,13 @@ class MemoryAdmission:
             if step in buckets:
                 buckets[step] += delta
 
+    async def renew_hold(self, holds_keys: Sequence[str], hold_id: str, ttl_s: float) -> None:
+        now = time.monotonic()
+        for key in holds_keys:
+            holds = self._holds.get(key, {})
+            if hold_id in holds and holds[hold_id][1] > now:
+                holds[hold_id] = (holds[hold_id][0], now + ttl_s)
+
     async def budget_state(self, spend_key: str, holds_key: str) -> tuple[float, float]:
         return self._floats.get(spend_key, 0.0), self._live_holds(holds_key, time.monotonic())
 
@@ -343,6 +368,7 @@ class RedisAdmission:
     def _init_admission(self) -> None:
         self._admit = self._client.register_script(ADMIT_LUA)
         self._settle_all = self._client.register_script(SETTLE_LUA)
+        self._renew = self._client.register_script(RENEW_LUA)
 
     async def admit(self, a: Admission) -> Admitted:
         if not a.budgets and not a.windows:
@@ -355,6 +381,10 @@ class RedisAdmission:
             return
         keys, args = settle_call(s)
         await self._guarded(lambda: self._settle_all(keys=keys, args=args))
+
+    async def renew_hold(self, holds_keys: Sequence[str], hold_id: str, ttl_s: float) -> None:
+        keys, args = list(holds_keys), [hold_id, int(ttl_s * 1000)]
+        await self._guarded(lambda: self._renew(keys=keys, args=args))
 
     async def budget_state(self, spend_key: str, holds_key: str) -> tuple[float, float]:
         async def read() -> tuple[float, float]:

@@ -321,7 +321,7 @@ class Authenticator:
         return Reservation(self.store, tenant.name, plan.admission.hold_id if held else None,
                            max(0.0, reserve_usd) if held else 0.0, spends=plan.spends,
                            tokens=tuple((key, got.step, n) for key, n in plan.token_windows),
-                           expires_at=time.monotonic() + need.ttl_s)
+                           expires_at=time.monotonic() + need.ttl_s, ttl_s=need.ttl_s)
 
     def _report_alerts(self, scopes: Sequence[Scope], alerts: Sequence[tuple[int, float]]) -> None:
         for index, threshold in alerts:
@@ -352,4 +352,4 @@ class Authenticator:
         held = any(b.amount > 0 for b in plan.admission.budgets)
         return Reservation(self.store, tenant.name, plan.admission.hold_id if held else None,
                            max(0.0, reserve_usd) if held else 0.0, spends=plan.spends,
-                           expires_at=time.monotonic() + ttl_s)
+                           expires_at=time.monotonic() + ttl_s, ttl_s=ttl_s)

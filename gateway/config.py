@@ -69,8 +69,8 @@ class DeploymentConfig(_Strict):
     max_retries: int = Field(default=2, ge=0, le=10)
     expected_output_tokens: int = Field(default=256, gt=0)
     max_output_tokens: int = Field(
-        default=4096, gt=0, description="the most a call may generate when the client sets no max_tokens: "
-        "sizes budget reservations and cost caps")
+        default=4096, gt=0, description="the most a call may generate when the client sets no max_tokens "
+        "(then sent with the call): sizes budget reservations and cost caps")
     expected_ttft_ms: float = Field(default=500.0, ge=0)
     expected_tokens_per_s: float = Field(default=50.0, gt=0)
     supports_n: bool = True

@@ -26,6 +26,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 log = logging.getLogger("switchyard.messages")
 
 ENCODING = "o200k_base"
@@ -108,6 +110,21 @@ def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
     return count_texts([content_text(m.get("content")) for m in messages])
 
 
+# What a model reads besides the messages' text, and providers bill as prompt tokens: the tool and
+# function definitions, the schema to answer in, and the tool calls of earlier turns. A tenant can
+# put as much text there as in a message, so it is counted wherever the prompt is.
+_DEFINITIONS = ("tools", "functions", "response_format")
+_CALLS = ("tool_calls", "function_call")
+
+
+def definition_tokens(request: Mapping[str, Any]) -> int:
+    """Tokens of the request's definitions and earlier tool calls, counted as their JSON text."""
+    texts = [orjson.dumps(request[k]).decode() for k in _DEFINITIONS if request.get(k)]
+    for m in request.get("messages") or ():
+        texts.extend(orjson.dumps(m[k]).decode() for k in _CALLS if m.get(k))
+    return sum(count_text(t) for t in texts)
+
+
 # The prompt this request already counted (routing does), so that the calls it makes need not count
 # it again. A context variable, because the count must reach every upstream call of the request
 # (plans copy the body but keep its messages list) without every plan kind passing it along; the
@@ -116,7 +133,8 @@ _COUNTED: ContextVar[tuple[object, int] | None] = ContextVar("switchyard_prompt_
 
 
 def remember_prompt(messages: object, tokens: int | None) -> None:
-    """This request's prompt is `messages`, `tokens` long (None: not counted yet)."""
+    """This request's prompt is `messages`, `tokens` long (None: not counted yet), its definitions
+    included: every call that sends these messages sends them too."""
     if tokens is not None:
         _COUNTED.set((messages, tokens))
 

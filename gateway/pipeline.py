@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry.context import Context
@@ -45,7 +45,7 @@ from gateway.executor.resume import resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
-from gateway.messages import count_messages, remember_prompt, upper_bound_messages
+from gateway.messages import count_messages, definition_tokens, remember_prompt, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -197,11 +197,12 @@ class Route:
     choices: int = 1
     router_version: str = ""  # the router that assessed the prompt (and the one serving, when pinned)
     counted: int | None = None  # prompt tokens, counted once when first needed (routing counts them anyway)
+    definitions: int = 0        # of them, the tokens of tools, schemas and earlier tool calls (`definition_tokens`)
 
     @property
     def prompt_tokens(self) -> int:
         if self.counted is None:
-            self.counted = count_messages(self.messages)
+            self.counted = count_messages(self.messages) + self.definitions
         return self.counted
 
     def worst_case_usd(self, catalog: Catalog) -> float:
@@ -215,14 +216,17 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     messages = request["messages"]
     decision: Decision | None = None
+    definitions = definition_tokens(request)
     if entry.pinned:
         r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version)
+                  router_version=router.version, definitions=definitions)
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
-        bound = upper_bound_messages(messages)
+        bound = upper_bound_messages(messages) + definitions
     else:
         sig = routing.assess(router, messages, svc.config.deployments)
+        if definitions:  # the plans are priced on the whole prompt
+            sig = replace(sig, prompt_tokens=sig.prompt_tokens + definitions)
         policy = entry.policy
         cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
         decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
@@ -230,7 +234,7 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
             svc.calibrator.observe(policy, decision.routing)  # explained requests count as traffic too
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
                   router_version=router.version, counted=sig.prompt_tokens)
-        bound = sig.prompt_tokens
+        bound = r.prompt_tokens
     cap = entry.policy.spec.constraints.max_cost_usd
     if ctx.overrides.max_cost_usd is not None:
         cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)
@@ -404,7 +408,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
                                 Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
         waited = time.perf_counter()
-        whole = {**body, "stream": False}
+        whole = whole_body(body)
         result: Result = await (run(svc.upstreams, plan, whole, span, deadline) if hedge_s is None
                                 else run_hedged(svc.upstreams, plan, whole, span, deadline, hedge_s))
         trail.upstream_s += time.perf_counter() - waited
@@ -487,6 +491,14 @@ def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) ->
     return Deadline.after(policy_timeout_s)
 
 
+def whole_body(request: dict[str, Any]) -> dict[str, Any]:
+    """A whole answer's request, for a plan that answers whole even when the client streams: without
+    `stream_options`, which OpenAI and vLLM refuse when `stream` is false."""
+    body = {**request, "stream": False}
+    body.pop("stream_options", None)
+    return body
+
+
 def upstream_body(request: dict[str, Any]) -> dict[str, Any]:
     """Streams always ask for usage, so that every streamed request can be priced."""
     return {**request, "stream": True, "stream_options": {**(request.get("stream_options") or {}),
@@ -522,6 +534,7 @@ class _LiveStream:
             prices = self.svc.upstreams.prices
             async for chunk in live.rest:
                 self.acc.add(chunk)
+                await self.held.keep()  # a stream may outlast its hold's time to live
                 if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
                     cost = prices[live.deployment].cost(live.stats.usage) + sum(c.cost_usd for c in live.earlier)
                     chunk = {**chunk, "switchyard": {"cost_usd": cost,

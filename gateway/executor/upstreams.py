@@ -111,6 +111,16 @@ def counted(done: Completion, body: dict[str, Any]) -> Completion:
     return Completion(done.body, usage, done.latency_s)
 
 
+def limited(body: dict[str, Any], d: DeploymentConfig, name: str) -> dict[str, Any]:
+    """`body` with an output limit: a request that sets none is sent the deployment's
+    `max_output_tokens` (as `name`, its backend's `output_limit`), the limit its budget reservation
+    and cost cap were worked out with. Without it a model may write to its own (often larger) limit,
+    and the call cost more than was reserved."""
+    if body.get("max_tokens") is not None or body.get("max_completion_tokens") is not None:
+        return body
+    return {**body, name: d.max_output_tokens}
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderFailure) and exc.retryable
 
@@ -221,6 +231,7 @@ class Upstreams:
 
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                        trial: bool) -> Completion:
+        body = limited(body, self.deployments[name], self.backends[name].output_limit)
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()
@@ -354,6 +365,7 @@ class Upstreams:
 
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
+        body = limited(body, self.deployments[name], self.backends[name].output_limit)
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()

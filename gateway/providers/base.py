@@ -143,6 +143,9 @@ class Backend(Protocol):
     """`headers`: more request headers for the upstream (the call's W3C trace context), or None."""
 
     name: str
+    # What the gateway names the output limit it sends when the client set none (`executor.upstreams`):
+    # the name every provider behind this backend takes.
+    output_limit: str
 
     async def complete(self, deployment: DeploymentConfig, body: dict[str, Any],
                        headers: Mapping[str, str] | None = None) -> Completion: ...

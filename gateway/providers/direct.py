@@ -29,6 +29,8 @@ from gateway.providers.base import (
 
 class DirectBackend:
     name = "direct"
+    # OpenAI's reasoning models refuse `max_tokens`; vLLM, SGLang and OpenAI itself take this one.
+    output_limit = "max_completion_tokens"
 
     def __init__(self, *, max_connections: int = 512) -> None:
         self._connector_limit = max_connections

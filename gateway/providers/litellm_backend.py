@@ -70,6 +70,9 @@ def reserved_params(lib: Any) -> frozenset[str]:
 
 class LiteLLMBackend:
     name = "litellm"
+    # litellm's own name for it, translated for every provider (`max_completion_tokens` is refused by
+    # several of its providers, Bedrock's and watsonx's among them).
+    output_limit = "max_tokens"
 
     def __init__(self) -> None:
         self._litellm: Any = None

@@ -79,7 +79,8 @@ sleeping in batches. ``ttft_ms = 0`` and ``tokens_per_s = 0`` mean no sleep at
 all. The first ``fail_first`` requests to a model (since start or the last
 ``POST /_sim/reset``), and then a share
 ``error_rate`` of them, fail at once with ``error_status`` and an OpenAI error
-body (429 adds ``retry-after: 0``). Unknown models get 404, bad bodies 400.
+body (429 adds ``retry-after: 0``). Unknown models get 404, bad bodies 400 (``stream_options``
+without ``stream`` too, as OpenAI and vLLM refuse it).
 """
 
 from .answers import p_correct

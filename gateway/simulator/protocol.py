@@ -72,6 +72,9 @@ def parse_chat_call(body: Any) -> ChatCall:
     stream_options = body.get("stream_options") or {}
     if not isinstance(stream_options, dict):
         raise RequestError("'stream_options' must be an object.", "stream_options")
+    if body.get("stream_options") is not None and not body.get("stream"):  # as OpenAI and vLLM refuse it
+        raise RequestError("The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+                           "stream_options")
     return ChatCall(
         model=model,
         question=question,

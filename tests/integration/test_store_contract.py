@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 import orjson
 import pytest
 
+from gateway.admission_store import Admission, BudgetHold, Settlement
 from gateway.state import Budget, MemoryStore, Rate, RedisStore, Store, SumsOnce
 from tests.support.processes import RedisServer
 
@@ -138,3 +139,21 @@ async def test_sums_once_are_added_once_per_writer_and_write(store: Store, key: 
     await store.add_to_hashes_once([once("a", 1, 0.25)], 60, 60)  # a stale retry after a later write
     assert await store.read_hashes([key("h")]) == [{"cost": 1.75}]
     assert await store.set_members(key("index")) == ["t"]
+
+
+async def test_a_renewed_hold_outlives_its_first_ttl_and_a_settled_one_is_not_brought_back(
+        store: Store, key: Callable[[str], str]) -> None:
+    def admission(hold: str, ttl_s: float) -> Admission:
+        return Admission(hold, ttl_s, (BudgetHold(key("spend"), key("holds"), key("alerts"), 0.6, 1.0),))
+
+    assert (await store.admit(admission("a", 0.3))).verdict == "ok"
+    await asyncio.sleep(0.2)
+    await store.renew_hold([key("holds")], "a", 0.3)
+    await asyncio.sleep(0.2)  # past the first ttl, within the renewed one
+    assert (await store.admit(admission("b", 60))).verdict == "budget"
+    await store.settle_admission(Settlement("a", 0.1, ((key("spend"), key("holds"), 0),)))
+    await store.renew_hold([key("holds")], "a", 60)
+    assert (await store.admit(admission("c", 0.1))).verdict == "ok"
+    await asyncio.sleep(0.2)  # "c" lapsed: renewing it does not bring it back
+    await store.renew_hold([key("holds")], "c", 60)
+    assert (await store.admit(admission("d", 60))).verdict == "ok"

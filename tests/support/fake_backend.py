@@ -63,6 +63,7 @@ def answer(*texts: str, model: str = "fake") -> dict[str, Any]:
 class FakeBackend:
     handler: Handler
     name: str = "fake"
+    output_limit: str = "max_tokens"
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     headers: list[Mapping[str, str] | None] = field(default_factory=list)  # what each call sent besides the body
 

@@ -117,3 +117,18 @@ def test_a_stream_failing_midway_is_not_retried_and_counts_against_its_deploymen
     asyncio.run(relay())
     assert backend.called("small") == 1
     assert "small" in up.health.view().open_circuits
+
+
+def test_a_call_without_an_output_limit_is_sent_each_deployments_own_under_its_backends_name() -> None:
+    """Budgets and cost caps bound such a call by its deployment's max_output_tokens: the call must
+    carry it, under the name its backend's providers take; a client's own limit is left as sent."""
+    up, backend = fake_upstreams(lambda d, body: ProviderFailure("503", status=503) if d.name == "a" else answer(),
+                                 deployment("a", max_output_tokens=100, max_retries=0),
+                                 deployment("b", max_output_tokens=30))
+    backend.output_limit = "max_completion_tokens"
+    _call(up, ("a", "b"))
+    assert [(n, b.get("max_completion_tokens"), b.get("max_tokens")) for n, b in backend.calls] == [
+        ("a", 100, None), ("b", 30, None)]
+    backend.calls.clear()
+    asyncio.run(up.call(("b",), {**BODY, "max_tokens": 7}, None, deadline=Deadline.after(10)))
+    assert [(b.get("max_completion_tokens"), b.get("max_tokens")) for _, b in backend.calls] == [(None, 7)]
