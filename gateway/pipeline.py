@@ -208,9 +208,10 @@ class Route:
         return worst_case_cost(self.plan, self.prompt_tokens, catalog, self.max_tokens, self.choices)
 
 
-def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext,
+def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext, tenant: str,
           router: RememberingRouter | None = None) -> Route:
-    """`router`: the request's reference to the served router (taken once); else the current one."""
+    """`router`: the request's reference to the served router (taken once); else the current one.
+    `tenant`: whose memory of assessed prompts may answer (a tenant never reuses another's)."""
     router = router or svc.router.current
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     messages = request["messages"]
@@ -222,7 +223,7 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
         bound = upper_bound_messages(messages)
     else:
-        sig = routing.assess(router, messages, svc.config.deployments)
+        sig = routing.assess(router.of(tenant), messages, svc.config.deployments)
         policy = entry.policy
         cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
         decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
@@ -271,7 +272,7 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     svc.auth.permit(tenant, entry.policy_name, entry.pinned)  # explained, never run: nothing to hold
-    r = route(svc, entry, request, ctx)
+    r = route(svc, entry, request, ctx, tenant.name)
     explained: dict[str, Any]
     if r.decision is None:
         explained = {"policy": None, "plan": r.plan.label,
@@ -348,7 +349,7 @@ class _Ahead:
                 return NOTHING
         with svc.telemetry.span("switchyard.route", self.span,
                                 switchyard__router__version=self.router.version) as route_span:
-            r = self.route = route(svc, entry, self.request, self.ctx, self.router)
+            r = self.route = route(svc, entry, self.request, self.ctx, tenant.name, self.router)
             trail.plan = r.plan
             if r.decision is not None:
                 svc.observer.decided(trail.policy, r.plan)

@@ -95,7 +95,7 @@ def test_balanced_sends_between_15_and_85_percent_of_each_shared_files_prompts_t
         entry = resolve_entry(svc, "router/balanced", CallContext(), tenant)
         prompts = _prompts(name, "validation", limit=400)
         plans = [route(svc, entry, {"model": "router/balanced", "messages": [{"role": "user", "content": p}]},
-                       CallContext()).plan.label for p in prompts]
+                       CallContext(), tenant.name).plan.label for p in prompts]
         share = sum(p == "single:large" for p in plans) / len(plans)
         assert 0.15 <= share <= 0.85, f"{name}: {share:.0%} to large"
 
