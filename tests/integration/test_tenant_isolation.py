@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,9 +13,11 @@ import openai
 import pytest
 
 from gateway import messages
+from gateway.api import app as app_module
 from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.router import Router, load_router
+from gateway.state import MemoryStore
 from tests.integration.conftest import sim_config
 from tests.support.processes import RedisServer, Simulator, running_gateway
 
@@ -99,3 +102,32 @@ def test_a_chat_request_does_not_reuse_another_tenants_routing_either(gateway: G
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
         client.chat.completions.create(model="auto", messages=[{"role": "user", "content": prompt}], max_tokens=8)
     assert _times_assessed(gateway, prompt) == 2
+
+
+ADMIN = "sk-admin-isolation"
+
+
+def test_one_tenants_cached_answers_do_not_evict_another_tenants_api_keys(
+        simulator: Simulator, policies_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The in-memory store is bounded (oldest entries go first) and keeps cached answers beside the records of
+    admin-made keys: a tenant that filled it with answers logged every other tenant's admin-made key out."""
+    monkeypatch.setattr(app_module, "open_store", lambda url: MemoryStore(max_keys=20))
+    config = sim_config(simulator.url, tenants=TENANTS, admin_api_key_sha256=hash_key(ADMIN))
+    with running_gateway(create_app(config, policies_dir=policies_dir, watch_policies_s=None,
+                                    watch_router_s=None)) as gw:
+        made = httpx.post(gw.base_url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN}"},
+                          json={"tenant": "carol"}, timeout=10)
+        assert made.status_code == 201
+        carol = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=made.json()["key"], max_retries=0)
+        carol.models.list()
+
+        bob = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-bob", max_retries=0)
+        for i in range(30):  # each a new cacheable question: one more answer stored
+            raw = bob.chat.completions.with_raw_response.create(
+                model="auto", messages=[{"role": "user", "content": f"What is {i} + 1?"}], temperature=0, max_tokens=4)
+            assert raw.headers["x-switchyard-cache"] == "miss"
+        time.sleep(0.6)  # past the replica's 0.5 s memory of key records
+
+        assert carol.models.list().data  # still a valid key
+        listed = httpx.get(gw.base_url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN}"}, timeout=10)
+        assert listed.status_code == 200 and [k["tenant"] for k in listed.json()["data"]] == ["carol"]
