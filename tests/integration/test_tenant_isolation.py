@@ -104,6 +104,29 @@ def test_a_chat_request_does_not_reuse_another_tenants_routing_either(gateway: G
     assert _times_assessed(gateway, prompt) == 2
 
 
+
+def test_an_answer_cached_for_one_tenant_is_never_served_to_another_whole_or_streamed(gateway: Gateway) -> None:
+    def cache_status(key: str, question: str, stream: bool) -> str:
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        with client.chat.completions.with_streaming_response.create(
+                model="auto", messages=[{"role": "user", "content": question}], temperature=0, max_tokens=8,
+                stream=stream) as raw:
+            raw.read()
+            return raw.headers["x-switchyard-cache"]
+
+    first = "Which city hosts Alice's cached answer, isolation test?"
+    assert cache_status("sk-alice", first, stream=False) == "miss"
+    assert cache_status("sk-alice", first, stream=True) == "hit"   # replayed from the cache
+    assert cache_status("sk-bob", first, stream=True) == "miss"    # bob asks the same: not alice's answer
+
+    second = "Which city hosts Bob's streamed answer, isolation test?"
+    assert cache_status("sk-bob", second, stream=True) == "miss"   # stored when the stream settles
+    deadline = time.monotonic() + 5
+    while cache_status("sk-bob", second, stream=True) != "hit":
+        assert time.monotonic() < deadline, "bob's streamed answer was never cached"
+        time.sleep(0.05)
+    assert cache_status("sk-alice", second, stream=False) == "miss"
+
 ADMIN = "sk-admin-isolation"
 
 
