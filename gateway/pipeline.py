@@ -271,7 +271,10 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     """POST /v1/route: the decision for this request, without calling any model."""
     tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
-    svc.auth.permit(tenant, entry.policy_name, entry.pinned)  # explained, never run: nothing to hold
+    # Admitted like a cache hit (counted in the rate windows, nothing held): its decision counts as
+    # traffic in the policy's calibration, which routes every tenant's requests, so explaining must not
+    # be a way around the rate limit to move it.
+    await svc.auth.admit(tenant, entry.policy_name, NOTHING, pinned=entry.pinned)
     r = route(svc, entry, request, ctx, tenant.name)
     explained: dict[str, Any]
     if r.decision is None:
