@@ -156,22 +156,32 @@ def test_one_tenants_cached_answers_do_not_evict_another_tenants_api_keys(
         assert listed.status_code == 200 and [k["tenant"] for k in listed.json()["data"]] == ["carol"]
 
 
-def test_route_explanations_count_against_the_rate_limit(simulator: Simulator, policies_dir: Path) -> None:
-    """An explained request counts in its policy's calibration, which every tenant's requests are routed by.
-    Free and outside the rate limit, 1,500 explanations of a hard prompt by a tenant held to 10 requests a
-    minute took another tenant's share of requests routed to the large model under `balanced` from 52-67%
-    to 0%."""
+def test_only_admitted_requests_move_the_calibration_that_routes_every_tenant(
+        simulator: Simulator, policies_dir: Path) -> None:
+    """A target policy's threshold follows the scores of recent traffic, and routes every tenant's requests
+    by it. Explanations were never rate-limited and refused chat requests were routed (and counted) before
+    the rate check: 1,500 of either, with a hard prompt, from a tenant held to 10 requests a minute took
+    another tenant's share of requests routed to the large model under `balanced` from 52-67% to 0%."""
     tenants = [{"name": "mallory", "api_key_sha256": hash_key("sk-mallory"), "requests_per_minute": 3},
                {"name": "bob", "api_key_sha256": hash_key("sk-bob")}]
     app = create_app(sim_config(simulator.url, tenants=tenants), policies_dir=policies_dir, watch_policies_s=None,
                      watch_router_s=None)
+    calibrator = app.state.services.calibrator
+    observed: list[str] = []
+    observe = calibrator.observe
+    calibrator.observe = lambda policy, routing: (observed.append(policy.name), observe(policy, routing))[1]
+    body = {"model": "router/balanced", "max_tokens": 4,
+            "messages": [{"role": "user", "content": "Prove that every prime p > 3 has 24 dividing p^2 - 1."}]}
     with running_gateway(app) as gw, httpx.Client(base_url=gw.base_url, timeout=10) as client:
-        def explain(key: str, prompt: str) -> httpx.Response:
-            return client.post("/v1/route", headers={"authorization": f"Bearer {key}"},
-                               json={"model": "router/balanced", "messages": [{"role": "user", "content": prompt}]})
+        def post(path: str, key: str) -> httpx.Response:
+            return client.post(path, headers={"authorization": f"Bearer {key}"}, json=body)
 
-        assert [explain("sk-mallory", f"hi {i}").status_code for i in range(6)] == [200, 200, 200, 429, 429, 429]
-        refused = explain("sk-mallory", "hi again")
-        assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+        assert [post("/v1/route", "sk-mallory").status_code for _ in range(5)] == [200, 200, 200, 429, 429]
+        refused = post("/v1/chat/completions", "sk-mallory")
+        assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert refused.headers["x-switchyard-limit"] == "requests_per_minute" and "retry-after" in refused.headers
-        assert all(explain("sk-bob", f"bob {i}").status_code == 200 for i in range(6))  # bob has no limit
+        assert observed == ["balanced"] * 3  # the three admitted explanations, nothing refused
+
+        assert post("/v1/chat/completions", "sk-bob").status_code == 200  # bob has no limit
+        assert all(post("/v1/route", "sk-bob").status_code == 200 for _ in range(4))
+        assert observed == ["balanced"] * 8
