@@ -10,8 +10,9 @@ and does not under-count CJK text (three bytes and about one token per character
 
 Counting is on the hot path, so it is bounded: a text up to `EXACT_CHARS` is encoded exactly
 (about 4 µs for a short prompt, 40 µs at the limit); a longer one is sampled at its head, middle
-and tail and extrapolated, and never counted below bytes ÷ 4. Recent texts' counts are remembered
-(templates, retries, evaluation sets), as the router remembers their assessments.
+and tail and extrapolated, and never counted below bytes ÷ 4. Counts are not remembered across
+requests: a remembered text would be counted sooner, and that timing would tell one tenant whether
+another had just sent it (the router's memory is per tenant for the same reason).
 """
 
 from __future__ import annotations
@@ -70,11 +71,6 @@ def _encoder() -> Callable[[str], int]:
     return lambda text: len(encode(text))
 
 
-@lru_cache(maxsize=2048)
-def _exact(text: str) -> int:
-    return _encoder()(text)
-
-
 def load() -> None:
     """Load the tokenizer now (at start-up) rather than on the first request."""
     _encoder()
@@ -84,7 +80,7 @@ def count_text(text: str) -> int:
     """Tokens in `text`: exact up to EXACT_CHARS, extrapolated from samples beyond."""
     n = len(text)
     if n <= EXACT_CHARS:
-        return _exact(text) if text else 0
+        return _encoder()(text) if text else 0
     count = _encoder()
     mid = n // 2
     samples = (text[:_SAMPLE_CHARS], text[mid - _SAMPLE_CHARS // 2:mid + _SAMPLE_CHARS // 2], text[-_SAMPLE_CHARS:])

@@ -5,10 +5,10 @@
       hit      = cache.lookup(...)                    served from the store, cost 0, nothing held
       signal   = router.assess(...)                   predicted quality per deployment (no network)
       decision = policy.decide(signal, ...)           Single | Cascade | BestOfN, with reasons
-                                                      (a target policy's threshold from its calibrator,
-                                                      which observes the decision in turn)
+                                                      (a target policy's threshold from its calibrator)
       route    = cost cap → upstream max_tokens       422 if not even the prompt fits
                                                   → then 429 for its worst case, before any upstream call
+    count_traffic(...)                            → once admitted, the decision counts in the calibration
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
     learn(...)                                    → request record queued; maybe a shadow job (both off-path)
@@ -209,9 +209,10 @@ class Route:
         return worst_case_cost(self.plan, self.prompt_tokens, catalog, self.max_tokens, self.choices)
 
 
-def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext,
+def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext, tenant: str,
           router: RememberingRouter | None = None) -> Route:
-    """`router`: the request's reference to the served router (taken once); else the current one."""
+    """`router`: the request's reference to the served router (taken once); else the current one.
+    `tenant`: whose memory of assessed prompts may answer (a tenant never reuses another's)."""
     router = router or svc.router.current
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     messages = request["messages"]
@@ -224,14 +225,12 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
         bound = upper_bound_messages(messages) + definitions
     else:
-        sig = routing.assess(router, messages, svc.config.deployments)
+        sig = routing.assess(router.of(tenant), messages, svc.config.deployments)
         if definitions:  # the plans are priced on the whole prompt
             sig = replace(sig, prompt_tokens=sig.prompt_tokens + definitions)
         policy = entry.policy
         cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
         decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
-        if decision.routing is not None:
-            svc.calibrator.observe(policy, decision.routing)  # explained requests count as traffic too
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
                   router_version=router.version, counted=sig.prompt_tokens)
         bound = r.prompt_tokens
@@ -259,6 +258,14 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
                  router_version=r.router_version, counted=prompt_tokens)
 
 
+def count_traffic(svc: Services, entry: Entry, r: Route) -> None:
+    """Count an admitted request's decision as traffic in its policy's calibration (explained requests
+    too). Only once admitted: that calibration routes every tenant's requests, so a request refused by
+    its rate limit or budget must not move it."""
+    if r.decision is not None and r.decision.routing is not None:
+        svc.calibrator.observe(entry.policy, r.decision.routing)
+
+
 def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
     """The request as sent upstream: with the cap's max_tokens, under the name the client used."""
     if not r.capped:
@@ -274,8 +281,11 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     """POST /v1/route: the decision for this request, without calling any model."""
     tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
-    svc.auth.permit(tenant, entry.policy_name, entry.pinned)  # explained, never run: nothing to hold
-    r = route(svc, entry, request, ctx)
+    # Admitted like a cache hit (counted in the rate windows, nothing held): its decision counts as
+    # traffic, and explaining must not be a way around the rate limit to move the calibration.
+    await svc.auth.admit(tenant, entry.policy_name, NOTHING, pinned=entry.pinned)
+    r = route(svc, entry, request, ctx, tenant.name)
+    count_traffic(svc, entry, r)
     explained: dict[str, Any]
     if r.decision is None:
         explained = {"policy": None, "plan": r.plan.label,
@@ -352,7 +362,7 @@ class _Ahead:
                 return NOTHING
         with svc.telemetry.span("switchyard.route", self.span,
                                 switchyard__router__version=self.router.version) as route_span:
-            r = self.route = route(svc, entry, self.request, self.ctx, self.router)
+            r = self.route = route(svc, entry, self.request, self.ctx, tenant.name, self.router)
             trail.plan = r.plan
             if r.decision is not None:
                 svc.observer.decided(trail.policy, r.plan)
@@ -374,6 +384,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
 
     ahead = _Ahead(svc, request, ctx, span, router, trail, tenant, entry)
     held = await svc.auth.admit(tenant, entry.policy_name, ahead.need, pinned=entry.pinned)
+    if ahead.route is not None:
+        count_traffic(svc, entry, ahead.route)  # routed inside the gate, counted once through it
     key, hit = ahead.key, ahead.hit
     if hit is not None:
         trail.cache, trail.plan_label, trail.deployment = "hit", hit.plan, hit.deployment

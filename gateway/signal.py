@@ -34,13 +34,46 @@ class RememberingRouter:
     of a dict lookup. Assessments are pure functions of the text, so remembering them is exact.
     The memory belongs to one router: a new router (`gateway.router.serving`) comes with its own.
     `version` names the artifact it was loaded from (`gateway.router.artifact`).
+
+    Each tenant's prompts are remembered for that tenant alone (`recall` keys on the tenant too): a
+    remembered prompt is routed milliseconds sooner, so a shared memory would tell one tenant, by
+    timing alone, whether another had just sent a given prompt.
     """
 
     def __init__(self, router: Router, size: int = 4096, version: str = "unversioned") -> None:
         self.router = router
         self.version = version
-        self.assess = functools.lru_cache(maxsize=size)(router.assess)
+        assess_text = router.assess
+
+        def assessed(tenant: str, text: str) -> Assessment:  # `tenant` only scopes the memory
+            return assess_text(text)
+
+        # A closure over the router, not a method of self: without a reference cycle, a swapped-out
+        # router and its memory are freed when the last request holding them ends.
+        self.recall = functools.lru_cache(maxsize=size)(assessed)
         self.p_good = router.p_good
+
+    def assess(self, text: str) -> Assessment:
+        """An `Assessor` for prompts of no tenant (the command line, tests)."""
+        return self.recall("", text)
+
+    def of(self, tenant: str) -> TenantAssessor:
+        """An `Assessor` whose memory is `tenant`'s own."""
+        return TenantAssessor(self, tenant)
+
+
+@dataclass(slots=True)
+class TenantAssessor:
+    """One tenant's view of a `RememberingRouter` (built per request: not frozen, which costs more)."""
+
+    remembering: RememberingRouter
+    tenant: str
+
+    def assess(self, text: str) -> Assessment:
+        return self.remembering.recall(self.tenant, text)
+
+    def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float:
+        return self.remembering.p_good(a, profile, ability)
 
 
 def assess(router: Assessor, messages: Sequence[Mapping[str, Any]],

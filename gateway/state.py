@@ -386,8 +386,17 @@ class MemoryStore(MemoryAdmission):
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._floats.pop(key, None)
         if len(self._data) >= self._max_keys and key not in self._data:
-            self._data.pop(next(iter(self._data)))  # oldest insertion first
+            self._evict()
         self._data[key] = (_owned(value), time.monotonic() + ttl_s if ttl_s else None)
+
+    def _evict(self) -> None:
+        """Drop the oldest entry that expires anyway (a cached answer), never a lasting one (an admin-made
+        key's record, a pointer): answers that any tenant can fill the store with must not push out what
+        the operator wrote, which would log every admin-made key out."""
+        for key, (_, expires) in self._data.items():
+            if expires is not None:
+                del self._data[key]
+                return  # before the loop would step over the changed dict
 
     async def incr(self, key: str, ttl_s: float) -> int:
         return self._incr(key, ttl_s)

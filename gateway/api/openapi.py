@@ -261,7 +261,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("/v1/chat/completions", "post", "Chat completion, routed", "openai", ChatCompletion, ChatRequest,
               CHAT_HEADERS, _CHAT_ERRORS, also="text/event-stream", response_headers=_ANSWER_HEADERS),
     Operation("/v1/route", "post", "Explain the routing decision, calling no model", "routing", RouteExplanation,
-              RouteRequest, CHAT_HEADERS[:2] + CHAT_HEADERS[2:3], (400, 401, 403, 404, 413, 422)),
+              RouteRequest, CHAT_HEADERS[:2] + CHAT_HEADERS[2:3], (400, 401, 403, 404, 413, 422, 429, 503)),
     Operation("/v1/feedback", "post", "Label a request this key made", "routing", FeedbackStored, FeedbackRequest,
               errors=(400, 401, 404, 413, 503)),
     Operation("/v1/models", "get", "Policies and deployments this key may call", "openai", ModelList,

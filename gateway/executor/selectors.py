@@ -2,14 +2,15 @@
 
 vote: the most frequent extracted answer wins; ties go to the answer whose first sample came
 earliest (stable and explainable); samples with no extractable answer are grouped by their
-normalised text, and when nothing at all can be extracted the first sample is returned and the
-evidence says so.
+normalised text (named in the evidence by its digest), and when nothing at all can be extracted
+the first sample is returned and the evidence says so.
 judge: the judge deployment is shown the question and the numbered candidates and names the best.
 A judge that fails or answers nothing usable degrades to vote, and the evidence says why.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -36,7 +37,9 @@ def _key(text: str) -> str | None:
     if key is not None:
         return key
     normalised = " ".join(text.lower().split())
-    return f"text:{normalised}" if normalised else None
+    # Named by a digest, not the text: the key is evidence, sent in a header and recorded on the
+    # request's span whatever the tenant's `log_prompts` says, and a whole answer is no label.
+    return f"text:{hashlib.sha256(normalised.encode()).hexdigest()[:12]}" if normalised else None
 
 
 def vote(texts: Sequence[str]) -> Selection:

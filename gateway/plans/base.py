@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from gateway.config import DeploymentConfig
@@ -38,8 +39,15 @@ JUDGE_LABEL_TOKENS = 8  # per answer a judge reads
 
 def judge_framing(c: Call) -> int:
     """What a judge's prompt adds to the request's and the answers it reads, at most."""
-    return JUDGE_FRAMING_TOKENS + JUDGE_LABEL_TOKENS * len(c.reads) + (count_text(c.instructions) if c.instructions
-                                                                         else 0)
+    return JUDGE_FRAMING_TOKENS + JUDGE_LABEL_TOKENS * len(c.reads) + (_instruction_tokens(c.instructions)
+                                                                         if c.instructions else 0)
+
+
+@lru_cache(maxsize=64)
+def _instruction_tokens(instructions: str) -> int:
+    """A policy's judge instructions: the same few texts on every request, from the policy files (never
+    a client's text, whose counts are not remembered: `gateway.messages`)."""
+    return count_text(instructions)
 
 
 @dataclass(frozen=True, slots=True)

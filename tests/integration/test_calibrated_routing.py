@@ -19,7 +19,7 @@ import pytest
 
 from gateway.api.app import build_services, create_app
 from gateway.config import embedded_config
-from gateway.pipeline import CallContext, resolve_entry, route
+from gateway.pipeline import CallContext, count_traffic, resolve_entry, route
 from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, GatewayServer, RedisServer, Simulator, running_gateway
 
@@ -94,8 +94,12 @@ def test_balanced_sends_between_15_and_85_percent_of_each_shared_files_prompts_t
         tenant = svc.auth.identify(None)
         entry = resolve_entry(svc, "router/balanced", CallContext(), tenant)
         prompts = _prompts(name, "validation", limit=400)
-        plans = [route(svc, entry, {"model": "router/balanced", "messages": [{"role": "user", "content": p}]},
-                       CallContext()).plan.label for p in prompts]
+        plans = []
+        for p in prompts:
+            r = route(svc, entry, {"model": "router/balanced", "messages": [{"role": "user", "content": p}]},
+                      CallContext(), tenant.name)
+            count_traffic(svc, entry, r)  # each one admitted traffic
+            plans.append(r.plan.label)
         share = sum(p == "single:large" for p in plans) / len(plans)
         assert 0.15 <= share <= 0.85, f"{name}: {share:.0%} to large"
 

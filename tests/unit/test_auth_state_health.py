@@ -85,8 +85,21 @@ def test_memory_store_expires_keys_and_stays_bounded() -> None:
         await asyncio.sleep(0.02)
         assert await store.get("a") is None
         for key in ("b", "c", "d"):
-            await store.set(key, b"x")
+            await store.set(key, b"x", ttl_s=60)
         assert await store.get("b") is None and await store.get("d") == b"x"
+
+    asyncio.run(scenario())
+
+
+def test_memory_store_makes_room_with_expiring_entries_never_with_lasting_ones() -> None:
+    """Cached answers (any tenant can add them) must not push out an admin-made key's record."""
+    async def scenario() -> None:
+        store = MemoryStore(max_keys=2)
+        await store.set("key", b"k")
+        for key in ("b", "c", "d"):
+            await store.set(key, b"x", ttl_s=60)
+        assert await store.get("key") == b"k" and await store.get("d") == b"x"
+        assert await store.get("b") is None and await store.get("c") is None
 
     asyncio.run(scenario())
 

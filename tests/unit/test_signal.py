@@ -27,5 +27,5 @@ def test_a_remembered_assessment_is_the_same_assessment() -> None:
     first = assess(remembering, messages, DEPLOYMENTS)
     again = assess(remembering, messages, DEPLOYMENTS)
     assert first == again == assess(plain, messages, DEPLOYMENTS)
-    assert remembering.assess.cache_info().hits == 1
+    assert remembering.recall.cache_info().hits == 1
     assert set(first.quality) == {"small", "large"} and 0 <= first.difficulty <= 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+
 from gateway.executor import Deadline, run
 from gateway.plans import BestOfN
 from tests.support.fake_backend import answer, deployment, fake_upstreams
@@ -39,3 +41,21 @@ def test_best_of_with_a_judge_over_several_deployments_reports_the_chosen_sample
     result = asyncio.run(run(up, plan, BODY, None, Deadline.after(10)))
     assert result.deployment == "other"
     assert result.body["model"] == "other"
+
+
+def test_a_vote_over_prose_names_the_answers_by_digest_never_by_their_text() -> None:
+    """The evidence goes to the x-switchyard-evidence header and to the request's span (a trace backend),
+    whatever the tenant's log_prompts says: an answer no extractor reads used to be there in full."""
+    prose = ["Dear team, the layoffs planned for March will affect the Berlin office first, then Lyon.",
+             "Dear team, the layoffs planned for March will affect the Berlin office first, then Lyon.",
+             "I cannot help with drafting that memo without more details about the restructuring plan."]
+
+    def handler(d: Any, body: dict[str, Any]) -> dict[str, Any]:
+        return answer(*prose[: body.get("n") or 1], model=d.name)
+
+    up, _ = fake_upstreams(handler, deployment("small"))
+    result = asyncio.run(run(up, BestOfN(samplers=("small",) * 3, selector="vote"), BODY, None, Deadline.after(10)))
+    assert result.body["choices"][0]["message"]["content"] == prose[0]  # the majority answer is still chosen
+    evidence = orjson.dumps(result.evidence).decode()
+    assert "layoffs" not in evidence and "restructuring" not in evidence
+    assert sorted(result.evidence["votes"].values()) == [1, 2]  # two groups, told apart by digest
