@@ -324,14 +324,20 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     return outcome
 
 
-def _need(svc: Services, tenant: Tenant, r: Route) -> Need:
-    """What the route may use at most: its worst-case cost and tokens, held for its longest duration."""
+def _need(svc: Services, tenant: Tenant, r: Route, hedged: bool) -> Need:
+    """What the route may use at most: its worst-case cost and tokens, held for its longest duration.
+    `hedged`: the plan's first deployment and its fallbacks may both answer, and both be billed (the
+    losing leg for what it served), so the worst case of the fallback chain is held as well."""
     if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
         return NOTHING
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
-    reserve = r.worst_case_usd(svc.catalog) if tenant.holds_budget else 0.0
-    counted = worst_case_tokens(r.plan, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices) \
-        if tenant.counts_tokens else 0
+    legs = [r.plan]
+    if hedged and isinstance(r.plan, Single):
+        legs.append(Single(r.plan.fallbacks[0], r.plan.fallbacks[1:]))
+    reserve = sum(worst_case_cost(leg, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices)
+                  for leg in legs) if tenant.holds_budget else 0.0
+    counted = sum(worst_case_tokens(leg, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices)
+                  for leg in legs) if tenant.counts_tokens else 0
     return Need(reserve, counted, ttl)
 
 
@@ -368,7 +374,7 @@ class _Ahead:
                 svc.observer.decided(trail.policy, r.plan)
             set_attributes(route_span, switchyard__plan=r.plan.label,
                            switchyard__difficulty=r.decision.signal.difficulty if r.decision else None)
-        return _need(svc, tenant, r)
+        return _need(svc, tenant, r, hedged=hedge_after_s(entry.policy.spec.hedge_after_ms, r.plan) is not None)
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
