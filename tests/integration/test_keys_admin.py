@@ -71,6 +71,8 @@ def test_the_admin_api_needs_the_admin_key(gw: str, key: str | None, status: int
     ({"tenant": "acme", "policies": ["no-such-policy"]}, "policies[0]"),
     ({"tenant": "acme", "deployments": ["nowhere"]}, "deployments[0]"),
     ({"tenant": "acme", "budget": {"usd": 1, "period": "fortnight"}}, "budget"),
+    ({"tenant": "acme", "budget": -5}, "budget.usd"),  # a plain number is a total, bounded as usd is
+    ({"tenant": "acme", "budget": {"usd": -1}}, "budget.usd"),
     ({"tenant": "acme", "requests_per_minute": 0}, "requests_per_minute"),
     (["not", "an", "object"], None)])
 def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | None) -> None:
@@ -79,6 +81,15 @@ def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | N
     assert resp.json()["error"]["type"] == "invalid_request_error"
     if param is not None:
         assert (resp.json()["error"]["param"] or "").startswith(param)
+
+
+def test_a_patch_with_a_negative_budget_is_refused_and_the_key_keeps_working(gw: str) -> None:
+    created = _create(gw)
+    resp = _admin(gw, "PATCH", f"/admin/keys/{created['id']}", json={"budget": -5})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "budget.usd"
+    assert _chat(gw, created["key"]).choices
+    assert httpx.get(gw + "/v1/budget", headers={"authorization": f"Bearer {created['key']}"}).status_code == 200
 
 
 def test_unknown_key_ids_are_404s(gw: str) -> None:
