@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import keys_cli
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InputError
 
 # The examples are printed as users will paste them, so their lines stay long.
 EXAMPLES = """\
@@ -317,9 +317,20 @@ def cmd_policy_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
     import runpy
 
     sys.path.insert(0, str(Path.cwd()))
+    try:
+        found = args.name.isidentifier() and importlib.util.find_spec(f"benchmarks.{args.name}") is not None
+    except ModuleNotFoundError:  # no benchmarks package here at all
+        found = False
+    if not found:
+        known = sorted(p.stem for p in (Path.cwd() / "benchmarks").glob("*")
+                       if (p / "__main__.py").is_file() or (p.suffix == ".py" and p.stem != "__init__"))
+        print(f"switchyard bench: no benchmark '{args.name}' in {Path.cwd() / 'benchmarks'} "
+              f"({', '.join(known) or 'none: run it from the repository root'})", file=sys.stderr)
+        return 2
     sys.argv = [f"benchmarks.{args.name}", *args.rest]
     runpy.run_module(f"benchmarks.{args.name}", run_name="__main__")
     return 0
@@ -476,6 +487,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """`policy calibrate`, `router promote`, `train`: the words the user typed, for error lines."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
+
+
 def main(argv: list[str] | None = None) -> int:
     # The router's small matrix products run on the event loop; BLAS worker threads would only
     # spin on the other core. Set before anything imports numpy.
@@ -489,6 +506,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"switchyard: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except (InputError, OSError) as exc:  # a file that is missing, unreadable or not what it should be
+        print(f"switchyard {_command_name(args)}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -119,3 +119,37 @@ def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert re.search(r"gateway.yaml: deployments\[0\].price.input_per_mtok: Input should be a valid number",
                      result.stderr), result.stderr
+
+
+def _bad_files(tmp: Path) -> dict[str, Path]:
+    (tmp / "not-json.jsonl").write_text("not json\n")
+    (tmp / "no-prompt.jsonl").write_text('{"id": 1, "text": "hi"}\n')
+    (tmp / "not-a-router").mkdir()
+    (tmp / "log.jsonl").write_text("[1, 2]\n")
+    (tmp / "models.yaml").write_text("foo: 1\n")
+    return {"missing": tmp / "missing.jsonl", **{p.stem: p for p in tmp.iterdir()}}
+
+
+# (arguments, what the one error line must say); {name} is a file from _bad_files
+BAD_INVOCATIONS = [
+    ("policy calibrate balanced --traffic {missing}", "switchyard policy calibrate: [Errno 2] No such file"),
+    ("route --batch {not-json} --out {missing}", "switchyard route: {not-json}: line 1 is not JSON"),
+    ("route hello --artifact {not-a-router}", "switchyard route: {not-a-router}: not a loadable router"),
+    ("train --data {no-prompt} --out {not-a-router}", "switchyard train: {no-prompt}: line 1 needs an 'id' and a"),
+    ("train --data {missing} --out {not-a-router}", "switchyard train: [Errno 2] No such file"),
+    ("logs export --out {missing} --from-jsonl {log}", "switchyard logs export: {log}: line 1 is not a request-log"),
+    ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
+    ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
+    ("keys create --tenant t --budget abc --admin-key k", "argument --budget: not a number of USD: 'abc'"),
+    ("keys create --tenant t --budget nan --admin-key k", "argument --budget: must be a finite number of USD"),
+    ("keys create --tenant t --metadata owner --admin-key k", "argument --metadata: expected KEY=VALUE, got 'owner'"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), BAD_INVOCATIONS, ids=[a for a, _ in BAD_INVOCATIONS])
+def test_a_bad_argument_or_file_is_an_error_naming_it_not_a_traceback(tmp_path: Path, args: str, says: str) -> None:
+    files = {k: str(v) for k, v in _bad_files(tmp_path).items()}
+    argv = shlex.split(args.format(**files))
+    out = _run(*argv, *(["--url", "http://127.0.0.1:9"] if argv[0] == "keys" else []))
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert says.format(**files) in out.stderr, out.stderr
