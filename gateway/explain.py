@@ -127,7 +127,8 @@ def read_traffic(path: Path) -> list[list[dict[str, Any]]]:
                 raise ConfigError(f"{path}: line {n} is not JSON: {exc}") from None
             messages = messages_of(row) if isinstance(row, dict) else None
             if messages is None:
-                raise ConfigError(f"{path}: line {n} has neither a 'prompt' nor a 'messages' field")
+                raise ConfigError(f"{path}: line {n} has neither a 'prompt' (a string) nor 'messages' "
+                                  "(a list of message objects)")
             out.append(messages)
     return out
 

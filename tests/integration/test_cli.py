@@ -127,12 +127,15 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "not-a-router").mkdir()
     (tmp / "log.jsonl").write_text("[1, 2]\n")
     (tmp / "models.yaml").write_text("foo: 1\n")
+    (tmp / "null-messages.jsonl").write_text('{"messages": [null]}\n' * 60)
     return {"missing": tmp / "missing.jsonl", **{p.stem: p for p in tmp.iterdir()}}
 
 
 # (arguments, what the one error line must say); {name} is a file from _bad_files
 BAD_INVOCATIONS = [
     ("policy calibrate balanced --traffic {missing}", "switchyard policy calibrate: [Errno 2] No such file"),
+    ("policy calibrate balanced --traffic {null-messages}",
+     "switchyard policy calibrate: {null-messages}: line 1 has neither a 'prompt' (a string) nor 'messages'"),
     ("route --batch {not-json} --out {missing}", "switchyard route: {not-json}: line 1 is not JSON"),
     ("route hello --artifact {not-a-router}", "switchyard route: {not-a-router}: not a loadable router"),
     ("train --data {no-prompt} --out {not-a-router}", "switchyard train: {no-prompt}: line 1 needs an 'id' and a"),
