@@ -111,6 +111,12 @@ def test_policy_check_passes_on_the_shipped_policies_and_names_a_bad_field(tmp_p
     assert "oops.yaml: candidates[0].single 'huge' is not a deployment or tier" in bad.stderr
 
 
+def test_policy_check_fails_on_a_folder_without_policies(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("policies live elsewhere\n")
+    out = _run("policy", "check", str(tmp_path))
+    assert out.returncode == 1 and f"{tmp_path}: no policy files (*.yaml, *.yml) to check" in out.stderr
+
+
 def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text("deployments:\n  - name: a\n    model: openai/x\n"
