@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import socket
 import sys
@@ -336,6 +337,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(raw: str) -> int:
+    """A TCP port; out-of-range numbers would otherwise wrap (99999 binds 34463) or end in a traceback."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
+
+
+def _number(low: float = -math.inf, high: float = math.inf, *, low_open: bool = False) -> Any:
+    """An argparse type: a finite number in [low, high] (or (low, high])."""
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {raw!r}")
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be {'over' if low_open else 'from'} {low:g} "
+                                             f"{'up ' if low_open else ''}to {high:g}, got {raw!r}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="switchyard", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -344,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the gateway from a config file")
     s.add_argument("--config", help="gateway YAML (default: $SWITCHYARD_CONFIG)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=_port, default=8080)
     s.add_argument("--log-level", default="info")
     s.add_argument("--workers", type=int, default=1,
                    help="worker processes on this host, sharing the port, each with its own app (default 1); "
@@ -356,14 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the gateway on built-in simulated models (no keys, no Redis)")
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=8080)
-    d.add_argument("--sim-port", type=int, default=0, help="port of the simulated models (0: any free)")
+    d.add_argument("--port", type=_port, default=8080)
+    d.add_argument("--sim-port", type=_port, default=0, help="port of the simulated models (0: any free)")
     d.add_argument("--log-level", default="warning")
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("simulate", help="run only the simulated OpenAI-compatible model server")
     m.add_argument("--host", default="127.0.0.1")
-    m.add_argument("--port", type=int, default=9000)
+    m.add_argument("--port", type=_port, default=9000)
     m.add_argument("--models", help="YAML with {models: [{name, ability, ttft_ms, ...}]}")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_simulate)
@@ -400,9 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--weak", help="the weak model of the pair (default: the file's usual pairs)")
     ev.add_argument("--strong", help="the strong model of the pair")
     ev.add_argument("--policy", help="take the share/quality target from this policy's `target`")
-    ev.add_argument("--share", type=float, default=0.3, help="share of prompts to the strong model to measure at")
-    ev.add_argument("--quality", type=float, default=0.95, help="quality target, as a share of always-strong")
-    ev.add_argument("--threshold", type=float, help="also measure at this threshold on the router's score")
+    ev.add_argument("--share", type=_number(0, 1), default=0.3, help="share of prompts to the strong model to measure at")
+    ev.add_argument("--quality", type=_number(0, 1, low_open=True), default=0.95, help="quality target, as a share of always-strong")
+    ev.add_argument("--threshold", type=_number(), help="also measure at this threshold on the router's score")
     ev.add_argument("--against", help="compare with this router directory instead of the serving one")
     ev.add_argument("--config", help=config_help)
     ev.add_argument("--json", action="store_true", help="print the comparison as JSON")

@@ -149,6 +149,9 @@ BAD_INVOCATIONS = [
     ("logs export --out {missing} --from-jsonl {log}", "switchyard logs export: {log}: line 1 is not a request-log"),
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
+    ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback
+    ("router evaluate {not-a-router} --data {missing} --share 5", "argument --share: must be from 0 to 1, got '5'"),
+    ("router evaluate {not-a-router} --data {missing} --threshold nan", "argument --threshold: must be a finite"),
     ("keys create --tenant t --budget abc --admin-key k", "argument --budget: not a number of USD: 'abc'"),
     ("keys create --tenant t --budget nan --admin-key k", "argument --budget: must be a finite number of USD"),
     ("keys create --tenant t --metadata owner --admin-key k", "argument --metadata: expected KEY=VALUE, got 'owner'"),
