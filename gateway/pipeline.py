@@ -270,7 +270,10 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     """POST /v1/route: the decision for this request, without calling any model."""
     tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
-    svc.auth.permit(tenant, entry.policy_name, entry.pinned)  # explained, never run: nothing to hold
+    # Explained, never run: nothing to hold, but a request like a cache hit. It passes the rate gates
+    # before it is routed, so a caller past its requests_per_minute cannot explain without end (each
+    # explained decision is traffic that moves a target policy's threshold for every tenant).
+    await svc.auth.admit(tenant, entry.policy_name, NOTHING, pinned=entry.pinned)
     r = route(svc, entry, request, ctx)
     explained: dict[str, Any]
     if r.decision is None:

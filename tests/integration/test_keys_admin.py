@@ -138,6 +138,21 @@ def test_a_patch_takes_effect_without_a_restart(gw: str) -> None:
     assert 1 <= int(info.value.response.headers["retry-after"]) <= 60
 
 
+def test_explaining_a_route_counts_against_requests_per_minute(gw: str) -> None:
+    """POST /v1/route calls no model, but it is a request: past the limit it is refused, so a caller
+    cannot feed a target policy's calibration (shared by every tenant) without end."""
+    key = _create(gw, requests_per_minute=2)["key"]
+    codes = [httpx.post(gw + "/v1/route", headers={"authorization": f"Bearer {key}"}, timeout=10,
+                        json={"model": "router/balanced", "messages": HI}).status_code for _ in range(2)]
+    refused = httpx.post(gw + "/v1/route", headers={"authorization": f"Bearer {key}"}, timeout=10,
+                         json={"model": "router/balanced", "messages": HI})
+    assert codes == [200, 200] and refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "requests_per_minute" in refused.json()["error"]["message"]
+    with pytest.raises(openai.RateLimitError):  # and the explained ones counted for chat as well
+        _chat(gw, key)
+
+
 def test_tokens_per_minute_refuses_with_the_limit_named_and_retry_after(gw: str) -> None:
     key = _create(gw, tokens_per_minute=100)["key"]
     _chat(gw, key, max_tokens=40)  # reserves prompt + 40, settles to the real count
