@@ -53,6 +53,11 @@ class KeyLimits(_Body):
     expires_at: datetime | None = Field(default=None, description="ISO 8601; naive times are UTC")
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict, max_length=64)
 
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_clears(cls, value: Any) -> Any:
+        return {} if value is None else value  # as for every other field, `null` clears it
+
     @field_validator("expires_at")
     @classmethod
     def _utc(cls, value: datetime | None) -> datetime | None:

@@ -92,6 +92,14 @@ def test_a_patch_with_a_negative_budget_is_refused_and_the_key_keeps_working(gw:
     assert httpx.get(gw + "/v1/budget", headers={"authorization": f"Bearer {created['key']}"}).status_code == 200
 
 
+def test_a_patch_with_null_clears_a_field_metadata_too(gw: str) -> None:
+    created = _create(gw, name="ci", metadata={"team": "search"}, requests_per_minute=5)
+    resp = _admin(gw, "PATCH", f"/admin/keys/{created['id']}",
+                  json={"name": None, "metadata": None, "requests_per_minute": None})
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["name"], resp.json()["metadata"], resp.json()["requests_per_minute"]) == (None, {}, None)
+
+
 def test_unknown_key_ids_are_404s(gw: str) -> None:
     for method, path in (("GET", "/admin/keys/0123456789ab"), ("PATCH", "/admin/keys/0123456789ab"),
                          ("DELETE", "/admin/keys/nope"), ("POST", "/admin/keys/0123456789ab/rotate")):
