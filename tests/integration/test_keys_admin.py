@@ -207,6 +207,9 @@ def test_switchyard_keys_drives_the_same_api(gw: str) -> None:
     assert created["id"] in listed.stdout and created["key"] not in listed.stdout
     assert run("rotate", created["id"]).returncode == 0
     assert json.loads(run("revoke", created["id"]).stdout)["status"] == "revoked"
+    # An id is one path segment: it cannot walk the admin key over to another route (DELETE /v1/models: 405)
+    escaped = run("revoke", "../../v1/models")
+    assert escaped.returncode == 1 and '"code": "not_found"' in escaped.stderr, escaped.stderr
     bad = subprocess.run([*cli, "list", "--url", gw, "--admin-key", "sk-wrong"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "authentication_error" in bad.stderr
