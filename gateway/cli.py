@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import socket
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway import keys_cli
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, InputError
 
 # The examples are printed as users will paste them, so their lines stay long.
 EXAMPLES = """\
@@ -317,12 +318,50 @@ def cmd_policy_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import importlib.util
     import runpy
 
     sys.path.insert(0, str(Path.cwd()))
+    try:
+        found = args.name.isidentifier() and importlib.util.find_spec(f"benchmarks.{args.name}") is not None
+    except ModuleNotFoundError:  # no benchmarks package here at all
+        found = False
+    if not found:
+        known = sorted(p.stem for p in (Path.cwd() / "benchmarks").glob("*")
+                       if (p / "__main__.py").is_file() or (p.suffix == ".py" and p.stem != "__init__"))
+        print(f"switchyard bench: no benchmark '{args.name}' in {Path.cwd() / 'benchmarks'} "
+              f"({', '.join(known) or 'none: run it from the repository root'})", file=sys.stderr)
+        return 2
     sys.argv = [f"benchmarks.{args.name}", *args.rest]
     runpy.run_module(f"benchmarks.{args.name}", run_name="__main__")
     return 0
+
+
+def _port(raw: str) -> int:
+    """A TCP port; out-of-range numbers would otherwise wrap (99999 binds 34463) or end in a traceback."""
+    try:
+        value = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {raw!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {value}")
+    return value
+
+
+def _number(low: float = -math.inf, high: float = math.inf, *, low_open: bool = False) -> Any:
+    """An argparse type: a finite number in [low, high] (or (low, high])."""
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {raw!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {raw!r}")
+        if not (low < value if low_open else low <= value) or not value <= high:
+            raise argparse.ArgumentTypeError(f"must be {'over' if low_open else 'from'} {low:g} "
+                                             f"{'up ' if low_open else ''}to {high:g}, got {raw!r}")
+        return value
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -333,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the gateway from a config file")
     s.add_argument("--config", help="gateway YAML (default: $SWITCHYARD_CONFIG)")
     s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--port", type=_port, default=8080)
     s.add_argument("--log-level", default="info")
     s.add_argument("--workers", type=int, default=1,
                    help="worker processes on this host, sharing the port, each with its own app (default 1); "
@@ -345,14 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the gateway on built-in simulated models (no keys, no Redis)")
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=8080)
-    d.add_argument("--sim-port", type=int, default=0, help="port of the simulated models (0: any free)")
+    d.add_argument("--port", type=_port, default=8080)
+    d.add_argument("--sim-port", type=_port, default=0, help="port of the simulated models (0: any free)")
     d.add_argument("--log-level", default="warning")
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("simulate", help="run only the simulated OpenAI-compatible model server")
     m.add_argument("--host", default="127.0.0.1")
-    m.add_argument("--port", type=int, default=9000)
+    m.add_argument("--port", type=_port, default=9000)
     m.add_argument("--models", help="YAML with {models: [{name, ability, ttft_ms, ...}]}")
     m.add_argument("--seed", type=int, default=0)
     m.set_defaults(func=cmd_simulate)
@@ -389,9 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--weak", help="the weak model of the pair (default: the file's usual pairs)")
     ev.add_argument("--strong", help="the strong model of the pair")
     ev.add_argument("--policy", help="take the share/quality target from this policy's `target`")
-    ev.add_argument("--share", type=float, default=0.3, help="share of prompts to the strong model to measure at")
-    ev.add_argument("--quality", type=float, default=0.95, help="quality target, as a share of always-strong")
-    ev.add_argument("--threshold", type=float, help="also measure at this threshold on the router's score")
+    ev.add_argument("--share", type=_number(0, 1), default=0.3, help="share of prompts to the strong model to measure at")
+    ev.add_argument("--quality", type=_number(0, 1, low_open=True), default=0.95, help="quality target, as a share of always-strong")
+    ev.add_argument("--threshold", type=_number(), help="also measure at this threshold on the router's score")
     ev.add_argument("--against", help="compare with this router directory instead of the serving one")
     ev.add_argument("--config", help=config_help)
     ev.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -476,6 +515,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command_name(args: argparse.Namespace) -> str:
+    """`policy calibrate`, `router promote`, `train`: the words the user typed, for error lines."""
+    sub = getattr(args, f"{args.command}_command", None)
+    return f"{args.command} {sub}" if sub else str(args.command)
+
+
 def main(argv: list[str] | None = None) -> int:
     # The router's small matrix products run on the event loop; BLAS worker threads would only
     # spin on the other core. Set before anything imports numpy.
@@ -489,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"switchyard: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    except (InputError, OSError) as exc:  # a file that is missing, unreadable or not what it should be
+        print(f"switchyard {_command_name(args)}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -14,7 +14,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from gateway.errors import ConfigError
 
@@ -45,13 +53,18 @@ class Price(_Strict):
 class BudgetConfig(_Strict):
     """A spend limit in USD per calendar period (UTC); `total` never resets."""
 
-    usd: float = Field(ge=0)
+    usd: float = Field(ge=0, allow_inf_nan=False)
     period: Literal["day", "week", "month", "total"] = "total"
 
 
-def as_budget(value: float | BudgetConfig | None) -> BudgetConfig | None:
-    """A plain number is a `total` budget."""
-    return BudgetConfig(usd=value) if isinstance(value, int | float) else value
+def _number_is_total(value: Any) -> Any:
+    """A plain number is a `total` budget, validated as its `usd` (a negative one would pass as a bare
+    float and fail every request that checks it)."""
+    return {"usd": value} if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+Budget = Annotated[BudgetConfig, BeforeValidator(_number_is_total)]
+"""A tenant's or key's budget as given: {usd, period}, or a plain number of USD (a total)."""
 
 
 class DeploymentConfig(_Strict):
@@ -94,8 +107,9 @@ class TenantConfig(_Strict):
         default=None, description="deployments the tenant may pin by name; None = all when `policies` is "
                                   "None, none when it is a list")
     default_policy: str | None = None
-    budget_usd: float | None = Field(default=None, ge=0, description="a total budget (same as budget: N)")
-    budget: float | BudgetConfig | None = Field(
+    budget_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                     description="a total budget (same as budget: N)")
+    budget: Budget | None = Field(
         default=None, description="{usd, period: day|week|month|total}, or a plain number (total)")
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(
@@ -114,7 +128,9 @@ class TenantConfig(_Strict):
 
     @property
     def spend_budget(self) -> BudgetConfig | None:
-        return as_budget(self.budget) or as_budget(self.budget_usd)
+        if self.budget is not None:
+            return self.budget
+        return None if self.budget_usd is None else BudgetConfig(usd=self.budget_usd)
 
 
 class RequestLogSettings(_Strict):

@@ -105,3 +105,8 @@ class UpstreamTimeout(GatewayError):
 
 class ConfigError(Exception):
     """A config or policy file is invalid; the message names the file and the field."""
+
+
+class InputError(ValueError):
+    """A file or argument given to a command cannot be used (a router artifact, a data file); the
+    message names it and says what is wrong, so the command line can print it as one line."""

@@ -93,7 +93,10 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
     router = None
     seeds = None
     catalog = Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
-    for path in policy_files(folder):
+    files = policy_files(folder)
+    if not files:  # a CI gate pointed at the wrong folder must not pass by checking nothing
+        return [f"{folder}: no policy files (*.yaml, *.yml) to check"]
+    for path in files:
         try:
             policy = load_policy_file(path, config.deployments)
         except ConfigError as exc:
@@ -127,7 +130,8 @@ def read_traffic(path: Path) -> list[list[dict[str, Any]]]:
                 raise ConfigError(f"{path}: line {n} is not JSON: {exc}") from None
             messages = messages_of(row) if isinstance(row, dict) else None
             if messages is None:
-                raise ConfigError(f"{path}: line {n} has neither a 'prompt' nor a 'messages' field")
+                raise ConfigError(f"{path}: line {n} has neither a 'prompt' (a string) nor 'messages' "
+                                  "(a list of message objects)")
             out.append(messages)
     return out
 

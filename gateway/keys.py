@@ -25,7 +25,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from gateway.config import BudgetConfig, as_budget
+from gateway.config import Budget, BudgetConfig
 from gateway.state import VIRTUAL_KEYS_INDEX, Store, StoreUnavailable, virtual_key_key
 
 KEY_PREFIX = "sk-sy-"
@@ -47,11 +47,16 @@ class KeyLimits(_Body):
     name: str | None = Field(default=None, max_length=200)
     policies: list[str] | None = Field(default=None, description="allowed policies; None: the tenant's")
     deployments: list[str] | None = Field(default=None, description="deployments the key may pin by name")
-    budget: float | BudgetConfig | None = Field(default=None, description="{usd, period} or a total in USD")
+    budget: Budget | None = Field(default=None, description="{usd, period} or a total in USD")
     requests_per_minute: int | None = Field(default=None, gt=0)
     tokens_per_minute: int | None = Field(default=None, gt=0)
     expires_at: datetime | None = Field(default=None, description="ISO 8601; naive times are UTC")
     metadata: dict[str, str | int | float | bool | None] = Field(default_factory=dict, max_length=64)
+
+    @field_validator("metadata", mode="before")
+    @classmethod
+    def _null_clears(cls, value: Any) -> Any:
+        return {} if value is None else value  # as for every other field, `null` clears it
 
     @field_validator("expires_at")
     @classmethod
@@ -60,7 +65,7 @@ class KeyLimits(_Body):
 
     @property
     def spend_budget(self) -> BudgetConfig | None:
-        return as_budget(self.budget)
+        return self.budget
 
 
 class KeyCreate(KeyLimits):

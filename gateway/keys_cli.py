@@ -9,17 +9,33 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from typing import Any
+from urllib.parse import quote, urlencode
 
 ENV_URL = "SWITCHYARD_URL"
 ENV_ADMIN_KEY = "SWITCHYARD_ADMIN_KEY"
 _TIMEOUT_S = 10.0
 
 
-def _budget(raw: str | None, period: str) -> dict[str, Any] | None:
-    return None if raw is None else {"usd": float(raw), "period": period}
+def _usd(raw: str) -> float:
+    """--budget: a finite number of USD, 0 or more (refused here, in one line, rather than by the API)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of USD: {raw!r}") from None
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number of USD, 0 or more; got {raw!r}")
+    return value
+
+
+def _pair(raw: str) -> tuple[str, str]:
+    key, sep, value = raw.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {raw!r}")
+    return key, value
 
 
 def create_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -31,9 +47,9 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name) is not None:
             body[name] = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
     if args.budget is not None:
-        body["budget"] = _budget(args.budget, args.period)
+        body["budget"] = {"usd": args.budget, "period": args.period}
     if args.metadata:
-        body["metadata"] = dict(pair.split("=", 1) for pair in args.metadata)
+        body["metadata"] = dict(args.metadata)
     return body
 
 
@@ -64,10 +80,11 @@ def cmd_keys(args: argparse.Namespace) -> int:
     if command == "create":
         return _call(args, "POST", "/admin/keys", create_body(args))
     if command == "list":
-        return _call(args, "GET", "/admin/keys" + (f"?tenant={args.tenant}" if args.tenant else ""))
+        return _call(args, "GET", "/admin/keys" + (f"?{urlencode({'tenant': args.tenant})}" if args.tenant else ""))
+    key_id = quote(args.id, safe="")  # an id is one path segment: `../x` must not reach another route
     if command == "revoke":
-        return _call(args, "DELETE", f"/admin/keys/{args.id}")
-    return _call(args, "POST", f"/admin/keys/{args.id}/rotate")
+        return _call(args, "DELETE", f"/admin/keys/{key_id}")
+    return _call(args, "POST", f"/admin/keys/{key_id}/rotate")
 
 
 def add_parser(sub: Any) -> None:
@@ -85,12 +102,12 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--name")
     c.add_argument("--policies", help="comma-separated policies the key may use (default: its tenant's)")
     c.add_argument("--deployments", help="comma-separated deployments it may pin by name")
-    c.add_argument("--budget", metavar="USD", help="spend limit in USD per --period")
+    c.add_argument("--budget", metavar="USD", type=_usd, help="spend limit in USD per --period")
     c.add_argument("--period", choices=("day", "week", "month", "total"), default="total")
     c.add_argument("--requests-per-minute", type=int)
     c.add_argument("--tokens-per-minute", type=int)
     c.add_argument("--expires-at", metavar="ISO8601")
-    c.add_argument("--metadata", action="append", metavar="KEY=VALUE")
+    c.add_argument("--metadata", action="append", metavar="KEY=VALUE", type=_pair)
     lst = common(ks.add_parser("list", help="every key (never the key itself: its prefix and hash prefix)"))
     lst.add_argument("--tenant", help="only this tenant's keys")
     common(ks.add_parser("revoke", help="revoke a key: refused by every replica within a second")).add_argument("id")

@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from gateway.config import DeploymentConfig
+from gateway.errors import InputError
 from gateway.feedback import SOURCES
 from gateway.router.training.data import hash_split
 from gateway.state import REQUESTS_STREAM, Store, request_key, since_id
@@ -116,10 +117,15 @@ def from_jsonl(path: Path, since_s: float) -> Iterator[tuple[dict[str, Any], Fee
     records: dict[tuple[str, str], dict[str, Any]] = {}
     feedback: dict[tuple[str, str], Feedbacks] = {}
     with path.open("rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
-            item = orjson.loads(line)
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                raise InputError(f"{path}: line {n} is not JSON: {exc}") from None
+            if not isinstance(item, dict):
+                raise InputError(f"{path}: line {n} is not a request-log record (a JSON object)")
             key = (item.get("tenant", ""), item.get("request_id", ""))
             if item.get("kind") == "request" and item.get("time", 0) >= since_s:
                 records[key] = item

@@ -44,7 +44,7 @@ Selector = Literal["vote", "judge"]
 
 
 class BestOfSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as policy files
 
     deployment: str | None = None
     deployments: list[str] | None = Field(default=None, min_length=2)

@@ -59,7 +59,7 @@ CASCADE_SHORTFALL = 0.02
 
 
 class CascadeSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as policy files
 
     steps: list[str] = Field(min_length=2)
     confidence: Confidence = "agreement"

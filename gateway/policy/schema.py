@@ -17,7 +17,9 @@ from gateway.plans.cascade import CascadeSpec
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No .inf or .nan: YAML has both, and `value_usd: .inf` would make every utility inf, a tie that the
+    # cheapest candidate wins (the opposite of what it says); a limit is left out, not made infinite.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class _Candidate(_Strict):

@@ -85,9 +85,11 @@ class SeedSample:
 
 
 def messages_of(row: Mapping[str, Any]) -> list[dict[str, Any]] | None:
-    """A traffic line: OpenAI `messages`, or a `prompt` (the routing-data schema)."""
-    if isinstance(row.get("messages"), list):
-        return list(row["messages"])
+    """A traffic line: OpenAI `messages` (a list of objects), or a `prompt` (the routing-data schema);
+    None for anything else."""
+    messages = row.get("messages")
+    if isinstance(messages, list) and all(isinstance(m, dict) for m in messages):
+        return list(messages)
     if isinstance(row.get("prompt"), str):
         return [{"role": "user", "content": row["prompt"]}]
     return None

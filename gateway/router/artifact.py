@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
+from gateway.errors import InputError
+
 # What `load_router` reads; nothing else in the directory is part of the router.
 ARTIFACT_FILES = ("router.json", "router.npz")
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed, so that packing the same files gives the same bytes
 
 
-class ArtifactError(ValueError):
+class ArtifactError(InputError):
     """An artifact that is incomplete, or a blob whose bytes do not match its hash."""
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 import operator
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from types import MappingProxyType
 import numpy as np
 
 from gateway.router.arrays import F32, F64, I64, Floats, Loaded
+from gateway.router.artifact import ArtifactError
 from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
 from gateway.router.meta import ArtifactMeta
 from gateway.router.neighbours import Neighbours, unit
@@ -198,12 +200,31 @@ class Router:
         return z.astype(np.float64), knn, share
 
 
+# What a damaged or foreign artifact raises while it is read (a truncated npz is a BadZipFile, an
+# empty one an EOFError, a router.json of the wrong shape a TypeError or AttributeError).
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile)
+
+
 def load_router(path: str | Path | None = None) -> Router:
-    """Load a trained router from a directory holding ``router.npz`` + ``router.json``."""
+    """Load a trained router from a directory holding ``router.npz`` + ``router.json``.
+
+    Any file that is missing, truncated or of the wrong shape is an ArtifactError naming the directory,
+    so the CLI can refuse it in one line and a replica can keep what it serves."""
     root = Path(path) if path is not None else DEFAULT_ARTIFACT
+    try:
+        return _load(root)
+    except ArtifactError:
+        raise
+    except _UNREADABLE as exc:
+        raise ArtifactError(f"{root}: not a loadable router: {type(exc).__name__}: {exc}") from exc
+
+
+def _load(root: Path) -> Router:
     meta: ArtifactMeta = json.loads((root / "router.json").read_text(encoding="utf-8"))
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"{root}/router.json: not a JSON object")
     if meta.get("version") != ARTIFACT_VERSION:
-        raise ValueError(f"{root}/router.json: version {meta.get('version')!r}, expected {ARTIFACT_VERSION}")
+        raise ArtifactError(f"{root}/router.json: version {meta.get('version')!r}, expected {ARTIFACT_VERSION}")
     with np.load(root / "router.npz") as z:
         arr: dict[str, Loaded] = {k: z[k] for k in z.files}
     spec = HashSpec(**meta["hash_spec"])

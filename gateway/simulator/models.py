@@ -9,12 +9,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from gateway.errors import InputError
+
 from .faults import Fault, check_rates
 
 MAX_OUTPUT_TOKENS = 8192
 
 
-class SimConfigError(ValueError):
+class SimConfigError(InputError):
     """A simulator model file is unreadable or invalid; the message names file and field."""
 
 

@@ -111,6 +111,12 @@ def test_policy_check_passes_on_the_shipped_policies_and_names_a_bad_field(tmp_p
     assert "oops.yaml: candidates[0].single 'huge' is not a deployment or tier" in bad.stderr
 
 
+def test_policy_check_fails_on_a_folder_without_policies(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("policies live elsewhere\n")
+    out = _run("policy", "check", str(tmp_path))
+    assert out.returncode == 1 and f"{tmp_path}: no policy files (*.yaml, *.yml) to check" in out.stderr
+
+
 def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> None:
     config = tmp_path / "gateway.yaml"
     config.write_text("deployments:\n  - name: a\n    model: openai/x\n"
@@ -119,3 +125,43 @@ def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert re.search(r"gateway.yaml: deployments\[0\].price.input_per_mtok: Input should be a valid number",
                      result.stderr), result.stderr
+
+
+def _bad_files(tmp: Path) -> dict[str, Path]:
+    (tmp / "not-json.jsonl").write_text("not json\n")
+    (tmp / "no-prompt.jsonl").write_text('{"id": 1, "text": "hi"}\n')
+    (tmp / "not-a-router").mkdir()
+    (tmp / "log.jsonl").write_text("[1, 2]\n")
+    (tmp / "models.yaml").write_text("foo: 1\n")
+    (tmp / "null-messages.jsonl").write_text('{"messages": [null]}\n' * 60)
+    return {"missing": tmp / "missing.jsonl", **{p.stem: p for p in tmp.iterdir()}}
+
+
+# (arguments, what the one error line must say); {name} is a file from _bad_files
+BAD_INVOCATIONS = [
+    ("policy calibrate balanced --traffic {missing}", "switchyard policy calibrate: [Errno 2] No such file"),
+    ("policy calibrate balanced --traffic {null-messages}",
+     "switchyard policy calibrate: {null-messages}: line 1 has neither a 'prompt' (a string) nor 'messages'"),
+    ("route --batch {not-json} --out {missing}", "switchyard route: {not-json}: line 1 is not JSON"),
+    ("route hello --artifact {not-a-router}", "switchyard route: {not-a-router}: not a loadable router"),
+    ("train --data {no-prompt} --out {not-a-router}", "switchyard train: {no-prompt}: line 1 needs an 'id' and a"),
+    ("train --data {missing} --out {not-a-router}", "switchyard train: [Errno 2] No such file"),
+    ("logs export --out {missing} --from-jsonl {log}", "switchyard logs export: {log}: line 1 is not a request-log"),
+    ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
+    ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
+    ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback
+    ("router evaluate {not-a-router} --data {missing} --share 5", "argument --share: must be from 0 to 1, got '5'"),
+    ("router evaluate {not-a-router} --data {missing} --threshold nan", "argument --threshold: must be a finite"),
+    ("keys create --tenant t --budget abc --admin-key k", "argument --budget: not a number of USD: 'abc'"),
+    ("keys create --tenant t --budget nan --admin-key k", "argument --budget: must be a finite number of USD"),
+    ("keys create --tenant t --metadata owner --admin-key k", "argument --metadata: expected KEY=VALUE, got 'owner'"),
+]
+
+
+@pytest.mark.parametrize(("args", "says"), BAD_INVOCATIONS, ids=[a for a, _ in BAD_INVOCATIONS])
+def test_a_bad_argument_or_file_is_an_error_naming_it_not_a_traceback(tmp_path: Path, args: str, says: str) -> None:
+    files = {k: str(v) for k, v in _bad_files(tmp_path).items()}
+    argv = shlex.split(args.format(**files))
+    out = _run(*argv, *(["--url", "http://127.0.0.1:9"] if argv[0] == "keys" else []))
+    assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
+    assert says.format(**files) in out.stderr, out.stderr

@@ -71,6 +71,8 @@ def test_the_admin_api_needs_the_admin_key(gw: str, key: str | None, status: int
     ({"tenant": "acme", "policies": ["no-such-policy"]}, "policies[0]"),
     ({"tenant": "acme", "deployments": ["nowhere"]}, "deployments[0]"),
     ({"tenant": "acme", "budget": {"usd": 1, "period": "fortnight"}}, "budget"),
+    ({"tenant": "acme", "budget": -5}, "budget.usd"),  # a plain number is a total, bounded as usd is
+    ({"tenant": "acme", "budget": {"usd": -1}}, "budget.usd"),
     ({"tenant": "acme", "requests_per_minute": 0}, "requests_per_minute"),
     (["not", "an", "object"], None)])
 def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | None) -> None:
@@ -79,6 +81,23 @@ def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | N
     assert resp.json()["error"]["type"] == "invalid_request_error"
     if param is not None:
         assert (resp.json()["error"]["param"] or "").startswith(param)
+
+
+def test_a_patch_with_a_negative_budget_is_refused_and_the_key_keeps_working(gw: str) -> None:
+    created = _create(gw)
+    resp = _admin(gw, "PATCH", f"/admin/keys/{created['id']}", json={"budget": -5})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "budget.usd"
+    assert _chat(gw, created["key"]).choices
+    assert httpx.get(gw + "/v1/budget", headers={"authorization": f"Bearer {created['key']}"}).status_code == 200
+
+
+def test_a_patch_with_null_clears_a_field_metadata_too(gw: str) -> None:
+    created = _create(gw, name="ci", metadata={"team": "search"}, requests_per_minute=5)
+    resp = _admin(gw, "PATCH", f"/admin/keys/{created['id']}",
+                  json={"name": None, "metadata": None, "requests_per_minute": None})
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["name"], resp.json()["metadata"], resp.json()["requests_per_minute"]) == (None, {}, None)
 
 
 def test_unknown_key_ids_are_404s(gw: str) -> None:
@@ -127,6 +146,21 @@ def test_a_patch_takes_effect_without_a_restart(gw: str) -> None:
     assert 1 <= int(info.value.response.headers["retry-after"]) <= 60
 
 
+def test_explaining_a_route_counts_against_requests_per_minute(gw: str) -> None:
+    """POST /v1/route calls no model, but it is a request: past the limit it is refused, so a caller
+    cannot feed a target policy's calibration (shared by every tenant) without end."""
+    key = _create(gw, requests_per_minute=2)["key"]
+    codes = [httpx.post(gw + "/v1/route", headers={"authorization": f"Bearer {key}"}, timeout=10,
+                        json={"model": "router/balanced", "messages": HI}).status_code for _ in range(2)]
+    refused = httpx.post(gw + "/v1/route", headers={"authorization": f"Bearer {key}"}, timeout=10,
+                         json={"model": "router/balanced", "messages": HI})
+    assert codes == [200, 200] and refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded"
+    assert "requests_per_minute" in refused.json()["error"]["message"]
+    with pytest.raises(openai.RateLimitError):  # and the explained ones counted for chat as well
+        _chat(gw, key)
+
+
 def test_tokens_per_minute_refuses_with_the_limit_named_and_retry_after(gw: str) -> None:
     key = _create(gw, tokens_per_minute=100)["key"]
     _chat(gw, key, max_tokens=40)  # reserves prompt + 40, settles to the real count
@@ -173,6 +207,9 @@ def test_switchyard_keys_drives_the_same_api(gw: str) -> None:
     assert created["id"] in listed.stdout and created["key"] not in listed.stdout
     assert run("rotate", created["id"]).returncode == 0
     assert json.loads(run("revoke", created["id"]).stdout)["status"] == "revoked"
+    # An id is one path segment: it cannot walk the admin key over to another route (DELETE /v1/models: 405)
+    escaped = run("revoke", "../../v1/models")
+    assert escaped.returncode == 1 and '"code": "not_found"' in escaped.stderr, escaped.stderr
     bad = subprocess.run([*cli, "list", "--url", gw, "--admin-key", "sk-wrong"], env=env, cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "authentication_error" in bad.stderr

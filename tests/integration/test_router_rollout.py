@@ -165,6 +165,28 @@ def test_promote_refuses_a_directory_that_is_not_a_working_router(tmp_path: Path
     assert redis.Redis.from_url(versions_url).get("sy:router:current") is None
 
 
+@pytest.mark.parametrize(("damage", "named"), [
+    ("truncated router.npz", "router: BadZipFile"), ("router.json a list", "router.json: not a JSON object"),
+    ("router.json of another release", "router: TypeError")])
+def test_promote_refuses_a_damaged_artifact_in_one_line(tmp_path: Path, versions_url: str, variant_dir: Path,
+                                                        damage: str, named: str) -> None:
+    Artifact.read(variant_dir).write(tmp_path)
+    if damage == "truncated router.npz":
+        npz = (tmp_path / "router.npz").read_bytes()
+        (tmp_path / "router.npz").write_bytes(npz[:len(npz) // 2])
+    elif damage == "router.json a list":
+        (tmp_path / "router.json").write_text("[1, 2]")
+    else:
+        meta = json.loads((tmp_path / "router.json").read_text())
+        meta["hash_spec"]["salt"] = 7
+        (tmp_path / "router.json").write_text(json.dumps(meta))
+    out = _cli("router", "promote", str(tmp_path), redis_url=versions_url)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert out.stderr.startswith(f"switchyard router promote: refused: {tmp_path}") and named in out.stderr
+    assert redis.Redis.from_url(versions_url).get("sy:router:current") is None
+
+
 def test_evaluate_compares_a_candidate_with_the_serving_router(versions_url: str, variant_dir: Path) -> None:
     data = str(FIXTURES / "router_small.jsonl")
     out = _cli("router", "evaluate", str(variant_dir), "--data", data, "--split", "all", "--json", "--quiet")

@@ -137,6 +137,12 @@ def test_an_env_key_equal_to_another_tenants_hash_is_a_config_error(monkeypatch:
         Authenticator(config.tenants, MemoryStore())
 
 
+@pytest.mark.parametrize("budget", [-5, {"usd": -1, "period": "day"}, float("inf")])
+def test_a_tenant_budget_below_zero_or_infinite_is_a_config_error(budget: object) -> None:
+    with pytest.raises(ConfigError, match=r"gw.yaml: tenants\[0\].budget.usd: Input should be"):
+        _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-a"), "budget": budget}])
+
+
 def test_tenant_names_must_be_unique() -> None:
     with pytest.raises(ConfigError, match=r"gw.yaml: tenants: .*tenant names must be unique, repeated: team-a"):
         _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-1")},

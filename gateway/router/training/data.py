@@ -20,6 +20,7 @@ from typing import NotRequired, TypedDict, cast
 
 import numpy as np
 
+from gateway.errors import InputError
 from gateway.router.arrays import F64, Bools, Ints, Strs
 
 
@@ -72,10 +73,26 @@ class RoutingData:
 
 
 def iter_rows(path: str | Path) -> Iterator[DataRow]:
+    """The file's rows, each checked for the fields every reader needs (`id`, `prompt`, and `models`
+    as an object of objects): a bad line is an InputError naming the file and the line."""
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if line.strip():
-                yield json.loads(line)
+                yield _row(path, n, line)
+
+
+def _row(path: str | Path, n: int, line: str) -> DataRow:
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        raise InputError(f"{path}: line {n} is not JSON: {exc}") from None
+    if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prompt"), str):
+        raise InputError(f"{path}: line {n} needs an 'id' and a string 'prompt' (the routing-data schema)")
+    models = row.get("models")
+    if models is not None and not (isinstance(models, dict) and
+                                   all(r is None or isinstance(r, dict) for r in models.values())):
+        raise InputError(f"{path}: line {n}: 'models' must be an object of {{model: {{score, cost_usd}}}}")
+    return cast(DataRow, row)
 
 
 def hash_split(row_id: str) -> str:

@@ -41,6 +41,17 @@ def test_unknown_key_is_rejected_with_its_path(tmp_path: Path) -> None:
         load_policy_file(path, DEPLOYMENTS)
 
 
+@pytest.mark.parametrize(("text", "field"), [
+    ("objective:\n  value_usd: .inf\n", "objective.value_usd"),  # every utility inf: the cheapest won the tie
+    ("target:\n  usd_per_1k_requests: .inf\n", "target.usd_per_1k_requests"),
+    ("constraints:\n  max_cost_usd: .inf\n", "constraints.max_cost_usd"),
+    ("constraints:\n  min_quality: .nan\n", "constraints.min_quality")])
+def test_an_infinite_or_nan_number_is_rejected_with_its_path(tmp_path: Path, text: str, field: str) -> None:
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n  - single: large\n" + text)
+    with pytest.raises(ConfigError, match=rf"p.yaml: {field}: Input should be a finite number"):
+        load_policy_file(path, DEPLOYMENTS)
+
+
 def test_wrong_type_is_rejected_with_its_path(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\nconstraints:\n  latency_slo_ms: fast\n")
     with pytest.raises(ConfigError, match=r"p.yaml: constraints.latency_slo_ms: Input should be a valid number"):

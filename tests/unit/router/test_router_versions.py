@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -114,6 +115,34 @@ async def test_a_replica_keeps_its_router_when_a_promoted_one_cannot_be_loaded(
         assert not await sync.check()
     assert serving.version == before
     assert "cannot be served" in caplog.text and entry.version in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["truncated npz", "hash_spec of another version"])
+async def test_a_replica_refuses_an_intact_blob_that_is_not_a_loadable_router_once(
+        variant_dir: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Bytes that match their hash but do not load (a truncated npz, a router.json written by another
+    release) are a refusal logged once, not an exception every poll."""
+    files = dict(Artifact.read(variant_dir).files)
+    if damage == "truncated npz":
+        files["router.npz"] = files["router.npz"][:len(files["router.npz"]) // 2]
+    else:
+        meta = json.loads(files["router.json"])
+        meta["hash_spec"]["salt"] = 7
+        files["router.json"] = json.dumps(meta).encode()
+    store = MemoryStore()
+    registry = RouterRegistry(store)
+    entry = await registry.promote(Artifact.of("damaged", files), "ops")
+    assert entry is not None
+    serving = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    before = serving.version
+    sync = RouterSync(serving, registry)
+    with caplog.at_level(logging.ERROR, logger="switchyard.router"):
+        assert not await sync.check()
+        assert not await sync.check()  # the same pointer is not tried again
+    assert serving.version == before
+    rejected = [r for r in caplog.records if getattr(r, "event", None) == "router_rejected"]
+    assert len(rejected) == 1 and entry.version in rejected[0].getMessage()
+    assert "not a loadable router" in rejected[0].getMessage()
 
 
 class _DownStore(MemoryStore):
