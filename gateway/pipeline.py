@@ -41,7 +41,7 @@ from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.drain import late_bills
 from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
 from gateway.executor.result import CallRecord
-from gateway.executor.resume import resuming
+from gateway.executor.resume import resumable, resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.ledger import CACHE, Ledger, Spent
@@ -57,6 +57,7 @@ from gateway.policy import (
     decide,
     fit_to_cap,
     output_ceiling,
+    worst_case_billed,
     worst_case_cost,
     worst_case_duration_s,
     worst_case_tokens,
@@ -324,18 +325,18 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     return outcome
 
 
-def _need(svc: Services, tenant: Tenant, r: Route, hedged: bool) -> Need:
-    """What the route may use at most: its worst-case cost and tokens, held for its longest duration.
-    `hedged`: the plan's first deployment and its fallbacks may both answer, and both be billed (the
-    losing leg for what it served), so the worst case of the fallback chain is held as well."""
+def _need(svc: Services, tenant: Tenant, r: Route, within_s: float, hedged: bool, resumes: bool) -> Need:
+    """What the route may use at most: what its calls may be billed (`worst_case_billed`: attempts given
+    up on that answer late, both legs of a hedge, a broken stream's continuation) and its worst-case
+    tokens, held for its longest duration. `within_s`: the request's deadline."""
     if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
         return NOTHING
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
+    reserve = worst_case_billed(r.plan, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices, within_s=within_s,
+                                hedged=hedged, resumes=resumes) if tenant.holds_budget else 0.0
     legs = [r.plan]
-    if hedged and isinstance(r.plan, Single):
+    if hedged and isinstance(r.plan, Single):  # both legs' calls are made
         legs.append(Single(r.plan.fallbacks[0], r.plan.fallbacks[1:]))
-    reserve = sum(worst_case_cost(leg, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices)
-                  for leg in legs) if tenant.holds_budget else 0.0
     counted = sum(worst_case_tokens(leg, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices)
                   for leg in legs) if tenant.counts_tokens else 0
     return Need(reserve, counted, ttl)
@@ -354,6 +355,7 @@ class _Ahead:
     trail: Trail
     tenant: Tenant
     entry: Entry
+    deadline: Deadline
     key: str | None = None
     hit: CachedAnswer | None = None
     route: Route | None = None
@@ -374,7 +376,9 @@ class _Ahead:
                 svc.observer.decided(trail.policy, r.plan)
             set_attributes(route_span, switchyard__plan=r.plan.label,
                            switchyard__difficulty=r.decision.signal.difficulty if r.decision else None)
-        return _need(svc, tenant, r, hedged=hedge_after_s(entry.policy.spec.hedge_after_ms, r.plan) is not None)
+        return _need(svc, tenant, r, self.deadline.budget_s,
+                     hedged=hedge_after_s(entry.policy.spec.hedge_after_ms, r.plan) is not None,
+                     resumes=bool(self.request.get("stream")) and resumable(self.request))
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
@@ -388,7 +392,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
                    switchyard__policy__version=None if entry.pinned else entry.policy.version)
     trace_id = trail.trace_id
 
-    ahead = _Ahead(svc, request, ctx, span, router, trail, tenant, entry)
+    ahead = _Ahead(svc, request, ctx, span, router, trail, tenant, entry, deadline)
     held = await svc.auth.admit(tenant, entry.policy_name, ahead.need, pinned=entry.pinned)
     if ahead.route is not None:
         count_traffic(svc, entry, ahead.route)  # routed inside the gate, counted once through it

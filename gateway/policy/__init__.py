@@ -9,6 +9,7 @@ from gateway.policy.estimate import (
     fit_to_cap,
     max_tokens_within,
     output_ceiling,
+    worst_case_billed,
     worst_case_cost,
     worst_case_duration_s,
     worst_case_tokens,
@@ -18,5 +19,6 @@ from gateway.policy.schema import PolicySpec
 
 __all__ = ["BoundPolicy", "Candidate", "Catalog", "Cutoff", "Decision", "Estimate", "Limits", "Overrides",
            "PolicySet", "PolicySpec", "Routing", "bind_policy", "decide", "estimate", "fit_to_cap",
-           "load_policy_file", "max_tokens_within", "output_ceiling", "parse_policy", "worst_case_cost",
+           "load_policy_file", "max_tokens_within", "output_ceiling", "parse_policy", "worst_case_billed",
+           "worst_case_cost",
            "worst_case_duration_s", "worst_case_tokens"]

@@ -9,13 +9,15 @@ Worst cases price the calls each kind declares (`Kind.calls`), the ones its runn
 
 from __future__ import annotations
 
+import math
+
 from gateway import plans
 from gateway.plans import Plan, Single
 from gateway.plans.base import Catalog, Estimate, Live, worst_tokens
 from gateway.signal import RouteSignal
 
 __all__ = ["Catalog", "Estimate", "estimate", "fit_to_cap", "max_tokens_within", "output_ceiling",
-           "worst_case_cost", "worst_case_duration_s", "worst_case_tokens"]
+           "worst_case_billed", "worst_case_cost", "worst_case_duration_s", "worst_case_tokens"]
 
 
 def estimate(plan: Plan, signal: RouteSignal, catalog: Catalog, live_latency_s: Live,
@@ -33,6 +35,35 @@ def worst_case_cost(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens
     sample plus the judge, whose prompt carries every sample; cascade: every step and its samples.
     """
     return plans.KINDS[type(plan)].worst_case(plan, prompt_tokens, catalog, max_tokens, choices)
+
+
+def worst_case_billed(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,
+                      choices: int = 1, *, within_s: float, hedged: bool = False, resumes: bool = False) -> float:
+    """The most the request's calls can be billed: what a budget reserves. `worst_case_cost` prices one
+    run of the plan; a run may be billed for more calls than answer it:
+    - an attempt the gateway stopped waiting for at its deployment's `timeout_s` is still read, and
+      billed if it answers late (`executor.drain`), while a retry or fallback goes on. Each such
+      attempt used up its whole `timeout_s` of the request's deadline (`within_s`), so at most
+      ceil(within_s / the shortest timeout_s) - 1 of them precede the last attempt;
+    - `hedged`: both legs of a hedge run at once, and both may be billed (and time out, in parallel);
+    - `resumes` (a stream that may be continued, `executor.resume`): the cut call is billed for what
+      it streamed, and its continuation on a fallback is sent the prompt plus up to the whole output.
+    A plan that can make no second attempt (one deployment, no retries, or a deadline no longer than
+    its timeout) reserves `worst_case_cost`, as before.
+    """
+    reachable = [catalog.deployments[n] for n in plan.reachable]
+    timed_out = max(0, math.ceil(within_s / min(d.timeout_s for d in reachable)) - 1)
+    if not isinstance(plan, Single):  # each of its calls may be billed once per attempt the deadline allows
+        attempts = max(min(d.max_retries + 1, 1 + timed_out) for d in reachable)
+        return worst_case_cost(plan, prompt_tokens, catalog, max_tokens, choices) * attempts
+    produced = output_ceiling(plan, catalog, max_tokens) if resumes else 0
+    priced: list[float] = []  # every attempt the chain may make, at the most it may cost
+    for d in reachable:
+        prompt = prompt_tokens + (produced if d.name != plan.deployment else 0)
+        cost = catalog.prices[d.name].estimate(prompt, (max_tokens or d.max_output_tokens) * choices)
+        priced += [cost] * (d.max_retries + 1)
+    billed = (1 + timed_out) * (2 if hedged else 1) + (1 if resumes and plan.fallbacks else 0)
+    return sum(sorted(priced, reverse=True)[:billed])
 
 
 def worst_case_tokens(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,

@@ -107,7 +107,9 @@ def test_a_hedged_request_holds_the_budget_both_legs_may_spend(
     monkeypatch.setenv("SY_HEDGE_KEY", "sk-hedge")
     policies = {"hedged": {"description": "hedged", "candidates": [{"single": "lag"}], "fallbacks": {"lag": ["quick"]},
                            "cache": {"enabled": False}, "hedge_after_ms": 150}}
-    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE}
+    # No retries: a timed-out attempt and its retry may both be billed (`executor.drain`), which a
+    # budget holds for as well; here only the hedge may bill a second call.
+    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE, "max_retries": 0}
             for n, m in (("lag", "sim-lag"), ("quick", "sim-quick"))]
     tenants = [{"name": "thrifty", "api_key_env": "SY_HEDGE_KEY", "budget_usd": 0.00008}]
     raw = {"deployments": rows, "tenants": tenants, "default_policy": "hedged"}

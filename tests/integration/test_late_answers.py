@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
-from tests.support.lab import lab_gateway, simulator_of
-from tests.support.processes import Simulator, wait_until
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from tests.support.lab import PRICE, lab_gateway, policies_folder, simulator_of
+from tests.support.processes import Simulator, running_gateway, wait_until
 
 TIMEOUT_S = 0.3
 # Answers due from just before to just after the timeout: every one of them is sent while the
@@ -27,7 +30,9 @@ QUICK = {"ability": 2.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 10}
 MODELS = [
     {"name": "sim-small", **QUICK}, {"name": "sim-large", **QUICK}, {"name": "sim-next", **QUICK},
     {"name": "sim-edge", **QUICK, "faults": [{"kind": "slow", "rate": 1 / len(DELAYS_MS), "delay_ms": d}
-                                             for d in DELAYS_MS]}]
+                                             for d in DELAYS_MS]},
+    # Always late: it answers 2 × TIMEOUT_S after the gateway gave up and moved on to the fallback.
+    {"name": "sim-late", **QUICK, "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": 3000 * TIMEOUT_S}]}]
 
 
 @pytest.fixture(scope="module")
@@ -84,3 +89,44 @@ def test_every_answer_the_upstream_served_is_billed_even_when_the_gateway_had_gi
     finally:
         assert billed() == served
     assert sim.stats()["sim-edge"]["abandoned"] == 0  # the gateway read every answer it had asked for
+
+
+def test_a_budget_holds_for_an_attempt_given_up_on_and_the_fallback_that_answered(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The first deployment always times out and answers late, billed, on top of its fallback's answer.
+    # One call's worst case here is (prompt + 10 output tokens at $2/M) ~ $0.00003: a budget of
+    # $0.00004 pays for one call, not for both. Before, the request was admitted on one call's hold
+    # and spent both (~$0.00005).
+    monkeypatch.setenv("SY_LATE_KEY", "sk-late")
+    budget = 0.00004
+    policies = {"thrifty": {"description": "a late deployment, a fallback", "candidates": [{"single": "late"}],
+                            "fallbacks": {"late": ["next"]}, "cache": {"enabled": False}}}
+    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE,
+             "max_retries": 0, "timeout_s": t}
+            for n, m, t in (("late", "sim-late", TIMEOUT_S), ("next", "sim-next", 5))]
+    tenants = [{"name": "thrifty", "api_key_env": "SY_LATE_KEY", "budget_usd": budget}]
+    raw = {"deployments": rows, "tenants": tenants, "default_policy": "thrifty"}
+    app = create_app(parse_config(raw, "late-budget"), policies_dir=policies_folder(tmp_path, policies))
+    sim.reset()
+    question = [{"role": "user", "content": "What is 2 + 2?"}]
+    with running_gateway(app) as gw:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-late", max_retries=0)
+
+        def spent() -> float:
+            rows = httpx.get(gw.base_url + "/v1/spend", params={"group_by": "tenant"},
+                             headers={"Authorization": "Bearer sk-late"}, timeout=10).json()["data"]
+            return sum(float(r["cost_usd"]) for r in rows)
+
+        try:
+            client.chat.completions.create(model="router/thrifty", messages=question,  # type: ignore[arg-type]
+                                           max_tokens=10)
+        except openai.RateLimitError as refused:
+            assert refused.code == "budget_exceeded"
+        else:
+            wait_until(lambda: spent() > budget, timeout_s=10, what="spend past the budget")
+            pytest.fail(f"a request with a fallback was admitted on one call's hold and spent ${spent():.6f} "
+                        f"of a ${budget} budget")
+        assert sim.stats()["sim-late"]["requests"] == 0
+        # One deployment without retries makes one attempt: the same request fits.
+        answer = client.chat.completions.create(model="next", messages=question, max_tokens=10)  # type: ignore[arg-type]
+        assert answer.choices[0].message.content

@@ -8,15 +8,18 @@ calls are billed. Requests whose stream cannot be spliced (tools) fail as before
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
 
+from gateway.api.app import create_app
+from gateway.config import parse_config
 from gateway.simulator import count_tokens
-from tests.support.lab import lab_gateway, simulator_of
-from tests.support.processes import Simulator, wait_until
+from tests.support.lab import PRICE, lab_gateway, policies_folder, simulator_of
+from tests.support.processes import Simulator, running_gateway, wait_until
 
 # Able enough to answer right every time: every model's whole answer to QUESTION is the same text.
 SURE = {"ability": 12.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 40}
@@ -108,3 +111,45 @@ def test_no_resumption_onto_a_deployment_without_prefill(base_url: str, sim: Sim
     with pytest.raises(openai.APIError, match="failed mid-stream"):
         _stream(base_url, "no-prefill")
     assert sim.stats()["sim-plain"]["requests"] == 0
+
+
+def test_a_budget_holds_for_both_calls_of_a_resumed_stream(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resumed stream bills two calls: the cut one (prompt and half the answer) and its continuation
+    # (the prompt again, the half as input, the other half). One call's worst case here is (prompt +
+    # 40 output tokens at $2/M) ~ $0.00009: a budget of $0.0001 pays for one call, not for both. Before,
+    # the stream was admitted on one call's hold and spent ~$0.00013. The policy's deadline is within
+    # the deployments' timeout_s, so no timed-out attempt can be billed before another: only the
+    # resumption can.
+    monkeypatch.setenv("SY_RESUME_KEY", "sk-resume")
+    budget = 0.0001
+    policies = {"thrifty": {"description": "resumable", "candidates": [{"single": "cut"}],
+                            "fallbacks": {"cut": ["next"]}, "cache": {"enabled": False}, "timeout_s": 20}}
+    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE,
+             "max_retries": 0, "supports_prefill": True} for n, m in (("cut", "sim-cut"), ("next", "sim-next"))]
+    tenants = [{"name": "thrifty", "api_key_env": "SY_RESUME_KEY", "budget_usd": budget}]
+    raw = {"deployments": rows, "tenants": tenants, "default_policy": "thrifty"}
+    app = create_app(parse_config(raw, "resume-budget"), policies_dir=policies_folder(tmp_path, policies))
+    sim.reset()
+    with running_gateway(app) as gw:
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-resume", max_retries=0)
+
+        def spent() -> float:
+            rows = httpx.get(gw.base_url + "/v1/spend", params={"group_by": "tenant"},
+                             headers={"Authorization": "Bearer sk-resume"}, timeout=10).json()["data"]
+            return sum(float(r["cost_usd"]) for r in rows)
+
+        try:
+            list(client.chat.completions.create(model="router/thrifty", messages=QUESTION,  # type: ignore[arg-type]
+                                                max_tokens=40, stream=True))
+        except openai.RateLimitError as refused:
+            assert refused.code == "budget_exceeded"
+        else:
+            wait_until(lambda: spent() > budget, timeout_s=10, what="spend past the budget")
+            pytest.fail(f"a resumable stream was admitted on one call's hold and spent ${spent():.6f} "
+                        f"of a ${budget} budget")
+        assert sim.stats()["sim-cut"]["requests"] == 0
+        # A stream that cannot be resumed (no fallback) holds one call: the same request fits.
+        chunks = list(client.chat.completions.create(model="next", messages=QUESTION,  # type: ignore[arg-type]
+                                                     max_tokens=40, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -10,7 +10,7 @@ from gateway.auth import Authenticator, Need, hash_key
 from gateway.config import TenantConfig, parse_config
 from gateway.errors import BudgetExceeded, RateLimited
 from gateway.plans import BestOfN, Cascade, Single
-from gateway.policy import Catalog, worst_case_cost
+from gateway.policy import Catalog, worst_case_billed, worst_case_cost
 from gateway.providers.pricing import prices_for
 from gateway.state import MemoryStore, holds_key, spend_key
 
@@ -144,3 +144,31 @@ def test_worst_case_cost_counts_every_call_a_plan_may_make() -> None:
     # cascade: every step's samples and the final step
     cascade = Cascade(("small", "large"), samples=3)
     assert worst_case_cost(cascade, 10, cat, 50) == pytest.approx(small.estimate(10, 150) + large.estimate(10, 50))
+
+
+def test_what_a_budget_holds_covers_every_call_that_may_be_billed() -> None:
+    cat = _catalog()  # both deployments: 2 retries (the default), timeout_s 30
+    small, large = cat.prices["small"], cat.prices["large"]
+    one, chain = Single("small"), Single("small", ("large",))
+    # A deadline within the timeout: no attempt can time out and be followed by another, so what
+    # one run of the plan costs (a single: its dearest deployment).
+    assert worst_case_billed(one, 10, cat, 50, within_s=30) == pytest.approx(worst_case_cost(one, 10, cat, 50))
+    assert worst_case_billed(chain, 10, cat, 50, within_s=20) == pytest.approx(large.estimate(10, 50))
+    # A deadline of 60 s: one attempt may time out (billed when it answers late) before another
+    # answers: the two dearest attempts of the chain (large's first try and its retry).
+    assert worst_case_billed(chain, 10, cat, 50, within_s=60) == pytest.approx(2 * large.estimate(10, 50))
+    # Without retries one deployment makes one attempt, whatever the deadline.
+    lone = Catalog({"small": cat.deployments["small"].model_copy(update={"max_retries": 0})}, cat.prices)
+    assert worst_case_billed(one, 10, lone, 50, within_s=600) == pytest.approx(small.estimate(10, 50))
+    # Hedged: both legs may be billed.
+    assert worst_case_billed(chain, 10, cat, 50, within_s=20, hedged=True) == pytest.approx(2 * large.estimate(10, 50))
+    # A resumable stream: the cut call, and a continuation on a fallback sent the prompt plus up to
+    # the whole output; only with a fallback to resume on.
+    assert worst_case_billed(chain, 10, cat, 50, within_s=20, resumes=True) == pytest.approx(
+        large.estimate(60, 50) + large.estimate(60, 50))
+    assert worst_case_billed(one, 10, cat, 50, within_s=20, resumes=True) == pytest.approx(small.estimate(10, 50))
+    # Other plans: each call may be billed once per attempt that fits the deadline.
+    cascade = Cascade(("small", "large"), samples=3)
+    once = worst_case_cost(cascade, 10, cat, 50)
+    assert worst_case_billed(cascade, 10, cat, 50, within_s=60) == pytest.approx(2 * once)
+    assert worst_case_billed(cascade, 10, cat, 50, within_s=30) == pytest.approx(once)
