@@ -361,7 +361,8 @@ class _Ahead:
     async def need(self) -> Need:
         svc, entry, trail, tenant = self.svc, self.entry, self.trail, self.tenant
         if entry.policy.spec.cache.enabled and is_cacheable(self.request, self.ctx.cache):
-            self.key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, self.request)
+            self.key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, self.request,
+                                     self.ctx.overrides)
             self.hit = await svc.cache.lookup(self.key)
             svc.observer.looked_up(trail.policy, hit=self.hit is not None)
             if self.hit is not None:
