@@ -21,6 +21,8 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.auth import hash_key
+from gateway.keys import KeyCreate, KeyRegistry
+from gateway.state import RedisStore
 from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
 
@@ -254,3 +256,25 @@ def test_the_admin_api_is_off_without_an_admin_key(quota_gw: str) -> None:
     url = quota_gw.split("|")[0]
     resp = _admin(url, "GET", "/admin/keys", key="anything")
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "admin_api_disabled"
+
+
+async def test_listing_the_keys_reads_every_record_in_one_round_trip(redis_server: RedisServer) -> None:
+    """`GET /admin/keys` read each record with its own round trip: 500 keys took ~500 of them."""
+    class Counting(RedisStore):
+        trips = 0
+
+        async def _guarded(self, call: Any) -> Any:
+            self.trips += 1
+            return await super()._guarded(call)
+
+    store = Counting(redis_server.url, timeout_s=5)
+    registry = KeyRegistry(store)
+    try:
+        made = [(await registry.create(KeyCreate(tenant="acme", metadata={"n": str(i)})))[0] for i in range(40)]
+        store.trips = 0
+        listed = await registry.list()
+        assert store.trips == 2  # the index, then every record
+        by_id = {r.id: r for r in listed}
+        assert [by_id[r.id].metadata for r in made] == [{"n": str(i)} for i in range(40)]
+    finally:
+        await store.close()
