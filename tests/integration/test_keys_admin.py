@@ -27,6 +27,7 @@ from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
 
 ADMIN = "sk-admin-test"
+VIEWER = "sk-viewer-test"  # reads the dashboard, nothing else
 TENANT_KEY = "sk-acme-config"
 HI = [{"role": "user", "content": "hi"}]
 
@@ -34,8 +35,8 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def gw(simulator: Simulator, redis_server: RedisServer, policies_dir: Path) -> Iterator[str]:
     tenants = [{"name": "acme", "api_key_sha256": hash_key(TENANT_KEY), "budget": {"usd": 5.0, "period": "day"}}]
-    app = create_app(sim_config(simulator.url, redis_server.url, tenants=tenants,
-                                admin_api_key_sha256=hash_key(ADMIN)), policies_dir=policies_dir)
+    app = create_app(sim_config(simulator.url, redis_server.url, tenants=tenants, admin_api_key_sha256=hash_key(ADMIN),
+                                viewer_api_key_sha256=hash_key(VIEWER)), policies_dir=policies_dir)
     with running_gateway(app) as server:
         yield server.base_url
 
@@ -59,12 +60,17 @@ def _chat(url: str, key: str, content: str = "hi", **kw: Any) -> Any:
 
 @pytest.mark.parametrize(("key", "status", "error_type"), [
     (None, 401, "authentication_error"), ("sk-wrong", 401, "authentication_error"),
-    (TENANT_KEY, 403, "permission_error")])
+    (TENANT_KEY, 403, "permission_error"), (VIEWER, 403, "permission_error")])
 def test_the_admin_api_needs_the_admin_key(gw: str, key: str | None, status: int, error_type: str) -> None:
+    """An unknown key is a 401; a valid key without admin rights (a tenant's, the dashboard viewer's) a
+    403 saying the admin key is needed. The viewer key was a 401 "invalid API key"."""
     for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"), ("DELETE", "/admin/keys/0123456789ab")):
         resp = _admin(gw, method, path, key=key, json={"tenant": "acme"})
         assert resp.status_code == status, (method, path, resp.text)
         assert resp.json()["error"]["type"] == error_type
+        if status == 403:
+            assert resp.json()["error"]["code"] == "admin_key_required"
+            assert "needs the admin key" in resp.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(("body", "param"), [
