@@ -256,12 +256,16 @@ class Authenticator:
         """Whether the caller holds the admin key (`admin_api_key_sha256`), which sees every tenant."""
         return _holds(self._admin, authorization)
 
+    def is_viewer(self, authorization: str | None) -> bool:
+        """Whether the caller holds the dashboard's viewer key (`viewer_api_key_sha256`): valid, not a tenant."""
+        return _holds(self._viewer, authorization)
+
     def may_view(self, authorization: str | None) -> bool:
         """Whether the caller may read the dashboard: the admin key or the viewer key; on an open
         gateway (whose spend anyone may read) anyone, unless one of those keys is configured."""
         if self._admin is None and self._viewer is None:
             return self.open
-        return _holds(self._admin, authorization) or _holds(self._viewer, authorization)
+        return self.is_admin(authorization) or self.is_viewer(authorization)
 
     @staticmethod
     def check_policy(tenant: Tenant, policy: str) -> None:

@@ -4,8 +4,10 @@ Only requests that are safe to reuse are cached: temperature 0, or an explicit o
 (`x-switchyard-cache: force`). The key is a hash of the whole validated request minus a short,
 explicit list of fields that cannot change the answer (`stream`, `user`, `metadata`...), plus who
 answers it: the entry point (policy or deployment), the policy's version (an edited policy does
-not serve answers chosen under the old one), the deployments' identities (a changed model string
-does not serve the old model's answers), and the tenant (answers never cross tenants).
+not serve answers chosen under the old one), the per-request headers that tighten the policy (an
+answer chosen under a caller's cost cap or latency SLO is not served to a call without them, nor
+the other way round), the deployments' identities (a changed model string does not serve the old
+model's answers), and the tenant (answers never cross tenants).
 The cache is an observer of the store's health: if Redis is down a lookup is a miss and a write
 is skipped, and the request is served all the same.
 """
@@ -21,9 +23,12 @@ from typing import Any, Literal
 import orjson
 
 from gateway.config import DeploymentConfig
+from gateway.policy import Overrides
 from gateway.state import Store, StoreUnavailable, answer_key
 
 log = logging.getLogger("switchyard.cache")
+
+_UNTIGHTENED = Overrides()  # no header narrows the policy
 
 CacheStatus = Literal["hit", "miss", "bypass"]
 
@@ -82,11 +87,14 @@ class ExactCache:
         self._all = hashlib.sha256(orjson.dumps(sorted(self._identity.items()))).hexdigest()[:12]
 
     def key(self, entry: str, pinned: str | None, policy_version: str, tenant: str,
-            request: dict[str, Any]) -> str:
-        """The key of this request's answer: who answers it (the entry, the policy version in force,
-        the deployments' identities), for which tenant, to which question."""
+            request: dict[str, Any], overrides: Overrides = _UNTIGHTENED) -> str:
+        """The key of this request's answer: who answers it (the entry, the policy version in force
+        and the headers tightening it, the deployments' identities), for which tenant, to which question."""
         identity = self._identity.get(pinned, "") if pinned else self._all
-        return cache_key(self.namespace, f"{entry}|{policy_version}|{identity}", tenant, request)
+        scope = f"{entry}|{policy_version}|{identity}"
+        if overrides != _UNTIGHTENED:  # a request without them keeps the key it always had
+            scope += f"|cost<={overrides.max_cost_usd!r}|slo<={overrides.latency_slo_ms!r}"
+        return cache_key(self.namespace, scope, tenant, request)
 
     async def lookup(self, key: str) -> CachedAnswer | None:
         try:

@@ -9,6 +9,7 @@
       route    = cost cap → upstream max_tokens       422 if not even the prompt fits
                                                   → then 429 for its worst case, before any upstream call
     count_traffic(...)                            → once admitted, the decision counts in the calibration
+    observer.decided(...)                         → and in the routing-mix metric
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
     learn(...)                                    → request record queued; maybe a shadow job (both off-path)
@@ -363,7 +364,8 @@ class _Ahead:
     async def need(self) -> Need:
         svc, entry, trail, tenant = self.svc, self.entry, self.trail, self.tenant
         if entry.policy.spec.cache.enabled and is_cacheable(self.request, self.ctx.cache):
-            self.key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, self.request)
+            self.key = svc.cache.key(entry.name, entry.pinned, entry.policy.version, tenant.name, self.request,
+                                     self.ctx.overrides)
             self.hit = await svc.cache.lookup(self.key)
             svc.observer.looked_up(trail.policy, hit=self.hit is not None)
             if self.hit is not None:
@@ -372,8 +374,6 @@ class _Ahead:
                                 switchyard__router__version=self.router.version) as route_span:
             r = self.route = route(svc, entry, self.request, self.ctx, tenant.name, self.router)
             trail.plan = r.plan
-            if r.decision is not None:
-                svc.observer.decided(trail.policy, r.plan)
             set_attributes(route_span, switchyard__plan=r.plan.label,
                            switchyard__difficulty=r.decision.signal.difficulty if r.decision else None)
         return _need(svc, tenant, r, self.deadline.budget_s,
@@ -394,8 +394,10 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
 
     ahead = _Ahead(svc, request, ctx, span, router, trail, tenant, entry, deadline)
     held = await svc.auth.admit(tenant, entry.policy_name, ahead.need, pinned=entry.pinned)
-    if ahead.route is not None:
-        count_traffic(svc, entry, ahead.route)  # routed inside the gate, counted once through it
+    if ahead.route is not None:  # routed inside the gate, counted once through it
+        count_traffic(svc, entry, ahead.route)
+        if ahead.route.decision is not None:
+            svc.observer.decided(trail.policy, ahead.route.plan)
     key, hit = ahead.key, ahead.hit
     if hit is not None:
         trail.cache, trail.plan_label, trail.deployment = "hit", hit.plan, hit.deployment

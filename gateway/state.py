@@ -240,6 +240,7 @@ class Store(Protocol):
     kind: str
 
     async def get(self, key: str) -> bytes | None: ...
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
     async def incr(self, key: str, ttl_s: float) -> int: ...
     async def incr_float(self, key: str, amount: float) -> float: ...
@@ -382,6 +383,9 @@ class MemoryStore(MemoryAdmission):
         if key in self._floats:
             return repr(self._floats[key]).encode()
         return self._live(key)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         self._floats.pop(key, None)
@@ -607,6 +611,17 @@ class RedisStore(RedisAdmission):
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = await self._guarded(lambda: self._client.get(key))
         return value
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """One round trip, in order. A pipeline rather than MGET: the keys may sit in different slots,
+        and a cluster client sends a pipeline's commands to each key's node (one batch per node)."""
+        async def read() -> list[bytes | None]:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                values: list[bytes | None] = await pipe.execute()
+            return values
+        return await self._guarded(read) if keys else []
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self._guarded(lambda: self._client.set(key, value, px=int(ttl_s * 1000) if ttl_s else None))

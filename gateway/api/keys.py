@@ -10,7 +10,8 @@
 | DELETE /admin/keys/{id}          | revoke (the record stays, `status: revoked`)           |
 | POST /admin/keys/{id}/rotate     | a new secret for the key: returned once; the old stops |
 
-No admin key configured: 403 (the API is off). Missing or unknown key: 401; a tenant's key: 403.
+No admin key configured: 403 (the API is off). Missing or unknown key: 401; a valid key without
+admin rights (a tenant's, the dashboard viewer's): 403.
 Bad bodies: 400; unknown id: 404.
 """
 
@@ -57,6 +58,8 @@ async def _require_admin(svc: Services, request: Request) -> None:
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise AuthenticationFailed("this needs the admin key: send 'Authorization: Bearer <admin key>'")
+    if svc.auth.is_viewer(authorization):  # a valid key, though no tenant's: authenticate would say 401
+        raise PermissionDenied("this needs the admin key, not the dashboard's viewer key", code="admin_key_required")
     await svc.auth.authenticate(authorization)  # unknown keys: 401
     raise PermissionDenied("this needs the admin key, not a tenant's key", code="admin_key_required")
 

@@ -124,8 +124,9 @@ class PolicySpec(_Strict):
     fallbacks: dict[str, list[str]] = Field(default_factory=dict)
     cache: CacheSettings = CacheSettings()
     # One deadline per request over every retry, fallback, cascade step and sample; clients may
-    # tighten it with x-switchyard-timeout-ms.
-    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    # tighten it with x-switchyard-timeout-ms. At least 0.1 s: below that no upstream call can answer,
+    # and a typo such as 1e-300 would turn every request under the policy into a 504.
+    timeout_s: float = Field(default=60.0, ge=0.1, le=3600)
     # Single-deployment plans with a fallback also ask the fallback when no first token came by then.
     hedge_after_ms: float | None = Field(default=None, gt=0, le=600_000)
     examples: list[Example] = Field(default_factory=list)

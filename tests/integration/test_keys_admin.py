@@ -21,10 +21,13 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.auth import hash_key
+from gateway.keys import KeyCreate, KeyRegistry
+from gateway.state import RedisStore
 from tests.integration.conftest import sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
 
 ADMIN = "sk-admin-test"
+VIEWER = "sk-viewer-test"  # reads the dashboard, nothing else
 TENANT_KEY = "sk-acme-config"
 HI = [{"role": "user", "content": "hi"}]
 
@@ -32,8 +35,8 @@ HI = [{"role": "user", "content": "hi"}]
 @pytest.fixture(scope="module")
 def gw(simulator: Simulator, redis_server: RedisServer, policies_dir: Path) -> Iterator[str]:
     tenants = [{"name": "acme", "api_key_sha256": hash_key(TENANT_KEY), "budget": {"usd": 5.0, "period": "day"}}]
-    app = create_app(sim_config(simulator.url, redis_server.url, tenants=tenants,
-                                admin_api_key_sha256=hash_key(ADMIN)), policies_dir=policies_dir)
+    app = create_app(sim_config(simulator.url, redis_server.url, tenants=tenants, admin_api_key_sha256=hash_key(ADMIN),
+                                viewer_api_key_sha256=hash_key(VIEWER)), policies_dir=policies_dir)
     with running_gateway(app) as server:
         yield server.base_url
 
@@ -57,12 +60,17 @@ def _chat(url: str, key: str, content: str = "hi", **kw: Any) -> Any:
 
 @pytest.mark.parametrize(("key", "status", "error_type"), [
     (None, 401, "authentication_error"), ("sk-wrong", 401, "authentication_error"),
-    (TENANT_KEY, 403, "permission_error")])
+    (TENANT_KEY, 403, "permission_error"), (VIEWER, 403, "permission_error")])
 def test_the_admin_api_needs_the_admin_key(gw: str, key: str | None, status: int, error_type: str) -> None:
+    """An unknown key is a 401; a valid key without admin rights (a tenant's, the dashboard viewer's) a
+    403 saying the admin key is needed. The viewer key was a 401 "invalid API key"."""
     for method, path in (("GET", "/admin/keys"), ("POST", "/admin/keys"), ("DELETE", "/admin/keys/0123456789ab")):
         resp = _admin(gw, method, path, key=key, json={"tenant": "acme"})
         assert resp.status_code == status, (method, path, resp.text)
         assert resp.json()["error"]["type"] == error_type
+        if status == 403:
+            assert resp.json()["error"]["code"] == "admin_key_required"
+            assert "needs the admin key" in resp.json()["error"]["message"]
 
 
 @pytest.mark.parametrize(("body", "param"), [
@@ -254,3 +262,25 @@ def test_the_admin_api_is_off_without_an_admin_key(quota_gw: str) -> None:
     url = quota_gw.split("|")[0]
     resp = _admin(url, "GET", "/admin/keys", key="anything")
     assert resp.status_code == 403 and resp.json()["error"]["code"] == "admin_api_disabled"
+
+
+async def test_listing_the_keys_reads_every_record_in_one_round_trip(redis_server: RedisServer) -> None:
+    """`GET /admin/keys` read each record with its own round trip: 500 keys took ~500 of them."""
+    class Counting(RedisStore):
+        trips = 0
+
+        async def _guarded(self, call: Any) -> Any:
+            self.trips += 1
+            return await super()._guarded(call)
+
+    store = Counting(redis_server.url, timeout_s=5)
+    registry = KeyRegistry(store)
+    try:
+        made = [(await registry.create(KeyCreate(tenant="acme", metadata={"n": str(i)})))[0] for i in range(40)]
+        store.trips = 0
+        listed = await registry.list()
+        assert store.trips == 2  # the index, then every record
+        by_id = {r.id: r for r in listed}
+        assert [by_id[r.id].metadata for r in made] == [{"n": str(i)} for i in range(40)]
+    finally:
+        await store.close()

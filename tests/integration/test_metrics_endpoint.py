@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.app import create_app
+from gateway.auth import hash_key
 from gateway.config import parse_config
 from gateway.metrics import Metrics
 from tests.integration.conftest import sim_config
@@ -212,3 +213,21 @@ def test_metrics_are_pushed_over_otlp_when_an_endpoint_is_set(otlp_receiver: lis
                    timeout_s=10, what="an OTLP metrics export with the counters and histograms")
     finally:
         metrics.shutdown()
+
+
+def test_requests_refused_at_admission_are_not_counted_as_router_decisions(
+        simulator: Simulator, policies_dir: Path) -> None:
+    """The decision counter says how traffic was routed: a request refused by its rate limit (or budget)
+    was routed only to size its reservation, and is counted in `switchyard_requests_total` as a 429."""
+    tenants = [{"name": "capped", "api_key_sha256": hash_key("sk-capped"), "requests_per_minute": 2}]
+    app = create_app(sim_config(simulator.url, tenants=tenants), policies_dir=policies_dir, watch_policies_s=None)
+    with running_gateway(app) as server:
+        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key="sk-capped", max_retries=0)
+        for i in range(2):
+            client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"Sum {i} and 1."}])
+        for i in range(3):
+            with pytest.raises(openai.RateLimitError):
+                client.chat.completions.create(model="auto", messages=[{"role": "user", "content": f"Add {i}."}])
+        m = scrape(server.base_url)
+    assert total(m, "switchyard_requests_total", status="429") == 3
+    assert total(m, "switchyard_router_decisions_total") == 2

@@ -168,6 +168,9 @@ def test_a_key_made_on_one_replica_is_limited_and_revoked_on_every_replica(repli
     created = _admin(replicas, 0, "POST", "/admin/keys", json={"tenant": "carol", "requests_per_minute": 2})
     assert created.status_code == 201, created.text
     key, key_id = created.json()["key"], created.json()["id"]
+    others = {_admin(replicas, 1, "POST", "/admin/keys", json={"tenant": "carol"}).json()["id"] for _ in range(4)}
+    listed = _admin(replicas, 1, "GET", "/admin/keys").json()["data"]  # records in several slots, one read
+    assert {key_id, *others} <= {k["id"] for k in listed}
     codes = [replicas.chat(i % 2, key, model="small", messages=[{"role": "user", "content": f"Key call {i}."}])
              .status_code for i in range(3)]
     assert codes == [200, 200, 429]

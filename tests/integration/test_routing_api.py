@@ -128,3 +128,21 @@ def test_a_tenant_over_budget_gets_429_insufficient_quota(tenant_gateway: str) -
     with pytest.raises(openai.RateLimitError) as info:
         team_b.chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}])
     assert info.value.code == "budget_exceeded"
+
+
+
+def test_an_answer_chosen_under_a_tightening_header_is_not_served_without_it(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    messages = [{"role": "user", "content": f"{HARD} Twice."}]  # a question no other test caches
+    # with max_tokens 40 the cap rules out large (~$0.00014 at worst) and leaves small (~$0.00003) uncut,
+    # so the cheaper answer is cacheable
+    cheap = {"x-switchyard-max-cost-usd": "0.0001"}
+    tightened = client.chat.completions.with_raw_response.create(
+        model="auto", messages=messages, temperature=0, max_tokens=40, extra_headers=cheap)
+    plain = client.chat.completions.with_raw_response.create(model="auto", messages=messages, temperature=0,
+                                                             max_tokens=40)
+    again = client.chat.completions.with_raw_response.create(
+        model="auto", messages=messages, temperature=0, max_tokens=40, extra_headers=cheap)
+    assert (tightened.headers["x-switchyard-plan"], tightened.headers["x-switchyard-cache"]) == ("single:small", "miss")
+    assert (plain.headers["x-switchyard-plan"], plain.headers["x-switchyard-cache"]) == ("single:large", "miss")
+    assert (again.headers["x-switchyard-plan"], again.headers["x-switchyard-cache"]) == ("single:small", "hit")

@@ -157,3 +157,11 @@ async def test_a_renewed_hold_outlives_its_first_ttl_and_a_settled_one_is_not_br
     await asyncio.sleep(0.2)  # "c" lapsed: renewing it does not bring it back
     await store.renew_hold([key("holds")], "c", 60)
     assert (await store.admit(admission("d", 60))).verdict == "ok"
+
+
+async def test_get_many_reads_keys_of_any_slot_in_order(store: Store, key: Callable[[str], str]) -> None:
+    spread = [f"sy:test:{{{uuid.uuid4().hex[:10]}}}:v" for _ in range(3)]  # three hash tags: three slots
+    for i, k in enumerate(spread):
+        await store.set(k, str(i).encode())
+    assert await store.get_many([spread[2], key("absent"), spread[0], spread[1]]) == [b"2", None, b"0", b"1"]
+    assert await store.get_many([]) == []

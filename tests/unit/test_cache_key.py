@@ -9,7 +9,7 @@ import pytest
 
 from gateway.cache import ExactCache
 from gateway.config import embedded_config
-from gateway.policy import load_policy_file
+from gateway.policy import Overrides, load_policy_file
 from gateway.state import MemoryStore
 
 DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
@@ -98,3 +98,13 @@ def test_a_policy_version_ignores_formatting_and_comments(tmp_path: Path) -> Non
     first = load_policy_file(_policy_file(tmp_path, POLICY), DEPLOYMENTS)
     reformatted = "# cheap first\nobjective: {value_usd: 0.002}\ncandidates: [{single: small}, {single: large}]\n"
     assert load_policy_file(_policy_file(tmp_path, reformatted), DEPLOYMENTS).version == first.version
+
+
+def test_headers_that_tighten_the_policy_are_in_the_key() -> None:
+    cache = ExactCache(MemoryStore(), DEPLOYMENTS, "ns")
+    plain = cache.key("router/balanced", None, "v1", "t", BASE)
+    assert cache.key("router/balanced", None, "v1", "t", BASE, Overrides()) == plain
+    keys = {plain, *(cache.key("router/balanced", None, "v1", "t", BASE, o) for o in (
+        Overrides(max_cost_usd=0.001), Overrides(max_cost_usd=0.002), Overrides(latency_slo_ms=500),
+        Overrides(max_cost_usd=0.001, latency_slo_ms=500)))}
+    assert len(keys) == 5

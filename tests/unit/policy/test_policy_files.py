@@ -52,6 +52,16 @@ def test_an_infinite_or_nan_number_is_rejected_with_its_path(tmp_path: Path, tex
         load_policy_file(path, DEPLOYMENTS)
 
 
+@pytest.mark.parametrize("value", ["1e-300", "0.05", "0"])
+def test_a_timeout_too_short_for_any_call_is_rejected_with_its_path(tmp_path: Path, value: str) -> None:
+    """A policy with `timeout_s: 1e-300` loaded, and every request under it was a 504."""
+    path = _write(tmp_path, "p.yaml", f"candidates:\n  - single: small\ntimeout_s: {value}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: timeout_s: Input should be greater than or equal to 0.1"):
+        load_policy_file(path, DEPLOYMENTS)
+    _write(tmp_path, "p.yaml", "candidates:\n  - single: small\ntimeout_s: 0.1\n")
+    assert load_policy_file(path, DEPLOYMENTS).spec.timeout_s == 0.1
+
+
 def test_wrong_type_is_rejected_with_its_path(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\nconstraints:\n  latency_slo_ms: fast\n")
     with pytest.raises(ConfigError, match=r"p.yaml: constraints.latency_slo_ms: Input should be a valid number"):
