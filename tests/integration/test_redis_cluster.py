@@ -65,7 +65,9 @@ def replicas(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> 
                      admin_api_key_sha256=hash_key(ADMIN)).model_dump(exclude_defaults=True)
     # A deployment priced so that one request's cost is a visible share of alice's budget.
     raw["deployments"].append({"name": "pricey", "model": "openai/sim-small", "api_base": simulator.url,
-                               "tier": "lab", "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0}})
+                               "tier": "lab", "price": {"input_per_mtok": 1000.0, "output_per_mtok": 1000.0},
+                               # one attempt: a budget holds every attempt that may be billed
+                               "max_retries": 0})
     # A deployment with its own request rate, shared by every replica and tenant.
     raw["deployments"].append({"name": "metered", "model": "openai/sim-small", "api_base": simulator.url,
                                "tier": "lab", "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1},
