@@ -14,11 +14,9 @@ import openai
 import pytest
 import yaml
 
-from gateway.api.app import create_app
-from gateway.config import parse_config
 from gateway.policy.loader import parse_policy
-from tests.support.lab import PRICE, lab_gateway, policies_folder, simulator_of
-from tests.support.processes import Simulator, running_gateway, wait_until
+from tests.support.lab import budgeted_gateway, lab_gateway, simulator_of
+from tests.support.processes import Simulator, wait_until
 
 LAG_S = 1.0  # the slow deployment's extra delay before its first token
 MODELS = [
@@ -104,27 +102,19 @@ def test_a_hedged_request_holds_the_budget_both_legs_may_spend(
     # Both legs of a hedge may be billed (the test above), so a budget must hold for both. One leg's
     # worst case here is (prompt + 20 output tokens at $2/M) ~ $0.00005: a budget of $0.00008 pays for
     # one leg, not two. Before, the request was admitted on one leg's hold and could spend both.
-    monkeypatch.setenv("SY_HEDGE_KEY", "sk-hedge")
-    policies = {"hedged": {"description": "hedged", "candidates": [{"single": "lag"}], "fallbacks": {"lag": ["quick"]},
-                           "cache": {"enabled": False}, "hedge_after_ms": 150}}
     # No retries: a timed-out attempt and its retry may both be billed (`executor.drain`), which a
     # budget holds for as well; here only the hedge may bill a second call.
-    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE, "max_retries": 0}
-            for n, m in (("lag", "sim-lag"), ("quick", "sim-quick"))]
-    tenants = [{"name": "thrifty", "api_key_env": "SY_HEDGE_KEY", "budget_usd": 0.00008}]
-    raw = {"deployments": rows, "tenants": tenants, "default_policy": "hedged"}
-    app = create_app(parse_config(raw, "hedge-budget"), policies_dir=policies_folder(tmp_path, policies))
-    sim.reset()
-    with running_gateway(app) as gw:
-        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-hedge", max_retries=0)
+    policy = {"candidates": [{"single": "lag"}], "fallbacks": {"lag": ["quick"]}, "hedge_after_ms": 150}
+    deployments = {"lag": ("sim-lag", {"max_retries": 0}), "quick": ("sim-quick", {"max_retries": 0})}
+    with budgeted_gateway(sim, tmp_path, monkeypatch, 0.00008, policy, deployments) as gw:
         with pytest.raises(openai.RateLimitError) as refused:
-            client.chat.completions.create(model="router/hedged", max_tokens=20,
-                                           messages=[{"role": "user", "content": "What is 2 + 2?"}])
+            gw.client.chat.completions.create(model="router/thrifty", max_tokens=20,
+                                              messages=[{"role": "user", "content": "What is 2 + 2?"}])
         assert refused.value.code == "budget_exceeded"
         assert sim.stats()["sim-lag"]["requests"] == sim.stats()["sim-quick"]["requests"] == 0
         # Pinned to one deployment, nothing hedges: the same request fits the same budget.
-        answer = client.chat.completions.create(model="quick", max_tokens=20,
-                                                messages=[{"role": "user", "content": "What is 2 + 2?"}])
+        answer = gw.client.chat.completions.create(model="quick", max_tokens=20,
+                                                   messages=[{"role": "user", "content": "What is 2 + 2?"}])
         assert answer.choices[0].message.content
 
 

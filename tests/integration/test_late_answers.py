@@ -17,10 +17,8 @@ import httpx
 import openai
 import pytest
 
-from gateway.api.app import create_app
-from gateway.config import parse_config
-from tests.support.lab import PRICE, lab_gateway, policies_folder, simulator_of
-from tests.support.processes import Simulator, running_gateway, wait_until
+from tests.support.lab import budgeted_gateway, lab_gateway, simulator_of
+from tests.support.processes import Simulator, wait_until
 
 TIMEOUT_S = 0.3
 # Answers due from just before to just after the timeout: every one of them is sent while the
@@ -97,36 +95,23 @@ def test_a_budget_holds_for_an_attempt_given_up_on_and_the_fallback_that_answere
     # One call's worst case here is (prompt + 10 output tokens at $2/M) ~ $0.00003: a budget of
     # $0.00004 pays for one call, not for both. Before, the request was admitted on one call's hold
     # and spent both (~$0.00005).
-    monkeypatch.setenv("SY_LATE_KEY", "sk-late")
     budget = 0.00004
-    policies = {"thrifty": {"description": "a late deployment, a fallback", "candidates": [{"single": "late"}],
-                            "fallbacks": {"late": ["next"]}, "cache": {"enabled": False}}}
-    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE,
-             "max_retries": 0, "timeout_s": t}
-            for n, m, t in (("late", "sim-late", TIMEOUT_S), ("next", "sim-next", 5))]
-    tenants = [{"name": "thrifty", "api_key_env": "SY_LATE_KEY", "budget_usd": budget}]
-    raw = {"deployments": rows, "tenants": tenants, "default_policy": "thrifty"}
-    app = create_app(parse_config(raw, "late-budget"), policies_dir=policies_folder(tmp_path, policies))
-    sim.reset()
+    policy = {"candidates": [{"single": "late"}], "fallbacks": {"late": ["next"]}}
+    deployments = {"late": ("sim-late", {"max_retries": 0, "timeout_s": TIMEOUT_S}),
+                   "next": ("sim-next", {"max_retries": 0, "timeout_s": 5})}
     question = [{"role": "user", "content": "What is 2 + 2?"}]
-    with running_gateway(app) as gw:
-        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-late", max_retries=0)
-
-        def spent() -> float:
-            rows = httpx.get(gw.base_url + "/v1/spend", params={"group_by": "tenant"},
-                             headers={"Authorization": "Bearer sk-late"}, timeout=10).json()["data"]
-            return sum(float(r["cost_usd"]) for r in rows)
-
+    with budgeted_gateway(sim, tmp_path, monkeypatch, budget, policy, deployments) as gw:
         try:
-            client.chat.completions.create(model="router/thrifty", messages=question,  # type: ignore[arg-type]
-                                           max_tokens=10)
+            gw.client.chat.completions.create(model="router/thrifty", messages=question,  # type: ignore[arg-type]
+                                              max_tokens=10)
         except openai.RateLimitError as refused:
             assert refused.code == "budget_exceeded"
         else:
-            wait_until(lambda: spent() > budget, timeout_s=10, what="spend past the budget")
-            pytest.fail(f"a request with a fallback was admitted on one call's hold and spent ${spent():.6f} "
+            wait_until(lambda: gw.spent() > budget, timeout_s=10, what="spend past the budget")
+            pytest.fail(f"a request with a fallback was admitted on one call's hold and spent ${gw.spent():.6f} "
                         f"of a ${budget} budget")
         assert sim.stats()["sim-late"]["requests"] == 0
         # One deployment without retries makes one attempt: the same request fits.
-        answer = client.chat.completions.create(model="next", messages=question, max_tokens=10)  # type: ignore[arg-type]
+        answer = gw.client.chat.completions.create(model="next", messages=question,  # type: ignore[arg-type]
+                                                   max_tokens=10)
         assert answer.choices[0].message.content

@@ -15,11 +15,9 @@ import httpx
 import openai
 import pytest
 
-from gateway.api.app import create_app
-from gateway.config import parse_config
 from gateway.simulator import count_tokens
-from tests.support.lab import PRICE, lab_gateway, policies_folder, simulator_of
-from tests.support.processes import Simulator, running_gateway, wait_until
+from tests.support.lab import budgeted_gateway, lab_gateway, simulator_of
+from tests.support.processes import Simulator, wait_until
 
 # Able enough to answer right every time: every model's whole answer to QUESTION is the same text.
 SURE = {"ability": 12.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 40}
@@ -121,35 +119,22 @@ def test_a_budget_holds_for_both_calls_of_a_resumed_stream(
     # the stream was admitted on one call's hold and spent ~$0.00013. The policy's deadline is within
     # the deployments' timeout_s, so no timed-out attempt can be billed before another: only the
     # resumption can.
-    monkeypatch.setenv("SY_RESUME_KEY", "sk-resume")
     budget = 0.0001
-    policies = {"thrifty": {"description": "resumable", "candidates": [{"single": "cut"}],
-                            "fallbacks": {"cut": ["next"]}, "cache": {"enabled": False}, "timeout_s": 20}}
-    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE,
-             "max_retries": 0, "supports_prefill": True} for n, m in (("cut", "sim-cut"), ("next", "sim-next"))]
-    tenants = [{"name": "thrifty", "api_key_env": "SY_RESUME_KEY", "budget_usd": budget}]
-    raw = {"deployments": rows, "tenants": tenants, "default_policy": "thrifty"}
-    app = create_app(parse_config(raw, "resume-budget"), policies_dir=policies_folder(tmp_path, policies))
-    sim.reset()
-    with running_gateway(app) as gw:
-        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-resume", max_retries=0)
-
-        def spent() -> float:
-            rows = httpx.get(gw.base_url + "/v1/spend", params={"group_by": "tenant"},
-                             headers={"Authorization": "Bearer sk-resume"}, timeout=10).json()["data"]
-            return sum(float(r["cost_usd"]) for r in rows)
-
+    policy = {"candidates": [{"single": "cut"}], "fallbacks": {"cut": ["next"]}, "timeout_s": 20}
+    deployments = {n: (m, {"max_retries": 0, "supports_prefill": True}) for n, m in (("cut", "sim-cut"),
+                                                                                     ("next", "sim-next"))}
+    with budgeted_gateway(sim, tmp_path, monkeypatch, budget, policy, deployments) as gw:
         try:
-            list(client.chat.completions.create(model="router/thrifty", messages=QUESTION,  # type: ignore[arg-type]
-                                                max_tokens=40, stream=True))
+            list(gw.client.chat.completions.create(model="router/thrifty", messages=QUESTION,  # type: ignore[arg-type]
+                                                   max_tokens=40, stream=True))
         except openai.RateLimitError as refused:
             assert refused.code == "budget_exceeded"
         else:
-            wait_until(lambda: spent() > budget, timeout_s=10, what="spend past the budget")
-            pytest.fail(f"a resumable stream was admitted on one call's hold and spent ${spent():.6f} "
+            wait_until(lambda: gw.spent() > budget, timeout_s=10, what="spend past the budget")
+            pytest.fail(f"a resumable stream was admitted on one call's hold and spent ${gw.spent():.6f} "
                         f"of a ${budget} budget")
         assert sim.stats()["sim-cut"]["requests"] == 0
         # A stream that cannot be resumed (no fallback) holds one call: the same request fits.
-        chunks = list(client.chat.completions.create(model="next", messages=QUESTION,  # type: ignore[arg-type]
-                                                     max_tokens=40, stream=True))
+        chunks = list(gw.client.chat.completions.create(model="next", messages=QUESTION,  # type: ignore[arg-type]
+                                                        max_tokens=40, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+import openai
+import pytest
 import yaml
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
-from tests.support.processes import ROOT, GatewayServer, Simulator, start_simulator
+from tests.support.processes import ROOT, GatewayServer, Simulator, running_gateway, start_simulator
 
 PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
 
@@ -57,3 +61,37 @@ def lab_gateway(sim: Simulator, folder: Path, policies: dict[str, dict[str, Any]
         yield server.base_url + "/v1"
     finally:
         server.stop()
+
+
+BUDGET_KEY = "sk-thrifty"
+
+
+@dataclass(frozen=True)
+class Budgeted:
+    """A gateway with one tenant, `thrifty`, on a budget: its SDK client and what it has spent."""
+
+    base_url: str  # without /v1
+    client: openai.OpenAI
+
+    def spent(self) -> float:
+        rows = httpx.get(self.base_url + "/v1/spend", params={"group_by": "tenant"},
+                         headers={"Authorization": f"Bearer {BUDGET_KEY}"}, timeout=10).json()["data"]
+        return sum(float(r["cost_usd"]) for r in rows)
+
+
+@contextmanager
+def budgeted_gateway(sim: Simulator, folder: Path, monkeypatch: pytest.MonkeyPatch, budget: float,
+                     policy: dict[str, Any], deployments: dict[str, tuple[str, dict[str, Any]]]) -> Iterator[Budgeted]:
+    """A gateway whose one tenant, `thrifty` (key `BUDGET_KEY`), has `budget` USD and the default policy
+    `thrifty` (`policy`, cache off), over `deployments` (name → (simulated model, more settings)) on
+    `sim`, in the lab's tier at the lab's price. The simulator's counts are reset first."""
+    monkeypatch.setenv("SY_THRIFTY_KEY", BUDGET_KEY)
+    rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE, **extra}
+            for n, (m, extra) in deployments.items()]
+    raw = {"deployments": rows, "default_policy": "thrifty",
+           "tenants": [{"name": "thrifty", "api_key_env": "SY_THRIFTY_KEY", "budget_usd": budget}]}
+    policies = {"thrifty": {"description": "a budget test's policy", "cache": {"enabled": False}, **policy}}
+    app = create_app(parse_config(raw, "budgeted"), policies_dir=policies_folder(folder, policies))
+    sim.reset()
+    with running_gateway(app) as gw:
+        yield Budgeted(gw.base_url, openai.OpenAI(base_url=gw.base_url + "/v1", api_key=BUDGET_KEY, max_retries=0))
