@@ -4,7 +4,7 @@ policies plus the test's, and a gateway whose deployments point at those models.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +17,7 @@ import yaml
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
-from tests.support.processes import ROOT, GatewayServer, Simulator, running_gateway, start_simulator
+from tests.support.processes import ROOT, GatewayServer, Simulator, running_gateway, start_simulator, wait_until
 
 PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
 
@@ -77,6 +77,16 @@ class Budgeted:
         rows = httpx.get(self.base_url + "/v1/spend", params={"group_by": "tenant"},
                          headers={"Authorization": f"Bearer {BUDGET_KEY}"}, timeout=10).json()["data"]
         return sum(float(r["cost_usd"]) for r in rows)
+
+    def refuses(self, ask: Callable[[], object], budget: float, what: str) -> None:
+        """`ask()` must be refused by the budget; if it is let in, fail saying what it spent."""
+        try:
+            ask()
+        except openai.RateLimitError as refused:
+            assert refused.code == "budget_exceeded"
+            return
+        wait_until(lambda: self.spent() > budget, timeout_s=10, what="spend past the budget")
+        pytest.fail(f"{what} was admitted on one call's hold and spent ${self.spent():.6f} of a ${budget} budget")
 
 
 @contextmanager
