@@ -13,6 +13,9 @@ Counting is on the hot path, so it is bounded: a text up to `EXACT_CHARS` is enc
 and tail and extrapolated, and never counted below bytes ÷ 4. Counts are not remembered across
 requests: a remembered text would be counted sooner, and that timing would tell one tenant whether
 another had just sent it (the router's memory is per tenant for the same reason).
+
+A prompt's images, audio and files are billed as prompt tokens too: every count of a prompt adds
+their conservative estimates (`gateway.media_tokens`); the text the router judges stays text.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+
+from gateway.media_tokens import parts_tokens
 
 log = logging.getLogger("switchyard.messages")
 
@@ -92,8 +97,8 @@ def content_text(content: Any) -> str:
     """The text of a message's content: a string, or the text parts of a list of parts."""
     if isinstance(content, str):
         return content
-    if isinstance(content, list):  # content parts: keep the text ones
-        return "\n".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    if isinstance(content, list):  # content parts: keep the text ones (an image is no empty line)
+        return "\n".join(str(p["text"]) for p in content if isinstance(p, dict) and "text" in p)
     return ""
 
 
@@ -102,8 +107,25 @@ def count_texts(texts: Sequence[str]) -> int:
     return count_text("\n".join(texts)) + PER_MESSAGE_TOKENS * len(texts) + PER_REQUEST_TOKENS
 
 
+def read_prompt(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], int]:
+    """Each message's text, and the prompt tokens of the parts that are not text (images, audio,
+    files: `gateway.media_tokens`), which providers bill as prompt tokens too."""
+    texts: list[str] = []
+    media = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        texts.append(content_text(content))
+        if isinstance(content, list):
+            media += parts_tokens(content)
+    return texts, media
+
+
 def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
-    return count_texts([content_text(m.get("content")) for m in messages])
+    texts, media = read_prompt(messages)
+    return count_texts(texts) + media
 
 
 # What a model reads besides the messages' text, and providers bill as prompt tokens: the tool and
@@ -145,9 +167,11 @@ def prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
 
 def upper_bound_messages(messages: Iterable[Mapping[str, Any]]) -> int:
     """A bound no exact count exceeds, for the price of measuring bytes: a byte-level BPE token
-    covers at least one UTF-8 byte. Enough to show that a cost cap cannot bind."""
-    texts = [content_text(m.get("content")) for m in messages]
-    return sum(len(t.encode("utf-8", "replace")) for t in texts) + PER_MESSAGE_TOKENS * len(texts) + PER_REQUEST_TOKENS
+    covers at least one UTF-8 byte (non-text parts: their estimates, as `count_messages` counts
+    them). Enough to show that a cost cap cannot bind."""
+    texts, media = read_prompt(messages)
+    return (sum(len(t.encode("utf-8", "replace")) for t in texts) + PER_MESSAGE_TOKENS * len(texts)
+            + PER_REQUEST_TOKENS + media)
 
 
 def count_completion(body: Mapping[str, Any]) -> int:
@@ -171,9 +195,10 @@ MAX_ROUTER_CHARS = 12_000
 
 def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
     """The text the router judges (the last user turn, with the system prompt) and the prompt's tokens.
-    Routed requests carry this count forward (`RouteSignal.prompt_tokens`): it is counted once."""
-    texts = [content_text(m.get("content")) for m in messages]
-    return _judged(messages, texts), count_texts(texts)
+    Routed requests carry this count forward (`RouteSignal.prompt_tokens`): it is counted once, and
+    prices the plans, so it counts the non-text parts too; the router reads the text alone."""
+    texts, media = read_prompt(messages)
+    return _judged(messages, texts), count_texts(texts) + media
 
 
 def routing_prompt(messages: Sequence[Mapping[str, Any]]) -> str:
