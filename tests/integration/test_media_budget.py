@@ -49,3 +49,18 @@ def test_a_request_whose_media_exceed_the_budget_is_refused_before_any_call(
         # The same words without the media fit, and are answered.
         assert ask([TEXT]).choices[0].message.content  # type: ignore[attr-defined]
         assert sim.stats()["sim-eye"]["served"] == 1
+
+
+@pytest.mark.parametrize("model", ["router/thrifty", "eye"], ids=["routed", "pinned"])
+def test_a_cost_cap_counts_the_images(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      model: str) -> None:
+    """A cap of $0.01 cannot pay for 20 images (~32,000 prompt tokens at $1/M): the request is a 422,
+    not sent with its images priced at nothing."""
+    policy = {"candidates": [{"single": "eye"}]}
+    with budgeted_gateway(sim, tmp_path, monkeypatch, 1.0, policy, {"eye": ("sim-eye", {"max_retries": 0})}) as gw:
+        with pytest.raises(openai.UnprocessableEntityError) as refused:
+            gw.client.chat.completions.create(model=model, max_tokens=20,  # type: ignore[call-overload]
+                                              messages=[{"role": "user", "content": [TEXT, *[IMAGE] * 20]}],
+                                              extra_headers={"x-switchyard-max-cost-usd": "0.01"})
+        assert refused.value.code == "constraint_unsatisfiable"
+        assert sim.stats()["sim-eye"]["requests"] == 0
