@@ -165,3 +165,17 @@ def test_a_settlement_whose_reply_is_lost_still_holds_then_bills_the_late_call_o
         assert await _tenant_spent(store) == pytest.approx(0.45)
 
     asyncio.run(scenario())
+
+
+def test_a_request_that_fails_while_a_call_is_still_read_keeps_that_call_held_then_bills_it() -> None:
+    async def scenario() -> None:
+        store = MemoryStore()
+        held, late, _ = await _admitted(store)
+        ended = late.open(0.3)
+        await held.release()  # e.g. its deadline passed: it answered nothing, but the call may still
+        assert await _budget(store) == (0.0, pytest.approx(0.3))
+        await ended(_late(0.25))
+        assert await _budget(store) == (pytest.approx(0.25), 0.0)
+        assert await _tenant_spent(store) == pytest.approx(0.25)
+
+    asyncio.run(scenario())
