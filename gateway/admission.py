@@ -4,10 +4,16 @@
 into the store's `Admission`: a `BudgetHold` per budget (keys of the current UTC period), a
 `Window` per requests/tokens-per-minute limit. `refusal` turns the store's verdict into the
 client's error, naming the limit; `Reservation` settles the request exactly once.
+
+Calls the request gave up on but still reads (`executor.drain`) are billed through its
+`Reservation` too, to every spend key and token window it charges: one that lands before the
+request settles rides on that settlement; one still being read then keeps its worst case held
+(out of the request's hold, in the same step) until it lands, fails or runs out of time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Sequence
@@ -16,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window
 from gateway.errors import BudgetExceeded, GatewayError, RateLimited
+from gateway.executor.drain import DRAIN_S
 from gateway.state import (
     Store,
     StoreUnavailable,
@@ -43,6 +50,9 @@ RENEW_EVERY_S = 5.0
 
 # A period's spend and alert marks are kept this long after the period's end (then expire).
 KEEP_AFTER_PERIOD_S = 7 * 24 * 3600
+# How long the hold of a call still being read when its request settles lasts: it ends within
+# DRAIN_S of being given up on (before the settlement); the margin covers pricing and billing it.
+LATE_HOLD_S = DRAIN_S + 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +169,16 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
 
 
 @dataclass(slots=True)
+class LateCall:
+    """A call the request gave up on and still reads (`executor.drain`), until it ends."""
+
+    worst_usd: float              # the most it may be billed
+    hold_id: str | None = None    # its own hold, when the request settled while it was still read
+    expires_at: float = 0.0       # time.monotonic() when that hold lapses on its own
+    done: bool = False            # its outcome is recorded (or rides on the request's settlement)
+
+
+@dataclass(slots=True)
 class Reservation:
     """What `admit` held for one request; `settle` runs once, whatever happens after."""
 
@@ -171,9 +191,14 @@ class Reservation:
     tokens: tuple[tuple[str, int, int], ...] = ()  # token windows: (key, step, tokens reserved)
     expires_at: float = 0.0  # time.monotonic() when the hold lapses on its own
     ttl_s: float = 0.0       # how long the hold lasts from its admission or its last renewal
+    late: tuple[LateCall, ...] = ()       # calls given up on, still read or ended
+    landed: tuple[CallRecord, ...] = ()   # their answers that came before the settlement, billed with it
+    sent: asyncio.Event | None = None  # with calls still read: set once the first settlement's round trip is over
 
     async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = (), *, retry: bool = False) -> None:
         """Record the real cost (and tokens), drop the hold, atomically; later calls do nothing.
+        Late answers that landed meanwhile are billed with it; calls still being read keep their
+        worst case held, each in a hold of its own (`bill_late` drops it).
 
         `retry`: the first try failed with the store unavailable, which may have been a lost reply
         of a settlement that went through. While the hold cannot have lapsed, it is the witness:
@@ -183,11 +208,74 @@ class Reservation:
         self.settled = True
         only_if_held = retry and self.hold_id is not None and time.monotonic() < self.expires_at - _LAPSE_MARGIN_S
         spends = self.spends or ((spend_key(self.tenant), holds_key(self.tenant), 0),)
+        if self.landed:
+            calls = (*calls, *self.landed)
+            actual_usd += sum(c.cost_usd for c in self.landed)
         tokens: tuple[tuple[str, int, int], ...] = ()
         if self.tokens:
             used = sum(c.usage.prompt_tokens + c.usage.completion_tokens for c in calls)
             tokens = tuple((key, step, used - reserved) for key, step, reserved in self.tokens)
-        await self.store.settle_admission(Settlement(self.hold_id, actual_usd, spends, tokens, only_if_held))
+        sent: asyncio.Event | None = None
+        residual: tuple[tuple[str, float], ...] = ()
+        if self.late:
+            if not retry:  # the first try: the holds of calls still read are decided once, here
+                sent = self.sent = asyncio.Event()
+                self._hold_late(actual_usd)
+            residual = tuple((c.hold_id, c.worst_usd) for c in self.late if c.hold_id is not None and not c.done)
+        try:
+            await self.store.settle_admission(Settlement(self.hold_id, actual_usd, spends, tokens, only_if_held,
+                                                         residual, LATE_HOLD_S))
+        finally:
+            if sent is not None:
+                sent.set()
+
+    def _hold_late(self, spent_usd: float) -> None:
+        """Give each call still being read a hold of its own: its worst case, out of what the request
+        held beyond what it spent (the hold covered every call that can be billed). Decided once, at
+        the first settlement, so that a retried one keeps the same holds."""
+        if self.hold_id is None:
+            return
+        room = self.amount - spent_usd
+        expires_at = time.monotonic() + LATE_HOLD_S
+        for i, call in enumerate(self.late):
+            share = min(call.worst_usd, room)
+            if call.done or share <= 0:
+                continue
+            room -= share
+            call.worst_usd, call.hold_id, call.expires_at = share, f"{self.hold_id}:late:{i}", expires_at
+
+    def given_up(self, worst_usd: float) -> LateCall:
+        """A call of the request's is given up on but still read; it may cost up to `worst_usd`."""
+        call = LateCall(max(0.0, worst_usd))
+        self.late += (call,)
+        return call
+
+    async def bill_late(self, call: LateCall, record: CallRecord | None, *, retry: bool = False) -> None:
+        """`call` ended: it answered (`record`, its bill) or not (None). Before the request settles,
+        its bill joins that settlement; after, it is billed to every spend key and token window the
+        request charges, and its own hold dropped, in one step. `retry`: as for `settle`, with the
+        call's own hold as the witness."""
+        if call.done or self.store is None:
+            return
+        if not self.settled:
+            call.done = True
+            if record is not None:
+                self.landed += (record,)
+            return
+        if self.sent is not None and not retry:
+            await self.sent.wait()  # its hold, if it has one, is made by that round trip
+        if record is None and call.hold_id is None:
+            call.done = True
+            return
+        cost = 0.0 if record is None else record.cost_usd
+        tokens: tuple[tuple[str, int, int], ...] = ()
+        if record is not None and self.tokens:
+            used = record.usage.prompt_tokens + record.usage.completion_tokens
+            tokens = tuple((key, step, used) for key, step, _ in self.tokens)
+        only_if_held = retry and call.hold_id is not None and time.monotonic() < call.expires_at - _LAPSE_MARGIN_S
+        spends = self.spends or ((spend_key(self.tenant), holds_key(self.tenant), 0),)
+        await self.store.settle_admission(Settlement(call.hold_id, cost, spends, tokens, only_if_held))
+        call.done = True
 
     async def keep(self) -> None:
         """Renew the hold of work still under way (a stream), when `RENEW_EVERY_S` has passed since
@@ -206,7 +294,7 @@ class Reservation:
 
     async def release(self) -> None:
         """The request failed before costing anything we know of: give the hold (and tokens) back."""
-        if self.settled or self.store is None or (self.hold_id is None and not self.tokens):
+        if self.settled or self.store is None or (self.hold_id is None and not self.tokens and not self.landed):
             self.settled = True
             return
         try:

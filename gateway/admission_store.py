@@ -9,6 +9,11 @@ expired entries. `settle_admission` then drops the hold, adds the real cost to e
 and corrects each token window by (actual − reserved) tokens, also atomically; `renew_hold` gives a
 hold still there (a stream's, which may outlast its time to live) a new expiry.
 
+A settlement may keep part of the room it drops: calls the request gave up on but still reads
+(`executor.drain`) may yet be billed, so each gets a hold of its own (`residual`: id → its worst
+case) in the same step, in every holds hash the request's hold was in. When such a call ends, its
+own settlement (that hold's id, the call's cost) drops it and bills the call, again in one step.
+
 A budget threshold (0.8: 80%) fires the first time in its period that the budget's committed
 amount (settled spend + holds + this request) reaches it; a request refused by the budget fires
 every threshold up to 100%. "First time" is an HSETNX on the period's alert hash, so N replicas
@@ -81,6 +86,10 @@ class Settlement:
     # A retry of a settlement whose reply was lost: settle only if the hold is still there (the
     # first try removed it if it went through). Only meaningful while the hold cannot have expired.
     only_if_held: bool = False
+    # Holds that replace part of the dropped one, in each holds hash it was found in: (hold id, usd),
+    # each lasting `residual_ttl_s` (calls still being read, which may yet be billed).
+    residual: tuple[tuple[str, float], ...] = ()
+    residual_ttl_s: float = 0.0
 
 
 # KEYS: per budget: spend, holds, alerts; then per window its key.
@@ -191,28 +200,46 @@ end
 return {'ok', '0', '', '', string.format('%d', cur), table.concat(fired, ',')}
 """
 
-# KEYS: per spend: spend, holds; then per token window its key. ARGV: ns, nw, hold id ('' for none),
-# actual usd, only-if-held ('1': a retry, which adds nothing unless it finds the hold, since the
-# first try may have settled it and lost its reply); per spend: keep ms; per window: step, delta.
+# KEYS: per spend: spend, holds; then per token window its key. ARGV: ns, nw, nr, hold id ('' for
+# none), actual usd, only-if-held ('1': a retry, which adds nothing unless it finds the hold, since
+# the first try may have settled it and lost its reply), residual ttl ms; per residual hold: id,
+# amount; per spend: keep ms; per window: step, delta. The hold counts as found when any holds hash
+# had it (a budget of the key alone leaves the tenant's without it); the residual holds go to each
+# hash it was found in.
 SETTLE_LUA = """
-local ns, nw = tonumber(ARGV[1]), tonumber(ARGV[2])
-local actual = tonumber(ARGV[4])
-local only_if_held = ARGV[5] == '1'
-for i = 1, ns do
-  local removed = 0
-  if ARGV[3] ~= '' then removed = redis.call('HDEL', KEYS[2 * i], ARGV[3]) end
-  if only_if_held and removed == 0 then return 0 end
-  if actual > 0 then
-    redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[4])
-    local keep = tonumber(ARGV[5 + i])
+local ns, nw, nr = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local hold, actual = ARGV[4], tonumber(ARGV[5])
+local ttl = tonumber(ARGV[7])
+local found = {}
+if hold ~= '' then
+  for i = 1, ns do
+    if redis.call('HDEL', KEYS[2 * i], hold) == 1 then found[#found + 1] = KEYS[2 * i] end
+  end
+end
+if ARGV[6] == '1' and #found == 0 then return 0 end
+if nr > 0 and #found > 0 then
+  local t = redis.call('TIME')
+  local expires = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ttl)
+  for _, holds in ipairs(found) do
+    for j = 1, nr do
+      redis.call('HSET', holds, ARGV[6 + 2 * j], ARGV[7 + 2 * j] .. ' ' .. expires)
+    end
+    if redis.call('PTTL', holds) < ttl then redis.call('PEXPIRE', holds, ttl) end
+  end
+end
+local a = 7 + 2 * nr
+if actual > 0 then
+  for i = 1, ns do
+    redis.call('INCRBYFLOAT', KEYS[2 * i - 1], ARGV[5])
+    local keep = tonumber(ARGV[a + i])
     if keep > 0 and redis.call('PTTL', KEYS[2 * i - 1]) < 0 then redis.call('PEXPIRE', KEYS[2 * i - 1], keep) end
   end
 end
+a = a + ns
 for i = 1, nw do
-  local a = 5 + ns + 2 * (i - 1)
-  local delta = tonumber(ARGV[a + 2])
-  if delta ~= 0 and redis.call('HEXISTS', KEYS[2 * ns + i], ARGV[a + 1]) == 1 then
-    redis.call('HINCRBY', KEYS[2 * ns + i], ARGV[a + 1], delta)
+  local step, delta = ARGV[a + 2 * i - 1], tonumber(ARGV[a + 2 * i])
+  if delta ~= 0 and redis.call('HEXISTS', KEYS[2 * ns + i], step) == 1 then
+    redis.call('HINCRBY', KEYS[2 * ns + i], step, delta)
     redis.call('HINCRBY', KEYS[2 * ns + i], 't', delta)
   end
 end
@@ -262,8 +289,11 @@ def parse_admitted(row: list[Any]) -> Admitted:
 
 def settle_call(s: Settlement) -> tuple[list[str], list[Any]]:
     keys: list[str] = []
-    args: list[Any] = [len(s.spends), len(s.tokens), s.hold_id or "", repr(max(0.0, s.actual_usd)),
-                       "1" if s.only_if_held and s.hold_id else "0"]
+    residual = s.residual if s.hold_id else ()
+    args: list[Any] = [len(s.spends), len(s.tokens), len(residual), s.hold_id or "", repr(max(0.0, s.actual_usd)),
+                       "1" if s.only_if_held and s.hold_id else "0", int(s.residual_ttl_s * 1000)]
+    for hold_id, amount in residual:
+        args += [hold_id, repr(amount)]
     for spend, holds, keep in s.spends:
         keys += [spend, holds]
         args.append(keep)
@@ -328,12 +358,18 @@ class MemoryAdmission:
         return Admitted("ok", step=step, alerts=tuple(fired))
 
     async def settle_admission(self, s: Settlement) -> None:
-        for spend, holds, _ in s.spends:
-            removed = None
-            if s.hold_id is not None:
-                removed = self._holds.get(holds, {}).pop(s.hold_id, None)
-            if s.only_if_held and s.hold_id is not None and removed is None:
-                return
+        found: list[str] = []
+        if s.hold_id is not None:
+            for _, holds, _ in s.spends:
+                if self._holds.get(holds, {}).pop(s.hold_id, None) is not None:
+                    found.append(holds)
+        if s.only_if_held and s.hold_id is not None and not found:
+            return
+        expires = time.monotonic() + s.residual_ttl_s
+        for holds in found:
+            for hold_id, amount in s.residual:
+                self._holds[holds][hold_id] = (amount, expires)
+        for spend, _, _ in s.spends:
             if s.actual_usd > 0:
                 self._floats[spend] = self._floats.get(spend, 0.0) + s.actual_usd
         for key, step, delta in s.tokens:

@@ -5,7 +5,9 @@ carries on, never fails a request.
 Two things happen when a request (or a shadow evaluation) is billed:
 
 - the tenant's spend counter, which budgets are checked against, is settled through the request's
-  `Reservation` (one round trip that also drops the request's budget hold), as before;
+  `Reservation` (one round trip that also drops the request's budget hold), as before; so is a
+  call the request gave up on that answers later (`LateBills`, `executor.drain`), to the same
+  spend keys (the tenant's and its key's) and token windows;
 - a `Spent` value goes on a small bounded queue (no await). A writer task drains it in batches,
   sums the batch per (tenant, hour) hash and field, and adds the sums to the store in one round
   trip (`Store.add_to_hashes`: HINCRBYFLOAT on Redis), at most every `LINGER_S`. A full queue or a
@@ -45,7 +47,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.admission import Reservation
+from gateway.admission import LateCall, Reservation
+from gateway.executor.drain import LateBill
 from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
 from gateway.log_throttle import LogThrottle
@@ -188,8 +191,9 @@ class Ledger:
         self.writer_id = uuid.uuid4().hex
         self._seq = 0
         self._held: list[_Write] = []
-        # Budget settlements the store could not take (it was down), retried with the held sums.
-        self._unsettled: list[tuple[Reservation | None, str, float, tuple[CallRecord, ...]]] = []
+        # Budget settlements the store could not take (it was down), retried with the held sums, in
+        # order: (reservation, tenant, usd, calls, the late call they bill or None).
+        self._unsettled: list[tuple[Reservation | None, str, float, tuple[CallRecord, ...], LateCall | None]] = []
 
     async def record(self, spent: Spent, reservation: Reservation | None = None) -> None:
         """Queue the bill, then settle the tenant's budget with its real cost (a cache hit releases
@@ -206,16 +210,31 @@ class Ledger:
             elif cost > 0:
                 await self.store.incr_float(spend_key(spent.tenant), cost)
         except StoreUnavailable as exc:
-            # Held for the writer to add to the tenant's spend once the store is back: a budget must
-            # not forget what was spent during an outage.
-            if len(self._unsettled) < _MAX_UNSETTLED:
-                self._unsettled.append((reservation, spent.tenant, cost, spent.calls))
-            else:
-                self._lost(cost, "budget spend of %s not recorded (store unavailable, backlog full): $%.6f",
-                           spent.tenant)
-            if self._throttle.due():
-                log.warning("spend of %s held until the store is back (store unavailable): $%.6f: %s",
-                            spent.tenant, cost, exc)
+            self._hold_unsettled(reservation, spent.tenant, cost, spent.calls, None, exc)
+
+    async def record_late(self, tenant: str, held: Reservation, call: LateCall, spent: Spent | None) -> None:
+        """A call the request gave up on ended: it answered (`spent`, its one call) or not (None). Its
+        bill goes to every spend key and token window the request's reservation charges, and what was
+        held for it is given back."""
+        if spent is not None:
+            self.add(spent)
+        record = spent.calls[0] if spent is not None else None
+        try:
+            await held.bill_late(call, record)
+        except StoreUnavailable as exc:
+            self._hold_unsettled(held, tenant, 0.0 if record is None else record.cost_usd,
+                                 () if record is None else (record,), call, exc)
+
+    def _hold_unsettled(self, reservation: Reservation | None, tenant: str, usd: float,
+                        calls: tuple[CallRecord, ...], late: LateCall | None, exc: StoreUnavailable) -> None:
+        """Held for the writer to settle once the store is back: a budget must not forget what was
+        spent during an outage."""
+        if len(self._unsettled) < _MAX_UNSETTLED:
+            self._unsettled.append((reservation, tenant, usd, calls, late))
+        else:
+            self._lost(usd, "budget spend of %s not recorded (store unavailable, backlog full): $%.6f", tenant)
+        if self._throttle.due():
+            log.warning("spend of %s held until the store is back (store unavailable): $%.6f: %s", tenant, usd, exc)
 
     async def record_shadow(self, tenant: str, calls: tuple[CallRecord, ...], reservation: Reservation | None,
                             policy: str | None = None) -> None:
@@ -252,7 +271,7 @@ class Ledger:
         if self._held or self._unsettled:
             await self.write([])  # a last try; what the store still cannot take is lost
             self._give_up_held()
-            for _, tenant, usd, _ in self._unsettled:
+            for _, tenant, usd, _, _ in self._unsettled:
                 log.warning("spend of %s not added to its budget counter (store unavailable): $%.6f", tenant, usd)
 
     async def _run(self) -> None:
@@ -317,9 +336,11 @@ class Ledger:
 
     async def _settle_unsettled(self) -> None:
         while self._unsettled:
-            reservation, tenant, usd, calls = self._unsettled[0]
+            reservation, tenant, usd, calls, late = self._unsettled[0]
             try:
-                if reservation is not None:
+                if reservation is not None and late is not None:
+                    await reservation.bill_late(late, calls[0] if calls else None, retry=True)
+                elif reservation is not None:
                     reservation.settled = False  # its settlement failed (or only its reply was lost)
                     await reservation.settle(usd, calls, retry=True)
                 else:
@@ -341,6 +362,27 @@ class Ledger:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
                 "lost_usd": round(self.lost_usd, 10), "queued": len(self._bills), "held": self._held_bills,
                 "unsettled_usd": round(sum(u[2] for u in self._unsettled), 10)}
+
+
+@dataclass(slots=True)
+class LateBills:
+    """A request's sink for its calls given up on (`executor.drain`): each is held for in its
+    reservation while it is read, and billed there when it answers. Built on every request, so not
+    frozen (a frozen one costs more)."""
+
+    ledger: Ledger
+    held: Reservation
+    tenant: str
+    policy: str | None
+    plan: str
+
+    def open(self, worst_usd: float) -> LateBill:
+        return functools.partial(self._ended, self.held.given_up(worst_usd))
+
+    async def _ended(self, call: LateCall, record: CallRecord | None) -> None:
+        spent = None if record is None else Spent(time.time(), self.tenant, self.policy, self.plan,
+                                                  record.deployment, (record,), requests=0)
+        await self.ledger.record_late(self.tenant, self.held, call, spent)
 
 
 # -- reading it back ------------------------------------------------------------------------------

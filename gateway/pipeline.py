@@ -45,7 +45,7 @@ from gateway.executor.result import CallRecord
 from gateway.executor.resume import resumable, resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
-from gateway.ledger import CACHE, Ledger, Spent
+from gateway.ledger import CACHE, LateBills, Ledger, Spent
 from gateway.messages import count_messages, definition_tokens, remember_prompt, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
@@ -417,7 +417,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     body = bounded_body(request, r)
 
     hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
-    late_bills.set(_LateBill(svc.ledger, tenant.name, entry.policy_name, plan.label))  # calls that answer late
+    late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label))  # calls that answer late
     try:
         if request.get("stream") and isinstance(plan, Single):
             waited = time.perf_counter()
@@ -491,21 +491,6 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
     if shadow is not None and svc.shadow is not None and not it.entry.pinned:
         svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,
                          it.entry.policy.spec.timeout_s, it.entry.policy.name)
-
-
-@dataclass(slots=True)
-class _LateBill:
-    """Bills a call that answered after the request gave up on it (`executor.drain`). Built on every
-    request, so not frozen (a frozen one costs more)."""
-
-    ledger: Ledger
-    tenant: str
-    policy: str | None
-    plan: str
-
-    async def __call__(self, call: CallRecord) -> None:
-        await self.ledger.record(Spent(time.time(), self.tenant, self.policy, self.plan, call.deployment, (call,),
-                                       requests=0))
 
 
 def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:

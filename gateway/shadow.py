@@ -20,7 +20,6 @@ job starts, and every failure of a shadow or judge call is caught, counted and l
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import random
 import re
@@ -35,7 +34,7 @@ from gateway.executor.answers import choice_letter, extract_answer
 from gateway.executor.drain import late_bills
 from gateway.executor.result import CallRecord
 from gateway.feedback import Feedback, RequestLog
-from gateway.ledger import Ledger
+from gateway.ledger import SHADOW, LateBills, Ledger
 from gateway.messages import message_text
 from gateway.plans import Shadow, Single
 from gateway.policy import Catalog, worst_case_cost
@@ -171,7 +170,7 @@ class ShadowEvaluator:
         calls: list[CallRecord] = []
         # A shadow call given up on (its timeout) but answering later is this tenant's shadow spend
         # too; the worker task outlives requests, so it sets the sink per job (`executor.drain`).
-        late_bills.set(functools.partial(self._bill_late, job))
+        late_bills.set(LateBills(self.ledger, held, job.tenant.name, job.policy, SHADOW))
         span = self.telemetry.start("switchyard.shadow", None, switchyard__tenant=job.tenant.name,
                                     switchyard__request_id=job.request_id, switchyard__against=job.shadow.against)
         try:
@@ -198,9 +197,6 @@ class ShadowEvaluator:
 
     async def _bill(self, job: Job, held: Reservation, calls: list[CallRecord]) -> None:
         await self.ledger.record_shadow(job.tenant.name, tuple(calls), held, job.policy)
-
-    async def _bill_late(self, job: Job, call: CallRecord) -> None:
-        await self.ledger.record_shadow(job.tenant.name, (call,), None, job.policy)
 
     async def _label(self, job: Job, calls: list[CallRecord], span: Any) -> Feedback | None:
         body = {k: v for k, v in job.request.items() if k not in _DROPPED_KEYS}

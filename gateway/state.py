@@ -2,7 +2,8 @@
 
 The gateway keeps these keys, all under `sy:` and all built here: cached answers
 (`sy:cache:...`), tenant spend (`sy:spend:{<tenant>}`, USD), budget holds of requests in flight
-(`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms"), rate windows
+(`sy:hold:{<tenant>}`, a hash: hold id → "amount expiry_ms"; `<hold id>:late:<n>` holds a call a
+settled request still reads, `gateway.admission`), rate windows
 (`sy:rate:{<tenant>}:<minute>`), the request log (`sy:requests`, a stream capped at about
 `max_records` entries) and each logged request's record and feedback (`sy:req:{<tenant>}:<request
 id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → that source's feedback). A

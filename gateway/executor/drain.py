@@ -6,12 +6,15 @@ upstream answer. Closing the connection then races the upstream: an answer it se
 ledger. The more loaded the gateway, the wider that race (its event loop reads late), which is
 why it showed under a saturated soak. So the gateway stops *waiting* at its timeout (the request
 moves on at once to a retry or fallback) but keeps *reading* in the background for up to
-`DRAIN_S` more: an answer that arrives is billed as a `late` call to the request's tenant and
-policy; an upstream that fails or closes the connection costs nothing. Only an answer later
-than that is cut unread.
+`DRAIN_S` more: an answer that arrives is billed as a `late` call of the request (in the ledger
+under its policy, and to every budget it was admitted against); an upstream that fails or closes
+the connection costs nothing. Only an answer later than that is cut unread.
 
 The bill goes to the sink the request set in `late_bills` (a context variable, so that every
-call the request makes, however deep, finds it without passing it along).
+call the request makes, however deep, finds it without passing it along). The sink hears of each
+such call twice: when the gateway gives up on it (`LateSink.open`, at once, with the most it may
+cost: the request may answer and settle its budget before the call ends, and must keep that much
+held), and once when it ends (the returned `LateBill`: its record if it answered, else None).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from gateway.executor.result import CallRecord
 
@@ -31,8 +34,17 @@ log = logging.getLogger("switchyard.upstream")
 DRAIN_S = 30.0  # how long a call given up on is still read for an answer on its way
 LATE = "late"   # the role of such a call in the ledger
 
-LateBill = Callable[[CallRecord], Awaitable[None]]
-late_bills: ContextVar[LateBill | None] = ContextVar("switchyard_late_bills", default=None)
+LateBill = Callable[[CallRecord | None], Awaitable[None]]
+
+
+class LateSink(Protocol):
+    def open(self, worst_usd: float) -> LateBill:
+        """A call given up on is read on; it may cost up to `worst_usd`. The result is awaited once,
+        when the call ends."""
+        ...
+
+
+late_bills: ContextVar[LateSink | None] = ContextVar("switchyard_late_bills", default=None)
 
 _draining: set[asyncio.Task[Any]] = set()  # strong references: a task only weakly held may vanish
 
@@ -42,28 +54,39 @@ def draining() -> int:
     return len(_draining)
 
 
-def drain(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]]) -> None:
-    """Read `call` to its end in the background; if it answers, bill `priced(answer)` to the request."""
-    bill = late_bills.get()
-    task = asyncio.ensure_future(_settle(call, priced, bill))
+def drain(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]],
+          worst_usd: Callable[[], float]) -> None:
+    """Read `call` to its end in the background; if it answers, bill `priced(answer)` to the request.
+    `worst_usd()`: the most the call may be billed."""
+    sink = late_bills.get()
+    ended = sink.open(worst_usd()) if sink is not None else None
+    task = asyncio.ensure_future(_settle(call, priced, ended))
     _draining.add(task)
     task.add_done_callback(_draining.discard)
 
 
 async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]],
-                  bill: LateBill | None) -> None:
+                  ended: LateBill | None) -> None:
+    record: CallRecord | None = None
     try:
-        async with asyncio.timeout(DRAIN_S):
-            answer = await call
-    except BaseException:  # it failed, or took too long: nothing was delivered, nothing to bill
-        call.cancel()
-        with contextlib.suppress(BaseException):
-            await call
-        return
-    record = await priced(answer)
-    if record is None:
-        return
-    log.info("deployment '%s' answered after the gateway gave up on it: billed $%.6f", record.deployment,
-             record.cost_usd, extra={"event": "late_answer", "deployment": record.deployment})
-    if bill is not None:
-        await bill(CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, LATE))
+        try:
+            async with asyncio.timeout(DRAIN_S):
+                answer = await call
+        except BaseException:  # it failed, or took too long: nothing was delivered, nothing to bill
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
+            return
+        try:
+            record = await priced(answer)
+        except Exception:  # the answer could not be priced: its hold is still dropped below
+            log.exception("a late answer could not be priced")
+            return
+        if record is None:
+            return
+        log.info("deployment '%s' answered after the gateway gave up on it: billed $%.6f", record.deployment,
+                 record.cost_usd, extra={"event": "late_answer", "deployment": record.deployment})
+        record = CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, LATE)
+    finally:
+        if ended is not None:  # once, however it ended: billed, or its hold given back
+            await ended(record)

@@ -174,10 +174,16 @@ class Upstreams:
         return self.telemetry.start_client(self._span_names[name], parent, self._span_attributes[name],
                                            gen_ai__request__temperature=body.get("temperature"))
 
+    def _worst_usd(self, name: str, body: dict[str, Any]) -> float:
+        """The most one call of `body` (limited: it names its output limit) to `name` may be billed."""
+        output = body.get("max_completion_tokens") or body.get("max_tokens") or self.deployments[name].max_output_tokens
+        return self.prices[name].estimate(prompt_tokens(body.get("messages") or ()), output * int(body.get("n") or 1))
+
     async def _awaited(self, name: str, step: Awaitable[T], deadline: Deadline,
-                       priced: Callable[[T], Awaitable[CallRecord | None]]) -> T:
+                       priced: Callable[[T], Awaitable[CallRecord | None]], body: dict[str, Any]) -> T:
         """`step` within min(the deployment's timeout_s, the deadline); given up on (timed out, or this
-        request cancelled), it is not cut but drained: an answer on its way is still billed."""
+        request cancelled), it is not cut but drained: an answer on its way is still billed (and the
+        most it may cost stays held against the request's budgets until it ends)."""
         loop = asyncio.get_running_loop()
         call = asyncio.ensure_future(step)
         timeout_s = self.deployments[name].timeout_s
@@ -189,13 +195,13 @@ class Upstreams:
         try:
             await waiter
         except BaseException:
-            drain(call, priced)
+            drain(call, priced, functools.partial(self._worst_usd, name, body))
             raise
         finally:
             timer.cancel()
         if call.done():
             return call.result()
-        drain(call, priced)
+        drain(call, priced, functools.partial(self._worst_usd, name, body))
         if limit < timeout_s:
             raise _DeadlinePassed
         raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
@@ -241,7 +247,7 @@ class Upstreams:
 
         try:
             call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
-            done = counted(await self._awaited(name, call, deadline, priced), body)
+            done = counted(await self._awaited(name, call, deadline, priced, body), body)
         except BaseException as exc:
             self._failed(name, exc, span, trial, started)
             raise
@@ -378,7 +384,7 @@ class Upstreams:
             return CallRecord(name, usage, self.prices[name].cost(usage), time.perf_counter() - started)
 
         try:
-            first = await self._awaited(name, _next(chunks), deadline, priced)
+            first = await self._awaited(name, _next(chunks), deadline, priced, body)
         except StopAsyncIteration:
             exc = ProviderFailure(f"{name}: stream ended before any chunk", reason="stream ended before any chunk")
             self._failed(name, exc, span, trial, started)

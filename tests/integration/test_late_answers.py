@@ -9,6 +9,7 @@ milliseconds on a quiet machine and grows with the gateway's event-loop lag unde
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,20 +18,25 @@ import httpx
 import openai
 import pytest
 
-from tests.support.lab import budgeted_gateway, lab_gateway, simulator_of
+from gateway.messages import count_messages
+from tests.support.lab import BUDGET_KEY as BUDGET
+from tests.support.lab import PRICE, budgeted_gateway, lab_gateway, simulator_of
 from tests.support.processes import Simulator, wait_until
 
 TIMEOUT_S = 0.3
 # Answers due from just before to just after the timeout: every one of them is sent while the
 # gateway is (or was, a moment ago) waiting for it.
 DELAYS_MS = (270, 285, 295, 300, 305, 315, 330)
+TARDY_MS = 2500
 QUICK = {"ability": 2.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 10}
 MODELS = [
     {"name": "sim-small", **QUICK}, {"name": "sim-large", **QUICK}, {"name": "sim-next", **QUICK},
     {"name": "sim-edge", **QUICK, "faults": [{"kind": "slow", "rate": 1 / len(DELAYS_MS), "delay_ms": d}
                                              for d in DELAYS_MS]},
     # Always late: it answers 2 × TIMEOUT_S after the gateway gave up and moved on to the fallback.
-    {"name": "sim-late", **QUICK, "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": 3000 * TIMEOUT_S}]}]
+    {"name": "sim-late", **QUICK, "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": 3000 * TIMEOUT_S}]},
+    # Later still: its answer lands well after the request's response, while the test asks again.
+    {"name": "sim-tardy", **QUICK, "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": TARDY_MS}]}]
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +114,98 @@ def test_a_budget_holds_for_an_attempt_given_up_on_and_the_fallback_that_answere
         answer = gw.client.chat.completions.create(model="next", messages=question,  # type: ignore[arg-type]
                                                    max_tokens=10)
         assert answer.choices[0].message.content
+
+
+# A request that falls back from `tardy` (always given up on at TIMEOUT_S, answering TARDY_MS in) to
+# `next`: its response is sent long before the tardy answer lands and is billed, late.
+TARDY_POLICY = {"candidates": [{"single": "tardy"}], "fallbacks": {"tardy": ["next"]}}
+TARDY_DEPLOYMENTS = {"tardy": ("sim-tardy", {"max_retries": 0, "timeout_s": TIMEOUT_S}),
+                     "next": ("sim-next", {"max_retries": 0, "timeout_s": 5})}
+ADMIN = "sk-admin-late"
+QUESTION = [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+def _redis_url(store: str, request: pytest.FixtureRequest) -> str | None:
+    return request.getfixturevalue("redis_server").url if store == "redis" else None
+
+
+def _tardy_served(sim: Simulator) -> None:
+    wait_until(lambda: sim.stats()["sim-tardy"]["served"] == 1, timeout_s=10, what="the tardy answer")
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_late_answer_is_billed_to_the_keys_own_budget_and_token_window(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str,
+        request: pytest.FixtureRequest) -> None:
+    # Before, a late call's cost went to the tenant's spend counter alone: a key with its own budget
+    # (and tokens-per-minute window) never saw it, and could be billed past its budget that way.
+    tenant = f"late-{uuid.uuid4().hex[:8]}"
+    with budgeted_gateway(sim, tmp_path, monkeypatch, None, TARDY_POLICY, TARDY_DEPLOYMENTS, tenant=tenant,
+                          redis_url=_redis_url(store, request), admin_key=ADMIN) as gw:
+        made = httpx.post(gw.base_url + "/admin/keys", headers={"authorization": f"Bearer {ADMIN}"}, timeout=10,
+                          json={"tenant": tenant, "budget": {"usd": 1.0}, "tokens_per_minute": 100_000})
+        assert made.status_code == 201, made.text
+        key = made.json()["key"]
+        client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=key, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(model="router/thrifty", messages=QUESTION,  # type: ignore[arg-type]
+                                                               max_tokens=10)
+        answered = float(raw.headers["x-switchyard-cost-usd"])
+        _tardy_served(sim)
+
+        def ledger() -> tuple[float, int]:  # the tenant's spend and tokens, every call (late ones too)
+            rows = httpx.get(gw.base_url + "/v1/spend", params={"group_by": "tenant"}, timeout=10,
+                             headers={"Authorization": f"Bearer {key}"}).json()["data"]
+            return (sum(float(r["cost_usd"]) for r in rows),
+                    sum(int(r["prompt_tokens"]) + int(r["completion_tokens"]) for r in rows))
+        wait_until(lambda: ledger()[0] > 1.5 * answered, timeout_s=5, what="the late bill in the ledger")
+        spent, tokens = ledger()
+
+        def own() -> tuple[float, float, float]:
+            body = httpx.get(gw.base_url + "/v1/budget", headers={"authorization": f"Bearer {key}"}, timeout=10).json()
+            (row,) = body["budgets"]
+            (window,) = body["rate_limits"]
+            return row["spent_usd"], row["reserved_usd"], window["used"]
+        try:
+            wait_until(lambda: own()[0] == pytest.approx(spent), timeout_s=5, what="the key's spend")
+        finally:
+            key_spent, reserved, used = own()
+            print(f"[{store}] answer ${answered:.8f}; ledger ${spent:.8f} ({tokens} tokens); "
+                  f"key's budget: spent ${key_spent:.8f}, held ${reserved:.8f}; key's window {used:g} tokens")
+        assert (key_spent, reserved, used) == (pytest.approx(spent), 0.0, tokens)
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_the_hold_keeps_the_room_of_a_late_answer_until_it_lands(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, store: str,
+        request: pytest.FixtureRequest) -> None:
+    # One call at max_tokens=10 may cost `call` at most; the budget pays for a little more than two.
+    # The first request holds two (its tardy attempt and the fallback) and is answered by the fallback
+    # while the tardy attempt is still on its way. Before, its whole hold was given back with the
+    # response: a second request (one call) fitted in the room the tardy answer then spent, and the
+    # budget overshot (three calls billed). Now the tardy call's worst case stays held until it lands.
+    call = (count_messages(QUESTION) * PRICE["input_per_mtok"] + 10 * PRICE["output_per_mtok"]) / 1e6
+    budget = 2.1 * call
+    tenant = f"late-{uuid.uuid4().hex[:8]}"
+    with budgeted_gateway(sim, tmp_path, monkeypatch, budget, TARDY_POLICY, TARDY_DEPLOYMENTS, tenant=tenant,
+                          redis_url=_redis_url(store, request)) as gw:
+        first = gw.client.chat.completions.with_raw_response.create(  # type: ignore[call-overload]
+            model="router/thrifty", messages=QUESTION, max_tokens=10)
+        answered = float(first.headers["x-switchyard-cost-usd"])
+        assert sim.stats()["sim-tardy"]["served"] == 0  # still on its way (TARDY_MS)
+        row = httpx.get(gw.base_url + "/v1/budget", headers={"authorization": f"Bearer {BUDGET}"},
+                        timeout=10).json()["budgets"][0]
+        print(f"[{store}] one call's worst case ${call:.8f}, budget ${budget:.8f}; after the response: "
+              f"spent ${row['spent_usd']:.8f}, held ${row['reserved_usd']:.8f}")
+        assert row["spent_usd"] == pytest.approx(answered)
+        assert row["reserved_usd"] == pytest.approx(call)  # the tardy call's worst case, no more
+        gw.refuses(lambda: gw.client.chat.completions.create(model="next", messages=QUESTION,  # type: ignore[arg-type]
+                                                             max_tokens=10), budget,
+                   "a request in the room of a late answer still on its way")
+        _tardy_served(sim)
+        wait_until(lambda: gw.spent() > 1.5 * answered, timeout_s=5, what="the late bill")
+        row = httpx.get(gw.base_url + "/v1/budget", headers={"authorization": f"Bearer {BUDGET}"},
+                        timeout=10).json()["budgets"][0]
+        print(f"[{store}] after the late answer: spent ${row['spent_usd']:.8f} (ledger ${gw.spent():.8f}), "
+              f"held ${row['reserved_usd']:.8f}")
+        assert row["spent_usd"] == pytest.approx(gw.spent()) and row["reserved_usd"] == 0.0
+        assert gw.spent() <= budget

@@ -165,3 +165,53 @@ async def test_get_many_reads_keys_of_any_slot_in_order(store: Store, key: Calla
         await store.set(k, str(i).encode())
     assert await store.get_many([spread[2], key("absent"), spread[0], spread[1]]) == [b"2", None, b"0", b"1"]
     assert await store.get_many([]) == []
+
+
+async def test_a_settlement_keeps_residual_holds_that_their_own_settlements_bill_and_drop(
+        store: Store, key: Callable[[str], str]) -> None:
+    # A request held 0.6 on the tenant's and its key's budgets; it settles at 0.2 while a call it gave
+    # up on (worst case 0.3) is still read: that 0.3 stays held, in the same step, in both hashes.
+    tenant, own = (key("spend"), key("holds"), 0), (key("key-spend"), key("key-holds"), 0)
+
+    def admission(hold: str, amount: float) -> Admission:
+        return Admission(hold, 60, (BudgetHold(key("spend"), key("holds"), key("alerts"), amount, 1.0),
+                                    BudgetHold(key("key-spend"), key("key-holds"), key("key-alerts"), amount, 1.0)))
+
+    assert (await store.admit(admission("a", 0.6))).verdict == "ok"
+    await store.settle_admission(Settlement("a", 0.2, (tenant, own), residual=(("a:late:0", 0.3),),
+                                            residual_ttl_s=60))
+    for spend, holds, _ in (tenant, own):
+        assert await store.budget_state(spend, holds) == (pytest.approx(0.2), pytest.approx(0.3))
+    refused = await store.admit(admission("b", 0.6))  # 0.2 + 0.3 + 0.6 > 1: the late call's room is kept
+    assert (refused.verdict, refused.reserved) == ("budget", pytest.approx(0.3))
+    # the late call answers for 0.25: billed to both budgets, its hold dropped, in one step
+    await store.settle_admission(Settlement("a:late:0", 0.25, (tenant, own)))
+    for spend, holds, _ in (tenant, own):
+        assert await store.budget_state(spend, holds) == (pytest.approx(0.45), 0.0)
+    # a retry of that (its reply lost) finds its hold gone: nothing is added twice
+    await store.settle_admission(Settlement("a:late:0", 0.25, (tenant, own), only_if_held=True))
+    assert await store.budget_state(key("key-spend"), key("key-holds")) == (pytest.approx(0.45), 0.0)
+    assert (await store.admit(admission("c", 0.55))).verdict == "ok"
+
+
+async def test_a_residual_hold_lapses_on_its_own(store: Store, key: Callable[[str], str]) -> None:
+    spends = ((key("spend"), key("holds"), 0),)
+    budget = BudgetHold(key("spend"), key("holds"), key("alerts"), 0.5, 1.0)
+    assert (await store.admit(Admission("a", 60, (budget,)))).verdict == "ok"
+    await store.settle_admission(Settlement("a", 0.1, spends, residual=(("a:late:0", 0.4),), residual_ttl_s=0.1))
+    assert await store.budget_state(key("spend"), key("holds")) == (pytest.approx(0.1), pytest.approx(0.4))
+    await asyncio.sleep(0.25)  # its call was never heard of again: the room comes back
+    assert await store.budget_state(key("spend"), key("holds")) == (pytest.approx(0.1), 0.0)
+
+
+async def test_a_retried_settlement_finds_a_hold_held_by_the_key_alone(store: Store, key: Callable[[str], str]) -> None:
+    # The tenant has no budget of its own (its holds hash never had the hold), its key has: a retried
+    # settlement must still find the hold, and bill both spend keys once. Before, it looked in the
+    # tenant's hash first, found nothing, and dropped the settlement.
+    tenant, own = (key("spend"), key("holds"), 0), (key("key-spend"), key("key-holds"), 0)
+    admission = Admission("a", 60, (BudgetHold(key("key-spend"), key("key-holds"), key("key-alerts"), 0.5, 1.0),))
+    assert (await store.admit(admission)).verdict == "ok"
+    await store.settle_admission(Settlement("a", 0.2, (tenant, own), only_if_held=True))
+    await store.settle_admission(Settlement("a", 0.2, (tenant, own), only_if_held=True))  # its reply was lost
+    assert await store.get_float(key("spend")) == pytest.approx(0.2)
+    assert await store.budget_state(key("key-spend"), key("key-holds")) == (pytest.approx(0.2), 0.0)

@@ -3,6 +3,7 @@ policies plus the test's, and a gateway whose deployments point at those models.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,16 +91,22 @@ class Budgeted:
 
 
 @contextmanager
-def budgeted_gateway(sim: Simulator, folder: Path, monkeypatch: pytest.MonkeyPatch, budget: float,
-                     policy: dict[str, Any], deployments: dict[str, tuple[str, dict[str, Any]]]) -> Iterator[Budgeted]:
-    """A gateway whose one tenant, `thrifty` (key `BUDGET_KEY`), has `budget` USD and the default policy
-    `thrifty` (`policy`, cache off), over `deployments` (name → (simulated model, more settings)) on
-    `sim`, in the lab's tier at the lab's price. The simulator's counts are reset first."""
+def budgeted_gateway(sim: Simulator, folder: Path, monkeypatch: pytest.MonkeyPatch, budget: float | None,
+                     policy: dict[str, Any], deployments: dict[str, tuple[str, dict[str, Any]]], *,
+                     tenant: str = "thrifty", redis_url: str | None = None,
+                     admin_key: str | None = None) -> Iterator[Budgeted]:
+    """A gateway whose one tenant, `tenant` (key `BUDGET_KEY`), has `budget` USD (None: no budget of its
+    own) and the default policy `thrifty` (`policy`, cache off), over `deployments` (name → (simulated
+    model, more settings)) on `sim`, in the lab's tier at the lab's price. The simulator's counts are
+    reset first. `redis_url`: the store (a fresh `tenant` name keeps a shared Redis's keys apart);
+    `admin_key`: turns the keys admin API on."""
     monkeypatch.setenv("SY_THRIFTY_KEY", BUDGET_KEY)
     rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": "lab", "price": PRICE, **extra}
             for n, (m, extra) in deployments.items()]
-    raw = {"deployments": rows, "default_policy": "thrifty",
-           "tenants": [{"name": "thrifty", "api_key_env": "SY_THRIFTY_KEY", "budget_usd": budget}]}
+    raw = {"deployments": rows, "default_policy": "thrifty", "redis_url": redis_url,
+           "tenants": [{"name": tenant, "api_key_env": "SY_THRIFTY_KEY", "budget_usd": budget}]}
+    if admin_key is not None:
+        raw["admin_api_key_sha256"] = hashlib.sha256(admin_key.encode()).hexdigest()
     policies = {"thrifty": {"description": "a budget test's policy", "cache": {"enabled": False}, **policy}}
     app = create_app(parse_config(raw, "budgeted"), policies_dir=policies_folder(folder, policies))
     sim.reset()

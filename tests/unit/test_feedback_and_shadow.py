@@ -205,7 +205,7 @@ class _LateUpstreams(_Upstreams):
         async def priced(rec: CallRecord) -> CallRecord:
             return rec
 
-        drain(answer, priced)
+        drain(answer, priced, lambda: 0.004)
         raise UpstreamError(f"deployment '{names[0]}' timed out")
 
 

@@ -11,6 +11,7 @@ import pytest
 from gateway.executor import CallRecord, Deadline
 from gateway.executor.drain import LATE, late_bills
 from gateway.executor.resume import resuming
+from gateway.messages import count_messages
 from gateway.providers.base import ProviderFailure
 from tests.support.fake_backend import Delay, Stream, answer, chunk, deployment, fake_upstreams
 
@@ -18,14 +19,27 @@ BODY = {"messages": [{"role": "user", "content": "What is 6 * 7?"}]}
 CUT = ProviderFailure("a: connection dropped", reason="connection failed")
 
 
-async def _collecting(work: Any) -> tuple[Any, list[CallRecord]]:
-    """Run `work()` as a request whose late calls are billed into the returned list."""
-    billed: list[CallRecord] = []
+class _Collected:
+    """A request's late calls: the most each may cost when given up on, and each one's end."""
 
-    async def bill(call: CallRecord) -> None:
-        billed.append(call)
-    late_bills.set(bill)
-    return await work(), billed
+    def __init__(self) -> None:
+        self.worst: list[float] = []
+        self.ended: list[CallRecord | None] = []
+
+    def open(self, worst_usd: float) -> Any:
+        self.worst.append(worst_usd)
+
+        async def ended(call: CallRecord | None) -> None:
+            self.ended.append(call)
+        return ended
+
+
+async def _collecting(work: Any, collected: _Collected | None = None) -> tuple[Any, list[CallRecord]]:
+    """Run `work()` as a request whose late calls are billed into the returned list."""
+    sink = collected or _Collected()
+    late_bills.set(sink)
+    done = await work()
+    return done, [c for c in sink.ended if c is not None]
 
 
 def test_a_call_that_answers_after_its_timeout_is_billed_late_while_the_fallback_answers() -> None:
@@ -39,9 +53,13 @@ def test_a_call_that_answers_after_its_timeout_is_billed_late_while_the_fallback
         await asyncio.sleep(0.3)  # a's answer arrives after the gateway gave up on it
         return done
 
-    _, billed = asyncio.run(_collecting(work))
+    collected = _Collected()
+    _, billed = asyncio.run(_collecting(work, collected))
     assert [(c.deployment, c.role) for c in billed] == [("a", LATE)]
     assert billed[0].usage.prompt_tokens == 10 and billed[0].cost_usd > 0
+    # given up on, it was held for at its worst (its prompt and the whole output it may write)
+    worst = up.prices["a"].estimate(count_messages(BODY["messages"]), up.deployments["a"].max_output_tokens)
+    assert collected.worst == [pytest.approx(worst)]
 
 
 def test_a_call_that_fails_after_its_timeout_costs_nothing() -> None:
@@ -53,8 +71,9 @@ def test_a_call_that_fails_after_its_timeout_costs_nothing() -> None:
         await up.call(("a", "b"), BODY, None, deadline=Deadline.after(5))
         await asyncio.sleep(0.2)
 
-    _, billed = asyncio.run(_collecting(work))
-    assert billed == []
+    collected = _Collected()
+    _, billed = asyncio.run(_collecting(work, collected))
+    assert billed == [] and collected.ended == [None]  # it ended, costing nothing: its hold goes back
 
 
 def test_a_stream_whose_first_chunk_comes_late_is_billed_for_it_and_closed() -> None:
