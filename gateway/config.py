@@ -115,7 +115,7 @@ class TenantConfig(_Strict):
     tokens_per_minute: int | None = Field(
         default=None, gt=0, description="prompt + max output tokens reserved per request, settled on completion")
     log_prompts: bool = Field(
-        default=False, description="keep prompt text in request records (else a sha256 of it): needed to "
+        default=False, description="keep prompt text in request records (else its keyed digest): needed to "
                                    "export this tenant's traffic as training data")
 
     @model_validator(mode="after")
@@ -169,6 +169,10 @@ class GatewayConfig(_Strict):
     viewer_api_key_sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$",
         description="sha256 of a key that may read the dashboard and nothing else (env SWITCHYARD_VIEWER_KEY_SHA256)")
+    digest_secret_env: str | None = Field(
+        default=None, min_length=1,
+        description="env var holding the secret that keys prompt digests in request records; default: one "
+                    "generated once and kept in the store")
 
     @field_validator("deployments")
     @classmethod

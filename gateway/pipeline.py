@@ -45,6 +45,7 @@ from gateway.executor.result import CallRecord
 from gateway.executor.resume import resumable, resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
+from gateway.keyed import Digests
 from gateway.ledger import CACHE, Ledger, Spent
 from gateway.messages import count_messages, definition_tokens, remember_prompt, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
@@ -93,6 +94,7 @@ class Services:
     requests: RequestLog | None = None      # request records and feedback (None: not recorded)
     shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
     stats: RequestStats = field(default_factory=RequestStats)  # this replica's recent latencies and statuses
+    digests: Digests = field(default_factory=Digests)  # the secret every replica shares (`gateway.keyed`)
 
 
 @dataclass(frozen=True, slots=True)
