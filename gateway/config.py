@@ -96,6 +96,16 @@ class DeploymentConfig(_Strict):
                                         "at it, the deployment is skipped like an open circuit")
     tokens_per_minute: int | None = Field(
         default=None, gt=0, description="the provider's token quota (prompt + max output, settled on completion)")
+    isolate_prefix_cache: bool = Field(
+        default=False, description="send every call a `cache_salt` keyed to its tenant, so that the server's "
+        "prefix cache is shared within a tenant only (vLLM); OpenAI and most providers refuse the field")
+
+    @model_validator(mode="after")
+    def _salt_goes_to_a_server_of_ours(self) -> DeploymentConfig:
+        if self.isolate_prefix_cache and not self.api_base:
+            raise ValueError("isolate_prefix_cache needs the api_base of a server that takes cache_salt "
+                             "(vLLM); hosted providers refuse it")
+        return self
 
 
 class TenantConfig(_Strict):
@@ -171,8 +181,8 @@ class GatewayConfig(_Strict):
         description="sha256 of a key that may read the dashboard and nothing else (env SWITCHYARD_VIEWER_KEY_SHA256)")
     digest_secret_env: str | None = Field(
         default=None, min_length=1,
-        description="env var holding the secret that keys prompt digests in request records; default: one "
-                    "generated once and kept in the store")
+        description="env var holding the secret that keys prompt digests in request records and prefix-cache "
+                    "salts; default: one generated once and kept in the store")
 
     @field_validator("deployments")
     @classmethod

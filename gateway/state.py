@@ -19,7 +19,7 @@ hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|me
 sum, kept `LEDGER_TTL_S`), the set of tenants that ever spent (`sy:ledger:tenants`) and, per tenant,
 the last write each ledger writer added (`sy:ledger:{<tenant>}:writes`, writer id → sequence
 number), so that a write retried after its reply was lost is not added twice.
-The secret that keys prompt digests (`gateway.keyed`), when the config names
+The secret that keys prompt digests and prefix-cache salts (`gateway.keyed`), when the config names
 none, is `sy:secret` (written once, if absent, and never expired).
 Policy versions: `sy:policy:audit:{<policy>}` (a list, one JSON entry per version that came into
 force, with its spec) and `sy:policy:current:{<policy>}` (the latest entry: the version every
