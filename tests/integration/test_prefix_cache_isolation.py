@@ -19,6 +19,7 @@ import pytest
 from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import parse_config
+from tests.support.lab import policies_folder
 from tests.support.processes import GatewayServer, free_port, running_gateway
 
 # litellm's vLLM provider imports a pydantic model that warns about its own typing (not ours to fix).
@@ -28,14 +29,19 @@ TENANTS = [{"name": "alice", "api_key_sha256": hash_key("sk-alice")},
 
 
 class _Upstream(http.server.BaseHTTPRequestHandler):
-    """Answers every chat completion with "ok" (whole, or as a stream) and keeps the bodies it got."""
+    """Answers every chat completion with "ok" (whole, or as a stream) and keeps the bodies it got.
+    Model `fake-cut` breaks its streams off after the first chunk."""
 
+    protocol_version = "HTTP/1.1"
     bodies: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
         _Upstream.bodies.append(body)
         usage = {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9}
+        if body.get("stream") and body["model"] == "fake-cut":
+            self._cut(body)
+            return
         if body.get("stream"):
             chunks = [{"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": body["model"],
                        "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"},
@@ -49,6 +55,20 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
             "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"], "usage": usage,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}),
             "application/json")
+
+    def _cut(self, body: dict[str, Any]) -> None:
+        """One chunk of a chunked SSE body, then the connection dropped: no finish, no [DONE]."""
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        event = b"data: " + orjson.dumps({"id": "c1", "object": "chat.completion.chunk", "created": 0,
+                                          "model": body["model"], "choices": [
+                                              {"index": 0, "delta": {"role": "assistant", "content": "Our"},
+                                               "finish_reason": None}]}) + b"\n\n"
+        self.wfile.write(f"{len(event):x}\r\n".encode() + event + b"\r\n")
+        self.wfile.flush()
+        self.close_connection = True
 
     def _send(self, payload: bytes, content_type: str) -> None:
         self.send_response(200)
@@ -66,18 +86,23 @@ class Lab:
     gateway: GatewayServer
 
     def ask(self, key: str, model: str, **extra: Any) -> Any:
-        """Send a fresh prompt; return the body the upstream received for it, if it received one."""
+        """Send a fresh prompt; return the body the upstream received for it."""
+        (body,) = self.calls(key, model, **extra)
+        return body
+
+    def calls(self, key: str, model: str, **extra: Any) -> list[dict[str, Any]]:
+        """Send a fresh prompt; return the bodies of every upstream call made for it, in order."""
         marker = uuid.uuid4().hex
         client = openai.OpenAI(base_url=self.gateway.base_url + "/v1", api_key=key, max_retries=0)
         answer = client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": f"Summarise our contract {marker}"}], **extra)
         if extra.get("stream"):
-            assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices) == "ok"
-        return next(b for b in _Upstream.bodies if marker in orjson.dumps(b["messages"]).decode())
+            assert "".join(c.choices[0].delta.content or "" for c in answer if c.choices).endswith("ok")
+        return [b for b in _Upstream.bodies if marker in orjson.dumps(b["messages"]).decode()]
 
 
 @pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Upstream)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
@@ -88,10 +113,17 @@ def lab() -> Iterator[Lab]:
         {"name": "large", "model": "openai/fake-vllm", "api_base": base, "tier": "large", "price": price},
         {"name": "lite", "model": "hosted_vllm/fake-vllm", "api_base": base, "backend": "litellm", "tier": "lab",
          "price": price, "isolate_prefix_cache": True, "max_retries": 0},
+        {"name": "cut", "model": "openai/fake-cut", "api_base": base, "tier": "lab", "price": price,
+         "isolate_prefix_cache": True, "max_retries": 0},
+        {"name": "next", "model": "openai/fake-vllm", "api_base": base, "tier": "lab", "price": price,
+         "isolate_prefix_cache": True, "supports_prefill": True},
     ]
     config = parse_config({"deployments": deployments, "tenants": TENANTS}, "prefix cache isolation")
+    policies = policies_folder(tmp_path_factory.mktemp("salt"), {"resumed": {
+        "candidates": [{"single": "cut"}], "fallbacks": {"cut": ["next"]}, "cache": {"enabled": False}}})
     try:
-        with running_gateway(create_app(config, watch_policies_s=None, watch_router_s=None)) as gw:
+        with running_gateway(create_app(config, policies_dir=policies, watch_policies_s=None,
+                                        watch_router_s=None)) as gw:
             yield Lab(gw)
     finally:
         upstream.shutdown()
@@ -105,6 +137,13 @@ def test_each_tenant_has_one_salt_of_its_own_on_an_isolating_deployment(lab: Lab
     assert alice[0] == alice[1] == alice[2]  # stable: alice's requests still share her cached prefixes
     assert bob != alice[0] and len(bob) == len(alice[0]) == 64
     assert "alice" not in alice[0] and "bob" not in bob  # keyed, never the name (nor its plain hash)
+
+
+def test_a_stream_resumed_on_its_fallback_carries_the_same_salt(lab: Lab) -> None:
+    cut, resumed = lab.calls("sk-alice", "router/resumed", stream=True)
+    assert (cut["model"], resumed["model"]) == ("fake-cut", "fake-vllm")
+    assert resumed["messages"][-1] == {"role": "assistant", "content": "Our"}  # continued, not started afresh
+    assert cut["cache_salt"] == resumed["cache_salt"] == lab.ask("sk-alice", "small")["cache_salt"]
 
 
 def test_a_deployment_without_the_setting_is_sent_no_salt(lab: Lab) -> None:

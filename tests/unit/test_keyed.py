@@ -10,12 +10,19 @@ from typing import Any
 
 import pytest
 
-from gateway.config import DeploymentConfig, parse_config
+from gateway.auth import Authenticator, Tenant
+from gateway.config import DeploymentConfig, RequestLogSettings, parse_config
 from gateway.errors import ConfigError
 from gateway.executor import Deadline
 from gateway.executor.upstreams import salted
+from gateway.feedback import RequestLog
 from gateway.keyed import Digests, configured_secret, tenant_salt
+from gateway.ledger import Ledger
+from gateway.plans import Shadow
+from gateway.policy import Catalog
+from gateway.shadow import Job, ShadowEvaluator
 from gateway.state import DIGEST_SECRET_KEY, MemoryStore, StoreUnavailable
+from gateway.telemetry import Telemetry
 from tests.support.fake_backend import answer, deployment, fake_upstreams
 
 SECRET = b"0123456789abcdef-secret"
@@ -126,3 +133,22 @@ def test_only_isolating_deployments_are_sent_the_salt_set_for_the_request() -> N
     calls = asyncio.run(scenario())
     assert [(name, body.get("cache_salt")) for name, body in calls] == [
         ("vllm", "f" * 64), ("vllm", "f" * 64), ("hosted", None), ("hosted", None)]
+
+
+def test_a_shadow_call_carries_the_salt_of_the_tenant_it_shadows() -> None:
+    async def scenario() -> list[tuple[str, dict[str, Any]]]:
+        store = MemoryStore()
+        up, backend = fake_upstreams(lambda d, b: answer("The answer is 42."), deployment("small"),
+                                     deployment("large", isolate_prefix_cache=True))
+        ledger = Ledger(store)
+        ledger.start()
+        requests = RequestLog(store, RequestLogSettings(), digests=Digests(SECRET))
+        shadow = ShadowEvaluator(up, Catalog(dict(up.deployments), dict(up.prices)), Authenticator([], store),
+                                 ledger, requests, Telemetry())
+        tenant_salt.set("the salt of whichever request came before")
+        asked, answer_text = {"messages": [{"role": "user", "content": "hi"}]}, "The answer is 42."
+        await shadow.evaluate(Job(Shadow(1.0, "large"), Tenant("t"), "r1", asked, answer_text, "small", 10, 5.0))
+        await ledger.close()
+        return backend.calls
+    assert [(name, body.get("cache_salt")) for name, body in asyncio.run(scenario())] == [
+        ("large", Digests(SECRET).cache_salt("t"))]
