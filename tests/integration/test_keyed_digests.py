@@ -20,7 +20,15 @@ from gateway.auth import hash_key
 from gateway.errors import ConfigError
 from gateway.state import DIGEST_SECRET_KEY, request_key
 from tests.integration.conftest import sim_config
-from tests.support.processes import GatewayServer, RedisServer, Simulator, running_gateway
+from tests.support.processes import (
+    GatewayServer,
+    RedisServer,
+    Simulator,
+    free_port,
+    running_gateway,
+    start_redis,
+    wait_until,
+)
 
 TENANTS = [{"name": "bob", "api_key_sha256": hash_key("sk-bob")}]
 PROMPT = "What is my balance?"
@@ -93,3 +101,33 @@ def test_a_named_secret_that_is_unset_or_short_stops_the_start(
     monkeypatch.setenv(SECRET_ENV, value)
     with pytest.raises(ConfigError, match=SECRET_ENV):
         _app(simulator, redis_url, policies_dir, digest_secret_env=SECRET_ENV)
+
+
+def test_a_replica_that_starts_while_redis_is_down_digests_once_it_is_back(
+        simulator: Simulator, policies_dir: Path, tmp_path: Path) -> None:
+    port, sink = free_port(), tmp_path / "requests.jsonl"
+    app = create_app(sim_config(simulator.url, f"redis://127.0.0.1:{port}/0", tenants=TENANTS,
+                                request_log={"path": str(sink)}), policies_dir=policies_dir,
+                     watch_policies_s=None, watch_router_s=None)
+    with running_gateway(app) as gw:
+        down = _ask(gw)
+        redis_server = start_redis(port)
+        try:
+            wait_until(lambda: app.state.services.digests.shared, timeout_s=20, what="the secret read from Redis")
+            up = _record(redis_server.url, _ask(gw))
+        finally:
+            redis_server.stop()
+    logged = _sunk(sink, down)
+    assert "prompt_hmac" not in logged and "prompt" not in logged  # no digest under a secret of its own
+    assert len(up["prompt_hmac"]) == 64
+
+
+def _sunk(sink: Path, request_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for line in sink.read_bytes().splitlines() if sink.exists() else ():
+            record: dict[str, Any] = orjson.loads(line)
+            if record.get("request_id") == request_id:
+                return record
+        time.sleep(0.05)
+    raise AssertionError(f"no record of {request_id} in {sink}")
