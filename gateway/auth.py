@@ -59,7 +59,7 @@ class Tenant:
     budget_usd: float | None = None
     requests_per_minute: int | None = None
     deployments: frozenset[str] | None = None  # pinnable by name; None: any deployment
-    log_prompts: bool = False  # request records keep the prompt text, else only its sha256
+    log_prompts: bool = False  # request records keep the prompt text, else only its keyed digest
     budget_period: str = "total"
     tokens_per_minute: int | None = None
     key_id: str | None = None  # the admin-created key the caller used, if any

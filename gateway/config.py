@@ -96,6 +96,16 @@ class DeploymentConfig(_Strict):
                                         "at it, the deployment is skipped like an open circuit")
     tokens_per_minute: int | None = Field(
         default=None, gt=0, description="the provider's token quota (prompt + max output, settled on completion)")
+    isolate_prefix_cache: bool = Field(
+        default=False, description="send every call a `cache_salt` keyed to its tenant, so that the server's "
+        "prefix cache is shared within a tenant only (vLLM); OpenAI and most providers refuse the field")
+
+    @model_validator(mode="after")
+    def _salt_goes_to_a_server_of_ours(self) -> DeploymentConfig:
+        if self.isolate_prefix_cache and not self.api_base:
+            raise ValueError("isolate_prefix_cache needs the api_base of a server that takes cache_salt "
+                             "(vLLM); hosted providers refuse it")
+        return self
 
 
 class TenantConfig(_Strict):
@@ -115,7 +125,7 @@ class TenantConfig(_Strict):
     tokens_per_minute: int | None = Field(
         default=None, gt=0, description="prompt + max output tokens reserved per request, settled on completion")
     log_prompts: bool = Field(
-        default=False, description="keep prompt text in request records (else a sha256 of it): needed to "
+        default=False, description="keep prompt text in request records (else its keyed digest): needed to "
                                    "export this tenant's traffic as training data")
 
     @model_validator(mode="after")
@@ -169,6 +179,10 @@ class GatewayConfig(_Strict):
     viewer_api_key_sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$",
         description="sha256 of a key that may read the dashboard and nothing else (env SWITCHYARD_VIEWER_KEY_SHA256)")
+    digest_secret_env: str | None = Field(
+        default=None, min_length=1,
+        description="env var holding the secret that keys prompt digests in request records and prefix-cache "
+                    "salts; default: one generated once and kept in the store")
 
     @field_validator("deployments")
     @classmethod

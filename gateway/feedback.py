@@ -5,8 +5,9 @@ that was) leaves a compact record: request id, time, tenant, policy, entry, plan
 router version, the router's predicted quality per deployment, cost and tokens, the savings
 (the predicted cost of the policy's dearest candidate, and the predicted quality of the chosen plan
 and of that candidate: `gateway.ledger.savings`), and the prompt
-the router judged: its text when the tenant has `log_prompts: true`, else only its sha256 (such
-records cannot be exported as training data).
+the router judged: its text when the tenant has `log_prompts: true`, else only `prompt_hmac`, its
+keyed digest (`gateway.keyed`: equal prompts match, a dictionary of guesses cannot be tested against
+it without the secret). Such records cannot be exported as training data.
 
 Records are written off the response path. `RequestLog.add` puts one small value on a bounded
 queue (a few microseconds); a background writer drains it in batches (waiting `LINGER_S` after the
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +42,7 @@ from gateway.decimals import MICRO, MS, rounded
 from gateway.errors import NotFound, StoreOutage
 from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
+from gateway.keyed import Digests
 from gateway.ledger import savings
 from gateway.messages import routing_prompt
 from gateway.policy import Decision
@@ -86,7 +87,7 @@ class Completed:
     policy_version: str | None = None  # the version of `policy` that decided (None when pinned)
 
 
-def build_record(c: Completed) -> dict[str, Any]:
+def build_record(c: Completed, digests: Digests) -> dict[str, Any]:
     text = routing_prompt(c.messages)
     cost, completion = 0.0, 0
     for x in c.calls:  # a loop, not two generator sums: one record per request
@@ -108,8 +109,8 @@ def build_record(c: Completed) -> dict[str, Any]:
                    "predicted": {k: rounded(v, MICRO) for k, v in c.signal.quality.items()}}
     if c.tenant.log_prompts:
         record["prompt"] = text
-    else:
-        record["prompt_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    elif (digest := digests.prompt(text)) is not None:
+        record["prompt_hmac"] = digest
     return record
 
 
@@ -156,8 +157,9 @@ class RequestLog:
     """The bounded queue, its writer task, and feedback lookups. `add` is the only hot-path call."""
 
     def __init__(self, store: Store, settings: RequestLogSettings, sink: Sink | None = None,
-                 linger_s: float = LINGER_S) -> None:
+                 linger_s: float = LINGER_S, digests: Digests | None = None) -> None:
         self.store = store
+        self.digests = digests or Digests()  # the app's, whose secret every replica shares
         self.linger_s = linger_s
         self.settings = settings
         self.sink: Sink | None = sink or (JsonlSink(settings.path) if settings.path else None)
@@ -217,7 +219,7 @@ class RequestLog:
         lines: list[bytes] = []
         for item in batch:
             if isinstance(item, Completed):
-                raw = orjson.dumps(build_record(item))
+                raw = orjson.dumps(build_record(item, self.digests))
                 records.append((request_key(item.tenant.name, item.request_id), raw))
                 if self.sink is not None:
                     lines.append(b'{"kind":"request",' + raw[1:])

@@ -45,6 +45,7 @@ from gateway.executor.result import CallRecord
 from gateway.executor.resume import resumable, resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
+from gateway.keyed import Digests, tenant_salt
 from gateway.ledger import CACHE, LateBills, Ledger, Spent
 from gateway.messages import count_messages, definition_tokens, remember_prompt, upper_bound_messages
 from gateway.observer import PINNED, Observer, Trail
@@ -93,6 +94,7 @@ class Services:
     requests: RequestLog | None = None      # request records and feedback (None: not recorded)
     shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
     stats: RequestStats = field(default_factory=RequestStats)  # this replica's recent latencies and statuses
+    digests: Digests = field(default_factory=Digests)  # prompt digests and tenants' cache salts (`gateway.keyed`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +420,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
 
     hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
     late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label))  # calls that answer late
+    if svc.upstreams.isolating:  # what a deployment with isolate_prefix_cache is sent as cache_salt
+        tenant_salt.set(svc.digests.cache_salt(tenant.name))
     try:
         if request.get("stream") and isinstance(plan, Single):
             waited = time.perf_counter()

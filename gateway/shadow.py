@@ -34,6 +34,7 @@ from gateway.executor.answers import choice_letter, extract_answer
 from gateway.executor.drain import late_bills
 from gateway.executor.result import CallRecord
 from gateway.feedback import Feedback, RequestLog
+from gateway.keyed import tenant_salt
 from gateway.ledger import SHADOW, LateBills, Ledger
 from gateway.messages import message_text
 from gateway.plans import Shadow, Single
@@ -171,6 +172,8 @@ class ShadowEvaluator:
         # A shadow call given up on (its timeout) but answering later is this tenant's shadow spend
         # too; the worker task outlives requests, so it sets the sink per job (`executor.drain`).
         late_bills.set(LateBills(self.ledger, held, job.tenant.name, job.policy, SHADOW))
+        # The shadow and judge calls carry the tenant's prompt: its cache salt too, where a deployment asks.
+        tenant_salt.set(self.requests.digests.cache_salt(job.tenant.name))
         span = self.telemetry.start("switchyard.shadow", None, switchyard__tenant=job.tenant.name,
                                     switchyard__request_id=job.request_id, switchyard__against=job.shadow.against)
         try:

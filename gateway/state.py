@@ -20,6 +20,8 @@ hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|me
 sum, kept `LEDGER_TTL_S`), the set of tenants that ever spent (`sy:ledger:tenants`) and, per tenant,
 the last write each ledger writer added (`sy:ledger:{<tenant>}:writes`, writer id → sequence
 number), so that a write retried after its reply was lost is not added twice.
+The secret that keys prompt digests and prefix-cache salts (`gateway.keyed`), when the config names
+none, is `sy:secret` (written once, if absent, and never expired).
 Policy versions: `sy:policy:audit:{<policy>}` (a list, one JSON entry per version that came into
 force, with its spec) and `sy:policy:current:{<policy>}` (the latest entry: the version every
 replica follows; see `gateway.policy.versions`). `record_version` appends and points in one atomic
@@ -130,6 +132,7 @@ def calibration_key(policy: str, version: str, bucket: int) -> str:
 
 
 REQUESTS_STREAM = "sy:requests"
+DIGEST_SECRET_KEY = "sy:secret"
 LEDGER_TENANTS = "sy:ledger:tenants"
 LEDGER_TTL_S = 400 * 24 * 3600  # a year of hourly spend, and a month to compare it with
 
@@ -243,6 +246,7 @@ class Store(Protocol):
     async def get(self, key: str) -> bytes | None: ...
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+    async def set_if_absent(self, key: str, value: bytes) -> bytes: ...  # what the key holds after: lasting
     async def incr(self, key: str, ttl_s: float) -> int: ...
     async def incr_float(self, key: str, amount: float) -> float: ...
     async def get_float(self, key: str) -> float: ...
@@ -393,6 +397,13 @@ class MemoryStore(MemoryAdmission):
         if len(self._data) >= self._max_keys and key not in self._data:
             self._evict()
         self._data[key] = (_owned(value), time.monotonic() + ttl_s if ttl_s else None)
+
+    async def set_if_absent(self, key: str, value: bytes) -> bytes:
+        kept = self._live(key)
+        if kept is None:
+            await self.set(key, value)
+            kept = self._data[key][0]
+        return kept
 
     def _evict(self) -> None:
         """Drop the oldest entry that expires anyway (a cached answer), never a lasting one (an admin-made
@@ -626,6 +637,16 @@ class RedisStore(RedisAdmission):
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self._guarded(lambda: self._client.set(key, value, px=int(ttl_s * 1000) if ttl_s else None))
+
+    async def set_if_absent(self, key: str, value: bytes) -> bytes:
+        """SET NX and GET in one round trip: of replicas racing to write, every one reads the winner's."""
+        async def kept() -> bytes:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(key, value, nx=True)
+                pipe.get(key)
+                _, current = await pipe.execute()
+            return value if current is None else bytes(current)  # None: deleted in between (an operator)
+        return await self._guarded(kept)
 
     async def incr(self, key: str, ttl_s: float) -> int:
         async def counted() -> int:

@@ -25,6 +25,7 @@ from gateway.dashboard.view import DASHBOARD_ROUTES
 from gateway.errors import ConfigError
 from gateway.executor import Upstreams
 from gateway.feedback import RequestLog
+from gateway.keyed import Digests, configured_secret
 from gateway.ledger import Ledger
 from gateway.metrics import CIRCUIT_STATES, Metrics
 from gateway.observer import Observer
@@ -76,6 +77,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         raise ConfigError(f"default_policy: '{config.default_policy}' "
                           + (f"is shipped but does not fit this config: {why}" if why else
                              f"is not a policy ({', '.join(sorted(policies.policies))})"))
+    digests = Digests(configured_secret(config.digest_secret_env))  # else the store's, read at start-up
     store = open_store(config.redis_url)
     metrics = metrics or Metrics()
     auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256,
@@ -90,7 +92,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                           DeploymentQuotas(store, deployments))
     ledger = Ledger(store)
     settings = config.request_log
-    requests = RequestLog(store, settings) if settings.enabled else None
+    requests = RequestLog(store, settings, digests=digests) if settings.enabled else None
     shadow = ShadowEvaluator(upstreams, catalog, auth, ledger, requests, telemetry,
                              concurrency=settings.shadow_concurrency,
                              queue_size=settings.shadow_queue_size) if requests is not None else None
@@ -114,6 +116,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         requests=requests,
         shadow=shadow,
         calibrator=calibrator,
+        digests=digests,
     )
 
 
@@ -190,6 +193,9 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             if isinstance(backend, LiteLLMBackend):
                 await backend.prepare()  # not on the first request, holding the event loop for seconds
         await services.auth.keys.probe()  # readiness knows whether admin-made keys need the store
+        # The digest secret every replica shares, before the first request (or retried until the store answers).
+        loading = None if await services.digests.load(services.cache.store) else \
+            asyncio.create_task(services.digests.keep_loading(services.cache.store))
         for background in (services.ledger, services.requests, services.shadow):
             if background is not None:
                 background.start()
@@ -201,6 +207,8 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
         finally:
             gc_tuning.stopped()
             calibrating.cancel()
+            if loading is not None:
+                loading.cancel()
             if watcher is not None and follower is not None:
                 watcher.cancel()
                 if follower.shared:

@@ -89,6 +89,9 @@ class ChatRequest(BaseModel):
     store: bool | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
+    # vLLM's prefix-cache partition; on a deployment with isolate_prefix_cache it partitions within
+    # the tenant's own (`gateway.executor.upstreams.salted`). vLLM refuses an empty one.
+    cache_salt: str | None = Field(default=None, min_length=1)
 
 
 class RouteRequest(ChatRequest):

@@ -15,7 +15,8 @@ Clients see which deployment failed and how; the full detail goes to the `switch
 log. Every attempt is a CLIENT span named and
 attributed as the GenAI semantic conventions say (`chat {model}`, `gen_ai.*`, `server.*`,
 `error.type` and status ERROR when it fails), with its deployment and cost; the call carries that
-span's W3C trace context, so the upstream's own spans join the trace. Each attempt is also a
+span's W3C trace context, so the upstream's own spans join the trace. A deployment with
+`isolate_prefix_cache` is sent the calling tenant's `cache_salt` (`gateway.keyed`). Each attempt is also a
 `gen_ai.client.operation.duration` / `gen_ai.client.token.usage` measurement, and failures and
 retries are log lines with an `event` (upstream_failure, upstream_retry).
 """
@@ -26,6 +27,7 @@ import asyncio
 import functools
 import logging
 import random
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ from gateway.errors import (
 from gateway.executor.deadline import Deadline
 from gateway.executor.drain import DRAIN_S, drain
 from gateway.executor.result import CallRecord
+from gateway.keyed import tenant_salt
 from gateway.messages import count_completion, count_text, prompt_tokens
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
@@ -121,6 +124,16 @@ def limited(body: dict[str, Any], d: DeploymentConfig, name: str) -> dict[str, A
     return {**body, name: d.max_output_tokens}
 
 
+def salted(body: dict[str, Any], salt: str | None) -> dict[str, Any]:
+    """`body` with the calling tenant's cache salt. A salt the client sent partitions its tenant's
+    cache further (`<tenant salt>.<its salt>`) but cannot leave it: the tenant's part is fixed-length
+    hex, so no client value makes another tenant's salt. A call outside any tenant's request (none
+    set) gets a salt of its own, shared with nothing."""
+    salt = salt or secrets.token_hex(32)
+    own = body.get("cache_salt")
+    return {**body, "cache_salt": salt if own is None else f"{salt}.{own}"}
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderFailure) and exc.retryable
 
@@ -158,6 +171,7 @@ class Upstreams:
         # What the backends are given: their own timeouts past the gateway's, which the gateway keeps
         # itself, so that a call it gives up on can still be read (`executor.drain`).
         self._patient = {n: d.model_copy(update={"timeout_s": d.timeout_s + DRAIN_S}) for n, d in deployments.items()}
+        self.isolating = frozenset(n for n, d in deployments.items() if d.isolate_prefix_cache)
         names = {n: upstream_names(d) for n, d in deployments.items()}
         self._span_names = {n: v.span_name for n, v in names.items()}
         self._span_attributes = {n: v.attributes(n) for n, v in names.items()}
@@ -169,6 +183,11 @@ class Upstreams:
         for name, var in self.missing_keys.items():
             log.warning("deployment '%s': its api_key_env variable %s is unset or empty; "
                         "requests to it will fail until it is set and the gateway restarted", name, var)
+
+    def _sent(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """What deployment `name` is sent: with an output limit and, if it isolates its prefix cache, a salt."""
+        body = limited(body, self.deployments[name], self.backends[name].output_limit)
+        return salted(body, tenant_salt.get()) if name in self.isolating else body
 
     def _span(self, name: str, parent: Span | None, body: dict[str, Any]) -> Span:
         return self.telemetry.start_client(self._span_names[name], parent, self._span_attributes[name],
@@ -237,7 +256,7 @@ class Upstreams:
 
     async def _attempt(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                        trial: bool) -> Completion:
-        body = limited(body, self.deployments[name], self.backends[name].output_limit)
+        body = self._sent(name, body)
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()
@@ -371,7 +390,7 @@ class Upstreams:
 
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
-        body = limited(body, self.deployments[name], self.backends[name].output_limit)
+        body = self._sent(name, body)
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()

@@ -144,8 +144,8 @@ def test_request_record_carries_the_routing_facts_and_the_prompt_only_when_allow
     assert a["plan"].startswith("single:") and a["deployment"] in ("small", "large")
     assert a["router_version"] and set(a["predicted"]) >= {"small", "large"}
     assert a["cost_usd"] > 0 and a["prompt_tokens"] > 0 and a["completion_tokens"] > 0
-    assert a["prompt"] == "What is 17 + 25?" and "prompt_sha256" not in a
-    assert "prompt" not in b and len(b["prompt_sha256"]) == 64
+    assert a["prompt"] == "What is 17 + 25?" and "prompt_hmac" not in a
+    assert "prompt" not in b and len(b["prompt_hmac"]) == 64
 
 
 def test_streamed_requests_are_recorded_and_take_feedback(gw: Gateway) -> None:

@@ -41,6 +41,12 @@ async def test_values_round_trip_and_expire(store: Store, key: Callable[[str], s
     assert (await store.get(key("v")), await store.get(key("short"))) == (b"one", None)
 
 
+async def test_set_if_absent_keeps_the_first_value_for_good(store: Store, key: Callable[[str], str]) -> None:
+    first = await asyncio.gather(*(store.set_if_absent(key("secret"), f"v{i}".encode()) for i in range(5)))
+    assert len(set(first)) == 1 and first[0] in {f"v{i}".encode() for i in range(5)}  # racers read the winner
+    assert await store.set_if_absent(key("secret"), b"later") == first[0] == await store.get(key("secret"))
+
+
 async def test_counters_count_from_one(store: Store, key: Callable[[str], str]) -> None:
     assert [await store.incr(key("n"), 60) for _ in range(3)] == [1, 2, 3]
     assert await store.get(key("n")) == b"3"

@@ -13,6 +13,7 @@ from gateway.errors import ConfigError, NotFound, UpstreamError
 from gateway.executor.drain import drain, draining
 from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, Feedback, RequestLog, build_record
+from gateway.keyed import Digests
 from gateway.ledger import Ledger, read_spend, spend_table, window
 from gateway.logs_export import model_names, parse_duration, to_row
 from gateway.plans import Shadow
@@ -68,11 +69,12 @@ def _completed(tenant: Tenant, rid: str = "r1") -> Completed:
                      (CallRecord("small", Usage(10, 5), 0.001, 0.1),), 10, "default")
 
 
-def test_record_keeps_only_a_hash_of_the_prompt_unless_the_tenant_logs_prompts() -> None:
-    hashed = build_record(_completed(Tenant("t")))
-    kept = build_record(_completed(Tenant("t", log_prompts=True)))
-    assert "prompt" not in hashed and len(hashed["prompt_sha256"]) == 64
-    assert kept["prompt"] == "What is 17 + 25?" and "prompt_sha256" not in kept
+def test_record_keeps_only_a_keyed_digest_of_the_prompt_unless_the_tenant_logs_prompts() -> None:
+    digests = Digests(b"a-secret-of-sixteen-or-more")
+    hashed = build_record(_completed(Tenant("t")), digests)
+    kept = build_record(_completed(Tenant("t", log_prompts=True)), digests)
+    assert "prompt" not in hashed and hashed["prompt_hmac"] == digests.prompt("What is 17 + 25?")
+    assert kept["prompt"] == "What is 17 + 25?" and "prompt_hmac" not in kept
     assert kept["cost_usd"] == 0.001 and kept["completion_tokens"] == 5
 
 

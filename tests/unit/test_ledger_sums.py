@@ -15,6 +15,7 @@ from gateway.errors import GatewayError
 from gateway.executor import Deadline, run
 from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, build_record
+from gateway.keyed import Digests
 from gateway.ledger import (
     HOUR_S,
     Ledger,
@@ -111,7 +112,7 @@ async def _only_b(store: MemoryStore) -> None:
 def test_the_request_record_carries_the_savings() -> None:
     record = build_record(Completed("r1", AT, Tenant("t"), "router/balanced", "balanced", "cascade:small>large",
                                     "small", [{"role": "user", "content": "hi"}], SIGNAL, (_call("small", 0.001),),
-                                    12, "v1", DECISION))
+                                    12, "v1", DECISION), Digests())
     assert record["counterfactual_usd"] == 0.010
     assert (record["predicted_quality_chosen"], record["predicted_quality_counterfactual"]) == (0.85, 0.9)
 

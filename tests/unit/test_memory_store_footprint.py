@@ -22,7 +22,7 @@ def _record(i: int) -> bytes:
         "entry": "auto", "plan": "single:small", "deployment": "small", "router_version": "default@32d2eac4cedb",
         "policy_version": "ca256a0628d1", "cost_usd": 1.296e-05, "prompt_tokens": 12, "completion_tokens": 60,
         "counterfactual_usd": 6.3e-05, "category": "general", "difficulty": 0.41,
-        "predicted": {"small": 0.81, "large": 0.9}, "prompt_sha256": "ab" * 32,
+        "predicted": {"small": 0.81, "large": 0.9}, "prompt_hmac": "ab" * 32,
     })  # fmt: skip
 
 

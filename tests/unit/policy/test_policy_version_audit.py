@@ -13,6 +13,7 @@ from gateway.auth import Tenant
 from gateway.config import embedded_config
 from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, build_record
+from gateway.keyed import Digests
 from gateway.policy.loader import PolicySet, load_policy_file, spec_version
 from gateway.policy.schema import PolicySpec
 from gateway.policy.sources import shipped_policies_dir
@@ -122,4 +123,4 @@ def test_the_request_record_names_the_policy_version_that_decided() -> None:
     completed = Completed("r1", 1.0, Tenant("t"), "router/p", "p", "single:small", "small",
                           [{"role": "user", "content": "hi"}], None, (CallRecord("small", Usage(10, 5), 0.001, 0.1),),
                           10, "default", None, "0123456789ab")
-    assert build_record(completed)["policy_version"] == "0123456789ab"
+    assert build_record(completed, Digests())["policy_version"] == "0123456789ab"
