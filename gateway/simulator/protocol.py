@@ -53,6 +53,7 @@ class ChatCall:
     top_logprobs: int
     shape: Shape = _PROSE  # prose, a tool call or JSON
     prefill: str | None = None  # a trailing assistant message: the answer so far, to be continued
+    service_tier: str | None = None  # the tier the answer reports it ran under; None: the request named none
 
 
 def parse_chat_call(body: Any) -> ChatCall:
@@ -91,7 +92,21 @@ def parse_chat_call(body: Any) -> ChatCall:
         top_logprobs=int(_number(body, "top_logprobs", 0, 0, _MAX_TOP_LOGPROBS, integer=True)),
         shape=_shape(tool, body.get("response_format")),
         prefill=prefill,
+        service_tier=_service_tier(body.get("service_tier")),
     )
+
+
+_SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+
+
+def _service_tier(asked: Any) -> str | None:
+    """The tier an answer runs under, as OpenAI reports it: the one asked, "auto" running under the
+    project's default. A request that names none is answered without one (as before)."""
+    if asked is None:
+        return None
+    if asked not in _SERVICE_TIERS:
+        raise RequestError(f"'service_tier' must be one of {', '.join(_SERVICE_TIERS)}.", "service_tier")
+    return "default" if asked == "auto" else str(asked)
 
 
 def _prefill(messages: list[Any]) -> str | None:

@@ -257,6 +257,8 @@ def _completion_body(model: SimModel, call: ChatCall, completions: list[Completi
         "system_fingerprint": FINGERPRINT,
         "choices": choices,
     }
+    if call.service_tier is not None:
+        body["service_tier"] = call.service_tier
     if model.usage:
         body["usage"] = usage_of(call.prompt_tokens, completions)
     return body

@@ -38,14 +38,16 @@ class Served(Protocol):
 class _Framer:
     """Encodes ``chat.completion.chunk`` frames that share id, model and created."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
-        head = {
+    def __init__(self, model: str, include_usage: bool, service_tier: str | None = None) -> None:
+        head: dict[str, Any] = {
             "id": new_completion_id(),
             "object": "chat.completion.chunk",
             "created": int(time.time()),
             "model": model,
             "system_fingerprint": FINGERPRINT,
         }
+        if service_tier is not None:
+            head["service_tier"] = service_tier
         self._prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":['
         # OpenAI sends "usage": null on every chunk when usage is requested.
         self._suffix = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
@@ -64,7 +66,7 @@ async def stream_completions(
     """Send ``completions`` as SSE, after ``ttft_ms`` and at ``tokens_per_s``, with ``fault`` if any."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await response.prepare(request)
-    framer = _Framer(model.name, call.include_usage)
+    framer = _Framer(model.name, call.include_usage, call.service_tier)
     try:
         await _send(request, response, framer, model, call, completions, fault, counters)
     except ConnectionResetError:

@@ -19,6 +19,7 @@ from gateway.simulator import (
     truth_of,
 )
 from gateway.simulator.answers import compose, draw_answer, logprobs_payload
+from gateway.simulator.protocol import RequestError, parse_chat_call
 from gateway.simulator.tokens import split_pieces, truncate_tokens
 
 ARITHMETIC = "What is 17 + 25?"
@@ -184,3 +185,16 @@ def test_model_files_reject_duplicates_and_bad_values(tmp_path: Path) -> None:
 def test_models_built_in_code_are_validated_too() -> None:
     with pytest.raises(ValueError, match="ttft_ms"):
         SimModel("a", ability=0.0, ttft_ms=-1)
+
+
+@pytest.mark.parametrize(("asked", "reported"), [(None, None), ("auto", "default"), ("priority", "priority"),
+                                                 ("flex", "flex"), ("default", "default")])
+def test_an_answer_reports_the_service_tier_it_was_asked_for(asked: str | None, reported: str | None) -> None:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "service_tier": asked}
+    assert parse_chat_call(body).service_tier == reported
+
+
+def test_an_unknown_service_tier_is_refused_as_openai_does() -> None:
+    with pytest.raises(RequestError) as refused:
+        parse_chat_call({"model": "m", "messages": [{"role": "user", "content": "hi"}], "service_tier": "gold"})
+    assert refused.value.param == "service_tier"
