@@ -115,7 +115,8 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
         failure = exc
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-    cut = OpenStream(live.deployment, live.first, rest, live.stats, live.span, live.started, live.taken)
+    cut = OpenStream(live.deployment, live.first, rest, live.stats, live.span, live.started, live.taken,
+                     terms=live.terms)
     if not cut.stats.usage.total_tokens:
         cut.stats.usage = Usage(prompt_tokens(body.get("messages") or ()), count_text(partial))
     record = await up.end_stream(cut, failure)

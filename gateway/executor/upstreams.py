@@ -56,6 +56,7 @@ from gateway.providers.base import Backend, Completion, ProviderFailure, StreamS
 from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import DeploymentPrice
+from gateway.providers.terms import PLAIN, Terms, terms_of
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
 from gateway.telemetry import Telemetry, set_attributes
 
@@ -73,6 +74,7 @@ class OpenStream:
     started: float = field(default_factory=time.perf_counter)
     taken: Taken | None = None  # its place in the deployment's token window, settled when it ends
     earlier: tuple[CallRecord, ...] = ()  # a resumed stream's cut call, billed with it (`executor.resume`)
+    terms: Terms = PLAIN  # what its request asked for that changes its price (`gateway.providers.terms`)
 
 
 class _CircuitOpen(Exception):
@@ -196,7 +198,8 @@ class Upstreams:
     def _worst_usd(self, name: str, body: dict[str, Any]) -> float:
         """The most one call of `body` (limited: it names its output limit) to `name` may be billed."""
         output = body.get("max_completion_tokens") or body.get("max_tokens") or self.deployments[name].max_output_tokens
-        return self.prices[name].estimate(prompt_tokens(body.get("messages") or ()), output * int(body.get("n") or 1))
+        return self.prices[name].under(terms_of(body)).estimate(prompt_tokens(body.get("messages") or ()),
+                                                                output * int(body.get("n") or 1))
 
     async def _awaited(self, name: str, step: Awaitable[T], deadline: Deadline,
                        priced: Callable[[T], Awaitable[CallRecord | None]], body: dict[str, Any]) -> T:
@@ -260,9 +263,10 @@ class Upstreams:
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
         started = time.perf_counter()
+        terms = terms_of(body)
         async def priced(late: Completion) -> CallRecord:
             late = counted(late, body)
-            return CallRecord(name, late.usage, self.prices[name].cost(late.usage), late.latency_s)
+            return CallRecord(name, late.usage, self.prices[name].cost(late.usage, terms), late.latency_s)
 
         try:
             call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
@@ -278,7 +282,7 @@ class Upstreams:
         set_attributes(span, gen_ai__response__model=done.body.get("model"),
                        gen_ai__usage__input_tokens=done.usage.prompt_tokens,
                        gen_ai__usage__output_tokens=done.usage.completion_tokens,
-                       switchyard__cost_usd=self.prices[name].cost(done.usage))
+                       switchyard__cost_usd=self.prices[name].cost(done.usage, terms))
         span.end()
         return done
 
@@ -386,7 +390,8 @@ class Upstreams:
                    deadline: Deadline, role: str = "answer") -> tuple[Completion, CallRecord]:
         name, done = await self._first(
             names, lambda n, trial: self._attempt(n, body, parent, deadline, trial), deadline)
-        return done, CallRecord(name, done.usage, self.prices[name].cost(done.usage), done.latency_s, role)
+        return done, CallRecord(name, done.usage, self.prices[name].cost(done.usage, terms_of(body)), done.latency_s,
+                                role)
 
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
                         trial: bool) -> OpenStream:
@@ -395,12 +400,13 @@ class Upstreams:
         span = self._span(name, parent, body)
         started = time.perf_counter()
         stats = StreamStats()
+        terms = terms_of(body)
         chunks = self.backends[name].stream(self._patient[name], body, stats, self.telemetry.inject(span))
 
         async def priced(late: dict[str, Any]) -> CallRecord:  # a first chunk after all: billed, then cut
             await chunks.aclose()  # type: ignore[attr-defined]
             usage = Usage(prompt_tokens(body.get("messages") or ()), count_text(_content(late)))
-            return CallRecord(name, usage, self.prices[name].cost(usage), time.perf_counter() - started)
+            return CallRecord(name, usage, self.prices[name].cost(usage, terms), time.perf_counter() - started)
 
         try:
             first = await self._awaited(name, _next(chunks), deadline, priced, body)
@@ -415,7 +421,7 @@ class Upstreams:
         if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
             self.health[name].trial_passed()
         return OpenStream(name, first, Paced(name, chunks, self.deployments[name].timeout_s), stats, span,
-                          taken=taken)
+                          taken=taken, terms=terms)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
                           deadline: Deadline) -> OpenStream:
@@ -435,7 +441,7 @@ class Upstreams:
 
     def close_stream(self, s: OpenStream, error: ProviderFailure | None = None) -> CallRecord:
         latency = time.perf_counter() - s.started
-        cost = self.prices[s.deployment].cost(s.stats.usage)
+        cost = self.prices[s.deployment].cost(s.stats.usage, s.terms)
         if self.metrics is not None:
             gen_ai = self._gen_ai[s.deployment]
             if error is not None:

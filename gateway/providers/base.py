@@ -24,12 +24,17 @@ from gateway.config import DeploymentConfig
 class Usage:
     """Token counts of one or more calls, in OpenAI's convention: `prompt_tokens` counts every
     prompt token, including those read from (`cached_tokens`) or written to (`cache_write_tokens`)
-    the provider's prompt cache, which are priced apart."""
+    the provider's prompt cache, which are priced apart; `completion_tokens` counts the audio ones
+    (`audio_tokens`, `completion_tokens_details.audio_tokens`), which are priced apart too.
+    `service_tier`: the tier the answer says it ran under (its body's `service_tier`), which sets
+    its prices; None when it says none (a sum of calls says none)."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    audio_tokens: int = 0
+    service_tier: str | None = None
 
     @property
     def total_tokens(self) -> int:
@@ -37,7 +42,8 @@ class Usage:
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
-                     self.cached_tokens + other.cached_tokens, self.cache_write_tokens + other.cache_write_tokens)
+                     self.cached_tokens + other.cached_tokens, self.cache_write_tokens + other.cache_write_tokens,
+                     self.audio_tokens + other.audio_tokens)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -46,21 +52,27 @@ class Usage:
             out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
         if self.cache_write_tokens:
             out["cache_creation_input_tokens"] = self.cache_write_tokens  # as litellm reports it
+        if self.audio_tokens:
+            out["completion_tokens_details"] = {"audio_tokens": self.audio_tokens}
         return out
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any] | None) -> Usage:
+    def from_dict(cls, raw: dict[str, Any] | None, service_tier: Any = None) -> Usage:
         """OpenAI's `prompt_tokens_details.cached_tokens`, or the Anthropic-style top-level
-        `cache_read_input_tokens` / `cache_creation_input_tokens` that litellm passes on."""
+        `cache_read_input_tokens` / `cache_creation_input_tokens` that litellm passes on.
+        `service_tier`: the answer's (a body's or a chunk's), kept when it is a string."""
+        tier = service_tier if isinstance(service_tier, str) else None
         if not raw:
-            return cls()
+            return cls(service_tier=tier)
         details = raw.get("prompt_tokens_details")
         details = details if isinstance(details, dict) else {}
         cached = details.get("cached_tokens") or raw.get("cache_read_input_tokens") or 0
         written = (raw.get("cache_creation_input_tokens") or details.get("cache_creation_tokens")
                    or details.get("cache_write_tokens") or 0)
+        out = raw.get("completion_tokens_details")
+        audio = (out.get("audio_tokens") or 0) if isinstance(out, dict) else 0
         return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                   int(cached), int(written))
+                   int(cached), int(written), int(audio), tier)
 
 
 @dataclass(frozen=True, slots=True)

@@ -80,7 +80,8 @@ class DirectBackend:
         except orjson.JSONDecodeError as exc:
             raise ProviderFailure(f"{deployment.name}: upstream sent invalid JSON",
                                   reason="upstream sent invalid JSON") from exc
-        return Completion(parsed, Usage.from_dict(parsed.get("usage")), time.perf_counter() - started)
+        usage = Usage.from_dict(parsed.get("usage"), parsed.get("service_tier"))
+        return Completion(parsed, usage, time.perf_counter() - started)
 
     async def stream(self, deployment: DeploymentConfig, body: dict[str, Any], stats: StreamStats,
                      headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -103,7 +104,7 @@ class DirectBackend:
                     if stats.ttft_s is None:
                         stats.ttft_s = time.perf_counter() - started
                     if chunk.get("usage"):
-                        stats.usage = Usage.from_dict(chunk["usage"])
+                        stats.usage = Usage.from_dict(chunk["usage"], chunk.get("service_tier"))
                     yield chunk
         except TimeoutError as exc:
             raise ProviderFailure(f"{deployment.name}: stream stalled for {deployment.timeout_s:g} s",

@@ -116,7 +116,8 @@ class LiteLLMBackend:
         except Exception as exc:  # litellm raises many types; classify them in one place
             raise _classify(lib, deployment, exc) from exc
         parsed = resp.model_dump(exclude_none=True)
-        return Completion(parsed, Usage.from_dict(parsed.get("usage")), time.perf_counter() - started)
+        usage = Usage.from_dict(parsed.get("usage"), parsed.get("service_tier"))
+        return Completion(parsed, usage, time.perf_counter() - started)
 
     async def stream(self, deployment: DeploymentConfig, body: dict[str, Any], stats: StreamStats,
                      headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -129,7 +130,7 @@ class LiteLLMBackend:
                 if stats.ttft_s is None:
                     stats.ttft_s = time.perf_counter() - started
                 if parsed.get("usage"):
-                    stats.usage = Usage.from_dict(parsed["usage"])
+                    stats.usage = Usage.from_dict(parsed["usage"], parsed.get("service_tier"))
                 yield parsed
         except ProviderFailure:
             raise

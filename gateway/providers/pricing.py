@@ -8,7 +8,16 @@ rules, resolved once at start-up so that pricing a call is plain arithmetic:
   written to it `cache_creation_input_token_cost` (either defaults to the input price);
 - a long-context tier (`input_cost_per_token_above_200k_tokens`, and its output and cache
   companions) prices the *whole* call once its prompt exceeds the threshold; a tier key that is
-  missing keeps the rate below it.
+  missing keeps the rate below it;
+- a service tier (`service_tier`, `gateway.providers.terms`) has its own rates, the keys with its
+  suffix (`input_cost_per_token_priority`, `output_cost_per_token_above_272k_tokens_flex`); a rate
+  the tier does not name is the dearer of the tier's rate below and the standard rate there. A
+  deployment without priority rates (a config `price:`, a model the map prices at one tier) bills
+  priority at `PRIORITY_MULTIPLIER` × its standard rates, the most OpenAI charges for it (gpt-5;
+  gpt-4o is 1.7×): litellm would bill it at the standard rates, under what the provider charges.
+  One without flex rates bills flex at its standard rates (flex is cheaper: never under);
+- audio output tokens (`completion_tokens_details.audio_tokens`) cost `output_cost_per_audio_token`;
+- a web search costs `search_context_cost_per_query` per query, by context size.
 """
 
 from __future__ import annotations
@@ -17,21 +26,26 @@ import importlib.util
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from gateway.config import DeploymentConfig
 from gateway.providers.base import Usage
+from gateway.providers.terms import PLAIN, SEARCH_SIZES, Terms, billed_tier
 
 log = logging.getLogger("switchyard.pricing")
 _COST_MAP_FILE = "model_prices_and_context_window_backup.json"
 
-# cost-map key prefix per rate; a tier key is `<prefix>_above_<N>[k|m]_tokens` (no batch/priority suffix)
+# cost-map key prefix per rate; a long-context key is `<prefix>_above_<N>[k|m]_tokens`, a service tier's
+# `<prefix>[_above_<N>[k|m]_tokens]_<tier>` (batch rates are for the batch API, never sent here)
 _RATE_KEYS = {"input": "input_cost_per_token", "output": "output_cost_per_token",
               "cache_read": "cache_read_input_token_cost", "cache_write": "cache_creation_input_token_cost"}
-_TIER_KEY = re.compile(
-    r"^(?P<rate>" + "|".join(_RATE_KEYS.values()) + r")_above_(?P<n>\d+(?:\.\d+)?)(?P<unit>[km]?)_tokens$")
+SERVICE_TIERS = ("priority", "flex")
+_RATE_KEY = re.compile(
+    r"^(?P<rate>" + "|".join(_RATE_KEYS.values()) + r")(?:_above_(?P<n>\d+(?:\.\d+)?)(?P<unit>[km]?)_tokens)?"
+    r"(?:_(?P<tier>" + "|".join(SERVICE_TIERS) + r"))?$")
+PRIORITY_MULTIPLIER = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +72,13 @@ class DeploymentPrice:
     cache_read_per_token: float | None = None   # None: cached prompt tokens cost the input price
     cache_write_per_token: float | None = None  # None: likewise for prompt-cache writes
     tiers: tuple[PriceTier, ...] = ()  # ascending thresholds
+    service_tiers: tuple[tuple[str, DeploymentPrice], ...] = ()  # ("priority", its prices), ...
+    audio_output_per_token: float | None = None  # None: audio output tokens cost the output price
+    search_per_query: tuple[tuple[str, float], ...] = ()  # (context size, USD a query); none: unknown
+    # Set on the price of a request's worst case (`under`): a fee each call adds, and a field of the
+    # request this price cannot account for (a web search at a deployment with no per-query price).
+    per_call: float = 0.0
+    unpriced: str | None = None
     base: Rates = field(init=False, repr=False, compare=False)  # resolved once, below every tier
 
     def __post_init__(self) -> None:
@@ -72,17 +93,65 @@ class DeploymentPrice:
                 return tier.rates
         return self.base
 
-    def cost(self, usage: Usage) -> float:
-        r = self.rates(usage.prompt_tokens)
+    def at_tier(self, tier: str | None) -> DeploymentPrice:
+        """The prices under service tier `tier` (None: standard)."""
+        if tier is None:
+            return self
+        for name, price in self.service_tiers:
+            if name == tier:
+                return price
+        return self.scaled(PRIORITY_MULTIPLIER) if tier == "priority" else self
+
+    def scaled(self, factor: float) -> DeploymentPrice:
+        def times(r: Rates) -> Rates:
+            return Rates(r.input * factor, r.output * factor, r.cache_read * factor, r.cache_write * factor)
+
+        b = times(self.base)
+        audio = None if self.audio_output_per_token is None else self.audio_output_per_token * factor
+        return replace(self, input_per_token=b.input, output_per_token=b.output, cache_read_per_token=b.cache_read,
+                       cache_write_per_token=b.cache_write, tiers=tuple(PriceTier(t.above_prompt_tokens, times(t.rates))
+                                                                        for t in self.tiers),
+                       service_tiers=(), audio_output_per_token=audio)
+
+    def search_fee(self, size: str) -> float | None:
+        """USD a web search query of context `size` costs, or None when the price is not known."""
+        fees = dict(self.search_per_query)
+        return fees.get(size, max(fees.values())) if fees else None
+
+    def cost(self, usage: Usage, terms: Terms = PLAIN) -> float:
+        """What the provider bills for one call: at the tier its answer reports (else the one asked),
+        its audio output at the audio rate, and one search query if the request asked for search."""
+        p = self if usage.service_tier is None and terms.tier is None else self.at_tier(
+            billed_tier(usage.service_tier, terms.tier))
+        r = p.rates(usage.prompt_tokens)
         cached, written = usage.cached_tokens, usage.cache_write_tokens
         plain = max(usage.prompt_tokens - cached - written, 0)
-        return (plain * r.input + cached * r.cache_read + written * r.cache_write
-                + usage.completion_tokens * r.output)
+        billed = (plain * r.input + cached * r.cache_read + written * r.cache_write
+                  + usage.completion_tokens * r.output)
+        if usage.audio_tokens and p.audio_output_per_token is not None:
+            billed += min(usage.audio_tokens, usage.completion_tokens) * (p.audio_output_per_token - r.output)
+        if terms.search is not None:
+            billed += self.search_fee(terms.search) or 0.0
+        return billed
+
+    def under(self, terms: Terms) -> DeploymentPrice:
+        """The prices a call asked for under `terms` is held at: its tier's (priority for any tier the
+        provider picks), every output token at the audio rate when audio is asked (the model decides
+        how much of it is audio), and its search query as a fee per call."""
+        p = self.at_tier(terms.tier)
+        if terms.audio and p.audio_output_per_token is not None:
+            audio = p.audio_output_per_token
+            p = replace(p, output_per_token=max(p.output_per_token, audio), tiers=tuple(
+                PriceTier(t.above_prompt_tokens, replace(t.rates, output=max(t.rates.output, audio))) for t in p.tiers))
+        if terms.search is not None:
+            fee = self.search_fee(terms.search)
+            p = replace(p, per_call=fee or 0.0, unpriced="web_search_options" if fee is None else None)
+        return p
 
     def estimate(self, prompt_tokens: float, output_tokens: float) -> float:
         """A prediction: no cache hits assumed (the worst case), the tier the prompt falls in."""
         r = self.rates(int(prompt_tokens)) if self.tiers else self.base
-        return prompt_tokens * r.input + output_tokens * r.output
+        return prompt_tokens * r.input + output_tokens * r.output + self.per_call
 
 
 def load_litellm_cost_map() -> dict[str, Any]:
@@ -107,26 +176,70 @@ def _resolved(explicit: dict[str, float]) -> Rates:
     return Rates(inp, explicit.get("output", 0.0), explicit.get("cache_read", inp), explicit.get("cache_write", inp))
 
 
-def _tiers(entry: dict[str, Any], base: dict[str, float]) -> tuple[PriceTier, ...]:
-    """The cost map's `*_above_<N>k_tokens` rates as cumulative tiers, in ascending order."""
-    found: dict[int, dict[str, float]] = {}
+def _parsed(entry: dict[str, Any]) -> dict[str | None, dict[int, dict[str, float]]]:
+    """The map's rate keys: per service tier (None: standard), per threshold (0: below any), per rate."""
+    found: dict[str | None, dict[int, dict[str, float]]] = {}
     names = {v: k for k, v in _RATE_KEYS.items()}
     for key in entry:
-        m = _TIER_KEY.match(key)
+        m = _RATE_KEY.match(key)
         if m and (rate := _rate(entry, key)) is not None:
             scale = {"k": 1_000, "m": 1_000_000}.get(m["unit"], 1)
-            found.setdefault(int(float(m["n"]) * scale), {})[names[m["rate"]]] = rate
+            threshold = int(float(m["n"]) * scale) if m["n"] else 0
+            found.setdefault(m["tier"], {}).setdefault(threshold, {})[names[m["rate"]]] = rate
+    return found
+
+
+def _tiers(found: dict[int, dict[str, float]], base: dict[str, float],
+           standard: tuple[PriceTier, ...] = ()) -> tuple[PriceTier, ...]:
+    """The `*_above_<N>k_tokens` rates as cumulative tiers, in ascending order. A service tier's
+    (`standard`: the standard tiers) adds the standard thresholds it does not name, each rate the
+    dearer of its own below and the standard one there."""
+    thresholds = sorted({t for t in found if t} | {t.above_prompt_tokens for t in standard})
+    named = {t.above_prompt_tokens: t.rates for t in standard}
     tiers, current = [], base
-    for threshold in sorted(found):
-        current = {**current, **found[threshold]}  # a rate the tier does not name stays as below it
+    for threshold in thresholds:
+        own = found.get(threshold, {})
+        if threshold in named:
+            std = named[threshold]
+            below = _resolved(current)
+            fill = {"input": max(below.input, std.input), "output": max(below.output, std.output),
+                    "cache_read": max(below.cache_read, std.cache_read),
+                    "cache_write": max(below.cache_write, std.cache_write)}
+            current = {**fill, **own}
+        else:
+            current = {**current, **own}  # a rate the tier does not name stays as below it
         tiers.append(PriceTier(threshold, _resolved(current)))
     return tuple(tiers)
 
 
+def _audio_rate(entry: dict[str, Any]) -> float | None:
+    return _rate(entry, "output_cost_per_audio_token")
+
+
+def _search_fees(entry: dict[str, Any]) -> tuple[tuple[str, float], ...]:
+    fees = entry.get("search_context_cost_per_query")
+    if not isinstance(fees, dict):
+        return ()
+    return tuple((size, r) for size in SEARCH_SIZES if (r := _rate(fees, f"search_context_size_{size}")) is not None)
+
+
 def price_from_cost_map(entry: dict[str, Any]) -> DeploymentPrice:
-    explicit = {name: r for name, key in _RATE_KEYS.items() if (r := _rate(entry, key)) is not None}
+    found = _parsed(entry)
+    explicit = found.get(None, {}).get(0, {})
+    standard = _tiers(found.get(None, {}), explicit)
+    audio, search = _audio_rate(entry), _search_fees(entry)
+    variants = []
+    for tier in SERVICE_TIERS:
+        own = found.get(tier, {})
+        if "input" not in own.get(0, {}):
+            continue
+        below = {**{k: v for k, v in explicit.items() if k == "output"}, **own[0]}
+        variants.append((tier, DeploymentPrice(below["input"], below.get("output", 0.0), "litellm",
+                                               below.get("cache_read"), below.get("cache_write"),
+                                               _tiers(own, below, standard), audio_output_per_token=audio,
+                                               search_per_query=search)))
     return DeploymentPrice(explicit["input"], explicit.get("output", 0.0), "litellm", explicit.get("cache_read"),
-                           explicit.get("cache_write"), _tiers(entry, explicit))
+                           explicit.get("cache_write"), standard, tuple(variants), audio, search)
 
 
 def price_for(deployment: DeploymentConfig, cost_map: dict[str, Any] | None) -> DeploymentPrice:
