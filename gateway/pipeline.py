@@ -24,6 +24,7 @@ other plan runs to completion first (selection needs every sample) and is then r
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
@@ -37,7 +38,7 @@ from gateway.auth import HOLD_MARGIN_S, NOTHING, Authenticator, Need, Reservatio
 from gateway.cache import CachedAnswer, CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
-from gateway.errors import ConstraintUnsatisfiable, GatewayError, NotFound
+from gateway.errors import ConstraintUnsatisfiable, GatewayError, InvalidRequest, NotFound
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.drain import late_bills
 from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
@@ -66,6 +67,7 @@ from gateway.policy import (
 )
 from gateway.policy.sharing import Calibrator
 from gateway.providers.base import ProviderFailure, Usage
+from gateway.providers.terms import PLAIN, Terms, terms_of
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
@@ -74,6 +76,8 @@ from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
 
 AUTO = "auto"
 POLICY_PREFIX = "router/"
+
+log = logging.getLogger("switchyard.pipeline")
 
 
 @dataclass(slots=True)
@@ -202,6 +206,7 @@ class Route:
     router_version: str = ""  # the router that assessed the prompt (and the one serving, when pinned)
     counted: int | None = None  # prompt tokens, counted once when first needed (routing counts them anyway)
     definitions: int = 0        # of them, the tokens of tools, schemas and earlier tool calls (`definition_tokens`)
+    terms: Terms = PLAIN        # what the request asks for that changes its calls' prices (`service_tier`...)
 
     @property
     def prompt_tokens(self) -> int:
@@ -222,9 +227,10 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
     messages = request["messages"]
     decision: Decision | None = None
     definitions = definition_tokens(request)
+    terms = terms_of(request)
     if entry.pinned:
         r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version, definitions=definitions)
+                  router_version=router.version, definitions=definitions, terms=terms)
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
         bound = upper_bound_messages(messages) + definitions
@@ -236,30 +242,45 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
         decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version, counted=sig.prompt_tokens)
+                  router_version=router.version, counted=sig.prompt_tokens, terms=terms)
         bound = r.prompt_tokens
     cap = entry.policy.spec.constraints.max_cost_usd
     if ctx.overrides.max_cost_usd is not None:
         cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)
-    if cap is None or worst_case_cost(r.plan, bound, svc.catalog, max_tokens, r.choices) <= cap:
+    if cap is None:
         return r
-    if r.prompt_tokens < bound and r.worst_case_usd(svc.catalog) <= cap:
+    catalog = svc.catalog.under(terms)  # the worst cases of the tier, audio and search the request asks for
+    refuse_unpriced(catalog, r.plan, "the cost cap")
+    if worst_case_cost(r.plan, bound, catalog, max_tokens, r.choices) <= cap:
+        return r
+    if r.prompt_tokens < bound and r.worst_case_usd(catalog) <= cap:
         return r
     # A cap is a bound, not a forecast: what the calls may generate is limited so that the worst case fits.
     plan, prompt_tokens, choices = r.plan, r.prompt_tokens, r.choices
-    fitted = fit_to_cap(plan, prompt_tokens, svc.catalog, cap, max_tokens, choices)
+    fitted = fit_to_cap(plan, prompt_tokens, catalog, cap, max_tokens, choices)
     if fitted is None:
         least = worst_case_cost(Single(plan.deployment) if isinstance(plan, Single) else plan,
-                                prompt_tokens, svc.catalog, 1, choices)
+                                prompt_tokens, catalog, 1, choices)
         raise ConstraintUnsatisfiable(
             f"the cost cap of ${cap:g} cannot be met by {plan.label}: its ~{prompt_tokens} prompt tokens "
             f"and one output token may cost ${least:.6g}", param="max_cost_usd")
     fitted_plan, bounded = fitted
-    if bounded >= output_ceiling(fitted_plan, svc.catalog, max_tokens):  # the cap does not bind: send as is
+    if bounded >= output_ceiling(fitted_plan, catalog, max_tokens):  # the cap does not bind: send as is
         return Route(fitted_plan, decision, messages, max_tokens, choices=choices, router_version=r.router_version,
-                     counted=prompt_tokens)
+                     counted=prompt_tokens, terms=terms)
     return Route(fitted_plan, decision, messages, bounded, capped=True, choices=choices,
-                 router_version=r.router_version, counted=prompt_tokens)
+                 router_version=r.router_version, counted=prompt_tokens, terms=terms)
+
+
+def refuse_unpriced(catalog: Catalog, plan: Plan, bound_by: str) -> None:
+    """A request field the price of a deployment the plan may call cannot account for (a web search
+    where no per-query price is known) is refused when a bound on spend applies: its worst case
+    would understate what the call may be billed."""
+    found = catalog.unpriced(plan)
+    if found is not None:
+        name, field_ = found
+        raise InvalidRequest(f"deployment '{name}' has no known price for `{field_}`, so {bound_by} cannot "
+                             f"bound what the request may cost; send it without `{field_}`", param=field_)
 
 
 def count_traffic(svc: Services, entry: Entry, r: Route) -> None:
@@ -332,10 +353,17 @@ def _need(svc: Services, tenant: Tenant, r: Route, within_s: float, hedged: bool
     """What the route may use at most: what its calls may be billed (`worst_case_billed`: attempts given
     up on that answer late, both legs of a hedge, a broken stream's continuation) and its worst-case
     tokens, held for its longest duration. `within_s`: the request's deadline."""
+    catalog = svc.catalog if r.terms is PLAIN else svc.catalog.under(r.terms)
+    if r.terms is not PLAIN:
+        if tenant.holds_budget:
+            refuse_unpriced(catalog, r.plan, "its budget")
+        elif (found := catalog.unpriced(r.plan)) is not None:
+            log.warning("deployment '%s' has no known price for `%s`: the call is billed without it",
+                        *found, extra={"event": "unpriced_field", "deployment": found[0], "field": found[1]})
     if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
         return NOTHING
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
-    reserve = worst_case_billed(r.plan, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices, within_s=within_s,
+    reserve = worst_case_billed(r.plan, r.prompt_tokens, catalog, r.max_tokens, r.choices, within_s=within_s,
                                 hedged=hedged, resumes=resumes) if tenant.holds_budget else 0.0
     legs = [r.plan]
     if hedged and isinstance(r.plan, Single):  # both legs' calls are made
@@ -549,7 +577,8 @@ class _LiveStream:
                 self.acc.add(chunk)
                 await self.held.keep()  # a stream may outlast its hold's time to live
                 if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
-                    cost = prices[live.deployment].cost(live.stats.usage) + sum(c.cost_usd for c in live.earlier)
+                    cost = (prices[live.deployment].cost(live.stats.usage, live.terms)
+                            + sum(c.cost_usd for c in live.earlier))
                     chunk = {**chunk, "switchyard": {"cost_usd": cost,
                                                      "deployment": live.deployment, "plan": self.label}}
                 yield chunk

@@ -17,6 +17,7 @@ from gateway.config import DeploymentConfig
 from gateway.executor.sampling import JUDGE_MAX_TOKENS
 from gateway.messages import count_text
 from gateway.providers.pricing import DeploymentPrice
+from gateway.providers.terms import PLAIN, Terms
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -66,6 +67,25 @@ class Catalog:
     # Each plan's calls for one answer, worked out once: estimates run per request for every candidate,
     # and a policy's plans are few and fixed.
     planned: dict[Any, tuple[Call, ...]] = field(default_factory=dict, compare=False, repr=False)
+    # The catalog priced under each request terms seen (`under`): a handful at most (`Terms` are few).
+    priced: dict[Terms, Catalog] = field(default_factory=dict, compare=False, repr=False)
+
+    def under(self, terms: Terms) -> Catalog:
+        """This catalog with every deployment priced as a call under `terms` is held
+        (`DeploymentPrice.under`): what the worst cases and cost caps of such a request use."""
+        if terms is PLAIN or terms == PLAIN:
+            return self
+        found = self.priced.get(terms)
+        if found is None:
+            found = self.priced[terms] = Catalog(self.deployments, {n: p.under(terms) for n, p in self.prices.items()})
+        return found
+
+    def unpriced(self, plan: Any) -> tuple[str, str] | None:
+        """(a deployment the plan may call, the request field its price cannot account for), if any."""
+        for name in plan.reachable:
+            if (field_ := self.prices[name].unpriced) is not None:
+                return name, field_
+        return None
 
     def calls(self, plan: Any, of: Callable[[Any, Catalog, int], tuple[Call, ...]]) -> tuple[Call, ...]:
         """`of(plan, self, 1)`, remembered."""
