@@ -39,6 +39,7 @@ from gateway.ledger import SHADOW, LateBills, Ledger
 from gateway.messages import message_text
 from gateway.plans import Shadow, Single
 from gateway.policy import Catalog, worst_case_cost
+from gateway.providers.terms import terms_of
 from gateway.state import request_key
 from gateway.telemetry import Telemetry, set_attributes
 
@@ -153,9 +154,15 @@ class ShadowEvaluator:
                 self.counts["failed"] += 1
                 log.exception("shadow evaluation of request %s failed", job.request_id)
 
-    def _worst_case(self, job: Job) -> float:
+    def _worst_case(self, job: Job) -> float | None:
+        """What the job's calls may be billed; None when its budget cannot bound them (the request asks
+        for a web search the strong deployment has no known price for)."""
         max_tokens = job.request.get("max_completion_tokens") or job.request.get("max_tokens")
-        usd = worst_case_cost(Single(job.shadow.against), job.prompt_tokens, self.catalog, max_tokens)
+        # the strong call is sent the request's own fields: held at the tier, search and audio they ask for
+        against = self.catalog.under(terms_of(job.request))
+        if against.prices[job.shadow.against].unpriced is not None and job.tenant.holds_budget:
+            return None
+        usd = worst_case_cost(Single(job.shadow.against), job.prompt_tokens, against, max_tokens)
         if job.shadow.judge:
             ceiling = max_tokens or self.catalog.deployments[job.shadow.against].max_output_tokens
             usd += worst_case_cost(Single(job.shadow.judge), job.prompt_tokens + 2 * ceiling + 100, self.catalog,
@@ -164,7 +171,8 @@ class ShadowEvaluator:
 
     async def evaluate(self, job: Job) -> Feedback | None:
         """Run one job: the strong answer, the label, the bill. Returns the stored label, if any."""
-        held = await self.auth.hold(job.tenant, self._worst_case(job), job.timeout_s * 2 + 30)
+        worst = self._worst_case(job)
+        held = None if worst is None else await self.auth.hold(job.tenant, worst, job.timeout_s * 2 + 30)
         if held is None:
             self.counts["skipped_budget"] += 1
             return None

@@ -15,6 +15,7 @@ A request that sends none of them is `PLAIN`, checked with three dict lookups.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,7 +38,7 @@ class Terms:
 PLAIN = Terms()
 
 
-def terms_of(request: dict[str, Any]) -> Terms:
+def terms_of(request: Mapping[str, Any]) -> Terms:
     """The terms `request` asks for: `PLAIN` when it sends none of the fields that change prices."""
     tier, search, modalities = (request.get("service_tier"), request.get("web_search_options"),
                                 request.get("modalities"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -223,5 +224,24 @@ def test_a_shadow_call_that_answers_after_its_timeout_is_billed_as_the_tenants_s
         rows = spend_table(await read_spend(store, window(None, None)), ("tenant", "plan_kind"))
         assert [(r["tenant"], r["plan_kind"], r["calls"], r["requests"]) for r in rows] == [("t", "shadow", 1, 0)]
         assert rows[0]["cost_usd"] == pytest.approx(0.003)
+
+    asyncio.run(scenario())
+
+
+def test_a_shadow_call_is_held_at_the_tier_and_search_its_request_asks_for() -> None:
+    """The strong call is sent the request's `service_tier`: its hold is at priority (twice a config
+    price), not the standard rates. A web search no price covers is skipped on a budget, not held at $0."""
+    async def scenario() -> None:
+        shadow, ledger, _ = _evaluator(_Upstreams(), MemoryStore())
+        plain = _job()
+        priority = replace(plain, request={"messages": SUM, "service_tier": "priority", "max_tokens": 50})
+        standard = replace(plain, request={"messages": SUM, "max_tokens": 50})
+        strong = (10 * 1e-7 + 50 * 2e-7)
+        assert shadow._worst_case(priority) == pytest.approx(shadow._worst_case(standard) + strong)  # type: ignore[operator]
+        searching = replace(plain, tenant=Tenant("t", budget_usd=1.0), request={"messages": SUM,
+                                                                                "web_search_options": {}})
+        assert await shadow.evaluate(searching) is None
+        assert shadow.counts["skipped_budget"] == 1
+        await ledger.close()
 
     asyncio.run(scenario())
