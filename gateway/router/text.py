@@ -27,6 +27,12 @@ _TRAILING_COT = re.compile(r"answer\s*:\s*let'?s think step by step\.?\s*$", re.
 _DIGIT = re.compile(r"\d")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _MATH_SYM = re.compile(r"[=+\-*/^<>≤≥∑∫√π±×÷%]|\\(?:frac|sqrt|sum|int|cdot|times)")
+# ASCII text (most prompts) is counted with bytes.translate, one C pass without building a list of
+# matches; for ASCII, \d is exactly [0-9] and these are the maths class's only members, and no match
+# of a LaTeX command overlaps another or a symbol (each starts with a backslash and holds none).
+_DIGIT_BYTES = b"0123456789"
+_MATH_BYTES = b"=+-*/^<>%"
+_MATH_COMMANDS = ("\\frac", "\\sqrt", "\\sum", "\\int", "\\cdot", "\\times")
 # Code markers: plain substring counts plus one regex anchored on rare characters;
 # a single alternation with \b and $ was the slowest part of assess() on long prompts.
 _CODE_SUBSTRINGS = ("```", "def ", "return ", "class ", "#include", "function", "=>", "import ")
@@ -81,6 +87,16 @@ def normalise(text: str) -> str:
     return text.strip()
 
 
+def _digits_and_maths(clean: str) -> tuple[int, int]:
+    """How many digits and maths symbols (``_DIGIT``, ``_MATH_SYM`` matches) the text holds."""
+    if clean.isascii():
+        raw = clean.encode("ascii")
+        n = len(raw)
+        return n - len(raw.translate(None, _DIGIT_BYTES)), (
+            n - len(raw.translate(None, _MATH_BYTES)) + sum(map(clean.count, _MATH_COMMANDS)))
+    return len(_DIGIT.findall(clean)), len(_MATH_SYM.findall(clean))
+
+
 def structural_features(clean: str) -> tuple[float, ...]:
     """Cheap, format-agnostic signals of effort: size, numbers, maths, code, constraints.
 
@@ -101,12 +117,13 @@ def structural_features(clean: str) -> tuple[float, ...]:
         elif lw in _CREATIVE_WORDS:
             creative += 1
     constraints += sum(lower.count(p) for p in _CONSTRAINT_PHRASES)
+    digits, maths = _digits_and_maths(clean)
     return (
         math.log1p(n_chars),
         math.log1p(n_words),
-        len(_DIGIT.findall(clean)) / (n_chars + 1.0),
+        digits / (n_chars + 1.0),
         math.log1p(len(_NUMBER.findall(clean))),
-        math.log1p(len(_MATH_SYM.findall(clean))),
+        math.log1p(maths),
         math.log1p(sum(clean.count(m) for m in _CODE_SUBSTRINGS) + len(_CODE_LINE_END.findall(clean))),
         math.log1p(constraints),
         math.log1p(clean.count("?")),
