@@ -11,6 +11,7 @@ should learn "a 4-digit number appears", not the number itself.
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from dataclasses import dataclass
@@ -92,13 +93,16 @@ def _char_hashes(lower: str) -> list[U64]:
 
 def _distinct_counts(keys: I64) -> tuple[I64, I64]:
     """Sorted distinct keys and how often each occurs: np.unique's answer without its
-    general-purpose overhead, which was most of the hashing time on a short prompt."""
-    s = np.sort(keys)
+    general-purpose overhead, which was most of the hashing time on a short prompt. Sorts
+    ``keys`` in place (the caller's own scratch array: no copy). Array methods rather than the
+    np.* functions throughout: those wrap the same call in Python frames a short prompt pays for."""
+    s = keys
+    s.sort()
     n = s.size
     edge = np.empty(n + 1, dtype=bool)  # edge[i]: a new key starts at i (or i == n)
     edge[0] = edge[n] = True
     np.not_equal(s[1:], s[:-1], out=edge[1:n])
-    at = np.flatnonzero(edge)
+    at = edge.nonzero()[0]
     return s[at[:-1]], at[1:] - at[:-1]
 
 
@@ -120,7 +124,7 @@ def hash_text(clean: str, spec: HashSpec) -> tuple[I64, F32, int]:
     hashes >>= np.uint64(64 - spec.bits)
     hashes[sum(map(len, words)):] += np.uint64(spec.dim)
     keys, counts = _distinct_counts(hashes.view(np.int64))  # buckets < 2**63: the same integers
-    n_word = int(np.searchsorted(keys, spec.dim))
+    n_word = int(keys.searchsorted(spec.dim))
     return keys & (spec.dim - 1), (1.0 + np.log(counts)).astype(np.float32), n_word
 
 
@@ -128,8 +132,10 @@ def weight_and_norm(
     ids: I64, vals: F32, n_word: int, idf: F32, spec: HashSpec
 ) -> F32:
     """Apply idf and l2-normalise each block, scaled by its block weight."""
-    v = vals * np.take(idf, ids)
+    v = vals * idf.take(ids)
     for blk, w in ((v[:n_word], spec.word_weight), (v[n_word:], spec.char_weight)):
-        norm = float(np.sqrt(blk @ blk)) or 1.0
+        # float32 sqrt as np.sqrt gives it: a double sqrt rounded to float32 is the same number
+        # (53 >= 2 * 24 + 2 bits), without a ufunc call on a scalar
+        norm = float(np.float32(math.sqrt(blk @ blk))) or 1.0
         blk *= np.float32(w / norm)  # a view: scales v in place
     return v
