@@ -78,9 +78,22 @@ STRUCT_NAMES: tuple[str, ...] = (
 )
 
 
+def _drop_trailing_cot(text: str) -> str:
+    """``_TRAILING_COT.sub("", text)``, tried at one position rather than at every one.
+
+    A match runs to the end of the text and holds "answer" only at its start, so it can only start
+    at the last "answer". On ASCII text that is where lower() finds it (IGNORECASE also folds a few
+    non-ASCII letters such as U+017F onto ASCII ones, so other text takes the full search)."""
+    if not text.isascii():
+        return _TRAILING_COT.sub("", text)
+    at = text.lower().rfind("answer")
+    m = _TRAILING_COT.match(text, at) if at >= 0 else None
+    return text if m is None else text[:at] + text[m.end():]
+
+
 def normalise(text: str) -> str:
     """Return the prompt's content with multiple-choice/CoT scaffolding removed."""
-    text = _TRAILING_COT.sub("", text)
+    text = _drop_trailing_cot(text)
     text = _SCAFFOLD_LINES.sub("", text)
     text = _LEADING_LABEL.sub("", text)
     text = _OPTION_LABEL.sub("", text)

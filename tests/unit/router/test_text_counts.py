@@ -1,5 +1,6 @@
-"""Structural features count digits and maths symbols with byte tables on ASCII text; the counts
-must be the regexes' counts on any text, or a router trained on one would read the other wrong."""
+"""On ASCII text, structural features count digits and maths symbols with byte tables and normalise
+looks for the trailing chain-of-thought line at one position; the answers must be the regexes' on
+any text, or a router trained on one would read the other wrong."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import re
 
 import pytest
 
-from gateway.router.text import STRUCT_NAMES, structural_features
+from gateway.router import text as router_text
+from gateway.router.text import STRUCT_NAMES, normalise, structural_features
 
 _DIGIT = re.compile(r"\d")
 _MATH_SYM = re.compile(r"[=+\-*/^<>≤≥∑∫√π±×÷%]|\\(?:frac|sqrt|sum|int|cdot|times)")
@@ -30,3 +32,23 @@ def test_digit_and_maths_counts_are_the_regex_counts(text: str) -> None:
     feats = dict(zip(STRUCT_NAMES, structural_features(text), strict=True))
     assert feats["digit_frac"] == len(_DIGIT.findall(text)) / (len(text) + 1.0)
     assert feats["log_math_symbols"] == math.log1p(len(_MATH_SYM.findall(text)))
+
+
+def test_trailing_chain_of_thought_is_dropped_as_the_regex_drops_it() -> None:
+    """normalise tries the trailing "Answer: Let's think step by step." at the last "answer" only."""
+    trailing = re.compile(r"answer\s*:\s*let'?s think step by step\.?\s*$", re.IGNORECASE)
+    rnd = random.Random(5)
+    pieces = ["Answer:", "answer :", "ANSWER", " Let's think step by step.", "lets think step by step", "\n", " ",
+              "Let's Think Step By Step", "x", "answer: let's think step by step.", ".", "answers", "ſtep", "é"]
+    texts = ["Q\nAnswer: Let's think step by step.", "Answer: Let's think step by step. Answer: no",
+             "answer: let's think step by step.\n", "Answer: Let's think ſtep by step."]
+    texts += ["".join(rnd.choice(pieces) for _ in range(rnd.randint(0, 12))) for _ in range(3000)]
+    for text in texts:
+        assert normalise(text) == normalise_reference(text, trailing), text
+
+
+def normalise_reference(text: str, trailing: re.Pattern[str]) -> str:
+    text = trailing.sub("", text)
+    for pattern in (router_text._SCAFFOLD_LINES, router_text._LEADING_LABEL, router_text._OPTION_LABEL):
+        text = pattern.sub("", text)
+    return text.strip()
