@@ -26,6 +26,7 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 _BIGRAM_MULT = np.uint64(1000003)
 _CHAR_SEED = {3: 0x51ED27, 4: 0xA5B35, 5: 0x1F3D5B79}
 _FOLD_DIGITS = bytes.maketrans(b"123456789", b"000000000")
+_ASCII_BYTES = bytes(range(128))
 _B257 = np.uint64(257)
 _B257_2 = np.uint64(257 * 257)
 # seed_n * 257**n mod 2**64: the part of an n-gram's hash that its bytes do not change.
@@ -63,10 +64,12 @@ def _word_hashes(lower: str) -> list[U64]:
 def _char_codes(lower: str) -> bytes:
     """The text the character n-grams read: whitespace runs as one space, every digit as ``0``."""
     spaced = " ".join(lower.split())
-    if spaced.isascii():
-        # For ASCII text \d is exactly [0-9], so a byte table folds digits in one C pass; the
-        # regex pass it replaces was a tenth of assess() on long prompts.
-        return spaced.encode("ascii").translate(_FOLD_DIGITS)
+    raw = spaced.encode("utf-8", "ignore")
+    # Unless a non-ASCII character is a digit to \d (rare: Arabic-Indic, fullwidth...), the regex
+    # would change ASCII digits alone, and in UTF-8 those are the bytes 0-9: a byte table folds them
+    # in one C pass, where the regex pass was a tenth of assess() on long prompts.
+    if spaced.isascii() or not _DIGITS.search(raw.translate(None, _ASCII_BYTES).decode("utf-8")):
+        return raw.translate(_FOLD_DIGITS)
     return _DIGITS.sub("0", spaced).encode("utf-8", "ignore")
 
 

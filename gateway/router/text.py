@@ -27,11 +27,15 @@ _TRAILING_COT = re.compile(r"answer\s*:\s*let'?s think step by step\.?\s*$", re.
 _DIGIT = re.compile(r"\d")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)?")
 _MATH_SYM = re.compile(r"[=+\-*/^<>≤≥∑∫√π±×÷%]|\\(?:frac|sqrt|sum|int|cdot|times)")
-# ASCII text (most prompts) is counted with bytes.translate, one C pass without building a list of
-# matches; for ASCII, \d is exactly [0-9] and these are the maths class's only members, and no match
-# of a LaTeX command overlaps another or a symbol (each starts with a backslash and holds none).
+# Digits and maths symbols are counted with bytes.translate, one C pass without building a list of
+# matches: in UTF-8 an ASCII byte is always an ASCII character, so the ASCII members of \d ([0-9])
+# and of the maths class are counted on the bytes, and the regexes run on the few non-ASCII
+# characters alone. No match of a LaTeX command overlaps another or a symbol (each starts with a
+# backslash and holds none), so those are plain substring counts.
+_ASCII_BYTES = bytes(range(128))
 _DIGIT_BYTES = b"0123456789"
 _MATH_BYTES = b"=+-*/^<>%"
+_MATH_WIDE = re.compile(r"[≤≥∑∫√π±×÷]")
 _MATH_COMMANDS = ("\\frac", "\\sqrt", "\\sum", "\\int", "\\cdot", "\\times")
 # Code markers: plain substring counts plus one regex anchored on rare characters;
 # a single alternation with \b and $ was the slowest part of assess() on long prompts.
@@ -102,12 +106,15 @@ def normalise(text: str) -> str:
 
 def _digits_and_maths(clean: str) -> tuple[int, int]:
     """How many digits and maths symbols (``_DIGIT``, ``_MATH_SYM`` matches) the text holds."""
-    if clean.isascii():
-        raw = clean.encode("ascii")
-        n = len(raw)
-        return n - len(raw.translate(None, _DIGIT_BYTES)), (
-            n - len(raw.translate(None, _MATH_BYTES)) + sum(map(clean.count, _MATH_COMMANDS)))
-    return len(_DIGIT.findall(clean)), len(_MATH_SYM.findall(clean))
+    raw = clean.encode("utf-8", "surrogatepass")
+    n = len(raw)
+    digits = n - len(raw.translate(None, _DIGIT_BYTES))
+    maths = n - len(raw.translate(None, _MATH_BYTES)) + sum(map(clean.count, _MATH_COMMANDS))
+    if not clean.isascii():
+        wide = raw.translate(None, _ASCII_BYTES).decode("utf-8", "surrogatepass")
+        digits += len(_DIGIT.findall(wide))
+        maths += len(_MATH_WIDE.findall(wide))
+    return digits, maths
 
 
 def structural_features(clean: str) -> tuple[float, ...]:

@@ -20,7 +20,8 @@ _MATH_SYM = re.compile(r"[=+\-*/^<>≤≥∑∫√π±×÷%]|\\(?:frac|sqrt|sum|
 def _texts() -> list[str]:
     rnd = random.Random(11)
     pieces = ["\\frac", "\\sqrt", "\\sum", "\\int", "\\intercal", "\\cdot", "\\times", "\\\\sum", "x=1", "a<b>c",
-              "3.14", "50%", "2^10", "a-b*c/d+e", "≤", "∑", "٣", "²", "é", " ", "\n", "word", "Q?"]
+              "3.14", "50%", "2^10", "a-b*c/d+e", "≤", "∑", "٣", "３", "²", "é", "’", "😀", "\ud800", " ", "\n", "word",
+              "Q?"]
     out = ["", "plain words only", "12 + 3 = 15", "\\frac{1}{2} \\times 3", "x ≤ 5 and ∑ x", "٣ + ٤ = ٧"]
     for _ in range(300):
         out.append("".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 30))))
