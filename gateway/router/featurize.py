@@ -54,7 +54,7 @@ def _word_hashes(lower: str) -> list[U64]:
     toks = [("#" + str(len(t))) if t[0].isdigit() else t for t in _TOKEN.findall(lower)]
     if not toks:
         return []
-    uni = np.array(list(map(zlib.crc32, map(str.encode, toks))), dtype=np.uint64)
+    uni = np.fromiter(map(zlib.crc32, map(str.encode, toks)), dtype=np.uint64, count=len(toks))  # no list
     bi = uni[:-1] * _BIGRAM_MULT
     bi += uni[1:]
     bi += np.uint64(0xB16)

@@ -48,6 +48,9 @@ _CONSTRAINT_WORDS = frozenset(
 )
 _CONSTRAINT_PHRASES = ("at least", "at most", "should not", "do not", "don't", "no more than", "step by step")
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+# On ASCII text, sentence ends are counted as ". " pairs after one byte table maps every end mark
+# to "." and every character that \s matches to " " (no two such pairs overlap).
+_SENTENCE_BYTES = bytes.maketrans(b"!?\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", b".." + b" " * 9)
 _WORD = re.compile(r"[A-Za-z]+")
 _MATH_WORDS = frozenset("calculate compute solve equation integral derivative probability sum product".split())
 _REASON_WORDS = frozenset("why because therefore implies infer conclude argument assume".split())
@@ -117,6 +120,14 @@ def _digits_and_maths(clean: str) -> tuple[int, int]:
     return digits, maths
 
 
+def _sentence_ends(clean: str) -> int:
+    """How many ``_SENTENCE_END`` matches the text holds."""
+    if not clean.isascii():
+        return len(_SENTENCE_END.findall(clean))
+    marked = clean.encode("ascii").translate(_SENTENCE_BYTES)
+    return marked.count(b". ") + marked.endswith(b".")
+
+
 def structural_features(clean: str) -> tuple[float, ...]:
     """Cheap, format-agnostic signals of effort: size, numbers, maths, code, constraints.
 
@@ -147,7 +158,7 @@ def structural_features(clean: str) -> tuple[float, ...]:
         math.log1p(sum(clean.count(m) for m in _CODE_SUBSTRINGS) + len(_CODE_LINE_END.findall(clean))),
         math.log1p(constraints),
         math.log1p(clean.count("?")),
-        math.log1p(len(_SENTENCE_END.findall(clean))),
+        math.log1p(_sentence_ends(clean)),
         letters / (n_words + 1.0),
         upper / (n_words + 1.0),
         math.log1p(clean.count("\n")),

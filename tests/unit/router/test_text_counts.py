@@ -53,3 +53,14 @@ def normalise_reference(text: str, trailing: re.Pattern[str]) -> str:
     for pattern in (router_text._SCAFFOLD_LINES, router_text._LEADING_LABEL, router_text._OPTION_LABEL):
         text = pattern.sub("", text)
     return text.strip()
+
+
+def test_sentence_ends_are_the_regex_count() -> None:
+    ends = re.compile(r"[.!?](?:\s|$)")
+    rnd = random.Random(3)
+    marks = [*".!?. \t\n\r\x0b\x0c\x1c\x1d\x1e\x1fab", "\u00a0", "é", "\u2028", "。"]
+    texts = ["Hi. There! Ok?", "end.", "end.\n", "a..b. c", "x.\x1cy", "x.\u00a0y"]
+    texts += ["".join(rnd.choice(marks) for _ in range(rnd.randint(0, 20))) for _ in range(5000)]
+    for text in texts:
+        feats = dict(zip(STRUCT_NAMES, structural_features(text), strict=True))
+        assert feats["log_sentences"] == math.log1p(len(ends.findall(text))), repr(text)
