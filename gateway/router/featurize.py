@@ -21,6 +21,9 @@ import numpy as np
 from gateway.router.arrays import F32, I64, U64
 
 _TOKEN = re.compile(r"[a-z]+|\d+|[^\sa-z\d]")
+# _TOKEN on ASCII text, as bytes: there \s is [\t\n\x0b\x0c\r\x1c-\x1f ] and \d is [0-9]. A bytes
+# token goes to crc32 as it is (the str path encodes each one), and the pass itself is faster.
+_TOKEN_ASCII = re.compile(rb"[a-z]+|[0-9]+|[^\t\n\x0b\x0c\r\x1c-\x1f a-z0-9]")
 _DIGITS = re.compile(r"\d")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _BIGRAM_MULT = np.uint64(1000003)
@@ -51,10 +54,15 @@ class HashSpec:
 
 def _word_hashes(lower: str) -> list[U64]:
     """Word unigram then bigram hashes (empty list for a text without tokens)."""
-    toks = [("#" + str(len(t))) if t[0].isdigit() else t for t in _TOKEN.findall(lower)]
-    if not toks:
+    if lower.isascii():
+        raw = [(b"#%d" % len(t)) if 47 < t[0] < 58 else t for t in _TOKEN_ASCII.findall(lower.encode("ascii"))]
+        n, crcs = len(raw), map(zlib.crc32, raw)
+    else:
+        toks = [("#" + str(len(t))) if t[0].isdigit() else t for t in _TOKEN.findall(lower)]
+        n, crcs = len(toks), map(zlib.crc32, map(str.encode, toks))
+    if not n:
         return []
-    uni = np.fromiter(map(zlib.crc32, map(str.encode, toks)), dtype=np.uint64, count=len(toks))  # no list
+    uni = np.fromiter(crcs, dtype=np.uint64, count=n)  # no list in between
     bi = uni[:-1] * _BIGRAM_MULT
     bi += uni[1:]
     bi += np.uint64(0xB16)
