@@ -52,6 +52,9 @@ _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 # to "." and every character that \s matches to " " (no two such pairs overlap).
 _SENTENCE_BYTES = bytes.maketrans(b"!?\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f", b".." + b" " * 9)
 _WORD = re.compile(r"[A-Za-z]+")
+# _WORD's words, read from the UTF-8 bytes: every byte of a non-ASCII character is >= 0x80, so it
+# separates words just as the character does, and bytes words are cheaper to make than str ones.
+_WORD_BYTES = re.compile(rb"[A-Za-z]+")
 _MATH_WORDS = frozenset("calculate compute solve equation integral derivative probability sum product".split())
 _REASON_WORDS = frozenset("why because therefore implies infer conclude argument assume".split())
 _CODE_WORDS = frozenset("python javascript typescript java rust golang sql function class method code script "
@@ -62,6 +65,9 @@ _PROOF_WORDS = frozenset("prove proof theorem lemma integral derivative".split()
 _CREATIVE_WORDS = frozenset("write story poem essay draft compose create generate rewrite summarize summarise "
                             "describe imagine".split())
 _FACTOID_OPENERS = frozenset("what who when where which how why is are does do can name".split())
+_CONSTRAINT_BYTES = frozenset(w.encode() for w in _CONSTRAINT_WORDS)
+_CREATIVE_BYTES = frozenset(w.encode() for w in _CREATIVE_WORDS)
+_FACTOID_BYTES = frozenset(w.encode() for w in _FACTOID_OPENERS)
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s", re.MULTILINE)
 
 STRUCT_NAMES: tuple[str, ...] = (
@@ -107,9 +113,9 @@ def normalise(text: str) -> str:
     return text.strip()
 
 
-def _digits_and_maths(clean: str) -> tuple[int, int]:
-    """How many digits and maths symbols (``_DIGIT``, ``_MATH_SYM`` matches) the text holds."""
-    raw = clean.encode("utf-8", "surrogatepass")
+def _digits_and_maths(clean: str, raw: bytes) -> tuple[int, int]:
+    """How many digits and maths symbols (``_DIGIT``, ``_MATH_SYM`` matches) the text holds;
+    ``raw`` is the text in UTF-8 (surrogates passed)."""
     n = len(raw)
     digits = n - len(raw.translate(None, _DIGIT_BYTES))
     maths = n - len(raw.translate(None, _MATH_BYTES)) + sum(map(clean.count, _MATH_COMMANDS))
@@ -135,20 +141,21 @@ def structural_features(clean: str) -> tuple[float, ...]:
     Order matches STRUCT_NAMES.
     """
     n_chars = len(clean)
-    words = _WORD.findall(clean)
+    raw = clean.encode("utf-8", "surrogatepass")
+    words = _WORD_BYTES.findall(raw)
     n_words = len(words)
     letters = sum(map(len, words))
-    upper = sum(1 for w in words if w[0].isupper())
+    upper = sum(1 for w in words if w[0] < 91)  # an ASCII letter below 91 is one of A-Z
     lower = clean.lower()
     constraints = creative = 0
     for w in words:  # one pass, one lower() per word (the two word sets are disjoint)
         lw = w.lower()
-        if lw in _CONSTRAINT_WORDS:
+        if lw in _CONSTRAINT_BYTES:
             constraints += 1
-        elif lw in _CREATIVE_WORDS:
+        elif lw in _CREATIVE_BYTES:
             creative += 1
     constraints += sum(lower.count(p) for p in _CONSTRAINT_PHRASES)
-    digits, maths = _digits_and_maths(clean)
+    digits, maths = _digits_and_maths(clean, raw)
     return (
         math.log1p(n_chars),
         math.log1p(n_words),
@@ -166,7 +173,7 @@ def structural_features(clean: str) -> tuple[float, ...]:
         math.log1p(clean.count("$") + clean.count("\\")),
         math.log1p(len(_LIST_LINE.findall(clean))),
         math.log1p(creative),
-        1.0 if words and words[0].lower() in _FACTOID_OPENERS else 0.0,
+        1.0 if words and words[0].lower() in _FACTOID_BYTES else 0.0,
     )
 
 

@@ -64,3 +64,38 @@ def test_sentence_ends_are_the_regex_count() -> None:
     for text in texts:
         feats = dict(zip(STRUCT_NAMES, structural_features(text), strict=True))
         assert feats["log_sentences"] == math.log1p(len(ends.findall(text))), repr(text)
+
+
+def reference_features(clean: str) -> tuple[float, ...]:
+    """structural_features as first written: one regex pass per count, words as str."""
+    t = router_text
+    words = t._WORD.findall(clean)
+    n_words, lower = len(words), clean.lower()
+    constraints = creative = 0
+    for w in words:
+        if w.lower() in t._CONSTRAINT_WORDS:
+            constraints += 1
+        elif w.lower() in t._CREATIVE_WORDS:
+            creative += 1
+    constraints += sum(lower.count(p) for p in t._CONSTRAINT_PHRASES)
+    return (
+        math.log1p(len(clean)), math.log1p(n_words), len(_DIGIT.findall(clean)) / (len(clean) + 1.0),
+        math.log1p(len(t._NUMBER.findall(clean))), math.log1p(len(_MATH_SYM.findall(clean))),
+        math.log1p(sum(clean.count(m) for m in t._CODE_SUBSTRINGS) + len(t._CODE_LINE_END.findall(clean))),
+        math.log1p(constraints), math.log1p(clean.count("?")), math.log1p(len(t._SENTENCE_END.findall(clean))),
+        sum(map(len, words)) / (n_words + 1.0), sum(1 for w in words if w[0].isupper()) / (n_words + 1.0),
+        math.log1p(clean.count("\n")), math.log1p(clean.count("```")),
+        math.log1p(clean.count("$") + clean.count("\\")), math.log1p(len(t._LIST_LINE.findall(clean))),
+        math.log1p(creative), 1.0 if words and words[0].lower() in t._FACTOID_OPENERS else 0.0,
+    )
+
+
+def test_every_structural_feature_is_the_regex_definitions() -> None:
+    rnd = random.Random(17)
+    pieces = ["What", "must", "Write", "a story", "EXPLAIN", "don't", "at least", " ", "\n", "\t", "- ", "1) ", "```",
+              "def ", "x = 1;", "{", "$x$", "\\frac", "≤", "٣", "é", "’", "K", "ſ", "日本", "😀", "\ud800", "3.14", "?",
+              "!", ".", "Why", "how", "ÉCRIRE", "naïve", "\u00a0", "\x1c"]
+    texts = ["", "What is 2+2?", "Write a poem.", "é", "Kelvin"]
+    texts += ["".join(rnd.choice(pieces) for _ in range(rnd.randint(1, 40))) for _ in range(3000)]
+    for text in texts:
+        assert structural_features(text) == reference_features(text), repr(text)
