@@ -105,8 +105,8 @@ def _char_hashes(lower: str) -> list[U64]:
 def _distinct_counts(keys: I64) -> tuple[I64, I64]:
     """Sorted distinct keys and how often each occurs: np.unique's answer without its
     general-purpose overhead, which was most of the hashing time on a short prompt. Sorts
-    ``keys`` in place (the caller's own scratch array: no copy). Array methods rather than the
-    np.* functions throughout: those wrap the same call in Python frames a short prompt pays for."""
+    ``keys`` in place (the caller's own scratch array: no copy); array methods rather than
+    np.sort and np.flatnonzero, which wrap the same calls in Python frames a short prompt pays for."""
     s = keys
     s.sort()
     n = s.size

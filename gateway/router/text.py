@@ -126,11 +126,11 @@ def _digits_and_maths(clean: str, raw: bytes) -> tuple[int, int]:
     return digits, maths
 
 
-def _sentence_ends(clean: str) -> int:
-    """How many ``_SENTENCE_END`` matches the text holds."""
+def _sentence_ends(clean: str, raw: bytes) -> int:
+    """How many ``_SENTENCE_END`` matches the text holds; ``raw`` is the text in UTF-8."""
     if not clean.isascii():
         return len(_SENTENCE_END.findall(clean))
-    marked = clean.encode("ascii").translate(_SENTENCE_BYTES)
+    marked = raw.translate(_SENTENCE_BYTES)
     return marked.count(b". ") + marked.endswith(b".")
 
 
@@ -165,7 +165,7 @@ def structural_features(clean: str) -> tuple[float, ...]:
         math.log1p(sum(clean.count(m) for m in _CODE_SUBSTRINGS) + len(_CODE_LINE_END.findall(clean))),
         math.log1p(constraints),
         math.log1p(clean.count("?")),
-        math.log1p(_sentence_ends(clean)),
+        math.log1p(_sentence_ends(clean, raw)),
         letters / (n_words + 1.0),
         upper / (n_words + 1.0),
         math.log1p(clean.count("\n")),
