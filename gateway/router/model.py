@@ -190,7 +190,8 @@ class Router:
         ids, vals, n_word = hash_text(clean, w.spec)
         v = weight_and_norm(ids, vals, n_word, w.idf, w.spec)
         s = (np.asarray(feats, dtype=np.float32) - w.s_mean) / w.s_std
-        both = v @ np.take(self._gather, ids, axis=0)  # take: half the time of [ids] for rows
+        # take: half the time of [ids] for rows; the method, not np.take, skips two Python frames
+        both = v @ self._gather.take(ids, axis=0)
         t = w.w.shape[1]
         z: Floats = both[:t] + s @ w.w_struct + w.bias  # float32 at run time: the stubs widen float32 maths
         nb = w.neighbours

@@ -24,6 +24,7 @@ Outcomes are stored as uint8 (score x 254, 255 = no result) so the artifact stay
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from typing import cast
 
@@ -43,7 +44,9 @@ def quantise_outcomes(y: F64) -> U8:
 
 
 def unit(e: F32) -> F32:
-    n = float(np.sqrt(np.dot(e, e)))
+    # np.sqrt's answer in e's own precision without a ufunc call on a scalar: a double sqrt rounded
+    # to float32 is the float32 sqrt (53 >= 2 * 24 + 2 bits), and for float64 it is the same sqrt.
+    n = float(e.dtype.type(math.sqrt(float(e @ e))))
     return e / n if n > 0 else e
 
 
@@ -123,15 +126,15 @@ class Neighbours:
         of ``mean`` and ``clip``, whose Python wrappers cost more than the arithmetic."""
         k = self.k
         sims = self.emb @ e.astype(np.float32, copy=False)
-        idx = np.argpartition(sims, -k)[-k:]
-        w = np.maximum(sims[idx], 0.0).astype(np.float64)
+        idx = sims.argpartition(-k)[-k:]  # methods, not np.*: no Python wrapper frames
+        w = np.maximum(sims.take(idx), 0.0).astype(np.float64)
         if self.power == 4.0:  # the shipped setting; two squarings beat a float power
             w *= w
             w *= w
         else:
             w **= self.power
-        w /= w.sum() / k + 1e-12
-        both = w @ np.take(self._hit_seen, idx, axis=0)
+        w /= np.add.reduce(w) / k + 1e-12  # what w.sum() runs, without its Python wrapper
+        both = w @ self._hit_seen.take(idx, axis=0)
         m = self.prior.size
         rate = (both[:m] + self._smoothed_prior) / (both[m:] + self.smooth)
         np.maximum(rate, _CLIP, out=rate)
@@ -139,5 +142,5 @@ class Neighbours:
         out: F64 = np.log(rate / (1 - rate)) - self.prior_logit
         if self.domain is None:
             return out, np.ones(1)
-        share = (np.bincount(self.domain[idx], w, self.n_domains) + 1.0 / self.n_domains) / (k + 1.0)
+        share = (np.bincount(self.domain.take(idx), w, self.n_domains) + 1.0 / self.n_domains) / (k + 1.0)
         return out, cast(F64, share)  # bincount's stubs widen float64 weights to floating

@@ -53,7 +53,14 @@ def _texts() -> list[str]:
     fixed = ["", "a", "ab", "abc", "abcd", "hi", "Say hi.", "What is the capital of France?", "12 345 6789",
              "   \n\t ", "é", "日本語のテキスト", "def f(x):\n    return x ** 2  # 3.14", "a a a a a a a a"]
     alphabet = "ab cd1\n.,é日?"
-    return fixed + ["".join(rnd.choice(alphabet) for _ in range(rnd.randint(0, 40))) for _ in range(200)]
+    # ASCII texts take a byte-table path for digits; \x1c and \x0b are whitespace to str.split,
+    # and ٣ (a digit to \d) and ² (not one) keep the non-ASCII path honest.
+    ascii_rich = "ab 0123456789\t\n\x0b\x1c.,#=?"
+    every_ascii = "".join(map(chr, range(128)))  # ASCII text is tokenised as bytes
+    return fixed + ["12\x1c34 5٣6²", "x\x0b9 9"] + [
+        "".join(rnd.choice(chars) for _ in range(rnd.randint(0, 40)))
+        for chars in (alphabet, ascii_rich, every_ascii) for _ in range(200)
+    ]
 
 
 @pytest.mark.parametrize("bits", [17, 10])

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from gateway.router import Router, load_router
+from gateway.router.featurize import HashSpec, weight_and_norm
 from gateway.router.model import DEFAULT_ARTIFACT
-from gateway.router.neighbours import MISSING, Neighbours, quantise_outcomes
+from gateway.router.neighbours import MISSING, Neighbours, quantise_outcomes, unit
 
 
 def _toy() -> Neighbours:
@@ -66,3 +67,24 @@ def test_artifact_without_neighbours_still_loads(tmp_path: Path) -> None:
     p = r.p_good(a, profile=r.known_profiles()[0])
     assert 0.0 < p < 1.0
     shutil.rmtree(out)
+
+
+def test_norms_are_numpy_sqrt_in_the_vectors_own_precision() -> None:
+    """unit() and weight_and_norm take a double sqrt rounded back to the vector's dtype in place of a
+    ufunc call on a scalar; the features must stay bit-identical to np.sqrt's."""
+    rng = np.random.default_rng(3)
+    for size in (1, 3, 64, 1000):
+        for scale in (1e-20, 1e-3, 1.0, 1e15):
+            for dtype in (np.float32, np.float64):
+                e = (rng.standard_normal(size) * scale).astype(dtype)
+                want = e / float(np.sqrt(np.dot(e, e)))
+                got = unit(e)
+                assert got.dtype == want.dtype and np.array_equal(got, want)
+            ids = np.arange(size, dtype=np.int64)
+            vals = (rng.random(size) * scale).astype(np.float32) + np.float32(1e-30)
+            idf = rng.random(size).astype(np.float32)
+            n_word = size // 2
+            want_v = vals * idf
+            for blk in (want_v[:n_word], want_v[n_word:]):
+                blk *= np.float32(1.0 / (float(np.sqrt(blk @ blk)) or 1.0))
+            assert np.array_equal(weight_and_norm(ids, vals, n_word, idf, HashSpec()), want_v)
