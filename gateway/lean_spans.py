@@ -154,6 +154,7 @@ class LeanStart:
             tuple((d, d.is_recording()) for d in decisions if d is not None) or None)  # type: ignore[no-untyped-call]
         if self._decisions is not None and len(self._decisions) != 5:
             self._decisions = None
+        self.asks_sampler = self._decisions is None  # then `start` needs the parent's Context
 
     def _quiet(self) -> bool:
         """Whether starting a span here would call nothing but what `start` does itself."""
@@ -169,10 +170,6 @@ class LeanStart:
         self._processors = processors
         return True
 
-    @property
-    def asks_sampler(self) -> bool:
-        """Whether `start` asks the sampler, which needs the parent's Context."""
-        return self._decisions is None
 
     def start(self, name: str, parent: trace_api.SpanContext | None, kind: SpanKind,
               context: Context | None = None) -> trace_api.Span | None:
@@ -180,7 +177,8 @@ class LeanStart:
         `tracer.start_span(name, context, kind)` makes it, `context` holding the parent (given when
         `asks_sampler`); None where that path must make it."""
         tracer = self.tracer
-        if not self._quiet():
+        if (tracer.span_processor._span_processors is not self._processors
+                or not tracer._tracer_config.is_enabled) and not self._quiet():
             return None
         ids = tracer.id_generator
         if parent is None or not parent[5]:  # is_valid

@@ -15,15 +15,21 @@ SDK's encoder gives (tests/unit/test_otlp_spans.py).
 from __future__ import annotations
 
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any
 
+import requests
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.exporter.otlp.proto.common._internal import _encode_instrumentation_scope, _encode_resource
 from opentelemetry.exporter.otlp.proto.common._internal.trace_encoder import _encode_span
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+from opentelemetry.sdk.environment_variables import (
+    _OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER,
+    _OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER,
+)
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -254,6 +260,37 @@ def encode_spans(spans: Sequence[ReadableSpan]) -> bytes:
         body.append(tail)
         out.append(_framed(b"\x0a", b"".join(body)))
     return b"".join(out)
+
+
+class SettledSession(requests.Session):
+    """The span exporter's session. For each post, requests works out what the environment says of the
+    endpoint (the proxy variables, every variable scanned twice over, and the CA bundle variables):
+    about a third of what posting a batch costs. A process's environment is its own and is read at
+    start-up, so here the answer is worked out once per endpoint and settings; the .netrc file,
+    which can change while the gateway runs, is still read for each post, as requests does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._settled: dict[Any, dict[str, Any]] = {}
+
+    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
+                                   cert: Any) -> dict[str, Any]:
+        key = (url, stream, verify, cert, self.trust_env, self.stream, self.verify, self.cert,
+               tuple(self.proxies.items()))
+        if proxies:  # proxies of the call's own: merged as requests merges them
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settled = self._settled.get(key)
+        if settled is None:
+            settled = self._settled[key] = super().merge_environment_settings(url, {}, stream, verify, cert)
+        return {**settled, "proxies": dict(settled["proxies"])}  # copies: requests may change them
+
+
+def export_session() -> requests.Session | None:
+    """A SettledSession for the exporter, unless a credential provider is to supply the session."""
+    if os.environ.get(_OTEL_PYTHON_EXPORTER_OTLP_HTTP_CREDENTIAL_PROVIDER) or os.environ.get(
+            _OTEL_PYTHON_EXPORTER_OTLP_HTTP_TRACES_CREDENTIAL_PROVIDER):
+        return None
+    return SettledSession()
 
 
 class InPlaceSpanExporter(OTLPSpanExporter):

@@ -49,10 +49,11 @@ class Telemetry:
         if exporter is not None:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            from gateway.otlp_spans import InPlaceSpanExporter  # the SDK's, with a cheaper encoder
+            from gateway.otlp_spans import InPlaceSpanExporter, export_session  # the SDK's, cheaper
 
             queue, batch = batch_settings()
-            self.provider.add_span_processor(BatchSpanProcessor(InPlaceSpanExporter(), max_queue_size=queue,
+            exporter = InPlaceSpanExporter(session=export_session())
+            self.provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue,
                                                                 max_export_batch_size=batch))
             log.info("exporting traces over OTLP to %s", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
         else:
@@ -211,6 +212,8 @@ def ignores_attributes(sampler: object) -> bool:
 
 
 def trace_id_hex(span: Span) -> str | None:
+    if type(span) is _SdkSpan:  # (its methods are Python calls; its context is a tuple, trace_id first)
+        return f"{span._context[0]:032x}" if span._end_time is None else None  # type: ignore[index]
     return format(span.get_span_context().trace_id, "032x") if span.is_recording() else None
 
 
