@@ -12,7 +12,9 @@ sample them (`parentbased_traceidratio` with `OTEL_TRACES_SAMPLER_ARG=0.1` keeps
 Traces connect: a caller's W3C `traceparent`/`tracestate` makes `switchyard.request` its child,
 and every upstream call carries its own span's context in those headers. Both happen only while
 spans are recorded; otherwise the headers are neither read nor sent.
-The provider is owned by the app, never installed globally.
+The provider is owned by the app, never installed globally. Spans are the SDK's own; where the
+configuration is the SDK's default kind, they are started without its general path
+(gateway/lean_spans.py) and encoded without its protobuf messages (gateway/otlp_spans.py).
 """
 
 from __future__ import annotations
