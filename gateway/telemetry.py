@@ -12,12 +12,13 @@ sample them (`parentbased_traceidratio` with `OTEL_TRACES_SAMPLER_ARG=0.1` keeps
 Traces connect: a caller's W3C `traceparent`/`tracestate` makes `switchyard.request` its child,
 and every upstream call carries its own span's context in those headers. Both happen only while
 spans are recorded; otherwise the headers are neither read nor sent.
-The provider is owned by the app, never installed globally.
+The provider is owned by the app, never installed globally. Spans are the SDK's own; where the
+configuration is the SDK's default kind, they are started without its general path
+(gateway/lean_spans.py) and encoded without its protobuf messages (gateway/otlp_spans.py).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -28,12 +29,16 @@ from opentelemetry import trace
 from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import TracerProvider, sampling
 from opentelemetry.sdk.trace import _Span as _SdkSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.trace.span import DEFAULT_TRACE_STATE
 from opentelemetry.util.types import AttributeValue
+
+from gateway.lean_spans import LeanStart
 
 log = logging.getLogger("switchyard.telemetry")
 _W3C = TraceContextTextMapPropagator()  # W3C traceparent/tracestate, whatever the global propagator is
@@ -46,10 +51,11 @@ class Telemetry:
         if exporter is not None:
             self.provider.add_span_processor(SimpleSpanProcessor(exporter))
         elif os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-            from gateway.otlp_spans import InPlaceSpanExporter  # the SDK's, with a cheaper encoder
+            from gateway.otlp_spans import InPlaceSpanExporter, export_session  # the SDK's, cheaper
 
             queue, batch = batch_settings()
-            self.provider.add_span_processor(BatchSpanProcessor(InPlaceSpanExporter(), max_queue_size=queue,
+            exporter = InPlaceSpanExporter(session=export_session())
+            self.provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=queue,
                                                                 max_export_batch_size=batch))
             log.info("exporting traces over OTLP to %s", os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"])
         else:
@@ -59,11 +65,30 @@ class Telemetry:
         # A span's starting attributes are the sampler's to see; ours never look at them, so then
         # they are added once the span exists, without the SDK checking each again (`_set_clean`).
         self._attributes_after_start = ignores_attributes(self.provider.sampler)
+        # The SDK's start_span, less what does nothing in this configuration (gateway/lean_spans.py).
+        tracer = self.tracer
+        lean = LeanStart(tracer) if self._attributes_after_start and type(tracer) is SdkTracer else None
+        self._lean = lean if lean is not None and lean.usable else None
 
-    def _begin(self, name: str, context: Context | None, kind: SpanKind, attributes: Mapping[str, Any]) -> Span:
+    def _begin(self, name: str, parent: Span | Context | None, kind: SpanKind,
+               attributes: Mapping[str, Any]) -> Span:
+        lean = self._lean
+        if lean is not None:
+            if type(parent) is _SdkSpan:  # ours, the usual parent
+                within, context = parent._context, None
+            else:  # a caller's context, another span, or none: the current context's
+                within = (parent if isinstance(parent, Span) else trace.get_current_span(parent)).get_span_context()
+                context = parent if isinstance(parent, Context) else None
+            if lean.asks_sampler:
+                context = _context(parent)
+            span = lean.start(name, within, kind, context)
+            if span is not None:
+                if attributes and type(span) is _SdkSpan:  # else not recorded
+                    _set_clean(span, attributes)
+                return span
         if not self._attributes_after_start:
-            return self.tracer.start_span(name, context=context, kind=kind, attributes=attributes)
-        span = self.tracer.start_span(name, context=context, kind=kind)
+            return self.tracer.start_span(name, context=_context(parent), kind=kind, attributes=attributes)
+        span = self.tracer.start_span(name, context=_context(parent), kind=kind)
         if attributes and span.is_recording():
             _set_clean(span, attributes)
         return span
@@ -73,7 +98,7 @@ class Telemetry:
         """`parent`: a span of ours, or a caller's context from `extract`."""
         if not self.recording:
             return trace.INVALID_SPAN
-        return self._begin(name, _context(parent), kind, _clean(attributes))
+        return self._begin(name, parent, kind, _clean(attributes))
 
     def start_client(self, name: str, parent: Span | None, attributes: Mapping[str, AttributeValue],
                      **more: Any) -> Span:
@@ -81,7 +106,7 @@ class Telemetry:
         if not self.recording:
             return trace.INVALID_SPAN
         attrs = {**attributes, **_clean(more)} if more else attributes
-        return self._begin(name, _context(parent), SpanKind.CLIENT, attrs)
+        return self._begin(name, parent, SpanKind.CLIENT, attrs)
 
     def extract(self, headers: Mapping[str, str]) -> Context | None:
         """The caller's trace context from its W3C headers; None without one or while not recording."""
@@ -94,12 +119,12 @@ class Telemetry:
         Written directly (what the propagator writes, at a fifth of its cost)."""
         if not self.recording:
             return None
-        sc = span.get_span_context()
-        if not sc.is_valid:
+        trace_id, span_id, _, flags, state, valid = span.get_span_context()  # a SpanContext is a tuple
+        if not valid:
             return None
-        headers = {"traceparent": f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{sc.trace_flags:02x}"}
-        if sc.trace_state:
-            headers["tracestate"] = sc.trace_state.to_header()
+        headers = {"traceparent": f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"}
+        if state is not DEFAULT_TRACE_STATE and state:  # (an empty TraceState's length is a Python call)
+            headers["tracestate"] = state.to_header()
         return headers
 
     def span(self, name: str, parent: Span | None = None, **attributes: Any) -> _Scoped:
@@ -130,15 +155,22 @@ def _context(parent: Span | Context | None) -> Context | None:
     return trace.set_span_in_context(parent)
 
 
-@functools.cache
-def _dotted(key: str) -> str:
-    return key.replace("__", ".")
+_DOTTED: dict[str, str] = {}  # keyword name -> attribute key; the names are the code's own: a bounded set
 
 
 def _clean(attributes: dict[str, Any]) -> dict[str, Any]:
     """Keyword names use `__` for `.` (`gen_ai__usage__input_tokens`); None values are left out;
-    maps (votes, evidence) become JSON here, so only spans that are recorded pay for the encoding."""
-    return {_dotted(k): v if type(v) in _PLAIN else _structured(v) for k, v in attributes.items() if v is not None}
+    maps (votes, evidence) become JSON here, so only spans that are recorded pay for the encoding.
+    (A loop: a comprehension is a call of its own.)"""
+    clean = {}
+    for name, value in attributes.items():
+        if value is None:
+            continue
+        key = _DOTTED.get(name)
+        if key is None:
+            key = _DOTTED[name] = name.replace("__", ".")
+        clean[key] = value if type(value) in _PLAIN else _structured(value)
+    return clean
 
 
 _PLAIN = frozenset({str, int, float, bool})  # most values: no isinstance check against an ABC (~1 µs each)
@@ -182,11 +214,13 @@ def ignores_attributes(sampler: object) -> bool:
 
 
 def trace_id_hex(span: Span) -> str | None:
+    if type(span) is _SdkSpan:  # (its methods are Python calls; its context is a tuple, trace_id first)
+        return f"{span._context[0]:032x}" if span._end_time is None else None  # type: ignore[index]
     return format(span.get_span_context().trace_id, "032x") if span.is_recording() else None
 
 
 def set_attributes(span: Span, **attributes: Any) -> None:
-    if span.is_recording():
+    if span._end_time is None if type(span) is _SdkSpan else span.is_recording():
         _set_clean(span, _clean(attributes))
 
 
@@ -206,8 +240,15 @@ def _set_clean(span: Span, attributes: Mapping[str, Any]) -> None:
         added = span._end_time is None and not bounded._immutable
         if added:
             with bounded._lock:
-                for key, value in attributes.items():
-                    bounded._setitem_locked(key, value)
+                held, limit = bounded._dict, bounded.maxlen
+                if limit is not None and len(held) + len(attributes) > limit:  # some may be dropped
+                    for key, value in attributes.items():
+                        bounded._setitem_locked(key, value)
+                else:  # what `_setitem_locked` does for each, at once: a key set again moves to the end
+                    if held and not held.keys().isdisjoint(attributes):
+                        for key in attributes:
+                            held.pop(key, None)
+                    held.update(attributes)
     if not added:
         span.set_attributes(attributes)  # the SDK's warning about an ended span
 
