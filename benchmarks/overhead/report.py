@@ -160,20 +160,24 @@ CAUSES = [
     "",
     "Instructions per `auto` request, counted with callgrind (`benchmarks.overhead.inprocess`, 640 requests at "
     "32 concurrent; overhead_profile.md has the command), which counts the same on a loaded machine as on a "
-    "quiet one: 2.64 M with spans off and 3.55 M with spans exported on 2026-11-26 (947d085), against 3.18 M "
-    "and 4.47 M the same day before the router's and the policy's work (315117b).",
+    "quiet one: 2.61 M with spans off and 3.21 M with spans exported on 2026-11-27 (511c60d), against 2.64 M "
+    "and 3.55 M on 2026-11-26 (947d085) and 3.18 M and 4.47 M before the router's and the policy's work "
+    "(315117b).",
     "",
-    "- **The learned router** is still the largest single stage: `assess()` takes about 1.0 M instructions on "
-    "a short prompt (1.5 M before), 0.39 ms p50 on this 2-core machine when quiet "
-    "(`python -m benchmarks.routing_quality.latency`). What is left is numpy's per-call overhead on small "
-    "arrays (hashing word and character n-grams, two sparse gathers) and the nearest-neighbour search (a "
-    "3,854 × 64 matrix-vector product and a partial sort). What would remove it: a compiled featuriser, or "
-    "routing on a prompt's features cached upstream; repeated prompts already cost a dict lookup (the "
-    "gateway remembers 4,096 recent assessments).",
-    "- **Exporting spans** costs about 0.9 M instructions per request (recording the 3 spans, then the OTLP "
-    "exporter thread encoding and posting batches on the same GIL). Sampling removes most of it: "
-    "`OTEL_TRACES_SAMPLER=parentbased_traceidratio OTEL_TRACES_SAMPLER_ARG=0.1`; without an OTLP endpoint "
-    "spans are not recorded at all.",
+    "- **The learned router** is still the largest single stage: `assess()` takes about 0.94 M instructions on "
+    "a short prompt (1.5 M before the numpy calls were cut) and 22.7 M on a ~2,000-token one (28.3 M before "
+    "the byte-table counts), 0.09 ms p50 on a short prompt on this machine when quiet "
+    "(`python -m benchmarks.routing_quality.latency`) but ~0.15 ms under load, when every stage's memory "
+    "and code miss cache between requests. What is left is numpy's per-call overhead on small arrays "
+    "(hashing word and character n-grams, two sparse gathers), the text's regex passes on long prompts and "
+    "the nearest-neighbour search (a matrix-vector product over the stored prompts and a partial sort). "
+    "What would remove it: a compiled featuriser, or routing on a prompt's features cached upstream; "
+    "repeated prompts already cost a dict lookup (the gateway remembers 4,096 recent assessments per tenant).",
+    "- **Spans** cost about 0.59 M instructions per request (0.85 M before 2026-11-27: spans are now "
+    "started without the SDK's general path where it decides nothing and written straight to OTLP's wire "
+    "format): recording the 3 spans, then the OTLP exporter thread encoding and posting batches on the same "
+    "GIL. Sampling removes most of it: `OTEL_TRACES_SAMPLER=parentbased_traceidratio "
+    "OTEL_TRACES_SAMPLER_ARG=0.1`; without an OTLP endpoint spans are not recorded at all.",
     "- The rest (HTTP server, aiohttp client, pipeline, policy) is what a pinned deployment pays: see its CPU "
     "per request against the passthrough's in the table above.",
     "",
