@@ -28,6 +28,7 @@ from gateway.pipeline import Services
 from gateway.router.training.data import load_data
 from gateway.state import RedisStore, request_key
 from tests.integration.conftest import sim_config
+from tests.support.jsonl import whole_records
 from tests.support.lab import policies_folder
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
 
@@ -69,9 +70,7 @@ class Gateway:
                           timeout=10)
 
     def sink_lines(self) -> list[dict[str, Any]]:
-        if not self.sink.exists():
-            return []
-        return [orjson.loads(line) for line in self.sink.read_bytes().splitlines() if line.strip()]
+        return whole_records(self.sink)
 
 
 def _config(simulator: Simulator, redis_url: str | None, sink: Path) -> GatewayConfig:

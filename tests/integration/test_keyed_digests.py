@@ -20,6 +20,7 @@ from gateway.auth import hash_key
 from gateway.errors import ConfigError
 from gateway.state import DIGEST_SECRET_KEY, request_key
 from tests.integration.conftest import sim_config
+from tests.support.jsonl import whole_records
 from tests.support.processes import (
     GatewayServer,
     RedisServer,
@@ -125,8 +126,7 @@ def test_a_replica_that_starts_while_redis_is_down_digests_once_it_is_back(
 def _sunk(sink: Path, request_id: str) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        for line in sink.read_bytes().splitlines() if sink.exists() else ():
-            record: dict[str, Any] = orjson.loads(line)
+        for record in whole_records(sink):
             if record.get("request_id") == request_id:
                 return record
         time.sleep(0.05)

@@ -21,6 +21,7 @@ import openai
 import pytest
 import yaml
 
+from tests.support.jsonl import whole_records
 from tests.support.processes import ROOT, Simulator, free_port, terminate, wait_until
 
 KEYS = {"SY_LOGS_KEY_PLAIN": "sk-logs-plain-6d1f", "SY_LOGS_KEY_PROMPTS": "sk-logs-prompts-88a0",
@@ -42,8 +43,8 @@ class Served:
     process: subprocess.Popen[bytes]
 
     def lines(self) -> list[dict[str, Any]]:
-        """Every line the server wrote so far, each parsed as JSON (a line that is not JSON fails the test)."""
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.strip()]
+        """Every line the server has ended so far, each parsed as JSON (a line that is not JSON fails the test)."""
+        return whole_records(self.log_file)
 
     def events(self, event: str) -> list[dict[str, Any]]:
         return [line for line in self.lines() if line.get("event") == event]
