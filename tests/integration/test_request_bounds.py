@@ -11,13 +11,13 @@ from typing import Any
 import openai
 import pytest
 import redis
-import yaml
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
 from gateway.messages import count_messages
 from gateway.state import holds_key, spend_key
-from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway, start_simulator
+from tests.support.lab import simulator_of
+from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
 
 KEY_ENV = "SY_REQUEST_BOUNDS_KEY"
 API_KEY = "sk-request-bounds"
@@ -29,14 +29,11 @@ MESSAGES = [{"role": "user", "content": "Tell me a long story."}]
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    models = tmp_path_factory.mktemp("sim") / "models.yaml"
-    models.write_text(yaml.safe_dump({"models": [
+    with simulator_of([
         {"name": "sim-chatty", "ability": 2.0, "ttft_ms": 0, "tokens_per_s": 0, "output_tokens": 400},
         {"name": "sim-drip", "ability": 2.0, "ttft_ms": 10, "tokens_per_s": 10, "output_tokens": 60},
-    ]}))
-    simulator = start_simulator(models)
-    yield simulator
-    simulator.stop()
+    ], tmp_path_factory.mktemp("sim")) as simulator:
+        yield simulator
 
 
 def _config(sim_url: str, redis_url: str, tenant: str) -> dict[str, Any]:

@@ -23,13 +23,13 @@ from gateway.api.app import create_app
 from gateway.config import parse_config
 from gateway.messages import count_messages
 from gateway.state import spend_key
+from tests.support.lab import simulator_of
 from tests.support.processes import (
     ROOT,
     RedisServer,
     Simulator,
     free_port,
     running_gateway,
-    start_simulator,
     terminate,
     wait_until,
 )
@@ -45,16 +45,13 @@ MESSAGES = [{"role": "user", "content": "What is 2 + 2?"}]
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
-    models = tmp_path_factory.mktemp("sim") / "models.yaml"
-    models.write_text(yaml.safe_dump({"models": [
+    with simulator_of([
         # slow enough that 50 concurrent requests are all in flight together
         {"name": "sim-small", "ability": 0.0, "ttft_ms": 150, "tokens_per_s": 0, "output_tokens": 30},
         {"name": "sim-large", "ability": 4.0, "ttft_ms": 5, "tokens_per_s": 0, "output_tokens": 40},
         {"name": "sim-bare", "ability": 2.0, "ttft_ms": 5, "tokens_per_s": 0, "output_tokens": 25, "usage": False},
-    ]}))
-    simulator = start_simulator(models)
-    yield simulator
-    simulator.stop()
+    ], tmp_path_factory.mktemp("sim")) as simulator:
+        yield simulator
 
 
 def _raw_config(sim_url: str, redis_url: str | None, tenant: str | None) -> dict[str, Any]:
