@@ -258,14 +258,18 @@ class Metrics:
                                      "time to an upstream stream's first chunk", LATENCY_BUCKETS_S, *_GEN_AI)
         self._meter = meter
 
-    def observe_gauge(self, name: str, unit: str, description: str, label: str,
-                      read: Callable[[], Mapping[str, float]]) -> None:
-        """A gauge read at collection time from whatever owns the value (one label). Non-finite
+    def observe_gauge(self, name: str, unit: str, description: str, label: str | tuple[str, ...],
+                      read: Callable[[], Mapping[Any, float]]) -> None:
+        """A gauge read at collection time from whatever owns the value: one label (keys are its
+        values), or several (keys are tuples of their values, in order). Non-finite
         values are left out: a calibrated threshold of +inf (nothing goes to the strong model) or
         -inf (everything does) has no number a gauge can carry, the SDK warns of each at every
         collection, and the policy's state is already told by its routing shares."""
+        names = (label,) if isinstance(label, str) else label
+
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(v, {label: k}) for k, v in read().items() if math.isfinite(v)]
+            return [Observation(v, dict(zip(names, (k,) if isinstance(label, str) else k, strict=True)))
+                    for k, v in read().items() if math.isfinite(v)]
         self._meter.create_observable_gauge(name, [callback], unit=unit, description=description)
 
     def observe_counter(self, name: str, unit: str, description: str, label: str,

@@ -8,7 +8,7 @@
                                                       (a target policy's threshold from its calibrator)
       route    = cost cap → upstream max_tokens       422 if not even the prompt fits
                                                   → then 429 for its worst case, before any upstream call
-    count_traffic(...)                            → once admitted, the decision counts in the calibration
+    count_traffic(...)                            → once admitted, the decision counts in its tenant's calibration
     observer.decided(...)                         → and in the routing-mix metric
     result   = executor.run(plan, ...)            → provider calls, retries, fallbacks, selection
     ledger.record(..., held); cache.save(...)     → the real cost settles the hold, exactly once
@@ -239,7 +239,7 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         if definitions:  # the plans are priced on the whole prompt
             sig = replace(sig, prompt_tokens=sig.prompt_tokens + definitions)
         policy = entry.policy
-        cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
+        cutoff = svc.calibrator.cutoff(policy, tenant) if policy.spec.target is not None else None
         decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
                   router_version=router.version, counted=sig.prompt_tokens, terms=terms)
@@ -283,12 +283,12 @@ def refuse_unpriced(catalog: Catalog, plan: Plan, bound_by: str) -> None:
                              f"bound what the request may cost; send it without `{field_}`", param=field_)
 
 
-def count_traffic(svc: Services, entry: Entry, r: Route) -> None:
-    """Count an admitted request's decision as traffic in its policy's calibration (explained requests
-    too). Only once admitted: that calibration routes every tenant's requests, so a request refused by
-    its rate limit or budget must not move it."""
+def count_traffic(svc: Services, entry: Entry, r: Route, tenant: str) -> None:
+    """Count an admitted request's decision as traffic in its tenant's calibration of the policy
+    (explained requests too). Only once admitted: a request refused by its rate limit or budget must
+    not move the threshold its tenant's next requests are routed by."""
     if r.decision is not None and r.decision.routing is not None:
-        svc.calibrator.observe(entry.policy, r.decision.routing)
+        svc.calibrator.observe(entry.policy, tenant, r.decision.routing)
 
 
 def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
@@ -310,7 +310,7 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     # traffic, and explaining must not be a way around the rate limit to move the calibration.
     await svc.auth.admit(tenant, entry.policy_name, NOTHING, pinned=entry.pinned)
     r = route(svc, entry, request, ctx, tenant.name)
-    count_traffic(svc, entry, r)
+    count_traffic(svc, entry, r, tenant.name)
     explained: dict[str, Any]
     if r.decision is None:
         explained = {"policy": None, "plan": r.plan.label,
@@ -425,7 +425,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     ahead = _Ahead(svc, request, ctx, span, router, trail, tenant, entry, deadline)
     held = await svc.auth.admit(tenant, entry.policy_name, ahead.need, pinned=entry.pinned)
     if ahead.route is not None:  # routed inside the gate, counted once through it
-        count_traffic(svc, entry, ahead.route)
+        count_traffic(svc, entry, ahead.route, tenant.name)
         if ahead.route.decision is not None:
             svc.observer.decided(trail.policy, ahead.route.plan)
     key, hit = ahead.key, ahead.hit

@@ -13,8 +13,9 @@ masters: cached answers, the request stream, the ledger's tenant index and the r
 (`tests/unit/test_cluster_keys.py` checks both). The promoted router lives in `sy:router:current`
 (a small JSON pointer every replica polls), `sy:router:history` (a list, one JSON entry per promotion or rollback) and
 `sy:router:artifact:<sha256>` (the artifact's bytes). Target policies' score sketches live in
-`sy:calib:{<policy>:<version>}:<time bucket>` (a hash of sums that every replica adds its
-observations to: see `gateway.policy.sharing`); a policy's sketches share one hash tag too.
+`sy:calib:{<tenant>}:<policy>:<version>:<time bucket>` (a hash of sums that every replica adds its
+observations to: each tenant is calibrated on its own traffic, see `gateway.policy.sharing`), under
+the tenant's tag like its other keys.
 The spend ledger keeps one hash per tenant and
 hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|metric` → a float
 sum, kept `LEDGER_TTL_S`), the set of tenants that ever spent (`sy:ledger:tenants`) and, per tenant,
@@ -127,8 +128,8 @@ def policy_current_key(policy: str) -> str:
     return f"sy:policy:current:{{{policy}}}"
 
 
-def calibration_key(policy: str, version: str, bucket: int) -> str:
-    return f"sy:calib:{{{policy}:{version}}}:{bucket}"
+def calibration_key(policy: str, version: str, tenant: str, bucket: int) -> str:
+    return f"sy:calib:{{{tenant}}}:{policy}:{version}:{bucket}"
 
 
 REQUESTS_STREAM = "sy:requests"

@@ -125,7 +125,7 @@ def time_decide(app: Any, calls: int) -> float:
     time.sleep(0.5)   # callgrind polls for the command: let it land before counting starts
     started = time.process_time()
     for _ in range(calls):
-        cutoff = svc.calibrator.cutoff(policy) if policy.spec.target is not None else None
+        cutoff = svc.calibrator.cutoff(policy, "bench") if policy.spec.target is not None else None
         decide(policy, sig, svc.catalog, svc.upstreams.health.view(), Overrides(), 64, cutoff)
     spent = time.process_time() - started
     _callgrind("off")

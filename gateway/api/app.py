@@ -125,9 +125,10 @@ def observe_state(metrics: Metrics, health: HealthBoard, policies: PolicySet, ca
     """Gauges and counts that their owners keep, read when metrics are collected."""
     metrics.observe_gauge("switchyard.circuit.state", "1", "circuit per deployment: 0 closed, 1 half-open, 2 open",
                           "deployment", lambda: {n: CIRCUIT_STATES[s] for n, s in health.states().items()})
-    # Target policies' calibrated thresholds (policies deciding by value_usd have none).
-    metrics.observe_gauge("switchyard.policy.threshold", "1", "the calibrated routing threshold of each target policy",
-                          "policy", lambda: calibrator.thresholds(policies.policies.values()))
+    # Target policies' calibrated thresholds, per tenant (policies deciding by value_usd have none).
+    metrics.observe_gauge("switchyard.policy.threshold", "1",
+                          "the calibrated routing threshold of each target policy for each tenant with recent traffic",
+                          ("policy", "tenant"), lambda: calibrator.thresholds(policies.policies.values()))
     if requests is not None:
         metrics.observe_counter("switchyard.request_log.records", "{record}",
                                 "request records: written, dropped (queue full), failed (store down)",

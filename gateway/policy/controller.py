@@ -108,6 +108,11 @@ class Controller:
 
     # The store's side (gateway.policy.sharing): push what is pending, read the merged window back.
 
+    def idle(self) -> bool:
+        """No traffic in the merged window and none here that it does not hold yet: nothing to keep."""
+        return (self.live < 0.5 and not self._recent and self.pending.weight == 0
+                and self.in_flight.weight == 0)
+
     def take_pending(self) -> Sketch:
         """What to add to the store; it stays counted (as in flight) until the merged window is read."""
         self._fold()

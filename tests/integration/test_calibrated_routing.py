@@ -98,7 +98,7 @@ def test_balanced_sends_between_15_and_85_percent_of_each_shared_files_prompts_t
         for p in prompts:
             r = route(svc, entry, {"model": "router/balanced", "messages": [{"role": "user", "content": p}]},
                       CallContext(), tenant.name)
-            count_traffic(svc, entry, r)  # each one admitted traffic
+            count_traffic(svc, entry, r, tenant.name)  # each one admitted traffic
             plans.append(r.plan.label)
         share = sum(p == "single:large" for p in plans) / len(plans)
         assert 0.15 <= share <= 0.85, f"{name}: {share:.0%} to large"
@@ -133,7 +133,7 @@ def test_replicas_share_one_score_distribution_through_redis(simulator: Simulato
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
-    keys = client.keys("sy:calib:{shared-share:*")
+    keys = client.keys("sy:calib:{*}:shared-share:*")
     assert keys and all(0 < client.ttl(k) <= 31 * 60 for k in keys)  # per-minute sums that expire
     client.close()
 

@@ -158,10 +158,11 @@ def test_one_tenants_cached_answers_do_not_evict_another_tenants_api_keys(
 
 def test_only_admitted_requests_move_the_calibration_that_routes_every_tenant(
         simulator: Simulator, policies_dir: Path) -> None:
-    """A target policy's threshold follows the scores of recent traffic, and routes every tenant's requests
-    by it. Explanations were never rate-limited and refused chat requests were routed (and counted) before
-    the rate check: 1,500 of either, with a hard prompt, from a tenant held to 10 requests a minute took
-    another tenant's share of requests routed to the large model under `balanced` from 52-67% to 0%."""
+    """A target policy's threshold follows the scores of the tenant's recent traffic (once, of every
+    tenant's: `test_trust_calibration.py`), counted only once admitted. Explanations were never
+    rate-limited and refused chat requests were routed (and counted) before the rate check: 1,500 of
+    either, with a hard prompt, from a tenant held to 10 requests a minute took another tenant's share
+    of requests routed to the large model under `balanced` from 52-67% to 0%."""
     tenants = [{"name": "mallory", "api_key_sha256": hash_key("sk-mallory"), "requests_per_minute": 3},
                {"name": "bob", "api_key_sha256": hash_key("sk-bob")}]
     app = create_app(sim_config(simulator.url, tenants=tenants), policies_dir=policies_dir, watch_policies_s=None,
@@ -169,7 +170,8 @@ def test_only_admitted_requests_move_the_calibration_that_routes_every_tenant(
     calibrator = app.state.services.calibrator
     observed: list[str] = []
     observe = calibrator.observe
-    calibrator.observe = lambda policy, routing: (observed.append(policy.name), observe(policy, routing))[1]
+    calibrator.observe = lambda policy, tenant, routing: (observed.append(f"{policy.name}/{tenant}"),
+                                                          observe(policy, tenant, routing))[1]
     body = {"model": "router/balanced", "max_tokens": 4,
             "messages": [{"role": "user", "content": "Prove that every prime p > 3 has 24 dividing p^2 - 1."}]}
     with running_gateway(app) as gw, httpx.Client(base_url=gw.base_url, timeout=10) as client:
@@ -180,8 +182,8 @@ def test_only_admitted_requests_move_the_calibration_that_routes_every_tenant(
         refused = post("/v1/chat/completions", "sk-mallory")
         assert refused.status_code == 429 and refused.json()["error"]["code"] == "rate_limit_exceeded"
         assert refused.headers["x-switchyard-limit"] == "requests_per_minute" and "retry-after" in refused.headers
-        assert observed == ["balanced"] * 3  # the three admitted explanations, nothing refused
+        assert observed == ["balanced/mallory"] * 3  # the three admitted explanations, nothing refused
 
         assert post("/v1/chat/completions", "sk-bob").status_code == 200  # bob has no limit
         assert all(post("/v1/route", "sk-bob").status_code == 200 for _ in range(4))
-        assert observed == ["balanced"] * 8
+        assert observed == ["balanced/mallory"] * 3 + ["balanced/bob"] * 5

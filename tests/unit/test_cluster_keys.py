@@ -62,11 +62,13 @@ def test_a_deployments_request_and_token_windows_share_one_slot() -> None:
 def test_a_policys_audit_list_and_current_pointer_share_one_slot() -> None:
     # record_version (Lua) touches both
     assert slot(policy_audit_key("balanced")) == slot(policy_current_key("balanced"))
-    assert len({slot(calibration_key("balanced", "v1", b)) for b in range(50)}) == 1
 
 
 def test_different_tenants_spread_over_slots() -> None:
     assert len({slot(spend_key(f"tenant-{i}")) for i in range(50)}) > 40
+    # each tenant is calibrated on its own traffic: its buckets sit with its other keys
+    assert len({slot(calibration_key("balanced", "v1", f"tenant-{i}", 7)) for i in range(50)}) > 40
+    assert len({slot(calibration_key("balanced", "v1", "acme", b)) for b in range(50)}) == 1
 
 
 def test_cached_answers_are_not_pinned_to_one_slot() -> None:

@@ -28,15 +28,17 @@ def test_histogram_buckets_hold_values_up_to_and_including_their_bound() -> None
     assert dict(point.attributes or {}) == {"policy": "p"}
 
 
-def test_a_calibrated_policy_reports_its_threshold_as_a_gauge() -> None:
+def test_a_calibrated_policy_reports_each_tenants_threshold_as_a_gauge() -> None:
     metrics = Metrics(otlp=False)
     policies: Any = SimpleNamespace(policies={"calibrated": object(), "plain": object()})
-    calibrator: Any = SimpleNamespace(thresholds=lambda _: {"calibrated": 0.42})  # policies by value_usd have none
+    calibrator: Any = SimpleNamespace(  # policies by value_usd have none
+        thresholds=lambda _: {("calibrated", "acme"): 0.42, ("calibrated", "globex"): 0.37})
     board = HealthBoard(["small"], failure_threshold=1)
     board["small"].record_failure(time.monotonic())
     observe_state(metrics, board, policies, calibrator, None, None)
     text = metrics.prometheus_text().decode()
-    assert 'switchyard_policy_threshold{policy="calibrated"} 0.42' in text
+    assert 'switchyard_policy_threshold{policy="calibrated",tenant="acme"} 0.42' in text
+    assert 'switchyard_policy_threshold{policy="calibrated",tenant="globex"} 0.37' in text
     assert 'policy="plain"' not in text
     assert 'switchyard_circuit_state{deployment="small"} 2.0' in text
     metrics.shutdown()
@@ -46,12 +48,12 @@ def test_a_non_finite_threshold_is_left_out_of_the_gauge_without_a_warning(caplo
     metrics = Metrics(otlp=False)
     policies: Any = SimpleNamespace(policies={"none-up": object(), "all-up": object(), "calibrated": object()})
     # +inf sends nothing to the strong model, -inf everything: neither is a number a gauge can carry
-    thresholds = {"none-up": math.inf, "all-up": -math.inf, "calibrated": 0.42}
+    thresholds = {("none-up", "t"): math.inf, ("all-up", "t"): -math.inf, ("calibrated", "t"): 0.42}
     calibrator: Any = SimpleNamespace(thresholds=lambda _: thresholds)
     observe_state(metrics, HealthBoard(["small"], failure_threshold=1), policies, calibrator, None, None)
     with caplog.at_level(logging.WARNING):
         text = metrics.prometheus_text().decode()
         metrics.shutdown()
-    assert 'switchyard_policy_threshold{policy="calibrated"} 0.42' in text
+    assert 'switchyard_policy_threshold{policy="calibrated",tenant="t"} 0.42' in text
     assert 'policy="none-up"' not in text and 'policy="all-up"' not in text
     assert not [r for r in caplog.records if "non-finite" in r.getMessage()]

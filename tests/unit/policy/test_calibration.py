@@ -250,17 +250,18 @@ async def test_replicas_merge_their_observations_through_the_store(tmp_path: Pat
     a.prepare()
     b.prepare()
     for s in _signals(300, seed=5, shift=0.2):
-        d = decide(policy, s, CATALOG, LiveView(), cutoff=a.cutoff(policy))
+        d = decide(policy, s, CATALOG, LiveView(), cutoff=a.cutoff(policy, "t"))
         assert d.routing is not None
-        a.observe(policy, d.routing)
+        a.observe(policy, "t", d.routing)
     await a.sync(now=1000.0)
+    assert b.cutoff(policy, "t").observations == 0  # the tenant's first request on b: b starts its controller
     await b.sync(now=1000.0)
-    before = b.cutoff(policy)
+    before = b.cutoff(policy, "t")
     assert before.observations == pytest.approx(300)  # b sees a's traffic: merged, not b's alone
     await a.sync(now=1001.0)
     await b.sync(now=1001.0)
-    assert b.cutoff(policy).observations == pytest.approx(300)  # pushed once, counted once
-    assert a.cutoff(policy).threshold == pytest.approx(before.threshold, abs=0.01)
+    assert b.cutoff(policy, "t").observations == pytest.approx(300)  # pushed once, counted once
+    assert a.cutoff(policy, "t").threshold == pytest.approx(before.threshold, abs=0.01)
 
 
 async def test_observations_are_kept_through_a_store_outage(tmp_path: Path) -> None:
@@ -272,11 +273,11 @@ async def test_observations_are_kept_through_a_store_outage(tmp_path: Path) -> N
     calibrator = Calibrator(_Down(), _Seeds(_signals(100)), lambda: [policy])
     calibrator.prepare()
     for s in _signals(50):
-        d = decide(policy, s, CATALOG, LiveView(), cutoff=calibrator.cutoff(policy))
+        d = decide(policy, s, CATALOG, LiveView(), cutoff=calibrator.cutoff(policy, "t"))
         assert d.routing is not None
-        calibrator.observe(policy, d.routing)
+        calibrator.observe(policy, "t", d.routing)
     await calibrator.sync()
-    controller = calibrator.controllers[("p", policy.version)]
+    controller = calibrator.controllers[("p", policy.version, "t")]
     controller.refresh()
     assert controller.live == pytest.approx(50) and controller.pending.weight > 0
 
@@ -288,9 +289,9 @@ def test_an_edited_policy_gets_its_own_calibration(tmp_path: Path) -> None:
     calibrator.prepare()
     edited = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.6}\n")
     current[:] = [edited]
-    assert calibrator.cutoff(edited).share == pytest.approx(0.6, abs=0.01)
+    assert calibrator.cutoff(edited, "t").share == pytest.approx(0.6, abs=0.01)
     calibrator.prepare()
-    assert list(calibrator.controllers) == [("p", edited.version)]
+    assert list(calibrator.controllers) == [("p", edited.version, "t")]
 
 
 # -- the shipped policies ----------------------------------------------------------------------------
@@ -320,3 +321,57 @@ def test_every_shipped_golden_example_holds() -> None:
     from gateway.explain import check_policies
 
     assert check_policies(ROOT / "routing_policies", None) == []
+
+
+# -- tenants ---------------------------------------------------------------------------------------
+
+def test_one_tenants_traffic_does_not_move_another_tenants_threshold(tmp_path: Path) -> None:
+    """A flood of easy prompts from one tenant (all routed cheap) once lowered the policy's threshold and
+    raised the share in force for every tenant, so that the others' ordinary prompts went to the
+    dearer plan, billed to them. Each tenant is calibrated on its own traffic."""
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
+    calibrator = Calibrator(MemoryStore(), _Seeds(_signals(200, seed=1)), lambda: [policy])
+    calibrator.prepare()
+    before = calibrator.cutoff(policy, "victim")
+    for s in _signals(600, seed=4, shift=-0.15):  # gains far below anything the sample holds
+        d = decide(policy, s, CATALOG, LiveView(), cutoff=calibrator.cutoff(policy, "flooder"))
+        assert d.routing is not None
+        calibrator.observe(policy, "flooder", d.routing)
+    after = calibrator.cutoff(policy, "victim")
+    assert (after.threshold, after.share, after.observations) == (before.threshold, before.share, 0)
+    flooder = calibrator.cutoff(policy, "flooder")
+    assert flooder.observations > 500 and flooder.threshold < before.threshold  # (counted every 64)
+
+
+async def test_tenants_sync_in_one_round_trip_each_way_and_quiet_ones_are_dropped(tmp_path: Path) -> None:
+    class _Counting(MemoryStore):
+        calls: list[str] = []
+
+        async def add_to_hashes(self, sums, ttl_s, index=None):  # type: ignore[no-untyped-def]
+            self.calls.append("add")
+            await super().add_to_hashes(sums, ttl_s, index)
+
+        async def read_hashes(self, keys):  # type: ignore[no-untyped-def]
+            self.calls.append("read")
+            return await super().read_hashes(keys)
+
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
+    store = _Counting()
+    calibrator = Calibrator(store, _Seeds(_signals(100)), lambda: [policy], bucket_s=60, window_buckets=3)
+    calibrator.prepare()
+    for tenant in ("a", "b", "c"):
+        for s in _signals(20, seed=ord(tenant)):
+            d = decide(policy, s, CATALOG, LiveView(), cutoff=calibrator.cutoff(policy, tenant))
+            assert d.routing is not None
+            calibrator.observe(policy, tenant, d.routing)
+    await calibrator.sync(now=6000.0)
+    assert store.calls == ["add", "read"]
+    assert {t: calibrator.cutoff(policy, t).observations for t in "abc"} == {"a": 20, "b": 20, "c": 20}
+    store.calls.clear()
+    await calibrator.sync(now=6001.0)  # nothing new: nothing pushed, one read
+    assert store.calls == ["read"] and len(calibrator.controllers) == 3
+    await calibrator.sync(now=6000.0 + 60 * 2)  # the window still holds the first minute
+    assert len(calibrator.controllers) == 3
+    await calibrator.sync(now=6000.0 + 60 * 3)  # a whole window without traffic: forgotten
+    assert calibrator.controllers == {}
+    assert calibrator.cutoff(policy, "a").observations == 0  # back to the start-up sample
