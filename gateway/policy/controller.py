@@ -19,6 +19,8 @@ the quantile alone and by at most 2 with the correction.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from gateway.policy.calibration import (
@@ -44,14 +46,26 @@ DEBT_MEMORY = 300.0
 MAX_CORRECTION = 0.5
 MAX_UNFOLDED = 10_000  # without a sync loop (a bare build_services), fold rather than grow
 _DECAY = 1.0 - 1.0 / DEBT_MEMORY
+_EMPTY = Sketch()
+
+
+def seed_prior(sample: Sketch) -> Sketch:
+    """The start-up sample's sketch weighted as `SEED_WEIGHT` requests; one already so weighted is
+    returned as it is, so that the controllers of a policy's tenants can share it."""
+    weight = sample.weight
+    if weight <= 0 or math.isclose(weight, SEED_WEIGHT, rel_tol=1e-9):
+        return sample
+    return sample.scaled(SEED_WEIGHT / weight)
 
 
 class Controller:
     def __init__(self, target: Target, seed: Sketch) -> None:
         self.target = target
-        self.seed = seed.scaled(SEED_WEIGHT / seed.weight) if seed.weight > 0 else seed
-        self.remote = Sketch()     # the replicas' merged window, as last read
-        self.in_flight = Sketch()  # pushed to the store, not yet read back
+        self.seed = seed_prior(seed)
+        # Replaced, never changed in place: they start as one shared empty sketch (a controller per
+        # tenant and policy: each sketch is 20 KB).
+        self.remote = _EMPTY     # the replicas' merged window, as last read
+        self.in_flight = _EMPTY  # pushed to the store, not yet read back
         self.pending = Sketch()    # observed here, folded, not pushed yet
         self._recent: list[Routing] = []  # observed here, not folded yet (an append is the cheapest record)
         self._recent_n = np.zeros(BINS)   # ... the first `_counted` of them, counted
@@ -126,5 +140,5 @@ class Controller:
 
     def merged(self, window: Sketch) -> None:
         self.remote = window
-        self.in_flight = Sketch()
+        self.in_flight = _EMPTY
         self.refresh()

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from gateway.policy.calibration import Cutoff, Sketch
-from gateway.policy.controller import Controller
+from gateway.policy.controller import Controller, seed_prior
 from gateway.policy.decide import Routing
 from gateway.policy.loader import BoundPolicy
 from gateway.policy.seed import SeedSample
@@ -96,7 +96,7 @@ class Calibrator:
         key = (policy.name, policy.version)
         prior = self._priors.get(key)
         if prior is None:  # not prepared yet (a policy edited a moment ago): score the sample now, once
-            prior = self._priors[key] = self.seeds.sketch_for(policy)
+            prior = self._priors[key] = seed_prior(self.seeds.sketch_for(policy))  # one, shared by tenants
         return prior
 
     def _start(self, policy: BoundPolicy, tenant: str) -> Controller:

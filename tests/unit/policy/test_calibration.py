@@ -375,3 +375,13 @@ async def test_tenants_sync_in_one_round_trip_each_way_and_quiet_ones_are_droppe
     await calibrator.sync(now=6000.0 + 60 * 3)  # a whole window without traffic: forgotten
     assert calibrator.controllers == {}
     assert calibrator.cutoff(policy, "a").observations == 0  # back to the start-up sample
+
+
+def test_a_policys_tenants_share_one_copy_of_the_start_up_prior(tmp_path: Path) -> None:
+    policy = policy_from(tmp_path, TWO_TIERS + "target: {strong_share: 0.3}\n")
+    calibrator = Calibrator(MemoryStore(), _Seeds(_signals(100)), lambda: [policy])
+    calibrator.prepare()
+    a, b = (calibrator.cutoff(policy, t) for t in "ab")
+    assert a == b  # the same start
+    ca, cb = (calibrator.controllers[("p", policy.version, t)] for t in "ab")
+    assert ca.seed is cb.seed and ca.seed.weight == pytest.approx(SEED_WEIGHT)
