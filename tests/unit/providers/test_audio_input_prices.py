@@ -9,10 +9,19 @@ gemini-2.5-flash: text input 3e-7, audio input 1e-6; priority 5.4e-7 and 1.8e-6.
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
-from gateway.config import parse_config
+from gateway.config import DeploymentConfig, parse_config
+from gateway.media_tokens import messages_audio_tokens, split_parts_tokens
+from gateway.messages import count_messages, prompt_bound, routing_counts, upper_bound_messages
+from gateway.plans import Single
+from gateway.plans.base import Catalog
+from gateway.policy import decide, worst_case_billed, worst_case_cost
 from gateway.providers.base import Usage
+from gateway.providers.health import LiveView
 from gateway.providers.pricing import (
     PRIORITY_MULTIPLIER,
     DeploymentPrice,
@@ -21,6 +30,7 @@ from gateway.providers.pricing import (
     price_from_cost_map,
 )
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
+from tests.support.policy_lab import CATALOG, policy_from, signal
 
 AUDIO_4O = {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05, "input_cost_per_audio_token": 4e-05,
             "output_cost_per_audio_token": 8e-05}
@@ -101,6 +111,43 @@ def test_a_prompt_s_audio_at_a_deployment_with_no_audio_rate_is_unpriced() -> No
     searching = terms_of({"web_search_options": {}})
     assert price_from_cost_map(GPT_4O).under(with_audio_input(searching, HEARD)).unpriced == "web_search_options"
     assert price_from_cost_map(AUDIO_4O).under(Terms(audio_input=HEARD)).unpriced is None
+
+
+def test_the_catalog_under_an_audio_prompt_prices_every_plan_at_the_audio_rate() -> None:
+    deployment = DeploymentConfig(name="a", model="openai/gpt-4o-audio-preview", tier="t", max_output_tokens=100,
+                                  max_retries=1)
+    catalog = Catalog({"a": deployment}, {"a": price_from_cost_map(AUDIO_4O)})
+    heard = catalog.under(Terms(audio_input=HEARD))
+    call = 1_000 * 2.5e-06 + HEARD * (4e-05 - 2.5e-06) + 100 * 1e-05
+    assert worst_case_cost(Single("a"), 1_000, heard, None) == pytest.approx(call)
+    assert worst_case_billed(Single("a"), 1_000, heard, None, within_s=1e9) == pytest.approx(2 * call)  # a retry
+    # counts vary by request: each is priced apart, none is kept, nor prepared for the policy
+    assert heard is not catalog.under(Terms(audio_input=HEARD)) and not catalog.priced
+    assert heard.transient and not catalog.transient
+
+
+def test_the_plan_chosen_for_an_audio_prompt_is_priced_with_its_audio(tmp_path: Path) -> None:
+    """`large` answers better but bills audio at $100/M: for 960 audio tokens ($0.096) its utility falls
+    below `small`'s (audio at its text rate). Single candidates are priced from a table prepared per
+    catalog, without the request's fees: a catalog with a fee per call is priced by the plan kind."""
+    prices = dict(CATALOG.prices)
+    prices["large"] = replace(prices["large"], audio_input_per_token=1e-04)
+    prices["small"] = replace(prices["small"], audio_input_per_token=prices["small"].input_per_token)
+    catalog = Catalog(CATALOG.deployments, prices)
+    policy = policy_from(tmp_path, "candidates:\n  - single: small\n  - single: large\nobjective: {value_usd: 0.002}\n")
+    heard = signal(0.2, 0.9, 1_000)
+    assert decide(policy, heard, catalog, LiveView()).plan.label == "single:large"
+    assert decide(policy, heard, catalog.under(Terms(audio_input=HEARD)), LiveView()).plan.label == "single:small"
+
+
+def test_the_prompt_s_audio_is_counted_apart_where_the_prompt_is_counted() -> None:
+    assert split_parts_tokens([CLIP, IMAGE, {"type": "text", "text": "hi"}]) == (HEARD + 1_600, HEARD)
+    messages = [{"role": "system", "content": "Transcribe."}, {"role": "user", "content": [CLIP, IMAGE]},
+                {"role": "user", "content": [CLIP]}]
+    _, tokens, audio = routing_counts(messages)
+    assert tokens == count_messages(messages) and audio == 2 * HEARD == messages_audio_tokens(messages)
+    assert prompt_bound(messages) == (upper_bound_messages(messages), 2 * HEARD)
+    assert routing_counts([{"role": "user", "content": "no audio"}])[2] == 0
 
 
 def test_terms_with_no_audio_prompt_stay_plain() -> None:
