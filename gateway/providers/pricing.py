@@ -80,7 +80,8 @@ class DeploymentPrice:
     search_per_query: tuple[tuple[str, float], ...] = ()  # (context size, USD a query); none: unknown
     audio_input_per_token: float | None = None  # None: unknown (an audio prompt is `unpriced`, see `under`)
     # Set on the price of a request's worst case (`under`): a fee each call adds, and a field of the
-    # request this price cannot account for (a web search at a deployment with no per-query price).
+    # request this price cannot account for (a web search at a deployment with no per-query price,
+    # audio in the prompt at one with no audio rate).
     per_call: float = 0.0
     unpriced: str | None = None
     base: Rates = field(init=False, repr=False, compare=False)  # resolved once, below every tier
