@@ -16,8 +16,9 @@ so each part is priced by its kind and size with a bound meant to hold on every 
 - audio (`input_audio`): the decoded size at 8 kbit/s (1,000 bytes a second: MP3's lowest bitrate,
   the most compressed of the accepted `wav` and `mp3`; PCM WAV is 64 kbit/s or more) is the longest
   the clip can last, billed at 32 tokens a second (Gemini's rate; OpenAI's is 10), at least 1 s.
-  A 1 MB clip is held as 32,000 tokens. Audio priced above text (OpenAI's audio models) is not
-  covered by the deployment's text price.
+  A 1 MB clip is held as 32,000 tokens. These are counted apart too (`split_parts_tokens`): providers
+  bill audio prompt tokens at their own rate (OpenAI's audio models 13-66× the text rate), so budgets,
+  cost caps and plan prices hold them at the deployment's audio rate (`DeploymentPrice.under`).
 - file (`file`): documents (PDFs) are billed by page, as the page's text plus an image of the page,
   up to ~4,600 tokens a page on Anthropic (3,000 text + 1,600 image): `FILE_PAGE_TOKENS` = 5,000.
   With `file_data`: 2 tokens per decoded byte (a text page compresses to 2-4 KB, so about 1.5 tokens
@@ -34,7 +35,7 @@ Text-only requests do not come here: `gateway.messages` calls `parts_tokens` onl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 IMAGE_TOKENS = 1_600
@@ -92,3 +93,25 @@ def part_tokens(part: object) -> int:
 def parts_tokens(parts: Sequence[object]) -> int:
     """The prompt tokens a list content's non-text parts may be billed."""
     return sum(part_tokens(p) for p in parts)
+
+
+def split_parts_tokens(parts: Sequence[object]) -> tuple[int, int]:
+    """`parts_tokens`, and of them the audio ones (`input_audio`), in one pass."""
+    total = audio = 0
+    for p in parts:
+        n = part_tokens(p)
+        total += n
+        if n and isinstance(p, Mapping) and p.get("type") == "input_audio":
+            audio += n
+    return total, audio
+
+
+def messages_audio_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
+    """The audio prompt tokens of `messages`, for the few places that price a call without the count
+    the request made (`gateway.messages`): a call given up on, a shadow call, usage the gateway counts."""
+    total = 0
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, list):
+            total += split_parts_tokens(content)[1]
+    return total

@@ -15,7 +15,9 @@ requests: a remembered text would be counted sooner, and that timing would tell 
 another had just sent it (the router's memory is per tenant for the same reason).
 
 A prompt's images, audio and files are billed as prompt tokens too: every count of a prompt adds
-their conservative estimates (`gateway.media_tokens`); the text the router judges stays text.
+their conservative estimates (`gateway.media_tokens`); the text the router judges stays text. The
+audio among them is counted apart in the same pass (`routing_counts`, `prompt_bound`): it is priced
+at its own rate.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from gateway.media_tokens import parts_tokens
+from gateway.media_tokens import split_parts_tokens
 
 log = logging.getLogger("switchyard.messages")
 
@@ -107,11 +109,11 @@ def count_texts(texts: Sequence[str]) -> int:
     return count_text("\n".join(texts)) + PER_MESSAGE_TOKENS * len(texts) + PER_REQUEST_TOKENS
 
 
-def read_prompt(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], int]:
-    """Each message's text, and the prompt tokens of the parts that are not text (images, audio,
-    files: `gateway.media_tokens`), which providers bill as prompt tokens too."""
+def read_prompt(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], int, int]:
+    """Each message's text, the prompt tokens of the parts that are not text (images, audio, files:
+    `gateway.media_tokens`), which providers bill as prompt tokens too, and of those the audio ones."""
     texts: list[str] = []
-    media = 0
+    media = audio = 0
     for m in messages:
         content = m.get("content")
         if isinstance(content, str):
@@ -119,12 +121,14 @@ def read_prompt(messages: Iterable[Mapping[str, Any]]) -> tuple[list[str], int]:
             continue
         texts.append(content_text(content))
         if isinstance(content, list):
-            media += parts_tokens(content)
-    return texts, media
+            parts, heard = split_parts_tokens(content)
+            media += parts
+            audio += heard
+    return texts, media, audio
 
 
 def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
-    texts, media = read_prompt(messages)
+    texts, media, _ = read_prompt(messages)
     return count_texts(texts) + media
 
 
@@ -169,9 +173,14 @@ def upper_bound_messages(messages: Iterable[Mapping[str, Any]]) -> int:
     """A bound no exact count exceeds, for the price of measuring bytes: a byte-level BPE token
     covers at least one UTF-8 byte (non-text parts: their estimates, as `count_messages` counts
     them). Enough to show that a cost cap cannot bind."""
-    texts, media = read_prompt(messages)
+    return prompt_bound(messages)[0]
+
+
+def prompt_bound(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
+    """`upper_bound_messages`, and the prompt's audio tokens (`gateway.media_tokens`) among them."""
+    texts, media, audio = read_prompt(messages)
     return (sum(len(t.encode("utf-8", "replace")) for t in texts) + PER_MESSAGE_TOKENS * len(texts)
-            + PER_REQUEST_TOKENS + media)
+            + PER_REQUEST_TOKENS + media), audio
 
 
 def count_completion(body: Mapping[str, Any]) -> int:
@@ -197,8 +206,14 @@ def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
     """The text the router judges (the last user turn, with the system prompt) and the prompt's tokens.
     Routed requests carry this count forward (`RouteSignal.prompt_tokens`): it is counted once, and
     prices the plans, so it counts the non-text parts too; the router reads the text alone."""
-    texts, media = read_prompt(messages)
-    return _judged(messages, texts), count_texts(texts) + media
+    text, tokens, _ = routing_counts(messages)
+    return text, tokens
+
+
+def routing_counts(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int, int]:
+    """`routing_text`, and the prompt's audio tokens among its tokens (`RouteSignal.audio_tokens`)."""
+    texts, media, audio = read_prompt(messages)
+    return _judged(messages, texts), count_texts(texts) + media, audio
 
 
 def routing_prompt(messages: Sequence[Mapping[str, Any]]) -> str:

@@ -48,7 +48,7 @@ from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.keyed import Digests, tenant_salt
 from gateway.ledger import CACHE, LateBills, Ledger, Spent
-from gateway.messages import count_messages, definition_tokens, remember_prompt, upper_bound_messages
+from gateway.messages import count_messages, definition_tokens, prompt_bound, remember_prompt
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
 from gateway.policy import (
@@ -67,7 +67,7 @@ from gateway.policy import (
 )
 from gateway.policy.sharing import Calibrator
 from gateway.providers.base import ProviderFailure, Usage
-from gateway.providers.terms import PLAIN, Terms, terms_of
+from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
@@ -229,18 +229,25 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
     definitions = definition_tokens(request)
     terms = terms_of(request)
     if entry.pinned:
-        r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version, definitions=definitions, terms=terms)
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
-        bound = upper_bound_messages(messages) + definitions
+        bound, audio = prompt_bound(messages)
+        bound += definitions
+        if audio:
+            terms = with_audio_input(terms, audio)
+        r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
+                  router_version=router.version, definitions=definitions, terms=terms)
     else:
         sig = routing.assess(router.of(tenant), messages, svc.config.deployments)
         if definitions:  # the plans are priced on the whole prompt
             sig = replace(sig, prompt_tokens=sig.prompt_tokens + definitions)
         policy = entry.policy
         cutoff = svc.calibrator.cutoff(policy, tenant) if policy.spec.target is not None else None
-        decision = decide(policy, sig, svc.catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
+        catalog = svc.catalog
+        if sig.audio_tokens:  # the plans are priced with the prompt's audio at each deployment's audio rate
+            catalog = svc.catalog.under(Terms(audio_input=sig.audio_tokens))
+            terms = with_audio_input(terms, sig.audio_tokens)
+        decision = decide(policy, sig, catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
                   router_version=router.version, counted=sig.prompt_tokens, terms=terms)
         bound = r.prompt_tokens
@@ -249,7 +256,7 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)
     if cap is None:
         return r
-    catalog = svc.catalog.under(terms)  # the worst cases of the tier, audio and search the request asks for
+    catalog = svc.catalog.under(terms)  # the worst cases of the tier, audio, search and audio prompt it asks for
     refuse_unpriced(catalog, r.plan, "the cost cap")
     if worst_case_cost(r.plan, bound, catalog, max_tokens, r.choices) <= cap:
         return r
@@ -598,7 +605,8 @@ class _LiveStream:
         live, acc = self.live, self.acc
         await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
         if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
-            live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate())
+            live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate(),
+                                     prompt_audio_tokens=self.route.terms.audio_input)
         record: CallRecord = await self.svc.upstreams.end_stream(live, error)
         self.trail.upstream_s += record.latency_s
         calls = (*live.earlier, record, *await self.hedged.records())

@@ -36,10 +36,11 @@ from gateway.executor.result import CallRecord
 from gateway.feedback import Feedback, RequestLog
 from gateway.keyed import tenant_salt
 from gateway.ledger import SHADOW, LateBills, Ledger
+from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import message_text
 from gateway.plans import Shadow, Single
 from gateway.policy import Catalog, worst_case_cost
-from gateway.providers.terms import terms_of
+from gateway.providers.terms import terms_of, with_audio_input
 from gateway.state import request_key
 from gateway.telemetry import Telemetry, set_attributes
 
@@ -156,10 +157,12 @@ class ShadowEvaluator:
 
     def _worst_case(self, job: Job) -> float | None:
         """What the job's calls may be billed; None when its budget cannot bound them (the request asks
-        for a web search the strong deployment has no known price for)."""
+        for a web search, or sends audio, the strong deployment has no known price for)."""
         max_tokens = job.request.get("max_completion_tokens") or job.request.get("max_tokens")
-        # the strong call is sent the request's own fields: held at the tier, search and audio they ask for
-        against = self.catalog.under(terms_of(job.request))
+        # the strong call is sent the request's own fields: held at the tier, search and audio they ask for,
+        # and its audio prompt at the audio rate (the judge is sent text)
+        terms = with_audio_input(terms_of(job.request), messages_audio_tokens(job.request.get("messages") or ()))
+        against = self.catalog.under(terms)
         if against.prices[job.shadow.against].unpriced is not None and job.tenant.holds_budget:
             return None
         usd = worst_case_cost(Single(job.shadow.against), job.prompt_tokens, against, max_tokens)

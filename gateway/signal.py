@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.config import DeploymentConfig
-from gateway.messages import routing_text
+from gateway.messages import routing_counts
 from gateway.router import Assessment, Router
 
 
@@ -19,6 +19,7 @@ class RouteSignal:
     quality: Mapping[str, float]  # predicted P(good answer) per deployment
     prompt_tokens: int            # counted by gateway.messages: cost prediction, caps, reservations
     features: Mapping[str, float]
+    audio_tokens: int = 0         # of prompt_tokens, the audio parts' (priced at the audio rate)
 
 
 class Assessor(Protocol):
@@ -78,7 +79,7 @@ class TenantAssessor:
 
 def assess(router: Assessor, messages: Sequence[Mapping[str, Any]],
            deployments: Sequence[DeploymentConfig]) -> RouteSignal:
-    text, prompt_tokens = routing_text(messages)
+    text, prompt_tokens, audio = routing_counts(messages)
     a: Assessment = router.assess(text)
     quality = {d.name: router.p_good(a, profile=d.router_profile, ability=d.ability) for d in deployments}
-    return RouteSignal(a.difficulty, a.category, quality, prompt_tokens, a.features)
+    return RouteSignal(a.difficulty, a.category, quality, prompt_tokens, a.features, audio)

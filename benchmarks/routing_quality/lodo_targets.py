@@ -128,6 +128,20 @@ def main(argv: list[str] | None = None) -> None:
                 "1PL gain, abilities +-1": _sig(1 - delta) - _sig(-1 - delta)}
         for w in (0.25, 0.5, 0.75):
             cand[f"z(1PL difficulty) + spread, w {w:g}"] = (1 - w) * _z(delta) + w * _z(spread_lin)
+        # δ plus b × standardised length, or plus b × a difficulty read off the structural features
+        # alone (penalty 100), each scaled by its spread on the training rows, as a shipped router could
+        delta_tr = phi_tr @ c + c0
+        z_delta = (delta - delta_tr.mean()) / (delta_tr.std() + 1e-9)
+        s_all = (prep.hashed.struct - s_mean) / s_std
+        a_tr = np.hstack([s_all[tr], ones_tr]) * sw
+        shared = outcome_targets(y[tr], dom[tr], 1)[:, 0]
+        beta_s = np.linalg.solve(a_tr.T @ a_tr + 100.0 * np.eye(a_tr.shape[1]), a_tr.T @ (shared * sw[:, 0]))
+        struct_tr, struct_h = np.hstack([s_all[tr], ones_tr]) @ beta_s, np.hstack([s_all[held], ones_h]) @ beta_s
+        z_struct = (struct_h - struct_tr.mean()) / (struct_tr.std() + 1e-9)
+        for b in (0.25, 0.5, 1.0, 2.0):
+            cand[f"z(1PL difficulty) + {b:g} z(length)"] = z_delta + b * length_h
+        for b in (0.5, 1.0, 2.0):
+            cand[f"z(1PL difficulty) + {b:g} z(structure-only difficulty)"] = z_delta + b * z_struct
         weak, strong = FILES[f]
         jw, js = data.col(weak), data.col(strong)
         for name, score in cand.items():

@@ -106,4 +106,13 @@ TRIED_LODO = [
     "| 0.464 / 0.459 / 0.459 / 0.457 | 0.534 / 0.535 / 0.533 / 0.531 | 0.717 / 0.735 / 0.746 / 0.755 "
     "| 0.505 / 0.516 / 0.488 / 0.451 | stronger penalties slide towards structure alone: +0.01 CV, no penalty "
     "lifts MMLU-Pro past length, and the penalty also shapes the in-domain latent; not shipped |",
+    "| z(δ) + b z(length), b = 0.25 / 0.5 / 1 / 2 (each scaled by its spread on the training rows) "
+    "| 0.513 / 0.511 / 0.509 / 0.509 | 0.486 / 0.490 / 0.497 / 0.505 | 0.459 / 0.461 / 0.467 / 0.469 "
+    "| 0.529 / 0.527 / 0.522 / 0.513 | 0.718 / 0.706 / 0.679 / 0.657 | 0.487 / 0.501 / 0.515 / 0.539 "
+    "| more length, less CV: the length δ already holds (its own column's weight in δ is −0.03 to −0.07 "
+    "of δ's spread) is what transfers; not shipped |",
+    "| z(δ) + b z(shared difficulty from the structural features alone, penalty 100), b = 0.5 / 1 / 2 "
+    "| 0.520 / 0.522 / 0.524 | 0.498 / 0.503 / 0.506 | 0.459 / 0.458 / 0.457 | 0.535 / 0.534 / 0.533 "
+    "| 0.758 / 0.765 / 0.772 | 0.456 / 0.432 / 0.424 | +0.005–0.009 CV for 4–7 points of TheoremQA, and "
+    "MMLU-Pro stays below length; not shipped |",
 ]

@@ -25,6 +25,7 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
 from gateway.executor.upstreams import OpenStream, Upstreams
+from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import count_messages
 from gateway.plans import Plan, Single
 from gateway.providers.base import ProviderFailure, Usage
@@ -110,9 +111,15 @@ async def _bill_cut(up: Upstreams, live: OpenStream, body: dict[str, Any]) -> Ca
     acc.add(live.first)
     await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
     if not live.stats.usage.total_tokens:
-        live.stats.usage = Usage(count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
+        live.stats.usage = _counted(body, acc.completion_tokens_estimate())
     record = up.close_stream(live)
     return CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, HEDGE)
+
+
+def _counted(body: dict[str, Any], completion_tokens: int) -> Usage:
+    """A leg's usage as counted, its audio prompt tokens included (billed at the audio rate)."""
+    messages = body.get("messages") or ()
+    return Usage(count_messages(messages), completion_tokens, prompt_audio_tokens=messages_audio_tokens(messages))
 
 
 def stream_body(body: dict[str, Any]) -> dict[str, Any]:
@@ -135,7 +142,7 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
     except ProviderFailure as exc:
         error = exc
     if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
-        live.stats.usage = Usage(count_messages(body.get("messages") or ()), acc.completion_tokens_estimate())
+        live.stats.usage = _counted(body, acc.completion_tokens_estimate())
     record = up.close_stream(live, error)
     calls = (record, *await losers.records())
     if error is not None:

@@ -32,6 +32,7 @@ from opentelemetry.trace import Span
 from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.upstreams import OpenStream, Upstreams
+from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import count_messages, count_text, prompt_tokens
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.telemetry import set_attributes
@@ -118,7 +119,9 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
     cut = OpenStream(live.deployment, live.first, rest, live.stats, live.span, live.started, live.taken,
                      terms=live.terms)
     if not cut.stats.usage.total_tokens:
-        cut.stats.usage = Usage(prompt_tokens(body.get("messages") or ()), count_text(partial))
+        messages = body.get("messages") or ()
+        cut.stats.usage = Usage(prompt_tokens(messages), count_text(partial),
+                                prompt_audio_tokens=messages_audio_tokens(messages))
     record = await up.end_stream(cut, failure)
     log.warning("stream from deployment '%s' broke after %d characters (%s); resumed on '%s'",
                 cut.deployment, len(partial), failure.reason, cont.deployment, extra={
@@ -141,7 +144,8 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
     finally:
         await cont.rest.aclose()  # type: ignore[attr-defined]
         if not live.stats.usage.total_tokens:  # cut short or no usage sent: bill what was counted
-            live.stats.usage = Usage(count_messages(request["messages"]), count_text("".join(continued)))
+            live.stats.usage = Usage(count_messages(request["messages"]), count_text("".join(continued)),
+                                     prompt_audio_tokens=messages_audio_tokens(request["messages"]))
 
 
 def _chained(first: dict[str, Any]) -> list[dict[str, Any]]:

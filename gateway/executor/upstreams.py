@@ -50,13 +50,14 @@ from gateway.executor.deadline import Deadline
 from gateway.executor.drain import DRAIN_S, drain
 from gateway.executor.result import CallRecord
 from gateway.keyed import tenant_salt
+from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import count_completion, count_text, prompt_tokens
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard
 from gateway.providers.pricing import DeploymentPrice
-from gateway.providers.terms import PLAIN, Terms, terms_of
+from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
 from gateway.telemetry import Telemetry, set_attributes
 
@@ -112,7 +113,9 @@ def counted(done: Completion, body: dict[str, Any]) -> Completion:
     The prompt is the one the request counted when it was routed, unless the call sent another."""
     if done.usage.total_tokens:
         return done
-    usage = Usage(prompt_tokens(body.get("messages") or ()), count_completion(done.body))
+    messages = body.get("messages") or ()
+    usage = Usage(prompt_tokens(messages), count_completion(done.body),
+                  prompt_audio_tokens=messages_audio_tokens(messages))
     return Completion(done.body, usage, done.latency_s)
 
 
@@ -198,8 +201,9 @@ class Upstreams:
     def _worst_usd(self, name: str, body: dict[str, Any]) -> float:
         """The most one call of `body` (limited: it names its output limit) to `name` may be billed."""
         output = body.get("max_completion_tokens") or body.get("max_tokens") or self.deployments[name].max_output_tokens
-        return self.prices[name].under(terms_of(body)).estimate(prompt_tokens(body.get("messages") or ()),
-                                                                output * int(body.get("n") or 1))
+        messages = body.get("messages") or ()
+        terms = with_audio_input(terms_of(body), messages_audio_tokens(messages))
+        return self.prices[name].under(terms).estimate(prompt_tokens(messages), output * int(body.get("n") or 1))
 
     async def _awaited(self, name: str, step: Awaitable[T], deadline: Deadline,
                        priced: Callable[[T], Awaitable[CallRecord | None]], body: dict[str, Any]) -> T:
@@ -405,7 +409,9 @@ class Upstreams:
 
         async def priced(late: dict[str, Any]) -> CallRecord:  # a first chunk after all: billed, then cut
             await chunks.aclose()  # type: ignore[attr-defined]
-            usage = Usage(prompt_tokens(body.get("messages") or ()), count_text(_content(late)))
+            messages = body.get("messages") or ()
+            usage = Usage(prompt_tokens(messages), count_text(_content(late)),
+                          prompt_audio_tokens=messages_audio_tokens(messages))
             return CallRecord(name, usage, self.prices[name].cost(usage, terms), time.perf_counter() - started)
 
         try:

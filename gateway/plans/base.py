@@ -67,14 +67,20 @@ class Catalog:
     # Each plan's calls for one answer, worked out once: estimates run per request for every candidate,
     # and a policy's plans are few and fixed.
     planned: dict[Any, tuple[Call, ...]] = field(default_factory=dict, compare=False, repr=False)
-    # The catalog priced under each request terms seen (`under`): a handful at most (`Terms` are few).
+    # The catalog priced under each request terms seen (`under`): a handful at most (`Terms` are few;
+    # those with audio prompt tokens are not kept).
     priced: dict[Terms, Catalog] = field(default_factory=dict, compare=False, repr=False)
+    # Priced for one request alone (`under` with audio prompt tokens): what is worked out per catalog
+    # and kept (`gateway.policy.prepared`) is not kept for it.
+    transient: bool = field(default=False, compare=False)
 
     def under(self, terms: Terms) -> Catalog:
         """This catalog with every deployment priced as a call under `terms` is held
         (`DeploymentPrice.under`): what the worst cases and cost caps of such a request use."""
         if terms is PLAIN or terms == PLAIN:
             return self
+        if terms.audio_input:  # a count that varies by request: priced for this request alone, not remembered
+            return Catalog(self.deployments, {n: p.under(terms) for n, p in self.prices.items()}, transient=True)
         found = self.priced.get(terms)
         if found is None:
             found = self.priced[terms] = Catalog(self.deployments, {n: p.under(terms) for n, p in self.prices.items()})

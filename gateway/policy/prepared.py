@@ -82,7 +82,7 @@ class Prepared:
             return None
         d = self.catalog.deployments[plan.deployment]
         price = self.catalog.prices[d.name]
-        if price.tiers:
+        if price.tiers or price.per_call:  # priced by the prompt's length, or with a fee per call
             return None
         out = output_tokens(d, max_tokens)
         return FixedSingle(d.name, price.base.input, out * price.base.output,
@@ -93,7 +93,10 @@ _PREPARED: dict[tuple[int, int], Prepared] = {}
 
 
 def prepared(policy: BoundPolicy, catalog: Catalog) -> Prepared:
-    """The `Prepared` of this policy object against this catalog object, made on first use."""
+    """The `Prepared` of this policy object against this catalog object, made on first use (every
+    time for a catalog priced for one request: it is not used again)."""
+    if catalog.transient:
+        return Prepared(policy, catalog)
     key = (id(policy), id(catalog))
     found = _PREPARED.get(key)
     if found is None:

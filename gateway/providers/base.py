@@ -27,7 +27,8 @@ class Usage:
     the provider's prompt cache, which are priced apart; `completion_tokens` counts the audio ones
     (`audio_tokens`, `completion_tokens_details.audio_tokens`), which are priced apart too.
     `service_tier`: the tier the answer says it ran under (its body's `service_tier`), which sets
-    its prices; None when it says none (a sum of calls says none)."""
+    its prices; None when it says none (a sum of calls says none). `prompt_tokens` counts the audio
+    prompt tokens too (`prompt_audio_tokens`, `prompt_tokens_details.audio_tokens`), priced apart."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -35,6 +36,7 @@ class Usage:
     cache_write_tokens: int = 0
     audio_tokens: int = 0
     service_tier: str | None = None
+    prompt_audio_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -43,13 +45,16 @@ class Usage:
     def __add__(self, other: Usage) -> Usage:
         return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
                      self.cached_tokens + other.cached_tokens, self.cache_write_tokens + other.cache_write_tokens,
-                     self.audio_tokens + other.audio_tokens)
+                     self.audio_tokens + other.audio_tokens,
+                     prompt_audio_tokens=self.prompt_audio_tokens + other.prompt_audio_tokens)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                                "total_tokens": self.total_tokens}
-        if self.cached_tokens or self.cache_write_tokens:
+        if self.cached_tokens or self.cache_write_tokens or self.prompt_audio_tokens:
             out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+            if self.prompt_audio_tokens:
+                out["prompt_tokens_details"]["audio_tokens"] = self.prompt_audio_tokens
         if self.cache_write_tokens:
             out["cache_creation_input_tokens"] = self.cache_write_tokens  # as litellm reports it
         if self.audio_tokens:
@@ -72,7 +77,7 @@ class Usage:
         out = raw.get("completion_tokens_details")
         audio = (out.get("audio_tokens") or 0) if isinstance(out, dict) else 0
         return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                   int(cached), int(written), int(audio), tier)
+                   int(cached), int(written), int(audio), tier, int(details.get("audio_tokens") or 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,9 @@ rules, resolved once at start-up so that pricing a call is plain arithmetic:
   gpt-4o is 1.7×): litellm would bill it at the standard rates, under what the provider charges.
   One without flex rates bills flex at its standard rates (flex is cheaper: never under);
 - audio output tokens (`completion_tokens_details.audio_tokens`) cost `output_cost_per_audio_token`;
+- audio prompt tokens (`prompt_tokens_details.audio_tokens`) cost `input_cost_per_audio_token` (a
+  service tier's `input_cost_per_audio_token_<tier>` where the map names one); a deployment without
+  it cannot price a prompt's audio (`under`);
 - a web search costs `search_context_cost_per_query` per query, by context size.
 """
 
@@ -75,8 +78,10 @@ class DeploymentPrice:
     service_tiers: tuple[tuple[str, DeploymentPrice], ...] = ()  # ("priority", its prices), ...
     audio_output_per_token: float | None = None  # None: audio output tokens cost the output price
     search_per_query: tuple[tuple[str, float], ...] = ()  # (context size, USD a query); none: unknown
+    audio_input_per_token: float | None = None  # None: unknown (an audio prompt is `unpriced`, see `under`)
     # Set on the price of a request's worst case (`under`): a fee each call adds, and a field of the
-    # request this price cannot account for (a web search at a deployment with no per-query price).
+    # request this price cannot account for (a web search at a deployment with no per-query price,
+    # audio in the prompt at one with no audio rate).
     per_call: float = 0.0
     unpriced: str | None = None
     base: Rates = field(init=False, repr=False, compare=False)  # resolved once, below every tier
@@ -108,10 +113,11 @@ class DeploymentPrice:
 
         b = times(self.base)
         audio = None if self.audio_output_per_token is None else self.audio_output_per_token * factor
+        heard = None if self.audio_input_per_token is None else self.audio_input_per_token * factor
         return replace(self, input_per_token=b.input, output_per_token=b.output, cache_read_per_token=b.cache_read,
                        cache_write_per_token=b.cache_write, tiers=tuple(PriceTier(t.above_prompt_tokens, times(t.rates))
                                                                         for t in self.tiers),
-                       service_tiers=(), audio_output_per_token=audio)
+                       service_tiers=(), audio_output_per_token=audio, audio_input_per_token=heard)
 
     def search_fee(self, size: str) -> float | None:
         """USD a web search query of context `size` costs, or None when the price is not known."""
@@ -120,7 +126,8 @@ class DeploymentPrice:
 
     def cost(self, usage: Usage, terms: Terms = PLAIN) -> float:
         """What the provider bills for one call: at the tier its answer reports (else the one asked),
-        its audio output at the audio rate, and one search query if the request asked for search."""
+        its audio output and audio prompt at their audio rates, and one search query if the request
+        asked for search."""
         p = self if usage.service_tier is None and terms.tier is None else self.at_tier(
             billed_tier(usage.service_tier, terms.tier))
         r = p.rates(usage.prompt_tokens)
@@ -130,6 +137,9 @@ class DeploymentPrice:
                   + usage.completion_tokens * r.output)
         if usage.audio_tokens and p.audio_output_per_token is not None:
             billed += min(usage.audio_tokens, usage.completion_tokens) * (p.audio_output_per_token - r.output)
+        if usage.prompt_audio_tokens and p.audio_input_per_token is not None:
+            # counted among the prompt tokens at the text rate above: the difference makes them the audio rate
+            billed += min(usage.prompt_audio_tokens, usage.prompt_tokens) * (p.audio_input_per_token - r.input)
         if terms.search is not None:
             billed += self.search_fee(terms.search) or 0.0
         return billed
@@ -137,15 +147,29 @@ class DeploymentPrice:
     def under(self, terms: Terms) -> DeploymentPrice:
         """The prices a call asked for under `terms` is held at: its tier's (priority for any tier the
         provider picks), every output token at the audio rate when audio is asked (the model decides
-        how much of it is audio), and its search query as a fee per call."""
+        how much of it is audio), its search query as a fee per call, and its audio prompt tokens'
+        premium over the text rate as a fee per call too (each call is sent the whole prompt)."""
         p = self.at_tier(terms.tier)
         if terms.audio and p.audio_output_per_token is not None:
             audio = p.audio_output_per_token
             p = replace(p, output_per_token=max(p.output_per_token, audio), tiers=tuple(
                 PriceTier(t.above_prompt_tokens, replace(t.rates, output=max(t.rates.output, audio))) for t in p.tiers))
+        per_call, unpriced = 0.0, None
         if terms.search is not None:
             fee = self.search_fee(terms.search)
-            p = replace(p, per_call=fee or 0.0, unpriced="web_search_options" if fee is None else None)
+            per_call, unpriced = fee or 0.0, "web_search_options" if fee is None else None
+        if terms.audio_input:
+            heard = p.audio_input_per_token
+            if heard is None:
+                # Unknown is refused under a budget or cost cap, as an unpriced web search is, rather than
+                # held at a multiple as priority is: priority costs at most 2× standard, but audio prompt
+                # rates run from 6× the text rate (Gemini's native audio) to 66× (gpt-4o-mini-audio), so
+                # no multiple bounds them. The prompt's audio is already counted at the text rate.
+                unpriced = unpriced or "input_audio"
+            else:  # the premium over the text rate below any long-context tier: never less than `cost` adds
+                per_call += terms.audio_input * max(heard - p.input_per_token, 0.0)
+        if per_call or unpriced:
+            p = replace(p, per_call=per_call, unpriced=unpriced)
         return p
 
     def estimate(self, prompt_tokens: float, output_tokens: float) -> float:
@@ -216,6 +240,18 @@ def _audio_rate(entry: dict[str, Any]) -> float | None:
     return _rate(entry, "output_cost_per_audio_token")
 
 
+def _audio_input_rate(entry: dict[str, Any], tier: str | None = None) -> float | None:
+    """The audio prompt rate, standard or service tier `tier`'s. A tier the map prices without naming
+    its audio rate is held as a tier without rates is (`DeploymentPrice.at_tier`): priority at
+    `PRIORITY_MULTIPLIER` × the standard audio rate, flex at it. The long-context keys are not read:
+    the map prices audio above 200k tokens no dearer than below."""
+    standard = _rate(entry, "input_cost_per_audio_token")
+    own = None if tier is None else _rate(entry, f"input_cost_per_audio_token_{tier}")
+    if own is not None or standard is None:
+        return own
+    return standard * PRIORITY_MULTIPLIER if tier == "priority" else standard
+
+
 def _search_fees(entry: dict[str, Any]) -> tuple[tuple[str, float], ...]:
     fees = entry.get("search_context_cost_per_query")
     if not isinstance(fees, dict):
@@ -237,9 +273,11 @@ def price_from_cost_map(entry: dict[str, Any]) -> DeploymentPrice:
         variants.append((tier, DeploymentPrice(below["input"], below.get("output", 0.0), "litellm",
                                                below.get("cache_read"), below.get("cache_write"),
                                                _tiers(own, below, standard), audio_output_per_token=audio,
-                                               search_per_query=search)))
+                                               search_per_query=search,
+                                               audio_input_per_token=_audio_input_rate(entry, tier))))
     return DeploymentPrice(explicit["input"], explicit.get("output", 0.0), "litellm", explicit.get("cache_read"),
-                           explicit.get("cache_write"), standard, tuple(variants), audio, search)
+                           explicit.get("cache_write"), standard, tuple(variants), audio, search,
+                           _audio_input_rate(entry))
 
 
 def price_for(deployment: DeploymentConfig, cost_map: dict[str, Any] | None) -> DeploymentPrice:
@@ -247,7 +285,9 @@ def price_for(deployment: DeploymentConfig, cost_map: dict[str, Any] | None) -> 
         p = deployment.price
         return DeploymentPrice(p.input_per_mtok / 1e6, p.output_per_mtok / 1e6, "config",
                                None if p.cached_input_per_mtok is None else p.cached_input_per_mtok / 1e6,
-                               None if p.cache_write_per_mtok is None else p.cache_write_per_mtok / 1e6)
+                               None if p.cache_write_per_mtok is None else p.cache_write_per_mtok / 1e6,
+                               audio_input_per_token=None if p.audio_input_per_mtok is None
+                               else p.audio_input_per_mtok / 1e6)
     cost_map = cost_map or {}
     _, _, bare = deployment.model.partition("/")
     entry = cost_map.get(deployment.model) or cost_map.get(bare)

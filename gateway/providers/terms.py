@@ -8,7 +8,10 @@ A provider bills the same tokens differently by these request fields, forwarded 
 - `web_search_options`: a fee per search query (`search_context_cost_per_query`, by the asked
   `search_context_size`, medium by default) on top of the tokens; one query per call;
 - `modalities` with "audio": audio output tokens cost their own (much higher) rate, and any of the
-  output may be audio.
+  output may be audio;
+- `input_audio` parts in its messages: audio prompt tokens cost their own rate too (gpt-4o-audio
+  16× its text rate, gpt-4o-mini-audio 66×). `terms_of` does not read the messages: the gateway
+  counts their audio where it counts the prompt (`gateway.messages`), and `with_audio_input` adds it.
 
 A request that sends none of them is `PLAIN`, checked with three dict lookups.
 """
@@ -16,7 +19,7 @@ A request that sends none of them is `PLAIN`, checked with three dict lookups.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # The tier a request's worst case is priced at, by what it asks; anything else it may send is held
@@ -28,11 +31,13 @@ SEARCH_SIZES = ("low", "medium", "high")
 @dataclass(frozen=True, slots=True)
 class Terms:
     """`tier`: the service tier asked ("priority", "flex"; None: standard); `search`: the web search
-    context size asked ("low", "medium", "high"; None: no search); `audio`: audio output asked."""
+    context size asked ("low", "medium", "high"; None: no search); `audio`: audio output asked;
+    `audio_input`: the prompt tokens of its audio parts, as `gateway.media_tokens` estimates them."""
 
     tier: str | None = None
     search: str | None = None
     audio: bool = False
+    audio_input: int = 0
 
 
 PLAIN = Terms()
@@ -54,6 +59,11 @@ def terms_of(request: Mapping[str, Any]) -> Terms:
     if asked_tier is None and size is None and not audio:
         return PLAIN
     return Terms(asked_tier, size, audio)
+
+
+def with_audio_input(terms: Terms, tokens: int) -> Terms:
+    """`terms` for a prompt with `tokens` audio tokens (0: `terms` itself, `PLAIN` stays `PLAIN`)."""
+    return replace(terms, audio_input=tokens) if tokens else terms
 
 
 def billed_tier(reported: str | None, asked: str | None) -> str | None:

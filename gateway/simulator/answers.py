@@ -144,14 +144,18 @@ def continue_after(prefill: str, own: Completion, consistent: list[Completion]) 
     return Completion(rest, own.finish_reason, count_tokens(rest), own.answer)
 
 
-def usage_of(prompt_tokens: int, completions: list[Completion]) -> dict[str, int]:
-    """OpenAI ``usage``: completion tokens summed over all choices."""
+def usage_of(prompt_tokens: int, completions: list[Completion], audio_prompt_tokens: int = 0) -> dict[str, Any]:
+    """OpenAI ``usage``: completion tokens summed over all choices; a prompt's audio tokens (counted in
+    ``prompt_tokens``) in ``prompt_tokens_details.audio_tokens``, as OpenAI reports them."""
     completion_tokens = sum(c.completion_tokens for c in completions)
-    return {
+    usage: dict[str, Any] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    if audio_prompt_tokens:
+        usage["prompt_tokens_details"] = {"cached_tokens": 0, "audio_tokens": audio_prompt_tokens}
+    return usage
 
 
 def logprobs_payload(answer: Answer, top_logprobs: int) -> dict[str, Any]:

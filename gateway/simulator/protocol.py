@@ -54,6 +54,7 @@ class ChatCall:
     shape: Shape = _PROSE  # prose, a tool call or JSON
     prefill: str | None = None  # a trailing assistant message: the answer so far, to be continued
     service_tier: str | None = None  # the tier the answer reports it ran under; None: the request named none
+    audio_prompt_tokens: int = 0  # of prompt_tokens, the audio parts' (`AUDIO_BYTES_PER_TOKEN`)
 
 
 def parse_chat_call(body: Any) -> ChatCall:
@@ -63,7 +64,7 @@ def parse_chat_call(body: Any) -> ChatCall:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise RequestError("'model' must be a non-empty string.", "model")
-    question, conversation, prompt_tokens = _read_messages(body.get("messages"))
+    question, conversation, prompt_tokens, audio = _read_messages(body.get("messages"))
     messages = body["messages"]
     prefill = _prefill(messages)
     if prefill is not None:  # the draw sees the prompt without the partial answer, as when it began
@@ -93,6 +94,7 @@ def parse_chat_call(body: Any) -> ChatCall:
         shape=_shape(tool, body.get("response_format")),
         prefill=prefill,
         service_tier=_service_tier(body.get("service_tier")),
+        audio_prompt_tokens=audio,
     )
 
 
@@ -176,30 +178,44 @@ def _shape(tool: Tool | None, response_format: Any) -> Shape:
                        "response_format.type")
 
 
-def _read_messages(messages: Any) -> tuple[str, str, int]:
+# An `input_audio` part's tokens: 10 a second (OpenAI's rate) at 8 kbit/s, of its base64 payload's decoded size.
+AUDIO_BYTES_PER_TOKEN = 100
+
+
+def _audio_tokens(content: Any) -> int:
+    if not isinstance(content, list):
+        return 0
+    datas = [p.get("input_audio", {}).get("data") for p in content
+             if isinstance(p, dict) and p.get("type") == "input_audio" and isinstance(p.get("input_audio"), dict)]
+    return sum(max(1, len(d) * 3 // 4 // AUDIO_BYTES_PER_TOKEN) for d in datas if isinstance(d, str))
+
+
+def _read_messages(messages: Any) -> tuple[str, str, int, int]:
     if not isinstance(messages, list) or not messages:
         raise RequestError("'messages' must be a non-empty array.", "messages")
     texts: list[str] = []
     question = None
+    audio = 0
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise RequestError(f"messages[{index}] must be an object.", f"messages[{index}]")
         text = _content_text(message.get("content"), index)
         texts.append(text)
+        audio += _audio_tokens(message.get("content"))
         if message.get("role") == "user":
             question = text
     if question is None:
         question = texts[-1]
-    # Usage is the plain sum over contents: no per-message overhead tokens.
-    prompt_tokens = sum(count_tokens(t) for t in texts)
-    return question, "\x1e".join(texts), prompt_tokens
+    # Usage is the plain sum over contents (and their audio): no per-message overhead tokens.
+    prompt_tokens = sum(count_tokens(t) for t in texts) + audio
+    return question, "\x1e".join(texts), prompt_tokens, audio
 
 
 def _content_text(content: Any, index: int) -> str:
     if content is None or isinstance(content, str):
         return content or ""
     if isinstance(content, list):
-        # Non-text parts (images, audio) carry no simulated tokens.
+        # Non-text parts carry no simulated tokens, but audio (`_audio_tokens`), reported apart.
         parts = [p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"]
         return "\n".join(p for p in parts if isinstance(p, str))
     raise RequestError(

@@ -260,7 +260,7 @@ def _completion_body(model: SimModel, call: ChatCall, completions: list[Completi
     if call.service_tier is not None:
         body["service_tier"] = call.service_tier
     if model.usage:
-        body["usage"] = usage_of(call.prompt_tokens, completions)
+        body["usage"] = usage_of(call.prompt_tokens, completions, call.audio_prompt_tokens)
     return body
 
 

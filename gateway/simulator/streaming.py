@@ -55,7 +55,7 @@ class _Framer:
     def choice(self, choice: dict[str, Any]) -> bytes:
         return self._prefix + orjson.dumps(choice) + self._suffix
 
-    def usage(self, usage: dict[str, int]) -> bytes:
+    def usage(self, usage: dict[str, Any]) -> bytes:
         return self._prefix + b'],"usage":' + orjson.dumps(usage) + b"}\n\n"
 
 
@@ -126,7 +126,7 @@ async def _send(
     for index, completion in enumerate(completions):
         pending.append(framer.choice(_delta(index, {}, completion.finish_reason)))
     if call.include_usage and model.usage and not (fault is not None and fault.kind == "no_usage"):
-        pending.append(framer.usage(usage_of(call.prompt_tokens, completions)))
+        pending.append(framer.usage(usage_of(call.prompt_tokens, completions, call.audio_prompt_tokens)))
     pending.append(_DONE)
     await response.write(b"".join(pending))
     await response.write_eof()

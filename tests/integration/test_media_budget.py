@@ -11,10 +11,12 @@ import openai
 import pytest
 
 from gateway import media_tokens
-from tests.support.lab import budgeted_gateway, simulator_of
+from tests.support.lab import PRICE, budgeted_gateway, simulator_of
 from tests.support.processes import Simulator
 
 BUDGET = 0.004  # at $1/M prompt and $2/M output: ~4,000 prompt tokens, a text question's many times over
+# audio prompt tokens at the text rate: a deployment with no audio rate cannot take audio on a budget at all
+EYE = {"eye": ("sim-eye", {"max_retries": 0, "price": {**PRICE, "audio_input_per_mtok": PRICE["input_per_mtok"]}})}
 TEXT = {"type": "text", "text": "Describe these."}
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png", "detail": "low"}}
 AUDIO = {"type": "input_audio", "input_audio": {"data": "SUQz" * 100_000, "format": "mp3"}}   # 300 KB: 9,600
@@ -38,7 +40,7 @@ def test_a_request_whose_media_exceed_the_budget_is_refused_before_any_call(
     ~32,000 tokens ($0.032). The audio and the PDF were reserved the same $0.00005."""
     assert media_tokens.parts_tokens(parts) * 1e-6 > BUDGET
     policy = {"candidates": [{"single": "eye"}]}
-    with budgeted_gateway(sim, tmp_path, monkeypatch, BUDGET, policy, {"eye": ("sim-eye", {"max_retries": 0})}) as gw:
+    with budgeted_gateway(sim, tmp_path, monkeypatch, BUDGET, policy, EYE) as gw:
         def ask(content: list[dict[str, Any]]) -> object:
             return gw.client.chat.completions.create(model=model, max_tokens=20,  # type: ignore[call-overload]
                                                      messages=[{"role": "user", "content": content}])
@@ -57,7 +59,7 @@ def test_a_cost_cap_counts_the_images(sim: Simulator, tmp_path: Path, monkeypatc
     """A cap of $0.01 cannot pay for 20 images (~32,000 prompt tokens at $1/M): the request is a 422,
     not sent with its images priced at nothing."""
     policy = {"candidates": [{"single": "eye"}]}
-    with budgeted_gateway(sim, tmp_path, monkeypatch, 1.0, policy, {"eye": ("sim-eye", {"max_retries": 0})}) as gw:
+    with budgeted_gateway(sim, tmp_path, monkeypatch, 1.0, policy, EYE) as gw:
         with pytest.raises(openai.UnprocessableEntityError) as refused:
             gw.client.chat.completions.create(model=model, max_tokens=20,  # type: ignore[call-overload]
                                               messages=[{"role": "user", "content": [TEXT, *[IMAGE] * 20]}],

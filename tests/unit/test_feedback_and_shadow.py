@@ -245,3 +245,24 @@ def test_a_shadow_call_is_held_at_the_tier_and_search_its_request_asks_for() -> 
         await ledger.close()
 
     asyncio.run(scenario())
+
+
+def test_a_shadow_call_is_held_with_its_request_s_audio_prompt_at_the_audio_rate() -> None:
+    """The strong call is sent the request's audio: its hold has the clip's 960 tokens at the audio rate;
+    where no audio rate is known, a budgeted tenant's shadow is skipped, not held at the text rate."""
+    clip = {"type": "input_audio", "input_audio": {"data": "SUQz" * 10_000, "format": "mp3"}}  # 960 tokens
+    heard = [{"role": "user", "content": [{"type": "text", "text": "What is said?"}, clip]}]
+
+    async def scenario() -> None:
+        shadow, ledger, _ = _evaluator(_Upstreams(), MemoryStore())
+        plain = replace(_job(), request={"messages": SUM, "max_tokens": 50})
+        audio = replace(plain, request={"messages": heard, "max_tokens": 50})
+        unpriced = replace(audio, tenant=Tenant("t", budget_usd=1.0))
+        assert await shadow.evaluate(unpriced) is None
+        assert shadow.counts["skipped_budget"] == 1
+        prices = {n: replace(p, audio_input_per_token=4e-6) for n, p in shadow.catalog.prices.items()}
+        shadow.catalog = Catalog(shadow.catalog.deployments, prices)
+        assert shadow._worst_case(audio) == pytest.approx(shadow._worst_case(plain) + 960 * (4e-6 - 1e-7))  # type: ignore[operator]
+        await ledger.close()
+
+    asyncio.run(scenario())

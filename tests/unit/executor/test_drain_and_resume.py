@@ -168,3 +168,43 @@ def test_closing_a_relay_never_read_closes_the_upstream_stream() -> None:
 
     asyncio.run(work())
     assert closed == [True]
+
+
+AUDIO_PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0, "audio_input_per_mtok": 40.0}
+HEARD_BODY = {"messages": [{"role": "user", "content": [
+    {"type": "text", "text": "Transcribe."},
+    {"type": "input_audio", "input_audio": {"data": "SUQz" * 10_000, "format": "mp3"}}]}]}  # 960 audio tokens
+
+
+def test_a_call_given_up_on_is_held_with_its_audio_prompt_at_the_audio_rate() -> None:
+    """The hold of a late call was its prompt at the text rate: 960 audio tokens held $0.00096 of the
+    $0.0384 they may be billed."""
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Delay(0.2) if d.name == "a" else answer(model=d.name)
+    up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0, price=AUDIO_PRICE),
+                           deployment("b", price=AUDIO_PRICE))
+
+    async def work() -> None:
+        await up.call(("a", "b"), HEARD_BODY, None, deadline=Deadline.after(5))
+        await asyncio.sleep(0.3)
+
+    collected = _Collected()
+    asyncio.run(_collecting(work, collected))
+    prompt = count_messages(HEARD_BODY["messages"])
+    worst = (prompt * 1.0 + 960 * 39.0 + up.deployments["a"].max_output_tokens * 2.0) / 1e6
+    assert collected.worst == [pytest.approx(worst)]
+
+
+def test_an_answer_without_usage_bills_its_counted_audio_prompt_at_the_audio_rate() -> None:
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return {**answer("Hello.", model=d.name), "usage": None}
+    up, _ = fake_upstreams(handler, deployment("a", price=AUDIO_PRICE))
+
+    async def work() -> Any:
+        return await up.call(("a",), HEARD_BODY, None, deadline=Deadline.after(5))
+
+    (_, record), _ = asyncio.run(_collecting(work))
+    assert record.usage.prompt_audio_tokens == 960
+    prompt = count_messages(HEARD_BODY["messages"])
+    assert record.cost_usd == pytest.approx(((prompt - 960) * 1.0 + 960 * 40.0 + record.usage.completion_tokens * 2.0)
+                                            / 1e6)

@@ -198,3 +198,18 @@ def test_an_unknown_service_tier_is_refused_as_openai_does() -> None:
     with pytest.raises(RequestError) as refused:
         parse_chat_call({"model": "m", "messages": [{"role": "user", "content": "hi"}], "service_tier": "gold"})
     assert refused.value.param == "service_tier"
+
+
+def test_audio_parts_are_billed_as_prompt_tokens_and_reported_apart() -> None:
+    """10 tokens a second at 8 kbit/s: a 30 KB clip is 300 prompt tokens, in `prompt_tokens_details`."""
+    from gateway.simulator.answers import usage_of
+
+    clip = {"type": "input_audio", "input_audio": {"data": "SUQz" * 10_000, "format": "mp3"}}
+    text = {"role": "user", "content": [{"type": "text", "text": "hi"}]}
+    heard = parse_chat_call({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"},
+                                                                                       clip]}]})
+    assert heard.audio_prompt_tokens == 300
+    assert heard.prompt_tokens == parse_chat_call({"model": "m", "messages": [text]}).prompt_tokens + 300
+    usage = usage_of(heard.prompt_tokens, [], heard.audio_prompt_tokens)
+    assert usage["prompt_tokens_details"]["audio_tokens"] == 300
+    assert "prompt_tokens_details" not in usage_of(5, [])
