@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Hashable
+from dataclasses import dataclass, field
 
 OUTAGE_LOG_EVERY_S = 10.0
 
@@ -23,3 +24,23 @@ class LogThrottle:
             return False
         self.next_at = now + self.every_s
         return True
+
+
+@dataclass(slots=True)
+class KeyedLogThrottle:
+    """A `LogThrottle` per key, for a warning a client can repeat on every request (a field a deployment
+    has no price for): one line per key every `every_s`, each saying how many it stood for. Keys must
+    come from a bounded set (deployments and fields of the config), never from a request."""
+
+    every_s: float = OUTAGE_LOG_EVERY_S
+    throttles: dict[Hashable, LogThrottle] = field(default_factory=dict)
+
+    def due(self, key: Hashable) -> int | None:
+        """None while the key's line is not due; else how many were held back since its last line."""
+        throttle = self.throttles.get(key)
+        if throttle is None:
+            throttle = self.throttles[key] = LogThrottle(self.every_s)
+        if not throttle.due():
+            return None
+        held, throttle.suppressed = throttle.suppressed, 0
+        return held

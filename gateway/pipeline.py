@@ -48,6 +48,7 @@ from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.keyed import Digests, tenant_salt
 from gateway.ledger import CACHE, LateBills, Ledger, Spent
+from gateway.log_throttle import KeyedLogThrottle
 from gateway.messages import count_messages, definition_tokens, prompt_bound, remember_prompt
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
@@ -99,6 +100,7 @@ class Services:
     shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
     stats: RequestStats = field(default_factory=RequestStats)  # this replica's recent latencies and statuses
     digests: Digests = field(default_factory=Digests)  # prompt digests and tenants' cache salts (`gateway.keyed`)
+    unpriced_log: KeyedLogThrottle = field(default_factory=KeyedLogThrottle)  # per (deployment, field)
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,9 +366,12 @@ def _need(svc: Services, tenant: Tenant, r: Route, within_s: float, hedged: bool
     if r.terms is not PLAIN:
         if tenant.holds_budget:
             refuse_unpriced(catalog, r.plan, "its budget")
-        elif (found := catalog.unpriced(r.plan)) is not None:
-            log.warning("deployment '%s' has no known price for `%s`: the call is billed without it",
-                        *found, extra={"event": "unpriced_field", "deployment": found[0], "field": found[1]})
+        elif (found := catalog.unpriced(r.plan)) is not None and (held := svc.unpriced_log.due(found)) is not None:
+            # a client can send the field with every request: one line per deployment and field a while
+            log.warning("deployment '%s' has no known price for `%s`: the call is billed without it (%d more "
+                        "such requests since the last line)", *found, held,
+                        extra={"event": "unpriced_field", "deployment": found[0], "field": found[1],
+                               "suppressed": held})
     if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
         return NOTHING
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S

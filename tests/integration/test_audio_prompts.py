@@ -11,6 +11,7 @@ and reports them as OpenAI does; the gateway holds the same clip as 960 (`gatewa
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,3 +119,15 @@ def test_an_audio_prompt_no_audio_rate_covers_is_refused_under_a_budget_or_cap_a
         assert capped.value.param == "input_audio"
         assert _ask(gw.client, "4o", [TEXT, CLIP]).parse().choices[0].message.content
         assert sim.stats()["gpt-4o"]["requests"] == 1
+
+
+def test_a_field_sent_unpriced_on_every_request_is_logged_once_a_while_not_once_a_request(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Without a budget or cap the audio is sent to gpt-4o and billed at the text rate, with a warning:
+    one a request was a line a client could write into the operator's logs at will."""
+    with budgeted_gateway(sim, tmp_path, monkeypatch, None, _policy("4o"), DEPLOYMENTS) as gw, \
+            caplog.at_level(logging.WARNING, logger="switchyard.pipeline"):
+        for _ in range(12):
+            _ask(gw.client, "4o", [TEXT, CLIP])
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "unpriced_field"]
+    assert len(lines) == 1 and "no known price for `input_audio`" in lines[0].getMessage()
