@@ -120,10 +120,10 @@ def output_tokens(d: DeploymentConfig, max_tokens: int | None) -> int:
     return min(d.expected_output_tokens, max_tokens) if max_tokens else d.expected_output_tokens
 
 
-def single_latency_ms(d: DeploymentConfig, out_tokens: int, observed_s: float | None) -> float:
-    if observed_s is not None:
-        return observed_s * 1000
-    return d.expected_ttft_ms + 1000 * out_tokens / d.expected_tokens_per_s
+def single_latency_ms(d: DeploymentConfig, out_tokens: int, pace: float | None) -> float:
+    """The configured latency of an answer `out_tokens` long, times the deployment's observed pace."""
+    configured = d.expected_ttft_ms + 1000 * out_tokens / d.expected_tokens_per_s
+    return configured if pace is None else configured * pace
 
 
 def sampling_calls(samplers: Sequence[str], catalog: Catalog, role: Role = "sample",
@@ -189,7 +189,7 @@ class Binder(Protocol):
 
 
 P = TypeVar("P")
-Live = Mapping[str, float]  # observed latency (s) per deployment
+Live = Mapping[str, float]  # observed pace per deployment (`gateway.providers.health`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -155,7 +155,7 @@ def _still_answers(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
         healthy = any(d not in open_now for d in plan.samplers)
     if not healthy:
         return c
-    return replace(c, rejected_by=_rejection(plan, c.estimate, limits, LiveView(frozenset(), live.latency_s)))
+    return replace(c, rejected_by=_rejection(plan, c.estimate, limits, LiveView(frozenset(), live.pace)))
 
 
 def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: LiveView,
@@ -166,15 +166,15 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
     no_headers = overrides.max_cost_usd is None and overrides.latency_slo_ms is None
     limits = table.limits if no_headers else Limits.of(policy, overrides)
     value = table.value
-    quality, prompt_tokens, observed = signal.quality, signal.prompt_tokens, live.latency_s
+    quality, prompt_tokens, observed = signal.quality, signal.prompt_tokens, live.pace
     evaluated = []
     for plan, fixed, disallowed in zip(policy.plans, table.fixed(max_tokens), table.allowed, strict=True):
         if fixed is None:
             e = estimate(plan, signal, catalog, observed, max_tokens)
         else:  # gateway.plans.single.estimate, its request-independent terms taken from the table
-            seen_s = observed.get(fixed.name)
+            pace = observed.get(fixed.name)
             e = Estimate(quality[fixed.name], prompt_tokens * fixed.input_rate + fixed.output_cost,
-                         fixed.expected_latency_ms if seen_s is None else seen_s * 1000)
+                         fixed.expected_latency_ms if pace is None else fixed.expected_latency_ms * pace)
         rejected = disallowed or _live_rejection(plan, e, limits, live)
         evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, rejected))
     feasible = [c for c in evaluated if c.rejected_by is None]

@@ -10,7 +10,7 @@ numbers: its q̂ per deployment and its prompt tokens (a multiply and an add per
 It is never stale: a policy that changes (a reload, an adopted version) is a new `BoundPolicy` and
 a new deployment set is a new `Catalog`, so each gets its own `Prepared` (looked up by identity,
 holding both, so an identity cannot be reused while its entry lives). Live state (open circuits,
-observed latency) is not prepared: it is read from the `LiveView` of each request, as before.
+observed pace) is not prepared: it is read from the `LiveView` of each request, as before.
 Plans other than single calls, and deployments with long-context price tiers (their rates follow the
 prompt's length), are estimated by their kind on every request.
 """
@@ -36,8 +36,8 @@ MAX_PREPARED = 64
 @dataclass(frozen=True, slots=True)
 class FixedSingle:
     """A single-deployment candidate's request-independent numbers at one `max_tokens`; its estimate is
-    q̂ = signal.quality[name], ĉ = prompt_tokens · input_rate + output_cost, l̂ = the observed latency,
-    else `expected_latency_ms` (the arithmetic of `gateway.plans.single.estimate`, in the same order)."""
+    q̂ = signal.quality[name], ĉ = prompt_tokens · input_rate + output_cost, l̂ = `expected_latency_ms`
+    times the deployment's observed pace, if any (the arithmetic of `gateway.plans.single.estimate`)."""
 
     name: str
     input_rate: float

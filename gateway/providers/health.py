@@ -2,6 +2,15 @@
 
 The policy reads a `LiveView` snapshot (a pure input to `decide`); the executor reports outcomes.
 
+A deployment's latency is predicted as its configured latency for the answer's length (its
+`expected_ttft_ms` and `expected_tokens_per_s`) times its **pace**: a moving average of how long its
+whole answers took against what the configuration predicts for them (their own output tokens, and a
+prefill allowance for their prompt). The average of whole-call latencies it replaces mixed answers
+of every length: one tenant asking for long answers made the deployment look slow to every
+tenant's latency constraint (`latency_slo_ms`), which then routed them elsewhere or refused them.
+A stream's duration is set by the client reading it, so streams feed only `ttft_ewma_s`. Each call
+moves the pace by at most a bounded factor (`PACE_RANGE`).
+
 The circuit: `failure_threshold` consecutive failures that say something about the deployment
 (see `ProviderFailure.counts_against_deployment`) open it for `cooldown_s`. After the cooldown it
 half-opens: `admit` lets exactly ONE trial call through while every other caller still skips it.
@@ -32,6 +41,7 @@ class DeploymentHealth:
     trial_in_flight: bool = False
     latency_ewma_s: float | None = None
     ttft_ewma_s: float | None = None
+    pace_ewma: float | None = None  # observed ÷ configured latency of whole answers
     calls: int = 0
     failures: int = 0
     name: str = ""  # the deployment, for the log line of each transition
@@ -69,7 +79,10 @@ class DeploymentHealth:
             return 0
         return max(1, math.ceil(self.cooldown_s - (now - self.opened_at)))
 
-    def record_success(self, latency_s: float, ttft_s: float | None = None) -> None:
+    def record_success(self, latency_s: float, ttft_s: float | None = None, *,
+                       configured_s: float | None = None) -> None:
+        """`configured_s`: what the configuration predicts for this very answer (a whole answer's
+        output and prompt); None for a stream, whose pace is its reader's."""
         self.calls += 1
         self.consecutive_failures = 0
         if self.opened_at is not None:  # the trial, or a call that was out when the circuit opened
@@ -79,6 +92,9 @@ class DeploymentHealth:
         self.latency_ewma_s = _ewma(self.latency_ewma_s, latency_s)
         if ttft_s is not None:
             self.ttft_ewma_s = _ewma(self.ttft_ewma_s, ttft_s)
+        if configured_s is not None and configured_s > 0:
+            low, high = PACE_RANGE
+            self.pace_ewma = _ewma(self.pace_ewma, min(high, max(low, latency_s / configured_s)))
 
     def record_failure(self, now: float, *, trial: bool = False) -> None:
         """A failure that says something about the deployment. A failed trial re-opens at once."""
@@ -107,6 +123,23 @@ class DeploymentHealth:
             self.trial_in_flight = False
 
 
+# One call's pace is taken within these bounds: a single answer stuck until its timeout (or one served
+# from a provider's cache in no time) moves the average by at most a factor, not by fifty.
+PACE_RANGE = (0.1, 10.0)
+# Prompt tokens a provider reads per second before answering, for a whole answer's configured latency
+# only: a long prompt's answer is not taken as a slow deployment (hosted models read several thousand
+# tokens a second; a lower figure would let a flood of huge prompts pass for a slowdown less easily,
+# but would excuse real slowness of long prompts more).
+PREFILL_TOKENS_PER_S = 5_000.0
+
+
+def configured_latency_s(expected_ttft_ms: float, expected_tokens_per_s: float, prompt_tokens: int,
+                         output_tokens: int) -> float:
+    """What the configuration predicts for a whole answer of this prompt and output."""
+    return (expected_ttft_ms / 1000 + prompt_tokens / PREFILL_TOKENS_PER_S
+            + output_tokens / expected_tokens_per_s)
+
+
 def _ewma(previous: float | None, value: float, alpha: float = 0.2) -> float:
     return value if previous is None else (1 - alpha) * previous + alpha * value
 
@@ -116,10 +149,10 @@ _NONE_OPEN: frozenset[str] = frozenset()
 
 @dataclass(frozen=True, slots=True)
 class LiveView:
-    """What the policy may know about live state: open circuits and observed latencies."""
+    """What the policy may know about live state: open circuits and observed paces."""
 
     open_circuits: frozenset[str] = frozenset()
-    latency_s: dict[str, float] = field(default_factory=dict)
+    pace: dict[str, float] = field(default_factory=dict)  # observed ÷ configured latency, per deployment
 
 
 class HealthBoard:
@@ -135,7 +168,7 @@ class HealthBoard:
         now = time.monotonic()
         opened = [n for n, h in self._health.items() if h.opened_at is not None and h.is_open(now)]
         return LiveView(frozenset(opened) if opened else _NONE_OPEN,
-                        {n: h.latency_ewma_s for n, h in self._health.items() if h.latency_ewma_s is not None})
+                        {n: h.pace_ewma for n, h in self._health.items() if h.pace_ewma is not None})
 
     def states(self) -> dict[str, CircuitState]:
         now = time.monotonic()
@@ -144,4 +177,4 @@ class HealthBoard:
     def snapshot(self) -> dict[str, dict[str, float | int | bool | None]]:
         now = time.monotonic()
         return {n: {"calls": h.calls, "failures": h.failures, "circuit_open": h.is_open(now),
-                    "latency_ewma_s": h.latency_ewma_s} for n, h in self._health.items()}
+                    "latency_ewma_s": h.latency_ewma_s, "pace": h.pace_ewma} for n, h in self._health.items()}

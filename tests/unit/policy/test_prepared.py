@@ -7,6 +7,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from gateway.config import Price
 from gateway.policy import Catalog, Overrides, decide
 from gateway.policy import prepared as prep
@@ -29,10 +31,10 @@ def test_estimates_are_those_of_the_plans_own_estimator(tmp_path: Path) -> None:
     for i in range(200):
         s = signal(rng.random(), rng.random(), rng.randint(1, 50_000))
         max_tokens = rng.choice([None, 1, 64, 4096])
-        live = LiveView(latency_s={"large": rng.random()} if i % 2 else {})
+        live = LiveView(pace={"large": 0.1 + 3 * rng.random()} if i % 2 else {})
         d = decide(policy, s, CATALOG, live, max_tokens=max_tokens)
         for c in d.candidates:
-            assert c.estimate == estimate(c.plan, s, CATALOG, live.latency_s, max_tokens)
+            assert c.estimate == estimate(c.plan, s, CATALOG, live.pace, max_tokens)
 
 
 def test_prepared_once_per_policy_and_catalog(tmp_path: Path) -> None:
@@ -72,13 +74,17 @@ def test_changed_deployments_are_priced_and_timed_anew(tmp_path: Path) -> None:
 def test_health_is_read_on_every_decision(tmp_path: Path) -> None:
     policy = policy_from(tmp_path, TWO_TIERS + "constraints: {latency_slo_ms: 5000}\n")
     s = signal(0.2, 0.9)
-    assert decide(policy, s, CATALOG, LiveView()).plan.label == "single:large"  # prepared now
+    usual = decide(policy, s, CATALOG, LiveView())
+    assert usual.plan.label == "single:large"  # prepared now
     d = decide(policy, s, CATALOG, LiveView(open_circuits=frozenset({"large"})))
     assert d.plan.label == "single:small"
     assert {c.plan.label: c.rejected_by for c in d.candidates}["single:large"] == "circuit_open"
-    slow = decide(policy, s, CATALOG, LiveView(latency_s={"large": 9.0}))
+    configured = {c.plan.label: c.estimate.latency_ms for c in usual.candidates}["single:large"]
+    pace = 5001 / configured  # observed: this much slower than configured, past the 5 s constraint
+    slow = decide(policy, s, CATALOG, LiveView(pace={"large": pace}))
     assert slow.plan.label == "single:small"
-    assert {c.plan.label: c.estimate.latency_ms for c in slow.candidates}["single:large"] == 9000.0
+    assert {c.plan.label: c.estimate.latency_ms for c in slow.candidates}["single:large"] == \
+        pytest.approx(5001)
     assert decide(policy, s, CATALOG, LiveView()).plan.label == "single:large"  # and back
 
 
