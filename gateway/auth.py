@@ -63,6 +63,7 @@ class Tenant:
     budget_period: str = "total"
     tokens_per_minute: int | None = None
     key_id: str | None = None  # the admin-created key the caller used, if any
+    max_concurrent_requests: int | None = None  # in flight at once per worker (None: the gateway's default)
     key_limits: Limits | None = None
 
     def may_use(self, policy: str) -> bool:
@@ -113,7 +114,8 @@ def tenant_from_config(config: TenantConfig) -> Tenant:
                   default_policy=config.default_policy, budget_usd=budget.usd if budget else None,
                   budget_period=budget.period if budget else "total",
                   requests_per_minute=config.requests_per_minute, deployments=pinnable(config),
-                  log_prompts=config.log_prompts, tokens_per_minute=config.tokens_per_minute)
+                  log_prompts=config.log_prompts, tokens_per_minute=config.tokens_per_minute,
+                  max_concurrent_requests=config.max_concurrent_requests)
 
 
 def _narrowed(mine: frozenset[str] | None, theirs: list[str] | None) -> frozenset[str] | None:

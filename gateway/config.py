@@ -130,6 +130,9 @@ class TenantConfig(_Strict):
     log_prompts: bool = Field(
         default=False, description="keep prompt text in request records (else its keyed digest): needed to "
                                    "export this tenant's traffic as training data")
+    max_concurrent_requests: int | None = Field(
+        default=None, gt=0, description="requests in flight at once per worker; default: the gateway's "
+                                        "max_concurrent_requests_per_tenant")
 
     @model_validator(mode="after")
     def _has_a_key(self) -> TenantConfig:
@@ -182,6 +185,11 @@ class GatewayConfig(_Strict):
     viewer_api_key_sha256: str | None = Field(
         default=None, pattern=r"^[0-9a-f]{64}$",
         description="sha256 of a key that may read the dashboard and nothing else (env SWITCHYARD_VIEWER_KEY_SHA256)")
+    # A quarter of a worker's 512 upstream connections: no one tenant's long or slowly read answers can
+    # hold them all (gateway.inflight).
+    max_concurrent_requests_per_tenant: int | None = Field(
+        default=128, gt=0, description="requests one tenant may have in flight at once per worker, unless the "
+                                        "tenant sets its own; null: no cap. Not applied without tenants")
     digest_secret_env: str | None = Field(
         default=None, min_length=1,
         description="env var holding the secret that keys prompt digests in request records and prefix-cache "

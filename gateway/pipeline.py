@@ -1,6 +1,8 @@
 """One request's whole path through the gateway, top to bottom.
 
     tenant   = auth.authenticate(...)             → 401 early
+    slot     = inflight.enter(tenant, cap)        → 429 at once if the tenant has its cap in flight; given
+                                                    back when the answer is complete (a stream: when it ends)
     held     = auth.admit(tenant, policy, need)   → the one gate: 403, then (once allowed) `need`:
       hit      = cache.lookup(...)                    served from the store, cost 0, nothing held
       signal   = router.assess(...)                   predicted quality per deployment (no network)
@@ -46,6 +48,7 @@ from gateway.executor.result import CallRecord
 from gateway.executor.resume import resumable, resuming
 from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
+from gateway.inflight import NO_SLOT, InFlight, Slot
 from gateway.keyed import Digests, tenant_salt
 from gateway.ledger import CACHE, LateBills, Ledger, Spent
 from gateway.log_throttle import KeyedLogThrottle
@@ -100,6 +103,7 @@ class Services:
     shadow: ShadowEvaluator | None = None   # background evaluation for policies with `shadow:`
     stats: RequestStats = field(default_factory=RequestStats)  # this replica's recent latencies and statuses
     digests: Digests = field(default_factory=Digests)  # prompt digests and tenants' cache salts (`gateway.keyed`)
+    inflight: InFlight = field(default_factory=InFlight)  # each tenant's requests in flight, under its cap
     unpriced_log: KeyedLogThrottle = field(default_factory=KeyedLogThrottle)  # per (deployment, field)
 
 
@@ -342,9 +346,13 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     if trail is None:
         trail = Trail(ctx.request_id, time.perf_counter())
     trail.trace_id, trail.router_version, trail.messages = trace_id_hex(span), router.version, request["messages"]
+    slot = NO_SLOT
     try:
-        outcome = await _handle(svc, request, ctx, span, router, trail)
+        tenant = trail.tenant = await svc.auth.authenticate(ctx.authorization)
+        slot = svc.inflight.enter(tenant.name, in_flight_cap(svc, tenant))  # given back once answered
+        outcome = await _handle(svc, request, ctx, span, router, trail, tenant)
     except BaseException as exc:
+        slot.release()
         set_attributes(span, error__type=type(exc).__name__)
         span.end()
         if isinstance(exc, GatewayError):
@@ -353,9 +361,29 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
             svc.observer.finish(trail, 500, "internal_error")
         raise
     if isinstance(outcome, Answer):
+        slot.release()
         span.end()
         svc.observer.finish(trail, 200)
+    elif slot is not NO_SLOT:  # a stream holds its slot until it ends, however it ends
+        outcome.settle = _releasing(outcome.settle, slot)
     return outcome
+
+
+def in_flight_cap(svc: Services, tenant: Tenant) -> int | None:
+    """How many requests `tenant` may have in flight in this process: its own cap, else the gateway's;
+    none without tenants (one caller: nobody to crowd out)."""
+    if svc.auth.open:
+        return None
+    return tenant.max_concurrent_requests or svc.config.max_concurrent_requests_per_tenant
+
+
+def _releasing(settle: Callable[[], Awaitable[None]], slot: Slot) -> Callable[[], Awaitable[None]]:
+    async def settled() -> None:
+        try:
+            await settle()
+        finally:
+            slot.release()
+    return settled
 
 
 def _need(svc: Services, tenant: Tenant, r: Route, within_s: float, hedged: bool, resumes: bool) -> Need:
@@ -424,8 +452,7 @@ class _Ahead:
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
-                  router: RememberingRouter, trail: Trail) -> Outcome:
-    tenant = trail.tenant = await svc.auth.authenticate(ctx.authorization)
+                  router: RememberingRouter, trail: Trail, tenant: Tenant) -> Outcome:
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     trail.policy = PINNED if entry.pinned else entry.policy.name
     trail.policy_version = entry.policy.version

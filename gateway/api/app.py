@@ -25,6 +25,7 @@ from gateway.dashboard.view import DASHBOARD_ROUTES
 from gateway.errors import ConfigError
 from gateway.executor import Upstreams
 from gateway.feedback import RequestLog
+from gateway.inflight import InFlight
 from gateway.keyed import Digests, configured_secret
 from gateway.ledger import Ledger
 from gateway.metrics import CIRCUIT_STATES, Metrics
@@ -100,7 +101,11 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     seeds = SeedSample(serving.uncached(), config.deployments, catalog)  # no assessment-memory pollution
     calibrator = Calibrator(store, seeds, lambda: policies.policies.values())
     stats = RequestStats()  # this replica's recent requests: the observer feeds it, the dashboard reads it
+    inflight = InFlight()
     observe_state(metrics, health, policies, calibrator, requests, shadow)
+    metrics.observe_gauge("switchyard.requests.in_flight", "{request}",
+                          "requests in flight per tenant under a cap, in this process", "tenant",
+                          lambda: dict(inflight.counts))
     return Services(
         config=config,
         auth=auth,
@@ -117,6 +122,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
         shadow=shadow,
         calibrator=calibrator,
         digests=digests,
+        inflight=inflight,
     )
 
 

@@ -1,0 +1,59 @@
+"""Requests in flight per tenant, in this process, under a cap.
+
+The upstream connection pool (`DirectBackend`, 512 connections per worker), the event loop and the
+deployments' own concurrency are shared by every tenant. Without a cap on how many requests one
+tenant may have open at once, its long answers, or streams it reads slowly (a stream's upstream
+connection is held while the client does not read), could hold all of them while every other
+tenant's requests waited out their deadlines. Rate limits do not bound this: a request can last
+minutes. The cap is per process, as the pool is; a replica or a worker has its own.
+
+A request takes a slot once authenticated and gives it back when its answer is complete: a whole
+answer when it is returned, a stream when it ends (however it ends). One over the cap is a 429 at
+once (`concurrency_limit_exceeded`, `retry-after: 1`), before anything is held or called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.errors import RateLimited
+
+
+@dataclass(slots=True)
+class Slot:
+    """One request's place under its tenant's cap; `release` is idempotent."""
+
+    owner: InFlight | None
+    tenant: str
+
+    def release(self) -> None:
+        owner, self.owner = self.owner, None
+        if owner is not None:
+            owner.left(self.tenant)
+
+
+NO_SLOT = Slot(None, "")  # uncapped: nothing to give back
+
+
+@dataclass(slots=True)
+class InFlight:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def enter(self, tenant: str, cap: int | None) -> Slot:
+        """A slot for one more of `tenant`'s requests (None: no cap), or a 429 when it has `cap` open."""
+        if cap is None:
+            return NO_SLOT
+        open_now = self.counts.get(tenant, 0)
+        if open_now >= cap:
+            raise RateLimited(f"too many requests in flight for this key: {cap} at once; retry when one "
+                              "has finished", code="concurrency_limit_exceeded",
+                              headers={"retry-after": "1", "x-switchyard-limit": "max_concurrent_requests"})
+        self.counts[tenant] = open_now + 1
+        return Slot(self, tenant)
+
+    def left(self, tenant: str) -> None:
+        open_now = self.counts.get(tenant, 0) - 1
+        if open_now > 0:
+            self.counts[tenant] = open_now
+        else:
+            self.counts.pop(tenant, None)
