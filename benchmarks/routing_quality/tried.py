@@ -107,3 +107,7 @@ TRIED_LODO = [
     "| 0.505 / 0.516 / 0.488 / 0.451 | stronger penalties slide towards structure alone: +0.01 CV, no penalty "
     "lifts MMLU-Pro past length, and the penalty also shapes the in-domain latent; not shipped |",
 ]
+
+# What the all-pairs tables (``all_pairs.py``) showed when they were written; the tables themselves are
+# read from the results folder, this reading is not recomputed by a run.
+ALL_PAIRS_READING: list[str] = []
