@@ -9,11 +9,14 @@ its train split differ (the higher one is "strong") is scored on the validation 
 are averaged over pairs, for: the leave-one-domain-out base, the base adapted with the file's train
 split, prompt length, a TF-IDF ridge onto the pair's gain on the file's train labels and the shipped
 in-domain router; plus a paired bootstrap over validation prompts of adapted - base (mean over pairs).
-A pair whose two models score the same on validation has no APGR and is left out.
+A pair whose two models score the same on validation has no APGR and is left out. A pair whose models
+nearly tie on validation has an APGR far outside [0, 1], so a second table keeps only the pairs whose
+train means differ by at least ``blend.MIN_PAIR_GAP`` (0.05), the pairs the adaptation's own
+cross-validation judges.
 
 The routers are fitted exactly as ``python -m benchmarks.routing_quality`` fits them and under the
 same tags, so ``--work DIR --reuse`` reuses that run's (or an earlier run's) leave-one-out and adapted
-fits; fitting all ten takes about half an hour on a busy two-core machine, scoring ~5 minutes.
+fits. On the busy two-core machine of 2026-11-27 fitting the ten took 22 min and scoring them 5 min.
 Writes ``routing_all_pairs.md`` to the results folder (the report quotes it) and prints it.
 """
 
@@ -82,7 +85,7 @@ def resampled_apgr(score: F64, gain: F64, ok: Bools, idx: Ints) -> F64:
 @dataclass(frozen=True)
 class FileResult:
     n_val: int
-    train_gap: F64  # per pair: strong - weak mean on the train split (> 0)
+    train_gap: F64  # per pair: strong's mean on the train split - weak's (> 0), as file_pairs orders them
     val_gap: F64  # per pair, on the validation split (< 0: the weaker by train is ahead)
     apgr: dict[str, F64]  # per pair, by method
     boot: F64  # (pairs, resamples): adapted - base on each bootstrap resample of the validation prompts
@@ -118,7 +121,8 @@ def score_file(data: RoutingData, prep: Prepared, fits: Fits, shipped: Router, n
         gain, ok = val.score[:, s] - val.score[:, w], pair_rows(val, w, s)
         boot[k] = (resampled_apgr(by_method["adapted"], gain, ok, idx)
                    - resampled_apgr(by_method["base (LODO)"], gain, ok, idx))
-    return FileResult(len(val.ids), np.nanmean(gains, 0),
+    tr = data.score[train]
+    return FileResult(len(val.ids), np.array([np.nanmean(tr[:, s]) - np.nanmean(tr[:, w]) for w, s in pairs]),
                       np.array([np.nanmean(val.score[:, s] - val.score[:, w]) for w, s in pairs]), apgrs, boot)
 
 
