@@ -7,6 +7,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
+# Written by ``all_pairs.py`` into the results folder; the report quotes it when it is there.
+ALL_PAIRS_MD = "routing_all_pairs.md"
 # file -> (weak, strong): the pair each file is judged on.
 FILES: dict[str, tuple[str, str]] = {
     "mmlu_pro": ("Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"),

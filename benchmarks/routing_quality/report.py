@@ -7,16 +7,17 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.routing_quality.files import FILES
+from benchmarks.routing_quality.files import ALL_PAIRS_MD, FILES
 from benchmarks.routing_quality.latency import latency_section
-from benchmarks.routing_quality.tried import TRIED, TRIED_ADAPTING, TRIED_LODO
+from benchmarks.routing_quality.tried import ALL_PAIRS_READING, TRIED, TRIED_ADAPTING, TRIED_LODO
 from gateway.router.model import Router, load_router
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.evaluate import Scored, score_data
 from gateway.router.training.frontier import choose_by_utility, lambda_grid, predicted_cost
 
 
-def pool_points(data: RoutingData, scored: Scored, router: Router, prices: dict) -> dict[str, np.ndarray]:
+def pool_points(data: RoutingData, scored: Scored, router: Router,
+                prices: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
     """Realised (quality, cost) of utility routing at many lambdas, plus single models."""
     models = data.models
     in_p = np.array([prices[m]["input_per_mtok"] for m in models])
@@ -104,6 +105,18 @@ def apgr_plot(res: dict[str, dict[str, float]], out: Path) -> None:
     plt.close(fig)
 
 
+def all_pairs_section(out: Path) -> list[str]:
+    """The same comparison over every model pair of each file, as ``all_pairs.py`` last wrote it to ``out``."""
+    path = out / ALL_PAIRS_MD
+    if not path.exists():
+        return []
+    return ["### Over every model pair of each file", "",
+            "One pair on a few dozen validation prompts is noisy, so here every pair of each file's models is "
+            "scored (the stronger by mean train score is strong) and the APGRs averaged over pairs; TF-IDF → "
+            "gain is fitted per pair on the file's train labels, as in the table above.", "",
+            *path.read_text(encoding="utf-8").splitlines(), "", *ALL_PAIRS_READING, ""]
+
+
 def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out: Path, latency: bool,
            carried: list[str] | None = None) -> list[str]:
     md = ["# Routing quality (validation splits)", ""]
@@ -152,6 +165,7 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
               f"{f} {r.get('adapted heads', '?')}" for f, r in res.items())
           + " (blend w: (1 - w) base-input head + w fresh-latent head; prior tau τ: prior + correction "
           "under an L2 prior of total strength τ).", "",
+          *all_pairs_section(out),
           ]
     md += ["## What was tried", "", "Choosing the shipped model (in-domain APGR):", "", *TRIED, "",
            "Adapting, leave-one-domain-out and an embedding model (validation APGR of each file's pair):", "",

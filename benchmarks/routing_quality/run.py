@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -40,6 +41,9 @@ from benchmarks.routing_quality.report import apgr_plot, report
 from gateway.router.model import DEFAULT_ARTIFACT, Router, load_router
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.evaluate import Scored, eval_pair, rank_score, score_data
+
+if TYPE_CHECKING:
+    from gateway.router.training.train import Prepared
 
 # Columns a run may carry over from the previous results instead of refitting (their fits are slow).
 CARRIABLE = ("retrained on the file alone",)
@@ -98,20 +102,20 @@ def tfidf_gain(data: RoutingData, rows: np.ndarray, val: RoutingData, name: str)
     return fit_tfidf_ridge([data.prompts[i] for i in rows[ok]], gain[ok]).predict(val.prompts)
 
 
-def _fit_to(prep: object, rows: np.ndarray) -> Callable[[Path], None]:
+def _fit_to(prep: Prepared, rows: np.ndarray) -> Callable[[Path], None]:
     from gateway.router.training.train import fit_arrays, make_meta, save_artifact
 
     def run(path: Path) -> None:
-        save_artifact(fit_arrays(prep, rows, progress=False), make_meta(prep.data, rows), path)  # type: ignore[attr-defined]
+        save_artifact(fit_arrays(prep, rows, progress=False), make_meta(prep.data, rows), path)
     return run
 
 
-def _adapt_to(base: Path, prep: object, rows: np.ndarray) -> Callable[[Path], None]:
+def _adapt_to(base: Path, prep: Prepared, rows: np.ndarray) -> Callable[[Path], None]:
     from gateway.router.training.adapt import adapt
     from gateway.router.training.train import save_artifact
 
     def run(path: Path) -> None:
-        save_artifact(*adapt(base, prep, rows, progress=False), path)  # type: ignore[arg-type]
+        save_artifact(*adapt(base, prep, rows, progress=False), path)
     return run
 
 
@@ -145,7 +149,7 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None,
         own_rows = np.nonzero(own_prep.data.split == "train")[0]
         adapted, _ = fits.get(f"adapted_{f}", _adapt_to(lodo_path, own_prep, own_rows))
         r["adapted router"] = pair_apgr(val, router_score(adapted, val, f), f)
-        r["adapted heads"] = adapted.meta["adapted"][-1]["new_domains"][0]["heads"]  # type: ignore[index]
+        r["adapted heads"] = adapted.meta["adapted"][-1]["new_domains"][0]["heads"]  # type: ignore[assignment]  # the heads chosen: a label beside the APGRs
         if carried and "retrained on the file alone" in carried.get(f, {}):
             r["retrained on the file alone"] = carried[f]["retrained on the file alone"]
         else:
