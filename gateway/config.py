@@ -189,7 +189,7 @@ class GatewayConfig(_Strict):
     # hold them all (gateway.inflight).
     max_concurrent_requests_per_tenant: int | None = Field(
         default=128, gt=0, description="requests one tenant may have in flight at once per worker, unless the "
-                                        "tenant sets its own; null: no cap. Not applied without tenants")
+                                        "tenant sets its own; null: no cap. Not applied on a gateway without keys")
     digest_secret_env: str | None = Field(
         default=None, min_length=1,
         description="env var holding the secret that keys prompt digests in request records and prefix-cache "

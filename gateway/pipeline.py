@@ -36,7 +36,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind
 
 from gateway import signal as routing
-from gateway.auth import HOLD_MARGIN_S, NOTHING, Authenticator, Need, Reservation, Tenant
+from gateway.auth import HOLD_MARGIN_S, NOTHING, OPEN_TENANT, Authenticator, Need, Reservation, Tenant
 from gateway.cache import CachedAnswer, CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
@@ -371,8 +371,8 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
 
 def in_flight_cap(svc: Services, tenant: Tenant) -> int | None:
     """How many requests `tenant` may have in flight in this process: its own cap, else the gateway's;
-    none without tenants (one caller: nobody to crowd out)."""
-    if svc.auth.open:
+    none for the caller of a gateway without keys (one caller: nobody to crowd out)."""
+    if tenant is OPEN_TENANT:
         return None
     return tenant.max_concurrent_requests or svc.config.max_concurrent_requests_per_tenant
 
