@@ -34,3 +34,16 @@ def test_the_last_slot_given_back_forgets_the_tenant() -> None:
     inflight = InFlight()
     inflight.enter("a", 1).release()
     assert inflight.counts == {}
+
+
+def test_every_keyed_caller_is_capped_and_only_an_open_gateways_caller_is_not() -> None:
+    from types import SimpleNamespace
+    from typing import Any
+
+    from gateway.auth import OPEN_TENANT, Tenant
+    from gateway.pipeline import in_flight_cap
+
+    svc: Any = SimpleNamespace(config=SimpleNamespace(max_concurrent_requests_per_tenant=128))
+    assert in_flight_cap(svc, OPEN_TENANT) is None
+    assert in_flight_cap(svc, Tenant("acme")) == 128  # a config tenant, or an admin-made key's tenant
+    assert in_flight_cap(svc, Tenant("acme", max_concurrent_requests=4)) == 4
