@@ -51,6 +51,9 @@ class Price(_Strict):
     audio_input_per_mtok: float | None = Field(
         default=None, ge=0, description="audio prompt tokens (`input_audio` parts); default: unknown, so a request "
         "with audio is refused under a budget or cost cap (set it to input_per_mtok where audio costs as text)")
+    audio_output_per_mtok: float | None = Field(
+        default=None, ge=0, description="audio output tokens (`modalities: [\"audio\"]`); default: unknown, so a "
+        "request asking for audio is refused under a budget or cost cap")
 
 
 class BudgetConfig(_Strict):

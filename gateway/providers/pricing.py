@@ -16,7 +16,8 @@ rules, resolved once at start-up so that pricing a call is plain arithmetic:
   priority at `PRIORITY_MULTIPLIER` × its standard rates, the most OpenAI charges for it (gpt-5;
   gpt-4o is 1.7×): litellm would bill it at the standard rates, under what the provider charges.
   One without flex rates bills flex at its standard rates (flex is cheaper: never under);
-- audio output tokens (`completion_tokens_details.audio_tokens`) cost `output_cost_per_audio_token`;
+- audio output tokens (`completion_tokens_details.audio_tokens`) cost `output_cost_per_audio_token`; a
+  deployment without it cannot price audio asked for (`under`);
 - audio prompt tokens (`prompt_tokens_details.audio_tokens`) cost `input_cost_per_audio_token` (a
   service tier's `input_cost_per_audio_token_<tier>` where the map names one); a deployment without
   it cannot price a prompt's audio (`under`);
@@ -76,7 +77,7 @@ class DeploymentPrice:
     cache_write_per_token: float | None = None  # None: likewise for prompt-cache writes
     tiers: tuple[PriceTier, ...] = ()  # ascending thresholds
     service_tiers: tuple[tuple[str, DeploymentPrice], ...] = ()  # ("priority", its prices), ...
-    audio_output_per_token: float | None = None  # None: audio output tokens cost the output price
+    audio_output_per_token: float | None = None  # None: unknown (audio asked for is `unpriced`, see `under`)
     search_per_query: tuple[tuple[str, float], ...] = ()  # (context size, USD a query); none: unknown
     audio_input_per_token: float | None = None  # None: unknown (an audio prompt is `unpriced`, see `under`)
     # Set on the price of a request's worst case (`under`): a fee each call adds, and a field of the
@@ -158,6 +159,10 @@ class DeploymentPrice:
         if terms.search is not None:
             fee = self.search_fee(terms.search)
             per_call, unpriced = fee or 0.0, "web_search_options" if fee is None else None
+        if terms.audio and p.audio_output_per_token is None:
+            # Audio output at no known rate: refused under a budget or cost cap, as audio input is (audio
+            # output rates run 8× the text output rate and more: no multiple bounds them).
+            unpriced = unpriced or "modalities"
         if terms.audio_input:
             heard = p.audio_input_per_token
             if heard is None:
@@ -286,6 +291,8 @@ def price_for(deployment: DeploymentConfig, cost_map: dict[str, Any] | None) -> 
         return DeploymentPrice(p.input_per_mtok / 1e6, p.output_per_mtok / 1e6, "config",
                                None if p.cached_input_per_mtok is None else p.cached_input_per_mtok / 1e6,
                                None if p.cache_write_per_mtok is None else p.cache_write_per_mtok / 1e6,
+                               audio_output_per_token=None if p.audio_output_per_mtok is None
+                               else p.audio_output_per_mtok / 1e6,
                                audio_input_per_token=None if p.audio_input_per_mtok is None
                                else p.audio_input_per_mtok / 1e6)
     cost_map = cost_map or {}

@@ -131,3 +131,16 @@ def test_a_field_sent_unpriced_on_every_request_is_logged_once_a_while_not_once_
             _ask(gw.client, "4o", [TEXT, CLIP])
     lines = [r for r in caplog.records if getattr(r, "event", None) == "unpriced_field"]
     assert len(lines) == 1 and "no known price for `input_audio`" in lines[0].getMessage()
+
+
+def test_audio_output_no_audio_rate_covers_is_refused_under_a_budget_before_any_call(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gpt-4o's cost map entry names no audio output rate: audio asked of it was held and billed at the
+    text output rate. Under a budget it is now a 400 naming `modalities`, as unpriced audio input is."""
+    with budgeted_gateway(sim, tmp_path, monkeypatch, 10.0, _policy("4o"), DEPLOYMENTS) as gw:
+        with pytest.raises(openai.BadRequestError) as refused:
+            gw.client.chat.completions.create(model="4o", messages=[{"role": "user", "content": "Say hi."}],
+                                              max_tokens=20, modalities=["text", "audio"],
+                                              audio={"voice": "alloy", "format": "wav"})
+        assert refused.value.param == "modalities" and "no known price for `modalities`" in refused.value.message
+        assert sim.stats().get("gpt-4o", {}).get("requests", 0) == 0

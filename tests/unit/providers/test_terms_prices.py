@@ -146,3 +146,22 @@ def test_the_worst_case_of_a_plan_uses_the_catalog_under_the_request_terms() -> 
     assert worst_case_cost(Single("4o"), 1_000, catalog, None) == pytest.approx(0.0125)
     assert worst_case_cost(Single("4o"), 1_000, catalog.under(PRIORITY), None) == pytest.approx(0.02125)
     assert catalog.under(PRIORITY) is catalog.under(terms_of({"service_tier": "auto"}))  # worked out once
+
+
+def test_audio_output_where_no_audio_rate_is_known_is_marked_unpriced() -> None:
+    """gpt-4o's entry names no audio output rate, nor does a config price without audio_output_per_mtok:
+    audio asked of them was held and billed at the text output rate (gpt-4o-audio-preview's audio is 8×)."""
+    audio = terms_of({"modalities": ["text", "audio"]})
+    assert price_from_cost_map(GPT_4O).under(audio).unpriced == "modalities"
+    assert price_from_cost_map(AUDIO_PREVIEW).under(audio).unpriced is None
+    both = terms_of({"modalities": ["audio"], "web_search_options": {}})
+    assert price_from_cost_map(GPT_4O).under(both).unpriced == "web_search_options"  # named first
+    config = DeploymentConfig.model_validate({"name": "voice", "model": "openai/voice", "api_base": "http://x",
+                                              "price": {"input_per_mtok": 1, "output_per_mtok": 2}})
+    assert price_for(config, None).under(audio).unpriced == "modalities"
+    priced = config.model_copy(update={"price": config.price.model_copy(update={"audio_output_per_mtok": 16.0})})
+    held = price_for(priced, None).under(audio)
+    assert held.unpriced is None and held.estimate(0, 1_000) == pytest.approx(0.016)
+    assert price_for(priced, None).cost(Usage.from_dict({"prompt_tokens": 0, "completion_tokens": 100,
+                                                         "completion_tokens_details": {"audio_tokens": 100}})) \
+        == pytest.approx(100 * 16e-6)
