@@ -55,7 +55,7 @@ from gateway.messages import count_completion, count_text, prompt_tokens
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
-from gateway.providers.health import HealthBoard, configured_latency_s
+from gateway.providers.health import HealthBoard, configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
@@ -278,9 +278,9 @@ class Upstreams:
         except BaseException as exc:
             self._failed(name, exc, span, trial, started)
             raise
-        d = self.deployments[name]
-        self.health[name].record_success(done.latency_s, configured_s=configured_latency_s(
-            d.expected_ttft_ms, d.expected_tokens_per_s, done.usage.prompt_tokens, done.usage.completion_tokens))
+        configured_ms = configured_latency_ms(self.deployments[name], done.usage.completion_tokens,
+                                              done.usage.prompt_tokens)
+        self.health[name].record_success(done.latency_s, configured_s=configured_ms / 1000)
         if taken is not None and self.quotas is not None:
             await self.quotas.settle(taken, done.usage.prompt_tokens + done.usage.completion_tokens)
         if self.metrics is not None:

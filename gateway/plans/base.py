@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 from gateway.config import DeploymentConfig
 from gateway.executor.sampling import JUDGE_MAX_TOKENS
 from gateway.messages import count_text
+from gateway.providers.health import configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms
 
@@ -122,7 +123,7 @@ def output_tokens(d: DeploymentConfig, max_tokens: int | None) -> int:
 
 def single_latency_ms(d: DeploymentConfig, out_tokens: int, pace: float | None) -> float:
     """The configured latency of an answer `out_tokens` long, times the deployment's observed pace."""
-    configured = d.expected_ttft_ms + 1000 * out_tokens / d.expected_tokens_per_s
+    configured = configured_latency_ms(d, out_tokens)
     return configured if pace is None else configured * pace
 
 

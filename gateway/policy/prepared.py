@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from gateway.plans import Single
 from gateway.plans.base import Catalog, output_tokens
 from gateway.policy.loader import BoundPolicy
+from gateway.providers.health import configured_latency_ms
 
 if TYPE_CHECKING:
     from gateway.policy.decide import Limits
@@ -85,8 +86,7 @@ class Prepared:
         if price.tiers or price.per_call:  # priced by the prompt's length, or with a fee per call
             return None
         out = output_tokens(d, max_tokens)
-        return FixedSingle(d.name, price.base.input, out * price.base.output,
-                           d.expected_ttft_ms + 1000 * out / d.expected_tokens_per_s)
+        return FixedSingle(d.name, price.base.input, out * price.base.output, configured_latency_ms(d, out))
 
 
 _PREPARED: dict[tuple[int, int], Prepared] = {}

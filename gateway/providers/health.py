@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.config import DeploymentConfig
+
 Admission = Literal["closed", "trial"]
 CircuitState = Literal["closed", "half_open", "open"]
 log = logging.getLogger("switchyard.circuit")
@@ -127,17 +129,18 @@ class DeploymentHealth:
 # from a provider's cache in no time) moves the average by at most a factor, not by fifty.
 PACE_RANGE = (0.1, 10.0)
 # Prompt tokens a provider reads per second before answering, for a whole answer's configured latency
-# only: a long prompt's answer is not taken as a slow deployment (hosted models read several thousand
-# tokens a second; a lower figure would let a flood of huge prompts pass for a slowdown less easily,
-# but would excuse real slowness of long prompts more).
+# when its pace is measured: a long prompt's answer is not taken as a slow deployment (hosted models
+# read several thousand tokens a second; a lower figure would let a flood of huge prompts pass for a
+# slowdown less easily, but would excuse real slowness of long prompts more).
 PREFILL_TOKENS_PER_S = 5_000.0
 
 
-def configured_latency_s(expected_ttft_ms: float, expected_tokens_per_s: float, prompt_tokens: int,
-                         output_tokens: int) -> float:
-    """What the configuration predicts for a whole answer of this prompt and output."""
-    return (expected_ttft_ms / 1000 + prompt_tokens / PREFILL_TOKENS_PER_S
-            + output_tokens / expected_tokens_per_s)
+def configured_latency_ms(d: DeploymentConfig, output_tokens: float, prompt_tokens: int = 0) -> float:
+    """What `d`'s configuration predicts for an answer `output_tokens` long (`expected_ttft_ms`,
+    `expected_tokens_per_s`), its prompt's reading included when one is given (a whole answer whose
+    pace is measured). The one formula: plans' estimates, their prepared tables and the pace use it."""
+    ms = d.expected_ttft_ms + 1000 * output_tokens / d.expected_tokens_per_s
+    return ms + 1000 * prompt_tokens / PREFILL_TOKENS_PER_S if prompt_tokens else ms
 
 
 def _ewma(previous: float | None, value: float, alpha: float = 0.2) -> float:

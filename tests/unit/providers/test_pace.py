@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.providers.health import PACE_RANGE, DeploymentHealth, HealthBoard, configured_latency_s
+from gateway.config import DeploymentConfig
+from gateway.providers.health import PACE_RANGE, DeploymentHealth, HealthBoard, configured_latency_ms
+
+AS_CONFIGURED = DeploymentConfig.model_validate({"name": "small", "model": "openai/small", "api_base": "http://x",
+                                                "expected_ttft_ms": 20, "expected_tokens_per_s": 400})
 
 
 def test_an_answer_as_long_as_configured_says_is_on_pace_whatever_its_length() -> None:
     h = DeploymentHealth()
     for out in (10, 400, 4000):  # 20 ms to first token, 400 tokens a second, as configured
         took = 0.02 + out / 400
-        h.record_success(took, configured_s=configured_latency_s(20, 400, 0, out))
+        h.record_success(took, configured_s=configured_latency_ms(AS_CONFIGURED, out) / 1000)
     assert h.pace_ewma == pytest.approx(1.0)
 
 
 def test_a_long_prompt_is_allowed_its_reading_time() -> None:
-    assert configured_latency_s(20, 400, 50_000, 10) == pytest.approx(0.02 + 10.0 + 0.025)
+    assert configured_latency_ms(AS_CONFIGURED, 10, 50_000) == pytest.approx(1000 * (0.02 + 10.0 + 0.025))
 
 
 def test_one_call_moves_the_pace_by_a_bounded_factor() -> None:
