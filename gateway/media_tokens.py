@@ -29,7 +29,7 @@ so each part is priced by its kind and size with a bound meant to hold on every 
   `refusal` (an earlier assistant turn): its UTF-8 bytes, a bound on its tokens.
 - any other type: `UNKNOWN_PART_TOKENS`, an image's worth, never 0.
 
-Text-only requests do not come here: `gateway.messages` calls `parts_tokens` only for list contents.
+Text-only requests do not come here: `gateway.messages` calls `split_parts_tokens` only for list contents.
 """
 
 from __future__ import annotations
@@ -90,13 +90,9 @@ def part_tokens(part: object) -> int:
     return UNKNOWN_PART_TOKENS
 
 
-def parts_tokens(parts: Sequence[object]) -> int:
-    """The prompt tokens a list content's non-text parts may be billed."""
-    return sum(part_tokens(p) for p in parts)
-
-
 def split_parts_tokens(parts: Sequence[object]) -> tuple[int, int]:
-    """`parts_tokens`, and of them the audio ones (`input_audio`), in one pass."""
+    """The prompt tokens a list content's non-text parts may be billed, and of them the audio ones
+    (`input_audio`), in one pass."""
     total = audio = 0
     for p in parts:
         n = part_tokens(p)

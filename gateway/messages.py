@@ -169,15 +169,11 @@ def prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
     return count_messages(messages)
 
 
-def upper_bound_messages(messages: Iterable[Mapping[str, Any]]) -> int:
+def prompt_bound(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
     """A bound no exact count exceeds, for the price of measuring bytes: a byte-level BPE token
     covers at least one UTF-8 byte (non-text parts: their estimates, as `count_messages` counts
-    them). Enough to show that a cost cap cannot bind."""
-    return prompt_bound(messages)[0]
-
-
-def prompt_bound(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
-    """`upper_bound_messages`, and the prompt's audio tokens (`gateway.media_tokens`) among them."""
+    them). Enough to show that a cost cap cannot bind. And the prompt's audio tokens among them
+    (`gateway.media_tokens`), priced at their own rate."""
     texts, media, audio = read_prompt(messages)
     return (sum(len(t.encode("utf-8", "replace")) for t in texts) + PER_MESSAGE_TOKENS * len(texts)
             + PER_REQUEST_TOKENS + media), audio
@@ -202,16 +198,11 @@ message_text = content_text
 MAX_ROUTER_CHARS = 12_000
 
 
-def routing_text(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int]:
-    """The text the router judges (the last user turn, with the system prompt) and the prompt's tokens.
-    Routed requests carry this count forward (`RouteSignal.prompt_tokens`): it is counted once, and
-    prices the plans, so it counts the non-text parts too; the router reads the text alone."""
-    text, tokens, _ = routing_counts(messages)
-    return text, tokens
-
-
 def routing_counts(messages: Sequence[Mapping[str, Any]]) -> tuple[str, int, int]:
-    """`routing_text`, and the prompt's audio tokens among its tokens (`RouteSignal.audio_tokens`)."""
+    """The text the router judges (the last user turn, with the system prompt), the prompt's tokens
+    and the audio tokens among them. Routed requests carry the counts forward
+    (`RouteSignal.prompt_tokens`, `RouteSignal.audio_tokens`): counted once, they price the plans, so
+    they count the non-text parts too; the router reads the text alone."""
     texts, media, audio = read_prompt(messages)
     return _judged(messages, texts), count_texts(texts) + media, audio
 

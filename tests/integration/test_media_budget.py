@@ -38,7 +38,7 @@ def test_a_request_whose_media_exceed_the_budget_is_refused_before_any_call(
     """20 images at detail low and one line of text were reserved as the line alone ($0.000052 of the
     $0.004 budget, 12 prompt tokens and 20 output tokens) and sent; a provider may bill the images
     ~32,000 tokens ($0.032). The audio and the PDF were reserved the same $0.00005."""
-    assert media_tokens.parts_tokens(parts) * 1e-6 > BUDGET
+    assert media_tokens.split_parts_tokens(parts)[0] * 1e-6 > BUDGET
     policy = {"candidates": [{"single": "eye"}]}
     with budgeted_gateway(sim, tmp_path, monkeypatch, BUDGET, policy, EYE) as gw:
         def ask(content: list[dict[str, Any]]) -> object:

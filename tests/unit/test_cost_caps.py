@@ -10,7 +10,7 @@ import tiktoken
 from gateway import messages
 from gateway.config import parse_config
 from gateway.executor.upstreams import counted
-from gateway.messages import EXACT_CHARS, count_messages, count_text, routing_text
+from gateway.messages import EXACT_CHARS, count_messages, count_text, routing_counts
 from gateway.plans import BestOfN, Single
 from gateway.policy import Catalog, fit_to_cap, max_tokens_within, worst_case_cost
 from gateway.providers.base import Completion, Usage
@@ -30,7 +30,7 @@ def _catalog() -> Catalog:
 
 
 def test_cjk_prompts_are_not_under_counted() -> None:
-    _, tokens = routing_text([{"role": "user", "content": CJK}])
+    _, tokens, _ = routing_counts([{"role": "user", "content": CJK}])
     assert tokens >= 0.6 * len(CJK)  # characters ÷ 4 would say a quarter of that
 
 

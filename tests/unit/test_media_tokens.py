@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway import media_tokens as media
-from gateway.messages import count_messages, count_text, routing_text, upper_bound_messages
+from gateway.messages import count_messages, count_text, prompt_bound, routing_counts
 from gateway.quotas import DeploymentQuotas
 from gateway.state import MemoryStore, deployment_window_key
 from tests.support.fake_backend import deployment
@@ -81,14 +81,14 @@ def test_text_parts_and_refusals_are_counted_as_text() -> None:
 
 
 def test_routing_prices_the_images_but_judges_the_text() -> None:
-    text, tokens = routing_text(_with(_image(), _image()))
+    text, tokens, _ = routing_counts(_with(_image(), _image()))
     assert text == TEXT  # the router reads the text alone
     assert tokens == count_messages(WORD) + 2 * media.IMAGE_TOKENS  # the plans are priced on the whole prompt
 
 
 def test_the_byte_bound_bounds_prompts_with_images() -> None:
     messages = _with(_image(), {"type": "input_audio", "input_audio": {"data": "A" * 8_000, "format": "wav"}})
-    assert upper_bound_messages(messages) >= count_messages(messages) > count_messages(WORD) + media.IMAGE_TOKENS
+    assert prompt_bound(messages)[0] >= count_messages(messages) > count_messages(WORD) + media.IMAGE_TOKENS
 
 
 def test_a_deployments_token_window_holds_the_images() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gateway.config import embedded_config
-from gateway.messages import count_messages, count_text, routing_text
+from gateway.messages import count_messages, count_text, routing_counts
 from gateway.router import load_router
 from gateway.signal import RememberingRouter, assess
 
@@ -14,7 +14,7 @@ def test_routes_on_the_last_user_turn_with_the_system_prompt() -> None:
     messages = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "first"},
                 {"role": "assistant", "content": "answer"},
                 {"role": "user", "content": [{"type": "text", "text": "second"}]}]
-    text, tokens = routing_text(messages)
+    text, tokens, _ = routing_counts(messages)
     assert text == "Be terse.\nsecond"
     # the whole prompt, counted as billing counts it: every message's text plus the chat framing
     assert tokens == count_messages(messages) == count_text("Be terse.\nfirst\nanswer\nsecond") + 4 * 4 + 3
