@@ -39,11 +39,10 @@ from gateway.router.model import DEFAULT_ARTIFACT, Router, load_router
 from gateway.router.training.blend import MIN_PAIR_GAP
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.evaluate import eval_pair, pair_rows, rank_score, score_data
+from gateway.router.training.metrics import NO_GAP, batched_apgr
 from gateway.router.training.train import Prepared, prepare
 
 METHODS = ("base (LODO)", "adapted", "length", "TF-IDF → gain, file's labels", "shipped (in-domain)")
-# Summed score gaps at or below this are no gap: graded scores such as 0.7 - 0.4 - 0.3 leave float dust.
-NO_GAP = 1e-9
 
 
 def file_pairs(data: RoutingData, train: Bools, val: RoutingData) -> list[tuple[int, int]]:
@@ -66,20 +65,8 @@ def file_pairs(data: RoutingData, train: Bools, val: RoutingData) -> list[tuple[
 
 def resampled_apgr(score: F64, gain: F64, ok: Bools, idx: Ints) -> F64:
     """APGR (``metrics.apgr`` of ``pair_curve``) of ranking by ``score`` on each row of ``idx``, a
-    (resamples, n) array of prompt indices; ``gain`` is strong - weak, ``ok`` the prompts with both.
-
-    Prompts without both outcomes sort last with no gain, so the curve over the first n_ok prompts
-    is the pair's and is flat after it; the sum of PGR over k < n then overcounts by n - n_ok.
-    """
-    s = np.where(ok, score, -np.inf)[idx]
-    g = np.where(ok, gain, 0.0)[idx]
-    n_ok = ok[idx].sum(1)
-    order = np.argsort(-s, axis=1, kind="stable")
-    cum = np.cumsum(np.take_along_axis(g, order, 1), axis=1)
-    total = cum[:, -1]
-    none = np.abs(total) <= NO_GAP  # a resample with no gap scores 0, as the metric does
-    pgr_sum = cum[:, :-1].sum(1) / np.where(none, 1.0, total) - (idx.shape[1] - n_ok)
-    return np.where(none | (n_ok == 0), 0.0, (pgr_sum + 0.5) / np.maximum(n_ok, 1))
+    (resamples, n) array of prompt indices; ``gain`` is strong - weak, ``ok`` the prompts with both."""
+    return batched_apgr(score[idx], gain[idx], ok[idx])
 
 
 @dataclass(frozen=True)

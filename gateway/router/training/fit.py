@@ -67,6 +67,7 @@ def oof_ridge(
 def fit_logistic(
     f: F64, y: F64, weight: F64 | None = None, l2: float = 1e-2, iters: int = 30,
     offset: F64 | None = None, penalty: F64 | None = None, total_l2: float | None = None,
+    start: F64 | None = None,
 ) -> tuple[F64, float]:
     """L2-penalised logistic regression by Newton's method (few features, many rows).
 
@@ -74,12 +75,13 @@ def fit_logistic(
     an existing model); y may be soft (a share in [0, 1]). The penalty on each coefficient is
     ``l2`` x the total row weight (a per-row penalty: the same pull whatever the data size), or
     ``total_l2`` when given (a fixed prior: its pull fades as rows accumulate); ``penalty``
-    multiplies it per feature (0 = unpenalised)."""
+    multiplies it per feature (0 = unpenalised). ``start``: coefficients then intercept to start
+    from (a neighbouring fit's answer: a grid of penalties converges in a few steps each)."""
     n, d = f.shape
     a = np.column_stack([f, np.ones(n)])
     w = np.ones(n) if weight is None else weight
     off = np.zeros(n) if offset is None else offset
-    beta = np.zeros(d + 1)
+    beta = np.zeros(d + 1) if start is None else start.astype(np.float64, copy=True)
     pen = np.full(d + 1, l2 * float(w.sum()) if total_l2 is None else total_l2)
     if penalty is not None:
         pen[:-1] *= penalty

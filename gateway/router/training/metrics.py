@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from gateway.router.arrays import F64, Floats
+from gateway.router.arrays import F64, Bools, Floats
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,30 @@ def pgr(curve: PairCurve) -> F64:
 def apgr(curve: PairCurve) -> float:
     p = pgr(curve)
     return float(np.sum((p[1:] + p[:-1]) / 2 * np.diff(curve.share)))
+
+
+# A gap this close to zero is rounding left over from gains that cancel: no gap to recover.
+NO_GAP = 1e-9
+
+
+def batched_apgr(score: F64, gain: F64, ok: Bools) -> F64:
+    """``apgr(pair_curve(...))`` of each row of (b, n) arrays in one pass: prompts ranked by
+    ``score`` (highest first, ties in input order), each gaining ``gain`` (strong - weak) when
+    sent to the strong model; only the prompts where ``ok`` count. For scoring many pairs or
+    resamples at once (the adaptation's cross-validation, the all-pairs tables).
+
+    Prompts not ok sort last with no gain. Over the n_ok that count, with C_k the gain of the
+    first k and T = C_{n_ok}, APGR is the trapezoid mean of C_k / T over k = 0..n_ok, i.e.
+    (sum_k C_k - T / 2) / (n_ok T), and sum_k C_k weighs the prompt at rank i (from 0) by n_ok - i.
+    A row whose gains cancel (|T| <= NO_GAP) or with no prompt scores 0, as ``pgr`` does."""
+    n = score.shape[1]
+    g = np.where(ok, gain, 0.0)
+    ranked = np.take_along_axis(g, np.argsort(-np.where(ok, score, -np.inf), axis=1, kind="stable"), axis=1)
+    n_ok = ok.sum(axis=1)
+    total = g.sum(axis=1)
+    sum_c = ranked @ np.arange(n, 0, -1, dtype=np.float64) - (n - n_ok) * total
+    none = (np.abs(total) <= NO_GAP) | (n_ok == 0)
+    return np.where(none, 0.0, (sum_c - total / 2) / (np.maximum(n_ok, 1) * np.where(none, 1.0, total)))
 
 
 def cpt(curve: PairCurve, x: float) -> float:

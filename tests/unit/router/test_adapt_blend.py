@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from gateway.router.training.blend import Inputs, judged_pairs, pair_score, select_heads
+from gateway.router.training.metrics import apgr, batched_apgr, pair_curve
 
 
 def _inputs(rng: np.random.Generator, n: int, signal: str) -> Inputs:
@@ -45,6 +46,35 @@ def test_pairs_are_judged_weak_to_strong_and_only_when_their_levels_differ() -> 
     y[:, 2] = y[:, 0]  # two models at the same level are never a pair
     assert (0, 2) not in [(w, s) for w, s, _ in judged_pairs(y)] and (2, 0) not in [
         (w, s) for w, s, _ in judged_pairs(y)]
+
+
+def _one_pair_at_a_time(p: np.ndarray, y: np.ndarray, pairs: list[tuple[int, int, float]]) -> float:
+    total = weight = 0.0
+    for weak, strong, gap in pairs:
+        ok = ~np.isnan(y[:, weak]) & ~np.isnan(y[:, strong])
+        if ok.any():
+            zero = np.zeros(int(ok.sum()))
+            total += gap * apgr(pair_curve(p[ok, strong] - p[ok, weak], y[ok, weak], y[ok, strong], zero, zero))
+            weight += gap
+    return total / weight if weight else 0.0
+
+
+def test_batched_pair_scores_are_the_metrics_apgr_of_each_pair() -> None:
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        n, m = int(rng.integers(1, 50)), int(rng.integers(2, 8))
+        y = rng.integers(0, 2, (n, m)).astype(float)  # whole outcomes: a gap is never a rounding error
+        if trial % 2:
+            y[rng.random((n, m)) < 0.15] = np.nan  # unlabelled rows: those pairs are scored alone
+        p = np.round(rng.random((n, m)), 1)  # ties, broken by row order as the metric does
+        pairs = [(a, b, float(rng.random())) for a in range(m) for b in range(m) if a != b]
+        assert pair_score(p, y, pairs) == pytest.approx(_one_pair_at_a_time(p, y, pairs), abs=1e-12)
+
+
+def test_a_pair_whose_gains_cancel_scores_zero_not_a_rounding_error() -> None:
+    gain = np.array([[0.1, 0.2, -0.3]])  # sums to 5.6e-17, not 0
+    assert batched_apgr(np.array([[3.0, 2.0, 1.0]]), gain, np.ones((1, 3), bool)).tolist() == [0.0]
+    assert batched_apgr(np.zeros((2, 0)), np.zeros((2, 0)), np.zeros((2, 0), bool)).tolist() == [0.0, 0.0]
 
 
 def _graded(rng: np.random.Generator, n: int, fresh_weight: float) -> Inputs:
