@@ -187,12 +187,22 @@ def prompt_bound(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
             + PER_REQUEST_TOKENS + media), audio
 
 
+# Where servers put a model's thinking, in a message or a stream's delta (vLLM's reasoning parsers and
+# DeepSeek: `reasoning_content`; newer vLLM and OpenRouter: `reasoning`). It is billed as completion
+# tokens, so an answer or a stream without usage is billed for it too.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
 def count_completion(body: Mapping[str, Any]) -> int:
-    """Completion tokens of a chat.completion body, counted from its text (for answers without usage)."""
+    """Completion tokens of a chat.completion body, counted from its text (for answers without usage):
+    the answer, its tool calls and the reasoning that came with it."""
     total = 0
     for choice in body.get("choices") or ():
         message = choice.get("message") or {}
         total += count_text(content_text(message.get("content")))
+        for name in REASONING_FIELDS:
+            if isinstance(thought := message.get(name), str):
+                total += count_text(thought)
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             total += count_text(str(function.get("name", "")) + str(function.get("arguments", "")))

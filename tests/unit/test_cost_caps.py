@@ -99,6 +99,14 @@ def test_an_answer_without_usage_is_billed_from_counted_tokens() -> None:
     assert counted(reported, {"messages": []}) is reported
 
 
+def test_an_answer_without_usage_is_billed_for_its_reasoning_too() -> None:
+    thought, answer = "First, recall the capitals of Europe one by one. " * 20, "Paris."
+    for field in ("reasoning_content", "reasoning"):
+        body = {"choices": [{"message": {"role": "assistant", "content": answer, field: thought}}]}
+        done = counted(Completion(body, Usage(), 0.1), {"messages": [{"role": "user", "content": "Capital?"}]})
+        assert done.usage.completion_tokens == count_text(answer) + count_text(thought)
+
+
 def test_an_answer_without_usage_bills_the_prompt_the_request_already_counted(
         monkeypatch: pytest.MonkeyPatch) -> None:
     body = {"choices": [{"message": {"role": "assistant", "content": "Paris."}}]}

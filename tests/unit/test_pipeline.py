@@ -14,6 +14,7 @@ from gateway.auth import hash_key
 from gateway.config import DeploymentConfig, parse_config
 from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, UpstreamError
 from gateway.ledger import CACHE
+from gateway.messages import count_text
 from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle
 from gateway.providers.base import ProviderFailure
 from gateway.state import spend_key
@@ -157,6 +158,31 @@ def test_a_live_stream_is_billed_once_when_it_ends_and_then_cached(tmp_path: Pat
     cached = _ask(svc)
     assert isinstance(cached, Answer) and cached.cache == "hit"
     assert cached.body["choices"][0]["message"]["content"] == "7"
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_stream_left_during_its_reasoning_is_billed_for_the_reasoning_it_streamed(
+        tmp_path: Path, field: str) -> None:
+    """vLLM's reasoning parsers (and DeepSeek, OpenRouter) stream a model's thinking as `reasoning_content`
+    or `reasoning` deltas, billed as completion tokens. A client that leaves before the usage chunk is
+    billed on what was counted, and that must count the thinking, not only the answer's `content`."""
+    thought = "Let me think about which numbers are prime, one at a time. " * 60
+    reasoning = [{"object": "chat.completion.chunk", "model": "fake",
+                  "choices": [{"index": 0, "delta": {field: thought[i:i + 200]}, "finish_reason": None}]}
+                 for i in range(0, len(thought), 200)]
+    ending = [chunk("7"), chunk(finish="stop"), chunk(usage=(12, 900))]
+    svc, _ = _services(tmp_path, lambda d, b: Stream([*reasoning, *ending]))
+
+    async def leave_after_the_answer_starts() -> None:
+        out = await handle(svc, {**ASK, "stream": True}, CallContext(authorization=f"Bearer {KEY}"))
+        assert isinstance(out, LiveAnswer)
+        async for c in out.stream:
+            if any((ch.get("delta") or {}).get("content") for ch in c.get("choices") or ()):
+                break  # the client leaves: no usage chunk will be read
+        await out.settle()
+    asyncio.run(leave_after_the_answer_starts())
+    streamed = count_text(thought)
+    assert asyncio.run(_spent(svc, "team")) >= streamed * 2e-6  # $2 per million output tokens
 
 
 def test_a_stream_cut_short_is_billed_on_counted_tokens_and_not_cached(tmp_path: Path) -> None:
