@@ -203,7 +203,7 @@ class Upstreams:
         output = body.get("max_completion_tokens") or body.get("max_tokens") or self.deployments[name].max_output_tokens
         messages = body.get("messages") or ()
         terms = with_audio_input(terms_of(body), messages_audio_tokens(messages))
-        return self.prices[name].under(terms).estimate(prompt_tokens(messages), output * int(body.get("n") or 1))
+        return self.prices[name].under(terms).bound(prompt_tokens(messages), output * int(body.get("n") or 1))
 
     async def _awaited(self, name: str, step: Awaitable[T], deadline: Deadline,
                        priced: Callable[[T], Awaitable[CallRecord | None]], body: dict[str, Any]) -> T:
