@@ -193,6 +193,15 @@ def prompt_bound(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 
 
+def reasoning_text(message: Mapping[str, Any]) -> str:
+    """The thinking a message or delta carries: the first of `REASONING_FIELDS` it has (a server moving
+    from one name to the other may send the same text under both, which is billed once)."""
+    for name in REASONING_FIELDS:
+        if isinstance(thought := message.get(name), str) and thought:
+            return thought
+    return ""
+
+
 def count_completion(body: Mapping[str, Any]) -> int:
     """Completion tokens of a chat.completion body, counted from its text (for answers without usage):
     the answer, its tool calls and the reasoning that came with it."""
@@ -200,9 +209,7 @@ def count_completion(body: Mapping[str, Any]) -> int:
     for choice in body.get("choices") or ():
         message = choice.get("message") or {}
         total += count_text(content_text(message.get("content")))
-        for name in REASONING_FIELDS:
-            if isinstance(thought := message.get(name), str):
-                total += count_text(thought)
+        total += count_text(reasoning_text(message))
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             total += count_text(str(function.get("name", "")) + str(function.get("arguments", "")))

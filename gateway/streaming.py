@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.messages import REASONING_FIELDS, count_text
+from gateway.messages import count_text, reasoning_text
 from gateway.providers.base import Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -40,9 +40,8 @@ class Accumulator:
             delta = choice.get("delta") or {}
             if delta.get("role"):
                 self.roles[i] = delta["role"]
-            for name in REASONING_FIELDS:
-                if isinstance(thought := delta.get(name), str) and thought:
-                    self.thought.append(thought)
+            if thought := reasoning_text(delta):
+                self.thought.append(thought)
             if delta.get("content"):
                 self.texts.setdefault(i, []).append(delta["content"])
             else:

@@ -33,7 +33,7 @@ from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.upstreams import OpenStream, Upstreams
 from gateway.media_tokens import messages_audio_tokens
-from gateway.messages import REASONING_FIELDS, count_messages, count_text, prompt_tokens
+from gateway.messages import count_messages, count_text, prompt_tokens, reasoning_text
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.telemetry import set_attributes
 
@@ -179,5 +179,4 @@ def _thought(chunk: dict[str, Any]) -> str:
     choices = chunk.get("choices")
     if not choices:
         return ""
-    delta = choices[0].get("delta") or {}
-    return "".join(t for name in REASONING_FIELDS if isinstance(t := delta.get(name), str))
+    return reasoning_text(choices[0].get("delta") or {})

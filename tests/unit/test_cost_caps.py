@@ -105,6 +105,10 @@ def test_an_answer_without_usage_is_billed_for_its_reasoning_too() -> None:
         body = {"choices": [{"message": {"role": "assistant", "content": answer, field: thought}}]}
         done = counted(Completion(body, Usage(), 0.1), {"messages": [{"role": "user", "content": "Capital?"}]})
         assert done.usage.completion_tokens == count_text(answer) + count_text(thought)
+    both = {"choices": [{"message": {"role": "assistant", "content": answer, "reasoning_content": thought,
+                                     "reasoning": thought}}]}  # one thought under both names: billed once
+    done = counted(Completion(both, Usage(), 0.1), {"messages": [{"role": "user", "content": "Capital?"}]})
+    assert done.usage.completion_tokens == count_text(answer) + count_text(thought)
 
 
 def test_an_answer_without_usage_bills_the_prompt_the_request_already_counted(
