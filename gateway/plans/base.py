@@ -162,7 +162,7 @@ def worst_cost(calls: Sequence[Call], prompt_tokens: int, catalog: Catalog, max_
         price = catalog.prices[c.deployment]
         if c.role == "judge":
             cost += price.bound(prompt_tokens + judge_framing(c) + sum(limit(r) for r in c.reads),
-                                   JUDGE_MAX_TOKENS)
+                                JUDGE_MAX_TOKENS)
         else:
             cost += price.bound(prompt_tokens, limit(c.deployment) * c.outputs)
     return cost
