@@ -195,18 +195,22 @@ class Reservation:
     landed: tuple[CallRecord, ...] = ()   # their answers that came before the settlement, billed with it
     sent: asyncio.Event | None = None  # with calls still read: set once the first settlement's round trip is over
 
-    async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = (), *, retry: bool = False) -> None:
+    async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = (), *, retry: bool = False,
+                     maybe_applied: bool = True) -> None:
         """Record the real cost (and tokens), drop the hold, atomically; later calls do nothing.
         Late answers that landed meanwhile are billed with it; calls still being read keep their
         worst case held, each in a hold of its own (`bill_late` drops it).
 
-        `retry`: the first try failed with the store unavailable, which may have been a lost reply
-        of a settlement that went through. While the hold cannot have lapsed, it is the witness:
-        gone means settled, so nothing is added twice."""
+        `retry`: the first try failed with the store unavailable. `maybe_applied`: that failure may
+        have been a lost reply of a settlement that went through; while the hold cannot have lapsed,
+        it is then the witness: gone means settled, so nothing is added twice. A try that never
+        reached the store (`StoreUnavailable.unsent`) settles as a first one does: a hold gone then
+        went with the store's data (a restart), and the spend must still be added."""
         if self.settled or self.store is None:
             return
         self.settled = True
-        only_if_held = retry and self.hold_id is not None and time.monotonic() < self.expires_at - _LAPSE_MARGIN_S
+        only_if_held = (retry and maybe_applied and self.hold_id is not None
+                        and time.monotonic() < self.expires_at - _LAPSE_MARGIN_S)
         spends = self.spends or ((spend_key(self.tenant), holds_key(self.tenant), 0),)
         if self.landed:
             calls = (*calls, *self.landed)
@@ -250,11 +254,12 @@ class Reservation:
         self.late += (call,)
         return call
 
-    async def bill_late(self, call: LateCall, record: CallRecord | None, *, retry: bool = False) -> None:
+    async def bill_late(self, call: LateCall, record: CallRecord | None, *, retry: bool = False,
+                        maybe_applied: bool = True) -> None:
         """`call` ended: it answered (`record`, its bill) or not (None). Before the request settles,
         its bill joins that settlement; after, it is billed to every spend key and token window the
-        request charges, and its own hold dropped, in one step. `retry`: as for `settle`, with the
-        call's own hold as the witness."""
+        request charges, and its own hold dropped, in one step. `retry`, `maybe_applied`: as for
+        `settle`, with the call's own hold as the witness."""
         if call.done or self.store is None:
             return
         if not self.settled:
@@ -272,7 +277,8 @@ class Reservation:
         if record is not None and self.tokens:
             used = record.usage.prompt_tokens + record.usage.completion_tokens
             tokens = tuple((key, step, used) for key, step, _ in self.tokens)
-        only_if_held = retry and call.hold_id is not None and time.monotonic() < call.expires_at - _LAPSE_MARGIN_S
+        only_if_held = (retry and maybe_applied and call.hold_id is not None
+                        and time.monotonic() < call.expires_at - _LAPSE_MARGIN_S)
         spends = self.spends or ((spend_key(self.tenant), holds_key(self.tenant), 0),)
         await self.store.settle_admission(Settlement(call.hold_id, cost, spends, tokens, only_if_held))
         call.done = True

@@ -156,6 +156,20 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
 
 
 @dataclass(slots=True)
+class _Unsettled:
+    """A budget settlement the store could not take, held until it is back."""
+
+    reservation: Reservation | None
+    tenant: str
+    usd: float
+    calls: tuple[CallRecord, ...]
+    late: LateCall | None  # the late call it bills, if that is what it is
+    # Whether a failed try may have been carried out with its reply lost (else the hold, if gone from a
+    # store that is back, went with the store's data, and the spend is still added).
+    maybe_applied: bool = True
+
+
+@dataclass(slots=True)
 class _Write:
     """One numbered write of the ledger's writer: per tenant, hash key → field → amount."""
 
@@ -191,9 +205,8 @@ class Ledger:
         self.writer_id = uuid.uuid4().hex
         self._seq = 0
         self._held: list[_Write] = []
-        # Budget settlements the store could not take (it was down), retried with the held sums, in
-        # order: (reservation, tenant, usd, calls, the late call they bill or None).
-        self._unsettled: list[tuple[Reservation | None, str, float, tuple[CallRecord, ...], LateCall | None]] = []
+        # Budget settlements the store could not take (it was down), retried with the held sums, in order.
+        self._unsettled: list[_Unsettled] = []
 
     async def record(self, spent: Spent, reservation: Reservation | None = None) -> None:
         """Queue the bill, then settle the tenant's budget with its real cost (a cache hit releases
@@ -230,7 +243,7 @@ class Ledger:
         """Held for the writer to settle once the store is back: a budget must not forget what was
         spent during an outage."""
         if len(self._unsettled) < _MAX_UNSETTLED:
-            self._unsettled.append((reservation, tenant, usd, calls, late))
+            self._unsettled.append(_Unsettled(reservation, tenant, usd, calls, late, maybe_applied=not exc.unsent))
         else:
             self._lost(usd, "budget spend of %s not recorded (store unavailable, backlog full): $%.6f", tenant)
         if self._throttle.due():
@@ -271,8 +284,8 @@ class Ledger:
         if self._held or self._unsettled:
             await self.write([])  # a last try; what the store still cannot take is lost
             self._give_up_held()
-            for _, tenant, usd, _, _ in self._unsettled:
-                log.warning("spend of %s not added to its budget counter (store unavailable): $%.6f", tenant, usd)
+            for u in self._unsettled:
+                log.warning("spend of %s not added to its budget counter (store unavailable): $%.6f", u.tenant, u.usd)
 
     async def _run(self) -> None:
         while True:
@@ -336,16 +349,19 @@ class Ledger:
 
     async def _settle_unsettled(self) -> None:
         while self._unsettled:
-            reservation, tenant, usd, calls, late = self._unsettled[0]
+            u = self._unsettled[0]
+            reservation, calls = u.reservation, u.calls
             try:
-                if reservation is not None and late is not None:
-                    await reservation.bill_late(late, calls[0] if calls else None, retry=True)
+                if reservation is not None and u.late is not None:
+                    await reservation.bill_late(u.late, calls[0] if calls else None, retry=True,
+                                                maybe_applied=u.maybe_applied)
                 elif reservation is not None:
                     reservation.settled = False  # its settlement failed (or only its reply was lost)
-                    await reservation.settle(usd, calls, retry=True)
+                    await reservation.settle(u.usd, calls, retry=True, maybe_applied=u.maybe_applied)
                 else:
-                    await self.store.incr_float(spend_key(tenant), usd)
-            except StoreUnavailable:
+                    await self.store.incr_float(spend_key(u.tenant), u.usd)
+            except StoreUnavailable as exc:
+                u.maybe_applied = u.maybe_applied or not exc.unsent
                 return  # still down: retried with the held sums
             self._unsettled.pop(0)
 
@@ -361,7 +377,7 @@ class Ledger:
     def stats(self) -> dict[str, Any]:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
                 "lost_usd": round(self.lost_usd, 10), "queued": len(self._bills), "held": self._held_bills,
-                "unsettled_usd": round(sum(u[2] for u in self._unsettled), 10)}
+                "unsettled_usd": round(sum(u.usd for u in self._unsettled), 10)}
 
 
 @dataclass(slots=True)

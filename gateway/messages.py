@@ -9,8 +9,14 @@ tiktoken or that file the count falls back to UTF-8 bytes ÷ 3, which over-count
 and does not under-count CJK text (three bytes and about one token per character).
 
 Counting is on the hot path, so it is bounded: a text up to `EXACT_CHARS` is encoded exactly
-(about 4 µs for a short prompt, 40 µs at the limit); a longer one is sampled at its head, middle
-and tail and extrapolated, and never counted below bytes ÷ 4. Counts are not remembered across
+(about 4 µs for a short prompt, 40 µs at the limit); a longer one is sampled and extrapolated, and
+never counted below bytes ÷ 4. The samples are one window at a random place in each of
+`_SAMPLES` equal stretches of the text, drawn afresh for every count: samples at fixed places (its
+head, middle and tail) let a client put token-sparse text (runs of spaces) exactly there and
+token-dense text (punctuation, ~0.66 tokens a character) everywhere else, and a 100,000-character
+prompt billed 66,000 tokens was counted as 25,000, which a cost cap or a budget hold then took for
+its worst case. Where the windows fall is unknown to the client, so no text can be shaped to be
+under-counted; an estimate is off only by chance, in either direction. Counts are not remembered across
 requests: a remembered text would be counted sooner, and that timing would tell one tenant whether
 another had just sent it (the router's memory is per tenant for the same reason).
 
@@ -26,6 +32,7 @@ import importlib.util
 import logging
 import math
 import os
+import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextvars import ContextVar
 from functools import lru_cache
@@ -43,7 +50,8 @@ ENCODING = "o200k_base"
 _CACHE_FILES = {"o200k_base": "fb374d419588a4632f3f557e76b4b70aebbca790",
                 "cl100k_base": "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"}
 EXACT_CHARS = 2048
-_SAMPLE_CHARS = 384
+_SAMPLES, _SAMPLE_CHARS = 8, 192  # windows of a long text that are encoded (1,536 characters in all)
+_places = random.Random()  # seeded from the OS: where a long text is sampled must not be foreseeable
 # OpenAI's chat format adds a few tokens per message (role, separators) and primes the reply.
 PER_MESSAGE_TOKENS = 4
 PER_REQUEST_TOKENS = 3
@@ -89,9 +97,9 @@ def count_text(text: str) -> int:
     if n <= EXACT_CHARS:
         return _encoder()(text) if text else 0
     count = _encoder()
-    mid = n // 2
-    samples = (text[:_SAMPLE_CHARS], text[mid - _SAMPLE_CHARS // 2:mid + _SAMPLE_CHARS // 2], text[-_SAMPLE_CHARS:])
-    sampled = sum(count(s) for s in samples) * n / (3 * _SAMPLE_CHARS)
+    stretch = n // _SAMPLES  # > _SAMPLE_CHARS, as n > EXACT_CHARS
+    starts = (i * stretch + _places.randrange(stretch - _SAMPLE_CHARS + 1) for i in range(_SAMPLES))
+    sampled = sum(count(text[s:s + _SAMPLE_CHARS]) for s in starts) * n / (_SAMPLES * _SAMPLE_CHARS)
     return math.ceil(max(sampled, len(text.encode("utf-8", "replace")) / 4))
 
 
@@ -179,12 +187,29 @@ def prompt_bound(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int]:
             + PER_REQUEST_TOKENS + media), audio
 
 
+# Where servers put a model's thinking, in a message or a stream's delta (vLLM's reasoning parsers and
+# DeepSeek: `reasoning_content`; newer vLLM and OpenRouter: `reasoning`). It is billed as completion
+# tokens, so an answer or a stream without usage is billed for it too.
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+
+
+def reasoning_text(message: Mapping[str, Any]) -> str:
+    """The thinking a message or delta carries: the first of `REASONING_FIELDS` it has (a server moving
+    from one name to the other may send the same text under both, which is billed once)."""
+    for name in REASONING_FIELDS:
+        if isinstance(thought := message.get(name), str) and thought:
+            return thought
+    return ""
+
+
 def count_completion(body: Mapping[str, Any]) -> int:
-    """Completion tokens of a chat.completion body, counted from its text (for answers without usage)."""
+    """Completion tokens of a chat.completion body, counted from its text (for answers without usage):
+    the answer, its tool calls and the reasoning that came with it."""
     total = 0
     for choice in body.get("choices") or ():
         message = choice.get("message") or {}
         total += count_text(content_text(message.get("content")))
+        total += count_text(reasoning_text(message))
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             total += count_text(str(function.get("name", "")) + str(function.get("arguments", "")))

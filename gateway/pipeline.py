@@ -505,7 +505,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         waited = time.perf_counter()
         whole = whole_body(body)
         result: Result = await (run(svc.upstreams, plan, whole, span, deadline) if hedge_s is None
-                                else run_hedged(svc.upstreams, plan, whole, span, deadline, hedge_s))
+                                else run_hedged(svc.upstreams, plan, whole, span, deadline, hedge_s, held.keep))
         trail.upstream_s += time.perf_counter() - waited
     except GatewayError as exc:
         if exc.billed:  # calls answered before the plan failed: they cost money, the request answered nothing

@@ -167,8 +167,12 @@ class ShadowEvaluator:
             return None
         usd = worst_case_cost(Single(job.shadow.against), job.prompt_tokens, against, max_tokens)
         if job.shadow.judge:
-            ceiling = max_tokens or self.catalog.deployments[job.shadow.against].max_output_tokens
-            usd += worst_case_cost(Single(job.shadow.judge), job.prompt_tokens + 2 * ceiling + 100, self.catalog,
+            # The judge reads the strong answer and the cheap one, each at most its own deployment's limit
+            # (a cheap deployment may allow the longer answer), and its instructions (under 100 tokens).
+            deployments = self.catalog.deployments
+            read = (max_tokens or deployments[job.shadow.against].max_output_tokens) + (
+                max_tokens or deployments[job.answered_by].max_output_tokens)
+            usd += worst_case_cost(Single(job.shadow.judge), job.prompt_tokens + read + 100, self.catalog,
                                    JUDGE_MAX_TOKENS)
         return usd
 

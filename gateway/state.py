@@ -57,7 +57,27 @@ T = TypeVar("T")
 
 
 class StoreUnavailable(Exception):
-    """The backing store did not answer; callers decide whether that is fatal."""
+    """The backing store did not answer; callers decide whether that is fatal.
+
+    `unsent`: the call surely never reached the store (its breaker was open, or no connection could
+    be made), so it changed nothing there. Otherwise it may have been carried out and only its reply
+    lost (a timeout, a connection cut mid-call), which a retried write must allow for."""
+
+    def __init__(self, message: str, *, unsent: bool = False) -> None:
+        super().__init__(message)
+        self.unsent = unsent
+
+
+def _never_connected(exc: BaseException) -> bool:
+    """Whether `exc` (or what it was raised from) is a refused connection: nothing was sent."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain is short; the bound only guards against a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def spend_key(tenant: str) -> str:
@@ -607,13 +627,13 @@ class RedisStore(RedisAdmission):
         """Run one store call under the breaker: refused at once while it is open."""
         breaker = self.breaker
         if not breaker.allow():
-            raise StoreUnavailable(f"store marked down for {breaker.cooldown_s:g} s after a failure")
+            raise StoreUnavailable(f"store marked down for {breaker.cooldown_s:g} s after a failure", unsent=True)
         trial = not breaker.closed
         try:
             result = await call()
         except self._errors as exc:
             breaker.failed()
-            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+            raise StoreUnavailable(str(exc) or type(exc).__name__, unsent=_never_connected(exc)) from exc
         except BaseException:
             if trial:
                 breaker.abandoned()

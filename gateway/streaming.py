@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from gateway.messages import count_text
+from gateway.messages import count_text, reasoning_text
 from gateway.providers.base import Usage
 
 DONE = b"data: [DONE]\n\n"
@@ -30,6 +30,7 @@ class Accumulator:
         self.finish: dict[int, str | None] = {}
         self.calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> tool call index -> call so far
         self.logprobs: dict[int, list[Any]] = {}
+        self.thought: list[str] = []  # reasoning deltas, of every choice: only counted
 
     def add(self, chunk: dict[str, Any]) -> None:
         if not self.meta:
@@ -39,6 +40,8 @@ class Accumulator:
             delta = choice.get("delta") or {}
             if delta.get("role"):
                 self.roles[i] = delta["role"]
+            if thought := reasoning_text(delta):
+                self.thought.append(thought)
             if delta.get("content"):
                 self.texts.setdefault(i, []).append(delta["content"])
             else:
@@ -67,8 +70,9 @@ class Accumulator:
         return bool(self.texts) and all(i in self.finish for i in self.texts)
 
     def completion_tokens_estimate(self) -> int:
-        """Tokens relayed so far, counted (for streams that end without a usage chunk)."""
-        text = sum(count_text("".join(t)) for t in self.texts.values())
+        """Tokens relayed so far, counted (for streams that end without a usage chunk): the answers, their
+        tool calls and the reasoning streamed before them."""
+        text = sum(count_text("".join(t)) for t in self.texts.values()) + count_text("".join(self.thought))
         return text + sum(count_text(c["function"]["name"] + c["function"]["arguments"])
                           for calls in self.calls.values() for c in calls.values())
 

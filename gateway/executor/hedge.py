@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,8 +129,10 @@ def stream_body(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span | None,
-                     deadline: Deadline, after_s: float) -> Result:
-    """A whole answer from a hedged single plan: the winning leg read to its end."""
+                     deadline: Deadline, after_s: float,
+                     keep: Callable[[], Awaitable[None]] | None = None) -> Result:
+    """A whole answer from a hedged single plan: the winning leg read to its end. `keep`: called as
+    each chunk comes (the request's budget hold is renewed: a stream may outlast its time to live)."""
     assert isinstance(plan, Single)  # `hedge_after_s` is None for every other kind
     legs = stream_body(body)
     live, losers = await open_hedged(up, plan.deployments + plan.fallbacks, legs, span, deadline, after_s)
@@ -139,6 +142,8 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
         acc.add(live.first)
         async for chunk in live.rest:
             acc.add(chunk)
+            if keep is not None:
+                await keep()
     except ProviderFailure as exc:
         error = exc
     if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted

@@ -33,7 +33,7 @@ from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.upstreams import OpenStream, Upstreams
 from gateway.media_tokens import messages_audio_tokens
-from gateway.messages import count_messages, count_text, prompt_tokens
+from gateway.messages import count_messages, count_text, prompt_tokens, reasoning_text
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.telemetry import set_attributes
 
@@ -98,9 +98,11 @@ class _Relay:
 async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, Any]], names: Sequence[str],
                  body: dict[str, Any], span: Span | None, deadline: Deadline) -> AsyncIterator[dict[str, Any]]:
     text: list[str] = [_content(live.first)]
+    thought: list[str] = [_thought(live.first)]  # billed with the cut call, never part of its prefill
     try:
         async for chunk in rest:
             text.append(_content(chunk))
+            thought.append(_thought(chunk))
             yield chunk
         return
     except ProviderFailure as exc:
@@ -120,7 +122,7 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
                      terms=live.terms)
     if not cut.stats.usage.total_tokens:
         messages = body.get("messages") or ()
-        cut.stats.usage = Usage(prompt_tokens(messages), count_text(partial),
+        cut.stats.usage = Usage(prompt_tokens(messages), count_text(partial) + count_text("".join(thought)),
                                 prompt_audio_tokens=messages_audio_tokens(messages))
     record = await up.end_stream(cut, failure)
     log.warning("stream from deployment '%s' broke after %d characters (%s); resumed on '%s'",
@@ -136,10 +138,10 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
     continued: list[str] = []
     try:
         for chunk in _chained(cont.first):
-            continued.append(_content(chunk))
+            continued.append(_content(chunk) + _thought(chunk))
             yield _spliced(chunk, stream_id, record.usage)
         async for chunk in cont.rest:
-            continued.append(_content(chunk))
+            continued.append(_content(chunk) + _thought(chunk))
             yield _spliced(chunk, stream_id, record.usage)
     finally:
         await cont.rest.aclose()  # type: ignore[attr-defined]
@@ -170,3 +172,11 @@ def _content(chunk: dict[str, Any]) -> str:
     if not choices:
         return ""
     return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+def _thought(chunk: dict[str, Any]) -> str:
+    """The reasoning a chunk streams (`REASONING_FIELDS`): billed, so counted for a call without usage."""
+    choices = chunk.get("choices")
+    if not choices:
+        return ""
+    return reasoning_text(choices[0].get("delta") or {})

@@ -51,7 +51,7 @@ from gateway.executor.drain import DRAIN_S, drain
 from gateway.executor.result import CallRecord
 from gateway.keyed import tenant_salt
 from gateway.media_tokens import messages_audio_tokens
-from gateway.messages import count_completion, count_text, prompt_tokens
+from gateway.messages import count_completion, prompt_tokens
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
@@ -59,6 +59,7 @@ from gateway.providers.health import HealthBoard, configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
+from gateway.streaming import Accumulator
 from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
@@ -203,7 +204,7 @@ class Upstreams:
         output = body.get("max_completion_tokens") or body.get("max_tokens") or self.deployments[name].max_output_tokens
         messages = body.get("messages") or ()
         terms = with_audio_input(terms_of(body), messages_audio_tokens(messages))
-        return self.prices[name].under(terms).estimate(prompt_tokens(messages), output * int(body.get("n") or 1))
+        return self.prices[name].under(terms).bound(prompt_tokens(messages), output * int(body.get("n") or 1))
 
     async def _awaited(self, name: str, step: Awaitable[T], deadline: Deadline,
                        priced: Callable[[T], Awaitable[CallRecord | None]], body: dict[str, Any]) -> T:
@@ -412,8 +413,7 @@ class Upstreams:
         async def priced(late: dict[str, Any]) -> CallRecord:  # a first chunk after all: billed, then cut
             await chunks.aclose()  # type: ignore[attr-defined]
             messages = body.get("messages") or ()
-            usage = Usage(prompt_tokens(messages), count_text(_content(late)),
-                          prompt_audio_tokens=messages_audio_tokens(messages))
+            usage = Usage(prompt_tokens(messages), _produced(late), prompt_audio_tokens=messages_audio_tokens(messages))
             return CallRecord(name, usage, self.prices[name].cost(usage, terms), time.perf_counter() - started)
 
         try:
@@ -482,8 +482,12 @@ async def _next(chunks: AsyncIterator[dict[str, Any]]) -> dict[str, Any]:
     return await anext(chunks)
 
 
-def _content(chunk: dict[str, Any]) -> str:
-    return "".join(str((c.get("delta") or {}).get("content") or "") for c in chunk.get("choices") or ())
+def _produced(chunk: dict[str, Any]) -> int:
+    """The completion tokens one chunk carries, counted as a stream's are (`Accumulator`): its text, a
+    tool call's pieces and the reasoning a server streams."""
+    acc = Accumulator()
+    acc.add(chunk)
+    return acc.completion_tokens_estimate()
 
 
 class Paced:

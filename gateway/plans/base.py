@@ -161,10 +161,10 @@ def worst_cost(calls: Sequence[Call], prompt_tokens: int, catalog: Catalog, max_
     for c in calls:
         price = catalog.prices[c.deployment]
         if c.role == "judge":
-            cost += price.estimate(prompt_tokens + judge_framing(c) + sum(limit(r) for r in c.reads),
-                                   JUDGE_MAX_TOKENS)
+            cost += price.bound(prompt_tokens + judge_framing(c) + sum(limit(r) for r in c.reads),
+                                JUDGE_MAX_TOKENS)
         else:
-            cost += price.estimate(prompt_tokens, limit(c.deployment) * c.outputs)
+            cost += price.bound(prompt_tokens, limit(c.deployment) * c.outputs)
     return cost
 
 

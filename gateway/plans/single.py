@@ -63,7 +63,7 @@ def worst_case(plan: Single, prompt_tokens: int, catalog: Catalog, max_tokens: i
     worst = 0.0
     for name in plan.reachable:
         out = (max_tokens or catalog.deployments[name].max_output_tokens) * choices
-        worst = max(worst, catalog.prices[name].estimate(prompt_tokens, out))
+        worst = max(worst, catalog.prices[name].bound(prompt_tokens, out))
     return worst
 
 

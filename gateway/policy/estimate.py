@@ -60,7 +60,7 @@ def worst_case_billed(plan: Plan, prompt_tokens: int, catalog: Catalog, max_toke
     priced: list[float] = []  # every attempt the chain may make, at the most it may cost
     for d in reachable:
         prompt = prompt_tokens + (produced if d.name != plan.deployment else 0)
-        cost = catalog.prices[d.name].estimate(prompt, (max_tokens or d.max_output_tokens) * choices)
+        cost = catalog.prices[d.name].bound(prompt, (max_tokens or d.max_output_tokens) * choices)
         priced += [cost] * (d.max_retries + 1)
     billed = (1 + timed_out) * (2 if hedged else 1) + (1 if resumes and plan.fallbacks else 0)
     return sum(sorted(priced, reverse=True)[:billed])

@@ -178,9 +178,17 @@ class DeploymentPrice:
         return p
 
     def estimate(self, prompt_tokens: float, output_tokens: float) -> float:
-        """A prediction: no cache hits assumed (the worst case), the tier the prompt falls in."""
+        """A prediction: no cache hits assumed, the tier the prompt falls in."""
         r = self.rates(int(prompt_tokens)) if self.tiers else self.base
         return prompt_tokens * r.input + output_tokens * r.output + self.per_call
+
+    def bound(self, prompt_tokens: float, output_tokens: float) -> float:
+        """The most a call of this many tokens may be billed (budget holds, cost caps): `estimate` with
+        every prompt token at its dearest rate. A prompt written to the provider's cache costs more than
+        one read plainly (Anthropic: 1.25× the input price), and the client decides that (`cache_control`
+        on its messages), so a prompt is held as if all of it were written."""
+        r = self.rates(int(prompt_tokens)) if self.tiers else self.base
+        return prompt_tokens * max(r.input, r.cache_write, r.cache_read) + output_tokens * r.output + self.per_call
 
 
 def load_litellm_cost_map() -> dict[str, Any]:

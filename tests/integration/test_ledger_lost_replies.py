@@ -132,3 +132,40 @@ async def test_a_retried_settlement_whose_first_try_failed_outright_is_counted(r
         assert await store.get_float(spend_key(tenant)) == pytest.approx(0.25)
     finally:
         await store.close()
+
+
+class RefusedFirstSettle(RedisStore):
+    """The first budget settlement never reaches Redis (the connection is refused), and Redis comes
+    back without the request's hold, as a restarted one without the hold in its data does."""
+
+    def __init__(self, url: str, tenant: str) -> None:
+        super().__init__(url, timeout_s=5)
+        self.tenant, self.refuse = tenant, 1
+
+    async def settle_admission(self, s: Settlement) -> None:
+        if self.refuse > 0:
+            self.refuse -= 1
+            await self._client.delete(holds_key(self.tenant))  # lost with the old server's data
+            raise StoreUnavailable("Error 111 connecting", unsent=True)
+        await super().settle_admission(s)
+
+
+async def test_a_settlement_that_never_reached_the_store_is_added_though_the_store_lost_its_hold(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.ledger.RETRY_S", 0.05)
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    store = RefusedFirstSettle(redis_server.url, tenant)
+    try:
+        budget = Budget(spend_key(tenant), holds_key(tenant), "hold-3", 0.5, limit=10.0, ttl_s=60)
+        assert (await store.reserve(budget, None)).verdict == "ok"
+        held = Reservation(store, tenant, "hold-3", 0.5, expires_at=time.monotonic() + 60)
+        ledger = Ledger(store, linger_s=0.01)
+        ledger.start()
+        await ledger.record(_bill(tenant, 0.25), reservation=held)  # refused: held for a retry
+        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.25)
+        await asyncio.sleep(0.3)  # the writer retries
+        await ledger.close()
+        assert ledger.stats()["unsettled_usd"] == 0
+        assert await store.get_float(spend_key(tenant)) == pytest.approx(0.25)  # not taken as settled
+    finally:
+        await store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import subprocess
 import sys
 import uuid
@@ -231,3 +232,28 @@ def test_redis_holds_are_atomic_under_concurrency_and_expire_when_never_settled(
             await store.close()
 
     asyncio.run(scenario())
+
+
+def _sparse_where_sampled(chars: int) -> str:
+    """A prompt dense in tokens (~0.66 a character in o200k_base) except for runs of spaces at its start,
+    middle and end, where a count that samples fixed places would look, and find ~0.01 a character."""
+    rng = random.Random(7)
+    dense = "".join(rng.choice("!#$%&()*+,-./:;<=>?@[]^_{|}~") for _ in range(chars))
+    gap = " " * 400
+    half = chars // 2
+    return gap + dense[:half - 600] + gap + dense[half:chars - 600] + gap
+
+
+def test_a_cost_cap_holds_for_a_long_prompt_shaped_against_a_sampled_count(open_gateway: str) -> None:
+    """A long prompt is counted from samples; a client who knew where they fall could shape the text
+    so that the count, and so the worst case a cost cap checks, says a third of what it is billed."""
+    messages = [{"role": "user", "content": _sparse_where_sampled(100_000)}]
+    cap = 0.04  # large: $1 per million input tokens; the prompt is ~66k tokens in o200k_base, 25k by the samples
+    resp = httpx.post(open_gateway + "/v1/chat/completions", timeout=30,
+                      headers={"x-switchyard-max-cost-usd": str(cap)},
+                      json={"model": "large", "messages": messages, "max_tokens": 1})
+    if resp.status_code == 200:
+        assert float(resp.headers["x-switchyard-cost-usd"]) <= cap, "the cost cap was exceeded"
+    else:
+        assert resp.status_code == 422, resp.text
+        assert resp.json()["error"]["code"] == "constraint_unsatisfiable"

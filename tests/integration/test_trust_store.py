@@ -11,6 +11,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,30 @@ def test_the_first_spend_after_a_store_restart_is_recorded(
             # down (the first request's records failed to flush during the restart): it must land, not vanish.
             spent = _spend_within(restarted, "free", seconds=10)
             assert spent is not None and float(spent) > 0
+        finally:
+            restarted.stop()
+
+
+def test_a_spend_settled_while_the_store_was_down_is_recorded_when_it_comes_back_without_the_hold(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    """A request admitted before the store went down answers while it is down: its settlement cannot
+    have reached the store (the connection was refused), so when a store comes back that lost the
+    request's hold (restarted without persistence, or from a snapshot older than the hold) the spend
+    is still added, not taken as settled already."""
+    with _gateway(simulator, policies_dir, own_redis) as gw:
+        assert _ask(gw, "sk-metered").status_code == 200  # connections and keys warmed up
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(_ask, gw, "sk-metered", model="streamy", max_tokens=120)  # ~0.6 s upstream
+            time.sleep(0.25)  # admitted: its hold is in the store
+            port = own_redis.port
+            own_redis.stop()
+            answered = pending.result()
+        assert answered.status_code == 200, answered.text
+        restarted = start_redis(port)  # empty: the hold went with the old server's data
+        try:
+            spent = _spend_within(restarted, "metered", seconds=6)
+            assert spent is not None, "the spend of a request answered during the outage was lost"
+            assert float(spent) == pytest.approx(float(answered.headers["x-switchyard-cost-usd"]))
         finally:
             restarted.stop()
 

@@ -27,6 +27,7 @@ class Stream:
 
     chunks: list[dict[str, Any]]
     fail: ProviderFailure | None = None
+    pause_s: float = 0.0  # before each chunk after the first (a slow writer)
 
 
 Reply = dict[str, Any] | ProviderFailure | Stream
@@ -95,7 +96,9 @@ class FakeBackend:
             text = out["choices"][0]["message"]["content"]
             out = Stream([chunk(text, finish="stop"), chunk(usage=(out["usage"]["prompt_tokens"],
                                                                    out["usage"]["completion_tokens"]))])
-        for c in out.chunks:
+        for i, c in enumerate(out.chunks):
+            if i and out.pause_s:
+                await asyncio.sleep(out.pause_s)
             if c.get("usage"):
                 stats.usage = Usage.from_dict(c["usage"])
             yield c

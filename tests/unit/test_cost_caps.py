@@ -51,6 +51,19 @@ def test_huge_prompts_are_counted_with_bounded_work_and_close_to_exact(monkeypat
     assert len(text) > 40 * EXACT_CHARS and sum(encoded) <= EXACT_CHARS
 
 
+def test_a_long_text_cannot_be_shaped_to_be_under_counted() -> None:
+    """Token-sparse runs where fixed samples would look (head, middle, tail), token-dense text elsewhere:
+    the samples fall at random places, so the count stays close to the exact one, draw after draw."""
+    dense = "!#$%&()*+,-./:;<=>?@[]^_{|}~" * 4000
+    gap = " " * 400
+    text = gap + dense[:49_400] + gap + dense[50_000:99_400] + gap
+    messages.load()  # the vocabulary, from where the gateway keeps it (no network)
+    truth = len(tiktoken.get_encoding("o200k_base").encode_ordinary(text))
+    counts = [count_text(text) for _ in range(40)]
+    assert min(counts) >= 0.8 * truth  # fixed samples said 0.38 of it
+    assert sum(counts) / len(counts) >= 0.95 * truth
+
+
 def test_a_cap_bounds_max_tokens_so_the_worst_case_fits() -> None:
     cat = _catalog()
     cap = cat.prices["large"].estimate(100, 50)
@@ -84,6 +97,18 @@ def test_an_answer_without_usage_is_billed_from_counted_tokens() -> None:
     assert done.usage.prompt_tokens > 0 and done.usage.completion_tokens == count_text(answer)
     reported = Completion(body, Usage(3, 4), 0.1)
     assert counted(reported, {"messages": []}) is reported
+
+
+def test_an_answer_without_usage_is_billed_for_its_reasoning_too() -> None:
+    thought, answer = "First, recall the capitals of Europe one by one. " * 20, "Paris."
+    for field in ("reasoning_content", "reasoning"):
+        body = {"choices": [{"message": {"role": "assistant", "content": answer, field: thought}}]}
+        done = counted(Completion(body, Usage(), 0.1), {"messages": [{"role": "user", "content": "Capital?"}]})
+        assert done.usage.completion_tokens == count_text(answer) + count_text(thought)
+    both = {"choices": [{"message": {"role": "assistant", "content": answer, "reasoning_content": thought,
+                                     "reasoning": thought}}]}  # one thought under both names: billed once
+    done = counted(Completion(both, Usage(), 0.1), {"messages": [{"role": "user", "content": "Capital?"}]})
+    assert done.usage.completion_tokens == count_text(answer) + count_text(thought)
 
 
 def test_an_answer_without_usage_bills_the_prompt_the_request_already_counted(

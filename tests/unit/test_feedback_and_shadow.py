@@ -266,3 +266,22 @@ def test_a_shadow_call_is_held_with_its_request_s_audio_prompt_at_the_audio_rate
         await ledger.close()
 
     asyncio.run(scenario())
+
+
+def test_a_shadow_judge_is_held_for_a_cheap_answer_longer_than_the_strong_one_may_be() -> None:
+    """The judge reads the strong answer and the cheap one the client got, each as long as its own
+    deployment lets it be: a cheap deployment with the larger `max_output_tokens` writes the longer one."""
+    wordy = [DEPLOYMENTS[0].model_copy(update={"max_output_tokens": 8192}),
+             DEPLOYMENTS[1].model_copy(update={"max_output_tokens": 1024})]
+
+    async def scenario() -> None:
+        shadow, ledger, _ = _evaluator(_Upstreams(), MemoryStore())
+        shadow.catalog = Catalog({d.name: d for d in wordy}, shadow.catalog.prices)
+        job = _job()  # no max_tokens: small's answer may be 8192 tokens, large's 1024
+        strong = 10 * 1e-7 + 1024 * 2e-7
+        judge_prompt = 10 + 1024 + 8192  # the request, both answers (and the judge's own framing on top)
+        held = shadow._worst_case(job)
+        assert held is not None and held >= strong + judge_prompt * 1e-7
+        await ledger.close()
+
+    asyncio.run(scenario())

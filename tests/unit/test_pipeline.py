@@ -14,9 +14,10 @@ from gateway.auth import hash_key
 from gateway.config import DeploymentConfig, parse_config
 from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, UpstreamError
 from gateway.ledger import CACHE
+from gateway.messages import count_text
 from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle
 from gateway.providers.base import ProviderFailure
-from gateway.state import spend_key
+from gateway.state import holds_key, spend_key
 from tests.support.fake_backend import FakeBackend, Stream, answer, chunk
 
 KEY, LIMITED, BROKE = "sk-team", "sk-limited", "sk-broke"
@@ -157,6 +158,62 @@ def test_a_live_stream_is_billed_once_when_it_ends_and_then_cached(tmp_path: Pat
     cached = _ask(svc)
     assert isinstance(cached, Answer) and cached.cache == "hit"
     assert cached.body["choices"][0]["message"]["content"] == "7"
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_a_stream_left_during_its_reasoning_is_billed_for_the_reasoning_it_streamed(
+        tmp_path: Path, field: str) -> None:
+    """vLLM's reasoning parsers (and DeepSeek, OpenRouter) stream a model's thinking as `reasoning_content`
+    or `reasoning` deltas, billed as completion tokens. A client that leaves before the usage chunk is
+    billed on what was counted, and that must count the thinking, not only the answer's `content`."""
+    thought = "Let me think about which numbers are prime, one at a time. " * 60
+    reasoning = [{"object": "chat.completion.chunk", "model": "fake",
+                  "choices": [{"index": 0, "delta": {field: thought[i:i + 200]}, "finish_reason": None}]}
+                 for i in range(0, len(thought), 200)]
+    ending = [chunk("7"), chunk(finish="stop"), chunk(usage=(12, 900))]
+    svc, _ = _services(tmp_path, lambda d, b: Stream([*reasoning, *ending]))
+
+    async def leave_after_the_answer_starts() -> None:
+        out = await handle(svc, {**ASK, "stream": True}, CallContext(authorization=f"Bearer {KEY}"))
+        assert isinstance(out, LiveAnswer)
+        async for c in out.stream:
+            if any((ch.get("delta") or {}).get("content") for ch in c.get("choices") or ()):
+                break  # the client leaves: no usage chunk will be read
+        await out.settle()
+    asyncio.run(leave_after_the_answer_starts())
+    streamed = count_text(thought)
+    assert asyncio.run(_spent(svc, "team")) >= streamed * 2e-6  # $2 per million output tokens
+
+
+def test_a_hedged_answer_read_longer_than_its_hold_lasts_keeps_its_budget_held(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hedged plan's legs stream even for a whole answer, and a stream may run past any bound known in
+    advance (each chunk only comes within its deployment's timeout_s): while the winner is read, the
+    request's hold is renewed, as a relayed stream's is, so the budget it will spend is not lent out."""
+    monkeypatch.setattr("gateway.pipeline.HOLD_MARGIN_S", 0.1)  # holds of 0.1 s + the plan's timeouts
+    monkeypatch.setattr("gateway.admission.RENEW_EVERY_S", 0.05)
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "hedged.yaml").write_text("candidates:\n  - single: small\nfallbacks:\n  small: [large]\n"
+                                        "hedge_after_ms: 50\ncache: {enabled: false}\n")
+    raw = {"deployments": [{"name": n, "model": f"openai/{n}", "api_base": "http://upstream.invalid/v1", "tier": n,
+                            "price": PRICE, "max_retries": 0, "timeout_s": 0.2} for n in ("small", "large")],
+           "default_policy": "hedged", "request_log": {"enabled": False},
+           "tenants": [{"name": "team", "api_key_sha256": hash_key(KEY), "budget_usd": 1.0}]}
+    svc = build_services(parse_config(raw, "gw.yaml"), policies_dir=folder)
+    slow = Stream([chunk(f"word{i} ") for i in range(12)] + [chunk(finish="stop"), chunk(usage=(12, 24))],
+                  pause_s=0.08)  # ~1 s to read; the hold lasts 0.2 + 0.2 + 0.1 s
+    svc.upstreams.backends = {name: FakeBackend(lambda d, b: slow) for name in svc.upstreams.backends}
+
+    async def scenario() -> tuple[float, Answer | LiveAnswer]:
+        answering = asyncio.create_task(handle(svc, {**ASK, "model": "router/hedged"},
+                                               CallContext(authorization=f"Bearer {KEY}")))
+        await asyncio.sleep(0.8)  # past the hold's first time to live, the answer still being read
+        held = (await svc.auth.store.budget_state(spend_key("team"), holds_key("team")))[1]
+        return held, await answering
+    held, out = asyncio.run(scenario())
+    assert isinstance(out, Answer) and out.plan == "single:small"
+    assert held > 0, "the hold lapsed while the answer was still being read"
 
 
 def test_a_stream_cut_short_is_billed_on_counted_tokens_and_not_cached(tmp_path: Path) -> None:

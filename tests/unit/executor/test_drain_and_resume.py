@@ -11,7 +11,7 @@ import pytest
 from gateway.executor import CallRecord, Deadline
 from gateway.executor.drain import LATE, late_bills
 from gateway.executor.resume import resuming
-from gateway.messages import count_messages
+from gateway.messages import count_messages, count_text
 from gateway.providers.base import ProviderFailure
 from tests.support.fake_backend import Delay, Stream, answer, chunk, deployment, fake_upstreams
 
@@ -92,6 +92,28 @@ def test_a_stream_whose_first_chunk_comes_late_is_billed_for_it_and_closed() -> 
     assert answered == "b"
     assert [(c.deployment, c.role) for c in billed] == [("a", LATE)]
     assert billed[0].usage.completion_tokens == 2  # "The answer": what it had sent
+
+
+def test_a_late_first_chunk_of_reasoning_is_billed_for_it() -> None:
+    """The first chunk of a reasoning model served by vLLM or DeepSeek may be thinking, not content:
+    billed as completion tokens all the same."""
+    thought = "First, six times seven: six sevens are forty-two."
+    first = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"reasoning_content": thought}}]}
+
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Delay(0.2, Stream([first, chunk("42")])) if d.name == "a" else answer(model="b")
+    up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0), deployment("b"))
+
+    async def work() -> str:
+        live = await up.open_stream(("a", "b"), BODY, None, deadline=Deadline.after(5))
+        await live.rest.aclose()  # type: ignore[attr-defined]
+        up.close_stream(live)
+        await asyncio.sleep(0.3)
+        return live.deployment
+
+    _, billed = asyncio.run(_collecting(work))
+    assert [c.deployment for c in billed] == ["a"]
+    assert billed[0].usage.completion_tokens == count_text(thought)
 
 
 def _broken_then_whole(tools: bool = False) -> tuple[Any, Any]:

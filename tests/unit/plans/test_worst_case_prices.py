@@ -27,3 +27,18 @@ def test_a_long_prompt_is_held_at_the_long_context_rates_for_every_plan_kind() -
     rates = long_prompt * LONG.input + 1000 * LONG.output
     assert worst_case_cost(Single("big"), long_prompt, CATALOG, None) == pytest.approx(rates)
     assert worst_case_cost(BestOfN(("big", "other")), long_prompt, CATALOG, None) == pytest.approx(2 * rates)
+
+
+# Anthropic's rates for claude-sonnet-4-5 (litellm's cost map): a prompt written to its cache is
+# billed 1.25× the input price, and a client asks for that with `cache_control` on its messages.
+WRITING = DeploymentPrice(3e-6, 15e-6, "litellm", cache_read_per_token=3e-7, cache_write_per_token=3.75e-6)
+WRITING_CATALOG = Catalog(DEPLOYMENTS, {"big": WRITING, "other": WRITING})
+
+
+@pytest.mark.parametrize("plan", [Single("big", ("other",)), BestOfN(("big", "other"))])
+def test_a_prompt_the_provider_writes_to_its_cache_is_held_at_the_cache_write_price(
+        plan: Single | BestOfN) -> None:
+    prompt = 100_000
+    every_call_writes = WRITING.cost(Usage(prompt, 1000, cache_write_tokens=prompt)) * (
+        1 if isinstance(plan, Single) else 2)
+    assert worst_case_cost(plan, prompt, WRITING_CATALOG, None) >= every_call_writes
