@@ -13,8 +13,7 @@ from benchmarks.routing_quality.files import ALL_PAIRS_MD
 from benchmarks.routing_quality.report import all_pairs_section
 from gateway.router.training.data import RoutingData
 from gateway.router.training.metrics import apgr, pair_curve
-
-SMALL = Path(__file__).resolve().parents[2] / "fixtures" / "routing_small"
+from tests.unit.benchmarks.conftest import SMALL, RoutingRun
 
 
 def _apgr(score: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> float:
@@ -83,9 +82,10 @@ def test_file_pairs_orders_by_train_mean_and_drops_ties() -> None:
     assert file_pairs(data, data.split == "train", val) == [(0, 1), (2, 1), (2, 4)]
 
 
-def test_all_pairs_writes_both_tables_and_the_report_quotes_them(tmp_path: Path) -> None:
+def test_all_pairs_writes_both_tables_and_the_report_quotes_them(routing_run: RoutingRun, tmp_path: Path) -> None:
     out = tmp_path / ALL_PAIRS_MD
-    main(["--data-dir", str(SMALL), "--work", str(tmp_path / "fits"), "--resamples", "20", "--out", str(out)])
+    # the benchmark's own ten fits, reused as `--work DIR --reuse` does
+    main(["--data-dir", str(SMALL), "--work", str(routing_run.work), "--reuse", "--resamples", "20", "--out", str(out)])
     text = out.read_text()
     assert text.count("| arena_chat | 8 |") == 2  # all pairs, then the pairs the adaptation's CV judges
     assert "python -m benchmarks.routing_quality.all_pairs" in text

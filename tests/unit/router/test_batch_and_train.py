@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.routing_quality.run import main as run_benchmark
 from gateway.router import load_router
 from gateway.router.batch import score_file
 from gateway.router.training.train import train
@@ -42,10 +41,3 @@ def test_training_writes_a_loadable_artifact(small_data: Path, tmp_path: Path) -
     r = load_router(tmp_path / "art")
     assert 0.0 <= r.assess("Hello there").difficulty <= 1.0
     assert len(r.known_profiles()) == 28  # one file: that file's pool
-
-
-def test_benchmark_smoke_run_writes_the_report(small_data: Path, tmp_path: Path) -> None:
-    run_benchmark(["--data-dir", str(small_data.parent / "routing_small"), "--out", str(tmp_path), "--no-latency"])
-    text = (tmp_path / "routing_quality.md").read_text()
-    assert "leave-one-domain-out" in text and "Adapting a router" in text
-    assert (tmp_path / "routing_apgr.png").stat().st_size > 0
