@@ -3,6 +3,7 @@
     tenant   = auth.authenticate(...)             → 401 early
     slot     = inflight.enter(tenant, cap)        → 429 at once if the tenant has its cap in flight; given
                                                     back when the answer is complete (a stream: when it ends)
+                                                    and every call it gave up on has ended
     held     = auth.admit(tenant, policy, need)   → the one gate: 403, then (once allowed) `need`:
       hit      = cache.lookup(...)                    served from the store, cost 0, nothing held
       signal   = router.assess(...)                   predicted quality per deployment (no network)
@@ -350,7 +351,7 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     try:
         tenant = trail.tenant = await svc.auth.authenticate(ctx.authorization)
         slot = svc.inflight.enter(tenant.name, in_flight_cap(svc, tenant))  # given back once answered
-        outcome = await _handle(svc, request, ctx, span, router, trail, tenant)
+        outcome = await _handle(svc, request, ctx, span, router, trail, tenant, slot)
     except BaseException as exc:
         slot.release()
         set_attributes(span, error__type=type(exc).__name__)
@@ -452,7 +453,7 @@ class _Ahead:
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
-                  router: RememberingRouter, trail: Trail, tenant: Tenant) -> Outcome:
+                  router: RememberingRouter, trail: Trail, tenant: Tenant, slot: Slot) -> Outcome:
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     trail.policy = PINNED if entry.pinned else entry.policy.name
     trail.policy_version = entry.policy.version
@@ -486,7 +487,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     body = bounded_body(request, r)
 
     hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
-    late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label))  # calls that answer late
+    # calls given up on: billed if they answer late, and counted in flight until they end
+    late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label, slot))
     if svc.upstreams.isolating:  # what a deployment with isolate_prefix_cache is sent as cache_salt
         tenant_salt.set(svc.digests.cache_salt(tenant.name))
     try:
