@@ -316,9 +316,12 @@ def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
     return body
 
 
-async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-    """POST /v1/route: the decision for this request, without calling any model."""
-    tenant = await svc.auth.authenticate(ctx.authorization)
+async def explain(svc: Services, request: dict[str, Any], ctx: CallContext,
+                  tenant: Tenant | None = None) -> dict[str, Any]:
+    """POST /v1/route: the decision for this request, without calling any model. `tenant`: the
+    caller, when the HTTP layer already authenticated it."""
+    if tenant is None:
+        tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     # Admitted like a cache hit (counted in the rate windows, nothing held): its decision counts as
     # traffic, and explaining must not be a way around the rate limit to move the calibration.
@@ -338,8 +341,10 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     return explained
 
 
-async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail: Trail | None = None) -> Outcome:
-    """`trail`: the request's account, started when it arrived; `svc.observer.finish`es it, however it ends."""
+async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail: Trail | None = None,
+                 tenant: Tenant | None = None) -> Outcome:
+    """`trail`: the request's account, started when it arrived; `svc.observer.finish`es it, however it ends.
+    `tenant`: the caller, when the HTTP layer already authenticated it (before reading the body)."""
     router = svc.router.current  # this request's router, whatever is promoted meanwhile
     span = svc.telemetry.start("switchyard.request", ctx.trace_parent, kind=SpanKind.SERVER,
                                gen_ai__operation__name="chat", gen_ai__request__model=request["model"],
@@ -349,7 +354,9 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     trail.trace_id, trail.router_version, trail.messages = trace_id_hex(span), router.version, request["messages"]
     slot = NO_SLOT
     try:
-        tenant = trail.tenant = await svc.auth.authenticate(ctx.authorization)
+        if tenant is None:
+            tenant = await svc.auth.authenticate(ctx.authorization)
+        trail.tenant = tenant
         slot = svc.inflight.enter(tenant.name, in_flight_cap(svc, tenant))  # given back once answered
         outcome = await _handle(svc, request, ctx, span, router, trail, tenant, slot)
     except BaseException as exc:

@@ -153,12 +153,15 @@ async def chat_completions(request: Request) -> Response:
     request.state.request_id = rid = request_id(request)
     trail = Trail(rid, time.perf_counter())
     try:
+        # Who asks before what is asked: parsing and validating a 2 MB body holds the event loop for up
+        # to half a second, which a caller without a valid key must not be able to make it spend.
+        tenant = trail.tenant = await svc.auth.authenticate(headers_of(request).get("authorization"))
         body = validate_chat(await read_json(request, svc.config.max_body_bytes))
         ctx = call_context(request, rid, svc.telemetry.extract(headers_of(request)))  # the dict already decoded
     except GatewayError as exc:  # refused before the pipeline: still one request line
         svc.observer.finish(trail, exc.status, exc.code)
         raise
-    outcome = await pipeline.handle(svc, body, ctx, trail)
+    outcome = await pipeline.handle(svc, body, ctx, trail, tenant)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if isinstance(outcome, Answer):
         if not body.get("stream"):
@@ -193,8 +196,9 @@ async def _relayed(stream: AsyncIterator[dict[str, Any]], include_usage: bool) -
 
 async def explain_route(request: Request) -> Response:
     svc = _svc(request)
+    tenant = await svc.auth.authenticate(request.headers.get("authorization"))  # before the body, as above
     body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
-    explained = await pipeline.explain(svc, body, call_context(request))
+    explained = await pipeline.explain(svc, body, call_context(request), tenant)
     return Response(orjson.dumps(explained), media_type="application/json")
 
 
