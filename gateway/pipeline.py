@@ -105,6 +105,7 @@ class Services:
     stats: RequestStats = field(default_factory=RequestStats)  # this replica's recent latencies and statuses
     digests: Digests = field(default_factory=Digests)  # prompt digests and tenants' cache salts (`gateway.keyed`)
     inflight: InFlight = field(default_factory=InFlight)  # each tenant's requests in flight, under its cap
+    reports: InFlight = field(default_factory=InFlight)  # each caller's spend reports being read (`SPEND_REPORTS`)
     unpriced_log: KeyedLogThrottle = field(default_factory=KeyedLogThrottle)  # per (deployment, field)
 
 

@@ -229,6 +229,11 @@ async def list_models(request: Request) -> Response:
 
 
 _SPEND_PARAMS = frozenset({"group_by", "from", "to"})
+# Spend reports one caller may have being read at once, per process. A report over the longest window
+# reads one ledger hash per hour (9,600), tens of milliseconds of the event loop and a store
+# connection each: unbounded, one key's burst of them stalled every tenant's requests for seconds
+# and ran the store's calls past their timeout, which marks the store down for everyone.
+SPEND_REPORTS = 2
 
 
 async def spend(request: Request) -> Response:
@@ -238,6 +243,14 @@ async def spend(request: Request) -> Response:
     authorization = request.headers.get("authorization")
     tenants = None if svc.auth.open or svc.auth.is_admin(authorization) else \
         [(await svc.auth.authenticate(authorization)).name]
+    slot = svc.reports.enter("" if tenants is None else tenants[0], SPEND_REPORTS)  # "": the admin, an open gateway
+    try:
+        return await _spend_report(svc, request, tenants)
+    finally:
+        slot.release()
+
+
+async def _spend_report(svc: Services, request: Request, tenants: list[str] | None) -> Response:
     query = request.query_params
     for name in query:
         if name not in _SPEND_PARAMS:
