@@ -180,9 +180,19 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
     elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:
         name = model.removeprefix(POLICY_PREFIX)
     else:
-        raise NotFound(f"model '{model}' does not exist: use 'auto', 'router/<policy>' or a deployment "
-                       f"({', '.join(svc.catalog.deployments)}); GET /v1/models lists them", param="model")
-    return Entry(_policy(svc, name))
+        raise NotFound(f"model '{model[:64]}' does not exist: use one of {_callable(svc, tenant)} "
+                       "(GET /v1/models lists them)", param="model")
+    policy = svc.policies.get(name)
+    if policy is None:
+        raise NotFound(f"policy '{name[:64]}' does not exist: use one of {_callable(svc, tenant)}",
+                       param="model", code="policy_not_found")
+    return Entry(policy)
+
+
+def _callable(svc: Services, tenant: Tenant) -> str:
+    """What this key may call, for an error message: like `GET /v1/models`, never the whole gateway's
+    deployments and policies (a key held to one policy is not told the others)."""
+    return ", ".join(entry_points(svc, tenant)) or "none"
 
 
 def entry_points(svc: Services, tenant: Tenant) -> list[str]:

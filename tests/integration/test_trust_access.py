@@ -115,3 +115,16 @@ def test_a_caller_without_a_valid_key_is_refused_before_its_body_is_read(gateway
     resp = httpx.post(gateway_url + path, content=b"{not json", timeout=10,
                       headers={"content-type": "application/json", "authorization": "Bearer sk-open"})
     assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"  # a valid key: its body is read
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "router/nosuch", "Auto"])
+def test_an_unknown_model_is_a_404_naming_only_what_the_key_may_call(gateway_url: str, model: str) -> None:
+    """`GET /v1/models` lists only what a key may call; the 404 for a model that does not exist
+    must not list every deployment and policy of the gateway instead."""
+    resp = httpx.post(gateway_url + "/v1/chat/completions", headers={"authorization": "Bearer sk-saver"},
+                      json={"model": model, "messages": HI}, timeout=10)
+    assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
+    message = resp.json()["error"]["message"]
+    assert "router/cost-saver" in message or "cost-saver" in message
+    for hidden in ("large", "broken", "balanced", "small"):
+        assert hidden not in message, message
