@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 
 from gateway import ledger, pipeline
 from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
+from gateway.auth import OPEN_TENANT, Tenant
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, StoreOutage
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
@@ -297,12 +298,16 @@ async def readyz(request: Request) -> Response:
     refuses = not store_ok and (svc.auth.outage_refuses or bool(keys))
     status = "ready" if store_ok else ("unavailable" if refuses else "degraded")
     body: dict[str, Any] = {"status": status}
-    if svc.auth.open or await _has_valid_key(svc, request):
+    caller = OPEN_TENANT if svc.auth.open else await _caller(svc, request)
+    if caller is not None:
+        health = svc.upstreams.health.snapshot()
         body |= {"process": os.getpid(),  # which worker or replica answered
                  "store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
-                 "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
+                 "on_store_outage": svc.config.on_store_outage,
+                 # a tenant's key is told of the policies and deployments it may call, as /v1/models lists them
+                 "policies": [p for p in sorted(svc.policies.policies) if caller.may_use(p)],
                  "virtual_keys": "unknown" if keys is None else ("in use" if keys else "none"),
-                 "deployments": svc.upstreams.health.snapshot()}
+                 "deployments": {d: h for d, h in health.items() if caller.may_pin(d)}}
         if svc.requests is not None:
             body["request_log"] = svc.requests.stats()
         if svc.shadow is not None:
@@ -311,12 +316,15 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
 
 
-async def _has_valid_key(svc: Services, request: Request) -> bool:
+async def _caller(svc: Services, request: Request) -> Tenant | None:
+    """Who may see readiness detail: the tenant of a valid key, or (seeing all) the admin or viewer key."""
+    authorization = request.headers.get("authorization")
+    if svc.auth.is_admin(authorization) or svc.auth.is_viewer(authorization):
+        return OPEN_TENANT
     try:
-        await svc.auth.authenticate(request.headers.get("authorization"))
+        return await svc.auth.authenticate(authorization)
     except (AuthenticationFailed, StoreOutage):
-        return False
-    return True
+        return None
 
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})

@@ -128,3 +128,15 @@ def test_an_unknown_model_is_a_404_naming_only_what_the_key_may_call(gateway_url
     assert "router/cost-saver" in message or "cost-saver" in message
     for hidden in ("large", "broken", "balanced", "small"):
         assert hidden not in message, message
+
+
+def test_readyz_details_name_only_what_the_key_may_call(gateway_url: str) -> None:
+    """A tenant's key sees the readiness detail, but not the names of policies and deployments that
+    `GET /v1/models` keeps from it."""
+    detail = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-saver"}, timeout=10).json()
+    assert detail["policies"] == ["cost-saver"] and detail["deployments"] == {}
+    pinner = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-pinner"}, timeout=10).json()
+    assert pinner["policies"] == ["cost-saver"] and set(pinner["deployments"]) == {"small"}
+    everything = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-open"}, timeout=10).json()
+    assert {"balanced", "cost-saver"} <= set(everything["policies"])
+    assert {"small", "large"} <= set(everything["deployments"])
