@@ -241,3 +241,28 @@ def test_headers_without_end_get_a_431_not_the_workers_memory(served: str, shape
 def test_ordinary_headers_are_served(served: str) -> None:
     resp = httpx.get(served + "/healthz", headers={f"x-h{i}": "v" * 500 for i in range(40)}, timeout=10)
     assert resp.status_code == 200
+
+
+def test_a_head_that_never_ends_is_a_408_not_a_connection_held_for_ever(served: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn did not time a request's head out: a connection sending a byte now and then (or nothing)
+    was held for ever, and enough of them use up the worker's file descriptors. Now the head has
+    `HEAD_TIMEOUT_S` (10 s; shortened here) to arrive, else a 408 and the connection is closed."""
+    import socket
+
+    from gateway.api import http_limits
+
+    monkeypatch.setattr(http_limits, "HEAD_TIMEOUT_S", 0.5)
+    port = int(served.rsplit(":", 1)[1])
+    for partial in (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b""):  # a head begun, and nothing at all
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(partial)
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert time.monotonic() - started < 3
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert orjson.loads(body)["error"]["code"] == "request_timeout"
+    assert httpx.get(served + "/healthz", timeout=10).status_code == 200  # a prompt head is served
