@@ -59,8 +59,10 @@ def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
     import uvicorn
 
     # log_config=None: uvicorn's own lines go through the root handler, in the chosen format
+    from gateway.api.http_limits import BoundedHttpToolsProtocol
+
     return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False, log_config=None,
-                          http="httptools", loop="none", lifespan="on", timeout_graceful_shutdown=10)
+                          http=BoundedHttpToolsProtocol, loop="none", lifespan="on", timeout_graceful_shutdown=10)
 
 
 def _run(coro: Any) -> None:

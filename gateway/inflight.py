@@ -8,8 +8,12 @@ tenant's requests waited out their deadlines. Rate limits do not bound this: a r
 minutes. The cap is per process, as the pool is; a replica or a worker has its own.
 
 A request takes a slot once authenticated and gives it back when its answer is complete: a whole
-answer when it is returned, a stream when it ends (however it ends). One over the cap is a 429 at
-once (`concurrency_limit_exceeded`, `retry-after: 1`), before anything is held or called.
+answer when it is returned, a stream when it ends (however it ends), and then only once every call
+it gave up on (a timeout, its deadline, a hedge's losing leg: `gateway.executor.drain`) has ended
+too. Such a call is still read, on an upstream connection, for up to `DRAIN_S`: were the slot
+given back with the answer, a client sending `x-switchyard-timeout-ms: 1` would get its 504 at
+once and could leave any number of calls running. One over the cap is a 429 at once
+(`concurrency_limit_exceeded`, `retry-after: 1`), before anything is held or called.
 """
 
 from __future__ import annotations
@@ -19,17 +23,36 @@ from dataclasses import dataclass, field
 from gateway.errors import RateLimited
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # a slot is itself, not its fields: hashable, a default value
 class Slot:
-    """One request's place under its tenant's cap; `release` is idempotent."""
+    """One request's place under its tenant's cap, given back once the request has ended (`release`,
+    idempotent) and so has every call it left running (`keep` for each, `let_go` when it ends)."""
 
     owner: InFlight | None
     tenant: str
+    kept: int = 0          # calls the request gave up on that are still being read
+    released: bool = False
 
     def release(self) -> None:
-        owner, self.owner = self.owner, None
-        if owner is not None:
-            owner.left(self.tenant)
+        if self.owner is not None and not self.released:
+            self.released = True
+            self._leave_if_done()
+
+    def keep(self) -> None:
+        """A call the request gave up on is still read: the slot stays taken until `let_go`."""
+        if self.owner is not None:
+            self.kept += 1
+
+    def let_go(self) -> None:
+        if self.owner is not None and self.kept > 0:
+            self.kept -= 1
+            self._leave_if_done()
+
+    def _leave_if_done(self) -> None:
+        if self.released and self.kept == 0:
+            owner, self.owner = self.owner, None
+            if owner is not None:
+                owner.left(self.tenant)
 
 
 NO_SLOT = Slot(None, "")  # uncapped: nothing to give back

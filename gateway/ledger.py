@@ -51,6 +51,7 @@ from gateway.admission import LateCall, Reservation
 from gateway.executor.drain import LateBill
 from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
+from gateway.inflight import NO_SLOT, Slot
 from gateway.log_throttle import LogThrottle
 from gateway.policy import Decision
 from gateway.state import (
@@ -383,22 +384,28 @@ class Ledger:
 @dataclass(slots=True)
 class LateBills:
     """A request's sink for its calls given up on (`executor.drain`): each is held for in its
-    reservation while it is read, and billed there when it answers. Built on every request, so not
-    frozen (a frozen one costs more)."""
+    reservation while it is read, and billed there when it answers; and it keeps the request's
+    in-flight slot taken (it still holds an upstream connection) until it ends. Built on every
+    request, so not frozen (a frozen one costs more)."""
 
     ledger: Ledger
     held: Reservation
     tenant: str
     policy: str | None
     plan: str
+    slot: Slot = NO_SLOT
 
     def open(self, worst_usd: float) -> LateBill:
+        self.slot.keep()
         return functools.partial(self._ended, self.held.given_up(worst_usd))
 
     async def _ended(self, call: LateCall, record: CallRecord | None) -> None:
-        spent = None if record is None else Spent(time.time(), self.tenant, self.policy, self.plan,
-                                                  record.deployment, (record,), requests=0)
-        await self.ledger.record_late(self.tenant, self.held, call, spent)
+        try:
+            spent = None if record is None else Spent(time.time(), self.tenant, self.policy, self.plan,
+                                                      record.deployment, (record,), requests=0)
+            await self.ledger.record_late(self.tenant, self.held, call, spent)
+        finally:
+            self.slot.let_go()
 
 
 # -- reading it back ------------------------------------------------------------------------------

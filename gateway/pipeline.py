@@ -3,6 +3,7 @@
     tenant   = auth.authenticate(...)             → 401 early
     slot     = inflight.enter(tenant, cap)        → 429 at once if the tenant has its cap in flight; given
                                                     back when the answer is complete (a stream: when it ends)
+                                                    and every call it gave up on has ended
     held     = auth.admit(tenant, policy, need)   → the one gate: 403, then (once allowed) `need`:
       hit      = cache.lookup(...)                    served from the store, cost 0, nothing held
       signal   = router.assess(...)                   predicted quality per deployment (no network)
@@ -104,6 +105,7 @@ class Services:
     stats: RequestStats = field(default_factory=RequestStats)  # this replica's recent latencies and statuses
     digests: Digests = field(default_factory=Digests)  # prompt digests and tenants' cache salts (`gateway.keyed`)
     inflight: InFlight = field(default_factory=InFlight)  # each tenant's requests in flight, under its cap
+    reports: InFlight = field(default_factory=InFlight)  # each caller's spend reports being read (`SPEND_REPORTS`)
     unpriced_log: KeyedLogThrottle = field(default_factory=KeyedLogThrottle)  # per (deployment, field)
 
 
@@ -178,9 +180,19 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
     elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:
         name = model.removeprefix(POLICY_PREFIX)
     else:
-        raise NotFound(f"model '{model}' does not exist: use 'auto', 'router/<policy>' or a deployment "
-                       f"({', '.join(svc.catalog.deployments)}); GET /v1/models lists them", param="model")
-    return Entry(_policy(svc, name))
+        raise NotFound(f"model '{model[:64]}' does not exist: use one of {_callable(svc, tenant)} "
+                       "(GET /v1/models lists them)", param="model")
+    policy = svc.policies.get(name)
+    if policy is None:
+        raise NotFound(f"policy '{name[:64]}' does not exist: use one of {_callable(svc, tenant)}",
+                       param="model", code="policy_not_found")
+    return Entry(policy)
+
+
+def _callable(svc: Services, tenant: Tenant) -> str:
+    """What this key may call, for an error message: like `GET /v1/models`, never the whole gateway's
+    deployments and policies (a key held to one policy is not told the others)."""
+    return ", ".join(entry_points(svc, tenant)) or "none"
 
 
 def entry_points(svc: Services, tenant: Tenant) -> list[str]:
@@ -315,9 +327,12 @@ def bounded_body(request: dict[str, Any], r: Route) -> dict[str, Any]:
     return body
 
 
-async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> dict[str, Any]:
-    """POST /v1/route: the decision for this request, without calling any model."""
-    tenant = await svc.auth.authenticate(ctx.authorization)
+async def explain(svc: Services, request: dict[str, Any], ctx: CallContext,
+                  tenant: Tenant | None = None) -> dict[str, Any]:
+    """POST /v1/route: the decision for this request, without calling any model. `tenant`: the
+    caller, when the HTTP layer already authenticated it."""
+    if tenant is None:
+        tenant = await svc.auth.authenticate(ctx.authorization)
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     # Admitted like a cache hit (counted in the rate windows, nothing held): its decision counts as
     # traffic, and explaining must not be a way around the rate limit to move the calibration.
@@ -337,8 +352,10 @@ async def explain(svc: Services, request: dict[str, Any], ctx: CallContext) -> d
     return explained
 
 
-async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail: Trail | None = None) -> Outcome:
-    """`trail`: the request's account, started when it arrived; `svc.observer.finish`es it, however it ends."""
+async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail: Trail | None = None,
+                 tenant: Tenant | None = None) -> Outcome:
+    """`trail`: the request's account, started when it arrived; `svc.observer.finish`es it, however it ends.
+    `tenant`: the caller, when the HTTP layer already authenticated it (before reading the body)."""
     router = svc.router.current  # this request's router, whatever is promoted meanwhile
     span = svc.telemetry.start("switchyard.request", ctx.trace_parent, kind=SpanKind.SERVER,
                                gen_ai__operation__name="chat", gen_ai__request__model=request["model"],
@@ -348,9 +365,11 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     trail.trace_id, trail.router_version, trail.messages = trace_id_hex(span), router.version, request["messages"]
     slot = NO_SLOT
     try:
-        tenant = trail.tenant = await svc.auth.authenticate(ctx.authorization)
+        if tenant is None:
+            tenant = await svc.auth.authenticate(ctx.authorization)
+        trail.tenant = tenant
         slot = svc.inflight.enter(tenant.name, in_flight_cap(svc, tenant))  # given back once answered
-        outcome = await _handle(svc, request, ctx, span, router, trail, tenant)
+        outcome = await _handle(svc, request, ctx, span, router, trail, tenant, slot)
     except BaseException as exc:
         slot.release()
         set_attributes(span, error__type=type(exc).__name__)
@@ -452,7 +471,7 @@ class _Ahead:
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
-                  router: RememberingRouter, trail: Trail, tenant: Tenant) -> Outcome:
+                  router: RememberingRouter, trail: Trail, tenant: Tenant, slot: Slot) -> Outcome:
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     trail.policy = PINNED if entry.pinned else entry.policy.name
     trail.policy_version = entry.policy.version
@@ -486,7 +505,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     body = bounded_body(request, r)
 
     hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
-    late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label))  # calls that answer late
+    # calls given up on: billed if they answer late, and counted in flight until they end
+    late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label, slot))
     if svc.upstreams.isolating:  # what a deployment with isolate_prefix_cache is sent as cache_salt
         tenant_salt.set(svc.digests.cache_salt(tenant.name))
     try:

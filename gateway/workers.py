@@ -31,6 +31,8 @@ def app() -> Any:
 def serve(config_path: str, host: str, port: int, workers: int, log_level: str, log_format: str | None) -> int:
     import uvicorn
 
+    from gateway.api.http_limits import BoundedHttpToolsProtocol
+
     load_config(config_path)  # a bad config fails here, once, rather than in every worker
     os.environ[ENV_CONFIG] = str(Path(config_path).resolve())
     os.environ[_ENV_LOGGING] = f"{log_level} {log_format or ''}".strip()
@@ -40,6 +42,6 @@ def serve(config_path: str, host: str, port: int, workers: int, log_level: str, 
     except ImportError:
         loop = "asyncio"
     uvicorn.run("gateway.workers:app", factory=True, host=host, port=port, workers=workers, loop=loop,
-                http="httptools", log_level=log_level, access_log=False, log_config=None, lifespan="on",
+                http=BoundedHttpToolsProtocol, log_level=log_level, access_log=False, log_config=None, lifespan="on",
                 timeout_graceful_shutdown=10)
     return 0

@@ -25,6 +25,7 @@ from starlette.background import BackgroundTask
 
 from gateway import ledger, pipeline
 from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
+from gateway.auth import OPEN_TENANT, Tenant
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, StoreOutage
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
@@ -153,12 +154,15 @@ async def chat_completions(request: Request) -> Response:
     request.state.request_id = rid = request_id(request)
     trail = Trail(rid, time.perf_counter())
     try:
+        # Who asks before what is asked: parsing and validating a 2 MB body holds the event loop for up
+        # to half a second, which a caller without a valid key must not be able to make it spend.
+        tenant = trail.tenant = await svc.auth.authenticate(headers_of(request).get("authorization"))
         body = validate_chat(await read_json(request, svc.config.max_body_bytes))
         ctx = call_context(request, rid, svc.telemetry.extract(headers_of(request)))  # the dict already decoded
     except GatewayError as exc:  # refused before the pipeline: still one request line
         svc.observer.finish(trail, exc.status, exc.code)
         raise
-    outcome = await pipeline.handle(svc, body, ctx, trail)
+    outcome = await pipeline.handle(svc, body, ctx, trail, tenant)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if isinstance(outcome, Answer):
         if not body.get("stream"):
@@ -193,8 +197,9 @@ async def _relayed(stream: AsyncIterator[dict[str, Any]], include_usage: bool) -
 
 async def explain_route(request: Request) -> Response:
     svc = _svc(request)
+    tenant = await svc.auth.authenticate(request.headers.get("authorization"))  # before the body, as above
     body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
-    explained = await pipeline.explain(svc, body, call_context(request))
+    explained = await pipeline.explain(svc, body, call_context(request), tenant)
     return Response(orjson.dumps(explained), media_type="application/json")
 
 
@@ -225,6 +230,11 @@ async def list_models(request: Request) -> Response:
 
 
 _SPEND_PARAMS = frozenset({"group_by", "from", "to"})
+# Spend reports one caller may have being read at once, per process. A report over the longest window
+# reads one ledger hash per hour (9,600), tens of milliseconds of the event loop and a store
+# connection each: unbounded, one key's burst of them stalled every tenant's requests for seconds
+# and ran the store's calls past their timeout, which marks the store down for everyone.
+SPEND_REPORTS = 2
 
 
 async def spend(request: Request) -> Response:
@@ -234,6 +244,14 @@ async def spend(request: Request) -> Response:
     authorization = request.headers.get("authorization")
     tenants = None if svc.auth.open or svc.auth.is_admin(authorization) else \
         [(await svc.auth.authenticate(authorization)).name]
+    slot = svc.reports.enter("" if tenants is None else tenants[0], SPEND_REPORTS)  # "": the admin, an open gateway
+    try:
+        return await _spend_report(svc, request, tenants)
+    finally:
+        slot.release()
+
+
+async def _spend_report(svc: Services, request: Request, tenants: list[str] | None) -> Response:
     query = request.query_params
     for name in query:
         if name not in _SPEND_PARAMS:
@@ -280,12 +298,16 @@ async def readyz(request: Request) -> Response:
     refuses = not store_ok and (svc.auth.outage_refuses or bool(keys))
     status = "ready" if store_ok else ("unavailable" if refuses else "degraded")
     body: dict[str, Any] = {"status": status}
-    if svc.auth.open or await _has_valid_key(svc, request):
+    caller = OPEN_TENANT if svc.auth.open else await _caller(svc, request)
+    if caller is not None:
+        health = svc.upstreams.health.snapshot()
         body |= {"process": os.getpid(),  # which worker or replica answered
                  "store": "up" if store_ok else "down", "store_kind": store.kind, "store_reachable": store_ok,
-                 "on_store_outage": svc.config.on_store_outage, "policies": sorted(svc.policies.policies),
+                 "on_store_outage": svc.config.on_store_outage,
+                 # a tenant's key is told of the policies and deployments it may call, as /v1/models lists them
+                 "policies": [p for p in sorted(svc.policies.policies) if caller.may_use(p)],
                  "virtual_keys": "unknown" if keys is None else ("in use" if keys else "none"),
-                 "deployments": svc.upstreams.health.snapshot()}
+                 "deployments": {d: h for d, h in health.items() if caller.may_pin(d)}}
         if svc.requests is not None:
             body["request_log"] = svc.requests.stats()
         if svc.shadow is not None:
@@ -294,12 +316,15 @@ async def readyz(request: Request) -> Response:
     return Response(orjson.dumps(body), status_code=503 if refuses else 200, media_type="application/json")
 
 
-async def _has_valid_key(svc: Services, request: Request) -> bool:
+async def _caller(svc: Services, request: Request) -> Tenant | None:
+    """Who may see readiness detail: the tenant of a valid key, or (seeing all) the admin or viewer key."""
+    authorization = request.headers.get("authorization")
+    if svc.auth.is_admin(authorization) or svc.auth.is_viewer(authorization):
+        return OPEN_TENANT
     try:
-        await svc.auth.authenticate(request.headers.get("authorization"))
+        return await svc.auth.authenticate(authorization)
     except (AuthenticationFailed, StoreOutage):
-        return False
-    return True
+        return None
 
 
 _LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost"})

@@ -221,3 +221,17 @@ async def test_a_retried_settlement_finds_a_hold_held_by_the_key_alone(store: St
     await store.settle_admission(Settlement("a", 0.2, (tenant, own), only_if_held=True))  # its reply was lost
     assert await store.get_float(key("spend")) == pytest.approx(0.2)
     assert await store.budget_state(key("key-spend"), key("key-holds")) == (pytest.approx(0.2), 0.0)
+
+
+async def test_many_hashes_of_several_slots_are_read_in_order_absent_ones_empty(store: Store,
+                                                                                key: Callable[[str], str]) -> None:
+    """More than one page (`READ_HASHES_PAGE`) of a slot, keys of two slots interleaved, most absent."""
+    from gateway.state import READ_HASHES_PAGE
+
+    other = f"sy:test:{{{uuid.uuid4().hex[:10]}}}:h"
+    keys = [key(f"h{i}") if i % 2 else f"{other}{i}" for i in range(2 * READ_HASHES_PAGE + 7)]
+    present = {3: {"a": 1.5}, 4: {"b": 2.0, "c": -0.25}, len(keys) - 1: {"z": 7.0}}
+    await store.add_to_hashes({keys[i]: row for i, row in present.items()}, ttl_s=60)
+    rows = await store.read_hashes(keys)
+    assert rows == [present.get(i, {}) for i in range(len(keys))]
+    assert await store.read_hashes([]) == []

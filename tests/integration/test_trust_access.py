@@ -7,6 +7,7 @@ from pathlib import Path
 
 import httpx
 import openai
+import orjson
 import pytest
 
 from gateway.api.app import create_app
@@ -96,3 +97,46 @@ def test_readyz_shows_only_the_status_to_anonymous_callers(gateway_url: str) -> 
     assert wrong.json() == {"status": "ready"}
     detailed = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-saver"}, timeout=10).json()
     assert detailed["status"] == "ready" and "policies" in detailed and "deployments" in detailed
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route"])
+@pytest.mark.parametrize("authorization", [None, "Bearer sk-wrong", "Bearer sk-sy-nosuchkey-0000"])
+def test_a_caller_without_a_valid_key_is_refused_before_its_body_is_read(gateway_url: str, path: str,
+                                                                        authorization: str | None) -> None:
+    """Parsing and validating a body costs the event loop up to half a second (2 MB of small
+    messages): a caller who holds no key must not be able to make the gateway pay it, so who asks is
+    checked before what is asked, and a malformed body without a valid key is a 401, not a 400."""
+    headers = {"content-type": "application/json"} | ({"authorization": authorization} if authorization else {})
+    many = orjson.dumps({"model": "auto", "messages": [*[{"role": "user", "content": "a"}] * 20000, {"role": "x"}]})
+    for body in (b"{not json", many):
+        resp = httpx.post(gateway_url + path, content=body, headers=headers, timeout=10)
+        assert resp.status_code == 401, resp.text
+        assert resp.json()["error"]["type"] == "authentication_error"
+    resp = httpx.post(gateway_url + path, content=b"{not json", timeout=10,
+                      headers={"content-type": "application/json", "authorization": "Bearer sk-open"})
+    assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid_json"  # a valid key: its body is read
+
+
+@pytest.mark.parametrize("model", ["gpt-4o", "router/nosuch", "Auto"])
+def test_an_unknown_model_is_a_404_naming_only_what_the_key_may_call(gateway_url: str, model: str) -> None:
+    """`GET /v1/models` lists only what a key may call; the 404 for a model that does not exist
+    must not list every deployment and policy of the gateway instead."""
+    resp = httpx.post(gateway_url + "/v1/chat/completions", headers={"authorization": "Bearer sk-saver"},
+                      json={"model": model, "messages": HI}, timeout=10)
+    assert resp.status_code == 404 and resp.json()["error"]["param"] == "model"
+    message = resp.json()["error"]["message"]
+    assert "router/cost-saver" in message or "cost-saver" in message
+    for hidden in ("large", "broken", "balanced", "small"):
+        assert hidden not in message, message
+
+
+def test_readyz_details_name_only_what_the_key_may_call(gateway_url: str) -> None:
+    """A tenant's key sees the readiness detail, but not the names of policies and deployments that
+    `GET /v1/models` keeps from it."""
+    detail = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-saver"}, timeout=10).json()
+    assert detail["policies"] == ["cost-saver"] and detail["deployments"] == {}
+    pinner = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-pinner"}, timeout=10).json()
+    assert pinner["policies"] == ["cost-saver"] and set(pinner["deployments"]) == {"small"}
+    everything = httpx.get(gateway_url + "/readyz", headers={"authorization": "Bearer sk-open"}, timeout=10).json()
+    assert {"balanced", "cost-saver"} <= set(everything["policies"])
+    assert {"small", "large"} <= set(everything["deployments"])

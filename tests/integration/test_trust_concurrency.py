@@ -81,3 +81,21 @@ def _in_flight(url: str) -> int:
     text = httpx.get(url + "/metrics", timeout=5).text
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
                if line.startswith("switchyard_requests_in_flight{") and 'tenant="greedy"' in line)
+
+
+def test_a_request_given_up_on_keeps_its_slot_while_its_call_is_still_read(url: str) -> None:
+    """A request that ends at its deadline leaves its upstream call running (read on, so that an
+    answer on its way is billed): that call still holds an upstream connection, so it still counts
+    under the cap. Else a 1 ms `x-switchyard-timeout-ms` freed the slot at once and one tenant could
+    leave any number of calls running."""
+    hurried = {"x-switchyard-timeout-ms": "50"}
+    for _ in range(2):  # each gives up after 50 ms on a call that answers in 1.5 s
+        resp = httpx.post(url + "/v1/chat/completions", headers={"authorization": "Bearer sk-greedy", **hurried},
+                          json={"model": "small", "messages": HI, "max_tokens": 5}, timeout=10)
+        assert resp.status_code == 504
+    resp = httpx.post(url + "/v1/chat/completions", headers={"authorization": "Bearer sk-greedy", **hurried},
+                      json={"model": "small", "messages": HI, "max_tokens": 5}, timeout=10)
+    assert resp.status_code == 429 and resp.json()["error"]["code"] == "concurrency_limit_exceeded"
+    assert _ask(url, "sk-other").choices[0].message.content  # another tenant is served meanwhile
+    wait_until(lambda: _in_flight(url) == 0, timeout_s=10, what="the slots given back when the calls ended")
+    assert _ask(url, "sk-greedy").choices[0].message.content

@@ -188,3 +188,81 @@ def test_an_edited_policy_does_not_serve_answers_cached_under_its_old_version(si
             time.sleep(0.02)
         assert _post(url, body).headers["x-switchyard-cache"] == "miss"
         assert _post(url, body).headers["x-switchyard-cache"] == "hit"
+
+
+# --- the HTTP server itself ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def served(simulator: Simulator) -> Any:
+    """The gateway under the server `switchyard serve` builds (its uvicorn settings and protocol)."""
+    import asyncio
+    import threading
+
+    import uvicorn
+
+    from gateway.cli import _uvicorn_config
+    from tests.support.processes import free_port, wait_until
+
+    port = free_port()
+    server = uvicorn.Server(_uvicorn_config(create_app(sim_config(simulator.url)), "127.0.0.1", port, "warning"))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=60, what="gateway")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+@pytest.mark.parametrize("shape", ["many headers", "one endless header"])
+def test_headers_without_end_get_a_431_not_the_workers_memory(served: str, shape: str) -> None:
+    """uvicorn kept every header sent, without a limit: 200 MB of headers grew the worker ~220 MB,
+    from a caller without a key. Now a head over 64 KiB is a 431 and the connection is closed."""
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        if shape == "one endless header":
+            sock.sendall(b"x-filler: ")
+        answer = b""
+        try:
+            for _ in range(200):  # up to 2 MB
+                sock.sendall(b"a" * 10_000 if shape == "one endless header" else (b"x-a: " + b"a" * 993 + b"\r\n") * 10)
+        except OSError:
+            pass  # closed on us: the answer is waiting
+        sock.settimeout(5)
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert orjson.loads(body)["error"]["code"] == "headers_too_large"
+
+
+def test_ordinary_headers_are_served(served: str) -> None:
+    resp = httpx.get(served + "/healthz", headers={f"x-h{i}": "v" * 500 for i in range(40)}, timeout=10)
+    assert resp.status_code == 200
+
+
+def test_a_head_that_never_ends_is_a_408_not_a_connection_held_for_ever(served: str,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn did not time a request's head out: a connection sending a byte now and then (or nothing)
+    was held for ever, and enough of them use up the worker's file descriptors. Now the head has
+    `HEAD_TIMEOUT_S` (10 s; shortened here) to arrive, else a 408 and the connection is closed."""
+    import socket
+
+    from gateway.api import http_limits
+
+    monkeypatch.setattr(http_limits, "HEAD_TIMEOUT_S", 0.5)
+    port = int(served.rsplit(":", 1)[1])
+    for partial in (b"GET /healthz HTTP/1.1\r\nHost: x\r\n", b""):  # a head begun, and nothing at all
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(partial)
+            started = time.monotonic()
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        assert time.monotonic() - started < 3
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert orjson.loads(body)["error"]["code"] == "request_timeout"
+    assert httpx.get(served + "/healthz", timeout=10).status_code == 200  # a prompt head is served

@@ -137,8 +137,10 @@ class GatewayServer:
 
         self.port = free_port()
         self.app = app
+        from gateway.api.http_limits import BoundedHttpToolsProtocol
+
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, loop="asyncio", lifespan="on")
+                                access_log=False, loop="asyncio", lifespan="on", http=BoundedHttpToolsProtocol)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

@@ -47,3 +47,21 @@ def test_every_keyed_caller_is_capped_and_only_an_open_gateways_caller_is_not() 
     assert in_flight_cap(svc, OPEN_TENANT) is None
     assert in_flight_cap(svc, Tenant("acme")) == 128  # a config tenant, or an admin-made key's tenant
     assert in_flight_cap(svc, Tenant("acme", max_concurrent_requests=4)) == 4
+
+
+def test_a_slot_is_given_back_once_the_request_and_every_call_it_left_running_have_ended() -> None:
+    inflight = InFlight()
+    slot = inflight.enter("a", 2)
+    slot.keep()
+    slot.keep()  # two calls given up on, still read
+    slot.release()
+    slot.release()
+    assert inflight.counts == {"a": 1}
+    slot.let_go()
+    assert inflight.counts == {"a": 1}
+    slot.let_go()
+    slot.let_go()  # more endings than calls cannot free another request's slot
+    assert inflight.counts == {}
+    NO_SLOT.keep()
+    NO_SLOT.let_go()
+    assert inflight.counts == {}

@@ -1,0 +1,96 @@
+"""The HTTP server's protocol, bounded: a request's head (its request line and headers) may be at
+most `MAX_HEAD_BYTES` and must arrive within `HEAD_TIMEOUT_S`; else it is answered `431` or `408`
+and its connection closed.
+
+uvicorn's httptools protocol keeps every header it is sent, and httptools buffers a header's value
+until it ends, with no limit of their own: one connection sending headers without end grew the
+worker by what it sent (200 MB of headers: ~220 MB more resident) before any route, or any key
+check, ran, so a caller without a key could exhaust the memory every tenant's requests share. Nor
+does it time a head out: a connection that sends a byte now and then (or nothing at all) was held
+for ever, and enough of them use up the worker's file descriptors, refusing everyone's connections.
+64 KiB is twice nginx's default (four 8 KiB buffers) and 10 s a sixth of its `client_header_timeout`,
+both far beyond any real client's headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import orjson
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+MAX_HEAD_BYTES = 64 * 1024
+HEAD_TIMEOUT_S = 10.0
+# After the answer the connection is half-closed and what still arrives is read and dropped for this
+# long, then it is closed: closed at once with bytes unread, the kernel would reset it, and the
+# client would often lose the answer before reading it.
+LINGER_S = 1.0
+
+
+def _error(status: int, code: str, message: str) -> bytes:
+    body = orjson.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}})
+    return b"".join((STATUS_LINE[status], b"content-type: application/json\r\n", b"content-length: ",
+                     str(len(body)).encode(), b"\r\n", b"connection: close\r\n\r\n", body))
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, counting and timing a request's head until it is complete."""
+
+    _in_head = True   # from a connection's (or a message's) first byte to the end of its headers
+    _head_bytes = 0
+    _head_timer: asyncio.TimerHandle | None = None
+    _refused = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._time_head()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_head, self._head_bytes = True, 0
+        self._time_head()
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._stop_head_timer()
+        super().on_headers_complete()
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # answered: dropped unread
+        super().data_received(data)
+        # Still in the head after parsing: all of `data` was head (what is kept is at most the limit
+        # plus one read).
+        if self._in_head and not self.transport.is_closing():
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse(_error(431, "headers_too_large",
+                                    f"the request's headers are over the {MAX_HEAD_BYTES}-byte limit"))
+
+    def _time_head(self) -> None:
+        self._stop_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self._in_head and not self._refused and not self.transport.is_closing():
+            self._refuse(_error(408, "request_timeout",
+                                f"the request's headers did not arrive within {HEAD_TIMEOUT_S:g} s"))
+
+    def _refuse(self, answer: bytes) -> None:
+        self._refused = True
+        self._stop_head_timer()
+        transport = self.transport
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
