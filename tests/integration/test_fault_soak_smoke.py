@@ -1,4 +1,4 @@
-"""The fault soak, short: 600 requests through a faulted deployment and a Redis outage.
+"""The fault soak, short: 400 requests through a faulted deployment and a Redis outage.
 
 Holds the properties the full soak reports on: no client-visible failure (a healthy fallback
 exists for every request), every upstream call the simulator served billed exactly once in the
@@ -19,8 +19,8 @@ pytestmark = pytest.mark.soak
 
 
 def test_a_short_soak_fails_nothing_a_fallback_could_save_and_bills_every_call_once() -> None:
-    report = asyncio.run(run_soak(SoakSettings(requests=600, baseline_requests=60, hedge_requests=80,
-                                               latency_requests=60, outage_s=2.0, warmup_requests=40)))
+    report = asyncio.run(run_soak(SoakSettings(requests=400, baseline_requests=60, hedge_requests=80,
+                                               latency_requests=40, outage_s=2.0, warmup_requests=40)))
     assert report.outage["down_s"] >= 2.0
     phases = (report.baseline, report.unhedged, report.hedged, report.calm, report.troubled, report.faulted)
     # Every call the simulator served is billed once, faults and the Redis outage included. Calls the
