@@ -198,8 +198,15 @@ async def _relayed(stream: AsyncIterator[dict[str, Any]], include_usage: bool) -
 async def explain_route(request: Request) -> Response:
     svc = _svc(request)
     tenant = await svc.auth.authenticate(request.headers.get("authorization"))  # before the body, as above
-    body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
-    explained = await pipeline.explain(svc, body, call_context(request), tenant)
+    # Under the tenant's cap on requests in flight, shared with its chat completions, from before its
+    # body is read: an explanation reads, parses and routes up to `max_body_bytes` on the event loop,
+    # and without a slot one key could have any number of them going at once.
+    slot = svc.inflight.enter(tenant.name, pipeline.in_flight_cap(svc, tenant))
+    try:
+        body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
+        explained = await pipeline.explain(svc, body, call_context(request), tenant)
+    finally:
+        slot.release()
     return Response(orjson.dumps(explained), media_type="application/json")
 
 
