@@ -25,6 +25,11 @@ timeout. How long a whole answer takes is the request's doing as much as the dep
 timeout made those calls time out, and once five did so back to back (a burst of them does) the
 circuit opened for every tenant. A hung deployment answers nobody, so its timeouts still count; a
 stream whose first or next chunk is late still counts, since a chunk's wait is not the request's.
+The evidence is one timestamp per deployment (`answered_at`, set by each call that ends well) read
+against the failed call's start: O(1) on the hot path, and per process as the breaker is. What it
+cannot tell apart: when no other call to the deployment ends in that window (a quiet deployment, or
+a half-open circuit's single trial, beside which nothing is let through), a long answer's timeout
+counts as a hung deployment's would.
 """
 
 from __future__ import annotations
