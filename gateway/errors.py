@@ -10,6 +10,7 @@ error envelope in one place (`gateway.api.errors`); nothing else formats errors.
 | AuthenticationFailed    | 401    | authentication_error   | missing or unknown API key                      |
 | PermissionDenied        | 403    | permission_error       | policy or pinned deployment not allowed         |
 | NotFound                | 404    | invalid_request_error  | unknown model / policy / deployment / key id    |
+| RequestTimeout          | 408    | invalid_request_error  | body not all sent within `BODY_TIMEOUT_S`       |
 | PayloadTooLarge         | 413    | invalid_request_error  | body over `max_body_bytes`                      |
 | ConstraintUnsatisfiable | 422    | invalid_request_error  | no candidate plan meets the policy's constraints |
 | RateLimited             | 429    | rate_limit_error       | tenant, key or deployment over a rate limit     |
@@ -65,6 +66,10 @@ class PermissionDenied(GatewayError):
 
 class NotFound(GatewayError):
     status, type, code = 404, "invalid_request_error", "model_not_found"
+
+
+class RequestTimeout(GatewayError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
 
 
 class PayloadTooLarge(GatewayError):

@@ -10,6 +10,11 @@ does it time a head out: a connection that sends a byte now and then (or nothing
 for ever, and enough of them use up the worker's file descriptors, refusing everyone's connections.
 64 KiB is twice nginx's default (four 8 KiB buffers) and 10 s a sixth of its `client_header_timeout`,
 both far beyond any real client's headers.
+
+A body is read by its route (`gateway.api.routes.read_json`, once the key is checked) within
+`BODY_TIMEOUT_S` in all, however it trickles in, else `408` and the connection is closed: a caller
+sending a byte now and then held its request and its handler for ever (and a `/v1/route` its
+tenant's slot in flight). 30 s reads the largest body (`max_body_bytes`, 2 MiB) at 70 KB/s.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
 # After the answer the connection is half-closed and what still arrives is read and dropped for this
 # long, then it is closed: closed at once with bytes unread, the kernel would reset it, and the
 # client would often lose the answer before reading it.

@@ -8,6 +8,7 @@ per-request dependency machinery would only add latency on the hot path.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import math
@@ -24,9 +25,17 @@ from opentelemetry.context import Context
 from starlette.background import BackgroundTask
 
 from gateway import ledger, pipeline
+from gateway.api import http_limits
 from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
 from gateway.auth import OPEN_TENANT, Tenant
-from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, StoreOutage
+from gateway.errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    PayloadTooLarge,
+    RequestTimeout,
+    StoreOutage,
+)
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.observer import Trail
@@ -60,10 +69,15 @@ async def read_json(request: Request, limit: int) -> Any:
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
     body = bytearray()
-    async for part in request.stream():
-        body += part
-        if len(body) > limit:
-            raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+    try:
+        async with asyncio.timeout(http_limits.BODY_TIMEOUT_S):  # in all, not per part: see `http_limits`
+            async for part in request.stream():
+                body += part
+                if len(body) > limit:
+                    raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+    except TimeoutError:
+        raise RequestTimeout(f"the request's body did not arrive within {http_limits.BODY_TIMEOUT_S:g} s",
+                             headers={"connection": "close"}) from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -198,8 +212,15 @@ async def _relayed(stream: AsyncIterator[dict[str, Any]], include_usage: bool) -
 async def explain_route(request: Request) -> Response:
     svc = _svc(request)
     tenant = await svc.auth.authenticate(request.headers.get("authorization"))  # before the body, as above
-    body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
-    explained = await pipeline.explain(svc, body, call_context(request), tenant)
+    # Under the tenant's cap on requests in flight, shared with its chat completions, from before its
+    # body is read: an explanation reads, parses and routes up to `max_body_bytes` on the event loop,
+    # and without a slot one key could have any number of them going at once.
+    slot = svc.inflight.enter(tenant.name, pipeline.in_flight_cap(svc, tenant))
+    try:
+        body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
+        explained = await pipeline.explain(svc, body, call_context(request), tenant)
+    finally:
+        slot.release()
     return Response(orjson.dumps(explained), media_type="application/json")
 
 

@@ -7,7 +7,9 @@ back-off. A wait that does not fit in the request's remaining deadline is not ta
 fallback is tried at once. Every attempt runs for at most min(deployment timeout_s, remaining).
 
 Only failures that say something about the deployment count toward its circuit; a 4xx the
-request caused does not (and 400/422 end the request: another deployment would say the same).
+request caused does not (and 400/422 end the request: another deployment would say the same), nor
+does a whole answer's timeout while the deployment answered other calls in time (its length was the
+request's doing: `gateway.providers.health`).
 When no deployment was even tried because every circuit is open, the answer is 503
 `deployment_unavailable` with Retry-After. A deployment at its own rate limit (`gateway.quotas`) is
 skipped the same way; when that is why none was tried, the answer is 429 naming the limit.
@@ -234,10 +236,16 @@ class Upstreams:
         raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
                               reason=f"timed out after {timeout_s:g} s")
 
-    def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float) -> None:
-        """Book a failed attempt: only failures about the deployment count toward its circuit."""
+    def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float,
+                whole_since: float | None = None) -> None:
+        """Book a failed attempt: only failures about the deployment count toward its circuit.
+        `whole_since`: when a whole answer's call began (monotonic); None for a stream's."""
         health = self.health[name]
-        if isinstance(exc, ProviderFailure) and exc.counts_against_deployment:
+        if isinstance(exc, ProviderFailure) and exc.counts_against_deployment and not (
+                # A whole answer's timeout while the deployment answered others is the request's
+                # length, not the deployment's fault (`gateway.providers.health`): one client asking
+                # for long answers must not open the circuit for everyone.
+                exc.timeout and whole_since is not None and health.answered_since(whole_since)):
             health.record_failure(time.monotonic(), trial=trial)
         else:  # the request's fault, the deadline, a cancelled call: no verdict on the deployment
             health.record_neutral(trial=trial)
@@ -273,11 +281,12 @@ class Upstreams:
             late = counted(late, body)
             return CallRecord(name, late.usage, self.prices[name].cost(late.usage, terms), late.latency_s)
 
+        since = time.monotonic()
         try:
             call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
             done = counted(await self._awaited(name, call, deadline, priced, body), body)
         except BaseException as exc:
-            self._failed(name, exc, span, trial, started)
+            self._failed(name, exc, span, trial, started, whole_since=since)
             raise
         configured_ms = configured_latency_ms(self.deployments[name], done.usage.completion_tokens,
                                               done.usage.prompt_tokens)
@@ -426,8 +435,9 @@ class Upstreams:
             self._failed(name, exc, span, trial, started)
             raise
         set_attributes(span, gen_ai__response__model=first.get("model"))
-        if trial:  # the first chunk is the verdict: let other traffic through now, not when the stream ends
-            self.health[name].trial_passed()
+        # The deployment is answering; a trial's verdict, letting other traffic through now, not
+        # when the stream ends.
+        self.health[name].first_chunk(trial=trial)
         return OpenStream(name, first, Paced(name, chunks, self.deployments[name].timeout_s), stats, span,
                           taken=taken, terms=terms)
 

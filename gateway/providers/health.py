@@ -17,6 +17,19 @@ half-opens: `admit` lets exactly ONE trial call through while every other caller
 A successful trial closes the circuit; a failed one re-opens it for another cooldown; a trial that
 ends without a verdict (the request's own fault, a cancelled call) lets the next caller try.
 Each transition (open, half-open, closed) is a `switchyard.circuit` log line with `event: circuit`.
+
+A whole answer that runs into the deployment's `timeout_s` counts only when the deployment answered
+nobody meanwhile (`answered_since`): no call to it ended well between that call's start and its
+timeout. How long a whole answer takes is the request's doing as much as the deployment's (its
+`max_tokens`, or none): a tenant asking a healthy, busy deployment for answers longer than its
+timeout made those calls time out, and once five did so back to back (a burst of them does) the
+circuit opened for every tenant. A hung deployment answers nobody, so its timeouts still count; a
+stream whose first or next chunk is late still counts, since a chunk's wait is not the request's.
+The evidence is one timestamp per deployment (`answered_at`, set by each call that ends well) read
+against the failed call's start: O(1) on the hot path, and per process as the breaker is. What it
+cannot tell apart: when no other call to the deployment ends in that window (a quiet deployment, or
+a half-open circuit's single trial, beside which nothing is let through), a long answer's timeout
+counts as a hung deployment's would.
 """
 
 from __future__ import annotations
@@ -46,6 +59,8 @@ class DeploymentHealth:
     pace_ewma: float | None = None  # observed ÷ configured latency of whole answers
     calls: int = 0
     failures: int = 0
+    # When a call last ended well (monotonic): a whole answer, a stream's first chunk or its end.
+    answered_at: float = -math.inf
     name: str = ""  # the deployment, for the log line of each transition
 
     def state(self, now: float) -> CircuitState:
@@ -87,6 +102,7 @@ class DeploymentHealth:
         output and prompt); None for a stream, whose pace is its reader's."""
         self.calls += 1
         self.consecutive_failures = 0
+        self.answered_at = time.monotonic()
         if self.opened_at is not None:  # the trial, or a call that was out when the circuit opened
             self._moved("closed", "half_open" if self.trial_in_flight else "open")
         self.opened_at = None
@@ -109,6 +125,16 @@ class DeploymentHealth:
             if trial or self.opened_at is None:
                 self._moved("open", "half_open" if trial else "closed")
             self.opened_at = now
+
+    def answered_since(self, started: float) -> bool:
+        """Did a call end well at or after `started` (monotonic)? One comparison: it runs per failure."""
+        return self.answered_at >= started
+
+    def first_chunk(self, *, trial: bool = False) -> None:
+        """A stream's first chunk came in time: the deployment is answering (and a trial has passed)."""
+        self.answered_at = time.monotonic()
+        if trial:
+            self.trial_passed()
 
     def trial_passed(self) -> None:
         """A trial that has shown the deployment answers (a stream's first chunk) closes the circuit."""

@@ -4,6 +4,7 @@ slot until it ends."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -99,3 +100,34 @@ def test_a_request_given_up_on_keeps_its_slot_while_its_call_is_still_read(url: 
     assert _ask(url, "sk-other").choices[0].message.content  # another tenant is served meanwhile
     wait_until(lambda: _in_flight(url) == 0, timeout_s=10, what="the slots given back when the calls ended")
     assert _ask(url, "sk-greedy").choices[0].message.content
+
+
+def _slow_body(url: str, path: str, key: str) -> socket.socket:
+    """A request to `path` whose head is sent and whose body is not: the gateway has it in flight."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = socket.create_connection((host, int(port)), timeout=5)
+    conn.sendall(f"POST {path} HTTP/1.1\r\nhost: {host}\r\nauthorization: Bearer {key}\r\n"
+                 "content-type: application/json\r\ncontent-length: 1000\r\n\r\n{".encode())
+    return conn
+
+
+def test_route_explanations_are_under_the_tenants_cap(url: str) -> None:
+    """`POST /v1/route` reads, parses and routes a body of up to `max_body_bytes` on the event loop:
+    it takes a slot as a chat completion does, so one key cannot have any number of them at once."""
+    route = {"model": "router/cost-saver", "messages": HI}
+    held = [_slow_body(url, "/v1/route", "sk-greedy") for _ in range(2)]
+    try:
+        wait_until(lambda: _in_flight(url) >= 2, timeout_s=5, what="two explanations in flight")
+        resp = httpx.post(url + "/v1/route", headers={"authorization": "Bearer sk-greedy"}, json=route, timeout=10)
+        assert resp.status_code == 429, resp.text
+        assert resp.json()["error"]["code"] == "concurrency_limit_exceeded"
+        with pytest.raises(openai.RateLimitError):
+            _ask(url, "sk-greedy")
+        other = httpx.post(url + "/v1/route", headers={"authorization": "Bearer sk-other"}, json=route, timeout=10)
+        assert other.status_code == 200, other.text  # another tenant is served meanwhile
+    finally:
+        for conn in held:
+            conn.close()  # the client leaves mid-body: the slots are given back
+    wait_until(lambda: _in_flight(url) == 0, timeout_s=10, what="the slots given back")
+    resp = httpx.post(url + "/v1/route", headers={"authorization": "Bearer sk-greedy"}, json=route, timeout=10)
+    assert resp.status_code == 200, resp.text

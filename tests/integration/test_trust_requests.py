@@ -266,3 +266,38 @@ def test_a_head_that_never_ends_is_a_408_not_a_connection_held_for_ever(served: 
         assert head.startswith(b"HTTP/1.1 408"), answer[:200]
         assert orjson.loads(body)["error"]["code"] == "request_timeout"
     assert httpx.get(served + "/healthz", timeout=10).status_code == 200  # a prompt head is served
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route"])
+def test_a_body_sent_a_byte_at_a_time_is_a_408_not_a_request_held_for_ever(
+        served: str, monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """Once a request's head is in (its key checked), its body had no time limit: a caller sending a
+    byte now and then held the request, and its handler, for ever. Now the whole body has
+    `BODY_TIMEOUT_S` (30 s; shortened here) to arrive, however it trickles, else a 408 and the
+    connection is closed."""
+    import socket
+
+    from gateway.api import http_limits
+
+    monkeypatch.setattr(http_limits, "BODY_TIMEOUT_S", 0.5)
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                     "content-length: 100000\r\n\r\n{".encode())
+        started, answer = time.monotonic(), b""
+        sock.settimeout(0.1)
+        while time.monotonic() - started < 5:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")  # a byte every 0.1 s: never idle long, never done
+                continue
+            if not chunk:
+                break
+            answer += chunk
+        elapsed = time.monotonic() - started
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert orjson.loads(body)["error"]["code"] == "request_timeout"
+    assert elapsed < 3  # answered and closed, not held until the client stopped
+    assert _post(served + "/v1", {"model": "small", "messages": HI}).status_code == 200  # a prompt body is served

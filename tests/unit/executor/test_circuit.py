@@ -143,3 +143,68 @@ def test_fallback_skips_an_open_circuit() -> None:
     up.health["small"].opened_at = time.monotonic()
     _, record = asyncio.run(_call(up, "small", "large"))
     assert record.deployment == "large" and backend.called("small") == 0
+
+
+
+def _long_or_short(d: Any, body: dict[str, Any]) -> Delay:
+    """An upstream that writes `max_tokens` at 100 tokens a second (a stream's first chunk included):
+    a long answer outlasts timeout_s, a short one does not."""
+    return Delay(body["max_tokens"] / 100)
+
+
+def _burst(up: Any, long: int, rounds: int, *, stream: bool = False) -> tuple[list[Any], int]:
+    """`long` calls for 100 tokens at once, `rounds` times, while short calls keep being answered:
+    the long calls' outcomes, and how many short calls failed."""
+    long_body = {**BODY, "max_tokens": 100}
+
+    async def scenario() -> tuple[list[Any], int]:
+        done, refused = asyncio.Event(), 0
+
+        async def short_calls() -> None:
+            nonlocal refused
+            while not done.is_set():
+                try:
+                    await up.call(("small",), {**BODY, "max_tokens": 1}, None, deadline=Deadline.after(10))
+                except GatewayError:
+                    refused += 1
+                await asyncio.sleep(0.03)
+
+        shorts = asyncio.create_task(short_calls())
+        await asyncio.sleep(0.02)
+        outcomes: list[Any] = []
+        for _ in range(rounds):
+            opened = up.open_stream if stream else up.call
+            outcomes += await asyncio.gather(*(opened(("small",), long_body, None, deadline=Deadline.after(10))
+                                               for _ in range(long)), return_exceptions=True)
+        done.set()
+        await shorts
+        return outcomes, refused
+
+    return asyncio.run(scenario())
+
+
+def test_whole_answers_too_long_for_timeout_s_do_not_open_a_circuit_that_answers_others() -> None:
+    up, _ = fake_upstreams(_long_or_short, deployment("small", timeout_s=0.2, max_retries=0), failure_threshold=3)
+    outcomes, refused = _burst(up, long=6, rounds=2)
+    assert all(isinstance(o, GatewayError) and o.status == 504 for o in outcomes)
+    health = up.health["small"]
+    assert refused == 0 and health.failures == 0 and not health.is_open(time.monotonic())
+
+
+def test_whole_answer_timeouts_count_when_the_deployment_answered_nobody_meanwhile() -> None:
+    up, _ = fake_upstreams(lambda d, b: Delay(5), deployment("small", timeout_s=0.1, max_retries=0),
+                           failure_threshold=3)
+    up.health["small"].record_success(0.01)  # it answered once, before these calls began
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(_call(up, "small") for _ in range(3)), return_exceptions=True)
+
+    assert all(isinstance(o, GatewayError) for o in asyncio.run(scenario()))
+    assert up.health["small"].is_open(time.monotonic())
+
+
+def test_a_late_first_chunk_counts_even_while_the_deployment_answers_others() -> None:
+    up, _ = fake_upstreams(_long_or_short, deployment("small", timeout_s=0.2, max_retries=0), failure_threshold=3)
+    outcomes, _ = _burst(up, long=3, rounds=1, stream=True)
+    assert all(isinstance(o, GatewayError) and o.status == 504 for o in outcomes)
+    assert up.health["small"].failures == 3 and up.health["small"].is_open(time.monotonic())

@@ -1,0 +1,115 @@
+"""Circuits one tenant cannot open for everyone, over real HTTP: whole answers longer than a
+deployment's `timeout_s` that one tenant asks for do not take the deployment from another tenant
+it keeps answering; a hung deployment, which answers nobody, still has its circuit opened."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from gateway.api.app import create_app
+from gateway.auth import hash_key
+from gateway.config import parse_config
+from tests.support.processes import ROOT, GatewayServer, Simulator, running_gateway
+
+HELLO = [{"role": "user", "content": "hi"}]
+TENANTS = [{"name": "tenant-a", "api_key_sha256": hash_key("sk-tenant-a")},
+           {"name": "tenant-b", "api_key_sha256": hash_key("sk-tenant-b")}]
+
+
+def _config(sim_url: str) -> Any:
+    def dep(name: str, model: str, tier: str, **kw: Any) -> dict[str, Any]:
+        return {"name": name, "model": f"openai/{model}", "api_base": sim_url, "tier": tier,
+                "price": {"input_per_mtok": 0.2, "output_per_mtok": 0.4}, "max_retries": 0, **kw}
+
+    return parse_config({"tenants": TENANTS, "deployments": [
+        # sim-streamy writes 400 tokens at 200 a second: a whole answer takes 2 s, four tokens 25 ms
+        dep("shared", "sim-streamy", "small", timeout_s=0.4),
+        dep("stuck", "sim-slow", "large", timeout_s=0.3),  # sim-slow answers after 3 s: nothing in time
+    ]}, "circuit trust test config")
+
+
+@pytest.fixture(scope="module")
+def gateway(simulator: Simulator) -> Iterator[GatewayServer]:
+    with running_gateway(create_app(_config(simulator.url), policies_dir=ROOT / "routing_policies")) as server:
+        yield server
+
+
+def _client(gateway: GatewayServer, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=gateway.base_url + "/v1", api_key=key, max_retries=0, timeout=30)
+
+
+async def _status(client: openai.AsyncOpenAI, model: str, **kw: Any) -> tuple[int, str | None]:
+    """The answer's status and the deployment that served it."""
+    try:
+        raw = await client.chat.completions.with_raw_response.create(model=model, messages=HELLO, **kw)
+    except openai.APIStatusError as exc:
+        return exc.status_code, None
+    return raw.status_code, raw.headers.get("x-switchyard-model")
+
+
+async def _while_b_is_served(gateway: GatewayServer, a_calls: Any) -> tuple[Any, list[tuple[int, str | None]]]:
+    """Tenant B asks `shared` for short answers (one every ~50 ms) from before `a_calls()` begins
+    until after it ends: what `a_calls` returned, and each of B's outcomes."""
+    b = _client(gateway, "sk-tenant-b")
+    served: list[tuple[int, str | None]] = []
+    first, done = asyncio.Event(), asyncio.Event()
+
+    async def tenant_b() -> None:
+        while not done.is_set():
+            served.append(await _status(b, "shared", max_tokens=4))
+            first.set()
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(tenant_b())
+    await first.wait()
+    try:
+        out = await a_calls()
+    finally:
+        done.set()
+        await task
+    return out, served
+
+
+def _circuit_open(gateway: GatewayServer, name: str) -> bool:
+    ready = httpx.get(gateway.base_url + "/readyz", headers={"authorization": "Bearer sk-tenant-b"}, timeout=5)
+    return bool(ready.json()["deployments"][name]["circuit_open"])
+
+
+def test_long_answers_one_tenant_asks_for_do_not_open_the_circuit_for_another(gateway: GatewayServer) -> None:
+    a = _client(gateway, "sk-tenant-a")
+
+    async def tenant_a() -> list[tuple[int, str | None]]:
+        outcomes: list[tuple[int, str | None]] = []
+        for _ in range(3):  # bursts of ten 2 s answers against a 0.4 s timeout: ten timeouts at once
+            outcomes += await asyncio.gather(*(_status(a, "shared") for _ in range(10)))
+        return outcomes
+
+    a_outcomes, b_outcomes = asyncio.run(_while_b_is_served(gateway, tenant_a))
+    refused = [o for o in b_outcomes if o != (200, "shared")]
+    assert not refused, f"{len(refused)} of tenant B's {len(b_outcomes)} requests failed: {refused[:3]}"
+    assert len(b_outcomes) >= 8
+    assert [s for s, _ in a_outcomes] == [504] * 30  # A's own answers time out, as its policy says
+    assert not _circuit_open(gateway, "shared")
+
+
+def test_a_hung_deployment_still_opens_its_circuit(gateway: GatewayServer, simulator: Simulator) -> None:
+    a = _client(gateway, "sk-tenant-a")
+
+    async def hung_calls() -> list[tuple[int, str | None]]:
+        return list(await asyncio.gather(*(_status(a, "stuck") for _ in range(5))))
+
+    # Other deployments answering meanwhile do not excuse this one: it answers nobody.
+    timed_out, b_outcomes = asyncio.run(_while_b_is_served(gateway, hung_calls))
+    assert [s for s, _ in timed_out] == [504] * 5
+    assert all(o == (200, "shared") for o in b_outcomes)
+    assert _circuit_open(gateway, "stuck")
+    before = int(simulator.stats()["sim-slow"]["requests"])
+    refused = asyncio.run(_status(_client(gateway, "sk-tenant-a"), "stuck"))
+    assert refused == (503, None)
+    assert int(simulator.stats()["sim-slow"]["requests"]) == before  # the open circuit was not called
