@@ -7,8 +7,8 @@ full queue drops it, counted). A fixed number of workers (`shadow_concurrency`) 
 `against` answers the same messages, then the label is the exact agreement of the two extracted
 answers when both are short (a letter, a number, a few words; `gateway.executor.answers`), else the
 `judge` deployment's 0–10 grade of the cheap answer with the strong one as reference, ÷ 10. With
-neither, the job ends unlabelled. The label is stored as feedback with source `judge` on the
-request's record.
+neither, the job ends unlabelled. The label is stored as feedback with source `judge` and origin
+`gateway` on the request's record (no client can write that origin: `gateway.feedback`).
 
 Shadow calls are billed to the tenant (a budget hold first, without touching its rate window: a
 tenant whose budget is short is not shadowed) and counted apart in the ledger (`/v1/spend`,
@@ -226,7 +226,8 @@ class ShadowEvaluator:
         detail: dict[str, Any] = {"against": job.shadow.against, "answered_by": job.answered_by}
         agreed = agreement(job.answer, reference)
         if agreed is not None:
-            return Feedback(job.request_id, "judge", agreed, detail=detail | {"method": "agreement"})
+            return Feedback(job.request_id, "judge", agreed, detail=detail | {"method": "agreement"},
+                            origin="gateway")
         if job.shadow.judge is None:
             self.counts["unlabelled"] += 1
             return None
@@ -242,4 +243,4 @@ class ShadowEvaluator:
             log.info("shadow judge of request %s gave no grade: %r", job.request_id, reply[:80])
             return None
         return Feedback(job.request_id, "judge", grade,
-                        detail=detail | {"method": "judge", "judge": job.shadow.judge})
+                        detail=detail | {"method": "judge", "judge": job.shadow.judge}, origin="gateway")

@@ -214,7 +214,8 @@ async def feedback(request: Request) -> Response:
     given = validate_feedback(await read_json(request, _FEEDBACK_BODY_LIMIT))
     if svc.requests is None:
         raise not_found()
-    fb = Feedback(given.request_id, given.source, given.value, given.thumbs)
+    # Whatever `source` it names, a posted label is a client's: only the gateway's shadow writes its own.
+    fb = Feedback(given.request_id, given.source, given.value, given.thumbs, origin="client")
     stored, replaced = await svc.requests.put_feedback(tenant.name, fb)
     return Response(orjson.dumps({"object": "feedback", **stored, "replaced": replaced}),
                     media_type="application/json")
