@@ -162,6 +162,9 @@ class RequestLogSettings(_Strict):
     path: str | None = Field(default=None, description="also append records and feedback to this JSONL file")
     shadow_concurrency: int = Field(default=4, gt=0, le=64, description="shadow answers in flight at once")
     shadow_queue_size: int = Field(default=64, gt=0, description="shadow jobs waiting; beyond: dropped")
+    shadow_tenant_concurrency: int | None = Field(
+        default=None, gt=0, le=64, description="shadow answers of one tenant in flight at once (default: half of "
+        "shadow_concurrency, rounded up, so that one tenant's jobs leave workers for the others)")
 
 
 class GatewayConfig(_Strict):
