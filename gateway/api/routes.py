@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from starlette.background import BackgroundTask
 
 from gateway import ledger, pipeline
-from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
+from gateway.api.schemas import BodyBounds, RouteRequest, validate_chat, validate_feedback
 from gateway.auth import OPEN_TENANT, Tenant
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, PayloadTooLarge, StoreOutage
 from gateway.feedback import Feedback, not_found
@@ -149,6 +149,11 @@ def _headers(outcome: Outcome, rid: str) -> dict[str, str]:
     return headers
 
 
+def _bounds(svc: Services) -> BodyBounds:
+    c = svc.config
+    return BodyBounds(c.max_messages, c.max_message_parts, c.max_tools)
+
+
 async def chat_completions(request: Request) -> Response:
     svc = _svc(request)
     request.state.request_id = rid = request_id(request)
@@ -157,7 +162,7 @@ async def chat_completions(request: Request) -> Response:
         # Who asks before what is asked: parsing and validating a 2 MB body holds the event loop for up
         # to half a second, which a caller without a valid key must not be able to make it spend.
         tenant = trail.tenant = await svc.auth.authenticate(headers_of(request).get("authorization"))
-        body = validate_chat(await read_json(request, svc.config.max_body_bytes))
+        body = validate_chat(await read_json(request, svc.config.max_body_bytes), bounds=_bounds(svc))
         ctx = call_context(request, rid, svc.telemetry.extract(headers_of(request)))  # the dict already decoded
     except GatewayError as exc:  # refused before the pipeline: still one request line
         svc.observer.finish(trail, exc.status, exc.code)
@@ -198,7 +203,7 @@ async def _relayed(stream: AsyncIterator[dict[str, Any]], include_usage: bool) -
 async def explain_route(request: Request) -> Response:
     svc = _svc(request)
     tenant = await svc.auth.authenticate(request.headers.get("authorization"))  # before the body, as above
-    body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
+    body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest, _bounds(svc))
     explained = await pipeline.explain(svc, body, call_context(request), tenant)
     return Response(orjson.dumps(explained), media_type="application/json")
 
