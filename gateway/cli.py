@@ -190,21 +190,38 @@ router_profile (else its name) scored by the request's feedback.
 Reads the gateway's store (redis_url in --config) or, for a gateway on the in-memory store, the
 JSONL file its request_log.path names (or --from-jsonl FILE). Only tenants with `log_prompts: true`
 keep prompt text: requests of other tenants are skipped and counted.
+
+Which labels count (--origin, comma-separated):
+  gateway         the gateway's own shadow labels (default). No client can write them, so no tenant
+                  can steer a router trained on the export for every tenant.
+  client          labels posted to POST /v1/feedback by any tenant: whatever a tenant says, `source`
+                  included (a posted "judge" is a client label, never the gateway's)
+  client:TENANT   labels posted by that tenant only (e.g. a team whose evaluations you trust)
+Among the labels taken, a request is scored by a client's eval, else a client's user label, else the
+gateway's judge, else a client's "judge". --tenant A,B exports only those tenants' requests.
+
+  switchyard logs export --out traffic.jsonl --config gw.yaml --since 7d
+  switchyard logs export --out traffic.jsonl --config gw.yaml --origin gateway,client:evals
 """
 
 
 def cmd_logs_export(args: argparse.Namespace) -> int:
 
     from gateway.config import ENV_CONFIG, load_config
-    from gateway.logs_export import model_names, parse_duration
+    from gateway.logs_export import Trusted, model_names, parse_duration
 
-    path = args.config or os.environ.get(ENV_CONFIG)
-    config = load_config(path) if path else None
     try:
         since_s = time.time() - parse_duration(args.since) if args.since else 0.0
     except ValueError as exc:
         print(f"switchyard logs export: --since: {exc}", file=sys.stderr)
         return 2
+    try:
+        trusted = Trusted.parse(args.origin, args.tenant)
+    except ValueError as exc:
+        print(f"switchyard logs export: --origin/--tenant: {exc}", file=sys.stderr)
+        return 2
+    path = args.config or os.environ.get(ENV_CONFIG)
+    config = load_config(path) if path else None
     names = model_names(config.deployments) if config else {}
     jsonl = args.from_jsonl or (config.request_log.path if config and not config.redis_url else None)
     if jsonl is None and (config is None or not config.redis_url):
@@ -215,22 +232,23 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     if jsonl is not None:
         from gateway.logs_export import from_jsonl, write_rows
 
-        counts = write_rows(from_jsonl(Path(jsonl), since_s), names, out)
+        counts = write_rows(from_jsonl(Path(jsonl), since_s), names, out, trusted)
     else:
         assert config is not None and config.redis_url
         from gateway.state import StoreUnavailable
 
         try:
-            counts = asyncio.run(_export_from_redis(config.redis_url, since_s, names, out))
+            counts = asyncio.run(_export_from_redis(config.redis_url, since_s, names, out, trusted))
         except StoreUnavailable as exc:
             print(f"switchyard logs export: the store did not answer: {exc}", file=sys.stderr)
             return 1
     print(f"exported {counts.exported} requests with feedback to {out}; skipped {counts.without_prompt} without "
-          f"prompt text (their tenant has no log_prompts: true) and {counts.without_feedback} without feedback")
+          f"prompt text (their tenant has no log_prompts: true), {counts.without_feedback} without feedback and "
+          f"{counts.untrusted} labelled by no origin taken (--origin {args.origin})")
     return 0
 
 
-async def _export_from_redis(url: str, since_s: float, names: dict[str, str], out: Path) -> Any:
+async def _export_from_redis(url: str, since_s: float, names: dict[str, str], out: Path, trusted: Any) -> Any:
     from gateway.logs_export import from_store, write_rows
     from gateway.state import RedisStore
 
@@ -239,7 +257,7 @@ async def _export_from_redis(url: str, since_s: float, names: dict[str, str], ou
         pairs = [pair async for pair in from_store(store, int(since_s * 1000))]
     finally:
         await store.close()
-    return write_rows(iter(pairs), names, out)
+    return write_rows(iter(pairs), names, out, trusted)
 
 
 SPEND_HELP = """\
@@ -496,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--since", metavar="DURATION", help="only requests of the last DURATION (30m, 24h, 7d); "
                    "default: all that the log keeps")
     e.add_argument("--from-jsonl", metavar="FILE", help="read the request log's JSONL sink instead of the store")
+    e.add_argument("--origin", default="gateway", metavar="ORIGINS", help="whose labels count: gateway, client, "
+                   "client:TENANT, comma-separated (default: gateway, the gateway's own shadow labels, which "
+                   "no client can forge)")
+    e.add_argument("--tenant", metavar="TENANTS", help="only these tenants' requests, comma-separated "
+                   "(default: every tenant's)")
     e.set_defaults(func=cmd_logs_export)
 
     sp = sub.add_parser("spend", help="spend and savings from the durable ledger, as a table or CSV",

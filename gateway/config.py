@@ -162,6 +162,9 @@ class RequestLogSettings(_Strict):
     path: str | None = Field(default=None, description="also append records and feedback to this JSONL file")
     shadow_concurrency: int = Field(default=4, gt=0, le=64, description="shadow answers in flight at once")
     shadow_queue_size: int = Field(default=64, gt=0, description="shadow jobs waiting; beyond: dropped")
+    shadow_tenant_concurrency: int | None = Field(
+        default=None, gt=0, le=64, description="shadow answers of one tenant in flight at once (default: half of "
+        "shadow_concurrency, rounded up, so that one tenant's jobs leave workers for the others)")
 
 
 class GatewayConfig(_Strict):
@@ -172,6 +175,13 @@ class GatewayConfig(_Strict):
     redis_url: str | None = None
     router_artifact: str | None = Field(default=None, description="directory made by `switchyard train`")
     max_body_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # Checked before the body is validated, which costs ~10 µs of event loop per message or part:
+    # 2048 is the bound OpenAI-compatible APIs enforce on `messages` (Azure OpenAI refuses more).
+    max_messages: int = Field(default=2048, gt=0, description="messages in one chat request; beyond: 400")
+    max_message_parts: int = Field(
+        default=4096, gt=0, description="content parts and tool calls of all messages of one chat request; beyond: 400")
+    max_tools: int = Field(default=128, gt=0, description="tools (or functions) of one chat request; beyond: 400 "
+                           "(OpenAI's documented maximum)")
     cache_namespace: str = "default"
     on_store_outage: OutageSetting = Field(
         default="fail_closed", description="budgets and rate limits when the store is down: refuse or let through")

@@ -17,8 +17,13 @@ TTL: `gateway.state`) and to an optional `Sink` (a JSONL file: `request_log.path
 drops records, counted and warned about, so that logging never slows or fails a request.
 
 Feedback (`POST /v1/feedback`, shadow judges) is stored with the record it is about, one entry
-per source (user, judge, eval): a second write from the same source replaces the first (a user
-may change their mind; an evaluation may be re-run). The request id is the response's
+per origin and source: a second write from the same source replaces the first (a user may change
+their mind; an evaluation may be re-run). The origin is who wrote the label, and no client can
+choose it: every label posted to `/v1/feedback` is a `client` label whatever `source` it names
+(field `fb:<source>`), and only the gateway's own shadow evaluation writes `gateway` labels (field
+`fb:gateway:<source>`). A tenant posting `source: judge` therefore labels its request as a client
+would, beside the gateway's judge label, never in its place; `switchyard logs export` chooses
+which origins it trusts (`gateway.logs_export`). The request id is the response's
 `x-request-id`; records are found by (tenant, request id), so one tenant can neither see nor
 label another's requests.
 """
@@ -52,7 +57,7 @@ from gateway.state import REQUESTS_STREAM, Store, StoreUnavailable, request_key
 log = logging.getLogger("switchyard.feedback")
 
 Source = Literal["user", "judge", "eval"]
-SOURCES: tuple[Source, ...] = ("eval", "user", "judge")  # most trusted first: the one an export keeps
+Origin = Literal["client", "gateway"]  # who wrote a label: a caller of /v1/feedback, or the gateway itself
 _BATCH = 256
 _PENDING_WAIT_S = 2.0
 # A store round trip costs about as much CPU for one record as for a batch of them; feedback on a
@@ -60,8 +65,14 @@ _PENDING_WAIT_S = 2.0
 LINGER_S = 0.1
 
 
-def feedback_field(source: str) -> str:
-    return f"fb:{source}"
+def label_key(origin: str, source: str) -> str:
+    """How a label is named in its request's entry (after `fb:`): a client's by its source alone, as
+    labels were named before origins were recorded, the gateway's own under `gateway:`."""
+    return source if origin == "client" else f"{origin}:{source}"
+
+
+def feedback_field(source: str, origin: Origin = "client") -> str:
+    return f"fb:{label_key(origin, source)}"
 
 
 @dataclass(slots=True)
@@ -123,6 +134,7 @@ class Feedback:
     score: float
     thumbs: str | None = None
     detail: Mapping[str, Any] | None = None  # a shadow judge's method, reference deployment, reply
+    origin: Origin = "client"  # only the gateway's own evaluation passes "gateway"
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"request_id": self.request_id, "source": self.source, "score": self.score,
@@ -131,6 +143,7 @@ class Feedback:
             out["thumbs"] = self.thumbs
         if self.detail:
             out |= dict(self.detail)
+        out["origin"] = self.origin  # last: nothing in `detail` can stand in for it
         return out
 
 
@@ -255,7 +268,8 @@ class RequestLog:
         await self.wait_written(key)
         stored = fb.as_dict()
         try:
-            replaced = await self.store.put_feedback(key, feedback_field(fb.source), orjson.dumps(stored))
+            replaced = await self.store.put_feedback(key, feedback_field(fb.source, fb.origin),
+                                                  orjson.dumps(stored))
         except StoreUnavailable as exc:
             raise StoreOutage(f"feedback cannot be stored right now; retry shortly ({exc})",
                               headers={"retry-after": "2"}) from None

@@ -3,9 +3,17 @@
 Each exported line has the schema of the shared routing data:
 `{"id", "split", "category", "prompt", "prompt_tokens", "models": {name: {"score", "cost_usd"}}}`.
 `name` is the answering deployment's `router_profile` when it has one (the model the router knows it
-as), else the deployment's name. The score is the request's most trusted feedback (eval, then user,
-then judge). A shadow judge's label is relative to the stronger deployment's answer, so that
-deployment is also listed, with score 1.0 (its answer is the reference).
+as), else the deployment's name. The score is the request's most trusted label among those the
+export takes (`Trusted`): a client's eval, then a client's user label, then the gateway's own judge
+label, then a client's "judge". The gateway's shadow label is relative to the stronger deployment's
+answer, so that deployment is also listed, with score 1.0 (its answer is the reference).
+
+Which labels count is the operator's choice (`--origin`), because a client label says whatever its
+tenant posted: by default only the gateway's own shadow labels (origin `gateway`), which no client
+can write, so that no tenant can steer a router trained for everyone. `client` adds every tenant's
+posted labels, `client:NAME` one tenant's (a team whose evaluations are trusted); `--tenant`
+exports only those tenants' requests. A request with labels but none of a chosen origin is skipped
+and counted.
 
 Requests are read from the store (Redis: the `sy:requests` stream and each request's key) or from
 the request log's JSONL sink (what an in-memory gateway leaves behind). Records without prompt
@@ -26,7 +34,7 @@ import orjson
 
 from gateway.config import DeploymentConfig
 from gateway.errors import InputError
-from gateway.feedback import SOURCES
+from gateway.feedback import label_key
 from gateway.router.training.data import hash_split
 from gateway.state import REQUESTS_STREAM, Store, request_key, since_id
 
@@ -34,6 +42,44 @@ Feedbacks = dict[str, dict[str, Any]]  # source → the stored feedback
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _PAGE = 500
+_GATEWAY_JUDGE = label_key("gateway", "judge")
+# Most trusted first: the label an export keeps. A client's "judge" is only what a tenant calls its label.
+RANK = (label_key("client", "eval"), label_key("client", "user"), _GATEWAY_JUDGE, label_key("client", "judge"))
+
+
+@dataclass(frozen=True, slots=True)
+class Trusted:
+    """Which labels and requests an export takes: the gateway's own labels (`gateway`), clients'
+    labels of every tenant (`client_tenants` None) or of these tenants, requests of every tenant
+    (`tenants` None) or of these."""
+
+    gateway: bool = True
+    client_tenants: frozenset[str] | None = frozenset()
+    tenants: frozenset[str] | None = None
+
+    @classmethod
+    def parse(cls, origins: str, tenants: str | None = None) -> Trusted:
+        """`--origin gateway,client:evals` and `--tenant a,b`; ValueError names what is not understood."""
+        gateway, clients, everyone = False, set(), False
+        for item in (x.strip() for x in origins.split(",")):
+            if item == "gateway":
+                gateway = True
+            elif item == "client":
+                everyone = True
+            elif item.startswith("client:") and item[7:]:
+                clients.add(item[7:])
+            else:
+                raise ValueError(f"{item!r} is not an origin (gateway, client or client:TENANT)")
+        chosen = None if tenants is None else frozenset(t.strip() for t in tenants.split(",") if t.strip())
+        if chosen is not None and not chosen:
+            raise ValueError("--tenant names no tenant")
+        return cls(gateway, None if everyone else frozenset(clients), chosen)
+
+    def labels(self, tenant: str, feedback: Feedbacks) -> Feedbacks:
+        """The labels of a request of `tenant` that this export takes."""
+        clients = self.client_tenants is None or tenant in self.client_tenants
+        return {k: v for k, v in feedback.items()
+                if (self.gateway if k.startswith("gateway:") else clients and ":" not in k)}
 
 
 def parse_duration(text: str) -> float:
@@ -49,16 +95,16 @@ class Counts:
     exported: int = 0
     without_prompt: int = 0
     without_feedback: int = 0
+    untrusted: int = 0  # labelled, but by no origin the export takes
 
 
 def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, str]) -> dict[str, Any]:
-    """One routing-data line from a record with its prompt and at least one feedback."""
-    source = next(s for s in SOURCES if s in feedback)
-    label = feedback[source]
+    """One routing-data line from a record with its prompt and at least one (taken) label."""
+    label = feedback[next(k for k in RANK if k in feedback)]
     deployment = record["deployment"]
     models: dict[str, dict[str, Any]] = {
         names.get(deployment, deployment): {"score": float(label["score"]), "cost_usd": record.get("cost_usd")}}
-    judged = feedback.get("judge")
+    judged = feedback.get(_GATEWAY_JUDGE)
     against = judged.get("against") if judged else None
     if isinstance(against, str) and against != deployment:
         models.setdefault(names.get(against, against), {"score": 1.0})
@@ -71,13 +117,20 @@ def model_names(deployments: Sequence[DeploymentConfig]) -> dict[str, str]:
     return {d.name: d.router_profile or d.name for d in deployments}
 
 
-def write_rows(pairs: Iterator[tuple[dict[str, Any], Feedbacks]], names: Mapping[str, str], out: Path) -> Counts:
+def write_rows(pairs: Iterator[tuple[dict[str, Any], Feedbacks]], names: Mapping[str, str], out: Path,
+               trusted: Trusted = Trusted()) -> Counts:
     counts = Counts()
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as f:
-        for record, feedback in pairs:
-            if not feedback:
+        for record, every in pairs:
+            tenant = str(record.get("tenant", ""))
+            if trusted.tenants is not None and tenant not in trusted.tenants:
+                continue
+            feedback = trusted.labels(tenant, every)
+            if not every:
                 counts.without_feedback += 1
+            elif not any(k in feedback for k in RANK):
+                counts.untrusted += 1
             elif not record.get("prompt"):
                 counts.without_prompt += 1
             else:
@@ -129,7 +182,7 @@ def from_jsonl(path: Path, since_s: float) -> Iterator[tuple[dict[str, Any], Fee
             key = (item.get("tenant", ""), item.get("request_id", ""))
             if item.get("kind") == "request" and item.get("time", 0) >= since_s:
                 records[key] = item
-            elif item.get("kind") == "feedback":
-                feedback.setdefault(key, {})[item["source"]] = item
+            elif item.get("kind") == "feedback":  # a line from before origins were recorded: a client's
+                feedback.setdefault(key, {})[label_key(item.get("origin", "client"), item["source"])] = item
     for key, record in records.items():
         yield record, feedback.get(key, {})

@@ -3,12 +3,15 @@ cheap answer the client got is labelled against it.
 
 A policy's `shadow: {rate, against, judge}` (`gateway.plans.Shadow`). After a request answered by
 a deployment cheaper than `against`, `offer` draws the sample and queues a job (never waits: a
-full queue drops it, counted). A fixed number of workers (`shadow_concurrency`) run the jobs:
+full queue drops one, counted). The queue is shared fairly between tenants (`gateway.fair_queue`):
+tenants are served in turn, a full queue drops the newest job of the tenant holding the most, and
+one tenant runs at most `shadow_tenant_concurrency` jobs at once, so that one tenant's volume
+cannot crowd out another's samples. A fixed number of workers (`shadow_concurrency`) run the jobs:
 `against` answers the same messages, then the label is the exact agreement of the two extracted
 answers when both are short (a letter, a number, a few words; `gateway.executor.answers`), else the
 `judge` deployment's 0–10 grade of the cheap answer with the strong one as reference, ÷ 10. With
-neither, the job ends unlabelled. The label is stored as feedback with source `judge` on the
-request's record.
+neither, the job ends unlabelled. The label is stored as feedback with source `judge` and origin
+`gateway` on the request's record (no client can write that origin: `gateway.feedback`).
 
 Shadow calls are billed to the tenant (a budget hold first, without touching its rate window: a
 tenant whose budget is short is not shadowed) and counted apart in the ledger (`/v1/spend`,
@@ -33,6 +36,7 @@ from gateway.executor import Deadline, Upstreams
 from gateway.executor.answers import choice_letter, extract_answer
 from gateway.executor.drain import late_bills
 from gateway.executor.result import CallRecord
+from gateway.fair_queue import FairQueue
 from gateway.feedback import Feedback, RequestLog
 from gateway.keyed import tenant_salt
 from gateway.ledger import SHADOW, LateBills, Ledger
@@ -103,7 +107,8 @@ def answer_text(body: Mapping[str, Any]) -> str:
 
 class ShadowEvaluator:
     def __init__(self, upstreams: Upstreams, catalog: Catalog, auth: Authenticator, ledger: Ledger,
-                 requests: RequestLog, telemetry: Telemetry, *, concurrency: int = 4, queue_size: int = 64) -> None:
+                 requests: RequestLog, telemetry: Telemetry, *, concurrency: int = 4, queue_size: int = 64,
+                 tenant_concurrency: int | None = None) -> None:
         self.upstreams = upstreams
         self.catalog = catalog
         self.auth = auth
@@ -111,7 +116,9 @@ class ShadowEvaluator:
         self.requests = requests
         self.telemetry = telemetry
         self.concurrency = concurrency
-        self._queue: asyncio.Queue[Job] = asyncio.Queue(queue_size)
+        # Tenants share the queue and the workers fairly (`gateway.fair_queue`): one tenant's volume
+        # cannot crowd out every other tenant's samples.
+        self._queue: FairQueue[Job] = FairQueue(queue_size, tenant_concurrency or -(-concurrency // 2))
         self._workers: list[asyncio.Task[None]] = []
         self._throttle = LogThrottle()
         self.counts = {"queued": 0, "dropped": 0, "labelled": 0, "unlabelled": 0, "failed": 0, "skipped_budget": 0}
@@ -127,15 +134,16 @@ class ShadowEvaluator:
         if random.random() >= shadow.rate or answered_by == shadow.against or \
                 not self.cheaper(answered_by, shadow.against):
             return
-        try:
-            self._queue.put_nowait(Job(shadow, tenant, request_id, request, answer_text(answer), answered_by,
-                                       prompt_tokens, timeout_s, policy))
-        except asyncio.QueueFull:
+        job = Job(shadow, tenant, request_id, request, answer_text(answer), answered_by, prompt_tokens, timeout_s,
+                  policy)
+        dropped = self._queue.put(tenant.name, job)
+        if dropped is not job:
+            self.counts["queued"] += 1
+        if dropped is not None:
             self.counts["dropped"] += 1
             if self._throttle.due():
-                log.warning("shadow queue full: job dropped (%d so far)", self.counts["dropped"])
-            return
-        self.counts["queued"] += 1
+                log.warning("shadow queue full: a job of tenant %s dropped (%d so far)", dropped.tenant.name,
+                            self.counts["dropped"])
 
     def start(self) -> None:
         self._workers = [asyncio.create_task(self._work(), name=f"switchyard.shadow.{i}")
@@ -148,12 +156,14 @@ class ShadowEvaluator:
 
     async def _work(self) -> None:
         while True:
-            job = await self._queue.get()
+            tenant, job = await self._queue.get()
             try:
                 await self.evaluate(job)
             except Exception:  # a worker must outlive any one job
                 self.counts["failed"] += 1
                 log.exception("shadow evaluation of request %s failed", job.request_id)
+            finally:
+                self._queue.done(tenant)
 
     def _worst_case(self, job: Job) -> float | None:
         """What the job's calls may be billed; None when its budget cannot bound them (the request asks
@@ -226,7 +236,8 @@ class ShadowEvaluator:
         detail: dict[str, Any] = {"against": job.shadow.against, "answered_by": job.answered_by}
         agreed = agreement(job.answer, reference)
         if agreed is not None:
-            return Feedback(job.request_id, "judge", agreed, detail=detail | {"method": "agreement"})
+            return Feedback(job.request_id, "judge", agreed, detail=detail | {"method": "agreement"},
+                            origin="gateway")
         if job.shadow.judge is None:
             self.counts["unlabelled"] += 1
             return None
@@ -242,4 +253,4 @@ class ShadowEvaluator:
             log.info("shadow judge of request %s gave no grade: %r", job.request_id, reply[:80])
             return None
         return Feedback(job.request_id, "judge", grade,
-                        detail=detail | {"method": "judge", "judge": job.shadow.judge})
+                        detail=detail | {"method": "judge", "judge": job.shadow.judge}, origin="gateway")

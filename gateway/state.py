@@ -6,7 +6,8 @@ The gateway keeps these keys, all under `sy:` and all built here: cached answers
 settled request still reads, `gateway.admission`), rate windows
 (`sy:rate:{<tenant>}:<minute>`), the request log (`sy:requests`, a stream capped at about
 `max_records` entries) and each logged request's record and feedback (`sy:req:{<tenant>}:<request
-id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → that source's feedback). A
+id>`, a hash with a TTL: `record` → the record's JSON, `fb:<source>` → a client's feedback of that source,
+`fb:gateway:<source>` → the gateway's own, `gateway.feedback`). A
 tenant's keys share one hash tag so that a Redis Cluster keeps them in one slot, where one script
 can touch them all. Keys read and written alone carry no tag, so that they spread over the
 masters: cached answers, the request stream, the ledger's tenant index and the router's keys

@@ -96,7 +96,8 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     requests = RequestLog(store, settings, digests=digests) if settings.enabled else None
     shadow = ShadowEvaluator(upstreams, catalog, auth, ledger, requests, telemetry,
                              concurrency=settings.shadow_concurrency,
-                             queue_size=settings.shadow_queue_size) if requests is not None else None
+                             queue_size=settings.shadow_queue_size,
+                             tenant_concurrency=settings.shadow_tenant_concurrency) if requests is not None else None
     serving = serving_router(config, router)
     seeds = SeedSample(serving.uncached(), config.deployments, catalog)  # no assessment-memory pollution
     calibrator = Calibrator(store, seeds, lambda: policies.policies.values())

@@ -108,6 +108,7 @@ class FeedbackStored(BaseModel):
     object: Literal["feedback"]
     request_id: str
     source: Literal["user", "judge", "eval"]
+    origin: Literal["client", "gateway"]  # a label posted here is always a client's
     score: float
     time: float
     thumbs: Literal["up", "down"] | None = None

@@ -26,7 +26,7 @@ from starlette.background import BackgroundTask
 
 from gateway import ledger, pipeline
 from gateway.api import http_limits
-from gateway.api.schemas import RouteRequest, validate_chat, validate_feedback
+from gateway.api.schemas import BodyBounds, RouteRequest, validate_chat, validate_feedback
 from gateway.auth import OPEN_TENANT, Tenant
 from gateway.errors import (
     AuthenticationFailed,
@@ -163,6 +163,11 @@ def _headers(outcome: Outcome, rid: str) -> dict[str, str]:
     return headers
 
 
+def _bounds(svc: Services) -> BodyBounds:
+    c = svc.config
+    return BodyBounds(c.max_messages, c.max_message_parts, c.max_tools)
+
+
 async def chat_completions(request: Request) -> Response:
     svc = _svc(request)
     request.state.request_id = rid = request_id(request)
@@ -171,7 +176,7 @@ async def chat_completions(request: Request) -> Response:
         # Who asks before what is asked: parsing and validating a 2 MB body holds the event loop for up
         # to half a second, which a caller without a valid key must not be able to make it spend.
         tenant = trail.tenant = await svc.auth.authenticate(headers_of(request).get("authorization"))
-        body = validate_chat(await read_json(request, svc.config.max_body_bytes))
+        body = validate_chat(await read_json(request, svc.config.max_body_bytes), bounds=_bounds(svc))
         ctx = call_context(request, rid, svc.telemetry.extract(headers_of(request)))  # the dict already decoded
     except GatewayError as exc:  # refused before the pipeline: still one request line
         svc.observer.finish(trail, exc.status, exc.code)
@@ -217,7 +222,7 @@ async def explain_route(request: Request) -> Response:
     # and without a slot one key could have any number of them going at once.
     slot = svc.inflight.enter(tenant.name, pipeline.in_flight_cap(svc, tenant))
     try:
-        body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest)
+        body = validate_chat(await read_json(request, svc.config.max_body_bytes), RouteRequest, _bounds(svc))
         explained = await pipeline.explain(svc, body, call_context(request), tenant)
     finally:
         slot.release()
@@ -235,7 +240,8 @@ async def feedback(request: Request) -> Response:
     given = validate_feedback(await read_json(request, _FEEDBACK_BODY_LIMIT))
     if svc.requests is None:
         raise not_found()
-    fb = Feedback(given.request_id, given.source, given.value, given.thumbs)
+    # Whatever `source` it names, a posted label is a client's: only the gateway's shadow writes its own.
+    fb = Feedback(given.request_id, given.source, given.value, given.thumbs, origin="client")
     stored, replaced = await svc.requests.put_feedback(tenant.name, fb)
     return Response(orjson.dumps({"object": "feedback", **stored, "replaced": replaced}),
                     media_type="application/json")

@@ -13,6 +13,7 @@ so the gateway stays a drop-in for the `openai` SDK as the API grows.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -154,8 +155,49 @@ def validate_feedback(data: Any) -> FeedbackRequest:
     return _parsed(data, FeedbackRequest)
 
 
-def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class BodyBounds:
+    """How many messages, parts (content parts and tool calls of all messages) and tools a chat body
+    may hold (`max_messages`, `max_message_parts`, `max_tools` in the gateway config)."""
+
+    messages: int = 2048
+    parts: int = 4096
+    tools: int = 128
+
+
+def check_counts(data: Any, bounds: BodyBounds) -> None:
+    """Refuse a body with more messages, parts (content parts and tool calls of all messages) or
+    tools than the bounds, before validating it: validation costs ~5-15 µs of event loop per
+    message, part, tool call or tool, so that 2 MiB of tiny ones held the loop for 0.2-0.35 s.
+    Counting is one pass over at most `max_messages` messages; anything malformed is left to the
+    validation that follows."""
+    if not isinstance(data, dict):
+        return
+    for field in ("tools", "functions"):
+        if isinstance(listed := data.get(field), list) and len(listed) > bounds.tools:
+            raise InvalidRequest(f"{field}: array too long: at most {bounds.tools} {field}, got {len(listed)}",
+                                 param=field, code="array_above_max_length")
+    messages = data.get("messages")
+    if not isinstance(messages, list):
+        return
+    if len(messages) > bounds.messages:
+        raise InvalidRequest(f"messages: array too long: at most {bounds.messages} messages, got {len(messages)}",
+                             param="messages", code="array_above_max_length")
+    parts = 0
+    for m in messages:
+        if isinstance(m, dict):
+            for listed in (m.get("content"), m.get("tool_calls")):
+                if isinstance(listed, list):
+                    parts += len(listed)
+    if parts > bounds.parts:
+        raise InvalidRequest(f"messages: too many parts: at most {bounds.parts} content parts and tool calls in all "
+                             f"messages, got {parts}", param="messages", code="array_above_max_length")
+
+
+def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,
+                  bounds: BodyBounds = BodyBounds()) -> dict[str, Any]:
     """Check the body strictly and return it as the plain dict that flows on (unknown fields as sent)."""
+    check_counts(data, bounds)
     parsed = _parsed(data, schema)
     # Strict mode coerces nothing (a JSON integer for a float field is the same number), so the
     # client's own dict *is* the validated body: forwarding it saves a dump (~7 µs) per request.

@@ -113,7 +113,7 @@ def _wait_for(check: Any, timeout_s: float = 10.0) -> Any:
 
 def _judge_label(gw: Gateway, rid: str) -> dict[str, Any] | None:
     return next((x for x in gw.sink_lines() if x.get("kind") == "feedback" and x["request_id"] == rid
-                 and x["source"] == "judge"), None)
+                 and x["source"] == "judge" and x.get("origin") != "client"), None)
 
 
 def test_feedback_round_trip_stores_the_label_with_the_request(gw: Gateway) -> None:
@@ -234,7 +234,7 @@ def test_shadow_labels_a_sample_of_cheap_answers(gw: Gateway) -> None:
     assert _shadow_spend(gw) > before  # billed, and counted apart under its policy
     if gw.redis_url:
         fields = redis.Redis.from_url(gw.redis_url).hgetall(request_key("alice", rid))
-        assert orjson.loads(fields[b"fb:judge"])["against"] == "large"
+        assert orjson.loads(fields[b"fb:gateway:judge"])["against"] == "large"
 
 
 def test_a_failing_shadow_never_affects_the_response(gw: Gateway) -> None:
@@ -277,7 +277,7 @@ def test_logs_export_writes_routing_data_rows(gw: Gateway, tmp_path: Path) -> No
     assert gw.feedback("sk-alice", {"request_id": rid_a, "score": 0.75, "source": "eval"}).status_code == 200
     assert gw.feedback("sk-bob", {"request_id": rid_b, "thumbs": "up"}).status_code == 200
     out = tmp_path / "traffic.jsonl"
-    done = _export(gw, out, "--since", "1h")
+    done = _export(gw, out, "--since", "1h", "--origin", "gateway,client")
     assert done.returncode == 0, done.stderr
     assert "without prompt text" in done.stdout
     rows = [orjson.loads(line) for line in out.read_bytes().splitlines()]
@@ -299,11 +299,54 @@ def test_logs_export_writes_routing_data_rows(gw: Gateway, tmp_path: Path) -> No
     assert set(shadowed["models"]) == {"Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"}
 
 
+def test_a_tenant_posting_source_judge_never_replaces_the_gateways_own_label(gw: Gateway, tmp_path: Path) -> None:
+    rid, _ = gw.ask("sk-alice", model="router/shadowed")
+    honest = _wait_for(lambda: _judge_label(gw, rid))
+    forged = gw.feedback("sk-alice", {"request_id": rid, "score": 0.5, "source": "judge"})
+    assert forged.status_code == 200, forged.text
+    assert forged.json()["replaced"] is False  # beside the gateway's label, not in its place
+    assert forged.json()["source"] == "judge" and forged.json()["origin"] == "client"
+    assert honest["origin"] == "gateway"
+    again = gw.feedback("sk-alice", {"request_id": rid, "score": 0.5, "source": "judge"})
+    assert again.json()["replaced"] is True  # still idempotent per (request, source)
+    if gw.redis_url:
+        fields = redis.Redis.from_url(gw.redis_url).hgetall(request_key("alice", rid))
+        assert orjson.loads(fields[b"fb:gateway:judge"])["score"] == honest["score"]
+        assert orjson.loads(fields[b"fb:judge"])["origin"] == "client"
+    out = tmp_path / "traffic.jsonl"
+    done = _export(gw, out, "--since", "1h")  # by default only the gateway's own labels count
+    assert done.returncode == 0, done.stderr
+    rows = {r["id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}
+    assert rows[f"traffic/alice/{rid}"]["models"]["Meta-Llama-3.1-8B-Instruct"]["score"] == honest["score"]
+
+
+def test_logs_export_takes_client_labels_only_from_the_origins_and_tenants_it_is_told(
+        gw: Gateway, tmp_path: Path) -> None:
+    rid, _ = gw.ask("sk-alice")
+    assert gw.feedback("sk-alice", {"request_id": rid, "score": 0.75, "source": "eval"}).status_code == 200
+    row_id = f"traffic/alice/{rid}"
+
+    def exported(*args: str) -> dict[str, Any]:
+        out = tmp_path / "traffic.jsonl"
+        done = _export(gw, out, "--since", "1h", *args)
+        assert done.returncode == 0, done.stderr
+        return {r["id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}
+
+    assert row_id not in exported()  # a client label alone: not by default
+    assert row_id not in exported("--origin", "gateway,client:bob")
+    assert exported("--origin", "gateway,client:alice")[row_id]["models"]["Meta-Llama-3.1-8B-Instruct"][
+        "score"] == 0.75
+    assert row_id not in exported("--origin", "client", "--tenant", "bob")
+    bad = _export(gw, tmp_path / "x.jsonl", "--origin", "oracle")
+    assert bad.returncode == 2 and "oracle" in bad.stderr
+
+
 def test_logs_export_help_explains_itself() -> None:
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "logs", "export", "--help"], capture_output=True,
                           text=True, timeout=60, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0
     assert "log_prompts" in done.stdout and "--since" in done.stdout and "routing data" in done.stdout
+    assert "--origin" in done.stdout and "forge" in done.stdout
 
 
 def test_redis_request_log_is_a_capped_stream_with_expiring_keys(redis_server: RedisServer) -> None:

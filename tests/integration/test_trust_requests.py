@@ -104,6 +104,56 @@ def test_the_openai_sdk_gets_a_bad_request_error_for_a_string_number(base_url: s
     assert info.value.param == "max_tokens"
 
 
+# --- how much a body may hold ---------------------------------------------------------------------
+
+PART = {"type": "text", "text": "a"}
+CALL = {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+TOOL = {"type": "function", "function": {"name": "f"}}
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"messages": HI * 2049}, "messages"),  # tens of thousands of these held the event loop ~0.3 s
+    ({"messages": [{"role": "user", "content": [PART] * 4097}]}, "messages"),
+    ({"messages": [{"role": "assistant", "content": None, "tool_calls": [CALL] * 2}] * 2048 + HI}, "messages"),
+    ({"messages": HI, "tools": [TOOL] * 129}, "tools"),
+    ({"messages": HI, "functions": [{"name": "f"}] * 129}, "functions"),
+])
+def test_more_messages_parts_or_tools_than_the_bounds_is_a_400_before_validation(
+        base_url: str, simulator: Simulator, body: dict[str, Any], param: str) -> None:
+    simulator.reset()
+    resp = _post(base_url, {"model": "small", **body})
+    _assert_400_naming(resp, param)
+    assert resp.json()["error"]["code"] == "array_above_max_length"
+    assert simulator.stats()["sim-small"]["requests"] == 0
+
+
+def test_a_request_at_the_bounds_is_served(base_url: str) -> None:
+    many = [{"role": "user", "content": [PART] * 2}] * 2048  # 2048 messages, 4096 parts
+    resp = _post(base_url, {"model": "small", "messages": many, "max_tokens": 5, "tools": [TOOL] * 128})
+    assert resp.status_code == 200, resp.text
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="small", messages=HI * 2049, max_tokens=5)  # type: ignore[arg-type]
+    assert info.value.param == "messages" and "2048" in info.value.message
+
+
+def test_the_bounds_are_configurable() -> None:
+    from gateway.api.schemas import BodyBounds, validate_chat
+    from gateway.config import parse_config
+    from gateway.errors import InvalidRequest
+
+    config = parse_config({"deployments": [{"name": "small", "model": "openai/m"}], "max_messages": 3,
+                           "max_message_parts": 1, "max_tools": 2}, "test config")
+    bounds = BodyBounds(config.max_messages, config.max_message_parts, config.max_tools)
+    validate_chat({"model": "small", "messages": HI * 3}, bounds=bounds)
+    with pytest.raises(InvalidRequest, match="at most 3 messages, got 4"):
+        validate_chat({"model": "small", "messages": HI * 4}, bounds=bounds)
+    with pytest.raises(InvalidRequest, match="at most 1 content parts"):
+        validate_chat({"model": "small", "messages": [{"role": "user", "content": [PART] * 2}]}, bounds=bounds)
+    with pytest.raises(InvalidRequest, match="at most 2 tools"):
+        validate_chat({"model": "small", "messages": HI, "tools": [TOOL] * 3}, bounds=bounds)
+
+
 # --- request headers ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("header", ["x-switchyard-max-cost-usd", "x-switchyard-latency-slo-ms"])

@@ -115,10 +115,14 @@ def test_memory_request_log_is_capped() -> None:
 def test_export_row_takes_the_most_trusted_label_and_names_models_as_the_router_knows_them() -> None:
     record = {"tenant": "t", "request_id": "r1", "deployment": "small", "prompt": "hi", "prompt_tokens": 3,
               "category": "chat", "cost_usd": 0.001}
-    feedback = {"user": {"score": 0.0}, "eval": {"score": 1.0}, "judge": {"score": 0.5, "against": "large"}}
+    feedback = {"user": {"score": 0.0}, "eval": {"score": 1.0}, "judge": {"score": 0.2},
+                "gateway:judge": {"score": 0.5, "against": "large"}}
     row = to_row(record, feedback, model_names(DEPLOYMENTS))
     assert row["models"] == {"Meta-Llama-3.1-8B-Instruct": {"score": 1.0, "cost_usd": 0.001},
                              "large": {"score": 1.0}}
+    # the gateway's own judge outranks what a client calls "judge"
+    row = to_row(record, {"judge": {"score": 0.2}, "gateway:judge": {"score": 0.5, "against": "large"}}, {})
+    assert row["models"]["small"]["score"] == 0.5
     assert row["id"] == "traffic/t/r1" and row["category"] == "traffic/chat" and row["split"] in ("train", "validation")
 
 
