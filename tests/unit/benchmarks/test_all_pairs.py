@@ -3,17 +3,12 @@ TF-IDF ridge agree with the benchmark's one-pair functions, and its pairs are th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
-from benchmarks.routing_quality.all_pairs import file_pairs, main, resampled_apgr
+from benchmarks.routing_quality.all_pairs import file_pairs, resampled_apgr
 from benchmarks.routing_quality.baselines import fit_tfidf_ridge, tfidf_ridge_many
-from benchmarks.routing_quality.files import ALL_PAIRS_MD
-from benchmarks.routing_quality.report import all_pairs_section
 from gateway.router.training.data import RoutingData
 from gateway.router.training.metrics import apgr, pair_curve
-from tests.unit.benchmarks.conftest import SMALL, RoutingRun
 
 
 def _apgr(score: np.ndarray, weak: np.ndarray, strong: np.ndarray) -> float:
@@ -80,15 +75,3 @@ def test_file_pairs_orders_by_train_mean_and_drops_ties() -> None:
                  ["train", "train", "validation", "validation"])
     val = data.subset(data.split == "validation")
     assert file_pairs(data, data.split == "train", val) == [(0, 1), (2, 1), (2, 4)]
-
-
-def test_all_pairs_writes_both_tables_and_the_report_quotes_them(routing_run: RoutingRun, tmp_path: Path) -> None:
-    out = tmp_path / ALL_PAIRS_MD
-    # the benchmark's own ten fits, reused as `--work DIR --reuse` does
-    main(["--data-dir", str(SMALL), "--work", str(routing_run.work), "--reuse", "--resamples", "20", "--out", str(out)])
-    text = out.read_text()
-    assert text.count("| arena_chat | 8 |") == 2  # all pairs, then the pairs the adaptation's CV judges
-    assert "python -m benchmarks.routing_quality.all_pairs" in text
-    section = all_pairs_section(tmp_path)
-    assert section[0].startswith("### Over every model pair") and "| arena_chat | 8 |" in "\n".join(section)
-    assert all_pairs_section(tmp_path / "nowhere") == []
