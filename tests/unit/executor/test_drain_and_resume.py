@@ -76,9 +76,10 @@ def test_a_call_that_fails_after_its_timeout_costs_nothing() -> None:
     assert billed == [] and collected.ended == [None]  # it ended, costing nothing: its hold goes back
 
 
-def test_a_stream_whose_first_chunk_comes_late_is_billed_for_it_and_closed() -> None:
+def _late_first_chunk(first: dict[str, Any]) -> tuple[str, list[Any]]:
+    """Deployment `a` sends `first` after its timeout (the stream goes to `b`); what is answered and billed."""
     def handler(d: Any, body: dict[str, Any]) -> Any:
-        return Delay(0.2, Stream([chunk("The answer"), chunk(" is 42.")])) if d.name == "a" else answer(model="b")
+        return Delay(0.2, Stream([first, chunk(" is 42.")])) if d.name == "a" else answer(model="b")
     up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0), deployment("b"))
 
     async def work() -> str:
@@ -88,7 +89,11 @@ def test_a_stream_whose_first_chunk_comes_late_is_billed_for_it_and_closed() -> 
         await asyncio.sleep(0.3)
         return live.deployment
 
-    answered, billed = asyncio.run(_collecting(work))
+    return asyncio.run(_collecting(work))
+
+
+def test_a_stream_whose_first_chunk_comes_late_is_billed_for_it_and_closed() -> None:
+    answered, billed = _late_first_chunk(chunk("The answer"))
     assert answered == "b"
     assert [(c.deployment, c.role) for c in billed] == [("a", LATE)]
     assert billed[0].usage.completion_tokens == 2  # "The answer": what it had sent
@@ -98,20 +103,8 @@ def test_a_late_first_chunk_of_reasoning_is_billed_for_it() -> None:
     """The first chunk of a reasoning model served by vLLM or DeepSeek may be thinking, not content:
     billed as completion tokens all the same."""
     thought = "First, six times seven: six sevens are forty-two."
-    first = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"reasoning_content": thought}}]}
-
-    def handler(d: Any, body: dict[str, Any]) -> Any:
-        return Delay(0.2, Stream([first, chunk("42")])) if d.name == "a" else answer(model="b")
-    up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0), deployment("b"))
-
-    async def work() -> str:
-        live = await up.open_stream(("a", "b"), BODY, None, deadline=Deadline.after(5))
-        await live.rest.aclose()  # type: ignore[attr-defined]
-        up.close_stream(live)
-        await asyncio.sleep(0.3)
-        return live.deployment
-
-    _, billed = asyncio.run(_collecting(work))
+    _, billed = _late_first_chunk(
+        {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"reasoning_content": thought}}]})
     assert [c.deployment for c in billed] == ["a"]
     assert billed[0].usage.completion_tokens == count_text(thought)
 
