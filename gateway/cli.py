@@ -245,6 +245,9 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     print(f"exported {counts.exported} requests with feedback to {out}; skipped {counts.without_prompt} without "
           f"prompt text (their tenant has no log_prompts: true), {counts.without_feedback} without feedback and "
           f"{counts.untrusted} labelled by no origin taken (--origin {args.origin})")
+    if counts.untrusted and "client" not in args.origin:
+        print("  clients' own labels (POST /v1/feedback) are left out by default: --origin gateway,client takes "
+              "every tenant's, --origin gateway,client:NAME one tenant's")
     return 0
 
 

@@ -332,7 +332,9 @@ def test_logs_export_takes_client_labels_only_from_the_origins_and_tenants_it_is
         assert done.returncode == 0, done.stderr
         return {r["id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}
 
-    assert row_id not in exported()  # a client label alone: not by default
+    assert row_id not in exported()  # a client label alone: not by default, and the export says how to take it
+    hint = _export(gw, tmp_path / "hint.jsonl", "--since", "1h").stdout
+    assert "labelled by no origin taken" in hint and "--origin gateway,client" in hint
     assert row_id not in exported("--origin", "gateway,client:bob")
     assert exported("--origin", "gateway,client:alice")[row_id]["models"]["Meta-Llama-3.1-8B-Instruct"][
         "score"] == 0.75
