@@ -10,15 +10,17 @@ and does not under-count CJK text (three bytes and about one token per character
 
 Counting is on the hot path, so it is bounded: a text up to `EXACT_CHARS` is encoded exactly
 (about 4 µs for a short prompt, 40 µs at the limit); a longer one is sampled and extrapolated, and
-never counted below bytes ÷ 4. The samples are one window at a random place in each of
-`_SAMPLES` equal stretches of the text, drawn afresh for every count: samples at fixed places (its
-head, middle and tail) let a client put token-sparse text (runs of spaces) exactly there and
-token-dense text (punctuation, ~0.66 tokens a character) everywhere else, and a 100,000-character
+never counted below bytes ÷ 4. The samples are one window in each of `_SAMPLES` equal stretches of
+the text, at places drawn from a keyed hash of the text (a key made at start-up): samples at fixed
+places (its head, middle and tail) let a client put token-sparse text (runs of spaces) exactly there
+and token-dense text (punctuation, ~0.66 tokens a character) everywhere else, and a 100,000-character
 prompt billed 66,000 tokens was counted as 25,000, which a cost cap or a budget hold then took for
-its worst case. Where the windows fall is unknown to the client, so no text can be shaped to be
-under-counted; an estimate is off only by chance, in either direction. Counts are not remembered across
-requests: a remembered text would be counted sooner, and that timing would tell one tenant whether
-another had just sent it (the router's memory is per tenant for the same reason).
+its worst case. Where the windows fall is unknown to the client and moves with any change to the
+text, so no text can be shaped to be under-counted; an estimate is off only by chance, in either
+direction. The same text is counted alike every time in a process (a request's hold, its plans'
+estimates and `/v1/route` agree, and a decision does not flip between identical requests). Counts
+are not remembered across requests: a remembered text would be counted sooner, and that timing would
+tell one tenant whether another had just sent it (the router's memory is per tenant for the same reason).
 
 A prompt's images, audio and files are billed as prompt tokens too: every count of a prompt adds
 their conservative estimates (`gateway.media_tokens`); the text the router judges stays text. The
@@ -51,7 +53,9 @@ _CACHE_FILES = {"o200k_base": "fb374d419588a4632f3f557e76b4b70aebbca790",
                 "cl100k_base": "9b5ad71b2ce5302211f9c61530b329a4922fc6a4"}
 EXACT_CHARS = 2048
 _SAMPLES, _SAMPLE_CHARS = 8, 192  # windows of a long text that are encoded (1,536 characters in all)
-_places = random.Random()  # seeded from the OS: where a long text is sampled must not be foreseeable
+# Where a long text is sampled: from hash((_PLACES_KEY, text)), a key from the OS per process, so that
+# the places cannot be foreseen even where Python's string hashing is not salted (PYTHONHASHSEED=0).
+_PLACES_KEY = random.SystemRandom().getrandbits(64)
 # OpenAI's chat format adds a few tokens per message (role, separators) and primes the reply.
 PER_MESSAGE_TOKENS = 4
 PER_REQUEST_TOKENS = 3
@@ -98,7 +102,8 @@ def count_text(text: str) -> int:
         return _encoder()(text) if text else 0
     count = _encoder()
     stretch = n // _SAMPLES  # > _SAMPLE_CHARS, as n > EXACT_CHARS
-    starts = (i * stretch + _places.randrange(stretch - _SAMPLE_CHARS + 1) for i in range(_SAMPLES))
+    places = random.Random(hash((_PLACES_KEY, text)))  # a str caches its hash: one pass over a long text
+    starts = (i * stretch + places.randrange(stretch - _SAMPLE_CHARS + 1) for i in range(_SAMPLES))
     sampled = sum(count(text[s:s + _SAMPLE_CHARS]) for s in starts) * n / (_SAMPLES * _SAMPLE_CHARS)
     return math.ceil(max(sampled, len(text.encode("utf-8", "replace")) / 4))
 
