@@ -245,7 +245,7 @@ class Upstreams:
                 # A whole answer's timeout while the deployment answered others is the request's
                 # length, not the deployment's fault (`gateway.providers.health`): one client asking
                 # for long answers must not open the circuit for everyone.
-                exc.timeout and whole_since is not None and health.answered_since(whole_since)):
+                exc.timed_out and whole_since is not None and health.answered_since(whole_since)):
             health.record_failure(time.monotonic(), trial=trial)
         else:  # the request's fault, the deadline, a cancelled call: no verdict on the deployment
             health.record_neutral(trial=trial)

@@ -116,6 +116,13 @@ class ProviderFailure(Exception):
                                  f"upstream answered {status}" if status else "connection failed")
 
     @property
+    def timed_out(self) -> bool:
+        """The call ran out of time: ours (`timeout`), or an upstream's that said so, a proxy's 504 in
+        front of a model server or a server's own 408: how long an answer takes is the request's
+        doing as much as the deployment's (`gateway.providers.health`)."""
+        return self.timeout or self.status in (408, 504)
+
+    @property
     def counts_against_deployment(self) -> bool:
         """Does this failure say something about the deployment (and so count toward its circuit)?
 

@@ -18,7 +18,8 @@ A successful trial closes the circuit; a failed one re-opens it for another cool
 ends without a verdict (the request's own fault, a cancelled call) lets the next caller try.
 Each transition (open, half-open, closed) is a `switchyard.circuit` log line with `event: circuit`.
 
-A whole answer that runs into the deployment's `timeout_s` counts only when the deployment answered
+A whole answer that runs into the deployment's `timeout_s` (or an upstream's timeout: a proxy's 504,
+a server's 408) counts only when the deployment answered
 nobody meanwhile (`answered_since`): no call to it ended well between that call's start and its
 timeout. How long a whole answer takes is the request's doing as much as the deployment's (its
 `max_tokens`, or none): a tenant asking a healthy, busy deployment for answers longer than its

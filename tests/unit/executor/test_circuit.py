@@ -191,6 +191,19 @@ def test_whole_answers_too_long_for_timeout_s_do_not_open_a_circuit_that_answers
     assert refused == 0 and health.failures == 0 and not health.is_open(time.monotonic())
 
 
+@pytest.mark.parametrize("status", [504, 408])
+def test_an_upstreams_own_timeouts_of_long_answers_do_not_open_a_circuit_that_answers_others(status: int) -> None:
+    """A proxy in front of a model server (or the server itself) times a long generation out with a 504
+    or 408 of its own: the request's length, as with our timeout_s, while short calls are answered."""
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Delay(0.15, _failing(status)) if body["max_tokens"] > 1 else answer()
+    up, _ = fake_upstreams(handler, deployment("small", timeout_s=1.0, max_retries=0), failure_threshold=3)
+    outcomes, refused = _burst(up, long=6, rounds=2)
+    assert all(isinstance(o, GatewayError) for o in outcomes)
+    health = up.health["small"]
+    assert refused == 0 and health.failures == 0 and not health.is_open(time.monotonic())
+
+
 def test_whole_answer_timeouts_count_when_the_deployment_answered_nobody_meanwhile() -> None:
     up, _ = fake_upstreams(lambda d, b: Delay(5), deployment("small", timeout_s=0.1, max_retries=0),
                            failure_threshold=3)
