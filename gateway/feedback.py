@@ -179,7 +179,7 @@ class RequestLog:
         self._queue: Handoff[Completed | dict[str, Any]] = Handoff(settings.queue_size)
         self._throttle = LogThrottle()
         self.written = self.dropped = self.failed = 0
-        self.feedback_counts: dict[str, int] = {}  # labels stored, by source (for metrics)
+        self.feedback_counts: dict[tuple[str, str], int] = {}  # labels stored, by (source, origin): metrics
         self._writer: asyncio.Task[None] | None = None
         self._batch_written = asyncio.Event()  # set (and replaced) after every batch
 
@@ -275,7 +275,7 @@ class RequestLog:
                               headers={"retry-after": "2"}) from None
         if replaced is None:
             raise not_found()
-        self.feedback_counts[fb.source] = self.feedback_counts.get(fb.source, 0) + 1
+        self.feedback_counts[fb.source, fb.origin] = self.feedback_counts.get((fb.source, fb.origin), 0) + 1
         if self.sink is not None:
             if not self._queue.put({"kind": "feedback", "tenant": tenant, **stored}):
                 self.dropped += 1

@@ -272,11 +272,15 @@ class Metrics:
                     for k, v in read().items() if math.isfinite(v)]
         self._meter.create_observable_gauge(name, [callback], unit=unit, description=description)
 
-    def observe_counter(self, name: str, unit: str, description: str, label: str,
-                        read: Callable[[], Mapping[str, float]]) -> None:
-        """A monotonic count kept by its owner (shadow jobs, feedback), read at collection time."""
+    def observe_counter(self, name: str, unit: str, description: str, label: str | tuple[str, ...],
+                        read: Callable[[], Mapping[Any, float]]) -> None:
+        """A monotonic count kept by its owner (shadow jobs, feedback), read at collection time; with
+        several labels, `read` is keyed by tuples of their values in that order."""
+        names = (label,) if isinstance(label, str) else label
+
         def callback(_options: CallbackOptions) -> Iterable[Observation]:
-            return [Observation(v, {label: k}) for k, v in read().items()]
+            return [Observation(v, dict(zip(names, (k,) if isinstance(label, str) else k, strict=True)))
+                    for k, v in read().items()]
         self._meter.create_observable_counter(name, [callback], unit=unit, description=description)
 
     def prometheus_text(self) -> bytes:

@@ -140,8 +140,10 @@ def observe_state(metrics: Metrics, health: HealthBoard, policies: PolicySet, ca
         metrics.observe_counter("switchyard.request_log.records", "{record}",
                                 "request records: written, dropped (queue full), failed (store down)",
                                 "outcome", lambda: {k: v for k, v in requests.stats().items() if k != "queued"})
-        metrics.observe_counter("switchyard.feedback", "{label}", "feedback labels stored, by source",
-                                "source", lambda: dict(requests.feedback_counts))
+        metrics.observe_counter("switchyard.feedback", "{label}",
+                                "feedback labels stored, by source and origin (client: POST /v1/feedback; gateway: "
+                                "its own shadow evaluation)", ("source", "origin"),
+                                lambda: dict(requests.feedback_counts))
     if shadow is not None:
         metrics.observe_counter("switchyard.shadow.jobs", "{job}",
                                 "shadow evaluations: queued, dropped, labelled, unlabelled, failed, skipped_budget",

@@ -139,6 +139,8 @@ def test_feedback_labels_are_counted_by_source(gw: GatewayServer) -> None:
     assert given.status_code == 200, given.text
     m = scrape(gw.base_url)
     assert total(m, "switchyard_feedback_total", source="user") == 1
+    assert total(m, "switchyard_feedback_total", source="user", origin="client") == 1  # posted, not the gateway's
+    assert total(m, "switchyard_feedback_total", source="user", origin="gateway") == 0
     assert total(m, "switchyard_request_log_records_total", outcome="written") >= 1
     assert "switchyard_shadow_jobs_total" in m or "switchyard_shadow_jobs" in {n.removesuffix("_total") for n in m}
 
