@@ -136,6 +136,9 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "null-messages.jsonl").write_text('{"messages": [null]}\n' * 60)
     (tmp / "latin1-policies").mkdir()
     (tmp / "latin1-policies" / "cafe.yaml").write_bytes("# caf\u00e9\ncandidates: [{single: small}]\n".encode("cp1252"))
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "validation-only.jsonl").write_text('{"id": "a", "prompt": "hi", "split": "validation", '
+                                               '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
     return {"missing": tmp / "missing.jsonl", **{p.stem: p for p in tmp.iterdir()}}
 
 
@@ -150,6 +153,8 @@ BAD_INVOCATIONS = [
     ("train --data {missing} --out {not-a-router}", "switchyard train: [Errno 2] No such file"),
     ("logs export --out {missing} --from-jsonl {log}", "switchyard logs export: {log}: line 1 is not a request-log"),
     ("policy check {latin1-policies}", "cafe.yaml: not UTF-8 text (byte 5: invalid continuation byte)"),
+    ("train --data {empty} --out {missing}", "switchyard train: {empty}: no rows to train on"),
+    ("train --data {validation-only} --out {missing}", "switchyard train: {validation-only}: no rows to train on"),
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
     ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback
