@@ -19,6 +19,7 @@ import hmac
 import os
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -139,6 +140,13 @@ def _parsed(raw: bytes | None) -> KeyRecord | None:
         return None
 
 
+_CHANGE_TRIES = 20
+
+
+class KeyRevoked(Exception):
+    """The key was revoked: it cannot be rotated."""
+
+
 class KeyRegistry:
     """The keys in the store, with a short-lived local cache for the request path."""
 
@@ -200,25 +208,44 @@ class KeyRegistry:
         records = [_parsed(raw) for raw in await self.store.get_many([virtual_key_key(i) for i in ids])]
         return sorted((r for r in records if r is not None), key=lambda r: r.created_at)
 
+    async def _change(self, record: KeyRecord, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        """Apply `change` to the record as stored now and write it only over what was read, again on a
+        race: a blind write of an earlier read undid a revoke that landed in between (the key went on
+        working after DELETE said `revoked`)."""
+        key = virtual_key_key(record.id)
+        for _ in range(_CHANGE_TRIES):
+            raw = await self.store.get(key)
+            current = _parsed(raw)
+            if raw is None or current is None:
+                raise StoreUnavailable(f"key '{record.id}' cannot be read back")
+            changed = change(current)
+            if changed is current:
+                return current
+            if await self.store.replace_if(key, raw, orjson.dumps(changed.model_dump(mode="json"))):
+                self._cache.pop(record.id, None)
+                return changed
+        raise StoreUnavailable(f"key '{record.id}' is being changed by other calls; retry")
+
     async def update(self, record: KeyRecord, patch: KeyLimits) -> KeyRecord:
         """Only the fields the patch names change (null clears one)."""
         changes = {name: getattr(patch, name) for name in patch.model_fields_set}
-        updated = record.model_copy(update={**changes, "updated_at": time.time()})
-        await self._write(updated)
-        return updated
+        return await self._change(record, lambda r: r.model_copy(update={**changes, "updated_at": time.time()}))
 
     async def revoke(self, record: KeyRecord) -> KeyRecord:
-        if record.revoked_at is not None:
-            return record
-        now = time.time()
-        revoked = record.model_copy(update={"revoked_at": now, "updated_at": now})
-        await self._write(revoked)
-        return revoked
+        def revoked(r: KeyRecord) -> KeyRecord:
+            if r.revoked_at is not None:
+                return r
+            now = time.time()
+            return r.model_copy(update={"revoked_at": now, "updated_at": now})
+        return await self._change(record, revoked)
 
     async def rotate(self, record: KeyRecord) -> tuple[KeyRecord, str]:
-        """A new secret for the same id: the old key stops working (within the cache's TTL)."""
+        """A new secret for the same id: the old key stops working (within the cache's TTL). KeyRevoked
+        when the key is revoked (a rotate must not bring a revoked key back)."""
         key = new_key(record.id)
-        rotated = record.model_copy(update={"sha256": sha256_hex(key), "prefix": _prefix(key),
-                                            "updated_at": time.time()})
-        await self._write(rotated)
-        return rotated, key
+
+        def rotated(r: KeyRecord) -> KeyRecord:
+            if r.revoked_at is not None:
+                raise KeyRevoked(r.id)
+            return r.model_copy(update={"sha256": sha256_hex(key), "prefix": _prefix(key), "updated_at": time.time()})
+        return await self._change(record, rotated), key

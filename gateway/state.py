@@ -270,6 +270,7 @@ class Store(Protocol):
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]: ...
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
     async def set_if_absent(self, key: str, value: bytes) -> bytes: ...  # what the key holds after: lasting
+    async def replace_if(self, key: str, expected: bytes, value: bytes) -> bool: ...  # set only over `expected`
     async def incr(self, key: str, ttl_s: float) -> int: ...
     async def incr_float(self, key: str, amount: float) -> float: ...
     async def get_float(self, key: str) -> float: ...
@@ -357,6 +358,15 @@ return 1 - redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 # KEYS: the writers' marker hash, then the hashes to add to. ARGV: writer, seq, hash TTL, marker TTL,
 # then per hash its field count and (field, amount) pairs. Adds nothing when this writer's last
 # added write is `seq` or later (a retry of a write whose reply was lost); returns 1 when it added.
+# Set KEYS[1] to ARGV[2] only while it still holds ARGV[1]: a read-modify-write that loses no other write.
+_REPLACE_IF_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
 _ADD_ONCE_LUA = """
 local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if last >= tonumber(ARGV[2]) then return 0 end
@@ -456,6 +466,12 @@ class MemoryStore(MemoryAdmission):
             await self.set(key, value)
             kept = self._data[key][0]
         return kept
+
+    async def replace_if(self, key: str, expected: bytes, value: bytes) -> bool:
+        if self._live(key) != expected:
+            return False
+        await self.set(key, value)
+        return True
 
     def _evict(self) -> None:
         """Drop the oldest entry that expires anyway (a cached answer), never a lasting one (an admin-made
@@ -653,6 +669,7 @@ class RedisStore(RedisAdmission):
         self._read_hashes = self._client.register_script(_READ_HASHES_LUA)
         self._record_version = self._client.register_script(_RECORD_VERSION_LUA)
         self._add_once = self._client.register_script(_ADD_ONCE_LUA)
+        self._replace_if = self._client.register_script(_REPLACE_IF_LUA)
         self._init_admission()
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -700,6 +717,9 @@ class RedisStore(RedisAdmission):
                 _, current = await pipe.execute()
             return value if current is None else bytes(current)  # None: deleted in between (an operator)
         return await self._guarded(kept)
+
+    async def replace_if(self, key: str, expected: bytes, value: bytes) -> bool:
+        return bool(await self._guarded(lambda: self._replace_if(keys=[key], args=[expected, value])))
 
     async def incr(self, key: str, ttl_s: float) -> int:
         async def counted() -> int:

@@ -30,7 +30,7 @@ from gateway.admission import Scope, budget_hold
 from gateway.api.routes import read_json
 from gateway.auth import Tenant
 from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, StoreOutage
-from gateway.keys import KeyCreate, KeyLimits, KeyRecord
+from gateway.keys import KeyCreate, KeyLimits, KeyRecord, KeyRevoked
 from gateway.pipeline import Services
 from gateway.state import StoreUnavailable, window_key
 from gateway.windows import period_bounds
@@ -140,9 +140,10 @@ async def rotate_key(request: Request) -> Response:
     svc = _svc(request)
     await _require_admin(svc, request)
     record = await _record(svc, request)
-    if record.revoked_at is not None:
-        raise InvalidRequest(f"key '{record.id}' is revoked; create a new one", code="key_revoked")
-    rotated, key = await _stored(svc.auth.keys.rotate(record))
+    try:
+        rotated, key = await _stored(svc.auth.keys.rotate(record))
+    except KeyRevoked:
+        raise InvalidRequest(f"key '{record.id}' is revoked; create a new one", code="key_revoked") from None
     return _json({**rotated.public(), "key": key})
 
 

@@ -79,7 +79,8 @@ async def data(request: Request) -> Response:
 def _hours(raw: str | None) -> int:
     if raw is None:
         return 24
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_HOURS:
+    # ASCII digits only: str.isdigit also takes "²" (which int() refuses) and other scripts' digits
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_HOURS:
         raise InvalidRequest(f"hours must be a whole number from 1 to {MAX_HOURS}, got {raw[:32]!r}", param="hours")
     return int(raw)
 

@@ -134,6 +134,12 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "log.jsonl").write_text("[1, 2]\n")
     (tmp / "models.yaml").write_text("foo: 1\n")
     (tmp / "null-messages.jsonl").write_text('{"messages": [null]}\n' * 60)
+    (tmp / "latin1-policies").mkdir()
+    (tmp / "latin1-policies" / "cafe.yaml").write_bytes("# caf\u00e9\ncandidates: [{single: small}]\n".encode("cp1252"))
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "cp1252.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("cp1252"))
+    (tmp / "validation-only.jsonl").write_text('{"id": "a", "prompt": "hi", "split": "validation", '
+                                               '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
     return {"missing": tmp / "missing.jsonl", **{p.stem: p for p in tmp.iterdir()}}
 
 
@@ -147,6 +153,11 @@ BAD_INVOCATIONS = [
     ("train --data {no-prompt} --out {not-a-router}", "switchyard train: {no-prompt}: line 1 needs an 'id' and a"),
     ("train --data {missing} --out {not-a-router}", "switchyard train: [Errno 2] No such file"),
     ("logs export --out {missing} --from-jsonl {log}", "switchyard logs export: {log}: line 1 is not a request-log"),
+    ("policy check {latin1-policies}", "cafe.yaml: not UTF-8 text (byte 5: invalid continuation byte)"),
+    ("route --batch {cp1252} --out {missing}", "switchyard route: {cp1252}: line 1 is not UTF-8 text (byte 26"),
+    ("train --data {cp1252} --out {missing}", "switchyard train: {cp1252}: line 1 is not UTF-8 text (byte 26"),
+    ("train --data {empty} --out {missing}", "switchyard train: {empty}: no rows to train on"),
+    ("train --data {validation-only} --out {missing}", "switchyard train: {validation-only}: no rows to train on"),
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
     ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback

@@ -4,6 +4,7 @@ a deployment at its quota skipped for the next candidate; `switchyard keys` driv
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -284,3 +285,24 @@ async def test_listing_the_keys_reads_every_record_in_one_round_trip(redis_serve
         assert [by_id[r.id].metadata for r in made] == [{"n": str(i)} for i in range(40)]
     finally:
         await store.close()
+
+
+def test_a_revoke_racing_patches_and_rotations_stays_revoked(gw: str) -> None:
+    """PATCH and rotate wrote back the record they had read: a DELETE landing in between answered
+    `revoked` and was then undone, so the key (or the rotated one) went on working."""
+    async def rounds() -> list[tuple[str, list[str]]]:
+        out = []
+        async with httpx.AsyncClient(base_url=gw, headers={"authorization": f"Bearer {ADMIN}"}, timeout=10) as c:
+            for i in range(15):
+                made = (await c.post("/admin/keys", json={"tenant": "acme"})).json()
+                path = f"/admin/keys/{made['id']}"
+                answers = await asyncio.gather(c.patch(path, json={"name": f"a{i}"}), c.delete(path),
+                                               c.post(path + "/rotate"), c.patch(path, json={"metadata": {"n": i}}))
+                assert all(a.status_code in (200, 400) for a in answers), [a.text for a in answers]
+                keys = [made["key"], *(a.json()["key"] for a in answers if "key" in a.json())]
+                out.append(((await c.get(path)).json()["status"], keys))
+        return out
+    for status, keys in asyncio.run(rounds()):
+        assert status == "revoked"
+        for key in keys:
+            assert httpx.get(gw + "/v1/budget", headers={"authorization": f"Bearer {key}"}).status_code == 401

@@ -221,6 +221,21 @@ def test_a_policy_reload_is_logged_with_its_version(served: Served) -> None:
     assert reload["policy"] == "mine" and reload["file"] == "mine.yaml" and len(reload["version"]) == 12
 
 
+def test_a_policy_file_that_is_not_utf8_is_rejected_and_the_other_files_still_reload(served: Served) -> None:
+    """A file saved in another encoding was a UnicodeDecodeError the reloader did not catch: a traceback
+    every second, and no file after it in the folder was ever reloaded or added."""
+    (served.policies / "a-cp1252.yaml").write_bytes("# caf\u00e9\ncandidates: [{single: small}]\n".encode("cp1252"))
+    (served.policies / "zz-added.yaml").write_text("candidates:\n  - single: large\n")
+    wait_until(lambda: [e for e in served.events("policy_reload") if e["policy"] == "zz-added"], timeout_s=10,
+               what="the file after the bad one reloaded")
+    rejected = [e for e in served.events("policy_rejected") if e["policy"] == "a-cp1252"]
+    assert rejected and "a-cp1252.yaml: not UTF-8 text" in rejected[0]["error"]
+    answer = served.client("SY_LOGS_KEY_PLAIN").chat.completions.create(
+        model="router/zz-added", messages=[{"role": "user", "content": "hi"}])
+    assert answer.choices[0].message.content
+    assert "Traceback" not in served.log_file.read_text()
+
+
 def test_the_prompt_is_logged_only_for_a_tenant_with_log_prompts_and_no_key_ever(served: Served) -> None:
     quiet = served.client("SY_LOGS_KEY_PLAIN").chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": SECRET_PROMPT}])

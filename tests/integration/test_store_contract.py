@@ -47,6 +47,14 @@ async def test_set_if_absent_keeps_the_first_value_for_good(store: Store, key: C
     assert await store.set_if_absent(key("secret"), b"later") == first[0] == await store.get(key("secret"))
 
 
+async def test_replace_if_writes_only_over_the_value_read(store: Store, key: Callable[[str], str]) -> None:
+    assert not await store.replace_if(key("absent"), b"x", b"y") and await store.get(key("absent")) is None
+    await store.set(key("r"), b"read")
+    assert await store.replace_if(key("r"), b"read", b"mine")
+    assert not await store.replace_if(key("r"), b"read", b"stale")  # someone else's write came first
+    assert await store.get(key("r")) == b"mine"
+
+
 async def test_counters_count_from_one(store: Store, key: Callable[[str], str]) -> None:
     assert [await store.incr(key("n"), 60) for _ in range(3)] == [1, 2, 3]
     assert await store.get(key("n")) == b"3"

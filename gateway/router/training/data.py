@@ -75,8 +75,12 @@ class RoutingData:
 def iter_rows(path: str | Path) -> Iterator[DataRow]:
     """The file's rows, each checked for the fields every reader needs (`id`, `prompt`, and `models`
     as an object of objects): a bad line is an InputError naming the file and the line."""
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so a bad byte is an error naming its line
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise InputError(f"{path}: line {n} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
             if line.strip():
                 yield _row(path, n, line)
 

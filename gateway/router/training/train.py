@@ -34,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm import tqdm
 
+from gateway.errors import InputError
 from gateway.router.arrays import F32, F64, I64, Ints, NpzArrays, Strs
 from gateway.router.featurize import HashSpec
 from gateway.router.meta import ArtifactMeta, HashSpecMeta, ValidationReport
@@ -300,6 +301,9 @@ def train(
     paths = [data_path] if isinstance(data_path, str | Path) else list(data_path)
     data = load_many(paths)
     train_rows = np.nonzero(data.split == "train")[0]
+    if not len(train_rows):  # an empty file (or only validation rows) broke deep in the feature matrix
+        raise InputError(f"{', '.join(map(str, paths))}: no rows to train on (every row is in the validation "
+                         "split, or there are none)")
     if base is not None:
         from gateway.router.training.adapt import adapt
 
