@@ -355,9 +355,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return 1 - redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 """
 
-# KEYS: the writers' marker hash, then the hashes to add to. ARGV: writer, seq, hash TTL, marker TTL,
-# then per hash its field count and (field, amount) pairs. Adds nothing when this writer's last
-# added write is `seq` or later (a retry of a write whose reply was lost); returns 1 when it added.
 # Set KEYS[1] to ARGV[2] only while it still holds ARGV[1]: a read-modify-write that loses no other write.
 _REPLACE_IF_LUA = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -367,6 +364,9 @@ end
 return 0
 """
 
+# KEYS: the writers' marker hash, then the hashes to add to. ARGV: writer, seq, hash TTL, marker TTL,
+# then per hash its field count and (field, amount) pairs. Adds nothing when this writer's last
+# added write is `seq` or later (a retry of a write whose reply was lost); returns 1 when it added.
 _ADD_ONCE_LUA = """
 local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '-1')
 if last >= tonumber(ARGV[2]) then return 0 end
