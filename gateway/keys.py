@@ -143,6 +143,11 @@ def _parsed(raw: bytes | None) -> KeyRecord | None:
 _CHANGE_TRIES = 20
 
 
+def _encoded(record: KeyRecord) -> bytes:
+    """A record as the store keeps it (`_parsed` reads it back)."""
+    return orjson.dumps(record.model_dump(mode="json"))
+
+
 class KeyRevoked(Exception):
     """The key was revoked: it cannot be rotated."""
 
@@ -168,7 +173,7 @@ class KeyRegistry:
         return self.in_use
 
     async def _write(self, record: KeyRecord) -> None:
-        await self.store.set(virtual_key_key(record.id), orjson.dumps(record.model_dump(mode="json")))
+        await self.store.set(virtual_key_key(record.id), _encoded(record))
         self._cache.pop(record.id, None)
 
     async def get(self, key_id: str) -> KeyRecord | None:
@@ -221,7 +226,7 @@ class KeyRegistry:
             changed = change(current)
             if changed is current:
                 return current
-            if await self.store.replace_if(key, raw, orjson.dumps(changed.model_dump(mode="json"))):
+            if await self.store.replace_if(key, raw, _encoded(changed)):
                 self._cache.pop(record.id, None)
                 return changed
         raise StoreUnavailable(f"key '{record.id}' is being changed by other calls; retry")
