@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window
+from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window, new_settle_id
 from gateway.errors import BudgetExceeded, GatewayError, RateLimited
 from gateway.executor.drain import DRAIN_S
 from gateway.state import (
@@ -176,6 +176,7 @@ class LateCall:
     hold_id: str | None = None    # its own hold, when the request settled while it was still read
     expires_at: float = 0.0       # time.monotonic() when that hold lapses on its own
     done: bool = False            # its outcome is recorded (or rides on the request's settlement)
+    settle_id: str = field(default_factory=new_settle_id)  # its settlement's, the same on a retry
 
 
 @dataclass(slots=True)
@@ -194,6 +195,7 @@ class Reservation:
     late: tuple[LateCall, ...] = ()       # calls given up on, still read or ended
     landed: tuple[CallRecord, ...] = ()   # their answers that came before the settlement, billed with it
     sent: asyncio.Event | None = None  # with calls still read: set once the first settlement's round trip is over
+    settle_id: str = field(default_factory=new_settle_id)  # its settlement's, the same on a retry
 
     async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = (), *, retry: bool = False,
                      maybe_applied: bool = True) -> None:
@@ -228,7 +230,7 @@ class Reservation:
             residual = tuple((c.hold_id, c.worst_usd) for c in self.late if c.hold_id is not None and not c.done)
         try:
             await self.store.settle_admission(Settlement(self.hold_id, actual_usd, spends, tokens, only_if_held,
-                                                         residual, LATE_HOLD_S))
+                                                         residual, LATE_HOLD_S, self.settle_id))
         finally:
             if sent is not None:
                 sent.set()
@@ -280,7 +282,8 @@ class Reservation:
         only_if_held = (retry and maybe_applied and call.hold_id is not None
                         and time.monotonic() < call.expires_at - _LAPSE_MARGIN_S)
         spends = self.spends or ((spend_key(self.tenant), holds_key(self.tenant), 0),)
-        await self.store.settle_admission(Settlement(call.hold_id, cost, spends, tokens, only_if_held))
+        await self.store.settle_admission(Settlement(call.hold_id, cost, spends, tokens, only_if_held,
+                                                     settle_id=call.settle_id))
         call.done = True
 
     async def keep(self) -> None:

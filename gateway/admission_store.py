@@ -14,6 +14,13 @@ A settlement may keep part of the room it drops: calls the request gave up on bu
 case) in the same step, in every holds hash the request's hold was in. When such a call ends, its
 own settlement (that hold's id, the call's cost) drops it and bills the call, again in one step.
 
+A settlement is applied at most once: it carries an id (`Settlement.settle_id`), which its script
+marks (`sy:settled:{<tag>}:<id>`, kept `SETTLED_MARK_S`) in the same atomic step, and a settlement
+whose id is marked applies nothing. redis-py resends a script call once on a fresh connection when
+the first one broke, which may be after Redis ran it; the ledger retries a settlement whose reply
+was lost with the same id too (and, past the mark's life, trusts the hold as witness,
+`only_if_held`).
+
 A budget threshold (0.8: 80%) fires the first time in its period that the budget's committed
 amount (settled spend + holds + this request) reaches it; a request refused by the budget fires
 every threshold up to 100%. "First time" is an HSETNX on the period's alert hash, so N replicas
@@ -25,14 +32,39 @@ Cluster keeps them in one slot. The arithmetic of windows is `gateway.windows`'s
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 from gateway.windows import STEP_MS, WINDOW_STEPS, step_of, window_check
 
 T = TypeVar("T")
+
+# How long a settlement's id stays marked: far longer than a resend on a fresh connection takes
+# (milliseconds), and than a short store outage the ledger retries through; short enough that the
+# marks of a busy gateway stay small (one key of ~100 bytes per settlement: 12 MB at 1,000 a second).
+SETTLED_MARK_S = 120.0
+
+
+def new_settle_id() -> str:
+    return os.urandom(8).hex()
+
+
+def hash_slot_tag(key: str) -> str:
+    """What Redis Cluster hashes a key by: the first non-empty `{...}`, else the whole key."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
+
+
+def settled_key(key: str, settle_id: str) -> str:
+    """The mark of settlement `settle_id`, in the slot of `key` (one of the keys it settles)."""
+    return f"sy:settled:{{{hash_slot_tag(key)}}}:{settle_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +122,8 @@ class Settlement:
     # each lasting `residual_ttl_s` (calls still being read, which may yet be billed).
     residual: tuple[tuple[str, float], ...] = ()
     residual_ttl_s: float = 0.0
+    # Marked when applied: the same settlement sent again (a resend, a retry) applies nothing.
+    settle_id: str = field(default_factory=new_settle_id)
 
 
 # KEYS: per budget: spend, holds, alerts; then per window its key.
@@ -200,13 +234,15 @@ end
 return {'ok', '0', '', '', string.format('%d', cur), table.concat(fired, ',')}
 """
 
-# KEYS: per spend: spend, holds; then per token window its key. ARGV: ns, nw, nr, hold id ('' for
-# none), actual usd, only-if-held ('1': a retry, which adds nothing unless it finds the hold, since
-# the first try may have settled it and lost its reply), residual ttl ms; per residual hold: id,
-# amount; per spend: keep ms; per window: step, delta. The hold counts as found when any holds hash
-# had it (a budget of the key alone leaves the tenant's without it); the residual holds go to each
-# hash it was found in.
+# KEYS: per spend: spend, holds; then per token window its key; last, the settlement's mark. ARGV:
+# ns, nw, nr, hold id ('' for none), actual usd, only-if-held ('1': a retry, which adds nothing unless
+# it finds the hold, since the first try may have settled it and lost its reply), residual ttl ms;
+# per residual hold: id, amount; per spend: keep ms; per window: step, delta; last, the mark's ttl ms.
+# A marked settlement was applied (its reply lost): nothing again, 0. The hold counts as found when
+# any holds hash had it (a budget of the key alone leaves the tenant's without it); the residual
+# holds go to each hash it was found in.
 SETTLE_LUA = """
+if not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', ARGV[#ARGV]) then return 0 end
 local ns, nw, nr = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local hold, actual = ARGV[4], tonumber(ARGV[5])
 local ttl = tonumber(ARGV[7])
@@ -300,6 +336,8 @@ def settle_call(s: Settlement) -> tuple[list[str], list[Any]]:
     for key, step, delta in s.tokens:
         keys.append(key)
         args += [step, delta]
+    keys.append(settled_key(keys[0], s.settle_id))
+    args.append(int(SETTLED_MARK_S * 1000))
     return keys, args
 
 

@@ -48,6 +48,9 @@ class Price(_Strict):
         default=None, ge=0, description="prompt tokens read from the provider's prompt cache; default: input price")
     cache_write_per_mtok: float | None = Field(
         default=None, ge=0, description="prompt tokens written to the provider's prompt cache; default: input price")
+    cache_write_1h_per_mtok: float | None = Field(
+        default=None, ge=0, description="prompt tokens written to the provider's prompt cache to live an hour "
+        "(Anthropic's `ttl: \"1h\"`, 2x the input price); default: cache_write_per_mtok")
     audio_input_per_mtok: float | None = Field(
         default=None, ge=0, description="audio prompt tokens (`input_audio` parts); default: unknown, so a request "
         "with audio is refused under a budget or cost cap (set it to input_per_mtok where audio costs as text)")

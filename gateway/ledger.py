@@ -62,7 +62,6 @@ from gateway.state import (
     SumsOnce,
     ledger_key,
     ledger_writes_key,
-    spend_key,
 )
 
 log = logging.getLogger("switchyard.ledger")
@@ -160,7 +159,7 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
 class _Unsettled:
     """A budget settlement the store could not take, held until it is back."""
 
-    reservation: Reservation | None
+    reservation: Reservation
     tenant: str
     usd: float
     calls: tuple[CallRecord, ...]
@@ -218,11 +217,14 @@ class Ledger:
                 await reservation.release()
             return
         cost = spent.cost_usd
+        if reservation is None:
+            if cost <= 0:
+                return
+            # Settled as a reservation that holds nothing, so that it counts once however often it is
+            # sent (`Settlement.settle_id`): a plain INCRBYFLOAT resent after a lost reply counts twice.
+            reservation = Reservation(self.store, spent.tenant)
         try:
-            if reservation is not None:
-                await reservation.settle(cost, spent.calls)
-            elif cost > 0:
-                await self.store.incr_float(spend_key(spent.tenant), cost)
+            await reservation.settle(cost, spent.calls)
         except StoreUnavailable as exc:
             self._hold_unsettled(reservation, spent.tenant, cost, spent.calls, None, exc)
 
@@ -239,7 +241,7 @@ class Ledger:
             self._hold_unsettled(held, tenant, 0.0 if record is None else record.cost_usd,
                                  () if record is None else (record,), call, exc)
 
-    def _hold_unsettled(self, reservation: Reservation | None, tenant: str, usd: float,
+    def _hold_unsettled(self, reservation: Reservation, tenant: str, usd: float,
                         calls: tuple[CallRecord, ...], late: LateCall | None, exc: StoreUnavailable) -> None:
         """Held for the writer to settle once the store is back: a budget must not forget what was
         spent during an outage."""
@@ -353,14 +355,12 @@ class Ledger:
             u = self._unsettled[0]
             reservation, calls = u.reservation, u.calls
             try:
-                if reservation is not None and u.late is not None:
+                if u.late is not None:
                     await reservation.bill_late(u.late, calls[0] if calls else None, retry=True,
                                                 maybe_applied=u.maybe_applied)
-                elif reservation is not None:
+                else:
                     reservation.settled = False  # its settlement failed (or only its reply was lost)
                     await reservation.settle(u.usd, calls, retry=True, maybe_applied=u.maybe_applied)
-                else:
-                    await self.store.incr_float(spend_key(u.tenant), u.usd)
             except StoreUnavailable as exc:
                 u.maybe_applied = u.maybe_applied or not exc.unsent
                 return  # still down: retried with the held sums

@@ -21,7 +21,9 @@ The spend ledger keeps one hash per tenant and
 hour (`sy:ledger:{<tenant>}:<unix hour>`, fields `deployment|policy|plan kind|metric` → a float
 sum, kept `LEDGER_TTL_S`), the set of tenants that ever spent (`sy:ledger:tenants`) and, per tenant,
 the last write each ledger writer added (`sy:ledger:{<tenant>}:writes`, writer id → sequence
-number), so that a write retried after its reply was lost is not added twice.
+number), so that a write retried after its reply was lost is not added twice. A budget settlement
+marks its id (`sy:settled:{<tag>}:<id>`, for two minutes, `gateway.admission_store`) for the same
+reason.
 The secret that keys prompt digests and prefix-cache salts (`gateway.keyed`), when the config names
 none, is `sy:secret` (written once, if absent, and never expired).
 Policy versions: `sy:policy:audit:{<policy>}` (a list, one JSON entry per version that came into
@@ -52,7 +54,14 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import orjson
 
-from gateway.admission_store import Admission, Admitted, MemoryAdmission, RedisAdmission, Settlement
+from gateway.admission_store import (
+    Admission,
+    Admitted,
+    MemoryAdmission,
+    RedisAdmission,
+    Settlement,
+    hash_slot_tag,
+)
 from gateway.store_breaker import StoreBreaker
 
 T = TypeVar("T")
@@ -336,16 +345,6 @@ return out
 """
 # Keys per such read: ~1 ms of Redis each, so no one read holds the store (or waits on it) for long.
 READ_HASHES_PAGE = 1024
-
-
-def hash_slot_tag(key: str) -> str:
-    """What Redis Cluster hashes a key by: the first non-empty `{...}`, else the whole key."""
-    start = key.find("{")
-    if start >= 0:
-        end = key.find("}", start + 1)
-        if end > start + 1:
-            return key[start + 1:end]
-    return key
 
 
 # KEYS: the request's key. ARGV: field, value. Feedback only for a request that is logged:

@@ -28,7 +28,9 @@ class Usage:
     (`audio_tokens`, `completion_tokens_details.audio_tokens`), which are priced apart too.
     `service_tier`: the tier the answer says it ran under (its body's `service_tier`), which sets
     its prices; None when it says none (a sum of calls says none). `prompt_tokens` counts the audio
-    prompt tokens too (`prompt_audio_tokens`, `prompt_tokens_details.audio_tokens`), priced apart."""
+    prompt tokens too (`prompt_audio_tokens`, `prompt_tokens_details.audio_tokens`), priced apart.
+    `cache_write_1h_tokens`: the part of `cache_write_tokens` written to live an hour (Anthropic's
+    `ttl: "1h"`), which costs more than a 5-minute write; the rest are 5-minute writes."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -37,6 +39,7 @@ class Usage:
     audio_tokens: int = 0
     service_tier: str | None = None
     prompt_audio_tokens: int = 0
+    cache_write_1h_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -46,7 +49,8 @@ class Usage:
         return Usage(self.prompt_tokens + other.prompt_tokens, self.completion_tokens + other.completion_tokens,
                      self.cached_tokens + other.cached_tokens, self.cache_write_tokens + other.cache_write_tokens,
                      self.audio_tokens + other.audio_tokens,
-                     prompt_audio_tokens=self.prompt_audio_tokens + other.prompt_audio_tokens)
+                     prompt_audio_tokens=self.prompt_audio_tokens + other.prompt_audio_tokens,
+                     cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -57,6 +61,10 @@ class Usage:
                 out["prompt_tokens_details"]["audio_tokens"] = self.prompt_audio_tokens
         if self.cache_write_tokens:
             out["cache_creation_input_tokens"] = self.cache_write_tokens  # as litellm reports it
+            if self.cache_write_1h_tokens:  # split by lifetime as Anthropic reports it
+                hour = self.cache_write_1h_tokens
+                out["cache_creation"] = {"ephemeral_5m_input_tokens": self.cache_write_tokens - hour,
+                                         "ephemeral_1h_input_tokens": hour}
         if self.audio_tokens:
             out["completion_tokens_details"] = {"audio_tokens": self.audio_tokens}
         return out
@@ -64,7 +72,11 @@ class Usage:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None, service_tier: Any = None) -> Usage:
         """OpenAI's `prompt_tokens_details.cached_tokens`, or the Anthropic-style top-level
-        `cache_read_input_tokens` / `cache_creation_input_tokens` that litellm passes on.
+        `cache_read_input_tokens` / `cache_creation_input_tokens` that litellm passes on. The writes'
+        split by lifetime is Anthropic's `cache_creation` beside them, or litellm's
+        `prompt_tokens_details.cache_creation_token_details`; only the 1-hour part is kept (writes no
+        lifetime covers are 5-minute ones, as litellm bills them). A split that counts more writes than
+        the total says is believed: the bill never drops a write that was reported.
         `service_tier`: the answer's (a body's or a chunk's), kept when it is a string."""
         tier = service_tier if isinstance(service_tier, str) else None
         if not raw:
@@ -72,12 +84,16 @@ class Usage:
         details = raw.get("prompt_tokens_details")
         details = details if isinstance(details, dict) else {}
         cached = details.get("cached_tokens") or raw.get("cache_read_input_tokens") or 0
-        written = (raw.get("cache_creation_input_tokens") or details.get("cache_creation_tokens")
-                   or details.get("cache_write_tokens") or 0)
+        written = int(raw.get("cache_creation_input_tokens") or details.get("cache_creation_tokens")
+                      or details.get("cache_write_tokens") or 0)
+        split = raw.get("cache_creation") or details.get("cache_creation_token_details")
+        split = split if isinstance(split, dict) else {}
+        short, long = (max(int(split.get(f"ephemeral_{ttl}_input_tokens") or 0), 0) for ttl in ("5m", "1h"))
         out = raw.get("completion_tokens_details")
         audio = (out.get("audio_tokens") or 0) if isinstance(out, dict) else 0
         return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                   int(cached), int(written), int(audio), tier, int(details.get("audio_tokens") or 0))
+                   int(cached), max(written, short + long), int(audio), tier, int(details.get("audio_tokens") or 0),
+                   long)
 
 
 @dataclass(frozen=True, slots=True)

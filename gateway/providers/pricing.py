@@ -5,7 +5,9 @@ litellm (the import takes seconds and would reach for the network). Prices follo
 rules, resolved once at start-up so that pricing a call is plain arithmetic:
 
 - prompt tokens read from the provider's prompt cache cost `cache_read_input_token_cost`, those
-  written to it `cache_creation_input_token_cost` (either defaults to the input price);
+  written to it `cache_creation_input_token_cost` (either defaults to the input price), those written
+  to live an hour `cache_creation_input_token_cost_above_1hr` (Anthropic: 2× the input price, against
+  1.25× for a 5-minute write; default the 5-minute write price, and never below it);
 - a long-context tier (`input_cost_per_token_above_200k_tokens`, and its output and cache
   companions) prices the *whole* call once its prompt exceeds the threshold; a tier key that is
   missing keeps the rate below it;
@@ -30,7 +32,7 @@ import importlib.util
 import json
 import logging
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,22 +46,39 @@ _COST_MAP_FILE = "model_prices_and_context_window_backup.json"
 # cost-map key prefix per rate; a long-context key is `<prefix>_above_<N>[k|m]_tokens`, a service tier's
 # `<prefix>[_above_<N>[k|m]_tokens]_<tier>` (batch rates are for the batch API, never sent here)
 _RATE_KEYS = {"input": "input_cost_per_token", "output": "output_cost_per_token",
-              "cache_read": "cache_read_input_token_cost", "cache_write": "cache_creation_input_token_cost"}
+              "cache_read": "cache_read_input_token_cost", "cache_write": "cache_creation_input_token_cost",
+              "cache_write_1h": "cache_creation_input_token_cost_above_1hr"}
 SERVICE_TIERS = ("priority", "flex")
-_RATE_KEY = re.compile(
-    r"^(?P<rate>" + "|".join(_RATE_KEYS.values()) + r")(?:_above_(?P<n>\d+(?:\.\d+)?)(?P<unit>[km]?)_tokens)?"
+_RATE_KEY = re.compile(  # the longer prefix first: `..._cost_above_1hr` is not `..._cost` with a threshold
+    r"^(?P<rate>" + "|".join(sorted(_RATE_KEYS.values(), key=len, reverse=True)) + r")"
+    r"(?:_above_(?P<n>\d+(?:\.\d+)?)(?P<unit>[km]?)_tokens)?"
     r"(?:_(?P<tier>" + "|".join(SERVICE_TIERS) + r"))?$")
 PRIORITY_MULTIPLIER = 2.0
 
 
 @dataclass(frozen=True, slots=True)
 class Rates:
-    """USD per token for each kind of token."""
+    """USD per token for each kind of token. `cache_write`: a prompt-cache write that lives 5 minutes,
+    `cache_write_1h`: one that lives an hour."""
 
     input: float
     output: float
     cache_read: float
     cache_write: float
+    cache_write_1h: float
+
+    @property
+    def dearest_prompt(self) -> float:
+        """The most one prompt token may cost: the client decides whether it is read plainly, read from
+        the provider's cache or written to it, and for how long (`cache_control` on its messages)."""
+        return max(self.input, self.cache_read, self.cache_write, self.cache_write_1h)
+
+    def times(self, factor: float) -> Rates:
+        return Rates(*(getattr(self, f.name) * factor for f in fields(Rates)))
+
+    def dearer(self, other: Rates) -> Rates:
+        """Each rate the dearer of the two."""
+        return Rates(*(max(getattr(self, f.name), getattr(other, f.name)) for f in fields(Rates)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +99,7 @@ class DeploymentPrice:
     audio_output_per_token: float | None = None  # None: unknown (audio asked for is `unpriced`, see `under`)
     search_per_query: tuple[tuple[str, float], ...] = ()  # (context size, USD a query); none: unknown
     audio_input_per_token: float | None = None  # None: unknown (an audio prompt is `unpriced`, see `under`)
+    cache_write_1h_per_token: float | None = None  # None: 1-hour prompt-cache writes cost a 5-minute write's price
     # Set on the price of a request's worst case (`under`): a fee each call adds, and a field of the
     # request this price cannot account for (a web search at a deployment with no per-query price,
     # audio in the prompt at one with no audio rate).
@@ -91,7 +111,8 @@ class DeploymentPrice:
         inp = self.input_per_token
         read = inp if self.cache_read_per_token is None else self.cache_read_per_token
         write = inp if self.cache_write_per_token is None else self.cache_write_per_token
-        object.__setattr__(self, "base", Rates(inp, self.output_per_token, read, write))
+        write_1h = write if self.cache_write_1h_per_token is None else self.cache_write_1h_per_token
+        object.__setattr__(self, "base", Rates(inp, self.output_per_token, read, write, write_1h))
 
     def rates(self, prompt_tokens: int) -> Rates:
         for tier in reversed(self.tiers):
@@ -109,15 +130,12 @@ class DeploymentPrice:
         return self.scaled(PRIORITY_MULTIPLIER) if tier == "priority" else self
 
     def scaled(self, factor: float) -> DeploymentPrice:
-        def times(r: Rates) -> Rates:
-            return Rates(r.input * factor, r.output * factor, r.cache_read * factor, r.cache_write * factor)
-
-        b = times(self.base)
+        b = self.base.times(factor)
         audio = None if self.audio_output_per_token is None else self.audio_output_per_token * factor
         heard = None if self.audio_input_per_token is None else self.audio_input_per_token * factor
         return replace(self, input_per_token=b.input, output_per_token=b.output, cache_read_per_token=b.cache_read,
-                       cache_write_per_token=b.cache_write, tiers=tuple(PriceTier(t.above_prompt_tokens, times(t.rates))
-                                                                        for t in self.tiers),
+                       cache_write_per_token=b.cache_write, cache_write_1h_per_token=b.cache_write_1h,
+                       tiers=tuple(PriceTier(t.above_prompt_tokens, t.rates.times(factor)) for t in self.tiers),
                        service_tiers=(), audio_output_per_token=audio, audio_input_per_token=heard)
 
     def search_fee(self, size: str) -> float | None:
@@ -133,9 +151,10 @@ class DeploymentPrice:
             billed_tier(usage.service_tier, terms.tier))
         r = p.rates(usage.prompt_tokens)
         cached, written = usage.cached_tokens, usage.cache_write_tokens
+        hour = min(usage.cache_write_1h_tokens, written)
         plain = max(usage.prompt_tokens - cached - written, 0)
-        billed = (plain * r.input + cached * r.cache_read + written * r.cache_write
-                  + usage.completion_tokens * r.output)
+        billed = (plain * r.input + cached * r.cache_read + (written - hour) * r.cache_write
+                  + hour * r.cache_write_1h + usage.completion_tokens * r.output)
         if usage.audio_tokens and p.audio_output_per_token is not None:
             billed += min(usage.audio_tokens, usage.completion_tokens) * (p.audio_output_per_token - r.output)
         if usage.prompt_audio_tokens and p.audio_input_per_token is not None:
@@ -184,11 +203,12 @@ class DeploymentPrice:
 
     def bound(self, prompt_tokens: float, output_tokens: float) -> float:
         """The most a call of this many tokens may be billed (budget holds, cost caps): `estimate` with
-        every prompt token at its dearest rate. A prompt written to the provider's cache costs more than
-        one read plainly (Anthropic: 1.25× the input price), and the client decides that (`cache_control`
-        on its messages), so a prompt is held as if all of it were written."""
+        every prompt token at its dearest rate (`Rates.dearest_prompt`). A prompt written to the
+        provider's cache costs more than one read plainly (Anthropic: 1.25× the input price for 5
+        minutes, 2× for an hour), and the client decides that, so a prompt is held as if all of it were
+        written for an hour."""
         r = self.rates(int(prompt_tokens)) if self.tiers else self.base
-        return prompt_tokens * max(r.input, r.cache_write, r.cache_read) + output_tokens * r.output + self.per_call
+        return prompt_tokens * r.dearest_prompt + output_tokens * r.output + self.per_call
 
 
 def load_litellm_cost_map() -> dict[str, Any]:
@@ -208,9 +228,13 @@ def _rate(entry: dict[str, Any], key: str) -> float | None:
 
 
 def _resolved(explicit: dict[str, float]) -> Rates:
-    """A cache rate the map does not give is the input rate (the provider bills such tokens as input)."""
+    """A cache rate the map does not give is the input rate (the provider bills such tokens as input); a
+    1-hour write's, the 5-minute write's, and never below it (a tier that raises the 5-minute write
+    rate without naming the 1-hour one raises both)."""
     inp = explicit["input"]
-    return Rates(inp, explicit.get("output", 0.0), explicit.get("cache_read", inp), explicit.get("cache_write", inp))
+    write = explicit.get("cache_write", inp)
+    return Rates(inp, explicit.get("output", 0.0), explicit.get("cache_read", inp), write,
+                 max(explicit.get("cache_write_1h", write), write))
 
 
 def _parsed(entry: dict[str, Any]) -> dict[str | None, dict[int, dict[str, float]]]:
@@ -237,12 +261,7 @@ def _tiers(found: dict[int, dict[str, float]], base: dict[str, float],
     for threshold in thresholds:
         own = found.get(threshold, {})
         if threshold in named:
-            std = named[threshold]
-            below = _resolved(current)
-            fill = {"input": max(below.input, std.input), "output": max(below.output, std.output),
-                    "cache_read": max(below.cache_read, std.cache_read),
-                    "cache_write": max(below.cache_write, std.cache_write)}
-            current = {**fill, **own}
+            current = {**asdict(_resolved(current).dearer(named[threshold])), **own}
         else:
             current = {**current, **own}  # a rate the tier does not name stays as below it
         tiers.append(PriceTier(threshold, _resolved(current)))
@@ -287,10 +306,11 @@ def price_from_cost_map(entry: dict[str, Any]) -> DeploymentPrice:
                                                below.get("cache_read"), below.get("cache_write"),
                                                _tiers(own, below, standard), audio_output_per_token=audio,
                                                search_per_query=search,
-                                               audio_input_per_token=_audio_input_rate(entry, tier))))
+                                               audio_input_per_token=_audio_input_rate(entry, tier),
+                                               cache_write_1h_per_token=_resolved(below).cache_write_1h)))
     return DeploymentPrice(explicit["input"], explicit.get("output", 0.0), "litellm", explicit.get("cache_read"),
                            explicit.get("cache_write"), standard, tuple(variants), audio, search,
-                           _audio_input_rate(entry))
+                           _audio_input_rate(entry), _resolved(explicit).cache_write_1h)
 
 
 def price_for(deployment: DeploymentConfig, cost_map: dict[str, Any] | None) -> DeploymentPrice:
@@ -299,6 +319,8 @@ def price_for(deployment: DeploymentConfig, cost_map: dict[str, Any] | None) -> 
         return DeploymentPrice(p.input_per_mtok / 1e6, p.output_per_mtok / 1e6, "config",
                                None if p.cached_input_per_mtok is None else p.cached_input_per_mtok / 1e6,
                                None if p.cache_write_per_mtok is None else p.cache_write_per_mtok / 1e6,
+                               cache_write_1h_per_token=None if p.cache_write_1h_per_mtok is None
+                               else p.cache_write_1h_per_mtok / 1e6,
                                audio_output_per_token=None if p.audio_output_per_mtok is None
                                else p.audio_output_per_mtok / 1e6,
                                audio_input_per_token=None if p.audio_input_per_mtok is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
+from gateway.admission_store import Settlement, settle_call
 from gateway.cache import cache_key
 from gateway.state import (
     alerts_key,
@@ -57,6 +58,16 @@ def test_one_admission_touches_one_slot_for_a_tenant_and_its_keys(tenant: str) -
 
 def test_a_deployments_request_and_token_windows_share_one_slot() -> None:
     assert slot(deployment_window_key("small", "rpm")) == slot(deployment_window_key("small", "tpm"))
+
+
+@pytest.mark.parametrize("tenant", ["alice", "x{y", "a}b"])
+def test_a_settlements_mark_sits_in_the_slot_of_what_it_settles(tenant: str) -> None:
+    # settle_admission (Lua) marks its id beside the keys it settles: a tenant's, or a deployment's window
+    for s in (Settlement("h", 0.1, ((spend_key(tenant), holds_key(tenant), 0),), ((window_key(tenant, None, "tpm"),
+                                                                                  1, 5),)),
+              Settlement(None, 0.0, (), ((deployment_window_key(tenant, "tpm"), 1, -5),))):
+        keys, _ = settle_call(s)
+        assert keys[-1].startswith("sy:settled:") and len({slot(k) for k in keys}) == 1
 
 
 def test_a_policys_audit_list_and_current_pointer_share_one_slot() -> None:

@@ -104,7 +104,7 @@ def test_tiered_prices_are_left_to_the_plans_estimator(tmp_path: Path) -> None:
     tiered = {**CATALOG.prices}
     base = tiered["large"]
     tiered["large"] = DeploymentPrice(base.input_per_token, base.output_per_token, "config",
-                                      tiers=(PriceTier(100, Rates(1.0, 1.0, 1.0, 1.0)),))
+                                      tiers=(PriceTier(100, Rates(1.0, 1.0, 1.0, 1.0, 1.0)),))
     catalog = Catalog(CATALOG.deployments, tiered)
     assert prep.prepared(policy, catalog).fixed(None)[1] is None
     below, above = signal(0.2, 0.9, tokens=50), signal(0.2, 0.9, tokens=500)

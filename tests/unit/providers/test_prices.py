@@ -103,3 +103,81 @@ def test_usage_keeps_cache_counts_through_sums_and_the_response_body() -> None:
     assert body["prompt_tokens_details"] == {"cached_tokens": 50} and body["total_tokens"] == 165
     assert Usage.from_dict(body) == total
     assert Usage(3, 4).as_dict() == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+
+
+# A prompt-cache write that lives an hour costs more than a 5-minute one: Anthropic bills 2× the input
+# price against 1.25×; litellm's map names it `cache_creation_input_token_cost_above_1hr`.
+ANTHROPIC_SPLIT: dict[str, Any] = {  # Anthropic's own shape, beside the OpenAI counts
+    "prompt_tokens": 16_000, "completion_tokens": 500, "cache_read_input_tokens": 10_000,
+    "cache_creation_input_tokens": 5_000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 1_000, "ephemeral_1h_input_tokens": 4_000}}
+LITELLM_SPLIT: dict[str, Any] = {  # as litellm's Usage dumps an Anthropic answer
+    "prompt_tokens": 16_000, "completion_tokens": 500, "cache_creation_input_tokens": 5_000,
+    "cache_read_input_tokens": 10_000,
+    "prompt_tokens_details": {"cached_tokens": 10_000, "cache_creation_tokens": 5_000, "cache_write_tokens": 5_000,
+                              "cache_creation_token_details": {"ephemeral_5m_input_tokens": 1_000,
+                                                               "ephemeral_30m_input_tokens": None,
+                                                               "ephemeral_1h_input_tokens": 4_000}}}
+# 1k * 3e-6 + 10k * 3e-7 + 1k * 3.75e-6 + 4k * 6e-6 + 500 * 1.5e-5
+SPLIT_COST = 1_000 * 3e-6 + 10_000 * 3e-7 + 1_000 * 3.75e-6 + 4_000 * 6e-6 + 500 * 1.5e-5
+
+
+@pytest.mark.parametrize("raw", [ANTHROPIC_SPLIT, LITELLM_SPLIT], ids=["anthropic", "litellm"])
+def test_one_hour_cache_writes_are_billed_at_the_one_hour_write_price(raw: dict[str, Any]) -> None:
+    usage = Usage.from_dict(raw)
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (5_000, 4_000)
+    assert price_from_cost_map(CLAUDE_SONNET_45).cost(usage) == pytest.approx(SPLIT_COST, abs=1e-12)
+
+
+def test_the_shipped_cost_map_bills_one_hour_writes_like_anthropic() -> None:
+    cost_map = load_litellm_cost_map()
+    if "claude-sonnet-4-5" not in cost_map:
+        pytest.skip("litellm's cost map is not installed")
+    price = price_for(DeploymentConfig(name="sonnet", model="anthropic/claude-sonnet-4-5"), cost_map)
+    assert price.cost(Usage.from_dict(ANTHROPIC_SPLIT)) == pytest.approx(SPLIT_COST, abs=1e-12)
+
+
+def test_a_long_prompt_bills_one_hour_writes_at_its_tier() -> None:
+    # litellm's map for Bedrock's claude-sonnet-4-5: the 1-hour write rate has its own 200k tier
+    entry = {**CLAUDE_SONNET_45, "input_cost_per_token_above_200k_tokens": 6e-06,
+             "cache_creation_input_token_cost_above_200k_tokens": 7.5e-06,
+             "cache_creation_input_token_cost_above_1hr_above_200k_tokens": 1.2e-05}
+    price = price_from_cost_map(entry)
+    assert price.rates(250_000).cache_write_1h == pytest.approx(1.2e-5)
+    assert price.cost(Usage(250_000, 0, cache_write_tokens=250_000, cache_write_1h_tokens=250_000)) == \
+        pytest.approx(250_000 * 1.2e-5)
+    # a tier that raises the 5-minute write rate without naming the 1-hour one never bills an hour for less
+    unnamed = {k: v for k, v in entry.items() if "1hr_above" not in k}
+    assert price_from_cost_map(unnamed).rates(250_000).cache_write_1h == pytest.approx(7.5e-6)
+
+
+def test_the_config_price_can_set_the_one_hour_write_price_else_it_is_the_write_price() -> None:
+    usage = Usage(1_000_000, 0, cache_write_tokens=1_000_000, cache_write_1h_tokens=600_000)
+    given = DeploymentConfig.model_validate({
+        "name": "self", "model": "openai/llama",
+        "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0, "cache_write_per_mtok": 1.25,
+                  "cache_write_1h_per_mtok": 2.0}})
+    assert price_for(given, None).cost(usage) == pytest.approx(0.4 * 1.25 + 0.6 * 2.0)
+    assert price_for(given, None).bound(1_000_000, 0) == pytest.approx(2.0)
+    default = DeploymentConfig.model_validate({
+        "name": "self", "model": "openai/llama",
+        "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0, "cache_write_per_mtok": 1.25}})
+    assert price_for(default, None).cost(usage) == pytest.approx(1.25)
+
+
+def test_priority_scales_the_one_hour_write_price_too() -> None:
+    price = price_from_cost_map(CLAUDE_SONNET_45)
+    hour = Usage(1_000, 0, cache_write_tokens=1_000, cache_write_1h_tokens=1_000, service_tier="priority")
+    assert price.cost(hour) == pytest.approx(1_000 * 6e-6 * 2)
+
+
+def test_usage_keeps_one_hour_writes_through_sums_and_the_response_body() -> None:
+    total = Usage.from_dict(ANTHROPIC_SPLIT) + Usage(100, 1, cache_write_tokens=50, cache_write_1h_tokens=20)
+    assert (total.cache_write_tokens, total.cache_write_1h_tokens) == (5_050, 4_020)
+    body = total.as_dict()
+    assert body["cache_creation"] == {"ephemeral_5m_input_tokens": 1_030, "ephemeral_1h_input_tokens": 4_020}
+    assert Usage.from_dict(body) == total
+    # a split that counts more writes than the total is believed: no reported write goes unbilled
+    over = Usage.from_dict({"prompt_tokens": 100, "cache_creation_input_tokens": 10,
+                            "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 30}})
+    assert (over.cache_write_tokens, over.cache_write_1h_tokens) == (40, 30)
