@@ -159,7 +159,8 @@ class RequestLogSettings(_Strict):
     """Where completed requests are recorded (for feedback, shadow labels and `switchyard logs export`)."""
 
     enabled: bool = True
-    max_records: int = Field(default=100_000, gt=0, description="the stream's cap (approximate on Redis)")
+    max_records: int = Field(default=100_000, gt=0, description="the stream's cap (approximate on Redis); in "
+                             "memory also each tenant's cap on records that take feedback")
     ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="how long a request accepts feedback")
     queue_size: int = Field(default=10_000, gt=0, description="records waiting to be written; beyond: dropped")
     path: str | None = Field(default=None, description="also append records and feedback to this JSONL file")

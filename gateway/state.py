@@ -183,6 +183,12 @@ def request_key(tenant: str, request_id: str) -> str:
     return f"sy:req:{{{tenant}}}:{request_id}"
 
 
+def request_tenant(key: str) -> str:
+    """The tenant of a `request_key`: up to the first `}:`, which only the tenant's part can hold
+    before a client's request id, which may hold anything printable."""
+    return key[len("sy:req:{"):].partition("}:")[0]
+
+
 def answer_key(namespace: str, tenant: str, digest: str) -> str:
     """A cached answer. Untagged on purpose: each is read and written alone, and one tenant's
     answers would otherwise all land on one Redis Cluster node."""
@@ -429,7 +435,8 @@ class MemoryStore(MemoryAdmission):
         self._hashes: dict[str, tuple[dict[str, float], float]] = {}  # key -> (fields, expiry)
         self._max_keys = max_keys
         self._streams: dict[str, deque[tuple[str, bytes]]] = {}
-        self._requests: OrderedDict[str, tuple[dict[str, bytes], float]] = OrderedDict()  # key → fields, expiry
+        # tenant → request key → (fields, expiry), oldest first; each tenant capped apart (`append_records`)
+        self._requests: dict[str, OrderedDict[str, tuple[dict[str, bytes], float]]] = {}
         self._last_id = (0, 0)
         self._sets: dict[str, set[str]] = {}
         self._init_admission()
@@ -558,17 +565,21 @@ class MemoryStore(MemoryAdmission):
         for key, raw in items:
             record = _owned(raw)
             log.append((self._next_id(), record))
-            self._requests[key] = ({"record": record}, expires)
-            self._requests.move_to_end(key)
-            if len(self._requests) > maxlen:
-                self._requests.popitem(last=False)
+            # `maxlen` records per tenant, not in all: in one pool, one tenant's burst evicted every
+            # other tenant's records, and their feedback was a 404 (on Redis each key lives its TTL).
+            kept = self._requests.setdefault(request_tenant(key), OrderedDict())
+            kept[key] = ({"record": record}, expires)
+            kept.move_to_end(key)
+            if len(kept) > maxlen:
+                kept.popitem(last=False)
 
     def _request(self, key: str) -> dict[str, bytes] | None:
-        item = self._requests.get(key)
-        if item is None:
+        kept = self._requests.get(request_tenant(key))
+        item = None if kept is None else kept.get(key)
+        if kept is None or item is None:
             return None
         if item[1] <= time.monotonic():
-            del self._requests[key]
+            del kept[key]
             return None
         return item[0]
 

@@ -23,6 +23,7 @@ from typing import Any
 from gateway.config import ENV_CONFIG, ENV_REDIS_URL, GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.router.artifact import Artifact, ArtifactError
+from gateway.router.consistency import check_artifact
 from gateway.router.model import Router, load_router
 from gateway.router.registry import Entry, RegistryError, RouterRegistry, serving_stack
 from gateway.router.serving import configured_dir, load_artifact, smoke_check
@@ -79,6 +80,7 @@ def validate(directory: Path, config: GatewayConfig | None) -> tuple[Artifact, R
     """Read, load and smoke-test an artifact; warnings for deployments it cannot score by profile."""
     artifact = Artifact.read(directory)
     router = load_router(directory)  # an ArtifactError that names what is wrong
+    check_artifact(directory)  # what loads may still not be one router: refused before a smoke prompt
     smoke_check(router)
     warnings = []
     known = set(router.known_profiles())

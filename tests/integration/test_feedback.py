@@ -367,3 +367,30 @@ def test_redis_request_log_is_a_capped_stream_with_expiring_keys(redis_server: R
         assert 0 < redis.Redis.from_url(redis_server.url).ttl(items[0][0]) <= 60
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("store", ["redis", "memory"])
+def test_one_tenant_s_burst_leaves_another_tenant_s_record_answerable(
+        simulator: Simulator, redis_server: RedisServer, tmp_path: Path, store: str) -> None:
+    """The in-memory store kept every tenant's records in one pool of `max_records`: alice's burst
+    evicted bob's record, and bob's feedback on it was a 404. Each tenant now has its own cap."""
+    cap = 5
+    url = f"redis://127.0.0.1:{redis_server.port}/9" if store == "redis" else None  # its stream capped apart
+    if url:
+        redis.Redis.from_url(url).flushdb()
+    raw = _config(simulator, url, tmp_path / "requests.jsonl").model_dump(exclude_defaults=True)
+    raw["request_log"]["max_records"] = cap
+    app = create_app(parse_config(raw, "test config"), policies_dir=policies_folder(tmp_path, POLICIES))
+    with running_gateway(app) as server:
+        gw = Gateway(server.base_url, store, tmp_path / "requests.jsonl", tmp_path / "unused.yaml",
+                     app.state.services, url)
+        bobs, _ = gw.ask("sk-bob")
+        alices = [gw.ask("sk-alice")[0] for _ in range(cap * 3)]
+        resp = gw.feedback("sk-bob", {"request_id": bobs, "thumbs": "up"})
+        assert resp.status_code == 200, resp.text
+        assert gw.feedback("sk-alice", {"request_id": alices[-1], "score": 0.5}).status_code == 200
+        if store == "memory":  # alice's own records are bounded: her oldest made room for her newest
+            oldest = gw.feedback("sk-alice", {"request_id": alices[0], "score": 0.5})
+            assert oldest.status_code == 404 and oldest.json()["error"]["code"] == "request_not_found"
+    if url:
+        redis.Redis.from_url(url).flushdb()

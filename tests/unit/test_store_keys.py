@@ -68,3 +68,9 @@ def test_only_the_state_module_spells_out_store_keys() -> None:
     found = [f"{path.relative_to(root)}:{n}" for path in sorted(root.rglob("*.py")) if path.name != "state.py"
              for n, line in enumerate(path.read_text().splitlines(), 1) if literal.search(line)]
     assert found == []
+
+
+def test_a_request_key_names_its_tenant_whatever_the_request_id_holds() -> None:
+    """The in-memory store caps request records per tenant by this; a client picks the request id."""
+    for rid in ("req_1", "x}:y", "{other}:z", "}:"):
+        assert state.request_tenant(state.request_key("alice", rid)) == "alice"

@@ -9,6 +9,7 @@ import pytest
 
 from gateway.router import load_router
 from gateway.router.batch import score_file
+from gateway.router.consistency import check_artifact
 from gateway.router.training.train import train
 
 
@@ -38,6 +39,7 @@ def test_unseen_models_are_scored_from_difficulty_alone(tmp_path: Path) -> None:
 def test_training_writes_a_loadable_artifact(small_data: Path, tmp_path: Path) -> None:
     report = train(small_data, tmp_path / "art", progress=False)
     assert report["n_validation"] == 8 and report["pairs"]
+    check_artifact(tmp_path / "art")  # its meta and arrays agree: `router promote` takes it
     r = load_router(tmp_path / "art")
     assert 0.0 <= r.assess("Hello there").difficulty <= 1.0
     assert len(r.known_profiles()) == 28  # one file: that file's pool

@@ -11,6 +11,7 @@ import pytest
 
 from gateway.cli import main as cli_main
 from gateway.router import load_router
+from gateway.router.consistency import check_artifact
 from gateway.router.text import STRUCT_NAMES
 from gateway.router.training.data import load_many
 from gateway.router.training.train import outcome_targets, train
@@ -42,6 +43,7 @@ def test_latent_targets_cope_with_models_missing_per_file() -> None:
 
 def test_router_trained_on_several_files_knows_every_files_models(tmp_path: Path) -> None:
     train([MMLU, CHAT, SMALL / "cruxeval_code.jsonl"], tmp_path / "art", progress=False)
+    check_artifact(tmp_path / "art")  # what training writes, `router promote` takes
     r = load_router(tmp_path / "art")
     assert {"Meta-Llama-3.1-8B-Instruct", "gpt-4-1106-preview", "codellama-7b"} <= set(r.known_profiles())
     a = r.assess("What does this Python function return?\n```python\ndef f(x):\n    return x\n```")
@@ -59,6 +61,7 @@ def test_train_with_base_adapts_keeps_the_schema_and_scores_unseen_models(tmp_pa
     assert cli_main(["train", "--data", str(CHAT), "--base", str(base), "--out", str(adapted), "--quiet"]) == 0
     new_models = _models(CHAT) - _models(MMLU)
     assert new_models and new_models <= set(load_router(adapted).known_profiles())
+    check_artifact(adapted)  # an adapted router's meta and arrays still agree: `router promote` takes it
 
     out = tmp_path / "scores.jsonl"
     assert cli_main(["route", "--batch", str(CHAT), "--out", str(out), "--artifact", str(adapted), "--quiet"]) == 0
