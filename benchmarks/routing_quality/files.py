@@ -9,6 +9,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data"
 RESULTS = ROOT / "benchmarks" / "results"
 # Written by ``all_pairs.py`` into the results folder; the report quotes it when it is there.
 ALL_PAIRS_MD = "routing_all_pairs.md"
+# Written by ``halves.py``: adaptation scored over random halves of each file's train split.
+HALVES_MD = "routing_halves.md"
 # file -> (weak, strong): the pair each file is judged on.
 FILES: dict[str, tuple[str, str]] = {
     "mmlu_pro": ("Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.routing_quality.files import ALL_PAIRS_MD, FILES
+from benchmarks.routing_quality.files import ALL_PAIRS_MD, FILES, HALVES_MD
 from benchmarks.routing_quality.latency import latency_section
 from benchmarks.routing_quality.tried import ALL_PAIRS_READING, TRIED, TRIED_ADAPTING, TRIED_LODO
 from gateway.router.model import Router, load_router
@@ -117,6 +117,17 @@ def all_pairs_section(out: Path) -> list[str]:
             *path.read_text(encoding="utf-8").splitlines(), "", *ALL_PAIRS_READING, ""]
 
 
+def halves_section(out: Path) -> list[str]:
+    """Adapting judged over random halves of each file's train split, as ``halves.py`` last wrote it to ``out``."""
+    path = out / HALVES_MD
+    if not path.exists():
+        return []
+    return ["### Over random halves of each file's train split", "",
+            "One validation split is one sample; here the same comparison is repeated on other samples of the same "
+            "file, cut from its train split, with the validation split left alone.", "",
+            *path.read_text(encoding="utf-8").splitlines(), ""]
+
+
 def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out: Path, latency: bool,
            carried: list[str] | None = None) -> list[str]:
     md = ["# Routing quality (validation splits)", ""]
@@ -166,6 +177,7 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
           + " (blend w: (1 - w) base-input head + w fresh-latent head; prior tau τ: prior + correction "
           "under an L2 prior of total strength τ).", "",
           *all_pairs_section(out),
+          *halves_section(out),
           ]
     md += ["## What was tried", "", "Choosing the shipped model (in-domain APGR):", "", *TRIED, "",
            "Adapting, leave-one-domain-out and an embedding model (validation APGR of each file's pair):", "",

@@ -1,13 +1,14 @@
-"""The routing-quality benchmark and its all-pairs tables run end to end on a 30-row cut of each data file
-(one module: under pytest-xdist both tests share one worker, so the ten routers are fitted once)."""
+"""The routing-quality benchmark, its all-pairs tables and its halves run end to end on a 30-row cut of each data file
+(one module: under pytest-xdist the tests share one worker, so the ten routers are fitted once)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from benchmarks.routing_quality.all_pairs import main
-from benchmarks.routing_quality.files import ALL_PAIRS_MD
-from benchmarks.routing_quality.report import all_pairs_section
+from benchmarks.routing_quality.files import ALL_PAIRS_MD, HALVES_MD
+from benchmarks.routing_quality.halves import main as halves
+from benchmarks.routing_quality.report import all_pairs_section, halves_section
 from tests.unit.benchmarks.conftest import SMALL, RoutingRun
 
 
@@ -27,3 +28,16 @@ def test_all_pairs_writes_both_tables_and_the_report_quotes_them(routing_run: Ro
     section = all_pairs_section(tmp_path)
     assert section[0].startswith("### Over every model pair") and "| arena_chat | 8 |" in "\n".join(section)
     assert all_pairs_section(tmp_path / "nowhere") == []
+
+
+def test_halves_adapt_on_one_half_of_the_train_split_and_the_report_quotes_them(
+        routing_run: RoutingRun, tmp_path: Path) -> None:
+    out = tmp_path / HALVES_MD
+    halves(["--data-dir", str(SMALL), "--work", str(routing_run.work), "--reuse", "--halves", "2",
+            "--files", "arena_chat", "theoremqa_stem", "--out", str(out)])
+    text = out.read_text()
+    assert text.count("| arena_chat | 2 |") == 2 and text.count("| theoremqa_stem | 2 |") == 2
+    assert "python -m benchmarks.routing_quality.halves --work DIR --reuse" in text
+    section = halves_section(tmp_path)
+    assert section[0].startswith("### Over random halves") and "| theoremqa_stem | 2 |" in "\n".join(section)
+    assert halves_section(tmp_path / "nowhere") == []
