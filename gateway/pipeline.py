@@ -76,7 +76,7 @@ from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
-from gateway.streaming import Accumulator
+from gateway.streaming import Accumulator, stream_body
 from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
 
 AUTO = "auto"
@@ -512,7 +512,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     try:
         if request.get("stream") and isinstance(plan, Single):
             waited = time.perf_counter()
-            names, streamed = plan.deployments + plan.fallbacks, upstream_body(body)
+            names, streamed = plan.deployments + plan.fallbacks, stream_body(body)
             live, losers = await open_stream(svc.upstreams, names, streamed, span, deadline, hedge_s)
             live = resuming(svc.upstreams, live, names, streamed, span, deadline)  # if it breaks mid-way
             trail.upstream_s += time.perf_counter() - waited
@@ -597,12 +597,6 @@ def whole_body(request: dict[str, Any]) -> dict[str, Any]:
     body = {**request, "stream": False}
     body.pop("stream_options", None)
     return body
-
-
-def upstream_body(request: dict[str, Any]) -> dict[str, Any]:
-    """Streams always ask for usage, so that every streamed request can be priced."""
-    return {**request, "stream": True, "stream_options": {**(request.get("stream_options") or {}),
-                                                          "include_usage": True}}
 
 
 @dataclass(slots=True)

@@ -22,10 +22,23 @@ def sse(chunk: dict[str, Any]) -> bytes:
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
 
+def stream_body(body: dict[str, Any]) -> dict[str, Any]:
+    """`body` as an upstream stream's request, asking for usage whatever the client asked: every
+    streamed call (a relayed stream, a hedge's leg, a whole answer read from a stream) is priceable."""
+    return {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
+
+
+# A message's text fields besides `content` that a stream sends in pieces: kept, so that a whole answer
+# rebuilt from a stream carries them as the server's whole answer would.
+_PIECED = ("refusal", "reasoning_content", "reasoning")
+
+
 class Accumulator:
     def __init__(self) -> None:
         self.meta: dict[str, Any] = {}
         self.texts: dict[int, list[str]] = {}
+        self.pieced: dict[int, dict[str, list[str]]] = {}  # choice -> refusal / reasoning pieces
+        self.annotations: dict[int, list[Any]] = {}  # choice -> its citations (a web search's)
         self.roles: dict[int, str] = {}
         self.finish: dict[int, str | None] = {}
         self.calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> tool call index -> call so far
@@ -35,6 +48,8 @@ class Accumulator:
     def add(self, chunk: dict[str, Any]) -> None:
         if not self.meta:
             self.meta = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        if chunk.get("service_tier"):  # the tier it ran under, which its price follows
+            self.meta["service_tier"] = chunk["service_tier"]
         for choice in chunk.get("choices") or ():
             i = int(choice.get("index", 0))
             delta = choice.get("delta") or {}
@@ -46,6 +61,11 @@ class Accumulator:
                 self.texts.setdefault(i, []).append(delta["content"])
             else:
                 self.texts.setdefault(i, [])
+            for name in _PIECED:
+                if isinstance(piece := delta.get(name), str) and piece:
+                    self.pieced.setdefault(i, {}).setdefault(name, []).append(piece)
+            if isinstance(delta.get("annotations"), list):
+                self.annotations.setdefault(i, []).extend(delta["annotations"])
             if delta.get("tool_calls"):
                 self._add_calls(i, delta["tool_calls"])
             if (choice.get("logprobs") or {}).get("content"):
@@ -85,6 +105,10 @@ class Accumulator:
         if i in self.calls:
             message["tool_calls"] = [self.calls[i][k] for k in sorted(self.calls[i])]
             message["content"] = message["content"] or None
+        for name, pieces in self.pieced.get(i, {}).items():
+            message[name] = "".join(pieces)
+        if i in self.annotations:
+            message["annotations"] = self.annotations[i]
         choice = {"index": i, "message": message, "finish_reason": self.finish.get(i)}
         if i in self.logprobs:
             choice["logprobs"] = {"content": self.logprobs[i]}

@@ -30,7 +30,7 @@ from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import count_messages
 from gateway.plans import Plan, Single
 from gateway.providers.base import ProviderFailure, Usage
-from gateway.streaming import Accumulator
+from gateway.streaming import Accumulator, stream_body
 
 HEDGE = "hedge"  # the role of a cancelled leg's call in the ledger
 # A losing leg may be producing its first token as the winner's arrives: it is given this long to show
@@ -121,11 +121,6 @@ def _counted(body: dict[str, Any], completion_tokens: int) -> Usage:
     """A leg's usage as counted, its audio prompt tokens included (billed at the audio rate)."""
     messages = body.get("messages") or ()
     return Usage(count_messages(messages), completion_tokens, prompt_audio_tokens=messages_audio_tokens(messages))
-
-
-def stream_body(body: dict[str, Any]) -> dict[str, Any]:
-    """Legs stream and ask for usage, whatever the client asked: a cut leg must be priceable."""
-    return {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
 
 async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span | None,

@@ -8,8 +8,9 @@ fallback is tried at once. Every attempt runs for at most min(deployment timeout
 
 Only failures that say something about the deployment count toward its circuit; a 4xx the
 request caused does not (and 400/422 end the request: another deployment would say the same), nor
-does a whole answer's timeout while the deployment answered other calls in time (its length was the
-request's doing: `gateway.providers.health`).
+does a whole answer's timeout once its first token came in time (on the direct path a whole answer is
+asked for as a stream and rebuilt), or, asked for whole, while the deployment answered other calls in
+time: its length was the request's doing (`gateway.providers.health`).
 When no deployment was even tried because every circuit is open, the answer is 503
 `deployment_unavailable` with Retry-After. A deployment at its own rate limit (`gateway.quotas`) is
 skipped the same way; when that is why none was tried, the answer is 429 naming the limit.
@@ -61,7 +62,7 @@ from gateway.providers.health import HealthBoard, configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
-from gateway.streaming import Accumulator
+from gateway.streaming import Accumulator, stream_body
 from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
@@ -79,6 +80,21 @@ class OpenStream:
     taken: Taken | None = None  # its place in the deployment's token window, settled when it ends
     earlier: tuple[CallRecord, ...] = ()  # a resumed stream's cut call, billed with it (`executor.resume`)
     terms: Terms = PLAIN  # what its request asked for that changes its price (`gateway.providers.terms`)
+
+
+@dataclass(slots=True)
+class _Begun:
+    """A whole answer read from a stream: did its first chunk come while the gateway still waited?"""
+
+    answering: bool = False
+    given_up: bool = False
+
+
+def _streamable(body: dict[str, Any]) -> bool:
+    """May this whole answer be asked for as a stream? Not with audio output: OpenAI streams audio only
+    as pcm16, and a whole answer may ask for any format."""
+    modalities = body.get("modalities")
+    return not (isinstance(modalities, list) and "audio" in modalities)
 
 
 class _CircuitOpen(Exception):
@@ -237,15 +253,19 @@ class Upstreams:
                               reason=f"timed out after {timeout_s:g} s")
 
     def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float,
-                whole_since: float | None = None) -> None:
+                whole_since: float | None = None, answering: bool = False) -> None:
         """Book a failed attempt: only failures about the deployment count toward its circuit.
-        `whole_since`: when a whole answer's call began (monotonic); None for a stream's."""
+        `whole_since`: when a whole answer's call began (monotonic), for one asked for whole; None for
+        a stream's. `answering`: a whole answer read from a stream had its first chunk in time (the
+        deployment was answering it, and a trial's verdict is in: it passed)."""
         health = self.health[name]
+        trial = trial and not answering
         if isinstance(exc, ProviderFailure) and exc.counts_against_deployment and not (
-                # A whole answer's timeout while the deployment answered others is the request's
-                # length, not the deployment's fault (`gateway.providers.health`): one client asking
-                # for long answers must not open the circuit for everyone.
-                exc.timed_out and whole_since is not None and health.answered_since(whole_since)):
+                # A whole answer's timeout is the request's length, not the deployment's fault
+                # (`gateway.providers.health`), once its first token came in time, or (asked for
+                # whole) while the deployment answered others: one client asking for long answers
+                # must not open the circuit for everyone.
+                exc.timed_out and (answering or (whole_since is not None and health.answered_since(whole_since)))):
             health.record_failure(time.monotonic(), trial=trial)
         else:  # the request's fault, the deadline, a cancelled call: no verdict on the deployment
             health.record_neutral(trial=trial)
@@ -282,15 +302,28 @@ class Upstreams:
             return CallRecord(name, late.usage, self.prices[name].cost(late.usage, terms), late.latency_s)
 
         since = time.monotonic()
+        stats, begun = StreamStats(), _Begun()
+        streamed = self.backends[name].streams_whole_answers and _streamable(body)
+
+        def first_chunk() -> None:  # the deployment is answering: a trial's verdict, as a stream's
+            if not begun.given_up:  # a late first chunk, read while drained, proves nothing
+                begun.answering = True
+                self.health[name].first_chunk(trial=trial)
+
         try:
-            call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
+            if streamed:
+                call = self._read_whole(name, stream_body(body), stats, self.telemetry.inject(span), first_chunk)
+            else:
+                call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
             done = counted(await self._awaited(name, call, deadline, priced, body), body)
         except BaseException as exc:
-            self._failed(name, exc, span, trial, started, whole_since=since)
+            begun.given_up = True
+            self._failed(name, exc, span, trial, started, whole_since=None if streamed else since,
+                         answering=begun.answering)
             raise
         configured_ms = configured_latency_ms(self.deployments[name], done.usage.completion_tokens,
                                               done.usage.prompt_tokens)
-        self.health[name].record_success(done.latency_s, configured_s=configured_ms / 1000)
+        self.health[name].record_success(done.latency_s, stats.ttft_s, configured_s=configured_ms / 1000)
         if taken is not None and self.quotas is not None:
             await self.quotas.settle(taken, done.usage.prompt_tokens + done.usage.completion_tokens)
         if self.metrics is not None:
@@ -301,6 +334,29 @@ class Upstreams:
                        switchyard__cost_usd=self.prices[name].cost(done.usage, terms))
         span.end()
         return done
+
+    async def _read_whole(self, name: str, body: dict[str, Any], stats: StreamStats,
+                          headers: Mapping[str, str] | None, first_chunk: Callable[[], None]) -> Completion:
+        """A whole answer asked for as a stream (`body` streams) and rebuilt as the server would have
+        sent it whole; `first_chunk()` as its first chunk comes. Cancelled (a drained call read too
+        long), it closes the upstream stream."""
+        started = time.perf_counter()
+        chunks = self.backends[name].stream(self._patient[name], body, stats, headers)
+        acc: Accumulator | None = None
+        try:
+            async for piece in chunks:
+                if acc is None:
+                    acc = Accumulator()
+                    first_chunk()
+                acc.add(piece)
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+        if acc is None:
+            raise ProviderFailure(f"{name}: stream ended before any chunk", reason="stream ended before any chunk")
+        answer = acc.body(stats.usage)
+        if not stats.usage.total_tokens:  # none reported: counted by the caller, as a whole answer's
+            answer.pop("usage")
+        return Completion(answer, stats.usage, time.perf_counter() - started)
 
     def _measure(self, name: str, seconds: float, usage: Usage, error_type: str = "") -> None:
         assert self.metrics is not None

@@ -186,6 +186,9 @@ class Backend(Protocol):
     # What the gateway names the output limit it sends when the client set none (`executor.upstreams`):
     # the name every provider behind this backend takes.
     output_limit: str
+    # Whether a whole answer is asked for as a stream and rebuilt (`executor.upstreams`): its first
+    # chunk then shows the deployment answering, whatever the answer's length (`gateway.providers.health`).
+    streams_whole_answers: bool
 
     async def complete(self, deployment: DeploymentConfig, body: dict[str, Any],
                        headers: Mapping[str, str] | None = None) -> Completion: ...

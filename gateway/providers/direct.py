@@ -31,6 +31,8 @@ class DirectBackend:
     name = "direct"
     # OpenAI's reasoning models refuse `max_tokens`; vLLM, SGLang and OpenAI itself take this one.
     output_limit = "max_completion_tokens"
+    # Every OpenAI-compatible server streams: a whole answer's health is judged by its first token.
+    streams_whole_answers = True
 
     def __init__(self, *, max_connections: int = 512) -> None:
         self._connector_limit = max_connections

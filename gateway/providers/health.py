@@ -18,19 +18,26 @@ A successful trial closes the circuit; a failed one re-opens it for another cool
 ends without a verdict (the request's own fault, a cancelled call) lets the next caller try.
 Each transition (open, half-open, closed) is a `switchyard.circuit` log line with `event: circuit`.
 
-A whole answer that runs into the deployment's `timeout_s` (or an upstream's timeout: a proxy's 504,
-a server's 408) counts only when the deployment answered
-nobody meanwhile (`answered_since`): no call to it ended well between that call's start and its
-timeout. How long a whole answer takes is the request's doing as much as the deployment's (its
-`max_tokens`, or none): a tenant asking a healthy, busy deployment for answers longer than its
-timeout made those calls time out, and once five did so back to back (a burst of them does) the
-circuit opened for every tenant. A hung deployment answers nobody, so its timeouts still count; a
-stream whose first or next chunk is late still counts, since a chunk's wait is not the request's.
-The evidence is one timestamp per deployment (`answered_at`, set by each call that ends well) read
-against the failed call's start: O(1) on the hot path, and per process as the breaker is. What it
-cannot tell apart: when no other call to the deployment ends in that window (a quiet deployment, or
-a half-open circuit's single trial, beside which nothing is let through), a long answer's timeout
-counts as a hung deployment's would.
+A whole answer that runs into the deployment's `timeout_s` says little about the deployment by
+itself: how long a whole answer takes is the request's doing as much as the deployment's (its
+`max_tokens`, or none, or a prompt asking for a long text). So on the direct path (OpenAI-compatible
+servers, `Backend.streams_whole_answers`) a whole answer is asked for as a stream and rebuilt, and judged
+as a stream is, by its first token: one that comes within `timeout_s` shows the deployment answering
+(and passes a half-open trial at once), and the answer's running past `timeout_s` after it counts
+for nothing; no first token in time counts, whatever the answer's length. One tenant asking a quiet
+deployment (nobody else calls it) for long answers, or taking each half-open trial with one, opened
+the circuit or kept it open for every tenant; a hung deployment, which sends no first token, still
+opens it.
+Whole answers asked for whole (through litellm; audio output, which OpenAI streams only as pcm16)
+have no first token to show: their timeout (or an upstream's: a proxy's 504, a server's 408) counts
+only when the deployment answered nobody meanwhile (`answered_since`): no call to it ended well
+between that call's start and its timeout. A hung deployment answers nobody, so its timeouts still
+count; a stream whose first or next chunk is late still counts, since a chunk's wait is not the
+request's. The evidence is one timestamp per deployment (`answered_at`, set by each call that ends
+well or begins answering) read against the failed call's start: O(1) on the hot path, and per process
+as the breaker is. What it cannot tell apart, on those paths only: when no other call to the
+deployment ends in that window (a quiet deployment, or a half-open circuit's single trial, beside
+which nothing is let through), a long answer's timeout counts as a hung deployment's would.
 """
 
 from __future__ import annotations

@@ -73,6 +73,9 @@ class LiteLLMBackend:
     # litellm's own name for it, translated for every provider (`max_completion_tokens` is refused by
     # several of its providers, Bedrock's and watsonx's among them).
     output_limit = "max_tokens"
+    # Not every provider behind it reports usage in a stream, or streams every field it answers whole
+    # with: whole answers stay whole, judged by `DeploymentHealth.answered_since`.
+    streams_whole_answers = False
 
     def __init__(self) -> None:
         self._litellm: Any = None

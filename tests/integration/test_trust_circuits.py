@@ -1,10 +1,12 @@
 """Circuits one tenant cannot open for everyone, over real HTTP: whole answers longer than a
-deployment's `timeout_s` that one tenant asks for do not take the deployment from another tenant
-it keeps answering; a hung deployment, which answers nobody, still has its circuit opened."""
+deployment's `timeout_s` that one tenant asks for do not take the deployment from another tenant,
+whether it answers others meanwhile, answers nobody else (a quiet deployment) or is half-open (the
+long answer takes its one trial); a hung deployment, which answers nobody, still has its circuit opened."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,6 +32,8 @@ def _config(sim_url: str) -> Any:
     return parse_config({"tenants": TENANTS, "deployments": [
         # sim-streamy writes 400 tokens at 200 a second: a whole answer takes 2 s, four tokens 25 ms
         dep("shared", "sim-streamy", "small", timeout_s=0.4),
+        dep("quiet", "sim-streamy", "small", timeout_s=0.4),  # only one tenant's long answers call it
+        dep("tried", "sim-streamy", "small", timeout_s=0.4),  # its circuit half-open for one test
         dep("stuck", "sim-slow", "large", timeout_s=0.3),  # sim-slow answers after 3 s: nothing in time
     ]}, "circuit trust test config")
 
@@ -113,3 +117,28 @@ def test_a_hung_deployment_still_opens_its_circuit(gateway: GatewayServer, simul
     refused = asyncio.run(_status(_client(gateway, "sk-tenant-a"), "stuck"))
     assert refused == (503, None)
     assert int(simulator.stats()["sim-slow"]["requests"]) == before  # the open circuit was not called
+
+
+def test_long_answers_on_a_quiet_deployment_do_not_open_its_circuit_for_another(gateway: GatewayServer) -> None:
+    """Nobody else calls `quiet`, so no other answer excuses A's timeouts: the first token of each, in
+    time whatever the answer's length, shows the deployment answering."""
+    a = _client(gateway, "sk-tenant-a")
+
+    async def tenant_a() -> list[tuple[int, str | None]]:
+        outcomes: list[tuple[int, str | None]] = []
+        for _ in range(3):  # bursts of five 2 s answers against a 0.4 s timeout, nothing else in between
+            outcomes += await asyncio.gather(*(_status(a, "quiet") for _ in range(5)))
+        return outcomes
+
+    assert [s for s, _ in asyncio.run(tenant_a())] == [504] * 15
+    assert not _circuit_open(gateway, "quiet")
+    assert asyncio.run(_status(_client(gateway, "sk-tenant-b"), "quiet", max_tokens=4)) == (200, "quiet")
+
+
+def test_a_long_answer_that_takes_the_half_open_trial_does_not_keep_the_circuit_open(gateway: GatewayServer) -> None:
+    health = gateway.app.state.services.upstreams.health["tried"]
+    health.consecutive_failures = health.failure_threshold  # as after five failures, cooled down
+    health.opened_at = time.monotonic() - health.cooldown_s - 0.01
+    assert asyncio.run(_status(_client(gateway, "sk-tenant-a"), "tried")) == (504, None)  # the trial: too long
+    assert asyncio.run(_status(_client(gateway, "sk-tenant-b"), "tried", max_tokens=4)) == (200, "tried")
+    assert not _circuit_open(gateway, "tried")

@@ -65,6 +65,7 @@ class FakeBackend:
     handler: Handler
     name: str = "fake"
     output_limit: str = "max_tokens"
+    streams_whole_answers: bool = False  # as the direct path: whole answers are read from upstream streams
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     headers: list[Mapping[str, str] | None] = field(default_factory=list)  # what each call sent besides the body
 
@@ -116,8 +117,8 @@ def deployment(name: str, **overrides: Any) -> DeploymentConfig:
 
 
 def fake_upstreams(handler: Handler, *deployments: DeploymentConfig, failure_threshold: int = 5,
-                   cooldown_s: float = 15.0) -> tuple[Upstreams, FakeBackend]:
-    backend = FakeBackend(handler)
+                   cooldown_s: float = 15.0, streams_whole_answers: bool = False) -> tuple[Upstreams, FakeBackend]:
+    backend = FakeBackend(handler, streams_whole_answers=streams_whole_answers)
     by_name = {d.name: d for d in deployments}
     health = HealthBoard(list(by_name), failure_threshold=failure_threshold, cooldown_s=cooldown_s)
     up = Upstreams(by_name, {n: backend for n in by_name}, {d.name: price_for(d, None) for d in deployments},

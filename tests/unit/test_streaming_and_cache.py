@@ -51,3 +51,19 @@ def test_costs_print_in_fixed_point() -> None:
     assert format_usd(0.0) == "0"
     assert format_usd(3.42e-05) == "0.0000342"
     assert format_usd(1.5) == "1.5"
+
+
+def test_a_whole_answer_rebuilt_from_a_stream_keeps_what_the_server_would_have_answered_whole() -> None:
+    """Whole answers on the direct path are read from upstream streams: their reasoning, refusal,
+    citations and service tier reach the client as a whole answer's would."""
+    acc = Accumulator()
+    head = {"id": "c1", "model": "m", "service_tier": "default"}
+    for delta in ({"role": "assistant", "reasoning_content": "let me "}, {"reasoning_content": "think"},
+                  {"content": "Paris", "annotations": [{"type": "url_citation", "url_citation": {"url": "u"}}]},
+                  {"refusal": "no"}):
+        acc.add({**head, "choices": [{"index": 0, "delta": delta}]})
+    body = acc.body(Usage(3, 4))
+    message = body["choices"][0]["message"]
+    assert (message["content"], message["reasoning_content"], message["refusal"]) == ("Paris", "let me think", "no")
+    assert message["annotations"] == [{"type": "url_citation", "url_citation": {"url": "u"}}]
+    assert body["service_tier"] == "default" and "reasoning" not in message

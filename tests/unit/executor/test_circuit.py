@@ -12,7 +12,7 @@ from gateway.errors import DeploymentUnavailable, GatewayError, InvalidRequest, 
 from gateway.executor import Deadline
 from gateway.providers.base import ProviderFailure, is_retryable_status
 from gateway.providers.health import DeploymentHealth
-from tests.support.fake_backend import Delay, answer, deployment, fake_upstreams
+from tests.support.fake_backend import Delay, Stream, answer, chunk, deployment, fake_upstreams
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
 
@@ -221,3 +221,68 @@ def test_a_late_first_chunk_counts_even_while_the_deployment_answers_others() ->
     outcomes, _ = _burst(up, long=3, rounds=1, stream=True)
     assert all(isinstance(o, GatewayError) and o.status == 504 for o in outcomes)
     assert up.health["small"].failures == 3 and up.health["small"].is_open(time.monotonic())
+
+
+def _writer(d: Any, body: dict[str, Any]) -> Any:
+    """A live upstream that writes `max_tokens` tokens at 100 a second: streamed, its first token comes
+    at once and the rest as written; a whole answer comes only once all of it is written."""
+    tokens = body["max_tokens"]
+    if body.get("stream"):
+        return Stream([chunk("x ") for _ in range(tokens)] + [chunk(finish="stop"), chunk(usage=(10, tokens))],
+                      pause_s=0.01)
+    return Delay(tokens / 100, answer("x " * tokens))
+
+
+LONG, SHORT = {**BODY, "max_tokens": 100}, {**BODY, "max_tokens": 1}
+
+
+def _writers(**kw: Any) -> tuple[Any, Any]:
+    """The direct path's upstreams (whole answers read from upstream streams) in front of `_writer`."""
+    return fake_upstreams(_writer, deployment("small", timeout_s=0.2, max_retries=0), deployment("large"),
+                          failure_threshold=3, streams_whole_answers=True, **kw)
+
+
+def test_one_tenants_long_answers_on_a_quiet_deployment_do_not_open_its_circuit_for_another() -> None:
+    """Nobody else calls the deployment meanwhile, so no other answer excuses the timeouts: the first
+    token, which comes in time whatever the answer's length, does."""
+    up, backend = _writers()
+
+    async def scenario() -> tuple[list[Any], Any]:
+        long = [(await asyncio.gather(up.call(("small",), LONG, None, deadline=Deadline.after(10)),
+                                      return_exceptions=True))[0] for _ in range(3)]  # one after another
+        return long, await up.call(("small", "large"), SHORT, None, deadline=Deadline.after(10))
+
+    long, (_, record) = asyncio.run(scenario())
+    assert all(isinstance(o, GatewayError) and o.status == 504 for o in long)  # their own answers time out
+    assert record.deployment == "small"  # the other tenant is still served by it, not sent elsewhere
+    assert up.health["small"].failures == 0 and not up.health["small"].is_open(time.monotonic())
+    assert all(body["stream"] for _, body in backend.calls)
+
+
+def test_a_long_answer_that_takes_the_half_open_trial_does_not_keep_the_circuit_open() -> None:
+    up, _ = _writers()
+    _half_open(up, "small")
+
+    async def scenario() -> Any:
+        with pytest.raises(GatewayError):  # the trial: its whole answer outlasts timeout_s
+            await up.call(("small",), LONG, None, deadline=Deadline.after(10))
+        return await up.call(("small", "large"), SHORT, None, deadline=Deadline.after(10))
+
+    _, record = asyncio.run(scenario())
+    assert record.deployment == "small"
+    assert up.health["small"].state(time.monotonic()) == "closed"
+
+
+def test_a_hung_upstream_still_opens_the_circuit_when_whole_answers_are_streamed() -> None:
+    up, _ = fake_upstreams(lambda d, b: Delay(5), deployment("small", timeout_s=0.1, max_retries=0),
+                           failure_threshold=3, streams_whole_answers=True)
+
+    async def scenario() -> list[Any]:
+        return [(await asyncio.gather(_call(up, "small"), return_exceptions=True))[0] for _ in range(3)]
+
+    assert all(isinstance(o, GatewayError) for o in asyncio.run(scenario()))
+    assert up.health["small"].is_open(time.monotonic())
+    _half_open(up, "small")  # and its trial, no first token in time either, re-opens it
+    with pytest.raises(GatewayError):
+        asyncio.run(_call(up, "small"))
+    assert up.health["small"].state(time.monotonic()) == "open"
