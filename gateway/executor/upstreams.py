@@ -303,7 +303,8 @@ class Upstreams:
 
         since = time.monotonic()
         stats, begun = StreamStats(), _Begun()
-        streamed = self.backends[name].streams_whole_answers and _streamable(body)
+        streamed = (self.backends[name].streams_whole_answers and self.deployments[name].whole_answers_as_streams
+                    and _streamable(body))
 
         def first_chunk() -> None:  # the deployment is answering: a trial's verdict, as a stream's
             if not begun.given_up:  # a late first chunk, read while drained, proves nothing

@@ -286,3 +286,19 @@ def test_a_hung_upstream_still_opens_the_circuit_when_whole_answers_are_streamed
     with pytest.raises(GatewayError):
         asyncio.run(_call(up, "small"))
     assert up.health["small"].state(time.monotonic()) == "open"
+
+
+def test_a_deployment_that_cannot_stream_gets_whole_answers_asked_for_whole() -> None:
+    """`whole_answers_as_streams: false` (a server or model that cannot stream): no stream is asked for,
+    and with no first token to show, a quiet deployment's long answers count as before."""
+    up, backend = fake_upstreams(_writer, deployment("small", timeout_s=0.2, max_retries=0,
+                                                     whole_answers_as_streams=False),
+                                 failure_threshold=3, streams_whole_answers=True)
+
+    async def scenario() -> list[Any]:
+        return [(await asyncio.gather(up.call(("small",), LONG, None, deadline=Deadline.after(10)),
+                                      return_exceptions=True))[0] for _ in range(3)]
+
+    assert all(isinstance(o, GatewayError) and o.status == 504 for o in asyncio.run(scenario()))
+    assert not any(body.get("stream") for _, body in backend.calls)
+    assert up.health["small"].is_open(time.monotonic())
