@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window, new_settle_id
+from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window, new_mark_id
 from gateway.errors import BudgetExceeded, GatewayError, RateLimited
 from gateway.executor.drain import DRAIN_S
 from gateway.state import (
@@ -176,7 +176,7 @@ class LateCall:
     hold_id: str | None = None    # its own hold, when the request settled while it was still read
     expires_at: float = 0.0       # time.monotonic() when that hold lapses on its own
     done: bool = False            # its outcome is recorded (or rides on the request's settlement)
-    settle_id: str = field(default_factory=new_settle_id)  # its settlement's, the same on a retry
+    settle_id: str = field(default_factory=new_mark_id)  # its settlement's, the same on a retry
 
 
 @dataclass(slots=True)
@@ -195,7 +195,7 @@ class Reservation:
     late: tuple[LateCall, ...] = ()       # calls given up on, still read or ended
     landed: tuple[CallRecord, ...] = ()   # their answers that came before the settlement, billed with it
     sent: asyncio.Event | None = None  # with calls still read: set once the first settlement's round trip is over
-    settle_id: str = field(default_factory=new_settle_id)  # its settlement's, the same on a retry
+    settle_id: str = field(default_factory=new_mark_id)  # its settlement's, the same on a retry
 
     async def settle(self, actual_usd: float, calls: Sequence[CallRecord] = (), *, retry: bool = False,
                      maybe_applied: bool = True) -> None:

@@ -21,6 +21,12 @@ the first one broke, which may be after Redis ran it; the ledger retries a settl
 was lost with the same id too (and, past the mark's life, trusts the hold as witness,
 `only_if_held`).
 
+An admission is applied at most once the same way: it carries an id (`Admission.admit_id`), and its
+script stores its reply under the id's mark (`sy:admitted:{<tag>}:<id>`, kept `ADMITTED_MARK_S`) in
+the same atomic step. A resend that finds the mark changes nothing and answers that reply: the
+request is counted once in its windows, held once in its budgets, refused (or not) as the first run
+decided, and a threshold alert the first run fired is still reported, in the reply that arrives.
+
 A budget threshold (0.8: 80%) fires the first time in its period that the budget's committed
 amount (settled spend + holds + this request) reaches it; a request refused by the budget fires
 every threshold up to 100%. "First time" is an HSETNX on the period's alert hash, so N replicas
@@ -46,9 +52,14 @@ T = TypeVar("T")
 # (milliseconds), and than a short store outage the ledger retries through; short enough that the
 # marks of a busy gateway stay small (one key of ~100 bytes per settlement: 12 MB at 1,000 a second).
 SETTLED_MARK_S = 120.0
+# How long an admission's reply is kept under its id: only redis-py's resend on a fresh connection
+# sends an admission again (milliseconds to a few seconds later; nothing retries one after a reply
+# is lost, the request is refused or let through unheld), and every limited request writes one.
+ADMITTED_MARK_S = 30.0
 
 
-def new_settle_id() -> str:
+def new_mark_id() -> str:
+    """An id for one admission or settlement, marked by its script so that a resend applies nothing."""
     return os.urandom(8).hex()
 
 
@@ -60,11 +71,6 @@ def hash_slot_tag(key: str) -> str:
         if end > start + 1:
             return key[start + 1:end]
     return key
-
-
-def settled_key(key: str, settle_id: str) -> str:
-    """The mark of settlement `settle_id`, in the slot of `key` (one of the keys it settles)."""
-    return f"sy:settled:{{{hash_slot_tag(key)}}}:{settle_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +101,8 @@ class Admission:
     ttl_s: float
     budgets: tuple[BudgetHold, ...] = ()
     windows: tuple[Window, ...] = ()
+    # Marked with the reply when run: the same admission sent again counts nothing and gets that reply.
+    admit_id: str = field(default_factory=new_mark_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,14 +131,23 @@ class Settlement:
     residual: tuple[tuple[str, float], ...] = ()
     residual_ttl_s: float = 0.0
     # Marked when applied: the same settlement sent again (a resend, a retry) applies nothing.
-    settle_id: str = field(default_factory=new_settle_id)
+    settle_id: str = field(default_factory=new_mark_id)
 
 
-# KEYS: per budget: spend, holds, alerts; then per window its key.
+# KEYS: per budget: spend, holds, alerts; then per window its key; last, the admission's mark.
 # ARGV: nb, nw, hold id, hold ttl ms, step ms, steps; per budget: amount, limit, keep ms, thresholds
-# ("0.8,1"); per window: limit, cost. Returns {verdict, index, a, b, step, alerts ("i:t,i:t")};
-# numbers as strings (Lua would truncate them to integers).
+# ("0.8,1"); per window: limit, cost; last, the mark's ttl ms. Returns {verdict, index, a, b, step,
+# alerts ("i:t,i:t")}; numbers as strings (Lua would truncate them to integers). Every reply is
+# stored under the mark (set NX, in this same step): a resend that finds it returns it, touching
+# nothing else.
 ADMIT_LUA = """
+local mark = KEYS[#KEYS]
+local first = redis.call('GET', mark)
+if first then return cjson.decode(first) end
+local function answer(reply)
+  redis.call('SET', mark, cjson.encode(reply), 'NX', 'PX', ARGV[#ARGV])
+  return reply
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local nb, nw = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -183,7 +200,7 @@ for i = 1, nb do
   end
   if s >= limit or s + r + amount > limit then
     alert(i, s + r + amount, limit, true)
-    return {'budget', tostring(i - 1), tostring(s), tostring(r), '0', table.concat(fired, ',')}
+    return answer({'budget', tostring(i - 1), tostring(s), tostring(r), '0', table.concat(fired, ',')})
   end
   spent[i], reserved[i] = s, r
 end
@@ -209,7 +226,7 @@ for i = 1, nw do
         if used - freed + cost <= limit then retry = (bc[1] + steps) * step - now; break end
       end
     end
-    return {'rate', tostring(i - 1), tostring(used), string.format('%d', retry), '0', ''}
+    return answer({'rate', tostring(i - 1), tostring(used), string.format('%d', retry), '0', ''})
   end
 end
 for i = 1, nw do
@@ -231,7 +248,7 @@ for i = 1, nb do
   end
   alert(i, spent[i] + reserved[i] + amount, limit, false)
 end
-return {'ok', '0', '', '', string.format('%d', cur), table.concat(fired, ',')}
+return answer({'ok', '0', '', '', string.format('%d', cur), table.concat(fired, ',')})
 """
 
 # KEYS: per spend: spend, holds; then per token window its key; last, the settlement's mark. ARGV:
@@ -302,6 +319,8 @@ return 1
 
 def admit_call(a: Admission) -> tuple[list[str], list[Any]]:
     """The script's KEYS and ARGV for one admission."""
+    from gateway.state import admitted_key  # every key is built in `gateway.state`, which imports this module
+
     keys: list[str] = []
     args: list[Any] = [len(a.budgets), len(a.windows), a.hold_id, int(a.ttl_s * 1000), STEP_MS, WINDOW_STEPS]
     for b in a.budgets:
@@ -310,6 +329,8 @@ def admit_call(a: Admission) -> tuple[list[str], list[Any]]:
     for w in a.windows:
         keys.append(w.key)
         args += [repr(float(w.limit)), w.cost]
+    keys.append(admitted_key(keys[0], a.admit_id))
+    args.append(int(ADMITTED_MARK_S * 1000))
     return keys, args
 
 
@@ -324,6 +345,8 @@ def parse_admitted(row: list[Any]) -> Admitted:
 
 
 def settle_call(s: Settlement) -> tuple[list[str], list[Any]]:
+    from gateway.state import settled_key  # as in `admit_call`
+
     keys: list[str] = []
     residual = s.residual if s.hold_id else ()
     args: list[Any] = [len(s.spends), len(s.tokens), len(residual), s.hold_id or "", repr(max(0.0, s.actual_usd)),

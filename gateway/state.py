@@ -23,7 +23,7 @@ sum, kept `LEDGER_TTL_S`), the set of tenants that ever spent (`sy:ledger:tenant
 the last write each ledger writer added (`sy:ledger:{<tenant>}:writes`, writer id → sequence
 number), so that a write retried after its reply was lost is not added twice. A budget settlement
 marks its id (`sy:settled:{<tag>}:<id>`, for two minutes, `gateway.admission_store`) for the same
-reason.
+reason, and an admission stores its reply under its id (`sy:admitted:{<tag>}:<id>`, for 30 s).
 The secret that keys prompt digests and prefix-cache salts (`gateway.keyed`), when the config names
 none, is `sy:secret` (written once, if absent, and never expired).
 Policy versions: `sy:policy:audit:{<policy>}` (a list, one JSON entry per version that came into
@@ -129,6 +129,16 @@ def window_key(tenant: str, key_id: str | None, limit: str) -> str:
 
 def deployment_window_key(deployment: str, limit: str) -> str:
     return f"sy:window:{{deploy:{deployment}}}:{limit}"
+
+
+def settled_key(key: str, settle_id: str) -> str:
+    """The mark of settlement `settle_id`, in the slot of `key` (one of the keys it settles)."""
+    return f"sy:settled:{{{hash_slot_tag(key)}}}:{settle_id}"
+
+
+def admitted_key(key: str, admit_id: str) -> str:
+    """The mark of admission `admit_id` (holding its reply), in the slot of `key` (one it checks)."""
+    return f"sy:admitted:{{{hash_slot_tag(key)}}}:{admit_id}"
 
 
 def virtual_key_key(key_id: str) -> str:

@@ -74,6 +74,16 @@ TokenId = Annotated[str, AfterValidator(_token_id)]
 Bias = Annotated[int, Field(ge=-100, le=100)]
 MetadataKey = Annotated[str, Field(max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]
+# Bounds of the gateway's own where OpenAI states none. A stop sequence is forwarded on every call
+# (each sample, each escalation), goes into the cache key and is matched against every token an
+# upstream generates: 512 characters is far past any real one (four of them at most: `BodyBounds`).
+StopSequence = Annotated[str, Field(max_length=512)]
+# An end-user id (`user`, or its newer name `safety_identifier`) is meant to be a short stable id (a
+# hash of a username). It is forwarded on every upstream call, where providers keep it as a field of
+# their abuse-monitoring logs, and it is the value an operator turns into a per-end-user log field or
+# metric label (this gateway logs none today): there a megabyte "id" costs every line or series its
+# length. 256 characters hold any hash, UUID or e-mail address.
+EndUserId = Annotated[str, Field(max_length=256)]
 
 
 class ChatRequest(BaseModel):
@@ -86,11 +96,11 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     max_tokens: int | None = Field(default=None, gt=0)
     max_completion_tokens: int | None = Field(default=None, gt=0)
-    stop: str | list[str] | None = None
+    stop: StopSequence | list[StopSequence] | None = None
     n: int | None = Field(default=None, ge=1, le=16)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    user: str | None = None
+    user: EndUserId | None = None
     seed: int | None = None
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
@@ -107,6 +117,7 @@ class ChatRequest(BaseModel):
     store: bool | None = None
     reasoning_effort: str | None = None
     service_tier: str | None = None
+    safety_identifier: EndUserId | None = None
     # vLLM's prefix-cache partition; on a deployment with isolate_prefix_cache it partitions within
     # the tenant's own (`gateway.executor.upstreams.salted`). vLLM refuses an empty one.
     cache_salt: str | None = Field(default=None, min_length=1)
@@ -146,8 +157,9 @@ def _where(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif "[" in part or part[:1].isupper() or part in ("str", "int", "float", "bool", "dict", "list"):
-            continue  # e.g. 'list[ContentPart]', 'str': which union member failed, not a field
+        elif "[" in part or part[:1].isupper() or part.startswith("constrained-") or \
+                part in ("str", "int", "float", "bool", "dict", "list"):
+            continue  # e.g. 'list[ContentPart]', 'str', 'constrained-str': which union member failed, not a field
         else:
             out += f".{part}" if out else part
     return out

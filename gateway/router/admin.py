@@ -23,10 +23,9 @@ from typing import Any
 from gateway.config import ENV_CONFIG, ENV_REDIS_URL, GatewayConfig, load_config
 from gateway.errors import ConfigError
 from gateway.router.artifact import Artifact, ArtifactError
-from gateway.router.consistency import check_artifact
 from gateway.router.model import Router, load_router
 from gateway.router.registry import Entry, RegistryError, RouterRegistry, serving_stack
-from gateway.router.serving import configured_dir, load_artifact, smoke_check
+from gateway.router.serving import configured_dir, load_artifact, load_checked
 from gateway.router.training.compare import Targets, compare, render, result_json
 from gateway.router.training.data import RoutingData, load_data
 from gateway.router.training.evaluate import pick_pairs
@@ -79,9 +78,7 @@ async def _with_registry(url: str, work: Any) -> Any:
 def validate(directory: Path, config: GatewayConfig | None) -> tuple[Artifact, Router, list[str]]:
     """Read, load and smoke-test an artifact; warnings for deployments it cannot score by profile."""
     artifact = Artifact.read(directory)
-    router = load_router(directory)  # an ArtifactError that names what is wrong
-    check_artifact(directory)  # what loads may still not be one router: refused before a smoke prompt
-    smoke_check(router)
+    router = load_checked(directory)
     warnings = []
     known = set(router.known_profiles())
     for d in config.deployments if config else ():

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 from gateway.router.artifact import Artifact, ArtifactError
+from gateway.router.consistency import check_artifact
 from gateway.router.model import DEFAULT_ARTIFACT, Assessment, Router, load_router
 from gateway.signal import RememberingRouter
 
@@ -45,11 +46,21 @@ def smoke_check(router: Router, profiles: tuple[str, ...] = ()) -> None:
             raise ArtifactError("the router gives a difficulty or probability outside [0, 1] on a smoke prompt")
 
 
+def load_checked(directory: str | Path) -> Router:
+    """Load an artifact directory and refuse it (ArtifactError) unless it is one working router: it
+    loads, its router.json and router.npz agree as a whole, and it answers the smoke prompts. What
+    `router promote` runs, and what a replica runs before it swaps: a replica cannot tell how the
+    bytes reached the store (an older CLI, a hand edit), so it trusts no earlier check."""
+    router = load_router(directory)  # an ArtifactError that names what is wrong
+    check_artifact(directory)  # what loads may still not be one router: refused before a smoke prompt
+    smoke_check(router)
+    return router
+
+
 def load_artifact(artifact: Artifact) -> RememberingRouter:
     """Load an artifact held in memory (e.g. fetched from the store), checked, ready to swap in."""
     with tempfile.TemporaryDirectory(prefix="sy-router-") as tmp:
-        router = load_router(artifact.write(tmp))
-    smoke_check(router)
+        router = load_checked(artifact.write(tmp))
     return RememberingRouter(router, version=artifact.version)
 
 

@@ -2,13 +2,15 @@
 
 A background task (started in the app's lifespan, never on the request path) reads
 `sy:router:current` every `interval_s` (one small GET). When it changed, the replica fetches the
-artifact's bytes, loads and smoke-tests them in a worker thread, and swaps them in on the event
-loop in one assignment (`ServingRouter.swap`). The same step runs once at start-up, before the
+artifact's bytes, loads and checks them as `router promote` does (`load_checked`: loadable,
+router.json and router.npz in agreement, sane on the smoke prompts) in a worker thread, and swaps
+them in on the event loop in one assignment (`ServingRouter.swap`). The same step runs once at start-up, before the
 replica takes traffic, so a new replica serves the promoted version from its first request.
 
 A store that does not answer leaves the replica on its current router (logged at most once per
-minute) and the next poll tries again. A version that cannot be loaded is logged once and skipped
-until the pointer changes again: the replica keeps serving what it had.
+minute) and the next poll tries again. A version that cannot be loaded or fails that check (bytes
+that reached the store by another path than `router promote`) is logged once (`router_rejected`)
+and skipped until the pointer changes again: the replica keeps serving what it had.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Request fields OpenAI bounds are bounded here too, with OpenAI's codes, before anything is forwarded:
-`stop`, `logit_bias`, `metadata`, `n`, and how deeply a body may nest (tool schemas above all)."""
+`stop`, `logit_bias`, `metadata`, `n`, the end-user ids (`user`, `safety_identifier`), and how deeply a
+body may nest (tool schemas above all)."""
 
 from __future__ import annotations
 
@@ -50,6 +51,37 @@ def test_more_than_four_stop_sequences_is_refused_with_openai_s_code(base_url: s
 def test_four_stop_sequences_or_one_string_are_served(base_url: str) -> None:
     _served(base_url, stop=["a", "b", "c", "d"])
     _served(base_url, stop="\n\n")
+
+
+@pytest.mark.parametrize(("stop", "param"), [
+    ("s" * 513, "stop"), (["a", "s" * 513], "stop[1]"), (["s" * 1_000_000], "stop[0]")],
+    ids=["string_of_513", "second_of_513", "one_of_1M"])
+def test_a_stop_sequence_longer_than_512_characters_is_refused_without_echoing_it(
+        base_url: str, simulator: Simulator, stop: Any, param: str) -> None:
+    """Any length was forwarded (and went into the cache key), to be matched against every token generated."""
+    error = _refused(base_url, simulator, stop=stop)
+    assert (error.code, error.param) == ("string_above_max_length", param)
+    assert "512" in error.message and "sss" not in error.message and len(error.message) < 300
+
+
+def test_stop_sequences_of_512_characters_are_served(base_url: str) -> None:
+    _served(base_url, stop="s" * 512)
+    _served(base_url, stop=["s" * 512] * 4)
+
+
+# --- user, safety_identifier ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field", ["user", "safety_identifier"])
+@pytest.mark.parametrize("length", [257, 1_000_000])
+def test_an_end_user_id_longer_than_256_characters_is_refused_without_echoing_it(
+        base_url: str, simulator: Simulator, field: str, length: int) -> None:
+    error = _refused(base_url, simulator, **{field: "u" * length})
+    assert (error.code, error.param) == ("string_above_max_length", field)
+    assert "256" in error.message and "uuu" not in error.message and len(error.message) < 300
+
+
+def test_end_user_ids_of_256_characters_are_served(base_url: str) -> None:
+    _served(base_url, user="u" * 256, safety_identifier="s" * 256)
 
 
 # --- logit_bias -----------------------------------------------------------------------------------

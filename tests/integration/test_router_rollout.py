@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import redis
 import yaml
@@ -25,7 +24,7 @@ from gateway.router.artifact import Artifact
 from gateway.router.model import DEFAULT_ARTIFACT
 from tests.integration.conftest import FIXTURES, sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, free_port, running_gateway, terminate, wait_until
-from tests.support.routers import variant
+from tests.support.routers import MISMATCHES, mismatched, variant
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 HARD = [{"role": "user", "content": "Prove that the integral of x^2 sin(x) from 0 to pi is pi^2 - 4, step by step."}]
@@ -188,40 +187,7 @@ def test_promote_refuses_a_damaged_artifact_in_one_line(tmp_path: Path, versions
     assert redis.Redis.from_url(versions_url).get("sy:router:current") is None
 
 
-def _mismatched(directory: Path, damage: str) -> None:
-    """Damage an artifact's meta or arrays so that they no longer describe the same router: every one
-    of these loaded and passed the smoke prompts, and was promoted."""
-    meta = json.loads((directory / "router.json").read_text())
-    with np.load(directory / "router.npz") as z:
-        arrays = {k: z[k] for k in z.files}
-    if damage == "no models":
-        meta["models"] = []
-    elif damage == "one model fewer than its arrays":
-        meta["models"] = meta["models"][:-1]
-    elif damage == "one model more than its arrays":
-        meta["models"] = [*meta["models"], "extra-model"]
-    elif damage == "a model listed twice":
-        meta["models"] = [meta["models"][0], *meta["models"][:-1]]
-    elif damage == "theta for fewer models":
-        arrays["theta"] = arrays["theta"][:-1]
-    elif damage == "a head for a model past the list":
-        arrays["head_model"] = arrays["head_model"].copy()
-        arrays["head_model"][-1] = len(meta["models"])
-    elif damage == "latent_dims of another shape":
-        meta["latent_dims"] += 1
-    elif damage == "fewer hash rows than hash_spec":
-        arrays["idf"], arrays["w"] = arrays["idf"][:1000], arrays["w"][:1000]
-    elif damage == "a non-finite ability":
-        arrays["theta"] = arrays["theta"].copy()
-        arrays["theta"][0] = np.nan
-    (directory / "router.json").write_text(json.dumps(meta))
-    np.savez_compressed(directory / "router.npz", **arrays)
-
-
-@pytest.mark.parametrize("damage", [
-    "no models", "one model fewer than its arrays", "one model more than its arrays", "a model listed twice",
-    "theta for fewer models", "a head for a model past the list", "latent_dims of another shape",
-    "fewer hash rows than hash_spec", "a non-finite ability"])
+@pytest.mark.parametrize("damage", MISMATCHES)
 def test_promote_refuses_an_artifact_whose_meta_and_arrays_disagree_and_keeps_what_is_served(
         tmp_path: Path, versions_url: str, variant_dir: Path, damage: str) -> None:
     served = _cli("router", "promote", str(variant_dir), "--by", "ci", redis_url=versions_url)
@@ -230,7 +196,7 @@ def test_promote_refuses_an_artifact_whose_meta_and_arrays_disagree_and_keeps_wh
     pointer, history = store.get("sy:router:current"), store.lrange("sy:router:history", 0, -1)
     bad = tmp_path / "bad"
     Artifact.read(variant_dir).write(bad)
-    _mismatched(bad, damage)
+    mismatched(bad, damage)
     out = _cli("router", "promote", str(bad), redis_url=versions_url)
     assert out.returncode == 1, out.stdout
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from redis.crc import key_slot
 
-from gateway.admission_store import Settlement, settle_call
+from gateway.admission_store import Admission, BudgetHold, Settlement, Window, admit_call, settle_call
 from gateway.cache import cache_key
 from gateway.state import (
     alerts_key,
@@ -68,6 +68,17 @@ def test_a_settlements_mark_sits_in_the_slot_of_what_it_settles(tenant: str) -> 
               Settlement(None, 0.0, (), ((deployment_window_key(tenant, "tpm"), 1, -5),))):
         keys, _ = settle_call(s)
         assert keys[-1].startswith("sy:settled:") and len({slot(k) for k in keys}) == 1
+
+
+@pytest.mark.parametrize("tenant", ["alice", "x{y", "a}b"])
+def test_an_admissions_mark_sits_in_the_slot_of_what_it_admits(tenant: str) -> None:
+    # admit (Lua) stores its reply under its id beside the keys it checks: a tenant's, or a deployment's windows
+    budget = BudgetHold(spend_key(tenant), holds_key(tenant), alerts_key(tenant, None, "total"), 0.1, 1.0)
+    for a in (Admission("h", 60.0, (budget,), (Window(window_key(tenant, None, "rpm"), 10, 1),)),
+              Admission("h", 0.0, (), (Window(deployment_window_key(tenant, "rpm"), 10, 1),
+                                       Window(deployment_window_key(tenant, "tpm"), 10, 1)))):
+        keys, _ = admit_call(a)
+        assert keys[-1].startswith("sy:admitted:") and len({slot(k) for k in keys}) == 1
 
 
 def test_a_policys_audit_list_and_current_pointer_share_one_slot() -> None:

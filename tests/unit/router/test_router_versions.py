@@ -15,7 +15,7 @@ from gateway.router.serving import ServingRouter, load_artifact, load_dir
 from gateway.router.sync import RouterSync
 from gateway.signal import assess
 from gateway.state import MemoryStore, StoreUnavailable, router_artifact_key
-from tests.support.routers import copy_default, variant
+from tests.support.routers import MISMATCHES, copy_default, mismatched, variant
 from tests.unit.test_signal import DEPLOYMENTS
 
 PROMPT = [{"role": "user", "content": "Prove that sqrt(2) is irrational, then generalise to sqrt(p)."}]
@@ -143,6 +143,34 @@ async def test_a_replica_refuses_an_intact_blob_that_is_not_a_loadable_router_on
     rejected = [r for r in caplog.records if getattr(r, "event", None) == "router_rejected"]
     assert len(rejected) == 1 and entry.version in rejected[0].getMessage()
     assert "not a loadable router" in rejected[0].getMessage()
+
+
+@pytest.mark.parametrize("damage", MISMATCHES)
+async def test_a_replica_refuses_a_stored_artifact_whose_meta_and_arrays_disagree(
+        variant_dir: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture) -> None:
+    """An artifact put in the store by another path than `router promote` (an older CLI, a hand
+    edit) gets the same whole-artifact check there: the replica keeps serving what it had, says so
+    once, and loads the next consistent promotion."""
+    bad = tmp_path / "bad"
+    Artifact.read(variant_dir).write(bad)
+    mismatched(bad, damage)
+    store = MemoryStore()
+    registry = RouterRegistry(store)
+    serving = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    before, taken = serving.version, serving.current
+    entry = await registry.promote(Artifact.read(bad), "hand")  # what the registry stores, unchecked
+    assert entry is not None
+    sync = RouterSync(serving, registry)
+    with caplog.at_level(logging.ERROR, logger="switchyard.router"):
+        assert not await sync.check()
+        assert not await sync.check()  # the same pointer is not tried again
+    assert serving.version == before and serving.current is taken
+    rejected = [r for r in caplog.records if getattr(r, "event", None) == "router_rejected"]
+    assert len(rejected) == 1 and entry.version in rejected[0].getMessage(), caplog.text
+    assert rejected[0].serving == before  # type: ignore[attr-defined]
+    good = await registry.promote(Artifact.read(variant_dir), "ops")
+    assert good is not None
+    assert await sync.check() and serving.version == good.version
 
 
 class _DownStore(MemoryStore):
