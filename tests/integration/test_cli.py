@@ -3,6 +3,7 @@ policy check, and configuration errors that name the culprit."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -10,10 +11,12 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.cli import build_parser
 from gateway.messages import count_messages
 from tests.support.processes import ROOT, free_port
 
@@ -29,6 +32,22 @@ def test_help_explains_every_command() -> None:
     out = _run("--help").stdout
     for command in ("serve", "demo", "simulate", "route", "train", "router", "policy", "bench"):
         assert command in out
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[str]:
+    """Every command without a description and every argument without help, by the words a user types."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if not child.description:
+                    yield " ".join((*path, name))
+                yield from _undocumented(child, (*path, name))
+        elif action.help is None:
+            yield " ".join((*path, action.option_strings[-1] if action.option_strings else action.dest))
+
+
+def test_every_command_and_argument_says_what_it_is_in_its_help() -> None:
+    assert list(_undocumented(build_parser())) == []
 
 
 @pytest.fixture(scope="module")
