@@ -158,8 +158,14 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gateway.router.training.train import train
-
+    try:
+        from gateway.router.training.train import train
+    except ModuleNotFoundError as exc:  # scipy is the `train` extra: serving never needs it
+        if (exc.name or "").partition(".")[0] != "scipy":
+            raise
+        print("switchyard train: training needs scipy, which the plain install leaves out: "
+              "pip install 'switchyard[train]' (in a checkout: pip install -e '.[train]')", file=sys.stderr)
+        return 1
     train(args.data, args.out, base=args.base, seed=args.seed, progress=not args.quiet)
     print(f"router written to {args.out}; point the gateway at it with `router_artifact: {args.out}`")
     return 0

@@ -195,3 +195,26 @@ def test_a_bad_argument_or_file_is_an_error_naming_it_not_a_traceback(tmp_path: 
     out = _run(*argv, *(["--url", "http://127.0.0.1:9"] if argv[0] == "keys" else []))
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert says.format(**files) in out.stderr, out.stderr
+
+
+# The plain install (`pip install -e .`) has no scipy: training needs the `train` extra.
+_WITHOUT_SCIPY = """
+import sys
+class _Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "scipy":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _Absent())
+from gateway.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_train_without_scipy_names_the_extra_to_install_not_a_traceback(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_SCIPY, "train", "--data",
+                          str(ROOT / "tests/fixtures/router_small.jsonl"), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "switchyard train: training needs scipy, which the plain install leaves out: "
+        "pip install 'switchyard[train]' (in a checkout: pip install -e '.[train]')"], out.stderr
