@@ -218,3 +218,14 @@ def test_train_without_scipy_names_the_extra_to_install_not_a_traceback(tmp_path
     assert out.stderr.strip().splitlines() == [
         "switchyard train: training needs scipy, which the plain install leaves out: "
         "pip install 'switchyard[train]' (in a checkout: pip install -e '.[train]')"], out.stderr
+
+
+def test_calibrating_a_policy_whose_constraints_leave_no_choice_says_so_not_zeros(tmp_path: Path) -> None:
+    # latency-sla's 800 ms objective removes the large model for every prompt of the embedded config:
+    # the target never applies, and the figures were a threshold of inf and a quality and cost of 0
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text("".join(p.read_text() for p in sorted((ROOT / "tests/fixtures/routing_small").iterdir())))
+    out = _run("policy", "calibrate", "latency-sla", "--traffic", str(traffic), "--quiet")
+    assert out.returncode == 1 and out.stdout == "", out.stdout
+    assert out.stderr.startswith(f"switchyard policy calibrate: policy 'latency-sla': no prompt of {traffic} leaves "
+                                 "it a choice between a cheaper and a stronger plan"), out.stderr
