@@ -582,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "log_level", "warning"), args.log_format if args.command == "serve" else "text")
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader left (`| head`): nothing to report, and nothing left to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as exc:
         print(f"switchyard: invalid configuration:\n{exc}", file=sys.stderr)
         return 2

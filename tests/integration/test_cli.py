@@ -229,3 +229,14 @@ def test_calibrating_a_policy_whose_constraints_leave_no_choice_says_so_not_zero
     assert out.returncode == 1 and out.stdout == "", out.stdout
     assert out.stderr.startswith(f"switchyard policy calibrate: policy 'latency-sla': no prompt of {traffic} leaves "
                                  "it a choice between a cheaper and a stronger plan"), out.stderr
+
+
+def test_output_piped_to_a_reader_that_leaves_early_is_no_error() -> None:
+    # `switchyard route "..." --json | head -3`: head leaves, and the rest of the output has nowhere to go
+    proc = subprocess.Popen([*CLI, "route", "Prove that sqrt(2) is irrational.", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert stderr == ""
