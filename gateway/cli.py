@@ -158,8 +158,14 @@ def cmd_route(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gateway.router.training.train import train
-
+    try:
+        from gateway.router.training.train import train
+    except ModuleNotFoundError as exc:  # scipy is the `train` extra: serving never needs it
+        if (exc.name or "").partition(".")[0] != "scipy":
+            raise
+        print("switchyard train: training needs scipy, which the plain install leaves out: "
+              "pip install 'switchyard[train]' (in a checkout: pip install -e '.[train]')", file=sys.stderr)
+        return 1
     train(args.data, args.out, base=args.base, seed=args.seed, progress=not args.quiet)
     print(f"router written to {args.out}; point the gateway at it with `router_artifact: {args.out}`")
     return 0
@@ -394,9 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the gateway from a config file")
     s.add_argument("--config", help="gateway YAML (default: $SWITCHYARD_CONFIG)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=_port, default=8080)
-    s.add_argument("--log-level", default="info")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
+    s.add_argument("--port", type=_port, default=8080, help="port to listen on (default: %(default)s)")
+    s.add_argument("--log-level", default="info", help="debug, info, warning or error (default: %(default)s)")
     s.add_argument("--workers", type=int, default=1,
                    help="worker processes on this host, sharing the port, each with its own app (default 1); "
                         "they share budgets, rate limits and the cache only through redis_url")
@@ -406,17 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     d = sub.add_parser("demo", help="run the gateway on built-in simulated models (no keys, no Redis)")
-    d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=_port, default=8080)
+    d.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default: %(default)s)")
+    d.add_argument("--port", type=_port, default=8080, help="port the gateway listens on (default: %(default)s)")
     d.add_argument("--sim-port", type=_port, default=0, help="port of the simulated models (0: any free)")
-    d.add_argument("--log-level", default="warning")
+    d.add_argument("--log-level", default="warning", help="debug, info, warning or error (default: %(default)s)")
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("simulate", help="run only the simulated OpenAI-compatible model server")
-    m.add_argument("--host", default="127.0.0.1")
-    m.add_argument("--port", type=_port, default=9000)
-    m.add_argument("--models", help="YAML with {models: [{name, ability, ttft_ms, ...}]}")
-    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    m.add_argument("--port", type=_port, default=9000, help="port to listen on (default: %(default)s)")
+    m.add_argument("--models", help="YAML with {models: [{name, ability, ttft_ms, ...}]} "
+                                    "(default: sim-small, sim-medium, sim-large)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the simulated answers at temperature > 0 "
+                                                       "(default: %(default)s)")
     m.set_defaults(func=cmd_simulate)
 
     r = sub.add_parser("route", help="explain where a prompt would go, or score a file of prompts")
@@ -437,8 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--base", help="adapt this router (`default` = the shipped one, or a directory) to the new "
                                   "labels instead of training from scratch; it keeps what it knew")
     t.add_argument("--out", required=True, help="directory for the trained router")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--seed", type=int, default=0, help="seed of the fit's random draws (default: %(default)s)")
+    t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=cmd_train)
 
     rt = sub.add_parser("router", help="router versions: evaluate a candidate, promote it to every replica, roll back")
@@ -459,11 +467,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the comparison as JSON")
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
     pr = rs.add_parser("promote", help="validate a router directory and make every replica serve it")
-    pr.add_argument("directory")
+    pr.add_argument("directory", help="router directory made by `switchyard train`")
     rb = rs.add_parser("rollback", help="serve the router before the last change again (or VERSION)")
     rb.add_argument("version", nargs="?", help="a version (name@hash), a name, a hash prefix, or `configured`")
     hi = rs.add_parser("history", help="list promotions and rollbacks, and what is served now")
-    hi.add_argument("--json", action="store_true")
+    hi.add_argument("--json", action="store_true", help="print the history as JSON")
     for cmd in (pr, rb, hi):
         cmd.add_argument("--config", help=config_help)
     for cmd in (pr, rb):
@@ -472,7 +480,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pc = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
     c = pc.add_parser("check", help="validate policy files and run their golden examples (for CI)")
-    c.add_argument("folder", nargs="?", default="routing_policies")
+    c.add_argument("folder", nargs="?", default="routing_policies",
+                   help="folder of policy YAML files (default: %(default)s)")
     c.add_argument("--config", help="gateway YAML to bind against (default: the embedded default)")
     c.set_defaults(func=cmd_policy_check)
     k = pc.add_parser(
@@ -537,10 +546,24 @@ def build_parser() -> argparse.ArgumentParser:
     keys_cli.add_parser(sub)
 
     b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. routing_quality, overhead)")
-    b.add_argument("name")
+    b.add_argument("name", help="a benchmark in ./benchmarks (run from the repository root): routing_quality, "
+                                "test_time_compute, overhead, rate_limits, fault_soak, fuzz")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     b.set_defaults(func=cmd_bench)
+    _describe(p)
     return p
+
+
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Open each subcommand's --help with its line from its parent's list, when it has no text of its own:
+    `switchyard demo --help` otherwise shows options and nothing of what the command does."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            summaries = {a.dest: a.help for a in action._choices_actions}
+            for name, child in action.choices.items():
+                if child.description is None:
+                    child.description = summaries.get(name)
+                _describe(child)
 
 
 def _command_name(args: argparse.Namespace) -> str:
@@ -559,6 +582,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(getattr(args, "log_level", "warning"), args.log_format if args.command == "serve" else "text")
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # the reader left (`| head`): nothing to report, and nothing left to flush
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except ConfigError as exc:
         print(f"switchyard: invalid configuration:\n{exc}", file=sys.stderr)
         return 2

@@ -156,6 +156,10 @@ def calibrate(name: str, traffic: Path, config_path: str | None, *, progress: bo
     signals = (assess(router, m, config.deployments)
                for m in tqdm(requests, desc="scoring", unit="prompt", disable=not progress or len(requests) < 500))
     sketch = sketch_of(signals, policy, catalog)
+    if not sketch.weight:  # a threshold over no choices is inf, and every figure 0: say why instead
+        raise ConfigError(f"policy '{name}': no prompt of {traffic} leaves it a choice between a cheaper and a "
+                          f"stronger plan (its constraints leave at most one feasible), so its target never applies; "
+                          f"`switchyard route --policy {name} PROMPT` shows what removes each candidate")
     target = policy.spec.target
     threshold = Quantiles.of(sketch).threshold(share_for(target, sketch))
     e, cheap, strong = expected(sketch, threshold), expected(sketch, math.inf), expected(sketch, -math.inf)

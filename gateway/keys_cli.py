@@ -98,17 +98,22 @@ def add_parser(sub: Any) -> None:
         return p
 
     c = common(ks.add_parser("create", help="create a key (printed once)"))
-    c.add_argument("--tenant", required=True)
-    c.add_argument("--name")
+    c.add_argument("--tenant", required=True, help="the tenant the key belongs to (narrowed by it if configured)")
+    c.add_argument("--name", help="a label for people (not secret)")
     c.add_argument("--policies", help="comma-separated policies the key may use (default: its tenant's)")
     c.add_argument("--deployments", help="comma-separated deployments it may pin by name")
     c.add_argument("--budget", metavar="USD", type=_usd, help="spend limit in USD per --period")
-    c.add_argument("--period", choices=("day", "week", "month", "total"), default="total")
-    c.add_argument("--requests-per-minute", type=int)
-    c.add_argument("--tokens-per-minute", type=int)
-    c.add_argument("--expires-at", metavar="ISO8601")
-    c.add_argument("--metadata", action="append", metavar="KEY=VALUE", type=_pair)
+    c.add_argument("--period", choices=("day", "week", "month", "total"), default="total",
+                   help="the --budget's UTC calendar period (default: %(default)s)")
+    c.add_argument("--requests-per-minute", type=int, help="the key's own request rate limit")
+    c.add_argument("--tokens-per-minute", type=int, help="the key's own token rate limit")
+    c.add_argument("--expires-at", metavar="ISO8601", help="when the key stops working (UTC if no offset)")
+    c.add_argument("--metadata", action="append", metavar="KEY=VALUE", type=_pair,
+                   help="a string to keep with the record (repeatable)")
     lst = common(ks.add_parser("list", help="every key (never the key itself: its prefix and hash prefix)"))
     lst.add_argument("--tenant", help="only this tenant's keys")
-    common(ks.add_parser("revoke", help="revoke a key: refused by every replica within a second")).add_argument("id")
-    common(ks.add_parser("rotate", help="a new secret for a key (printed once); the old one stops")).add_argument("id")
+    id_help = "the key's id: `id` in `keys list`, the ID of sk-sy-ID-SECRET"
+    common(ks.add_parser("revoke", help="revoke a key: refused by every replica within a second")).add_argument(
+        "id", help=id_help)
+    common(ks.add_parser("rotate", help="a new secret for a key (printed once); the old one stops")).add_argument(
+        "id", help=id_help)

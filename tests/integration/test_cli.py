@@ -3,6 +3,7 @@ policy check, and configuration errors that name the culprit."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -10,10 +11,12 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from gateway.cli import build_parser
 from gateway.messages import count_messages
 from tests.support.processes import ROOT, free_port
 
@@ -29,6 +32,22 @@ def test_help_explains_every_command() -> None:
     out = _run("--help").stdout
     for command in ("serve", "demo", "simulate", "route", "train", "router", "policy", "bench"):
         assert command in out
+
+
+def _undocumented(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[str]:
+    """Every command without a description and every argument without help, by the words a user types."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                if not child.description:
+                    yield " ".join((*path, name))
+                yield from _undocumented(child, (*path, name))
+        elif action.help is None:
+            yield " ".join((*path, action.option_strings[-1] if action.option_strings else action.dest))
+
+
+def test_every_command_and_argument_says_what_it_is_in_its_help() -> None:
+    assert list(_undocumented(build_parser())) == []
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +195,48 @@ def test_a_bad_argument_or_file_is_an_error_naming_it_not_a_traceback(tmp_path: 
     out = _run(*argv, *(["--url", "http://127.0.0.1:9"] if argv[0] == "keys" else []))
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert says.format(**files) in out.stderr, out.stderr
+
+
+# The plain install (`pip install -e .`) has no scipy: training needs the `train` extra.
+_WITHOUT_SCIPY = """
+import sys
+class _Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "scipy":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _Absent())
+from gateway.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_train_without_scipy_names_the_extra_to_install_not_a_traceback(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_SCIPY, "train", "--data",
+                          str(ROOT / "tests/fixtures/router_small.jsonl"), "--out", str(tmp_path / "r")],
+                         capture_output=True, text=True, timeout=60, cwd=ROOT, env=ENV)
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == [
+        "switchyard train: training needs scipy, which the plain install leaves out: "
+        "pip install 'switchyard[train]' (in a checkout: pip install -e '.[train]')"], out.stderr
+
+
+def test_calibrating_a_policy_whose_constraints_leave_no_choice_says_so_not_zeros(tmp_path: Path) -> None:
+    # latency-sla's 800 ms objective removes the large model for every prompt of the embedded config:
+    # the target never applies, and the figures were a threshold of inf and a quality and cost of 0
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text("".join(p.read_text() for p in sorted((ROOT / "tests/fixtures/routing_small").iterdir())))
+    out = _run("policy", "calibrate", "latency-sla", "--traffic", str(traffic), "--quiet")
+    assert out.returncode == 1 and out.stdout == "", out.stdout
+    assert out.stderr.startswith(f"switchyard policy calibrate: policy 'latency-sla': no prompt of {traffic} leaves "
+                                 "it a choice between a cheaper and a stronger plan"), out.stderr
+
+
+def test_output_piped_to_a_reader_that_leaves_early_is_no_error() -> None:
+    # `switchyard route "..." --json | head -3`: head leaves, and the rest of the output has nowhere to go
+    proc = subprocess.Popen([*CLI, "route", "Prove that sqrt(2) is irrational.", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=ROOT, env=ENV)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    proc.wait(timeout=60)
+    assert stderr == ""
