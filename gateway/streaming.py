@@ -31,23 +31,33 @@ def stream_body(body: dict[str, Any]) -> dict[str, Any]:
 # A message's text fields besides `content` that a stream sends in pieces: kept, so that a whole answer
 # rebuilt from a stream carries them as the server's whole answer would.
 _PIECED = ("refusal", "reasoning_content", "reasoning")
+_META = ("id", "created", "model", "system_fingerprint")
 
 
 class Accumulator:
+    """A stream's chunks back into the chat.completion the server would have answered whole: every
+    choice by its index, with its text, refusal, reasoning, citations, tool calls (or a legacy
+    `function_call`), logprobs (of content and refusal) and finish reason, under the answer's id,
+    model, creation time, fingerprint and service tier."""
+
     def __init__(self) -> None:
         self.meta: dict[str, Any] = {}
         self.texts: dict[int, list[str]] = {}
+        self.said: set[int] = set()  # choices whose deltas carried `content` (a string, even "")
         self.pieced: dict[int, dict[str, list[str]]] = {}  # choice -> refusal / reasoning pieces
+        self.named: dict[int, set[str]] = {}  # choice -> pieced fields a delta carried, even as null
         self.annotations: dict[int, list[Any]] = {}  # choice -> its citations (a web search's)
         self.roles: dict[int, str] = {}
         self.finish: dict[int, str | None] = {}
         self.calls: dict[int, dict[int, dict[str, Any]]] = {}  # choice -> tool call index -> call so far
-        self.logprobs: dict[int, list[Any]] = {}
+        self.functions: dict[int, dict[str, str]] = {}  # choice -> its legacy function_call so far
+        self.logprobs: dict[int, dict[str, list[Any] | None]] = {}  # choice -> content / refusal logprobs
         self.thought: list[str] = []  # reasoning deltas, of every choice: only counted
 
     def add(self, chunk: dict[str, Any]) -> None:
-        if not self.meta:
-            self.meta = {k: chunk.get(k) for k in ("id", "created", "model", "system_fingerprint")}
+        for key in _META:  # the first chunk that says (Azure's first one has no id, model or time)
+            if not self.meta.get(key):
+                self.meta[key] = chunk.get(key)
         if chunk.get("service_tier"):  # the tier it ran under, which its price follows
             self.meta["service_tier"] = chunk["service_tier"]
         for choice in chunk.get("choices") or ():
@@ -57,28 +67,43 @@ class Accumulator:
                 self.roles[i] = delta["role"]
             if thought := reasoning_text(delta):
                 self.thought.append(thought)
-            if delta.get("content"):
-                self.texts.setdefault(i, []).append(delta["content"])
-            else:
-                self.texts.setdefault(i, [])
+            self.texts.setdefault(i, [])
+            if isinstance(delta.get("content"), str):
+                self.said.add(i)
+                if delta["content"]:
+                    self.texts[i].append(delta["content"])
             for name in _PIECED:
+                if name in delta:
+                    self.named.setdefault(i, set()).add(name)
                 if isinstance(piece := delta.get(name), str) and piece:
                     self.pieced.setdefault(i, {}).setdefault(name, []).append(piece)
             if isinstance(delta.get("annotations"), list):
                 self.annotations.setdefault(i, []).extend(delta["annotations"])
             if delta.get("tool_calls"):
                 self._add_calls(i, delta["tool_calls"])
-            if (choice.get("logprobs") or {}).get("content"):
-                self.logprobs.setdefault(i, []).extend(choice["logprobs"]["content"])
+            if isinstance(function := delta.get("function_call"), dict):
+                so_far = self.functions.setdefault(i, {"name": "", "arguments": ""})
+                so_far["name"] += function.get("name") or ""
+                so_far["arguments"] += function.get("arguments") or ""
+            if isinstance(logprobs := choice.get("logprobs"), dict):
+                kept = self.logprobs.setdefault(i, {"content": None, "refusal": None})
+                for name in ("content", "refusal"):
+                    if isinstance(logprobs.get(name), list):
+                        kept[name] = [*(kept[name] or ()), *logprobs[name]]
             if choice.get("finish_reason"):
                 self.finish[i] = choice["finish_reason"]
 
     def _add_calls(self, i: int, deltas: list[dict[str, Any]]) -> None:
-        """Tool calls arrive as a head (id, type, name) and then their arguments in pieces."""
+        """Tool calls arrive as a head (id, type, name) and then their arguments in pieces. A server that
+        numbers none (Gemini's OpenAI compatibility) sends each call whole: a new id is a new call."""
         calls = self.calls.setdefault(i, {})
         for d in deltas:
-            call = calls.setdefault(int(d.get("index", 0)), {"id": None, "type": "function",
-                                                             "function": {"name": "", "arguments": ""}})
+            if "index" in d:
+                k = int(d["index"])
+            else:
+                last = max(calls, default=None)
+                k = last if last is not None and d.get("id") in (None, calls[last]["id"]) else len(calls)
+            call = calls.setdefault(k, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
             call["id"] = d.get("id") or call["id"]
             call["type"] = d.get("type") or call["type"]
             function = d.get("function") or {}
@@ -91,8 +116,10 @@ class Accumulator:
 
     def completion_tokens_estimate(self) -> int:
         """Tokens relayed so far, counted (for streams that end without a usage chunk): the answers, their
-        tool calls and the reasoning streamed before them."""
+        refusals, tool calls (or function call) and the reasoning streamed before them."""
         text = sum(count_text("".join(t)) for t in self.texts.values()) + count_text("".join(self.thought))
+        text += sum(count_text("".join(p.get("refusal", ()))) for p in self.pieced.values())
+        text += sum(count_text(f["name"] + f["arguments"]) for f in self.functions.values())
         return text + sum(count_text(c["function"]["name"] + c["function"]["arguments"])
                           for calls in self.calls.values() for c in calls.values())
 
@@ -101,34 +128,46 @@ class Accumulator:
                 "usage": usage.as_dict()}
 
     def _choice(self, i: int) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": self.roles.get(i, "assistant"), "content": "".join(self.texts[i])}
+        # No content delta at all (a refusal, a tool call): null, as the whole answer has it.
+        content = "".join(self.texts[i]) if i in self.said else None
+        message: dict[str, Any] = {"role": self.roles.get(i, "assistant"), "content": content}
         if i in self.calls:
             message["tool_calls"] = [self.calls[i][k] for k in sorted(self.calls[i])]
             message["content"] = message["content"] or None
-        for name, pieces in self.pieced.get(i, {}).items():
-            message[name] = "".join(pieces)
+        if i in self.functions:
+            message["function_call"] = self.functions[i]
+            message["content"] = message["content"] or None
+        pieces = self.pieced.get(i, {})
+        for name in _PIECED:
+            if name in pieces:
+                message[name] = "".join(pieces[name])
+            elif name in self.named.get(i, ()):  # sent as null (OpenAI's `refusal`): kept as null
+                message[name] = None
         if i in self.annotations:
             message["annotations"] = self.annotations[i]
-        choice = {"index": i, "message": message, "finish_reason": self.finish.get(i)}
-        if i in self.logprobs:
-            choice["logprobs"] = {"content": self.logprobs[i]}
-        return choice
+        return {"index": i, "message": message, "logprobs": self.logprobs.get(i), "finish_reason": self.finish.get(i)}
 
 
 def replay(body: dict[str, Any], include_usage: bool, piece_chars: int = 24) -> Iterator[dict[str, Any]]:
-    """A complete chat.completion as a stream of chunks, in pieces of about `piece_chars` characters."""
+    """A complete chat.completion as a stream of chunks, in pieces of about `piece_chars` characters of
+    content; what else a message holds (refusal, reasoning, citations, a function call) comes whole in
+    its first chunk, so that `Accumulator` gives the same answer back."""
     base = {"id": body.get("id"), "object": "chat.completion.chunk", "created": body.get("created"),
             "model": body.get("model")}
+    base.update({k: body[k] for k in ("system_fingerprint", "service_tier") if body.get(k) is not None})
     for choice in body.get("choices") or ():
         i = choice.get("index", 0)
         message = choice.get("message") or {}
-        yield {**base, "choices": [{"index": i, "delta": {"role": message.get("role", "assistant"), "content": ""},
-                                    "finish_reason": None}]}
-        text = message.get("content") or ""
+        text = message.get("content")
+        text = text if isinstance(text, str) else None
         logprobs = choice.get("logprobs")
-        for start in range(0, len(text), piece_chars):
+        head = {k: v for k, v in message.items() if k not in ("content", "tool_calls")}
+        yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", **head, "content": "" if text is not None
+                                                          else None},
+                                    "logprobs": None if text else logprobs, "finish_reason": None}]}
+        for start in range(0, len(text or ""), piece_chars):
             # The choice's logprobs ride on its first content chunk.
-            yield {**base, "choices": [{"index": i, "delta": {"content": text[start:start + piece_chars]},
+            yield {**base, "choices": [{"index": i, "delta": {"content": (text or "")[start:start + piece_chars]},
                                         "logprobs": logprobs if start == 0 else None, "finish_reason": None}]}
         if message.get("tool_calls"):
             calls = [{**call, "index": k} for k, call in enumerate(message["tool_calls"])]

@@ -33,6 +33,7 @@ log = logging.getLogger("switchyard.upstream")
 
 DRAIN_S = 30.0  # how long a call given up on is still read for an answer on its way
 LATE = "late"   # the role of such a call in the ledger
+CUT = "cut"     # the role of a call that broke off part-way through its answer
 
 LateBill = Callable[[CallRecord | None], Awaitable[None]]
 
@@ -90,3 +91,14 @@ async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallR
     finally:
         if ended is not None:  # once, however it ended: billed, or its hold given back
             await ended(record)
+
+
+async def bill_cut(record: CallRecord) -> None:
+    """Bill the request for a call that broke off part-way through its answer (a whole answer read
+    from a stream that failed after its first chunk): the provider bills what it generated, and the
+    request goes on to a retry or fallback, so the call is billed beside the answer, as a late one is."""
+    sink = late_bills.get()
+    if sink is None:
+        return
+    ended = sink.open(record.cost_usd)
+    await ended(CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, CUT))

@@ -50,7 +50,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
-from gateway.executor.drain import DRAIN_S, drain
+from gateway.executor.drain import DRAIN_S, bill_cut, drain
 from gateway.executor.result import CallRecord
 from gateway.keyed import tenant_salt
 from gateway.media_tokens import messages_audio_tokens
@@ -340,7 +340,9 @@ class Upstreams:
                           headers: Mapping[str, str] | None, first_chunk: Callable[[], None]) -> Completion:
         """A whole answer asked for as a stream (`body` streams) and rebuilt as the server would have
         sent it whole; `first_chunk()` as its first chunk comes. Cancelled (a drained call read too
-        long), it closes the upstream stream."""
+        long), it closes the upstream stream. A stream that fails, or ends before every choice has its
+        finish reason, after its first chunk is a failure (never a half answer passed off as whole),
+        and what it generated is billed (`drain.bill_cut`)."""
         started = time.perf_counter()
         chunks = self.backends[name].stream(self._patient[name], body, stats, headers)
         acc: Accumulator | None = None
@@ -350,6 +352,13 @@ class Upstreams:
                     acc = Accumulator()
                     first_chunk()
                 acc.add(piece)
+            if acc is not None and not acc.finished:
+                raise ProviderFailure(f"{name}: stream ended before the answer finished",
+                                      reason="stream ended before the answer finished")
+        except ProviderFailure:
+            if acc is not None:
+                await bill_cut(self._cut_record(name, body, stats.usage, acc, time.perf_counter() - started))
+            raise
         finally:
             await chunks.aclose()  # type: ignore[attr-defined]
         if acc is None:
@@ -358,6 +367,15 @@ class Upstreams:
         if not stats.usage.total_tokens:  # none reported: counted by the caller, as a whole answer's
             answer.pop("usage")
         return Completion(answer, stats.usage, time.perf_counter() - started)
+
+    def _cut_record(self, name: str, body: dict[str, Any], usage: Usage, acc: Accumulator,
+                    latency_s: float) -> CallRecord:
+        """A call that broke off: its usage if the upstream sent one, else its prompt and what came, counted."""
+        if not usage.total_tokens:
+            messages = body.get("messages") or ()
+            usage = Usage(prompt_tokens(messages), acc.completion_tokens_estimate(),
+                          prompt_audio_tokens=messages_audio_tokens(messages))
+        return CallRecord(name, usage, self.prices[name].cost(usage, terms_of(body)), latency_s)
 
     def _measure(self, name: str, seconds: float, usage: Usage, error_type: str = "") -> None:
         assert self.metrics is not None

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from aiohttp.http_exceptions import LineTooLong
 
 from gateway.config import DeploymentConfig
 from gateway.providers.base import (
@@ -25,6 +26,7 @@ from gateway.providers.base import (
     parse_retry_after,
     upstream_model_name,
 )
+from gateway.streaming import replay
 
 
 class DirectBackend:
@@ -96,13 +98,7 @@ class DirectBackend:
             async with self._client().post(url, data=payload, headers=sent, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise _failure(deployment, resp, await resp.read())
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        break
-                    chunk = orjson.loads(data)
+                async for chunk in _chunks(deployment, resp):
                     if stats.ttft_s is None:
                         stats.ttft_s = time.perf_counter() - started
                     if chunk.get("usage"):
@@ -120,6 +116,55 @@ class DirectBackend:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The chunks of an upstream's answer to a stream request. An error it sends in the stream (vLLM's
+    `data: {"error": ...}` after some chunks, or a 200 JSON error body) is a failure, not a chunk:
+    relayed, or rebuilt into a whole answer, it would read as an answer cut short without saying so.
+    A server that answers whole anyway (one that ignores `stream`) is read as the same answer in chunks."""
+    if resp.content_type == "application/json":
+        answer = orjson.loads(await resp.read())
+        _raise_if_error(deployment, answer)
+        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+            raise ProviderFailure(f"{deployment.name}: upstream answered a stream with JSON that is no answer",
+                                  reason="upstream sent an invalid answer")
+        for chunk in replay(answer, include_usage=True, piece_chars=_WHOLE):
+            yield chunk
+        return
+    async for line in _lines(resp.content):
+        if not line.startswith(b"data:"):
+            continue
+        data = line[5:].strip()
+        if data == b"[DONE]":
+            break
+        chunk = orjson.loads(data)
+        _raise_if_error(deployment, chunk)
+        yield chunk
+
+
+_WHOLE = 1 << 62  # a text's one piece when a whole answer is read as chunks
+# The longest SSE line read: one chunk may carry a long piece (a tool call's arguments whole, a server
+# that sends its answer in one chunk), well past aiohttp's line limit (128 KiB), which raised unhandled.
+_MAX_LINE = 64 << 20
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The lines of an SSE body, however its bytes were split in transit, each up to `_MAX_LINE`."""
+    try:
+        while line := await content.readuntil(b"\n", max_size=_MAX_LINE):
+            yield line
+    except LineTooLong as exc:
+        raise ProviderFailure(f"upstream sent a stream line over {_MAX_LINE} bytes",
+                              reason="upstream sent an oversized stream chunk") from exc
+
+
+def _raise_if_error(deployment: DeploymentConfig, chunk: Any) -> None:
+    if isinstance(chunk, dict) and chunk.get("error") and not chunk.get("choices"):
+        error = chunk["error"]
+        stated = str(error.get("message") if isinstance(error, dict) else error)[:300]
+        raise ProviderFailure(f"{deployment.name}: upstream sent an error in its stream: {stated}",
+                              reason="upstream sent an error in its stream")
 
 
 def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: bytes) -> ProviderFailure:
