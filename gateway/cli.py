@@ -88,6 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"switchyard serve: --workers must be 1 or more, got {args.workers}", file=sys.stderr)
         return 2
+    # Before the config, the router and the store: a taken port would otherwise fail only after all of
+    # them, in uvicorn's words. (Port 0 asks for any free one.)
+    if args.port and not _port_free(args.host, args.port):
+        print(f"switchyard serve: {args.host}:{args.port} is in use; pick another with --port", file=sys.stderr)
+        return 1
     if args.workers > 1:
         from gateway.workers import serve
 

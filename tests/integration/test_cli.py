@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -144,6 +145,22 @@ def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> Non
     assert result.returncode == 2
     assert re.search(r"gateway.yaml: deployments\[0\].price.input_per_mtok: Input should be a valid number",
                      result.stderr), result.stderr
+
+
+def test_serve_on_a_port_in_use_refuses_in_one_line_before_starting_up(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("".join(f"  - {{name: {tier}, tier: {tier}, model: openai/x, api_base: 'http://127.0.0.1:9/v1', "
+                              "price: {input_per_mtok: 1, output_per_mtok: 1}}\n" for tier in ("small", "large"))
+                      .join(("deployments:\n", "")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            result = _run("serve", "--config", str(config), "--port", str(port), "--workers", workers)
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.splitlines() == [  # nothing of a start-up: it was never begun
+                f"switchyard serve: 127.0.0.1:{port} is in use; pick another with --port"], result.stderr
 
 
 def _bad_files(tmp: Path) -> dict[str, Path]:
