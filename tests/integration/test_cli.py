@@ -20,6 +20,7 @@ import pytest
 from gateway.cli import build_parser
 from gateway.messages import count_messages
 from tests.support.processes import ROOT, free_port
+from tests.support.routers import copy_default, mismatched
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 CLI = [sys.executable, "-m", "gateway.cli"]
@@ -161,6 +162,22 @@ def test_serve_on_a_port_in_use_refuses_in_one_line_before_starting_up(tmp_path:
             assert result.returncode == 1, result.stderr
             assert result.stderr.splitlines() == [  # nothing of a start-up: it was never begun
                 f"switchyard serve: 127.0.0.1:{port} is in use; pick another with --port"], result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_configured_router_whose_meta_and_arrays_disagree_in_one_line(
+        tmp_path: Path, workers: str) -> None:
+    router = copy_default(tmp_path / "my-router")
+    mismatched(router, "one model more than its arrays")  # it loads and answers the smoke prompts
+    config = tmp_path / "gateway.yaml"
+    config.write_text("".join(f"  - {{name: {tier}, tier: {tier}, model: openai/x, api_base: 'http://127.0.0.1:9/v1', "
+                              "price: {input_per_mtok: 1, output_per_mtok: 1}}\n" for tier in ("small", "large"))
+                      .join(("deployments:\n", "")) + f"router_artifact: {router}\n")
+    result = _run("serve", "--config", str(config), "--port", str(free_port()), "--workers", workers,
+                  "--log-level", "warning")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"switchyard serve: {router}: router.npz holds abilities (theta) of shape"), line
 
 
 def _bad_files(tmp: Path) -> dict[str, Path]:
