@@ -34,6 +34,8 @@ from typing import Any
 import httpx
 import yaml
 
+from benchmarks.progress import phase
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fuzz.md"
 TENANT_KEY = "sk-fuzz-tenant"
@@ -251,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     started = time.monotonic()
+    phase("starting the simulated models and the gateway")
     with running_stack() as url:
+        phase(f"fuzzing every operation, {args.examples} cases per operation and mode")
         result = fuzz(url, args.examples)
     text = report(result, args.examples, time.monotonic() - started)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"switchyard serve: --workers must be 1 or more, got {args.workers}", file=sys.stderr)
         return 2
+    # Before the config, the router and the store: a taken port would otherwise fail only after all of
+    # them, in uvicorn's words. (Port 0 asks for any free one.)
+    if args.port and not _port_free(args.host, args.port):
+        print(f"switchyard serve: {args.host}:{args.port} is in use; pick another with --port", file=sys.stderr)
+        return 1
     if args.workers > 1:
         from gateway.workers import serve
 
@@ -346,6 +351,25 @@ def cmd_policy_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCH_HELP = """\
+Run a benchmark of ./benchmarks (from the repository root); it writes its report to
+benchmarks/results/ and says on stderr what it is doing, a line per phase. `switchyard bench NAME
+--help` shows its own options.
+
+Where the data comes from:
+  routing_quality    the five routing-data files (mmlu_pro, arena_chat, cruxeval_code, llmrouter_mixed,
+                     theoremqa_stem .jsonl) in ../shared/data beside the repository (--data-dir DIR);
+                     fits sixteen routers: about an hour
+  test_time_compute  ../shared/data/mmlu_pro.jsonl and its mmlu_pro_prices.json (--data FILE)
+  overhead, rate_limits, fault_soak, fuzz
+                     no data: they start the simulated models, Redis and the gateway themselves
+A routing benchmark whose data is not there stops at once, in one line naming the folder or file.
+
+  switchyard bench routing_quality --data-dir /data/routing --work /tmp/fits --reuse
+  switchyard bench fault_soak --requests 2000
+"""
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     import importlib.util
     import runpy
@@ -364,6 +388,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     sys.argv = [f"benchmarks.{args.name}", *args.rest]
     runpy.run_module(f"benchmarks.{args.name}", run_name="__main__")
     return 0
+
+
+# `router evaluate --split`: the routing data's own splits (`hash_split`), or every row
+# (`admin.split_rows`). Here rather than there: building the parser imports no numpy.
+SPLITS = ("validation", "train", "all")
 
 
 def _port(raw: str) -> int:
@@ -455,7 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev = rs.add_parser("evaluate", help="compare a candidate router with the serving one on labelled data")
     ev.add_argument("candidate", help="router directory made by `switchyard train`")
     ev.add_argument("--data", required=True, help="JSONL in the routing-data schema")
-    ev.add_argument("--split", default="validation", help="rows to score: validation (default), train or all")
+    ev.add_argument("--split", default="validation", choices=SPLITS,
+                    help="rows to score: validation (default), train or all")
     ev.add_argument("--weak", help="the weak model of the pair (default: the file's usual pairs)")
     ev.add_argument("--strong", help="the strong model of the pair")
     ev.add_argument("--policy", help="take the share/quality target from this policy's `target`")
@@ -545,7 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     keys_cli.add_parser(sub)
 
-    b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. routing_quality, overhead)")
+    b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. routing_quality, overhead)",
+                       description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("name", help="a benchmark in ./benchmarks (run from the repository root): routing_quality, "
                                 "test_time_compute, overhead, rate_limits, fault_soak, fuzz")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")

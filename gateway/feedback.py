@@ -92,7 +92,9 @@ class Completed:
     messages: Sequence[Mapping[str, Any]]
     signal: RouteSignal | None
     calls: tuple[CallRecord, ...]
-    prompt_tokens: int
+    # The gateway's own count of the prompt (tiktoken, one call's), which routing priced plans on; None
+    # when nothing counted it (a pinned request). Never what was billed: that is summed over `calls`.
+    prompt_tokens_estimate: int | None
     router_version: str
     decision: Decision | None = None  # its candidates give the savings against the dearest one
     policy_version: str | None = None  # the version of `policy` that decided (None when pinned)
@@ -100,16 +102,21 @@ class Completed:
 
 def build_record(c: Completed, digests: Digests) -> dict[str, Any]:
     text = routing_prompt(c.messages)
-    cost, completion = 0.0, 0
-    for x in c.calls:  # a loop, not two generator sums: one record per request
+    # cost_usd, prompt_tokens and completion_tokens are billed, summed over every call of the request
+    # (its samples, judge, escalation, a hedge's losing leg), as the spend ledger sums them.
+    cost, prompt, completion = 0.0, 0, 0
+    for x in c.calls:  # a loop, not three generator sums: one record per request
         cost += x.cost_usd
+        prompt += x.usage.prompt_tokens
         completion += x.usage.completion_tokens
     record: dict[str, Any] = {
         "request_id": c.request_id, "time": rounded(c.at, MS), "tenant": c.tenant.name, "policy": c.policy,
         "entry": c.entry, "plan": c.plan, "deployment": c.deployment, "router_version": c.router_version,
-        "policy_version": c.policy_version, "cost_usd": cost, "prompt_tokens": c.prompt_tokens,
+        "policy_version": c.policy_version, "cost_usd": cost, "prompt_tokens": prompt,
         "completion_tokens": completion,
     }
+    if c.prompt_tokens_estimate is not None:
+        record["prompt_tokens_estimate"] = c.prompt_tokens_estimate
     counterfactual, chosen, dearest = savings(c.decision, cost)
     record["counterfactual_usd"] = counterfactual
     if chosen is not None and dearest is not None:

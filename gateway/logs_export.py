@@ -110,7 +110,13 @@ def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, s
         models.setdefault(names.get(against, against), {"score": 1.0})
     row_id = f"traffic/{record['tenant']}/{record['request_id']}"
     return {"id": row_id, "split": hash_split(row_id), "category": f"traffic/{record.get('category') or 'unknown'}",
-            "prompt": record["prompt"], "prompt_tokens": int(record.get("prompt_tokens") or 0), "models": models}
+            "prompt": record["prompt"], "prompt_tokens": prompt_length(record), "models": models}
+
+
+def prompt_length(record: Mapping[str, Any]) -> int:
+    """The routing data's `prompt_tokens` is one prompt's length: the gateway's count where it made one,
+    else (a pinned request, or a record written before the count had its own field) the billed count."""
+    return int(record.get("prompt_tokens_estimate") or record.get("prompt_tokens") or 0)
 
 
 def model_names(deployments: Sequence[DeploymentConfig]) -> dict[str, str]:

@@ -569,14 +569,13 @@ class Learning:
 def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[CallRecord, ...],
           body: dict[str, Any]) -> None:
     """Queue the request's record, and maybe a shadow job: no await, nothing on the response path."""
-    # Routed requests counted their prompt; a pinned one takes the upstream's own count rather than
-    # paying for a tokenizer pass here.
-    prompt_tokens = it.route.counted if it.route.counted is not None else sum(c.usage.prompt_tokens for c in calls)
+    # The record bills what `calls` were billed; beside it, the prompt as routing counted it (a pinned
+    # request was not counted, and is not counted here: no tokenizer pass for it).
     if svc.requests is not None and it.request_id:
         svc.requests.add(Completed(
             it.request_id, time.time(), it.tenant, it.entry.name,
             None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
-            it.decision.signal if it.decision else None, calls, prompt_tokens, it.route.router_version,
+            it.decision.signal if it.decision else None, calls, it.route.counted, it.route.router_version,
             it.decision, None if it.entry.pinned else it.entry.policy.version))
     shadow = it.entry.policy.shadow
     if shadow is not None and svc.shadow is not None and not it.entry.pinned:
@@ -672,4 +671,4 @@ class _LiveStream:
             body = acc.body(record.usage)
             if self.key is not None:
                 await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
-            learn(self.svc, self.learning, self.label, live.deployment, (*live.earlier, record), body)
+            learn(self.svc, self.learning, self.label, live.deployment, calls, body)  # hedge losers too

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from gateway.ledger import Window, read_spend, spend_table
@@ -36,12 +37,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def plain_decimal(value: float) -> str:
+    """The float's shortest exact text (`repr`, which reads back as the same float) without an exponent:
+    4.698e-05 is 0.00004698. `str` writes small costs in scientific notation, which a spreadsheet may
+    read as text, or round on the way in."""
+    return format(Decimal(repr(value)), "f")
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    return plain_decimal(value) if isinstance(value, float) else value
+
+
 def as_csv(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow([*group_by, *METRIC_COLUMNS])
     for row in rows:
-        writer.writerow(["" if row[c] is None else row[c] for c in (*group_by, *METRIC_COLUMNS)])
+        writer.writerow([_csv_cell(row[c]) for c in (*group_by, *METRIC_COLUMNS)])
     return out.getvalue()
 
 

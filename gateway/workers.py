@@ -32,8 +32,10 @@ def serve(config_path: str, host: str, port: int, workers: int, log_level: str, 
     import uvicorn
 
     from gateway.api.http_limits import BoundedHttpToolsProtocol
+    from gateway.router.serving import load_dir
 
-    load_config(config_path)  # a bad config fails here, once, rather than in every worker
+    config = load_config(config_path)  # a bad config fails here, once, rather than in every worker
+    load_dir(config.router_artifact)  # and so does a broken router (`ArtifactError`, one line)
     os.environ[ENV_CONFIG] = str(Path(config_path).resolve())
     os.environ[_ENV_LOGGING] = f"{log_level} {log_format or ''}".strip()
     try:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmarks.progress import phase
 from gateway.executor.drain import DRAIN_S
 from gateway.ledger import Window
 from gateway.spend_report import spend_rows
@@ -173,6 +174,7 @@ class _Soak:
 
     async def phase(self, name: str, asks: list[Ask], outage_at: int | None = None,
                     concurrency: int | None = None) -> Phase:
+        phase(f"{name}: {len(asks)} requests")
         self.sim.reset()
         since = time.time()
         before = await _ledger_calls(self.redis.url, since)  # the previous phase has settled
@@ -223,6 +225,7 @@ async def run_soak(settings: SoakSettings) -> SoakReport:
 
 
 async def _phases(soak: _Soak, s: SoakSettings, started: float) -> SoakReport:
+    phase(f"warming up the gateway: {s.warmup_requests} requests")
     await drive(soak.gateway.url, mix(s.warmup_requests, s.seed + 100), s.concurrency)  # imports, pools, caches
     rss_before = soak.gateway.rss_mb()
     await _settled_calls(soak.redis.url, time.time())  # the warm-up's bills are in before the first count

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from benchmarks.progress import missing, phase
 from benchmarks.routing_quality.baselines import fit_tfidf_ridge
 from benchmarks.routing_quality.files import DEFAULT_DATA, FILES, PREVIOUS, RESULTS
 from benchmarks.routing_quality.report import apgr_plot, report
@@ -58,6 +59,7 @@ class Fits:
     def get(self, tag: str, fit: Callable[[Path], None]) -> tuple[Router, Path]:
         path = self.work / tag
         if not (self.reuse and (path / "router.npz").exists()):
+            phase(f"fitting the {tag} router")
             t = time.perf_counter()
             fit(path)
             print(f"fitted {tag} in {time.perf_counter() - t:.0f} s", file=sys.stderr, flush=True)
@@ -125,16 +127,19 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None,
     run's results instead of being fitted again (by file, then column)."""
     from gateway.router.training.train import prepare
 
+    phase(f"reading the five files from {data_dir} and featurising their prompts")
     data = load_many([data_dir / f"{f}.jsonl" for f in FILES])
     prep = prepare(data, progress=False)
     train = data.split == "train"
     vals = {f: data.subset((data.domain == f) & (data.split == "validation")) for f in FILES}
     all_rows = np.nonzero(train)[0]
+    # about an hour in all on a busy two-core machine: the in-domain fit ~9 min, each file's several more
     indomain, indomain_path = fits.get("in_domain", _fit_to(prep, all_rows))
     if shipped is not None:
         shutil.copytree(indomain_path, shipped, dirs_exist_ok=True)
     res: dict[str, dict[str, float]] = {}
-    for f, val in vals.items():
+    for i, (f, val) in enumerate(vals.items(), 1):
+        phase(f"{f} ({i}/{len(vals)}): baselines, the in-domain router and TF-IDF ridges")
         r = res.setdefault(f, fixed_baselines(val, f))
         r["previous router"] = PREVIOUS[f]
         r["in-domain router"] = pair_apgr(val, router_score(indomain, val, f), f)
@@ -145,6 +150,7 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None,
         lodo, lodo_path = fits.get(f"lodo_{f}", _fit_to(prep, others))
         r["lodo router"] = pair_apgr(val, router_score(lodo, val, f), f)
         r["lodo tfidf difficulty"] = pair_apgr(val, tfidf_difficulty(data, others, val), f)
+        phase(f"{f}: adapting the leave-one-out router to the file's train split")
         own_prep = prepare(data.subset(data.domain == f), progress=False)
         own_rows = np.nonzero(own_prep.data.split == "train")[0]
         adapted, _ = fits.get(f"adapted_{f}", _adapt_to(lodo_path, own_prep, own_rows))
@@ -156,6 +162,7 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None,
             scratch, _ = fits.get(f"scratch_{f}", _fit_to(own_prep, own_rows))
             r["retrained on the file alone"] = pair_apgr(val, router_score(scratch, val, f), f)
         r["tfidf gain, file's labels"] = pair_apgr(val, tfidf_gain(data, own, val, f), f)
+        phase(f"{f}: what adapting did to the other files")
         before = [pair_apgr(vals[g], router_score(lodo, vals[g], g), g) for g in FILES if g != f]
         after = [pair_apgr(vals[g], router_score(adapted, vals[g], g), g) for g in FILES if g != f]
         r["others before adapting"] = float(np.mean(before))
@@ -180,9 +187,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--before", action="store_true",
                     help="show the previous results' adapted figures as an 'adapted before' column")
     a = ap.parse_args(argv)
-    missing = [f for f in FILES if not (a.data_dir / f"{f}.jsonl").is_file()]
-    if missing:
-        ap.error(f"routing data not found in {a.data_dir}: {', '.join(missing)} (pass --data-dir)")
+    if not a.data_dir.is_dir():
+        missing(ap.prog, f"no routing data folder at {a.data_dir} (the five shared files; pass --data-dir DIR)")
+    absent = [f"{f}.jsonl" for f in FILES if not (a.data_dir / f"{f}.jsonl").is_file()]
+    if absent:
+        missing(ap.prog, f"routing data folder {a.data_dir} lacks {', '.join(absent)} (pass --data-dir DIR)")
     with tempfile.TemporaryDirectory() as tmp:
         work = a.work or Path(tmp)
         fits = Fits(work, a.reuse)
@@ -195,6 +204,8 @@ def main(argv: list[str] | None = None) -> None:
             for f in FILES:
                 res[f]["adapted router (before)"] = previous[f]["adapted router"]
         a.out.mkdir(parents=True, exist_ok=True)
+        phase("the report: the frontier" + ("" if a.no_latency else ", load time and assess() latency")
+              + f", written to {a.out}")
         apgr_plot(res, a.out)
         md = report(res, a.data_dir, work / "in_domain", a.out, not a.no_latency, carried=a.carry)
         (a.out / "routing_quality.md").write_text("\n".join(md), encoding="utf-8")

@@ -12,6 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmarks.progress import missing, phase
 from benchmarks.test_time_compute.calibrate import Fit, fit
 from benchmarks.test_time_compute.data import DEFAULT_DATA, Row, has_models, load_prices, load_rows
 from benchmarks.test_time_compute.frontier import VALUES_USD, build_matrices, compare, sweep
@@ -144,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="tiny run (smoke test): few prompts, coarse sweep")
     args = p.parse_args(argv)
     if not args.data.is_file():
-        p.error(f"routing data not found at {args.data}: pass --data FILE (a JSONL file in the shared data schema)")
+        missing(p.prog, f"no routing data at {args.data}"
+                + ("" if args.data.parent.is_dir() else f" (no folder {args.data.parent})")
+                + ": pass --data FILE (a JSONL file in the shared data schema)")
+    phase(f"reading {args.data} and the shipped router")
     router = load_router()
     train, val = load_rows(args.data, "train"), load_rows(args.data, "validation")
     prices = load_prices(args.data, train + val)
@@ -153,13 +157,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = train[:: max(1, len(train) // args.fit_rows)]
     models = [m for m in router.known_profiles() if m in prices]
     catalog = build_catalog(models, prices, router)
+    phase(f"assessing {len(train)} train prompts and fitting the calibration")
     fitted = fit(
         train, assess_rows(router, train, models, "train"), [*VOTE_SETS.values(), FLASH_SET], FIT_CASCADES, CALIBRATION
     )
+    phase(f"assessing {len(val)} validation prompts")
     signals = assess_rows(router, val, models, "validation")
     values = VALUES_USD[::6] if args.quick else VALUES_USD
     open_pool = singles((*SMALL, LLAMA70)) + ttc_arms(with_gemini=False)
     full_pool = singles(models) + ttc_arms(with_gemini=True)
+    phase(f"sweeping {len(values)} values of a correct answer over two pools of plans")
     results = [
         scenario("open-weights pool", "8 small open models + Llama-3.1-70B", open_pool, val, signals, catalog, values),
         scenario("full pool", f"all {len(models)} models", full_pool, val, signals, catalog, values),

@@ -65,10 +65,12 @@ def load_artifact(artifact: Artifact) -> RememberingRouter:
 
 
 def load_dir(directory: str | Path | None) -> RememberingRouter:
-    """Load an artifact directory (None: the shipped default), versioned by its content."""
+    """Load an artifact directory (None: the shipped default), versioned by its content, and checked
+    as a promoted one is (`load_checked`): the router a replica starts with is its config's, which no
+    `router promote` looked at, and a broken one must stop the start-up, not be served."""
     root = configured_dir(str(directory) if directory is not None else None)
     artifact = Artifact.read(root)
-    return RememberingRouter(load_router(root), version=artifact.version)
+    return RememberingRouter(load_checked(root), version=artifact.version)
 
 
 def version_of_object(router: object) -> str:

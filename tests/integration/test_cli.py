@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ import pytest
 from gateway.cli import build_parser
 from gateway.messages import count_messages
 from tests.support.processes import ROOT, free_port
+from tests.support.routers import copy_default, mismatched
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 CLI = [sys.executable, "-m", "gateway.cli"]
@@ -146,6 +148,38 @@ def test_serve_refuses_an_invalid_config_naming_the_field(tmp_path: Path) -> Non
                      result.stderr), result.stderr
 
 
+def test_serve_on_a_port_in_use_refuses_in_one_line_before_starting_up(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.yaml"
+    config.write_text("".join(f"  - {{name: {tier}, tier: {tier}, model: openai/x, api_base: 'http://127.0.0.1:9/v1', "
+                              "price: {input_per_mtok: 1, output_per_mtok: 1}}\n" for tier in ("small", "large"))
+                      .join(("deployments:\n", "")))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for workers in ("1", "2"):
+            result = _run("serve", "--config", str(config), "--port", str(port), "--workers", workers)
+            assert result.returncode == 1, result.stderr
+            assert result.stderr.splitlines() == [  # nothing of a start-up: it was never begun
+                f"switchyard serve: 127.0.0.1:{port} is in use; pick another with --port"], result.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_refuses_a_configured_router_whose_meta_and_arrays_disagree_in_one_line(
+        tmp_path: Path, workers: str) -> None:
+    router = copy_default(tmp_path / "my-router")
+    mismatched(router, "one model more than its arrays")  # it loads and answers the smoke prompts
+    config = tmp_path / "gateway.yaml"
+    config.write_text("".join(f"  - {{name: {tier}, tier: {tier}, model: openai/x, api_base: 'http://127.0.0.1:9/v1', "
+                              "price: {input_per_mtok: 1, output_per_mtok: 1}}\n" for tier in ("small", "large"))
+                      .join(("deployments:\n", "")) + f"router_artifact: {router}\n")
+    result = _run("serve", "--config", str(config), "--port", str(free_port()), "--workers", workers,
+                  "--log-level", "warning")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"switchyard serve: {router}: router.npz holds abilities (theta) of shape"), line
+
+
 def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "not-json.jsonl").write_text("not json\n")
     (tmp / "no-prompt.jsonl").write_text('{"id": 1, "text": "hi"}\n')
@@ -182,6 +216,8 @@ BAD_INVOCATIONS = [
     ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback
     ("router evaluate {not-a-router} --data {missing} --share 5", "argument --share: must be from 0 to 1, got '5'"),
     ("router evaluate {not-a-router} --data {missing} --threshold nan", "argument --threshold: must be a finite"),
+    ("router evaluate {not-a-router} --data {missing} --split bogus",
+     "argument --split: invalid choice: 'bogus' (choose from 'validation', 'train', 'all')"),
     ("keys create --tenant t --budget abc --admin-key k", "argument --budget: not a number of USD: 'abc'"),
     ("keys create --tenant t --budget nan --admin-key k", "argument --budget: must be a finite number of USD"),
     ("keys create --tenant t --metadata owner --admin-key k", "argument --metadata: expected KEY=VALUE, got 'owner'"),
@@ -240,3 +276,43 @@ def test_output_piped_to_a_reader_that_leaves_early_is_no_error() -> None:
     stderr = proc.stderr.read()
     proc.wait(timeout=60)
     assert stderr == ""
+
+
+def test_bench_help_says_where_each_benchmark_reads_its_data() -> None:
+    out = _run("bench", "--help")
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for words in ("routing_quality", "../shared/data beside the repository", "--data-dir DIR", "test_time_compute",
+                  "mmlu_pro.jsonl", "--data FILE", "a line per phase"):
+        assert words in text, words
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    ("routing_quality --data-dir {tmp}/nowhere",
+     "benchmarks.routing_quality: no routing data folder at {tmp}/nowhere "
+     "(the five shared files; pass --data-dir DIR)"),
+    ("routing_quality --data-dir {tmp}",
+     "benchmarks.routing_quality: routing data folder {tmp} lacks mmlu_pro.jsonl, arena_chat.jsonl, "
+     "cruxeval_code.jsonl, llmrouter_mixed.jsonl, theoremqa_stem.jsonl (pass --data-dir DIR)"),
+    ("test_time_compute --data {tmp}/nowhere/mmlu_pro.jsonl",
+     "python -m benchmarks.test_time_compute: no routing data at {tmp}/nowhere/mmlu_pro.jsonl (no folder "
+     "{tmp}/nowhere): pass --data FILE (a JSONL file in the shared data schema)"),
+])
+def test_a_routing_benchmark_without_its_data_stops_in_one_line_naming_it(tmp_path: Path, args: str,
+                                                                          says: str) -> None:
+    out = _run("bench", *args.format(tmp=tmp_path).split())
+    assert out.returncode == 2 and out.stdout == "", out.stdout
+    assert out.stderr.splitlines() == [says.format(tmp=tmp_path)], out.stderr
+
+
+def test_a_routing_benchmark_says_what_it_is_doing_phase_by_phase(tmp_path: Path) -> None:
+    # On the full files the first fit alone takes minutes: a line says so before each phase starts.
+    out = _run("bench", "routing_quality", "--data-dir", str(ROOT / "tests/fixtures/routing_small"),
+               "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--no-latency", timeout=300)
+    assert out.returncode == 0, out.stderr
+    phases = [line.split("] ", 1)[1] for line in out.stderr.splitlines() if re.match(r"\[ *\d+ s\] ", line)]
+    assert phases[:3] == ["reading the five files from " + str(ROOT / "tests/fixtures/routing_small")
+                          + " and featurising their prompts", "fitting the in_domain router",
+                          "mmlu_pro (1/5): baselines, the in-domain router and TF-IDF ridges"], phases
+    assert "theoremqa_stem: what adapting did to the other files" in phases
+    assert phases[-1].startswith("the report:")

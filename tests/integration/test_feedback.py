@@ -24,6 +24,7 @@ import yaml
 from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import GatewayConfig, parse_config
+from gateway.messages import count_messages
 from gateway.pipeline import Services
 from gateway.router.training.data import load_data
 from gateway.state import RedisStore, request_key
@@ -44,6 +45,9 @@ POLICIES = {
     "judge-fails": {"candidates": [{"single": "wordy"}], "cache": {"enabled": False},
                     "shadow": {"rate": 1.0, "against": "large", "judge": "broken"}},
     "uncached": {"candidates": [{"single": "small"}], "cache": {"enabled": False}},
+    # several calls per request: three samples of small, then large unless all three agree
+    "escalating": {"candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "agreement",
+                                               "samples": 3, "threshold": 1.0}}], "cache": {"enabled": False}},
 }
 SUM = [{"role": "user", "content": "What is 17 + 25?"}]
 
@@ -145,6 +149,37 @@ def test_request_record_carries_the_routing_facts_and_the_prompt_only_when_allow
     assert a["cost_usd"] > 0 and a["prompt_tokens"] > 0 and a["completion_tokens"] > 0
     assert a["prompt"] == "What is 17 + 25?" and "prompt_hmac" not in a
     assert "prompt" not in b and len(b["prompt_hmac"]) == 64
+
+
+def _record(gw: Gateway, rid: str) -> dict[str, Any]:
+    return _wait_for(lambda: next((x for x in gw.sink_lines()
+                                   if x.get("kind") == "request" and x["request_id"] == rid), None))
+
+
+def test_a_records_tokens_are_what_its_calls_were_billed_and_its_estimate_says_it_is_one(gw: Gateway) -> None:
+    """The record's prompt_tokens, completion_tokens and cost_usd are billed, summed over every call
+    (as the answer's usage and the ledger sum them); the router's own count of the prompt (tiktoken,
+    one call's) is beside them as prompt_tokens_estimate. The simulated models count tokens their own
+    way, so the two differ here, as a provider's count may differ from the gateway's."""
+    rid, answer = gw.ask("sk-alice", model="router/escalating", temperature=0.9)
+    record = _record(gw, rid)
+    assert record["plan"].startswith("cascade:")
+    assert (record["prompt_tokens"], record["completion_tokens"]) == \
+        (answer.usage.prompt_tokens, answer.usage.completion_tokens)
+    assert record["prompt_tokens_estimate"] == count_messages(SUM) != record["prompt_tokens"]
+
+    def spent() -> dict[str, Any] | None:
+        rows = httpx.get(gw.url + "/v1/spend", params={"group_by": "policy"}, timeout=10,
+                         headers={"authorization": "Bearer sk-alice"}).json()["data"]
+        return next((r for r in rows if r["policy"] == "escalating"), None)
+    row = _wait_for(spent)
+    assert (row["requests"], row["prompt_tokens"], row["completion_tokens"]) == \
+        (1, record["prompt_tokens"], record["completion_tokens"])
+    assert row["cost_usd"] == pytest.approx(record["cost_usd"])
+
+    rid, answer = gw.ask("sk-alice", model="small")  # pinned: not counted by the gateway, no estimate
+    record = _record(gw, rid)
+    assert record["prompt_tokens"] == answer.usage.prompt_tokens and "prompt_tokens_estimate" not in record
 
 
 def test_streamed_requests_are_recorded_and_take_feedback(gw: Gateway) -> None:

@@ -18,7 +18,7 @@ from gateway.messages import count_text
 from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle
 from gateway.providers.base import ProviderFailure
 from gateway.state import holds_key, spend_key
-from tests.support.fake_backend import FakeBackend, Stream, answer, chunk
+from tests.support.fake_backend import Delay, FakeBackend, Stream, answer, chunk
 
 KEY, LIMITED, BROKE = "sk-team", "sk-limited", "sk-broke"
 PRICE = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
@@ -231,3 +231,39 @@ def test_a_stream_cut_short_is_billed_on_counted_tokens_and_not_cached(tmp_path:
     assert asyncio.run(_spent(svc, "team")) > 0
     assert _ask(svc).cache == "miss"
     assert backend.called("small") == 2
+
+
+def test_a_hedged_streams_record_bills_the_losing_leg_the_ledger_bills(tmp_path: Path) -> None:
+    """A hedged stream's losing leg that showed its first token is billed with the request (the ledger);
+    the request's record sums the same calls, so its cost and tokens are the ledger's."""
+    from gateway.feedback import Completed, build_record
+
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "hedged.yaml").write_text("candidates:\n  - single: small\nfallbacks:\n  small: [large]\n"
+                                        "hedge_after_ms: 50\ncache: {enabled: false}\n")
+    raw = {"deployments": [{"name": n, "model": f"openai/{n}", "api_base": "http://upstream.invalid/v1", "tier": n,
+                            "price": PRICE, "max_retries": 0} for n in ("small", "large")],
+           "default_policy": "hedged", "tenants": [{"name": "team", "api_key_sha256": hash_key(KEY)}]}
+    svc = build_services(parse_config(raw, "gw.yaml"), policies_dir=folder)
+
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        stream = Stream([chunk("7", finish="stop"), chunk(usage=(12, 3))])
+        return Delay(0.12, stream) if d.name == "small" else stream  # small shows its token as large wins
+    svc.upstreams.backends = {name: FakeBackend(handler) for name in svc.upstreams.backends}
+
+    async def consume() -> None:
+        out = await handle(svc, {**ASK, "model": "router/hedged", "stream": True},
+                           CallContext(authorization=f"Bearer {KEY}", request_id="req-hedged"))
+        assert isinstance(out, LiveAnswer)
+        assert [c async for c in out.stream]
+        await out.settle()
+    asyncio.run(consume())
+    [spent] = _queued(svc)
+    assert {c.deployment for c in spent.calls} == {"small", "large"}  # the ledger bills both legs
+    assert svc.requests is not None
+    [done] = [x for x in svc.requests._queue.items if isinstance(x, Completed)]
+    record = build_record(done, svc.requests.digests)
+    assert record["cost_usd"] == pytest.approx(spent.cost_usd)
+    assert record["prompt_tokens"] == sum(c.usage.prompt_tokens for c in spent.calls)
+    assert record["completion_tokens"] == sum(c.usage.completion_tokens for c in spent.calls)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -143,6 +144,18 @@ async def test_a_replica_refuses_an_intact_blob_that_is_not_a_loadable_router_on
     rejected = [r for r in caplog.records if getattr(r, "event", None) == "router_rejected"]
     assert len(rejected) == 1 and entry.version in rejected[0].getMessage()
     assert "not a loadable router" in rejected[0].getMessage()
+
+
+@pytest.mark.parametrize("damage", MISMATCHES)
+def test_the_configured_router_gets_the_whole_artifact_check_a_promoted_one_gets(
+        variant_dir: Path, tmp_path: Path, damage: str) -> None:
+    """A replica's start-up router is its config's `router_artifact`, which no `router promote` looked at:
+    one whose meta and arrays disagree is refused there (naming the directory), never served."""
+    bad = tmp_path / "configured"
+    Artifact.read(variant_dir).write(bad)
+    mismatched(bad, damage)
+    with pytest.raises(ArtifactError, match=f"^{re.escape(str(bad))}: "):
+        load_dir(bad)
 
 
 @pytest.mark.parametrize("damage", MISMATCHES)
