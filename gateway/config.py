@@ -105,12 +105,15 @@ class DeploymentConfig(_Strict):
                                         "at it, the deployment is skipped like an open circuit")
     tokens_per_minute: int | None = Field(
         default=None, gt=0, description="the provider's token quota (prompt + max output, settled on completion)")
-    whole_answers_as_streams: bool = Field(
-        default=True, description="on the direct path, ask for a whole (non-streamed) answer as a stream and "
-        "rebuild it, so that its first token shows the deployment answering however long the answer is (a "
-        "circuit is then never opened by one client's long answers); turn off for a server or model that "
-        "cannot stream (OpenAI streams some models only for verified organisations): its whole answers' "
-        "timeouts then count only when the deployment answered nobody else meanwhile")
+    whole_answers_as_streams: Literal["when_needed", "always", "never"] = Field(
+        default="when_needed", description="on the direct path, when a whole (non-streamed) answer is asked "
+        "for as a stream and rebuilt, so that its first token shows whether the deployment answers however "
+        "long the answer is: when_needed, for a half-open circuit's trial and after a whole answer's timeout "
+        "that no other answer explains, until a first token (or none) settles it (one client's long answers "
+        "then never open a circuit); always (about 1 ms of CPU more per call); never, for a server or model "
+        "that cannot stream (OpenAI streams some models only for verified organisations): a timeout that "
+        "nothing explains then counts")
+
     isolate_prefix_cache: bool = Field(
         default=False, description="send every call a `cache_salt` keyed to its tenant, so that the server's "
         "prefix cache is shared within a tenant only (vLLM); OpenAI and most providers refuse the field")

@@ -252,23 +252,33 @@ class Upstreams:
         raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
                               reason=f"timed out after {timeout_s:g} s")
 
+    def _can_stream(self, name: str, body: dict[str, Any]) -> bool:
+        """May this whole answer be asked for as a stream, should its deployment's health need a verdict?"""
+        return (self.backends[name].streams_whole_answers and self.deployments[name].whole_answers_as_streams != "never"
+                and _streamable(body))
+
     def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float,
-                whole_since: float | None = None, answering: bool = False) -> None:
+                whole_since: float | None = None, answering: bool = False, can_stream: bool = False) -> None:
         """Book a failed attempt: only failures about the deployment count toward its circuit.
         `whole_since`: when a whole answer's call began (monotonic), for one asked for whole; None for
-        a stream's. `answering`: a whole answer read from a stream had its first chunk in time (the
-        deployment was answering it, and a trial's verdict is in: it passed)."""
+        one read from a stream. `answering`: a whole answer read from a stream had its first chunk in
+        time (the deployment was answering it, and a trial's verdict is in: it passed). `can_stream`:
+        a whole answer asked for whole whose timeout nothing explains is held for a streamed call's
+        verdict rather than counted (`gateway.providers.health`)."""
         health = self.health[name]
         trial = trial and not answering
-        if isinstance(exc, ProviderFailure) and exc.counts_against_deployment and not (
-                # A whole answer's timeout is the request's length, not the deployment's fault
-                # (`gateway.providers.health`), once its first token came in time, or (asked for
-                # whole) while the deployment answered others: one client asking for long answers
-                # must not open the circuit for everyone.
-                exc.timed_out and (answering or (whole_since is not None and health.answered_since(whole_since)))):
-            health.record_failure(time.monotonic(), trial=trial)
-        else:  # the request's fault, the deadline, a cancelled call: no verdict on the deployment
+        timed_out = isinstance(exc, ProviderFailure) and exc.timed_out
+        if not (isinstance(exc, ProviderFailure) and exc.counts_against_deployment):
+            health.record_neutral(trial=trial)  # the request's fault, the deadline, a cancelled call
+        elif timed_out and (answering or (whole_since is not None and health.answered_since(whole_since))):
+            # A whole answer's timeout is the request's length, not the deployment's fault, once its
+            # first token came in time or while the deployment answered others: one client asking
+            # for long answers must not open the circuit for everyone.
             health.record_neutral(trial=trial)
+        elif timed_out and whole_since is not None and can_stream:
+            health.hold_unexplained(trial=trial)  # the next calls are asked for as streams to settle it
+        else:  # no first token in time settles the held timeouts too (`hung`)
+            health.record_failure(time.monotonic(), trial=trial, hung=timed_out and whole_since is None)
         kind = error_type(exc)
         if isinstance(exc, ProviderFailure):
             log.warning("deployment '%s' failed: %s", name, exc, extra={
@@ -303,8 +313,9 @@ class Upstreams:
 
         since = time.monotonic()
         stats, begun = StreamStats(), _Begun()
-        streamed = (self.backends[name].streams_whole_answers and self.deployments[name].whole_answers_as_streams
-                    and _streamable(body))
+        can_stream = self._can_stream(name, body)
+        streamed = can_stream and (trial or self.deployments[name].whole_answers_as_streams == "always"
+                                   or self.health[name].needs_verdict)
 
         def first_chunk() -> None:  # the deployment is answering: a trial's verdict, as a stream's
             if not begun.given_up:  # a late first chunk, read while drained, proves nothing
@@ -320,7 +331,7 @@ class Upstreams:
         except BaseException as exc:
             begun.given_up = True
             self._failed(name, exc, span, trial, started, whole_since=None if streamed else since,
-                         answering=begun.answering)
+                         answering=begun.answering, can_stream=can_stream)
             raise
         configured_ms = configured_latency_ms(self.deployments[name], done.usage.completion_tokens,
                                               done.usage.prompt_tokens)

@@ -20,24 +20,29 @@ Each transition (open, half-open, closed) is a `switchyard.circuit` log line wit
 
 A whole answer that runs into the deployment's `timeout_s` says little about the deployment by
 itself: how long a whole answer takes is the request's doing as much as the deployment's (its
-`max_tokens`, or none, or a prompt asking for a long text). So on the direct path (OpenAI-compatible
-servers, `Backend.streams_whole_answers`) a whole answer is asked for as a stream and rebuilt, and judged
-as a stream is, by its first token: one that comes within `timeout_s` shows the deployment answering
-(and passes a half-open trial at once), and the answer's running past `timeout_s` after it counts
-for nothing; no first token in time counts, whatever the answer's length. One tenant asking a quiet
-deployment (nobody else calls it) for long answers, or taking each half-open trial with one, opened
-the circuit or kept it open for every tenant; a hung deployment, which sends no first token, still
-opens it.
-Whole answers asked for whole (through litellm; audio output, which OpenAI streams only as pcm16)
-have no first token to show: their timeout (or an upstream's: a proxy's 504, a server's 408) counts
-only when the deployment answered nobody meanwhile (`answered_since`): no call to it ended well
-between that call's start and its timeout. A hung deployment answers nobody, so its timeouts still
-count; a stream whose first or next chunk is late still counts, since a chunk's wait is not the
-request's. The evidence is one timestamp per deployment (`answered_at`, set by each call that ends
-well or begins answering) read against the failed call's start: O(1) on the hot path, and per process
-as the breaker is. What it cannot tell apart, on those paths only: when no other call to the
-deployment ends in that window (a quiet deployment, or a half-open circuit's single trial, beside
-which nothing is let through), a long answer's timeout counts as a hung deployment's would.
+`max_tokens`, or none, or a prompt asking for a long text). Such a timeout is explained when the
+deployment answered someone else meanwhile (`answered_since`: a call to it ended well, or a stream's
+first chunk came, between the timed-out call's start and its timeout): it then counts for nothing.
+One that nothing explains is, on the direct path (OpenAI-compatible servers,
+`Backend.streams_whole_answers`, `whole_answers_as_streams: when_needed`), held (`unexplained`)
+rather than counted, and the deployment's next calls, whole answers included, are asked for as
+streams (rebuilt for their clients) until one settles it: a first token within `timeout_s` shows the
+deployment answering and clears what was held; none in time counts the held timeouts with it (and
+whole answers stay streams while the deployment is failing, so each timeout is its own verdict). A
+half-open circuit's trial is asked for as a stream the same way, so its first token is its verdict.
+One tenant asking a quiet deployment (nobody else calls it) for long answers, or taking each
+half-open trial with one, used to open the circuit or keep it open for every tenant; a hung
+deployment, which sends no first token, still opens it. Reading an answer as a stream costs about
+1 ms of CPU more than reading it whole (the pinned overhead benchmark: 2.4 vs 1.2 CPU s per 1,000
+requests), so busy traffic, where other answers explain a long one, stays whole
+(`whole_answers_as_streams: always` streams every whole answer).
+Whole answers that cannot be asked for as streams (through litellm; audio output, which OpenAI
+streams only as pcm16; `whole_answers_as_streams: never`) keep the plain rule: a timeout (or an
+upstream's own: a proxy's 504, a server's 408) that nothing explains counts, so there a quiet
+deployment's or a trial's long answer still counts. A stream whose first or next chunk is late
+counts always, since a chunk's wait is not the request's. The evidence is one timestamp per
+deployment (`answered_at`) read against the failed call's start: O(1) on the hot path, and per
+process as the breaker is.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ class DeploymentHealth:
     pace_ewma: float | None = None  # observed ÷ configured latency of whole answers
     calls: int = 0
     failures: int = 0
+    # Whole answers' timeouts that nothing explained yet, held until a call asked for as a stream
+    # shows whether the deployment answers (see the module's docstring).
+    unexplained: int = 0
     # When a call last ended well (monotonic): a whole answer, a stream's first chunk or its end.
     answered_at: float = -math.inf
     name: str = ""  # the deployment, for the log line of each transition
@@ -110,6 +118,7 @@ class DeploymentHealth:
         output and prompt); None for a stream, whose pace is its reader's."""
         self.calls += 1
         self.consecutive_failures = 0
+        self.unexplained = 0
         self.answered_at = time.monotonic()
         if self.opened_at is not None:  # the trial, or a call that was out when the circuit opened
             self._moved("closed", "half_open" if self.trial_in_flight else "open")
@@ -122,11 +131,15 @@ class DeploymentHealth:
             low, high = PACE_RANGE
             self.pace_ewma = _ewma(self.pace_ewma, min(high, max(low, latency_s / configured_s)))
 
-    def record_failure(self, now: float, *, trial: bool = False) -> None:
-        """A failure that says something about the deployment. A failed trial re-opens at once."""
+    def record_failure(self, now: float, *, trial: bool = False, hung: bool = False) -> None:
+        """A failure that says something about the deployment. A failed trial re-opens at once.
+        `hung`: a call asked for as a stream sent no first token in time, which settles the held
+        whole-answer timeouts: they count too."""
+        held = self.unexplained if hung else 0
+        self.unexplained -= held
         self.calls += 1
-        self.failures += 1
-        self.consecutive_failures += 1
+        self.failures += 1 + held
+        self.consecutive_failures += 1 + held
         if trial:
             self.trial_in_flight = False
         if trial or self.consecutive_failures >= self.failure_threshold:
@@ -134,13 +147,28 @@ class DeploymentHealth:
                 self._moved("open", "half_open" if trial else "closed")
             self.opened_at = now
 
+    def hold_unexplained(self, *, trial: bool = False) -> None:
+        """A whole answer's timeout that nothing explains, on a path that can ask for a stream: held
+        until a streamed call settles it (`needs_verdict`)."""
+        self.record_neutral(trial=trial)
+        self.unexplained += 1
+
+    @property
+    def needs_verdict(self) -> bool:
+        """Should whole answers be asked for as streams, each its own verdict? While timeouts are held
+        for one, and while the deployment is failing (until a call ends well), so that a hung
+        deployment's every timeout counts at once."""
+        return self.unexplained > 0 or self.consecutive_failures > 0
+
     def answered_since(self, started: float) -> bool:
         """Did a call end well at or after `started` (monotonic)? One comparison: it runs per failure."""
         return self.answered_at >= started
 
     def first_chunk(self, *, trial: bool = False) -> None:
-        """A stream's first chunk came in time: the deployment is answering (and a trial has passed)."""
+        """A stream's first chunk came in time: the deployment is answering (and a trial has passed);
+        the whole-answer timeouts held were the requests' length."""
         self.answered_at = time.monotonic()
+        self.unexplained = 0
         if trial:
             self.trial_passed()
 

@@ -1,7 +1,7 @@
 """Whole answers on the direct path are asked for as streams and rebuilt: over real HTTP, with the
 official SDK, against an OpenAI-compatible server scripted to stream as OpenAI, vLLM, Azure or Gemini
 do, and to break off as servers do. Each scripted model is served twice: `<name>` (the rebuilt
-answer) and `<name>-whole` (`whole_answers_as_streams: false`, the server's own whole answer).
+answer, `whole_answers_as_streams: always`) and `<name>-whole` (`never`: the server's own whole answer).
 
 The rebuilt answer must be the whole answer (a refusal, a legacy function call, tool calls the server
 does not number, an id that only a later chunk carries); a stream that breaks off after its first
@@ -190,11 +190,11 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     def dep(name: str, model: str, **kw: Any) -> dict[str, Any]:
         return {"name": name, "model": f"openai/{model}", "api_base": base, "max_retries": 0,
-                "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, **kw}
+                "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, "whole_answers_as_streams": "always", **kw}
 
     models = [*SCRIPTS, *BROKEN, "answers-whole", "error-200", "long-line"]
     rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
-            *(dep(m, m) for m in models), *(dep(f"{m}-whole", m, whole_answers_as_streams=False) for m in SCRIPTS)]
+            *(dep(m, m) for m in models), *(dep(f"{m}-whole", m, whole_answers_as_streams="never") for m in SCRIPTS)]
     policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
         "saved": {"candidates": [{"single": "error-chunk"}], "fallbacks": {"error-chunk": ["plain"]},
                   "cache": {"enabled": False}}})
