@@ -110,7 +110,8 @@ class DeploymentConfig(_Strict):
         "rebuild it, so that its first token shows the deployment answering however long the answer is (a "
         "circuit is then never opened by one client's long answers); turn off for a server or model that "
         "cannot stream (OpenAI streams some models only for verified organisations): its whole answers' "
-        "timeouts then count only when the deployment answered nobody else meanwhile")
+        "timeouts then count only when the deployment answered nobody else meanwhile. A deployment that "
+        "refuses such a stream for streaming is asked whole from then on until restart, with a warning")
     isolate_prefix_cache: bool = Field(
         default=False, description="send every call a `cache_salt` keyed to its tenant, so that the server's "
         "prefix cache is shared within a tenant only (vLLM); OpenAI and most providers refuse the field")

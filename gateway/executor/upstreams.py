@@ -10,7 +10,9 @@ Only failures that say something about the deployment count toward its circuit; 
 request caused does not (and 400/422 end the request: another deployment would say the same), nor
 does a whole answer's timeout once its first token came in time (on the direct path a whole answer is
 asked for as a stream and rebuilt), or, asked for whole, while the deployment answered other calls in
-time: its length was the request's doing (`gateway.providers.health`).
+time: its length was the request's doing (`gateway.providers.health`). A deployment that refuses such a
+stream for streaming (`ProviderFailure.refuses_streaming`) is asked the same call whole, and every
+whole answer whole after it, in this process (`Upstreams.unstreamed`).
 When no deployment was even tried because every circuit is open, the answer is 503
 `deployment_unavailable` with Retry-After. A deployment at its own rate limit (`gateway.quotas`) is
 skipped the same way; when that is why none was tried, the answer is 429 naming the limit.
@@ -196,6 +198,8 @@ class Upstreams:
         # itself, so that a call it gives up on can still be read (`executor.drain`).
         self._patient = {n: d.model_copy(update={"timeout_s": d.timeout_s + DRAIN_S}) for n, d in deployments.items()}
         self.isolating = frozenset(n for n, d in deployments.items() if d.isolate_prefix_cache)
+        # Deployments that refused a whole answer asked for as a stream: asked for whole ones whole since.
+        self.unstreamed: set[str] = set()
         names = {n: upstream_names(d) for n, d in deployments.items()}
         self._span_names = {n: v.span_name for n, v in names.items()}
         self._span_attributes = {n: v.attributes(n) for n, v in names.items()}
@@ -304,19 +308,31 @@ class Upstreams:
         since = time.monotonic()
         stats, begun = StreamStats(), _Begun()
         streamed = (self.backends[name].streams_whole_answers and self.deployments[name].whole_answers_as_streams
-                    and _streamable(body))
+                    and name not in self.unstreamed and _streamable(body))
 
         def first_chunk() -> None:  # the deployment is answering: a trial's verdict, as a stream's
             if not begun.given_up:  # a late first chunk, read while drained, proves nothing
                 begun.answering = True
                 self.health[name].first_chunk(trial=trial)
 
+        def whole() -> Awaitable[Completion]:
+            return self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
+
         try:
             if streamed:
                 call = self._read_whole(name, stream_body(body), stats, self.telemetry.inject(span), first_chunk)
+                try:
+                    done = await self._awaited(name, call, deadline, priced, body)
+                except ProviderFailure as exc:
+                    if not exc.refuses_streaming:
+                        raise
+                    # The stream was the gateway's idea, not the client's: ask again as the client did.
+                    self._unstream(name, exc)
+                    streamed, since = False, time.monotonic()
+                    done = await self._awaited(name, whole(), deadline, priced, body)
             else:
-                call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
-            done = counted(await self._awaited(name, call, deadline, priced, body), body)
+                done = await self._awaited(name, whole(), deadline, priced, body)
+            done = counted(done, body)
         except BaseException as exc:
             begun.given_up = True
             self._failed(name, exc, span, trial, started, whole_since=None if streamed else since,
@@ -335,6 +351,19 @@ class Upstreams:
                        switchyard__cost_usd=self.prices[name].cost(done.usage, terms))
         span.end()
         return done
+
+    def _unstream(self, name: str, refused: ProviderFailure) -> None:
+        """Deployment `name` refused a whole answer asked for as a stream (a model its key may not
+        stream, a server without `stream_options`): ask it for whole answers whole from now on, in this
+        process, and say once how to make that the configuration."""
+        if name in self.unstreamed:
+            return
+        self.unstreamed.add(name)
+        log.warning("deployment '%s' refused a whole answer asked for as a stream (%s): its whole answers are "
+                    "asked for whole from now on, until restart; set whole_answers_as_streams: false on it to "
+                    "make this permanent", name, refused.reason, extra={
+                        "event": "whole_answers_unstreamed", "deployment": name, "status": refused.status,
+                        "reason": refused.reason, "setting": "whole_answers_as_streams: false"})
 
     async def _read_whole(self, name: str, body: dict[str, Any], stats: StreamStats,
                           headers: Mapping[str, str] | None, first_chunk: Callable[[], None]) -> Completion:

@@ -11,6 +11,7 @@ generated is billed; a server that answers a stream request whole is read as its
 from __future__ import annotations
 
 import http.server
+import logging
 import threading
 import uuid
 from collections.abc import Iterator
@@ -132,13 +133,38 @@ BROKEN: dict[str, bytes] = {
 }
 
 
+# model -> (what it refuses, its status and error): whole answers it gives as PLAIN's.
+REFUSING: dict[str, tuple[str, int, dict[str, Any]]] = {
+    # OpenAI, for a model an unverified organisation may not stream.
+    "unverified": ("stream", 400, {"error": {
+        "message": "Your organization must be verified to stream this model. Please go to: "
+                   "https://platform.openai.com/settings/organization/general and click on Verify Organization.",
+        "type": "invalid_request_error", "param": "stream", "code": "unsupported_value"}}),
+    # A server whose request schema has no stream_options (FastAPI's 422).
+    "no-stream-options": ("stream_options", 422, {"detail": [{
+        "type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted"}]}),
+    # A 400 about something else in a streamed request: the request's fault, whether streamed or not.
+    "bad-temperature": ("stream", 400, {"error": {
+        "message": "Invalid value for 'temperature': must be at most 2.", "type": "invalid_request_error",
+        "param": "temperature", "code": "invalid_value"}}),
+}
+SEEN: dict[str, list[bool]] = {}  # model -> whether each request it was sent asked to stream
+
+
 class _Upstream(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
         model = body["model"]
-        if model in BROKEN:
+        SEEN.setdefault(model, []).append(bool(body.get("stream")))
+        if model in REFUSING:
+            refused, status, error = REFUSING[model]
+            if body.get(refused):
+                self._send(orjson.dumps(error), "application/json", status)
+            else:
+                self._send(orjson.dumps(PLAIN[0]), "application/json")
+        elif model in BROKEN:
             self._chunked(BROKEN[model], close=model == "dropped")
         elif model == "answers-whole":  # ignores `stream`: the whole answer, as JSON
             self._send(orjson.dumps(PLAIN[0]), "application/json")
@@ -171,8 +197,8 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(b"0\r\n\r\n")
 
-    def _send(self, payload: bytes, content_type: str) -> None:
-        self.send_response(200)
+    def _send(self, payload: bytes, content_type: str, status: int = 200) -> None:
+        self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
@@ -192,7 +218,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return {"name": name, "model": f"openai/{model}", "api_base": base, "max_retries": 0,
                 "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, **kw}
 
-    models = [*SCRIPTS, *BROKEN, "answers-whole", "error-200", "long-line"]
+    models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line"]
     rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
             *(dep(m, m) for m in models), *(dep(f"{m}-whole", m, whole_answers_as_streams=False) for m in SCRIPTS)]
     policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
@@ -309,3 +335,31 @@ def test_a_cached_rebuilt_answer_is_served_again_as_the_client_first_got_it(gate
     assert [t.token for c in chunks if c.choices and c.choices[0].logprobs
             for t in c.choices[0].logprobs.refusal or ()] == ["I", " can't help with that."]
     assert {c.system_fingerprint for c in chunks} == {"fp_1"}
+
+
+@pytest.mark.parametrize("model", ["unverified", "no-stream-options"])
+def test_a_deployment_that_refuses_to_stream_is_asked_for_whole_answers_whole(
+        gateway_url: str, model: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A stream the client never asked for, refused for streaming: the same call is asked for whole, and
+    so is every whole answer after it, with one warning naming the setting that makes it permanent."""
+    with caplog.at_level(logging.WARNING, logger="switchyard.upstream"):
+        for _ in range(2):
+            answer = _ask(gateway_url, model)
+            assert answer.choices[0].message.content == "Hello there, friend"
+            assert answer.choices[0].finish_reason == "stop"
+    assert SEEN[model] == [True, False, False]  # refused once as a stream, then asked whole
+    told = [r for r in caplog.records if getattr(r, "event", None) == "whole_answers_unstreamed"]
+    assert len(told) == 1 and getattr(told[0], "deployment", None) == model
+    assert "whole_answers_as_streams: false" in told[0].getMessage()
+    # A stream the client asked for is its own: refused, it is the client's answer, never asked whole.
+    with pytest.raises(openai.BadRequestError) as caught:
+        _ask(gateway_url, model, stream=True)
+    assert caught.value.body["code"] == "upstream_rejected"  # type: ignore[index]
+    assert SEEN[model] == [True, False, False, True]
+
+
+def test_a_refusal_of_anything_else_in_a_streamed_whole_answer_is_not_asked_again(gateway_url: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _ask(gateway_url, "bad-temperature")
+    assert "temperature" in caught.value.message
+    assert SEEN["bad-temperature"] == [True]
