@@ -381,9 +381,8 @@ class Upstreams:
                     acc = Accumulator()
                     first_chunk()
                 acc.add(piece)
-            if acc is not None and not acc.finished:
-                raise ProviderFailure(f"{name}: stream ended before the answer finished",
-                                      reason="stream ended before the answer finished")
+            if acc is not None:
+                require_finished(name, acc)
         except ProviderFailure:
             if acc is not None:
                 await bill_cut(self._cut_record(name, body, stats.usage, acc, time.perf_counter() - started))
@@ -585,6 +584,14 @@ class Upstreams:
             self.health[s.deployment].record_success(latency, s.stats.ttft_s)
             s.span.end()
         return CallRecord(s.deployment, s.stats.usage, cost, latency)
+
+
+def require_finished(name: str, acc: Accumulator) -> None:
+    """A whole answer read from a stream (`acc`, from deployment `name`) that ended before every choice
+    had its finish reason is a failure: never a half answer, finish_reason null, passed off as whole."""
+    if not acc.finished:
+        raise ProviderFailure(f"{name}: stream ended before the answer finished",
+                              reason="stream ended before the answer finished")
 
 
 def _wake(waiter: asyncio.Future[None], *_: object) -> None:

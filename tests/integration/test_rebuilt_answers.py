@@ -223,7 +223,10 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             *(dep(m, m) for m in models), *(dep(f"{m}-whole", m, whole_answers_as_streams=False) for m in SCRIPTS)]
     policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
         "saved": {"candidates": [{"single": "error-chunk"}], "fallbacks": {"error-chunk": ["plain"]},
-                  "cache": {"enabled": False}}})
+                  "cache": {"enabled": False}},
+        # Hedged, its first leg answering at once (never hedged), each a stream that breaks off.
+        **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: ["plain"]}, "hedge_after_ms": 5000,
+                           "cache": {"enabled": False}} for m in ("no-finish", "error-chunk")}})
     try:
         with running_gateway(create_app(parse_config({"deployments": rows}, "rebuilt answers"), policies_dir=policies,
                                         watch_policies_s=None, watch_router_s=None)) as gw:
@@ -294,6 +297,18 @@ def test_a_stream_that_breaks_off_falls_back_and_both_calls_are_billed(gateway_u
     assert answer.choices[0].message.content == "Hello there, friend"
     assert answer.choices[0].finish_reason == "stop"
     wait_until(lambda: _billed(gateway_url, "error-chunk")[0] == before + 1, timeout_s=5, what="the cut call")
+
+
+@pytest.mark.parametrize("model", ["no-finish", "error-chunk"])
+def test_a_hedged_whole_answer_whose_stream_breaks_off_is_an_error_and_billed(gateway_url: str, model: str) -> None:
+    """A hedged leg is judged as any whole answer read from a stream: ended before every choice finished,
+    or with an error in it, it is a failure, never a half answer with finish_reason null."""
+    before = _billed(gateway_url, model)[0]
+    with pytest.raises(openai.APIStatusError) as caught:
+        _ask(gateway_url, f"router/hedged-{model}")
+    assert caught.value.status_code == 502
+    assert f"deployment '{model}' failed" in caught.value.message
+    wait_until(lambda: _billed(gateway_url, model)[0] == before + 1, timeout_s=5, what="the cut call")
 
 
 def test_a_server_that_answers_a_stream_request_whole_is_read_as_its_answer(gateway_url: str) -> None:
