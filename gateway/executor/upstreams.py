@@ -370,8 +370,9 @@ class Upstreams:
         """A whole answer asked for as a stream (`body` streams) and rebuilt as the server would have
         sent it whole; `first_chunk()` as its first chunk comes. Cancelled (a drained call read too
         long), it closes the upstream stream. A stream that fails, or ends before every choice has its
-        finish reason, after its first chunk is a failure (never a half answer passed off as whole),
-        and what it generated is billed (`drain.bill_cut`)."""
+        finish reason, after its first chunk is a failure (never a half answer passed off as whole);
+        such a stream, or one cancelled after its first chunk, is billed for what it generated
+        (`drain.bill_cut`)."""
         started = time.perf_counter()
         chunks = self.backends[name].stream(self._patient[name], body, stats, headers)
         acc: Accumulator | None = None
@@ -383,7 +384,9 @@ class Upstreams:
                 acc.add(piece)
             if acc is not None:
                 require_finished(name, acc)
-        except ProviderFailure:
+        except (ProviderFailure, asyncio.CancelledError):
+            # Failed part-way, or cut part-way (only a call drained past `DRAIN_S` is cancelled): what
+            # it generated is billed.
             if acc is not None:
                 await bill_cut(self._cut_record(name, body, stats.usage, acc, time.perf_counter() - started))
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.server
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
+from gateway.executor import drain
 from tests.support.lab import policies_folder
 from tests.support.processes import free_port, running_gateway, wait_until
 
@@ -166,6 +168,8 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
                 self._send(orjson.dumps(PLAIN[0]), "application/json")
         elif model in BROKEN:
             self._chunked(BROKEN[model], close=model == "dropped")
+        elif model == "trickle":  # its answer a piece every 50 ms, never finished, until the reader goes
+            self._trickle()
         elif model == "answers-whole":  # ignores `stream`: the whole answer, as JSON
             self._send(orjson.dumps(PLAIN[0]), "application/json")
         elif model == "error-200":
@@ -197,6 +201,22 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(b"0\r\n\r\n")
 
+    def _trickle(self, for_s: float = 15.0) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        pieces = [PLAIN[1][0], *(_chunk(_delta({"content": " word"})) for _ in range(int(for_s / 0.05)))]
+        try:
+            for piece in pieces:
+                payload = _sse([piece], done=False)
+                self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the reader went away
+            pass
+        self.close_connection = True
+
     def _send(self, payload: bytes, content_type: str, status: int = 200) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
@@ -220,6 +240,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
     models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line"]
     rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
+            dep("trickle", "trickle", timeout_s=TRICKLE_TIMEOUT_S),
             *(dep(m, m) for m in models), *(dep(f"{m}-whole", m, whole_answers_as_streams=False) for m in SCRIPTS)]
     policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
         "saved": {"candidates": [{"single": "error-chunk"}], "fallbacks": {"error-chunk": ["plain"]},
@@ -309,6 +330,24 @@ def test_a_hedged_whole_answer_whose_stream_breaks_off_is_an_error_and_billed(ga
     assert caught.value.status_code == 502
     assert f"deployment '{model}' failed" in caught.value.message
     wait_until(lambda: _billed(gateway_url, model)[0] == before + 1, timeout_s=5, what="the cut call")
+
+
+TRICKLE_TIMEOUT_S = 0.5
+
+
+def test_a_call_read_on_after_its_timeout_and_cut_at_the_drain_limit_is_billed_for_what_came(
+        gateway_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway gives up on a whole answer at the deployment's timeout and reads on (`executor.drain`),
+    up to the drain limit: an answer still coming then is cut, and billed for its prompt and what came
+    (as a call that broke off is), not dropped unbilled."""
+    monkeypatch.setattr(drain, "DRAIN_S", 1.0)
+    with pytest.raises(openai.APIStatusError) as caught:
+        _ask(gateway_url, "trickle")
+    assert caught.value.status_code == 504
+    wait_until(lambda: _billed(gateway_url, "trickle")[0] >= 1, timeout_s=5, what="the cut call in the ledger")
+    calls, completion_tokens, usd = _billed(gateway_url, "trickle")
+    # read for ~1.5 s at a piece every 50 ms: far more than the pieces before the timeout
+    assert calls == 1 and completion_tokens >= 15 and usd > 0
 
 
 def test_a_server_that_answers_a_stream_request_whole_is_read_as_its_answer(gateway_url: str) -> None:
