@@ -112,7 +112,8 @@ class DeploymentConfig(_Strict):
         "that no other answer explains, until a first token (or none) settles it (one client's long answers "
         "then never open a circuit); always (about 1 ms of CPU more per call); never, for a server or model "
         "that cannot stream (OpenAI streams some models only for verified organisations): a timeout that "
-        "nothing explains then counts")
+        "nothing explains then counts. A deployment that refuses such a stream for streaming is asked for whole "
+        "answers whole from then on until restart, with a warning")
 
     isolate_prefix_cache: bool = Field(
         default=False, description="send every call a `cache_salt` keyed to its tenant, so that the server's "

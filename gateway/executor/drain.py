@@ -8,7 +8,8 @@ why it showed under a saturated soak. So the gateway stops *waiting* at its time
 moves on at once to a retry or fallback) but keeps *reading* in the background for up to
 `DRAIN_S` more: an answer that arrives is billed as a `late` call of the request (in the ledger
 under its policy, and to every budget it was admitted against); an upstream that fails or closes
-the connection costs nothing. Only an answer later than that is cut unread.
+the connection costs nothing. Only an answer later than that is cut: unread, or, a whole answer
+read from a stream whose first chunks came, billed for what came as a `cut` call (`bill_cut`).
 
 The bill goes to the sink the request set in `late_bills` (a context variable, so that every
 call the request makes, however deep, finds it without passing it along). The sink hears of each
@@ -95,8 +96,9 @@ async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallR
 
 async def bill_cut(record: CallRecord) -> None:
     """Bill the request for a call that broke off part-way through its answer (a whole answer read
-    from a stream that failed after its first chunk): the provider bills what it generated, and the
-    request goes on to a retry or fallback, so the call is billed beside the answer, as a late one is."""
+    from a stream that failed after its first chunk, or was cut at `DRAIN_S` while it still came): the
+    provider bills what it generated, and the request goes on (to a retry or fallback) or has already
+    answered, so the call is billed beside the answer, as a late one is."""
     sink = late_bills.get()
     if sink is None:
         return

@@ -25,7 +25,7 @@ from opentelemetry.trace import Span
 from gateway.errors import GatewayError, UpstreamError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
-from gateway.executor.upstreams import OpenStream, Upstreams
+from gateway.executor.upstreams import OpenStream, Upstreams, require_finished
 from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import count_messages
 from gateway.plans import Plan, Single
@@ -126,8 +126,10 @@ def _counted(body: dict[str, Any], completion_tokens: int) -> Usage:
 async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span | None,
                      deadline: Deadline, after_s: float,
                      keep: Callable[[], Awaitable[None]] | None = None) -> Result:
-    """A whole answer from a hedged single plan: the winning leg read to its end. `keep`: called as
-    each chunk comes (the request's budget hold is renewed: a stream may outlast its time to live)."""
+    """A whole answer from a hedged single plan: the winning leg read to its end. A leg whose stream
+    fails, or ends before every choice finished, is a failure billed for what it generated, as any whole
+    answer read from a stream (`upstreams.require_finished`). `keep`: called as each chunk comes (the
+    request's budget hold is renewed: a stream may outlast its time to live)."""
     assert isinstance(plan, Single)  # `hedge_after_s` is None for every other kind
     legs = stream_body(body)
     live, losers = await open_hedged(up, plan.deployments + plan.fallbacks, legs, span, deadline, after_s)
@@ -139,6 +141,7 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
             acc.add(chunk)
             if keep is not None:
                 await keep()
+        require_finished(live.deployment, acc)  # judged as every whole answer read from a stream
     except ProviderFailure as exc:
         error = exc
     if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted

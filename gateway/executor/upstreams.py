@@ -10,7 +10,9 @@ Only failures that say something about the deployment count toward its circuit; 
 request caused does not (and 400/422 end the request: another deployment would say the same), nor
 does a whole answer's timeout once its first token came in time (on the direct path a whole answer is
 asked for as a stream and rebuilt), or, asked for whole, while the deployment answered other calls in
-time: its length was the request's doing (`gateway.providers.health`).
+time: its length was the request's doing (`gateway.providers.health`). A deployment that refuses such a
+stream for streaming (`ProviderFailure.refuses_streaming`) is asked the same call whole, and every
+whole answer whole after it, in this process (`Upstreams.unstreamed`).
 When no deployment was even tried because every circuit is open, the answer is 503
 `deployment_unavailable` with Retry-After. A deployment at its own rate limit (`gateway.quotas`) is
 skipped the same way; when that is why none was tried, the answer is 429 naming the limit.
@@ -196,6 +198,8 @@ class Upstreams:
         # itself, so that a call it gives up on can still be read (`executor.drain`).
         self._patient = {n: d.model_copy(update={"timeout_s": d.timeout_s + DRAIN_S}) for n, d in deployments.items()}
         self.isolating = frozenset(n for n, d in deployments.items() if d.isolate_prefix_cache)
+        # Deployments that refused a whole answer asked for as a stream: asked for whole ones whole since.
+        self.unstreamed: set[str] = set()
         names = {n: upstream_names(d) for n, d in deployments.items()}
         self._span_names = {n: v.span_name for n, v in names.items()}
         self._span_attributes = {n: v.attributes(n) for n, v in names.items()}
@@ -255,7 +259,7 @@ class Upstreams:
     def _can_stream(self, name: str, body: dict[str, Any]) -> bool:
         """May this whole answer be asked for as a stream, should its deployment's health need a verdict?"""
         return (self.backends[name].streams_whole_answers and self.deployments[name].whole_answers_as_streams != "never"
-                and _streamable(body))
+                and name not in self.unstreamed and _streamable(body))
 
     def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float,
                 whole_since: float | None = None, answering: bool = False, can_stream: bool = False) -> None:
@@ -322,12 +326,24 @@ class Upstreams:
                 begun.answering = True
                 self.health[name].first_chunk(trial=trial)
 
+        def whole() -> Awaitable[Completion]:
+            return self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
+
         try:
             if streamed:
                 call = self._read_whole(name, stream_body(body), stats, self.telemetry.inject(span), first_chunk)
+                try:
+                    done = await self._awaited(name, call, deadline, priced, body)
+                except ProviderFailure as exc:
+                    if not exc.refuses_streaming:
+                        raise
+                    # The stream was the gateway's idea, not the client's: ask again as the client did.
+                    self._unstream(name, exc)
+                    streamed, since = False, time.monotonic()
+                    done = await self._awaited(name, whole(), deadline, priced, body)
             else:
-                call = self.backends[name].complete(self._patient[name], body, self.telemetry.inject(span))
-            done = counted(await self._awaited(name, call, deadline, priced, body), body)
+                done = await self._awaited(name, whole(), deadline, priced, body)
+            done = counted(done, body)
         except BaseException as exc:
             begun.given_up = True
             self._failed(name, exc, span, trial, started, whole_since=None if streamed else since,
@@ -347,13 +363,27 @@ class Upstreams:
         span.end()
         return done
 
+    def _unstream(self, name: str, refused: ProviderFailure) -> None:
+        """Deployment `name` refused a whole answer asked for as a stream (a model its key may not
+        stream, a server without `stream_options`): ask it for whole answers whole from now on, in this
+        process, and say once how to make that the configuration."""
+        if name in self.unstreamed:
+            return
+        self.unstreamed.add(name)
+        log.warning("deployment '%s' refused a whole answer asked for as a stream (%s): its whole answers are "
+                    "asked for whole from now on, until restart; set whole_answers_as_streams: never on it to "
+                    "make this permanent", name, refused.reason, extra={
+                        "event": "whole_answers_unstreamed", "deployment": name, "status": refused.status,
+                        "reason": refused.reason, "setting": "whole_answers_as_streams: never"})
+
     async def _read_whole(self, name: str, body: dict[str, Any], stats: StreamStats,
                           headers: Mapping[str, str] | None, first_chunk: Callable[[], None]) -> Completion:
         """A whole answer asked for as a stream (`body` streams) and rebuilt as the server would have
         sent it whole; `first_chunk()` as its first chunk comes. Cancelled (a drained call read too
         long), it closes the upstream stream. A stream that fails, or ends before every choice has its
-        finish reason, after its first chunk is a failure (never a half answer passed off as whole),
-        and what it generated is billed (`drain.bill_cut`)."""
+        finish reason, after its first chunk is a failure (never a half answer passed off as whole);
+        such a stream, or one cancelled after its first chunk, is billed for what it generated
+        (`drain.bill_cut`)."""
         started = time.perf_counter()
         chunks = self.backends[name].stream(self._patient[name], body, stats, headers)
         acc: Accumulator | None = None
@@ -363,10 +393,11 @@ class Upstreams:
                     acc = Accumulator()
                     first_chunk()
                 acc.add(piece)
-            if acc is not None and not acc.finished:
-                raise ProviderFailure(f"{name}: stream ended before the answer finished",
-                                      reason="stream ended before the answer finished")
-        except ProviderFailure:
+            if acc is not None:
+                require_finished(name, acc)
+        except (ProviderFailure, asyncio.CancelledError):
+            # Failed part-way, or cut part-way (only a call drained past `DRAIN_S` is cancelled): what
+            # it generated is billed.
             if acc is not None:
                 await bill_cut(self._cut_record(name, body, stats.usage, acc, time.perf_counter() - started))
             raise
@@ -567,6 +598,14 @@ class Upstreams:
             self.health[s.deployment].record_success(latency, s.stats.ttft_s)
             s.span.end()
         return CallRecord(s.deployment, s.stats.usage, cost, latency)
+
+
+def require_finished(name: str, acc: Accumulator) -> None:
+    """A whole answer read from a stream (`acc`, from deployment `name`) that ended before every choice
+    had its finish reason is a failure: never a half answer, finish_reason null, passed off as whole."""
+    if not acc.finished:
+        raise ProviderFailure(f"{name}: stream ended before the answer finished",
+                              reason="stream ended before the answer finished")
 
 
 def _wake(waiter: asyncio.Future[None], *_: object) -> None:

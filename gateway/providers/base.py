@@ -119,15 +119,19 @@ class ProviderFailure(Exception):
     `str(failure)` is the full detail, for logs and spans only; `reason` is the short account a
     client may see ("upstream answered 503", "timed out after 30 s", "connection failed"): no
     host, port, library internals or credentials. `retry_after_s` is the upstream's Retry-After.
+    `refuses_streaming`: the upstream refused the request for asking to stream (its error names
+    `stream` or `stream_options`), not for anything else in it.
     """
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
-                 timeout: bool = False, reason: str | None = None, retry_after_s: float | None = None) -> None:
+                 timeout: bool = False, reason: str | None = None, retry_after_s: float | None = None,
+                 refuses_streaming: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.retryable = retryable
         self.timeout = timeout
         self.retry_after_s = retry_after_s
+        self.refuses_streaming = refuses_streaming
         self.reason = reason or ("timed out" if timeout else
                                  f"upstream answered {status}" if status else "connection failed")
 

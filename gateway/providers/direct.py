@@ -8,6 +8,7 @@ per-call machinery costs more again. litellm stays for providers that need its t
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -169,14 +170,49 @@ def _raise_if_error(deployment: DeploymentConfig, chunk: Any) -> None:
 
 def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: bytes) -> ProviderFailure:
     status = resp.status
-    stated: str | None = None  # the provider's own error message, from its OpenAI error envelope
     try:
-        stated = str(orjson.loads(raw)["error"]["message"])[:300]
-    except (orjson.JSONDecodeError, KeyError, TypeError):
-        pass
+        parsed: Any = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        parsed = None
+    error = parsed.get("error") if isinstance(parsed, dict) else None
+    # the provider's own error message, from its OpenAI error envelope
+    stated = str(error["message"])[:300] if isinstance(error, dict) and "message" in error else None
     # The client sees what the provider said about its request (400/422), nothing about the upstream.
     reason = f"upstream answered {status}" + (f": {stated}" if stated and status in (400, 422) else "")
     return ProviderFailure(f"{deployment.name}: upstream answered {status}: "
                            f"{stated or raw[:300].decode(errors='replace')}",
                            status=status, retryable=is_retryable_status(status), reason=reason,
-                           retry_after_s=parse_retry_after(resp.headers.get("retry-after")))
+                           retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
+                           refuses_streaming=_refuses_streaming(status, parsed))
+
+
+# How a server says it will not stream this request, in its error's `param`, `code` or `message` (or a
+# FastAPI 422's `loc`): OpenAI's 400 for a model an unverified organisation may not stream ("must be
+# verified to stream this model", param `stream`), Azure's older API versions ("Unrecognized request
+# argument supplied: stream_options"), a server whose request schema has no `stream_options` (an extra
+# input at loc body.stream_options). Anything else a 4xx says is about the request, not streaming.
+_STREAM_PARAM = re.compile(r"^(?:body\.)?stream(?:_options)?(?:$|[.\[])")
+_STREAM_CODE = re.compile(r"(?<![a-z])stream(?:ing|_options)?(?![a-z])", re.IGNORECASE)
+_STREAM_MESSAGE = re.compile(
+    r"\bstream_options\b|\b(?:verified|allowed|permitted|permission|access) to stream\b"
+    r"|\bstream(?:ing)?\b(?: is| are| mode is)? (?:not |un)(?:supported|allowed|permitted|available|enabled)"
+    r"|\b(?:does|do) not support stream(?:ing)?\b|\b'stream' does not support\b", re.IGNORECASE)
+
+
+def _refuses_streaming(status: int, parsed: Any) -> bool:
+    """Did the upstream refuse the request for streaming (`stream`, `stream_options`), and nothing else?
+    Only a 4xx the request caused: a 408, 429 or 5xx says nothing about what it asked for."""
+    if not 400 <= status < 500 or is_retryable_status(status) or not isinstance(parsed, dict):
+        return False
+    error = parsed.get("error")
+    if isinstance(error, dict):
+        param, code, message = error.get("param"), error.get("code"), error.get("message")
+        return bool((isinstance(param, str) and _STREAM_PARAM.match(param))
+                    or (isinstance(code, str) and _STREAM_CODE.search(code))
+                    or (isinstance(message, str) and _STREAM_MESSAGE.search(message)))
+    if isinstance(error, str):  # a server's bare error string
+        return bool(_STREAM_MESSAGE.search(error))
+    detail = parsed.get("detail")  # FastAPI's validation errors: each names the field it refused
+    return isinstance(detail, list) and any(
+        isinstance(d, dict) and isinstance(d.get("loc"), list) and set(d["loc"]) & {"stream", "stream_options"}
+        for d in detail)

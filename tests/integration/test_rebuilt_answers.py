@@ -11,7 +11,9 @@ generated is billed; a server that answers a stream request whole is read as its
 from __future__ import annotations
 
 import http.server
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
+from gateway.executor import drain
 from tests.support.lab import policies_folder
 from tests.support.processes import free_port, running_gateway, wait_until
 
@@ -132,14 +135,41 @@ BROKEN: dict[str, bytes] = {
 }
 
 
+# model -> (what it refuses, its status and error): whole answers it gives as PLAIN's.
+REFUSING: dict[str, tuple[str, int, dict[str, Any]]] = {
+    # OpenAI, for a model an unverified organisation may not stream.
+    "unverified": ("stream", 400, {"error": {
+        "message": "Your organization must be verified to stream this model. Please go to: "
+                   "https://platform.openai.com/settings/organization/general and click on Verify Organization.",
+        "type": "invalid_request_error", "param": "stream", "code": "unsupported_value"}}),
+    # A server whose request schema has no stream_options (FastAPI's 422).
+    "no-stream-options": ("stream_options", 422, {"detail": [{
+        "type": "extra_forbidden", "loc": ["body", "stream_options"], "msg": "Extra inputs are not permitted"}]}),
+    # A 400 about something else in a streamed request: the request's fault, whether streamed or not.
+    "bad-temperature": ("stream", 400, {"error": {
+        "message": "Invalid value for 'temperature': must be at most 2.", "type": "invalid_request_error",
+        "param": "temperature", "code": "invalid_value"}}),
+}
+SEEN: dict[str, list[bool]] = {}  # model -> whether each request it was sent asked to stream
+
+
 class _Upstream(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
         model = body["model"]
-        if model in BROKEN:
+        SEEN.setdefault(model, []).append(bool(body.get("stream")))
+        if model in REFUSING:
+            refused, status, error = REFUSING[model]
+            if body.get(refused):
+                self._send(orjson.dumps(error), "application/json", status)
+            else:
+                self._send(orjson.dumps(PLAIN[0]), "application/json")
+        elif model in BROKEN:
             self._chunked(BROKEN[model], close=model == "dropped")
+        elif model == "trickle":  # its answer a piece every 50 ms, never finished, until the reader goes
+            self._trickle()
         elif model == "answers-whole":  # ignores `stream`: the whole answer, as JSON
             self._send(orjson.dumps(PLAIN[0]), "application/json")
         elif model == "error-200":
@@ -171,8 +201,24 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
             return
         self.wfile.write(b"0\r\n\r\n")
 
-    def _send(self, payload: bytes, content_type: str) -> None:
+    def _trickle(self, for_s: float = 15.0) -> None:
         self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        pieces = [PLAIN[1][0], *(_chunk(_delta({"content": " word"})) for _ in range(int(for_s / 0.05)))]
+        try:
+            for piece in pieces:
+                payload = _sse([piece], done=False)
+                self.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the reader went away
+            pass
+        self.close_connection = True
+
+    def _send(self, payload: bytes, content_type: str, status: int = 200) -> None:
+        self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
@@ -192,12 +238,16 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return {"name": name, "model": f"openai/{model}", "api_base": base, "max_retries": 0,
                 "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, "whole_answers_as_streams": "always", **kw}
 
-    models = [*SCRIPTS, *BROKEN, "answers-whole", "error-200", "long-line"]
+    models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line"]
     rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
+            dep("trickle", "trickle", timeout_s=TRICKLE_TIMEOUT_S),
             *(dep(m, m) for m in models), *(dep(f"{m}-whole", m, whole_answers_as_streams="never") for m in SCRIPTS)]
     policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
         "saved": {"candidates": [{"single": "error-chunk"}], "fallbacks": {"error-chunk": ["plain"]},
-                  "cache": {"enabled": False}}})
+                  "cache": {"enabled": False}},
+        # Hedged, its first leg answering at once (never hedged), each a stream that breaks off.
+        **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: ["plain"]}, "hedge_after_ms": 5000,
+                           "cache": {"enabled": False}} for m in ("no-finish", "error-chunk")}})
     try:
         with running_gateway(create_app(parse_config({"deployments": rows}, "rebuilt answers"), policies_dir=policies,
                                         watch_policies_s=None, watch_router_s=None)) as gw:
@@ -270,6 +320,36 @@ def test_a_stream_that_breaks_off_falls_back_and_both_calls_are_billed(gateway_u
     wait_until(lambda: _billed(gateway_url, "error-chunk")[0] == before + 1, timeout_s=5, what="the cut call")
 
 
+@pytest.mark.parametrize("model", ["no-finish", "error-chunk"])
+def test_a_hedged_whole_answer_whose_stream_breaks_off_is_an_error_and_billed(gateway_url: str, model: str) -> None:
+    """A hedged leg is judged as any whole answer read from a stream: ended before every choice finished,
+    or with an error in it, it is a failure, never a half answer with finish_reason null."""
+    before = _billed(gateway_url, model)[0]
+    with pytest.raises(openai.APIStatusError) as caught:
+        _ask(gateway_url, f"router/hedged-{model}")
+    assert caught.value.status_code == 502
+    assert f"deployment '{model}' failed" in caught.value.message
+    wait_until(lambda: _billed(gateway_url, model)[0] == before + 1, timeout_s=5, what="the cut call")
+
+
+TRICKLE_TIMEOUT_S = 0.5
+
+
+def test_a_call_read_on_after_its_timeout_and_cut_at_the_drain_limit_is_billed_for_what_came(
+        gateway_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gateway gives up on a whole answer at the deployment's timeout and reads on (`executor.drain`),
+    up to the drain limit: an answer still coming then is cut, and billed for its prompt and what came
+    (as a call that broke off is), not dropped unbilled."""
+    monkeypatch.setattr(drain, "DRAIN_S", 1.0)
+    with pytest.raises(openai.APIStatusError) as caught:
+        _ask(gateway_url, "trickle")
+    assert caught.value.status_code == 504
+    wait_until(lambda: _billed(gateway_url, "trickle")[0] >= 1, timeout_s=5, what="the cut call in the ledger")
+    calls, completion_tokens, usd = _billed(gateway_url, "trickle")
+    # read for ~1.5 s at a piece every 50 ms: far more than the pieces before the timeout
+    assert calls == 1 and completion_tokens >= 15 and usd > 0
+
+
 def test_a_server_that_answers_a_stream_request_whole_is_read_as_its_answer(gateway_url: str) -> None:
     assert _ask(gateway_url, "answers-whole").model_dump() == _ask(gateway_url, "plain-whole").model_dump()
     with pytest.raises(openai.APIStatusError) as caught:
@@ -309,3 +389,31 @@ def test_a_cached_rebuilt_answer_is_served_again_as_the_client_first_got_it(gate
     assert [t.token for c in chunks if c.choices and c.choices[0].logprobs
             for t in c.choices[0].logprobs.refusal or ()] == ["I", " can't help with that."]
     assert {c.system_fingerprint for c in chunks} == {"fp_1"}
+
+
+@pytest.mark.parametrize("model", ["unverified", "no-stream-options"])
+def test_a_deployment_that_refuses_to_stream_is_asked_for_whole_answers_whole(
+        gateway_url: str, model: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A stream the client never asked for, refused for streaming: the same call is asked for whole, and
+    so is every whole answer after it, with one warning naming the setting that makes it permanent."""
+    with caplog.at_level(logging.WARNING, logger="switchyard.upstream"):
+        for _ in range(2):
+            answer = _ask(gateway_url, model)
+            assert answer.choices[0].message.content == "Hello there, friend"
+            assert answer.choices[0].finish_reason == "stop"
+    assert SEEN[model] == [True, False, False]  # refused once as a stream, then asked whole
+    told = [r for r in caplog.records if getattr(r, "event", None) == "whole_answers_unstreamed"]
+    assert len(told) == 1 and getattr(told[0], "deployment", None) == model
+    assert "whole_answers_as_streams: never" in told[0].getMessage()
+    # A stream the client asked for is its own: refused, it is the client's answer, never asked whole.
+    with pytest.raises(openai.BadRequestError) as caught:
+        _ask(gateway_url, model, stream=True)
+    assert caught.value.body["code"] == "upstream_rejected"  # type: ignore[index]
+    assert SEEN[model] == [True, False, False, True]
+
+
+def test_a_refusal_of_anything_else_in_a_streamed_whole_answer_is_not_asked_again(gateway_url: str) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        _ask(gateway_url, "bad-temperature")
+    assert "temperature" in caught.value.message
+    assert SEEN["bad-temperature"] == [True]
