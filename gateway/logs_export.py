@@ -4,10 +4,11 @@ Each exported line has the schema of the shared routing data:
 `{"id", "split", "category", "prompt", "prompt_tokens", "models": {name: {"score", "cost_usd"}}}`.
 `name` is the answering deployment's `router_profile` when it has one (the model the router knows it
 as), else the deployment's name. `cost_usd` is what that deployment's own calls of the request cost
-(`own_cost`), never the whole plan's: a cascade's small try is not part of the large model's cost. The score is the request's most trusted label among those the
-export takes (`Trusted`): a client's eval, then a client's user label, then the gateway's own judge
-label, then a client's "judge". The gateway's shadow label is relative to the stronger deployment's
-answer, so that deployment is also listed, with score 1.0 (its answer is the reference).
+(`own_cost`), never the whole plan's: a cascade's small try is not part of the large model's cost.
+The score is the request's most trusted label among those the export takes (`Trusted`): a client's
+eval, then a client's user label, then the gateway's own judge label, then a client's "judge". The
+gateway's shadow label is relative to the stronger deployment's answer, so that deployment is also
+listed, with score 1.0 (its answer is the reference).
 
 Which labels count is the operator's choice (`--origin`), because a client label says whatever its
 tenant posted: by default only the gateway's own shadow labels (origin `gateway`), which no client
