@@ -140,9 +140,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from gateway.router import load_router
+    from gateway.router.serving import configured_dir, load_checked
 
-    router = load_router(args.artifact)
+    # Checked whole, as serve and promote check it: an artifact whose meta and arrays disagree may still
+    # load and answer, and would route on rows that are not its models'.
+    router = load_checked(configured_dir(args.artifact))
     if args.batch:
         from gateway.router.batch import score_file
 

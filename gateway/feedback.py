@@ -2,7 +2,8 @@
 
 Every completed chat request (whole or streamed; cache hits are not recorded, they repeat an answer
 that was) leaves a compact record: request id, time, tenant, policy, entry, plan, deployment,
-router version, the router's predicted quality per deployment, cost and tokens, the savings
+router version, the router's predicted quality per deployment, cost and tokens (and, for a plan that
+called several deployments, each one's cost: `cost_usd_by_deployment`), the savings
 (the predicted cost of the policy's dearest candidate, and the predicted quality of the chosen plan
 and of that candidate: `gateway.ledger.savings`), and the prompt
 the router judged: its text when the tenant has `log_prompts: true`, else only `prompt_hmac`, its
@@ -105,16 +106,21 @@ def build_record(c: Completed, digests: Digests) -> dict[str, Any]:
     # cost_usd, prompt_tokens and completion_tokens are billed, summed over every call of the request
     # (its samples, judge, escalation, a hedge's losing leg), as the spend ledger sums them.
     cost, prompt, completion = 0.0, 0, 0
+    own: dict[str, float] = {}  # deployment -> its calls' cost
     for x in c.calls:  # a loop, not three generator sums: one record per request
         cost += x.cost_usd
         prompt += x.usage.prompt_tokens
         completion += x.usage.completion_tokens
+        own[x.deployment] = own.get(x.deployment, 0.0) + x.cost_usd
     record: dict[str, Any] = {
         "request_id": c.request_id, "time": rounded(c.at, MS), "tenant": c.tenant.name, "policy": c.policy,
         "entry": c.entry, "plan": c.plan, "deployment": c.deployment, "router_version": c.router_version,
         "policy_version": c.policy_version, "cost_usd": cost, "prompt_tokens": prompt,
         "completion_tokens": completion,
     }
+    if len(own) > 1:  # a plan of several deployments (a cascade): what each one's calls cost, for
+        # `switchyard logs export`; absent, every call was the answering deployment's (cost_usd is its own)
+        record["cost_usd_by_deployment"] = own
     if c.prompt_tokens_estimate is not None:
         record["prompt_tokens_estimate"] = c.prompt_tokens_estimate
     counterfactual, chosen, dearest = savings(c.decision, cost)

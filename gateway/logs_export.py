@@ -3,10 +3,12 @@
 Each exported line has the schema of the shared routing data:
 `{"id", "split", "category", "prompt", "prompt_tokens", "models": {name: {"score", "cost_usd"}}}`.
 `name` is the answering deployment's `router_profile` when it has one (the model the router knows it
-as), else the deployment's name. The score is the request's most trusted label among those the
-export takes (`Trusted`): a client's eval, then a client's user label, then the gateway's own judge
-label, then a client's "judge". The gateway's shadow label is relative to the stronger deployment's
-answer, so that deployment is also listed, with score 1.0 (its answer is the reference).
+as), else the deployment's name. `cost_usd` is what that deployment's own calls of the request cost
+(`own_cost`), never the whole plan's: a cascade's small try is not part of the large model's cost.
+The score is the request's most trusted label among those the export takes (`Trusted`): a client's
+eval, then a client's user label, then the gateway's own judge label, then a client's "judge". The
+gateway's shadow label is relative to the stronger deployment's answer, so that deployment is also
+listed, with score 1.0 (its answer is the reference).
 
 Which labels count is the operator's choice (`--origin`), because a client label says whatever its
 tenant posted: by default only the gateway's own shadow labels (origin `gateway`), which no client
@@ -103,7 +105,7 @@ def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, s
     label = feedback[next(k for k in RANK if k in feedback)]
     deployment = record["deployment"]
     models: dict[str, dict[str, Any]] = {
-        names.get(deployment, deployment): {"score": float(label["score"]), "cost_usd": record.get("cost_usd")}}
+        names.get(deployment, deployment): {"score": float(label["score"]), "cost_usd": own_cost(record)}}
     judged = feedback.get(_GATEWAY_JUDGE)
     against = judged.get("against") if judged else None
     if isinstance(against, str) and against != deployment:
@@ -111,6 +113,16 @@ def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, s
     row_id = f"traffic/{record['tenant']}/{record['request_id']}"
     return {"id": row_id, "split": hash_split(row_id), "category": f"traffic/{record.get('category') or 'unknown'}",
             "prompt": record["prompt"], "prompt_tokens": prompt_length(record), "models": models}
+
+
+def own_cost(record: Mapping[str, Any]) -> float | None:
+    """What the answering deployment's own calls cost: the routing data's `cost_usd` is one model's
+    cost on the prompt, not a plan's (a cascade's small try is not the large model's cost). A record
+    without `cost_usd_by_deployment` called no other deployment, so its `cost_usd` is its own."""
+    by_deployment = record.get("cost_usd_by_deployment")
+    if isinstance(by_deployment, Mapping):
+        return by_deployment.get(record["deployment"])
+    return record.get("cost_usd")
 
 
 def prompt_length(record: Mapping[str, Any]) -> int:

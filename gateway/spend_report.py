@@ -29,12 +29,34 @@ async def spend_rows(redis_url: str, window: Window, group_by: Sequence[str]) ->
         await store.close()
 
 
-def _cell(value: Any) -> str:
+_USD = frozenset({"cost_usd", "counterfactual_usd", "savings_usd"})
+_NOTHING_USD = 1e-12  # below a picodollar (what records round costs to): a float sum's noise, shown as 0
+
+
+def usd_text(value: float) -> str:
+    """A dollar amount for people: from a cent up, 6 decimals (2 from $1000 up), which keep at least 4
+    significant digits; below a cent, 4 significant digits without an exponent (0.00004698, not
+    0.000047, whose 2 digits make a column of them visibly not add up)."""
+    if abs(value) >= 1000:
+        return f"{value:.2f}"
+    if abs(value) >= 0.01 or abs(value) < _NOTHING_USD:
+        return f"{0.0 if abs(value) < _NOTHING_USD else value:.6f}"
+    return format(Decimal(f"{value:.3e}"), "f")
+
+
+def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.6f}" if abs(value) < 1000 else f"{value:.2f}"
+        return usd_text(value) if column in _USD else f"{value:.6f}"
     return str(value)
+
+
+def _on_points(cells: list[str]) -> list[str]:
+    """A column's decimals padded on the right so that their points line up once right-justified
+    (0.021300 above 0.00004698); a cell without a point (a count, `-` for none) is left as it is."""
+    decimals = max((len(c) - c.index(".") - 1 for c in cells if "." in c), default=0)
+    return [c + " " * (decimals - (len(c) - c.index(".") - 1)) if "." in c else c for c in cells]
 
 
 def plain_decimal(value: float) -> str:
@@ -62,9 +84,11 @@ def as_csv(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> str:
 def as_text(rows: Sequence[dict[str, Any]], group_by: Sequence[str]) -> str:
     columns = (*group_by, *METRIC_COLUMNS)
     header = [_SHORT.get(c, c) for c in columns]
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
     keys = len(group_by)
+    by_column = [[_cell(c, row[c]) for row in rows] for c in columns]
+    by_column = [col if i < keys else _on_points(col) for i, col in enumerate(by_column)]
+    cells = [[col[j] for col in by_column] for j in range(len(rows))]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
 
     def line(values: Sequence[str]) -> str:
         return "  ".join(v.ljust(w) if i < keys else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths,

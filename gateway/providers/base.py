@@ -30,7 +30,10 @@ class Usage:
     its prices; None when it says none (a sum of calls says none). `prompt_tokens` counts the audio
     prompt tokens too (`prompt_audio_tokens`, `prompt_tokens_details.audio_tokens`), priced apart.
     `cache_write_1h_tokens`: the part of `cache_write_tokens` written to live an hour (Anthropic's
-    `ttl: "1h"`), which costs more than a 5-minute write; the rest are 5-minute writes."""
+    `ttl: "1h"`), which costs more than a 5-minute write; the rest are 5-minute writes.
+    `reasoning_tokens`: of `completion_tokens`, those the model thought with
+    (`completion_tokens_details.reasoning_tokens`): billed as completion tokens, so never priced apart,
+    but carried so that the client reads what the upstream reported."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -40,6 +43,7 @@ class Usage:
     service_tier: str | None = None
     prompt_audio_tokens: int = 0
     cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -50,7 +54,8 @@ class Usage:
                      self.cached_tokens + other.cached_tokens, self.cache_write_tokens + other.cache_write_tokens,
                      self.audio_tokens + other.audio_tokens,
                      prompt_audio_tokens=self.prompt_audio_tokens + other.prompt_audio_tokens,
-                     cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens)
+                     cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
+                     reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -65,8 +70,9 @@ class Usage:
                 hour = self.cache_write_1h_tokens
                 out["cache_creation"] = {"ephemeral_5m_input_tokens": self.cache_write_tokens - hour,
                                          "ephemeral_1h_input_tokens": hour}
-        if self.audio_tokens:
-            out["completion_tokens_details"] = {"audio_tokens": self.audio_tokens}
+        if self.reasoning_tokens or self.audio_tokens:  # both, as OpenAI reports them
+            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens,
+                                                "audio_tokens": self.audio_tokens}
         return out
 
     @classmethod
@@ -90,10 +96,10 @@ class Usage:
         split = split if isinstance(split, dict) else {}
         short, long = (max(int(split.get(f"ephemeral_{ttl}_input_tokens") or 0), 0) for ttl in ("5m", "1h"))
         out = raw.get("completion_tokens_details")
-        audio = (out.get("audio_tokens") or 0) if isinstance(out, dict) else 0
+        out = out if isinstance(out, dict) else {}
         return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                   int(cached), max(written, short + long), int(audio), tier, int(details.get("audio_tokens") or 0),
-                   long)
+                   int(cached), max(written, short + long), int(out.get("audio_tokens") or 0), tier,
+                   int(details.get("audio_tokens") or 0), long, int(out.get("reasoning_tokens") or 0))
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import pytest
 from gateway.cli import build_parser
 from gateway.messages import count_messages
 from tests.support.processes import ROOT, free_port
-from tests.support.routers import copy_default, mismatched
+from tests.support.routers import MISMATCHES, copy_default, mismatched
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 CLI = [sys.executable, "-m", "gateway.cli"]
@@ -104,6 +104,20 @@ def test_route_explains_a_prompt() -> None:
     assert explained["signal"]["prompt_tokens_estimate"] == count_messages([{"role": "user", "content": "hi"}])
     readable = _run("route", "--policy", "quality-first", "Prove Fermat's little theorem.").stdout
     assert readable.startswith("policy quality-first → ")
+
+
+@pytest.mark.parametrize("damage", MISMATCHES)
+def test_route_refuses_an_artifact_whose_meta_and_arrays_disagree_in_one_line(tmp_path: Path, damage: str) -> None:
+    """Checked as serve and promote check it: each of these loads and answers the smoke prompts."""
+    router = copy_default(tmp_path / "my-router")
+    assert _run("route", "--artifact", str(router), "hi").returncode == 0  # whole, it routes
+    mismatched(router, damage)
+    for args in (["hi"], ["--batch", str(ROOT / "tests/fixtures/router_small.jsonl"), "--out", str(tmp_path / "o")]):
+        result = _run("route", "--artifact", str(router), *args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"switchyard route: {router}: "), line
+        assert not (tmp_path / "o").exists()
 
 
 def test_route_batch_scores_a_file(tmp_path: Path) -> None:

@@ -48,6 +48,9 @@ POLICIES = {
     # several calls per request: three samples of small, then large unless all three agree
     "escalating": {"candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "agreement",
                                                "samples": 3, "threshold": 1.0}}], "cache": {"enabled": False}},
+    # small, then always large: no answer's mean token probability reaches 1
+    "always-escalating": {"candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "logprob",
+                                                      "threshold": 1.0}}], "cache": {"enabled": False}},
 }
 SUM = [{"role": "user", "content": "What is 17 + 25?"}]
 
@@ -332,6 +335,28 @@ def test_logs_export_writes_routing_data_rows(gw: Gateway, tmp_path: Path) -> No
     shadowed = by_id[f"traffic/alice/{rid_shadowed}"]  # a judge label also names the reference deployment
     assert shadowed["models"]["Meta-Llama-3.1-70B-Instruct"] == {"score": 1.0}
     assert set(shadowed["models"]) == {"Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"}
+
+
+def test_logs_export_gives_a_cascade_s_answering_model_its_own_calls_cost_not_the_plans(
+        gw: Gateway, tmp_path: Path) -> None:
+    raw = gw.client("sk-alice").chat.completions.with_raw_response.create(model="router/always-escalating",
+                                                                           messages=SUM)
+    rid, answer = raw.headers["x-request-id"], raw.parse()
+    assert raw.headers["x-switchyard-plan"] == "cascade:small>large:escalated"
+    calls = orjson.loads(raw.headers["x-switchyard-evidence"])["calls"]  # what each call cost
+    own = {d: sum(c["cost_usd"] for c in calls if c["deployment"] == d) for d in ("small", "large")}
+    assert own["small"] > 0 and own["large"] > 0
+    record = _record(gw, rid)
+    assert record["cost_usd"] == pytest.approx(own["small"] + own["large"])  # the record keeps the whole cost
+    assert gw.feedback("sk-alice", {"request_id": rid, "score": 1.0, "source": "eval"}).status_code == 200
+    out = tmp_path / "traffic.jsonl"
+    done = _export(gw, out, "--since", "1h", "--origin", "client")
+    assert done.returncode == 0, done.stderr
+    row = next(orjson.loads(line) for line in out.read_bytes().splitlines()
+               if orjson.loads(line)["id"] == f"traffic/alice/{rid}")
+    # The large model answered: its cost is its own call's, without the small model's try before it.
+    assert row["models"] == {"Meta-Llama-3.1-70B-Instruct": {"score": 1.0, "cost_usd": pytest.approx(own["large"])}}
+    assert answer.choices[0].message.content
 
 
 def test_a_tenant_posting_source_judge_never_replaces_the_gateways_own_label(gw: Gateway, tmp_path: Path) -> None:

@@ -1,0 +1,130 @@
+"""The token details an upstream reports reach the client as it reported them: over real HTTP, with the
+official SDK, against an OpenAI-compatible server whose every answer reports reasoning tokens and audio
+tokens (`completion_tokens_details`) and cached and audio prompt tokens (`prompt_tokens_details`).
+
+Whatever the way the answer comes (whole, rebuilt from a stream, relayed as a stream, served again
+from the cache whole or streamed, or made by a cascade of two calls, whole or replayed as a stream),
+the client reads the reasoning tokens the upstream said (summed over a cascade's calls, as
+`completion_tokens` is)."""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import openai
+import orjson
+import pytest
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from tests.support.lab import policies_folder
+from tests.support.processes import free_port, running_gateway
+
+USAGE = {"prompt_tokens": 20, "completion_tokens": 30, "total_tokens": 50,
+         "prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 4},
+         "completion_tokens_details": {"reasoning_tokens": 12, "audio_tokens": 3}}
+
+
+class _Upstream(http.server.BaseHTTPRequestHandler):
+    """Answers every model with "ok", whole or as a stream, reporting `USAGE`."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
+        head = {"id": "chatcmpl-u", "created": 1700000000, "model": body["model"]}
+        if not body.get("stream"):
+            self._send(orjson.dumps({**head, "object": "chat.completion", "usage": USAGE, "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}]}),
+                "application/json")
+            return
+        chunk = {**head, "object": "chat.completion.chunk"}
+        chunks = [{**chunk, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"},
+                                         "finish_reason": None}]},
+                  {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                  {**chunk, "choices": [], "usage": USAGE}]
+        self._send(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n",
+                   "text/event-stream")
+
+    def _send(self, payload: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("content-type", content_type)
+        self.send_header("content-length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Upstream)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+    rows = [{"name": "small", "model": "openai/small", "api_base": base, "tier": "small", "price": price},
+            {"name": "large", "model": "openai/large", "api_base": base, "tier": "large", "price": price},
+            {"name": "whole", "model": "openai/whole", "api_base": base, "price": price,
+             "whole_answers_as_streams": False}]
+    # No logprobs in the small model's answer: no confidence, so the cascade always escalates.
+    cascade = {"candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "logprob", "threshold": 0.5}}],
+               "cache": {"enabled": False}}
+    policies = policies_folder(Path(tmp_path_factory.mktemp("usage")), {"escalating": cascade})
+    try:
+        with running_gateway(create_app(parse_config({"deployments": rows}, "usage details"), policies_dir=policies,
+                                        watch_policies_s=None, watch_router_s=None)) as gw:
+            yield openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-any", max_retries=0)
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _messages() -> list[Any]:
+    return [{"role": "user", "content": f"think {uuid.uuid4().hex}"}]
+
+
+def _details(usage: Any, calls: int = 1) -> None:
+    """`usage` says what the upstream reported, over `calls` calls."""
+    assert usage is not None and usage.completion_tokens == 30 * calls
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 12 * calls
+    assert usage.completion_tokens_details.audio_tokens == 3 * calls
+    assert usage.prompt_tokens_details is not None
+    assert (usage.prompt_tokens_details.cached_tokens, usage.prompt_tokens_details.audio_tokens) == (8 * calls,
+                                                                                                    4 * calls)
+
+
+def _streamed_usage(client: openai.OpenAI, model: str, messages: list[Any], **extra: Any) -> Any:
+    chunks = list(client.chat.completions.create(model=model, messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}, **extra))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("ok")
+    return next(c.usage for c in chunks if c.usage is not None)
+
+
+@pytest.mark.parametrize("model", ["small", "whole"])  # rebuilt from the upstream's stream; its own whole answer
+def test_a_whole_answer_carries_the_upstreams_reasoning_tokens(client: openai.OpenAI, model: str) -> None:
+    answer = client.chat.completions.create(model=model, messages=_messages(),
+                                            extra_headers={"x-switchyard-cache": "bypass"})
+    _details(answer.usage)
+
+
+def test_a_streamed_answer_carries_them_and_so_does_its_cached_replay(client: openai.OpenAI) -> None:
+    messages = _messages()
+    _details(_streamed_usage(client, "small", messages, temperature=0))  # relayed, then cached
+    again = client.chat.completions.with_raw_response.create(model="small", messages=messages, temperature=0)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    _details(again.parse().usage)  # the cached answer, whole
+    _details(_streamed_usage(client, "small", messages, temperature=0))  # and replayed as a stream
+
+
+def test_a_cascades_answer_sums_them_over_its_calls(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.with_raw_response.create(model="router/escalating", messages=_messages())
+    assert answer.headers["x-switchyard-plan"].endswith(":escalated")
+    _details(answer.parse().usage, calls=2)
+    _details(_streamed_usage(client, "router/escalating", _messages()), calls=2)
