@@ -21,6 +21,7 @@ from gateway.auth import hash_key
 from gateway.config import parse_config
 from tests.support.lab import policies_folder
 from tests.support.processes import GatewayServer, free_port, running_gateway
+from tests.support.scripted_http import ScriptedHandler
 
 # litellm's vLLM provider imports a pydantic model that warns about its own typing (not ours to fix).
 pytestmark = pytest.mark.filterwarnings("ignore:Items .* are using the `ReadOnly` qualifier:UserWarning")
@@ -28,7 +29,7 @@ TENANTS = [{"name": "alice", "api_key_sha256": hash_key("sk-alice")},
            {"name": "bob", "api_key_sha256": hash_key("sk-bob")}]
 
 
-class _Upstream(http.server.BaseHTTPRequestHandler):
+class _Upstream(ScriptedHandler):
     """Answers every chat completion with "ok" (whole, or as a stream) and keeps the bodies it got.
     Model `fake-cut` breaks its streams off after the first chunk."""
 
@@ -70,15 +71,6 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
         self.wfile.flush()
         self.close_connection = True
 
-    def _send(self, payload: bytes, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        return None
 
 
 @dataclass

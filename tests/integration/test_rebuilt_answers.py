@@ -29,6 +29,7 @@ from gateway.config import parse_config
 from gateway.executor import drain
 from tests.support.lab import policies_folder
 from tests.support.processes import free_port, running_gateway, wait_until
+from tests.support.scripted_http import ScriptedHandler
 
 HEAD = {"id": "chatcmpl-abc", "created": 1700000000, "model": "gpt-x-2024", "system_fingerprint": "fp_1",
         "service_tier": "default"}
@@ -153,7 +154,7 @@ REFUSING: dict[str, tuple[str, int, dict[str, Any]]] = {
 SEEN: dict[str, list[bool]] = {}  # model -> whether each request it was sent asked to stream
 
 
-class _Upstream(http.server.BaseHTTPRequestHandler):
+class _Upstream(ScriptedHandler):
     protocol_version = "HTTP/1.1"
 
     def do_POST(self) -> None:
@@ -217,15 +218,6 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
             pass
         self.close_connection = True
 
-    def _send(self, payload: bytes, content_type: str, status: int = 200) -> None:
-        self.send_response(status)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")

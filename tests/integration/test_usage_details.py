@@ -24,13 +24,14 @@ from gateway.api.app import create_app
 from gateway.config import parse_config
 from tests.support.lab import policies_folder
 from tests.support.processes import free_port, running_gateway
+from tests.support.scripted_http import ScriptedHandler
 
 USAGE = {"prompt_tokens": 20, "completion_tokens": 30, "total_tokens": 50,
          "prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 4},
          "completion_tokens_details": {"reasoning_tokens": 12, "audio_tokens": 3}}
 
 
-class _Upstream(http.server.BaseHTTPRequestHandler):
+class _Upstream(ScriptedHandler):
     """Answers every model with "ok", whole or as a stream, reporting `USAGE`."""
 
     protocol_version = "HTTP/1.1"
@@ -51,15 +52,6 @@ class _Upstream(http.server.BaseHTTPRequestHandler):
         self._send(b"".join(b"data: " + orjson.dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n",
                    "text/event-stream")
 
-    def _send(self, payload: bytes, content_type: str) -> None:
-        self.send_response(200)
-        self.send_header("content-type", content_type)
-        self.send_header("content-length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args: object) -> None:
-        return None
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +60,11 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
     price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
-    rows = [{"name": "small", "model": "openai/small", "api_base": base, "tier": "small", "price": price},
-            {"name": "large", "model": "openai/large", "api_base": base, "tier": "large", "price": price},
+    rebuilt = {"whole_answers_as_streams": "always"}  # every whole answer read from a stream and rebuilt
+    rows = [{"name": "small", "model": "openai/small", "api_base": base, "tier": "small", "price": price, **rebuilt},
+            {"name": "large", "model": "openai/large", "api_base": base, "tier": "large", "price": price, **rebuilt},
             {"name": "whole", "model": "openai/whole", "api_base": base, "price": price,
-             "whole_answers_as_streams": False}]
+             "whole_answers_as_streams": "never"}]
     # No logprobs in the small model's answer: no confidence, so the cascade always escalates.
     cascade = {"candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "logprob", "threshold": 0.5}}],
                "cache": {"enabled": False}}
