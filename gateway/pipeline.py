@@ -519,7 +519,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             how = "fallback" if hedge_s is None else "hedge"
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>{how}:{live.deployment}"
             trail.stream, trail.plan_label, trail.deployment = True, label, live.deployment
-            relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r,
+            relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r, streamed,
                                 Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
         waited = time.perf_counter()
@@ -611,10 +611,13 @@ class _LiveStream:
     span: Span
     held: Reservation
     route: Route  # its prompt tokens bill a stream cut short
+    body: dict[str, Any]  # what the upstream was asked (a stream read on after its client left holds its worst case)
     learning: Learning
     trail: Trail
     hedged: Losers = NO_LOSERS  # the legs a hedged stream's winner beat, billed with it
     acc: Accumulator = field(default_factory=Accumulator)
+    relayed: bool = False  # its first chunk was read into `acc` (`chunks` ran)
+    ended: bool = False    # the upstream stream was read to its end
     settled: bool = False
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
@@ -623,6 +626,7 @@ class _LiveStream:
         live = self.live
         try:
             self.acc.add(live.first)
+            self.relayed = True
             yield live.first
             prices = self.svc.upstreams.prices
             async for chunk in live.rest:
@@ -634,6 +638,7 @@ class _LiveStream:
                     chunk = {**chunk, "switchyard": {"cost_usd": cost,
                                                      "deployment": live.deployment, "plan": self.label}}
                 yield chunk
+            self.ended = True
         except ProviderFailure as exc:
             error = exc  # the detail stays in the span and the log; the client learns what failed
             raise GatewayError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
@@ -648,13 +653,22 @@ class _LiveStream:
             return
         self.settled = True
         live, acc = self.live, self.acc
-        await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
-        if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
-            live.stats.usage = Usage(self.route.prompt_tokens, acc.completion_tokens_estimate(),
-                                     prompt_audio_tokens=self.route.terms.audio_input)
-        record: CallRecord = await self.svc.upstreams.end_stream(live, error)
+        if not self.relayed:  # the client left before it: the first chunk is still part of the call
+            acc.add(live.first)
+        upstream: tuple[CallRecord, ...] = ()
+        if error is None and not self.ended:
+            # The client left; the upstream has not stopped (a reasoning model's thinking, reported only in
+            # its final usage chunk, is billed whether read or not): it is read on and billed when it ends.
+            # Before any await: the response's cancellation must not stop the hand-over.
+            self.svc.upstreams.read_on(live, acc, self.body, self._counted)
+        else:
+            await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
+            if not live.stats.usage.total_tokens:  # no usage sent: bill what was counted
+                live.stats.usage = self._counted()
+            upstream = (await self.svc.upstreams.end_stream(live, error),)
+        record = upstream[0] if upstream else CallRecord(live.deployment, Usage(), 0.0, 0.0)
         self.trail.upstream_s += record.latency_s
-        calls = (*live.earlier, record, *await self.hedged.records())
+        calls = (*live.earlier, *upstream, *await self.hedged.records())
         self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
         self.svc.observer.finish(self.trail, 200, cut)
@@ -672,3 +686,8 @@ class _LiveStream:
             if self.key is not None:
                 await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
             learn(self.svc, self.learning, self.label, live.deployment, calls, body)  # hedge losers too
+
+    def _counted(self) -> Usage:
+        """The call's usage as counted, for a stream that ends without one: its prompt and what came."""
+        return Usage(self.route.prompt_tokens, self.acc.completion_tokens_estimate(),
+                     prompt_audio_tokens=self.route.terms.audio_input)

@@ -190,8 +190,45 @@ async def chat_completions(request: Request) -> Response:
         return StreamingResponse(_replayed(outcome.body, include_usage), media_type="text/event-stream",
                                  headers=_headers(outcome, rid))
     # The background task settles the stream even if the client left before its first chunk.
-    return StreamingResponse(_relayed(outcome.stream, include_usage), media_type="text/event-stream",
-                             headers=_headers(outcome, rid), background=BackgroundTask(outcome.settle))
+    return _RelayResponse(_relayed(outcome.stream, include_usage), media_type="text/event-stream",
+                          headers=_headers(outcome, rid), background=BackgroundTask(outcome.settle))
+
+
+class _ClientLeft(Exception):
+    """The client of a relayed stream has gone: nothing more is sent."""
+
+
+class _RelayResponse(StreamingResponse):
+    """A relayed stream whose client leaving stops the relay between chunks, never in the middle of
+    reading one. Starlette's own response cancels the relay wherever it waits, most often in the read of
+    the upstream's next chunk, and a read cancelled there closes the upstream stream: what the upstream
+    went on to bill (a reasoning model's thinking, reported only in its final usage chunk) could then not
+    be read on (`Upstreams.read_on`). Here the relay stops at its next send, its upstream stream intact,
+    and the settlement (the background task) hands it over."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        left = False
+
+        async def relay_send(message: Any) -> None:
+            if left:
+                raise _ClientLeft
+            await send(message)
+
+        relay = asyncio.ensure_future(self.stream_response(relay_send))
+        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        try:
+            await asyncio.wait((relay, listener), return_when=asyncio.FIRST_COMPLETED)
+            left = listener.done()
+            try:
+                await relay
+            except (_ClientLeft, OSError):  # OSError: a server that says so itself (ASGI 2.4)
+                pass
+        finally:
+            listener.cancel()
+            relay.cancel()  # only if this response itself was cancelled (the server stopping)
+        if self.background is not None:  # settles first: it hands an upstream still being read over whole
+            await self.background()
+        await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 async def _replayed(body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:

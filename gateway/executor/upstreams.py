@@ -574,6 +574,44 @@ class Upstreams:
             await self.quotas.settle(s.taken, record.usage.prompt_tokens + record.usage.completion_tokens)
         return record
 
+    def read_on(self, s: OpenStream, acc: Accumulator, body: dict[str, Any], counted: Callable[[], Usage]) -> None:
+        """A relayed stream its client left before its end (`acc`: what it had of it) is read on in the
+        background, within `DRAIN_S` (`executor.drain`), and billed when it ends as a late call of the
+        request, for the usage the upstream reports at its end; without one, `counted()`. Closing it
+        instead would bill only what the gateway had seen: a reasoning model thinks on (billed as
+        completion tokens, reported only in its final usage chunk) whether or not anyone reads. A stream
+        that fails, or is cut at `DRAIN_S`, is billed for what came (`bill_cut`). `body`: what it was
+        asked (the most it may cost is held until it ends)."""
+
+        async def rest() -> CallRecord:
+            error: ProviderFailure | None = None
+            try:
+                async for chunk in s.rest:
+                    acc.add(chunk)
+            except ProviderFailure as exc:
+                error = exc
+            except asyncio.CancelledError:  # read too long: cut, billed for what came
+                await bill_cut(await self._ended(s, counted))
+                raise
+            finally:
+                await s.rest.aclose()  # type: ignore[attr-defined]
+            record = await self._ended(s, counted, error)
+            if error is not None:
+                await bill_cut(record)
+                raise error
+            return record
+
+        async def priced(record: CallRecord) -> CallRecord:
+            return record
+
+        drain(asyncio.ensure_future(rest()), priced, functools.partial(self._worst_usd, s.deployment, body))
+
+    async def _ended(self, s: OpenStream, counted: Callable[[], Usage], error: ProviderFailure | None = None,
+                     ) -> CallRecord:
+        if not s.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
+            s.stats.usage = counted()
+        return await self.end_stream(s, error)
+
     def close_stream(self, s: OpenStream, error: ProviderFailure | None = None) -> CallRecord:
         latency = time.perf_counter() - s.started
         cost = self.prices[s.deployment].cost(s.stats.usage, s.terms)

@@ -1,0 +1,126 @@
+"""A relayed stream its client leaves is billed for what the upstream reports at its end: over real HTTP,
+with the official SDK, against an OpenAI-compatible server that thinks the way reasoning models do (its
+thinking streamed as `reasoning_content`, or nothing at all for a while) and says what the call cost only
+in its final usage chunk (`completion_tokens_details.reasoning_tokens` inside `completion_tokens`).
+
+The upstream goes on thinking after the client has gone, and the provider bills every token of it. Before,
+the gateway closed the upstream when the client left and billed its prompt and the few tokens it had seen
+(or none, for a client that left before the first chunk): the thinking, reported only at the end, was
+never billed."""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from tests.support.lab import policies_folder
+from tests.support.processes import free_port, running_gateway, wait_until
+from tests.support.scripted_http import ScriptedHandler
+
+# What the upstream reports at the end of every stream: most of it thinking the client never saw.
+USAGE = {"prompt_tokens": 20, "completion_tokens": 900, "total_tokens": 920,
+         "completion_tokens_details": {"reasoning_tokens": 880}}
+THINKING_S = 0.8  # how long the upstream thinks: the client leaves well before it is done
+ENDED = {"reasoning": threading.Event(), "silent": threading.Event()}  # the upstream sent its usage chunk
+
+
+class _Thinker(ScriptedHandler):
+    """`reasoning`: streams its thinking as `reasoning_content` deltas for `THINKING_S` after its first
+    chunk; `silent`: sends its first chunk only after `THINKING_S / 2`, then nothing for `THINKING_S`. Either
+    then answers, and ends with `USAGE`."""
+
+    def do_POST(self) -> None:
+        body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
+        model = body["model"]
+        head = {"id": "chatcmpl-t", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
+
+        def delta(d: dict[str, Any], finish: str | None = None) -> bytes:
+            return b"data: " + orjson.dumps({**head, "choices": [{"index": 0, "delta": d, "finish_reason": finish}]}) \
+                + b"\n\n"
+
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.end_headers()
+        with contextlib.suppress(OSError):  # a reader that left: the server's thinking is billed all the same
+            if model == "silent":
+                time.sleep(THINKING_S / 2)
+            self.wfile.write(delta({"role": "assistant", "content": ""}))
+            self.wfile.flush()
+            for _ in range(16):
+                time.sleep(THINKING_S / 16)
+                if model == "reasoning":
+                    self.wfile.write(delta({"reasoning_content": "Let me think about it. "}))
+                    self.wfile.flush()
+            self.wfile.write(delta({"content": "42"}) + delta({}, "stop"))
+            self.wfile.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": USAGE}) + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+            ENDED[model].set()
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Thinker)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+    rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": tier, "price": price,
+             "max_retries": 0, "timeout_s": 5} for name, tier in zip(ENDED, ("small", "large"), strict=True)]
+    policies = policies_folder(Path(tmp_path_factory.mktemp("abandoned")), {})  # the shipped ones; pinned here
+    try:
+        with running_gateway(create_app(parse_config({"deployments": rows}, "abandoned streams"),
+                                        policies_dir=policies, watch_policies_s=None, watch_router_s=None)) as gw:
+            yield gw.base_url + "/v1"
+    finally:
+        upstream.shutdown()
+        upstream.server_close()
+
+
+def _billed(base_url: str, deployment: str) -> dict[str, Any]:
+    rows = httpx.get(base_url + "/spend", params={"group_by": "deployment"}, timeout=10).json()["data"]
+    return next((r for r in rows if r["deployment"] == deployment), {"completion_tokens": 0, "cost_usd": 0.0})
+
+
+def _messages() -> list[Any]:
+    return [{"role": "user", "content": f"What is six times seven? {uuid.uuid4().hex}"}]
+
+
+def _settles_to_the_upstreams_usage(base_url: str, deployment: str) -> None:
+    ENDED[deployment].wait(5)  # unless the gateway hung up on it
+    want = USAGE["prompt_tokens"] * 1.0e-6 + USAGE["completion_tokens"] * 2.0e-6
+    try:
+        wait_until(lambda: _billed(base_url, deployment)["completion_tokens"] == USAGE["completion_tokens"],
+                   timeout_s=5, what="the abandoned stream's bill")
+    finally:
+        billed = _billed(base_url, deployment)
+        assert (billed["prompt_tokens"], billed["completion_tokens"]) == (20, 900), billed
+    assert billed["cost_usd"] == pytest.approx(want)
+
+
+def test_a_stream_left_after_its_first_chunk_is_billed_for_the_thinking_reported_at_its_end(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    stream = client.chat.completions.create(model="reasoning", messages=_messages(), stream=True)
+    first = next(iter(stream))
+    assert first.choices[0].delta.role == "assistant"  # the client sees what it always saw
+    stream.close()  # and leaves while the model is still thinking
+    _settles_to_the_upstreams_usage(base_url, "reasoning")
+
+
+def test_a_stream_left_before_its_first_chunk_is_billed_for_the_thinking_reported_at_its_end(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=THINKING_S / 4)
+    with pytest.raises(openai.APITimeoutError):  # gone before the model said anything
+        client.chat.completions.create(model="silent", messages=_messages(), stream=True)
+    _settles_to_the_upstreams_usage(base_url, "silent")
