@@ -107,8 +107,8 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
         return
     except ProviderFailure as exc:
         partial = "".join(text)
-        candidates = next_candidates(up, names, live.deployment, partial)
-        if not candidates:
+        candidates = () if live.abandoned else next_candidates(up, names, live.deployment, partial)
+        if not candidates:  # nowhere to go on, or nobody to go on for: its client left
             raise
         request = continuation_body(body, partial, count_text(partial))
         try:

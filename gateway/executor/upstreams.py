@@ -81,6 +81,9 @@ class OpenStream:
     started: float = field(default_factory=time.perf_counter)
     taken: Taken | None = None  # its place in the deployment's token window, settled when it ends
     earlier: tuple[CallRecord, ...] = ()  # a resumed stream's cut call, billed with it (`executor.resume`)
+    # Its client left and it is read on only to be billed (`read_on`): were it to break, no continuation
+    # is opened for nobody (`executor.resume`).
+    abandoned: bool = False
     terms: Terms = PLAIN  # what its request asked for that changes its price (`gateway.providers.terms`)
 
 
@@ -582,6 +585,8 @@ class Upstreams:
         completion tokens, reported only in its final usage chunk) whether or not anyone reads. A stream
         that fails, or is cut at `DRAIN_S`, is billed for what came (`bill_cut`). `body`: what it was
         asked (the most it may cost is held until it ends)."""
+
+        s.abandoned = True
 
         async def rest() -> CallRecord:
             error: ProviderFailure | None = None

@@ -144,6 +144,21 @@ def test_a_broken_stream_continues_on_the_next_candidate_from_where_it_broke() -
     assert chunks[-1]["usage"]["prompt_tokens"] == 20 + live.earlier[0].usage.prompt_tokens
 
 
+def test_a_stream_read_on_after_its_client_left_is_not_resumed_when_it_breaks() -> None:
+    """Read on only to be billed (`Upstreams.read_on`): a continuation would be paid for nobody."""
+    async def work() -> Any:
+        up, backend = _broken_then_whole()
+        live = await up.open_stream(("a", "b"), BODY, None, deadline=Deadline.after(5))
+        live = resuming(up, live, ("a", "b"), BODY, None, Deadline.after(5))
+        live.abandoned = True
+        with pytest.raises(ProviderFailure):
+            async for _ in live.rest:
+                pass
+        return backend
+
+    assert asyncio.run(work()).called("b") == 0
+
+
 @pytest.mark.parametrize("extra", [{"tools": [{"type": "function", "function": {"name": "f"}}]},
                                    {"response_format": {"type": "json_object"}}, {"n": 2}, {"logprobs": True}])
 def test_a_stream_that_cannot_be_spliced_fails_as_before(extra: dict[str, Any]) -> None:
