@@ -189,3 +189,15 @@ def test_predicted_outputs_counts_reach_the_client_and_are_billed_as_completion_
     _openai_shaped(client.chat.completions.create(model=model, messages=messages, temperature=0).usage,
                    completion=(0, 0, 10, 6))  # cached
     _openai_shaped(_streamed_usage(client, model, messages, temperature=0), completion=(0, 0, 10, 6))  # replayed
+
+
+def test_a_stream_whose_upstream_sent_no_usage_ends_with_the_counted_usage_it_is_billed(client: openai.OpenAI) -> None:
+    chunks = list(client.chat.completions.create(model="uncounted-always", messages=_messages(), stream=True,
+                                                 stream_options={"include_usage": True}))
+    last = chunks[-1]
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens > 0
+    assert last.usage.total_tokens == last.usage.prompt_tokens + last.usage.completion_tokens
+    cost = (last.model_extra or {})["switchyard"]["cost_usd"]
+    assert cost == pytest.approx(last.usage.prompt_tokens * 1e-6 + last.usage.completion_tokens * 2e-6)
+    plain = list(client.chat.completions.create(model="uncounted-always", messages=_messages(), stream=True))
+    assert all(c.usage is None for c in plain)  # not asked for: not sent
