@@ -71,7 +71,7 @@ from gateway.policy import (
     worst_case_tokens,
 )
 from gateway.policy.sharing import Calibrator
-from gateway.providers.base import ProviderFailure, Usage
+from gateway.providers.base import ProviderFailure, Usage, openai_shaped
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.router.serving import ServingRouter
 from gateway.shadow import ShadowEvaluator
@@ -628,23 +628,45 @@ class _LiveStream:
             self.acc.add(live.first)
             self.relayed = True
             yield live.first
-            prices = self.svc.upstreams.prices
+            usage_sent = False
             async for chunk in live.rest:
                 self.acc.add(chunk)
                 await self.held.keep()  # a stream may outlast its hold's time to live
                 if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
-                    cost = (prices[live.deployment].cost(live.stats.usage, live.terms)
-                            + sum(c.cost_usd for c in live.earlier))
-                    chunk = {**chunk, "switchyard": {"cost_usd": cost,
-                                                     "deployment": live.deployment, "plan": self.label}}
+                    usage_sent = True
+                    # The upstream's usage as it sent it, with both details objects, as every answer has them.
+                    chunk = {**chunk, "usage": openai_shaped(chunk["usage"]), "switchyard": self._priced()}
                 yield chunk
             self.ended = True
+            if not usage_sent and self.acc.finished:
+                # An upstream that sends no usage (llama.cpp, some proxies) is billed on counted tokens; the
+                # client that asked for a usage chunk gets those, as it would from OpenAI (the relay drops
+                # this chunk for a client that did not ask). A resumed stream's continuation was counted
+                # where it was spliced; its usage is summed over the calls, as a reported one is there.
+                if not live.stats.usage.total_tokens:
+                    live.stats.usage = self._counted()
+                usage = sum((c.usage for c in live.earlier), live.stats.usage)
+                yield {**self.acc.meta, "object": "chat.completion.chunk", "choices": [],
+                       "usage": usage.as_dict(), "switchyard": self._priced()}
         except ProviderFailure as exc:
             error = exc  # the detail stays in the span and the log; the client learns what failed
             raise GatewayError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
                                code="upstream_stream_failed") from exc
         finally:
             await self.settle(error)
+
+    def _counted(self) -> Usage:
+        """The stream's usage counted here, for an upstream that reported none: its routed prompt and what
+        was relayed."""
+        return Usage(self.route.prompt_tokens, self.acc.completion_tokens_estimate(),
+                     prompt_audio_tokens=self.route.terms.audio_input)
+
+    def _priced(self) -> dict[str, Any]:
+        """What the usage chunk says beside the usage: the stream's cost so far, where and how it ran."""
+        live = self.live
+        cost = (self.svc.upstreams.prices[live.deployment].cost(live.stats.usage, live.terms)
+                + sum(c.cost_usd for c in live.earlier))
+        return {"cost_usd": cost, "deployment": live.deployment, "plan": self.label}
 
     async def settle(self, error: ProviderFailure | None = None) -> None:
         """Bill, trace and cache the stream. Also called after the response, for a client that left
@@ -686,8 +708,3 @@ class _LiveStream:
             if self.key is not None:
                 await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
             learn(self.svc, self.learning, self.label, live.deployment, calls, body)  # hedge losers too
-
-    def _counted(self) -> Usage:
-        """The call's usage as counted, for a stream that ends without one: its prompt and what came."""
-        return Usage(self.route.prompt_tokens, self.acc.completion_tokens_estimate(),
-                     prompt_audio_tokens=self.route.terms.audio_input)

@@ -54,12 +54,35 @@ class Choice(BaseModel):
     logprobs: dict[str, Any] | None = None
 
 
+class PromptTokensDetails(BaseModel):
+    model_config = _OPEN
+
+    cached_tokens: int = Field(0, description="of prompt_tokens, those read from the provider's prompt cache")
+    audio_tokens: int = Field(0, description="of prompt_tokens, the audio parts'")
+
+
+class CompletionTokensDetails(BaseModel):
+    model_config = _OPEN
+
+    reasoning_tokens: int = Field(0, description="of completion_tokens, those the model reasoned with")
+    audio_tokens: int = Field(0, description="of completion_tokens, the audio answer's")
+    accepted_prediction_tokens: int = Field(0, description="of completion_tokens, predicted (Predicted Outputs) "
+                                                           "and used")
+    rejected_prediction_tokens: int = Field(0, description="of completion_tokens, predicted and not used: billed "
+                                                           "as completion tokens all the same")
+
+
 class Usage(BaseModel):
+    """Summed over every upstream call that made the answer. The gateway writes both details objects, zeros
+    and all, as OpenAI does, whatever the upstream reported."""
+
     model_config = _OPEN
 
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails | None = None
+    completion_tokens_details: CompletionTokensDetails | None = None
 
 
 class ChatCompletion(BaseModel):

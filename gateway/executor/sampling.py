@@ -25,7 +25,7 @@ def result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRe
     facts = dict(evidence or {})
     if evidence is not None:  # multi-call plans say what each call cost
         facts["calls"] = [{"deployment": c.deployment, "role": c.role, "cost_usd": c.cost_usd,
-                           **c.usage.as_dict()} for c in calls]
+                           **c.usage.as_dict(brief=True)} for c in calls]
     r = Result(body, deployment, label, tuple(calls), facts)
     return Result(with_usage(body, r.usage), deployment, label, r.calls, r.evidence)
 

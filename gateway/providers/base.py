@@ -33,7 +33,10 @@ class Usage:
     `ttl: "1h"`), which costs more than a 5-minute write; the rest are 5-minute writes.
     `reasoning_tokens`: of `completion_tokens`, those the model thought with
     (`completion_tokens_details.reasoning_tokens`): billed as completion tokens, so never priced apart,
-    but carried so that the client reads what the upstream reported."""
+    but carried so that the client reads what the upstream reported. So are `accepted_prediction_tokens`
+    and `rejected_prediction_tokens` (Predicted Outputs, `completion_tokens_details`): OpenAI counts both in
+    `completion_tokens` (the rejected ones are billed though unused), so pricing `completion_tokens` bills
+    them; they are never priced apart."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -44,6 +47,8 @@ class Usage:
     prompt_audio_tokens: int = 0
     cache_write_1h_tokens: int = 0
     reasoning_tokens: int = 0
+    accepted_prediction_tokens: int = 0
+    rejected_prediction_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -55,24 +60,34 @@ class Usage:
                      self.audio_tokens + other.audio_tokens,
                      prompt_audio_tokens=self.prompt_audio_tokens + other.prompt_audio_tokens,
                      cache_write_1h_tokens=self.cache_write_1h_tokens + other.cache_write_1h_tokens,
-                     reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens)
+                     reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
+                     accepted_prediction_tokens=self.accepted_prediction_tokens + other.accepted_prediction_tokens,
+                     rejected_prediction_tokens=self.rejected_prediction_tokens + other.rejected_prediction_tokens)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self, *, brief: bool = False) -> dict[str, Any]:
+        """The usage as OpenAI reports it: both details objects, zeros and all. OpenAI sends them in every
+        answer and client code reads `usage.completion_tokens_details.reasoning_tokens` unguarded; a
+        routed model is answered by whichever deployment the plan picks (one that reports them, vLLM
+        that does not, or none at all, the gateway counting), so a shape that followed the upstream would
+        break such code on some requests only. Both objects cost about 150 bytes of compact JSON.
+        `brief`: the details only where a count is nonzero, for the gateway's own records of calls
+        (`x-switchyard-evidence` lists one per call within a header's bound)."""
         out: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
                                "total_tokens": self.total_tokens}
-        if self.cached_tokens or self.cache_write_tokens or self.prompt_audio_tokens:
-            out["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
-            if self.prompt_audio_tokens:
-                out["prompt_tokens_details"]["audio_tokens"] = self.prompt_audio_tokens
+        prompt = {"cached_tokens": self.cached_tokens, "audio_tokens": self.prompt_audio_tokens}
+        completion = {"reasoning_tokens": self.reasoning_tokens, "audio_tokens": self.audio_tokens,
+                      "accepted_prediction_tokens": self.accepted_prediction_tokens,
+                      "rejected_prediction_tokens": self.rejected_prediction_tokens}
+        if not brief or any(prompt.values()):
+            out["prompt_tokens_details"] = prompt
         if self.cache_write_tokens:
             out["cache_creation_input_tokens"] = self.cache_write_tokens  # as litellm reports it
             if self.cache_write_1h_tokens:  # split by lifetime as Anthropic reports it
                 hour = self.cache_write_1h_tokens
                 out["cache_creation"] = {"ephemeral_5m_input_tokens": self.cache_write_tokens - hour,
                                          "ephemeral_1h_input_tokens": hour}
-        if self.reasoning_tokens or self.audio_tokens:  # both, as OpenAI reports them
-            out["completion_tokens_details"] = {"reasoning_tokens": self.reasoning_tokens,
-                                                "audio_tokens": self.audio_tokens}
+        if not brief or any(completion.values()):
+            out["completion_tokens_details"] = completion
         return out
 
     @classmethod
@@ -99,7 +114,20 @@ class Usage:
         out = out if isinstance(out, dict) else {}
         return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
                    int(cached), max(written, short + long), int(out.get("audio_tokens") or 0), tier,
-                   int(details.get("audio_tokens") or 0), long, int(out.get("reasoning_tokens") or 0))
+                   int(details.get("audio_tokens") or 0), long, int(out.get("reasoning_tokens") or 0),
+                   int(out.get("accepted_prediction_tokens") or 0), int(out.get("rejected_prediction_tokens") or 0))
+
+
+def openai_shaped(raw: dict[str, Any]) -> dict[str, Any]:
+    """An upstream's own usage, relayed as it sent it, with the details objects `Usage.as_dict` always
+    writes filled in where it sent none (or only some of their counts): what it sent is kept, keys we do
+    not model included."""
+    shape = Usage().as_dict()
+    out = dict(raw)
+    for key in ("prompt_tokens_details", "completion_tokens_details"):
+        sent = raw.get(key)
+        out[key] = {**shape[key], **(sent if isinstance(sent, dict) else {})}
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,20 @@ def test_request_bodies_are_the_models_that_validate_them(served: GatewayServer)
     assert "text/event-stream" in ok
 
 
+def test_usage_describes_its_details_objects(served: GatewayServer) -> None:
+    schemas = _document(served)["components"]["schemas"]
+    usage = schemas["Usage"]["properties"]
+    assert {"prompt_tokens_details", "completion_tokens_details"} <= set(usage)
+
+    def fields(prop: dict[str, Any]) -> set[str]:
+        ref = next(p["$ref"] for p in prop.get("anyOf", [prop]) if "$ref" in p)
+        return set(schemas[ref.rsplit("/", 1)[1]]["properties"])
+
+    assert fields(usage["prompt_tokens_details"]) == {"cached_tokens", "audio_tokens"}
+    assert fields(usage["completion_tokens_details"]) == {"reasoning_tokens", "audio_tokens",
+                                                          "accepted_prediction_tokens", "rejected_prediction_tokens"}
+
+
 def test_the_document_is_built_once(served: GatewayServer) -> None:
     _document(served)
     assert served.app.openapi() is served.app.openapi()

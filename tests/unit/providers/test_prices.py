@@ -100,9 +100,15 @@ def test_usage_keeps_cache_counts_through_sums_and_the_response_body() -> None:
     total = Usage(100, 10, cached_tokens=40) + Usage(50, 5, cached_tokens=10, cache_write_tokens=20)
     assert total == Usage(150, 15, 50, 20)
     body = total.as_dict()
-    assert body["prompt_tokens_details"] == {"cached_tokens": 50} and body["total_tokens"] == 165
+    assert body["prompt_tokens_details"] == {"cached_tokens": 50, "audio_tokens": 0} and body["total_tokens"] == 165
     assert Usage.from_dict(body) == total
-    assert Usage(3, 4).as_dict() == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    # Both details objects always, as OpenAI sends them; only the nonzero ones in the gateway's brief form.
+    assert Usage(3, 4).as_dict() == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7,
+                                     "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
+                                     "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                                                   "accepted_prediction_tokens": 0,
+                                                                   "rejected_prediction_tokens": 0}}
+    assert Usage(3, 4).as_dict(brief=True) == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
 
 
 # A prompt-cache write that lives an hour costs more than a 5-minute one: Anthropic bills 2× the input
