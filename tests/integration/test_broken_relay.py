@@ -67,3 +67,13 @@ def test_a_stream_broken_by_an_unreadable_chunk_gives_its_slot_back(base_url: st
             raise
         except openai.APIError:
             pass  # how the broken stream reaches the client is not what this test is about
+
+
+def test_a_stream_broken_by_an_unreadable_chunk_ends_in_an_openai_style_error(base_url: str) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="sk-one", max_retries=0, timeout=10)
+    stream = client.chat.completions.create(model="garbled", messages=[{"role": "user", "content": "hi"}],
+                                            stream=True)
+    with pytest.raises(openai.APIError) as failed:
+        for _chunk in stream:
+            pass
+    assert "failed mid-stream" in failed.value.message and "invalid stream chunk" in failed.value.message
