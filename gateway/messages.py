@@ -209,12 +209,17 @@ def reasoning_text(message: Mapping[str, Any]) -> str:
 
 def count_completion(body: Mapping[str, Any]) -> int:
     """Completion tokens of a chat.completion body, counted from its text (for answers without usage):
-    the answer, its tool calls and the reasoning that came with it."""
+    the answer, its refusal, its tool calls (or function call) and the reasoning that came with it, as
+    `streaming.Accumulator.completion_tokens_estimate` counts a stream's."""
     total = 0
     for choice in body.get("choices") or ():
         message = choice.get("message") or {}
         total += count_text(content_text(message.get("content")))
         total += count_text(reasoning_text(message))
+        if isinstance(refusal := message.get("refusal"), str):
+            total += count_text(refusal)
+        if isinstance(function := message.get("function_call"), dict):  # the legacy form of a tool call
+            total += count_text(str(function.get("name", "")) + str(function.get("arguments", "")))
         for call in message.get("tool_calls") or ():
             function = call.get("function") or {}
             total += count_text(str(function.get("name", "")) + str(function.get("arguments", "")))

@@ -704,7 +704,10 @@ class _LiveStream:
                        switchyard__stream_completed=acc.finished and error is None)
         self.span.end()
         if acc.finished and error is None:
-            body = acc.body(record.usage)
+            # A stream handed over whole but for its end is cached with its usage so far (reported, else
+            # counted), not the handed-over placeholder's zeros, which every hit would report.
+            body = acc.body(record.usage if upstream else live.stats.usage if live.stats.usage.total_tokens
+                            else self._counted())
             if self.key is not None:
                 await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
             learn(self.svc, self.learning, self.label, live.deployment, calls, body)  # hedge losers too

@@ -217,18 +217,22 @@ class _RelayResponse(StreamingResponse):
         relay = asyncio.ensure_future(self.stream_response(relay_send))
         listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
         try:
-            await asyncio.wait((relay, listener), return_when=asyncio.FIRST_COMPLETED)
-            left = listener.done()
             try:
-                await relay
-            except (_ClientLeft, OSError):  # OSError: a server that says so itself (ASGI 2.4)
-                pass
+                await asyncio.wait((relay, listener), return_when=asyncio.FIRST_COMPLETED)
+                left = listener.done()
+                try:
+                    await relay
+                except (_ClientLeft, OSError):  # OSError: a server that says so itself (ASGI 2.4)
+                    pass
+            finally:
+                listener.cancel()
+                relay.cancel()  # only if this response itself was cancelled (the server stopping)
         finally:
-            listener.cancel()
-            relay.cancel()  # only if this response itself was cancelled (the server stopping)
-        if self.background is not None:  # settles first: it hands an upstream still being read over whole
-            await self.background()
-        await self.body_iterator.aclose()  # type: ignore[attr-defined]
+            # However the relay ended, an exception included: the stream is settled and its tenant's
+            # in-flight slot given back (the settlement releases it), or the slot stays taken for good.
+            if self.background is not None:  # settles first: it hands an upstream still being read over whole
+                await self.background()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
 
 
 async def _replayed(body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:

@@ -349,8 +349,10 @@ class Upstreams:
             done = counted(done, body)
         except BaseException as exc:
             begun.given_up = True
+            # Asked again, not as `can_stream` was: a deployment that refused the stream is never asked
+            # for one, and a timeout held for a streamed verdict would never be counted.
             self._failed(name, exc, span, trial, started, whole_since=None if streamed else since,
-                         answering=begun.answering, can_stream=can_stream)
+                         answering=begun.answering, can_stream=self._can_stream(name, body))
             raise
         configured_ms = configured_latency_ms(self.deployments[name], done.usage.completion_tokens,
                                               done.usage.prompt_tokens)

@@ -141,6 +141,10 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
             break
         chunk = orjson.loads(data)
         _raise_if_error(deployment, chunk)
+        if not isinstance(chunk, dict) or not isinstance(chunk.get("usage") or {}, dict):
+            # Read on as a chunk, it broke the relay with a traceback (and the client's connection).
+            raise ProviderFailure(f"{deployment.name}: upstream sent a stream chunk that is no chunk object",
+                                  reason="upstream sent an invalid stream chunk")
         yield chunk
 
 

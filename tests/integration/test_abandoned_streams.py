@@ -34,7 +34,8 @@ from tests.support.scripted_http import ScriptedHandler
 USAGE = {"prompt_tokens": 20, "completion_tokens": 900, "total_tokens": 920,
          "completion_tokens_details": {"reasoning_tokens": 880}}
 THINKING_S = 0.8  # how long the upstream thinks: the client leaves well before it is done
-ENDED = {"reasoning": threading.Event(), "silent": threading.Event()}  # the upstream sent its usage chunk
+ENDED = {"reasoning": threading.Event(), "silent": threading.Event(),  # the upstream sent its usage chunk
+         "slow-usage": threading.Event()}
 
 
 class _Thinker(ScriptedHandler):
@@ -55,6 +56,15 @@ class _Thinker(ScriptedHandler):
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
         with contextlib.suppress(OSError):  # a reader that left: the server's thinking is billed all the same
+            if model == "slow-usage":  # answers at once; its usage chunk comes a while after its finish
+                self.wfile.write(delta({"role": "assistant", "content": "42"}) + delta({}, "stop"))
+                self.wfile.flush()
+                time.sleep(THINKING_S / 2)
+                self.wfile.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": USAGE}) + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
+                ENDED[model].set()
+                return
             if model == "silent":
                 time.sleep(THINKING_S / 2)
             self.wfile.write(delta({"role": "assistant", "content": ""}))
@@ -78,7 +88,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
     price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
     rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": tier, "price": price,
-             "max_retries": 0, "timeout_s": 5} for name, tier in zip(ENDED, ("small", "large"), strict=True)]
+             "max_retries": 0, "timeout_s": 5} for name, tier in zip(ENDED, ("small", "large", "medium"), strict=True)]
     policies = policies_folder(Path(tmp_path_factory.mktemp("abandoned")), {})  # the shipped ones; pinned here
     try:
         with running_gateway(create_app(parse_config({"deployments": rows}, "abandoned streams"),
@@ -124,3 +134,23 @@ def test_a_stream_left_before_its_first_chunk_is_billed_for_the_thinking_reporte
     with pytest.raises(openai.APITimeoutError):  # gone before the model said anything
         client.chat.completions.create(model="silent", messages=_messages(), stream=True)
     _settles_to_the_upstreams_usage(base_url, "silent")
+
+
+def test_a_stream_left_after_its_finish_is_cached_with_its_usage_not_zeros(base_url: str) -> None:
+    """A client that reads up to its answer's finish and leaves before the usage chunk it asked for is
+    relayed: the answer is whole, and is cached with the usage the upstream reported (here before the
+    client's leaving was noticed), never with zeros that every later hit would then report."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    messages = _messages()
+    stream = client.chat.completions.create(model="slow-usage", messages=messages, stream=True, temperature=0,
+                                            stream_options={"include_usage": True})
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].finish_reason:
+            break
+    stream.close()  # the answer is whole: the client does not wait for the usage chunk
+    _settles_to_the_upstreams_usage(base_url, "slow-usage")
+    again = client.chat.completions.with_raw_response.create(model="slow-usage", messages=messages, temperature=0)
+    assert again.headers["x-switchyard-cache"] == "hit"
+    usage = again.parse().usage
+    assert usage is not None
+    assert (usage.prompt_tokens, usage.completion_tokens) == (20, 900)

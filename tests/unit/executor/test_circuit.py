@@ -307,3 +307,25 @@ def test_a_deployment_that_cannot_stream_gets_whole_answers_asked_for_whole() ->
     assert all(isinstance(o, GatewayError) and o.status == 504 for o in asyncio.run(scenario()))
     assert not any(body.get("stream") for _, body in backend.calls)
     assert up.health["small"].is_open(time.monotonic())
+
+
+def test_a_hung_deployment_that_refused_a_stream_opens_its_circuit_at_its_threshold() -> None:
+    """Once a deployment refused a whole answer asked for as a stream, none is asked for so again: a
+    timeout of the call then asked whole (nothing explaining it) counts as a whole answer's does there,
+    never held for a streamed verdict that cannot come."""
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        if body.get("stream"):
+            return ProviderFailure("stream refused", status=400, retryable=False, refuses_streaming=True)
+        return Delay(5)  # hung
+
+    up, _ = fake_upstreams(handler, deployment("small", timeout_s=0.1, max_retries=0,
+                                               whole_answers_as_streams="always"),
+                           failure_threshold=3, streams_whole_answers=True)
+
+    async def scenario() -> list[Any]:
+        return [(await asyncio.gather(_call(up, "small"), return_exceptions=True))[0] for _ in range(3)]
+
+    assert all(isinstance(o, GatewayError) for o in asyncio.run(scenario()))
+    assert "small" in up.unstreamed
+    assert up.health["small"].unexplained == 0
+    assert up.health["small"].is_open(time.monotonic())

@@ -84,6 +84,23 @@ def test_an_answer_without_usage_is_billed_on_counted_tokens() -> None:
     assert record.cost_usd == pytest.approx(record.usage.prompt_tokens * 1e-6 + record.usage.completion_tokens * 2e-6)
 
 
+@pytest.mark.parametrize("message", [
+    {"role": "assistant", "content": None, "refusal": "I can't help with that request, I'm afraid."},
+    {"role": "assistant", "content": None,
+     "function_call": {"name": "get_weather", "arguments": '{"city": "Paris", "unit": "celsius"}'}},
+], ids=["refusal", "function_call"])
+def test_an_answer_without_usage_is_billed_for_its_refusal_or_function_call(message: dict[str, Any]) -> None:
+    """What the model wrote is counted, whichever field holds it, as a stream's is (`Accumulator`)."""
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        out = answer("", model=d.name)
+        del out["usage"]
+        out["choices"][0]["message"] = message
+        return out
+    up, _ = fake_upstreams(handler, deployment("small"))
+    _, record = _call(up, ("small",))
+    assert record.usage.completion_tokens >= 8
+
+
 def test_a_stream_that_fails_before_its_first_chunk_falls_back() -> None:
     def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
         if d.name == "small":
