@@ -688,8 +688,14 @@ class _LiveStream:
             if not live.stats.usage.total_tokens:  # no usage sent: bill what was counted
                 live.stats.usage = self._counted()
             upstream = (await self.svc.upstreams.end_stream(live, error),)
-        record = upstream[0] if upstream else CallRecord(live.deployment, Usage(), 0.0, 0.0)
-        self.trail.upstream_s += record.latency_s
+        # What the stream cost so far: all of it when it ended here; handed over, what was reported (else
+        # counted) up to now, the rest billed as a late call when it ends (`Upstreams.read_on`).
+        if upstream:
+            usage, cost = upstream[0].usage, upstream[0].cost_usd
+            self.trail.upstream_s += upstream[0].latency_s
+        else:
+            usage = live.stats.usage if live.stats.usage.total_tokens else self._counted()
+            cost = self.svc.upstreams.prices[live.deployment].cost(usage, live.terms)
         calls = (*live.earlier, *upstream, *await self.hedged.records())
         self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
@@ -698,16 +704,13 @@ class _LiveStream:
         await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
                                            live.deployment, calls, it.decision),
                                      reservation=self.held)
-        set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=record.cost_usd,
-                       gen_ai__usage__input_tokens=record.usage.prompt_tokens,
-                       gen_ai__usage__output_tokens=record.usage.completion_tokens,
+        set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=cost,
+                       gen_ai__usage__input_tokens=usage.prompt_tokens,
+                       gen_ai__usage__output_tokens=usage.completion_tokens,
                        switchyard__stream_completed=acc.finished and error is None)
         self.span.end()
         if acc.finished and error is None:
-            # A stream handed over whole but for its end is cached with its usage so far (reported, else
-            # counted), not the handed-over placeholder's zeros, which every hit would report.
-            body = acc.body(record.usage if upstream else live.stats.usage if live.stats.usage.total_tokens
-                            else self._counted())
+            body = acc.body(usage)
             if self.key is not None:
                 await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
             learn(self.svc, self.learning, self.label, live.deployment, calls, body)  # hedge losers too
