@@ -685,9 +685,7 @@ class _LiveStream:
             self.svc.upstreams.read_on(live, acc, self.body, self._counted)
         else:
             await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
-            if not live.stats.usage.total_tokens:  # no usage sent: bill what was counted
-                live.stats.usage = self._counted()
-            upstream = (await self.svc.upstreams.end_stream(live, error),)
+            upstream = (await self.svc.upstreams.end_counted(live, self._counted, error),)
         # What the stream cost so far: all of it when it ended here; handed over, what was reported (else
         # counted) up to now, the rest billed as a late call when it ends (`Upstreams.read_on`).
         if upstream:

@@ -598,11 +598,11 @@ class Upstreams:
             except ProviderFailure as exc:
                 error = exc
             except asyncio.CancelledError:  # read too long: cut, billed for what came
-                await bill_cut(await self._ended(s, counted))
+                await bill_cut(await self.end_counted(s, counted))
                 raise
             finally:
                 await s.rest.aclose()  # type: ignore[attr-defined]
-            record = await self._ended(s, counted, error)
+            record = await self.end_counted(s, counted, error)
             if error is not None:
                 await bill_cut(record)
                 raise error
@@ -613,8 +613,9 @@ class Upstreams:
 
         drain(asyncio.ensure_future(rest()), priced, functools.partial(self._worst_usd, s.deployment, body))
 
-    async def _ended(self, s: OpenStream, counted: Callable[[], Usage], error: ProviderFailure | None = None,
-                     ) -> CallRecord:
+    async def end_counted(self, s: OpenStream, counted: Callable[[], Usage], error: ProviderFailure | None = None,
+                          ) -> CallRecord:
+        """`end_stream`, billing `counted()` for a stream that ended (or was cut) without reporting usage."""
         if not s.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
             s.stats.usage = counted()
         return await self.end_stream(s, error)
