@@ -11,6 +11,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 ALL_PAIRS_MD = "routing_all_pairs.md"
 # Written by ``halves.py``: adaptation scored over random halves of each file's train split.
 HALVES_MD = "routing_halves.md"
+# Written by ``halves.py --halves 20 --share 0.79``: the same at the proportions of train and validation.
+RESPLITS_MD = "routing_resplits.md"
 # file -> (weak, strong): the pair each file is judged on.
 FILES: dict[str, tuple[str, str]] = {
     "mmlu_pro": ("Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"),

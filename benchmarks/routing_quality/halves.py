@@ -1,7 +1,7 @@
 """Adapting a router to a new domain, scored inside the file's train split over many random halves.
 
-    python -m benchmarks.routing_quality.halves [--files F ...] [--halves N] [--work DIR] [--reuse]
-        [--out FILE]
+    python -m benchmarks.routing_quality.halves [--files F ...] [--halves N] [--share S] [--work DIR]
+        [--reuse] [--out FILE]
 
 The report judges adaptation on each file's validation split, which for a small file is one small
 sample: arena_chat has 62 validation prompts for its named pair, and its adapted and base routers
@@ -13,7 +13,9 @@ length and a TF-IDF ridge onto each pair's gain fitted on the adapting half's la
 file's named pair, and the mean over every pair of the file's models whose means on the adapting
 half differ by at least ``blend.MIN_PAIR_GAP`` (the pairs the adaptation's cross-validation judges).
 The halves overlap, so their spread understates the uncertainty of the mean; the table gives how
-many halves each comparison won.
+many halves each comparison won. ``--share 0.79`` adapts on 79% and scores the rest instead: the
+proportions of the file's own train and validation splits, so that each cut is another draw of the
+split the report scores (arena_chat: about 186 prompts to adapt on, 49 to score).
 
 The leave-one-domain-out bases are fitted as ``python -m benchmarks.routing_quality`` fits them and
 under the same tags, so ``--work DIR --reuse`` reuses that run's. MMLU-Pro is left out by default:
@@ -120,12 +122,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--files", nargs="+", default=list(SMALL_FILES), choices=list(FILES),
                     help="files to score, default: every file but mmlu_pro")
     ap.add_argument("--halves", type=int, default=8, help="random halves per file, default %(default)s")
+    ap.add_argument("--share", type=float, default=0.5,
+                    help="share of the train split adapted on in each cut (the rest is scored), default %(default)s")
     ap.add_argument("--work", type=Path, help="keep fitted bases here (default: a temporary folder)")
     ap.add_argument("--reuse", action="store_true", help="reuse bases already in --work")
     ap.add_argument("--out", type=Path, default=RESULTS / HALVES_MD, help="default %(default)s")
     a = ap.parse_args(argv)
     if a.halves < 2:
         ap.error("--halves must be at least 2 (the table gives a spread)")
+    if not 0.1 <= a.share <= 0.9:
+        ap.error("--share must be between 0.1 and 0.9 (both parts need prompts)")
     t0 = time.perf_counter()
     data = load_many([a.data_dir / f"{f}.jsonl" for f in FILES])
     results: dict[str, list[HalfResult]] = {}
@@ -137,18 +143,25 @@ def main(argv: list[str] | None = None) -> None:
             train = data.subset(own & (data.split == "train"))
             rng = np.random.default_rng(0)
             for h in range(a.halves):
-                half = rng.random(len(train.ids)) < 0.5
+                half = rng.random(len(train.ids)) < a.share
                 r = score_half(f, train, half, base_path, base)
                 results.setdefault(f, []).append(r)
                 print(f, h, {m: round(v, 3) for m, v in r.named.items()}, r.heads, file=sys.stderr, flush=True)
     minutes = (time.perf_counter() - t0) / 60
-    cmd = "python -m benchmarks.routing_quality.halves" + (" --work DIR --reuse" if a.reuse else "")
+    cut = "" if a.share == 0.5 else f" --share {a.share:g}"
+    files = "" if a.files == list(SMALL_FILES) else f" --files {' '.join(a.files)}"
+    cmd = ("python -m benchmarks.routing_quality.halves" + files + (f" --halves {a.halves}" if a.halves != 8 else "")
+           + cut + (" --work DIR --reuse" if a.reuse else ""))
+    into = ("random halves: adapted on one half, scored on the other" if a.share == 0.5 else
+            f"random parts: adapted on {a.share:.0%} of it, scored on the rest")
     n_pairs = ", ".join(f"{f} {int(np.mean([r.n_pairs for r in rs]))}" for f, rs in results.items())
-    md = [f"Each file's train split cut {a.halves} times into random halves: adapted on one half, scored on the "
-          "other (the validation split is not used). The file's named pair:", "", *table(results, "named"), "",
-          f"Mean over the pairs whose means on the adapting half differ by at least 0.05 (on average {n_pairs}):",
+    md = [f"Each file's train split cut {a.halves} times into {into} (the validation split is not used). "
+          "The file's named pair:", "", *table(results, "named"), "",
+          f"Mean over the pairs whose means on the adapting part differ by at least 0.05 (on average {n_pairs}):",
           "", *table(results, "pairs"), "",
           f"`{cmd}`: {minutes:.0f} min" + (" with the bases reused" if a.reuse else "") + "."]
+    if a.share != 0.5:  # the tables' words for halves, for cuts of another size
+        md = [line.replace("| halves |", "| cuts |").replace("half's labels", "adapting part's labels") for line in md]
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))

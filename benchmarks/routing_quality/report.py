@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.routing_quality.files import ALL_PAIRS_MD, FILES, HALVES_MD
+from benchmarks.routing_quality.files import ALL_PAIRS_MD, FILES, HALVES_MD, RESPLITS_MD
 from benchmarks.routing_quality.latency import latency_section
 from benchmarks.routing_quality.tried import ALL_PAIRS_READING, TRIED, TRIED_ADAPTING, TRIED_LODO
 from gateway.router.model import Router, load_router
@@ -128,6 +128,18 @@ def halves_section(out: Path) -> list[str]:
             *path.read_text(encoding="utf-8").splitlines(), ""]
 
 
+def resplits_section(out: Path) -> list[str]:
+    """The same over cuts of each train split at the proportions of its train and validation splits
+    (``halves.py --share 0.79``), as last written to ``out``."""
+    path = out / RESPLITS_MD
+    if not path.exists():
+        return []
+    return ["### Over cuts of each file's train split the size of its train and validation splits", "",
+            "The halves adapt on half as many labels as the validation table does; here each cut adapts on 79% "
+            "of the train split and scores the other 21%: another draw of the split the first table scores.",
+            "", *path.read_text(encoding="utf-8").splitlines(), ""]
+
+
 def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out: Path, latency: bool,
            carried: list[str] | None = None) -> list[str]:
     md = ["# Routing quality (validation splits)", ""]
@@ -178,6 +190,7 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
           "under an L2 prior of total strength τ).", "",
           *all_pairs_section(out),
           *halves_section(out),
+          *resplits_section(out),
           ]
     md += ["## What was tried", "", "Choosing the shipped model (in-domain APGR):", "", *TRIED, "",
            "Adapting, leave-one-domain-out and an embedding model (validation APGR of each file's pair):", "",

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.routing_quality.all_pairs import main
-from benchmarks.routing_quality.files import ALL_PAIRS_MD, HALVES_MD
+from benchmarks.routing_quality.files import ALL_PAIRS_MD, HALVES_MD, RESPLITS_MD
 from benchmarks.routing_quality.halves import main as halves
-from benchmarks.routing_quality.report import all_pairs_section, halves_section
+from benchmarks.routing_quality.report import all_pairs_section, halves_section, resplits_section
 from tests.unit.benchmarks.conftest import SMALL, RoutingRun
 
 
@@ -37,7 +39,24 @@ def test_halves_adapt_on_one_half_of_the_train_split_and_the_report_quotes_them(
             "--files", "arena_chat", "theoremqa_stem", "--out", str(out)])
     text = out.read_text()
     assert text.count("| arena_chat | 2 |") == 2 and text.count("| theoremqa_stem | 2 |") == 2
-    assert "python -m benchmarks.routing_quality.halves --work DIR --reuse" in text
+    assert "`python -m benchmarks.routing_quality.halves --files arena_chat theoremqa_stem --halves 2 --work DIR " \
+        "--reuse`" in text  # the command that reproduces it, as it was run
     section = halves_section(tmp_path)
     assert section[0].startswith("### Over random halves") and "| theoremqa_stem | 2 |" in "\n".join(section)
     assert halves_section(tmp_path / "nowhere") == []
+
+
+def test_cuts_at_the_proportions_of_train_and_validation_are_reported_beside_the_halves(
+        routing_run: RoutingRun, tmp_path: Path) -> None:
+    out = tmp_path / RESPLITS_MD
+    halves(["--data-dir", str(SMALL), "--work", str(routing_run.work), "--reuse", "--halves", "2", "--share", "0.79",
+            "--files", "arena_chat", "--out", str(out)])
+    text = out.read_text()
+    assert "adapted on 79% of it, scored on the rest" in text and text.count("| arena_chat | 2 |") == 2
+    assert "--halves 2 --share 0.79 --work DIR --reuse`" in text
+    section = resplits_section(tmp_path)
+    assert section[0].startswith("### Over cuts of each file's train split")
+    assert "| arena_chat | 2 |" in "\n".join(section)
+    assert resplits_section(tmp_path / "nowhere") == []
+    with pytest.raises(SystemExit):  # nothing left to score
+        halves(["--data-dir", str(SMALL), "--share", "0.99", "--out", str(out)])
