@@ -9,7 +9,8 @@ it was cancelled. A leg cancelled before its first chunk is still read until tha
 (`executor.drain`): if it comes, the upstream served it, and it is billed then, as a late call.
 
 Why the first token: that is what an SLA on time-to-first-token needs, and it is the earliest
-point at which a leg is known to be answering rather than queued, hung or failing.
+point at which a leg is known to be answering rather than queued, hung or failing. So a whole answer
+from a deployment that cannot stream (`Upstreams.asks_whole`) is not hedged: it is asked for whole.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from opentelemetry.trace import Span
 from gateway.errors import GatewayError, UpstreamError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
+from gateway.executor.runners import run
 from gateway.executor.upstreams import OpenStream, Upstreams, require_finished
 from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import count_messages
@@ -67,13 +69,14 @@ async def open_stream(up: Upstreams, names: tuple[str, ...], body: dict[str, Any
 
 
 async def open_hedged(up: Upstreams, names: tuple[str, ...], body: dict[str, Any], span: Span | None,
-                      deadline: Deadline, after_s: float) -> tuple[OpenStream, Losers]:
-    """The first leg of `names[0]` / `names[1:]` to produce a chunk, and the other leg."""
-    first = asyncio.create_task(up.open_stream(names[:1], body, span, deadline=deadline))
+                      deadline: Deadline, after_s: float, whole: bool = False) -> tuple[OpenStream, Losers]:
+    """The first leg of `names[0]` / `names[1:]` to produce a chunk, and the other leg. `whole`: the legs
+    are read for a whole answer (`Upstreams.open_stream`)."""
+    first = asyncio.create_task(up.open_stream(names[:1], body, span, deadline=deadline, whole=whole))
     done, _ = await asyncio.wait({first}, timeout=after_s)
     if done and first.exception() is None:
         return first.result(), NO_LOSERS
-    second = asyncio.create_task(up.open_stream(names[1:], body, span, deadline=deadline))
+    second = asyncio.create_task(up.open_stream(names[1:], body, span, deadline=deadline, whole=whole))
     legs = {second} if done else {first, second}
     error: BaseException | None = first.exception() if done else None
     try:
@@ -129,10 +132,21 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
     """A whole answer from a hedged single plan: the winning leg read to its end. A leg whose stream
     fails, or ends before every choice finished, is a failure billed for what it generated, as any whole
     answer read from a stream (`upstreams.require_finished`). `keep`: called as each chunk comes (the
-    request's budget hold is renewed: a stream may outlast its time to live)."""
+    request's budget hold is renewed: a stream may outlast its time to live).
+
+    The legs are streams only because racing needs a first token: with a deployment that is asked for
+    whole answers whole (configured `never`, or found to refuse streams, here too), the answer is asked
+    for whole, unhedged, as the client asked for it (`runners.run`)."""
     assert isinstance(plan, Single)  # `hedge_after_s` is None for every other kind
-    legs = stream_body(body)
-    live, losers = await open_hedged(up, plan.deployments + plan.fallbacks, legs, span, deadline, after_s)
+    names = plan.deployments + plan.fallbacks
+    if any(map(up.asks_whole, names)):
+        return await run(up, plan, body, span, deadline)
+    try:
+        live, losers = await open_hedged(up, names, stream_body(body), span, deadline, after_s, whole=True)
+    except GatewayError:
+        if any(map(up.asks_whole, names)):  # a leg's stream was refused for streaming: ask whole
+            return await run(up, plan, body, span, deadline)
+        raise
     acc = Accumulator()
     error: ProviderFailure | None = None
     try:

@@ -259,6 +259,11 @@ class Upstreams:
         raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
                               reason=f"timed out after {timeout_s:g} s")
 
+    def asks_whole(self, name: str) -> bool:
+        """Is deployment `name` asked for whole answers whole, never as streams: configured so
+        (`whole_answers_as_streams: never`), or found to refuse them (`unstreamed`)?"""
+        return name in self.unstreamed or self.deployments[name].whole_answers_as_streams == "never"
+
     def _can_stream(self, name: str, body: dict[str, Any]) -> bool:
         """May this whole answer be asked for as a stream, should its deployment's health need a verdict?"""
         return (self.backends[name].streams_whole_answers and self.deployments[name].whole_answers_as_streams != "never"
@@ -532,7 +537,7 @@ class Upstreams:
                                 role)
 
     async def _open_one(self, name: str, body: dict[str, Any], parent: Span | None, deadline: Deadline,
-                        trial: bool) -> OpenStream:
+                        trial: bool, whole: bool = False) -> OpenStream:
         body = self._sent(name, body)
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
@@ -554,6 +559,8 @@ class Upstreams:
             self._failed(name, exc, span, trial, started)
             raise exc from None
         except BaseException as exc:
+            if whole and isinstance(exc, ProviderFailure) and exc.refuses_streaming:
+                self._unstream(name, exc)  # a whole answer's stream was the gateway's idea, as in `_attempt`
             self._failed(name, exc, span, trial, started)
             raise
         set_attributes(span, gen_ai__response__model=first.get("model"))
@@ -564,11 +571,13 @@ class Upstreams:
                           taken=taken, terms=terms)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
-                          deadline: Deadline) -> OpenStream:
+                          deadline: Deadline, whole: bool = False) -> OpenStream:
         """Retries, fallbacks and the deadline apply until the first chunk; after that the stream is
-        committed (each wait for the next chunk is bounded by the deployment's timeout_s)."""
+        committed (each wait for the next chunk is bounded by the deployment's timeout_s). `whole`: the
+        stream is read for a whole answer (a hedge's leg), so a deployment that refuses it for streaming
+        is asked for whole answers whole from then on (`asks_whole`)."""
         _, live = await self._first(
-            names, lambda n, trial: self._open_one(n, body, parent, deadline, trial), deadline)
+            names, lambda n, trial: self._open_one(n, body, parent, deadline, trial, whole), deadline)
         return live
 
     async def end_stream(self, s: OpenStream, error: ProviderFailure | None = None) -> CallRecord:

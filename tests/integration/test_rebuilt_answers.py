@@ -151,6 +151,9 @@ REFUSING: dict[str, tuple[str, int, dict[str, Any]]] = {
         "message": "Invalid value for 'temperature': must be at most 2.", "type": "invalid_request_error",
         "param": "temperature", "code": "invalid_value"}}),
 }
+# The same refusal, from models only hedged policies call (their own record in SEEN).
+for _m in ("hedged-unverified", "hedged-unverified-2", "hedged-never", "hedged-never-2"):
+    REFUSING[_m] = REFUSING["unverified"]
 SEEN: dict[str, list[bool]] = {}  # model -> whether each request it was sent asked to stream
 
 
@@ -233,13 +236,18 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line"]
     rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
             dep("trickle", "trickle", timeout_s=TRICKLE_TIMEOUT_S),
-            *(dep(m, m) for m in models), *(dep(f"{m}-whole", m, whole_answers_as_streams="never") for m in SCRIPTS)]
+            *(dep(m, m) for m in models if not m.startswith("hedged-never")),
+            *(dep(f"{m}-whole", m, whole_answers_as_streams="never") for m in SCRIPTS),
+            *(dep(m, m, whole_answers_as_streams="never") for m in ("hedged-never", "hedged-never-2"))]
     policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
         "saved": {"candidates": [{"single": "error-chunk"}], "fallbacks": {"error-chunk": ["plain"]},
                   "cache": {"enabled": False}},
         # Hedged, its first leg answering at once (never hedged), each a stream that breaks off.
         **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: ["plain"]}, "hedge_after_ms": 5000,
-                           "cache": {"enabled": False}} for m in ("no-finish", "error-chunk")}})
+                           "cache": {"enabled": False}} for m in ("no-finish", "error-chunk")},
+        # Hedged in front of deployments that refuse to stream: found out, or configured `never`.
+        **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: [f"{m}-2"]}, "hedge_after_ms": 5000,
+                           "cache": {"enabled": False}} for m in ("hedged-unverified", "hedged-never")}})
     try:
         with running_gateway(create_app(parse_config({"deployments": rows}, "rebuilt answers"), policies_dir=policies,
                                         watch_policies_s=None, watch_router_s=None)) as gw:
@@ -402,6 +410,21 @@ def test_a_deployment_that_refuses_to_stream_is_asked_for_whole_answers_whole(
         _ask(gateway_url, model, stream=True)
     assert caught.value.body["code"] == "upstream_rejected"  # type: ignore[index]
     assert SEEN[model] == [True, False, False, True]
+
+
+def test_a_hedged_whole_answer_from_deployments_that_refuse_to_stream_is_asked_for_whole(gateway_url: str) -> None:
+    """Hedging reads its legs as streams, which is the gateway's idea, not the client's: a deployment that
+    refuses them answers the request whole, unhedged, and every whole answer after it; one configured
+    `whole_answers_as_streams: never` is never asked for a stream at all."""
+    for _ in range(2):
+        answer = _ask(gateway_url, "router/hedged-hedged-unverified")
+        assert answer.choices[0].message.content == "Hello there, friend"
+    # refused as a stream by both legs, the answer asked whole; the next asked whole at once
+    assert SEEN["hedged-unverified"] == [True, False, False]
+    assert SEEN["hedged-unverified-2"] == [True]
+    answer = _ask(gateway_url, "router/hedged-hedged-never")
+    assert answer.choices[0].message.content == "Hello there, friend"
+    assert SEEN["hedged-never"] == [False] and "hedged-never-2" not in SEEN
 
 
 def test_a_refusal_of_anything_else_in_a_streamed_whole_answer_is_not_asked_again(gateway_url: str) -> None:
