@@ -567,8 +567,19 @@ class Learning:
 
 
 def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[CallRecord, ...],
-          body: dict[str, Any]) -> None:
-    """Queue the request's record, and maybe a shadow job: no await, nothing on the response path."""
+          body: dict[str, Any], recorded: bool = True) -> None:
+    """Queue the request's record (unless `recorded` is False: it is written later, `keep_record`), and
+    maybe a shadow job: no await, nothing on the response path."""
+    if recorded:
+        keep_record(svc, it, plan, deployment, calls)
+    shadow = it.entry.policy.shadow
+    if shadow is not None and svc.shadow is not None and not it.entry.pinned:
+        svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,
+                         it.entry.policy.spec.timeout_s, it.entry.policy.name)
+
+
+def keep_record(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[CallRecord, ...]) -> None:
+    """Queue the request's record: no await."""
     # The record bills what `calls` were billed; beside it, the prompt as routing counted it (a pinned
     # request was not counted, and is not counted here: no tokenizer pass for it).
     if svc.requests is not None and it.request_id:
@@ -577,10 +588,6 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
             None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
             it.decision.signal if it.decision else None, calls, it.route.counted, it.route.router_version,
             it.decision, None if it.entry.pinned else it.entry.policy.version))
-    shadow = it.entry.policy.shadow
-    if shadow is not None and svc.shadow is not None and not it.entry.pinned:
-        svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,
-                         it.entry.policy.spec.timeout_s, it.entry.policy.name)
 
 
 def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
@@ -619,6 +626,10 @@ class _LiveStream:
     relayed: bool = False  # its first chunk was read into `acc` (`chunks` ran)
     ended: bool = False    # the upstream stream was read to its end
     settled: bool = False
+    # Read on after its client left (`Upstreams.read_on`): the request's record waits for both the calls
+    # billed when it settled and the read-on call's bill, whichever comes last.
+    billed_at_settle: tuple[CallRecord, ...] | None = None
+    read_on_bill: CallRecord | None = None
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """Pass chunks through; when the stream ends, however it ends, record its cost and cache it."""
@@ -682,7 +693,7 @@ class _LiveStream:
             # The client left; the upstream has not stopped (a reasoning model's thinking, reported only in
             # its final usage chunk, is billed whether read or not): it is read on and billed when it ends.
             # Before any await: the response's cancellation must not stop the hand-over.
-            self.svc.upstreams.read_on(live, acc, self.body, self._counted)
+            self.svc.upstreams.read_on(live, acc, self.body, self._counted, self._read_on_ended)
         else:
             await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
             upstream = (await self.svc.upstreams.end_counted(live, self._counted, error),)
@@ -711,4 +722,19 @@ class _LiveStream:
             body = acc.body(usage)
             if self.key is not None:
                 await self.svc.cache.save(self.key, body, live.deployment, self.label, self.ttl)
-            learn(self.svc, self.learning, self.label, live.deployment, calls, body)  # hedge losers too
+            # hedge losers too; a stream read on is recorded when that call's bill is in (`_keep_record`)
+            learn(self.svc, self.learning, self.label, live.deployment, calls, body, recorded=bool(upstream))
+        if not upstream:
+            self.billed_at_settle = calls
+            self._keep_record()
+
+    def _read_on_ended(self, record: CallRecord) -> None:
+        self.read_on_bill = record
+        self._keep_record()
+
+    def _keep_record(self) -> None:
+        """A stream read on after its client left: its request's record, with every call's bill, once
+        both are in (before, it had none, or one billed only what came before the client left)."""
+        if self.billed_at_settle is not None and self.read_on_bill is not None:
+            calls = (*self.billed_at_settle, self.read_on_bill)
+            keep_record(self.svc, self.learning, self.label, self.live.deployment, calls)

@@ -588,14 +588,16 @@ class Upstreams:
             await self.quotas.settle(s.taken, record.usage.prompt_tokens + record.usage.completion_tokens)
         return record
 
-    def read_on(self, s: OpenStream, acc: Accumulator, body: dict[str, Any], counted: Callable[[], Usage]) -> None:
+    def read_on(self, s: OpenStream, acc: Accumulator, body: dict[str, Any], counted: Callable[[], Usage],
+                ended: Callable[[CallRecord], None] | None = None) -> None:
         """A relayed stream its client left before its end (`acc`: what it had of it) is read on in the
         background, within `DRAIN_S` (`executor.drain`), and billed when it ends as a late call of the
         request, for the usage the upstream reports at its end; without one, `counted()`. Closing it
         instead would bill only what the gateway had seen: a reasoning model thinks on (billed as
         completion tokens, reported only in its final usage chunk) whether or not anyone reads. A stream
         that fails, or is cut at `DRAIN_S`, is billed for what came (`bill_cut`). `body`: what it was
-        asked (the most it may cost is held until it ends)."""
+        asked (the most it may cost is held until it ends). `ended(record)`: told what the call was
+        billed when it ends, however it ends (the request's record is written then)."""
 
         s.abandoned = True
 
@@ -607,11 +609,16 @@ class Upstreams:
             except ProviderFailure as exc:
                 error = exc
             except asyncio.CancelledError:  # read too long: cut, billed for what came
-                await bill_cut(await self.end_counted(s, counted))
+                record = await self.end_counted(s, counted)
+                await bill_cut(record)
+                if ended is not None:
+                    ended(record)
                 raise
             finally:
                 await s.rest.aclose()  # type: ignore[attr-defined]
             record = await self.end_counted(s, counted, error)
+            if ended is not None:
+                ended(record)
             if error is not None:
                 await bill_cut(record)
                 raise error

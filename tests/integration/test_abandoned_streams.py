@@ -26,6 +26,7 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
+from tests.support.jsonl import whole_records
 from tests.support.lab import policies_folder
 from tests.support.processes import free_port, running_gateway, wait_until
 from tests.support.scripted_http import ScriptedHandler
@@ -34,6 +35,7 @@ from tests.support.scripted_http import ScriptedHandler
 USAGE = {"prompt_tokens": 20, "completion_tokens": 900, "total_tokens": 920,
          "completion_tokens_details": {"reasoning_tokens": 880}}
 THINKING_S = 0.8  # how long the upstream thinks: the client leaves well before it is done
+_SINKS: list[str] = []  # the module gateway's request-log file
 ENDED = {"reasoning": threading.Event(), "silent": threading.Event(),  # the upstream sent its usage chunk
          "slow-usage": threading.Event()}
 
@@ -89,14 +91,24 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
     rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": tier, "price": price,
              "max_retries": 0, "timeout_s": 5} for name, tier in zip(ENDED, ("small", "large", "medium"), strict=True)]
-    policies = policies_folder(Path(tmp_path_factory.mktemp("abandoned")), {})  # the shipped ones; pinned here
+    folder = Path(tmp_path_factory.mktemp("abandoned"))
+    policies = policies_folder(folder, {})  # the shipped ones; pinned here
+    raw = {"deployments": rows, "request_log": {"path": str(folder / "requests.jsonl")}}
+    _SINKS.append(str(folder / "requests.jsonl"))
     try:
-        with running_gateway(create_app(parse_config({"deployments": rows}, "abandoned streams"),
+        with running_gateway(create_app(parse_config(raw, "abandoned streams"),
                                         policies_dir=policies, watch_policies_s=None, watch_router_s=None)) as gw:
             yield gw.base_url + "/v1"
     finally:
         upstream.shutdown()
         upstream.server_close()
+
+
+def _records(base_url: str, request_id: str) -> list[dict[str, Any]]:
+    """The request records the gateway wrote for `request_id` (its request log's JSONL sink)."""
+    del base_url  # one gateway per module: its sink is the one folder's
+    sink = next(Path(p) for p in _SINKS if Path(p).exists())
+    return [r for r in whole_records(sink) if r.get("request_id") == request_id]
 
 
 def _billed(base_url: str, deployment: str) -> dict[str, Any]:
@@ -129,6 +141,26 @@ def test_a_stream_left_after_its_first_chunk_is_billed_for_the_thinking_reported
     _settles_to_the_upstreams_usage(base_url, "reasoning")
 
 
+def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(base_url: str) -> None:
+    """The request's record (what feedback labels, `logs export` prices) is written when the stream read on
+    ends, with the whole bill: before, a stream its client left mid-answer had no record at all, and one left
+    after its finish had one billed only its first chunks."""
+    ENDED["reasoning"].clear()
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(model="reasoning", messages=_messages(), stream=True)
+    request_id = raw.headers["x-request-id"]
+    stream = raw.parse()
+    next(iter(stream))
+    stream.close()
+    ENDED["reasoning"].wait(5)
+    wait_until(lambda: _records(base_url, request_id), timeout_s=5, what="the left stream's request record")
+    time.sleep(0.3)  # a second record would be written by now
+    (record,) = _records(base_url, request_id)
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (20, 900)
+    assert record["cost_usd"] == pytest.approx(20 * 1.0e-6 + 900 * 2.0e-6)
+    assert record["deployment"] == "reasoning"
+
+
 def test_a_stream_left_before_its_first_chunk_is_billed_for_the_thinking_reported_at_its_end(base_url: str) -> None:
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=THINKING_S / 4)
     with pytest.raises(openai.APITimeoutError):  # gone before the model said anything
@@ -142,13 +174,18 @@ def test_a_stream_left_after_its_finish_is_cached_with_its_usage_not_zeros(base_
     client's leaving was noticed), never with zeros that every later hit would then report."""
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
     messages = _messages()
-    stream = client.chat.completions.create(model="slow-usage", messages=messages, stream=True, temperature=0,
-                                            stream_options={"include_usage": True})
+    raw = client.chat.completions.with_raw_response.create(model="slow-usage", messages=messages, stream=True,
+                                                           temperature=0, stream_options={"include_usage": True})
+    request_id, stream = raw.headers["x-request-id"], raw.parse()
     for chunk in stream:
         if chunk.choices and chunk.choices[0].finish_reason:
             break
     stream.close()  # the answer is whole: the client does not wait for the usage chunk
     _settles_to_the_upstreams_usage(base_url, "slow-usage")
+    wait_until(lambda: _records(base_url, request_id), timeout_s=5, what="its request record")
+    time.sleep(0.3)  # a second record would be written by now
+    (record,) = _records(base_url, request_id)  # one, with the bill as it ended, not as the client left
+    assert (record["prompt_tokens"], record["completion_tokens"]) == (20, 900)
     again = client.chat.completions.with_raw_response.create(model="slow-usage", messages=messages, temperature=0)
     assert again.headers["x-switchyard-cache"] == "hit"
     usage = again.parse().usage
