@@ -127,9 +127,6 @@ def _fit_priors(phi: F64, knn: F64, y: F64, gen: F64, gen_icpt: float) -> dict[s
     f = np.column_stack([delta, phi, knn])
     penalty = np.ones(f.shape[1])
     penalty[0] = 0.0
-    import os
-    if os.environ.get("SY_EXP_FREE_LENGTH"):
-        penalty[1 + int(os.environ["SY_EXP_FREE_LENGTH"])] = 0.0
     beta = np.zeros(f.shape[1] + 1)
     beta[0], beta[-1] = c[0], c0
     for tau in PRIOR_TAUS:
