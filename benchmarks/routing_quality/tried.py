@@ -53,6 +53,12 @@ TRIED_ADAPTING = [
     "| same, τ grid widened to 3000 / 1000 / … / 10 | | 0.478 | | | 0.611 | TheoremQA: the one-SE rule picks "
     "τ 1000 (CV 0.582 vs the best, τ 300, 0.590). Not kept: it was widened on a misreading of the CV table "
     "(its peak, τ 300, is inside the grid) |",
+    "| same, the prior's correction leaves the length column unpenalised (every head may lean on length as "
+    "freely as on the prior) | | 0.489 | | | 0.637 | Not kept: within noise. Over 20 cuts of each train split"
+    " at its train/validation proportions (`halves --halves 20 --share 0.79`), the named pairs: Arena 0.537 →"
+    " 0.542, CRUXEval 0.562 → 0.563, maths/QA/code 0.803 → 0.801, TheoremQA 0.547 → 0.568; the judged pairs: "
+    "Arena 0.603 → 0.598, TheoremQA 0.591 → 0.597; on validation Arena 0.478 → 0.489 (the base: 0.537) and "
+    "TheoremQA 0.652 → 0.637 |",
     "| LODO difficulty + b × length (standardised), b = 0.25 / 0.5 / 1 / 2 | 0.490 / 0.492 / 0.496 / 0.503 "
     "| | | | | MMLU-Pro LODO router (0.488) vs length 0.511: its learned difficulty ranks this pair below "
     "random, and no weight on length lifts it past length alone |",
