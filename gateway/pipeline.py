@@ -730,6 +730,7 @@ class _LiveStream:
 
     def _read_on_ended(self, record: CallRecord) -> None:
         self.read_on_bill = record
+        self.svc.observer.billed(self.trail, (record,))  # its cost and tokens in the metrics, as it ended
         self._keep_record()
 
     def _keep_record(self) -> None:

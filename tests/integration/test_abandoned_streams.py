@@ -26,6 +26,7 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
+from tests.integration.test_metrics_endpoint import scrape, total
 from tests.support.jsonl import whole_records
 from tests.support.lab import policies_folder
 from tests.support.processes import free_port, running_gateway, wait_until
@@ -159,6 +160,10 @@ def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(base_url
     assert (record["prompt_tokens"], record["completion_tokens"]) == (20, 900)
     assert record["cost_usd"] == pytest.approx(20 * 1.0e-6 + 900 * 2.0e-6)
     assert record["deployment"] == "reasoning"
+    # and the cost metric has what the ledger has for it (before: only what came before the client left)
+    metrics = scrape(base_url.removesuffix("/v1"))
+    assert total(metrics, "switchyard_cost_usd_total", deployment="reasoning") == pytest.approx(
+        _billed(base_url, "reasoning")["cost_usd"])
 
 
 def test_a_stream_left_before_its_first_chunk_is_billed_for_the_thinking_reported_at_its_end(base_url: str) -> None:
