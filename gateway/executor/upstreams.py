@@ -601,6 +601,13 @@ class Upstreams:
 
         s.abandoned = True
 
+        def tell(record: CallRecord) -> None:  # never in the way of the bill itself
+            if ended is not None:
+                try:
+                    ended(record)
+                except Exception:
+                    log.exception("a stream read on after its client left ended; its request's record failed")
+
         async def rest() -> CallRecord:
             error: ProviderFailure | None = None
             try:
@@ -611,14 +618,12 @@ class Upstreams:
             except asyncio.CancelledError:  # read too long: cut, billed for what came
                 record = await self.end_counted(s, counted)
                 await bill_cut(record)
-                if ended is not None:
-                    ended(record)
+                tell(record)
                 raise
             finally:
                 await s.rest.aclose()  # type: ignore[attr-defined]
             record = await self.end_counted(s, counted, error)
-            if ended is not None:
-                ended(record)
+            tell(record)
             if error is not None:
                 await bill_cut(record)
                 raise error

@@ -12,7 +12,8 @@ from gateway.executor import CallRecord, Deadline
 from gateway.executor.drain import LATE, late_bills
 from gateway.executor.resume import resuming
 from gateway.messages import count_messages, count_text
-from gateway.providers.base import ProviderFailure
+from gateway.providers.base import ProviderFailure, Usage
+from gateway.streaming import Accumulator
 from tests.support.fake_backend import Delay, Stream, answer, chunk, deployment, fake_upstreams
 
 BODY = {"messages": [{"role": "user", "content": "What is 6 * 7?"}]}
@@ -238,3 +239,29 @@ def test_an_answer_without_usage_bills_its_counted_audio_prompt_at_the_audio_rat
     prompt = count_messages(HEARD_BODY["messages"])
     assert record.cost_usd == pytest.approx(((prompt - 960) * 1.0 + 960 * 40.0 + record.usage.completion_tokens * 2.0)
                                             / 1e6)
+
+
+def test_a_stream_read_on_is_billed_even_when_what_it_tells_its_request_fails(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """`read_on`'s `ended` writes the request's record and metrics; were that to fail, the bill itself must
+    still reach the request's ledger (a bug in bookkeeping must never lose spend)."""
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        return Stream([chunk("The"), chunk(" answer"), chunk(" is 42.")])
+    up, _ = fake_upstreams(handler, deployment("a"))
+    told: list[CallRecord] = []
+
+    def ended(record: CallRecord) -> None:
+        told.append(record)
+        raise RuntimeError("the record could not be queued")
+
+    async def work() -> None:
+        live = await up.open_stream(("a",), BODY, None, deadline=Deadline.after(5))
+        acc = Accumulator()
+        acc.add(live.first)
+        up.read_on(live, acc, BODY, lambda: Usage(10, 3), ended)  # no usage reported: counted
+        await asyncio.sleep(0.2)
+
+    _, billed = asyncio.run(_collecting(work))
+    assert len(told) == 1 and [(c.deployment, c.role) for c in billed] == [("a", LATE)]
+    assert billed[0].cost_usd == told[0].cost_usd > 0
+    assert "its request's record failed" in caplog.text
