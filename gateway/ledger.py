@@ -53,6 +53,8 @@ from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
 from gateway.inflight import NO_SLOT, Slot
 from gateway.log_throttle import LogThrottle
+from gateway.metrics import Metrics
+from gateway.observer import PINNED
 from gateway.policy import Decision
 from gateway.state import (
     LEDGER_TENANTS,
@@ -72,6 +74,7 @@ GROUPS = ("tenant", "deployment", "policy", "plan_kind", "hour")
 METRICS = ("requests", "calls", "cost_usd", "prompt_tokens", "completion_tokens", "counterfactual_usd",
            "predicted", "quality_chosen", "quality_counterfactual")
 CACHE, SHADOW = "cache", "shadow"
+FAILED = "failed"  # what calls of a request that answered nothing are counted as, beside answers
 _BATCH = 10_000
 # The writer waits this long after a bill before writing, so that one round trip carries every bill
 # of the moment: a Redis pipeline costs ~0.25 ms of CPU whether it carries one bill or a thousand.
@@ -193,8 +196,10 @@ class _Write:
 class Ledger:
     """Settles budgets, and queues every bill for the durable ledger's writer."""
 
-    def __init__(self, store: Store, queue_size: int = 10_000, linger_s: float = LINGER_S) -> None:
+    def __init__(self, store: Store, queue_size: int = 10_000, linger_s: float = LINGER_S,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics  # counts what is billed beside answers (`background_cost`)
         self.linger_s = linger_s
         self._bills: Handoff[Spent] = Handoff(queue_size)
         self._writer: asyncio.Task[None] | None = None
@@ -212,6 +217,8 @@ class Ledger:
         """Queue the bill, then settle the tenant's budget with its real cost (a cache hit releases
         its hold)."""
         self.add(spent)
+        if not spent.requests:  # no answer: a shadow evaluation, or the calls of a request that failed
+            self._beside_answers(spent, SHADOW if spent.plan == SHADOW else FAILED)
         if spent.plan == CACHE:
             if reservation is not None:
                 await reservation.release()
@@ -234,6 +241,7 @@ class Ledger:
         held for it is given back."""
         if spent is not None:
             self.add(spent)
+            self._beside_answers(spent)
         record = spent.calls[0] if spent is not None else None
         try:
             await held.bill_late(call, record)
@@ -256,6 +264,15 @@ class Ledger:
                             policy: str | None = None) -> None:
         """A shadow evaluation's calls: the tenant's spend, under plan kind `shadow`, no request."""
         await self.record(Spent(time.time(), tenant, policy, SHADOW, "", calls, requests=0), reservation)
+
+    def _beside_answers(self, spent: Spent, kind: str | None = None) -> None:
+        """Count calls billed beside any answer in the metrics, by kind (`kind`, else each call's role:
+        late, cut). `observer.billed` counts those that answered requests."""
+        if self.metrics is None:
+            return
+        policy = spent.policy if spent.policy is not None else PINNED
+        for c in spent.calls:
+            self.metrics.background_cost.add((spent.tenant, c.deployment, policy, kind or c.role), c.cost_usd)
 
     def add(self, spent: Spent) -> None:
         """Queue one bill; never waits. A full queue drops it, counted and logged with its amount."""

@@ -91,7 +91,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     catalog = Catalog(deployments, prices)
     upstreams = Upstreams(deployments, build_backends(config.deployments), prices, health, telemetry, metrics,
                           DeploymentQuotas(store, deployments))
-    ledger = Ledger(store)
+    ledger = Ledger(store, metrics=metrics)
     settings = config.request_log
     requests = RequestLog(store, settings, digests=digests) if settings.enabled else None
     shadow = ShadowEvaluator(upstreams, catalog, auth, ledger, requests, telemetry,

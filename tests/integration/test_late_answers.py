@@ -19,6 +19,7 @@ import openai
 import pytest
 
 from gateway.messages import count_messages
+from tests.integration.test_metrics_endpoint import scrape, total
 from tests.support.lab import BUDGET_KEY as BUDGET
 from tests.support.lab import PRICE, budgeted_gateway, lab_gateway, simulator_of
 from tests.support.processes import Simulator, wait_until
@@ -62,6 +63,11 @@ def _calls(base_url: str) -> dict[str, int]:
     return {r["deployment"]: int(r["calls"]) for r in rows if r["calls"]}
 
 
+def _cost(base_url: str) -> dict[str, float]:
+    rows = httpx.get(base_url + "/spend", params={"group_by": "deployment"}, timeout=10).json()["data"]
+    return {r["deployment"]: float(r["cost_usd"]) for r in rows}
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_answer_the_upstream_served_is_billed_even_when_the_gateway_had_given_up(
         base_url: str, sim: Simulator, stream: bool) -> None:
@@ -93,6 +99,13 @@ def test_every_answer_the_upstream_served_is_billed_even_when_the_gateway_had_gi
     finally:
         assert billed() == served
     assert sim.stats()["sim-edge"]["abandoned"] == 0  # the gateway read every answer it had asked for
+    # The metrics add up to the ledger: what answers cost, plus what was billed beside them (late calls).
+    metrics = scrape(base_url.removesuffix("/v1"))
+    for d in ("edge", "next"):
+        counted = total(metrics, "switchyard_cost_usd_total", deployment=d) + total(
+            metrics, "switchyard_background_cost_usd_total", deployment=d)
+        assert counted == pytest.approx(_cost(base_url)[d], rel=1e-6)
+    assert total(metrics, "switchyard_background_cost_usd_total", deployment="edge", kind="late") > 0
 
 
 def test_a_budget_holds_for_an_attempt_given_up_on_and_the_fallback_that_answered(

@@ -15,6 +15,7 @@ from gateway.admission_store import Settlement
 from gateway.auth import Authenticator, Need, Reservation, Tenant
 from gateway.executor.result import CallRecord
 from gateway.ledger import LateBills, Ledger, Spent
+from gateway.metrics import Metrics
 from gateway.providers.base import Usage
 from gateway.state import MemoryStore, StoreUnavailable, period_spend_key, scoped_holds_key, window_key
 
@@ -179,3 +180,30 @@ def test_a_request_that_fails_while_a_call_is_still_read_keeps_that_call_held_th
         assert await _tenant_spent(store) == pytest.approx(0.25)
 
     asyncio.run(scenario())
+
+
+def test_calls_billed_beside_answers_are_counted_in_their_own_cost_metric() -> None:
+    """Late answers, calls cut part-way, shadow evaluations and the calls of a request that failed are billed
+    to the tenant but answer no request: `switchyard_cost_usd_total` leaves them out (it equals what answers
+    said they cost), so they are counted in `switchyard_background_cost_usd_total`, by kind, and the two add up
+    to what the ledger billed (before, the metrics had no trace of them)."""
+
+    async def scenario() -> dict[tuple[str, ...], float]:
+        store, metrics = MemoryStore(), Metrics()
+        held = await Authenticator([], store).admit(CALLER, need=Need(0.6, 100, 60))
+        ledger = Ledger(store, metrics=metrics)
+        late = LateBills(ledger, held, "team", "p", "single:a>fallback:b")
+        await late.open(0.3)(_late(0.1))
+        await late.open(0.3)(CallRecord("a", Usage(10, 5), 0.02, 0.5, "cut"))
+        await late.open(0.3)(None)  # it never answered: nothing billed
+        await ledger.record_shadow("team", (CallRecord("b", Usage(10, 20), 0.05, 0.2, "shadow"),), None, "p")
+        # a cascade whose small try answered before its large step failed: billed, and the request answered nothing
+        await ledger.record(Spent(0.0, "team", None, "cascade:a>b", "", (CallRecord("a", Usage(10, 20), 0.01, 0.1),),
+                                  requests=0))
+        await ledger.record(Spent(0.0, "team", "p", "single:b", "b", (ANSWER,)))  # an answer: not counted here
+        return metrics.background_cost.values
+
+    assert asyncio.run(scenario()) == {("team", "a", "p", "late"): pytest.approx(0.1),
+                                       ("team", "a", "p", "cut"): pytest.approx(0.02),
+                                       ("team", "b", "p", "shadow"): pytest.approx(0.05),
+                                       ("team", "a", "pinned", "failed"): pytest.approx(0.01)}
