@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -105,39 +106,37 @@ def apgr_plot(res: dict[str, dict[str, float]], out: Path) -> None:
     plt.close(fig)
 
 
-def all_pairs_section(out: Path) -> list[str]:
-    """The same comparison over every model pair of each file, as ``all_pairs.py`` last wrote it to ``out``."""
-    path = out / ALL_PAIRS_MD
+def _quoted(out: Path, name: str, title: str, intro: str, after: Sequence[str] = ()) -> list[str]:
+    """A section quoting the tables another command last wrote to ``out / name`` (none if it never ran)."""
+    path = out / name
     if not path.exists():
         return []
-    return ["### Over every model pair of each file", "",
-            "One pair on a few dozen validation prompts is noisy, so here every pair of each file's models is "
-            "scored (the stronger by mean train score is strong) and the APGRs averaged over pairs; TF-IDF → "
-            "gain is fitted per pair on the file's train labels, as in the table above.", "",
-            *path.read_text(encoding="utf-8").splitlines(), "", *ALL_PAIRS_READING, ""]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [f"### {title}", "", intro, "", *lines, "", *((*after, "") if after else ())]
+
+
+def all_pairs_section(out: Path) -> list[str]:
+    """The same comparison over every model pair of each file, as ``all_pairs.py`` last wrote it to ``out``."""
+    return _quoted(out, ALL_PAIRS_MD, "Over every model pair of each file",
+                   "One pair on a few dozen validation prompts is noisy, so here every pair of each file's models is "
+                   "scored (the stronger by mean train score is strong) and the APGRs averaged over pairs; TF-IDF → "
+                   "gain is fitted per pair on the file's train labels, as in the table above.", ALL_PAIRS_READING)
 
 
 def halves_section(out: Path) -> list[str]:
     """Adapting judged over random halves of each file's train split, as ``halves.py`` last wrote it to ``out``."""
-    path = out / HALVES_MD
-    if not path.exists():
-        return []
-    return ["### Over random halves of each file's train split", "",
-            "One validation split is one sample; here the same comparison is repeated on other samples of the same "
-            "file, cut from its train split, with the validation split left alone.", "",
-            *path.read_text(encoding="utf-8").splitlines(), ""]
+    return _quoted(out, HALVES_MD, "Over random halves of each file's train split",
+                   "One validation split is one sample; here the same comparison is repeated on other samples of the "
+                   "same file, cut from its train split, with the validation split left alone.")
 
 
 def resplits_section(out: Path) -> list[str]:
     """The same over cuts of each train split at the proportions of its train and validation splits
     (``halves.py --share 0.79``), as last written to ``out``."""
-    path = out / RESPLITS_MD
-    if not path.exists():
-        return []
-    return ["### Over cuts of each file's train split the size of its train and validation splits", "",
-            "The halves adapt on half as many labels as the validation table does; here each cut adapts on 79% "
-            "of the train split and scores the other 21%: another draw of the split the first table scores.",
-            "", *path.read_text(encoding="utf-8").splitlines(), ""]
+    return _quoted(out, RESPLITS_MD, "Over cuts of each file's train split the size of its train and validation splits",
+                   "The halves adapt on half as many labels as the validation table does; here each cut adapts on "
+                   "79% of the train split and scores the other 21%: another draw of the split the first table "
+                   "scores.")
 
 
 def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out: Path, latency: bool,
