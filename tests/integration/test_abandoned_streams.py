@@ -11,7 +11,6 @@ never billed."""
 from __future__ import annotations
 
 import contextlib
-import http.server
 import threading
 import time
 import uuid
@@ -29,8 +28,8 @@ from gateway.config import parse_config
 from tests.integration.test_metrics_endpoint import scrape, total
 from tests.support.jsonl import whole_records
 from tests.support.lab import policies_folder
-from tests.support.processes import free_port, running_gateway, wait_until
-from tests.support.scripted_http import ScriptedHandler
+from tests.support.processes import running_gateway, wait_until
+from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
 # What the upstream reports at the end of every stream: most of it thinking the client never saw.
 USAGE = {"prompt_tokens": 20, "completion_tokens": 900, "total_tokens": 920,
@@ -86,23 +85,18 @@ class _Thinker(ScriptedHandler):
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Thinker)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
-    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
-    rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": tier, "price": price,
-             "max_retries": 0, "timeout_s": 5} for name, tier in zip(ENDED, ("small", "large", "medium"), strict=True)]
-    folder = Path(tmp_path_factory.mktemp("abandoned"))
-    policies = policies_folder(folder, {})  # the shipped ones; pinned here
-    raw = {"deployments": rows, "request_log": {"path": str(folder / "requests.jsonl")}}
-    _SINKS.append(str(folder / "requests.jsonl"))
-    try:
+    with scripted_upstream(_Thinker) as base:
+        price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+        tiers = zip(ENDED, ("small", "large", "medium"), strict=True)
+        rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": tier, "price": price,
+                 "max_retries": 0, "timeout_s": 5} for name, tier in tiers]
+        folder = Path(tmp_path_factory.mktemp("abandoned"))
+        policies = policies_folder(folder, {})  # the shipped ones; pinned here
+        raw = {"deployments": rows, "request_log": {"path": str(folder / "requests.jsonl")}}
+        _SINKS.append(str(folder / "requests.jsonl"))
         with running_gateway(create_app(parse_config(raw, "abandoned streams"),
                                         policies_dir=policies, watch_policies_s=None, watch_router_s=None)) as gw:
             yield gw.base_url + "/v1"
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
 
 
 def _records(base_url: str, request_id: str) -> list[dict[str, Any]]:

@@ -3,8 +3,6 @@ still ends its request: its tenant's in-flight slot is given back, over real HTT
 
 from __future__ import annotations
 
-import http.server
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +14,8 @@ from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import parse_config
 from tests.support.lab import policies_folder
-from tests.support.processes import free_port, running_gateway
-from tests.support.scripted_http import ScriptedHandler
+from tests.support.processes import running_gateway
+from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
 
 class _Garbled(ScriptedHandler):
@@ -39,21 +37,15 @@ class _Garbled(ScriptedHandler):
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Garbled)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
-    rows = [{"name": name, "model": "openai/garbled", "api_base": base, "tier": tier, "max_retries": 0,
-             "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
-            for name, tier in (("garbled", "small"), ("other", "large"))]
-    tenants = [{"name": "one", "api_key_sha256": hash_key("sk-one"), "max_concurrent_requests": 1}]
-    policies = policies_folder(Path(tmp_path_factory.mktemp("garbled")), {})
-    try:
+    with scripted_upstream(_Garbled) as base:
+        rows = [{"name": name, "model": "openai/garbled", "api_base": base, "tier": tier, "max_retries": 0,
+                 "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+                for name, tier in (("garbled", "small"), ("other", "large"))]
+        tenants = [{"name": "one", "api_key_sha256": hash_key("sk-one"), "max_concurrent_requests": 1}]
+        policies = policies_folder(Path(tmp_path_factory.mktemp("garbled")), {})
         with running_gateway(create_app(parse_config({"deployments": rows, "tenants": tenants}, "garbled"),
                                         policies_dir=policies, watch_policies_s=None, watch_router_s=None)) as gw:
             yield gw.base_url + "/v1"
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
 
 
 def test_a_stream_broken_by_an_unreadable_chunk_gives_its_slot_back(base_url: str) -> None:

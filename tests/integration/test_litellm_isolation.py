@@ -4,7 +4,6 @@ headers, a canned answer) come from the deployment, never from the request."""
 from __future__ import annotations
 
 import http.server
-import threading
 from collections.abc import Iterator
 
 import httpx
@@ -12,7 +11,8 @@ import pytest
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
-from tests.support.processes import Simulator, free_port, running_gateway
+from tests.support.processes import Simulator, running_gateway
+from tests.support.scripted_http import scripted_upstream
 
 
 class _Trap(http.server.BaseHTTPRequestHandler):
@@ -30,12 +30,8 @@ class _Trap(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def trap() -> Iterator[str]:
     _Trap.seen = []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Trap)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with scripted_upstream(_Trap) as base:
+        yield base
 
 
 def _gateway(simulator_url: str | None, monkeypatch: pytest.MonkeyPatch) -> object:

@@ -5,8 +5,6 @@ path and litellm, to an OpenAI-compatible server that records what it receives (
 
 from __future__ import annotations
 
-import http.server
-import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,8 +18,8 @@ from gateway.api.app import create_app
 from gateway.auth import hash_key
 from gateway.config import parse_config
 from tests.support.lab import policies_folder
-from tests.support.processes import GatewayServer, free_port, running_gateway
-from tests.support.scripted_http import ScriptedHandler
+from tests.support.processes import GatewayServer, running_gateway
+from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
 # litellm's vLLM provider imports a pydantic model that warns about its own typing (not ours to fix).
 pytestmark = pytest.mark.filterwarnings("ignore:Items .* are using the `ReadOnly` qualifier:UserWarning")
@@ -95,31 +93,25 @@ class Lab:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
-    price = {"input_per_mtok": 1.0, "output_per_mtok": 1.0}
-    deployments = [
-        {"name": "small", "model": "openai/fake-vllm", "api_base": base, "tier": "small", "price": price,
-         "isolate_prefix_cache": True},
-        {"name": "large", "model": "openai/fake-vllm", "api_base": base, "tier": "large", "price": price},
-        {"name": "lite", "model": "hosted_vllm/fake-vllm", "api_base": base, "backend": "litellm", "tier": "lab",
-         "price": price, "isolate_prefix_cache": True, "max_retries": 0},
-        {"name": "cut", "model": "openai/fake-cut", "api_base": base, "tier": "lab", "price": price,
-         "isolate_prefix_cache": True, "max_retries": 0},
-        {"name": "next", "model": "openai/fake-vllm", "api_base": base, "tier": "lab", "price": price,
-         "isolate_prefix_cache": True, "supports_prefill": True},
-    ]
-    config = parse_config({"deployments": deployments, "tenants": TENANTS}, "prefix cache isolation")
-    policies = policies_folder(tmp_path_factory.mktemp("salt"), {"resumed": {
-        "candidates": [{"single": "cut"}], "fallbacks": {"cut": ["next"]}, "cache": {"enabled": False}}})
-    try:
+    with scripted_upstream(_Upstream) as base:
+        price = {"input_per_mtok": 1.0, "output_per_mtok": 1.0}
+        deployments = [
+            {"name": "small", "model": "openai/fake-vllm", "api_base": base, "tier": "small", "price": price,
+             "isolate_prefix_cache": True},
+            {"name": "large", "model": "openai/fake-vllm", "api_base": base, "tier": "large", "price": price},
+            {"name": "lite", "model": "hosted_vllm/fake-vllm", "api_base": base, "backend": "litellm", "tier": "lab",
+             "price": price, "isolate_prefix_cache": True, "max_retries": 0},
+            {"name": "cut", "model": "openai/fake-cut", "api_base": base, "tier": "lab", "price": price,
+             "isolate_prefix_cache": True, "max_retries": 0},
+            {"name": "next", "model": "openai/fake-vllm", "api_base": base, "tier": "lab", "price": price,
+             "isolate_prefix_cache": True, "supports_prefill": True},
+        ]
+        config = parse_config({"deployments": deployments, "tenants": TENANTS}, "prefix cache isolation")
+        policies = policies_folder(tmp_path_factory.mktemp("salt"), {"resumed": {
+            "candidates": [{"single": "cut"}], "fallbacks": {"cut": ["next"]}, "cache": {"enabled": False}}})
         with running_gateway(create_app(config, policies_dir=policies, watch_policies_s=None,
                                         watch_router_s=None)) as gw:
             yield Lab(gw)
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
 
 
 def test_each_tenant_has_one_salt_of_its_own_on_an_isolating_deployment(lab: Lab) -> None:

@@ -10,9 +10,7 @@ generated is billed; a server that answers a stream request whole is read as its
 
 from __future__ import annotations
 
-import http.server
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,8 +26,8 @@ from gateway.api.app import create_app
 from gateway.config import parse_config
 from gateway.executor import drain
 from tests.support.lab import policies_folder
-from tests.support.processes import free_port, running_gateway, wait_until
-from tests.support.scripted_http import ScriptedHandler
+from tests.support.processes import running_gateway, wait_until
+from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
 HEAD = {"id": "chatcmpl-abc", "created": 1700000000, "model": "gpt-x-2024", "system_fingerprint": "fp_1",
         "service_tier": "default"}
@@ -225,36 +223,31 @@ class _Upstream(ScriptedHandler):
 
 @pytest.fixture(scope="module")
 def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
+    with scripted_upstream(_Upstream) as base:
 
-    def dep(name: str, model: str, **kw: Any) -> dict[str, Any]:
-        return {"name": name, "model": f"openai/{model}", "api_base": base, "max_retries": 0,
-                "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, "whole_answers_as_streams": "always", **kw}
+        def dep(name: str, model: str, **kw: Any) -> dict[str, Any]:
+            return {"name": name, "model": f"openai/{model}", "api_base": base, "max_retries": 0,
+                    "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, "whole_answers_as_streams": "always",
+                    **kw}
 
-    models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line"]
-    rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
-            dep("trickle", "trickle", timeout_s=TRICKLE_TIMEOUT_S),
-            *(dep(m, m) for m in models if not m.startswith("hedged-never")),
-            *(dep(f"{m}-whole", m, whole_answers_as_streams="never") for m in SCRIPTS),
-            *(dep(m, m, whole_answers_as_streams="never") for m in ("hedged-never", "hedged-never-2"))]
-    policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
-        "saved": {"candidates": [{"single": "error-chunk"}], "fallbacks": {"error-chunk": ["plain"]},
-                  "cache": {"enabled": False}},
-        # Hedged, its first leg answering at once (never hedged), each a stream that breaks off.
-        **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: ["plain"]}, "hedge_after_ms": 5000,
-                           "cache": {"enabled": False}} for m in ("no-finish", "error-chunk")},
-        # Hedged in front of deployments that refuse to stream: found out, or configured `never`.
-        **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: [f"{m}-2"]}, "hedge_after_ms": 5000,
-                           "cache": {"enabled": False}} for m in ("hedged-unverified", "hedged-never")}})
-    try:
+        models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line"]
+        rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
+                dep("trickle", "trickle", timeout_s=TRICKLE_TIMEOUT_S),
+                *(dep(m, m) for m in models if not m.startswith("hedged-never")),
+                *(dep(f"{m}-whole", m, whole_answers_as_streams="never") for m in SCRIPTS),
+                *(dep(m, m, whole_answers_as_streams="never") for m in ("hedged-never", "hedged-never-2"))]
+        policies = policies_folder(Path(tmp_path_factory.mktemp("rebuilt")), {
+            "saved": {"candidates": [{"single": "error-chunk"}], "fallbacks": {"error-chunk": ["plain"]},
+                      "cache": {"enabled": False}},
+            # Hedged, its first leg answering at once (never hedged), each a stream that breaks off.
+            **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: ["plain"]}, "hedge_after_ms": 5000,
+                               "cache": {"enabled": False}} for m in ("no-finish", "error-chunk")},
+            # Hedged in front of deployments that refuse to stream: found out, or configured `never`.
+            **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: [f"{m}-2"]}, "hedge_after_ms": 5000,
+                               "cache": {"enabled": False}} for m in ("hedged-unverified", "hedged-never")}})
         with running_gateway(create_app(parse_config({"deployments": rows}, "rebuilt answers"), policies_dir=policies,
                                         watch_policies_s=None, watch_router_s=None)) as gw:
             yield gw.base_url + "/v1"
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
 
 
 def _client(url: str) -> openai.OpenAI:

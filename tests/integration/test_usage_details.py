@@ -15,8 +15,6 @@ are part of."""
 
 from __future__ import annotations
 
-import http.server
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,8 +27,8 @@ import pytest
 from gateway.api.app import create_app
 from gateway.config import parse_config
 from tests.support.lab import policies_folder
-from tests.support.processes import free_port, running_gateway
-from tests.support.scripted_http import ScriptedHandler
+from tests.support.processes import running_gateway
+from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
 USAGE = {"prompt_tokens": 20, "completion_tokens": 30, "total_tokens": 50,
          "prompt_tokens_details": {"cached_tokens": 8, "audio_tokens": 4},
@@ -77,28 +75,24 @@ class _Upstream(ScriptedHandler):
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
-    upstream = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), _Upstream)
-    threading.Thread(target=upstream.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{upstream.server_address[1]}/v1"
-    price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
-    rebuilt = {"whole_answers_as_streams": "always"}  # every whole answer read from a stream and rebuilt
-    rows = [{"name": "small", "model": "openai/small", "api_base": base, "tier": "small", "price": price, **rebuilt},
-            {"name": "large", "model": "openai/large", "api_base": base, "tier": "large", "price": price, **rebuilt},
-            {"name": "whole", "model": "openai/whole", "api_base": base, "price": price,
-             "whole_answers_as_streams": "never"}]
-    rows += [{"name": f"{name}-{how}", "model": f"openai/{name}", "api_base": base, "price": price,
-              "whole_answers_as_streams": how} for name in USAGES for how in ("always", "never")]
-    # No logprobs in the small model's answer: no confidence, so the cascade always escalates.
-    cascade = {"candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "logprob", "threshold": 0.5}}],
-               "cache": {"enabled": False}}
-    policies = policies_folder(Path(tmp_path_factory.mktemp("usage")), {"escalating": cascade})
-    try:
+    with scripted_upstream(_Upstream) as base:
+        price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
+        rebuilt = {"whole_answers_as_streams": "always"}  # every whole answer read from a stream and rebuilt
+        rows = [{"name": "small", "model": "openai/small", "api_base": base, "tier": "small", "price": price,
+                 **rebuilt},
+                {"name": "large", "model": "openai/large", "api_base": base, "tier": "large", "price": price,
+                 **rebuilt},
+                {"name": "whole", "model": "openai/whole", "api_base": base, "price": price,
+                 "whole_answers_as_streams": "never"}]
+        rows += [{"name": f"{name}-{how}", "model": f"openai/{name}", "api_base": base, "price": price,
+                  "whole_answers_as_streams": how} for name in USAGES for how in ("always", "never")]
+        # No logprobs in the small model's answer: no confidence, so the cascade always escalates.
+        steps = {"steps": ["small", "large"], "confidence": "logprob", "threshold": 0.5}
+        cascade = {"candidates": [{"cascade": steps}], "cache": {"enabled": False}}
+        policies = policies_folder(Path(tmp_path_factory.mktemp("usage")), {"escalating": cascade})
         with running_gateway(create_app(parse_config({"deployments": rows}, "usage details"), policies_dir=policies,
                                         watch_policies_s=None, watch_router_s=None)) as gw:
             yield openai.OpenAI(base_url=gw.base_url + "/v1", api_key="sk-any", max_retries=0)
-    finally:
-        upstream.shutdown()
-        upstream.server_close()
 
 
 def _messages() -> list[Any]:
