@@ -15,11 +15,17 @@ A body is read by its route (`gateway.api.routes.read_json`, once the key is che
 `BODY_TIMEOUT_S` in all, however it trickles in, else `408` and the connection is closed: a caller
 sending a byte now and then held its request and its handler for ever (and a `/v1/route` its
 tenant's slot in flight). 30 s reads the largest body (`max_body_bytes`, 2 MiB) at 70 KB/s.
+
+Whenever the server closes a connection while a request's head or body is still arriving (a `408`, a
+`413`, a `431`), it half-closes it and drops what still arrives for `LINGER_S` before closing it
+(nginx's `lingering_close`): closed at once with bytes unread, the kernel resets the connection and
+the client often loses the answer before reading it.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
@@ -27,10 +33,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
-# After the answer the connection is half-closed and what still arrives is read and dropped for this
-# long, then it is closed: closed at once with bytes unread, the kernel would reset it, and the
-# client would often lose the answer before reading it.
-LINGER_S = 1.0
+LINGER_S = 1.0  # see the module's text
 
 
 def _error(status: int, code: str, message: str) -> bytes:
@@ -43,12 +46,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, counting and timing a request's head until it is complete."""
 
     _in_head = True   # from a connection's (or a message's) first byte to the end of its headers
+    _in_message = False  # from a message's first byte to the end of its body
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
     _refused = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        # Every close of uvicorn's (and of the request's cycle, which is handed this transport) goes
+        # through `_LingeringClose`.
+        self.transport = cast(asyncio.Transport, _LingeringClose(transport, self))
         self._time_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -57,8 +64,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._in_head, self._head_bytes = True, 0
+        self._in_head, self._in_message, self._head_bytes = True, True, 0
         self._time_head()
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        super().on_message_complete()
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -93,10 +104,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                                 f"the request's headers did not arrive within {HEAD_TIMEOUT_S:g} s"))
 
     def _refuse(self, answer: bytes) -> None:
-        self._refused = True
         self._stop_head_timer()
-        transport = self.transport
-        transport.write(answer)
-        if transport.can_write_eof():
-            transport.write_eof()
+        self.transport.write(answer)
+        self.transport.close()
+
+    def _reading_unfinished(self) -> bool:
+        """Whether a request is still arriving: closing now would leave bytes unread."""
+        return self._in_message
+
+
+class _LingeringClose:
+    """A connection's transport whose `close`, while a request is still arriving, half-closes it, drops
+    what still arrives and closes it `LINGER_S` later (see the module's text)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedHttpToolsProtocol) -> None:
+        self._transport, self._protocol, self._closing = transport, protocol, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._transport.is_closing()
+
+    def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        transport = self._transport
+        if not (self._protocol._reading_unfinished() and transport.can_write_eof() and not transport.is_closing()):
+            transport.close()
+            return
+        self._protocol._refused = True  # what still arrives is dropped unread
+        transport.write_eof()
         asyncio.get_running_loop().call_later(LINGER_S, transport.close)

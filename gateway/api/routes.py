@@ -65,19 +65,21 @@ def _svc(request: Request) -> Services:
 
 
 async def read_json(request: Request, limit: int) -> Any:
+    # A refused body is never read to its end: its connection is closed (lingering: see `http_limits`).
+    close = {"connection": "close"}
     declared = headers_of(request).get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit")
+        raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit", headers=close)
     body = bytearray()
     try:
         async with asyncio.timeout(http_limits.BODY_TIMEOUT_S):  # in all, not per part: see `http_limits`
             async for part in request.stream():
                 body += part
                 if len(body) > limit:
-                    raise PayloadTooLarge(f"request body is over the {limit}-byte limit")
+                    raise PayloadTooLarge(f"request body is over the {limit}-byte limit", headers=close)
     except TimeoutError:
         raise RequestTimeout(f"the request's body did not arrive within {http_limits.BODY_TIMEOUT_S:g} s",
-                             headers={"connection": "close"}) from None
+                             headers=close) from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

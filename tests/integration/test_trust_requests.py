@@ -351,3 +351,49 @@ def test_a_body_sent_a_byte_at_a_time_is_a_408_not_a_request_held_for_ever(
     assert orjson.loads(body)["error"]["code"] == "request_timeout"
     assert elapsed < 3  # answered and closed, not held until the client stopped
     assert _post(served + "/v1", {"model": "small", "messages": HI}).status_code == 200  # a prompt body is served
+
+
+def _trickle(sock: Any, stop: Any) -> None:
+    """Send byte after byte until told to stop or refused."""
+    while not stop.is_set():
+        try:
+            sock.send(b" ")
+        except OSError:
+            return
+
+
+@pytest.mark.parametrize(("path", "declared", "status", "code"), [
+    ("/v1/chat/completions", 2_000_000, 408, "request_timeout"), ("/v1/route", 2_000_000, 408, "request_timeout"),
+    ("/v1/chat/completions", 10_000_000, 413, "request_too_large")])
+def test_a_body_still_arriving_when_it_is_refused_does_not_cost_its_client_the_answer(
+        served: str, monkeypatch: pytest.MonkeyPatch, path: str, declared: int, status: int, code: str) -> None:
+    """The connection was closed at once after a 408 while the client was still sending its body: the
+    bytes left unread made the kernel reset it, and the client often lost the answer (or read it and
+    then a reset instead of an end). Now the connection is half-closed, what still arrives is dropped,
+    and it is closed `LINGER_S` later: the client reads the whole answer and then a clean end. A 413
+    for a body declared too large kept the connection open, reading and dropping the whole body; now
+    it is closed the same way."""
+    import socket
+    import threading
+
+    from gateway.api import http_limits
+
+    monkeypatch.setattr(http_limits, "BODY_TIMEOUT_S", 0.3)
+    port = int(served.rsplit(":", 1)[1])
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                         f"content-length: {declared}\r\n\r\n{{".encode())
+            stop = threading.Event()
+            sender = threading.Thread(target=_trickle, args=(sock, stop))
+            sender.start()
+            answer = b""
+            try:
+                while chunk := sock.recv(65536):
+                    answer += chunk
+            finally:
+                stop.set()
+                sender.join()
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
+        assert orjson.loads(body)["error"]["code"] == code
