@@ -17,9 +17,11 @@ sending a byte now and then held its request and its handler for ever (and a `/v
 tenant's slot in flight). 30 s reads the largest body (`max_body_bytes`, 2 MiB) at 70 KB/s.
 
 Whenever the server closes a connection while a request's head or body is still arriving (a `408`, a
-`413`, a `431`), it half-closes it and drops what still arrives for `LINGER_S` before closing it
-(nginx's `lingering_close`): closed at once with bytes unread, the kernel resets the connection and
-the client often loses the answer before reading it.
+`413`, a `431`), it half-closes it and reads and drops what still arrives, closing it once nothing has
+come for `LINGER_IDLE_S` and at most `LINGER_MAX_S` after the answer (nginx's `lingering_close`, with
+its `lingering_timeout` and `lingering_time`): closed at once with bytes unread, the kernel resets the
+connection and the client often loses the answer before reading it, and a client that sends its
+whole body before reading (most do) would never see its `413`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 MAX_HEAD_BYTES = 64 * 1024
 HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
-LINGER_S = 1.0  # see the module's text
+LINGER_IDLE_S = 2.0  # see the module's text
+LINGER_MAX_S = 30.0
 
 
 def _error(status: int, code: str, message: str) -> bytes:
@@ -49,7 +52,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _in_message = False  # from a message's first byte to the end of its body
     _head_bytes = 0
     _head_timer: asyncio.TimerHandle | None = None
-    _refused = False
+    _refused = False  # answered while the request was still arriving: what arrives is dropped
+    _linger_timer: asyncio.TimerHandle | None = None
+    _linger_ends = 0.0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -60,6 +65,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
         super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
@@ -78,7 +85,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
-            return  # answered: dropped unread
+            self._linger_on()  # answered: dropped unread
+            return
         super().data_received(data)
         # Still in the head after parsing: all of `data` was head (what is kept is at most the limit
         # plus one read).
@@ -108,14 +116,38 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(answer)
         self.transport.close()
 
-    def _reading_unfinished(self) -> bool:
-        """Whether a request is still arriving: closing now would leave bytes unread."""
-        return self._in_message
+    def _close(self, transport: asyncio.Transport) -> None:
+        """Close the connection: at once, or lingering if its request is still arriving."""
+        if not (self._in_message and transport.can_write_eof() and not transport.is_closing()):
+            transport.close()
+            return
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already: nothing to linger for
+            transport.close()
+            return
+        self._refused = True
+        self._linger_ends = asyncio.get_running_loop().time() + LINGER_MAX_S
+        self.flow.resume_reading()  # paused while a large body was buffered: it must be read to be dropped
+        self._linger_on()
+
+    def _linger_on(self) -> None:
+        """Something arrived (or lingering began): close after `LINGER_IDLE_S` more of quiet, or at
+        the latest at `_linger_ends`."""
+        loop = asyncio.get_running_loop()
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+        delay = min(LINGER_IDLE_S, max(self._linger_ends - loop.time(), 0.0))
+        self._linger_timer = loop.call_later(delay, self._linger_ended)
+
+    def _linger_ended(self) -> None:
+        self._linger_timer = None
+        cast(_LingeringClose, self.transport).close_at_once()
 
 
 class _LingeringClose:
-    """A connection's transport whose `close`, while a request is still arriving, half-closes it, drops
-    what still arrives and closes it `LINGER_S` later (see the module's text)."""
+    """A connection's transport whose `close`, while a request is still arriving, lingers (see the
+    module's text); every close of uvicorn's goes through it."""
 
     def __init__(self, transport: asyncio.Transport, protocol: BoundedHttpToolsProtocol) -> None:
         self._transport, self._protocol, self._closing = transport, protocol, False
@@ -127,13 +159,10 @@ class _LingeringClose:
         return self._closing or self._transport.is_closing()
 
     def close(self) -> None:
-        if self._closing:
-            return
+        if not self._closing:
+            self._closing = True
+            self._protocol._close(self._transport)
+
+    def close_at_once(self) -> None:
         self._closing = True
-        transport = self._transport
-        if not (self._protocol._reading_unfinished() and transport.can_write_eof() and not transport.is_closing()):
-            transport.close()
-            return
-        self._protocol._refused = True  # what still arrives is dropped unread
-        transport.write_eof()
-        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
+        self._transport.close()

@@ -370,7 +370,7 @@ def test_a_body_still_arriving_when_it_is_refused_does_not_cost_its_client_the_a
     """The connection was closed at once after a 408 while the client was still sending its body: the
     bytes left unread made the kernel reset it, and the client often lost the answer (or read it and
     then a reset instead of an end). Now the connection is half-closed, what still arrives is dropped,
-    and it is closed `LINGER_S` later: the client reads the whole answer and then a clean end. A 413
+    and it is closed once quiet: the client reads the whole answer and then a clean end. A 413
     for a body declared too large kept the connection open, reading and dropping the whole body; now
     it is closed the same way."""
     import socket
@@ -397,3 +397,57 @@ def test_a_body_still_arriving_when_it_is_refused_does_not_cost_its_client_the_a
         head, _, body = answer.partition(b"\r\n\r\n")
         assert head.startswith(f"HTTP/1.1 {status}".encode()), answer[:200]
         assert orjson.loads(body)["error"]["code"] == code
+
+
+def test_a_413_reaches_a_client_that_sends_its_whole_large_body_before_reading(served: str) -> None:
+    """Most clients send the whole body before they read. Closed at once (or lingering without reading,
+    uvicorn having paused reads while the body was buffered), the connection was reset under a client
+    still sending and it never saw its 413; now what arrives after the answer is read and dropped."""
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    size = 20_000_000
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                     f"content-length: {size}\r\n\r\n".encode())
+        part = b" " * 1_000_000
+        for _ in range(size // len(part)):
+            sock.sendall(part)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert orjson.loads(body)["error"]["code"] == "request_too_large"
+
+
+def test_a_client_gone_before_the_connection_is_half_closed_is_closed_not_leaked() -> None:
+    """Half-closing the connection of a client that has already reset it raises: the error escaped into
+    uvicorn (logged as the application's) and the connection was never closed."""
+    import asyncio
+
+    from gateway.api.http_limits import BoundedHttpToolsProtocol
+
+    class Reset:
+        closed = False
+
+        def can_write_eof(self) -> bool:
+            return True
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def write_eof(self) -> None:
+            raise OSError(107, "Transport endpoint is not connected")
+
+        def close(self) -> None:
+            self.closed = True
+
+    async def run() -> Reset:
+        protocol = BoundedHttpToolsProtocol.__new__(BoundedHttpToolsProtocol)
+        protocol._in_message = True  # a request still arriving
+        transport = Reset()
+        protocol._close(transport)  # type: ignore[arg-type]
+        return transport
+
+    assert asyncio.run(run()).closed
