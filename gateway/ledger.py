@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.admission import LateCall, Reservation
-from gateway.executor.drain import LateBill
+from gateway.executor.drain import READ_ON, LateBill
 from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
 from gateway.inflight import NO_SLOT, Slot
@@ -267,12 +267,14 @@ class Ledger:
 
     def _beside_answers(self, spent: Spent, kind: str | None = None) -> None:
         """Count calls billed beside any answer in the metrics, by kind (`kind`, else each call's role:
-        late, cut). `observer.billed` counts those that answered requests."""
+        late, cut). `observer.billed` counts those that answered requests, a stream's call read on
+        after its client left (`READ_ON`) among them, when it ends."""
         if self.metrics is None:
             return
         policy = spent.policy if spent.policy is not None else PINNED
         for c in spent.calls:
-            self.metrics.background_cost.add((spent.tenant, c.deployment, policy, kind or c.role), c.cost_usd)
+            if c.role != READ_ON:
+                self.metrics.background_cost.add((spent.tenant, c.deployment, policy, kind or c.role), c.cost_usd)
 
     def add(self, spent: Spent) -> None:
         """Queue one bill; never waits. A full queue drops it, counted and logged with its amount."""

@@ -235,10 +235,12 @@ class Metrics:
                            "policy", "result")
         self.cost = tally("switchyard.cost_usd", "{USD}", "what upstream calls cost, in USD",
                           "tenant", "deployment", "policy")
-        # Billed to the tenant, but no request's answer: so never in `cost` (what answers say they cost).
+        # Billed to the tenant, but no request's answer: so never in `cost` (what answers cost; a stream's
+        # call read on after its client left is there, not here). The two add up to the ledger.
         self.background_cost = tally("switchyard.background_cost_usd", "{USD}",
                                      "what calls billed beside answers cost, in USD: late answers, calls cut "
-                                     "part-way, shadow evaluations", "tenant", "deployment", "policy", "kind")
+                                     "part-way, shadow evaluations, a failed request's calls",
+                                     "tenant", "deployment", "policy", "kind")
         self.tokens = tally("switchyard.tokens", "{token}", "tokens billed, by type (input, output)",
                             "tenant", "deployment", "policy", "type")
         self.budget_alerts = tally("switchyard.budget.alerts", "{alert}",

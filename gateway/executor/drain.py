@@ -35,6 +35,9 @@ log = logging.getLogger("switchyard.upstream")
 DRAIN_S = 30.0  # how long a call given up on is still read for an answer on its way
 LATE = "late"   # the role of such a call in the ledger
 CUT = "cut"     # the role of a call that broke off part-way through its answer
+# The role of a relayed stream's call read on after its client left (`Upstreams.read_on`), however it
+# ends: billed beside the answer as a late call is, but counted with its request in the metrics.
+READ_ON = "read_on"
 
 LateBill = Callable[[CallRecord | None], Awaitable[None]]
 
@@ -57,18 +60,18 @@ def draining() -> int:
 
 
 def drain(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]],
-          worst_usd: Callable[[], float]) -> None:
-    """Read `call` to its end in the background; if it answers, bill `priced(answer)` to the request.
-    `worst_usd()`: the most the call may be billed."""
+          worst_usd: Callable[[], float], role: str = LATE) -> None:
+    """Read `call` to its end in the background; if it answers, bill `priced(answer)` to the request
+    as a call of `role`. `worst_usd()`: the most the call may be billed."""
     sink = late_bills.get()
     ended = sink.open(worst_usd()) if sink is not None else None
-    task = asyncio.ensure_future(_settle(call, priced, ended))
+    task = asyncio.ensure_future(_settle(call, priced, ended, role))
     _draining.add(task)
     task.add_done_callback(_draining.discard)
 
 
 async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]],
-                  ended: LateBill | None) -> None:
+                  ended: LateBill | None, role: str) -> None:
     record: CallRecord | None = None
     try:
         try:
@@ -88,13 +91,13 @@ async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallR
             return
         log.info("deployment '%s' answered after the gateway gave up on it: billed $%.6f", record.deployment,
                  record.cost_usd, extra={"event": "late_answer", "deployment": record.deployment})
-        record = CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, LATE)
+        record = CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, role)
     finally:
         if ended is not None:  # once, however it ended: billed, or its hold given back
             await ended(record)
 
 
-async def bill_cut(record: CallRecord) -> None:
+async def bill_cut(record: CallRecord, role: str = CUT) -> None:
     """Bill the request for a call that broke off part-way through its answer (a whole answer read
     from a stream that failed after its first chunk, or was cut at `DRAIN_S` while it still came): the
     provider bills what it generated, and the request goes on (to a retry or fallback) or has already
@@ -103,4 +106,4 @@ async def bill_cut(record: CallRecord) -> None:
     if sink is None:
         return
     ended = sink.open(record.cost_usd)
-    await ended(CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, CUT))
+    await ended(CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, role))

@@ -52,7 +52,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
-from gateway.executor.drain import DRAIN_S, bill_cut, drain
+from gateway.executor.drain import DRAIN_S, READ_ON, bill_cut, drain
 from gateway.executor.result import CallRecord
 from gateway.keyed import tenant_salt
 from gateway.media_tokens import messages_audio_tokens
@@ -617,7 +617,7 @@ class Upstreams:
                 error = exc
             except asyncio.CancelledError:  # read too long: cut, billed for what came
                 record = await self.end_counted(s, counted)
-                await bill_cut(record)
+                await bill_cut(record, READ_ON)
                 tell(record)
                 raise
             finally:
@@ -625,14 +625,14 @@ class Upstreams:
             record = await self.end_counted(s, counted, error)
             tell(record)
             if error is not None:
-                await bill_cut(record)
+                await bill_cut(record, READ_ON)
                 raise error
             return record
 
         async def priced(record: CallRecord) -> CallRecord:
             return record
 
-        drain(asyncio.ensure_future(rest()), priced, functools.partial(self._worst_usd, s.deployment, body))
+        drain(asyncio.ensure_future(rest()), priced, functools.partial(self._worst_usd, s.deployment, body), READ_ON)
 
     async def end_counted(self, s: OpenStream, counted: Callable[[], Usage], error: ProviderFailure | None = None,
                           ) -> CallRecord:

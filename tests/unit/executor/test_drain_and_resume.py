@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.executor import CallRecord, Deadline
-from gateway.executor.drain import LATE, late_bills
+from gateway.executor.drain import LATE, READ_ON, late_bills
 from gateway.executor.resume import resuming
 from gateway.messages import count_messages, count_text
 from gateway.providers.base import ProviderFailure, Usage
@@ -262,6 +262,6 @@ def test_a_stream_read_on_is_billed_even_when_what_it_tells_its_request_fails(
         await asyncio.sleep(0.2)
 
     _, billed = asyncio.run(_collecting(work))
-    assert len(told) == 1 and [(c.deployment, c.role) for c in billed] == [("a", LATE)]
+    assert len(told) == 1 and [(c.deployment, c.role) for c in billed] == [("a", READ_ON)]
     assert billed[0].cost_usd == told[0].cost_usd > 0
     assert "its request's record failed" in caplog.text
