@@ -135,16 +135,17 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
     request's budget hold is renewed: a stream may outlast its time to live).
 
     The legs are streams only because racing needs a first token: with a deployment that is asked for
-    whole answers whole (configured `never`, or found to refuse streams, here too), the answer is asked
-    for whole, unhedged, as the client asked for it (`runners.run`)."""
+    whole answers whole (configured `never`, or found to refuse streams, here too), or an answer that
+    cannot be streamed as asked (audio output), the answer is asked for whole, unhedged, as the client
+    asked for it (`runners.run`)."""
     assert isinstance(plan, Single)  # `hedge_after_s` is None for every other kind
     names = plan.deployments + plan.fallbacks
-    if any(map(up.asks_whole, names)):
+    if any(up.asks_whole(name, body) for name in names):
         return await run(up, plan, body, span, deadline)
     try:
         live, losers = await open_hedged(up, names, stream_body(body), span, deadline, after_s, whole=True)
     except GatewayError:
-        if any(map(up.asks_whole, names)):  # a leg's stream was refused for streaming: ask whole
+        if any(up.asks_whole(name, body) for name in names):  # a leg's stream was refused for streaming
             return await run(up, plan, body, span, deadline)
         raise
     acc = Accumulator()

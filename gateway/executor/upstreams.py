@@ -259,15 +259,16 @@ class Upstreams:
         raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
                               reason=f"timed out after {timeout_s:g} s")
 
-    def asks_whole(self, name: str) -> bool:
-        """Is deployment `name` asked for whole answers whole, never as streams: configured so
-        (`whole_answers_as_streams: never`), or found to refuse them (`unstreamed`)?"""
-        return name in self.unstreamed or self.deployments[name].whole_answers_as_streams == "never"
+    def asks_whole(self, name: str, body: dict[str, Any]) -> bool:
+        """Is this whole answer asked of deployment `name` whole, never as a stream: the deployment is
+        configured so (`whole_answers_as_streams: never`) or found to refuse them (`unstreamed`), or the
+        answer cannot be streamed as asked (`_streamable`)?"""
+        return (name in self.unstreamed or self.deployments[name].whole_answers_as_streams == "never"
+                or not _streamable(body))
 
     def _can_stream(self, name: str, body: dict[str, Any]) -> bool:
         """May this whole answer be asked for as a stream, should its deployment's health need a verdict?"""
-        return (self.backends[name].streams_whole_answers and self.deployments[name].whole_answers_as_streams != "never"
-                and name not in self.unstreamed and _streamable(body))
+        return self.backends[name].streams_whole_answers and not self.asks_whole(name, body)
 
     def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float,
                 whole_since: float | None = None, answering: bool = False, can_stream: bool = False) -> None:

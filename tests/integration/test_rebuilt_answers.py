@@ -182,7 +182,7 @@ class _Upstream(ScriptedHandler):
             one = [chunks[0], _chunk(_delta({"content": text})), *chunks[-2:]]
             self._send(_sse(one) if body.get("stream") else orjson.dumps(whole), "text/event-stream")
         else:
-            whole, chunks = SCRIPTS[model]
+            whole, chunks = SCRIPTS.get(model, PLAIN)
             if body.get("stream"):
                 self._chunked(_sse(chunks))
             else:
@@ -230,7 +230,7 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                     "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}, "whole_answers_as_streams": "always",
                     **kw}
 
-        models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line"]
+        models = [*SCRIPTS, *BROKEN, *REFUSING, "answers-whole", "error-200", "long-line", "hedged-audio"]
         rows = [dep("small", "plain", tier="small"), dep("large", "plain", tier="large"),
                 dep("trickle", "trickle", timeout_s=TRICKLE_TIMEOUT_S),
                 *(dep(m, m) for m in models if not m.startswith("hedged-never")),
@@ -244,7 +244,10 @@ def gateway_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                                "cache": {"enabled": False}} for m in ("no-finish", "error-chunk")},
             # Hedged in front of deployments that refuse to stream: found out, or configured `never`.
             **{f"hedged-{m}": {"candidates": [{"single": m}], "fallbacks": {m: [f"{m}-2"]}, "hedge_after_ms": 5000,
-                               "cache": {"enabled": False}} for m in ("hedged-unverified", "hedged-never")}})
+                               "cache": {"enabled": False}} for m in ("hedged-unverified", "hedged-never")},
+            "hedged-audio": {"candidates": [{"single": "hedged-audio"}], "fallbacks": {"hedged-audio": ["plain"]},
+                             "hedge_after_ms": 5000,
+                             "cache": {"enabled": False}}})
         with running_gateway(create_app(parse_config({"deployments": rows}, "rebuilt answers"), policies_dir=policies,
                                         watch_policies_s=None, watch_router_s=None)) as gw:
             yield gw.base_url + "/v1"
@@ -418,6 +421,15 @@ def test_a_hedged_whole_answer_from_deployments_that_refuse_to_stream_is_asked_f
     answer = _ask(gateway_url, "router/hedged-hedged-never")
     assert answer.choices[0].message.content == "Hello there, friend"
     assert SEEN["hedged-never"] == [False] and "hedged-never-2" not in SEEN
+
+
+def test_a_hedged_whole_answer_with_audio_output_is_asked_for_whole(gateway_url: str) -> None:
+    """Audio output streams only as pcm16, whatever format a whole answer asks for: a hedged whole answer
+    with audio output was still raced as streams; it is asked for whole, unhedged, as every such answer is."""
+    answer = _ask(gateway_url, "router/hedged-audio", modalities=["text", "audio"],
+                  audio={"voice": "alloy", "format": "mp3"})
+    assert answer.choices[0].message.content == "Hello there, friend"
+    assert SEEN["hedged-audio"] == [False]
 
 
 def test_a_refusal_of_anything_else_in_a_streamed_whole_answer_is_not_asked_again(gateway_url: str) -> None:
