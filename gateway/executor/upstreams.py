@@ -618,8 +618,8 @@ class Upstreams:
                 error = exc
             except asyncio.CancelledError:  # read too long: cut, billed for what came
                 record = await self.end_counted(s, counted)
-                await bill_cut(record, READ_ON)
                 tell(record)
+                await bill_cut(record, READ_ON)
                 raise
             finally:
                 await s.rest.aclose()  # type: ignore[attr-defined]
