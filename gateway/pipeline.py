@@ -731,6 +731,12 @@ class _LiveStream:
     def _read_on_ended(self, record: CallRecord) -> None:
         self.read_on_bill = record
         self.svc.observer.billed(self.trail, (record,))  # its cost and tokens in the metrics, as it ended
+        # The request's line was written as its client left, with the bill so far: this one has the rest.
+        log.info("a stream its client left was read to its end: billed $%.6f more", record.cost_usd,
+                 extra={"event": "stream_read_on", "request_id": self.trail.request_id,
+                        "deployment": record.deployment, "input_tokens": record.usage.prompt_tokens,
+                        "output_tokens": record.usage.completion_tokens, "cost_usd": record.cost_usd,
+                        "request_cost_usd": self.trail.cost_usd})
         self._keep_record()
 
     def _keep_record(self) -> None:

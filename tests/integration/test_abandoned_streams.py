@@ -11,6 +11,7 @@ never billed."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -136,10 +137,13 @@ def test_a_stream_left_after_its_first_chunk_is_billed_for_the_thinking_reported
     _settles_to_the_upstreams_usage(base_url, "reasoning")
 
 
-def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(base_url: str) -> None:
+def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(
+        base_url: str, caplog: pytest.LogCaptureFixture) -> None:
     """The request's record (what feedback labels, `logs export` prices) is written when the stream read on
     ends, with the whole bill: before, a stream its client left mid-answer had no record at all, and one left
-    after its finish had one billed only its first chunks."""
+    after its finish had one billed only its first chunks. Its log line, written as the client left, is
+    followed by a `stream_read_on` line with the rest of the bill."""
+    caplog.set_level(logging.INFO, logger="switchyard.pipeline")
     ENDED["reasoning"].clear()
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(model="reasoning", messages=_messages(), stream=True)
@@ -154,6 +158,10 @@ def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(base_url
     assert (record["prompt_tokens"], record["completion_tokens"]) == (20, 900)
     assert record["cost_usd"] == pytest.approx(20 * 1.0e-6 + 900 * 2.0e-6)
     assert record["deployment"] == "reasoning"
+    (line,) = [r for r in caplog.records if getattr(r, "event", None) == "stream_read_on"
+               and getattr(r, "request_id", None) == request_id]
+    assert (line.input_tokens, line.output_tokens) == (20, 900)  # type: ignore[attr-defined]
+    assert line.request_cost_usd == pytest.approx(record["cost_usd"])  # type: ignore[attr-defined]
     # and the cost metric has what the ledger has for it (before: nothing at all), counted there alone
     # (once it was counted as a background late call too: the two metrics added up to twice the ledger)
     def metric(name: str = "switchyard_cost_usd_total") -> float:
