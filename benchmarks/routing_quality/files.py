@@ -13,6 +13,8 @@ ALL_PAIRS_MD = "routing_all_pairs.md"
 HALVES_MD = "routing_halves.md"
 # Written by ``halves.py --halves 20 --share 0.79``: the same at the proportions of train and validation.
 RESPLITS_MD = "routing_resplits.md"
+# Written by ``seeds.py``: the in-domain router's validation APGR over the fit's seeds.
+SEEDS_MD = "routing_seeds.md"
 # file -> (weak, strong): the pair each file is judged on.
 FILES: dict[str, tuple[str, str]] = {
     "mmlu_pro": ("Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"),

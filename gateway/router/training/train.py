@@ -219,8 +219,11 @@ def design(
     return xh, with_struct(xh, (prep.hashed.struct - s_mean) / s_std, STRUCT_SCALE)
 
 
-def fit_arrays(prep: Prepared, train_rows: Ints, seed: int = 0, progress: bool = True) -> NpzArrays:
-    """Every array of the artifact, fitted on ``train_rows`` of ``prep`` (all domains in it)."""
+def fit_arrays(prep: Prepared, train_rows: Ints, seed: int = 0, progress: bool = True,
+               memory_seed: int | None = None) -> NpzArrays:
+    """Every array of the artifact, fitted on ``train_rows`` of ``prep`` (all domains in it). ``seed``
+    draws the out-of-fold ridge's folds and, unless ``memory_seed`` is given, the neighbour memory's
+    prompts and projection (`benchmarks.routing_quality.seeds` measures what each moves)."""
     hashed = prep.hashed
     idf = fit_idf(hashed, train_rows, SPEC)
     s_mean = hashed.struct[train_rows].mean(0)
@@ -244,7 +247,8 @@ def fit_arrays(prep: Prepared, train_rows: Ints, seed: int = 0, progress: bool =
     phi = np.column_stack([fitted / scale, length])
     unit_length = np.zeros((len(STRUCT_NAMES), 1))
     unit_length[STRUCT_NAMES.index("log_chars"), 0] = 1.0
-    knn_arrays, knn_loo = _fit_neighbours(xh[train_rows], y, dom_idx, len(names), seed, progress)
+    knn_arrays, knn_loo = _fit_neighbours(xh[train_rows], y, dom_idx, len(names),
+                                          seed if memory_seed is None else memory_seed, progress)
     heads = fit_heads(phi, y, knn_loo, dom_idx)
     gen_coef, gen_icpt, theta = fit_generic_head(phi, y, row_weight=weight)
     return {

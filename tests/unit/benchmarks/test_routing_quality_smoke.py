@@ -11,6 +11,7 @@ from benchmarks.routing_quality.all_pairs import main
 from benchmarks.routing_quality.files import ALL_PAIRS_MD, HALVES_MD, RESPLITS_MD
 from benchmarks.routing_quality.halves import main as halves
 from benchmarks.routing_quality.report import all_pairs_section, halves_section, resplits_section
+from benchmarks.routing_quality.seeds import main as seeds
 from tests.unit.benchmarks.conftest import SMALL, RoutingRun
 
 
@@ -60,3 +61,17 @@ def test_cuts_at_the_proportions_of_train_and_validation_are_reported_beside_the
     assert resplits_section(tmp_path / "nowhere") == []
     with pytest.raises(SystemExit):  # nothing left to score
         halves(["--data-dir", str(SMALL), "--share", "0.99", "--out", str(out)])
+
+
+def test_seeds_refit_the_in_domain_router_and_report_the_spread(routing_run: RoutingRun, tmp_path: Path) -> None:
+    out = tmp_path / "seeds.md"
+    seeds(["--data-dir", str(SMALL), "--work", str(routing_run.work), "--reuse", "--seeds", "2", "--out", str(out)])
+    text = out.read_text()
+    # seed 0 is the benchmark's own in-domain fit (reused); seed 1 refitted twice: whole, memory alone
+    assert (routing_run.work / "in_domain_seed1" / "router.npz").exists()
+    assert (routing_run.work / "in_domain_memory1" / "router.npz").exists()
+    assert text.count("| mmlu_pro") == 2 and "| seed 0 (shipped) | seed 1 |" in text
+    assert "| memory 0 (shipped) | memory 1 |" in text
+    assert "`python -m benchmarks.routing_quality.seeds --seeds 2 --work DIR --reuse`" in text
+    with pytest.raises(SystemExit):
+        seeds(["--data-dir", str(SMALL), "--seeds", "1", "--out", str(out)])
