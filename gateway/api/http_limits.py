@@ -55,6 +55,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _refused = False  # answered while the request was still arriving: what arrives is dropped
     _linger_timer: asyncio.TimerHandle | None = None
     _linger_ends = 0.0
+    _shutting_down = False  # the server is stopping: nothing lingers (it would hold the shutdown up)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -116,9 +117,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(answer)
         self.transport.close()
 
+    def shutdown(self) -> None:
+        """The server is stopping: a lingering connection is closed now, and none starts to linger (the
+        server waits for its connections, and a client that keeps sending would keep it waiting)."""
+        self._shutting_down = True
+        if self._refused:
+            cast(_LingeringClose, self.transport).close_at_once()
+        else:
+            super().shutdown()
+
     def _close(self, transport: asyncio.Transport) -> None:
         """Close the connection: at once, or lingering if its request is still arriving."""
-        if not (self._in_message and transport.can_write_eof() and not transport.is_closing()):
+        if self._shutting_down or not (self._in_message and transport.can_write_eof() and not transport.is_closing()):
             transport.close()
             return
         try:

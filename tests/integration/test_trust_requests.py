@@ -451,3 +451,51 @@ def test_a_client_gone_before_the_connection_is_half_closed_is_closed_not_leaked
         return transport
 
     assert asyncio.run(run()).closed
+
+
+def test_a_lingering_connection_does_not_hold_up_the_servers_shutdown() -> None:
+    """A refused client that keeps sending kept its connection lingering for up to 30 s, and the server's
+    shutdown waits for its connections: stopping took until uvicorn's graceful timeout (10 s), holding up
+    the lifespan's shutdown (which flushes the ledger). Now a stopping server closes lingering connections
+    at once and starts no new linger."""
+    import socket
+    import threading
+
+    from tests.support.processes import GatewayServer
+
+    async def refuses(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-length", b"2"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    server = GatewayServer(refuses).start()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 1000000\r\n\r\n{")
+        answer = b""
+        while chunk := sock.recv(65536):  # the answer, then the end of the half-closed connection
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 413")
+        stop = threading.Event()
+        sender = threading.Thread(target=_trickle_slowly, args=(sock, stop))
+        sender.start()  # still sending: the connection lingers
+        time.sleep(0.5)
+        started = time.monotonic()
+        server.stop()
+        stopped = time.monotonic() - started
+        stop.set()
+        sender.join()
+    assert not server.thread.is_alive() and stopped < 5, stopped
+
+
+def _trickle_slowly(sock: Any, stop: Any) -> None:
+    """A byte every 0.2 s (never 2 s quiet) until told to stop or refused."""
+    while not stop.wait(0.2):
+        try:
+            sock.send(b" ")
+        except OSError:
+            return
