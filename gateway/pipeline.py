@@ -731,17 +731,17 @@ class _LiveStream:
     def _read_on_ended(self, record: CallRecord) -> None:
         self.read_on_bill = record
         self.svc.observer.billed(self.trail, (record,))  # its cost and tokens in the metrics, as it ended
-        # The request's line was written as its client left, with the bill so far: this one has the rest.
-        log.info("a stream its client left was read to its end: billed $%.6f more", record.cost_usd,
-                 extra={"event": "stream_read_on", "request_id": self.trail.request_id,
-                        "deployment": record.deployment, "input_tokens": record.usage.prompt_tokens,
-                        "output_tokens": record.usage.completion_tokens, "cost_usd": record.cost_usd,
-                        "request_cost_usd": self.trail.cost_usd})
         self._keep_record()
 
     def _keep_record(self) -> None:
         """A stream read on after its client left: its request's record, with every call's bill, once
         both are in (before, it had none, or one billed only what came before the client left)."""
         if self.billed_at_settle is not None and self.read_on_bill is not None:
-            calls = (*self.billed_at_settle, self.read_on_bill)
+            calls, read_on = (*self.billed_at_settle, self.read_on_bill), self.read_on_bill
             keep_record(self.svc, self.learning, self.label, self.live.deployment, calls)
+            # The request's line was written as its client left: this one has the whole bill.
+            log.info("a stream its client left was read to its end: billed $%.6f", read_on.cost_usd,
+                     extra={"event": "stream_read_on", "request_id": self.trail.request_id,
+                            "deployment": read_on.deployment, "input_tokens": read_on.usage.prompt_tokens,
+                            "output_tokens": read_on.usage.completion_tokens, "cost_usd": read_on.cost_usd,
+                            "request_cost_usd": sum(c.cost_usd for c in calls)})

@@ -89,8 +89,9 @@ async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallR
             return
         if record is None:
             return
-        log.info("deployment '%s' answered after the gateway gave up on it: billed $%.6f", record.deployment,
-                 record.cost_usd, extra={"event": "late_answer", "deployment": record.deployment})
+        if role != READ_ON:  # a stream read on has its own line (`stream_read_on`): its client left, not the gateway
+            log.info("deployment '%s' answered after the gateway gave up on it: billed $%.6f", record.deployment,
+                     record.cost_usd, extra={"event": "late_answer", "deployment": record.deployment})
         record = CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, role)
     finally:
         if ended is not None:  # once, however it ended: billed, or its hold given back

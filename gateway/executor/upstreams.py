@@ -590,24 +590,25 @@ class Upstreams:
         return record
 
     def read_on(self, s: OpenStream, acc: Accumulator, body: dict[str, Any], counted: Callable[[], Usage],
-                ended: Callable[[CallRecord], None] | None = None) -> None:
+                ended: Callable[[CallRecord], None]) -> None:
         """A relayed stream its client left before its end (`acc`: what it had of it) is read on in the
-        background, within `DRAIN_S` (`executor.drain`), and billed when it ends as a late call of the
-        request, for the usage the upstream reports at its end; without one, `counted()`. Closing it
-        instead would bill only what the gateway had seen: a reasoning model thinks on (billed as
-        completion tokens, reported only in its final usage chunk) whether or not anyone reads. A stream
-        that fails, or is cut at `DRAIN_S`, is billed for what came (`bill_cut`). `body`: what it was
-        asked (the most it may cost is held until it ends). `ended(record)`: told what the call was
-        billed when it ends, however it ends (the request's record is written then)."""
+        background, within `DRAIN_S` (`executor.drain`), and billed to the request when it ends, beside
+        its answer as a late call is (role `READ_ON`), for the usage the upstream reports at its end;
+        without one, `counted()`. Closing it instead would bill only what the gateway had seen: a
+        reasoning model thinks on (billed as completion tokens, reported only in its final usage chunk)
+        whether or not anyone reads. A stream that fails, or is cut at `DRAIN_S`, is billed for what
+        came (`bill_cut`). `body`: what it was asked (the most it may cost is held until it ends).
+        `ended(record)`: told what the call was billed when it ends, however it ends; the request counts
+        it in its metrics and writes its record then (the ledger leaves `READ_ON` calls out of the
+        background metrics for that reason)."""
 
         s.abandoned = True
 
         def tell(record: CallRecord) -> None:  # never in the way of the bill itself
-            if ended is not None:
-                try:
-                    ended(record)
-                except Exception:
-                    log.exception("a stream read on after its client left ended; its request's record failed")
+            try:
+                ended(record)
+            except Exception:
+                log.exception("a stream read on after its client left ended; its request's record failed")
 
         async def rest() -> CallRecord:
             error: ProviderFailure | None = None

@@ -144,6 +144,7 @@ def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(
     after its finish had one billed only its first chunks. Its log line, written as the client left, is
     followed by a `stream_read_on` line with the rest of the bill."""
     caplog.set_level(logging.INFO, logger="switchyard.pipeline")
+    caplog.set_level(logging.INFO, logger="switchyard.upstream")
     ENDED["reasoning"].clear()
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(model="reasoning", messages=_messages(), stream=True)
@@ -162,6 +163,8 @@ def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(
                and getattr(r, "request_id", None) == request_id]
     assert (line.input_tokens, line.output_tokens) == (20, 900)  # type: ignore[attr-defined]
     assert line.request_cost_usd == pytest.approx(record["cost_usd"])  # type: ignore[attr-defined]
+    # and not also as an answer the gateway gave up on (it did not: its client left)
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "late_answer"]
     # and the cost metric has what the ledger has for it (before: nothing at all), counted there alone
     # (once it was counted as a background late call too: the two metrics added up to twice the ledger)
     def metric(name: str = "switchyard_cost_usd_total") -> float:
