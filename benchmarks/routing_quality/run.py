@@ -104,11 +104,13 @@ def tfidf_gain(data: RoutingData, rows: np.ndarray, val: RoutingData, name: str)
     return fit_tfidf_ridge([data.prompts[i] for i in rows[ok]], gain[ok]).predict(val.prompts)
 
 
-def _fit_to(prep: Prepared, rows: np.ndarray) -> Callable[[Path], None]:
+def _fit_to(prep: Prepared, rows: np.ndarray, seed: int = 0, memory_seed: int | None = None
+            ) -> Callable[[Path], None]:
     from gateway.router.training.train import fit_arrays, make_meta, save_artifact
 
     def run(path: Path) -> None:
-        save_artifact(fit_arrays(prep, rows, progress=False), make_meta(prep.data, rows), path)
+        arrays = fit_arrays(prep, rows, seed=seed, progress=False, memory_seed=memory_seed)
+        save_artifact(arrays, make_meta(prep.data, rows), path)
     return run
 
 

@@ -20,25 +20,17 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.progress import missing, phase
 from benchmarks.routing_quality.files import DEFAULT_DATA, FILES, RESULTS, SEEDS_MD
-from benchmarks.routing_quality.run import Fits, fixed_baselines, pair_apgr, router_score
+from benchmarks.routing_quality.run import Fits, _fit_to, fixed_baselines, pair_apgr, router_score
 from gateway.router.training.data import RoutingData, load_many
-from gateway.router.training.train import Prepared, fit_arrays, make_meta, prepare, save_artifact
+from gateway.router.training.train import prepare
 
 GATE_GOALS = {"mmlu_pro": "0.60"}  # the gate's stated goals; the other files' is "above length"
-
-
-def _fit(prep: Prepared, rows: np.ndarray, seed: int, memory_seed: int | None) -> Callable[[Path], None]:
-    def run(path: Path) -> None:
-        arrays = fit_arrays(prep, rows, seed=seed, progress=False, memory_seed=memory_seed)
-        save_artifact(arrays, make_meta(prep.data, rows), path)
-    return run
 
 
 def _row(name: str, scores: list[float], extra: list[str]) -> str:
@@ -64,7 +56,7 @@ def measure(data_dir: Path, fits: Fits, seeds: int) -> tuple[dict[str, list[floa
         if s > 0:
             tags.append((f"in_domain_memory{s}", 0, s, memory))
         for tag, seed, memory_seed, into in tags:
-            router, _ = fits.get(tag, _fit(prep, rows, seed, memory_seed))
+            router, _ = fits.get(tag, _fit_to(prep, rows, seed, memory_seed))
             for f, val in vals.items():
                 into[f].append(pair_apgr(val, router_score(router, val, f), f))
         print(f"seed {s}: " + ", ".join(f"{f} {whole[f][-1]:.4f}" for f in FILES), file=sys.stderr, flush=True)

@@ -10,7 +10,8 @@ it was cancelled. A leg cancelled before its first chunk is still read until tha
 
 Why the first token: that is what an SLA on time-to-first-token needs, and it is the earliest
 point at which a leg is known to be answering rather than queued, hung or failing. So a whole answer
-from a deployment that cannot stream (`Upstreams.asks_whole`) is not hedged: it is asked for whole.
+that is asked for whole (`Upstreams.asks_whole`: from a deployment that cannot stream, or with audio
+output, which streams only as pcm16) is not hedged.
 """
 
 from __future__ import annotations
