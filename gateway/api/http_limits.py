@@ -16,8 +16,12 @@ A body is read by its route (`gateway.api.routes.read_json`, once the key is che
 sending a byte now and then held its request and its handler for ever (and a `/v1/route` its
 tenant's slot in flight). 30 s reads the largest body (`max_body_bytes`, 2 MiB) at 70 KB/s.
 
+A request answered before it has all arrived (its body unread: a `401`, a `429`) has its connection
+closed, not kept alive: uvicorn's keep-alive timeout is cancelled by each read and never set again, so
+a caller without a key could hold the connection for ever by trickling a body nobody reads.
+
 Whenever the server closes a connection while a request's head or body is still arriving (a `408`, a
-`413`, a `431`), it half-closes it and reads and drops what still arrives, closing it once nothing has
+`413`, a `431`, an early answer), it half-closes it and reads and drops what still arrives, closing it once nothing has
 come for `LINGER_IDLE_S` and at most `LINGER_MAX_S` after the answer (nginx's `lingering_close`, with
 its `lingering_timeout` and `lingering_time`): closed at once with bytes unread, the kernel resets the
 connection and the client often loses the answer before reading it, and a client that sends its
@@ -78,6 +82,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_complete(self) -> None:
         self._in_message = False
         super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        # Its own request still arriving: a message begun, its head in, and no later request queued behind
+        # it (a pipelined request's head or body arriving is another message, and no reason to close).
+        own_body_arriving = self._in_message and not self._in_head and not self.pipeline
+        super().on_response_complete()
+        if own_body_arriving and not self.transport.is_closing():
+            # Answered before its request had all arrived (a 401 or 429 before the body is read): kept
+            # alive, the connection would have no timer while the rest arrives (each read cancels
+            # uvicorn's keep-alive timeout, and nothing sets it again), so a caller without a key could
+            # hold it for ever by trickling a body nobody reads. Closed instead (lingering).
+            self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._in_head = False

@@ -499,3 +499,52 @@ def _trickle_slowly(sock: Any, stop: Any) -> None:
             sock.send(b" ")
         except OSError:
             return
+
+
+def test_a_request_answered_before_its_body_arrived_has_its_connection_ended() -> None:
+    """An answer given before the body is read (a 401 for a missing key) kept the connection alive; the
+    rest of the body then cancelled uvicorn's keep-alive timeout read by read and nothing set it again, so a
+    caller without a key held the connection for ever by trickling a body nobody reads. Now the connection
+    is closed (lingering): the client reads the answer, then the end of the connection."""
+    import socket
+
+    from tests.support.processes import GatewayServer
+
+    async def unauthorised(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"no"})
+
+    server = GatewayServer(unauthorised).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 1000000\r\n\r\n{")
+            answer = b""
+            sock.settimeout(3)
+            while chunk := sock.recv(65536):  # before: no end, and a timeout here
+                answer += chunk
+                sock.sendall(b" ")  # the body goes on arriving
+        assert answer.startswith(b"HTTP/1.1 401") and answer.endswith(b"no")
+    finally:
+        server.stop()
+
+
+def test_a_request_whose_head_is_arriving_behind_an_answered_one_is_served(served: str) -> None:
+    """Closing a connection whose request was answered before it all arrived must not close it under the
+    next request, whose head has begun to arrive behind a whole one."""
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        time.sleep(0.2)
+        sock.sendall(b"st: x\r\nconnection: close\r\n\r\n")
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 200") == 2
