@@ -5,10 +5,10 @@
 The in-domain router (the shipped artifact: all five train splits) is fitted again with other seeds and
 each file's named pair scored on its validation split, as the gate scores it. A fit draws two things
 at random: the folds of the out-of-fold ridge whose predictions the heads learn on, and the prompts the
-neighbour memory keeps (up to `KNN_PER_DOMAIN` per file, a random 1,000 of MMLU-Pro's 12,000) with the
-projection fitted on them. The first table moves both (seed 0 is the shipped fit); the second keeps the
-folds of seed 0 and moves only the memory's draw. A goal within a fit's spread of the shipped figure is
-not missed or met by the method but by the draw.
+neighbour memory keeps (up to `KNN_PER_DOMAIN` per file: a random 1,000 of MMLU-Pro's 9,563 train
+prompts) with the projection fitted on them. The first table moves both (seed 0 is the shipped fit);
+the second keeps the folds of seed 0 and moves only the memory's draw. A goal within a fit's spread of
+the shipped figure is not missed or met by the method but by the draw.
 
 Seed 0 is fitted as ``python -m benchmarks.routing_quality`` fits it, under the same tag, so ``--work DIR
 --reuse`` reuses that run's. Each fit takes 1.5 to 9 minutes depending on the machine. Writes
