@@ -173,6 +173,15 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None,
     return res
 
 
+def require_data(prog: str, data_dir: Path) -> None:
+    """Stop with a one-line message unless ``data_dir`` holds the five shared files."""
+    if not data_dir.is_dir():
+        missing(prog, f"no routing data folder at {data_dir} (the five shared files; pass --data-dir DIR)")
+    absent = [f"{f}.jsonl" for f in FILES if not (data_dir / f"{f}.jsonl").is_file()]
+    if absent:
+        missing(prog, f"routing data folder {data_dir} lacks {', '.join(absent)} (pass --data-dir DIR)")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
@@ -189,11 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--before", action="store_true",
                     help="show the previous results' adapted figures as an 'adapted before' column")
     a = ap.parse_args(argv)
-    if not a.data_dir.is_dir():
-        missing(ap.prog, f"no routing data folder at {a.data_dir} (the five shared files; pass --data-dir DIR)")
-    absent = [f"{f}.jsonl" for f in FILES if not (a.data_dir / f"{f}.jsonl").is_file()]
-    if absent:
-        missing(ap.prog, f"routing data folder {a.data_dir} lacks {', '.join(absent)} (pass --data-dir DIR)")
+    require_data(ap.prog, a.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         work = a.work or Path(tmp)
         fits = Fits(work, a.reuse)

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.progress import missing, phase
+from benchmarks.progress import phase
 from benchmarks.routing_quality.files import DEFAULT_DATA, FILES, RESULTS, SEEDS_MD
-from benchmarks.routing_quality.run import Fits, _fit_to, fixed_baselines, pair_apgr, router_score
+from benchmarks.routing_quality.run import Fits, _fit_to, fixed_baselines, pair_apgr, require_data, router_score
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.train import prepare
 
@@ -99,9 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.seeds < 2:
         ap.error("--seeds must be at least 2 (a spread needs two fits)")
-    absent = [f"{f}.jsonl" for f in FILES if not (a.data_dir / f"{f}.jsonl").is_file()]
-    if absent:
-        missing(ap.prog, f"routing data folder {a.data_dir} lacks {', '.join(absent)} (pass --data-dir DIR)")
+    require_data(ap.prog, a.data_dir)
     with tempfile.TemporaryDirectory() as tmp:
         whole, memory, length = measure(a.data_dir, Fits(a.work or Path(tmp), a.reuse), a.seeds)
     command = f"python -m benchmarks.routing_quality.seeds --seeds {a.seeds} --work DIR --reuse"

@@ -353,9 +353,9 @@ def test_a_body_sent_a_byte_at_a_time_is_a_408_not_a_request_held_for_ever(
     assert _post(served + "/v1", {"model": "small", "messages": HI}).status_code == 200  # a prompt body is served
 
 
-def _trickle(sock: Any, stop: Any) -> None:
-    """Send byte after byte until told to stop or refused."""
-    while not stop.is_set():
+def _trickle(sock: Any, stop: Any, every_s: float = 0.0) -> None:
+    """Send a byte every `every_s` (0: byte after byte) until told to stop or refused."""
+    while not stop.wait(every_s):
         try:
             sock.send(b" ")
         except OSError:
@@ -453,6 +453,22 @@ def test_a_client_gone_before_the_connection_is_half_closed_is_closed_not_leaked
     assert asyncio.run(run()).closed
 
 
+def _answers_unread(status: int, close: bool = False) -> Any:
+    """An ASGI app answering `status` ("no") to every request without reading its body, as a route that
+    refuses on the head does (a 401, or a 413 with `connection: close`)."""
+    headers = [(b"content-length", b"2"), *([(b"connection", b"close")] if close else [])]
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"no"})
+    return app
+
+
 def test_a_lingering_connection_does_not_hold_up_the_servers_shutdown() -> None:
     """A refused client that keeps sending kept its connection lingering for up to 30 s, and the server's
     shutdown waits for its connections: stopping took until uvicorn's graceful timeout (10 s), holding up
@@ -463,17 +479,7 @@ def test_a_lingering_connection_does_not_hold_up_the_servers_shutdown() -> None:
 
     from tests.support.processes import GatewayServer
 
-    async def refuses(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-length", b"2"), (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": b"no"})
-
-    server = GatewayServer(refuses).start()
+    server = GatewayServer(_answers_unread(413, close=True)).start()
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 1000000\r\n\r\n{")
         answer = b""
@@ -481,8 +487,8 @@ def test_a_lingering_connection_does_not_hold_up_the_servers_shutdown() -> None:
             answer += chunk
         assert answer.startswith(b"HTTP/1.1 413")
         stop = threading.Event()
-        sender = threading.Thread(target=_trickle_slowly, args=(sock, stop))
-        sender.start()  # still sending: the connection lingers
+        sender = threading.Thread(target=_trickle, args=(sock, stop, 0.2))
+        sender.start()  # still sending, never 2 s quiet: the connection lingers
         time.sleep(0.5)
         started = time.monotonic()
         server.stop()
@@ -490,15 +496,6 @@ def test_a_lingering_connection_does_not_hold_up_the_servers_shutdown() -> None:
         stop.set()
         sender.join()
     assert not server.thread.is_alive() and stopped < 5, stopped
-
-
-def _trickle_slowly(sock: Any, stop: Any) -> None:
-    """A byte every 0.2 s (never 2 s quiet) until told to stop or refused."""
-    while not stop.wait(0.2):
-        try:
-            sock.send(b" ")
-        except OSError:
-            return
 
 
 def test_a_request_answered_before_its_body_arrived_has_its_connection_ended() -> None:
@@ -510,16 +507,7 @@ def test_a_request_answered_before_its_body_arrived_has_its_connection_ended() -
 
     from tests.support.processes import GatewayServer
 
-    async def unauthorised(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "lifespan":
-            while (await receive())["type"] != "lifespan.shutdown":
-                await send({"type": "lifespan.startup.complete"})
-            await send({"type": "lifespan.shutdown.complete"})
-            return
-        await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"no"})
-
-    server = GatewayServer(unauthorised).start()
+    server = GatewayServer(_answers_unread(401)).start()
     try:
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
             sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\ncontent-length: 1000000\r\n\r\n{")
