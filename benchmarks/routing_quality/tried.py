@@ -27,6 +27,29 @@ TRIED = [
     "| 0.621 | every head sees length directly: \"hi\" now 0.69 vs 0.73 |",
     "| a CPU sentence-embedding model | not tried | | | | | the representations report could not even "
     "encode MMLU-Pro's train split on this machine in 25 min; assess() would leave its budget |",
+    "| *after shipping: the shipped recipe refitted with seeds 0–2, mean (routing_seeds.md)* "
+    "| 0.591 | 0.507 | 0.571 | 0.774 | 0.617 | the reference for the rows below, which are each a change "
+    "to it; MMLU-Pro's range over the seeds is 0.581–0.597 |",
+    "| rows weighted so each file's total goes as n^0.75 / n (domain balance 0.25 / 0; shipped 0.5), "
+    "seed 0 | 0.593 / 0.593 | | | | | TheoremQA +0.01–0.02, Arena −0.004 / −0.013 |",
+    "| head L2 0.003 (seeds 0–2) / 0.03 (seeds 0–1), shipped 0.01 | 0.590 / 0.594 | | | | | "
+    "the other files within their seeds' spread |",
+    "| heads on out-of-fold latents averaged over 3 fold draws, seed 0 | 0.594 | | | | 0.638 | |",
+    "| neighbour memory as 1,000 spherical k-means centroids of each file's prompts, each with its "
+    "members' mean outcomes (seeds 0–2) | 0.594 | | | | | MMLU-Pro's spread over seeds 6× smaller "
+    "(0.592–0.596); the mix +0.014, TheoremQA −0.010 |",
+    "| neighbour memory of 2,000 prompts per file (seeds 0–1) | 0.597 | | | | 0.596 | TheoremQA "
+    "−0.017 / −0.031 against the same seeds; the memory, the router's largest per-request cost, 48% "
+    "larger |",
+    "| each model's neighbour rate from the 52 nearest prompts *of its own file* instead of the 52 "
+    "nearest overall (seeds 0–2) | 0.590 | 0.506 | 0.571 | 0.776 | 0.616 | the shipped recipe's "
+    "figures: a large file was not crowding a small file's prompts out of what its models' rates "
+    "read. Adapted LODO routers: Arena 0.477, TheoremQA 0.649 (shipped 0.478 / 0.652). Short "
+    "prompts' assess() p50 1.1–1.9× slower (a partition per file; three alternating runs on a "
+    "loaded machine). With 2,000 prompts per file: 0.593 / "
+    "0.503 / 0.573 / 0.775 / 0.609 |",
+    "| a latent of 13 columns (shipped 9), seed 0 | 0.579 | 0.491 | 0.573 | 0.773 | 0.499 | stopped "
+    "after one seed |",
 ]
 
 TRIED_ADAPTING = [
