@@ -285,10 +285,38 @@ def check_nesting(data: Any) -> None:
         raise
 
 
+# Fields a body may not carry because they change how much an upstream generates past the `max_tokens`
+# and `n` each call is priced, reserved and capped by: SDK options whose fields belong at the top level
+# (litellm merges `extra_body` into the upstream body, over the limits), litellm's switches that drop a
+# limit, and the output limits of OpenAI-compatible servers that win over `max_tokens` (llama.cpp's
+# `n_predict`) or multiply the samples (vLLM's `best_of`). Refused, never dropped: the client meant them.
+UNPRICED = {
+    "extra_body": "an SDK option: send its fields at the top level of the body",
+    "extra_query": "an SDK option, not a body field",
+    "extra_headers": "an SDK option, not a body field",
+    "additional_drop_params": "a litellm switch the gateway does not take",
+    "drop_params": "a litellm switch the gateway does not take",
+    "allowed_openai_params": "a litellm switch the gateway does not take",
+    "n_predict": "use max_tokens",
+    "max_new_tokens": "use max_tokens",
+    "num_predict": "use max_tokens",
+    "max_output_tokens": "use max_tokens",
+    "max_length": "use max_tokens",
+    "best_of": "use n, or a policy with a best-of plan",
+}
+
+
+def check_unpriced(data: Any) -> None:
+    if isinstance(data, dict) and not UNPRICED.keys().isdisjoint(data):
+        field = next(f for f in UNPRICED if f in data)
+        raise InvalidRequest(f"{field}: not supported: {UNPRICED[field]}", param=field, code="unsupported_parameter")
+
+
 def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,
                   bounds: BodyBounds = BodyBounds()) -> dict[str, Any]:
     """Check the body strictly and return it as the plain dict that flows on (unknown fields as sent)."""
     check_counts(data, bounds)
+    check_unpriced(data)
     check_nesting(data)
     parsed = _parsed(data, schema)
     # Strict mode coerces nothing (a JSON integer for a float field is the same number), so the

@@ -50,22 +50,21 @@ def import_litellm() -> Any:
     return litellm
 
 
-# litellm takes its own controls (where to send the call, with which key and headers, a mock answer,
-# callbacks and their credentials) as keyword arguments beside the model's parameters. A client's
-# body must never supply them: `"api_base": "http://attacker/v1"` would send the deployment's key
-# there. These are always ours; the rest of litellm's list is read from the installed version.
-_OURS = frozenset({"model", "api_base", "base_url", "api_key", "api_version", "headers", "extra_headers",
-                   "custom_llm_provider", "timeout", "num_retries", "max_retries", "organization", "client",
-                   "mock_response", "metadata", "litellm_params", "deployment_id", "azure_ad_token"})
-
-
-def reserved_params(lib: Any) -> frozenset[str]:
-    """Keyword arguments litellm reads as its own controls, which a client body may not set."""
-    try:
-        from litellm.types.utils import all_litellm_params
-    except ImportError:  # an older layout: our own list still holds the dangerous ones
-        return _OURS
-    return _OURS | frozenset(all_litellm_params)
+# litellm reads its own controls from the same keyword arguments as the model's parameters: where to
+# send the call and with which credentials (`api_base`, `aws_bedrock_runtime_endpoint`,
+# `vertex_project`...), a canned answer, callbacks, and fields it merges into the upstream body or
+# drops from it (`extra_body`, `additional_drop_params`), which can override the `max_tokens` and `n`
+# the gateway priced and capped the call by. Its list of them grows with every release (and misses
+# some: `extra_body` and the AWS and Vertex fields are not on it), so a list of what to keep out can
+# never be whole: a client's body reaches litellm through this list of OpenAI's chat-completion
+# fields only, and everything else is dropped here.
+FORWARDED = frozenset({
+    "messages", "temperature", "top_p", "n", "stream", "stream_options", "stop", "max_tokens",
+    "max_completion_tokens", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "user", "safety_identifier", "seed", "response_format", "tools", "tool_choice", "parallel_tool_calls",
+    "functions", "function_call", "reasoning_effort", "verbosity", "modalities", "audio", "prediction",
+    "service_tier", "store", "web_search_options", "prompt_cache_key", "cache_salt",
+})
 
 
 class LiteLLMBackend:
@@ -79,7 +78,6 @@ class LiteLLMBackend:
 
     def __init__(self) -> None:
         self._litellm: Any = None
-        self._reserved_params: frozenset[str] | None = None
 
     def _lib(self) -> Any:
         if self._litellm is None:
@@ -87,18 +85,12 @@ class LiteLLMBackend:
         return self._litellm
 
     async def prepare(self) -> None:
-        """Import litellm and read its parameter list, off the event loop, before traffic."""
-        await asyncio.to_thread(self._reserved)
-
-    def _reserved(self) -> frozenset[str]:
-        if self._reserved_params is None:
-            self._reserved_params = reserved_params(self._lib())
-        return self._reserved_params
+        """Import litellm off the event loop, before traffic."""
+        await asyncio.to_thread(self._lib)
 
     def _kwargs(self, deployment: DeploymentConfig, body: dict[str, Any],
                 headers: Mapping[str, str] | None) -> dict[str, Any]:
-        reserved = self._reserved()
-        kwargs = {k: v for k, v in body.items() if k not in reserved}
+        kwargs = {k: v for k, v in body.items() if k in FORWARDED}
         kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
         if headers:  # litellm hands these to the provider's HTTP request
             kwargs["extra_headers"] = dict(headers)

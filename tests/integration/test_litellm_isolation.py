@@ -66,3 +66,35 @@ def test_a_client_cannot_fake_a_litellm_answer(simulator: Simulator, monkeypatch
             "mock_response": "owned", "api_key": "sk-client-chosen"})
     assert r.status_code == 200
     assert r.json()["choices"][0]["message"]["content"] != "owned"
+
+
+def test_a_budget_and_a_cost_cap_hold_through_litellm(simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """litellm merges a body's `extra_body` over the `max_tokens` and `n` the gateway priced the call by: a
+    one-token request with `extra_body: {max_tokens: 4096, n: 16}` was billed 22 times its cost cap. It is
+    refused now, before anything is reserved or sent."""
+    simulator.reset()
+    with running_gateway(_gateway(simulator.url, monkeypatch)) as gw:
+        r = httpx.post(gw.base_url + "/v1/chat/completions", timeout=30,
+                       headers={"x-switchyard-max-cost-usd": "0.00005"},
+                       json={"model": "small", "messages": [{"role": "user", "content": "Tell me about the sea."}],
+                             "max_tokens": 1, "extra_body": {"max_tokens": 4096, "n": 16}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "extra_body"
+    assert simulator.stats()["sim-small"]["requests"] == 0
+
+
+def test_only_openais_chat_fields_reach_litellm() -> None:
+    """litellm reads where to send a call and with which credentials from the same keywords as the model's
+    parameters, and its list of them misses some (`aws_bedrock_runtime_endpoint`, `vertex_project`): a
+    client's body reaches it through an allow-list."""
+    from gateway.config import DeploymentConfig
+    from gateway.providers.litellm_backend import LiteLLMBackend
+
+    deployment = DeploymentConfig.model_validate({"name": "d", "model": "bedrock/anthropic.claude-3", "tier": "small",
+                                                  "price": {"input_per_mtok": 1, "output_per_mtok": 1}})
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "n": 1, "temperature": 0.2,
+            "tools": [], "stream_options": {"include_usage": True}, "aws_bedrock_runtime_endpoint": "http://x",
+            "aws_access_key_id": "AKIA", "vertex_project": "p", "vertex_credentials": "{}", "callbacks": ["x"],
+            "success_callback": ["x"], "api_base": "http://x", "mock_response": "owned", "top_k": 5}
+    kwargs = LiteLLMBackend()._kwargs(deployment, body, None)
+    assert set(kwargs) == {"messages", "max_tokens", "n", "temperature", "tools", "stream_options", "model",
+                           "timeout", "num_retries"}

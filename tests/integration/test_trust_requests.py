@@ -104,6 +104,26 @@ def test_the_openai_sdk_gets_a_bad_request_error_for_a_string_number(base_url: s
     assert info.value.param == "max_tokens"
 
 
+@pytest.mark.parametrize(("field", "value"), [
+    ("extra_body", {"max_tokens": 4096, "n": 16}),  # litellm merged it over the priced max_tokens and n
+    ("additional_drop_params", ["max_tokens"]),      # litellm dropped the output limit
+    ("drop_params", True),
+    ("n_predict", 4096),                             # llama.cpp's limit wins over max_tokens
+    ("best_of", 8),                                  # vLLM: eight samples generated for one choice
+])
+def test_a_field_that_would_generate_past_what_was_priced_is_a_400_naming_it(base_url: str, simulator: Simulator,
+                                                                            field: str, value: Any) -> None:
+    simulator.reset()
+    resp = _post(base_url, {"model": "small", "messages": HI, "max_tokens": 1, field: value})
+    _assert_400_naming(resp, field)
+    assert resp.json()["error"]["code"] == "unsupported_parameter"
+    assert simulator.stats()["sim-small"]["requests"] == 0
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:  # the SDK's extra_body lands at the top level
+        client.chat.completions.create(model="small", messages=HI, max_tokens=1, extra_body={"num_predict": 4096})
+    assert info.value.param == "num_predict"
+
+
 # --- how much a body may hold ---------------------------------------------------------------------
 
 PART = {"type": "text", "text": "a"}
