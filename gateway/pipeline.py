@@ -211,6 +211,51 @@ def _policy(svc: Services, name: str) -> BoundPolicy:
     return policy
 
 
+@dataclass(frozen=True, slots=True)
+class Billing:
+    """What decides how many calls a request's plan may be billed for beyond one run: its deadline
+    (`within_s`: attempts given up on at their timeout that answer late), whether it hedges, whether
+    its stream may be resumed on a fallback. Budgets hold what it may bill; a cost cap may turn the
+    hedge and the resumption off (`for_cap`)."""
+
+    within_s: float
+    hedge_after_ms: float | None
+    resumes: bool
+
+    @classmethod
+    def of(cls, entry: Entry, request: dict[str, Any], ctx: CallContext) -> Billing:
+        return cls(deadline_s(entry.policy.spec.timeout_s, ctx.timeout_s), entry.policy.spec.hedge_after_ms,
+                   bool(request.get("stream")) and resumable(request))
+
+    def hedge_s(self, plan: Plan) -> float | None:
+        return hedge_after_s(self.hedge_after_ms, plan)
+
+    def worst(self, plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,
+              choices: int = 1) -> float:
+        """`worst_case_billed` for this request: what its budget holds."""
+        return worst_case_billed(plan, prompt_tokens, catalog, max_tokens, choices, within_s=self.within_s,
+                                 hedged=self.hedge_s(plan) is not None, resumes=self.resumes)
+
+    def worst_for_cap(self, plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,
+                      choices: int = 1) -> float:
+        """What a cost cap bounds (a `Worst`): the plan's calls, a hedge's second leg and a resumed stream's
+        continuation. Not an attempt given up on at its timeout that answers late while its retry runs:
+        counting those would halve every capped answer under the default timeouts (a 60 s deadline, 30 s
+        calls) for a case that needs a deployment to time out and then answer."""
+        return worst_case_billed(plan, prompt_tokens, catalog, max_tokens, choices, within_s=0.0,
+                                 hedged=self.hedge_s(plan) is not None, resumes=self.resumes)
+
+    def trimmed(self) -> tuple[Billing, ...]:
+        """What a cost cap may turn off, in order, before it shortens the answer: the hedge (a second leg
+        for latency), then the resumption of a broken stream on a fallback."""
+        out = []
+        if self.hedge_after_ms is not None:
+            out.append(replace(self, hedge_after_ms=None))
+        if self.resumes:
+            out.append(replace(self, hedge_after_ms=None, resumes=False))
+        return tuple(out)
+
+
 @dataclass(slots=True)
 class Route:
     """The plan for one request and the numbers its cost bounds need."""
@@ -225,15 +270,13 @@ class Route:
     counted: int | None = None  # prompt tokens, counted once when first needed (routing counts them anyway)
     definitions: int = 0        # of them, the tokens of tools, schemas and earlier tool calls (`definition_tokens`)
     terms: Terms = PLAIN        # what the request asks for that changes its calls' prices (`service_tier`...)
+    billing: Billing = Billing(0.0, None, False)  # its hedge, resumption and deadline (`Billing.of`)
 
     @property
     def prompt_tokens(self) -> int:
         if self.counted is None:
             self.counted = count_messages(self.messages) + self.definitions
         return self.counted
-
-    def worst_case_usd(self, catalog: Catalog) -> float:
-        return worst_case_cost(self.plan, self.prompt_tokens, catalog, self.max_tokens, self.choices)
 
 
 def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext, tenant: str,
@@ -269,6 +312,7 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
                   router_version=router.version, counted=sig.prompt_tokens, terms=terms)
         bound = r.prompt_tokens
+    billing = r.billing = Billing.of(entry, request, ctx)
     cap = entry.policy.spec.constraints.max_cost_usd
     if ctx.overrides.max_cost_usd is not None:
         cap = ctx.overrides.max_cost_usd if cap is None else min(cap, ctx.overrides.max_cost_usd)
@@ -276,12 +320,18 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         return r
     catalog = svc.catalog.under(terms)  # the worst cases of the tier, audio, search and audio prompt it asks for
     refuse_unpriced(catalog, r.plan, "the cost cap")
-    if worst_case_cost(r.plan, bound, catalog, max_tokens, r.choices) <= cap:
-        return r
-    if r.prompt_tokens < bound and r.worst_case_usd(catalog) <= cap:
-        return r
+    # The cap bounds what the request may be billed: a hedge's second leg and a broken stream's
+    # continuation too, not one run of the plan. What does not fit is turned off before the answer is
+    # shortened.
+    for b in (billing, *billing.trimmed()):
+        if b.worst_for_cap(r.plan, bound, catalog, max_tokens, r.choices) <= cap or (
+                r.prompt_tokens < bound and b.worst_for_cap(r.plan, r.prompt_tokens, catalog, max_tokens,
+                                                            r.choices) <= cap):
+            r.billing = b
+            return r
     # A cap is a bound, not a forecast: what the calls may generate is limited so that the worst case fits.
     plan, prompt_tokens, choices = r.plan, r.prompt_tokens, r.choices
+    plain = (billing.trimmed() or (billing,))[-1]  # no hedge, no resumption: one run of the plan
     fitted = fit_to_cap(plan, prompt_tokens, catalog, cap, max_tokens, choices)
     if fitted is None:
         least = worst_case_cost(Single(plan.deployment) if isinstance(plan, Single) else plan,
@@ -292,9 +342,9 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
     fitted_plan, bounded = fitted
     if bounded >= output_ceiling(fitted_plan, catalog, max_tokens):  # the cap does not bind: send as is
         return Route(fitted_plan, decision, messages, max_tokens, choices=choices, router_version=r.router_version,
-                     counted=prompt_tokens, terms=terms)
+                     counted=prompt_tokens, terms=terms, billing=plain)
     return Route(fitted_plan, decision, messages, bounded, capped=True, choices=choices,
-                 router_version=r.router_version, counted=prompt_tokens, terms=terms)
+                 router_version=r.router_version, counted=prompt_tokens, terms=terms, billing=plain)
 
 
 def refuse_unpriced(catalog: Catalog, plan: Plan, bound_by: str) -> None:
@@ -405,10 +455,10 @@ def _releasing(settle: Callable[[], Awaitable[None]], slot: Slot) -> Callable[[]
     return settled
 
 
-def _need(svc: Services, tenant: Tenant, r: Route, within_s: float, hedged: bool, resumes: bool) -> Need:
+def _need(svc: Services, tenant: Tenant, r: Route) -> Need:
     """What the route may use at most: what its calls may be billed (`worst_case_billed`: attempts given
     up on that answer late, both legs of a hedge, a broken stream's continuation) and its worst-case
-    tokens, held for its longest duration. `within_s`: the request's deadline."""
+    tokens, held for its longest duration."""
     catalog = svc.catalog if r.terms is PLAIN else svc.catalog.under(r.terms)
     if r.terms is not PLAIN:
         if tenant.holds_budget:
@@ -422,10 +472,10 @@ def _need(svc: Services, tenant: Tenant, r: Route, within_s: float, hedged: bool
     if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
         return NOTHING
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
-    reserve = worst_case_billed(r.plan, r.prompt_tokens, catalog, r.max_tokens, r.choices, within_s=within_s,
-                                hedged=hedged, resumes=resumes) if tenant.holds_budget else 0.0
+    reserve = r.billing.worst(r.plan, r.prompt_tokens, catalog, r.max_tokens, r.choices) if tenant.holds_budget \
+        else 0.0
     legs = [r.plan]
-    if hedged and isinstance(r.plan, Single):  # both legs' calls are made
+    if r.billing.hedge_s(r.plan) is not None and isinstance(r.plan, Single):  # both legs' calls are made
         legs.append(Single(r.plan.fallbacks[0], r.plan.fallbacks[1:]))
     counted = sum(worst_case_tokens(leg, r.prompt_tokens, svc.catalog, r.max_tokens, r.choices)
                   for leg in legs) if tenant.counts_tokens else 0
@@ -465,9 +515,7 @@ class _Ahead:
             trail.plan = r.plan
             set_attributes(route_span, switchyard__plan=r.plan.label,
                            switchyard__difficulty=r.decision.signal.difficulty if r.decision else None)
-        return _need(svc, tenant, r, self.deadline.budget_s,
-                     hedged=hedge_after_s(entry.policy.spec.hedge_after_ms, r.plan) is not None,
-                     resumes=bool(self.request.get("stream")) and resumable(self.request))
+        return _need(svc, tenant, r)
 
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
@@ -504,7 +552,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     ttl = entry.policy.spec.cache.ttl_s
     body = bounded_body(request, r)
 
-    hedge_s = hedge_after_s(entry.policy.spec.hedge_after_ms, plan)
+    hedge_s = r.billing.hedge_s(plan)  # the policy's, unless a cost cap turned it off
     # calls given up on: billed if they answer late, and counted in flight until they end
     late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label, slot))
     if svc.upstreams.isolating:  # what a deployment with isolate_prefix_cache is sent as cache_salt
@@ -514,7 +562,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             waited = time.perf_counter()
             names, streamed = plan.deployments + plan.fallbacks, stream_body(body)
             live, losers = await open_stream(svc.upstreams, names, streamed, span, deadline, hedge_s)
-            live = resuming(svc.upstreams, live, names, streamed, span, deadline)  # if it breaks mid-way
+            if r.billing.resumes:  # unless a cost cap turned it off
+                live = resuming(svc.upstreams, live, names, streamed, span, deadline)  # if it breaks mid-way
             trail.upstream_s += time.perf_counter() - waited
             how = "fallback" if hedge_s is None else "hedge"
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>{how}:{live.deployment}"
@@ -590,11 +639,16 @@ def keep_record(svc: Services, it: Learning, plan: str, deployment: str, calls: 
             it.decision, None if it.entry.pinned else it.entry.policy.version))
 
 
-def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
-    """The request's one deadline: the policy's timeout_s, tightened (never loosened) by the client."""
+def deadline_s(policy_timeout_s: float, header_timeout_s: float | None) -> float:
+    """How long the request may take: the policy's timeout_s, tightened (never loosened) by the client."""
     if header_timeout_s is not None and header_timeout_s < policy_timeout_s:
-        return Deadline.after(header_timeout_s)
-    return Deadline.after(policy_timeout_s)
+        return header_timeout_s
+    return policy_timeout_s
+
+
+def request_deadline(policy_timeout_s: float, header_timeout_s: float | None) -> Deadline:
+    """The request's one deadline (`deadline_s`)."""
+    return Deadline.after(deadline_s(policy_timeout_s, header_timeout_s))
 
 
 def whole_body(request: dict[str, Any]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from gateway.policy.loader import parse_policy
-from tests.support.lab import budgeted_gateway, lab_gateway, simulator_of
+from tests.support.lab import BUDGET_KEY, budgeted_gateway, lab_gateway, simulator_of
 from tests.support.processes import Simulator, wait_until
 
 LAG_S = 1.0  # the slow deployment's extra delay before its first token
@@ -116,6 +116,30 @@ def test_a_hedged_request_holds_the_budget_both_legs_may_spend(
         answer = gw.client.chat.completions.create(model="quick", max_tokens=20,
                                                    messages=[{"role": "user", "content": "What is 2 + 2?"}])
         assert answer.choices[0].message.content
+
+
+def test_a_cost_cap_bounds_both_legs_of_a_hedge(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Both legs of a hedge may be billed, so a cost cap bounds them together, as a budget holds them.
+    # Under a cap that pays for one leg at max_tokens 20 the request used to hedge anyway and was
+    # billed ~1.9 times its cap; now the hedge is turned off, and the answer keeps its max_tokens.
+    # A cap that pays for both legs keeps the hedge.
+    policy = {"candidates": [{"single": "lag"}], "fallbacks": {"lag": ["quick"]}, "hedge_after_ms": 150}
+    deployments = {"lag": ("sim-lag", {"max_retries": 0}), "quick": ("sim-quick", {"max_retries": 0})}
+    question = [{"role": "user", "content": "What is 2 + 2?"}]
+    with budgeted_gateway(sim, tmp_path, monkeypatch, None, policy, deployments) as gw:
+        explained = httpx.post(gw.base_url + "/v1/route", json={"model": "router/thrifty", "messages": question},
+                               headers={"Authorization": f"Bearer {BUDGET_KEY}"}, timeout=10).json()
+        one_leg = (explained["signal"]["prompt_tokens_estimate"] * 1 + 20 * 2) * 1e-6  # $1/M in, $2/M out
+        for cap, plan, calls in ((one_leg * 1.01, "single:lag", 1), (one_leg * 2.02, "single:lag>hedge:quick", 2)):
+            before = gw.spent()
+            answer = gw.client.chat.completions.with_raw_response.create(
+                model="router/thrifty", messages=question, max_tokens=20,  # type: ignore[arg-type]
+                extra_headers={"x-switchyard-max-cost-usd": f"{cap:.10f}"})
+            assert answer.headers["x-switchyard-plan"] == plan
+            assert answer.parse().usage.completion_tokens == 20  # not shortened
+            wait_until(lambda: sim.stats()["sim-lag"]["served"] == calls, timeout_s=LAG_S * 3, what="the slow leg")
+            wait_until(lambda c=calls: gw.calls() == c * (c + 1) // 2, timeout_s=5, what="every leg billed")
+            assert gw.spent() - before <= cap
 
 
 def test_hedge_after_ms_is_validated(tmp_path: Path) -> None:

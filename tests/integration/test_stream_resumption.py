@@ -16,7 +16,7 @@ import openai
 import pytest
 
 from gateway.simulator import count_tokens
-from tests.support.lab import budgeted_gateway, lab_gateway, simulator_of
+from tests.support.lab import BUDGET_KEY, budgeted_gateway, lab_gateway, simulator_of
 from tests.support.processes import Simulator, wait_until
 
 # Able enough to answer right every time: every model's whole answer to QUESTION is the same text.
@@ -132,3 +132,36 @@ def test_a_budget_holds_for_both_calls_of_a_resumed_stream(
         chunks = list(gw.client.chat.completions.create(model="next", messages=QUESTION,  # type: ignore[arg-type]
                                                         max_tokens=40, stream=True))
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_a_cost_cap_bounds_both_calls_of_a_resumed_stream(
+        sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A resumed stream bills the cut call and its continuation, so a cost cap bounds both, as a budget
+    # holds both. Under a cap that pays for one call at max_tokens 40 the stream used to be resumed
+    # anyway and was billed ~1.3 times its cap; now resumption is turned off (the stream fails as one
+    # without a fallback would) rather than every answer shortened. A cap that pays for both resumes it.
+    policy = {"candidates": [{"single": "cut"}], "fallbacks": {"cut": ["next"]}, "timeout_s": 20}
+    deployments = {n: (m, {"max_retries": 0, "supports_prefill": True}) for n, m in (("cut", "sim-cut"),
+                                                                                     ("next", "sim-next"))}
+    with budgeted_gateway(sim, tmp_path, monkeypatch, None, policy, deployments) as gw:
+        explained = httpx.post(gw.base_url + "/v1/route", json={"model": "router/thrifty", "messages": QUESTION},
+                               headers={"Authorization": f"Bearer {BUDGET_KEY}"}, timeout=10).json()
+        prompt = explained["signal"]["prompt_tokens_estimate"]
+        one_call = (prompt * 1 + 40 * 2) * 1e-6  # $1/M in, $2/M out
+
+        def ask(cap: float) -> list[Any]:
+            return list(gw.client.chat.completions.create(  # type: ignore[call-overload]
+                model="router/thrifty", messages=QUESTION, max_tokens=40, stream=True,
+                extra_headers={"x-switchyard-max-cost-usd": f"{cap:.10f}"}))
+
+        with pytest.raises(openai.APIError, match="failed mid-stream"):
+            ask(one_call * 1.01)
+        assert sim.stats()["sim-next"]["requests"] == 0
+        wait_until(lambda: gw.calls() == 1, timeout_s=5, what="the cut call billed")
+        assert gw.spent() <= one_call * 1.01
+        before = gw.spent()
+        both = (prompt * 2 + 40 * 1 + 2 * 40 * 2) * 1e-6 * 1.01  # the continuation's input holds what was produced
+        assert "".join(c.choices[0].delta.content or "" for c in ask(both) if c.choices)
+        assert sim.stats()["sim-next"]["requests"] == 1  # resumed
+        wait_until(lambda: gw.calls() == 3, timeout_s=5, what="both calls billed")
+        assert gw.spent() - before <= both

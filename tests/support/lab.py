@@ -79,6 +79,11 @@ class Budgeted:
                          headers={"Authorization": f"Bearer {BUDGET_KEY}"}, timeout=10).json()["data"]
         return sum(float(r["cost_usd"]) for r in rows)
 
+    def calls(self) -> int:
+        rows = httpx.get(self.base_url + "/v1/spend", params={"group_by": "tenant"},
+                         headers={"Authorization": f"Bearer {BUDGET_KEY}"}, timeout=10).json()["data"]
+        return sum(int(r["calls"]) for r in rows)
+
     def refuses(self, ask: Callable[[], object], budget: float, what: str) -> None:
         """`ask()` must be refused by the budget; if it is let in, fail saying what it spent."""
         try:
