@@ -118,7 +118,8 @@ def test_a_hedged_request_holds_the_budget_both_legs_may_spend(
         assert answer.choices[0].message.content
 
 
-def test_a_cost_cap_bounds_both_legs_of_a_hedge(sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_cost_cap_bounds_both_legs_of_a_hedge(sim: Simulator, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # Both legs of a hedge may be billed, so a cost cap bounds them together, as a budget holds them.
     # Under a cap that pays for one leg at max_tokens 20 the request used to hedge anyway and was
     # billed ~1.9 times its cap; now the hedge is turned off, and the answer keeps its max_tokens.
@@ -137,7 +138,7 @@ def test_a_cost_cap_bounds_both_legs_of_a_hedge(sim: Simulator, tmp_path: Path, 
                 extra_headers={"x-switchyard-max-cost-usd": f"{cap:.10f}"})
             assert answer.headers["x-switchyard-plan"] == plan
             assert answer.parse().usage.completion_tokens == 20  # not shortened
-            wait_until(lambda: sim.stats()["sim-lag"]["served"] == calls, timeout_s=LAG_S * 3, what="the slow leg")
+            wait_until(lambda c=calls: sim.stats()["sim-lag"]["served"] == c, timeout_s=LAG_S * 3, what="the slow leg")
             wait_until(lambda c=calls: gw.calls() == c * (c + 1) // 2, timeout_s=5, what="every leg billed")
             assert gw.spent() - before <= cap
 
