@@ -308,8 +308,10 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         if sig.audio_tokens:  # the plans are priced with the prompt's audio at each deployment's audio rate
             catalog = svc.catalog.under(Terms(audio_input=sig.audio_tokens))
             terms = with_audio_input(terms, sig.audio_tokens)
-        decision = decide(policy, sig, catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff)
-        r = Route(decision.plan, decision, messages, max_tokens, choices=int(request.get("n") or 1),
+        choices = int(request.get("n") or 1)
+        decision = decide(policy, sig, catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff,
+                          choices)
+        r = Route(decision.plan, decision, messages, max_tokens, choices=choices,
                   router_version=router.version, counted=sig.prompt_tokens, terms=terms)
         bound = r.prompt_tokens
     billing = r.billing = Billing.of(entry, request, ctx)

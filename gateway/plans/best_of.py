@@ -80,6 +80,11 @@ class BestOfN:
         return len(self.samplers)
 
     @property
+    def most_choices(self) -> int | None:
+        """How many choices (the client's `n`) it can answer with: one per sample."""
+        return len(self.samplers)
+
+    @property
     def label(self) -> str:
         who = self.samplers[0] if len(set(self.samplers)) == 1 else "+".join(self.samplers)
         return f"best_of:{self.n}:{who}:{self.selector}"

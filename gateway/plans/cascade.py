@@ -103,6 +103,12 @@ class Cascade:
         return self.deployments
 
     @property
+    def most_choices(self) -> int | None:
+        """How many choices (the client's `n`) it can answer with: a step accepted by agreement answers
+        from its samples; every other answer is one call asked for `n` (None: any)."""
+        return self.samples if self.confidence == "agreement" else None
+
+    @property
     def stages(self) -> list[tuple[str, ...]]:
         """Who answers at each step: `samples` draws of a step judged by agreement, else one answer."""
         k = self.samples if self.confidence == "agreement" else 1

@@ -27,6 +27,9 @@ class Single:
     deployment: str
     fallbacks: tuple[str, ...] = ()
 
+    # How many choices (the client's `n`) it can answer with: its call is asked for `n` (None: any).
+    most_choices: ClassVar[None] = None
+
     @property
     def label(self) -> str:
         return f"single:{self.deployment}"

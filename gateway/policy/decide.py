@@ -139,6 +139,11 @@ def _live_rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> 
     return None
 
 
+def _too_few(plan: Plan, choices: int) -> str | None:
+    most = plan.most_choices
+    return None if most is None or choices <= most else f"n ({choices} choices > the {most} it answers with)"
+
+
 def _still_answers(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
     """A plan removed only because a circuit is open, taken back when it can answer without that
     deployment (the executor skips an open circuit): a single plan through a healthy fallback, a
@@ -160,8 +165,9 @@ def _still_answers(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
 
 def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: LiveView,
            overrides: Overrides = Overrides(), max_tokens: int | None = None,
-           cutoff: Cutoff | None = None) -> Decision:
-    """`cutoff` is the threshold in force for a policy with a target (ignored without one)."""
+           cutoff: Cutoff | None = None, choices: int = 1) -> Decision:
+    """`cutoff` is the threshold in force for a policy with a target (ignored without one). `choices`:
+    the client's `n`; a plan that answers with fewer (best-of picks from its samples) is not a candidate."""
     table = prepared(policy, catalog)  # what does not depend on this request, worked out once
     no_headers = overrides.max_cost_usd is None and overrides.latency_slo_ms is None
     limits = table.limits if no_headers else Limits.of(policy, overrides)
@@ -175,7 +181,8 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
             pace = observed.get(fixed.name)
             e = Estimate(quality[fixed.name], prompt_tokens * fixed.input_rate + fixed.output_cost,
                          fixed.expected_latency_ms if pace is None else fixed.expected_latency_ms * pace)
-        rejected = disallowed or _live_rejection(plan, e, limits, live)
+        rejected = disallowed or (_too_few(plan, choices) if choices > 1 else None) or \
+            _live_rejection(plan, e, limits, live)
         evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, rejected))
     feasible = [c for c in evaluated if c.rejected_by is None]
     if not feasible:  # open circuits removed every plan? one that can work around them still answers

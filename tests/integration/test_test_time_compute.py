@@ -48,6 +48,17 @@ def test_clients_n_still_means_their_choices(base_url: str) -> None:
     assert completion.choices[0].message.content.startswith("The answer is 42")
 
 
+def test_asking_for_more_choices_than_a_plan_answers_with_is_never_a_shorter_200(base_url: str) -> None:
+    """best-of-5 picks the client's choices from its five samples: `n=8` used to get five choices and a 200.
+    A policy of best-of plans alone refuses it; one with a single plan among its candidates answers with it."""
+    with pytest.raises(openai.UnprocessableEntityError, match=r"n \(8 choices > the 5 it answers with\)"):
+        _client(base_url).chat.completions.create(model="router/vote5", messages=QUESTION, n=8)
+    raw = _client(base_url).chat.completions.with_raw_response.create(
+        model="router/test-time-compute", messages=QUESTION, n=8)
+    assert raw.headers["x-switchyard-plan"].startswith("single:")
+    assert len(raw.parse().choices) == 8
+
+
 def test_a_failing_judge_degrades_to_vote_and_says_so(base_url: str) -> None:
     raw = _client(base_url).chat.completions.with_raw_response.create(
         model="router/judged", messages=QUESTION, seed=3)

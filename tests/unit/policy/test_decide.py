@@ -88,3 +88,24 @@ def test_explain_lists_every_candidate_with_its_numbers(tmp_path: Path) -> None:
     for c in explained["candidates"]:
         assert {"predicted_quality", "predicted_cost_usd", "predicted_latency_ms", "utility", "rejected_by"} <= set(c)
     assert explained["reasons"]
+
+
+def test_a_plan_that_answers_with_fewer_choices_than_n_is_not_a_candidate(tmp_path: Path) -> None:
+    """best-of picks the client's `n` choices from its samples, and an agreement cascade from a step's
+    samples: asked for more, they answered with fewer and a 200. A plan whose call is asked for `n`
+    (a single; a cascade judged by log-probabilities) answers with any number."""
+    policy = _policy(tmp_path, "candidates:\n  - single: small\n  - best_of: {deployment: small, n: 5}\n"
+                               "  - cascade: {steps: [small, large], samples: 3}\n"
+                               "  - cascade: {steps: [small, large], confidence: logprob}\n"
+                               "objective: {value_usd: 1000}\n")
+    signal = _signal(0.3, 0.95)
+    four = [c.rejected_by for c in decide(policy, signal, CATALOG, LiveView(), choices=4).candidates]
+    assert four == [None, None, "n (4 choices > the 3 it answers with)", None]
+    d = decide(policy, signal, CATALOG, LiveView(), choices=8)
+    why = [c.rejected_by for c in d.candidates]
+    assert why.count("n (8 choices > the 5 it answers with)") == 1 and why.count(
+        "n (8 choices > the 3 it answers with)") == 1
+    assert d.plan.most_choices is None
+    only = _policy(tmp_path, "candidates:\n  - best_of: {deployment: small, n: 5}\n")
+    with pytest.raises(ConstraintUnsatisfiable, match=r"n \(6 choices > the 5"):
+        decide(only, signal, CATALOG, LiveView(), choices=6)
