@@ -509,23 +509,25 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
     return names
 
 
+# The times a window may name: from the epoch to the end of year 9999 (what `iso` can write back).
+LAST_TIME_S = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
+
+
 def parse_time(text: str) -> float:
-    """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise)."""
+    """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise), from 1970 to the end of 9999."""
     try:
         seconds = float(text)
     except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError(f"{text[:64]!r} is not a time")
-        return seconds
-    try:
-        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text[:64]!r} is neither unix seconds nor an ISO 8601 time") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
+        try:
+            when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{text[:64]!r} is neither unix seconds nor an ISO 8601 time") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = when.timestamp()
+    if not math.isfinite(seconds) or not 0 <= seconds <= LAST_TIME_S:
+        raise ValueError(f"{text[:64]!r} is not a time from 1970 to 9999")
+    return seconds
 
 
 def window(start: float | None, end: float | None, now: float | None = None) -> Window:

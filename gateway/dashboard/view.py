@@ -80,7 +80,8 @@ def _hours(raw: str | None) -> int:
     if raw is None:
         return 24
     # ASCII digits only: str.isdigit also takes "²" (which int() refuses) and other scripts' digits
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_HOURS:
+    # and few of them: int() refuses more than 4,300 digits (a 500 before)
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 9 or not 1 <= int(raw) <= MAX_HOURS:
         raise InvalidRequest(f"hours must be a whole number from 1 to {MAX_HOURS}, got {raw[:32]!r}", param="hours")
     return int(raw)
 

@@ -76,7 +76,8 @@ def test_dashboard_data_is_refused_without_the_admin_or_viewer_key(dash: Gateway
     assert _data(dash.base_url, ADMIN_KEY).status_code == 200
 
 
-@pytest.mark.parametrize("hours", ["-1", "0", "1.5", "abc", "", " 5", "169", "9" * 40, "\u00b2", "\u0661\u0662"])
+@pytest.mark.parametrize("hours", ["-1", "0", "1.5", "abc", "", " 5", "169", "9" * 40, "\u00b2", "\u0661\u0662",
+                                   pytest.param("0" * 4300 + "1", id="more digits than int() reads")])  # a 500
 def test_dashboard_hours_out_of_range_or_not_ascii_digits_is_a_400(dash: GatewayServer, hours: str) -> None:
     """`?hours=` must be 1..168 in ASCII digits. A superscript two passed `str.isdigit` and then broke
     `int()`: a 500; Arabic-Indic digits were taken as a number of hours."""

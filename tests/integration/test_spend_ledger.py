@@ -211,6 +211,10 @@ def test_a_failed_request_still_bills_the_calls_that_answered(gateway_url: str) 
     ({"to": "nan"}, "to"),
     ({"from": "2030-01-02T00:00:00Z", "to": "2030-01-01T00:00:00Z"}, "from"),
     ({"from": "0"}, "from"),  # longer than the ledger keeps
+    ({"to": "1e12"}, "to"),  # past year 9999: was a 500 (year 33658 is out of range)
+    ({"to": "1e17"}, "to"),
+    ({"to": "0001-01-01T10:00:00Z"}, "to"),  # before 1970: was a 500 (an OS error)
+    ({"from": "1969-12-31T00:00:00Z", "to": "1970-01-01T10:00:00Z"}, "from"),
     ({"group-by": "tenant"}, "group-by"),
 ])
 def test_bad_spend_parameters_are_400(gateway_url: str, params: dict[str, str], param: str) -> None:

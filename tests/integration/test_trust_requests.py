@@ -283,6 +283,22 @@ def served(simulator: Simulator) -> Any:
     thread.join(timeout=15)
 
 
+def test_a_content_length_of_more_digits_than_int_reads_is_not_a_500(served: str) -> None:
+    """A Content-Length of 5,001 digits (leading zeros, then 5) went to int(), which refuses more than 4,300
+    digits: a 500. It is the number 5: the five bytes sent are read, and are not JSON."""
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + b"0" * 5000 +
+                     b"5\r\nConnection: close\r\n\r\nhello")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+    assert b"invalid_request_error" in answer
+
+
 @pytest.mark.parametrize("shape", ["many headers", "one endless header"])
 def test_headers_without_end_get_a_431_not_the_workers_memory(served: str, shape: str) -> None:
     """uvicorn kept every header sent, without a limit: 200 MB of headers grew the worker ~220 MB,

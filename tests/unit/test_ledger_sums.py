@@ -19,6 +19,7 @@ from gateway.feedback import Completed, build_record
 from gateway.keyed import Digests
 from gateway.ledger import (
     HOUR_S,
+    LAST_TIME_S,
     Ledger,
     Spent,
     parse_group_by,
@@ -195,7 +196,8 @@ def test_unknown_groupings_are_refused(text: str) -> None:
 def test_times_are_unix_seconds_or_iso_and_windows_default_to_a_day() -> None:
     assert parse_group_by(None) == ("tenant",) and parse_group_by("hour, tenant") == ("hour", "tenant")
     assert parse_time("1800000000") == AT == parse_time("2027-01-15T08:00:00Z") == parse_time("2027-01-15T08:00:00")
-    for bad in ("inf", "nan", "-5", "last tuesday"):
+    assert parse_time("9999-12-31T23:59:59Z") == LAST_TIME_S and parse_time("0") == 0.0
+    for bad in ("inf", "nan", "-5", "last tuesday", "1e12", "0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z"):
         with pytest.raises(ValueError):
             parse_time(bad)
     w = window(None, None, now=AT)
