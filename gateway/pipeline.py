@@ -176,7 +176,7 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
         # a pinned call borrows the default policy's settings (cache, timeout)
         return Entry(_policy(svc, tenant.default_policy or svc.config.default_policy), pinned=model)
     if model == AUTO:
-        name = ctx.policy or tenant.default_policy or svc.config.default_policy
+        name = ctx.policy or _auto_policy(svc, tenant)
     elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:
         name = model.removeprefix(POLICY_PREFIX)
     else:
@@ -187,6 +187,19 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
         raise NotFound(f"policy '{name[:64]}' does not exist: use one of {_callable(svc, tenant)}",
                        param="model", code="policy_not_found")
     return Entry(policy)
+
+
+def _auto_policy(svc: Services, tenant: Tenant) -> str:
+    """What `auto` means for this tenant: its default policy, else the gateway's, the first of them it
+    may use; when it may use neither but exactly one policy, that one (a key made for one policy was
+    listed `auto` by `GET /v1/models` and refused it). Else its default stands, and the 403 lists what
+    it may use."""
+    defaults = [p for p in (tenant.default_policy, svc.config.default_policy) if p]
+    usable = next((p for p in defaults if tenant.may_use(p)), None)
+    if usable is not None:
+        return usable
+    allowed = [p for p in svc.policies.policies if tenant.may_use(p)]
+    return allowed[0] if len(allowed) == 1 else defaults[0]
 
 
 def _callable(svc: Services, tenant: Tenant) -> str:

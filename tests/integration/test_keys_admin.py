@@ -142,6 +142,18 @@ def test_a_key_is_created_listed_used_rotated_and_revoked(gw: str) -> None:
     assert info.value.code == "key_revoked"
 
 
+def test_a_key_made_for_one_policy_may_call_the_auto_it_is_listed(gw: str) -> None:
+    """`auto` is listed for a key held to one policy; it meant the gateway's default policy, which the key
+    may not use, so calling what it was offered was a 403. It is the key's one policy."""
+    key = _create(gw, name="one-policy", policies=["cost-saver"])["key"]
+    client = openai.OpenAI(base_url=gw + "/v1", api_key=key, max_retries=0)
+    assert {m.id for m in client.models.list()} == {"auto", "router/cost-saver"}
+    assert client.chat.completions.create(model="auto", messages=HI).choices[0].message.content
+    explained = httpx.post(gw + "/v1/route", headers={"authorization": f"Bearer {key}"}, json={"messages": HI},
+                           timeout=10).json()
+    assert explained["policy"] == "cost-saver"
+
+
 def test_a_patch_takes_effect_without_a_restart(gw: str) -> None:
     created = _create(gw)
     _chat(gw, created["key"])

@@ -90,6 +90,16 @@ def test_models_lists_only_what_the_key_may_use(gateway_url: str) -> None:
     assert {"auto", "router/balanced", "router/cost-saver", "small", "large", "broken"} <= everything
 
 
+@pytest.mark.parametrize("key", ["sk-saver-nodefault", "sk-pinner"])
+def test_auto_listed_for_a_key_held_to_one_policy_is_that_policy(gateway_url: str, key: str) -> None:
+    """`GET /v1/models` lists `auto` for a key held to one policy, and `auto` meant the gateway's default
+    policy, which that key may not use: a 403 for the model it was offered. It is the key's one policy."""
+    assert _client(gateway_url, key).chat.completions.create(model="auto", messages=HI).choices[0].message.content
+    explained = httpx.post(gateway_url + "/v1/route", headers={"authorization": f"Bearer {key}"},
+                           json={"messages": HI}, timeout=10)
+    assert explained.status_code == 200 and explained.json()["policy"] == "cost-saver"
+
+
 def test_readyz_shows_only_the_status_to_anonymous_callers(gateway_url: str) -> None:
     anonymous = httpx.get(gateway_url + "/readyz", timeout=10)
     assert anonymous.status_code == 200 and anonymous.json() == {"status": "ready"}
