@@ -110,7 +110,7 @@ def _fit_to(prep: Prepared, rows: np.ndarray, seed: int = 0, memory_seed: int | 
 
     def run(path: Path) -> None:
         arrays = fit_arrays(prep, rows, seed=seed, progress=False, memory_seed=memory_seed)
-        save_artifact(arrays, make_meta(prep.data, rows), path)
+        save_artifact(arrays, make_meta(prep.data, rows, arrays), path)
     return run
 
 

@@ -217,7 +217,7 @@ def evaluate(candidate: str, data_path: str, *, split: str, weak: str | None, st
         if note:
             print(f"note: {note}", file=sys.stderr)
     try:
-        cand = Served(load_router(candidate), Artifact.read(candidate).version, candidate)
+        cand = Served(load_checked(candidate), Artifact.read(candidate).version, candidate)
         serving = serving_router(config, against)
     except (ArtifactError, OSError, ValueError) as exc:
         return _err(f"switchyard router evaluate: {exc}")

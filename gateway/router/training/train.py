@@ -269,13 +269,15 @@ def column_means(a: F64) -> F64:
         return cast(F64, np.where(seen, a, 0.0).sum(0) / seen.sum(0))
 
 
-def make_meta(data: RoutingData, train_rows: Ints) -> ArtifactMeta:
+def make_meta(data: RoutingData, train_rows: Ints, arrays: NpzArrays) -> ArtifactMeta:
+    """router.json for `arrays` fitted on `train_rows` of `data`. The latent's width is read off the
+    arrays: a file of few models has fewer principal components than LATENT_DIMS asks for."""
     out_tok = column_means(data.out_tokens[train_rows])
     return {
         "version": ARTIFACT_VERSION,
         "hash_spec": cast(HashSpecMeta, asdict(SPEC)),
         "struct_names": list(STRUCT_NAMES),
-        "latent_dims": LATENT_DIMS + 1,
+        "latent_dims": int(arrays["w"].shape[1]),
         "ridge_lambda": RIDGE_LAMBDA,
         "neighbours": {"bits": KNN_BITS, "k": KNN_K, "smooth": KNN_SMOOTH, "power": KNN_POWER},
         "models": data.models,
@@ -313,7 +315,8 @@ def train(
 
         arrays, meta = adapt(base, prepare(data, progress), train_rows, seed=seed, progress=progress)
     else:
-        arrays, meta = fit_arrays(prepare(data, progress), train_rows, seed, progress), make_meta(data, train_rows)
+        arrays = fit_arrays(prepare(data, progress), train_rows, seed, progress)
+        meta = make_meta(data, train_rows, arrays)
     out = save_artifact(arrays, meta, out_dir)
     val = data.subset(data.split == "validation")
     report: ValidationReport = {"n_validation": len(val.ids), "pairs": {}}

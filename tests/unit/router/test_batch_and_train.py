@@ -43,3 +43,27 @@ def test_training_writes_a_loadable_artifact(small_data: Path, tmp_path: Path) -
     r = load_router(tmp_path / "art")
     assert 0.0 <= r.assess("Hello there").difficulty <= 1.0
     assert len(r.known_profiles()) == 28  # one file: that file's pool
+
+
+def test_training_on_two_models_writes_a_loadable_artifact(tmp_path: Path) -> None:
+    """What `switchyard logs export` writes holds the deployments' two router profiles: their outcomes have
+    fewer principal components than the latent asks for, and router.json said 10 columns where the arrays
+    held 5, so route, promote and serve refused what train had reported written."""
+    import random
+
+    from gateway.router.serving import load_checked
+
+    rng = random.Random(1)
+    rows = []
+    for i in range(120):
+        hard = rng.random()
+        rows.append(json.dumps({"id": f"x{i}", "prompt": f"Question {i}: explain {rng.randint(1, 999)} things",
+                                "split": "validation" if i % 5 == 0 else "train",
+                                "models": {"Meta-Llama-3.1-8B-Instruct": {"score": float(hard < 0.5)},
+                                           "Meta-Llama-3.1-70B-Instruct": {"score": float(hard < 0.8)}}}))
+    data = tmp_path / "two.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    train(data, tmp_path / "art", progress=False)
+    router = load_checked(tmp_path / "art")  # what `router promote` and a replica load
+    assert set(router.known_profiles()) == {"Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"}
+
