@@ -139,6 +139,14 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def same_file(a: str | Path, b: str | Path) -> bool:
+    """Do two paths name one file (an output opened for writing would empty the input it was to read)?"""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one does not exist yet: then not the same, unless they are one path
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def cmd_route(args: argparse.Namespace) -> int:
     from gateway.router.serving import configured_dir, load_checked
 
@@ -150,6 +158,10 @@ def cmd_route(args: argparse.Namespace) -> int:
 
         if not args.out:
             print("switchyard route --batch needs --out FILE", file=sys.stderr)
+            return 2
+        if same_file(args.batch, args.out):
+            print(f"switchyard route: --out {args.out} is the input file; writing it would empty it first",
+                  file=sys.stderr)
             return 2
         n = score_file(args.batch, args.out, router, progress=not args.quiet)
         print(f"scored {n} prompts → {args.out}", file=sys.stderr)
@@ -242,6 +254,10 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
               "or --from-jsonl FILE", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if jsonl is not None and same_file(jsonl, out):
+        print(f"switchyard logs export: --out {out} is the request log it reads; writing it would empty it first",
+              file=sys.stderr)
+        return 2
     if jsonl is not None:
         from gateway.logs_export import from_jsonl, write_rows
 

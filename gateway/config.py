@@ -222,6 +222,11 @@ class GatewayConfig(_Strict):
         description="env var holding the secret that keys prompt digests in request records and prefix-cache "
                     "salts; default: one generated once and kept in the store")
 
+    @field_validator("redis_url")
+    @classmethod
+    def _a_redis_url(cls, url: str | None) -> str | None:
+        return None if url is None else checked_redis_url(url)
+
     @field_validator("deployments")
     @classmethod
     def _unique_names(cls, deployments: list[DeploymentConfig]) -> list[DeploymentConfig]:
@@ -292,6 +297,19 @@ def check_tenant_deployments(config: GatewayConfig, source: str) -> None:
                                   f"({', '.join(names)})")
 
 
+# What the store opens: redis-py's schemes, and a cluster's (`gateway.state.cluster_seed_url`).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://")
+
+
+def checked_redis_url(url: str) -> str:
+    """`url` if redis-py can open it, else a ValueError (a typo such as `host:6379` was a traceback from
+    deep in redis-py at the first command that opened the store)."""
+    if not url.startswith(REDIS_SCHEMES):
+        raise ValueError(f"{url[:64]!r} is not a Redis URL: it starts with {', '.join(REDIS_SCHEMES)} "
+                         "(redis://host:6379/0)")
+    return url
+
+
 def load_config(path: str | Path) -> GatewayConfig:
     """Read the gateway YAML, then let the environment override what ops set per host."""
     p = Path(path)
@@ -299,10 +317,21 @@ def load_config(path: str | Path) -> GatewayConfig:
     return with_env_overrides(config)
 
 
+def env_redis_url() -> str | None:
+    """$SWITCHYARD_REDIS_URL, checked as the config's redis_url is (a ConfigError naming it)."""
+    url = os.environ.get(ENV_REDIS_URL)
+    if not url:
+        return None
+    try:
+        return checked_redis_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"{ENV_REDIS_URL}: {exc}") from None
+
+
 def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
     updates: dict[str, Any] = {}
     if os.environ.get(ENV_REDIS_URL):
-        updates["redis_url"] = os.environ[ENV_REDIS_URL]
+        updates["redis_url"] = env_redis_url()
     if os.environ.get(ENV_POLICIES_DIR):
         updates["policies_dir"] = os.environ[ENV_POLICIES_DIR]
     for env, name in ((ENV_ADMIN_KEY_SHA256, "admin_api_key_sha256"), (ENV_VIEWER_KEY_SHA256, "viewer_api_key_sha256")):

@@ -183,6 +183,22 @@ async def from_store(store: Store, since_ms: int) -> AsyncIterator[tuple[dict[st
             yield orjson.loads(fields["record"]), _feedbacks(fields)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _malformed(item: Mapping[str, Any]) -> str | None:
+    """What a record or feedback line of the JSONL sink lacks that the export reads, or None."""
+    if item.get("kind") == "request" and not _number(item.get("time", 0)):
+        return "a request record's 'time' must be unix seconds"
+    if item.get("kind") == "feedback":
+        if not isinstance(item.get("source"), str):
+            return "a feedback line needs its 'source' (user, judge or eval)"
+        if not (_number(item.get("score")) and 0 <= item["score"] <= 1):
+            return "a feedback line's 'score' must be a number from 0 to 1"
+    return None
+
+
 def from_jsonl(path: Path, since_s: float) -> Iterator[tuple[dict[str, Any], Feedbacks]]:
     """Records and feedback from the JSONL sink; a later feedback line of a source replaces an earlier."""
     records: dict[tuple[str, str], dict[str, Any]] = {}
@@ -197,6 +213,8 @@ def from_jsonl(path: Path, since_s: float) -> Iterator[tuple[dict[str, Any], Fee
                 raise InputError(f"{path}: line {n} is not JSON: {exc}") from None
             if not isinstance(item, dict):
                 raise InputError(f"{path}: line {n} is not a request-log record (a JSON object)")
+            if (problem := _malformed(item)) is not None:
+                raise InputError(f"{path}: line {n}: {problem}")
             key = (item.get("tenant", ""), item.get("request_id", ""))
             if item.get("kind") == "request" and item.get("time", 0) >= since_s:
                 records[key] = item

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.config import ENV_CONFIG, ENV_REDIS_URL, GatewayConfig, load_config
+from gateway.config import ENV_CONFIG, ENV_REDIS_URL, GatewayConfig, env_redis_url, load_config
 from gateway.errors import ConfigError
 from gateway.router.artifact import Artifact, ArtifactError
 from gateway.router.model import Router, load_router
@@ -45,7 +45,7 @@ def gateway_config(config_path: str | None) -> GatewayConfig | None:
 
 
 def store_url(config: GatewayConfig | None) -> str | None:
-    return config.redis_url if config is not None else os.environ.get(ENV_REDIS_URL) or None
+    return config.redis_url if config is not None else env_redis_url()
 
 
 def needs_shared_store(command: str) -> int:

@@ -204,6 +204,17 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "latin1-policies").mkdir()
     (tmp / "latin1-policies" / "cafe.yaml").write_bytes("# caf\u00e9\ncandidates: [{single: small}]\n".encode("cp1252"))
     (tmp / "empty.jsonl").write_text("")
+    labelled = {"id": "r", "prompt": "q", "models": {"a": {"score": "high"}, "b": {"score": 1.0}}}
+    (tmp / "score-text.jsonl").write_text(json.dumps(labelled) + "\n")
+    (tmp / "unlabelled.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"q {i}"}) + "\n"
+                                                  for i in range(40)))
+    (tmp / "deep.jsonl").write_text('{"id": "a", "prompt": "hi", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    (tmp / "feedback-no-source.jsonl").write_text('{"kind": "feedback", "tenant": "t", "request_id": "r"}\n')
+    (tmp / "time-text.jsonl").write_text('{"kind": "request", "tenant": "t", "request_id": "r", "time": "now"}\n')
+    (tmp / "rows.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
+    (tmp / "redis-typo.yaml").write_text("redis_url: 127.0.0.1:6379\ndeployments:\n  - {name: small, model: "
+                                         "openai/m, api_base: 'http://127.0.0.1:9/v1', tier: small, "
+                                         "price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
     (tmp / "cp1252.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("cp1252"))
     (tmp / "validation-only.jsonl").write_text('{"id": "a", "prompt": "hi", "split": "validation", '
                                                '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
@@ -225,6 +236,17 @@ BAD_INVOCATIONS = [
     ("train --data {cp1252} --out {missing}", "switchyard train: {cp1252}: line 1 is not UTF-8 text (byte 26"),
     ("train --data {empty} --out {missing}", "switchyard train: {empty}: no rows to train on"),
     ("train --data {validation-only} --out {missing}", "switchyard train: {validation-only}: no rows to train on"),
+    ("train --data {score-text} --out {missing}",
+     "switchyard train: {score-text}: line 1: models.a.score must be a number or null, got \"high\""),
+    ("train --data {unlabelled} --out {missing}", "switchyard train: {unlabelled}: no scores to train on"),
+    ("train --data {deep} --out {missing}", "switchyard train: {deep}: line 1 is nested too deeply to read"),
+    ("route --batch {deep} --out {missing}", "switchyard route: {deep}: line 1 is nested too deeply to read"),
+    ("route --batch {rows} --out {rows}", "switchyard route: --out {rows} is the input file"),  # it emptied it
+    ("logs export --out {missing} --from-jsonl {feedback-no-source}",
+     "{feedback-no-source}: line 1: a feedback line needs its 'source'"),
+    ("logs export --out {missing} --from-jsonl {time-text}", "{time-text}: line 1: a request record's 'time' must"),
+    ("logs export --out {log} --from-jsonl {log}", "switchyard logs export: --out {log} is the request log it reads"),
+    ("spend --config {redis-typo}", "redis_url: Value error, '127.0.0.1:6379' is not a Redis URL"),
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
     ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback

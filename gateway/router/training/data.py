@@ -90,13 +90,24 @@ def _row(path: str | Path, n: int, line: str) -> DataRow:
         row = json.loads(line)
     except ValueError as exc:
         raise InputError(f"{path}: line {n} is not JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(f"{path}: line {n} is nested too deeply to read") from None
     if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prompt"), str):
         raise InputError(f"{path}: line {n} needs an 'id' and a string 'prompt' (the routing-data schema)")
     models = row.get("models")
     if models is not None and not (isinstance(models, dict) and
                                    all(r is None or isinstance(r, dict) for r in models.values())):
         raise InputError(f"{path}: line {n}: 'models' must be an object of {{model: {{score, cost_usd}}}}")
+    for model, rec in (models or {}).items():
+        for key in _NUMBERS:
+            value = (rec or {}).get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise InputError(f"{path}: line {n}: models.{str(model)[:64]}.{key} must be a number or null, "
+                                 f"got {json.dumps(value)[:32]}")
     return cast(DataRow, row)
+
+
+_NUMBERS = ("score", "cost_usd", "output_tokens")  # what `load_data` reads of each model's record
 
 
 def hash_split(row_id: str) -> str:

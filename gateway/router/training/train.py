@@ -310,6 +310,9 @@ def train(
     if not len(train_rows):  # an empty file (or only validation rows) broke deep in the feature matrix
         raise InputError(f"{', '.join(map(str, paths))}: no rows to train on (every row is in the validation "
                          "split, or there are none)")
+    if np.isnan(data.score[train_rows]).all():  # a singular matrix deep in the fit, before
+        raise InputError(f"{', '.join(map(str, paths))}: no scores to train on (no train row has a model with a "
+                         "'score')")
     if base is not None:
         from gateway.router.training.adapt import adapt
 
