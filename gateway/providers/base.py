@@ -104,18 +104,27 @@ class Usage:
             return cls(service_tier=tier)
         details = raw.get("prompt_tokens_details")
         details = details if isinstance(details, dict) else {}
-        cached = details.get("cached_tokens") or raw.get("cache_read_input_tokens") or 0
-        written = int(raw.get("cache_creation_input_tokens") or details.get("cache_creation_tokens")
-                      or details.get("cache_write_tokens") or 0)
+        cached = _count(details.get("cached_tokens")) or _count(raw.get("cache_read_input_tokens"))
+        written = _count(raw.get("cache_creation_input_tokens")) or _count(details.get("cache_creation_tokens")) \
+            or _count(details.get("cache_write_tokens"))
         split = raw.get("cache_creation") or details.get("cache_creation_token_details")
         split = split if isinstance(split, dict) else {}
-        short, long = (max(int(split.get(f"ephemeral_{ttl}_input_tokens") or 0), 0) for ttl in ("5m", "1h"))
+        short, long = (_count(split.get(f"ephemeral_{ttl}_input_tokens")) for ttl in ("5m", "1h"))
         out = raw.get("completion_tokens_details")
         out = out if isinstance(out, dict) else {}
-        return cls(int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0),
-                   int(cached), max(written, short + long), int(out.get("audio_tokens") or 0), tier,
-                   int(details.get("audio_tokens") or 0), long, int(out.get("reasoning_tokens") or 0),
-                   int(out.get("accepted_prediction_tokens") or 0), int(out.get("rejected_prediction_tokens") or 0))
+        return cls(_count(raw.get("prompt_tokens")), _count(raw.get("completion_tokens")),
+                   cached, max(written, short + long), _count(out.get("audio_tokens")), tier,
+                   _count(details.get("audio_tokens")), long, _count(out.get("reasoning_tokens")),
+                   _count(out.get("accepted_prediction_tokens")), _count(out.get("rejected_prediction_tokens")))
+
+
+def _count(value: Any) -> int:
+    """A token count an upstream reported: a whole number of tokens, at least 0. Anything else counts 0,
+    as a count it did not send (a text count was a traceback that cut the client's stream; a negative
+    one billed a credit)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return 0
+    return max(int(value), 0)
 
 
 def openai_shaped(raw: dict[str, Any]) -> dict[str, Any]:

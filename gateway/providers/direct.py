@@ -133,19 +133,48 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
         for chunk in replay(answer, include_usage=True, piece_chars=_WHOLE):
             yield chunk
         return
+    finished = False
     async for line in _lines(resp.content):
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
         if data == b"[DONE]":
-            break
+            return
         chunk = orjson.loads(data)
         _raise_if_error(deployment, chunk)
-        if not isinstance(chunk, dict) or not isinstance(chunk.get("usage") or {}, dict):
+        if (problem := chunk_problem(chunk)) is not None:
             # Read on as a chunk, it broke the relay with a traceback (and the client's connection).
-            raise ProviderFailure(f"{deployment.name}: upstream sent a stream chunk that is no chunk object",
+            raise ProviderFailure(f"{deployment.name}: upstream sent a stream chunk that is no chunk: {problem}",
                                   reason="upstream sent an invalid stream chunk")
+        finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
         yield chunk
+    if not finished:  # the connection ended cleanly, the answer did not: relayed as whole, it read as done
+        raise ProviderFailure(f"{deployment.name}: stream ended before the answer did (no finish_reason, no [DONE])",
+                              reason="stream ended before the answer did")
+
+
+def chunk_problem(chunk: Any) -> str | None:
+    """What makes a parsed SSE chunk no chat-completion chunk the relay can read, or None."""
+    if not isinstance(chunk, dict):
+        return "not an object"
+    if not isinstance(chunk.get("usage") or {}, dict):
+        return "usage is not an object"
+    choices = chunk.get("choices")
+    if choices is None:
+        return None
+    if not isinstance(choices, list):
+        return "choices is not an array"
+    for c in choices:
+        if not isinstance(c, dict):
+            return "a choice is not an object"
+        index = c.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            return "a choice's index is not a choice number"
+        if not isinstance(c.get("delta") or {}, dict):
+            return "a choice's delta is not an object"
+        if not isinstance(c.get("finish_reason") or "", str):
+            return "a choice's finish_reason is not a string"
+    return None
 
 
 _WHOLE = 1 << 62  # a text's one piece when a whole answer is read as chunks

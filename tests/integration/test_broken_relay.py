@@ -17,30 +17,42 @@ from tests.support.lab import policies_folder
 from tests.support.processes import running_gateway
 from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
+# What the second chunk of each deployment's stream holds (besides id, object, created and model); None: the
+# connection ends cleanly there, without a finish_reason or [DONE].
+SECOND: dict[str, dict[str, object] | None] = {
+    "garbled": {"choices": [], "usage": 5},
+    "choices-text": {"choices": "oops"},
+    "choice-number": {"choices": [1]},
+    "index-text": {"choices": [{"index": "zero", "delta": {"content": "x"}}]},
+    "delta-text": {"choices": [{"index": 0, "delta": "text"}]},
+    "ends-early": None,
+}
+
 
 class _Garbled(ScriptedHandler):
-    """Streams a first chunk, then one whose usage is no object."""
+    """Streams a first chunk, then the deployment's second (`SECOND`)."""
 
     def do_POST(self) -> None:
-        self.rfile.read(int(self.headers["content-length"]))
-        head = {"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1700000000, "model": "garbled"}
+        model = orjson.loads(self.rfile.read(int(self.headers["content-length"])))["model"]
+        head = {"id": "chatcmpl-g", "object": "chat.completion.chunk", "created": 1700000000, "model": model}
         first = {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
                                       "finish_reason": None}]}
         self.send_response(200)
         self.send_header("content-type", "text/event-stream")
         self.end_headers()
         self.wfile.write(b"data: " + orjson.dumps(first) + b"\n\n")
-        self.wfile.write(b"data: " + orjson.dumps({**head, "choices": [], "usage": 5}) + b"\n\n")
-        self.wfile.write(b"data: [DONE]\n\n")
+        if (second := SECOND[model]) is not None:
+            self.wfile.write(b"data: " + orjson.dumps({**head, **second}) + b"\n\n")
+            self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
 
 @pytest.fixture(scope="module")
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with scripted_upstream(_Garbled) as base:
-        rows = [{"name": name, "model": "openai/garbled", "api_base": base, "tier": tier, "max_retries": 0,
-                 "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
-                for name, tier in (("garbled", "small"), ("other", "large"))]
+        rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": "large" if name == "garbled"
+                 else "small", "max_retries": 0, "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+                for name in SECOND]
         tenants = [{"name": "one", "api_key_sha256": hash_key("sk-one"), "max_concurrent_requests": 1}]
         policies = policies_folder(Path(tmp_path_factory.mktemp("garbled")), {})
         with running_gateway(create_app(parse_config({"deployments": rows, "tenants": tenants}, "garbled"),
@@ -69,3 +81,20 @@ def test_a_stream_broken_by_an_unreadable_chunk_ends_in_an_openai_style_error(ba
         for _chunk in stream:
             pass
     assert "failed mid-stream" in failed.value.message and "invalid stream chunk" in failed.value.message
+
+
+@pytest.mark.parametrize("deployment", [d for d in SECOND if d != "garbled"])
+def test_a_chunk_of_the_wrong_shape_or_a_stream_ended_early_is_an_upstream_failure(base_url: str,
+                                                                                   deployment: str) -> None:
+    """A chunk whose choices, a choice, its index or its delta had the wrong type broke the relay with a
+    traceback and cut the client's connection; a stream that ended cleanly before its answer (no
+    finish_reason, no [DONE]) was relayed as complete. Each is a failure of the upstream, said in the
+    stream as OpenAI says an error."""
+    client = openai.OpenAI(base_url=base_url, api_key="sk-one", max_retries=0, timeout=10)
+    stream = client.chat.completions.create(model=deployment, messages=[{"role": "user", "content": "hi"}],
+                                            stream=True)
+    with pytest.raises(openai.APIError) as failed:
+        for _chunk in stream:
+            pass
+    assert f"deployment '{deployment}' failed mid-stream" in failed.value.message
+

@@ -187,3 +187,12 @@ def test_usage_keeps_one_hour_writes_through_sums_and_the_response_body() -> Non
     over = Usage.from_dict({"prompt_tokens": 100, "cache_creation_input_tokens": 10,
                             "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 30}})
     assert (over.cache_write_tokens, over.cache_write_1h_tokens) == (40, 30)
+
+
+def test_a_token_count_that_is_no_whole_number_of_tokens_counts_nothing() -> None:
+    """An upstream's text count broke the stream's relay with a traceback, and a negative one was billed as a
+    credit (a spend report that went negative): both count as a count it did not send."""
+    usage = Usage.from_dict({"prompt_tokens": -1_000_000, "completion_tokens": "many", "prompt_tokens_details":
+                             {"cached_tokens": float("nan")}, "completion_tokens_details": {"reasoning_tokens": True}})
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens) == (0, 0, 0, 0)
+    assert Usage.from_dict({"prompt_tokens": 12, "completion_tokens": 7.0}).completion_tokens == 7
