@@ -25,7 +25,8 @@ Every call counts under its own deployment (samples, judges, escalations, shadow
 short); the request itself (`requests`, the counterfactual and the predicted qualities) counts under
 the deployment that answered. The counterfactual of a routed request is the predicted cost of the
 policy's dearest candidate, and its predicted quality that candidate's; a pinned request's is its
-own cost (nothing was chosen for it). Cache hits count as requests of plan kind `cache` costing
+own cost (nothing was chosen for it), the calls billed apart from its answer included (a stream read
+on after its client left). Cache hits count as requests of plan kind `cache` costing
 nothing, shadow evaluations as plan kind `shadow` with no request.
 
 `/v1/spend` and `switchyard spend` read these hashes back through `read_spend` and `spend_table`;
@@ -145,6 +146,11 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
         row[f["prompt_tokens"]] += c.usage.prompt_tokens
         row[f["completion_tokens"]] += c.usage.completion_tokens
     if not s.requests:
+        if s.policy is None and kind not in (CACHE, SHADOW) and s.calls:
+            # A pinned request's call billed apart from its answer (read on after its client left, given
+            # up on and answering late): the request is its own counterfactual, this call included.
+            f = _fields(s.deployment or s.calls[-1].deployment, s.policy, kind)
+            row[f["counterfactual_usd"]] += s.cost_usd
         return
     f = _fields(s.deployment or (s.calls[-1].deployment if s.calls else ""), s.policy, kind)
     row[f["requests"]] += s.requests

@@ -87,6 +87,19 @@ def test_a_pinned_request_is_its_own_counterfactual() -> None:
     assert row["predicted_quality_chosen"] is None
 
 
+def test_a_pinned_stream_read_on_after_its_client_left_is_still_its_own_counterfactual() -> None:
+    """Its request is written as its client leaves, with no call billed yet, and the call read on to its end
+    is billed apart (no request of its own): the counterfactual was 0 and the savings minus the cost."""
+    left = Spent(AT, "t", None, "single:large", "large", ())
+    read_on = Spent(AT, "t", None, "single:large", "large", (_call("large", 0.003, role="read_on"),), requests=0)
+    [row] = _table(_written([left, read_on]), ("policy", "deployment"))
+    assert row["requests"] == 1 and row["counterfactual_usd"] == row["cost_usd"] == pytest.approx(0.003)
+    assert row["savings_usd"] == 0
+    routed = Spent(AT, "t", "balanced", "single:small", "small", (_call("small", 0.001, role="late"),), requests=0)
+    [row] = _table(_written([routed]), ("policy",))  # a routed request's counterfactual is its decision's alone
+    assert row["counterfactual_usd"] == 0
+
+
 def test_cache_hits_are_requests_costing_nothing_and_shadow_work_is_cost_without_a_request() -> None:
     hit = Spent(AT, "t", "balanced", "cache", "small", ())
     shadow = Spent(AT, "t", "balanced", "shadow", "", (_call("large", 0.004, role="shadow"),), requests=0)
