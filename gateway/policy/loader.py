@@ -28,7 +28,7 @@ from gateway.config import DeploymentConfig, describe_validation_error, read_yam
 from gateway.errors import ConfigError
 from gateway.plans import Plan, Shadow
 from gateway.policy.schema import CandidateSpec, PolicySpec
-from gateway.policy.sources import policy_files, policy_sources
+from gateway.policy.sources import policy_files, policy_sources, same_name, two_files
 
 log = logging.getLogger("switchyard.policy")
 
@@ -199,10 +199,14 @@ class PolicySet:
         """
         changed = []
         present = set(policy_files(self.folder)) if self.folder is not None and self.folder.is_dir() else set()
+        twice = same_name(sorted(present))
         for path in sorted(present):
             try:
                 if self._mtimes.get(path) == path.stat().st_mtime:
                     continue
+                if path.stem in twice:  # which one is in force must not depend on which was read last
+                    self._mtimes[path] = path.stat().st_mtime
+                    raise ConfigError(two_files(path.stem, twice[path.stem]))
                 self._load(path)
                 changed.append(path.stem)
                 log.info("policy %s reloaded from %s", path.stem, path.name, extra={
@@ -214,15 +218,20 @@ class PolicySet:
                     "event": "policy_rejected", "policy": path.stem, "file": path.name, "error": str(exc)})
         for path in sorted(p for p in self._mtimes if p.parent == self.folder and p not in present):
             del self._mtimes[path]
-            if self._forget(path):
+            left = [p for p in present if p.stem == path.stem]
+            if left:  # another file of the name is left: it is read (again) on the next pass, not forgotten
+                for other in left:
+                    self._mtimes.pop(other, None)
+            elif self._forget(path):
                 changed.append(path.stem)
         return changed
 
     def _forget(self, path: Path) -> bool:
         """A deleted file: the shipped version takes over, else the policy goes (never the default)."""
         name = path.stem
-        shipped = self.shipped / path.name if self.shipped is not None else None
-        if shipped is not None and shipped != path and shipped.is_file():
+        shipped = next((p for p in policy_files(self.shipped) if p.stem == name), None) \
+            if self.shipped is not None and self.shipped.is_dir() else None
+        if shipped is not None and shipped != path:
             try:
                 self._load(shipped, "file deleted, shipped version back")
                 log.info("policy %s: %s was deleted, the shipped version is in force again", name, path,

@@ -40,6 +40,19 @@ def policy_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 
+def same_name(paths: list[Path]) -> dict[str, list[Path]]:
+    """Policy names defined by more than one of `paths` (`dup.yaml` beside `dup.yml`): which one is in
+    force would depend on which was read last."""
+    by_name: dict[str, list[Path]] = {}
+    for path in paths:
+        by_name.setdefault(path.stem, []).append(path)
+    return {name: files for name, files in by_name.items() if len(files) > 1}
+
+
+def two_files(name: str, files: list[Path]) -> str:
+    return f"{' and '.join(str(f) for f in files)} both define policy '{name}': keep one"
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyFile:
     path: Path
@@ -51,7 +64,10 @@ def policy_sources(user_dir: Path | None, shipped_dir: Path | None) -> dict[str,
     files: dict[str, PolicyFile] = {}
     if shipped_dir is not None and shipped_dir.is_dir():
         files = {p.stem: PolicyFile(p, shipped=True) for p in policy_files(shipped_dir)}
-    for path in policy_files(user_dir) if user_dir is not None else []:
+    user = policy_files(user_dir) if user_dir is not None else []
+    for name, twice in same_name(user).items():
+        raise ConfigError(two_files(name, twice))
+    for path in user:
         shipped = files.get(path.stem)
         files[path.stem] = PolicyFile(path, shipped is not None and _same_bytes(shipped.path, path))
     return files

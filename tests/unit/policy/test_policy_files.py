@@ -111,3 +111,35 @@ def test_a_changed_file_is_reloaded(tmp_path: Path) -> None:
     os.utime(path, (time.time() + 5, time.time() + 5))
     assert policies.reload_changed() == ["p"]
     assert policies.get("p").plans == (Single("large"),)  # type: ignore[union-attr]
+
+
+def test_two_files_of_one_policy_name_are_refused_at_start_up_and_on_reload(tmp_path: Path) -> None:
+    """`dup.yaml` and `dup.yml` both define `dup`: the one in force was the one read last, so the watcher
+    flipped it a second after start with nothing edited, and deleting one unloaded the policy the other
+    still defined."""
+    first = _write(tmp_path, "dup.yaml", "candidates:\n  - single: small\n")
+    second = _write(tmp_path, "dup.yml", "candidates:\n  - single: large\n")
+    with pytest.raises(ConfigError, match="both define policy 'dup'"):
+        PolicySet(tmp_path, DEPLOYMENTS)
+    second.unlink()
+    policies = PolicySet(tmp_path, DEPLOYMENTS)
+    _write(tmp_path, "dup.yml", "candidates:\n  - single: large\n")
+    assert policies.reload_changed() == [] and policies.reload_changed() == []  # refused, and said once
+    assert policies.get("dup").plans == (Single("small"),)  # type: ignore[union-attr]
+    first.unlink()  # the other file is the policy's now
+    policies.reload_changed()
+    assert policies.reload_changed() == ["dup"]
+    assert policies.get("dup").plans == (Single("large"),)  # type: ignore[union-attr]
+
+
+def test_deleting_a_yml_override_of_a_shipped_policy_brings_the_shipped_one_back(tmp_path: Path) -> None:
+    user, shipped = tmp_path / "user", tmp_path / "shipped"
+    user.mkdir()
+    shipped.mkdir()
+    _write(shipped, "saver.yaml", "candidates:\n  - single: small\n")
+    override = _write(user, "saver.yml", "candidates:\n  - single: large\n")
+    policies = PolicySet(user, DEPLOYMENTS, shipped=shipped)
+    assert policies.get("saver").plans == (Single("large"),)  # type: ignore[union-attr]
+    override.unlink()
+    assert policies.reload_changed() == ["saver"]
+    assert policies.get("saver").plans == (Single("small"),)  # type: ignore[union-attr]
