@@ -108,6 +108,9 @@ async def create_key(request: Request) -> Response:
     await _require_admin(svc, request)
     spec = _parse(KeyCreate, await read_json(request, _BODY_LIMIT))
     _check_names(svc, spec)
+    if spec.expires_at is not None and spec.expires_at.timestamp() <= time.time():
+        # a key born expired answers every request with 401 key_expired: a typo in the year, not a wish
+        raise InvalidRequest(f"expires_at: {spec.expires_at.isoformat()} is not in the future", param="expires_at")
     record, key = await _stored(svc.auth.keys.create(spec))
     return _json({**record.public(), "key": key}, status=201)
 

@@ -83,6 +83,7 @@ def test_the_admin_api_needs_the_admin_key(gw: str, key: str | None, status: int
     ({"tenant": "acme", "budget": -5}, "budget.usd"),  # a plain number is a total, bounded as usd is
     ({"tenant": "acme", "budget": {"usd": -1}}, "budget.usd"),
     ({"tenant": "acme", "requests_per_minute": 0}, "requests_per_minute"),
+    ({"tenant": "acme", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),  # born expired: was a 201
     (["not", "an", "object"], None)])
 def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | None) -> None:
     resp = _admin(gw, "POST", "/admin/keys", json=body)
