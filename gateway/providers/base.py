@@ -100,7 +100,8 @@ class Usage:
         the total says is believed: the bill never drops a write that was reported.
         `service_tier`: the answer's (a body's or a chunk's), kept when it is a string."""
         tier = service_tier if isinstance(service_tier, str) else None
-        if not raw:
+        if not raw or not all(_count_or_absent(raw.get(k)) for k in ("prompt_tokens", "completion_tokens")):
+            # none, or counts that are no counts: billed on the gateway's own count, as an answer without usage
             return cls(service_tier=tier)
         details = raw.get("prompt_tokens_details")
         details = details if isinstance(details, dict) else {}
@@ -116,6 +117,11 @@ class Usage:
                    cached, max(written, short + long), _count(out.get("audio_tokens")), tier,
                    _count(details.get("audio_tokens")), long, _count(out.get("reasoning_tokens")),
                    _count(out.get("accepted_prediction_tokens")), _count(out.get("rejected_prediction_tokens")))
+
+
+def _count_or_absent(value: Any) -> bool:
+    return value is None or (not isinstance(value, bool) and isinstance(value, int | float)
+                             and math.isfinite(value) and value >= 0)
 
 
 def _count(value: Any) -> int:

@@ -133,7 +133,8 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
         for chunk in replay(answer, include_usage=True, piece_chars=_WHOLE):
             yield chunk
         return
-    finished = False
+    begun: set[int] = set()  # choices the stream has spoken for, and those it finished
+    finished: set[int] = set()
     async for line in _lines(resp.content):
         if not line.startswith(b"data:"):
             continue
@@ -146,9 +147,12 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
             # Read on as a chunk, it broke the relay with a traceback (and the client's connection).
             raise ProviderFailure(f"{deployment.name}: upstream sent a stream chunk that is no chunk: {problem}",
                                   reason="upstream sent an invalid stream chunk")
-        finished = finished or any(c.get("finish_reason") for c in chunk.get("choices") or ())
+        for c in chunk.get("choices") or ():
+            begun.add(c.get("index", 0))
+            if c.get("finish_reason"):
+                finished.add(c.get("index", 0))
         yield chunk
-    if not finished:  # the connection ended cleanly, the answer did not: relayed as whole, it read as done
+    if not finished or begun - finished:  # the connection ended cleanly, an answer did not: relayed, it read as done
         raise ProviderFailure(f"{deployment.name}: stream ended before the answer did (no finish_reason, no [DONE])",
                               reason="stream ended before the answer did")
 
@@ -174,6 +178,24 @@ def chunk_problem(chunk: Any) -> str | None:
             return "a choice's delta is not an object"
         if not isinstance(c.get("finish_reason") or "", str):
             return "a choice's finish_reason is not a string"
+        if (problem := _tool_calls_problem((c.get("delta") or {}).get("tool_calls"))) is not None:
+            return problem
+    return None
+
+
+def _tool_calls_problem(calls: Any) -> str | None:
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        return "a delta's tool_calls is not an array"
+    for d in calls:
+        if not isinstance(d, dict):
+            return "a tool call is not an object"
+        index = d.get("index", 0)
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            return "a tool call's index is not a number"
+        if not isinstance(d.get("function") or {}, dict):
+            return "a tool call's function is not an object"
     return None
 
 

@@ -25,7 +25,13 @@ SECOND: dict[str, dict[str, object] | None] = {
     "choice-number": {"choices": [1]},
     "index-text": {"choices": [{"index": "zero", "delta": {"content": "x"}}]},
     "delta-text": {"choices": [{"index": 0, "delta": "text"}]},
+    "call-index-text": {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": "a"}]}}]},
+    "call-number": {"choices": [{"index": 0, "delta": {"tool_calls": [1]}}]},
+    "call-function-text": {"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": "f"}]}}]},
     "ends-early": None,
+    # choice 0 finishes, choice 1 (of n=2) never does, and the connection ends without [DONE]
+    "one-of-two-ends": {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"},
+                                    {"index": 1, "delta": {"content": "y"}}]},
 }
 
 
@@ -43,7 +49,8 @@ class _Garbled(ScriptedHandler):
         self.wfile.write(b"data: " + orjson.dumps(first) + b"\n\n")
         if (second := SECOND[model]) is not None:
             self.wfile.write(b"data: " + orjson.dumps({**head, **second}) + b"\n\n")
-            self.wfile.write(b"data: [DONE]\n\n")
+            if model != "one-of-two-ends":
+                self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
 
@@ -92,7 +99,7 @@ def test_a_chunk_of_the_wrong_shape_or_a_stream_ended_early_is_an_upstream_failu
     stream as OpenAI says an error."""
     client = openai.OpenAI(base_url=base_url, api_key="sk-one", max_retries=0, timeout=10)
     stream = client.chat.completions.create(model=deployment, messages=[{"role": "user", "content": "hi"}],
-                                            stream=True)
+                                            stream=True, n=2 if deployment == "one-of-two-ends" else 1)
     with pytest.raises(openai.APIError) as failed:
         for _chunk in stream:
             pass

@@ -196,3 +196,6 @@ def test_a_token_count_that_is_no_whole_number_of_tokens_counts_nothing() -> Non
                              {"cached_tokens": float("nan")}, "completion_tokens_details": {"reasoning_tokens": True}})
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reasoning_tokens) == (0, 0, 0, 0)
     assert Usage.from_dict({"prompt_tokens": 12, "completion_tokens": 7.0}).completion_tokens == 7
+    # one count that is no count: the whole usage is set aside and the call billed on the gateway's own
+    # count, as one without usage (trusting the other count alone billed no prompt at all)
+    assert Usage.from_dict({"prompt_tokens": "1000", "completion_tokens": 5}).total_tokens == 0
