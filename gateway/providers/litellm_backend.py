@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from gateway.config import DeploymentConfig
+from gateway.log_throttle import KeyedLogThrottle
 from gateway.providers.base import (
     Completion,
     ProviderFailure,
@@ -28,6 +29,7 @@ from gateway.providers.base import (
 )
 
 ENV_LOG_PROMPTS = "SWITCHYARD_LOG_PROMPTS"
+log = logging.getLogger("switchyard.upstream")
 LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm")
 
 
@@ -56,14 +58,17 @@ def import_litellm() -> Any:
 # drops from it (`extra_body`, `additional_drop_params`), which can override the `max_tokens` and `n`
 # the gateway priced and capped the call by. Its list of them grows with every release (and misses
 # some: `extra_body` and the AWS and Vertex fields are not on it), so a list of what to keep out can
-# never be whole: a client's body reaches litellm through this list of OpenAI's chat-completion
-# fields only, and everything else is dropped here.
+# never be whole: a client's body reaches litellm through this list only, OpenAI's chat-completion
+# fields and the provider extensions litellm translates (`top_k`, Anthropic's `thinking`). Anything
+# else is dropped, with a warning line per deployment a while. `metadata` stays out: litellm
+# reads it as its own (callbacks, its logging).
 FORWARDED = frozenset({
     "messages", "temperature", "top_p", "n", "stream", "stream_options", "stop", "max_tokens",
     "max_completion_tokens", "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs",
     "user", "safety_identifier", "seed", "response_format", "tools", "tool_choice", "parallel_tool_calls",
     "functions", "function_call", "reasoning_effort", "verbosity", "modalities", "audio", "prediction",
-    "service_tier", "store", "web_search_options", "prompt_cache_key", "cache_salt",
+    "service_tier", "store", "web_search_options", "prompt_cache_key", "prompt_cache_retention", "cache_salt",
+    "top_k", "thinking",
 })
 
 
@@ -78,6 +83,7 @@ class LiteLLMBackend:
 
     def __init__(self) -> None:
         self._litellm: Any = None
+        self._dropped = KeyedLogThrottle()  # per deployment
 
     def _lib(self) -> Any:
         if self._litellm is None:
@@ -91,6 +97,8 @@ class LiteLLMBackend:
     def _kwargs(self, deployment: DeploymentConfig, body: dict[str, Any],
                 headers: Mapping[str, str] | None) -> dict[str, Any]:
         kwargs = {k: v for k, v in body.items() if k in FORWARDED}
+        if len(kwargs) < len(body):
+            self._say_dropped(deployment, body)
         kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
         if headers:  # litellm hands these to the provider's HTTP request
             kwargs["extra_headers"] = dict(headers)
@@ -101,6 +109,15 @@ class LiteLLMBackend:
         if deployment.api_key_env:
             kwargs["api_key"] = os.environ.get(deployment.api_key_env)
         return kwargs
+
+    def _say_dropped(self, deployment: DeploymentConfig, body: dict[str, Any]) -> None:
+        # Keyed by deployment alone: field names come from requests, and the throttle's keys must not.
+        if (held := self._dropped.due(deployment.name)) is not None:
+            dropped = ", ".join(f"`{k[:64]}`" for k in list(body)[:32] if k not in FORWARDED)
+            log.warning("deployment '%s' (litellm): body fields not forwarded: %s (%d more requests with fields "
+                        "dropped since the last line)", deployment.name, dropped, held,
+                        extra={"event": "fields_dropped", "deployment": deployment.name, "fields": dropped,
+                               "suppressed": held})
 
     async def complete(self, deployment: DeploymentConfig, body: dict[str, Any],
                        headers: Mapping[str, str] | None = None) -> Completion:

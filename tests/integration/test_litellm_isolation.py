@@ -82,10 +82,11 @@ def test_a_budget_and_a_cost_cap_hold_through_litellm(simulator: Simulator, monk
     assert simulator.stats()["sim-small"]["requests"] == 0
 
 
-def test_only_openais_chat_fields_reach_litellm() -> None:
+def test_only_openais_chat_fields_reach_litellm(caplog: pytest.LogCaptureFixture) -> None:
     """litellm reads where to send a call and with which credentials from the same keywords as the model's
     parameters, and its list of them misses some (`aws_bedrock_runtime_endpoint`, `vertex_project`): a
-    client's body reaches it through an allow-list."""
+    client's body reaches it through an allow-list (OpenAI's fields and the extensions litellm translates),
+    and what is dropped is said in a warning line."""
     from gateway.config import DeploymentConfig
     from gateway.providers.litellm_backend import LiteLLMBackend
 
@@ -95,6 +96,9 @@ def test_only_openais_chat_fields_reach_litellm() -> None:
             "tools": [], "stream_options": {"include_usage": True}, "aws_bedrock_runtime_endpoint": "http://x",
             "aws_access_key_id": "AKIA", "vertex_project": "p", "vertex_credentials": "{}", "callbacks": ["x"],
             "success_callback": ["x"], "api_base": "http://x", "mock_response": "owned", "top_k": 5}
-    kwargs = LiteLLMBackend()._kwargs(deployment, body, None)
-    assert set(kwargs) == {"messages", "max_tokens", "n", "temperature", "tools", "stream_options", "model",
-                           "timeout", "num_retries"}
+    kwargs = LiteLLMBackend()._kwargs(deployment, {**body, "prompt_cache_retention": "24h",
+                                                   "thinking": {"type": "enabled", "budget_tokens": 1024}}, None)
+    assert set(kwargs) == {"messages", "max_tokens", "n", "temperature", "tools", "stream_options", "top_k",
+                           "prompt_cache_retention", "thinking", "model", "timeout", "num_retries"}
+    [line] = [r for r in caplog.records if getattr(r, "event", None) == "fields_dropped"]
+    assert "`aws_bedrock_runtime_endpoint`" in line.getMessage() and "`top_k`" not in line.getMessage()
