@@ -303,13 +303,22 @@ UNPRICED = {
     "max_output_tokens": "use max_tokens",
     "max_length": "use max_tokens",
     "best_of": "use n, or a policy with a best-of plan",
+    "n_cmpl": "use n",  # llama.cpp's number of completions, over n
 }
 
 
 def check_unpriced(data: Any) -> None:
-    if isinstance(data, dict) and not UNPRICED.keys().isdisjoint(data):
+    if not isinstance(data, dict):
+        return
+    if not UNPRICED.keys().isdisjoint(data):
         field = next(f for f in UNPRICED if f in data)
         raise InvalidRequest(f"{field}: not supported: {UNPRICED[field]}", param=field, code="unsupported_parameter")
+    # Priced by max_completion_tokens; a server that reads only max_tokens (older llama.cpp and
+    # llama-cpp-python) would generate up to the other.
+    limits = (data.get("max_completion_tokens"), data.get("max_tokens"))
+    if None not in limits and limits[0] != limits[1]:
+        raise InvalidRequest("max_tokens: differs from max_completion_tokens: send one of them (or the same number)",
+                             param="max_tokens", code="invalid_value")
 
 
 def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,

@@ -110,13 +110,16 @@ def test_the_openai_sdk_gets_a_bad_request_error_for_a_string_number(base_url: s
     ("drop_params", True),
     ("n_predict", 4096),                             # llama.cpp's limit wins over max_tokens
     ("best_of", 8),                                  # vLLM: eight samples generated for one choice
+    ("n_cmpl", 8),                                   # llama.cpp's number of completions
+    ("max_tokens", 4096),  # beside max_completion_tokens 1: servers that read max_tokens alone generate 4096
 ])
 def test_a_field_that_would_generate_past_what_was_priced_is_a_400_naming_it(base_url: str, simulator: Simulator,
                                                                             field: str, value: Any) -> None:
     simulator.reset()
-    resp = _post(base_url, {"model": "small", "messages": HI, "max_tokens": 1, field: value})
+    limit = "max_completion_tokens" if field == "max_tokens" else "max_tokens"
+    resp = _post(base_url, {"model": "small", "messages": HI, limit: 1, field: value})
     _assert_400_naming(resp, field)
-    assert resp.json()["error"]["code"] == "unsupported_parameter"
+    assert resp.json()["error"]["code"] == ("invalid_value" if field == "max_tokens" else "unsupported_parameter")
     assert simulator.stats()["sim-small"]["requests"] == 0
     client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
     with pytest.raises(openai.BadRequestError) as info:  # the SDK's extra_body lands at the top level
