@@ -225,7 +225,7 @@ class GatewayConfig(_Strict):
     @field_validator("redis_url")
     @classmethod
     def _a_redis_url(cls, url: str | None) -> str | None:
-        return None if url is None else checked_redis_url(url)
+        return checked_redis_url(url) if url else None  # "": no store of its own, as before
 
     @field_validator("deployments")
     @classmethod
@@ -305,8 +305,8 @@ def checked_redis_url(url: str) -> str:
     """`url` if redis-py can open it, else a ValueError (a typo such as `host:6379` was a traceback from
     deep in redis-py at the first command that opened the store)."""
     if not url.startswith(REDIS_SCHEMES):
-        raise ValueError(f"{url[:64]!r} is not a Redis URL: it starts with {', '.join(REDIS_SCHEMES)} "
-                         "(redis://host:6379/0)")
+        # not echoed: a URL holds its password (redis://user:secret@host)
+        raise ValueError(f"not a Redis URL: it starts with {', '.join(REDIS_SCHEMES)} (redis://host:6379/0)")
     return url
 
 

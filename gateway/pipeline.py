@@ -211,7 +211,7 @@ def _callable(svc: Services, tenant: Tenant) -> str:
 def entry_points(svc: Services, tenant: Tenant) -> list[str]:
     """The models this tenant may call (`GET /v1/models`): the rules of `resolve_entry`, listed."""
     policies = [p for p in sorted(svc.policies.policies) if tenant.may_use(p)]
-    ids = [AUTO] if policies else []  # `auto` reaches any allowed policy through x-switchyard-policy
+    ids = [AUTO] if tenant.may_use(_auto_policy(svc, tenant)) else []  # what it means without a header
     ids += [f"{POLICY_PREFIX}{p}" for p in policies]
     return ids + [d for d in svc.catalog.deployments if tenant.may_pin(d)]
 

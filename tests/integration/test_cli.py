@@ -212,7 +212,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "feedback-no-source.jsonl").write_text('{"kind": "feedback", "tenant": "t", "request_id": "r"}\n')
     (tmp / "time-text.jsonl").write_text('{"kind": "request", "tenant": "t", "request_id": "r", "time": "now"}\n')
     (tmp / "rows.jsonl").write_text('{"id": "a", "prompt": "hi"}\n')
-    (tmp / "redis-typo.yaml").write_text("redis_url: 127.0.0.1:6379\ndeployments:\n  - {name: small, model: "
+    (tmp / "redis-typo.yaml").write_text("redis_url: redis//u:s3cret@host:6379\ndeployments:\n  - {name: small, model: "
                                          "openai/m, api_base: 'http://127.0.0.1:9/v1', tier: small, "
                                          "price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
     (tmp / "cp1252.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("cp1252"))
@@ -246,7 +246,7 @@ BAD_INVOCATIONS = [
      "{feedback-no-source}: line 1: a feedback line needs its 'source'"),
     ("logs export --out {missing} --from-jsonl {time-text}", "{time-text}: line 1: a request record's 'time' must"),
     ("logs export --out {log} --from-jsonl {log}", "switchyard logs export: --out {log} is the request log it reads"),
-    ("spend --config {redis-typo}", "redis_url: Value error, '127.0.0.1:6379' is not a Redis URL"),
+    ("spend --config {redis-typo}", "redis_url: Value error, not a Redis URL: it starts with redis://"),
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
     ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback
@@ -267,6 +267,7 @@ def test_a_bad_argument_or_file_is_an_error_naming_it_not_a_traceback(tmp_path: 
     out = _run(*argv, *(["--url", "http://127.0.0.1:9"] if argv[0] == "keys" else []))
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert says.format(**files) in out.stderr, out.stderr
+    assert "s3cret" not in out.stderr  # a Redis URL's password is never echoed
 
 
 # The plain install (`pip install -e .`) has no scipy: training needs the `train` extra.

@@ -153,6 +153,10 @@ def test_a_key_made_for_one_policy_may_call_the_auto_it_is_listed(gw: str) -> No
     explained = httpx.post(gw + "/v1/route", headers={"authorization": f"Bearer {key}"}, json={"messages": HI},
                            timeout=10).json()
     assert explained["policy"] == "cost-saver"
+    # two policies, neither a default: `auto` means neither without a header, so it is not listed
+    two = _create(gw, name="two-policies", policies=["cost-saver", "quality-first"])["key"]
+    listed = {m.id for m in openai.OpenAI(base_url=gw + "/v1", api_key=two, max_retries=0).models.list()}
+    assert listed == {"router/cost-saver", "router/quality-first"}
 
 
 def test_a_patch_takes_effect_without_a_restart(gw: str) -> None:
