@@ -251,10 +251,11 @@ class Billing:
 
     def worst_for_cap(self, plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,
                       choices: int = 1) -> float:
-        """What a cost cap bounds (a `Worst`): the plan's calls, a hedge's second leg and a resumed stream's
-        continuation. Not an attempt given up on at its timeout that answers late while its retry runs:
-        counting those would halve every capped answer under the default timeouts (a 60 s deadline, 30 s
-        calls) for a case that needs a deployment to time out and then answer."""
+        """What a cost cap bounds: the plan's calls, a hedge's second leg and a resumed stream's
+        continuation. Not a call of a retry chain that failed after it had cost something (an attempt
+        given up on at its timeout that answers late, a whole answer read as a stream that breaks):
+        counting every attempt would halve every capped answer under the default timeouts (a 60 s
+        deadline, 30 s calls) for cases that need a deployment to fail mid-answer."""
         return worst_case_billed(plan, prompt_tokens, catalog, max_tokens, choices, within_s=0.0,
                                  hedged=self.hedge_s(plan) is not None, resumes=self.resumes)
 

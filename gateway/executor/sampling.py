@@ -45,7 +45,8 @@ class Samples:
 
 async def sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, body: dict[str, Any],
                  span: Span | None, deadline: Deadline) -> Samples:
-    """One sample from each of `samplers`, in the calls `gateway.plans.base.sampling_calls` prices."""
+    """One sample from each of `samplers`, in the calls `gateway.plans.base.sampling_calls` prices. The
+    client's `n` choices are picked from them, so fewer answers than that fail the plan."""
     base = {**body, "temperature": temperature, "stream": False}
     base.pop("stream_options", None)
     if len(set(samplers)) == 1 and up.deployments[samplers[0]].supports_n:
@@ -60,8 +61,8 @@ async def sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, b
         outs = [g for g in got if not isinstance(g, BaseException)]
         failed = next((g for g in got if isinstance(g, BaseException)), None)
         # A sample that failed after its retries leaves the others to choose from; only a bad request
-        # (another sample would be refused too) or no answer at all fails the plan.
-        if failed is not None and (not outs or not upstream_fault(failed)):
+        # (another sample would be refused too), or fewer answers than the client's choices, fails the plan.
+        if failed is not None and (len(outs) < int(body.get("n") or 1) or not outs or not upstream_fault(failed)):
             raise billing(failed, [rec for _, rec in outs])
     samples = Samples([], [], [], [rec for _, rec in outs])
     for done, rec in outs:

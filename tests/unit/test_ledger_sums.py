@@ -247,6 +247,19 @@ def test_best_of_answers_from_and_bills_the_samples_that_answered_when_another_f
     assert result.evidence["samples"] == 2
 
 
+def test_best_of_fails_when_fewer_samples_answer_than_the_clients_choices() -> None:
+    """The client's `n` choices are picked from the samples: with one of three failed, n=3 got two choices
+    and a 200. The plan fails, billing the samples that answered; n=2 is still answered from them."""
+    up, _ = fake_upstreams(_failing_on("broken"), deployment("small"), deployment("other"),
+                           deployment("broken", max_retries=0))
+    plan = BestOfN(("small", "broken", "other"))
+    with pytest.raises(GatewayError) as failed:
+        asyncio.run(run(up, plan, {**BODY, "n": 3}, None, Deadline.after(10)))
+    assert failed.value.status == 502 and sorted(c.deployment for c in failed.value.billed) == ["other", "small"]
+    result = asyncio.run(run(up, plan, {**BODY, "n": 2}, None, Deadline.after(10)))
+    assert len(result.body["choices"]) == 2
+
+
 def test_best_of_fails_when_no_sample_answers() -> None:
     up, _ = fake_upstreams(_failing_on("broken"), deployment("broken", max_retries=0))
     with pytest.raises(GatewayError) as failed:
