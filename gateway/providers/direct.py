@@ -171,8 +171,7 @@ def chunk_problem(chunk: Any) -> str | None:
     for c in choices:
         if not isinstance(c, dict):
             return "a choice is not an object"
-        index = c.get("index", 0)
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        if not _position(c.get("index", 0)):
             return "a choice's index is not a choice number"
         if not isinstance(c.get("delta") or {}, dict):
             return "a choice's delta is not an object"
@@ -183,17 +182,16 @@ def chunk_problem(chunk: Any) -> str | None:
     return None
 
 
+def _position(index: Any) -> bool:
+    return isinstance(index, int) and not isinstance(index, bool) and index >= 0
+
+
 def _tool_calls_problem(calls: Any) -> str | None:
-    if calls is None:
-        return None
-    if not isinstance(calls, list):
+    if calls is not None and not isinstance(calls, list):
         return "a delta's tool_calls is not an array"
-    for d in calls:
-        if not isinstance(d, dict):
-            return "a tool call is not an object"
-        index = d.get("index", 0)
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            return "a tool call's index is not a number"
+    for d in calls or ():
+        if not isinstance(d, dict) or not _position(d.get("index", 0)):
+            return "a tool call is not an object with a number for its index"
         if not isinstance(d.get("function") or {}, dict):
             return "a tool call's function is not an object"
     return None
