@@ -256,8 +256,11 @@ class Billing:
         given up on at its timeout that answers late, a whole answer read as a stream that breaks):
         counting every attempt would halve every capped answer under the default timeouts (a 60 s
         deadline, 30 s calls) for cases that need a deployment to fail mid-answer."""
+        hedged = self.hedge_s(plan) is not None
+        if not (hedged or self.resumes):  # one run of the plan: what worst_case_billed works out, for less
+            return worst_case_cost(plan, prompt_tokens, catalog, max_tokens, choices)
         return worst_case_billed(plan, prompt_tokens, catalog, max_tokens, choices, within_s=0.0,
-                                 hedged=self.hedge_s(plan) is not None, resumes=self.resumes)
+                                 hedged=hedged, resumes=self.resumes)
 
     def trimmed(self) -> tuple[Billing, ...]:
         """What a cost cap may turn off, in order, before it shortens the answer: the hedge (a second leg

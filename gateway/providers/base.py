@@ -120,15 +120,18 @@ class Usage:
 
 
 def _count_or_absent(value: Any) -> bool:
-    return value is None or (not isinstance(value, bool) and isinstance(value, int | float)
-                             and math.isfinite(value) and value >= 0)
+    if type(value) is int:  # what every upstream sends: one test on each request's path
+        return value >= 0
+    return value is None or (isinstance(value, float) and math.isfinite(value) and value >= 0)
 
 
 def _count(value: Any) -> int:
     """A token count an upstream reported: a whole number of tokens, at least 0. Anything else counts 0,
     as a count it did not send (a text count was a traceback that cut the client's stream; a negative
     one billed a credit)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if type(value) is int:  # what every upstream sends: one test on each request's path
+        return value if value > 0 else 0
+    if not isinstance(value, float) or not math.isfinite(value):  # bool, text, None, NaN
         return 0
     return max(int(value), 0)
 
