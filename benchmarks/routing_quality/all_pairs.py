@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.routing_quality.baselines import tfidf_ridge_many
-from benchmarks.routing_quality.files import ALL_PAIRS_MD, DEFAULT_DATA, FILES, RESULTS
-from benchmarks.routing_quality.run import Fits, _adapt_to, _fit_to
+from benchmarks.routing_quality.files import ALL_PAIRS_MD, FILES, RESULTS
+from benchmarks.routing_quality.run import Fits, _adapt_to, _fit_to, add_data_and_work
 from gateway.router.arrays import F64, Bools, Ints
 from gateway.router.model import DEFAULT_ARTIFACT, Router, load_router
 from gateway.router.training.blend import MIN_PAIR_GAP
@@ -138,9 +138,7 @@ def apgr_range(results: dict[str, FileResult], max_gap: float) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
-    ap.add_argument("--work", type=Path, help="keep fitted artifacts here (default: a temporary folder)")
-    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work")
+    add_data_and_work(ap)
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, default %(default)s")
     ap.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="the shipped router, default %(default)s")
     ap.add_argument("--out", type=Path, default=RESULTS / ALL_PAIRS_MD, help="default %(default)s")

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.routing_quality.baselines import tfidf_ridge_many
-from benchmarks.routing_quality.files import DEFAULT_DATA, FILES, HALVES_MD, RESULTS
-from benchmarks.routing_quality.run import Fits, _fit_to
+from benchmarks.routing_quality.files import FILES, HALVES_MD, RESULTS
+from benchmarks.routing_quality.run import Fits, _fit_to, add_data_and_work
 from gateway.router.arrays import F64
 from gateway.router.model import Router, load_router
 from gateway.router.training.blend import judged_pairs
@@ -118,14 +118,12 @@ def table(results: dict[str, list[HalfResult]], which: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    add_data_and_work(ap, "bases")
     ap.add_argument("--files", nargs="+", default=list(SMALL_FILES), choices=list(FILES),
                     help="files to score, default: every file but mmlu_pro")
     ap.add_argument("--halves", type=int, default=8, help="random halves per file, default %(default)s")
     ap.add_argument("--share", type=float, default=0.5,
                     help="share of the train split adapted on in each cut (the rest is scored), default %(default)s")
-    ap.add_argument("--work", type=Path, help="keep fitted bases here (default: a temporary folder)")
-    ap.add_argument("--reuse", action="store_true", help="reuse bases already in --work")
     ap.add_argument("--out", type=Path, default=RESULTS / HALVES_MD, help="default %(default)s")
     a = ap.parse_args(argv)
     if a.halves < 2:

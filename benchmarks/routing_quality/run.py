@@ -182,12 +182,17 @@ def require_data(prog: str, data_dir: Path) -> None:
         missing(prog, f"routing data folder {data_dir} lacks {', '.join(absent)} (pass --data-dir DIR)")
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_data_and_work(ap: argparse.ArgumentParser, fitted: str = "artifacts") -> None:
+    """--data-dir, --work and --reuse, as every fitting benchmark of this folder takes them."""
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
                     help="folder with the five shared files, default %(default)s")
-    ap.add_argument("--work", type=Path, help="keep fitted artifacts here (default: a temporary folder)")
-    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work")
+    ap.add_argument("--work", type=Path, help=f"keep fitted {fitted} here (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true", help=f"reuse {fitted} already in --work")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_data_and_work(ap)
     ap.add_argument("--ship", action="store_true",
                     help=f"copy the in-domain router to the shipped artifact ({DEFAULT_ARTIFACT})")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results folder, default %(default)s")

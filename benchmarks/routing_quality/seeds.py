@@ -25,8 +25,16 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.progress import phase
-from benchmarks.routing_quality.files import DEFAULT_DATA, FILES, RESULTS, SEEDS_MD
-from benchmarks.routing_quality.run import Fits, _fit_to, fixed_baselines, pair_apgr, require_data, router_score
+from benchmarks.routing_quality.files import FILES, RESULTS, SEEDS_MD
+from benchmarks.routing_quality.run import (
+    Fits,
+    _fit_to,
+    add_data_and_work,
+    fixed_baselines,
+    pair_apgr,
+    require_data,
+    router_score,
+)
 from gateway.router.training.data import RoutingData, load_many
 from gateway.router.training.train import prepare
 
@@ -90,11 +98,8 @@ def table(whole: dict[str, list[float]], memory: dict[str, list[float]], length:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,
-                    help="folder with the five shared files, default %(default)s")
+    add_data_and_work(ap)
     ap.add_argument("--seeds", type=int, default=3, help="fits per table, seed 0 the shipped one (default 3)")
-    ap.add_argument("--work", type=Path, help="keep fitted artifacts here (default: a temporary folder)")
-    ap.add_argument("--reuse", action="store_true", help="reuse artifacts already in --work")
     ap.add_argument("--out", type=Path, default=RESULTS / SEEDS_MD, help="report file, default %(default)s")
     a = ap.parse_args(argv)
     if a.seeds < 2:
