@@ -228,8 +228,8 @@ def _policy(svc: Services, name: str) -> BoundPolicy:
 class Billing:
     """What decides how many calls a request's plan may be billed for beyond one run: its deadline
     (`within_s`: attempts given up on at their timeout that answer late), whether it hedges, whether
-    its stream may be resumed on a fallback. Budgets hold what it may bill; a cost cap may turn the
-    hedge and the resumption off (`for_cap`)."""
+    its stream may be resumed on a fallback. Budgets hold what it may bill (`worst`); a cost cap bounds
+    `worst_for_cap`, and may turn the hedge and the resumption off first (`trimmed`)."""
 
     within_s: float
     hedge_after_ms: float | None
