@@ -313,8 +313,12 @@ def checked_redis_url(url: str) -> str:
 def load_config(path: str | Path) -> GatewayConfig:
     """Read the gateway YAML, then let the environment override what ops set per host."""
     p = Path(path)
-    config = parse_config(read_yaml(p), p.name)
-    return with_env_overrides(config)
+    raw = read_yaml(p)
+    if isinstance(raw, dict) and os.environ.get(ENV_REDIS_URL):
+        # The host's URL replaces the file's before the file is checked: a bad or stale redis_url in a
+        # shared config must not stop a host that sets its own (it was a ConfigError about the file's).
+        raw = {**raw, "redis_url": None}
+    return with_env_overrides(parse_config(raw, p.name))
 
 
 def env_redis_url() -> str | None:

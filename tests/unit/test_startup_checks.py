@@ -13,7 +13,7 @@ import pytest
 from gateway.api.app import build_services
 from gateway.auth import Authenticator, hash_key
 from gateway.cli import _setup_logging
-from gateway.config import GatewayConfig, embedded_config, parse_config
+from gateway.config import ENV_REDIS_URL, GatewayConfig, embedded_config, load_config, parse_config
 from gateway.errors import ConfigError
 from gateway.policy import PolicySet
 from gateway.policy.sources import shipped_policies_dir
@@ -179,3 +179,17 @@ def test_litellm_loggers_follow_the_log_level_when_prompts_may_be_logged(
 def test_no_usable_policy_at_all_says_why_each_shipped_one_was_skipped() -> None:
     with pytest.raises(ConfigError, match=r"no usable policy files[\s\S]*balanced.yaml: .*'large' is not a deployment"):
         PolicySet(None, SMALL_ONLY, shipped=SHIPPED)
+
+
+def test_the_hosts_redis_url_replaces_a_bad_one_in_the_config_file(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("redis_url: host:6379\n"
+                    "deployments: [{name: small, model: openai/m, api_base: 'http://127.0.0.1:9/v1', tier: small}]\n")
+    with pytest.raises(ConfigError, match="not a Redis URL"):
+        load_config(path)
+    monkeypatch.setenv(ENV_REDIS_URL, "redis://127.0.0.1:6390/2")
+    assert load_config(path).redis_url == "redis://127.0.0.1:6390/2"
+    monkeypatch.setenv(ENV_REDIS_URL, "127.0.0.1:6390")  # a bad one of its own still says whose it is
+    with pytest.raises(ConfigError, match=ENV_REDIS_URL):
+        load_config(path)
