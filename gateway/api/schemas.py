@@ -328,6 +328,10 @@ def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,
     check_unpriced(data)
     check_nesting(data)
     parsed = _parsed(data, schema)
+    if parsed.stream_options is not None and not parsed.stream:
+        # OpenAI's and vLLM's own answer: a server that gets it refuses the call, after its price was held
+        raise InvalidRequest("stream_options: only allowed when stream is true", param="stream_options",
+                             code="invalid_value")
     # Strict mode coerces nothing (a JSON integer for a float field is the same number), so the
     # client's own dict *is* the validated body: forwarding it saves a dump (~7 µs) per request.
     if parsed.model != data.get("model"):  # a default (RouteRequest's `auto`) flows on

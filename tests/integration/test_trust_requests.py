@@ -127,6 +127,21 @@ def test_a_field_that_would_generate_past_what_was_priced_is_a_400_naming_it(bas
     assert info.value.param == "num_predict"
 
 
+def test_stream_options_without_stream_is_a_400_naming_it_as_openai_answers(base_url: str,
+                                                                           simulator: Simulator) -> None:
+    simulator.reset()
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    for stream in (False, None):
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model="small", messages=HI, stream_options={"include_usage": True},
+                                           **({} if stream is None else {"stream": stream}))
+        assert info.value.param == "stream_options"
+    assert simulator.stats()["sim-small"]["requests"] == 0
+    chunks = list(client.chat.completions.create(model="small", messages=HI, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None
+
+
 # --- how much a body may hold ---------------------------------------------------------------------
 
 PART = {"type": "text", "text": "a"}
