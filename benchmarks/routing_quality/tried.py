@@ -85,6 +85,14 @@ TRIED_ADAPTING = [
     "| LODO difficulty + b × length (standardised), b = 0.25 / 0.5 / 1 / 2 | 0.490 / 0.492 / 0.496 / 0.503 "
     "| | | | | MMLU-Pro LODO router (0.488) vs length 0.511: its learned difficulty ranks this pair below "
     "random, and no weight on length lifts it past length alone |",
+    "| one model under two spellings read as one (MMLU-Pro's Meta-Llama-3.1-8B-Instruct is the mix's "
+    "llama-3.1-8b-instruct): the MMLU-Pro LODO router ranks the named pair by the mix's head for the weak model "
+    "against difficulty for the unseen strong one | 0.502 | | | | | not shipped: still below length (0.511). Over "
+    "each unseen file whole (train and validation), for the pairs whose two models the LODO router knows by "
+    "name from other files: MMLU-Pro Mistral-7B-Instruct-v0.1 → Mixtral-8x7B-Instruct-v0.1 (Arena's heads) "
+    "0.518, its difficulty 0.479, length 0.457; TheoremQA gpt-3.5-turbo → gpt-4-0314 (Arena's heads) 0.571, "
+    "difficulty 0.459, length 0.604: heads learned on another file transfer better than difficulty, which "
+    "ranks both below random |",
     "| WordLlama (PyPI 0.4.0.post1, l2_supercat 256-d, weights in the wheel), ridge onto the shared "
     "difficulty, LODO: hashed n-grams → + WordLlama | 0.485 → 0.489 | 0.464 → 0.482 | 0.538 → 0.530 "
     "| 0.715 → 0.722 | 0.505 → 0.520 | feature-level test (a ridge on the router's own design matrix, not the "
