@@ -490,6 +490,7 @@ class Upstreams:
         """The first deployment of `names` (in order) that answers, or the error that explains why none did."""
         failures: list[tuple[str, ProviderFailure]] = []
         skipped: list[DeploymentOverQuota] = []
+        cut = False  # the deadline stopped an attempt (the clock may not say so yet: see `_final_error`)
         for name in names:
             try:
                 return name, await self._with_retries(name, functools.partial(make, name), deadline)
@@ -502,19 +503,23 @@ class Upstreams:
             except DeploymentOverQuota as exc:
                 skipped.append(exc)
             except _DeadlinePassed:
+                cut = True
                 break
-        if skipped and not failures and not deadline.expired():
+        if skipped and not failures and not cut and not deadline.expired():
             raise over_quota_error(skipped)
-        raise self._final_error(names, failures, deadline)
+        raise self._final_error(names, failures, deadline, cut)
 
     def _final_error(self, names: Sequence[str], failures: list[tuple[str, ProviderFailure]],
-                     deadline: Deadline) -> GatewayError:
+                     deadline: Deadline, cut: bool = False) -> GatewayError:
+        """`cut`: the deadline stopped an attempt. Told, not read off the clock: the event loop's timer
+        that ended the wait may fire up to a millisecond early (uvloop's do), and a deadline not yet
+        expired by the clock then read as "nothing was called": 503 circuit open, retry after 0 s."""
         told = "; ".join(f"deployment '{n}' failed: {f.reason}" for n, f in failures[-3:])
         if failures and _is_request_fault(failures[-1][1]):
             name, last = failures[-1]
             return InvalidRequest(f"deployment '{name}' rejected the request: {last.reason}",
                                   code="upstream_rejected")
-        if deadline.expired():
+        if cut or deadline.expired():
             return UpstreamTimeout(f"no answer within the request's deadline of {deadline.budget_s:g} s"
                                    + (f" ({told})" if told else ""))
         if not failures:  # nothing was called: every circuit is open

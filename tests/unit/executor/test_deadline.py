@@ -65,6 +65,25 @@ def test_deadline_bounds_retries_and_fallbacks_together() -> None:
     assert up.health["small"].consecutive_failures == 0
 
 
+class _EarlyTimer(Deadline):
+    """A deadline whose waits end 5 ms before the clock says it has passed, as an event loop's timer
+    that fires early does (uvloop's fire up to a millisecond early)."""
+
+    def remaining(self) -> float:
+        return super().remaining() - 0.005
+
+
+@pytest.mark.parametrize("names", [("small",), ("small", "large")])
+def test_a_wait_the_deadline_ended_early_is_a_504_not_an_open_circuit(names: tuple[str, ...]) -> None:
+    up, backend = fake_upstreams(lambda d, b: Delay(2), deployment("small", timeout_s=30),
+                                 deployment("large", timeout_s=30))
+    now = time.monotonic()
+    with pytest.raises(UpstreamTimeout) as err:
+        asyncio.run(up.call(names, BODY, None, deadline=_EarlyTimer(now + 0.2, 0.2)))
+    assert err.value.status == 504 and backend.called("large") == 0
+    assert up.health["small"].consecutive_failures == 0
+
+
 def test_each_attempt_gets_the_remaining_deadline_not_a_fresh_timeout() -> None:
     script = _Script(ProviderFailure("503", status=503), Delay(2))
     up, _backend = fake_upstreams(script, deployment("small", timeout_s=30, max_retries=3))
