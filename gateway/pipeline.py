@@ -61,6 +61,7 @@ from gateway.policy import (
     Catalog,
     Decision,
     Overrides,
+    PlansBehindOpenCircuits,
     PolicySet,
     decide,
     fit_to_cap,
@@ -326,8 +327,11 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
             catalog = svc.catalog.under(Terms(audio_input=sig.audio_tokens))
             terms = with_audio_input(terms, sig.audio_tokens)
         choices = int(request.get("n") or 1)
-        decision = decide(policy, sig, catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff,
-                          choices)
+        try:
+            decision = decide(policy, sig, catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff,
+                              choices)
+        except PlansBehindOpenCircuits as exc:
+            raise svc.upstreams.unavailable(exc.deployments) from None
         r = Route(decision.plan, decision, messages, max_tokens, choices=choices,
                   router_version=router.version, counted=sig.prompt_tokens, terms=terms)
         bound = r.prompt_tokens

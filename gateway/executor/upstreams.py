@@ -523,17 +523,21 @@ class Upstreams:
             return UpstreamTimeout(f"no answer within the request's deadline of {deadline.budget_s:g} s"
                                    + (f" ({told})" if told else ""))
         if not failures:  # nothing was called: every circuit is open
-            now = time.monotonic()
-            wait = min(self.health[n].retry_after_s(now) for n in names)
-            listed = ", ".join(f"'{n}'" for n in names)
-            return DeploymentUnavailable(
-                f"deployment {listed} is unavailable: its circuit is open after repeated failures; "
-                f"retry after {wait} s", headers={"retry-after": str(wait)})
+            return self.unavailable(names)
         if all(isinstance(f, _MissingCredential) for _, f in failures):
             return ProviderMisconfigured(told)
         if failures[-1][1].timeout:
             return UpstreamTimeout(told)
         return UpstreamError(told)
+
+    def unavailable(self, names: Sequence[str]) -> DeploymentUnavailable:
+        """503 for deployments whose circuits are all open, with Retry-After: the first cooldown's end."""
+        now = time.monotonic()
+        wait = min(self.health[n].retry_after_s(now) for n in names)
+        listed = ", ".join(f"'{n}'" for n in names)
+        return DeploymentUnavailable(
+            f"deployment {listed} is unavailable: its circuit is open after repeated failures; "
+            f"retry after {wait} s", headers={"retry-after": str(wait)})
 
     async def call(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
                    deadline: Deadline, role: str = "answer") -> tuple[Completion, CallRecord]:

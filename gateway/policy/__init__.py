@@ -1,7 +1,7 @@
 """Routing policies: declarative files in, a `Decision` (plan + reasons) out."""
 
 from gateway.policy.calibration import Cutoff
-from gateway.policy.decide import Candidate, Decision, Limits, Overrides, Routing, decide
+from gateway.policy.decide import Candidate, Decision, Limits, Overrides, PlansBehindOpenCircuits, Routing, decide
 from gateway.policy.estimate import (
     Catalog,
     Estimate,
@@ -18,7 +18,6 @@ from gateway.policy.loader import BoundPolicy, PolicySet, bind_policy, load_poli
 from gateway.policy.schema import PolicySpec
 
 __all__ = ["BoundPolicy", "Candidate", "Catalog", "Cutoff", "Decision", "Estimate", "Limits", "Overrides",
-           "PolicySet", "PolicySpec", "Routing", "bind_policy", "decide", "estimate", "fit_to_cap",
-           "load_policy_file", "max_tokens_within", "output_ceiling", "parse_policy", "worst_case_billed",
-           "worst_case_cost",
-           "worst_case_duration_s", "worst_case_tokens"]
+           "PlansBehindOpenCircuits", "PolicySet", "PolicySpec", "Routing", "bind_policy", "decide", "estimate",
+           "fit_to_cap", "load_policy_file", "max_tokens_within", "output_ceiling", "parse_policy",
+           "worst_case_billed", "worst_case_cost", "worst_case_duration_s", "worst_case_tokens"]

@@ -163,6 +163,15 @@ def _still_answers(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
     return replace(c, rejected_by=_rejection(plan, c.estimate, limits, LiveView(frozenset(), live.pace)))
 
 
+class PlansBehindOpenCircuits(Exception):
+    """No plan can answer now, and one would once these deployments' circuits close: a transient
+    outage (the pipeline answers 503 with Retry-After), not a request no plan can ever meet (422)."""
+
+    def __init__(self, deployments: tuple[str, ...]) -> None:
+        super().__init__(", ".join(deployments))
+        self.deployments = deployments
+
+
 def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: LiveView,
            overrides: Overrides = Overrides(), max_tokens: int | None = None,
            cutoff: Cutoff | None = None, choices: int = 1) -> Decision:
@@ -189,6 +198,15 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
         evaluated = [_still_answers(c, limits, live) for c in evaluated]
         feasible = [c for c in evaluated if c.rejected_by is None]
     if not feasible:
+        healthy = LiveView(frozenset(), live.pace)
+        otherwise = {i: _live_rejection(c.plan, c.estimate, limits, healthy)
+                     for i, c in enumerate(evaluated) if c.rejected_by == "circuit_open"}
+        waiting = [evaluated[i] for i, reason in otherwise.items() if reason is None]
+        if waiting:
+            raise PlansBehindOpenCircuits(tuple(sorted({d for c in waiting for d in c.plan.deployments
+                                                        if d in live.open_circuits})))
+        # none would answer with every circuit closed either: name what stops each for good
+        evaluated = [replace(c, rejected_by=otherwise.get(i, c.rejected_by)) for i, c in enumerate(evaluated)]
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)
         raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}")
     if policy.spec.target is not None:

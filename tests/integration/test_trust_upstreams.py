@@ -24,6 +24,7 @@ EXTRA_POLICIES = {
     "busy-fallback.yaml": "candidates:\n  - single: busy-long\nfallbacks:\n  busy-long: [small]\n"
                           "cache: {enabled: false}\n",
     "quick.yaml": "candidates:\n  - single: slow\ntimeout_s: 0.5\ncache: {enabled: false}\n",
+    "doomed.yaml": "candidates:\n  - single: doomed\ncache: {enabled: false}\n",
 }
 
 
@@ -37,6 +38,7 @@ def _config(sim_url: str) -> Any:
         dep("large", "sim-large", "large", router_profile="Meta-Llama-3.1-70B-Instruct"),
         dep("broken", "sim-broken", max_retries=1),
         dep("failing", "sim-broken", max_retries=0),
+        dep("doomed", "sim-broken", max_retries=0),
         dep("busy", "sim-busy", max_retries=1),
         dep("busy-long", "sim-busy-long", max_retries=2),
         dep("slow", "sim-slow", timeout_s=10, max_retries=2),
@@ -148,6 +150,18 @@ def test_pinned_deployment_with_an_open_circuit_fails_fast_with_503_and_retry_af
     assert resp.json()["error"]["code"] == "deployment_unavailable"
     assert 1 <= int(resp.headers["retry-after"]) <= 15
     assert _sim_requests(simulator, "sim-broken") == before  # the upstream was not called
+
+
+def test_a_policy_whose_every_plan_is_behind_an_open_circuit_is_a_503_with_retry_after(
+        gateway: GatewayServer, simulator: Simulator) -> None:
+    for _ in range(5):  # one attempt each: the circuit opens after five consecutive failures
+        assert _post(gateway, "router/doomed").status_code == 502
+    before = _sim_requests(simulator, "sim-broken")
+    resp = _post(gateway, "router/doomed")  # an outage that passes, not a request no plan can meet (422)
+    assert resp.status_code == 503, resp.text
+    assert resp.json()["error"]["code"] == "deployment_unavailable"
+    assert 1 <= int(resp.headers["retry-after"]) <= 15
+    assert _sim_requests(simulator, "sim-broken") == before
 
 
 def test_upstream_errors_name_the_deployment_not_the_upstream_address(gateway: GatewayServer) -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from gateway.config import embedded_config
 from gateway.errors import ConstraintUnsatisfiable
-from gateway.policy import Catalog, decide, load_policy_file
+from gateway.policy import Catalog, PlansBehindOpenCircuits, decide, load_policy_file
 from gateway.providers.health import LiveView
 from gateway.providers.pricing import prices_for
 from gateway.signal import RouteSignal
@@ -30,10 +30,18 @@ def test_a_single_plan_whose_circuit_is_open_answers_through_its_healthy_fallbac
     assert d.plan.label == "single:small" and d.plan.fallbacks == ("large",)
 
 
-def test_with_every_fallback_open_too_there_is_no_plan(tmp_path: Path) -> None:
+def test_with_every_fallback_open_too_no_plan_answers_until_a_circuit_closes(tmp_path: Path) -> None:
     policy = _policy(tmp_path, "candidates:\n  - single: small\nfallbacks: {small: [large]}\n")
-    with pytest.raises(ConstraintUnsatisfiable, match="circuit_open"):
+    with pytest.raises(PlansBehindOpenCircuits) as info:  # the pipeline's 503 with Retry-After, not a 422
         decide(policy, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small", "large"})))
+    assert info.value.deployments == ("small",)
+
+
+def test_a_plan_no_constraint_admits_is_a_422_whatever_its_circuit(tmp_path: Path) -> None:
+    policy = _policy(tmp_path, "candidates:\n  - single: small\nconstraints: {max_cost_usd: 0.0000001}\n")
+    for open_now in (frozenset({"small"}), frozenset()):
+        with pytest.raises(ConstraintUnsatisfiable, match="max_cost_usd"):
+            decide(policy, SIGNAL, CATALOG, LiveView(open_circuits=open_now))
 
 
 def test_a_healthy_plan_is_still_preferred_over_an_open_one_with_a_fallback(tmp_path: Path) -> None:
@@ -47,10 +55,10 @@ def test_a_cascade_or_best_of_with_a_healthy_deployment_left_still_runs(tmp_path
     cascade = _policy(tmp_path, "candidates:\n  - cascade: {steps: [small, large], confidence: logprob}\n")
     assert decide(cascade, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small"}))).plan.label \
         == "cascade:small>large"
-    with pytest.raises(ConstraintUnsatisfiable):
+    with pytest.raises(PlansBehindOpenCircuits):
         decide(cascade, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"large"})))
     best_of = _policy(tmp_path, "candidates:\n  - best_of: {deployments: [small, large]}\n")
     assert decide(best_of, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small"}))).plan.label.startswith(
         "best_of:2")
-    with pytest.raises(ConstraintUnsatisfiable):
+    with pytest.raises(PlansBehindOpenCircuits):
         decide(best_of, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small", "large"})))
