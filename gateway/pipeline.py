@@ -722,8 +722,12 @@ class _LiveStream:
                 await self.held.keep()  # a stream may outlast its hold's time to live
                 if chunk.get("usage"):  # headers are long gone: the usage chunk carries the cost
                     usage_sent = True
-                    # The upstream's usage as it sent it, with both details objects, as every answer has them.
-                    chunk = {**chunk, "usage": openai_shaped(chunk["usage"]), "switchyard": self._priced()}
+                    # The upstream's usage as it sent it, with both details objects, as every answer has them;
+                    # a hedged stream's is the request's, its losing legs' included, as a whole answer's is.
+                    losers = await self.hedged.records()
+                    shaped = openai_shaped(chunk["usage"]) if not losers else \
+                        sum((c.usage for c in losers), Usage.from_dict(chunk["usage"])).as_dict()
+                    chunk = {**chunk, "usage": shaped, "switchyard": self._priced(losers)}
                 yield chunk
             self.ended = True
             if not usage_sent and self.acc.finished:
@@ -733,9 +737,10 @@ class _LiveStream:
                 # where it was spliced; its usage is summed over the calls, as a reported one is there.
                 if not live.stats.usage.total_tokens:
                     live.stats.usage = self._counted()
-                usage = sum((c.usage for c in live.earlier), live.stats.usage)
+                losers = await self.hedged.records()
+                usage = sum((c.usage for c in (*live.earlier, *losers)), live.stats.usage)
                 yield {**self.acc.meta, "object": "chat.completion.chunk", "choices": [],
-                       "usage": usage.as_dict(), "switchyard": self._priced()}
+                       "usage": usage.as_dict(), "switchyard": self._priced(losers)}
         except ProviderFailure as exc:
             error = exc  # the detail stays in the span and the log; the client learns what failed
             raise GatewayError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
@@ -749,11 +754,12 @@ class _LiveStream:
         return Usage(self.route.prompt_tokens, self.acc.completion_tokens_estimate(),
                      prompt_audio_tokens=self.route.terms.audio_input)
 
-    def _priced(self) -> dict[str, Any]:
-        """What the usage chunk says beside the usage: the stream's cost so far, where and how it ran."""
+    def _priced(self, losers: tuple[CallRecord, ...] = ()) -> dict[str, Any]:
+        """What the usage chunk says beside the usage: the stream's cost so far (with the hedge legs it
+        beat, `losers`), where and how it ran."""
         live = self.live
         cost = (self.svc.upstreams.prices[live.deployment].cost(live.stats.usage, live.terms)
-                + sum(c.cost_usd for c in live.earlier))
+                + sum(c.cost_usd for c in (*live.earlier, *losers)))
         return {"cost_usd": cost, "deployment": live.deployment, "plan": self.label}
 
     async def settle(self, error: ProviderFailure | None = None) -> None:

@@ -24,7 +24,9 @@ MODELS = [
     {"name": "sim-large", "ability": 4.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20},
     {"name": "sim-lag", "ability": 3.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20,
      "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": LAG_S * 1000}]},
-    {"name": "sim-quick", "ability": 3.0, "ttft_ms": 20, "tokens_per_s": 0, "output_tokens": 20}]
+    {"name": "sim-quick", "ability": 3.0, "ttft_ms": 20, "tokens_per_s": 0, "output_tokens": 20},
+    # slower to start than a hedge waits (150 ms), still within the loser's grace after the winner opens
+    {"name": "sim-tardy", "ability": 3.0, "ttft_ms": 200, "tokens_per_s": 0, "output_tokens": 20}]
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +143,34 @@ def test_a_cost_cap_bounds_both_legs_of_a_hedge(sim: Simulator, tmp_path: Path,
             wait_until(lambda c=calls: sim.stats()["sim-lag"]["served"] == c, timeout_s=LAG_S * 3, what="the slow leg")
             wait_until(lambda c=calls: gw.calls() == c * (c + 1) // 2, timeout_s=5, what="every leg billed")
             assert gw.spent() - before <= cap
+
+
+def test_a_hedged_answer_says_what_both_legs_cost_streamed_or_whole(sim: Simulator, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    # The leg that lost had opened (its first token came within the grace), so the request is billed for
+    # both. A whole answer's usage and cost header said so; a stream's usage chunk left the loser out.
+    policy = {"candidates": [{"single": "tardy"}], "fallbacks": {"tardy": ["quick"]}, "hedge_after_ms": 150}
+    deployments = {"tardy": ("sim-tardy", {"max_retries": 0}), "quick": ("sim-quick", {"max_retries": 0})}
+    question = [{"role": "user", "content": "What is 2 + 2?"}]
+    with budgeted_gateway(sim, tmp_path, monkeypatch, None, policy, deployments) as gw:
+        one = gw.client.chat.completions.create(model="quick", messages=question).usage
+        assert one is not None
+        prompts = []
+        for stream in (False, True):
+            before, calls = gw.spent(), gw.calls()
+            raw = gw.client.chat.completions.with_raw_response.create(
+                model="router/thrifty", messages=question, stream=stream,  # type: ignore[call-overload]
+                **({"stream_options": {"include_usage": True}} if stream else {}))
+            assert raw.headers["x-switchyard-plan"] == "single:tardy>hedge:quick"
+            if stream:
+                last = list(raw.parse())[-1]
+                usage, cost = last.usage, float(last.model_extra["switchyard"]["cost_usd"])
+            else:
+                usage, cost = raw.parse().usage, float(raw.headers["x-switchyard-cost-usd"])
+            wait_until(lambda c=calls: gw.calls() == c + 2, timeout_s=5, what="both legs billed")
+            prompts.append(usage.prompt_tokens)  # both prompts (the loser's counted here: it sent no usage)
+            assert cost == pytest.approx(gw.spent() - before)
+        assert prompts[0] == prompts[1] > one.prompt_tokens
 
 
 def test_hedge_after_ms_is_validated(tmp_path: Path) -> None:
