@@ -53,7 +53,7 @@ from gateway.ledger import savings
 from gateway.messages import routing_prompt
 from gateway.policy import Decision
 from gateway.signal import RouteSignal
-from gateway.state import REQUESTS_STREAM, Store, StoreUnavailable, request_key
+from gateway.state import REQUESTS_STREAM, Store, StoreUnavailable, record_digest, request_key
 
 log = logging.getLogger("switchyard.feedback")
 
@@ -99,6 +99,9 @@ class Completed:
     router_version: str
     decision: Decision | None = None  # its candidates give the savings against the dearest one
     policy_version: str | None = None  # the version of `policy` that decided (None when pinned)
+    # Set by the writer: the stored record's `record_digest`, which a shadow label names as the record it is
+    # about (the request's id may be reused by a later request before the label is in).
+    digest: str | None = None
 
 
 def build_record(c: Completed, digests: Digests) -> dict[str, Any]:
@@ -246,6 +249,7 @@ class RequestLog:
         for item in batch:
             if isinstance(item, Completed):
                 raw = orjson.dumps(build_record(item, self.digests))
+                item.digest = record_digest(raw)
                 records.append((request_key(item.tenant.name, item.request_id), raw))
                 if self.sink is not None:
                     lines.append(b'{"kind":"request",' + raw[1:])
@@ -274,15 +278,17 @@ class RequestLog:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._batch_written.wait(), left)
 
-    async def put_feedback(self, tenant: str, fb: Feedback) -> tuple[dict[str, Any], bool]:
+    async def put_feedback(self, tenant: str, fb: Feedback, about: str | None = None) -> tuple[dict[str, Any], bool]:
         """Store `fb` with its request's record: (what is stored, whether it replaced an earlier one).
-        NotFound when this tenant has no such request (another tenant's is simply not found)."""
+        NotFound when this tenant has no such request (another tenant's is simply not found). `about`:
+        the `record_digest` of the very record `fb` is about (a shadow label); a record of a later request
+        that reused the id is not found."""
         key = request_key(tenant, fb.request_id)
         await self.wait_written(key)
         stored = fb.as_dict()
         try:
             replaced = await self.store.put_feedback(key, feedback_field(fb.source, fb.origin),
-                                                  orjson.dumps(stored))
+                                                  orjson.dumps(stored), about)
         except StoreUnavailable as exc:
             raise StoreOutage(f"feedback cannot be stored right now; retry shortly ({exc})",
                               headers={"retry-after": "2"}) from None

@@ -642,24 +642,29 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
           body: dict[str, Any], recorded: bool = True) -> None:
     """Queue the request's record (unless `recorded` is False: it is written later, `keep_record`), and
     maybe a shadow job: no await, nothing on the response path."""
-    if recorded:
-        keep_record(svc, it, plan, deployment, calls)
+    record = keep_record(svc, it, plan, deployment, calls) if recorded else None
     shadow = it.entry.policy.shadow
-    if shadow is not None and svc.shadow is not None and not it.entry.pinned:
-        svc.shadow.offer(shadow, it.tenant, it.request_id, it.request, body, deployment, it.route.prompt_tokens,
+    # A shadow label lands on the record it is about, so only a request whose record is written now is
+    # offered (a stream read on after its client left is not: its client got part of an answer).
+    if shadow is not None and svc.shadow is not None and record is not None and not it.entry.pinned:
+        svc.shadow.offer(shadow, it.tenant, record, it.request, body, deployment, it.route.prompt_tokens,
                          it.entry.policy.spec.timeout_s, it.entry.policy.name)
 
 
-def keep_record(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[CallRecord, ...]) -> None:
-    """Queue the request's record: no await."""
+def keep_record(svc: Services, it: Learning, plan: str, deployment: str,
+                calls: tuple[CallRecord, ...]) -> Completed | None:
+    """Queue the request's record, and return it (None when requests are not logged): no await."""
     # The record bills what `calls` were billed; beside it, the prompt as routing counted it (a pinned
     # request was not counted, and is not counted here: no tokenizer pass for it).
-    if svc.requests is not None and it.request_id:
-        svc.requests.add(Completed(
-            it.request_id, time.time(), it.tenant, it.entry.name,
-            None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
-            it.decision.signal if it.decision else None, calls, it.route.counted, it.route.router_version,
-            it.decision, None if it.entry.pinned else it.entry.policy.version))
+    if svc.requests is None or not it.request_id:
+        return None
+    record = Completed(
+        it.request_id, time.time(), it.tenant, it.entry.name,
+        None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
+        it.decision.signal if it.decision else None, calls, it.route.counted, it.route.router_version,
+        it.decision, None if it.entry.pinned else it.entry.policy.version)
+    svc.requests.add(record)
+    return record
 
 
 def deadline_s(policy_timeout_s: float, header_timeout_s: float | None) -> float:

@@ -37,7 +37,7 @@ from gateway.executor.answers import choice_letter, extract_answer
 from gateway.executor.drain import late_bills
 from gateway.executor.result import CallRecord
 from gateway.fair_queue import FairQueue
-from gateway.feedback import Feedback, RequestLog
+from gateway.feedback import Completed, Feedback, RequestLog, not_found
 from gateway.keyed import tenant_salt
 from gateway.ledger import SHADOW, LateBills, Ledger
 from gateway.media_tokens import messages_audio_tokens
@@ -65,13 +65,17 @@ _DROPPED_KEYS = ("model", "stream", "stream_options", "n")
 class Job:
     shadow: Shadow
     tenant: Tenant
-    request_id: str
+    record: Completed    # the request's record, which the label is stored with (its digest, once written)
     request: Mapping[str, Any]
     answer: str          # the text the client got
     answered_by: str
     prompt_tokens: int
     timeout_s: float
     policy: str | None = None  # whose shadow: its spend is billed under it
+
+    @property
+    def request_id(self) -> str:
+        return self.record.request_id
 
 
 def judge_messages(question: str, reference: str, candidate: str) -> list[dict[str, str]]:
@@ -127,14 +131,14 @@ class ShadowEvaluator:
         a, b = self.catalog.prices[deployment], self.catalog.prices[than]
         return a.input_per_token + a.output_per_token < b.input_per_token + b.output_per_token
 
-    def offer(self, shadow: Shadow, tenant: Tenant, request_id: str, request: Mapping[str, Any],
+    def offer(self, shadow: Shadow, tenant: Tenant, record: Completed, request: Mapping[str, Any],
               answer: Mapping[str, Any], answered_by: str, prompt_tokens: int, timeout_s: float,
               policy: str | None = None) -> None:
         """Called after a request completes: maybe queue a shadow job. Never waits."""
         if random.random() >= shadow.rate or answered_by == shadow.against or \
                 not self.cheaper(answered_by, shadow.against):
             return
-        job = Job(shadow, tenant, request_id, request, answer_text(answer), answered_by, prompt_tokens, timeout_s,
+        job = Job(shadow, tenant, record, request, answer_text(answer), answered_by, prompt_tokens, timeout_s,
                   policy)
         dropped = self._queue.put(tenant.name, job)
         if dropped is not job:
@@ -215,7 +219,10 @@ class ShadowEvaluator:
             return None
         await self.requests.wait_written(request_key(job.tenant.name, job.request_id))
         try:
-            await self.requests.put_feedback(job.tenant.name, label)
+            if job.record.digest is None:  # not written (dropped from a full queue)
+                raise not_found()
+            # on that very record: a later request reusing the id (its own record) was not evaluated
+            await self.requests.put_feedback(job.tenant.name, label, about=job.record.digest)
         except GatewayError as exc:  # the record expired, was dropped, or the store is down
             self.counts["unlabelled"] += 1
             log.warning("shadow label of request %s not stored: %s", job.request_id, exc.message)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import time
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -189,6 +190,11 @@ def ledger_writes_key(tenant: str) -> str:
     return f"sy:ledger:{{{tenant}}}:writes"
 
 
+def record_digest(record: bytes) -> str:
+    """What names one stored request record (`Store.put_feedback`'s `about`): Redis's own `sha1hex`."""
+    return hashlib.sha1(record, usedforsecurity=False).hexdigest()
+
+
 def request_key(tenant: str, request_id: str) -> str:
     return f"sy:req:{{{tenant}}}:{request_id}"
 
@@ -309,7 +315,7 @@ class Store(Protocol):
     async def append_records(self, stream: str, items: Sequence[tuple[str, bytes]], maxlen: int,
                              ttl_s: float) -> None: ...
     async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]: ...
-    async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None: ...
+    async def put_feedback(self, key: str, field: str, value: bytes, about: str | None = None) -> bool | None: ...
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]: ...
     # Float sums added to hashes (score sketches, the spend ledger), merged rather than overwritten
     # across replicas, each hash given a TTL; plus members added to an index set.
@@ -365,8 +371,11 @@ READ_HASHES_PAGE = 1024
 
 # KEYS: the request's key. ARGV: field, value. Feedback only for a request that is logged:
 # returns -1 when there is no such record, 1 when this field was replaced, 0 when it is new.
+# ARGV[3], when given: the SHA-1 of the record the label is about; another record under the key (a
+# reused request id) is not it, and is answered as no record at all.
 _FEEDBACK_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+if ARGV[3] and redis.sha1hex(redis.call('HGET', KEYS[1], 'record') or '') ~= ARGV[3] then return -1 end
 return 1 - redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 """
 
@@ -596,9 +605,9 @@ class MemoryStore(MemoryAdmission):
     async def request_entries(self, keys: Sequence[str]) -> list[dict[str, bytes] | None]:
         return [None if (f := self._request(k)) is None else dict(f) for k in keys]
 
-    async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None:
+    async def put_feedback(self, key: str, field: str, value: bytes, about: str | None = None) -> bool | None:
         fields = self._request(key)
-        if fields is None:
+        if fields is None or (about is not None and record_digest(fields.get("record", b"")) != about):
             return None
         replaced = field in fields
         fields[field] = _owned(value)
@@ -824,8 +833,9 @@ class RedisStore(RedisAdmission):
             return [{_text(k): v for k, v in row.items()} or None for row in rows]
         return await self._guarded(read)
 
-    async def put_feedback(self, key: str, field: str, value: bytes) -> bool | None:
-        got = int(await self._guarded(lambda: self._feedback(keys=[key], args=[field, value])))
+    async def put_feedback(self, key: str, field: str, value: bytes, about: str | None = None) -> bool | None:
+        args = [field, value] if about is None else [field, value, about]
+        got = int(await self._guarded(lambda: self._feedback(keys=[key], args=args)))
         return None if got < 0 else got == 1
 
     async def records_after(self, stream: str, after: str, count: int) -> list[tuple[str, bytes]]:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from gateway.admission_store import Admission, BudgetHold, Settlement
-from gateway.state import Budget, MemoryStore, Rate, RedisStore, Store, SumsOnce
+from gateway.state import Budget, MemoryStore, Rate, RedisStore, Store, SumsOnce, record_digest
 from tests.support.processes import RedisServer
 
 
@@ -126,8 +126,12 @@ async def test_request_records_take_feedback_and_are_read_in_order(store: Store,
     assert await store.put_feedback(key("nobody"), "score", b"1") is None
     assert await store.put_feedback(key("r1"), "score", b"1") is False
     assert await store.put_feedback(key("r1"), "score", b"0") is True
+    # a label about one record: not stored with another record under the key (a reused request id)
+    assert await store.put_feedback(key("r2"), "shadow", b"1", about=record_digest(b"one")) is None
+    assert await store.put_feedback(key("r2"), "shadow", b"1", about=record_digest(b"two")) is False
     first, second, missing = await store.request_entries([key("r1"), key("r2"), key("nobody")])
-    assert first == {"record": b"one", "score": b"0"} and second == {"record": b"two"} and missing is None
+    assert first == {"record": b"one", "score": b"0"} and second == {"record": b"two", "shadow": b"1"}
+    assert missing is None
     everything = await store.records_after(stream, "0-0", 10)
     assert [record for _, record in everything] == [b"one", b"two"]
     assert [record for _, record in await store.records_after(stream, everything[0][0], 10)] == [b"two"]

@@ -146,8 +146,8 @@ class _Upstreams:
 
 def _job() -> Job:
     """Request r1 of tenant t, answered by `small`, shadowed by `large` and judged by it."""
-    return Job(Shadow(1.0, "large", "large"), Tenant("t"), "r1", {"messages": SUM}, " ".join(["cheap"] * 80),
-               "small", 10, 5.0)
+    return Job(Shadow(1.0, "large", "large"), Tenant("t"), _completed(Tenant("t")), {"messages": SUM},
+               " ".join(["cheap"] * 80), "small", 10, 5.0)
 
 
 def _evaluator(upstreams: _Upstreams, store: MemoryStore) -> tuple[ShadowEvaluator, Ledger, RequestLog]:
@@ -177,6 +177,41 @@ def test_a_failing_judge_leaves_the_request_unlabelled_and_bills_what_ran() -> N
             await requests.put_feedback("t", Feedback("r1", "judge", 1.0))
 
     asyncio.run(scenario())
+
+
+class _Agreeing(_Upstreams):
+    """The strong deployment gives the cheap answer's own number: an agreement label, no judge."""
+
+    async def call(self, names: Any, body: Any, span: Any, *, deadline: Any, role: str = "answer") -> Any:
+        done = Completion({"choices": [{"message": {"content": "The answer is 42."}}]}, Usage(10, 5), 0.1)
+        return done, CallRecord(names[0], done.usage, 0.002, 0.1, role)
+
+
+def test_a_shadow_label_lands_only_on_the_record_it_evaluated_not_a_later_one_reusing_its_id() -> None:
+    # A tenant reused a shadowed request's id for another prompt before the label came in: the gateway's
+    # own label (what `logs export` trusts over any client's) would have named the other prompt's record.
+    async def scenario() -> tuple[Any, Any, Any]:
+        store = MemoryStore()
+        shadow, ledger, requests = _evaluator(_Agreeing(), store)
+        requests.start()
+        first, second = _completed(Tenant("t")), _completed(Tenant("t"))
+        second.at = 2.0  # another request, another record, the same id
+        job = replace(_job(), record=first, answer="The answer is 42.")
+        requests.add(first)
+        await requests.wait_written(request_key("t", "r1"))
+        requests.add(second)
+        await requests.wait_written(request_key("t", "r1"))
+        stale = await shadow.evaluate(job)
+        again = replace(job, record=second)
+        fresh = await shadow.evaluate(again)
+        entry = (await store.request_entries([request_key("t", "r1")]))[0]
+        await requests.close()
+        await ledger.close()
+        return stale, fresh, entry
+
+    stale, fresh, entry = asyncio.run(scenario())
+    assert stale is None and fresh is not None and fresh.score == 1.0
+    assert entry is not None and b'"time":2.0' in entry["record"] and len(entry) == 2  # the record, one label
 
 
 class _DownStore(MemoryStore):

@@ -15,7 +15,7 @@ from gateway.config import DeploymentConfig, RequestLogSettings, parse_config
 from gateway.errors import ConfigError
 from gateway.executor import Deadline
 from gateway.executor.upstreams import salted
-from gateway.feedback import RequestLog
+from gateway.feedback import Completed, RequestLog
 from gateway.keyed import Digests, configured_secret, tenant_salt
 from gateway.ledger import Ledger
 from gateway.plans import Shadow
@@ -147,7 +147,9 @@ def test_a_shadow_call_carries_the_salt_of_the_tenant_it_shadows() -> None:
                                  ledger, requests, Telemetry())
         tenant_salt.set("the salt of whichever request came before")
         asked, answer_text = {"messages": [{"role": "user", "content": "hi"}]}, "The answer is 42."
-        await shadow.evaluate(Job(Shadow(1.0, "large"), Tenant("t"), "r1", asked, answer_text, "small", 10, 5.0))
+        record = Completed("r1", 1.0, Tenant("t"), "router/p", "p", "single:small", "small", asked["messages"], None,
+                           (), 10, "default")
+        await shadow.evaluate(Job(Shadow(1.0, "large"), Tenant("t"), record, asked, answer_text, "small", 10, 5.0))
         await ledger.close()
         return backend.calls
     assert [(name, body.get("cache_salt")) for name, body in asyncio.run(scenario())] == [
