@@ -12,6 +12,7 @@ import datetime
 import email.utils
 import math
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -177,14 +178,16 @@ class ProviderFailure(Exception):
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
                  timeout: bool = False, reason: str | None = None, retry_after_s: float | None = None,
-                 refuses_streaming: bool = False) -> None:
+                 refuses_streaming: bool = False, too_large: bool = False) -> None:
         super().__init__(message)
         self.status = status
-        self.retryable = retryable
+        self.retryable = retryable and not too_large
         self.timeout = timeout
         self.retry_after_s = retry_after_s
         self.refuses_streaming = refuses_streaming
-        self.reason = reason or ("timed out" if timeout else
+        self.too_large = too_large
+        self.reason = reason or ("upstream answered 429: the request is over the deployment's tokens-per-minute "
+                                 "limit on its own" if too_large else "timed out" if timeout else
                                  f"upstream answered {status}" if status else "connection failed")
 
     @property
@@ -199,14 +202,27 @@ class ProviderFailure(Exception):
         """Does this failure say something about the deployment (and so count toward its circuit)?
 
         Timeouts, connection errors, 408, 429 and 5xx do; a 4xx the request caused (400, 404, 413,
-        422, a context-length error) does not: one client must not open a circuit for everyone.
+        422, a context-length error, a 429 saying the request alone is over a tokens-per-minute limit:
+        `too_large`) does not: one client must not open a circuit for everyone.
         """
+        if self.too_large:
+            return False
         if self.status is None:
             return self.retryable  # a connection error or timeout; not a configuration error
         return self.status in (408, 429) or self.status >= 500
 
 
 MAX_RETRY_AFTER_S = 60.0
+
+# OpenAI's (and Azure OpenAI's) 429 for one request over a tokens-per-minute limit on its own: "Request
+# too large for gpt-4o in organization org-… on tokens per min (TPM): Limit 30000, Requested 41000. The
+# input or output tokens must be reduced in order to run successfully." No wait or retry makes it fit.
+_TOO_LARGE = re.compile(r"\brequest too large\b|\btokens must be reduced\b", re.IGNORECASE)
+
+
+def too_large(status: int | None, message: str | None) -> bool:
+    """Is this a 429 the request itself caused (over a per-minute token limit on its own)?"""
+    return status == 429 and message is not None and _TOO_LARGE.search(message) is not None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

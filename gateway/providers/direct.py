@@ -25,6 +25,7 @@ from gateway.providers.base import (
     Usage,
     is_retryable_status,
     parse_retry_after,
+    too_large,
     upstream_model_name,
 )
 from gateway.streaming import replay
@@ -234,9 +235,10 @@ def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: by
     reason = f"upstream answered {status}" + (f": {stated}" if stated and status in (400, 422) else "")
     return ProviderFailure(f"{deployment.name}: upstream answered {status}: "
                            f"{stated or raw[:300].decode(errors='replace')}",
-                           status=status, retryable=is_retryable_status(status), reason=reason,
+                           status=status, retryable=is_retryable_status(status),
+                           reason=None if too_large(status, stated) else reason,
                            retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
-                           refuses_streaming=_refuses_streaming(status, parsed))
+                           refuses_streaming=_refuses_streaming(status, parsed), too_large=too_large(status, stated))
 
 
 # How a server says it will not stream this request, in its error's `param`, `code` or `message` (or a

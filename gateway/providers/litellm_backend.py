@@ -26,6 +26,7 @@ from gateway.providers.base import (
     Usage,
     is_retryable_status,
     parse_retry_after,
+    too_large,
 )
 
 ENV_LOG_PROMPTS = "SWITCHYARD_LOG_PROMPTS"
@@ -163,7 +164,7 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
         return ProviderFailure(f"{deployment.name}: connection failed: {exc}")
     retryable = is_retryable_status(status) if status is not None else True
     return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
-                           retryable=retryable, retry_after_s=_retry_after(exc))
+                           retryable=retryable, retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
 
 
 def _retry_after(exc: Exception) -> float | None:

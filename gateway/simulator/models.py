@@ -31,6 +31,8 @@ class SimModel:
     ``fail_first`` makes the first K requests fail deterministically;
     ``retry_after_s`` is the Retry-After header sent with a simulated 429 or 503;
     ``context_window`` (tokens) rejects longer prompts with 400 ``context_length_exceeded``;
+    ``tpm_limit`` (tokens per minute) rejects a request whose prompt and ``max_tokens`` alone exceed it
+    with OpenAI's 429 "Request too large" (the request's doing, whatever the traffic);
     ``usage: false`` leaves ``usage`` out of answers and streams, as some self-hosted servers do;
     ``faults`` are injected faults (see ``faults.py``), changeable at run time.
     Prices are not the simulator's business: the gateway config prices its deployments.
@@ -46,6 +48,7 @@ class SimModel:
     fail_first: int = 0
     retry_after_s: float | None = None
     context_window: int | None = None
+    tpm_limit: int | None = None
     usage: bool = True
     faults: tuple[Fault, ...] = ()
 
@@ -71,6 +74,7 @@ class _ModelSpec(BaseModel):
     fail_first: int = Field(default=0, ge=0)
     retry_after_s: float | None = Field(default=None, ge=0)
     context_window: int | None = Field(default=None, ge=1)
+    tpm_limit: int | None = Field(default=None, ge=1)
     usage: bool = True
     faults: tuple[Fault, ...] = ()
 

@@ -96,6 +96,13 @@ class Simulator:
             message = (f"This model's maximum context length is {model.context_window} tokens; "
                        f"the messages have {call.prompt_tokens}.")
             return error_response(400, message, param="messages", code="context_length_exceeded")
+        asked = call.prompt_tokens + (call.max_tokens or 0)
+        if model.tpm_limit is not None and asked > model.tpm_limit:
+            counters.errors += 1  # OpenAI's words (its type is "tokens"), the organisation left out
+            message = (f"Request too large for {model.name} on tokens per min (TPM): Limit {model.tpm_limit}, "
+                       f"Requested {asked}. The input or output tokens must be reduced in order to run "
+                       f"successfully.")
+            return error_response(429, message, code="rate_limit_exceeded")
         if self._fails(model, counters.requests):
             counters.errors += 1
             return _simulated_failure(model)

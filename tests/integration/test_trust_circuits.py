@@ -35,6 +35,7 @@ def _config(sim_url: str) -> Any:
         dep("quiet", "sim-streamy", "small", timeout_s=0.4),  # only one tenant's long answers call it
         dep("tried", "sim-streamy", "small", timeout_s=0.4),  # its circuit half-open for one test
         dep("stuck", "sim-slow", "large", timeout_s=0.3),  # sim-slow answers after 3 s: nothing in time
+        dep("metered", "sim-metered", "small", max_retries=2),  # a 1,000 tokens-per-minute limit
     ]}, "circuit trust test config")
 
 
@@ -145,3 +146,27 @@ def test_a_long_answer_that_takes_the_half_open_trial_does_not_keep_the_circuit_
     assert asyncio.run(_status(_client(gateway, "sk-tenant-a"), "tried")) == (504, None)  # the trial: too long
     assert asyncio.run(_status(_client(gateway, "sk-tenant-b"), "tried", max_tokens=4)) == (200, "tried")
     assert not _circuit_open(gateway, "tried")
+
+
+def test_a_request_over_a_tokens_per_minute_limit_on_its_own_does_not_open_the_circuit(
+        gateway: GatewayServer, simulator: Simulator) -> None:
+    # OpenAI's 429 "Request too large ... on tokens per min": the request's doing, like a context-length
+    # 400. Counted as a throttle, one tenant's oversized prompts opened the circuit for every tenant.
+    async def scenario() -> tuple[list[tuple[int, str | None]], tuple[int, str | None]]:
+        a, b = _client(gateway, "sk-tenant-a"), _client(gateway, "sk-tenant-b")
+        before = simulator.stats()["sim-metered"]["requests"]
+        huge = [{"role": "user", "content": "word " * 1500}]
+        outcomes = []
+        for _ in range(6):
+            try:
+                await a.chat.completions.create(model="metered", messages=huge)
+                outcomes.append((200, None))
+            except openai.APIStatusError as exc:
+                outcomes.append((exc.status_code, exc.message))
+        assert simulator.stats()["sim-metered"]["requests"] - before == 6  # not retried: no wait makes it fit
+        return outcomes, await _status(b, "metered", max_tokens=4)
+
+    outcomes, b_served = asyncio.run(scenario())
+    assert all(status == 502 and "tokens-per-minute" in (message or "") for status, message in outcomes)
+    assert b_served == (200, "metered")
+    assert not _circuit_open(gateway, "metered")

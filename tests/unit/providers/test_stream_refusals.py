@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gateway.providers.base import ProviderFailure, too_large
 from gateway.providers.direct import _refuses_streaming
 
 REFUSALS: list[tuple[int, Any]] = [
@@ -41,3 +42,19 @@ def test_a_refusal_naming_stream_or_stream_options_is_one(status: int, body: Any
 @pytest.mark.parametrize(("status", "body"), OTHERS)
 def test_any_other_error_is_not(status: int, body: Any) -> None:
     assert not _refuses_streaming(status, body)
+
+
+@pytest.mark.parametrize(("status", "message", "expected"), [
+    (429, "Request too large for gpt-4o in organization org-x on tokens per min (TPM): Limit 30000, "
+          "Requested 41000. The input or output tokens must be reduced in order to run successfully.", True),
+    (429, "litellm.RateLimitError: AzureException - Request too large for deployment", True),
+    (429, "Rate limit reached for gpt-4o on tokens per min (TPM): Limit 30000, Used 29000, Requested 2000. "
+          "Please try again in 2s.", False),  # the traffic's doing: a wait makes it fit
+    (413, "Request too large", False),  # a 413 is a request fault already
+    (429, None, False),
+])
+def test_a_429_for_a_request_over_a_token_limit_on_its_own_is_told_apart(status: int, message: str | None,
+                                                                          expected: bool) -> None:
+    assert too_large(status, message) is expected
+    if status == 429:  # a throttle counts toward the circuit; a request too large on its own does not
+        assert ProviderFailure("x", status=status, too_large=expected).counts_against_deployment is not expected
