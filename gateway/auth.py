@@ -208,6 +208,16 @@ class Authenticator:
             if digest in self._by_hash:  # the config validates sha256 keys; env keys are only known now
                 raise ConfigError(f"tenants '{self._by_hash[digest].name}' and '{t.name}' have the same API key")
             self._by_hash[digest] = tenant_from_config(t)
+        # One key, one role: a tenant's key that is also the admin's (or the viewer's) would make that
+        # tenant the admin of every tenant's keys and spend; the admin and the viewer are not tenants.
+        roles = [(r, d.lower()) for r, d in (("admin_api_key_sha256", admin_sha256),
+                                             ("viewer_api_key_sha256", viewer_sha256)) if d]
+        for role, digest in roles:
+            if digest in self._by_hash:
+                raise ConfigError(f"{role} is the API key of tenant '{self._by_hash[digest].name}': "
+                                  f"give each role its own key")
+        if len(roles) == 2 and roles[0][1] == roles[1][1]:
+            raise ConfigError("admin_api_key_sha256 and viewer_api_key_sha256 are the same key: give each its own")
         self.open = not tenants
         # Whether a store outage refuses requests: readiness depends on it, so it is known up front.
         self.outage_refuses = on_store_outage == "fail_closed" and any(

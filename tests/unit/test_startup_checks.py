@@ -129,6 +129,24 @@ def test_two_tenants_with_the_same_env_key_are_a_config_error(monkeypatch: pytes
         Authenticator(config.tenants, MemoryStore())
 
 
+@pytest.mark.parametrize("role", ["admin_api_key_sha256", "viewer_api_key_sha256"])
+def test_a_tenants_key_that_is_also_the_admin_or_viewer_key_is_a_config_error(
+        role: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # that tenant would have been the admin of every tenant's keys and spend (or read the dashboard)
+    monkeypatch.setenv("SY_TEST_KEY_ONE", "sk-team-a")
+    for tenant in ({"name": "team-a", "api_key_sha256": hash_key("sk-team-a")},
+                   {"name": "team-a", "api_key_env": "SY_TEST_KEY_ONE"}):
+        config = _config(tenants=[tenant], **{role: hash_key("sk-team-a")})
+        with pytest.raises(ConfigError, match=rf"{role} is the API key of tenant 'team-a'"):
+            Authenticator(config.tenants, MemoryStore(), admin_sha256=config.admin_api_key_sha256,
+                          viewer_sha256=config.viewer_api_key_sha256)
+
+
+def test_one_key_for_admin_and_viewer_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="are the same key"):
+        Authenticator([], MemoryStore(), admin_sha256=hash_key("sk-x"), viewer_sha256=hash_key("sk-x"))
+
+
 def test_an_env_key_equal_to_another_tenants_hash_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SY_TEST_KEY_ONE", "sk-shared")
     config = _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-shared")},
