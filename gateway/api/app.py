@@ -177,6 +177,25 @@ def policy_follower(services: Services, interval_s: float | None) -> PolicyFollo
     return PolicyFollower(services.policies, PolicyVersions(store), shared=bool(url), interval_s=interval_s)
 
 
+# How long a stopping gateway waits for the calls it gave up on and still reads (each billed as it ends):
+# within the 30 s most orchestrators give a stopping process (Kubernetes' default grace period), leaving
+# time to write the ledger after them.
+SHUTDOWN_DRAIN_S = 20.0
+
+
+async def _finish_draining(services: Services) -> None:
+    waiting = len(services.upstreams.draining)
+    if not waiting:
+        return
+    log.info("stopping: waiting up to %g s for %d calls still being read, billed as they end", SHUTDOWN_DRAIN_S,
+             waiting, extra={"event": "shutdown_draining", "calls": waiting})
+    cut, worst_usd = await services.upstreams.draining.finish(SHUTDOWN_DRAIN_S)
+    if cut:  # rare and final: what the upstreams may have served and nobody will bill
+        log.warning("stopping: %d calls still being read were cut; they may have cost up to $%.6f that is not "
+                    "billed", cut, worst_usd, extra={"event": "shutdown_cut_calls", "calls": cut,
+                                                      "worst_usd": worst_usd})
+
+
 def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
                router: Router | None = None, policies_dir: Path | None = None,
                watch_policies_s: float | None = 1.0, watch_router_s: float | None = 1.0,
@@ -216,6 +235,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             yield
         finally:
             gc_tuning.stopped()
+            await _finish_draining(services)  # while the ledger, the store and the connections are open
             calibrating.cancel()
             if loading is not None:
                 loading.cancel()

@@ -51,23 +51,53 @@ class LateSink(Protocol):
 
 late_bills: ContextVar[LateSink | None] = ContextVar("switchyard_late_bills", default=None)
 
-_draining: set[asyncio.Task[Any]] = set()  # strong references: a task only weakly held may vanish
+class Draining:
+    """The calls one gateway gave up on and still reads, each with the most it may cost (strong
+    references: a task only weakly held may vanish). One per `Upstreams`: a gateway that stops waits
+    for its own calls, not another's in the same process."""
 
+    def __init__(self) -> None:
+        self._tasks: dict[asyncio.Task[Any], float] = {}
 
-def draining() -> int:
-    """How many given-up calls are still being read."""
-    return len(_draining)
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def add(self, task: asyncio.Task[Any], worst_usd: float) -> None:
+        self._tasks[task] = worst_usd
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
+
+    async def finish(self, timeout_s: float) -> tuple[int, float]:
+        """At shutdown, before the ledger and the connections close: wait up to `timeout_s` for the calls
+        still read to end (each is billed as it ends, as while serving), then cut the rest. A cut call is
+        billed for what had come of it where that is known (a stream read on), else nothing: returns how
+        many were cut and the most they might have cost, for the caller's log. Stopping at once threw
+        every such call away unbilled, without a word, though the upstream had served it."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout_s)
+        left = list(self._tasks.items())
+        for task, _ in left:
+            task.cancel()
+        if left:
+            await asyncio.wait([task for task, _ in left], timeout=5.0)
+        return len(left), sum(worst for _, worst in left)
 
 
 def drain(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]],
-          worst_usd: Callable[[], float], role: str = LATE) -> None:
+          worst_usd: Callable[[], float], role: str = LATE, into: Draining | None = None) -> None:
     """Read `call` to its end in the background; if it answers, bill `priced(answer)` to the request
-    as a call of `role`. `worst_usd()`: the most the call may be billed."""
+    as a call of `role`. `worst_usd()`: the most the call may be billed. `into`: the gateway's calls
+    still read (`Upstreams.draining`), which its shutdown waits for."""
     sink = late_bills.get()
-    ended = sink.open(worst_usd()) if sink is not None else None
+    worst = worst_usd()
+    ended = sink.open(worst) if sink is not None else None
     task = asyncio.ensure_future(_settle(call, priced, ended, role))
-    _draining.add(task)
-    task.add_done_callback(_draining.discard)
+    (into if into is not None else _UNOWNED).add(task, worst)
+
+
+_UNOWNED = Draining()  # calls drained outside any gateway (unit tests of a single seam)
 
 
 async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]],

@@ -52,7 +52,7 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.executor.deadline import Deadline
-from gateway.executor.drain import DRAIN_S, READ_ON, bill_cut, drain
+from gateway.executor.drain import DRAIN_S, READ_ON, Draining, bill_cut, drain
 from gateway.executor.result import CallRecord
 from gateway.keyed import tenant_salt
 from gateway.media_tokens import messages_audio_tokens
@@ -193,6 +193,7 @@ class Upstreams:
                  metrics: Metrics | None = None, quotas: DeploymentQuotas | None = None) -> None:
         self.deployments = deployments
         self.quotas = quotas if quotas is not None and quotas.limited else None
+        self.draining = Draining()  # the calls given up on and still read, which shutdown waits for
         self.backends = backends
         self.prices = prices
         self.health = health
@@ -247,13 +248,13 @@ class Upstreams:
         try:
             await waiter
         except BaseException:
-            drain(call, priced, functools.partial(self._worst_usd, name, body))
+            drain(call, priced, functools.partial(self._worst_usd, name, body), into=self.draining)
             raise
         finally:
             timer.cancel()
         if call.done():
             return call.result()
-        drain(call, priced, functools.partial(self._worst_usd, name, body))
+        drain(call, priced, functools.partial(self._worst_usd, name, body), into=self.draining)
         if limit < timeout_s:
             raise _DeadlinePassed
         raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
@@ -643,7 +644,8 @@ class Upstreams:
         async def priced(record: CallRecord) -> CallRecord:
             return record
 
-        drain(asyncio.ensure_future(rest()), priced, functools.partial(self._worst_usd, s.deployment, body), READ_ON)
+        drain(asyncio.ensure_future(rest()), priced, functools.partial(self._worst_usd, s.deployment, body), READ_ON,
+              self.draining)
 
     async def end_counted(self, s: OpenStream, counted: Callable[[], Usage], error: ProviderFailure | None = None,
                           ) -> CallRecord:

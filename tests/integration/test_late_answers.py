@@ -9,6 +9,7 @@ milliseconds on a quiet machine and grows with the gateway's event-loop lag unde
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,11 +19,14 @@ import httpx
 import openai
 import pytest
 
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from gateway.ledger import read_spend, spend_table, window
 from gateway.messages import count_messages
 from tests.integration.test_metrics_endpoint import scrape, total
 from tests.support.lab import BUDGET_KEY as BUDGET
-from tests.support.lab import PRICE, budgeted_gateway, lab_gateway, simulator_of
-from tests.support.processes import Simulator, wait_until
+from tests.support.lab import PRICE, budgeted_gateway, lab_gateway, policies_folder, simulator_of
+from tests.support.processes import GatewayServer, Simulator, wait_until
 
 TIMEOUT_S = 0.3
 # Answers due from just before to just after the timeout: every one of them is sent while the
@@ -222,3 +226,29 @@ def test_the_hold_keeps_the_room_of_a_late_answer_until_it_lands(
               f"held ${row['reserved_usd']:.8f}")
         assert row["spent_usd"] == pytest.approx(gw.spent()) and row["reserved_usd"] == 0.0
         assert gw.spent() <= budget
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_call_still_read_when_the_gateway_stops_is_billed_before_it_stops(sim: Simulator, tmp_path: Path,
+                                                                          stream: bool) -> None:
+    # Given up on at its timeout (a 504), the call is still read: stopping the gateway then (SIGTERM, a
+    # deploy) threw it away unbilled and unlogged, though the upstream served it. Now the stop waits.
+    policies = policies_folder(tmp_path, {"tardy": {"candidates": [{"single": "tardy"}],
+                                                    "cache": {"enabled": False}}})
+    tardy = {"name": "tardy", "model": "openai/sim-tardy", "api_base": sim.url, "tier": "lab", "price": PRICE,
+             "timeout_s": TIMEOUT_S, "max_retries": 0}
+    raw = {"default_policy": "tardy", "deployments": [tardy]}
+    app = create_app(parse_config(raw, "stopping"), policies_dir=policies)
+    sim.reset()
+    server = GatewayServer(app).start()
+    try:
+        resp = httpx.post(server.base_url + "/v1/chat/completions", timeout=10, json={
+            "model": "tardy", "stream": stream, "messages": [{"role": "user", "content": "What is 1 + 1?"}]})
+        assert resp.status_code == 504, resp.text
+    finally:
+        server.stop()
+    assert sim.stats()["sim-tardy"]["served"] == 1
+    rows = spend_table(asyncio.run(read_spend(app.state.services.ledger.store, window(None, None))),
+                       ("deployment",))
+    assert [(r["deployment"], r["calls"]) for r in rows] == [("tardy", 1)]
+    assert rows[0]["cost_usd"] > 0
