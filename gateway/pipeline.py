@@ -174,8 +174,10 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
     """What `model` names: a deployment (pinned) or a policy. Whether the tenant may use it is the
     gate's to say (`auth.admit`, `auth.permit`)."""
     if model in svc.catalog.deployments:
-        # a pinned call borrows the default policy's settings (cache, timeout)
-        return Entry(_policy(svc, tenant.default_policy or svc.config.default_policy), pinned=model)
+        # A pinned call borrows the default policy's settings (cache, timeout): the tenant's, else (an admin
+        # key's tenant may name one that is not loaded) the gateway's, which is never unloaded.
+        own = svc.policies.get(tenant.default_policy) if tenant.default_policy else None
+        return Entry(own or _policy(svc, svc.config.default_policy), pinned=model)
     if model == AUTO:
         name = ctx.policy or _auto_policy(svc, tenant)
     elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:

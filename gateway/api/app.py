@@ -66,18 +66,29 @@ def build_backends(deployments: list[DeploymentConfig]) -> dict[str, Backend]:
     return {d.name: direct if uses_direct_path(d) else lite for d in deployments}
 
 
+def check_policy_names(config: GatewayConfig, policies: PolicySet) -> None:
+    """Every policy the config names is loaded: the default, each tenant's default and allow-list (a
+    typo left the tenant's every call, pinned ones too, a 404 that listed the gateway's policies)."""
+    named = [("default_policy", config.default_policy)]
+    for i, t in enumerate(config.tenants):
+        named += [(f"tenants[{i}].default_policy", t.default_policy)] if t.default_policy else []
+        named += [(f"tenants[{i}].policies", name) for name in t.policies or ()]
+    for field, name in named:
+        if policies.get(name) is None:
+            why = policies.skipped.get(name)
+            raise ConfigError(f"{field}: '{name}' " + (f"is shipped but does not fit this config: {why}" if why else
+                                                         f"is not a policy ({', '.join(sorted(policies.policies))})"))
+
+
 def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
                    router: Router | None = None, policies_dir: Path | None = None,
                    metrics: Metrics | None = None) -> Services:
     """Everything that can fail on a bad config fails here, before the server takes traffic."""
     deployments = {d.name: d for d in config.deployments}
     policies = PolicySet(policies_dir or user_policies_dir(config), config.deployments,
-                         shipped=shipped_policies_dir(), default_policy=config.default_policy)
-    if policies.get(config.default_policy) is None:
-        why = policies.skipped.get(config.default_policy)
-        raise ConfigError(f"default_policy: '{config.default_policy}' "
-                          + (f"is shipped but does not fit this config: {why}" if why else
-                             f"is not a policy ({', '.join(sorted(policies.policies))})"))
+                         shipped=shipped_policies_dir(), default_policy=config.default_policy,
+                         kept=[t.default_policy for t in config.tenants if t.default_policy])
+    check_policy_names(config, policies)
     digests = Digests(configured_secret(config.digest_secret_env))  # else the store's, read at start-up
     store = open_store(config.redis_url)
     metrics = metrics or Metrics()

@@ -144,10 +144,14 @@ class PolicySet:
     """
 
     def __init__(self, folder: Path | None, deployments: Sequence[DeploymentConfig], *,
-                 shipped: Path | None = None, default_policy: str | None = None) -> None:
+                 shipped: Path | None = None, default_policy: str | None = None,
+                 kept: Sequence[str] = ()) -> None:
         self.folder = folder
         self.shipped = shipped
         self.default_policy = default_policy  # never unloaded: requests without a policy need it
+        # never unloaded either: the default policy and the tenants' own defaults (`kept`), which their
+        # `auto` and pinned calls use
+        self.kept = {default_policy, *kept} - {None}
         self._deployments = list(deployments)
         self._mtimes: dict[Path, float] = {}
         self.policies: dict[str, BoundPolicy] = {}
@@ -240,8 +244,8 @@ class PolicySet:
                 return True
             except ConfigError as exc:
                 log.debug("shipped policy %s does not bind: %s", name, exc)
-        if name == self.default_policy:
-            log.error("policy file %s was deleted, but %s is the default policy: keeping its last good version",
+        if name in self.kept:
+            log.error("policy file %s was deleted, but %s is a default policy: keeping its last good version",
                       path, name)
             return False
         self.policies = {k: v for k, v in self.policies.items() if k != name}

@@ -30,6 +30,7 @@ def _services(tmp_path: Path, handler: Any) -> tuple[Services, FakeBackend]:
     folder = tmp_path / "policies"
     folder.mkdir()
     (folder / "cheap.yaml").write_text("candidates:\n  - single: small\nfallbacks:\n  small: [large]\n")
+    (folder / "other.yaml").write_text("candidates:\n  - single: large\n")  # the only one `limited` may use
     raw = {
         "deployments": [{"name": n, "model": f"openai/{n}", "api_base": "http://upstream.invalid/v1", "tier": n,
                          "price": PRICE, "max_retries": 0} for n in ("small", "large")],

@@ -4,6 +4,7 @@ tenant keys and names, and litellm's loggers kept away from prompts."""
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -103,6 +104,26 @@ def test_deleting_the_default_policys_file_keeps_its_last_good_version_and_logs_
         assert policies.reload_changed() == []
     assert "mine" in policies.policies
     assert [r.levelno for r in caplog.records] == [logging.ERROR] and "default policy" in caplog.records[0].message
+
+
+def test_deleting_a_tenants_default_policy_file_keeps_its_last_good_version(tmp_path: Path) -> None:
+    # the tenant's `auto` and pinned calls use it: unloaded, every one of them was a 404
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n", other="candidates:\n  - single: small\n")
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="other", kept=["mine"])
+    (folder / "mine.yaml").unlink()
+    assert policies.reload_changed() == [] and "mine" in policies.policies
+
+
+@pytest.mark.parametrize(("tenant", "field"), [
+    ({"default_policy": "nope"}, "tenants[0].default_policy"),
+    ({"policies": ["mine", "nope"]}, "tenants[0].policies"),
+])
+def test_a_tenant_naming_a_policy_that_is_not_loaded_stops_start_up(tmp_path: Path, tenant: dict[str, object],
+                                                                     field: str) -> None:
+    config = _config(default_policy="mine", tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-a"), **tenant}])
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n")
+    with pytest.raises(ConfigError, match=re.escape(f"{field}: 'nope' is not a policy")):
+        build_services(config, policies_dir=folder)
 
 
 def test_deleting_an_override_brings_the_shipped_policy_back(tmp_path: Path) -> None:
