@@ -43,7 +43,7 @@ from gateway.ledger import SHADOW, LateBills, Ledger
 from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import message_text
 from gateway.plans import Shadow, Single
-from gateway.policy import Catalog, worst_case_cost
+from gateway.policy import Catalog, worst_case_billed
 from gateway.providers.terms import terms_of, with_audio_input
 from gateway.state import request_key
 from gateway.telemetry import Telemetry, set_attributes
@@ -179,15 +179,18 @@ class ShadowEvaluator:
         against = self.catalog.under(terms)
         if against.prices[job.shadow.against].unpriced is not None and job.tenant.holds_budget:
             return None
-        usd = worst_case_cost(Single(job.shadow.against), job.prompt_tokens, against, max_tokens)
+        # Every attempt the deadline allows may be billed (one given up on at its timeout still answers late,
+        # `executor.drain`), as the request path holds: one call's worth let a slow shadow overrun a budget.
+        usd = worst_case_billed(Single(job.shadow.against), job.prompt_tokens, against, max_tokens,
+                                within_s=job.timeout_s)
         if job.shadow.judge:
             # The judge reads the strong answer and the cheap one, each at most its own deployment's limit
             # (a cheap deployment may allow the longer answer), and its instructions (under 100 tokens).
             deployments = self.catalog.deployments
             read = (max_tokens or deployments[job.shadow.against].max_output_tokens) + (
                 max_tokens or deployments[job.answered_by].max_output_tokens)
-            usd += worst_case_cost(Single(job.shadow.judge), job.prompt_tokens + read + 100, self.catalog,
-                                   JUDGE_MAX_TOKENS)
+            usd += worst_case_billed(Single(job.shadow.judge), job.prompt_tokens + read + 100, self.catalog,
+                                     JUDGE_MAX_TOKENS, within_s=job.timeout_s)
         return usd
 
     async def evaluate(self, job: Job) -> Feedback | None:

@@ -327,3 +327,20 @@ def test_a_shadow_judge_is_held_for_a_cheap_answer_longer_than_the_strong_one_ma
         await ledger.close()
 
     asyncio.run(scenario())
+
+
+def test_a_shadow_holds_every_attempt_its_deadline_allows_as_a_request_does() -> None:
+    """An attempt given up on at its timeout is still read and billed if it answers late, while the next
+    one runs: a shadow of a deployment that times out and retries may be billed for each. It held one
+    call's worth, and a slow `against` overran a short budget."""
+    retrying = [DEPLOYMENTS[0], DEPLOYMENTS[1].model_copy(update={"timeout_s": 1.0, "max_retries": 2})]
+
+    async def scenario() -> None:
+        shadow, ledger, _ = _evaluator(_Upstreams(), MemoryStore())
+        once = shadow._worst_case(replace(_job(), shadow=Shadow(1.0, "large")))
+        shadow.catalog = Catalog({d.name: d for d in retrying}, shadow.catalog.prices)
+        job = replace(_job(), shadow=Shadow(1.0, "large"))  # a 5 s deadline: three attempts of 1 s fit
+        assert once is not None and shadow._worst_case(job) == pytest.approx(3 * once)
+        await ledger.close()
+
+    asyncio.run(scenario())
