@@ -152,12 +152,13 @@ _DEFINITIONS = ("tools", "functions", "response_format")
 _CALLS = ("tool_calls", "function_call")
 
 
-def definition_tokens(request: Mapping[str, Any]) -> int:
-    """Tokens of the request's definitions and earlier tool calls, counted as their JSON text."""
-    texts = [orjson.dumps(request[k]).decode() for k in _DEFINITIONS if request.get(k)]
+def definition_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
+    """Tokens of the request's definitions and earlier tool calls, counted as their JSON text, and their
+    bound as `prompt_bound` has it (their UTF-8 bytes)."""
+    texts = [orjson.dumps(request[k]) for k in _DEFINITIONS if request.get(k)]
     for m in request.get("messages") or ():
-        texts.extend(orjson.dumps(m[k]).decode() for k in _CALLS if m.get(k))
-    return sum(count_text(t) for t in texts)
+        texts.extend(orjson.dumps(m[k]) for k in _CALLS if m.get(k))
+    return sum(count_text(t.decode()) for t in texts), sum(len(t) for t in texts)
 
 
 # The prompt this request already counted (routing does), so that the calls it makes need not count

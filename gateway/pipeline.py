@@ -291,12 +291,24 @@ class Route:
     definitions: int = 0        # of them, the tokens of tools, schemas and earlier tool calls (`definition_tokens`)
     terms: Terms = PLAIN        # what the request asks for that changes its calls' prices (`service_tier`...)
     billing: Billing = Billing(0.0, None, False)  # its hedge, resumption and deadline (`Billing.of`)
+    definition_bytes: int = 0   # the definitions' bound (`definition_tokens`)
+    bound: int | None = None    # `held_prompt_tokens`, once worked out
 
     @property
     def prompt_tokens(self) -> int:
         if self.counted is None:
             self.counted = count_messages(self.messages) + self.definitions
         return self.counted
+
+    @property
+    def held_prompt_tokens(self) -> int:
+        """The prompt tokens a budget holds: a bound no upstream's count exceeds (`prompt_bound`: a UTF-8
+        byte each), not the gateway's own count, which another tokenizer may exceed many times over (1,600
+        "!" are 108 tokens to tiktoken and 1,600 to a server that reads punctuation a character a token):
+        concurrent requests each held at the count overspent a budget about 13 times."""
+        if self.bound is None:
+            self.bound = prompt_bound(self.messages)[0] + self.definition_bytes
+        return self.bound
 
 
 def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext, tenant: str,
@@ -307,17 +319,18 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
     max_tokens = request.get("max_completion_tokens") or request.get("max_tokens")
     messages = request["messages"]
     decision: Decision | None = None
-    definitions = definition_tokens(request)
+    definitions, definition_bytes = definition_tokens(request)
     terms = terms_of(request)
     if entry.pinned:
         # A pinned call is not routed, so its prompt is not counted yet: a bound that costs a byte count
         # shows most caps cannot bind, and the exact count is left to whatever needs it.
         bound, audio = prompt_bound(messages)
-        bound += definitions
+        bound += definition_bytes
         if audio:
             terms = with_audio_input(terms, audio)
         r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
-                  router_version=router.version, definitions=definitions, terms=terms)
+                  router_version=router.version, definitions=definitions, terms=terms,
+                  definition_bytes=definition_bytes, bound=bound)
     else:
         sig = routing.assess(router.of(tenant), messages, svc.config.deployments)
         if definitions:  # the plans are priced on the whole prompt
@@ -335,7 +348,8 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         except PlansBehindOpenCircuits as exc:
             raise svc.upstreams.unavailable(exc.deployments) from None
         r = Route(decision.plan, decision, messages, max_tokens, choices=choices,
-                  router_version=router.version, counted=sig.prompt_tokens, terms=terms)
+                  router_version=router.version, counted=sig.prompt_tokens, terms=terms,
+                  definition_bytes=definition_bytes)
         bound = r.prompt_tokens
     billing = r.billing = Billing.of(entry, request, ctx)
     cap = entry.policy.spec.constraints.max_cost_usd
@@ -497,8 +511,8 @@ def _need(svc: Services, tenant: Tenant, r: Route) -> Need:
     if not tenant.holds_budget and not tenant.counts_tokens:  # skip the worst-case arithmetic
         return NOTHING
     ttl = worst_case_duration_s(r.plan, svc.catalog) + HOLD_MARGIN_S
-    reserve = r.billing.worst(r.plan, r.prompt_tokens, catalog, r.max_tokens, r.choices) if tenant.holds_budget \
-        else 0.0
+    reserve = r.billing.worst(r.plan, r.held_prompt_tokens, catalog, r.max_tokens, r.choices) \
+        if tenant.holds_budget else 0.0
     legs = [r.plan]
     if r.billing.hedge_s(r.plan) is not None and isinstance(r.plan, Single):  # both legs' calls are made
         legs.append(Single(r.plan.fallbacks[0], r.plan.fallbacks[1:]))

@@ -22,7 +22,7 @@ import pytest
 from gateway.api.app import create_app
 from gateway.config import parse_config
 from gateway.ledger import read_spend, spend_table, window
-from gateway.messages import count_messages
+from gateway.messages import prompt_bound
 from tests.integration.test_metrics_endpoint import scrape, total
 from tests.support.lab import BUDGET_KEY as BUDGET
 from tests.support.lab import PRICE, budgeted_gateway, lab_gateway, policies_folder, simulator_of
@@ -115,10 +115,10 @@ def test_every_answer_the_upstream_served_is_billed_even_when_the_gateway_had_gi
 def test_a_budget_holds_for_an_attempt_given_up_on_and_the_fallback_that_answered(
         sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # The first deployment always times out and answers late, billed, on top of its fallback's answer.
-    # One call's worst case here is (prompt + 10 output tokens at $2/M) ~ $0.00003: a budget of
-    # $0.00004 pays for one call, not for both. Before, the request was admitted on one call's hold
-    # and spent both (~$0.00005).
-    budget = 0.00004
+    # One call's worst case here is (the prompt's 21-token bound + 10 output tokens at $2/M) ~ $0.000041:
+    # a budget of $0.00005 pays for one call, not for both. Before, the request was admitted on one
+    # call's hold and spent both.
+    budget = 0.00005
     policy = {"candidates": [{"single": "late"}], "fallbacks": {"late": ["next"]}}
     deployments = {"late": ("sim-late", {"max_retries": 0, "timeout_s": TIMEOUT_S}),
                    "next": ("sim-next", {"max_retries": 0, "timeout_s": 5})}
@@ -200,7 +200,7 @@ def test_the_hold_keeps_the_room_of_a_late_answer_until_it_lands(
     # while the tardy attempt is still on its way. Before, its whole hold was given back with the
     # response: a second request (one call) fitted in the room the tardy answer then spent, and the
     # budget overshot (three calls billed). Now the tardy call's worst case stays held until it lands.
-    call = (count_messages(QUESTION) * PRICE["input_per_mtok"] + 10 * PRICE["output_per_mtok"]) / 1e6
+    call = (prompt_bound(QUESTION)[0] * PRICE["input_per_mtok"] + 10 * PRICE["output_per_mtok"]) / 1e6
     budget = 2.1 * call
     tenant = f"late-{uuid.uuid4().hex[:8]}"
     with budgeted_gateway(sim, tmp_path, monkeypatch, budget, TARDY_POLICY, TARDY_DEPLOYMENTS, tenant=tenant,

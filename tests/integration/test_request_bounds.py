@@ -14,7 +14,7 @@ import redis
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
-from gateway.messages import count_messages
+from gateway.messages import prompt_bound
 from gateway.state import holds_key, spend_key
 from tests.support.lab import simulator_of
 from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
@@ -59,7 +59,7 @@ def test_a_request_without_max_tokens_generates_no_more_than_its_reservation_all
     reservation, 8× the tenant's whole budget)."""
     tenant = f"bounds-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    worst = (count_messages(MESSAGES) * PRICE_IN + LIMIT * PRICE_OUT) / 1e6
+    worst = (prompt_bound(MESSAGES)[0] * PRICE_IN + LIMIT * PRICE_OUT) / 1e6
     app = create_app(parse_config(_config(sim.url, redis_server.url, tenant), "test"))
     with running_gateway(app) as gw:
         client = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=API_KEY, max_retries=0)

@@ -74,8 +74,8 @@ def _worst_case() -> float:
     return (count_messages(MESSAGES) * PRICE_IN + MAX_TOKENS * PRICE_OUT) / 1e6
 
 
-async def _burst(base_urls: list[str], n: int = 50) -> list[httpx.Response]:
-    body = {"model": "small", "messages": MESSAGES, "max_tokens": MAX_TOKENS, "temperature": 0.7}
+async def _burst(base_urls: list[str], n: int = 50, messages: list[dict[str, str]] = MESSAGES) -> list[httpx.Response]:
+    body = {"model": "small", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0.7}
     async with httpx.AsyncClient(timeout=30, headers={"authorization": f"Bearer {API_KEY}"},
                                  limits=httpx.Limits(max_connections=n)) as client:
         return await asyncio.gather(*(client.post(base_urls[i % len(base_urls)] + "/v1/chat/completions",
@@ -105,6 +105,25 @@ def test_budget_holds_under_50_concurrent_requests_on_one_gateway(
     with running_gateway(app) as gw:
         responses = asyncio.run(_burst([gw.base_url]))
     _assert_budget_held(responses, redis_server.url, tenant, sim)
+
+
+def test_budget_holds_for_a_prompt_the_upstream_counts_many_times_over_the_gateways_count(
+        sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 200 "!" are 13 tokens to tiktoken and 200 to the upstream (a token per punctuation mark, as the
+    # simulator counts): each request was held at a sixth of what it cost, and a burst spent 2.6 times
+    # the budget. A budget holds the prompt's byte count, which no upstream's token count exceeds.
+    sim.reset()
+    tenant = f"budget-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv(KEY_ENV, API_KEY)
+    app = create_app(parse_config(_raw_config(sim.url, redis_server.url, tenant), "test"))
+    with running_gateway(app) as gw:
+        responses = asyncio.run(_burst([gw.base_url], n=20, messages=[{"role": "user", "content": "!" * 200}]))
+    ok = [r for r in responses if r.status_code == 200]
+    assert ok and all(r.status_code == 429 for r in responses if r.status_code != 200)
+    assert int(ok[0].json()["usage"]["prompt_tokens"]) > 5 * count_messages([{"role": "user", "content": "!" * 200}])
+    spent = float(redis.Redis.from_url(redis_server.url).get(spend_key(tenant)) or 0)
+    assert spent == pytest.approx(sum(float(r.headers["x-switchyard-cost-usd"]) for r in ok))
+    assert spent <= BUDGET
 
 
 def _serve(config: Path) -> tuple[subprocess.Popen[bytes], str]:

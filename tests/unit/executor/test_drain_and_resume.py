@@ -11,7 +11,7 @@ import pytest
 from gateway.executor import CallRecord, Deadline
 from gateway.executor.drain import LATE, READ_ON, late_bills
 from gateway.executor.resume import resuming
-from gateway.messages import count_messages, count_text
+from gateway.messages import count_messages, count_text, prompt_bound
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.streaming import Accumulator
 from tests.support.fake_backend import Delay, Stream, answer, chunk, deployment, fake_upstreams
@@ -59,7 +59,7 @@ def test_a_call_that_answers_after_its_timeout_is_billed_late_while_the_fallback
     assert [(c.deployment, c.role) for c in billed] == [("a", LATE)]
     assert billed[0].usage.prompt_tokens == 10 and billed[0].cost_usd > 0
     # given up on, it was held for at its worst (its prompt and the whole output it may write)
-    worst = up.prices["a"].estimate(count_messages(BODY["messages"]), up.deployments["a"].max_output_tokens)
+    worst = up.prices["a"].estimate(prompt_bound(BODY["messages"])[0], up.deployments["a"].max_output_tokens)
     assert collected.worst == [pytest.approx(worst)]
 
 
@@ -221,7 +221,7 @@ def test_a_call_given_up_on_is_held_with_its_audio_prompt_at_the_audio_rate() ->
 
     collected = _Collected()
     asyncio.run(_collecting(work, collected))
-    prompt = count_messages(HEARD_BODY["messages"])
+    prompt = prompt_bound(HEARD_BODY["messages"])[0]  # held at the bound no upstream's count exceeds
     worst = (prompt * 1.0 + 960 * 39.0 + up.deployments["a"].max_output_tokens * 2.0) / 1e6
     assert collected.worst == [pytest.approx(worst)]
 
