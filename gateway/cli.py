@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import json
 import math
 import os
@@ -45,14 +46,36 @@ def _setup_logging(level: str, fmt: str | None = None) -> None:
     quiet_litellm_loggers()
 
 
-def _port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-    return True
+def _host_port(host: str, port: int) -> str:
+    """host:port as a URL writes it: an IPv6 address in brackets ([::1]:8080)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _cannot_listen(host: str, port: int) -> str | None:
+    """Why the server could not listen on host:port, or None if it can: bound as asyncio's server
+    will bind it, on every address the host resolves to (an IPv6 one on an IPv6 socket)."""
+    try:
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"unknown host {host!r} ({exc.strerror}); give an address or a name this machine resolves"
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio does: "::" then leaves IPv4 to its own socket
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(address)
+            except OSError as exc:
+                return _bind_error(host, port, exc)
+    return None
+
+
+def _bind_error(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"{_host_port(host, port)} is in use; pick another with --port"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"cannot listen on {host}: it is not an address of this machine; pick one with --host"
+    return f"cannot listen on {_host_port(host, port)}: {exc.strerror}"
 
 
 def _uvicorn_config(app: Any, host: str, port: int, log_level: str) -> Any:
@@ -88,10 +111,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"switchyard serve: --workers must be 1 or more, got {args.workers}", file=sys.stderr)
         return 2
-    # Before the config, the router and the store: a taken port would otherwise fail only after all of
-    # them, in uvicorn's words. (Port 0 asks for any free one.)
-    if args.port and not _port_free(args.host, args.port):
-        print(f"switchyard serve: {args.host}:{args.port} is in use; pick another with --port", file=sys.stderr)
+    # Before the config, the router and the store: a taken port or a wrong host would otherwise fail
+    # only after all of them, in uvicorn's words. (Port 0 asks for any free one.)
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"switchyard serve: {problem}", file=sys.stderr)
         return 1
     if args.workers > 1:
         from gateway.workers import serve
@@ -117,15 +141,16 @@ async def _demo(args: argparse.Namespace) -> None:
         while not server.started and not serving.done():  # noqa: ASYNC110 (uvicorn exposes a flag, not an event)
             await asyncio.sleep(0.05)
         if server.started:
-            print(EXAMPLES.format(base=f"http://{args.host}:{args.port}"), flush=True)
+            print(EXAMPLES.format(base=f"http://{_host_port(args.host, args.port)}"), flush=True)
         await serving
     finally:
         await sim.close()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    if not _port_free(args.host, args.port):
-        print(f"switchyard demo: {args.host}:{args.port} is in use; pick another with --port", file=sys.stderr)
+    problem = _cannot_listen(args.host, args.port)
+    if problem:
+        print(f"switchyard demo: {problem}", file=sys.stderr)
         return 1
     _run(_demo(args))
     return 0

@@ -4,6 +4,7 @@ policy check, and configuration errors that name the culprit."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -53,9 +54,15 @@ def test_every_command_and_argument_says_what_it_is_in_its_help() -> None:
 
 
 @pytest.fixture(scope="module")
-def demo() -> tuple[str, subprocess.Popen[str]]:
-    port = free_port()
-    proc = subprocess.Popen([*CLI, "demo", "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+def demo() -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    with _running_demo("--port", str(free_port())) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def _running_demo(*args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+    """`switchyard demo ARGS`, with what it printed up to "Press Ctrl-C" (or its exit)."""
+    proc = subprocess.Popen([*CLI, "demo", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, cwd=ROOT, env=ENV)
     assert proc.stdout is not None
     lines: list[str] = []
@@ -65,9 +72,11 @@ def demo() -> tuple[str, subprocess.Popen[str]]:
         lines.append(line)
         if line.startswith("Press Ctrl-C") or (not line and proc.poll() is not None):
             break
-    yield "".join(lines), proc
-    proc.terminate()
-    proc.wait(timeout=15)
+    try:
+        yield "".join(lines), proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
 
 
 def _printed_command(text: str, starts: str) -> str:
@@ -178,6 +187,31 @@ def test_serve_on_a_port_in_use_refuses_in_one_line_before_starting_up(tmp_path:
                 f"switchyard serve: 127.0.0.1:{port} is in use; pick another with --port"], result.stderr
 
 
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_serve_and_demo_listen_on_an_ipv6_host_and_its_examples_work_as_printed() -> None:
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.bind(("::1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = _run("demo", "--host", "::1", "--port", str(port))
+        assert result.returncode == 1 and result.stderr.splitlines() == [
+            f"switchyard demo: [::1]:{port} is in use; pick another with --port"], result.stderr
+    with _running_demo("--host", "::1", "--port", str(port)) as (text, _):
+        assert f"Switchyard is up on http://[::1]:{port}" in text, text
+        curl = subprocess.run(shlex.split(_printed_command(text, "curl ")), capture_output=True, text=True,
+                              timeout=30)
+        assert "HTTP/1.1 200" in curl.stdout, curl.stdout + curl.stderr
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_serve_refuses_a_configured_router_whose_meta_and_arrays_disagree_in_one_line(
         tmp_path: Path, workers: str) -> None:
@@ -250,6 +284,10 @@ BAD_INVOCATIONS = [
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
     ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback
+    # both said "is in use"
+    ("demo --host 192.0.2.1", "switchyard demo: cannot listen on 192.0.2.1: it is not an address of this machine"),
+    ("serve --config {models} --port 0 --host no-such-host.invalid",
+     "switchyard serve: unknown host 'no-such-host.invalid'"),
     ("router evaluate {not-a-router} --data {missing} --share 5", "argument --share: must be from 0 to 1, got '5'"),
     ("router evaluate {not-a-router} --data {missing} --threshold nan", "argument --threshold: must be a finite"),
     ("router evaluate {not-a-router} --data {missing} --split bogus",
