@@ -36,6 +36,9 @@ print(r.headers['x-switchyard-plan'], r.headers['x-switchyard-cost-usd'], r.pars
 Press Ctrl-C to stop.
 """
 
+# The levels both logging and uvicorn know, in either case (INFO or info).
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 
 def _setup_logging(level: str, fmt: str | None = None) -> None:
     """`fmt`: json or text; None: text at a terminal, JSON otherwise (`gateway.logs`)."""
@@ -474,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config", help="gateway YAML (default: $SWITCHYARD_CONFIG)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s; 0.0.0.0 for all)")
     s.add_argument("--port", type=_port, default=8080, help="port to listen on (default: %(default)s)")
-    s.add_argument("--log-level", default="info", help="debug, info, warning or error (default: %(default)s)")
+    s.add_argument("--log-level", default="info", type=str.lower, choices=LOG_LEVELS,
+                   help="debug, info, warning, error or critical (default: %(default)s)")
     s.add_argument("--workers", type=int, default=1,
                    help="worker processes on this host, sharing the port, each with its own app (default 1); "
                         "they share budgets, rate limits and the cache only through redis_url")
@@ -487,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default: %(default)s)")
     d.add_argument("--port", type=_port, default=8080, help="port the gateway listens on (default: %(default)s)")
     d.add_argument("--sim-port", type=_port, default=0, help="port of the simulated models (0: any free)")
-    d.add_argument("--log-level", default="warning", help="debug, info, warning or error (default: %(default)s)")
+    d.add_argument("--log-level", default="warning", type=str.lower, choices=LOG_LEVELS,
+                   help="debug, info, warning, error or critical (default: %(default)s)")
     d.set_defaults(func=cmd_demo)
 
     m = sub.add_parser("simulate", help="run only the simulated OpenAI-compatible model server")

@@ -284,6 +284,8 @@ BAD_INVOCATIONS = [
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),
     ("demo --port 99999", "argument --port: a port is 0-65535, got 99999"),  # it bound 34463, or a traceback
+    ("serve --config {models} --log-level verbose", "argument --log-level: invalid choice: 'verbose' (choose from"),
+    ("demo --log-level trace", "argument --log-level: invalid choice: 'trace' (choose from"),  # both a traceback
     # both said "is in use"
     ("demo --host 192.0.2.1", "switchyard demo: cannot listen on 192.0.2.1: it is not an address of this machine"),
     ("serve --config {models} --port 0 --host no-such-host.invalid",
