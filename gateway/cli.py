@@ -15,10 +15,13 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import keys_cli
 from gateway.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from gateway.ledger import Window
 
 # The examples are printed as users will paste them, so their lines stay long.
 EXAMPLES = """\
@@ -333,10 +336,24 @@ ask its /v1/spend instead.
 """
 
 
+def _since_window(since: str | None) -> Window:
+    """The ledger window of `--since` (default: the ledger's), ending now: one clock reading for both
+    ends, else --since 400d, the longest the ledger keeps, came out a moment longer."""
+    from gateway import ledger
+    from gateway.logs_export import parse_duration
+
+    now = time.time()
+    if since is None:
+        return ledger.window(None, None, now)
+    seconds = parse_duration(since)
+    if seconds <= 0:  # an empty window, which GET /v1/spend refuses too
+        raise ValueError(f"--since must be longer than 0, got {since!r}")
+    return ledger.window(now - seconds, None, now)
+
+
 def cmd_spend(args: argparse.Namespace) -> int:
     from gateway import ledger
     from gateway.config import ENV_CONFIG, load_config
-    from gateway.logs_export import parse_duration
     from gateway.spend_report import as_csv, as_text, spend_rows
     from gateway.state import StoreUnavailable
 
@@ -348,8 +365,7 @@ def cmd_spend(args: argparse.Namespace) -> int:
         return 2
     try:
         group_by = ledger.parse_group_by(args.group_by)
-        window = ledger.window(None, None) if args.since is None else \
-            ledger.window(time.time() - parse_duration(args.since), None)
+        window = _since_window(args.since)
     except ValueError as exc:
         print(f"switchyard spend: {exc}", file=sys.stderr)
         return 2

@@ -224,6 +224,20 @@ def test_bad_spend_parameters_are_400(gateway_url: str, params: dict[str, str], 
     assert error["type"] == "invalid_request_error" and error["param"] == param
 
 
+def _switchyard_spend(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway.cli", "spend", *args], cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
+
+
+def test_switchyard_spend_since_reaches_back_as_far_as_the_ledger_keeps_and_no_further(config_file: Path) -> None:
+    longest = _switchyard_spend("--config", str(config_file), "--since", "400d")  # was refused as over 400 days
+    assert longest.returncode == 0 and longest.stderr == "", longest.stderr
+    for since, says in [("401d", "the window may span at most 400 days (what the ledger keeps)"),
+                        ("0h", "--since must be longer than 0, got '0h'")]:  # was the current hour
+        out = _switchyard_spend("--config", str(config_file), "--since", since)
+        assert out.returncode == 2 and out.stderr.splitlines() == [f"switchyard spend: {says}"], out.stderr
+
+
 def test_switchyard_spend_help_explains_the_table() -> None:
     out = subprocess.run([sys.executable, "-m", "gateway.cli", "spend", "--help"], cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=60)
