@@ -28,7 +28,7 @@ from gateway.errors import ConfigError
 from gateway.policy.loader import bind_policy, spec_version
 from gateway.policy.schema import PolicySpec
 from gateway.policy.sources import user_policies_dir
-from gateway.policy.versions import PolicyVersions, VersionEntry, spec_yaml
+from gateway.policy.versions import UNLOADED, PolicyVersions, VersionEntry, spec_yaml
 from gateway.router.admin import gateway_config, operator, store_url
 from gateway.state import RedisStore, StoreUnavailable, policy_current_key
 
@@ -60,8 +60,13 @@ async def _with_versions(url: str, work: Callable[[PolicyVersions], Awaitable[T]
 
 
 async def _history_and_current(v: PolicyVersions, name: str) -> tuple[list[VersionEntry], str | None]:
+    """The audit and the version in force: none once the latest change unloaded the policy (the
+    pointer still names the version before, which replicas with the file keep serving)."""
     raw = await v.store.get(policy_current_key(name))
-    return await v.history(name), VersionEntry.load(raw).version if raw else None
+    entries = await v.history(name)
+    if entries and entries[-1].version == UNLOADED:
+        return entries, None
+    return entries, VersionEntry.load(raw).version if raw else None
 
 
 def render_history(name: str, entries: list[VersionEntry], current: str | None) -> str:
@@ -71,6 +76,8 @@ def render_history(name: str, entries: list[VersionEntry], current: str | None) 
     for e in entries:
         mark = "  (in force)" if e.version == current and e is _last_of(entries, current) else ""
         lines.append(f"{e.version}  {_when(e.at)}  {e.source}  by {e.by}  {e.path or ''}{mark}".rstrip())
+        if e.version == UNLOADED:  # no spec: a version loaded after it is compared with the one before
+            continue
         if previous is not None and previous.spec != e.spec:
             diff = difflib.unified_diff(spec_yaml(previous.spec).splitlines(), spec_yaml(e.spec).splitlines(),
                                         f"{name}@{previous.version}", f"{name}@{e.version}", lineterm="")
@@ -137,10 +144,11 @@ def rollback(name: str, version: str, config_path: str | None, by: str | None = 
     except StoreUnavailable as exc:
         return _err(f"switchyard policy rollback: the store did not answer: {exc}")
     wanted = version.lower()
-    found = next((e for e in reversed(entries) if e.version == wanted or
+    versions = [e for e in reversed(entries) if e.version != UNLOADED]
+    found = next((e for e in versions if e.version == wanted or
                   (len(wanted) >= 4 and e.version.startswith(wanted))), None)
     if found is None:
-        known = ", ".join(dict.fromkeys(e.version for e in reversed(entries))) or "none"
+        known = ", ".join(dict.fromkeys(e.version for e in versions)) or "none"
         return _err(f"switchyard policy rollback: policy '{name}' has no version '{version}' (known: {known})")
     if found.version == current:
         print(f"policy {name}: version {found.version} is in force already")
@@ -163,7 +171,7 @@ def rollback(name: str, version: str, config_path: str | None, by: str | None = 
         return _err(f"switchyard policy rollback: the store did not answer: {exc}")
     write_atomically(path, f"# rolled back to {found.version} by {entry.by} at {_when(entry.at)}\n"
                            + spec_yaml(found.spec))
-    print(f"policy {name}: version {found.version} in force (was {current}); wrote {path}")
+    print(f"policy {name}: version {found.version} in force (was {current or 'none'}); wrote {path}")
     return 0
 
 

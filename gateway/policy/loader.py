@@ -54,6 +54,16 @@ class Loaded:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Unloaded:
+    """A policy that went out of force with its deleted file: the audit records that too, or its
+    history would show the last version as in force."""
+
+    name: str
+    path: Path
+    at: float
+
+
 def spec_version(spec: PolicySpec) -> str:
     """12 hex digits of the sha256 of the spec's canonical JSON: equal for equal policies, whatever
     the file's formatting or key order, and different after any edit that changes a value."""
@@ -156,7 +166,7 @@ class PolicySet:
         self._mtimes: dict[Path, float] = {}
         self.policies: dict[str, BoundPolicy] = {}
         self.since: dict[str, float] = {}  # policy → when its version in force came into force (unix time)
-        self.loaded: list[Loaded] = []  # drained by the version follower, on the event loop
+        self.loaded: list[Loaded | Unloaded] = []  # drained by the version follower, on the event loop
         self.skipped: dict[str, str] = {}  # shipped policy → why this config cannot bind it
         errors = []
         for name, source in policy_sources(folder, shipped).items():
@@ -249,6 +259,7 @@ class PolicySet:
                       path, name)
             return False
         self.policies = {k: v for k, v in self.policies.items() if k != name}
+        self.loaded.append(Unloaded(name, path, time.time()))
         log.info("policy %s unloaded: %s was deleted", name, path,
                  extra={"event": "policy_unloaded", "policy": name, "file": path.name})
         return True

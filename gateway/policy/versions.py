@@ -5,6 +5,8 @@ back after a delete) becomes an audit entry `{policy, version, at, source, by, p
 logged (logger `switchyard.policy`, the fields as structured `extra`) and appended to
 `sy:policy:audit:{<policy>}` in the store, and a change also replaces `sy:policy:current:{<policy>}`,
 the pointer every replica follows. The store is written by the watch task, never on the request path.
+A policy unloaded with its deleted file is an entry too (version `unloaded`, source `file deleted`,
+no spec), which leaves the pointer alone: the replicas that still have the file keep serving it.
 
 One entry per change, not per replica: the append is skipped when the last entry has the same
 version (atomically, a Lua script on Redis), so N replicas reloading the same file write one entry,
@@ -37,12 +39,13 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.errors import ConfigError
-from gateway.policy.loader import Loaded, PolicySet
+from gateway.policy.loader import Loaded, PolicySet, Unloaded
 from gateway.policy.schema import PolicySpec
 from gateway.state import Store, StoreUnavailable, policy_audit_key, policy_current_key
 
 log = logging.getLogger("switchyard.policy")
 _QUIET_S = 60.0
+UNLOADED = "unloaded"  # the version of an audit entry saying the policy went out of force
 
 
 def replica_id() -> str:
@@ -80,7 +83,9 @@ class VersionEntry:
                    d.get("path"), d.get("spec") or {})
 
     @classmethod
-    def of(cls, loaded: Loaded, by: str) -> VersionEntry:
+    def of(cls, loaded: Loaded | Unloaded, by: str) -> VersionEntry:
+        if isinstance(loaded, Unloaded):
+            return cls(loaded.name, UNLOADED, loaded.at, "file deleted", by, str(loaded.path), {})
         p = loaded.policy
         return cls(p.name, p.version, loaded.at, loaded.source, by, str(loaded.path), spec_json(p.spec))
 
@@ -127,7 +132,8 @@ class PolicyFollower:
         loaded, self.policies.loaded = self.policies.loaded, []
         for item in loaded:
             entry = VersionEntry.of(item, self.by)
-            log_entry(entry, f"policy {entry.policy} version {entry.version} in force ({entry.source})")
+            if isinstance(item, Loaded):  # the loader logged the unload already (`policy_unloaded`)
+                log_entry(entry, f"policy {entry.policy} version {entry.version} in force ({entry.source})")
             self._pending.append(entry)
 
     async def publish(self) -> None:
@@ -136,7 +142,7 @@ class PolicyFollower:
         while self._pending:
             entry = self._pending[0]
             try:
-                await self.versions.record(entry, change=entry.source != "start-up")
+                await self.versions.record(entry, change=entry.source != "start-up" and entry.version != UNLOADED)
             except StoreUnavailable as exc:
                 self._warn(f"cannot record policy {entry.policy} version {entry.version} ({exc}); will retry")
                 return
@@ -155,7 +161,8 @@ class PolicyFollower:
                 continue
             self._seen[name] = raw
             entry = VersionEntry.load(raw)
-            if entry.version == bound.version or entry.at <= self.policies.since.get(name, 0.0):
+            # An unload is the pointer only where there was none before it: nothing to follow.
+            if entry.version in (bound.version, UNLOADED) or entry.at <= self.policies.since.get(name, 0.0):
                 continue
             try:
                 self.policies.adopt(name, PolicySpec.model_validate(entry.spec), entry.at)
@@ -191,4 +198,5 @@ class PolicyFollower:
             log.warning(message)
 
 
-__all__ = ["PolicyFollower", "PolicyVersions", "VersionEntry", "log_entry", "replica_id", "spec_json", "spec_yaml"]
+__all__ = ["UNLOADED", "PolicyFollower", "PolicyVersions", "VersionEntry", "log_entry", "replica_id", "spec_json",
+           "spec_yaml"]

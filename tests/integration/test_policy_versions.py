@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from gateway.api.app import create_app
 from tests.integration.conftest import sim_config
-from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
+from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway, wait_until
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 SMALL = "candidates:\n  - single: small\n"
@@ -110,6 +110,39 @@ def test_a_policy_edit_appears_in_history_and_a_rollback_restores_the_previous_d
     assert [(e["version"], e["source"]) for e in entries] == [(old, "start-up"), (new, "file reload"),
                                                                (old, "cli rollback")]
     assert entries[-1]["by"] == "ops@test"
+
+
+def test_a_deleted_policy_shows_in_history_as_unloaded_not_in_force_and_a_rollback_brings_it_back(
+        simulator: Simulator, versions_url: str, tmp_path: Path) -> None:
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "pv.yaml").write_text(SMALL)
+    config = sim_config(simulator.url, versions_url, policies_dir=str(folder))
+    gw_yaml = tmp_path / "gw.yaml"
+    gw_yaml.write_text(yaml.safe_dump(config.model_dump(mode="json", exclude_none=True)))
+    with running_gateway(create_app(config, policies_dir=folder, watch_policies_s=0.2)) as gw:
+        _, old = _route(gw.base_url)
+        (folder / "pv.yaml").unlink()
+
+        def history() -> list[dict[str, object]]:
+            listed = _cli("policy", "history", "pv", "--config", str(gw_yaml), "--json", cwd=tmp_path)
+            assert listed.returncode == 0, listed.stderr
+            return list(yaml.safe_load(listed.stdout))
+
+        wait_until(lambda: len(history()) == 2, timeout_s=10, what="the unload in the audit")
+        assert [(e["version"], e["source"]) for e in history()] == [(old, "start-up"), ("unloaded", "file deleted")]
+        shown = _cli("policy", "history", "pv", "--config", str(gw_yaml), cwd=tmp_path).stdout
+        assert "(in force)" not in shown, shown  # it said so of the deleted version
+        assert shown.splitlines()[-1].startswith("unloaded  "), shown
+        assert shown.splitlines()[-1].endswith(f"file deleted  by {history()[-1]['by']}  {folder / 'pv.yaml'}")
+
+        rolled = _cli("policy", "rollback", "pv", old, "--config", str(gw_yaml), cwd=tmp_path)
+        assert rolled.returncode == 0 and rolled.stdout.startswith(f"policy pv: version {old} in force (was none)"), \
+            rolled.stdout + rolled.stderr  # not "in force already"
+        wait_until(lambda: httpx.post(gw.base_url + "/v1/route", json={
+            "model": "router/pv", "messages": [{"role": "user", "content": "hi"}]}).status_code == 200,
+            timeout_s=5, what="the rolled-back policy")
+        assert "(in force)" in _cli("policy", "history", "pv", "--config", str(gw_yaml), cwd=tmp_path).stdout
 
 
 def test_policy_history_without_a_shared_store_says_what_it_needs(tmp_path: Path) -> None:
