@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from gateway import ledger
-from gateway.errors import AuthenticationFailed, InvalidRequest, StoreOutage
+from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound, StoreOutage
 from gateway.pipeline import Services
 from gateway.state import StoreUnavailable
 
@@ -60,8 +60,8 @@ def _page(needs_key: bool) -> bytes:
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     media = _ASSETS.get(name)
-    if media is None:
-        return Response(b"not found", status_code=404, media_type="text/plain", headers=_HEADERS)
+    if media is None:  # the JSON envelope, as any other unknown path
+        raise NotFound(f"no dashboard asset {name[:64]!r}", code="not_found")
     return Response(_read(name), media_type=media, headers=_HEADERS)
 
 

@@ -97,6 +97,14 @@ def test_the_dashboard_page_holds_no_data_and_runs_only_its_own_script(dash: Gat
     assert httpx.get(dash.base_url + "/dashboard/static/..%2Fview.py", timeout=10).status_code == 404
 
 
+def test_an_unknown_dashboard_asset_is_the_json_404_every_other_unknown_path_gets(dash: GatewayServer) -> None:
+    elsewhere = httpx.get(dash.base_url + "/nope.js", timeout=10)
+    missing = httpx.get(dash.base_url + "/dashboard/static/nope.js", timeout=10)  # was text/plain "not found"
+    assert (missing.status_code, missing.headers["content-type"]) == (404, elsewhere.headers["content-type"])
+    assert missing.json() == {"error": {"message": "no dashboard asset 'nope.js'", "type": "invalid_request_error",
+                                        "param": None, "code": elsewhere.json()["error"]["code"]}}
+
+
 def test_dashboard_data_shows_spend_savings_mix_cache_latency_errors_and_versions(dash: GatewayServer) -> None:
     d = _data(dash.base_url, VIEWER_KEY).json()
     spend = httpx.get(dash.base_url + "/v1/spend", headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=10).json()
