@@ -256,7 +256,8 @@ class PolicySet:
                 log.debug("shipped policy %s does not bind: %s", name, exc)
         if name in self.kept:
             log.error("policy file %s was deleted, but %s is a default policy: keeping its last good version",
-                      path, name)
+                      path, name, extra={"event": "policy_rejected", "policy": name, "file": path.name,
+                                         "error": "deleted, but it is a default policy"})
             return False
         self.policies = {k: v for k, v in self.policies.items() if k != name}
         self.loaded.append(Unloaded(name, path, time.time()))

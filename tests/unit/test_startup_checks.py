@@ -104,6 +104,9 @@ def test_deleting_the_default_policys_file_keeps_its_last_good_version_and_logs_
         assert policies.reload_changed() == []
     assert "mine" in policies.policies
     assert [r.levelno for r in caplog.records] == [logging.ERROR] and "default policy" in caplog.records[0].message
+    # an `event` as every other policy line has (it had none: a filter on events never saw it)
+    assert {k: getattr(caplog.records[0], k, None) for k in ("event", "policy", "file")} == {
+        "event": "policy_rejected", "policy": "mine", "file": "mine.yaml"}
 
 
 def test_deleting_a_tenants_default_policy_file_keeps_its_last_good_version(tmp_path: Path) -> None:
