@@ -200,7 +200,8 @@ def _malformed(item: Mapping[str, Any]) -> str | None:
 
 
 def from_jsonl(path: Path, since_s: float) -> Iterator[tuple[dict[str, Any], Feedbacks]]:
-    """Records and feedback from the JSONL sink; a later feedback line of a source replaces an earlier."""
+    """Records and feedback from the JSONL sink; a later feedback line of a source replaces an earlier,
+    and a later record of a request id replaces the earlier one with its labels."""
     records: dict[tuple[str, str], dict[str, Any]] = {}
     feedback: dict[tuple[str, str], Feedbacks] = {}
     with path.open("rb") as f:
@@ -216,8 +217,12 @@ def from_jsonl(path: Path, since_s: float) -> Iterator[tuple[dict[str, Any], Fee
             if (problem := _malformed(item)) is not None:
                 raise InputError(f"{path}: line {n}: {problem}")
             key = (item.get("tenant", ""), item.get("request_id", ""))
-            if item.get("kind") == "request" and item.get("time", 0) >= since_s:
-                records[key] = item
+            if item.get("kind") == "request":
+                # A reused request id starts afresh, as the store starts it: the labels before this
+                # line were the earlier request's, and would score this one's prompt.
+                feedback.pop(key, None)
+                if item.get("time", 0) >= since_s:
+                    records[key] = item
             elif item.get("kind") == "feedback":  # a line from before origins were recorded: a client's
                 feedback.setdefault(key, {})[label_key(item.get("origin", "client"), item["source"])] = item
     for key, record in records.items():

@@ -403,6 +403,32 @@ def test_logs_export_takes_client_labels_only_from_the_origins_and_tenants_it_is
     assert bad.returncode == 2 and "oracle" in bad.stderr
 
 
+def test_logs_export_gives_a_reused_request_id_only_its_latest_request_s_labels(gw: Gateway, tmp_path: Path) -> None:
+    rid = f"reused-export-{gw.kind}-{time.time_ns()}"
+    gw.ask("sk-alice", model="router/shadowed", extra_headers={"x-request-id": rid})
+    _wait_for(lambda: _judge_label(gw, rid))
+    assert gw.feedback("sk-alice", {"request_id": rid, "score": 0.0, "source": "eval"}).status_code == 200
+    colour = [{"role": "user", "content": "Name a colour of the rainbow, one word."}]
+    gw.ask("sk-alice", messages=colour, extra_headers={"x-request-id": rid})
+    _wait_for(lambda: len([x for x in gw.sink_lines() if x.get("kind") == "request" and x["request_id"] == rid]) == 2)
+
+    def exported() -> dict[str, Any]:
+        out = tmp_path / "traffic.jsonl"
+        done = _export(gw, out, "--since", "1h", "--origin", "gateway,client")
+        assert done.returncode == 0, done.stderr
+        return {r["id"]: r for r in map(orjson.loads, out.read_bytes().splitlines())}
+
+    # the earlier request's labels (its shadow label and its eval) are not the new request's: it has none
+    assert f"traffic/alice/{rid}" not in exported()
+    assert gw.feedback("sk-alice", {"request_id": rid, "score": 0.75, "source": "user"}).json()["replaced"] is False
+    _wait_for(lambda: any(x.get("kind") == "feedback" and x["request_id"] == rid and x["score"] == 0.75
+                          for x in gw.sink_lines()))
+    row = exported()[f"traffic/alice/{rid}"]
+    assert row["prompt"] == colour[0]["content"]
+    assert set(row["models"]) == {"Meta-Llama-3.1-8B-Instruct"}  # no shadow reference: that was the other request
+    assert row["models"]["Meta-Llama-3.1-8B-Instruct"]["score"] == 0.75
+
+
 def test_logs_export_help_explains_itself() -> None:
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "logs", "export", "--help"], capture_output=True,
                           text=True, timeout=60, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
