@@ -289,6 +289,11 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
         print(f"switchyard logs export: --out {out} is the request log it reads; writing it would empty it first",
               file=sys.stderr)
         return 2
+    # Read from the store or not, the gateway keeps appending to its JSONL log: the export would empty it.
+    if config is not None and config.request_log.path and same_file(config.request_log.path, out):
+        print(f"switchyard logs export: --out {out} is the request log the gateway writes (request_log.path); "
+              "writing it would empty it", file=sys.stderr)
+        return 2
     if jsonl is not None:
         from gateway.logs_export import from_jsonl, write_rows
 

@@ -429,6 +429,18 @@ def test_logs_export_gives_a_reused_request_id_only_its_latest_request_s_labels(
     assert row["models"]["Meta-Llama-3.1-8B-Instruct"]["score"] == 0.75
 
 
+def test_logs_export_refuses_to_write_over_the_gateway_s_request_log(gw: Gateway) -> None:
+    """From the store too: the gateway still appends to its request_log.path, and the export emptied it."""
+    rid, _ = gw.ask("sk-alice")
+    _record(gw, rid)
+    before = gw.sink.read_bytes()
+    done = _export(gw, gw.sink, "--since", "1h")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(f"switchyard logs export: --out {gw.sink} is the request log"), line
+    assert gw.sink.read_bytes().startswith(before)
+
+
 def test_logs_export_help_explains_itself() -> None:
     done = subprocess.run([sys.executable, "-m", "gateway.cli", "logs", "export", "--help"], capture_output=True,
                           text=True, timeout=60, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
