@@ -124,6 +124,8 @@ class RouterRegistry:
             target = stack[-2]
             entry = Entry(CONFIGURED, None, None, time.time(), by, "rollback") if target is None else \
                 Entry(target.version, target.digest, target.name, time.time(), by, "rollback")
+            if target is not None:  # as for a named version: replicas would refuse it and keep the old one
+                await self.fetch(target)
         elif to == CONFIGURED:
             entry = Entry(CONFIGURED, None, None, time.time(), by, "rollback", explicit=True)
         else:

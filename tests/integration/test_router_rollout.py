@@ -24,7 +24,7 @@ from gateway.router.artifact import Artifact
 from gateway.router.model import DEFAULT_ARTIFACT
 from tests.integration.conftest import FIXTURES, sim_config
 from tests.support.processes import ROOT, RedisServer, Simulator, free_port, running_gateway, terminate, wait_until
-from tests.support.routers import MISMATCHES, mismatched, variant
+from tests.support.routers import MISMATCHES, copy_default, mismatched, variant
 
 CLI = [sys.executable, "-m", "gateway.cli"]
 HARD = [{"role": "user", "content": "Prove that the integral of x^2 sin(x) from 0 to pi is pi^2 - 4, step by step."}]
@@ -225,3 +225,22 @@ def test_evaluate_compares_a_candidate_with_the_serving_router(versions_url: str
     assert table.returncode == 0, table.stderr
     assert f"serving: {Artifact.read(variant_dir).version} (promoted)" in table.stdout
     assert "APGR" in table.stdout and "share to strong for 95% quality" in table.stdout
+
+
+def test_a_rollback_to_a_version_whose_bytes_are_gone_is_refused_and_keeps_what_is_served(
+        tmp_path: Path, versions_url: str, variant_dir: Path) -> None:
+    earlier = copy_default(tmp_path / "earlier")
+    for directory in (earlier, variant_dir):
+        assert _cli("router", "promote", str(directory), redis_url=versions_url).returncode == 0
+    store = redis.Redis.from_url(versions_url)
+    store.delete(f"sy:router:artifact:{Artifact.read(earlier).digest}")
+    pointer, history = store.get("sy:router:current"), store.lrange("sy:router:history", 0, -1)
+    for version in ([], [Artifact.read(earlier).version]):  # the last change undone, or the version named
+        out = _cli("router", "rollback", *version, redis_url=versions_url)
+        assert out.returncode == 1, out.stdout
+        [line] = out.stderr.splitlines()
+        assert line == f"switchyard router rollback: router {Artifact.read(earlier).version} is promoted but its " \
+                       "bytes are not in the store", line
+    assert store.get("sy:router:current") == pointer and store.lrange("sy:router:history", 0, -1) == history
+    served = _cli("router", "history", redis_url=versions_url)
+    assert served.stdout.splitlines()[-1] == f"serving now: {Artifact.read(variant_dir).version}"
