@@ -228,6 +228,37 @@ def test_serve_refuses_a_configured_router_whose_meta_and_arrays_disagree_in_one
     assert line.startswith(f"switchyard serve: {router}: router.npz holds abilities (theta) of shape"), line
 
 
+@pytest.mark.parametrize(("damage", "says"), [
+    ("router.json not JSON", "not a loadable router: JSONDecodeError"),
+    ("truncated router.npz", "not a loadable router: BadZipFile"),
+    ("router.json without hash_spec", "not a loadable router: KeyError: 'hash_spec'"),
+    ("router.json a list", "router.json: not a JSON object"),
+    ("one model more than its arrays", "router.npz holds abilities (theta) of shape"),  # it wrote a router nobody loads
+])
+def test_train_refuses_a_damaged_or_inconsistent_base_in_one_line(tmp_path: Path, damage: str, says: str) -> None:
+    base = copy_default(tmp_path / "base")
+    meta = json.loads((base / "router.json").read_text())
+    if damage == "router.json not JSON":
+        (base / "router.json").write_text("{models: [")
+    elif damage == "truncated router.npz":
+        npz = (base / "router.npz").read_bytes()
+        (base / "router.npz").write_bytes(npz[:len(npz) // 2])
+    elif damage == "router.json without hash_spec":
+        del meta["hash_spec"]
+        (base / "router.json").write_text(json.dumps(meta))
+    elif damage == "router.json a list":
+        (base / "router.json").write_text("[1, 2]")
+    else:
+        mismatched(base, damage)
+    out = tmp_path / "adapted"
+    result = _run("train", "--data", str(ROOT / "tests/fixtures/router_small.jsonl"), "--base", str(base),
+                  "--out", str(out), "--quiet")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"switchyard train: --base refused: {base}") and says in line, line
+    assert not out.exists()
+
+
 def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "not-json.jsonl").write_text("not json\n")
     (tmp / "no-prompt.jsonl").write_text('{"id": 1, "text": "hi"}\n')

@@ -36,10 +36,12 @@ import numpy as np
 import scipy.sparse as sp
 
 from gateway.router.arrays import F64, Ints, Loaded, NpzArrays
+from gateway.router.artifact import ArtifactError
 from gateway.router.featurize import HashSpec
 from gateway.router.meta import ArtifactMeta, DomainHeads
 from gateway.router.model import DEFAULT_ARTIFACT
 from gateway.router.neighbours import MISSING, Neighbours, quantise_outcomes
+from gateway.router.serving import load_checked
 from gateway.router.text import STRUCT_NAMES
 from gateway.router.training.blend import Inputs, select_heads
 from gateway.router.training.data import RoutingData
@@ -68,6 +70,12 @@ MAX_NEW_DIMS = 16
 
 def _load(base: str | Path) -> tuple[NpzArrays, ArtifactMeta]:
     root = DEFAULT_ARTIFACT if str(base) == "default" else Path(base)
+    # Checked whole, as `router promote` checks it: a damaged base broke below in numpy or json, and one
+    # whose meta and arrays disagree was adapted into a router that route, promote and serve refuse.
+    try:
+        load_checked(root)
+    except ArtifactError as exc:
+        raise ArtifactError(f"--base refused: {exc}") from exc
     meta: ArtifactMeta = json.loads((root / "router.json").read_text(encoding="utf-8"))
     with np.load(root / "router.npz") as z:
         arrays: NpzArrays = {k: z[k] for k in z.files}
@@ -107,7 +115,7 @@ def adapt(
     arr, meta = _load(base)
     spec = HashSpec(**meta["hash_spec"])
     if spec != SPEC or list(meta.get("struct_names", [])) != list(STRUCT_NAMES) or "knn_emb" not in arr:
-        raise ValueError("the base router was made by an older version of `switchyard train`: retrain it")
+        raise ArtifactError(f"--base refused: {base}: made by an older version of `switchyard train`: retrain it")
     data = prep.data
     xh, x = design(prep, arr["idf"].astype(np.float32), arr["s_mean"].astype(np.float64),
                    arr["s_std"].astype(np.float64))
