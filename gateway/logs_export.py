@@ -138,22 +138,26 @@ def model_names(deployments: Sequence[DeploymentConfig]) -> dict[str, str]:
 def write_rows(pairs: Iterator[tuple[dict[str, Any], Feedbacks]], names: Mapping[str, str], out: Path,
                trusted: Trusted = Trusted()) -> Counts:
     counts = Counts()
+    rows: list[bytes] = []
+    for record, every in pairs:
+        tenant = str(record.get("tenant", ""))
+        if trusted.tenants is not None and tenant not in trusted.tenants:
+            continue
+        feedback = trusted.labels(tenant, every)
+        if not every:
+            counts.without_feedback += 1
+        elif not any(k in feedback for k in RANK):
+            counts.untrusted += 1
+        elif not record.get("prompt"):
+            counts.without_prompt += 1
+        else:
+            rows.append(orjson.dumps(to_row(record, feedback, names)) + b"\n")
+            counts.exported += 1
+    # Opened only once every line is read: a malformed line stops the export with `out` as it was
+    # (an earlier export kept whole), not emptied.
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("wb") as f:
-        for record, every in pairs:
-            tenant = str(record.get("tenant", ""))
-            if trusted.tenants is not None and tenant not in trusted.tenants:
-                continue
-            feedback = trusted.labels(tenant, every)
-            if not every:
-                counts.without_feedback += 1
-            elif not any(k in feedback for k in RANK):
-                counts.untrusted += 1
-            elif not record.get("prompt"):
-                counts.without_prompt += 1
-            else:
-                f.write(orjson.dumps(to_row(record, feedback, names)) + b"\n")
-                counts.exported += 1
+        f.writelines(rows)
     return counts
 
 
@@ -187,13 +191,35 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+# A request record's fields that reach the routing data, where `switchyard train` refuses anything but these.
+_RECORD_TEXTS = ("prompt", "category")
+_RECORD_NUMBERS = ("prompt_tokens_estimate", "prompt_tokens", "cost_usd")
+
+
 def _malformed(item: Mapping[str, Any]) -> str | None:
     """What a record or feedback line of the JSONL sink lacks that the export reads, or None."""
-    if item.get("kind") == "request" and not _number(item.get("time", 0)):
-        return "a request record's 'time' must be unix seconds"
+    for key in ("tenant", "request_id"):  # a line's key: a list or an object cannot be one
+        if not isinstance(item.get(key, ""), str):
+            return f"'{key}' must be a string"
+    if item.get("kind") == "request":
+        if not _number(item.get("time", 0)):
+            return "a request record's 'time' must be unix seconds"
+        if not isinstance(item.get("deployment"), str):
+            return "a request record needs its 'deployment' (a string)"
+        for key in _RECORD_TEXTS:
+            if item.get(key) is not None and not isinstance(item[key], str):
+                return f"a request record's '{key}' must be a string"
+        for key in _RECORD_NUMBERS:
+            if item.get(key) is not None and not _number(item[key]):
+                return f"a request record's '{key}' must be a number"
+        own = item.get("cost_usd_by_deployment")
+        if own is not None and not (isinstance(own, dict) and all(_number(v) for v in own.values())):
+            return "a request record's 'cost_usd_by_deployment' must map deployments to numbers"
     if item.get("kind") == "feedback":
         if not isinstance(item.get("source"), str):
             return "a feedback line needs its 'source' (user, judge or eval)"
+        if not isinstance(item.get("origin", "client"), str):
+            return "a feedback line's 'origin' must be a string (client or gateway)"
         if not (_number(item.get("score")) and 0 <= item["score"] <= 1):
             return "a feedback line's 'score' must be a number from 0 to 1"
     return None

@@ -259,6 +259,38 @@ def test_train_refuses_a_damaged_or_inconsistent_base_in_one_line(tmp_path: Path
     assert not out.exists()
 
 
+_RECORD = {"kind": "request", "tenant": "a", "request_id": "bad", "time": 1, "deployment": "small", "prompt": "hi"}
+_LABEL = {"kind": "feedback", "tenant": "a", "request_id": "bad", "source": "user", "score": 1}
+# (a request-log line, what the error says of it): each was a traceback, or passed into the routing data
+# that `switchyard train` then refused
+MALFORMED_LOG_LINES = [
+    ({**_RECORD, "tenant": ["a"]}, "'tenant' must be a string"),
+    ({**_LABEL, "request_id": {"x": 1}}, "'request_id' must be a string"),
+    ({**_RECORD, "deployment": ["small"]}, "a request record needs its 'deployment' (a string)"),
+    ({k: v for k, v in _RECORD.items() if k != "deployment"}, "a request record needs its 'deployment'"),
+    ({**_RECORD, "prompt_tokens_estimate": "many"}, "a request record's 'prompt_tokens_estimate' must be a number"),
+    ({**_RECORD, "cost_usd": "abc"}, "a request record's 'cost_usd' must be a number"),
+    ({**_RECORD, "cost_usd_by_deployment": {"small": "abc"}}, "'cost_usd_by_deployment' must map deployments to"),
+    ({**_RECORD, "prompt": 12345}, "a request record's 'prompt' must be a string"),
+    ({**_LABEL, "origin": ["client"]}, "a feedback line's 'origin' must be a string"),
+]
+
+
+@pytest.mark.parametrize(("line", "says"), MALFORMED_LOG_LINES, ids=[s for _, s in MALFORMED_LOG_LINES])
+def test_logs_export_refuses_a_malformed_request_log_line_in_one_line_and_keeps_the_earlier_export(
+        tmp_path: Path, line: dict[str, object], says: str) -> None:
+    log = tmp_path / "requests.jsonl"
+    fine = [{**_RECORD, "request_id": "ok"}, {**_LABEL, "request_id": "ok"}]
+    log.write_text("".join(json.dumps(x) + "\n" for x in [*fine, line, _LABEL]))
+    out = tmp_path / "traffic.jsonl"
+    out.write_text('{"id": "an earlier export"}\n')
+    result = _run("logs", "export", "--from-jsonl", str(log), "--out", str(out), "--origin", "gateway,client")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    [error] = result.stderr.splitlines()
+    assert error.startswith(f"switchyard logs export: {log}: line 3: ") and says in error, error
+    assert out.read_text() == '{"id": "an earlier export"}\n'
+
+
 def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "not-json.jsonl").write_text("not json\n")
     (tmp / "no-prompt.jsonl").write_text('{"id": 1, "text": "hi"}\n')
