@@ -43,6 +43,7 @@ from gateway.state import REQUESTS_STREAM, Store, request_key, since_id
 Feedbacks = dict[str, dict[str, Any]]  # source → the stored feedback
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LONGEST_S = 100 * 365.25 * 86400
 _PAGE = 500
 _GATEWAY_JUDGE = label_key("gateway", "judge")
 # Most trusted first: the label an export keeps. A client's "judge" is only what a tenant calls its label.
@@ -89,7 +90,11 @@ def parse_duration(text: str) -> float:
     found = _DURATION.match(text)
     if not found:
         raise ValueError(f"not a duration: {text!r} (use e.g. 30m, 24h, 7d)")
-    return float(found.group(1)) * _UNIT_S[found.group(2)]
+    seconds = float(found.group(1)) * _UNIT_S[found.group(2)]
+    if not seconds <= _LONGEST_S:  # enough digits make it inf, which no time or stream id can start from
+        shown = text.strip() if len(text.strip()) <= 24 else text.strip()[:20] + "..."
+        raise ValueError(f"not a duration: {shown!r} is over 100 years (use e.g. 30m, 24h, 7d)")
+    return seconds
 
 
 @dataclass(slots=True)

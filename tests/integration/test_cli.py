@@ -312,6 +312,9 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "redis-typo.yaml").write_text("redis_url: redis//u:s3cret@host:6379\ndeployments:\n  - {name: small, model: "
                                          "openai/m, api_base: 'http://127.0.0.1:9/v1', tier: small, "
                                          "price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
+    (tmp / "redis-down.yaml").write_text("redis_url: redis://127.0.0.1:9/0\ndeployments:\n  - {name: small, model: "
+                                         "openai/m, api_base: 'http://127.0.0.1:9/v1', tier: small, "
+                                         "price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
     (tmp / "cp1252.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("cp1252"))
     (tmp / "validation-only.jsonl").write_text('{"id": "a", "prompt": "hi", "split": "validation", '
                                                '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
@@ -371,6 +374,18 @@ def test_a_bad_argument_or_file_is_an_error_naming_it_not_a_traceback(tmp_path: 
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert says.format(**files) in out.stderr, out.stderr
     assert "s3cret" not in out.stderr  # a Redis URL's password is never echoed
+
+
+@pytest.mark.parametrize(("command", "says"), [
+    (["logs", "export", "--out", "{out}"], "switchyard logs export: --since: not a duration: "),
+    (["spend"], "switchyard spend: not a duration: ")])
+def test_a_duration_too_long_for_any_log_is_an_error_naming_it(tmp_path: Path, command: list[str], says: str) -> None:
+    """400 digits are an infinite float: the export stopped in an OverflowError on its way to the store."""
+    files = _bad_files(tmp_path)
+    out = _run(*(c.format(out=files["missing"]) for c in command), "--config", str(files["redis-down"]),
+               "--since", "9" * 400)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines() == [f"{says}'99999999999999999999...' is over 100 years (use e.g. 30m, 24h, 7d)"]
 
 
 # The plain install (`pip install -e .`) has no scipy: training needs the `train` extra.

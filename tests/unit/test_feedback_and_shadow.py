@@ -130,6 +130,10 @@ def test_durations() -> None:
     assert parse_duration("24h") == 86400 and parse_duration("30m") == 1800 and parse_duration("90") == 90
     with pytest.raises(ValueError):
         parse_duration("yesterday")
+    assert parse_duration("5200w") == 5200 * 604800
+    for absurd in ("9" * 400, "1" + "0" * 308 + "d", "36525.1d"):  # the first two are an infinite float
+        with pytest.raises(ValueError, match="is over 100 years"):
+            parse_duration(absurd)
 
 
 class _Upstreams:
