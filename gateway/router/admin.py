@@ -180,9 +180,9 @@ def serving_router(config: GatewayConfig | None, against: str | None) -> Served:
 
 def policy_targets(name: str, config: GatewayConfig | None, base: Targets) -> tuple[Targets, str | None]:
     """The targets a policy file states (`target: {strong_share}` / `{quality}`), over `base`; and a
-    note when it states none this command can measure."""
-    import yaml
-
+    note when it states none this command can measure. A file that is not a valid policy is a
+    ConfigError naming it, as `route` and `policy calibrate` report it."""
+    from gateway.policy.loader import parse_policy
     from gateway.policy.sources import policy_sources, shipped_policies_dir, user_policies_dir
 
     user_dir = user_policies_dir(config) if config else None
@@ -190,16 +190,14 @@ def policy_targets(name: str, config: GatewayConfig | None, base: Targets) -> tu
     if name not in sources:
         raise ConfigError(f"policy '{name}' is not shipped and not in {user_dir or './routing_policies'} "
                           f"({', '.join(sorted(sources))})")
-    raw = yaml.safe_load(sources[name].path.read_text()) or {}
-    target = raw.get("target") if isinstance(raw, dict) else None
-    if not isinstance(target, dict):
+    target = parse_policy(sources[name].path).target
+    if target is None:
         return base, f"policy '{name}' states no target; measured at the defaults"
-    share, quality = target.get("strong_share"), target.get("quality")
-    measured = Targets(float(share) if isinstance(share, int | float) else base.strong_share,
-                       float(quality) if isinstance(quality, int | float) else base.quality, base.threshold)
-    note = None if share is not None or quality is not None else \
-        f"policy '{name}' target {sorted(target)} is not a share or a quality; measured at the defaults"
-    return measured, note
+    if target.strong_share is not None:
+        return Targets(target.strong_share, base.quality, base.threshold), None
+    if target.quality is not None:
+        return Targets(base.strong_share, target.quality, base.threshold), None
+    return base, f"policy '{name}' target {target.kind} is not a share or a quality; measured at the defaults"
 
 
 def split_rows(data: RoutingData, split: str) -> RoutingData:
@@ -213,7 +211,10 @@ def evaluate(candidate: str, data_path: str, *, split: str, weak: str | None, st
     if (weak is None) != (strong is None):
         return _err("switchyard router evaluate: give both --weak and --strong, or neither")
     if policy:
-        targets, note = policy_targets(policy, config, targets)
+        try:
+            targets, note = policy_targets(policy, config, targets)
+        except ConfigError as exc:
+            return _err(f"switchyard router evaluate: {exc}")
         if note:
             print(f"note: {note}", file=sys.stderr)
     try:

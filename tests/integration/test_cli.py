@@ -315,6 +315,11 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "redis-down.yaml").write_text("redis_url: redis://127.0.0.1:9/0\ndeployments:\n  - {name: small, model: "
                                          "openai/m, api_base: 'http://127.0.0.1:9/v1', tier: small, "
                                          "price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
+    (tmp / "broken-policies").mkdir()
+    (tmp / "broken-policies" / "broken.yaml").write_text("candidates: [\n  - single: small\n")
+    (tmp / "broken-policies.yaml").write_text(f"policies_dir: {tmp / 'broken-policies'}\ndeployments:\n"
+                                              "  - {name: small, model: openai/m, api_base: 'http://127.0.0.1:9/v1', "
+                                              "tier: small, price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
     (tmp / "cp1252.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("cp1252"))
     (tmp / "validation-only.jsonl").write_text('{"id": "a", "prompt": "hi", "split": "validation", '
                                                '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
@@ -346,6 +351,8 @@ BAD_INVOCATIONS = [
      "{feedback-no-source}: line 1: a feedback line needs its 'source'"),
     ("logs export --out {missing} --from-jsonl {time-text}", "{time-text}: line 1: a request record's 'time' must"),
     ("logs export --out {log} --from-jsonl {log}", "switchyard logs export: --out {log} is the request log it reads"),
+    ("router evaluate {not-a-router} --data {missing} --policy broken --config {broken-policies}",
+     "switchyard router evaluate: broken.yaml: not valid YAML: while parsing a flow node"),  # as `route` says it
     ("spend --config {redis-typo}", "redis_url: Value error, not a Redis URL: it starts with redis://"),
     ("simulate --models {models}", "switchyard simulate: {models}: models: Field required"),
     ("bench nosuch", "switchyard bench: no benchmark 'nosuch'"),

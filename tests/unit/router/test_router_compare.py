@@ -58,12 +58,16 @@ def test_evaluate_measures_at_the_target_a_policy_states(tmp_path: Path) -> None
     from gateway.config import embedded_config
     from gateway.router.admin import policy_targets
 
-    (tmp_path / "thrifty.yaml").write_text("name: thrifty\ntarget: {strong_share: 0.2}\n")
-    (tmp_path / "careful.yaml").write_text("name: careful\ntarget: {quality: 0.9}\n")
-    (tmp_path / "plain.yaml").write_text("name: plain\nobjective: {value_usd: 1.0}\n")
+    pair = "candidates: [{single: small}, {single: large}]\n"  # read as the gateway reads it: a whole policy
+    (tmp_path / "thrifty.yaml").write_text("name: thrifty\ntarget: {strong_share: 0.2}\n" + pair)
+    (tmp_path / "careful.yaml").write_text("name: careful\ntarget: {quality: 0.9}\n" + pair)
+    (tmp_path / "plain.yaml").write_text("name: plain\nobjective: {value_usd: 1.0}\n" + pair)
+    (tmp_path / "spend.yaml").write_text("target: {usd_per_1k_requests: 0.5}\n" + pair)
     config = embedded_config("http://127.0.0.1:9/v1").model_copy(update={"policies_dir": str(tmp_path)})
     base = Targets(threshold=0.1)
     assert policy_targets("thrifty", config, base) == (Targets(0.2, 0.95, 0.1), None)
     assert policy_targets("careful", config, base) == (Targets(0.3, 0.9, 0.1), None)
     same, note = policy_targets("plain", config, base)
     assert same == base and note is not None and "no target" in note
+    same, note = policy_targets("spend", config, base)
+    assert same == base and note is not None and "usd_per_1k_requests is not a share or a quality" in note
