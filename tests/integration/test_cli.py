@@ -429,6 +429,20 @@ def test_calibrating_a_policy_whose_constraints_leave_no_choice_says_so_not_zero
                                  "it a choice between a cheaper and a stronger plan"), out.stderr
 
 
+def test_calibrate_prints_an_infinite_threshold_as_valid_json_as_route_does(tmp_path: Path) -> None:
+    (tmp_path / "routing_policies").mkdir()  # the user's folder, found in the working directory
+    (tmp_path / "routing_policies" / "never-strong.yaml").write_text(
+        "candidates: [{single: small}, {single: large}]\ntarget: {strong_share: 0}\n")
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text("".join(p.read_text() for p in sorted((ROOT / "tests/fixtures/routing_small").iterdir())))
+    for args in (["policy", "calibrate", "never-strong", "--traffic", str(traffic), "--json", "--quiet"],
+                 ["route", "--policy", "never-strong", "--json", "Prove that sqrt(2) is irrational."]):
+        out = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=ENV)
+        assert out.returncode == 0, out.stderr
+        printed = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+        assert (printed if args[0] == "policy" else printed["calibration"])["threshold"] == "inf"
+
+
 def test_output_piped_to_a_reader_that_leaves_early_is_no_error() -> None:
     # `switchyard route "..." --json | head -3`: head leaves, and the rest of the output has nowhere to go
     proc = subprocess.Popen([*CLI, "route", "Prove that sqrt(2) is irrational.", "--json"], stdout=subprocess.PIPE,
