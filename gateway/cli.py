@@ -415,11 +415,11 @@ def cmd_policy_calibrate(args: argparse.Namespace) -> int:
         print(f"switchyard policy calibrate: {exc}", file=sys.stderr)
         return 1
     if args.json:
-        from gateway.policy.decide import _finite
+        from gateway.policy.decide import json_number
 
         # A target of no strong requests sets the threshold at inf, which JSON has no number for: printed
         # as /v1/route and `route --json` print a threshold, "inf" (json.dumps wrote Infinity, not JSON).
-        print(json.dumps({**result, "threshold": _finite(result["threshold"])}, indent=2))
+        print(json.dumps({**result, "threshold": json_number(result["threshold"])}, indent=2))
     else:
         print(render_calibration(result))
     return 0

@@ -76,14 +76,15 @@ class Routing:
                                "strong": self.strong.plan.label, "chose_strong": self.chose_strong}
         c = self.cutoff
         if c is not None:
-            out |= {"target": c.target.describe(), "threshold": _finite(c.threshold),
+            out |= {"target": c.target.describe(), "threshold": json_number(c.threshold),
                     "strong_share_in_force": round(c.share, 4),
                     "quantile": round(c.quantiles.quantile(self.score), 4),
                     "recent_requests": round(c.observations, 1)}
         return out
 
 
-def _finite(x: float) -> float | str:
+def json_number(x: float) -> float | str:
+    """A threshold as JSON can carry it: rounded, or "inf" / "-inf" (JSON has no infinity)."""
     return round(x, 6) if abs(x) != float("inf") else ("inf" if x > 0 else "-inf")
 
 
