@@ -114,12 +114,12 @@ def test_no_resumption_onto_a_deployment_without_prefill(base_url: str, sim: Sim
 def test_a_budget_holds_for_both_calls_of_a_resumed_stream(
         sim: Simulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A resumed stream bills two calls: the cut one (prompt and half the answer) and its continuation
-    # (the prompt again, the half as input, the other half). One call's worst case here is (prompt +
-    # 40 output tokens at $2/M) ~ $0.00009: a budget of $0.0001 pays for one call, not for both. Before,
-    # the stream was admitted on one call's hold and spent ~$0.00013. The policy's deadline is within
-    # the deployments' timeout_s, so no timed-out attempt can be billed before another: only the
-    # resumption can.
-    budget = 0.0001
+    # (the prompt again, the half as input, the other half). One call's worst case here is (the prompt's
+    # bound + 40 output tokens at $2/M) ~ $0.0001: a budget of $0.00015 pays for one call, not for both
+    # (~$0.00025). Before, the stream was admitted on one call's hold and spent ~$0.00013. The policy's
+    # deadline is within the deployments' timeout_s, so no timed-out attempt can be billed before
+    # another: only the resumption can.
+    budget = 0.00015
     policy = {"candidates": [{"single": "cut"}], "fallbacks": {"cut": ["next"]}, "timeout_s": 20}
     deployments = {n: (m, {"max_retries": 0, "supports_prefill": True}) for n, m in (("cut", "sim-cut"),
                                                                                      ("next", "sim-next"))}
