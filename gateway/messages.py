@@ -152,13 +152,25 @@ _DEFINITIONS = ("tools", "functions", "response_format")
 _CALLS = ("tool_calls", "function_call")
 
 
-def definition_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
-    """Tokens of the request's definitions and earlier tool calls, counted as their JSON text, and their
-    bound as `prompt_bound` has it (their UTF-8 bytes)."""
+def _definition_texts(request: Mapping[str, Any]) -> list[bytes]:
     texts = [orjson.dumps(request[k]) for k in _DEFINITIONS if request.get(k)]
     for m in request.get("messages") or ():
         texts.extend(orjson.dumps(m[k]) for k in _CALLS if m.get(k))
+    return texts
+
+
+def definition_tokens(request: Mapping[str, Any]) -> tuple[int, int]:
+    """Tokens of the request's definitions and earlier tool calls, counted as their JSON text, and their
+    bound as `prompt_bound` has it (their UTF-8 bytes)."""
+    texts = _definition_texts(request)
     return sum(count_text(t.decode()) for t in texts), sum(len(t) for t in texts)
+
+
+def request_bound(request: Mapping[str, Any]) -> tuple[int, int]:
+    """`prompt_bound` of a request's messages with its definitions' bytes: the prompt tokens a budget
+    holds for one call of it (and, as `prompt_bound`, the audio tokens among them)."""
+    bound, audio = prompt_bound(request.get("messages") or ())
+    return bound + sum(len(t) for t in _definition_texts(request)), audio
 
 
 # The prompt this request already counted (routing does), so that the calls it makes need not count

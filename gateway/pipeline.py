@@ -379,11 +379,10 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
             f"the cost cap of ${cap:g} cannot be met by {plan.label}: its ~{prompt_tokens} prompt tokens "
             f"and one output token may cost ${least:.6g}", param="max_cost_usd")
     fitted_plan, bounded = fitted
+    # The same route otherwise (a copy: its definitions' bound, which budgets hold, is not dropped).
     if bounded >= output_ceiling(fitted_plan, catalog, max_tokens):  # the cap does not bind: send as is
-        return Route(fitted_plan, decision, messages, max_tokens, choices=choices, router_version=r.router_version,
-                     counted=prompt_tokens, terms=terms, billing=plain)
-    return Route(fitted_plan, decision, messages, bounded, capped=True, choices=choices,
-                 router_version=r.router_version, counted=prompt_tokens, terms=terms, billing=plain)
+        return replace(r, plan=fitted_plan, billing=plain)
+    return replace(r, plan=fitted_plan, max_tokens=bounded, capped=True, billing=plain)
 
 
 def refuse_unpriced(catalog: Catalog, plan: Plan, bound_by: str) -> None:
@@ -663,7 +662,7 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
     # A shadow label lands on the record it is about, so only a request whose record is written now is
     # offered (a stream read on after its client left is not: its client got part of an answer).
     if shadow is not None and svc.shadow is not None and record is not None and not it.entry.pinned:
-        svc.shadow.offer(shadow, it.tenant, record, it.request, body, deployment, it.route.prompt_tokens,
+        svc.shadow.offer(shadow, it.tenant, record, it.request, body, deployment, it.route.held_prompt_tokens,
                          it.entry.policy.spec.timeout_s, it.entry.policy.name)
 
 

@@ -69,7 +69,7 @@ class Job:
     request: Mapping[str, Any]
     answer: str          # the text the client got
     answered_by: str
-    prompt_tokens: int
+    prompt_tokens: int   # the prompt as budgets hold it (`Route.held_prompt_tokens`): what the calls are held at
     timeout_s: float
     policy: str | None = None  # whose shadow: its spend is billed under it
 

@@ -56,7 +56,7 @@ from gateway.executor.drain import DRAIN_S, READ_ON, Draining, bill_cut, drain
 from gateway.executor.result import CallRecord
 from gateway.keyed import tenant_salt
 from gateway.media_tokens import messages_audio_tokens
-from gateway.messages import count_completion, prompt_bound, prompt_tokens
+from gateway.messages import count_completion, prompt_tokens, request_bound
 from gateway.metrics import Metrics
 from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
 from gateway.providers.genai import upstream_names
@@ -230,8 +230,7 @@ class Upstreams:
         prompt at `prompt_bound`, as the request's budget hold counts it (an upstream's tokenizer may count
         many times what the gateway's does)."""
         output = body.get("max_completion_tokens") or body.get("max_tokens") or self.deployments[name].max_output_tokens
-        messages = body.get("messages") or ()
-        bound, audio = prompt_bound(messages)
+        bound, audio = request_bound(body)  # its definitions (tools, schemas) too
         terms = with_audio_input(terms_of(body), audio)
         return self.prices[name].under(terms).bound(bound, output * int(body.get("n") or 1))
 

@@ -14,8 +14,9 @@ from gateway.auth import hash_key
 from gateway.config import DeploymentConfig, parse_config
 from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, UpstreamError
 from gateway.ledger import CACHE
-from gateway.messages import count_text
-from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle
+from gateway.messages import count_text, request_bound
+from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle, resolve_entry, route
+from gateway.policy import Overrides
 from gateway.providers.base import ProviderFailure
 from gateway.state import holds_key, spend_key
 from tests.support.fake_backend import Delay, FakeBackend, Stream, answer, chunk
@@ -26,11 +27,12 @@ ASK: dict[str, Any] = {"model": "router/cheap", "temperature": 0,
                        "messages": [{"role": "user", "content": "Name a prime number."}]}
 
 
-def _services(tmp_path: Path, handler: Any) -> tuple[Services, FakeBackend]:
+def _services(tmp_path: Path, handler: Any, *, request_log: bool = False) -> tuple[Services, FakeBackend]:
     folder = tmp_path / "policies"
     folder.mkdir()
     (folder / "cheap.yaml").write_text("candidates:\n  - single: small\nfallbacks:\n  small: [large]\n")
     (folder / "other.yaml").write_text("candidates:\n  - single: large\n")  # the only one `limited` may use
+    (folder / "shadowed.yaml").write_text("candidates:\n  - single: small\nshadow: {rate: 1.0, against: large}\n")
     raw = {
         "deployments": [{"name": n, "model": f"openai/{n}", "api_base": "http://upstream.invalid/v1", "tier": n,
                          "price": PRICE, "max_retries": 0} for n in ("small", "large")],
@@ -39,7 +41,7 @@ def _services(tmp_path: Path, handler: Any) -> tuple[Services, FakeBackend]:
                     {"name": "limited", "api_key_sha256": hash_key(LIMITED), "policies": ["other"],
                      "deployments": []},
                     {"name": "broke", "api_key_sha256": hash_key(BROKE), "budget_usd": 0.0}],
-        "request_log": {"enabled": False},
+        "request_log": {"enabled": request_log},
     }
     svc = build_services(parse_config(raw, "gw.yaml"), policies_dir=folder)
     backend = FakeBackend(handler)
@@ -268,3 +270,38 @@ def test_a_hedged_streams_record_bills_the_losing_leg_the_ledger_bills(tmp_path:
     assert record["cost_usd"] == pytest.approx(spent.cost_usd)
     assert record["prompt_tokens"] == sum(c.usage.prompt_tokens for c in spent.calls)
     assert record["completion_tokens"] == sum(c.usage.completion_tokens for c in spent.calls)
+
+
+@pytest.mark.parametrize("model", ["small", "router/cheap"])
+def test_a_budget_holds_a_capped_requests_tool_definitions_and_so_does_a_call_given_up_on(
+        tmp_path: Path, model: str) -> None:
+    # A cost cap that bound rebuilt the route without its definitions' bound: 30 tools (~26 kB of JSON)
+    # were held as the 9 prompt tokens of "hi", below even the gateway's own count of the request.
+    svc, _ = _services(tmp_path, _ok)
+    tools = [{"type": "function", "function": {"name": f"tool_{i}", "description": "d " * 400,
+                                               "parameters": {"type": "object", "properties": {}}}}
+             for i in range(30)]
+    request = {"model": model, "messages": [{"role": "user", "content": "hi"}], "tools": tools}
+    tenant = svc.auth.identify(f"Bearer {KEY}")
+    bound, _ = request_bound(request)
+    assert bound > 20_000
+    for cap in (None, 0.016):  # binds: ~13,800 prompt tokens at $1/M leave ~1,100 output tokens at $2/M
+        ctx = CallContext(overrides=Overrides(max_cost_usd=cap))
+        r = route(svc, resolve_entry(svc, model, ctx, tenant), request, ctx, tenant.name)
+        assert r.capped is (cap is not None) and r.held_prompt_tokens == bound
+    late = svc.upstreams._worst_usd("small", request)
+    assert late >= bound * PRICE["input_per_mtok"] / 1e6
+
+
+def test_a_shadow_of_a_request_is_held_at_the_prompt_bound_budgets_hold(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # 1,600 "!" are ~110 tokens to tiktoken and 1,600 to a server that reads a mark a token: the shadow's
+    # strong call was held at the count, as requests were before their holds took the bound.
+    svc, _ = _services(tmp_path, _ok, request_log=True)
+    assert svc.shadow is not None
+    offered: list[int] = []
+    monkeypatch.setattr(svc.shadow, "offer", lambda *args, **kw: offered.append(args[6]))
+    question = [{"role": "user", "content": "!" * 1600}]
+    asyncio.run(handle(svc, {**ASK, "model": "router/shadowed", "messages": question},
+                       CallContext(authorization=f"Bearer {KEY}", request_id="r-1")))
+    assert offered == [request_bound({"messages": question})[0]]
