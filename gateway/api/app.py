@@ -188,10 +188,11 @@ def policy_follower(services: Services, interval_s: float | None) -> PolicyFollo
     return PolicyFollower(services.policies, PolicyVersions(store), shared=bool(url), interval_s=interval_s)
 
 
-# How long a stopping gateway waits for the calls it gave up on and still reads (each billed as it ends):
-# within the 30 s most orchestrators give a stopping process (Kubernetes' default grace period), leaving
-# time to write the ledger after them.
-SHUTDOWN_DRAIN_S = 20.0
+# How long a stopping gateway waits for the calls it gave up on and still reads (each billed as it ends).
+# uvicorn first gives open requests up to 10 s (`cli._uvicorn_config`); this, the cut calls' 2 s and the
+# ledger's last write then fit in the 30 s most orchestrators give a stopping process (Kubernetes'
+# default grace period, as in deploy/kubernetes).
+SHUTDOWN_DRAIN_S = 12.0
 
 
 async def _finish_draining(services: Services) -> None:
@@ -246,6 +247,8 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             yield
         finally:
             gc_tuning.stopped()
+            if services.shadow is not None:  # first: a shadow call its worker was waiting for is read on
+                await services.shadow.close()
             await _finish_draining(services)  # while the ledger, the store and the connections are open
             calibrating.cancel()
             if loading is not None:
@@ -257,8 +260,6 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
             if router_task is not None and sync is not None:
                 router_task.cancel()
                 await sync.registry.store.close()
-            if services.shadow is not None:
-                await services.shadow.close()
             if services.requests is not None:
                 await services.requests.close()  # what is queued is written before the store closes
             await services.ledger.close()  # after the shadow workers, whose bills it writes

@@ -80,8 +80,8 @@ class Draining:
         left = list(self._tasks.items())
         for task, _ in left:
             task.cancel()
-        if left:
-            await asyncio.wait([task for task, _ in left], timeout=5.0)
+        if left:  # a cut call bills what came of it: a moment, not a second wait
+            await asyncio.wait([task for task, _ in left], timeout=2.0)
         return len(left), sum(worst for _, worst in left)
 
 

@@ -252,3 +252,32 @@ def test_a_call_still_read_when_the_gateway_stops_is_billed_before_it_stops(sim:
                        ("deployment",))
     assert [(r["deployment"], r["calls"]) for r in rows] == [("tardy", 1)]
     assert rows[0]["cost_usd"] > 0
+
+
+def test_a_shadow_call_in_flight_when_the_gateway_stops_is_billed_before_it_stops(sim: Simulator,
+                                                                                tmp_path: Path) -> None:
+    # A shadow worker waiting on its strong call was cancelled after the stop had stopped waiting for
+    # calls still read: the call was neither waited for nor billed, though the upstream served it.
+    policies = policies_folder(tmp_path, {"shadowed": {"candidates": [{"single": "next"}],
+                                                       "cache": {"enabled": False},
+                                                       "shadow": {"rate": 1.0, "against": "tardy"}}})
+    dearer = {"input_per_mtok": 10.0, "output_per_mtok": 20.0}
+    raw = {"default_policy": "shadowed", "deployments": [
+        {"name": "next", "model": "openai/sim-next", "api_base": sim.url, "tier": "lab", "price": PRICE},
+        {"name": "tardy", "model": "openai/sim-tardy", "api_base": sim.url, "tier": "lab", "price": dearer,
+         "timeout_s": 10, "max_retries": 0}]}
+    app = create_app(parse_config(raw, "stopping"), policies_dir=policies)
+    sim.reset()
+    server = GatewayServer(app).start()
+    try:
+        resp = httpx.post(server.base_url + "/v1/chat/completions", timeout=10, json={
+            "model": "router/shadowed", "messages": [{"role": "user", "content": "What is 1 + 1?"}]})
+        assert resp.status_code == 200, resp.text
+        wait_until(lambda: sim.stats()["sim-tardy"]["requests"] == 1, timeout_s=5, what="the shadow call")
+    finally:
+        server.stop()
+    assert sim.stats()["sim-tardy"]["served"] == 1
+    rows = spend_table(asyncio.run(read_spend(app.state.services.ledger.store, window(None, None))),
+                       ("deployment", "plan_kind"))
+    assert [(r["deployment"], r["plan_kind"], r["calls"]) for r in rows if r["deployment"] == "tardy"] == [
+        ("tardy", "shadow", 1)]
