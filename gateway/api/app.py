@@ -67,17 +67,27 @@ def build_backends(deployments: list[DeploymentConfig]) -> dict[str, Backend]:
 
 
 def check_policy_names(config: GatewayConfig, policies: PolicySet) -> None:
-    """Every policy the config names is loaded: the default, each tenant's default and allow-list (a
-    typo left the tenant's every call, pinned ones too, a 404 that listed the gateway's policies)."""
+    """The default policies the config names are loaded, the gateway's and each tenant's (a typo left the
+    tenant's every call, pinned ones too, a 404 that listed the gateway's policies); an allow-list naming
+    one that is not is a warning: a file may define it later (and a policy unloaded while the gateway
+    ran must not stop the next start for every tenant)."""
+    def why(name: str) -> str:
+        skipped = policies.skipped.get(name)
+        return f"is shipped but does not fit this config: {skipped}" if skipped else \
+            f"is not a policy ({', '.join(sorted(policies.policies))})"
+
     named = [("default_policy", config.default_policy)]
-    for i, t in enumerate(config.tenants):
-        named += [(f"tenants[{i}].default_policy", t.default_policy)] if t.default_policy else []
-        named += [(f"tenants[{i}].policies", name) for name in t.policies or ()]
-    for field, name in named:
+    named += [(f"tenants[{i}].default_policy", t.default_policy) for i, t in enumerate(config.tenants)
+              if t.default_policy]
+    for field_, name in named:
         if policies.get(name) is None:
-            why = policies.skipped.get(name)
-            raise ConfigError(f"{field}: '{name}' " + (f"is shipped but does not fit this config: {why}" if why else
-                                                         f"is not a policy ({', '.join(sorted(policies.policies))})"))
+            raise ConfigError(f"{field_}: '{name}' {why(name)}")
+    for i, t in enumerate(config.tenants):
+        for name in t.policies or ():
+            if policies.get(name) is None:
+                log.warning("tenants[%d].policies: '%s' %s; tenant %s cannot use it until a file defines it",
+                            i, name, why(name), t.name, extra={"event": "policy_not_loaded", "tenant": t.name,
+                                                               "policy": name})
 
 
 def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
