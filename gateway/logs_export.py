@@ -203,8 +203,8 @@ _RECORD_NUMBERS = ("prompt_tokens_estimate", "prompt_tokens", "cost_usd")
 
 def _malformed(item: Mapping[str, Any]) -> str | None:
     """What a record or feedback line of the JSONL sink lacks that the export reads, or None."""
-    for key in ("tenant", "request_id"):  # a line's key: a list or an object cannot be one
-        if not isinstance(item.get(key, ""), str):
+    for key in ("tenant", "request_id"):  # a line's key: missing, a list or an object cannot be one
+        if item.get("kind") in ("request", "feedback") and not isinstance(item.get(key), str):
             return f"'{key}' must be a string"
     if item.get("kind") == "request":
         if not _number(item.get("time", 0)):

@@ -266,6 +266,8 @@ _LABEL = {"kind": "feedback", "tenant": "a", "request_id": "bad", "source": "use
 MALFORMED_LOG_LINES = [
     ({**_RECORD, "tenant": ["a"]}, "'tenant' must be a string"),
     ({**_LABEL, "request_id": {"x": 1}}, "'request_id' must be a string"),
+    ({k: v for k, v in _RECORD.items() if k != "request_id"}, "'request_id' must be a string"),
+    ({k: v for k, v in _LABEL.items() if k != "tenant"}, "'tenant' must be a string"),
     ({**_RECORD, "deployment": ["small"]}, "a request record needs its 'deployment' (a string)"),
     ({k: v for k, v in _RECORD.items() if k != "deployment"}, "a request record needs its 'deployment'"),
     ({**_RECORD, "prompt_tokens_estimate": "many"}, "a request record's 'prompt_tokens_estimate' must be a number"),
