@@ -31,6 +31,9 @@ ENV_REDIS_URL = "SWITCHYARD_REDIS_URL"
 ENV_POLICIES_DIR = "SWITCHYARD_POLICIES_DIR"
 ENV_ADMIN_KEY_SHA256 = "SWITCHYARD_ADMIN_KEY_SHA256"
 ENV_VIEWER_KEY_SHA256 = "SWITCHYARD_VIEWER_KEY_SHA256"
+# The fields a host's environment sets over the file (`with_env_overrides`).
+ENV_OVERRIDES = ((ENV_REDIS_URL, "redis_url"), (ENV_POLICIES_DIR, "policies_dir"),
+                 (ENV_ADMIN_KEY_SHA256, "admin_api_key_sha256"), (ENV_VIEWER_KEY_SHA256, "viewer_api_key_sha256"))
 
 OutageSetting = Literal["fail_closed", "fail_open"]
 
@@ -314,10 +317,11 @@ def load_config(path: str | Path) -> GatewayConfig:
     """Read the gateway YAML, then let the environment override what ops set per host."""
     p = Path(path)
     raw = read_yaml(p)
-    if isinstance(raw, dict) and os.environ.get(ENV_REDIS_URL):
-        # The host's URL replaces the file's before the file is checked: a bad or stale redis_url in a
-        # shared config must not stop a host that sets its own (it was a ConfigError about the file's).
-        raw = {**raw, "redis_url": None}
+    if isinstance(raw, dict):
+        # The host's values replace the file's before the file is checked: a bad or stale one in a shared
+        # config must not stop a host that sets its own (it was a ConfigError about the file's).
+        overridden = [f for env, f in ENV_OVERRIDES if os.environ.get(env)]
+        raw = {k: v for k, v in raw.items() if k not in overridden}
     return with_env_overrides(parse_config(raw, p.name))
 
 

@@ -241,3 +241,16 @@ def test_the_hosts_redis_url_replaces_a_bad_one_in_the_config_file(tmp_path: Pat
     monkeypatch.setenv(ENV_REDIS_URL, "127.0.0.1:6390")  # a bad one of its own still says whose it is
     with pytest.raises(ConfigError, match=ENV_REDIS_URL):
         load_config(path)
+
+
+def test_the_hosts_admin_and_viewer_key_hashes_replace_stale_ones_in_the_config_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_text("admin_api_key_sha256: stale\nviewer_api_key_sha256: stale\n"
+                    "deployments: [{name: small, model: openai/m, api_base: 'http://127.0.0.1:9/v1', tier: small}]\n")
+    with pytest.raises(ConfigError, match="admin_api_key_sha256"):
+        load_config(path)
+    monkeypatch.setenv("SWITCHYARD_ADMIN_KEY_SHA256", hash_key("sk-admin"))
+    monkeypatch.setenv("SWITCHYARD_VIEWER_KEY_SHA256", hash_key("sk-viewer"))
+    config = load_config(path)
+    assert (config.admin_api_key_sha256, config.viewer_api_key_sha256) == (hash_key("sk-admin"), hash_key("sk-viewer"))
