@@ -65,7 +65,11 @@ def _cannot_listen(host: str, port: int) -> str | None:
     except socket.gaierror as exc:
         return f"unknown host {host!r} ({exc.strerror}); give an address or a name this machine resolves"
     for family, kind, proto, _, address in addresses:
-        with socket.socket(family, kind, proto) as s:
+        try:
+            s = socket.socket(family, kind, proto)
+        except OSError:  # a family this kernel lacks (IPv6 switched off): asyncio's server skips it too
+            continue
+        with s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # as asyncio does: "::" then leaves IPv4 to its own socket
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)

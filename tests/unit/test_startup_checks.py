@@ -254,3 +254,24 @@ def test_the_hosts_admin_and_viewer_key_hashes_replace_stale_ones_in_the_config_
     monkeypatch.setenv("SWITCHYARD_VIEWER_KEY_SHA256", hash_key("sk-viewer"))
     config = load_config(path)
     assert (config.admin_api_key_sha256, config.viewer_api_key_sha256) == (hash_key("sk-admin"), hash_key("sk-viewer"))
+
+
+def test_an_address_family_the_kernel_lacks_is_skipped_as_asyncio_skips_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a host resolving to an IPv6 address on a kernel without IPv6: socket() itself fails (EAFNOSUPPORT)
+    import errno
+    import socket
+
+    from gateway import cli
+
+    real = socket.socket
+
+    def no_ipv6(family: int = socket.AF_INET, *args: object, **kw: object) -> socket.socket:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        return real(family, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli.socket, "socket", no_ipv6)
+    monkeypatch.setattr(cli.socket, "getaddrinfo", lambda *a, **kw: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))])
+    assert cli._cannot_listen("localhost", 0) is None
