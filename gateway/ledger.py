@@ -389,6 +389,9 @@ class Ledger:
             except StoreUnavailable as exc:
                 u.maybe_applied = u.maybe_applied or not exc.unsent
                 return  # still down: retried with the held sums
+            except Exception:  # not an outage: retrying would fail again, and the bills behind it must go on
+                log.exception("ledger: a held settlement of %s failed", u.tenant)
+                self._lost(u.usd, "budget spend of %s not recorded (its settlement failed): $%.6f", u.tenant)
             self._unsettled.pop(0)
 
     def _give_up_held(self) -> None:

@@ -678,9 +678,15 @@ class RedisStore(RedisAdmission):
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
         from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import RedisClusterException
 
-        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, asyncio.TimeoutError)
+        # RedisClusterException ("cannot be connected", a slot with no node) is not a RedisError.
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError,
+                                                          asyncio.TimeoutError)
         self.breaker = breaker or StoreBreaker()
+        # The most one store call may take, however the client retries: a cluster client whose nodes stop
+        # answering re-reads the topology from every seed (about 4 s) before it gives up.
+        self._call_s = 3 * timeout_s
         # redis-py's default retries timeouts too, with back-off: a hung Redis would hold every call.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._client: Any
@@ -688,6 +694,11 @@ class RedisStore(RedisAdmission):
             url = seed
             self._client = redis.RedisCluster.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry)
+            # redis-py's async cluster client, a node dying under it, reuses the dead connection and fails
+            # inside its own code ("'NoneType' object has no attribute 'writelines'", "unable to perform
+            # operation on <TCPTransport closed=True>"): a store failure like any other, not a 500 with the
+            # request's spend left out of its budget.
+            self._errors += (RuntimeError, AttributeError)
         else:
             self._client = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
@@ -708,7 +719,8 @@ class RedisStore(RedisAdmission):
             raise StoreUnavailable(f"store marked down for {breaker.cooldown_s:g} s after a failure", unsent=True)
         trial = not breaker.closed
         try:
-            result = await call()
+            async with asyncio.timeout(self._call_s):
+                result = await call()
         except self._errors as exc:
             breaker.failed()
             raise StoreUnavailable(str(exc) or type(exc).__name__, unsent=_never_connected(exc)) from exc

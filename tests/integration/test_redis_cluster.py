@@ -207,3 +207,42 @@ def test_a_router_promoted_through_the_cluster_is_served_by_every_replica(
     assert promoted.returncode == 0, promoted.stderr
     wait_until(lambda: _routers(replicas) == {new.version}, 15, "the promoted router on both replicas")
     assert new.version in replicas.cluster.cli("get", "sy:router:current")
+
+
+def test_a_cluster_that_stops_answering_is_a_store_outage_within_the_call_bound_not_an_error() -> None:
+    # redis-py's cluster client raises RedisClusterException ("cannot be connected"), which is no
+    # RedisError, after re-reading the topology from every seed (~4 s): the gateway answered 500s, some
+    # after the upstream had answered, with the request's spend left out of its budget.
+    import asyncio
+    import signal
+
+    from gateway.state import RedisStore, StoreUnavailable
+
+    cluster = start_redis_cluster()
+
+    def signal_all(sig: int) -> None:
+        for process in cluster.processes:
+            if process.poll() is None:
+                os.kill(process.pid, sig)
+
+    async def scenario() -> tuple[type[BaseException] | None, float]:
+        store = RedisStore(cluster.url, timeout_s=0.3)
+        await store.get("sy:probe")  # connected, the topology known
+        signal_all(signal.SIGSTOP)
+        started = time.monotonic()
+        raised: type[BaseException] | None = None
+        try:
+            await store.get("sy:probe")
+        except BaseException as exc:  # what it raises is the point
+            raised = type(exc)
+        took = time.monotonic() - started
+        signal_all(signal.SIGCONT)
+        await store.close()
+        return raised, took
+
+    try:
+        raised, took = asyncio.run(scenario())
+    finally:
+        signal_all(signal.SIGCONT)
+        cluster.stop()
+    assert raised is StoreUnavailable and took < 1.5

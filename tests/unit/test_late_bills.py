@@ -207,3 +207,36 @@ def test_calls_billed_beside_answers_are_counted_in_their_own_cost_metric() -> N
                                        ("team", "a", "p", "cut"): pytest.approx(0.02),
                                        ("team", "b", "p", "shadow"): pytest.approx(0.05),
                                        ("team", "a", "pinned", "failed"): pytest.approx(0.01)}
+
+
+class _Breaks(_LosesReplies):
+    """Once `broken`, fails as redis-py's cluster client does on a connection it reuses after its node
+    died: not an outage (`StoreUnavailable`), an error of its own."""
+
+    broken = False
+
+    async def settle_admission(self, s: Settlement) -> None:
+        if self.broken:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+        await super().settle_admission(s)
+
+
+def test_a_held_settlement_that_fails_for_good_does_not_take_the_bills_behind_it_along() -> None:
+    # The writer retried the held settlement first and the error ended the whole write: the batch of
+    # bills queued behind it was dropped from the ledger.
+    async def scenario() -> None:
+        store = MemoryStore()
+        breaking = _Breaks(store)
+        held, late, ledger = await _admitted(store)
+        held.store = breaking  # type: ignore[assignment]
+        ended = late.open(0.3)
+        await _answered(ledger, held)
+        breaking.lose = [False]
+        await ended(_late(0.25))
+        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.25)
+        written, breaking.broken = ledger.written, True
+        await ledger.write([Spent(0.0, "team", None, "single:small", "small", (_late(0.1),))])
+        assert ledger.written == written + 1  # the bill behind it is in the ledger
+        assert ledger.stats()["unsettled_usd"] == 0 and ledger.lost_usd == pytest.approx(0.25)
+
+    asyncio.run(scenario())
