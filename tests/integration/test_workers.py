@@ -47,3 +47,22 @@ def test_workers_must_be_at_least_one(tmp_path: Path) -> None:
                          cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
                          capture_output=True, text=True, timeout=60)
     assert got.returncode == 2 and "--workers must be 1 or more" in got.stderr
+
+
+def test_a_bad_policy_file_stops_two_workers_as_it_stops_one(simulator: Simulator, tmp_path: Path) -> None:
+    # The supervisor forked the workers, each failed on the file, and it restarted them for ever,
+    # holding the port; one worker exits at once with one line.
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "bad.yaml").write_text("candidates:\n  - single: no-such-deployment\n")
+    config = tmp_path / "gateway.yaml"
+    raw = sim_config(simulator.url).model_dump(mode="json", exclude_defaults=True)
+    config.write_text(yaml.safe_dump({**raw, "policies_dir": str(policies)}))
+    for workers in ("1", "2"):
+        got = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", str(config), "--port",
+                              str(free_port()), "--workers", workers],
+                             cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                            "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
+                             capture_output=True, text=True, timeout=60)
+        assert got.returncode == 2 and "no-such-deployment" in got.stderr, (workers, got.stderr[-500:])
+        assert "Traceback" not in got.stderr
