@@ -96,14 +96,20 @@ def _assert_budget_held(responses: list[httpx.Response], redis_url: str, tenant:
     assert sim.stats()["sim-small"]["requests"] == len(ok)
 
 
-def test_budget_holds_under_50_concurrent_requests_on_one_gateway(
-        sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+def _burst_on_one_gateway(sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch,
+                          **burst: Any) -> tuple[list[httpx.Response], str]:
+    """A burst (`_burst`'s arguments) at a fresh tenant of one gateway: the responses, and the tenant."""
     sim.reset()
     tenant = f"budget-{uuid.uuid4().hex[:8]}"
     monkeypatch.setenv(KEY_ENV, API_KEY)
     app = create_app(parse_config(_raw_config(sim.url, redis_server.url, tenant), "test"))
     with running_gateway(app) as gw:
-        responses = asyncio.run(_burst([gw.base_url]))
+        return asyncio.run(_burst([gw.base_url], **burst)), tenant
+
+
+def test_budget_holds_under_50_concurrent_requests_on_one_gateway(
+        sim: Simulator, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    responses, tenant = _burst_on_one_gateway(sim, redis_server, monkeypatch)
     _assert_budget_held(responses, redis_server.url, tenant, sim)
 
 
@@ -112,12 +118,8 @@ def test_budget_holds_for_a_prompt_the_upstream_counts_many_times_over_the_gatew
     # 200 "!" are 13 tokens to tiktoken and 200 to the upstream (a token per punctuation mark, as the
     # simulator counts): each request was held at a sixth of what it cost, and a burst spent 2.6 times
     # the budget. A budget holds the prompt's byte count, which no upstream's token count exceeds.
-    sim.reset()
-    tenant = f"budget-{uuid.uuid4().hex[:8]}"
-    monkeypatch.setenv(KEY_ENV, API_KEY)
-    app = create_app(parse_config(_raw_config(sim.url, redis_server.url, tenant), "test"))
-    with running_gateway(app) as gw:
-        responses = asyncio.run(_burst([gw.base_url], n=20, messages=[{"role": "user", "content": "!" * 200}]))
+    responses, tenant = _burst_on_one_gateway(sim, redis_server, monkeypatch, n=20,
+                                              messages=[{"role": "user", "content": "!" * 200}])
     ok = [r for r in responses if r.status_code == 200]
     assert ok and all(r.status_code == 429 for r in responses if r.status_code != 200)
     assert int(ok[0].json()["usage"]["prompt_tokens"]) > 5 * count_messages([{"role": "user", "content": "!" * 200}])

@@ -129,18 +129,24 @@ class _LosesReplies:
         await self.store.settle_admission(s)
 
 
+async def _late_bill_held(store: MemoryStore, losing: _LosesReplies, applied: bool) -> Ledger:
+    """A request answered, then a late call of $0.25 whose bill's reply is lost (`applied`: after it
+    went through): the ledger holds that settlement for the store's return."""
+    held, late, ledger = await _admitted(store)
+    held.store = losing  # type: ignore[assignment]
+    ended = late.open(0.3)
+    await _answered(ledger, held)
+    losing.lose = [applied]
+    await ended(_late(0.25))
+    assert ledger.stats()["unsettled_usd"] == pytest.approx(0.25)
+    return ledger
+
+
 @pytest.mark.parametrize("applied", [True, False])
 def test_a_late_bill_whose_reply_is_lost_is_retried_and_counted_once(applied: bool) -> None:
     async def scenario() -> None:
         store = MemoryStore()
-        losing = _LosesReplies(store)
-        held, late, ledger = await _admitted(store)
-        held.store = losing  # type: ignore[assignment]
-        ended = late.open(0.3)
-        await _answered(ledger, held)
-        losing.lose = [applied]
-        await ended(_late(0.25))
-        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.25)
+        ledger = await _late_bill_held(store, _LosesReplies(store), applied)
         await ledger.write([])  # the store is back: the held settlement is retried
         assert ledger.stats()["unsettled_usd"] == 0
         assert await _budget(store) == (pytest.approx(0.45), 0.0)
@@ -227,13 +233,7 @@ def test_a_held_settlement_that_fails_for_good_does_not_take_the_bills_behind_it
     async def scenario() -> None:
         store = MemoryStore()
         breaking = _Breaks(store)
-        held, late, ledger = await _admitted(store)
-        held.store = breaking  # type: ignore[assignment]
-        ended = late.open(0.3)
-        await _answered(ledger, held)
-        breaking.lose = [False]
-        await ended(_late(0.25))
-        assert ledger.stats()["unsettled_usd"] == pytest.approx(0.25)
+        ledger = await _late_bill_held(store, breaking, applied=False)
         written, breaking.broken = ledger.written, True
         await ledger.write([Spent(0.0, "team", None, "single:small", "small", (_late(0.1),))])
         assert ledger.written == written + 1  # the bill behind it is in the ledger
