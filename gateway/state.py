@@ -80,6 +80,16 @@ class StoreUnavailable(Exception):
         self.unsent = unsent
 
 
+def _raised_in_redis(exc: BaseException) -> bool:
+    """Whether `exc` was raised inside redis-py (its innermost frame is in a `redis` module)."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
+
+
 def _never_connected(exc: BaseException) -> bool:
     """Whether `exc` (or what it was raised from) is a refused connection: nothing was sent."""
     seen: BaseException | None = exc
@@ -684,9 +694,12 @@ class RedisStore(RedisAdmission):
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, RedisClusterException, OSError,
                                                           asyncio.TimeoutError)
         self.breaker = breaker or StoreBreaker()
-        # The most one store call may take, however the client retries: a cluster client whose nodes stop
-        # answering re-reads the topology from every seed (about 4 s) before it gives up.
-        self._call_s = 3 * timeout_s
+        # The most one store call may take on a cluster, however its client retries: one whose nodes stop
+        # answering re-reads the topology from every seed (about 4 s) before it gives up. A single Redis is
+        # bounded by its socket timeout per read (and one retry), which lets a large call that keeps
+        # making progress finish.
+        self._call_s: float | None = None
+        self._client_errors: tuple[type[BaseException], ...] = ()  # a cluster client's own (below)
         # redis-py's default retries timeouts too, with back-off: a hung Redis would hold every call.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._client: Any
@@ -697,8 +710,10 @@ class RedisStore(RedisAdmission):
             # redis-py's async cluster client, a node dying under it, reuses the dead connection and fails
             # inside its own code ("'NoneType' object has no attribute 'writelines'", "unable to perform
             # operation on <TCPTransport closed=True>"): a store failure like any other, not a 500 with the
-            # request's spend left out of its budget.
-            self._errors += (RuntimeError, AttributeError)
+            # request's spend left out of its budget. Only where redis-py raised them (`_guarded`): the same
+            # errors from the gateway's own code are bugs, not an outage for every tenant.
+            self._client_errors = (RuntimeError, AttributeError)
+            self._call_s = 3 * timeout_s
         else:
             self._client = redis.Redis.from_url(
                 url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
@@ -719,11 +734,21 @@ class RedisStore(RedisAdmission):
             raise StoreUnavailable(f"store marked down for {breaker.cooldown_s:g} s after a failure", unsent=True)
         trial = not breaker.closed
         try:
-            async with asyncio.timeout(self._call_s):
+            if self._call_s is None:
                 result = await call()
+            else:
+                async with asyncio.timeout(self._call_s):
+                    result = await call()
         except self._errors as exc:
             breaker.failed()
             raise StoreUnavailable(str(exc) or type(exc).__name__, unsent=_never_connected(exc)) from exc
+        except self._client_errors as exc:
+            if not _raised_in_redis(exc):
+                if trial:
+                    breaker.abandoned()
+                raise
+            breaker.failed()
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}", unsent=False) from exc
         except BaseException:
             if trial:
                 breaker.abandoned()

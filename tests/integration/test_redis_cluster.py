@@ -246,3 +246,29 @@ def test_a_cluster_that_stops_answering_is_a_store_outage_within_the_call_bound_
         signal_all(signal.SIGCONT)
         cluster.stop()
     assert raised is StoreUnavailable and took < 1.5
+
+
+def test_an_error_of_the_gateways_own_code_in_a_store_call_is_not_a_cluster_outage() -> None:
+    # The cluster client's own RuntimeError/AttributeError on a dead node's connection is a store failure;
+    # the same exception from the gateway's code inside a store call is a bug, which must not open the
+    # breaker that every tenant's requests share.
+    import asyncio
+
+    from gateway.state import RedisStore, StoreUnavailable
+
+    async def scenario() -> tuple[bool, bool]:
+        store = RedisStore("redis+cluster://127.0.0.1:9", timeout_s=0.3)  # never connected: no call reaches it
+
+        async def ours() -> None:
+            raise AttributeError("'NoneType' object has no attribute 'decode'")
+
+        try:
+            await store._guarded(ours)
+        except StoreUnavailable:
+            return True, store.breaker.closed
+        except AttributeError:
+            return False, store.breaker.closed
+        return False, store.breaker.closed
+
+    as_outage, still_closed = asyncio.run(scenario())
+    assert not as_outage and still_closed
