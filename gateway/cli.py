@@ -64,11 +64,13 @@ def _cannot_listen(host: str, port: int) -> str | None:
         addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         return f"unknown host {host!r} ({exc.strerror}); give an address or a name this machine resolves"
+    opened = 0
     for family, kind, proto, _, address in addresses:
         try:
             s = socket.socket(family, kind, proto)
         except OSError:  # a family this kernel lacks (IPv6 switched off): asyncio's server skips it too
             continue
+        opened += 1
         with s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:  # as asyncio does: "::" then leaves IPv4 to its own socket
@@ -77,6 +79,8 @@ def _cannot_listen(host: str, port: int) -> str | None:
                 s.bind(address)
             except OSError as exc:
                 return _bind_error(host, port, exc)
+    if not opened:  # the server would listen on nothing and still say it is running
+        return f"cannot listen on {host}: this machine has no socket for its address family; pick one with --host"
     return None
 
 

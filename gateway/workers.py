@@ -31,14 +31,14 @@ def app() -> Any:
 def serve(config_path: str, host: str, port: int, workers: int, log_level: str, log_format: str | None) -> int:
     import uvicorn
 
-    from gateway.api.app import build_services
+    from gateway.api.app import check_start_up
     from gateway.api.http_limits import BoundedHttpToolsProtocol
 
     config = load_config(config_path)  # a bad config fails here, once, rather than in every worker
     # and so does everything else one worker's start-up checks (a broken router, a bad policy file, two
     # tenants with one key: one line, exit 2), as it does for `--workers 1`: the supervisor restarted
-    # each worker that failed on it, for ever, holding the port. Nothing is connected or started here.
-    build_services(config)
+    # each worker that failed on it, for ever, holding the port.
+    check_start_up(config)
     os.environ[ENV_CONFIG] = str(Path(config_path).resolve())
     os.environ[_ENV_LOGGING] = f"{log_level} {log_format or ''}".strip()
     try:

@@ -48,7 +48,7 @@ from gateway.router.serving import ServingRouter, configured_dir, load_dir, vers
 from gateway.router.sync import RouterSync
 from gateway.shadow import ShadowEvaluator
 from gateway.signal import RememberingRouter
-from gateway.state import RedisStore, open_store
+from gateway.state import MemoryStore, RedisStore, open_store
 from gateway.telemetry import Telemetry
 
 log = logging.getLogger("switchyard")
@@ -90,15 +90,32 @@ def check_policy_names(config: GatewayConfig, policies: PolicySet) -> None:
                                                                "policy": name})
 
 
-def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
-                   router: Router | None = None, policies_dir: Path | None = None,
-                   metrics: Metrics | None = None) -> Services:
-    """Everything that can fail on a bad config fails here, before the server takes traffic."""
-    deployments = {d.name: d for d in config.deployments}
+def load_policies(config: GatewayConfig, policies_dir: Path | None = None) -> PolicySet:
+    """The policies the config names, loaded and checked (`check_policy_names`): a ConfigError names a bad one."""
     policies = PolicySet(policies_dir or user_policies_dir(config), config.deployments,
                          shipped=shipped_policies_dir(), default_policy=config.default_policy,
                          kept=[t.default_policy for t in config.tenants if t.default_policy])
     check_policy_names(config, policies)
+    return policies
+
+
+def check_start_up(config: GatewayConfig) -> None:
+    """What `build_services` refuses a config for, checked without building the services (no telemetry,
+    metrics, tokenizer or store): for a supervisor that starts workers which would each fail on it."""
+    load_policies(config)
+    configured_secret(config.digest_secret_env)
+    Authenticator(config.tenants, MemoryStore(), config.on_store_outage, config.admin_api_key_sha256,
+                  config.viewer_api_key_sha256)
+    serving_router(config)
+
+
+def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None = None,
+                   router: Router | None = None, policies_dir: Path | None = None,
+                   metrics: Metrics | None = None) -> Services:
+    """Everything that can fail on a bad config fails here, before the server takes traffic
+    (`check_start_up` checks the same without building anything)."""
+    deployments = {d.name: d for d in config.deployments}
+    policies = load_policies(config, policies_dir)
     digests = Digests(configured_secret(config.digest_secret_env))  # else the store's, read at start-up
     store = open_store(config.redis_url)
     metrics = metrics or Metrics()

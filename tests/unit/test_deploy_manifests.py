@@ -111,6 +111,19 @@ def test_compose_runs_three_replicas_behind_nginx_with_redis_otel_and_prometheus
     assert scrape["dns_sd_configs"][0]["names"] == ["gateway"] and scrape["metrics_path"] == "/metrics"
 
 
+def test_every_deployment_gives_a_stopping_gateway_the_time_its_shutdown_takes() -> None:
+    # uvicorn's 10 s for open requests, then up to 12 s reading on calls given up on (billed as they end),
+    # a cut call's 2 s and the ledger's last write (`gateway.api.app.SHUTDOWN_DRAIN_S`): Docker's default
+    # grace is 10 s, after which those bills were lost
+    from gateway.api.app import SHUTDOWN_DRAIN_S
+
+    needed = 10 + SHUTDOWN_DRAIN_S + 2 + 2
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())["services"]["gateway"]
+    assert int(compose["stop_grace_period"].removesuffix("s")) >= needed
+    deployment = _kind("Deployment")
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= needed
+
+
 def test_the_compose_gateway_config_is_valid() -> None:
     config = parse_config(yaml.safe_load((DEPLOY / "gateway.yaml").read_text()), "deploy/gateway.yaml")
     assert {d.api_base for d in config.deployments} == {"http://simulator:9000/v1"}

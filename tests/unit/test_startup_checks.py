@@ -275,3 +275,24 @@ def test_an_address_family_the_kernel_lacks_is_skipped_as_asyncio_skips_it(monke
         (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0)),
         (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", 0))])
     assert cli._cannot_listen("localhost", 0) is None
+    monkeypatch.setattr(cli.socket, "getaddrinfo", lambda *a, **kw: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))])
+    assert "no socket for its address family" in (cli._cannot_listen("::1", 0) or "")  # not "listening" on nothing
+
+
+def test_the_workers_supervisor_checks_a_config_without_building_telemetry_metrics_or_a_store(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `serve --workers N` checks the config before it forks; building the services there started an OTLP
+    # metrics reader and span processor in the supervisor for its whole life (a duplicate metric series)
+    from gateway.api import app
+
+    def refused(*args: object, **kw: object) -> None:
+        raise AssertionError("built in the supervisor")
+
+    for name in ("Telemetry", "Metrics", "open_store"):
+        monkeypatch.setattr(app, name, refused)
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n")
+    app.check_start_up(_config(default_policy="mine", policies_dir=str(folder)))
+    tenant = {"name": "team-a", "api_key_sha256": hash_key("sk-a"), "default_policy": "nope"}
+    with pytest.raises(ConfigError, match=re.escape("tenants[0].default_policy")):  # as a worker refuses it
+        app.check_start_up(_config(default_policy="mine", policies_dir=str(folder), tenants=[tenant]))
