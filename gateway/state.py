@@ -81,13 +81,15 @@ class StoreUnavailable(Exception):
 
 
 def _raised_in_redis(exc: BaseException) -> bool:
-    """Whether `exc` was raised inside redis-py (its innermost frame is in a `redis` module)."""
+    """Whether `exc` was raised inside redis-py: past the gateway's innermost frame, the traceback goes
+    through a `redis` module (the error itself may come from asyncio's transport below it)."""
+    modules = []
     tb = exc.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
+    while tb is not None:
+        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")))
         tb = tb.tb_next
-    return str(tb.tb_frame.f_globals.get("__name__", "")).startswith("redis.")
+    ours = max((i for i, m in enumerate(modules) if m.startswith("gateway.")), default=-1)
+    return any(m.startswith("redis.") for m in modules[ours + 1:])
 
 
 def _never_connected(exc: BaseException) -> bool:

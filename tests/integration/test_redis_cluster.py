@@ -272,3 +272,34 @@ def test_an_error_of_the_gateways_own_code_in_a_store_call_is_not_a_cluster_outa
 
     as_outage, still_closed = asyncio.run(scenario())
     assert not as_outage and still_closed
+
+
+def test_a_cluster_clients_own_error_from_below_it_is_a_store_outage() -> None:
+    # "unable to perform operation on <TCPTransport closed=True>" is raised by asyncio's transport under
+    # redis-py's connection: it is the store failing, even though its innermost frame is not redis-py's.
+    import asyncio
+
+    from redis.asyncio import connection
+
+    from gateway.state import RedisStore, StoreUnavailable
+
+    async def transport_closed() -> None:
+        raise RuntimeError("unable to perform operation on <TCPTransport closed=True>")
+
+    # a coroutine function of redis-py's connection module (its frames say so) that calls the transport
+    names = {**vars(connection), "transport_closed": transport_closed}
+    exec("async def send():\n    await transport_closed()\n", names)
+
+    async def scenario() -> bool:
+        store = RedisStore("redis+cluster://127.0.0.1:9", timeout_s=0.3)  # never connected
+
+        async def through_redis() -> None:
+            await names["send"]()
+
+        try:
+            await store._guarded(through_redis)
+        except StoreUnavailable:
+            return not store.breaker.closed
+        return False
+
+    assert asyncio.run(scenario())
