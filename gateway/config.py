@@ -336,18 +336,20 @@ def env_redis_url() -> str | None:
         raise ConfigError(f"{ENV_REDIS_URL}: {exc}") from None
 
 
+def _env_value(env: str) -> str | None:
+    """$env, checked as the field it sets is checked in the file (a ConfigError naming the variable)."""
+    if env == ENV_REDIS_URL:
+        return env_redis_url()
+    value = os.environ[env]
+    if env in (ENV_ADMIN_KEY_SHA256, ENV_VIEWER_KEY_SHA256):
+        value = value.strip().lower()
+        if len(value) != 64 or any(ch not in "0123456789abcdef" for ch in value):
+            raise ConfigError(f"{env}: expected the 64 hex digits of a sha256")
+    return value
+
+
 def with_env_overrides(config: GatewayConfig) -> GatewayConfig:
-    updates: dict[str, Any] = {}
-    if os.environ.get(ENV_REDIS_URL):
-        updates["redis_url"] = env_redis_url()
-    if os.environ.get(ENV_POLICIES_DIR):
-        updates["policies_dir"] = os.environ[ENV_POLICIES_DIR]
-    for env, name in ((ENV_ADMIN_KEY_SHA256, "admin_api_key_sha256"), (ENV_VIEWER_KEY_SHA256, "viewer_api_key_sha256")):
-        if os.environ.get(env):
-            digest = os.environ[env].strip().lower()
-            if len(digest) != 64 or any(ch not in "0123456789abcdef" for ch in digest):
-                raise ConfigError(f"{env}: expected the 64 hex digits of a sha256")
-            updates[name] = digest
+    updates = {name: _env_value(env) for env, name in ENV_OVERRIDES if os.environ.get(env)}
     return config.model_copy(update=updates) if updates else config
 
 

@@ -62,7 +62,7 @@ async def sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, b
         failed = next((g for g in got if isinstance(g, BaseException)), None)
         # A sample that failed after its retries leaves the others to choose from; only a bad request
         # (another sample would be refused too), or fewer answers than the client's choices, fails the plan.
-        if failed is not None and (len(outs) < int(body.get("n") or 1) or not outs or not upstream_fault(failed)):
+        if failed is not None and (len(outs) < int(body.get("n") or 1) or not upstream_fault(failed)):
             raise billing(failed, [rec for _, rec in outs])
     samples = Samples([], [], [], [rec for _, rec in outs])
     for done, rec in outs:
