@@ -88,7 +88,8 @@ class DeploymentConfig(_Strict):
     tier: str = "small"
     price: Price | None = None
     router_profile: str | None = Field(
-        default=None, description="a model the router learned, whose predicted quality this one borrows")
+        default=None, description="a model the router learned, whose predicted quality this one borrows (in any "
+        "spelling of its name: 'meta-llama/Llama-3.1-70B-Instruct' is the router's 'Meta-Llama-3.1-70B-Instruct')")
     ability: float | None = Field(default=None, description="router ability (logit scale) if no profile")
     timeout_s: float = Field(default=30.0, gt=0)
     max_retries: int = Field(default=2, ge=0, le=10)

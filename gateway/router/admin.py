@@ -80,9 +80,8 @@ def validate(directory: Path, config: GatewayConfig | None) -> tuple[Artifact, R
     artifact = Artifact.read(directory)
     router = load_checked(directory)
     warnings = []
-    known = set(router.known_profiles())
     for d in config.deployments if config else ():
-        if d.router_profile and d.router_profile not in known:
+        if d.router_profile and not router.knows(d.router_profile):
             warnings.append(f"deployment '{d.name}': router_profile '{d.router_profile}' is unknown to this router; "
                             f"it will be scored by {'its ability' if d.ability is not None else 'the pool mean'}")
     return artifact, router, warnings

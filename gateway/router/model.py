@@ -36,6 +36,7 @@ from gateway.router.arrays import F32, F64, I64, Floats, Loaded
 from gateway.router.artifact import ArtifactError
 from gateway.router.featurize import HashSpec, hash_text, weight_and_norm
 from gateway.router.meta import ArtifactMeta
+from gateway.router.names import model_key
 from gateway.router.neighbours import Neighbours, unit
 from gateway.router.text import STRUCT_NAMES, guess_category, normalise, structural_features
 
@@ -97,6 +98,10 @@ class Router:
         self._meta = meta
         self._models: list[str] = list(meta["models"])
         self._index = {m: i for i, m in enumerate(self._models)}
+        by_key: dict[str, list[int]] = {}
+        for i, m in enumerate(self._models):
+            by_key.setdefault(model_key(m), []).append(i)
+        self._by_key = {k: tuple(v) for k, v in by_key.items()}
         heads: dict[int, list[tuple[int, int]]] = {}
         for h, (m, d) in enumerate(zip(weights.head_model.tolist(), weights.head_domain.tolist(), strict=True)):
             heads.setdefault(int(m), []).append((h, int(d)))
@@ -141,20 +146,26 @@ class Router:
         abilities span about -1.6 (llama-13b) to +2.5 (gpt-4-1106-preview) with mean 0
         (Llama-2-7B -1.2, Llama-3.1-8B-Instruct +0.2, 70B +1.1, gemini-1.5-pro +1.5);
         ``ability_of`` gives reference points. With neither, the pool mean (0) is used.
+        A profile the router knows under another spelling (``names.model_key``) is that model;
+        one key shared by two trained models (the same model in two files) mixes both's heads.
         """
-        if profile is not None and profile in self._index:
-            i = self._index[profile]
-            heads = self._heads.get(i, ())
-            if len(heads) == 1:
-                return self._head(a, heads[0][0], i)
-            if heads:
-                share = a.domain_share
-                known = len(share) > max(d for _, d in heads)
-                mix = [share[d] if known else 1.0 for _, d in heads]
-                total = sum(mix)
-                return sum(m * self._head(a, h, i) for m, (h, _) in zip(mix, heads, strict=True)) / total
+        heads = [(h, d, i) for i in self._resolve(profile) for h, d in self._heads.get(i, ())]
+        if len(heads) == 1:
+            return self._head(a, heads[0][0], heads[0][2])
+        if heads:
+            share = a.domain_share
+            known = len(share) > max(d for _, d, _ in heads)
+            mix = [share[d] if known else 1.0 for _, d, _ in heads]
+            return sum(m * self._head(a, h, i) for m, (h, _, i) in zip(mix, heads, strict=True)) / sum(mix)
         base = self._mean_ability if ability is None else float(ability)
         return _sigmoid(base - a.delta)
+
+    def _resolve(self, profile: str | None) -> tuple[int, ...]:
+        """The trained models a profile names: itself, else those of its spelling-independent key."""
+        if profile is None:
+            return ()
+        i = self._index.get(profile)
+        return (i,) if i is not None else self._by_key.get(model_key(profile), ())
 
     def _head(self, a: Assessment, h: int, model: int) -> float:
         # Plain floats: the policy asks once per candidate plan, and np.dot on a tuple of ten
@@ -168,9 +179,13 @@ class Router:
     def known_profiles(self) -> list[str]:
         return list(self._models)
 
+    def knows(self, profile: str) -> bool:
+        """Whether ``profile`` is a trained model, under this or another spelling."""
+        return bool(self._resolve(profile))
+
     def ability_of(self, profile: str) -> float | None:
-        i = self._index.get(profile)
-        return None if i is None else float(self._w.theta[i])
+        found = self._resolve(profile)
+        return float(np.mean(self._w.theta[list(found)])) if found else None
 
     def expected_output_tokens(self, profile: str) -> float | None:
         return self._out_tokens.get(profile)

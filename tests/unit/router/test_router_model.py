@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from gateway.router import DEFAULT_ARTIFACT, Assessment, Router, load_router
+from gateway.router.names import model_key
 
 PROMPT = "Calculate the integral of x^2 * sin(x) from 0 to pi, then explain each step."
 
@@ -87,3 +88,34 @@ def test_harder_looking_prompts_score_harder(router: Router) -> None:
         "Compute its acceleration and the work done by friction over 4.0 m, in SI units."
     ).difficulty
     assert hard > easy
+
+
+@pytest.mark.parametrize(("name", "key"), [
+    ("Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b-instruct"),
+    ("meta-llama/Llama-3.1-8B-Instruct", "llama-3.1-8b-instruct"),
+    ("together_ai/meta-llama/Meta-Llama-3.1-70B-Instruct", "llama-3.1-70b-instruct"),
+    ("Llama-2-7b-hf", "llama-2-7b"),
+    ("mistralai/Mistral_7B_Instruct v0.1", "mistral-7b-instruct-v0.1"),
+    # what tells two models apart stays: size, version, tuning, date, a tool suffix
+    ("gpt-4-0613", "gpt-4-0613"), ("gpt-4-0613+cot", "gpt-4-0613+cot"), ("Meta-Llama-3.1-8B", "llama-3.1-8b"),
+])
+def test_model_key_drops_only_what_never_tells_two_models_apart(name: str, key: str) -> None:
+    assert model_key(name) == key
+
+
+def test_a_profile_spelt_another_way_is_the_model_the_router_learned(router: Router) -> None:
+    a = router.assess(PROMPT)
+    hub = "meta-llama/Meta-Llama-3.1-70B-Instruct"
+    assert router.knows(hub) and not router.knows("meta-llama/Llama-3.1-405B-Instruct")
+    assert router.p_good(a, profile=hub) == router.p_good(a, profile="Meta-Llama-3.1-70B-Instruct")
+    assert router.ability_of(hub) == router.ability_of("Meta-Llama-3.1-70B-Instruct")
+    assert router.p_good(a, profile=hub) != router.p_good(a)  # not the pool mean an unknown name gets
+
+
+def test_a_key_two_training_files_spell_differently_mixes_both_heads(router: Router) -> None:
+    # MMLU-Pro's Meta-Llama-3.1-8B-Instruct and the mix's llama-3.1-8b-instruct are one model.
+    a = router.assess(PROMPT)
+    p_mmlu = router.p_good(a, profile="Meta-Llama-3.1-8B-Instruct")
+    p_mix = router.p_good(a, profile="llama-3.1-8b-instruct")
+    both = router.p_good(a, profile="meta-llama/Llama-3.1-8B-Instruct")
+    assert p_mmlu != p_mix and min(p_mmlu, p_mix) < both < max(p_mmlu, p_mix)

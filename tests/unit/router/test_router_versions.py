@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import embedded_config
+from gateway.router.admin import validate
 from gateway.router.artifact import Artifact, ArtifactError
 from gateway.router.model import DEFAULT_ARTIFACT
 from gateway.router.registry import CONFIGURED, RegistryError, RouterRegistry, serving_stack
@@ -196,3 +198,11 @@ async def test_a_replica_keeps_its_router_while_the_store_is_down() -> None:
     before = serving.version
     assert not await RouterSync(serving, RouterRegistry(_DownStore())).check()
     assert serving.version == before
+
+
+def test_promoting_warns_only_of_profiles_the_router_knows_under_no_spelling() -> None:
+    config = embedded_config("http://127.0.0.1:9")
+    deps = [d.model_copy(update={"router_profile": p}) for d, p in
+            zip(config.deployments, ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-4-behemoth"), strict=False)]
+    _, _, warnings = validate(DEFAULT_ARTIFACT, config.model_copy(update={"deployments": deps}))
+    assert len(warnings) == 1 and "'llama-4-behemoth' is unknown to this router" in warnings[0]
