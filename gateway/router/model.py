@@ -161,11 +161,16 @@ class Router:
         return _sigmoid(base - a.delta)
 
     def _resolve(self, profile: str | None) -> tuple[int, ...]:
-        """The trained models a profile names: itself, else those of its spelling-independent key."""
+        """The trained models a profile names: itself when it has heads, else those of its
+        spelling-independent key that have (a router fitted on a union of files lists every
+        model of the union, with heads only where it had rows), else itself."""
         if profile is None:
             return ()
         i = self._index.get(profile)
-        return (i,) if i is not None else self._by_key.get(model_key(profile), ())
+        if i is not None and i in self._heads:
+            return (i,)
+        found = tuple(j for j in self._by_key.get(model_key(profile), ()) if j in self._heads)
+        return found or (() if i is None else (i,))
 
     def _head(self, a: Assessment, h: int, model: int) -> float:
         # Plain floats: the policy asks once per candidate plan, and np.dot on a tuple of ten

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from gateway.router import DEFAULT_ARTIFACT, Assessment, Router, load_router
 from gateway.router.names import model_key
+from tests.support.routers import copy_default
 
 PROMPT = "Calculate the integral of x^2 * sin(x) from 0 to pi, then explain each step."
 
@@ -119,3 +123,19 @@ def test_a_key_two_training_files_spell_differently_mixes_both_heads(router: Rou
     p_mix = router.p_good(a, profile="llama-3.1-8b-instruct")
     both = router.p_good(a, profile="meta-llama/Llama-3.1-8B-Instruct")
     assert p_mmlu != p_mix and min(p_mmlu, p_mix) < both < max(p_mmlu, p_mix)
+
+
+def test_a_listed_model_without_heads_is_read_through_its_other_spelling(tmp_path: Path) -> None:
+    # A router fitted without MMLU-Pro's rows still lists its models (the data's union), with no heads.
+    copy_default(tmp_path)
+    meta = json.loads((tmp_path / "router.json").read_text())
+    with np.load(tmp_path / "router.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    keep = arrays["head_model"] != meta["models"].index("Meta-Llama-3.1-8B-Instruct")
+    for k in ("head_coef", "head_icpt", "knn_coef", "head_model", "head_domain"):
+        arrays[k] = arrays[k][keep]
+    np.savez_compressed(tmp_path / "router.npz", **arrays)
+    r = load_router(tmp_path)
+    a = r.assess(PROMPT)
+    assert r.p_good(a, profile="Meta-Llama-3.1-8B-Instruct") == r.p_good(a, profile="llama-3.1-8b-instruct")
+    assert r.p_good(a, profile="Meta-Llama-3.1-8B-Instruct") != r.p_good(a)
