@@ -36,6 +36,10 @@ ENV_OVERRIDES = ((ENV_REDIS_URL, "redis_url"), (ENV_POLICIES_DIR, "policies_dir"
                  (ENV_ADMIN_KEY_SHA256, "admin_api_key_sha256"), (ENV_VIEWER_KEY_SHA256, "viewer_api_key_sha256"))
 
 OutageSetting = Literal["fail_closed", "fail_open"]
+# The longest a stored entry may be kept (a cached answer, a request record): Redis refuses an expiry
+# past its clock's range, and a refused write counts as the store failing, which opens its breaker for
+# every tenant (a policy with `ttl_s: 1e16` turned other tenants' requests into 503s).
+MAX_TTL_S = 10 * 365 * 24 * 3600  # ten years
 
 
 class _Strict(BaseModel):
@@ -175,7 +179,7 @@ class RequestLogSettings(_Strict):
     enabled: bool = True
     max_records: int = Field(default=100_000, gt=0, description="the stream's cap (approximate on Redis); in "
                              "memory also each tenant's cap on records that take feedback")
-    ttl_s: int = Field(default=7 * 24 * 3600, gt=0, description="how long a request accepts feedback")
+    ttl_s: int = Field(default=7 * 24 * 3600, gt=0, le=MAX_TTL_S, description="how long a request accepts feedback")
     queue_size: int = Field(default=10_000, gt=0, description="records waiting to be written; beyond: dropped")
     path: str | None = Field(default=None, description="also append records and feedback to this JSONL file")
     shadow_concurrency: int = Field(default=4, gt=0, le=64, description="shadow answers in flight at once")

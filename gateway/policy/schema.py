@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from gateway.config import MAX_TTL_S
 from gateway.plans import KEYS, Kind
 from gateway.plans.best_of import BestOfSpec
 from gateway.plans.cascade import CascadeSpec
@@ -95,7 +96,7 @@ class Constraints(_Strict):
 
 class CacheSettings(_Strict):
     enabled: bool = True
-    ttl_s: int = Field(default=3600, gt=0)
+    ttl_s: int = Field(default=3600, gt=0, le=MAX_TTL_S)
 
 
 class ShadowSpec(_Strict):

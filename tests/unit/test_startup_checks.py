@@ -191,6 +191,11 @@ def test_a_tenant_budget_below_zero_or_infinite_is_a_config_error(budget: object
         _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-a"), "budget": budget}])
 
 
+def test_a_request_record_ttl_past_what_the_store_can_expire_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"gw.yaml: request_log.ttl_s: Input should be less than or equal to"):
+        _config(request_log={"ttl_s": 10**16})
+
+
 def test_tenant_names_must_be_unique() -> None:
     with pytest.raises(ConfigError, match=r"gw.yaml: tenants: .*tenant names must be unique, repeated: team-a"):
         _config(tenants=[{"name": "team-a", "api_key_sha256": hash_key("sk-1")},

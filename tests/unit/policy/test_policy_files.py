@@ -62,6 +62,15 @@ def test_a_timeout_too_short_for_any_call_is_rejected_with_its_path(tmp_path: Pa
     assert load_policy_file(path, DEPLOYMENTS).spec.timeout_s == 0.1
 
 
+@pytest.mark.parametrize("value", ["10000000000000000", "100000000000000000000"])
+def test_a_cache_ttl_past_what_the_store_can_expire_is_rejected_with_its_path(tmp_path: Path, value: str) -> None:
+    """Redis refused the cache write of `ttl_s: 1e16`, which opened the store's breaker for every tenant;
+    a ttl past 64 bits ended `policy check` in a traceback."""
+    path = _write(tmp_path, "p.yaml", f"candidates:\n  - single: small\ncache:\n  ttl_s: {value}\n")
+    with pytest.raises(ConfigError, match=r"p.yaml: cache.ttl_s: Input should be less than or equal to 315360000"):
+        load_policy_file(path, DEPLOYMENTS)
+
+
 def test_wrong_type_is_rejected_with_its_path(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\nconstraints:\n  latency_slo_ms: fast\n")
     with pytest.raises(ConfigError, match=r"p.yaml: constraints.latency_slo_ms: Input should be a valid number"):
