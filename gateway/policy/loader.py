@@ -106,6 +106,15 @@ class _Names:
     def one(self, name: str, where: str) -> str:
         return self.resolve(name, where)[0]
 
+    def check_fallbacks(self) -> None:
+        """Every name in `fallbacks:`, keys included, is a deployment or tier: only the keys of the
+        deployments a single plan calls were ever looked up, so a typo (`smal: [large]`) left that
+        deployment without its fallback and the file passed every check."""
+        for key, listed in self.spec.fallbacks.items():
+            self.resolve(key, "fallbacks")
+            for i, name in enumerate(listed):
+                self.resolve(name, f"fallbacks.{key}[{i}]")
+
     def fallbacks(self, deployment: str) -> tuple[str, ...]:
         """The policy's `fallbacks:` for this deployment (else for its tier), bound, without itself."""
         fallbacks = self.spec.fallbacks
@@ -126,6 +135,7 @@ def _bind_candidate(c: CandidateSpec, i: int, names: _Names) -> list[Plan]:
 def bind_policy(name: str, source: str, spec: PolicySpec,
                 deployments: Sequence[DeploymentConfig]) -> BoundPolicy:
     names = _Names(source, spec, deployments)
+    names.check_fallbacks()
     allowed = None
     if spec.constraints.allowed_deployments is not None:
         allowed = frozenset(d for i, a in enumerate(spec.constraints.allowed_deployments)

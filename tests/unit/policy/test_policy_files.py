@@ -104,6 +104,17 @@ fallbacks:
     assert [p.label for p in policy.plans] == ["single:small", "best_of:3:small:vote", "cascade:small>large"]
 
 
+@pytest.mark.parametrize(("fallbacks", "expected"), [
+    ("{smal: [large]}", r"p.yaml: fallbacks 'smal' is not a deployment or tier"),
+    ("{large: [nowhere]}", r"p.yaml: fallbacks.large\[0\] 'nowhere' is not a deployment or tier")])
+def test_every_name_in_fallbacks_is_checked_even_where_no_single_plan_calls_it(
+        tmp_path: Path, fallbacks: str, expected: str) -> None:
+    """A misspelt key left `small` without its fallback, and the file loaded and passed `policy check`."""
+    path = _write(tmp_path, "p.yaml", f"candidates:\n  - single: small\nfallbacks: {fallbacks}\n")
+    with pytest.raises(ConfigError, match=expected):
+        load_policy_file(path, DEPLOYMENTS)
+
+
 def test_a_file_that_turns_bad_keeps_its_last_good_version(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n")
     policies = PolicySet(tmp_path, DEPLOYMENTS)
