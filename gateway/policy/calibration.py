@@ -108,11 +108,13 @@ class Quantiles:
         return cls(below.tolist(), float(below[-1]))
 
     def threshold(self, share: float) -> float:
-        """The score above which `share` of the weight lies: +inf sends nothing strong, -inf all."""
-        if share <= 0.0 or self.total <= 0.0:
-            return math.inf
+        """The score above which `share` of the weight lies: +inf sends nothing strong, -inf all.
+        A share of 1 needs no traffic to place it: before any (a policy whose prior is empty, as when its
+        constraints leave one plan for every prompt of the start-up sample) it sent everything cheap."""
         if share >= 1.0:
             return -math.inf
+        if share <= 0.0 or self.total <= 0.0:
+            return math.inf
         want = (1.0 - share) * self.total  # weight below the threshold
         below = self.below
         i = min(bisect.bisect_right(below, want) - 1, BINS - 1)

@@ -92,6 +92,14 @@ def test_the_threshold_is_the_matching_quantile_of_the_sketch() -> None:
     assert q.threshold(0.0) == math.inf and q.threshold(1.0) == -math.inf
 
 
+def test_a_strong_share_of_one_sends_everything_strong_before_any_traffic() -> None:
+    """With an empty prior (every start-up prompt left one feasible plan) `strong_share: 1` sent a new
+    tenant's first requests to the cheap plan, the opposite of its target."""
+    empty = Quantiles.of(Sketch())
+    assert empty.threshold(1.0) == -math.inf and empty.threshold(0.5) == math.inf
+    assert Controller(Target(strong_share=1.0), Sketch()).cutoff().threshold == -math.inf
+
+
 def test_a_quality_target_sends_the_least_traffic_strong_that_reaches_it() -> None:
     sketch = _uniform_sketch()
     share = share_for(Target(quality=0.95), sketch)
