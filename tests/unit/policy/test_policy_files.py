@@ -89,6 +89,17 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
         load_policy_file(path, DEPLOYMENTS)
 
 
+def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    """PyYAML kept the last of two `target:` keys, silently: the policy ran on a target nobody read."""
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n  - single: large\n"
+                                      "target: {strong_share: 0.3}\nfallbacks: {}\ntarget: {quality: 0.9}\n")
+    with pytest.raises(ConfigError, match=r"(?s)p.yaml: not valid YAML: .*found duplicate key 'target'"):
+        load_policy_file(path, DEPLOYMENTS)
+    # a merge's keys may still be overridden, and other mappings may reuse a key
+    _write(tmp_path, "p.yaml", "candidates:\n  - &first {single: small}\n  - {<<: *first, single: large}\n")
+    assert [p.label for p in load_policy_file(path, DEPLOYMENTS).plans] == ["single:small", "single:large"]
+
+
 def test_tiers_expand_and_fallbacks_resolve(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.yaml", """
 candidates:
