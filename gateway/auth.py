@@ -234,6 +234,10 @@ class Authenticator:
         # and a scan costs a compare per configured tenant on every request.
         tenant = self._by_hash.get(hash_key(key.strip()))
         if tenant is None:
+            if self.is_admin(authorization) or self.is_viewer(authorization):
+                # a valid key, though no tenant's: "invalid API key" sent its holder looking for a typo
+                raise PermissionDenied("the admin and viewer keys call no model: use a tenant's key",
+                                       code="tenant_key_required")
             raise AuthenticationFailed("invalid API key")
         return tenant
 

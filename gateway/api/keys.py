@@ -58,7 +58,7 @@ async def _require_admin(svc: Services, request: Request) -> None:
     scheme, _, given = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not given.strip():
         raise AuthenticationFailed("this needs the admin key: send 'Authorization: Bearer <admin key>'")
-    if svc.auth.is_viewer(authorization):  # a valid key, though no tenant's: authenticate would say 401
+    if svc.auth.is_viewer(authorization):  # a valid key, though no tenant's: named as the one it is
         raise PermissionDenied("this needs the admin key, not the dashboard's viewer key", code="admin_key_required")
     await svc.auth.authenticate(authorization)  # unknown keys: 401
     raise PermissionDenied("this needs the admin key, not a tenant's key", code="admin_key_required")

@@ -74,6 +74,23 @@ def test_the_admin_api_needs_the_admin_key(gw: str, key: str | None, status: int
             assert "needs the admin key" in resp.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("key", [ADMIN, VIEWER])
+def test_the_admin_and_viewer_keys_are_told_they_are_no_tenants_key_not_that_they_are_invalid(
+        gw: str, key: str) -> None:
+    """Both are valid keys that call no model: they were a 401 "invalid API key", which sent their holder
+    looking for a typo in a key that works on /admin/keys or the dashboard."""
+    client = openai.OpenAI(base_url=gw + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client.chat.completions.create(model="auto", messages=HI)
+    assert refused.value.code == "tenant_key_required"
+    for path, body in (("/v1/route", {"model": "auto", "messages": HI}),
+                       ("/v1/feedback", {"request_id": "req_x", "thumbs": "up"})):
+        resp = _admin(gw, "POST", path, key=key, json=body)
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "tenant_key_required", resp.text
+    assert _admin(gw, "GET", "/v1/budget", key=key).status_code == 403
+    assert _admin(gw, "GET", "/v1/models", key="sk-wrong").status_code == 401
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"tenant": "acme", "colour": "red"}, "colour"),
     ({"tenant": "{acme}"}, "tenant"),
