@@ -47,7 +47,7 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
         if getattr(args, name) is not None:
             body[name] = [v.strip() for v in getattr(args, name).split(",") if v.strip()]
     if args.budget is not None:
-        body["budget"] = {"usd": args.budget, "period": args.period}
+        body["budget"] = {"usd": args.budget, "period": args.period or "total"}
     if args.metadata:
         body["metadata"] = dict(args.metadata)
     return body
@@ -78,6 +78,9 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
 def cmd_keys(args: argparse.Namespace) -> int:
     command = args.keys_command
     if command == "create":
+        if args.period is not None and args.budget is None:  # else the key was made with no budget at all
+            print(f"switchyard keys create: --period {args.period} needs --budget USD", file=sys.stderr)
+            return 2
         return _call(args, "POST", "/admin/keys", create_body(args))
     if command == "list":
         return _call(args, "GET", "/admin/keys" + (f"?{urlencode({'tenant': args.tenant})}" if args.tenant else ""))
@@ -103,8 +106,8 @@ def add_parser(sub: Any) -> None:
     c.add_argument("--policies", help="comma-separated policies the key may use (default: its tenant's)")
     c.add_argument("--deployments", help="comma-separated deployments it may pin by name")
     c.add_argument("--budget", metavar="USD", type=_usd, help="spend limit in USD per --period")
-    c.add_argument("--period", choices=("day", "week", "month", "total"), default="total",
-                   help="the --budget's UTC calendar period (default: %(default)s)")
+    c.add_argument("--period", choices=("day", "week", "month", "total"),
+                   help="the --budget's UTC calendar period (default: total)")
     c.add_argument("--requests-per-minute", type=int, help="the key's own request rate limit")
     c.add_argument("--tokens-per-minute", type=int, help="the key's own token rate limit")
     c.add_argument("--expires-at", metavar="ISO8601", help="when the key stops working (UTC if no offset)")

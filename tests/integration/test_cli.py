@@ -372,6 +372,8 @@ BAD_INVOCATIONS = [
     ("keys create --tenant t --budget abc --admin-key k", "argument --budget: not a number of USD: 'abc'"),
     ("keys create --tenant t --budget nan --admin-key k", "argument --budget: must be a finite number of USD"),
     ("keys create --tenant t --metadata owner --admin-key k", "argument --metadata: expected KEY=VALUE, got 'owner'"),
+    # the key was made, with no budget at all
+    ("keys create --tenant t --period day --admin-key k", "switchyard keys create: --period day needs --budget USD"),
 ]
 
 
