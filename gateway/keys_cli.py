@@ -68,11 +68,24 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
         print(f"switchyard keys: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
     try:
-        shown = json.dumps(resp.json(), indent=2)
+        answer = resp.json()
     except ValueError:
-        shown = resp.text
-    print(shown, file=sys.stdout if resp.is_success else sys.stderr)
-    return 0 if resp.is_success else 1
+        answer = None
+    if resp.is_success:
+        print(json.dumps(answer, indent=2) if answer is not None else resp.text)
+        return 0
+    print(f"switchyard keys: {_refusal(resp.status_code, answer, resp.text)}", file=sys.stderr)
+    return 1
+
+
+def _refusal(status: int, answer: Any, text: str) -> str:
+    """A refusal in one line (an error printed as an indented JSON block took eight): status, type, code
+    and message of an OpenAI-style error body, else the body as it came."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(error, dict):
+        return f"HTTP {status}: {text.strip()[:500]}"
+    kind = " ".join(str(error[k]) for k in ("type", "code") if error.get(k))
+    return f"HTTP {status} {kind}: {error.get('message', '')}"
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
