@@ -92,6 +92,19 @@ def _raised_in_redis(exc: BaseException) -> bool:
     return any(m.startswith("redis.") for m in modules[ours + 1:])
 
 
+# Plain refusals that still speak of the whole server, not of the one command: a script running too long,
+# snapshots failing. (Its own subclasses say the rest: OOM, READONLY, LOADING, CLUSTERDOWN, ...)
+_SERVER_WIDE = ("BUSY", "MISCONF")
+
+
+def _refused_command(exc: BaseException) -> bool:
+    """Whether Redis answered `exc` to this command alone (a wrong argument, a wrong type, a script's own
+    error): the store is up, and one request's bad command must not open the breaker every tenant shares."""
+    from redis.exceptions import ResponseError
+
+    return type(exc) is ResponseError and not str(exc).startswith(_SERVER_WIDE)
+
+
 def _never_connected(exc: BaseException) -> bool:
     """Whether `exc` (or what it was raised from) is a refused connection: nothing was sent."""
     seen: BaseException | None = exc
@@ -742,7 +755,10 @@ class RedisStore(RedisAdmission):
                 async with asyncio.timeout(self._call_s):
                     result = await call()
         except self._errors as exc:
-            breaker.failed()
+            if not _refused_command(exc):
+                breaker.failed()
+            elif trial:
+                breaker.succeeded()  # it answered
             raise StoreUnavailable(str(exc) or type(exc).__name__, unsent=_never_connected(exc)) from exc
         except self._client_errors as exc:
             if not _raised_in_redis(exc):

@@ -1,0 +1,38 @@
+"""A command Redis refuses by itself (a wrong argument or type) is that call's failure, not an outage: the
+store's breaker is shared by every tenant, and one request's bad command opened it for all of them.
+Against a real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.exceptions import ReadOnlyError, ResponseError
+
+from gateway.state import RedisStore, StoreUnavailable, _refused_command
+from tests.support.processes import RedisServer
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer) -> AsyncIterator[RedisStore]:
+    made = RedisStore(redis_server.url, timeout_s=5)
+    yield made
+    await made.close()
+
+
+async def test_a_refused_command_fails_alone_and_leaves_the_breaker_closed(store: RedisStore) -> None:
+    with pytest.raises(StoreUnavailable):
+        await store.set("refusals:too-long", b"v", ttl_s=1e17)  # an expiry past Redis's 64-bit range
+    await store.set("refusals:text", b"not a number")
+    with pytest.raises(StoreUnavailable):
+        await store.incr("refusals:text", ttl_s=60)  # ERR value is not an integer
+    assert store.breaker.closed
+    assert await store.get("refusals:text") == b"not a number"  # the next call is not refused
+
+
+def test_refusals_that_speak_of_the_whole_server_still_count_as_it_failing() -> None:
+    assert _refused_command(ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"))
+    assert not _refused_command(ResponseError("BUSY Redis is busy running a script."))
+    assert not _refused_command(ResponseError("MISCONF Redis is configured to save RDB snapshots"))
+    assert not _refused_command(ReadOnlyError("You can't write against a read only replica."))
+    assert not _refused_command(ConnectionError("refused"))
