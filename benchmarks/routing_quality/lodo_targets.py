@@ -39,6 +39,7 @@ from gateway.router.training.train import (
     domain_weights,
     outcome_targets,
     prepare,
+    spread_target,
 )
 
 
@@ -48,23 +49,6 @@ def _z(v: F64) -> F64:
 
 def _sig(v: F64) -> F64:
     return 1.0 / (1.0 + np.exp(-v))
-
-
-def spread_target(y: F64, dom: Strs, frac: float = 0.5) -> F64:
-    """Per prompt: mean score of its file's strongest ``frac`` of models minus its weakest
-    ``frac``, standardised within the file ("how much a stronger model helps here")."""
-    out = np.zeros(y.shape[0])
-    for d in np.unique(dom):
-        rows = dom == d
-        yd = y[rows]
-        cols = np.nonzero(~np.isnan(yd).all(0))[0]
-        order = cols[np.argsort(np.nanmean(yd[:, cols], 0))]
-        k = max(1, round(len(order) * frac))
-        with np.errstate(all="ignore"):
-            s = np.nanmean(yd[:, order[-k:]], 1) - np.nanmean(yd[:, order[:k]], 1)
-        s = np.nan_to_num(s - np.nanmean(s))
-        out[rows] = s / (s.std() + 1e-9)
-    return out
 
 
 def rank_contrast(y: F64, dom: Strs) -> F64:

@@ -2,8 +2,9 @@
 
 Input: any file in the shared data schema; only ``id`` and ``prompt`` are required.
 Output rows: ``{"id", "difficulty", "predicted": {model: p_good}}`` for the models listed in
-that row's ``models`` (models the router never saw get P from difficulty alone, i.e. the
-mean trained ability) plus every known profile. The known profiles are always included so
+that row's ``models`` (models the router never saw, under any spelling, get the 1PL's P at the
+mean trained ability: the same for all of them, so a pair of them is ranked by ``difficulty``)
+plus every known profile. The known profiles are always included so
 that each row scores the same pairs: routing_eval only ranks by predicted gain when every
 row has both models, and a row missing one outcome (gemini misses a few) must not make it
 fall back to difficulty for the whole file.

@@ -61,7 +61,9 @@ def _shape(arrays: Mapping[str, Loaded], name: str, want: tuple[int, ...]) -> st
 def _latent(meta: Mapping[str, Any], arrays: Mapping[str, Loaded]) -> str | None:
     t, rows, n_struct = int(meta["latent_dims"]), 1 << int(meta["hash_spec"]["bits"]), len(meta["struct_names"])
     for name, want in (("idf", (rows,)), ("w", (rows, t)), ("w_struct", (n_struct, t)), ("s_mean", (n_struct,)),
-                       ("s_std", (n_struct,)), ("bias", (t,)), ("gen_coef", (t,))):
+                       ("s_std", (n_struct,)), ("bias", (t,)), ("gen_coef", (t,)), ("rank_coef", (t,))):
+        if name == "rank_coef" and name not in arrays:  # optional: older artifacts rank by delta
+            continue
         if problem := _shape(arrays, name, want):
             return problem
     if arrays["head_coef"].ndim != 2 or arrays["head_coef"].shape[1] != t:

@@ -16,7 +16,10 @@ Shape of the model (fitted by ``gateway.router.training.train``):
                prompt's neighbours come from each file:  sum_d share_d(x) P_d / sum_d share_d(x)
     P(good | ability a)      = sigmoid(a - delta(x))                 any other model
     delta(x) = phi . gen_coef + gen_icpt                             difficulty logit (1PL)
-    difficulty = sigmoid(delta(x) - mean ability)  in [0, 1]
+    rank(x)  = phi . rank_coef + rank_icpt       half delta, half the predicted spread between a
+                                                 file's stronger and weaker models (train.rank_head)
+    difficulty = sigmoid(rank(x) - mean ability)  in [0, 1]: what a pair of models the router never
+               saw is ranked by (how much a stronger model is expected to help on this prompt)
 """
 
 from __future__ import annotations
@@ -86,6 +89,9 @@ class _Weights:
     gen_coef: F64  # (h,)
     gen_icpt: float
     theta: F64  # (m,) generic-scale abilities of known models
+    # The difficulty logit unseen pairs are ranked by (train.rank_head); None (older artifacts): delta.
+    rank_coef: F64 | None = None
+    rank_icpt: float = 0.0
     knn_coef: F64 | None = None  # (heads,) head weight on its model's neighbour logit
     neighbours: Neighbours | None = None
 
@@ -126,9 +132,10 @@ class Router:
         feats = structural_features(clean)
         phi, knn, share = self._latent(clean, feats)
         delta = float(phi @ self._w.gen_coef + self._w.gen_icpt)
+        rank = delta if self._w.rank_coef is None else float(phi @ self._w.rank_coef + self._w.rank_icpt)
         named = dict(zip(STRUCT_NAMES, feats, strict=True))
         return Assessment(
-            difficulty=_sigmoid(delta - self._mean_ability),
+            difficulty=_sigmoid(rank - self._mean_ability),
             category=guess_category(clean, feats),
             features=MappingProxyType({k: round(named[k], 4) for k in _EXPLAIN}),
             phi=tuple(phi.tolist()),  # tolist: one C loop instead of a float() per element
@@ -273,6 +280,8 @@ def _load(root: Path) -> Router:
         gen_coef=arr["gen_coef"].astype(np.float64),
         gen_icpt=float(arr["gen_icpt"]),
         theta=arr["theta"].astype(np.float64),
+        rank_coef=arr["rank_coef"].astype(np.float64) if "rank_coef" in arr else None,
+        rank_icpt=float(arr["rank_icpt"]) if "rank_coef" in arr else 0.0,
         knn_coef=arr["knn_coef"].astype(np.float64) if neighbours is not None else None,
         neighbours=neighbours,
     )

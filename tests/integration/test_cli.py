@@ -142,7 +142,7 @@ def test_route_batch_scores_a_file(tmp_path: Path) -> None:
     assert [s["id"] for s in scored] == ["q0", "q1", "q2"]
     for s in scored:
         assert 0 <= s["difficulty"] <= 1
-        # every model of the row, the unseen one from difficulty alone (and the router's known ones)
+        # every model of the row, the unseen one at the mean ability (and the router's known ones)
         assert {"Meta-Llama-3.1-8B-Instruct", "never-seen-model"} <= set(s["predicted"])
         assert all(0 <= p <= 1 for p in s["predicted"].values())
 

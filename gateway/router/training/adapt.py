@@ -47,6 +47,7 @@ from gateway.router.training.blend import Inputs, select_heads
 from gateway.router.training.data import RoutingData
 from gateway.router.training.fit import fit_generic_head, fold_columns, oof_ridge, predict_ridge
 from gateway.router.training.train import (
+    DIFFICULTY_SPREAD_WEIGHT,
     HEAD_INSAMPLE_MIX,
     RIDGE_LAMBDA,
     SPEC,
@@ -178,6 +179,10 @@ def adapt(
         "gen_icpt": np.asarray(float(arr["gen_icpt"]) + gen_icpt_new),
         "theta": theta,
     })
+    if "rank_coef" in arr:  # the ranking difficulty takes the new file's correction to delta, at delta's weight
+        keep = 1 - DIFFICULTY_SPREAD_WEIGHT
+        out["rank_coef"] = np.concatenate([arr["rank_coef"], keep * gen_new])
+        out["rank_icpt"] = np.asarray(float(arr["rank_icpt"]) + keep * gen_icpt_new)
     meta_out = _adapted_meta(meta, data, train_rows, models, targets.shape[1])
     meta_out["domains"] = old_domains + new_names
     meta_out["adapted"][-1]["new_domains"] = chosen

@@ -86,6 +86,13 @@ HEAD_L2 = 1e-2
 # MMLU-Pro pool frontier fell from 97.2% to 91.8% of gemini-pro's quality at half its cost);
 # 0.3 ranked every file's pair above both of today's figures at log-loss 0.589.
 HEAD_INSAMPLE_MIX = 0.3
+# What the router ranks a pair of models it never saw by (its `difficulty`): half the 1PL difficulty,
+# half the predicted spread (how much more the stronger half of a file's models scores on the prompt
+# than the weaker half), each standardised on the training rows. Chosen by leave-one-domain-out
+# cross-validation over every model pair of each held-out file's train split
+# (`benchmarks.routing_quality.lodo_targets`): 1PL difficulty alone 0.515 (below random on four of the
+# five files), spread alone 0.527, this half-and-half 0.534 and at or above difficulty on every file.
+DIFFICULTY_SPREAD_WEIGHT = 0.5
 
 
 def domain_weights(domain: Strs, alpha: float = DOMAIN_BALANCE) -> F64:
@@ -130,6 +137,46 @@ def outcome_targets(y: F64, domain: Strs, k: int) -> F64:
     _, _, vt = np.linalg.svd(centred * row_w[:, None], full_matrices=False)
     pcs = centred @ vt[: max(k - 2, 0)].T
     return np.column_stack([shared, level, pcs])[:, :k]
+
+
+def spread_target(y: F64, domain: Strs, frac: float = 0.5) -> F64:
+    """Per prompt: the mean score of its file's strongest ``frac`` of models minus its weakest ``frac``
+    (models ranked by their mean over the file), standardised within the file: how much a stronger
+    model helps here. A prompt none of one side's models saw counts as the file's mean (0)."""
+    out = np.zeros(y.shape[0])
+    for d in np.unique(domain):
+        rows = domain == d
+        yd = y[rows]
+        cols = np.nonzero(~np.isnan(yd).all(0))[0]
+        order = cols[np.argsort(column_means(yd[:, cols]))]
+        k = max(1, round(len(order) * frac))
+        s = _row_means(yd[:, order[-k:]]) - _row_means(yd[:, order[:k]])
+        s = np.nan_to_num(s - np.nanmean(s)) if np.isfinite(s).any() else np.zeros(rows.sum())
+        out[rows] = s / (s.std() + 1e-9)
+    return out
+
+
+def _row_means(a: F64) -> F64:
+    return column_means(a.T)
+
+
+def rank_head(phi: F64, y: F64, domain: Strs, weight: F64, gen_coef: F64, gen_icpt: float,
+              w: float = DIFFICULTY_SPREAD_WEIGHT) -> tuple[F64, float]:
+    """(coef, icpt) of the difficulty logit the router ranks unseen pairs by, on the same scale as the 1PL
+    difficulty delta: (1 - w) delta + w (the spread read linearly off phi, mapped to delta's mean and
+    spread on these rows). Linear in phi, so serving it costs one more dot product."""
+    sw = np.sqrt(weight)
+    a = np.column_stack([phi, np.ones(len(phi))])
+    beta = np.linalg.lstsq(a * sw[:, None], spread_target(y, domain) * sw, rcond=None)[0]
+    delta, spread = phi @ gen_coef + gen_icpt, a @ beta
+
+    def stats(v: F64) -> tuple[float, float]:
+        mu = float(np.average(v, weights=weight))
+        return mu, float(np.sqrt(np.average((v - mu) ** 2, weights=weight))) + 1e-9
+
+    (mu_d, sd_d), (mu_s, sd_s) = stats(delta), stats(spread)
+    coef = (1 - w) * gen_coef + w * (sd_d / sd_s) * beta[:-1]
+    return coef, (1 - w) * gen_icpt + w * (mu_d + sd_d * (float(beta[-1]) - mu_s) / sd_s)
 
 
 def fit_heads(
@@ -251,6 +298,7 @@ def fit_arrays(prep: Prepared, train_rows: Ints, seed: int = 0, progress: bool =
                                           seed if memory_seed is None else memory_seed, progress)
     heads = fit_heads(phi, y, knn_loo, dom_idx)
     gen_coef, gen_icpt, theta = fit_generic_head(phi, y, row_weight=weight)
+    rank_coef, rank_icpt = rank_head(phi, y, dom, weight, gen_coef, gen_icpt)
     return {
         "idf": idf.astype(np.float16),
         "w": np.hstack([ridge.coef[: SPEC.dim] / scale, np.zeros((SPEC.dim, 1))]).astype(np.float16),
@@ -259,6 +307,7 @@ def fit_arrays(prep: Prepared, train_rows: Ints, seed: int = 0, progress: bool =
         "bias": np.append(ridge.intercept / scale, 0.0).astype(np.float32),
         **heads, **knn_arrays,
         "gen_coef": gen_coef, "gen_icpt": np.asarray(gen_icpt), "theta": theta,
+        "rank_coef": rank_coef, "rank_icpt": np.asarray(rank_icpt),
     }
 
 

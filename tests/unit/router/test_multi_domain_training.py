@@ -14,7 +14,7 @@ from gateway.router import load_router
 from gateway.router.consistency import check_artifact
 from gateway.router.text import STRUCT_NAMES
 from gateway.router.training.data import load_many
-from gateway.router.training.train import outcome_targets, train
+from gateway.router.training.train import outcome_targets, rank_head, spread_target, train
 
 SMALL = Path(__file__).resolve().parents[2] / "fixtures" / "routing_small"
 MMLU = SMALL / "mmlu_pro.jsonl"
@@ -87,3 +87,30 @@ def test_adapting_keeps_the_base_latent_and_the_base_models_heads(tmp_path: Path
     a, b = replace(a, knn=(), domain_share=()), replace(b, knn=(), domain_share=())
     for m in ("Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct", "gemini-1.5-pro-002"):
         assert after.p_good(b, profile=m) == pytest.approx(before.p_good(a, profile=m), abs=1e-5)
+
+
+def test_spread_says_per_file_how_much_the_stronger_half_of_its_models_beats_the_weaker() -> None:
+    y = np.array([[1.0, 1.0, np.nan, np.nan], [0.0, 1.0, np.nan, np.nan], [0.0, 0.0, np.nan, np.nan],
+                  [np.nan, np.nan, 0.2, 0.9], [np.nan, np.nan, 0.5, 0.6], [np.nan, np.nan, 0.4, 0.4]])
+    dom = np.array(["a", "a", "a", "b", "b", "b"])
+    s = spread_target(y, dom)
+    assert s[1] > s[0] == s[2] and s[3] > s[4] > s[5]  # where the stronger model gains most ranks first
+    for d in ("a", "b"):
+        assert abs(s[dom == d].mean()) < 1e-9 and s[dom == d].std() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_ranking_difficulty_is_half_delta_half_spread_on_deltas_scale() -> None:
+    rng = np.random.default_rng(0)
+    phi = rng.standard_normal((400, 3))
+    dom = np.array(["a"] * 200 + ["b"] * 200)
+    # three models, weak to strong: phi[1] is how hard a prompt is for all, phi[0] how much the strongest gains
+    logit = np.column_stack([-1.0 - phi[:, 1], -phi[:, 1], 1.0 - phi[:, 1] + 1.5 * phi[:, 0]])
+    y = (rng.random((400, 3)) < 1 / (1 + np.exp(-logit))).astype(float)
+    gen_coef, gen_icpt = np.array([0.0, 1.0, 0.0]), 0.2  # delta reads phi[1]
+    weight = np.ones(400)
+    coef, icpt = rank_head(phi, y, dom, weight, gen_coef, gen_icpt)
+    delta, rank = phi @ gen_coef + gen_icpt, phi @ coef + icpt
+    assert rank.mean() == pytest.approx(delta.mean(), abs=1e-6) and rank.std() < 1.01 * delta.std()
+    assert coef[0] > 0.3 and coef[1] == pytest.approx(0.5 * gen_coef[1], abs=0.15)  # spread reads phi[0]
+    only_delta, _ = rank_head(phi, y, dom, weight, gen_coef, gen_icpt, w=0.0)
+    assert np.allclose(only_delta, gen_coef)

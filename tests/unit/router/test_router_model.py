@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.router import DEFAULT_ARTIFACT, Assessment, Router, load_router
+from gateway.router.consistency import disagreement
 from gateway.router.names import model_key
 from tests.support.routers import copy_default
 
@@ -67,7 +69,21 @@ def test_p_good_rises_with_ability(router: Router) -> None:
     a = router.assess(PROMPT)
     ps = [router.p_good(a, ability=x) for x in (-3.0, -1.0, 0.0, 1.0, 3.0)]
     assert ps == sorted(ps) and ps[0] < ps[-1]
-    assert router.p_good(a) == pytest.approx(1.0 - a.difficulty)
+    assert router.p_good(a) == pytest.approx(1.0 / (1.0 + math.exp(a.delta - router.mean_ability)))
+
+
+def test_difficulty_ranks_by_delta_and_spread_and_older_artifacts_by_delta_alone(tmp_path: Path) -> None:
+    router = load_router()
+    easy, hard = router.assess("hi"), router.assess(PROMPT)
+    assert easy.difficulty < hard.difficulty
+    assert hard.difficulty != pytest.approx(1.0 - router.p_good(hard))  # not the 1PL's own difficulty
+    copy_default(tmp_path)  # an artifact from before the ranking difficulty: delta's, as it was
+    with np.load(tmp_path / "router.npz") as z:
+        arrays = {k: z[k] for k in z.files if k not in ("rank_coef", "rank_icpt")}
+    np.savez_compressed(tmp_path / "router.npz", **arrays)
+    older = load_router(tmp_path)
+    a = older.assess(PROMPT)
+    assert a.delta == hard.delta and a.difficulty == pytest.approx(1.0 - older.p_good(a))
 
 
 def test_known_profiles_have_heads_abilities_and_output_lengths(router: Router) -> None:
@@ -139,3 +155,13 @@ def test_a_listed_model_without_heads_is_read_through_its_other_spelling(tmp_pat
     a = r.assess(PROMPT)
     assert r.p_good(a, profile="Meta-Llama-3.1-8B-Instruct") == r.p_good(a, profile="llama-3.1-8b-instruct")
     assert r.p_good(a, profile="Meta-Llama-3.1-8B-Instruct") != r.p_good(a)
+
+
+def test_a_ranking_difficulty_of_another_width_than_the_latent_is_refused_whole() -> None:
+    meta = json.loads((DEFAULT_ARTIFACT / "router.json").read_text())
+    with np.load(DEFAULT_ARTIFACT / "router.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    assert disagreement(meta, arrays) is None
+    assert "rank_coef" in (disagreement(meta, {**arrays, "rank_coef": arrays["rank_coef"][:-1]}) or "")
+    del arrays["rank_coef"], arrays["rank_icpt"]
+    assert disagreement(meta, arrays) is None  # optional: an older artifact ranks by delta
