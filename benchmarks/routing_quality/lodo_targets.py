@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
         jw, js = data.col(weak), data.col(strong)
         for name, score in cand.items():
             cv_rows = data.split[held] == "train"
-            cv = _pairs_apgr(score[cv_rows], y[held][cv_rows])
+            cv = pairs_apgr(score[cv_rows], y[held][cv_rows])
             val = data.split[held] == "validation"
             yv = y[held][val]
             ok = ~np.isnan(yv[:, jw]) & ~np.isnan(yv[:, js])
@@ -153,7 +153,7 @@ def _score(data: RoutingData, f: str, held: Ints, score: F64) -> tuple[float, fl
     """(cv over every pair of the held-out file's train split, validation APGR of its named pair)."""
     y = data.score[held]
     cv_rows = data.split[held] == "train"
-    cv = _pairs_apgr(score[cv_rows], y[cv_rows])
+    cv = pairs_apgr(score[cv_rows], y[cv_rows])
     weak, strong = FILES[f]
     jw, js = data.col(weak), data.col(strong)
     val = data.split[held] == "validation"
@@ -194,7 +194,7 @@ def regularisation_study(data: RoutingData, prep: Prepared) -> Table:
     return table
 
 
-def _pairs_apgr(score: F64, y: F64) -> float:
+def pairs_apgr(score: F64, y: F64) -> float:
     """Gap-weighted APGR of ranking by ``score`` over every judged pair of ``y``'s models."""
     total = weight = 0.0
     for weak, strong, gap in judged_pairs(y):

@@ -84,6 +84,17 @@ def _table(res: dict[str, dict[str, float]], cols: list[tuple[str, str]]) -> lis
     return [*out, ""]
 
 
+def _unseen_table(res: dict[str, dict[str, float]]) -> list[str]:
+    cols = [(f"{name}, {split}", f"unseen pairs {split}: {key}") for split in ("train", "validation")
+            for name, key in (("length", "length"), ("δ", "delta"), ("**difficulty**", "difficulty"))]
+    if not all(k in r for r in res.values() for _, k in cols):
+        return []
+    out = ["| file | " + " | ".join(h for h, _ in cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    out += [f"| {f} | " + " | ".join(f"{r[k]:.3f}" for _, k in cols) + " |" for f, r in res.items()]
+    mean = [float(np.mean([r[k] for r in res.values()])) for _, k in cols]
+    return [*out, "| mean | " + " | ".join(f"{v:.3f}" for v in mean) + " |", ""]
+
+
 def apgr_plot(res: dict[str, dict[str, float]], out: Path) -> None:
     import matplotlib
 
@@ -164,6 +175,13 @@ def report(res: dict[str, dict[str, float]], data_dir: Path, artifact: Path, out
                         ("TF-IDF → pair gain", "in-domain tfidf gain"), ("previous", "previous router"),
                         ("**router in-domain**", "in-domain router"), ("oracle", "oracle")]),
           "![apgr](routing_apgr.png)", "",
+          "### A pair of models the router never saw, over every pair of an unseen file", "",
+          "One pair per file is one sample; here the LODO router ranks every pair of the held-out file's models "
+          "whose means differ by at least 0.05 (gap-weighted APGR, as `lodo_targets` and the adaptation's "
+          "cross-validation score) by what it ranks a pair of unseen models by: its difficulty, half the 1PL "
+          "difficulty δ and half the predicted spread between a file's stronger and weaker models "
+          "(`train.rank_head`; the mix was chosen on the train splits), beside δ alone and prompt length.", "",
+          *_unseen_table(res),
           "## Adapting a router to a new domain (`switchyard train --data FILE --base DIR`)", "",
           "Base: the LODO router for the file (it never saw the file). Adapted with the file's train split "
           "(`gateway/router/training/adapt.py`: a fresh latent with a column per new model, up to 16, beside the "

@@ -88,6 +88,22 @@ def fixed_baselines(val: RoutingData, name: str) -> dict[str, float]:
             "oracle": pair_apgr(val, oracle, name)}
 
 
+def unseen_pairs(lodo: Router, splits: dict[str, RoutingData]) -> dict[str, float]:
+    """Gap-weighted APGR over every judged model pair of a file its leave-one-out router never saw, ranked
+    by prompt length, by that router's 1PL difficulty delta and by its difficulty (what it ranks a pair of
+    unseen models by): on the file's train split (where the difficulty's make-up was chosen) and on its
+    validation split."""
+    from benchmarks.routing_quality.lodo_targets import pairs_apgr
+
+    out = {}
+    for split, d in splits.items():
+        assessed = [lodo.assess(p) for p in d.prompts]
+        for name, score in (("length", [len(p) for p in d.prompts]), ("delta", [a.delta for a in assessed]),
+                            ("difficulty", [a.difficulty for a in assessed])):
+            out[f"unseen pairs {split}: {name}"] = pairs_apgr(np.asarray(score, dtype=float), d.score)
+    return out
+
+
 def tfidf_difficulty(data: RoutingData, rows: np.ndarray, val: RoutingData) -> np.ndarray:
     """TF-IDF ridge onto the router's shared target (difficulty within its file)."""
     from gateway.router.training.train import outcome_targets
@@ -152,6 +168,7 @@ def evaluate(data_dir: Path, fits: Fits, shipped: Path | None,
         lodo, lodo_path = fits.get(f"lodo_{f}", _fit_to(prep, others))
         r["lodo router"] = pair_apgr(val, router_score(lodo, val, f), f)
         r["lodo tfidf difficulty"] = pair_apgr(val, tfidf_difficulty(data, others, val), f)
+        r.update(unseen_pairs(lodo, {"train": data.subset((data.domain == f) & train), "validation": val}))
         phase(f"{f}: adapting the leave-one-out router to the file's train split")
         own_prep = prepare(data.subset(data.domain == f), progress=False)
         own_rows = np.nonzero(own_prep.data.split == "train")[0]
