@@ -290,6 +290,8 @@ OPERATIONS: tuple[Operation, ...] = (
               errors=(400, 401, 403, 404, 413, 503)),
     Operation("/v1/models", "get", "Policies and deployments this key may call", "openai", ModelList,
               errors=(401, 403)),
+    Operation("/v1/models/{model}", "get", "One model this key may call", "openai", Model,
+              params=(Param("model", "path", "a model id as `GET /v1/models` lists it"),), errors=(401, 403, 404)),
     Operation("/v1/spend", "get", "Spend from the ledger, grouped", "operations", SpendReport, params=(
         Param("group_by", "query", "comma-separated: tenant, deployment, policy, plan_kind, hour"),
         Param("from", "query", "ISO 8601 time or unix seconds; default: a day before `to`"),

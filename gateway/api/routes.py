@@ -32,6 +32,7 @@ from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
     InvalidRequest,
+    NotFound,
     PayloadTooLarge,
     RequestTimeout,
     StoreOutage,
@@ -297,13 +298,30 @@ async def feedback(request: Request) -> Response:
                     media_type="application/json")
 
 
+def _model(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": 0, "owned_by": "switchyard"}
+
+
 async def list_models(request: Request) -> Response:
     """With tenants configured this needs a key, and lists only what that key may call."""
     svc = _svc(request)
     tenant = await svc.auth.authenticate(request.headers.get("authorization"))
-    ids = pipeline.entry_points(svc, tenant)
-    data = [{"id": i, "object": "model", "created": 0, "owned_by": "switchyard"} for i in ids]
+    data = [_model(i) for i in pipeline.entry_points(svc, tenant)]
     return Response(orjson.dumps({"object": "list", "data": data}), media_type="application/json")
+
+
+async def retrieve_model(request: Request) -> Response:
+    """One model of the list (the SDK's `models.retrieve`). A model the key may not call is a 404 like one
+    that does not exist: the list keeps its name from the key, so this must not confirm it."""
+    if not request.path_params["model"]:  # `/v1/models/`: the list, which a trailing slash redirected to
+        return await list_models(request)
+    svc = _svc(request)
+    tenant = await svc.auth.authenticate(request.headers.get("authorization"))
+    model, ids = request.path_params["model"], pipeline.entry_points(svc, tenant)
+    if model not in ids:
+        raise NotFound(f"model '{model[:64]}' does not exist: use one of {', '.join(ids) or 'none'} "
+                       "(GET /v1/models lists them)", param="model")
+    return Response(orjson.dumps(_model(model)), media_type="application/json")
 
 
 _SPEND_PARAMS = frozenset({"group_by", "from", "to"})
@@ -431,6 +449,8 @@ ROUTES: tuple[tuple[str, Any, list[str]], ...] = (
     ("/v1/route", explain_route, ["POST"]),
     ("/v1/feedback", feedback, ["POST"]),
     ("/v1/models", list_models, ["GET"]),
+    # `:path`: a policy's id has a slash (`router/balanced`), which the SDK sends as %2F, decoded by then
+    ("/v1/models/{model:path}", retrieve_model, ["GET"]),
     ("/v1/spend", spend, ["GET"]),
     ("/healthz", healthz, ["GET"]),
     ("/readyz", readyz, ["GET"]),

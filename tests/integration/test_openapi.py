@@ -9,6 +9,7 @@ matches the documented response model.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -43,8 +44,9 @@ def _document(server: GatewayServer) -> dict[str, Any]:
 
 
 def test_the_document_names_exactly_the_mounted_routes(served: GatewayServer) -> None:
-    mounted = {(r.path, m.lower()) for r in served.app.routes if isinstance(r, Route) and r.path not in _FRAMEWORK
-               for m in (r.methods or ()) if m != "HEAD"}
+    # OpenAPI writes a path parameter without Starlette's converter: `{model:path}` is `{model}`
+    mounted = {(re.sub(r"\{(\w+):\w+\}", r"{\1}", r.path), m.lower()) for r in served.app.routes
+               if isinstance(r, Route) and r.path not in _FRAMEWORK for m in (r.methods or ()) if m != "HEAD"}
     documented = {(path, method) for path, ops in _document(served)["paths"].items() for method in ops}
     assert documented == mounted
     assert not [r for r in served.app.routes if isinstance(r, APIRoute)]  # the hot path stays plain Starlette

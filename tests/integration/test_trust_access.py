@@ -90,6 +90,24 @@ def test_models_lists_only_what_the_key_may_use(gateway_url: str) -> None:
     assert {"auto", "router/balanced", "router/cost-saver", "small", "large", "broken"} <= everything
 
 
+def test_models_retrieve_answers_for_each_listed_model_and_404s_the_rest(gateway_url: str) -> None:
+    """The SDK's `models.retrieve` (`GET /v1/models/{model}`) finds every model the list shows, a policy's
+    `router/` id included (the SDK sends its slash as %2F), and a model the key may not call is a 404 like
+    one that does not exist, naming only what the key may call."""
+    pinner = _client(gateway_url, "sk-pinner")
+    for listed in pinner.models.list():
+        found = pinner.models.retrieve(listed.id)
+        assert found.id == listed.id and found.object == "model" and found.owned_by == "switchyard"
+    for hidden in ("large", "router/balanced", "gpt-4o"):
+        with pytest.raises(openai.NotFoundError) as info:
+            pinner.models.retrieve(hidden)
+        assert info.value.code == "model_not_found" and info.value.param == "model"
+        assert "router/cost-saver" in info.value.message and "balanced" not in info.value.message.replace(hidden, "")
+    assert httpx.get(gateway_url + "/v1/models/auto", timeout=10).status_code == 401
+    listed = httpx.get(gateway_url + "/v1/models/", headers={"authorization": "Bearer sk-pinner"}, timeout=10)
+    assert {m["id"] for m in listed.json()["data"]} == {m.id for m in pinner.models.list()}
+
+
 @pytest.mark.parametrize("key", ["sk-saver-nodefault", "sk-pinner"])
 def test_auto_listed_for_a_key_held_to_one_policy_is_that_policy(gateway_url: str, key: str) -> None:
     """`GET /v1/models` lists `auto` for a key held to one policy, and `auto` meant the gateway's default
