@@ -43,6 +43,20 @@ class Samples:
     calls: list[CallRecord]
 
 
+_SEEDS = 2**63  # a provider's seed is a signed 64-bit integer: derived ones are kept below its top
+
+
+def seeded_apart(body: dict[str, Any], k: int) -> dict[str, Any]:
+    """Sample `k`'s body when each sample is a call of its own. A provider draws the same answer to the same
+    request and seed, so samples all sent the client's seed were one answer: a vote unanimous whatever the
+    model knew, a cascade step that never escalates. Each gets its own seed, derived from the client's
+    (the first keeps it), so the samples still differ and the whole plan is still reproducible."""
+    seed = body.get("seed")
+    if seed is None or k == 0:
+        return body
+    return {**body, "seed": (seed + k) % _SEEDS}
+
+
 async def sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, body: dict[str, Any],
                  span: Span | None, deadline: Deadline) -> Samples:
     """One sample from each of `samplers`, in the calls `gateway.plans.base.sampling_calls` prices. The
@@ -56,8 +70,8 @@ async def sample(up: Upstreams, samplers: tuple[str, ...], temperature: float, b
     else:
         single = {**base, "n": 1}
         # Every sample runs to its end, even when one fails: the ones that answered are billed.
-        got = await asyncio.gather(*(up.call((d,), single, span, deadline=deadline, role="sample")
-                                     for d in samplers), return_exceptions=True)
+        got = await asyncio.gather(*(up.call((d,), seeded_apart(single, k), span, deadline=deadline, role="sample")
+                                     for k, d in enumerate(samplers)), return_exceptions=True)
         outs = [g for g in got if not isinstance(g, BaseException)]
         failed = next((g for g in got if isinstance(g, BaseException)), None)
         # A sample that failed after its retries leaves the others to choose from; only a bad request

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
 import openai
 import pytest
+
+from tests.support.lab import lab_gateway
+from tests.support.processes import Simulator
 
 PRICE = {"small": (0.2e-6, 0.4e-6), "large": (1.0e-6, 2.0e-6)}
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
@@ -100,3 +104,37 @@ def test_a_selected_answer_is_streamed_after_selection(base_url: str) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == whole.choices[0].message.content
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == whole.usage.total_tokens
+
+
+@pytest.fixture(scope="module")
+def apart_url(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Deployments that take no `n`: every sample of a best-of or cascade step is a call of its own."""
+    policies = {"vote5-apart": {"description": "best-of-5 vote, one call per sample",
+                                "candidates": [{"best_of": {"deployment": "small", "n": 5, "selector": "vote",
+                                                            "temperature": 0.8}}],
+                                "cache": {"enabled": False}},
+                "cascade-apart": {"description": "an agreement cascade, one call per sample",
+                                  "candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "agreement",
+                                                              "threshold": 0.9, "samples": 3}}],
+                                  "cache": {"enabled": False}}}
+    deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large")}
+    with lab_gateway(simulator, tmp_path_factory.mktemp("apart"), policies, deployments, supports_n=False) as url:
+        yield url
+
+
+@pytest.mark.parametrize("policy", ["vote5-apart", "cascade-apart"])
+def test_a_clients_seed_does_not_make_samples_drawn_apart_one_answer(apart_url: str, policy: str) -> None:
+    """A seed makes a provider draw the same answer to the same request: samples drawn as calls of their
+    own, each sent the client's seed, were one answer five times, a unanimous vote whatever the model
+    knew, and a cascade that accepted its cheap step without ever escalating. They are still reproducible."""
+    hard = [{"role": "user", "content": "Prove, step by step, what is 123 * 456 - 789 + 1011 * 12?"}]
+
+    def answers() -> list[str]:
+        raw = _client(apart_url).chat.completions.with_raw_response.create(
+            model=f"router/{policy}", messages=hard, seed=7)
+        evidence = _evidence(raw)
+        return list((evidence["cascade"][0] if "cascade" in evidence else evidence)["answers"])
+
+    first = answers()
+    assert len(set(first)) > 1, first
+    assert answers() == first
