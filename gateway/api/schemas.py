@@ -25,12 +25,24 @@ from gateway.errors import InvalidRequest
 _OPEN = ConfigDict(extra="allow", strict=True)
 
 
+# OpenAI's part types, each carrying its content in the field its type names (`{"type": "image_url",
+# "image_url": {...}}`). Without it OpenAI refuses the request, and litellm fails before sending it (a
+# KeyError it raises as a connection error, which was retried and counted against the deployment's circuit).
+_PART_FIELDS = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+
+
 class ContentPart(BaseModel):
     """One part of a multi-part message (`text`, `image_url`, `input_audio`, `file`...)."""
 
     model_config = _OPEN
 
     type: str
+
+    @model_validator(mode="after")
+    def _carries_its_field(self) -> ContentPart:
+        if self.type in _PART_FIELDS and (self.model_extra or {}).get(self.type) is None:
+            raise ValueError(f"a part of type '{self.type}' needs its '{self.type}' field")
+        return self
 
 
 class Message(BaseModel):

@@ -102,3 +102,25 @@ def test_only_openais_chat_fields_reach_litellm(caplog: pytest.LogCaptureFixture
                            "prompt_cache_retention", "thinking", "model", "timeout", "num_retries"}
     [line] = [r for r in caplog.records if getattr(r, "event", None) == "fields_dropped"]
     assert "`aws_bedrock_runtime_endpoint`" in line.getMessage() and "`top_k`" not in line.getMessage()
+
+
+@pytest.mark.parametrize("part", [{"type": "image_url"}, {"type": "text"},
+                                  {"type": "input_audio", "input_audio": None}])
+def test_a_content_part_without_its_field_is_a_400_that_opens_no_circuit(
+        part: dict[str, object], simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """litellm fails on an `image_url` part without its `image_url` (a KeyError, raised as a connection error
+    with status 500) before anything is sent: the request was a 502, retried, and counted against the
+    deployment, so that a couple of them opened its circuit for every tenant. Such a part is the client's
+    mistake, refused at the edge as OpenAI refuses it."""
+    simulator.reset()
+    bad = {"model": "small", "messages": [{"role": "user", "content": [{"type": "text", "text": "see"}, part]}]}
+    with running_gateway(_gateway(simulator.url, monkeypatch)) as gw:
+        for _ in range(6):  # more than the failures that open a circuit
+            r = httpx.post(gw.base_url + "/v1/chat/completions", timeout=30, json=bad)
+            assert r.status_code == 400, r.text
+            assert r.json()["error"]["param"] == "messages[0].content[1]"
+            assert f"'{part['type']}'" in r.json()["error"]["message"]
+        good = httpx.post(gw.base_url + "/v1/chat/completions", timeout=30,
+                          json={"model": "small", "messages": [{"role": "user", "content": "hi"}]})
+    assert good.status_code == 200, good.text
+    assert simulator.stats().get("sim-small", {}).get("requests", 0) == 1
