@@ -148,7 +148,8 @@ def _tool_choice(body: dict[str, Any]) -> str | None:
         if choice == "required" and not body.get("tools"):
             raise RequestError("'tool_choice' is 'required' but no tools were given.", "tool_choice")
         return choice
-    name = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+    function = choice.get("function") if isinstance(choice, dict) else None  # any JSON value, as sent
+    name = function.get("name") if isinstance(function, dict) else None
     if not isinstance(name, str):
         raise RequestError("'tool_choice' must be 'none', 'auto', 'required' or a named function.", "tool_choice")
     tools = body.get("tools") or []

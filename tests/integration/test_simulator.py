@@ -279,6 +279,18 @@ def test_bad_json_and_bad_fields_are_400(base_url: str) -> None:
     assert status == 400 and body["error"]["param"] == "n"
 
 
+@pytest.mark.parametrize("function", ["add", 5, None, ["add"]])
+def test_a_named_tool_choice_without_a_function_object_is_a_400(client: openai.OpenAI, function: object) -> None:
+    """`tool_choice: {"type": "function", "function": "add"}` was a 500 (the simulator read `function` as an
+    object): in front of the gateway, an upstream failure it retried and counted against the deployment's
+    circuit, where a provider refuses the request."""
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="sim-oracle", messages=ARITHMETIC, tools=tools,  # type: ignore[arg-type]
+                                       tool_choice={"type": "function", "function": function})  # type: ignore[typeddict-item]
+    assert refused.value.param == "tool_choice"
+
+
 def test_stats_count_requests_and_errors_per_model(client: openai.OpenAI, base_url: str) -> None:
     client.chat.completions.create(model="sim-oracle", messages=ARITHMETIC)
     client.chat.completions.create(model="sim-oracle", messages=ARITHMETIC, stream=True).close()
