@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import math
 import os
@@ -168,9 +169,15 @@ def _headers(outcome: Outcome, rid: str) -> dict[str, str]:
         return headers
     headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
     if outcome.evidence:  # how best-of-n / cascade chose: votes, scores, escalations, per-call costs
-        text = orjson.dumps(outcome.evidence).decode()
-        headers["x-switchyard-evidence"] = text.encode("ascii", "backslashreplace").decode()[:4096]
+        headers["x-switchyard-evidence"] = _ascii_json(outcome.evidence)[:4096]
     return headers
+
+
+def _ascii_json(value: Any) -> str:
+    """JSON in ASCII alone, as a header's value must be: text outside it (the answers votes name, in any
+    script) as JSON's own `\\u` escapes, surrogate pairs beyond the BMP. Python's backslashreplace wrote
+    `\\xfc` and `\\U0001d400`, which no JSON reader takes."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))
 
 
 def _bounds(svc: Services) -> BodyBounds:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
+import orjson
 import pytest
 
-from tests.support.lab import lab_gateway
-from tests.support.processes import Simulator
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from tests.support.lab import lab_gateway, policies_folder
+from tests.support.processes import Simulator, running_gateway
+from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
 PRICE = {"small": (0.2e-6, 0.4e-6), "large": (1.0e-6, 2.0e-6)}
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
@@ -138,3 +143,38 @@ def test_a_clients_seed_does_not_make_samples_drawn_apart_one_answer(apart_url: 
     first = answers()
     assert len(set(first)) > 1, first
     assert answers() == first
+
+
+class _Polyglot(ScriptedHandler):
+    """Answers its `n` choices in words outside ASCII: Latin-1 (ü), CJK, and a letter beyond the BMP."""
+
+    ANSWERS = ("Zürich", "東京", "Zürich", "𝐀", "Zürich")
+
+    def do_POST(self) -> None:
+        body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
+        choices = [{"index": i, "message": {"role": "assistant", "content": f"The answer is {a}."},
+                    "finish_reason": "stop"} for i, a in enumerate(self.ANSWERS[:body.get("n") or 1])]
+        self._send(orjson.dumps({"id": "chatcmpl-p", "object": "chat.completion", "created": 1700000000,
+                                 "model": body["model"], "choices": choices,
+                                 "usage": {"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25}}),
+                   "application/json")
+
+
+def test_evidence_naming_answers_outside_ascii_is_json(tmp_path: Path) -> None:
+    """Votes name the extracted answers, which may be in any script. The header escaped them with Python's
+    backslashreplace (`\\xfc`, `\\U0001d400`), which no JSON reader takes: a vote on "Zürich" was an
+    evidence header the client could not parse."""
+    vote = {"candidates": [{"best_of": {"deployment": "small", "n": 5, "selector": "vote"}}],
+            "cache": {"enabled": False}}
+    with scripted_upstream(_Polyglot) as base:
+        row = {"name": "small", "model": "openai/small", "api_base": base, "tier": "small",
+               "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+        config = parse_config({"deployments": [row], "default_policy": "vote"}, "polyglot")
+        app = create_app(config, watch_policies_s=None, watch_router_s=None,
+                         policies_dir=policies_folder(tmp_path, {"vote": vote}))
+        with running_gateway(app) as gw:
+            raw = _client(gw.base_url + "/v1").chat.completions.with_raw_response.create(
+                model="router/vote", messages=[{"role": "user", "content": "Which city?"}])
+    evidence = _evidence(raw)
+    assert evidence["winner"] == "zürich"
+    assert evidence["votes"] == {"zürich": 3, "東京": 1, "𝐀": 1}
