@@ -691,6 +691,9 @@ class MemoryStore(MemoryAdmission):
         self._data.clear()
 
 
+POOL_CONNECTIONS = 100  # a single Redis's connections per process (redis-py's default); more calls wait
+
+
 class RedisStore(RedisAdmission):
     """redis-py's asyncio client. Every call has a socket timeout and goes through a circuit breaker
     (`StoreBreaker`); failures become StoreUnavailable. A connection error (a pooled connection left
@@ -730,10 +733,14 @@ class RedisStore(RedisAdmission):
             self._client_errors = (RuntimeError, AttributeError)
             self._call_s = 3 * timeout_s
         else:
-            self._client = redis.Redis.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                health_check_interval=10, retry_on_timeout=False, retry=retry,
+            # A call waits for a free connection, within the store's timeout: redis-py's default pool refuses
+            # the call past its connections at once ("Too many connections"), a failure the breaker takes for
+            # an outage, and a burst of requests arriving together on one worker reached it.
+            pool = redis.BlockingConnectionPool.from_url(
+                url, max_connections=POOL_CONNECTIONS, timeout=timeout_s, socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s, health_check_interval=10, retry_on_timeout=False, retry=retry,
                 retry_on_error=[RedisConnectionError])
+            self._client = redis.Redis.from_pool(pool)
         self._reserve = self._client.register_script(_RESERVE_LUA)
         self._feedback = self._client.register_script(_FEEDBACK_LUA)
         self._read_hashes = self._client.register_script(_READ_HASHES_LUA)

@@ -47,8 +47,9 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @contextmanager
-def _gateway(simulator: Simulator, policies_dir: Path, store: RedisServer, **extra: Any) -> Iterator[GatewayServer]:
-    app = create_app(sim_config(simulator.url, store.url, tenants=TENANTS, **extra), policies_dir=policies_dir,
+def _gateway(simulator: Simulator, policies_dir: Path, store: RedisServer, tenants: list[dict[str, Any]] = TENANTS,
+             **extra: Any) -> Iterator[GatewayServer]:
+    app = create_app(sim_config(simulator.url, store.url, tenants=tenants, **extra), policies_dir=policies_dir,
                      watch_policies_s=None)
     with running_gateway(app) as gw:
         yield gw
@@ -260,3 +261,29 @@ def test_a_tenants_longest_spend_reports_do_not_stall_or_fail_other_tenants(
         assert [r.status_code for r in asked] == [200] * 3, [r.text for r in asked]
         assert took < 3.0
         http.close()
+
+
+def test_a_burst_of_more_requests_than_store_connections_waits_for_one_rather_than_failing(
+        simulator: Simulator, policies_dir: Path, own_redis: RedisServer) -> None:
+    """redis-py's pool holds at most 100 connections and refused the 101st store call at once ("Too many
+    connections"), a failure like a store outage's: of 120 budgeted requests arriving together, 20 were 503
+    `store_unavailable`, and the store was marked down for every tenant. A call now waits for a connection,
+    within the store's timeout."""
+    import asyncio
+
+    burst = 120
+    tenants = [{**TENANTS[0], "max_concurrent_requests": burst}, TENANTS[1]]
+
+    async def ask_all(url: str) -> list[int]:
+        async with httpx.AsyncClient(base_url=url, timeout=30,
+                                     limits=httpx.Limits(max_connections=burst)) as http:
+            answers = await asyncio.gather(*(
+                http.post("/v1/chat/completions", headers={"authorization": "Bearer sk-metered"},
+                          json={"model": "small", "messages": [{"role": "user", "content": f"Say {i}."}]})
+                for i in range(burst)))
+        return [r.status_code for r in answers]
+
+    with _gateway(simulator, policies_dir, own_redis, tenants=tenants) as gw:
+        assert _ask(gw, "sk-metered").status_code == 200  # warm
+        statuses = asyncio.run(ask_all(gw.base_url))
+    assert statuses == [200] * burst, sorted(set(statuses))
