@@ -8,6 +8,7 @@ is None and the selector falls back (see `selectors.vote`).
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Sequence
 
 Extractor = Callable[[str], str | None]
@@ -36,12 +37,19 @@ def number(text: str) -> str | None:
     return str(int(value)) if value.is_integer() else f"{value:g}"
 
 
-def short_span(text: str, max_words: int = 6) -> str | None:
-    """A short free-text answer, lower-cased with punctuation and articles removed."""
+def short_span(text: str, max_words: int = 6, max_chars: int = 48) -> str | None:
+    """A short free-text answer, lower-cased with punctuation and articles removed. Chinese and Japanese are
+    written without spaces, so each of their (wide) characters counts as a word, and a span is short in
+    characters too (Thai, long compounds): else a whole sentence was one word, and a whole answer is no label
+    (`selectors._key` names an answer no extractor reads by a digest)."""
     stated = _ANSWER_IS.search(text)
     span = stated.group(1) if stated else text
     words = [w for w in re.sub(r"[^\w\s]", " ", span.lower()).split() if w not in {"a", "an", "the"}]
-    return " ".join(words) if 0 < len(words) <= max_words else None
+    if not 0 < len(words) <= max_words:
+        return None
+    key = " ".join(words)
+    counted = sum(max(1, sum(unicodedata.east_asian_width(c) in "WF" for c in w)) for w in words)
+    return key if counted <= max_words and len(key) <= max_chars else None
 
 
 DEFAULT_EXTRACTORS: tuple[Extractor, ...] = (choice_letter, number, short_span)

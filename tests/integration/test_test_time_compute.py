@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import orjson
@@ -145,36 +144,59 @@ def test_a_clients_seed_does_not_make_samples_drawn_apart_one_answer(apart_url: 
     assert answers() == first
 
 
-class _Polyglot(ScriptedHandler):
-    """Answers its `n` choices in words outside ASCII: Latin-1 (ü), CJK, and a letter beyond the BMP."""
+# A long answer in a script written without spaces: to a splitter on whitespace, a few "words".
+CHINESE = "巴黎是法国的首都，也是法国最大的城市，拥有悠久的历史和丰富的文化遗产，每年吸引数以百万计的游客。"
+ANSWERS = {"polyglot": ("Zürich", "東京", "Zürich", "𝐀", "Zürich"), "chinese": (CHINESE,) * 5}
 
-    ANSWERS = ("Zürich", "東京", "Zürich", "𝐀", "Zürich")
+
+class _Polyglot(ScriptedHandler):
+    """Answers its `n` choices with `ANSWERS[model]`: words outside ASCII (Latin-1, CJK, a letter beyond the BMP)."""
 
     def do_POST(self) -> None:
         body = orjson.loads(self.rfile.read(int(self.headers["content-length"])))
-        choices = [{"index": i, "message": {"role": "assistant", "content": f"The answer is {a}."},
-                    "finish_reason": "stop"} for i, a in enumerate(self.ANSWERS[:body.get("n") or 1])]
+        answers = ANSWERS[body["model"]][:body.get("n") or 1]
+        choices = [{"index": i, "message": {"role": "assistant", "content": f"The answer is {a}"},
+                    "finish_reason": "stop"} for i, a in enumerate(answers)]
         self._send(orjson.dumps({"id": "chatcmpl-p", "object": "chat.completion", "created": 1700000000,
                                  "model": body["model"], "choices": choices,
                                  "usage": {"prompt_tokens": 5, "completion_tokens": 20, "total_tokens": 25}}),
                    "application/json")
 
 
-def test_evidence_naming_answers_outside_ascii_is_json(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def polyglot_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A best-of-5 vote on each of `ANSWERS`' models, as `router/<model>`."""
+    with scripted_upstream(_Polyglot) as base:
+        rows = [{"name": m, "model": f"openai/{m}", "api_base": base, "tier": m,
+                 "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}} for m in ANSWERS]
+        votes = {m: {"candidates": [{"best_of": {"deployment": m, "n": 5, "selector": "vote"}}],
+                     "cache": {"enabled": False}} for m in ANSWERS}
+        config = parse_config({"deployments": rows, "default_policy": "polyglot"}, "polyglot")
+        app = create_app(config, watch_policies_s=None, watch_router_s=None,
+                         policies_dir=policies_folder(tmp_path_factory.mktemp("polyglot"), votes))
+        with running_gateway(app) as gw:
+            yield gw.base_url + "/v1"
+
+
+def _voted(url: str, policy: str) -> dict:
+    raw = _client(url).chat.completions.with_raw_response.create(
+        model=f"router/{policy}", messages=[{"role": "user", "content": "Which city?"}])
+    return _evidence(raw)
+
+
+def test_evidence_naming_answers_outside_ascii_is_json(polyglot_url: str) -> None:
     """Votes name the extracted answers, which may be in any script. The header escaped them with Python's
     backslashreplace (`\\xfc`, `\\U0001d400`), which no JSON reader takes: a vote on "Zürich" was an
     evidence header the client could not parse."""
-    vote = {"candidates": [{"best_of": {"deployment": "small", "n": 5, "selector": "vote"}}],
-            "cache": {"enabled": False}}
-    with scripted_upstream(_Polyglot) as base:
-        row = {"name": "small", "model": "openai/small", "api_base": base, "tier": "small",
-               "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
-        config = parse_config({"deployments": [row], "default_policy": "vote"}, "polyglot")
-        app = create_app(config, watch_policies_s=None, watch_router_s=None,
-                         policies_dir=policies_folder(tmp_path, {"vote": vote}))
-        with running_gateway(app) as gw:
-            raw = _client(gw.base_url + "/v1").chat.completions.with_raw_response.create(
-                model="router/vote", messages=[{"role": "user", "content": "Which city?"}])
-    evidence = _evidence(raw)
+    evidence = _voted(polyglot_url, "polyglot")
     assert evidence["winner"] == "zürich"
     assert evidence["votes"] == {"zürich": 3, "東京": 1, "𝐀": 1}
+
+
+def test_a_whole_answer_without_spaces_is_named_by_its_digest(polyglot_url: str) -> None:
+    """A short span was six words or fewer, counted between spaces: a Chinese answer of a hundred characters
+    is a few such words, so the whole answer became the vote's key, in the header and on the request's span
+    whatever the tenant's `log_prompts` says, where an answer no extractor reads is named by a digest."""
+    evidence = _voted(polyglot_url, "chinese")
+    assert evidence["winner"].startswith("text:") and set(evidence["votes"]) == {evidence["winner"]}
+    assert "巴黎" not in json.dumps(evidence, ensure_ascii=False)
