@@ -220,6 +220,15 @@ MAX_RETRY_AFTER_S = 60.0
 _TOO_LARGE = re.compile(r"\brequest too large\b|\btokens must be reduced\b", re.IGNORECASE)
 
 
+def client_reason(status: int | None, stated: str | None) -> str | None:
+    """What a client is told of an upstream's error: what the provider said (`stated`, the message of its
+    error envelope) about the request, for a 400 or 422 it caused; nothing about the upstream else (None:
+    `ProviderFailure`'s default)."""
+    if status in (400, 422) and stated:
+        return f"upstream answered {status}: {stated[:300]}"
+    return None
+
+
 def too_large(status: int | None, message: str | None) -> bool:
     """Is this a 429 the request itself caused (over a per-minute token limit on its own)?"""
     return status == 429 and message is not None and _TOO_LARGE.search(message) is not None

@@ -23,6 +23,7 @@ from gateway.providers.base import (
     ProviderFailure,
     StreamStats,
     Usage,
+    client_reason,
     is_retryable_status,
     parse_retry_after,
     too_large,
@@ -231,12 +232,9 @@ def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: by
     error = parsed.get("error") if isinstance(parsed, dict) else None
     # the provider's own error message, from its OpenAI error envelope
     stated = str(error["message"])[:300] if isinstance(error, dict) and "message" in error else None
-    # The client sees what the provider said about its request (400/422), nothing about the upstream.
-    reason = f"upstream answered {status}" + (f": {stated}" if stated and status in (400, 422) else "")
     return ProviderFailure(f"{deployment.name}: upstream answered {status}: "
                            f"{stated or raw[:300].decode(errors='replace')}",
-                           status=status, retryable=is_retryable_status(status),
-                           reason=None if too_large(status, stated) else reason,
+                           status=status, retryable=is_retryable_status(status), reason=client_reason(status, stated),
                            retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
                            refuses_streaming=_refuses_streaming(status, parsed), too_large=too_large(status, stated))
 

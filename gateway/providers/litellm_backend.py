@@ -24,6 +24,7 @@ from gateway.providers.base import (
     ProviderFailure,
     StreamStats,
     Usage,
+    client_reason,
     is_retryable_status,
     parse_retry_after,
     too_large,
@@ -164,7 +165,23 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
         return ProviderFailure(f"{deployment.name}: connection failed: {exc}")
     retryable = is_retryable_status(status) if status is not None else True
     return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
-                           retryable=retryable, retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
+                           retryable=retryable, reason=client_reason(status, _stated(exc)),
+                           retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
+
+
+def _stated(exc: Exception) -> str | None:
+    """The provider's own error message: from the error litellm kept (`body`: OpenAI's error object, or a
+    whole envelope), else from its response's JSON; never litellm's own wording around it."""
+    body = getattr(exc, "body", None)
+    if not isinstance(body, dict):
+        response = getattr(exc, "response", None)
+        try:
+            body = response.json() if response is not None else None
+        except (ValueError, AttributeError, RuntimeError):  # not JSON, not a response, not read: nothing stated
+            return None
+    error = body.get("error", body) if isinstance(body, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    return message if isinstance(message, str) and message else None
 
 
 def _retry_after(exc: Exception) -> float | None:

@@ -124,3 +124,15 @@ def test_a_content_part_without_its_field_is_a_400_that_opens_no_circuit(
                           json={"model": "small", "messages": [{"role": "user", "content": "hi"}]})
     assert good.status_code == 200, good.text
     assert simulator.stats().get("sim-small", {}).get("requests", 0) == 1
+
+
+def test_a_request_the_provider_rejects_through_litellm_is_told_why(
+        simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the direct path a 400 says what the provider said about the request; through litellm it said only
+    "upstream answered 400", and the client could not tell which field to fix."""
+    with running_gateway(_gateway(simulator.url, monkeypatch)) as gw:
+        r = httpx.post(gw.base_url + "/v1/chat/completions", timeout=30, json={
+            "model": "small", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "yaml"}})
+    assert r.status_code == 400
+    assert r.json()["error"]["message"] == ("deployment 'small' rejected the request: upstream answered 400: "
+                                            "'response_format.type' must be 'text', 'json_object' or 'json_schema'.")
