@@ -169,8 +169,24 @@ def _headers(outcome: Outcome, rid: str) -> dict[str, str]:
         return headers
     headers["x-switchyard-cost-usd"] = format_usd(outcome.cost_usd)
     if outcome.evidence:  # how best-of-n / cascade chose: votes, scores, escalations, per-call costs
-        headers["x-switchyard-evidence"] = _ascii_json(outcome.evidence)[:4096]
+        headers["x-switchyard-evidence"] = _evidence_header(outcome.evidence)
     return headers
+
+
+_EVIDENCE_CHARS = 4096  # one header's share of what servers and proxies take for all of them (8 KiB)
+
+
+def _evidence_header(evidence: dict[str, Any]) -> str:
+    """The evidence as JSON of at most `_EVIDENCE_CHARS`, whole (cut, it parses as nothing): without its list
+    of calls when that does not fit (each call's cost and tokens: the cost header and `usage` sum them, the
+    request's span keeps them all), and else saying only that it is on the span."""
+    text = _ascii_json(evidence)
+    if len(text) > _EVIDENCE_CHARS and "calls" in evidence:
+        text = _ascii_json({**{k: v for k, v in evidence.items() if k != "calls"},
+                            "calls_omitted": len(evidence["calls"])})
+    if len(text) > _EVIDENCE_CHARS:
+        text = _ascii_json({"omitted": f"{len(text)} characters of evidence: see the request's span"})
+    return text
 
 
 def _ascii_json(value: Any) -> str:

@@ -120,7 +120,12 @@ def apart_url(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) ->
                 "cascade-apart": {"description": "an agreement cascade, one call per sample",
                                   "candidates": [{"cascade": {"steps": ["small", "large"], "confidence": "agreement",
                                                               "threshold": 0.9, "samples": 3}}],
-                                  "cache": {"enabled": False}}}
+                                  "cache": {"enabled": False}},
+                "long-cascade": {"description": "three steps of sixteen samples, one call each",
+                                 "candidates": [{"cascade": {"steps": ["small", "large", "large"],
+                                                             "confidence": "agreement", "threshold": 1.0,
+                                                             "samples": 16}}],
+                                 "cache": {"enabled": False}}}
     deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large")}
     with lab_gateway(simulator, tmp_path_factory.mktemp("apart"), policies, deployments, supports_n=False) as url:
         yield url
@@ -142,6 +147,20 @@ def test_a_clients_seed_does_not_make_samples_drawn_apart_one_answer(apart_url: 
     first = answers()
     assert len(set(first)) > 1, first
     assert answers() == first
+
+
+def test_evidence_too_long_for_its_header_is_still_json(apart_url: str) -> None:
+    """A cascade of three steps of sixteen samples, each a call of its own, lists 33 calls: the header was cut
+    at 4,096 characters in the middle of them, JSON no client could parse. The list of calls is left out when
+    it does not fit (the cost header and `usage` sum them), and the header says how many there were."""
+    hard = [{"role": "user", "content": "Prove, step by step, what is 123 * 456 - 789 + 1011 * 12?"}]
+    raw = _client(apart_url).chat.completions.with_raw_response.create(model="router/long-cascade", messages=hard)
+    assert raw.headers["x-switchyard-plan"] == "cascade:small>large>large:escalated"
+    header = raw.headers["x-switchyard-evidence"]
+    assert len(header) <= 4096
+    evidence = json.loads(header)
+    assert evidence["calls_omitted"] > 16 and "calls" not in evidence  # 33, less a sample a loaded machine drops
+    assert [step["step"] for step in evidence["cascade"]] == ["small", "large"]
 
 
 # A long answer in a script written without spaces: to a splitter on whitespace, a few "words".
