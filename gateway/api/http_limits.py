@@ -113,6 +113,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 self._refuse(_error(431, "headers_too_large",
                                     f"the request's headers are over the {MAX_HEAD_BYTES}-byte limit"))
 
+    def send_400_response(self, msg: str) -> None:
+        """A request the HTTP parser refuses (a control character in a header, a space in the path), in the
+        error envelope every other refusal has: uvicorn answers it in plain text."""
+        self._refuse(_error(400, "invalid_http_request",
+                            "the request is not valid HTTP/1.1: its request line or a header could not be parsed"))
+
     def _time_head(self) -> None:
         self._stop_head_timer()
         self._head_timer = asyncio.get_running_loop().call_later(HEAD_TIMEOUT_S, self._head_timed_out)

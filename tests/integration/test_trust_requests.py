@@ -317,6 +317,24 @@ def test_a_content_length_of_more_digits_than_int_reads_is_not_a_500(served: str
     assert b"invalid_request_error" in answer
 
 
+@pytest.mark.parametrize("head", [b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-policy: a\x01b\r\n",
+                                  b"POST /v1/chat/comp letions HTTP/1.1\r\nHost: x\r\n"])
+def test_a_request_http_cannot_parse_is_a_400_in_the_error_envelope(served: str, head: bytes) -> None:
+    """A head the HTTP parser refuses (a control character in a header, a space in the path) was answered
+    by uvicorn in plain text, "Invalid HTTP request received.": the one 4xx without the error envelope."""
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(head + b"Content-Length: 2\r\n\r\n{}")
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 400") and b"content-type: application/json" in status, answer[:300]
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+
+
 @pytest.mark.parametrize("shape", ["many headers", "one endless header"])
 def test_headers_without_end_get_a_431_not_the_workers_memory(served: str, shape: str) -> None:
     """uvicorn kept every header sent, without a limit: 200 MB of headers grew the worker ~220 MB,
