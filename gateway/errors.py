@@ -37,6 +37,9 @@ class GatewayError(Exception):
     # Calls of the failed request that did answer, and cost money, before this error (a cascade's
     # first step, best-of-n's other samples): the ledger bills them.
     billed: tuple[CallRecord, ...] = ()
+    # False: sending the same request again cannot succeed soon, so the answer says `x-should-retry: false`,
+    # which the openai SDKs obey instead of retrying every 429 and 5xx (twice, by default).
+    retry_helps: bool = True
 
     def __init__(self, message: str, *, code: str | None = None, param: str | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -86,6 +89,7 @@ class RateLimited(GatewayError):
 
 class BudgetExceeded(GatewayError):
     status, type, code = 429, "insufficient_quota", "budget_exceeded"
+    retry_helps = False  # the budget's period has to end, or an operator raise it
 
 
 class UpstreamError(GatewayError):

@@ -24,6 +24,8 @@ log = logging.getLogger("switchyard.api")
 
 def error_response(exc: GatewayError, request_id: str | None = None) -> Response:
     headers = dict(exc.headers)
+    if not exc.retry_helps:
+        headers["x-should-retry"] = "false"
     if request_id:
         headers["x-request-id"] = request_id
     return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json",

@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 
 from gateway.providers.pricing import load_litellm_cost_map
-from tests.support.lab import budgeted_gateway, simulator_of
+from tests.support.lab import BUDGET_KEY, budgeted_gateway, simulator_of
 from tests.support.processes import Simulator
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -67,6 +68,14 @@ def test_a_priority_request_whose_worst_case_exceeds_the_budget_is_refused_befor
                                               service_tier="priority")
         assert refused.value.status_code == 429 and refused.value.code == "budget_exceeded"
         assert sim.stats()["gpt-4o"]["requests"] == 0
+        # The SDK's default retries would only be refused again: the answer tells it not to send them.
+        sent: list[httpx.Request] = []
+        retrying = openai.OpenAI(base_url=gw.base_url + "/v1", api_key=BUDGET_KEY, max_retries=2,
+                                 http_client=httpx.Client(event_hooks={"request": [sent.append]}))
+        with pytest.raises(openai.RateLimitError) as again:
+            retrying.chat.completions.create(model="4o", messages=QUESTION, max_tokens=100,  # type: ignore[arg-type]
+                                             service_tier="priority")
+        assert again.value.response.headers["x-should-retry"] == "false" and len(sent) == 1
         # the same request at the standard tier fits
         gw.client.chat.completions.create(model="4o", messages=QUESTION, max_tokens=100)  # type: ignore[arg-type]
         assert sim.stats()["gpt-4o"]["requests"] == 1
