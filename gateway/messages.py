@@ -150,12 +150,16 @@ def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
 # put as much text there as in a message, so it is counted wherever the prompt is.
 _DEFINITIONS = ("tools", "functions", "response_format")
 _CALLS = ("tool_calls", "function_call")
+# A message's own fields of text besides its content (`{"role": "user", "name": ..., "content": ...}`, a
+# tool result's `tool_call_id`): the model reads them too, and their length is the client's to choose.
+_LABELS = ("name", "tool_call_id")
 
 
 def _definition_texts(request: Mapping[str, Any]) -> list[bytes]:
     texts = [orjson.dumps(request[k]) for k in _DEFINITIONS if request.get(k)]
     for m in request.get("messages") or ():
         texts.extend(orjson.dumps(m[k]) for k in _CALLS if m.get(k))
+        texts.extend(m[k].encode("utf-8", "replace") for k in _LABELS if isinstance(m.get(k), str) and m[k])
     return texts
 
 

@@ -14,7 +14,7 @@ from gateway.auth import hash_key
 from gateway.config import DeploymentConfig, parse_config
 from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, UpstreamError
 from gateway.ledger import CACHE
-from gateway.messages import count_text, request_bound
+from gateway.messages import count_text, definition_tokens, request_bound
 from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle, resolve_entry, route
 from gateway.policy import Overrides
 from gateway.providers.base import ProviderFailure
@@ -305,3 +305,12 @@ def test_a_shadow_of_a_request_is_held_at_the_prompt_bound_budgets_hold(tmp_path
     asyncio.run(handle(svc, {**ASK, "model": "router/shadowed", "messages": question},
                        CallContext(authorization=f"Bearer {KEY}", request_id="r-1")))
     assert offered == [request_bound({"messages": question})[0]]
+
+
+def test_a_messages_name_and_tool_call_id_are_held_and_counted_as_its_content_is() -> None:
+    # A 20 kB `name` was held as the 9 prompt tokens of "hi": the client chooses its length, the model reads it.
+    bare = {"messages": [{"role": "user", "content": "hi"}]}
+    named = {"messages": [{"role": "user", "content": "hi", "name": "n" * 20_000},
+                          {"role": "tool", "content": "42", "tool_call_id": "call_" + "x" * 5_000}]}
+    assert request_bound(named)[0] >= request_bound(bare)[0] + 25_000
+    assert definition_tokens(named)[0] > 1_000
