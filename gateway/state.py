@@ -102,7 +102,12 @@ def _refused_command(exc: BaseException) -> bool:
     error): the store is up, and one request's bad command must not open the breaker every tenant shares."""
     from redis.exceptions import ResponseError
 
-    return type(exc) is ResponseError and not str(exc).startswith(_SERVER_WIDE)
+    if type(exc) is not ResponseError:
+        return False
+    reply = str(exc)
+    if reply.startswith("Command # "):  # a pipeline's: redis-py puts the command's place before the reply
+        reply = reply.rpartition(" of pipeline caused error: ")[2].lstrip("('\"")
+    return not reply.startswith(_SERVER_WIDE)
 
 
 def _never_connected(exc: BaseException) -> bool:

@@ -36,3 +36,19 @@ def test_refusals_that_speak_of_the_whole_server_still_count_as_it_failing() -> 
     assert not _refused_command(ResponseError("MISCONF Redis is configured to save RDB snapshots"))
     assert not _refused_command(ReadOnlyError("You can't write against a read only replica."))
     assert not _refused_command(ConnectionError("refused"))
+
+
+def test_a_server_wide_refusal_inside_a_pipeline_still_counts_as_the_store_failing() -> None:
+    """redis-py puts a pipelined command's place before Redis's reply ("Command # 1 (GET k) of pipeline caused
+    error: ('BUSY ...',)"): a BUSY or MISCONF to a cache read through a pipeline read as one command's refusal."""
+    from redis.asyncio.client import Pipeline
+
+    for reply in ("BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSAVE.",
+                  "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist"):
+        exc = ResponseError(reply)
+        Pipeline.annotate_exception(None, exc, 1, ("GET", "sy:cache:k"))
+        assert str(exc).startswith("Command # 1 (GET sy:cache:k) of pipeline caused error: ")
+        assert not _refused_command(exc), str(exc)
+    refused = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+    Pipeline.annotate_exception(None, refused, 2, ("SET", "k", "of pipeline caused error: BUSY"))
+    assert _refused_command(refused)
