@@ -154,7 +154,8 @@ class Router:
         (Llama-2-7B -1.2, Llama-3.1-8B-Instruct +0.2, 70B +1.1, gemini-1.5-pro +1.5);
         ``ability_of`` gives reference points. With neither, the pool mean (0) is used.
         A profile the router knows under another spelling (``names.model_key``) is that model;
-        one key shared by two trained models (the same model in two files) mixes both's heads.
+        one key shared by two trained models (the same model in two files) mixes both's heads, except
+        under either trained name, which is that model's heads alone (``_resolve``).
         """
         heads = [(h, d, i) for i in self._resolve(profile) for h, d in self._heads.get(i, ())]
         if len(heads) == 1:
