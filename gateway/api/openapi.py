@@ -295,7 +295,7 @@ OPERATIONS: tuple[Operation, ...] = (
     Operation("/v1/spend", "get", "Spend from the ledger, grouped", "operations", SpendReport, params=(
         Param("group_by", "query", "comma-separated: tenant, deployment, policy, plan_kind, hour"),
         Param("from", "query", "ISO 8601 time or unix seconds; default: a day before `to`"),
-        Param("to", "query", "ISO 8601 time or unix seconds; default: now")), errors=(400, 401, 503)),
+        Param("to", "query", "ISO 8601 time or unix seconds; default: now")), errors=(400, 401, 403, 503)),
     Operation("/v1/budget", "get", "The caller's own budgets and rate windows, as of now", "operations",
               BudgetReport, errors=(401, 403, 503)),
     Operation("/admin/keys", "post", "Create a key (admin key): returned once", "keys", NewKey, KeyCreate,
