@@ -37,8 +37,8 @@ ENV_OVERRIDES = ((ENV_REDIS_URL, "redis_url"), (ENV_POLICIES_DIR, "policies_dir"
 
 OutageSetting = Literal["fail_closed", "fail_open"]
 # The longest a stored entry may be kept (a cached answer, a request record): Redis refuses an expiry
-# past its clock's range, and a refused write counts as the store failing, which opens its breaker for
-# every tenant (a policy with `ttl_s: 1e16` turned other tenants' requests into 503s).
+# past its clock's range, so an answer of a policy with `ttl_s: 1e16` was never cached (the refusal fails
+# that write alone, `gateway.state._refused_command`), and a ttl past 64 bits ended start-up in a traceback.
 MAX_TTL_S = 10 * 365 * 24 * 3600  # ten years
 
 
