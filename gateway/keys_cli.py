@@ -83,9 +83,9 @@ def _refusal(status: int, answer: Any, text: str) -> str:
     and message of an OpenAI-style error body, else the body as it came."""
     error = answer.get("error") if isinstance(answer, dict) else None
     if not isinstance(error, dict):
-        return f"HTTP {status}: {text.strip()[:500]}"
-    kind = " ".join(str(error[k]) for k in ("type", "code") if error.get(k))
-    return f"HTTP {status} {kind}: {error.get('message', '')}"
+        return f"HTTP {status}: {' '.join(text.split())[:500]}"
+    said = " ".join(str(error[k]) for k in ("type", "code") if error.get(k))
+    return f"HTTP {status}{' ' + said if said else ''}: {' '.join(str(error.get('message', '')).split())}"
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

@@ -93,8 +93,9 @@ def _raised_in_redis(exc: BaseException) -> bool:
 
 
 # Plain refusals that still speak of the whole server, not of the one command: a script running too long,
-# snapshots failing. (Its own subclasses say the rest: OOM, READONLY, LOADING, CLUSTERDOWN, ...)
-_SERVER_WIDE = ("BUSY", "MISCONF")
+# snapshots failing, too few replicas to write to. (redis-py's own subclasses say the rest: OOM, READONLY,
+# LOADING, CLUSTERDOWN, ...)
+_SERVER_WIDE = ("BUSY ", "MISCONF ", "NOREPLICAS ")  # the space: BUSYKEY is RESTORE's, about its key alone
 
 
 def _refused_command(exc: BaseException) -> bool:

@@ -34,6 +34,8 @@ def test_refusals_that_speak_of_the_whole_server_still_count_as_it_failing() -> 
     assert _refused_command(ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"))
     assert not _refused_command(ResponseError("BUSY Redis is busy running a script."))
     assert not _refused_command(ResponseError("MISCONF Redis is configured to save RDB snapshots"))
+    assert not _refused_command(ResponseError("NOREPLICAS Not enough good replicas to write."))
+    assert _refused_command(ResponseError("BUSYKEY Target key name already exists."))
     assert not _refused_command(ReadOnlyError("You can't write against a read only replica."))
     assert not _refused_command(ConnectionError("refused"))
 
