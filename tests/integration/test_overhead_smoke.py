@@ -31,7 +31,8 @@ def test_passthrough_overhead_is_measured_against_direct(tmp_path: Path) -> None
     }  # fmt: skip
     for record in records:
         assert record["errors"] == 0 and record["requests"] > 0
-        assert record["p50"] >= 50.0  # the upstream's 50 ms delay is in every answer
+        # the upstream's 50 ms delay is in every answer (less the ~1 ms an event loop's timer may fire early)
+        assert record["p50"] >= 49.0
     assert all("cpu_s_per_1k" in r for r in records)
     report = out.read_text()
     assert "## Targets" in report and "passthrough-aiohttp" in report
