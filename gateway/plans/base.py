@@ -201,7 +201,7 @@ class Kind(Generic[P]):
     spec:       the type of that key's value (validated by pydantic)
     bind:       a validated spec, where it sits in the file and the names → the plans it stands for
     calls:      every call a plan may make, for the client's `n` (the worst case: a cascade escalating)
-    estimate:   q̂, ĉ and l̂ for one request
+    estimate:   q̂, ĉ and l̂ for one request, for the client's `n`
     worst_case: the most a plan can cost for one request (budgets reserve it, cost caps bound it)
     run:        the runner
     """
@@ -211,6 +211,6 @@ class Kind(Generic[P]):
     spec: Any
     bind: Callable[[Any, str, Binder], list[P]]
     calls: Callable[[P, Catalog, int], tuple[Call, ...]]
-    estimate: Callable[[P, RouteSignal, Catalog, Live, int | None], Estimate]
+    estimate: Callable[[P, RouteSignal, Catalog, Live, int | None, int], Estimate]
     worst_case: Callable[[P, int, Catalog, int | None, int], float]
     run: Callable[[Upstreams, P, dict[str, Any], Span | None, Deadline], Awaitable[Result]]

@@ -122,7 +122,8 @@ def calls(plan: BestOfN, catalog: Catalog, choices: int) -> tuple[Call, ...]:
 
 
 def estimate(plan: BestOfN, s: RouteSignal, cat: Catalog, live: Live, max_tokens: int | None,
-             cal: VoteCalibration = CALIBRATION) -> Estimate:
+             choices: int = 1, cal: VoteCalibration = CALIBRATION) -> Estimate:
+    """`choices` (the client's `n`) changes nothing: they are picked from the samples it draws anyway."""
     members = [estimate_single(Single(d), s, cat, live, max_tokens) for d in plan.samplers]
     ps = [e.quality for e in members]
     latency = max(e.latency_ms for e in members)

@@ -167,7 +167,7 @@ def _step_odds(members: Sequence[str], ps: list[float], confidence: str, thresho
 def estimate_cascade(stages: Sequence[Sequence[str]], threshold: float, signal: RouteSignal,
                      catalog: Catalog, live_latency_s: Live, max_tokens: int | None = None,
                      confidence: str = "agreement", judge: str | None = None,
-                     cal: VoteCalibration = CALIBRATION) -> Estimate:
+                     cal: VoteCalibration = CALIBRATION, choices: int = 1) -> Estimate:
     """A cascade whose stages are member sets: every stage but the last answers by vote and is
     accepted when its agreement share ≥ threshold; the last stage always answers.
 
@@ -178,7 +178,8 @@ def estimate_cascade(stages: Sequence[Sequence[str]], threshold: float, signal: 
         last = i == len(stages) - 1
         singles = [estimate_single(Single(d), signal, catalog, live_latency_s, max_tokens) for d in members]
         ps = [escalated_quality(e.quality, reach, cal.escalation_correlation) for e in singles]
-        stage = _stage_calls_of(members, i, last, confidence, judge, catalog)
+        stage = (_stage_calls_of(members, i, last, confidence, judge, catalog) if choices == 1
+                 else stage_calls(members, i, last, confidence, judge, catalog, choices))
         cost += reach * expected_cost(stage, signal.prompt_tokens, catalog, max_tokens)
         latency += max(e.latency_ms for e in singles)
         if last:
@@ -195,8 +196,10 @@ def estimate_cascade(stages: Sequence[Sequence[str]], threshold: float, signal: 
     return Estimate(min(1.0, max(0.0, min(quality, final))), cost, latency)
 
 
-def estimate(plan: Cascade, s: RouteSignal, cat: Catalog, live: Live, max_tokens: int | None) -> Estimate:
-    return estimate_cascade(plan.stages, plan.threshold, s, cat, live, max_tokens, plan.confidence, plan.judge)
+def estimate(plan: Cascade, s: RouteSignal, cat: Catalog, live: Live, max_tokens: int | None,
+             choices: int = 1) -> Estimate:
+    return estimate_cascade(plan.stages, plan.threshold, s, cat, live, max_tokens, plan.confidence, plan.judge,
+                            choices=choices)
 
 
 def worst_case(plan: Cascade, prompt_tokens: int, catalog: Catalog, max_tokens: int | None, choices: int) -> float:

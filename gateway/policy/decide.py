@@ -186,10 +186,10 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
     evaluated = []
     for plan, fixed, disallowed in zip(policy.plans, table.fixed(max_tokens), table.allowed, strict=True):
         if fixed is None:
-            e = estimate(plan, signal, catalog, observed, max_tokens)
+            e = estimate(plan, signal, catalog, observed, max_tokens, choices)
         else:  # gateway.plans.single.estimate, its request-independent terms taken from the table
             pace = observed.get(fixed.name)
-            e = Estimate(quality[fixed.name], prompt_tokens * fixed.input_rate + fixed.output_cost,
+            e = Estimate(quality[fixed.name], prompt_tokens * fixed.input_rate + fixed.output_cost * choices,
                          fixed.expected_latency_ms if pace is None else fixed.expected_latency_ms * pace)
         rejected = disallowed or (_too_few(plan, choices) if choices > 1 else None) or \
             _live_rejection(plan, e, limits, live)

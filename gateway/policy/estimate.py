@@ -21,8 +21,9 @@ __all__ = ["Catalog", "Estimate", "estimate", "fit_to_cap", "max_tokens_within",
 
 
 def estimate(plan: Plan, signal: RouteSignal, catalog: Catalog, live_latency_s: Live,
-             max_tokens: int | None = None) -> Estimate:
-    return plans.KINDS[type(plan)].estimate(plan, signal, catalog, live_latency_s, max_tokens)
+             max_tokens: int | None = None, choices: int = 1) -> Estimate:
+    """`choices`: the client's `n`, which multiplies what the calls that answer it directly generate."""
+    return plans.KINDS[type(plan)].estimate(plan, signal, catalog, live_latency_s, max_tokens, choices)
 
 
 def worst_case_cost(plan: Plan, prompt_tokens: int, catalog: Catalog, max_tokens: int | None,

@@ -109,3 +109,25 @@ def test_a_plan_that_answers_with_fewer_choices_than_n_is_not_a_candidate(tmp_pa
     only = _policy(tmp_path, "candidates:\n  - best_of: {deployment: small, n: 5}\n")
     with pytest.raises(ConstraintUnsatisfiable, match=r"n \(6 choices > the 5"):
         decide(only, signal, CATALOG, LiveView(), choices=6)
+
+
+def test_a_plan_is_predicted_to_cost_every_choice_its_calls_generate(tmp_path: Path) -> None:
+    """A single call asked for `n` choices generates (and bills) n answers; best-of picks them from the
+    samples it draws anyway. Priced for one, n=8 under-predicted a single plan 8-fold: the policy weighed
+    the wrong costs, and the savings reported against the dearest candidate went negative."""
+    policy = _policy(tmp_path, "candidates:\n  - single: small\n  - single: large\n"
+                               "  - cascade: {steps: [small, large], confidence: logprob}\n"
+                               "  - best_of: {deployment: small, n: 8}\nobjective: {value_usd: 0.002}\n")
+    signal = _signal(0.5, 0.9)
+    one, eight = (decide(policy, signal, CATALOG, LiveView(), choices=n).candidates for n in (1, 8))
+    for c1, c8 in zip(one, eight, strict=True):
+        grew = c8.estimate.cost_usd / c1.estimate.cost_usd
+        if c1.plan.kind == "best_of":
+            assert grew == pytest.approx(1.0)
+        elif c1.plan.kind == "single":
+            d = CATALOG.deployments[c1.plan.deployments[0]]
+            price = CATALOG.prices[d.name].base
+            want = 200 * price.input + 8 * d.expected_output_tokens * price.output
+            assert c8.estimate.cost_usd == pytest.approx(want)
+        else:  # a logprob cascade: each step's call answers all n, its prompt is paid once
+            assert 2 < grew < 8
