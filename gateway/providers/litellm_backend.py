@@ -17,6 +17,9 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import aiohttp
+import httpx
+
 from gateway.config import DeploymentConfig
 from gateway.log_throttle import KeyedLogThrottle
 from gateway.providers.base import (
@@ -161,12 +164,47 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
     if isinstance(exc, lib.exceptions.Timeout):
         return ProviderFailure(f"{deployment.name}: timed out: {exc}", status=status, timeout=True,
                                reason=f"timed out after {deployment.timeout_s:g} s")
+    if isinstance(exc, lib.exceptions.APIConnectionError) and not _reached_provider(exc):
+        # litellm checks and translates a request before sending it, and raises what it refuses there
+        # (an unknown content part type, a message it cannot translate) as a connection error with status
+        # 500: retried and counted against the deployment, a few such requests from one client opened its
+        # circuit for every tenant without a call being made. Nothing was sent: another attempt would be
+        # refused the same way, and the deployment is no less healthy; a fallback may still take it.
+        return ProviderFailure(f"{deployment.name}: refused by litellm before it was sent: {exc}", retryable=False,
+                               reason=f"refused before it was sent: {_refusal(exc)[:300]}")
     if isinstance(exc, lib.exceptions.APIConnectionError) and status is None:
         return ProviderFailure(f"{deployment.name}: connection failed: {exc}")
     retryable = is_retryable_status(status) if status is not None else True
     return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
                            retryable=retryable, reason=client_reason(status, _stated(exc)),
                            retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
+
+
+_CAUSES_READ = 8  # a chain is short; the bound only guards against a cycle
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """What `exc` was raised from, innermost last."""
+    chain: list[BaseException] = []
+    seen = exc.__cause__ or exc.__context__
+    while seen is not None and len(chain) < _CAUSES_READ:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return chain
+
+
+def _reached_provider(exc: BaseException) -> bool:
+    """Whether the call got as far as the network: raised from a transport error (a refused or dropped
+    connection, a name that did not resolve) or from the provider's HTTP answer."""
+    return any(isinstance(e, (OSError, httpx.HTTPError, aiohttp.ClientError))
+               or isinstance(getattr(e, "status_code", None), int) for e in _causes(exc))
+
+
+def _refusal(exc: BaseException) -> str:
+    """What litellm said of a request it refused: the error it wrapped as a connection error (its own
+    sentence about the request; what that was raised from may be a bare `KeyError`)."""
+    chain = _causes(exc)
+    return str(chain[0] if chain else exc)
 
 
 def _stated(exc: Exception) -> str | None:

@@ -126,6 +126,24 @@ def test_a_content_part_without_its_field_is_a_400_that_opens_no_circuit(
     assert simulator.stats().get("sim-small", {}).get("requests", 0) == 1
 
 
+def test_a_request_litellm_refuses_before_sending_it_opens_no_circuit(
+        simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A content part of a type litellm does not know is forwarded (a server may take its own kinds), and
+    litellm refuses it before sending anything, as a connection error with status 500: retried and counted
+    against the deployment, a few of them from one client opened its circuit for every tenant."""
+    simulator.reset()
+    odd = {"model": "small", "messages": [{"role": "user", "content": [{"type": "hologram", "hologram": {}}]}]}
+    with running_gateway(_gateway(simulator.url, monkeypatch)) as gw:
+        for _ in range(6):  # more than the failures that open a circuit
+            r = httpx.post(gw.base_url + "/v1/chat/completions", timeout=30, json=odd)
+            assert r.status_code == 502, r.text
+            assert "refused before it was sent" in r.json()["error"]["message"]
+        good = httpx.post(gw.base_url + "/v1/chat/completions", timeout=30,
+                          json={"model": "small", "messages": [{"role": "user", "content": "hi"}]})
+    assert good.status_code == 200, good.text
+    assert simulator.stats().get("sim-small", {}).get("requests", 0) == 1
+
+
 def test_a_request_the_provider_rejects_through_litellm_is_told_why(
         simulator: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the direct path a 400 says what the provider said about the request; through litellm it said only
