@@ -322,6 +322,7 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "broken-policies.yaml").write_text(f"policies_dir: {tmp / 'broken-policies'}\ndeployments:\n"
                                               "  - {name: small, model: openai/m, api_base: 'http://127.0.0.1:9/v1', "
                                               "tier: small, price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
+    (tmp / "lone-surrogate.jsonl").write_text('{"id": "a", "prompt": "caf\\ud800", "models": {"m": {"score": 1}}}\n')
     (tmp / "cp1252.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("cp1252"))
     (tmp / "validation-only.jsonl").write_text('{"id": "a", "prompt": "hi", "split": "validation", '
                                                '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
@@ -341,6 +342,10 @@ BAD_INVOCATIONS = [
     ("policy check {latin1-policies}", "cafe.yaml: not UTF-8 text (byte 5: invalid continuation byte)"),
     ("route --batch {cp1252} --out {missing}", "switchyard route: {cp1252}: line 1 is not UTF-8 text (byte 26"),
     ("train --data {cp1252} --out {missing}", "switchyard train: {cp1252}: line 1 is not UTF-8 text (byte 26"),
+    ("route --batch {lone-surrogate} --out {missing}",
+     "switchyard route: {lone-surrogate}: line 1: 'prompt' has an unpaired surrogate escape"),  # a traceback
+    ("train --data {lone-surrogate} --out {missing}",
+     "switchyard train: {lone-surrogate}: line 1: 'prompt' has an unpaired surrogate escape"),
     ("train --data {empty} --out {missing}", "switchyard train: {empty}: no rows to train on"),
     ("train --data {validation-only} --out {missing}", "switchyard train: {validation-only}: no rows to train on"),
     ("train --data {score-text} --out {missing}",

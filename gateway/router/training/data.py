@@ -94,6 +94,9 @@ def _row(path: str | Path, n: int, line: str) -> DataRow:
         raise InputError(f"{path}: line {n} is nested too deeply to read") from None
     if not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prompt"), str):
         raise InputError(f"{path}: line {n} needs an 'id' and a string 'prompt' (the routing-data schema)")
+    if not _is_text(row["prompt"]):
+        raise InputError(f"{path}: line {n}: 'prompt' has an unpaired surrogate escape (\\ud800-\\udfff), "
+                         "which is no character (the gateway refuses such a body as invalid JSON)")
     models = row.get("models")
     if models is not None and not (isinstance(models, dict) and
                                    all(r is None or isinstance(r, dict) for r in models.values())):
@@ -108,6 +111,16 @@ def _row(path: str | Path, n: int, line: str) -> DataRow:
 
 
 _NUMBERS = ("score", "cost_usd", "output_tokens")  # what `load_data` reads of each model's record
+
+
+def _is_text(value: str) -> bool:
+    """Can `value` be written as UTF-8? Python's JSON reader takes a lone `\\ud800` escape, which the
+    featurizer cannot encode: the row would stop scoring or training in a traceback."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def hash_split(row_id: str) -> str:
