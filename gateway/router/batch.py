@@ -13,6 +13,7 @@ fall back to difficulty for the whole file.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TypedDict
 
@@ -41,11 +42,24 @@ def _row_out(router: Router, row: DataRow) -> ScoredRow:
 def score_file(
     in_path: str | Path, out_path: str | Path, router: Router | None = None, progress: bool = True
 ) -> int:
-    """Score every prompt of ``in_path`` into ``out_path`` (JSON lines); returns the count."""
+    """Score every prompt of ``in_path`` into ``out_path`` (JSON lines); returns the count.
+
+    The lines go to a file beside ``out_path`` that replaces it only once every row is scored: a bad
+    line stops the run with ``out_path`` as it was (an earlier run's scores kept whole, or no file),
+    never half a file that reads as the scores of a shorter input."""
     r = router if router is not None else load_router()
     count = 0
-    with open(out_path, "w", encoding="utf-8") as out:
-        for row in tqdm(iter_rows(in_path), desc="route", unit="prompt", disable=not progress):
-            out.write(json.dumps(_row_out(r, row)) + "\n")
-            count += 1
+    target = Path(out_path)
+    streamed = target.exists() and not target.is_file()  # /dev/stdout, a pipe: no file to put in place
+    partial = target if streamed else Path(f"{out_path}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as out:
+            for row in tqdm(iter_rows(in_path), desc="route", unit="prompt", disable=not progress):
+                out.write(json.dumps(_row_out(r, row)) + "\n")
+                count += 1
+        if not streamed:
+            os.replace(partial, target)
+    finally:
+        if not streamed:
+            partial.unlink(missing_ok=True)
     return count

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import InputError
 from gateway.router import load_router
 from gateway.router.batch import score_file
 from gateway.router.consistency import check_artifact
@@ -21,6 +22,19 @@ def test_batch_writes_one_scored_line_per_prompt(small_data: Path, tmp_path: Pat
     assert rows[0]["id"] == first_in["id"]
     assert set(first_in["models"]) <= set(rows[0]["predicted"])
     assert all(0.0 <= r["difficulty"] <= 1.0 for r in rows)
+
+
+@pytest.mark.parametrize("earlier", [None, '{"id": "an earlier run"}\n'])
+def test_a_bad_line_leaves_the_output_as_it_was_not_half_written(tmp_path: Path, earlier: str | None) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"id": 1, "prompt": "hi"}\n{"id": 2, "prompt": "Say hi."}\nnot json\n')
+    out = tmp_path / "scores.jsonl"
+    if earlier is not None:
+        out.write_text(earlier)
+    with pytest.raises(InputError, match="line 3 is not JSON"):
+        score_file(src, out, progress=False)
+    assert (out.read_text() if out.exists() else None) == earlier  # two lines of scores were left
+    assert [p.name for p in tmp_path.iterdir()] == ["in.jsonl"] + (["scores.jsonl"] if earlier else [])
 
 
 def test_unseen_models_are_scored_from_difficulty_alone(tmp_path: Path) -> None:
