@@ -21,7 +21,7 @@ from typing import Literal, NotRequired, TypedDict, cast
 
 import numpy as np
 
-from gateway.router.arrays import Floats
+from gateway.router.arrays import F64, Bools, Floats
 from gateway.router.model import Router
 from gateway.router.training.data import RoutingData
 from gateway.router.training.evaluate import pair_rows, rank_score, score_data
@@ -96,11 +96,20 @@ def share_for_quality(curve: PairCurve, frac: float) -> float:
     return round(float(curve.share[hit[0]]), 4) if hit.size else 1.0
 
 
+def pair_costs(data: RoutingData, ok: Bools, weak: int, strong: int) -> tuple[F64, F64]:
+    """The pair's recorded costs, or zeros for both unless every prompt records both. A cost missing on
+    one side (a gateway export has none for its shadow reference) read as free made always-strong's
+    cost the rounding left from sums that cancel, and every cost share, divided by it, ±1e14."""
+    c_weak, c_strong = data.cost[ok, weak], data.cost[ok, strong]
+    if np.isnan(c_weak).any() or np.isnan(c_strong).any():
+        return np.zeros_like(c_weak), np.zeros_like(c_strong)
+    return c_weak, c_strong
+
+
 def pair_report(score: Floats, data: RoutingData, weak: str, strong: str, targets: Targets) -> PairReport:
     jw, js = data.col(weak), data.col(strong)
     ok = pair_rows(data, jw, js)
-    args = (score[ok], data.score[ok, jw], data.score[ok, js],
-            np.nan_to_num(data.cost[ok, jw]), np.nan_to_num(data.cost[ok, js]))
+    args = (score[ok], data.score[ok, jw], data.score[ok, js], *pair_costs(data, ok, jw, js))
     curve = pair_curve(*args)
     # as_dict() holds PairReport's metric keys (PairMetrics' fields); the rest are added here.
     out = cast(PairReport, {
@@ -163,7 +172,8 @@ def render(result: Comparison) -> str:
             mark = " better" if better else ""
             lines.append(f"  {label:<36}{cv:>10.4f}{sv:>10.4f}{cv - sv:>+9.4f}{mark}")
         if not c["costs_recorded"]:
-            lines.append("  (the data records no costs for this pair: cost shares read 0)")
+            lines.append("  (the data does not record both models' costs for every prompt of this pair: "
+                         "cost shares read 0)")
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,20 @@ def test_target_points_read_the_same_curve_as_the_gate_metrics(small_data: Path)
     assert {k: report[k] for k in eval_pair(data, by_length, weak, strong).as_dict()} == \
         eval_pair(data, by_length, weak, strong).as_dict()
     assert report["at_threshold"]["strong_share"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_pair_whose_strong_model_has_no_recorded_costs_has_no_cost_shares(tmp_path: Path) -> None:
+    """A gateway export records the small model's cost and none for the shadow's reference: the cost
+    shares were the small model's costs over rounding left from sums that cancel (-5e14)."""
+    rows = [{"id": f"r{i}", "prompt": f"question {i}", "models": {
+        "small": {"score": float(i % 2), "cost_usd": 2.79e-05 + i * 1e-7}, "large": {"score": 1.0}}}
+        for i in range(43)]
+    src = tmp_path / "traffic.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_data(src)
+    report = pair_report(np.arange(43, dtype=float), data, "small", "large", Targets())
+    assert not report["costs_recorded"]
+    assert report["cost_share_at_95pct_quality"] == 0.0 and report["at_share"]["cost_share"] == 0.0
 
 
 @pytest.mark.skipif(not GATE.exists(), reason="the shared gate script is not present")
