@@ -140,10 +140,13 @@ def history(config_path: str | None, as_json: bool) -> int:
     if not entries:
         print("no router has been promoted: every replica serves its configured router")
         return 0
-    print(f"{'when':<24}{'action':<10}{'version':<40}by")
-    for e in entries:
-        action = e.action + (" to" if e.explicit else "")
-        print(f"{_when(e.at):<24}{action:<10}{e.version:<40}{e.by}")
+    rows = [(_when(e.at), e.action + (" to" if e.explicit else ""), e.version, e.by) for e in entries]
+    # Each column as wide as its longest cell: "rollback to" and a long directory's name ran into the next.
+    act = max(len("action"), *(len(r[1]) for r in rows)) + 2
+    ver = max(len("version"), *(len(r[2]) for r in rows)) + 2
+    print(f"{'when':<24}{'action':<{act}}{'version':<{ver}}by")
+    for when, action, version, by in rows:
+        print(f"{when:<24}{action:<{act}}{version:<{ver}}{by}")
     print(f"serving now: {current}")
     return 0
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -225,6 +226,18 @@ def test_evaluate_compares_a_candidate_with_the_serving_router(versions_url: str
     assert table.returncode == 0, table.stderr
     assert f"serving: {Artifact.read(variant_dir).version} (promoted)" in table.stdout
     assert "APGR" in table.stdout and "share to strong for 95% quality" in table.stdout
+
+
+def test_history_keeps_its_columns_apart_for_a_rollback_to_a_version_and_a_long_name(
+        tmp_path: Path, versions_url: str, variant_dir: Path) -> None:
+    """The action and version columns were 10 and 40 wide: "rollback toart1@..." ran into one word."""
+    long = copy_default(tmp_path / "adapted-on-the-traffic-of-the-last-seven-days")
+    versions = [Artifact.read(long).version, Artifact.read(variant_dir).version, Artifact.read(long).version]
+    for args in (["promote", str(long)], ["promote", str(variant_dir)], ["rollback", versions[0]]):
+        assert _cli("router", *args, "--by", "ci", redis_url=versions_url).returncode == 0
+    table = _cli("router", "history", redis_url=versions_url).stdout.splitlines()
+    for line, action, version in zip(table[1:4], ["promote", "promote", "rollback to"], versions, strict=True):
+        assert re.search(rf" {action}  +{re.escape(version)}  +ci$", line), line
 
 
 def test_a_rollback_to_a_version_whose_bytes_are_gone_is_refused_and_keeps_what_is_served(
