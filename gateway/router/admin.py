@@ -28,7 +28,7 @@ from gateway.router.registry import Entry, RegistryError, RouterRegistry, servin
 from gateway.router.serving import configured_dir, load_artifact, load_checked
 from gateway.router.training.compare import Targets, compare, render, result_json
 from gateway.router.training.data import RoutingData, load_data
-from gateway.router.training.evaluate import pick_pairs
+from gateway.router.training.evaluate import pair_rows, pick_pairs
 from gateway.state import RedisStore, StoreUnavailable
 
 _STORE_TIMEOUT_S = 10.0  # an artifact is a few MB: more than the request path's 0.5 s
@@ -231,9 +231,15 @@ def evaluate(candidate: str, data_path: str, *, split: str, weak: str | None, st
         return _err(f"switchyard router evaluate: {data_path} has no {split} rows (try --split all)")
     pairs = [(weak, strong)] if weak and strong else pick_pairs(data)
     unknown = [m for pair in pairs for m in pair if m not in data.models]
-    if unknown or not pairs:
-        return _err(f"switchyard router evaluate: {', '.join(unknown) or 'no weak/strong pair'} not in {data_path} "
+    if unknown:
+        return _err(f"switchyard router evaluate: {', '.join(unknown)} not in {data_path} "
                     f"(models: {', '.join(data.models)})")
+    # A pair no row scores both of would print a table of nan and of the metrics' values for no prompts.
+    unscored = [f"{w} and {s}" for w, s in pairs if not pair_rows(data, data.col(w), data.col(s)).any()]
+    if unscored or not pairs:
+        rows = "row" if split == "all" else f"{split} row"
+        return _err(f"switchyard router evaluate: no {rows} of {data_path} has a score for both "
+                    f"{', '.join(unscored) or 'of any two models'} (models: {', '.join(data.models)})")
     reports = compare({"candidate": cand.router, "serving": serving.router}, data, pairs, targets, progress)
     result = result_json(data_path, split, len(data.ids), {"version": cand.version, "source": candidate},
                          {"version": serving.version, "source": serving.source}, targets, reports)

@@ -20,6 +20,7 @@ import pytest
 
 from gateway.cli import build_parser
 from gateway.messages import count_messages
+from gateway.router.model import DEFAULT_ARTIFACT
 from tests.support.processes import ROOT, free_port
 from tests.support.routers import MISMATCHES, copy_default, mismatched
 
@@ -390,6 +391,19 @@ def test_a_bad_argument_or_file_is_an_error_naming_it_not_a_traceback(tmp_path: 
     assert out.returncode != 0 and "Traceback" not in out.stderr, out.stderr
     assert says.format(**files) in out.stderr, out.stderr
     assert "s3cret" not in out.stderr  # a Redis URL's password is never echoed
+
+
+@pytest.mark.parametrize("pair", [[], ["--weak", "a", "--strong", "c"]])
+def test_evaluating_on_a_file_whose_pair_has_no_scores_is_an_error_not_a_table_of_nan(tmp_path: Path,
+                                                                                      pair: list[str]) -> None:
+    data = tmp_path / "labels.jsonl"
+    data.write_text("".join(json.dumps({"id": i, "prompt": f"q {i}", "models": {
+        "a": {"score": None}, "c": {}}}) + "\n" for i in range(20)))
+    out = _run("router", "evaluate", str(DEFAULT_ARTIFACT), "--data", str(data), "--split", "all",
+               "--against", str(DEFAULT_ARTIFACT), "--quiet", *pair)
+    assert out.returncode == 1 and out.stdout == "", out.stdout  # it printed nan, with RuntimeWarnings
+    [line] = out.stderr.splitlines()
+    assert line.startswith(f"switchyard router evaluate: no row of {data} has a score for both "), line
 
 
 @pytest.mark.parametrize(("command", "says"), [

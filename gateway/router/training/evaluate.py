@@ -67,10 +67,11 @@ def pick_pairs(data: RoutingData) -> list[tuple[str, str]]:
     """The default pairs that have rows here, else the weakest -> strongest model by accuracy."""
     pairs = [p for p in DEFAULT_PAIRS if p[0] in data.models and p[1] in data.models
              and pair_rows(data, data.col(p[0]), data.col(p[1])).any()]
-    if pairs or len(data.models) < 2:
+    # Only models with a score somewhere: an all-null column's mean is NaN, which sorts last, as the strongest.
+    scored = np.nonzero(~np.isnan(data.score).all(axis=0))[0]
+    if pairs or scored.size < 2:
         return pairs
-    acc = np.nanmean(data.score, axis=0)
-    order = np.argsort(acc)
+    order = scored[np.argsort(np.nanmean(data.score[:, scored], axis=0))]
     return [(data.models[order[0]], data.models[order[-1]])]
 
 

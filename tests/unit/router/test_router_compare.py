@@ -11,7 +11,7 @@ import pytest
 
 from gateway.router.training.compare import Targets, pair_report, share_for_quality, share_point
 from gateway.router.training.data import load_data
-from gateway.router.training.evaluate import eval_pair
+from gateway.router.training.evaluate import eval_pair, pick_pairs
 from gateway.router.training.metrics import pair_curve, pgr
 
 GATE = Path(__file__).resolve().parents[4] / "shared" / "gates" / "routing_eval.py"
@@ -51,6 +51,17 @@ def test_a_pair_whose_strong_model_has_no_recorded_costs_has_no_cost_shares(tmp_
     report = pair_report(np.arange(43, dtype=float), data, "small", "large", Targets())
     assert not report["costs_recorded"]
     assert report["cost_share_at_95pct_quality"] == 0.0 and report["at_share"]["cost_share"] == 0.0
+
+
+def test_the_pair_picked_for_a_file_without_known_pairs_has_scores_on_both_sides(tmp_path: Path) -> None:
+    """A model whose scores are all null averaged NaN, sorted last, and was picked as the strong one."""
+    src = tmp_path / "labels.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"q {i}", "models": {
+        "a": {"score": i % 2}, "b": {"score": 1.0}, "c": {"score": None}}}) + "\n" for i in range(20)))
+    assert pick_pairs(load_data(src)) == [("a", "b")]
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"q {i}", "models": {
+        "a": {"score": 1.0}, "c": {"score": None}}}) + "\n" for i in range(20)))
+    assert pick_pairs(load_data(src)) == []
 
 
 @pytest.mark.skipif(not GATE.exists(), reason="the shared gate script is not present")
