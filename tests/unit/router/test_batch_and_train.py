@@ -84,3 +84,13 @@ def test_training_on_two_models_writes_a_loadable_artifact(tmp_path: Path) -> No
     router = load_checked(tmp_path / "art")  # what `router promote` and a replica load
     assert set(router.known_profiles()) == {"Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"}
 
+
+
+def test_route_batch_shows_how_far_it_is_through_the_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n\n" for i in range(3)))
+    assert score_file(src, tmp_path / "out.jsonl", progress=True) == 3
+    assert "3/3" in capsys.readouterr().err  # a share and time left, not a bare count (blank lines not rows)
+    with pytest.raises(FileNotFoundError):
+        score_file(tmp_path / "missing.jsonl", tmp_path / "out.jsonl", progress=True)
+    assert capsys.readouterr().err == ""  # no bar drawn for a file that is not there
