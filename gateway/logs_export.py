@@ -26,6 +26,7 @@ files without one (about 80% train, 20% validation).
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -114,7 +115,11 @@ def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, s
     judged = feedback.get(_GATEWAY_JUDGE)
     against = judged.get("against") if judged else None
     if isinstance(against, str) and against != deployment:
-        models.setdefault(names.get(against, against), {"score": 1.0})
+        cost = judged.get("against_cost_usd") if judged else None  # labels stored before it have none
+        reference: dict[str, Any] = {"score": 1.0}
+        if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
+            reference["cost_usd"] = float(cost)
+        models.setdefault(names.get(against, against), reference)
     row_id = f"traffic/{record['tenant']}/{record['request_id']}"
     return {"id": row_id, "split": hash_split(row_id), "category": f"traffic/{record.get('category') or 'unknown'}",
             "prompt": record["prompt"], "prompt_tokens": prompt_length(record), "models": models}

@@ -243,7 +243,10 @@ class ShadowEvaluator:
                                                 deadline=deadline, role="shadow")
         calls.append(rec)
         reference = answer_text(strong.body)
-        detail: dict[str, Any] = {"against": job.shadow.against, "answered_by": job.answered_by}
+        # The reference's own cost beside it: an exported row lists it as a model of the prompt, whose cost
+        # `router evaluate` and training weigh (a cost left out read as free).
+        detail: dict[str, Any] = {"against": job.shadow.against, "answered_by": job.answered_by,
+                                  "against_cost_usd": rec.cost_usd}
         agreed = agreement(job.answer, reference)
         if agreed is not None:
             return Feedback(job.request_id, "judge", agreed, detail=detail | {"method": "agreement"},

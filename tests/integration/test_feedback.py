@@ -333,7 +333,8 @@ def test_logs_export_writes_routing_data_rows(gw: Gateway, tmp_path: Path) -> No
     data = load_data(out)  # what `switchyard train --data` reads
     assert len(data.ids) == len(rows) and "Meta-Llama-3.1-8B-Instruct" in data.models
     shadowed = by_id[f"traffic/alice/{rid_shadowed}"]  # a judge label also names the reference deployment
-    assert shadowed["models"]["Meta-Llama-3.1-70B-Instruct"] == {"score": 1.0}
+    reference = shadowed["models"]["Meta-Llama-3.1-70B-Instruct"]  # what its shadow call cost: not free
+    assert reference["score"] == 1.0 and reference["cost_usd"] == _judge_label(gw, rid_shadowed)["against_cost_usd"] > 0
     assert set(shadowed["models"]) == {"Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"}
 
 
