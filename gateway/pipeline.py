@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from opentelemetry.context import Context
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from gateway import signal as routing
 from gateway.auth import HOLD_MARGIN_S, NOTHING, OPEN_TENANT, Authenticator, Need, Reservation, Tenant
@@ -461,6 +461,8 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     except BaseException as exc:
         slot.release()
         set_attributes(span, error__type=type(exc).__name__)
+        if _server_error(exc):
+            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
         span.end()
         if isinstance(exc, GatewayError):
             svc.observer.finish(trail, exc.status, exc.code)
@@ -474,6 +476,15 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     elif slot is not NO_SLOT:  # a stream holds its slot until it ends, however it ends
         outcome.settle = _releasing(outcome.settle, slot)
     return outcome
+
+
+def _server_error(exc: BaseException) -> bool:
+    """Whether a request's failure marks its SERVER span as an error: a 5xx, the gateway's or its
+    upstreams' failure, as the HTTP conventions say; a 4xx is the caller's and leaves it unset, and so
+    does a request cancelled because its client left."""
+    if isinstance(exc, GatewayError):
+        return exc.status >= 500
+    return isinstance(exc, Exception)
 
 
 def in_flight_cap(svc: Services, tenant: Tenant) -> int | None:

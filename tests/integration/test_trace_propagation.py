@@ -224,6 +224,20 @@ def test_each_failed_attempt_is_an_error_span_with_its_error_type_and_its_own_ch
         f"00-{trace_id}-{s.span_id}-01" for s in attempts)
 
 
+def test_a_request_that_fails_on_the_gateway_side_is_an_error_span_and_a_refusal_is_not(
+        traced: GatewayServer, receiver: OtlpReceiver) -> None:
+    # As the HTTP conventions say of a SERVER span: a 5xx is an error of the request, a 4xx the caller's.
+    outcomes = {}
+    for model, status in (("broken", 502), ("slow", 504), ("router/tight", 422)):
+        trace_id, _, traceparent = _caller()
+        assert _chat(traced, model, {"traceparent": traceparent}).status_code == status
+        request = next(s for s in receiver.trace(trace_id, "switchyard.request") if s.name == "switchyard.request")
+        outcomes[status] = (request.status, request.attributes.get("error.type"))
+    assert outcomes == {502: (ProtoStatus.STATUS_CODE_ERROR, "UpstreamError"),
+                        504: (ProtoStatus.STATUS_CODE_ERROR, "UpstreamTimeout"),
+                        422: (ProtoStatus.STATUS_CODE_UNSET, "ConstraintUnsatisfiable")}
+
+
 def test_structured_span_attributes_are_json(traced: GatewayServer, receiver: OtlpReceiver) -> None:
     trace_id, _, traceparent = _caller()
     resp = _chat(traced, "router/vote5", {"traceparent": traceparent})
