@@ -239,7 +239,9 @@ class HealthBoard:
         now = time.monotonic()
         return {n: h.state(now) for n, h in self._health.items()}
 
-    def snapshot(self) -> dict[str, dict[str, float | int | bool | None]]:
+    def snapshot(self) -> dict[str, dict[str, float | int | bool | str | None]]:
+        """`circuit` is the state `switchyard_circuit_state` reports; `circuit_open` whether calls skip it
+        (a half-open circuit is skipped only while its trial is out)."""
         now = time.monotonic()
-        return {n: {"calls": h.calls, "failures": h.failures, "circuit_open": h.is_open(now),
+        return {n: {"calls": h.calls, "failures": h.failures, "circuit": h.state(now), "circuit_open": h.is_open(now),
                     "latency_ewma_s": h.latency_ewma_s, "pace": h.pace_ewma} for n, h in self._health.items()}

@@ -214,3 +214,37 @@ def test_a_tenant_key_in_the_browser_shows_no_data_and_asks_again(dash: GatewayS
     assert not browser.find_element(By.ID, "board").is_displayed()
     assert browser.find_element(By.ID, "spend").get_attribute("textContent") == "–"
     assert browser.execute_script("return sessionStorage.length") == 0  # the refused key is not kept
+
+
+@pytest.fixture
+def half_open(dash: GatewayServer) -> Iterator[str]:
+    """`broken`'s circuit cooled down after opening (half-open, no trial out yet), as it is 15 s after its
+    failures; closed again afterwards for the module's other tests."""
+    health = dash.app.state.services.upstreams.health["broken"]
+    health.consecutive_failures = health.failure_threshold
+    health.opened_at = time.monotonic() - health.cooldown_s - 1
+    yield "broken"
+    health.consecutive_failures, health.opened_at = 0, None
+
+
+def test_the_dashboard_shows_each_circuit_in_the_state_the_metrics_report(dash: GatewayServer, half_open: str) -> None:
+    from tests.integration.test_metrics_endpoint import scrape
+
+    states = {labels["deployment"]: value for labels, value in scrape(dash.base_url)["switchyard_circuit_state"]}
+    shown = {name: h["circuit"] for name, h in _data(dash.base_url, VIEWER_KEY).json()["deployments"].items()}
+    assert states[half_open] == 1 and shown[half_open] == "half_open"
+    assert shown == {name: ("closed", "half_open", "open")[int(v)] for name, v in states.items()}
+
+
+def test_a_half_open_circuit_is_not_drawn_as_closed(dash: GatewayServer, browser: Any, half_open: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(dash.base_url + "/dashboard")
+    _wait(lambda: browser.find_element(By.ID, "login").is_displayed())
+    browser.find_element(By.ID, "key").send_keys(VIEWER_KEY)
+    browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    _wait(lambda: half_open in browser.find_element(By.ID, "deployments").text)
+    badges = {row.find_element(By.TAG_NAME, "td").text: row.find_element(By.CSS_SELECTOR, ".badge").text
+              for row in browser.find_elements(By.CSS_SELECTOR, "#deployments tbody tr")}
+    assert badges[half_open] == "half-open" and badges["small"] == "closed"
+    assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []

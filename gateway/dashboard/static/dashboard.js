@@ -8,6 +8,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const PALETTE = ["#2563eb", "#f59e0b", "#10b981", "#8b5cf6", "#ef4444", "#06b6d4", "#84cc16", "#ec4899", "#64748b"];
   const needsKey = document.querySelector('meta[name="switchyard-dashboard-auth"]').content === "key";
+  const CIRCUIT_STATES = { closed: "closed", half_open: "half-open", open: "open" };
   const $ = (id) => document.getElementById(id);
   let timer = null;
 
@@ -191,7 +192,8 @@
     const body = $("deployments").tBodies[0];
     const rows = Object.entries(health).map(([name, h]) => {
       const tr = el("tr");
-      const state = el("span", "badge " + (h.circuit_open ? "open" : "closed"), h.circuit_open ? "open" : "closed");
+      // the three states of switchyard_circuit_state: a half-open circuit is not closed, its deployment failing
+      const state = el("span", "badge " + h.circuit, CIRCUIT_STATES[h.circuit] || h.circuit);
       const circuit = el("td");
       circuit.appendChild(state);
       tr.append(el("td", null, name), circuit, el("td", "num", h.calls), el("td", "num", h.failures),
