@@ -109,8 +109,8 @@ class PolicyVersions:
 
 
 def log_entry(entry: VersionEntry, message: str) -> None:
-    log.info(message, extra={"policy": entry.policy, "policy_version": entry.version, "source": entry.source,
-                             "by": entry.by, "path": entry.path, "at": round(entry.at, 3),
+    log.info(message, extra={"event": "policy_version", "policy": entry.policy, "policy_version": entry.version,
+                             "source": entry.source, "by": entry.by, "path": entry.path, "at": round(entry.at, 3),
                              "spec": entry.spec})
 
 

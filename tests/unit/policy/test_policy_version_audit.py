@@ -4,10 +4,13 @@ back as the same version, the latest change winning, and the version in every re
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
 
 from gateway.auth import Tenant
 from gateway.config import embedded_config
@@ -17,7 +20,7 @@ from gateway.keyed import Digests
 from gateway.policy.loader import PolicySet, load_policy_file, spec_version
 from gateway.policy.schema import PolicySpec
 from gateway.policy.sources import shipped_policies_dir
-from gateway.policy.versions import PolicyFollower, PolicyVersions, VersionEntry, spec_json
+from gateway.policy.versions import PolicyFollower, PolicyVersions, VersionEntry, log_entry, spec_json
 from gateway.providers.base import Usage
 from gateway.state import MemoryStore, policy_current_key
 
@@ -124,3 +127,12 @@ def test_the_request_record_names_the_policy_version_that_decided() -> None:
                           [{"role": "user", "content": "hi"}], None, (CallRecord("small", Usage(10, 5), 0.001, 0.1),),
                           10, "default", None, "0123456789ab")
     assert build_record(completed, Digests())["policy_version"] == "0123456789ab"
+
+
+def test_a_version_put_in_force_is_a_log_line_with_an_event(caplog: pytest.LogCaptureFixture) -> None:
+    # as every other structured line: an operator's query by `event` finds the versions put in force
+    with caplog.at_level(logging.INFO, logger="switchyard.policy"):
+        log_entry(_entry("aaa", "start-up"), "policy p version aaa in force (start-up)")
+    (record,) = caplog.records
+    assert (record.event, record.policy, record.policy_version, record.source) == (  # type: ignore[attr-defined]
+        "policy_version", "p", "aaa", "start-up")
