@@ -236,7 +236,7 @@ class Authenticator:
         if tenant is None:
             if self.is_admin(authorization) or self.is_viewer(authorization):
                 # a valid key, though no tenant's: "invalid API key" sent its holder looking for a typo
-                raise PermissionDenied("the admin and viewer keys call no model: use a tenant's key",
+                raise PermissionDenied("this needs a tenant's key: the admin and viewer keys belong to no tenant",
                                        code="tenant_key_required")
             raise AuthenticationFailed("invalid API key")
         return tenant

@@ -528,7 +528,8 @@ def parse_time(text: str) -> float:
         seconds = float(text)
     except ValueError:
         try:
-            when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+            # upper-cased: RFC 3339 allows a lower-case "t" and "z", which fromisoformat refuses
+            when = dt.datetime.fromisoformat(text.strip().upper().replace("Z", "+00:00"))
         except ValueError:
             raise ValueError(f"{text[:64]!r} is neither unix seconds nor an ISO 8601 time") from None
         if when.tzinfo is None:

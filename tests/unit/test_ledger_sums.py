@@ -210,6 +210,7 @@ def test_times_are_unix_seconds_or_iso_and_windows_default_to_a_day() -> None:
     assert parse_group_by(None) == ("tenant",) and parse_group_by("hour, tenant") == ("hour", "tenant")
     assert parse_time("1800000000") == AT == parse_time("2027-01-15T08:00:00Z") == parse_time("2027-01-15T08:00:00")
     assert parse_time("9999-12-31T23:59:59Z") == LAST_TIME_S and parse_time("0") == 0.0
+    assert parse_time("2027-01-15t08:00:00z") == AT  # RFC 3339's lower-case separator and zone
     for bad in ("inf", "nan", "-5", "last tuesday", "1e12", "0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z"):
         with pytest.raises(ValueError):
             parse_time(bad)
