@@ -588,7 +588,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
         trail.cache, trail.plan_label, trail.deployment = "hit", hit.plan, hit.deployment
         await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, CACHE, hit.deployment, ()),
                                 reservation=held)
-        set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0)
+        # the plan the answer came from, as its x-switchyard-plan says (a trace query by plan finds it)
+        set_attributes(span, switchyard__cache="hit", switchyard__cost_usd=0.0, switchyard__plan=hit.plan)
         return Answer("hit", hit.plan, hit.deployment, trace_id, hit.body)
     r = ahead.route
     assert r is not None  # no cached answer: the gate routed the request

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import openai
 import pytest
@@ -31,6 +32,21 @@ def test_a_request_span_has_route_and_upstream_children_with_cost(
     assert root.attributes["switchyard.cost_usd"] == pytest.approx(float(raw.headers["x-switchyard-cost-usd"]))
     assert upstream.attributes["gen_ai.usage.output_tokens"] == raw.parse().usage.completion_tokens
     assert upstream.attributes["switchyard.deployment"] == raw.headers["x-switchyard-model"]
+
+
+def test_a_cache_hits_span_names_the_plan_its_answer_came_from(base_url: str, spans: InMemorySpanExporter) -> None:
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    ask: dict[str, Any] = {"model": "auto", "temperature": 0,
+                           "messages": [{"role": "user", "content": f"Name a lake. {uuid.uuid4().hex}"}]}
+    client.chat.completions.create(**ask)
+    spans.clear()
+    raw = client.chat.completions.with_raw_response.create(**ask)
+    assert raw.headers["x-switchyard-cache"] == "hit"
+    trace_id = int(raw.headers["x-switchyard-trace-id"], 16)
+    root = next(s for s in spans.get_finished_spans()
+                if s.context.trace_id == trace_id and s.name == "switchyard.request")
+    assert root.attributes["switchyard.cache"] == "hit"
+    assert root.attributes["switchyard.plan"] == raw.headers["x-switchyard-plan"]
 
 
 def test_litellm_backend_talks_to_an_openai_compatible_server(simulator: Simulator) -> None:
