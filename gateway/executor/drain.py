@@ -43,6 +43,8 @@ LateBill = Callable[[CallRecord | None], Awaitable[None]]
 
 
 class LateSink(Protocol):
+    tenant: str  # whose request the call was, for its log line
+
     def open(self, worst_usd: float) -> LateBill:
         """A call given up on is read on; it may cost up to `worst_usd`. The result is awaited once,
         when the call ends."""
@@ -93,7 +95,7 @@ def drain(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | 
     sink = late_bills.get()
     worst = worst_usd()
     ended = sink.open(worst) if sink is not None else None
-    task = asyncio.ensure_future(_settle(call, priced, ended, role))
+    task = asyncio.ensure_future(_settle(call, priced, ended, role, None if sink is None else sink.tenant))
     (into if into is not None else _UNOWNED).add(task, worst)
 
 
@@ -101,7 +103,7 @@ _UNOWNED = Draining()  # calls drained outside any gateway (unit tests of a sing
 
 
 async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallRecord | None]],
-                  ended: LateBill | None, role: str) -> None:
+                  ended: LateBill | None, role: str, tenant: str | None) -> None:
     record: CallRecord | None = None
     try:
         try:
@@ -121,7 +123,8 @@ async def _settle(call: asyncio.Future[T], priced: Callable[[T], Awaitable[CallR
             return
         if role != READ_ON:  # a stream read on has its own line (`stream_read_on`): its client left, not the gateway
             log.info("deployment '%s' answered after the gateway gave up on it: billed $%.6f", record.deployment,
-                     record.cost_usd, extra={"event": "late_answer", "deployment": record.deployment})
+                     record.cost_usd, extra={"event": "late_answer", "deployment": record.deployment,
+                                             "tenant": tenant, "cost_usd": record.cost_usd})
         record = CallRecord(record.deployment, record.usage, record.cost_usd, record.latency_s, role)
     finally:
         if ended is not None:  # once, however it ended: billed, or its hold given back

@@ -4,6 +4,7 @@ At the provider seam, with the fake backend."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import pytest
@@ -22,6 +23,8 @@ CUT = ProviderFailure("a: connection dropped", reason="connection failed")
 
 class _Collected:
     """A request's late calls: the most each may cost when given up on, and each one's end."""
+
+    tenant = "acme"
 
     def __init__(self) -> None:
         self.worst: list[float] = []
@@ -43,7 +46,8 @@ async def _collecting(work: Any, collected: _Collected | None = None) -> tuple[A
     return done, [c for c in sink.ended if c is not None]
 
 
-def test_a_call_that_answers_after_its_timeout_is_billed_late_while_the_fallback_answers() -> None:
+def test_a_call_that_answers_after_its_timeout_is_billed_late_while_the_fallback_answers(
+        caplog: pytest.LogCaptureFixture) -> None:
     def handler(d: Any, body: dict[str, Any]) -> Any:
         return Delay(0.2) if d.name == "a" else answer("The answer is 42.", model=d.name)
     up, _ = fake_upstreams(handler, deployment("a", timeout_s=0.05, max_retries=0), deployment("b"))
@@ -55,9 +59,12 @@ def test_a_call_that_answers_after_its_timeout_is_billed_late_while_the_fallback
         return done
 
     collected = _Collected()
-    _, billed = asyncio.run(_collecting(work, collected))
+    with caplog.at_level(logging.INFO, logger="switchyard"):
+        _, billed = asyncio.run(_collecting(work, collected))
     assert [(c.deployment, c.role) for c in billed] == [("a", LATE)]
     assert billed[0].usage.prompt_tokens == 10 and billed[0].cost_usd > 0
+    line = next(r for r in caplog.records if getattr(r, "event", None) == "late_answer")
+    assert (line.tenant, line.cost_usd) == ("acme", billed[0].cost_usd)  # type: ignore[attr-defined]
     # given up on, it was held for at its worst (its prompt and the whole output it may write)
     worst = up.prices["a"].estimate(prompt_bound(BODY["messages"])[0], up.deployments["a"].max_output_tokens)
     assert collected.worst == [pytest.approx(worst)]
