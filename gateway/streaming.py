@@ -28,6 +28,27 @@ def stream_body(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
 
+class Choices:
+    """The choices a stream has spoken for and those it finished: its answer is whole once every one it
+    spoke for has its finish_reason, whatever becomes of the connection after (`[DONE]`, a usage chunk)."""
+
+    __slots__ = ("begun", "finished")
+
+    def __init__(self) -> None:
+        self.begun: set[int] = set()
+        self.finished: set[int] = set()
+
+    def add(self, chunk: dict[str, Any]) -> None:
+        for c in chunk.get("choices") or ():
+            self.begun.add(c.get("index", 0))
+            if c.get("finish_reason"):
+                self.finished.add(c.get("index", 0))
+
+    @property
+    def answered(self) -> bool:
+        return bool(self.finished) and not self.begun - self.finished
+
+
 # A message's text fields besides `content` that a stream sends in pieces: kept, so that a whole answer
 # rebuilt from a stream carries them as the server's whole answer would.
 _PIECED = ("refusal", "reasoning_content", "reasoning")

@@ -64,7 +64,7 @@ from gateway.providers.health import HealthBoard, configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
-from gateway.streaming import Accumulator, stream_body
+from gateway.streaming import Accumulator, Choices, stream_body
 from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
@@ -580,7 +580,7 @@ class Upstreams:
         # The deployment is answering; a trial's verdict, letting other traffic through now, not
         # when the stream ends.
         self.health[name].first_chunk(trial=trial)
-        return OpenStream(name, first, Paced(name, chunks, self.deployments[name].timeout_s), stats, span,
+        return OpenStream(name, first, Paced(name, chunks, self.deployments[name].timeout_s, first), stats, span,
                           taken=taken, terms=terms)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
@@ -709,12 +709,20 @@ def _produced(chunk: dict[str, Any]) -> int:
 
 class Paced:
     """The rest of a stream, each wait for its next chunk bounded by the deployment's timeout_s.
-    `aclose` closes the upstream stream, whether or not this was ever read."""
+    `aclose` closes the upstream stream, whether or not this was ever read.
 
-    __slots__ = ("chunks", "name", "timeout_s")
+    A stream whose every choice has finished (`Choices.answered`) and whose connection then breaks or goes
+    quiet has ended: only its `[DONE]` (perhaps its usage chunk) was lost. Taken for a stream broken
+    mid-way, its client read the whole answer and then an error, or a fallback's "continuation" after
+    its finish_reason and usage, billed as another call."""
 
-    def __init__(self, name: str, chunks: AsyncIterator[dict[str, Any]], timeout_s: float) -> None:
+    __slots__ = ("choices", "chunks", "name", "timeout_s")
+
+    def __init__(self, name: str, chunks: AsyncIterator[dict[str, Any]], timeout_s: float,
+                 first: dict[str, Any]) -> None:
         self.name, self.chunks, self.timeout_s = name, chunks, timeout_s
+        self.choices = Choices()
+        self.choices.add(first)
 
     def __aiter__(self) -> Paced:
         return self
@@ -722,10 +730,18 @@ class Paced:
     async def __anext__(self) -> dict[str, Any]:
         try:
             async with asyncio.timeout(self.timeout_s):
-                return await anext(self.chunks)
+                chunk = await anext(self.chunks)
         except TimeoutError:
+            if self.choices.answered:
+                raise StopAsyncIteration from None
             raise ProviderFailure(f"{self.name}: stream stalled for {self.timeout_s:g} s", timeout=True,
                                   reason=f"stream stalled for {self.timeout_s:g} s") from None
+        except ProviderFailure:
+            if self.choices.answered:
+                raise StopAsyncIteration from None
+            raise
+        self.choices.add(chunk)
+        return chunk
 
     async def aclose(self) -> None:
         await self.chunks.aclose()  # type: ignore[attr-defined]

@@ -29,7 +29,7 @@ from gateway.providers.base import (
     too_large,
     upstream_model_name,
 )
-from gateway.streaming import replay
+from gateway.streaming import Choices, replay
 
 
 class DirectBackend:
@@ -135,8 +135,7 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
         for chunk in replay(answer, include_usage=True, piece_chars=_WHOLE):
             yield chunk
         return
-    begun: set[int] = set()  # choices the stream has spoken for, and those it finished
-    finished: set[int] = set()
+    choices = Choices()
     async for line in _lines(resp.content):
         if not line.startswith(b"data:"):
             continue
@@ -149,12 +148,9 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
             # Read on as a chunk, it broke the relay with a traceback (and the client's connection).
             raise ProviderFailure(f"{deployment.name}: upstream sent a stream chunk that is no chunk: {problem}",
                                   reason="upstream sent an invalid stream chunk")
-        for c in chunk.get("choices") or ():
-            begun.add(c.get("index", 0))
-            if c.get("finish_reason"):
-                finished.add(c.get("index", 0))
+        choices.add(chunk)
         yield chunk
-    if not finished or begun - finished:  # the connection ended cleanly, an answer did not: relayed, it read as done
+    if not choices.answered:  # the connection ended cleanly, an answer did not: relayed, it read as done
         raise ProviderFailure(f"{deployment.name}: stream ended before the answer did (no finish_reason, no [DONE])",
                               reason="stream ended before the answer did")
 
