@@ -30,13 +30,15 @@ def stream_body(body: dict[str, Any]) -> dict[str, Any]:
 
 class Choices:
     """The choices a stream has spoken for and those it finished: its answer is whole once every one it
-    spoke for has its finish_reason, whatever becomes of the connection after (`[DONE]`, a usage chunk)."""
+    spoke for has its finish_reason, whatever becomes of the connection after (`[DONE]`, a usage chunk),
+    and at least `expected` (the request's `n`) have: a server may begin a choice only when another ends."""
 
-    __slots__ = ("begun", "finished")
+    __slots__ = ("begun", "expected", "finished")
 
-    def __init__(self) -> None:
+    def __init__(self, expected: int = 1) -> None:
         self.begun: set[int] = set()
         self.finished: set[int] = set()
+        self.expected = expected
 
     def add(self, chunk: dict[str, Any]) -> None:
         for c in chunk.get("choices") or ():
@@ -46,7 +48,7 @@ class Choices:
 
     @property
     def answered(self) -> bool:
-        return bool(self.finished) and not self.begun - self.finished
+        return len(self.finished) >= max(1, self.expected) and not self.begun - self.finished
 
 
 # A message's text fields besides `content` that a stream sends in pieces: kept, so that a whole answer

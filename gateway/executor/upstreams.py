@@ -580,8 +580,8 @@ class Upstreams:
         # The deployment is answering; a trial's verdict, letting other traffic through now, not
         # when the stream ends.
         self.health[name].first_chunk(trial=trial)
-        return OpenStream(name, first, Paced(name, chunks, self.deployments[name].timeout_s, first), stats, span,
-                          taken=taken, terms=terms)
+        paced = Paced(name, chunks, self.deployments[name].timeout_s, first, _choices_asked(body))
+        return OpenStream(name, first, paced, stats, span, taken=taken, terms=terms)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
                           deadline: Deadline, whole: bool = False) -> OpenStream:
@@ -707,6 +707,11 @@ def _produced(chunk: dict[str, Any]) -> int:
     return acc.completion_tokens_estimate()
 
 
+def _choices_asked(body: dict[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
 class Paced:
     """The rest of a stream, each wait for its next chunk bounded by the deployment's timeout_s.
     `aclose` closes the upstream stream, whether or not this was ever read.
@@ -719,9 +724,9 @@ class Paced:
     __slots__ = ("choices", "chunks", "name", "timeout_s")
 
     def __init__(self, name: str, chunks: AsyncIterator[dict[str, Any]], timeout_s: float,
-                 first: dict[str, Any]) -> None:
+                 first: dict[str, Any], asked: int = 1) -> None:
         self.name, self.chunks, self.timeout_s = name, chunks, timeout_s
-        self.choices = Choices()
+        self.choices = Choices(asked)
         self.choices.add(first)
 
     def __aiter__(self) -> Paced:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gateway.cache import cache_key, is_cacheable
 from gateway.providers.base import Usage, openai_shaped
 from gateway.providers.pricing import format_usd
-from gateway.streaming import Accumulator, replay
+from gateway.streaming import Accumulator, Choices, replay
 
 BODY = {"id": "c1", "created": 1, "model": "m", "object": "chat.completion",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "The answer is 42. " * 5},
@@ -67,3 +69,20 @@ def test_a_whole_answer_rebuilt_from_a_stream_keeps_what_the_server_would_have_a
     assert (message["content"], message["reasoning_content"], message["refusal"]) == ("Paris", "let me think", "no")
     assert message["annotations"] == [{"type": "url_citation", "url_citation": {"url": "u"}}]
     assert body["service_tier"] == "default" and "reasoning" not in message
+
+
+def test_a_stream_of_n_choices_is_answered_only_once_n_of_them_finished() -> None:
+    def chunk(index: int, finish: str | None = None) -> dict[str, Any]:
+        return {"choices": [{"index": index, "delta": {"content": "x"}, "finish_reason": finish}]}
+
+    two = Choices(2)
+    two.add(chunk(0))
+    two.add(chunk(0, "stop"))
+    assert not two.answered  # choice 1 may begin only now: a stall here is a broken stream, not an end
+    two.add(chunk(1))
+    assert not two.answered
+    two.add(chunk(1, "stop"))
+    assert two.answered
+    one = Choices()
+    one.add(chunk(0, "stop"))
+    assert one.answered
