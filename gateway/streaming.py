@@ -46,6 +46,17 @@ class Choices:
             if c.get("finish_reason"):
                 self.finished.add(c.get("index", 0))
 
+    def ended(self, last: dict[str, Any]) -> dict[str, Any] | None:
+        """The chunk that gives every begun choice without a finish_reason one ("stop"), with `last`'s id
+        and model: for a server whose `[DONE]` ended answers it never marked finished. Relayed as they
+        were, they read to the client as unfinished (no finish_reason, and no usage chunk after it)."""
+        open_ = sorted(self.begun - self.finished)
+        if not open_:
+            return None
+        self.finished.update(open_)
+        head: dict[str, Any] = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
+        return {**head, "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in open_]}
+
     @property
     def answered(self) -> bool:
         return len(self.finished) >= max(1, self.expected) and not self.begun - self.finished

@@ -136,11 +136,14 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
             yield chunk
         return
     choices = Choices()
+    last: dict[str, Any] = {}
     async for line in _lines(resp.content):
         if not line.startswith(b"data:"):
             continue
         data = line[5:].strip()
-        if data == b"[DONE]":
+        if data == b"[DONE]":  # the server says its answer is whole, marked finished or not
+            if (ending := choices.ended(last)) is not None:
+                yield ending
             return
         chunk = orjson.loads(data)
         _raise_if_error(deployment, chunk)
@@ -149,6 +152,7 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
             raise ProviderFailure(f"{deployment.name}: upstream sent a stream chunk that is no chunk: {problem}",
                                   reason="upstream sent an invalid stream chunk")
         choices.add(chunk)
+        last = chunk
         yield chunk
     if not choices.answered:  # the connection ended cleanly, an answer did not: relayed, it read as done
         raise ProviderFailure(f"{deployment.name}: stream ended before the answer did (no finish_reason, no [DONE])",

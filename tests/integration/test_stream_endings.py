@@ -41,6 +41,8 @@ class _NoDone(ScriptedHandler):
         self.send_header("content-type", "text/event-stream")
         self.send_header("transfer-encoding", "chunked")
         self.end_headers()
+        if model == "terse":  # its answer, then [DONE]: no finish_reason, no usage
+            chunks = chunks[:2]
         for chunk in chunks:
             self._piece(b"data: " + orjson.dumps(chunk) + b"\n\n")
         if model == "quiet":
@@ -60,7 +62,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with scripted_upstream(_NoDone) as base:
         rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": tier, "max_retries": 0,
                  "timeout_s": 0.5, "supports_prefill": True, "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
-                for name, tier in (("quiet", "small"), ("next", "large"))]
+                for name, tier in (("quiet", "small"), ("next", "large"), ("terse", "small"))]
         policies = policies_folder(Path(tmp_path_factory.mktemp("endings")), {
             "resumable": {"candidates": [{"single": "quiet"}], "fallbacks": {"quiet": ["next"]},
                           "cache": {"enabled": False}}})
@@ -99,3 +101,16 @@ def test_a_whole_answer_whose_stream_never_says_done_is_relayed_as_it_was_answer
     wait_until(lambda: _calls(base_url).get("quiet", 0) - before.get("quiet", 0) == 1, timeout_s=10,
                what="the call billed")
     assert _calls(base_url).get("next", 0) == before.get("next", 0)
+
+
+def test_an_answer_a_server_ends_with_done_but_never_marks_finished_ends_finished_with_its_usage(
+        base_url: str) -> None:
+    """`[DONE]` with no finish_reason before it: relayed as it was, the client's stream had no
+    finish_reason and, asked for usage, no usage chunk, and the request was logged as its client's leaving."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=10)
+    chunks = list(client.chat.completions.create(model="terse", messages=[{"role": "user", "content": "hi"}],
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello world"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    usages = [c.usage for c in chunks if c.usage is not None]
+    assert len(usages) == 1 and usages[0].completion_tokens > 0
