@@ -28,6 +28,12 @@ def stream_body(body: dict[str, Any]) -> dict[str, Any]:
     return {**body, "stream": True, "stream_options": {**(body.get("stream_options") or {}), "include_usage": True}}
 
 
+def choices_asked(body: dict[str, Any]) -> int:
+    """The choices a request's `n` asks for (1 when it names none)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
 class Choices:
     """The choices a stream has spoken for and those it finished: its answer is whole once every one it
     spoke for has its finish_reason, whatever becomes of the connection after (`[DONE]`, a usage chunk),

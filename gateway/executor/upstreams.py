@@ -64,7 +64,7 @@ from gateway.providers.health import HealthBoard, configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
-from gateway.streaming import Accumulator, Choices, stream_body
+from gateway.streaming import Accumulator, Choices, choices_asked, stream_body
 from gateway.telemetry import Telemetry, set_attributes
 
 T = TypeVar("T")
@@ -580,7 +580,7 @@ class Upstreams:
         # The deployment is answering; a trial's verdict, letting other traffic through now, not
         # when the stream ends.
         self.health[name].first_chunk(trial=trial)
-        paced = Paced(name, chunks, self.deployments[name].timeout_s, first, _choices_asked(body))
+        paced = Paced(name, chunks, self.deployments[name].timeout_s, first, choices_asked(body))
         return OpenStream(name, first, paced, stats, span, taken=taken, terms=terms)
 
     async def open_stream(self, names: Sequence[str], body: dict[str, Any], parent: Span | None, *,
@@ -705,11 +705,6 @@ def _produced(chunk: dict[str, Any]) -> int:
     acc = Accumulator()
     acc.add(chunk)
     return acc.completion_tokens_estimate()
-
-
-def _choices_asked(body: dict[str, Any]) -> int:
-    n = body.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 class Paced:

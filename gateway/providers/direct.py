@@ -29,7 +29,7 @@ from gateway.providers.base import (
     too_large,
     upstream_model_name,
 )
-from gateway.streaming import Choices, replay
+from gateway.streaming import Choices, choices_asked, replay
 
 
 class DirectBackend:
@@ -101,7 +101,7 @@ class DirectBackend:
             async with self._client().post(url, data=payload, headers=sent, timeout=timeout) as resp:
                 if resp.status != 200:
                     raise _failure(deployment, resp, await resp.read())
-                async for chunk in _chunks(deployment, resp):
+                async for chunk in _chunks(deployment, resp, choices_asked(body)):
                     if stats.ttft_s is None:
                         stats.ttft_s = time.perf_counter() - started
                     if chunk.get("usage"):
@@ -121,11 +121,14 @@ class DirectBackend:
             await self._session.close()
 
 
-async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse,
+                  asked: int = 1) -> AsyncIterator[dict[str, Any]]:
     """The chunks of an upstream's answer to a stream request. An error it sends in the stream (vLLM's
     `data: {"error": ...}` after some chunks, or a 200 JSON error body) is a failure, not a chunk:
     relayed, or rebuilt into a whole answer, it would read as an answer cut short without saying so.
-    A server that answers whole anyway (one that ignores `stream`) is read as the same answer in chunks."""
+    A server that answers whole anyway (one that ignores `stream`) is read as the same answer in chunks.
+    `asked`: the choices the request asked for (its `n`), each of which must finish for a stream that
+    ends without `[DONE]` to have ended its answer."""
     if resp.content_type == "application/json":
         answer = orjson.loads(await resp.read())
         _raise_if_error(deployment, answer)
@@ -135,7 +138,7 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) ->
         for chunk in replay(answer, include_usage=True, piece_chars=_WHOLE):
             yield chunk
         return
-    choices = Choices()
+    choices = Choices(asked)
     last: dict[str, Any] = {}
     async for line in _lines(resp.content):
         if not line.startswith(b"data:"):

@@ -32,6 +32,8 @@ SECOND: dict[str, dict[str, object] | None] = {
     # choice 0 finishes, choice 1 (of n=2) never does, and the connection ends without [DONE]
     "one-of-two-ends": {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"},
                                     {"index": 1, "delta": {"content": "y"}}]},
+    # choice 0 finishes, choice 1 (of n=2) never begins, and the connection ends without [DONE]
+    "one-of-two-only": {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
 }
 
 
@@ -49,7 +51,7 @@ class _Garbled(ScriptedHandler):
         self.wfile.write(b"data: " + orjson.dumps(first) + b"\n\n")
         if (second := SECOND[model]) is not None:
             self.wfile.write(b"data: " + orjson.dumps({**head, **second}) + b"\n\n")
-            if model != "one-of-two-ends":
+            if model not in ("one-of-two-ends", "one-of-two-only"):
                 self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
 
@@ -99,7 +101,7 @@ def test_a_chunk_of_the_wrong_shape_or_a_stream_ended_early_is_an_upstream_failu
     stream as OpenAI says an error."""
     client = openai.OpenAI(base_url=base_url, api_key="sk-one", max_retries=0, timeout=10)
     stream = client.chat.completions.create(model=deployment, messages=[{"role": "user", "content": "hi"}],
-                                            stream=True, n=2 if deployment == "one-of-two-ends" else 1)
+                                            stream=True, n=2 if deployment.startswith("one-of-two") else 1)
     with pytest.raises(openai.APIError) as failed:
         for _chunk in stream:
             pass
