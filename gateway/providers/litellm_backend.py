@@ -195,9 +195,21 @@ def _causes(exc: BaseException) -> list[BaseException]:
 
 def _reached_provider(exc: BaseException) -> bool:
     """Whether the call got as far as the network: raised from a transport error (a refused or dropped
-    connection, a name that did not resolve) or from the provider's HTTP answer."""
+    connection, a name that did not resolve), from the provider's HTTP answer, or in litellm's code for
+    the provider (`litellm.llms`), which sends the request and reads its answer: an answer it cannot read
+    (a KeyError on a body of the wrong shape) fails there, raised as a connection error as a refusal is."""
     return any(isinstance(e, (OSError, httpx.HTTPError, aiohttp.ClientError))
-               or isinstance(getattr(e, "status_code", None), int) for e in _causes(exc))
+               or isinstance(getattr(e, "status_code", None), int) or _through_provider_code(e)
+               for e in _causes(exc))
+
+
+def _through_provider_code(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("litellm.llms."):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _refusal(exc: BaseException) -> str:

@@ -154,3 +154,43 @@ def test_a_request_the_provider_rejects_through_litellm_is_told_why(
     assert r.status_code == 400
     assert r.json()["error"]["message"] == ("deployment 'small' rejected the request: upstream answered 400: "
                                             "'response_format.type' must be 'text', 'json_object' or 'json_schema'.")
+
+
+class _EmptyAnswer(http.server.BaseHTTPRequestHandler):
+    """A server (a proxy in front of the provider, say) answering every call 200 with a body that is no
+    Messages API answer: litellm fails reading it, a KeyError it raises as a connection error."""
+
+    calls = 0
+
+    def do_POST(self) -> None:
+        _EmptyAnswer.calls += 1
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_a_deployment_whose_answers_litellm_cannot_read_opens_its_circuit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that reached the provider and failed on its answer is the deployment's failure: taken for a
+    request litellm refused before sending it, it was never retried nor counted, so a deployment answering
+    every call with a body litellm cannot read never opened its circuit, and each client was told its
+    request had not been sent."""
+    _EmptyAnswer.calls = 0
+    with scripted_upstream(_EmptyAnswer) as base:
+        deployment = {"name": "claude", "model": "anthropic/claude-3-5-sonnet", "backend": "litellm",
+                      "api_base": base, "tier": "small", "timeout_s": 3, "max_retries": 0,
+                      "price": {"input_per_mtok": 1, "output_per_mtok": 1}}
+        config = parse_config({"deployments": [deployment, {**deployment, "name": "other", "tier": "large"}]},
+                              "unreadable answers")
+        with running_gateway(create_app(config, watch_policies_s=None, watch_router_s=None)) as gw:
+            answers = [httpx.post(gw.base_url + "/v1/chat/completions", timeout=30,
+                                  json={"model": "claude", "messages": [{"role": "user", "content": "hi"}]})
+                       for _ in range(8)]  # more than the failures that open a circuit
+    assert not any("refused before it was sent" in r.text for r in answers), answers[0].text
+    assert answers[-1].status_code == 503 and "circuit is open" in answers[-1].json()["error"]["message"]
+    assert _EmptyAnswer.calls < 8
