@@ -39,29 +39,37 @@ class Choices:
     spoke for has its finish_reason, whatever becomes of the connection after (`[DONE]`, a usage chunk),
     and at least `expected` (the request's `n`) have: a server may begin a choice only when another ends."""
 
-    __slots__ = ("begun", "expected", "finished")
+    __slots__ = ("begun", "called", "expected", "finished")
 
     def __init__(self, expected: int = 1) -> None:
         self.begun: set[int] = set()
         self.finished: set[int] = set()
+        self.called: set[int] = set()  # choices that sent tool calls
         self.expected = expected
 
     def add(self, chunk: dict[str, Any]) -> None:
         for c in chunk.get("choices") or ():
-            self.begun.add(c.get("index", 0))
+            index = c.get("index", 0)
+            self.begun.add(index)
             if c.get("finish_reason"):
-                self.finished.add(c.get("index", 0))
+                self.finished.add(index)
+            delta = c.get("delta")
+            if isinstance(delta, dict) and (delta.get("tool_calls") or delta.get("function_call")):
+                self.called.add(index)
 
     def ended(self, last: dict[str, Any]) -> dict[str, Any] | None:
-        """The chunk that gives every begun choice without a finish_reason one ("stop"), with `last`'s id
-        and model: for a server whose `[DONE]` ended answers it never marked finished. Relayed as they
-        were, they read to the client as unfinished (no finish_reason, and no usage chunk after it)."""
+        """The chunk that gives every begun choice without a finish_reason one (`tool_calls` for a choice
+        that called tools, as a client branches on it, else `stop`), with `last`'s id and model: for a server
+        whose `[DONE]` ended answers it never marked finished. Relayed as they were, they read to the client
+        as unfinished (no finish_reason, and no usage chunk after it)."""
         open_ = sorted(self.begun - self.finished)
         if not open_:
             return None
         self.finished.update(open_)
         head: dict[str, Any] = {k: last[k] for k in ("id", "object", "created", "model") if k in last}
-        return {**head, "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in open_]}
+        return {**head, "choices": [{"index": i, "delta": {},
+                                     "finish_reason": "tool_calls" if i in self.called else "stop"}
+                                    for i in open_]}
 
     @property
     def answered(self) -> bool:

@@ -86,3 +86,14 @@ def test_a_stream_of_n_choices_is_answered_only_once_n_of_them_finished() -> Non
     one = Choices()
     one.add(chunk(0, "stop"))
     assert one.answered
+
+
+def test_an_answer_ended_by_done_alone_is_marked_finished_as_what_it_did() -> None:
+    choices = Choices(2)
+    choices.add({"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "hi"}}]})
+    choices.add({"id": "c", "model": "m", "choices": [
+        {"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f"}}]}}]})
+    ending = choices.ended({"id": "c", "model": "m"})
+    assert ending == {"id": "c", "model": "m", "choices": [
+        {"index": 0, "delta": {}, "finish_reason": "stop"}, {"index": 1, "delta": {}, "finish_reason": "tool_calls"}]}
+    assert choices.answered and choices.ended({}) is None
