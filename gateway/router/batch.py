@@ -50,9 +50,9 @@ def score_file(
     r = router if router is not None else load_router()
     total = _rows_in(in_path)
     count = 0
-    target = Path(out_path)
+    target = Path(out_path).resolve() if Path(out_path).is_symlink() else Path(out_path)  # the file it names
     streamed = target.exists() and not target.is_file()  # /dev/stdout, a pipe: no file to put in place
-    partial = target if streamed else Path(f"{out_path}.partial")
+    partial = target if streamed else Path(f"{target}.partial")
     try:
         with open(partial, "w", encoding="utf-8") as out:
             for row in tqdm(iter_rows(in_path), desc="route", unit="prompt", total=total, disable=not progress):

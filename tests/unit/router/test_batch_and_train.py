@@ -94,3 +94,12 @@ def test_route_batch_shows_how_far_it_is_through_the_file(tmp_path: Path, capsys
     with pytest.raises(FileNotFoundError):
         score_file(tmp_path / "missing.jsonl", tmp_path / "out.jsonl", progress=True)
     assert capsys.readouterr().err == ""  # no bar drawn for a file that is not there
+
+
+def test_route_batch_writes_through_a_symlinked_out_to_the_file_it_names(tmp_path: Path) -> None:
+    src, real, link = tmp_path / "in.jsonl", tmp_path / "scores.jsonl", tmp_path / "latest.jsonl"
+    src.write_text(json.dumps({"id": "x", "prompt": "hi"}) + "\n")
+    real.write_text("old\n")
+    link.symlink_to(real)
+    assert score_file(src, link, progress=False) == 1
+    assert link.is_symlink() and json.loads(real.read_text())["id"] == "x"
