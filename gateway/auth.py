@@ -333,7 +333,9 @@ class Authenticator:
             got = await self.store.admit(plan.admission)
         except StoreUnavailable as exc:
             on_outage(self.on_store_outage, tenant, "budget or rate limit", exc, self._outage_log)
-            return Reservation(self.store, tenant.name)  # fail_open: spend is still settled, unheld
+            # fail_open: nothing is held, but the spend is still settled into every budget that applies
+            # (the key's, a period's), not only the tenant's total, once the store is back
+            return Reservation(self.store, tenant.name, spends=plan.spends)
         self._report_alerts(plan.budget_scopes, got.alerts)
         if got.verdict != "ok":
             raise refusal(plan, got)

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import time
 
 import pytest
 
+from gateway.admission import Limits
 from gateway.admission_store import Admission, Admitted, Settlement
 from gateway.auth import Authenticator, LogThrottle, Tenant, hash_key, on_outage
 from gateway.config import OutageSetting, TenantConfig
 from gateway.errors import StoreOutage
-from gateway.state import Budget, MemoryStore, Rate, RedisStore, Reserved, StoreUnavailable
+from gateway.state import (
+    Budget,
+    MemoryStore,
+    Rate,
+    RedisStore,
+    Reserved,
+    StoreUnavailable,
+    period_spend_key,
+    scoped_holds_key,
+    spend_key,
+)
 from gateway.store_breaker import StoreBreaker
+from gateway.windows import period_id
 
 
 class _Clock:
@@ -131,6 +145,33 @@ def test_budget_gate_lets_requests_through_under_fail_open() -> None:
         auth, tenant = _limited(_DownStore(), "fail_open")
         await auth.admit(tenant)
         assert not auth.outage_refuses
+
+    asyncio.run(scenario())
+
+
+class _AdmitDown(MemoryStore):
+    """A store that could not answer the admission but is back for the settlement."""
+
+    async def admit(self, a: Admission) -> Admitted:
+        raise StoreUnavailable("connection refused")
+
+
+def test_spend_let_through_under_fail_open_reaches_every_budget_of_the_request() -> None:
+    # Settled into the tenant's total alone, a request served while the store was down never reached the
+    # key's budget or a period's: once the store was back, those budgets had forgotten what it spent.
+    async def scenario() -> None:
+        store = _AdmitDown()
+        config = TenantConfig.model_validate({"name": "t", "api_key_sha256": hash_key("sk-1"),
+                                              "budget": {"usd": 1.0, "period": "day"}})
+        auth = Authenticator([config], store, "fail_open")
+        tenant = dataclasses.replace(auth.identify("Bearer sk-1"), key_id="k1", key_limits=Limits(budget_usd=2.0))
+        reservation = await auth.admit(tenant)
+        await reservation.settle(0.25)
+        day = period_id("day", time.time())
+        assert await store.budget_state(period_spend_key("t", None, day), scoped_holds_key("t", None)) == (0.25, 0.0)
+        assert await store.budget_state(period_spend_key("t", "k1", "total"),
+                                        scoped_holds_key("t", "k1")) == (0.25, 0.0)
+        assert await store.get_float(spend_key("t")) == 0.25  # the tenant's total, as before
 
     asyncio.run(scenario())
 
