@@ -569,11 +569,12 @@ class _Ahead:
 
 async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span: Span,
                   router: RememberingRouter, trail: Trail, tenant: Tenant, slot: Slot) -> Outcome:
+    set_attributes(span, switchyard__tenant=tenant.name)  # before the model is resolved: a 404 is the tenant's too
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     trail.policy = PINNED if entry.pinned else entry.policy.name
     trail.policy_version = entry.policy.version
     deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
-    set_attributes(span, switchyard__tenant=tenant.name, switchyard__entry=entry.name,
+    set_attributes(span, switchyard__entry=entry.name,
                    switchyard__policy__version=None if entry.pinned else entry.policy.version)
     trace_id = trail.trace_id
 

@@ -49,6 +49,17 @@ def test_a_cache_hits_span_names_the_plan_its_answer_came_from(base_url: str, sp
     assert root.attributes["switchyard.plan"] == raw.headers["x-switchyard-plan"]
 
 
+def test_a_request_for_a_model_that_does_not_exist_is_traced_under_its_tenant(
+        base_url: str, spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="made-up-model-xyz", messages=[{"role": "user", "content": "hi"}])
+    [root] = [s for s in spans.get_finished_spans()
+              if s.name == "switchyard.request" and s.attributes.get("error.type") == "NotFound"]
+    assert root.attributes["switchyard.tenant"]
+
+
 def test_litellm_backend_talks_to_an_openai_compatible_server(simulator: Simulator) -> None:
     config = parse_config({"deployments": [
         {"name": "small", "model": "openai/sim-small", "api_base": simulator.url, "backend": "litellm",
