@@ -63,6 +63,7 @@ from gateway.admission_store import (
     Settlement,
     hash_slot_tag,
 )
+from gateway.exc_chain import causes, traceback_modules
 from gateway.store_breaker import StoreBreaker
 
 T = TypeVar("T")
@@ -83,11 +84,7 @@ class StoreUnavailable(Exception):
 def _raised_in_redis(exc: BaseException) -> bool:
     """Whether `exc` was raised inside redis-py: past the gateway's innermost frame, the traceback goes
     through a `redis` module (the error itself may come from asyncio's transport below it)."""
-    modules = []
-    tb = exc.__traceback__
-    while tb is not None:
-        modules.append(str(tb.tb_frame.f_globals.get("__name__", "")))
-        tb = tb.tb_next
+    modules = traceback_modules(exc)
     ours = max((i for i, m in enumerate(modules) if m.startswith("gateway.")), default=-1)
     return any(m.startswith("redis.") for m in modules[ours + 1:])
 
@@ -113,14 +110,7 @@ def _refused_command(exc: BaseException) -> bool:
 
 def _never_connected(exc: BaseException) -> bool:
     """Whether `exc` (or what it was raised from) is a refused connection: nothing was sent."""
-    seen: BaseException | None = exc
-    for _ in range(8):  # a chain is short; the bound only guards against a cycle
-        if seen is None:
-            return False
-        if isinstance(seen, ConnectionRefusedError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return any(isinstance(e, ConnectionRefusedError) for e in (exc, *causes(exc)))
 
 
 def spend_key(tenant: str) -> str:

@@ -21,6 +21,7 @@ import aiohttp
 import httpx
 
 from gateway.config import DeploymentConfig
+from gateway.exc_chain import causes, traceback_modules
 from gateway.log_throttle import KeyedLogThrottle
 from gateway.providers.base import (
     Completion,
@@ -180,19 +181,6 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
                            retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
 
 
-_CAUSES_READ = 8  # a chain is short; the bound only guards against a cycle
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    """What `exc` was raised from, innermost last."""
-    chain: list[BaseException] = []
-    seen = exc.__cause__ or exc.__context__
-    while seen is not None and len(chain) < _CAUSES_READ:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return chain
-
-
 def _reached_provider(exc: BaseException) -> bool:
     """Whether the call got as far as the network: raised from a transport error (a refused or dropped
     connection, a name that did not resolve), from the provider's HTTP answer, or in litellm's code for
@@ -200,22 +188,17 @@ def _reached_provider(exc: BaseException) -> bool:
     (a KeyError on a body of the wrong shape) fails there, raised as a connection error as a refusal is."""
     return any(isinstance(e, (OSError, httpx.HTTPError, aiohttp.ClientError))
                or isinstance(getattr(e, "status_code", None), int) or _through_provider_code(e)
-               for e in _causes(exc))
+               for e in causes(exc))
 
 
 def _through_provider_code(exc: BaseException) -> bool:
-    tb = exc.__traceback__
-    while tb is not None:
-        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("litellm.llms."):
-            return True
-        tb = tb.tb_next
-    return False
+    return any(m.startswith("litellm.llms.") for m in traceback_modules(exc))
 
 
 def _refusal(exc: BaseException) -> str:
     """What litellm said of a request it refused: the error it wrapped as a connection error (its own
     sentence about the request; what that was raised from may be a bare `KeyError`)."""
-    chain = _causes(exc)
+    chain = causes(exc)
     return str(chain[0] if chain else exc)
 
 
