@@ -7,7 +7,7 @@ so a streaming client sees the same protocol whatever the plan.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import orjson
@@ -73,7 +73,12 @@ class Choices:
 
     @property
     def answered(self) -> bool:
-        return len(self.finished) >= max(1, self.expected) and not self.begun - self.finished
+        return whole(self.begun, self.finished, self.expected)
+
+
+def whole(begun: Collection[int], finished: Collection[int], expected: int = 1) -> bool:
+    """Is a streamed answer whole: every choice it began finished, and at least `expected` of them."""
+    return len(finished) >= max(1, expected) and all(i in finished for i in begun)
 
 
 # A message's text fields besides `content` that a stream sends in pieces: kept, so that a whole answer
@@ -160,7 +165,7 @@ class Accumulator:
 
     @property
     def finished(self) -> bool:
-        return bool(self.texts) and all(i in self.finish for i in self.texts)
+        return whole(self.texts, self.finish)
 
     def completion_tokens_estimate(self) -> int:
         """Tokens relayed so far, counted (for streams that end without a usage chunk): the answers, their
