@@ -45,6 +45,7 @@ from gateway.router.text import STRUCT_NAMES, guess_category, normalise, structu
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parent / "artifacts" / "default"
 ARTIFACT_VERSION = 1
+_PROFILES_KEPT = 4096  # profiles whose heads a router remembers
 # Structural features shown in explain output (a readable subset, not the model input).
 _EXPLAIN = ("log_chars", "digit_frac", "log_math_symbols", "log_code_markers",
             "log_constraint_words", "log_questions")
@@ -108,6 +109,8 @@ class Router:
         for i, m in enumerate(self._models):
             by_key.setdefault(model_key(m), []).append(i)
         self._by_key = {k: tuple(v) for k, v in by_key.items()}
+        # (head, file, model) of each profile asked for: the policy asks per candidate on every request
+        self._profile_heads: dict[str | None, tuple[tuple[int, int, int], ...]] = {}
         heads: dict[int, list[tuple[int, int]]] = {}
         for h, (m, d) in enumerate(zip(weights.head_model.tolist(), weights.head_domain.tolist(), strict=True)):
             heads.setdefault(int(m), []).append((h, int(d)))
@@ -157,7 +160,11 @@ class Router:
         one key shared by two trained models (the same model in two files) mixes both's heads, except
         under either trained name, which is that model's heads alone (``_resolve``).
         """
-        heads = [(h, d, i) for i in self._resolve(profile) for h, d in self._heads.get(i, ())]
+        heads = self._profile_heads.get(profile)
+        if heads is None:
+            heads = tuple((h, d, i) for i in self._resolve(profile) for h, d in self._heads.get(i, ()))
+            if len(self._profile_heads) < _PROFILES_KEPT:  # batch files may name any number of models
+                self._profile_heads[profile] = heads
         if len(heads) == 1:
             return self._head(a, heads[0][0], heads[0][2])
         if heads:
