@@ -103,7 +103,10 @@ class DeploymentConfig(_Strict):
         "(then sent with the call): sizes budget reservations and cost caps")
     expected_ttft_ms: float = Field(default=500.0, ge=0)
     expected_tokens_per_s: float = Field(default=50.0, gt=0)
-    supports_n: bool = True
+    supports_n: bool = Field(
+        default=True, description="answers several choices from one call (`n`): when false, best-of and "
+        "cascade samples are one call each, a request for n > 1 is never sent to it as one call (not as a single "
+        "plan, nor as a fallback), and pinning it with n > 1 is a 400")
     supports_prefill: bool = Field(
         default=False, description="accepts a trailing assistant message as the start of its answer and "
         "continues it: a stream that breaks after its first tokens may resume here (the simulated models do; "

@@ -56,6 +56,7 @@ from gateway.log_throttle import KeyedLogThrottle
 from gateway.messages import count_messages, definition_tokens, prompt_bound, remember_prompt
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
+from gateway.plans.single import for_choices
 from gateway.policy import (
     BoundPolicy,
     Catalog,
@@ -328,7 +329,12 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         bound += definition_bytes
         if audio:
             terms = with_audio_input(terms, audio)
-        r = Route(Single(entry.pinned), None, messages, max_tokens, choices=int(request.get("n") or 1),
+        choices = int(request.get("n") or 1)
+        if choices > 1 and not svc.catalog.deployments[entry.pinned].supports_n:
+            raise InvalidRequest(f"n: deployment '{entry.pinned}' answers one choice per request (supports_n: "
+                                 "false): ask for n=1, or name a policy, whose plans draw one call per choice",
+                                 param="n", code="unsupported_parameter")
+        r = Route(Single(entry.pinned), None, messages, max_tokens, choices=choices,
                   router_version=router.version, definitions=definitions, terms=terms,
                   definition_bytes=definition_bytes, bound=bound)
     else:
@@ -347,7 +353,8 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
                               choices)
         except PlansBehindOpenCircuits as exc:
             raise svc.upstreams.unavailable(exc.deployments) from None
-        r = Route(decision.plan, decision, messages, max_tokens, choices=choices,
+        plan = for_choices(decision.plan, catalog, choices) if isinstance(decision.plan, Single) else decision.plan
+        r = Route(plan, decision, messages, max_tokens, choices=choices,
                   router_version=router.version, counted=sig.prompt_tokens, terms=terms,
                   definition_bytes=definition_bytes)
         bound = r.prompt_tokens

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gateway.executor.sampling import result
@@ -46,6 +46,15 @@ class Single:
 
 def bind(spec: str, where: str, names: Binder) -> list[Single]:
     return [Single(d, names.fallbacks(d)) for d in names.resolve(spec, f"{where}.single")]
+
+
+def for_choices(plan: Single, catalog: Catalog, choices: int) -> Single:
+    """The plan for a request asking `choices` (its `n`): a fallback that answers one choice per call
+    (`supports_n: false`) drops out of the chain for n > 1, as it cannot answer it; the chosen deployment
+    takes `n` (`decide` does not choose it otherwise; a pinned request that names one is refused)."""
+    if choices <= 1 or all(catalog.deployments[f].supports_n for f in plan.fallbacks):
+        return plan
+    return replace(plan, fallbacks=tuple(f for f in plan.fallbacks if catalog.deployments[f].supports_n))
 
 
 def calls(plan: Single, catalog: Catalog, choices: int) -> tuple[Call, ...]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateway.errors import ConstraintUnsatisfiable
-from gateway.plans import Cascade, Plan, Single
+from gateway.plans import Cascade, Plan, Single, kind_of
 from gateway.policy.calibration import Cutoff
 from gateway.policy.estimate import Catalog, Estimate, estimate
 from gateway.policy.loader import BoundPolicy
@@ -140,9 +140,17 @@ def _live_rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> 
     return None
 
 
-def _too_few(plan: Plan, choices: int) -> str | None:
+def _too_few(plan: Plan, choices: int, catalog: Catalog) -> str | None:
+    """Why a plan cannot answer with `choices` (the client's n > 1): it picks them from fewer samples, or
+    one of its calls would ask `n` of a deployment that answers one choice per call (`supports_n: false`;
+    sent anyway, such a server refuses the call or answers one choice, billed as n)."""
     most = plan.most_choices
-    return None if most is None or choices <= most else f"n ({choices} choices > the {most} it answers with)"
+    if most is not None and choices > most:
+        return f"n ({choices} choices > the {most} it answers with)"
+    for call in kind_of(plan).calls(plan, catalog, choices):
+        if call.outputs > 1 and not catalog.deployments[call.deployment].supports_n:
+            return f"n ({choices} choices: '{call.deployment}' answers one per call)"
+    return None
 
 
 def _still_answers(c: Candidate, limits: Limits, live: LiveView) -> Candidate:
@@ -191,7 +199,7 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
             pace = observed.get(fixed.name)
             e = Estimate(quality[fixed.name], prompt_tokens * fixed.input_rate + fixed.output_cost * choices,
                          fixed.expected_latency_ms if pace is None else fixed.expected_latency_ms * pace)
-        rejected = disallowed or (_too_few(plan, choices) if choices > 1 else None) or \
+        rejected = disallowed or (_too_few(plan, choices, catalog) if choices > 1 else None) or \
             _live_rejection(plan, e, limits, live)
         evaluated.append(Candidate(plan, e, value * e.quality - e.cost_usd, rejected))
     feasible = [c for c in evaluated if c.rejected_by is None]

@@ -125,7 +125,11 @@ def apart_url(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) ->
                                  "candidates": [{"cascade": {"steps": ["small", "large", "large"],
                                                              "confidence": "agreement", "threshold": 1.0,
                                                              "samples": 16}}],
-                                 "cache": {"enabled": False}}}
+                                 "cache": {"enabled": False}},
+                "single-or-vote": {"description": "one call, or a vote of four calls",
+                                   "candidates": [{"single": "small"},
+                                                  {"best_of": {"deployment": "small", "n": 4, "selector": "vote"}}],
+                                   "objective": {"value_usd": 0.000001}, "cache": {"enabled": False}}}
     deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large")}
     with lab_gateway(simulator, tmp_path_factory.mktemp("apart"), policies, deployments, supports_n=False) as url:
         yield url
@@ -219,3 +223,21 @@ def test_a_whole_answer_without_spaces_is_named_by_its_digest(polyglot_url: str)
     evidence = _voted(polyglot_url, "chinese")
     assert evidence["winner"].startswith("text:") and set(evidence["votes"]) == {evidence["winner"]}
     assert "巴黎" not in json.dumps(evidence, ensure_ascii=False)
+
+
+def test_n_choices_are_never_asked_of_a_deployment_that_answers_one_per_call(apart_url: str) -> None:
+    """`supports_n: false` was read by best-of and cascades alone: a single plan, routed or pinned, sent the
+    client's `n` to such a deployment anyway, which refuses it or answers one choice billed as n. A policy
+    now answers n > 1 through a plan that draws one call per choice; a pinned request is a 400 naming `n`."""
+    client = _client(apart_url)
+    hi = [{"role": "user", "content": "Say hi."}]
+    one = client.chat.completions.with_raw_response.create(model="router/single-or-vote", messages=hi)
+    assert one.headers["x-switchyard-plan"] == "single:small"
+    three = client.chat.completions.with_raw_response.create(model="router/single-or-vote", messages=hi, n=3)
+    assert three.headers["x-switchyard-plan"].startswith("best_of:4:small")
+    assert len(three.parse().choices) == 3
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="small", messages=hi, n=2)
+    assert refused.value.body["param"] == "n" and refused.value.body["code"] == "unsupported_parameter"
+    assert "supports_n" in refused.value.body["message"]
+    assert len(client.chat.completions.create(model="small", messages=hi).choices) == 1

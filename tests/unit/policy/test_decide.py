@@ -8,6 +8,8 @@ import pytest
 
 from gateway.config import embedded_config
 from gateway.errors import ConstraintUnsatisfiable
+from gateway.plans import Single
+from gateway.plans.single import for_choices
 from gateway.policy import Catalog, Overrides, decide, load_policy_file
 from gateway.providers.health import LiveView
 from gateway.providers.pricing import prices_for
@@ -131,3 +133,27 @@ def test_a_plan_is_predicted_to_cost_every_choice_its_calls_generate(tmp_path: P
             assert c8.estimate.cost_usd == pytest.approx(want)
         else:  # a logprob cascade: each step's call answers all n, its prompt is paid once
             assert 2 < grew < 8
+
+
+def test_a_plan_never_asks_n_choices_of_a_deployment_that_answers_one_per_call(tmp_path: Path) -> None:
+    """`supports_n: false`: a single plan's one call would ask it for `n` (refused, or one choice billed as
+    n), so for n > 1 that plan is no candidate; best-of draws one call per sample and still answers."""
+    solo = {**CATALOG.deployments, "small": CATALOG.deployments["small"].model_copy(update={"supports_n": False})}
+    catalog = Catalog(solo, CATALOG.prices)
+    policy = _policy(tmp_path, "candidates:\n  - single: small\n  - single: large\n"
+                               "  - best_of: {deployment: small, n: 4}\nobjective: {value_usd: 0.000001}\n")
+    signal = _signal(0.8, 0.82)
+    assert decide(policy, signal, catalog, LiveView()).plan.label == "single:small"
+    three = decide(policy, signal, catalog, LiveView(), choices=3)
+    assert [c.rejected_by for c in three.candidates] == ["n (3 choices: 'small' answers one per call)", None, None]
+    assert three.plan.label != "single:small"
+    assert [c.rejected_by for c in decide(policy, signal, CATALOG, LiveView(), choices=3).candidates] == [None] * 3
+
+
+def test_a_fallback_that_answers_one_choice_per_call_leaves_the_chain_of_an_n_choice_request() -> None:
+    solo = {**CATALOG.deployments, "small": CATALOG.deployments["small"].model_copy(update={"supports_n": False})}
+    catalog = Catalog(solo, CATALOG.prices)
+    plan = Single("large", ("small",))
+    assert for_choices(plan, catalog, 1) is plan
+    assert for_choices(plan, catalog, 2) == Single("large", ())
+    assert for_choices(plan, CATALOG, 2) is plan
