@@ -108,6 +108,17 @@ def _refused_command(exc: BaseException) -> bool:
     return not reply.startswith(_SERVER_WIDE)
 
 
+def _no_free_connection(exc: BaseException) -> bool:
+    """Whether `exc` is this process's pool having had no connection free within the timeout: more of its
+    own calls at once than it has connections (a burst on one worker), not a store that failed. Such a call
+    fails alone (nothing was sent); taken for an outage, one tenant's burst opened the breaker every tenant
+    shares. A store that hangs still opens it: the calls holding the connections time out."""
+    from redis.exceptions import ConnectionError as NoConnection
+
+    return type(exc) is NoConnection and isinstance(exc.__cause__, TimeoutError) \
+        and str(exc) == "No connection available."
+
+
 def _never_connected(exc: BaseException) -> bool:
     """Whether `exc` (or what it was raised from) is a refused connection: nothing was sent."""
     return any(isinstance(e, ConnectionRefusedError) for e in (exc, *causes(exc)))
@@ -758,11 +769,15 @@ class RedisStore(RedisAdmission):
                 async with asyncio.timeout(self._call_s):
                     result = await call()
         except self._errors as exc:
-            if not _refused_command(exc):
+            waited = _no_free_connection(exc)
+            if waited:
+                if trial:
+                    breaker.abandoned()  # it never reached the store: it proved nothing
+            elif not _refused_command(exc):
                 breaker.failed()
             elif trial:
                 breaker.succeeded()  # it answered
-            raise StoreUnavailable(str(exc) or type(exc).__name__, unsent=_never_connected(exc)) from exc
+            raise StoreUnavailable(str(exc) or type(exc).__name__, unsent=waited or _never_connected(exc)) from exc
         except self._client_errors as exc:
             if not _raised_in_redis(exc):
                 if trial:

@@ -54,3 +54,24 @@ def test_a_server_wide_refusal_inside_a_pipeline_still_counts_as_the_store_faili
     refused = ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
     Pipeline.annotate_exception(None, refused, 2, ("SET", "k", "of pipeline caused error: BUSY"))
     assert _refused_command(refused)
+
+
+async def test_a_call_that_finds_no_free_connection_fails_alone_and_leaves_the_breaker_closed(
+        redis_server: RedisServer) -> None:
+    """More store calls at once on one worker than its pool has connections wait for one, within the store's
+    timeout; past it, redis-py says "No connection available." That is this process's burst, not a store that
+    failed: taken for an outage, one tenant's burst opened the breaker every tenant shares, and every request
+    of every tenant met a store marked down."""
+    store = RedisStore(redis_server.url, timeout_s=0.2)
+    pool = store._client.connection_pool
+    held = [await pool.get_connection() for _ in range(pool.max_connections)]  # the burst holds them all
+    try:
+        with pytest.raises(StoreUnavailable, match="No connection available") as waited:
+            await store.get("refusals:busy")
+        assert waited.value.unsent
+        assert store.breaker.closed
+    finally:
+        for conn in held:
+            await pool.release(conn)
+    assert await store.get("refusals:busy") is None  # the next call goes through
+    await store.close()
