@@ -151,8 +151,9 @@ def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
 _DEFINITIONS = ("tools", "functions", "response_format")
 _CALLS = ("tool_calls", "function_call")
 # A message's own fields of text besides its content (`{"role": "user", "name": ..., "content": ...}`, a
-# tool result's `tool_call_id`): the model reads them too, and their length is the client's to choose.
-_LABELS = ("name", "tool_call_id")
+# tool result's `tool_call_id`, an earlier assistant turn's `refusal`): the model reads them too, and their
+# length is the client's to choose.
+_LABELS = ("name", "tool_call_id", "refusal")
 
 
 def _definition_texts(request: Mapping[str, Any]) -> list[bytes]:

@@ -314,3 +314,15 @@ def test_a_messages_name_and_tool_call_id_are_held_and_counted_as_its_content_is
                           {"role": "tool", "content": "42", "tool_call_id": "call_" + "x" * 5_000}]}
     assert request_bound(named)[0] >= request_bound(bare)[0] + 25_000
     assert definition_tokens(named)[0] > 1_000
+
+
+def test_an_assistant_messages_refusal_is_held_and_counted_as_its_content_is() -> None:
+    # An earlier turn's `refusal` (OpenAI's assistant message field, beside `content`) is text the model reads:
+    # 200 kB of it was held as the prompt without it, as a refusal content part is not.
+    bare = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None},
+                         {"role": "user", "content": "again"}]}
+    refused = {"messages": [{"role": "user", "content": "hi"},
+                            {"role": "assistant", "content": None, "refusal": "x " * 100_000},
+                            {"role": "user", "content": "again"}]}
+    assert request_bound(refused)[0] >= request_bound(bare)[0] + 200_000
+    assert definition_tokens(refused)[0] > 50_000
