@@ -192,12 +192,15 @@ def remember_prompt(messages: object, tokens: int | None) -> None:
         _COUNTED.set((messages, tokens))
 
 
-def prompt_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
-    """`count_messages`, or the count the request already made of these very messages."""
+def prompt_tokens(body: Mapping[str, Any]) -> int:
+    """The prompt tokens of a call of `body`: the count the request already made of these very messages,
+    else `count_messages` plus the body's definitions (`definition_tokens`), which the remembered count
+    holds too. A pinned request is not counted before its call: the messages alone billed its tools free."""
+    messages = body.get("messages") or ()
     known = _COUNTED.get()
     if known is not None and known[0] is messages:
         return known[1]
-    return count_messages(messages)
+    return count_messages(messages) + definition_tokens(body)[0]
 
 
 def prompt_bound(messages: Iterable[Mapping[str, Any]]) -> tuple[int, int]:

@@ -58,7 +58,7 @@ class DeploymentQuotas:
             names.append("requests_per_minute")
         if d.tokens_per_minute is not None:
             out = body.get("max_completion_tokens") or body.get("max_tokens") or d.max_output_tokens
-            counted = prompt_tokens(body.get("messages") or ()) + int(out) * int(body.get("n") or 1)
+            counted = prompt_tokens(body) + int(out) * int(body.get("n") or 1)
             windows.append(Window(deployment_window_key(d.name, "tpm"), d.tokens_per_minute, counted))
             names.append("tokens_per_minute")
         return windows, names, counted

@@ -30,7 +30,7 @@ from gateway.executor.result import CallRecord, Result, with_usage
 from gateway.executor.runners import run
 from gateway.executor.upstreams import OpenStream, Upstreams, require_finished
 from gateway.media_tokens import messages_audio_tokens
-from gateway.messages import count_messages
+from gateway.messages import prompt_tokens
 from gateway.plans import Plan, Single
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.streaming import Accumulator, stream_body
@@ -124,7 +124,7 @@ async def _bill_cut(up: Upstreams, live: OpenStream, body: dict[str, Any]) -> Ca
 def _counted(body: dict[str, Any], completion_tokens: int) -> Usage:
     """A leg's usage as counted, its audio prompt tokens included (billed at the audio rate)."""
     messages = body.get("messages") or ()
-    return Usage(count_messages(messages), completion_tokens, prompt_audio_tokens=messages_audio_tokens(messages))
+    return Usage(prompt_tokens(body), completion_tokens, prompt_audio_tokens=messages_audio_tokens(messages))
 
 
 async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span | None,

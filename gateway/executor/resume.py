@@ -33,7 +33,7 @@ from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.upstreams import OpenStream, Upstreams
 from gateway.media_tokens import messages_audio_tokens
-from gateway.messages import count_messages, count_text, prompt_tokens, reasoning_text
+from gateway.messages import count_text, prompt_tokens, reasoning_text
 from gateway.providers.base import ProviderFailure, Usage
 from gateway.telemetry import set_attributes
 
@@ -122,7 +122,7 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
                      terms=live.terms)
     if not cut.stats.usage.total_tokens:
         messages = body.get("messages") or ()
-        cut.stats.usage = Usage(prompt_tokens(messages), count_text(partial) + count_text("".join(thought)),
+        cut.stats.usage = Usage(prompt_tokens(body), count_text(partial) + count_text("".join(thought)),
                                 prompt_audio_tokens=messages_audio_tokens(messages))
     record = await up.end_stream(cut, failure)
     log.warning("stream from deployment '%s' broke after %d characters (%s); resumed on '%s'",
@@ -146,7 +146,7 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
     finally:
         await cont.rest.aclose()  # type: ignore[attr-defined]
         if not live.stats.usage.total_tokens:  # cut short or no usage sent: bill what was counted
-            live.stats.usage = Usage(count_messages(request["messages"]), count_text("".join(continued)),
+            live.stats.usage = Usage(prompt_tokens(request), count_text("".join(continued)),
                                      prompt_audio_tokens=messages_audio_tokens(request["messages"]))
 
 

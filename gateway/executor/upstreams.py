@@ -138,7 +138,7 @@ def counted(done: Completion, body: dict[str, Any]) -> Completion:
     if done.usage.total_tokens:
         return done
     messages = body.get("messages") or ()
-    usage = Usage(prompt_tokens(messages), count_completion(done.body),
+    usage = Usage(prompt_tokens(body), count_completion(done.body),
                   prompt_audio_tokens=messages_audio_tokens(messages))
     return Completion(done.body, usage, done.latency_s)
 
@@ -429,7 +429,7 @@ class Upstreams:
         """A call that broke off: its usage if the upstream sent one, else its prompt and what came, counted."""
         if not usage.total_tokens:
             messages = body.get("messages") or ()
-            usage = Usage(prompt_tokens(messages), acc.completion_tokens_estimate(),
+            usage = Usage(prompt_tokens(body), acc.completion_tokens_estimate(),
                           prompt_audio_tokens=messages_audio_tokens(messages))
         return CallRecord(name, usage, self.prices[name].cost(usage, terms_of(body)), latency_s)
 
@@ -562,7 +562,7 @@ class Upstreams:
         async def priced(late: dict[str, Any]) -> CallRecord:  # a first chunk after all: billed, then cut
             await chunks.aclose()  # type: ignore[attr-defined]
             messages = body.get("messages") or ()
-            usage = Usage(prompt_tokens(messages), _produced(late), prompt_audio_tokens=messages_audio_tokens(messages))
+            usage = Usage(prompt_tokens(body), _produced(late), prompt_audio_tokens=messages_audio_tokens(messages))
             return CallRecord(name, usage, self.prices[name].cost(usage, terms), time.perf_counter() - started)
 
         try:

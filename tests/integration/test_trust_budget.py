@@ -201,6 +201,17 @@ def test_an_answer_without_usage_is_billed_from_counted_tokens(open_gateway: str
         (reply.usage.prompt_tokens * 1.0 + reply.usage.completion_tokens * 2.0) / 1e6)
 
 
+def test_an_answer_without_usage_bills_the_tools_sent_with_a_pinned_call(open_gateway: str) -> None:
+    # A pinned call's prompt is not counted when it is sent: an answer without usage billed the messages
+    # alone (8 tokens), and the client's 5,000 tokens of tool definitions went free, as routed ones do not.
+    tools = [{"type": "function", "function": {"name": "f", "description": "d " * 5_000,
+                                               "parameters": {"type": "object", "properties": {}}}}]
+    client = openai.OpenAI(base_url=open_gateway + "/v1", api_key="x", max_retries=0)
+    reply = client.chat.completions.create(model="bare", messages=[{"role": "user", "content": "hi"}],
+                                           tools=tools, max_tokens=5)  # type: ignore[list-item]
+    assert reply.usage is not None and reply.usage.prompt_tokens > 5_000
+
+
 def test_a_stream_without_usage_is_billed_from_counted_tokens(open_gateway: str) -> None:
     def billed() -> float:
         rows = httpx.get(open_gateway + "/v1/spend", params={"group_by": "deployment"}).json()["data"]
