@@ -87,6 +87,7 @@ class DirectBackend:
         except orjson.JSONDecodeError as exc:
             raise ProviderFailure(f"{deployment.name}: upstream sent invalid JSON",
                                   reason="upstream sent invalid JSON") from exc
+        _raise_if_unreadable(deployment, parsed, "with status 200")
         usage = Usage.from_dict(parsed.get("usage"), parsed.get("service_tier"))
         return Completion(parsed, usage, time.perf_counter() - started)
 
@@ -131,10 +132,7 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse,
     ends without `[DONE]` to have ended its answer."""
     if resp.content_type == "application/json":
         answer = orjson.loads(await resp.read())
-        _raise_if_error(deployment, answer)
-        if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
-            raise ProviderFailure(f"{deployment.name}: upstream answered a stream with JSON that is no answer",
-                                  reason="upstream sent an invalid answer")
+        _raise_if_unreadable(deployment, answer, "in its stream")
         for chunk in replay(answer, include_usage=True, piece_chars=_WHOLE):
             yield chunk
         return
@@ -187,6 +185,41 @@ def chunk_problem(chunk: Any) -> str | None:
     return None
 
 
+def answer_problem(answer: Any) -> str | None:
+    """What makes a parsed whole answer no chat completion the gateway can read, or None: at least one
+    choice, each an object whose message (if any) is one, as `chunk_problem` asks of a stream's chunks."""
+    if not isinstance(answer, dict):
+        return "not an object"
+    if not isinstance(answer.get("usage") or {}, dict):
+        return "usage is not an object"
+    choices = answer.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return "no choices"
+    for c in choices:
+        if not isinstance(c, dict):
+            return "a choice is not an object"
+        if not _position(c.get("index", 0)):
+            return "a choice's index is not a choice number"
+        message = c.get("message") or {}
+        if not isinstance(message, dict):
+            return "a choice's message is not an object"
+        if not isinstance(c.get("finish_reason") or "", str):
+            return "a choice's finish_reason is not a string"
+        if (problem := _tool_calls_problem(message.get("tool_calls"))) is not None:
+            return problem
+    return None
+
+
+def _raise_if_unreadable(deployment: DeploymentConfig, answer: Any, where: str) -> None:
+    """A whole answer sent with status 200 (asked for whole, or answered whole to a stream) that is an error
+    envelope or no chat completion is a failure of the upstream: passed on, the client read a 200 that was
+    no answer (and was billed for it), or the gateway failed on it with a 500."""
+    _raise_if_error(deployment, answer, where)
+    if (problem := answer_problem(answer)) is not None:
+        raise ProviderFailure(f"{deployment.name}: upstream sent an answer that is no answer: {problem}",
+                              reason="upstream sent an invalid answer")
+
+
 def _position(index: Any) -> bool:
     return isinstance(index, int) and not isinstance(index, bool) and index >= 0
 
@@ -218,12 +251,12 @@ async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
                               reason="upstream sent an oversized stream chunk") from exc
 
 
-def _raise_if_error(deployment: DeploymentConfig, chunk: Any) -> None:
+def _raise_if_error(deployment: DeploymentConfig, chunk: Any, where: str = "in its stream") -> None:
     if isinstance(chunk, dict) and chunk.get("error") and not chunk.get("choices"):
         error = chunk["error"]
         stated = str(error.get("message") if isinstance(error, dict) else error)[:300]
-        raise ProviderFailure(f"{deployment.name}: upstream sent an error in its stream: {stated}",
-                              reason="upstream sent an error in its stream")
+        raise ProviderFailure(f"{deployment.name}: upstream sent an error {where}: {stated}",
+                              reason=f"upstream sent an error {where}")
 
 
 def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: bytes) -> ProviderFailure:
