@@ -141,22 +141,44 @@ class LiteLLMBackend:
                      headers: Mapping[str, str] | None = None) -> AsyncIterator[dict[str, Any]]:
         lib = self._lib()
         started = time.perf_counter()
+        # Chunks that say nothing, held until one does (None since one did): litellm ends a stream it read no
+        # chunk from (an empty body, or a 200 whose body is an HTML page or an error envelope) with a
+        # finish_reason of its own, which relayed was an empty answer, finished and billed.
+        held: list[dict[str, Any]] | None = []
         try:
             resp = await lib.acompletion(**self._kwargs(deployment, {**body, "stream": True}, headers))
             async for chunk in resp:
                 parsed = chunk.model_dump(exclude_none=True)
-                if stats.ttft_s is None:
-                    stats.ttft_s = time.perf_counter() - started
-                if parsed.get("usage"):
-                    stats.usage = Usage.from_dict(parsed["usage"], parsed.get("service_tier"))
-                yield parsed
+                if held is None:
+                    pending = [parsed]
+                else:
+                    held.append(parsed)
+                    if not _says_something(parsed):
+                        continue
+                    pending, held = held, None
+                for piece in pending:
+                    if stats.ttft_s is None:
+                        stats.ttft_s = time.perf_counter() - started
+                    if piece.get("usage"):
+                        stats.usage = Usage.from_dict(piece["usage"], piece.get("service_tier"))
+                    yield piece
         except ProviderFailure:
             raise
         except Exception as exc:
             raise _classify(lib, deployment, exc) from exc
+        if held is not None:
+            raise ProviderFailure(f"{deployment.name}: stream ended before any chunk (litellm read none from it)",
+                                  reason="stream ended before any chunk")
 
     async def close(self) -> None:
         return None
+
+
+def _says_something(chunk: dict[str, Any]) -> bool:
+    """Does a chunk litellm made carry anything of the upstream's: a delta with something in it (litellm
+    gives the first chunk it reads the assistant's role) or usage (litellm counts it when the upstream
+    reports none)? The chunks litellm adds to end a stream it read nothing from carry neither."""
+    return bool(chunk.get("usage")) or any(isinstance(c, dict) and c.get("delta") for c in chunk.get("choices") or ())
 
 
 def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> ProviderFailure:
