@@ -149,6 +149,22 @@ def openai_shaped(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_usage(chunk: dict[str, Any], stats: StreamStats) -> dict[str, Any] | None:
+    """A stream chunk's usage read into `stats`, and the chunk as it goes on (None: nothing of it is left to
+    relay). Usage that bills nothing (counts that are no counts: text, a negative number, none) is billed
+    as no usage at all, on counted tokens: it is left out of the chunk, as if never sent, so the client
+    reads the counted usage it is billed (and that usage's cost), not the upstream's text and a cost of 0."""
+    raw = chunk.get("usage")
+    if not raw:
+        return chunk
+    usage = Usage.from_dict(raw if isinstance(raw, dict) else None, chunk.get("service_tier"))
+    if usage.total_tokens:
+        stats.usage = usage
+        return chunk
+    rest = {k: v for k, v in chunk.items() if k != "usage"}
+    return rest if rest.get("choices") else None
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """One upstream answer: the OpenAI response body as the provider sent it, plus what we measured."""

@@ -26,6 +26,7 @@ from gateway.providers.base import (
     client_reason,
     is_retryable_status,
     parse_retry_after,
+    read_usage,
     too_large,
     upstream_model_name,
 )
@@ -105,9 +106,8 @@ class DirectBackend:
                 async for chunk in _chunks(deployment, resp, choices_asked(body)):
                     if stats.ttft_s is None:
                         stats.ttft_s = time.perf_counter() - started
-                    if chunk.get("usage"):
-                        stats.usage = Usage.from_dict(chunk["usage"], chunk.get("service_tier"))
-                    yield chunk
+                    if (relayed := read_usage(chunk, stats)) is not None:
+                        yield relayed
         except TimeoutError as exc:
             raise ProviderFailure(f"{deployment.name}: stream stalled for {deployment.timeout_s:g} s",
                                   timeout=True, reason=f"stream stalled for {deployment.timeout_s:g} s") from exc

@@ -31,6 +31,7 @@ from gateway.providers.base import (
     client_reason,
     is_retryable_status,
     parse_retry_after,
+    read_usage,
     too_large,
 )
 
@@ -159,9 +160,8 @@ class LiteLLMBackend:
                 for piece in pending:
                     if stats.ttft_s is None:
                         stats.ttft_s = time.perf_counter() - started
-                    if piece.get("usage"):
-                        stats.usage = Usage.from_dict(piece["usage"], piece.get("service_tier"))
-                    yield piece
+                    if (relayed := read_usage(piece, stats)) is not None:
+                        yield relayed
         except ProviderFailure:
             raise
         except Exception as exc:

@@ -45,7 +45,12 @@ BARE = {"prompt_tokens": 20, "completion_tokens": 30, "total_tokens": 50}  # vLL
 PREDICTED = {**ZEROS, "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
                                                     "accepted_prediction_tokens": 10, "rejected_prediction_tokens": 6}}
 # The usage each model's answers report (None: no usage at all, so the gateway counts the tokens).
-USAGES: dict[str, Any] = {"zeros": ZEROS, "bare": BARE, "uncounted": None, "predicted": PREDICTED}
+# Counts that are no counts (text, a negative number, none): billed as no usage at all, on counted tokens.
+# (litellm reads the text as a number, with a warning: a negative count is what it passes on.)
+GARBLED = {"prompt_tokens": "20", "completion_tokens": -30, "total_tokens": None}
+NEGATIVE = {"prompt_tokens": 20, "completion_tokens": -30, "total_tokens": -10}
+USAGES: dict[str, Any] = {"zeros": ZEROS, "bare": BARE, "uncounted": None, "predicted": PREDICTED, "garbled": GARBLED,
+                          "negative": NEGATIVE}
 
 
 class _Upstream(ScriptedHandler):
@@ -86,6 +91,8 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
                  "whole_answers_as_streams": "never"}]
         rows += [{"name": f"{name}-{how}", "model": f"openai/{name}", "api_base": base, "price": price,
                   "whole_answers_as_streams": how} for name in USAGES for how in ("always", "never")]
+        rows.append({"name": "negative-litellm", "model": "openai/negative", "api_base": base, "price": price,
+                     "backend": "litellm"})
         # No logprobs in the small model's answer: no confidence, so the cascade always escalates.
         steps = {"steps": ["small", "large"], "confidence": "logprob", "threshold": 0.5}
         cascade = {"candidates": [{"cascade": steps}], "cache": {"enabled": False}}
@@ -195,3 +202,22 @@ def test_a_stream_whose_upstream_sent_no_usage_ends_with_the_counted_usage_it_is
     assert cost == pytest.approx(last.usage.prompt_tokens * 1e-6 + last.usage.completion_tokens * 2e-6)
     plain = list(client.chat.completions.create(model="uncounted-always", messages=_messages(), stream=True))
     assert all(c.usage is None for c in plain)  # not asked for: not sent
+
+
+@pytest.mark.parametrize("name", ["garbled-always", "garbled-never", "negative-always", "negative-litellm"])
+def test_a_stream_whose_upstream_sent_counts_that_are_no_counts_ends_with_the_counted_usage_it_is_billed(
+        client: openai.OpenAI, name: str) -> None:
+    """Such usage is billed as none (on counted tokens); relayed as it came, the client read text and a
+    negative count for its tokens and a cost of 0 beside them, unlike its bill."""
+    messages = _messages()  # no temperature: never cached
+    chunks = list(client.chat.completions.create(model=name, messages=messages, stream=True,
+                                                 stream_options={"include_usage": True}))
+    usages = [c for c in chunks if c.usage is not None]
+    assert len(usages) == 1 and usages[0].choices == []
+    usage = usages[0].usage
+    assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
+    cost = (usages[0].model_extra or {})["switchyard"]["cost_usd"]
+    assert cost == pytest.approx(usage.prompt_tokens * 1e-6 + usage.completion_tokens * 2e-6)
+    whole = client.chat.completions.with_raw_response.create(model=name, messages=messages)
+    assert float(whole.headers["x-switchyard-cost-usd"]) == pytest.approx(cost)  # billed alike, whole or streamed
