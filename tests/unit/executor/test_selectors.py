@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from gateway.executor.answers import choice_letter, extract_answer, number, short_span
 from gateway.executor.selectors import parse_judge_choice, vote
 
@@ -43,3 +45,14 @@ def test_judge_reply_is_parsed_or_rejected() -> None:
     assert parse_judge_choice("2", 3) == 1
     assert parse_judge_choice("the best is number 9", 3) is None
     assert parse_judge_choice("none of them", 3) is None
+
+
+def test_a_very_long_answer_is_read_for_its_answer_at_its_end_in_bounded_time() -> None:
+    """The extractors read the whole text on the event loop: three 20 MB samples (an upstream sending an
+    answer that never ends) held it, and every request on the worker, for about twelve seconds of CPU."""
+    reasoning = "Let us think. The answer is 3 at first sight, " + "and then on reflection " * 900_000
+    texts = [reasoning + "so the answer is 42.", reasoning + "so the answer is 42.", "x" * (20 << 20)]
+    started = time.process_time()
+    chosen = vote(texts)
+    assert time.process_time() - started < 1.5
+    assert chosen.evidence["votes"]["42"] == 2 and chosen.index == 0
