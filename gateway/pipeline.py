@@ -615,9 +615,9 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label, slot))
     if svc.upstreams.isolating:  # what a deployment with isolate_prefix_cache is sent as cache_salt
         tenant_salt.set(svc.digests.cache_salt(tenant.name))
+    waited = time.perf_counter()
     try:
         if request.get("stream") and isinstance(plan, Single):
-            waited = time.perf_counter()
             names, streamed = plan.deployments + plan.fallbacks, stream_body(body)
             live, losers = await open_stream(svc.upstreams, names, streamed, span, deadline, hedge_s)
             if r.billing.resumes:  # unless a cost cap turned it off
@@ -629,12 +629,14 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r, streamed,
                                 Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
-        waited = time.perf_counter()
         whole = whole_body(body)
         result: Result = await (run(svc.upstreams, plan, whole, span, deadline) if hedge_s is None
                                 else run_hedged(svc.upstreams, plan, whole, span, deadline, hedge_s, held.keep))
         trail.upstream_s += time.perf_counter() - waited
     except GatewayError as exc:
+        # the attempts, back-offs and timeouts before the failure were waits on upstreams too: counted as the
+        # gateway's own, one upstream timing out put its whole deadline into overhead_ms and the overhead metric
+        trail.upstream_s += time.perf_counter() - waited
         if exc.billed:  # calls answered before the plan failed: they cost money, the request answered nothing
             await svc.ledger.record(Spent(time.time(), tenant.name, entry.policy_name, plan.label, "", exc.billed,
                                           decision, requests=0), reservation=held)

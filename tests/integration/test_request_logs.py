@@ -67,6 +67,7 @@ def served(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> It
             _dep(simulator.url, "large", "sim-large", "large", router_profile="Meta-Llama-3.1-70B-Instruct"),
             _dep(simulator.url, "broken", "sim-broken", "lab", max_retries=1),
             _dep(simulator.url, "streamy", "sim-streamy", "lab"),
+            _dep(simulator.url, "slow", "sim-slow", "lab", max_retries=0),
         ],
         "policies_dir": str(policies),
         "tenants": [
@@ -160,6 +161,19 @@ def test_a_failed_request_is_logged_with_its_status_and_error_code_and_each_upst
     assert len(failures) >= 2 and failures[0]["error_type"] == "500" and failures[0]["status"] == 500
     assert retries and retries[0]["retry"] == 1 and retries[0]["wait_s"] >= 0
     assert all(x["logger"] == "switchyard.upstream" for x in failures + retries)
+
+
+def test_a_failed_request_counts_its_wait_on_upstreams_as_upstream_time_not_overhead(served: Served) -> None:
+    rid = f"req-late-{time.time_ns()}"
+    with pytest.raises(openai.APIStatusError) as failed:  # sim-slow's first token comes after 3 s
+        served.client("SY_LOGS_KEY_PLAIN").chat.completions.create(
+            model="slow", messages=[{"role": "user", "content": "hi"}],
+            extra_headers={"x-request-id": rid, "x-switchyard-timeout-ms": "800"})
+    assert failed.value.status_code == 504
+    line = _request_line(served, rid)
+    assert line["duration_ms"] >= 790
+    # the 800 ms went waiting on the deployment: overhead_ms (and the overhead histogram) is what the gateway added
+    assert line["upstream_ms"] >= 790 and line["overhead_ms"] < 400
 
 
 def test_a_request_refused_before_routing_is_logged_too(served: Served) -> None:
