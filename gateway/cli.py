@@ -191,7 +191,7 @@ def cmd_route(args: argparse.Namespace) -> int:
 
     # Checked whole, as serve and promote check it: an artifact whose meta and arrays disagree may still
     # load and answer, and would route on rows that are not its models'.
-    router = load_checked(configured_dir(args.artifact))
+    router = load_checked(configured_dir(args.artifact or _configured_router(args.config)))
     if args.batch:
         from gateway.router.batch import score_file
 
@@ -213,6 +213,16 @@ def cmd_route(args: argparse.Namespace) -> int:
     explained = explain_prompt(" ".join(args.prompt), router, args.policy, args.config)
     print(json.dumps(explained, indent=2) if args.json else render(explained))
     return 0
+
+
+def _configured_router(config_path: str | None) -> str | None:
+    """The router a gateway started with this config serves (its `router_artifact`, None: the shipped one):
+    what `route` explains with unless --artifact names another, as `policy check` and `calibrate` do."""
+    if not config_path:
+        return None
+    from gateway.config import load_config
+
+    return load_config(config_path).router_artifact
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -543,8 +553,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("route", help="explain where a prompt would go, or score a file of prompts")
     r.add_argument("prompt", nargs="*", help="the prompt to explain")
     r.add_argument("--policy", help="policy to decide under (default: the config's default)")
-    r.add_argument("--config", help="gateway YAML whose deployments to use (default: the embedded default)")
-    r.add_argument("--artifact", help="router directory made by `switchyard train` (default: the shipped one)")
+    r.add_argument("--config", help="gateway YAML whose deployments and router to use (default: the embedded "
+                                    "default)")
+    r.add_argument("--artifact", help="router directory made by `switchyard train` (default: the --config's "
+                                      "router_artifact, else the shipped one)")
     r.add_argument("--batch", metavar="IN.jsonl", help="score every prompt of a file in the routing-data schema")
     r.add_argument("--out", metavar="OUT.jsonl", help="with --batch: where to write the scores")
     r.add_argument("--json", action="store_true", help="print the explanation as JSON")

@@ -130,6 +130,25 @@ def test_route_refuses_an_artifact_whose_meta_and_arrays_disagree_in_one_line(tm
         assert not (tmp_path / "o").exists()
 
 
+def test_route_explains_with_the_router_its_config_serves(tmp_path: Path) -> None:
+    """A gateway started with --config serves its router_artifact: route explains with that one, not the shipped
+    one (a damaged router there is refused as serve refuses it), unless --artifact names another."""
+    router = copy_default(tmp_path / "my-router")
+    mismatched(router, "one model more than its arrays")
+    config = tmp_path / "gateway.yaml"
+    config.write_text("".join(f"  - {{name: {tier}, tier: {tier}, model: openai/x, api_base: 'http://127.0.0.1:9/v1', "
+                              "price: {input_per_mtok: 1, output_per_mtok: 1}}\n" for tier in ("small", "large"))
+                      .join(("deployments:\n", "")) + f"router_artifact: {router}\n")
+    for args in (["hi"], ["--batch", str(ROOT / "tests/fixtures/router_small.jsonl"), "--out", str(tmp_path / "o")]):
+        result = _run("route", "--config", str(config), *args)
+        assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+        [line] = result.stderr.splitlines()
+        assert line.startswith(f"switchyard route: {router}: "), line
+    chosen = _run("route", "--config", str(config), "--artifact", str(DEFAULT_ARTIFACT), "--json", "hi")
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["plan"] == "single:small"
+
+
 def test_route_batch_scores_a_file(tmp_path: Path) -> None:
     data = tmp_path / "in.jsonl"
     rows = [{"id": f"q{i}", "prompt": p, "models": {"Meta-Llama-3.1-8B-Instruct": {"score": 1.0},
