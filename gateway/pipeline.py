@@ -458,6 +458,9 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     if trail is None:
         trail = Trail(ctx.request_id, time.perf_counter())
     trail.trace_id, trail.router_version, trail.messages = trace_id_hex(span), router.version, request["messages"]
+    # what the client asked for, however it is answered: a live relay, the cache, a plan's answer rebuilt as a
+    # stream, or an error (set only on a live relay, the others were logged as whole answers)
+    trail.stream = request.get("stream") is True
     slot = NO_SLOT
     try:
         if tenant is None:
@@ -625,7 +628,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             trail.upstream_s += time.perf_counter() - waited
             how = "fallback" if hedge_s is None else "hedge"
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>{how}:{live.deployment}"
-            trail.stream, trail.plan_label, trail.deployment = True, label, live.deployment
+            trail.plan_label, trail.deployment = label, live.deployment
             relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r, streamed,
                                 Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)

@@ -147,6 +147,25 @@ def test_a_streamed_request_is_logged_when_the_stream_ends(served: Served) -> No
     assert line["cost_usd"] == pytest.approx(usage["switchyard"]["cost_usd"], abs=1e-12)
 
 
+def test_a_request_asked_for_as_a_stream_is_logged_as_one_however_it_was_answered(served: Served) -> None:
+    client = served.client("SY_LOGS_KEY_PLAIN")
+    ask = {"model": "auto", "messages": [{"role": "user", "content": f"Name a prime {time.time_ns()}."}],
+           "temperature": 0, "stream": True}
+    served_as: list[tuple[str, str]] = []
+    for _ in range(2):  # relayed live, then from the cache
+        with client.chat.completions.with_streaming_response.create(**ask) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            list(response.iter_lines())
+            served_as.append((response.headers["x-request-id"], response.headers["x-switchyard-cache"]))
+    assert [cache for _, cache in served_as] == ["miss", "hit"]
+    rid = f"req-stream-fail-{time.time_ns()}"
+    with pytest.raises(openai.APIStatusError):
+        client.chat.completions.create(model="broken", messages=[{"role": "user", "content": "hi"}], stream=True,
+                                       extra_headers={"x-request-id": rid})
+    for request_id in [r for r, _ in served_as] + [rid]:
+        assert _request_line(served, request_id)["stream"] is True, request_id
+
+
 def test_a_failed_request_is_logged_with_its_status_and_error_code_and_each_upstream_failure(served: Served) -> None:
     client = served.client("SY_LOGS_KEY_PLAIN")
     rid = f"req-fail-{time.time_ns()}"
