@@ -263,7 +263,9 @@ class ShadowEvaluator:
         grade = parse_grade(reply)
         if grade is None:
             self.counts["unlabelled"] += 1
-            log.info("shadow judge of request %s gave no grade: %r", job.request_id, reply[:80])
+            # the reply is the judge's reading of the tenant's question and answers: text only where its prompts are
+            seen = repr(reply[:80]) if job.tenant.log_prompts else f"{len(reply)} characters (no log_prompts)"
+            log.info("shadow judge of request %s gave no grade: %s", job.request_id, seen)
             return None
         return Feedback(job.request_id, "judge", grade,
                         detail=detail | {"method": "judge", "judge": job.shadow.judge}, origin="gateway")

@@ -183,6 +183,32 @@ def test_a_failing_judge_leaves_the_request_unlabelled_and_bills_what_ran() -> N
     asyncio.run(scenario())
 
 
+class _Rambling(_Upstreams):
+    """A judge that answers the question instead of grading it, quoting the tenant's answer."""
+
+    async def call(self, names: Any, body: Any, span: Any, *, deadline: Any, role: str = "answer") -> Any:
+        if role != "judge":
+            return await super().call(names, body, span, deadline=deadline, role=role)
+        done = Completion({"choices": [{"message": {"content": "Patient Jane Roe takes warfarin daily."}}]},
+                          Usage(10, 8), 0.1)
+        return done, CallRecord(names[0], done.usage, 0.002, 0.1, role)
+
+
+@pytest.mark.parametrize("log_prompts", [False, True])
+def test_a_judge_reply_without_a_grade_is_logged_as_text_only_for_a_tenant_that_logs_prompts(
+        log_prompts: bool, caplog: pytest.LogCaptureFixture) -> None:
+    async def scenario() -> None:
+        shadow, ledger, _ = _evaluator(_Rambling(), MemoryStore())
+        tenant = Tenant("t", log_prompts=log_prompts)
+        assert await shadow.evaluate(replace(_job(), tenant=tenant, record=_completed(tenant))) is None
+        await ledger.close()
+
+    with caplog.at_level("INFO", logger="switchyard.shadow"):
+        asyncio.run(scenario())
+    [line] = [r.getMessage() for r in caplog.records if "gave no grade" in r.getMessage()]
+    assert ("Jane Roe" in line) is log_prompts, line
+
+
 class _Agreeing(_Upstreams):
     """The strong deployment gives the cheap answer's own number: an agreement label, no judge."""
 
