@@ -226,6 +226,9 @@ def _configured_router(config_path: str | None) -> str | None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if not args.out:  # `--out "$DIR"` with DIR unset: the router would land in the working directory
+        print("switchyard train: --out is empty: name the directory to write the router to", file=sys.stderr)
+        return 2
     try:
         from gateway.router.training.train import train
     except ModuleNotFoundError as exc:  # scipy is the `train` extra: serving never needs it

@@ -450,6 +450,17 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+def test_train_refuses_an_empty_out_rather_than_writing_into_the_working_directory(tmp_path: Path) -> None:
+    # `--out "$DIR"` with DIR unset: the router went into the current directory, and the advice printed
+    # (`router_artifact: `) names no router, which a config reads as the shipped one
+    out = subprocess.run([*CLI, "train", "--data", str(ROOT / "tests/fixtures/router_small.jsonl"), "--out", "",
+                          "--quiet"], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=ENV)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().splitlines() == ["switchyard train: --out is empty: name the directory to write the "
+                                               "router to"], out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_train_without_scipy_names_the_extra_to_install_not_a_traceback(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", _WITHOUT_SCIPY, "train", "--data",
                           str(ROOT / "tests/fixtures/router_small.jsonl"), "--out", str(tmp_path / "r")],
