@@ -115,8 +115,10 @@ def _no_free_connection(exc: BaseException) -> bool:
     shares. A store that hangs still opens it: the calls holding the connections time out."""
     from redis.exceptions import ConnectionError as NoConnection
 
+    if type(exc).__name__ == "MaxConnectionsError":  # a cluster node's pool, full (redis-py 6+; refused at once)
+        return True
     return type(exc) is NoConnection and isinstance(exc.__cause__, TimeoutError) \
-        and str(exc) == "No connection available."
+        and str(exc) == NO_FREE_CONNECTION
 
 
 def _never_connected(exc: BaseException) -> bool:
@@ -698,7 +700,9 @@ class MemoryStore(MemoryAdmission):
         self._data.clear()
 
 
-POOL_CONNECTIONS = 100  # a single Redis's connections per process (redis-py's default); more calls wait
+# A single Redis's connections per process, a cluster's per node (redis-py's default); more calls wait.
+POOL_CONNECTIONS = 100
+NO_FREE_CONNECTION = "No connection available."  # redis-py's words for a call that waited for one in vain
 
 
 class RedisStore(RedisAdmission):
@@ -725,13 +729,21 @@ class RedisStore(RedisAdmission):
         # making progress finish.
         self._call_s: float | None = None
         self._client_errors: tuple[type[BaseException], ...] = ()  # a cluster client's own (below)
+        self._slots: asyncio.Semaphore | None = None  # a cluster's calls at once (below)
+        self._timeout_s = timeout_s
         # redis-py's default retries timeouts too, with back-off: a hung Redis would hold every call.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._client: Any
         if (seed := cluster_seed_url(url)) is not None:
             url = seed
             self._client = redis.RedisCluster.from_url(
-                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry)
+                url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry=retry,
+                max_connections=POOL_CONNECTIONS)
+            # Its pool of each node refuses a call past its connections at once (MaxConnectionsError), and one
+            # tenant's keys share a slot: a burst of that tenant's requests on one worker reached it on one node,
+            # and opened the breaker every tenant shares. As on a single Redis, a call waits for a free one
+            # (within the store's timeout): no more calls at once than one node has connections.
+            self._slots = asyncio.Semaphore(POOL_CONNECTIONS)
             # redis-py's async cluster client, a node dying under it, reuses the dead connection and fails
             # inside its own code ("'NoneType' object has no attribute 'writelines'", "unable to perform
             # operation on <TCPTransport closed=True>"): a store failure like any other, not a 500 with the
@@ -758,9 +770,38 @@ class RedisStore(RedisAdmission):
 
     async def _guarded(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run one store call under the breaker: refused at once while it is open."""
+        slots = self._slots
+        if slots is None:
+            return await self._attempt(call)
+        await self._take_slot(slots)
+        try:
+            return await self._attempt(call)
+        finally:
+            slots.release()
+
+    async def _take_slot(self, slots: asyncio.Semaphore) -> None:
+        """A place among the calls at once, waited for within the store's timeout (the breaker is asked after
+        the wait, which a call that hangs may have opened); none while the store is marked down."""
+        if not slots.locked():
+            await slots.acquire()  # free: returns at once
+            return
+        if not self.breaker.closed:
+            raise StoreUnavailable(self._down(), unsent=True)
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await slots.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(NO_FREE_CONNECTION, unsent=True) from None
+
+    def _down(self) -> str:
+        return f"store marked down for {self.breaker.cooldown_s:g} s after a failure"
+
+    async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
+        """The call itself, if the breaker lets it through; its outcome reported to the breaker and its failures
+        made StoreUnavailable."""
         breaker = self.breaker
         if not breaker.allow():
-            raise StoreUnavailable(f"store marked down for {breaker.cooldown_s:g} s after a failure", unsent=True)
+            raise StoreUnavailable(self._down(), unsent=True)
         trial = not breaker.closed
         try:
             if self._call_s is None:
