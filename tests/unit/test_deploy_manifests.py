@@ -111,6 +111,18 @@ def test_compose_runs_three_replicas_behind_nginx_with_redis_otel_and_prometheus
     assert scrape["dns_sd_configs"][0]["names"] == ["gateway"] and scrape["metrics_path"] == "/metrics"
 
 
+def test_the_compose_redis_keeps_its_data_across_a_restart() -> None:
+    # Budgets' spend, the keys made with the admin API, the spend ledger, policy versions and the promoted
+    # router live only in Redis: run without persistence, a restarted Redis container (restart: unless-stopped)
+    # came back empty, every tenant's total budget was whole again and every admin-made key refused.
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yaml").read_text())
+    redis = compose["services"]["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in redis["volumes"]}
+    assert mounts["/data"] in compose["volumes"]  # a named volume: kept when the container is replaced
+
+
 def test_every_deployment_gives_a_stopping_gateway_the_time_its_shutdown_takes() -> None:
     # uvicorn's 10 s for open requests, then up to 12 s reading on calls given up on (billed as they end),
     # a cut call's 2 s and the ledger's last write (`gateway.api.app.SHUTDOWN_DRAIN_S`): Docker's default
