@@ -114,8 +114,9 @@ def _no_free_connection(exc: BaseException) -> bool:
     fails alone (nothing was sent); taken for an outage, one tenant's burst opened the breaker every tenant
     shares. A store that hangs still opens it: the calls holding the connections time out."""
     from redis.exceptions import ConnectionError as NoConnection
+    from redis.exceptions import MaxConnectionsError
 
-    if type(exc).__name__ == "MaxConnectionsError":  # a cluster node's pool, full (redis-py 6+; refused at once)
+    if isinstance(exc, MaxConnectionsError):  # a cluster node's pool, full (refused at once)
         return True
     return type(exc) is NoConnection and isinstance(exc.__cause__, TimeoutError) \
         and str(exc) == NO_FREE_CONNECTION
