@@ -59,6 +59,12 @@ class Trail:
     messages: Sequence[Mapping[str, Any]] = ()
     finished: bool = False
 
+    @property
+    def planned(self) -> str:
+        """The plan chosen, before any call answered: what a failed request's line names (as its metric's
+        plan kind does); `plan_label` once one did (it names a fallback or an escalation too)."""
+        return self.plan.label if self.plan is not None else ""
+
 
 @dataclass(slots=True)
 class _Outcome:
@@ -157,7 +163,7 @@ class Observer:
               overhead: float) -> dict[str, Any]:
         line: dict[str, Any] = {
             "event": "request", "request_id": trail.request_id, "trace_id": trail.trace_id, "tenant": tenant,
-            "policy": trail.policy, "policy_version": trail.policy_version, "plan": trail.plan_label,
+            "policy": trail.policy, "policy_version": trail.policy_version, "plan": trail.plan_label or trail.planned,
             "deployment": trail.deployment, "status": status, "cache": trail.cache, "stream": trail.stream,
             "input_tokens": trail.input_tokens, "output_tokens": trail.output_tokens,
             "cost_usd": rounded(trail.cost_usd, PICO), "overhead_ms": rounded(overhead * 1000, MS),

@@ -175,6 +175,8 @@ def test_a_failed_request_is_logged_with_its_status_and_error_code_and_each_upst
     assert failed.value.status_code == 502
     line = _request_line(served, rid)
     assert line["status"] == 502 and line["error_code"] == "upstream_failed" and line["level"] == "INFO"
+    # the plan that failed, as its metric's plan_kind says (no deployment answered)
+    assert (line["plan"], line["deployment"]) == ("single:broken", "none")
     failures = [x for x in served.events("upstream_failure") if x["deployment"] == "broken"]
     retries = [x for x in served.events("upstream_retry") if x["deployment"] == "broken"]
     assert len(failures) >= 2 and failures[0]["error_type"] == "500" and failures[0]["status"] == 500
