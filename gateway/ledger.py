@@ -41,6 +41,7 @@ import datetime as dt
 import functools
 import logging
 import math
+import re
 import time
 import uuid
 from collections import defaultdict
@@ -522,11 +523,16 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
 LAST_TIME_S = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
 
 
+# Unix seconds as written in a query: ASCII digits, a point and an exponent (`float` also takes "1_795_826_000",
+# other scripts' digits, "nan" and "infinity", none of which a client means as a time).
+_SECONDS = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
+
+
 def parse_time(text: str) -> float:
     """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise), from 1970 to the end of 9999."""
-    try:
+    if _SECONDS.fullmatch(text):
         seconds = float(text)
-    except ValueError:
+    else:
         try:
             # upper-cased: RFC 3339 allows a lower-case "t" and "z", which fromisoformat refuses
             when = dt.datetime.fromisoformat(text.strip().upper().replace("Z", "+00:00"))

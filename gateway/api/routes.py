@@ -375,7 +375,10 @@ async def _spend_report(svc: Services, request: Request, tenants: list[str] | No
         if name not in _SPEND_PARAMS:
             raise InvalidRequest(f"unknown parameter '{name[:64]}' (use {', '.join(sorted(_SPEND_PARAMS))})",
                                  param=name[:64])
-    group_by = _spend_param("group_by", lambda: ledger.parse_group_by(query.get("group_by")))
+        if name != "group_by" and len(query.getlist(name)) > 1:  # which one did the client mean?
+            raise InvalidRequest(f"{name}: given more than once", param=name)
+    # group_by=a&group_by=b is group_by=a,b (read as the last alone, it grouped by one facet and said so)
+    group_by = _spend_param("group_by", lambda: ledger.parse_group_by(",".join(query.getlist("group_by"))))
     start = _spend_param("from", lambda: ledger.parse_time(query["from"]) if "from" in query else None)
     end = _spend_param("to", lambda: ledger.parse_time(query["to"]) if "to" in query else None)
     window = _spend_param("from", lambda: ledger.window(start, end))

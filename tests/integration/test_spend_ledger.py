@@ -216,8 +216,13 @@ def test_a_failed_request_still_bills_the_calls_that_answered(gateway_url: str) 
     ({"to": "0001-01-01T10:00:00Z"}, "to"),  # before 1970: was a 500 (an OS error)
     ({"from": "1969-12-31T00:00:00Z", "to": "1970-01-01T10:00:00Z"}, "from"),
     ({"group-by": "tenant"}, "group-by"),
+    # what float() takes and no client means as a time: digit separators, other scripts' digits, infinity
+    ({"from": f"{int(time.time()) - 3600:_}"}, "from"),
+    ({"from": "".join(chr(0x0660 + int(d)) for d in str(int(time.time()) - 3600))}, "from"),
+    ({"to": "infinity"}, "to"),
+    ({"from": [str(int(time.time()) - 7200), str(int(time.time()) - 3600)]}, "from"),  # given twice: which?
 ])
-def test_bad_spend_parameters_are_400(gateway_url: str, params: dict[str, str], param: str) -> None:
+def test_bad_spend_parameters_are_400(gateway_url: str, params: dict[str, Any], param: str) -> None:
     resp = _spend(gateway_url, KEYS["alice"], **params)
     assert resp.status_code == 400, resp.text
     error = resp.json()["error"]
@@ -244,3 +249,10 @@ def test_switchyard_spend_help_explains_the_table() -> None:
     assert out.returncode == 0
     for words in ("--group-by", "--since", "--csv", "--config", "savings_usd", "counterfactual", "in-memory"):
         assert words in out.stdout
+
+
+def test_group_by_given_twice_groups_by_both(gateway_url: str) -> None:
+    """`group_by=policy&group_by=deployment` was read as its last value alone: grouped by deployment, and said so."""
+    both = _spend(gateway_url, KEYS["alice"], group_by=["policy", "deployment"], **_window()).json()
+    assert both["group_by"] == ["policy", "deployment"]
+    assert all({"policy", "deployment"} <= set(row) for row in both["data"])
