@@ -325,6 +325,10 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "empty.jsonl").write_text("")
     labelled = {"id": "r", "prompt": "q", "models": {"a": {"score": "high"}, "b": {"score": 1.0}}}
     (tmp / "score-text.jsonl").write_text(json.dumps(labelled) + "\n")
+    (tmp / "score-out-of-range.jsonl").write_text(
+        json.dumps({"id": "r", "prompt": "q", "models": {"a": {"score": 2.5}, "b": {"score": 1.0}}}) + "\n")
+    (tmp / "cost-negative.jsonl").write_text(
+        json.dumps({"id": "r", "prompt": "q", "models": {"a": {"score": 1, "cost_usd": -1}}}) + "\n")
     (tmp / "unlabelled.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"q {i}"}) + "\n"
                                                   for i in range(40)))
     (tmp / "deep.jsonl").write_text('{"id": "a", "prompt": "hi", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
@@ -370,6 +374,11 @@ BAD_INVOCATIONS = [
     ("train --data {validation-only} --out {missing}", "switchyard train: {validation-only}: no rows to train on"),
     ("train --data {score-text} --out {missing}",
      "switchyard train: {score-text}: line 1: models.a.score must be a number or null, got \"high\""),
+    # both trained without complaint, into heads and costs no one meant
+    ("train --data {score-out-of-range} --out {missing}",
+     "switchyard train: {score-out-of-range}: line 1: models.a.score must be from 0 to 1, got 2.5"),
+    ("train --data {cost-negative} --out {missing}",
+     "switchyard train: {cost-negative}: line 1: models.a.cost_usd must be 0 or more, got -1"),
     ("train --data {unlabelled} --out {missing}", "switchyard train: {unlabelled}: no scores to train on"),
     ("train --data {deep} --out {missing}", "switchyard train: {deep}: line 1 is nested too deeply to read"),
     ("route --batch {deep} --out {missing}", "switchyard route: {deep}: line 1 is nested too deeply to read"),

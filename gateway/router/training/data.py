@@ -12,6 +12,7 @@ file each row came from (its stem), because outcomes are only comparable within 
 from __future__ import annotations
 
 import json
+import math
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -107,10 +108,16 @@ def _row(path: str | Path, n: int, line: str) -> DataRow:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise InputError(f"{path}: line {n}: models.{str(model)[:64]}.{key} must be a number or null, "
                                  f"got {json.dumps(value)[:32]}")
+            if value is not None and not (math.isfinite(value) and _RANGES[key][0] <= value <= _RANGES[key][1]):
+                # a score of 2.5 or a negative cost trains without complaint into heads and costs no one means
+                raise InputError(f"{path}: line {n}: models.{str(model)[:64]}.{key} must be {_RANGES[key][2]}, "
+                                 f"got {value!r}"[:200])
     return cast(DataRow, row)
 
 
 _NUMBERS = ("score", "cost_usd", "output_tokens")  # what `load_data` reads of each model's record
+_RANGES = {"score": (0.0, 1.0, "from 0 to 1"), "cost_usd": (0.0, math.inf, "0 or more"),
+           "output_tokens": (0.0, math.inf, "0 or more")}
 
 
 def _is_text(value: str) -> bool:
