@@ -554,3 +554,12 @@ def test_a_routing_benchmark_says_what_it_is_doing_phase_by_phase(tmp_path: Path
                           "mmlu_pro (1/5): baselines, the in-domain router and TF-IDF ridges"], phases
     assert "theoremqa_stem: what adapting did to the other files" in phases
     assert phases[-1].startswith("the report:")
+
+
+def test_route_batch_scores_prompts_whatever_their_labels_say(tmp_path: Path) -> None:
+    """Labels out of range stop `train` (above), not scoring: `route --batch` reads no label."""
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"id": "r", "prompt": "q", "models": {"a": {"score": 7, "cost_usd": -1}}}) + "\n")
+    out = _run("route", "--batch", str(rows), "--out", str(tmp_path / "out.jsonl"), "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "out.jsonl").read_text())["id"] == "r"

@@ -73,9 +73,11 @@ class RoutingData:
         return self.models.index(model)
 
 
-def iter_rows(path: str | Path) -> Iterator[DataRow]:
+def iter_rows(path: str | Path, labels: bool = False) -> Iterator[DataRow]:
     """The file's rows, each checked for the fields every reader needs (`id`, `prompt`, and `models`
-    as an object of objects): a bad line is an InputError naming the file and the line."""
+    as an object of objects): a bad line is an InputError naming the file and the line. `labels`: the
+    models' numbers are read too (training, evaluation), so each must be in its range; scoring prompts
+    (`route --batch`) reads none of them, and a label it never reads does not stop it."""
     with open(path, "rb") as f:  # decoded line by line, so a bad byte is an error naming its line
         for n, raw in enumerate(f, 1):
             try:
@@ -83,10 +85,10 @@ def iter_rows(path: str | Path) -> Iterator[DataRow]:
             except UnicodeDecodeError as exc:
                 raise InputError(f"{path}: line {n} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
             if line.strip():
-                yield _row(path, n, line)
+                yield _row(path, n, line, labels)
 
 
-def _row(path: str | Path, n: int, line: str) -> DataRow:
+def _row(path: str | Path, n: int, line: str, labels: bool) -> DataRow:
     try:
         row = json.loads(line)
     except ValueError as exc:
@@ -108,9 +110,10 @@ def _row(path: str | Path, n: int, line: str) -> DataRow:
             if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
                 raise InputError(f"{path}: line {n}: models.{str(model)[:64]}.{key} must be a number or null, "
                                  f"got {json.dumps(value)[:32]}")
-            if value is not None and not (math.isfinite(value) and _RANGES[key][0] <= value <= _RANGES[key][1]):
+            low, high, says = _RANGES[key]
+            if labels and value is not None and not (math.isfinite(value) and low <= value <= high):
                 # a score of 2.5 or a negative cost trains without complaint into heads and costs no one means
-                raise InputError(f"{path}: line {n}: models.{str(model)[:64]}.{key} must be {_RANGES[key][2]}, "
+                raise InputError(f"{path}: line {n}: models.{str(model)[:64]}.{key} must be {says}, "
                                  f"got {value!r}"[:200])
     return cast(DataRow, row)
 
@@ -142,7 +145,7 @@ def _field(rec: Mapping[str, object] | None, key: str) -> float:
 
 
 def load_data(path: str | Path) -> RoutingData:
-    rows = list(iter_rows(path))
+    rows = list(iter_rows(path, labels=True))
     models = sorted({m for r in rows for m in (r.get("models") or {})})
     n, m = len(rows), len(models)
     arrays = {k: np.full((n, m), np.nan) for k in ("score", "cost_usd", "output_tokens")}
