@@ -92,6 +92,9 @@ class _Names:
         self.spec = spec
         self.by_name = {d.name: d for d in deployments}
         self.tiers: dict[str, list[str]] = {}
+        # constraints.allowed_deployments, expanded: a fallback it leaves out is no fallback of this
+        # policy (a single plan's fallbacks, and its hedge, are calls of the plan; None: all allowed)
+        self.allowed: frozenset[str] | None = None
         for d in deployments:
             self.tiers.setdefault(d.tier, []).append(d.name)
 
@@ -124,7 +127,7 @@ class _Names:
         out: list[str] = []
         for i, name in enumerate(listed):
             out += [d for d in self.resolve(name, f"fallbacks.{key}[{i}]") if d != deployment and d not in out]
-        return tuple(out)
+        return tuple(out) if self.allowed is None else tuple(d for d in out if d in self.allowed)
 
 
 def _bind_candidate(c: CandidateSpec, i: int, names: _Names) -> list[Plan]:
@@ -138,8 +141,8 @@ def bind_policy(name: str, source: str, spec: PolicySpec,
     names.check_fallbacks()
     allowed = None
     if spec.constraints.allowed_deployments is not None:
-        allowed = frozenset(d for i, a in enumerate(spec.constraints.allowed_deployments)
-                            for d in names.resolve(a, f"constraints.allowed_deployments[{i}]"))
+        allowed = names.allowed = frozenset(d for i, a in enumerate(spec.constraints.allowed_deployments)
+                                            for d in names.resolve(a, f"constraints.allowed_deployments[{i}]"))
     plans: list[Plan] = []
     for i, candidate in enumerate(spec.candidates):
         plans += [p for p in _bind_candidate(candidate, i, names) if p not in plans]

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.config import embedded_config
 from gateway.errors import ConstraintUnsatisfiable
+from gateway.plans import Single
 from gateway.policy import Catalog, PlansBehindOpenCircuits, decide, load_policy_file
 from gateway.providers.health import LiveView
 from gateway.providers.pricing import prices_for
@@ -62,3 +63,15 @@ def test_a_cascade_or_best_of_with_a_healthy_deployment_left_still_runs(tmp_path
         "best_of:2")
     with pytest.raises(PlansBehindOpenCircuits):
         decide(best_of, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small", "large"})))
+
+
+def test_a_fallback_outside_allowed_deployments_is_never_called(tmp_path: Path) -> None:
+    """allowed_deployments removes plans that would call anything else: a single plan's fallbacks (and
+    so its hedge) are calls of the plan, so one the list leaves out is dropped from its chain. Kept, a
+    request under `allowed_deployments: [small]` was answered by large whenever small failed or was slow."""
+    policy = _policy(tmp_path, "candidates:\n  - single: small\n  - single: large\n"
+                               "constraints: {allowed_deployments: [small]}\nfallbacks: {small: [large]}\n")
+    d = decide(policy, SIGNAL, CATALOG, LiveView())
+    assert d.plan == Single("small") and "large" not in d.plan.reachable
+    with pytest.raises(PlansBehindOpenCircuits):  # no allowed fallback takes over from an open circuit
+        decide(policy, SIGNAL, CATALOG, LiveView(open_circuits=frozenset({"small"})))
