@@ -23,6 +23,7 @@ from gateway.executor.sampling import billing, judge_score, pick, result, sample
 from gateway.executor.selectors import vote
 from gateway.messages import message_text
 from gateway.plans.base import (
+    JUDGE_OUTPUT_TOKENS,
     Binder,
     Call,
     Catalog,
@@ -171,7 +172,8 @@ def estimate_cascade(stages: Sequence[Sequence[str]], threshold: float, signal: 
     """A cascade whose stages are member sets: every stage but the last answers by vote and is
     accepted when its agreement share ≥ threshold; the last stage always answers.
 
-    Latency is the worst case (all stages), which is what an SLO must allow for.
+    Latency is the worst case (all stages, and the judge of each judged step), which is what an SLO must
+    allow for.
     """
     quality, cost, latency, reach = 0.0, 0.0, 0.0, 1.0
     for i, members in enumerate(stages):
@@ -182,6 +184,8 @@ def estimate_cascade(stages: Sequence[Sequence[str]], threshold: float, signal: 
                  else stage_calls(members, i, last, confidence, judge, catalog, choices))
         cost += reach * expected_cost(stage, signal.prompt_tokens, catalog, max_tokens)
         latency += max(e.latency_ms for e in singles)
+        if not last and confidence == "judge" and judge is not None:  # the step waits for the judge's verdict
+            latency += estimate_single(Single(judge), signal, catalog, live_latency_s, JUDGE_OUTPUT_TOKENS).latency_ms
         if last:
             quality += reach * odds(vote_outcomes(ps, sample_correlation(members, cal), cal.distractors), 1.0).quality
             break

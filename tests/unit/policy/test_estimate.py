@@ -150,3 +150,17 @@ def test_a_cascades_stage_calls_are_worked_out_once_per_catalog_and_estimate_ali
     assert built == [0, 1]  # each stage once, not once per request
     fresh = Catalog({d.name: d for d in DEPLOYMENTS}, prices_for(DEPLOYMENTS))
     assert estimate(plan, _signal(pl=0.52), fresh, {}) == again[2] and first == estimate(plan, _signal(), fresh, {})
+
+
+def test_a_judged_cascade_is_predicted_to_wait_for_its_judge() -> None:
+    """A cascade's latency is its worst case, every step: a step judged by a judge waits for the judge's
+    verdict before it accepts or escalates, so the judge's call is part of it, as it is of a best-of
+    judged by one. Left out, a latency_slo_ms kept a judged cascade that runs past it when it escalates."""
+    signal = _signal()
+    live: dict[str, float] = {}
+    judged = estimate(Cascade(("c", "a"), "judge", judge="large"), signal, CATALOG, live)
+    unjudged = estimate(Cascade(("c", "a"), "logprob"), signal, CATALOG, live)
+    verdict = estimate(BestOfN(("c", "c"), "judge", "large"), signal, CATALOG, live).latency_ms \
+        - estimate(BestOfN(("c", "c")), signal, CATALOG, live).latency_ms
+    assert verdict > 0
+    assert judged.latency_ms == pytest.approx(unjudged.latency_ms + verdict)
