@@ -146,6 +146,11 @@ def bind_policy(name: str, source: str, spec: PolicySpec,
     plans: list[Plan] = []
     for i, candidate in enumerate(spec.candidates):
         plans += [p for p in _bind_candidate(candidate, i, names) if p not in plans]
+    if allowed is not None and all(any(d not in allowed for d in p.deployments) for p in plans):
+        # every request would be a 422: a mistake, refused like a name that is not a deployment
+        listed = ", ".join(sorted(allowed))
+        calls = ", ".join(f"{p.label} calls {', '.join(d for d in p.deployments if d not in allowed)}" for p in plans)
+        raise ConfigError(f"{source}: constraints.allowed_deployments ({listed}) leaves no candidate: {calls}")
     shadow = None
     if spec.shadow is not None:
         s = spec.shadow

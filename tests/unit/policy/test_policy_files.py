@@ -126,6 +126,19 @@ def test_every_name_in_fallbacks_is_checked_even_where_no_single_plan_calls_it(
         load_policy_file(path, DEPLOYMENTS)
 
 
+def test_allowed_deployments_that_leave_no_candidate_are_refused_naming_the_field(tmp_path: Path) -> None:
+    """Such a policy answers every request with a 422: it loaded, passed `policy check`, and a hot
+    reload of the edit put it in force in place of the last good version."""
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n  - best_of: {deployment: small}\n"
+                                      "constraints: {allowed_deployments: [large]}\n")
+    expected = (r"p.yaml: constraints.allowed_deployments \(large\) leaves no candidate: single:small calls "
+                r"small, best_of:3:small:vote calls small")
+    with pytest.raises(ConfigError, match=expected):
+        load_policy_file(path, DEPLOYMENTS)
+    path.write_text("candidates:\n  - single: small\n  - single: large\nconstraints: {allowed_deployments: [large]}\n")
+    assert load_policy_file(path, DEPLOYMENTS).allowed == {"large"}  # one candidate left is enough
+
+
 def test_a_file_that_turns_bad_keeps_its_last_good_version(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n")
     policies = PolicySet(tmp_path, DEPLOYMENTS)
