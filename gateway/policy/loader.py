@@ -122,8 +122,8 @@ class _Names:
         """The policy's `fallbacks:` for this deployment (else for its tier), bound, without itself."""
         fallbacks = self.spec.fallbacks
         tier = self.by_name[deployment].tier
-        listed = fallbacks.get(deployment) or fallbacks.get(tier) or []
-        key = deployment if deployment in fallbacks else tier
+        key = deployment if deployment in fallbacks else tier  # its own entry, even an empty one, over its tier's
+        listed = fallbacks.get(key) or []
         out: list[str] = []
         for i, name in enumerate(listed):
             out += [d for d in self.resolve(name, f"fallbacks.{key}[{i}]") if d != deployment and d not in out]

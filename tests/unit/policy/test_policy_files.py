@@ -115,6 +115,14 @@ fallbacks:
     assert [p.label for p in policy.plans] == ["single:small", "best_of:3:small:vote", "cascade:small>large"]
 
 
+def test_a_deployments_own_empty_fallbacks_are_not_its_tiers(tmp_path: Path) -> None:
+    """`fallbacks: {small: []}` says small has none: the empty list was read as no entry, and small took
+    its tier's fallbacks instead (here the `small` tier's, which name large)."""
+    deployments = [*DEPLOYMENTS, DEPLOYMENTS[0].model_copy(update={"name": "tiny"})]  # a second of tier small
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: tiny\nfallbacks: {tiny: [], small: [large]}\n")
+    assert load_policy_file(path, deployments).plans == (Single("tiny"),)
+
+
 @pytest.mark.parametrize(("fallbacks", "expected"), [
     ("{smal: [large]}", r"p.yaml: fallbacks 'smal' is not a deployment or tier"),
     ("{large: [nowhere]}", r"p.yaml: fallbacks.large\[0\] 'nowhere' is not a deployment or tier")])
