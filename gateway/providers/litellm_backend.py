@@ -11,6 +11,7 @@ At debug level litellm logs whole prompts and completions, so its loggers stay a
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -225,15 +226,37 @@ def _refusal(exc: BaseException) -> str:
 
 
 def _stated(exc: Exception) -> str | None:
-    """The provider's own error message: from the error litellm kept (`body`: OpenAI's error object, or a
-    whole envelope), else from its response's JSON; never litellm's own wording around it."""
+    """The provider's own error message; never litellm's own wording around it. From the error litellm
+    raised (`body`: OpenAI's error object, or a whole envelope; else its response's JSON), or, for a
+    provider litellm translates for (Anthropic, Bedrock, ...), from the error it raised that from, which
+    keeps the provider's error body as its text: the error raised has no body, and a response made up
+    without one."""
+    for seen in (exc, *causes(exc)):
+        if (message := _message_of(_error_body(seen))) is not None:
+            return message
+    return None
+
+
+def _error_body(exc: BaseException) -> object:
     body = getattr(exc, "body", None)
-    if not isinstance(body, dict):
-        response = getattr(exc, "response", None)
-        try:
-            body = response.json() if response is not None else None
-        except (ValueError, AttributeError, RuntimeError):  # not JSON, not a response, not read: nothing stated
-            return None
+    if isinstance(body, dict):
+        return body
+    for text in (getattr(exc, "message", None), getattr(exc, "text", None)):
+        if isinstance(text, str) and text.lstrip().startswith("{"):
+            try:
+                return json.loads(text)
+            except ValueError:
+                continue
+    response = getattr(exc, "response", None)
+    try:
+        return response.json() if response is not None else None
+    except (ValueError, AttributeError, RuntimeError):  # not JSON, not a response, not read: nothing stated
+        return None
+
+
+def _message_of(body: object) -> str | None:
+    """The message of an error envelope: OpenAI's `{"error": {"message"}}`, Anthropic's `{"type": "error",
+    "error": {"type", "message"}}`, or an error object itself."""
     error = body.get("error", body) if isinstance(body, dict) else None
     message = error.get("message") if isinstance(error, dict) else None
     return message if isinstance(message, str) and message else None

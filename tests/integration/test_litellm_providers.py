@@ -1,0 +1,63 @@
+"""A provider that is not OpenAI-compatible, through litellm: Anthropic's Messages API, scripted on a loopback
+port, behind a deployment `anthropic/...` whose `api_base` points at it. litellm translates the call there and
+the answer (or error) back; the client is the `openai` SDK, which must read what comes back unchanged."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import openai
+import pytest
+
+from gateway.api.app import create_app
+from gateway.config import parse_config
+from tests.support.processes import running_gateway
+from tests.support.scripted_http import ScriptedHandler, scripted_upstream
+
+
+class _Anthropic(ScriptedHandler):
+    """Answers every message with "Paris."; a prompt naming an error (`ERR400`) is answered with it, in the
+    envelope Anthropic's errors come in."""
+
+    seen: list[dict[str, object]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        _Anthropic.seen.append(body)
+        if "ERR400" in json.dumps(body["messages"]):
+            error = {"type": "error", "error": {"type": "invalid_request_error",
+                                                "message": "messages.0.content: the image is too small"}}
+            self._send(json.dumps(error).encode(), "application/json", 400)
+            return
+        answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
+                  "content": [{"type": "text", "text": "Paris."}], "stop_reason": "end_turn", "stop_sequence": None,
+                  "usage": {"input_tokens": 10, "output_tokens": 3}}
+        self._send(json.dumps(answer).encode(), "application/json")
+
+
+@pytest.fixture
+def anthropic() -> Iterator[str]:
+    _Anthropic.seen = []
+    with scripted_upstream(_Anthropic) as base:
+        yield base.removesuffix("/v1")
+
+
+@pytest.fixture
+def client(anthropic: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
+    monkeypatch.setenv("SY_TEST_ANTHROPIC_KEY", "sk-ant-test")
+    deployment = {"name": "claude", "model": "anthropic/claude-haiku-4-5", "api_base": anthropic, "tier": "small",
+                  "api_key_env": "SY_TEST_ANTHROPIC_KEY", "timeout_s": 5, "max_retries": 0}
+    config = parse_config({"deployments": [deployment, {**deployment, "name": "claude-large", "tier": "large"}]},
+                          "litellm providers")
+    with running_gateway(create_app(config, watch_policies_s=None, watch_router_s=None)) as gw:
+        yield openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_a_request_anthropic_rejects_is_told_what_anthropic_said(client: openai.OpenAI) -> None:
+    """litellm keeps a non-OpenAI provider's error body only on the error it raised from (its `message`), not
+    as a `body` or a readable response: such a 400 said "upstream answered 400" and no more."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "ERR400"}])
+    assert refused.value.body["message"] == (  # type: ignore[index]
+        "deployment 'claude' rejected the request: upstream answered 400: messages.0.content: the image is too small")
