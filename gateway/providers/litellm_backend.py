@@ -105,7 +105,7 @@ class LiteLLMBackend:
     def _kwargs(self, deployment: DeploymentConfig, body: dict[str, Any],
                 headers: Mapping[str, str] | None) -> dict[str, Any]:
         kwargs = {k: v for k, v in body.items() if k in FORWARDED}
-        if len(kwargs) < len(body):
+        if len(kwargs) < len(body) - ("model" in body):  # the client's model is the deployment's, not dropped
             self._say_dropped(deployment, body)
         kwargs.update(model=deployment.model, timeout=deployment.timeout_s, num_retries=0)
         if headers:  # litellm hands these to the provider's HTTP request
@@ -121,7 +121,7 @@ class LiteLLMBackend:
     def _say_dropped(self, deployment: DeploymentConfig, body: dict[str, Any]) -> None:
         # Keyed by deployment alone: field names come from requests, and the throttle's keys must not.
         if (held := self._dropped.due(deployment.name)) is not None:
-            dropped = ", ".join(f"`{k[:64]}`" for k in list(body)[:32] if k not in FORWARDED)
+            dropped = ", ".join(f"`{k[:64]}`" for k in list(body)[:32] if k not in FORWARDED and k != "model")
             log.warning("deployment '%s' (litellm): body fields not forwarded: %s (%d more requests with fields "
                         "dropped since the last line)", deployment.name, dropped, held,
                         extra={"event": "fields_dropped", "deployment": deployment.name, "fields": dropped,

@@ -194,3 +194,18 @@ def test_a_deployment_whose_answers_litellm_cannot_read_opens_its_circuit(monkey
     assert not any("refused before it was sent" in r.text for r in answers), answers[0].text
     assert answers[-1].status_code == 503 and "circuit is open" in answers[-1].json()["error"]["message"]
     assert _EmptyAnswer.calls < 8
+
+
+def test_the_clients_model_is_not_reported_as_a_dropped_field(caplog: pytest.LogCaptureFixture) -> None:
+    """Every body names a `model`, which the deployment's always replaces: each call through litellm logged a
+    `fields_dropped` warning naming `model`, so the line fired for every request and its count said nothing of
+    the fields a client's requests lose."""
+    from gateway.config import DeploymentConfig
+    from gateway.providers.litellm_backend import LiteLLMBackend
+
+    deployment = DeploymentConfig.model_validate({"name": "d", "model": "anthropic/claude-haiku-4-5", "tier": "small",
+                                                  "price": {"input_per_mtok": 1, "output_per_mtok": 1}})
+    kwargs = LiteLLMBackend()._kwargs(deployment, {"model": "router/balanced", "max_tokens": 5,
+                                                   "messages": [{"role": "user", "content": "hi"}]}, None)
+    assert kwargs["model"] == "anthropic/claude-haiku-4-5"
+    assert [r for r in caplog.records if getattr(r, "event", None) == "fields_dropped"] == []
