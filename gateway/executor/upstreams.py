@@ -499,7 +499,7 @@ class Upstreams:
                 return name, await self._with_retries(name, functools.partial(make, name), deadline)
             except ProviderFailure as exc:
                 failures.append((name, exc))
-                if _is_request_fault(exc):
+                if _is_request_fault(exc) and not exc.deployment_specific:
                     break  # the request itself is bad: another deployment would say the same
             except _CircuitOpen:
                 continue

@@ -189,14 +189,17 @@ class ProviderFailure(Exception):
     client may see ("upstream answered 503", "timed out after 30 s", "connection failed"): no
     host, port, library internals or credentials. `retry_after_s` is the upstream's Retry-After.
     `refuses_streaming`: the upstream refused the request for asking to stream (its error names
-    `stream` or `stream_options`), not for anything else in it.
+    `stream` or `stream_options`), not for anything else in it. `deployment_specific`: a refusal (a 400)
+    for what this deployment alone does not take, which another deployment may answer.
     """
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
                  timeout: bool = False, reason: str | None = None, retry_after_s: float | None = None,
-                 refuses_streaming: bool = False, too_large: bool = False) -> None:
+                 refuses_streaming: bool = False, too_large: bool = False,
+                 deployment_specific: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.deployment_specific = deployment_specific
         self.retryable = retryable and not too_large
         self.timeout = timeout
         self.retry_after_s = retry_after_s

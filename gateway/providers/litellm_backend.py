@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
@@ -188,6 +189,11 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
     if isinstance(exc, lib.exceptions.Timeout):
         return ProviderFailure(f"{deployment.name}: timed out: {exc}", status=status, timeout=True,
                                reason=f"timed out after {deployment.timeout_s:g} s")
+    if isinstance(exc, lib.exceptions.UnsupportedParamsError):
+        # Raised before sending, for OpenAI fields the provider has no counterpart for (Anthropic's for `seed`,
+        # `n`, `logprobs`): the client is told which, and a fallback of another provider may take them.
+        return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=400, retryable=False,
+                               deployment_specific=True, reason=_unsupported(exc))
     if isinstance(exc, lib.exceptions.APIConnectionError) and not _reached_provider(exc):
         # litellm checks and translates a request before sending it, and raises what it refuses there
         # (an unknown content part type, a message it cannot translate) as a connection error with status
@@ -202,6 +208,20 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
     return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
                            retryable=retryable, reason=client_reason(status, _stated(exc)),
                            retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
+
+
+_UNSUPPORTED = re.compile(r"does not support parameters: \[([^\]]*)\]")
+
+
+def _unsupported(exc: Exception) -> str:
+    """What a client is told of fields litellm will not send the provider: their names, from litellm's
+    message (its advice on dropping them is about litellm's settings, not the client's)."""
+    found = _UNSUPPORTED.search(str(exc))
+    names = re.findall(r"'([^']{1,64})'", found.group(1)) if found else []
+    if not names:
+        return "not sent: it takes a field of the request that this deployment's provider does not take"
+    listed = ", ".join(f"`{n}`" for n in names[:16])
+    return f"not sent: this deployment's provider takes no {listed}; send the request without it"
 
 
 def _reached_provider(exc: BaseException) -> bool:

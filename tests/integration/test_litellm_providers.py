@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import openai
 import pytest
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
-from tests.support.processes import running_gateway
+from tests.support.lab import policies_folder
+from tests.support.processes import Simulator, running_gateway
 from tests.support.scripted_http import ScriptedHandler, scripted_upstream
 
 
@@ -44,13 +46,22 @@ def anthropic() -> Iterator[str]:
 
 
 @pytest.fixture
-def client(anthropic: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
+def client(anthropic: str, simulator: Simulator, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
+    """`claude` and `claude-large` on the scripted Anthropic, `sim` on the simulator, and the policy
+    `claude-first`: `claude`, falling back to `sim`."""
     monkeypatch.setenv("SY_TEST_ANTHROPIC_KEY", "sk-ant-test")
     deployment = {"name": "claude", "model": "anthropic/claude-haiku-4-5", "api_base": anthropic, "tier": "small",
                   "api_key_env": "SY_TEST_ANTHROPIC_KEY", "timeout_s": 5, "max_retries": 0}
-    config = parse_config({"deployments": [deployment, {**deployment, "name": "claude-large", "tier": "large"}]},
+    sim = {"name": "sim", "model": "openai/sim-small", "api_base": simulator.url, "tier": "sim",
+           "price": {"input_per_mtok": 1, "output_per_mtok": 1}}
+    config = parse_config({"deployments": [deployment, {**deployment, "name": "claude-large", "tier": "large"}, sim]},
                           "litellm providers")
-    with running_gateway(create_app(config, watch_policies_s=None, watch_router_s=None)) as gw:
+    policies = policies_folder(tmp_path, {"claude-first": {
+        "description": "claude, else the simulator", "candidates": [{"single": "claude"}],
+        "fallbacks": {"claude": ["sim"]}, "cache": {"enabled": False}}})
+    app = create_app(config, policies_dir=policies, watch_policies_s=None, watch_router_s=None)
+    with running_gateway(app) as gw:
         yield openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
 
 
@@ -61,3 +72,17 @@ def test_a_request_anthropic_rejects_is_told_what_anthropic_said(client: openai.
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "ERR400"}])
     assert refused.value.body["message"] == (  # type: ignore[index]
         "deployment 'claude' rejected the request: upstream answered 400: messages.0.content: the image is too small")
+
+
+def test_a_field_the_provider_does_not_take_is_named_and_its_fallback_answers(client: openai.OpenAI) -> None:
+    """litellm refuses, before sending anything, an OpenAI field its provider has no counterpart for (Anthropic
+    takes no `seed` or `store`), with status 400: the client read "upstream answered 400" (not even sent), and a
+    routed request went no further, as if every deployment would refuse it, where its fallback takes it."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], seed=7)
+    assert "`seed`" in refused.value.body["message"]  # type: ignore[index]
+    assert _Anthropic.seen == []
+    raw = client.chat.completions.with_raw_response.create(
+        model="router/claude-first", messages=[{"role": "user", "content": "hi"}], seed=7, store=False)
+    assert raw.headers["x-switchyard-model"] == "sim"
+    assert raw.parse().choices[0].message.content
