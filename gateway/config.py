@@ -106,7 +106,8 @@ class DeploymentConfig(_Strict):
     supports_n: bool = Field(
         default=True, description="answers several choices from one call (`n`): when false, best-of and "
         "cascade samples are one call each, a request for n > 1 is never sent to it as one call (not as a single "
-        "plan, nor as a fallback), and pinning it with n > 1 is a 400")
+        "plan, nor as a fallback), and pinning it with n > 1 is a 400; unset, false through litellm to a provider "
+        "litellm sends no `n` (Anthropic, Bedrock, Mistral)")
     supports_prefill: bool = Field(
         default=False, description="accepts a trailing assistant message as the start of its answer and "
         "continues it: a stream that breaks after its first tokens may resume here (the simulated models do; "

@@ -39,7 +39,7 @@ from gateway.policy.versions import PolicyFollower, PolicyVersions
 from gateway.providers.base import Backend
 from gateway.providers.direct import DirectBackend
 from gateway.providers.health import HealthBoard
-from gateway.providers.litellm_backend import LiteLLMBackend
+from gateway.providers.litellm_backend import LiteLLMBackend, provider_takes_n
 from gateway.providers.pricing import prices_for
 from gateway.quotas import DeploymentQuotas
 from gateway.router import Router
@@ -59,6 +59,17 @@ def uses_direct_path(d: DeploymentConfig) -> bool:
     if d.backend != "auto":
         return d.backend == "direct"
     return bool(d.api_base) and d.model.startswith(_OPENAI_COMPATIBLE)
+
+
+def with_known_n(d: DeploymentConfig) -> DeploymentConfig:
+    """`d`, taken as `supports_n: false` when it goes through litellm to a provider that takes no `n` and its
+    config does not say: a best-of plan asked it for all its samples in one call, which litellm refused before
+    sending, so every request of such a policy failed for a field its client never sent."""
+    if uses_direct_path(d) or "supports_n" in d.model_fields_set or provider_takes_n(d.model) is not False:
+        return d
+    log.info("deployment '%s': litellm sends its provider no `n`: it answers one choice per call "
+             "(supports_n: false)", d.name, extra={"event": "supports_n_off", "deployment": d.name})
+    return d.model_copy(update={"supports_n": False})
 
 
 def build_backends(deployments: list[DeploymentConfig]) -> dict[str, Backend]:
@@ -114,7 +125,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
                    metrics: Metrics | None = None) -> Services:
     """Everything that can fail on a bad config fails here, before the server takes traffic
     (`check_start_up` checks the same without building anything)."""
-    deployments = {d.name: d for d in config.deployments}
+    deployments = {d.name: with_known_n(d) for d in config.deployments}
     policies = load_policies(config, policies_dir)
     digests = Digests(configured_secret(config.digest_secret_env))  # else the store's, read at start-up
     store = open_store(config.redis_url)

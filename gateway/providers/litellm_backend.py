@@ -61,6 +61,19 @@ def import_litellm() -> Any:
     return litellm
 
 
+def provider_takes_n(model: str) -> bool | None:
+    """Whether litellm sends `n` to this model's provider (None: litellm cannot tell). Those it does not
+    (Anthropic, Bedrock, Mistral, Ollama) have it refused before sending, so the model answers one choice per
+    call. Imports litellm."""
+    lib = import_litellm()
+    try:
+        name, provider, _, _ = lib.get_llm_provider(model)
+        params = lib.get_supported_openai_params(model=name, custom_llm_provider=provider)
+    except Exception:  # a model string litellm does not know: it fails the same way on its first call
+        return None
+    return None if params is None else "n" in params
+
+
 # litellm reads its own controls from the same keyword arguments as the model's parameters: where to
 # send the call and with which credentials (`api_base`, `aws_bedrock_runtime_endpoint`,
 # `vertex_project`...), a canned answer, callbacks, and fields it merges into the upstream body or

@@ -48,8 +48,8 @@ def anthropic() -> Iterator[str]:
 @pytest.fixture
 def client(anthropic: str, simulator: Simulator, tmp_path: Path,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
-    """`claude` and `claude-large` on the scripted Anthropic, `sim` on the simulator, and the policy
-    `claude-first`: `claude`, falling back to `sim`."""
+    """`claude` and `claude-large` on the scripted Anthropic, `sim` on the simulator, and the policies
+    `claude-first` (`claude`, falling back to `sim`) and `claude-vote` (best of 3 of `claude`)."""
     monkeypatch.setenv("SY_TEST_ANTHROPIC_KEY", "sk-ant-test")
     deployment = {"name": "claude", "model": "anthropic/claude-haiku-4-5", "api_base": anthropic, "tier": "small",
                   "api_key_env": "SY_TEST_ANTHROPIC_KEY", "timeout_s": 5, "max_retries": 0}
@@ -57,9 +57,11 @@ def client(anthropic: str, simulator: Simulator, tmp_path: Path,
            "price": {"input_per_mtok": 1, "output_per_mtok": 1}}
     config = parse_config({"deployments": [deployment, {**deployment, "name": "claude-large", "tier": "large"}, sim]},
                           "litellm providers")
-    policies = policies_folder(tmp_path, {"claude-first": {
-        "description": "claude, else the simulator", "candidates": [{"single": "claude"}],
-        "fallbacks": {"claude": ["sim"]}, "cache": {"enabled": False}}})
+    policies = policies_folder(tmp_path, {
+        "claude-first": {"description": "claude, else the simulator", "candidates": [{"single": "claude"}],
+                         "fallbacks": {"claude": ["sim"]}, "cache": {"enabled": False}},
+        "claude-vote": {"description": "a vote of claude's samples", "cache": {"enabled": False},
+                        "candidates": [{"best_of": {"deployment": "claude", "n": 3, "selector": "vote"}}]}})
     app = create_app(config, policies_dir=policies, watch_policies_s=None, watch_router_s=None)
     with running_gateway(app) as gw:
         yield openai.OpenAI(base_url=gw.base_url + "/v1", api_key="unused", max_retries=0)
@@ -86,3 +88,17 @@ def test_a_field_the_provider_does_not_take_is_named_and_its_fallback_answers(cl
         model="router/claude-first", messages=[{"role": "user", "content": "hi"}], seed=7, store=False)
     assert raw.headers["x-switchyard-model"] == "sim"
     assert raw.parse().choices[0].message.content
+
+
+def test_a_vote_of_samples_from_a_provider_without_n_draws_one_call_each(client: openai.OpenAI) -> None:
+    """A best-of plan asks a deployment that takes `n` for all its samples in one call. Anthropic takes no `n`,
+    which litellm refuses before sending: every request of such a policy failed with a 400 for a field the
+    client never sent. A litellm deployment whose provider takes no `n` is taken as `supports_n: false`."""
+    raw = client.chat.completions.with_raw_response.create(
+        model="router/claude-vote", messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert raw.headers["x-switchyard-plan"] == "best_of:3:claude:vote"
+    assert raw.parse().choices[0].message.content == "Paris."
+    assert len(_Anthropic.seen) == 3
+    with pytest.raises(openai.BadRequestError) as refused:  # pinned, it answers one choice per call
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], n=2)
+    assert refused.value.body["param"] == "n"  # type: ignore[index]
