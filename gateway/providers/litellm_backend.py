@@ -1,9 +1,10 @@
 """Any provider litellm translates for, through its async API.
 
 litellm is imported only where a deployment uses it: the import costs seconds and, unless told
-otherwise, fetches a cost map from the network. Quick commands and the direct path never pay for it;
-a gateway that serves through litellm imports it while starting (`prepare`), not on its first request,
-which would hold the event loop (every request in flight) for those seconds.
+otherwise, fetches a cost map from the network (and later Anthropic's beta headers), so it runs in its
+offline mode. Quick commands and the direct path never pay for it; a gateway that serves through litellm
+imports it while starting (`prepare`), not on its first request, which would hold the event loop (every
+request in flight) for those seconds.
 At debug level litellm logs whole prompts and completions, so its loggers stay at warning unless
 `SWITCHYARD_LOG_PROMPTS=1`.
 """
@@ -52,6 +53,10 @@ def quiet_litellm_loggers() -> None:
 
 def import_litellm() -> Any:
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    # Nor anything else litellm would fetch on its own (Anthropic's beta headers, on the first call that needs
+    # one): a blocking GET on the event loop, which held every request in flight for its 5 s timeout where
+    # outbound traffic is dropped. It uses the copies it ships.
+    os.environ.setdefault("LITELLM_OFFLINE_MODE", "true")
     os.environ.setdefault("LITELLM_LOG", "ERROR")
     import litellm
 

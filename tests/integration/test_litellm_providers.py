@@ -102,3 +102,27 @@ def test_a_vote_of_samples_from_a_provider_without_n_draws_one_call_each(client:
     with pytest.raises(openai.BadRequestError) as refused:  # pinned, it answers one choice per call
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], n=2)
     assert refused.value.body["param"] == "n"  # type: ignore[index]
+
+
+def test_litellm_fetches_nothing_of_its_own_for_a_call(client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A call that needs one of Anthropic's beta headers (structured outputs, thinking) had litellm fetch their
+    list from GitHub the first time, with a blocking GET on the event loop: where the network drops outbound
+    traffic every request in flight waited its 5 s timeout. litellm runs in its offline mode, on the copies
+    it ships, as it does for its cost map."""
+    from litellm import anthropic_beta_headers_manager as beta
+
+    fetched: list[str] = []
+
+    def fetch(url: str, timeout: int = 5) -> object:
+        fetched.append(url)
+        raise OSError("no network in this test")
+
+    monkeypatch.setattr(beta, "_BETA_HEADERS_CONFIG", None)  # as in a new process: not read yet
+    monkeypatch.setattr(beta.GetAnthropicBetaHeadersConfig, "fetch_remote_beta_headers_config", staticmethod(fetch))
+    answer = client.chat.completions.create(
+        model="claude", messages=[{"role": "user", "content": "hi"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "a", "strict": True, "schema": {
+            "type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"],
+            "additionalProperties": False}}})
+    assert answer.choices[0].message.content == "Paris."
+    assert fetched == []
