@@ -41,7 +41,6 @@ import datetime as dt
 import functools
 import logging
 import math
-import re
 import time
 import uuid
 from collections import defaultdict
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.admission import LateCall, Reservation
+from gateway.decimals import written_number
 from gateway.executor.drain import READ_ON, LateBill
 from gateway.executor.result import CallRecord
 from gateway.handoff import Handoff
@@ -523,15 +523,10 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
 LAST_TIME_S = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
 
 
-# Unix seconds as written in a query: ASCII digits, a point and an exponent (`float` also takes "1_795_826_000",
-# other scripts' digits, "nan" and "infinity", none of which a client means as a time).
-_SECONDS = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
-
-
 def parse_time(text: str) -> float:
     """Unix seconds, or an ISO 8601 time (UTC unless it says otherwise), from 1970 to the end of 9999."""
-    if _SECONDS.fullmatch(text):
-        seconds = float(text)
+    if (written := written_number(text)) is not None:  # not what float() also takes: "1_795_826_000", "nan"
+        seconds = written
     else:
         try:
             # upper-cased: RFC 3339 allows a lower-case "t" and "z", which fromisoformat refuses

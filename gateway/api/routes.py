@@ -29,6 +29,7 @@ from gateway import ledger, pipeline
 from gateway.api import http_limits
 from gateway.api.schemas import BodyBounds, RouteRequest, validate_chat, validate_feedback
 from gateway.auth import OPEN_TENANT, Tenant
+from gateway.decimals import written_number
 from gateway.errors import (
     AuthenticationFailed,
     GatewayError,
@@ -100,10 +101,9 @@ def _positive_finite_header(headers: Mapping[str, str], name: str) -> float | No
     raw = headers.get(name)
     if raw is None:
         return None
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidRequest(f"header {name} must be a number, got {raw[:64]!r}", param=name) from None
+    value = written_number(raw)  # float() also took "1_000" and "nan"
+    if value is None:
+        raise InvalidRequest(f"header {name} must be a number, got {raw[:64]!r}", param=name)
     if not (0 < value < math.inf):  # also false for nan
         raise InvalidRequest(f"header {name} must be a positive finite number, got {raw[:64]!r}", param=name)
     return value

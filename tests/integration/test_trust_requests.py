@@ -195,7 +195,7 @@ def test_the_bounds_are_configurable() -> None:
 # --- request headers ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("header", ["x-switchyard-max-cost-usd", "x-switchyard-latency-slo-ms"])
-@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "NaN", "cheap"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "NaN", "cheap", "1_000"])
 def test_a_cap_header_that_is_not_a_positive_finite_number_is_a_400(base_url: str, header: str,
                                                                    value: str) -> None:
     _assert_400_naming(_post(base_url, {"model": "small", "messages": HI}, **{header: value}), header)

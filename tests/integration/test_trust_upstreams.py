@@ -124,7 +124,7 @@ def test_policy_timeout_bounds_the_request(gateway: GatewayServer) -> None:
     assert time.monotonic() - started < 1.5
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", ""])
+@pytest.mark.parametrize("value", ["abc", "0", "-5", "nan", "inf", "", "1_000"])
 def test_invalid_timeout_header_is_400(gateway: GatewayServer, value: str) -> None:
     resp = _post(gateway, "small", **{"x-switchyard-timeout-ms": value})
     assert resp.status_code == 400, resp.text
