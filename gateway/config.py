@@ -11,7 +11,7 @@ import os
 from collections import Counter
 from collections.abc import Hashable, Iterable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -42,7 +43,26 @@ OutageSetting = Literal["fail_closed", "fail_open"]
 MAX_TTL_S = 10 * 365 * 24 * 3600  # ten years
 
 
-class _Strict(BaseModel):
+def _takes_bool(annotation: Any) -> bool:
+    return annotation is bool or any(_takes_bool(a) for a in get_args(annotation))
+
+
+class NoBooleanNumbers(BaseModel):
+    """A file's `true`, `yes` or `on` is no number: pydantic reads it as 1 for a number field, so
+    `strong_share: yes` sent every request to the strong plan and `max_retries: true` retried once. A field
+    that takes a boolean still does."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_boolean_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None \
+                and not _takes_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"got {str(value).lower()}, which is no value of this field (YAML reads yes, no, on "
+                             "and off as true and false)")
+        return value
+
+
+class _Strict(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -11,8 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from gateway.config import NoBooleanNumbers
 from gateway.executor.sampling import judge_select, pick, result, sample
 from gateway.executor.selectors import vote
 from gateway.plans.base import (
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 Selector = Literal["vote", "judge"]
 
 
-class BestOfSpec(BaseModel):
+class BestOfSpec(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as policy files
 
     deployment: str | None = None

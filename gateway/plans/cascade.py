@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, model_validator
 
+from gateway.config import NoBooleanNumbers
 from gateway.errors import GatewayError
 from gateway.executor.result import CallRecord
 from gateway.executor.sampling import billing, judge_score, pick, result, sample, upstream_fault
@@ -59,7 +60,7 @@ Confidence = Literal["agreement", "logprob", "judge"]
 CASCADE_SHORTFALL = 0.02
 
 
-class CascadeSpec(BaseModel):
+class CascadeSpec(NoBooleanNumbers):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # as policy files
 
     steps: list[str] = Field(min_length=2)

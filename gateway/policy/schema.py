@@ -9,15 +9,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import ConfigDict, Field, create_model, model_validator
 
-from gateway.config import MAX_TTL_S
+from gateway.config import MAX_TTL_S, NoBooleanNumbers
 from gateway.plans import KEYS, Kind
 from gateway.plans.best_of import BestOfSpec
 from gateway.plans.cascade import CascadeSpec
 
 
-class _Strict(BaseModel):
+class _Strict(NoBooleanNumbers):
     # No .inf or .nan: YAML has both, and `value_usd: .inf` would make every utility inf, a tie that the
     # cheapest candidate wins (the opposite of what it says); a limit is left out, not made infinite.
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)

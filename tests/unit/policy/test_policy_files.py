@@ -52,6 +52,22 @@ def test_an_infinite_or_nan_number_is_rejected_with_its_path(tmp_path: Path, tex
         load_policy_file(path, DEPLOYMENTS)
 
 
+@pytest.mark.parametrize(("text", "field"), [
+    ("target:\n  strong_share: yes\n", "target.strong_share"),  # read as 1: every request to the strong plan
+    ("constraints:\n  min_quality: true\n", "constraints.min_quality"),
+    ("timeout_s: on\n", "timeout_s"),
+    ("cache:\n  ttl_s: true\n", "cache.ttl_s"),
+    ("candidates:\n  - best_of: {deployment: small, n: true}\n", r"candidates\[0\].best_of.n"),
+    ("candidates:\n  - cascade: {steps: [small, large], threshold: yes}\n", r"candidates\[0\].cascade.threshold")])
+def test_a_yes_or_true_is_no_number(tmp_path: Path, text: str, field: str) -> None:
+    body = text if text.startswith("candidates") else "candidates:\n  - single: small\n  - single: large\n" + text
+    path = _write(tmp_path, "p.yaml", body)
+    with pytest.raises(ConfigError, match=rf"p.yaml: {field}: Value error, got true, which is no value"):
+        load_policy_file(path, DEPLOYMENTS)
+    assert load_policy_file(_write(tmp_path, "q.yaml", "candidates:\n  - single: small\ncache: {enabled: no}\n"),
+                            DEPLOYMENTS).spec.cache.enabled is False  # a field that takes a boolean still does
+
+
 @pytest.mark.parametrize("value", ["1e-300", "0.05", "0"])
 def test_a_timeout_too_short_for_any_call_is_rejected_with_its_path(tmp_path: Path, value: str) -> None:
     """A policy with `timeout_s: 1e-300` loaded, and every request under it was a 504."""
