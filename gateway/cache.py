@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -53,6 +55,13 @@ class CachedAnswer:
     body: dict[str, Any]
     deployment: str
     plan: str
+
+
+def _served_anew(body: dict[str, Any]) -> dict[str, Any]:
+    """A cached answer as a completion of its own: its own id and time, as every answer an OpenAI API gives
+    has. Served with the id it was stored under, every hit of a question was one completion to a client that
+    keys its records by the id, created hours before it was asked."""
+    return {**body, "id": "chatcmpl-" + os.urandom(12).hex(), "created": int(time.time())}
 
 
 def is_cacheable(request: dict[str, Any], header: str | None) -> bool:
@@ -106,7 +115,7 @@ class ExactCache:
             return None
         try:
             data = orjson.loads(raw)
-            return CachedAnswer(data["body"], data["deployment"], data["plan"])
+            return CachedAnswer(_served_anew(data["body"]), data["deployment"], data["plan"])
         except (orjson.JSONDecodeError, KeyError, TypeError):
             log.warning("ignoring a malformed cache entry at %s", key)
             return None

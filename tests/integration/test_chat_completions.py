@@ -60,6 +60,9 @@ def test_repeated_deterministic_request_is_a_free_cache_hit_with_the_same_conten
     assert second.headers["x-switchyard-cache"] == "hit"
     assert second.headers["x-switchyard-cost-usd"] == "0"
     assert second.parse().choices[0].message.content == first.parse().choices[0].message.content
+    # an answer of its own: a client keying its records by the completion's id had two under one
+    assert second.parse().id != first.parse().id and second.parse().id.startswith("chatcmpl-")
+    assert second.parse().created >= first.parse().created
 
 
 def test_easy_and_hard_prompts_take_different_tiers_under_the_default_policy(base_url: str) -> None:
