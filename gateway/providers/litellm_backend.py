@@ -283,7 +283,7 @@ def _error_body(exc: BaseException) -> object:
         if isinstance(text, str) and text.lstrip().startswith("{"):
             try:
                 return json.loads(text)
-            except ValueError:
+            except (ValueError, RecursionError):  # not JSON, or nested deeper than `json` reads: nothing stated
                 continue
     response = getattr(exc, "response", None)
     try:

@@ -32,6 +32,9 @@ class _Anthropic(ScriptedHandler):
                                                 "message": "messages.0.content: the image is too small"}}
             self._send(json.dumps(error).encode(), "application/json", 400)
             return
+        if "DEEP400" in json.dumps(body["messages"]):  # an error body nested past what `json` reads
+            self._send(b'{"type": "error", "error": ' + b"[" * 100_000, "application/json", 400)
+            return
         answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
                   "content": [{"type": "text", "text": "Paris."}], "stop_reason": "end_turn", "stop_sequence": None,
                   "usage": {"input_tokens": 10, "output_tokens": 3}}
@@ -74,6 +77,14 @@ def test_a_request_anthropic_rejects_is_told_what_anthropic_said(client: openai.
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "ERR400"}])
     assert refused.value.body["message"] == (  # type: ignore[index]
         "deployment 'claude' rejected the request: upstream answered 400: messages.0.content: the image is too small")
+
+
+def test_an_error_body_nested_too_deep_to_read_is_a_400_saying_nothing_of_it(client: openai.OpenAI) -> None:
+    """The provider's error body is read as JSON for its message; one nested deeper than `json` reads raised
+    RecursionError out of the error's classification, and the client read a 500 for a 400 of the provider."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "DEEP400"}])
+    assert refused.value.body["message"] == "deployment 'claude' rejected the request: upstream answered 400"  # type: ignore[index]
 
 
 def test_a_field_the_provider_does_not_take_is_named_and_its_fallback_answers(client: openai.OpenAI) -> None:
