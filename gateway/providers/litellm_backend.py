@@ -155,6 +155,9 @@ class LiteLLMBackend:
         except Exception as exc:  # litellm raises many types; classify them in one place
             raise _classify(lib, deployment, exc) from exc
         parsed = resp.model_dump(exclude_none=True)
+        if not parsed.get("choices"):  # passed on, a 200 with nothing in it, billed (as on the direct path)
+            raise ProviderFailure(f"{deployment.name}: upstream sent an answer that is no answer: no choices",
+                                  reason="upstream sent an invalid answer")
         usage = Usage.from_dict(parsed.get("usage"), parsed.get("service_tier"))
         return Completion(parsed, usage, time.perf_counter() - started)
 
@@ -222,10 +225,26 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
                                reason=f"refused before it was sent: {_refusal(exc)[:300]}")
     if isinstance(exc, lib.exceptions.APIConnectionError) and status is None:
         return ProviderFailure(f"{deployment.name}: connection failed: {exc}")
+    if _answered_an_error(exc):
+        # An error envelope sent with status 200: litellm raises it with a status of its own making (422 unless
+        # the envelope names a code), which read as the request's fault was a 400 blaming the client, and no
+        # fallback was asked. A failure of the upstream, as on the direct path.
+        return ProviderFailure(f"{deployment.name}: upstream sent an error with status 200: {exc}",
+                               reason="upstream sent an error with status 200")
     retryable = is_retryable_status(status) if status is not None else True
     return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
                            retryable=retryable, reason=client_reason(status, _stated(exc)),
                            retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
+
+
+# Where litellm reads an answer sent with status 200 into its own types, and raises an error envelope it finds
+# there as a bare Exception.
+_ANSWER_READER = "litellm.litellm_core_utils.llm_response_utils.convert_dict_to_response"
+
+
+def _answered_an_error(exc: BaseException) -> bool:
+    """Whether litellm raised `exc` from an error envelope the provider sent as its answer (status 200)."""
+    return any(type(e) is Exception and traceback_modules(e)[-1:] == [_ANSWER_READER] for e in (exc, *causes(exc)))
 
 
 _UNSUPPORTED = re.compile(r"does not support parameters: \[([^\]]*)\]")

@@ -53,6 +53,9 @@ STREAMS: dict[str, Any] = {
         {**_CHUNK, "choices": [], "usage": ANSWER["usage"]})) + b"data: [DONE]\n\n",
 }
 
+# Whole answers of BODIES read through litellm (`backend: litellm`), as `ll-<name>`.
+LITELLM_WHOLE = ["error-envelope", "empty-choices"]
+
 
 class _Whole(ScriptedHandler):
     def do_POST(self) -> None:
@@ -77,10 +80,13 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         rows += [{"name": f"ll-{name}", "model": f"openai/{name}", "api_base": base, "backend": "litellm",
                   "tier": "small", "max_retries": 0, "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
                  for name in STREAMS]
+        rows += [{"name": f"ll-{name}", "model": f"openai/{name}", "api_base": base, "backend": "litellm",
+                  "tier": "small", "max_retries": 0, "price": {"input_per_mtok": 1.0, "output_per_mtok": 2.0}}
+                 for name in LITELLM_WHOLE]
         policies = policies_folder(Path(tmp_path_factory.mktemp("whole")), {
             f"to-{name}": {"candidates": [{"single": name}], "fallbacks": {name: ["fine"]},
-                           "cache": {"enabled": False}} for name in [*BODIES, *(f"ll-{n}" for n in STREAMS)]
-            if name != "fine"})
+                           "cache": {"enabled": False}}
+            for name in [*BODIES, *(f"ll-{n}" for n in [*STREAMS, *LITELLM_WHOLE])] if name != "fine"})
         with running_gateway(create_app(parse_config({"deployments": rows}, "whole"), policies_dir=policies,
                                         watch_policies_s=None, watch_router_s=None)) as gw:
             yield gw.base_url + "/v1"
@@ -145,3 +151,19 @@ def test_a_stream_through_litellm_that_says_something_is_relayed(base_url: str, 
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
     assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [finish]
     assert [c.usage.completion_tokens for c in chunks if c.usage is not None] == [1]
+
+
+@pytest.mark.parametrize("deployment", [f"ll-{name}" for name in LITELLM_WHOLE])
+def test_a_200_that_is_no_answer_through_litellm_is_an_upstream_failure(base_url: str, deployment: str) -> None:
+    """litellm raises an error envelope sent with status 200 as a 422 of its own making (taken for the request's
+    fault: a 400 blaming the client, and no fallback asked) and passes an answer without choices on (a 200 with
+    nothing in it, billed): as on the direct path, either is a failure of the upstream."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model=deployment, messages=[{"role": "user", "content": "hi"}])
+    assert failed.value.status_code == 502, failed.value.message
+    assert f"deployment '{deployment}' failed: upstream sent" in failed.value.message
+    raw = httpx.post(base_url + "/chat/completions", timeout=30, json={
+        "model": f"router/to-{deployment}", "messages": [{"role": "user", "content": "hi"}]})
+    assert raw.status_code == 200, raw.text
+    assert raw.headers["x-switchyard-plan"] == f"single:{deployment}>fallback:fine"
