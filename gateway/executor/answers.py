@@ -59,11 +59,16 @@ DEFAULT_EXTRACTORS: tuple[Extractor, ...] = (choice_letter, number, short_span)
 # run on the event loop, and reading all of a very long answer (an upstream's that never ends) held it, and
 # every request on the worker, for seconds per sample (about 10 s for 50 MB).
 ANSWER_TAIL_CHARS = 4096
+# And of its start: where an answer that explains itself after stating it ("The answer is (B). Because...")
+# states it. Read at its end only, such an answer was keyed by the last number of its explanation.
+ANSWER_HEAD_CHARS = 4096
 
 
 def extract_answer(text: str, extractors: Sequence[Extractor] = DEFAULT_EXTRACTORS) -> str | None:
-    """The answer key of `text`, read from its last `ANSWER_TAIL_CHARS` characters."""
-    text = text[-ANSWER_TAIL_CHARS:]
+    """The answer key of `text`, read from its first `ANSWER_HEAD_CHARS` and last `ANSWER_TAIL_CHARS`
+    characters (an answer stated in both: the first)."""
+    if len(text) > ANSWER_HEAD_CHARS + ANSWER_TAIL_CHARS:
+        text = text[:ANSWER_HEAD_CHARS] + "\n" + text[-ANSWER_TAIL_CHARS:]
     for extractor in extractors:
         key = extractor(text)
         if key is not None:

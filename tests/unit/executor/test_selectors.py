@@ -50,9 +50,21 @@ def test_judge_reply_is_parsed_or_rejected() -> None:
 def test_a_very_long_answer_is_read_for_its_answer_at_its_end_in_bounded_time() -> None:
     """The extractors read the whole text on the event loop: three 20 MB samples (an upstream sending an
     answer that never ends) held it, and every request on the worker, for about twelve seconds of CPU."""
-    reasoning = "Let us think. The answer is 3 at first sight, " + "and then on reflection " * 900_000
+    # (an answer stated first is read too, as a short one's is: this one's is stated only at its end)
+    reasoning = "Let us think. At first sight it is 3, " + "and then on reflection " * 900_000
     texts = [reasoning + "so the answer is 42.", reasoning + "so the answer is 42.", "x" * (20 << 20)]
     started = time.process_time()
     chosen = vote(texts)
     assert time.process_time() - started < 1.5
     assert chosen.evidence["votes"]["42"] == 2 and chosen.index == 0
+
+
+def test_a_long_answer_that_states_its_answer_first_is_read_for_it() -> None:
+    """Answers read at their end only (`ANSWER_TAIL_CHARS`), one that says "The answer is (B)." and then explains
+    for a few pages was keyed by the last number of its explanation: samples that all said B split the vote."""
+    explanation = "We consider each option in turn, as the reaction proceeds. " * 90
+    texts = [f"The answer is (B).\n\n{explanation}Option A would need {n} moles." for n in (3, 7, 12)]
+    assert len(texts[0]) > 5_000
+    chosen = vote(texts)
+    assert chosen.evidence["votes"] == {"B": 3}
+    assert extract_answer(f"The answer is 42.\n\n{explanation}It is not 7.") == "42"
