@@ -24,9 +24,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator
 
-from gateway.config import Budget, BudgetConfig
+from gateway.config import Budget, BudgetConfig, NoBooleanNumbers
 from gateway.state import VIRTUAL_KEYS_INDEX, Store, StoreUnavailable, virtual_key_key
 
 KEY_PREFIX = "sk-sy-"
@@ -38,7 +38,10 @@ NAME_PATTERN = r"^[A-Za-z0-9._:-]+$"  # no braces: a tenant name is a Redis Clus
 Status = Literal["active", "revoked", "expired"]
 
 
-class _Body(BaseModel):
+class _Body(NoBooleanNumbers):
+    """An admin API body. Its `true` is no number, as a config file's is not: read as 1, a PATCH of
+    `requests_per_minute: true` held the key to one request a minute."""
+
     model_config = ConfigDict(extra="forbid")
 
 

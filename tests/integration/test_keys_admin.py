@@ -100,6 +100,8 @@ def test_the_admin_and_viewer_keys_are_told_they_are_no_tenants_key_not_that_the
     ({"tenant": "acme", "budget": -5}, "budget.usd"),  # a plain number is a total, bounded as usd is
     ({"tenant": "acme", "budget": {"usd": -1}}, "budget.usd"),
     ({"tenant": "acme", "requests_per_minute": 0}, "requests_per_minute"),
+    ({"tenant": "acme", "requests_per_minute": True}, "requests_per_minute"),  # was a key of 1 request a minute
+    ({"tenant": "acme", "tokens_per_minute": True}, "tokens_per_minute"),
     ({"tenant": "acme", "expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),  # born expired: was a 201
     (["not", "an", "object"], None)])
 def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | None) -> None:
@@ -117,6 +119,16 @@ def test_a_patch_with_a_negative_budget_is_refused_and_the_key_keeps_working(gw:
     assert resp.json()["error"]["param"] == "budget.usd"
     assert _chat(gw, created["key"]).choices
     assert httpx.get(gw + "/v1/budget", headers={"authorization": f"Bearer {created['key']}"}).status_code == 200
+
+
+def test_a_patch_with_true_for_a_limit_is_refused_naming_it(gw: str) -> None:
+    """JSON's true is no number: read as 1, a PATCH meant to switch a limit on held the key to one request
+    (or one token) a minute, as a YAML `yes` in the config file once did."""
+    created = _create(gw, requests_per_minute=50)
+    resp = _admin(gw, "PATCH", f"/admin/keys/{created['id']}", json={"requests_per_minute": True})
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == "requests_per_minute"
+    assert _admin(gw, "GET", f"/admin/keys/{created['id']}").json()["requests_per_minute"] == 50
 
 
 def test_a_patch_with_null_clears_a_field_metadata_too(gw: str) -> None:
