@@ -139,6 +139,16 @@ def test_a_patch_with_null_clears_a_field_metadata_too(gw: str) -> None:
     assert (resp.json()["name"], resp.json()["metadata"], resp.json()["requests_per_minute"]) == (None, {}, None)
 
 
+@pytest.mark.parametrize(("query", "param"), [("tenat=acme", "tenat"), ("tenant=acme&tenant=beta", "tenant")])
+def test_a_listing_asked_for_what_it_cannot_filter_by_is_a_400(gw: str, query: str, param: str) -> None:
+    """A misspelt filter listed every tenant's keys, and a tenant given twice listed the last one's: an
+    operator revoking what such a list showed revoked other tenants' keys. /v1/spend refuses both too."""
+    resp = _admin(gw, "GET", f"/admin/keys?{query}")
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["param"] == param
+    assert _admin(gw, "GET", "/admin/keys?tenant=acme").status_code == 200
+
+
 def test_unknown_key_ids_are_404s(gw: str) -> None:
     for method, path in (("GET", "/admin/keys/0123456789ab"), ("PATCH", "/admin/keys/0123456789ab"),
                          ("DELETE", "/admin/keys/nope"), ("POST", "/admin/keys/0123456789ab/rotate")):
