@@ -198,6 +198,7 @@ class Authenticator:
         self._viewer = viewer_sha256
         self.on_store_outage: OutageSetting = on_store_outage
         self._outage_log = LogThrottle()
+        self._key_outage_log = LogThrottle()
         self._by_hash: dict[str, Tenant] = {}
         self._by_name = {t.name: tenant_from_config(t) for t in tenants}
         for t in tenants:
@@ -250,7 +251,11 @@ class Authenticator:
         try:
             record = await self.keys.lookup(key_id)
         except StoreUnavailable as exc:
-            raise StoreOutage(f"API keys cannot be checked right now; retry shortly ({exc})",
+            # What the store said (its host and port) is logged for the operator, never sent: this caller
+            # has shown no valid key yet, and a guess shaped like one got this far.
+            if self._key_outage_log.due():
+                log.warning("store unavailable: admin-made API keys cannot be checked: %s", exc)
+            raise StoreOutage("API keys cannot be checked right now; retry shortly",
                               headers={"retry-after": str(OUTAGE_RETRY_AFTER_S)}) from None
         if record is None or not matches(record, key.strip()):
             raise AuthenticationFailed("invalid API key")

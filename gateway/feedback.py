@@ -289,8 +289,9 @@ class RequestLog:
         try:
             replaced = await self.store.put_feedback(key, feedback_field(fb.source, fb.origin),
                                                   orjson.dumps(stored), about)
-        except StoreUnavailable as exc:
-            raise StoreOutage(f"feedback cannot be stored right now; retry shortly ({exc})",
+        except StoreUnavailable:
+            # a tenant is not told what the store said (its host and port): that is the operator's to read
+            raise StoreOutage("feedback cannot be stored right now; retry shortly",
                               headers={"retry-after": "2"}) from None
         if replaced is None:
             raise not_found()

@@ -200,9 +200,9 @@ async def budget(request: Request) -> Response:
             if scope.limits.budget_usd is not None:
                 budgets.append(await _budget_row(svc, scope, now))
             rates += await _rate_rows(svc, scope)
-    except StoreUnavailable as exc:
-        raise StoreOutage(f"budgets cannot be read right now; retry shortly ({exc})",
-                          headers={"retry-after": "2"}) from None
+    except StoreUnavailable:
+        # a tenant is not told what the store said (its host and port): that is the operator's to read
+        raise StoreOutage("budgets cannot be read right now; retry shortly", headers={"retry-after": "2"}) from None
     return _json({"object": "budget", "tenant": tenant.name, "key_id": tenant.key_id, "budgets": budgets,
                   "rate_limits": rates})
 

@@ -25,7 +25,7 @@ from gateway.auth import hash_key
 from gateway.keys import KeyCreate, KeyRegistry
 from gateway.state import RedisStore
 from tests.integration.conftest import sim_config
-from tests.support.processes import ROOT, RedisServer, Simulator, running_gateway
+from tests.support.processes import ROOT, RedisServer, Simulator, free_port, running_gateway
 
 ADMIN = "sk-admin-test"
 VIEWER = "sk-viewer-test"  # reads the dashboard, nothing else
@@ -147,6 +147,31 @@ def test_a_listing_asked_for_what_it_cannot_filter_by_is_a_400(gw: str, query: s
     assert resp.status_code == 400, resp.text
     assert resp.json()["error"]["param"] == param
     assert _admin(gw, "GET", "/admin/keys?tenant=acme").status_code == 200
+
+
+def test_a_store_outage_tells_callers_other_than_the_admin_nothing_of_where_the_store_is(
+        simulator: Simulator, policies_dir: Path) -> None:
+    """Redis's own words ('Error 111 connecting to 127.0.0.1:<port>. Connection refused.') were sent in the
+    503 to anyone who sent a key shaped like an admin-made one, a guess included, and to tenants on
+    /v1/budget, /v1/spend and /v1/feedback: where the store is, and what it said, are the operator's."""
+    port = free_port()
+    tenants = [{"name": "acme", "api_key_sha256": hash_key(TENANT_KEY), "budget": {"usd": 5.0, "period": "day"}}]
+    app = create_app(sim_config(simulator.url, f"redis://127.0.0.1:{port}/0", tenants=tenants,
+                                admin_api_key_sha256=hash_key(ADMIN)), policies_dir=policies_dir)
+    with running_gateway(app) as server:
+        app.state.services.cache.store.breaker.cooldown_s = 0  # every call reaches for the store again
+        for key, method, path, body in (("sk-sy-0123456789ab-guess", "GET", "/v1/models", None),
+                                        (TENANT_KEY, "GET", "/v1/budget", None),
+                                        (TENANT_KEY, "GET", "/v1/spend", None),
+                                        (TENANT_KEY, "POST", "/v1/feedback", {"request_id": "r", "thumbs": "up"})):
+            deadline = time.monotonic() + 5
+            resp = _admin(server.base_url, method, path, key=key, json=body)
+            while "marked down" in resp.text and time.monotonic() < deadline:  # the next to reach for it, then
+                time.sleep(0.05)
+                resp = _admin(server.base_url, method, path, key=key, json=body)
+            assert resp.status_code == 503, (path, resp.text)
+            assert resp.json()["error"]["code"] == "store_unavailable"
+            assert str(port) not in resp.text and "connecting" not in resp.text, (path, resp.text)
 
 
 def test_unknown_key_ids_are_404s(gw: str) -> None:
