@@ -249,7 +249,12 @@ class Authenticator:
         if key_id is None:
             return self.identify(authorization)
         try:
+            was_cached = self.keys.cached(key_id)
             record = await self.keys.lookup(key_id)
+            if was_cached and record is not None and not matches(record, key.strip()):
+                # Rotated on another replica since this one read it: the cached record has the old secret's
+                # hash, and the new key, which its holder uses at once, was refused for up to the cache's TTL.
+                record = await self.keys.lookup(key_id, fresh=True)
         except StoreUnavailable as exc:
             # What the store said (its host and port) is logged for the operator, never sent: this caller
             # has shown no valid key yet, and a guess shaped like one got this far.

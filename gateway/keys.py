@@ -185,11 +185,16 @@ class KeyRegistry:
             return None
         return _parsed(await self.store.get(virtual_key_key(key_id)))
 
-    async def lookup(self, key_id: str) -> KeyRecord | None:
-        """The record, read at most `cache_ttl_s` ago."""
+    def cached(self, key_id: str) -> bool:
+        """Whether `lookup` would answer from this replica's cache rather than the store."""
+        cached = self._cache.get(key_id)
+        return cached is not None and time.monotonic() - cached[1] < self.cache_ttl_s
+
+    async def lookup(self, key_id: str, *, fresh: bool = False) -> KeyRecord | None:
+        """The record, read at most `cache_ttl_s` ago (`fresh`: read now)."""
         now = time.monotonic()
         cached = self._cache.get(key_id)
-        if cached is not None and now - cached[1] < self.cache_ttl_s:
+        if not fresh and cached is not None and now - cached[1] < self.cache_ttl_s:
             return cached[0]
         record = await self.get(key_id)
         if record is not None:

@@ -176,6 +176,21 @@ def test_a_revoked_key_is_refused_by_every_replica_within_1_s(replicas: Replicas
     assert not pending and took < 1.0, (pending, took)
 
 
+def test_a_rotated_key_works_on_every_replica_at_once(replicas: Replicas) -> None:
+    """A replica that had read the key's record in the last 0.5 s still held the old secret's hash, and
+    answered the new key 401 invalid_api_key, which SDKs do not retry: a client given the rotated key
+    failed on every replica but the one that rotated it."""
+    created = _create(replicas)
+    for u in replicas.urls:  # every replica has the key in its cache
+        assert httpx.get(u + "/v1/models", headers={"authorization": f"Bearer {created['key']}"}).status_code == 200
+    rotated = httpx.post(replicas.urls[0] + f"/admin/keys/{created['id']}/rotate", timeout=10,
+                         headers={"authorization": f"Bearer {ADMIN}"})
+    assert rotated.status_code == 200, rotated.text
+    for u in replicas.urls:
+        resp = httpx.get(u + "/v1/models", headers={"authorization": f"Bearer {rotated.json()['key']}"})
+        assert resp.status_code == 200, (u, resp.text)
+
+
 def _versions(url: str) -> tuple[str, str]:
     r = httpx.post(url + "/v1/route", json={"model": "router/pv", "messages": [{"role": "user", "content": "hi"}]},
                    headers={"authorization": f"Bearer {TENANT_KEY}"}, timeout=10)
