@@ -274,6 +274,10 @@ class Authenticator:
         self._key_tenants[key_id] = (record, tenant)
         return tenant
 
+    def configured(self, name: str) -> Tenant | None:
+        """The tenant of that name in the config file (None: it is named by admin-made keys alone)."""
+        return self._by_name.get(name)
+
     @property
     def has_admin_key(self) -> bool:
         return self._admin is not None

@@ -75,16 +75,28 @@ def _parse(model: type[M], raw: Any) -> M:
         raise InvalidRequest(f"{where}: {err['msg']}", param=where) from None
 
 
-def _check_names(svc: Services, limits: KeyLimits) -> None:
-    """Policies and deployments a key names must exist: a typo would silently forbid them."""
+def _check_names(svc: Services, limits: KeyLimits, tenant: str) -> None:
+    """Policies and deployments a key names must exist, and be its tenant's: a typo, or a name its tenant may
+    not use (the key narrows its tenant), would silently forbid them: a key made for nothing it may do."""
+    allowed = svc.auth.configured(tenant)
     for i, name in enumerate(limits.policies or ()):
         if name not in svc.policies.policies:
             known = ", ".join(sorted(svc.policies.policies))
             raise InvalidRequest(f"policies[{i}]: '{name}' is not a policy ({known})", param=f"policies[{i}]")
+        if allowed is not None and not allowed.may_use(name):
+            raise InvalidRequest(f"policies[{i}]: tenant '{tenant}' may not use '{name}' "
+                                 f"({_listed(allowed.policies)})", param=f"policies[{i}]")
     for i, name in enumerate(limits.deployments or ()):
         if name not in svc.catalog.deployments:
             raise InvalidRequest(f"deployments[{i}]: '{name}' is not a deployment "
                                  f"({', '.join(svc.catalog.deployments)})", param=f"deployments[{i}]")
+        if allowed is not None and not allowed.may_pin(name):
+            raise InvalidRequest(f"deployments[{i}]: tenant '{tenant}' may not pin '{name}' "
+                                 f"({_listed(allowed.deployments)})", param=f"deployments[{i}]")
+
+
+def _listed(names: frozenset[str] | None) -> str:
+    return f"it may: {', '.join(sorted(names))}" if names else "it may: none"
 
 
 async def _stored(call: Any) -> Any:
@@ -107,7 +119,7 @@ async def create_key(request: Request) -> Response:
     svc = _svc(request)
     await _require_admin(svc, request)
     spec = _parse(KeyCreate, await read_json(request, _BODY_LIMIT))
-    _check_names(svc, spec)
+    _check_names(svc, spec, spec.tenant)
     if spec.expires_at is not None and spec.expires_at.timestamp() <= time.time():
         # a key born expired answers every request with 401 key_expired: a typo in the year, not a wish
         raise InvalidRequest(f"expires_at: {spec.expires_at.isoformat()} is not in the future", param="expires_at")
@@ -146,8 +158,8 @@ async def key_detail(request: Request) -> Response:
         record = await _record(svc, request)
         return _json((await _stored(svc.auth.keys.revoke(record))).public())
     patch = _parse(KeyLimits, await read_json(request, _BODY_LIMIT))
-    _check_names(svc, patch)
     record = await _record(svc, request)
+    _check_names(svc, patch, record.tenant)
     return _json((await _stored(svc.auth.keys.update(record, patch))).public())
 
 

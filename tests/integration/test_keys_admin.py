@@ -35,7 +35,9 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture(scope="module")
 def gw(simulator: Simulator, redis_server: RedisServer, policies_dir: Path) -> Iterator[str]:
-    tenants = [{"name": "acme", "api_key_sha256": hash_key(TENANT_KEY), "budget": {"usd": 5.0, "period": "day"}}]
+    tenants = [{"name": "acme", "api_key_sha256": hash_key(TENANT_KEY), "budget": {"usd": 5.0, "period": "day"}},
+               {"name": "narrow", "api_key_sha256": hash_key("sk-narrow-config"), "policies": ["cost-saver"],
+                "deployments": ["small"]}]
     app = create_app(sim_config(simulator.url, redis_server.url, tenants=tenants, admin_api_key_sha256=hash_key(ADMIN),
                                 viewer_api_key_sha256=hash_key(VIEWER)), policies_dir=policies_dir)
     with running_gateway(app) as server:
@@ -110,6 +112,23 @@ def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | N
     assert resp.json()["error"]["type"] == "invalid_request_error"
     if param is not None:
         assert (resp.json()["error"]["param"] or "").startswith(param)
+
+
+def test_a_key_cannot_be_given_what_its_tenant_may_not_use(gw: str) -> None:
+    """A key narrows its tenant: made for a policy or a pinnable deployment its tenant may not use, it was a
+    201 for a key whose every request was a 403."""
+    for body, param, says in [
+            ({"tenant": "narrow", "policies": ["balanced"]}, "policies[0]",
+             "tenant 'narrow' may not use 'balanced' (it may: cost-saver)"),
+            ({"tenant": "narrow", "deployments": ["large"]}, "deployments[0]",
+             "tenant 'narrow' may not pin 'large' (it may: small)")]:
+        resp = _admin(gw, "POST", "/admin/keys", json=body)
+        assert resp.status_code == 400, resp.text
+        assert resp.json()["error"]["param"] == param and says in resp.json()["error"]["message"]
+    made = _admin(gw, "POST", "/admin/keys", json={"tenant": "narrow", "policies": ["cost-saver"]})
+    assert made.status_code == 201, made.text
+    patched = _admin(gw, "PATCH", f"/admin/keys/{made.json()['id']}", json={"policies": ["quality-first"]})
+    assert patched.status_code == 400 and patched.json()["error"]["param"] == "policies[0]", patched.text
 
 
 def test_a_patch_with_a_negative_budget_is_refused_and_the_key_keeps_working(gw: str) -> None:
