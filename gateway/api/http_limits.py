@@ -26,6 +26,15 @@ come for `LINGER_IDLE_S` and at most `LINGER_MAX_S` after the answer (nginx's `l
 its `lingering_timeout` and `lingering_time`): closed at once with bytes unread, the kernel resets the
 connection and the client often loses the answer before reading it, and a client that sends its
 whole body before reading (most do) would never see its `413`.
+
+An answer's client must take what it is sent: a write that finds the connection's buffers full (the
+client reads nothing, or its window stays shut) waits at most `SEND_TIMEOUT_S` for them to drain, else
+the connection is aborted and the request's client taken as gone (nginx's `send_timeout`). A stream's
+relay waited on such a client for ever: its tenant's slot in flight stayed taken and its upstream call
+unread (the upstream's stall timer runs only while it is read), and its budget hold, renewed as chunks are
+read, lapsed while the stream went on, so the tenant could spend the budget again beside it. Its client
+gone, the stream is read on and billed as any other (`Upstreams.read_on`). 20 s stays under the margin a
+hold outlives its last renewal by (`HOLD_MARGIN_S`).
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ HEAD_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 30.0
 LINGER_IDLE_S = 2.0  # see the module's text
 LINGER_MAX_S = 30.0
+SEND_TIMEOUT_S = 20.0  # see the module's text
 
 
 def _error(status: int, code: str, message: str) -> bytes:
@@ -60,6 +70,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _linger_timer: asyncio.TimerHandle | None = None
     _linger_ends = 0.0
     _shutting_down = False  # the server is stopping: nothing lingers (it would hold the shutdown up)
+    _send_timer: asyncio.TimerHandle | None = None  # while writes wait for the client to read
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -70,9 +81,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_timer()
+        self._stop_send_timer()
         if self._linger_timer is not None:
             self._linger_timer.cancel()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = asyncio.get_running_loop().call_later(SEND_TIMEOUT_S, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._stop_send_timer()
+        super().resume_writing()
+
+    def _stop_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_timed_out(self) -> None:
+        """The client has read too little of its answer for `SEND_TIMEOUT_S`: aborted, not closed (a close
+        waits for the buffered answer to be sent, which it never would be); its request sees the client gone."""
+        self._send_timer = None
+        cast(_LingeringClose, self.transport).abort_at_once()
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -198,3 +230,7 @@ class _LingeringClose:
     def close_at_once(self) -> None:
         self._closing = True
         self._transport.close()
+
+    def abort_at_once(self) -> None:
+        self._closing = True
+        self._transport.abort()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -38,7 +39,8 @@ USAGE = {"prompt_tokens": 20, "completion_tokens": 900, "total_tokens": 920,
 THINKING_S = 0.8  # how long the upstream thinks: the client leaves well before it is done
 _SINKS: list[str] = []  # the module gateway's request-log file
 ENDED = {"reasoning": threading.Event(), "silent": threading.Event(),  # the upstream sent its usage chunk
-         "slow-usage": threading.Event()}
+         "slow-usage": threading.Event(), "flood": threading.Event()}
+FLOOD_CHUNKS = 12_000  # of 2 kB each: far more than a connection's buffers hold
 
 
 class _Thinker(ScriptedHandler):
@@ -68,6 +70,14 @@ class _Thinker(ScriptedHandler):
                 self.wfile.flush()
                 ENDED[model].set()
                 return
+            if model == "flood":  # answers fast and long: only a client that reads takes it all
+                for _ in range(FLOOD_CHUNKS):
+                    self.wfile.write(delta({"content": "word " * 400}))
+                self.wfile.write(delta({}, "stop") + b"data: " + orjson.dumps({**head, "choices": [], "usage": USAGE})
+                                 + b"\n\n" + b"data: [DONE]\n\n")
+                self.wfile.flush()
+                ENDED[model].set()
+                return
             if model == "silent":
                 time.sleep(THINKING_S / 2)
             self.wfile.write(delta({"role": "assistant", "content": ""}))
@@ -88,7 +98,7 @@ class _Thinker(ScriptedHandler):
 def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with scripted_upstream(_Thinker) as base:
         price = {"input_per_mtok": 1.0, "output_per_mtok": 2.0}
-        tiers = zip(ENDED, ("small", "large", "medium"), strict=True)
+        tiers = zip(ENDED, ("small", "large", "medium", "lab"), strict=True)
         rows = [{"name": name, "model": f"openai/{name}", "api_base": base, "tier": tier, "price": price,
                  "max_retries": 0, "timeout_s": 5} for name, tier in tiers]
         folder = Path(tmp_path_factory.mktemp("abandoned"))
@@ -207,3 +217,25 @@ def test_a_stream_left_after_its_finish_is_cached_with_its_usage_not_zeros(base_
     usage = again.parse().usage
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (20, 900)
+
+
+def test_a_stream_whose_client_stops_reading_is_given_up_on_and_billed_not_held_for_ever(
+        base_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client that keeps its connection open and reads nothing more of a long stream (its window shut)
+    is taken as gone once the gateway's writes have waited `SEND_TIMEOUT_S` for it: the stream is read
+    on and billed for what the upstream reports. Before, the relay waited on its write for as long as the
+    client held the connection, its upstream call unread (so never timed out as stalled), its tenant's
+    slot taken and its budget hold, renewed only as chunks are read, lapsing while the stream went on."""
+    from gateway.api import http_limits
+
+    monkeypatch.setattr(http_limits, "SEND_TIMEOUT_S", 0.5)
+    body = orjson.dumps({"model": "flood", "messages": _messages(), "stream": True})
+    port = int(base_url.rsplit(":", 1)[1].split("/")[0])
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a shut window, soon
+        sock.connect(("127.0.0.1", port))
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n%s" % (len(body), body))
+        assert sock.recv(64).startswith(b"HTTP/1.1 200")  # the stream began; nothing more is read of it
+        assert ENDED["flood"].wait(15), "the stream was never read on: the gateway still waits on its client"
+        _settles_to_the_upstreams_usage(base_url, "flood")
