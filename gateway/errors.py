@@ -79,6 +79,11 @@ class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
+class UnsupportedMediaType(GatewayError):
+    status, type, code = 415, "invalid_request_error", "unsupported_content_encoding"
+    retry_helps = False
+
+
 class ConstraintUnsatisfiable(GatewayError):
     status, type, code = 422, "invalid_request_error", "constraint_unsatisfiable"
 

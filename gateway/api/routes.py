@@ -38,6 +38,7 @@ from gateway.errors import (
     PayloadTooLarge,
     RequestTimeout,
     StoreOutage,
+    UnsupportedMediaType,
 )
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
@@ -77,7 +78,14 @@ def _over(digits: str, limit: int) -> bool:
 async def read_json(request: Request, limit: int) -> Any:
     # A refused body is never read to its end: its connection is closed (lingering: see `http_limits`).
     close = {"connection": "close"}
-    declared = headers_of(request).get("content-length")
+    headers = headers_of(request)
+    encoding = headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # Nothing decodes a compressed body: read as it came, it was a 400 saying the JSON was invalid (not
+        # UTF-8), which sent its client looking for a fault in JSON it wrote correctly.
+        raise UnsupportedMediaType(f"a request body sent with content-encoding {encoding[:64]!r} is not read: send "
+                                   "it uncompressed", headers={**close, "accept-encoding": "identity"})
+    declared = headers.get("content-length")
     if declared and declared.isdigit() and _over(declared, limit):
         raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit", headers=close)
     body = bytearray()

@@ -3,6 +3,7 @@ request headers, and cache entries that answer exactly the question asked."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import time
 import uuid
@@ -207,6 +208,23 @@ def test_an_unknown_cache_directive_is_a_400(base_url: str) -> None:
     for known in ("force", "bypass", "no-store", "Bypass"):
         ok = _post(base_url, {"model": "small", "messages": HI}, **{"x-switchyard-cache": known})
         assert ok.status_code == 200, (known, ok.text)
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "GZIP"])
+def test_a_compressed_body_is_a_415_naming_its_encoding_not_invalid_json(base_url: str, encoding: str) -> None:
+    """Nothing decodes a compressed body: it was read as it came and refused as JSON that is not UTF-8,
+    a 400 that blamed JSON the client wrote correctly."""
+    packed = gzip.compress(orjson.dumps({"model": "small", "messages": HI}))
+    resp = _post(base_url, packed, **{"content-encoding": encoding})
+    assert resp.status_code == 415, resp.text
+    assert resp.json()["error"]["code"] == "unsupported_content_encoding"
+    assert encoding.lower() in resp.json()["error"]["message"]
+    assert resp.headers["accept-encoding"] == "identity"
+
+
+def test_a_body_declared_identity_encoded_is_served(base_url: str) -> None:
+    resp = _post(base_url, {"model": "small", "messages": HI}, **{"content-encoding": "identity"})
+    assert resp.status_code == 200, resp.text
 
 
 def test_a_sane_request_id_is_echoed(base_url: str) -> None:
