@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 import yaml
 
-from benchmarks.progress import phase
+from benchmarks.progress import count, phase
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "fuzz.md"
@@ -248,9 +248,10 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=300, help="cases per operation and mode (default 300)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=count, default=300, help="cases per operation and mode (default 300)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="report file (default: benchmarks/results/fuzz.md)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     phase("starting the simulated models and the gateway")

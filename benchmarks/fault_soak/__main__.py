@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from benchmarks.progress import count, seconds
+
 from .report import render
 from .soak import SoakSettings, run_soak
 
@@ -16,15 +18,15 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "fault_soak.md"
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.fault_soak", description=__doc__)
-    p.add_argument("--requests", type=int, default=10_000, help="requests in the faulted run (default: %(default)s)")
-    p.add_argument("--baseline-requests", type=int, help="requests in the fault-free run (default: --requests)")
-    p.add_argument("--hedge-requests", type=int, help="requests per hedging arm (default: --requests / 5)")
-    p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--hedge-concurrency", type=int, default=8, help="concurrency of the hedging arms (default: 8)")
-    p.add_argument("--latency-requests", type=int, help="requests per latency arm (default: --requests / 10)")
-    p.add_argument("--latency-concurrency", type=int, default=8,
+    p.add_argument("--requests", type=count, default=10_000, help="requests in the faulted run (default: %(default)s)")
+    p.add_argument("--baseline-requests", type=count, help="requests in the fault-free run (default: --requests)")
+    p.add_argument("--hedge-requests", type=count, help="requests per hedging arm (default: --requests / 5)")
+    p.add_argument("--concurrency", type=count, default=64)
+    p.add_argument("--hedge-concurrency", type=count, default=8, help="concurrency of the hedging arms (default: 8)")
+    p.add_argument("--latency-requests", type=count, help="requests per latency arm (default: --requests / 10)")
+    p.add_argument("--latency-concurrency", type=count, default=8,
                    help="concurrency of the latency arms (default: %(default)s)")
-    p.add_argument("--outage-s", type=float, default=10.0, help="how long Redis stays dead (default: %(default)s)")
+    p.add_argument("--outage-s", type=seconds, default=10.0, help="how long Redis stays dead (default: %(default)s)")
     p.add_argument("--out", type=Path, default=RESULTS, help="report file (default: %(default)s)")
     args = p.parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import redis
 
+from benchmarks.progress import count
 from gateway.admission_store import Admission, Window
 from gateway.state import RedisStore
 from gateway.windows import STEP_MS, WINDOW_STEPS
@@ -141,7 +142,7 @@ async def run(n: int) -> dict[str, dict[str, float]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.rate_limits", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checks", type=int, default=5000, help="checks per implementation")
+    parser.add_argument("--checks", type=count, default=5000, help="checks per implementation")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the Markdown table ('-': none)")
     args = parser.parse_args(argv)
     rows = asyncio.run(run(args.checks))

@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.progress import missing, phase
+from benchmarks.progress import count, missing, phase
 from benchmarks.test_time_compute.calibrate import Fit, fit
 from benchmarks.test_time_compute.data import DEFAULT_DATA, Row, has_models, load_prices, load_rows
 from benchmarks.test_time_compute.frontier import VALUES_USD, build_matrices, compare, sweep
@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Does test-time compute (votes across small models, agreement cascades) pay on recorded outcomes?")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="mmlu_pro.jsonl (prices file beside it)")
     p.add_argument("--out", type=Path, default=RESULTS, help="folder for test_time_compute.md/.png")
-    p.add_argument("--fit-rows", type=int, default=4000, help="train prompts used for the calibration fit")
+    p.add_argument("--fit-rows", type=count, default=4000, help="train prompts used for the calibration fit")
     p.add_argument("--quick", action="store_true", help="tiny run (smoke test): few prompts, coarse sweep")
     args = p.parse_args(argv)
     if not args.data.is_file():
