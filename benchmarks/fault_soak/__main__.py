@@ -10,7 +10,7 @@ from pathlib import Path
 
 from benchmarks.progress import count, seconds
 
-from .report import render
+from .report import broken, render
 from .soak import SoakSettings, run_soak
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "fault_soak.md"
@@ -39,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
-    return 0
+    # Exit 1 on what the soak exists to catch (as the fuzz does on a finding), so that a script or
+    # CI step running it does not read a run that lost requests or bills as a pass.
+    problems = broken(report)
+    for what in problems:
+        print(f"python -m benchmarks.fault_soak: {what}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

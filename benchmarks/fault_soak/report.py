@@ -19,6 +19,18 @@ def _rate(run: Run) -> str:
     return f"{len(run.outcomes) / run.wall_s:.0f}" if run.wall_s else "?"
 
 
+def broken(r: SoakReport) -> list[str]:
+    """What the soak holds every phase to and this run missed: a request the client saw fail, or
+    the calls served and billed not equal. Empty when the run passed."""
+    out = []
+    for phase in (r.baseline, r.faulted, r.calm, r.troubled, r.unhedged, r.hedged):
+        if failed := sum(phase.run.failures().values()):
+            out.append(f"{phase.name}: {failed} of {len(phase.run.outcomes)} requests failed")
+        if not phase.billing.exact:
+            out.append(f"{phase.name}: served {phase.billing.served}, billed {phase.billing.billed}")
+    return out
+
+
 def render(r: SoakReport, command: str) -> str:
     s = r.settings
     out = [
