@@ -137,7 +137,8 @@ def apgr_range(results: dict[str, FileResult], max_gap: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality.all_pairs",
+                                 description=__doc__.splitlines()[0])
     add_data_and_work(ap)
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples, default %(default)s")
     ap.add_argument("--artifact", type=Path, default=DEFAULT_ARTIFACT, help="the shipped router, default %(default)s")

@@ -31,7 +31,8 @@ def _callgrind(state: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description="assess() N prompts after a warm-up; under callgrind "
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality.assess_count",
+                                 description="assess() N prompts after a warm-up; under callgrind "
                                              "(SWITCHYARD_CALLGRIND set) only those N are counted")
     ap.add_argument("--kind", choices=("short", "long"), default="short",
                     help="the latency benchmark's 8 short prompts, or its 30 prompts of ~2,000 tokens")

@@ -117,7 +117,8 @@ def table(results: dict[str, list[HalfResult]], which: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality.halves",
+                                 description=__doc__.splitlines()[0])
     add_data_and_work(ap, "bases")
     ap.add_argument("--files", nargs="+", default=list(SMALL_FILES), choices=list(FILES),
                     help="files to score, default: every file but mmlu_pro")

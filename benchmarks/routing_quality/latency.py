@@ -95,7 +95,7 @@ def latency_section(router: Router, data: RoutingData, artifact: Path) -> list[s
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality.latency",
         description="Measure the shipped router's load time and assess() latency and rewrite the "
                     f"'{SECTION}' section of routing_quality.md (nothing else is refitted).")
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA,

@@ -69,7 +69,8 @@ def rank_contrast(y: F64, dom: Strs) -> F64:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality.lodo_targets",
+                                 description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--regularisation", action="store_true",
                     help="compare penalties and structure-only ridges for the shared difficulty instead")

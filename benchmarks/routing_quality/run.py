@@ -208,7 +208,8 @@ def add_data_and_work(ap: argparse.ArgumentParser, fitted: str = "artifacts") ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality",
+                                 description=__doc__.splitlines()[0])
     add_data_and_work(ap)
     ap.add_argument("--ship", action="store_true",
                     help=f"copy the in-domain router to the shipped artifact ({DEFAULT_ARTIFACT})")

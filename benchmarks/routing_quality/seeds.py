@@ -97,7 +97,8 @@ def table(whole: dict[str, list[float]], memory: dict[str, list[float]], length:
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.routing_quality.seeds",
+                                 description=__doc__.splitlines()[0])
     add_data_and_work(ap)
     ap.add_argument("--seeds", type=int, default=3, help="fits per table, seed 0 the shipped one (default 3)")
     ap.add_argument("--out", type=Path, default=RESULTS / SEEDS_MD, help="report file, default %(default)s")

@@ -527,10 +527,10 @@ def test_bench_help_says_where_each_benchmark_reads_its_data() -> None:
 
 @pytest.mark.parametrize(("args", "says"), [
     ("routing_quality --data-dir {tmp}/nowhere",
-     "benchmarks.routing_quality: no routing data folder at {tmp}/nowhere "
+     "python -m benchmarks.routing_quality: no routing data folder at {tmp}/nowhere "
      "(the five shared files; pass --data-dir DIR)"),
     ("routing_quality --data-dir {tmp}",
-     "benchmarks.routing_quality: routing data folder {tmp} lacks mmlu_pro.jsonl, arena_chat.jsonl, "
+     "python -m benchmarks.routing_quality: routing data folder {tmp} lacks mmlu_pro.jsonl, arena_chat.jsonl, "
      "cruxeval_code.jsonl, llmrouter_mixed.jsonl, theoremqa_stem.jsonl (pass --data-dir DIR)"),
     ("test_time_compute --data {tmp}/nowhere/mmlu_pro.jsonl",
      "python -m benchmarks.test_time_compute: no routing data at {tmp}/nowhere/mmlu_pro.jsonl (no folder "
