@@ -833,7 +833,13 @@ class _LiveStream:
         else:
             usage = live.stats.usage if live.stats.usage.total_tokens else self._counted()
             cost = self.svc.upstreams.prices[live.deployment].cost(usage, live.terms)
-        calls = (*live.earlier, *upstream, *await self.hedged.records())
+        losers = await self.hedged.records()
+        calls = (*live.earlier, *upstream, *losers)
+        # The request's span has every call billed with it (a resumed stream's broken start, the hedge legs it
+        # beat), as its usage chunk, log line and ledger do: the live call's alone left them out.
+        spent, spent_usd = usage, cost
+        for c in (*live.earlier, *losers):
+            spent, spent_usd = spent + c.usage, spent_usd + c.cost_usd
         self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
         self.svc.observer.finish(self.trail, 200, cut)
@@ -841,9 +847,9 @@ class _LiveStream:
         await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
                                            live.deployment, calls, it.decision),
                                      reservation=self.held)
-        set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=cost,
-                       gen_ai__usage__input_tokens=usage.prompt_tokens,
-                       gen_ai__usage__output_tokens=usage.completion_tokens,
+        set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=spent_usd,
+                       gen_ai__usage__input_tokens=spent.prompt_tokens,
+                       gen_ai__usage__output_tokens=spent.completion_tokens,
                        switchyard__stream_completed=acc.finished and error is None)
         self.span.end()
         if acc.finished and error is None:

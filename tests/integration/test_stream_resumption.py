@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.simulator import count_tokens
 from tests.support.lab import BUDGET_KEY, budgeted_gateway, lab_gateway, simulator_of
@@ -28,6 +29,7 @@ MODELS = [
     {"name": "sim-cut", **SURE, "tokens_per_s": 400, "faults": [{"kind": "drop_stream", "rate": 1.0}]},
     {"name": "sim-next", **SURE}, {"name": "sim-plain", **SURE}]
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
+SPANS = InMemorySpanExporter()
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two numbers",
                                            "parameters": {"type": "object", "properties": {"a": {"type": "number"}}}}}]
 
@@ -46,8 +48,8 @@ def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 for name, fallback in (("resumed", "next"), ("no-prefill", "plain"))}
     deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large"), "cut": ("sim-cut", "lab"),
                    "next": ("sim-next", "lab"), "plain": ("sim-plain", "lab")}
-    with lab_gateway(sim, tmp_path_factory.mktemp("resume-gw"), policies, deployments, max_retries=0,
-                     supports_prefill=lambda name: name != "plain") as url:
+    with lab_gateway(sim, tmp_path_factory.mktemp("resume-gw"), policies, deployments, span_exporter=SPANS,
+                     max_retries=0, supports_prefill=lambda name: name != "plain") as url:
         yield url
 
 
@@ -95,6 +97,18 @@ def test_a_stream_cut_mid_way_completes_on_the_fallback_without_repeating_itself
     assert usage.completion_tokens >= count_tokens(expected)
     # Both calls are in the ledger, each under its own deployment.
     wait_until(lambda: _billed_since(base_url, before) == {"cut": 1, "next": 1}, timeout_s=10, what="both calls billed")
+    # The request's span tells what the client was told and billed: both calls, not the continuation alone.
+    spans = SPANS.get_finished_spans()
+    request = [s for s in spans if s.name == "switchyard.request"][-1]
+    calls = [s for s in spans if s.name.startswith("chat ") and s.parent is not None
+             and s.parent.span_id == request.context.span_id]
+    assert request.attributes is not None and len(calls) == 2
+    assert request.attributes["gen_ai.usage.input_tokens"] == usage.prompt_tokens
+    assert request.attributes["gen_ai.usage.output_tokens"] == usage.completion_tokens
+    told = (chunks[-1].model_extra or {})["switchyard"]["cost_usd"]
+    assert request.attributes["switchyard.cost_usd"] == pytest.approx(told, rel=1e-9)
+    assert told == pytest.approx(sum(float(c.attributes["switchyard.cost_usd"])  # type: ignore[arg-type,index]
+                                     for c in calls), rel=1e-9)
 
 
 def test_a_stream_with_tools_fails_as_before(base_url: str, sim: Simulator) -> None:

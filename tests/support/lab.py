@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 import yaml
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
@@ -48,15 +49,16 @@ def policies_folder(folder: Path, policies: dict[str, dict[str, Any]]) -> Path:
 
 @contextmanager
 def lab_gateway(sim: Simulator, folder: Path, policies: dict[str, dict[str, Any]],
-                deployments: dict[str, tuple[str, str]], **per_deployment: Any) -> Iterator[str]:
+                deployments: dict[str, tuple[str, str]], span_exporter: SpanExporter | None = None,
+                **per_deployment: Any) -> Iterator[str]:
     """A gateway with the shipped policies plus `policies` (name → spec), and `deployments` (name →
     (simulated model, tier)) on `sim`, each with `per_deployment` settings (a callable is given the
-    deployment's name). Yields the OpenAI base URL (…/v1)."""
+    deployment's name). `span_exporter`: where its spans go. Yields the OpenAI base URL (…/v1)."""
     policies_dir = policies_folder(folder, policies)
     rows = [{"name": n, "model": f"openai/{m}", "api_base": sim.url, "tier": t, "price": PRICE,
              **{k: v(n) if callable(v) else v for k, v in per_deployment.items()}}
             for n, (m, t) in deployments.items()]
-    app = create_app(parse_config({"deployments": rows}, "lab"), policies_dir=policies_dir)
+    app = create_app(parse_config({"deployments": rows}, "lab"), policies_dir=policies_dir, span_exporter=span_exporter)
     server = GatewayServer(app).start()
     try:
         yield server.base_url + "/v1"
