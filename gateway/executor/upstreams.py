@@ -301,7 +301,10 @@ class Upstreams:
                 "event": "upstream_failure", "deployment": name, "error_type": kind,
                 "status": exc.status, "retryable": exc.retryable, "reason": exc.reason})
         if self.metrics is not None:
-            self.metrics.upstream_failures.add((name, kind))
+            # A call cancelled (a hedge leg beaten, a request its client left) did not fail: its circuit counts
+            # it neutral, and counted here every hedge the slow deployment lost read as one of its failures.
+            if not isinstance(exc, asyncio.CancelledError):
+                self.metrics.upstream_failures.add((name, kind))
             self.metrics.operation.record((*self._gen_ai[name], kind), time.perf_counter() - started)
         _end_failed(span, exc)
 

@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.policy.loader import parse_policy
+from tests.integration.test_metrics_endpoint import scrape, total
 from tests.support.lab import BUDGET_KEY, budgeted_gateway, lab_gateway, simulator_of
 from tests.support.processes import Simulator, wait_until
 
@@ -74,6 +75,22 @@ def test_a_hedge_answers_from_the_fallback_when_the_first_has_no_token_in_time(
     text = "".join(c.choices[0].delta.content or "" for c in answer if c.choices) if stream \
         else answer.choices[0].message.content
     assert text.startswith("The answer is")
+
+
+def test_a_beaten_leg_is_not_counted_as_its_deployments_failure(base_url: str, sim: Simulator) -> None:
+    """The leg a hedge cancels did not fail (its circuit does not count it): an alert on
+    switchyard_upstream_failures_total must not fire for every hedge the slow deployment loses."""
+    metrics_url = base_url.removesuffix("/v1")
+    before = scrape(metrics_url)
+    for stream in (False, True):
+        _, (headers, _) = _ask(base_url, "hedged", stream=stream)
+        assert headers["x-switchyard-plan"] == "single:lag>hedge:quick"
+    after = scrape(metrics_url)
+    assert total(after, "switchyard_upstream_failures_total", deployment="lag") \
+        == total(before, "switchyard_upstream_failures_total", deployment="lag")
+    # each leg is still timed, as one upstream call that ended without an answer
+    assert total(after, "gen_ai_client_operation_duration_seconds_count", switchyard_deployment="lag") \
+        == total(before, "gen_ai_client_operation_duration_seconds_count", switchyard_deployment="lag") + 2
 
 
 def _calls(base_url: str) -> dict[str, int]:
