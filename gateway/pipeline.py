@@ -488,6 +488,21 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
     return outcome
 
 
+def refused(svc: Services, trace_parent: Context | None, trail: Trail, exc: GatewayError) -> None:
+    """A request refused before `handle` (its key, its body) is still one `switchyard.request` span, a child of
+    the caller's, as its metric and log line count it: a trace query for a caller's failed requests found
+    none of these, and their log line named no trace."""
+    span = svc.telemetry.start("switchyard.request", trace_parent, kind=SpanKind.SERVER,
+                               gen_ai__operation__name="chat",
+                               switchyard__router__version=svc.router.current.version,
+                               switchyard__tenant=trail.tenant.name if trail.tenant is not None else None,
+                               error__type=type(exc).__name__)
+    trail.trace_id = trace_id_hex(span)
+    if _server_error(exc):
+        span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
+    span.end()
+
+
 def _server_error(exc: BaseException) -> bool:
     """Whether a request's failure marks its SERVER span as an error: a 5xx, the gateway's or its
     upstreams' failure, as the HTTP conventions say; a 4xx is the caller's and leaves it unset, and so

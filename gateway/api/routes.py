@@ -219,7 +219,8 @@ async def chat_completions(request: Request) -> Response:
         tenant = trail.tenant = await svc.auth.authenticate(headers_of(request).get("authorization"))
         body = validate_chat(await read_json(request, svc.config.max_body_bytes), bounds=_bounds(svc))
         ctx = call_context(request, rid, svc.telemetry.extract(headers_of(request)))  # the dict already decoded
-    except GatewayError as exc:  # refused before the pipeline: still one request line
+    except GatewayError as exc:  # refused before the pipeline: still one request line, and one span
+        pipeline.refused(svc, svc.telemetry.extract(headers_of(request)), trail, exc)
         svc.observer.finish(trail, exc.status, exc.code)
         raise
     outcome = await pipeline.handle(svc, body, ctx, trail, tenant)

@@ -238,6 +238,18 @@ def test_a_request_that_fails_on_the_gateway_side_is_an_error_span_and_a_refusal
                         422: (ProtoStatus.STATUS_CODE_UNSET, "ConstraintUnsatisfiable")}
 
 
+def test_a_request_refused_before_it_is_read_whole_is_a_span_of_the_callers_trace(
+        traced: GatewayServer, receiver: OtlpReceiver) -> None:
+    # A body the gateway refuses (here a temperature out of range) is counted and logged as a request:
+    # it is traced as one too, under the caller's span, an error of the caller's (status unset).
+    trace_id, caller_span, traceparent = _caller()
+    assert _chat(traced, "small", {"traceparent": traceparent}, temperature=9).status_code == 400
+    (request,) = [s for s in receiver.trace(trace_id, "switchyard.request") if s.name == "switchyard.request"]
+    assert request.parent_span_id == caller_span and request.kind == ProtoSpan.SPAN_KIND_SERVER
+    assert request.attributes["error.type"] == "InvalidRequest"
+    assert request.status == ProtoStatus.STATUS_CODE_UNSET
+
+
 def test_structured_span_attributes_are_json(traced: GatewayServer, receiver: OtlpReceiver) -> None:
     trace_id, _, traceparent = _caller()
     resp = _chat(traced, "router/vote5", {"traceparent": traceparent})
