@@ -22,12 +22,15 @@ from gateway.errors import GatewayError
 log = logging.getLogger("switchyard.api")
 
 
-def error_response(exc: GatewayError, request_id: str | None = None) -> Response:
+def error_response(exc: GatewayError, request_id: str | None = None, trace_id: str | None = None) -> Response:
+    """`trace_id`: a chat request's trace (while spans are exported), as its answer would have said it."""
     headers = dict(exc.headers)
     if not exc.retry_helps:
         headers["x-should-retry"] = "false"
     if request_id:
         headers["x-request-id"] = request_id
+    if trace_id:
+        headers["x-switchyard-trace-id"] = trace_id
     return Response(orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json",
                     headers=headers)
 
@@ -35,7 +38,7 @@ def error_response(exc: GatewayError, request_id: str | None = None) -> Response
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(GatewayError)
     async def _gateway_error(request: Request, exc: GatewayError) -> Response:
-        return error_response(exc, getattr(request.state, "request_id", None))
+        return error_response(exc, getattr(request.state, "request_id", None), getattr(request.state, "trace_id", None))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -66,6 +69,7 @@ class UnexpectedErrors:
             state: dict[str, Any] = scope.get("state") or {}
             request_id = state.get("request_id")
             log.exception("unexpected error on %s %s (request %s)", scope["method"], scope["path"], request_id)
-            response = error_response(GatewayError("internal error in the gateway; see its log"), request_id)
+            response = error_response(GatewayError("internal error in the gateway; see its log"), request_id,
+                                      state.get("trace_id"))
             with contextlib.suppress(Exception):  # fails when the status line is out: the server closes
                 await response(scope, receive, send)

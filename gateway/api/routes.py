@@ -222,8 +222,13 @@ async def chat_completions(request: Request) -> Response:
     except GatewayError as exc:  # refused before the pipeline: still one request line, and one span
         pipeline.refused(svc, svc.telemetry.extract(headers_of(request)), trail, exc)
         svc.observer.finish(trail, exc.status, exc.code)
+        request.state.trace_id = trail.trace_id
         raise
-    outcome = await pipeline.handle(svc, body, ctx, trail, tenant)
+    try:
+        outcome = await pipeline.handle(svc, body, ctx, trail, tenant)
+    except Exception:
+        request.state.trace_id = trail.trace_id  # a failed request's trace, the one an operator looks up
+        raise
     include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
     if isinstance(outcome, Answer):
         if not body.get("stream"):

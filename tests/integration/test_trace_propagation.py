@@ -250,6 +250,15 @@ def test_a_request_refused_before_it_is_read_whole_is_a_span_of_the_callers_trac
     assert request.status == ProtoStatus.STATUS_CODE_UNSET
 
 
+def test_an_error_names_its_trace_as_an_answer_does(traced: GatewayServer) -> None:
+    # The trace of a failed request is the one an operator looks up: its error says it, refused or failed.
+    for model, extra, status in (("broken", {}, 502), ("nope", {}, 404), ("small", {"temperature": 9}, 400)):
+        trace_id, _, traceparent = _caller()
+        resp = _chat(traced, model, {"traceparent": traceparent}, **extra)
+        assert resp.status_code == status
+        assert resp.headers.get("x-switchyard-trace-id") == trace_id, (model, status)
+
+
 def test_structured_span_attributes_are_json(traced: GatewayServer, receiver: OtlpReceiver) -> None:
     trace_id, _, traceparent = _caller()
     resp = _chat(traced, "router/vote5", {"traceparent": traceparent})
