@@ -865,6 +865,7 @@ class _LiveStream:
         set_attributes(self.span, switchyard__plan=self.label, switchyard__cost_usd=spent_usd,
                        gen_ai__usage__input_tokens=spent.prompt_tokens,
                        gen_ai__usage__output_tokens=spent.completion_tokens,
+                       switchyard__cache=self.trail.cache,  # as a whole answer's span has it
                        switchyard__stream_completed=acc.finished and error is None)
         self.span.end()
         if acc.finished and error is None:

@@ -204,9 +204,12 @@ def test_a_streamed_upstream_span_names_the_response_model_and_the_upstream_gets
     trace_id, _, traceparent = _caller()
     resp = _chat(traced, "streamy", {"traceparent": traceparent}, stream=True)
     assert resp.status_code == 200 and resp.text.rstrip().endswith("data: [DONE]")
-    upstream = next(s for s in receiver.trace(trace_id, "chat sim-streamy") if s.name == "chat sim-streamy")
+    spans = {s.name: s for s in receiver.trace(trace_id, "chat sim-streamy", "switchyard.request")}
+    upstream = spans["chat sim-streamy"]
     assert upstream.attributes["gen_ai.response.model"] == "sim-streamy"
     assert upstream.attributes["gen_ai.usage.output_tokens"] > 0
+    # the request's span says whether its answer was cacheable, as a whole answer's does
+    assert spans["switchyard.request"].attributes["switchyard.cache"] == resp.headers["x-switchyard-cache"]
     assert _received_traceparents(simulator, trace_id) == [f"00-{trace_id}-{upstream.span_id}-01"]
 
 
