@@ -763,6 +763,9 @@ class _LiveStream:
     relayed: bool = False  # its first chunk was read into `acc` (`chunks` ran)
     ended: bool = False    # the upstream stream was read to its end
     settled: bool = False
+    # When the stream's first chunk was in (the wait for it is counted where it was opened): from then to its
+    # settling, the relay waits on its upstreams, a resumed stream's broken call and continuation included.
+    opened: float = field(default_factory=time.perf_counter)
     # Read on after its client left (`Upstreams.read_on`): the request's record waits for both the calls
     # billed when it settled and the read-on call's bill, whichever comes last.
     billed_at_settle: tuple[CallRecord, ...] | None = None
@@ -842,9 +845,12 @@ class _LiveStream:
             upstream = (await self.svc.upstreams.end_counted(live, self._counted, error),)
         # What the stream cost so far: all of it when it ended here; handed over, what was reported (else
         # counted) up to now, the rest billed as a late call when it ends (`Upstreams.read_on`).
+        # Not the live call's latency alone: that of a resumed stream's continuation starts at its first chunk,
+        # and one handed over has none yet, so their broken start, the continuation's wait for its first
+        # chunk and the relay until the client left were taken for the gateway's own overhead.
+        self.trail.upstream_s += time.perf_counter() - self.opened
         if upstream:
             usage, cost = upstream[0].usage, upstream[0].cost_usd
-            self.trail.upstream_s += upstream[0].latency_s
         else:
             usage = live.stats.usage if live.stats.usage.total_tokens else self._counted()
             cost = self.svc.upstreams.prices[live.deployment].cost(usage, live.terms)

@@ -17,6 +17,7 @@ import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.simulator import count_tokens
+from tests.integration.test_metrics_endpoint import scrape, total
 from tests.support.lab import BUDGET_KEY, budgeted_gateway, lab_gateway, simulator_of
 from tests.support.processes import Simulator, wait_until
 
@@ -27,7 +28,9 @@ MODELS = [
     # Paced, so that its first half is on the wire well before it breaks off (else the gateway may see
     # the break before any content, and a stream with nothing relayed simply starts afresh elsewhere).
     {"name": "sim-cut", **SURE, "tokens_per_s": 400, "faults": [{"kind": "drop_stream", "rate": 1.0}]},
-    {"name": "sim-next", **SURE}, {"name": "sim-plain", **SURE}]
+    {"name": "sim-next", **SURE}, {"name": "sim-plain", **SURE},
+    # Slower still: a good 200 ms of its answer come before it breaks.
+    {"name": "sim-crawl", **SURE, "tokens_per_s": 100, "faults": [{"kind": "drop_stream", "rate": 1.0}]}]
 QUESTION = [{"role": "user", "content": "What is 17 + 25?"}]
 SPANS = InMemorySpanExporter()
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "add two numbers",
@@ -43,11 +46,12 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Simulator]:
 @pytest.fixture(scope="module")
 def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     policies = {name: {"description": "a deployment whose streams break, a healthy one behind it",
-                       "candidates": [{"single": "cut"}], "fallbacks": {"cut": [fallback]},
+                       "candidates": [{"single": first}], "fallbacks": {first: [fallback]},
                        "cache": {"enabled": False}}
-                for name, fallback in (("resumed", "next"), ("no-prefill", "plain"))}
+                for name, first, fallback in (("resumed", "cut", "next"), ("no-prefill", "cut", "plain"),
+                                              ("crawled", "crawl", "next"))}
     deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large"), "cut": ("sim-cut", "lab"),
-                   "next": ("sim-next", "lab"), "plain": ("sim-plain", "lab")}
+                   "next": ("sim-next", "lab"), "plain": ("sim-plain", "lab"), "crawl": ("sim-crawl", "lab")}
     with lab_gateway(sim, tmp_path_factory.mktemp("resume-gw"), policies, deployments, span_exporter=SPANS,
                      max_retries=0, supports_prefill=lambda name: name != "plain") as url:
         yield url
@@ -109,6 +113,19 @@ def test_a_stream_cut_mid_way_completes_on_the_fallback_without_repeating_itself
     assert request.attributes["switchyard.cost_usd"] == pytest.approx(told, rel=1e-9)
     assert told == pytest.approx(sum(float(c.attributes["switchyard.cost_usd"])  # type: ignore[arg-type,index]
                                      for c in calls), rel=1e-9)
+
+
+def test_a_resumed_streams_wait_on_its_upstreams_is_not_taken_for_gateway_overhead(base_url: str) -> None:
+    # The broken call's answer after its first chunk and the continuation's wait for its own first chunk are
+    # time spent on upstreams, as a stream's are that does not break.
+    metrics_url = base_url.removesuffix("/v1")
+    chunks = _stream(base_url, "crawled")
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices).startswith("The answer is")
+    m = scrape(metrics_url)
+    took = total(m, "switchyard_request_duration_seconds_sum", policy="crawled")
+    overhead = total(m, "switchyard_gateway_overhead_seconds_sum", policy="crawled")
+    assert took > 0.15  # the broken call alone streamed for most of it
+    assert overhead < took / 4, (overhead, took)
 
 
 def test_a_stream_with_tools_fails_as_before(base_url: str, sim: Simulator) -> None:
