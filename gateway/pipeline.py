@@ -873,6 +873,9 @@ class _LiveStream:
                        gen_ai__usage__output_tokens=spent.completion_tokens,
                        switchyard__cache=self.trail.cache,  # as a whole answer's span has it
                        switchyard__stream_completed=acc.finished and error is None)
+        if error is not None:  # the upstream's failure, told to the client as an error event: a failed request
+            set_attributes(self.span, error__type=type(error).__name__)
+            self.span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
         self.span.end()
         if acc.finished and error is None:
             body = acc.body(usage)

@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import StatusCode
 
 from gateway.simulator import count_tokens
 from tests.integration.test_metrics_endpoint import scrape, total
@@ -140,6 +141,11 @@ def test_no_resumption_onto_a_deployment_without_prefill(base_url: str, sim: Sim
     with pytest.raises(openai.APIError, match="failed mid-stream"):
         _stream(base_url, "no-prefill")
     assert sim.stats()["sim-plain"]["requests"] == 0
+    # A stream that failed is a failed request on its trace, as a whole answer's failure is (an upstream's: 5xx)
+    request = [s for s in SPANS.get_finished_spans() if s.name == "switchyard.request"][-1]
+    assert request.attributes is not None and request.attributes["switchyard.stream_completed"] is False
+    assert request.attributes["error.type"] == "ProviderFailure"
+    assert request.status.status_code == StatusCode.ERROR
 
 
 def test_a_budget_holds_for_both_calls_of_a_resumed_stream(
