@@ -56,6 +56,10 @@ SETTLED_MARK_S = 120.0
 # sends an admission again (milliseconds to a few seconds later; nothing retries one after a reply
 # is lost, the request is refused or let through unheld), and every limited request writes one.
 ADMITTED_MARK_S = 30.0
+# How often the memory store looks for a budget period's spend and alert keys past their time (kept
+# `BudgetHold.keep_ms`, as Redis keeps them): they expire days after their period ends, so once a
+# minute is soon enough, and a request does not scan them all.
+PERIOD_SWEEP_S = 60.0
 
 
 def new_mark_id() -> str:
@@ -372,9 +376,23 @@ class MemoryAdmission:
     _windows: dict[str, dict[int, float]]
     _alerts: dict[str, set[float]]
     _sets: dict[str, set[str]]
+    _kept_until: dict[str, float]  # a period's spend and alert keys -> when Redis would expire them
+    _next_sweep: float
 
     def _init_admission(self) -> None:
-        self._windows, self._alerts = {}, {}
+        self._windows, self._alerts, self._kept_until = {}, {}, {}
+        self._next_sweep = 0.0
+
+    def _sweep(self, now: float) -> None:
+        """Drop the period keys kept as long as Redis keeps them. Each period has keys of its own: kept
+        for ever, a gateway with day budgets grew by every key's spend and alert marks every day."""
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + PERIOD_SWEEP_S
+        for key in [k for k, until in self._kept_until.items() if until <= now]:
+            del self._kept_until[key]
+            self._floats.pop(key, None)
+            self._alerts.pop(key, None)
 
     def _live_holds(self, key: str, now: float) -> float:
         holds = self._holds.setdefault(key, {})
@@ -382,22 +400,28 @@ class MemoryAdmission:
             del holds[hold_id]
         return sum(amount for amount, _ in holds.values())
 
-    def _alert(self, i: int, b: BudgetHold, committed: float, over: bool, fired: list[tuple[int, float]]) -> None:
+    def _alert(self, i: int, b: BudgetHold, committed: float, over: bool, fired: list[tuple[int, float]],
+               now: float) -> None:
         seen = self._alerts.setdefault(b.alerts_key, set())
         for t in b.thresholds:
             if (committed >= t * b.limit or (over and t <= 1)) and t not in seen:
                 seen.add(t)
                 fired.append((i, t))
+                if b.keep_ms > 0:
+                    self._kept_until[b.alerts_key] = now + b.keep_ms / 1000
+        if not seen:  # nothing fired: as in Redis, no key
+            del self._alerts[b.alerts_key]
 
     async def admit(self, a: Admission) -> Admitted:
         now = time.monotonic()
         now_ms = int(time.time() * 1000)
+        self._sweep(now)
         fired: list[tuple[int, float]] = []
         committed: list[float] = []
         for i, b in enumerate(a.budgets):
             spent, reserved = self._floats.get(b.spend_key, 0.0), self._live_holds(b.holds_key, now)
             if spent >= b.limit or spent + reserved + b.amount > b.limit:
-                self._alert(i, b, spent + reserved + b.amount, True, fired)
+                self._alert(i, b, spent + reserved + b.amount, True, fired, now)
                 return Admitted("budget", i, spent, reserved, alerts=tuple(fired))
             committed.append(spent + reserved + b.amount)
         for i, w in enumerate(a.windows):
@@ -415,7 +439,7 @@ class MemoryAdmission:
         for i, b in enumerate(a.budgets):
             if b.amount > 0:
                 self._holds[b.holds_key][a.hold_id] = (b.amount, now + a.ttl_s)
-            self._alert(i, b, committed[i], False, fired)
+            self._alert(i, b, committed[i], False, fired, now)
         return Admitted("ok", step=step, alerts=tuple(fired))
 
     async def settle_admission(self, s: Settlement) -> None:
@@ -426,13 +450,16 @@ class MemoryAdmission:
                     found.append(holds)
         if s.only_if_held and s.hold_id is not None and not found:
             return
-        expires = time.monotonic() + s.residual_ttl_s
+        now = time.monotonic()
+        expires = now + s.residual_ttl_s
         for holds in found:
             for hold_id, amount in s.residual:
                 self._holds[holds][hold_id] = (amount, expires)
-        for spend, _, _ in s.spends:
+        for spend, _, keep_ms in s.spends:
             if s.actual_usd > 0:
                 self._floats[spend] = self._floats.get(spend, 0.0) + s.actual_usd
+                if keep_ms > 0:  # as Redis: its expiry is set once, by its first spend
+                    self._kept_until.setdefault(spend, now + keep_ms / 1000)
         for key, step, delta in s.tokens:
             buckets = self._windows.get(key, {})
             if step in buckets:
