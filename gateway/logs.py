@@ -36,8 +36,11 @@ LOG_FLUSH_S = 0.2  # how long an INFO line may wait to be written with others
 _FLUSH_BYTES = 1 << 16  # ...or until this much is waiting
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-# Every attribute a bare LogRecord has: anything else on a record came from `extra=`.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# Every attribute a bare LogRecord has: anything else on a record came from `extra=`. Except litellm's mark
+# on a record it has scrubbed of secrets (an `object()`), which its filter stamps on every record it sees,
+# uvicorn's included: written out, every such line ended in "litellm_redacted": "<object object at 0x…>".
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "litellm_redacted"}
 
 
 # A record's standard attributes come first in its __dict__ (set by LogRecord.__init__), then the

@@ -37,6 +37,15 @@ def test_the_json_formatter_writes_one_object_with_the_extra_fields() -> None:
     assert not {"args", "msg", "levelno", "pathname", "exc_info"} & set(parsed)
 
 
+def test_litellms_mark_on_a_scrubbed_record_is_not_written_as_a_field() -> None:
+    """litellm's filter stamps every record it sees (uvicorn's too) with an `object()`: each JSON line ended in
+    "litellm_redacted": "<object object at 0x…>", and each text line in litellm_redacted=<object …>."""
+    record = _record(event="thing")
+    record.litellm_redacted = object()
+    assert "litellm_redacted" not in json.loads(JsonFormatter().format(record))
+    assert "litellm_redacted" not in TextFormatter().format(record)
+
+
 def test_the_json_formatter_keeps_the_traceback_on_one_line() -> None:
     try:
         raise ValueError("boom")
