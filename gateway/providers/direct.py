@@ -171,18 +171,7 @@ def chunk_problem(chunk: Any) -> str | None:
         return None
     if not isinstance(choices, list):
         return "choices is not an array"
-    for c in choices:
-        if not isinstance(c, dict):
-            return "a choice is not an object"
-        if not _position(c.get("index", 0)):
-            return "a choice's index is not a choice number"
-        if not isinstance(c.get("delta") or {}, dict):
-            return "a choice's delta is not an object"
-        if not isinstance(c.get("finish_reason") or "", str):
-            return "a choice's finish_reason is not a string"
-        if (problem := _tool_calls_problem((c.get("delta") or {}).get("tool_calls"))) is not None:
-            return problem
-    return None
+    return _choices_problem(choices, "delta")
 
 
 def answer_problem(answer: Any) -> str | None:
@@ -195,17 +184,23 @@ def answer_problem(answer: Any) -> str | None:
     choices = answer.get("choices")
     if not isinstance(choices, list) or not choices:
         return "no choices"
+    return _choices_problem(choices, "message")
+
+
+def _choices_problem(choices: list[Any], part: str) -> str | None:
+    """What makes a list of choices unreadable, or None: each an object with a choice number, its `part` (a
+    chunk's `delta`, an answer's `message`) an object if any, and well-formed tool calls in it."""
     for c in choices:
         if not isinstance(c, dict):
             return "a choice is not an object"
         if not _position(c.get("index", 0)):
             return "a choice's index is not a choice number"
-        message = c.get("message") or {}
-        if not isinstance(message, dict):
-            return "a choice's message is not an object"
+        said = c.get(part) or {}
+        if not isinstance(said, dict):
+            return f"a choice's {part} is not an object"
         if not isinstance(c.get("finish_reason") or "", str):
             return "a choice's finish_reason is not a string"
-        if (problem := _tool_calls_problem(message.get("tool_calls"))) is not None:
+        if (problem := _tool_calls_problem(said.get("tool_calls"))) is not None:
             return problem
     return None
 
