@@ -27,7 +27,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.admission import Scope, budget_hold
-from gateway.api.routes import read_json
+from gateway.api.routes import checked_query, read_json
 from gateway.auth import Tenant
 from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, StoreOutage
 from gateway.keys import KeyCreate, KeyLimits, KeyRecord, KeyRevoked
@@ -128,15 +128,8 @@ async def create_key(request: Request) -> Response:
 
 
 def _tenant_filter(request: Request) -> str | None:
-    """`?tenant=`, the one filter of a listing. A misspelt one listed every tenant's keys and one given
-    twice the last one's (as /v1/spend, both are a 400), and the operator acted on a list it did not ask for."""
-    query = request.query_params
-    for name in query:
-        if name != "tenant":
-            raise InvalidRequest(f"unknown parameter '{name[:64]}' (use tenant)", param=name[:64])
-    if len(query.getlist("tenant")) > 1:
-        raise InvalidRequest("tenant: given more than once", param="tenant")
-    return query.get("tenant")
+    """`?tenant=`, the one filter of a listing (the operator acts on the list it gets)."""
+    return checked_query(request, frozenset({"tenant"})).get("tenant")
 
 
 async def list_keys(request: Request) -> Response:

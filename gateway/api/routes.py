@@ -24,6 +24,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from opentelemetry.context import Context
 from starlette.background import BackgroundTask
+from starlette.datastructures import QueryParams
 
 from gateway import ledger, pipeline
 from gateway.api import http_limits
@@ -102,6 +103,18 @@ async def read_json(request: Request, limit: int) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
+
+
+def checked_query(request: Request, known: frozenset[str], lists: frozenset[str] = frozenset()) -> QueryParams:
+    """The request's query, every parameter in it `known` and given once (a list in `lists` may repeat): a
+    misspelt one was ignored (`?tenat=acme` listed every tenant's keys) and a repeated one read as its last."""
+    query = request.query_params
+    for name in query:
+        if name not in known:
+            raise InvalidRequest(f"unknown parameter '{name[:64]}' (use {', '.join(sorted(known))})", param=name[:64])
+        if name not in lists and len(query.getlist(name)) > 1:  # which one did the client mean?
+            raise InvalidRequest(f"{name}: given more than once", param=name)
+    return query
 
 
 def _positive_finite_header(headers: Mapping[str, str], name: str) -> float | None:
@@ -384,13 +397,7 @@ async def spend(request: Request) -> Response:
 
 
 async def _spend_report(svc: Services, request: Request, tenants: list[str] | None) -> Response:
-    query = request.query_params
-    for name in query:
-        if name not in _SPEND_PARAMS:
-            raise InvalidRequest(f"unknown parameter '{name[:64]}' (use {', '.join(sorted(_SPEND_PARAMS))})",
-                                 param=name[:64])
-        if name != "group_by" and len(query.getlist(name)) > 1:  # which one did the client mean?
-            raise InvalidRequest(f"{name}: given more than once", param=name)
+    query = checked_query(request, _SPEND_PARAMS, lists=frozenset({"group_by"}))
     # group_by=a&group_by=b is group_by=a,b (read as the last alone, it grouped by one facet and said so)
     group_by = _spend_param("group_by", lambda: ledger.parse_group_by(",".join(query.getlist("group_by"))))
     start = _spend_param("from", lambda: ledger.parse_time(query["from"]) if "from" in query else None)
