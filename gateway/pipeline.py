@@ -470,10 +470,7 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
         outcome = await _handle(svc, request, ctx, span, router, trail, tenant, slot)
     except BaseException as exc:
         slot.release()
-        set_attributes(span, error__type=type(exc).__name__)
-        if _server_error(exc):
-            span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
-        span.end()
+        _end_failed(span, exc)
         if isinstance(exc, GatewayError):
             svc.observer.finish(trail, exc.status, exc.code)
         elif isinstance(exc, Exception):
@@ -495,9 +492,14 @@ def refused(svc: Services, trace_parent: Context | None, trail: Trail, exc: Gate
     span = svc.telemetry.start("switchyard.request", trace_parent, kind=SpanKind.SERVER,
                                gen_ai__operation__name="chat",
                                switchyard__router__version=svc.router.current.version,
-                               switchyard__tenant=trail.tenant.name if trail.tenant is not None else None,
-                               error__type=type(exc).__name__)
+                               switchyard__tenant=trail.tenant.name if trail.tenant is not None else None)
     trail.trace_id = trace_id_hex(span)
+    _end_failed(span, exc)
+
+
+def _end_failed(span: Span, exc: BaseException) -> None:
+    """End a failed request's SERVER span: its error's type, and ERROR status for a server error."""
+    set_attributes(span, error__type=type(exc).__name__)
     if _server_error(exc):
         span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
     span.end()
