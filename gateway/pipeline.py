@@ -459,7 +459,7 @@ async def handle(svc: Services, request: dict[str, Any], ctx: CallContext, trail
         trail = Trail(ctx.request_id, time.perf_counter())
     trail.trace_id, trail.router_version, trail.messages = trace_id_hex(span), router.version, request["messages"]
     # what the client asked for, however it is answered: a live relay, the cache, a plan's answer rebuilt as a
-    # stream, or an error (set only on a live relay, the others were logged as whole answers)
+    # stream, or an error
     trail.stream = request.get("stream") is True
     slot = NO_SLOT
     try:
@@ -876,9 +876,9 @@ class _LiveStream:
                        switchyard__cache=self.trail.cache,  # as a whole answer's span has it
                        switchyard__stream_completed=acc.finished and error is None)
         if error is not None:  # the upstream's failure, told to the client as an error event: a failed request
-            set_attributes(self.span, error__type=type(error).__name__)
-            self.span.set_status(Status(StatusCode.ERROR, str(error)[:200]))
-        self.span.end()
+            _end_failed(self.span, error)
+        else:
+            self.span.end()
         if acc.finished and error is None:
             body = acc.body(usage)
             if self.key is not None:
