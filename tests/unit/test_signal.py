@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 from gateway.config import embedded_config
 from gateway.messages import count_messages, count_text, routing_counts
 from gateway.router import load_router
@@ -27,5 +29,33 @@ def test_a_remembered_assessment_is_the_same_assessment() -> None:
     first = assess(remembering, messages, DEPLOYMENTS)
     again = assess(remembering, messages, DEPLOYMENTS)
     assert first == again == assess(plain, messages, DEPLOYMENTS)
-    assert remembering.recall.cache_info().hits == 1
+    assert remembering.hits == 1
     assert set(first.quality) == {"small", "large"} and 0 <= first.difficulty <= 1
+
+
+def test_the_memory_of_prompts_does_not_keep_their_text() -> None:
+    # Routed text runs to 12,000 characters: kept as keys, 4,096 prompts of emoji held 216 MB a worker.
+    remembering = RememberingRouter(load_router(), size=4096)
+    remembering.assess("warm up")
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(100):
+            remembering.recall("tenant", f"{i} " + "\N{GRINNING FACE}" * 11_990)
+        per_prompt = (tracemalloc.get_traced_memory()[0] - before) / 100
+    finally:
+        tracemalloc.stop()
+    assert per_prompt < 10_000  # an assessment's own size (~4.6 KB), not the 48 KB of its text
+    assert remembering.recall("tenant", "99 " + "\N{GRINNING FACE}" * 11_990) is not None
+    assert remembering.hits == 1
+
+
+def test_the_memory_forgets_the_least_recently_used_prompt() -> None:
+    remembering = RememberingRouter(load_router(), size=2)
+    first = remembering.assess("first")
+    remembering.assess("second")
+    assert remembering.assess("first") is first  # used again: now the most recent
+    remembering.assess("third")  # pushes out "second", not "first"
+    assert remembering.assess("first") is first and remembering.hits == 2
+    remembering.assess("second")
+    assert remembering.hits == 2

@@ -60,9 +60,9 @@ def test_a_request_keeps_the_router_it_started_with_when_another_is_swapped_in(v
     assert old is taken and serving.current is new
     assert serving.version == new.version == Artifact.read(variant_dir).version != taken.version
     # the request in flight finishes on its router, with its memory; the new router has its own
-    assert assess(taken, PROMPT, DEPLOYMENTS) == before and taken.recall.cache_info().hits == 1
+    assert assess(taken, PROMPT, DEPLOYMENTS) == before and taken.hits == 1
     after = assess(serving.current, PROMPT, DEPLOYMENTS)
-    assert new.recall.cache_info().hits == 0
+    assert new.hits == 0
     assert after.quality != before.quality  # the variant predicts differently, deterministically
 
 
