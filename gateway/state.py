@@ -476,13 +476,16 @@ def _owned(value: bytes) -> bytes:
 
 
 class MemoryStore(MemoryAdmission):
-    """A dict with expiry. Bounded so a long-running demo cannot grow without end; what it keeps
-    is copied to its exact size (`_owned`)."""
+    """A dict with expiry. Bounded so a long-running demo cannot grow without end, in keys and in
+    bytes: 100,000 cached answers of a long completion each (or of `n` of them) held gigabytes. What
+    it keeps is copied to its exact size (`_owned`)."""
 
     kind = "memory"
 
-    def __init__(self, max_keys: int = 100_000) -> None:
+    def __init__(self, max_keys: int = 100_000, max_bytes: int = 256 * 2**20) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
+        self._bytes = 0  # of the values in `_data`
+        self._max_bytes = max_bytes
         self._floats: dict[str, float] = {}
         self._holds: dict[str, dict[str, tuple[float, float]]] = {}  # holds key -> id -> (amount, expiry)
         self._lists: dict[str, list[bytes]] = {}
@@ -501,9 +504,17 @@ class MemoryStore(MemoryAdmission):
             return None
         value, expires = item
         if expires is not None and expires <= time.monotonic():
-            del self._data[key]
+            self._drop(key)
             return None
         return value
+
+    def _put(self, key: str, value: bytes, expires: float | None) -> None:
+        old = self._data.get(key)
+        self._bytes += len(value) - (0 if old is None else len(old[0]))
+        self._data[key] = (value, expires)
+
+    def _drop(self, key: str) -> None:
+        self._bytes -= len(self._data.pop(key)[0])
 
     async def get(self, key: str) -> bytes | None:
         # A float counter (spend) reads back as Redis returns it after INCRBYFLOAT: its text.
@@ -518,7 +529,9 @@ class MemoryStore(MemoryAdmission):
         self._floats.pop(key, None)
         if len(self._data) >= self._max_keys and key not in self._data:
             self._evict()
-        self._data[key] = (_owned(value), time.monotonic() + ttl_s if ttl_s else None)
+        self._put(key, _owned(value), time.monotonic() + ttl_s if ttl_s else None)
+        while self._bytes > self._max_bytes and self._evict():
+            pass
 
     async def set_if_absent(self, key: str, value: bytes) -> bytes:
         kept = self._live(key)
@@ -533,14 +546,15 @@ class MemoryStore(MemoryAdmission):
         await self.set(key, value)
         return True
 
-    def _evict(self) -> None:
+    def _evict(self) -> bool:
         """Drop the oldest entry that expires anyway (a cached answer), never a lasting one (an admin-made
         key's record, a pointer): answers that any tenant can fill the store with must not push out what
-        the operator wrote, which would log every admin-made key out."""
+        the operator wrote, which would log every admin-made key out. False: there was none."""
         for key, (_, expires) in self._data.items():
             if expires is not None:
-                del self._data[key]
-                return  # before the loop would step over the changed dict
+                self._drop(key)
+                return True  # before the loop would step over the changed dict
+        return False
 
     async def incr(self, key: str, ttl_s: float) -> int:
         return self._incr(key, ttl_s)
@@ -548,7 +562,7 @@ class MemoryStore(MemoryAdmission):
     def _incr(self, key: str, ttl_s: float) -> int:
         current = int(self._live(key) or b"0") + 1
         expires = self._data[key][1] if key in self._data else time.monotonic() + ttl_s
-        self._data[key] = (str(current).encode(), expires)
+        self._put(key, str(current).encode(), expires)
         return current
 
     async def incr_float(self, key: str, amount: float) -> float:
@@ -600,7 +614,7 @@ class MemoryStore(MemoryAdmission):
             log.append(entry)
         current = self._live(current_key)
         if current is None or (replace_current and _json_version(current) != version):
-            self._data[current_key] = (entry, None)
+            self._put(current_key, entry, None)
         return appended
 
     def _next_id(self) -> str:
@@ -699,6 +713,7 @@ class MemoryStore(MemoryAdmission):
 
     async def close(self) -> None:
         self._data.clear()
+        self._bytes = 0
 
 
 # A single Redis's connections per process, a cluster's per node (redis-py's default); more calls wait.

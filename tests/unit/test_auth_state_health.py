@@ -104,6 +104,25 @@ def test_memory_store_makes_room_with_expiring_entries_never_with_lasting_ones()
     asyncio.run(scenario())
 
 
+def test_memory_store_is_bounded_in_bytes_too() -> None:
+    """100,000 cached answers of a long completion each held gigabytes: the count alone did not bound it."""
+    async def scenario() -> None:
+        store = MemoryStore(max_keys=100, max_bytes=1_000)
+        await store.set("key", b"k" * 400)  # lasting: never pushed out
+        for i in range(5):
+            await store.set(f"answer{i}", bytes([65 + i]) * 250, ttl_s=60)
+        kept = [i for i in range(5) if await store.get(f"answer{i}") is not None]
+        assert kept == [3, 4] and await store.get("key") == b"k" * 400  # 400 + 2 x 250 bytes
+        for _ in range(10):  # writing one key again counts its bytes once
+            await store.set("answer4", b"E" * 250, ttl_s=60)
+        assert await store.get("answer3") is not None
+        await store.set("answer3", b"D" * 10, ttl_s=60)  # a smaller value frees room
+        await store.set("answer5", b"F" * 240, ttl_s=60)
+        assert all([await store.get(k) for k in ("answer3", "answer4", "answer5", "key")])
+
+    asyncio.run(scenario())
+
+
 def test_circuit_opens_after_repeated_failures_and_half_opens_after_cooldown() -> None:
     health = DeploymentHealth(failure_threshold=3, cooldown_s=10)
     for _ in range(3):
