@@ -482,7 +482,8 @@ class MemoryStore(MemoryAdmission):
 
     kind = "memory"
 
-    def __init__(self, max_keys: int = 100_000, max_bytes: int = 256 * 2**20) -> None:
+    def __init__(self, max_keys: int = 100_000, max_bytes: int = 256 * 2**20,
+                 max_record_bytes: int = 128 * 2**20) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._bytes = 0  # of the values in `_data`
         self._max_bytes = max_bytes
@@ -492,6 +493,11 @@ class MemoryStore(MemoryAdmission):
         self._hashes: dict[str, tuple[dict[str, float], float]] = {}  # key -> (fields, expiry)
         self._max_keys = max_keys
         self._streams: dict[str, deque[tuple[str, bytes]]] = {}
+        # Request records are capped in bytes as well as in count, the stream and each tenant's apart:
+        # 100,000 records of `log_prompts` tenants' 12,000-character prompts held gigabytes.
+        self._max_record_bytes = max_record_bytes
+        self._stream_bytes: dict[str, int] = {}
+        self._request_bytes: dict[str, int] = {}  # tenant -> bytes of its records in `_requests`
         # tenant → request key → (fields, expiry), oldest first; each tenant capped apart (`append_records`)
         self._requests: dict[str, OrderedDict[str, tuple[dict[str, bytes], float]]] = {}
         self._last_id = (0, 0)
@@ -629,25 +635,39 @@ class MemoryStore(MemoryAdmission):
         log = self._streams.get(stream)
         if log is None or log.maxlen != maxlen:
             log = self._streams[stream] = deque(log or (), maxlen=maxlen)
+            self._stream_bytes[stream] = sum(len(record) for _, record in log)
         expires = time.monotonic() + ttl_s
         for key, raw in items:
             record = _owned(raw)
+            if len(log) == maxlen:  # append pushes the oldest out
+                self._stream_bytes[stream] -= len(log[0][1])
             log.append((self._next_id(), record))
+            self._stream_bytes[stream] += len(record)
+            while len(log) > 1 and self._stream_bytes[stream] > self._max_record_bytes:
+                self._stream_bytes[stream] -= len(log.popleft()[1])
             # `maxlen` records per tenant, not in all: in one pool, one tenant's burst evicted every
             # other tenant's records, and their feedback was a 404 (on Redis each key lives its TTL).
-            kept = self._requests.setdefault(request_tenant(key), OrderedDict())
+            tenant = request_tenant(key)
+            kept = self._requests.setdefault(tenant, OrderedDict())
+            if key in kept:
+                self._forget_request(tenant, kept, key)
             kept[key] = ({"record": record}, expires)
-            kept.move_to_end(key)
-            if len(kept) > maxlen:
-                kept.popitem(last=False)
+            self._request_bytes[tenant] = self._request_bytes.get(tenant, 0) + len(record)
+            while len(kept) > maxlen or (len(kept) > 1 and self._request_bytes[tenant] > self._max_record_bytes):
+                self._forget_request(tenant, kept, next(iter(kept)))
+
+    def _forget_request(self, tenant: str, kept: OrderedDict[str, tuple[dict[str, bytes], float]],
+                        key: str) -> None:
+        self._request_bytes[tenant] -= len(kept.pop(key)[0]["record"])
 
     def _request(self, key: str) -> dict[str, bytes] | None:
-        kept = self._requests.get(request_tenant(key))
+        tenant = request_tenant(key)
+        kept = self._requests.get(tenant)
         item = None if kept is None else kept.get(key)
         if kept is None or item is None:
             return None
         if item[1] <= time.monotonic():
-            del kept[key]
+            self._forget_request(tenant, kept, key)
             return None
         return item[0]
 

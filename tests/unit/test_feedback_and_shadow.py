@@ -112,6 +112,25 @@ def test_memory_request_log_is_capped() -> None:
     asyncio.run(scenario())
 
 
+def test_memory_request_log_is_capped_in_bytes_too() -> None:
+    """Records of `log_prompts` tenants hold their prompts: 100,000 of them held gigabytes."""
+    async def scenario() -> None:
+        store = MemoryStore(max_record_bytes=1_000)
+        big = [(request_key("t", f"r{i}"), b"x" * 300) for i in range(6)]
+        await store.append_records(REQUESTS_STREAM, big, maxlen=100, ttl_s=60)
+        assert len(await store.records_after(REQUESTS_STREAM, "0-0", 100)) == 3
+        assert [e is not None for e in await store.request_entries([k for k, _ in big])] == [False] * 3 + [True] * 3
+        await store.append_records(REQUESTS_STREAM, [(request_key("u", "r0"), b"y" * 300)], maxlen=100, ttl_s=60)
+        # each tenant's records are capped apart: "u" takes no room from "t"
+        assert [e is not None for e in await store.request_entries([k for k, _ in big])] == [False] * 3 + [True] * 3
+        # a record written again under its key counts once
+        for _ in range(5):
+            await store.append_records(REQUESTS_STREAM, [big[5]], maxlen=100, ttl_s=60)
+        assert await store.request_entries([big[3][0]]) != [None]
+
+    asyncio.run(scenario())
+
+
 def test_export_row_takes_the_most_trusted_label_and_names_models_as_the_router_knows_them() -> None:
     record = {"tenant": "t", "request_id": "r1", "deployment": "small", "prompt": "hi", "prompt_tokens": 3,
               "category": "chat", "cost_usd": 0.001}
