@@ -41,7 +41,7 @@ from gateway.auth import HOLD_MARGIN_S, NOTHING, OPEN_TENANT, Authenticator, Nee
 from gateway.cache import CachedAnswer, CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
-from gateway.errors import ConstraintUnsatisfiable, GatewayError, InvalidRequest, NotFound
+from gateway.errors import ConstraintUnsatisfiable, GatewayError, InvalidRequest, NotFound, UpstreamError
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.drain import late_bills
 from gateway.executor.hedge import NO_LOSERS, Losers, hedge_after_s, open_stream, run_hedged
@@ -808,8 +808,8 @@ class _LiveStream:
                        "usage": usage.as_dict(), "switchyard": self._priced(losers)}
         except ProviderFailure as exc:
             error = exc  # the detail stays in the span and the log; the client learns what failed
-            raise GatewayError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
-                               code="upstream_stream_failed") from exc
+            raise UpstreamError(f"deployment '{live.deployment}' failed mid-stream: {exc.reason}",
+                                code="upstream_stream_failed") from exc
         finally:
             await self.settle(error)
 
@@ -865,7 +865,9 @@ class _LiveStream:
             spent, spent_usd = spent + c.usage, spent_usd + c.cost_usd
         self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"
-        self.svc.observer.finish(self.trail, 200, cut)
+        # A stream its upstream broke is a failed request, counted and logged with the status of the error
+        # it ended with, as the same failure of a whole answer is, though the response began as a 200.
+        self.svc.observer.finish(self.trail, UpstreamError.status if error else 200, cut)
         it = self.learning
         await self.svc.ledger.record(Spent(time.time(), self.tenant, it.entry.policy_name, self.label,
                                            live.deployment, calls, it.decision),

@@ -6,9 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.api.app import create_app
 from gateway.auth import hash_key
@@ -107,3 +109,23 @@ def test_a_chunk_of_the_wrong_shape_or_a_stream_ended_early_is_an_upstream_failu
             pass
     assert f"deployment '{deployment}' failed mid-stream" in failed.value.message
 
+
+
+def _failed_streams(base_url: str, deployment: str) -> dict[str, float]:
+    metrics = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    return {s.labels["status"]: s.value for family in text_string_to_metric_families(metrics) for s in family.samples
+            if s.name == "switchyard_requests_total" and s.labels.get("deployment") == deployment}
+
+
+def test_a_stream_its_upstream_broke_is_counted_as_a_failed_request(base_url: str) -> None:
+    """It was counted under status 200, beside the answered ones: an error rate read off the metrics
+    missed every upstream failure that came after the first chunk."""
+    client = openai.OpenAI(base_url=base_url, api_key="sk-one", max_retries=0, timeout=10)
+    before = _failed_streams(base_url, "ends-early")
+    with pytest.raises(openai.APIError) as failed:
+        for _chunk in client.chat.completions.create(model="ends-early", stream=True,
+                                                     messages=[{"role": "user", "content": "hi"}]):
+            pass
+    assert failed.value.type == "upstream_error" and failed.value.code == "upstream_stream_failed"
+    after = _failed_streams(base_url, "ends-early")
+    assert after.get("502", 0) == before.get("502", 0) + 1 and after.get("200", 0) == before.get("200", 0)
