@@ -27,11 +27,12 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.admission import Scope, budget_hold
-from gateway.api.routes import checked_query, read_json
+from gateway.api.routes import read_json
 from gateway.auth import Tenant
 from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, StoreOutage
 from gateway.keys import KeyCreate, KeyLimits, KeyRecord, KeyRevoked
 from gateway.pipeline import Services
+from gateway.query_params import checked_query
 from gateway.state import StoreUnavailable, window_key
 from gateway.windows import period_bounds
 

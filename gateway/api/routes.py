@@ -24,7 +24,6 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from opentelemetry.context import Context
 from starlette.background import BackgroundTask
-from starlette.datastructures import QueryParams
 
 from gateway import ledger, pipeline
 from gateway.api import http_limits
@@ -47,6 +46,7 @@ from gateway.observer import Trail
 from gateway.pipeline import Answer, CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
+from gateway.query_params import checked_query
 from gateway.state import StoreUnavailable
 from gateway.streaming import DONE, replay, sse
 
@@ -103,18 +103,6 @@ async def read_json(request: Request, limit: int) -> Any:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the body is not valid JSON: {exc}", code="invalid_json") from None
-
-
-def checked_query(request: Request, known: frozenset[str], lists: frozenset[str] = frozenset()) -> QueryParams:
-    """The request's query, every parameter in it `known` and given once (a list in `lists` may repeat): a
-    misspelt one was ignored (`?tenat=acme` listed every tenant's keys) and a repeated one read as its last."""
-    query = request.query_params
-    for name in query:
-        if name not in known:
-            raise InvalidRequest(f"unknown parameter '{name[:64]}' (use {', '.join(sorted(known))})", param=name[:64])
-        if name not in lists and len(query.getlist(name)) > 1:  # which one did the client mean?
-            raise InvalidRequest(f"{name}: given more than once", param=name)
-    return query
 
 
 def _positive_finite_header(headers: Mapping[str, str], name: str) -> float | None:

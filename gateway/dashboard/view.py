@@ -21,6 +21,7 @@ from fastapi.responses import Response
 from gateway import ledger
 from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound, StoreOutage
 from gateway.pipeline import Services
+from gateway.query_params import checked_query
 from gateway.state import StoreUnavailable
 
 STATIC = Path(__file__).parent / "static"
@@ -71,9 +72,12 @@ async def data(request: Request) -> Response:
     if not svc.auth.may_view(request.headers.get("authorization")):
         raise AuthenticationFailed("the dashboard needs the admin key or the viewer key: send "
                                    "'Authorization: Bearer <key>'")
-    hours = _hours(request.query_params.get("hours"))
+    hours = _hours(checked_query(request, _QUERY).get("hours"))  # `?hour=168` was 24 hours, said nowhere
     body = await dashboard_data(svc, hours, time.time())
     return Response(orjson.dumps(body), media_type="application/json", headers=_HEADERS)
+
+
+_QUERY = frozenset({"hours"})
 
 
 def _hours(raw: str | None) -> int:

@@ -87,6 +87,15 @@ def test_dashboard_hours_out_of_range_or_not_ascii_digits_is_a_400(dash: Gateway
     assert answer.json()["error"]["param"] == "hours"
 
 
+@pytest.mark.parametrize("query", ["hour=168", "hours=1&hours=168", "from=2026-11-01T00:00:00Z"])
+def test_dashboard_unknown_or_repeated_query_parameters_are_a_400(dash: GatewayServer, query: str) -> None:
+    """A misspelt `?hour=168` showed 24 hours as if asked for, and `hours=1&hours=168` the last one."""
+    answer = httpx.get(dash.base_url + "/dashboard/data?" + query, headers={"authorization": f"Bearer {VIEWER_KEY}"},
+                       timeout=10)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == query.partition("=")[0]
+
+
 def test_the_dashboard_page_holds_no_data_and_runs_only_its_own_script(dash: GatewayServer) -> None:
     page = httpx.get(dash.base_url + "/dashboard", timeout=10)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
