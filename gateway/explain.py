@@ -20,7 +20,14 @@ from gateway.policy import BoundPolicy, Catalog, decide, load_policy_file
 from gateway.policy.calibration import Quantiles, expected, share_for
 from gateway.policy.controller import Controller
 from gateway.policy.seed import SeedSample, messages_of, sketch_of
-from gateway.policy.sources import policy_files, policy_sources, shipped_policies_dir, user_policies_dir
+from gateway.policy.sources import (
+    policy_files,
+    policy_sources,
+    same_name,
+    shipped_policies_dir,
+    two_files,
+    user_policies_dir,
+)
 from gateway.providers.health import LiveView
 from gateway.providers.pricing import prices_for
 from gateway.router import Router
@@ -96,6 +103,8 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
     files = policy_files(folder)
     if not files:  # a CI gate pointed at the wrong folder must not pass by checking nothing
         return [f"{folder}: no policy files (*.yaml, *.yml) to check"]
+    # The gateway refuses to start on such a folder: which file is in force would depend on which was read last
+    problems += [two_files(name, twice) for name, twice in same_name(files).items()]
     for path in files:
         try:
             policy = load_policy_file(path, config.deployments)

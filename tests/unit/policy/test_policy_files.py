@@ -211,3 +211,13 @@ def test_deleting_a_yml_override_of_a_shipped_policy_brings_the_shipped_one_back
     override.unlink()
     assert policies.reload_changed() == ["saver"]
     assert policies.get("saver").plans == (Single("small"),)  # type: ignore[union-attr]
+
+
+def test_policy_check_reports_two_files_of_one_policy_name(tmp_path: Path) -> None:
+    """The check passed a folder with `dup.yaml` and `dup.yml`, which the gateway refuses to start with."""
+    from gateway.explain import check_policies
+
+    _write(tmp_path, "dup.yaml", "candidates:\n  - single: small\n")
+    _write(tmp_path, "dup.yml", "candidates:\n  - single: large\n")
+    assert check_policies(tmp_path, None) == [f"{tmp_path / 'dup.yaml'} and {tmp_path / 'dup.yml'} both define "
+                                              "policy 'dup': keep one"]
