@@ -130,6 +130,21 @@ def write_atomically(path: Path, text: str) -> None:
         raise
 
 
+def find_versions(entries: list[VersionEntry], version: str) -> list[VersionEntry]:
+    """The latest entry of each version that `version` names, in full or by a prefix of 4+ digits. More
+    than one is an ambiguous prefix, refused: taking the latest of them put a version in force that nobody
+    named."""
+    wanted = version.lower()
+    exact = next((e for e in entries if e.version == wanted), None)
+    if exact is not None:
+        return [exact]
+    latest: dict[str, VersionEntry] = {}
+    for e in entries:
+        if len(wanted) >= 4 and e.version.startswith(wanted):
+            latest.setdefault(e.version, e)
+    return list(latest.values())
+
+
 def rollback(name: str, version: str, config_path: str | None, by: str | None = None) -> int:
     config = gateway_config(config_path)
     url = store_url(config)
@@ -143,13 +158,15 @@ def rollback(name: str, version: str, config_path: str | None, by: str | None = 
         entries, current = asyncio.run(_with_versions(url, lambda v: _history_and_current(v, name)))
     except StoreUnavailable as exc:
         return _err(f"switchyard policy rollback: the store did not answer: {exc}")
-    wanted = version.lower()
     versions = [e for e in reversed(entries) if e.version != UNLOADED]
-    found = next((e for e in versions if e.version == wanted or
-                  (len(wanted) >= 4 and e.version.startswith(wanted))), None)
-    if found is None:
-        known = ", ".join(dict.fromkeys(e.version for e in versions)) or "none"
+    matches = find_versions(versions, version)
+    if len(matches) != 1:
+        known = ", ".join(dict.fromkeys(e.version for e in (matches or versions))) or "none"
+        if matches:
+            return _err(f"switchyard policy rollback: '{version}' is the start of more than one version of policy "
+                        f"'{name}' ({known}): give more of its digits")
         return _err(f"switchyard policy rollback: policy '{name}' has no version '{version}' (known: {known})")
+    found = matches[0]
     if found.version == current:
         print(f"policy {name}: version {found.version} is in force already")
         return 0
@@ -175,4 +192,4 @@ def rollback(name: str, version: str, config_path: str | None, by: str | None = 
     return 0
 
 
-__all__ = ["history", "render_history", "rollback", "write_atomically"]
+__all__ = ["find_versions", "history", "render_history", "rollback", "write_atomically"]

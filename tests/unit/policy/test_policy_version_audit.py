@@ -7,10 +7,12 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 
 from gateway.auth import Tenant
 from gateway.config import embedded_config
@@ -136,3 +138,34 @@ def test_a_version_put_in_force_is_a_log_line_with_an_event(caplog: pytest.LogCa
     (record,) = caplog.records
     assert (record.event, record.policy, record.policy_version, record.source) == (  # type: ignore[attr-defined]
         "policy_version", "p", "aaa", "start-up")
+
+
+def test_a_rollback_to_a_prefix_of_two_versions_is_refused_naming_both(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two versions that begin with the same four digits: the rollback took the later one, which nobody named."""
+    from gateway.policy import admin
+
+    specs = [PolicySpec.model_validate({"description": d, "candidates": [{"single": "small"}]})
+             for d in ("v176", "v470", "v0")]
+    first, second, now = (spec_version(s) for s in specs)
+    assert first[:4] == second[:4] == "28d7" and first != second
+    store = MemoryStore()
+    for at, (spec, version) in enumerate(zip(specs, (first, second, now), strict=True), 1):
+        entry = VersionEntry("p", version, float(at), "file reload", "host/1", "p.yaml", spec_json(spec))
+        asyncio.run(PolicyVersions(store).record(entry))
+
+    async def with_versions(url: str, work: Callable[[PolicyVersions], Awaitable[object]]) -> object:
+        return await work(PolicyVersions(store))
+
+    monkeypatch.setattr(admin, "_with_versions", with_versions)
+    monkeypatch.setenv("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.delenv("SWITCHYARD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "routing_policies").mkdir()
+    assert admin.rollback("p", "28d7", None, by="ops@test") == 1
+    err = capsys.readouterr().err
+    assert first in err and second in err and "more than one version" in err
+    assert not (tmp_path / "routing_policies" / "p.yaml").exists()
+    assert admin.rollback("p", first[:6], None, by="ops@test") == 0  # enough digits to name one
+    written = yaml.safe_load((tmp_path / "routing_policies" / "p.yaml").read_text())
+    assert written["description"] == "v176"
