@@ -599,7 +599,9 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     set_attributes(span, switchyard__tenant=tenant.name)  # before the model is resolved: a 404 is the tenant's too
     entry = resolve_entry(svc, request["model"], ctx, tenant)
     trail.policy = PINNED if entry.pinned else entry.policy.name
-    trail.policy_version = entry.policy.version
+    # A pinned call borrows the default policy's settings, but no policy decided it: its line names no
+    # version, as its span and its request record do not
+    trail.policy_version = "" if entry.pinned else entry.policy.version
     deadline = request_deadline(entry.policy.spec.timeout_s, ctx.timeout_s)  # bounds every upstream call below
     set_attributes(span, switchyard__entry=entry.name,
                    switchyard__policy__version=None if entry.pinned else entry.policy.version)

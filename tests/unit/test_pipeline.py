@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,17 @@ def test_a_pinned_deployment_is_called_as_asked_without_a_decision(tmp_path: Pat
     out = _ask(svc, {**ASK, "model": "large"})
     assert (out.plan, out.deployment, out.decision) == ("single:large", "large", None)
     assert (backend.called("small"), backend.called("large")) == (0, 1)
+
+
+def test_a_pinned_calls_log_line_names_no_policy_version(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """It named the default policy's version, which did not decide it (its span and record name none)."""
+    svc, _ = _services(tmp_path, _ok)
+    with caplog.at_level(logging.INFO, logger="switchyard.request"):
+        _ask(svc, {**ASK, "model": "large"})
+        _ask(svc)
+    pinned, routed = [r for r in caplog.records if r.name == "switchyard.request"]
+    assert (pinned.policy, pinned.policy_version) == ("pinned", "")  # type: ignore[attr-defined]
+    assert (routed.policy, routed.policy_version) == ("cheap", svc.policies.get("cheap").version)  # type: ignore[attr-defined,union-attr]
 
 
 def test_a_failing_deployment_falls_back_and_the_label_says_so(tmp_path: Path) -> None:
