@@ -233,11 +233,15 @@ class PolicySet:
         present = set(policy_files(self.folder)) if self.folder is not None and self.folder.is_dir() else set()
         twice = same_name(sorted(present))
         for path in sorted(present):
+            # A refusal is noted at the file's time from before it was read, never a later one: a file
+            # written in place and finished while its half-written version was being refused is read again.
+            seen = 0.0
             try:
-                if self._mtimes.get(path) == path.stat().st_mtime:
+                seen = path.stat().st_mtime
+                if self._mtimes.get(path) == seen:
                     continue
                 if path.stem in twice:  # which one is in force must not depend on which was read last
-                    self._mtimes[path] = path.stat().st_mtime
+                    self._mtimes[path] = seen
                     raise ConfigError(two_files(path.stem, twice[path.stem]))
                 self._load(path)
                 changed.append(path.stem)
@@ -245,7 +249,7 @@ class PolicySet:
                     "event": "policy_reload", "policy": path.stem, "file": path.name,
                     "version": self.policies[path.stem].version})
             except (ConfigError, OSError) as exc:
-                self._mtimes[path] = path.stat().st_mtime if path.exists() else 0.0
+                self._mtimes[path] = seen
                 log.error("policy file rejected, keeping the last good version:\n%s", exc, extra={
                     "event": "policy_rejected", "policy": path.stem, "file": path.name, "error": str(exc)})
         for path in sorted(p for p in self._mtimes if p.parent == self.folder and p not in present):

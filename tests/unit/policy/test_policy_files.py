@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import embedded_config
+from gateway.config import DeploymentConfig, embedded_config
 from gateway.errors import ConfigError
 from gateway.plans import BestOfN, Cascade, Single
-from gateway.policy import PolicySet, load_policy_file
+from gateway.policy import BoundPolicy, PolicySet, load_policy_file
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOYMENTS = embedded_config("http://127.0.0.1:9/v1").deployments
@@ -221,3 +221,30 @@ def test_policy_check_reports_two_files_of_one_policy_name(tmp_path: Path) -> No
     _write(tmp_path, "dup.yml", "candidates:\n  - single: large\n")
     assert check_policies(tmp_path, None) == [f"{tmp_path / 'dup.yaml'} and {tmp_path / 'dup.yml'} both define "
                                               "policy 'dup': keep one"]
+
+
+def test_a_file_finished_while_its_half_written_version_was_being_refused_is_reloaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written in place (`cat > p.yaml`), a file can be read half written. The refusal noted the file's time
+    as of after the read, so the finished file, written meanwhile, passed for the one refused and was never
+    loaded: the gateway kept the old version of a file that was valid on disk."""
+    from gateway.policy import loader
+
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n")
+    policies = PolicySet(tmp_path, DEPLOYMENTS)
+    path.write_text("candidates:\n  - sing")  # the writer is half way
+    os.utime(path, (time.time() + 5, time.time() + 5))
+    real = loader.load_policy_file
+
+    def read_while_the_writer_finishes(p: Path, deployments: list[DeploymentConfig]) -> BoundPolicy:
+        try:
+            return real(p, deployments)
+        finally:
+            path.write_text("candidates:\n  - single: large\n")
+            os.utime(path, (time.time() + 10, time.time() + 10))
+
+    monkeypatch.setattr(loader, "load_policy_file", read_while_the_writer_finishes)
+    assert policies.reload_changed() == []  # the half-written file is refused
+    monkeypatch.setattr(loader, "load_policy_file", real)
+    assert policies.reload_changed() == ["p"]
+    assert policies.get("p").plans == (Single("large"),)  # type: ignore[union-attr]
