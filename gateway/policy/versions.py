@@ -17,8 +17,10 @@ version than the one it serves and was written after that one came into force he
 on a replica is a newer change, so it wins and becomes the pointer. At start-up a replica serves its
 own files (the pointer is set only if none exists yet), and follows every change made after it
 started. Replicas that share a policy folder agree through their reloaders; those that do not,
-through the pointer, within one poll (`interval_s`). Clocks are compared across hosts: keep them in
-sync (NTP), as for the rest of the store's time stamps.
+through the pointer, within one poll (`interval_s`). A pointer the store lost (restarted empty) is put
+back by the running replicas, each offering the version it serves (`source: restored`), which no replica
+follows: a store that restarted changes nothing any replica serves. Clocks are
+compared across hosts: keep them in sync (NTP), as for the rest of the store's time stamps.
 
 With the in-memory store the audit is this process's own (history of this process only), and
 nothing is shared: the CLI's `history` and `rollback` need the shared store (`redis_url`).
@@ -39,13 +41,14 @@ import yaml
 from pydantic import ValidationError
 
 from gateway.errors import ConfigError
-from gateway.policy.loader import Loaded, PolicySet, Unloaded
+from gateway.policy.loader import BoundPolicy, Loaded, PolicySet, Unloaded
 from gateway.policy.schema import PolicySpec
 from gateway.state import Store, StoreUnavailable, policy_audit_key, policy_current_key
 
 log = logging.getLogger("switchyard.policy")
 _QUIET_S = 60.0
 UNLOADED = "unloaded"  # the version of an audit entry saying the policy went out of force
+RESTORED = "restored"  # the source of a pointer put back after the store lost it: what a replica served, no change
 
 
 def replica_id() -> str:
@@ -157,12 +160,24 @@ class PolicyFollower:
             except StoreUnavailable as exc:
                 self._warn(f"cannot read the policy versions in force ({exc}); keeping this replica's")
                 break
-            if raw is None or raw == self._seen.get(name):
+            if raw is None:
+                # The store lost the pointer (Redis restarted empty): put back the version this replica
+                # serves, as if it had started now. Left unset, the next replica to start would set its own
+                # file's version, and every running replica would follow it as a newer change.
+                try:
+                    await self._restore(name, bound)
+                except StoreUnavailable as exc:
+                    self._warn(f"cannot restore the policy versions in force ({exc}); keeping this replica's")
+                    break
+                continue
+            if raw == self._seen.get(name):
                 continue
             self._seen[name] = raw
             entry = VersionEntry.load(raw)
-            # An unload is the pointer only where there was none before it: nothing to follow.
-            if entry.version in (bound.version, UNLOADED) or entry.at <= self.policies.since.get(name, 0.0):
+            # An unload is the pointer only where there was none before it, a restored one only where the store
+            # lost it: neither is a change to follow (a replica serving another version keeps it, as it did).
+            if entry.version in (bound.version, UNLOADED) or entry.source == RESTORED or \
+                    entry.at <= self.policies.since.get(name, 0.0):
                 continue
             try:
                 self.policies.adopt(name, PolicySpec.model_validate(entry.spec), entry.at)
@@ -174,6 +189,13 @@ class PolicyFollower:
                              f"by {entry.by}; was {bound.version})")
             changed.append(name)
         return changed
+
+    async def _restore(self, name: str, bound: BoundPolicy) -> None:
+        entry = VersionEntry(name, bound.version, self.policies.since.get(name, time.time()), RESTORED, self.by,
+                             None, spec_json(bound.spec))
+        if await self.versions.record(entry, change=False):
+            log_entry(entry, f"policy {name} version {entry.version} in force (restored to the store, which had "
+                             "lost it)")
 
     async def step(self) -> None:
         await asyncio.to_thread(self.policies.reload_changed)

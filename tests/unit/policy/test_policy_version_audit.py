@@ -169,3 +169,38 @@ def test_a_rollback_to_a_prefix_of_two_versions_is_refused_naming_both(
     assert admin.rollback("p", first[:6], None, by="ops@test") == 0  # enough digits to name one
     written = yaml.safe_load((tmp_path / "routing_policies" / "p.yaml").read_text())
     assert written["description"] == "v176"
+
+
+def test_a_store_that_lost_the_pointer_gets_back_the_version_in_force_not_a_restarted_replicas_file(
+        tmp_path: Path) -> None:
+    """A rollback followed by a replica whose own file still held the later version; then Redis restarted
+    empty and another replica restarted with that file: its start-up set the pointer, as if it were the
+    first replica, and the running replica followed it, undoing the rollback it served."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    elsewhere = PolicySet(_folder(tmp_path / "c", LARGE), DEPLOYMENTS, default_policy="p")  # follows nothing yet
+    running = PolicySet(_folder(tmp_path / "a", LARGE), DEPLOYMENTS, default_policy="p")
+    store = MemoryStore()
+    follower = PolicyFollower(running, PolicyVersions(store), shared=True)
+    small_spec = PolicySpec.model_validate({"candidates": [{"single": "small"}]})
+    small = spec_version(small_spec)
+
+    async def scenario() -> None:
+        await follower.step()
+        rollback = VersionEntry("p", small, time.time(), "cli rollback", "ops@host", None, spec_json(small_spec))
+        await PolicyVersions(store).record(rollback)
+        await follower.step()
+        assert running.policies["p"].version == small
+        follower.versions = emptied = PolicyVersions(MemoryStore())  # the store restarted empty
+        await follower.step()
+        restarted = PolicySet(_folder(tmp_path / "b", LARGE), DEPLOYMENTS, default_policy="p")
+        await PolicyFollower(restarted, emptied, shared=True).step()
+        await follower.step()
+        assert running.policies["p"].version == small
+        first = (await emptied.history("p"))[0]
+        assert (first.version, first.source) == (small, "restored")
+        # nor does the restored pointer move a replica that served another version: no one changed anything
+        await PolicyFollower(elsewhere, emptied, shared=True).step()
+        assert elsewhere.policies["p"].version != small
+
+    asyncio.run(scenario())
