@@ -29,8 +29,8 @@ none, is `sy:secret` (written once, if absent, and never expired).
 Policy versions: `sy:policy:audit:{<policy>}` (a list, one JSON entry per version that came into
 force, with its spec) and `sy:policy:current:{<policy>}` (the latest entry: the version every
 replica follows; see `gateway.policy.versions`). `record_version` appends and points in one atomic
-step, and skips the append when the last entry already has that version, so N replicas loading
-the same file write one entry.
+step, and skips the append when the last entry already has that version and the pointer does not
+move, so N replicas loading the same file write one entry.
 
 `reserve` is the budget gate: in one atomic step (a Lua script on Redis, code with no `await` in
 memory) it drops expired holds, checks spend + holds + this request's worst case against the
@@ -449,13 +449,14 @@ return 1
 # exists (a start-up load). Returns 1 when the entry was appended (the last one had another version).
 _RECORD_VERSION_LUA = """
 local last = redis.call('LINDEX', KEYS[1], -1)
+local current = redis.call('GET', KEYS[2])
+local moved = ARGV[3] == '1' and current and cjson.decode(current)['version'] ~= ARGV[2]
 local appended = 0
-if not last or cjson.decode(last)['version'] ~= ARGV[2] then
+if not last or moved or cjson.decode(last)['version'] ~= ARGV[2] then
   redis.call('RPUSH', KEYS[1], ARGV[1])
   appended = 1
 end
-local current = redis.call('GET', KEYS[2])
-if not current or (ARGV[3] == '1' and cjson.decode(current)['version'] ~= ARGV[2]) then
+if not current or moved then
   redis.call('SET', KEYS[2], ARGV[1])
 end
 return appended
@@ -615,11 +616,12 @@ class MemoryStore(MemoryAdmission):
                              replace_current: bool) -> bool:
         log = self._lists.setdefault(log_key, [])
         entry = _owned(entry)
-        appended = not log or _json_version(log[-1]) != version
+        current = self._live(current_key)
+        moved = replace_current and current is not None and _json_version(current) != version
+        appended = not log or moved or _json_version(log[-1]) != version
         if appended:
             log.append(entry)
-        current = self._live(current_key)
-        if current is None or (replace_current and _json_version(current) != version):
+        if current is None or moved:
             self._put(current_key, entry, None)
         return appended
 

@@ -9,8 +9,10 @@ A policy unloaded with its deleted file is an entry too (version `unloaded`, sou
 no spec), which leaves the pointer alone: the replicas that still have the file keep serving it.
 
 One entry per change, not per replica: the append is skipped when the last entry has the same
-version (atomically, a Lua script on Redis), so N replicas reloading the same file write one entry,
-the first one's `by`. `switchyard policy rollback` writes an entry of its own (`source: cli rollback`).
+version and the pointer already names it (atomically, a Lua script on Redis), so N replicas reloading
+the same file write one entry, the first one's `by`. A change that moves the pointer is always
+appended: the last entry may be a replica's start-up with that version, which moved nothing.
+`switchyard policy rollback` writes an entry of its own (`source: cli rollback`).
 
 Which version wins: the latest change, by time. A replica follows the pointer when it names another
 version than the one it serves and was written after that one came into force here; a file edited

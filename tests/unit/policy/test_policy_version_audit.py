@@ -204,3 +204,19 @@ def test_a_store_that_lost_the_pointer_gets_back_the_version_in_force_not_a_rest
         assert elsewhere.policies["p"].version != small
 
     asyncio.run(scenario())
+
+
+def test_a_rollback_to_the_version_a_replica_started_with_is_audited_with_its_author() -> None:
+    """A replica restarted with an older file appends its start-up (the pointer stays); a rollback to that
+    version then moved the pointer but wrote no entry, so the history showed no rollback and no author."""
+    async def scenario() -> list[tuple[str, str, str]]:
+        v = PolicyVersions(MemoryStore())
+        await v.record(_entry("old", "start-up"), change=False)
+        await v.record(_entry("new"))
+        await v.record(_entry("old", "start-up", at=5.0), change=False)  # a replica restarted with the old file
+        await v.record(replace(_entry("old", "cli rollback", at=6.0), by="ops@host"))
+        raw = await v.current_raw("p")
+        assert raw is not None and VersionEntry.load(raw).source == "cli rollback"
+        return [(e.version, e.source, e.by) for e in await v.history("p")]
+
+    assert asyncio.run(scenario())[-2:] == [("old", "start-up", "host/1"), ("old", "cli rollback", "ops@host")]
