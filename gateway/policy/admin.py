@@ -151,9 +151,12 @@ def rollback(name: str, version: str, config_path: str | None, by: str | None = 
     if not url:
         return _needs_store("rollback")
     folder = policy_folder(config)
-    if folder is None or not folder.is_dir():
+    if folder is None:
         return _err("switchyard policy rollback: no policy folder to write to: set policies_dir in the gateway "
                     "config (or run where ./routing_policies is)")
+    if not folder.is_dir():  # configured (policies_dir or $SWITCHYARD_POLICIES_DIR), but not there
+        return _err(f"switchyard policy rollback: the policy folder {folder} is not a folder here: run where the "
+                    "gateway's policies_dir is")
     try:
         entries, current = asyncio.run(_with_versions(url, lambda v: _history_and_current(v, name)))
     except StoreUnavailable as exc:

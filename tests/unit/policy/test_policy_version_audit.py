@@ -220,3 +220,18 @@ def test_a_rollback_to_the_version_a_replica_started_with_is_audited_with_its_au
         return [(e.version, e.source, e.by) for e in await v.history("p")]
 
     assert asyncio.run(scenario())[-2:] == [("old", "start-up", "host/1"), ("old", "cli rollback", "ops@host")]
+
+
+def test_a_rollback_to_a_configured_folder_that_is_not_there_names_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """It said to set policies_dir, which the config did set (to a folder of another host)."""
+    from gateway.policy import admin
+
+    missing = tmp_path / "elsewhere"
+    config = tmp_path / "gw.yaml"
+    config.write_text(f"redis_url: redis://127.0.0.1:9/0\npolicies_dir: {missing}\n"
+                      "deployments:\n  - {name: small, model: openai/m, api_base: 'http://127.0.0.1:9/v1'}\n")
+    monkeypatch.delenv("SWITCHYARD_POLICIES_DIR", raising=False)
+    assert admin.rollback("p", "28d7", str(config)) == 1
+    err = capsys.readouterr().err
+    assert str(missing) in err and "set policies_dir" not in err
