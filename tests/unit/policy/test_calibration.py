@@ -200,6 +200,20 @@ def test_the_realised_share_converges_on_drifting_traffic(tmp_path: Path, share:
     assert realised == pytest.approx(share, abs=0.03)
 
 
+@pytest.mark.parametrize("share", [0.1, 0.3])
+def test_the_share_recovers_within_100_requests_after_traffic_shifts_domain(tmp_path: Path, share: float) -> None:
+    """600 prompts with much to gain from the strong plan, then prompts with little: the window is still
+    mostly the first kind, so the quantile sends none of the new ones strong. The correction was capped at
+    +0.5, short of where the new traffic sits in the window: at s = 0.1 it sent 0-2% strong for 400 requests."""
+    policy = policy_from(tmp_path, TWO_TIERS + f"target: {{strong_share: {share}}}\n")
+    from gateway.policy.seed import sketch_of
+
+    controller = Controller(policy.spec.target, sketch_of(_signals(300, seed=1), policy, CATALOG))
+    chose = _replay(controller, policy, _signals(600, seed=3, shift=0.10) + _signals(600, seed=4, shift=-0.15))
+    after_shift = chose[700:]
+    assert sum(after_shift) / len(after_shift) == pytest.approx(share, abs=0.03)
+
+
 def _chosen(d) -> tuple[float, float, float]:  # type: ignore[no-untyped-def]
     """Predicted quality and cost of the chosen plan, and the strong choice's quality."""
     r = d.routing
