@@ -456,6 +456,8 @@ Where the data comes from:
                      theoremqa_stem .jsonl) in ../shared/data beside the repository (--data-dir DIR);
                      fits sixteen routers: about an hour
   test_time_compute  ../shared/data/mmlu_pro.jsonl and its mmlu_pro_prices.json (--data FILE)
+  target_tracking    the five routing-data files, as routing_quality (--data-dir DIR): strong-share
+                     targets on replayed traffic; seconds
   overhead, rate_limits, fault_soak, fuzz
                      no data: they start the simulated models, Redis and the gateway themselves
 A routing benchmark whose data is not there stops at once, in one line naming the folder or file.
@@ -677,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a benchmark from benchmarks/ (e.g. routing_quality, overhead)",
                        description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("name", help="a benchmark in ./benchmarks (run from the repository root): routing_quality, "
-                                "test_time_compute, overhead, rate_limits, fault_soak, fuzz")
+                                "test_time_compute, target_tracking, overhead, rate_limits, fault_soak, fuzz")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for the benchmark")
     b.set_defaults(func=cmd_bench)
     _describe(p)

@@ -532,6 +532,9 @@ def test_bench_help_says_where_each_benchmark_reads_its_data() -> None:
     ("routing_quality --data-dir {tmp}",
      "python -m benchmarks.routing_quality: routing data folder {tmp} lacks mmlu_pro.jsonl, arena_chat.jsonl, "
      "cruxeval_code.jsonl, llmrouter_mixed.jsonl, theoremqa_stem.jsonl (pass --data-dir DIR)"),
+    ("target_tracking --data-dir {tmp}/nowhere",
+     "python -m benchmarks.target_tracking: no routing data folder at {tmp}/nowhere "
+     "(the five shared files; pass --data-dir DIR)"),
     ("test_time_compute --data {tmp}/nowhere/mmlu_pro.jsonl",
      "python -m benchmarks.test_time_compute: no routing data at {tmp}/nowhere/mmlu_pro.jsonl (no folder "
      "{tmp}/nowhere): pass --data FILE (a JSONL file in the shared data schema)"),
