@@ -163,6 +163,16 @@ def load_policy_file(path: Path, deployments: Sequence[DeploymentConfig]) -> Bou
     return bind_policy(path.stem, path.name, parse_policy(path), deployments)
 
 
+Stamp = tuple[int, int, int]
+
+
+def stamp(path: Path) -> Stamp:
+    """What tells a policy file changed: its modification time, size and inode. The time alone missed a
+    file rewritten within one tick of the file system's clock (a truncate-and-write read in between)."""
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
 class PolicySet:
     """The policies in force. Reads are a dict lookup; a reload swaps the whole mapping at once.
 
@@ -181,7 +191,7 @@ class PolicySet:
         # `auto` and pinned calls use
         self.kept = {default_policy, *kept} - {None}
         self._deployments = list(deployments)
-        self._mtimes: dict[Path, float] = {}
+        self._mtimes: dict[Path, Stamp] = {}  # each file's `stamp` when last read
         self.policies: dict[str, BoundPolicy] = {}
         self.since: dict[str, float] = {}  # policy → when its version in force came into force (unix time)
         self.loaded: list[Loaded | Unloaded] = []  # drained by the version follower, on the event loop
@@ -205,7 +215,7 @@ class PolicySet:
                                          *self.skipped.values()]))
 
     def _load(self, path: Path, source: str = "file reload") -> None:
-        mtime = path.stat().st_mtime
+        mtime = stamp(path)
         bound = load_policy_file(path, self._deployments)
         self.policies = {**self.policies, bound.name: bound}
         self._mtimes[path] = mtime
@@ -235,9 +245,9 @@ class PolicySet:
         for path in sorted(present):
             # A refusal is noted at the file's time from before it was read, never a later one: a file
             # written in place and finished while its half-written version was being refused is read again.
-            seen = 0.0
+            seen: Stamp = (0, 0, 0)
             try:
-                seen = path.stat().st_mtime
+                seen = stamp(path)
                 if self._mtimes.get(path) == seen:
                     continue
                 if path.stem in twice:  # which one is in force must not depend on which was read last

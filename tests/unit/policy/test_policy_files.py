@@ -181,6 +181,19 @@ def test_a_changed_file_is_reloaded(tmp_path: Path) -> None:
     assert policies.get("p").plans == (Single("large"),)  # type: ignore[union-attr]
 
 
+def test_a_file_rewritten_within_one_tick_of_its_time_is_reloaded(tmp_path: Path) -> None:
+    """Changes were told by the modification time alone: a file rewritten in place within the file system's
+    clock tick (its time unchanged) kept its old version in force."""
+    path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n")
+    before = path.stat()
+    policies = PolicySet(tmp_path, DEPLOYMENTS)
+    path.write_text("candidates:\n  - single: small\n  - single: large\n")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # the same time, as within one tick
+    assert policies.reload_changed() == ["p"]
+    assert policies.get("p").plans == (Single("small"), Single("large"))  # type: ignore[union-attr]
+    assert policies.reload_changed() == []  # and read once
+
+
 def test_two_files_of_one_policy_name_are_refused_at_start_up_and_on_reload(tmp_path: Path) -> None:
     """`dup.yaml` and `dup.yml` both define `dup`: the one in force was the one read last, so the watcher
     flipped it a second after start with nothing edited, and deleting one unloaded the policy the other
