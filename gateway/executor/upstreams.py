@@ -523,8 +523,9 @@ class Upstreams:
         told = "; ".join(f"deployment '{n}' failed: {f.reason}" for n, f in failures[-3:])
         if failures and _is_request_fault(failures[-1][1]):
             name, last = failures[-1]
+            # With the upstream's own code and param where it named them, as OpenAI's clients read them
             return InvalidRequest(f"deployment '{name}' rejected the request: {last.reason}",
-                                  code="upstream_rejected")
+                                  code=last.code or "upstream_rejected", param=last.param)
         if cut or deadline.expired():
             return UpstreamTimeout(f"no answer within the request's deadline of {deadline.budget_s:g} s"
                                    + (f" ({told})" if told else ""))

@@ -190,15 +190,19 @@ class ProviderFailure(Exception):
     host, port, library internals or credentials. `retry_after_s` is the upstream's Retry-After.
     `refuses_streaming`: the upstream refused the request for asking to stream (its error names
     `stream` or `stream_options`), not for anything else in it. `deployment_specific`: a refusal (a 400)
-    for what this deployment alone does not take, which another deployment may answer.
+    for what this deployment alone does not take, which another deployment may answer. `code`, `param`:
+    what the upstream's refusal of the request (a 400 or 422) names, as OpenAI's error objects do
+    (`context_length_exceeded`, `messages`), for the client to be told the same (`stated_fields`).
     """
 
     def __init__(self, message: str, *, status: int | None = None, retryable: bool = True,
                  timeout: bool = False, reason: str | None = None, retry_after_s: float | None = None,
                  refuses_streaming: bool = False, too_large: bool = False,
-                 deployment_specific: bool = False) -> None:
+                 deployment_specific: bool = False, code: str | None = None, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.code = code
+        self.param = param
         self.deployment_specific = deployment_specific
         self.retryable = retryable and not too_large
         self.timeout = timeout
@@ -237,6 +241,22 @@ MAX_RETRY_AFTER_S = 60.0
 # too large for gpt-4o in organization org-… on tokens per min (TPM): Limit 30000, Requested 41000. The
 # input or output tokens must be reduced in order to run successfully." No wait or retry makes it fit.
 _TOO_LARGE = re.compile(r"\brequest too large\b|\btokens must be reduced\b", re.IGNORECASE)
+
+
+# What an error object's `code` and `param` may be to be passed on: names (`context_length_exceeded`,
+# `messages[0].content`), never free text or a value the request held.
+_ERROR_FIELD = re.compile(r"[A-Za-z0-9_.\[\]-]{1,64}")
+
+
+def stated_fields(status: int | None, error: object) -> tuple[str | None, str | None]:
+    """The `code` and `param` of an upstream's OpenAI error object, for a 400 or 422 the request caused:
+    code that handles OpenAI's errors reads them (`context_length_exceeded` to shorten the conversation and
+    ask again), and a refusal relayed without them read as some other error."""
+    if status not in (400, 422) or not isinstance(error, dict):
+        return None, None
+    code, param = error.get("code"), error.get("param")
+    return (code if isinstance(code, str) and _ERROR_FIELD.fullmatch(code) else None,
+            param if isinstance(param, str) and _ERROR_FIELD.fullmatch(param) else None)
 
 
 def client_reason(status: int | None, stated: str | None) -> str | None:

@@ -27,6 +27,7 @@ from gateway.providers.base import (
     is_retryable_status,
     parse_retry_after,
     read_usage,
+    stated_fields,
     too_large,
     upstream_model_name,
 )
@@ -263,11 +264,13 @@ def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: by
     error = parsed.get("error") if isinstance(parsed, dict) else None
     # the provider's own error message, from its OpenAI error envelope
     stated = str(error["message"])[:300] if isinstance(error, dict) and "message" in error else None
+    code, param = stated_fields(status, error)
     return ProviderFailure(f"{deployment.name}: upstream answered {status}: "
                            f"{stated or raw[:300].decode(errors='replace')}",
                            status=status, retryable=is_retryable_status(status), reason=client_reason(status, stated),
                            retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
-                           refuses_streaming=_refuses_streaming(status, parsed), too_large=too_large(status, stated))
+                           refuses_streaming=_refuses_streaming(status, parsed), too_large=too_large(status, stated),
+                           code=code, param=param)
 
 
 # How a server says it will not stream this request, in its error's `param`, `code` or `message` (or a

@@ -35,6 +35,7 @@ from gateway.providers.base import (
     is_retryable_status,
     parse_retry_after,
     read_usage,
+    stated_fields,
     too_large,
 )
 
@@ -213,8 +214,10 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
     if isinstance(exc, lib.exceptions.UnsupportedParamsError):
         # Raised before sending, for OpenAI fields the provider has no counterpart for (Anthropic's for `seed`,
         # `n`, `logprobs`): the client is told which, and a fallback of another provider may take them.
+        names = _unsupported_names(exc)
         return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=400, retryable=False,
-                               deployment_specific=True, reason=_unsupported(exc))
+                               deployment_specific=True, reason=_unsupported(names),
+                               code="unsupported_parameter", param=names[0] if names else None)
     if isinstance(exc, lib.exceptions.APIConnectionError) and not _reached_provider(exc):
         # litellm checks and translates a request before sending it, and raises what it refuses there
         # (an unknown content part type, a message it cannot translate) as a connection error with status
@@ -232,9 +235,16 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
         return ProviderFailure(f"{deployment.name}: upstream sent an error with status 200: {exc}",
                                reason="upstream sent an error with status 200")
     retryable = is_retryable_status(status) if status is not None else True
+    error = _stated_error(exc)
+    code, param = stated_fields(status, error)
+    if isinstance(exc, lib.exceptions.ContextWindowExceededError) and status in (400, 422):
+        # A provider's own words for it (Anthropic's "prompt is too long"), which litellm recognised: named as
+        # OpenAI names it, which is what code that shortens a conversation on it looks for.
+        code, param = code or "context_length_exceeded", param or "messages"
     return ProviderFailure(f"{deployment.name}: {type(exc).__name__}: {exc}", status=status,
-                           retryable=retryable, reason=client_reason(status, _stated(exc)),
-                           retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)))
+                           retryable=retryable, reason=client_reason(status, _message_of(error)),
+                           retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)),
+                           code=code, param=param)
 
 
 # Where litellm reads an answer sent with status 200 into its own types, and raises an error envelope it finds
@@ -250,11 +260,15 @@ def _answered_an_error(exc: BaseException) -> bool:
 _UNSUPPORTED = re.compile(r"does not support parameters: \[([^\]]*)\]")
 
 
-def _unsupported(exc: Exception) -> str:
-    """What a client is told of fields litellm will not send the provider: their names, from litellm's
-    message (its advice on dropping them is about litellm's settings, not the client's)."""
+def _unsupported_names(exc: Exception) -> list[str]:
+    """The fields litellm will not send the provider, from its message."""
     found = _UNSUPPORTED.search(str(exc))
-    names = re.findall(r"'([^']{1,64})'", found.group(1)) if found else []
+    return re.findall(r"'([^']{1,64})'", found.group(1)) if found else []
+
+
+def _unsupported(names: list[str]) -> str:
+    """What a client is told of fields litellm will not send the provider: their names (litellm's advice on
+    dropping them is about litellm's settings, not the client's)."""
     if not names:
         return "not sent: it takes a field of the request that this deployment's provider does not take"
     listed = ", ".join(f"`{n}`" for n in names[:16])
@@ -282,15 +296,15 @@ def _refusal(exc: BaseException) -> str:
     return str(chain[0] if chain else exc)
 
 
-def _stated(exc: Exception) -> str | None:
-    """The provider's own error message; never litellm's own wording around it. From the error litellm
-    raised (`body`: OpenAI's error object, or a whole envelope; else its response's JSON), or, for a
-    provider litellm translates for (Anthropic, Bedrock, ...), from the error it raised that from, which
-    keeps the provider's error body as its text: the error raised has no body, and a response made up
-    without one."""
+def _stated_error(exc: Exception) -> dict[str, Any] | None:
+    """The provider's own error object (its message, code, param); never litellm's own wording around it.
+    From the error litellm raised (`body`: OpenAI's error object, or a whole envelope; else its response's
+    JSON), or, for a provider litellm translates for (Anthropic, Bedrock, ...), from the error it raised
+    that from, which keeps the provider's error body as its text: the error raised has no body, and a
+    response made up without one."""
     for seen in (exc, *causes(exc)):
-        if (message := _message_of(_error_body(seen))) is not None:
-            return message
+        if _message_of(error := _error_of(_error_body(seen))) is not None:
+            return error
     return None
 
 
@@ -311,11 +325,15 @@ def _error_body(exc: BaseException) -> object:
         return None
 
 
-def _message_of(body: object) -> str | None:
-    """The message of an error envelope: OpenAI's `{"error": {"message"}}`, Anthropic's `{"type": "error",
+def _error_of(body: object) -> dict[str, Any] | None:
+    """The error object of an error envelope: OpenAI's `{"error": {"message"}}`, Anthropic's `{"type": "error",
     "error": {"type", "message"}}`, or an error object itself."""
     error = body.get("error", body) if isinstance(body, dict) else None
-    message = error.get("message") if isinstance(error, dict) else None
+    return error if isinstance(error, dict) else None
+
+
+def _message_of(error: dict[str, Any] | None) -> str | None:
+    message = error.get("message") if error is not None else None
     return message if isinstance(message, str) and message else None
 
 

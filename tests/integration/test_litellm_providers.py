@@ -32,6 +32,11 @@ class _Anthropic(ScriptedHandler):
                                                 "message": "messages.0.content: the image is too small"}}
             self._send(json.dumps(error).encode(), "application/json", 400)
             return
+        if "TOOLONG" in json.dumps(body["messages"]):  # Anthropic's words for a prompt over the context window
+            error = {"type": "error", "error": {"type": "invalid_request_error",
+                                                "message": "prompt is too long: 210000 tokens > 200000 maximum"}}
+            self._send(json.dumps(error).encode(), "application/json", 400)
+            return
         if "DEEP400" in json.dumps(body["messages"]):  # an error body nested past what `json` reads
             self._send(b'{"type": "error", "error": ' + b"[" * 100_000, "application/json", 400)
             return
@@ -79,6 +84,15 @@ def test_a_request_anthropic_rejects_is_told_what_anthropic_said(client: openai.
         "deployment 'claude' rejected the request: upstream answered 400: messages.0.content: the image is too small")
 
 
+def test_a_prompt_over_the_context_window_is_refused_as_openai_refuses_it(client: openai.OpenAI) -> None:
+    """Anthropic says "prompt is too long" with no code; code written for OpenAI looks for
+    `context_length_exceeded` (to shorten the conversation and ask again), and read `upstream_rejected`."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "TOOLONG"}])
+    assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "messages")
+    assert "prompt is too long" in refused.value.message
+
+
 def test_an_error_body_nested_too_deep_to_read_is_a_400_saying_nothing_of_it(client: openai.OpenAI) -> None:
     """The provider's error body is read as JSON for its message; one nested deeper than `json` reads raised
     RecursionError out of the error's classification, and the client read a 500 for a 400 of the provider."""
@@ -94,6 +108,7 @@ def test_a_field_the_provider_does_not_take_is_named_and_its_fallback_answers(cl
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], seed=7)
     assert "`seed`" in refused.value.body["message"]  # type: ignore[index]
+    assert (refused.value.code, refused.value.param) == ("unsupported_parameter", "seed")  # as OpenAI names it
     assert _Anthropic.seen == []
     raw = client.chat.completions.with_raw_response.create(
         model="router/claude-first", messages=[{"role": "user", "content": "hi"}], seed=7, store=False)

@@ -80,12 +80,25 @@ def test_requests_the_upstream_rejects_do_not_open_the_deployments_circuit(gatew
     for _ in range(7):
         rejected = _post(gateway, "small", TOO_LONG)
         assert rejected.status_code == 400, rejected.text
-        assert rejected.json()["error"]["code"] == "upstream_rejected"
         assert "context length" in rejected.json()["error"]["message"]
     ready = httpx.get(gateway.base_url + "/readyz", timeout=5).json()
     assert ready["deployments"]["small"]["circuit_open"] is False
     served = _post(gateway, "small")
     assert served.status_code == 200 and served.headers["x-switchyard-plan"] == "single:small"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_upstream_refusal_keeps_the_code_and_param_it_named(client: openai.OpenAI, stream: bool) -> None:
+    """Code written for OpenAI reads a refusal's `code` (`context_length_exceeded`: shorten the conversation
+    and ask again) and `param`: relayed as `upstream_rejected` without a param, it read as some other error."""
+    with pytest.raises(openai.BadRequestError) as refused:
+        if stream:
+            list(client.chat.completions.create(model="small", messages=TOO_LONG, stream=True))  # type: ignore[arg-type]
+        else:
+            client.chat.completions.create(model="small", messages=TOO_LONG)  # type: ignore[arg-type]
+    assert (refused.value.code, refused.value.param) == ("context_length_exceeded", "messages")
+    assert refused.value.type == "invalid_request_error"
+    assert "deployment 'small' rejected the request" in refused.value.message
 
 
 def test_upstream_retry_after_is_honoured_before_retrying(gateway: GatewayServer, simulator: Simulator) -> None:
