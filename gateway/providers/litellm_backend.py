@@ -173,7 +173,7 @@ class LiteLLMBackend:
         try:
             resp = await lib.acompletion(**self._kwargs(deployment, {**body, "stream": True}, headers))
             async for chunk in resp:
-                parsed = chunk.model_dump(exclude_none=True)
+                parsed = _without_its_price(chunk.model_dump(exclude_none=True))
                 if held is None:
                     pending = [parsed]
                 else:
@@ -196,6 +196,16 @@ class LiteLLMBackend:
 
     async def close(self) -> None:
         return None
+
+
+def _without_its_price(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A chunk without the price litellm puts in a stream's usage (`cost`, from its own cost map): relayed, it
+    stood beside the gateway's bill (`switchyard.cost_usd`: a deployment's `price:`, the tier and cache terms,
+    a resumed stream's both calls) and disagreed with it. A whole answer's usage is written anew without it."""
+    usage = chunk.get("usage")
+    if isinstance(usage, dict) and "cost" in usage:
+        chunk["usage"] = {k: v for k, v in usage.items() if k != "cost"}
+    return chunk
 
 
 def _says_something(chunk: dict[str, Any]) -> bool:

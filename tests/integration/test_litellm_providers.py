@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -43,7 +44,27 @@ class _Anthropic(ScriptedHandler):
         answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
                   "content": [{"type": "text", "text": "Paris."}], "stop_reason": "end_turn", "stop_sequence": None,
                   "usage": {"input_tokens": 10, "output_tokens": 3}}
+        if body.get("stream"):
+            self._send(_events(answer), "text/event-stream")
+            return
         self._send(json.dumps(answer).encode(), "application/json")
+
+
+def _events(answer: dict[str, Any]) -> bytes:
+    """`answer` as Anthropic streams it: the message without its content, each text block in one delta,
+    then the stop reason and output tokens."""
+    started = {**answer, "content": [], "stop_reason": None, "usage": {**answer["usage"], "output_tokens": 1}}
+    events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": started})]
+    for i, block in enumerate(answer["content"]):
+        events += [("content_block_start", {"type": "content_block_start", "index": i,
+                                            "content_block": {"type": "text", "text": ""}}),
+                   ("content_block_delta", {"type": "content_block_delta", "index": i,
+                                            "delta": {"type": "text_delta", "text": block["text"]}}),
+                   ("content_block_stop", {"type": "content_block_stop", "index": i})]
+    events += [("message_delta", {"type": "message_delta", "usage": {"output_tokens": answer["usage"]["output_tokens"]},
+                                  "delta": {"stop_reason": answer["stop_reason"], "stop_sequence": None}}),
+               ("message_stop", {"type": "message_stop"})]
+    return "".join(f"event: {name}\ndata: {json.dumps(data)}\n\n" for name, data in events).encode()
 
 
 @pytest.fixture
@@ -56,15 +77,17 @@ def anthropic() -> Iterator[str]:
 @pytest.fixture
 def client(anthropic: str, simulator: Simulator, tmp_path: Path,
            monkeypatch: pytest.MonkeyPatch) -> Iterator[openai.OpenAI]:
-    """`claude` and `claude-large` on the scripted Anthropic, `sim` on the simulator, and the policies
+    """`claude` and `claude-large` on the scripted Anthropic (and `claude-own-price`, priced by its config), `sim`
+    on the simulator, and the policies
     `claude-first` (`claude`, falling back to `sim`) and `claude-vote` (best of 3 of `claude`)."""
     monkeypatch.setenv("SY_TEST_ANTHROPIC_KEY", "sk-ant-test")
     deployment = {"name": "claude", "model": "anthropic/claude-haiku-4-5", "api_base": anthropic, "tier": "small",
                   "api_key_env": "SY_TEST_ANTHROPIC_KEY", "timeout_s": 5, "max_retries": 0}
     sim = {"name": "sim", "model": "openai/sim-small", "api_base": simulator.url, "tier": "sim",
            "price": {"input_per_mtok": 1, "output_per_mtok": 1}}
-    config = parse_config({"deployments": [deployment, {**deployment, "name": "claude-large", "tier": "large"}, sim]},
-                          "litellm providers")
+    own_price = {**deployment, "name": "claude-own-price", "price": {"input_per_mtok": 0.5, "output_per_mtok": 1}}
+    config = parse_config({"deployments": [deployment, {**deployment, "name": "claude-large", "tier": "large"}, sim,
+                                           own_price]}, "litellm providers")
     policies = policies_folder(tmp_path, {
         "claude-first": {"description": "claude, else the simulator", "candidates": [{"single": "claude"}],
                          "fallbacks": {"claude": ["sim"]}, "cache": {"enabled": False}},
@@ -128,6 +151,19 @@ def test_a_vote_of_samples_from_a_provider_without_n_draws_one_call_each(client:
     with pytest.raises(openai.BadRequestError) as refused:  # pinned, it answers one choice per call
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "hi"}], n=2)
     assert refused.value.body["param"] == "n"  # type: ignore[index]
+
+
+def test_a_streamed_answer_s_usage_states_only_the_cost_it_is_billed(client: openai.OpenAI) -> None:
+    """litellm prices a stream's usage itself (`usage.cost`, from its cost map): relayed beside the gateway's
+    `switchyard.cost_usd`, a deployment priced by its config read two costs, the one it is not billed first."""
+    chunks = list(client.chat.completions.create(model="claude-own-price", stream=True,
+                                                 messages=[{"role": "user", "content": "hi"}],
+                                                 stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Paris."
+    last = chunks[-1]
+    assert last.usage is not None and (last.usage.prompt_tokens, last.usage.completion_tokens) == (10, 3)
+    assert "cost" not in last.usage.model_dump()
+    assert last.model_extra is not None and last.model_extra["switchyard"]["cost_usd"] == pytest.approx(8e-6)
 
 
 def test_litellm_fetches_nothing_of_its_own_for_a_call(client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
