@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import random
 import secrets
 import time
@@ -535,6 +536,12 @@ class Upstreams:
             return ProviderMisconfigured(told)
         if failures[-1][1].timeout:
             return UpstreamTimeout(told)
+        waits = [f.retry_after_s for _, f in failures]
+        if all(w is not None for w in waits):
+            # Every deployment tried said when to ask again (a 429's or 503's Retry-After that did not fit in
+            # the deadline, or came after the last retry): the client is told the soonest, which the openai SDKs
+            # wait out, rather than asking again at once, which a throttled upstream refuses as well.
+            return UpstreamError(told, headers={"retry-after": str(math.ceil(min(w for w in waits if w is not None)))})
         return UpstreamError(told)
 
     def unavailable(self, names: Sequence[str]) -> DeploymentUnavailable:

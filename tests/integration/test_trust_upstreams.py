@@ -121,6 +121,19 @@ def test_retry_after_beyond_the_deadline_goes_to_the_fallback_at_once(gateway: G
     assert _sim_requests(simulator, "sim-busy-long") == before + 1  # Retry-After: 30 does not fit: no retry
 
 
+def test_an_upstream_s_retry_after_that_did_not_fit_is_passed_on(gateway: GatewayServer,
+                                                                  simulator: Simulator) -> None:
+    """The deployment said to come back in 30 s, which the request's deadline could not wait: the 502 said
+    nothing of it, and the openai SDK asked again within a second, into the same refusal."""
+    before = _sim_requests(simulator, "sim-busy-long")
+    resp = _post(gateway, "busy-long", **{"x-switchyard-timeout-ms": "2000"})
+    assert resp.status_code == 502, resp.text
+    assert resp.headers["retry-after"] == "30"
+    assert _sim_requests(simulator, "sim-busy-long") == before + 1
+    refused = _post(gateway, "failing")  # a 500 says nothing of when to come back: nor does the answer
+    assert refused.status_code == 502 and "retry-after" not in refused.headers
+
+
 def test_timeout_header_bounds_every_attempt_of_the_request_together(gateway: GatewayServer) -> None:
     started = time.monotonic()
     resp = _post(gateway, "slow", **{"x-switchyard-timeout-ms": "300"})
