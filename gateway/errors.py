@@ -107,6 +107,7 @@ class StoreOutage(GatewayError):
 
 class ProviderMisconfigured(GatewayError):
     status, type, code = 500, "server_error", "provider_misconfigured"
+    retry_helps = False  # a deployment's key variable is unset until an operator sets it and restarts
 
 
 class DeploymentUnavailable(GatewayError):

@@ -164,6 +164,9 @@ def test_missing_provider_credential_is_a_500_naming_the_variable(client: openai
     assert time.monotonic() - started < 1.0
     assert info.value.status_code == 500 and info.value.code == "provider_misconfigured"
     assert UNSET_KEY in info.value.message
+    # Only an operator setting the variable helps: the openai SDKs, which send any 500 again twice by
+    # default, are told not to.
+    assert info.value.response.headers["x-should-retry"] == "false"
 
 
 def test_pinned_deployment_with_an_open_circuit_fails_fast_with_503_and_retry_after(
