@@ -155,7 +155,7 @@ class LiteLLMBackend:
             resp = await lib.acompletion(**self._kwargs(deployment, body, headers))
         except Exception as exc:  # litellm raises many types; classify them in one place
             raise _classify(lib, deployment, exc) from exc
-        parsed = resp.model_dump(exclude_none=True)
+        parsed = _openai_shaped(resp.model_dump(exclude_none=True), "message")
         if not parsed.get("choices"):  # passed on, a 200 with nothing in it, billed (as on the direct path)
             raise ProviderFailure(f"{deployment.name}: upstream sent an answer that is no answer: no choices",
                                   reason="upstream sent an invalid answer")
@@ -173,7 +173,7 @@ class LiteLLMBackend:
         try:
             resp = await lib.acompletion(**self._kwargs(deployment, {**body, "stream": True}, headers))
             async for chunk in resp:
-                parsed = _without_its_price(chunk.model_dump(exclude_none=True))
+                parsed = _openai_shaped(_without_its_price(chunk.model_dump(exclude_none=True)), "delta")
                 if held is None:
                     pending = [parsed]
                 else:
@@ -196,6 +196,24 @@ class LiteLLMBackend:
 
     async def close(self) -> None:
         return None
+
+
+def _openai_shaped(answer: dict[str, Any], part: str) -> dict[str, Any]:
+    """An answer (`part` "message") or chunk ("delta") without what litellm adds to OpenAI's shape of it: its
+    `provider_specific_fields` (copies of `thinking_blocks`, a stop reason OpenAI's `finish_reason` says) and a
+    whole answer's tool calls' `index` (a stream's). The openai SDK sends an answer's message back as the
+    conversation's next turn, which another deployment of the policy may answer, and a server that checks
+    messages strictly (Groq's) refused those fields: a conversation broke when the next turn went there."""
+    for choice in answer.get("choices") or ():
+        said = choice.get(part) if isinstance(choice, dict) else None
+        if not isinstance(said, dict):
+            continue
+        said.pop("provider_specific_fields", None)
+        if part == "message":
+            for call in said.get("tool_calls") or ():
+                if isinstance(call, dict):
+                    call.pop("index", None)
+    return answer
 
 
 def _without_its_price(chunk: dict[str, Any]) -> dict[str, Any]:

@@ -44,6 +44,10 @@ class _Anthropic(ScriptedHandler):
         answer = {"id": "msg_1", "type": "message", "role": "assistant", "model": body["model"],
                   "content": [{"type": "text", "text": "Paris."}], "stop_reason": "end_turn", "stop_sequence": None,
                   "usage": {"input_tokens": 10, "output_tokens": 3}}
+        if body.get("tools"):  # a word, then a call of each tool
+            answer["content"] += [{"type": "tool_use", "id": f"toolu_{i}", "name": t["name"],
+                                   "input": {"city": "Paris"}} for i, t in enumerate(body["tools"])]
+            answer["stop_reason"] = "tool_use"
         if body.get("stream"):
             self._send(_events(answer), "text/event-stream")
             return
@@ -51,15 +55,18 @@ class _Anthropic(ScriptedHandler):
 
 
 def _events(answer: dict[str, Any]) -> bytes:
-    """`answer` as Anthropic streams it: the message without its content, each text block in one delta,
-    then the stop reason and output tokens."""
+    """`answer` as Anthropic streams it: the message without its content, each block's text or tool input in
+    one delta, then the stop reason and output tokens."""
     started = {**answer, "content": [], "stop_reason": None, "usage": {**answer["usage"], "output_tokens": 1}}
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": started})]
     for i, block in enumerate(answer["content"]):
-        events += [("content_block_start", {"type": "content_block_start", "index": i,
-                                            "content_block": {"type": "text", "text": ""}}),
-                   ("content_block_delta", {"type": "content_block_delta", "index": i,
-                                            "delta": {"type": "text_delta", "text": block["text"]}}),
+        if block["type"] == "text":
+            start, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": block["text"]}
+        else:  # a tool call: its input in one piece
+            start = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        events += [("content_block_start", {"type": "content_block_start", "index": i, "content_block": start}),
+                   ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}),
                    ("content_block_stop", {"type": "content_block_stop", "index": i})]
     events += [("message_delta", {"type": "message_delta", "usage": {"output_tokens": answer["usage"]["output_tokens"]},
                                   "delta": {"stop_reason": answer["stop_reason"], "stop_sequence": None}}),
@@ -164,6 +171,25 @@ def test_a_streamed_answer_s_usage_states_only_the_cost_it_is_billed(client: ope
     assert last.usage is not None and (last.usage.prompt_tokens, last.usage.completion_tokens) == (10, 3)
     assert "cost" not in last.usage.model_dump()
     assert last.model_extra is not None and last.model_extra["switchyard"]["cost_usd"] == pytest.approx(8e-6)
+
+
+def test_an_answer_s_message_can_be_sent_back_as_openai_shapes_messages(client: openai.OpenAI) -> None:
+    """litellm adds `provider_specific_fields` to a message (and an `index` to a whole answer's tool calls),
+    which the openai SDK sends back with the message as the next turn; a deployment that checks messages
+    strictly (Groq's) refused the conversation's next request when it went there."""
+    tools = [{"type": "function", "function": {"name": n, "parameters": {"type": "object"}}} for n in ("a", "b")]
+    asked = {"model": "claude", "messages": [{"role": "user", "content": "weather?"}], "tools": tools}
+    whole = client.chat.completions.create(**asked).choices[0].message  # type: ignore[call-overload]
+    with client.chat.completions.stream(**asked) as stream:  # type: ignore[arg-type]
+        for _ in stream:
+            pass
+        streamed = stream.get_final_completion().choices[0].message
+    for message in (whole, streamed):
+        sent_back = message.model_dump(exclude_unset=True)
+        assert "provider_specific_fields" not in sent_back
+        calls = [(c["id"], c["function"]["name"]) for c in sent_back["tool_calls"]]
+        assert calls == [("toolu_0", "a"), ("toolu_1", "b")]
+    assert all(set(c) == {"id", "type", "function"} for c in whole.model_dump(exclude_unset=True)["tool_calls"])
 
 
 def test_litellm_fetches_nothing_of_its_own_for_a_call(client: openai.OpenAI, monkeypatch: pytest.MonkeyPatch) -> None:
