@@ -217,7 +217,10 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
         # none would answer with every circuit closed either: name what stops each for good
         evaluated = [replace(c, rejected_by=otherwise.get(i, c.rejected_by)) for i, c in enumerate(evaluated)]
         why = "; ".join(f"{c.plan.label}: {c.rejected_by}" for c in evaluated)
-        raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}")
+        # Where the client's `n` alone rules every plan out, the error names it, as OpenAI's name the field at fault
+        only_n = all((c.rejected_by or "").startswith("n (") for c in evaluated)
+        raise ConstraintUnsatisfiable(f"no plan of policy '{policy.name}' meets the constraints: {why}",
+                                      param="n" if only_n else None)
     if policy.spec.target is not None:
         return _on_target(policy, signal, evaluated, feasible, cutoff, table.target_words)
     best = max(feasible, key=lambda c: (c.utility, -c.estimate.cost_usd))

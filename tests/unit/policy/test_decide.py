@@ -109,8 +109,14 @@ def test_a_plan_that_answers_with_fewer_choices_than_n_is_not_a_candidate(tmp_pa
         "n (8 choices > the 3 it answers with)") == 1
     assert d.plan.most_choices is None
     only = _policy(tmp_path, "candidates:\n  - best_of: {deployment: small, n: 5}\n")
-    with pytest.raises(ConstraintUnsatisfiable, match=r"n \(6 choices > the 5"):
+    with pytest.raises(ConstraintUnsatisfiable, match=r"n \(6 choices > the 5") as refused:
         decide(only, signal, CATALOG, LiveView(), choices=6)
+    assert refused.value.param == "n"  # the field at fault, as OpenAI's errors name it (it was null)
+    capped = _policy(tmp_path, "candidates:\n  - best_of: {deployment: small, n: 5}\n  - single: large\n"
+                               "constraints: {max_cost_usd: 0.0000001}\n")
+    with pytest.raises(ConstraintUnsatisfiable) as refused:  # not n alone: no field is named
+        decide(capped, signal, CATALOG, LiveView(), choices=6)
+    assert refused.value.param is None
 
 
 def test_a_plan_is_predicted_to_cost_every_choice_its_calls_generate(tmp_path: Path) -> None:
