@@ -61,6 +61,11 @@ Source = Literal["user", "judge", "eval"]
 Origin = Literal["client", "gateway"]  # who wrote a label: a caller of /v1/feedback, or the gateway itself
 _BATCH = 256
 _PENDING_WAIT_S = 2.0
+# A label posted to one replica for a request another answered a moment ago: that replica's writer stores the
+# record within its linger and a round trip, so a record not found is looked for again for this long (an
+# unknown id's 404 takes as long, and so does another tenant's: the two still cannot be told apart).
+_ELSEWHERE_WAIT_S = 1.0
+_ELSEWHERE_POLL_S = 0.05  # the first look again, each next one twice as late: a few round trips, not one per tick
 # A store round trip costs about as much CPU for one record as for a batch of them; feedback on a
 # record still queued waits for it (`wait_written`), so the wait is never seen as a missing record.
 LINGER_S = 0.1
@@ -286,13 +291,14 @@ class RequestLog:
         key = request_key(tenant, fb.request_id)
         await self.wait_written(key)
         stored = fb.as_dict()
-        try:
-            replaced = await self.store.put_feedback(key, feedback_field(fb.source, fb.origin),
-                                                  orjson.dumps(stored), about)
-        except StoreUnavailable:
-            # a tenant is not told what the store said (its host and port): that is the operator's to read
-            raise StoreOutage("feedback cannot be stored right now; retry shortly",
-                              headers={"retry-after": "2"}) from None
+        # The record of a request this replica answered is written by now; another replica's may still be
+        # in that replica's queue (a load balancer sends the label anywhere), so it is looked for a while.
+        # A shadow label is about this replica's own written record: not finding it is final.
+        deadline, poll = time.monotonic() + (_ELSEWHERE_WAIT_S if about is None else 0.0), _ELSEWHERE_POLL_S
+        while (replaced := await self._put(key, fb, stored, about)) is None and \
+                (left := deadline - time.monotonic()) > 0:
+            await asyncio.sleep(min(poll, left))
+            poll *= 2
         if replaced is None:
             raise not_found()
         self.feedback_counts[fb.source, fb.origin] = self.feedback_counts.get((fb.source, fb.origin), 0) + 1
@@ -300,6 +306,15 @@ class RequestLog:
             if not self._queue.put({"kind": "feedback", "tenant": tenant, **stored}):
                 self.dropped += 1
         return stored, replaced
+
+    async def _put(self, key: str, fb: Feedback, stored: dict[str, Any], about: str | None) -> bool | None:
+        try:
+            return await self.store.put_feedback(key, feedback_field(fb.source, fb.origin), orjson.dumps(stored),
+                                                 about)
+        except StoreUnavailable:
+            # a tenant is not told what the store said (its host and port): that is the operator's to read
+            raise StoreOutage("feedback cannot be stored right now; retry shortly",
+                              headers={"retry-after": "2"}) from None
 
     def stats(self) -> dict[str, int]:
         return {"written": self.written, "dropped": self.dropped, "failed": self.failed,

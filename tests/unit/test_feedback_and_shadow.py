@@ -101,6 +101,25 @@ def test_memory_store_feedback_needs_a_record_and_replaces_per_source() -> None:
     asyncio.run(scenario())
 
 
+def test_a_label_posted_to_another_replica_just_after_the_answer_finds_its_record() -> None:
+    # Behind a load balancer the label reaches a replica other than the one that answered, whose writer
+    # has the record queued for its linger: the label was a 404, and lost.
+    async def scenario() -> tuple[bool, float]:
+        store = MemoryStore()
+        answered, other = RequestLog(store, RequestLogSettings()), RequestLog(store, RequestLogSettings())
+        answered.start()
+        answered.add(_completed(Tenant("t")))
+        _, replaced = await other.put_feedback("t", Feedback("r1", "user", 1.0, "up"))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(NotFound):  # an unknown id is still not found, once the wait is over
+            await other.put_feedback("t", Feedback("r2", "user", 1.0, "up"))
+        await answered.close()
+        return replaced, asyncio.get_running_loop().time() - started
+
+    replaced, waited = asyncio.run(scenario())
+    assert replaced is False and waited < 2.0
+
+
 def test_memory_request_log_is_capped() -> None:
     async def scenario() -> None:
         store = MemoryStore()
