@@ -350,6 +350,8 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "cp1252.jsonl").write_bytes('{"id": "a", "prompt": "caf\u00e9"}\n'.encode("cp1252"))
     (tmp / "validation-only.jsonl").write_text('{"id": "a", "prompt": "hi", "split": "validation", '
                                                '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
+    (tmp / "tokens-text.jsonl").write_text('{"id": "a", "prompt": "hi", "prompt_tokens": "many", '
+                                           '"models": {"m": {"score": 1}}}\n')
     return {"missing": tmp / "missing.jsonl", **{p.stem: p for p in tmp.iterdir()}}
 
 
@@ -380,6 +382,8 @@ BAD_INVOCATIONS = [
     ("train --data {cost-negative} --out {missing}",
      "switchyard train: {cost-negative}: line 1: models.a.cost_usd must be 0 or more, got -1"),
     ("train --data {unlabelled} --out {missing}", "switchyard train: {unlabelled}: no scores to train on"),
+    ("train --data {tokens-text} --out {missing}",  # a traceback
+     "switchyard train: {tokens-text}: line 1: 'prompt_tokens' must be a number, 0 or more, or null, got \"many\""),
     ("train --data {deep} --out {missing}", "switchyard train: {deep}: line 1 is nested too deeply to read"),
     ("route --batch {deep} --out {missing}", "switchyard route: {deep}: line 1 is nested too deeply to read"),
     ("route --batch {rows} --out {rows}", "switchyard route: --out {rows} is the input file"),  # it emptied it

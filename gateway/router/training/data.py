@@ -100,6 +100,11 @@ def _row(path: str | Path, n: int, line: str, labels: bool) -> DataRow:
     if not _is_text(row["prompt"]):
         raise InputError(f"{path}: line {n}: 'prompt' has an unpaired surrogate escape (\\ud800-\\udfff), "
                          "which is no character (the gateway refuses such a body as invalid JSON)")
+    tokens = row.get("prompt_tokens")
+    if labels and tokens is not None and not (_is_number(tokens) and math.isfinite(tokens) and tokens >= 0):
+        # read as the prompt's length (costs, features): a string stopped training in a traceback
+        raise InputError(f"{path}: line {n}: 'prompt_tokens' must be a number, 0 or more, or null, "
+                         f"got {json.dumps(tokens)[:32]}")
     models = row.get("models")
     if models is not None and not (isinstance(models, dict) and
                                    all(r is None or isinstance(r, dict) for r in models.values())):
@@ -107,7 +112,7 @@ def _row(path: str | Path, n: int, line: str, labels: bool) -> DataRow:
     for model, rec in (models or {}).items():
         for key in _NUMBERS:
             value = (rec or {}).get(key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            if value is not None and not _is_number(value):
                 raise InputError(f"{path}: line {n}: models.{str(model)[:64]}.{key} must be a number or null, "
                                  f"got {json.dumps(value)[:32]}")
             low, high, says = _RANGES[key]
@@ -121,6 +126,10 @@ def _row(path: str | Path, n: int, line: str, labels: bool) -> DataRow:
 _NUMBERS = ("score", "cost_usd", "output_tokens")  # what `load_data` reads of each model's record
 _RANGES = {"score": (0.0, 1.0, "from 0 to 1"), "cost_usd": (0.0, math.inf, "0 or more"),
            "output_tokens": (0.0, math.inf, "0 or more")}
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _is_text(value: str) -> bool:
