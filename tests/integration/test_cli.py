@@ -352,6 +352,8 @@ def _bad_files(tmp: Path) -> dict[str, Path]:
                                                '"models": {"m": {"score": 1, "cost_usd": 0.1}}}\n')
     (tmp / "tokens-text.jsonl").write_text('{"id": "a", "prompt": "hi", "prompt_tokens": "many", '
                                            '"models": {"m": {"score": 1}}}\n')
+    (tmp / "split-test.jsonl").write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"q {i}", "split": "test",
+                                                             "models": {"m": {"score": 1}}}) + "\n" for i in range(5)))
     return {"missing": tmp / "missing.jsonl", **{p.stem: p for p in tmp.iterdir()}}
 
 
@@ -382,6 +384,9 @@ BAD_INVOCATIONS = [
     ("train --data {cost-negative} --out {missing}",
      "switchyard train: {cost-negative}: line 1: models.a.cost_usd must be 0 or more, got -1"),
     ("train --data {unlabelled} --out {missing}", "switchyard train: {unlabelled}: no scores to train on"),
+    # every row left out, and the error said they all were in the validation split
+    ("train --data {split-test} --out {missing}",
+     "switchyard train: {split-test}: line 1: 'split' must be \"train\", \"validation\" or absent"),
     ("train --data {tokens-text} --out {missing}",  # a traceback
      "switchyard train: {tokens-text}: line 1: 'prompt_tokens' must be a number, 0 or more, or null, got \"many\""),
     ("train --data {deep} --out {missing}", "switchyard train: {deep}: line 1 is nested too deeply to read"),

@@ -100,6 +100,10 @@ def _row(path: str | Path, n: int, line: str, labels: bool) -> DataRow:
     if not _is_text(row["prompt"]):
         raise InputError(f"{path}: line {n}: 'prompt' has an unpaired surrogate escape (\\ud800-\\udfff), "
                          "which is no character (the gateway refuses such a body as invalid JSON)")
+    if labels and (row.get("split") or None) not in _SPLITS:  # empty: as absent, as `load_data` reads it
+        # any other value was in neither split: its row silently left out of training and validation alike
+        raise InputError(f"{path}: line {n}: 'split' must be \"train\", \"validation\" or absent (a hash of the "
+                         f"id picks), got {json.dumps(row['split'])[:32]}")
     tokens = row.get("prompt_tokens")
     if labels and tokens is not None and not (_is_number(tokens) and math.isfinite(tokens) and tokens >= 0):
         # read as the prompt's length (costs, features): a string stopped training in a traceback
@@ -123,6 +127,7 @@ def _row(path: str | Path, n: int, line: str, labels: bool) -> DataRow:
     return cast(DataRow, row)
 
 
+_SPLITS = (None, "train", "validation")  # a row's `split`: absent (None) means `hash_split` picks
 _NUMBERS = ("score", "cost_usd", "output_tokens")  # what `load_data` reads of each model's record
 _RANGES = {"score": (0.0, 1.0, "from 0 to 1"), "cost_usd": (0.0, math.inf, "0 or more"),
            "output_tokens": (0.0, math.inf, "0 or more")}
