@@ -600,7 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr = rs.add_parser("promote", help="validate a router directory and make every replica serve it")
     pr.add_argument("directory", help="router directory made by `switchyard train`")
     rb = rs.add_parser("rollback", help="serve the router before the last change again (or VERSION)")
-    rb.add_argument("version", nargs="?", help="a version (name@hash), a name, a hash prefix, or `configured`")
+    rb.add_argument("version", nargs="?", help="a version (name@hash), a name, a hash prefix of 6+, or `configured`")
     hi = rs.add_parser("history", help="list promotions and rollbacks, and what is served now")
     hi.add_argument("--json", action="store_true", help="print the history as JSON")
     for cmd in (pr, rb, hi):

@@ -71,12 +71,15 @@ def serving_stack(history: Sequence[Entry]) -> list[Entry | None]:
     return stack
 
 
+MIN_PREFIX = 6  # hex digits of a hash prefix that names a version: fewer would too easily name two
+
+
 def find_version(history: Sequence[Entry], wanted: str) -> Entry | None:
-    """The latest entry matching a version string, a name, or a hash prefix of 6+ characters."""
+    """The latest entry matching a version string, a name, or a hash prefix of MIN_PREFIX+ characters."""
     for e in reversed(history):
         if e.digest is None:
             continue
-        if wanted in (e.version, e.name) or (len(wanted) >= 6 and e.digest.startswith(wanted.lower())):
+        if wanted in (e.version, e.name) or (len(wanted) >= MIN_PREFIX and e.digest.startswith(wanted.lower())):
             return e
     return None
 
@@ -132,7 +135,10 @@ class RouterRegistry:
             found = find_version(history, to)
             if found is None:
                 known = ", ".join(dict.fromkeys(e.version for e in reversed(history) if e.digest)) or "none"
-                raise RegistryError(f"no promoted router matches '{to}' (known: {known}, or '{CONFIGURED}')")
+                why = f"no promoted router matches '{to}' (known: {known}, or '{CONFIGURED}')"
+                if len(to) < MIN_PREFIX and any(e.digest and e.digest.startswith(to.lower()) for e in history):
+                    why += f"; a hash prefix needs {MIN_PREFIX} or more characters"  # it begins a version listed
+                raise RegistryError(why)
             entry = Entry(found.version, found.digest, found.name, time.time(), by, "rollback", explicit=True)
             await self.fetch(found)  # refuse a version whose bytes are gone or damaged
         await self._publish(entry)

@@ -83,6 +83,8 @@ async def test_rollback_undoes_the_last_change_down_to_the_configured_router(var
     assert (await registry.rollback("ops")).version == CONFIGURED  # undoes that
     with pytest.raises(RegistryError, match="no promoted router matches 'nope'"):
         await registry.rollback("ops", to="nope")
+    with pytest.raises(RegistryError, match=f"'{b.digest[:4]}' .*; a hash prefix needs 6 or more characters$"):
+        await registry.rollback("ops", to=b.digest[:4])
     stack = serving_stack(await registry.history())
     assert stack == [None]
     assert [e.action for e in await registry.history()] == ["promote", "promote", "rollback", "rollback",
