@@ -182,6 +182,16 @@ class TenantConfig(_Strict):
         default=None, gt=0, description="requests in flight at once per worker; default: the gateway's "
                                         "max_concurrent_requests_per_tenant")
 
+    @field_validator("name")
+    @classmethod
+    def _no_braces(cls, name: str) -> str:
+        # The name is its keys' hash tag (`sy:req:{name}:<request id>`): tenant `a` asking about request
+        # `b}:x` named the key of tenant `a}:b`'s request `x`, and labelled it. Keys made through the admin
+        # API are held to the same (`gateway.keys.NAME_PATTERN`).
+        if "{" in name or "}" in name:
+            raise ValueError(f"'{name}': a tenant name cannot hold {{ or }} (it is the hash tag of its Redis keys)")
+        return name
+
     @model_validator(mode="after")
     def _has_a_key(self) -> TenantConfig:
         if not (self.api_key_sha256 or self.api_key_env):

@@ -202,6 +202,13 @@ def test_tenant_names_must_be_unique() -> None:
                          {"name": "team-a", "api_key_sha256": hash_key("sk-2")}])
 
 
+def test_a_tenant_name_cannot_hold_braces() -> None:
+    # `acme` labelling request `eu}:x1` stored the label on tenant `acme}:eu`'s request `x1`: one key
+    with pytest.raises(ConfigError, match=r"gw.yaml: tenants\[1\].name: .*'acme}:eu': a tenant name cannot hold"):
+        _config(tenants=[{"name": "acme", "api_key_sha256": hash_key("sk-1")},
+                         {"name": "acme}:eu", "api_key_sha256": hash_key("sk-2")}])
+
+
 @pytest.fixture
 def litellm_loggers() -> Iterator[list[logging.Logger]]:
     loggers = [logging.getLogger(name) for name in LITELLM_LOGGERS]
