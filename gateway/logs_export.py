@@ -18,7 +18,8 @@ exports only those tenants' requests. A request with labels but none of a chosen
 and counted.
 
 Requests are read from the store (Redis: the `sy:requests` stream and each request's key) or from
-the request log's JSONL sink (what an in-memory gateway leaves behind). Records without prompt
+the request log's JSONL sink (what an in-memory gateway leaves behind; a last line without its end, which a
+running gateway is still writing, is left for the next export). Records without prompt
 text (tenants without `log_prompts: true` keep only a hash) and records without feedback are
 skipped and counted. `split` is fixed by a hash of the id, by the rule `switchyard train` applies to
 files without one (about 80% train, 20% validation).
@@ -247,6 +248,8 @@ def from_jsonl(path: Path, since_s: float) -> Iterator[tuple[dict[str, Any], Fee
             try:
                 item = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
+                if not line.endswith(b"\n"):  # the gateway is writing it (every line it writes ends so)
+                    break
                 raise InputError(f"{path}: line {n} is not JSON: {exc}") from None
             if not isinstance(item, dict):
                 raise InputError(f"{path}: line {n} is not a request-log record (a JSON object)")

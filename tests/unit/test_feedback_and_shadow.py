@@ -4,19 +4,20 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway.auth import Authenticator, Tenant
 from gateway.config import DeploymentConfig, RequestLogSettings
-from gateway.errors import ConfigError, NotFound, UpstreamError
+from gateway.errors import ConfigError, InputError, NotFound, UpstreamError
 from gateway.executor.drain import Draining, drain
 from gateway.executor.result import CallRecord
 from gateway.feedback import Completed, Feedback, RequestLog, build_record
 from gateway.keyed import Digests
 from gateway.ledger import Ledger, read_spend, spend_table, window
-from gateway.logs_export import model_names, parse_duration, to_row
+from gateway.logs_export import from_jsonl, model_names, parse_duration, to_row
 from gateway.plans import Shadow
 from gateway.policy import Catalog
 from gateway.policy.loader import bind_policy
@@ -162,6 +163,19 @@ def test_export_row_takes_the_most_trusted_label_and_names_models_as_the_router_
     row = to_row(record, {"judge": {"score": 0.2}, "gateway:judge": {"score": 0.5, "against": "large"}}, {})
     assert row["models"]["small"]["score"] == 0.5
     assert row["id"] == "traffic/t/r1" and row["category"] == "traffic/chat" and row["split"] in ("train", "validation")
+
+
+def test_export_reads_a_request_log_the_gateway_is_still_writing(tmp_path: Path) -> None:
+    # the gateway was mid-way through a line: the whole export stopped, "line 3 is not JSON"
+    log = tmp_path / "requests.jsonl"
+    log.write_bytes(b'{"kind":"request","tenant":"t","request_id":"r1","time":1.0,"deployment":"small","prompt":"q"}\n'
+                    b'{"kind":"feedback","tenant":"t","request_id":"r1","source":"user","score":1.0}\n'
+                    b'{"kind":"request","tenant":"t","request_id":"r2","ti')
+    [(record, feedback)] = list(from_jsonl(log, 0.0))
+    assert record["request_id"] == "r1" and feedback["user"]["score"] == 1.0
+    log.write_bytes(b'{"kind":"request","tenant":"t","request_id":"r2","ti\n')  # an ended line is the file's own
+    with pytest.raises(InputError, match="line 1 is not JSON"):
+        list(from_jsonl(log, 0.0))
 
 
 def test_durations() -> None:
