@@ -489,11 +489,11 @@ def refused(svc: Services, trace_parent: Context | None, trail: Trail, exc: Gate
     """A request refused before `handle` (its key, its body) is still one `switchyard.request` span, a child of
     the caller's, as its metric and log line count it: a trace query for a caller's failed requests found
     none of these, and their log line named no trace."""
+    version = svc.router.current.version
     span = svc.telemetry.start("switchyard.request", trace_parent, kind=SpanKind.SERVER,
-                               gen_ai__operation__name="chat",
-                               switchyard__router__version=svc.router.current.version,
+                               gen_ai__operation__name="chat", switchyard__router__version=version,
                                switchyard__tenant=trail.tenant.name if trail.tenant is not None else None)
-    trail.trace_id = trace_id_hex(span)
+    trail.trace_id, trail.router_version = trace_id_hex(span), version  # its log line said "", its span this
     _end_failed(span, exc)
 
 

@@ -205,6 +205,8 @@ def test_a_request_refused_before_routing_is_logged_too(served: Served) -> None:
     assert response.status_code == 404
     line = _request_line(served, rid)
     assert (line["status"], line["error_code"], line["tenant"]) == (404, "model_not_found", "plain")
+    version = line["router_version"]
+    assert version.startswith("default@")
     bad = httpx.post(served.url + "/v1/chat/completions", timeout=10, content=b"{not json",
                      headers={"authorization": f"Bearer {KEYS['SY_LOGS_KEY_PLAIN']}", "x-request-id": rid + "-bad"})
     assert bad.status_code == 400
@@ -213,7 +215,8 @@ def test_a_request_refused_before_routing_is_logged_too(served: Served) -> None:
     keyless = httpx.post(served.url + "/v1/chat/completions", timeout=10, headers={"x-request-id": rid + "-nokey"},
                          content=b"{not json")
     assert keyless.status_code == 401
-    assert _request_line(served, rid + "-nokey")["status"] == 401
+    nokey = _request_line(served, rid + "-nokey")
+    assert nokey["status"] == 401 and nokey["router_version"] == version  # it was ""
 
 
 def test_a_circuit_opening_is_logged(served: Served) -> None:
