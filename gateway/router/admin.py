@@ -84,6 +84,13 @@ def validate(directory: Path, config: GatewayConfig | None) -> tuple[Artifact, R
         if d.router_profile and not router.knows(d.router_profile):
             warnings.append(f"deployment '{d.name}': router_profile '{d.router_profile}' is unknown to this router; "
                             f"it will be scored by {'its ability' if d.ability is not None else 'the pool mean'}")
+        elif not d.router_profile and router.knows(d.name):
+            # `logs export` names such a deployment's rows by its name: what the router learned of it from them
+            # was never used, and nothing said so
+            warnings.append(f"deployment '{d.name}' has no router_profile, so what this router learned as "
+                            f"'{d.name}' is not used: it will be scored by "
+                            f"{'its ability' if d.ability is not None else 'the pool mean'}; set "
+                            f"router_profile: {d.name} to use it")
     return artifact, router, warnings
 
 

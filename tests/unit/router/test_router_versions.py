@@ -208,3 +208,15 @@ def test_promoting_warns_only_of_profiles_the_router_knows_under_no_spelling() -
             zip(config.deployments, ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama-4-behemoth"), strict=False)]
     _, _, warnings = validate(DEFAULT_ARTIFACT, config.model_copy(update={"deployments": deps}))
     assert len(warnings) == 1 and "'llama-4-behemoth' is unknown to this router" in warnings[0]
+
+
+def test_promoting_warns_of_a_deployment_without_a_profile_whose_name_the_router_learned() -> None:
+    # `logs export` names rows by a deployment's name when it has no router_profile: a router trained on them
+    # knows that name, and the deployment went on being scored by the pool mean, without a word
+    config = embedded_config("http://127.0.0.1:9")
+    deps = [config.deployments[0].model_copy(update={"name": "Mistral-7B-Instruct-v0.2", "router_profile": None}),
+            config.deployments[1].model_copy(update={"router_profile": None})]
+    _, _, warnings = validate(DEFAULT_ARTIFACT, config.model_copy(update={"deployments": deps}))
+    assert warnings == ["deployment 'Mistral-7B-Instruct-v0.2' has no router_profile, so what this router learned "
+                        "as 'Mistral-7B-Instruct-v0.2' is not used: it will be scored by the pool mean; set "
+                        "router_profile: Mistral-7B-Instruct-v0.2 to use it"]
