@@ -53,6 +53,8 @@ def score_file(
     target = Path(out_path).resolve() if Path(out_path).is_symlink() else Path(out_path)  # the file it names
     streamed = target.exists() and not target.is_file()  # /dev/stdout, a pipe: no file to put in place
     partial = target if streamed else Path(f"{target}.partial")
+    # as `train --out` and `logs export --out` do: it failed on "No such file ... OUT.jsonl.partial", a file never named
+    partial.parent.mkdir(parents=True, exist_ok=True)
     try:
         with open(partial, "w", encoding="utf-8") as out:
             for row in tqdm(iter_rows(in_path), desc="route", unit="prompt", total=total, disable=not progress):

@@ -24,6 +24,12 @@ def test_batch_writes_one_scored_line_per_prompt(small_data: Path, tmp_path: Pat
     assert all(0.0 <= r["difficulty"] <= 1.0 for r in rows)
 
 
+def test_batch_makes_the_folder_its_out_file_goes_in(small_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scores" / "today.jsonl"  # an error named "today.jsonl.partial", which no one asked for
+    assert score_file(small_data, out, progress=False) == 30
+    assert [p.name for p in out.parent.iterdir()] == ["today.jsonl"]
+
+
 @pytest.mark.parametrize("earlier", [None, '{"id": "an earlier run"}\n'])
 def test_a_bad_line_leaves_the_output_as_it_was_not_half_written(tmp_path: Path, earlier: str | None) -> None:
     src = tmp_path / "in.jsonl"
