@@ -219,6 +219,8 @@ def evaluate(candidate: str, data_path: str, *, split: str, weak: str | None, st
     config = gateway_config(config_path)
     if (weak is None) != (strong is None):
         return _err("switchyard router evaluate: give both --weak and --strong, or neither")
+    if weak is not None and weak == strong:  # a table of a model against itself: APGR 0, CPT 100%, all of it noise
+        return _err(f"switchyard router evaluate: --weak and --strong are both {weak}: give two models")
     if policy:
         try:
             targets, note = policy_targets(policy, config, targets)

@@ -410,6 +410,8 @@ BAD_INVOCATIONS = [
      "switchyard serve: unknown host 'no-such-host.invalid'"),
     ("router evaluate {not-a-router} --data {missing} --share 5", "argument --share: must be from 0 to 1, got '5'"),
     ("router evaluate {not-a-router} --data {missing} --threshold nan", "argument --threshold: must be a finite"),
+    ("router evaluate {not-a-router} --data {missing} --weak m --strong m",  # a table of m against itself
+     "switchyard router evaluate: --weak and --strong are both m: give two models"),
     ("router evaluate {not-a-router} --data {missing} --split bogus",
      "argument --split: invalid choice: 'bogus' (choose from 'validation', 'train', 'all')"),
     ("keys create --tenant t --budget abc --admin-key k", "argument --budget: not a number of USD: 'abc'"),
