@@ -187,11 +187,19 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 
 
 def cmd_route(args: argparse.Namespace) -> int:
-    from gateway.router.serving import configured_dir, load_checked
+    from gateway.router.admin import serving_router
+    from gateway.state import StoreUnavailable
 
-    # Checked whole, as serve and promote check it: an artifact whose meta and arrays disagree may still
-    # load and answer, and would route on rows that are not its models'.
-    router = load_checked(configured_dir(args.artifact or _configured_router(args.config)))
+    # The router a gateway started with this config serves (the promoted one, else its router_artifact, else the
+    # shipped one), as `router evaluate` compares with: the config's router_artifact alone explained with another
+    # router than the gateway's once one was promoted. Checked whole, as serve and promote check it.
+    try:
+        served = serving_router(_route_config(args.config), args.artifact)
+    except StoreUnavailable as exc:
+        print(f"switchyard route: cannot read the promoted router ({exc}); name one with --artifact DIR",
+              file=sys.stderr)
+        return 1
+    router = served.router
     if args.batch:
         from gateway.router.batch import score_file
 
@@ -210,19 +218,18 @@ def cmd_route(args: argparse.Namespace) -> int:
         return 2
     from gateway.explain import explain_prompt, render
 
-    explained = explain_prompt(" ".join(args.prompt), router, args.policy, args.config)
+    explained = explain_prompt(" ".join(args.prompt), router, args.policy, args.config, served.version)
     print(json.dumps(explained, indent=2) if args.json else render(explained))
     return 0
 
 
-def _configured_router(config_path: str | None) -> str | None:
-    """The router a gateway started with this config serves (its `router_artifact`, None: the shipped one):
-    what `route` explains with unless --artifact names another, as `policy check` and `calibrate` do."""
+def _route_config(config_path: str | None) -> Any:
+    """The gateway config `route` explains under (None: the embedded default)."""
     if not config_path:
         return None
     from gateway.config import load_config
 
-    return load_config(config_path).router_artifact
+    return load_config(config_path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -560,8 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--policy", help="policy to decide under (default: the config's default)")
     r.add_argument("--config", help="gateway YAML whose deployments and router to use (default: the embedded "
                                     "default)")
-    r.add_argument("--artifact", help="router directory made by `switchyard train` (default: the --config's "
-                                      "router_artifact, else the shipped one)")
+    r.add_argument("--artifact", help="router directory made by `switchyard train` (default: the router the "
+                                      "--config's gateway serves: the promoted one, else its router_artifact, "
+                                      "else the shipped one)")
     r.add_argument("--batch", metavar="IN.jsonl", help="score every prompt of a file in the routing-data schema")
     r.add_argument("--out", metavar="OUT.jsonl", help="with --batch: where to write the scores")
     r.add_argument("--json", action="store_true", help="print the explanation as JSON")

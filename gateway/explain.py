@@ -52,14 +52,18 @@ def decide_prompt(prompt: str, router: Assessor, policy: BoundPolicy, config: Ga
     return decide(policy, signal, catalog, LiveView(), cutoff=cutoff)
 
 
-def explain_prompt(prompt: str, router: Router, policy_name: str | None, config_path: str | None) -> dict[str, Any]:
+def explain_prompt(prompt: str, router: Router, policy_name: str | None, config_path: str | None,
+                   router_version: str | None = None) -> dict[str, Any]:
+    """What `POST /v1/route` answers for this prompt, from a freshly started gateway: with the versions of
+    the router that assessed it and of the policy that decided."""
     config = _config(config_path)
     name = policy_name or config.default_policy
     policy = _load_named(name, config)
+    versions = {"router_version": router_version, "policy_version": policy.version}
     try:
-        return dict(decide_prompt(prompt, router, policy, config).explain())
+        return dict(decide_prompt(prompt, router, policy, config).explain()) | versions
     except ConstraintUnsatisfiable as exc:
-        return {"policy": name, "plan": None, "error": exc.message}
+        return {"policy": name, "plan": None, "error": exc.message} | versions
 
 
 def _load_named(name: str, config: GatewayConfig) -> BoundPolicy:
@@ -76,7 +80,8 @@ def render(e: dict[str, Any]) -> str:
     if e.get("plan") is None:
         return f"policy {e['policy']}: no plan: {e.get('error')}"
     s = e["signal"]
-    lines = [f"policy {e['policy']} → {e['plan']}",
+    lines = [f"policy {e['policy']} → {e['plan']}" + (f"  (router {e['router_version']})" if e.get("router_version")
+                                                       else ""),
              f"  difficulty {s['difficulty']:.3f}  category {s['category']}"
              f"  ~{s['prompt_tokens_estimate']} prompt tokens",
              f"  {'candidate':<34}{'quality':>8}{'cost $':>12}{'latency ms':>12}{'utility':>12}  note"]

@@ -23,7 +23,7 @@ from typing import Any
 from gateway.config import ENV_CONFIG, ENV_REDIS_URL, GatewayConfig, env_redis_url, load_config
 from gateway.errors import ConfigError
 from gateway.router.artifact import Artifact, ArtifactError
-from gateway.router.model import Router, load_router
+from gateway.router.model import Router
 from gateway.router.registry import Entry, RegistryError, RouterRegistry, serving_stack
 from gateway.router.serving import configured_dir, load_artifact, load_checked
 from gateway.router.training.compare import Targets, compare, render, result_json
@@ -171,9 +171,10 @@ class Served:
 
 
 def serving_router(config: GatewayConfig | None, against: str | None) -> Served:
-    """The router replicas serve now: the promoted one when a store has one, else the configured."""
+    """The router replicas serve now: the promoted one when a store has one, else the configured; each
+    checked whole (`load_checked`), as a replica checks what it serves."""
     if against:
-        return Served(load_router(against), Artifact.read(against).version, against)
+        return Served(load_checked(against), Artifact.read(against).version, against)
     url = store_url(config)
     if url:
         async def promoted(reg: RouterRegistry) -> Artifact | None:
@@ -184,7 +185,7 @@ def serving_router(config: GatewayConfig | None, against: str | None) -> Served:
         if artifact is not None:
             return Served(load_artifact(artifact).router, artifact.version, "promoted")
     root = configured_dir(config.router_artifact if config else None)
-    return Served(load_router(root), Artifact.read(root).version, "configured")
+    return Served(load_checked(root), Artifact.read(root).version, "configured")
 
 
 def policy_targets(name: str, config: GatewayConfig | None, base: Targets) -> tuple[Targets, str | None]:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -257,3 +258,21 @@ def test_a_rollback_to_a_version_whose_bytes_are_gone_is_refused_and_keeps_what_
     assert store.get("sy:router:current") == pointer and store.lrange("sy:router:history", 0, -1) == history
     served = _cli("router", "history", redis_url=versions_url)
     assert served.stdout.splitlines()[-1] == f"serving now: {Artifact.read(variant_dir).version}"
+
+
+def test_route_explains_with_the_router_a_gateway_of_that_store_serves(versions_url: str, variant_dir: Path) -> None:
+    # it explained with the configured (here the shipped) router while every replica served the promoted one
+    def explained() -> dict[str, Any]:
+        out = _cli("route", HARD[0]["content"], "--json", redis_url=versions_url)
+        assert out.returncode == 0, out.stderr
+        return dict(json.loads(out.stdout))
+
+    shipped = explained()
+    assert shipped["router_version"] == SHIPPED and shipped["policy_version"]
+    assert _cli("router", "promote", str(variant_dir), redis_url=versions_url).returncode == 0
+    promoted = explained()
+    assert promoted["router_version"] == Artifact.read(variant_dir).version
+    quality = [[c["predicted_quality"] for c in e["candidates"]] for e in (shipped, promoted)]
+    assert quality[0] != quality[1]  # the variant's own predictions, not the shipped router's
+    down = _cli("route", "hi", redis_url="redis://127.0.0.1:9/0")
+    assert down.returncode == 1 and down.stderr.startswith("switchyard route: cannot read the promoted router")
