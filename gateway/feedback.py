@@ -204,12 +204,15 @@ class RequestLog:
         self._writer: asyncio.Task[None] | None = None
         self._batch_written = asyncio.Event()  # set (and replaced) after every batch
 
-    def add(self, done: Completed) -> None:
-        """Queue a completed request's record; never waits, drops (counted) when the queue is full."""
-        if not self._queue.put(done):
-            self.dropped += 1
-            self._warn("request log queue full (%d): record dropped, %d so far", self.settings.queue_size,
-                       self.dropped)
+    def add(self, done: Completed) -> bool:
+        """Queue a completed request's record; never waits, drops (counted) when the queue is full. Whether
+        it was queued."""
+        if self._queue.put(done):
+            return True
+        self.dropped += 1
+        self._warn("request log queue full (%d): record dropped, %d so far", self.settings.queue_size,
+                   self.dropped)
+        return False
 
     def _warn(self, message: str, *args: Any) -> None:
         if self._throttle.due():

@@ -712,7 +712,8 @@ def learn(svc: Services, it: Learning, plan: str, deployment: str, calls: tuple[
 
 def keep_record(svc: Services, it: Learning, plan: str, deployment: str,
                 calls: tuple[CallRecord, ...]) -> Completed | None:
-    """Queue the request's record, and return it (None when requests are not logged): no await."""
+    """Queue the request's record, and return it (None when requests are not logged, or the request log's
+    queue is full): no await."""
     # The record bills what `calls` were billed; beside it, the prompt as routing counted it (a pinned
     # request was not counted, and is not counted here: no tokenizer pass for it).
     if svc.requests is None or not it.request_id:
@@ -722,8 +723,8 @@ def keep_record(svc: Services, it: Learning, plan: str, deployment: str,
         None if it.entry.pinned else it.entry.policy.name, plan, deployment, it.request["messages"],
         it.decision.signal if it.decision else None, calls, it.route.counted, it.route.router_version,
         it.decision, None if it.entry.pinned else it.entry.policy.version)
-    svc.requests.add(record)
-    return record
+    # A dropped record takes no label: a shadow of its request was billed to the tenant and then not stored.
+    return record if svc.requests.add(record) else None
 
 
 def deadline_s(policy_timeout_s: float, header_timeout_s: float | None) -> float:

@@ -14,6 +14,7 @@ from gateway.api.app import build_services
 from gateway.auth import hash_key
 from gateway.config import DeploymentConfig, parse_config
 from gateway.errors import AuthenticationFailed, BudgetExceeded, PermissionDenied, UpstreamError
+from gateway.handoff import Handoff
 from gateway.ledger import CACHE
 from gateway.messages import count_text, definition_tokens, request_bound
 from gateway.pipeline import Answer, CallContext, LiveAnswer, Services, handle, resolve_entry, route
@@ -317,6 +318,20 @@ def test_a_shadow_of_a_request_is_held_at_the_prompt_bound_budgets_hold(tmp_path
     asyncio.run(handle(svc, {**ASK, "model": "router/shadowed", "messages": question},
                        CallContext(authorization=f"Bearer {KEY}", request_id="r-1")))
     assert offered == [request_bound({"messages": question})[0]]
+
+
+def test_a_request_whose_record_the_full_request_log_dropped_is_not_shadowed(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # its shadow was run and billed to the tenant, and then its label had no record to be stored with
+    svc, _ = _services(tmp_path, _ok, request_log=True)
+    assert svc.shadow is not None and svc.requests is not None
+    offered: list[str] = []
+    monkeypatch.setattr(svc.shadow, "offer", lambda *args, **kw: offered.append(args[2].request_id))
+    monkeypatch.setattr(svc.requests, "_queue", Handoff(1))  # the writer is not running: one record fills it
+    for rid in ("r-1", "r-2"):  # two questions: the second is no cache hit
+        asyncio.run(handle(svc, {**ASK, "model": "router/shadowed", "messages": [{"role": "user", "content": rid}]},
+                           CallContext(authorization=f"Bearer {KEY}", request_id=rid)))
+    assert offered == ["r-1"] and svc.requests.dropped == 1
 
 
 def test_a_messages_name_and_tool_call_id_are_held_and_counted_as_its_content_is() -> None:
