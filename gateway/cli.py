@@ -45,8 +45,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 
 def _setup_logging(level: str, fmt: str | None = None) -> None:
     """`fmt`: json or text; None: text at a terminal, JSON otherwise (`gateway.logs`)."""
-    from gateway.logs import LOG_FLUSH_S, configure
-    from gateway.providers.litellm_backend import quiet_litellm_loggers
+    from gateway.logs import LOG_FLUSH_S, configure, quiet_litellm_loggers
 
     configure(level, "json" if fmt == "json" else "text" if fmt == "text" else None, flush_s=LOG_FLUSH_S)
     quiet_litellm_loggers()

@@ -23,6 +23,7 @@ LogRecord that logging would build and the formatter take apart again.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import threading
 import time
@@ -214,3 +215,17 @@ def configure(level: str, fmt: LogFormat | None = None, stream: IO[str] | None =
     # Every LogRecord otherwise looks up its thread, process and multiprocessing names: neither
     # format writes them, and the request line makes a record per request.
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+
+
+ENV_LOG_PROMPTS = "SWITCHYARD_LOG_PROMPTS"
+LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm")
+
+
+def quiet_litellm_loggers() -> None:
+    """Prompts and completions are user data: kept out of the log whatever the gateway's level. Here, not
+    beside the litellm backend: every command sets its logging up, and importing that backend's HTTP clients
+    cost the quick ones (`route`, `policy check`) half a second."""
+    if os.environ.get(ENV_LOG_PROMPTS) == "1":
+        return
+    for name in LITELLM_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -26,6 +26,7 @@ import httpx
 from gateway.config import DeploymentConfig
 from gateway.exc_chain import causes, traceback_modules
 from gateway.log_throttle import KeyedLogThrottle
+from gateway.logs import quiet_litellm_loggers
 from gateway.providers.base import (
     Completion,
     ProviderFailure,
@@ -39,17 +40,7 @@ from gateway.providers.base import (
     too_large,
 )
 
-ENV_LOG_PROMPTS = "SWITCHYARD_LOG_PROMPTS"
 log = logging.getLogger("switchyard.upstream")
-LITELLM_LOGGERS = ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy", "litellm")
-
-
-def quiet_litellm_loggers() -> None:
-    """Prompts and completions are user data: kept out of the log whatever the gateway's level."""
-    if os.environ.get(ENV_LOG_PROMPTS) == "1":
-        return
-    for name in LITELLM_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def import_litellm() -> Any:

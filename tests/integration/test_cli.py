@@ -38,6 +38,19 @@ def test_help_explains_every_command() -> None:
         assert command in out
 
 
+@pytest.mark.parametrize("command", [["route", "hi"], ["policy", "check", "routing_policies"], ["--help"]])
+def test_quick_commands_import_neither_the_web_stack_nor_litellm(command: list[str]) -> None:
+    """Setting logging up imported the litellm backend, and with it aiohttp and httpx: half a second of every
+    `switchyard route`."""
+    heavy = ("aiohttp", "httpx", "litellm", "fastapi", "starlette", "uvicorn", "gateway.providers.litellm_backend")
+    probe = ("import runpy, sys\nsys.argv = ['switchyard', *sys.argv[1:]]\n"
+             "try:\n    runpy.run_module('gateway.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             f"print('IMPORTED', sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, timeout=60,
+                         cwd=ROOT, env=ENV)
+    assert "IMPORTED []" in out.stdout, out.stdout[-500:] + out.stderr[-500:]
+
+
 def _undocumented(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[str]:
     """Every command without a description and every argument without help, by the words a user types."""
     for action in parser._actions:

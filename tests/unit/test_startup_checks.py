@@ -16,9 +16,9 @@ from gateway.auth import Authenticator, hash_key
 from gateway.cli import _setup_logging
 from gateway.config import ENV_REDIS_URL, GatewayConfig, embedded_config, load_config, parse_config
 from gateway.errors import ConfigError
+from gateway.logs import LITELLM_LOGGERS
 from gateway.policy import PolicySet
 from gateway.policy.sources import shipped_policies_dir
-from gateway.providers.litellm_backend import LITELLM_LOGGERS
 from gateway.state import MemoryStore
 
 ROOT = Path(__file__).resolve().parents[2]
