@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -183,7 +184,10 @@ class JsonlSink:
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(self, lines: Sequence[bytes]) -> None:
-        with self.path.open("ab") as f:
+        # Made readable by its owner alone (0o600), whatever the umask: it holds prompt digests, and the prompts
+        # of `log_prompts` tenants; a file the operator made beforehand keeps the mode they gave it.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(fd, "ab") as f:
             f.write(b"".join(line + b"\n" for line in lines))
 
 

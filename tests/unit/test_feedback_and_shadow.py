@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from gateway.config import DeploymentConfig, RequestLogSettings
 from gateway.errors import ConfigError, InputError, NotFound, UpstreamError
 from gateway.executor.drain import Draining, drain
 from gateway.executor.result import CallRecord
-from gateway.feedback import Completed, Feedback, RequestLog, build_record
+from gateway.feedback import Completed, Feedback, JsonlSink, RequestLog, build_record
 from gateway.keyed import Digests
 from gateway.ledger import Ledger, read_spend, spend_table, window
 from gateway.logs_export import from_jsonl, model_names, parse_duration, to_row
@@ -426,3 +428,14 @@ def test_a_shadow_holds_every_attempt_its_deadline_allows_as_a_request_does() ->
         await ledger.close()
 
     asyncio.run(scenario())
+
+
+def test_the_request_log_file_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    """It holds prompt digests and the prompts of log_prompts tenants: made under a umask of 022, it was
+    readable by every user of the host."""
+    old = os.umask(0o022)
+    try:
+        JsonlSink(tmp_path / "logs" / "requests.jsonl").write([b'{"prompt": "secret"}'])
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "logs" / "requests.jsonl").stat().st_mode) == 0o600
