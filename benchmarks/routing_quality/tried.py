@@ -50,6 +50,10 @@ TRIED = [
     "0.503 / 0.573 / 0.775 / 0.609 |",
     "| a latent of 13 columns (shipped 9), seed 0 | 0.579 | 0.491 | 0.573 | 0.773 | 0.499 | stopped "
     "after one seed |",
+    "| two fits averaged (seeds 0 and 1: the mean of their predicted gains) | 0.596 | 0.503 | 0.572 | 0.776 | "
+    "0.619 | not shipped: the pair scores between its members (seed 0: 0.594 / 0.504 / 0.573 / 0.766 / 0.621, "
+    "seed 1: 0.597 / 0.504 / 0.571 / 0.782 / 0.617), no better than their mean, for twice the neighbour search "
+    "and latent per request; stopped before a third seed |",
 ]
 
 TRIED_ADAPTING = [
