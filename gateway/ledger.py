@@ -274,14 +274,17 @@ class Ledger:
 
     def _beside_answers(self, spent: Spent, kind: str | None = None) -> None:
         """Count calls billed beside any answer in the metrics, by kind (`kind`, else each call's role:
-        late, cut). `observer.billed` counts those that answered requests, a stream's call read on
-        after its client left (`READ_ON`) among them, when it ends."""
+        late, cut), and their tokens with every other billed token: `switchyard_tokens_total` adds up to
+        the ledger's as the two cost counters do. `observer.billed` counts those that answered requests,
+        a stream's call read on after its client left (`READ_ON`) among them, when it ends."""
         if self.metrics is None:
             return
-        policy = spent.policy if spent.policy is not None else PINNED
+        m, policy = self.metrics, spent.policy if spent.policy is not None else PINNED
         for c in spent.calls:
             if c.role != READ_ON:
-                self.metrics.background_cost.add((spent.tenant, c.deployment, policy, kind or c.role), c.cost_usd)
+                m.background_cost.add((spent.tenant, c.deployment, policy, kind or c.role), c.cost_usd)
+                m.tokens.add((spent.tenant, c.deployment, policy, "input"), c.usage.prompt_tokens)
+                m.tokens.add((spent.tenant, c.deployment, policy, "output"), c.usage.completion_tokens)
 
     def add(self, spent: Spent) -> None:
         """Queue one bill; never waits. A full queue drops it, counted and logged with its amount."""

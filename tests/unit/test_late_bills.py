@@ -215,6 +215,28 @@ def test_calls_billed_beside_answers_are_counted_in_their_own_cost_metric() -> N
                                        ("team", "a", "pinned", "failed"): pytest.approx(0.01)}
 
 
+def test_tokens_of_calls_billed_beside_answers_are_counted_with_the_billed_tokens() -> None:
+    """`switchyard_tokens_total` is every token billed, as the ledger sums them: a late answer's, a cut call's,
+    a shadow evaluation's and a failed request's tokens too (they were left out, so the counter fell short
+    of /v1/spend by every such call)."""
+
+    async def scenario() -> dict[tuple[str, ...], float]:
+        store, metrics = MemoryStore(), Metrics()
+        held = await Authenticator([], store).admit(CALLER, need=Need(0.6, 100, 60))
+        ledger = Ledger(store, metrics=metrics)
+        late = LateBills(ledger, held, "team", "p", "single:a>fallback:b")
+        await late.open(0.3)(CallRecord("a", Usage(7, 20), 0.1, 0.5, "late"))
+        await late.open(0.3)(CallRecord("a", Usage(10, 5), 0.02, 0.5, "cut"))
+        await ledger.record_shadow("team", (CallRecord("b", Usage(10, 20), 0.05, 0.2, "shadow"),), None, "p")
+        await ledger.record(Spent(0.0, "team", None, "cascade:a>b", "", (CallRecord("a", Usage(3, 4), 0.01, 0.1),),
+                                  requests=0))
+        return metrics.tokens.values
+
+    assert asyncio.run(scenario()) == {("team", "a", "p", "input"): 17, ("team", "a", "p", "output"): 25,
+                                       ("team", "b", "p", "input"): 10, ("team", "b", "p", "output"): 20,
+                                       ("team", "a", "pinned", "input"): 3, ("team", "a", "pinned", "output"): 4}
+
+
 class _Breaks(_LosesReplies):
     """Once `broken`, fails as redis-py's cluster client does on a connection it reuses after its node
     died: not an outage (`StoreUnavailable`), an error of its own."""
