@@ -9,7 +9,8 @@ the per-request line (`switchyard.request`, `request_line`), upstream failures a
 with an `event` field. In text format the same fields follow the message as `key=value`.
 
 A request line never holds an API key, and holds the prompt only for a tenant with
-`log_prompts: true`.
+`log_prompts: true`; so does a line that may quote the request (an upstream's refusal of it), which
+reads the tenant's setting from `prompts_logged`.
 
 `switchyard serve` writes its per-request lines in batches (`BatchingHandler`,
 `configure(flush_s=...)`): one write per `LOG_FLUSH_S` instead of one write system call per
@@ -27,12 +28,16 @@ import os
 import sys
 import threading
 import time
+from contextvars import ContextVar
 from itertools import islice
 from typing import IO, Any, Literal
 
 import orjson
 
 LogFormat = Literal["json", "text"]
+# Whether the request being served may have its prompt in log lines (its tenant's `log_prompts`): set for
+# each request by the pipeline and for each shadow job, read where a line may quote the request.
+prompts_logged: ContextVar[bool] = ContextVar("switchyard_prompts_logged", default=False)
 LOG_FLUSH_S = 0.2  # how long an INFO line may wait to be written with others
 _FLUSH_BYTES = 1 << 16  # ...or until this much is waiting
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

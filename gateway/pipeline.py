@@ -53,6 +53,7 @@ from gateway.inflight import NO_SLOT, InFlight, Slot
 from gateway.keyed import Digests, tenant_salt
 from gateway.ledger import CACHE, LateBills, Ledger, Spent
 from gateway.log_throttle import KeyedLogThrottle
+from gateway.logs import prompts_logged
 from gateway.messages import count_messages, definition_tokens, prompt_bound, remember_prompt
 from gateway.observer import PINNED, Observer, Trail
 from gateway.plans import Plan, Single
@@ -637,6 +638,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
     late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label, slot))
     if svc.upstreams.isolating:  # what a deployment with isolate_prefix_cache is sent as cache_salt
         tenant_salt.set(svc.digests.cache_salt(tenant.name))
+    prompts_logged.set(tenant.log_prompts)  # what the calls' failures may log of what they were sent
     waited = time.perf_counter()
     try:
         if request.get("stream") and isinstance(plan, Single):

@@ -40,6 +40,7 @@ from gateway.fair_queue import FairQueue
 from gateway.feedback import Completed, Feedback, RequestLog, not_found
 from gateway.keyed import tenant_salt
 from gateway.ledger import SHADOW, LateBills, Ledger
+from gateway.logs import prompts_logged
 from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import message_text
 from gateway.plans import Shadow, Single
@@ -206,6 +207,7 @@ class ShadowEvaluator:
         late_bills.set(LateBills(self.ledger, held, job.tenant.name, job.policy, SHADOW))
         # The shadow and judge calls carry the tenant's prompt: its cache salt too, where a deployment asks.
         tenant_salt.set(self.requests.digests.cache_salt(job.tenant.name))
+        prompts_logged.set(job.tenant.log_prompts)
         span = self.telemetry.start("switchyard.shadow", None, switchyard__tenant=job.tenant.name,
                                     switchyard__request_id=job.request_id, switchyard__against=job.shadow.against)
         try:

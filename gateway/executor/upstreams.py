@@ -59,7 +59,15 @@ from gateway.keyed import tenant_salt
 from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import count_completion, prompt_tokens, request_bound
 from gateway.metrics import Metrics
-from gateway.providers.base import Backend, Completion, ProviderFailure, StreamStats, Usage, missing_credential
+from gateway.providers.base import (
+    Backend,
+    Completion,
+    ProviderFailure,
+    StreamStats,
+    Usage,
+    loggable,
+    missing_credential,
+)
 from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard, configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
@@ -298,9 +306,10 @@ class Upstreams:
             health.record_failure(time.monotonic(), trial=trial, hung=timed_out and whole_since is None)
         kind = error_type(exc)
         if isinstance(exc, ProviderFailure):
-            log.warning("deployment '%s' failed: %s", name, exc, extra={
+            detail, reason = loggable(exc)
+            log.warning("deployment '%s' failed: %s", name, detail, extra={
                 "event": "upstream_failure", "deployment": name, "error_type": kind,
-                "status": exc.status, "retryable": exc.retryable, "reason": exc.reason})
+                "status": exc.status, "retryable": exc.retryable, "reason": reason})
         if self.metrics is not None:
             # A call cancelled (a hedge leg beaten, a request its client left) did not fail: its circuit counts
             # it neutral, and counted here every hedge the slow deployment lost read as one of its failures.
@@ -770,7 +779,8 @@ def error_type(exc: BaseException) -> str:
 
 def _end_failed(span: Span, exc: BaseException) -> None:
     set_attributes(span, error__type=error_type(exc))
-    span.set_status(Status(StatusCode.ERROR, str(exc)[:200] or type(exc).__name__))
+    detail = loggable(exc)[0] if isinstance(exc, ProviderFailure) else str(exc)
+    span.set_status(Status(StatusCode.ERROR, detail[:200] or type(exc).__name__))
     span.end()
 
 

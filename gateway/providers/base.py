@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gateway.config import DeploymentConfig
+from gateway.logs import prompts_logged
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +267,20 @@ def client_reason(status: int | None, stated: str | None) -> str | None:
     if status in (400, 422) and stated:
         return f"upstream answered {status}: {stated[:300]}"
     return None
+
+
+# An upstream's refusal of what the request holds: its message may quote the request back, prompt and all
+# (vLLM's validation errors hold the whole body they refused).
+_QUOTES_REQUEST = frozenset({400, 413, 422})
+
+
+def loggable(failure: ProviderFailure) -> tuple[str, str]:
+    """(detail, reason) of `failure` as log lines and spans may hold them: a refusal of the request is
+    told by its status and code alone, its upstream's words only for a tenant with `log_prompts: true`."""
+    if failure.status not in _QUOTES_REQUEST or prompts_logged.get():
+        return str(failure), failure.reason
+    said = f"upstream answered {failure.status}" + (f" ({failure.code})" if failure.code else "")
+    return f"{said}; its message is left out, as it may quote the prompt (log_prompts: false)", said
 
 
 def too_large(status: int | None, message: str | None) -> bool:

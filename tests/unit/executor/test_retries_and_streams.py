@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from gateway.config import DeploymentConfig
 from gateway.errors import InvalidRequest, UpstreamError
 from gateway.executor import Deadline
+from gateway.logs import prompts_logged
 from gateway.providers.base import ProviderFailure
 from tests.support.fake_backend import Stream, answer, chunk, deployment, fake_upstreams
 
@@ -149,3 +151,27 @@ def test_a_call_without_an_output_limit_is_sent_each_deployments_own_under_its_b
     backend.calls.clear()
     asyncio.run(up.call(("b",), {**BODY, "max_tokens": 7}, None, deadline=Deadline.after(10)))
     assert [(b.get("max_completion_tokens"), b.get("max_tokens")) for _, b in backend.calls] == [(None, 7)]
+
+
+QUOTED = "[{'type': 'extra_forbidden', 'input': {'messages': [{'role': 'user', 'content': 'Say hello.'}]}}]"
+
+
+@pytest.mark.parametrize("logged", [False, True])
+def test_an_upstream_refusal_quoting_the_prompt_is_logged_without_it_unless_the_tenant_logs_prompts(
+        logged: bool, caplog: pytest.LogCaptureFixture) -> None:
+    """A server's 400 may quote the request back (vLLM's validation errors hold the body they refused): its
+    words went into the upstream_failure line and the call's span whatever the tenant's `log_prompts`."""
+    failure = ProviderFailure(f"small: upstream answered 400: {QUOTED}", status=400, retryable=False,
+                              reason=f"upstream answered 400: {QUOTED}")
+    up, _ = fake_upstreams(lambda d, b: failure, deployment("small"))
+
+    async def call() -> None:
+        prompts_logged.set(logged)
+        with pytest.raises(InvalidRequest):
+            await up.call(("small",), BODY, None, deadline=Deadline.after(10))
+
+    with caplog.at_level(logging.WARNING, logger="switchyard.upstream"):
+        asyncio.run(call())
+    line = next(r for r in caplog.records if getattr(r, "event", None) == "upstream_failure")
+    assert ("Say hello." in line.getMessage()) is logged and ("Say hello." in line.reason) is logged  # type: ignore[attr-defined]
+    assert "upstream answered 400" in line.getMessage() and line.status == 400  # type: ignore[attr-defined]
