@@ -24,10 +24,10 @@ Two things happen when a request (or a shadow evaluation) is billed:
 Every call counts under its own deployment (samples, judges, escalations, shadow calls, streams cut
 short); the request itself (`requests`, the counterfactual and the predicted qualities) counts under
 the deployment that answered. The counterfactual of a routed request is the predicted cost of the
-policy's dearest candidate, and its predicted quality that candidate's; a pinned request's is its
-own cost (nothing was chosen for it), the calls billed apart from its answer included (a stream read
-on after its client left). Cache hits count as requests of plan kind `cache` costing
-nothing, shadow evaluations as plan kind `shadow` with no request.
+policy's dearest candidate, and its predicted quality that candidate's (its own cost when it took
+that candidate); a pinned request's is its own cost (nothing was chosen for it), the calls billed
+apart from its answer included (a stream read on after its client left). Cache hits count as
+requests of plan kind `cache` costing nothing, shadow evaluations as plan kind `shadow` with no request.
 
 `/v1/spend` and `switchyard spend` read these hashes back through `read_spend` and `spend_table`;
 with Redis every replica sees the same numbers, and they survive restarts. The in-memory store
@@ -103,17 +103,31 @@ class Spent:
     calls: tuple[CallRecord, ...]
     decision: Decision | None = None
     requests: int = 1        # 0 for shadow work, which is no request of the tenant's
+    # a call billed apart from its request's answer (requests 0), whose request is its own counterfactual
+    own_counterfactual: bool = False
 
     @property
     def cost_usd(self) -> float:
         return sum(c.cost_usd for c in self.calls)
 
 
+def own_counterfactual(decision: Decision | None) -> bool:
+    """Is a request its own counterfactual (`savings`): pinned, or routed to its policy's dearest candidate?"""
+    if decision is None or not decision.candidates:
+        return True
+    dearest = decision.candidates[0]
+    for c in decision.candidates:
+        if c.estimate.cost_usd > dearest.estimate.cost_usd:
+            dearest = c
+    return dearest.plan == decision.plan
+
+
 def savings(decision: Decision | None, actual_usd: float) -> tuple[float, float | None, float | None]:
     """(counterfactual cost, predicted quality of the chosen plan, of the counterfactual).
 
     The counterfactual is the policy's dearest candidate by predicted cost ("always the large
-    model"); without a decision (a pinned deployment) it is what the request cost."""
+    model"); without a decision (a pinned deployment), or when that candidate was the one chosen, it is
+    what the request cost: taking the dearest plan saved nothing, however its cost was predicted."""
     if decision is None or not decision.candidates:
         return actual_usd, None, None
     # plain loops, no key functions: this runs twice per request (the ledger and the request record)
@@ -123,7 +137,8 @@ def savings(decision: Decision | None, actual_usd: float) -> tuple[float, float 
             dearest = c
         if chosen is None and c.plan == plan:
             chosen = c
-    return (dearest.estimate.cost_usd, chosen.estimate.quality if chosen else None, dearest.estimate.quality)
+    return (actual_usd if chosen is dearest else dearest.estimate.cost_usd, chosen.estimate.quality if chosen else None,
+            dearest.estimate.quality)
 
 
 def plan_kind(label: str) -> str:
@@ -147,9 +162,9 @@ def add_spent(sums: dict[str, dict[str, float]], s: Spent) -> None:
         row[f["prompt_tokens"]] += c.usage.prompt_tokens
         row[f["completion_tokens"]] += c.usage.completion_tokens
     if not s.requests:
-        if s.policy is None and kind not in (CACHE, SHADOW) and s.calls:
-            # A pinned request's call billed apart from its answer (read on after its client left, given
-            # up on and answering late): the request is its own counterfactual, this call included.
+        if (s.policy is None or s.own_counterfactual) and kind not in (CACHE, SHADOW) and s.calls:
+            # A call billed apart from the answer of a request that is its own counterfactual (pinned, or
+            # routed to the dearest candidate): read on after its client left, given up on and answering late.
             f = _fields(s.deployment or s.calls[-1].deployment, s.policy, kind)
             row[f["counterfactual_usd"]] += s.cost_usd
         return
@@ -426,6 +441,7 @@ class LateBills:
     policy: str | None
     plan: str
     slot: Slot = NO_SLOT
+    own_counterfactual: bool = False  # the request's (`own_counterfactual`): its calls billed apart count in it
 
     def open(self, worst_usd: float) -> LateBill:
         self.slot.keep()
@@ -434,7 +450,8 @@ class LateBills:
     async def _ended(self, call: LateCall, record: CallRecord | None) -> None:
         try:
             spent = None if record is None else Spent(time.time(), self.tenant, self.policy, self.plan,
-                                                      record.deployment, (record,), requests=0)
+                                                      record.deployment, (record,), requests=0,
+                                                      own_counterfactual=self.own_counterfactual)
             await self.ledger.record_late(self.tenant, self.held, call, spent)
         finally:
             self.slot.let_go()

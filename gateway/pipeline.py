@@ -51,7 +51,7 @@ from gateway.executor.upstreams import OpenStream
 from gateway.feedback import Completed, RequestLog
 from gateway.inflight import NO_SLOT, InFlight, Slot
 from gateway.keyed import Digests, tenant_salt
-from gateway.ledger import CACHE, LateBills, Ledger, Spent
+from gateway.ledger import CACHE, LateBills, Ledger, Spent, own_counterfactual
 from gateway.log_throttle import KeyedLogThrottle
 from gateway.logs import prompts_logged
 from gateway.messages import count_messages, definition_tokens, prompt_bound, remember_prompt
@@ -635,7 +635,8 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
 
     hedge_s = r.billing.hedge_s(plan)  # the policy's, unless a cost cap turned it off
     # calls given up on: billed if they answer late, and counted in flight until they end
-    late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label, slot))
+    late_bills.set(LateBills(svc.ledger, held, tenant.name, entry.policy_name, plan.label, slot,
+                             own_counterfactual(decision)))
     if svc.upstreams.isolating:  # what a deployment with isolate_prefix_cache is sent as cache_salt
         tenant_salt.set(svc.digests.cache_salt(tenant.name))
     prompts_logged.set(tenant.log_prompts)  # what the calls' failures may log of what they were sent

@@ -22,6 +22,7 @@ from gateway.ledger import (
     LAST_TIME_S,
     Ledger,
     Spent,
+    own_counterfactual,
     parse_group_by,
     parse_time,
     read_spend,
@@ -77,6 +78,23 @@ def test_savings_compare_a_routed_request_with_its_policys_dearest_candidate() -
     assert row["counterfactual_usd"] == pytest.approx(0.010)  # always the large model, as predicted
     assert row["savings_usd"] == pytest.approx(0.009)
     assert row["predicted_quality_chosen"] == 0.85 and row["predicted_quality_counterfactual"] == 0.9
+
+
+def test_a_request_that_took_the_dearest_candidate_saved_nothing() -> None:
+    """Its counterfactual is what it cost, not that candidate's predicted cost: an answer of the large model
+    that came in under its prediction showed savings against always taking the large model."""
+    chose_large = Decision("balanced", LARGE, DECISION.candidates, SIGNAL)
+    spent = Spent(AT, "t", "balanced", "single:large", "large", (_call("large", 0.006),), chose_large)
+    [row] = _table(_written([spent]), ("policy",))
+    assert row["counterfactual_usd"] == row["cost_usd"] == pytest.approx(0.006) and row["savings_usd"] == 0
+    assert row["predicted_quality_chosen"] == row["predicted_quality_counterfactual"] == 0.9
+    # a stream of it read on after its client left: written with no call billed yet, then the call read on
+    left = Spent(AT, "t", "balanced", "single:large", "large", (), chose_large)
+    read_on = Spent(AT, "t", "balanced", "single:large", "large", (_call("large", 0.006, role="read_on"),),
+                    requests=0, own_counterfactual=own_counterfactual(chose_large))
+    [row] = _table(_written([left, read_on]), ("policy",))
+    assert row["counterfactual_usd"] == row["cost_usd"] == pytest.approx(0.006) and row["savings_usd"] == 0
+    assert not own_counterfactual(DECISION) and own_counterfactual(None)
 
 
 def test_a_pinned_request_is_its_own_counterfactual() -> None:
