@@ -851,23 +851,22 @@ class _LiveStream:
         else:
             await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
             upstream = (await self.svc.upstreams.end_counted(live, self._counted, error),)
-        # What the stream cost so far: all of it when it ended here; handed over, what was reported (else
-        # counted) up to now, the rest billed as a late call when it ends (`Upstreams.read_on`).
         # Not the live call's latency alone: that of a resumed stream's continuation starts at its first chunk,
         # and one handed over has none yet, so their broken start, the continuation's wait for its first
         # chunk and the relay until the client left were taken for the gateway's own overhead.
         self.trail.upstream_s += time.perf_counter() - self.opened
-        if upstream:
-            usage, cost = upstream[0].usage, upstream[0].cost_usd
-        else:
-            usage = live.stats.usage if live.stats.usage.total_tokens else self._counted()
-            cost = self.svc.upstreams.prices[live.deployment].cost(usage, live.terms)
+        # The usage a finished answer is cached with: all of it when it ended here; handed over (billed as a
+        # late call when it ends, `Upstreams.read_on`), what was reported (else counted) up to now.
+        usage = upstream[0].usage if upstream else live.stats.usage if live.stats.usage.total_tokens \
+            else self._counted()
         losers = await self.hedged.records()
         calls = (*live.earlier, *upstream, *losers)
         # The request's span has every call billed with it (a resumed stream's broken start, the hedge legs it
-        # beat), as its usage chunk, log line and ledger do: the live call's alone left them out.
-        spent, spent_usd = usage, cost
-        for c in (*live.earlier, *losers):
+        # beat), as its usage chunk, log line and ledger do: the live call's alone left them out. A call read on
+        # after its client left is billed when it ends, on its own span (this one's child) and in the
+        # `stream_read_on` line: its count so far, priced here, was a cost billed nowhere.
+        spent, spent_usd = Usage(0, 0), 0.0
+        for c in calls:
             spent, spent_usd = spent + c.usage, spent_usd + c.cost_usd
         self.svc.observer.billed(self.trail, calls)
         cut = "upstream_stream_failed" if error else None if acc.finished else "client_closed"

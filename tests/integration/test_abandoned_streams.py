@@ -24,6 +24,7 @@ import httpx
 import openai
 import orjson
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from gateway.api.app import create_app
 from gateway.config import parse_config
@@ -41,6 +42,7 @@ _SINKS: list[str] = []  # the module gateway's request-log file
 ENDED = {"reasoning": threading.Event(), "silent": threading.Event(),  # the upstream sent its usage chunk
          "slow-usage": threading.Event(), "flood": threading.Event()}
 FLOOD_CHUNKS = 12_000  # of 2 kB each: far more than a connection's buffers hold
+SPANS = InMemorySpanExporter()
 
 
 class _Thinker(ScriptedHandler):
@@ -105,7 +107,7 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         policies = policies_folder(folder, {})  # the shipped ones; pinned here
         raw = {"deployments": rows, "request_log": {"path": str(folder / "requests.jsonl")}}
         _SINKS.append(str(folder / "requests.jsonl"))
-        with running_gateway(create_app(parse_config(raw, "abandoned streams"),
+        with running_gateway(create_app(parse_config(raw, "abandoned streams"), span_exporter=SPANS,
                                         policies_dir=policies, watch_policies_s=None, watch_router_s=None)) as gw:
             yield gw.base_url + "/v1"
 
@@ -158,7 +160,7 @@ def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(
     ENDED["reasoning"].clear()
     client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(model="reasoning", messages=_messages(), stream=True)
-    request_id = raw.headers["x-request-id"]
+    request_id, trace_id = raw.headers["x-request-id"], raw.headers["x-switchyard-trace-id"]
     stream = raw.parse()
     next(iter(stream))
     stream.close()
@@ -185,6 +187,17 @@ def test_a_stream_left_is_recorded_with_what_it_was_billed_once_it_ends(
     billed = _billed(base_url, "reasoning")["cost_usd"]
     assert billed > 0 and metric() == pytest.approx(billed)
     assert metric("switchyard_background_cost_usd_total") == 0.0
+    # The request's span, ended as its client left, says what was billed with it then, as its log line does,
+    # and the call read on says the rest on its own span: the request's once held a count of the prompt and
+    # the chunks relayed, priced, a cost and tokens billed nowhere.
+    trace = [s for s in SPANS.get_finished_spans() if f"{s.context.trace_id:032x}" == trace_id]
+    (request_span,) = [s for s in trace if s.name == "switchyard.request"]
+    (call_span,) = [s for s in trace if s.name == "chat reasoning"]
+    assert request_span.attributes is not None and call_span.attributes is not None
+    assert request_span.attributes["switchyard.cost_usd"] == 0.0
+    assert request_span.attributes["gen_ai.usage.output_tokens"] == 0
+    assert call_span.attributes["gen_ai.usage.output_tokens"] == 900
+    assert call_span.attributes["switchyard.cost_usd"] == pytest.approx(record["cost_usd"])
 
 
 def test_a_stream_left_before_its_first_chunk_is_billed_for_the_thinking_reported_at_its_end(base_url: str) -> None:
