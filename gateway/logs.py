@@ -101,8 +101,8 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value if value and " " not in value else orjson.dumps(value).decode()
+    if isinstance(value, str):  # quoted unless one plain word: a field's line break would start a line of its own
+        return value if value and " " not in value and value.isprintable() else orjson.dumps(value).decode()
     if isinstance(value, float):
         return f"{value:.6g}"
     return orjson.dumps(value, default=str).decode() if isinstance(value, dict | list) else str(value)

@@ -62,6 +62,14 @@ def test_the_text_formatter_appends_fields_as_key_value() -> None:
     assert line.endswith("hello world event=circuit deployment=small reason=\"two words\"")
 
 
+def test_a_text_field_never_breaks_its_line() -> None:
+    """A field with a line break (a `log_prompts` tenant's prompt) was written as it came, so its caller could
+    write lines of its own into the log: `prompt=hi` then a forged `... WARNING switchyard.auth: ...` line."""
+    line = TextFormatter().format(_record(event="request", prompt="hi\n2026-11-26 13:40:02 WARNING switchyard.auth:",
+                                          tab="a\tb"))
+    assert "\n" not in line and line.endswith('prompt="hi\\n2026-11-26 13:40:02 WARNING switchyard.auth:" tab="a\\tb"')
+
+
 def test_the_default_format_is_text_at_a_terminal_and_json_otherwise() -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
