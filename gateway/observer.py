@@ -56,6 +56,7 @@ class Trail:
     output_tokens: int = 0
     cost_usd: float = 0.0
     upstream_s: float = 0.0
+    ready_s: float | None = None  # a relayed stream: its time to its first chunk, the dashboard's latency of it
     messages: Sequence[Mapping[str, Any]] = ()
     finished: bool = False
 
@@ -142,7 +143,7 @@ class Observer:
         outcome.requests.value += 1
         outcome.overhead.record(overhead)
         outcome.duration.record(total)
-        self.stats.observe(total, status)
+        self.stats.observe(total if trail.ready_s is None else trail.ready_s, status)
         if (handler := direct_handler(log)) is not None:
             # the line straight to the one handler that writes it: no LogRecord to build and take apart
             handler.write(log.name, f"POST /v1/chat/completions {status}",

@@ -651,6 +651,7 @@ async def _handle(svc: Services, request: dict[str, Any], ctx: CallContext, span
             how = "fallback" if hedge_s is None else "hedge"
             label = plan.label if live.deployment == plan.deployment else f"{plan.label}>{how}:{live.deployment}"
             trail.plan_label, trail.deployment = label, live.deployment
+            trail.ready_s = time.perf_counter() - trail.started  # its first chunk is in: the response begins
             relay = _LiveStream(svc, live, tenant.name, key, ttl, label, span, held, r, streamed,
                                 Learning(ctx.request_id, tenant, entry, decision, request, r), trail, losers)
             return LiveAnswer(cache_status, label, live.deployment, trace_id, relay.chunks(), relay.settle, decision)
