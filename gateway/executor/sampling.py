@@ -13,7 +13,7 @@ from opentelemetry.trace import Span
 from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
-from gateway.executor.selectors import Selection, judge_messages, parse_judge_choice, vote
+from gateway.executor.selectors import Selection, answer_key, judge_messages, parse_judge_choice, vote
 from gateway.executor.upstreams import Upstreams
 from gateway.messages import message_text
 
@@ -101,13 +101,17 @@ async def judge_select(up: Upstreams, judge: str, prompt: str | None, body: dict
                          {**fallback.evidence, "degraded_from": "judge", "reason": exc.message}), []
     reply = message_text(done.body["choices"][0]["message"].get("content"))
     choice = parse_judge_choice(reply, len(answers))
+    # Named as a vote names an answer (what it extracts, else a digest), never by its text: the evidence goes
+    # to a header and the request's span whatever the tenant's log_prompts says, and the judge's reply may
+    # quote the answers it judged.
+    named = answer_key(reply)
     if choice is None:
         fallback = vote(answers)
         return Selection(fallback.index, fallback.agreement,
                          {**fallback.evidence, "degraded_from": "judge",
-                          "reason": f"judge reply had no candidate number: {reply[:80]!r}"}), [rec]
+                          "reason": f"judge reply had no candidate number: {named}"}), [rec]
     return Selection(choice, 1.0, {"selector": "judge", "judge": judge, "choice": choice + 1,
-                                   "reply": reply[:80]}), [rec]
+                                   "reply": named}), [rec]
 
 
 async def judge_score(up: Upstreams, judge: str, body: dict[str, Any], answer: str,

@@ -32,7 +32,7 @@ class Selection:
     evidence: dict[str, Any]
 
 
-def _key(text: str) -> str | None:
+def answer_key(text: str) -> str | None:
     key = extract_answer(text)
     if key is not None:
         return key
@@ -43,7 +43,7 @@ def _key(text: str) -> str | None:
 
 
 def vote(texts: Sequence[str]) -> Selection:
-    keys = [_key(t) for t in texts]
+    keys = [answer_key(t) for t in texts]
     counted = Counter(k for k in keys if k is not None)
     if not counted:
         return Selection(0, 1 / max(1, len(texts)),

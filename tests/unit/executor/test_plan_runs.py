@@ -59,3 +59,15 @@ def test_a_vote_over_prose_names_the_answers_by_digest_never_by_their_text() -> 
     evidence = orjson.dumps(result.evidence).decode()
     assert "layoffs" not in evidence and "restructuring" not in evidence
     assert sorted(result.evidence["votes"].values()) == [1, 2]  # two groups, told apart by digest
+
+
+def test_a_judges_reply_is_named_by_digest_in_the_evidence_never_by_its_text() -> None:
+    """A judge's reply may quote the answers it judged: the evidence held its first 80 characters, in the header
+    and on the span, while a vote's answers there are named by digest."""
+    for pick in ("Candidate 2 is best: the layoffs planned for March hit Berlin first.",
+                 "Both drafts mention the layoffs planned for March; neither is better."):
+        up, _ = _upstreams_with_judge(pick)
+        plan = BestOfN(samplers=("small",) * 3, selector="judge", judge="judge")
+        result = asyncio.run(run(up, plan, BODY, None, Deadline.after(10)))
+        evidence = orjson.dumps(result.evidence).decode()
+        assert "layoffs" not in evidence and "Berlin" not in evidence, evidence
