@@ -27,6 +27,9 @@ class Assessor(Protocol):
     def p_good(self, a: Assessment, profile: str | None = None, ability: float | None = None) -> float: ...
 
 
+_KEYED_AS_IS = 256  # characters: 4,096 such texts of emoji hold at most 4 MB
+
+
 class RememberingRouter:
     """The router with a bounded memory of recent prompts' assessments.
 
@@ -40,7 +43,7 @@ class RememberingRouter:
     remembered prompt is routed milliseconds sooner, so a shared memory would tell one tenant, by
     timing alone, whether another had just sent a given prompt.
 
-    The memory is keyed by a digest of the text, not the text: routed text runs to 12,000 characters
+    The memory is keyed by a digest of a long text, not the text: routed text runs to 12,000 characters
     (`messages.MAX_ROUTER_CHARS`), so 4,096 remembered prompts of emoji held 216 MB per worker that
     any caller could fill; by digest they hold 19 MB whatever was sent (measured with tracemalloc).
     """
@@ -51,12 +54,15 @@ class RememberingRouter:
         self.size = size
         self.hits = 0
         # (tenant, digest) -> assessment, least recently used first (a dict keeps insertion order)
-        self._kept: dict[tuple[str, bytes], Assessment] = {}
+        self._kept: dict[tuple[str, str | bytes], Assessment] = {}
         self.p_good = router.p_good
 
     def recall(self, tenant: str, text: str) -> Assessment:
         """`tenant`'s assessment of `text`, from memory when this worker assessed it lately."""
-        key = (tenant, hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
+        # A short text is its own key (a digest would cost more than the lookup it keys); a text never equals
+        # a digest (str and bytes), so the two kinds of key cannot collide.
+        key = (tenant, text if len(text) <= _KEYED_AS_IS else
+               hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest())
         kept = self._kept.pop(key, None)
         if kept is not None:
             self.hits += 1
