@@ -71,6 +71,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _linger_ends = 0.0
     _shutting_down = False  # the server is stopping: nothing lingers (it would hold the shutdown up)
     _send_timer: asyncio.TimerHandle | None = None  # while writes wait for the client to read
+    _kept_alive = False  # the request's keep-alive, set aside while its body arrives
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -113,6 +114,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_message = False
+        if self._kept_alive and not self._shutting_down and not self.cycle.response_started:
+            self.cycle.keep_alive = True  # all arrived before the answer began: it may be kept
+        self._kept_alive = False
         super().on_message_complete()
 
     def on_response_complete(self) -> None:
@@ -131,6 +135,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = False
         self._stop_head_timer()
         super().on_headers_complete()
+        # Until its body has all arrived, an answer (a 401 or 429 decided on the head) ends the connection
+        # (see `on_response_complete`), and says so with `connection: close`: a client that took it as kept
+        # alive sent its next request into the closed connection ("Server disconnected without sending a
+        # response"). Put back when the body is in before the answer begins.
+        if self._in_message and self.cycle.keep_alive:
+            self._kept_alive, self.cycle.keep_alive = True, False
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

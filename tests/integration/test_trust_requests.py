@@ -16,6 +16,7 @@ import orjson
 import pytest
 
 from gateway.api.app import create_app
+from gateway.auth import hash_key
 from tests.integration.conftest import sim_config
 from tests.support.processes import Simulator, running_gateway
 
@@ -609,6 +610,48 @@ def test_a_request_answered_before_its_body_arrived_has_its_connection_ended() -
         assert answer.startswith(b"HTTP/1.1 401") and answer.endswith(b"no")
     finally:
         server.stop()
+
+
+def test_a_request_answered_before_its_body_arrived_says_its_connection_closes(simulator: Simulator) -> None:
+    """The connection of an answer given before the body arrived (a 401 for a revoked key, a 429 over the
+    tenant's requests in flight) is closed, and the answer must say so: without `connection: close` a
+    client's pool took it as kept alive and sent its next request into the closed connection, which
+    failed with "Server disconnected without sending a response"."""
+    import socket
+
+    from tests.support.processes import GatewayServer
+
+    tenants = [{"name": "t", "api_key_sha256": hash_key("sk-t")}]
+    server = GatewayServer(create_app(sim_config(simulator.url, tenants=tenants))).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nauthorization: Bearer sk-nobody\r\n"
+                         b"content-type: application/json\r\ncontent-length: 100\r\n\r\n{")
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+    finally:
+        server.stop()
+    head = answer.split(b"\r\n\r\n", 1)[0].lower()
+    assert head.startswith(b"http/1.1 401") and b"\r\nconnection: close" in head
+
+
+def test_an_answer_given_after_its_body_arrived_keeps_the_connection(served: str) -> None:
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    body = b'{"model": "auto", "messages": []}'
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                     b"content-length: %d\r\n\r\n" % len(body))
+        time.sleep(0.1)  # the body in a packet of its own, before the answer
+        sock.sendall(body)
+        answer = sock.recv(65536)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nconnection: close\r\n\r\n")
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"connection: close" not in answer.split(b"\r\n\r\n", 1)[0]
+    assert answer.count(b"HTTP/1.1 200") == 1
 
 
 def test_a_request_whose_head_is_arriving_behind_an_answered_one_is_served(served: str) -> None:
