@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window, new_mark_id
-from gateway.errors import BudgetExceeded, GatewayError, RateLimited
+from gateway.errors import BudgetExceeded, GatewayError, RateLimited, RateLimitNeverFits
 from gateway.executor.drain import DRAIN_S
 from gateway.state import (
     Store,
@@ -159,9 +159,8 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
         "event": "rate_refused", "tenant": scope.tenant, "key_id": scope.key_id, "limit": name,
         name: window.limit, "used": got.used})
     if got.retry_after_ms < 0:
-        return RateLimited(f"{scope.label}: this request needs {window.cost} {unit}, more than its {name} limit "
-                           f"of {window.limit:g} allows at all",
-                           headers={"retry-after": "60", "x-switchyard-limit": name})
+        return RateLimitNeverFits(f"{scope.label}: this request needs {window.cost} {unit}, more than its {name} "
+                                  f"limit of {window.limit:g} allows at all", headers={"x-switchyard-limit": name})
     wait = retry_after_s(got.retry_after_ms)
     return RateLimited(f"{scope.label} is over its {name} limit ({window.limit:g} {unit} per minute, "
                        f"{got.used:g} used in the last minute); retry after {wait} s",

@@ -14,6 +14,7 @@ error envelope in one place (`gateway.api.errors`); nothing else formats errors.
 | PayloadTooLarge         | 413    | invalid_request_error  | body over `max_body_bytes`                      |
 | ConstraintUnsatisfiable | 422    | invalid_request_error  | no candidate plan meets the policy's constraints |
 | RateLimited             | 429    | rate_limit_error       | tenant, key or deployment over a rate limit     |
+| RateLimitNeverFits      | 429    | rate_limit_error       | a request more than a whole minute's limit      |
 | BudgetExceeded          | 429    | insufficient_quota     | tenant or key over its spend budget             |
 | ProviderMisconfigured   | 500    | server_error           | a deployment's key variable is unset            |
 | UpstreamError           | 502    | upstream_error         | every provider attempt failed                   |
@@ -90,6 +91,12 @@ class ConstraintUnsatisfiable(GatewayError):
 
 class RateLimited(GatewayError):
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+
+class RateLimitNeverFits(RateLimited):
+    """A request that needs more than a rate limit allows in a whole minute: no wait admits it."""
+
+    retry_helps = False  # the request has to ask for fewer tokens, or an operator raise the limit
 
 
 class BudgetExceeded(GatewayError):

@@ -22,7 +22,7 @@ from typing import Any
 
 from gateway.admission_store import Admission, Settlement, Window
 from gateway.config import DeploymentConfig
-from gateway.errors import RateLimited
+from gateway.errors import RateLimited, RateLimitNeverFits
 from gateway.messages import prompt_tokens
 from gateway.state import Store, StoreUnavailable, deployment_window_key
 from gateway.windows import retry_after_s
@@ -92,8 +92,13 @@ class DeploymentQuotas:
 
 
 def over_quota_error(skipped: list[DeploymentOverQuota]) -> RateLimited:
-    wait = min((s.retry_after_ms for s in skipped if s.retry_after_ms >= 0), default=60_000)
     told = "; ".join(f"'{s.deployment}' is at its {s.limit} limit" for s in skipped)
+    waits = [s.retry_after_ms for s in skipped if s.retry_after_ms >= 0]
+    if not waits:  # the request needs more than every limit allows in a minute: no wait admits it
+        return RateLimitNeverFits(f"every deployment that could answer is at its rate limit: {told}; this request "
+                                  "needs more than each allows in a minute",
+                                  headers={"x-switchyard-limit": skipped[0].limit})
+    wait = min(waits)
     return RateLimited(f"every deployment that could answer is at its rate limit: {told}; "
                        f"retry after {retry_after_s(wait)} s",
                        headers={"retry-after": str(retry_after_s(wait)), "x-switchyard-limit": skipped[0].limit})

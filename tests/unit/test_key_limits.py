@@ -183,3 +183,24 @@ def test_a_patch_changes_only_the_fields_it_names() -> None:
         assert [r.id for r in await registry.list()] == [record.id]
 
     asyncio.run(scenario())
+
+
+def test_a_request_more_than_a_window_ever_takes_is_told_not_to_retry() -> None:
+    """Waiting cannot admit a request that needs more tokens than its limit allows in a whole minute: its
+    429 said `retry-after: 60`, so the openai SDKs waited a minute and sent it again, twice, for nothing."""
+    from gateway.api.errors import error_response
+
+    async def scenario() -> None:
+        auth = _auth({"name": "acme", "tokens_per_minute": 1000})
+        tenant = auth.identify("Bearer sk-acme")
+        with pytest.raises(RateLimited, match="allows at all") as info:
+            await auth.admit(tenant, None, Need(tokens=1001))
+        assert "retry-after" not in info.value.headers
+        assert info.value.headers["x-switchyard-limit"] == "tokens_per_minute"
+        assert error_response(info.value).headers["x-should-retry"] == "false"
+        await auth.admit(tenant, None, Need(tokens=900))
+        with pytest.raises(RateLimited, match="retry after") as busy:  # this one fits once the window slides
+            await auth.admit(tenant, None, Need(tokens=900))
+        assert "x-should-retry" not in error_response(busy.value).headers
+
+    asyncio.run(scenario())

@@ -67,3 +67,14 @@ def test_a_whole_answer_settles_its_window_too() -> None:
         return done.usage, await store.window_usage(TPM)
     usage, used = asyncio.run(call())
     assert used == usage.prompt_tokens + usage.completion_tokens < count_messages(MESSAGES) + 500
+
+
+def test_a_request_no_deployment_window_ever_takes_is_told_not_to_retry() -> None:
+    from gateway.api.errors import error_response
+    from gateway.quotas import DeploymentOverQuota, over_quota_error
+
+    never = over_quota_error([DeploymentOverQuota("small", "tokens_per_minute", -1)])
+    assert "retry-after" not in never.headers and error_response(never).headers["x-should-retry"] == "false"
+    soon = over_quota_error([DeploymentOverQuota("small", "tokens_per_minute", -1),
+                             DeploymentOverQuota("large", "requests_per_minute", 2_000)])
+    assert soon.headers["retry-after"] == "2" and "x-should-retry" not in error_response(soon).headers
