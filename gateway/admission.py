@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window, new_mark_id
-from gateway.errors import BudgetExceeded, GatewayError, RateLimited, RateLimitNeverFits
+from gateway.errors import BudgetExceeded, BudgetHeldInFlight, GatewayError, RateLimited, RateLimitNeverFits
 from gateway.executor.drain import DRAIN_S
 from gateway.state import (
     Store,
@@ -148,10 +148,14 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
             "event": "budget_refused", "tenant": scope.tenant, "key_id": scope.key_id, "budget_usd": hold.limit,
             "period": limits.period, "spent_usd": round(got.spent, 12), "reserved_usd": round(got.reserved, 12),
             "request_worst_case_usd": hold.amount})
-        return BudgetExceeded(
-            f"{scope.label} has spent ${got.spent:.6f} of its ${hold.limit:g}{period} budget and holds "
-            f"${got.reserved:.6f} for requests in flight; this request may cost up to ${hold.amount:.6f}, "
-            f"${left:.6f} is left", headers={"retry-after": str(int(reset) + 1)} if reset is not None else None)
+        told = (f"{scope.label} has spent ${got.spent:.6f} of its ${hold.limit:g}{period} budget and holds "
+                f"${got.reserved:.6f} for requests in flight; this request may cost up to ${hold.amount:.6f}, "
+                f"${left:.6f} is left")
+        if got.spent + hold.amount <= hold.limit:
+            # What is spent leaves room: requests in flight hold it, and give back what they do not spend
+            # when they end (in seconds, mostly), so this is no reason to wait for the next period.
+            return BudgetHeldInFlight(f"{told}: it fits once requests in flight end", headers={"retry-after": "1"})
+        return BudgetExceeded(told, headers={"retry-after": str(int(reset) + 1)} if reset is not None else None)
     scope, name = plan.window_names[got.index]
     window = plan.admission.windows[got.index]
     unit = "requests" if name == "requests_per_minute" else "tokens"

@@ -16,6 +16,7 @@ error envelope in one place (`gateway.api.errors`); nothing else formats errors.
 | RateLimited             | 429    | rate_limit_error       | tenant, key or deployment over a rate limit     |
 | RateLimitNeverFits      | 429    | rate_limit_error       | a request more than a whole minute's limit      |
 | BudgetExceeded          | 429    | insufficient_quota     | tenant or key over its spend budget             |
+| BudgetHeldInFlight      | 429    | insufficient_quota     | its room held by requests in flight (retry)     |
 | ProviderMisconfigured   | 500    | server_error           | a deployment's key variable is unset            |
 | UpstreamError           | 502    | upstream_error         | every provider attempt failed                   |
 | StoreOutage             | 503    | server_error           | store down, budget/rate unknown, `fail_closed`  |
@@ -102,6 +103,12 @@ class RateLimitNeverFits(RateLimited):
 class BudgetExceeded(GatewayError):
     status, type, code = 429, "insufficient_quota", "budget_exceeded"
     retry_helps = False  # the budget's period has to end, or an operator raise it
+
+
+class BudgetHeldInFlight(BudgetExceeded):
+    """What is spent leaves room for the request; what requests in flight hold does not, until they end."""
+
+    retry_helps = True
 
 
 class UpstreamError(GatewayError):

@@ -172,3 +172,27 @@ def test_what_a_budget_holds_covers_every_call_that_may_be_billed() -> None:
     once = worst_case_cost(cascade, 10, cat, 50)
     assert worst_case_billed(cascade, 10, cat, 50, within_s=60) == pytest.approx(2 * once)
     assert worst_case_billed(cascade, 10, cat, 50, within_s=30) == pytest.approx(once)
+
+
+def test_a_refusal_only_requests_in_flight_cause_says_to_retry_soon() -> None:
+    """Refused for what requests in flight hold, a request fits once they settle (they usually cost less
+    than their worst case): its 429 said `x-should-retry: false` and a Retry-After at the end of the
+    budget's period, as if the budget were spent. Only a refusal by what is spent is final."""
+    from gateway.api.errors import error_response
+
+    async def scenario() -> None:
+        auth = _auth(budget={"usd": 0.01, "period": "day"})
+        tenant = auth.identify("Bearer sk-1")
+        held = await auth.admit(tenant, None, Need(0.008))
+        with pytest.raises(BudgetExceeded, match="in flight") as busy:
+            await auth.admit(tenant, None, Need(0.003))
+        answer = error_response(busy.value)
+        assert "x-should-retry" not in answer.headers and answer.headers["retry-after"] == "1"
+        assert busy.value.code == "budget_exceeded"
+        await held.settle(0.009)
+        with pytest.raises(BudgetExceeded) as spent:
+            await auth.admit(tenant, None, Need(0.003))
+        answer = error_response(spent.value)
+        assert answer.headers["x-should-retry"] == "false" and int(answer.headers["retry-after"]) > 1
+
+    asyncio.run(scenario())
