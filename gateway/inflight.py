@@ -61,6 +61,7 @@ NO_SLOT = Slot(None, "")  # uncapped: nothing to give back
 @dataclass(slots=True)
 class InFlight:
     counts: dict[str, int] = field(default_factory=dict)
+    seen: set[str] = field(default_factory=set)  # every tenant that has had a request in flight here
 
     def enter(self, tenant: str, cap: int | None) -> Slot:
         """A slot for one more of `tenant`'s requests (None: no cap), or a 429 when it has `cap` open."""
@@ -72,6 +73,7 @@ class InFlight:
                               "has finished", code="concurrency_limit_exceeded",
                               headers={"retry-after": "1", "x-switchyard-limit": "max_concurrent_requests"})
         self.counts[tenant] = open_now + 1
+        self.seen.add(tenant)
         return Slot(self, tenant)
 
     def left(self, tenant: str) -> None:
@@ -80,3 +82,9 @@ class InFlight:
             self.counts[tenant] = open_now
         else:
             self.counts.pop(tenant, None)
+
+    def gauge(self) -> dict[str, int]:
+        """Requests in flight per tenant that has had one in this process, none left open read as 0: a series
+        that vanished at zero showed as "no data" on a dashboard. Tenants are the config's and the admin
+        API's, so the dict is as bounded as they are."""
+        return {tenant: self.counts.get(tenant, 0) for tenant in self.seen}

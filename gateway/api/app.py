@@ -155,7 +155,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     observe_state(metrics, health, policies, calibrator, requests, shadow)
     metrics.observe_gauge("switchyard.requests.in_flight", "{request}",
                           "requests in flight per tenant under a cap, in this process", "tenant",
-                          lambda: dict(inflight.counts))
+                          inflight.gauge)
     return Services(
         config=config,
         auth=auth,

@@ -36,6 +36,17 @@ def test_the_last_slot_given_back_forgets_the_tenant() -> None:
     assert inflight.counts == {}
 
 
+def test_the_gauge_reads_zero_for_a_tenant_with_nothing_in_flight() -> None:
+    """Its series vanished from /metrics at zero, and a dashboard showed "no data" for an idle tenant."""
+    inflight = InFlight()
+    assert inflight.gauge() == {}
+    slot = inflight.enter("a", 2)
+    inflight.enter("b", 2)
+    assert inflight.gauge() == {"a": 1, "b": 1}
+    slot.release()
+    assert inflight.gauge() == {"a": 0, "b": 1}
+
+
 def test_every_keyed_caller_is_capped_and_only_an_open_gateways_caller_is_not() -> None:
     from types import SimpleNamespace
     from typing import Any
