@@ -344,6 +344,13 @@ def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,
         # OpenAI's and vLLM's own answer: a server that gets it refuses the call, after its price was held
         raise InvalidRequest("stream_options: only allowed when stream is true", param="stream_options",
                              code="invalid_value")
+    for i, message in enumerate(parsed.messages):
+        if message.role == "tool" and not message.tool_call_id:
+            # OpenAI refuses it (a tool's answer must say which call it answers); forwarded, a provider that
+            # does as well was asked after the request's price was held, and one that does not answered a
+            # conversation whose tool result belonged to no call
+            raise InvalidRequest(f"messages[{i}].tool_call_id: a message with role 'tool' needs the id of the "
+                                 "tool call it answers", param=f"messages[{i}].tool_call_id", code="missing_field")
     # Strict mode coerces nothing (a JSON integer for a float field is the same number), so the
     # client's own dict *is* the validated body: forwarding it saves a dump (~7 µs) per request.
     if parsed.model != data.get("model"):  # a default (RouteRequest's `auto`) flows on

@@ -144,6 +144,25 @@ def test_stream_options_without_stream_is_a_400_naming_it_as_openai_answers(base
     assert chunks[-1].usage is not None
 
 
+def test_a_tool_message_without_its_call_id_is_a_400_naming_it_as_openai_answers(base_url: str,
+                                                                              simulator: Simulator) -> None:
+    """It was forwarded: a provider that refuses it (OpenAI) was asked after the price was held, and one that
+    does not answered a conversation whose tool result belonged to no call."""
+    simulator.reset()
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    asked = [{"role": "user", "content": "Weather in Paris?"},
+             {"role": "assistant", "content": None, "tool_calls": [{"id": "call_1", "type": "function",
+                                                                     "function": {"name": "weather",
+                                                                                  "arguments": "{}"}}]},
+             {"role": "tool", "content": "sunny"}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="small", messages=asked)  # type: ignore[arg-type]
+    assert info.value.param == "messages[2].tool_call_id"
+    assert simulator.stats()["sim-small"]["requests"] == 0
+    asked[2]["tool_call_id"] = "call_1"
+    assert client.chat.completions.create(model="small", messages=asked).choices  # type: ignore[arg-type]
+
+
 # --- how much a body may hold ---------------------------------------------------------------------
 
 PART = {"type": "text", "text": "a"}
