@@ -58,6 +58,7 @@ from gateway.log_throttle import LogThrottle
 from gateway.metrics import Metrics
 from gateway.observer import PINNED
 from gateway.policy import Decision
+from gateway.policy.decide import Candidate
 from gateway.state import (
     LEDGER_TENANTS,
     LEDGER_TTL_S,
@@ -111,15 +112,21 @@ class Spent:
         return sum(c.cost_usd for c in self.calls)
 
 
+def _dearest(candidates: Sequence[Candidate]) -> Candidate:
+    """The first candidate of the highest predicted cost: the counterfactual ("always the large model").
+    A plain loop, no key function: it runs on every request."""
+    dearest = candidates[0]
+    for c in candidates:
+        if c.estimate.cost_usd > dearest.estimate.cost_usd:
+            dearest = c
+    return dearest
+
+
 def own_counterfactual(decision: Decision | None) -> bool:
     """Is a request its own counterfactual (`savings`): pinned, or routed to its policy's dearest candidate?"""
     if decision is None or not decision.candidates:
         return True
-    dearest = decision.candidates[0]
-    for c in decision.candidates:
-        if c.estimate.cost_usd > dearest.estimate.cost_usd:
-            dearest = c
-    return dearest.plan == decision.plan
+    return _dearest(decision.candidates).plan == decision.plan
 
 
 def savings(decision: Decision | None, actual_usd: float) -> tuple[float, float | None, float | None]:
@@ -130,13 +137,8 @@ def savings(decision: Decision | None, actual_usd: float) -> tuple[float, float 
     what the request cost: taking the dearest plan saved nothing, however its cost was predicted."""
     if decision is None or not decision.candidates:
         return actual_usd, None, None
-    # plain loops, no key functions: this runs twice per request (the ledger and the request record)
-    dearest, chosen, plan = decision.candidates[0], None, decision.plan
-    for c in decision.candidates:
-        if c.estimate.cost_usd > dearest.estimate.cost_usd:
-            dearest = c
-        if chosen is None and c.plan == plan:
-            chosen = c
+    dearest, plan = _dearest(decision.candidates), decision.plan
+    chosen = next((c for c in decision.candidates if c.plan == plan), None)
     return (actual_usd if chosen is dearest else dearest.estimate.cost_usd, chosen.estimate.quality if chosen else None,
             dearest.estimate.quality)
 
