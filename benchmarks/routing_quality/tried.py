@@ -54,6 +54,13 @@ TRIED = [
     "0.619 | not shipped: the pair scores between its members (seed 0: 0.594 / 0.504 / 0.573 / 0.766 / 0.621, "
     "seed 1: 0.597 / 0.504 / 0.571 / 0.782 / 0.617), within 0.003 of their mean, for twice the neighbour search "
     "and latent per request; stopped before a third seed |",
+    "| the spread (stronger half of a file's models minus the weaker half, as `spread_target`) as the "
+    "latent's last column in place of its last principal component, seed 0 | 0.584 | 0.503 | 0.578 | 0.809 | "
+    "0.601 | stopped after one seed: MMLU-Pro −0.010 and TheoremQA −0.020 against the same seed |",
+    "| heads of models with at least 3,000 rows in a file (MMLU-Pro's 28) also on the neighbours' 64-d LSA "
+    "embedding of the prompt (standardised; head L2 0.01 / 0.03 / 0.003), seeds 0 and 1 | 0.580 / 0.583 / 0.578 "
+    "(seed 1: 0.583 / 0.582) | | | | | not shipped: below the same seeds' 0.594 / 0.597; with 500 rows or more "
+    "and L2 0.03 (90 heads), seed 0: 0.583 / 0.504 / 0.559 / 0.830 / 0.643 |",
 ]
 
 TRIED_ADAPTING = [
