@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window, new_mark_id
@@ -148,7 +149,7 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
             "event": "budget_refused", "tenant": scope.tenant, "key_id": scope.key_id, "budget_usd": hold.limit,
             "period": limits.period, "spent_usd": round(got.spent, 12), "reserved_usd": round(got.reserved, 12),
             "request_worst_case_usd": hold.amount})
-        told = (f"{scope.label} has spent ${got.spent:.6f} of its ${hold.limit:g}{period} budget and holds "
+        told = (f"{scope.label} has spent ${got.spent:.6f} of its ${_written(hold.limit)}{period} budget and holds "
                 f"${got.reserved:.6f} for requests in flight; this request may cost up to ${hold.amount:.6f}, "
                 f"${left:.6f} is left")
         if got.spent + hold.amount <= hold.limit:
@@ -164,11 +165,25 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
         name: window.limit, "used": got.used})
     if got.retry_after_ms < 0:
         return RateLimitNeverFits(f"{scope.label}: this request needs {window.cost} {unit}, more than its {name} "
-                                  f"limit of {window.limit:g} allows at all", headers={"x-switchyard-limit": name})
+                                  f"limit of {_count(window.limit)} allows at all",
+                                  headers={"x-switchyard-limit": name})
     wait = retry_after_s(got.retry_after_ms)
-    return RateLimited(f"{scope.label} is over its {name} limit ({window.limit:g} {unit} per minute, "
-                       f"{got.used:g} used in the last minute); retry after {wait} s",
+    return RateLimited(f"{scope.label} is over its {name} limit ({_count(window.limit)} {unit} per minute, "
+                       f"{_count(got.used)} used in the last minute); retry after {wait} s",
                        headers={"retry-after": str(wait), "x-switchyard-limit": name})
+
+
+def _written(value: float) -> str:
+    """A configured budget as it was written, every digit and no exponent: `:g` keeps six significant
+    digits, so a $1,234,567.89 budget read `$1.23457e+06` (and $0.00001, `$1e-05`)."""
+    text = format(Decimal(repr(float(value))), "f")
+    return text.removesuffix(".0")
+
+
+def _count(value: float) -> str:
+    """A rate limit or a window's usage, every digit: `:g` wrote a tokens_per_minute of 12,345,678 as
+    `1.23457e+07`."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}"
 
 
 @dataclass(slots=True)

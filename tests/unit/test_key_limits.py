@@ -108,6 +108,25 @@ def test_a_key_budget_and_its_tenant_budget_both_hold() -> None:
     asyncio.run(scenario())
 
 
+def test_a_refusal_writes_large_limits_with_every_digit() -> None:
+    """A budget of $1,234,567.89 and 12,345,678 tokens a minute, as configured: not `1.23457e+06`."""
+    async def scenario() -> None:
+        auth = _auth({"name": "acme", "budget": 1234567.89, "tokens_per_minute": 12345678})
+        tenant = auth.identify("Bearer sk-acme")
+        with pytest.raises(BudgetExceeded) as budget:
+            await auth.admit(tenant, None, Need(2_000_000.0))
+        assert "of its $1234567.89 budget" in budget.value.message
+        with pytest.raises(RateLimited) as never:
+            await auth.admit(tenant, None, Need(tokens=20_000_000))
+        assert "limit of 12345678 allows at all" in never.value.message
+        await auth.admit(tenant, None, Need(tokens=12_000_000))
+        with pytest.raises(RateLimited) as over:
+            await auth.admit(tenant, None, Need(tokens=1_000_000))
+        assert "(12345678 tokens per minute, 12000000 used in the last minute)" in over.value.message
+
+    asyncio.run(scenario())
+
+
 def test_requests_per_minute_counts_per_key_and_names_the_limit() -> None:
     async def scenario() -> None:
         auth = _auth({"name": "acme"})
