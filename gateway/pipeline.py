@@ -84,6 +84,7 @@ from gateway.telemetry import Telemetry, set_attributes, trace_id_hex
 
 AUTO = "auto"
 POLICY_PREFIX = "router/"
+POLICY_HEADER = "x-switchyard-policy"  # the policy `auto` means for one request
 
 log = logging.getLogger("switchyard.pipeline")
 
@@ -182,6 +183,12 @@ def resolve_entry(svc: Services, model: str, ctx: CallContext, tenant: Tenant) -
         return Entry(own or _policy(svc, svc.config.default_policy), pinned=model)
     if model == AUTO:
         name = ctx.policy or _auto_policy(svc, tenant)
+        if ctx.policy and svc.policies.get(name) is None:
+            # The header names a policy, not a model: the list of models (`router/balanced`, `small`)
+            # offered values it does not take, and `param: model` blamed a field the client got right.
+            usable = ", ".join(p for p in sorted(svc.policies.policies) if tenant.may_use(p)) or "none"
+            raise NotFound(f"policy '{name[:64]}' (header {POLICY_HEADER}) does not exist: use one of {usable}",
+                           param=POLICY_HEADER, code="policy_not_found")
     elif model.startswith(POLICY_PREFIX) or svc.policies.get(model) is not None:
         name = model.removeprefix(POLICY_PREFIX)
     else:

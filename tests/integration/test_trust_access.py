@@ -158,6 +158,20 @@ def test_an_unknown_model_is_a_404_naming_only_what_the_key_may_call(gateway_url
         assert hidden not in message, message
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route"])
+@pytest.mark.parametrize("policy", ["nosuch", "router/cost-saver", "small"])
+def test_an_unknown_policy_header_is_a_404_naming_the_header_and_the_policies_it_takes(
+        gateway_url: str, path: str, policy: str) -> None:
+    """`x-switchyard-policy` takes a policy's bare name: its 404 named `param: model` (which the client got
+    right) and offered the model ids (`router/cost-saver`, `small`), none of which the header takes."""
+    resp = httpx.post(gateway_url + path, json={"model": "auto", "messages": HI}, timeout=10,
+                      headers={"authorization": "Bearer sk-pinner", "x-switchyard-policy": policy})
+    assert resp.status_code == 404, resp.text
+    error = resp.json()["error"]
+    assert error["param"] == "x-switchyard-policy" and error["code"] == "policy_not_found"
+    assert error["message"].endswith("use one of cost-saver"), error["message"]
+
+
 def test_readyz_details_name_only_what_the_key_may_call(gateway_url: str) -> None:
     """A tenant's key sees the readiness detail, but not the names of policies and deployments that
     `GET /v1/models` keeps from it."""
