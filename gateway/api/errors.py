@@ -15,6 +15,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.errors import GatewayError
@@ -42,11 +43,27 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        err = GatewayError(str(exc.detail), code="not_found" if exc.status_code == 404 else "http_error")
+        message, headers = str(exc.detail), dict(exc.headers or {})
+        if exc.status_code == 405 and (allowed := _allowed(request)):
+            # The `Allow` header a 405 must carry (RFC 9110) was dropped with the exception, and the message
+            # said only "Method Not Allowed": a client had no way to learn the methods the path takes.
+            headers["Allow"] = allowed
+            message = f"{request.method} {request.url.path[:128]} is not allowed: use {allowed}"
+        err = GatewayError(message, code="not_found" if exc.status_code == 404 else "http_error", headers=headers)
         err.status, err.type = exc.status_code, "invalid_request_error"
         return error_response(err)
 
     app.add_middleware(UnexpectedErrors)
+
+
+def _allowed(request: Request) -> str:
+    """Every method the request's path takes, over all its routes: starlette's `Allow` names only the first
+    route of the path (`/admin/keys` is two, POST and GET), so a PUT was told to use POST alone."""
+    methods: list[str] = []
+    for route in request.app.router.routes:
+        if route.matches(request.scope)[0] is not Match.NONE:
+            methods += [m for m in getattr(route, "methods", None) or () if m not in methods]
+    return ", ".join(methods)
 
 
 class UnexpectedErrors:

@@ -88,3 +88,14 @@ def test_falls_back_when_the_primary_fails(base_url: str) -> None:
 
 def test_unknown_route_is_an_openai_style_404(base_url: str) -> None:
     _assert_openai_error(httpx.get(base_url + "/nothing-here"), 404)
+
+
+def test_a_method_a_route_does_not_take_is_a_405_naming_the_one_it_does(base_url: str) -> None:
+    """A 405 must say which methods the path takes (`Allow`, RFC 9110): it had no such header, and its
+    message was only "Method Not Allowed"."""
+    resp = httpx.get(base_url + "/chat/completions", timeout=10)
+    error = _assert_openai_error(resp, 405, "http_error")
+    assert resp.headers["allow"] == "POST"
+    assert error["message"] == "GET /v1/chat/completions is not allowed: use POST"
+    keys = httpx.put(base_url.removesuffix("/v1") + "/admin/keys", timeout=10)  # two routes: POST and GET
+    assert keys.status_code == 405 and set(keys.headers["allow"].split(", ")) == {"POST", "GET", "HEAD"}
