@@ -333,6 +333,11 @@ def check_unpriced(data: Any) -> None:
                              param="max_tokens", code="invalid_value")
 
 
+# The roles whose message OpenAI refuses without content (missing or null): all but `assistant` (whose turn may
+# be tool calls alone) and the legacy `function`, whose result may be null.
+_CONTENT_REQUIRED = frozenset({"system", "developer", "user", "tool"})
+
+
 def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,
                   bounds: BodyBounds = BodyBounds()) -> dict[str, Any]:
     """Check the body strictly and return it as the plain dict that flows on (unknown fields as sent)."""
@@ -345,6 +350,13 @@ def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,
         raise InvalidRequest("stream_options: only allowed when stream is true", param="stream_options",
                              code="invalid_value")
     for i, message in enumerate(parsed.messages):
+        if message.content is None and message.role in _CONTENT_REQUIRED:
+            # OpenAI refuses it (only an assistant's turn, which may be its tool calls alone, goes without); sent
+            # on, the request's price was held for a provider that refuses it too, and the simulated or
+            # self-hosted server that does not answered a turn that asked nothing
+            raise InvalidRequest(f"messages[{i}].content: a message with role '{message.role}' needs its content "
+                                 "(a string or an array of parts)", param=f"messages[{i}].content",
+                                 code="missing_field")
         if message.role == "tool" and not message.tool_call_id:
             # OpenAI refuses it (a tool's answer must say which call it answers); forwarded, a provider that
             # does as well was asked after the request's price was held, and one that does not answered a

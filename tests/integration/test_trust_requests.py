@@ -163,6 +163,26 @@ def test_a_tool_message_without_its_call_id_is_a_400_naming_it_as_openai_answers
     assert client.chat.completions.create(model="small", messages=asked).choices  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("message", [{"role": "user"}, {"role": "user", "content": None},
+                                     {"role": "system", "content": None},
+                                     {"role": "tool", "tool_call_id": "call_1"}])
+def test_a_message_without_content_is_a_400_naming_it_as_openai_answers(
+        base_url: str, simulator: Simulator, message: dict[str, Any]) -> None:
+    """A user, system, developer or tool message without content was forwarded: the simulated model answered a
+    turn that asked nothing, and a provider that refuses it (OpenAI) was asked after the price was held."""
+    simulator.reset()
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    asked = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, message]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="small", messages=asked)  # type: ignore[arg-type]
+    assert info.value.param == "messages[2].content" and info.value.code == "missing_field"
+    assert simulator.stats().get("sim-small", {}).get("requests", 0) == 0
+    tool_call = {"role": "assistant", "content": None,
+                 "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}
+    asked = [{"role": "user", "content": "hi"}, tool_call, {"role": "tool", "tool_call_id": "call_1", "content": "x"}]
+    assert client.chat.completions.create(model="small", messages=asked).choices  # type: ignore[arg-type]
+
+
 # --- how much a body may hold ---------------------------------------------------------------------
 
 PART = {"type": "text", "text": "a"}
