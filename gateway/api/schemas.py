@@ -160,7 +160,7 @@ class FeedbackRequest(BaseModel):
         return self.score if self.score is not None else (1.0 if self.thumbs == "up" else 0.0)
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
+def error_path(loc: tuple[int | str, ...]) -> str:
     """`messages[0].content` from pydantic's location, without the union-member tags it inserts. A
     refused key names its map (`metadata`): the key itself may be any length, and is not echoed."""
     if loc and loc[-1] == "[key]":
@@ -209,7 +209,7 @@ def _parsed(data: Any, schema: type[M]) -> M:
         # The deepest error names the culprit best: of a union's failures (`content` is neither a
         # string nor a list of parts) the one that went furthest is the one the client meant.
         first = max(exc.errors(), key=lambda e: len(e["loc"]))
-        where = _where(first["loc"])
+        where = error_path(first["loc"])
         extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise InvalidRequest(f"{where or 'body'}: {first['msg']}{extra}", param=where or None,
                              code=_code(first)) from None

@@ -114,6 +114,18 @@ def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | N
         assert (resp.json()["error"]["param"] or "").startswith(param)
 
 
+@pytest.mark.parametrize(("body", "param"), [
+    ({"tenant": "acme", "policies": [5]}, "policies[0]"),
+    ({"tenant": "acme", "metadata": {"team": ["a"]}}, "metadata.team"),
+    ({"tenant": "acme", "budget": {"usd": 1, "period": "fortnight"}}, "budget.period")])
+def test_a_bad_body_names_the_field_as_the_chat_api_does(gw: str, body: Any, param: str) -> None:
+    """The param was pydantic's location as it came: `policies.0`, and `metadata.team.str` (the union member
+    that failed), which names no field."""
+    resp = _admin(gw, "POST", "/admin/keys", json=body)
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == param, resp.text
+    assert resp.json()["error"]["message"].startswith(f"{param}: ")
+
+
 def test_a_key_cannot_be_given_what_its_tenant_may_not_use(gw: str) -> None:
     """A key narrows its tenant: made for a policy or a pinnable deployment its tenant may not use, it was a
     201 for a key whose every request was a 403."""
