@@ -298,10 +298,11 @@ def check_nesting(data: Any) -> None:
 
 
 # Fields a body may not carry because they change how much an upstream generates past the `max_tokens`
-# and `n` each call is priced, reserved and capped by: SDK options whose fields belong at the top level
-# (litellm merges `extra_body` into the upstream body, over the limits), litellm's switches that drop a
-# limit, and the output limits of OpenAI-compatible servers that win over `max_tokens` (llama.cpp's
-# `n_predict`) or multiply the samples (vLLM's `best_of`). Refused, never dropped: the client meant them.
+# and `n` each call is priced, reserved and capped by (or how long a prompt it reads): SDK options whose
+# fields belong at the top level (litellm merges `extra_body` into the upstream body, over the limits),
+# litellm's switches that drop a limit, the output limits of OpenAI-compatible servers that win over
+# `max_tokens` (llama.cpp's `n_predict`) or multiply the samples (vLLM's `best_of`), and vLLM's prompt
+# template. Refused, never dropped: the client meant them.
 UNPRICED = {
     "extra_body": "an SDK option: send its fields at the top level of the body",
     "extra_query": "an SDK option, not a body field",
@@ -316,6 +317,11 @@ UNPRICED = {
     "max_length": "use max_tokens",
     "best_of": "use n, or a policy with a best-of plan",
     "n_cmpl": "use n",  # llama.cpp's number of completions, over n
+    # vLLM renders the messages through a template the request sends: a loop in it writes a prompt of any
+    # length (up to the model's context) from a few bytes, billed as prompt tokens far past the bound a budget
+    # holds for the request's text (a UTF-8 byte a token)
+    "chat_template": "a prompt template sent with the request: the prompt it writes is not bounded by the "
+                     "request's size, which is what a budget holds",
 }
 
 

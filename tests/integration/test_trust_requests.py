@@ -113,6 +113,7 @@ def test_the_openai_sdk_gets_a_bad_request_error_for_a_string_number(base_url: s
     ("n_predict", 4096),                             # llama.cpp's limit wins over max_tokens
     ("best_of", 8),                                  # vLLM: eight samples generated for one choice
     ("n_cmpl", 8),                                   # llama.cpp's number of completions
+    ("chat_template", "{% for i in range(100000) %}{{ messages[0].content }}{% endfor %}"),  # vLLM: a 100,000× prompt
     ("max_tokens", 4096),  # beside max_completion_tokens 1: servers that read max_tokens alone generate 4096
 ])
 def test_a_field_that_would_generate_past_what_was_priced_is_a_400_naming_it(base_url: str, simulator: Simulator,
