@@ -146,9 +146,10 @@ def count_messages(messages: Iterable[Mapping[str, Any]]) -> int:
 
 
 # What a model reads besides the messages' text, and providers bill as prompt tokens: the tool and
-# function definitions, the schema to answer in, and the tool calls of earlier turns. A tenant can
-# put as much text there as in a message, so it is counted wherever the prompt is.
-_DEFINITIONS = ("tools", "functions", "response_format")
+# function definitions, the schema to answer in, the documents vLLM's chat templates render into the prompt
+# (its RAG field), and the tool calls of earlier turns. A tenant can put as much text there as in a message,
+# so it is counted wherever the prompt is.
+_DEFINITIONS = ("tools", "functions", "response_format", "documents")
 _CALLS = ("tool_calls", "function_call")
 # A message's own fields of text besides its content (`{"role": "user", "name": ..., "content": ...}`, a
 # tool result's `tool_call_id`, an earlier assistant turn's `refusal`): the model reads them too, and their

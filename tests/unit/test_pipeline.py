@@ -353,3 +353,12 @@ def test_an_assistant_messages_refusal_is_held_and_counted_as_its_content_is() -
                             {"role": "user", "content": "again"}]}
     assert request_bound(refused)[0] >= request_bound(bare)[0] + 200_000
     assert definition_tokens(refused)[0] > 50_000
+
+
+def test_documents_rendered_into_the_prompt_are_held_and_counted_as_its_content_is() -> None:
+    # vLLM's chat templates write a request's `documents` (its RAG field) into the prompt: 2 MB of them, billed as
+    # prompt tokens, were held as the 9 tokens of "hi".
+    bare = {"messages": [{"role": "user", "content": "hi"}]}
+    grounded = {**bare, "documents": [{"title": "t", "text": "x " * 100_000}]}
+    assert request_bound(grounded)[0] >= request_bound(bare)[0] + 200_000
+    assert definition_tokens(grounded)[0] > 50_000
