@@ -44,6 +44,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message, headers = str(exc.detail), dict(exc.headers or {})
+        if exc.status_code == 404:
+            # OpenAI's words for a path it does not serve: "Not Found" alone read, to an SDK's
+            # `embeddings.create`, like the model it named was the thing not found
+            message = f"Invalid URL ({request.method} {request.url.path[:128]})"
         if exc.status_code == 405 and (allowed := _allowed(request)):
             # The `Allow` header a 405 must carry (RFC 9110) was dropped with the exception, and the message
             # said only "Method Not Allowed": a client had no way to learn the methods the path takes.

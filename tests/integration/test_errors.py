@@ -88,6 +88,10 @@ def test_falls_back_when_the_primary_fails(base_url: str) -> None:
 
 def test_unknown_route_is_an_openai_style_404(base_url: str) -> None:
     _assert_openai_error(httpx.get(base_url + "/nothing-here"), 404)
+    # "Not Found" alone read, to the SDK's embeddings.create, as though its model were what was not found
+    with pytest.raises(openai.NotFoundError) as info:
+        openai.OpenAI(base_url=base_url, api_key="x", max_retries=0).embeddings.create(model="auto", input="hi")
+    assert info.value.message.endswith("Invalid URL (POST /v1/embeddings)") and info.value.code == "not_found"
 
 
 def test_a_method_a_route_does_not_take_is_a_405_naming_the_one_it_does(base_url: str) -> None:
