@@ -29,6 +29,7 @@ _OPEN = ConfigDict(extra="allow", strict=True)
 # "image_url": {...}}`). Without it OpenAI refuses the request, and litellm fails before sending it (a
 # KeyError it raises as a connection error, which was retried and counted against the deployment's circuit).
 _PART_FIELDS = frozenset({"text", "image_url", "input_audio", "file", "refusal"})
+_TEXT_PARTS = frozenset({"text", "refusal"})  # whose field is the text itself, a string
 
 
 class ContentPart(BaseModel):
@@ -40,8 +41,12 @@ class ContentPart(BaseModel):
 
     @model_validator(mode="after")
     def _carries_its_field(self) -> ContentPart:
-        if self.type in _PART_FIELDS and (self.model_extra or {}).get(self.type) is None:
+        value = (self.model_extra or {}).get(self.type)
+        if self.type in _PART_FIELDS and value is None:
             raise ValueError(f"a part of type '{self.type}' needs its '{self.type}' field")
+        if self.type in _TEXT_PARTS and not isinstance(value, str):
+            # OpenAI refuses a number or an object there; forwarded, the model read its JSON as text
+            raise ValueError(f"a part of type '{self.type}' needs its '{self.type}' field to be a string")
         return self
 
 

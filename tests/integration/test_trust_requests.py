@@ -184,6 +184,19 @@ def test_a_message_without_content_is_a_400_naming_it_as_openai_answers(
     assert client.chat.completions.create(model="small", messages=asked).choices  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("part", [{"type": "text", "text": 5}, {"type": "text", "text": {"a": "b"}},
+                                  {"type": "refusal", "refusal": ["no"]}])
+def test_a_text_part_whose_text_is_no_string_is_a_400_as_openai_answers(
+        base_url: str, simulator: Simulator, part: dict[str, Any]) -> None:
+    """Types are checked strictly, as OpenAI checks them: a text part's number or object was forwarded, and the
+    simulated model answered it as text."""
+    simulator.reset()
+    resp = _post(base_url, {"model": "small", "messages": [{"role": "user", "content": [part]}]})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == "messages[0].content[0]", resp.text
+    assert "to be a string" in resp.json()["error"]["message"]
+    assert simulator.stats().get("sim-small", {}).get("requests", 0) == 0
+
+
 # --- how much a body may hold ---------------------------------------------------------------------
 
 PART = {"type": "text", "text": "a"}
