@@ -43,7 +43,7 @@ from gateway.errors import (
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.observer import Trail
-from gateway.pipeline import Answer, CallContext, Outcome, Services
+from gateway.pipeline import POLICY_HEADER, Answer, CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
 from gateway.query_params import checked_query
@@ -158,7 +158,7 @@ def call_context(request: Request, rid: str = "", trace_parent: Context | None =
     headers = headers_of(request)
     return CallContext(
         authorization=headers.get("authorization"),
-        policy=headers.get("x-switchyard-policy"),
+        policy=headers.get(POLICY_HEADER),
         overrides=Overrides(_positive_finite_header(headers, "x-switchyard-max-cost-usd"),
                             _positive_finite_header(headers, "x-switchyard-latency-slo-ms")),
         cache=_cache_header(headers),
