@@ -103,8 +103,8 @@ class TextFormatter(logging.Formatter):
 def _text(value: Any) -> str:
     if isinstance(value, str):  # quoted unless one plain word: a field's line break would start a line of its own
         return value if value and " " not in value and value.isprintable() else orjson.dumps(value).decode()
-    if isinstance(value, float):
-        return f"{value:.6g}"
+    if isinstance(value, float):  # every digit, as the JSON line has it: at 6 significant ones a policy_version
+        return repr(value)         # line's `at` (epoch seconds) read 1.79585e+09, off by up to 5,000 s
     return orjson.dumps(value, default=str).decode() if isinstance(value, dict | list) else str(value)
 
 

@@ -70,6 +70,15 @@ def test_a_text_field_never_breaks_its_line() -> None:
     assert "\n" not in line and line.endswith('prompt="hi\\n2026-11-26 13:40:02 WARNING switchyard.auth:" tab="a\\tb"')
 
 
+def test_a_text_field_keeps_every_digit_of_a_number() -> None:
+    """Floats were written with 6 significant digits: a `policy_version` line's `at` (epoch seconds) read
+    at=1.79585e+09, thousands of seconds from when the version came into force, and a cost lost its tail."""
+    line = TextFormatter().format(_record(event="policy_version", at=1795847395.026, cost_usd=0.0000258123,
+                                          wait_s=0.5))
+    assert line.endswith("at=1795847395.026 cost_usd=2.58123e-05 wait_s=0.5")
+    assert float(line.split("at=")[1].split()[0]) == 1795847395.026
+
+
 def test_the_default_format_is_text_at_a_terminal_and_json_otherwise() -> None:
     class Tty(io.StringIO):
         def isatty(self) -> bool:
