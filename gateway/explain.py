@@ -187,8 +187,13 @@ def calibrate(name: str, traffic: Path, config_path: str | None, *, progress: bo
 
 def render_calibration(c: dict[str, Any]) -> str:
     (kind, value), = c["target"].items()
+    # A prompt whose constraints leave one plan (or none) never meets the threshold, so the figures below
+    # are of the others alone: said here, or "on 200 prompts ... 50% to strong" read as 100 of them.
+    others = c["prompts"] - c["decided"]
+    coverage = (f"; the figures are of the {c['decided']} that leave it a choice between plans (the other "
+                f"{others} have one feasible plan or none)") if others else ""
     return "\n".join([
-        f"policy {c['policy']}, target {kind}: {value:g}, on {c['prompts']} prompts",
+        f"policy {c['policy']}, target {kind}: {value:g}, on {c['prompts']} prompts{coverage}",
         f"  threshold                {c['threshold']:.4f}  (score: predicted quality gain of the strong choice)",
         f"  expected share to strong {c['strong_share']:.1%}",
         f"  predicted quality        {c['quality']:.3f}  ({c['quality_share_of_always_strong']:.1%} of always strong;"

@@ -407,3 +407,20 @@ def test_a_policys_tenants_share_one_copy_of_the_start_up_prior(tmp_path: Path) 
     assert a == b  # the same start
     ca, cb = (calibrator.controllers[("p", policy.version, t)] for t in "ab")
     assert ca.seed is cb.seed and ca.seed.weight == pytest.approx(SEED_WEIGHT)
+
+
+def test_calibrate_says_which_prompts_its_figures_are_of() -> None:
+    """Prompts whose constraints leave one plan never meet the threshold: the figures are of the others. The
+    text said "on 200 prompts ... expected share to strong 50.0%" for 138 prompts with a choice, which read as
+    100 of the 200 sent strong when 69 were."""
+    from gateway.explain import render_calibration
+
+    result = {"policy": "capped", "target": {"strong_share": 0.5}, "prompts": 200, "decided": 138,
+              "threshold": 0.163, "strong_share": 0.5, "quality": 0.584, "quality_share_of_always_strong": 0.915,
+              "usd_per_1k_requests": 1.2, "always_cheap": {"quality": 0.468, "usd_per_1k_requests": 0.12},
+              "always_strong": {"quality": 0.638, "usd_per_1k_requests": 2.26}}
+    header = render_calibration(result).splitlines()[0]
+    assert header == ("policy capped, target strong_share: 0.5, on 200 prompts; the figures are of the 138 that "
+                      "leave it a choice between plans (the other 62 have one feasible plan or none)")
+    assert render_calibration({**result, "decided": 200}).splitlines()[0] == \
+        "policy capped, target strong_share: 0.5, on 200 prompts"
