@@ -45,8 +45,9 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # Every attribute a bare LogRecord has: anything else on a record came from `extra=`. Except litellm's mark
 # on a record it has scrubbed of secrets (an `object()`), which its filter stamps on every record it sees,
 # uvicorn's included: written out, every such line ended in "litellm_redacted": "<object object at 0x…>".
+# And uvicorn's `color_message`, its message's template again with terminal colour codes, unformatted.
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "taskName", "litellm_redacted"}
+    "message", "asctime", "taskName", "litellm_redacted", "color_message"}
 
 
 # A record's standard attributes come first in its __dict__ (set by LogRecord.__init__), then the

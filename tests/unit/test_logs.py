@@ -46,6 +46,15 @@ def test_litellms_mark_on_a_scrubbed_record_is_not_written_as_a_field() -> None:
     assert "litellm_redacted" not in TextFormatter().format(record)
 
 
+def test_uvicorns_coloured_copy_of_its_message_is_not_written_as_a_field() -> None:
+    """uvicorn logs with extra={"color_message": ...}, its message's template with terminal colour codes: every
+    JSON line of uvicorn's ended in "color_message": "Uvicorn running on \\u001b[1m%s://%s:%d\\u001b[0m ..."."""
+    record = _record("Uvicorn running on %s", "http://127.0.0.1:8080",
+                     color_message="Uvicorn running on \x1b[1m%s\x1b[0m")
+    assert "color_message" not in json.loads(JsonFormatter().format(record))
+    assert TextFormatter().format(record).endswith("Uvicorn running on http://127.0.0.1:8080")
+
+
 def test_the_json_formatter_keeps_the_traceback_on_one_line() -> None:
     try:
         raise ValueError("boom")
