@@ -189,6 +189,16 @@ def cmd_route(args: argparse.Namespace) -> int:
     from gateway.router.admin import serving_router
     from gateway.state import StoreUnavailable
 
+    # One or the other: `route "prompt" --out FILE` printed the explanation and wrote no file, and a prompt
+    # beside --batch was dropped, both with exit 0.
+    if args.out and not args.batch:
+        print("switchyard route: --out is for --batch IN.jsonl; a prompt's explanation is printed (--json for "
+              "machines)", file=sys.stderr)
+        return 2
+    if args.batch and args.prompt:
+        print("switchyard route: give a prompt or --batch IN.jsonl, not both", file=sys.stderr)
+        return 2
+
     # The router a gateway started with this config serves (the promoted one, else its router_artifact, else the
     # shipped one), as `router evaluate` compares with: the config's router_artifact alone explained with another
     # router than the gateway's once one was promoted. Checked whole, as serve and promote check it.

@@ -405,6 +405,9 @@ BAD_INVOCATIONS = [
     ("train --data {deep} --out {missing}", "switchyard train: {deep}: line 1 is nested too deeply to read"),
     ("route --batch {deep} --out {missing}", "switchyard route: {deep}: line 1 is nested too deeply to read"),
     ("route --batch {rows} --out {rows}", "switchyard route: --out {rows} is the input file"),  # it emptied it
+    # both printed an explanation (or scored the file) with exit 0: no file written, or the prompt dropped
+    ("route hello --out {missing}", "switchyard route: --out is for --batch IN.jsonl"),
+    ("route hello --batch {rows} --out {missing}", "switchyard route: give a prompt or --batch IN.jsonl, not both"),
     ("logs export --out {missing} --from-jsonl {feedback-no-source}",
      "{feedback-no-source}: line 1: a feedback line needs its 'source'"),
     ("logs export --out {missing} --from-jsonl {time-text}", "{time-text}: line 1: a request record's 'time' must"),
