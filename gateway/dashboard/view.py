@@ -19,7 +19,7 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from gateway import ledger
-from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound, StoreOutage
+from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound
 from gateway.pipeline import Services
 from gateway.query_params import checked_query
 from gateway.state import StoreUnavailable
@@ -94,26 +94,36 @@ async def dashboard_data(svc: Services, hours: int, now: float) -> dict[str, Any
     window = ledger.Window(now - hours * ledger.HOUR_S, now)
     await svc.ledger.flushed()  # this replica's own bills are in before it answers
     try:
-        hashes = await ledger.read_spend(svc.ledger.store, window)
+        spend = _spend(await ledger.read_spend(svc.ledger.store, window), window)
+        ledger_error = None
     except StoreUnavailable as exc:
-        raise StoreOutage(f"spend cannot be read right now; retry shortly ({exc})",
-                          headers={"retry-after": "2"}) from None
-    total = ledger.spend_table(hashes, ())
-    by_kind = {row["plan_kind"]: row["requests"] for row in ledger.spend_table(hashes, ("plan_kind",))}
-    requests = sum(by_kind.values())
+        # The ledger's half is left empty and says why; this replica's latency, errors and circuits are
+        # still served: in a store outage they are what an operator opens the page for, and a 503 hid them.
+        spend = {"total": None, "spend_by_hour": [], "routing_mix": [], "cache": None}
+        ledger_error = f"spend cannot be read right now ({exc}); retry shortly"
     return {
         "object": "dashboard", "generated_at": ledger.iso(now), "from": ledger.iso(window.start),
-        "to": ledger.iso(window.end), "store": svc.ledger.store.kind,
-        "total": total[0] if total else ledger.empty_row(),
-        "spend_by_hour": hourly(ledger.spend_table(hashes, ("hour",)), window),
-        "routing_mix": ledger.spend_table(hashes, ("policy", "plan_kind", "deployment")),
-        "cache": {"hits": by_kind.get(ledger.CACHE, 0), "requests": requests,
-                  "hit_ratio": by_kind.get(ledger.CACHE, 0) / requests if requests else None},
+        "to": ledger.iso(window.end), "store": svc.ledger.store.kind, "ledger_error": ledger_error,
+        **spend,
         "policies": [{"name": p.name, "version": p.version, "default": p.name == svc.config.default_policy}
                      for _, p in sorted(svc.policies.policies.items())],
         "router": {"version": svc.router.version, "configured_version": svc.router.configured_version},
         "replica": {"host": socket.gethostname(), "pid": os.getpid(), **svc.stats.summary()},
         "deployments": svc.upstreams.health.snapshot(),
+    }
+
+
+def _spend(hashes: list[tuple[str, int, dict[str, float]]], window: ledger.Window) -> dict[str, Any]:
+    """The ledger's half of the page: totals, spend by hour, routing mix and cache hits."""
+    total = ledger.spend_table(hashes, ())
+    by_kind = {row["plan_kind"]: row["requests"] for row in ledger.spend_table(hashes, ("plan_kind",))}
+    requests = sum(by_kind.values())
+    return {
+        "total": total[0] if total else ledger.empty_row(),
+        "spend_by_hour": hourly(ledger.spend_table(hashes, ("hour",)), window),
+        "routing_mix": ledger.spend_table(hashes, ("policy", "plan_kind", "deployment")),
+        "cache": {"hits": by_kind.get(ledger.CACHE, 0), "requests": requests,
+                  "hit_ratio": by_kind.get(ledger.CACHE, 0) / requests if requests else None},
     }
 
 

@@ -271,3 +271,42 @@ def test_a_streams_latency_is_its_time_to_its_first_chunk(dash: GatewayServer) -
     assert len(chunks) > 100 and took_ms > 1000  # read to its end, over a second
     replica = _data(dash.base_url, VIEWER_KEY).json()["replica"]
     assert replica["latency_p99_ms"] < took_ms / 2, (replica, took_ms)
+
+
+def test_with_the_store_down_the_dashboard_still_shows_this_replicas_half(simulator: Simulator, policies_dir: Path,
+                                                                          browser: Any) -> None:
+    """A store outage made /dashboard/data a 503, so the page showed nothing: not the circuits, latency and
+    errors of the replica, which need no store and are what an operator opens it for then. The ledger's half is
+    now empty and says why; the rest is served."""
+    redis = start_redis()
+    config = sim_config(simulator.url, redis.url, admin_api_key_sha256=_sha(ADMIN_KEY),
+                        viewer_api_key_sha256=_sha(VIEWER_KEY))
+    try:
+        with running_gateway(create_app(config, policies_dir=policies_dir)) as server:
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key="x", max_retries=0, timeout=30).chat.completions \
+                .create(model="auto", messages=[{"role": "user", "content": "Name a colour."}])
+            assert _data(server.base_url, VIEWER_KEY).json()["ledger_error"] is None
+            redis.stop()
+            response = _data(server.base_url, VIEWER_KEY)
+            assert response.status_code == 200, response.text
+            body = response.json()
+            assert body["ledger_error"].startswith("spend cannot be read right now")
+            assert body["total"] is None and body["cache"] is None and body["routing_mix"] == []
+            assert body["replica"]["requests"] >= 1 and body["deployments"]["small"]["calls"] >= 1
+            assert {p["name"] for p in body["policies"]} >= {"balanced"} and body["router"]["version"]
+            from selenium.webdriver.common.by import By
+
+            browser.get(server.base_url + "/dashboard")
+            _wait(lambda: browser.find_element(By.ID, "login").is_displayed())
+            browser.find_element(By.ID, "key").send_keys(VIEWER_KEY)
+            browser.find_element(By.CSS_SELECTOR, "#login-form button").click()
+            _wait(lambda: browser.find_element(By.ID, "board").is_displayed()
+                  and browser.find_element(By.ID, "problem").is_displayed())
+            assert "spend cannot be read right now" in browser.find_element(By.ID, "problem").text
+            assert browser.find_element(By.ID, "spend").text == "–"
+            assert browser.find_element(By.ID, "latency").text != "–"
+            assert "small" in browser.find_element(By.ID, "deployments").text
+            assert "balanced" in browser.find_element(By.ID, "versions").text
+            assert [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "ERROR")] == []
+    finally:
+        redis.stop()

@@ -80,25 +80,37 @@
   }
 
   function render(d) {
-    const t = d.total;
     const replica = d.replica;
     $("subtitle").textContent = "router " + d.router.version + " · replica " + replica.host + " (pid " + replica.pid + ")";
-    $("spend").textContent = usd(t.cost_usd);
-    $("spend-sub").textContent = (t.prompt_tokens + t.completion_tokens).toLocaleString() + " tokens";
-    $("savings").textContent = usd(t.savings_usd);
-    $("savings-sub").textContent = t.counterfactual_usd > 0
-      ? pct(t.savings_usd / t.counterfactual_usd) + " of " + usd(t.counterfactual_usd) : "nothing routed yet";
-    $("requests").textContent = t.requests.toLocaleString();
-    $("requests-sub").textContent = "in the last " + $("hours").selectedOptions[0].textContent;
-    $("cache").textContent = pct(d.cache.hit_ratio);
-    $("cache-sub").textContent = d.cache.hits + " of " + d.cache.requests + " requests";
+    if (d.ledger_error) {
+      // The store is down: the ledger's half cannot be read, this replica's half still can.
+      problem(d.ledger_error + ". Latency, errors, circuits and versions below are this replica's, as of now.");
+      for (const id of ["spend", "savings", "requests", "cache"]) $(id).textContent = "–";
+      for (const id of ["spend-sub", "savings-sub", "requests-sub", "cache-sub"]) $(id).textContent = "store unavailable";
+    } else {
+      const t = d.total;
+      $("spend").textContent = usd(t.cost_usd);
+      $("spend-sub").textContent = (t.prompt_tokens + t.completion_tokens).toLocaleString() + " tokens";
+      $("savings").textContent = usd(t.savings_usd);
+      $("savings-sub").textContent = t.counterfactual_usd > 0
+        ? pct(t.savings_usd / t.counterfactual_usd) + " of " + usd(t.counterfactual_usd) : "nothing routed yet";
+      $("requests").textContent = t.requests.toLocaleString();
+      $("requests-sub").textContent = "in the last " + $("hours").selectedOptions[0].textContent;
+      $("cache").textContent = pct(d.cache.hit_ratio);
+      $("cache-sub").textContent = d.cache.hits + " of " + d.cache.requests + " requests";
+    }
     $("latency").textContent = ms(replica.latency_p50_ms) + " / " + ms(replica.latency_p99_ms) + " ms";
     $("latency-sub").textContent = "last " + replica.requests + " requests, this replica";
     const errorRate = replica.requests ? replica.client_error_rate + replica.server_error_rate : null;
     $("errors").textContent = pct(errorRate);
     $("errors-sub").textContent = "4xx " + pct(replica.client_error_rate) + " · 5xx " + pct(replica.server_error_rate);
-    chart(d.spend_by_hour);
-    mix(d.routing_mix);
+    if (d.ledger_error) {
+      $("chart").replaceChildren(el("p", "muted", "The spend ledger cannot be read while the store is down."));
+      $("mix").replaceChildren(el("p", "muted", "The spend ledger cannot be read while the store is down."));
+    } else {
+      chart(d.spend_by_hour);
+      mix(d.routing_mix);
+    }
     deployments(d.deployments);
     versions(d.policies, d.router);
     $("footer").textContent = "Spend, savings, routing mix and cache hits: the durable ledger (" + d.store +
