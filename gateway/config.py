@@ -335,7 +335,17 @@ def read_yaml(path: Path) -> Any:
     except UnicodeDecodeError as exc:  # a ValueError: uncaught, it stopped every later file's hot reload
         raise ConfigError(f"{path.name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path.name}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path.name}: not valid YAML: {_yaml_problem(exc)}") from exc
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line, at the line and column of the file: its own text spans four lines, names
+    the file `"<unicode string>"` (it parsed the text) and ends in a caret under a copy of the line."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return str(exc)
+    mark = exc.problem_mark
+    what = ", ".join(part for part in (exc.context, exc.problem) if part)
+    return f"{what} (line {mark.line + 1}, column {mark.column + 1})"
 
 
 def parse_config(raw: Any, source: str) -> GatewayConfig:

@@ -105,6 +105,16 @@ def test_invalid_yaml_names_the_file(tmp_path: Path) -> None:
         load_policy_file(path, DEPLOYMENTS)
 
 
+def test_invalid_yaml_is_one_line_with_the_files_line_and_column(tmp_path: Path) -> None:
+    """PyYAML's own text spanned four lines (a JSON log line's `error` held them, with a caret under a copy of
+    the line) and said the file was "<unicode string>"."""
+    path = _write(tmp_path, "broken.yaml", "description: x\ncandidates: [{single: small}\n")
+    with pytest.raises(ConfigError) as raised:
+        load_policy_file(path, DEPLOYMENTS)
+    assert str(raised.value) == ("broken.yaml: not valid YAML: while parsing a flow sequence, expected ',' or ']', "
+                                 "but got '<stream end>' (line 3, column 1)")
+
+
 def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
     """PyYAML kept the last of two `target:` keys, silently: the policy ran on a target nobody read."""
     path = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n  - single: large\n"
