@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -110,6 +111,17 @@ def load_policies(config: GatewayConfig, policies_dir: Path | None = None) -> Po
     return policies
 
 
+def warn_unset_metrics_token(config: GatewayConfig) -> None:
+    """A `metrics_token_env` naming a variable that is unset or empty leaves `/metrics` to loopback callers:
+    every scrape from another host is a 401 until the gateway is restarted with it set. Said at start-up (not
+    fatal: the gateway serves without its metrics), as nothing else said why the token was refused."""
+    var = config.metrics_token_env
+    if var and not os.environ.get(var):
+        log.warning("metrics_token_env: the variable %s is unset or empty; /metrics answers loopback callers "
+                    "only until it is set and the gateway restarted", var,
+                    extra={"event": "metrics_token_unset", "variable": var})
+
+
 def check_start_up(config: GatewayConfig) -> None:
     """What `build_services` refuses a config for, checked without building the services (no telemetry,
     metrics, tokenizer or store): for a supervisor that starts workers which would each fail on it."""
@@ -128,6 +140,7 @@ def build_services(config: GatewayConfig, *, span_exporter: SpanExporter | None 
     deployments = {d.name: with_known_n(d) for d in config.deployments}
     policies = load_policies(config, policies_dir)
     digests = Digests(configured_secret(config.digest_secret_env))  # else the store's, read at start-up
+    warn_unset_metrics_token(config)
     store = open_store(config.redis_url)
     metrics = metrics or Metrics()
     auth = Authenticator(config.tenants, store, config.on_store_outage, config.admin_api_key_sha256,

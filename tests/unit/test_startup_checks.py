@@ -135,6 +135,29 @@ def test_an_allow_list_naming_a_policy_that_is_not_loaded_is_a_warning_naming_it
         "tenants[0].policies: 'nope' is not a policy (mine); tenant team-a cannot use it until a file defines it"]
 
 
+@pytest.mark.parametrize("value", [None, ""])
+def test_a_metrics_token_variable_that_is_unset_is_a_warning_naming_it(
+        value: str | None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing said why every scrape from another host was a 401: the variable metrics_token_env names was not
+    set (a secret left out of a deployment), and /metrics answered loopback callers only."""
+    if value is None:
+        monkeypatch.delenv("SY_TEST_METRICS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("SY_TEST_METRICS_TOKEN", value)
+    folder = _user_folder(tmp_path, mine="candidates:\n  - single: small\n")
+    config = _config(default_policy="mine", metrics_token_env="SY_TEST_METRICS_TOKEN")
+    with caplog.at_level(logging.WARNING, logger="switchyard"):
+        build_services(config, policies_dir=folder)
+    assert [r.getMessage() for r in caplog.records if getattr(r, "event", None) == "metrics_token_unset"] == [
+        "metrics_token_env: the variable SY_TEST_METRICS_TOKEN is unset or empty; /metrics answers loopback "
+        "callers only until it is set and the gateway restarted"]
+    monkeypatch.setenv("SY_TEST_METRICS_TOKEN", "scrape-secret")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="switchyard"):
+        build_services(config, policies_dir=folder)
+    assert not [r for r in caplog.records if getattr(r, "event", None) == "metrics_token_unset"]
+
+
 def test_deleting_an_override_brings_the_shipped_policy_back(tmp_path: Path) -> None:
     folder = _user_folder(tmp_path, balanced="candidates:\n  - single: large\n")
     policies = PolicySet(folder, DEPLOYMENTS, shipped=SHIPPED, default_policy="balanced")
