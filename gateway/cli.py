@@ -350,6 +350,11 @@ def cmd_logs_export(args: argparse.Namespace) -> int:
     if counts.untrusted and "client" not in args.origin:
         print("  clients' own labels (POST /v1/feedback) are left out by default: --origin gateway,client takes "
               "every tenant's, --origin gateway,client:NAME one tenant's")
+    if config is None and counts.exported:
+        # Without the config the rows name each model by its deployment: a router trained on them learns
+        # "small", which scores nothing the gateway serves under its router_profile.
+        print("  no --config: each model is named by its deployment, not by its router_profile; give --config "
+              "with the gateway's YAML to name them as the router knows them")
     return 0
 
 

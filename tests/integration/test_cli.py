@@ -326,6 +326,27 @@ def test_logs_export_refuses_a_malformed_request_log_line_in_one_line_and_keeps_
     assert out.read_text() == '{"id": "an earlier export"}\n'
 
 
+def test_logs_export_without_a_config_says_its_models_are_named_by_deployment(tmp_path: Path) -> None:
+    """Without --config the rows name the model "small", not the deployment's router_profile, and nothing said
+    so: a router trained on them learnt a model no deployment is scored as."""
+    log = tmp_path / "requests.jsonl"
+    log.write_text("".join(json.dumps(x) + "\n" for x in [{**_RECORD, "request_id": "ok"},
+                                                          {**_LABEL, "request_id": "ok"}]))
+    out = tmp_path / "traffic.jsonl"
+    bare = _run("logs", "export", "--from-jsonl", str(log), "--out", str(out), "--origin", "client")
+    assert bare.returncode == 0, bare.stderr
+    assert list(json.loads(out.read_text())["models"]) == ["small"]
+    assert "no --config: each model is named by its deployment, not by its router_profile" in bare.stdout
+    config = tmp_path / "gw.yaml"
+    config.write_text("deployments:\n  - {name: small, model: openai/x, api_base: 'http://127.0.0.1:9/v1', "
+                      "router_profile: Meta-Llama-3.1-8B-Instruct, price: {input_per_mtok: 1, output_per_mtok: 1}}\n")
+    named = _run("logs", "export", "--from-jsonl", str(log), "--out", str(out), "--origin", "client",
+                 "--config", str(config))
+    assert named.returncode == 0, named.stderr
+    assert list(json.loads(out.read_text())["models"]) == ["Meta-Llama-3.1-8B-Instruct"]
+    assert "no --config" not in named.stdout
+
+
 def _bad_files(tmp: Path) -> dict[str, Path]:
     (tmp / "not-json.jsonl").write_text("not json\n")
     (tmp / "no-prompt.jsonl").write_text('{"id": 1, "text": "hi"}\n')
