@@ -110,6 +110,10 @@ def _run(coro: Any) -> None:
         asyncio.run(coro)
 
 
+# Past this many worker processes per core they only contend for it (each is CPU-bound on its own).
+WORKERS_PER_CPU = 4
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -123,6 +127,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     if args.workers < 1:
         print(f"switchyard serve: --workers must be 1 or more, got {args.workers}", file=sys.stderr)
+        return 2
+    most = WORKERS_PER_CPU * (os.cpu_count() or 1)
+    if args.workers > most:
+        # Each worker is a whole gateway (~200 MB with its router): a typo such as 1000 for 10 started all of
+        # them until the kernel's OOM killer stopped the host's other processes.
+        print(f"switchyard serve: --workers {args.workers} is more than {WORKERS_PER_CPU} per CPU core (this host "
+              f"has {os.cpu_count() or 1}: at most {most}); each worker is a whole gateway process of ~200 MB",
+              file=sys.stderr)
         return 2
     # Before the config, the router and the store: a taken port or a wrong host would otherwise fail
     # only after all of them, in uvicorn's words. (Port 0 asks for any free one.)

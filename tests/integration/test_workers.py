@@ -49,6 +49,15 @@ def test_workers_must_be_at_least_one(tmp_path: Path) -> None:
     assert got.returncode == 2 and "--workers must be 1 or more" in got.stderr
 
 
+
+def test_workers_far_past_the_cores_are_refused_before_any_starts(tmp_path: Path) -> None:
+    # A typo (1000 for 10) started 1000 gateways of ~200 MB each until the OOM killer took the host's others.
+    got = subprocess.run([sys.executable, "-m", "gateway.cli", "serve", "--config", "x.yaml", "--workers", "1000"],
+                         cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, timeout=60)
+    assert got.returncode == 2, got.stderr
+    assert "--workers 1000 is more than 4 per CPU core" in got.stderr
+
 def test_a_bad_policy_file_stops_two_workers_as_it_stops_one(simulator: Simulator, tmp_path: Path) -> None:
     # The supervisor forked the workers, each failed on the file, and it restarted them for ever,
     # holding the port; one worker exits at once with one line.
