@@ -168,7 +168,8 @@ def rollback(name: str, version: str, config_path: str | None, by: str | None = 
         if matches:
             return _err(f"switchyard policy rollback: '{version}' is the start of more than one version of policy "
                         f"'{name}' ({known}): give more of its digits")
-        return _err(f"switchyard policy rollback: policy '{name}' has no version '{version}' (known: {known})")
+        short = " (a prefix of a version needs 4 or more of its characters)" if len(version) < 4 else ""
+        return _err(f"switchyard policy rollback: policy '{name}' has no version '{version}'{short} (known: {known})")
     found = matches[0]
     if found.version == current:
         print(f"policy {name}: version {found.version} is in force already")

@@ -165,6 +165,8 @@ def test_a_rollback_to_a_prefix_of_two_versions_is_refused_naming_both(
     assert admin.rollback("p", "28d7", None, by="ops@test") == 1
     err = capsys.readouterr().err
     assert first in err and second in err and "more than one version" in err
+    assert admin.rollback("p", "28d", None, by="ops@test") == 1  # too short to be a prefix: said so
+    assert "needs 4 or more of its characters" in capsys.readouterr().err
     assert not (tmp_path / "routing_policies" / "p.yaml").exists()
     assert admin.rollback("p", first[:6], None, by="ops@test") == 0  # enough digits to name one
     written = yaml.safe_load((tmp_path / "routing_policies" / "p.yaml").read_text())
