@@ -11,10 +11,11 @@ counts as shipped.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gateway.config import GatewayConfig
+from gateway.config import ENV_POLICIES_DIR, GatewayConfig
 from gateway.errors import ConfigError
 
 _HERE = Path(__file__).resolve().parent
@@ -36,7 +37,10 @@ def user_policies_dir(config: GatewayConfig) -> Path | None:
 
 def policy_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise ConfigError(f"{folder}: policy folder not found")
+        # Said where the path came from: set in the environment, it was nowhere in the config the operator read
+        from_env = os.environ.get(ENV_POLICIES_DIR)
+        source = f"${ENV_POLICIES_DIR}" if from_env and Path(from_env) == folder else "policies_dir"
+        raise ConfigError(f"{folder}: policy folder not found (named by {source})")
     return sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
 
 

@@ -271,3 +271,17 @@ def test_a_file_finished_while_its_half_written_version_was_being_refused_is_rel
     monkeypatch.setattr(loader, "load_policy_file", real)
     assert policies.reload_changed() == ["p"]
     assert policies.get("p").plans == (Single("large"),)  # type: ignore[union-attr]
+
+
+def test_a_missing_policy_folder_says_whether_the_config_or_the_environment_named_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Set in the environment, the path was nowhere in the config file the operator then read for it.
+    from gateway.policy.sources import policy_files
+
+    missing = tmp_path / "nonexistent"
+    monkeypatch.setenv("SWITCHYARD_POLICIES_DIR", str(missing))
+    with pytest.raises(ConfigError, match=r"policy folder not found \(named by \$SWITCHYARD_POLICIES_DIR\)"):
+        policy_files(missing)
+    monkeypatch.delenv("SWITCHYARD_POLICIES_DIR")
+    with pytest.raises(ConfigError, match=r"policy folder not found \(named by policies_dir\)"):
+        policy_files(missing)
