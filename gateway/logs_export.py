@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 
 from gateway.config import DeploymentConfig
+from gateway.decimals import PICO, rounded
 from gateway.errors import InputError
 from gateway.feedback import label_key
 from gateway.router.training.data import hash_split
@@ -119,7 +120,7 @@ def to_row(record: Mapping[str, Any], feedback: Feedbacks, names: Mapping[str, s
         cost = judged.get("against_cost_usd") if judged else None  # labels stored before it have none
         reference: dict[str, Any] = {"score": 1.0}
         if isinstance(cost, int | float) and not isinstance(cost, bool) and math.isfinite(cost) and cost >= 0:
-            reference["cost_usd"] = float(cost)
+            reference["cost_usd"] = rounded(float(cost), PICO)
         models.setdefault(names.get(against, against), reference)
     row_id = f"traffic/{record['tenant']}/{record['request_id']}"
     return {"id": row_id, "split": hash_split(row_id), "category": f"traffic/{record.get('category') or 'unknown'}",
@@ -131,9 +132,9 @@ def own_cost(record: Mapping[str, Any]) -> float | None:
     cost on the prompt, not a plan's (a cascade's small try is not the large model's cost). A record
     without `cost_usd_by_deployment` called no other deployment, so its `cost_usd` is its own."""
     by_deployment = record.get("cost_usd_by_deployment")
-    if isinstance(by_deployment, Mapping):
-        return by_deployment.get(record["deployment"])
-    return record.get("cost_usd")
+    cost = by_deployment.get(record["deployment"]) if isinstance(by_deployment, Mapping) else record.get("cost_usd")
+    # to 12 decimals, as records write costs: a sum's float noise (0.0006619999999999999) is no figure of ours
+    return rounded(float(cost), PICO) if isinstance(cost, int | float) and not isinstance(cost, bool) else cost
 
 
 def prompt_length(record: Mapping[str, Any]) -> int:

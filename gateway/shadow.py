@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.auth import Authenticator, LogThrottle, Reservation, Tenant
+from gateway.decimals import PICO, rounded
 from gateway.errors import GatewayError
 from gateway.executor import Deadline, Upstreams
 from gateway.executor.answers import choice_letter, extract_answer
@@ -248,7 +249,7 @@ class ShadowEvaluator:
         # The reference's own cost beside it: an exported row lists it as a model of the prompt, whose cost
         # `router evaluate` and training weigh (a cost left out read as free).
         detail: dict[str, Any] = {"against": job.shadow.against, "answered_by": job.answered_by,
-                                  "against_cost_usd": rec.cost_usd}
+                                  "against_cost_usd": rounded(rec.cost_usd, PICO)}
         agreed = agreement(job.answer, reference)
         if agreed is not None:
             return Feedback(job.request_id, "judge", agreed, detail=detail | {"method": "agreement"},
