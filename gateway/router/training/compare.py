@@ -168,8 +168,10 @@ def render(result: Comparison) -> str:
                       f"strong {c['q_strong']:.4f})",
                   f"  {'':<36}{'candidate':>10}{'serving':>10}{'change':>9}"]
         for (label, key, cv), (_, _, sv) in zip(_rows(c, targets), _rows(s, targets), strict=True):
+            # Marked both ways: a regression left unmarked read, beside a marked gain, as no change
             better = (key in _LOWER_IS_BETTER and cv < sv) or (key in _HIGHER_IS_BETTER and cv > sv)
-            mark = " better" if better else ""
+            worse = (key in _LOWER_IS_BETTER and cv > sv) or (key in _HIGHER_IS_BETTER and cv < sv)
+            mark = " better" if better else " worse" if worse else ""
             lines.append(f"  {label:<36}{cv:>10.4f}{sv:>10.4f}{cv - sv:>+9.4f}{mark}")
         if not c["costs_recorded"]:
             lines.append("  (the data does not record both models' costs for every prompt of this pair: "

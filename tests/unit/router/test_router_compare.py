@@ -97,3 +97,20 @@ def test_evaluate_measures_at_the_target_a_policy_states(tmp_path: Path) -> None
     assert same == base and note is not None and "no target" in note
     same, note = policy_targets("spend", config, base)
     assert same == base and note is not None and "usd_per_1k_requests is not a share or a quality" in note
+
+
+def test_the_comparison_marks_a_regression_as_it_marks_a_gain(small_data: Path) -> None:
+    # Only gains were marked: a candidate worse on a figure showed it unmarked, as though nothing changed.
+    from gateway.router.training.compare import render, result_json
+
+    data = load_data(small_data)
+    weak, strong = "Meta-Llama-3.1-8B-Instruct", "Meta-Llama-3.1-70B-Instruct"
+    targets = Targets(threshold=0.0)
+    oracle = np.nan_to_num(data.score[:, data.col(strong)] - data.score[:, data.col(weak)])
+    good = pair_report(oracle, data, weak, strong, targets)
+    bad = pair_report(-oracle, data, weak, strong, targets)
+    pairs = {f"{weak} -> {strong}": {"candidate": bad, "serving": good}}
+    text = render(result_json(str(small_data), "validation", len(data.ids), {"version": "c"},
+                              {"version": "s", "source": "shipped"}, targets, pairs))
+    apgr = next(line for line in text.splitlines() if line.strip().startswith("APGR"))
+    assert apgr.endswith(" worse"), text
