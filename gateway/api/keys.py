@@ -190,9 +190,10 @@ async def _rate_rows(svc: Services, scope: Scope) -> list[dict[str, Any]]:
     for name, short, value in (("requests_per_minute", "rpm", scope.limits.requests_per_minute),
                                ("tokens_per_minute", "tpm", scope.limits.tokens_per_minute)):
         if value is not None:
-            used = await svc.auth.store.window_usage(window_key(scope.tenant, scope.key_id, short))
+            # requests and tokens are counted whole; the store keeps them as floats, a typed client reads integers
+            used = round(await svc.auth.store.window_usage(window_key(scope.tenant, scope.key_id, short)))
             rows.append({"scope": "tenant" if scope.key_id is None else "key", "limit": name, "value": value,
-                         "used": used, "remaining": max(0.0, value - used)})
+                         "used": used, "remaining": max(0, value - used)})
     return rows
 
 

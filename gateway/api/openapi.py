@@ -222,9 +222,9 @@ class BudgetRow(BaseModel):
 class RateRow(BaseModel):
     scope: Literal["tenant", "key"]
     limit: Literal["requests_per_minute", "tokens_per_minute"]
-    value: float
-    used: float
-    remaining: float
+    value: int
+    used: int
+    remaining: int
 
 
 class BudgetReport(BaseModel):

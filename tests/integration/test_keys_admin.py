@@ -308,8 +308,10 @@ def test_budget_shows_limit_spent_reserved_remaining_and_reset(gw: str) -> None:
                        "reserved_usd": 0.0, "remaining_usd": pytest.approx(0.5 - cost),
                        "resets_at": key_row["resets_at"]}
     assert key_row["resets_at"].endswith("-01T00:00:00Z")
-    assert body["rate_limits"] == [{"scope": "key", "limit": "requests_per_minute", "value": 50, "used": 1.0,
-                                    "remaining": 49.0}]
+    assert body["rate_limits"] == [{"scope": "key", "limit": "requests_per_minute", "value": 50, "used": 1,
+                                    "remaining": 49}]
+    # counted whole, written as integers: a strictly typed client decodes them into ints
+    assert all(type(row[f]) is int for row in body["rate_limits"] for f in ("value", "used", "remaining"))
 
 
 def test_switchyard_keys_drives_the_same_api(gw: str) -> None:
