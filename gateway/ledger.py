@@ -536,9 +536,15 @@ def parse_group_by(text: str | None) -> tuple[str, ...]:
     names = tuple(dict.fromkeys(p.strip() for p in text.split(",") if p.strip()))
     unknown = [n for n in names if n not in GROUPS]
     if unknown or not names:
-        raise ValueError(f"cannot group by {', '.join(repr(u) for u in unknown) or repr(text)}: "
+        raise ValueError(f"cannot group by {_named(unknown) if unknown else repr(text[:64])}: "
                          f"use a comma-separated list of {', '.join(GROUPS)}")
     return names
+
+
+def _named(unknown: list[str], shown: int = 3) -> str:
+    """The first few unknown names, each cut at 64 characters: a query holds thousands, all echoed back."""
+    named = ", ".join(repr(u[:64]) for u in unknown[:shown])
+    return named + (f" and {len(unknown) - shown} more" if len(unknown) > shown else "")
 
 
 # The times a window may name: from the epoch to the end of year 9999 (what `iso` can write back).

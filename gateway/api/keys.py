@@ -85,13 +85,13 @@ def _check_names(svc: Services, limits: KeyLimits, tenant: str) -> None:
     for i, name in enumerate(limits.policies or ()):
         if name not in svc.policies.policies:
             known = ", ".join(sorted(svc.policies.policies))
-            raise InvalidRequest(f"policies[{i}]: '{name}' is not a policy ({known})", param=f"policies[{i}]")
+            raise InvalidRequest(f"policies[{i}]: '{name[:64]}' is not a policy ({known})", param=f"policies[{i}]")
         if allowed is not None and not allowed.may_use(name):
             raise InvalidRequest(f"policies[{i}]: tenant '{tenant}' may not use '{name}' "
                                  f"({_listed(allowed.policies)})", param=f"policies[{i}]")
     for i, name in enumerate(limits.deployments or ()):
         if name not in svc.catalog.deployments:
-            raise InvalidRequest(f"deployments[{i}]: '{name}' is not a deployment "
+            raise InvalidRequest(f"deployments[{i}]: '{name[:64]}' is not a deployment "
                                  f"({', '.join(svc.catalog.deployments)})", param=f"deployments[{i}]")
         if allowed is not None and not allowed.may_pin(name):
             raise InvalidRequest(f"deployments[{i}]: tenant '{tenant}' may not pin '{name}' "

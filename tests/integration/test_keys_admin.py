@@ -114,6 +114,13 @@ def test_bad_bodies_are_400s_naming_the_field(gw: str, body: Any, param: str | N
         assert (resp.json()["error"]["param"] or "").startswith(param)
 
 
+@pytest.mark.parametrize("field", ["policies", "deployments"])
+def test_an_unknown_name_is_cut_in_the_refusal_not_echoed_whole(gw: str, field: str) -> None:
+    resp = _admin(gw, "POST", "/admin/keys", json={"tenant": "acme", field: ["x" * 3000]})
+    assert resp.status_code == 400 and resp.json()["error"]["param"] == f"{field}[0]", resp.text
+    assert "x" * 64 in resp.json()["error"]["message"] and "x" * 65 not in resp.json()["error"]["message"]
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"tenant": "acme", "policies": [5]}, "policies[0]"),
     ({"tenant": "acme", "metadata": {"team": ["a"]}}, "metadata.team"),

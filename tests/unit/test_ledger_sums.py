@@ -224,6 +224,14 @@ def test_unknown_groupings_are_refused(text: str) -> None:
         parse_group_by(text)
 
 
+@pytest.mark.parametrize("text", ["x" * 3000, ",".join(f"colour{i}" for i in range(600)), "," * 3000],
+                         ids=["one-long-name", "many-names", "only-commas"])
+def test_a_refused_grouping_is_named_in_a_few_words_not_echoed_whole(text: str) -> None:
+    with pytest.raises(ValueError, match="group by") as refused:
+        parse_group_by(text)
+    assert len(str(refused.value)) < 300
+
+
 def test_times_are_unix_seconds_or_iso_and_windows_default_to_a_day() -> None:
     assert parse_group_by(None) == ("tenant",) and parse_group_by("hour, tenant") == ("hour", "tenant")
     assert parse_time("1800000000") == AT == parse_time("2027-01-15T08:00:00Z") == parse_time("2027-01-15T08:00:00")
