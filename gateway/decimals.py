@@ -10,6 +10,7 @@ costs under a dollar), where neither rounding is more right than the other.
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from math import floor
 
 MS, MICRO, PICO = 1e3, 1e4, 1e12  # 3, 4 and 12 decimals
@@ -18,6 +19,13 @@ MS, MICRO, PICO = 1e3, 1e4, 1e12  # 3, 4 and 12 decimals
 def rounded(x: float, scale: float) -> float:
     """`x` to the nearest multiple of 1/`scale` (`scale` a power of ten: 1e3 for 3 decimals)."""
     return floor(x * scale + 0.5) / scale
+
+
+def as_decimal(x: float, digits: int = 6) -> str:
+    """`x` to `digits` significant digits as a plain decimal, for messages: `:g` writes a cap of
+    $0.00000001 as `1e-08` and a deadline of a microsecond as `1e-06 s`."""
+    text = format(Decimal(f"{x:.{digits}g}"), "f")
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 # A number as a client writes one in a query or a header: ASCII digits, a point, an exponent. `float` also

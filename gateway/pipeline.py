@@ -41,6 +41,7 @@ from gateway.auth import HOLD_MARGIN_S, NOTHING, OPEN_TENANT, Authenticator, Nee
 from gateway.cache import CachedAnswer, CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
+from gateway.decimals import as_decimal
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, InvalidRequest, NotFound, UpstreamError
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.drain import late_bills
@@ -391,8 +392,8 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
         least = worst_case_cost(Single(plan.deployment) if isinstance(plan, Single) else plan,
                                 prompt_tokens, catalog, 1, choices)
         raise ConstraintUnsatisfiable(
-            f"the cost cap of ${cap:g} cannot be met by {plan.label}: its ~{prompt_tokens} prompt tokens "
-            f"and one output token may cost ${least:.6g}", param="max_cost_usd")
+            f"the cost cap of ${as_decimal(cap)} cannot be met by {plan.label}: its ~{prompt_tokens} prompt tokens "
+            f"and one output token may cost ${as_decimal(least)}", param="max_cost_usd")
     fitted_plan, bounded = fitted
     # The same route otherwise (a copy: its definitions' bound, which budgets hold, is not dropped).
     if bounded >= output_ceiling(fitted_plan, catalog, max_tokens):  # the cap does not bind: send as is

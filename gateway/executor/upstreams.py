@@ -44,6 +44,7 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_aft
 from tenacity.stop import stop_base
 
 from gateway.config import DeploymentConfig
+from gateway.decimals import as_decimal
 from gateway.errors import (
     DeploymentUnavailable,
     GatewayError,
@@ -537,7 +538,7 @@ class Upstreams:
             return InvalidRequest(f"deployment '{name}' rejected the request: {last.reason}",
                                   code=last.code or "upstream_rejected", param=last.param)
         if cut or deadline.expired():
-            return UpstreamTimeout(f"no answer within the request's deadline of {deadline.budget_s:g} s"
+            return UpstreamTimeout(f"no answer within the request's deadline of {as_decimal(deadline.budget_s)} s"
                                    + (f" ({told})" if told else ""))
         if not failures:  # nothing was called: every circuit is open
             return self.unavailable(names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gateway.decimals import as_decimal
 from gateway.errors import ConstraintUnsatisfiable
 from gateway.plans import Cascade, Plan, Single, kind_of
 from gateway.policy.calibration import Cutoff
@@ -132,11 +133,11 @@ def _live_rejection(plan: Plan, e: Estimate, limits: Limits, live: LiveView) -> 
     if live.open_circuits and any(d in live.open_circuits for d in plan.deployments):
         return "circuit_open"
     if limits.max_cost_usd is not None and e.cost_usd > limits.max_cost_usd:
-        return f"max_cost_usd ({e.cost_usd:.6g} > {limits.max_cost_usd:g})"
+        return f"max_cost_usd ({as_decimal(e.cost_usd)} > {as_decimal(limits.max_cost_usd)})"
     if limits.latency_slo_ms is not None and e.latency_ms > limits.latency_slo_ms:
-        return f"latency_slo_ms ({e.latency_ms:.0f} > {limits.latency_slo_ms:g})"
+        return f"latency_slo_ms ({e.latency_ms:.0f} > {as_decimal(limits.latency_slo_ms)})"
     if limits.min_quality is not None and e.quality < limits.min_quality:
-        return f"min_quality ({e.quality:.3f} < {limits.min_quality:g})"
+        return f"min_quality ({e.quality:.3f} < {as_decimal(limits.min_quality)})"
     return None
 
 
@@ -224,8 +225,8 @@ def decide(policy: BoundPolicy, signal: RouteSignal, catalog: Catalog, live: Liv
     if policy.spec.target is not None:
         return _on_target(policy, signal, evaluated, feasible, cutoff, table.target_words)
     best = max(feasible, key=lambda c: (c.utility, -c.estimate.cost_usd))
-    reasons = [f"highest utility value_usd*q - cost = {best.utility:.6g} among {len(feasible)} "
-               f"feasible of {len(evaluated)} candidates (value_usd={value:g})"]
+    reasons = [f"highest utility value_usd*q - cost = {as_decimal(best.utility)} among {len(feasible)} "
+               f"feasible of {len(evaluated)} candidates (value_usd={as_decimal(value)})"]
     reasons += [f"{c.plan.label} removed by {c.rejected_by}" for c in evaluated if c.rejected_by]
     return Decision(policy.name, best.plan, tuple(evaluated), signal, tuple(reasons))
 

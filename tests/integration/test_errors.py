@@ -103,3 +103,14 @@ def test_a_method_a_route_does_not_take_is_a_405_naming_the_one_it_does(base_url
     assert error["message"] == "GET /v1/chat/completions is not allowed: use POST"
     keys = httpx.put(base_url.removesuffix("/v1") + "/admin/keys", timeout=10)  # two routes: POST and GET
     assert keys.status_code == 405 and set(keys.headers["allow"].split(", ")) == {"POST", "GET", "HEAD"}
+
+
+def test_small_caps_and_deadlines_are_written_as_plain_decimals_not_exponents(base_url: str) -> None:
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "hi"}]}'
+    capped = _assert_openai_error(_post(base_url, body, **{"x-switchyard-max-cost-usd": "0.00000001",
+                                                           "x-switchyard-cache": "bypass"}),
+                                  422, "constraint_unsatisfiable")
+    assert "> 0.00000001)" in capped["message"] and "e-" not in capped["message"], capped["message"]
+    late = _assert_openai_error(_post(base_url, body, **{"x-switchyard-timeout-ms": "0.001",
+                                                         "x-switchyard-cache": "bypass"}), 504)
+    assert "deadline of 0.000001 s" in late["message"], late["message"]

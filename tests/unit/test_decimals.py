@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from gateway.decimals import MICRO, MS, PICO, rounded
+from gateway.decimals import MICRO, MS, PICO, as_decimal, rounded
 
 
 def test_rounded_matches_round_on_latencies_costs_and_qualities() -> None:
@@ -20,3 +20,9 @@ def test_rounded_matches_round_on_latencies_costs_and_qualities() -> None:
 def test_rounded_keeps_exact_values_and_signs() -> None:
     assert rounded(10.0, MS) == 10.0 and rounded(0.000042, PICO) == 0.000042 and rounded(9e-06, PICO) == 9e-06
     assert rounded(-0.30004, MS) == -0.3 and rounded(0.0, MICRO) == 0.0
+
+
+def test_as_decimal_writes_small_and_large_numbers_without_an_exponent() -> None:
+    assert as_decimal(1e-8) == "0.00000001" and as_decimal(1.224e-05) == "0.00001224"
+    assert as_decimal(1e-6) == "0.000001" and as_decimal(60.0) == "60" and as_decimal(0.1 + 0.2) == "0.3"
+    assert as_decimal(1234567.89) == "1234570" and as_decimal(0.0) == "0" and as_decimal(-2.5e-7) == "-0.00000025"
