@@ -41,7 +41,7 @@ from gateway.auth import HOLD_MARGIN_S, NOTHING, OPEN_TENANT, Authenticator, Nee
 from gateway.cache import CachedAnswer, CacheStatus, ExactCache, is_cacheable
 from gateway.config import GatewayConfig
 from gateway.dashboard.stats import RequestStats
-from gateway.decimals import as_decimal
+from gateway.decimals import PICO, as_decimal, rounded
 from gateway.errors import ConstraintUnsatisfiable, GatewayError, InvalidRequest, NotFound, UpstreamError
 from gateway.executor import Deadline, Result, Upstreams, run
 from gateway.executor.drain import late_bills
@@ -840,7 +840,9 @@ class _LiveStream:
         live = self.live
         cost = (self.svc.upstreams.prices[live.deployment].cost(live.stats.usage, live.terms)
                 + sum(c.cost_usd for c in (*live.earlier, *losers)))
-        return {"cost_usd": cost, "deployment": live.deployment, "plan": self.label}
+        # to the picodollar, as the cost header and the request's log line write it: a product of floats
+        # carries noise (0.000014760000000000001)
+        return {"cost_usd": rounded(cost, PICO), "deployment": live.deployment, "plan": self.label}
 
     async def settle(self, error: ProviderFailure | None = None) -> None:
         """Bill, trace and cache the stream. Also called after the response, for a client that left

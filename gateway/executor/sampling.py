@@ -10,6 +10,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
+from gateway.decimals import PICO, rounded
 from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
@@ -24,7 +25,7 @@ def result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRe
            evidence: Mapping[str, Any] | None = None) -> Result:
     facts = dict(evidence or {})
     if evidence is not None:  # multi-call plans say what each call cost
-        facts["calls"] = [{"deployment": c.deployment, "role": c.role, "cost_usd": c.cost_usd,
+        facts["calls"] = [{"deployment": c.deployment, "role": c.role, "cost_usd": rounded(c.cost_usd, PICO),
                            **c.usage.as_dict(brief=True)} for c in calls]
     r = Result(body, deployment, label, tuple(calls), facts)
     return Result(with_usage(body, r.usage), deployment, label, r.calls, r.evidence)

@@ -91,6 +91,18 @@ def test_streams_server_sent_events_with_usage_when_asked(base_url: str) -> None
     assert extra["cost_usd"] == pytest.approx(usage.prompt_tokens * price_in + usage.completion_tokens * price_out)
 
 
+def test_a_streams_cost_is_written_to_the_picodollar_as_the_cost_header_is(base_url: str) -> None:
+    """Tokens times a price in floats carries noise: 0.000014760000000000001 where the header says 0.00001476."""
+    written = []
+    for words in range(24):
+        body = {"model": "small", "stream": True, "stream_options": {"include_usage": True},
+                "messages": [{"role": "user", "content": _unique("word " * words)}]}
+        with httpx.stream("POST", base_url + "/chat/completions", json=body, timeout=30) as resp:
+            usage = next(line for line in resp.iter_lines() if '"switchyard"' in line)
+        written.append(usage.split('"cost_usd":', 1)[1].split(",", 1)[0])
+    assert all(float(f"{float(w):.12f}") == float(w) for w in written), written
+
+
 def test_stream_without_include_usage_sends_no_usage_chunk(base_url: str) -> None:
     chunks = list(_client(base_url).chat.completions.create(
         model="small", messages=[{"role": "user", "content": _unique("Tell me a fact.")}], stream=True))
