@@ -27,8 +27,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel, ValidationError
 
 from gateway.admission import Scope, budget_hold
+from gateway.api.problems import refusal
 from gateway.api.routes import read_json
-from gateway.api.schemas import error_path
 from gateway.auth import Tenant
 from gateway.errors import AuthenticationFailed, InvalidRequest, NotFound, PermissionDenied, StoreOutage
 from gateway.keys import KeyCreate, KeyLimits, KeyRecord, KeyRevoked
@@ -72,10 +72,8 @@ def _parse(model: type[M], raw: Any) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
         # `policies[0]`, not `policies.0`; `metadata.a`, not `metadata.a.str` (the union member that failed)
-        where = error_path(err["loc"])
-        raise InvalidRequest(f"{where or 'body'}: {err['msg']}", param=where or None) from None
+        raise refusal(exc) from None
 
 
 def _check_names(svc: Services, limits: KeyLimits, tenant: str) -> None:

@@ -18,8 +18,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import ErrorDetails
 
+from gateway.api.problems import refusal
 from gateway.errors import InvalidRequest
 
 _OPEN = ConfigDict(extra="allow", strict=True)
@@ -165,43 +165,6 @@ class FeedbackRequest(BaseModel):
         return self.score if self.score is not None else (1.0 if self.thumbs == "up" else 0.0)
 
 
-def error_path(loc: tuple[int | str, ...]) -> str:
-    """`messages[0].content` from pydantic's location, without the union-member tags it inserts. A
-    refused key names its map (`metadata`): the key itself may be any length, and is not echoed."""
-    if loc and loc[-1] == "[key]":
-        loc = loc[:-2]
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif "[" in part or part[:1].isupper() or part.startswith("constrained-") or \
-                part in ("str", "int", "float", "bool", "dict", "list"):
-            continue  # e.g. 'list[ContentPart]', 'str', 'constrained-str': which union member failed, not a field
-        else:
-            out += f".{part}" if out else part
-    return out
-
-
-def _code(error: ErrorDetails) -> str:
-    """OpenAI's code for what pydantic found (`integer_above_max_value`...), else `invalid_value`."""
-    kind = error["type"]
-    if kind == "missing":
-        return "missing_field"
-    if error["loc"][-1:] == ("[key]",):
-        return "property_name_above_max_length" if kind == "string_too_long" else "invalid_value"
-    if kind == "string_too_long":
-        return "string_above_max_length"
-    if kind == "too_long":
-        return "object_above_max_properties" if isinstance(error["input"], dict) else "array_above_max_length"
-    for kinds, side in ((("less_than", "less_than_equal"), "above_max"),
-                        (("greater_than", "greater_than_equal"), "below_min")):
-        if kind in kinds:
-            bound = next(iter((error.get("ctx") or {}).values()), None)
-            number = "decimal" if isinstance(error["input"], float) or isinstance(bound, float) else "integer"
-            return f"{number}_{side}_value"
-    return "invalid_value"
-
-
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -211,13 +174,7 @@ def _parsed(data: Any, schema: type[M]) -> M:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        # The deepest error names the culprit best: of a union's failures (`content` is neither a
-        # string nor a list of parts) the one that went furthest is the one the client meant.
-        first = max(exc.errors(), key=lambda e: len(e["loc"]))
-        where = error_path(first["loc"])
-        extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise InvalidRequest(f"{where or 'body'}: {first['msg']}{extra}", param=where or None,
-                             code=_code(first)) from None
+        raise refusal(exc) from None
 
 
 def validate_feedback(data: Any) -> FeedbackRequest:

@@ -114,3 +114,17 @@ def test_small_caps_and_deadlines_are_written_as_plain_decimals_not_exponents(ba
     late = _assert_openai_error(_post(base_url, body, **{"x-switchyard-timeout-ms": "0.001",
                                                          "x-switchyard-cache": "bypass"}), 504)
     assert "deadline of 0.000001 s" in late["message"], late["message"]
+
+
+@pytest.mark.parametrize(("fields", "said"), [
+    ({"response_format": "json"}, "response_format: Input should be an object"),  # not "...instance of ResponseFormat"
+    ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content: Input should be a string or an array"),
+    ({"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+     "messages[0].content[0]: a part of type 'text' needs its 'text' field"),  # was "Value error, ..."
+    ({"stream": "true"}, "stream: Input should be a boolean"),
+    ({"temperature": 9, "n": 0}, "temperature: Input should be less than or equal to 2 (and 1 more problem)")])
+def test_a_refused_field_is_told_in_the_apis_words_not_the_validators(
+        base_url: str, fields: dict, said: str) -> None:
+    body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **fields}
+    error = _assert_openai_error(httpx.post(base_url + "/chat/completions", json=body, timeout=30), 400)
+    assert error["message"] == said
