@@ -325,6 +325,11 @@ def validate_chat(data: Any, schema: type[ChatRequest] = ChatRequest,
             raise InvalidRequest(f"messages[{i}].content: a message with role '{message.role}' needs its content "
                                  "(a string or an array of parts)", param=f"messages[{i}].content",
                                  code="missing_field")
+        if message.content == [] and message.role in _CONTENT_REQUIRED:
+            # OpenAI's answer (its code and words): forwarded, the price was held for a call it refuses, and a
+            # server that takes it answered a turn that asked nothing
+            raise InvalidRequest(f"messages[{i}].content: empty array: expected an array of at least one part",
+                                 param=f"messages[{i}].content", code="empty_array")
         if message.role == "tool" and not message.tool_call_id:
             # OpenAI refuses it (a tool's answer must say which call it answers); forwarded, a provider that
             # does as well was asked after the request's price was held, and one that does not answered a

@@ -184,6 +184,21 @@ def test_a_message_without_content_is_a_400_naming_it_as_openai_answers(
     assert client.chat.completions.create(model="small", messages=asked).choices  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("role", ["user", "system", "tool"])
+def test_a_message_whose_content_is_an_empty_array_is_a_400_as_openai_answers(
+        base_url: str, simulator: Simulator, role: str) -> None:
+    """`content: []` was forwarded: the simulated model answered a turn that asked nothing, and OpenAI, which
+    answers 400 empty_array, was asked after the price was held."""
+    simulator.reset()
+    client = openai.OpenAI(base_url=base_url, api_key="x", max_retries=0)
+    asked = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+             {"role": role, "content": [], **({"tool_call_id": "call_1"} if role == "tool" else {})}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="small", messages=asked)  # type: ignore[arg-type]
+    assert info.value.param == "messages[2].content" and info.value.code == "empty_array"
+    assert simulator.stats().get("sim-small", {}).get("requests", 0) == 0
+
+
 @pytest.mark.parametrize("part", [{"type": "text", "text": 5}, {"type": "text", "text": {"a": "b"}},
                                   {"type": "refusal", "refusal": ["no"]}])
 def test_a_text_part_whose_text_is_no_string_is_a_400_as_openai_answers(
