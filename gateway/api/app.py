@@ -17,6 +17,7 @@ from gateway.api import gc_tuning
 from gateway.api.errors import install_error_handlers
 from gateway.api.keys import KEY_ROUTES
 from gateway.api.openapi import install_openapi
+from gateway.api.request_ids import RequestIds
 from gateway.api.routes import ROUTES
 from gateway.auth import Authenticator
 from gateway.cache import ExactCache
@@ -326,6 +327,7 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
                   telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.services = services
     install_error_handlers(app)
+    app.add_middleware(RequestIds)  # outside the error handlers: their 500 carries an id too
     for path, endpoint, methods in (*ROUTES, *KEY_ROUTES, *DASHBOARD_ROUTES):
         app.add_route(path, endpoint, methods=methods)
     install_openapi(app)

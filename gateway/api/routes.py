@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import os
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
@@ -27,6 +26,7 @@ from starlette.background import BackgroundTask
 
 from gateway import ledger, pipeline
 from gateway.api import http_limits
+from gateway.api.request_ids import HEADER, chosen
 from gateway.api.schemas import BodyBounds, RouteRequest, validate_chat, validate_feedback
 from gateway.auth import OPEN_TENANT, Tenant
 from gateway.decimals import written_number
@@ -133,19 +133,9 @@ def _cache_header(headers: Mapping[str, str]) -> str | None:
     return value
 
 
-_MAX_REQUEST_ID = 128
-
-
 def request_id(request: Request) -> str:
-    """The client's `x-request-id` if it is short printable ASCII, else a generated one: a header we
-    echo back and write to logs must not carry control characters or arbitrary lengths."""
-    given = headers_of(request).get("x-request-id")
-    if given and len(given) <= _MAX_REQUEST_ID and given.isascii() and given.isprintable():
-        return given
-    # 96 random bits, as a uuid4's first 24 hex digits were, without the UUID object and the
-    # getrandom system call per request: an id names a record only within its tenant's keys, it
-    # grants nothing, so it needs to be unique, not unpredictable (random reseeds after a fork).
-    return f"req_{random.getrandbits(96):024x}"
+    """The client's `x-request-id` if it is valid, else a generated one (`request_ids.chosen`)."""
+    return chosen(headers_of(request).get(HEADER))
 
 
 def _timeout_header(headers: Mapping[str, str]) -> float | None:

@@ -128,3 +128,19 @@ def test_a_refused_field_is_told_in_the_apis_words_not_the_validators(
     body = {"model": "auto", "messages": [{"role": "user", "content": "hi"}], **fields}
     error = _assert_openai_error(httpx.post(base_url + "/chat/completions", json=body, timeout=30), 400)
     assert error["message"] == said
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("GET", "/models", None), ("GET", "/models/small", None),
+    ("POST", "/route", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("POST", "/feedback", {}),  # a 400
+    ("GET", "/no-such-path", None), ("PUT", "/models", None),  # a 404, a 405
+    ("POST", "/chat/completions", {"model": "small", "messages": [{"role": "user", "content": "hi"}]})])
+def test_every_answer_carries_a_request_id_the_clients_when_valid(
+        base_url: str, method: str, path: str, body: dict | None) -> None:
+    """Only chat completions carried one: a client or proxy logging the header had none to quote for the rest."""
+    sent = httpx.request(method, base_url + path, json=body, headers={"x-request-id": "client-id-1"}, timeout=30)
+    assert sent.headers.get_list("x-request-id") == ["client-id-1"], (sent.status_code, sent.headers)
+    bad = httpx.request(method, base_url + path, json=body, headers={"x-request-id": "x" * 200}, timeout=30)
+    generated = bad.headers.get_list("x-request-id")
+    assert len(generated) == 1 and generated[0].startswith("req_"), (bad.status_code, bad.headers)
