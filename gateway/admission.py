@@ -18,10 +18,10 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from gateway.admission_store import Admission, Admitted, BudgetHold, Settlement, Window, new_mark_id
+from gateway.decimals import as_written
 from gateway.errors import BudgetExceeded, BudgetHeldInFlight, GatewayError, RateLimited, RateLimitNeverFits
 from gateway.executor.drain import DRAIN_S
 from gateway.state import (
@@ -149,7 +149,7 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
             "event": "budget_refused", "tenant": scope.tenant, "key_id": scope.key_id, "budget_usd": hold.limit,
             "period": limits.period, "spent_usd": round(got.spent, 12), "reserved_usd": round(got.reserved, 12),
             "request_worst_case_usd": hold.amount})
-        told = (f"{scope.label} has spent ${got.spent:.6f} of its ${_written(hold.limit)}{period} budget and holds "
+        told = (f"{scope.label} has spent ${got.spent:.6f} of its ${as_written(hold.limit)}{period} budget and holds "
                 f"${got.reserved:.6f} for requests in flight; this request may cost up to ${hold.amount:.6f}, "
                 f"${left:.6f} is left")
         if got.spent + hold.amount <= hold.limit:
@@ -171,13 +171,6 @@ def refusal(plan: Plan, got: Admitted) -> GatewayError:
     return RateLimited(f"{scope.label} is over its {name} limit ({_count(window.limit)} {unit} per minute, "
                        f"{_count(got.used)} used in the last minute); retry after {wait} s",
                        headers={"retry-after": str(wait), "x-switchyard-limit": name})
-
-
-def _written(value: float) -> str:
-    """A configured budget as it was written, every digit and no exponent: `:g` keeps six significant
-    digits, so a $1,234,567.89 budget read `$1.23457e+06` (and $0.00001, `$1e-05`)."""
-    text = format(Decimal(repr(float(value))), "f")
-    return text.removesuffix(".0")
 
 
 def _count(value: float) -> str:

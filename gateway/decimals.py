@@ -28,6 +28,12 @@ def as_decimal(x: float, digits: int = 6) -> str:
     return text.rstrip("0").rstrip(".") if "." in text else text
 
 
+def as_written(value: float) -> str:
+    """A configured figure as it was written, every digit and no exponent: `:g` keeps six significant
+    digits, so a $1,234,567.89 budget read `$1.23457e+06` (and $0.00001, `$1e-05`)."""
+    return format(Decimal(repr(float(value))), "f").removesuffix(".0")
+
+
 # A number as a client writes one in a query or a header: ASCII digits, a point, an exponent. `float` also
 # takes "1_000", other scripts' digits, "nan" and "infinity", none of which a client means there.
 _WRITTEN = re.compile(r"\s*[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?\s*", re.ASCII)
