@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -28,7 +27,7 @@ from gateway.plans.base import (
     sampling_calls,
     worst_cost,
 )
-from gateway.plans.odds import CALIBRATION, VoteCalibration, odds, sample_correlation, vote_outcomes
+from gateway.plans.odds import CALIBRATION, VoteCalibration, odds, pass_at_n, sample_correlation, vote_outcomes
 from gateway.plans.single import Single
 from gateway.plans.single import estimate as estimate_single
 from gateway.telemetry import set_attributes
@@ -130,9 +129,12 @@ def estimate(plan: BestOfN, s: RouteSignal, cat: Catalog, live: Live, max_tokens
     latency = max(e.latency_ms for e in members)
     cost = expected_cost(cat.calls(plan, calls), s.prompt_tokens, cat, max_tokens)
     if plan.judge is not None and plan.judged:
+        # The judge keeps a share of what the best of the samples adds over an average one. Samples are
+        # correlated as in a vote (one deployment's agree most): counted as independent, eight samples
+        # of a small model were predicted above the large one, and the policy bought ever more of them.
         mean = sum(ps) / len(ps)
-        pass_at_n = 1 - math.prod(1 - p for p in ps)
-        quality = mean + cal.judge_keep * (pass_at_n - mean)
+        best = pass_at_n(ps, sample_correlation(plan.samplers, cal))
+        quality = mean + cal.judge_keep * (best - mean)
         latency += estimate_single(Single(plan.judge), s, cat, live, JUDGE_OUTPUT_TOKENS).latency_ms
     else:
         quality = odds(vote_outcomes(ps, sample_correlation(plan.samplers, cal), cal.distractors), 1.0).quality

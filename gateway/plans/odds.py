@@ -153,6 +153,16 @@ def sample_correlation(samplers: Sequence[str], cal: VoteCalibration) -> float:
     return same * cal.same_deployment_correlation + (1 - same) * cal.member_correlation
 
 
+def pass_at_n(ps: Sequence[float], correlation: float) -> float:
+    """P(at least one member is right), in the same mixture as a vote: with weight 1-ρ independent
+    members, with weight ρ one shared draw (someone is right iff the strongest is). What a judge can
+    pick from: samples of one deployment (ρ = 0.8) add far less than independent ones would."""
+    if not ps:
+        return 0.0
+    independent = 1 - math.prod(1 - p for p in ps)
+    return (1 - correlation) * independent + correlation * max(ps)
+
+
 def escalated_quality(p: float, reach: float, correlation: float) -> float:
     """P(right | the prompt reached this step), reached with probability `reach` (Fréchet mixture)."""
     if reach >= 1.0:

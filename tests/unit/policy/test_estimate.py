@@ -164,3 +164,21 @@ def test_a_judged_cascade_is_predicted_to_wait_for_its_judge() -> None:
         - estimate(BestOfN(("c", "c")), signal, CATALOG, live).latency_ms
     assert verdict > 0
     assert judged.latency_ms == pytest.approx(unjudged.latency_ms + verdict)
+
+
+def test_a_judge_picks_from_samples_as_correlated_as_a_votes() -> None:
+    """A judge keeps a share of what the best sample adds, and samples of one deployment mostly fail
+    together, as the vote's model says (ρ = 0.8). Counted as independent, sixteen judged samples of a
+    0.40 model were predicted at 0.70, above the 0.65 large model, and a policy with a high value_usd
+    bought more and more samples for a gain they do not bring."""
+    s = _signal(pc=0.40, pl=0.65)
+    judged = {n: estimate(BestOfN(("c",) * n, "judge", "large"), s, CATALOG, {}).quality for n in (2, 4, 8, 16)}
+    rho = CALIBRATION.same_deployment_correlation
+    ceiling = 0.40 + CALIBRATION.judge_keep * (1 - rho) * (1 - 0.40)  # any number of samples
+    assert all(0.40 < q < ceiling for q in judged.values())
+    assert judged[16] < 0.65
+    at_two = (1 - rho) * (1 - 0.6**2) + rho * 0.40
+    assert judged[2] == pytest.approx(0.40 + CALIBRATION.judge_keep * (at_two - 0.40))
+    # different models still add what independent draws do, in the vote's cross-model mixture
+    mixed = estimate(BestOfN(("a", "b", "c"), "judge", "large"), s, CATALOG, {}).quality
+    assert mixed > estimate(BestOfN(("c", "c", "c"), "judge", "large"), s, CATALOG, {}).quality
