@@ -8,6 +8,7 @@ target policy would do on a file of traffic.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import orjson
 
 from gateway.config import GatewayConfig, embedded_config, load_config
 from gateway.errors import ConfigError, ConstraintUnsatisfiable
+from gateway.plans import Cascade
 from gateway.policy import BoundPolicy, Catalog, decide, load_policy_file
 from gateway.policy.calibration import Quantiles, expected, share_for
 from gateway.policy.controller import Controller
@@ -116,6 +118,7 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
         except ConfigError as exc:
             problems.append(str(exc))
             continue
+        problems += [f"{path.name}: {p}" for p in backward_cascades(policy, catalog)]
         for i, ex in enumerate(policy.spec.examples):
             router = router or load_router(config.router_artifact)
             seeds = seeds or SeedSample(router, config.deployments, catalog)
@@ -126,6 +129,24 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
             if got != ex.expect:
                 problems.append(f"{path.name}: examples[{i}]: expected {ex.expect}, got {got}")
     return problems
+
+
+def backward_cascades(policy: BoundPolicy, catalog: Catalog) -> list[str]:
+    """Cascades with a step dearer per token than the step it escalates to (steps go cheapest first).
+    Such a cascade pays the dear model on every request and answers the hard ones with the cheap one: it
+    is predicted worse than its last step alone and dearer than its first, and under a target it became
+    the strong choice, sent a share of traffic for nothing."""
+    out = []
+    for plan in policy.plans:
+        if not isinstance(plan, Cascade):
+            continue
+        for a, b in itertools.pairwise(plan.steps):
+            pa, pb = catalog.prices[a].base, catalog.prices[b].base
+            if pa.input >= pb.input and pa.output >= pb.output and (pa.input, pa.output) != (pb.input, pb.output):
+                out.append(f"{plan.label}: step '{a}' (${pa.input * 1e6:g}/${pa.output * 1e6:g} per million "
+                           f"input/output tokens) is dearer than the step after it, '{b}' (${pb.input * 1e6:g}/"
+                           f"${pb.output * 1e6:g}): cascade steps go cheapest first")
+    return out
 
 
 MIN_CALIBRATION_PROMPTS = 50

@@ -285,3 +285,18 @@ def test_a_missing_policy_folder_says_whether_the_config_or_the_environment_name
     monkeypatch.delenv("SWITCHYARD_POLICIES_DIR")
     with pytest.raises(ConfigError, match=r"policy folder not found \(named by policies_dir\)"):
         policy_files(missing)
+
+
+def test_policy_check_refuses_a_cascade_that_starts_with_the_dearer_model(tmp_path: Path) -> None:
+    """Steps go cheapest first. `[large, small]` paid the large model on every request and answered the
+    hard prompts with the small one; it was accepted, and under a strong_share target it became the strong
+    choice (predicted worse and 16 times dearer than small alone), sent a share of traffic for nothing."""
+    from gateway.explain import check_policies
+
+    _write(tmp_path, "backwards.yaml", "candidates:\n  - single: small\n  - cascade: {steps: [large, small]}\n"
+                                       "target: {strong_share: 0.3}\n")
+    _write(tmp_path, "forwards.yaml", "candidates:\n  - single: small\n  - cascade: {steps: [small, large]}\n"
+                                      "  - cascade: {steps: [small, small, large]}\n")
+    assert check_policies(tmp_path, None) == [
+        "backwards.yaml: cascade:large>small: step 'large' ($0.88/$0.88 per million input/output tokens) is "
+        "dearer than the step after it, 'small' ($0.18/$0.18): cascade steps go cheapest first"]
