@@ -14,7 +14,7 @@ from gateway.decimals import PICO, rounded
 from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
-from gateway.executor.selectors import Selection, answer_key, judge_messages, parse_judge_choice, vote
+from gateway.executor.selectors import Selection, answer_key, judge_messages, parse_judge_choice, score_messages, vote
 from gateway.executor.upstreams import Upstreams
 from gateway.messages import message_text
 
@@ -119,10 +119,7 @@ async def judge_score(up: Upstreams, judge: str, body: dict[str, Any], answer: s
                       span: Span | None, deadline: Deadline) -> tuple[float, list[CallRecord]]:
     """The judge's confidence (0..1) that `answer` is right; 0 when it cannot tell."""
     question = message_text(body["messages"][-1].get("content"))
-    request = {"messages": [
-        {"role": "system", "content": "Rate how likely the answer is correct, from 0 to 10. Reply with the number."},
-        {"role": "user", "content": f"Question:\n{question}\n\nAnswer:\n{answer}\n\nScore (0-10):"}],
-        "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS}
+    request = {"messages": score_messages(question, answer), "temperature": 0, "max_tokens": JUDGE_MAX_TOKENS}
     try:
         done, rec = await up.call((judge,), request, span, deadline=deadline, role="judge")
     except GatewayError:

@@ -62,6 +62,15 @@ def judge_messages(question: str, texts: Sequence[str], prompt: str | None) -> l
             {"role": "user", "content": f"Question:\n{question}\n\n{listing}\n\nBest candidate number:"}]
 
 
+SCORE_PROMPT = "Rate how likely the answer is correct, from 0 to 10. Reply with the number."
+
+
+def score_messages(question: str, answer: str) -> list[dict[str, str]]:
+    """What a judge grading one answer (a cascade's confidence) is sent."""
+    return [{"role": "system", "content": SCORE_PROMPT},
+            {"role": "user", "content": f"Question:\n{question}\n\nAnswer:\n{answer}\n\nScore (0-10):"}]
+
+
 def parse_judge_choice(reply: str, n: int) -> int | None:
     found = re.search(r"\d+", reply)
     if not found:

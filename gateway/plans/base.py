@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, Protocol, TypeVar
 
 from gateway.config import DeploymentConfig
 from gateway.executor.sampling import JUDGE_MAX_TOKENS
-from gateway.messages import count_text
+from gateway.executor.selectors import judge_messages, score_messages
+from gateway.messages import count_messages, count_text, count_texts
 from gateway.providers.health import configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms
@@ -43,6 +44,16 @@ def judge_framing(c: Call) -> int:
     """What a judge's prompt adds to the request's and the answers it reads, at most."""
     return JUDGE_FRAMING_TOKENS + JUDGE_LABEL_TOKENS * len(c.reads) + (_instruction_tokens(c.instructions)
                                                                          if c.instructions else 0)
+
+
+@lru_cache(maxsize=256)
+def expected_framing(answers: int, instructions: str | None, grades: bool) -> int:
+    """What a judge's prompt adds to the question and the answers it reads, as the runners build it (its
+    instructions, the candidates' labels, the messages' framing beyond the request's own): 51 tokens for one
+    answer, 111 for sixteen. Left out, a judged plan was predicted up to a fifth cheaper than it is billed.
+    `grades`: a judge scoring one answer (a cascade's confidence) rather than picking among them."""
+    skeleton = score_messages("", "") if grades else judge_messages("", [""] * answers, instructions)
+    return count_messages(skeleton) - count_texts([])
 
 
 @lru_cache(maxsize=64)
@@ -114,6 +125,7 @@ class Call:
     stage: int = 0
     reads: tuple[str, ...] = ()
     instructions: str | None = None
+    grades: bool = False  # a judge scoring one answer (`score_messages`), not picking among `reads`
 
 
 def output_tokens(d: DeploymentConfig, max_tokens: int | None) -> int:
@@ -143,7 +155,8 @@ def expected_cost(calls: Sequence[Call], prompt_tokens: int, catalog: Catalog, m
         price = catalog.prices[c.deployment]
         if c.role == "judge":
             read = sum(output_tokens(catalog.deployments[r], max_tokens) for r in c.reads)
-            cost += price.estimate(prompt_tokens + read, JUDGE_OUTPUT_TOKENS)
+            framing = expected_framing(len(c.reads), c.instructions, c.grades)
+            cost += price.estimate(prompt_tokens + framing + read, JUDGE_OUTPUT_TOKENS)
         else:
             cost += price.estimate(prompt_tokens, output_tokens(catalog.deployments[c.deployment], max_tokens)
                                    * c.outputs)

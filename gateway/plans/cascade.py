@@ -134,7 +134,7 @@ def stage_calls(members: Sequence[str], stage: int, last: bool, confidence: str,
         return sampling_calls(members, catalog, "sample", stage)
     answer = Call(members[0], choices, "sample", stage)
     if confidence == "judge" and judge is not None:
-        return answer, Call(judge, 1, "judge", stage, reads=(members[0],) * choices)
+        return answer, Call(judge, 1, "judge", stage, reads=(members[0],) * choices, grades=True)
     return (answer,)
 
 

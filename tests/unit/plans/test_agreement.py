@@ -23,9 +23,10 @@ import pytest
 
 from gateway.config import DeploymentConfig
 from gateway.executor import Deadline, Result, run
+from gateway.executor.selectors import DEFAULT_JUDGE_PROMPT
 from gateway.messages import count_messages
 from gateway.plans import KINDS, BestOfN, Cascade, Catalog, Plan, Single
-from gateway.plans.base import JUDGE_OUTPUT_TOKENS, output_tokens
+from gateway.plans.base import JUDGE_OUTPUT_TOKENS, expected_framing, output_tokens
 from gateway.policy.estimate import estimate, worst_case_cost, worst_case_tokens
 from gateway.providers.pricing import price_for
 from gateway.signal import RouteSignal
@@ -62,7 +63,7 @@ def _handler(unsure: bool, length: str) -> Callable[[DeploymentConfig, dict[str,
     """The upstream: unsure (every sample a different letter, low logprobs, a judge scoring 0) or sure,
     generating `length` tokens per answer: "max" (max_tokens, else the deployment's max_output_tokens,
     on the real prompt) or "expected" (the estimator's lengths, on the signal's prompt; a judge's prompt
-    also carries the answers it reads)."""
+    also carries the answers it reads, inside its instructions and labels)."""
     letters = itertools.cycle("ABCDEFGHIJ")
 
     def reply(d: DeploymentConfig, body: dict[str, Any]) -> dict[str, Any]:
@@ -79,8 +80,13 @@ def _handler(unsure: bool, length: str) -> Callable[[DeploymentConfig, dict[str,
         if length == "max":
             usage = (count_messages(body["messages"]), (body.get("max_tokens") or d.max_output_tokens) * n)
         elif d.name == "judge":
-            read = sum(output_tokens(e, None) * shown.count(f"(from {e.name})") for e in DEPLOYMENTS)
-            usage = (PROMPT + read, JUDGE_OUTPUT_TOKENS)
+            answers = [shown.count(f"(from {e.name})") for e in DEPLOYMENTS]
+            read = sum(output_tokens(e, None) * k for e, k in zip(DEPLOYMENTS, answers, strict=True))
+            system = body["messages"][0]["content"]
+            grades = "Score" in shown
+            framing = expected_framing(sum(answers), None if grades or system == DEFAULT_JUDGE_PROMPT else system,
+                                       grades)
+            usage = (PROMPT + framing + read, JUDGE_OUTPUT_TOKENS)
         else:
             usage = (PROMPT, output_tokens(d, None) * n)
         out["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}

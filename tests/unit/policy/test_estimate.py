@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.config import DeploymentConfig
-from gateway.plans import BestOfN, Cascade, Single
+from gateway.plans import BestOfN, Cascade, Plan, Single
 from gateway.plans.cascade import estimate_cascade
 from gateway.plans.odds import (
     CALIBRATION,
@@ -182,3 +182,31 @@ def test_a_judge_picks_from_samples_as_correlated_as_a_votes() -> None:
     # different models still add what independent draws do, in the vote's cross-model mixture
     mixed = estimate(BestOfN(("a", "b", "c"), "judge", "large"), s, CATALOG, {}).quality
     assert mixed > estimate(BestOfN(("c", "c", "c"), "judge", "large"), s, CATALOG, {}).quality
+
+
+@pytest.mark.parametrize("grades", [False, True])
+def test_a_judges_expected_prompt_is_the_one_it_is_sent(grades: bool) -> None:
+    """A judge reads the question and the answers inside instructions and labels (51 tokens for one
+    answer, 111 for sixteen); the estimate priced the question and the answers alone, so a judged plan
+    was predicted up to a fifth cheaper than it is billed. Counted here on the messages the runners send."""
+    from gateway.executor.selectors import judge_messages, score_messages
+    from gateway.messages import count_messages, count_text
+    from gateway.plans.base import JUDGE_OUTPUT_TOKENS
+
+    question, answer = "Which prime follows 89? " * 8, "The answer is 97. " * 20  # the answer: ~100 tokens
+    prompt = count_messages([{"role": "user", "content": question}])
+    s = RouteSignal(0.5, "test", {"a": 0.45, "b": 0.42, "c": 0.40, "large": 0.65}, prompt, {})
+    judged: Plan
+    plain: Plan
+    if grades:
+        sent = score_messages(question, answer)
+        judged, plain = Cascade(("c", "large"), "judge", judge="large"), Cascade(("c", "large"), "logprob")
+    else:
+        sent = judge_messages(question, [answer, answer], None)
+        judged, plain = BestOfN(("c", "c"), "judge", "large"), BestOfN(("c", "c"))
+    judge_cost = estimate(judged, s, CATALOG, {}).cost_usd - estimate(plain, s, CATALOG, {}).cost_usd
+    rate = 0.9e-6
+    read = judge_cost / rate - JUDGE_OUTPUT_TOKENS
+    # as sent, with each answer at the 100 tokens the estimate expects of deployment c
+    expected_read = count_messages(sent) + (100 - count_text(answer)) * (1 if grades else 2)
+    assert read == pytest.approx(expected_read, abs=5)  # the question's own message framing, counted twice
