@@ -352,10 +352,13 @@ def route(svc: Services, entry: Entry, request: dict[str, Any], ctx: CallContext
             sig = replace(sig, prompt_tokens=sig.prompt_tokens + definitions)
         policy = entry.policy
         cutoff = svc.calibrator.cutoff(policy, tenant) if policy.spec.target is not None else None
-        catalog = svc.catalog
         if sig.audio_tokens:  # the plans are priced with the prompt's audio at each deployment's audio rate
-            catalog = svc.catalog.under(Terms(audio_input=sig.audio_tokens))
             terms = with_audio_input(terms, sig.audio_tokens)
+        # ... and at the rates the request's calls are billed at: its service tier, its search fee, its audio
+        # output. Chosen at standard rates, a `service_tier: priority` request under a cost cap took the large
+        # plan (predicted within the cap at half its price) and had its answer cut to fit, where the small
+        # plan would have answered whole.
+        catalog = svc.catalog.under(terms)
         choices = int(request.get("n") or 1)
         try:
             decision = decide(policy, sig, catalog, svc.upstreams.health.view(), ctx.overrides, max_tokens, cutoff,

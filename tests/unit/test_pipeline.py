@@ -362,3 +362,32 @@ def test_documents_rendered_into_the_prompt_are_held_and_counted_as_its_content_
     grounded = {**bare, "documents": [{"title": "t", "text": "x " * 100_000}]}
     assert request_bound(grounded)[0] >= request_bound(bare)[0] + 200_000
     assert definition_tokens(grounded)[0] > 50_000
+
+
+def test_a_priority_request_chooses_its_plan_at_the_priority_rates(tmp_path: Path) -> None:
+    """The plans were priced at the standard rates whatever `service_tier` said: under a $0.003 cap a
+    priority request took the large plan (predicted at $0.0021, billed about $0.0042) and had its answer
+    cut to fit the cap, where the small plan would have answered whole. No price: priority is twice it."""
+    folder = tmp_path / "policies"
+    folder.mkdir()
+    (folder / "valued.yaml").write_text("candidates:\n  - single: small\n  - single: large\n"
+                                        "objective: {value_usd: 1.0}\n")
+    deployments = [{"name": n, "model": f"openai/{n}", "api_base": "http://upstream.invalid/v1", "tier": n,
+                    "price": {"input_per_mtok": p, "output_per_mtok": 2 * p}, "expected_output_tokens": 100,
+                    "ability": a} for n, p, a in (("small", 1.0, -1.0), ("large", 10.0, 3.0))]
+    svc = build_services(parse_config({"deployments": deployments, "default_policy": "valued"}, "gw.yaml"),
+                         policies_dir=folder)
+    tenant = svc.auth.identify(None)
+    ctx = CallContext(overrides=Overrides(max_cost_usd=0.003))
+    chosen = {}
+    for tier in (None, "priority"):
+        request = {**ASK, "model": "auto"} | ({"service_tier": tier} if tier else {})
+        r = route(svc, resolve_entry(svc, "auto", ctx, tenant), request, ctx, tenant.name)
+        assert r.decision is not None
+        large = next(c for c in r.decision.candidates if c.plan.label == "single:large")
+        prompt = r.decision.signal.prompt_tokens
+        rate = 2 if tier else 1
+        assert large.estimate.cost_usd == pytest.approx(rate * (prompt * 10e-6 + 100 * 20e-6))
+        chosen[tier] = r.plan.label
+        assert r.max_tokens is not None and r.max_tokens >= 100  # the cap leaves room for a whole answer
+    assert chosen == {None: "single:large", "priority": "single:small"}
