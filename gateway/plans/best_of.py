@@ -96,7 +96,9 @@ class BestOfN:
 
     @property
     def deployments(self) -> tuple[str, ...]:
-        extra = (self.judge,) if self.judge else ()
+        """What it calls: a judge only when it selects (under a vote a named judge is never called, so
+        it neither removes the plan through `allowed_deployments` or an open circuit nor is held for)."""
+        extra = (self.judge,) if self.judge is not None and self.judged else ()
         return tuple(dict.fromkeys(self.samplers + extra))
 
     @property

@@ -163,3 +163,17 @@ def test_a_fallback_that_answers_one_choice_per_call_leaves_the_chain_of_an_n_ch
     assert for_choices(plan, catalog, 1) is plan
     assert for_choices(plan, catalog, 2) == Single("large", ())
     assert for_choices(plan, CATALOG, 2) is plan
+
+
+def test_a_judge_a_vote_never_calls_does_not_remove_the_plan(tmp_path: Path) -> None:
+    """Under `selector: vote` a named judge is never called, yet it counted as a deployment of the plan:
+    `allowed_deployments: [small]` refused the file ("best_of:3:small:vote calls large"), and an open
+    circuit on the judge removed the vote, here for the single call it beats."""
+    vote = "  - best_of: {deployment: small, n: 3, selector: vote, judge: large}\n"
+    allowed = _policy(tmp_path, "candidates:\n" + vote + "constraints: {allowed_deployments: [small]}\n")
+    assert allowed.plans[0].deployments == ("small",)
+    policy = _policy(tmp_path, "candidates:\n  - single: small\n" + vote + "objective: {value_usd: 1.0}\n")
+    live = LiveView(frozenset({"large"}))
+    d = decide(policy, _signal(0.5, 0.9), CATALOG, live)
+    assert d.plan.label == "best_of:3:small:vote"
+    assert [c.rejected_by for c in d.candidates] == [None, None]
