@@ -97,7 +97,8 @@ class Cascade:
 
     @property
     def deployments(self) -> tuple[str, ...]:
-        extra = (self.judge,) if self.judge else ()
+        """What it calls: a judge only when it is the confidence signal (else it is never called)."""
+        extra = (self.judge,) if self.judge is not None and self.confidence == "judge" else ()
         return tuple(dict.fromkeys(self.steps + extra))
 
     @property

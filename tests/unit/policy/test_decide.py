@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import embedded_config
+from gateway.config import DeploymentConfig, embedded_config
 from gateway.errors import ConstraintUnsatisfiable
 from gateway.plans import Single
 from gateway.plans.single import for_choices
@@ -177,3 +177,20 @@ def test_a_judge_a_vote_never_calls_does_not_remove_the_plan(tmp_path: Path) -> 
     d = decide(policy, _signal(0.5, 0.9), CATALOG, live)
     assert d.plan.label == "best_of:3:small:vote"
     assert [c.rejected_by for c in d.candidates] == [None, None]
+
+
+def test_a_judge_a_cascade_does_not_consult_does_not_remove_it(tmp_path: Path) -> None:
+    """A cascade by agreement or log-probabilities never calls the judge it names; like a vote's, it
+    removed the cascade under `allowed_deployments` and while the judge's circuit was open."""
+    judge = {"name": "grader", "model": "openai/grader", "api_base": "http://127.0.0.1:9/v1", "tier": "grader",
+             "price": {"input_per_mtok": 5.0, "output_per_mtok": 5.0}}
+    config = CONFIG.model_copy(update={"deployments": [*CONFIG.deployments, DeploymentConfig.model_validate(judge)]})
+    for confidence in ("agreement", "logprob"):
+        path = tmp_path / "p.yaml"
+        path.write_text(f"candidates:\n  - cascade: {{steps: [small, large], confidence: {confidence}, "
+                        "judge: grader}\nconstraints: {allowed_deployments: [small, large]}\n")
+        policy = load_policy_file(path, config.deployments)
+        assert policy.plans[0].deployments == ("small", "large")
+        catalog = Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
+        d = decide(policy, _signal(0.5, 0.9), catalog, LiveView(frozenset({"grader"})))
+        assert d.candidates[0].rejected_by is None
