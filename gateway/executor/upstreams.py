@@ -68,6 +68,7 @@ from gateway.providers.base import (
     Usage,
     loggable,
     missing_credential,
+    short_of_choices,
 )
 from gateway.providers.genai import upstream_names
 from gateway.providers.health import HealthBoard, configured_latency_ms
@@ -370,6 +371,11 @@ class Upstreams:
             else:
                 done = await self._awaited(name, whole(), deadline, priced, body)
             done = counted(done, body)
+            answered = len({c.get("index", 0) for c in done.body.get("choices") or ()})
+            if (short := short_of_choices(name, answered, choices_asked(body))) is not None:
+                # What it generated is billed, as a call that broke off is; the request goes on without it.
+                await bill_cut(CallRecord(name, done.usage, self.prices[name].cost(done.usage, terms), done.latency_s))
+                raise short
         except BaseException as exc:
             begun.given_up = True
             # Asked again, not as `can_stream` was: a deployment that refused the stream is never asked
@@ -695,7 +701,10 @@ class Upstreams:
             log.warning("deployment '%s' failed mid-stream: %s", s.deployment, error, extra={
                 "event": "upstream_failure", "deployment": s.deployment, "error_type": "stream",
                 "reason": error.reason})
-            self.health[s.deployment].record_failure(time.monotonic())
+            if error.counts_against_deployment:
+                self.health[s.deployment].record_failure(time.monotonic())
+            else:  # e.g. fewer choices than its `n`: its streams of one choice are whole
+                self.health[s.deployment].record_neutral()
             _end_failed(s.span, error)
         else:
             self.health[s.deployment].record_success(latency, s.stats.ttft_s)

@@ -283,6 +283,19 @@ def loggable(failure: ProviderFailure) -> tuple[str, str]:
     return f"{said}; its message is left out, as it may quote the prompt (log_prompts: false)", said
 
 
+def short_of_choices(name: str, answered: int, asked: int) -> ProviderFailure | None:
+    """The failure of a call asked for `asked` choices (its `n`) that answered `answered`, fewer, or None.
+    A server that takes no `n` answers one choice and says nothing of it: passed on, the client read a
+    200 with fewer choices than it asked, and a best-of vote or an agreement cascade read the one
+    sample as unanimous. Not retried (the server would answer the same) and not counted toward the
+    circuit (its answers to n = 1 are whole); another deployment may take `n`."""
+    if answered >= asked:
+        return None
+    return ProviderFailure(f"{name}: answered {answered} of the {asked} choices asked (n); a server that "
+                           "answers one choice per call needs supports_n: false", retryable=False,
+                           deployment_specific=True, reason=f"answered {answered} of the {asked} choices asked (n)")
+
+
 def too_large(status: int | None, message: str | None) -> bool:
     """Is this a 429 the request itself caused (over a per-minute token limit on its own)?"""
     return status == 429 and message is not None and _TOO_LARGE.search(message) is not None

@@ -27,6 +27,7 @@ from gateway.providers.base import (
     is_retryable_status,
     parse_retry_after,
     read_usage,
+    short_of_choices,
     stated_fields,
     too_large,
     upstream_model_name,
@@ -146,6 +147,8 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse,
         if data == b"[DONE]":  # the server says its answer is whole, marked finished or not
             if (ending := choices.ended(last)) is not None:
                 yield ending
+            if (short := short_of_choices(deployment.name, len(choices.finished), asked)) is not None:
+                raise short
             return
         chunk = orjson.loads(data)
         _raise_if_error(deployment, chunk)

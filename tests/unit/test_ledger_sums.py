@@ -253,7 +253,7 @@ def _failing_on(name: str) -> Any:
     def handler(d: Any, body: dict[str, Any]) -> Any:
         if d.name == name:
             return ProviderFailure("500", status=500, retryable=False)
-        return answer("The answer is 42.", model=d.name)
+        return answer(*["The answer is 42."] * int(body.get("n") or 1), model=d.name)  # a choice for each of `n`
     return handler
 
 
