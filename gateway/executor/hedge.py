@@ -7,6 +7,8 @@ is relayed; the other is cancelled. Legs run as upstream streams even for a whol
 leg cut short is billed for exactly what it produced: its prompt and the tokens it sent before
 it was cancelled. A leg cancelled before its first chunk is still read until that chunk comes
 (`executor.drain`): if it comes, the upstream served it, and it is billed then, as a late call.
+A whole answer's winning leg that fails part-way has relayed nothing: the plan's other deployments
+answer it, as they would have unhedged.
 
 Why the first token: that is what an SLA on time-to-first-token needs, and it is the earliest
 point at which a leg is known to be answering rather than queued, hung or failing. So a whole answer
@@ -28,6 +30,7 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
 from gateway.executor.runners import run
+from gateway.executor.sampling import result
 from gateway.executor.upstreams import OpenStream, Upstreams, require_finished
 from gateway.media_tokens import messages_audio_tokens
 from gateway.messages import prompt_tokens
@@ -165,12 +168,30 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
     record = up.close_stream(live, error)
     calls = (record, *await losers.records())
     if error is not None:
-        failed: GatewayError = UpstreamError(f"deployment '{live.deployment}' failed mid-answer: {error.reason}")
-        failed.billed = calls
-        raise failed
+        failed = UpstreamError(f"deployment '{live.deployment}' failed mid-answer: {error.reason}")
+        return await _answer_elsewhere(up, plan, body, span, deadline, calls, failed)
     label = plan.label if live.deployment == plan.deployment else f"{plan.label}>hedge:{live.deployment}"
     answer = acc.body(record.usage)
     answer.pop("usage", None)
     usage = sum((c.usage for c in calls), Usage())
     return Result(with_usage(answer, usage), live.deployment, label, calls,
                   {"hedged": [c.deployment for c in calls[1:]]} if calls[1:] else {})
+
+
+async def _answer_elsewhere(up: Upstreams, plan: Single, body: dict[str, Any], span: Span | None,
+                            deadline: Deadline, calls: tuple[CallRecord, ...], failed: GatewayError) -> Result:
+    """The whole answer, after the leg that won the race failed part-way (`calls[0]`; the others are the
+    legs that lost): nothing of it reached the client, who gets a whole answer once it is read whole, so
+    the plan's other deployments answer it, with their retries, as they would have unhedged. It was a
+    502 at once, though a fallback was there to answer. Every call is billed, with the answer or with
+    the error (`failed`, when no other deployment is left, or the error of the last that failed)."""
+    rest = tuple(name for name in plan.reachable if name != calls[0].deployment)
+    try:
+        if not rest:
+            raise failed
+        done, record = await up.call(rest, body, span, deadline=deadline)
+    except GatewayError as exc:
+        exc.billed = (*calls, *exc.billed)
+        raise
+    label = plan.label if record.deployment == plan.deployment else f"{plan.label}>fallback:{record.deployment}"
+    return result(done.body, record.deployment, label, [*calls, record])

@@ -27,7 +27,10 @@ MODELS = [
      "faults": [{"kind": "slow", "rate": 1.0, "delay_ms": LAG_S * 1000}]},
     {"name": "sim-quick", "ability": 3.0, "ttft_ms": 20, "tokens_per_s": 0, "output_tokens": 20},
     # slower to start than a hedge waits (150 ms), still within the loser's grace after the winner opens
-    {"name": "sim-tardy", "ability": 3.0, "ttft_ms": 200, "tokens_per_s": 0, "output_tokens": 20}]
+    {"name": "sim-tardy", "ability": 3.0, "ttft_ms": 200, "tokens_per_s": 0, "output_tokens": 20},
+    # quick to its first token, then its stream stops half-way
+    {"name": "sim-drop", "ability": 3.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20,
+     "faults": [{"kind": "drop_stream", "rate": 1.0}]}]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +45,10 @@ def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                        "candidates": [{"single": "lag"}], "fallbacks": {"lag": ["quick"]},
                        "cache": {"enabled": False}, **hedge}
                 for name, hedge in (("hedged", {"hedge_after_ms": 150}), ("unhedged", {}))}
+    policies["hedged-drop"] = {"candidates": [{"single": "drop"}], "fallbacks": {"drop": ["quick"]},
+                               "cache": {"enabled": False}, "hedge_after_ms": 150}
     deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large"), "lag": ("sim-lag", "lab"),
-                   "quick": ("sim-quick", "lab")}
+                   "quick": ("sim-quick", "lab"), "drop": ("sim-drop", "lab")}
     with lab_gateway(sim, tmp_path_factory.mktemp("hedge-gw"), policies, deployments) as url:
         yield url
 
@@ -114,6 +119,21 @@ def test_the_losing_leg_is_billed_for_what_it_served_after_the_answer(base_url: 
         after = _calls(base_url)
         return {d: n - before.get(d, 0) for d, n in after.items() if n != before.get(d, 0)}
     wait_until(lambda: billed() == {"lag": 1, "quick": 1}, timeout_s=5, what="both legs billed")
+
+
+def test_a_whole_answer_whose_winning_leg_breaks_off_is_answered_by_the_fallback(base_url: str) -> None:
+    """The first leg to produce a token won the race, then its stream stopped half-way: nothing of it had
+    reached the client, yet the answer was a 502 (unhedged, the fallback answered it). Both calls are
+    billed, with the answer."""
+    before = _calls(base_url)
+    _, (headers, answer) = _ask(base_url, "hedged-drop")
+    assert headers["x-switchyard-plan"] == "single:drop>fallback:quick"
+    assert headers["x-switchyard-model"] == "quick"
+    assert answer.choices[0].message.content.startswith("The answer is")
+    after = _calls(base_url)
+    assert (after["drop"] - before.get("drop", 0), after["quick"] - before.get("quick", 0)) == (1, 1)
+    expected = answer.usage.prompt_tokens * 1e-6 + answer.usage.completion_tokens * 2e-6
+    assert float(headers["x-switchyard-cost-usd"]) == pytest.approx(expected)  # both calls, as in its usage
 
 
 def test_a_hedged_request_holds_the_budget_both_legs_may_spend(
