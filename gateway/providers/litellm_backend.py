@@ -245,8 +245,11 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
         # refused the same way, and the deployment is no less healthy; a fallback may still take it.
         return ProviderFailure(f"{deployment.name}: refused by litellm before it was sent: {exc}", retryable=False,
                                reason=f"refused before it was sent: {_refusal(exc)[:300]}")
-    if isinstance(exc, lib.exceptions.APIConnectionError) and status is None:
+    if (isinstance(exc, lib.exceptions.APIConnectionError) and status is None) or _no_answer(exc):
         return ProviderFailure(f"{deployment.name}: connection failed: {exc}")
+    if _unreadable_answer(exc):
+        return ProviderFailure(f"{deployment.name}: upstream sent invalid JSON: {exc}",
+                               reason="upstream sent invalid JSON")
     if _answered_an_error(exc):
         # An error envelope sent with status 200: litellm raises it with a status of its own making (422 unless
         # the envelope names a code), which read as the request's fault was a 400 blaming the client, and no
@@ -264,6 +267,24 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
                            retryable=retryable, reason=client_reason(status, _message_of(error)),
                            retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)),
                            code=code, param=param)
+
+
+def _no_answer(exc: BaseException) -> bool:
+    """Whether `exc` is a connection that ended with no answer (reset, refused, dropped), which litellm raises
+    for OpenAI-compatible providers as an `InternalServerError` of status 500 ("Connection error."): told as
+    `upstream answered 500`, counted under error_type 500, an operator looked for a 500 no upstream sent. What
+    it was raised from says so: a transport error, and no HTTP status the provider answered."""
+    chain = causes(exc)
+    return (any(isinstance(e, (httpx.TransportError, aiohttp.ClientConnectionError)) for e in chain)
+            and not any(isinstance(e, httpx.HTTPStatusError) for e in chain))
+
+
+def _unreadable_answer(exc: BaseException) -> bool:
+    """Whether litellm failed to read the provider's answer as JSON (a 200 whose body is not JSON), which it
+    raises as a 500 of its own making, as on the direct path: a 200 no client can read, not an answered 500."""
+    chain = causes(exc)
+    return (any(isinstance(e, json.JSONDecodeError) for e in chain)
+            and not any(isinstance(e, httpx.HTTPStatusError) for e in chain))
 
 
 # Where litellm reads an answer sent with status 200 into its own types, and raises an error envelope it finds
