@@ -26,7 +26,7 @@ from typing import Any
 
 from opentelemetry.trace import Span
 
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
 from gateway.executor.runners import run
@@ -154,19 +154,34 @@ async def run_hedged(up: Upstreams, plan: Plan, body: dict[str, Any], span: Span
         raise
     acc = Accumulator()
     error: ProviderFailure | None = None
+    out_of_time = False
     try:
         acc.add(live.first)
-        async for chunk in live.rest:
-            acc.add(chunk)
-            if keep is not None:
-                await keep()
+        # Nothing reaches the client before the answer's end: the request's deadline bounds it all, as it
+        # bounds an unhedged whole answer. Each next chunk alone was bounded, by the deployment's timeout_s,
+        # and a leg that stalled after its first token held the request that long past its deadline.
+        async with asyncio.timeout(max(deadline.remaining(), 0.0)):
+            async for chunk in live.rest:
+                acc.add(chunk)
+                if keep is not None:
+                    await keep()
         require_finished(live.deployment, acc)  # judged as every whole answer read from a stream
     except ProviderFailure as exc:
         error = exc
+    except TimeoutError:
+        out_of_time = True
+        await live.rest.aclose()  # type: ignore[attr-defined]  # releases the upstream connection
+        # The request's deadline, not the deployment's failing: not counted toward its circuit.
+        error = ProviderFailure(f"{live.deployment}: cut at the request's deadline mid-answer", retryable=False,
+                                reason="cut at the request's deadline")
     if not live.stats.usage.total_tokens:  # cut short, or no usage sent: bill what was counted
         live.stats.usage = _counted(body, acc.completion_tokens_estimate())
     record = up.close_stream(live, error)
     calls = (record, *await losers.records())
+    if out_of_time:
+        late = UpstreamTimeout(f"no answer within the request's deadline of {deadline.budget_s:g} s")
+        late.billed = calls
+        raise late
     if error is not None:
         failed = UpstreamError(f"deployment '{live.deployment}' failed mid-answer: {error.reason}")
         return await _answer_elsewhere(up, plan, body, span, deadline, calls, failed)

@@ -30,7 +30,9 @@ MODELS = [
     {"name": "sim-tardy", "ability": 3.0, "ttft_ms": 200, "tokens_per_s": 0, "output_tokens": 20},
     # quick to its first token, then its stream stops half-way
     {"name": "sim-drop", "ability": 3.0, "ttft_ms": 2, "tokens_per_s": 0, "output_tokens": 20,
-     "faults": [{"kind": "drop_stream", "rate": 1.0}]}]
+     "faults": [{"kind": "drop_stream", "rate": 1.0}]},
+    # quick to its first token, then seconds to its last
+    {"name": "sim-slowpoke", "ability": 3.0, "ttft_ms": 2, "tokens_per_s": 8, "output_tokens": 40}]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +49,10 @@ def base_url(sim: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 for name, hedge in (("hedged", {"hedge_after_ms": 150}), ("unhedged", {}))}
     policies["hedged-drop"] = {"candidates": [{"single": "drop"}], "fallbacks": {"drop": ["quick"]},
                                "cache": {"enabled": False}, "hedge_after_ms": 150}
+    policies["hedged-slowpoke"] = {"candidates": [{"single": "slowpoke"}], "fallbacks": {"slowpoke": ["quick"]},
+                                   "cache": {"enabled": False}, "hedge_after_ms": 150}
     deployments = {"small": ("sim-small", "small"), "large": ("sim-large", "large"), "lag": ("sim-lag", "lab"),
-                   "quick": ("sim-quick", "lab"), "drop": ("sim-drop", "lab")}
+                   "quick": ("sim-quick", "lab"), "drop": ("sim-drop", "lab"), "slowpoke": ("sim-slowpoke", "lab")}
     with lab_gateway(sim, tmp_path_factory.mktemp("hedge-gw"), policies, deployments) as url:
         yield url
 
@@ -134,6 +138,20 @@ def test_a_whole_answer_whose_winning_leg_breaks_off_is_answered_by_the_fallback
     assert (after["drop"] - before.get("drop", 0), after["quick"] - before.get("quick", 0)) == (1, 1)
     expected = answer.usage.prompt_tokens * 1e-6 + answer.usage.completion_tokens * 2e-6
     assert float(headers["x-switchyard-cost-usd"]) == pytest.approx(expected)  # both calls, as in its usage
+
+
+def test_the_deadline_bounds_a_hedged_whole_answer_to_its_end(base_url: str) -> None:
+    """A whole answer reaches its client at its end: the leg that won with its first token was read on for
+    as long as its chunks kept coming, each within the deployment's timeout_s, far past the deadline."""
+    client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=30)
+    started = time.perf_counter()
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="router/hedged-slowpoke", extra_headers={"x-switchyard-timeout-ms": "800"},
+                                       messages=[{"role": "user", "content": "Write a long story."}])
+    took = time.perf_counter() - started
+    assert failed.value.status_code == 504, failed.value.message
+    assert "deadline of 0.8 s" in failed.value.message
+    assert took < 1.5
 
 
 def test_a_hedged_request_holds_the_budget_both_legs_may_spend(
