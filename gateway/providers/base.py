@@ -102,8 +102,9 @@ class Usage:
         the total says is believed: the bill never drops a write that was reported.
         `service_tier`: the answer's (a body's or a chunk's), kept when it is a string."""
         tier = service_tier if isinstance(service_tier, str) else None
-        if not raw or not all(_count_or_absent(raw.get(k)) for k in ("prompt_tokens", "completion_tokens")):
-            # none, or counts that are no counts: billed on the gateway's own count, as an answer without usage
+        if not raw or not all(_is_count(raw.get(k)) for k in ("prompt_tokens", "completion_tokens")):
+            # none, counts that are no counts, or one of the two left out: billed on the gateway's own count,
+            # as an answer without usage (a usage of prompt tokens alone billed the answer's text as free)
             return cls(service_tier=tier)
         details = raw.get("prompt_tokens_details")
         details = details if isinstance(details, dict) else {}
@@ -121,10 +122,10 @@ class Usage:
                    _count(out.get("accepted_prediction_tokens")), _count(out.get("rejected_prediction_tokens")))
 
 
-def _count_or_absent(value: Any) -> bool:
+def _is_count(value: Any) -> bool:
     if type(value) is int:  # what every upstream sends: one test on each request's path
         return value >= 0
-    return value is None or (isinstance(value, float) and math.isfinite(value) and value >= 0)
+    return isinstance(value, float) and math.isfinite(value) and value >= 0
 
 
 def _count(value: Any) -> int:

@@ -184,7 +184,7 @@ def test_usage_keeps_one_hour_writes_through_sums_and_the_response_body() -> Non
     assert body["cache_creation"] == {"ephemeral_5m_input_tokens": 1_030, "ephemeral_1h_input_tokens": 4_020}
     assert Usage.from_dict(body) == total
     # a split that counts more writes than the total is believed: no reported write goes unbilled
-    over = Usage.from_dict({"prompt_tokens": 100, "cache_creation_input_tokens": 10,
+    over = Usage.from_dict({"prompt_tokens": 100, "completion_tokens": 0, "cache_creation_input_tokens": 10,
                             "cache_creation": {"ephemeral_5m_input_tokens": 10, "ephemeral_1h_input_tokens": 30}})
     assert (over.cache_write_tokens, over.cache_write_1h_tokens) == (40, 30)
 
