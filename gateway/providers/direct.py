@@ -77,7 +77,7 @@ class DirectBackend:
         timeout = aiohttp.ClientTimeout(total=deployment.timeout_s)
         try:
             async with self._client().post(url, data=payload, headers=sent, timeout=timeout) as resp:
-                raw = await resp.read()
+                raw = await _body(deployment, resp)
                 if resp.status != 200:
                     raise _failure(deployment, resp, raw)
         except TimeoutError as exc:
@@ -104,7 +104,7 @@ class DirectBackend:
         try:
             async with self._client().post(url, data=payload, headers=sent, timeout=timeout) as resp:
                 if resp.status != 200:
-                    raise _failure(deployment, resp, await resp.read())
+                    raise _failure(deployment, resp, await _body(deployment, resp))
                 async for chunk in _chunks(deployment, resp, choices_asked(body)):
                     if stats.ttft_s is None:
                         stats.ttft_s = time.perf_counter() - started
@@ -133,7 +133,7 @@ async def _chunks(deployment: DeploymentConfig, resp: aiohttp.ClientResponse,
     `asked`: the choices the request asked for (its `n`), each of which must finish for a stream that
     ends without `[DONE]` to have ended its answer."""
     if resp.content_type == "application/json":
-        answer = orjson.loads(await resp.read())
+        answer = orjson.loads(await _body(deployment, resp))
         _raise_if_unreadable(deployment, answer, "in its stream")
         for chunk in replay(answer, include_usage=True, piece_chars=_WHOLE):
             yield chunk
@@ -238,6 +238,33 @@ _WHOLE = 1 << 62  # a text's one piece when a whole answer is read as chunks
 # The longest SSE line read: one chunk may carry a long piece (a tool call's arguments whole, a server
 # that sends its answer in one chunk), well past aiohttp's line limit (128 KiB), which raised unhandled.
 _MAX_LINE = 64 << 20
+
+
+# The largest whole body read: an answer is held, parsed and relayed in memory, and one an upstream sent
+# without end (or a misbehaving one's gigabytes) grew the gateway's memory with it. Larger than a stream's
+# line: a whole answer of n = 16 choices with top_logprobs runs to tens of MiB.
+_MAX_BODY = 256 << 20
+
+
+async def _body(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) -> bytes:
+    """The whole body of an upstream's answer, up to `_MAX_BODY`: past it the call failed (not retried: the
+    upstream would answer the same; another deployment may answer)."""
+    size = resp.content_length
+    if size is not None and size <= _MAX_BODY:
+        return await resp.read()  # the common case: a stated length, read as aiohttp reads it
+    parts: list[bytes] = []
+    read = 0
+    if size is None:
+        async for piece in resp.content.iter_chunked(1 << 20):
+            read += len(piece)
+            if read > _MAX_BODY:
+                break
+            parts.append(piece)
+    if size is not None or read > _MAX_BODY:
+        resp.close()  # the rest is not read: the connection is not reused
+        raise ProviderFailure(f"{deployment.name}: upstream sent an answer over {_MAX_BODY >> 20} MiB",
+                              retryable=False, reason=f"upstream sent an answer over {_MAX_BODY >> 20} MiB")
+    return b"".join(parts)
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
