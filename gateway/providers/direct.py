@@ -249,22 +249,22 @@ _MAX_BODY = 256 << 20
 async def _body(deployment: DeploymentConfig, resp: aiohttp.ClientResponse) -> bytes:
     """The whole body of an upstream's answer, up to `_MAX_BODY`: past it the call failed (not retried: the
     upstream would answer the same; another deployment may answer)."""
-    size = resp.content_length
-    if size is not None and size <= _MAX_BODY:
-        return await resp.read()  # the common case: a stated length, read as aiohttp reads it
-    parts: list[bytes] = []
-    read = 0
-    if size is None:
+    if resp.content_length is not None:
+        if resp.content_length <= _MAX_BODY:
+            return await resp.read()  # the common case: a stated length, read as aiohttp reads it
+    else:  # read to the end of the connection, counting
+        parts: list[bytes] = []
+        read = 0
         async for piece in resp.content.iter_chunked(1 << 20):
             read += len(piece)
             if read > _MAX_BODY:
                 break
             parts.append(piece)
-    if size is not None or read > _MAX_BODY:
-        resp.close()  # the rest is not read: the connection is not reused
-        raise ProviderFailure(f"{deployment.name}: upstream sent an answer over {_MAX_BODY >> 20} MiB",
-                              retryable=False, reason=f"upstream sent an answer over {_MAX_BODY >> 20} MiB")
-    return b"".join(parts)
+        else:
+            return b"".join(parts)
+    resp.close()  # the rest is not read: the connection is not reused
+    too_large = f"upstream sent an answer over {_MAX_BODY >> 20} MiB"
+    raise ProviderFailure(f"{deployment.name}: {too_large}", retryable=False, reason=too_large)
 
 
 async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
