@@ -285,22 +285,26 @@ class Upstreams:
         return self.backends[name].streams_whole_answers and not self.asks_whole(name, body)
 
     def _failed(self, name: str, exc: BaseException, span: Span, trial: bool, started: float,
-                whole_since: float | None = None, answering: bool = False, can_stream: bool = False) -> None:
+                whole_since: float | None = None, answering: bool = False, can_stream: bool = False,
+                first_since: float | None = None) -> None:
         """Book a failed attempt: only failures about the deployment count toward its circuit.
         `whole_since`: when a whole answer's call began (monotonic), for one asked for whole; None for
         one read from a stream. `answering`: a whole answer read from a stream had its first chunk in
         time (the deployment was answering it, and a trial's verdict is in: it passed). `can_stream`:
         a whole answer asked for whole whose timeout nothing explains is held for a streamed call's
-        verdict rather than counted (`gateway.providers.health`)."""
+        verdict rather than counted (`gateway.providers.health`). `first_since`: when a stream's wait for
+        its first chunk began (monotonic)."""
         health = self.health[name]
         trial = trial and not answering
         timed_out = isinstance(exc, ProviderFailure) and exc.timed_out
         if not (isinstance(exc, ProviderFailure) and exc.counts_against_deployment):
             health.record_neutral(trial=trial)  # the request's fault, the deadline, a cancelled call
-        elif timed_out and (answering or (whole_since is not None and health.answered_since(whole_since))):
+        elif timed_out and (answering or any(t is not None and health.answered_since(t)
+                                             for t in (whole_since, first_since))):
             # A whole answer's timeout is the request's length, not the deployment's fault, once its
             # first token came in time or while the deployment answered others: one client asking
-            # for long answers must not open the circuit for everyone.
+            # for long answers must not open the circuit for everyone. A late first chunk while it
+            # answered others is the request's too: a long prompt's prefill, a schema to compile.
             health.record_neutral(trial=trial)
         elif timed_out and whole_since is not None and can_stream:
             health.hold_unexplained(trial=trial)  # the next calls are asked for as streams to settle it
@@ -581,7 +585,7 @@ class Upstreams:
         body = self._sent(name, body)
         taken = await self._take(name, body, trial)
         span = self._span(name, parent, body)
-        started = time.perf_counter()
+        started, since = time.perf_counter(), time.monotonic()
         stats = StreamStats()
         terms = terms_of(body)
         chunks = self.backends[name].stream(self._patient[name], body, stats, self.telemetry.inject(span))
@@ -601,7 +605,7 @@ class Upstreams:
         except BaseException as exc:
             if whole and isinstance(exc, ProviderFailure) and exc.refuses_streaming:
                 self._unstream(name, exc)  # a whole answer's stream was the gateway's idea, as in `_attempt`
-            self._failed(name, exc, span, trial, started)
+            self._failed(name, exc, span, trial, started, first_since=since)
             raise
         set_attributes(span, gen_ai__response__model=first.get("model"))
         # The deployment is answering; a trial's verdict, letting other traffic through now, not

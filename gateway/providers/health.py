@@ -39,8 +39,10 @@ requests), so busy traffic, where other answers explain a long one, stays whole
 Whole answers that cannot be asked for as streams (through litellm; audio output, which OpenAI
 streams only as pcm16; `whole_answers_as_streams: never`) keep the plain rule: a timeout (or an
 upstream's own: a proxy's 504, a server's 408) that nothing explains counts, so there a quiet
-deployment's or a trial's long answer still counts. A stream whose first or next chunk is late
-counts always, since a chunk's wait is not the request's. The evidence is one timestamp per
+deployment's or a trial's long answer still counts. A stream whose first chunk is late is judged the
+same way (a long prompt's prefill or a response schema to compile makes the request's own wait): it
+counts for nothing when the deployment answered someone else meanwhile and counts otherwise; a late
+next chunk counts always. The evidence is one timestamp per
 deployment (`answered_at`) read against the failed call's start: O(1) on the hot path, and per
 process as the breaker is.
 """

@@ -216,13 +216,28 @@ def test_whole_answer_timeouts_count_when_the_deployment_answered_nobody_meanwhi
     assert up.health["small"].is_open(time.monotonic())
 
 
-def test_a_late_first_chunk_counts_even_while_the_deployment_answers_others() -> None:
+def test_late_first_chunks_do_not_open_a_circuit_that_answers_others() -> None:
+    """One tenant's streams whose first chunk is slow to come (a long prompt's prefill, a response
+    schema to compile) time out on their own while the deployment answers another tenant's calls:
+    they must not open its circuit for everyone."""
     up, _ = fake_upstreams(_long_or_short, deployment("small", timeout_s=0.2, max_retries=0), failure_threshold=3)
-    outcomes, _ = _burst(up, long=3, rounds=1, stream=True)
+    outcomes, refused = _burst(up, long=6, rounds=2, stream=True)
     assert all(isinstance(o, GatewayError) and o.status == 504 for o in outcomes)
-    # All three count. Whether they open the circuit depends on whether a short call's success lands
-    # between them (a success resets the consecutive count), which a loaded machine decides.
-    assert up.health["small"].failures == 3
+    health = up.health["small"]
+    assert refused == 0 and health.failures == 0 and not health.is_open(time.monotonic())
+
+
+def test_late_first_chunks_count_when_the_deployment_answered_nobody_meanwhile() -> None:
+    up, _ = fake_upstreams(lambda d, b: Delay(5), deployment("small", timeout_s=0.1, max_retries=0),
+                           failure_threshold=3)
+    up.health["small"].record_success(0.01)  # it answered once, before these calls began
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(up.open_stream(("small",), BODY, None, deadline=Deadline.after(10))
+                                      for _ in range(3)), return_exceptions=True)
+
+    assert all(isinstance(o, GatewayError) for o in asyncio.run(scenario()))
+    assert up.health["small"].is_open(time.monotonic())
 
 
 def _writer(d: Any, body: dict[str, Any]) -> Any:
