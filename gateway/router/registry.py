@@ -27,6 +27,7 @@ from gateway.router.artifact import Artifact, ArtifactError
 from gateway.state import Store, router_artifact_key, router_current_key, router_history_key
 
 CONFIGURED = "configured"  # the version name for "each replica's own configured router"
+RESTORED = "restored"  # the action of a pointer a replica put back after the store lost it: no change
 
 
 class RegistryError(Exception):
@@ -42,7 +43,7 @@ class Entry:
     name: str | None
     at: float               # unix time of the change
     by: str                 # who made it (user@host unless given)
-    action: str = "promote"  # "promote" | "rollback"
+    action: str = "promote"  # "promote" | "rollback" | "restored"
     explicit: bool = False   # a rollback to a named version (pushes, like a promotion)
 
     def dump(self) -> bytes:
@@ -143,6 +144,19 @@ class RouterRegistry:
             await self.fetch(found)  # refuse a version whose bytes are gone or damaged
         await self._publish(entry)
         return entry
+
+    async def restore(self, served: Entry, artifact: Artifact, by: str) -> bytes:
+        """Put back the pointer (and the artifact's bytes) of the promoted version a replica serves, after
+        the store lost them (Redis restarted empty): no operator changed the router, so no replica should
+        go back to its configured one. Only where the pointer is still absent; replicas racing all read
+        the winner's pointer, which alone is added to the history (as a push: a rollback undoes it).
+        Returns what the pointer holds."""
+        await self.store.set(router_artifact_key(artifact.digest), artifact.pack())  # same bytes, same key
+        raw = Entry(served.version, served.digest, served.name, time.time(), by, RESTORED).dump()
+        now = await self.store.set_if_absent(router_current_key(), raw)
+        if now == raw:
+            await self.store.list_append(router_history_key(), raw)
+        return now
 
     async def _publish(self, entry: Entry) -> None:
         raw = entry.dump()

@@ -106,6 +106,30 @@ async def test_a_replica_follows_promotions_and_rollbacks(variant_dir: Path) -> 
     assert await sync.check() and serving.version == configured
 
 
+async def test_a_store_that_lost_the_promoted_router_gets_it_back_from_the_replicas_serving_it(
+        variant_dir: Path) -> None:
+    serving = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    configured = serving.version
+    sync = RouterSync(serving, RouterRegistry(MemoryStore()))
+    entry = await sync.registry.promote(Artifact.read(variant_dir), "ops")
+    assert entry is not None
+    assert await sync.check() and serving.version == entry.version
+    # Redis restarted empty: no pointer, no artifact, no history. No operator rolled anything back (a
+    # rollback writes a pointer naming the configured router), so the replica keeps what it serves...
+    emptied = RouterRegistry(MemoryStore())
+    sync.registry = emptied
+    assert not await sync.check()
+    assert serving.version == entry.version
+    # ...and puts it back, so that a replica starting now serves it too, and a rollback still undoes it
+    restored = await emptied.current()
+    assert restored is not None and restored.version == entry.version and restored.action == "restored"
+    started = ServingRouter(load_dir(None), configured=DEFAULT_ARTIFACT)
+    assert await RouterSync(started, emptied).check() and started.version == entry.version
+    assert not await sync.check()  # its own restoration is no change
+    await emptied.rollback("ops")
+    assert await sync.check() and serving.version == configured
+
+
 async def test_a_replica_keeps_its_router_when_a_promoted_one_cannot_be_loaded(
         variant_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     store = MemoryStore()
