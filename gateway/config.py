@@ -336,6 +336,9 @@ def read_yaml(path: Path) -> Any:
         raise ConfigError(f"{path.name}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path.name}: not valid YAML: {_yaml_problem(exc)}") from exc
+    except RecursionError:  # PyYAML recurses per level: `[[[...]]]` a few thousand deep is no config, and
+        # uncaught it was a traceback at start-up and stopped every later policy file's hot reload
+        raise ConfigError(f"{path.name}: not valid YAML: nested too deeply") from None
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> str:

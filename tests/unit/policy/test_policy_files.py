@@ -126,6 +126,25 @@ def test_a_key_given_twice_is_refused_naming_it(tmp_path: Path) -> None:
     assert [p.label for p in load_policy_file(path, DEPLOYMENTS).plans] == ["single:small", "single:large"]
 
 
+def test_yaml_nested_too_deeply_is_refused_and_later_files_still_reload(tmp_path: Path) -> None:
+    """A file of a few thousand nested `[` raised RecursionError out of the YAML parser: a traceback from
+    `policy check` and at start-up, and on a running gateway every watch step stopped there, so no later
+    file's edit was ever reloaded (and no version published)."""
+    deep = "candidates: " + "[" * 5000 + "]" * 5000 + "\n"
+    path = _write(tmp_path, "deep.yaml", deep)
+    with pytest.raises(ConfigError, match=r"^deep.yaml: not valid YAML: nested too deeply$"):
+        load_policy_file(path, DEPLOYMENTS)
+    path.unlink()
+    later = _write(tmp_path, "p.yaml", "candidates:\n  - single: small\n")
+    policies = PolicySet(tmp_path, DEPLOYMENTS)
+    _write(tmp_path, "a-deep.yaml", deep)
+    later.write_text("candidates:\n  - single: large\n")
+    os.utime(later, (time.time() + 5, time.time() + 5))
+    assert policies.reload_changed() == ["p"]
+    assert policies.get("p").plans == (Single("large"),)  # type: ignore[union-attr]
+    assert policies.get("a-deep") is None
+
+
 def test_tiers_expand_and_fallbacks_resolve(tmp_path: Path) -> None:
     path = _write(tmp_path, "p.yaml", """
 candidates:
