@@ -192,6 +192,10 @@ class PolicySet:
         self.kept = {default_policy, *kept} - {None}
         self._deployments = list(deployments)
         self._mtimes: dict[Path, Stamp] = {}  # each file's `stamp` when last read
+        # each file's version when last put in force: a file rewritten with the same content (touched, copied
+        # over, a ConfigMap's symlinks swapped for an edit of another file) is no edit, and must not take back
+        # a version this replica follows from the store (a rollback made elsewhere)
+        self._read: dict[Path, str] = {}
         self.policies: dict[str, BoundPolicy] = {}
         self.since: dict[str, float] = {}  # policy → when its version in force came into force (unix time)
         self.loaded: list[Loaded | Unloaded] = []  # drained by the version follower, on the event loop
@@ -214,14 +218,20 @@ class PolicySet:
             raise ConfigError("\n".join([f"{folder or shipped}: no usable policy files (*.yaml)",
                                          *self.skipped.values()]))
 
-    def _load(self, path: Path, source: str = "file reload") -> None:
+    def _load(self, path: Path, source: str = "file reload", *, if_edited: bool = False) -> bool:
+        """Put the file's policy in force; with `if_edited`, only when its content changed since it was
+        last put in force (False: the same version, nothing done)."""
         mtime = stamp(path)
         bound = load_policy_file(path, self._deployments)
-        self.policies = {**self.policies, bound.name: bound}
         self._mtimes[path] = mtime
+        if if_edited and self._read.get(path) == bound.version:
+            return False
+        self._read[path] = bound.version
+        self.policies = {**self.policies, bound.name: bound}
         now = time.time()
         self.since[bound.name] = now
         self.loaded.append(Loaded(bound, path, source, now))
+        return True
 
     def adopt(self, name: str, spec: PolicySpec, at: float) -> BoundPolicy:
         """Put a spec in force that another replica (or the CLI) published; ConfigError when this
@@ -253,7 +263,8 @@ class PolicySet:
                 if path.stem in twice:  # which one is in force must not depend on which was read last
                     self._mtimes[path] = seen
                     raise ConfigError(two_files(path.stem, twice[path.stem]))
-                self._load(path)
+                if not self._load(path, if_edited=True):
+                    continue
                 changed.append(path.stem)
                 log.info("policy %s reloaded from %s", path.stem, path.name, extra={
                     "event": "policy_reload", "policy": path.stem, "file": path.name,
@@ -264,10 +275,12 @@ class PolicySet:
                     "event": "policy_rejected", "policy": path.stem, "file": path.name, "error": str(exc)})
         for path in sorted(p for p in self._mtimes if p.parent == self.folder and p not in present):
             del self._mtimes[path]
+            self._read.pop(path, None)
             left = [p for p in present if p.stem == path.stem]
             if left:  # another file of the name is left: it is read (again) on the next pass, not forgotten
                 for other in left:
                     self._mtimes.pop(other, None)
+                    self._read.pop(other, None)
             elif self._forget(path):
                 changed.append(path.stem)
         return changed

@@ -105,6 +105,38 @@ def test_a_newer_change_in_the_store_wins_over_the_local_version_and_an_older_on
     assert policies.policies["p"].plans[0].label == "single:large"
 
 
+def test_a_file_rewritten_unchanged_does_not_take_back_a_version_followed_from_the_store(tmp_path: Path) -> None:
+    """A replica following a rollback made elsewhere (its own folder still holds the version before) put its
+    file's version back in force, and moved every replica to it, whenever the file was rewritten with the
+    same content: a touch, a copy of the folder, a ConfigMap whose symlinks are swapped when another policy
+    is edited. Only an edit of the file is a change."""
+    folder = _folder(tmp_path, SMALL)
+    policies = PolicySet(folder, DEPLOYMENTS, default_policy="p")
+    store = MemoryStore()
+    follower = PolicyFollower(policies, PolicyVersions(store), shared=True)
+    large_spec = PolicySpec.model_validate({"candidates": [{"single": "large"}]})
+    rolled_back = spec_version(large_spec)
+
+    async def scenario() -> None:
+        await follower.publish()
+        rollback = VersionEntry("p", rolled_back, time.time() + 1, "cli rollback", "ops@host", None,
+                                spec_json(large_spec))
+        await store.set(policy_current_key("p"), rollback.dump())
+        await follower.follow()
+        assert policies.policies["p"].version == rolled_back
+        _folder(tmp_path, SMALL)  # the same content, written again
+        await follower.step()
+        await follower.step()
+
+    asyncio.run(scenario())
+    assert policies.policies["p"].version == rolled_back
+    current = asyncio.run(store.get(policy_current_key("p")))
+    assert current is not None and VersionEntry.load(current).version == rolled_back
+    _folder(tmp_path, "description: an edit\n" + SMALL)  # an edit is a change, and wins
+    asyncio.run(follower.step())
+    assert policies.policies["p"].plans[0].label == "single:small"
+
+
 def test_a_file_edit_is_audited_once_with_its_spec_and_source(tmp_path: Path) -> None:
     folder = _folder(tmp_path, SMALL)
     policies = PolicySet(folder, DEPLOYMENTS, default_policy="p")
