@@ -190,8 +190,18 @@ def rollback(name: str, version: str, config_path: str | None, by: str | None = 
         asyncio.run(_with_versions(url, lambda v: v.record(entry)))
     except StoreUnavailable as exc:
         return _err(f"switchyard policy rollback: the store did not answer: {exc}")
-    write_atomically(path, f"# rolled back to {found.version} by {entry.by} at {_when(entry.at)}\n"
-                           + spec_yaml(found.spec))
+    try:
+        write_atomically(path, f"# rolled back to {found.version} by {entry.by} at {_when(entry.at)}\n"
+                               + spec_yaml(found.spec))
+    except OSError as exc:
+        # The change is recorded, so every replica follows it: a failure here is not a failed rollback (said
+        # as one, on a read-only folder such as a ConfigMap's, it sent operators to retry what had worked).
+        print(f"policy {name}: version {found.version} in force (was {current or 'none'}) on every replica, "
+              "which follow the store")
+        print(f"switchyard policy rollback: but {path} could not be written ({exc.strerror or exc}): a replica "
+              "that starts serves its own file, so put this version in the policy folder your replicas read",
+              file=sys.stderr)
+        return 0
     print(f"policy {name}: version {found.version} in force (was {current or 'none'}); wrote {path}")
     return 0
 

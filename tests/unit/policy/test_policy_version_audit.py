@@ -269,3 +269,37 @@ def test_a_rollback_to_a_configured_folder_that_is_not_there_names_it(
     assert admin.rollback("p", "28d7", str(config)) == 1
     err = capsys.readouterr().err
     assert str(missing) in err and "set policies_dir" not in err
+
+
+def test_a_rollback_whose_file_cannot_be_written_says_it_is_in_force_all_the_same(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The change was recorded (every replica followed it) before the file was written; a read-only folder
+    (a ConfigMap's) then ended the command with `[Errno 30] Read-only file system` and exit 1, as though
+    nothing had been rolled back."""
+    from gateway.policy import admin
+
+    specs = [PolicySpec.model_validate({"description": d, "candidates": [{"single": "small"}]}) for d in ("a", "b")]
+    store = MemoryStore()
+    for at, spec in enumerate(specs, 1):
+        entry = VersionEntry("p", spec_version(spec), float(at), "file reload", "host/1", "p.yaml", spec_json(spec))
+        asyncio.run(PolicyVersions(store).record(entry))
+
+    async def with_versions(url: str, work: Callable[[PolicyVersions], Awaitable[object]]) -> object:
+        return await work(PolicyVersions(store))
+
+    def read_only(path: Path, text: str) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(admin, "_with_versions", with_versions)
+    monkeypatch.setattr(admin, "write_atomically", read_only)
+    monkeypatch.setenv("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:9/0")
+    monkeypatch.delenv("SWITCHYARD_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "routing_policies").mkdir()
+    first = spec_version(specs[0])
+    assert admin.rollback("p", first, None, by="ops@test") == 0
+    out, err = capsys.readouterr()
+    assert f"version {first} in force" in out and "every replica" in out
+    assert "could not be written (Read-only file system)" in err
+    raw = asyncio.run(store.get(policy_current_key("p")))
+    assert raw is not None and VersionEntry.load(raw).version == first
