@@ -15,8 +15,9 @@ from typing import Any
 
 import orjson
 
+from gateway.api.schemas import validate_chat
 from gateway.config import GatewayConfig, embedded_config, load_config
-from gateway.errors import ConfigError, ConstraintUnsatisfiable
+from gateway.errors import ConfigError, ConstraintUnsatisfiable, InvalidRequest
 from gateway.plans import Cascade
 from gateway.policy import BoundPolicy, Catalog, decide, load_policy_file
 from gateway.policy.calibration import Quantiles, expected, share_for
@@ -167,6 +168,13 @@ def read_traffic(path: Path) -> list[list[dict[str, Any]]]:
             if messages is None:
                 raise ConfigError(f"{path}: line {n} has neither a 'prompt' (a string) nor 'messages' "
                                   "(a list of message objects)")
+            if isinstance(row, dict) and "messages" in row:
+                # Messages the gateway refuses with a 400 ([], a user turn without content) are no traffic
+                # it routes: counted, they made up the 50 prompts and placed the threshold on nothing.
+                try:
+                    validate_chat({"model": "auto", "messages": messages})
+                except InvalidRequest as exc:
+                    raise ConfigError(f"{path}: line {n}: not a request the gateway routes: {exc.message}") from None
             out.append(messages)
     return out
 

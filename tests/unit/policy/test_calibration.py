@@ -3,6 +3,7 @@ and replicas merging their sketches through the store."""
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -424,3 +425,22 @@ def test_calibrate_says_which_prompts_its_figures_are_of() -> None:
                       "leave it a choice between plans (the other 62 have one feasible plan or none)")
     assert render_calibration({**result, "decided": 200}).splitlines()[0] == \
         "policy capped, target strong_share: 0.5, on 200 prompts"
+
+
+@pytest.mark.parametrize("messages", [[], [{"role": "user"}], [{"role": "user", "content": None}],
+                                      [{"role": "user", "content": 5}], [{"role": "user", "content": [1, 2]}],
+                                      [{"role": "captain", "content": "hi"}]])
+def test_a_traffic_line_the_gateway_would_refuse_is_refused_naming_the_line(
+        tmp_path: Path, messages: list[object]) -> None:
+    """`{"messages": []}` and messages without content were counted as prompts: sixty of them passed the
+    50-prompt minimum and `policy calibrate` printed a threshold drawn from requests the gateway answers
+    with a 400 and never routes."""
+    from gateway.explain import read_traffic
+
+    traffic = tmp_path / "t.jsonl"
+    good = [json.dumps({"messages": [{"role": "user", "content": f"q{i}"}]}) for i in range(3)]
+    traffic.write_text("\n".join([*good, json.dumps({"messages": messages})]) + "\n")
+    with pytest.raises(ConfigError, match=r"t.jsonl: line 4: not a request the gateway routes: messages"):
+        read_traffic(traffic)
+    traffic.write_text("\n".join([*good, json.dumps({"prompt": "hi"})]) + "\n")
+    assert len(read_traffic(traffic)) == 4
