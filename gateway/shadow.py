@@ -60,6 +60,9 @@ JUDGE_PROMPT = (
     "is wrong or useless. Reply with the number only."
 )
 _GRADE = re.compile(r"\d+(?:\.\d+)?")
+# The scale as the prompt states it, which a judge may echo before its grade ("Grade (0-10): 8"): its
+# 0 is no grade.
+_SCALE = re.compile(r"\(?\b0\s*(?:-|\u2013|to)\s*10\b\)?", re.IGNORECASE)
 _DROPPED_KEYS = ("model", "stream", "stream_options", "n")
 
 
@@ -87,7 +90,8 @@ def judge_messages(question: str, reference: str, candidate: str) -> list[dict[s
 
 
 def parse_grade(reply: str) -> float | None:
-    found = _GRADE.search(reply)
+    """The judge's 0-10 grade as a share: the first number of its reply once an echoed scale is left out."""
+    found = _GRADE.search(_SCALE.sub(" ", reply))
     if found is None:
         return None
     return min(10.0, float(found.group())) / 10.0

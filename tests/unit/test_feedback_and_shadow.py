@@ -68,6 +68,14 @@ def test_judge_grade_is_read_as_a_share_of_ten() -> None:
     assert parse_grade("no idea") is None
 
 
+def test_a_judge_echoing_the_scale_before_its_grade_is_read_by_its_grade() -> None:
+    """The prompt ends "Grade (0-10):"; a judge that repeats it must not be read as grading 0."""
+    assert parse_grade("Grade (0-10): 8") == 0.8
+    assert parse_grade("On a 0 to 10 scale: 6") == 0.6
+    assert parse_grade("0") == 0.0
+    assert parse_grade("8 out of 10") == 0.8
+
+
 def _completed(tenant: Tenant, rid: str = "r1") -> Completed:
     return Completed(rid, 1.0, tenant, "router/p", "p", "single:small", "small", SUM, None,
                      (CallRecord("small", Usage(10, 5), 0.001, 0.1),), 10, "default")
