@@ -316,12 +316,18 @@ async def feedback(request: Request) -> Response:
     per source, a later one from the same source replacing the earlier."""
     svc = _svc(request)
     tenant = await svc.auth.authenticate(request.headers.get("authorization"))
-    given = validate_feedback(await read_json(request, _FEEDBACK_BODY_LIMIT))
-    if svc.requests is None:
-        raise not_found()
-    # Whatever `source` it names, a posted label is a client's: only the gateway's shadow writes its own.
-    fb = Feedback(given.request_id, given.source, given.value, given.thumbs, origin="client")
-    stored, replaced = await svc.requests.put_feedback(tenant.name, fb)
+    # Under the tenant's cap on requests in flight, as an explanation is: a label for a request not (yet)
+    # recorded waits about a second for it, and without a slot one key could have any number waiting.
+    slot = svc.inflight.enter(tenant.name, pipeline.in_flight_cap(svc, tenant))
+    try:
+        given = validate_feedback(await read_json(request, _FEEDBACK_BODY_LIMIT))
+        if svc.requests is None:
+            raise not_found()
+        # Whatever `source` it names, a posted label is a client's: only the gateway's shadow writes its own.
+        fb = Feedback(given.request_id, given.source, given.value, given.thumbs, origin="client")
+        stored, replaced = await svc.requests.put_feedback(tenant.name, fb)
+    finally:
+        slot.release()
     return Response(orjson.dumps({"object": "feedback", **stored, "replaced": replaced}),
                     media_type="application/json")
 

@@ -493,3 +493,22 @@ def test_one_tenant_s_burst_leaves_another_tenant_s_record_answerable(
             assert oldest.status_code == 404 and oldest.json()["error"]["code"] == "request_not_found"
     if url:
         redis.Redis.from_url(url).flushdb()
+
+
+def test_feedback_counts_against_the_tenant_s_requests_in_flight(simulator: Simulator, tmp_path: Path) -> None:
+    """A label for an unknown request waits about a second for a record still on its way before its 404;
+    without a slot one key could have any number of them going at once, crowding out every tenant."""
+    raw = _config(simulator, None, tmp_path / "requests.jsonl").model_dump(exclude_defaults=True)
+    raw["tenants"][1]["max_concurrent_requests"] = 1
+    app = create_app(parse_config(raw, "test config"), policies_dir=policies_folder(tmp_path, POLICIES))
+    with running_gateway(app) as server:
+        async def burst() -> list[httpx.Response]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=10,
+                                         headers={"authorization": "Bearer sk-bob"}) as client:
+                return await asyncio.gather(*(client.post("/v1/feedback", json={"request_id": f"nope-{i}",
+                                                                                 "thumbs": "up"})
+                                              for i in range(2)))
+
+        statuses = sorted(r.status_code for r in asyncio.run(burst()))
+        assert statuses == [404, 429]
+        assert app.state.services.inflight.counts == {}  # every slot given back
