@@ -43,7 +43,7 @@ from gateway.errors import (
 from gateway.feedback import Feedback, not_found
 from gateway.metrics import PROMETHEUS_CONTENT_TYPE
 from gateway.observer import Trail
-from gateway.pipeline import POLICY_HEADER, Answer, CallContext, Outcome, Services
+from gateway.pipeline import POLICY_HEADER, POLICY_PREFIX, Answer, CallContext, Outcome, Services
 from gateway.policy import Overrides
 from gateway.providers.pricing import format_usd
 from gateway.query_params import checked_query
@@ -352,7 +352,9 @@ async def retrieve_model(request: Request) -> Response:
     svc = _svc(request)
     tenant = await svc.auth.authenticate(request.headers.get("authorization"))
     model, ids = request.path_params["model"], pipeline.entry_points(svc, tenant)
-    if model not in ids:
+    # A policy's bare name is a model chat completions takes (`router/` is optional there), so it is found too.
+    bare_policy = model not in svc.catalog.deployments and f"{POLICY_PREFIX}{model}" in ids
+    if model not in ids and not bare_policy:
         raise NotFound(f"model '{model[:64]}' does not exist: use one of {', '.join(ids) or 'none'} "
                        "(GET /v1/models lists them)", param="model")
     return Response(orjson.dumps(_model(model)), media_type="application/json")

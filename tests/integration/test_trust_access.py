@@ -108,6 +108,15 @@ def test_models_retrieve_answers_for_each_listed_model_and_404s_the_rest(gateway
     assert {m["id"] for m in listed.json()["data"]} == {m.id for m in pinner.models.list()}
 
 
+def test_models_retrieve_finds_a_policy_under_its_bare_name_as_chat_completions_takes_it(gateway_url: str) -> None:
+    """`model: "cost-saver"` is served as `router/cost-saver`: a client checking the model first must find it."""
+    pinner = _client(gateway_url, "sk-pinner")
+    assert pinner.models.retrieve("cost-saver").id == "cost-saver"
+    assert pinner.chat.completions.create(model="cost-saver", messages=HI).choices  # type: ignore[arg-type]
+    with pytest.raises(openai.NotFoundError):  # a policy it may not use stays hidden under either name
+        pinner.models.retrieve("balanced")
+
+
 @pytest.mark.parametrize("key", ["sk-saver-nodefault", "sk-pinner"])
 def test_auto_listed_for_a_key_held_to_one_policy_is_that_policy(gateway_url: str, key: str) -> None:
     """`GET /v1/models` lists `auto` for a key held to one policy, and `auto` meant the gateway's default
