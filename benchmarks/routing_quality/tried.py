@@ -93,6 +93,12 @@ TRIED_ADAPTING = [
     " 0.542, CRUXEval 0.562 → 0.563, maths/QA/code 0.803 → 0.801, TheoremQA 0.547 → 0.568; the judged pairs: "
     "Arena 0.603 → 0.598, TheoremQA 0.591 → 0.597; on validation Arena 0.478 → 0.489 (the base: 0.537) and "
     "TheoremQA 0.652 → 0.637 |",
+    "| same, a model the base already knew (by name, in another file: 4 of Arena's 15, 2 of TheoremQA's 16) "
+    "also keeps the base's own head for it in its prior (the prior: slopes on the base's difficulty and on that "
+    "head's logit) | | 0.496 | | | 0.623 | Not kept: within noise. Over their judged pairs on validation Arena "
+    "0.490 → 0.486, TheoremQA 0.647 → 0.648; over 20 cuts at the train/validation proportions the named pairs "
+    "Arena 0.537 → 0.538, TheoremQA 0.547 → 0.541, the judged pairs 0.603 → 0.601 and 0.591 → 0.591; the base "
+    "(Arena 0.537 on validation) stays ahead |",
     "| LODO difficulty + b × length (standardised), b = 0.25 / 0.5 / 1 / 2 | 0.490 / 0.492 / 0.496 / 0.503 "
     "| | | | | MMLU-Pro LODO router (0.488) vs length 0.511: its learned difficulty ranks this pair below "
     "random, and no weight on length lifts it past length alone |",
