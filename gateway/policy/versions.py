@@ -17,12 +17,14 @@ appended: the last entry may be a replica's start-up with that version, which mo
 Which version wins: the latest change, by time. A replica follows the pointer when it names another
 version than the one it serves and was written after that one came into force here; a file edited
 on a replica is a newer change, so it wins and becomes the pointer. At start-up a replica serves its
-own files (the pointer is set only if none exists yet), and follows every change made after it
-started. Replicas that share a policy folder agree through their reloaders; those that do not,
-through the pointer, within one poll (`interval_s`). A pointer the store lost (restarted empty) is put
-back by the running replicas, each offering the version it serves (`source: restored`), which no replica
-follows: a store that restarted changes nothing any replica serves. Clocks are
-compared across hosts: keep them in sync (NTP), as for the rest of the store's time stamps.
+own files (the pointer is set only if none exists yet), except a file whose version the pointer's
+change replaced (it was in force before that change: a folder a rollback could not write still holds
+the version rolled back from), and follows every change made after it started. Replicas that share a
+policy folder agree through their reloaders; those that do not, through the pointer, within one poll
+(`interval_s`). A pointer the store lost (restarted empty) is put back by the running replicas, each
+offering the version it serves (`source: restored`), which no replica follows: a store that restarted
+changes nothing any replica serves. Clocks are compared across hosts: keep them in sync (NTP), as for
+the rest of the store's time stamps.
 
 With the in-memory store the audit is this process's own (history of this process only), and
 nothing is shared: the CLI's `history` and `rollback` need the shared store (`redis_url`).
@@ -174,13 +176,21 @@ class PolicyFollower:
                 continue
             if raw == self._seen.get(name):
                 continue
+            first_look = name not in self._seen
             self._seen[name] = raw
             entry = VersionEntry.load(raw)
             # An unload is the pointer only where there was none before it, a restored one only where the store
             # lost it: neither is a change to follow (a replica serving another version keeps it, as it did).
-            if entry.version in (bound.version, UNLOADED) or entry.source == RESTORED or \
-                    entry.at <= self.policies.since.get(name, 0.0):
+            if entry.version in (bound.version, UNLOADED) or entry.source == RESTORED:
                 continue
+            if entry.at <= self.policies.since.get(name, 0.0):
+                try:
+                    if not (first_look and await self._superseded(name, bound.version, entry.at)):
+                        continue
+                except StoreUnavailable as exc:
+                    self._seen.pop(name, None)  # asked again on the next step
+                    self._warn(f"cannot read the policy versions in force ({exc}); keeping this replica's")
+                    break
             try:
                 self.policies.adopt(name, PolicySpec.model_validate(entry.spec), entry.at)
             except (ConfigError, ValidationError) as exc:
@@ -191,6 +201,13 @@ class PolicyFollower:
                              f"by {entry.by}; was {bound.version})")
             changed.append(name)
         return changed
+
+    async def _superseded(self, name: str, version: str, before: float) -> bool:
+        """Was `version` (this replica's own file's, at start-up) in force before the change the pointer names?
+        Then that change replaced it, and the file is stale, not an edit: a folder the rollback could not write
+        (a read-only ConfigMap) still holds the version rolled back from, and a replica starting from it, on a
+        rolling restart or a scale-up, served that version beside replicas serving the rolled-back one."""
+        return any(e.version == version and e.at < before for e in await self.versions.history(name))
 
     async def _restore(self, name: str, bound: BoundPolicy) -> None:
         entry = VersionEntry(name, bound.version, self.policies.since.get(name, time.time()), RESTORED, self.by,

@@ -303,3 +303,32 @@ def test_a_rollback_whose_file_cannot_be_written_says_it_is_in_force_all_the_sam
     assert "could not be written (Read-only file system)" in err
     raw = asyncio.run(store.get(policy_current_key("p")))
     assert raw is not None and VersionEntry.load(raw).version == first
+
+
+def test_a_replica_starting_from_a_file_a_rollback_replaced_serves_the_rolled_back_version(tmp_path: Path) -> None:
+    """A rollback into a folder it cannot write (a read-only ConfigMap) leaves the replicas' files on the
+    version rolled back from: a replica started afterwards (a rolling restart, a scale-up) served that file's
+    version beside the running replicas serving the rolled-back one."""
+    for name in ("a", "b", "c"):
+        (tmp_path / name).mkdir()
+    running = PolicySet(_folder(tmp_path / "a", LARGE), DEPLOYMENTS, default_policy="p")
+    store = MemoryStore()
+    small_spec = PolicySpec.model_validate({"candidates": [{"single": "small"}]})
+    small = spec_version(small_spec)
+
+    async def scenario() -> None:
+        await PolicyFollower(running, PolicyVersions(store), shared=True).step()
+        await asyncio.sleep(0.01)
+        rollback = VersionEntry("p", small, time.time(), "cli rollback", "ops@host", None, spec_json(small_spec))
+        await PolicyVersions(store).record(rollback)
+        await asyncio.sleep(0.01)
+        started = PolicySet(_folder(tmp_path / "b", LARGE), DEPLOYMENTS, default_policy="p")
+        await PolicyFollower(started, PolicyVersions(store), shared=True).step()
+        assert started.policies["p"].version == small
+        # a file whose version was never in force before the change is an edit deployed since: it is served
+        medium = "candidates:\n  - single: small\n  - single: large\n"
+        edited = PolicySet(_folder(tmp_path / "c", medium), DEPLOYMENTS, default_policy="p")
+        await PolicyFollower(edited, PolicyVersions(store), shared=True).step()
+        assert edited.policies["p"].version not in (small, running.policies["p"].version)
+
+    asyncio.run(scenario())
