@@ -562,7 +562,13 @@ class Upstreams:
             # the deadline, or came after the last retry): the client is told the soonest, which the openai SDKs
             # wait out, rather than asking again at once, which a throttled upstream refuses as well.
             return UpstreamError(told, headers={"retry-after": str(math.ceil(min(w for w in waits if w is not None)))})
-        return UpstreamError(told)
+        error = UpstreamError(told)
+        if {n for n, _ in failures} >= set(names) and not any(f.retryable or f.timed_out for _, f in failures):
+            # Every deployment was asked and refused in a way that asking again soon cannot change (an upstream
+            # 401, 403 or 404: a wrong key or model name, which only an operator fixes): the openai SDKs, which
+            # send any 502 again twice by default, are told not to, as for an upstream's own 401 or 404.
+            error.retry_helps = False
+        return error
 
     def unavailable(self, names: Sequence[str]) -> DeploymentUnavailable:
         """503 for deployments whose circuits are all open, with Retry-After: the first cooldown's end."""

@@ -43,6 +43,7 @@ def _config(sim_url: str) -> Any:
         dep("busy-long", "sim-busy-long", max_retries=2),
         dep("slow", "sim-slow", timeout_s=10, max_retries=2),
         dep("keyless", "sim-small", api_key_env=UNSET_KEY),
+        dep("misnamed", "sim-no-such-model"),
         {"name": "unreachable", "model": "openai/nothing", "api_base": f"http://127.0.0.1:{free_port()}/v1",
          "max_retries": 0, "price": {"input_per_mtok": 0.1, "output_per_mtok": 0.1}},
     ]}, "trust test config")
@@ -167,6 +168,30 @@ def test_missing_provider_credential_is_a_500_naming_the_variable(client: openai
     # Only an operator setting the variable helps: the openai SDKs, which send any 500 again twice by
     # default, are told not to.
     assert info.value.response.headers["x-should-retry"] == "false"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_an_upstream_that_does_not_know_the_model_is_not_asked_again_by_the_sdk(
+        gateway: GatewayServer, stream: bool) -> None:
+    """A deployment whose upstream answers 404 (a model name it does not serve) fails the same way however
+    often it is asked: the 502 said nothing of it, and the openai SDK sent every such request twice more."""
+    sent: list[httpx.Request] = []
+    client = openai.OpenAI(base_url=gateway.base_url + "/v1", api_key="x", max_retries=2,
+                           http_client=httpx.Client(event_hooks={"request": [sent.append]}))
+    with pytest.raises(openai.InternalServerError) as info:
+        if stream:
+            list(client.chat.completions.create(model="misnamed", messages=HELLO, stream=True))  # type: ignore[arg-type]
+        else:
+            client.chat.completions.create(model="misnamed", messages=HELLO)  # type: ignore[arg-type]
+    assert info.value.status_code == 502 and "upstream answered 404" in info.value.message
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert len(sent) == 1
+
+
+def test_a_failing_upstream_is_still_asked_again_by_the_sdk(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="failing", messages=HELLO)
+    assert info.value.status_code == 502 and "x-should-retry" not in info.value.response.headers
 
 
 def test_pinned_deployment_with_an_open_circuit_fails_fast_with_503_and_retry_after(
