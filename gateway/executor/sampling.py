@@ -14,7 +14,15 @@ from gateway.decimals import PICO, rounded
 from gateway.errors import GatewayError
 from gateway.executor.deadline import Deadline
 from gateway.executor.result import CallRecord, Result, with_usage
-from gateway.executor.selectors import Selection, answer_key, judge_messages, parse_judge_choice, score_messages, vote
+from gateway.executor.selectors import (
+    Selection,
+    answer_key,
+    judge_messages,
+    parse_judge_choice,
+    score_messages,
+    tool_calls_text,
+    vote,
+)
 from gateway.executor.upstreams import Upstreams
 from gateway.messages import message_text
 
@@ -31,9 +39,17 @@ def result(body: dict[str, Any], deployment: str, label: str, calls: list[CallRe
     return Result(with_usage(body, r.usage), deployment, label, r.calls, r.evidence)
 
 
+def choice_text(choice: dict[str, Any]) -> str:
+    """What a choice says, to a vote or a judge: its tool calls (`selectors.tool_calls_text`), then its text."""
+    message = choice.get("message") or {}
+    text = message_text(message.get("content"))
+    calls = tool_calls_text(message)
+    return f"{calls}\n{text}" if calls and text else calls or text
+
+
 def texts(bodies: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
     """(choice, text) for every choice of every response, in order."""
-    return [(c, message_text((c.get("message") or {}).get("content"))) for b in bodies for c in b.get("choices", [])]
+    return [(c, choice_text(c)) for b in bodies for c in b.get("choices", [])]
 
 
 @dataclass(frozen=True, slots=True)

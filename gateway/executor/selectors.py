@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.executor.answers import extract_answer
 
 DEFAULT_JUDGE_PROMPT = (
@@ -32,7 +34,40 @@ class Selection:
     evidence: dict[str, Any]
 
 
+# How a sample that calls tools reads to a vote, a judge and a cascade's agreement: the calls (names and
+# arguments, without their ids) as one line of canonical JSON, then any text it wrote. Read as its text alone,
+# every tool-calling sample was empty: a vote among them took the first sample whatever the others called,
+# and an agreement cascade escalated every tool call, samples agreeing or not.
+TOOL_CALLS_MARK = "Tool calls: "
+
+
+def tool_calls_text(message: dict[str, Any]) -> str:
+    """The message's tool calls (or legacy function call) as `TOOL_CALLS_MARK` and canonical JSON, else ""."""
+    listed = message.get("tool_calls")
+    calls = [c.get("function") or c.get("custom") for c in listed if isinstance(c, dict)] \
+        if isinstance(listed, list) else []
+    found: list[dict[str, Any]] = [c for c in (*calls, message.get("function_call")) if isinstance(c, dict)]
+    if not found:
+        return ""
+    raw = [{"name": str(call.get("name")), "arguments": str(call.get("arguments", call.get("input")))}
+           for call in found]
+    said = []
+    for call in raw:
+        try:  # `{"a": 1}` and `{"a":1}` are one call
+            said.append({**call, "arguments": orjson.loads(call["arguments"])})
+        except orjson.JSONDecodeError:
+            said.append(call)
+    try:
+        return TOOL_CALLS_MARK + orjson.dumps(said, option=orjson.OPT_SORT_KEYS).decode()
+    except orjson.JSONEncodeError:  # nested past what orjson writes: the calls as sent
+        return TOOL_CALLS_MARK + orjson.dumps(raw).decode()
+
+
 def answer_key(text: str) -> str | None:
+    if text.startswith(TOOL_CALLS_MARK):
+        # Samples agree when they make the same calls; named by a digest, as a text is below
+        calls = text.split("\n", 1)[0]
+        return f"tools:{hashlib.sha256(calls.encode()).hexdigest()[:12]}"
     key = extract_answer(text)
     if key is not None:
         return key

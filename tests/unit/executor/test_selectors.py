@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from gateway.executor.answers import choice_letter, extract_answer, number, short_span
+from gateway.executor.sampling import texts
 from gateway.executor.selectors import parse_judge_choice, vote
 
 
@@ -68,3 +69,26 @@ def test_a_long_answer_that_states_its_answer_first_is_read_for_it() -> None:
     chosen = vote(texts)
     assert chosen.evidence["votes"] == {"B": 3}
     assert extract_answer(f"The answer is 42.\n\n{explanation}It is not 7.") == "42"
+
+
+def _calling(city: str, spacing: str = "") -> dict[str, object]:
+    arguments = f'{{"city":{spacing}"{city}"}}'
+    return {"index": 0, "finish_reason": "tool_calls",
+            "message": {"role": "assistant", "content": None, "tool_calls": [
+                {"id": f"call_{city}{spacing!r}", "type": "function",
+                 "function": {"name": "get_weather", "arguments": arguments}}]}}
+
+
+def test_samples_that_call_tools_are_voted_on_by_their_calls() -> None:
+    """Read as their text alone, every tool-calling sample was empty: a best-of vote took the first sample
+    whatever the others called, and an agreement cascade read any tool calls as samples that disagree."""
+    answers = [text for _, text in texts([{"choices": [_calling("Rome"), _calling("Paris"), _calling("Paris", " "),
+                                                       _calling("Oslo")]}])]
+    chosen = vote(answers)
+    assert chosen.index == 1 and chosen.agreement == 0.5  # the ids differ, and the spacing: one call
+    assert len(chosen.evidence["votes"]) == 3 and "Paris" not in str(chosen.evidence)  # digests, not arguments
+    assert "get_weather" in answers[0] and "Rome" in answers[0]  # what a judge is shown
+    legacy = {"message": {"role": "assistant", "function_call": {"name": "f", "arguments": "{\"a\": 1}"}}}
+    assert texts([{"choices": [legacy]}])[0][1].startswith("Tool calls: ")
+    assert texts([{"choices": [{"message": {"role": "assistant", "content": "The answer is 4."}}]}])[0][1] \
+        == "The answer is 4."
