@@ -15,7 +15,6 @@ from typing import Any
 
 import orjson
 
-from gateway.api.schemas import validate_chat
 from gateway.config import GatewayConfig, embedded_config, load_config
 from gateway.errors import ConfigError, ConstraintUnsatisfiable, InvalidRequest
 from gateway.plans import Cascade
@@ -169,6 +168,8 @@ def read_traffic(path: Path) -> list[list[dict[str, Any]]]:
                 raise ConfigError(f"{path}: line {n} has neither a 'prompt' (a string) nor 'messages' "
                                   "(a list of message objects)")
             if isinstance(row, dict) and "messages" in row:
+                from gateway.api.schemas import validate_chat  # the web stack: only for a calibration's traffic
+
                 # Messages the gateway refuses with a 400 ([], a user turn without content) are no traffic
                 # it routes: counted, they made up the 50 prompts and placed the threshold on nothing.
                 try:
