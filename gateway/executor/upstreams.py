@@ -349,8 +349,8 @@ class Upstreams:
         since = time.monotonic()
         stats, begun = StreamStats(), _Begun()
         can_stream = self._can_stream(name, body)
-        streamed = can_stream and (trial or self.deployments[name].whole_answers_as_streams == "always"
-                                   or self.health[name].needs_verdict)
+        always = self.deployments[name].whole_answers_as_streams == "always"
+        streamed = can_stream and (trial or always or self.health[name].needs_verdict)
 
         def first_chunk() -> None:  # the deployment is answering: a trial's verdict, as a stream's
             if not begun.given_up:  # a late first chunk, read while drained, proves nothing
@@ -366,10 +366,20 @@ class Upstreams:
                 try:
                     done = await self._awaited(name, call, deadline, priced, body)
                 except ProviderFailure as exc:
-                    if not exc.refuses_streaming:
+                    if exc.refuses_streaming:
+                        self._unstream(name, exc)
+                    elif begun.answering and not exc.timed_out and not always:
+                        # Asked as a stream for a verdict, it broke off after its first chunk (billed for what
+                        # came): a deployment whose streams break while its whole answers are fine failed every
+                        # whole answer, since each break kept it "failing", which asks for streams.
+                        log.warning("deployment '%s' broke off a whole answer asked for as a stream (%s): asked "
+                                    "again whole", name, exc.reason, extra={
+                                        "event": "whole_answer_unstreamed", "deployment": name,
+                                        "reason": exc.reason})
+                        begun.answering = False  # the whole call's own verdict from here
+                    else:
                         raise
                     # The stream was the gateway's idea, not the client's: ask again as the client did.
-                    self._unstream(name, exc)
                     streamed, since = False, time.monotonic()
                     done = await self._awaited(name, whole(), deadline, priced, body)
             else:

@@ -344,3 +344,25 @@ def test_a_hung_deployment_that_refused_a_stream_opens_its_circuit_at_its_thresh
     assert "small" in up.unstreamed
     assert up.health["small"].unexplained == 0
     assert up.health["small"].is_open(time.monotonic())
+
+
+def _streams_break(d: Any, body: dict[str, Any]) -> Any:
+    """An upstream whose streams break off after their first chunk while its whole answers are fine."""
+    if body.get("stream"):
+        return Stream([chunk("half ")], fail=ProviderFailure("connection reset mid-stream", reason="connection failed"))
+    return answer("whole")
+
+
+def test_a_deployment_whose_streams_break_still_answers_whole_answers_whole() -> None:
+    """A broken stream left the deployment failing, so its whole answers were asked for as streams for a verdict,
+    broke too, and kept it failing: every whole answer failed though the deployment answers them whole."""
+    up, backend = fake_upstreams(_streams_break, deployment("small", max_retries=0), streams_whole_answers=True)
+
+    up.health["small"].record_failure(time.monotonic())  # a client's stream broke off: the deployment is failing
+
+    async def scenario() -> list[Any]:
+        return [await up.call(("small",), BODY, None, deadline=Deadline.after(10)) for _ in range(3)]
+
+    answers = asyncio.run(scenario())
+    assert [done.body["choices"][0]["message"]["content"] for done, _ in answers] == ["whole"] * 3
+    assert not up.health["small"].is_open(time.monotonic())
