@@ -388,7 +388,10 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
 # The non-empty hashes among KEYS (all in one slot), as index, fields: a read of many hashes that are
 # mostly absent (a spend report reads one per hour of up to 400 days) costs one command and returns
 # what exists, rather than one pipelined command per hash (~45 µs of client CPU each: 0.44 s for a
-# 400-day report, on the event loop every tenant's requests share).
+# 400-day report, on the event loop every tenant's requests share). The page comes back as one JSON
+# text, not as a reply of two strings per field: the client's reply parser is Python, ~20 µs per string,
+# and a busy gateway's hashes hold a hundred fields each, so a day of fifty tenants' hashes was seconds of
+# the event loop; orjson reads the same page in milliseconds.
 _READ_HASHES_LUA = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -398,7 +401,8 @@ for i, key in ipairs(KEYS) do
     out[#out + 1] = row
   end
 end
-return out
+if #out == 0 then return '[]' end
+return cjson.encode(out)
 """
 # Keys per such read: ~1 ms of Redis each, so no one read holds the store (or waits on it) for long.
 READ_HASHES_PAGE = 1024
@@ -1037,9 +1041,10 @@ class RedisStore(RedisAdmission):
         for indices in by_slot.values():
             for start in range(0, len(indices), READ_HASHES_PAGE):
                 page = indices[start:start + READ_HASHES_PAGE]
-                found = await self._guarded(functools.partial(self._read_hashes, keys=[keys[i] for i in page]))
+                found = orjson.loads(await self._guarded(
+                    functools.partial(self._read_hashes, keys=[keys[i] for i in page])))
                 for at, row in zip(found[::2], found[1::2], strict=True):
-                    out[page[int(at) - 1]] = {_text(k): float(v) for k, v in zip(row[::2], row[1::2], strict=True)}
+                    out[page[int(at) - 1]] = {k: float(v) for k, v in zip(row[::2], row[1::2], strict=True)}
         return out
 
     async def set_members(self, key: str) -> list[str]:

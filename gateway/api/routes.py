@@ -395,9 +395,9 @@ async def _spend_report(svc: Services, request: Request, tenants: list[str] | No
     except StoreUnavailable:
         # a tenant is not told what the store said (its host and port): that is the operator's to read
         raise StoreOutage("spend cannot be read right now; retry shortly", headers={"retry-after": "2"}) from None
-    total = ledger.spend_table(hashes, ())
+    total, data = ledger.spend_tables(hashes, ((), group_by))
     body = {"object": "spend", "from": ledger.iso(window.start), "to": ledger.iso(window.end),
-            "group_by": list(group_by), "data": ledger.spend_table(hashes, group_by),
+            "group_by": list(group_by), "data": data,
             "total": total[0] if total else ledger.empty_row()}
     return Response(orjson.dumps(body), media_type="application/json")
 

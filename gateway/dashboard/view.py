@@ -115,13 +115,15 @@ async def dashboard_data(svc: Services, hours: int, now: float) -> dict[str, Any
 
 def _spend(hashes: list[tuple[str, int, dict[str, float]]], window: ledger.Window) -> dict[str, Any]:
     """The ledger's half of the page: totals, spend by hour, routing mix and cache hits."""
-    total = ledger.spend_table(hashes, ())
-    by_kind = {row["plan_kind"]: row["requests"] for row in ledger.spend_table(hashes, ("plan_kind",))}
+    # one pass over the hashes for the four tables (`ledger.spend_tables`)
+    total, kinds, hourly_rows, routing_mix = ledger.spend_tables(
+        hashes, ((), ("plan_kind",), ("hour",), ("policy", "plan_kind", "deployment")))
+    by_kind = {row["plan_kind"]: row["requests"] for row in kinds}
     requests = sum(by_kind.values())
     return {
         "total": total[0] if total else ledger.empty_row(),
-        "spend_by_hour": hourly(ledger.spend_table(hashes, ("hour",)), window),
-        "routing_mix": ledger.spend_table(hashes, ("policy", "plan_kind", "deployment")),
+        "spend_by_hour": hourly(hourly_rows, window),
+        "routing_mix": routing_mix,
         "cache": {"hits": by_kind.get(ledger.CACHE, 0), "requests": requests,
                   "hit_ratio": by_kind.get(ledger.CACHE, 0) / requests if requests else None},
     }
