@@ -261,6 +261,26 @@ def stated_fields(status: int | None, error: object) -> tuple[str | None, str | 
             param if isinstance(param, str) and _ERROR_FIELD.fullmatch(param) else None)
 
 
+# Shorter keys are left alone: replacing a few common characters would garble the message, and hide nothing.
+_MIN_REDACTED_KEY = 8
+
+
+def without_key(deployment: DeploymentConfig, failure: ProviderFailure) -> ProviderFailure:
+    """`failure` with the deployment's own API key taken out of what the upstream said: a server that quotes
+    the request's `Authorization` header back in its error (a proxy's "invalid key Bearer sk-..."), or a
+    client library that puts it in its exception, had the key written to every log line and span of the
+    failure, and for a refusal of the request (a 400 or 422) sent to the client in its error message."""
+    key = os.environ.get(deployment.api_key_env) if deployment.api_key_env else None
+    if not key or len(key) < _MIN_REDACTED_KEY:
+        return failure
+    detail = str(failure)
+    if key in detail:
+        failure.args = (detail.replace(key, "[api key]"),)
+    if key in failure.reason:
+        failure.reason = failure.reason.replace(key, "[api key]")
+    return failure
+
+
 def client_reason(status: int | None, stated: str | None) -> str | None:
     """What a client is told of an upstream's error: what the provider said (`stated`, the message of its
     error envelope) about the request, for a 400 or 422 it caused; nothing about the upstream else (None:

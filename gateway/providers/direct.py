@@ -31,6 +31,7 @@ from gateway.providers.base import (
     stated_fields,
     too_large,
     upstream_model_name,
+    without_key,
 )
 from gateway.streaming import Choices, choices_asked, replay
 
@@ -281,8 +282,8 @@ def _raise_if_error(deployment: DeploymentConfig, chunk: Any, where: str = "in i
     if isinstance(chunk, dict) and chunk.get("error") and not chunk.get("choices"):
         error = chunk["error"]
         stated = str(error.get("message") if isinstance(error, dict) else error)[:300]
-        raise ProviderFailure(f"{deployment.name}: upstream sent an error {where}: {stated}",
-                              reason=f"upstream sent an error {where}")
+        raise without_key(deployment, ProviderFailure(f"{deployment.name}: upstream sent an error {where}: {stated}",
+                                                      reason=f"upstream sent an error {where}"))
 
 
 def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: bytes) -> ProviderFailure:
@@ -295,12 +296,12 @@ def _failure(deployment: DeploymentConfig, resp: aiohttp.ClientResponse, raw: by
     # the provider's own error message, from its OpenAI error envelope
     stated = str(error["message"])[:300] if isinstance(error, dict) and "message" in error else None
     code, param = stated_fields(status, error)
-    return ProviderFailure(f"{deployment.name}: upstream answered {status}: "
-                           f"{stated or raw[:300].decode(errors='replace')}",
-                           status=status, retryable=is_retryable_status(status), reason=client_reason(status, stated),
-                           retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
-                           refuses_streaming=_refuses_streaming(status, parsed), too_large=too_large(status, stated),
-                           code=code, param=param)
+    return without_key(deployment, ProviderFailure(
+        f"{deployment.name}: upstream answered {status}: {stated or raw[:300].decode(errors='replace')}",
+        status=status, retryable=is_retryable_status(status), reason=client_reason(status, stated),
+        retry_after_s=parse_retry_after(resp.headers.get("retry-after")),
+        refuses_streaming=_refuses_streaming(status, parsed), too_large=too_large(status, stated),
+        code=code, param=param))
 
 
 # How a server says it will not stream this request, in its error's `param`, `code` or `message` (or a

@@ -38,6 +38,7 @@ from gateway.providers.base import (
     read_usage,
     stated_fields,
     too_large,
+    without_key,
 )
 
 log = logging.getLogger("switchyard.upstream")
@@ -145,7 +146,7 @@ class LiteLLMBackend:
         try:
             resp = await lib.acompletion(**self._kwargs(deployment, body, headers))
         except Exception as exc:  # litellm raises many types; classify them in one place
-            raise _classify(lib, deployment, exc) from exc
+            raise without_key(deployment, _classify(lib, deployment, exc)) from exc
         parsed = _openai_shaped(resp.model_dump(exclude_none=True), "message")
         if not parsed.get("choices"):  # passed on, a 200 with nothing in it, billed (as on the direct path)
             raise ProviderFailure(f"{deployment.name}: upstream sent an answer that is no answer: no choices",
@@ -180,7 +181,7 @@ class LiteLLMBackend:
         except ProviderFailure:
             raise
         except Exception as exc:
-            raise _classify(lib, deployment, exc) from exc
+            raise without_key(deployment, _classify(lib, deployment, exc)) from exc
         if held is not None:
             raise ProviderFailure(f"{deployment.name}: stream ended before any chunk (litellm read none from it)",
                                   reason="stream ended before any chunk")
