@@ -14,8 +14,8 @@ one that says so): a replica serving a promoted version puts it back, artifact a
 (`RouterRegistry.restore`), rather than every replica silently going back to its configured router.
 
 A version that cannot be loaded or fails that check (bytes that reached the store by another path
-than `router promote`) is logged once (`router_rejected`) and skipped
-until the pointer changes again: the replica keeps serving what it had.
+than `router promote`) is logged once (`router_rejected`) and skipped until the pointer changes
+again: the replica keeps serving what it had.
 """
 
 from __future__ import annotations
