@@ -745,6 +745,10 @@ class MemoryStore(MemoryAdmission):
 # A single Redis's connections per process, a cluster's per node (redis-py's default); more calls wait.
 POOL_CONNECTIONS = 100
 NO_FREE_CONNECTION = "No connection available."  # redis-py's words for a call that waited for one in vain
+# A plain `redis://` URL naming a node of a Redis Cluster: the node answers PING, and MOVED to any key of
+# another node's slots, so every keyed call fails although the store looks up.
+CLUSTER_NODE = ("redis_url names a node of a Redis Cluster (it answered MOVED {reply}): write it as "
+                "redis+cluster://host:port, or add ?cluster=true, so the client follows the cluster's slots")
 
 
 class RedisStore(RedisAdmission):
@@ -773,6 +777,9 @@ class RedisStore(RedisAdmission):
         self._client_errors: tuple[type[BaseException], ...] = ()  # a cluster client's own (below)
         self._slots: asyncio.Semaphore | None = None  # a cluster's calls at once (below)
         self._timeout_s = timeout_s
+        # Set when a single-server client is answered MOVED (CLUSTER_NODE), for good: the keys of the node's own
+        # slots still answer, but the URL is wrong until it is mended (and the gateway restarted).
+        self._cluster_node: str | None = None
         # redis-py's default retries timeouts too, with back-off: a hung Redis would hold every call.
         retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
         self._client: Any
@@ -836,7 +843,17 @@ class RedisStore(RedisAdmission):
             raise StoreUnavailable(NO_FREE_CONNECTION, unsent=True) from None
 
     def _down(self) -> str:
-        return f"store marked down for {self.breaker.cooldown_s:g} s after a failure"
+        down = f"store marked down for {self.breaker.cooldown_s:g} s after a failure"
+        return down if self._cluster_node is None else f"{down}: {self._cluster_node}"
+
+    def _moved(self, exc: BaseException) -> str | None:
+        """CLUSTER_NODE when a single-server client was answered MOVED or ASK, else None."""
+        from redis.exceptions import AskError
+
+        if self._slots is not None or not isinstance(exc, AskError):
+            return None
+        self._cluster_node = CLUSTER_NODE.format(reply=str(exc))
+        return self._cluster_node
 
     async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
         """The call itself, if the breaker lets it through; its outcome reported to the breaker and its failures
@@ -860,7 +877,8 @@ class RedisStore(RedisAdmission):
                 breaker.failed()
             elif trial:
                 breaker.succeeded()  # it answered
-            raise StoreUnavailable(str(exc) or type(exc).__name__, unsent=waited or _never_connected(exc)) from exc
+            message = self._moved(exc) or str(exc) or type(exc).__name__
+            raise StoreUnavailable(message, unsent=waited or _never_connected(exc)) from exc
         except self._client_errors as exc:
             if not _raised_in_redis(exc):
                 if trial:
@@ -1053,9 +1071,10 @@ class RedisStore(RedisAdmission):
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._guarded(self._client.ping))
+            answered = bool(await self._guarded(self._client.ping))
         except StoreUnavailable:
             return False
+        return answered and self._cluster_node is None  # a cluster node answers PING, and MOVED to the rest
 
     async def close(self) -> None:
         try:

@@ -334,3 +334,48 @@ def test_a_burst_of_store_calls_to_one_node_waits_for_connections_and_leaves_the
 
     got, closed = asyncio.run(burst())
     assert closed and got == ["ok"] * 250, {g for g in got if g != "ok"}
+
+
+def test_a_plain_redis_url_naming_a_cluster_node_says_so_and_is_not_ready(replicas: Replicas) -> None:
+    # `redis://host:port` (no `+cluster`, no `?cluster=true`) pointed at a cluster node: PING answered, so
+    # /readyz said "ready", while every keyed call was refused with `MOVED 7188 127.0.0.1:…`, which the logs
+    # repeated as the whole reason; budgets failed closed for good and held spend was never written.
+    import asyncio
+
+    from gateway.state import RedisStore, StoreUnavailable
+
+    port = replicas.cluster.ports[0]
+    elsewhere = next(k for k in (f"sy:probe:{i}" for i in range(100))
+                     if int(replicas.cluster.cli("cluster", "keyslot", k)) not in _slots_of(replicas.cluster, port))
+
+    async def scenario() -> tuple[str, bool, str]:
+        store = RedisStore(f"redis://127.0.0.1:{port}/0", timeout_s=0.5)
+        try:
+            await store.get(elsewhere)
+        except StoreUnavailable as exc:
+            said = str(exc)
+        else:
+            said = "answered"
+        ready = await store.ping()
+        try:
+            await store.get(elsewhere)  # while the breaker is open: the reason still given
+        except StoreUnavailable as exc:
+            again = str(exc)
+        await store.close()
+        return said, ready, again
+
+    said, ready, again = asyncio.run(scenario())
+    assert "Redis Cluster" in said and "redis+cluster://" in said, said
+    assert "redis+cluster://" in again, again
+    assert ready is False
+
+
+def _slots_of(cluster: RedisCluster, port: int) -> set[int]:
+    slots: set[int] = set()
+    for line in cluster.cli("cluster", "nodes").splitlines():
+        fields = line.split()
+        if fields[1].split("@")[0].endswith(f":{port}"):
+            for span in fields[8:]:
+                low, _, high = span.partition("-")
+                slots.update(range(int(low), int(high or low) + 1))
+    return slots
