@@ -382,6 +382,10 @@ def checked_redis_url(url: str) -> str:
     if not url.startswith(REDIS_SCHEMES):
         # not echoed: a URL holds its password (redis://user:secret@host)
         raise ValueError(f"not a Redis URL: it starts with {', '.join(REDIS_SCHEMES)} (redis://host:6379/0)")
+    from gateway.state import redis_url_problem  # deferred: it imports redis-py, only for a config that names one
+
+    if (problem := redis_url_problem(url)) is not None:
+        raise ValueError(problem)
     return url
 
 

@@ -805,7 +805,7 @@ class RedisStore(RedisAdmission):
             # the call past its connections at once ("Too many connections"), a failure the breaker takes for
             # an outage, and a burst of requests arriving together on one worker reached it.
             pool = redis.BlockingConnectionPool.from_url(
-                url, max_connections=POOL_CONNECTIONS, timeout=timeout_s, socket_timeout=timeout_s,
+                single_server_url(url), max_connections=POOL_CONNECTIONS, timeout=timeout_s, socket_timeout=timeout_s,
                 socket_connect_timeout=timeout_s, health_check_interval=10, retry_on_timeout=False, retry=retry,
                 retry_on_error=[RedisConnectionError])
             self._client = redis.Redis.from_pool(pool)
@@ -1087,17 +1087,63 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+_FLAG_TRUE, _FLAG_FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
+def _cluster_flag(url: str) -> tuple[bool | None, str]:
+    """The `cluster` query parameter of `url` (True, False, or None when absent) and `url` without it. A value
+    that is no flag is left in the URL, where `redis_url_problem` names it."""
+    base, sep, query = url.partition("?")
+    flag: bool | None = None
+    kept = []
+    for param in (p for p in query.split("&") if p):
+        name, _, value = param.partition("=")
+        if name == "cluster" and value.lower() in _FLAG_TRUE + _FLAG_FALSE:
+            flag = value.lower() in _FLAG_TRUE
+        else:
+            kept.append(param)
+    return flag, f"{base}{sep}{'&'.join(kept)}" if kept else base
+
+
 def cluster_seed_url(url: str) -> str | None:
     """A Redis Cluster URL (`redis+cluster://`, `rediss+cluster://` or `?cluster=true`) as the plain
     URL of its seed node, from which the client discovers the others; None for a single server."""
-    scheme, sep, rest = url.partition("://")
+    scheme, sep, _ = url.partition("://")
+    flag, url = _cluster_flag(url)
     if scheme in ("redis+cluster", "rediss+cluster"):
-        url = f"{scheme.removesuffix('+cluster')}{sep}{rest}"
-    elif "cluster=true" not in url:
-        return None
-    base, _, query = url.partition("?")
-    kept = "&".join(p for p in query.split("&") if p and p != "cluster=true")
-    return f"{base}?{kept}" if kept else base
+        return f"{scheme.removesuffix('+cluster')}{sep}{url.partition('://')[2]}"
+    return url if flag else None
+
+
+def single_server_url(url: str) -> str:
+    """`url` as redis-py opens a single server: without an explicit `?cluster=false`."""
+    return _cluster_flag(url)[1]
+
+
+def redis_url_problem(url: str) -> str | None:
+    """Why redis-py cannot open `url` the way `RedisStore` opens it (nothing is connected), or None. A query
+    parameter it does not take, a cluster with a database number, a value it cannot read: at start-up, not
+    a traceback from deep in redis-py when the first store call opens a connection. Never the URL itself,
+    which may hold a password."""
+    import redis.asyncio as redis
+    from redis.asyncio.connection import ConnectionPool
+    from redis.exceptions import RedisClusterException
+
+    seed = cluster_seed_url(url)
+    try:
+        if seed is not None:
+            redis.RedisCluster.from_url(seed)
+        else:
+            pool = ConnectionPool.from_url(single_server_url(url))
+            pool.connection_class(**pool.connection_kwargs)
+    except TypeError as exc:
+        name = str(exc).rpartition("keyword argument ")[2] or "?"
+        return (f"its query parameter {name} is not one redis-py takes"
+                + (" for a single server (rediss:// for TLS)" if seed is None else " for a cluster")
+                + "; a Redis Cluster is redis+cluster://host:port or ?cluster=true")
+    except (ValueError, RedisClusterException) as exc:
+        return f"redis-py cannot open it: {exc}"
+    return None
 
 
 def open_store(redis_url: str | None) -> Store:

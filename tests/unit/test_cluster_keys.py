@@ -106,6 +106,9 @@ def test_cached_answers_are_not_pinned_to_one_slot() -> None:
     ("redis://10.0.0.1:7000?cluster=true", "redis://10.0.0.1:7000"),
     ("redis://10.0.0.1:7000?cluster=true&ssl_cert_reqs=none", "redis://10.0.0.1:7000?ssl_cert_reqs=none"),
     ("redis://10.0.0.1:6379/0", None),
+    ("redis://10.0.0.1:7000?cluster=True", "redis://10.0.0.1:7000"),  # the value read as a flag, any case
+    ("redis://10.0.0.1:7000/0?cluster=1&protocol=3", "redis://10.0.0.1:7000/0?protocol=3"),
+    ("redis://10.0.0.1:6379/0?cluster=false", None),
 ])
 def test_a_cluster_url_names_its_seed_node(url: str, seed: str | None) -> None:
     assert cluster_seed_url(url) == seed

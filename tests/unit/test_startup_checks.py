@@ -331,3 +331,28 @@ def test_the_workers_supervisor_checks_a_config_without_building_telemetry_metri
     tenant = {"name": "team-a", "api_key_sha256": hash_key("sk-a"), "default_policy": "nope"}
     with pytest.raises(ConfigError, match=re.escape("tenants[0].default_policy")):  # as a worker refuses it
         app.check_start_up(_config(default_policy="mine", policies_dir=str(folder), tenants=[tenant]))
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    # a query parameter redis-py does not take was a TypeError deep in redis-py, "Application startup failed"
+    ("redis://127.0.0.1:6379/0?cluster=maybe", "cluster"),
+    ("redis://127.0.0.1:6379/0?ssl_cert_reqs=none", "'ssl_cert_reqs'"),
+    ("redis+cluster://127.0.0.1:7000?pool=5", "'pool'"),
+    ("redis://127.0.0.1:6379/0?socket_timeout=soon", "socket_timeout"),
+    ("redis+cluster://127.0.0.1:7000/1", "db"),
+])
+def test_a_redis_url_redis_py_cannot_open_fails_the_config_naming_why_not_the_url(url: str, said: str) -> None:
+    raw = {"redis_url": url, "deployments": [{"name": "small", "model": "openai/m",
+                                              "api_base": "http://127.0.0.1:9/v1", "tier": "small"}]}
+    with pytest.raises(ConfigError, match=r"redis_url") as raised:
+        parse_config(raw, "gateway.yaml")
+    assert said in str(raised.value) and "127.0.0.1" not in str(raised.value)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0", "rediss://u:pw@127.0.0.1:6380/0?ssl_cert_reqs=none",
+                                 "redis+cluster://127.0.0.1:7000", "redis://127.0.0.1:7000?cluster=true",
+                                 "redis://127.0.0.1:7000?cluster=True", "unix:///run/redis.sock?db=2"])
+def test_a_redis_url_redis_py_opens_is_taken(url: str) -> None:
+    raw = {"redis_url": url, "deployments": [{"name": "small", "model": "openai/m",
+                                              "api_base": "http://127.0.0.1:9/v1", "tier": "small"}]}
+    assert parse_config(raw, "gateway.yaml").redis_url == url
