@@ -269,6 +269,13 @@ class Upstreams:
             return call.result()
         drain(call, priced, functools.partial(self._worst_usd, name, body), into=self.draining)
         if limit < timeout_s:
+            # The deadline ended the wait, but a timer may fire before the clock reaches its time (uvloop's
+            # round a delay to whole milliseconds): the rest is waited out, so that what follows (a cascade's
+            # next step after a judge or step the deadline cut) finds the deadline passed and calls nothing.
+            # It found time left, sent a call that could not answer in it, and that call was billed when it
+            # answered after the 504.
+            while (left := deadline.remaining()) > 0:  # noqa: ASYNC110 (a clock to pass, not an event)
+                await asyncio.sleep(left)
             raise _DeadlinePassed
         raise ProviderFailure(f"{name}: no answer within {timeout_s:g} s", timeout=True,
                               reason=f"timed out after {timeout_s:g} s")

@@ -148,3 +148,29 @@ def test_a_missing_credential_falls_through_to_the_next_deployment(monkeypatch: 
                                  deployment("local"))
     _, record = asyncio.run(up.call(("hosted", "local"), BODY, None, deadline=Deadline.after(5)))
     assert record.deployment == "local"
+
+
+
+class _EarlyTimers(asyncio.SelectorEventLoop):
+    """An event loop whose timers fire before the clock reaches their time, as uvloop's do (it rounds a
+    delay to whole milliseconds and keeps time in whole milliseconds)."""
+
+    def call_at(self, when: float, callback: Any, *args: Any, context: Any = None) -> asyncio.TimerHandle:
+        return super().call_at(when - 0.003, callback, *args, context=context)
+
+
+def test_a_cascade_whose_judge_the_deadline_cut_calls_nothing_more() -> None:
+    """The judge's wait ended at the deadline, the clock a fraction of a millisecond short of it: the cascade
+    escalated to `large` with no time left, which answered after the 504 and was billed for nothing."""
+    from gateway.executor import run
+    from gateway.plans import Cascade
+
+    def handler(d: Any, body: Any) -> Any:
+        return Delay(2, answer("9")) if d.name == "judge" else answer("The answer is A.", model=d.name)
+
+    for _ in range(3):
+        up, backend = fake_upstreams(handler, deployment("small"), deployment("large"), deployment("judge"))
+        plan = Cascade(("small", "large"), "judge", 0.7, judge="judge")
+        with asyncio.Runner(loop_factory=_EarlyTimers) as runner, pytest.raises(UpstreamTimeout):
+            runner.run(run(up, plan, BODY, None, Deadline.after(0.2)))
+        assert backend.called("judge") == 1 and backend.called("large") == 0
