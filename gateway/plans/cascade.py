@@ -20,9 +20,8 @@ from pydantic import ConfigDict, Field, model_validator
 from gateway.config import NoBooleanNumbers
 from gateway.errors import GatewayError
 from gateway.executor.result import CallRecord
-from gateway.executor.sampling import billing, judge_score, pick, result, sample, upstream_fault
+from gateway.executor.sampling import billing, choice_text, judge_score, pick, result, sample, upstream_fault
 from gateway.executor.selectors import vote
-from gateway.messages import message_text
 from gateway.plans.base import (
     JUDGE_OUTPUT_TOKENS,
     Binder,
@@ -229,7 +228,9 @@ async def _confidence(up: Upstreams, plan: Cascade, members: tuple[str, ...], bo
         tokens = ((done.body["choices"][0].get("logprobs") or {}).get("content")) or []
         conf = math.exp(sum(t["logprob"] for t in tokens) / len(tokens)) if tokens else 0.0
         return done.body, conf, [rec], {"confidence": "logprob", "tokens_scored": len(tokens)}
-    text = message_text(done.body["choices"][0]["message"].get("content"))
+    # What the answer says as a vote reads it: its tool calls, then its text. Read as its text alone, a tool
+    # call was an empty answer to the judge, graded unsure, and every tool-calling step escalated.
+    text = choice_text(done.body["choices"][0])
     score, judge_calls = await judge_score(up, plan.judge, body, text, span, deadline)
     return done.body, score, [rec, *judge_calls], {"confidence": "judge", "score": score}
 

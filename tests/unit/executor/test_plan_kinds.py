@@ -90,3 +90,23 @@ def test_a_judged_cascade_escalates_on_a_low_score_and_a_failed_judge() -> None:
     gone, _ = _run(plan, handler(None))
     assert high.plan_label.endswith(":accepted") and high.evidence["cascade"][0]["score"] == 0.9
     assert low.plan_label.endswith(":escalated") and gone.plan_label.endswith(":escalated")
+
+
+def test_a_judged_cascade_shows_its_judge_the_tool_calls_it_grades() -> None:
+    """A step that answers with a tool call has no text: the judge was shown an empty answer, graded it
+    unsure, and every tool call escalated, whatever the step had called."""
+    graded: list[str] = []
+
+    def reply(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        if d.name == "judge":
+            graded.append(body["messages"][-1]["content"])
+            return answer("9" if '"name": "lookup"' in graded[-1] or '"name":"lookup"' in graded[-1] else "1")
+        out = answer("", model=d.name)
+        out["choices"][0]["message"] = {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"q": "A"}'}}]}
+        out["choices"][0]["finish_reason"] = "tool_calls"
+        return out
+
+    result, backend = _run(Cascade(("small", "large"), "judge", 0.7, judge="judge"), reply)
+    assert "lookup" in graded[0]
+    assert result.plan_label.endswith(":accepted") and backend.called("large") == 0
