@@ -227,12 +227,12 @@ async def _confidence(up: Upstreams, plan: Cascade, members: tuple[str, ...], bo
     if plan.confidence == "logprob" or plan.judge is None:
         tokens = ((done.body["choices"][0].get("logprobs") or {}).get("content")) or []
         conf = math.exp(sum(t["logprob"] for t in tokens) / len(tokens)) if tokens else 0.0
-        return done.body, conf, [rec], {"confidence": "logprob", "tokens_scored": len(tokens)}
+        return done.body, conf, [rec], {"signal": "logprob", "tokens_scored": len(tokens)}
     # What the answer says as a vote reads it: its tool calls, then its text. Read as its text alone, a tool
     # call was an empty answer to the judge, graded unsure, and every tool-calling step escalated.
     text = choice_text(done.body["choices"][0])
     score, judge_calls = await judge_score(up, plan.judge, body, text, span, deadline)
-    return done.body, score, [rec, *judge_calls], {"confidence": "judge", "score": score}
+    return done.body, score, [rec, *judge_calls], {"signal": "judge", "score": score}
 
 
 async def run(up: Upstreams, plan: Cascade, body: dict[str, Any], span: Span | None, deadline: Deadline) -> Result:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from gateway.config import DeploymentConfig
@@ -75,6 +76,10 @@ def test_a_logprob_cascade_accepts_a_confident_answer_and_escalates_an_unsure_on
     sure, _ = _run(Cascade(("small", "large"), "logprob", 0.5), handler(-0.1))
     unsure, _ = _run(Cascade(("small", "large"), "logprob", 0.5), handler(-2.0))
     assert sure.plan_label.endswith(":accepted") and unsure.plan_label.endswith(":escalated")
+    # the evidence says the confidence it compared with the threshold (the signal's name took its place)
+    assert sure.evidence["cascade"][0]["confidence"] == round(math.exp(-0.1), 4)
+    assert unsure.evidence["cascade"][0]["confidence"] == round(math.exp(-2.0), 4)
+    assert sure.evidence["cascade"][0]["signal"] == "logprob"
 
 
 def test_a_judged_cascade_escalates_on_a_low_score_and_a_failed_judge() -> None:
@@ -89,6 +94,7 @@ def test_a_judged_cascade_escalates_on_a_low_score_and_a_failed_judge() -> None:
     low, _ = _run(plan, handler("2"))
     gone, _ = _run(plan, handler(None))
     assert high.plan_label.endswith(":accepted") and high.evidence["cascade"][0]["score"] == 0.9
+    assert high.evidence["cascade"][0]["confidence"] == 0.9 and low.evidence["cascade"][0]["confidence"] == 0.2
     assert low.plan_label.endswith(":escalated") and gone.plan_label.endswith(":escalated")
 
 
