@@ -227,7 +227,11 @@ async def _confidence(up: Upstreams, plan: Cascade, members: tuple[str, ...], bo
     if plan.confidence == "logprob" or plan.judge is None:
         tokens = ((done.body["choices"][0].get("logprobs") or {}).get("content")) or []
         conf = math.exp(sum(t["logprob"] for t in tokens) / len(tokens)) if tokens else 0.0
-        return done.body, conf, [rec], {"signal": "logprob", "tokens_scored": len(tokens)}
+        # The log-probabilities were the gateway's to read: a client that did not ask for them gets none, as
+        # from OpenAI (`logprobs: null`), and the answer it is served from the cache has none either.
+        answer = done.body if body.get("logprobs") else \
+            {**done.body, "choices": [{**c, "logprobs": None} for c in done.body.get("choices") or ()]}
+        return answer, conf, [rec], {"signal": "logprob", "tokens_scored": len(tokens)}
     # What the answer says as a vote reads it: its tool calls, then its text. Read as its text alone, a tool
     # call was an empty answer to the judge, graded unsure, and every tool-calling step escalated.
     text = choice_text(done.body["choices"][0])

@@ -116,3 +116,19 @@ def test_a_judged_cascade_shows_its_judge_the_tool_calls_it_grades() -> None:
     result, backend = _run(Cascade(("small", "large"), "judge", 0.7, judge="judge"), reply)
     assert "lookup" in graded[0]
     assert result.plan_label.endswith(":accepted") and backend.called("large") == 0
+
+
+def test_a_logprob_cascade_answers_log_probabilities_only_to_a_client_that_asked_for_them() -> None:
+    def reply(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        out = answer("The answer is A.", model=d.name)
+        if body.get("logprobs"):
+            out["choices"][0]["logprobs"] = {"content": [{"token": "A", "logprob": -0.1}]}
+        return out
+
+    plan = Cascade(("small", "large"), "logprob", 0.5)
+    up, _ = fake_upstreams(reply, *DEPLOYMENTS)
+    unasked = asyncio.run(run(up, plan, dict(BODY), None, Deadline.after(10)))
+    asked = asyncio.run(run(up, plan, {**BODY, "logprobs": True}, None, Deadline.after(10)))
+    assert unasked.plan_label.endswith(":accepted") and asked.plan_label.endswith(":accepted")
+    assert unasked.body["choices"][0]["logprobs"] is None
+    assert asked.body["choices"][0]["logprobs"]["content"][0]["token"] == "A"
