@@ -365,4 +365,6 @@ def test_a_deployment_whose_streams_break_still_answers_whole_answers_whole() ->
 
     answers = asyncio.run(scenario())
     assert [done.body["choices"][0]["message"]["content"] for done, _ in answers] == ["whole"] * 3
+    # one stream for the verdict, broken; asked again whole, which answered: the next ones are asked whole
+    assert [bool(body.get("stream")) for _, body in backend.calls] == [True, False, False, False]
     assert not up.health["small"].is_open(time.monotonic())
