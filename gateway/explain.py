@@ -8,6 +8,7 @@ target policy would do on a file of traffic.
 
 from __future__ import annotations
 
+import codecs
 import itertools
 import math
 from pathlib import Path
@@ -157,6 +158,8 @@ def read_traffic(path: Path) -> list[list[dict[str, Any]]]:
     out = []
     with path.open("rb") as f:
         for n, line in enumerate(f, 1):
+            if n == 1:  # a byte-order mark (Windows editors, PowerShell) is no part of the JSON
+                line = line.removeprefix(codecs.BOM_UTF8)
             if not line.strip():
                 continue
             try:

@@ -11,6 +11,7 @@ file each row came from (its stem), because outcomes are only comparable within 
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import zlib
@@ -80,6 +81,8 @@ def iter_rows(path: str | Path, labels: bool = False) -> Iterator[DataRow]:
     (`route --batch`) reads none of them, and a label it never reads does not stop it."""
     with open(path, "rb") as f:  # decoded line by line, so a bad byte is an error naming its line
         for n, raw in enumerate(f, 1):
+            if n == 1:  # a byte-order mark, which Windows editors and PowerShell write: not part of the JSON
+                raw = raw.removeprefix(codecs.BOM_UTF8)
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
