@@ -50,8 +50,10 @@ def score_file(
     r = router if router is not None else load_router()
     total = _rows_in(in_path)
     count = 0
-    target = Path(out_path).resolve() if Path(out_path).is_symlink() else Path(out_path)  # the file it names
-    streamed = target.exists() and not target.is_file()  # /dev/stdout, a pipe: no file to put in place
+    # /dev/stdout, a pipe, a terminal: no file to put in place, so written as it is named. Asked of the name
+    # itself: /dev/stdout on a pipe resolves to /proc/PID/fd/pipe:[N], a path that names nothing.
+    streamed = Path(out_path).exists() and not Path(out_path).is_file()
+    target = Path(out_path).resolve() if Path(out_path).is_symlink() and not streamed else Path(out_path)
     partial = target if streamed else Path(f"{target}.partial")
     # as `train --out` and `logs export --out` do: it failed on "No such file ... OUT.jsonl.partial", a file never named
     partial.parent.mkdir(parents=True, exist_ok=True)

@@ -614,3 +614,14 @@ def test_route_batch_scores_prompts_whatever_their_labels_say(tmp_path: Path) ->
     out = _run("route", "--batch", str(rows), "--out", str(tmp_path / "out.jsonl"), "--quiet")
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "out.jsonl").read_text())["id"] == "r"
+
+
+def test_route_batch_writes_its_scores_to_dev_stdout_when_that_is_a_pipe(tmp_path: Path) -> None:
+    """`switchyard route --batch IN --out /dev/stdout | jq ...` failed: on a pipe /dev/stdout resolves to
+    /proc/PID/fd/pipe:[N], which names no file, and the scores went to 'pipe:[N].partial' beside it."""
+    data = tmp_path / "in.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"What is {i} + 1?"}) + "\n" for i in range(3)))
+    out = _run("route", "--batch", str(data), "--out", "/dev/stdout", "--quiet")  # stdout: a pipe
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(line)["id"] for line in out.stdout.splitlines()] == ["q0", "q1", "q2"]
+    assert list(tmp_path.iterdir()) == [data]

@@ -20,3 +20,15 @@ def test_a_jsonl_file_that_opens_with_a_byte_order_mark_is_read_as_the_same_rows
     assert [r["id"] for r in iter_rows(data)] == ["r0", "r1", "r2"]
     assert load_data(data).ids == ["r0", "r1", "r2"]
     assert len(read_traffic(data)) == 3
+
+
+def test_route_batch_to_a_symlink_replaces_the_file_it_names(tmp_path: Path) -> None:
+    from gateway.router.batch import score_file
+
+    data = tmp_path / "in.jsonl"
+    data.write_text(json.dumps({"id": "q", "prompt": "hi"}) + "\n")
+    (tmp_path / "real.jsonl").write_text("old\n")
+    (tmp_path / "link.jsonl").symlink_to(tmp_path / "real.jsonl")
+    assert score_file(data, tmp_path / "link.jsonl", progress=False) == 1
+    assert (tmp_path / "link.jsonl").is_symlink()
+    assert json.loads((tmp_path / "real.jsonl").read_text())["id"] == "q"
