@@ -54,9 +54,16 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> int:
-    key = args.admin_key or os.environ.get(ENV_ADMIN_KEY)
+    # Stripped: a key read from a file keeps its line end (a CRLF file's "\r" survives `$(cat key)`).
+    key = (args.admin_key or os.environ.get(ENV_ADMIN_KEY) or "").strip()
     if not key:
         print(f"switchyard keys: give the admin key with --admin-key or ${ENV_ADMIN_KEY}", file=sys.stderr)
+        return 2
+    if (bad := _unsendable(key)) is not None:
+        # A header carries printable ASCII alone: a curly quote pasted with the key ended in a traceback, and
+        # a line break inside it was refused in a message that printed the whole admin key.
+        print(f"switchyard keys: the admin key holds {bad}, which an HTTP header cannot carry: "
+              "check how it was pasted or stored", file=sys.stderr)
         return 2
     url = (args.url or os.environ.get(ENV_URL) or "http://127.0.0.1:8080").rstrip("/")
     import httpx  # deferred: the CLI's other commands do not need it
@@ -76,6 +83,16 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
         return 0
     print(f"switchyard keys: {_refusal(resp.status_code, answer, resp.text)}", file=sys.stderr)
     return 1
+
+
+def _unsendable(key: str) -> str | None:
+    """What in `key` an HTTP header cannot carry (described, never quoted: it is a secret), or None."""
+    for i, ch in enumerate(key):
+        if not " " <= ch <= "~":  # a space inside is sent (the gateway reads the key after "Bearer ")
+            kind = "a control character" if ord(ch) < 0x20 or ch == "\x7f" else \
+                f"the non-ASCII character U+{ord(ch):04X}"
+            return f"{kind} at position {i + 1}"
+    return None
 
 
 def _refusal(status: int, answer: Any, text: str) -> str:
