@@ -71,7 +71,7 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
     try:
         resp = httpx.request(method, url + path, json=body, timeout=_TIMEOUT_S,
                              headers={"authorization": f"Bearer {key}"})
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:  # InvalidURL is no HTTPError: `--url :::` was a traceback
         print(f"switchyard keys: cannot reach {url}: {exc}", file=sys.stderr)
         return 1
     try:

@@ -47,3 +47,7 @@ def test_an_admin_key_read_with_its_line_end_is_sent_without_it(monkeypatch: pyt
     assert main(["keys", "list", "--url", "http://127.0.0.1:9"]) == 0
     assert sent == ["Bearer sk-admin secret"]
 
+
+def test_a_url_the_http_client_cannot_parse_is_an_error_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "list", "--url", ":::", "--admin-key", "sk-admin"]) == 1  # a traceback (httpx.InvalidURL)
+    assert capsys.readouterr().err.startswith("switchyard keys: cannot reach :::: ")
