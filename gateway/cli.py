@@ -646,7 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
     c = pc.add_parser("check", help="validate policy files and run their golden examples (for CI)")
     c.add_argument("folder", nargs="?", default="routing_policies",
-                   help="folder of policy YAML files (default: %(default)s)")
+                   help="folder of policy YAML files, or one such file (default: %(default)s)")
     c.add_argument("--config", help="gateway YAML to bind against (default: the embedded default)")
     c.set_defaults(func=cmd_policy_check)
     k = pc.add_parser(

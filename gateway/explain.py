@@ -108,7 +108,14 @@ def check_policies(folder: Path, config_path: str | None) -> list[str]:
     router = None
     seeds = None
     catalog = Catalog({d.name: d for d in config.deployments}, prices_for(config.deployments))
-    files = policy_files(folder)
+    if folder.is_file():  # `policy check routing_policies/balanced.yaml`: that file alone
+        if folder.suffix not in (".yaml", ".yml"):
+            return [f"{folder}: not a policy file (*.yaml, *.yml) nor a folder of them"]
+        files = [folder]
+    elif not folder.is_dir():  # named on the command line: not the config's policies_dir
+        return [f"{folder}: no such folder of policy files"]
+    else:
+        files = policy_files(folder)
     if not files:  # a CI gate pointed at the wrong folder must not pass by checking nothing
         return [f"{folder}: no policy files (*.yaml, *.yml) to check"]
     # The gateway refuses to start on such a folder: which file is in force would depend on which was read last

@@ -319,3 +319,19 @@ def test_policy_check_refuses_a_cascade_that_starts_with_the_dearer_model(tmp_pa
     assert check_policies(tmp_path, None) == [
         "backwards.yaml: cascade:large>small: step 'large' ($0.88/$0.88 per million input/output tokens) is "
         "dearer than the step after it, 'small' ($0.18/$0.18): cascade steps go cheapest first"]
+
+
+def test_policy_check_of_one_file_checks_that_file_and_of_a_wrong_path_says_what_it_is(tmp_path: Path) -> None:
+    """`policy check routing_policies/balanced.yaml` said "policy folder not found (named by policies_dir)":
+    a file, not a missing folder, and named on the command line, not by any config."""
+    from gateway.explain import check_policies
+
+    _write(tmp_path, "good.yaml", "candidates:\n  - single: small\n")
+    _write(tmp_path, "bad.yaml", "candidates:\n  - single: huge\n")
+    assert check_policies(tmp_path / "good.yaml", None) == []
+    [problem] = check_policies(tmp_path / "bad.yaml", None)
+    assert problem.startswith("bad.yaml: candidates[0].single 'huge' is not a deployment or tier")
+    (tmp_path / "notes.txt").write_text("hi\n")
+    assert check_policies(tmp_path / "notes.txt", None) == [
+        f"{tmp_path / 'notes.txt'}: not a policy file (*.yaml, *.yml) nor a folder of them"]
+    assert check_policies(tmp_path / "nowhere", None) == [f"{tmp_path / 'nowhere'}: no such folder of policy files"]
