@@ -151,6 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     phase(f"reading {args.data} and the shipped router")
     router = load_router()
     train, val = load_rows(args.data, "train"), load_rows(args.data, "validation")
+    if not train or not val:  # else a traceback from numpy, after fitting on nothing
+        missing(p.prog, f"{args.data} has {len(train)} train and {len(val)} validation rows; the benchmark fits on "
+                        "the first and measures on the second: pass --data FILE with both (e.g. mmlu_pro.jsonl)")
     prices = load_prices(args.data, train + val)
     if args.quick:
         train, val = train[:40], val[:40]

@@ -594,6 +594,16 @@ def test_a_routing_benchmark_without_its_data_stops_in_one_line_naming_it(tmp_pa
     assert out.stderr.splitlines() == [says.format(tmp=tmp_path)], out.stderr
 
 
+def test_the_test_time_compute_benchmark_on_a_file_without_both_splits_stops_in_one_line(tmp_path: Path) -> None:
+    """An empty file (or one of train rows alone) fitted on nothing and ended in a traceback from numpy."""
+    data = tmp_path / "mmlu_pro.jsonl"
+    data.write_text(json.dumps({"id": "a", "prompt": "hi", "split": "train", "models": {}}) + "\n")
+    out = _run("bench", "test_time_compute", "--data", str(data), "--quick")
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        f"python -m benchmarks.test_time_compute: {data} has 1 train and 0 validation rows; the benchmark fits on "
+        "the first and measures on the second: pass --data FILE with both (e.g. mmlu_pro.jsonl)")
+
 def test_a_routing_benchmark_says_what_it_is_doing_phase_by_phase(tmp_path: Path) -> None:
     # On the full files the first fit alone takes minutes: a line says so before each phase starts.
     out = _run("bench", "routing_quality", "--data-dir", str(ROOT / "tests/fixtures/routing_small"),
