@@ -257,6 +257,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not args.out:  # `--out "$DIR"` with DIR unset: the router would land in the working directory
         print("switchyard train: --out is empty: name the directory to write the router to", file=sys.stderr)
         return 2
+    if Path(args.out).exists() and not Path(args.out).is_dir():  # else found only once the fit is done
+        print(f"switchyard train: --out {args.out} is a file; name a directory to write the router to",
+              file=sys.stderr)
+        return 2
     try:
         from gateway.router.training.train import train
     except ModuleNotFoundError as exc:  # scipy is the `train` extra: serving never needs it

@@ -409,6 +409,8 @@ BAD_INVOCATIONS = [
     ("train --data {lone-surrogate} --out {missing}",
      "switchyard train: {lone-surrogate}: line 1: 'prompt' has an unpaired surrogate escape"),
     ("train --data {empty} --out {missing}", "switchyard train: {empty}: no rows to train on"),
+    # said "[Errno 17] File exists" once the whole fit was done, a minute or an hour later
+    ("train --data {rows} --out {rows}", "switchyard train: --out {rows} is a file; name a directory"),
     ("train --data {validation-only} --out {missing}", "switchyard train: {validation-only}: no rows to train on"),
     ("train --data {score-text} --out {missing}",
      "switchyard train: {score-text}: line 1: models.a.score must be a number or null, got \"high\""),
