@@ -389,7 +389,8 @@ async def _export_from_redis(url: str, since_s: float, names: dict[str, str], ou
 SPEND_HELP = """\
 Print the durable spend ledger: requests, cost, tokens, and the savings against always taking
 each policy's dearest candidate (counterfactual_usd, savings_usd), with the router's predicted
-quality of what was chosen (q_chosen) and of that candidate (q_counterfactual). The same rows as
+quality of what was chosen (q_chosen; predicted_quality_chosen in --csv, as the API names it) and of
+that candidate (q_counterfactual; predicted_quality_counterfactual). The same rows as
 GET /v1/spend with the admin key, read straight from the Redis in the gateway config (--config
 or $SWITCHYARD_CONFIG). A gateway on the in-memory store keeps its ledger in its own process:
 ask its /v1/spend instead.
