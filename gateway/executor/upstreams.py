@@ -381,7 +381,7 @@ class Upstreams:
                         # whole answer, since each break kept it "failing", which asks for streams.
                         log.warning("deployment '%s' broke off a whole answer asked for as a stream (%s): asked "
                                     "again whole", name, exc.reason, extra={
-                                        "event": "whole_answer_unstreamed", "deployment": name,
+                                        "event": "whole_answer_asked_again", "deployment": name,
                                         "reason": exc.reason})
                         begun.answering = False  # the whole call's own verdict from here
                     else:
