@@ -86,5 +86,22 @@ def test_the_dashboard_and_spend_reports_of_a_busy_ledger_leave_the_event_loop_f
     assert total[0]["requests"] == requests
     assert len(by_tenant_policy) == TENANTS * 3
     assert all(r["requests"] == HOURS * 4 and r["predicted_quality_chosen"] == 0.25 for r in by_tenant_policy)
-    # Before: several seconds without a request served (10 s on a loaded two-core machine).
-    assert stall < 1.0, f"the event loop was held for {stall:.2f} s"
+    # Before: 4.5 s without a request served, 7.6-10 s on a loaded two-core machine; after, 0.2-0.3 s, and 1.7 s
+    # with the machine's two cores shared with a test run and more. The bound is for seconds-long stalls alone.
+    assert stall < 3.0, f"the event loop was held for {stall:.2f} s"
+
+
+def test_a_page_of_ledger_hashes_comes_back_from_the_store_as_one_text(busy_ledger: RedisServer) -> None:
+    """What the stall above came from, counted rather than timed: a reply of two strings per field, each parsed
+    by the client in Python. One JSON text per page is parsed by orjson."""
+    window = ledger.Window(NOW - HOURS * ledger.HOUR_S, NOW)
+
+    async def page() -> object:
+        store = open_store(busy_ledger.url)
+        try:
+            return await store._read_hashes(keys=[ledger.ledger_key("tenant-0", h) for h in window.hours])  # type: ignore[attr-defined]
+        finally:
+            await store.close()
+
+    raw = asyncio.run(page())
+    assert isinstance(raw, (bytes, str))
