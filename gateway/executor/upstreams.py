@@ -71,7 +71,7 @@ from gateway.providers.base import (
     short_of_choices,
 )
 from gateway.providers.genai import upstream_names
-from gateway.providers.health import HealthBoard, configured_latency_ms
+from gateway.providers.health import DeploymentHealth, HealthBoard, configured_latency_ms
 from gateway.providers.pricing import DeploymentPrice
 from gateway.providers.terms import PLAIN, Terms, terms_of, with_audio_input
 from gateway.quotas import DeploymentOverQuota, DeploymentQuotas, Taken, over_quota_error
@@ -192,6 +192,18 @@ class _WaitWouldNotFit(stop_base):
 
     def __call__(self, state: RetryCallState) -> bool:
         return _longest_wait(_outcome_failure(state), state.attempt_number + 1) >= self.deadline.remaining()
+
+
+class _CircuitOpened(stop_base):
+    """Stop retrying this deployment when its circuit is open: the failure just seen opened it (or another
+    request's did), and the retry after the wait would be refused: the wait (an upstream's Retry-After, up to
+    60 s) was the client's for nothing, its fallbacks asked only after it."""
+
+    def __init__(self, health: DeploymentHealth) -> None:
+        self.health = health
+
+    def __call__(self, state: RetryCallState) -> bool:
+        return self.health.is_open(time.monotonic())
 
 
 def _is_request_fault(exc: ProviderFailure) -> bool:
@@ -510,13 +522,14 @@ class Upstreams:
         try:
             return await attempt()
         except ProviderFailure as exc:
-            if not exc.retryable or retries == 0 or _longest_wait(exc, 1) >= deadline.remaining():
-                raise  # nothing to retry, or the wait would not fit: the next fallback, at once
+            if (not exc.retryable or retries == 0 or _longest_wait(exc, 1) >= deadline.remaining()
+                    or health.is_open(time.monotonic())):
+                raise  # nothing to retry, the wait would not fit or the circuit opened: the next fallback, at once
         wait = _retry_wait(failures[-1], 1)
         _log_retry(name, 1, wait, failures[-1])
         await asyncio.sleep(wait)
         retrying = AsyncRetrying(
-            stop=stop_any(stop_after_attempt(retries), _WaitWouldNotFit(deadline)),
+            stop=stop_any(stop_after_attempt(retries), _WaitWouldNotFit(deadline), _CircuitOpened(health)),
             wait=lambda state: _retry_wait(_outcome_failure(state), state.attempt_number + 1),
             retry=retry_if_exception(_retryable), reraise=True,
             before_sleep=lambda state: _log_retry(name, state.attempt_number + 1, state.upcoming_sleep,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -47,6 +48,29 @@ def test_retries_are_bounded_by_max_retries_then_the_fallback_answers() -> None:
     _, record = _call(up, ("small", "large"))
     assert (backend.called("small"), backend.called("large")) == (2, 1)
     assert record.deployment == "large"
+
+
+@pytest.mark.parametrize(("failed_before", "waits"), [(1, [30]), (0, [0, 30])])
+def test_a_failure_that_opens_the_circuit_goes_to_the_fallback_without_waiting_for_a_retry(
+        failed_before: int, waits: list[float]) -> None:
+    """The failure that opened a deployment's circuit (its 2nd in a row: on the first attempt, or on a retry)
+    still had its Retry-After waited out, 30 s here, only for the retry to find the circuit open: the client
+    waited for nothing and the fallback was asked after it."""
+    told = iter(waits)
+
+    def handler(d: DeploymentConfig, body: dict[str, Any]) -> Any:
+        if d.name == "small":
+            return ProviderFailure("429", status=429, retry_after_s=next(told))
+        return answer(model=d.name)
+    up, backend = fake_upstreams(handler, deployment("small", max_retries=3), deployment("large"), failure_threshold=2)
+    for _ in range(failed_before):
+        up.health["small"].record_failure(time.monotonic())
+
+    async def run() -> Any:
+        return await asyncio.wait_for(up.call(("small", "large"), BODY, None, deadline=Deadline.after(60)), 5)
+    _, record = asyncio.run(run())
+    assert (backend.called("small"), record.deployment) == (len(waits), "large")
+    assert up.health["small"].is_open(time.monotonic())
 
 
 def test_a_failure_that_is_not_retryable_goes_to_the_fallback_without_a_retry() -> None:
