@@ -228,7 +228,9 @@ def _says_something(chunk: dict[str, Any]) -> bool:
 def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> ProviderFailure:
     status = getattr(exc, "status_code", None)
     status = status if isinstance(status, int) else None
-    if isinstance(exc, lib.exceptions.Timeout):
+    if (answered := _answered_status(exc)) is not None:
+        status = answered
+    if isinstance(exc, lib.exceptions.Timeout) and answered is None:
         return ProviderFailure(f"{deployment.name}: timed out: {exc}", status=status, timeout=True,
                                reason=f"timed out after {deployment.timeout_s:g} s")
     if isinstance(exc, lib.exceptions.UnsupportedParamsError):
@@ -268,6 +270,17 @@ def _classify(lib: Any, deployment: DeploymentConfig, exc: Exception) -> Provide
                            retryable=retryable, reason=client_reason(status, _message_of(error)),
                            retry_after_s=_retry_after(exc), too_large=too_large(status, str(exc)),
                            code=code, param=param)
+
+
+def _answered_status(exc: BaseException) -> int | None:
+    """The HTTP status the provider answered, where litellm raised from its response (its providers other than
+    OpenAI's). litellm's own status may be another: Anthropic's 529 `overloaded_error` is raised as a 500, its
+    413 `request_too_large` as a 400, and a 504 or 408 the provider answered at once as a timeout ("timed out
+    after 30 s", its Retry-After dropped), where the direct path tells each as the upstream answered it."""
+    for seen in causes(exc):
+        if isinstance(seen, httpx.HTTPStatusError):
+            return seen.response.status_code
+    return None
 
 
 def _no_answer(exc: BaseException) -> bool:

@@ -5,6 +5,7 @@ the answer (or error) back; the client is the `openai` SDK, which must read what
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,11 @@ class _Anthropic(ScriptedHandler):
             error = {"type": "error", "error": {"type": "invalid_request_error",
                                                 "message": "prompt is too long: 210000 tokens > 200000 maximum"}}
             self._send(json.dumps(error).encode(), "application/json", 400)
+            return
+        if (status := re.search(r"STATUS(\d{3})", json.dumps(body["messages"]))) is not None:  # an error of that status
+            kind = {"413": "request_too_large", "529": "overloaded_error"}.get(status.group(1), "api_error")
+            error = {"type": "error", "error": {"type": kind, "message": f"status {status.group(1)}"}}
+            self._send(json.dumps(error).encode(), "application/json", int(status.group(1)))
             return
         if "DEEP400" in json.dumps(body["messages"]):  # an error body nested past what `json` reads
             self._send(b'{"type": "error", "error": ' + b"[" * 100_000, "application/json", 400)
@@ -129,6 +135,17 @@ def test_an_error_body_nested_too_deep_to_read_is_a_400_saying_nothing_of_it(cli
     with pytest.raises(openai.BadRequestError) as refused:
         client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "DEEP400"}])
     assert refused.value.body["message"] == "deployment 'claude' rejected the request: upstream answered 400"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("status", [529, 504, 413])
+def test_an_error_status_anthropic_answers_is_told_as_it_answered_it(client: openai.OpenAI, status: int) -> None:
+    """litellm raises some of Anthropic's statuses as others of its own: its 529 `overloaded_error` as a 500,
+    its 413 as a 400, and a 504 (answered at once) as a timeout of its own, told "timed out after 5 s" with a
+    504 of the gateway's. The direct path tells each as the upstream answered it, and so does this one."""
+    with pytest.raises(openai.APIStatusError) as failed:
+        client.chat.completions.create(model="claude", messages=[{"role": "user", "content": f"STATUS{status}"}])
+    assert failed.value.status_code == 502
+    assert failed.value.message.endswith(f"deployment 'claude' failed: upstream answered {status}")
 
 
 def test_a_field_the_provider_does_not_take_is_named_and_its_fallback_answers(client: openai.OpenAI) -> None:
