@@ -48,10 +48,16 @@ def resumable(body: dict[str, Any]) -> bool:
 
 def continuation_body(body: dict[str, Any], partial: str, streamed_tokens: int) -> dict[str, Any]:
     """The request that continues `partial`: the messages plus it as a trailing assistant message,
-    and a token limit less what was already streamed."""
-    if not partial:
-        return body  # nothing but the role chunk went out: the next candidate starts afresh
-    out = {**body, "messages": [*body["messages"], {"role": "assistant", "content": partial}]}
+    and a token limit less what was already streamed.
+
+    The prefill is sent without its trailing whitespace (`owed`): Anthropic refuses a final assistant
+    message that ends in whitespace, and litellm strips it before sending, so the continuation starts
+    with the space the client already has ("sits" + " on", after "sits "); a model's tokens mostly
+    carry their leading space anyway. The relay drops what the client already has of it."""
+    prefill = partial.rstrip()
+    if not prefill:
+        return body  # nothing but the role chunk (or whitespace) went out: the next candidate starts afresh
+    out = {**body, "messages": [*body["messages"], {"role": "assistant", "content": prefill}]}
     for key in ("max_tokens", "max_completion_tokens"):
         if isinstance(body.get(key), int):
             out[key] = max(1, body[key] - streamed_tokens)
@@ -136,18 +142,44 @@ async def _relay(up: Upstreams, live: OpenStream, rest: AsyncIterator[dict[str, 
     live.earlier = (*live.earlier, record)
     stream_id = live.first.get("id")
     continued: list[str] = []
+    owed = _owed_whitespace(partial, request)
     try:
         for chunk in _chained(cont.first):
             continued.append(_content(chunk) + _thought(chunk))
+            chunk, owed = _without_owed(chunk, owed)
             yield _spliced(chunk, stream_id, record.usage)
         async for chunk in cont.rest:
             continued.append(_content(chunk) + _thought(chunk))
+            chunk, owed = _without_owed(chunk, owed)
             yield _spliced(chunk, stream_id, record.usage)
     finally:
         await cont.rest.aclose()  # type: ignore[attr-defined]
         if not live.stats.usage.total_tokens:  # cut short or no usage sent: bill what was counted
             live.stats.usage = Usage(prompt_tokens(request), count_text("".join(continued)),
                                      prompt_audio_tokens=messages_audio_tokens(request["messages"]))
+
+
+def _owed_whitespace(partial: str, request: dict[str, Any]) -> str:
+    """The whitespace the client has at the end of `partial` that the continuation's prefill left out."""
+    messages = request.get("messages") or ()
+    if not messages or messages[-1].get("role") != "assistant":
+        return ""  # started afresh: nothing of it to splice
+    return partial[len(partial.rstrip()):]
+
+
+def _without_owed(chunk: dict[str, Any], owed: str) -> tuple[dict[str, Any], str]:
+    """`chunk` less the start of its text the client already has (`owed`: whitespace relayed before the break),
+    and what is still owed: only while the continuation's text has said nothing else."""
+    text = _content(chunk)
+    if not owed or not text:
+        return chunk, owed
+    same = 0
+    while same < min(len(text), len(owed)) and text[same] == owed[same]:
+        same += 1
+    choice = chunk["choices"][0]
+    out = {**chunk, "choices": [{**choice, "delta": {**choice["delta"], "content": text[same:]}},
+                                *chunk["choices"][1:]]}
+    return out, owed[same:] if same == len(text) else ""
 
 
 def _chained(first: dict[str, Any]) -> list[dict[str, Any]]:

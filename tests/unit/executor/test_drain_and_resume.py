@@ -152,6 +152,27 @@ def test_a_broken_stream_continues_on_the_next_candidate_from_where_it_broke() -
     assert chunks[-1]["usage"]["prompt_tokens"] == 20 + live.earlier[0].usage.prompt_tokens
 
 
+@pytest.mark.parametrize(("relayed", "continued", "told"), [
+    (["The answer", " is "], [" 42", "."], "The answer is 42."),  # the space the client has: not twice
+    (["The answer", " is"], [" 42", "."], "The answer is 42."),
+    (["Lines:\n"], ["\n", "\n", "- 42"], "Lines:\n\n- 42"),  # one of two newlines the client had
+    (["The answer is", "\n", "\n"], ["", "\n", "\n42."], "The answer is\n\n42."),  # over several chunks
+])
+def test_a_continuation_does_not_repeat_the_whitespace_the_client_has(
+        relayed: list[str], continued: list[str], told: str) -> None:
+    """Anthropic refuses a final assistant message that ends in whitespace, and litellm strips it: sent "... is "
+    as its start, the provider went on from "... is", with " 42." The client, which had the space, read
+    "The answer is  42.". The prefill is sent without it, and what the client has of it is not sent again."""
+    def handler(d: Any, body: dict[str, Any]) -> Any:
+        if d.name == "a":
+            return Stream([{**chunk(t), "id": "chatcmpl-a"} for t in relayed], fail=CUT)
+        return Stream([*(chunk(t) for t in continued), chunk(finish="stop"), chunk(usage=(20, 2))])
+    up, backend = fake_upstreams(handler, deployment("a"), deployment("b", supports_prefill=True))
+    _, chunks = asyncio.run(_relayed(up, BODY))
+    assert "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c["choices"]) == told
+    assert backend.calls[-1][1]["messages"][-1] == {"role": "assistant", "content": "".join(relayed).rstrip()}
+
+
 def test_a_stream_read_on_after_its_client_left_is_not_resumed_when_it_breaks() -> None:
     """Read on only to be billed (`Upstreams.read_on`): a continuation would be paid for nobody."""
     async def work() -> Any:
