@@ -445,11 +445,12 @@ def cmd_spend(args: argparse.Namespace) -> int:
 def cmd_policy_check(args: argparse.Namespace) -> int:
     from gateway.explain import check_policies
 
-    problems = check_policies(Path(args.folder), args.config)
+    folder = args.folder or os.environ.get("SWITCHYARD_POLICIES_DIR") or "routing_policies"
+    problems = check_policies(Path(folder), args.config)
     for line in problems:
         print(line, file=sys.stderr)
     if not problems:
-        print(f"{args.folder}: all policies valid, golden examples pass")
+        print(f"{folder}: all policies valid, golden examples pass")
     return 1 if problems else 0
 
 
@@ -650,8 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pc = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
     c = pc.add_parser("check", help="validate policy files and run their golden examples (for CI)")
-    c.add_argument("folder", nargs="?", default="routing_policies",
-                   help="folder of policy YAML files, or one such file (default: %(default)s)")
+    c.add_argument("folder", nargs="?",
+                   help="folder of policy YAML files, or one such file (default: $SWITCHYARD_POLICIES_DIR, as the "
+                        "gateway reads it, else routing_policies)")
     c.add_argument("--config", help="gateway YAML to bind against (default: the embedded default)")
     c.set_defaults(func=cmd_policy_check)
     k = pc.add_parser(

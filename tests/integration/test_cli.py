@@ -188,6 +188,14 @@ def test_policy_check_passes_on_the_shipped_policies_and_names_a_bad_field(tmp_p
     assert "oops.yaml: candidates[0].single 'huge' is not a deployment or tier" in bad.stderr
 
 
+def test_policy_check_without_a_folder_checks_the_one_the_gateway_reads(tmp_path: Path) -> None:
+    """It checked ./routing_policies whatever $SWITCHYARD_POLICIES_DIR named, the gateway's policy folder."""
+    (tmp_path / "oops.yaml").write_text("candidates:\n  - single: huge\n")
+    out = subprocess.run([*CLI, "policy", "check"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**ENV, "SWITCHYARD_POLICIES_DIR": str(tmp_path)})
+    assert out.returncode == 1 and "oops.yaml: candidates[0].single 'huge'" in out.stderr
+
+
 def test_policy_check_fails_on_a_folder_without_policies(tmp_path: Path) -> None:
     (tmp_path / "README.md").write_text("policies live elsewhere\n")
     out = _run("policy", "check", str(tmp_path))
