@@ -77,6 +77,13 @@ class RequestTimeout(GatewayError):
     status, type, code = 408, "invalid_request_error", "request_timeout"
 
 
+class ClientClosedRequest(GatewayError):
+    """The client closed its connection while its request's body was still arriving: nobody reads the
+    answer, but the request is still one line in the log and the metrics (nginx's 499)."""
+
+    status, type, code = 499, "invalid_request_error", "client_closed_request"
+
+
 class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 

@@ -23,6 +23,7 @@ from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from opentelemetry.context import Context
 from starlette.background import BackgroundTask
+from starlette.requests import ClientDisconnect
 
 from gateway import ledger, pipeline
 from gateway.api import http_limits
@@ -32,6 +33,7 @@ from gateway.auth import OPEN_TENANT, Tenant
 from gateway.decimals import written_number
 from gateway.errors import (
     AuthenticationFailed,
+    ClientClosedRequest,
     GatewayError,
     InvalidRequest,
     NotFound,
@@ -99,6 +101,9 @@ async def read_json(request: Request, limit: int) -> Any:
     except TimeoutError:
         raise RequestTimeout(f"the request's body did not arrive within {http_limits.BODY_TIMEOUT_S:g} s",
                              headers=close) from None
+    except ClientDisconnect:  # not the gateway's fault: no "unexpected error" and traceback in its log
+        raise ClientClosedRequest(f"the client closed the connection after {len(body)} bytes of the request's "
+                                  "body") from None
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -512,6 +512,27 @@ def test_a_body_sent_a_byte_at_a_time_is_a_408_not_a_request_held_for_ever(
     assert _post(served + "/v1", {"model": "small", "messages": HI}).status_code == 200  # a prompt body is served
 
 
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/route", "/v1/feedback"])
+def test_a_client_that_leaves_while_sending_its_body_is_not_logged_as_a_gateway_error(
+        served: str, caplog: pytest.LogCaptureFixture, path: str) -> None:
+    """A client that closed its connection half-way through its body (a cancelled upload, a killed
+    process) was logged as "unexpected error" with a traceback at ERROR, each time, as if the gateway had
+    failed. It is the client's doing: no error is logged, and the gateway serves on."""
+    import logging
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n"
+                         "content-length: 1000\r\n\r\n{\"model\": ".encode())
+            time.sleep(0.2)  # the body is being read when the client leaves
+        time.sleep(0.5)
+        assert _post(served + "/v1", {"model": "small", "messages": HI}).status_code == 200
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == []
+
+
 def _trickle(sock: Any, stop: Any, every_s: float = 0.0) -> None:
     """Send a byte every `every_s` (0: byte after byte) until told to stop or refused."""
     while not stop.wait(every_s):
