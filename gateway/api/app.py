@@ -323,8 +323,11 @@ def create_app(config: GatewayConfig, *, span_exporter: SpanExporter | None = No
 
     # FastAPI's own telemetry off: the gateway's spans and metrics are its own (`Telemetry`, `Metrics`),
     # and FastAPI would otherwise look up the global OpenTelemetry providers on every request.
+    # redirect_slashes off: a path with a trailing slash was a 307 with an empty body to a URL built from the
+    # request's Host header (and, behind a TLS proxy, to plain http: a client following it sent its prompt
+    # in clear); it is a 404 in the error envelope that names the path without the slash.
     app = FastAPI(title="Switchyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None,
-                  telemetry={"tracing": False, "metrics": False, "logs": False})
+                  redirect_slashes=False, telemetry={"tracing": False, "metrics": False, "logs": False})
     app.state.services = services
     install_error_handlers(app)
     app.add_middleware(RequestIds)  # outside the error handlers: their 500 carries an id too

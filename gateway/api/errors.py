@@ -48,6 +48,8 @@ def install_error_handlers(app: FastAPI) -> None:
             # OpenAI's words for a path it does not serve: "Not Found" alone read, to an SDK's
             # `embeddings.create`, like the model it named was the thing not found
             message = f"Invalid URL ({request.method} {request.url.path[:128]})"
+            if (bare := request.url.path.rstrip("/")) != request.url.path and _served(request, bare):
+                message += f": the path is {bare[:128]}, without the trailing slash"
         if exc.status_code == 405 and (allowed := _allowed(request)):
             # The `Allow` header a 405 must carry (RFC 9110) was dropped with the exception, and the message
             # said only "Method Not Allowed": a client had no way to learn the methods the path takes.
@@ -58,6 +60,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(err)
 
     app.add_middleware(UnexpectedErrors)
+
+
+def _served(request: Request, path: str) -> bool:
+    """Whether some route serves `path` (with any method)."""
+    scope = {**request.scope, "path": path}
+    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
 
 
 def _allowed(request: Request) -> str:

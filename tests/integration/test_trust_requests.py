@@ -296,6 +296,23 @@ def test_a_body_declared_identity_encoded_is_served(base_url: str) -> None:
     assert resp.status_code == 200, resp.text
 
 
+@pytest.mark.parametrize(("method", "path"), [("POST", "/chat/completions/"), ("POST", "/route/"),
+                                             ("GET", "/spend/")])
+def test_a_trailing_slash_is_a_404_naming_the_path_not_a_redirect_to_the_host_header(
+        base_url: str, method: str, path: str) -> None:
+    """A trailing slash was a 307 with an empty body to a URL built from the request's Host header (plain
+    http behind a TLS proxy, so a client following it sent its prompt in clear). It is a 404 in the error
+    envelope, saying the path without the slash, as OpenAI answers."""
+    resp = httpx.request(method, base_url + path, content=orjson.dumps({"model": "small", "messages": HI}),
+                         headers={"host": "elsewhere.example", "content-type": "application/json"},
+                         follow_redirects=False, timeout=30)
+    assert resp.status_code == 404, (resp.status_code, resp.headers)
+    assert "location" not in resp.headers
+    error = resp.json()["error"]
+    assert error["code"] == "not_found"
+    assert f"the path is /v1{path.rstrip('/')}, without the trailing slash" in error["message"]
+
+
 def test_a_sane_request_id_is_echoed(base_url: str) -> None:
     resp = _post(base_url, {"model": "small", "messages": HI}, **{"x-request-id": "trace-abc_123:4"})
     assert resp.headers["x-request-id"] == "trace-abc_123:4"
