@@ -16,6 +16,10 @@ A body is read by its route (`gateway.api.routes.read_json`, once the key is che
 sending a byte now and then held its request and its handler for ever (and a `/v1/route` its
 tenant's slot in flight). 30 s reads the largest body (`max_body_bytes`, 2 MiB) at 70 KB/s.
 
+Between requests a connection is idle for uvicorn's keep-alive timeout (5 s) at most, whatever arrives that
+begins no request: the empty lines HTTP lets a client send before a request line cancelled the timeout,
+which nothing set again, so a client sending "\r\n" every few seconds held its connection for ever.
+
 A request answered before it has all arrived (its body unread: a `401`, a `429`) has its connection
 closed, not kept alive: uvicorn's keep-alive timeout is cancelled by each read and never set again, so
 a caller without a key could hold the connection for ever by trickling a body nobody reads.
@@ -72,6 +76,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _shutting_down = False  # the server is stopping: nothing lingers (it would hold the shutdown up)
     _send_timer: asyncio.TimerHandle | None = None  # while writes wait for the client to read
     _kept_alive = False  # the request's keep-alive, set aside while its body arrives
+    _messages_begun = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -107,11 +112,6 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._send_timer = None
         cast(_LingeringClose, self.transport).abort_at_once()
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._in_head, self._in_message, self._head_bytes = True, True, 0
-        self._time_head()
-
     def on_message_complete(self) -> None:
         self._in_message = False
         if self._kept_alive and not self._shutting_down and not self.cycle.response_started:
@@ -142,11 +142,25 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_message and self.cycle.keep_alive:
             self._kept_alive, self.cycle.keep_alive = True, False
 
+    def on_message_begin(self) -> None:
+        self._messages_begun += 1
+        super().on_message_begin()
+        self._in_head, self._in_message, self._head_bytes = True, True, 0
+        self._time_head()
+
     def data_received(self, data: bytes) -> None:
         if self._refused:
             self._linger_on()  # answered: dropped unread
             return
-        super().data_received(data)
+        idle, begun = self.timeout_keep_alive_task, self._messages_begun
+        super().data_received(data)  # cancels the keep-alive timeout, whatever `data` is
+        if idle is not None and self._messages_begun == begun and self.timeout_keep_alive_task is None \
+                and not self.transport.is_closing():
+            # Only the empty lines HTTP lets a client send before a request line: the connection is as idle
+            # as it was, and still ends when it would have. Else nothing timed it again: a client sending
+            # "\r\n" every few seconds held a connection (and its file descriptor) for ever.
+            self.timeout_keep_alive_task = asyncio.get_running_loop().call_at(idle.when(),
+                                                                              self.timeout_keep_alive_handler)
         # Still in the head after parsing: all of `data` was head (what is kept is at most the limit
         # plus one read).
         if self._in_head and not self.transport.is_closing():

@@ -550,6 +550,30 @@ def test_a_client_that_leaves_while_sending_its_body_is_not_logged_as_a_gateway_
     assert errors == []
 
 
+def test_empty_lines_between_requests_do_not_keep_a_connection_for_ever(served: str) -> None:
+    """After an answer, a connection is idle for the keep-alive timeout (5 s). Empty lines, which HTTP lets a
+    client send before a request line, cancelled that timeout and nothing set it again: a client sending
+    "\\r\\n" every second held the connection (a file descriptor of the worker's) for ever."""
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        sock.settimeout(0.5)
+        started, closed = time.monotonic(), False
+        while not closed and time.monotonic() - started < 12:
+            try:
+                sock.sendall(b"\r\n")
+                closed = sock.recv(1024) == b""
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+        assert closed
+        assert time.monotonic() - started < 8
+
+
 def _trickle(sock: Any, stop: Any, every_s: float = 0.0) -> None:
     """Send a byte every `every_s` (0: byte after byte) until told to stop or refused."""
     while not stop.wait(every_s):
