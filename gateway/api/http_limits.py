@@ -77,6 +77,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _send_timer: asyncio.TimerHandle | None = None  # while writes wait for the client to read
     _kept_alive = False  # the request's keep-alive, set aside while its body arrives
     _messages_begun = 0
+    _deferred: bytes | None = None  # a refusal waiting for an earlier request's answer to end
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -124,6 +125,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # it (a pipelined request's head or body arriving is another message, and no reason to close).
         own_body_arriving = self._in_message and not self._in_head and not self.pipeline
         super().on_response_complete()
+        if self._deferred is not None and not self.pipeline and self.cycle.response_complete \
+                and not self.transport.is_closing():
+            answer, self._deferred = self._deferred, None
+            self.transport.write(answer)
+            self.transport.close()
+            return
         if own_body_arriving and not self.transport.is_closing():
             # Answered before its request had all arrived (a 401 or 429 before the body is read): kept
             # alive, the connection would have no timer while the rest arrives (each read cancels
@@ -152,6 +159,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._refused:
             self._linger_on()  # answered: dropped unread
             return
+        if self._deferred is not None:
+            return  # refused, behind an answer still being sent: dropped unread
         idle, begun = self.timeout_keep_alive_task, self._messages_begun
         super().data_received(data)  # cancels the keep-alive timeout, whatever `data` is
         if idle is not None and self._messages_begun == begun and self.timeout_keep_alive_task is None \
@@ -192,6 +201,15 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _refuse(self, answer: bytes) -> None:
         self._stop_head_timer()
+        if self._deferred is not None:
+            return
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete:
+            # A request that came whole before the refused one is still being answered: written now, the refusal
+            # would land inside that answer, and the connection's end cut it (its handler's next write then
+            # failed, logged as the gateway's error). It follows that answer instead.
+            self._deferred = answer
+            return
         self.transport.write(answer)
         self.transport.close()
 

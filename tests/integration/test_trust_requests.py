@@ -574,6 +574,31 @@ def test_empty_lines_between_requests_do_not_keep_a_connection_for_ever(served: 
         assert time.monotonic() - started < 8
 
 
+def test_a_request_http_cannot_parse_behind_a_whole_one_is_refused_after_its_answer(
+        served: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A request arriving whole (here a POST without a length: its body is none) followed by bytes HTTP cannot
+    parse: the 400 for those was written at once, inside the first request's answer still to come, and the
+    connection half-closed, so the first answer's write failed and was logged as an unexpected error with a
+    traceback. The first request is answered, then the 400, then the connection is closed."""
+    import logging
+    import socket
+
+    port = int(served.rsplit(":", 1)[1])
+    with caplog.at_level(logging.INFO), socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\n\r\n"
+                     b'{"model": "small", "messages": []}')
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+        time.sleep(0.2)
+    first, _, rest = answer.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 400"), answer[:300]
+    body, _, second = rest.partition(b"HTTP/1.1 ")
+    assert orjson.loads(body)["error"]["code"] == "invalid_json"  # the first request: an empty body
+    assert second.startswith(b"400") and b'"invalid_http_request"' in second
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 def _trickle(sock: Any, stop: Any, every_s: float = 0.0) -> None:
     """Send a byte every `every_s` (0: byte after byte) until told to stop or refused."""
     while not stop.wait(every_s):
