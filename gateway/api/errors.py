@@ -62,19 +62,22 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_middleware(UnexpectedErrors)
 
 
+def _routes(request: Request, path: str | None = None) -> list[Any]:
+    """The routes that serve the request's path (or `path`), with any method."""
+    scope = request.scope if path is None else {**request.scope, "path": path}
+    return [route for route in request.app.router.routes if route.matches(scope)[0] is not Match.NONE]
+
+
 def _served(request: Request, path: str) -> bool:
-    """Whether some route serves `path` (with any method)."""
-    scope = {**request.scope, "path": path}
-    return any(route.matches(scope)[0] is not Match.NONE for route in request.app.router.routes)
+    return bool(_routes(request, path))
 
 
 def _allowed(request: Request) -> str:
     """Every method the request's path takes, over all its routes: starlette's `Allow` names only the first
     route of the path (`/admin/keys` is two, POST and GET), so a PUT was told to use POST alone."""
     methods: list[str] = []
-    for route in request.app.router.routes:
-        if route.matches(request.scope)[0] is not Match.NONE:
-            methods += [m for m in getattr(route, "methods", None) or () if m not in methods]
+    for route in _routes(request):
+        methods += [m for m in getattr(route, "methods", None) or () if m not in methods]
     return ", ".join(methods)
 
 
